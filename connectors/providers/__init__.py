@@ -1,0 +1,29 @@
+"""Video-provider connectors: one module per provider behind the ``VideoProvider`` protocol."""
+from __future__ import annotations
+
+from . import simulator as _simulator  # noqa: F401  (registers kind "simulator")
+from .base import (
+    ProviderEvent,
+    ProviderStatus,
+    SubmitOrder,
+    SubmitResult,
+    VideoProvider,
+    error_for_response,
+    parse_retry_after,
+)
+from .registry import create, kinds, register
+from .simulator import SimulatorProvider
+
+__all__ = [
+    "ProviderEvent",
+    "ProviderStatus",
+    "SimulatorProvider",
+    "SubmitOrder",
+    "SubmitResult",
+    "VideoProvider",
+    "create",
+    "error_for_response",
+    "kinds",
+    "parse_retry_after",
+    "register",
+]

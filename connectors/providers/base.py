@@ -1,0 +1,174 @@
+"""The contract every video-provider connector implements, and the shared HTTP-error mapping.
+
+A connector owns one provider's wire format: it builds requests, parses responses and
+webhooks into the normalised records below, and turns HTTP failures into the
+``floodgate.errors`` tree. It never owns an ``aiohttp.ClientSession``: the caller passes one in,
+so connection pooling, shutdown and tests stay in the caller's hands.
+
+Normalised states: ``queued``, ``running``, ``completed``, ``failed``, ``cancelled``.
+``progress`` is a fraction in ``[0.0, 1.0]`` (providers report percentages or fractions;
+connectors convert), or ``None`` when the provider does not report it.
+"""
+from __future__ import annotations
+
+import datetime
+import email.utils
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Protocol, runtime_checkable
+
+import aiohttp
+
+from floodgate.errors import (
+    ProviderError,
+    ProviderGone,
+    ProviderRejected,
+    ProviderUnavailable,
+    RateLimited,
+)
+
+STATES = frozenset({"queued", "running", "completed", "failed", "cancelled"})
+TERMINAL_STATES = frozenset({"completed", "failed", "cancelled"})
+
+
+@dataclass(frozen=True)
+class SubmitOrder:
+    """One job to hand to a provider. ``model`` is the provider's own model name."""
+
+    job_id: str
+    model: str
+    prompt: str
+    image_url: str | None
+    webhook_url: str | None
+    idempotency_key: str
+    metadata: Mapping[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class SubmitResult:
+    provider_job_id: str
+    state: str
+
+
+@dataclass(frozen=True)
+class ProviderStatus:
+    provider_job_id: str
+    state: str
+    progress: float | None
+    video_url: str | None
+    error: str | None
+
+
+@dataclass(frozen=True)
+class ProviderEvent:
+    """A verified webhook, normalised. ``job_id`` is ours, echoed back through request metadata."""
+
+    webhook_id: str
+    provider_job_id: str
+    job_id: str | None
+    state: str
+    progress: float | None
+    video_url: str | None
+    error: str | None
+    occurred_at: float
+
+
+@runtime_checkable
+class VideoProvider(Protocol):
+    """What the submitter, reconciler and webhook edge need from a provider.
+
+    Every coroutine raises only ``floodgate.errors.ProviderError`` subclasses: transport
+    failures and timeouts arrive as ``ProviderUnavailable`` (chained with ``from``).
+    """
+
+    name: str
+
+    async def submit(self, session: aiohttp.ClientSession, order: SubmitOrder) -> SubmitResult:
+        """Create the job. Safe to repeat with the same ``order.idempotency_key``."""
+        ...
+
+    async def status(self, session: aiohttp.ClientSession, provider_job_id: str) -> ProviderStatus:
+        """Poll one job; used by the reconciler because webhooks can be lost."""
+        ...
+
+    async def cancel(self, session: aiohttp.ClientSession, provider_job_id: str) -> None:
+        """Ask the provider to stop the job; a job already terminal is not an error."""
+        ...
+
+    def verify_webhook(self, headers: Mapping[str, str], body: bytes, *, now: float) -> None:
+        """Raise ``WebhookVerificationError`` unless the raw delivery is authentic and fresh."""
+        ...
+
+    def parse_webhook(self, headers: Mapping[str, str], body: bytes) -> ProviderEvent:
+        """Normalise an already verified delivery. Raises ``SchemaError`` for unparseable bodies."""
+        ...
+
+
+def header(headers: Mapping[str, str], name: str) -> str | None:
+    """Case-insensitive lookup that works for plain dicts as well as aiohttp's multidicts."""
+    wanted = name.lower()
+    for key, value in headers.items():
+        if key.lower() == wanted:
+            return value
+    return None
+
+
+def parse_retry_after(value: str | None, now: float) -> float | None:
+    """Seconds to wait from a ``Retry-After`` value (delta-seconds or HTTP-date), or ``None``.
+
+    A date in the past gives ``0.0``; anything unparseable gives ``None`` so the caller falls
+    back to its own backoff instead of trusting garbage.
+    """
+    if value is None:
+        return None
+    text = value.strip()
+    if not text:
+        return None
+    try:
+        seconds = float(text)
+    except ValueError:
+        pass
+    else:
+        # Only finite, non-negative numbers; "nan", "inf" and "-5" are parseable but meaningless.
+        return seconds if math.isfinite(seconds) and seconds >= 0 else None
+    try:
+        when = email.utils.parsedate_to_datetime(text)
+    except (TypeError, ValueError, IndexError):
+        return None
+    if when.tzinfo is None:
+        # "-0000" parses zone-less; RFC 9110 dates are always GMT, so read it as UTC.
+        when = when.replace(tzinfo=datetime.timezone.utc)
+    return max(0.0, when.timestamp() - now)
+
+
+def error_for_response(status: int, headers: Mapping[str, str], body_text: str, now: float) -> ProviderError:
+    """The error to raise for a non-2xx provider response.
+
+    429 → ``RateLimited`` (``retry_after`` from the header, else ``None``), 5xx →
+    ``ProviderUnavailable``, 410 → ``ProviderGone``, any other status → ``ProviderRejected``.
+    """
+    snippet = " ".join(body_text.split())[:300]
+    message = f"HTTP {status}: {snippet}" if snippet else f"HTTP {status}"
+    retry_after = parse_retry_after(header(headers, "Retry-After"), now)
+    if status == 429:
+        return RateLimited(message, status=status, retry_after=retry_after)
+    if 500 <= status <= 599:
+        return ProviderUnavailable(message, status=status, retry_after=retry_after)
+    if status == 410:
+        return ProviderGone(message, status=status)
+    return ProviderRejected(message, status=status)
+
+
+__all__ = [
+    "STATES",
+    "TERMINAL_STATES",
+    "ProviderEvent",
+    "ProviderStatus",
+    "SubmitOrder",
+    "SubmitResult",
+    "VideoProvider",
+    "error_for_response",
+    "header",
+    "parse_retry_after",
+]

@@ -1,0 +1,331 @@
+"""The simulator's HTTP server: routes, job lifecycle timers and ``run_simulator``.
+
+Routes (per simulated provider ``{p}``)::
+
+    POST /{p}/v1/videos                  create (Bearer key, optional Idempotency-Key)
+    GET  /{p}/v1/videos/{id}             read (owning key only)
+    POST /{p}/v1/videos/{id}/cancel      cancel if not terminal
+    GET  /{p}/files/{id}.mp4             the "video" of a completed job
+    GET  /stats                          counters per provider and per key
+    POST /_admin/reset                   forget jobs and counters
+    POST /_admin/{p}/outage              {"seconds": n} start an outage now; 0 ends it
+"""
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import socket
+import time
+from collections.abc import AsyncIterator, Callable, Coroutine, Mapping
+from typing import Any
+
+import aiohttp
+import orjson
+from aiohttp import web
+
+from .config import SimulatorConfig, config_from_dict, dev_config
+from .jobs import BadRequest, Job, fake_mp4, job_view, parse_create
+from .state import Created, ProviderState, retry_after_header
+from .webhooks import WebhookDispatcher
+
+log = logging.getLogger(__name__)
+
+
+class Simulator:
+    """Every simulated provider plus the background tasks that move jobs along."""
+
+    def __init__(
+        self,
+        config: SimulatorConfig,
+        *,
+        monotonic: Callable[[], float] = time.monotonic,
+        wall: Callable[[], float] = time.time,
+    ) -> None:
+        self.config = config
+        self.url = ""
+        self._wall = wall
+        self.states = {
+            name: ProviderState(name, provider, config, monotonic=monotonic, wall=wall)
+            for name, provider in config.providers.items()
+        }
+        self.dispatchers: dict[str, WebhookDispatcher] = {}
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._session: aiohttp.ClientSession | None = None
+
+    # -- lifecycle of the simulator itself ---------------------------------------------
+    async def start(self, url: str) -> None:
+        self.url = url
+        self._session = aiohttp.ClientSession()
+        self.dispatchers = {
+            name: WebhookDispatcher(state, f"{url}/{name}/files", self._session, self.spawn, self._wall)
+            for name, state in self.states.items()
+        }
+
+    async def close(self) -> None:
+        await self._cancel_tasks()
+        if self._session is not None:
+            await self._session.close()
+            self._session = None
+
+    async def _cancel_tasks(self) -> None:
+        tasks = list(self._tasks)
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+
+    def spawn(self, coro: Coroutine[Any, Any, None]) -> asyncio.Task[None]:
+        task = asyncio.get_running_loop().create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._task_done)
+        return task
+
+    def _task_done(self, task: asyncio.Task[None]) -> None:
+        self._tasks.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            log.error("simulator task failed", exc_info=task.exception())
+
+    # -- operations used by tests, demos and the admin routes ---------------------------
+    async def reset(self) -> None:
+        await self._cancel_tasks()
+        for state in self.states.values():
+            state.reset()
+
+    def start_outage(self, provider: str, seconds: float) -> None:
+        self.states[provider].start_outage(seconds)
+
+    def provider_url(self, provider: str) -> str:
+        return f"{self.url}/{provider}/v1"
+
+    def stats(self) -> dict[str, Any]:
+        return {"providers": {name: state.stats() for name, state in self.states.items()}}
+
+    def track(self, name: str, job: Job) -> None:
+        job.task = self.spawn(self._run_job(name, job))
+
+    async def _run_job(self, name: str, job: Job) -> None:
+        state, dispatcher = self.states[name], self.dispatchers[name]
+        await asyncio.sleep(state.queue_delay())
+        seconds = state.begin_render(job)
+        dispatcher.emit(job, "video.in_progress")
+        await asyncio.sleep(seconds)
+        status = "failed" if job.will_fail else "completed"
+        if state.finish(job, status):
+            dispatcher.emit(job, f"video.{status}")
+
+    def cancel(self, name: str, job: Job) -> None:
+        if self.states[name].finish(job, "cancelled"):
+            if job.task is not None:
+                job.task.cancel()
+            self.dispatchers[name].release_held(job)
+
+
+SIMULATOR = web.AppKey("simulator", Simulator)
+
+
+# -- HTTP helpers -----------------------------------------------------------------------
+def _json(data: Any, status: int = 200) -> web.Response:
+    return web.Response(status=status, body=orjson.dumps(data), content_type="application/json")
+
+
+def problem(status: int, title: str, detail: str, *, headers: Mapping[str, str] | None = None, **extra: Any) -> web.Response:
+    """An RFC 9457 problem document, the shape our 4xx/5xx bodies take."""
+    body = {"type": "about:blank", "title": title, "status": status, "detail": detail, **extra}
+    return web.Response(
+        status=status, body=orjson.dumps(body), content_type="application/problem+json", headers=headers
+    )
+
+
+def _bearer(request: web.Request) -> str | None:
+    scheme, _, token = request.headers.get("Authorization", "").partition(" ")
+    if scheme.lower() != "bearer":
+        return None
+    return token.strip() or None
+
+
+class _Refused(Exception):
+    def __init__(self, response: web.Response) -> None:
+        self.response = response
+
+
+def _provider(request: web.Request) -> tuple[Simulator, str, ProviderState]:
+    sim = request.app[SIMULATOR]
+    name = request.match_info["provider"]
+    state = sim.states.get(name)
+    if state is None:
+        raise _Refused(problem(404, "Not Found", f"unknown provider {name!r}"))
+    return sim, name, state
+
+
+def _gate(request: web.Request) -> tuple[Simulator, str, ProviderState, str]:
+    """Provider, auth and outage checks shared by every API route."""
+    sim, name, state = _provider(request)
+    key = _bearer(request)
+    if key is None or not state.authorized(key):
+        raise _Refused(problem(401, "Unauthorized", "missing or invalid API key", headers={"WWW-Authenticate": "Bearer"}))
+    remaining = state.outage_remaining()
+    if remaining is not None:
+        state.count(key, "outage_rejections")
+        seconds = retry_after_header(remaining)
+        raise _Refused(problem(503, "Service Unavailable", f"{name} is having an outage",
+                               headers={"Retry-After": str(seconds)}, retry_after=seconds))
+    return sim, name, state, key
+
+
+def _owned_job(request: web.Request, state: ProviderState, key: str) -> Job:
+    job = state.jobs.get(request.match_info["video_id"])
+    # Someone else's job answers exactly like a missing one, so ids cannot be probed.
+    if job is None or job.api_key != key:
+        raise _Refused(problem(404, "Not Found", "no such video"))
+    return job
+
+
+Handler = Callable[[web.Request], Coroutine[Any, Any, web.Response]]
+
+
+def _refusable(handler: Handler) -> Handler:
+    async def wrapped(request: web.Request) -> web.Response:
+        try:
+            return await handler(request)
+        except _Refused as refused:
+            return refused.response
+
+    return wrapped
+
+
+# -- routes ---------------------------------------------------------------------------
+@_refusable
+async def create_video(request: web.Request) -> web.Response:
+    sim, name, state, key = _gate(request)
+    try:
+        create = parse_create(await request.read())
+    except BadRequest as exc:
+        return problem(400, "Bad Request", str(exc), field=exc.field)
+    idempotency_key = request.headers.get("Idempotency-Key")
+    if idempotency_key is not None and not 1 <= len(idempotency_key) <= 255:
+        return problem(400, "Bad Request", "Idempotency-Key must be 1-255 characters", field="Idempotency-Key")
+    # No await from here to the response: check-and-create is atomic on the event loop.
+    outcome = state.submit(key, create, idempotency_key)
+    if not isinstance(outcome, Created):
+        detail = f"concurrency limit of {state.config.concurrency_limit} running jobs reached for this API key"
+        return problem(429, "Too Many Requests", detail,
+                       headers={"Retry-After": str(outcome.retry_after)}, retry_after=outcome.retry_after)
+    if not outcome.replayed:
+        sim.track(name, outcome.job)
+    return _json(job_view(outcome.job, f"{sim.url}/{name}/files", state.now()))
+
+
+@_refusable
+async def get_video(request: web.Request) -> web.Response:
+    sim, name, state, key = _gate(request)
+    job = _owned_job(request, state, key)
+    return _json(job_view(job, f"{sim.url}/{name}/files", state.now()))
+
+
+@_refusable
+async def cancel_video(request: web.Request) -> web.Response:
+    sim, name, state, key = _gate(request)
+    job = _owned_job(request, state, key)
+    sim.cancel(name, job)
+    return _json(job_view(job, f"{sim.url}/{name}/files", state.now()))
+
+
+@_refusable
+async def get_file(request: web.Request) -> web.Response:
+    _, _, state = _provider(request)
+    filename = request.match_info["filename"]
+    job = state.jobs.get(filename.removesuffix(".mp4")) if filename.endswith(".mp4") else None
+    if job is None or job.status != "completed":
+        return problem(404, "Not Found", "no such file")
+    return web.Response(body=fake_mp4(job.id), content_type="video/mp4")
+
+
+async def get_stats(request: web.Request) -> web.Response:
+    return _json(request.app[SIMULATOR].stats())
+
+
+async def admin_reset(request: web.Request) -> web.Response:
+    await request.app[SIMULATOR].reset()
+    return _json({"reset": True})
+
+
+@_refusable
+async def admin_outage(request: web.Request) -> web.Response:
+    sim, name, state = _provider(request)
+    try:
+        seconds = orjson.loads(await request.read()).get("seconds")
+    except (orjson.JSONDecodeError, AttributeError):
+        seconds = None
+    if isinstance(seconds, bool) or not isinstance(seconds, (int, float)) or not 0 <= seconds < 1e9:
+        return problem(400, "Bad Request", "body must be {\"seconds\": <non-negative number>}", field="seconds")
+    sim.start_outage(name, float(seconds))
+    return _json({"provider": name, "outage_remaining": state.outage_remaining() or 0})
+
+
+def build_app(sim: Simulator) -> web.Application:
+    """The aiohttp application; ``sim.start`` runs on startup and ``sim.close`` on shutdown."""
+    app = web.Application()
+    app[SIMULATOR] = sim
+
+    async def on_shutdown(_: web.Application) -> None:
+        await sim.close()
+
+    app.on_shutdown.append(on_shutdown)
+    app.router.add_get("/stats", get_stats)
+    app.router.add_post("/_admin/reset", admin_reset)
+    app.router.add_post("/_admin/{provider}/outage", admin_outage)
+    app.router.add_post("/{provider}/v1/videos", create_video)
+    app.router.add_get("/{provider}/v1/videos/{video_id}", get_video)
+    app.router.add_post("/{provider}/v1/videos/{video_id}/cancel", cancel_video)
+    app.router.add_get("/{provider}/files/{filename}", get_file)
+    return app
+
+
+def coerce_config(config: SimulatorConfig | Mapping[str, Any] | None) -> SimulatorConfig:
+    if config is None:
+        return dev_config()
+    if isinstance(config, SimulatorConfig):
+        return config
+    return config_from_dict(config)
+
+
+def bind_socket(host: str, port: int) -> socket.socket:
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind((host, port))
+    except OSError:
+        sock.close()
+        raise
+    return sock
+
+
+@contextlib.asynccontextmanager
+async def run_simulator(
+    config: SimulatorConfig | Mapping[str, Any] | None = None,
+    *,
+    host: str = "127.0.0.1",
+    port: int = 0,
+) -> AsyncIterator[Simulator]:
+    """Serve the simulator until the block exits; ``port=0`` picks a free port (see ``.url``).
+
+    All job timers and webhook deliveries are cancelled and the server is closed on exit.
+    """
+    sim = Simulator(coerce_config(config))
+    sock = bind_socket(host, port)
+    bound_port = sock.getsockname()[1]
+    await sim.start(f"http://{f'[{host}]' if ':' in host else host}:{bound_port}")
+    runner = web.AppRunner(build_app(sim), access_log=None, handle_signals=False, shutdown_timeout=1.0)
+    serving = False
+    try:
+        await runner.setup()
+        await web.SockSite(runner, sock).start()
+        serving = True
+        yield sim
+    finally:
+        # The site owns the socket once it serves; before that it is still ours to close.
+        if not serving:
+            sock.close()
+        await runner.cleanup()
+        await sim.close()

@@ -1,0 +1,110 @@
+"""Webhook delivery with the misbehaviour real providers show: duplicates, reordering, drops.
+
+Each event is signed per attempt with Standard Webhooks headers (``floodgate.signing``); the
+``webhook-id`` is the event id, so retries and deliberate duplicates keep it, exactly what a
+receiver dedupes on. Deliveries of one job are serialised so that, without chaos, a receiver
+sees ``video.in_progress`` before the terminal event.
+"""
+from __future__ import annotations
+
+import asyncio
+import logging
+import uuid
+from collections.abc import Callable, Coroutine
+from typing import Any
+
+import aiohttp
+import orjson
+
+from floodgate import signing
+
+from .jobs import Job, job_view
+from .state import ProviderState
+
+log = logging.getLogger(__name__)
+
+Spawn = Callable[[Coroutine[Any, Any, None]], object]
+
+
+def make_event(event_type: str, job: Job, files_base: str, state: ProviderState, wall: float) -> dict[str, Any]:
+    return {
+        "id": f"evt_{uuid.uuid4().hex}",
+        "object": "event",
+        "type": event_type,
+        "created_at": int(wall),
+        "data": job_view(job, files_base, state.now()),
+    }
+
+
+class WebhookDispatcher:
+    """Decides each event's fate (send, duplicate, hold back, drop) and delivers it with retries."""
+
+    def __init__(
+        self,
+        state: ProviderState,
+        files_base: str,
+        session: aiohttp.ClientSession,
+        spawn: Spawn,
+        wall: Callable[[], float],
+    ) -> None:
+        self.state = state
+        self.files_base = files_base
+        self.session = session
+        self.spawn = spawn
+        self.wall = wall
+
+    def emit(self, job: Job, event_type: str) -> None:
+        """Schedule delivery of ``event_type`` for ``job`` (a snapshot taken now)."""
+        if job.request.webhook_url is None:
+            return
+        config, rng = self.state.config, self.state.rng
+        event = make_event(event_type, job, self.files_base, self.state, self.wall())
+        if rng.random() < config.drop_rate:
+            self.state.count(job.api_key, "webhooks_dropped")
+        elif event_type == "video.in_progress" and rng.random() < config.reorder_rate:
+            job.held_event = event
+            self.state.count(job.api_key, "webhooks_reordered")
+        else:
+            copies = 1
+            if rng.random() < config.duplicate_rate:
+                copies = 2
+                self.state.count(job.api_key, "webhooks_duplicated")
+            self.spawn(self._deliver(job, event, copies))
+        if job.terminal:
+            self.release_held(job)
+
+    def release_held(self, job: Job) -> None:
+        """Send a held-back (older) in_progress event now, after the terminal one."""
+        held, job.held_event = job.held_event, None
+        if held is not None:
+            self.spawn(self._deliver(job, held, 1))
+
+    async def _deliver(self, job: Job, event: dict[str, Any], copies: int) -> None:
+        body = orjson.dumps(event)
+        async with job.delivery_lock:
+            for _ in range(copies):
+                await self._attempts(job, event["id"], body)
+
+    async def _attempts(self, job: Job, event_id: str, body: bytes) -> None:
+        config = self.state.config
+        url = job.request.webhook_url
+        assert url is not None
+        timeout = aiohttp.ClientTimeout(total=config.webhook_timeout)
+        for attempt in range(config.webhook_attempts):
+            if attempt:
+                await asyncio.sleep(config.webhook_backoff * 2 ** (attempt - 1))
+            headers = signing.signature_headers(config.webhook_secret, event_id, body, self.wall())
+            headers["Content-Type"] = "application/json"
+            headers["User-Agent"] = "floodgate-simulator"
+            try:
+                async with self.session.post(
+                    url, data=body, headers=headers, timeout=timeout, allow_redirects=False
+                ) as response:
+                    await response.read()
+                    if 200 <= response.status <= 299:
+                        self.state.count(job.api_key, "webhooks_sent")
+                        return
+                    log.debug("webhook %s to %s: HTTP %s", event_id, url, response.status)
+            except (aiohttp.ClientError, TimeoutError) as exc:
+                log.debug("webhook %s to %s: %s", event_id, url, exc)
+        self.state.count(job.api_key, "webhooks_failed")

@@ -1,0 +1,324 @@
+"""The job state machine: ``apply(state, event) -> Transition``.
+
+Events reach the table out of order and more than once (webhooks race polls,
+Kafka redelivers), so ``apply`` is written as a merge rather than a script:
+
+* per attempt, every field only moves one way (status by rank, progress up,
+  ids filled once), so re-applying or reordering events converges;
+* a higher ``attempt`` opens a new epoch (a reroute to another provider) and
+  everything from older attempts is stale;
+* a terminal status is never left. Late events of the same attempt may still
+  fill facts that are missing (a provider job id, a higher progress) and a late
+  ``queued`` event may still fill the job's own fields, because dropping them
+  would make the result depend on arrival order.
+
+``recent_events`` is only a shortcut for duplicates: the merge is idempotent,
+so an event older than the window that comes back is harmless.
+"""
+from __future__ import annotations
+
+import dataclasses
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from enum import Enum
+from types import MappingProxyType
+from typing import Any
+
+from floodgate.errors import Problem, ValidationError
+
+RECENT_EVENTS_LIMIT = 32
+
+
+class JobStatus(str, Enum):
+    QUEUED = "queued"
+    SUBMITTED = "submitted"
+    RUNNING = "running"
+    COMPLETED = "completed"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+
+
+TERMINAL: frozenset[JobStatus] = frozenset({JobStatus.COMPLETED, JobStatus.FAILED, JobStatus.CANCELLED})
+
+_RANK: Mapping[JobStatus, int] = MappingProxyType(
+    {
+        JobStatus.QUEUED: 0,
+        JobStatus.SUBMITTED: 1,
+        JobStatus.RUNNING: 2,
+        JobStatus.COMPLETED: 3,
+        JobStatus.FAILED: 3,
+        JobStatus.CANCELLED: 3,
+    }
+)
+
+EVENT_KINDS: frozenset[str] = frozenset(
+    {"queued", "submitted", "running", "progress", "completed", "failed", "cancelled", "rerouted"}
+)
+
+
+def _frozen_metadata(value: Mapping[str, str]) -> Mapping[str, str]:
+    return MappingProxyType(dict(value))
+
+
+@dataclass(frozen=True)
+class JobEvent:
+    """One fact about a job. Raises ``ValidationError`` if the event itself is malformed."""
+
+    event_id: str
+    job_id: str
+    kind: str
+    at: float
+    provider: str | None = None
+    provider_job_id: str | None = None
+    attempt: int = 0
+    progress: float | None = None
+    video_url: str | None = None
+    error: str | None = None
+    # Only meaningful on ``queued``: the job as accepted.
+    tenant: str | None = None
+    user_id: str | None = None
+    model: str | None = None
+    webhook_url: str | None = None
+    metadata: Mapping[str, str] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        problems: list[Problem] = []
+        if not self.event_id:
+            problems.append(Problem("event_id", "must not be empty"))
+        if not self.job_id:
+            problems.append(Problem("job_id", "must not be empty"))
+        if self.kind not in EVENT_KINDS:
+            problems.append(Problem("kind", f"unknown kind {self.kind!r}; known: {', '.join(sorted(EVENT_KINDS))}"))
+        if not math.isfinite(self.at):
+            problems.append(Problem("at", "must be a finite timestamp"))
+        if isinstance(self.attempt, bool) or not isinstance(self.attempt, int) or self.attempt < 0:
+            problems.append(Problem("attempt", "must be an integer >= 0"))
+        if self.progress is not None and not 0.0 <= self.progress <= 1.0:
+            problems.append(Problem("progress", "must be between 0 and 1"))
+        if self.kind == "rerouted":
+            if not self.provider:
+                problems.append(Problem("provider", "a rerouted event must name the new provider"))
+            if isinstance(self.attempt, int) and self.attempt < 1:
+                problems.append(Problem("attempt", "a rerouted event starts attempt 1 or later"))
+        if problems:
+            raise ValidationError(problems)
+        object.__setattr__(self, "metadata", _frozen_metadata(self.metadata))
+
+
+@dataclass(frozen=True)
+class JobState:
+    """What is known about one job; the value of the jobs table."""
+
+    job_id: str
+    tenant: str | None = None
+    user_id: str | None = None
+    model: str | None = None
+    provider: str | None = None
+    provider_job_id: str | None = None
+    status: JobStatus = JobStatus.QUEUED
+    progress: float = 0.0
+    video_url: str | None = None
+    error: str | None = None
+    attempt: int = 0
+    created_at: float = 0.0
+    updated_at: float = 0.0
+    webhook_url: str | None = None
+    metadata: Mapping[str, str] = field(default_factory=dict)
+    recent_events: tuple[str, ...] = ()
+    version: int = 0
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "status", JobStatus(self.status))
+        object.__setattr__(self, "metadata", _frozen_metadata(self.metadata))
+        object.__setattr__(self, "recent_events", tuple(self.recent_events))
+
+    @property
+    def terminal(self) -> bool:
+        return self.status in TERMINAL
+
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-able dict; ``from_dict(to_dict())`` gives an equal state."""
+        out = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
+        out["status"] = self.status.value
+        out["metadata"] = dict(self.metadata)
+        out["recent_events"] = list(self.recent_events)
+        return out
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> JobState:
+        """Rebuild a state written by ``to_dict``.
+
+        Unknown keys are ignored so an older reader survives a newer writer.
+        Raises ``ValidationError`` naming every field that is missing or of the wrong type.
+        """
+        problems: list[Problem] = []
+        kwargs: dict[str, Any] = {}
+        for f in dataclasses.fields(cls):
+            if f.name not in data:
+                if f.name in ("job_id", "status"):
+                    problems.append(Problem(f.name, "missing"))
+                continue
+            value = data[f.name]
+            problem = _check_field(f.name, value)
+            if problem:
+                problems.append(Problem(f.name, problem))
+            else:
+                kwargs[f.name] = value
+        if problems:
+            raise ValidationError(problems)
+        return cls(**kwargs)
+
+
+_OPTIONAL_STR = ("tenant", "user_id", "model", "provider", "provider_job_id", "video_url", "error", "webhook_url")
+
+
+def _check_field(name: str, value: Any) -> str | None:
+    """Why ``value`` cannot be field ``name`` of a JobState, or None if it can."""
+    if name == "job_id":
+        return None if isinstance(value, str) and value else "must be a non-empty string"
+    if name in _OPTIONAL_STR:
+        return None if value is None or isinstance(value, str) else "must be a string or null"
+    if name == "status":
+        return None if value in {s.value for s in JobStatus} else f"unknown status {value!r}"
+    if name in ("attempt", "version"):
+        ok = isinstance(value, int) and not isinstance(value, bool) and value >= 0
+        return None if ok else "must be an integer >= 0"
+    if name in ("progress", "created_at", "updated_at"):
+        ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+        if ok and name == "progress" and not 0.0 <= value <= 1.0:
+            return "must be between 0 and 1"
+        return None if ok else "must be a finite number"
+    if name == "metadata":
+        ok = isinstance(value, Mapping) and all(isinstance(k, str) and isinstance(v, str) for k, v in value.items())
+        return None if ok else "must map strings to strings"
+    if name == "recent_events":
+        ok = isinstance(value, (list, tuple)) and all(isinstance(v, str) for v in value)
+        return None if ok else "must be a list of strings"
+    return None
+
+
+@dataclass(frozen=True)
+class Transition:
+    """The result of ``apply``. ``became_terminal`` is true only on the change that reached a terminal status."""
+
+    state: JobState | None
+    changed: bool
+    became_terminal: bool
+    reason: str
+
+
+_KIND_STATUS: Mapping[str, JobStatus] = MappingProxyType(
+    {
+        "queued": JobStatus.QUEUED,
+        "submitted": JobStatus.SUBMITTED,
+        "running": JobStatus.RUNNING,
+        "progress": JobStatus.RUNNING,
+        "completed": JobStatus.COMPLETED,
+        "failed": JobStatus.FAILED,
+        "cancelled": JobStatus.CANCELLED,
+        "rerouted": JobStatus.QUEUED,
+    }
+)
+
+_IDENTITY = ("tenant", "user_id", "model", "webhook_url")
+
+
+def apply(state: JobState | None, event: JobEvent) -> Transition:
+    """Fold ``event`` into ``state``. Pure; never raises for a well-formed event.
+
+    Raises ``ValueError`` if the event belongs to another job.
+    """
+    if state is None:
+        blank = JobState(job_id=event.job_id, created_at=event.at, updated_at=event.at)
+        merged, _ = _merge(blank, event)
+        return Transition(_stamp(blank, merged, event), True, merged.terminal, f"created by {event.kind}")
+    if event.job_id != state.job_id:
+        raise ValueError(f"event {event.event_id!r} is for job {event.job_id!r}, not {state.job_id!r}")
+    if event.event_id in state.recent_events:
+        return Transition(state, False, False, "duplicate event")
+    merged, reason = _merge(state, event)
+    if merged == state:
+        return Transition(state, False, False, reason or "no change")
+    became_terminal = merged.terminal and not state.terminal
+    return Transition(_stamp(state, merged, event), True, became_terminal, reason or "merged")
+
+
+def _stamp(old: JobState, merged: JobState, event: JobEvent) -> JobState:
+    recent = (*old.recent_events, event.event_id)[-RECENT_EVENTS_LIMIT:]
+    return dataclasses.replace(
+        merged,
+        # max, so a late event does not make the job look older than what we already knew
+        updated_at=max(old.updated_at, event.at),
+        recent_events=recent,
+        version=old.version + 1,
+    )
+
+
+def _merge(state: JobState, event: JobEvent) -> tuple[JobState, str]:
+    """The state with the event's facts folded in (version/recent/updated untouched) and why."""
+    s = _merge_identity(state, event) if event.kind == "queued" else state
+    if event.attempt < s.attempt:
+        return s, f"stale attempt {event.attempt} < {s.attempt}"
+    if s.terminal:
+        if event.attempt > s.attempt:
+            return s, f"{s.status.value} is terminal; attempt {event.attempt} ignored"
+        return _merge_facts(s, event), f"{s.status.value} is terminal"
+    if event.attempt > s.attempt:
+        s = dataclasses.replace(
+            s,
+            attempt=event.attempt,
+            provider=event.provider,
+            provider_job_id=None,
+            status=JobStatus.QUEUED,
+            progress=0.0,
+            video_url=None,
+            error=None,
+        )
+        reason = f"attempt {event.attempt} on {event.provider}"
+    elif event.kind == "rerouted":
+        return s, f"rerouted needs attempt > {s.attempt}"
+    else:
+        reason = ""
+    s = _merge_facts(s, event)
+    s, why = _advance(s, event)
+    return s, "; ".join(r for r in (reason, why) if r)
+
+
+def _merge_identity(state: JobState, event: JobEvent) -> JobState:
+    changes: dict[str, Any] = {name: getattr(event, name) for name in _IDENTITY if getattr(state, name) is None}
+    if not state.metadata and event.metadata:
+        changes["metadata"] = event.metadata
+    if event.at < state.created_at:
+        changes["created_at"] = event.at
+    return dataclasses.replace(state, **changes) if changes else state
+
+
+def _merge_facts(state: JobState, event: JobEvent) -> JobState:
+    """Facts that only fill in or grow, so they are safe in any order within one attempt."""
+    changes: dict[str, Any] = {}
+    if state.provider is None and event.provider is not None:
+        changes["provider"] = event.provider
+    if state.provider_job_id is None and event.provider_job_id is not None:
+        changes["provider_job_id"] = event.provider_job_id
+    if event.progress is not None and event.progress > state.progress:
+        changes["progress"] = event.progress
+    return dataclasses.replace(state, **changes) if changes else state
+
+
+def _advance(state: JobState, event: JobEvent) -> tuple[JobState, str]:
+    target = _KIND_STATUS[event.kind]
+    if event.kind == "completed" and not event.video_url:
+        return (
+            dataclasses.replace(state, status=JobStatus.FAILED, error=event.error or "completed without a video_url"),
+            "completed without video_url: marked failed",
+        )
+    if _RANK[target] <= _RANK[state.status]:
+        return state, ""
+    if target is JobStatus.COMPLETED:
+        return dataclasses.replace(state, status=target, progress=1.0, video_url=event.video_url, error=None), "completed"
+    if target is JobStatus.FAILED:
+        return dataclasses.replace(state, status=target, error=event.error or "failed"), "failed"
+    if target is JobStatus.CANCELLED:
+        return dataclasses.replace(state, status=target, error=event.error), "cancelled"
+    return dataclasses.replace(state, status=target), f"{state.status.value} -> {target.value}"

@@ -1,0 +1,215 @@
+"""Floodgate's settings: the one place that reads the environment.
+
+Every field can be given as ``FLOODGATE_<FIELD NAME IN CAPITALS>``. Values are parsed by the
+field's type; a malformed value raises ``ConfigError`` naming the variable. Secrets are wrapped
+in ``Secret`` so they never appear in logs, reprs or tracebacks.
+
+Faust lets environment variables override ``App()`` arguments; we never rely on that: every
+Faust option we care about is passed explicitly from here (see ``streams.app``).
+"""
+from __future__ import annotations
+
+import dataclasses
+import os
+import secrets as _secrets
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any, Mapping, get_type_hints
+
+from floodgate.errors import ConfigError
+
+PREFIX = "FLOODGATE_"
+
+
+class Secret:
+    """A string that does not print itself."""
+
+    __slots__ = ("_value",)
+
+    def __init__(self, value: str) -> None:
+        self._value = value
+
+    def reveal(self) -> str:
+        return self._value
+
+    def __bool__(self) -> bool:
+        return bool(self._value)
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Secret) and other._value == self._value
+
+    def __hash__(self) -> int:
+        return hash(self._value)
+
+    def __repr__(self) -> str:
+        return "Secret('**********')" if self._value else "Secret('')"
+
+    __str__ = __repr__
+
+
+def _default_cache() -> Path:
+    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(base) / "floodgate"
+
+
+@dataclass(frozen=True)
+class Settings:
+    """All of Floodgate's configuration. Documented field by field in README's table."""
+
+    # --- Kafka -----------------------------------------------------------------
+    kafka_bootstrap: str = ""
+    """Explicit bootstrap address (host:port[,host:port]). Wins over Docker and the local broker."""
+    topic_prefix: str = "floodgate."
+    partitions: int = 4
+    """Partitions of requests/events/notifications/results (and the app's internal topics)."""
+    dispatch_partitions: int = 2
+    """Partitions of each dispatch.<provider> topic; each gets a share of the provider's limit."""
+    replication_factor: int = 1
+    """For every topic Floodgate creates, table changelogs included (3 on a real cluster)."""
+    min_insync_replicas: int = 1
+    session_timeout: float = 10.0
+    """Seconds before a dead worker's partitions move to another worker (Faust's default is 60)."""
+    app_id: str = "floodgate"
+
+    # --- Local broker (the embedded default) ---------------------------------------
+    kafka_version: str = "3.9.1"
+    broker_port: int = 0
+    """0 picks a free port."""
+    cache_dir: Path = field(default_factory=_default_cache)
+    broker_heap: str = "1g"
+
+    # --- HTTP services -------------------------------------------------------------
+    api_host: str = "127.0.0.1"
+    api_port: int = 8000
+    max_body_bytes: int = 65536
+    api_keys: Secret = field(default_factory=lambda: Secret(""))
+    """Comma-separated key=tenant pairs. Empty: the API runs open, one tenant named 'default'."""
+    secret: Secret = field(default_factory=lambda: Secret(""))
+    """Server secret for job tokens and idempotency-derived job ids. Empty: a random one per process."""
+    webhook_secrets: Secret = field(default_factory=lambda: Secret(""))
+    """Comma-separated tenant=whsec_... secrets for signing outgoing webhooks."""
+    allow_private_webhooks: bool = False
+    """Allow webhook_url to point at loopback/private addresses (dev and tests only)."""
+    public_url: str = ""
+    """Base URL clients use to reach the API (for status_url/events_url). Empty: from the request."""
+
+    # --- Providers -----------------------------------------------------------------
+    routing_file: str = ""
+    """JSON routing table (providers, models). Empty: the dev table (simulated providers)."""
+    simulator_url: str = ""
+    """Base URL of the provider simulator for the dev routing table."""
+    webhook_base_url: str = ""
+    """Base URL providers call back (the HTTP bridge). Empty: the API's own URL."""
+    poll_after: float = 30.0
+    """Seconds without news of an in-flight job before its status is polled (lost webhooks)."""
+    job_timeout: float = 900.0
+    """Seconds after submission before an in-flight job is failed and its slot freed."""
+
+    log_level: str = "info"
+
+    # ------------------------------------------------------------------------------
+    def topic(self, name: str) -> str:
+        return f"{self.topic_prefix}{name}"
+
+    @property
+    def api_key_map(self) -> dict[str, str]:
+        return _pairs(self.api_keys.reveal(), "FLOODGATE_API_KEYS")
+
+    @property
+    def webhook_secret_map(self) -> dict[str, str]:
+        return _pairs(self.webhook_secrets.reveal(), "FLOODGATE_WEBHOOK_SECRETS")
+
+    def with_overrides(self, **changes: Any) -> "Settings":
+        return dataclasses.replace(self, **changes)
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None) -> "Settings":
+        env = os.environ if environ is None else environ
+        hints = get_type_hints(cls)
+        values: dict[str, Any] = {}
+        for f in fields(cls):
+            var = PREFIX + f.name.upper()
+            if var in env:
+                values[f.name] = _parse(hints[f.name], env[var], var)
+        settings = cls(**values)
+        if not settings.secret:
+            # Tokens must verify in every process of one deployment; a random per-process secret
+            # is fine for a single process (tests), and `floodgate dev` passes one to its children.
+            settings = dataclasses.replace(settings, secret=Secret(_secrets.token_urlsafe(32)))
+        settings.validate()
+        return settings
+
+    def validate(self) -> None:
+        for name in ("partitions", "dispatch_partitions", "replication_factor", "min_insync_replicas", "max_body_bytes"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"{PREFIX}{name.upper()} must be at least 1")
+        if self.session_timeout <= 0:
+            raise ConfigError(f"{PREFIX}SESSION_TIMEOUT must be positive")
+        if not self.topic_prefix or any(c not in _TOPIC_CHARS for c in self.topic_prefix):
+            raise ConfigError(f"{PREFIX}TOPIC_PREFIX may hold only letters, digits, '.', '_' and '-'")
+        self.api_key_map, self.webhook_secret_map  # noqa: B018 - parse now, fail early
+
+
+_TOPIC_CHARS = set("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789._-")
+
+
+def _pairs(text: str, var: str) -> dict[str, str]:
+    out: dict[str, str] = {}
+    for item in filter(None, (p.strip() for p in text.split(","))):
+        key, sep, value = item.partition("=")
+        if not sep or not key or not value:
+            raise ConfigError(f"{var}: expected comma-separated name=value pairs")
+        out[key.strip()] = value.strip()
+    return out
+
+
+def _parse(kind: Any, raw: str, var: str) -> Any:
+    try:
+        if kind is bool:
+            lowered = raw.strip().lower()
+            if lowered in ("1", "true", "yes", "on"):
+                return True
+            if lowered in ("0", "false", "no", "off", ""):
+                return False
+            raise ValueError(raw)
+        if kind is int:
+            return int(raw)
+        if kind is float:
+            return float(raw)
+        if kind is Path:
+            return Path(raw).expanduser()
+        if kind is Secret:
+            return Secret(raw)
+        return raw
+    except ValueError as exc:
+        shown = "<secret>" if kind is Secret else repr(raw)
+        raise ConfigError(f"{var}={shown} is not a valid {getattr(kind, '__name__', kind)}") from exc
+
+
+def describe() -> list[tuple[str, str, str]]:
+    """(variable, default, meaning) for every setting: the README table is generated from this."""
+    rows = []
+    docs = _field_docs()
+    defaults = Settings()
+    for f in fields(Settings):
+        default = getattr(defaults, f.name)
+        shown = "(empty)" if isinstance(default, Secret) or default == "" else str(default)
+        if f.name == "cache_dir":
+            shown = "~/.cache/floodgate"
+        rows.append((PREFIX + f.name.upper(), shown, docs.get(f.name, "")))
+    return rows
+
+
+def _field_docs() -> dict[str, str]:
+    """Field docstrings (the string literal right after a field) read from this module's source."""
+    import ast
+    import inspect
+
+    tree = ast.parse(inspect.getsource(Settings))
+    body = tree.body[0].body  # type: ignore[attr-defined]
+    docs: dict[str, str] = {}
+    for node, following in zip(body, body[1:]):
+        if isinstance(node, ast.AnnAssign) and isinstance(node.target, ast.Name):
+            if isinstance(following, ast.Expr) and isinstance(getattr(following, "value", None), ast.Constant):
+                docs[node.target.id] = " ".join(str(following.value.value).split())
+    return docs

@@ -1,0 +1,218 @@
+"""Validation of a job request body, reporting every field at fault at once.
+
+Pure: no I/O. HTTP ingress and the SDK path call :func:`validate_job_request`
+on the parsed JSON body; the result is what gets hashed and written to the
+``requests`` topic.
+"""
+from __future__ import annotations
+
+import hashlib
+import re
+from collections.abc import Collection, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import orjson
+
+from floodgate.errors import Problem, ValidationError
+from floodgate.netguard import check_url_syntax
+
+_TOP_LEVEL = frozenset({"model", "input", "user_id", "webhook_url", "metadata"})
+_INPUT = frozenset({"prompt", "image_url", "params"})
+_MAX_MODELS_LISTED = 20
+_MAX_PATH_KEY = 64  # longer names are cut in error paths so one huge key cannot bloat the response
+# Bumped whenever the canonical form below changes, so old and new hashes never collide.
+_HASH_FORMAT = 1
+
+
+@dataclass(frozen=True, slots=True)
+class RequestLimits:
+    """Size limits for a job request; the defaults are the public API contract."""
+
+    max_prompt_chars: int = 4000
+    max_user_id_chars: int = 128
+    max_metadata_entries: int = 16
+    max_metadata_key_chars: int = 64
+    max_metadata_value_chars: int = 512
+    max_params_entries: int = 32
+    max_params_key_chars: int = 64
+    max_params_value_chars: int = 1024
+
+
+@dataclass(frozen=True, slots=True)
+class NormalizedRequest:
+    """A valid request with optional parts filled in (``params``/``metadata`` → ``{}``).
+
+    Frozen against reassignment; treat the dicts as read-only too.
+    """
+
+    model: str
+    prompt: str
+    image_url: str | None
+    params: dict[str, str]
+    user_id: str
+    webhook_url: str | None
+    metadata: dict[str, str]
+
+
+def validate_job_request(
+    payload: Any, *, known_models: Collection[str], limits: RequestLimits = RequestLimits()
+) -> NormalizedRequest:
+    """Check a parsed JSON body; raise :class:`ValidationError` naming every bad field.
+
+    Fields are dotted paths (``input.prompt``, ``metadata.foo``); unknown
+    top-level and ``input`` fields are reported by name. ``null`` counts as
+    absent for optional fields.
+    """
+    if not isinstance(payload, Mapping):
+        raise ValidationError(Problem("body", "must be a JSON object"))
+    problems = [Problem(str(k)[:_MAX_PATH_KEY], "unknown field") for k in payload if k not in _TOP_LEVEL]
+
+    model = _model(payload.get("model"), known_models, problems)
+    user_id = _user_id(payload.get("user_id"), limits, problems)
+    webhook_url = _optional_url(payload.get("webhook_url"), "webhook_url", problems)
+    metadata = _string_map(
+        payload.get("metadata"),
+        "metadata",
+        limits.max_metadata_entries,
+        limits.max_metadata_key_chars,
+        limits.max_metadata_value_chars,
+        problems,
+    )
+    prompt, image_url, params = _input(payload.get("input"), limits, problems)
+
+    if problems:
+        raise ValidationError(problems)
+    return NormalizedRequest(
+        model=model,
+        prompt=prompt,
+        image_url=image_url,
+        params=params,
+        user_id=user_id,
+        webhook_url=webhook_url,
+        metadata=metadata,
+    )
+
+
+def request_hash(normalized: NormalizedRequest, tenant: str) -> str:
+    """Hex SHA-256 of the canonical JSON (sorted keys, compact, UTF-8) of ``normalized`` and ``tenant``.
+
+    Equal requests from the same tenant hash equal regardless of key order in
+    the original body; used to detect an Idempotency-Key reused with a different body.
+    """
+    canonical = orjson.dumps(
+        {
+            "format": _HASH_FORMAT,
+            "tenant": tenant,
+            "model": normalized.model,
+            "prompt": normalized.prompt,
+            "image_url": normalized.image_url,
+            "params": dict(normalized.params),
+            "user_id": normalized.user_id,
+            "webhook_url": normalized.webhook_url,
+            "metadata": dict(normalized.metadata),
+        },
+        option=orjson.OPT_SORT_KEYS,
+    )
+    return hashlib.sha256(canonical).hexdigest()
+
+
+def _model(value: Any, known_models: Collection[str], problems: list[Problem]) -> str:
+    if value is None:
+        problems.append(Problem("model", "required"))
+    elif not isinstance(value, str):
+        problems.append(Problem("model", "must be a string"))
+    elif value not in known_models:
+        names = sorted(known_models)
+        listed = ", ".join(names[:_MAX_MODELS_LISTED]) + (", ..." if len(names) > _MAX_MODELS_LISTED else "")
+        problems.append(Problem("model", f"unknown model; expected one of: {listed}"))
+    else:
+        return value
+    return ""
+
+
+_USER_ID = re.compile(r"[A-Za-z0-9._:@-]+")
+
+
+def _user_id(value: Any, limits: RequestLimits, problems: list[Problem]) -> str:
+    if value is None:
+        problems.append(Problem("user_id", "required"))
+    elif not isinstance(value, str):
+        problems.append(Problem("user_id", "must be a string"))
+    elif len(value) > limits.max_user_id_chars:
+        problems.append(Problem("user_id", f"must be at most {limits.max_user_id_chars} characters"))
+    elif not _USER_ID.fullmatch(value):
+        problems.append(Problem("user_id", "must be non-empty and use only A-Z a-z 0-9 . _ : @ -"))
+    else:
+        return value
+    return ""
+
+
+def _input(value: Any, limits: RequestLimits, problems: list[Problem]) -> tuple[str, str | None, dict[str, str]]:
+    if value is None:
+        problems.append(Problem("input", "required"))
+        return "", None, {}
+    if not isinstance(value, Mapping):
+        problems.append(Problem("input", "must be an object"))
+        return "", None, {}
+    problems.extend(Problem(f"input.{str(k)[:_MAX_PATH_KEY]}", "unknown field") for k in value if k not in _INPUT)
+    prompt = value.get("prompt")
+    if prompt is None:
+        problems.append(Problem("input.prompt", "required"))
+    elif not isinstance(prompt, str):
+        problems.append(Problem("input.prompt", "must be a string"))
+    elif not prompt.strip():
+        problems.append(Problem("input.prompt", "must not be empty"))
+    elif len(prompt) > limits.max_prompt_chars:
+        problems.append(Problem("input.prompt", f"must be at most {limits.max_prompt_chars} characters"))
+    image_url = _optional_url(value.get("image_url"), "input.image_url", problems)
+    params = _string_map(
+        value.get("params"),
+        "input.params",
+        limits.max_params_entries,
+        limits.max_params_key_chars,
+        limits.max_params_value_chars,
+        problems,
+    )
+    return prompt if isinstance(prompt, str) else "", image_url, params
+
+
+def _optional_url(value: Any, field: str, problems: list[Problem]) -> str | None:
+    if value is None:
+        return None
+    try:
+        check_url_syntax(value, field)
+    except ValidationError as exc:
+        problems.extend(exc.problems)
+        return None
+    return str(value)
+
+
+def _string_map(
+    value: Any, field: str, max_entries: int, max_key: int, max_value: int, problems: list[Problem]
+) -> dict[str, str]:
+    if value is None:
+        return {}
+    if not isinstance(value, Mapping):
+        problems.append(Problem(field, "must be an object"))
+        return {}
+    if len(value) > max_entries:
+        problems.append(Problem(field, f"must have at most {max_entries} entries"))
+    out: dict[str, str] = {}
+    for key, item in value.items():
+        # Cap the key in the path so one huge key cannot blow up the error response.
+        path = f"{field}.{str(key)[:max_key]}"
+        if not isinstance(key, str) or not key:
+            problems.append(Problem(path, "key must be a non-empty string"))
+        elif len(key) > max_key:
+            problems.append(Problem(path, f"key must be at most {max_key} characters"))
+        elif not isinstance(item, str):
+            problems.append(Problem(path, "must be a string"))
+        elif len(item) > max_value:
+            problems.append(Problem(path, f"must be at most {max_value} characters"))
+        else:
+            out[key] = item
+    return out
+
+
+__all__ = ["NormalizedRequest", "RequestLimits", "request_hash", "validate_job_request"]

@@ -1,0 +1,59 @@
+"""Small helpers for tests that talk to the real broker: unique names, topic creation, and
+consume-until-deadline (never a sleep)."""
+from __future__ import annotations
+
+import time
+import uuid
+from collections.abc import Callable, Iterable
+
+from confluent_kafka import Consumer, KafkaException, Producer
+from confluent_kafka.admin import AdminClient, NewTopic
+
+
+def unique_name(prefix: str) -> str:
+    return f"{prefix}{uuid.uuid4().hex[:10]}"
+
+
+def create_topics(bootstrap: str, names: Iterable[str], partitions: int = 1) -> None:
+    admin = AdminClient({"bootstrap.servers": bootstrap})
+    futures = admin.create_topics([NewTopic(n, num_partitions=partitions, replication_factor=1) for n in names])
+    for name, fut in futures.items():
+        try:
+            fut.result(timeout=30)
+        except KafkaException as exc:
+            if "TOPIC_ALREADY_EXISTS" not in str(exc):
+                raise
+
+
+def produce(bootstrap: str, topic: str, records: Iterable[tuple[bytes | None, bytes]]) -> None:
+    producer = Producer({"bootstrap.servers": bootstrap, "acks": "all", "enable.idempotence": True})
+    for key, value in records:
+        producer.produce(topic, key=key, value=value)
+        producer.poll(0)
+    remaining = producer.flush(30)
+    assert remaining == 0, f"{remaining} records not acknowledged"
+
+
+def consume_until(bootstrap: str, topic: str, done: Callable[[list], bool], *, timeout: float = 60.0,
+                  group: str | None = None) -> list:
+    """Read ``topic`` from the beginning until ``done(messages)`` or the deadline (then fail)."""
+    consumer = Consumer({
+        "bootstrap.servers": bootstrap,
+        "group.id": group or unique_name("g"),
+        "auto.offset.reset": "earliest",
+        "enable.auto.commit": False,
+    })
+    consumer.subscribe([topic])
+    messages: list = []
+    deadline = time.monotonic() + timeout
+    try:
+        while not done(messages):
+            if time.monotonic() > deadline:
+                raise AssertionError(f"timed out after {timeout}s on {topic}: {len(messages)} messages read")
+            msg = consumer.poll(0.5)
+            if msg is None or msg.error():
+                continue
+            messages.append(msg)
+    finally:
+        consumer.close()
+    return messages

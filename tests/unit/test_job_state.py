@@ -1,0 +1,398 @@
+from __future__ import annotations
+
+import dataclasses
+import json
+from typing import Any
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from floodgate.errors import ValidationError
+from floodgate.jobs import RECENT_EVENTS_LIMIT, TERMINAL, JobEvent, JobState, JobStatus, apply
+
+Q, S, R, C, F, X = (
+    JobStatus.QUEUED,
+    JobStatus.SUBMITTED,
+    JobStatus.RUNNING,
+    JobStatus.COMPLETED,
+    JobStatus.FAILED,
+    JobStatus.CANCELLED,
+)
+
+
+def ev(kind: str, event_id: str = "e-new", **kw: Any) -> JobEvent:
+    defaults: dict[str, Any] = {"at": 100.0, "attempt": 1, "provider": "sora"}
+    if kind == "completed":
+        defaults["video_url"] = "https://cdn/v.mp4"
+    if kind == "progress":
+        defaults["progress"] = 0.7
+    if kind == "rerouted":
+        defaults.update(attempt=2, provider="kling")
+    return JobEvent(event_id=event_id, job_id="j1", kind=kind, **{**defaults, **kw})
+
+
+def state_at(status: JobStatus, **kw: Any) -> JobState:
+    """A job on attempt 1 at sora, half done, that has seen one event."""
+    fields: dict[str, Any] = dict(
+        job_id="j1",
+        tenant="acme",
+        model="sora-2",
+        provider="sora",
+        provider_job_id="sj-1",
+        status=status,
+        progress=1.0 if status is C else 0.5,
+        video_url="https://cdn/old.mp4" if status is C else None,
+        error="boom" if status is F else None,
+        attempt=1,
+        created_at=10.0,
+        updated_at=50.0,
+        recent_events=("e-prev",),
+        version=3,
+    )
+    fields.update(kw)
+    return JobState(**fields)
+
+
+# (from status, event kind) -> (status after, changed, became_terminal)
+TABLE = [
+    (Q, "queued", Q, False, False),
+    (Q, "submitted", S, True, False),
+    (Q, "running", R, True, False),
+    (Q, "progress", R, True, False),
+    (Q, "completed", C, True, True),
+    (Q, "failed", F, True, True),
+    (Q, "cancelled", X, True, True),
+    (Q, "rerouted", Q, True, False),
+    (S, "queued", S, False, False),
+    (S, "submitted", S, False, False),
+    (S, "running", R, True, False),
+    (S, "progress", R, True, False),
+    (S, "completed", C, True, True),
+    (S, "failed", F, True, True),
+    (S, "cancelled", X, True, True),
+    (S, "rerouted", Q, True, False),
+    (R, "queued", R, False, False),
+    (R, "submitted", R, False, False),
+    (R, "running", R, False, False),
+    (R, "progress", R, True, False),  # 0.5 -> 0.7
+    (R, "completed", C, True, True),
+    (R, "failed", F, True, True),
+    (R, "cancelled", X, True, True),
+    (R, "rerouted", Q, True, False),
+    (C, "queued", C, False, False),
+    (C, "submitted", C, False, False),
+    (C, "running", C, False, False),
+    (C, "progress", C, False, False),
+    (C, "completed", C, False, False),
+    (C, "failed", C, False, False),
+    (C, "cancelled", C, False, False),
+    (C, "rerouted", C, False, False),
+    (F, "queued", F, False, False),
+    (F, "submitted", F, False, False),
+    (F, "running", F, False, False),
+    (F, "progress", F, True, False),  # a late fact of the same attempt: progress rises, status stays
+    (F, "completed", F, False, False),
+    (F, "failed", F, False, False),
+    (F, "cancelled", F, False, False),
+    (F, "rerouted", F, False, False),
+    (X, "queued", X, False, False),
+    (X, "submitted", X, False, False),
+    (X, "running", X, False, False),
+    (X, "progress", X, True, False),
+    (X, "completed", X, False, False),
+    (X, "failed", X, False, False),
+    (X, "cancelled", X, False, False),
+    (X, "rerouted", X, False, False),
+]
+
+
+@pytest.mark.parametrize(("before", "kind", "after", "changed", "became_terminal"), TABLE)
+def test_transition_table(
+    before: JobStatus, kind: str, after: JobStatus, changed: bool, became_terminal: bool
+) -> None:
+    old = state_at(before)
+    t = apply(old, ev(kind))
+    assert t.state is not None
+    assert (t.state.status, t.changed, t.became_terminal) == (after, changed, became_terminal), t.reason
+    if changed:
+        assert t.state.version == old.version + 1
+        assert t.state.recent_events[-1] == "e-new"
+        assert t.state.updated_at == 100.0
+    else:
+        assert t.state is old
+
+
+def test_table_covers_every_status_and_kind() -> None:
+    from floodgate.jobs import EVENT_KINDS
+
+    assert {(row[0], row[1]) for row in TABLE} == {(s, k) for s in JobStatus for k in EVENT_KINDS}
+
+
+@pytest.mark.parametrize("kind", ["queued", "submitted", "running", "progress", "completed", "failed", "cancelled"])
+def test_event_from_an_older_attempt_is_stale(kind: str) -> None:
+    old = state_at(R)
+    t = apply(old, ev(kind, attempt=0))
+    assert (t.changed, t.state) == (False, old)
+    assert "stale" in t.reason
+
+
+def test_duplicate_event_id_changes_nothing() -> None:
+    first = apply(state_at(Q), ev("running"))
+    assert first.state is not None
+    again = apply(first.state, ev("completed"))  # same id "e-new", different content
+    assert again.changed is False and again.state is first.state
+    assert again.reason == "duplicate event"
+
+
+def test_recent_events_window_is_bounded_and_keeps_the_newest() -> None:
+    s: JobState | None = None
+    for i in range(RECENT_EVENTS_LIMIT + 10):
+        t = apply(s, JobEvent(f"e{i}", "j1", "progress", at=float(i), progress=i / 100))
+        assert t.changed
+        s = t.state
+    assert s is not None
+    assert len(s.recent_events) == RECENT_EVENTS_LIMIT
+    assert s.recent_events[-1] == f"e{RECENT_EVENTS_LIMIT + 9}"
+    assert s.version == RECENT_EVENTS_LIMIT + 10
+
+
+def test_queued_event_creates_the_full_state() -> None:
+    e = JobEvent(
+        "e1", "j1", "queued", at=5.0, tenant="acme", user_id="u1", model="sora-2",
+        webhook_url="https://hook", metadata={"k": "v"}, provider="sora",
+    )
+    t = apply(None, e)
+    assert t.changed and not t.became_terminal
+    assert t.state == JobState(
+        job_id="j1", tenant="acme", user_id="u1", model="sora-2", provider="sora", status=Q,
+        created_at=5.0, updated_at=5.0, webhook_url="https://hook", metadata={"k": "v"},
+        recent_events=("e1",), version=1,
+    )
+
+
+def test_unknown_job_created_by_a_webhook_keeps_its_facts_and_learns_the_rest_later() -> None:
+    t = apply(None, JobEvent("w1", "j1", "completed", at=90.0, provider="kling",
+                             provider_job_id="k-9", video_url="https://cdn/v.mp4"))
+    assert t.state is not None and t.became_terminal
+    assert (t.state.status, t.state.provider_job_id, t.state.progress) == (C, "k-9", 1.0)
+    late = apply(t.state, JobEvent("q1", "j1", "queued", at=1.0, tenant="acme", model="kling-2"))
+    assert late.changed and not late.became_terminal
+    assert late.state is not None
+    assert (late.state.status, late.state.tenant, late.state.model) == (C, "acme", "kling-2")
+    assert late.state.created_at == 1.0
+    assert late.state.updated_at == 90.0  # a late event does not move updated_at backwards
+
+
+def test_completed_webhook_may_beat_submitted_and_submitted_then_only_fills_the_id() -> None:
+    done = apply(state_at(Q, provider_job_id=None), ev("completed", event_id="w", provider_job_id=None))
+    assert done.state is not None and done.state.status is C
+    late = apply(done.state, ev("submitted", event_id="s", provider_job_id="sj-1"))
+    assert late.state is not None and late.changed and not late.became_terminal
+    assert (late.state.status, late.state.provider_job_id) == (C, "sj-1")
+
+
+def test_completed_without_video_url_is_a_failure() -> None:
+    t = apply(state_at(R), ev("completed", video_url=None))
+    assert t.state is not None and t.changed and t.became_terminal
+    assert t.state.status is F
+    assert t.state.error == "completed without a video_url"
+    assert "marked failed" in t.reason
+
+
+def test_failed_keeps_the_provider_error() -> None:
+    t = apply(state_at(R), ev("failed", error="content policy"))
+    assert t.state is not None and t.state.error == "content policy"
+
+
+def test_reroute_moves_to_the_new_provider_and_forgets_the_old_job() -> None:
+    t = apply(state_at(R), ev("rerouted"))
+    assert t.state is not None
+    s = t.state
+    assert (s.status, s.provider, s.provider_job_id, s.attempt, s.progress) == (Q, "kling", None, 2, 0.0)
+    assert (s.tenant, s.model, s.created_at) == ("acme", "sora-2", 10.0)
+
+
+def test_reroute_needs_a_higher_attempt() -> None:
+    old = state_at(R)
+    t = apply(old, ev("rerouted", attempt=1))
+    assert (t.changed, t.state) == (False, old)
+
+
+def test_event_of_a_new_attempt_opens_it_even_before_the_reroute_arrives() -> None:
+    t = apply(state_at(R), ev("submitted", attempt=2, provider="kling", provider_job_id="k-1"))
+    assert t.state is not None
+    assert (t.state.status, t.state.attempt, t.state.provider, t.state.provider_job_id) == (S, 2, "kling", "k-1")
+    late_reroute = apply(t.state, ev("rerouted", event_id="rr"))
+    assert late_reroute.changed is False
+
+
+def test_progress_only_rises() -> None:
+    old = state_at(R, progress=0.8)
+    assert apply(old, ev("progress", progress=0.3)).changed is False
+    assert apply(old, ev("progress", progress=0.8)).changed is False
+
+
+def test_event_for_another_job_is_a_bug() -> None:
+    with pytest.raises(ValueError, match="not 'j1'"):
+        apply(state_at(Q), JobEvent("e", "j2", "running", at=1.0))
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "field"),
+    [
+        ({"kind": "exploded"}, "kind"),
+        ({"kind": "progress", "progress": 1.5}, "progress"),
+        ({"kind": "progress", "progress": -0.1}, "progress"),
+        ({"kind": "running", "attempt": -1}, "attempt"),
+        ({"kind": "rerouted", "attempt": 1}, "provider"),
+        ({"kind": "rerouted", "attempt": 0, "provider": "kling"}, "attempt"),
+        ({"kind": "running", "event_id": ""}, "event_id"),
+        ({"kind": "running", "at": float("nan")}, "at"),
+    ],
+)
+def test_malformed_event_is_rejected(kwargs: dict[str, Any], field: str) -> None:
+    args: dict[str, Any] = {"event_id": "e", "job_id": "j1", "at": 1.0, **kwargs}
+    with pytest.raises(ValidationError) as info:
+        JobEvent(**args)
+    assert field in {p.field for p in info.value.problems}
+
+
+def test_state_round_trips_through_json() -> None:
+    s = state_at(C, metadata={"a": "1"}, webhook_url="https://hook", user_id="u")
+    data = json.loads(json.dumps(s.to_dict()))
+    assert JobState.from_dict(data) == s
+    assert data["status"] == "completed"
+
+
+def test_from_dict_ignores_unknown_keys_and_defaults_missing_ones() -> None:
+    s = JobState.from_dict({"job_id": "j1", "status": "running", "added_in_v9": True})
+    assert s == JobState(job_id="j1", status=R)
+
+
+def test_from_dict_names_every_bad_field() -> None:
+    with pytest.raises(ValidationError) as info:
+        JobState.from_dict({"job_id": "", "status": "exploded", "progress": 2, "metadata": {"a": 1}, "version": -1})
+    assert {p.field for p in info.value.problems} == {"job_id", "status", "progress", "metadata", "version"}
+
+
+def test_from_dict_requires_job_id_and_status() -> None:
+    with pytest.raises(ValidationError) as info:
+        JobState.from_dict({})
+    assert {p.field for p in info.value.problems} == {"job_id", "status"}
+
+
+# --- properties -------------------------------------------------------------------------
+
+PROVIDERS = ["sora", "kling", "veo"]
+
+
+@st.composite
+def job_history(draw: st.DrawFn) -> list[JobEvent]:
+    """One job's events in the order they happened: attempts, each maybe rerouted, ending in one terminal event."""
+    attempts = draw(st.integers(1, 3))
+    raw: list[dict[str, Any]] = []
+    for a in range(attempts):
+        provider = draw(st.sampled_from(PROVIDERS))
+        pjid = f"{provider}-{a}"
+        if a == 0:
+            raw.append(dict(kind="queued", tenant="acme", user_id="u1", model="m", webhook_url="https://h",
+                            metadata={"k": "v"}, provider=draw(st.sampled_from([provider, None]))))
+        else:
+            raw.append(dict(kind="rerouted", provider=provider))
+        if draw(st.booleans()):
+            raw.append(dict(kind="submitted", provider=provider, provider_job_id=pjid))
+        if draw(st.booleans()):
+            raw.append(dict(kind="running", provider=provider, provider_job_id=pjid))
+        for p in sorted(draw(st.lists(st.floats(0, 1), max_size=3))):
+            raw.append(dict(kind="progress", provider=provider, provider_job_id=pjid, progress=p))
+        for kw in raw:
+            kw.setdefault("attempt", a)
+    last = attempts - 1
+    provider = raw[-1].get("provider") or "sora"
+    terminal = draw(st.sampled_from(["completed", "completed-no-url", "failed", "cancelled"]))
+    end: dict[str, Any] = dict(kind=terminal.removesuffix("-no-url"), attempt=last, provider=provider)
+    if draw(st.booleans()):
+        end["provider_job_id"] = f"{provider}-{last}"
+    if terminal == "completed":
+        end["video_url"] = "https://cdn/v.mp4"
+    if terminal == "failed":
+        end["error"] = "boom"
+    raw.append(end)
+    return [JobEvent(event_id=f"e{i}", job_id="j1", at=float(i), **kw) for i, kw in enumerate(raw)]
+
+
+def fold(events: list[JobEvent]) -> JobState:
+    s: JobState | None = None
+    for e in events:
+        s = apply(s, e).state
+    assert s is not None
+    return s
+
+
+def semantic(s: JobState) -> dict[str, Any]:
+    """Everything but the bookkeeping that depends on arrival order by design."""
+    d = s.to_dict()
+    del d["version"], d["recent_events"]
+    return d
+
+
+@settings(max_examples=200)
+@given(history=job_history(), data=st.data())
+def test_any_order_with_duplicates_converges_to_the_in_order_state(history: list[JobEvent], data: st.DataObject) -> None:
+    shuffled = list(data.draw(st.permutations(history)))
+    for e in data.draw(st.lists(st.sampled_from(history), max_size=5)):
+        shuffled.insert(data.draw(st.integers(0, len(shuffled))), e)
+    expected = fold(history)
+    assert expected.status in TERMINAL
+    assert semantic(fold(shuffled)) == semantic(expected)
+
+
+events_any = st.builds(
+    JobEvent,
+    event_id=st.sampled_from([f"e{i}" for i in range(12)]),
+    job_id=st.just("j1"),
+    kind=st.sampled_from(["queued", "submitted", "running", "progress", "completed", "failed", "cancelled"]),
+    at=st.floats(0, 1000),
+    provider=st.sampled_from([None, *PROVIDERS]),
+    provider_job_id=st.sampled_from([None, "a", "b"]),
+    attempt=st.integers(0, 3),
+    progress=st.none() | st.floats(0, 1),
+    video_url=st.sampled_from([None, "https://cdn/v.mp4"]),
+) | st.builds(
+    JobEvent,
+    event_id=st.sampled_from([f"r{i}" for i in range(4)]),
+    job_id=st.just("j1"),
+    kind=st.just("rerouted"),
+    at=st.floats(0, 1000),
+    provider=st.sampled_from(PROVIDERS),
+    attempt=st.integers(1, 3),
+)
+
+
+@given(st.lists(events_any, min_size=1, max_size=20))
+def test_invariants_hold_for_arbitrary_event_streams(events: list[JobEvent]) -> None:
+    s: JobState | None = None
+    for e in events:
+        t = apply(s, e)
+        assert t.state is not None
+        if s is not None:
+            assert t.state.version == s.version + (1 if t.changed else 0)
+            assert t.state.attempt >= s.attempt
+            assert t.state.updated_at >= s.updated_at
+            if s.status in TERMINAL:
+                assert t.state.status == s.status
+                assert not t.became_terminal
+        assert t.became_terminal == (t.changed and t.state.status in TERMINAL and (s is None or s.status not in TERMINAL))
+        assert 0.0 <= t.state.progress <= 1.0
+        s = t.state
+
+
+@settings(max_examples=50)
+@given(st.lists(events_any, max_size=8), events_any)
+def test_reapplying_an_event_outside_the_dedupe_window_is_harmless(prefix: list[JobEvent], e: JobEvent) -> None:
+    before = dataclasses.replace(fold(prefix), recent_events=()) if prefix else None
+    s = apply(before, e).state
+    assert s is not None
+    forgotten = dataclasses.replace(s, recent_events=())
+    assert apply(forgotten, e).changed is False

@@ -1,0 +1,159 @@
+"""Standard Webhooks signing: round trips, rotation, and one test per rejection reason."""
+from __future__ import annotations
+
+import base64
+import hashlib
+import hmac
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from floodgate import signing
+from floodgate.errors import ConfigError, WebhookVerificationError
+
+KEY = b"0123456789abcdef0123456789abcdef"
+SECRET = "whsec_" + base64.b64encode(KEY).decode()
+NOW = 1_700_000_000.0
+BODY = b'{"type":"video.completed","data":{"id":"video_1"}}'
+
+
+def headers(secret: str = SECRET, msg_id: str = "evt_1", body: bytes = BODY, now: float = NOW) -> dict[str, str]:
+    return signing.signature_headers(secret, msg_id, body, now)
+
+
+def test_golden_value_matches_an_independent_hmac() -> None:
+    expected = base64.b64encode(hmac.new(KEY, b"evt_1.1700000000." + BODY, hashlib.sha256).digest()).decode()
+    assert signing.sign(SECRET, "evt_1", 1_700_000_000, BODY) == "v1," + expected
+
+
+def test_raw_string_secret_is_used_as_utf8_bytes() -> None:
+    raw = "not-a-whsec-secret-ü"
+    expected = base64.b64encode(hmac.new(raw.encode(), b"m.5.x", hashlib.sha256).digest()).decode()
+    assert signing.sign(raw, "m", 5, b"x") == "v1," + expected
+
+
+def test_signature_headers_carry_id_integer_timestamp_and_signature() -> None:
+    out = headers(now=NOW + 0.9)
+    assert out == {
+        "webhook-id": "evt_1",
+        "webhook-timestamp": "1700000000",
+        "webhook-signature": signing.sign(SECRET, "evt_1", 1_700_000_000, BODY),
+    }
+
+
+def test_round_trip_verifies() -> None:
+    signing.verify(SECRET, headers(), BODY, now=NOW)
+
+
+def test_header_names_are_case_insensitive() -> None:
+    mixed = {k.upper() if i % 2 else k.title(): v for i, (k, v) in enumerate(headers().items())}
+    signing.verify(SECRET, mixed, BODY, now=NOW)
+
+
+def test_rotation_any_listed_v1_signature_may_match() -> None:
+    old = signing.new_secret()
+    out = headers()
+    out["webhook-signature"] = " ".join(
+        [signing.sign(old, "evt_1", int(NOW), BODY), "v1a,c29tZXRoaW5n", out["webhook-signature"], "garbage"]
+    )
+    signing.verify(SECRET, out, BODY, now=NOW)
+    signing.verify(old, out, BODY, now=NOW)
+
+
+def test_timestamp_within_tolerance_either_side_is_accepted() -> None:
+    signing.verify(SECRET, headers(), BODY, now=NOW + 300)
+    signing.verify(SECRET, headers(), BODY, now=NOW - 300)
+
+
+@pytest.mark.parametrize("name", ["webhook-id", "webhook-timestamp", "webhook-signature"])
+def test_rejects_missing_header(name: str) -> None:
+    out = headers()
+    del out[name]
+    with pytest.raises(WebhookVerificationError, match=f"^missing header: {name}$"):
+        signing.verify(SECRET, out, BODY, now=NOW)
+
+
+def test_rejects_empty_header_as_missing() -> None:
+    out = headers()
+    out["webhook-id"] = ""
+    with pytest.raises(WebhookVerificationError, match="^missing header: webhook-id"):
+        signing.verify(SECRET, out, BODY, now=NOW)
+
+
+@pytest.mark.parametrize("value", ["soon", "1.5", "-10", "+1700000000", "1_700_000_000", "１７"])
+def test_rejects_bad_timestamp_format(value: str) -> None:
+    out = headers()
+    out["webhook-timestamp"] = value
+    with pytest.raises(WebhookVerificationError, match="^bad timestamp format"):
+        signing.verify(SECRET, out, BODY, now=NOW)
+
+
+def test_rejects_timestamp_too_old() -> None:
+    with pytest.raises(WebhookVerificationError, match="^timestamp too old"):
+        signing.verify(SECRET, headers(), BODY, now=NOW + 301)
+
+
+def test_rejects_timestamp_too_new() -> None:
+    with pytest.raises(WebhookVerificationError, match="^timestamp too new"):
+        signing.verify(SECRET, headers(), BODY, now=NOW - 301)
+
+
+def test_tolerance_is_configurable() -> None:
+    with pytest.raises(WebhookVerificationError, match="^timestamp too old"):
+        signing.verify(SECRET, headers(), BODY, now=NOW + 11, tolerance=10)
+
+
+def test_rejects_tampered_body() -> None:
+    with pytest.raises(WebhookVerificationError, match="^no matching signature$"):
+        signing.verify(SECRET, headers(), BODY + b" ", now=NOW)
+
+
+def test_rejects_wrong_secret() -> None:
+    with pytest.raises(WebhookVerificationError, match="^no matching signature$"):
+        signing.verify(signing.new_secret(), headers(), BODY, now=NOW)
+
+
+def test_rejects_signature_replayed_under_another_id() -> None:
+    out = headers()
+    out["webhook-id"] = "evt_2"
+    with pytest.raises(WebhookVerificationError, match="^no matching signature$"):
+        signing.verify(SECRET, out, BODY, now=NOW)
+
+
+@pytest.mark.parametrize("value", ["v2,abc", "nonsense", "v1,***", "v1"])
+def test_rejects_header_without_a_usable_v1_entry(value: str) -> None:
+    out = headers()
+    out["webhook-signature"] = value
+    with pytest.raises(WebhookVerificationError, match="^no matching signature$"):
+        signing.verify(SECRET, out, BODY, now=NOW)
+
+
+def test_new_secret_is_whsec_base64_of_random_bytes() -> None:
+    first, second = signing.new_secret(), signing.new_secret()
+    assert first.startswith("whsec_") and first != second
+    assert len(base64.b64decode(first.removeprefix("whsec_"), validate=True)) == 32
+    with pytest.raises(ValueError):
+        signing.new_secret(8)
+
+
+def test_malformed_whsec_secret_is_a_config_error() -> None:
+    with pytest.raises(ConfigError):
+        signing.sign("whsec_not base64!", "m", 1, b"")
+
+
+@given(
+    key=st.binary(min_size=1, max_size=64),
+    msg_id=st.text(st.characters(blacklist_categories=["Cs"]), min_size=1, max_size=40).filter(
+        lambda s: s == s.strip() and s != ""
+    ),
+    body=st.binary(max_size=256),
+    now=st.integers(min_value=0, max_value=4_000_000_000),
+)
+def test_property_round_trip_and_single_bit_tamper(key: bytes, msg_id: str, body: bytes, now: int) -> None:
+    secret = "whsec_" + base64.b64encode(key).decode()
+    out = signing.signature_headers(secret, msg_id, body, now)
+    signing.verify(secret, out, body, now=now)
+    tampered = bytes([body[0] ^ 1]) + body[1:] if body else b"x"
+    with pytest.raises(WebhookVerificationError):
+        signing.verify(secret, out, tampered, now=now)
