@@ -1,0 +1,23 @@
+# The two commands a fresh machine needs (see README): `make demo` and `make test`.
+.PHONY: demo test test-all bench bootstrap broker-start broker-stop
+
+bootstrap:
+	@bash dev/bootstrap.sh
+
+demo: bootstrap
+	.venv/bin/floodgate demo
+
+test: bootstrap
+	.venv/bin/python -m pytest -q -m "not slow"
+
+test-all: bootstrap
+	.venv/bin/python -m pytest -q
+
+bench: bootstrap
+	.venv/bin/floodgate bench
+
+broker-start: bootstrap
+	.venv/bin/floodgate broker start
+
+broker-stop: bootstrap
+	.venv/bin/floodgate broker stop

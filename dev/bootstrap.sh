@@ -1,0 +1,32 @@
+#!/usr/bin/env bash
+# Make this machine ready for Floodgate: system tools from Debian's packages (only when missing),
+# a virtualenv in .venv with the package and its dev extras. Safe to run again; fast when done.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+need_apt=()
+command -v java >/dev/null 2>&1 || need_apt+=(openjdk-17-jre-headless)
+command -v mvn >/dev/null 2>&1 || need_apt+=(maven)
+command -v kcat >/dev/null 2>&1 || need_apt+=(kcat)
+if [ "${FLOODGATE_NEED_NGINX:-0}" = 1 ] && ! command -v nginx >/dev/null 2>&1; then need_apt+=(nginx-light); fi
+if [ ${#need_apt[@]} -gt 0 ]; then
+  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+    echo "bootstrap: installing ${need_apt[*]} from Debian's packages" >&2
+    apt-get update -qq >/dev/null
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${need_apt[@]}" >/dev/null
+  else
+    echo "bootstrap: missing ${need_apt[*]}; install them (Debian: apt-get install ${need_apt[*]})," >&2
+    echo "           or run Kafka with Docker (docker compose up -d kafka) and set FLOODGATE_KAFKA_BOOTSTRAP." >&2
+  fi
+fi
+
+PY=${PYTHON:-python3}
+if [ ! -x .venv/bin/python ]; then
+  "$PY" -m venv .venv
+fi
+stamp=.venv/.floodgate-installed
+if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ]; then
+  .venv/bin/python -m pip install -q --upgrade pip >/dev/null
+  .venv/bin/python -m pip install -q -e '.[dev]'
+  touch "$stamp"
+fi
