@@ -200,7 +200,8 @@ async def create_video(request: web.Request) -> web.Response:
     try:
         create = parse_create(await request.read())
     except BadRequest as exc:
-        return problem(400, "Bad Request", str(exc), field=exc.field)
+        return problem(400, "Bad Request", str(exc), field=exc.field,
+                       errors=[{"field": exc.field, "message": exc.message}])
     idempotency_key = request.headers.get("Idempotency-Key")
     if idempotency_key is not None and not 1 <= len(idempotency_key) <= 255:
         return problem(400, "Bad Request", "Idempotency-Key must be 1-255 characters", field="Idempotency-Key")

@@ -24,7 +24,9 @@ from connectors.simulator import (
     run_receiver,
     run_simulator,
 )
+from connectors.simulator.jobs import CreateRequest
 from connectors.simulator.receiver import Delivery
+from connectors.simulator.state import Created, ProviderState
 from floodgate import signing
 from floodgate.errors import ConfigError
 
@@ -218,7 +220,8 @@ async def test_bad_request_names_the_field(payload: Any, field: str) -> None:
         async with http.post(f"{sim.url}/sora/v1/videos", json=payload, headers=auth()) as r:
             assert r.status == 400
             assert r.content_type == "application/problem+json"
-            assert (await r.json(content_type=None))["field"] == field
+            problem = await r.json(content_type=None)
+            assert problem["field"] == field and problem["errors"][0]["field"] == field
         assert sim.stats()["providers"]["sora"]["jobs_created"] == 0
 
 
@@ -343,6 +346,36 @@ async def test_presets_and_config_loading(tmp_path: Path) -> None:
         config_from_dict({"providers": {"p": {"failure_rate": 2}}})
     with pytest.raises(ConfigError):
         config_from_dict({"providers": {"_admin": {}}})
+
+
+def test_state_is_deterministic_per_seed_and_cold_starts_follow_the_idle_window() -> None:
+    """``ProviderState`` is synchronous with injected clocks, so this needs no server at all."""
+    request = CreateRequest(model="m", prompt="p", image_url=None, webhook_url=None, metadata={})
+    provider = fast(failure_rate=0.5, render_time=Distribution("uniform", min=10, max=20),
+                    cold_start=100.0, idle_after=60.0, concurrency_limit=100)
+
+    def run(clock: list[float]) -> list[tuple[bool, float]]:
+        sim = SimulatorConfig(providers={"sora": provider}, time_factor=0.5, seed=42)
+        state = ProviderState("sora", provider, sim, monotonic=lambda: clock[0], wall=lambda: 1e9 + clock[0])
+        out = []
+        for _ in range(3):
+            created = state.submit("k", request, None)
+            assert isinstance(created, Created)
+            out.append((created.job.will_fail, state.begin_render(created.job)))
+            state.finish(created.job, "completed")
+            clock[0] += 10  # idle 10 simulated-and-scaled seconds: < 60 * 0.5
+        clock[0] += 30  # now idle 40 s >= 30 s: the next job is cold again
+        created = state.submit("k", request, None)
+        assert isinstance(created, Created)
+        out.append((created.job.will_fail, state.begin_render(created.job)))
+        assert state.stats()["cold_starts"] == 2
+        return out
+
+    first, second = run([0.0]), run([0.0])
+    assert first == second
+    renders = [seconds for _, seconds in first]
+    assert renders[0] >= 55 and renders[3] >= 55  # (10..20 + 100 cold) * 0.5
+    assert all(5 <= seconds <= 10 for seconds in renders[1:3])
 
 
 async def test_command_line_prints_its_url_and_exits_cleanly_on_sigterm() -> None:
