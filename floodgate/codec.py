@@ -30,6 +30,7 @@ from typing import Any
 
 import fastavro
 import orjson
+from fastavro.types import Schema
 
 from floodgate.errors import Problem, SchemaError, ValidationError
 from floodgate.validation import NormalizedRequest, request_hash
@@ -38,7 +39,7 @@ from schemas import SCHEMA_DIR
 SCHEMA_HEADER = "fg-schema"
 REQUEST_SOURCES = frozenset({"http", "sdk", "replay"})
 
-Headers = Mapping[str, bytes | str] | Iterable[tuple[str, bytes | str]] | None
+Headers = Mapping[str, bytes | str | None] | Iterable[tuple[str, bytes | str | None]] | None
 
 _HISTORY_FILE = re.compile(r"^(?P<stem>[a-z0-9_]+)\.v(?P<version>\d+)\.avsc$")
 
@@ -48,7 +49,7 @@ class _Contract:
     name: str
     version: int
     source: dict[str, Any]  # the JSON schema (logical types stripped), used by the JSON path
-    parsed: dict[str, Any]  # fastavro-parsed
+    parsed: Schema  # fastavro-parsed
     header: bytes
 
 
@@ -162,7 +163,7 @@ class Codec:
         if compute_hash:
             doc["request_hash"] = ""
         problems: list[Problem] = []
-        record = _conform(self._contract("JobRequest").source, doc, "", problems)
+        record: dict[str, Any] = _conform(self._contract("JobRequest").source, doc, "", problems)
         if not problems:
             for key in ("job_id", "tenant", "user_id", "model"):
                 if record[key] == "":
@@ -193,19 +194,23 @@ class Codec:
 
 def _load(path: Path, version: int | None) -> _Contract:
     try:
-        source = _strip_timestamps(json.loads(path.read_text(encoding="utf-8")))
-        declared = source.get("fg_version")
-        if version is None:
-            if not isinstance(declared, int) or isinstance(declared, bool):
-                raise SchemaError(f"{path}: a current schema must declare an integer fg_version")
-            version = declared
-        elif declared is not None and declared != version:
-            raise SchemaError(f"{path}: fg_version {declared} disagrees with the file name")
+        raw = _strip_timestamps(json.loads(path.read_text(encoding="utf-8")))
+    except (OSError, ValueError) as exc:
+        raise SchemaError(f"{path}: {exc}") from exc
+    if not isinstance(raw, dict) or raw.get("type") != "record" or not isinstance(raw.get("name"), str):
+        raise SchemaError(f"{path}: a contract must be a named record schema")
+    source: dict[str, Any] = raw
+    declared = source.get("fg_version")
+    if version is None:
+        if not isinstance(declared, int) or isinstance(declared, bool):
+            raise SchemaError(f"{path}: a current schema must declare an integer fg_version")
+        version = declared
+    elif declared is not None and declared != version:
+        raise SchemaError(f"{path}: fg_version {declared} disagrees with the file name")
+    try:
         # Each file gets its own named-schema space: history files redefine the same names.
         parsed = fastavro.parse_schema(copy.deepcopy(source), named_schemas={})
-    except SchemaError:
-        raise
-    except Exception as exc:
+    except Exception as exc:  # fastavro raises SchemaParseException, UnknownType, ValueError...
         raise SchemaError(f"{path}: {exc}") from exc
     name = source["name"].rpartition(".")[2]
     return _Contract(name, version, source, parsed, f"{name}/{version}".encode("ascii"))
@@ -229,11 +234,13 @@ def _header(headers: Headers, key: str) -> bytes | None:
     items = headers.items() if isinstance(headers, Mapping) else headers
     for name, value in items:
         if name == key:
+            if value is None:  # Kafka allows valueless headers
+                return b""
             return value.encode("utf-8") if isinstance(value, str) else bytes(value)
     return None
 
 
-_SCALARS: dict[str, tuple[type, ...]] = {
+_SCALARS: dict[str, tuple[type[Any], ...]] = {
     "null": (type(None),),
     "string": (str,),
     "boolean": (bool,),

@@ -24,10 +24,10 @@ JOB_PREFIX = "job_"
 EVENT_PREFIX = "evt_"
 MIN_SECRET_BYTES = 16
 
-_RFC4648 = b"ABCDEFGHIJKLMNOPQRSTUVWXYZ234567"
-_CROCKFORD = b"0123456789abcdefghjkmnpqrstvwxyz"
-_TO_CROCKFORD = bytes.maketrans(_RFC4648, _CROCKFORD)
-_FROM_CROCKFORD = {c: i for i, c in enumerate(_CROCKFORD.decode())}
+_CROCKFORD = "0123456789abcdefghjkmnpqrstvwxyz"
+_PAIRS = [a + b for a in _CROCKFORD for b in _CROCKFORD]
+_PAIR_SHIFTS = tuple(range(120, -1, -10))  # 26 characters = 130 bits; the top 2 are always zero
+_FROM_CROCKFORD = {c: i for i, c in enumerate(_CROCKFORD)}
 _JOB_ID = re.compile(r"job_[0-7][0-9a-hjkmnp-tv-z]{25}")
 _MAX_MS = (1 << 48) - 1
 
@@ -96,9 +96,8 @@ def job_id_time(job_id: str) -> int:
 
 
 def _encode128(value: int) -> str:
-    # 20 bytes = 160 bits = 32 base32 chars; the 32 leading zero bits minus the
-    # 2 unused bits of a 26-char (130-bit) id are exactly 6 leading chars.
-    return base64.b32encode(value.to_bytes(20, "big"))[6:].translate(_TO_CROCKFORD).decode("ascii")
+    # Ten bits (two characters) per lookup: base64.b32encode is pure Python and twice as slow.
+    return "".join([_PAIRS[(value >> shift) & 1023] for shift in _PAIR_SHIFTS])
 
 
 def _mac(secret: bytes, domain: bytes, *parts: str) -> bytes:

@@ -1,0 +1,283 @@
+from __future__ import annotations
+
+import socket
+from collections.abc import AsyncIterator
+
+import aiohttp
+import pytest
+from aiohttp import web
+from aiohttp.abc import AbstractResolver, ResolveResult
+
+from floodgate.errors import ValidationError
+from floodgate.netguard import (
+    ForbiddenDestination,
+    GuardedResolver,
+    check_url_syntax,
+    check_url_target,
+    is_forbidden_address,
+)
+
+GOOD_URLS = [
+    "https://hooks.example.com/floodgate",
+    "http://hooks.example.com:8080/x?y=1#frag",
+    "HTTPS://HOOKS.EXAMPLE.COM/",
+    "https://bücher.example/hook",  # IDN
+    "https://hooks.example.com./",  # trailing root dot
+    "https://under_score.example.com/",
+    "http://127.0.0.1:9000/",  # syntax only: the address is check_url_target's business
+    "https://[2001:db8::1]/",
+]
+
+BAD_URLS = [
+    (None, "must be a string"),
+    (b"https://x.example/", "must be a string"),
+    ("ftp://files.example/", "must be an http or https URL"),
+    ("javascript:alert(1)", "must be an http or https URL"),
+    ("hooks.example.com/path", "must be an http or https URL"),
+    ("https:///path", "must include a host"),
+    ("http:example.com", "must include a host"),
+    ("https://user:pw@hooks.example.com/", "must not contain credentials"),
+    ("https://hooks.example.com@169.254.169.254/", "must not contain credentials"),
+    ("https://hooks.example.com/" + "a" * 2030, "must be at most 2048 characters"),
+    ("https://hooks.example.com/a b", "must not contain whitespace or control characters"),
+    ("https://hooks.example.com/\x00", "must not contain whitespace or control characters"),
+    ("https://hooks.example.com:99999/", "is not a valid URL"),
+    ("https://hooks.example.com:0/", "must not use port 0"),
+    ("https://[::1/", "is not a valid URL"),
+    ("http://2130706433/", "has an invalid host"),  # 127.0.0.1 as one number
+    ("http://127.1/", "has an invalid host"),
+    ("http://0x7f.0.0.1/", "has an invalid host"),
+    ("http://1.2.3.4.5/", "has an invalid host"),
+    ("http://a..example.com/", "has an invalid host"),
+    ("http://-bad.example.com/", "has an invalid host"),
+    ("http://%31%32%37.0.0.1/", "has an invalid host"),
+    ("http://[fe80::1%25eth0]/", "has an invalid host"),  # zone ids pick an interface
+]
+
+
+@pytest.mark.parametrize("url", GOOD_URLS)
+def test_good_url_syntax(url: str) -> None:
+    check_url_syntax(url)
+
+
+@pytest.mark.parametrize(("url", "message"), BAD_URLS, ids=[repr(u)[:40] for u, _ in BAD_URLS])
+def test_bad_url_syntax(url: object, message: str) -> None:
+    with pytest.raises(ValidationError) as info:
+        check_url_syntax(url)
+    [problem] = info.value.problems
+    assert problem.field == "webhook_url"
+    assert problem.message.startswith(message)
+
+
+def test_url_length_limit_is_inclusive() -> None:
+    base = "https://hooks.example.com/"
+    check_url_syntax(base + "a" * (2048 - len(base)))
+    with pytest.raises(ValidationError):
+        check_url_syntax(base + "a" * (2049 - len(base)))
+
+
+def test_problem_names_the_given_field() -> None:
+    with pytest.raises(ValidationError) as info:
+        check_url_syntax("ftp://x.example/", "input.image_url")
+    assert info.value.problems[0].field == "input.image_url"
+
+
+FORBIDDEN = [
+    "127.0.0.1",
+    "127.255.255.254",
+    "10.1.2.3",
+    "172.16.0.1",
+    "172.31.255.255",
+    "192.168.1.1",
+    "169.254.169.254",  # cloud metadata
+    "169.254.0.1",
+    "100.64.0.1",  # CGNAT start
+    "100.127.255.255",  # CGNAT end
+    "0.0.0.0",
+    "0.1.2.3",
+    "224.0.0.1",
+    "239.255.255.250",
+    "240.0.0.1",
+    "255.255.255.255",
+    "192.0.0.8",
+    "192.0.2.1",
+    "198.18.0.1",
+    "::1",
+    "::",
+    "fe80::1",
+    "fe80::1%eth0",
+    "fc00::1",
+    "fd12:3456::1",
+    "fec0::1",
+    "ff02::1",
+    "ff0e::1",
+    "2001:db8::1",
+    "::ffff:127.0.0.1",  # IPv4-mapped
+    "::ffff:169.254.169.254",
+    "::ffff:10.0.0.1",
+    "::ffff:100.64.0.1",
+    "::127.0.0.1",  # IPv4-compatible (deprecated)
+    "2002:7f00:1::1",  # 6to4 of 127.0.0.1
+    "2002:a9fe:a9fe::1",  # 6to4 of 169.254.169.254
+    "64:ff9b::a9fe:a9fe",  # NAT64 of 169.254.169.254
+    "2001:0:4136:e378:8000:63bf:80ff:fffe",  # Teredo
+    "not-an-ip",  # fail closed
+    "",
+]
+ALLOWED = [
+    "8.8.8.8",
+    "1.1.1.1",
+    "93.184.216.34",
+    "100.63.255.255",  # just below CGNAT
+    "100.128.0.0",  # just above CGNAT
+    "172.32.0.1",
+    "2606:4700:4700::1111",
+    "::ffff:8.8.8.8",
+    "2002:808:808::1",  # 6to4 of a public address
+]
+
+
+@pytest.mark.parametrize("ip", FORBIDDEN)
+def test_forbidden_addresses(ip: str) -> None:
+    assert is_forbidden_address(ip)
+
+
+@pytest.mark.parametrize("ip", ALLOWED)
+def test_allowed_addresses(ip: str) -> None:
+    assert not is_forbidden_address(ip)
+
+
+def test_accepts_ipaddress_objects() -> None:
+    import ipaddress
+
+    assert is_forbidden_address(ipaddress.ip_address("10.0.0.1"))
+    assert not is_forbidden_address(ipaddress.ip_address("8.8.8.8"))
+
+
+@pytest.mark.parametrize(
+    "url", ["http://169.254.169.254/latest/meta-data", "http://[::1]:8080/", "http://[::ffff:7f00:1]/", "http://10.0.0.1/"]
+)
+def test_target_rejects_forbidden_ip_literals(url: str) -> None:
+    with pytest.raises(ValidationError, match="private or reserved"):
+        check_url_target(url, allow_private=False)
+    check_url_target(url, allow_private=True)
+
+
+@pytest.mark.parametrize("url", ["https://hooks.example.com/", "http://8.8.8.8/", "http://localhost:8080/"])
+def test_target_leaves_names_to_the_resolver(url: str) -> None:
+    check_url_target(url, allow_private=False)
+
+
+def test_target_still_checks_syntax() -> None:
+    with pytest.raises(ValidationError, match="credentials"):
+        check_url_target("http://u:p@hooks.example.com/", allow_private=True)
+
+
+# --- GuardedResolver -------------------------------------------------------------
+
+class FakeResolver(AbstractResolver):
+    """Answers every name with fixed addresses; counts calls so rebinding can be simulated."""
+
+    def __init__(self, *answers: list[str]) -> None:
+        self.answers = list(answers)
+        self.calls = 0
+        self.closed = False
+
+    async def resolve(
+        self, host: str, port: int = 0, family: socket.AddressFamily = socket.AF_INET
+    ) -> list[ResolveResult]:
+        addresses = self.answers[min(self.calls, len(self.answers) - 1)]
+        self.calls += 1
+        return [
+            ResolveResult(
+                hostname=host,
+                host=ip,
+                port=port,
+                family=socket.AF_INET6 if ":" in ip else socket.AF_INET,
+                proto=0,
+                flags=socket.AI_NUMERICHOST,
+            )
+            for ip in addresses
+        ]
+
+    async def close(self) -> None:
+        self.closed = True
+
+
+async def test_resolver_drops_forbidden_addresses() -> None:
+    resolver = GuardedResolver(inner=FakeResolver(["10.0.0.1", "93.184.216.34", "::1", "2606:4700::1"]))
+    result = await resolver.resolve("hooks.example.com", 443)
+    assert [r["host"] for r in result] == ["93.184.216.34", "2606:4700::1"]
+    assert result[0]["port"] == 443
+
+
+async def test_resolver_raises_os_error_when_nothing_is_left() -> None:
+    resolver = GuardedResolver(inner=FakeResolver(["127.0.0.1", "169.254.169.254"]))
+    with pytest.raises(ForbiddenDestination, match=r"rebind\.example"):
+        await resolver.resolve("rebind.example", 80)
+    assert issubclass(ForbiddenDestination, OSError)  # what aiohttp's connector catches
+
+
+async def test_resolver_checks_every_resolution() -> None:
+    # DNS rebinding: public when the URL was accepted, internal at connect time.
+    inner = FakeResolver(["93.184.216.34"], ["127.0.0.1"])
+    resolver = GuardedResolver(inner=inner)
+    assert await resolver.resolve("rebind.example", 80)
+    with pytest.raises(ForbiddenDestination):
+        await resolver.resolve("rebind.example", 80)
+
+
+async def test_resolver_allow_private_passes_everything() -> None:
+    resolver = GuardedResolver(allow_private=True, inner=FakeResolver(["127.0.0.1"]))
+    assert [r["host"] for r in await resolver.resolve("localhost", 80)] == ["127.0.0.1"]
+
+
+async def test_resolver_close_closes_inner() -> None:
+    inner = FakeResolver(["8.8.8.8"])
+    await GuardedResolver(inner=inner).close()
+    assert inner.closed
+
+
+async def test_default_inner_resolver_filters_real_lookups() -> None:
+    resolver = GuardedResolver()
+    try:
+        with pytest.raises(ForbiddenDestination):
+            await resolver.resolve("localhost", 80, family=socket.AF_INET)
+    finally:
+        await resolver.close()
+
+
+@pytest.fixture
+async def receiver() -> AsyncIterator[int]:
+    async def ok(request: web.Request) -> web.Response:
+        return web.Response(text="ok")
+
+    app = web.Application()
+    app.router.add_post("/hook", ok)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    try:
+        yield runner.addresses[0][1]
+    finally:
+        await runner.cleanup()
+
+
+async def post_via(resolver: GuardedResolver, port: int) -> int:
+    connector = aiohttp.TCPConnector(resolver=resolver, use_dns_cache=False)
+    async with (
+        aiohttp.ClientSession(connector=connector) as session,
+        session.post(f"http://hooks.example.test:{port}/hook", allow_redirects=False) as resp,
+    ):
+        return resp.status
+
+
+async def test_aiohttp_refuses_a_name_that_resolves_to_loopback(receiver: int) -> None:
+    with pytest.raises(aiohttp.ClientConnectorDNSError) as info:
+        await post_via(GuardedResolver(inner=FakeResolver(["127.0.0.1"])), receiver)
+    assert isinstance(info.value.os_error, ForbiddenDestination)
+
+
+async def test_aiohttp_reaches_loopback_when_private_allowed(receiver: int) -> None:
+    assert await post_via(GuardedResolver(allow_private=True, inner=FakeResolver(["127.0.0.1"])), receiver) == 200
