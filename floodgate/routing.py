@@ -17,12 +17,13 @@ Config shape accepted by ``RoutingTable.from_dict``::
 ISO 8601 string, a date or a datetime; one without an offset (including a bare
 date, read as midnight) is taken as UTC. Unknown keys are errors.
 """
+
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from collections.abc import Set as AbstractSet
 from dataclasses import dataclass
-from datetime import date, datetime, time, timezone
+from datetime import UTC, date, datetime, time
 from types import MappingProxyType
 from typing import Any
 
@@ -191,8 +192,12 @@ def _only_keys(data: Any, path: str, allowed: AbstractSet[str], required: Abstra
 
 def _provider(name: str, raw: Any) -> ProviderSpec:
     path = f"providers.{name}"
-    _only_keys(raw, path, {"kind", "concurrency_limit", "rate_per_second", "retired_at", "enabled"},
-               {"kind", "concurrency_limit"})
+    _only_keys(
+        raw,
+        path,
+        {"kind", "concurrency_limit", "rate_per_second", "retired_at", "enabled"},
+        {"kind", "concurrency_limit"},
+    )
     kind = raw["kind"]
     if not isinstance(kind, str) or not kind:
         raise ConfigError(f"{path}.kind: must be a non-empty string")
@@ -224,7 +229,7 @@ def _when(value: Any, path: str) -> datetime | None:
             raise ConfigError(f"{path}: not an ISO 8601 date or datetime: {value!r}") from None
     else:
         raise ConfigError(f"{path}: must be an ISO 8601 string, got {value!r}")
-    return parsed if parsed.utcoffset() is not None else parsed.replace(tzinfo=timezone.utc)
+    return parsed if parsed.utcoffset() is not None else parsed.replace(tzinfo=UTC)
 
 
 def _target(model: str, i: int, raw: Any) -> Target:
@@ -235,3 +240,14 @@ def _target(model: str, i: int, raw: Any) -> Target:
         if not isinstance(value, str) or not value:
             raise ConfigError(f"{path}.{key}: must be a non-empty string")
     return Target(provider, provider_model)
+
+
+__all__ = [
+    "ModelRoute",
+    "ProviderSpec",
+    "RoutingTable",
+    "Target",
+    "chain_for",
+    "known_models",
+    "next_target",
+]

@@ -6,6 +6,7 @@
 * ``parse_retry_after`` / ``Backoff`` / ``retry_delay``: when to try again.
 * ``CircuitBreaker``: when to stop sending to a provider and fall back.
 """
+
 from __future__ import annotations
 
 import math
@@ -13,8 +14,8 @@ import random
 import re
 from collections.abc import Iterable
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
-from enum import Enum
+from datetime import UTC, datetime
+from enum import StrEnum
 from typing import Literal
 
 from floodgate.errors import ConfigError
@@ -132,8 +133,10 @@ class TokenBucket:
         return -self._tokens / self.rate + max(0.0, self._last - now)
 
 
-_MONTHS = {m: i for i, m in enumerate(("Jan", "Feb", "Mar", "Apr", "May", "Jun",
-                                        "Jul", "Aug", "Sep", "Oct", "Nov", "Dec"), start=1)}
+_MONTHS = {
+    m: i
+    for i, m in enumerate(("Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec"), start=1)
+}
 _DAY = r"(?:Mon|Tue|Wed|Thu|Fri|Sat|Sun)"
 _LONG_DAY = r"(?:Monday|Tuesday|Wednesday|Thursday|Friday|Saturday|Sunday)"
 _MON = r"(?P<mon>Jan|Feb|Mar|Apr|May|Jun|Jul|Aug|Sep|Oct|Nov|Dec)"
@@ -172,13 +175,14 @@ def _http_date(text: str, now: float) -> float | None:
     year = int(match["y"])
     if pattern is _RFC850:
         # RFC 9110: a two-digit year more than 50 years in the future means the most recent past such year.
-        this_year = datetime.fromtimestamp(now, timezone.utc).year if math.isfinite(now) else 1970
+        this_year = datetime.fromtimestamp(now, UTC).year if math.isfinite(now) else 1970
         year += this_year - this_year % 100
         if year > this_year + 50:
             year -= 100
     try:
-        when = datetime(year, _MONTHS[match["mon"]], int(match["d"]), int(match["h"]), int(match["m"]),
-                        int(match["s"]), tzinfo=timezone.utc)
+        when = datetime(
+            year, _MONTHS[match["mon"]], int(match["d"]), int(match["h"]), int(match["m"]), int(match["s"]), tzinfo=UTC
+        )
     except ValueError:
         return None
     return when.timestamp()
@@ -231,7 +235,7 @@ def retry_delay(
     return backoff.delay(attempt)
 
 
-class BreakerState(str, Enum):
+class BreakerState(StrEnum):
     CLOSED = "closed"
     OPEN = "open"
     HALF_OPEN = "half_open"
@@ -293,3 +297,16 @@ class CircuitBreaker:
         self._failures += 1
         if self._failures >= self.failure_threshold:
             self._opened_at = now
+
+
+__all__ = [
+    "MAX_RETRY_AFTER",
+    "Backoff",
+    "BreakerState",
+    "CircuitBreaker",
+    "SlotPool",
+    "TokenBucket",
+    "parse_retry_after",
+    "partition_share",
+    "retry_delay",
+]

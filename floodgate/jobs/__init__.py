@@ -1,4 +1,5 @@
 """Job lifecycle: the pure state machine folded over job events."""
+
 from floodgate.jobs.state import (
     EVENT_KINDS,
     RECENT_EVENTS_LIMIT,

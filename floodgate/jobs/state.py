@@ -15,13 +15,14 @@ Kafka redelivers), so ``apply`` is written as a merge rather than a script:
 ``recent_events`` is only a shortcut for duplicates: the merge is idempotent,
 so an event older than the window that comes back is harmless.
 """
+
 from __future__ import annotations
 
 import dataclasses
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from enum import Enum
+from enum import StrEnum
 from types import MappingProxyType
 from typing import Any
 
@@ -30,7 +31,7 @@ from floodgate.errors import Problem, ValidationError
 RECENT_EVENTS_LIMIT = 32
 
 
-class JobStatus(str, Enum):
+class JobStatus(StrEnum):
     QUEUED = "queued"
     SUBMITTED = "submitted"
     RUNNING = "running"
@@ -83,27 +84,32 @@ class JobEvent:
     metadata: Mapping[str, str] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
-        problems: list[Problem] = []
-        if not self.event_id:
-            problems.append(Problem("event_id", "must not be empty"))
-        if not self.job_id:
-            problems.append(Problem("job_id", "must not be empty"))
-        if self.kind not in EVENT_KINDS:
-            problems.append(Problem("kind", f"unknown kind {self.kind!r}; known: {', '.join(sorted(EVENT_KINDS))}"))
-        if not math.isfinite(self.at):
-            problems.append(Problem("at", "must be a finite timestamp"))
-        if isinstance(self.attempt, bool) or not isinstance(self.attempt, int) or self.attempt < 0:
-            problems.append(Problem("attempt", "must be an integer >= 0"))
-        if self.progress is not None and not 0.0 <= self.progress <= 1.0:
-            problems.append(Problem("progress", "must be between 0 and 1"))
-        if self.kind == "rerouted":
-            if not self.provider:
-                problems.append(Problem("provider", "a rerouted event must name the new provider"))
-            if isinstance(self.attempt, int) and self.attempt < 1:
-                problems.append(Problem("attempt", "a rerouted event starts attempt 1 or later"))
+        problems = _event_problems(self)
         if problems:
             raise ValidationError(problems)
         object.__setattr__(self, "metadata", _frozen_metadata(self.metadata))
+
+
+def _event_problems(e: JobEvent) -> list[Problem]:
+    problems: list[Problem] = []
+    if not e.event_id:
+        problems.append(Problem("event_id", "must not be empty"))
+    if not e.job_id:
+        problems.append(Problem("job_id", "must not be empty"))
+    if e.kind not in EVENT_KINDS:
+        problems.append(Problem("kind", f"unknown kind {e.kind!r}; known: {', '.join(sorted(EVENT_KINDS))}"))
+    if not math.isfinite(e.at):
+        problems.append(Problem("at", "must be a finite timestamp"))
+    attempt_ok = isinstance(e.attempt, int) and not isinstance(e.attempt, bool) and e.attempt >= 0
+    if not attempt_ok:
+        problems.append(Problem("attempt", "must be an integer >= 0"))
+    if e.progress is not None and not 0.0 <= e.progress <= 1.0:
+        problems.append(Problem("progress", "must be between 0 and 1"))
+    if e.kind == "rerouted" and not e.provider:
+        problems.append(Problem("provider", "a rerouted event must name the new provider"))
+    if e.kind == "rerouted" and attempt_ok and e.attempt < 1:
+        problems.append(Problem("attempt", "a rerouted event starts attempt 1 or later"))
+    return problems
 
 
 @dataclass(frozen=True)
@@ -258,12 +264,19 @@ def _stamp(old: JobState, merged: JobState, event: JobEvent) -> JobState:
 def _merge(state: JobState, event: JobEvent) -> tuple[JobState, str]:
     """The state with the event's facts folded in (version/recent/updated untouched) and why."""
     s = _merge_identity(state, event) if event.kind == "queued" else state
+    filled = "job fields filled" if s is not state else ""
+    s, why = _merge_attempt(s, event)
+    return s, "; ".join(r for r in (filled, why) if r)
+
+
+def _merge_attempt(s: JobState, event: JobEvent) -> tuple[JobState, str]:
     if event.attempt < s.attempt:
         return s, f"stale attempt {event.attempt} < {s.attempt}"
     if s.terminal:
         if event.attempt > s.attempt:
             return s, f"{s.status.value} is terminal; attempt {event.attempt} ignored"
-        return _merge_facts(s, event), f"{s.status.value} is terminal"
+        late = _merge_facts(s, event)
+        return late, f"{s.status.value} is terminal" + ("; late facts merged" if late is not s else "")
     if event.attempt > s.attempt:
         s = dataclasses.replace(
             s,
@@ -275,7 +288,10 @@ def _merge(state: JobState, event: JobEvent) -> tuple[JobState, str]:
             video_url=None,
             error=None,
         )
-        reason = f"attempt {event.attempt} on {event.provider}"
+        if event.kind == "rerouted":
+            reason = f"rerouted to {event.provider} (attempt {event.attempt})"
+        else:
+            reason = f"attempt {event.attempt} opened by {event.kind}"
     elif event.kind == "rerouted":
         return s, f"rerouted needs attempt > {s.attempt}"
     else:
@@ -316,7 +332,8 @@ def _advance(state: JobState, event: JobEvent) -> tuple[JobState, str]:
     if _RANK[target] <= _RANK[state.status]:
         return state, ""
     if target is JobStatus.COMPLETED:
-        return dataclasses.replace(state, status=target, progress=1.0, video_url=event.video_url, error=None), "completed"
+        done = dataclasses.replace(state, status=target, progress=1.0, video_url=event.video_url, error=None)
+        return done, "completed"
     if target is JobStatus.FAILED:
         return dataclasses.replace(state, status=target, error=event.error or "failed"), "failed"
     if target is JobStatus.CANCELLED:

@@ -108,9 +108,7 @@ TABLE = [
 
 
 @pytest.mark.parametrize(("before", "kind", "after", "changed", "became_terminal"), TABLE)
-def test_transition_table(
-    before: JobStatus, kind: str, after: JobStatus, changed: bool, became_terminal: bool
-) -> None:
+def test_transition_table(before: JobStatus, kind: str, after: JobStatus, changed: bool, became_terminal: bool) -> None:
     old = state_at(before)
     t = apply(old, ev(kind))
     assert t.state is not None
@@ -159,21 +157,42 @@ def test_recent_events_window_is_bounded_and_keeps_the_newest() -> None:
 
 def test_queued_event_creates_the_full_state() -> None:
     e = JobEvent(
-        "e1", "j1", "queued", at=5.0, tenant="acme", user_id="u1", model="sora-2",
-        webhook_url="https://hook", metadata={"k": "v"}, provider="sora",
+        "e1",
+        "j1",
+        "queued",
+        at=5.0,
+        tenant="acme",
+        user_id="u1",
+        model="sora-2",
+        webhook_url="https://hook",
+        metadata={"k": "v"},
+        provider="sora",
     )
     t = apply(None, e)
     assert t.changed and not t.became_terminal
     assert t.state == JobState(
-        job_id="j1", tenant="acme", user_id="u1", model="sora-2", provider="sora", status=Q,
-        created_at=5.0, updated_at=5.0, webhook_url="https://hook", metadata={"k": "v"},
-        recent_events=("e1",), version=1,
+        job_id="j1",
+        tenant="acme",
+        user_id="u1",
+        model="sora-2",
+        provider="sora",
+        status=Q,
+        created_at=5.0,
+        updated_at=5.0,
+        webhook_url="https://hook",
+        metadata={"k": "v"},
+        recent_events=("e1",),
+        version=1,
     )
 
 
 def test_unknown_job_created_by_a_webhook_keeps_its_facts_and_learns_the_rest_later() -> None:
-    t = apply(None, JobEvent("w1", "j1", "completed", at=90.0, provider="kling",
-                             provider_job_id="k-9", video_url="https://cdn/v.mp4"))
+    t = apply(
+        None,
+        JobEvent(
+            "w1", "j1", "completed", at=90.0, provider="kling", provider_job_id="k-9", video_url="https://cdn/v.mp4"
+        ),
+    )
     assert t.state is not None and t.became_terminal
     assert (t.state.status, t.state.provider_job_id, t.state.progress) == (C, "k-9", 1.0)
     late = apply(t.state, JobEvent("q1", "j1", "queued", at=1.0, tenant="acme", model="kling-2"))
@@ -211,6 +230,7 @@ def test_reroute_moves_to_the_new_provider_and_forgets_the_old_job() -> None:
     s = t.state
     assert (s.status, s.provider, s.provider_job_id, s.attempt, s.progress) == (Q, "kling", None, 2, 0.0)
     assert (s.tenant, s.model, s.created_at) == ("acme", "sora-2", 10.0)
+    assert t.reason == "rerouted to kling (attempt 2)"
 
 
 def test_reroute_needs_a_higher_attempt() -> None:
@@ -296,8 +316,17 @@ def job_history(draw: st.DrawFn) -> list[JobEvent]:
         provider = draw(st.sampled_from(PROVIDERS))
         pjid = f"{provider}-{a}"
         if a == 0:
-            raw.append(dict(kind="queued", tenant="acme", user_id="u1", model="m", webhook_url="https://h",
-                            metadata={"k": "v"}, provider=draw(st.sampled_from([provider, None]))))
+            raw.append(
+                dict(
+                    kind="queued",
+                    tenant="acme",
+                    user_id="u1",
+                    model="m",
+                    webhook_url="https://h",
+                    metadata={"k": "v"},
+                    provider=draw(st.sampled_from([provider, None])),
+                )
+            )
         else:
             raw.append(dict(kind="rerouted", provider=provider))
         if draw(st.booleans()):
@@ -339,7 +368,9 @@ def semantic(s: JobState) -> dict[str, Any]:
 
 @settings(max_examples=200)
 @given(history=job_history(), data=st.data())
-def test_any_order_with_duplicates_converges_to_the_in_order_state(history: list[JobEvent], data: st.DataObject) -> None:
+def test_any_order_with_duplicates_converges_to_the_in_order_state(
+    history: list[JobEvent], data: st.DataObject
+) -> None:
     shuffled = list(data.draw(st.permutations(history)))
     for e in data.draw(st.lists(st.sampled_from(history), max_size=5)):
         shuffled.insert(data.draw(st.integers(0, len(shuffled))), e)
@@ -383,7 +414,8 @@ def test_invariants_hold_for_arbitrary_event_streams(events: list[JobEvent]) -> 
             if s.status in TERMINAL:
                 assert t.state.status == s.status
                 assert not t.became_terminal
-        assert t.became_terminal == (t.changed and t.state.status in TERMINAL and (s is None or s.status not in TERMINAL))
+        reached_terminal = t.state.status in TERMINAL and (s is None or s.status not in TERMINAL)
+        assert t.became_terminal == (t.changed and reached_terminal)
         assert 0.0 <= t.state.progress <= 1.0
         s = t.state
 

@@ -1,7 +1,7 @@
 from __future__ import annotations
 
 import copy
-from datetime import date, datetime, timedelta, timezone
+from datetime import UTC, date, datetime, timedelta, timezone
 from typing import Any
 
 import pytest
@@ -19,7 +19,6 @@ from floodgate.routing import (
     next_target,
 )
 
-UTC = timezone.utc
 SORA_RETIRES = datetime(2026, 9, 24, tzinfo=UTC)
 BEFORE = SORA_RETIRES - timedelta(seconds=1)
 AFTER = SORA_RETIRES + timedelta(days=30)
@@ -32,9 +31,15 @@ CONFIG: dict[str, Any] = {
         "luma": {"kind": "luma", "concurrency_limit": 3},
     },
     "routes": {
-        "sora-2": [{"provider": "sora", "provider_model": "sora-2"}, {"provider": "kling", "provider_model": "kling-v2"}],
+        "sora-2": [
+            {"provider": "sora", "provider_model": "sora-2"},
+            {"provider": "kling", "provider_model": "kling-v2"},
+        ],
         "veo-3": [{"provider": "veo"}],
-        "veo-3-or-luma": [{"provider": "veo", "provider_model": "veo-3"}, {"provider": "luma", "provider_model": "ray-2"}],
+        "veo-3-or-luma": [
+            {"provider": "veo", "provider_model": "veo-3"},
+            {"provider": "luma", "provider_model": "ray-2"},
+        ],
         "sora-only": [{"provider": "sora"}],
     },
 }
@@ -219,7 +224,7 @@ def test_next_target_walks_the_available_chain_in_order(
     names = ["a", "b", "c", "d"]
     providers = {
         n: ProviderSpec(n, "k", 1, None, None if off is None else now + timedelta(seconds=off), on)
-        for n, on, off in zip(names, enabled, retire_offsets)
+        for n, on, off in zip(names, enabled, retire_offsets, strict=True)
     }
     table = RoutingTable(providers, {"m": ModelRoute("m", tuple(Target(n, n.upper()) for n in names))})
     available = [n for n in names if providers[n].available(now)]
