@@ -15,13 +15,15 @@ def create_app(settings: Settings, *, app_id: str | None = None, datadir: Path |
         raise ValueError("settings.kafka_bootstrap must be resolved before creating the Faust app")
     brokers = ";".join(f"kafka://{b.strip()}" for b in settings.kafka_bootstrap.split(","))
     ident = app_id or settings.app_id
+    datadir = datadir or settings.cache_dir / "faust" / ident
+    datadir.mkdir(parents=True, exist_ok=True)  # Faust creates only the last level
     return faust.App(
         ident,
         broker=brokers,
         key_serializer="raw",
         value_serializer="raw",
         store="memory://",
-        datadir=str(datadir or settings.cache_dir / "faust" / ident),
+        datadir=str(datadir),
         autodiscover=False,
         topic_partitions=settings.partitions,
         topic_replication_factor=settings.replication_factor,

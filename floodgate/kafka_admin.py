@@ -1,0 +1,37 @@
+"""Create Floodgate's topics up front (the broker has auto-creation off, on purpose: a typo in a
+topic name should fail loudly, not create an empty topic)."""
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from confluent_kafka import KafkaException
+from confluent_kafka.admin import AdminClient, NewTopic
+
+from floodgate.errors import ConfigError
+
+
+def ensure_topics(bootstrap: str, layout: Mapping[str, tuple[int, Mapping[str, Any]]], replication: int,
+                  timeout: float = 30.0) -> list[str]:
+    """Create the missing topics of ``layout`` (name → (partitions, config)); returns those created.
+
+    An existing topic with a different partition count is an error: keys would hash elsewhere.
+    """
+    admin = AdminClient({"bootstrap.servers": bootstrap})
+    existing = admin.list_topics(timeout=timeout).topics
+    for name, (partitions, _) in layout.items():
+        if name in existing and len(existing[name].partitions) != partitions:
+            raise ConfigError(f"topic {name} has {len(existing[name].partitions)} partitions, expected {partitions}")
+    missing = [NewTopic(name, num_partitions=p, replication_factor=replication, config={k: str(v) for k, v in cfg.items()})
+               for name, (p, cfg) in layout.items() if name not in existing]
+    if not missing:
+        return []
+    created = []
+    for name, fut in admin.create_topics(missing, operation_timeout=timeout).items():
+        try:
+            fut.result(timeout=timeout)
+            created.append(name)
+        except KafkaException as exc:
+            if "TOPIC_ALREADY_EXISTS" not in str(exc):
+                raise
+    return created

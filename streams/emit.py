@@ -1,0 +1,50 @@
+"""Sending records from agents: encode with our Avro codec, send straight away.
+
+``force=True`` matters: by default a send inside an agent is *attached* to the source event and
+published only at the next offset commit (up to ``broker_commit_interval`` later), which would
+add seconds per hop. Faust flushes the producer before it commits offsets, so sending now keeps
+at-least-once delivery.
+"""
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import faust
+
+from floodgate import codec
+
+
+class Emitter:
+    def __init__(self, app: faust.App) -> None:
+        self.app = app
+        self._topics: dict[str, faust.TopicT] = {}
+
+    def topic(self, name: str, partitions: int | None = None) -> faust.TopicT:
+        t = self._topics.get(name)
+        if t is None:
+            t = self._topics[name] = self.app.topic(name, partitions=partitions, key_type=bytes, value_type=bytes)
+        return t
+
+    async def send(self, topic: str, schema: str, key: str | None, record: dict[str, Any]) -> None:
+        value, headers = codec.encode(schema, record)
+        await self.topic(topic).send(key=key.encode() if key is not None else None, value=value,
+                                     headers=headers, force=True)
+
+    async def dead_letter(self, topic: str, message: Any, reason: str, exc: BaseException | None) -> None:
+        """Park a record we cannot process, with the reason and the original bytes; never raises."""
+        headers = {}
+        for k, v in (message.headers or []):
+            headers[str(k)] = v.decode("utf-8", "replace") if isinstance(v, (bytes, bytearray)) else str(v)
+        record = {
+            "reason": reason,
+            "error_type": type(exc).__name__ if exc else "",
+            "source_topic": message.topic,
+            "partition": message.partition,
+            "offset": message.offset,
+            "key": message.key if isinstance(message.key, (bytes, type(None))) else str(message.key).encode(),
+            "original": message.value if isinstance(message.value, bytes) else bytes(message.value or b""),
+            "headers": headers,
+            "at": int(time.time() * 1000),
+        }
+        await self.send(topic, "DeadLetter", None, record)

@@ -1,0 +1,98 @@
+"""events → the jobs table (through the pure state machine) → notifications, results, releases.
+
+Outputs of a change are re-sent when the *same* event is seen again (a redelivery after a crash
+between the table write and the sends); consumers of every output are idempotent (snapshots
+carry a version, releases of a slot not held are no-ops, outgoing webhooks keep their id).
+"""
+from __future__ import annotations
+
+import dataclasses
+import logging
+from typing import Any
+
+import faust
+
+from floodgate import codec
+from floodgate.errors import SchemaError, ValidationError
+from floodgate.jobs.state import JobEvent, JobState, apply
+from streams.context import Pipeline
+
+log = logging.getLogger(__name__)
+
+_EVENT_FIELDS = ("provider", "provider_job_id", "progress", "video_url", "error", "tenant", "user_id", "model", "webhook_url")
+
+
+def event_from_record(rec: dict[str, Any]) -> JobEvent:
+    return JobEvent(
+        event_id=rec["event_id"], job_id=rec["job_id"], kind=rec["kind"], at=rec["at"] / 1000.0,
+        attempt=rec.get("attempt") or 0, metadata=rec.get("metadata") or {},
+        **{k: rec.get(k) for k in _EVENT_FIELDS},
+    )
+
+
+def snapshot(state: JobState) -> dict[str, Any]:
+    """The JobSnapshot record for ``state`` (notifications and results)."""
+    return {
+        "job_id": state.job_id, "tenant": state.tenant or "default", "user_id": state.user_id or "",
+        "model": state.model or "", "provider": state.provider, "provider_job_id": state.provider_job_id,
+        "status": state.status.value, "progress": float(state.progress), "video_url": state.video_url,
+        "error": state.error, "attempt": state.attempt, "created_at": int(state.created_at * 1000),
+        "updated_at": int(state.updated_at * 1000), "webhook_url": state.webhook_url,
+        "metadata": dict(state.metadata), "version": state.version,
+    }
+
+
+def register(pipe: Pipeline) -> None:
+    app, names, emit = pipe.app, pipe.names, pipe.emit
+    source = emit.topic(names.events, partitions=pipe.settings.partitions)
+    jobs = app.Table("jobs", partitions=pipe.settings.partitions, key_type=bytes, value_type=dict)
+
+    async def outputs(state: JobState, terminal: bool, attempt: int, provider: str | None) -> None:
+        snap = snapshot(state)
+        await emit.send(names.notifications, "JobSnapshot", state.job_id, snap)
+        if terminal:
+            await emit.send(names.results, "JobSnapshot", state.job_id, snap)
+            await release(state.job_id, provider, attempt, state.status.value)
+
+    async def release(job_id: str, provider: str | None, attempt: int, status: str) -> None:
+        if provider and provider in pipe.providers:
+            await emit.send(names.release(provider), "SlotRelease", job_id, {
+                "job_id": job_id, "provider": provider, "attempt": attempt, "status": status,
+                "at": pipe.now_ms()})
+
+    @app.agent(source, name="job-state")
+    async def job_state(stream: faust.StreamT) -> None:
+        async for ev in stream.events():
+            msg = ev.message
+            try:
+                rec = codec.decode("JobEvent", msg.value, msg.headers)
+                event = event_from_record(rec)
+            except (SchemaError, ValidationError, KeyError) as exc:
+                await emit.dead_letter(names.dlq, msg, f"invalid job event: {exc}", exc)
+                continue
+            try:
+                key = event.job_id.encode()
+                raw = jobs.get(key)
+                before = JobState.from_dict(raw["s"]) if raw else None
+                if raw and raw.get("e") == event.event_id and before is not None:
+                    # Same event again: the previous run may have died before its sends landed.
+                    await outputs(before, before.terminal, before.attempt, before.provider)
+                    continue
+                if before is not None and event.kind not in ("queued", "rerouted"):
+                    if event.provider and before.provider and event.provider != before.provider:
+                        continue  # news from a provider this job has already moved away from
+                    if event.attempt < before.attempt:
+                        # Webhooks and polls do not know the attempt; they speak for the current one.
+                        event = dataclasses.replace(event, attempt=before.attempt)
+                step = apply(before, event)
+                if step.changed and step.state is not None:
+                    jobs[key] = {"s": step.state.to_dict(), "e": event.event_id}
+                    await outputs(step.state, step.became_terminal, step.state.attempt, step.state.provider)
+                    pipe.metrics.transitions += 1
+                elif before is not None and before.terminal and event.provider:
+                    # A provider still reports on a finished job (e.g. a duplicate dispatch after
+                    # completion was re-submitted): make sure no slot stays held for it.
+                    await release(event.job_id, event.provider, event.attempt, before.status.value)
+            except Exception as exc:  # noqa: BLE001 - a poison message never stops the agent
+                log.exception("job-state failed on %s", event.job_id)
+                await emit.dead_letter(names.dlq, msg, f"job-state error: {exc}", exc)

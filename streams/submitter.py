@@ -1,0 +1,216 @@
+"""dispatch.<provider> → the provider, never more in flight than its concurrency limit.
+
+The limit is shared across the dispatch topic's partitions (``partition_share``): each partition
+has a fixed share and partitions belong to exactly one worker, so the shares add up to the limit
+whatever the number of workers. A slot is held by an entry in the ``inflight-<provider>`` table
+(written before the provider is called) and freed when ``release.<provider>`` says the job ended
+(or when the job moves on to a fallback provider). After a restart the table is recovered from its
+changelog, and the count with it. While a partition's share is used up the agent waits: the
+backlog stays in Kafka, not in memory.
+
+A timer polls the provider for jobs that have been quiet for ``poll_after`` seconds (lost
+webhooks), re-dispatches jobs whose submission never completed (a crash mid-call), and fails jobs
+older than ``job_timeout``.
+"""
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+import time
+from datetime import UTC, datetime
+from typing import Any
+
+import faust
+
+from connectors.providers.base import SubmitOrder
+from floodgate import codec
+from floodgate.errors import FloodgateError, ProviderUnavailable
+from floodgate.routing import ProviderSpec, next_target
+from floodgate.submit_policy import SubmitPolicy, decide
+from floodgate.throttle import Backoff, BreakerState, CircuitBreaker, TokenBucket, partition_share
+from streams.context import Pipeline
+
+log = logging.getLogger(__name__)
+
+
+class Lane:
+    """This process's view of one provider: slot waits, rate bucket, outage breaker."""
+
+    def __init__(self, spec: ProviderSpec, partitions: int) -> None:
+        self.spec = spec
+        self.partitions = partitions
+        self.changed = asyncio.Event()
+        self.bucket = TokenBucket(spec.rate_per_second, max(1.0, spec.rate_per_second)) if spec.rate_per_second else None
+        self.breaker = CircuitBreaker(failure_threshold=5, reset_after=30.0)
+        self.backoff = Backoff(base=0.5, factor=2.0, cap=30.0, jitter="full", rng=random.Random())
+
+    def capacity(self, partition: int) -> int:
+        return partition_share(self.spec.concurrency_limit, self.partitions, partition)
+
+    def notify(self) -> None:
+        self.changed.set()
+
+    async def changed_or_timeout(self, timeout: float) -> None:
+        self.changed.clear()
+        try:
+            await asyncio.wait_for(self.changed.wait(), timeout)
+        except asyncio.TimeoutError:
+            pass
+
+
+def register_provider(pipe: Pipeline, name: str, policy: SubmitPolicy = SubmitPolicy()) -> None:
+    app, names, emit, settings = pipe.app, pipe.names, pipe.emit, pipe.settings
+    spec = pipe.routing.providers[name]
+    connector = pipe.providers[name]
+    parts = names.dispatch_partitions(spec.concurrency_limit)
+    lane = Lane(spec, parts)
+    orders = emit.topic(names.dispatch(name), partitions=parts)
+    releases = emit.topic(names.release(name), partitions=parts)
+    inflight = app.Table(f"inflight-{name}", partitions=parts, key_type=bytes, value_type=dict)
+    webhook_url = f"{(settings.webhook_base_url or '').rstrip('/')}/webhooks/{name}" if settings.webhook_base_url else None
+
+    def held(partition: int) -> int:
+        return sum(1 for v in inflight.values() if v["p"] == partition)
+
+    async def wait_for_slot(partition: int) -> None:
+        while held(partition) >= lane.capacity(partition):
+            await lane.changed_or_timeout(1.0)
+
+    async def event(job_id: str, kind: str, attempt: int, **fields: Any) -> None:
+        suffix = fields.pop("suffix", "")
+        await emit.send(names.events, "JobEvent", job_id, {
+            "event_id": f"{job_id}:{kind}:{name}:{attempt}{suffix}", "job_id": job_id, "kind": kind,
+            "at": pipe.now_ms(), "provider": name, "attempt": attempt, **fields})
+
+    async def move_on(order: dict[str, Any], key: bytes, reason: str, *, reroute: bool) -> None:
+        if key in inflight:
+            del inflight[key]
+            lane.notify()
+        job_id, attempt = order["job_id"], order["attempt"]
+        tried = [*order["tried"], name]
+        nxt = next_target(pipe.routing, order["model"], tried, datetime.now(UTC)) if reroute else None
+        if nxt is None:
+            await event(job_id, "failed", attempt, error=reason)
+            return
+        pipe.metrics.rerouted += 1
+        await event(job_id, "rerouted", attempt + 1, provider=nxt.provider, error=reason)
+        await emit.send(names.dispatch(nxt.provider), "DispatchOrder", job_id, {
+            **order, "provider": nxt.provider, "provider_model": nxt.provider_model,
+            "attempt": attempt + 1, "tried": tried})
+
+    async def submit(order: dict[str, Any], key: bytes) -> None:
+        job_id, attempt = order["job_id"], order["attempt"]
+        request = SubmitOrder(
+            job_id=job_id, model=order["provider_model"], prompt=order["prompt"], image_url=order["image_url"],
+            webhook_url=webhook_url, idempotency_key=f"{job_id}:{attempt}", metadata={"fg_attempt": str(attempt)})
+        failures, started = 0, time.monotonic()
+        has_fallback = next_target(pipe.routing, order["model"], [*order["tried"], name], datetime.now(UTC)) is not None
+        while True:
+            now = time.monotonic()
+            if not lane.breaker.allow(now) and has_fallback:
+                await move_on(order, key, f"{name} is failing (circuit open)", reroute=True)
+                return
+            if lane.bucket is not None:
+                wait = lane.bucket.take(now)
+                if wait > 0:
+                    await asyncio.sleep(wait)
+            try:
+                result = await connector.submit(pipe.session(), request)
+            except FloodgateError as exc:
+                if isinstance(exc, ProviderUnavailable):
+                    lane.breaker.record_failure(time.monotonic())
+                elif exc.retriable:
+                    pipe.metrics.rate_limited += 1
+                decision = decide(exc, failures=failures, waited=time.monotonic() - started, has_fallback=has_fallback,
+                                  breaker_open=lane.breaker.state(time.monotonic()) is BreakerState.OPEN,
+                                  policy=policy, backoff=lane.backoff)
+                if decision.action == "retry":
+                    failures += 1
+                    pipe.metrics.retries += 1
+                    await asyncio.sleep(decision.delay)
+                    continue
+                await move_on(order, key, decision.reason, reroute=decision.action == "reroute")
+                return
+            lane.breaker.record_success()
+            break
+        entry = inflight.get(key)
+        if entry is not None:
+            inflight[key] = {**entry, "pj": result.provider_job_id}
+        pipe.metrics.submitted += 1
+        await event(job_id, "submitted", attempt, provider_job_id=result.provider_job_id)
+
+    @app.agent(orders, name=f"submit-{name}")
+    async def submitter(stream: faust.StreamT) -> None:
+        async for ev in stream.events():
+            msg = ev.message
+            try:
+                order = codec.decode("DispatchOrder", msg.value, msg.headers)
+            except FloodgateError as exc:
+                await emit.dead_letter(names.dlq, msg, f"invalid dispatch order: {exc}", exc)
+                continue
+            try:
+                key = order["job_id"].encode()
+                entry = inflight.get(key)
+                if entry is not None and entry["a"] > order["attempt"]:
+                    continue  # an order for an attempt that has been superseded
+                if entry is not None and entry.get("pj"):
+                    # Already submitted (a redelivered or re-dispatched order): say so again, idempotently.
+                    await event(order["job_id"], "submitted", entry["a"], provider_job_id=entry["pj"])
+                    continue
+                if entry is None:
+                    await wait_for_slot(msg.partition)
+                    inflight[key] = {"p": msg.partition, "a": order["attempt"], "t": time.time(), "o": order}
+                await submit(order, key)
+            except Exception as exc:  # noqa: BLE001 - a poison message never stops the agent
+                log.exception("submitter %s failed on %s", name, msg.offset)
+                await emit.dead_letter(names.dlq, msg, f"submitter error: {exc}", exc)
+
+    @app.agent(releases, name=f"release-{name}")
+    async def releaser(stream: faust.StreamT) -> None:
+        async for ev in stream.events():
+            msg = ev.message
+            try:
+                rel = codec.decode("SlotRelease", msg.value, msg.headers)
+            except FloodgateError as exc:
+                await emit.dead_letter(names.dlq, msg, f"invalid slot release: {exc}", exc)
+                continue
+            key = rel["job_id"].encode()
+            entry = inflight.get(key)
+            if entry is not None and entry["a"] <= rel["attempt"]:
+                del inflight[key]
+                lane.notify()
+
+    @app.timer(interval=max(1.0, min(10.0, settings.poll_after / 3)), name=f"poll-{name}")
+    async def poll() -> None:
+        now = time.time()
+        for key, entry in list(inflight.items()):
+            age = now - entry["t"]
+            job_id, attempt = key.decode(), entry["a"]
+            if age > settings.job_timeout:
+                pipe.metrics.timed_out += 1
+                await event(job_id, "failed", attempt, error=f"no result from {name} after {settings.job_timeout:.0f}s")
+                if entry.get("pj"):
+                    try:
+                        await connector.cancel(pipe.session(), entry["pj"])
+                    except FloodgateError:
+                        log.warning("cancel of %s at %s failed", entry["pj"], name)
+                continue
+            if age < settings.poll_after:
+                continue
+            if not entry.get("pj"):
+                # The submission never finished (the worker died mid-call): dispatch it again; the
+                # provider's idempotency key makes the second call return the first job.
+                await emit.send(names.dispatch(name), "DispatchOrder", job_id, entry["o"])
+                continue
+            try:
+                status = await connector.status(pipe.session(), entry["pj"])
+            except FloodgateError as exc:
+                log.info("status poll of %s at %s failed: %s", job_id, name, exc)
+                continue
+            pipe.metrics.polled += 1
+            kind = {"running": "progress" if status.progress else "running", "completed": "completed",
+                    "failed": "failed", "cancelled": "cancelled"}.get(status.state)
+            if kind:
+                await event(job_id, kind, attempt, provider_job_id=entry["pj"], progress=status.progress,
+                            video_url=status.video_url, error=status.error, suffix=f":poll:{int(now)}")

@@ -1,0 +1,74 @@
+"""Every topic Floodgate uses, named from one place (``Settings.topic_prefix``).
+
+Public: requests, dispatch.<provider>, webhooks, events, results, notifications, dlq.
+Internal: release.<provider> — slot releases for a provider's submitters. It has exactly as many
+partitions as dispatch.<provider> and the same keys (job ids), so Faust's co-partitioning
+assignor hands partition N of both to the same worker: the release reaches the process that
+holds the slot, and it never waits behind the dispatch backlog it is meant to unblock.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from floodgate.settings import Settings
+
+WEEK_MS = 7 * 24 * 3600 * 1000
+
+
+@dataclass(frozen=True)
+class TopicNames:
+    settings: Settings
+
+    @property
+    def requests(self) -> str:
+        return self.settings.topic("requests")
+
+    @property
+    def webhooks(self) -> str:
+        return self.settings.topic("webhooks")
+
+    @property
+    def events(self) -> str:
+        return self.settings.topic("events")
+
+    @property
+    def results(self) -> str:
+        return self.settings.topic("results")
+
+    @property
+    def notifications(self) -> str:
+        return self.settings.topic("notifications")
+
+    @property
+    def dlq(self) -> str:
+        return self.settings.topic("dlq")
+
+    def dispatch(self, provider: str) -> str:
+        return self.settings.topic(f"dispatch.{provider}")
+
+    def release(self, provider: str) -> str:
+        return self.settings.topic(f"release.{provider}")
+
+    def dispatch_partitions(self, concurrency_limit: int) -> int:
+        """A dispatch topic never has more partitions than its provider has slots (each partition
+        needs a share of at least one)."""
+        return max(1, min(self.settings.dispatch_partitions, concurrency_limit))
+
+    def layout(self, providers: dict[str, int]) -> dict[str, tuple[int, dict[str, Any]]]:
+        """topic → (partitions, config) for every topic; ``providers`` maps name → concurrency limit."""
+        s = self.settings
+        base = {"min.insync.replicas": str(s.min_insync_replicas)}
+        out: dict[str, tuple[int, dict[str, Any]]] = {
+            self.requests: (s.partitions, base),
+            self.webhooks: (s.partitions, base),
+            self.events: (s.partitions, base),
+            self.results: (s.partitions, base),
+            # Latest snapshot per job survives compaction: the API rebuilds its job view from it.
+            self.notifications: (s.partitions, {**base, "cleanup.policy": "compact,delete", "retention.ms": str(WEEK_MS)}),
+            self.dlq: (1, base),
+        }
+        for p, limit in providers.items():
+            out[self.dispatch(p)] = (self.dispatch_partitions(limit), base)
+            out[self.release(p)] = (self.dispatch_partitions(limit), base)
+        return out
