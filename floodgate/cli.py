@@ -41,19 +41,106 @@ def _add_broker(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-a
     p.set_defaults(func=_broker)
 
 
-def _substrate(args: argparse.Namespace) -> int:
-    from streams.substrate_demo import run_demo
+def _demo(args: argparse.Namespace) -> int:
+    from floodgate.demo import main as demo
 
-    return run_demo(events=args.events)
-
-
-def _add_substrate(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
-    p = sub.add_parser("substrate-demo", help="broker + a tiny Faust app with a table, end to end")
-    p.add_argument("--events", type=int, default=1000)
-    p.set_defaults(func=_substrate)
+    return demo(jobs=args.jobs, rate=args.rate, deadline=args.deadline)
 
 
-COMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [_add_broker, _add_substrate]  # type: ignore[type-arg]
+def _add_demo(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    p = sub.add_parser("demo", help="the stack on the embedded default, a spike of jobs, live progress, a summary")
+    p.add_argument("--jobs", type=int, default=2000)
+    p.add_argument("--rate", type=float, default=200.0, help="arrivals per second (open loop)")
+    p.add_argument("--deadline", type=float, default=600.0, help="give up waiting after this many seconds")
+    p.set_defaults(func=_demo)
+
+
+def _worker(args: argparse.Namespace) -> int:
+    from floodgate.settings import Settings
+    from streams.worker import run
+
+    run(Settings.from_env())
+    return 0
+
+
+def _add_worker(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    p = sub.add_parser("worker", help="run a pipeline worker (all Faust agents); start more to scale out")
+    p.set_defaults(func=_worker)
+
+
+def _api(args: argparse.Namespace) -> int:
+    from floodgate.api.server import run
+    from floodgate.settings import Settings
+
+    settings = Settings.from_env()
+    roles = set(args.roles.split(",")) if args.roles else None
+    run(settings, host=args.host or settings.api_host, port=args.port if args.port is not None else settings.api_port, roles=roles)
+    return 0
+
+
+def _add_api(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    p = sub.add_parser("api", help="HTTP ingress, job reads (GET/SSE/WebSocket), webhook bridge and fan-out")
+    p.add_argument("--host", default="")
+    p.add_argument("--port", type=int, default=None)
+    p.add_argument("--roles", default="", help="comma-separated subset of ingress,read,bridge (default: all)")
+    p.set_defaults(func=_api)
+
+
+def _simulator(args: argparse.Namespace) -> int:
+    from connectors.simulator.__main__ import main as simulator_main
+
+    argv = ["--host", args.host, "--port", str(args.port), "--preset", args.preset]
+    for flag, value in (("--config", args.config), ("--time-factor", args.time_factor), ("--seed", args.seed)):
+        if value is not None:
+            argv += [flag, str(value)]
+    return simulator_main(argv)
+
+
+def _add_simulator(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    p = sub.add_parser("simulator", help="the provider simulator (python -m connectors.simulator)")
+    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--port", type=int, default=0)
+    p.add_argument("--preset", choices=("dev", "realistic"), default="dev")
+    p.add_argument("--config", default=None)
+    p.add_argument("--time-factor", type=float, default=None)
+    p.add_argument("--seed", type=int, default=None)
+    p.set_defaults(func=_simulator)
+
+
+def _dev(args: argparse.Namespace) -> int:
+    import tempfile
+    from pathlib import Path
+
+    from floodgate.devstack import Stack, run_foreground
+    from floodgate.settings import Settings
+
+    settings = Settings.from_env()
+    if args.bootstrap:
+        settings = settings.with_overrides(kafka_bootstrap=args.bootstrap)
+    if args.broker_port:
+        settings = settings.with_overrides(broker_port=args.broker_port)
+    home = Path(args.home) if args.home else Path(tempfile.mkdtemp(prefix="floodgate-dev-"))
+    sim_args = ["--preset", args.preset, "--time-factor", str(args.time_factor)]
+    stack = Stack(settings, home, api_port=args.api_port, simulator_port=args.simulator_port,
+                  workers=args.workers, simulator_args=sim_args)
+    return run_foreground(stack)
+
+
+def _add_dev(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    p = sub.add_parser("dev", help="the whole stack in the foreground: broker, simulator, API, worker")
+    p.add_argument("--api-port", type=int, default=8000)
+    p.add_argument("--simulator-port", type=int, default=0)
+    p.add_argument("--broker-port", type=int, default=0)
+    p.add_argument("--bootstrap", default="", help="use this Kafka cluster instead of starting the local broker")
+    p.add_argument("--workers", type=int, default=1)
+    p.add_argument("--preset", choices=["dev", "realistic"], default="dev")
+    p.add_argument("--time-factor", type=float, default=1.0)
+    p.add_argument("--home", default="", help="directory for logs and broker data (default: a new temp dir)")
+    p.set_defaults(func=_dev)
+
+
+COMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [
+    _add_broker, _add_worker, _add_api, _add_simulator, _add_dev, _add_demo]  # type: ignore[type-arg]
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -31,6 +31,16 @@ def build(settings: Settings, *, web_port: int | None = None) -> Pipeline:
     for name in setup.routing.providers:
         submitter.register_provider(pipe, name)
 
+    announced = False
+
+    @app.on_rebalance_complete.connect
+    async def _ready(app: faust.App, **kwargs: object) -> None:
+        # `floodgate dev` (and tests) wait for this line: partitions assigned, tables recovered.
+        nonlocal announced
+        if not announced:
+            announced = True
+            print("worker=ready", flush=True)
+
     @app.on_before_shutdown.connect
     async def _close(app: faust.App, **kwargs: object) -> None:
         await pipe.close()

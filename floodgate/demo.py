@@ -1,0 +1,163 @@
+"""``make demo``: the whole stack on the embedded default, a spike fired at the HTTP API, a live
+count of jobs per state, and a closing summary (accept latency, outcomes, provider concurrency
+against its limit, 429s)."""
+from __future__ import annotations
+
+import asyncio
+import random
+import sys
+import tempfile
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+from aiokafka import AIOKafkaConsumer
+
+from floodgate import codec
+from floodgate.devstack import Stack
+from floodgate.settings import Settings
+
+MODELS = ("wan-2.6", "kling-2.1", "sora-2")
+TERMINAL = {"completed", "failed", "cancelled"}
+
+
+def percentile(values: list[float], q: float) -> float:
+    if not values:
+        return float("nan")
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
+
+
+@dataclass
+class Tally:
+    """Latest status per job, from the notifications topic (the same feed the API pushes)."""
+
+    status: dict[str, str] = field(default_factory=dict)
+    version: dict[str, int] = field(default_factory=dict)
+
+    def add(self, snap: dict[str, Any]) -> None:
+        job = snap["job_id"]
+        if snap["version"] >= self.version.get(job, -1):
+            self.version[job] = snap["version"]
+            self.status[job] = snap["status"]
+
+    def counts(self) -> Counter[str]:
+        return Counter(self.status.values())
+
+
+async def follow(bootstrap: str, topic: str, tally: Tally, stop: asyncio.Event) -> None:
+    consumer = AIOKafkaConsumer(topic, bootstrap_servers=bootstrap, group_id=None, auto_offset_reset="earliest")
+    await consumer.start()
+    try:
+        while not stop.is_set():
+            batches = await consumer.getmany(timeout_ms=200)
+            for records in batches.values():
+                for r in records:
+                    tally.add(codec.decode("JobSnapshot", r.value, r.headers))
+    finally:
+        await consumer.stop()
+
+
+async def fire(api: str, jobs: int, rate: float, latencies: list[float], errors: Counter[str]) -> list[str]:
+    """Open-loop arrivals at ``rate``/s (a request is sent on schedule whether or not earlier ones
+    have been answered), as a real spike would arrive."""
+    ids: list[str] = []
+    rng = random.Random(7)
+    async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=512)) as session:
+        async def one(i: int) -> None:
+            body = {"model": MODELS[i % len(MODELS)], "user_id": f"user-{i % 97}",
+                    "input": {"prompt": f"a lighthouse in a storm, take {i}"}}
+            t0 = time.perf_counter()
+            try:
+                async with session.post(f"{api}/v1/jobs", json=body) as resp:
+                    data = await resp.json(content_type=None)
+                    if resp.status == 202:
+                        latencies.append((time.perf_counter() - t0) * 1000)
+                        ids.append(data["job_id"])
+                    else:
+                        errors[str(resp.status)] += 1
+            except aiohttp.ClientError as exc:
+                errors[type(exc).__name__] += 1
+
+        start = time.perf_counter()
+        tasks = []
+        for i in range(jobs):
+            due = start + i / rate + rng.uniform(0, 0.5 / rate)
+            delay = due - time.perf_counter()
+            if delay > 0:
+                await asyncio.sleep(delay)
+            tasks.append(asyncio.create_task(one(i)))
+        await asyncio.gather(*tasks)
+    return ids
+
+
+async def run_spike(stack: Stack, jobs: int, rate: float, deadline: float, out: Any = sys.stdout) -> dict[str, Any]:
+    tally, stop = Tally(), asyncio.Event()
+    follower = asyncio.create_task(follow(stack.bootstrap, stack.settings.topic("notifications"), tally, stop))
+    latencies: list[float] = []
+    errors: Counter[str] = Counter()
+    t0 = time.monotonic()
+    firing = asyncio.create_task(fire(stack.api_url, jobs, rate, latencies, errors))
+    tty = out.isatty() if hasattr(out, "isatty") else False
+    try:
+        while True:
+            await asyncio.sleep(1.0)
+            c = tally.counts()
+            done = sum(c[s] for s in TERMINAL)
+            line = (f"t={time.monotonic() - t0:5.0f}s accepted={len(latencies):5d} "
+                    + " ".join(f"{s}={c[s]}" for s in ("queued", "submitted", "running", "completed", "failed")))
+            print(("\r" + line) if tty else line, end="" if tty else "\n", file=out, flush=True)
+            if firing.done() and done >= len(latencies):
+                break
+            if time.monotonic() - t0 > deadline:
+                print(f"\ndeadline of {deadline:.0f}s reached", file=out)
+                break
+        await firing
+    finally:
+        stop.set()
+        await follower
+    elapsed = time.monotonic() - t0
+    async with aiohttp.ClientSession() as session:
+        async with session.get(f"{stack.simulator_url}/stats") as resp:
+            stats = await resp.json()
+    counts = tally.counts()
+    providers = {name: {k: p[k] for k in ("concurrency_limit", "max_concurrency", "rejected_429", "jobs_created")}
+                 for name, p in stats["providers"].items()}
+    return {
+        "offered": jobs, "rate": rate, "accepted": len(latencies), "errors": dict(errors),
+        "accept_p50_ms": percentile(latencies, 0.50), "accept_p99_ms": percentile(latencies, 0.99),
+        "completed": counts["completed"], "failed": counts["failed"], "elapsed_s": elapsed,
+        "jobs_per_s": counts["completed"] / elapsed if elapsed else 0.0, "providers": providers,
+    }
+
+
+def print_summary(summary: dict[str, Any], out: Any = sys.stdout) -> None:
+    print("\n--- summary ---", file=out)
+    print(f"offered {summary['offered']} at {summary['rate']:.0f}/s; accepted {summary['accepted']}; "
+          f"errors {summary['errors'] or 'none'}", file=out)
+    print(f"accept latency p50 {summary['accept_p50_ms']:.1f} ms, p99 {summary['accept_p99_ms']:.1f} ms", file=out)
+    print(f"completed {summary['completed']}, failed {summary['failed']} in {summary['elapsed_s']:.0f}s "
+          f"({summary['jobs_per_s']:.1f} jobs/s)", file=out)
+    for name, p in summary["providers"].items():
+        print(f"provider {name}: max concurrency {p['max_concurrency']} / limit {p['concurrency_limit']}, "
+              f"429s {p['rejected_429']}, jobs created {p['jobs_created']}", file=out)
+
+
+def main(jobs: int = 2000, rate: float = 200.0, deadline: float = 600.0) -> int:
+    settings = Settings.from_env()
+    home = Path(tempfile.mkdtemp(prefix="floodgate-demo-"))
+    print(f"starting broker, simulator, API and worker (logs in {home / 'logs'}) ...", flush=True)
+    with Stack(settings, home, api_port=0) as stack:
+        print(f"api={stack.api_url} broker={stack.bootstrap} simulator={stack.simulator_url}", flush=True)
+        print(f"firing {jobs} jobs at {rate:.0f}/s (models {', '.join(MODELS)}; sora-2 is retired and falls back to kling)")
+        try:
+            summary = asyncio.run(run_spike(stack, jobs, rate, deadline))
+        except KeyboardInterrupt:
+            print("\ninterrupted; stopping", flush=True)
+            return 130
+    print_summary(summary)
+    lost = summary["accepted"] - summary["completed"] - summary["failed"]
+    return 0 if lost == 0 and not summary["errors"] else 1

@@ -1,0 +1,199 @@
+"""The whole Floodgate stack on one machine: broker, simulator, API (ingress + bridge + fan-out)
+and worker(s) as child processes. ``floodgate dev`` runs it in the foreground; tests and the demo
+drive it through ``Stack``.
+
+Children are tied to this process (PR_SET_PDEATHSIG), so even a killed supervisor leaves no
+process behind; a clean stop goes worker → API → simulator → broker.
+"""
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from floodgate.broker.local import LocalBroker, _die_with_parent, free_port
+from floodgate.errors import FloodgateError
+from floodgate.settings import Settings
+
+
+@dataclass
+class Child:
+    name: str
+    proc: subprocess.Popen[bytes]
+    log: Path
+
+    def tail(self, lines: int = 30) -> str:
+        try:
+            return "\n".join(self.log.read_text(errors="replace").splitlines()[-lines:])
+        except OSError:
+            return "(no log)"
+
+
+@dataclass
+class Stack:
+    settings: Settings
+    home: Path
+    api_port: int = 0
+    simulator_port: int = 0
+    workers: int = 1
+    simulator_args: list[str] = field(default_factory=lambda: ["--preset", "dev"])
+    extra_env: dict[str, str] = field(default_factory=dict)
+    broker: LocalBroker | None = None
+    bootstrap: str = ""
+    api_url: str = ""
+    simulator_url: str = ""
+    children: dict[str, Child] = field(default_factory=dict)
+
+    # ------------------------------------------------------------------ start
+    def start(self, timeout: float = 120.0) -> "Stack":
+        self.home.mkdir(parents=True, exist_ok=True)
+        try:
+            self.bootstrap = self.settings.kafka_bootstrap or self._start_broker(timeout)
+            self.simulator_url = self._spawn_with_url(
+                "simulator", [sys.executable, "-m", "connectors.simulator", "--host", "127.0.0.1",
+                              "--port", str(self.simulator_port), *self.simulator_args], "simulator=", timeout)
+            api_port = self.api_port or free_port()
+            self.api_url = self._spawn_with_url(
+                "api", [sys.executable, "-m", "floodgate.cli", "api", "--host", "127.0.0.1", "--port", str(api_port)],
+                "api=", timeout)
+            for i in range(self.workers):
+                self.start_worker(i, timeout=timeout)
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def _start_broker(self, timeout: float) -> str:
+        s = self.settings
+        self.broker = LocalBroker(self.home / "broker", version=s.kafka_version, cache_dir=s.cache_dir, heap=s.broker_heap)
+        return self.broker.start(port=s.broker_port, detach=False, timeout=timeout).bootstrap
+
+    def env(self) -> dict[str, str]:
+        s = self.settings
+        env = {k: v for k, v in os.environ.items() if not k.startswith("FLOODGATE_")}
+        env.update({
+            "FLOODGATE_KAFKA_BOOTSTRAP": self.bootstrap,
+            "FLOODGATE_TOPIC_PREFIX": s.topic_prefix,
+            "FLOODGATE_PARTITIONS": str(s.partitions),
+            "FLOODGATE_DISPATCH_PARTITIONS": str(s.dispatch_partitions),
+            "FLOODGATE_REPLICATION_FACTOR": str(s.replication_factor),
+            "FLOODGATE_SESSION_TIMEOUT": str(s.session_timeout),
+            "FLOODGATE_APP_ID": s.app_id,
+            "FLOODGATE_CACHE_DIR": str(self.home / "cache"),
+            # one secret for every child of this stack, so tokens verify in all of them
+            "FLOODGATE_SECRET": s.secret.reveal(),
+            "FLOODGATE_API_KEYS": s.api_keys.reveal(),
+            "FLOODGATE_WEBHOOK_SECRETS": s.webhook_secrets.reveal(),
+            "FLOODGATE_ALLOW_PRIVATE_WEBHOOKS": "1",
+            "FLOODGATE_SIMULATOR_URL": self.simulator_url,
+            "FLOODGATE_WEBHOOK_BASE_URL": self.api_url,
+            "FLOODGATE_PUBLIC_URL": self.api_url,
+            "FLOODGATE_ROUTING_FILE": s.routing_file,
+            "FLOODGATE_POLL_AFTER": str(s.poll_after),
+            "FLOODGATE_JOB_TIMEOUT": str(s.job_timeout),
+            "FLOODGATE_MAX_BODY_BYTES": str(s.max_body_bytes),
+            "FLOODGATE_LOG_LEVEL": s.log_level,
+            "PYTHONUNBUFFERED": "1",
+        })
+        env.update(self.extra_env)
+        return env
+
+    def _spawn(self, name: str, argv: list[str]) -> Child:
+        log = self.home / "logs" / f"{name}.log"
+        log.parent.mkdir(parents=True, exist_ok=True)
+        with open(log, "ab") as out:
+            proc = subprocess.Popen(argv, env=self.env(), stdout=out, stderr=subprocess.STDOUT,
+                                    stdin=subprocess.DEVNULL, preexec_fn=_die_with_parent)
+        child = self.children[name] = Child(name, proc, log)
+        return child
+
+    def _spawn_with_url(self, name: str, argv: list[str], marker: str, timeout: float) -> str:
+        child = self._spawn(name, argv)
+        return _wait_for_line(child, marker, timeout).split("=", 1)[1].strip()
+
+    def start_worker(self, index: int = 0, *, timeout: float = 120.0) -> Child:
+        name = f"worker-{index}"
+        child = self._spawn(name, [sys.executable, "-m", "floodgate.cli", "worker"])
+        _wait_for_line(child, "worker=ready", timeout)
+        return child
+
+    # ------------------------------------------------------------------- stop
+    def kill(self, name: str) -> None:
+        """SIGKILL one child (crash tests)."""
+        child = self.children.pop(name)
+        child.proc.kill()
+        child.proc.wait(timeout=30)
+
+    def stop_child(self, name: str, timeout: float = 30.0) -> None:
+        child = self.children.pop(name, None)
+        if child is None or child.proc.poll() is not None:
+            return
+        child.proc.send_signal(signal.SIGTERM)
+        try:
+            child.proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            child.proc.kill()
+            child.proc.wait(timeout=10)
+
+    def stop(self) -> None:
+        for name in sorted((n for n in self.children if n.startswith("worker")), reverse=True):
+            self.stop_child(name)
+        for name in ("api", "simulator"):
+            self.stop_child(name)
+        if self.broker is not None:
+            self.broker.stop()
+            self.broker = None
+
+    def __enter__(self) -> "Stack":
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+
+def _wait_for_line(child: Child, marker: str, timeout: float) -> str:
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            for line in child.log.read_text(errors="replace").splitlines():
+                if line.startswith(marker):
+                    return line
+        except OSError:
+            pass
+        if child.proc.poll() is not None:
+            raise FloodgateError(f"{child.name} exited with code {child.proc.returncode} while starting:\n{child.tail()}")
+        if time.monotonic() > deadline:
+            raise FloodgateError(f"{child.name} did not report '{marker}' within {timeout:.0f}s:\n{child.tail()}")
+        time.sleep(0.1)
+
+
+def run_foreground(stack: Stack) -> int:
+    """``floodgate dev``: start, print the addresses, wait for Ctrl-C/SIGTERM, stop cleanly."""
+    stopping = {"flag": False}
+
+    def on_signal(signum: int, frame: object) -> None:
+        stopping["flag"] = True
+
+    old = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        stack.start()
+        print(f"api={stack.api_url}")
+        print(f"broker={stack.bootstrap}")
+        print(f"simulator={stack.simulator_url}")
+        print(f"logs={stack.home / 'logs'}")
+        print("ready", flush=True)
+        while not stopping["flag"]:
+            for child in list(stack.children.values()):
+                if child.proc.poll() is not None:
+                    print(f"{child.name} exited with code {child.proc.returncode}:\n{child.tail()}", file=sys.stderr)
+                    return 1
+            time.sleep(0.2)
+        return 0
+    finally:
+        stack.stop()
+        for sig, handler in old.items():
+            signal.signal(sig, handler)
