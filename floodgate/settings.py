@@ -60,6 +60,7 @@ class Settings:
     kafka_bootstrap: str = ""
     """Explicit bootstrap address (host:port[,host:port]). Wins over Docker and the local broker."""
     topic_prefix: str = "floodgate."
+    """Prefix of every topic name (requests, dispatch.<provider>, events, ...)."""
     partitions: int = 4
     """Partitions of requests/events/notifications/results (and the app's internal topics)."""
     dispatch_partitions: int = 2
@@ -67,21 +68,29 @@ class Settings:
     replication_factor: int = 1
     """For every topic Floodgate creates, table changelogs included (3 on a real cluster)."""
     min_insync_replicas: int = 1
+    """min.insync.replicas of the topics Floodgate creates (2 on a 3-broker cluster)."""
     session_timeout: float = 10.0
     """Seconds before a dead worker's partitions move to another worker (Faust's default is 60)."""
     app_id: str = "floodgate"
+    """Faust application id: the consumer group and the prefix of table changelog topics."""
 
     # --- Local broker (the embedded default) ---------------------------------------
     kafka_version: str = "3.9.1"
+    """Apache Kafka release the local broker runs (fetched from Maven Central once)."""
     broker_port: int = 0
-    """0 picks a free port."""
+    """Port of the local broker; 0 picks a free one."""
     cache_dir: Path = field(default_factory=_default_cache)
+    """Where the Kafka jars, the local broker's data and Faust's data live."""
     broker_heap: str = "1g"
+    """JVM heap (-Xmx) of the local broker."""
 
     # --- HTTP services -------------------------------------------------------------
     api_host: str = "127.0.0.1"
+    """Interface the API binds."""
     api_port: int = 8000
+    """Port the API binds."""
     max_body_bytes: int = 65536
+    """Largest accepted request body; larger gets 413."""
     api_keys: Secret = field(default_factory=lambda: Secret(""))
     """Comma-separated key=tenant pairs. Empty: the API runs open, one tenant named 'default'."""
     secret: Secret = field(default_factory=lambda: Secret(""))
@@ -99,13 +108,14 @@ class Settings:
     simulator_url: str = ""
     """Base URL of the provider simulator for the dev routing table."""
     webhook_base_url: str = ""
-    """Base URL providers call back (the HTTP bridge). Empty: the API's own URL."""
+    """Base URL providers call back (the HTTP bridge). Empty: no webhooks; jobs are followed by polling."""
     poll_after: float = 30.0
     """Seconds without news of an in-flight job before its status is polled (lost webhooks)."""
     job_timeout: float = 900.0
     """Seconds after submission before an in-flight job is failed and its slot freed."""
 
     log_level: str = "info"
+    """Log level of every process."""
 
     # ------------------------------------------------------------------------------
     def topic(self, name: str) -> str:

@@ -161,6 +161,9 @@ def register_provider(pipe: Pipeline, name: str, policy: SubmitPolicy = SubmitPo
                 if entry is None:
                     await wait_for_slot(msg.partition)
                     inflight[key] = {"p": msg.partition, "a": order["attempt"], "t": time.time(), "o": order}
+                    # The slot must be on Kafka before the provider hears of the job: a crash after
+                    # the call but before the changelog write would otherwise forget the slot.
+                    await app.producer.flush()
                 await submit(order, key)
             except Exception as exc:  # noqa: BLE001 - a poison message never stops the agent
                 log.exception("submitter %s failed on %s", name, msg.offset)
