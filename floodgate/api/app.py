@@ -1,0 +1,104 @@
+"""``build_app``: the aiohttp application for some set of roles, with its dependencies passed in.
+
+Every error leaves as ``application/problem+json``: routing misses (404/405), aiohttp's own
+size limit (413) and unexpected exceptions (500, logged here, never described to the client).
+"""
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Awaitable, Callable, Iterable, Mapping
+from typing import Any
+
+from aiohttp import web
+
+from floodgate.api import bridge, ingress, openapi, read
+from floodgate.api.common import ROLES, Deps, base_url, json_response
+from floodgate.api.kafka_io import Sender
+from floodgate.api.view import JobView
+from floodgate.errors import ConfigError
+from floodgate.problems import problem_response
+from floodgate.provider_config import ProviderSetup
+from floodgate.settings import Settings
+
+log = logging.getLogger(__name__)
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+@web.middleware
+async def problem_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    try:
+        return await handler(request)
+    except web.HTTPException as exc:
+        if exc.status < 400:
+            raise  # redirects and the like are not errors
+        headers = {k: v for k, v in exc.headers.items() if k in ("Allow", "Retry-After", "WWW-Authenticate")}
+        return problem_response(exc.status, exc.reason, headers=headers)
+    except Exception:
+        log.exception("unhandled error on %s %s", request.method, request.path)
+        return problem_response(500, "Internal Server Error", detail="an unexpected error occurred")
+
+
+def parse_roles(roles: Iterable[str] | str | None) -> frozenset[str]:
+    """``"ingress,read"`` or an iterable → a checked role set; None or empty means all roles."""
+    if roles is None:
+        return ROLES
+    items = roles.split(",") if isinstance(roles, str) else list(roles)
+    chosen = frozenset(r.strip() for r in items if r.strip())
+    unknown = chosen - ROLES
+    if unknown:
+        raise ConfigError(f"unknown API role(s) {', '.join(sorted(unknown))}; known: {', '.join(sorted(ROLES))}")
+    return chosen or ROLES
+
+
+def build_app(
+    settings: Settings,
+    setup: ProviderSetup,
+    *,
+    roles: Iterable[str] | None = None,
+    producer: Sender | None,
+    view: JobView | None,
+    connectors: Mapping[str, Any] | None = None,
+    keepalive: float = 15.0,
+    wait_for_job: float = 2.0,
+    clock: Callable[[], float] = time.time,
+) -> web.Application:
+    """The API for ``roles`` (default: all). Raises ``ConfigError`` if a role lacks what it needs
+    (ingress: producer and view; read: view; bridge: producer). ``connectors`` defaults to
+    ``setup.build_connectors()``. Starts nothing: Kafka clients' lifecycles belong to the caller.
+    """
+    chosen = parse_roles(roles)
+    if chosen & {"ingress", "bridge"} and producer is None:
+        raise ConfigError("the ingress and bridge roles need a producer")
+    if chosen & {"ingress", "read"} and view is None:
+        raise ConfigError("the ingress and read roles need a job view")
+    deps = Deps(settings, setup, producer, view, keepalive=keepalive, wait_for_job=wait_for_job, clock=clock)
+    # The bridge takes 1 MiB bodies, the ingress max_body_bytes; both also check for themselves.
+    limit = max(settings.max_body_bytes, bridge.MAX_WEBHOOK_BYTES)
+    app = web.Application(middlewares=[problem_middleware], client_max_size=limit)
+    if "ingress" in chosen:
+        ingress.add_routes(app, deps)
+    if "read" in chosen:
+        reader = read.add_routes(app, deps)
+
+        async def close_streams(_: web.Application) -> None:
+            await reader.shutdown()
+
+        app.on_shutdown.append(close_streams)
+    if "bridge" in chosen:
+        bridge.add_routes(app, deps, setup.build_connectors() if connectors is None else connectors)
+
+    async def healthz(_: web.Request) -> web.Response:
+        ready = view is None or view.ready.is_set()
+        body = {"status": "ok" if ready else "starting", "roles": sorted(chosen)}
+        return json_response(body, status=200 if ready else 503)
+
+    async def openapi_json(request: web.Request) -> web.Response:
+        return json_response(openapi.document(chosen, base_url(request, settings)))
+
+    app.router.add_get("/healthz", healthz, allow_head=False)
+    app.router.add_get("/openapi.json", openapi_json, allow_head=False)
+    return app
+
+
+__all__ = ["build_app", "parse_roles", "problem_middleware"]

@@ -1,0 +1,91 @@
+"""``POST /webhooks/{provider}``: the provider-facing edge. Verify, wrap, write to ``webhooks``,
+answer 200 — nothing more, so providers get a fast answer and never time out on us.
+
+Verification happens here *and* the raw body and headers travel on: only authentic deliveries
+reach Kafka (a forged flood costs us no storage), and the normaliser can still re-check or
+re-parse the original bytes later.
+"""
+from __future__ import annotations
+
+import hashlib
+import logging
+from collections.abc import Mapping
+from typing import Any
+
+from aiohttp import web
+
+from floodgate import codec
+from floodgate.api.common import BodyTooLarge, Deps, json_response, read_bounded, too_large
+from floodgate.api.kafka_io import KafkaUnavailable, RecordTooLarge
+from floodgate.errors import WebhookVerificationError
+from floodgate.problems import NOT_FOUND, UNAUTHORIZED, problem_response
+from floodgate.signing import HEADER_ID
+
+log = logging.getLogger(__name__)
+
+MAX_WEBHOOK_BYTES = 1024 * 1024
+
+
+def lowered_headers(headers: Mapping[str, str]) -> dict[str, str]:
+    """Header names lower-cased; the first of repeated headers wins (as signature checks read them)."""
+    out: dict[str, str] = {}
+    for name, value in headers.items():
+        out.setdefault(name.lower(), value)
+    return out
+
+
+def envelope(provider: str, headers: dict[str, str], body: bytes, event_webhook_id: str | None,
+             received_ms: int) -> dict[str, Any]:
+    # Redeliveries of one event keep their webhook-id; without one, the body's digest is the
+    # next most stable identity.
+    webhook_id = headers.get(HEADER_ID) or event_webhook_id or "sha256:" + hashlib.sha256(body).hexdigest()
+    return {"webhook_id": webhook_id, "provider": provider, "received_at": received_ms,
+            "headers": headers, "body": body}
+
+
+class Bridge:
+    def __init__(self, deps: Deps, connectors: Mapping[str, Any]) -> None:
+        self.deps = deps
+        self.connectors = dict(connectors)
+
+    async def receive(self, request: web.Request) -> web.Response:
+        deps = self.deps
+        assert deps.producer is not None  # build_app guarantees it
+        name = request.match_info["provider"]
+        connector = self.connectors.get(name)
+        if connector is None:
+            return problem_response(404, "Not Found", type_=NOT_FOUND, detail="no such provider")
+        try:
+            body = await read_bounded(request, MAX_WEBHOOK_BYTES)
+        except BodyTooLarge as exc:
+            return too_large(exc.limit)
+        headers = lowered_headers(request.headers)
+        try:
+            connector.verify_webhook(headers, body, now=deps.clock())
+        except WebhookVerificationError as exc:
+            log.info("rejected webhook for %s: %s", name, exc)
+            return problem_response(401, "Unauthorized", type_=UNAUTHORIZED, detail="webhook verification failed")
+        job_id, event_webhook_id = None, None
+        try:
+            event = connector.parse_webhook(headers, body)
+            job_id, event_webhook_id = event.job_id, event.webhook_id
+        except Exception as exc:  # noqa: BLE001 - forwarded keyless: the normaliser dead-letters it
+            log.info("webhook for %s does not parse (%s); forwarding without a key", name, exc)
+        record = envelope(name, headers, body, event_webhook_id, int(deps.clock() * 1000))
+        value, kafka_headers = codec.encode("WebhookEnvelope", record)
+        try:
+            await deps.producer.send_and_wait(deps.topics.webhooks, job_id, value, kafka_headers)
+        except KafkaUnavailable as exc:
+            # Providers retry non-2xx deliveries: this is how we ask for one.
+            return problem_response(503, "Service Unavailable", detail="webhook not stored; retry later",
+                                    headers={"Retry-After": str(int(exc.retry_after or 1))})
+        except RecordTooLarge:
+            return too_large(MAX_WEBHOOK_BYTES)
+        return json_response({"received": True})
+
+
+def add_routes(app: web.Application, deps: Deps, connectors: Mapping[str, Any]) -> None:
+    app.router.add_post("/webhooks/{provider}", Bridge(deps, connectors).receive)
+
+
+__all__ = ["MAX_WEBHOOK_BYTES", "Bridge", "add_routes", "envelope", "lowered_headers"]

@@ -1,0 +1,100 @@
+"""Idempotency-Key bookkeeping for the ingress: a bounded LRU of job id → request hash, plus
+the requests still in flight so two concurrent retries with one key produce one record.
+
+The job id itself is derived from (tenant, key), so the cache only has to answer "did this
+process already accept that job, and with which body?". It is per process and bounded: a
+retry that reaches another instance (or comes back after eviction or a restart) is checked
+against the job view instead (:func:`matches_snapshot`), and if the view does not know the
+job either, the record is produced again and admission drops it as a duplicate job id.
+"""
+from __future__ import annotations
+
+import asyncio
+import enum
+from collections import OrderedDict
+from collections.abc import Mapping
+from typing import Any
+
+MAX_KEY_CHARS = 255
+DEFAULT_MAX_ENTRIES = 100_000
+
+
+class Outcome(enum.Enum):
+    NEW = "new"  # not seen: go ahead and produce
+    REPLAY = "replay"  # accepted before with the same body: answer the same 202
+    CONFLICT = "conflict"  # the key was used with another body: 422
+    IN_FLIGHT = "in_flight"  # the same body is being produced right now: wait, then check again
+
+
+def key_problem(key: str) -> str | None:
+    """Why an Idempotency-Key header value is unusable, or None if it is fine."""
+    if not key:
+        return "must not be empty"
+    if len(key) > MAX_KEY_CHARS:
+        return f"must be at most {MAX_KEY_CHARS} characters"
+    if not key.isascii() or not key.isprintable():
+        return "must be printable ASCII"
+    return None
+
+
+class IdempotencyCache:
+    def __init__(self, max_entries: int = DEFAULT_MAX_ENTRIES) -> None:
+        if max_entries < 1:
+            raise ValueError("max_entries must be at least 1")
+        self.max_entries = max_entries
+        self._accepted: OrderedDict[str, str] = OrderedDict()
+        self._in_flight: dict[str, tuple[str, asyncio.Future[bool]]] = {}
+
+    def __len__(self) -> int:
+        return len(self._accepted)
+
+    def check(self, job_id: str, request_hash: str) -> tuple[Outcome, asyncio.Future[bool] | None]:
+        """What to do with a request for ``job_id``; a future to await comes with ``IN_FLIGHT``."""
+        known = self._accepted.get(job_id)
+        if known is not None:
+            self._accepted.move_to_end(job_id)
+            return (Outcome.REPLAY if known == request_hash else Outcome.CONFLICT), None
+        flying = self._in_flight.get(job_id)
+        if flying is not None:
+            if flying[0] != request_hash:
+                return Outcome.CONFLICT, None
+            return Outcome.IN_FLIGHT, flying[1]
+        return Outcome.NEW, None
+
+    def begin(self, job_id: str, request_hash: str) -> None:
+        """Mark ``job_id`` as being produced; always pair with :meth:`finish`."""
+        if job_id in self._in_flight:
+            raise RuntimeError(f"{job_id} is already in flight")
+        self._in_flight[job_id] = (request_hash, asyncio.get_running_loop().create_future())
+
+    def finish(self, job_id: str, accepted: bool) -> None:
+        """End the in-flight produce; remember the job if the broker acknowledged it."""
+        request_hash, done = self._in_flight.pop(job_id)
+        if accepted:
+            self.remember(job_id, request_hash)
+        if not done.done():
+            done.set_result(accepted)
+
+    def remember(self, job_id: str, request_hash: str) -> None:
+        self._accepted[job_id] = request_hash
+        self._accepted.move_to_end(job_id)
+        while len(self._accepted) > self.max_entries:
+            self._accepted.popitem(last=False)
+
+
+def matches_snapshot(request: Mapping[str, Any], snapshot: Mapping[str, Any]) -> bool:
+    """Whether a job's snapshot could have come from ``request`` (a ``JobRequest`` record).
+
+    Snapshots carry no request hash (nor the prompt), so this compares what they do carry;
+    it catches most reuses of a key with another body on an instance that never saw the first.
+    """
+    return (
+        snapshot.get("tenant") == request["tenant"]
+        and snapshot.get("user_id") == request["user_id"]
+        and snapshot.get("model") == request["model"]
+        and snapshot.get("webhook_url") == request["webhook_url"]
+        and dict(snapshot.get("metadata") or {}) == dict(request["metadata"])
+    )
+
+
+__all__ = ["DEFAULT_MAX_ENTRIES", "MAX_KEY_CHARS", "IdempotencyCache", "Outcome", "key_problem", "matches_snapshot"]

@@ -1,0 +1,192 @@
+"""``POST /v1/jobs``: check, validate, write a ``JobRequest`` to ``requests`` and answer 202 only
+once Kafka acknowledged it. Nothing else happens here: admission, routing and submission are
+the workers' business, so the HTTP path stays one broker round trip long.
+"""
+from __future__ import annotations
+
+import asyncio
+import hmac
+import logging
+from datetime import UTC, datetime
+from typing import Any
+from urllib.parse import quote
+
+import orjson
+from aiohttp import web
+
+from floodgate import codec
+from floodgate.api.common import BodyTooLarge, Deps, base_url, json_response, read_bounded, too_large
+from floodgate.api.idempotency import Outcome, key_problem, matches_snapshot
+from floodgate.api.kafka_io import KafkaUnavailable, RecordTooLarge
+from floodgate.api.resources import queued_snapshot
+from floodgate.errors import Problem, ValidationError
+from floodgate.ids import job_id_for_key, job_token, new_job_id
+from floodgate.netguard import check_url_target
+from floodgate.problems import IDEMPOTENCY_CONFLICT, UNAUTHORIZED, problem_response, validation_response
+from floodgate.routing import known_models
+from floodgate.validation import NormalizedRequest, request_hash, validate_job_request
+
+log = logging.getLogger(__name__)
+
+DEFAULT_TENANT = "default"
+
+
+def tenant_for(api_key: str | None, key_map: dict[str, str]) -> str | None:
+    """The tenant an API key belongs to, comparing every key in constant time; None if unknown."""
+    if api_key is None:
+        return None
+    found = None
+    given = api_key.encode("utf-8", "replace")
+    for key, tenant in key_map.items():
+        if hmac.compare_digest(key.encode("utf-8"), given):
+            found = tenant
+    return found
+
+
+def validate(payload: Any, models: tuple[str, ...], allow_private: bool) -> NormalizedRequest:
+    """``validate_job_request`` plus the webhook target check, reporting every field at once."""
+    problems: list[Problem] = []
+    normalized = None
+    try:
+        normalized = validate_job_request(payload, known_models=models)
+    except ValidationError as exc:
+        problems.extend(exc.problems)
+    webhook_url = payload.get("webhook_url") if isinstance(payload, dict) else None
+    if isinstance(webhook_url, str) and not any(p.field == "webhook_url" for p in problems):
+        try:
+            check_url_target(webhook_url, allow_private=allow_private)
+        except ValidationError as exc:
+            problems.extend(exc.problems)
+    if problems or normalized is None:
+        raise ValidationError(problems)
+    return normalized
+
+
+def job_request(job_id: str, tenant: str, req: NormalizedRequest, key: str | None, now_ms: int) -> dict[str, Any]:
+    return {
+        "job_id": job_id,
+        "tenant": tenant,
+        "user_id": req.user_id,
+        "model": req.model,
+        "input": {"prompt": req.prompt, "image_url": req.image_url, "params": dict(req.params)},
+        "webhook_url": req.webhook_url,
+        "metadata": dict(req.metadata),
+        "idempotency_key": key,
+        "request_hash": request_hash(req, tenant),
+        "accepted_at": now_ms,
+        "source": "http",
+    }
+
+
+class Ingress:
+    def __init__(self, deps: Deps) -> None:
+        self.deps = deps
+        self.api_keys = deps.settings.api_key_map  # parsed once: settings are frozen
+
+    async def create_job(self, request: web.Request) -> web.Response:
+        deps, settings = self.deps, self.deps.settings
+        keys = self.api_keys
+        tenant = DEFAULT_TENANT
+        if keys:
+            api_key = request.headers.get("X-API-Key")
+            if not api_key:
+                return problem_response(401, "Unauthorized", type_=UNAUTHORIZED, detail="X-API-Key header required")
+            found = tenant_for(api_key, keys)
+            if found is None:
+                return problem_response(403, "Forbidden", type_=UNAUTHORIZED, detail="unknown API key")
+            tenant = found
+        if request.content_type != "application/json":
+            return problem_response(415, "Unsupported Media Type", detail="send the job as application/json")
+        try:
+            body = await read_bounded(request, settings.max_body_bytes)
+        except BodyTooLarge as exc:
+            return too_large(exc.limit)
+        try:
+            payload = orjson.loads(body)
+        except orjson.JSONDecodeError as exc:
+            return validation_response(ValidationError(Problem("body", f"not valid JSON: {exc}")))
+        idem_key = request.headers.get("Idempotency-Key")
+        try:
+            if idem_key is not None and (why := key_problem(idem_key)):
+                raise ValidationError(Problem("Idempotency-Key", why))
+            normalized = validate(payload, known_models(deps.setup.routing, datetime.now(UTC)),
+                                  settings.allow_private_webhooks)
+        except ValidationError as exc:
+            return validation_response(exc)
+        job_id = job_id_for_key(deps.secret, tenant, idem_key) if idem_key is not None else new_job_id()
+        record = job_request(job_id, tenant, normalized, idem_key, int(deps.clock() * 1000))
+        if idem_key is None:
+            return await self._produce(request, record)
+        return await self._produce_once(request, record)
+
+    async def _produce_once(self, request: web.Request, record: dict[str, Any]) -> web.Response:
+        cache, job_id, digest = self.deps.idempotency, record["job_id"], record["request_hash"]
+        while True:
+            outcome, flying = cache.check(job_id, digest)
+            if outcome is not Outcome.IN_FLIGHT or flying is None:
+                break
+            await asyncio.shield(flying)  # the first request's outcome decides; then look again
+        if outcome is Outcome.NEW:
+            seen = self.deps.view.get(job_id) if self.deps.view is not None else None
+            if seen is not None:
+                # Accepted before, by another instance or before a restart: its snapshot is the
+                # only memory of the body we have here.
+                if not matches_snapshot(record, seen):
+                    return self._conflict()
+                cache.remember(job_id, digest)
+                outcome = Outcome.REPLAY
+        if outcome is Outcome.CONFLICT:
+            return self._conflict()
+        if outcome is Outcome.REPLAY:
+            return self._accepted(request, job_id)
+        cache.begin(job_id, digest)
+        accepted = False
+        try:
+            response = await self._produce(request, record)
+            accepted = response.status == 202
+            return response
+        finally:
+            cache.finish(job_id, accepted)
+
+    async def _produce(self, request: web.Request, record: dict[str, Any]) -> web.Response:
+        deps = self.deps
+        assert deps.producer is not None and deps.view is not None  # build_app guarantees both
+        value, headers = codec.encode("JobRequest", record)
+        try:
+            await deps.producer.send_and_wait(deps.topics.requests, record["job_id"], value, headers)
+        except KafkaUnavailable as exc:
+            # The client retries; with an Idempotency-Key the retry maps to the same job id, so
+            # a record that lands late anyway is dropped by admission as a duplicate.
+            retry = str(int(exc.retry_after or 1))
+            return problem_response(503, "Service Unavailable", detail="the job could not be queued; retry later",
+                                    headers={"Retry-After": retry})
+        except RecordTooLarge:
+            return too_large(deps.settings.max_body_bytes)
+        deps.view.put_local(queued_snapshot(record))
+        return self._accepted(request, record["job_id"])
+
+    def _accepted(self, request: web.Request, job_id: str) -> web.Response:
+        base = base_url(request, self.deps.settings)
+        status_url = f"{base}/v1/jobs/{quote(job_id, safe='')}"
+        body = {
+            "job_id": job_id,
+            "status": "queued",
+            "status_url": status_url,
+            "events_url": f"{status_url}/events",
+            "token": job_token(self.deps.secret, job_id),
+        }
+        return json_response(body, status=202, headers={"Location": status_url})
+
+    @staticmethod
+    def _conflict() -> web.Response:
+        return problem_response(
+            422, "Idempotency-Key reused", type_=IDEMPOTENCY_CONFLICT,
+            detail="this Idempotency-Key was already used with a different request body",
+            errors=[Problem("Idempotency-Key", "already used with a different request body")])
+
+
+def add_routes(app: web.Application, deps: Deps) -> None:
+    app.router.add_post("/v1/jobs", Ingress(deps).create_job)
+
+
+__all__ = ["Ingress", "add_routes", "job_request", "tenant_for", "validate"]

@@ -1,0 +1,243 @@
+"""Reading jobs: ``GET /v1/jobs/{job_id}``, its Server-Sent Events stream, and the WebSocket
+``/v1/stream`` that multiplexes many jobs. All three are served from the ``JobView``.
+
+A job's token is its only credential: a missing token is 401, a wrong one is 404 exactly like an
+unknown job, so a token-less caller learns nothing about which ids exist.
+"""
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from typing import Any
+
+import orjson
+from aiohttp import WSMsgType, web
+
+from floodgate.api.common import Deps, json_response
+from floodgate.api.resources import job_resource, presumed_queued
+from floodgate.api.view import JobView, Snapshot, is_terminal
+from floodgate.ids import check_token
+from floodgate.problems import NOT_FOUND, UNAUTHORIZED, problem_response
+
+MAX_SUBSCRIPTIONS = 100
+
+
+def token_of(request: web.Request) -> str | None:
+    """The bearer token from ``Authorization`` or, for EventSource clients that cannot set
+    headers, the ``token`` query parameter."""
+    scheme, _, value = request.headers.get("Authorization", "").partition(" ")
+    if scheme.lower() == "bearer" and value.strip():
+        return value.strip()
+    return request.query.get("token") or None
+
+
+def _unauthorized() -> web.Response:
+    return problem_response(401, "Unauthorized", type_=UNAUTHORIZED, detail="the job's token is required",
+                            headers={"WWW-Authenticate": 'Bearer realm="floodgate"'})
+
+
+def _not_found() -> web.Response:
+    return problem_response(404, "Not Found", type_=NOT_FOUND, detail="no such job")
+
+
+async def current(view: JobView, job_id: str, wait: float) -> Snapshot:
+    """The job's snapshot; a token-bearing job not (yet) in this instance's view is queued."""
+    return await view.wait_for(job_id, wait) or presumed_queued(job_id)
+
+
+class Reader:
+    def __init__(self, deps: Deps) -> None:
+        assert deps.view is not None
+        self.deps = deps
+        self.view: JobView = deps.view
+        self.sockets: set[web.WebSocketResponse] = set()
+        self.closing = asyncio.Event()
+
+    def _authorize(self, request: web.Request) -> tuple[str, web.Response | None]:
+        job_id = request.match_info["job_id"]
+        token = token_of(request)
+        if token is None:
+            return job_id, _unauthorized()
+        if not check_token(self.deps.secret, job_id, token):
+            return job_id, _not_found()
+        return job_id, None
+
+    async def get_job(self, request: web.Request) -> web.Response:
+        job_id, refused = self._authorize(request)
+        if refused is not None:
+            return refused
+        snapshot = await current(self.view, job_id, self.deps.wait_for_job)
+        return json_response(job_resource(snapshot), headers={"Cache-Control": "no-store"})
+
+    async def job_events(self, request: web.Request) -> web.StreamResponse:
+        job_id, refused = self._authorize(request)
+        if refused is not None:
+            return refused
+        queue = self.view.subscribe(job_id)  # before reading the current state: no change slips between
+        try:
+            response = web.StreamResponse(headers={
+                "Content-Type": "text/event-stream", "Cache-Control": "no-store", "X-Accel-Buffering": "no"})
+            await response.prepare(request)
+            last_sent = _last_event_id(request)
+            snapshot: Snapshot | None = await current(self.view, job_id, self.deps.wait_for_job)
+            while not self.closing.is_set():
+                if snapshot is not None and snapshot["version"] > last_sent:
+                    await response.write(sse_event(snapshot))
+                    last_sent = snapshot["version"]
+                if snapshot is not None and is_terminal(snapshot):
+                    break
+                snapshot = await self._next(queue)
+                if snapshot is None and not self.closing.is_set():
+                    await response.write(b": keep-alive\n\n")
+        except ConnectionResetError:
+            pass  # the client went away; nothing left to tell it
+        finally:
+            self.view.unsubscribe(job_id, queue)
+        return response
+
+    async def _next(self, queue: asyncio.Queue[Snapshot]) -> Snapshot | None:
+        """The next snapshot, or None after ``keepalive`` seconds (or at shutdown)."""
+        getter = asyncio.ensure_future(queue.get())
+        closer = asyncio.ensure_future(self.closing.wait())
+        try:
+            done, _ = await asyncio.wait({getter, closer}, timeout=self.deps.keepalive,
+                                         return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for task in (getter, closer):
+                task.cancel()
+        return getter.result() if getter in done else None
+
+    async def stream(self, request: web.Request) -> web.WebSocketResponse:
+        # Protocol-level pings keep the socket alive through load balancers' idle timeouts.
+        ws = web.WebSocketResponse(heartbeat=self.deps.keepalive)
+        await ws.prepare(request)
+        self.sockets.add(ws)
+        session = _StreamSession(self, ws)
+        try:
+            if "job_id" in request.query:
+                await session.subscribe(request.query.get("job_id"), request.query.get("token"))
+            async for msg in ws:
+                if msg.type != WSMsgType.TEXT:
+                    continue
+                await session.handle(msg.data)
+        finally:
+            await session.close()
+            self.sockets.discard(ws)
+        return ws
+
+    async def shutdown(self) -> None:
+        """End every open stream so the server can stop without waiting on idle clients."""
+        self.closing.set()
+        for ws in list(self.sockets):
+            await ws.close(code=1001, message=b"server shutting down")
+
+
+class _StreamSession:
+    """One WebSocket's subscriptions: a pump task per job forwards snapshots to the socket."""
+
+    def __init__(self, reader: Reader, ws: web.WebSocketResponse) -> None:
+        self.reader = reader
+        self.ws = ws
+        self.pumps: dict[str, asyncio.Task[None]] = {}
+
+    async def send(self, message: dict[str, Any]) -> None:
+        # aiohttp writes each frame whole, so pumps of several jobs may send concurrently.
+        if not self.ws.closed:
+            await self.ws.send_str(orjson.dumps(message).decode())
+
+    async def handle(self, text: str) -> None:
+        try:
+            message = orjson.loads(text)
+        except orjson.JSONDecodeError:
+            await self.send({"type": "error", "job_id": None, "detail": "messages must be JSON objects"})
+            return
+        if not isinstance(message, dict):
+            await self.send({"type": "error", "job_id": None, "detail": "messages must be JSON objects"})
+            return
+        kind, job_id = message.get("type"), message.get("job_id")
+        if kind == "subscribe":
+            await self.subscribe(job_id, message.get("token"))
+        elif kind == "unsubscribe":
+            await self.unsubscribe(job_id)
+        else:
+            await self.send({"type": "error", "job_id": job_id if isinstance(job_id, str) else None,
+                             "detail": "type must be subscribe or unsubscribe"})
+
+    async def subscribe(self, job_id: Any, token: Any) -> None:
+        if not isinstance(job_id, str) or not job_id:
+            await self.send({"type": "error", "job_id": None, "detail": "job_id required"})
+            return
+        if not isinstance(token, str) or not token:
+            await self.send({"type": "error", "job_id": job_id, "detail": "token required"})
+            return
+        if not check_token(self.reader.deps.secret, job_id, token):
+            await self.send({"type": "error", "job_id": job_id, "detail": "no such job"})
+            return
+        if job_id in self.pumps:
+            await self.send({"type": "subscribed", "job_id": job_id})
+            return
+        if len(self.pumps) >= MAX_SUBSCRIPTIONS:
+            await self.send({"type": "error", "job_id": job_id,
+                             "detail": f"at most {MAX_SUBSCRIPTIONS} subscriptions per connection"})
+            return
+        queue = self.reader.view.subscribe(job_id)
+        await self.send({"type": "subscribed", "job_id": job_id})
+        self.pumps[job_id] = asyncio.create_task(self._pump(job_id, queue), name=f"ws-pump:{job_id}")
+
+    async def unsubscribe(self, job_id: Any) -> None:
+        task = self.pumps.pop(job_id, None) if isinstance(job_id, str) else None
+        if task is not None:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        await self.send({"type": "unsubscribed", "job_id": job_id if isinstance(job_id, str) else None})
+
+    async def _pump(self, job_id: str, queue: asyncio.Queue[Snapshot]) -> None:
+        view = self.reader.view
+        try:
+            snapshot = await current(view, job_id, self.reader.deps.wait_for_job)
+            last_sent = -1
+            while True:
+                if snapshot["version"] > last_sent:
+                    await self.send({"type": "job", "job": job_resource(snapshot)})
+                    last_sent = snapshot["version"]
+                if is_terminal(snapshot):
+                    break  # nothing follows a terminal state; the subscription ends by itself
+                snapshot = await queue.get()
+        except ConnectionResetError:
+            pass
+        finally:
+            view.unsubscribe(job_id, queue)
+            if self.pumps.get(job_id) is asyncio.current_task():
+                del self.pumps[job_id]
+
+    async def close(self) -> None:
+        tasks = list(self.pumps.values())
+        self.pumps.clear()
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+
+
+def sse_event(snapshot: Snapshot) -> bytes:
+    """One SSE ``job`` event; the id is the snapshot version so a reconnect can resume."""
+    data = orjson.dumps(job_resource(snapshot))  # compact JSON never contains a newline
+    return b"event: job\nid: %d\ndata: %s\n\n" % (snapshot["version"], data)
+
+
+def _last_event_id(request: web.Request) -> int:
+    try:
+        return int(request.headers.get("Last-Event-ID", "-1"))
+    except ValueError:
+        return -1
+
+
+def add_routes(app: web.Application, deps: Deps) -> Reader:
+    reader = Reader(deps)
+    app.router.add_get("/v1/jobs/{job_id}", reader.get_job, allow_head=False)
+    app.router.add_get("/v1/jobs/{job_id}/events", reader.job_events, allow_head=False)
+    app.router.add_get("/v1/stream", reader.stream, allow_head=False)
+    return reader
+
+
+__all__ = ["MAX_SUBSCRIPTIONS", "Reader", "add_routes", "sse_event", "token_of"]

@@ -1,0 +1,153 @@
+"""Running the API: ``serve`` (async, for tests and embedding) and ``run`` (blocking, for the CLI).
+
+Startup order matters: topics exist → producer connected → job view caught up → socket
+listening. So the first request already finds Kafka reachable and the view complete, and
+``api=http://HOST:PORT`` is printed only when the API can answer correctly.
+"""
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+import socket
+import sys
+from collections.abc import Iterable
+from typing import Any
+
+from aiohttp import web
+
+from floodgate import provider_config
+from floodgate.api.app import build_app, parse_roles
+from floodgate.api.kafka_io import KafkaSender
+from floodgate.api.view import JobView, NotificationFeed
+from floodgate.errors import ConfigError
+from floodgate.kafka_admin import ensure_topics
+from floodgate.provider_config import ProviderSetup
+from floodgate.settings import Settings
+from streams.topics import TopicNames
+
+log = logging.getLogger(__name__)
+
+
+class ApiServer:
+    """A listening API; ``close()`` stops serving, then the Kafka clients. Safe to call twice."""
+
+    def __init__(self, url: str, runner: web.AppRunner, producer: KafkaSender | None,
+                 feed: NotificationFeed | None, view: JobView | None) -> None:
+        self.url = url
+        self.view = view
+        self._runner = runner
+        self._producer = producer
+        self._feed = feed
+        self._closed = False
+
+    async def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        await self._runner.cleanup()  # runs on_shutdown (open streams end) and waits for handlers
+        if self._feed is not None:
+            await self._feed.stop()
+        if self._producer is not None:
+            await self._producer.stop()
+
+
+def _bind(host: str, port: int) -> socket.socket:
+    sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind((host, port))
+    except OSError:
+        sock.close()
+        raise
+    return sock
+
+
+async def serve(settings: Settings, *, host: str | None = None, port: int | None = None,
+                roles: Iterable[str] | str | None = None, setup: ProviderSetup | None = None,
+                ready_timeout: float = 60.0, **app_options: Any) -> ApiServer:
+    """Start the API for ``roles`` (default all) on ``host:port`` (default from settings; port 0
+    picks a free one) and return once it listens.
+
+    Raises ``ConfigError`` for a missing bootstrap or bad roles and ``KafkaUnavailable`` if the
+    broker does not answer. ``app_options`` go to :func:`build_app` (e.g. ``keepalive``).
+    """
+    chosen = parse_roles(roles)
+    if not settings.kafka_bootstrap:
+        raise ConfigError("FLOODGATE_KAFKA_BOOTSTRAP must be resolved before starting the API")
+    setup = setup or provider_config.load(settings)
+    host = settings.api_host if host is None else host
+    port = settings.api_port if port is None else port
+    names = TopicNames(settings)
+    limits = {n: spec.concurrency_limit for n, spec in setup.routing.providers.items()}
+    # confluent's admin client blocks; keep the loop free while topics are created.
+    layout = names.layout(limits)
+    await asyncio.to_thread(ensure_topics, settings.kafka_bootstrap, layout, settings.replication_factor)
+
+    producer = KafkaSender(settings.kafka_bootstrap) if chosen & {"ingress", "bridge"} else None
+    view = JobView() if chosen & {"ingress", "read"} else None
+    feed = None
+    if view is not None:
+        feed = NotificationFeed(settings.kafka_bootstrap, names.notifications, layout[names.notifications][0], view)
+    runner: web.AppRunner | None = None
+    sock: socket.socket | None = None
+    try:
+        if producer is not None:
+            await producer.start()
+        if feed is not None and view is not None:
+            await feed.start()
+            try:
+                await asyncio.wait_for(view.ready.wait(), ready_timeout)
+            except TimeoutError:
+                log.warning("job view not caught up after %.0fs; serving anyway (/healthz says starting)",
+                            ready_timeout)
+        app = build_app(settings, setup, roles=chosen, producer=producer, view=view, **app_options)
+        runner = web.AppRunner(app, access_log=None, handle_signals=False, shutdown_timeout=5.0)
+        await runner.setup()
+        sock = _bind(host, port)
+        bound = sock.getsockname()[1]
+        await web.SockSite(runner, sock).start()
+        sock = None  # the site owns it now
+    except BaseException:
+        if sock is not None:
+            sock.close()
+        if runner is not None:
+            await runner.cleanup()
+        if feed is not None:
+            await feed.stop()
+        if producer is not None:
+            await producer.stop()
+        raise
+    shown = f"[{host}]" if ":" in host else host
+    return ApiServer(f"http://{shown}:{bound}", runner, producer, feed, view)
+
+
+async def _main(settings: Settings, host: str | None, port: int | None, roles: Iterable[str] | str | None) -> None:
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    server = await serve(settings, host=host, port=port, roles=roles)
+    try:
+        print(f"api={server.url}", flush=True)
+        await stop.wait()
+    finally:
+        await server.close()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.remove_signal_handler(sig)
+    # asyncio.run would cancel stragglers silently; name them so a leak gets fixed, not hidden.
+    leftover = [t for t in asyncio.all_tasks() if t is not asyncio.current_task() and not t.done()]
+    if leftover:
+        log.warning("tasks still running after shutdown: %s", ", ".join(sorted(t.get_name() for t in leftover)))
+
+
+def run(settings: Settings, host: str | None = None, port: int | None = None,
+        roles: Iterable[str] | str | None = None) -> None:
+    """Serve until SIGINT/SIGTERM, then shut down cleanly. Prints ``api=http://HOST:PORT`` once listening."""
+    logging.basicConfig(level=settings.log_level.upper(), stream=sys.stderr)
+    with contextlib.suppress(KeyboardInterrupt):
+        asyncio.run(_main(settings, host, port, roles))
+
+
+__all__ = ["ApiServer", "run", "serve"]

@@ -1,0 +1,65 @@
+"""Idempotency bookkeeping: replay, conflict, in-flight coalescing, LRU bound."""
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from floodgate.api.idempotency import IdempotencyCache, Outcome, key_problem, matches_snapshot
+
+
+@pytest.mark.parametrize(
+    ("key", "ok"),
+    [("abc", True), ("a" * 255, True), ("", False), ("a" * 256, False), ("naïve", False), ("tab\there", False)],
+)
+def test_key_rules(key: str, ok: bool) -> None:
+    assert (key_problem(key) is None) is ok
+
+
+async def test_replay_and_conflict_after_acceptance() -> None:
+    cache = IdempotencyCache()
+    assert cache.check("j", "h1") == (Outcome.NEW, None)
+    cache.begin("j", "h1")
+    cache.finish("j", accepted=True)
+    assert cache.check("j", "h1") == (Outcome.REPLAY, None)
+    assert cache.check("j", "h2") == (Outcome.CONFLICT, None)
+
+
+async def test_failed_produce_is_forgotten() -> None:
+    cache = IdempotencyCache()
+    cache.begin("j", "h1")
+    cache.finish("j", accepted=False)
+    assert cache.check("j", "h1") == (Outcome.NEW, None)
+
+
+async def test_concurrent_same_body_waits_for_the_first() -> None:
+    cache = IdempotencyCache()
+    cache.begin("j", "h1")
+    outcome, flying = cache.check("j", "h1")
+    assert outcome is Outcome.IN_FLIGHT and flying is not None
+    assert cache.check("j", "h2") == (Outcome.CONFLICT, None)
+    cache.finish("j", accepted=True)
+    assert await asyncio.wait_for(flying, 1) is True
+    assert cache.check("j", "h1")[0] is Outcome.REPLAY
+    cache.begin("k", "h")
+    with pytest.raises(RuntimeError):
+        cache.begin("k", "h")
+
+
+def test_lru_bound() -> None:
+    cache = IdempotencyCache(max_entries=2)
+    cache.remember("a", "h")
+    cache.remember("b", "h")
+    cache.check("a", "h")  # touch a: b is now the least recently used
+    cache.remember("c", "h")
+    assert len(cache) == 2
+    assert cache.check("b", "h")[0] is Outcome.NEW
+    assert cache.check("a", "h")[0] is Outcome.REPLAY
+
+
+def test_matches_snapshot_compares_what_snapshots_carry() -> None:
+    request = {"tenant": "t", "user_id": "u", "model": "m", "webhook_url": None, "metadata": {"k": "v"}}
+    snapshot = {"tenant": "t", "user_id": "u", "model": "m", "webhook_url": None, "metadata": {"k": "v"}}
+    assert matches_snapshot(request, snapshot)
+    assert not matches_snapshot({**request, "model": "other"}, snapshot)
+    assert not matches_snapshot({**request, "metadata": {}}, snapshot)

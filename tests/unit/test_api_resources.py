@@ -1,0 +1,32 @@
+"""The public job shape and time formatting."""
+from __future__ import annotations
+
+from floodgate.api.resources import iso_ms, job_resource, presumed_queued
+from floodgate.ids import job_id_for_key, new_job_id
+
+
+def test_iso_ms() -> None:
+    assert iso_ms(0) is None and iso_ms(None) is None
+    assert iso_ms(1_700_000_000_123) == "2023-11-14T22:13:20.123Z"
+    assert iso_ms(1_700_000_000_000) == "2023-11-14T22:13:20.000Z"
+
+
+def test_job_resource_shape() -> None:
+    snapshot = {"job_id": "j", "tenant": "t", "user_id": "u", "model": "m", "provider": "p",
+                "provider_job_id": "x", "status": "completed", "progress": 1.0, "video_url": "https://v/1.mp4",
+                "error": None, "attempt": 1, "created_at": 1_700_000_000_000, "updated_at": 1_700_000_001_000,
+                "webhook_url": "https://hook", "metadata": {"a": "b"}, "version": 4}
+    assert job_resource(snapshot) == {
+        "job_id": "j", "status": "completed", "model": "m", "provider": "p", "progress": 1.0,
+        "result": {"video_url": "https://v/1.mp4"}, "error": None,
+        "created_at": "2023-11-14T22:13:20.000Z", "updated_at": "2023-11-14T22:13:21.000Z", "metadata": {"a": "b"},
+    }
+    assert job_resource({**snapshot, "video_url": None})["result"] is None
+
+
+def test_presumed_queued_dates_come_from_the_id() -> None:
+    job_id = new_job_id(now_ms=1_700_000_000_000)
+    assert job_resource(presumed_queued(job_id))["created_at"] == "2023-11-14T22:13:20.000Z"
+    keyed = job_id_for_key(b"s" * 32, "t", "k")
+    assert job_resource(presumed_queued(keyed))["created_at"] is None
+    assert job_resource(presumed_queued(keyed))["status"] == "queued"
