@@ -113,7 +113,8 @@ class Stack:
 
     def _spawn_with_url(self, name: str, argv: list[str], marker: str, timeout: float) -> str:
         child = self._spawn(name, argv)
-        return _wait_for_line(child, marker, timeout).split("=", 1)[1].strip()
+        line = _wait_for_line(child, marker, timeout)
+        return line[line.index(marker) + len(marker):].split()[0]
 
     def start_worker(self, index: int = 0, *, timeout: float = 120.0) -> Child:
         name = f"worker-{index}"
@@ -160,7 +161,8 @@ def _wait_for_line(child: Child, marker: str, timeout: float) -> str:
     while True:
         try:
             for line in child.log.read_text(errors="replace").splitlines():
-                if line.startswith(marker):
+                # Faust routes a worker's stdout through its logger, so the marker may be prefixed.
+                if marker in line:
                     return line
         except OSError:
             pass

@@ -1,0 +1,65 @@
+"""Helpers for end-to-end tests: a full stack (simulator, API, worker as real processes) on the
+session's broker, HTTP helpers, and waits with deadlines."""
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+
+from floodgate.devstack import Stack
+from floodgate.settings import Settings
+from tests.kafka_util import unique_name
+
+TERMINAL = {"completed", "failed", "cancelled"}
+
+
+def simulator_config(path: Path, **provider_overrides: Any) -> Path:
+    """Fast renders (tens of ms) so thousands of jobs fit in a test; limits as in the dev preset."""
+    base = {"concurrency_limit": 10, "render_time": {"kind": "uniform", "min": 0.02, "max": 0.08},
+            "queue_delay": 0.005, **provider_overrides}
+    path.write_text(json.dumps({"providers": {n: base for n in ("sora", "kling", "wan")}, "seed": 11}))
+    return path
+
+
+def make_stack(kafka_bootstrap: str, home: Path, *, sim_config: Path | None = None, **overrides: Any) -> Stack:
+    prefix = unique_name("e2e") + "."
+    settings = Settings.from_env({}).with_overrides(
+        kafka_bootstrap=kafka_bootstrap, topic_prefix=prefix, app_id=prefix + "app", partitions=2,
+        dispatch_partitions=2, session_timeout=6.0, poll_after=5.0, cache_dir=home / "cache", **overrides)
+    sim_args = ["--config", str(sim_config)] if sim_config else ["--preset", "dev"]
+    return Stack(settings, home, simulator_args=sim_args)
+
+
+async def submit(session: aiohttp.ClientSession, api: str, body: dict[str, Any], **headers: str) -> dict[str, Any]:
+    async with session.post(f"{api}/v1/jobs", json=body, headers=headers) as resp:
+        data = await resp.json(content_type=None)
+        assert resp.status == 202, (resp.status, data)
+        return data
+
+
+async def get_job(session: aiohttp.ClientSession, api: str, job_id: str, token: str) -> dict[str, Any]:
+    async with session.get(f"{api}/v1/jobs/{job_id}", headers={"Authorization": f"Bearer {token}"}) as resp:
+        assert resp.status == 200, (resp.status, await resp.text())
+        return await resp.json()
+
+
+async def until(check: Callable[[], Awaitable[Any]], *, timeout: float, what: str, interval: float = 0.2) -> Any:
+    """Poll ``check`` until it returns something truthy, or fail after ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    last: Any = None
+    while time.monotonic() < deadline:
+        last = await check()
+        if last:
+            return last
+        await asyncio.sleep(interval)
+    raise AssertionError(f"timed out after {timeout}s waiting for {what}; last: {last!r}")
+
+
+async def simulator_stats(session: aiohttp.ClientSession, url: str) -> dict[str, Any]:
+    async with session.get(f"{url}/stats") as resp:
+        return (await resp.json())["providers"]

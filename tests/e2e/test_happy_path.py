@@ -1,0 +1,135 @@
+"""A job's whole life on the real broker, the real simulator and the real processes: accepted over
+HTTP (and the SDK, and a raw JSON line on `requests`), routed, submitted, rendered, its webhooks
+verified and normalised, its state followed over GET, SSE and WebSocket."""
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import Iterator
+from pathlib import Path
+
+import aiohttp
+import orjson
+import pytest
+
+from floodgate import codec
+from floodgate.ids import new_job_id
+from tests.e2e.stack_util import TERMINAL, get_job, make_stack, simulator_config, submit, until
+from tests.kafka_util import consume_until, produce
+
+pytestmark = pytest.mark.kafka
+
+
+@pytest.fixture(scope="module")
+def stack(kafka_bootstrap: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator:
+    home = tmp_path_factory.mktemp("happy")
+    with make_stack(kafka_bootstrap, home, sim_config=simulator_config(home / "sim.json")) as s:
+        yield s
+
+
+async def _completed(session: aiohttp.ClientSession, api: str, job_id: str, token: str) -> dict:
+    async def check() -> dict | None:
+        job = await get_job(session, api, job_id, token)
+        return job if job["status"] in TERMINAL else None
+
+    return await until(check, timeout=60, what=f"{job_id} to finish")
+
+
+async def test_http_job_completes_and_is_followed_by_get_sse_and_websocket(stack) -> None:
+    async with aiohttp.ClientSession() as session:
+        accepted = await submit(session, stack.api_url, {
+            "model": "wan-2.6", "user_id": "alice", "input": {"prompt": "a red kite over the sea"}})
+        job_id, token = accepted["job_id"], accepted["token"]
+        first = await get_job(session, stack.api_url, job_id, token)  # right after the 202: never 404
+        assert first["status"] in ("queued", "submitted", "running", "completed")
+
+        sse_events: list[dict] = []
+
+        async def follow_sse() -> None:
+            async with session.get(accepted["events_url"], headers={"Authorization": f"Bearer {token}"}) as resp:
+                assert resp.status == 200
+                assert resp.headers["Content-Type"].startswith("text/event-stream")
+                async for raw in resp.content:
+                    line = raw.decode().strip()
+                    if line.startswith("data:"):
+                        sse_events.append(json.loads(line[5:]))
+                        if sse_events[-1]["status"] in TERMINAL:
+                            return
+
+        ws_events: list[dict] = []
+
+        async def follow_ws() -> None:
+            async with session.ws_connect(f"{stack.api_url}/v1/stream") as ws:
+                await ws.send_json({"type": "subscribe", "job_id": job_id, "token": token})
+                async for msg in ws:
+                    data = msg.json()
+                    if data.get("type") == "job":
+                        ws_events.append(data["job"])
+                        if data["job"]["status"] in TERMINAL:
+                            return
+
+        await asyncio.wait_for(asyncio.gather(follow_sse(), follow_ws()), timeout=60)
+        final = await _completed(session, stack.api_url, job_id, token)
+
+    assert final["status"] == "completed", final
+    assert final["provider"] == "wan"
+    assert final["result"]["video_url"].endswith(".mp4")
+    assert sse_events[-1]["status"] == "completed" and sse_events[-1]["result"] == final["result"]
+    assert ws_events[-1]["status"] == "completed" and ws_events[-1]["result"] == final["result"]
+
+
+async def test_retired_sora_falls_back_to_kling(stack) -> None:
+    async with aiohttp.ClientSession() as session:
+        accepted = await submit(session, stack.api_url, {
+            "model": "sora-2", "user_id": "bob", "input": {"prompt": "a paper boat in rain"}})
+        final = await _completed(session, stack.api_url, accepted["job_id"], accepted["token"])
+    assert final["status"] == "completed"
+    assert final["provider"] == "kling"  # Sora 2's API was retired on 2026-09-24
+
+
+async def test_sdk_job_reaches_results(stack) -> None:
+    from floodgate.sdk import FloodgateClient
+
+    with FloodgateClient(stack.bootstrap, topic_prefix=stack.settings.topic_prefix) as client:
+        job_id = client.submit("kling-2.1", "a fox in snow", user_id="carol")
+    results = consume_until(stack.bootstrap, stack.settings.topic("results"),
+                            lambda ms: any(m.key() == job_id.encode() for m in ms), timeout=60)
+    final = [codec.decode("JobSnapshot", m.value(), m.headers()) for m in results if m.key() == job_id.encode()][0]
+    assert final["status"] == "completed" and final["video_url"]
+
+
+def test_json_line_replay_completes_and_garbage_goes_to_dlq(stack) -> None:
+    job_id = new_job_id()
+    line = orjson.dumps({"job_id": job_id, "model": "wan-2.6", "user_id": "dave", "input": {"prompt": "tides"}})
+    produce(stack.bootstrap, stack.settings.topic("requests"), [(None, b"{this is not json"), (job_id.encode(), line)])
+    dead = consume_until(stack.bootstrap, stack.settings.topic("dlq"), lambda ms: len(ms) >= 1, timeout=60)
+    letter = codec.decode("DeadLetter", dead[0].value(), dead[0].headers())
+    assert letter["original"] == b"{this is not json" and "invalid request" in letter["reason"]
+    results = consume_until(stack.bootstrap, stack.settings.topic("results"),
+                            lambda ms: any(m.key() == job_id.encode() for m in ms), timeout=60)
+    final = [codec.decode("JobSnapshot", m.value(), m.headers()) for m in results if m.key() == job_id.encode()][0]
+    assert final["status"] == "completed"
+    # The same line replayed is a duplicate, not a second job.
+    produce(stack.bootstrap, stack.settings.topic("requests"), [(job_id.encode(), line)])
+    sentinel = new_job_id()
+    produce(stack.bootstrap, stack.settings.topic("requests"), [(sentinel.encode(), orjson.dumps(
+        {"job_id": sentinel, "model": "wan-2.6", "user_id": "dave", "input": {"prompt": "sentinel"}}))])
+    results = consume_until(stack.bootstrap, stack.settings.topic("results"),
+                            lambda ms: any(m.key() == sentinel.encode() for m in ms), timeout=60)
+    assert sum(1 for m in results if m.key() == job_id.encode()) == 1
+
+
+def test_kcat_json_line_replay(stack) -> None:
+    import shutil
+    import subprocess
+
+    kcat = shutil.which("kcat")
+    assert kcat, "kcat is missing: `make test` installs it (Debian package kcat)"
+    job_id = new_job_id()
+    line = orjson.dumps({"job_id": job_id, "model": "kling-2.1", "user_id": "erin", "input": {"prompt": "dunes"}})
+    subprocess.run([kcat, "-P", "-b", stack.bootstrap, "-t", stack.settings.topic("requests"), "-k", job_id],
+                   input=line + b"\n", check=True, timeout=30)
+    results = consume_until(stack.bootstrap, stack.settings.topic("results"),
+                            lambda ms: any(m.key() == job_id.encode() for m in ms), timeout=60)
+    final = [codec.decode("JobSnapshot", m.value(), m.headers()) for m in results if m.key() == job_id.encode()][0]
+    assert final["status"] == "completed" and final["provider"] == "kling"
