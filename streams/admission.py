@@ -18,6 +18,7 @@ from floodgate.errors import SchemaError, ValidationError
 from floodgate.routing import chain_for, known_models
 from floodgate.validation import validate_job_request
 from streams.context import Pipeline
+from streams.tables import JsonTable
 
 log = logging.getLogger(__name__)
 
@@ -34,7 +35,7 @@ def _as_payload(req: dict[str, Any]) -> dict[str, Any]:
 def register(pipe: Pipeline) -> None:
     app, names, emit = pipe.app, pipe.names, pipe.emit
     source = emit.topic(names.requests, partitions=pipe.settings.partitions)
-    admitted = app.Table("admitted", partitions=pipe.settings.partitions, key_type=bytes, value_type=dict)
+    admitted = JsonTable(app, "admitted", partitions=pipe.settings.partitions)
 
     @app.agent(source, name="admission")
     async def admission(stream: faust.StreamT) -> None:

@@ -16,6 +16,7 @@ from floodgate import codec
 from floodgate.errors import SchemaError, ValidationError
 from floodgate.jobs.state import JobEvent, JobState, apply
 from streams.context import Pipeline
+from streams.tables import JsonTable
 
 log = logging.getLogger(__name__)
 
@@ -45,7 +46,7 @@ def snapshot(state: JobState) -> dict[str, Any]:
 def register(pipe: Pipeline) -> None:
     app, names, emit = pipe.app, pipe.names, pipe.emit
     source = emit.topic(names.events, partitions=pipe.settings.partitions)
-    jobs = app.Table("jobs", partitions=pipe.settings.partitions, key_type=bytes, value_type=dict)
+    jobs = JsonTable(app, "jobs", partitions=pipe.settings.partitions)
 
     async def outputs(state: JobState, terminal: bool, attempt: int, provider: str | None) -> None:
         snap = snapshot(state)

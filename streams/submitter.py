@@ -30,6 +30,7 @@ from floodgate.routing import ProviderSpec, next_target
 from floodgate.submit_policy import SubmitPolicy, decide
 from floodgate.throttle import Backoff, BreakerState, CircuitBreaker, TokenBucket, partition_share
 from streams.context import Pipeline
+from streams.tables import JsonTable
 
 log = logging.getLogger(__name__)
 
@@ -67,7 +68,7 @@ def register_provider(pipe: Pipeline, name: str, policy: SubmitPolicy = SubmitPo
     lane = Lane(spec, parts)
     orders = emit.topic(names.dispatch(name), partitions=parts)
     releases = emit.topic(names.release(name), partitions=parts)
-    inflight = app.Table(f"inflight-{name}", partitions=parts, key_type=bytes, value_type=dict)
+    inflight = JsonTable(app, f"inflight-{name}", partitions=parts)
     webhook_url = f"{(settings.webhook_base_url or '').rstrip('/')}/webhooks/{name}" if settings.webhook_base_url else None
 
     def held(partition: int) -> int:

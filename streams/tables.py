@@ -1,0 +1,39 @@
+"""Faust tables holding JSON documents as raw bytes.
+
+Faust rebuilds table values on recovery through ``value_type.from_data``, which plain ``dict``
+lacks (recovery then fails, record by record); storing orjson bytes with ``value_type=bytes``
+uses the raw codec both ways and is faster than Faust's json codec besides.
+"""
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+import faust
+import orjson
+
+
+class JsonTable:
+    def __init__(self, app: faust.App, name: str, *, partitions: int) -> None:
+        self.table = app.Table(name, partitions=partitions, key_type=bytes, value_type=bytes)
+
+    def get(self, key: bytes) -> dict[str, Any] | None:
+        raw = self.table.get(key)
+        return None if raw is None else orjson.loads(raw)
+
+    def __setitem__(self, key: bytes, value: dict[str, Any]) -> None:
+        self.table[key] = orjson.dumps(value)
+
+    def __delitem__(self, key: bytes) -> None:
+        del self.table[key]
+
+    def __contains__(self, key: bytes) -> bool:
+        return key in self.table
+
+    def items(self) -> Iterator[tuple[bytes, dict[str, Any]]]:
+        for key, raw in list(self.table.items()):
+            yield key, orjson.loads(raw)
+
+    def values(self) -> Iterator[dict[str, Any]]:
+        for _, value in self.items():
+            yield value
