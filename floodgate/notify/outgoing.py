@@ -1,0 +1,328 @@
+"""Deliver each job's final result to its ``webhook_url``: the outgoing half of notification fan-out.
+
+Reads ``results`` in the consumer group ``<app_id>-webhooks``, so any number of API processes
+share the partitions and each result is handled by one of them. Deliveries run concurrently
+(``concurrency`` HTTP attempts at once, ``max_pending`` records held in memory; beyond that the
+partitions are paused, not the poll loop, so the group membership survives backpressure).
+
+At-least-once: an offset is committed only when it and every offset before it in its partition
+are done — delivered, skipped, or parked in ``dlq`` (:mod:`floodgate.notify.commit_tracker`).
+A crash or rebalance may repeat a delivery; the ``webhook-id`` stays ``<job_id>:<version>`` so
+receivers drop the copy. A delivery that keeps failing is retried with backoff
+(:class:`RetryPolicy`) and then dead-lettered with the original bytes; it never holds up the
+others beyond its retry budget.
+"""
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import logging
+import random
+import time
+from collections.abc import Callable, Iterable
+from typing import Any
+
+import aiohttp
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord, TopicPartition
+from aiokafka.abc import ConsumerRebalanceListener
+from aiokafka.errors import KafkaError
+
+from connectors.notifiers.base import EVENT_TYPES, Notification, Notifier
+from floodgate import codec
+from floodgate.errors import ConfigError, SchemaError
+from floodgate.notify.commit_tracker import CommitTracker, Ticket
+from floodgate.notify.delivery import deliver
+from floodgate.notify.retry import RetryPolicy
+from floodgate.settings import Settings
+from streams.topics import TopicNames
+
+log = logging.getLogger(__name__)
+
+DEFAULT_POLICY = RetryPolicy()
+
+
+@dataclasses.dataclass
+class WebhookStats:
+    delivered: int = 0
+    failed: int = 0
+    """Given up after retries or a permanent error (each also dead-lettered)."""
+    retries: int = 0
+    skipped: int = 0
+    """No webhook_url, or not a final state."""
+    dead_lettered: int = 0
+    """Records written to dlq: failed deliveries plus undecodable records."""
+
+
+class _Abandoned(Exception):
+    """Stopping while a record waits (backoff, dlq retry): leave it uncommitted for the next owner."""
+
+
+class OutgoingWebhooks:
+    """The webhook delivery service. ``start()`` then ``stop()``; not restartable.
+
+    Pass ``notifier`` (any :class:`Notifier`) or ``session`` for tests; by default a
+    :class:`~connectors.notifiers.webhook.WebhookNotifier` on an SSRF-guarded session is built
+    from ``settings``. Raises ``ConfigError`` if ``settings.kafka_bootstrap`` is empty.
+    """
+
+    def __init__(self, settings: Settings, *, notifier: Notifier | None = None,
+                 session: aiohttp.ClientSession | None = None, policy: RetryPolicy = DEFAULT_POLICY,
+                 concurrency: int = 64, max_pending: int = 1024, commit_interval: float = 1.0,
+                 drain_timeout: float = 10.0, rand: Callable[[], float] = random.random) -> None:
+        if not settings.kafka_bootstrap:
+            raise ConfigError("settings.kafka_bootstrap must be resolved before starting webhooks")
+        if concurrency < 1 or max_pending < 1:
+            raise ConfigError("concurrency and max_pending must be at least 1")
+        self._settings = settings
+        self._names = TopicNames(settings)
+        self._notifier = notifier
+        self._session = session
+        self._owns_session = False
+        self._policy = policy
+        self._semaphore = asyncio.Semaphore(concurrency)
+        self._max_pending = max_pending
+        self._commit_interval = commit_interval
+        self._drain_timeout = drain_timeout
+        self._rand = rand
+        self._stats = WebhookStats()
+        self._tracker: CommitTracker[int] = CommitTracker()
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._assignment: frozenset[int] = frozenset()
+        self._stopping = asyncio.Event()
+        self._slot_freed = asyncio.Event()
+        self._consumer: AIOKafkaConsumer | None = None
+        self._producer: AIOKafkaProducer | None = None
+        self._loops: list[asyncio.Task[None]] = []
+
+    @property
+    def group_id(self) -> str:
+        return f"{self._settings.app_id}-webhooks"
+
+    @property
+    def stats(self) -> WebhookStats:
+        """A copy of the counters."""
+        return dataclasses.replace(self._stats)
+
+    @property
+    def assignment(self) -> frozenset[int]:
+        """Partitions of ``results`` this instance currently owns."""
+        return self._assignment
+
+    async def start(self) -> None:
+        """Join the consumer group and begin delivering; raises aiokafka errors if the broker is unreachable."""
+        if self._notifier is None:
+            from connectors.notifiers.webhook import WebhookNotifier, guarded_session
+
+            if self._session is None:
+                self._session = guarded_session(allow_private=self._settings.allow_private_webhooks)
+                self._owns_session = True
+            self._notifier = WebhookNotifier.from_settings(self._settings, self._session)
+        bootstrap = self._settings.kafka_bootstrap
+        self._producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all", enable_idempotence=True)
+        self._consumer = AIOKafkaConsumer(
+            bootstrap_servers=bootstrap,
+            group_id=self.group_id,
+            client_id=f"{self.group_id}-consumer",
+            enable_auto_commit=False,
+            # A new group starts at the beginning: results written before the first deploy still get delivered.
+            auto_offset_reset="earliest",
+            # Never notify a snapshot from an aborted transaction (exactly-once Faust writes them).
+            isolation_level="read_committed",
+            session_timeout_ms=int(self._settings.session_timeout * 1000),
+        )
+        self._consumer.subscribe([self._names.results], listener=_Rebalance(self))
+        try:
+            await self._producer.start()
+            await self._consumer.start()
+        except BaseException:
+            await self.stop()
+            raise
+        self._loops = [asyncio.create_task(self._consume(), name="webhooks-consume"),
+                       asyncio.create_task(self._commit_loop(), name="webhooks-commit")]
+
+    async def stop(self) -> None:
+        """Stop fetching, let in-flight attempts finish (up to ``drain_timeout``), commit, leave the group.
+
+        Records still unfinished then stay uncommitted: the partition's next owner delivers them.
+        Safe to call more than once, and after a failed ``start``.
+        """
+        if self._stopping.is_set():
+            return
+        self._stopping.set()
+        for task in self._loops:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        if self._tasks:
+            await asyncio.wait(set(self._tasks), timeout=self._drain_timeout)
+        for task in set(self._tasks):
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        if self._consumer is not None:
+            await self._commit()
+            await self._consumer.stop()
+        if self._producer is not None:
+            await self._producer.stop()
+        if self._owns_session and self._session is not None:
+            await self._session.close()
+
+    # --- consuming -------------------------------------------------------------------------------
+    async def _consume(self) -> None:
+        assert self._consumer is not None
+        consumer = self._consumer
+        while not self._stopping.is_set():
+            room = self._max_pending - len(self._tasks)
+            if room <= 0:
+                consumer.pause(*consumer.assignment())
+                await self._wait(self._slot_freed, 0.5)
+                self._slot_freed.clear()
+                room = self._max_pending - len(self._tasks)
+            if room > 0 and consumer.paused():
+                consumer.resume(*consumer.paused())
+            try:
+                # Polling even while paused keeps this member alive in the group (max.poll.interval).
+                batch = await consumer.getmany(timeout_ms=200 if room > 0 else 0, max_records=max(room, 1))
+            except KafkaError as exc:
+                log.warning("webhooks: fetch failed (%s); retrying", exc)
+                await self._stopped_within(1.0)
+                continue
+            for tp, records in batch.items():
+                for record in records:
+                    self._spawn(tp.partition, record)
+
+    def _spawn(self, partition: int, record: ConsumerRecord[Any, Any]) -> None:
+        try:
+            ticket = self._tracker.start(partition, record.offset)
+        except ValueError:
+            # The fetch position moved back (offset reset) without a rebalance. Restarting the
+            # partition's tracking is safe: the re-read offsets are all <= those still in flight.
+            log.warning("webhooks: %s[%d] went back to offset %d", record.topic, partition, record.offset)
+            self._tracker.forget([partition])
+            ticket = self._tracker.start(partition, record.offset)
+        task = asyncio.create_task(self._process(record, ticket))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _process(self, record: ConsumerRecord[Any, Any], ticket: Ticket[int]) -> None:
+        try:
+            await self._handle(record)
+        except _Abandoned:
+            return  # not finished: the offset stays uncommitted and is redelivered
+        except Exception as exc:  # a bug here must not wedge the partition's commits
+            log.exception("webhooks: unexpected error at %s[%d]@%d", record.topic, record.partition, record.offset)
+            try:
+                await self._dead_letter(record, f"internal error: {exc}", exc)
+            except _Abandoned:
+                return
+            except Exception:  # not even parked: leave it uncommitted rather than lose it
+                log.exception("webhooks: cannot dead-letter %s[%d]@%d", record.topic, record.partition,
+                              record.offset)
+                return
+        finally:
+            self._slot_freed.set()
+        self._tracker.finish(ticket)
+
+    async def _handle(self, record: ConsumerRecord[Any, Any]) -> None:
+        try:
+            notification = Notification.from_snapshot(codec.decode("JobSnapshot", record.value or b"", record.headers))
+        except SchemaError as exc:
+            await self._dead_letter(record, f"undecodable JobSnapshot: {exc}", exc)
+            return
+        if not notification.webhook_url or notification.status not in EVENT_TYPES:
+            self._stats.skipped += 1
+            return
+        assert self._notifier is not None
+        outcome = await deliver(self._notifier, notification, self._policy, semaphore=self._semaphore,
+                                rand=self._rand, wait=self._stopped_within)
+        self._stats.retries += outcome.attempts - 1
+        if outcome.abandoned:
+            raise _Abandoned
+        if outcome.error is None:
+            self._stats.delivered += 1
+            return
+        self._stats.failed += 1
+        await self._dead_letter(
+            record, f"webhook delivery failed after {outcome.attempts} attempt(s): {outcome.error}", outcome.error)
+
+    async def _dead_letter(self, record: ConsumerRecord[Any, Any], reason: str, exc: BaseException) -> None:
+        """Write a DeadLetter and wait for the ack; retries until stopping (then ``_Abandoned``)."""
+        assert self._producer is not None
+        value, headers = codec.encode("DeadLetter", {
+            "reason": reason,
+            "error_type": type(exc).__name__,
+            "source_topic": record.topic,
+            "partition": record.partition,
+            "offset": record.offset,
+            "key": record.key,
+            "original": record.value or b"",
+            "headers": {k: (v or b"").decode("utf-8", "replace") for k, v in (record.headers or ())},
+            "at": time.time_ns() // 1_000_000,
+        })
+        delay = 0.1
+        while True:
+            try:
+                await self._producer.send_and_wait(self._names.dlq, value, headers=headers)
+                self._stats.dead_lettered += 1
+                log.warning("webhooks: dead-lettered %s[%d]@%d: %s", record.topic, record.partition,
+                            record.offset, reason)
+                return
+            except KafkaError as error:
+                log.warning("webhooks: cannot write to %s (%s); retrying", self._names.dlq, error)
+            if await self._stopped_within(delay):
+                raise _Abandoned
+            delay = min(delay * 2, 5.0)
+
+    # --- committing ------------------------------------------------------------------------------
+    async def _commit_loop(self) -> None:
+        while not await self._stopped_within(self._commit_interval):
+            await self._commit()
+
+    async def _commit(self, partitions: Iterable[int] | None = None) -> None:
+        assert self._consumer is not None
+        owned = {tp.partition for tp in self._consumer.assignment()}
+        wanted = owned if partitions is None else owned.intersection(partitions)
+        offsets = self._tracker.committable(wanted)
+        if not offsets:
+            return
+        topic = self._names.results
+        try:
+            await self._consumer.commit({TopicPartition(topic, p): o for p, o in offsets.items()})
+        except KafkaError as exc:
+            # Typically a rebalance in progress; the next round (or the new owner) commits instead.
+            log.warning("webhooks: commit of %s failed: %s", offsets, exc)
+            return
+        self._tracker.mark_committed(offsets)
+
+    async def _revoked(self, partitions: set[int]) -> None:
+        await self._commit(partitions)
+        self._tracker.forget(partitions)
+        self._assignment = self._assignment - partitions
+
+    def _assigned(self, partitions: set[int]) -> None:
+        self._assignment = frozenset(partitions)
+
+    # --- waiting ---------------------------------------------------------------------------------
+    async def _stopped_within(self, seconds: float) -> bool:
+        """Wait up to ``seconds``; True as soon as the service is stopping."""
+        return await self._wait(self._stopping, seconds)
+
+    @staticmethod
+    async def _wait(event: asyncio.Event, seconds: float) -> bool:
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(seconds):
+                await event.wait()
+        return event.is_set()
+
+
+class _Rebalance(ConsumerRebalanceListener):  # type: ignore[misc]  # aiokafka.abc is untyped
+    def __init__(self, service: OutgoingWebhooks) -> None:
+        self._service = service
+
+    async def on_partitions_revoked(self, revoked: Iterable[TopicPartition]) -> None:
+        await self._service._revoked({tp.partition for tp in revoked})
+
+    async def on_partitions_assigned(self, assigned: Iterable[TopicPartition]) -> None:
+        self._service._assigned({tp.partition for tp in assigned})
+
+
+__all__ = ["OutgoingWebhooks", "RetryPolicy", "WebhookStats"]

@@ -1,0 +1,461 @@
+"""Publish job requests straight to Kafka from an application backend.
+
+The SDK applies the same validation as the HTTP API (:func:`floodgate.validation.validate_job_request`)
+and writes the same ``JobRequest`` record (``source="sdk"``) to ``<topic_prefix>requests``, keyed
+by job id. A call returns only once the broker acknowledged the record (``acks=all``, idempotent
+producer), so a returned job id is durable::
+
+    from floodgate.sdk import FloodgateClient
+
+    with FloodgateClient("localhost:9092", tenant="acme") as client:
+        job_id = client.submit("kling-2.1", "a paper boat in the rain", user_id="u-1")
+
+Idempotency: with ``idempotency_key`` the job id is derived with HMAC from ``(tenant, key)``
+under the client's ``id_secret``, so resubmitting gives the same id and the pipeline drops the
+duplicate. The default secret is random *per client instance*: it makes retries within one
+client idempotent, but another process (or a restarted one) derives different ids. For
+idempotency across processes, pass the same ``id_secret`` (at least 16 bytes) everywhere.
+
+Timeouts: when ``submit`` raises :class:`DeliveryError` with ``retriable=True`` the record may
+still reach the broker later; resubmit with an ``idempotency_key`` to make that safe.
+"""
+from __future__ import annotations
+
+import asyncio
+import secrets
+import time
+from collections.abc import Collection, Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from types import TracebackType
+from typing import Any
+
+from confluent_kafka import KafkaError, KafkaException, Producer
+
+from floodgate import codec
+from floodgate.errors import FloodgateError, Problem, ValidationError
+from floodgate.ids import job_id_for_key, new_job_id
+from floodgate.netguard import check_url_target
+from floodgate.settings import Settings
+from floodgate.validation import RequestLimits, request_hash, validate_job_request
+from streams.topics import TopicNames
+
+__all__ = [
+    "AsyncFloodgateClient",
+    "BatchDeliveryError",
+    "DeliveryError",
+    "FloodgateClient",
+    "JobSpec",
+    "Problem",
+    "ValidationError",
+]
+
+MAX_IDEMPOTENCY_KEY_CHARS = 255
+DEFAULT_LIMITS = RequestLimits()  # the HTTP API's
+SOURCE = "sdk"
+
+
+class DeliveryError(FloodgateError):
+    """The broker did not acknowledge a record in time or refused it.
+
+    ``retriable`` is true for timeouts and transient broker errors: the same call may succeed
+    later (use an ``idempotency_key`` so a late first copy and the retry share one job id).
+    """
+
+    def __init__(self, message: str, *, retriable: bool) -> None:
+        super().__init__(message)
+        self.retriable = retriable
+
+
+class BatchDeliveryError(DeliveryError):
+    """Some records of a :meth:`FloodgateClient.submit_many` batch were not acknowledged.
+
+    ``job_ids`` lists every job id of the batch in input order; ``failures`` maps the index of
+    each failed record to its error. Records not listed in ``failures`` were acknowledged.
+    """
+
+    def __init__(self, job_ids: list[str], failures: dict[int, DeliveryError]) -> None:
+        first = min(failures)
+        super().__init__(
+            f"{len(failures)} of {len(job_ids)} records failed; first [{first}]: {failures[first]}",
+            retriable=all(e.retriable for e in failures.values()),
+        )
+        self.job_ids = job_ids
+        self.failures = failures
+
+
+@dataclass(frozen=True, slots=True)
+class JobSpec:
+    """One job request for :meth:`FloodgateClient.submit_many`; fields as in ``submit``."""
+
+    model: str
+    prompt: str
+    user_id: str
+    image_url: str | None = None
+    params: Mapping[str, str] | None = None
+    webhook_url: str | None = None
+    metadata: Mapping[str, str] | None = None
+    idempotency_key: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class _Prepared:
+    job_id: str
+    key: bytes
+    value: bytes
+    headers: list[tuple[str, str | bytes | None]]  # the type confluent-kafka declares
+
+
+class _Preparer:
+    """Validation and encoding shared by both clients: pure apart from the id secret and clock."""
+
+    def __init__(self, tenant: str, topic_prefix: str, known_models: Collection[str] | None,
+                 id_secret: bytes | None, limits: RequestLimits, allow_private_webhooks: bool) -> None:
+        if not isinstance(tenant, str) or not tenant:
+            raise ValidationError(Problem("tenant", "must be a non-empty string"))
+        settings = Settings(topic_prefix=topic_prefix)
+        settings.validate()  # ConfigError for a prefix Kafka would reject
+        self.topic = TopicNames(settings).requests
+        self.tenant = tenant
+        self.known_models = frozenset(_dev_models() if known_models is None else known_models)
+        self.id_secret = secrets.token_bytes(32) if id_secret is None else id_secret
+        self.limits = limits
+        self.allow_private_webhooks = allow_private_webhooks
+        job_id_for_key(self.id_secret, tenant, "probe")  # ConfigError now, not at the first keyed submit
+
+    def prepare(self, spec: JobSpec, now_ms: int) -> _Prepared:
+        """Validate and encode; raises ``ValidationError`` naming every field at fault."""
+        problems = _key_problems(spec.idempotency_key)
+        payload = {
+            "model": spec.model,
+            "user_id": spec.user_id,
+            "input": {"prompt": spec.prompt, "image_url": spec.image_url, "params": spec.params},
+            "webhook_url": spec.webhook_url,
+            "metadata": spec.metadata,
+        }
+        try:
+            normalized = validate_job_request(payload, known_models=self.known_models, limits=self.limits)
+        except ValidationError as exc:
+            raise ValidationError(exc.problems + problems) from None
+        if normalized.webhook_url is not None:
+            # As the HTTP ingress does: refuse a private IP-literal target at the door, not at delivery.
+            try:
+                check_url_target(normalized.webhook_url, allow_private=self.allow_private_webhooks)
+            except ValidationError as exc:
+                problems = exc.problems + problems
+        if problems:
+            raise ValidationError(problems)
+        if spec.idempotency_key is None:
+            job_id = new_job_id(now_ms)
+        else:
+            job_id = job_id_for_key(self.id_secret, self.tenant, spec.idempotency_key)
+        value, headers = codec.encode("JobRequest", {
+            "job_id": job_id,
+            "tenant": self.tenant,
+            "user_id": normalized.user_id,
+            "model": normalized.model,
+            "input": {"prompt": normalized.prompt, "image_url": normalized.image_url, "params": normalized.params},
+            "webhook_url": normalized.webhook_url,
+            "metadata": normalized.metadata,
+            "idempotency_key": spec.idempotency_key,
+            "request_hash": request_hash(normalized, self.tenant),
+            "accepted_at": now_ms,
+            "source": SOURCE,
+        })
+        return _Prepared(job_id, job_id.encode("ascii"), value, list(headers))
+
+    def prepare_all(self, specs: Iterable[JobSpec]) -> list[_Prepared]:
+        """Every spec, or ``ValidationError`` with problems prefixed ``[index].`` for all bad ones."""
+        now_ms = _now_ms()
+        out: list[_Prepared] = []
+        problems: list[Problem] = []
+        for index, spec in enumerate(specs):
+            try:
+                out.append(self.prepare(spec, now_ms))
+            except ValidationError as exc:
+                problems.extend(Problem(f"[{index}].{p.field}", p.message) for p in exc.problems)
+        if problems:
+            raise ValidationError(problems)
+        return out
+
+
+def _dev_models() -> tuple[str, ...]:
+    """The models of the dev routing table (wan-2.6, kling-2.1, sora-2): the SDK's default."""
+    from floodgate.provider_config import dev_setup
+    from floodgate.routing import known_models
+
+    # The URL is never contacted: the dev table needs one to build, the SDK only reads its routes.
+    return known_models(dev_setup("http://simulator.invalid").routing, datetime.now(UTC))
+
+
+def _key_problems(key: object) -> list[Problem]:
+    if key is None:
+        return []
+    if not isinstance(key, str) or not key:
+        return [Problem("idempotency_key", "must be a non-empty string")]
+    if len(key) > MAX_IDEMPOTENCY_KEY_CHARS:
+        return [Problem("idempotency_key", f"must be at most {MAX_IDEMPOTENCY_KEY_CHARS} characters")]
+    if not key.isascii() or not key.isprintable():  # the HTTP API's Idempotency-Key rule
+        return [Problem("idempotency_key", "must be printable ASCII")]
+    return []
+
+
+def _now_ms() -> int:
+    return time.time_ns() // 1_000_000
+
+
+def _spec(model: str, prompt: str, user_id: str, image_url: str | None, params: Mapping[str, str] | None,
+          webhook_url: str | None, metadata: Mapping[str, str] | None, idempotency_key: str | None) -> JobSpec:
+    return JobSpec(model, prompt, user_id, image_url, params, webhook_url, metadata, idempotency_key)
+
+
+# librdkafka sets ``retriable()`` on few delivery reports; these codes mean "the same record may
+# succeed later" (timeouts, leadership moves, a topic not created yet), so say so to the caller.
+_TRANSIENT = frozenset(
+    getattr(KafkaError, name) for name in (
+        "_MSG_TIMED_OUT", "_TIMED_OUT", "_TRANSPORT", "_ALL_BROKERS_DOWN", "_UNKNOWN_TOPIC", "UNKNOWN_TOPIC_OR_PART",
+        "LEADER_NOT_AVAILABLE", "NOT_LEADER_FOR_PARTITION", "NOT_LEADER_OR_FOLLOWER", "REQUEST_TIMED_OUT",
+        "NOT_ENOUGH_REPLICAS", "NOT_ENOUGH_REPLICAS_AFTER_APPEND", "_QUEUE_FULL",
+    ) if hasattr(KafkaError, name)
+)
+
+
+def _kafka_error(err: KafkaError) -> DeliveryError:
+    return DeliveryError(f"broker did not accept the record: {err.str()}",
+                         retriable=err.retriable() or err.code() in _TRANSIENT)
+
+
+# confluent-kafka's own (Python-level) options, spelled with underscores on purpose.
+_PYTHON_OPTIONS = frozenset({"error_cb", "throttle_cb", "stats_cb", "oauth_cb", "on_delivery", "logger"})
+
+
+def _librdkafka_config(options: Mapping[str, Any]) -> dict[str, Any]:
+    """Keyword options → librdkafka names: ``linger_ms`` → ``linger.ms`` (keywords cannot hold dots)."""
+    return {k if k in _PYTHON_OPTIONS else k.replace("_", "."): v for k, v in options.items()}
+
+
+class FloodgateClient:
+    """Synchronous producer of job requests (confluent-kafka).
+
+    ``submit`` and ``submit_many`` may run in several threads at once; ``close`` must not race them.
+
+    ``known_models``: the models to accept (default: the dev table's). ``id_secret``: see the
+    module docs on idempotency. ``allow_private_webhooks``: accept loopback/private IP-literal
+    ``webhook_url`` s (dev only; mirrors ``FLOODGATE_ALLOW_PRIVATE_WEBHOOKS``). ``limits``: size
+    limits, the HTTP API's by default. ``producer_config`` goes to ``confluent_kafka.Producer``
+    with underscores read as dots (``linger_ms=20`` is librdkafka's ``linger.ms``, so the same
+    keywords work for both clients); it cannot override ``acks`` or idempotence.
+    Raises ``ConfigError`` for a bad ``topic_prefix`` or ``id_secret`` and ``ValidationError``
+    for an empty tenant.
+    """
+
+    def __init__(self, bootstrap_servers: str, *, tenant: str = "default", topic_prefix: str = "floodgate.",
+                 known_models: Collection[str] | None = None, idempotence: bool = True,
+                 id_secret: bytes | None = None, limits: RequestLimits = DEFAULT_LIMITS,
+                 allow_private_webhooks: bool = False, **producer_config: Any) -> None:
+        self._prep = _Preparer(tenant, topic_prefix, known_models, id_secret, limits, allow_private_webhooks)
+        config = {**_librdkafka_config(producer_config),
+                  "bootstrap.servers": bootstrap_servers, "acks": "all", "enable.idempotence": idempotence}
+        try:
+            self._producer: Producer | None = Producer(config)
+        except KafkaException as exc:
+            raise DeliveryError(f"cannot create producer: {exc}", retriable=False) from exc
+
+    @property
+    def topic(self) -> str:
+        """The requests topic this client writes to."""
+        return self._prep.topic
+
+    def submit(self, model: str, prompt: str, *, user_id: str, image_url: str | None = None,
+               params: Mapping[str, str] | None = None, webhook_url: str | None = None,
+               metadata: Mapping[str, str] | None = None, idempotency_key: str | None = None,
+               timeout: float = 10.0) -> str:
+        """Publish one job request and return its job id once the broker acknowledged it.
+
+        Raises ``ValidationError`` (nothing is produced) or :class:`DeliveryError` on refusal or
+        after ``timeout`` seconds.
+        """
+        spec = _spec(model, prompt, user_id, image_url, params, webhook_url, metadata, idempotency_key)
+        return self._send([self._prep.prepare(spec, _now_ms())], timeout)[0]
+
+    def submit_many(self, requests: Iterable[JobSpec], *, timeout: float = 60.0) -> list[str]:
+        """Publish many job requests with one flush; returns their job ids in input order.
+
+        Every request is validated before anything is produced (``ValidationError`` with fields
+        like ``[3].input.prompt``). Raises :class:`BatchDeliveryError` if any record was not
+        acknowledged within ``timeout`` seconds; it lists which.
+        """
+        return self._send(self._prep.prepare_all(requests), timeout)
+
+    def _send(self, prepared: Sequence[_Prepared], timeout: float) -> list[str]:
+        producer = self._open()
+        deadline = time.monotonic() + timeout
+        failures: dict[int, DeliveryError] = {}
+        acked = [False] * len(prepared)
+
+        def on_delivery(index: int) -> Any:
+            def callback(err: KafkaError | None, _msg: Any) -> None:
+                if err is None:
+                    acked[index] = True
+                else:
+                    failures[index] = _kafka_error(err)
+            return callback
+
+        for index, item in enumerate(prepared):
+            while True:
+                try:
+                    producer.produce(self._prep.topic, item.value, item.key, headers=item.headers,
+                                     on_delivery=on_delivery(index))
+                    break
+                except BufferError:
+                    # Local queue full: serve delivery reports to make room, within the deadline.
+                    if time.monotonic() >= deadline:
+                        break
+                    producer.poll(0.05)
+                except KafkaException as exc:
+                    failures[index] = DeliveryError(f"cannot produce: {exc}", retriable=False)
+                    break
+        producer.flush(max(0.0, deadline - time.monotonic()))
+        for index, ok in enumerate(acked):
+            if not ok and index not in failures:
+                failures[index] = DeliveryError(f"no acknowledgement within {timeout:g}s", retriable=True)
+        job_ids = [p.job_id for p in prepared]
+        if failures:
+            if len(prepared) == 1:
+                raise failures[0]
+            raise BatchDeliveryError(job_ids, failures)
+        return job_ids
+
+    def close(self, timeout: float = 10.0) -> None:
+        """Flush outstanding records (up to ``timeout`` seconds) and shut the producer down.
+
+        Records still unacknowledged then are dropped; their ``submit`` calls already raised.
+        """
+        if self._producer is not None:
+            producer, self._producer = self._producer, None
+            producer.flush(timeout)
+            producer.purge()  # so that close() below cannot wait on an unreachable broker
+            producer.poll(0)
+            producer.close()
+
+    def _open(self) -> Producer:
+        if self._producer is None:
+            raise RuntimeError("FloodgateClient is closed")
+        return self._producer
+
+    def __enter__(self) -> FloodgateClient:
+        return self
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                 tb: TracebackType | None) -> None:
+        self.close()
+
+
+class AsyncFloodgateClient:
+    """Asynchronous producer of job requests (aiokafka); same API as :class:`FloodgateClient`.
+
+    Use ``async with`` or call :meth:`start` / :meth:`close`; ``submit`` starts it if needed.
+    Options as for :class:`FloodgateClient`, except that ``producer_config`` is passed to
+    ``aiokafka.AIOKafkaProducer`` as given (e.g. ``linger_ms=20``).
+    """
+
+    def __init__(self, bootstrap_servers: str, *, tenant: str = "default", topic_prefix: str = "floodgate.",
+                 known_models: Collection[str] | None = None, idempotence: bool = True,
+                 id_secret: bytes | None = None, limits: RequestLimits = DEFAULT_LIMITS,
+                 allow_private_webhooks: bool = False, **producer_config: Any) -> None:
+        self._prep = _Preparer(tenant, topic_prefix, known_models, id_secret, limits, allow_private_webhooks)
+        self._config = {**producer_config, "bootstrap_servers": bootstrap_servers, "acks": "all",
+                        "enable_idempotence": idempotence}
+        self._producer: Any = None
+        self._closed = False
+
+    @property
+    def topic(self) -> str:
+        """The requests topic this client writes to."""
+        return self._prep.topic
+
+    async def start(self) -> None:
+        """Connect to the cluster; raises :class:`DeliveryError` if it cannot."""
+        from aiokafka import AIOKafkaProducer
+        from aiokafka.errors import KafkaError as AIOKafkaError
+
+        if self._closed:
+            raise RuntimeError("AsyncFloodgateClient is closed")
+        if self._producer is not None:
+            return
+        producer = AIOKafkaProducer(**self._config)
+        try:
+            await producer.start()
+        except AIOKafkaError as exc:
+            await producer.stop()
+            raise DeliveryError(f"cannot connect: {exc}", retriable=True) from exc
+        self._producer = producer
+
+    async def submit(self, model: str, prompt: str, *, user_id: str, image_url: str | None = None,
+                     params: Mapping[str, str] | None = None, webhook_url: str | None = None,
+                     metadata: Mapping[str, str] | None = None, idempotency_key: str | None = None,
+                     timeout: float = 10.0) -> str:
+        """See :meth:`FloodgateClient.submit`."""
+        spec = _spec(model, prompt, user_id, image_url, params, webhook_url, metadata, idempotency_key)
+        return (await self._send([self._prep.prepare(spec, _now_ms())], timeout))[0]
+
+    async def submit_many(self, requests: Iterable[JobSpec], *, timeout: float = 60.0) -> list[str]:
+        """See :meth:`FloodgateClient.submit_many`."""
+        return await self._send(self._prep.prepare_all(requests), timeout)
+
+    async def _send(self, prepared: Sequence[_Prepared], timeout: float) -> list[str]:
+        await self.start()
+        results = await self._send_all(prepared, timeout)
+        failures = {i: r for i, r in enumerate(results) if isinstance(r, DeliveryError)}
+        job_ids = [p.job_id for p in prepared]
+        if failures:
+            if len(prepared) == 1:
+                raise failures[0]
+            raise BatchDeliveryError(job_ids, failures)
+        return job_ids
+
+    async def _send_all(self, prepared: Sequence[_Prepared], timeout: float) -> list[DeliveryError | None]:
+        from aiokafka.errors import KafkaError as AIOKafkaError
+
+        results: list[DeliveryError | None] = [None] * len(prepared)
+        futures: list[tuple[int, asyncio.Future[Any]]] = []
+        try:
+            async with asyncio.timeout(timeout):
+                for index, item in enumerate(prepared):
+                    # send() waits only while the accumulator is full; the future resolves on the ack.
+                    futures.append((index, await self._producer.send(
+                        self._prep.topic, item.value, item.key, headers=item.headers)))
+                for index, future in futures:
+                    try:
+                        await asyncio.shield(future)
+                    except AIOKafkaError as exc:
+                        results[index] = DeliveryError(f"broker did not accept the record: {exc}",
+                                                       retriable=bool(exc.retriable))
+        except TimeoutError:
+            pass
+        for index in range(len(prepared)):
+            if results[index] is None and not _acked(futures, index):
+                results[index] = DeliveryError(f"no acknowledgement within {timeout:g}s", retriable=True)
+        return results
+
+    async def close(self) -> None:
+        """Flush outstanding records and stop the producer."""
+        self._closed = True
+        if self._producer is not None:
+            producer, self._producer = self._producer, None
+            await producer.stop()
+
+    async def __aenter__(self) -> AsyncFloodgateClient:
+        await self.start()
+        return self
+
+    async def __aexit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                        tb: TracebackType | None) -> None:
+        await self.close()
+
+
+def _acked(futures: Sequence[tuple[int, asyncio.Future[Any]]], index: int) -> bool:
+    if index >= len(futures):
+        return False  # never handed to the producer before the deadline
+    future = futures[index][1]
+    return future.done() and not future.cancelled() and future.exception() is None
