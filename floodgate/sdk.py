@@ -254,7 +254,9 @@ class FloodgateClient:
                  id_secret: bytes | None = None, limits: RequestLimits = DEFAULT_LIMITS,
                  allow_private_webhooks: bool = False, **producer_config: Any) -> None:
         self._prep = _Preparer(tenant, topic_prefix, known_models, id_secret, limits, allow_private_webhooks)
-        config = {**_librdkafka_config(producer_config),
+        # murmur2_random is the Java client's (and aiokafka's) partitioner: a job id then lands on
+        # the partition Floodgate's own producers would pick, and admission need not re-route it.
+        config = {"partitioner": "murmur2_random", **_librdkafka_config(producer_config),
                   "bootstrap.servers": bootstrap_servers, "acks": "all", "enable.idempotence": idempotence}
         try:
             self._producer: Producer | None = Producer(config)

@@ -12,6 +12,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 import faust
+from aiokafka.partitioner import murmur2
 
 from floodgate import codec
 from floodgate.errors import SchemaError, ValidationError
@@ -35,6 +36,7 @@ def _as_payload(req: dict[str, Any]) -> dict[str, Any]:
 def register(pipe: Pipeline) -> None:
     app, names, emit = pipe.app, pipe.names, pipe.emit
     source = emit.topic(names.requests, partitions=pipe.settings.partitions)
+    source_partitions = pipe.settings.partitions
     admitted = JsonTable(app, "admitted", partitions=pipe.settings.partitions)
 
     @app.agent(source, name="admission")
@@ -58,6 +60,13 @@ def register(pipe: Pipeline) -> None:
             return
         job_id = req["job_id"]
         key = job_id.encode()
+        home = (murmur2(key) & 0x7FFFFFFF) % source_partitions  # the Java client's rule
+        if msg.partition != home:
+            # Produced with another partitioner (kcat and librdkafka default to CRC32): the dedupe
+            # table for this job id lives on partition `home`, so the record goes there first.
+            pipe.metrics.rerouted_requests += 1
+            await source.send(key=key, value=msg.value, headers=list(msg.headers or []), partition=home, force=True)
+            return
         here = {"p": msg.partition, "o": msg.offset}
         seen = admitted.get(key)
         if seen is not None and seen != here:

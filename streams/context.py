@@ -22,6 +22,7 @@ class Counters:
 
     admitted: int = 0
     duplicates: int = 0
+    rerouted_requests: int = 0
     dead_letters: int = 0
     transitions: int = 0
     submitted: int = 0

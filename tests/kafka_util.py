@@ -57,3 +57,28 @@ def consume_until(bootstrap: str, topic: str, done: Callable[[list], bool], *, t
     finally:
         consumer.close()
     return messages
+
+
+def wait_consumed(bootstrap: str, group: str, topic: str, *, timeout: float = 60.0) -> None:
+    """Wait until ``group`` has committed offsets up to the current end of every partition of
+    ``topic``: everything produced so far has been processed."""
+    from confluent_kafka import ConsumerGroupTopicPartitions, TopicPartition
+    from confluent_kafka.admin import AdminClient
+
+    admin = AdminClient({"bootstrap.servers": bootstrap})
+    probe = Consumer({"bootstrap.servers": bootstrap, "group.id": unique_name("probe")})
+    try:
+        parts = probe.list_topics(topic, timeout=10).topics[topic].partitions
+        ends = {p: probe.get_watermark_offsets(TopicPartition(topic, p), timeout=10)[1] for p in parts}
+    finally:
+        probe.close()
+    deadline = time.monotonic() + timeout
+    committed: dict[int, int] = {}
+    while time.monotonic() < deadline:
+        request = ConsumerGroupTopicPartitions(group, [TopicPartition(topic, p) for p in parts])
+        result = admin.list_consumer_group_offsets([request])[group].result(timeout=10)
+        committed = {tp.partition: tp.offset for tp in result.topic_partitions}
+        if all(committed.get(p, -1) >= end for p, end in ends.items()):
+            return
+        time.sleep(0.2)
+    raise AssertionError(f"group {group} did not consume {topic} to {ends} within {timeout}s: {committed}")
