@@ -74,7 +74,8 @@ def _api(args: argparse.Namespace) -> int:
 
     settings = Settings.from_env()
     roles = set(args.roles.split(",")) if args.roles else None
-    run(settings, host=args.host or settings.api_host, port=args.port if args.port is not None else settings.api_port, roles=roles)
+    run(settings, host=args.host or settings.api_host, port=args.port if args.port is not None else settings.api_port,
+        roles=roles, outgoing_webhooks=not args.no_outgoing_webhooks)
     return 0
 
 
@@ -83,6 +84,8 @@ def _add_api(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     p.add_argument("--host", default="")
     p.add_argument("--port", type=int, default=None)
     p.add_argument("--roles", default="", help="comma-separated subset of ingress,read,bridge (default: all)")
+    p.add_argument("--no-outgoing-webhooks", action="store_true",
+                   help="do not deliver signed result webhooks from this process")
     p.set_defaults(func=_api)
 
 

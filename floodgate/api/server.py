@@ -34,9 +34,10 @@ class ApiServer:
     """A listening API; ``close()`` stops serving, then the Kafka clients. Safe to call twice."""
 
     def __init__(self, url: str, runner: web.AppRunner, producer: KafkaSender | None,
-                 feed: NotificationFeed | None, view: JobView | None) -> None:
+                 feed: NotificationFeed | None, view: JobView | None, outgoing: Any = None) -> None:
         self.url = url
         self.view = view
+        self.outgoing = outgoing
         self._runner = runner
         self._producer = producer
         self._feed = feed
@@ -47,6 +48,8 @@ class ApiServer:
             return
         self._closed = True
         await self._runner.cleanup()  # runs on_shutdown (open streams end) and waits for handlers
+        if self.outgoing is not None:
+            await self.outgoing.stop()
         if self._feed is not None:
             await self._feed.stop()
         if self._producer is not None:
@@ -66,12 +69,14 @@ def _bind(host: str, port: int) -> socket.socket:
 
 async def serve(settings: Settings, *, host: str | None = None, port: int | None = None,
                 roles: Iterable[str] | str | None = None, setup: ProviderSetup | None = None,
-                ready_timeout: float = 60.0, **app_options: Any) -> ApiServer:
+                ready_timeout: float = 60.0, outgoing_webhooks: bool = False, **app_options: Any) -> ApiServer:
     """Start the API for ``roles`` (default all) on ``host:port`` (default from settings; port 0
     picks a free one) and return once it listens.
 
     Raises ``ConfigError`` for a missing bootstrap or bad roles and ``KafkaUnavailable`` if the
     broker does not answer. ``app_options`` go to :func:`build_app` (e.g. ``keepalive``).
+    ``outgoing_webhooks`` also runs the signed outgoing-webhook deliveries (a consumer group on
+    ``results``, so several API processes share them).
     """
     chosen = parse_roles(roles)
     if not settings.kafka_bootstrap:
@@ -92,7 +97,13 @@ async def serve(settings: Settings, *, host: str | None = None, port: int | None
         feed = NotificationFeed(settings.kafka_bootstrap, names.notifications, layout[names.notifications][0], view)
     runner: web.AppRunner | None = None
     sock: socket.socket | None = None
+    outgoing = None
     try:
+        if outgoing_webhooks:
+            from floodgate.notify.outgoing import OutgoingWebhooks
+
+            outgoing = OutgoingWebhooks(settings)
+            await outgoing.start()
         if producer is not None:
             await producer.start()
         if feed is not None and view is not None:
@@ -118,17 +129,20 @@ async def serve(settings: Settings, *, host: str | None = None, port: int | None
             await feed.stop()
         if producer is not None:
             await producer.stop()
+        if outgoing is not None:
+            await outgoing.stop()
         raise
     shown = f"[{host}]" if ":" in host else host
-    return ApiServer(f"http://{shown}:{bound}", runner, producer, feed, view)
+    return ApiServer(f"http://{shown}:{bound}", runner, producer, feed, view, outgoing)
 
 
-async def _main(settings: Settings, host: str | None, port: int | None, roles: Iterable[str] | str | None) -> None:
+async def _main(settings: Settings, host: str | None, port: int | None, roles: Iterable[str] | str | None,
+                outgoing_webhooks: bool) -> None:
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
-    server = await serve(settings, host=host, port=port, roles=roles)
+    server = await serve(settings, host=host, port=port, roles=roles, outgoing_webhooks=outgoing_webhooks)
     try:
         print(f"api={server.url}", flush=True)
         await stop.wait()
@@ -143,11 +157,11 @@ async def _main(settings: Settings, host: str | None, port: int | None, roles: I
 
 
 def run(settings: Settings, host: str | None = None, port: int | None = None,
-        roles: Iterable[str] | str | None = None) -> None:
+        roles: Iterable[str] | str | None = None, outgoing_webhooks: bool = True) -> None:
     """Serve until SIGINT/SIGTERM, then shut down cleanly. Prints ``api=http://HOST:PORT`` once listening."""
     logging.basicConfig(level=settings.log_level.upper(), stream=sys.stderr)
     with contextlib.suppress(KeyboardInterrupt):
-        asyncio.run(_main(settings, host, port, roles))
+        asyncio.run(_main(settings, host, port, roles, outgoing_webhooks))
 
 
 __all__ = ["ApiServer", "run", "serve"]

@@ -142,3 +142,23 @@ def test_kcat_json_line_replay(stack) -> None:
                             lambda ms: any(m.key() == job_id.encode() for m in ms), timeout=60)
     final = [codec.decode("JobSnapshot", m.value(), m.headers()) for m in results if m.key() == job_id.encode()][0]
     assert final["status"] == "completed" and final["provider"] == "kling"
+
+
+async def test_final_result_is_posted_to_the_jobs_webhook_signed(stack) -> None:
+    import time
+
+    from connectors.simulator import run_receiver
+    from connectors.notifiers.webhook import tenant_secret
+    from floodgate.signing import verify
+
+    async with run_receiver() as receiver, aiohttp.ClientSession() as session:
+        accepted = await submit(session, stack.api_url, {
+            "model": "wan-2.6", "user_id": "frank", "input": {"prompt": "fireflies"}, "webhook_url": receiver.url})
+        deliveries = await receiver.wait_count(1, timeout=60)
+    body = json.loads(deliveries[0].body)
+    # The tenant's secret: derived from the stack's server secret (no per-tenant secret configured).
+    verify(tenant_secret(stack.settings, "default"), deliveries[0].headers, deliveries[0].body, now=time.time())
+    assert body["type"] == "job.completed"
+    assert body["data"]["job_id"] == accepted["job_id"]
+    assert body["data"]["result"]["video_url"].endswith(".mp4")
+    assert deliveries[0].headers["webhook-id"].startswith(accepted["job_id"])
