@@ -6,18 +6,23 @@
     ├── SchemaError                 bytes that do not decode against a contract
     ├── WebhookVerificationError    signature/timestamp check failed (HTTP 401)
     ├── BrokerError                 the local Kafka broker could not be started/stopped
-    └── ProviderError               a provider call failed
-        ├── RateLimited             429: retriable, honours retry_after
-        ├── ProviderUnavailable     5xx / outage / connection error: retriable, may trigger fallback
-        ├── ProviderRejected        4xx other than 429: the request itself is wrong; not retriable
-        └── ProviderGone            410 / retired model: not retriable, reroute to the next provider
+    ├── ProviderError               a provider call failed
+    │   ├── RateLimited             429: retriable, honours retry_after
+    │   ├── ProviderUnavailable     5xx / outage / connection error: retriable, may trigger fallback
+    │   ├── ProviderRejected        4xx other than 429: the request itself is wrong; not retriable
+    │   └── ProviderGone            410 / retired model: not retriable, reroute to the next provider
+    ├── DeliveryError               Kafka did not acknowledge a record (retriable says if a retry may help)
+    │   ├── KafkaUnavailable        broker down, timeout, unknown topic: retriable after ~1 s
+    │   ├── RecordTooLarge          refused for its size: not retriable
+    │   └── BatchDeliveryError      some records of an SDK batch failed (per-record errors inside)
+    └── NotificationError           one outgoing-webhook delivery attempt failed
 
 Code that retries, reroutes or dead-letters asks the error (``retriable``,
 ``retry_after``, ``reroute``) rather than matching on types.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 
 class FloodgateError(Exception):
@@ -87,8 +92,70 @@ class ProviderGone(ProviderError):
     reroute = True
 
 
+class DeliveryError(FloodgateError):
+    """The broker did not acknowledge a record in time or refused it.
+
+    ``retriable`` is true for timeouts and transient broker errors: the same call may succeed
+    later (use an idempotency key so a late first copy and the retry share one job id).
+    """
+
+    def __init__(self, message: str, *, retriable: bool | None = None) -> None:
+        super().__init__(message)
+        if retriable is not None:
+            self.retriable = retriable
+
+
+class KafkaUnavailable(DeliveryError):
+    """Not acknowledged (broker down, timeout, unknown topic...); retry later."""
+
+    retriable = True
+    retry_after = 1.0
+
+
+class RecordTooLarge(DeliveryError):
+    """The broker or producer refused the record for its size; retrying will not help."""
+
+
+class BatchDeliveryError(DeliveryError):
+    """Some records of an SDK ``submit_many`` batch were not acknowledged.
+
+    ``job_ids`` lists every job id of the batch in input order; ``failures`` maps the index of
+    each failed record to its error. Records not listed in ``failures`` were acknowledged.
+    """
+
+    def __init__(self, job_ids: list[str], failures: dict[int, DeliveryError]) -> None:
+        first = min(failures)
+        super().__init__(
+            f"{len(failures)} of {len(job_ids)} records failed; first [{first}]: {failures[first]}",
+            retriable=all(e.retriable for e in failures.values()),
+        )
+        self.job_ids = job_ids
+        self.failures = failures
+
+
+class NotificationError(FloodgateError):
+    """One outgoing notification attempt failed.
+
+    ``retriable``: a later attempt may succeed (timeouts, connection errors, 5xx, 408, 429).
+    ``retry_after``: seconds the receiver asked us to wait, when it said so.
+    ``status``: the HTTP status, when there was a response.
+    """
+
+    def __init__(self, message: str, *, retriable: bool, retry_after: float | None = None,
+                 status: int | None = None) -> None:
+        super().__init__(message)
+        self.retriable = retriable
+        self.retry_after = retry_after
+        self.status = status
+
+
 __all__ = [
+    "BatchDeliveryError",
     "BrokerError",
+    "DeliveryError",
+    "KafkaUnavailable",
+    "NotificationError",
+    "RecordTooLarge",
     "ConfigError",
     "FloodgateError",
     "Problem",

@@ -33,7 +33,7 @@ from typing import Any
 from confluent_kafka import KafkaError, KafkaException, Producer
 
 from floodgate import codec
-from floodgate.errors import FloodgateError, Problem, ValidationError
+from floodgate.errors import BatchDeliveryError, DeliveryError, Problem, ValidationError
 from floodgate.ids import job_id_for_key, new_job_id
 from floodgate.netguard import check_url_target
 from floodgate.settings import Settings
@@ -53,35 +53,6 @@ __all__ = [
 MAX_IDEMPOTENCY_KEY_CHARS = 255
 DEFAULT_LIMITS = RequestLimits()  # the HTTP API's
 SOURCE = "sdk"
-
-
-class DeliveryError(FloodgateError):
-    """The broker did not acknowledge a record in time or refused it.
-
-    ``retriable`` is true for timeouts and transient broker errors: the same call may succeed
-    later (use an ``idempotency_key`` so a late first copy and the retry share one job id).
-    """
-
-    def __init__(self, message: str, *, retriable: bool) -> None:
-        super().__init__(message)
-        self.retriable = retriable
-
-
-class BatchDeliveryError(DeliveryError):
-    """Some records of a :meth:`FloodgateClient.submit_many` batch were not acknowledged.
-
-    ``job_ids`` lists every job id of the batch in input order; ``failures`` maps the index of
-    each failed record to its error. Records not listed in ``failures`` were acknowledged.
-    """
-
-    def __init__(self, job_ids: list[str], failures: dict[int, DeliveryError]) -> None:
-        first = min(failures)
-        super().__init__(
-            f"{len(failures)} of {len(job_ids)} records failed; first [{first}]: {failures[first]}",
-            retriable=all(e.retriable for e in failures.values()),
-        )
-        self.job_ids = job_ids
-        self.failures = failures
 
 
 @dataclass(frozen=True, slots=True)

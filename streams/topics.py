@@ -14,6 +14,7 @@ from typing import Any
 from floodgate.settings import Settings
 
 WEEK_MS = 7 * 24 * 3600 * 1000
+WEBHOOK_RECORD_BYTES = 1_300_000
 
 
 @dataclass(frozen=True)
@@ -61,7 +62,9 @@ class TopicNames:
         base = {"min.insync.replicas": str(s.min_insync_replicas)}
         out: dict[str, tuple[int, dict[str, Any]]] = {
             self.requests: (s.partitions, base),
-            self.webhooks: (s.partitions, base),
+            # The bridge accepts webhook bodies up to 1 MiB; the envelope around one is a little
+            # larger than the broker's 1 MiB default record limit.
+            self.webhooks: (s.partitions, {**base, "max.message.bytes": str(WEBHOOK_RECORD_BYTES)}),
             self.events: (s.partitions, base),
             self.results: (s.partitions, base),
             # Latest snapshot per job survives compaction: the API rebuilds its job view from it.

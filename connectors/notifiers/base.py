@@ -10,7 +10,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Protocol, runtime_checkable
 
-from floodgate.errors import FloodgateError
+from floodgate.errors import NotificationError
 
 # Status → event type. Only final states are notified outward.
 EVENT_TYPES: Mapping[str, str] = {
@@ -18,22 +18,6 @@ EVENT_TYPES: Mapping[str, str] = {
     "failed": "job.failed",
     "cancelled": "job.cancelled",
 }
-
-
-class NotificationError(FloodgateError):
-    """One delivery attempt failed.
-
-    ``retriable``: a later attempt may succeed (timeouts, connection errors, 5xx, 408, 429).
-    ``retry_after``: seconds the receiver asked us to wait, when it said so.
-    ``status``: the HTTP status, when there was a response.
-    """
-
-    def __init__(self, message: str, *, retriable: bool, retry_after: float | None = None,
-                 status: int | None = None) -> None:
-        super().__init__(message)
-        self.retriable = retriable
-        self.retry_after = retry_after
-        self.status = status
 
 
 @dataclass(frozen=True, slots=True)

@@ -15,7 +15,7 @@ from typing import Protocol
 from aiokafka import AIOKafkaProducer
 from aiokafka.errors import KafkaError, MessageSizeTooLargeError
 
-from floodgate.errors import FloodgateError
+from floodgate.errors import KafkaUnavailable, RecordTooLarge
 
 log = logging.getLogger(__name__)
 
@@ -23,17 +23,6 @@ Headers = Sequence[tuple[str, bytes]]
 
 # Bodies up to 1 MiB reach the webhook bridge; the envelope adds headers and framing on top.
 MAX_REQUEST_BYTES = 1024 * 1024 + 128 * 1024
-
-
-class KafkaUnavailable(FloodgateError):
-    """The record was not acknowledged (broker down, timeout, unknown topic...); retry later."""
-
-    retriable = True
-    retry_after = 1.0
-
-
-class RecordTooLarge(FloodgateError):
-    """The broker or producer refused the record for its size; retrying will not help."""
 
 
 class Sender(Protocol):

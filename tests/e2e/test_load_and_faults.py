@@ -9,7 +9,7 @@ import aiohttp
 import pytest
 
 from floodgate import codec
-from tests.e2e.stack_util import TERMINAL, make_stack, simulator_config, simulator_stats, until
+from tests.e2e.stack_util import make_stack, simulator_config, simulator_stats, until
 from tests.kafka_util import consume_until
 
 pytestmark = pytest.mark.kafka
