@@ -146,7 +146,7 @@ class LocalBroker:
         self._write_properties(props, port, controller_port, data_dir)
         self._write_log4j()
         classpath = f"{jars}/*"
-        jvm = [java, f"-Xms256m", f"-Xmx{self.heap}", "-XX:+UseG1GC", "-Djava.awt.headless=true",
+        jvm = [java, "-Xms256m", f"-Xmx{self.heap}", "-XX:+UseG1GC", "-Djava.awt.headless=true",
                f"-Dlog4j.configuration=file:{self.home / 'log4j.properties'}", f"-Dkafka.logs.dir={self.home}",
                "-cp", classpath]
         if not (data_dir / "meta.properties").exists():
