@@ -10,11 +10,14 @@ from floodgate.errors import FloodgateError
 
 
 def _broker(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
     from floodgate.broker.local import LocalBroker
     from floodgate.settings import Settings
 
     settings = Settings.from_env()
-    broker = LocalBroker(settings.cache_dir / "broker", version=settings.kafka_version,
+    home = Path(args.dir) if args.dir else settings.cache_dir / "broker"
+    broker = LocalBroker(home, version=settings.kafka_version,
                          cache_dir=settings.cache_dir, heap=settings.broker_heap)
     if args.action == "start":
         info = broker.start(port=args.port or settings.broker_port, detach=True, timeout=args.timeout)
@@ -38,6 +41,7 @@ def _add_broker(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-a
     p.add_argument("action", choices=["start", "stop", "status"])
     p.add_argument("--port", type=int, default=0, help="listener port (default: FLOODGATE_BROKER_PORT or a free one)")
     p.add_argument("--timeout", type=float, default=60.0, help="seconds to wait for the broker to answer")
+    p.add_argument("--dir", default="", help="state directory (data, log, pid); default ~/.cache/floodgate/broker")
     p.set_defaults(func=_broker)
 
 
