@@ -37,7 +37,9 @@ def main() -> None:
     settings = Settings.from_env()
     app, _, _ = build(settings, app_id=os.environ.get("SUBSTRATE_APP_ID", "floodgate-substrate"),
                       datadir=Path(os.environ.get("SUBSTRATE_DATADIR", settings.cache_dir / "substrate")))
-    sys.argv = [sys.argv[0], "worker", "--loglevel", settings.log_level]
+    # The worker CLI turns Faust's web server on (port 6066) unless told otherwise: two workers on
+    # one host would collide, and Floodgate serves its own /metrics.
+    sys.argv = [sys.argv[0], "worker", "--loglevel", settings.log_level, "--without-web"]
     app.main()
 
 
