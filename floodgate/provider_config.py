@@ -27,6 +27,8 @@ from floodgate.routing import RoutingTable
 # OpenAI retired the Sora 2 API on 2026-09-24; the dev table keeps the route so that requests for
 # sora-2 show the fallback at work (they land on kling).
 SORA_RETIRED_AT = "2026-09-24"
+# Routing files can name the simulator's well-known dev secret instead of copying it.
+DEV_WEBHOOK_SECRET_REF = "dev:simulator-webhook-secret"
 
 
 @dataclass(frozen=True)
@@ -68,6 +70,10 @@ def from_dict(data: Mapping[str, Any], environ: Mapping[str, str] | None = None)
 
 
 def _resolve(value: Any, path: str, env: Mapping[str, str]) -> Any:
+    if value == DEV_WEBHOOK_SECRET_REF:
+        from connectors.simulator.config import DEV_WEBHOOK_SECRET
+
+        return DEV_WEBHOOK_SECRET
     if isinstance(value, str) and value.startswith("env:"):
         var = value[4:]
         if var not in env:

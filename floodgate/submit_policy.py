@@ -24,6 +24,9 @@ class SubmitPolicy:
     """Consecutive outage-type failures (5xx, connection) before giving up on this provider."""
     max_rate_limited_wait: float = 600.0
     """Seconds of 429s after which a job moves on to a fallback provider, if it has one."""
+    max_outage_wait: float = 10.0
+    """An outage announced to last longer than this (Retry-After) sends the job to its fallback
+    at once instead of waiting it out."""
 
 
 def decide(error: FloodgateError, *, failures: int, waited: float, has_fallback: bool,
@@ -36,7 +39,8 @@ def decide(error: FloodgateError, *, failures: int, waited: float, has_fallback:
             return Decision("reroute", reason=reason)
         return Decision("fail", reason=reason)
     if error.reroute:  # an outage: retry a little, then move on
-        if has_fallback and (breaker_open or failures + 1 >= policy.max_unavailable_retries):
+        long_outage = (error.retry_after or 0.0) > policy.max_outage_wait
+        if has_fallback and (breaker_open or long_outage or failures + 1 >= policy.max_unavailable_retries):
             return Decision("reroute", reason=reason)
         if not has_fallback and failures + 1 >= policy.max_unavailable_retries * 10:
             return Decision("fail", reason=reason)
