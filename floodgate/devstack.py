@@ -47,6 +47,8 @@ class Stack:
     api_url: str = ""
     simulator_url: str = ""
     children: dict[str, Child] = field(default_factory=dict)
+    metrics_urls: dict[str, str] = field(default_factory=dict)
+    """Child name → its Prometheus endpoint (simulator, api, worker-N), for tests and benchmarks."""
 
     # ------------------------------------------------------------------ start
     def start(self, timeout: float = 120.0) -> "Stack":
@@ -56,10 +58,12 @@ class Stack:
             self.simulator_url = self._spawn_with_url(
                 "simulator", [sys.executable, "-m", "connectors.simulator", "--host", "127.0.0.1",
                               "--port", str(self.simulator_port), *self.simulator_args], "simulator=", timeout)
+            self.metrics_urls["simulator"] = f"{self.simulator_url}/metrics"
             api_port = self.api_port or free_port()
             self.api_url = self._spawn_with_url(
                 "api", [sys.executable, "-m", "floodgate.cli", "api", "--host", "127.0.0.1", "--port", str(api_port)],
                 "api=", timeout)
+            self.metrics_urls["api"] = f"{self.api_url}/metrics"
             for i in range(self.workers):
                 self.start_worker(i, timeout=timeout)
         except BaseException:
@@ -97,6 +101,7 @@ class Stack:
             "FLOODGATE_JOB_TIMEOUT": str(s.job_timeout),
             "FLOODGATE_MAX_BODY_BYTES": str(s.max_body_bytes),
             "FLOODGATE_LOG_LEVEL": s.log_level,
+            "FLOODGATE_METRICS_PORT": "0",  # each worker its own endpoint, announced as metrics=URL
             "PYTHONUNBUFFERED": "1",
         })
         env.update(self.extra_env)
@@ -120,17 +125,21 @@ class Stack:
         name = f"worker-{index}"
         child = self._spawn(name, [sys.executable, "-m", "floodgate.cli", "worker"])
         _wait_for_line(child, "worker=ready", timeout)
+        line = _wait_for_line(child, "metrics=", timeout)
+        self.metrics_urls[name] = line[line.index("metrics=") + len("metrics="):].split()[0]
         return child
 
     # ------------------------------------------------------------------- stop
     def kill(self, name: str) -> None:
         """SIGKILL one child (crash tests)."""
         child = self.children.pop(name)
+        self.metrics_urls.pop(name, None)
         child.proc.kill()
         child.proc.wait(timeout=30)
 
     def stop_child(self, name: str, timeout: float = 30.0) -> None:
         child = self.children.pop(name, None)
+        self.metrics_urls.pop(name, None)
         if child is None or child.proc.poll() is not None:
             return
         child.proc.send_signal(signal.SIGTERM)
@@ -187,6 +196,8 @@ def run_foreground(stack: Stack) -> int:
         print(f"broker={stack.bootstrap}")
         print(f"simulator={stack.simulator_url}")
         print(f"logs={stack.home / 'logs'}")
+        for name, url in stack.metrics_urls.items():
+            print(f"metrics.{name}={url}")
         print("ready", flush=True)
         while not stopping["flag"]:
             for child in list(stack.children.values()):

@@ -101,6 +101,10 @@ class Settings:
     """Allow webhook_url to point at loopback/private addresses (dev and tests only)."""
     public_url: str = ""
     """Base URL clients use to reach the API (for status_url/events_url). Empty: from the request."""
+    metrics_host: str = "127.0.0.1"
+    """Interface a worker's Prometheus endpoint binds (the API serves GET /metrics on its own port)."""
+    metrics_port: int = 0
+    """Port of a worker's Prometheus endpoint (/metrics); 0 picks a free one, printed as metrics=URL."""
 
     # --- Providers -----------------------------------------------------------------
     routing_file: str = ""

@@ -42,10 +42,12 @@ def register(pipe: Pipeline) -> None:
     @app.agent(source, name="admission")
     async def admission(stream: faust.StreamT) -> None:
         async for event in stream.events():
+            pipe.metrics.events_processed.labels("admission").inc()
             try:
                 await admit(event.message)
             except Exception as exc:  # noqa: BLE001 - a poison message never stops the agent
                 log.exception("admission failed on %s[%s]@%s", event.message.topic, event.message.partition, event.message.offset)
+                pipe.metrics.dead_letters.labels("admission").inc()
                 await emit.dead_letter(names.dlq, event.message, f"admission error: {exc}", exc)
 
     async def admit(msg: Any) -> None:
@@ -55,7 +57,7 @@ def register(pipe: Pipeline) -> None:
             if req["source"] != "http":  # SDKs and CLI replays run outside our control: check again
                 validate_job_request(_as_payload(req), known_models=known_models(pipe.routing, now))
         except (SchemaError, ValidationError) as exc:
-            pipe.metrics.dead_letters += 1
+            pipe.metrics.dead_letters.labels("admission").inc()
             await emit.dead_letter(names.dlq, msg, f"invalid request: {exc}", exc)
             return
         job_id = req["job_id"]
@@ -64,13 +66,13 @@ def register(pipe: Pipeline) -> None:
         if msg.partition != home:
             # Produced with another partitioner (kcat and librdkafka default to CRC32): the dedupe
             # table for this job id lives on partition `home`, so the record goes there first.
-            pipe.metrics.rerouted_requests += 1
+            pipe.metrics.rehomed.inc()
             await source.send(key=key, value=msg.value, headers=list(msg.headers or []), partition=home, force=True)
             return
         here = {"p": msg.partition, "o": msg.offset}
         seen = admitted.get(key)
         if seen is not None and seen != here:
-            pipe.metrics.duplicates += 1
+            pipe.metrics.duplicates.inc()
             return
         if seen is None:
             admitted[key] = here
@@ -99,4 +101,4 @@ def register(pipe: Pipeline) -> None:
             "params": inp.get("params") or {}, "attempt": 0, "tried": [], "queued_at": at,
             "webhook_url": req.get("webhook_url"), "metadata": req.get("metadata") or {},
         })
-        pipe.metrics.admitted += 1
+        pipe.metrics.admitted.labels(req["source"]).inc()

@@ -1,5 +1,5 @@
 """What every agent module needs, built once per worker: the app, topic names, the emitter,
-the routing table, provider connectors and an HTTP session."""
+the routing table, provider connectors, an HTTP session and the worker's Prometheus metrics."""
 from __future__ import annotations
 
 import time
@@ -9,29 +9,12 @@ from typing import Any
 import aiohttp
 import faust
 
+from floodgate.metrics import WorkerMetrics, worker_metrics
 from floodgate.provider_config import ProviderSetup
 from floodgate.routing import RoutingTable
 from floodgate.settings import Settings
 from streams.emit import Emitter
 from streams.topics import TopicNames
-
-
-@dataclass
-class Counters:
-    """Plain per-process counters; the metrics endpoint reads them."""
-
-    admitted: int = 0
-    duplicates: int = 0
-    rerouted_requests: int = 0
-    dead_letters: int = 0
-    transitions: int = 0
-    submitted: int = 0
-    rate_limited: int = 0
-    retries: int = 0
-    rerouted: int = 0
-    polled: int = 0
-    timed_out: int = 0
-    webhooks: int = 0
 
 
 @dataclass
@@ -42,7 +25,7 @@ class Pipeline:
     providers: dict[str, Any]  # name -> VideoProvider
     names: TopicNames = field(init=False)
     emit: Emitter = field(init=False)
-    metrics: Counters = field(default_factory=Counters)
+    metrics: WorkerMetrics = field(default_factory=worker_metrics)
     _session: aiohttp.ClientSession | None = None
 
     def __post_init__(self) -> None:

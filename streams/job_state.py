@@ -65,10 +65,12 @@ def register(pipe: Pipeline) -> None:
     async def job_state(stream: faust.StreamT) -> None:
         async for ev in stream.events():
             msg = ev.message
+            pipe.metrics.events_processed.labels("job-state").inc()
             try:
                 rec = codec.decode("JobEvent", msg.value, msg.headers)
                 event = event_from_record(rec)
             except (SchemaError, ValidationError, KeyError) as exc:
+                pipe.metrics.dead_letters.labels("job-state").inc()
                 await emit.dead_letter(names.dlq, msg, f"invalid job event: {exc}", exc)
                 continue
             try:
@@ -89,11 +91,15 @@ def register(pipe: Pipeline) -> None:
                 if step.changed and step.state is not None:
                     jobs[key] = {"s": step.state.to_dict(), "e": event.event_id}
                     await outputs(step.state, step.became_terminal, step.state.attempt, step.state.provider)
-                    pipe.metrics.transitions += 1
+                    pipe.metrics.transitions.labels(step.state.status.value).inc()
+                    if step.became_terminal:
+                        pipe.metrics.job_latency.labels(step.state.status.value).observe(
+                            max(0.0, step.state.updated_at - step.state.created_at))
                 elif before is not None and before.terminal and event.provider:
                     # A provider still reports on a finished job (e.g. a duplicate dispatch after
                     # completion was re-submitted): make sure no slot stays held for it.
                     await release(event.job_id, event.provider, event.attempt, before.status.value)
             except Exception as exc:  # noqa: BLE001 - a poison message never stops the agent
                 log.exception("job-state failed on %s", event.job_id)
+                pipe.metrics.dead_letters.labels("job-state").inc()
                 await emit.dead_letter(names.dlq, msg, f"job-state error: {exc}", exc)

@@ -43,6 +43,7 @@ def register(pipe: Pipeline) -> None:
     async def normaliser(stream: faust.StreamT) -> None:
         async for ev in stream.events():
             msg = ev.message
+            pipe.metrics.events_processed.labels("normaliser").inc()
             try:
                 env = codec.decode("WebhookEnvelope", msg.value, msg.headers)
                 provider = pipe.providers.get(env["provider"])
@@ -52,6 +53,7 @@ def register(pipe: Pipeline) -> None:
                 if not event.job_id:
                     raise FloodgateError("webhook names no job (metadata.job_id missing)")
             except Exception as exc:  # noqa: BLE001 - poison webhooks go to the DLQ, the agent goes on
+                pipe.metrics.dead_letters.labels("normaliser").inc()
                 await emit.dead_letter(names.dlq, msg, f"unusable webhook: {exc}", exc)
                 continue
             if not seen.add(f"{env['provider']}:{event.webhook_id}"):
@@ -61,7 +63,7 @@ def register(pipe: Pipeline) -> None:
                 continue
             if kind == "running" and event.progress:
                 kind = "progress"
-            pipe.metrics.webhooks += 1
+            pipe.metrics.webhooks.labels(env["provider"]).inc()
             await emit.send(names.events, "JobEvent", event.job_id, {
                 "event_id": f"wh:{env['provider']}:{event.webhook_id}", "job_id": event.job_id, "kind": kind,
                 "at": int(event.occurred_at * 1000), "provider": env["provider"],

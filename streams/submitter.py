@@ -71,6 +71,9 @@ def register_provider(pipe: Pipeline, name: str, policy: SubmitPolicy = SubmitPo
     inflight = JsonTable(app, f"inflight-{name}", partitions=parts)
     webhook_url = f"{(settings.webhook_base_url or '').rstrip('/')}/webhooks/{name}" if settings.webhook_base_url else None
 
+    def count_slots() -> None:
+        pipe.metrics.inflight.labels(name).set(len(inflight.table))
+
     def held(partition: int) -> int:
         return sum(1 for v in inflight.values() if v["p"] == partition)
 
@@ -88,13 +91,14 @@ def register_provider(pipe: Pipeline, name: str, policy: SubmitPolicy = SubmitPo
         if key in inflight:
             del inflight[key]
             lane.notify()
+            count_slots()
         job_id, attempt = order["job_id"], order["attempt"]
         tried = [*order["tried"], name]
         nxt = next_target(pipe.routing, order["model"], tried, datetime.now(UTC)) if reroute else None
         if nxt is None:
             await event(job_id, "failed", attempt, error=reason)
             return
-        pipe.metrics.rerouted += 1
+        pipe.metrics.reroutes.labels(name).inc()
         await event(job_id, "rerouted", attempt + 1, provider=nxt.provider, error=reason)
         await emit.send(names.dispatch(nxt.provider), "DispatchOrder", job_id, {
             **order, "provider": nxt.provider, "provider_model": nxt.provider_model,
@@ -122,13 +126,13 @@ def register_provider(pipe: Pipeline, name: str, policy: SubmitPolicy = SubmitPo
                 if isinstance(exc, ProviderUnavailable):
                     lane.breaker.record_failure(time.monotonic())
                 elif exc.retriable:
-                    pipe.metrics.rate_limited += 1
+                    pipe.metrics.rate_limited.labels(name).inc()
                 decision = decide(exc, failures=failures, waited=time.monotonic() - started, has_fallback=has_fallback,
                                   breaker_open=lane.breaker.state(time.monotonic()) is BreakerState.OPEN,
                                   policy=policy, backoff=lane.backoff)
                 if decision.action == "retry":
                     failures += 1
-                    pipe.metrics.retries += 1
+                    pipe.metrics.retries.labels(name).inc()
                     await asyncio.sleep(decision.delay)
                     continue
                 await move_on(order, key, decision.reason, reroute=decision.action == "reroute")
@@ -138,16 +142,18 @@ def register_provider(pipe: Pipeline, name: str, policy: SubmitPolicy = SubmitPo
         entry = inflight.get(key)
         if entry is not None:
             inflight[key] = {**entry, "pj": result.provider_job_id}
-        pipe.metrics.submitted += 1
+        pipe.metrics.submissions.labels(name).inc()
         await event(job_id, "submitted", attempt, provider_job_id=result.provider_job_id)
 
     @app.agent(orders, name=f"submit-{name}")
     async def submitter(stream: faust.StreamT) -> None:
         async for ev in stream.events():
             msg = ev.message
+            pipe.metrics.events_processed.labels(f"submit-{name}").inc()
             try:
                 order = codec.decode("DispatchOrder", msg.value, msg.headers)
             except FloodgateError as exc:
+                pipe.metrics.dead_letters.labels("submitter").inc()
                 await emit.dead_letter(names.dlq, msg, f"invalid dispatch order: {exc}", exc)
                 continue
             try:
@@ -162,21 +168,25 @@ def register_provider(pipe: Pipeline, name: str, policy: SubmitPolicy = SubmitPo
                 if entry is None:
                     await wait_for_slot(msg.partition)
                     inflight[key] = {"p": msg.partition, "a": order["attempt"], "t": time.time(), "o": order}
+                    count_slots()
                     # The slot must be on Kafka before the provider hears of the job: a crash after
                     # the call but before the changelog write would otherwise forget the slot.
                     await app.producer.flush()
                 await submit(order, key)
             except Exception as exc:  # noqa: BLE001 - a poison message never stops the agent
                 log.exception("submitter %s failed on %s", name, msg.offset)
+                pipe.metrics.dead_letters.labels("submitter").inc()
                 await emit.dead_letter(names.dlq, msg, f"submitter error: {exc}", exc)
 
     @app.agent(releases, name=f"release-{name}")
     async def releaser(stream: faust.StreamT) -> None:
         async for ev in stream.events():
             msg = ev.message
+            pipe.metrics.events_processed.labels(f"release-{name}").inc()
             try:
                 rel = codec.decode("SlotRelease", msg.value, msg.headers)
             except FloodgateError as exc:
+                pipe.metrics.dead_letters.labels("release").inc()
                 await emit.dead_letter(names.dlq, msg, f"invalid slot release: {exc}", exc)
                 continue
             key = rel["job_id"].encode()
@@ -184,15 +194,17 @@ def register_provider(pipe: Pipeline, name: str, policy: SubmitPolicy = SubmitPo
             if entry is not None and entry["a"] <= rel["attempt"]:
                 del inflight[key]
                 lane.notify()
+                count_slots()
 
     @app.timer(interval=max(1.0, min(10.0, settings.poll_after / 3)), name=f"poll-{name}")
     async def poll() -> None:
         now = time.time()
+        count_slots()  # also after a rebalance
         for key, entry in list(inflight.items()):
             age = now - entry["t"]
             job_id, attempt = key.decode(), entry["a"]
             if age > settings.job_timeout:
-                pipe.metrics.timed_out += 1
+                pipe.metrics.timeouts.labels(name).inc()
                 await event(job_id, "failed", attempt, error=f"no result from {name} after {settings.job_timeout:.0f}s")
                 if entry.get("pj"):
                     try:
@@ -212,7 +224,7 @@ def register_provider(pipe: Pipeline, name: str, policy: SubmitPolicy = SubmitPo
             except FloodgateError as exc:
                 log.info("status poll of %s at %s failed: %s", job_id, name, exc)
                 continue
-            pipe.metrics.polled += 1
+            pipe.metrics.polls.labels(name).inc()
             kind = {"running": "progress" if status.progress else "running", "completed": "completed",
                     "failed": "failed", "cancelled": "cancelled"}.get(status.state)
             if kind:

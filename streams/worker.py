@@ -4,18 +4,21 @@
 """
 from __future__ import annotations
 
+import asyncio
 import logging
 import sys
 
 import faust
 
-from floodgate import provider_config
+from floodgate import metrics, provider_config
 from floodgate.kafka_admin import ensure_topics
 from floodgate.settings import Settings
-from streams import admission, job_state, normaliser, submitter
+from streams import admission, job_state, lag, normaliser, submitter
 from streams.app import create_app
 from streams.context import Pipeline
 from streams.topics import TopicNames
+
+log = logging.getLogger(__name__)
 
 
 def build(settings: Settings, *, web_port: int | None = None) -> Pipeline:
@@ -29,7 +32,9 @@ def build(settings: Settings, *, web_port: int | None = None) -> Pipeline:
     job_state.register(pipe)
     normaliser.register(pipe)
     for name in setup.routing.providers:
+        pipe.metrics.for_provider(name)
         submitter.register_provider(pipe, name)
+    _observe(pipe, limits)
 
     announced = False
 
@@ -48,9 +53,34 @@ def build(settings: Settings, *, web_port: int | None = None) -> Pipeline:
     return pipe
 
 
+def _observe(pipe: Pipeline, limits: dict[str, int]) -> None:
+    """A timer that refreshes the queue depth and limit-share gauges for this worker's partitions."""
+    app, names = pipe.app, pipe.names
+    dispatch = {p: (names.dispatch(p), names.dispatch_partitions(limit), limit) for p, limit in limits.items()}
+    probe: lag.LagProbe | None = None
+
+    @app.timer(interval=lag.REFRESH_SECONDS, name="metrics-refresh")
+    async def refresh() -> None:
+        nonlocal probe
+        try:
+            if probe is None:
+                probe = lag.LagProbe(pipe.settings.kafka_bootstrap, pipe.settings.app_id)
+            owned = [(tp.topic, tp.partition) for tp in app.consumer.assignment()]
+            await lag.refresh(probe, pipe.metrics, dispatch, owned)
+        except Exception:  # noqa: BLE001 - metrics must never stop a worker
+            log.exception("metrics refresh failed")
+
+    @app.on_before_shutdown.connect
+    async def _close_probe(app: faust.App, **kwargs: object) -> None:
+        if probe is not None:
+            await asyncio.to_thread(probe.close)
+
+
 def run(settings: Settings) -> None:
     logging.basicConfig(level=settings.log_level.upper())
     pipe = build(settings)
+    # Served from a thread, so a scrape never waits on (or stalls) the agents' event loop.
+    print(f"metrics={metrics.serve(settings.metrics_host, settings.metrics_port)}", flush=True)
     sys.argv = [sys.argv[0], "worker", "--loglevel", settings.log_level]
     pipe.app.main()
 

@@ -7,6 +7,7 @@ Routes (per simulated provider ``{p}``)::
     POST /{p}/v1/videos/{id}/cancel      cancel if not terminal
     GET  /{p}/files/{id}.mp4             the "video" of a completed job
     GET  /stats                          counters per provider and per key
+    GET  /metrics                        the same per-provider counters for Prometheus
     POST /_admin/reset                   forget jobs and counters
     POST /_admin/{p}/outage              {"seconds": n} start an outage now; 0 ends it
 """
@@ -23,6 +24,9 @@ from typing import Any
 import aiohttp
 import orjson
 from aiohttp import web
+from prometheus_client import CollectorRegistry
+
+from floodgate.metrics import SimulatorCollector, render
 
 from .config import SimulatorConfig, config_from_dict, dev_config
 from .jobs import BadRequest, Job, fake_mp4, job_view, parse_create
@@ -121,6 +125,7 @@ class Simulator:
 
 
 SIMULATOR = web.AppKey("simulator", Simulator)
+METRICS = web.AppKey("metrics", CollectorRegistry)
 
 
 # -- HTTP helpers -----------------------------------------------------------------------
@@ -245,6 +250,11 @@ async def get_stats(request: web.Request) -> web.Response:
     return _json(request.app[SIMULATOR].stats())
 
 
+async def get_metrics(request: web.Request) -> web.Response:
+    body, content_type = render(request.app[METRICS], request.headers.get("Accept"))
+    return web.Response(body=body, headers={"Content-Type": content_type})
+
+
 async def admin_reset(request: web.Request) -> web.Response:
     await request.app[SIMULATOR].reset()
     return _json({"reset": True})
@@ -267,12 +277,15 @@ def build_app(sim: Simulator) -> web.Application:
     """The aiohttp application; ``sim.start`` runs on startup and ``sim.close`` on shutdown."""
     app = web.Application()
     app[SIMULATOR] = sim
+    app[METRICS] = CollectorRegistry(auto_describe=False)
+    app[METRICS].register(SimulatorCollector(sim.stats))
 
     async def on_shutdown(_: web.Application) -> None:
         await sim.close()
 
     app.on_shutdown.append(on_shutdown)
     app.router.add_get("/stats", get_stats)
+    app.router.add_get("/metrics", get_metrics)
     app.router.add_post("/_admin/reset", admin_reset)
     app.router.add_post("/_admin/{provider}/outage", admin_outage)
     app.router.add_post("/{provider}/v1/videos", create_video)

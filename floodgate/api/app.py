@@ -17,6 +17,7 @@ from floodgate.api.common import ROLES, Deps, base_url, json_response
 from floodgate.api.kafka_io import Sender
 from floodgate.api.view import JobView
 from floodgate.errors import ConfigError
+from floodgate.metrics import render
 from floodgate.problems import problem_response
 from floodgate.provider_config import ProviderSetup
 from floodgate.settings import Settings
@@ -96,8 +97,13 @@ def build_app(
     async def openapi_json(request: web.Request) -> web.Response:
         return json_response(openapi.document(chosen, base_url(request, settings)))
 
+    async def metrics(request: web.Request) -> web.Response:
+        body, content_type = render(deps.metrics.registry, request.headers.get("Accept"))
+        return web.Response(body=body, headers={"Content-Type": content_type})
+
     app.router.add_get("/healthz", healthz, allow_head=False)
     app.router.add_get("/openapi.json", openapi_json, allow_head=False)
+    app.router.add_get("/metrics", metrics, allow_head=False)
     return app
 
 

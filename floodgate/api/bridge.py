@@ -18,6 +18,7 @@ from floodgate import codec
 from floodgate.api.common import BodyTooLarge, Deps, json_response, read_bounded, too_large
 from floodgate.api.kafka_io import KafkaUnavailable, RecordTooLarge
 from floodgate.errors import WebhookVerificationError
+from floodgate.metrics import UNKNOWN_PROVIDER
 from floodgate.problems import NOT_FOUND, UNAUTHORIZED, problem_response
 from floodgate.signing import HEADER_ID
 
@@ -53,17 +54,21 @@ class Bridge:
         assert deps.producer is not None  # build_app guarantees it
         name = request.match_info["provider"]
         connector = self.connectors.get(name)
+        received = deps.metrics.webhooks_received
         if connector is None:
+            received.labels(UNKNOWN_PROVIDER, "unknown_provider").inc()
             return problem_response(404, "Not Found", type_=NOT_FOUND, detail="no such provider")
         try:
             body = await read_bounded(request, MAX_WEBHOOK_BYTES)
         except BodyTooLarge as exc:
+            received.labels(name, "too_large").inc()
             return too_large(exc.limit)
         headers = lowered_headers(request.headers)
         try:
             connector.verify_webhook(headers, body, now=deps.clock())
         except WebhookVerificationError as exc:
             log.info("rejected webhook for %s: %s", name, exc)
+            received.labels(name, "bad_signature").inc()
             return problem_response(401, "Unauthorized", type_=UNAUTHORIZED, detail="webhook verification failed")
         job_id, event_webhook_id = None, None
         try:
@@ -77,10 +82,13 @@ class Bridge:
             await deps.producer.send_and_wait(deps.topics.webhooks, job_id, value, kafka_headers)
         except KafkaUnavailable as exc:
             # Providers retry non-2xx deliveries: this is how we ask for one.
+            received.labels(name, "kafka_unavailable").inc()
             return problem_response(503, "Service Unavailable", detail="webhook not stored; retry later",
                                     headers={"Retry-After": str(int(exc.retry_after or 1))})
         except RecordTooLarge:
+            received.labels(name, "too_large").inc()
             return too_large(MAX_WEBHOOK_BYTES)
+        received.labels(name, "accepted").inc()
         return json_response({"received": True})
 
 

@@ -13,6 +13,7 @@ from aiohttp import web
 from floodgate.api.idempotency import IdempotencyCache
 from floodgate.api.kafka_io import Sender
 from floodgate.api.view import JobView
+from floodgate.metrics import ApiMetrics, api_metrics
 from floodgate.problems import problem_response
 from floodgate.provider_config import ProviderSetup
 from floodgate.settings import Settings
@@ -36,6 +37,7 @@ class Deps:
     """Seconds a read waits for a job another instance accepted to show up in this one's view."""
     clock: Callable[[], float] = time.time
     idempotency: IdempotencyCache = field(default_factory=IdempotencyCache)
+    metrics: ApiMetrics = field(default_factory=api_metrics)
 
     @property
     def topics(self) -> TopicNames:

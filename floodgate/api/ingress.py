@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import hmac
 import logging
+import time
 from datetime import UTC, datetime
 from typing import Any
 from urllib.parse import quote
@@ -29,6 +30,9 @@ from floodgate.validation import NormalizedRequest, request_hash, validate_job_r
 log = logging.getLogger(__name__)
 
 DEFAULT_TENANT = "default"
+# Refusals by status, as floodgate_requests_rejected_total{reason} counts them.
+REJECT_REASONS = {400: "validation", 415: "validation", 401: "auth", 403: "auth", 413: "too_large",
+                  422: "idempotency_conflict", 503: "kafka_unavailable"}
 
 
 def tenant_for(api_key: str | None, key_map: dict[str, str]) -> str | None:
@@ -84,6 +88,17 @@ class Ingress:
         self.api_keys = deps.settings.api_key_map  # parsed once: settings are frozen
 
     async def create_job(self, request: web.Request) -> web.Response:
+        started = time.perf_counter()
+        response = await self._create_job(request)
+        metrics = self.deps.metrics
+        if response.status == 202:
+            metrics.accepted.labels("http").inc()
+            metrics.accept_latency.observe(time.perf_counter() - started)
+        elif response.status in REJECT_REASONS:
+            metrics.reject(REJECT_REASONS[response.status])
+        return response
+
+    async def _create_job(self, request: web.Request) -> web.Response:
         deps, settings = self.deps, self.deps.settings
         keys = self.api_keys
         tenant = DEFAULT_TENANT

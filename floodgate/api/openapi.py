@@ -115,6 +115,13 @@ _OPERATIONS: dict[str, tuple[str, str, dict[str, Any]]] = {
                       "503": {"description": "Still rebuilding the job view",
                               "content": {_JSON: {"schema": _ref("Health")}}}},
     }),
+    "metrics": ("any", "get /metrics", {
+        "summary": "Prometheus metrics of this API process",
+        "description": "Text exposition format (OpenMetrics when the Accept header asks for it). "
+                       "Each API process reports its own counts; sum them across processes.",
+        "operationId": "metrics",
+        "responses": {"200": {"description": "Metrics", "content": {"text/plain": {"schema": {"type": "string"}}}}},
+    }),
     "openapi": ("any", "get /openapi.json", {
         "summary": "This document",
         "operationId": "openapi",

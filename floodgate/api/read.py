@@ -74,26 +74,36 @@ class Reader:
         if refused is not None:
             return refused
         queue = self.view.subscribe(job_id)  # before reading the current state: no change slips between
+        self.deps.metrics.subscribers.labels("sse").inc()
         try:
             response = web.StreamResponse(headers={
                 "Content-Type": "text/event-stream", "Cache-Control": "no-store", "X-Accel-Buffering": "no"})
             await response.prepare(request)
             last_sent = _last_event_id(request)
             snapshot: Snapshot | None = await current(self.view, job_id, self.deps.wait_for_job)
+            live = False  # the first snapshot is the current state, not a change being pushed
             while not self.closing.is_set():
                 if snapshot is not None and snapshot["version"] > last_sent:
                     await response.write(sse_event(snapshot))
                     last_sent = snapshot["version"]
+                    if live:
+                        self.pushed("sse", snapshot)
                 if snapshot is not None and is_terminal(snapshot):
                     break
-                snapshot = await self._next(queue)
+                snapshot, live = await self._next(queue), True
                 if snapshot is None and not self.closing.is_set():
                     await response.write(b": keep-alive\n\n")
         except ConnectionResetError:
             pass  # the client went away; nothing left to tell it
         finally:
             self.view.unsubscribe(job_id, queue)
+            self.deps.metrics.subscribers.labels("sse").dec()
         return response
+
+    def pushed(self, channel: str, snapshot: Snapshot) -> None:
+        """Record how long a change took from its ``updated_at`` to a client on ``channel``."""
+        delay = self.deps.clock() - snapshot["updated_at"] / 1000
+        self.deps.metrics.notification_latency.labels(channel).observe(max(0.0, delay))
 
     async def _next(self, queue: asyncio.Queue[Snapshot]) -> Snapshot | None:
         """The next snapshot, or None after ``keepalive`` seconds (or at shutdown)."""
@@ -194,19 +204,24 @@ class _StreamSession:
 
     async def _pump(self, job_id: str, queue: asyncio.Queue[Snapshot]) -> None:
         view = self.reader.view
+        subscribers = self.reader.deps.metrics.subscribers.labels("websocket")
+        subscribers.inc()  # here, not in subscribe(): a pump cancelled before it starts runs no finally
         try:
             snapshot = await current(view, job_id, self.reader.deps.wait_for_job)
-            last_sent = -1
+            last_sent, live = -1, False
             while True:
                 if snapshot["version"] > last_sent:
                     await self.send({"type": "job", "job": job_resource(snapshot)})
                     last_sent = snapshot["version"]
+                    if live:
+                        self.reader.pushed("websocket", snapshot)
                 if is_terminal(snapshot):
                     break  # nothing follows a terminal state; the subscription ends by itself
-                snapshot = await queue.get()
+                snapshot, live = await queue.get(), True
         except ConnectionResetError:
             pass
         finally:
+            subscribers.dec()
             view.unsubscribe(job_id, queue)
             if self.pumps.get(job_id) is asyncio.current_task():
                 del self.pumps[job_id]

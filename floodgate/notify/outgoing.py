@@ -31,6 +31,7 @@ from aiokafka.errors import KafkaError
 from connectors.notifiers.base import EVENT_TYPES, Notification, Notifier
 from floodgate import codec
 from floodgate.errors import ConfigError, SchemaError
+from floodgate.metrics import ApiMetrics, api_metrics
 from floodgate.notify.commit_tracker import CommitTracker, Ticket
 from floodgate.notify.delivery import deliver
 from floodgate.notify.retry import RetryPolicy
@@ -69,7 +70,8 @@ class OutgoingWebhooks:
     def __init__(self, settings: Settings, *, notifier: Notifier | None = None,
                  session: aiohttp.ClientSession | None = None, policy: RetryPolicy = DEFAULT_POLICY,
                  concurrency: int = 64, max_pending: int = 1024, commit_interval: float = 1.0,
-                 drain_timeout: float = 10.0, rand: Callable[[], float] = random.random) -> None:
+                 drain_timeout: float = 10.0, rand: Callable[[], float] = random.random,
+                 metrics: ApiMetrics | None = None) -> None:
         if not settings.kafka_bootstrap:
             raise ConfigError("settings.kafka_bootstrap must be resolved before starting webhooks")
         if concurrency < 1 or max_pending < 1:
@@ -86,6 +88,7 @@ class OutgoingWebhooks:
         self._drain_timeout = drain_timeout
         self._rand = rand
         self._stats = WebhookStats()
+        self._metrics = metrics or api_metrics()
         self._tracker: CommitTracker[int] = CommitTracker()
         self._tasks: set[asyncio.Task[None]] = set()
         self._assignment: frozenset[int] = frozenset()
@@ -226,21 +229,26 @@ class OutgoingWebhooks:
         try:
             notification = Notification.from_snapshot(codec.decode("JobSnapshot", record.value or b"", record.headers))
         except SchemaError as exc:
+            self._metrics.outgoing.labels("invalid").inc()
             await self._dead_letter(record, f"undecodable JobSnapshot: {exc}", exc)
             return
         if not notification.webhook_url or notification.status not in EVENT_TYPES:
             self._stats.skipped += 1
+            self._metrics.outgoing.labels("skipped").inc()
             return
         assert self._notifier is not None
         outcome = await deliver(self._notifier, notification, self._policy, semaphore=self._semaphore,
                                 rand=self._rand, wait=self._stopped_within)
         self._stats.retries += outcome.attempts - 1
+        self._metrics.outgoing_retries.inc(max(0, outcome.attempts - 1))
         if outcome.abandoned:
             raise _Abandoned
         if outcome.error is None:
             self._stats.delivered += 1
+            self._metrics.outgoing.labels("delivered").inc()
             return
         self._stats.failed += 1
+        self._metrics.outgoing.labels("failed").inc()
         await self._dead_letter(
             record, f"webhook delivery failed after {outcome.attempts} attempt(s): {outcome.error}", outcome.error)
 

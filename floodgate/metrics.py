@@ -1,0 +1,248 @@
+"""Every Prometheus metric Floodgate exports, defined once, grouped by the process that owns it.
+
+``ApiMetrics`` (the API process: ingress, webhook bridge, job reads, outgoing webhooks) and
+``WorkerMetrics`` (a pipeline worker's agents) each register their metrics on one registry when
+built. A process builds its group once, on prometheus_client's default registry, through
+:func:`api_metrics` / :func:`worker_metrics`; tests pass a fresh ``CollectorRegistry`` instead.
+The provider simulator exports its ``/stats`` counters through :class:`SimulatorCollector`.
+
+Conventions: base units (seconds), ``_total`` on counters, ``_seconds`` on durations, and only
+low-cardinality labels (provider, channel, reason, outcome...) — never a job id. Every process
+exposes only its own share: counters and per-provider gauges add up across processes by ``sum``.
+
+:func:`describe` lists every metric for README's "Metrics" table (``tests/unit/test_metrics.py``
+checks that the table is current).
+"""
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from typing import Any
+
+from prometheus_client import REGISTRY, CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.exposition import choose_encoder
+
+# 1 ms .. 1 s, fine-grained where a Kafka round trip lands (a few ms to a few tens of ms).
+ACCEPT_BUCKETS = (0.001, 0.002, 0.003, 0.004, 0.005, 0.0075, 0.01, 0.015, 0.02, 0.03, 0.04, 0.05, 0.075,
+                  0.1, 0.15, 0.2, 0.3, 0.5, 0.75, 1.0)
+# A snapshot travels events → job state → notifications → the API: tens of ms when healthy.
+NOTIFY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
+# Accepted → terminal: seconds for fast renders, minutes for real ones, 30 min for the worst backlogs.
+JOB_BUCKETS = (0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 20.0, 30.0, 45.0, 60.0, 90.0, 120.0, 180.0, 240.0, 300.0,
+               450.0, 600.0, 900.0, 1200.0, 1800.0)
+
+REJECT_REASONS = ("validation", "auth", "too_large", "idempotency_conflict", "kafka_unavailable")
+WEBHOOK_OUTCOMES = ("accepted", "bad_signature", "unknown_provider", "too_large", "kafka_unavailable")
+OUTGOING_OUTCOMES = ("delivered", "failed", "skipped", "invalid")
+CHANNELS = ("sse", "websocket")
+UNKNOWN_PROVIDER = "unknown"
+"""The ``provider`` label of webhooks to a provider we do not know: the path segment is the
+caller's, and a label taken from it would let anyone create series at will."""
+
+
+class _Group:
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self.registry = registry
+        self.specs: list[tuple[str, str, tuple[str, ...], str]] = []
+        """(name, type, labels, meaning) of each metric, in definition order."""
+
+    def _counter(self, name: str, doc: str, labels: Sequence[str] = ()) -> Counter:
+        self.specs.append((name, "counter", tuple(labels), doc))
+        return Counter(name, doc, labels, registry=self.registry)
+
+    def _gauge(self, name: str, doc: str, labels: Sequence[str] = ()) -> Gauge:
+        self.specs.append((name, "gauge", tuple(labels), doc))
+        return Gauge(name, doc, labels, registry=self.registry)
+
+    def _histogram(self, name: str, doc: str, buckets: Sequence[float], labels: Sequence[str] = ()) -> Histogram:
+        self.specs.append((name, "histogram", tuple(labels), doc))
+        return Histogram(name, doc, labels, buckets=buckets, registry=self.registry)
+
+
+class ApiMetrics(_Group):
+    """The API process's metrics; handlers reach them through ``Deps.metrics``."""
+
+    def __init__(self, registry: CollectorRegistry = REGISTRY) -> None:
+        super().__init__(registry)
+        self.accepted = self._counter(
+            "floodgate_requests_accepted_total",
+            "Job requests answered 202 (idempotent replays included); source is http (SDK and replayed "
+            "requests never pass the API: see floodgate_jobs_admitted_total).", ["source"])
+        self.rejected = self._counter(
+            "floodgate_requests_rejected_total",
+            "Job requests refused: validation, auth, too_large, idempotency_conflict, kafka_unavailable.",
+            ["reason"])
+        self.accept_latency = self._histogram(
+            "floodgate_accept_latency_seconds",
+            "Time from a job request's arrival to its 202 (Kafka acknowledged the record).", ACCEPT_BUCKETS)
+        self.webhooks_received = self._counter(
+            "floodgate_webhooks_received_total",
+            "Provider webhooks at the bridge, by provider and outcome (accepted, bad_signature, "
+            "unknown_provider, too_large, kafka_unavailable).", ["provider", "outcome"])
+        self.notification_latency = self._histogram(
+            "floodgate_notification_latency_seconds",
+            "From a snapshot's updated_at to its push to an SSE or WebSocket client (live changes only).",
+            NOTIFY_BUCKETS, ["channel"])
+        self.subscribers = self._gauge(
+            "floodgate_notification_subscribers",
+            "Open job subscriptions: SSE streams, WebSocket job subscriptions.", ["channel"])
+        self.outgoing = self._counter(
+            "floodgate_outgoing_webhooks_total",
+            "Final results handled by the outgoing webhooks: delivered, failed (dead-lettered), "
+            "skipped (no webhook_url), invalid (undecodable, dead-lettered).", ["outcome"])
+        self.outgoing_retries = self._counter(
+            "floodgate_outgoing_webhook_retries_total",
+            "Outgoing webhook attempts that were retried.")
+        for reason in REJECT_REASONS:
+            self.rejected.labels(reason)
+        for channel in CHANNELS:
+            self.notification_latency.labels(channel)
+            self.subscribers.labels(channel)
+        for outcome in OUTGOING_OUTCOMES:
+            self.outgoing.labels(outcome)
+        self.accepted.labels("http")
+
+    def reject(self, reason: str) -> None:
+        self.rejected.labels(reason).inc()
+
+
+class WorkerMetrics(_Group):
+    """A worker's metrics; agents reach them through ``Pipeline.metrics``."""
+
+    def __init__(self, registry: CollectorRegistry = REGISTRY) -> None:
+        super().__init__(registry)
+        self.admitted = self._counter(
+            "floodgate_jobs_admitted_total",
+            "Jobs admitted (validated, deduplicated, routed), by the request's source (http, sdk, replay).",
+            ["source"])
+        self.duplicates = self._counter(
+            "floodgate_duplicates_total", "Requests dropped at admission as replays of an admitted job.")
+        self.rehomed = self._counter(
+            "floodgate_requests_rehomed_total",
+            "Requests moved to their job id's partition (produced with another partitioner, e.g. kcat).")
+        self.dead_letters = self._counter(
+            "floodgate_dead_letters_total", "Records parked in the dlq topic, by the stage that gave up.",
+            ["stage"])
+        self.inflight = self._gauge(
+            "floodgate_provider_inflight", "Slots this worker holds at a provider (jobs submitted, not ended).",
+            ["provider"])
+        self.concurrency_limit = self._gauge(
+            "floodgate_provider_concurrency_limit",
+            "This worker's share of a provider's concurrency limit (its dispatch partitions' shares).",
+            ["provider"])
+        self.submissions = self._counter(
+            "floodgate_provider_submissions_total", "Jobs a provider accepted (submit calls that succeeded).",
+            ["provider"])
+        self.rate_limited = self._counter(
+            "floodgate_provider_rate_limited_total", "Submit calls answered 429 (or another retriable refusal).",
+            ["provider"])
+        self.retries = self._counter(
+            "floodgate_provider_retries_total", "Submit calls retried after a backoff or Retry-After.",
+            ["provider"])
+        self.reroutes = self._counter(
+            "floodgate_provider_reroutes_total", "Jobs moved from a provider to the next one in their route.",
+            ["from_provider"])
+        self.polls = self._counter(
+            "floodgate_provider_polls_total", "Status polls of quiet in-flight jobs (lost webhooks).",
+            ["provider"])
+        self.timeouts = self._counter(
+            "floodgate_provider_timeouts_total", "In-flight jobs failed after FLOODGATE_JOB_TIMEOUT.",
+            ["provider"])
+        self.webhooks = self._counter(
+            "floodgate_webhooks_normalised_total", "Provider webhooks turned into job events (duplicates dropped).",
+            ["provider"])
+        self.job_latency = self._histogram(
+            "floodgate_job_latency_seconds", "From a job's acceptance to its terminal state, by outcome.",
+            JOB_BUCKETS, ["outcome"])
+        self.transitions = self._counter(
+            "floodgate_job_transitions_total", "Job state changes, by the status entered.", ["status"])
+        self.queue_depth = self._gauge(
+            "floodgate_queue_depth",
+            "Orders waiting in dispatch.<provider> on this worker's partitions (end offset - committed offset).",
+            ["provider"])
+        self.events_processed = self._counter(
+            "floodgate_events_processed_total", "Records read by each agent.", ["agent"])
+
+    def for_provider(self, name: str) -> None:
+        """Create the provider's series at zero, so dashboards see them before the first job."""
+        for metric in (self.inflight, self.concurrency_limit, self.submissions, self.rate_limited, self.retries,
+                       self.reroutes, self.polls, self.timeouts, self.webhooks, self.queue_depth):
+            metric.labels(name)
+
+
+# The provider simulator's /stats, as metrics: (name, type, stats field, meaning). Read from its
+# counters at scrape time, so the simulator keeps no second set of books.
+SIMULATOR_METRICS: tuple[tuple[str, str, str, str], ...] = (
+    ("floodgate_sim_inflight", "gauge", "in_flight", "Jobs the simulated provider is rendering now."),
+    ("floodgate_sim_max_concurrency", "gauge", "max_concurrency",
+     "Most jobs in flight at once for one API key since start (compare with the limit)."),
+    ("floodgate_sim_concurrency_limit", "gauge", "concurrency_limit", "The simulated provider's concurrency limit."),
+    ("floodgate_sim_jobs_created_total", "counter", "jobs_created", "Jobs the simulated provider created."),
+    ("floodgate_sim_rejected_429_total", "counter", "rejected_429", "Submissions refused with 429 (limit reached)."),
+    ("floodgate_sim_duplicate_idempotency_keys_total", "counter", "duplicate_idempotency_keys",
+     "Submissions that reused an Idempotency-Key (answered with the first job)."),
+    ("floodgate_sim_completed_total", "counter", "completed", "Jobs the simulated provider completed."),
+    ("floodgate_sim_failed_total", "counter", "failed", "Jobs the simulated provider failed."),
+    ("floodgate_sim_webhooks_sent_total", "counter", "webhooks_sent", "Webhooks the simulator delivered."),
+)
+
+
+class SimulatorCollector:
+    """Prometheus families from a simulator's ``stats()`` (provider → counters), per scrape."""
+
+    def __init__(self, stats: Callable[[], Mapping[str, Any]]) -> None:
+        self._stats = stats  # () -> {"providers": {name: {field: number}}}
+
+    def collect(self) -> Iterator[Metric]:
+        providers: Mapping[str, Mapping[str, Any]] = self._stats()["providers"]
+        for name, kind, fieldname, doc in SIMULATOR_METRICS:
+            family: GaugeMetricFamily | CounterMetricFamily
+            if kind == "counter":
+                family = CounterMetricFamily(name.removesuffix("_total"), doc, labels=["provider"])
+            else:
+                family = GaugeMetricFamily(name, doc, labels=["provider"])
+            for provider, numbers in sorted(providers.items()):
+                family.add_metric([provider], float(numbers.get(fieldname, 0)))
+            yield family
+
+
+@functools.cache
+def api_metrics() -> ApiMetrics:
+    """This process's API metrics, on the default registry (built on first use)."""
+    return ApiMetrics()
+
+
+@functools.cache
+def worker_metrics() -> WorkerMetrics:
+    """This process's worker metrics, on the default registry (built on first use)."""
+    return WorkerMetrics()
+
+
+def render(registry: CollectorRegistry = REGISTRY, accept: str | None = None) -> tuple[bytes, str]:
+    """The exposition of ``registry`` in the format the ``Accept`` header asks for, and its content type."""
+    encoder, content_type = choose_encoder(accept or "")
+    return encoder(registry), content_type
+
+
+def serve(host: str, port: int, registry: CollectorRegistry = REGISTRY) -> str:
+    """Serve ``registry`` over HTTP from a daemon thread (off any event loop); ``port`` 0 picks a
+    free one. Returns the URL. Raises ``OSError`` if the address is taken."""
+    from prometheus_client import start_http_server
+
+    server, _ = start_http_server(port, addr=host, registry=registry)
+    shown = f"[{host}]" if ":" in host else host
+    return f"http://{shown}:{server.server_port}/metrics"
+
+
+def describe() -> list[tuple[str, str, str, str]]:
+    """(name, type, labels, meaning) of every metric: README's "Metrics" table is this."""
+    registry = CollectorRegistry()
+    rows = [(name, kind, ", ".join(labels) or "-", doc)
+            for group in (ApiMetrics(registry), WorkerMetrics(registry))
+            for name, kind, labels, doc in group.specs]
+    rows += [(name, kind, "provider", doc) for name, kind, _, doc in SIMULATOR_METRICS]
+    return rows
+
+
+__all__ = ["ApiMetrics", "SimulatorCollector", "WorkerMetrics", "api_metrics", "describe", "render", "serve", "worker_metrics"]
