@@ -81,7 +81,9 @@ def run(settings: Settings) -> None:
     pipe = build(settings)
     # Served from a thread, so a scrape never waits on (or stalls) the agents' event loop.
     print(f"metrics={metrics.serve(settings.metrics_host, settings.metrics_port)}", flush=True)
-    sys.argv = [sys.argv[0], "worker", "--loglevel", settings.log_level]
+    # The worker CLI turns Faust's web server on (port 6066) unless told otherwise: two workers on
+    # one host would collide, and Floodgate serves its own /metrics.
+    sys.argv = [sys.argv[0], "worker", "--loglevel", settings.log_level, "--without-web"]
     pipe.app.main()
 
 
