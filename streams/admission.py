@@ -18,6 +18,7 @@ from floodgate import codec
 from floodgate.errors import SchemaError, ValidationError
 from floodgate.routing import chain_for, known_models
 from floodgate.validation import validate_job_request
+from streams import guard
 from streams.context import Pipeline
 from streams.tables import JsonTable
 
@@ -43,12 +44,9 @@ def register(pipe: Pipeline) -> None:
     async def admission(stream: faust.StreamT) -> None:
         async for event in stream.events():
             pipe.metrics.events_processed.labels("admission").inc()
-            try:
-                await admit(event.message)
-            except Exception as exc:  # noqa: BLE001 - a poison message never stops the agent
-                log.exception("admission failed on %s[%s]@%s", event.message.topic, event.message.partition, event.message.offset)
-                pipe.metrics.dead_letters.labels("admission").inc()
-                await emit.dead_letter(names.dlq, event.message, f"admission error: {exc}", exc)
+            msg = event.message
+            await guard.process(lambda: admit(msg), emit=emit, dlq=names.dlq, message=msg, stage="admission",
+                                on_dead_letter=pipe.metrics.dead_letters.labels("admission").inc)
 
     async def admit(msg: Any) -> None:
         try:

@@ -15,6 +15,7 @@ import faust
 from floodgate import codec
 from floodgate.errors import SchemaError, ValidationError
 from floodgate.jobs.state import JobEvent, JobState, apply
+from streams import guard
 from streams.context import Pipeline
 from streams.tables import JsonTable
 
@@ -73,33 +74,33 @@ def register(pipe: Pipeline) -> None:
                 pipe.metrics.dead_letters.labels("job-state").inc()
                 await emit.dead_letter(names.dlq, msg, f"invalid job event: {exc}", exc)
                 continue
-            try:
-                key = event.job_id.encode()
-                raw = jobs.get(key)
-                before = JobState.from_dict(raw["s"]) if raw else None
-                if raw and raw.get("e") == event.event_id and before is not None:
-                    # Same event again: the previous run may have died before its sends landed.
-                    await outputs(before, before.terminal, before.attempt, before.provider)
-                    continue
-                if before is not None and event.kind not in ("queued", "rerouted"):
-                    if event.provider and before.provider and event.provider != before.provider:
-                        continue  # news from a provider this job has already moved away from
-                    if event.attempt < before.attempt:
-                        # Webhooks and polls do not know the attempt; they speak for the current one.
-                        event = dataclasses.replace(event, attempt=before.attempt)
-                step = apply(before, event)
-                if step.changed and step.state is not None:
-                    jobs[key] = {"s": step.state.to_dict(), "e": event.event_id}
-                    await outputs(step.state, step.became_terminal, step.state.attempt, step.state.provider)
-                    pipe.metrics.transitions.labels(step.state.status.value).inc()
-                    if step.became_terminal:
-                        pipe.metrics.job_latency.labels(step.state.status.value).observe(
-                            max(0.0, step.state.updated_at - step.state.created_at))
-                elif before is not None and before.terminal and event.provider:
-                    # A provider still reports on a finished job (e.g. a duplicate dispatch after
-                    # completion was re-submitted): make sure no slot stays held for it.
-                    await release(event.job_id, event.provider, event.attempt, before.status.value)
-            except Exception as exc:  # noqa: BLE001 - a poison message never stops the agent
-                log.exception("job-state failed on %s", event.job_id)
-                pipe.metrics.dead_letters.labels("job-state").inc()
-                await emit.dead_letter(names.dlq, msg, f"job-state error: {exc}", exc)
+            await guard.process(lambda: handle(event), emit=emit, dlq=names.dlq, message=msg, stage="job-state",
+                                on_dead_letter=pipe.metrics.dead_letters.labels("job-state").inc)
+
+    async def handle(event: JobEvent) -> None:
+        key = event.job_id.encode()
+        raw = jobs.get(key)
+        before = JobState.from_dict(raw["s"]) if raw else None
+        if raw and raw.get("e") == event.event_id and before is not None:
+            # Same event again: the previous run may have died before its sends landed.
+            await outputs(before, before.terminal, before.attempt, before.provider)
+            return
+        if before is not None and event.kind not in ("queued", "rerouted"):
+            if event.provider and before.provider and event.provider != before.provider:
+                return  # news from a provider this job has already moved away from
+            if event.attempt < before.attempt:
+                # Webhooks and polls do not know the attempt; they speak for the current one.
+                event = dataclasses.replace(event, attempt=before.attempt)
+        step = apply(before, event)
+        if step.changed and step.state is not None:
+            jobs[key] = {"s": step.state.to_dict(), "e": event.event_id}
+            await outputs(step.state, step.became_terminal, step.state.attempt, step.state.provider)
+            pipe.metrics.transitions.labels(step.state.status.value).inc()
+            if step.became_terminal:
+                pipe.metrics.job_latency.labels(step.state.status.value).observe(
+                    max(0.0, step.state.updated_at - step.state.created_at))
+        elif before is not None and before.terminal and event.provider:
+            # A provider still reports on a finished job (e.g. a duplicate dispatch after
+            # completion was re-submitted): make sure no slot stays held for it.
+            await release(event.job_id, event.provider, event.attempt, before.status.value)
+

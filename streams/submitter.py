@@ -29,6 +29,7 @@ from floodgate.errors import FloodgateError, ProviderUnavailable
 from floodgate.routing import ProviderSpec, next_target
 from floodgate.submit_policy import SubmitPolicy, decide
 from floodgate.throttle import Backoff, BreakerState, CircuitBreaker, TokenBucket, partition_share
+from streams import guard
 from streams.context import Pipeline
 from streams.tables import JsonTable
 
@@ -156,27 +157,26 @@ def register_provider(pipe: Pipeline, name: str, policy: SubmitPolicy = SubmitPo
                 pipe.metrics.dead_letters.labels("submitter").inc()
                 await emit.dead_letter(names.dlq, msg, f"invalid dispatch order: {exc}", exc)
                 continue
-            try:
-                key = order["job_id"].encode()
-                entry = inflight.get(key)
-                if entry is not None and entry["a"] > order["attempt"]:
-                    continue  # an order for an attempt that has been superseded
-                if entry is not None and entry.get("pj"):
-                    # Already submitted (a redelivered or re-dispatched order): say so again, idempotently.
-                    await event(order["job_id"], "submitted", entry["a"], provider_job_id=entry["pj"])
-                    continue
-                if entry is None:
-                    await wait_for_slot(msg.partition)
-                    inflight[key] = {"p": msg.partition, "a": order["attempt"], "t": time.time(), "o": order}
-                    count_slots()
-                    # The slot must be on Kafka before the provider hears of the job: a crash after
-                    # the call but before the changelog write would otherwise forget the slot.
-                    await app.producer.flush()
-                await submit(order, key)
-            except Exception as exc:  # noqa: BLE001 - a poison message never stops the agent
-                log.exception("submitter %s failed on %s", name, msg.offset)
-                pipe.metrics.dead_letters.labels("submitter").inc()
-                await emit.dead_letter(names.dlq, msg, f"submitter error: {exc}", exc)
+            await guard.process(lambda: handle_order(order, msg.partition), emit=emit, dlq=names.dlq, message=msg,
+                                stage=f"submit-{name}", on_dead_letter=pipe.metrics.dead_letters.labels("submitter").inc)
+
+    async def handle_order(order: dict[str, Any], partition: int) -> None:
+        key = order["job_id"].encode()
+        entry = inflight.get(key)
+        if entry is not None and entry["a"] > order["attempt"]:
+            return  # an order for an attempt that has been superseded
+        if entry is not None and entry.get("pj"):
+            # Already submitted (a redelivered or re-dispatched order): say so again, idempotently.
+            await event(order["job_id"], "submitted", entry["a"], provider_job_id=entry["pj"])
+            return
+        if entry is None:
+            await wait_for_slot(partition)
+            inflight[key] = {"p": partition, "a": order["attempt"], "t": time.time(), "o": order}
+            count_slots()
+            # The slot must be on Kafka before the provider hears of the job: a crash after
+            # the call but before the changelog write would otherwise forget the slot.
+            await app.producer.flush()
+        await submit(order, key)
 
     @app.agent(releases, name=f"release-{name}")
     async def releaser(stream: faust.StreamT) -> None:

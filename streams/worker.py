@@ -35,6 +35,9 @@ def build(settings: Settings, *, web_port: int | None = None) -> Pipeline:
         pipe.metrics.for_provider(name)
         submitter.register_provider(pipe, name)
     _observe(pipe, limits)
+    # Create the table changelogs ourselves, before Faust starts: two workers starting together
+    # otherwise race to create them, and the loser's metadata says "0 partitions" until refreshed.
+    ensure_topics(settings.kafka_bootstrap, changelog_layout(app, settings), settings.replication_factor)
 
     announced = False
 
@@ -51,6 +54,16 @@ def build(settings: Settings, *, web_port: int | None = None) -> Pipeline:
         await pipe.close()
 
     return pipe
+
+
+def changelog_layout(app: faust.App, settings: Settings) -> dict[str, tuple[int, dict[str, str]]]:
+    """topic → (partitions, config) for every table's changelog, as Faust would create it."""
+    out: dict[str, tuple[int, dict[str, str]]] = {}
+    for table in app.tables.values():
+        topic = table.changelog_topic
+        out[topic.get_topic_name()] = (topic.partitions or settings.partitions, {
+            "cleanup.policy": "compact", "min.insync.replicas": str(settings.min_insync_replicas)})
+    return out
 
 
 def _observe(pipe: Pipeline, limits: dict[str, int]) -> None:

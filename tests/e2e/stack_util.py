@@ -26,13 +26,14 @@ def simulator_config(path: Path, **provider_overrides: Any) -> Path:
     return path
 
 
-def make_stack(kafka_bootstrap: str, home: Path, *, sim_config: Path | None = None, **overrides: Any) -> Stack:
+def make_stack(kafka_bootstrap: str, home: Path, *, sim_config: Path | None = None, workers: int = 1,
+               **overrides: Any) -> Stack:
     prefix = unique_name("e2e") + "."
     settings = Settings.from_env({}).with_overrides(
         kafka_bootstrap=kafka_bootstrap, topic_prefix=prefix, app_id=prefix + "app", partitions=2,
         dispatch_partitions=2, session_timeout=6.0, poll_after=5.0, cache_dir=home / "cache", **overrides)
     sim_args = ["--config", str(sim_config)] if sim_config else ["--preset", "dev"]
-    return Stack(settings, home, simulator_args=sim_args)
+    return Stack(settings, home, simulator_args=sim_args, workers=workers)
 
 
 async def submit(session: aiohttp.ClientSession, api: str, body: dict[str, Any], **headers: str) -> dict[str, Any]:

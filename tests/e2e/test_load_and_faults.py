@@ -53,6 +53,21 @@ def test_two_thousand_jobs_never_exceed_the_limit(kafka_bootstrap: str, tmp_path
     assert wan["jobs_created"] == 2000
 
 
+def test_limit_is_shared_by_two_workers(kafka_bootstrap: str, tmp_path: Path) -> None:
+    """Two workers split the dispatch partitions; their shares still add up to the limit."""
+    config = simulator_config(tmp_path / "sim.json", render_time={"kind": "uniform", "min": 0.1, "max": 0.3})
+    with make_stack(kafka_bootstrap, tmp_path, sim_config=config, workers=2) as stack:
+        accepted = asyncio.run(_fire(stack.api_url, 300, "wan-2.6"))
+        ids = {a["job_id"] for a in accepted}
+        finals = _final_states(stack.bootstrap, stack.settings.topic("results"), ids, timeout=240)
+        stats = asyncio.run(_stats(stack.simulator_url))
+        logs = [stack.children[f"worker-{i}"].log.read_text() for i in range(2)]
+    assert {f[-1]["status"] for f in finals.values()} == {"completed"}
+    assert stats["wan"]["max_concurrency"] <= 10, stats["wan"]
+    assert stats["wan"]["rejected_429"] == 0
+    assert all("worker=ready" in log for log in logs), "both workers joined the group"
+
+
 async def _stats(url: str) -> dict:
     async with aiohttp.ClientSession() as session:
         return await simulator_stats(session, url)
