@@ -6,6 +6,7 @@ from pathlib import Path
 import faust
 
 from floodgate.settings import Settings
+from streams.tables import AckTable
 
 
 def create_app(settings: Settings, *, app_id: str | None = None, datadir: Path | None = None, web_port: int | None = None) -> faust.App:
@@ -41,4 +42,5 @@ def create_app(settings: Settings, *, app_id: str | None = None, datadir: Path |
         web_port=web_port or 6066,
         web_host="127.0.0.1",
         logging_config=None,
+        Table=AckTable,
     )

@@ -171,11 +171,10 @@ def register_provider(pipe: Pipeline, name: str, policy: SubmitPolicy = SubmitPo
             return
         if entry is None:
             await wait_for_slot(partition)
-            inflight[key] = {"p": partition, "a": order["attempt"], "t": time.time(), "o": order}
-            count_slots()
             # The slot must be on Kafka before the provider hears of the job: a crash after
             # the call but before the changelog write would otherwise forget the slot.
-            await app.producer.flush()
+            await inflight.set_durably(key, {"p": partition, "a": order["attempt"], "t": time.time(), "o": order})
+            count_slots()
         await submit(order, key)
 
     @app.agent(releases, name=f"release-{name}")
