@@ -8,6 +8,12 @@ whatever the number of workers. A slot is held by an entry in the ``inflight-<pr
 changelog, and the count with it. While a partition's share is used up the agent waits: the
 backlog stays in Kafka, not in memory.
 
+The provider call itself runs in a background task once the slot is durable, so one partition
+keeps up to its share of submissions in flight at once instead of one round trip per order.
+This is not Faust's ``concurrency=`` (which can commit past an unfinished event, faust-streaming
+#606): the order's offset may be committed as soon as its slot is on Kafka, because the slot
+entry, not the order, is then the durable record of the work.
+
 A timer polls the provider for jobs that have been quiet for ``poll_after`` seconds (lost
 webhooks), re-dispatches jobs whose submission never completed (a crash mid-call), and fails jobs
 older than ``job_timeout``.
@@ -16,7 +22,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import random
 import time
 from datetime import UTC, datetime
 from typing import Any
@@ -26,39 +31,14 @@ import faust
 from connectors.providers.base import SubmitOrder
 from floodgate import codec
 from floodgate.errors import FloodgateError, ProviderUnavailable
-from floodgate.routing import ProviderSpec, next_target
+from floodgate.routing import next_target
 from floodgate.submit_policy import SubmitPolicy, decide
-from floodgate.throttle import Backoff, BreakerState, CircuitBreaker, TokenBucket, partition_share
+from floodgate.throttle import BreakerState
 from streams import guard
 from streams.context import Pipeline
-from streams.tables import JsonTable
+from streams.lane import Lane, parse_slot_key, slot_key
 
 log = logging.getLogger(__name__)
-
-
-class Lane:
-    """This process's view of one provider: slot waits, rate bucket, outage breaker."""
-
-    def __init__(self, spec: ProviderSpec, partitions: int) -> None:
-        self.spec = spec
-        self.partitions = partitions
-        self.changed = asyncio.Event()
-        self.bucket = TokenBucket(spec.rate_per_second, max(1.0, spec.rate_per_second)) if spec.rate_per_second else None
-        self.breaker = CircuitBreaker(failure_threshold=5, reset_after=30.0)
-        self.backoff = Backoff(base=0.5, factor=2.0, cap=30.0, jitter="full", rng=random.Random())
-
-    def capacity(self, partition: int) -> int:
-        return partition_share(self.spec.concurrency_limit, self.partitions, partition)
-
-    def notify(self) -> None:
-        self.changed.set()
-
-    async def changed_or_timeout(self, timeout: float) -> None:
-        self.changed.clear()
-        try:
-            await asyncio.wait_for(self.changed.wait(), timeout)
-        except asyncio.TimeoutError:
-            pass
 
 
 def register_provider(pipe: Pipeline, name: str, policy: SubmitPolicy = SubmitPolicy()) -> None:
@@ -66,21 +46,14 @@ def register_provider(pipe: Pipeline, name: str, policy: SubmitPolicy = SubmitPo
     spec = pipe.routing.providers[name]
     connector = pipe.providers[name]
     parts = names.dispatch_partitions(spec.concurrency_limit)
-    lane = Lane(spec, parts)
+    lane = Lane(app, spec, parts)
+    slots = lane.slots
     orders = emit.topic(names.dispatch(name), partitions=parts)
     releases = emit.topic(names.release(name), partitions=parts)
-    inflight = JsonTable(app, f"inflight-{name}", partitions=parts)
     webhook_url = f"{(settings.webhook_base_url or '').rstrip('/')}/webhooks/{name}" if settings.webhook_base_url else None
 
     def count_slots() -> None:
-        pipe.metrics.inflight.labels(name).set(len(inflight.table))
-
-    def held(partition: int) -> int:
-        return sum(1 for v in inflight.values() if v["p"] == partition)
-
-    async def wait_for_slot(partition: int) -> None:
-        while held(partition) >= lane.capacity(partition):
-            await lane.changed_or_timeout(1.0)
+        pipe.metrics.inflight.labels(name).set(len(slots.table))
 
     async def event(job_id: str, kind: str, attempt: int, **fields: Any) -> None:
         suffix = fields.pop("suffix", "")
@@ -88,11 +61,10 @@ def register_provider(pipe: Pipeline, name: str, policy: SubmitPolicy = SubmitPo
             "event_id": f"{job_id}:{kind}:{name}:{attempt}{suffix}", "job_id": job_id, "kind": kind,
             "at": pipe.now_ms(), "provider": name, "attempt": attempt, **fields})
 
-    async def move_on(order: dict[str, Any], key: bytes, reason: str, *, reroute: bool) -> None:
-        if key in inflight:
-            del inflight[key]
-            lane.notify()
-            count_slots()
+    async def move_on(order: dict[str, Any], key: bytes, partition: int, reason: str, *, reroute: bool) -> None:
+        slots.remove_in(partition, key)
+        lane.freed()
+        count_slots()
         job_id, attempt = order["job_id"], order["attempt"]
         tried = [*order["tried"], name]
         nxt = next_target(pipe.routing, order["model"], tried, datetime.now(UTC)) if reroute else None
@@ -105,7 +77,7 @@ def register_provider(pipe: Pipeline, name: str, policy: SubmitPolicy = SubmitPo
             **order, "provider": nxt.provider, "provider_model": nxt.provider_model,
             "attempt": attempt + 1, "tried": tried})
 
-    async def submit(order: dict[str, Any], key: bytes) -> None:
+    async def submit(order: dict[str, Any], key: bytes, partition: int) -> None:
         job_id, attempt = order["job_id"], order["attempt"]
         request = SubmitOrder(
             job_id=job_id, model=order["provider_model"], prompt=order["prompt"], image_url=order["image_url"],
@@ -115,7 +87,7 @@ def register_provider(pipe: Pipeline, name: str, policy: SubmitPolicy = SubmitPo
         while True:
             now = time.monotonic()
             if not lane.breaker.allow(now) and has_fallback:
-                await move_on(order, key, f"{name} is failing (circuit open)", reroute=True)
+                await move_on(order, key, partition, f"{name} is failing (circuit open)", reroute=True)
                 return
             if lane.bucket is not None:
                 wait = lane.bucket.take(now)
@@ -136,13 +108,13 @@ def register_provider(pipe: Pipeline, name: str, policy: SubmitPolicy = SubmitPo
                     pipe.metrics.retries.labels(name).inc()
                     await asyncio.sleep(decision.delay)
                     continue
-                await move_on(order, key, decision.reason, reroute=decision.action == "reroute")
+                await move_on(order, key, partition, decision.reason, reroute=decision.action == "reroute")
                 return
             lane.breaker.record_success()
             break
-        entry = inflight.get(key)
-        if entry is not None:
-            inflight[key] = {**entry, "pj": result.provider_job_id}
+        entry = slots.get(key)
+        if entry is not None:  # not released meanwhile (a very fast job)
+            slots.put_in(partition, key, {**entry, "pj": result.provider_job_id})
         pipe.metrics.submissions.labels(name).inc()
         await event(job_id, "submitted", attempt, provider_job_id=result.provider_job_id)
 
@@ -161,21 +133,23 @@ def register_provider(pipe: Pipeline, name: str, policy: SubmitPolicy = SubmitPo
                                 stage=f"submit-{name}", on_dead_letter=pipe.metrics.dead_letters.labels("submitter").inc)
 
     async def handle_order(order: dict[str, Any], partition: int) -> None:
-        key = order["job_id"].encode()
-        entry = inflight.get(key)
+        key = slot_key(partition, order["job_id"])
+        entry = slots.get(key)
         if entry is not None and entry["a"] > order["attempt"]:
             return  # an order for an attempt that has been superseded
         if entry is not None and entry.get("pj"):
             # Already submitted (a redelivered or re-dispatched order): say so again, idempotently.
             await event(order["job_id"], "submitted", entry["a"], provider_job_id=entry["pj"])
             return
+        if key in lane.submitting:
+            return  # its submission is still running here (e.g. waiting out 429s)
         if entry is None:
-            await wait_for_slot(partition)
+            await lane.wait_for_slot(partition)
             # The slot must be on Kafka before the provider hears of the job: a crash after
             # the call but before the changelog write would otherwise forget the slot.
-            await inflight.set_durably(key, {"p": partition, "a": order["attempt"], "t": time.time(), "o": order})
+            await slots.set_durably(key, {"a": order["attempt"], "t": time.time(), "o": order})
             count_slots()
-        await submit(order, key)
+        lane.run_in_background(key, submit(order, key, partition))
 
     @app.agent(releases, name=f"release-{name}")
     async def releaser(stream: faust.StreamT) -> None:
@@ -188,44 +162,54 @@ def register_provider(pipe: Pipeline, name: str, policy: SubmitPolicy = SubmitPo
                 pipe.metrics.dead_letters.labels("release").inc()
                 await emit.dead_letter(names.dlq, msg, f"invalid slot release: {exc}", exc)
                 continue
-            key = rel["job_id"].encode()
-            entry = inflight.get(key)
+            key = slot_key(msg.partition, rel["job_id"])
+            entry = slots.get(key)
             if entry is not None and entry["a"] <= rel["attempt"]:
-                del inflight[key]
-                lane.notify()
+                del slots[key]
+                lane.freed()
                 count_slots()
 
     @app.timer(interval=max(1.0, min(10.0, settings.poll_after / 3)), name=f"poll-{name}")
     async def poll() -> None:
         now = time.time()
         count_slots()  # also after a rebalance
-        for key, entry in list(inflight.items()):
-            age = now - entry["t"]
-            job_id, attempt = key.decode(), entry["a"]
-            if age > settings.job_timeout:
-                pipe.metrics.timeouts.labels(name).inc()
-                await event(job_id, "failed", attempt, error=f"no result from {name} after {settings.job_timeout:.0f}s")
-                if entry.get("pj"):
-                    try:
-                        await connector.cancel(pipe.session(), entry["pj"])
-                    except FloodgateError:
-                        log.warning("cancel of %s at %s failed", entry["pj"], name)
+        for key, entry in list(slots.items()):
+            if key in lane.submitting:
                 continue
-            if age < settings.poll_after:
-                continue
-            if not entry.get("pj"):
-                # The submission never finished (the worker died mid-call): dispatch it again; the
-                # provider's idempotency key makes the second call return the first job.
-                await emit.send(names.dispatch(name), "DispatchOrder", job_id, entry["o"])
-                continue
-            try:
-                status = await connector.status(pipe.session(), entry["pj"])
-            except FloodgateError as exc:
-                log.info("status poll of %s at %s failed: %s", job_id, name, exc)
-                continue
-            pipe.metrics.polls.labels(name).inc()
-            kind = {"running": "progress" if status.progress else "running", "completed": "completed",
-                    "failed": "failed", "cancelled": "cancelled"}.get(status.state)
-            if kind:
-                await event(job_id, kind, attempt, provider_job_id=entry["pj"], progress=status.progress,
-                            video_url=status.video_url, error=status.error, suffix=f":poll:{int(now)}")
+            await check_slot(key, entry, now)
+
+    async def check_slot(key: bytes, entry: dict[str, Any], now: float) -> None:
+        age = now - entry["t"]
+        _, job_id = parse_slot_key(key)
+        attempt = entry["a"]
+        if age > settings.job_timeout:
+            pipe.metrics.timeouts.labels(name).inc()
+            await event(job_id, "failed", attempt, error=f"no result from {name} after {settings.job_timeout:.0f}s")
+            if entry.get("pj"):
+                try:
+                    await connector.cancel(pipe.session(), entry["pj"])
+                except FloodgateError:
+                    log.warning("cancel of %s at %s failed", entry["pj"], name)
+            return
+        if age < settings.poll_after:
+            return
+        if not entry.get("pj"):
+            # The submission never finished (the worker died mid-call): dispatch it again; the
+            # provider's idempotency key makes the second call return the first job.
+            await emit.send(names.dispatch(name), "DispatchOrder", job_id, entry["o"])
+            return
+        try:
+            status = await connector.status(pipe.session(), entry["pj"])
+        except FloodgateError as exc:
+            log.info("status poll of %s at %s failed: %s", job_id, name, exc)
+            return
+        pipe.metrics.polls.labels(name).inc()
+        kind = {"running": "progress" if status.progress else "running", "completed": "completed",
+                "failed": "failed", "cancelled": "cancelled"}.get(status.state)
+        if kind:
+            await event(job_id, kind, attempt, provider_job_id=entry["pj"], progress=status.progress,
+                        video_url=status.video_url, error=status.error, suffix=f":poll:{int(now)}")
+
+    @app.on_before_shutdown.connect
+    async def _stop_submissions(app: faust.App, **kwargs: object) -> None:
+        await lane.stop()

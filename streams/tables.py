@@ -45,6 +45,19 @@ class JsonTable:
         if sent is not None:
             await sent
 
+    def put_in(self, partition: int, key: bytes, value: dict[str, Any]) -> None:
+        """Set ``key`` from outside an agent's event (a background task), naming the changelog
+        partition that Faust would otherwise take from the event being processed."""
+        raw = orjson.dumps(value)
+        self.table.data[key] = raw
+        self.table.send_changelog(partition, key, raw)
+
+    def remove_in(self, partition: int, key: bytes) -> None:
+        """Delete ``key`` from outside an agent's event (see ``put_in``)."""
+        if key in self.table.data:
+            del self.table.data[key]
+            self.table.send_changelog(partition, key, None, value_serializer="raw")
+
     def __delitem__(self, key: bytes) -> None:
         del self.table[key]
 
