@@ -15,7 +15,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from floodgate.broker.local import LocalBroker, _die_with_parent, free_port
+from floodgate.broker.local import LocalBroker, _die_with_parent
 from floodgate.errors import FloodgateError
 from floodgate.settings import Settings
 
@@ -59,9 +59,9 @@ class Stack:
                 "simulator", [sys.executable, "-m", "connectors.simulator", "--host", "127.0.0.1",
                               "--port", str(self.simulator_port), *self.simulator_args], "simulator=", timeout)
             self.metrics_urls["simulator"] = f"{self.simulator_url}/metrics"
-            api_port = self.api_port or free_port()
+            # Port 0: the API binds a free port itself and reports it (no pick-then-bind race).
             self.api_url = self._spawn_with_url(
-                "api", [sys.executable, "-m", "floodgate.cli", "api", "--host", "127.0.0.1", "--port", str(api_port)],
+                "api", [sys.executable, "-m", "floodgate.cli", "api", "--host", "127.0.0.1", "--port", str(self.api_port)],
                 "api=", timeout)
             self.metrics_urls["api"] = f"{self.api_url}/metrics"
             for i in range(self.workers):

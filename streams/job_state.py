@@ -13,7 +13,6 @@ from typing import Any
 import faust
 
 from floodgate import codec
-from floodgate.errors import SchemaError, ValidationError
 from floodgate.jobs.state import JobEvent, JobState, apply
 from streams import guard
 from streams.context import Pipeline
@@ -67,14 +66,8 @@ def register(pipe: Pipeline) -> None:
         async for ev in stream.events():
             msg = ev.message
             pipe.metrics.events_processed.labels("job-state").inc()
-            try:
-                rec = codec.decode("JobEvent", msg.value, msg.headers)
-                event = event_from_record(rec)
-            except (SchemaError, ValidationError, KeyError) as exc:
-                pipe.metrics.dead_letters.labels("job-state").inc()
-                await emit.dead_letter(names.dlq, msg, f"invalid job event: {exc}", exc)
-                continue
-            await guard.process(lambda: handle(event), emit=emit, dlq=names.dlq, message=msg, stage="job-state",
+            await guard.process(lambda: handle(event_from_record(codec.decode("JobEvent", msg.value, msg.headers))),
+                                emit=emit, dlq=names.dlq, message=msg, stage="job-state",
                                 on_dead_letter=pipe.metrics.dead_letters.labels("job-state").inc)
 
     async def handle(event: JobEvent) -> None:

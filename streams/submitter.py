@@ -123,14 +123,9 @@ def register_provider(pipe: Pipeline, name: str, policy: SubmitPolicy = SubmitPo
         async for ev in stream.events():
             msg = ev.message
             pipe.metrics.events_processed.labels(f"submit-{name}").inc()
-            try:
-                order = codec.decode("DispatchOrder", msg.value, msg.headers)
-            except FloodgateError as exc:
-                pipe.metrics.dead_letters.labels("submitter").inc()
-                await emit.dead_letter(names.dlq, msg, f"invalid dispatch order: {exc}", exc)
-                continue
-            await guard.process(lambda: handle_order(order, msg.partition), emit=emit, dlq=names.dlq, message=msg,
-                                stage=f"submit-{name}", on_dead_letter=pipe.metrics.dead_letters.labels("submitter").inc)
+            await guard.process(lambda: handle_order(codec.decode("DispatchOrder", msg.value, msg.headers), msg.partition),
+                                emit=emit, dlq=names.dlq, message=msg, stage=f"submit-{name}",
+                                on_dead_letter=pipe.metrics.dead_letters.labels("submitter").inc)
 
     async def handle_order(order: dict[str, Any], partition: int) -> None:
         key = slot_key(partition, order["job_id"])
@@ -156,18 +151,17 @@ def register_provider(pipe: Pipeline, name: str, policy: SubmitPolicy = SubmitPo
         async for ev in stream.events():
             msg = ev.message
             pipe.metrics.events_processed.labels(f"release-{name}").inc()
-            try:
-                rel = codec.decode("SlotRelease", msg.value, msg.headers)
-            except FloodgateError as exc:
-                pipe.metrics.dead_letters.labels("release").inc()
-                await emit.dead_letter(names.dlq, msg, f"invalid slot release: {exc}", exc)
-                continue
-            key = slot_key(msg.partition, rel["job_id"])
-            entry = slots.get(key)
-            if entry is not None and entry["a"] <= rel["attempt"]:
-                del slots[key]
-                lane.freed()
-                count_slots()
+            await guard.process(lambda: release(codec.decode("SlotRelease", msg.value, msg.headers), msg.partition),
+                                emit=emit, dlq=names.dlq, message=msg, stage=f"release-{name}",
+                                on_dead_letter=pipe.metrics.dead_letters.labels("release").inc)
+
+    async def release(rel: dict[str, Any], partition: int) -> None:
+        key = slot_key(partition, rel["job_id"])
+        entry = slots.get(key)
+        if entry is not None and entry["a"] <= rel["attempt"]:
+            del slots[key]
+            lane.freed()
+            count_slots()
 
     @app.timer(interval=max(1.0, min(10.0, settings.poll_after / 3)), name=f"poll-{name}")
     async def poll() -> None:

@@ -134,6 +134,17 @@ class LocalBroker:
                 raise BrokerError(f"a broker is already running at {running.bootstrap} (pid {running.pid}); stop it first")
             wait_ready(running.bootstrap, timeout=timeout, proc=None, log_file=self.log_file)
             return running
+        for attempt in range(3):
+            try:
+                return self._start(port=port, detach=detach, timeout=timeout)
+            except BrokerError as exc:
+                # A free port we picked can be taken by someone else before the JVM binds it;
+                # with ports of our own choosing, pick again. A port the user chose is final.
+                if port or attempt == 2 or "Address already in use" not in str(exc):
+                    raise
+        raise AssertionError("unreachable")
+
+    def _start(self, *, port: int, detach: bool, timeout: float) -> BrokerInfo:
         java = java_binary()
         jars = ensure_jars(self.version, self.cache_dir)
         if port and port_in_use(port):
@@ -257,7 +268,7 @@ def wait_ready(bootstrap: str, *, timeout: float, proc: subprocess.Popen[bytes] 
         time.sleep(0.2)
 
 
-def _tail(path: Path | None, lines: int = 20) -> str:
+def _tail(path: Path | None, lines: int = 40) -> str:
     if path is None or not path.exists():
         return "(no log)"
     return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])

@@ -161,3 +161,23 @@ async def test_final_result_is_posted_to_the_jobs_webhook_signed(stack) -> None:
     assert body["data"]["job_id"] == accepted["job_id"]
     assert body["data"]["result"]["video_url"].endswith(".mp4")
     assert deliveries[0].headers["webhook-id"].startswith(accepted["job_id"])
+
+
+async def test_poison_on_every_internal_topic_is_parked_and_the_pipeline_goes_on(stack) -> None:
+    s = stack.settings
+    topics = [s.topic("events"), s.topic("dispatch.wan"), s.topic("release.wan"), s.topic("webhooks")]
+    for i, topic in enumerate(topics):
+        produce(stack.bootstrap, topic, [(f"poison-{i}".encode(), b"\x00\xffnot avro " + topic.encode())])
+    dead = consume_until(stack.bootstrap, s.topic("dlq"),
+                         lambda ms: {codec.decode("DeadLetter", m.value(), m.headers())["source_topic"] for m in ms}
+                         >= set(topics), timeout=60)
+    letters = [codec.decode("DeadLetter", m.value(), m.headers()) for m in dead]
+    for topic in topics:
+        letter = next(x for x in letters if x["source_topic"] == topic)
+        assert letter["original"] == b"\x00\xffnot avro " + topic.encode()
+        assert letter["reason"]
+    async with aiohttp.ClientSession() as session:
+        accepted = await submit(session, stack.api_url, {
+            "model": "wan-2.6", "user_id": "gus", "input": {"prompt": "after the poison"}})
+        final = await _completed(session, stack.api_url, accepted["job_id"], accepted["token"])
+    assert final["status"] == "completed"
