@@ -13,8 +13,9 @@ test: bootstrap
 test-all: bootstrap
 	.venv/bin/python -m pytest -q
 
+bench: export FLOODGATE_NEED_NGINX = 1
 bench: bootstrap
-	.venv/bin/floodgate bench
+	.venv/bin/floodgate bench $(BENCH_ARGS)
 
 broker-start: bootstrap
 	.venv/bin/floodgate broker start

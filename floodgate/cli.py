@@ -146,8 +146,54 @@ def _add_dev(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     p.set_defaults(func=_dev)
 
 
+def _bench(args: argparse.Namespace) -> int:
+    import dataclasses
+    from pathlib import Path
+
+    from floodgate.bench import runner
+    from floodgate.settings import Settings
+
+    settings = Settings.from_env()
+    if args.bootstrap:
+        settings = settings.with_overrides(kafka_bootstrap=args.bootstrap)
+    scenarios = tuple(args.only.split(",")) if args.only else runner.SCENARIOS
+    unknown = set(scenarios) - set(runner.SCENARIOS)
+    if unknown:
+        print(f"floodgate bench: unknown scenario(s) {', '.join(sorted(unknown))}; "
+              f"choose from {', '.join(runner.SCENARIOS)}", file=sys.stderr)
+        return 2
+    if args.smoke:
+        cfg = runner.smoke()
+    else:
+        cfg = runner.full(time_factor=args.time_factor, spike_seconds=args.spike_seconds, memory_jobs=args.memory_jobs,
+                          pipeline_jobs=args.pipeline_jobs, workers=args.workers, profile=not args.no_profile)
+    cfg = dataclasses.replace(cfg, scenarios=scenarios, profile=not args.no_profile)
+    out_dir = Path(args.out) if args.out else runner.default_out_dir()
+    report = runner.run(cfg, out_dir, settings, keep_work=args.keep_work)
+    return 1 if any(isinstance(v, dict) and v.get("error") for v in report["results"].values()) else 0
+
+
+def _add_bench(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    p = sub.add_parser("bench", help="benchmarks on the full stack: report.json, report.md and plots in bench/results/")
+    p.add_argument("--smoke", action="store_true", help="a tiny run (seconds per scenario), as the test suite runs it")
+    p.add_argument("--out", default="", help="output directory (default: bench/results/<timestamp>)")
+    p.add_argument("--only", default="", help="comma-separated scenarios (rawkafka,accept,pipeline,notify,memory,spike,baseline)")
+    p.add_argument("--time-factor", type=float, default=0.02,
+                   help="wall seconds per simulated second for the spike, its renders and nginx's timeout (0.02 = 50x)")
+    p.add_argument("--spike-seconds", type=float, default=15.0, help="simulated seconds of the 5,000/minute spike")
+    p.add_argument("--memory-jobs", type=int, default=100_000,
+                   help="the large backlog of the memory scenario (the issue's figure, 1000000, adds about an hour)")
+    p.add_argument("--pipeline-jobs", type=int, default=10_000, help="jobs through the instant-provider pipeline")
+    p.add_argument("--workers", type=int, default=1, help="pipeline workers")
+    p.add_argument("--no-profile", action="store_true", help="skip the py-spy profiles")
+    p.add_argument("--keep-work", action="store_true", help="keep the stacks' logs and configs even on success")
+    p.add_argument("--bootstrap", default="", help="use this Kafka cluster instead of starting the local broker")
+    p.set_defaults(func=_bench)
+
+
 COMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [
-    _add_broker, _add_worker, _add_api, _add_simulator, _add_dev, _add_demo]  # type: ignore[type-arg]
+    _add_broker, _add_worker, _add_api, _add_simulator, _add_dev, _add_demo,
+    _add_bench]  # type: ignore[type-arg]
 
 
 def build_parser() -> argparse.ArgumentParser:

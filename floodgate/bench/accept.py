@@ -1,0 +1,168 @@
+"""Accept path: how fast and how steadily Floodgate says 202 (the record is in Kafka).
+
+* HTTP 202 latency p50/p99/p99.9 at a fixed offered rate, open loop, full stack running;
+  the same again with the worker stopped, to show what the worker's share of 2 cores costs;
+* the max sustainable rate: offered rate stepped up; the highest step with p99 within the
+  target, no failed request and at least 95% of the offered rate answered — and, with p99 within
+  1 s instead, the highest rate the API still keeps up with (beyond it requests pile up);
+* SDK producer requests/s (``FloodgateClient.submit_many``);
+* a burst of N HTTP requests (closed loop, ``burst_concurrency`` outstanding) with every 202'd
+  job id looked up on the ``requests`` topic afterwards: zero errors, zero loss.
+"""
+from __future__ import annotations
+
+import asyncio
+import time
+from dataclasses import asdict, dataclass
+from typing import Any
+
+from floodgate.bench import load, profiling, stats
+from floodgate.bench.arrivals import constant
+from floodgate.bench.context import Context, CpuMeter
+from floodgate.bench.probes import topic_keys
+from floodgate.bench.stacks import bench_stack, providers, running
+from floodgate.demo import MODELS
+from floodgate.devstack import Stack
+from floodgate.sdk import BatchDeliveryError, FloodgateClient, JobSpec
+
+
+@dataclass(frozen=True)
+class AcceptConfig:
+    rate: float = 1000.0
+    seconds: float = 20.0
+    steps: tuple[float, ...] = (250.0, 500.0, 750.0, 1000.0, 1500.0, 2000.0, 3000.0)
+    step_seconds: float = 8.0
+    slo_p99_ms: float = 25.0
+    keep_up_p99_ms: float = 1000.0  # beyond this, requests are queueing rather than being served
+    sdk_records: int = 100_000
+    sdk_batch: int = 10_000
+    burst: int = 100_000
+    burst_concurrency: int = 256
+    no_worker_seconds: float = 10.0
+    warmup_seconds: float = 2.0
+    profile_seconds: float = 10.0
+
+
+def latency_block(run: load.Run, offered_rate: float | None = None) -> dict[str, Any]:
+    """Latency of the 202s (from the scheduled send), errors by kind, achieved rate."""
+    ok = run.ok(202)
+    errors: dict[str, int] = {}
+    for s in run.samples:
+        if s.status != 202:
+            kind = s.error or str(s.status)
+            errors[kind] = errors.get(kind, 0) + 1
+    lat = stats.summary([s.latency_ms for s in ok])
+    service = stats.summary([s.service_ms for s in ok])
+    lag = stats.summary([(s.sent - s.due) * 1000 for s in run.samples])
+    span = max((s.done for s in run.samples), default=0.0) - min((s.due for s in run.samples), default=0.0)
+    return {
+        "offered": len(run.samples), "offered_rate": offered_rate, "accepted": len(ok), "errors": errors,
+        "achieved_rate": len(ok) / span if span > 0 else 0.0,
+        "latency_ms": lat, "service_ms": service, "generator_lag_ms": {"p50": lag["p50"], "p99": lag["p99"]},
+    }
+
+
+def sustainable(block: dict[str, Any], p99_ms: float) -> bool:
+    """No errors, at least 95% of the offered rate answered, and p99 within ``p99_ms``."""
+    rate = block["offered_rate"] or 0.0
+    return (not block["errors"] and block["latency_ms"]["p99"] <= p99_ms
+            and block["achieved_rate"] >= 0.95 * rate)
+
+
+async def fixed_rate(ctx: Context, api: str, rate: float, seconds: float, what: str) -> dict[str, Any]:
+    prog = load.Progress()
+    async with ctx.progress.watching(lambda: f"{what}: {rate:.0f} req/s, sent {prog.sent}, errors {prog.errors}"):
+        run = await load.open_loop(api, constant(rate, seconds), load.post_jobs(api), progress=prog)
+    return latency_block(run, rate)
+
+
+def sdk_submit(bootstrap: str, prefix: str, n: int, batch: int, *, warm: int = 0) -> tuple[dict[str, Any], list[str]]:
+    """``n`` job requests through ``FloodgateClient.submit_many`` in batches of ``batch``, timed
+    (after ``warm`` untimed ones that connect and learn the partitions); returns the numbers and
+    the acknowledged job ids."""
+    specs = [JobSpec(model=MODELS[i % len(MODELS)], prompt=f"a lighthouse in a storm, take {i}",
+                     user_id=f"user-{i % 97}") for i in range(warm + n)]
+    failures = 0
+    ids: list[str] = []
+    with FloodgateClient(bootstrap, topic_prefix=prefix) as client:
+        if warm:
+            ids += client.submit_many(specs[:warm])
+        t0 = time.perf_counter()
+        for start in range(warm, warm + n, batch):
+            try:
+                ids += client.submit_many(specs[start:start + batch])
+            except BatchDeliveryError as exc:
+                failures += len(exc.failures)
+                ids += [job_id for i, job_id in enumerate(exc.job_ids) if i not in exc.failures]
+        elapsed = time.perf_counter() - t0
+    summary = {"records": n, "batch": batch, "seconds": elapsed, "per_s": n / elapsed if elapsed else 0.0,
+               "failures": failures}
+    return summary, ids
+
+
+async def burst(ctx: Context, stack: Stack, n: int, concurrency: int, sdk_ids: list[str]) -> dict[str, Any]:
+    prog = load.Progress()
+    async with ctx.progress.watching(lambda: f"burst: {prog.answered}/{n} answered, errors {prog.errors}"):
+        run = await load.closed_loop(stack.api_url, n, load.post_jobs(stack.api_url), concurrency=concurrency,
+                                     progress=prog)
+    block = latency_block(run)
+    block["seconds"] = run.elapsed
+    block["accepted_per_s"] = block["accepted"] / run.elapsed if run.elapsed else 0.0
+    ctx.progress.status("burst: looking up every accepted job id on the requests topic", force=True)
+    on_topic = await asyncio.to_thread(topic_keys, stack.bootstrap, stack.settings.topic("requests"))
+    accepted = {s.job_id for s in run.ok(202) if s.job_id}
+    block["lost"] = len(accepted - on_topic)
+    block["sdk_lost"] = len(set(sdk_ids) - on_topic)
+    block["concurrency"] = concurrency
+    return block
+
+
+async def run(ctx: Context, cfg: AcceptConfig) -> dict[str, Any]:
+    # The dev preset's providers (limit 10, 0.2-1 s renders): the worker admits and queues what
+    # arrives, as it would in production while the accept path is hammered.
+    stack = bench_stack(ctx.settings, ctx.bootstrap, ctx.work_dir, "accept", providers(10, (0.2, 1.0)))
+    out: dict[str, Any] = {"config": asdict(cfg)}
+    with running(stack):
+        api = stack.api_url
+        await fixed_rate(ctx, api, min(cfg.rate, 200.0), cfg.warmup_seconds, "warm-up")
+        meter = CpuMeter(ctx.pids(stack)).start()
+        out["fixed"] = await fixed_rate(ctx, api, cfg.rate, cfg.seconds, "fixed rate")
+        out["fixed"]["cpu_cores"] = meter.stop()
+        steps = []
+        for rate in cfg.steps:  # up until the API no longer keeps up
+            block = await fixed_rate(ctx, api, rate, cfg.step_seconds, "stepping up")
+            block["sustainable"] = sustainable(block, cfg.slo_p99_ms)
+            block["keeps_up"] = sustainable(block, cfg.keep_up_p99_ms)
+            steps.append(block)
+            if not block["keeps_up"]:
+                break
+        out["steps"] = steps
+        passing = [b["offered_rate"] for b in steps if b["sustainable"]]
+        keeping = [b["offered_rate"] for b in steps if b["keeps_up"]]
+        out["max_sustainable_rate"] = max(passing) if passing else 0.0
+        out["max_keep_up_rate"] = max(keeping) if keeping else 0.0
+        out["max_sustainable_limited_by_steps"] = bool(steps) and steps[-1]["keeps_up"]
+        ctx.progress.status(f"SDK submit_many: {cfg.sdk_records} records", force=True)
+        out["sdk"], sdk_ids = await asyncio.to_thread(sdk_submit, stack.bootstrap, stack.settings.topic_prefix,
+                                                      cfg.sdk_records, cfg.sdk_batch, warm=10)
+        out["burst"] = await burst(ctx, stack, cfg.burst, cfg.burst_concurrency, sdk_ids)
+        if ctx.profile and cfg.profile_seconds > 0:
+            out["profile"] = await profile_api(ctx, stack, cfg)
+        stack.kill("worker-0")  # as if it crashed: the API keeps accepting
+        await asyncio.sleep(1.0)
+        meter = CpuMeter(ctx.pids(stack)).start()
+        out["fixed_no_worker"] = await fixed_rate(ctx, api, cfg.rate, cfg.no_worker_seconds, "worker stopped")
+        out["fixed_no_worker"]["cpu_cores"] = meter.stop()
+    return out
+
+
+async def profile_api(ctx: Context, stack: Stack, cfg: AcceptConfig) -> dict[str, Any]:
+    pid = stack.children["api"].proc.pid
+    target = ctx.work_dir / "profile-api.txt"
+    recording = asyncio.create_task(asyncio.to_thread(profiling.record, pid, cfg.profile_seconds, target))
+    await fixed_rate(ctx, stack.api_url, cfg.rate, cfg.profile_seconds + 1.0, "profiling the API")
+    collapsed, note = await recording
+    result: dict[str, Any] = {"process": "api", "load": f"{cfg.rate:.0f} req/s open loop", "note": note}
+    if collapsed:
+        result.update(profiling.summarize(collapsed))
+    return result

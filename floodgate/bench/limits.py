@@ -1,0 +1,136 @@
+"""What limits each number, in words built from the run's own measurements (CPU per process,
+per-hop timings, profiles); pure."""
+from __future__ import annotations
+
+import math
+from typing import Any
+
+from floodgate.bench.targets import g
+
+
+def pct(x: Any) -> str:
+    return f"{x:.0%}" if isinstance(x, (int, float)) else "?"
+
+
+def num(x: Any, digits: int = 1) -> str:
+    if isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x):
+        return f"{x:,.{digits}f}"
+    return "–"
+
+
+def cores(used: dict[str, float] | None) -> str:
+    return ", ".join(f"{k} {v:.2f}" for k, v in used.items()) if used else "?"
+
+
+def profile_line(profile: dict[str, Any] | None) -> str:
+    if not profile:
+        return "Not profiled."
+    if not profile.get("samples"):
+        return f"Profile unavailable ({profile.get('note')})."
+    layers = ", ".join(f"{x['where']} {pct(x['share'])}" for x in profile["layers"][:5])
+    hot = ", ".join(f"{x['where']} {pct(x['share'])}" for x in profile["self"][:4])
+    own = ", ".join(f"{x['where']} {pct(x['share'])}" for x in profile.get("floodgate_inclusive", [])[:4])
+    line = (f"py-spy, {profile['samples']} samples of {profile['process']} ({profile['load']}): by layer {layers}; "
+            f"hottest leaf functions {hot}")
+    return line + (f"; Floodgate code on the stack: {own}." if own else ".")
+
+
+def _accept(a: dict[str, Any], cpus: int | None) -> list[tuple[str, str]]:
+    idle = g(a, "fixed_no_worker", "cpu_cores", "api")
+    rate = g(a, "fixed_no_worker", "offered_rate")
+    per_request = (f" — {idle / rate * 1000:.2f} ms of API CPU per request, so one API process tops out near "
+                   f"{rate / idle:,.0f} req/s" if idle and rate else "")
+    text = (f"CPU: {cpus} cores shared by every process. Cores used during the fixed-rate run: "
+            f"{cores(a['fixed'].get('cpu_cores'))} (the load generator's own lag p99 "
+            f"{num(g(a, 'fixed', 'generator_lag_ms', 'p99'))} ms shows the contention). With the worker stopped: "
+            f"{cores(g(a, 'fixed_no_worker', 'cpu_cores'))}{per_request}, and p99 "
+            f"{num(g(a, 'fixed_no_worker', 'latency_ms', 'p99'))} ms. The API is one Python process (one event loop, "
+            f"at most one core); each 202 also waits for an acks=all round trip to the broker on the same cores. "
+            f"{profile_line(a.get('profile'))}")
+    sdk = ("Per-record Python work in one thread (validation, request hash, Avro encoding, a delivery callback "
+           "per record) on top of librdkafka's produce; the raw produce loop measures librdkafka and the broker "
+           "alone.")
+    return [("HTTP accept latency / max rate", text), ("SDK requests/s", sdk)]
+
+
+def _pipeline(p: dict[str, Any]) -> tuple[str, str]:
+    per = ", ".join(f"{k} {v:,}" for k, v in (p.get("submitted_per_provider") or {}).items())
+    peak = ", ".join(f"{k} {v:,}" for k, v in (p.get("max_in_flight") or {}).items())
+    worker = max((v for k, v in (p.get("cpu_cores") or {}).items() if k.startswith("worker")), default=0.0)
+    if worker >= 0.85:
+        bound = "CPU: the worker used a whole core (one Python process, one event loop, cannot use more)"
+    elif worker >= 0.6:
+        bound = f"Mostly the worker's CPU: {worker:.2f} of the one core a Python process can use"
+    else:
+        bound = f"Not CPU: the worker used {worker:.2f} cores"
+    stalled = " The run stalled: results stopped coming." if p.get("stalled") else ""
+    lags = p.get("stage_lag") or {}
+    slowest = max(lags, key=lambda k: lags[k]["mean"], default=None)
+    if slowest:
+        by_stage = ", ".join(f"{k} {v['mean']:,.0f}" for k, v in sorted(lags.items(), key=lambda kv: -kv[1]["mean"]))
+        stalled += (f" Mean consumer lag per stage (records waiting): {by_stage} — the {slowest} agent is the "
+                    f"slowest stage.")
+    text = (f"{bound}; cores used {cores(p.get('cpu_cores'))}. Each job is {num(p['records_per_job'])} records "
+            f"written (requests, events, dispatch, webhooks, notifications, results, releases, table changelogs) "
+            f"and a provider call, every record through one Python worker. Jobs per provider: {per or '?'}; most "
+            f"in flight at once: {peak or '?'} (limit {p['config']['limit']:,}).{stalled} "
+            f"{profile_line(p.get('profile'))}")
+    return "Pipeline jobs/s", text
+
+
+def _notify(n: dict[str, Any]) -> tuple[str, str]:
+    hops = "; ".join(f"{hop} p50 {num(g(d, 'p50'))} / p99 {num(g(d, 'p99'))} ms"
+                     for hop, d in (n.get("hops_ms") or {}).items())
+    text = (f"Per hop, from the records' own timestamps: {hops}. A webhook crosses three Kafka hops (webhooks → "
+            f"normaliser → events → job-state → notifications → the API's view); the two through the worker's "
+            f"Faust agents dominate. Each is a consumer fetch plus the agent's turn in a worker that runs every "
+            f"agent on one event loop (cores during the run: {cores(n.get('cpu_cores'))}); aiokafka keeps one "
+            f"fetch in flight per broker connection, so a record that lands just after a fetch was sent waits "
+            f"for that fetch to come back first.")
+    return "Notification latency", text
+
+
+def _memory(m: dict[str, Any]) -> tuple[str, str]:
+    entries = m.get("table_entry_bytes") or {}
+    sizes = " + ".join(f"{k} {num(v, 0)}" for k, v in entries.items())
+    text = (f"{num(m['bytes_per_queued_job'], 0)} bytes of RSS per queued job. The dispatch backlog does stay in "
+            f"Kafka ({m['dispatch_lag_large']:,} records not consumed), but the worker keeps its Faust tables in "
+            f"memory (store=memory://): `admitted` (dedupe) and `jobs` (state) hold an entry for every job it has "
+            f"admitted, queued or not, so RSS grows linearly with the backlog. Serialized, those entries are "
+            f"{sizes or '?'} bytes per job (changelog records); Python objects, the tables' bookkeeping and the "
+            f"allocator multiply that. A disk-backed table store (RocksDB) would keep RSS flat.")
+    return "Worker RSS", text
+
+
+def _spike(s: dict[str, Any]) -> tuple[str, str]:
+    use = "; ".join(f"{p} {v['mean_in_flight']:.1f} of {s['config']['limit']} slots busy on average "
+                    f"({pct(v['share_of_limit'])}) over {num(v['backlogged_s'], 0)} s"
+                    for p, v in (s.get("utilisation") or {}).items())
+    rejected = sum(v["rejected_429"] for v in s["providers"].values())
+    text = (f"The providers, by design: {s['config']['limit']} slots each on kling and wan, renders "
+            f"{s['config']['render'][0]:g}-{s['config']['render'][1]:g} s simulated → about "
+            f"{num(s['capacity_per_s'])} completions per wall second while both have work (kling carries "
+            f"sora-2 as well, so it drains last). While a provider had a backlog: {use or '?'}. A slot stays idle "
+            f"from the provider's completion until the release has crossed the pipeline (webhook → normaliser "
+            f"→ job-state → release → submitter), a fixed wall-clock cost that weighs more the more time is "
+            f"compressed. Limits were never exceeded: {rejected} × 429.")
+    return "Spike drain time", text
+
+
+def limits(r: dict[str, Any], cpus: int | None) -> list[tuple[str, str]]:
+    """(number, what limits it) for every scenario that produced numbers."""
+    out: list[tuple[str, str]] = []
+    if "fixed" in r.get("accept", {}):
+        out += _accept(r["accept"], cpus)
+    if "jobs_per_s" in r.get("pipeline", {}):
+        out.append(_pipeline(r["pipeline"]))
+    if "latency_ms" in r.get("notify", {}):
+        out.append(_notify(r["notify"]))
+    if "rss_large" in r.get("memory", {}):
+        out.append(_memory(r["memory"]))
+    if "capacity_per_s" in r.get("spike", {}):
+        out.append(_spike(r["spike"]))
+    if "produce" in r.get("rawkafka", {}):
+        out.append(("Raw Kafka", ("One broker (a JVM) on the same cores as the Python client that produces or "
+                                  "consumes in a plain loop; acks=all and idempotence as in the SDK.")))
+    return out

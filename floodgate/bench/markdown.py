@@ -1,0 +1,195 @@
+"""``report.md``: one function per section, each skipped when its scenario has no numbers."""
+from __future__ import annotations
+
+from typing import Any
+
+from floodgate.bench.limits import cores, num
+from floodgate.bench.targets import g
+
+
+def table(rows: list[list[str]], head: list[str]) -> str:
+    esc = [[c.replace("|", "\\|") for c in row] for row in rows]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    lines += ["| " + " | ".join(row) + " |" for row in esc]
+    return "\n".join(lines)
+
+
+def targets_table(targets: list[dict[str, Any]]) -> str:
+    rows = [[t["target"], t["status"], t["measured"] + (f" ({t['note']})" if t.get("note") else "")]
+            for t in targets]
+    return table(rows, ["target", "status", "measured"])
+
+
+def lat(d: dict[str, Any] | None, unit: str = "ms") -> str:
+    if not d or not d.get("count"):
+        return "–"
+    return (f"p50 {num(d['p50'])} / p99 {num(d['p99'])} / p99.9 {num(d['p999'])} / max {num(d['max'])} {unit} "
+            f"(n={d['count']:,})")
+
+
+def _share(part: float, whole: float) -> str:
+    return f"{part / whole:.1%}" if whole else "–"
+
+
+def header(meta: dict[str, Any]) -> list[str]:
+    m = meta["machine"]
+    intro = (f"Mode **{meta['mode']}**; machine: {m['cpus']} × {m['cpu_model']}, {m['mem_total_gib']} GiB; "
+             f"Python {m['python']}; commit {m['git_commit']}; the run took {num(meta.get('seconds'), 0)} s. The "
+             f"machine is shared: the load average around each scenario is in `report.json` (`meta.load`), and "
+             f"figures are quoted as ratios of baselines measured in this same run where one exists.")
+    return [f"# Floodgate benchmark — {meta['started']}", "", intro, ""]
+
+
+def spike(s: dict[str, Any]) -> list[str]:
+    plan, cfg = s["config"]["plan"], s["config"]
+    intro = (f"{s['offered']:,} requests: 50/h for {plan['before_s']:g} s, 5,000/min for {plan['spike_s']:g} s, "
+             f"50/h for {plan['after_s']:g} s (simulated), compressed {plan['compression']:g}× (time factor "
+             f"{plan['time_factor']}: the spike arrives at {plan['spike_wall_rate_per_s']:,.0f} requests per wall "
+             f"second). Providers: kling and wan, {cfg['limit']} slots each, renders {cfg['render'][0]:g}-"
+             f"{cfg['render'][1]:g} s simulated (sora retired: sora-2 → kling).")
+    depth = (f"{s['max_waiting']:,} jobs admitted and waiting (events); {s['max_queue_depth']:,} by dispatch lag "
+             f"(Kafka offsets)")
+    providers = "; ".join(f"{p}: {v['max_concurrency']}/{v['concurrency_limit']}, {v['rejected_429']} × 429"
+                          for p, v in s["providers"].items())
+    plateau = (f"{num(s.get('plateau_submissions_per_s'), 2)}/s from the spike's end to the last result; capacity "
+               f"{num(s['capacity_per_s'], 2)}/s while both providers have work")
+    busy = "; ".join(f"{p}: {v['mean_in_flight']:.1f} of {cfg['limit']} ({v['share_of_limit']:.0%})"
+                     for p, v in (s.get("utilisation") or {}).items())
+    rows = [
+        ["accepted (202)", f"{s['accepted']:,} of {s['offered']:,}; errors {s['errors'] or 'none'}"],
+        ["accept latency (wall)", lat(s["accept_ms"])],
+        ["completed / failed / unfinished", f"{s['completed']:,} / {s['failed']:,} / {s['unfinished']:,}"],
+        ["accept → terminal (simulated minutes)", lat(s["e2e_sim_min"], "min")],
+        ["max queue depth", depth],
+        ["drain (spike start → last result)", f"{num(s['drain_wall_s'])} s wall"],
+        ["provider submissions plateau", plateau],
+        ["slots busy while a backlog waited", busy or "–"],
+        ["max concurrency / 429s at the providers", providers],
+    ]
+    return ["## Spike: the peak-shaving picture", "", "![spike](spike.png)", "", intro, "",
+            table(rows, ["", "Floodgate"]), "", "![latency CDF](latency_cdf.png)", ""]
+
+
+def naive(b: dict[str, Any], s: dict[str, Any]) -> list[str]:
+    n, rates, offered = b["offered"], b["rates"], s["offered"]
+    failed_other = rates.get("502", 0) + rates.get("other", 0)
+    timeouts = f"{rates.get('connection_error', 0):.1%} / {rates.get('client_timeout', 0):.1%}"
+    rows = [
+        ["requests", f"{n:,}", f"{offered:,}"],
+        ["answered at once with a job handle (202)", "–", _share(s["accepted"], offered)],
+        ["got the video", f"{rates.get('200', 0):.1%}", f"{_share(s['completed'], offered)} (completed)"],
+        ["429 Too Many Requests", f"{rates.get('429', 0):.1%}", _share(s["errors"].get("429", 0), offered)],
+        ["504 Gateway Timeout (nginx)", f"{rates.get('504', 0):.1%}", "0.0% (nothing waits behind a proxy)"],
+        ["connection closed without an answer / client timeout", timeouts, "0.0% / 0.0%"],
+        ["other (502 failed render, …)", f"{failed_other:.1%}", "–"],
+        ["429s from the providers", str(sum(v["rejected_429"] for v in b["providers"].values())),
+         str(sum(v["rejected_429"] for v in s["providers"].values()))],
+        ["videos rendered", str(sum(v["jobs_created"] for v in b["providers"].values())),
+         str(sum(v["jobs_created"] for v in s["providers"].values()))],
+    ]
+    closed = ("Connections closed without an answer: with Debian's default `worker_connections 768`, nginx "
+              "runs out of connections when about a thousand clients arrive within a second (each proxied "
+              "request holds two) and resets the newest; with 4096 it does not (checked while building this "
+              "benchmark). Floodgate's API answers in milliseconds, so its connections are free again at once.")
+    return ["## Naive baseline vs Floodgate, same spike", "", b["proxy"] + ".", "",
+            table(rows, ["", "naive + nginx", "Floodgate"]), "", closed, ""]
+
+
+def accept(a: dict[str, Any]) -> list[str]:
+    fixed, burst, sdk = a["fixed"], a["burst"], a["sdk"]
+    steps = "; ".join(f"{num(b['offered_rate'], 0)}/s → p99 {num(b['latency_ms']['p99'])} ms, "
+                      f"{num(b['achieved_rate'], 0)}/s answered, errors {sum(b['errors'].values())}"
+                      for b in a["steps"])
+    top = " (the highest step tried)" if a.get("max_sustainable_limited_by_steps") else ""
+    first = a["steps"][0] if a["steps"] else None
+    sustainable = (f"{num(a['max_sustainable_rate'], 0)} req/s" if a["max_sustainable_rate"] or first is None else
+                   f"below {num(first['offered_rate'], 0)} req/s, the lowest step (p99 {num(first['latency_ms']['p99'])} ms)")
+    keep = f"{num(a.get('max_keep_up_rate'), 0)} req/s{top}"
+    burst_line = (f"{burst['accepted']:,}/{burst['offered']:,} in {num(burst['seconds'])} s "
+                  f"({num(burst['accepted_per_s'], 0)}/s), lost {burst['lost']}; {lat(burst['latency_ms'])}")
+    rows = [
+        [f"HTTP 202 at {num(fixed['offered_rate'], 0)} req/s (open loop)", lat(fixed["latency_ms"])],
+        ["… service time (from the actual send)", lat(fixed["service_ms"])],
+        ["… load generator lag p99", f"{num(fixed['generator_lag_ms']['p99'])} ms"],
+        ["… same rate, worker stopped", lat(g(a, "fixed_no_worker", "latency_ms"))],
+        ["max sustainable rate (p99 ≤ target, no errors, ≥ 95% answered)", sustainable],
+        ["max rate it keeps up with (p99 ≤ 1 s, no errors, ≥ 95% answered)", keep],
+        ["steps", steps],
+        ["SDK submit_many", f"{num(sdk['per_s'], 0)} requests/s ({sdk['records']:,} in batches of {sdk['batch']:,})"],
+        ["HTTP burst", burst_line],
+    ]
+    return ["## Accept path", "", "![accept](accept.png)", "", table(rows, ["", ""]), ""]
+
+
+def pipeline(p: dict[str, Any], raw: dict[str, Any]) -> list[str]:
+    jobs = (f"{p['jobs']:,} in {num(p['seconds'])} s = {num(p['jobs_per_s'], 0)} jobs/s (steady "
+            f"{num(p['steady_jobs_per_s'], 0)}/s); missing results {p['results_missing']}")
+    raw_line = (f"produce {num(g(raw, 'produce', 'per_s'), 0)}/s, consume {num(g(raw, 'consume', 'per_s'), 0)}/s "
+                f"({num(g(raw, 'produce', 'record_bytes'), 0)}-byte records)")
+    rows = [
+        ["jobs end to end", jobs],
+        ["records consumed per worker", f"{num(p['events_per_s_per_worker'], 0)}/s ({p['workers']} worker(s))"],
+        ["records written", f"{num(p['records_written_per_s'], 0)}/s, {num(p['records_per_job'])} per job"],
+        ["raw Kafka, same run", raw_line],
+        ["cores used", cores(p.get("cpu_cores"))],
+    ]
+    return ["## Pipeline (instant provider)", "", table(rows, ["", ""]), ""]
+
+
+def notify(n: dict[str, Any]) -> list[str]:
+    rows = [
+        ["all matched", lat(n["latency_ms"])],
+        ["completed", lat(n["latency_ms_completed"])],
+        ["running", lat(n["latency_ms_running"])],
+        ["jobs", f"{n['accepted']:,} at {n['config']['rate']:g}/s; terminal seen on the socket {n['terminal_seen']:,}"],
+        *[[f"hop: {hop}", lat(d)] for hop, d in (n.get("hops_ms") or {}).items()],
+    ]
+    return ["## Notification latency", "", f"{n['clock']}.", "",
+            table(rows, ["webhook received → WebSocket message", ""]), ""]
+
+
+def memory(m: dict[str, Any]) -> list[str]:
+    cfg = m["config"]
+    within = "yes" if m["within_tolerance"] else "no"
+    def at(size: int, rss: int, fill: dict[str, Any]) -> list[str]:
+        return [f"{size:,} queued", f"{rss / 2**20:,.1f} MiB (admitted at {num(fill['admitted_per_s'], 0)} jobs/s)"]
+
+    growth = (f"{m['growth']:+.1%} ({num(m['bytes_per_queued_job'], 0)} bytes per job); "
+              f"within ±{cfg['tolerance']:.0%}: {within}")
+    rows = [
+        ["idle", f"{m['rss_idle'] / 2**20:,.1f} MiB"],
+        at(cfg["small"], m["rss_small"], m["fill_small"]),
+        at(cfg["large"], m["rss_large"], m["fill_large"]),
+        ["growth", growth],
+        ["backlog in Kafka", f"{m['dispatch_lag_large']:,} dispatch records not yet consumed"],
+    ]
+    minutes = 1_000_000 / max(1e-9, m["fill_large"]["admitted_per_s"]) / 60
+    note = (f"The large backlog here is {cfg['large']:,} jobs (default 100,000; `floodgate bench --memory-jobs "
+            f"1000000` runs the issue's figure): the worker admits about {num(m['fill_large']['admitted_per_s'], 0)} "
+            f"jobs/s on this machine, so 1,000,000 would take about {minutes:,.0f} more minutes.")
+    return ["## Memory", "", table(rows, ["worker RSS", ""]), "", note, ""]
+
+
+def markdown(report: dict[str, Any]) -> str:
+    r = report["results"]
+    parts = header(report["meta"]) + ["## Targets", "", targets_table(report["targets"]), ""]
+    if "series" in r.get("spike", {}):
+        parts += spike(r["spike"])
+    if "outcomes" in r.get("baseline", {}) and "accepted" in r.get("spike", {}):
+        parts += naive(r["baseline"], r["spike"])
+    if "fixed" in r.get("accept", {}):
+        parts += accept(r["accept"])
+    if "jobs_per_s" in r.get("pipeline", {}):
+        parts += pipeline(r["pipeline"], r.get("rawkafka", {}))
+    if "latency_ms" in r.get("notify", {}):
+        parts += notify(r["notify"])
+    if "rss_large" in r.get("memory", {}):
+        parts += memory(r["memory"])
+    parts += ["## What limits each number", ""] + [f"- **{name}**: {text}" for name, text in report["limits"]]
+    for title, key in (("Scenarios that failed", "error"), ("Scenarios skipped", "skipped")):
+        found = {k: v[key] for k, v in r.items() if isinstance(v, dict) and v.get(key)}
+        if found:
+            parts += ["", f"## {title}", ""] + [f"- **{k}**: {v}" for k, v in found.items()]
+    if report.get("notes"):
+        parts += ["", "## Notes", ""] + [f"- {x}" for x in report["notes"]]
+    return "\n".join(parts) + "\n"

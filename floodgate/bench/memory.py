@@ -1,0 +1,101 @@
+"""Memory: the worker's resident set with a small and a large backlog of queued jobs.
+
+The providers here never finish a render (limit 10 each), so after the first few submissions
+every job waits as a record on ``dispatch.<provider>``: the backlog lives in Kafka. The worker
+must still admit every job (requests → events + dispatch) and fold its ``queued`` event into the
+jobs table; its RSS is read from ``/proc/<pid>/status`` once it has caught up with both.
+"""
+from __future__ import annotations
+
+import asyncio
+import statistics
+import time
+from dataclasses import asdict, dataclass
+from typing import Any
+
+from floodgate.bench.accept import sdk_submit
+from floodgate.bench.context import Context
+from floodgate.bench.probes import Offsets, mean_record_bytes, rss_bytes
+from floodgate.bench.stacks import bench_stack, providers, running
+from floodgate.devstack import Stack
+from floodgate.errors import FloodgateError
+
+NEVER = 10_000_000.0  # simulated seconds of render: the job stays in flight for the whole run
+
+
+@dataclass(frozen=True)
+class MemoryConfig:
+    small: int = 10_000
+    large: int = 100_000
+    tolerance: float = 0.10
+    settle_seconds: float = 5.0
+    timeout: float = 3600.0
+    stall_seconds: float = 60.0  # no progress for this long: the worker stopped admitting
+
+
+async def rss_settled(pid: int, seconds: float) -> int:
+    """Median of RSS samples over ``seconds`` (one sample every 0.5 s)."""
+    values = []
+    for _ in range(max(1, int(seconds / 0.5))):
+        values.append(rss_bytes(pid))
+        await asyncio.sleep(0.5)
+    return int(statistics.median(values))
+
+
+async def fill(ctx: Context, stack: Stack, offsets: Offsets, n: int, cfg: MemoryConfig) -> dict[str, Any]:
+    """Queue ``n`` more jobs and wait until the worker has admitted them and recorded them."""
+    s = stack.settings
+    group = s.app_id
+    watched = [s.topic("requests"), s.topic("events")]
+    t0 = time.monotonic()
+    for start in range(0, n, 50_000):
+        ctx.progress.status(f"queueing jobs: {start}/{n} sent", force=True)
+        await asyncio.to_thread(sdk_submit, stack.bootstrap, s.topic_prefix, min(50_000, n - start), 10_000)
+    produced = time.monotonic() - t0
+    best, best_at = None, time.monotonic()
+    stalled = False
+    while True:
+        lag = await asyncio.to_thread(offsets.lag, group, watched)
+        behind = sum(lag.values())
+        ctx.progress.status(f"worker admitting: {behind} records behind")
+        if behind == 0:
+            break
+        if best is None or behind < best:
+            best, best_at = behind, time.monotonic()
+        elif time.monotonic() - best_at > cfg.stall_seconds:
+            stalled = True  # committed offsets stopped moving: report it, do not wait forever
+            break
+        if time.monotonic() - t0 > cfg.timeout:
+            raise FloodgateError(f"the worker did not catch up within {cfg.timeout:.0f}s ({lag})")
+        await asyncio.sleep(1.0)
+    caught_up = time.monotonic() - t0
+    requests_lag = lag.get(s.topic("requests"), 0)
+    return {"jobs": n, "produce_seconds": produced, "admitted_seconds": caught_up,
+            "admitted_per_s": (n - requests_lag) / caught_up if caught_up else 0.0,
+            "stalled": stalled, "lag_at_end": {k.rsplit(".", 1)[-1]: v for k, v in lag.items()}}
+
+
+async def run(ctx: Context, cfg: MemoryConfig) -> dict[str, Any]:
+    stack = bench_stack(ctx.settings, ctx.bootstrap, ctx.work_dir, "memory", providers(10, (NEVER, NEVER)))
+    out: dict[str, Any] = {"config": asdict(cfg)}
+    with running(stack):
+        pid = stack.children["worker-0"].proc.pid
+        offsets = Offsets(stack.bootstrap)
+        dispatch = [stack.settings.topic(f"dispatch.{p}") for p in ("sora", "kling", "wan")]
+        out["rss_idle"] = await rss_settled(pid, cfg.settle_seconds)
+        out["fill_small"] = await fill(ctx, stack, offsets, cfg.small, cfg)
+        out["rss_small"] = await rss_settled(pid, cfg.settle_seconds)
+        out["dispatch_lag_small"] = sum((await asyncio.to_thread(offsets.lag, stack.settings.app_id, dispatch)).values())
+        out["fill_large"] = await fill(ctx, stack, offsets, cfg.large - cfg.small, cfg)
+        out["rss_large"] = await rss_settled(pid, cfg.settle_seconds)
+        out["dispatch_lag_large"] = sum((await asyncio.to_thread(offsets.lag, stack.settings.app_id, dispatch)).values())
+        app = stack.settings.app_id
+        out["table_entry_bytes"] = {name: await asyncio.to_thread(mean_record_bytes, stack.bootstrap,
+                                                                  f"{app}-{name}-changelog")
+                                    for name in ("admitted", "jobs")}
+    growth = out["rss_large"] / out["rss_small"] - 1.0
+    out.update({
+        "growth": growth, "within_tolerance": abs(growth) <= cfg.tolerance,
+        "bytes_per_queued_job": (out["rss_large"] - out["rss_small"]) / max(1, cfg.large - cfg.small),
+    })
+    return out

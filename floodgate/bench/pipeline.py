@@ -1,0 +1,191 @@
+"""Pipeline: jobs/s end to end with an instant provider (renders and queue delay 0, limits far
+above the load), i.e. Floodgate's own overhead per job: admission, dispatch, the provider call,
+two webhooks through the bridge, the job-state machine, notifications and results.
+
+Jobs go in through the SDK, keeping at most ``window`` jobs between submission and result: that
+measures what the pipeline turns over, not how a backlog behaves (the memory scenario does). The
+clock runs from the first record to the last result; every job id is then looked up on
+``results`` (zero loss).
+
+The same stack serves the notification scenario afterwards, through a fourth provider ("paced",
+renders of a fraction of a second) that only the model ``paced-1`` routes to.
+"""
+from __future__ import annotations
+
+import asyncio
+import time
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from floodgate.bench import profiling
+from floodgate.bench.context import Context, CpuMeter
+from floodgate.bench.notify import NotifyConfig
+from floodgate.bench.probes import LagSampler, Offsets, simulator_stats, topic_keys
+from floodgate.bench.stacks import (
+    PACED_MODEL,
+    ROUTES,
+    SimProvider,
+    bench_stack,
+    providers,
+)
+from floodgate.demo import MODELS
+from floodgate.devstack import Stack
+from floodgate.sdk import FloodgateClient, JobSpec
+
+PROVIDERS = ("sora", "kling", "wan", "paced")
+
+
+@dataclass(frozen=True)
+class PipelineConfig:
+    jobs: int = 10_000
+    warmup: int = 200
+    workers: int = 1
+    limit: int = 500  # far above a real account's 5-10, and above what turns over in a round trip
+    window: int = 2_000  # jobs between submission and result, at most
+    batch: int = 250
+    timeout: float = 1200.0
+    stall_seconds: float = 60.0
+    profile_jobs: int = 1_000
+    profile_seconds: float = 10.0
+
+
+def stack_for(ctx: Context, cfg: PipelineConfig, notify: NotifyConfig) -> Stack:
+    """Instant sora/kling/wan (the dev routes) plus the paced provider for notifications."""
+    plan = {**providers(cfg.limit, (0.0, 0.0), 0.0), "paced": SimProvider(notify.limit, notify.render, 0.05)}
+    routes = {**ROUTES, PACED_MODEL: [{"provider": "paced", "provider_model": PACED_MODEL}]}
+    return bench_stack(ctx.settings, ctx.bootstrap, ctx.work_dir, "pipeline", plan, workers=cfg.workers,
+                       routes=routes)
+
+
+def input_topics(stack: Stack) -> list[str]:
+    s = stack.settings
+    names = ["requests", "events", "webhooks"] + [f"{kind}.{p}" for kind in ("dispatch", "release")
+                                                  for p in PROVIDERS]
+    return [s.topic(n) for n in names]
+
+
+def stages(stack: Stack) -> dict[str, list[str]]:
+    """Each agent's input topics: the one with the largest lag is the pipeline's slowest stage."""
+    s = stack.settings
+    return {"admission": [s.topic("requests")], "job-state": [s.topic("events")],
+            "normaliser": [s.topic("webhooks")], "submitters": [s.topic(f"dispatch.{p}") for p in PROVIDERS],
+            "releasers": [s.topic(f"release.{p}") for p in PROVIDERS]}
+
+
+def stage_lag(samples: list[tuple[float, dict[str, int]]]) -> dict[str, dict[str, float]]:
+    """Mean and max lag per stage over the run's samples."""
+    names = samples[0][1].keys() if samples else []
+    return {n: {"mean": sum(v[n] for _, v in samples) / len(samples), "max": max(v[n] for _, v in samples)}
+            for n in names}
+
+
+def all_topics(stack: Stack, offsets: Offsets) -> list[str]:
+    """Every topic of this stack, table changelogs included (they share its prefix)."""
+    prefix = stack.settings.topic_prefix
+    return sorted(t for t in offsets.admin.list_topics(timeout=10).topics if t.startswith(prefix))
+
+
+@dataclass
+class Feed:
+    """Jobs through the SDK, at most ``window`` outstanding; result counts sampled on the way."""
+
+    ctx: Context
+    stack: Stack
+    offsets: Offsets
+    cfg: PipelineConfig
+    ids: list[str] = field(default_factory=list)
+    samples: list[tuple[float, int]] = field(default_factory=list)
+    stalled: bool = False
+
+    async def run(self, n: int, what: str, start: int | None = None) -> float:
+        """Feed ``n`` jobs; returns seconds from the first submission to the ``n``-th result."""
+        results = self.stack.settings.topic("results")
+        base = await asyncio.to_thread(self.offsets.total, [results]) if start is None else start
+        specs = [JobSpec(model=MODELS[i % len(MODELS)], prompt=f"pipeline job {i}", user_id=f"user-{i % 97}")
+                 for i in range(n)]
+        client = FloodgateClient(self.stack.bootstrap, topic_prefix=self.stack.settings.topic_prefix)
+        sent, done, t0 = 0, 0, time.monotonic()
+        best_at = t0
+        try:
+            while done < n:
+                if sent < n and sent - done < self.cfg.window:
+                    k = min(self.cfg.batch, n - sent, self.cfg.window - (sent - done))
+                    self.ids += await asyncio.to_thread(client.submit_many, specs[sent:sent + k])
+                    sent += k
+                else:
+                    await asyncio.sleep(0.1)
+                now_done = await asyncio.to_thread(self.offsets.total, [results]) - base
+                now = time.monotonic()
+                if now_done > done:
+                    best_at = now
+                done = now_done
+                self.samples.append((now - t0, done))
+                self.ctx.progress.status(f"{what}: {done}/{n} results, {sent - done} outstanding")
+                if now - best_at > self.cfg.stall_seconds or now - t0 > self.cfg.timeout:
+                    self.stalled = True
+                    break
+        finally:
+            await asyncio.to_thread(client.close)
+        return time.monotonic() - t0
+
+
+def steady_rate(samples: list[tuple[float, int]], n: int) -> float:
+    """Results per second between 10% and 90% of ``n``: the rate without ramp-up and tail."""
+    low = next((s for s in samples if s[1] >= 0.1 * n), None)
+    high = next((s for s in samples if s[1] >= 0.9 * n), None)
+    if low is None or high is None or high[0] <= low[0]:
+        return 0.0
+    return (high[1] - low[1]) / (high[0] - low[0])
+
+
+async def run(ctx: Context, stack: Stack, cfg: PipelineConfig) -> dict[str, Any]:
+    out: dict[str, Any] = {"config": asdict(cfg)}
+    offsets = Offsets(stack.bootstrap)
+    await Feed(ctx, stack, offsets, cfg).run(cfg.warmup, "warm-up")
+    topics = all_topics(stack, offsets)
+    consumed0 = await asyncio.to_thread(offsets.total, input_topics(stack))
+    written0 = await asyncio.to_thread(offsets.total, topics)
+    created0 = await simulator_stats(stack.simulator_url)
+    meter = CpuMeter(ctx.pids(stack)).start()
+    feed = Feed(ctx, stack, offsets, cfg)
+    with LagSampler(stack.bootstrap, stack.settings.app_id, stages(stack), interval=1.0) as lag:
+        elapsed = await feed.run(cfg.jobs, "pipeline")
+    cores = meter.stop()
+    done = feed.samples[-1][1] if feed.samples else 0
+    consumed = await asyncio.to_thread(offsets.total, input_topics(stack)) - consumed0
+    written = await asyncio.to_thread(offsets.total, topics) - written0
+    created = await simulator_stats(stack.simulator_url)
+    out.update({
+        "jobs": cfg.jobs, "completed": done, "stalled": feed.stalled, "seconds": elapsed,
+        "jobs_per_s": done / elapsed if elapsed else 0.0,
+        "steady_jobs_per_s": steady_rate(feed.samples, cfg.jobs),
+        "records_consumed": consumed, "records_written": written,
+        "events_per_s_per_worker": consumed / elapsed / cfg.workers,
+        "records_written_per_s": written / elapsed,
+        "records_per_job": written / max(1, done), "cpu_cores": cores, "workers": cfg.workers,
+        "submitted_per_provider": {p: created[p]["jobs_created"] - created0[p]["jobs_created"]
+                                   for p in created if created[p]["jobs_created"] > created0[p]["jobs_created"]},
+        "max_in_flight": {p: created[p]["max_concurrency"] for p in created if created[p]["max_concurrency"]},
+        "stage_lag": stage_lag(lag.samples),
+    })
+    ctx.progress.status("checking every job reached results", force=True)
+    on_results = await asyncio.to_thread(topic_keys, stack.bootstrap, stack.settings.topic("results"))
+    out["results_missing"] = len(set(feed.ids) - on_results)
+    if ctx.profile and cfg.profile_seconds > 0 and not feed.stalled:
+        out["profile"] = await profile_worker(ctx, stack, cfg, offsets)
+    return out
+
+
+async def profile_worker(ctx: Context, stack: Stack, cfg: PipelineConfig, offsets: Offsets) -> dict[str, Any]:
+    pid = stack.children["worker-0"].proc.pid
+    feeding = asyncio.create_task(Feed(ctx, stack, offsets, cfg).run(cfg.profile_jobs, "profile pass"))
+    await asyncio.sleep(0.5)
+    collapsed, note = await asyncio.to_thread(profiling.record, pid, cfg.profile_seconds,
+                                              ctx.work_dir / "profile-worker.txt")
+    await feeding
+    result: dict[str, Any] = {"process": "worker-0", "load": "instant-provider pipeline fed by the SDK", "note": note}
+    if collapsed:
+        result.update(profiling.summarize(collapsed))
+    return result
+
+

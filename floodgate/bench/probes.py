@@ -1,0 +1,215 @@
+"""Looking at a running stack from outside: Kafka offsets (queue depth as consumer lag),
+records as they land on topics, a process's resident memory, the simulator's counters."""
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any, Self
+
+import aiohttp
+from confluent_kafka import (
+    OFFSET_BEGINNING,
+    Consumer,
+    ConsumerGroupTopicPartitions,
+    TopicPartition,
+)
+from confluent_kafka.admin import AdminClient, OffsetSpec
+
+from floodgate.errors import FloodgateError
+
+
+def rss_bytes(pid: int) -> int:
+    """Resident set size of ``pid`` from ``/proc/<pid>/status`` (VmRSS)."""
+    with open(f"/proc/{pid}/status") as fh:
+        for line in fh:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) * 1024
+    raise FloodgateError(f"no VmRSS for pid {pid}")
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU seconds ``pid`` has used (``/proc/<pid>/stat``)."""
+    import os
+
+    with open(f"/proc/{pid}/stat") as fh:
+        fields = fh.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+class Offsets:
+    """End offsets of topics and a consumer group's committed offsets, by one admin client."""
+
+    def __init__(self, bootstrap: str) -> None:
+        self.admin = AdminClient({"bootstrap.servers": bootstrap})
+        self._partitions: dict[str, list[int]] = {}
+
+    def partitions(self, topic: str) -> list[int]:
+        if topic not in self._partitions:
+            meta = self.admin.list_topics(topic, timeout=10).topics[topic]
+            if meta.error is not None:
+                raise FloodgateError(f"topic {topic}: {meta.error}")
+            self._partitions[topic] = sorted(meta.partitions)
+        return self._partitions[topic]
+
+    def _tps(self, topics: Iterable[str]) -> list[TopicPartition]:
+        return [TopicPartition(t, p) for t in topics for p in self.partitions(t)]
+
+    def ends(self, topics: Iterable[str]) -> dict[tuple[str, int], int]:
+        tps = self._tps(topics)
+        futures = self.admin.list_offsets({tp: OffsetSpec.latest() for tp in tps}, request_timeout=10)
+        return {(tp.topic, tp.partition): fut.result().offset for tp, fut in futures.items()}
+
+    def committed(self, group: str, topics: Iterable[str]) -> dict[tuple[str, int], int]:
+        request = ConsumerGroupTopicPartitions(group, self._tps(topics))
+        result = self.admin.list_consumer_group_offsets([request], request_timeout=10)[group].result()
+        # No commit yet means nothing consumed: the bench's topics are new, so that is offset 0.
+        return {(tp.topic, tp.partition): max(tp.offset, 0) for tp in result.topic_partitions}
+
+    def lag(self, group: str, topics: Iterable[str]) -> dict[str, int]:
+        """Records not yet processed by ``group``, per topic."""
+        topics = list(topics)
+        ends, done = self.ends(topics), self.committed(group, topics)
+        out = dict.fromkeys(topics, 0)
+        for key, end in ends.items():
+            out[key[0]] += max(0, end - done.get(key, 0))
+        return out
+
+    def total(self, topics: Iterable[str]) -> int:
+        return sum(self.ends(topics).values())
+
+    def wait_caught_up(self, group: str, topics: Iterable[str], *, timeout: float, what: str) -> float:
+        """Wait until ``group`` has committed every record of ``topics``; returns seconds waited."""
+        topics, t0 = list(topics), time.monotonic()
+        while True:
+            lag = self.lag(group, topics)
+            if not any(lag.values()):
+                return time.monotonic() - t0
+            if time.monotonic() - t0 > timeout:
+                raise FloodgateError(f"{what}: still {lag} behind after {timeout:.0f}s")
+            time.sleep(0.5)
+
+
+@dataclass
+class LagSampler:
+    """A thread sampling ``group``'s lag on some topics every ``interval`` seconds."""
+
+    bootstrap: str
+    group: str
+    topics: Mapping[str, list[str]]  # label → topics summed under it
+    interval: float = 0.5
+    samples: list[tuple[float, dict[str, int]]] = field(default_factory=list)
+    errors: int = 0
+
+    def __post_init__(self) -> None:
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="lag-sampler", daemon=True)
+        self._offsets = Offsets(self.bootstrap)
+
+    def _run(self) -> None:
+        every = [t for ts in self.topics.values() for t in ts]
+        while not self._stop.is_set():
+            t = time.time()
+            try:
+                lag = self._offsets.lag(self.group, every)
+                self.samples.append((t, {label: sum(lag[x] for x in ts) for label, ts in self.topics.items()}))
+            except Exception:  # noqa: BLE001 - a missed sample is a gap in a plot, not a failed run
+                self.errors += 1
+            self._stop.wait(self.interval)
+
+    def __enter__(self) -> Self:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join(timeout=15)
+
+
+Handler = Callable[[Any], None]
+
+
+class TopicTap:
+    """A thread reading topics and handing every record to its topic's handler: from the
+    beginning, or (``from_now``) from the end offsets at construction."""
+
+    def __init__(self, bootstrap: str, handlers: Mapping[str, Handler], *, from_now: bool = False) -> None:
+        self.handlers = dict(handlers)
+        self.count = 0
+        self._consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": "floodgate-bench-tap",
+                                   "enable.auto.commit": False, "fetch.wait.max.ms": 50})
+        offsets = Offsets(bootstrap)
+        start = offsets.ends(self.handlers) if from_now else {}
+        self._consumer.assign([TopicPartition(t, p, start.get((t, p), OFFSET_BEGINNING)) for t in self.handlers
+                               for p in offsets.partitions(t)])
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="topic-tap", daemon=True)
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            for msg in self._consumer.consume(500, 0.1):
+                topic = msg.topic()
+                if msg.error() is None and topic is not None:
+                    self.count += 1
+                    self.handlers[topic](msg)
+
+    def __enter__(self) -> Self:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join(timeout=15)
+        self._consumer.close()
+
+
+async def simulator_stats(url: str) -> dict[str, Any]:
+    async with aiohttp.ClientSession() as session, session.get(f"{url}/stats") as resp:
+        return dict((await resp.json())["providers"])
+
+
+def topic_keys(bootstrap: str, topic: str, *, timeout: float = 120.0) -> set[str]:
+    """Every key on ``topic`` up to its current end (how a bench proves nothing accepted was lost)."""
+    offsets = Offsets(bootstrap)
+    ends = {p: end for (_, p), end in offsets.ends([topic]).items() if end > 0}
+    consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": "floodgate-bench-keys",
+                         "enable.auto.commit": False})
+    consumer.assign([TopicPartition(topic, p, OFFSET_BEGINNING) for p in ends])
+    keys: set[str] = set()
+    remaining = dict(ends)
+    deadline = time.monotonic() + timeout
+    try:
+        while remaining:
+            if time.monotonic() > deadline:
+                raise FloodgateError(f"reading {topic}: {remaining} not reached in {timeout:.0f}s")
+            for msg in consumer.consume(10_000, 0.5):
+                if msg.error() is not None:
+                    continue
+                key = msg.key()
+                if key is not None:
+                    keys.add(key.decode())
+                p = msg.partition()
+                if p in remaining and (msg.offset() or 0) + 1 >= remaining[p]:
+                    del remaining[p]
+    finally:
+        consumer.close()
+    return keys
+
+
+def mean_record_bytes(bootstrap: str, topic: str, n: int = 500, timeout: float = 10.0) -> float:
+    """Mean key + value size of the first ``n`` records of ``topic`` (0.0 if it is empty)."""
+    consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": "floodgate-bench-sizes",
+                         "enable.auto.commit": False})
+    offsets = Offsets(bootstrap)
+    consumer.assign([TopicPartition(topic, p, OFFSET_BEGINNING) for p in offsets.partitions(topic)])
+    sizes: list[int] = []
+    deadline = time.monotonic() + timeout
+    try:
+        while len(sizes) < n and time.monotonic() < deadline:
+            for msg in consumer.consume(n, 0.5):
+                if msg.error() is None:
+                    sizes.append(len(msg.key() or b"") + len(msg.value() or b""))
+    finally:
+        consumer.close()
+    return sum(sizes) / len(sizes) if sizes else 0.0

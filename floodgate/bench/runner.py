@@ -1,0 +1,208 @@
+"""``floodgate bench``: run the scenarios in order on one broker, write the report and plots,
+print the summary table. A scenario that fails is reported as failed; the others still run.
+
+Order: raw Kafka first (the physical limit, on a quiet broker), then accept, pipeline,
+notifications, memory, the spike and the naive baseline under the same spike.
+"""
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import os
+import shutil
+import sys
+import tempfile
+import time
+import traceback
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from floodgate.bench import (
+    accept,
+    baseline,
+    memory,
+    notify,
+    pipeline,
+    plots,
+    rawkafka,
+    report,
+    spike,
+    stacks,
+)
+from floodgate.bench.arrivals import SpikePlan
+from floodgate.bench.context import Context
+from floodgate.bench.progress import ProgressLine
+from floodgate.devstack import Stack
+from floodgate.settings import Settings
+
+SCENARIOS = ("rawkafka", "accept", "pipeline", "notify", "memory", "spike", "baseline")
+
+
+@dataclass(frozen=True)
+class BenchConfig:
+    mode: str = "full"
+    spike: spike.SpikeConfig = field(default_factory=spike.SpikeConfig)
+    baseline: baseline.BaselineConfig = field(default_factory=baseline.BaselineConfig)
+    accept: accept.AcceptConfig = field(default_factory=accept.AcceptConfig)
+    pipeline: pipeline.PipelineConfig = field(default_factory=pipeline.PipelineConfig)
+    notify: notify.NotifyConfig = field(default_factory=notify.NotifyConfig)
+    memory: memory.MemoryConfig = field(default_factory=memory.MemoryConfig)
+    raw: rawkafka.RawConfig = field(default_factory=rawkafka.RawConfig)
+    scenarios: tuple[str, ...] = SCENARIOS
+    profile: bool = True
+
+
+def full(*, time_factor: float = 0.02, spike_seconds: float = 15.0, memory_jobs: int = 100_000,
+         pipeline_jobs: int = 10_000, workers: int = 1, profile: bool = True,
+         scenarios: tuple[str, ...] = SCENARIOS) -> BenchConfig:
+    """What ``make bench`` runs (about 15-20 minutes on 2 cores)."""
+    return BenchConfig(
+        spike=spike.SpikeConfig(plan=SpikePlan(time_factor=time_factor, spike_s=spike_seconds)),
+        pipeline=pipeline.PipelineConfig(jobs=pipeline_jobs, workers=workers),
+        memory=memory.MemoryConfig(large=max(memory_jobs, 10_000)),
+        scenarios=scenarios, profile=profile)
+
+
+def smoke() -> BenchConfig:
+    """Seconds per scenario: every section and plot, nothing at target scale."""
+    return BenchConfig(
+        mode="smoke",
+        spike=spike.SpikeConfig(plan=SpikePlan(time_factor=0.005, before_s=200.0, spike_s=1.2, after_s=200.0),
+                                drain_timeout=30.0),
+        accept=accept.AcceptConfig(rate=200.0, seconds=1.0, steps=(200.0, 400.0), step_seconds=1.0,
+                                   sdk_records=2_000, sdk_batch=1_000, burst=300, burst_concurrency=32,
+                                   no_worker_seconds=1.0, profile_seconds=1.0, warmup_seconds=0.5),
+        pipeline=pipeline.PipelineConfig(jobs=150, warmup=20, timeout=60.0, stall_seconds=20.0, profile_jobs=50,
+                                         profile_seconds=1.0),
+        notify=notify.NotifyConfig(jobs=40, rate=40.0, render=(0.05, 0.1), timeout=30.0),
+        memory=memory.MemoryConfig(small=300, large=1_000, settle_seconds=1.0, timeout=60.0, stall_seconds=20.0),
+        raw=rawkafka.RawConfig(records=20_000))
+
+
+def _loadavg() -> list[float]:
+    try:
+        return [round(x, 2) for x in os.getloadavg()]
+    except OSError:
+        return []
+
+
+def _log_error(path: Path, scenario: str, trace: str) -> None:
+    with open(path, "a") as fh:
+        fh.write(f"--- {scenario}\n{trace}\n")
+
+
+class SharedStack:
+    """The pipeline's stack, started on first use and shared with the notification scenario."""
+
+    def __init__(self, ctx: Context, cfg: BenchConfig) -> None:
+        self.ctx, self.cfg = ctx, cfg
+        self._exit = contextlib.ExitStack()
+        self._stack: Stack | None = None
+
+    def get(self) -> Stack:
+        if self._stack is None:
+            self._stack = self._exit.enter_context(stacks.running(
+                pipeline.stack_for(self.ctx, self.cfg.pipeline, self.cfg.notify)))
+        return self._stack
+
+    def close(self) -> None:
+        self._stack = None
+        self._exit.close()
+
+
+async def _scenarios(ctx: Context, cfg: BenchConfig) -> tuple[dict[str, Any], dict[str, Any]]:
+    shared = SharedStack(ctx, cfg)
+    steps: dict[str, Callable[[], Awaitable[dict[str, Any]]]] = {
+        "rawkafka": lambda: asyncio.to_thread(rawkafka.run, ctx, cfg.raw),
+        "accept": lambda: accept.run(ctx, cfg.accept),
+        "pipeline": lambda: pipeline.run(ctx, shared.get(), cfg.pipeline),
+        "notify": lambda: notify.run(ctx, shared.get(), cfg.notify),
+        "memory": lambda: memory.run(ctx, cfg.memory),
+        "spike": lambda: spike.run(ctx, cfg.spike),
+        "baseline": lambda: baseline.run(ctx, cfg.spike, cfg.baseline),
+    }
+    results: dict[str, Any] = {}
+    load: dict[str, Any] = {}
+    try:
+        for name in cfg.scenarios:
+            ctx.progress.stage(name)
+            before, t0 = _loadavg(), time.monotonic()
+            try:
+                results[name] = await steps[name]()
+            except Exception as exc:  # noqa: BLE001 - one failed scenario must not lose the others' numbers
+                results[name] = {"error": f"{type(exc).__name__}: {exc}"[:2000]}
+                _log_error(ctx.work_dir / "errors.log", name, traceback.format_exc())
+            if name in ("pipeline", "notify") and "notify" not in cfg.scenarios[cfg.scenarios.index(name) + 1:]:
+                shared.close()
+            load[name] = {"seconds": round(time.monotonic() - t0, 1), "loadavg_before": before,
+                          "loadavg_after": _loadavg()}
+    finally:
+        shared.close()
+    return results, load
+
+
+def plot_all(results: dict[str, Any], out_dir: Path) -> list[str]:
+    made = []
+    if "series" in results.get("spike", {}):
+        made.append(plots.spike(results["spike"], out_dir / "spike.png").name)
+        naive = results.get("baseline") if "outcomes" in results.get("baseline", {}) else None
+        made.append(plots.latency_cdf(results["spike"], naive, out_dir / "latency_cdf.png").name)
+    if results.get("accept", {}).get("steps"):
+        made.append(plots.accept_steps(results["accept"], out_dir / "accept.png").name)
+    return made
+
+
+def run(cfg: BenchConfig, out_dir: Path, settings: Settings | None = None, *, out: Any = None,
+        keep_work: bool = False) -> dict[str, Any]:
+    """Run ``cfg``'s scenarios; write ``report.json``, ``report.md`` and the plots to ``out_dir``."""
+    settings = settings or Settings.from_env()
+    out = out or sys.stdout
+    out_dir.mkdir(parents=True, exist_ok=True)
+    work_dir = Path(tempfile.mkdtemp(prefix=f"floodgate-bench-{out_dir.name}-"))
+    progress = ProgressLine(len(cfg.scenarios) + 1, every=15.0)
+    started = datetime.now(UTC)
+    print(f"floodgate bench ({cfg.mode}): results in {out_dir}, logs in {work_dir}", file=out, flush=True)
+    progress.stage("broker")
+    with stacks.broker(settings, work_dir) as bootstrap:
+        broker_pid = _broker_pid(work_dir)
+        ctx = Context(settings, bootstrap, out_dir, work_dir, progress, broker_pid=broker_pid, profile=cfg.profile)
+        results, load = asyncio.run(_scenarios(ctx, cfg))
+    progress.finish()
+    meta = {"started": started.strftime("%Y-%m-%d %H:%M:%S UTC"), "mode": cfg.mode, "machine": report.machine(),
+            "seconds": (datetime.now(UTC) - started).total_seconds(), "load": load,
+            "config": dataclasses.asdict(cfg), "broker": bootstrap}
+    notes = list(ctx.notes)
+    if cfg.mode != "full":
+        notes.append("smoke run: every scenario at a tiny scale; the targets are not judged at this scale")
+    built = report.build(results, meta, notes)
+    try:
+        built["plots"] = plot_all(results, out_dir)
+    except Exception as exc:  # noqa: BLE001 - the numbers matter more than the pictures
+        built["plots"] = []
+        built["notes"].append(f"plotting failed: {type(exc).__name__}: {exc}")
+    json_path, md_path = report.write(out_dir, built)
+    print("\n" + report.summary_table(report.clean(built)), file=out)
+    print(f"\nreport: {md_path}\n        {json_path}", file=out, flush=True)
+    failed = [k for k, v in results.items() if isinstance(v, dict) and v.get("error")]
+    if failed:
+        print(f"failed scenarios: {', '.join(failed)} (tracebacks in {work_dir / 'errors.log'})", file=out)
+    elif not keep_work:
+        shutil.rmtree(work_dir, ignore_errors=True)
+    return built
+
+
+def _broker_pid(work_dir: Path) -> int | None:
+    import json
+
+    try:
+        return int(json.loads((work_dir / "broker" / "broker.json").read_text())["pid"])
+    except (OSError, ValueError, KeyError):
+        return None
+
+
+def default_out_dir(root: Path = Path("bench/results")) -> Path:
+    return root / datetime.now(UTC).strftime("%Y%m%d-%H%M%S")

@@ -1,0 +1,182 @@
+"""The spike: 50 requests/hour → 5,000/minute → 50/hour, time-compressed, against providers with
+the seed's limits and render times (scaled by the same factor), until the backlog has drained.
+
+What it records, all on the wall clock of this machine:
+* arrivals/s — when each HTTP request was sent (open loop, on schedule);
+* provider submissions/s — ``submitted`` events on the ``events`` topic (stamped by the worker);
+* queue depth — the worker group's lag on ``dispatch.<provider>`` (end offset − committed offset),
+  sampled from Kafka, and its lag on ``requests`` (not yet admitted); committed offsets move with
+  Faust's commit interval (~3 s), so the same depth is also counted exactly from the events:
+  jobs with a ``queued`` event and no ``submitted`` one yet;
+* accept→terminal latency — the 202's arrival at the client → the job's record on ``results``
+  (Kafka's CreateTime, stamped by the worker's producer).
+"""
+from __future__ import annotations
+
+import asyncio
+import time
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from floodgate import codec
+from floodgate.bench import load, stats
+from floodgate.bench.arrivals import SpikePlan
+from floodgate.bench.context import Context
+from floodgate.bench.probes import LagSampler, TopicTap, simulator_stats
+from floodgate.bench.stacks import SimProvider, bench_stack, providers, running
+
+ACTIVE = ("kling", "wan")  # sora is retired in the routing table: sora-2 goes to kling
+
+
+@dataclass(frozen=True)
+class SpikeConfig:
+    plan: SpikePlan = field(default_factory=SpikePlan)
+    limit: int = 10
+    render: tuple[float, float] = (30.0, 180.0)  # simulated seconds: the seed's 30 s - 3 min
+    queue_delay: float = 2.0  # simulated seconds in the provider's own queue
+    drain_timeout: float = 900.0  # wall seconds to wait after the last arrival
+    sample_interval: float = 0.25
+
+    def providers(self) -> dict[str, SimProvider]:
+        return providers(self.limit, self.render, self.queue_delay)
+
+    def capacity_per_s(self) -> float:
+        """Completions per wall second the active providers can sustain at their limits."""
+        mean = (self.render[0] + self.render[1]) / 2 + self.queue_delay
+        return len(ACTIVE) * self.limit / (mean * self.plan.time_factor)
+
+    def describe(self) -> dict[str, Any]:
+        out = asdict(self)
+        out["plan"] = self.plan.describe()
+        out["capacity_jobs_per_wall_s"] = round(self.capacity_per_s(), 3)
+        return out
+
+
+def bin_size(seconds: float) -> float:
+    return max(0.1, round(seconds / 300, 2))
+
+
+async def run(ctx: Context, cfg: SpikeConfig) -> dict[str, Any]:
+    plan = cfg.plan
+    stack = bench_stack(ctx.settings, ctx.bootstrap, ctx.work_dir, "spike", cfg.providers(), plan.time_factor)
+    queued: dict[str, float] = {}
+    submitted: dict[str, float] = {}
+    finished: dict[str, tuple[float, str]] = {}
+
+    def on_event(msg: Any) -> None:
+        rec = codec.decode("JobEvent", msg.value(), msg.headers())
+        if rec["kind"] == "submitted":
+            submitted.setdefault(rec["job_id"], rec["at"] / 1000)
+        elif rec["kind"] == "queued":
+            # stamped when admission read the request: the job is waiting for a provider slot
+            queued.setdefault(rec["job_id"], msg.timestamp()[1] / 1000)
+
+    def on_result(msg: Any) -> None:
+        snap = codec.decode("JobSnapshot", msg.value(), msg.headers())
+        finished.setdefault(snap["job_id"], (msg.timestamp()[1] / 1000, snap["status"]))
+
+    s = stack.settings
+    with running(stack):
+        taps = {s.topic("events"): on_event, s.topic("results"): on_result}
+        lag_topics = {**{p: [s.topic(f"dispatch.{p}")] for p in ("sora", *ACTIVE)},
+                      "requests": [s.topic("requests")]}
+        with TopicTap(stack.bootstrap, taps), \
+                LagSampler(stack.bootstrap, s.app_id, lag_topics, cfg.sample_interval) as lag:
+            prog = load.Progress()
+            schedule = plan.schedule()
+            in_flight: list[tuple[float, dict[str, int]]] = []
+            sampling = asyncio.create_task(sample_in_flight(stack.simulator_url, cfg.sample_interval * 2, in_flight))
+            async with ctx.progress.watching(lambda: f"spike: sent {prog.sent}/{len(schedule)}, "
+                                                     f"finished {len(finished)}"):
+                run_ = await load.open_loop(stack.api_url, schedule, load.post_jobs(stack.api_url),
+                                            progress=prog, timeout=120)
+                accepted = {x.job_id: x for x in run_.ok(202) if x.job_id}
+                deadline = time.monotonic() + cfg.drain_timeout
+                while not accepted.keys() <= finished.keys() and time.monotonic() < deadline:
+                    await asyncio.sleep(0.5)
+            end = time.time()
+            sampling.cancel()
+            sim = await simulator_stats(stack.simulator_url)
+    out = summarize(cfg, run_, accepted, queued, submitted, finished, lag.samples, end, sim)
+    out["utilisation"] = utilisation(cfg, lag.samples, in_flight)
+    return out
+
+
+async def sample_in_flight(url: str, interval: float, into: list[tuple[float, dict[str, int]]]) -> None:
+    """The simulator's count of unfinished jobs per provider, every ``interval`` seconds."""
+    while True:
+        try:
+            stats_ = await simulator_stats(url)
+            into.append((time.time(), {p: stats_[p]["in_flight"] for p in ACTIVE if p in stats_}))
+        except (OSError, ValueError, KeyError):
+            pass  # a missed sample
+        await asyncio.sleep(interval)
+
+
+def utilisation(cfg: SpikeConfig, lag: list[tuple[float, dict[str, int]]],
+                in_flight: list[tuple[float, dict[str, int]]]) -> dict[str, dict[str, float | int]]:
+    """Per provider: mean jobs in flight at the provider while more than a full limit of its jobs
+    waited on its dispatch topic, as a share of the limit (1.0: never an idle slot)."""
+    out: dict[str, dict[str, float | int]] = {}
+    for p in ACTIVE:
+        busy = [t for t, v in lag if v.get(p, 0) > cfg.limit]
+        if not busy:
+            continue
+        start, end = min(busy), max(busy)
+        seen = [v[p] for t, v in in_flight if start <= t <= end and p in v]
+        if seen:
+            mean = sum(seen) / len(seen)
+            out[p] = {"mean_in_flight": mean, "share_of_limit": mean / cfg.limit, "samples": len(seen),
+                      "backlogged_s": end - start}
+    return out
+
+
+def summarize(cfg: SpikeConfig, run_: load.Run, accepted: dict[str, load.Sample], queued: dict[str, float],
+              submitted: dict[str, float], finished: dict[str, tuple[float, str]],
+              lag: list[tuple[float, dict[str, int]]], end: float, sim: dict[str, Any]) -> dict[str, Any]:
+    plan, f = cfg.plan, cfg.plan.time_factor
+    start = run_.started_wall
+    bin_s = bin_size(end - start)
+    e2e = [finished[j][0] - a.done_wall for j, a in accepted.items() if j in finished]
+    statuses = [finished[j][1] for j in accepted if j in finished]
+    errors: dict[str, int] = {}
+    for x in run_.samples:
+        if x.status != 202:
+            errors[x.error or str(x.status)] = errors.get(x.error or str(x.status), 0) + 1
+    spike_start, spike_end = plan.spike_window()
+    last_done = max((finished[j][0] for j in accepted if j in finished), default=start)
+    plateau_from, plateau_to = start + spike_end + 5 * bin_s, last_done - 5 * bin_s
+    plateau = [t for t in submitted.values() if plateau_from <= t <= plateau_to]
+    arrivals = stats.rate_series([start + x.due for x in run_.samples], start, end, bin_s)
+    series: dict[str, Any] = {
+        "bin_s": bin_s,
+        "t": [round(i * bin_s, 3) for i in range(len(arrivals))],
+        "arrivals_per_s": arrivals,
+        "submissions_per_s": stats.rate_series(submitted.values(), start, end, bin_s),
+        "waiting": stats.level_series(queued.values(), [t for j, t in submitted.items() if j in queued],
+                                      start, end, bin_s),
+        "queue_t": [round(t - start, 3) for t, _ in lag],
+        "dispatch_lag": [sum(v[p] for p in v if p != "requests") for _, v in lag],
+        "requests_lag": [v["requests"] for _, v in lag],
+    }
+    accept_ms = [x.latency_ms for x in accepted.values()]
+    return {
+        "config": cfg.describe(),
+        "offered": len(run_.samples), "accepted": len(accepted), "errors": errors,
+        "accept_ms": stats.summary(accept_ms),
+        "completed": statuses.count("completed"), "failed": statuses.count("failed"),
+        "unfinished": len(accepted) - len(statuses),
+        "e2e_wall_s": stats.summary(e2e),
+        "e2e_sim_min": {k: (v / f / 60 if k != "count" else v) for k, v in stats.summary(e2e).items()},
+        "drain_wall_s": last_done - (start + spike_start),
+        "max_queue_depth": max(series["dispatch_lag"], default=0),
+        "max_waiting": max(series["waiting"], default=0),
+        "max_requests_lag": max(series["requests_lag"], default=0),
+        "plateau_submissions_per_s": len(plateau) / (plateau_to - plateau_from) if plateau_to > plateau_from else None,
+        "capacity_per_s": cfg.capacity_per_s(),
+        "providers": {p: {k: sim[p][k] for k in ("concurrency_limit", "max_concurrency", "rejected_429", "jobs_created")}
+                      for p in ACTIVE if p in sim},
+        "series": series,
+        "cdf_e2e_sim_min": [(round(v / f / 60, 3), round(q, 4)) for v, q in stats.cdf_points(e2e)],
+        "cdf_accept_ms": [(round(v, 2), round(q, 4)) for v, q in stats.cdf_points(accept_ms)],
+    }

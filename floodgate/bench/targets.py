@@ -1,0 +1,156 @@
+"""The issue's targets, judged from a run's results (pure): met / not met, with the number.
+
+A scenario that failed or was scaled down (the smoke run) is never reported as met at a scale
+it did not reach; the row says what was measured instead.
+"""
+from __future__ import annotations
+
+import math
+from typing import Any
+
+MET, NOT_MET, NOT_MEASURED, REPORTED = "met", "not met", "not measured", "reported"
+
+
+def g(data: Any, *keys: str | int, default: Any = None) -> Any:
+    """``data[k1][k2]…`` or ``default`` when any step is missing."""
+    for key in keys:
+        try:
+            data = data[key]
+        except (KeyError, IndexError, TypeError):
+            return default
+    return default if data is None else data
+
+
+def _num(value: Any) -> float:
+    return float(value) if isinstance(value, (int, float)) else math.nan
+
+
+def _row(target: str, status: str, measured: str, value: float | None = None, note: str = "") -> dict[str, Any]:
+    return {"target": target, "status": status, "measured": measured, "value": value, "note": note}
+
+
+def _failed(results: dict[str, Any], name: str) -> str | None:
+    section = results.get(name)
+    if section is None:
+        return "not run"
+    if not isinstance(section, dict):
+        return None
+    return section.get("error") or section.get("skipped")
+
+
+def accept_p99(results: dict[str, Any], target_rate: float = 1000.0, slo: float = 25.0) -> dict[str, Any]:
+    name = f"HTTP accept p99 ≤ {slo:g} ms at {target_rate:,.0f} req/s offered"
+    if (why := _failed(results, "accept")):
+        return _row(name, NOT_MEASURED, why)
+    fixed = results["accept"]["fixed"]
+    rate, p99 = _num(fixed["offered_rate"]), _num(g(fixed, "latency_ms", "p99"))
+    errors = sum(fixed["errors"].values())
+    measured = (f"p99 {p99:.1f} ms (p50 {_num(g(fixed, 'latency_ms', 'p50')):.1f}, "
+                f"p99.9 {_num(g(fixed, 'latency_ms', 'p999')):.1f}) at {rate:,.0f} req/s, {errors} errors")
+    idle = g(results, "accept", "fixed_no_worker", "latency_ms", "p99")
+    if idle is not None:
+        measured += f"; with the worker stopped p99 {_num(idle):.1f} ms"
+    if rate < target_rate:
+        return _row(name, NOT_MEASURED, measured, p99, f"scaled down: offered {rate:,.0f} req/s")
+    return _row(name, MET if p99 <= slo and not errors else NOT_MET, measured, p99)
+
+
+def sdk_rate(results: dict[str, Any], target: float = 20_000) -> dict[str, Any]:
+    name = f"SDK path ≥ {target:,.0f} requests/s"
+    if (why := _failed(results, "accept")):
+        return _row(name, NOT_MEASURED, why)
+    sdk = results["accept"]["sdk"]
+    rate = _num(sdk["per_s"])
+    raw = _num(g(results, "rawkafka", "produce", "per_s"))
+    measured = f"{rate:,.0f} requests/s over {sdk['records']:,} records ({sdk['failures']} failed)"
+    if not math.isnan(raw):
+        measured += f"; {rate / raw:.2f}× raw confluent-kafka produce ({raw:,.0f}/s)"
+    return _row(name, MET if rate >= target and not sdk["failures"] else NOT_MET, measured, rate)
+
+
+def burst(results: dict[str, Any], target: int = 100_000) -> dict[str, Any]:
+    name = f"{target:,}-request burst accepted with zero errors and zero loss"
+    if (why := _failed(results, "accept")):
+        return _row(name, NOT_MEASURED, why)
+    b = results["accept"]["burst"]
+    errors = sum(b["errors"].values())
+    measured = (f"{b['accepted']:,}/{b['offered']:,} accepted over HTTP in {_num(b['seconds']):.1f} s "
+                f"({_num(b['accepted_per_s']):,.0f}/s, {b['concurrency']} outstanding), {errors} errors, "
+                f"{b['lost']} missing from Kafka; SDK {results['accept']['sdk']['records']:,} with "
+                f"{b.get('sdk_lost', 0)} missing")
+    ok = not errors and not b["lost"] and not b.get("sdk_lost")
+    if b["offered"] < target:
+        return _row(name, NOT_MEASURED, measured, b["offered"], f"scaled down: {b['offered']:,} requests")
+    return _row(name, MET if ok else NOT_MET, measured, b["accepted"])
+
+
+def pipeline(results: dict[str, Any], target: float = 1000.0) -> dict[str, Any]:
+    name = f"≥ {target:,.0f} jobs/s end to end with an instant provider; ratio to raw Kafka"
+    if (why := _failed(results, "pipeline")):
+        return _row(name, NOT_MEASURED, why)
+    p = results["pipeline"]
+    rate = _num(p["jobs_per_s"])
+    produce = _num(g(results, "rawkafka", "produce", "per_s"))
+    consume = _num(g(results, "rawkafka", "consume", "per_s"))
+    stalled = f", STALLED after {p['completed']:,} results" if p.get("stalled") else ""
+    measured = (f"{rate:,.0f} jobs/s ({_num(p['steady_jobs_per_s']):,.0f}/s steady) over {p['jobs']:,} jobs"
+                f"{stalled}, {p['results_missing']} without a result; "
+                f"{_num(p['events_per_s_per_worker']):,.0f} records consumed/s per worker, "
+                f"{_num(p['records_per_job']):.1f} records written per job")
+    if not math.isnan(produce):
+        measured += (f"; jobs/s = {rate / produce:.4f}× raw produce ({produce:,.0f}/s), "
+                     f"records written/s = {_num(p['records_written_per_s']) / produce:.3f}× raw produce, "
+                     f"records consumed/s = {_num(p['events_per_s_per_worker']) * p['workers'] / consume:.3f}× raw consume")
+    ok = rate >= target and not p["results_missing"] and not p.get("stalled")
+    return _row(name, MET if ok else NOT_MET, measured, rate)
+
+
+def notification(results: dict[str, Any], target_ms: float = 100.0) -> dict[str, Any]:
+    name = f"Notification p99 ≤ {target_ms:g} ms (webhook received → WebSocket message)"
+    if (why := _failed(results, "notify")):
+        return _row(name, NOT_MEASURED, why)
+    n = results["notify"]
+    lat = n["latency_ms"]
+    p99 = _num(lat["p99"])
+    measured = (f"p50 {_num(lat['p50']):.1f} ms, p99 {p99:.1f} ms over {lat['count']:,} webhook→message pairs "
+                f"at {n['config']['rate']:g} jobs/s")
+    if not lat["count"]:
+        return _row(name, NOT_MEASURED, measured)
+    return _row(name, MET if p99 <= target_ms else NOT_MET, measured, p99)
+
+
+def memory(results: dict[str, Any], target_large: int = 1_000_000) -> dict[str, Any]:
+    name = "Worker RSS flat within ±10% with 10k and 1M jobs queued (backlog in Kafka)"
+    if (why := _failed(results, "memory")):
+        return _row(name, NOT_MEASURED, why)
+    m = results["memory"]
+    small, large = m["config"]["small"], m["config"]["large"]
+    measured = (f"RSS {m['rss_small'] / 2**20:,.0f} MiB at {small:,} queued → {m['rss_large'] / 2**20:,.0f} MiB at "
+                f"{large:,} ({m['growth']:+.1%}, {m['bytes_per_queued_job']:,.0f} bytes per queued job); "
+                f"{m['dispatch_lag_large']:,} jobs waiting on dispatch topics")
+    stalls = [k for k in ("fill_small", "fill_large") if g(m, k, "stalled")]
+    if stalls:
+        measured += "; the worker STOPPED admitting (no progress for a minute) while filling"
+    status = MET if m["within_tolerance"] and not stalls else NOT_MET
+    note = "" if large >= target_large else f"large backlog {large:,} (--memory-jobs; 1,000,000 is the issue's figure)"
+    if status == MET and large < target_large:
+        status = NOT_MEASURED
+    return _row(name, status, measured, m["growth"], note)
+
+
+def naive(results: dict[str, Any]) -> dict[str, Any]:
+    name = "Naive baseline vs Floodgate under the spike, side by side"
+    if (why := _failed(results, "baseline")) or (why := _failed(results, "spike")):
+        return _row(name, NOT_MEASURED, why)
+    rates, spike = results["baseline"]["rates"], results["spike"]
+    measured = (f"naive: {rates.get('200', 0):.1%} got a video, {rates.get('429', 0):.1%} 429, "
+                f"{rates.get('504', 0):.1%} 504, {rates.get('connection_error', 0):.1%} closed without an answer, "
+                f"{rates.get('client_timeout', 0):.1%} timed out; Floodgate: "
+                f"{spike['accepted'] / max(1, spike['offered']):.1%} accepted, "
+                f"{spike['completed'] / max(1, spike['offered']):.1%} completed")
+    return _row(name, REPORTED, measured)
+
+
+def evaluate(results: dict[str, Any]) -> list[dict[str, Any]]:
+    return [accept_p99(results), sdk_rate(results), burst(results), pipeline(results), notification(results),
+            memory(results), naive(results)]

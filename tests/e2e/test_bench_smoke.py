@@ -1,0 +1,57 @@
+"""``floodgate bench --smoke``: every scenario at a tiny scale against the session's broker, with
+real processes (simulator, API, worker, naive endpoint, nginx). The report must have every
+section and every plot; the numbers themselves are judged only by ``make bench``."""
+from __future__ import annotations
+
+import io
+import json
+import time
+from pathlib import Path
+
+import pytest
+
+from floodgate.bench import nginx, runner
+from floodgate.settings import Settings
+
+pytestmark = pytest.mark.kafka
+
+PNG = b"\x89PNG\r\n\x1a\n"
+SECTIONS = ("## Targets", "## Spike: the peak-shaving picture", "## Accept path", "## Pipeline (instant provider)",
+            "## Notification latency", "## Memory", "## What limits each number")
+
+
+def test_smoke_bench_writes_every_section_and_plot(kafka_bootstrap: str, tmp_path: Path) -> None:
+    settings = Settings.from_env({}).with_overrides(kafka_bootstrap=kafka_bootstrap, cache_dir=tmp_path / "cache")
+    out = tmp_path / "results"
+    printed = io.StringIO()
+    t0 = time.monotonic()
+    report = runner.run(runner.smoke(), out, settings, out=printed)
+    elapsed = time.monotonic() - t0
+
+    results = report["results"]
+    assert set(results) == set(runner.SCENARIOS)
+    failed = {k: v["error"] for k, v in results.items() if v.get("error")}
+    assert not failed, failed
+    md = (out / "report.md").read_text()
+    for section in SECTIONS:
+        assert section in md, section
+    if nginx.binary() is not None:
+        assert "## Naive baseline vs Floodgate, same spike" in md
+        assert sum(results["baseline"]["outcomes"].values()) == results["baseline"]["offered"] > 0
+    else:
+        assert results["baseline"]["skipped"]
+    on_disk = json.loads((out / "report.json").read_text())
+    assert [t["target"] for t in on_disk["targets"]] == [t["target"] for t in report["targets"]]
+    assert len(on_disk["targets"]) == 7 and all(t["status"] for t in on_disk["targets"])
+    for name in ("spike.png", "latency_cdf.png", "accept.png"):
+        data = (out / name).read_bytes()
+        assert data.startswith(PNG) and len(data) > 10_000, name
+    assert "| target | status | measured |" in printed.getvalue()
+
+    # Small, but nothing accepted may be lost on the way.
+    spike = results["spike"]
+    assert spike["accepted"] == spike["offered"] == spike["completed"]
+    assert results["pipeline"]["results_missing"] == 0 and not results["pipeline"]["stalled"]
+    assert results["accept"]["burst"]["lost"] == 0 and results["accept"]["burst"]["sdk_lost"] == 0
+    assert results["notify"]["matched"] > 0
+    assert elapsed < 90, f"the smoke bench took {elapsed:.0f}s"
