@@ -91,6 +91,14 @@ def _notify(n: dict[str, Any]) -> tuple[str, str]:
 
 
 def _memory(m: dict[str, Any]) -> tuple[str, str]:
+    stalls = [k for k in ("fill_small", "fill_large") if g(m, k, "stalled")]
+    if stalls:
+        lag = g(m, stalls[0], "lag_at_end")
+        return "Worker RSS", (f"Not measurable in this run: while the backlog was being queued the worker stopped "
+                              f"consuming every topic (lag left: {lag}), with no error in its log. Most likely (from "
+                              f"Faust's conductor): the slot-waiting submitter stops taking dispatch orders, its "
+                              f"stream buffer fills, and delivering to a full agent buffer blocks the one delivery "
+                              f"loop every agent shares.")
     entries = m.get("table_entry_bytes") or {}
     sizes = " + ".join(f"{k} {num(v, 0)}" for k, v in entries.items())
     text = (f"{num(m['bytes_per_queued_job'], 0)} bytes of RSS per queued job. The dispatch backlog does stay in "

@@ -34,7 +34,9 @@ def _share(part: float, whole: float) -> str:
 def header(meta: dict[str, Any]) -> list[str]:
     m = meta["machine"]
     intro = (f"Mode **{meta['mode']}**; machine: {m['cpus']} × {m['cpu_model']}, {m['mem_total_gib']} GiB; "
-             f"Python {m['python']}; commit {m['git_commit']}; the run took {num(meta.get('seconds'), 0)} s. The "
+             f"Python {m['python']}; commit {m['git_commit']}"
+             f"{' (modified: ' + ', '.join(m['modified_files']) + ')' if m.get('modified_files') else ''}; "
+             f"the run took {num(meta.get('seconds'), 0)} s. The "
              f"machine is shared: the load average around each scenario is in `report.json` (`meta.load`), and "
              f"figures are quoted as ratios of baselines measured in this same run where one exists.")
     return [f"# Floodgate benchmark — {meta['started']}", "", intro, ""]
@@ -156,6 +158,10 @@ def memory(m: dict[str, Any]) -> list[str]:
 
     growth = (f"{m['growth']:+.1%} ({num(m['bytes_per_queued_job'], 0)} bytes per job); "
               f"within ±{cfg['tolerance']:.0%}: {within}")
+    stalls = [(k, m[k]) for k in ("fill_small", "fill_large") if g(m, k, "stalled")]
+    if stalls:
+        lags = "; ".join(f"{k}: still behind {v.get('lag_at_end')}" for k, v in stalls)
+        growth = f"not comparable — the worker stopped consuming (no progress for a minute): {lags}"
     rows = [
         ["idle", f"{m['rss_idle'] / 2**20:,.1f} MiB"],
         at(cfg["small"], m["rss_small"], m["fill_small"]),
@@ -163,10 +169,14 @@ def memory(m: dict[str, Any]) -> list[str]:
         ["growth", growth],
         ["backlog in Kafka", f"{m['dispatch_lag_large']:,} dispatch records not yet consumed"],
     ]
-    minutes = 1_000_000 / max(1e-9, m["fill_large"]["admitted_per_s"]) / 60
+    rate = max(g(m, "fill_small", "admitted_per_s", default=0.0), g(m, "fill_large", "admitted_per_s", default=0.0))
     note = (f"The large backlog here is {cfg['large']:,} jobs (default 100,000; `floodgate bench --memory-jobs "
-            f"1000000` runs the issue's figure): the worker admits about {num(m['fill_large']['admitted_per_s'], 0)} "
-            f"jobs/s on this machine, so 1,000,000 would take about {minutes:,.0f} more minutes.")
+            f"1000000` runs the issue's figure)")
+    if rate > 0 and not stalls:
+        note += (f": the worker admits about {num(rate, 0)} jobs/s on this machine, so 1,000,000 would take "
+                 f"about {1_000_000 / rate / 60:,.0f} more minutes.")
+    else:
+        note += "."
     return ["## Memory", "", table(rows, ["worker RSS", ""]), "", note, ""]
 
 

@@ -38,7 +38,7 @@ class NotifyConfig:
     rate: float = 50.0
     render: tuple[float, float] = (0.2, 0.5)  # seconds (the stack runs at time factor 1)
     limit: int = 100
-    sockets: int = 4
+    sockets: int = 16  # the API allows 100 subscriptions per socket; slow jobs must not run out of them
     timeout: float = 120.0
 
 

@@ -165,6 +165,7 @@ def run(cfg: BenchConfig, out_dir: Path, settings: Settings | None = None, *, ou
     work_dir = Path(tempfile.mkdtemp(prefix=f"floodgate-bench-{out_dir.name}-"))
     progress = ProgressLine(len(cfg.scenarios) + 1, every=15.0)
     started = datetime.now(UTC)
+    machine_at_start = report.machine()  # the code measured: the tree may change while the run goes on
     print(f"floodgate bench ({cfg.mode}): results in {out_dir}, logs in {work_dir}", file=out, flush=True)
     progress.stage("broker")
     with stacks.broker(settings, work_dir) as bootstrap:
@@ -172,7 +173,13 @@ def run(cfg: BenchConfig, out_dir: Path, settings: Settings | None = None, *, ou
         ctx = Context(settings, bootstrap, out_dir, work_dir, progress, broker_pid=broker_pid, profile=cfg.profile)
         results, load = asyncio.run(_scenarios(ctx, cfg))
     progress.finish()
-    meta = {"started": started.strftime("%Y-%m-%d %H:%M:%S UTC"), "mode": cfg.mode, "machine": report.machine(),
+    at_end = report.machine()
+    if (at_end["git_commit"], at_end["modified_files"]) != (machine_at_start["git_commit"],
+                                                             machine_at_start["modified_files"]):
+        ctx.notes.append(f"the working tree changed during the run: {machine_at_start['git_commit']} "
+                         f"{machine_at_start['modified_files']} at the start, {at_end['git_commit']} "
+                         f"{at_end['modified_files']} at the end")
+    meta = {"started": started.strftime("%Y-%m-%d %H:%M:%S UTC"), "mode": cfg.mode, "machine": machine_at_start,
             "seconds": (datetime.now(UTC) - started).total_seconds(), "load": load,
             "config": dataclasses.asdict(cfg), "broker": bootstrap}
     notes = list(ctx.notes)
