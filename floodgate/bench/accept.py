@@ -20,7 +20,7 @@ from floodgate.bench import load, profiling, stats
 from floodgate.bench.arrivals import constant
 from floodgate.bench.context import Context, CpuMeter
 from floodgate.bench.probes import topic_keys
-from floodgate.bench.stacks import bench_stack, providers, running
+from floodgate.bench.stacks import bench_stack, providers
 from floodgate.demo import MODELS
 from floodgate.devstack import Stack
 from floodgate.sdk import BatchDeliveryError, FloodgateClient, JobSpec
@@ -117,42 +117,44 @@ async def burst(ctx: Context, stack: Stack, n: int, concurrency: int, sdk_ids: l
     return block
 
 
-async def run(ctx: Context, cfg: AcceptConfig) -> dict[str, Any]:
-    # The dev preset's providers (limit 10, 0.2-1 s renders): the worker admits and queues what
-    # arrives, as it would in production while the accept path is hammered.
-    stack = bench_stack(ctx.settings, ctx.bootstrap, ctx.work_dir, "accept", providers(10, (0.2, 1.0)))
+def stack_for(ctx: Context, cfg: AcceptConfig) -> Stack:
+    """The dev preset's providers (limit 10, 0.2-1 s renders): the worker admits and queues what
+    arrives, as it would in production while the accept path is hammered."""
+    return bench_stack(ctx.settings, ctx.bootstrap, ctx.work_dir, "accept", providers(10, (0.2, 1.0)))
+
+
+async def run(ctx: Context, stack: Stack, cfg: AcceptConfig) -> dict[str, Any]:
     out: dict[str, Any] = {"config": asdict(cfg)}
-    with running(stack):
-        api = stack.api_url
-        await fixed_rate(ctx, api, min(cfg.rate, 200.0), cfg.warmup_seconds, "warm-up")
-        meter = CpuMeter(ctx.pids(stack)).start()
-        out["fixed"] = await fixed_rate(ctx, api, cfg.rate, cfg.seconds, "fixed rate")
-        out["fixed"]["cpu_cores"] = meter.stop()
-        steps = []
-        for rate in cfg.steps:  # up until the API no longer keeps up
-            block = await fixed_rate(ctx, api, rate, cfg.step_seconds, "stepping up")
-            block["sustainable"] = sustainable(block, cfg.slo_p99_ms)
-            block["keeps_up"] = sustainable(block, cfg.keep_up_p99_ms)
-            steps.append(block)
-            if not block["keeps_up"]:
-                break
-        out["steps"] = steps
-        passing = [b["offered_rate"] for b in steps if b["sustainable"]]
-        keeping = [b["offered_rate"] for b in steps if b["keeps_up"]]
-        out["max_sustainable_rate"] = max(passing) if passing else 0.0
-        out["max_keep_up_rate"] = max(keeping) if keeping else 0.0
-        out["max_sustainable_limited_by_steps"] = bool(steps) and steps[-1]["keeps_up"]
-        ctx.progress.status(f"SDK submit_many: {cfg.sdk_records} records", force=True)
-        out["sdk"], sdk_ids = await asyncio.to_thread(sdk_submit, stack.bootstrap, stack.settings.topic_prefix,
-                                                      cfg.sdk_records, cfg.sdk_batch, warm=10)
-        out["burst"] = await burst(ctx, stack, cfg.burst, cfg.burst_concurrency, sdk_ids)
-        if ctx.profile and cfg.profile_seconds > 0:
-            out["profile"] = await profile_api(ctx, stack, cfg)
-        stack.kill("worker-0")  # as if it crashed: the API keeps accepting
-        await asyncio.sleep(1.0)
-        meter = CpuMeter(ctx.pids(stack)).start()
-        out["fixed_no_worker"] = await fixed_rate(ctx, api, cfg.rate, cfg.no_worker_seconds, "worker stopped")
-        out["fixed_no_worker"]["cpu_cores"] = meter.stop()
+    api = stack.api_url
+    await fixed_rate(ctx, api, min(cfg.rate, 200.0), cfg.warmup_seconds, "warm-up")
+    meter = CpuMeter(ctx.pids(stack)).start()
+    out["fixed"] = await fixed_rate(ctx, api, cfg.rate, cfg.seconds, "fixed rate")
+    out["fixed"]["cpu_cores"] = meter.stop()
+    steps = []
+    for rate in cfg.steps:  # up until the API no longer keeps up
+        block = await fixed_rate(ctx, api, rate, cfg.step_seconds, "stepping up")
+        block["sustainable"] = sustainable(block, cfg.slo_p99_ms)
+        block["keeps_up"] = sustainable(block, cfg.keep_up_p99_ms)
+        steps.append(block)
+        if not block["keeps_up"]:
+            break
+    out["steps"] = steps
+    passing = [b["offered_rate"] for b in steps if b["sustainable"]]
+    keeping = [b["offered_rate"] for b in steps if b["keeps_up"]]
+    out["max_sustainable_rate"] = max(passing) if passing else 0.0
+    out["max_keep_up_rate"] = max(keeping) if keeping else 0.0
+    out["max_sustainable_limited_by_steps"] = bool(steps) and steps[-1]["keeps_up"]
+    ctx.progress.status(f"SDK submit_many: {cfg.sdk_records} records", force=True)
+    out["sdk"], sdk_ids = await asyncio.to_thread(sdk_submit, stack.bootstrap, stack.settings.topic_prefix,
+                                                  cfg.sdk_records, cfg.sdk_batch, warm=10)
+    out["burst"] = await burst(ctx, stack, cfg.burst, cfg.burst_concurrency, sdk_ids)
+    if ctx.profile and cfg.profile_seconds > 0:
+        out["profile"] = await profile_api(ctx, stack, cfg)
+    stack.kill("worker-0")  # as if it crashed: the API keeps accepting
+    await asyncio.sleep(0.5)
+    meter = CpuMeter(ctx.pids(stack)).start()
+    out["fixed_no_worker"] = await fixed_rate(ctx, api, cfg.rate, cfg.no_worker_seconds, "worker stopped")
+    out["fixed_no_worker"]["cpu_cores"] = meter.stop()
     return out
 
 

@@ -7,7 +7,7 @@ notifications, memory, the spike and the naive baseline under the same spike.
 from __future__ import annotations
 
 import asyncio
-import contextlib
+import concurrent.futures
 import dataclasses
 import os
 import shutil
@@ -54,6 +54,7 @@ class BenchConfig:
     raw: rawkafka.RawConfig = field(default_factory=rawkafka.RawConfig)
     scenarios: tuple[str, ...] = SCENARIOS
     profile: bool = True
+    prestart: bool = False  # start the next scenario's stack while one runs (smoke only: it loads the CPU)
 
 
 def full(*, time_factor: float = 0.02, spike_seconds: float = 15.0, memory_jobs: int = 100_000,
@@ -70,7 +71,7 @@ def full(*, time_factor: float = 0.02, spike_seconds: float = 15.0, memory_jobs:
 def smoke() -> BenchConfig:
     """Seconds per scenario: every section and plot, nothing at target scale."""
     return BenchConfig(
-        mode="smoke",
+        mode="smoke", prestart=True,
         spike=spike.SpikeConfig(plan=SpikePlan(time_factor=0.005, before_s=200.0, spike_s=1.2, after_s=200.0),
                                 drain_timeout=30.0),
         accept=accept.AcceptConfig(rate=200.0, seconds=1.0, steps=(200.0, 400.0), step_seconds=1.0,
@@ -79,7 +80,7 @@ def smoke() -> BenchConfig:
         pipeline=pipeline.PipelineConfig(jobs=150, warmup=20, timeout=60.0, stall_seconds=20.0, profile_jobs=50,
                                          profile_seconds=1.0),
         notify=notify.NotifyConfig(jobs=40, rate=40.0, render=(0.05, 0.1), timeout=30.0),
-        memory=memory.MemoryConfig(small=300, large=1_000, settle_seconds=1.0, timeout=60.0, stall_seconds=20.0),
+        memory=memory.MemoryConfig(small=200, large=600, settle_seconds=0.5, timeout=60.0, stall_seconds=20.0),
         raw=rawkafka.RawConfig(records=20_000))
 
 
@@ -95,54 +96,89 @@ def _log_error(path: Path, scenario: str, trace: str) -> None:
         fh.write(f"--- {scenario}\n{trace}\n")
 
 
-class SharedStack:
-    """The pipeline's stack, started on first use and shared with the notification scenario."""
+class StackPool:
+    """The scenarios' stacks: started when first needed (or ahead, with ``prestart``, while the
+    previous scenario runs — the smoke run does, to stay short; a full run never does, so no
+    stack starts while another is measured) and discarded once no later scenario needs them."""
 
     def __init__(self, ctx: Context, cfg: BenchConfig) -> None:
-        self.ctx, self.cfg = ctx, cfg
-        self._exit = contextlib.ExitStack()
-        self._stack: Stack | None = None
+        self.factories: dict[str, Callable[[], Stack]] = {
+            "accept": lambda: accept.stack_for(ctx, cfg.accept),
+            "pipeline": lambda: pipeline.stack_for(ctx, cfg.pipeline, cfg.notify),
+            "memory": lambda: memory.stack_for(ctx, cfg.memory),
+            "spike": lambda: spike.stack_for(ctx, cfg.spike),
+        }
+        self._starting: dict[str, concurrent.futures.Future[Stack]] = {}
+        self._executor = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="stack")
 
-    def get(self) -> Stack:
-        if self._stack is None:
-            self._stack = self._exit.enter_context(stacks.running(
-                pipeline.stack_for(self.ctx, self.cfg.pipeline, self.cfg.notify)))
-        return self._stack
+    @staticmethod
+    def key(scenario: str) -> str | None:
+        key = "pipeline" if scenario == "notify" else scenario
+        return key if key in ("accept", "pipeline", "memory", "spike") else None
+
+    def prestart(self, scenario: str) -> None:
+        key = self.key(scenario)
+        if key is not None and key not in self._starting:
+            stack = self.factories[key]()
+            self._starting[key] = self._executor.submit(lambda: stack.start())
+
+    async def get(self, scenario: str) -> Stack:
+        self.prestart(scenario)
+        key = self.key(scenario)
+        assert key is not None
+        return await asyncio.wrap_future(self._starting[key])
+
+    def release(self, scenario: str) -> None:
+        key = self.key(scenario)
+        future = self._starting.pop(key, None) if key else None
+        if future is not None and future.done() and future.exception() is None:
+            stacks.discard(future.result())
 
     def close(self) -> None:
-        self._stack = None
-        self._exit.close()
+        for key in list(self._starting):
+            future = self._starting.pop(key)
+            if future.exception() is None:  # a stack that failed to start has stopped itself
+                stacks.discard(future.result())
+        self._executor.shutdown(wait=True)
 
 
 async def _scenarios(ctx: Context, cfg: BenchConfig) -> tuple[dict[str, Any], dict[str, Any]]:
-    shared = SharedStack(ctx, cfg)
+    pool = StackPool(ctx, cfg)
     steps: dict[str, Callable[[], Awaitable[dict[str, Any]]]] = {
         "rawkafka": lambda: asyncio.to_thread(rawkafka.run, ctx, cfg.raw),
-        "accept": lambda: accept.run(ctx, cfg.accept),
-        "pipeline": lambda: pipeline.run(ctx, shared.get(), cfg.pipeline),
-        "notify": lambda: notify.run(ctx, shared.get(), cfg.notify),
-        "memory": lambda: memory.run(ctx, cfg.memory),
-        "spike": lambda: spike.run(ctx, cfg.spike),
+        "accept": lambda: _with(pool, "accept", lambda st: accept.run(ctx, st, cfg.accept)),
+        "pipeline": lambda: _with(pool, "pipeline", lambda st: pipeline.run(ctx, st, cfg.pipeline)),
+        "notify": lambda: _with(pool, "notify", lambda st: notify.run(ctx, st, cfg.notify)),
+        "memory": lambda: _with(pool, "memory", lambda st: memory.run(ctx, st, cfg.memory)),
+        "spike": lambda: _with(pool, "spike", lambda st: spike.run(ctx, st, cfg.spike)),
         "baseline": lambda: baseline.run(ctx, cfg.spike, cfg.baseline),
     }
     results: dict[str, Any] = {}
     load: dict[str, Any] = {}
+    order = list(cfg.scenarios)
     try:
-        for name in cfg.scenarios:
+        for i, name in enumerate(order):
             ctx.progress.stage(name)
+            if cfg.prestart and i + 1 < len(order):
+                pool.prestart(order[i + 1])
             before, t0 = _loadavg(), time.monotonic()
             try:
                 results[name] = await steps[name]()
             except Exception as exc:  # noqa: BLE001 - one failed scenario must not lose the others' numbers
                 results[name] = {"error": f"{type(exc).__name__}: {exc}"[:2000]}
                 _log_error(ctx.work_dir / "errors.log", name, traceback.format_exc())
-            if name in ("pipeline", "notify") and "notify" not in cfg.scenarios[cfg.scenarios.index(name) + 1:]:
-                shared.close()
+            if pool.key(name) not in {pool.key(later) for later in order[i + 1:]}:
+                await asyncio.to_thread(pool.release, name)
             load[name] = {"seconds": round(time.monotonic() - t0, 1), "loadavg_before": before,
                           "loadavg_after": _loadavg()}
     finally:
-        shared.close()
+        await asyncio.to_thread(pool.close)
     return results, load
+
+
+async def _with(pool: StackPool, scenario: str,
+                run: Callable[[Stack], Awaitable[dict[str, Any]]]) -> dict[str, Any]:
+    return await run(await pool.get(scenario))
 
 
 def plot_all(results: dict[str, Any], out_dir: Path) -> list[str]:

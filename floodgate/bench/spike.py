@@ -23,7 +23,8 @@ from floodgate.bench import load, stats
 from floodgate.bench.arrivals import SpikePlan
 from floodgate.bench.context import Context
 from floodgate.bench.probes import LagSampler, TopicTap, simulator_stats
-from floodgate.bench.stacks import SimProvider, bench_stack, providers, running
+from floodgate.bench.stacks import SimProvider, bench_stack, providers
+from floodgate.devstack import Stack
 
 ACTIVE = ("kling", "wan")  # sora is retired in the routing table: sora-2 goes to kling
 
@@ -56,9 +57,12 @@ def bin_size(seconds: float) -> float:
     return max(0.1, round(seconds / 300, 2))
 
 
-async def run(ctx: Context, cfg: SpikeConfig) -> dict[str, Any]:
+def stack_for(ctx: Context, cfg: SpikeConfig) -> Stack:
+    return bench_stack(ctx.settings, ctx.bootstrap, ctx.work_dir, "spike", cfg.providers(), cfg.plan.time_factor)
+
+
+async def run(ctx: Context, stack: Stack, cfg: SpikeConfig) -> dict[str, Any]:
     plan = cfg.plan
-    stack = bench_stack(ctx.settings, ctx.bootstrap, ctx.work_dir, "spike", cfg.providers(), plan.time_factor)
     queued: dict[str, float] = {}
     submitted: dict[str, float] = {}
     finished: dict[str, tuple[float, str]] = {}
@@ -76,27 +80,26 @@ async def run(ctx: Context, cfg: SpikeConfig) -> dict[str, Any]:
         finished.setdefault(snap["job_id"], (msg.timestamp()[1] / 1000, snap["status"]))
 
     s = stack.settings
-    with running(stack):
-        taps = {s.topic("events"): on_event, s.topic("results"): on_result}
-        lag_topics = {**{p: [s.topic(f"dispatch.{p}")] for p in ("sora", *ACTIVE)},
-                      "requests": [s.topic("requests")]}
-        with TopicTap(stack.bootstrap, taps), \
-                LagSampler(stack.bootstrap, s.app_id, lag_topics, cfg.sample_interval) as lag:
-            prog = load.Progress()
-            schedule = plan.schedule()
-            in_flight: list[tuple[float, dict[str, int]]] = []
-            sampling = asyncio.create_task(sample_in_flight(stack.simulator_url, cfg.sample_interval * 2, in_flight))
-            async with ctx.progress.watching(lambda: f"spike: sent {prog.sent}/{len(schedule)}, "
-                                                     f"finished {len(finished)}"):
-                run_ = await load.open_loop(stack.api_url, schedule, load.post_jobs(stack.api_url),
-                                            progress=prog, timeout=120)
-                accepted = {x.job_id: x for x in run_.ok(202) if x.job_id}
-                deadline = time.monotonic() + cfg.drain_timeout
-                while not accepted.keys() <= finished.keys() and time.monotonic() < deadline:
-                    await asyncio.sleep(0.5)
-            end = time.time()
-            sampling.cancel()
-            sim = await simulator_stats(stack.simulator_url)
+    taps = {s.topic("events"): on_event, s.topic("results"): on_result}
+    lag_topics = {**{p: [s.topic(f"dispatch.{p}")] for p in ("sora", *ACTIVE)},
+                  "requests": [s.topic("requests")]}
+    with TopicTap(stack.bootstrap, taps), \
+            LagSampler(stack.bootstrap, s.app_id, lag_topics, cfg.sample_interval) as lag:
+        prog = load.Progress()
+        schedule = plan.schedule()
+        in_flight: list[tuple[float, dict[str, int]]] = []
+        sampling = asyncio.create_task(sample_in_flight(stack.simulator_url, cfg.sample_interval * 2, in_flight))
+        async with ctx.progress.watching(lambda: f"spike: sent {prog.sent}/{len(schedule)}, "
+                                                 f"finished {len(finished)}"):
+            run_ = await load.open_loop(stack.api_url, schedule, load.post_jobs(stack.api_url),
+                                        progress=prog, timeout=120)
+            accepted = {x.job_id: x for x in run_.ok(202) if x.job_id}
+            deadline = time.monotonic() + cfg.drain_timeout
+            while not accepted.keys() <= finished.keys() and time.monotonic() < deadline:
+                await asyncio.sleep(0.5)
+        end = time.time()
+        sampling.cancel()
+        sim = await simulator_stats(stack.simulator_url)
     out = summarize(cfg, run_, accepted, queued, submitted, finished, lag.samples, end, sim)
     out["utilisation"] = utilisation(cfg, lag.samples, in_flight)
     return out

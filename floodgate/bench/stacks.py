@@ -89,20 +89,16 @@ def broker(settings: Settings, home: Path) -> Iterator[str]:
         local.stop()
 
 
-@contextlib.contextmanager
-def running(stack: Stack) -> Iterator[Stack]:
-    """Start ``stack``; at the end SIGKILL its workers, then stop the rest.
+def discard(stack: Stack) -> None:
+    """Stop a bench stack: SIGKILL its workers, then stop the rest.
 
     A worker whose submitter waits for a provider slot does not finish a graceful stop until
     Faust gives up on it (30 s); a bench stack is thrown away, so its workers are killed.
     """
-    stack.start()
-    try:
-        yield stack
-    finally:
-        for name in [n for n in stack.children if n.startswith("worker")]:
-            stack.kill(name)
-        stack.stop()
+    for name in [n for n in stack.children if n.startswith("worker")]:
+        stack.kill(name)
+    stack.stop()
+
 
 
 def bench_stack(base: Settings, bootstrap: str, home: Path, name: str, plan: Mapping[str, SimProvider],
