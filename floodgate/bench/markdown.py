@@ -36,10 +36,15 @@ def header(meta: dict[str, Any]) -> list[str]:
     intro = (f"Mode **{meta['mode']}**; machine: {m['cpus']} × {m['cpu_model']}, {m['mem_total_gib']} GiB; "
              f"Python {m['python']}; commit {m['git_commit']}"
              f"{' (modified: ' + ', '.join(m['modified_files']) + ')' if m.get('modified_files') else ''}; "
-             f"the run took {num(meta.get('seconds'), 0)} s. The "
-             f"machine is shared: the load average around each scenario is in `report.json` (`meta.load`), and "
-             f"figures are quoted as ratios of baselines measured in this same run where one exists.")
-    return [f"# Floodgate benchmark — {meta['started']}", "", intro, ""]
+             f"the run took {num(meta.get('seconds'), 0)} s. Figures "
+             f"are quoted as ratios of baselines measured in this same run where one exists.")
+    loads = ", ".join(f"{name} {v['loadavg_before'][0]:g}→{v['loadavg_after'][0]:g}"
+                      for name, v in (meta.get("load") or {}).items() if v.get("loadavg_before") and v.get("loadavg_after"))
+    lines = [f"# Floodgate benchmark — {meta['started']}", "", intro, ""]
+    if loads:
+        note = f"1-minute load average before→after each scenario (2 cores, shared with other sessions): {loads}."
+        lines += [note, ""]
+    return lines
 
 
 def spike(s: dict[str, Any]) -> list[str]:

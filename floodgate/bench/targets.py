@@ -130,7 +130,10 @@ def memory(results: dict[str, Any], target_large: int = 1_000_000) -> dict[str, 
                 f"{m['dispatch_lag_large']:,} jobs waiting on dispatch topics")
     stalls = [k for k in ("fill_small", "fill_large") if g(m, k, "stalled")]
     if stalls:
-        measured += "; the worker STOPPED admitting (no progress for a minute) while filling"
+        fill = m[stalls[0]]
+        measured = (f"the worker STOPPED consuming while {fill['jobs']:,} jobs were being queued: it recorded "
+                    f"{fill.get('recorded', 0):,}, then nothing for a minute (lag left {fill.get('lag_at_end')}); RSS "
+                    f"then {m['rss_small'] / 2**20:,.0f} MiB, so flatness could not be measured")
     status = MET if m["within_tolerance"] and not stalls else NOT_MET
     note = "" if large >= target_large else f"large backlog {large:,} (--memory-jobs; 1,000,000 is the issue's figure)"
     if status == MET and large < target_large:
