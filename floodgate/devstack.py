@@ -79,28 +79,16 @@ class Stack:
     def env(self) -> dict[str, str]:
         s = self.settings
         env = {k: v for k, v in os.environ.items() if not k.startswith("FLOODGATE_")}
+        env.update(s.to_env())  # the whole configuration, so no setting is forgotten on the way
         env.update({
             "FLOODGATE_KAFKA_BOOTSTRAP": self.bootstrap,
-            "FLOODGATE_TOPIC_PREFIX": s.topic_prefix,
-            "FLOODGATE_PARTITIONS": str(s.partitions),
-            "FLOODGATE_DISPATCH_PARTITIONS": str(s.dispatch_partitions),
-            "FLOODGATE_REPLICATION_FACTOR": str(s.replication_factor),
-            "FLOODGATE_SESSION_TIMEOUT": str(s.session_timeout),
-            "FLOODGATE_APP_ID": s.app_id,
             "FLOODGATE_CACHE_DIR": str(self.home / "cache"),
             # one secret for every child of this stack, so tokens verify in all of them
             "FLOODGATE_SECRET": s.secret.reveal(),
-            "FLOODGATE_API_KEYS": s.api_keys.reveal(),
-            "FLOODGATE_WEBHOOK_SECRETS": s.webhook_secrets.reveal(),
             "FLOODGATE_ALLOW_PRIVATE_WEBHOOKS": "1",
             "FLOODGATE_SIMULATOR_URL": self.simulator_url,
             "FLOODGATE_WEBHOOK_BASE_URL": self.api_url,
             "FLOODGATE_PUBLIC_URL": self.api_url,
-            "FLOODGATE_ROUTING_FILE": s.routing_file,
-            "FLOODGATE_POLL_AFTER": str(s.poll_after),
-            "FLOODGATE_JOB_TIMEOUT": str(s.job_timeout),
-            "FLOODGATE_MAX_BODY_BYTES": str(s.max_body_bytes),
-            "FLOODGATE_LOG_LEVEL": s.log_level,
             "FLOODGATE_METRICS_PORT": "0",  # each worker its own endpoint, announced as metrics=URL
             "PYTHONUNBUFFERED": "1",
         })

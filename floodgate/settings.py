@@ -73,6 +73,8 @@ class Settings:
     """Seconds before a dead worker's partitions move to another worker (Faust's default is 60)."""
     app_id: str = "floodgate"
     """Faust application id: the consumer group and the prefix of table changelog topics."""
+    stream_buffer: int = 4096
+    """Records a worker buffers per agent before it pauses fetching the agent's partitions."""
 
     # --- Local broker (the embedded default) ---------------------------------------
     kafka_version: str = "3.9.1"
@@ -133,6 +135,19 @@ class Settings:
     def webhook_secret_map(self) -> dict[str, str]:
         return _pairs(self.webhook_secrets.reveal(), "FLOODGATE_WEBHOOK_SECRETS")
 
+    def to_env(self) -> dict[str, str]:
+        """Every field as the ``FLOODGATE_*`` variable ``from_env`` reads back: how a parent
+        process hands its whole configuration to its children."""
+        out = {}
+        for f in fields(self):
+            value = getattr(self, f.name)
+            if isinstance(value, Secret):
+                value = value.reveal()
+            elif isinstance(value, bool):
+                value = "1" if value else "0"
+            out[PREFIX + f.name.upper()] = str(value)
+        return out
+
     def with_overrides(self, **changes: Any) -> "Settings":
         return dataclasses.replace(self, **changes)
 
@@ -154,7 +169,7 @@ class Settings:
         return settings
 
     def validate(self) -> None:
-        for name in ("partitions", "dispatch_partitions", "replication_factor", "min_insync_replicas", "max_body_bytes"):
+        for name in ("partitions", "dispatch_partitions", "replication_factor", "min_insync_replicas", "max_body_bytes", "stream_buffer"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"{PREFIX}{name.upper()} must be at least 1")
         if self.session_timeout <= 0:

@@ -2,6 +2,8 @@
 
 * ``partition_share`` / ``SlotPool``: a provider's concurrency limit split across
   dispatch partitions, and the in-flight accounting of one partition.
+* ``WaitingLine``: the orders of one partition waiting for a slot, and when to pause and resume
+  fetching that partition so the backlog stays in Kafka.
 * ``TokenBucket``: a requests-per-second limit.
 * ``parse_retry_after`` / ``Backoff`` / ``retry_delay``: when to try again.
 * ``CircuitBreaker``: when to stop sending to a provider and fall back.
@@ -12,13 +14,16 @@ from __future__ import annotations
 import math
 import random
 import re
+from collections import deque
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from enum import StrEnum
-from typing import Literal
+from typing import Generic, Literal, TypeVar
 
 from floodgate.errors import ConfigError
+
+T = TypeVar("T")
 
 MAX_RETRY_AFTER = 600.0
 """Upper bound on a provider's Retry-After: a misconfigured provider must not park a job for a day."""
@@ -71,6 +76,12 @@ class SlotPool:
         """Slots available now; 0 (never negative) while over capacity after a rebuild or a shrink."""
         return max(0, self._capacity - len(self._held))
 
+    def __contains__(self, job_id: object) -> bool:
+        return job_id in self._held
+
+    def __len__(self) -> int:
+        return len(self._held)
+
     def try_acquire(self, job_id: str) -> bool:
         """Take a slot for ``job_id``. True if it holds one now, including when it already did (redelivery)."""
         if job_id in self._held:
@@ -98,6 +109,55 @@ class SlotPool:
     def resize(self, capacity: int) -> None:
         """Change capacity (e.g. partitions were reassigned). Held jobs stay. Raises ``ConfigError`` if negative."""
         self._capacity = _int_at_least("capacity", capacity, minimum=0)
+
+
+class WaitingLine(Generic[T]):
+    """Orders of one partition waiting for a slot, oldest first.
+
+    ``push`` says when the line has reached ``high`` (pause fetching the partition: the rest of
+    the backlog should wait in Kafka, not here) and ``resume_due`` says, once, when it has drained
+    to half of that (fetch again, early enough that the line never runs dry while slots are free).
+    """
+
+    def __init__(self, high: int) -> None:
+        """Raises ``ConfigError`` if ``high`` is not an integer >= 1."""
+        self.high = _int_at_least("high", high)
+        self.low = high // 2
+        self._items: deque[T] = deque()
+        self._paused = False
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+    @property
+    def paused(self) -> bool:
+        return self._paused
+
+    def push(self, item: T) -> bool:
+        """Queue ``item``; True while the line is at or above ``high`` (pause, or stay paused)."""
+        self._items.append(item)
+        if len(self._items) >= self.high:
+            self._paused = True
+            return True
+        return False
+
+    def peek(self) -> T | None:
+        return self._items[0] if self._items else None
+
+    def pop(self) -> T | None:
+        return self._items.popleft() if self._items else None
+
+    def resume_due(self) -> bool:
+        """True once per pause, when the line has drained to ``low``."""
+        if self._paused and len(self._items) <= self.low:
+            self._paused = False
+            return True
+        return False
+
+    def clear(self) -> list[T]:
+        """Forget every waiting item (their partition was revoked); return them."""
+        items, self._items, self._paused = list(self._items), deque(), False
+        return items
 
 
 class TokenBucket:

@@ -35,6 +35,7 @@ def create_app(settings: Settings, *, app_id: str | None = None, datadir: Path |
         broker_heartbeat_interval=max(1.0, settings.session_timeout / 3),
         broker_rebalance_timeout=max(settings.session_timeout * 2, 20.0),
         consumer_auto_offset_reset="earliest",
+        stream_buffer_maxsize=settings.stream_buffer,
         producer_acks=-1,
         # Standbys would double table changelog reads on a 2-core box; recovery replays instead.
         table_standby_replicas=0,

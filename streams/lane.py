@@ -1,9 +1,13 @@
-"""One worker's view of one provider: the slot table, slot waits, rate bucket, outage breaker and
-the submissions running in the background.
+"""One worker's view of one provider: the slot table, the slot accounting and waiting orders of
+each dispatch partition, rate bucket, outage breaker and the submissions running in the background.
 
 Slots live in the ``inflight-<provider>`` table under ``b"<partition>:<job id>"``: the partition
-prefix lets a partition's slots be counted from the keys alone (no decoding), and the release of
+prefix lets a partition's slots be rebuilt from the keys alone (no decoding), and the release of
 a job finds its slot without a scan, because release and dispatch topics are co-partitioned.
+
+The table is the durable truth; ``pools`` mirror it per partition (an O(1) count on every order,
+where scanning the table would cost O(limit)) and are rebuilt from it whenever a partition is
+seen in a new consumer generation, i.e. after every rebalance and table recovery.
 """
 from __future__ import annotations
 
@@ -11,15 +15,21 @@ import asyncio
 import logging
 import random
 from collections.abc import Coroutine
-from typing import Any
+from typing import Any, Generic, TypeVar
 
 import faust
 
 from floodgate.routing import ProviderSpec
-from floodgate.throttle import Backoff, CircuitBreaker, TokenBucket, partition_share
+from floodgate.throttle import Backoff, CircuitBreaker, SlotPool, TokenBucket, WaitingLine, partition_share
 from streams.tables import JsonTable
 
 log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+MIN_WAITING = 64
+"""Orders a partition keeps in memory while its slots are full, at least (its share, if larger):
+enough to refill freed slots at once, few enough that the backlog stays in Kafka."""
 
 
 def slot_key(partition: int, job_id: str) -> bytes:
@@ -31,12 +41,15 @@ def parse_slot_key(key: bytes) -> tuple[int, str]:
     return int(partition), job_id
 
 
-class Lane:
+class Lane(Generic[T]):
     def __init__(self, app: faust.App, spec: ProviderSpec, partitions: int) -> None:
         self.spec = spec
         self.partitions = partitions
         self.slots = JsonTable(app, f"inflight-{spec.name}", partitions=partitions)
-        self.changed = asyncio.Event()
+        self.pools = {p: SlotPool(self.capacity(p)) for p in range(partitions)}
+        self.lines: dict[int, WaitingLine[T]] = {
+            p: WaitingLine(max(MIN_WAITING, self.capacity(p))) for p in range(partitions)}
+        self.generations: dict[int, int] = {}
         self.bucket = TokenBucket(spec.rate_per_second, max(1.0, spec.rate_per_second)) if spec.rate_per_second else None
         self.breaker = CircuitBreaker(failure_threshold=5, reset_after=30.0)
         self.backoff = Backoff(base=0.5, factor=2.0, cap=30.0, jitter="full", rng=random.Random())
@@ -45,20 +58,43 @@ class Lane:
     def capacity(self, partition: int) -> int:
         return partition_share(self.spec.concurrency_limit, self.partitions, partition)
 
-    def held(self, partition: int) -> int:
+    def sync(self, partition: int, generation: int) -> None:
+        """Rebuild ``partition``'s slot count from the table the first time it is seen in a
+        consumer generation (the table was just recovered, or other workers changed it)."""
+        if self.generations.get(partition) == generation:
+            return
+        self.generations[partition] = generation
         prefix = f"{partition}:".encode()
-        return sum(1 for key in self.slots.table.keys() if key.startswith(prefix))
+        held = [parse_slot_key(key)[1] for key in list(self.slots.table.keys()) if key.startswith(prefix)]
+        self.pools[partition].rebuild(held)
 
-    async def wait_for_slot(self, partition: int) -> None:
-        while self.held(partition) >= self.capacity(partition):
-            self.changed.clear()
-            try:
-                await asyncio.wait_for(self.changed.wait(), 1.0)
-            except asyncio.TimeoutError:
-                pass  # re-count: a rebalance may have changed what this worker holds
+    def next_waiting(self, partition: int, job_of: Any) -> tuple[T, bool] | None:
+        """The oldest waiting order that can go now, and whether it took a new slot (False: its
+        job holds one already, e.g. a duplicate order). None while the partition's slots are full."""
+        line, pool = self.lines[partition], self.pools[partition]
+        head = line.peek()
+        if head is None:
+            return None
+        job = job_of(head)
+        if job in pool:
+            line.pop()
+            return head, False
+        if not pool.try_acquire(job):
+            return None
+        line.pop()
+        return head, True
 
-    def freed(self) -> None:
-        self.changed.set()
+    def free(self, partition: int, job_id: str) -> None:
+        self.pools[partition].release(job_id)
+
+    def forget_waiting(self, partitions: set[int]) -> int:
+        """Drop the waiting orders of revoked partitions: they were never acknowledged, so whoever
+        owns the partitions next reads them again from the committed offset."""
+        dropped = 0
+        for p in partitions:
+            dropped += len(self.lines[p].clear())
+            self.generations.pop(p, None)
+        return dropped
 
     def run_in_background(self, key: bytes, work: Coroutine[Any, Any, None]) -> None:
         """Run a submission without holding up the dispatch stream. Its slot is already durable,

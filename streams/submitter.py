@@ -27,6 +27,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 import faust
+from faust.types import TP
 
 from connectors.providers.base import SubmitOrder
 from floodgate import codec
@@ -63,8 +64,9 @@ def register_provider(pipe: Pipeline, name: str, policy: SubmitPolicy = SubmitPo
 
     async def move_on(order: dict[str, Any], key: bytes, partition: int, reason: str, *, reroute: bool) -> None:
         slots.remove_in(partition, key)
-        lane.freed()
+        lane.free(partition, order["job_id"])
         count_slots()
+        await pump(partition)
         job_id, attempt = order["job_id"], order["attempt"]
         tried = [*order["tried"], name]
         nxt = next_target(pipe.routing, order["model"], tried, datetime.now(UTC)) if reroute else None
@@ -120,30 +122,83 @@ def register_provider(pipe: Pipeline, name: str, policy: SubmitPolicy = SubmitPo
 
     @app.agent(orders, name=f"submit-{name}")
     async def submitter(stream: faust.StreamT) -> None:
-        async for ev in stream.events():
+        # Acks are manual: an order waiting for a slot stays unacknowledged (its offset is not
+        # committed) while the agent reads on. The agent must never block on a slot: Faust
+        # delivers every topic from one loop, and once this stream's buffer is full that loop
+        # waits for it, so releases (and everything else) would stop arriving: a deadlock.
+        orders_in = stream.noack()
+        async for ev in orders_in.events():
             msg = ev.message
             pipe.metrics.events_processed.labels(f"submit-{name}").inc()
-            await guard.process(lambda: handle_order(codec.decode("DispatchOrder", msg.value, msg.headers), msg.partition),
-                                emit=emit, dlq=names.dlq, message=msg, stage=f"submit-{name}",
-                                on_dead_letter=pipe.metrics.dead_letters.labels("submitter").inc)
+            waiting = False
 
-    async def handle_order(order: dict[str, Any], partition: int) -> None:
+            async def take(ev: Any = ev, msg: Any = msg) -> None:
+                nonlocal waiting
+                waiting = await intake(orders_in, ev, codec.decode("DispatchOrder", msg.value, msg.headers))
+
+            await guard.process(take, emit=emit, dlq=names.dlq, message=msg, stage=f"submit-{name}",
+                                on_dead_letter=pipe.metrics.dead_letters.labels("submitter").inc)
+            if not waiting:
+                await orders_in.ack(ev)
+
+    async def intake(orders_in: faust.StreamT, ev: Any, order: dict[str, Any]) -> bool:
+        """Act on an order now, or queue it for a slot (True: it waits, unacknowledged)."""
+        partition = ev.message.partition
+        lane.sync(partition, ev.message.generation_id)
         key = slot_key(partition, order["job_id"])
         entry = slots.get(key)
         if entry is not None and entry["a"] > order["attempt"]:
-            return  # an order for an attempt that has been superseded
+            return False  # an order for an attempt that has been superseded
         if entry is not None and entry.get("pj"):
             # Already submitted (a redelivered or re-dispatched order): say so again, idempotently.
             await event(order["job_id"], "submitted", entry["a"], provider_job_id=entry["pj"])
-            return
+            return False
         if key in lane.submitting:
-            return  # its submission is still running here (e.g. waiting out 429s)
-        if entry is None:
-            await lane.wait_for_slot(partition)
+            return False  # its submission is still running here (e.g. waiting out 429s)
+        if entry is not None:
+            # It holds a durable slot but its submission never finished (a crash mid-call).
+            lane.run_in_background(key, submit(order, key, partition))
+            return False
+        if lane.lines[partition].push((orders_in, ev, order)):
+            app.consumer.on_buffer_full(TP(ev.message.topic, partition))  # Faust's own pause: keeps the fetched rest
+        await pump(partition)
+        return True
+
+    async def pump(partition: int) -> None:
+        """Give free slots of ``partition`` to its waiting orders, oldest first. Several callers
+        may pump at once (new orders, releases, fallbacks): a slot is taken synchronously."""
+        line = lane.lines[partition]
+        while (nxt := lane.next_waiting(partition, lambda item: item[2]["job_id"])) is not None:
+            (orders_in, ev, order), fresh = nxt
+            if fresh:
+                await start(orders_in, ev, order, partition)
+            else:
+                await orders_in.ack(ev)  # a second order for a job that holds a slot
+            if line.resume_due():
+                app.consumer.on_buffer_drop(TP(ev.message.topic, partition))
+
+    async def start(orders_in: faust.StreamT, ev: Any, order: dict[str, Any], partition: int) -> None:
+        key = slot_key(partition, order["job_id"])
+        written = False
+
+        async def write() -> None:
+            nonlocal written
             # The slot must be on Kafka before the provider hears of the job: a crash after
             # the call but before the changelog write would otherwise forget the slot.
-            await slots.set_durably(key, {"a": order["attempt"], "t": time.time(), "o": order})
-            count_slots()
+            await slots.put_durably_in(partition, key, {"a": order["attempt"], "t": time.time(), "o": order})
+            written = True
+
+        await guard.process(write, emit=emit, dlq=names.dlq, message=ev.message, stage=f"submit-{name}",
+                            on_dead_letter=pipe.metrics.dead_letters.labels("submitter").inc)
+        count_slots()
+        if not written:  # dead-lettered: give the slot back
+            slots.remove_in(partition, key)
+            lane.free(partition, order["job_id"])
+            await orders_in.ack(ev)
+            return
+        if ev.message.generation_id != app.consumer_generation_id:
+            return  # a rebalance meanwhile: the partition's next owner reads this order again
+        await orders_in.ack(ev)
         lane.run_in_background(key, submit(order, key, partition))
 
     @app.agent(releases, name=f"release-{name}")
@@ -151,22 +206,35 @@ def register_provider(pipe: Pipeline, name: str, policy: SubmitPolicy = SubmitPo
         async for ev in stream.events():
             msg = ev.message
             pipe.metrics.events_processed.labels(f"release-{name}").inc()
-            await guard.process(lambda: release(codec.decode("SlotRelease", msg.value, msg.headers), msg.partition),
+            await guard.process(lambda: release(codec.decode("SlotRelease", msg.value, msg.headers), msg),
                                 emit=emit, dlq=names.dlq, message=msg, stage=f"release-{name}",
                                 on_dead_letter=pipe.metrics.dead_letters.labels("release").inc)
 
-    async def release(rel: dict[str, Any], partition: int) -> None:
+    async def release(rel: dict[str, Any], msg: Any) -> None:
+        partition = msg.partition
+        lane.sync(partition, msg.generation_id)
         key = slot_key(partition, rel["job_id"])
         entry = slots.get(key)
         if entry is not None and entry["a"] <= rel["attempt"]:
-            del slots[key]
-            lane.freed()
+            slots.remove_in(partition, key)
+            lane.free(partition, rel["job_id"])
             count_slots()
+        await pump(partition)
+
+    @app.on_partitions_revoked.connect
+    async def _revoked(app: faust.App, revoked: set[Any], **kwargs: object) -> None:
+        mine = {tp.partition for tp in revoked if tp.topic == orders.get_topic_name()}
+        dropped = lane.forget_waiting(mine)
+        if dropped:
+            log.info("%s: %d waiting orders left to the partitions' next owner", name, dropped)
 
     @app.timer(interval=max(1.0, min(10.0, settings.poll_after / 3)), name=f"poll-{name}")
     async def poll() -> None:
         now = time.time()
         count_slots()  # also after a rebalance
+        for partition, line in lane.lines.items():
+            if len(line):
+                await pump(partition)  # a safety net: every slot freed also pumps
         for key, entry in list(slots.items()):
             if key in lane.submitting:
                 continue

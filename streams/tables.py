@@ -45,12 +45,16 @@ class JsonTable:
         if sent is not None:
             await sent
 
-    def put_in(self, partition: int, key: bytes, value: dict[str, Any]) -> None:
+    def put_in(self, partition: int, key: bytes, value: dict[str, Any]) -> FutureMessage:
         """Set ``key`` from outside an agent's event (a background task), naming the changelog
         partition that Faust would otherwise take from the event being processed."""
         raw = orjson.dumps(value)
         self.table.data[key] = raw
-        self.table.send_changelog(partition, key, raw)
+        return self.table.send_changelog(partition, key, raw)
+
+    async def put_durably_in(self, partition: int, key: bytes, value: dict[str, Any]) -> None:
+        """``put_in``, returning once the changelog record is acknowledged by Kafka."""
+        await self.put_in(partition, key, value)
 
     def remove_in(self, partition: int, key: bytes) -> None:
         """Delete ``key`` from outside an agent's event (see ``put_in``)."""

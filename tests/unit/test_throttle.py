@@ -16,6 +16,7 @@ from floodgate.throttle import (
     BreakerState,
     CircuitBreaker,
     SlotPool,
+    WaitingLine,
     TokenBucket,
     parse_retry_after,
     partition_share,
@@ -65,6 +66,44 @@ def test_partition_shares_sum_to_the_limit_and_are_even(case: tuple[int, int]) -
     assert sum(shares) == limit
     assert max(shares) - min(shares) <= 1
     assert min(shares) >= 1
+
+
+# --- WaitingLine -----------------------------------------------------------------------
+
+
+def test_waiting_line_pauses_at_high_and_resumes_once_at_half() -> None:
+    line: WaitingLine[int] = WaitingLine(4)
+    assert [line.push(i) for i in range(5)] == [False, False, False, True, True]
+    assert line.paused and len(line) == 5
+    assert [line.pop() for _ in range(2)] == [0, 1] and not line.resume_due()  # 3 left > 2
+    assert line.pop() == 2 and line.resume_due() and not line.paused
+    assert not line.resume_due(), "a resume is due once per pause"
+    assert line.peek() == 3 and line.pop() == 3 and line.pop() == 4 and line.pop() is None
+
+
+def test_waiting_line_never_resumes_without_a_pause() -> None:
+    line: WaitingLine[str] = WaitingLine(10)
+    line.push("a")
+    assert line.pop() == "a" and not line.resume_due()
+
+
+def test_clearing_a_line_returns_its_items_and_lifts_the_pause() -> None:
+    line: WaitingLine[int] = WaitingLine(2)
+    line.push(1), line.push(2)
+    assert line.paused
+    assert line.clear() == [1, 2] and len(line) == 0 and not line.paused and not line.resume_due()
+
+
+@pytest.mark.parametrize("high", [0, -1, 1.5, True])
+def test_waiting_line_rejects_a_bad_high_mark(high: object) -> None:
+    with pytest.raises(ConfigError):
+        WaitingLine(high)  # type: ignore[arg-type]
+
+
+def test_slot_pool_counts_and_answers_membership_without_copying() -> None:
+    pool = SlotPool(3)
+    pool.try_acquire("a"), pool.try_acquire("b")
+    assert "a" in pool and "z" not in pool and len(pool) == 2
 
 
 # --- SlotPool -------------------------------------------------------------------------
