@@ -3,6 +3,9 @@
 Startup order matters: topics exist → producer connected → job view caught up → socket
 listening. So the first request already finds Kafka reachable and the view complete, and
 ``api=http://HOST:PORT`` is printed only when the API can answer correctly.
+
+The job view spills what it evicts to ``<cache_dir>/api/<topic prefix>/<host>-<pid>-*/view.sqlite``
+(see ``floodgate.api.spill``): a new, empty file per process, removed when the server closes.
 """
 from __future__ import annotations
 
@@ -13,6 +16,7 @@ import signal
 import socket
 import sys
 from collections.abc import Iterable
+from pathlib import Path
 from typing import Any
 
 from aiohttp import web
@@ -20,7 +24,8 @@ from aiohttp import web
 from floodgate import provider_config
 from floodgate.api.app import build_app, parse_roles
 from floodgate.api.kafka_io import KafkaSender
-from floodgate.api.view import JobView, NotificationFeed
+from floodgate.api.spill import SpillStore
+from floodgate.api.view import DEFAULT_MAX_JOBS, JobView, NotificationFeed
 from floodgate.errors import ConfigError
 from floodgate.kafka_admin import ensure_topics
 from floodgate.provider_config import ProviderSetup
@@ -34,13 +39,15 @@ class ApiServer:
     """A listening API; ``close()`` stops serving, then the Kafka clients. Safe to call twice."""
 
     def __init__(self, url: str, runner: web.AppRunner, producer: KafkaSender | None,
-                 feed: NotificationFeed | None, view: JobView | None, outgoing: Any = None) -> None:
+                 feed: NotificationFeed | None, view: JobView | None, outgoing: Any = None,
+                 spill: SpillStore | None = None) -> None:
         self.url = url
         self.view = view
         self.outgoing = outgoing
         self._runner = runner
         self._producer = producer
         self._feed = feed
+        self._spill = spill
         self._closed = False
 
     async def close(self) -> None:
@@ -54,6 +61,14 @@ class ApiServer:
             await self._feed.stop()
         if self._producer is not None:
             await self._producer.stop()
+        if self._spill is not None:
+            await asyncio.to_thread(self._spill.close)  # waits for a write the feed left running
+
+
+def spill_dir(settings: Settings) -> Path:
+    """The directory under which each API process of this deployment (topic prefix) makes its
+    own spill store."""
+    return settings.cache_dir / "api" / (settings.topic_prefix.strip(".") or "default")
 
 
 def _bind(host: str, port: int) -> socket.socket:
@@ -69,14 +84,16 @@ def _bind(host: str, port: int) -> socket.socket:
 
 async def serve(settings: Settings, *, host: str | None = None, port: int | None = None,
                 roles: Iterable[str] | str | None = None, setup: ProviderSetup | None = None,
-                ready_timeout: float = 60.0, outgoing_webhooks: bool = False, **app_options: Any) -> ApiServer:
+                ready_timeout: float = 60.0, outgoing_webhooks: bool = False,
+                view_max_jobs: int = DEFAULT_MAX_JOBS, **app_options: Any) -> ApiServer:
     """Start the API for ``roles`` (default all) on ``host:port`` (default from settings; port 0
     picks a free one) and return once it listens.
 
     Raises ``ConfigError`` for a missing bootstrap or bad roles and ``KafkaUnavailable`` if the
     broker does not answer. ``app_options`` go to :func:`build_app` (e.g. ``keepalive``).
     ``outgoing_webhooks`` also runs the signed outgoing-webhook deliveries (a consumer group on
-    ``results``, so several API processes share them).
+    ``results``, so several API processes share them). ``view_max_jobs`` bounds the job
+    snapshots held in memory; older ones are read back from the spill store on disk.
     """
     chosen = parse_roles(roles)
     if not settings.kafka_bootstrap:
@@ -91,14 +108,18 @@ async def serve(settings: Settings, *, host: str | None = None, port: int | None
     await asyncio.to_thread(ensure_topics, settings.kafka_bootstrap, layout, settings.replication_factor)
 
     producer = KafkaSender(settings.kafka_bootstrap) if chosen & {"ingress", "bridge"} else None
-    view = JobView() if chosen & {"ingress", "read"} else None
-    feed = None
-    if view is not None:
-        feed = NotificationFeed(settings.kafka_bootstrap, names.notifications, layout[names.notifications][0], view)
+    spill: SpillStore | None = None
+    view: JobView | None = None
+    feed: NotificationFeed | None = None
     runner: web.AppRunner | None = None
     sock: socket.socket | None = None
     outgoing = None
     try:
+        if chosen & {"ingress", "read"}:
+            spill = await asyncio.to_thread(SpillStore.private, spill_dir(settings))
+            view = JobView(view_max_jobs, spill)
+            feed = NotificationFeed(settings.kafka_bootstrap, names.notifications,
+                                    layout[names.notifications][0], view)
         if outgoing_webhooks:
             from floodgate.notify.outgoing import OutgoingWebhooks
 
@@ -131,9 +152,11 @@ async def serve(settings: Settings, *, host: str | None = None, port: int | None
             await producer.stop()
         if outgoing is not None:
             await outgoing.stop()
+        if spill is not None:
+            await asyncio.to_thread(spill.close)
         raise
     shown = f"[{host}]" if ":" in host else host
-    return ApiServer(f"http://{shown}:{bound}", runner, producer, feed, view, outgoing)
+    return ApiServer(f"http://{shown}:{bound}", runner, producer, feed, view, outgoing, spill)
 
 
 async def _main(settings: Settings, host: str | None, port: int | None, roles: Iterable[str] | str | None,

@@ -5,19 +5,28 @@
 ``NotificationFeed`` is the I/O edge that feeds it. The feed uses **no consumer group**: every
 API instance reads every partition from the beginning, so each one holds the whole view and a
 restarted instance rebuilds it (compaction keeps the latest snapshot per job).
+
+Memory holds at most ``max_jobs`` snapshots. With a ``SpillStore`` (``floodgate.api.spill``),
+an evicted snapshot is written to disk rather than forgotten, and reads that miss memory look
+there before a token-bearing job is presumed queued. Evictions are collected and written once
+per feed batch, in a thread; the feed also looks up, in one query per batch and in a thread, the
+spilled versions of the jobs it is about to apply, so a spilled job keeps the version order.
 """
 from __future__ import annotations
 
 import asyncio
 import contextlib
 import logging
+import sqlite3
 from collections import OrderedDict
+from collections.abc import Iterable
 from typing import Any
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.errors import KafkaError
 
 from floodgate import codec
+from floodgate.api.spill import SpillStore
 from floodgate.errors import SchemaError
 from floodgate.jobs.state import TERMINAL
 
@@ -36,41 +45,68 @@ def is_terminal(snapshot: Snapshot) -> bool:
 
 
 class JobView:
-    """Latest snapshot per job, bounded to ``max_jobs`` (oldest terminal jobs are evicted first).
+    """Latest snapshot per job, bounded to ``max_jobs`` in memory (oldest terminal jobs are
+    evicted first). Evicted snapshots go to ``spill`` when there is one, and are lost otherwise.
 
     Not thread-safe; use from the event loop only.
     """
 
-    def __init__(self, max_jobs: int = DEFAULT_MAX_JOBS) -> None:
+    def __init__(self, max_jobs: int = DEFAULT_MAX_JOBS, spill: SpillStore | None = None) -> None:
         if max_jobs < 1:
             raise ValueError("max_jobs must be at least 1")
         self.max_jobs = max_jobs
+        self.spill = spill
         # Two recency orders: evicting a finished job costs its owner nothing (the result also
-        # lives on `results`), evicting a live one would make its GET fall back to "queued".
+        # lives on `results` and in the spill), evicting a live one without a spill would make
+        # its GET fall back to "queued".
         self._active: OrderedDict[str, Snapshot] = OrderedDict()
         self._done: OrderedDict[str, Snapshot] = OrderedDict()
+        # Evicted but not yet on disk: `_evicted` waits for the next flush, `_writing` is being
+        # written by it. Both are read like memory, so a job is never out of sight in between.
+        self._evicted: dict[str, Snapshot] = {}
+        self._writing: dict[str, Snapshot] = {}
+        self._spilled_any = False
+        # Spilled versions looked up for the feed batch being applied (-1: nothing spilled).
+        self._floors: dict[str, int] = {}
+        self._flush_lock = asyncio.Lock()
         self._subscribers: dict[str, set[asyncio.Queue[Snapshot]]] = {}
         self._arrivals: dict[str, set[asyncio.Future[None]]] = {}
         self.ready = asyncio.Event()
         """Set once the feed has read up to the end offsets it saw at start."""
 
     def __len__(self) -> int:
+        """Snapshots held in memory (at most ``max_jobs``); spilled ones are not counted."""
         return len(self._active) + len(self._done)
 
     def get(self, job_id: str) -> Snapshot | None:
-        return self._active.get(job_id) or self._done.get(job_id)
+        """The job's snapshot if it is in memory (or evicted and not yet written); no disk I/O."""
+        return (self._active.get(job_id) or self._done.get(job_id)
+                or self._evicted.get(job_id) or self._writing.get(job_id))
+
+    async def lookup(self, job_id: str) -> Snapshot | None:
+        """The job's snapshot from memory or, on a miss, from the spill (read in a thread)."""
+        found = self.get(job_id)
+        if found is not None or self.spill is None or not self._spilled_any:
+            return found
+        spilled = await asyncio.to_thread(self.spill.get, job_id)
+        # A newer snapshot may have arrived during the read; memory is never older than disk.
+        return self.get(job_id) or spilled
 
     def apply(self, snapshot: Snapshot) -> bool:
-        """Keep ``snapshot`` if it is newer than what we hold; True if it was kept.
+        """Keep ``snapshot`` if it is newer than what we hold, in memory or spilled; True if kept.
 
         Equal versions are not newer: a redelivered snapshot changes nothing and wakes nobody.
+        A job neither in memory nor in the batch ``apply_batch`` looked up costs one indexed
+        read of the spill on the event loop (in the server, only ``put_local`` gets there).
         """
         job_id = snapshot["job_id"]
         current = self.get(job_id)
-        if current is not None and current["version"] >= snapshot["version"]:
+        held = current["version"] if current is not None else self._spilled_version(job_id)
+        if held >= snapshot["version"]:
             return False
         self._active.pop(job_id, None)
         self._done.pop(job_id, None)
+        self._evicted.pop(job_id, None)  # superseded: no need to write it
         (self._done if is_terminal(snapshot) else self._active)[job_id] = snapshot
         self._evict()
         for queue in self._subscribers.get(job_id, ()):
@@ -80,6 +116,44 @@ class JobView:
                 waiter.set_result(None)
         return True
 
+    async def apply_batch(self, snapshots: list[Snapshot]) -> int:
+        """Apply a batch from the feed in order, then write what it evicted; how many were kept.
+
+        Spilled versions of the jobs not in memory are looked up first, in one query off the
+        event loop, so ``apply`` never reads the disk here.
+        """
+        if self.spill is not None and self._spilled_any:
+            missing = {s["job_id"] for s in snapshots if self.get(s["job_id"]) is None}
+            if missing:
+                found = await asyncio.to_thread(self._spilled_versions, missing)
+                self._floors = {job_id: found.get(job_id, -1) for job_id in missing}
+        try:
+            kept = sum(self.apply(snapshot) for snapshot in snapshots)
+        finally:
+            # Only valid until the next flush: drop them before it.
+            self._floors = {}
+        await self.flush()
+        return kept
+
+    async def flush(self) -> None:
+        """Write the snapshots evicted since the last flush to the spill, in one transaction in
+        a thread. The feed calls it once per batch. A failed write is logged and those
+        snapshots are lost, as without a spill: the feed must go on."""
+        if self.spill is None:
+            return
+        async with self._flush_lock:
+            if not self._evicted:
+                return
+            self._writing, self._evicted = self._evicted, {}
+            try:
+                await asyncio.to_thread(self.spill.put_many, list(self._writing.values()))
+                self._spilled_any = True
+            except sqlite3.Error as exc:
+                log.error("job view: could not spill %d evicted snapshots to %s: %s",
+                          len(self._writing), self.spill.path, exc)
+            finally:
+                self._writing = {}
+
     def put_local(self, snapshot: Snapshot) -> bool:
         """What the ingress knows right after its 202, so a GET on this instance never 404s.
 
@@ -88,21 +162,25 @@ class JobView:
         return self.apply(snapshot)
 
     async def wait_for(self, job_id: str, timeout: float) -> Snapshot | None:
-        """The job's snapshot, waiting up to ``timeout`` seconds for one to arrive."""
+        """The job's snapshot (memory, then spill), waiting up to ``timeout`` seconds for one to arrive."""
         found = self.get(job_id)
-        if found is not None or timeout <= 0:
+        if found is not None:
             return found
         waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         waiters = self._arrivals.setdefault(job_id, set())
-        waiters.add(waiter)
+        waiters.add(waiter)  # before the spill read, so an arrival during it is not missed
         try:
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(waiter, timeout)
+            found = await self.lookup(job_id)
+            if found is None and timeout > 0:
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(waiter, timeout)
+                # What arrived may already be evicted (a full view of live jobs): look everywhere.
+                found = await self.lookup(job_id)
         finally:
             waiters.discard(waiter)
             if not waiters and self._arrivals.get(job_id) is waiters:
                 del self._arrivals[job_id]
-        return self.get(job_id)
+        return found
 
     def subscribe(self, job_id: str) -> asyncio.Queue[Snapshot]:
         """A queue receiving every newer snapshot of ``job_id`` from now on; pair with ``unsubscribe``."""
@@ -120,9 +198,30 @@ class JobView:
     def subscriber_count(self, job_id: str) -> int:
         return len(self._subscribers.get(job_id, ()))
 
+    def _spilled_version(self, job_id: str) -> int:
+        if self.spill is None or not self._spilled_any:
+            return -1
+        floor = self._floors.get(job_id)
+        if floor is None:
+            floor = self._spilled_versions((job_id,)).get(job_id, -1)
+        return floor
+
+    def _spilled_versions(self, job_ids: Iterable[str]) -> dict[str, int]:
+        """Spilled versions of ``job_ids``; none if the disk fails. Snapshots of a job reach the
+        topic in version order, so taking an arrival as newer is the right guess then, and a
+        feed that stopped on a disk error would be worse (a view that never changes again)."""
+        assert self.spill is not None
+        try:
+            return self.spill.versions(job_ids)
+        except sqlite3.Error as exc:
+            log.error("job view: could not read spilled versions from %s: %s", self.spill.path, exc)
+            return {}
+
     def _evict(self) -> None:
         while len(self) > self.max_jobs:
-            (self._done if self._done else self._active).popitem(last=False)
+            job_id, snapshot = (self._done if self._done else self._active).popitem(last=False)
+            if self.spill is not None:
+                self._evicted[job_id] = snapshot
 
 
 def _offer(queue: asyncio.Queue[Snapshot], snapshot: Snapshot) -> None:
@@ -188,9 +287,9 @@ class NotificationFeed:
                 log.warning("notification feed: %s; retrying", exc)
                 await asyncio.sleep(1.0)
                 continue
-            for records in batches.values():
-                for msg in records:
-                    self._apply(msg)
+            # Also with nothing fetched: the flush writes what the ingress's put_local evicted.
+            await self.view.apply_batch([snapshot for records in batches.values() for msg in records
+                                         if (snapshot := _decode(msg)) is not None])
             if pending:
                 for tp in list(pending):
                     if await self._consumer.position(tp) >= end[tp]:
@@ -198,13 +297,15 @@ class NotificationFeed:
                 if not pending:
                     self.view.ready.set()
 
-    def _apply(self, msg: Any) -> None:
-        if msg.value is None:
-            return  # a tombstone: compaction's business, not a state
-        try:
-            self.view.apply(codec.decode("JobSnapshot", msg.value, msg.headers))
-        except SchemaError as exc:
-            log.warning("skipping undecodable snapshot at %s[%s]@%s: %s", msg.topic, msg.partition, msg.offset, exc)
+
+def _decode(msg: Any) -> Snapshot | None:
+    if msg.value is None:
+        return None  # a tombstone: compaction's business, not a state
+    try:
+        return codec.decode("JobSnapshot", msg.value, msg.headers)
+    except SchemaError as exc:
+        log.warning("skipping undecodable snapshot at %s[%s]@%s: %s", msg.topic, msg.partition, msg.offset, exc)
+        return None
 
 
 __all__ = ["DEFAULT_MAX_JOBS", "JobView", "NotificationFeed", "Snapshot", "is_terminal"]

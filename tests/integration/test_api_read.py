@@ -11,7 +11,8 @@ import orjson
 import pytest
 
 from floodgate.api.read import MAX_SUBSCRIPTIONS
-from floodgate.api.server import ApiServer, serve
+from floodgate.api.server import ApiServer, serve, spill_dir
+from floodgate.api.spill import FILE_NAME
 from floodgate.ids import job_token, new_job_id
 from floodgate.settings import Settings
 from streams.topics import TopicNames
@@ -113,6 +114,26 @@ async def test_view_is_rebuilt_from_notifications_at_start(settings: Settings,
         "result": {"video_url": "https://cdn.example/v.mp4"}, "error": None,
         "created_at": "2023-11-14T22:13:20.000Z", "updated_at": "2023-11-14T22:13:20.004Z", "metadata": {"k": "v"},
     }
+
+
+async def test_jobs_beyond_the_memory_bound_read_back_from_disk(settings: Settings,
+                                                                 http: aiohttp.ClientSession) -> None:
+    ids = [new_job_id() for _ in range(6)]
+    async with running_api(settings, roles={"read"}):
+        pass  # creates the topics
+    produce_snapshots(settings.kafka_bootstrap, TopicNames(settings).notifications, [
+        snapshot(job_id, 2, "completed", progress=1.0, video_url=f"https://cdn.example/{n}.mp4")
+        for n, job_id in enumerate(ids)])
+    # A restarted API replays the topic and evicts as it goes: 4 of the 6 jobs end up on disk.
+    async with running_api(settings, roles={"read"}, view_max_jobs=2) as api:
+        assert api.view is not None and api.view.ready.is_set() and len(api.view) == 2
+        assert len(list(spill_dir(settings).glob(f"*/{FILE_NAME}"))) == 1
+        for n, job_id in enumerate(ids):
+            async with http.get(f"{api.url}/v1/jobs/{job_id}",
+                                headers={"Authorization": f"Bearer {token_for(settings, job_id)}"}) as resp:
+                body = await resp.json()
+            assert (body["status"], body["result"]) == ("completed", {"video_url": f"https://cdn.example/{n}.mp4"})
+    assert list(spill_dir(settings).iterdir()) == []  # each process removes its own file
 
 
 async def read_sse(resp: aiohttp.ClientResponse) -> AsyncIterator[dict[str, str]]:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -12,8 +13,10 @@ from aiohttp.test_utils import TestClient, TestServer
 
 from floodgate.api.app import build_app, parse_roles
 from floodgate.api.kafka_io import KafkaUnavailable
+from floodgate.api.spill import SpillStore
 from floodgate.api.view import JobView
 from floodgate.errors import ConfigError
+from floodgate.ids import job_token, new_job_id
 from floodgate.provider_config import dev_setup
 from floodgate.settings import Secret, Settings
 
@@ -119,3 +122,41 @@ def test_roles_need_their_dependencies() -> None:
     with pytest.raises(ConfigError):
         parse_roles("ingress,admin")
     assert parse_roles("read, bridge") == {"read", "bridge"} and parse_roles(None) == parse_roles("")
+
+
+@pytest.mark.parametrize(("spilled", "status"), [(True, "completed"), (False, "queued")],
+                         ids=["with-spill", "without-spill"])
+async def test_an_evicted_finished_job_reads_completed_not_queued(tmp_path: Path, spilled: bool,
+                                                                  status: str) -> None:
+    # Without a spill store the view forgets evicted jobs and the read presumes "queued": the
+    # wrong answer about a finished video that the spill store exists to prevent.
+    store = SpillStore(tmp_path / "view.sqlite") if spilled else None
+    view = JobView(max_jobs=2, spill=store)
+    job_id = new_job_id()
+    url = "https://cdn.example/done.mp4"
+    base = {"tenant": "default", "user_id": "u1", "model": "kling-2.1", "provider": "kling", "attempt": 0,
+            "created_at": 1_700_000_000_000, "updated_at": 1_700_000_000_000, "metadata": {}}
+    await view.apply_batch([{**base, "job_id": job_id, "status": "completed", "progress": 1.0,
+                             "video_url": url, "version": 5}])
+    await view.apply_batch([{**base, "job_id": new_job_id(), "status": "completed", "version": 1}
+                            for _ in range(3)])  # newer finished jobs push it out of memory
+    assert view.get(job_id) is None
+    token = job_token(SETTINGS.secret.reveal().encode(), job_id)
+    app = build_app(SETTINGS, SETUP, roles={"read"}, producer=None, view=view, wait_for_job=0.05)
+    try:
+        async with TestClient(TestServer(app)) as c:
+            resp = await c.get(f"/v1/jobs/{job_id}", headers={"Authorization": f"Bearer {token}"})
+            assert resp.status == 200
+            body = await resp.json()
+            assert body["status"] == status
+            assert body["result"] == ({"video_url": url} if spilled else None)
+            async with c.get(f"/v1/jobs/{job_id}/events", params={"token": token}) as events:
+                first = b""
+                while not first.endswith(b"\n\n"):
+                    first += await asyncio.wait_for(events.content.readline(), 10)
+                assert f'"status":"{status}"'.encode() in first
+                if spilled:  # a terminal first state ends the stream
+                    assert await asyncio.wait_for(events.content.read(), 10) == b""
+    finally:
+        if store is not None:
+            store.close()

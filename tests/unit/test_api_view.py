@@ -1,13 +1,18 @@
-"""JobView: version ordering, eviction order, subscriptions and waiting; no Kafka."""
+"""JobView: version ordering, eviction order, spilling to disk, subscriptions and waiting; no Kafka."""
 from __future__ import annotations
 
 import asyncio
+import tempfile
+import threading
+from collections.abc import Iterable, Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from floodgate.api.spill import SpillStore
 from floodgate.api.view import SUBSCRIBER_QUEUE, JobView
 
 
@@ -117,3 +122,145 @@ async def test_wait_for_gives_up_after_the_timeout_and_cleans_up() -> None:
 def test_bound_must_be_positive() -> None:
     with pytest.raises(ValueError):
         JobView(max_jobs=0)
+
+
+# --- Spilling evicted snapshots to disk ------------------------------------------------------
+
+
+@pytest.fixture
+def spill(tmp_path: Path) -> Iterator[SpillStore]:
+    store = SpillStore(tmp_path / "view.sqlite")
+    yield store
+    store.close()
+
+
+class ThreadNotingStore(SpillStore):
+    """Records which thread each disk read ran on."""
+
+    def __init__(self, path: Path) -> None:
+        super().__init__(path)
+        self.read_threads: list[threading.Thread] = []
+
+    def get(self, job_id: str) -> dict[str, Any] | None:
+        self.read_threads.append(threading.current_thread())
+        return super().get(job_id)
+
+    def versions(self, job_ids: Iterable[str]) -> dict[str, int]:
+        self.read_threads.append(threading.current_thread())
+        return super().versions(job_ids)
+
+
+def done(job_id: str, version: int) -> dict[str, Any]:
+    return {**snap(job_id, version, "completed"), "video_url": f"https://cdn.example/{job_id}.mp4"}
+
+
+async def evicted_view(spill: SpillStore) -> JobView:
+    """A view of one slot that has spilled the completed job "a" (version 3) to disk."""
+    view = JobView(max_jobs=1, spill=spill)
+    await view.apply_batch([snap("a", 1), done("a", 3), snap("b", 1)])
+    assert len(view) == 1 and view.get("a") is None  # out of memory ...
+    assert spill.versions(["a"]) == {"a": 3}  # ... and on disk
+    return view
+
+
+async def test_an_evicted_completed_job_reads_back_completed(spill: SpillStore) -> None:
+    view = await evicted_view(spill)
+    found = await view.lookup("a")
+    assert found is not None and found["status"] == "completed"
+    assert found["video_url"] == "https://cdn.example/a.mp4" and found["version"] == 3
+    assert await view.wait_for("a", timeout=0) == found
+    assert await view.lookup("never-seen") is None
+
+
+async def test_without_a_spill_an_evicted_job_is_gone() -> None:
+    view = JobView(max_jobs=1)
+    await view.apply_batch([done("a", 3), snap("b", 1)])
+    assert await view.lookup("a") is None
+
+
+async def test_an_evicted_job_stays_visible_until_it_is_written(spill: SpillStore) -> None:
+    view = JobView(max_jobs=1, spill=spill)
+    view.apply(done("a", 3))
+    view.apply(snap("b", 1))  # evicts a; nothing written yet
+    assert spill.get("a") is None
+    assert held(view, "a")["status"] == "completed"
+    await view.flush()
+    assert spill.get("a") is not None and view.get("a") is None
+
+
+@pytest.mark.parametrize("batched", [True, False], ids=["feed-batch", "single-apply"])
+@pytest.mark.parametrize(("version", "wins"), [(4, True), (3, False), (2, False)])
+async def test_arrivals_after_eviction_keep_version_order(spill: SpillStore, batched: bool, version: int,
+                                                          wins: bool) -> None:
+    view = await evicted_view(spill)
+    late = snap("a", version, "running")
+    kept = (await view.apply_batch([late])) == 1 if batched else view.apply(late)
+    assert kept is wins
+    found = await view.lookup("a")
+    assert found is not None
+    assert (found["version"], found["status"]) == ((version, "running") if wins else (3, "completed"))
+
+
+async def test_a_newer_arrival_is_pushed_to_subscribers_an_older_one_is_not(spill: SpillStore) -> None:
+    view = await evicted_view(spill)
+    queue = view.subscribe("a")
+    await view.apply_batch([snap("a", 2), snap("a", 5)])
+    assert queue.get_nowait()["version"] == 5 and queue.empty()
+
+
+async def test_put_local_never_hides_a_spilled_state(spill: SpillStore) -> None:
+    view = await evicted_view(spill)
+    assert not view.put_local({**snap("a", 0, "queued")})
+    found = await view.lookup("a")
+    assert found is not None and found["status"] == "completed"
+
+
+async def test_the_feed_path_reads_the_disk_off_the_event_loop(tmp_path: Path) -> None:
+    store = ThreadNotingStore(tmp_path / "view.sqlite")
+    try:
+        view = await evicted_view(store)
+        store.read_threads.clear()
+        await view.apply_batch([snap("a", 2), snap("c", 1), snap("d", 1), done("a", 4)])
+        assert await view.lookup("b") is not None  # spilled by the batch above
+        assert store.read_threads and threading.main_thread() not in store.read_threads
+        assert len(store.read_threads) == 2  # one query for the whole batch, one for the lookup
+    finally:
+        store.close()
+
+
+async def test_a_failing_disk_loses_evictions_but_not_the_feed(spill: SpillStore,
+                                                               caplog: pytest.LogCaptureFixture) -> None:
+    view = JobView(max_jobs=1, spill=spill)
+    spill.close()
+    assert await view.apply_batch([done("a", 1), snap("b", 1)]) == 2
+    assert "could not spill 1 evicted snapshots" in caplog.text
+    assert held(view, "b")["version"] == 1 and view.get("a") is None
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.lists(st.tuples(st.sampled_from("abcde"), st.integers(0, 9), st.booleans()), min_size=1, max_size=40),
+       st.integers(1, 3))
+def test_any_arrivals_and_flushes_read_back_the_highest_version(
+        arrivals: list[tuple[str, int, bool]], bound: int) -> None:
+    async def scenario(store: SpillStore) -> dict[str, int | None]:
+        view = JobView(max_jobs=bound, spill=store)
+        batch: list[dict[str, Any]] = []
+        for job_id, version, flush_after in arrivals:
+            batch.append(snap(job_id, version, "completed" if version % 3 == 0 else "running"))
+            if flush_after:
+                await view.apply_batch(batch)
+                batch = []
+        await view.apply_batch(batch)
+        assert len(view) <= bound
+        return {j: (s["version"] if (s := await view.lookup(j)) else None) for j in "abcde"}
+
+    with tempfile.TemporaryDirectory() as tmp:
+        store = SpillStore(Path(tmp) / "view.sqlite")
+        try:
+            seen = asyncio.run(scenario(store))
+        finally:
+            store.close()
+    expected: dict[str, int | None] = {j: None for j in "abcde"}
+    for job_id, version, _ in arrivals:
+        expected[job_id] = max(version, expected[job_id] or 0)
+    assert seen == expected
