@@ -95,11 +95,11 @@ class Stack:
         env.update(self.extra_env)
         return env
 
-    def _spawn(self, name: str, argv: list[str]) -> Child:
+    def _spawn(self, name: str, argv: list[str], **env: str) -> Child:
         log = self.home / "logs" / f"{name}.log"
         log.parent.mkdir(parents=True, exist_ok=True)
         with open(log, "ab") as out:
-            proc = subprocess.Popen(argv, env=self.env(), stdout=out, stderr=subprocess.STDOUT,
+            proc = subprocess.Popen(argv, env={**self.env(), **env}, stdout=out, stderr=subprocess.STDOUT,
                                     stdin=subprocess.DEVNULL, preexec_fn=_die_with_parent)
         child = self.children[name] = Child(name, proc, log)
         return child
@@ -111,7 +111,7 @@ class Stack:
 
     def start_worker(self, index: int = 0, *, timeout: float = 120.0) -> Child:
         name = f"worker-{index}"
-        child = self._spawn(name, [sys.executable, "-m", "floodgate.cli", "worker"])
+        child = self._spawn(name, [sys.executable, "-m", "floodgate.cli", "worker"], FLOODGATE_WORKER_ID=name)
         _wait_for_line(child, "worker=ready", timeout)
         line = _wait_for_line(child, "metrics=", timeout)
         self.metrics_urls[name] = line[line.index("metrics=") + len("metrics="):].split()[0]

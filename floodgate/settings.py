@@ -73,6 +73,10 @@ class Settings:
     """Seconds before a dead worker's partitions move to another worker (Faust's default is 60)."""
     app_id: str = "floodgate"
     """Faust application id: the consumer group and the prefix of table changelog topics."""
+    table_store: str = "rocksdict"
+    """Where a worker keeps its per-job tables: rocksdict (on disk; memory stays flat) or memory."""
+    worker_id: str = ""
+    """Names a worker's local table directory; give each worker on one host its own. Empty: the host name."""
     stream_buffer: int = 4096
     """Records a worker buffers per agent before it pauses fetching the agent's partitions."""
 
@@ -174,6 +178,10 @@ class Settings:
                 raise ConfigError(f"{PREFIX}{name.upper()} must be at least 1")
         if self.session_timeout <= 0:
             raise ConfigError(f"{PREFIX}SESSION_TIMEOUT must be positive")
+        if self.table_store not in ("rocksdict", "memory"):
+            raise ConfigError(f"{PREFIX}TABLE_STORE must be rocksdict or memory, got {self.table_store!r}")
+        if any(c not in _TOPIC_CHARS for c in self.worker_id):
+            raise ConfigError(f"{PREFIX}WORKER_ID may hold only letters, digits, '.', '_' and '-'")
         if not self.topic_prefix or any(c not in _TOPIC_CHARS for c in self.topic_prefix):
             raise ConfigError(f"{PREFIX}TOPIC_PREFIX may hold only letters, digits, '.', '_' and '-'")
         self.api_key_map, self.webhook_secret_map  # noqa: B018 - parse now, fail early

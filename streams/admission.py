@@ -20,6 +20,7 @@ from floodgate.routing import chain_for, known_models
 from floodgate.validation import validate_job_request
 from streams import guard
 from streams.context import Pipeline
+from streams.app import job_table_options
 from streams.tables import JsonTable
 
 log = logging.getLogger(__name__)
@@ -38,7 +39,7 @@ def register(pipe: Pipeline) -> None:
     app, names, emit = pipe.app, pipe.names, pipe.emit
     source = emit.topic(names.requests, partitions=pipe.settings.partitions)
     source_partitions = pipe.settings.partitions
-    admitted = JsonTable(app, "admitted", partitions=pipe.settings.partitions)
+    admitted = JsonTable(app, "admitted", partitions=pipe.settings.partitions, **job_table_options(pipe.settings, "admitted"))
 
     @app.agent(source, name="admission")
     async def admission(stream: faust.StreamT) -> None:

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import faust
 
@@ -18,11 +19,13 @@ def create_app(settings: Settings, *, app_id: str | None = None, datadir: Path |
     ident = app_id or settings.app_id
     datadir = datadir or settings.cache_dir / "faust" / ident
     datadir.mkdir(parents=True, exist_ok=True)  # Faust creates only the last level
-    return faust.App(
+    app = faust.App(
         ident,
         broker=brokers,
         key_serializer="raw",
         value_serializer="raw",
+        # Tables that grow with the number of jobs ask for settings.table_store themselves
+        # (``job_table_options``); the rest (slots: bounded by provider limits) stay in memory.
         store="memory://",
         datadir=str(datadir),
         autodiscover=False,
@@ -45,3 +48,18 @@ def create_app(settings: Settings, *, app_id: str | None = None, datadir: Path |
         logging_config=None,
         Table=AckTable,
     )
+    return app
+
+
+def job_table_options(settings: Settings, name: str) -> dict[str, Any]:
+    """``app.Table`` arguments for the table ``name``, which grows with the number of jobs."""
+    if settings.table_store == "memory":
+        return {"store": "memory://"}
+    # Faust names its RocksDB store "rocksdb" and runs it on rocksdict when that is installed.
+    # Small memtables and caches per partition database: the point of the disk store is a flat
+    # footprint, and RocksDB's defaults (64 MB memtables, a 2 GB cache each) are not that.
+    # The URL names the table's files under the worker's table directory: a bare "rocksdb://" is
+    # a falsy URL that Faust would silently replace by the app's store (memory).
+    return {"store": f"rocksdb:{name}", "options": {
+        "driver": "rocksdict", "write_buffer_size": 4 << 20, "max_write_buffer_number": 2,
+        "target_file_size_base": 16 << 20, "block_cache_size": 8 << 20}}

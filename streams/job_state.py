@@ -16,6 +16,7 @@ from floodgate import codec
 from floodgate.jobs.state import JobEvent, JobState, apply
 from streams import guard
 from streams.context import Pipeline
+from streams.app import job_table_options
 from streams.tables import JsonTable
 
 log = logging.getLogger(__name__)
@@ -46,7 +47,7 @@ def snapshot(state: JobState) -> dict[str, Any]:
 def register(pipe: Pipeline) -> None:
     app, names, emit = pipe.app, pipe.names, pipe.emit
     source = emit.topic(names.events, partitions=pipe.settings.partitions)
-    jobs = JsonTable(app, "jobs", partitions=pipe.settings.partitions)
+    jobs = JsonTable(app, "jobs", partitions=pipe.settings.partitions, **job_table_options(pipe.settings, "jobs"))
 
     async def outputs(state: JobState, terminal: bool, attempt: int, provider: str | None) -> None:
         snap = snapshot(state)

@@ -28,8 +28,10 @@ class AckTable(faust.Table):
 
 
 class JsonTable:
-    def __init__(self, app: faust.App, name: str, *, partitions: int) -> None:
-        self.table = app.Table(name, partitions=partitions, key_type=bytes, value_type=bytes)
+    def __init__(self, app: faust.App, name: str, *, partitions: int, **options: Any) -> None:
+        """``options``: more ``app.Table`` arguments (a ``store``: default the app's, memory). Only a
+        memory-backed table may be written outside an agent's event (``put_in``/``remove_in``)."""
+        self.table = app.Table(name, partitions=partitions, key_type=bytes, value_type=bytes, **options)
 
     def get(self, key: bytes) -> dict[str, Any] | None:
         raw = self.table.get(key)

@@ -13,7 +13,7 @@ import faust
 from floodgate import metrics, provider_config
 from floodgate.kafka_admin import ensure_topics
 from floodgate.settings import Settings
-from streams import admission, job_state, lag, normaliser, submitter
+from streams import admission, job_state, lag, localstate, normaliser, submitter
 from streams.app import create_app
 from streams.context import Pipeline
 from streams.topics import TopicNames
@@ -26,7 +26,9 @@ def build(settings: Settings, *, web_port: int | None = None) -> Pipeline:
     names = TopicNames(settings)
     limits = {n: spec.concurrency_limit for n, spec in setup.routing.providers.items()}
     ensure_topics(settings.kafka_bootstrap, names.layout(limits), settings.replication_factor)
-    app = create_app(settings, web_port=web_port)
+    # Tables on disk live in a directory of this worker's own, emptied if it belongs to another cluster.
+    datadir = localstate.prepare(settings, localstate.cluster_id(settings.kafka_bootstrap))
+    app = create_app(settings, web_port=web_port, datadir=datadir)
     pipe = Pipeline(app, settings, setup, setup.build_connectors())
     admission.register(pipe)
     job_state.register(pipe)
