@@ -61,5 +61,5 @@ def job_table_options(settings: Settings, name: str) -> dict[str, Any]:
     # The URL names the table's files under the worker's table directory: a bare "rocksdb://" is
     # a falsy URL that Faust would silently replace by the app's store (memory).
     return {"store": f"rocksdb:{name}", "options": {
-        "driver": "rocksdict", "write_buffer_size": 4 << 20, "max_write_buffer_number": 2,
-        "target_file_size_base": 16 << 20, "block_cache_size": 8 << 20}}
+        "driver": "rocksdict", "write_buffer_size": 1 << 20, "max_write_buffer_number": 2,
+        "target_file_size_base": 8 << 20, "block_cache_size": 4 << 20}}

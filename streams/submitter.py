@@ -159,6 +159,11 @@ def register_provider(pipe: Pipeline, name: str, policy: SubmitPolicy = SubmitPo
             # It holds a durable slot but its submission never finished (a crash mid-call).
             lane.run_in_background(key, submit(order, key, partition))
             return False
+        # Parked, not in progress: Faust waits for every tracked, unacknowledged message before
+        # a rebalance or shutdown completes, and a parked order may wait minutes for a slot. Its
+        # offset still holds back the partition's commit (commits follow acknowledgements), so
+        # the next owner reads it again.
+        app.consumer._unacked_messages.discard(ev.message)
         if lane.lines[partition].push((orders_in, ev, order)):
             app.consumer.on_buffer_full(TP(ev.message.topic, partition))  # Faust's own pause: keeps the fetched rest
         await pump(partition)

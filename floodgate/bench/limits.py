@@ -95,18 +95,24 @@ def _memory(m: dict[str, Any]) -> tuple[str, str]:
     if stalls:
         lag = g(m, stalls[0], "lag_at_end")
         return "Worker RSS", (f"Not measurable in this run: while the backlog was being queued the worker stopped "
-                              f"consuming every topic (lag left: {lag}), with no error in its log. Most likely (from "
-                              f"Faust's conductor): the slot-waiting submitter stops taking dispatch orders, its "
-                              f"stream buffer fills, and delivering to a full agent buffer blocks the one delivery "
-                              f"loop every agent shares.")
+                              f"consuming every topic (lag left: {lag}). That was the symptom of a submitter "
+                              f"blocking Faust's shared delivery loop while it waited for slots, fixed by waiting "
+                              f"orders in a bounded line instead (tests/e2e/test_backlog.py): look for a regression.")
     entries = m.get("table_entry_bytes") or {}
     sizes = " + ".join(f"{k} {num(v, 0)}" for k, v in entries.items())
-    text = (f"{num(m['bytes_per_queued_job'], 0)} bytes of RSS per queued job. The dispatch backlog does stay in "
-            f"Kafka ({m['dispatch_lag_large']:,} records not consumed), but the worker keeps its Faust tables in "
-            f"memory (store=memory://): `admitted` (dedupe) and `jobs` (state) hold an entry for every job it has "
-            f"admitted, queued or not, so RSS grows linearly with the backlog. Serialized, those entries are "
-            f"{sizes or '?'} bytes per job (changelog records); Python objects, the tables' bookkeeping and the "
-            f"allocator multiply that. A disk-backed table store (RocksDB) would keep RSS flat.")
+    head = (f"{num(m['bytes_per_queued_job'], 0)} bytes of RSS per queued job. The dispatch backlog stays in "
+            f"Kafka ({m['dispatch_lag_large']:,} records not consumed); `admitted` (dedupe) and `jobs` (state) "
+            f"hold an entry for every admitted job, queued or not: serialized, {sizes or '?'} bytes per job "
+            f"(changelog records). ")
+    if m.get("table_store", "memory") == "memory":
+        text = head + ("With store=memory:// they live in the worker's heap, so RSS grows linearly with the "
+                       "backlog (Python objects and the allocator multiply the serialized size); "
+                       "FLOODGATE_TABLE_STORE=rocksdict moves them to disk.")
+    else:
+        text = head + ("They live on disk (RocksDB through rocksdict); what grows is RocksDB's memory: memtables "
+                       "(bounded per partition database by write_buffer_size × max_write_buffer_number) and the "
+                       "block cache (bounded by block_cache_size), so RSS levels off once those are full instead "
+                       "of growing with the backlog.")
     return "Worker RSS", text
 
 

@@ -82,7 +82,7 @@ def stack_for(ctx: Context, cfg: MemoryConfig) -> Stack:
 
 
 async def run(ctx: Context, stack: Stack, cfg: MemoryConfig) -> dict[str, Any]:
-    out: dict[str, Any] = {"config": asdict(cfg)}
+    out: dict[str, Any] = {"config": asdict(cfg), "table_store": stack.settings.table_store}
     pid = stack.children["worker-0"].proc.pid
     offsets = Offsets(stack.bootstrap)
     dispatch = [stack.settings.topic(f"dispatch.{p}") for p in ("sora", "kling", "wan")]

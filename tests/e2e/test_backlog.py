@@ -3,11 +3,15 @@ flowing: the submitter waiting for slots may not stall the agents that free them
 from __future__ import annotations
 
 import asyncio
+import signal
+import subprocess
+import time
 from pathlib import Path
 
+import aiohttp
 import pytest
 
-from tests.e2e.stack_util import make_stack, simulator_config
+from tests.e2e.stack_util import make_stack, simulator_config, simulator_stats, until
 from tests.e2e.test_load_and_faults import _final_states, _fire, _stats
 
 pytestmark = pytest.mark.kafka
@@ -25,3 +29,58 @@ def test_backlog_beyond_the_stream_buffer_keeps_flowing(kafka_bootstrap: str, tm
     assert set(finals) == ids, f"{len(ids) - len(finals)} of {len(ids)} jobs never finished"
     assert {recs[-1]["status"] for recs in finals.values()} == {"completed"}
     assert stats["wan"]["max_concurrency"] <= 10 and stats["wan"]["rejected_429"] == 0, stats["wan"]
+
+
+def test_a_worker_with_orders_waiting_stops_promptly_and_loses_none(kafka_bootstrap: str, tmp_path: Path) -> None:
+    """SIGTERM while every slot is taken and orders wait: the worker exits in seconds (it used to
+    hang in the slot wait), and the next worker picks up every waiting order."""
+    config = simulator_config(tmp_path / "sim.json", render_time={"kind": "uniform", "min": 1.0, "max": 1.5})
+    with make_stack(kafka_bootstrap, tmp_path, sim_config=config) as stack:
+        accepted = asyncio.run(_fire(stack.api_url, 120, "wan-2.6"))
+        ids = {a["job_id"] for a in accepted}
+
+        async def slots_full() -> bool:
+            async with aiohttp.ClientSession() as session:
+                return (await simulator_stats(session, stack.simulator_url))["wan"]["jobs_created"] >= 10
+
+        asyncio.run(until(slots_full, timeout=60, what="every slot to be taken"))
+        worker = stack.children.pop("worker-0")
+        started = time.monotonic()
+        worker.proc.send_signal(signal.SIGTERM)
+        try:
+            code = worker.proc.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            worker.proc.kill()
+            raise AssertionError(f"worker ignored SIGTERM for 20 s:\n{worker.tail()}") from None
+        stopped_in = time.monotonic() - started
+        stack.start_worker(1)
+        finals = _final_states(stack.bootstrap, stack.settings.topic("results"), ids, timeout=180)
+        stats = asyncio.run(_stats(stack.simulator_url))
+    assert code == 0, worker.tail()
+    assert stopped_in < 20
+    assert set(finals) == ids and {recs[-1]["status"] for recs in finals.values()} == {"completed"}
+    assert stats["wan"]["max_concurrency"] <= 10, stats["wan"]
+
+
+def test_a_worker_joining_while_orders_wait_takes_over_its_share(kafka_bootstrap: str, tmp_path: Path) -> None:
+    """A rebalance with orders parked in the first worker: they are left to the partitions' next
+    owner (read again from the committed offset), nothing is submitted twice, the limit holds."""
+    config = simulator_config(tmp_path / "sim.json", render_time={"kind": "uniform", "min": 0.8, "max": 1.2})
+    with make_stack(kafka_bootstrap, tmp_path, sim_config=config) as stack:
+        accepted = asyncio.run(_fire(stack.api_url, 150, "wan-2.6"))
+        ids = {a["job_id"] for a in accepted}
+
+        async def slots_full() -> bool:
+            async with aiohttp.ClientSession() as session:
+                return (await simulator_stats(session, stack.simulator_url))["wan"]["jobs_created"] >= 10
+
+        asyncio.run(until(slots_full, timeout=60, what="every slot to be taken"))
+        stack.start_worker(1)
+        finals = _final_states(stack.bootstrap, stack.settings.topic("results"), ids, timeout=180)
+        stats = asyncio.run(_stats(stack.simulator_url))
+        second = stack.children["worker-1"].log.read_text()
+    assert set(finals) == ids and {recs[-1]["status"] for recs in finals.values()} == {"completed"}
+    wan = stats["wan"]
+    assert wan["max_concurrency"] <= 10 and wan["rejected_429"] == 0, wan
+    assert wan["jobs_created"] == 150, f"a job was submitted twice or never: {wan}"
+    assert "worker=ready" in second
