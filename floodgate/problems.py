@@ -21,6 +21,7 @@ RATE_LIMITED = "urn:floodgate:problem:rate-limited"
 IDEMPOTENCY_CONFLICT = "urn:floodgate:problem:idempotency-conflict"
 NOT_FOUND = "urn:floodgate:problem:not-found"
 UNAUTHORIZED = "urn:floodgate:problem:unauthorized"
+JOB_FINISHED = "urn:floodgate:problem:job-finished"
 
 
 def problem(
@@ -79,6 +80,7 @@ def validation_response(exc: ValidationError, *, instance: str | None = None) ->
 __all__ = [
     "CONTENT_TYPE",
     "IDEMPOTENCY_CONFLICT",
+    "JOB_FINISHED",
     "NOT_FOUND",
     "RATE_LIMITED",
     "UNAUTHORIZED",

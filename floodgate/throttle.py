@@ -15,7 +15,7 @@ import math
 import random
 import re
 from collections import deque
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from enum import StrEnum
@@ -153,6 +153,17 @@ class WaitingLine(Generic[T]):
             self._paused = False
             return True
         return False
+
+    def remove(self, doomed: Callable[[T], bool]) -> list[T]:
+        """Take out every item ``doomed`` says so of (e.g. orders of a cancelled job), keeping the
+        others in order; return the removed ones. Call ``resume_due`` afterwards, as after ``pop``."""
+        kept: deque[T] = deque()
+        removed: list[T] = []
+        for item in self._items:
+            (removed if doomed(item) else kept).append(item)
+        if removed:
+            self._items = kept
+        return removed
 
     def clear(self) -> list[T]:
         """Forget every waiting item (their partition was revoked); return them."""

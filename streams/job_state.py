@@ -32,6 +32,22 @@ def event_from_record(rec: dict[str, Any]) -> JobEvent:
     )
 
 
+def aim(before: JobState | None, event: JobEvent) -> JobEvent | None:
+    """``event`` as it applies to the job's current attempt, or None to ignore it.
+
+    Webhooks, polls and user cancels (``provider`` None, attempt 0) do not know the attempt: they
+    speak for the current one. News from a provider the job has already moved away from is
+    ignored. ``queued`` and ``rerouted`` carry their own attempt and pass unchanged. Pure.
+    """
+    if before is None or event.kind in ("queued", "rerouted"):
+        return event
+    if event.provider and before.provider and event.provider != before.provider:
+        return None
+    if event.attempt < before.attempt:
+        return dataclasses.replace(event, attempt=before.attempt)
+    return event
+
+
 def snapshot(state: JobState) -> dict[str, Any]:
     """The JobSnapshot record for ``state`` (notifications and results)."""
     return {
@@ -79,12 +95,10 @@ def register(pipe: Pipeline) -> None:
             # Same event again: the previous run may have died before its sends landed.
             await outputs(before, before.terminal, before.attempt, before.provider)
             return
-        if before is not None and event.kind not in ("queued", "rerouted"):
-            if event.provider and before.provider and event.provider != before.provider:
-                return  # news from a provider this job has already moved away from
-            if event.attempt < before.attempt:
-                # Webhooks and polls do not know the attempt; they speak for the current one.
-                event = dataclasses.replace(event, attempt=before.attempt)
+        aimed = aim(before, event)
+        if aimed is None:
+            return
+        event = aimed
         step = apply(before, event)
         if step.changed and step.state is not None:
             jobs[key] = {"s": step.state.to_dict(), "e": event.event_id}
@@ -93,8 +107,10 @@ def register(pipe: Pipeline) -> None:
             if step.became_terminal:
                 pipe.metrics.job_latency.labels(step.state.status.value).observe(
                     max(0.0, step.state.updated_at - step.state.created_at))
-        elif before is not None and before.terminal and event.provider:
-            # A provider still reports on a finished job (e.g. a duplicate dispatch after
-            # completion was re-submitted): make sure no slot stays held for it.
+        if before is not None and before.terminal and event.provider:
+            # A provider still reports on a finished job (a duplicate dispatch re-submitted after
+            # completion, or a job cancelled before its order reached the submitter), whether or
+            # not the report filled a late fact: make sure no slot (and, for a cancelled job, no
+            # provider job) stays alive for it. Releases of a slot not held are no-ops.
             await release(event.job_id, event.provider, event.attempt, before.status.value)
 

@@ -8,6 +8,13 @@ a job finds its slot without a scan, because release and dispatch topics are co-
 The table is the durable truth; ``pools`` mirror it per partition (an O(1) count on every order,
 where scanning the table would cost O(limit)) and are rebuilt from it whenever a partition is
 seen in a new consumer generation, i.e. after every rebalance and table recovery.
+
+Cancel marks live in a table of their own, ``cancelled-<provider>``, keyed like slots: a job
+cancelled while its order has not yet been taken (still in Kafka, or about to be submitted) is
+marked so that the order is dropped instead of submitted. Being a separate table, marks never
+count as held slots when ``sync`` rebuilds the pools from the slot table's keys. A mark is
+deleted when it is used; one that is never used (the order was already gone) expires by
+``mark_expired``, so marks cannot pile up.
 """
 from __future__ import annotations
 
@@ -27,6 +34,13 @@ log = logging.getLogger(__name__)
 
 T = TypeVar("T")
 
+MARK_GRACE = 60.0
+"""Seconds a cancel mark stays at least: orders written just after the cancel (an admission that
+ran behind it, a fallback order on its way) still meet it."""
+
+MARK_MAX_AGE = 6 * 3600.0
+"""A cancel mark older than this goes even if its partition never caught up: a bound on memory."""
+
 MIN_WAITING = 64
 """Orders a partition keeps in memory while its slots are full, at least (its share, if larger):
 enough to refill freed slots at once, few enough that the backlog stays in Kafka."""
@@ -39,6 +53,19 @@ def slot_key(partition: int, job_id: str) -> bytes:
 def parse_slot_key(key: bytes) -> tuple[int, str]:
     partition, _, job_id = key.decode().partition(":")
     return int(partition), job_id
+
+
+def mark_expired(mark: dict[str, Any], read_to: int | None, now: float, *, grace: float = MARK_GRACE,
+                 max_age: float = MARK_MAX_AGE) -> bool:
+    """Whether a cancel mark may go. ``mark["end"]`` is the dispatch partition's end offset when the
+    mark was made (None if unknown) and ``read_to`` the last offset of that partition this worker
+    has read since it got the partition: once that is past the end, every order written before the
+    cancel has been seen, so after ``grace`` seconds no order can still need the mark."""
+    age = now - mark["t"]
+    if age >= max_age:
+        return True
+    end = mark.get("end")
+    return age >= grace and end is not None and (end == 0 or (read_to is not None and read_to >= end - 1))
 
 
 class Lane(Generic[T]):
@@ -54,6 +81,12 @@ class Lane(Generic[T]):
         self.breaker = CircuitBreaker(failure_threshold=5, reset_after=30.0)
         self.backoff = Backoff(base=0.5, factor=2.0, cap=30.0, jitter="full", rng=random.Random())
         self.submitting: dict[bytes, asyncio.Task[None]] = {}
+        self.marks = JsonTable(app, f"cancelled-{spec.name}", partitions=partitions)
+        self.read_to: dict[int, int] = {}
+        """Per dispatch partition, the last offset read since this worker got it (for ``mark_expired``)."""
+        self.cancelling: set[bytes] = set()
+        """Slots whose provider job is being cancelled (the slot is freed once that is done)."""
+        self._chores: set[asyncio.Task[None]] = set()
 
     def capacity(self, partition: int) -> int:
         return partition_share(self.spec.concurrency_limit, self.partitions, partition)
@@ -94,7 +127,34 @@ class Lane(Generic[T]):
         for p in partitions:
             dropped += len(self.lines[p].clear())
             self.generations.pop(p, None)
+            self.read_to.pop(p, None)
         return dropped
+
+    def mark(self, partition: int, key: bytes, end: int | None, now: float) -> None:
+        """Mark the job of slot ``key`` cancelled: its order, wherever it is, must not be submitted."""
+        self.marks.put_in(partition, key, {"t": now, "end": end})
+
+    def marked(self, key: bytes) -> bool:
+        return key in self.marks.table.data
+
+    def unmark(self, partition: int, key: bytes) -> None:
+        self.marks.remove_in(partition, key)
+
+    def expire_marks(self, now: float) -> int:
+        """Delete the cancel marks of this worker's partitions that ``mark_expired`` lets go."""
+        gone = 0
+        for key, mark in list(self.marks.items()):
+            partition, _ = parse_slot_key(key)
+            if partition in self.generations and mark_expired(mark, self.read_to.get(partition), now):
+                self.unmark(partition, key)
+                gone += 1
+        return gone
+
+    def spawn(self, work: Coroutine[Any, Any, None], name: str) -> None:
+        """Run a chore (e.g. a provider cancel) in the background; ``work`` handles its own errors."""
+        task = asyncio.create_task(work, name=name)
+        self._chores.add(task)
+        task.add_done_callback(self._chores.discard)
 
     def run_in_background(self, key: bytes, work: Coroutine[Any, Any, None]) -> None:
         """Run a submission without holding up the dispatch stream. Its slot is already durable,
@@ -110,7 +170,7 @@ class Lane(Generic[T]):
             log.error("submission %s failed; the poller will retry it", key.decode(), exc_info=task.exception())
 
     async def stop(self) -> None:
-        tasks = list(self.submitting.values())
+        tasks = [*self.submitting.values(), *self._chores]
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)

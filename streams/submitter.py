@@ -17,6 +17,29 @@ entry, not the order, is then the durable record of the work.
 A timer polls the provider for jobs that have been quiet for ``poll_after`` seconds (lost
 webhooks), re-dispatches jobs whose submission never completed (a crash mid-call), and fails jobs
 older than ``job_timeout``.
+
+**Cancelled jobs.** A user cancel is a ``cancelled`` event; the job-state agent makes the job
+terminal and sends the release (status ``cancelled``) to its provider's release topic, i.e. to
+the partition that holds the job's slot or order. Where the job is at that moment decides:
+
+* *submitted* (its slot has a provider job id): a background task cancels the provider job,
+  then frees the slot, in that order, so the provider never sees more than the limit. A failed
+  cancel is only logged and the slot is freed all the same (the provider may then answer 429
+  for a while, which submissions retry);
+* *being submitted* (``key in lane.submitting``): the job is marked cancelled and the slot is
+  kept; the submission looks for the mark before every provider call and once the call returns,
+  so it either never reaches the provider or cancels the job it just created, then frees the slot;
+* *waiting in the WaitingLine*: its order is taken out and acknowledged at once;
+* *still in Kafka* (not yet read, or written after the cancel: an admission or fallback running
+  behind it): the job is marked, and intake drops (acknowledges) the order when it comes and
+  deletes the mark. Marks never read expire (``lane.mark_expired``) once the partition has been
+  read past the end offset it had when the mark was made, so a mark outlives every order written
+  before the cancel, and at most ``MARK_MAX_AGE`` otherwise.
+
+A cancelled job cannot slip through unseen either: if its order was submitted anyway (a mark lost
+with a crash before its changelog write, a duplicate order), the ``submitted`` event reaches a
+terminal job, and the job-state agent answers every provider event on a terminal job with a
+release, whose status ``cancelled`` cancels the provider job here.
 """
 from __future__ import annotations
 
@@ -56,6 +79,38 @@ def register_provider(pipe: Pipeline, name: str, policy: SubmitPolicy = SubmitPo
     def count_slots() -> None:
         pipe.metrics.inflight.labels(name).set(len(slots.table))
 
+    async def free(partition: int, key: bytes, job_id: str) -> None:
+        """Give the slot of ``key`` back and let a waiting order have it."""
+        slots.remove_in(partition, key)
+        lane.free(partition, job_id)
+        count_slots()
+        await pump(partition)
+
+    async def cancel_at_provider(job_id: str, provider_job_id: str) -> None:
+        try:
+            await connector.cancel(pipe.session(), provider_job_id)
+        except FloodgateError as exc:
+            log.warning("cancel of %s (%s) at %s failed: %s", job_id, provider_job_id, name, exc)
+        except Exception:  # a background chore must not die silently
+            log.exception("cancel of %s (%s) at %s failed", job_id, provider_job_id, name)
+        else:
+            log.info("cancelled %s (%s) at %s", job_id, provider_job_id, name)
+
+    async def cancel_then_free(partition: int, key: bytes, job_id: str, provider_job_id: str) -> None:
+        try:
+            await cancel_at_provider(job_id, provider_job_id)
+        finally:
+            lane.cancelling.discard(key)
+        # (Not in `finally`: a worker shutting down leaves the slot to the next owner's poller.)
+        entry = slots.get(key)
+        if entry is not None and entry.get("pj") == provider_job_id:
+            await free(partition, key, job_id)
+
+    async def give_up_cancelled(key: bytes, partition: int, job_id: str) -> None:
+        """A submission whose job was cancelled meanwhile: free its slot, use up the mark."""
+        lane.unmark(partition, key)
+        await free(partition, key, job_id)
+
     async def event(job_id: str, kind: str, attempt: int, **fields: Any) -> None:
         suffix = fields.pop("suffix", "")
         await emit.send(names.events, "JobEvent", job_id, {
@@ -63,11 +118,11 @@ def register_provider(pipe: Pipeline, name: str, policy: SubmitPolicy = SubmitPo
             "at": pipe.now_ms(), "provider": name, "attempt": attempt, **fields})
 
     async def move_on(order: dict[str, Any], key: bytes, partition: int, reason: str, *, reroute: bool) -> None:
-        slots.remove_in(partition, key)
-        lane.free(partition, order["job_id"])
-        count_slots()
-        await pump(partition)
         job_id, attempt = order["job_id"], order["attempt"]
+        if lane.marked(key):
+            await give_up_cancelled(key, partition, job_id)  # cancelled: neither fail nor fall back
+            return
+        await free(partition, key, job_id)
         tried = [*order["tried"], name]
         nxt = next_target(pipe.routing, order["model"], tried, datetime.now(UTC)) if reroute else None
         if nxt is None:
@@ -87,6 +142,9 @@ def register_provider(pipe: Pipeline, name: str, policy: SubmitPolicy = SubmitPo
         failures, started = 0, time.monotonic()
         has_fallback = next_target(pipe.routing, order["model"], [*order["tried"], name], datetime.now(UTC)) is not None
         while True:
+            if lane.marked(key):
+                await give_up_cancelled(key, partition, job_id)  # never reaches the provider
+                return
             now = time.monotonic()
             if not lane.breaker.allow(now) and has_fallback:
                 await move_on(order, key, partition, f"{name} is failing (circuit open)", reroute=True)
@@ -114,10 +172,16 @@ def register_provider(pipe: Pipeline, name: str, policy: SubmitPolicy = SubmitPo
                 return
             lane.breaker.record_success()
             break
+        pipe.metrics.submissions.labels(name).inc()
+        # No await between this check and the slot write below: a release either sees the
+        # provider job id (and cancels it) or left the mark that is read here.
+        if lane.marked(key):
+            await cancel_at_provider(job_id, result.provider_job_id)  # before the slot is given back
+            await give_up_cancelled(key, partition, job_id)
+            return
         entry = slots.get(key)
         if entry is not None:  # not released meanwhile (a very fast job)
             slots.put_in(partition, key, {**entry, "pj": result.provider_job_id})
-        pipe.metrics.submissions.labels(name).inc()
         await event(job_id, "submitted", attempt, provider_job_id=result.provider_job_id)
 
     @app.agent(orders, name=f"submit-{name}")
@@ -130,6 +194,7 @@ def register_provider(pipe: Pipeline, name: str, policy: SubmitPolicy = SubmitPo
         async for ev in orders_in.events():
             msg = ev.message
             pipe.metrics.events_processed.labels(f"submit-{name}").inc()
+            lane.read_to[msg.partition] = max(msg.offset, lane.read_to.get(msg.partition, -1))
             waiting = False
 
             async def take(ev: Any = ev, msg: Any = msg) -> None:
@@ -146,6 +211,12 @@ def register_provider(pipe: Pipeline, name: str, policy: SubmitPolicy = SubmitPo
         partition = ev.message.partition
         lane.sync(partition, ev.message.generation_id)
         key = slot_key(partition, order["job_id"])
+        if lane.marked(key):
+            # The job was cancelled before its order got here: drop it. A submission still running
+            # for the job uses the mark itself.
+            if key not in lane.submitting:
+                lane.unmark(partition, key)
+            return False
         entry = slots.get(key)
         if entry is not None and entry["a"] > order["attempt"]:
             return False  # an order for an attempt that has been superseded
@@ -220,11 +291,49 @@ def register_provider(pipe: Pipeline, name: str, policy: SubmitPolicy = SubmitPo
         lane.sync(partition, msg.generation_id)
         key = slot_key(partition, rel["job_id"])
         entry = slots.get(key)
-        if entry is not None and entry["a"] <= rel["attempt"]:
+        if rel["status"] == "cancelled" and (entry is None or entry["a"] <= rel["attempt"]):
+            await cancel(partition, key, rel["job_id"])
+        elif entry is not None and entry["a"] <= rel["attempt"]:
             slots.remove_in(partition, key)
             lane.free(partition, rel["job_id"])
             count_slots()
         await pump(partition)
+
+    async def cancel(partition: int, key: bytes, job_id: str) -> None:
+        """The job was cancelled: see the module docstring for each place its order may be."""
+        entry, end = slots.get(key), None
+        if not (entry is not None and entry.get("pj")):
+            # Asked first, so that nothing can change between looking at the job and marking it.
+            end = await end_offset(partition)
+            entry = slots.get(key)
+        if entry is not None and entry.get("pj"):
+            if key not in lane.cancelling:  # else a cancel of it is already under way
+                lane.cancelling.add(key)
+                lane.spawn(cancel_then_free(partition, key, job_id, entry["pj"]), f"cancel:{key.decode()}")
+            return
+        line = lane.lines[partition]
+        dropped = line.remove(lambda item: item[2]["job_id"] == job_id)
+        if not dropped or key in lane.submitting:
+            if key not in lane.submitting and entry is not None:
+                # A slot whose submission is not running: it is being started (the submission
+                # will find the mark) or was left by a crash (the poller's re-dispatch will).
+                slots.remove_in(partition, key)
+                lane.free(partition, job_id)
+                count_slots()
+            lane.mark(partition, key, end, time.time())
+        for orders_in, ev, _ in dropped:  # it was waiting here: it never gets a slot
+            await orders_in.ack(ev)
+        if dropped and line.resume_due():
+            app.consumer.on_buffer_drop(TP(orders.get_topic_name(), partition))
+
+    async def end_offset(partition: int) -> int | None:
+        """The dispatch partition's end offset now, from the broker (None if it does not answer)."""
+        tp = TP(orders.get_topic_name(), partition)
+        try:
+            return int((await asyncio.wait_for(app.consumer.highwaters(tp), 5.0))[tp])
+        except Exception as exc:  # noqa: BLE001 - any failure only makes the mark last MARK_MAX_AGE
+            log.info("end offset of %s[%d] unknown: %s", tp.topic, partition, exc)
+            return None
 
     @app.on_partitions_revoked.connect
     async def _revoked(app: faust.App, revoked: set[Any], **kwargs: object) -> None:
@@ -240,8 +349,9 @@ def register_provider(pipe: Pipeline, name: str, policy: SubmitPolicy = SubmitPo
         for partition, line in lane.lines.items():
             if len(line):
                 await pump(partition)  # a safety net: every slot freed also pumps
+        lane.expire_marks(now)
         for key, entry in list(slots.items()):
-            if key in lane.submitting:
+            if key in lane.submitting or key in lane.cancelling:
                 continue
             await check_slot(key, entry, now)
 

@@ -12,7 +12,7 @@ from typing import Any
 
 from aiohttp import web
 
-from floodgate.api import bridge, ingress, openapi, read
+from floodgate.api import bridge, cancel, ingress, openapi, read
 from floodgate.api.common import ROLES, Deps, base_url, json_response
 from floodgate.api.kafka_io import Sender
 from floodgate.api.view import JobView
@@ -79,6 +79,7 @@ def build_app(
     app = web.Application(middlewares=[problem_middleware], client_max_size=limit)
     if "ingress" in chosen:
         ingress.add_routes(app, deps)
+        cancel.add_routes(app, deps)
     if "read" in chosen:
         reader = read.add_routes(app, deps)
 

@@ -64,6 +64,24 @@ _OPERATIONS: dict[str, tuple[str, str, dict[str, Any]]] = {
             "404": _problem("Unknown job or wrong token"),
         },
     }),
+    "cancel_job": ("ingress", "post /v1/jobs/{job_id}/cancel", {
+        "summary": "Cancel a job",
+        "description": "Records the cancel on Kafka and answers once it is acknowledged. The job then "
+                       "ends `cancelled` unless it finishes first; a job already submitted is cancelled "
+                       "at its provider too. Cancelling a cancelled job again is a 202 as well.",
+        "operationId": "cancelJob",
+        "security": _JOB_AUTH,
+        "parameters": [_JOB_ID, _TOKEN_QUERY],
+        "responses": {
+            "202": {"description": "Cancel recorded; the body is the job's current state (poll it, or follow "
+                                   "its events, to see `cancelled`)",
+                    "content": {_JSON: {"schema": _ref("Job")}}},
+            "401": _problem("Token missing"),
+            "404": _problem("Unknown job or wrong token"),
+            "409": _problem("The job already completed or failed; `detail` names its status"),
+            "503": _problem("Kafka unavailable; nothing was recorded", retry_after=True),
+        },
+    }),
     "job_events": ("read", "get /v1/jobs/{job_id}/events", {
         "summary": "Server-Sent Events: the current state, then every change until a terminal state",
         "description": "Each event is `event: job`, `id: <version>`, `data: <Job JSON>`; "

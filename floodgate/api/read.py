@@ -40,6 +40,17 @@ def _not_found() -> web.Response:
     return problem_response(404, "Not Found", type_=NOT_FOUND, detail="no such job")
 
 
+def authorize(secret: bytes, request: web.Request) -> tuple[str, web.Response | None]:
+    """The path's job id, and the refusal to send instead of the job (None: the token is right)."""
+    job_id = request.match_info["job_id"]
+    token = token_of(request)
+    if token is None:
+        return job_id, _unauthorized()
+    if not check_token(secret, job_id, token):
+        return job_id, _not_found()
+    return job_id, None
+
+
 async def current(view: JobView, job_id: str, wait: float) -> Snapshot:
     """The job's snapshot; a token-bearing job not (yet) in this instance's view is queued."""
     return await view.wait_for(job_id, wait) or presumed_queued(job_id)
@@ -54,13 +65,7 @@ class Reader:
         self.closing = asyncio.Event()
 
     def _authorize(self, request: web.Request) -> tuple[str, web.Response | None]:
-        job_id = request.match_info["job_id"]
-        token = token_of(request)
-        if token is None:
-            return job_id, _unauthorized()
-        if not check_token(self.deps.secret, job_id, token):
-            return job_id, _not_found()
-        return job_id, None
+        return authorize(self.deps.secret, request)
 
     async def get_job(self, request: web.Request) -> web.Response:
         job_id, refused = self._authorize(request)
@@ -255,4 +260,4 @@ def add_routes(app: web.Application, deps: Deps) -> Reader:
     return reader
 
 
-__all__ = ["MAX_SUBSCRIPTIONS", "Reader", "add_routes", "sse_event", "token_of"]
+__all__ = ["MAX_SUBSCRIPTIONS", "Reader", "add_routes", "authorize", "current", "sse_event", "token_of"]

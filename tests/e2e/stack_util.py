@@ -29,9 +29,10 @@ def simulator_config(path: Path, **provider_overrides: Any) -> Path:
 def make_stack(kafka_bootstrap: str, home: Path, *, sim_config: Path | None = None, workers: int = 1,
                **overrides: Any) -> Stack:
     prefix = unique_name("e2e") + "."
+    options: dict[str, Any] = {"partitions": 2, "dispatch_partitions": 2, "session_timeout": 6.0, "poll_after": 5.0,
+                               "cache_dir": home / "cache", **overrides}  # tests may override any of these
     settings = Settings.from_env({}).with_overrides(
-        kafka_bootstrap=kafka_bootstrap, topic_prefix=prefix, app_id=prefix + "app", partitions=2,
-        dispatch_partitions=2, session_timeout=6.0, poll_after=5.0, cache_dir=home / "cache", **overrides)
+        kafka_bootstrap=kafka_bootstrap, topic_prefix=prefix, app_id=prefix + "app", **options)
     sim_args = ["--config", str(sim_config)] if sim_config else ["--preset", "dev"]
     return Stack(settings, home, simulator_args=sim_args, workers=workers)
 

@@ -8,8 +8,10 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from floodgate.api.cancel import CANCEL_REASON
 from floodgate.errors import ValidationError
 from floodgate.jobs import RECENT_EVENTS_LIMIT, TERMINAL, JobEvent, JobState, JobStatus, apply
+from streams.job_state import aim
 
 Q, S, R, C, F, X = (
     JobStatus.QUEUED,
@@ -428,3 +430,76 @@ def test_reapplying_an_event_outside_the_dedupe_window_is_harmless(prefix: list[
     assert s is not None
     forgotten = dataclasses.replace(s, recent_events=())
     assert apply(forgotten, e).changed is False
+
+
+# --- user cancels (POST /v1/jobs/{id}/cancel), as the job-state agent applies them -------------
+
+
+def user_cancel(event_id: str = "cancel-1") -> JobEvent:
+    """What the API writes: no provider, attempt 0 (it cannot know either)."""
+    return JobEvent(event_id=event_id, job_id="j1", kind="cancelled", at=100.0, error=CANCEL_REASON)
+
+
+def through_agent(state: JobState | None, event: JobEvent) -> Any:
+    aimed = aim(state, event)
+    assert aimed is not None
+    return apply(state, aimed)
+
+
+@pytest.mark.parametrize("attempt", [0, 1, 3])
+@pytest.mark.parametrize("status", [Q, S, R])
+def test_a_user_cancel_ends_a_live_job_on_whatever_attempt_it_is(status: JobStatus, attempt: int) -> None:
+    before = state_at(status, attempt=attempt)
+    t = through_agent(before, user_cancel())
+    assert t.state is not None
+    assert (t.state.status, t.changed, t.became_terminal) == (X, True, True), t.reason
+    # The job stays on its attempt and provider, so the release goes where its slot is.
+    assert (t.state.attempt, t.state.provider, t.state.provider_job_id) == (attempt, "sora", "sj-1")
+    assert t.state.error == CANCEL_REASON and t.state.video_url is None
+
+
+def test_without_aiming_a_user_cancel_would_be_stale_on_a_later_attempt() -> None:
+    t = apply(state_at(R, attempt=2), user_cancel())
+    assert not t.changed and "stale" in t.reason
+
+
+@pytest.mark.parametrize("status", [C, F])
+def test_a_user_cancel_does_not_undo_a_result(status: JobStatus) -> None:
+    before = state_at(status)
+    t = through_agent(before, user_cancel())
+    assert t.state is before and not t.changed and not t.became_terminal
+
+
+@pytest.mark.parametrize("late", [ev("completed", event_id="late-done"), ev("failed", event_id="late-fail"),
+                                  ev("running", event_id="late-run"), ev("submitted", event_id="late-sub"),
+                                  ev("cancelled", event_id="late-cancel")])
+def test_provider_news_after_a_user_cancel_changes_nothing(late: JobEvent) -> None:
+    cancelled = through_agent(state_at(R), user_cancel()).state
+    t = through_agent(cancelled, late)
+    assert t.state is cancelled and not t.changed and not t.became_terminal
+    assert t.state.status is X and t.state.video_url is None and t.state.error == CANCEL_REASON
+
+
+def test_a_second_user_cancel_is_no_news() -> None:
+    cancelled = through_agent(state_at(S), user_cancel("cancel-1")).state
+    t = through_agent(cancelled, user_cancel("cancel-2"))
+    assert t.state is cancelled and not t.changed
+
+
+def test_a_cancel_that_overtakes_the_queued_event_still_wins_and_the_job_gets_its_fields() -> None:
+    first = apply(None, user_cancel())
+    assert first.state is not None and first.state.status is X and first.became_terminal
+    queued = JobEvent(event_id="j1:queued", job_id="j1", kind="queued", at=90.0, provider="sora",
+                      tenant="acme", user_id="u", model="sora-2")
+    t = through_agent(first.state, queued)
+    assert t.state is not None and t.state.status is X and not t.became_terminal
+    assert (t.state.provider, t.state.model, t.state.created_at) == ("sora", "sora-2", 90.0)
+
+
+def test_news_from_a_provider_the_job_left_is_ignored_and_user_events_are_lifted_to_its_attempt() -> None:
+    at_kling = state_at(R, provider="kling", attempt=2)
+    assert aim(at_kling, ev("completed", provider="sora", attempt=2)) is None
+    lifted = aim(at_kling, user_cancel())
+    assert lifted is not None and lifted.attempt == 2
+    rerouted = ev("rerouted", attempt=3, provider="wan")
+    assert aim(at_kling, rerouted) is rerouted

@@ -94,6 +94,17 @@ def test_clearing_a_line_returns_its_items_and_lifts_the_pause() -> None:
     assert line.clear() == [1, 2] and len(line) == 0 and not line.paused and not line.resume_due()
 
 
+def test_removing_items_keeps_the_rest_in_order_and_can_lift_the_pause() -> None:
+    line: WaitingLine[str] = WaitingLine(4)
+    for item in ("a", "x", "b", "x", "x"):
+        line.push(item)
+    assert line.paused
+    assert line.remove(lambda item: item == "x") == ["x", "x", "x"]
+    assert len(line) == 2 and line.resume_due() and not line.paused  # down to half of high: fetch again
+    assert line.remove(lambda item: item == "nope") == [] and len(line) == 2
+    assert [line.pop() for _ in range(2)] == ["a", "b"]
+
+
 @pytest.mark.parametrize("high", [0, -1, 1.5, True])
 def test_waiting_line_rejects_a_bad_high_mark(high: object) -> None:
     with pytest.raises(ConfigError):

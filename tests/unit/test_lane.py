@@ -1,0 +1,53 @@
+"""The submitter's per-provider bookkeeping: cancel marks expire only when no order can still need
+them, and never count as held slots."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import orjson
+import pytest
+
+from floodgate.provider_config import dev_setup
+from floodgate.settings import Settings
+from streams.app import create_app
+from streams.lane import MARK_GRACE, MARK_MAX_AGE, Lane, mark_expired, slot_key
+
+T0 = 1_000_000.0
+
+
+@pytest.mark.parametrize(("end", "read_to", "age", "expired"), [
+    # Every order written before the cancel has been read, and the grace period is over.
+    (10, 9, MARK_GRACE, True),
+    (10, 42, MARK_GRACE + 1, True),
+    # Not yet read up to the partition's end at cancel time: the order may still come.
+    (10, 8, MARK_GRACE + 1, False),
+    (10, None, MARK_GRACE + 1, False),
+    # Read past the end, but an order written just after the cancel may still be on its way.
+    (10, 9, MARK_GRACE - 1, False),
+    # An empty partition at cancel time had no order to wait for.
+    (0, None, MARK_GRACE, True),
+    (0, None, MARK_GRACE - 1, False),
+    # End offset unknown (the broker did not answer): only the age bound lets it go.
+    (None, 100, MARK_GRACE + 1, False),
+    (None, None, MARK_MAX_AGE, True),
+    # The age bound holds whatever the partition did.
+    (10, None, MARK_MAX_AGE, True),
+])
+def test_cancel_marks_expire_once_no_order_can_need_them(end: int | None, read_to: int | None, age: float,
+                                                         expired: bool) -> None:
+    assert mark_expired({"t": T0, "end": end}, read_to, T0 + age) is expired
+
+
+def test_cancel_marks_do_not_count_as_held_slots(tmp_path: Path) -> None:
+    settings = Settings.from_env({}).with_overrides(kafka_bootstrap="127.0.0.1:1", cache_dir=tmp_path)
+    app = create_app(settings, datadir=tmp_path / "w0")
+    lane: Lane[object] = Lane(app, dev_setup("http://127.0.0.1:9").routing.providers["wan"], partitions=2)
+    # As recovery from the changelogs would leave them: one held slot, two cancelled jobs.
+    lane.slots.table.data[slot_key(0, "job-held")] = orjson.dumps({"a": 0, "t": T0})
+    lane.marks.table.data[slot_key(0, "job-gone")] = orjson.dumps({"t": T0, "end": 5})
+    lane.marks.table.data[slot_key(1, "job-other")] = orjson.dumps({"t": T0, "end": 5})
+    lane.sync(0, generation=1)
+    lane.sync(1, generation=1)
+    assert set(lane.pools[0].held) == {"job-held"} and len(lane.pools[1]) == 0
+    assert lane.marked(slot_key(0, "job-gone")) and not lane.marked(slot_key(0, "job-held"))
+    assert not lane.marked(slot_key(1, "job-gone")), "marks are per partition, like slots"
