@@ -97,6 +97,13 @@ class Lane(Generic[T]):
         if self.generations.get(partition) == generation:
             return
         self.generations[partition] = generation
+        self.reconcile(partition)
+
+    def reconcile(self, partition: int) -> None:
+        """Make ``partition``'s slot count what its table says. Safe at any await point: a slot is
+        taken in the table in the same step as in the pool. The poll timer calls it on every tick,
+        because a count taken while a recovery was still replaying the changelog can include slots
+        the replay then deletes, and a count that only grows would stall the partition for good."""
         prefix = f"{partition}:".encode()
         held = [parse_slot_key(key)[1] for key in list(self.slots.table.keys()) if key.startswith(prefix)]
         self.pools[partition].rebuild(held)

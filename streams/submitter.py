@@ -346,9 +346,12 @@ def register_provider(pipe: Pipeline, name: str, policy: SubmitPolicy = SubmitPo
     async def poll() -> None:
         now = time.time()
         count_slots()  # also after a rebalance
-        for partition, line in lane.lines.items():
-            if len(line):
-                await pump(partition)  # a safety net: every slot freed also pumps
+        if not (app.rebalancing or app.in_recovery):
+            topic = orders.get_topic_name()
+            for partition in sorted({tp.partition for tp in app.consumer.assignment() if tp.topic == topic}):
+                lane.reconcile(partition)  # self-healing: see Lane.reconcile
+                if len(lane.lines[partition]):
+                    await pump(partition)  # a safety net: every slot freed also pumps
         lane.expire_marks(now)
         for key, entry in list(slots.items()):
             if key in lane.submitting or key in lane.cancelling:

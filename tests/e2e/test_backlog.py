@@ -11,6 +11,7 @@ from pathlib import Path
 import aiohttp
 import pytest
 
+from floodgate.devstack import Stack
 from tests.e2e.stack_util import make_stack, simulator_config, simulator_stats, until
 from tests.e2e.test_load_and_faults import _final_states, _fire, _stats
 
@@ -31,19 +32,24 @@ def test_backlog_beyond_the_stream_buffer_keeps_flowing(kafka_bootstrap: str, tm
     assert stats["wan"]["max_concurrency"] <= 10 and stats["wan"]["rejected_429"] == 0, stats["wan"]
 
 
+async def _queue_behind_full_slots(stack: Stack, n: int) -> set[str]:
+    """Submit ``n`` wan jobs and return their ids once all 10 slots are taken (the rest wait)."""
+    ids = {a["job_id"] for a in await _fire(stack.api_url, n, "wan-2.6")}
+
+    async def slots_full() -> bool:
+        async with aiohttp.ClientSession() as session:
+            return (await simulator_stats(session, stack.simulator_url))["wan"]["jobs_created"] >= 10
+
+    await until(slots_full, timeout=60, what="every slot to be taken")
+    return ids
+
+
 def test_a_worker_with_orders_waiting_stops_promptly_and_loses_none(kafka_bootstrap: str, tmp_path: Path) -> None:
     """SIGTERM while every slot is taken and orders wait: the worker exits in seconds (it used to
     hang in the slot wait), and the next worker picks up every waiting order."""
     config = simulator_config(tmp_path / "sim.json", render_time={"kind": "uniform", "min": 1.0, "max": 1.5})
     with make_stack(kafka_bootstrap, tmp_path, sim_config=config) as stack:
-        accepted = asyncio.run(_fire(stack.api_url, 120, "wan-2.6"))
-        ids = {a["job_id"] for a in accepted}
-
-        async def slots_full() -> bool:
-            async with aiohttp.ClientSession() as session:
-                return (await simulator_stats(session, stack.simulator_url))["wan"]["jobs_created"] >= 10
-
-        asyncio.run(until(slots_full, timeout=60, what="every slot to be taken"))
+        ids = asyncio.run(_queue_behind_full_slots(stack, 120))
         worker = stack.children.pop("worker-0")
         started = time.monotonic()
         worker.proc.send_signal(signal.SIGTERM)
@@ -67,14 +73,7 @@ def test_a_worker_joining_while_orders_wait_takes_over_its_share(kafka_bootstrap
     owner (read again from the committed offset), nothing is submitted twice, the limit holds."""
     config = simulator_config(tmp_path / "sim.json", render_time={"kind": "uniform", "min": 0.8, "max": 1.2})
     with make_stack(kafka_bootstrap, tmp_path, sim_config=config) as stack:
-        accepted = asyncio.run(_fire(stack.api_url, 150, "wan-2.6"))
-        ids = {a["job_id"] for a in accepted}
-
-        async def slots_full() -> bool:
-            async with aiohttp.ClientSession() as session:
-                return (await simulator_stats(session, stack.simulator_url))["wan"]["jobs_created"] >= 10
-
-        asyncio.run(until(slots_full, timeout=60, what="every slot to be taken"))
+        ids = asyncio.run(_queue_behind_full_slots(stack, 150))
         stack.start_worker(1)
         finals = _final_states(stack.bootstrap, stack.settings.topic("results"), ids, timeout=180)
         stats = asyncio.run(_stats(stack.simulator_url))

@@ -51,3 +51,23 @@ def test_cancel_marks_do_not_count_as_held_slots(tmp_path: Path) -> None:
     assert set(lane.pools[0].held) == {"job-held"} and len(lane.pools[1]) == 0
     assert lane.marked(slot_key(0, "job-gone")) and not lane.marked(slot_key(0, "job-held"))
     assert not lane.marked(slot_key(1, "job-gone")), "marks are per partition, like slots"
+
+
+def test_reconcile_drops_slots_the_table_no_longer_holds(tmp_path: Path) -> None:
+    """A count taken mid-recovery can include a slot the changelog replay then deletes; the poll
+    timer's reconcile must bring the count back to the table, or the partition stalls for good."""
+    settings = Settings.from_env({}).with_overrides(kafka_bootstrap="127.0.0.1:1", cache_dir=tmp_path)
+    app = create_app(settings, datadir=tmp_path / "w0")
+    lane: Lane[tuple[str]] = Lane(app, dev_setup("http://127.0.0.1:9").routing.providers["wan"], partitions=2)
+    share = lane.capacity(0)
+    for i in range(share):
+        lane.slots.table.data[slot_key(0, f"old-{i}")] = orjson.dumps({"a": 0, "t": T0})
+    lane.sync(0, generation=1)
+    lane.lines[0].push(("waiting",))
+    assert lane.next_waiting(0, lambda item: item[0]) is None, "every slot is held"
+    for i in range(share):  # the replay goes on: those jobs had ended
+        del lane.slots.table.data[slot_key(0, f"old-{i}")]
+    assert lane.next_waiting(0, lambda item: item[0]) is None, "the stale count alone never frees a slot"
+    lane.reconcile(0)
+    assert lane.next_waiting(0, lambda item: item[0]) == (("waiting",), True)
+    assert len(lane.pools[0]) == 1
