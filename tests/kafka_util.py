@@ -82,3 +82,22 @@ def wait_consumed(bootstrap: str, group: str, topic: str, *, timeout: float = 60
             return
         time.sleep(0.2)
     raise AssertionError(f"group {group} did not consume {topic} to {ends} within {timeout}s: {committed}")
+
+
+def wait_committed(bootstrap: str, group: str, topic: str, *, timeout: float = 60.0) -> None:
+    """Wait until ``group`` has committed an offset above 0 on every partition of ``topic``."""
+    from confluent_kafka import ConsumerGroupTopicPartitions, TopicPartition
+    from confluent_kafka.admin import AdminClient
+
+    admin = AdminClient({"bootstrap.servers": bootstrap})
+    parts = list(admin.list_topics(topic, timeout=10).topics[topic].partitions)
+    deadline = time.monotonic() + timeout
+    committed: dict[int, int] = {}
+    while time.monotonic() < deadline:
+        request = ConsumerGroupTopicPartitions(group, [TopicPartition(topic, p) for p in parts])
+        result = admin.list_consumer_group_offsets([request])[group].result(timeout=10)
+        committed = {tp.partition: tp.offset for tp in result.topic_partitions}
+        if all(committed.get(p, -1) > 0 for p in parts):
+            return
+        time.sleep(0.2)
+    raise AssertionError(f"group {group} committed nothing on some partition of {topic} within {timeout}s: {committed}")
