@@ -5,6 +5,7 @@ from __future__ import annotations
 import time
 import uuid
 from collections.abc import Callable, Iterable
+from typing import Any
 
 from confluent_kafka import Consumer, KafkaException, Producer
 from confluent_kafka.admin import AdminClient, NewTopic
@@ -62,42 +63,43 @@ def consume_until(bootstrap: str, topic: str, done: Callable[[list], bool], *, t
 def wait_consumed(bootstrap: str, group: str, topic: str, *, timeout: float = 60.0) -> None:
     """Wait until ``group`` has committed offsets up to the current end of every partition of
     ``topic``: everything produced so far has been processed."""
-    from confluent_kafka import ConsumerGroupTopicPartitions, TopicPartition
-    from confluent_kafka.admin import AdminClient
+    from confluent_kafka import TopicPartition
 
     admin = AdminClient({"bootstrap.servers": bootstrap})
     probe = Consumer({"bootstrap.servers": bootstrap, "group.id": unique_name("probe")})
     try:
-        parts = probe.list_topics(topic, timeout=10).topics[topic].partitions
+        parts = list(probe.list_topics(topic, timeout=10).topics[topic].partitions)
         ends = {p: probe.get_watermark_offsets(TopicPartition(topic, p), timeout=10)[1] for p in parts}
     finally:
         probe.close()
-    deadline = time.monotonic() + timeout
-    committed: dict[int, int] = {}
-    while time.monotonic() < deadline:
-        request = ConsumerGroupTopicPartitions(group, [TopicPartition(topic, p) for p in parts])
-        result = admin.list_consumer_group_offsets([request])[group].result(timeout=10)
-        committed = {tp.partition: tp.offset for tp in result.topic_partitions}
-        if all(committed.get(p, -1) >= end for p, end in ends.items()):
-            return
-        time.sleep(0.2)
-    raise AssertionError(f"group {group} did not consume {topic} to {ends} within {timeout}s: {committed}")
+    committed = _poll_committed(admin, group, topic, parts, lambda c: all(c.get(p, -1) >= e for p, e in ends.items()),
+                                timeout)
+    if committed is not None:
+        raise AssertionError(f"group {group} did not consume {topic} to {ends} within {timeout}s: {committed}")
 
 
 def wait_committed(bootstrap: str, group: str, topic: str, *, timeout: float = 60.0) -> None:
     """Wait until ``group`` has committed an offset above 0 on every partition of ``topic``."""
-    from confluent_kafka import ConsumerGroupTopicPartitions, TopicPartition
-    from confluent_kafka.admin import AdminClient
-
     admin = AdminClient({"bootstrap.servers": bootstrap})
     parts = list(admin.list_topics(topic, timeout=10).topics[topic].partitions)
+    committed = _poll_committed(admin, group, topic, parts, lambda c: all(c.get(p, -1) > 0 for p in parts), timeout)
+    if committed is not None:
+        raise AssertionError(f"group {group} committed nothing on some partition of {topic} within {timeout}s: {committed}")
+
+
+def _poll_committed(admin: Any, group: str, topic: str, parts: list[int], done: Callable[[dict[int, int]], bool],
+                    timeout: float) -> dict[int, int] | None:
+    """Poll ``group``'s committed offsets on ``topic`` until ``done(offsets)``: None on success,
+    else the last offsets seen when the deadline passed."""
+    from confluent_kafka import ConsumerGroupTopicPartitions, TopicPartition
+
     deadline = time.monotonic() + timeout
     committed: dict[int, int] = {}
     while time.monotonic() < deadline:
         request = ConsumerGroupTopicPartitions(group, [TopicPartition(topic, p) for p in parts])
         result = admin.list_consumer_group_offsets([request])[group].result(timeout=10)
         committed = {tp.partition: tp.offset for tp in result.topic_partitions}
-        if all(committed.get(p, -1) > 0 for p in parts):
-            return
+        if done(committed):
+            return None
         time.sleep(0.2)
-    raise AssertionError(f"group {group} committed nothing on some partition of {topic} within {timeout}s: {committed}")
+    return committed
