@@ -94,12 +94,36 @@ def _poll_committed(admin: Any, group: str, topic: str, parts: list[int], done: 
     from confluent_kafka import ConsumerGroupTopicPartitions, TopicPartition
 
     deadline = time.monotonic() + timeout
-    committed: dict[int, int] = {}
-    while time.monotonic() < deadline:
+    while True:  # at least one look, even with no time to wait
         request = ConsumerGroupTopicPartitions(group, [TopicPartition(topic, p) for p in parts])
         result = admin.list_consumer_group_offsets([request])[group].result(timeout=10)
         committed = {tp.partition: tp.offset for tp in result.topic_partitions}
         if done(committed):
             return None
+        if time.monotonic() >= deadline:
+            return committed
         time.sleep(0.2)
-    return committed
+
+
+def read_all(bootstrap: str, topic: str, *, quiet: float = 3.0) -> list:
+    """Every record of ``topic`` from the beginning, read until nothing new came for ``quiet`` s."""
+    consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": unique_name("all"), "auto.offset.reset": "earliest",
+                         "enable.auto.commit": False})
+    consumer.subscribe([topic])
+    out: list = []
+    last = time.monotonic()
+    try:
+        while time.monotonic() - last < quiet:
+            msg = consumer.poll(0.2)
+            if msg is not None and not msg.error():
+                out.append(msg)
+                last = time.monotonic()
+    finally:
+        consumer.close()
+    return out
+
+
+def committed_offsets(bootstrap: str, group: str, topic: str) -> dict[int, int]:
+    admin = AdminClient({"bootstrap.servers": bootstrap})
+    parts = list(admin.list_topics(topic, timeout=10).topics[topic].partitions)
+    return _poll_committed(admin, group, topic, parts, lambda c: False, 0.0) or {}  # one look

@@ -14,7 +14,7 @@ import pytest
 from floodgate.devstack import Stack
 from tests.e2e.stack_util import make_stack, simulator_config, simulator_stats, until
 from tests.e2e.test_load_and_faults import _final_states, _fire, _stats
-from tests.kafka_util import wait_committed, wait_consumed
+from tests.kafka_util import committed_offsets, read_all, wait_committed, wait_consumed
 
 pytestmark = pytest.mark.kafka
 
@@ -31,6 +31,22 @@ def test_backlog_beyond_the_stream_buffer_keeps_flowing(kafka_bootstrap: str, tm
     assert set(finals) == ids, f"{len(ids) - len(finals)} of {len(ids)} jobs never finished"
     assert {recs[-1]["status"] for recs in finals.values()} == {"completed"}
     assert stats["wan"]["max_concurrency"] <= 10 and stats["wan"]["rejected_429"] == 0, stats["wan"]
+
+
+def _finals_or_explain(stack: Stack, ids: set[str], timeout: float) -> dict[str, list[dict]]:
+    """Every job's results; on a timeout, fail saying where each missing job's dispatch order sits
+    and what the group committed on dispatch.wan (the evidence the known loss needs)."""
+    try:
+        return _final_states(stack.bootstrap, stack.settings.topic("results"), ids, timeout=timeout)
+    except AssertionError as exc:
+        s = stack.settings
+        done = {m.key().decode() for m in read_all(stack.bootstrap, s.topic("results"))}
+        missing = ids - done
+        orders = [(m.key().decode(), m.partition(), m.offset()) for m in read_all(stack.bootstrap, s.topic("dispatch.wan"))
+                  if m.key().decode() in missing]
+        committed = committed_offsets(stack.bootstrap, s.app_id, s.topic("dispatch.wan"))
+        raise AssertionError(f"{exc}; missing {sorted(missing)}; their orders (job, partition, offset) {orders}; "
+                             f"committed on dispatch.wan {committed}; logs in {stack.home / 'logs'}") from None
 
 
 async def _queue_behind_full_slots(stack: Stack, n: int) -> set[str]:
@@ -66,7 +82,7 @@ def test_a_worker_with_orders_waiting_stops_promptly_and_loses_none(kafka_bootst
             raise AssertionError(f"worker ignored SIGTERM for 20 s:\n{worker.tail()}") from None
         stopped_in = time.monotonic() - started
         stack.start_worker(1)
-        finals = _final_states(stack.bootstrap, stack.settings.topic("results"), ids, timeout=180)
+        finals = _finals_or_explain(stack, ids, timeout=180)
         stats = asyncio.run(_stats(stack.simulator_url))
     assert code == 0, worker.tail()
     assert stopped_in < 20
@@ -82,7 +98,7 @@ def test_a_worker_joining_while_orders_wait_takes_over_its_share(kafka_bootstrap
     with make_stack(kafka_bootstrap, tmp_path, sim_config=config) as stack:
         ids = asyncio.run(_queue_behind_full_slots(stack, 150))
         stack.start_worker(1)
-        finals = _final_states(stack.bootstrap, stack.settings.topic("results"), ids, timeout=180)
+        finals = _finals_or_explain(stack, ids, timeout=180)
         stats = asyncio.run(_stats(stack.simulator_url))
         second = stack.children["worker-1"].log.read_text()
     assert set(finals) == ids and {recs[-1]["status"] for recs in finals.values()} == {"completed"}
