@@ -79,12 +79,11 @@ class Stack:
     def env(self) -> dict[str, str]:
         s = self.settings
         env = {k: v for k, v in os.environ.items() if not k.startswith("FLOODGATE_")}
-        env.update(s.to_env())  # the whole configuration, so no setting is forgotten on the way
+        # The whole configuration (its one secret included, so tokens verify in every child).
+        env.update(s.to_env())
         env.update({
             "FLOODGATE_KAFKA_BOOTSTRAP": self.bootstrap,
             "FLOODGATE_CACHE_DIR": str(self.home / "cache"),
-            # one secret for every child of this stack, so tokens verify in all of them
-            "FLOODGATE_SECRET": s.secret.reveal(),
             "FLOODGATE_ALLOW_PRIVATE_WEBHOOKS": "1",
             "FLOODGATE_SIMULATOR_URL": self.simulator_url,
             "FLOODGATE_WEBHOOK_BASE_URL": self.api_url,

@@ -7,7 +7,6 @@ from typing import Any
 import faust
 
 from floodgate.settings import Settings
-from streams.tables import AckTable
 
 
 def create_app(settings: Settings, *, app_id: str | None = None, datadir: Path | None = None, web_port: int | None = None) -> faust.App:
@@ -19,7 +18,7 @@ def create_app(settings: Settings, *, app_id: str | None = None, datadir: Path |
     ident = app_id or settings.app_id
     datadir = datadir or settings.cache_dir / "faust" / ident
     datadir.mkdir(parents=True, exist_ok=True)  # Faust creates only the last level
-    app = faust.App(
+    return faust.App(
         ident,
         broker=brokers,
         key_serializer="raw",
@@ -46,9 +45,7 @@ def create_app(settings: Settings, *, app_id: str | None = None, datadir: Path |
         web_port=web_port or 6066,
         web_host="127.0.0.1",
         logging_config=None,
-        Table=AckTable,
     )
-    return app
 
 
 def job_table_options(settings: Settings, name: str) -> dict[str, Any]:

@@ -294,10 +294,7 @@ def register_provider(pipe: Pipeline, name: str, policy: SubmitPolicy = SubmitPo
         if rel["status"] == "cancelled" and (entry is None or entry["a"] <= rel["attempt"]):
             await cancel(partition, key, rel["job_id"])
         elif entry is not None and entry["a"] <= rel["attempt"]:
-            slots.remove_in(partition, key)
-            lane.free(partition, rel["job_id"])
-            count_slots()
-        await pump(partition)
+            await free(partition, key, rel["job_id"])
 
     async def cancel(partition: int, key: bytes, job_id: str) -> None:
         """The job was cancelled: see the module docstring for each place its order may be."""
@@ -314,13 +311,11 @@ def register_provider(pipe: Pipeline, name: str, policy: SubmitPolicy = SubmitPo
         line = lane.lines[partition]
         dropped = line.remove(lambda item: item[2]["job_id"] == job_id)
         if not dropped or key in lane.submitting:
+            lane.mark(partition, key, end, time.time())
             if key not in lane.submitting and entry is not None:
                 # A slot whose submission is not running: it is being started (the submission
                 # will find the mark) or was left by a crash (the poller's re-dispatch will).
-                slots.remove_in(partition, key)
-                lane.free(partition, job_id)
-                count_slots()
-            lane.mark(partition, key, end, time.time())
+                await free(partition, key, job_id)
         for orders_in, ev, _ in dropped:  # it was waiting here: it never gets a slot
             await orders_in.ack(ev)
         if dropped and line.resume_due():

@@ -14,19 +14,6 @@ import orjson
 from faust.types.tuples import FutureMessage
 
 
-class AckTable(faust.Table):
-    """A Faust table that remembers the future of its latest changelog write, so a caller can
-    wait for *that* record's acknowledgement instead of flushing the whole producer (which, under
-    load, waits behind every other agent's sends)."""
-
-    last_sent: FutureMessage | None = None
-
-    def send_changelog(self, *args: Any, **kwargs: Any) -> FutureMessage:
-        fut = super().send_changelog(*args, **kwargs)
-        self.last_sent = fut
-        return fut
-
-
 class JsonTable:
     def __init__(self, app: faust.App, name: str, *, partitions: int, **options: Any) -> None:
         """``options``: more ``app.Table`` arguments (a ``store``: default the app's, memory). Only a
@@ -39,13 +26,6 @@ class JsonTable:
 
     def __setitem__(self, key: bytes, value: dict[str, Any]) -> None:
         self.table[key] = orjson.dumps(value)
-
-    async def set_durably(self, key: bytes, value: dict[str, Any]) -> None:
-        """Set ``key`` and return once its changelog record is acknowledged by Kafka."""
-        self[key] = value
-        sent = getattr(self.table, "last_sent", None)
-        if sent is not None:
-            await sent
 
     def put_in(self, partition: int, key: bytes, value: dict[str, Any]) -> FutureMessage:
         """Set ``key`` from outside an agent's event (a background task), naming the changelog

@@ -38,6 +38,8 @@ from typing import Any
 
 import orjson
 
+from floodgate.broker.local import pid_alive
+
 Snapshot = dict[str, Any]
 
 FILE_NAME = "view.sqlite"
@@ -166,21 +168,12 @@ def sweep_dead(parent: Path, host: str) -> list[Path]:
     pattern = re.compile(rf"{re.escape(host)}-(\d+)-")
     for entry in parent.iterdir():
         match = pattern.match(entry.name)
-        if match is None or not entry.is_dir() or _alive(int(match.group(1))):
+        if match is None or not entry.is_dir() or pid_alive(int(match.group(1))):
             continue
         shutil.rmtree(entry, ignore_errors=True)
         removed.append(entry)
     return removed
 
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True  # it exists; it just is not ours to signal
-    return True
 
 
 __all__ = ["FILE_NAME", "SpillStore", "sweep_dead"]

@@ -72,7 +72,8 @@ def port_in_use(port: int) -> bool:
         return s.connect_ex(("127.0.0.1", port)) == 0
 
 
-def _alive(pid: int) -> bool:
+def pid_alive(pid: int) -> bool:
+    """Whether process ``pid`` exists (a zombie child of ours is reaped and counts as gone)."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
@@ -116,7 +117,7 @@ class LocalBroker:
             info = BrokerInfo(int(data["pid"]), int(data["port"]), int(data["controller_port"]), str(data["version"]))
         except (OSError, ValueError, KeyError):
             return None
-        if not _alive(info.pid):
+        if not pid_alive(info.pid):
             self._state_file.unlink(missing_ok=True)
             return None
         return info
@@ -235,7 +236,7 @@ def _terminate(pid: int, timeout: float, proc: subprocess.Popen[bytes] | None) -
         if proc is not None:
             if proc.poll() is not None:
                 return
-        elif not _alive(pid):
+        elif not pid_alive(pid):
             return
         time.sleep(0.1)
     try:
