@@ -159,7 +159,7 @@ class WorkerMetrics(_Group):
             "floodgate_job_transitions_total", "Job state changes, by the status entered.", ["status"])
         self.queue_depth = self._gauge(
             "floodgate_queue_depth",
-            "Orders waiting in dispatch.<provider> on this worker's partitions (end offset - committed offset).",
+            "Orders waiting for <provider> on this worker's partitions: unread on dispatch.<provider> (end offset - committed offset) plus read and waiting for a slot.",
             ["provider"])
         self.events_processed = self._counter(
             "floodgate_events_processed_total", "Records read by each agent.", ["agent"])

@@ -141,6 +141,10 @@ class WaitingLine(Generic[T]):
             return True
         return False
 
+    def push_front(self, item: T) -> None:
+        """Put ``item`` back at the head (it was popped but could not go after all): it stays first."""
+        self._items.appendleft(item)
+
     def peek(self) -> T | None:
         return self._items[0] if self._items else None
 

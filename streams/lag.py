@@ -1,7 +1,8 @@
 """Queue depth and limit shares for the worker's metrics, refreshed by a timer off the event loop.
 
 The depth of ``dispatch.<provider>`` is the worker group's consumer lag on the partitions *this*
-worker owns (end offset − committed offset), so summing over workers gives the whole backlog
+worker owns (end offset − committed offset) plus the orders this worker has read and parked until
+a slot frees (their records are acknowledged), so summing over workers gives the whole backlog
 without counting a partition twice. Likewise the concurrency limit gauge is the sum of the owned
 partitions' shares. The broker calls are blocking (confluent-kafka), so they run in a thread.
 """
@@ -10,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import threading
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 
 from confluent_kafka import Consumer, KafkaException, TopicPartition
 
@@ -68,10 +69,11 @@ class LagProbe:
 
 
 async def refresh(probe: LagProbe, metrics: WorkerMetrics, topics: Mapping[str, tuple[str, int, int]],
-                  owned: Iterable[tuple[str, int]]) -> None:
+                  owned: Iterable[tuple[str, int]], waiting: Mapping[str, Callable[[], int]] | None = None) -> None:
     """Set ``queue_depth`` and ``concurrency_limit`` per provider for the ``owned`` partitions.
 
-    ``topics`` maps provider → (dispatch topic, its partition count, the provider's limit).
+    ``topics`` maps provider → (dispatch topic, its partition count, the provider's limit);
+    ``waiting`` provider → how many orders this worker holds waiting for a slot now.
     """
     mine = set(owned)
     wanted = [(topic, p) for topic, parts, _ in topics.values() for p in range(parts) if (topic, p) in mine]
@@ -84,4 +86,5 @@ async def refresh(probe: LagProbe, metrics: WorkerMetrics, topics: Mapping[str, 
         here = [p for p in range(parts) if (topic, p) in mine]
         metrics.concurrency_limit.labels(provider).set(owned_share(limit, parts, here))
         if lags is not None:
-            metrics.queue_depth.labels(provider).set(sum(lags.get((topic, p), 0) for p in here))
+            parked = waiting[provider]() if waiting and provider in waiting else 0
+            metrics.queue_depth.labels(provider).set(parked + sum(lags.get((topic, p), 0) for p in here))

@@ -9,6 +9,16 @@ The table is the durable truth; ``pools`` mirror it per partition (an O(1) count
 where scanning the table would cost O(limit)) and are rebuilt from it whenever a partition is
 seen in a new consumer generation, i.e. after every rebalance and table recovery.
 
+Orders waiting for a slot live in a third table, ``waiting-<provider>``, keyed like slots, with
+their dispatch offset: the dispatch record is acknowledged as soon as its order is parked there,
+so every dispatch record is acknowledged in offset order and no offset is held back for minutes.
+(Faust computes the offset to commit from acknowledged offsets, and commits past a *single*
+unacknowledged offset at the head of a partition, or past any number when nothing was committed
+yet: holding waiting orders unacknowledged lost one now and then on a graceful stop.) The lines in
+memory are rebuilt from that table whenever a partition is seen in a new generation; the table is
+bounded by the lines' high mark, because a partition whose line is full is paused and the rest of
+its backlog waits in Kafka.
+
 Cancel marks live in a table of their own, ``cancelled-<provider>``, keyed like slots: a job
 cancelled while its order has not yet been taken (still in Kafka, or about to be submitted) is
 marked so that the order is dropped instead of submitted. Being a separate table, marks never
@@ -22,7 +32,7 @@ import asyncio
 import logging
 import random
 from collections.abc import Coroutine
-from typing import Any, Generic, TypeVar
+from typing import Any
 
 import faust
 
@@ -31,8 +41,6 @@ from floodgate.throttle import Backoff, CircuitBreaker, SlotPool, TokenBucket, W
 from streams.tables import JsonTable
 
 log = logging.getLogger(__name__)
-
-T = TypeVar("T")
 
 MARK_GRACE = 60.0
 """Seconds a cancel mark stays at least: orders written just after the cancel (an admission that
@@ -68,15 +76,22 @@ def mark_expired(mark: dict[str, Any], read_to: int | None, now: float, *, grace
     return age >= grace and end is not None and (end == 0 or (read_to is not None and read_to >= end - 1))
 
 
-class Lane(Generic[T]):
+Order = dict[str, Any]
+
+
+class Lane:
     def __init__(self, app: faust.App, spec: ProviderSpec, partitions: int) -> None:
         self.spec = spec
         self.partitions = partitions
         self.slots = JsonTable(app, f"inflight-{spec.name}", partitions=partitions)
         self.pools = {p: SlotPool(self.capacity(p)) for p in range(partitions)}
-        self.lines: dict[int, WaitingLine[T]] = {
+        self.waiting = JsonTable(app, f"waiting-{spec.name}", partitions=partitions)
+        self.lines: dict[int, WaitingLine[Order]] = {
             p: WaitingLine(max(MIN_WAITING, self.capacity(p))) for p in range(partitions)}
         self.generations: dict[int, int] = {}
+        """Per dispatch partition, the consumer generation its slot count and line were rebuilt in."""
+        self.settled_generation: int | None = None
+        """The generation ``drop_unassigned`` last ran in."""
         self.bucket = TokenBucket(spec.rate_per_second, max(1.0, spec.rate_per_second)) if spec.rate_per_second else None
         self.breaker = CircuitBreaker(failure_threshold=5, reset_after=30.0)
         self.backoff = Backoff(base=0.5, factor=2.0, cap=30.0, jitter="full", rng=random.Random())
@@ -91,13 +106,40 @@ class Lane(Generic[T]):
     def capacity(self, partition: int) -> int:
         return partition_share(self.spec.concurrency_limit, self.partitions, partition)
 
-    def sync(self, partition: int, generation: int) -> None:
-        """Rebuild ``partition``'s slot count from the table the first time it is seen in a
-        consumer generation (the table was just recovered, or other workers changed it)."""
+    def sync(self, partition: int, generation: int) -> bool:
+        """Rebuild ``partition``'s slot count and waiting line from the tables the first time it is
+        seen in a consumer generation (the tables were just recovered, or other workers changed
+        them). True if it did."""
         if self.generations.get(partition) == generation:
-            return
+            return False
         self.generations[partition] = generation
         self.reconcile(partition)
+        self.restore_line(partition)
+        return True
+
+    def restore_line(self, partition: int) -> None:
+        """Make ``partition``'s line the orders its waiting table holds, oldest (lowest offset) first."""
+        prefix = f"{partition}:".encode()
+        parked = sorted((entry for key, entry in self.waiting.items() if key.startswith(prefix)),
+                        key=lambda entry: entry["n"])
+        line = self.lines[partition]
+        line.clear()
+        for entry in parked:
+            line.push(entry["o"])
+
+    async def park(self, partition: int, offset: int, order: Order) -> bool:
+        """Queue ``order`` (read at ``offset``) for a slot, durably: once this returns, its dispatch
+        record may be acknowledged. True while the line is at its high mark (pause the partition)."""
+        await self.waiting.put_durably_in(partition, slot_key(partition, order["job_id"]), {"o": order, "n": offset})
+        return self.lines[partition].push(order)
+
+    def parked(self, key: bytes) -> Order | None:
+        entry = self.waiting.get(key)
+        return None if entry is None else entry["o"]
+
+    def unpark(self, partition: int, key: bytes) -> None:
+        """The order of ``key`` no longer waits (it holds a slot now, or its job was cancelled)."""
+        self.waiting.remove_in(partition, key)
 
     def reconcile(self, partition: int) -> None:
         """Make ``partition``'s slot count what its table says. Safe at any await point: a slot is
@@ -108,14 +150,14 @@ class Lane(Generic[T]):
         held = [parse_slot_key(key)[1] for key in list(self.slots.table.keys()) if key.startswith(prefix)]
         self.pools[partition].rebuild(held)
 
-    def next_waiting(self, partition: int, job_of: Any) -> tuple[T, bool] | None:
+    def next_waiting(self, partition: int) -> tuple[Order, bool] | None:
         """The oldest waiting order that can go now, and whether it took a new slot (False: its
         job holds one already, e.g. a duplicate order). None while the partition's slots are full."""
         line, pool = self.lines[partition], self.pools[partition]
         head = line.peek()
         if head is None:
             return None
-        job = job_of(head)
+        job = head["job_id"]
         if job in pool:
             line.pop()
             return head, False
@@ -127,9 +169,29 @@ class Lane(Generic[T]):
     def free(self, partition: int, job_id: str) -> None:
         self.pools[partition].release(job_id)
 
+    def drop_unassigned(self, assigned: set[int]) -> int:
+        """Forget, locally, the entries the tables hold for partitions this worker does not own.
+
+        Faust's memory store forgets only the keys it recovered, not those written here, so a
+        partition that moved away leaves its slots, marks and waiting orders behind; left there,
+        the poller would act on another worker's slots, and a partition coming back would find
+        entries its changelog has since deleted. (Coming back, it is replayed from the start.)
+        Call it only once recovery is complete. Returns the number of entries dropped."""
+        dropped = 0
+        for table in (self.slots, self.marks, self.waiting):
+            data = table.table.data
+            for key in [key for key in list(data.keys()) if parse_slot_key(key)[0] not in assigned]:
+                del data[key]
+                dropped += 1
+        return dropped
+
+    def waiting_count(self) -> int:
+        """Orders this worker holds waiting for a slot (every line is of an owned partition)."""
+        return sum(len(line) for line in self.lines.values())
+
     def forget_waiting(self, partitions: set[int]) -> int:
-        """Drop the waiting orders of revoked partitions: they were never acknowledged, so whoever
-        owns the partitions next reads them again from the committed offset."""
+        """Drop the lines of revoked partitions: their orders stay in the waiting table, which
+        whoever owns the partitions next recovers and rebuilds its lines from."""
         dropped = 0
         for p in partitions:
             dropped += len(self.lines[p].clear())
@@ -164,9 +226,10 @@ class Lane(Generic[T]):
         task.add_done_callback(self._chores.discard)
 
     def run_in_background(self, key: bytes, work: Coroutine[Any, Any, None]) -> None:
-        """Run a submission without holding up the dispatch stream. Its slot is already durable,
-        so a crash mid-call loses nothing: the poller re-dispatches slots that never got a
-        provider job id."""
+        """Run a submission (and the slot write before it, for an order that waited) without
+        holding up the dispatch stream. A crash loses nothing: before the slot is durable the
+        order is still in the waiting table; after, the poller re-dispatches slots that never got
+        a provider job id. ``key in submitting`` until it ends."""
         task = asyncio.create_task(work, name=f"submit:{key.decode()}")
         self.submitting[key] = task
         task.add_done_callback(lambda t: self._done(key, t))

@@ -5,8 +5,9 @@ has a fixed share and partitions belong to exactly one worker, so the shares add
 whatever the number of workers. A slot is held by an entry in the ``inflight-<provider>`` table
 (written before the provider is called) and freed when ``release.<provider>`` says the job ended
 (or when the job moves on to a fallback provider). After a restart the table is recovered from its
-changelog, and the count with it. While a partition's share is used up the agent waits: the
-backlog stays in Kafka, not in memory.
+changelog, and the count with it. While a partition's share is used up its orders wait in a
+short line (``waiting-<provider>``, see ``streams.lane``) and, once that is full, the partition is
+paused: the backlog stays in Kafka, not in memory.
 
 The provider call itself runs in a background task once the slot is durable, so one partition
 keeps up to its share of submissions in flight at once instead of one round trip per order.
@@ -29,7 +30,7 @@ the partition that holds the job's slot or order. Where the job is at that momen
 * *being submitted* (``key in lane.submitting``): the job is marked cancelled and the slot is
   kept; the submission looks for the mark before every provider call and once the call returns,
   so it either never reaches the provider or cancels the job it just created, then frees the slot;
-* *waiting in the WaitingLine*: its order is taken out and acknowledged at once;
+* *waiting for a slot*: its order is taken out of the line and the waiting table;
 * *still in Kafka* (not yet read, or written after the cancel: an admission or fallback running
   behind it): the job is marked, and intake drops (acknowledges) the order when it comes and
   deletes the mark. Marks never read expire (``lane.mark_expired``) once the partition has been
@@ -65,7 +66,8 @@ from streams.lane import Lane, parse_slot_key, slot_key
 log = logging.getLogger(__name__)
 
 
-def register_provider(pipe: Pipeline, name: str, policy: SubmitPolicy = SubmitPolicy()) -> None:
+def register_provider(pipe: Pipeline, name: str, policy: SubmitPolicy = SubmitPolicy()) -> Lane:
+    """Register ``name``'s submitter and releaser agents and timers; returns its ``Lane``."""
     app, names, emit, settings = pipe.app, pipe.names, pipe.emit, pipe.settings
     spec = pipe.routing.providers[name]
     connector = pipe.providers[name]
@@ -84,7 +86,7 @@ def register_provider(pipe: Pipeline, name: str, policy: SubmitPolicy = SubmitPo
         slots.remove_in(partition, key)
         lane.free(partition, job_id)
         count_slots()
-        await pump(partition)
+        pump(partition)
 
     async def cancel_at_provider(job_id: str, provider_job_id: str) -> None:
         try:
@@ -186,96 +188,113 @@ def register_provider(pipe: Pipeline, name: str, policy: SubmitPolicy = SubmitPo
 
     @app.agent(orders, name=f"submit-{name}")
     async def submitter(stream: faust.StreamT) -> None:
-        # Acks are manual: an order waiting for a slot stays unacknowledged (its offset is not
-        # committed) while the agent reads on. The agent must never block on a slot: Faust
-        # delivers every topic from one loop, and once this stream's buffer is full that loop
-        # waits for it, so releases (and everything else) would stop arriving: a deadlock.
+        # The agent never blocks on a slot: Faust delivers every topic from one loop, and once this
+        # stream's buffer is full that loop waits for it, so releases (and everything else) would
+        # stop arriving: a deadlock. An order that cannot have a slot now is parked in the waiting
+        # table, and its record acknowledged, like every other, in offset order.
         orders_in = stream.noack()
         async for ev in orders_in.events():
             msg = ev.message
             pipe.metrics.events_processed.labels(f"submit-{name}").inc()
             lane.read_to[msg.partition] = max(msg.offset, lane.read_to.get(msg.partition, -1))
-            waiting = False
 
-            async def take(ev: Any = ev, msg: Any = msg) -> None:
-                nonlocal waiting
-                waiting = await intake(orders_in, ev, codec.decode("DispatchOrder", msg.value, msg.headers))
+            async def take(msg: Any = msg) -> None:
+                await intake(msg, codec.decode("DispatchOrder", msg.value, msg.headers))
 
             await guard.process(take, emit=emit, dlq=names.dlq, message=msg, stage=f"submit-{name}",
                                 on_dead_letter=pipe.metrics.dead_letters.labels("submitter").inc)
-            if not waiting:
+            if msg.generation_id == app.consumer_generation_id:
                 await orders_in.ack(ev)
+            else:
+                # Revoked meanwhile: what was written is on Kafka, but the partition's next owner
+                # may have recovered the tables before it landed, so it reads the order again.
+                # Faust would wait for this tracked message before completing a rebalance.
+                app.consumer._unacked_messages.discard(msg)
 
-    async def intake(orders_in: faust.StreamT, ev: Any, order: dict[str, Any]) -> bool:
-        """Act on an order now, or queue it for a slot (True: it waits, unacknowledged)."""
-        partition = ev.message.partition
-        lane.sync(partition, ev.message.generation_id)
+    async def intake(msg: Any, order: dict[str, Any]) -> None:
+        """Act on an order now, start it if a slot is free, or park it until one is."""
+        partition = msg.partition
+        lane.sync(partition, msg.generation_id)
         key = slot_key(partition, order["job_id"])
         if lane.marked(key):
             # The job was cancelled before its order got here: drop it. A submission still running
             # for the job uses the mark itself.
             if key not in lane.submitting:
                 lane.unmark(partition, key)
-            return False
+            return
         entry = slots.get(key)
         if entry is not None and entry["a"] > order["attempt"]:
-            return False  # an order for an attempt that has been superseded
+            return  # an order for an attempt that has been superseded
         if entry is not None and entry.get("pj"):
             # Already submitted (a redelivered or re-dispatched order): say so again, idempotently.
             await event(order["job_id"], "submitted", entry["a"], provider_job_id=entry["pj"])
-            return False
+            return
         if key in lane.submitting:
-            return False  # its submission is still running here (e.g. waiting out 429s)
+            return  # its submission is still running here (e.g. waiting out 429s)
         if entry is not None:
             # It holds a durable slot but its submission never finished (a crash mid-call).
             lane.run_in_background(key, submit(order, key, partition))
-            return False
-        # Parked, not in progress: Faust waits for every tracked, unacknowledged message before
-        # a rebalance or shutdown completes, and a parked order may wait minutes for a slot. Its
-        # offset still holds back the partition's commit (commits follow acknowledgements), so
-        # the next owner reads it again.
-        app.consumer._unacked_messages.discard(ev.message)
-        if lane.lines[partition].push((orders_in, ev, order)):
-            app.consumer.on_buffer_full(TP(ev.message.topic, partition))  # Faust's own pause: keeps the fetched rest
-        await pump(partition)
-        return True
+            return
+        parked = lane.parked(key)
+        if parked is not None and parked["attempt"] >= order["attempt"]:
+            return  # it waits already (a redelivered order)
+        line = lane.lines[partition]
+        if parked is None and not len(line) and lane.pools[partition].try_acquire(order["job_id"]):
+            # Nobody waits and a slot is free: take it without parking (one changelog write, not three).
+            try:
+                await write_slot(order, key, partition)
+            except BaseException:
+                slots.remove_in(partition, key)  # the guard tries again from the start
+                lane.free(partition, order["job_id"])
+                raise
+            lane.run_in_background(key, submit(order, key, partition))
+            return
+        if parked is not None:
+            line.remove(lambda waiting: waiting["job_id"] == order["job_id"])  # a newer attempt replaces it
+        if await lane.park(partition, msg.offset, order):
+            app.consumer.on_buffer_full(TP(msg.topic, partition))  # Faust's own pause: keeps the fetched rest
+        pump(partition)
 
-    async def pump(partition: int) -> None:
+    async def write_slot(order: dict[str, Any], key: bytes, partition: int) -> None:
+        # The slot must be on Kafka before the provider hears of the job: a crash after the call
+        # but before the changelog write would otherwise forget the slot.
+        await slots.put_durably_in(partition, key, {"a": order["attempt"], "t": time.time(), "o": order})
+        count_slots()
+
+    def pump(partition: int) -> None:
         """Give free slots of ``partition`` to its waiting orders, oldest first. Several callers
         may pump at once (new orders, releases, fallbacks): a slot is taken synchronously."""
         line = lane.lines[partition]
-        while (nxt := lane.next_waiting(partition, lambda item: item[2]["job_id"])) is not None:
-            (orders_in, ev, order), fresh = nxt
+        while (nxt := lane.next_waiting(partition)) is not None:
+            order, fresh = nxt
+            key = slot_key(partition, order["job_id"])
             if fresh:
-                await start(orders_in, ev, order, partition)
-            else:
-                await orders_in.ack(ev)  # a second order for a job that holds a slot
-            if line.resume_due():
-                app.consumer.on_buffer_drop(TP(ev.message.topic, partition))
+                lane.run_in_background(key, start(order, key, partition, app.consumer_generation_id))
+            elif key not in lane.submitting:
+                # Its job holds a slot already: a start cut short by a rebalance, whose slot write
+                # landed but whose waiting entry did not go. Finish what it began.
+                lane.unpark(partition, key)
+                entry = slots.get(key)
+                if entry is not None and not entry.get("pj"):
+                    lane.run_in_background(key, submit(order, key, partition))
+        if line.resume_due():
+            app.consumer.on_buffer_drop(TP(orders.get_topic_name(), partition))
 
-    async def start(orders_in: faust.StreamT, ev: Any, order: dict[str, Any], partition: int) -> None:
-        key = slot_key(partition, order["job_id"])
-        written = False
-
-        async def write() -> None:
-            nonlocal written
-            # The slot must be on Kafka before the provider hears of the job: a crash after
-            # the call but before the changelog write would otherwise forget the slot.
-            await slots.put_durably_in(partition, key, {"a": order["attempt"], "t": time.time(), "o": order})
-            written = True
-
-        await guard.process(write, emit=emit, dlq=names.dlq, message=ev.message, stage=f"submit-{name}",
-                            on_dead_letter=pipe.metrics.dead_letters.labels("submitter").inc)
-        count_slots()
-        if not written:  # dead-lettered: give the slot back
+    async def start(order: dict[str, Any], key: bytes, partition: int, generation: int) -> None:
+        """A waiting order got a slot: make the slot durable, stop the waiting, submit."""
+        try:
+            await write_slot(order, key, partition)
+        except Exception as exc:  # noqa: BLE001 - Kafka refused the write: the order waits on
+            log.warning("slot write for %s on %s failed, it waits again: %s", order["job_id"], name, exc)
             slots.remove_in(partition, key)
             lane.free(partition, order["job_id"])
-            await orders_in.ack(ev)
+            if generation == app.consumer_generation_id:
+                lane.lines[partition].push_front(order)  # the next pump (at the latest the poll tick) retries
             return
-        if ev.message.generation_id != app.consumer_generation_id:
-            return  # a rebalance meanwhile: the partition's next owner reads this order again
-        await orders_in.ack(ev)
-        lane.run_in_background(key, submit(order, key, partition))
+        if generation != app.consumer_generation_id:
+            return  # revoked meanwhile: the partition's next owner finds the slot and the waiting entry
+        lane.unpark(partition, key)
+        await submit(order, key, partition)
 
     @app.agent(releases, name=f"release-{name}")
     async def releaser(stream: faust.StreamT) -> None:
@@ -309,15 +328,15 @@ def register_provider(pipe: Pipeline, name: str, policy: SubmitPolicy = SubmitPo
                 lane.spawn(cancel_then_free(partition, key, job_id, entry["pj"]), f"cancel:{key.decode()}")
             return
         line = lane.lines[partition]
-        dropped = line.remove(lambda item: item[2]["job_id"] == job_id)
+        dropped = line.remove(lambda waiting: waiting["job_id"] == job_id)
+        if dropped or lane.parked(key) is not None:
+            lane.unpark(partition, key)  # it was waiting here: it never gets a slot
         if not dropped or key in lane.submitting:
             lane.mark(partition, key, end, time.time())
             if key not in lane.submitting and entry is not None:
                 # A slot whose submission is not running: it is being started (the submission
                 # will find the mark) or was left by a crash (the poller's re-dispatch will).
                 await free(partition, key, job_id)
-        for orders_in, ev, _ in dropped:  # it was waiting here: it never gets a slot
-            await orders_in.ack(ev)
         if dropped and line.resume_due():
             app.consumer.on_buffer_drop(TP(orders.get_topic_name(), partition))
 
@@ -337,20 +356,45 @@ def register_provider(pipe: Pipeline, name: str, policy: SubmitPolicy = SubmitPo
         if dropped:
             log.info("%s: %d waiting orders left to the partitions' next owner", name, dropped)
 
+    def assigned() -> set[int] | None:
+        """This worker's dispatch partitions, or None while a rebalance or recovery is under way."""
+        if app.rebalancing or app.in_recovery:
+            return None
+        topic = orders.get_topic_name()
+        return {tp.partition for tp in app.consumer.assignment() if tp.topic == topic}
+
+    @app.timer(interval=1.0, name=f"wake-{name}")
+    async def wake() -> None:
+        # After a restart or a rebalance, orders in the waiting table must move even when no
+        # dispatch record or release arrives on their partition to trigger ``lane.sync``.
+        mine = assigned()
+        if mine is None:
+            return
+        generation = app.consumer_generation_id
+        if lane.settled_generation != generation:
+            lane.settled_generation = generation
+            dropped = lane.drop_unassigned(mine)
+            if dropped:
+                log.info("%s: dropped %d local table entries of partitions now owned elsewhere", name, dropped)
+        for partition in sorted(mine):
+            if lane.sync(partition, generation):
+                pump(partition)
+
     @app.timer(interval=max(1.0, min(10.0, settings.poll_after / 3)), name=f"poll-{name}")
     async def poll() -> None:
         now = time.time()
         count_slots()  # also after a rebalance
-        if not (app.rebalancing or app.in_recovery):
-            topic = orders.get_topic_name()
-            for partition in sorted({tp.partition for tp in app.consumer.assignment() if tp.topic == topic}):
+        mine = assigned()
+        if mine is not None:
+            for partition in sorted(mine):
+                lane.sync(partition, app.consumer_generation_id)
                 lane.reconcile(partition)  # self-healing: see Lane.reconcile
                 if len(lane.lines[partition]):
-                    await pump(partition)  # a safety net: every slot freed also pumps
+                    pump(partition)  # a safety net: every slot freed also pumps
         lane.expire_marks(now)
         for key, entry in list(slots.items()):
-            if key in lane.submitting or key in lane.cancelling:
-                continue
+            if key in lane.submitting or key in lane.cancelling or parse_slot_key(key)[0] not in lane.generations:
+                continue  # (the last: not this worker's partition, or not yet recovered)
             await check_slot(key, entry, now)
 
     async def check_slot(key: bytes, entry: dict[str, Any], now: float) -> None:
@@ -388,3 +432,5 @@ def register_provider(pipe: Pipeline, name: str, policy: SubmitPolicy = SubmitPo
     @app.on_before_shutdown.connect
     async def _stop_submissions(app: faust.App, **kwargs: object) -> None:
         await lane.stop()
+
+    return lane

@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import sys
+from collections.abc import Callable
 
 import faust
 
@@ -33,10 +34,11 @@ def build(settings: Settings, *, web_port: int | None = None) -> Pipeline:
     admission.register(pipe)
     job_state.register(pipe)
     normaliser.register(pipe)
+    waiting: dict[str, Callable[[], int]] = {}
     for name in setup.routing.providers:
         pipe.metrics.for_provider(name)
-        submitter.register_provider(pipe, name)
-    _observe(pipe, limits)
+        waiting[name] = submitter.register_provider(pipe, name).waiting_count
+    _observe(pipe, limits, waiting)
     # Create the table changelogs ourselves, before Faust starts: two workers starting together
     # otherwise race to create them, and the loser's metadata says "0 partitions" until refreshed.
     ensure_topics(settings.kafka_bootstrap, changelog_layout(app, settings), settings.replication_factor)
@@ -68,7 +70,7 @@ def changelog_layout(app: faust.App, settings: Settings) -> dict[str, tuple[int,
     return out
 
 
-def _observe(pipe: Pipeline, limits: dict[str, int]) -> None:
+def _observe(pipe: Pipeline, limits: dict[str, int], waiting: dict[str, Callable[[], int]]) -> None:
     """A timer that refreshes the queue depth and limit-share gauges for this worker's partitions."""
     app, names = pipe.app, pipe.names
     dispatch = {p: (names.dispatch(p), names.dispatch_partitions(limit), limit) for p, limit in limits.items()}
@@ -81,7 +83,7 @@ def _observe(pipe: Pipeline, limits: dict[str, int]) -> None:
             if probe is None:
                 probe = lag.LagProbe(pipe.settings.kafka_bootstrap, pipe.settings.app_id)
             owned = [(tp.topic, tp.partition) for tp in app.consumer.assignment()]
-            await lag.refresh(probe, pipe.metrics, dispatch, owned)
+            await lag.refresh(probe, pipe.metrics, dispatch, owned, waiting)
         except Exception:  # noqa: BLE001 - metrics must never stop a worker
             log.exception("metrics refresh failed")
 

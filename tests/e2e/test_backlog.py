@@ -58,14 +58,13 @@ async def _queue_behind_full_slots(stack: Stack, n: int) -> set[str]:
             return (await simulator_stats(session, stack.simulator_url))["wan"]["jobs_created"] >= 10
 
     await until(slots_full, timeout=60, what="every slot to be taken")
-    # Past the worker's first offset commits, so a failure is not the early window alone.
+    # Past the worker's first offset commits: waiting orders sit behind a committed offset.
     s = stack.settings
     await asyncio.to_thread(wait_consumed, stack.bootstrap, s.app_id, s.topic("requests"))
     await asyncio.to_thread(wait_committed, stack.bootstrap, s.app_id, s.topic("dispatch.wan"))
     return ids
 
 
-@pytest.mark.slow  # known intermittent loss (README, "Known limits"): kept runnable with -m slow
 def test_a_worker_with_orders_waiting_stops_promptly_and_loses_none(kafka_bootstrap: str, tmp_path: Path) -> None:
     """SIGTERM while every slot is taken and orders wait: the worker exits in seconds (it used to
     hang in the slot wait), and the next worker picks up every waiting order."""
@@ -90,7 +89,6 @@ def test_a_worker_with_orders_waiting_stops_promptly_and_loses_none(kafka_bootst
     assert stats["wan"]["max_concurrency"] <= 10, stats["wan"]
 
 
-@pytest.mark.slow  # known intermittent loss (README, "Known limits"): kept runnable with -m slow
 def test_a_worker_joining_while_orders_wait_takes_over_its_share(kafka_bootstrap: str, tmp_path: Path) -> None:
     """A rebalance with orders parked in the first worker: they are left to the partitions' next
     owner (read again from the committed offset), nothing is submitted twice, the limit holds."""

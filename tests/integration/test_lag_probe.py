@@ -44,6 +44,10 @@ def test_depth_is_end_minus_committed_per_partition(kafka_bootstrap: str) -> Non
         asyncio.run(refresh(probe, WorkerMetrics(registry), {"wan": (topic, 2, 10)}, [(topic, 0), ("other", 1)]))
         assert registry.get_sample_value("floodgate_queue_depth", {"provider": "wan"}) == 3
         assert registry.get_sample_value("floodgate_provider_concurrency_limit", {"provider": "wan"}) == 5
+        # Orders read and parked for a slot are acknowledged (committed) but still wait: they count.
+        registry = CollectorRegistry()
+        asyncio.run(refresh(probe, WorkerMetrics(registry), {"wan": (topic, 2, 10)}, [(topic, 0)], {"wan": lambda: 4}))
+        assert registry.get_sample_value("floodgate_queue_depth", {"provider": "wan"}) == 3 + 4
     finally:
         probe.close()
     assert probe.lag([(topic, 0)]) == {}  # closed: answers nothing rather than crashing a late timer

@@ -41,7 +41,7 @@ def test_cancel_marks_expire_once_no_order_can_need_them(end: int | None, read_t
 def test_cancel_marks_do_not_count_as_held_slots(tmp_path: Path) -> None:
     settings = Settings.from_env({}).with_overrides(kafka_bootstrap="127.0.0.1:1", cache_dir=tmp_path)
     app = create_app(settings, datadir=tmp_path / "w0")
-    lane: Lane[object] = Lane(app, dev_setup("http://127.0.0.1:9").routing.providers["wan"], partitions=2)
+    lane = Lane(app, dev_setup("http://127.0.0.1:9").routing.providers["wan"], partitions=2)
     # As recovery from the changelogs would leave them: one held slot, two cancelled jobs.
     lane.slots.table.data[slot_key(0, "job-held")] = orjson.dumps({"a": 0, "t": T0})
     lane.marks.table.data[slot_key(0, "job-gone")] = orjson.dumps({"t": T0, "end": 5})
@@ -58,16 +58,62 @@ def test_reconcile_drops_slots_the_table_no_longer_holds(tmp_path: Path) -> None
     timer's reconcile must bring the count back to the table, or the partition stalls for good."""
     settings = Settings.from_env({}).with_overrides(kafka_bootstrap="127.0.0.1:1", cache_dir=tmp_path)
     app = create_app(settings, datadir=tmp_path / "w0")
-    lane: Lane[tuple[str]] = Lane(app, dev_setup("http://127.0.0.1:9").routing.providers["wan"], partitions=2)
+    lane = Lane(app, dev_setup("http://127.0.0.1:9").routing.providers["wan"], partitions=2)
     share = lane.capacity(0)
     for i in range(share):
         lane.slots.table.data[slot_key(0, f"old-{i}")] = orjson.dumps({"a": 0, "t": T0})
     lane.sync(0, generation=1)
-    lane.lines[0].push(("waiting",))
-    assert lane.next_waiting(0, lambda item: item[0]) is None, "every slot is held"
+    lane.lines[0].push({"job_id": "waiting"})
+    assert lane.next_waiting(0) is None, "every slot is held"
     for i in range(share):  # the replay goes on: those jobs had ended
         del lane.slots.table.data[slot_key(0, f"old-{i}")]
-    assert lane.next_waiting(0, lambda item: item[0]) is None, "the stale count alone never frees a slot"
+    assert lane.next_waiting(0) is None, "the stale count alone never frees a slot"
     lane.reconcile(0)
-    assert lane.next_waiting(0, lambda item: item[0]) == (("waiting",), True)
+    assert lane.next_waiting(0) == ({"job_id": "waiting"}, True)
     assert len(lane.pools[0]) == 1
+
+
+def _lane(tmp_path: Path) -> Lane:
+    settings = Settings.from_env({}).with_overrides(kafka_bootstrap="127.0.0.1:1", cache_dir=tmp_path)
+    app = create_app(settings, datadir=tmp_path / "w0")
+    return Lane(app, dev_setup("http://127.0.0.1:9").routing.providers["wan"], partitions=2)
+
+
+def _order(job_id: str) -> dict[str, object]:
+    return {"job_id": job_id, "attempt": 0}
+
+
+def test_a_new_generation_rebuilds_the_line_from_the_waiting_table_in_offset_order(tmp_path: Path) -> None:
+    """Waiting orders are acknowledged once parked: after a restart or a rebalance, the line must
+    come back from the (recovered) waiting table, oldest dispatch offset first, per partition."""
+    lane = _lane(tmp_path)
+    for job, offset in (("c", 30), ("a", 7), ("b", 12)):
+        lane.waiting.table.data[slot_key(0, job)] = orjson.dumps({"o": _order(job), "n": offset})
+    lane.waiting.table.data[slot_key(1, "other")] = orjson.dumps({"o": _order("other"), "n": 1})
+    lane.lines[0].push(_order("stale"))  # what a previous generation left: replaced, not kept
+    assert lane.sync(0, generation=4)
+    assert [lane.lines[0].pop()["job_id"] for _ in range(3)] == ["a", "b", "c"] and len(lane.lines[0]) == 0
+    assert not lane.sync(0, generation=4), "once per generation"
+    assert lane.parked(slot_key(0, "b")) == _order("b") and lane.parked(slot_key(0, "zzz")) is None
+    assert lane.sync(1, generation=4) and [o["job_id"] for o in lane.lines[1].clear()] == ["other"]
+
+
+def test_a_job_that_holds_a_slot_leaves_the_line_without_taking_a_second_one(tmp_path: Path) -> None:
+    """A start cut short by a rebalance leaves both a slot and a waiting entry: the restored order
+    must not count twice against the share."""
+    lane = _lane(tmp_path)
+    lane.slots.table.data[slot_key(0, "a")] = orjson.dumps({"a": 0, "t": T0})
+    lane.waiting.table.data[slot_key(0, "a")] = orjson.dumps({"o": _order("a"), "n": 3})
+    lane.sync(0, generation=1)
+    assert lane.next_waiting(0) == (_order("a"), False)
+    assert len(lane.pools[0]) == 1
+
+
+def test_entries_of_partitions_owned_elsewhere_are_dropped_locally(tmp_path: Path) -> None:
+    lane = _lane(tmp_path)
+    for table in (lane.slots, lane.marks, lane.waiting):
+        table.table.data[slot_key(0, "mine")] = b"{}"
+        table.table.data[slot_key(1, "theirs")] = b"{}"
+    assert lane.drop_unassigned({0}) == 3
+    for table in (lane.slots, lane.marks, lane.waiting):
+        assert list(table.table.data.keys()) == [slot_key(0, "mine")]

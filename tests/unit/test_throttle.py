@@ -105,6 +105,14 @@ def test_removing_items_keeps_the_rest_in_order_and_can_lift_the_pause() -> None
     assert [line.pop() for _ in range(2)] == ["a", "b"]
 
 
+def test_an_item_put_back_goes_first_again() -> None:
+    line: WaitingLine[str] = WaitingLine(4)
+    line.push("a"), line.push("b")
+    assert line.pop() == "a"
+    line.push_front("a")
+    assert [line.pop(), line.pop(), line.pop()] == ["a", "b", None]
+
+
 @pytest.mark.parametrize("high", [0, -1, 1.5, True])
 def test_waiting_line_rejects_a_bad_high_mark(high: object) -> None:
     with pytest.raises(ConfigError):
