@@ -7,6 +7,16 @@ from typing import Any
 import faust
 
 from floodgate.settings import Settings
+from streams.faust_fixes import hold_streams_until_seek
+
+
+class FloodgateApp(faust.App):
+    """``faust.App`` with the workarounds of ``streams.faust_fixes`` installed."""
+
+    def _new_consumer(self) -> Any:
+        consumer = super()._new_consumer()
+        hold_streams_until_seek(self, consumer)
+        return consumer
 
 
 def create_app(settings: Settings, *, app_id: str | None = None, datadir: Path | None = None, web_port: int | None = None) -> faust.App:
@@ -18,7 +28,7 @@ def create_app(settings: Settings, *, app_id: str | None = None, datadir: Path |
     ident = app_id or settings.app_id
     datadir = datadir or settings.cache_dir / "faust" / ident
     datadir.mkdir(parents=True, exist_ok=True)  # Faust creates only the last level
-    return faust.App(
+    return FloodgateApp(
         ident,
         broker=brokers,
         key_serializer="raw",

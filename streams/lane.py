@@ -126,6 +126,8 @@ class Lane:
         line.clear()
         for entry in parked:
             line.push(entry["o"])
+        if parked:
+            log.info("%s[%d]: %d waiting orders back in line", self.spec.name, partition, len(parked))
 
     async def park(self, partition: int, offset: int, order: Order) -> bool:
         """Queue ``order`` (read at ``offset``) for a slot, durably: once this returns, its dispatch
