@@ -4,7 +4,7 @@ the requests still in flight so two concurrent retries with one key produce one 
 The job id itself is derived from (tenant, key), so the cache only has to answer "did this
 process already accept that job, and with which body?". It is per process and bounded: a
 retry that reaches another instance (or comes back after eviction or a restart) is checked
-against the job view instead (:func:`matches_snapshot`), and if the view does not know the
+against the job view instead, memory or spill (:func:`matches_snapshot`), and if the view does not know the
 job either, the record is produced again and admission drops it as a duplicate job id.
 """
 from __future__ import annotations

@@ -142,10 +142,10 @@ class Ingress:
                 break
             await asyncio.shield(flying)  # the first request's outcome decides; then look again
         if outcome is Outcome.NEW:
-            seen = self.deps.view.get(job_id) if self.deps.view is not None else None
+            seen = await self.deps.view.lookup(job_id) if self.deps.view is not None else None
             if seen is not None:
-                # Accepted before, by another instance or before a restart: its snapshot is the
-                # only memory of the body we have here.
+                # Accepted before, by another instance, before a restart or long enough ago to
+                # be on disk only: its snapshot is the only memory of the body we have here.
                 if not matches_snapshot(record, seen):
                     return self._conflict()
                 cache.remember(job_id, digest)

@@ -18,7 +18,7 @@ import pytest
 from floodgate import codec
 from floodgate.api.kafka_io import KafkaSender, KafkaUnavailable
 from floodgate.api.server import ApiServer
-from floodgate.ids import check_token, is_job_id, job_id_for_key
+from floodgate.ids import check_token, is_job_id, job_id_for_key, new_job_id
 from floodgate.settings import Secret, Settings
 from floodgate.validation import request_hash, validate_job_request
 from streams.topics import TopicNames
@@ -134,6 +134,28 @@ async def test_restarted_api_still_recognises_a_key_from_the_view(settings: Sett
             assert resp.status == 202 and (await resp.json())["job_id"] == first["job_id"]
         async with http.post(f"{api.url}/v1/jobs", json={**BODY, "model": "wan-2.6"}, headers=headers) as resp:
             assert resp.status == 422
+    assert record_count(settings.kafka_bootstrap, TopicNames(settings).requests) == 1
+
+
+async def test_a_key_is_recognised_for_a_job_the_view_keeps_on_disk_only(settings: Settings,
+                                                                        http: aiohttp.ClientSession) -> None:
+    """Long after acceptance the job's snapshot lives in the spill, not in memory: a reuse of
+    its key with another body must still be refused, and a plain retry still answered."""
+    headers = {"Idempotency-Key": "k-spilled"}
+    async with running_api(settings) as api:
+        async with http.post(f"{api.url}/v1/jobs", json=BODY, headers=headers) as resp:
+            first = await resp.json()
+    others = [new_job_id() for _ in range(3)]
+    produce_snapshots(settings.kafka_bootstrap, TopicNames(settings).notifications, [
+        snapshot(first["job_id"], 2, "completed", user_id="user-1", metadata={"order": "42"}, progress=1.0),
+        *(snapshot(job_id, 2, "completed", progress=1.0) for job_id in others)])
+    async with running_api(settings, view_max_jobs=2) as api:  # a fresh cache; the view spills
+        assert api.view is not None and api.view.ready.is_set()
+        assert api.view.get(first["job_id"]) is None and await api.view.lookup(first["job_id"]) is not None
+        async with http.post(f"{api.url}/v1/jobs", json={**BODY, "model": "wan-2.6"}, headers=headers) as resp:
+            assert resp.status == 422, await resp.text()
+        async with http.post(f"{api.url}/v1/jobs", json=BODY, headers=headers) as resp:
+            assert resp.status == 202 and (await resp.json())["job_id"] == first["job_id"]
     assert record_count(settings.kafka_bootstrap, TopicNames(settings).requests) == 1
 
 
