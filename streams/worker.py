@@ -14,7 +14,7 @@ import faust
 from floodgate import metrics, provider_config
 from floodgate.kafka_admin import ensure_topics
 from floodgate.settings import Settings
-from streams import admission, job_state, lag, localstate, normaliser, submitter
+from streams import admission, faust_fixes, job_state, lag, localstate, normaliser, submitter
 from streams.app import create_app
 from streams.context import Pipeline
 from streams.topics import TopicNames
@@ -39,6 +39,7 @@ def build(settings: Settings, *, web_port: int | None = None) -> Pipeline:
         pipe.metrics.for_provider(name)
         waiting[name] = submitter.register_provider(pipe, name).waiting_count
     _observe(pipe, limits, waiting)
+    faust_fixes.watch_stalled_partitions(app)
     # Create the table changelogs ourselves, before Faust starts: two workers starting together
     # otherwise race to create them, and the loser's metadata says "0 partitions" until refreshed.
     ensure_topics(settings.kafka_bootstrap, changelog_layout(app, settings), settings.replication_factor)

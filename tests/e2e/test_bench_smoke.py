@@ -55,4 +55,6 @@ def test_smoke_bench_writes_every_section_and_plot(kafka_bootstrap: str, tmp_pat
     assert results["pipeline"]["results_missing"] == 0 and not results["pipeline"]["stalled"]
     assert results["accept"]["burst"]["lost"] == 0 and results["accept"]["burst"]["sdk_lost"] == 0
     assert results["notify"]["matched"] > 0
-    assert elapsed < 90, f"the smoke bench took {elapsed:.0f}s (load average {os.getloadavg()[0]:.1f})"
+    # Not a speed target (the benchmark reports those): a bound on a hang, with room for a loaded
+    # machine (it took 94 s at load average 12 beside parallel test runs; ~66 s alone).
+    assert elapsed < 300, f"the smoke bench took {elapsed:.0f}s (load average {os.getloadavg()[0]:.1f})"

@@ -8,7 +8,7 @@ from types import SimpleNamespace
 import pytest
 from faust.types import TP
 
-from streams.faust_fixes import hold_streams_until_seek
+from streams.faust_fixes import StallWatch, check_stalls, hold_streams_until_seek
 
 STREAM_0, STREAM_1, CHANGELOG = TP("dispatch", 0), TP("dispatch", 1), TP("app-jobs-changelog", 0)
 
@@ -74,3 +74,56 @@ def test_outside_a_rebalance_resume_is_untouched() -> None:
     consumer, _ = _patched(rebalancing=False)
     consumer.resume_partitions({STREAM_0})
     assert consumer.active == {STREAM_0}
+
+
+# --- the stall watch ---------------------------------------------------------------------
+
+
+def test_a_partition_with_records_and_no_progress_is_reported_once_per_period() -> None:
+    watch = StallWatch(stall_after=30)
+    assert not watch.observe(STREAM_0, read=21, end=60, now=0)
+    assert not watch.observe(STREAM_0, read=21, end=60, now=29)
+    assert watch.observe(STREAM_0, read=21, end=61, now=30)
+    assert not watch.observe(STREAM_0, read=21, end=61, now=45), "the clock started again"
+    assert watch.observe(STREAM_0, read=21, end=61, now=60)
+
+
+def test_progress_or_an_empty_backlog_is_not_a_stall() -> None:
+    watch = StallWatch(stall_after=30)
+    for now, read in ((0, 10), (20, 11), (40, 12), (60, 13)):  # slow but moving
+        assert not watch.observe(STREAM_0, read=read, end=100, now=now)
+    for now in (0, 40, 80):  # idle because everything was read
+        assert not watch.observe(STREAM_1, read=99, end=100, now=now)
+    assert not watch.observe(TP("x", 0), read=None, end=0, now=0)
+    assert not watch.observe(TP("x", 0), read=None, end=0, now=100), "an empty partition"
+    assert watch.observe(TP("y", 0), read=None, end=5, now=0) is False
+    assert watch.observe(TP("y", 0), read=None, end=5, now=31), "records never handed out at all"
+
+
+class StallConsumer(FakeConsumer):
+    def __init__(self) -> None:
+        super().__init__()
+        self.active = {STREAM_0, STREAM_1}
+        self._read_offset = {STREAM_0: 21, STREAM_1: 40}
+        self._committed_offset = {STREAM_0: 22, STREAM_1: 41}
+        self.sought: list[tuple[TP, int]] = []
+
+    def _get_active_partitions(self) -> set[TP]:
+        return self.active
+
+    async def highwaters(self, *tps: TP) -> dict[TP, int]:
+        return {STREAM_0: 60, STREAM_1: 41, CHANGELOG: 99}
+
+    async def seek(self, tp: TP, offset: int) -> None:
+        self.sought.append((tp, offset))
+
+
+def test_a_stalled_partition_is_sought_back_to_its_committed_offset() -> None:
+    consumer = StallConsumer()
+    app = SimpleNamespace(consumer=consumer, tables=SimpleNamespace(changelog_topics={CHANGELOG.topic}))
+    watch = StallWatch(stall_after=30)
+    assert asyncio.run(check_stalls(app, watch, now=0)) == []  # type: ignore[arg-type]
+    assert asyncio.run(check_stalls(app, watch, now=31)) == [STREAM_0]  # type: ignore[arg-type]
+    assert consumer.sought == [(STREAM_0, 22)], "partition 1 is idle because it was read to its end"
+    consumer.active = {STREAM_1}  # paused on purpose (a full buffer, a waiting line): never a stall
+    assert asyncio.run(check_stalls(app, watch, now=100)) == []  # type: ignore[arg-type]
