@@ -91,7 +91,8 @@ def test_a_worker_with_orders_waiting_stops_promptly_and_loses_none(kafka_bootst
 
 def test_a_worker_joining_while_orders_wait_takes_over_its_share(kafka_bootstrap: str, tmp_path: Path) -> None:
     """A rebalance with orders parked in the first worker: they are left to the partitions' next
-    owner (read again from the committed offset), nothing is submitted twice, the limit holds."""
+    owner (which rebuilds its lines from the waiting table), nothing is submitted twice, the
+    limit holds."""
     config = simulator_config(tmp_path / "sim.json", render_time={"kind": "uniform", "min": 0.8, "max": 1.2})
     with make_stack(kafka_bootstrap, tmp_path, sim_config=config) as stack:
         ids = asyncio.run(_queue_behind_full_slots(stack, 150))
