@@ -269,7 +269,7 @@ def register_provider(pipe: Pipeline, name: str, policy: SubmitPolicy = SubmitPo
             order, fresh = nxt
             key = slot_key(partition, order["job_id"])
             if fresh:
-                lane.run_in_background(key, start(order, key, partition, app.consumer_generation_id))
+                lane.run_in_background(key, start(order, key, partition, lane.generations.get(partition)))
             elif key not in lane.submitting:
                 # Its job holds a slot already: a start cut short by a rebalance, whose slot write
                 # landed but whose waiting entry did not go. Finish what it began.
@@ -280,18 +280,26 @@ def register_provider(pipe: Pipeline, name: str, policy: SubmitPolicy = SubmitPo
         if line.resume_due():
             app.consumer.on_buffer_drop(TP(orders.get_topic_name(), partition))
 
-    async def start(order: dict[str, Any], key: bytes, partition: int, generation: int) -> None:
-        """A waiting order got a slot: make the slot durable, stop the waiting, submit."""
+    async def start(order: dict[str, Any], key: bytes, partition: int, generation: int | None) -> None:
+        """A waiting order got a slot: make the slot durable, stop the waiting, submit.
+
+        ``generation``: the one ``partition`` was synced in. A revoke forgets it at once, while
+        ``app.consumer_generation_id`` only changes once the next assignment arrives: in between,
+        the partition's next owner may already count its slots without this one."""
+
+        def still_mine() -> bool:
+            return generation is not None and lane.generations.get(partition) == generation
+
         try:
             await write_slot(order, key, partition)
         except Exception as exc:  # noqa: BLE001 - Kafka refused the write: the order waits on
             log.warning("slot write for %s on %s failed, it waits again: %s", order["job_id"], name, exc)
             slots.remove_in(partition, key)
             lane.free(partition, order["job_id"])
-            if generation == app.consumer_generation_id:
+            if still_mine():
                 lane.lines[partition].push_front(order)  # the next pump (at the latest the poll tick) retries
             return
-        if generation != app.consumer_generation_id:
+        if not still_mine():
             return  # revoked meanwhile: the partition's next owner finds the slot and the waiting entry
         lane.unpark(partition, key)
         await submit(order, key, partition)
