@@ -1,6 +1,7 @@
 """POST /v1/jobs on the real broker: a 202 means the JobRequest is in Kafka, keyed by its job id."""
 from __future__ import annotations
 
+import asyncio
 import os
 import re
 import select
@@ -145,18 +146,32 @@ async def test_a_key_is_recognised_for_a_job_the_view_keeps_on_disk_only(setting
     async with running_api(settings) as api:
         async with http.post(f"{api.url}/v1/jobs", json=BODY, headers=headers) as resp:
             first = await resp.json()
-    others = [new_job_id() for _ in range(3)]
-    produce_snapshots(settings.kafka_bootstrap, TopicNames(settings).notifications, [
-        snapshot(first["job_id"], 2, "completed", user_id="user-1", metadata={"order": "42"}, progress=1.0),
-        *(snapshot(job_id, 2, "completed", progress=1.0) for job_id in others)])
+    notifications = TopicNames(settings).notifications
     async with running_api(settings, view_max_jobs=2) as api:  # a fresh cache; the view spills
-        assert api.view is not None and api.view.ready.is_set()
-        assert api.view.get(first["job_id"]) is None and await api.view.lookup(first["job_id"]) is not None
+        view = api.view
+        assert view is not None
+        # The job's snapshot first, then newer ones that push it out of memory (the view evicts
+        # the oldest finished job; across partitions only waiting makes "first" certain).
+        produce_snapshots(settings.kafka_bootstrap, notifications, [
+            snapshot(first["job_id"], 2, "completed", user_id="user-1", metadata={"order": "42"}, progress=1.0)])
+        await _eventually(lambda: view.get(first["job_id"]) is not None, "the snapshot to reach the view")
+        produce_snapshots(settings.kafka_bootstrap, notifications,
+                          [snapshot(new_job_id(), 2, "completed", progress=1.0) for _ in range(3)])
+        await _eventually(lambda: view.get(first["job_id"]) is None, "the snapshot to be evicted and written")
+        assert await view.lookup(first["job_id"]) is not None
         async with http.post(f"{api.url}/v1/jobs", json={**BODY, "model": "wan-2.6"}, headers=headers) as resp:
             assert resp.status == 422, await resp.text()
         async with http.post(f"{api.url}/v1/jobs", json=BODY, headers=headers) as resp:
             assert resp.status == 202 and (await resp.json())["job_id"] == first["job_id"]
     assert record_count(settings.kafka_bootstrap, TopicNames(settings).requests) == 1
+
+
+async def _eventually(check: Callable[[], bool], what: str, timeout: float = 30.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not check():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+        await asyncio.sleep(0.05)
 
 
 @pytest.mark.parametrize(
