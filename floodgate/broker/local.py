@@ -133,7 +133,8 @@ class LocalBroker:
         if running:
             if port and port != running.port:
                 raise BrokerError(f"a broker is already running at {running.bootstrap} (pid {running.pid}); stop it first")
-            wait_ready(running.bootstrap, timeout=timeout, proc=None, log_file=self.log_file)
+            wait_ready(running.bootstrap, timeout=timeout, proc=None, log_file=self.log_file,
+                       cluster_id=self.cluster_id())
             return running
         for attempt in range(3):
             try:
@@ -163,6 +164,7 @@ class LocalBroker:
                "-cp", classpath]
         if not (data_dir / "meta.properties").exists():
             self._format(jvm, props)
+        log_start = self.log_file.stat().st_size if self.log_file.exists() else 0
         log = open(self.log_file, "ab")
         try:
             proc = subprocess.Popen(
@@ -177,9 +179,15 @@ class LocalBroker:
         info = BrokerInfo(proc.pid, port, controller_port, self.version)
         self._state_file.write_text(json.dumps({"pid": proc.pid, "port": port, "controller_port": controller_port, "version": self.version}))
         try:
-            wait_ready(info.bootstrap, timeout=timeout, proc=proc, log_file=self.log_file)
-        except BrokerError:
+            wait_ready(info.bootstrap, timeout=timeout, proc=proc, log_file=self.log_file, cluster_id=self.cluster_id())
+        except BrokerError as exc:
             self.stop()
+            with open(self.log_file, "rb") as f:
+                f.seek(log_start)
+                lost_bind = b"Address already in use" in f.read()
+            if lost_bind and "Address already in use" not in str(exc):
+                # The bind error is far above the tail the message shows; ``start`` retries on it.
+                raise BrokerError(f"{exc}\n(the broker could not bind port {port}: Address already in use)") from exc
             raise
         return info
 
@@ -203,6 +211,16 @@ class LocalBroker:
             "log4j.logger.kafka=INFO\nlog4j.logger.org.apache.kafka=INFO\n"
             "log4j.logger.state.change.logger=WARN\nlog4j.logger.kafka.request.logger=WARN\n"
         )
+
+    def cluster_id(self) -> str | None:
+        """The cluster id this broker's storage was formatted with (None before formatting)."""
+        meta = self.home / "data" / "meta.properties"
+        if not meta.exists():
+            return None
+        for line in meta.read_text().splitlines():
+            if line.startswith("cluster.id="):
+                return line.partition("=")[2].strip()
+        return None
 
     def _format(self, jvm: list[str], props: Path) -> None:
         cluster_id = "-"
@@ -247,8 +265,13 @@ def _terminate(pid: int, timeout: float, proc: subprocess.Popen[bytes] | None) -
         proc.wait(timeout=10)
 
 
-def wait_ready(bootstrap: str, *, timeout: float, proc: subprocess.Popen[bytes] | None, log_file: Path | None) -> None:
-    """Poll until the broker answers a metadata request; fail fast if its process exits."""
+def wait_ready(bootstrap: str, *, timeout: float, proc: subprocess.Popen[bytes] | None, log_file: Path | None,
+               cluster_id: str | None = None) -> None:
+    """Poll until the broker answers a metadata request; fail fast if its process exits.
+
+    With ``cluster_id``, only that cluster counts: two brokers started at once can be handed the
+    same free port, and the one that loses the bind must not take the winner's answer for its
+    own (it then exits with "Address already in use", which ``start`` retries on another port)."""
     from confluent_kafka.admin import AdminClient
 
     deadline = time.monotonic() + timeout
@@ -262,7 +285,7 @@ def wait_ready(bootstrap: str, *, timeout: float, proc: subprocess.Popen[bytes] 
                 admin = AdminClient({"bootstrap.servers": bootstrap, "log_level": 0})
             try:
                 md = admin.list_topics(timeout=2)
-                if md.brokers:
+                if md.brokers and (cluster_id is None or md.cluster_id == cluster_id):
                     return
             except Exception:  # noqa: BLE001 - any failure here just means "not ready yet"
                 pass

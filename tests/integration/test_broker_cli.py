@@ -64,3 +64,28 @@ def test_busy_port_is_a_clear_error(tmp_path: Path) -> None:
     assert result.returncode == 2
     assert f"port {port} is already in use" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+def test_a_broker_handed_a_port_another_broker_holds_moves_to_its_own(kafka_bootstrap: str, tmp_path: Path,
+                                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    """Two test sessions starting brokers at once can draw the same free port: the one that loses
+    the bind must not take the other's answer for its own (it did, and lost its broker when the
+    other session ended), but move to a port of its own."""
+    from confluent_kafka.admin import AdminClient
+
+    from floodgate.broker import local
+    from floodgate.settings import Settings
+
+    taken = int(kafka_bootstrap.rpartition(":")[2])  # a live broker of another cluster
+    real_free_port = local.free_port
+    draws = iter([taken])
+    monkeypatch.setattr(local, "free_port", lambda: next(draws, None) or real_free_port())
+    settings = Settings.from_env()
+    broker = local.LocalBroker(tmp_path / "b", version=settings.kafka_version, cache_dir=settings.cache_dir, heap="512m")
+    info = broker.start(detach=False, timeout=90)
+    try:
+        assert info.port != taken
+        md = AdminClient({"bootstrap.servers": info.bootstrap}).list_topics(timeout=10)
+        assert md.cluster_id == broker.cluster_id() is not None
+    finally:
+        broker.stop()
