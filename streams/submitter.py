@@ -337,8 +337,7 @@ def register_provider(pipe: Pipeline, name: str, policy: SubmitPolicy = SubmitPo
             return
         line = lane.lines[partition]
         dropped = line.remove(lambda waiting: waiting["job_id"] == job_id)
-        if dropped or lane.parked(key) is not None:
-            lane.unpark(partition, key)  # it was waiting here: it never gets a slot
+        lane.unpark(partition, key)  # if it was waiting here, it never gets a slot
         if not dropped or key in lane.submitting:
             lane.mark(partition, key, end, time.time())
             if key not in lane.submitting and entry is not None:
@@ -394,8 +393,7 @@ def register_provider(pipe: Pipeline, name: str, policy: SubmitPolicy = SubmitPo
         count_slots()  # also after a rebalance
         mine = assigned()
         if mine is not None:
-            for partition in sorted(mine):
-                lane.sync(partition, app.consumer_generation_id)
+            for partition in sorted(mine):  # (``wake`` has synced them to this generation)
                 lane.reconcile(partition)  # self-healing: see Lane.reconcile
                 if len(lane.lines[partition]):
                     pump(partition)  # a safety net: every slot freed also pumps
