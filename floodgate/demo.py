@@ -120,9 +120,8 @@ async def run_spike(stack: Stack, jobs: int, rate: float, deadline: float, out: 
         stop.set()
         await follower
     elapsed = time.monotonic() - t0
-    async with aiohttp.ClientSession() as session:
-        async with session.get(f"{stack.simulator_url}/stats") as resp:
-            stats = await resp.json()
+    async with aiohttp.ClientSession() as session, session.get(f"{stack.simulator_url}/stats") as resp:
+        stats = await resp.json()
     counts = tally.counts()
     providers = {name: {k: p[k] for k in ("concurrency_limit", "max_concurrency", "rejected_429", "jobs_created")}
                  for name, p in stats["providers"].items()}

@@ -51,7 +51,7 @@ class Stack:
     """Child name → its Prometheus endpoint (simulator, api, worker-N), for tests and benchmarks."""
 
     # ------------------------------------------------------------------ start
-    def start(self, timeout: float = 120.0) -> "Stack":
+    def start(self, timeout: float = 120.0) -> Stack:
         self.home.mkdir(parents=True, exist_ok=True)
         try:
             self.bootstrap = self.settings.kafka_bootstrap or self._start_broker(timeout)
@@ -145,7 +145,7 @@ class Stack:
             self.broker.stop()
             self.broker = None
 
-    def __enter__(self) -> "Stack":
+    def __enter__(self) -> Stack:
         return self.start()
 
     def __exit__(self, *exc: object) -> None:

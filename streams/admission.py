@@ -19,8 +19,8 @@ from floodgate.errors import SchemaError, ValidationError
 from floodgate.routing import chain_for, known_models
 from floodgate.validation import validate_job_request
 from streams import guard
-from streams.context import Pipeline
 from streams.app import job_table_options
+from streams.context import Pipeline
 from streams.tables import JsonTable
 
 log = logging.getLogger(__name__)

@@ -15,8 +15,8 @@ import faust
 from floodgate import codec
 from floodgate.jobs.state import JobEvent, JobState, apply
 from streams import guard
-from streams.context import Pipeline
 from streams.app import job_table_options
+from streams.context import Pipeline
 from streams.tables import JsonTable
 
 log = logging.getLogger(__name__)

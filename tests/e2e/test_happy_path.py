@@ -146,8 +146,8 @@ def test_kcat_json_line_replay(stack) -> None:
 async def test_final_result_is_posted_to_the_jobs_webhook_signed(stack) -> None:
     import time
 
-    from connectors.simulator import run_receiver
     from connectors.notifiers.webhook import tenant_secret
+    from connectors.simulator import run_receiver
     from floodgate.signing import verify
 
     async with run_receiver() as receiver, aiohttp.ClientSession() as session:

@@ -19,11 +19,10 @@ async def _fire(api: str, n: int, model: str, concurrency: int = 64) -> list[dic
     sem = asyncio.Semaphore(concurrency)
     async with aiohttp.ClientSession() as session:
         async def one(i: int) -> dict:
-            async with sem:
-                async with session.post(f"{api}/v1/jobs", json={
-                        "model": model, "user_id": f"u{i % 50}", "input": {"prompt": f"shot {i}"}}) as resp:
-                    assert resp.status == 202, await resp.text()
-                    return await resp.json()
+            async with sem, session.post(f"{api}/v1/jobs", json={
+                    "model": model, "user_id": f"u{i % 50}", "input": {"prompt": f"shot {i}"}}) as resp:
+                assert resp.status == 202, await resp.text()
+                return await resp.json()
         return await asyncio.gather(*(one(i) for i in range(n)))
 
 

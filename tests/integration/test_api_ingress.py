@@ -124,9 +124,8 @@ async def test_idempotent_replay_and_key_reuse(api: ApiServer, http: aiohttp.Cli
 async def test_restarted_api_still_recognises_a_key_from_the_view(settings: Settings,
                                                                   http: aiohttp.ClientSession) -> None:
     headers = {"Idempotency-Key": "k-restart"}
-    async with running_api(settings) as api:
-        async with http.post(f"{api.url}/v1/jobs", json=BODY, headers=headers) as resp:
-            first = await resp.json()
+    async with running_api(settings) as api, http.post(f"{api.url}/v1/jobs", json=BODY, headers=headers) as resp:
+        first = await resp.json()
     # The fresh process has an empty cache; the job-state agent's snapshot is its memory.
     produce_snapshots(settings.kafka_bootstrap, TopicNames(settings).notifications, [
         snapshot(first["job_id"], 1, "queued", user_id="user-1", metadata={"order": "42"})])
@@ -143,9 +142,8 @@ async def test_a_key_is_recognised_for_a_job_the_view_keeps_on_disk_only(setting
     """Long after acceptance the job's snapshot lives in the spill, not in memory: a reuse of
     its key with another body must still be refused, and a plain retry still answered."""
     headers = {"Idempotency-Key": "k-spilled"}
-    async with running_api(settings) as api:
-        async with http.post(f"{api.url}/v1/jobs", json=BODY, headers=headers) as resp:
-            first = await resp.json()
+    async with running_api(settings) as api, http.post(f"{api.url}/v1/jobs", json=BODY, headers=headers) as resp:
+        first = await resp.json()
     notifications = TopicNames(settings).notifications
     async with running_api(settings, view_max_jobs=2) as api:  # a fresh cache; the view spills
         view = api.view
@@ -238,9 +236,8 @@ async def test_api_keys(settings_for: Callable[..., Settings], http: aiohttp.Cli
 async def test_public_url_shapes_the_links(settings_for: Callable[..., Settings],
                                            http: aiohttp.ClientSession) -> None:
     settings = settings_for(simulator_url=DEV_SIMULATOR, public_url="https://api.example.com/")
-    async with running_api(settings, roles={"ingress"}) as api:
-        async with http.post(f"{api.url}/v1/jobs", json=BODY) as resp:
-            accepted = await resp.json()
+    async with running_api(settings, roles={"ingress"}) as api, http.post(f"{api.url}/v1/jobs", json=BODY) as resp:
+        accepted = await resp.json()
     assert accepted["status_url"] == f"https://api.example.com/v1/jobs/{accepted['job_id']}"
 
 
