@@ -16,8 +16,8 @@ from typing import Any
 import aiohttp
 from aiokafka import AIOKafkaConsumer
 
-from floodgate import codec
 from floodgate.devstack import Stack
+from floodgate.jobs.record import decode_notification
 from floodgate.settings import Settings
 
 MODELS = ("wan-2.6", "kling-2.1", "sora-2")
@@ -56,7 +56,7 @@ async def follow(bootstrap: str, topic: str, tally: Tally, stop: asyncio.Event) 
             batches = await consumer.getmany(timeout_ms=200)
             for records in batches.values():
                 for r in records:
-                    tally.add(codec.decode("JobSnapshot", r.value, r.headers))
+                    tally.add(decode_notification(r.value, r.headers))
     finally:
         await consumer.stop()
 

@@ -14,7 +14,7 @@ import faust
 from floodgate import metrics, provider_config
 from floodgate.kafka_admin import ensure_topics
 from floodgate.settings import Settings
-from streams import admission, faust_fixes, job_state, lag, localstate, normaliser, submitter
+from streams import faust_fixes, jobs, lag, localstate, submitter
 from streams.app import create_app
 from streams.context import Pipeline
 from streams.topics import TopicNames
@@ -31,9 +31,7 @@ def build(settings: Settings, *, web_port: int | None = None) -> Pipeline:
     datadir = localstate.prepare(settings, localstate.cluster_id(settings.kafka_bootstrap))
     app = create_app(settings, web_port=web_port, datadir=datadir)
     pipe = Pipeline(app, settings, setup, setup.build_connectors())
-    admission.register(pipe)
-    job_state.register(pipe)
-    normaliser.register(pipe)
+    jobs.register(pipe)
     waiting: dict[str, Callable[[], int]] = {}
     for name in setup.routing.providers:
         pipe.metrics.for_provider(name)

@@ -25,9 +25,9 @@ from typing import Any
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.errors import KafkaError
 
-from floodgate import codec
 from floodgate.api.spill import SpillStore
 from floodgate.errors import SchemaError
+from floodgate.jobs.record import decode_notification
 from floodgate.jobs.state import TERMINAL
 
 log = logging.getLogger(__name__)
@@ -302,7 +302,7 @@ def _decode(msg: Any) -> Snapshot | None:
     if msg.value is None:
         return None  # a tombstone: compaction's business, not a state
     try:
-        return codec.decode("JobSnapshot", msg.value, msg.headers)
+        return decode_notification(msg.value, msg.headers)
     except SchemaError as exc:
         log.warning("skipping undecodable snapshot at %s[%s]@%s: %s", msg.topic, msg.partition, msg.offset, exc)
         return None

@@ -2,7 +2,7 @@
 
 The providers here never finish a render (limit 10 each), so after the first few submissions
 every job waits as a record on ``dispatch.<provider>``: the backlog lives in Kafka. The worker
-must still admit every job (requests → events + dispatch) and fold its ``queued`` event into the
+must still admit every job (requests → the jobs table + dispatch) and write its ``queued`` state into the
 jobs table; its RSS is read from ``/proc/<pid>/status`` once it has caught up with both.
 """
 from __future__ import annotations
@@ -44,7 +44,7 @@ async def rss_settled(pid: int, seconds: float) -> int:
 
 async def fill(ctx: Context, stack: Stack, offsets: Offsets, n: int, cfg: MemoryConfig) -> dict[str, Any]:
     """Queue ``n`` more jobs and wait until the worker has admitted and recorded every one: the
-    job-state agent writes one snapshot per new job to ``notifications``, so that topic's end
+    jobs agent writes one queued state per new job to its table, whose changelog is ``notifications``, so that topic's end
     offset tells, without waiting for a commit, how many jobs the worker has been through."""
     s = stack.settings
     notifications = [s.topic("notifications")]
@@ -93,10 +93,9 @@ async def run(ctx: Context, stack: Stack, cfg: MemoryConfig) -> dict[str, Any]:
     out["fill_large"] = await fill(ctx, stack, offsets, cfg.large - cfg.small, cfg)
     out["rss_large"] = await rss_settled(pid, cfg.settle_seconds)
     out["dispatch_lag_large"] = sum((await asyncio.to_thread(offsets.lag, stack.settings.app_id, dispatch)).values())
-    app = stack.settings.app_id
-    out["table_entry_bytes"] = {name: await asyncio.to_thread(mean_record_bytes, stack.bootstrap,
-                                                              f"{app}-{name}-changelog")
-                                for name in ("admitted", "jobs")}
+    # The jobs table's changelog is the notifications topic.
+    out["table_entry_bytes"] = {"jobs": await asyncio.to_thread(mean_record_bytes, stack.bootstrap,
+                                                                stack.settings.topic("notifications"))}
     growth = out["rss_large"] / out["rss_small"] - 1.0
     out.update({
         "growth": growth, "within_tolerance": abs(growth) <= cfg.tolerance,

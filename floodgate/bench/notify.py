@@ -26,9 +26,9 @@ from floodgate.bench.http import Client
 from floodgate.bench.probes import TopicTap
 from floodgate.bench.stacks import PACED_MODEL
 from floodgate.devstack import Stack
+from floodgate.jobs.record import decode_notification
 
 WEBHOOK_STATUS = {"video.in_progress": "running", "video.completed": "completed", "video.failed": "failed"}
-EVENT_STATUS = {"running": "running", "progress": "running", "completed": "completed", "failed": "failed"}
 TERMINAL = {"completed", "failed", "cancelled"}
 
 
@@ -93,13 +93,12 @@ def latencies(start: dict[tuple[str, str], float], end: dict[tuple[str, str], fl
 
 class Stamps:
     """When each (job, status) passed each hop, from the records' own stamps (wall-clock ms):
-    the bridge's ``received_at``, then the producer timestamps of the webhook record, of the
-    normaliser's job event and of the job-state agent's snapshot."""
+    the bridge's ``received_at``, then the producer timestamps of the webhook record and of the
+    jobs agent's table write (its changelog is the notifications topic)."""
 
     def __init__(self) -> None:
         self.received: dict[tuple[str, str], float] = {}
         self.webhook: dict[tuple[str, str], float] = {}
-        self.event: dict[tuple[str, str], float] = {}
         self.snapshot: dict[tuple[str, str], float] = {}
 
     @staticmethod
@@ -116,20 +115,15 @@ class Stamps:
             self._first(self.received, key, env["received_at"] / 1000)
             self._first(self.webhook, key, msg.timestamp()[1] / 1000)
 
-    def on_event(self, msg: Any) -> None:
-        rec = codec.decode("JobEvent", msg.value(), msg.headers())
-        status = EVENT_STATUS.get(rec["kind"])
-        if status and rec["event_id"].startswith("wh:"):
-            self._first(self.event, (rec["job_id"], status), msg.timestamp()[1] / 1000)
-
     def on_snapshot(self, msg: Any) -> None:
-        snap = codec.decode("JobSnapshot", msg.value(), msg.headers())
+        if msg.value() is None:
+            return
+        snap = decode_notification(msg.value(), msg.headers())
         self._first(self.snapshot, (snap["job_id"], snap["status"]), msg.timestamp()[1] / 1000)
 
     def hops(self, delivered: dict[tuple[str, str], float]) -> dict[str, dict[str, float | int]]:
         chain = [("bridge: received → webhook record", self.received, self.webhook),
-                 ("normaliser: webhook record → job event", self.webhook, self.event),
-                 ("job-state: job event → snapshot", self.event, self.snapshot),
+                 ("jobs agent: webhook record → job change (notification)", self.webhook, self.snapshot),
                  ("API: snapshot → WebSocket message", self.snapshot, delivered)]
         # Only states a webhook caused: "queued" also reaches sockets from the ingress's own view.
         caused = {k: t for k, t in self.snapshot.items() if k in self.received}
@@ -141,7 +135,7 @@ async def run(ctx: Context, stack: Stack, cfg: NotifyConfig) -> dict[str, Any]:
     """On the pipeline's stack, once it is idle: jobs for ``PACED_MODEL`` at ``cfg.rate``."""
     stamps = Stamps()
     s = stack.settings
-    taps = {s.topic("webhooks"): stamps.on_webhook, s.topic("events"): stamps.on_event,
+    taps = {s.topic("webhooks"): stamps.on_webhook,
             s.topic("notifications"): stamps.on_snapshot}
     meter = CpuMeter(ctx.pids(stack)).start()
     with TopicTap(stack.bootstrap, taps, from_now=True):

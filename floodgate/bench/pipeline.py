@@ -1,6 +1,6 @@
 """Pipeline: jobs/s end to end with an instant provider (renders and queue delay 0, limits far
 above the load), i.e. Floodgate's own overhead per job: admission, dispatch, the provider call,
-two webhooks through the bridge, the job-state machine, notifications and results.
+two webhooks through the bridge, the jobs agent (its table's changelog is notifications) and results.
 
 Jobs go in through the SDK, keeping at most ``window`` jobs between submission and result: that
 measures what the pipeline turns over, not how a backlog behaves (the memory scenario does). The
@@ -67,8 +67,8 @@ def input_topics(stack: Stack) -> list[str]:
 def stages(stack: Stack) -> dict[str, list[str]]:
     """Each agent's input topics: the one with the largest lag is the pipeline's slowest stage."""
     s = stack.settings
-    return {"admission": [s.topic("requests")], "job-state": [s.topic("events")],
-            "normaliser": [s.topic("webhooks")], "submitters": [s.topic(f"dispatch.{p}") for p in PROVIDERS],
+    return {"jobs: requests": [s.topic("requests")], "jobs: events": [s.topic("events")],
+            "jobs: webhooks": [s.topic("webhooks")], "submitters": [s.topic(f"dispatch.{p}") for p in PROVIDERS],
             "releasers": [s.topic(f"release.{p}") for p in PROVIDERS]}
 
 

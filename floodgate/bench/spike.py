@@ -25,6 +25,7 @@ from floodgate.bench.context import Context
 from floodgate.bench.probes import LagSampler, TopicTap, simulator_stats
 from floodgate.bench.stacks import SimProvider, bench_stack, providers
 from floodgate.devstack import Stack
+from floodgate.jobs.record import decode_notification
 
 ACTIVE = ("kling", "wan")  # sora is retired in the routing table: sora-2 goes to kling
 
@@ -71,16 +72,21 @@ async def run(ctx: Context, stack: Stack, cfg: SpikeConfig) -> dict[str, Any]:
         rec = codec.decode("JobEvent", msg.value(), msg.headers())
         if rec["kind"] == "submitted":
             submitted.setdefault(rec["job_id"], rec["at"] / 1000)
-        elif rec["kind"] == "queued":
-            # stamped when admission read the request: the job is waiting for a provider slot
-            queued.setdefault(rec["job_id"], msg.timestamp()[1] / 1000)
+
+    def on_notification(msg: Any) -> None:
+        if msg.value() is None:
+            return
+        snap = decode_notification(msg.value(), msg.headers())
+        if snap["status"] == "queued" and snap["attempt"] == 0:
+            # stamped when the jobs agent admitted the request: the job is waiting for a provider slot
+            queued.setdefault(snap["job_id"], msg.timestamp()[1] / 1000)
 
     def on_result(msg: Any) -> None:
         snap = codec.decode("JobSnapshot", msg.value(), msg.headers())
         finished.setdefault(snap["job_id"], (msg.timestamp()[1] / 1000, snap["status"]))
 
     s = stack.settings
-    taps = {s.topic("events"): on_event, s.topic("results"): on_result}
+    taps = {s.topic("events"): on_event, s.topic("notifications"): on_notification, s.topic("results"): on_result}
     lag_topics = {**{p: [s.topic(f"dispatch.{p}")] for p in ("sora", *ACTIVE)},
                   "requests": [s.topic("requests")]}
     with TopicTap(stack.bootstrap, taps), \

@@ -12,6 +12,7 @@ from typing import Any
 import aiohttp
 
 from floodgate.devstack import Stack
+from floodgate.provider_config import DEV_WEBHOOK_SECRET_REF
 from floodgate.settings import Settings
 from tests.kafka_util import unique_name
 
@@ -23,6 +24,18 @@ def simulator_config(path: Path, **provider_overrides: Any) -> Path:
     base = {"concurrency_limit": 10, "render_time": {"kind": "uniform", "min": 0.02, "max": 0.08},
             "queue_delay": 0.005, **provider_overrides}
     path.write_text(json.dumps({"providers": {n: base for n in ("sora", "kling", "wan")}, "seed": 11}))
+    return path
+
+
+def routing_file(path: Path, limits: dict[str, int]) -> Path:
+    """A routing table on the simulator whose address comes from the environment at load time."""
+    conn = {"base_url": "env:FLOODGATE_SIMULATOR_URL", "api_key": "k", "webhook_secret": DEV_WEBHOOK_SECRET_REF}
+    path.write_text(json.dumps({
+        "providers": {name: {"kind": "simulator", "concurrency_limit": limit, "connection": conn}
+                      for name, limit in limits.items()},
+        "routes": {"wan-2.6": [{"provider": "wan"}, {"provider": "kling", "provider_model": "kling-2.1"}],
+                   "kling-2.1": [{"provider": "kling"}]},
+    }))
     return path
 
 

@@ -3,28 +3,23 @@ Jobs still complete; 429s are retried after Retry-After; an outage moves jobs to
 from __future__ import annotations
 
 import asyncio
-import json
 from pathlib import Path
 
 import aiohttp
 import pytest
 
-from floodgate.provider_config import DEV_WEBHOOK_SECRET_REF
-from tests.e2e.stack_util import TERMINAL, get_job, make_stack, simulator_config, simulator_stats, submit, until
+from tests.e2e.stack_util import (
+    TERMINAL,
+    get_job,
+    make_stack,
+    routing_file,
+    simulator_config,
+    simulator_stats,
+    submit,
+    until,
+)
 
 pytestmark = pytest.mark.kafka
-
-
-def routing_file(path: Path, limits: dict[str, int]) -> Path:
-    """A routing table on the simulator whose address comes from the environment at load time."""
-    conn = {"base_url": "env:FLOODGATE_SIMULATOR_URL", "api_key": "k", "webhook_secret": DEV_WEBHOOK_SECRET_REF}
-    path.write_text(json.dumps({
-        "providers": {name: {"kind": "simulator", "concurrency_limit": limit, "connection": conn}
-                      for name, limit in limits.items()},
-        "routes": {"wan-2.6": [{"provider": "wan"}, {"provider": "kling", "provider_model": "kling-2.1"}],
-                   "kling-2.1": [{"provider": "kling"}]},
-    }))
-    return path
 
 
 async def _run_jobs(api: str, n: int, model: str) -> list[dict]:

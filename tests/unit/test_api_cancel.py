@@ -16,11 +16,11 @@ from floodgate.api.kafka_io import KafkaUnavailable
 from floodgate.api.resources import job_resource
 from floodgate.api.view import JobView
 from floodgate.ids import job_token, new_job_id
+from floodgate.jobs.events import event_from_record
 from floodgate.jobs.state import JobEvent
 from floodgate.problems import JOB_FINISHED, NOT_FOUND, UNAUTHORIZED
 from floodgate.provider_config import dev_setup
 from floodgate.settings import Secret, Settings
-from streams.job_state import event_from_record
 
 SETTINGS = Settings(secret=Secret("s" * 32))
 SECRET = SETTINGS.secret.reveal().encode()

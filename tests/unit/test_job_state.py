@@ -11,7 +11,7 @@ from hypothesis import strategies as st
 from floodgate.api.cancel import CANCEL_REASON
 from floodgate.errors import ValidationError
 from floodgate.jobs import RECENT_EVENTS_LIMIT, TERMINAL, JobEvent, JobState, JobStatus, apply
-from streams.job_state import aim
+from floodgate.jobs.events import aim
 
 Q, S, R, C, F, X = (
     JobStatus.QUEUED,

@@ -1,0 +1,69 @@
+"""Turning what reaches the jobs agent into ``JobEvent``s, and aiming them at the right attempt. Pure.
+
+Three inputs speak about a job: a request (it is ``queued``), a provider webhook (``running``,
+``progress``, ``completed``, ...) and the ``events`` topic (the submitter's ``submitted``,
+``rerouted``, ``failed``; a user's ``cancelled``; a poll's findings).
+"""
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Mapping
+from typing import Any
+
+from floodgate.jobs.state import JobEvent, JobState
+
+_EVENT_FIELDS = ("provider", "provider_job_id", "progress", "video_url", "error", "tenant", "user_id", "model",
+                 "webhook_url")
+
+WEBHOOK_KINDS: Mapping[str, str | None] = {
+    "queued": None, "running": "running", "completed": "completed", "failed": "failed", "cancelled": "cancelled"}
+"""A provider's state in a webhook → the event kind it becomes (None: nothing to record)."""
+
+
+def event_from_record(rec: Mapping[str, Any]) -> JobEvent:
+    """A ``JobEvent`` from its Avro record (``at`` in epoch ms)."""
+    return JobEvent(
+        event_id=rec["event_id"], job_id=rec["job_id"], kind=rec["kind"], at=rec["at"] / 1000.0,
+        attempt=rec.get("attempt") or 0, metadata=rec.get("metadata") or {},
+        **{k: rec.get(k) for k in _EVENT_FIELDS},
+    )
+
+
+def queued_event(req: Mapping[str, Any], provider: str | None) -> JobEvent:
+    """The ``queued`` event of a decoded request (``JobRequest``), routed to ``provider``."""
+    job_id = req["job_id"]
+    return JobEvent(
+        event_id=f"{job_id}:queued", job_id=job_id, kind="queued", at=int(req["accepted_at"]) / 1000.0,
+        attempt=0, provider=provider, tenant=req["tenant"], user_id=req["user_id"], model=req["model"],
+        webhook_url=req.get("webhook_url"), metadata=req.get("metadata") or {})
+
+
+def webhook_event(provider: str, *, job_id: str, webhook_id: str, state: str, occurred_at: float,
+                  provider_job_id: str | None, progress: float | None, video_url: str | None,
+                  error: str | None) -> JobEvent | None:
+    """The event a verified, parsed provider webhook stands for, or None if it records nothing.
+    Its id is the webhook's, so a redelivered webhook is a duplicate event."""
+    kind = WEBHOOK_KINDS.get(state)
+    if kind is None:
+        return None
+    if kind == "running" and progress:
+        kind = "progress"
+    return JobEvent(
+        event_id=f"wh:{provider}:{webhook_id}", job_id=job_id, kind=kind, at=occurred_at, provider=provider,
+        provider_job_id=provider_job_id, attempt=0, progress=progress, video_url=video_url, error=error)
+
+
+def aim(before: JobState | None, event: JobEvent) -> JobEvent | None:
+    """``event`` as it applies to the job's current attempt, or None to ignore it.
+
+    Webhooks, polls and user cancels (``provider`` None, attempt 0) do not know the attempt: they
+    speak for the current one. News from a provider the job has already moved away from is
+    ignored. ``queued`` and ``rerouted`` carry their own attempt and pass unchanged.
+    """
+    if before is None or event.kind in ("queued", "rerouted"):
+        return event
+    if event.provider and before.provider and event.provider != before.provider:
+        return None
+    if event.attempt < before.attempt:
+        return dataclasses.replace(event, attempt=before.attempt)
+    return event

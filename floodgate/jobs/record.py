@@ -1,0 +1,89 @@
+"""The value of the jobs table, and the snapshot the outside world sees of it. Pure.
+
+The jobs table's changelog *is* the ``notifications`` topic: one state change costs one Kafka
+record, which is at once the table's durable copy and the message the API's job view reads. Its
+values are JSON documents (a table changelog carries no headers, so the self-describing JSON
+form is the one that can evolve; ``v`` names the layout)::
+
+    {"v": 1, "s": <JobState.to_dict()>, "e": <last event id>, "src": [partition, offset]}
+
+``src`` is the ``requests`` record that admitted the job: the same record seen again after a
+crash (its offset was not committed) is processed again, a replay of the job from another record
+is a duplicate. A job whose state was created by an event before its request was read (a cancel
+that overtook it) has no ``src`` yet.
+
+``snapshot`` is the ``JobSnapshot`` contract (``schemas/job_snapshot.avsc``), written to
+``results`` and given to the API's readers.
+"""
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import orjson
+
+from floodgate import codec
+from floodgate.errors import SchemaError, ValidationError
+from floodgate.jobs.state import JobState
+
+RECORD_VERSION = 1
+SCHEMA_HEADER = "fg-schema"
+
+
+@dataclass(frozen=True)
+class JobRecord:
+    state: JobState
+    last_event: str | None = None
+    admitted_by: tuple[int, int] | None = None
+    """(partition, offset) of the ``requests`` record that admitted the job, once one has."""
+
+    def encode(self) -> bytes:
+        doc: dict[str, Any] = {"v": RECORD_VERSION, "s": self.state.to_dict(), "e": self.last_event}
+        if self.admitted_by is not None:
+            doc["src"] = list(self.admitted_by)
+        return orjson.dumps(doc)
+
+    @classmethod
+    def decode(cls, raw: bytes) -> JobRecord:
+        """Raises ``SchemaError`` for bytes that are not a job record."""
+        try:
+            doc = orjson.loads(raw)
+            state = JobState.from_dict(doc["s"])
+        except (orjson.JSONDecodeError, KeyError, TypeError, ValidationError) as exc:
+            raise SchemaError(f"not a job record: {exc}") from exc
+        src = doc.get("src")
+        admitted_by = (int(src[0]), int(src[1])) if isinstance(src, list) and len(src) == 2 else None
+        return cls(state=state, last_event=doc.get("e"), admitted_by=admitted_by)
+
+
+def snapshot(state: JobState) -> dict[str, Any]:
+    """The ``JobSnapshot`` record for ``state``."""
+    return {
+        "job_id": state.job_id, "tenant": state.tenant or "default", "user_id": state.user_id or "",
+        "model": state.model or "", "provider": state.provider, "provider_job_id": state.provider_job_id,
+        "status": state.status.value, "progress": float(state.progress), "video_url": state.video_url,
+        "error": state.error, "attempt": state.attempt, "created_at": int(state.created_at * 1000),
+        "updated_at": int(state.updated_at * 1000), "webhook_url": state.webhook_url,
+        "metadata": dict(state.metadata), "version": state.version,
+    }
+
+
+Headers = Mapping[str, Any] | Iterable[tuple[str, Any]] | None
+
+
+def is_avro(headers: Headers) -> bool:
+    """Whether a record carries our Avro contract header (older ``notifications`` records do)."""
+    if not headers:
+        return False
+    pairs = headers.items() if isinstance(headers, Mapping) else headers
+    return any(k == SCHEMA_HEADER for k, _ in pairs)
+
+
+def decode_notification(value: bytes, headers: Headers = None) -> dict[str, Any]:
+    """The snapshot a ``notifications`` record stands for: a jobs-table changelog value, or an
+    Avro ``JobSnapshot`` as the topic carried before it became the changelog. Raises
+    ``SchemaError`` when it is neither."""
+    if is_avro(headers):
+        return codec.decode("JobSnapshot", value, headers)
+    return snapshot(JobRecord.decode(value).state)

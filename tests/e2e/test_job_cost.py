@@ -1,0 +1,113 @@
+"""What one job costs the pipeline, counted on the real broker: Kafka records written (every topic
+and table changelog of the stack) and records the worker consumed (its agents' events).
+
+The provider is the simulator with slots to spare and two webhooks per job (running, completed):
+the happy path. A second batch runs against one slot, so orders wait for it: the backlog path.
+"""
+from __future__ import annotations
+
+import asyncio
+import re
+from collections.abc import Iterator
+from typing import Any
+
+import aiohttp
+import pytest
+from confluent_kafka import TopicPartition
+from confluent_kafka.admin import AdminClient
+
+from floodgate.sdk import FloodgateClient, JobSpec
+from tests.e2e.stack_util import make_stack, routing_file, simulator_config, until
+from tests.kafka_util import consume_until
+
+pytestmark = pytest.mark.kafka
+
+JOBS = 60
+
+RECORDS_PER_JOB = 14
+"""Records written per job, happy path: requests 1, dispatch 1, slot 2 (taken, provider job id),
+submitted event 1, webhooks 2, job changes 4 (queued, submitted, running, completed: the jobs
+table's changelog, which is the notifications topic), result 1, release 1, slot freed 1."""
+
+HOPS_PER_JOB = 6
+"""Records the worker consumes per job: the request, the order, the submitted event, two
+webhooks, the release."""
+
+
+def topic_records(bootstrap: str, prefix: str) -> dict[str, int]:
+    """Records written so far to every topic whose name starts with ``prefix``."""
+    admin = AdminClient({"bootstrap.servers": bootstrap})
+    from confluent_kafka import Consumer
+
+    consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": "count-" + prefix, "enable.auto.commit": False})
+    try:
+        out: dict[str, int] = {}
+        for name, meta in admin.list_topics(timeout=10).topics.items():
+            if not name.startswith(prefix):
+                continue
+            total = 0
+            for p in meta.partitions:
+                low, high = consumer.get_watermark_offsets(TopicPartition(name, p), timeout=10)
+                total += high  # records ever written (compaction does not lower the end offset)
+            out[name[len(prefix):]] = total
+        return out
+    finally:
+        consumer.close()
+
+
+async def consumed_by_worker(session: aiohttp.ClientSession, metrics_url: str) -> float:
+    async with session.get(metrics_url) as resp:
+        text = await resp.text()
+    return sum(float(v) for v in re.findall(r'^floodgate_events_processed_total\{[^}]*\} ([0-9.e+]+)$', text, re.M))
+
+
+@pytest.fixture(scope="module")
+def stack(kafka_bootstrap: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
+    home = tmp_path_factory.mktemp("cost")
+    sim = simulator_config(home / "sim.json", concurrency_limit=200)
+    routes = routing_file(home / "routes.json", {"wan": 200, "kling": 200})
+    with make_stack(kafka_bootstrap, home, sim_config=sim, routing_file=str(routes)) as s:
+        yield s
+
+
+async def _run_batch(stack: Any, n: int, model: str) -> tuple[dict[str, int], float]:
+    s = stack.settings
+    before = await asyncio.to_thread(topic_records, stack.bootstrap, s.topic_prefix)
+    async with aiohttp.ClientSession() as session:
+        consumed_before = await consumed_by_worker(session, stack.metrics_urls["worker-0"])
+        with FloodgateClient(stack.bootstrap, topic_prefix=s.topic_prefix) as client:
+            ids = set(await asyncio.to_thread(client.submit_many, [
+                JobSpec(model=model, prompt=f"cost {i}", user_id="u") for i in range(n)]))
+        done: set[str] = set()
+
+        def finished(records: list) -> bool:
+            from floodgate import codec
+
+            for r in records:
+                snap = codec.decode("JobSnapshot", r.value(), r.headers())
+                if snap["job_id"] in ids and snap["status"] == "completed":
+                    done.add(snap["job_id"])
+            return done >= ids
+
+        await asyncio.to_thread(consume_until, stack.bootstrap, s.topic("results"), finished, timeout=120)
+
+        async def settled() -> tuple[dict[str, int], float] | None:
+            # Releases and the slot writes they cause come just after the result.
+            after = await asyncio.to_thread(topic_records, stack.bootstrap, s.topic_prefix)
+            consumed = await consumed_by_worker(session, stack.metrics_urls["worker-0"]) - consumed_before
+            diff = {t: after.get(t, 0) - before.get(t, 0) for t in after}
+            released = sum(v for t, v in diff.items() if t.startswith("release."))
+            return (diff, consumed) if released >= n and consumed >= n * HOPS_PER_JOB - n else None
+
+        return await until(settled, timeout=60, what="the releases of the batch")
+
+
+async def test_records_and_hops_per_job_on_the_happy_path(stack: Any) -> None:
+    await _run_batch(stack, 10, "wan-2.6")  # warm-up: topics, groups, connections
+    diff, consumed = await _run_batch(stack, JOBS, "wan-2.6")
+    written = sum(diff.values())
+    per_job = written / JOBS
+    detail = {t: v for t, v in sorted(diff.items()) if v}
+    print(f"records per job {per_job:.2f}, consumed per job {consumed / JOBS:.2f}: {detail}")
+    assert per_job <= RECORDS_PER_JOB + 0.5, detail
+    assert consumed / JOBS <= HOPS_PER_JOB + 0.5, detail
