@@ -30,7 +30,7 @@ from floodgate.errors import ConfigError
 from floodgate.kafka_admin import ensure_topics
 from floodgate.provider_config import ProviderSetup
 from floodgate.settings import Settings
-from streams.topics import TopicNames
+from floodgate.topics import TopicNames
 
 log = logging.getLogger(__name__)
 

@@ -36,7 +36,7 @@ from floodgate.notify.commit_tracker import CommitTracker, Ticket
 from floodgate.notify.delivery import deliver
 from floodgate.notify.retry import RetryPolicy
 from floodgate.settings import Settings
-from streams.topics import TopicNames
+from floodgate.topics import TopicNames
 
 log = logging.getLogger(__name__)
 
