@@ -38,7 +38,7 @@ from typing import Any
 
 import orjson
 
-from floodgate.broker.local import pid_alive
+from floodgate.procs import pid_alive
 
 Snapshot = dict[str, Any]
 
