@@ -273,6 +273,7 @@ NOW = 784111777.0  # Sun, 06 Nov 1994 08:49:37 GMT
         ("inf", None),
         ("nan", None),
         ("Sun, 06 Nov 1994 08:49:37 UTC", None),
+        ("Sun, 06 Nov 1994 08:49:37 -0000", None),  # not an HTTP-date: the caller's backoff applies
         ("Sun, 31 Feb 1994 08:49:37 GMT", None),
         ("Sun, 06 Nov 1994 25:49:37 GMT", None),
         ("06 Nov 1994 08:49:37 GMT", None),
