@@ -265,15 +265,19 @@ def _http_date(text: str, now: float) -> float | None:
 
 @dataclass(frozen=True)
 class Backoff:
-    """Exponential backoff: ``min(cap, base * factor**attempt)``, optionally with full jitter.
+    """Exponential backoff, the one retry schedule: ceiling ``c = min(cap, base * factor**attempt)``.
 
-    Raises ``ConfigError`` unless ``0 < base <= cap``, ``factor >= 1`` and ``jitter`` is 'full' or 'none'.
+    ``jitter`` picks the wait under that ceiling: ``"none"`` waits ``c``; ``"full"`` a uniform
+    time in ``[0, c]`` (spreads retries most); ``"equal"`` a uniform time in ``[c/2, c]`` (spreads
+    them without ever retrying at once).
+
+    Raises ``ConfigError`` unless ``0 < base <= cap``, ``factor >= 1`` and ``jitter`` is one of those.
     """
 
     base: float = 1.0
     factor: float = 2.0
     cap: float = 60.0
-    jitter: Literal["full", "none"] = "full"
+    jitter: Literal["full", "equal", "none"] = "full"
     rng: random.Random = field(default_factory=random.Random, compare=False, repr=False)
 
     def __post_init__(self) -> None:
@@ -283,18 +287,27 @@ class Backoff:
             raise ConfigError(f"cap must be >= base, got {self.cap!r}")
         if not (math.isfinite(self.factor) and self.factor >= 1):
             raise ConfigError(f"factor must be >= 1, got {self.factor!r}")
-        if self.jitter not in ("full", "none"):
-            raise ConfigError(f"jitter must be 'full' or 'none', got {self.jitter!r}")
+        if self.jitter not in ("full", "equal", "none"):
+            raise ConfigError(f"jitter must be 'full', 'equal' or 'none', got {self.jitter!r}")
 
-    def delay(self, attempt: int) -> float:
-        """Seconds to wait before retry number ``attempt`` (0 = the first retry). Raises ``ValueError`` if negative."""
+    def delay(self, attempt: int, rand: float | None = None) -> float:
+        """Seconds to wait before retry number ``attempt`` (0 = the first retry).
+
+        ``rand``, uniform in ``[0, 1)``, replaces a draw from ``rng`` (for callers that inject
+        their randomness). Raises ``ValueError`` if ``attempt`` is negative.
+        """
         if attempt < 0:
             raise ValueError(f"attempt must be >= 0, got {attempt}")
         try:
             ceiling = min(self.cap, self.base * self.factor**attempt)
         except OverflowError:  # float ** int raises rather than returning inf
             ceiling = self.cap
-        return self.rng.uniform(0.0, ceiling) if self.jitter == "full" else ceiling
+        if self.jitter == "none":
+            return ceiling
+        u = self.rng.random() if rand is None else rand
+        if self.jitter == "full":
+            return ceiling * u
+        return ceiling / 2 + ceiling / 2 * u
 
 
 def retry_delay(

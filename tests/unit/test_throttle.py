@@ -334,9 +334,21 @@ def test_full_jitter_stays_under_the_exponential_ceiling(attempt: int, seed: int
     assert plain == pytest.approx(min(cap, base * math.exp(min(attempt * math.log(factor), 700))))
 
 
+@given(attempt=st.integers(0, 10_000), rand=st.floats(0, 1, exclude_max=True))
+def test_equal_jitter_stays_between_half_the_ceiling_and_the_ceiling(attempt: int, rand: float) -> None:
+    plain = Backoff(0.25, 2, 30, "none").delay(attempt)
+    assert plain / 2 <= Backoff(0.25, 2, 30, "equal").delay(attempt, rand) <= plain
+
+
+def test_injected_rand_replaces_the_rng() -> None:
+    assert Backoff(1, 2, 30, "full").delay(2, 0.5) == 2.0
+    assert Backoff(1, 2, 30, "equal").delay(2, 0.5) == 3.0
+    assert Backoff(1, 2, 30, "none").delay(2, 0.5) == 4.0
+
+
 @pytest.mark.parametrize(
     "kwargs",
-    [{"base": 0}, {"base": -1}, {"factor": 0.5}, {"cap": 0.1, "base": 1}, {"jitter": "equal"}, {"cap": math.inf}],
+    [{"base": 0}, {"base": -1}, {"factor": 0.5}, {"cap": 0.1, "base": 1}, {"jitter": "half"}, {"cap": math.inf}],
 )
 def test_backoff_rejects(kwargs: dict[str, Any]) -> None:
     with pytest.raises(ConfigError):
