@@ -73,7 +73,7 @@ class SlotPool:
 
     @property
     def free(self) -> int:
-        """Slots available now; 0 (never negative) while over capacity after a rebuild or a shrink."""
+        """Slots available now; 0 (never negative) while over capacity after a rebuild."""
         return max(0, self._capacity - len(self._held))
 
     def __contains__(self, job_id: object) -> bool:
@@ -106,9 +106,6 @@ class SlotPool:
         """
         self._held = set(job_ids)
 
-    def resize(self, capacity: int) -> None:
-        """Change capacity (e.g. partitions were reassigned). Held jobs stay. Raises ``ConfigError`` if negative."""
-        self._capacity = _int_at_least("capacity", capacity, minimum=0)
 
 
 class WaitingLine(Generic[T]):

@@ -113,9 +113,6 @@ class SpillStore:
             shutil.rmtree(directory, ignore_errors=True)
             raise
 
-    def put(self, snapshot: Snapshot) -> None:
-        self.put_many((snapshot,))
-
     def put_many(self, snapshots: Iterable[Snapshot]) -> None:
         """Write ``snapshots`` in one transaction; a row only moves to a higher version."""
         rows = [(s["job_id"], s["version"], s.get("updated_at") or 0, orjson.dumps(s)) for s in snapshots]

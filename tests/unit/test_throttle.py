@@ -163,22 +163,10 @@ def test_rebuild_over_capacity_blocks_until_enough_release() -> None:
     assert pool.try_acquire("new")
 
 
-def test_resize_shrinks_without_evicting() -> None:
-    pool = SlotPool(3)
-    for j in "abc":
-        pool.try_acquire(j)
-    pool.resize(1)
-    assert (pool.capacity, pool.free, len(pool.held)) == (1, 0, 3)
-    pool.resize(5)
-    assert pool.free == 2
-
-
 @pytest.mark.parametrize("capacity", [-1, 1.5, None])
 def test_slot_pool_rejects_bad_capacity(capacity: Any) -> None:
     with pytest.raises(ConfigError):
         SlotPool(capacity)
-    with pytest.raises(ConfigError):
-        SlotPool(1).resize(capacity)
 
 
 ops = st.lists(st.tuples(st.sampled_from(["acquire", "release"]), st.sampled_from("abcdefgh")), max_size=60)
