@@ -15,8 +15,9 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from floodgate.broker.local import LocalBroker, _die_with_parent
+from floodgate.broker.local import LocalBroker
 from floodgate.errors import FloodgateError
+from floodgate.procs import die_with_parent
 from floodgate.settings import Settings
 
 
@@ -99,7 +100,7 @@ class Stack:
         log.parent.mkdir(parents=True, exist_ok=True)
         with open(log, "ab") as out:
             proc = subprocess.Popen(argv, env={**self.env(), **env}, stdout=out, stderr=subprocess.STDOUT,
-                                    stdin=subprocess.DEVNULL, preexec_fn=_die_with_parent)
+                                    stdin=subprocess.DEVNULL, preexec_fn=die_with_parent)
         child = self.children[name] = Child(name, proc, log)
         return child
 

@@ -37,8 +37,8 @@ from floodgate.errors import BatchDeliveryError, DeliveryError, Problem, Validat
 from floodgate.ids import job_id_for_key, new_job_id
 from floodgate.netguard import check_url_target
 from floodgate.settings import Settings
+from floodgate.topics import TopicNames
 from floodgate.validation import RequestLimits, request_hash, validate_job_request
-from streams.topics import TopicNames
 
 __all__ = [
     "AsyncFloodgateClient",

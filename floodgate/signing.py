@@ -20,6 +20,7 @@ import secrets as _secrets
 from collections.abc import Iterable, Mapping
 
 from floodgate.errors import ConfigError, WebhookVerificationError
+from floodgate.headers import lowered as lowered_headers
 
 SECRET_PREFIX = "whsec_"
 HEADER_ID = "webhook-id"
@@ -81,14 +82,6 @@ def signature_headers(secret: str | bytes, msg_id: str, body: bytes, now: float)
     }
 
 
-def _lower(headers: Mapping[str, str]) -> dict[str, str]:
-    # First value wins so a multidict with a repeated header cannot smuggle a second value in.
-    out: dict[str, str] = {}
-    for name, value in headers.items():
-        out.setdefault(name.lower(), value)
-    return out
-
-
 def _candidates(header: str) -> Iterable[bytes]:
     """Decoded ``v1`` signatures in the header; other schemes and junk entries are skipped."""
     for entry in header.split():
@@ -115,7 +108,7 @@ def verify(
     ``bad timestamp format``, ``timestamp too old``, ``timestamp too new``,
     ``no matching signature``. Raises ``ConfigError`` if ``secret`` itself is malformed.
     """
-    lowered = _lower(headers)
+    lowered = lowered_headers(headers)
     missing = [h for h in (HEADER_ID, HEADER_TIMESTAMP, HEADER_SIGNATURE) if not lowered.get(h)]
     if missing:
         raise WebhookVerificationError(f"missing header: {', '.join(missing)}")

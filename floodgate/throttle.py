@@ -73,7 +73,7 @@ class SlotPool:
 
     @property
     def free(self) -> int:
-        """Slots available now; 0 (never negative) while over capacity after a rebuild or a shrink."""
+        """Slots available now; 0 (never negative) while over capacity after a rebuild."""
         return max(0, self._capacity - len(self._held))
 
     def __contains__(self, job_id: object) -> bool:
@@ -106,9 +106,6 @@ class SlotPool:
         """
         self._held = set(job_ids)
 
-    def resize(self, capacity: int) -> None:
-        """Change capacity (e.g. partitions were reassigned). Held jobs stay. Raises ``ConfigError`` if negative."""
-        self._capacity = _int_at_least("capacity", capacity, minimum=0)
 
 
 class WaitingLine(Generic[T]):
@@ -265,15 +262,19 @@ def _http_date(text: str, now: float) -> float | None:
 
 @dataclass(frozen=True)
 class Backoff:
-    """Exponential backoff: ``min(cap, base * factor**attempt)``, optionally with full jitter.
+    """Exponential backoff, the one retry schedule: ceiling ``c = min(cap, base * factor**attempt)``.
 
-    Raises ``ConfigError`` unless ``0 < base <= cap``, ``factor >= 1`` and ``jitter`` is 'full' or 'none'.
+    ``jitter`` picks the wait under that ceiling: ``"none"`` waits ``c``; ``"full"`` a uniform
+    time in ``[0, c]`` (spreads retries most); ``"equal"`` a uniform time in ``[c/2, c]`` (spreads
+    them without ever retrying at once).
+
+    Raises ``ConfigError`` unless ``0 < base <= cap``, ``factor >= 1`` and ``jitter`` is one of those.
     """
 
     base: float = 1.0
     factor: float = 2.0
     cap: float = 60.0
-    jitter: Literal["full", "none"] = "full"
+    jitter: Literal["full", "equal", "none"] = "full"
     rng: random.Random = field(default_factory=random.Random, compare=False, repr=False)
 
     def __post_init__(self) -> None:
@@ -283,18 +284,27 @@ class Backoff:
             raise ConfigError(f"cap must be >= base, got {self.cap!r}")
         if not (math.isfinite(self.factor) and self.factor >= 1):
             raise ConfigError(f"factor must be >= 1, got {self.factor!r}")
-        if self.jitter not in ("full", "none"):
-            raise ConfigError(f"jitter must be 'full' or 'none', got {self.jitter!r}")
+        if self.jitter not in ("full", "equal", "none"):
+            raise ConfigError(f"jitter must be 'full', 'equal' or 'none', got {self.jitter!r}")
 
-    def delay(self, attempt: int) -> float:
-        """Seconds to wait before retry number ``attempt`` (0 = the first retry). Raises ``ValueError`` if negative."""
+    def delay(self, attempt: int, rand: float | None = None) -> float:
+        """Seconds to wait before retry number ``attempt`` (0 = the first retry).
+
+        ``rand``, uniform in ``[0, 1)``, replaces a draw from ``rng`` (for callers that inject
+        their randomness). Raises ``ValueError`` if ``attempt`` is negative.
+        """
         if attempt < 0:
             raise ValueError(f"attempt must be >= 0, got {attempt}")
         try:
             ceiling = min(self.cap, self.base * self.factor**attempt)
         except OverflowError:  # float ** int raises rather than returning inf
             ceiling = self.cap
-        return self.rng.uniform(0.0, ceiling) if self.jitter == "full" else ceiling
+        if self.jitter == "none":
+            return ceiling
+        u = self.rng.random() if rand is None else rand
+        if self.jitter == "full":
+            return ceiling * u
+        return ceiling / 2 + ceiling / 2 * u
 
 
 def retry_delay(

@@ -13,8 +13,8 @@ from floodgate.metrics import WorkerMetrics, worker_metrics
 from floodgate.provider_config import ProviderSetup
 from floodgate.routing import RoutingTable
 from floodgate.settings import Settings
+from floodgate.topics import TopicNames
 from streams.emit import Emitter
-from streams.topics import TopicNames
 
 
 @dataclass

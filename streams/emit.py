@@ -13,6 +13,7 @@ from typing import Any
 import faust
 
 from floodgate import codec
+from floodgate.dead_letter import dead_letter_record
 
 
 class Emitter:
@@ -33,18 +34,5 @@ class Emitter:
 
     async def dead_letter(self, topic: str, message: Any, reason: str, exc: BaseException | None) -> None:
         """Park a record we cannot process, with the reason and the original bytes; never raises."""
-        headers = {}
-        for k, v in (message.headers or []):
-            headers[str(k)] = v.decode("utf-8", "replace") if isinstance(v, (bytes, bytearray)) else str(v)
-        record = {
-            "reason": reason,
-            "error_type": type(exc).__name__ if exc else "",
-            "source_topic": message.topic,
-            "partition": message.partition,
-            "offset": message.offset,
-            "key": message.key if isinstance(message.key, (bytes, type(None))) else str(message.key).encode(),
-            "original": message.value if isinstance(message.value, bytes) else bytes(message.value or b""),
-            "headers": headers,
-            "at": int(time.time() * 1000),
-        }
+        record = dead_letter_record(message, reason, exc, at_ms=int(time.time() * 1000))
         await self.send(topic, "DeadLetter", None, record)

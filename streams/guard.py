@@ -13,18 +13,20 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 from floodgate.errors import SchemaError, ValidationError
+from floodgate.throttle import Backoff
 from streams.emit import Emitter
 
 log = logging.getLogger(__name__)
 
 POISON = (SchemaError, ValidationError)
-RETRY_DELAYS = (0.2, 1.0, 3.0)
+RETRIES = 3
+BACKOFF = Backoff(base=0.2, factor=5.0, cap=3.0, jitter="none")  # 0.2 s, 1 s, 3 s
 
 
 async def process(handle: Callable[[], Awaitable[None]], *, emit: Emitter, dlq: str, message: Any, stage: str,
                   on_dead_letter: Callable[[], None] = lambda: None) -> None:
     """Run ``handle()``; retry transient failures; dead-letter poison and persistent failures."""
-    for attempt, delay in enumerate((*RETRY_DELAYS, None)):
+    for attempt in range(RETRIES + 1):
         try:
             await handle()
             return
@@ -35,12 +37,13 @@ async def process(handle: Callable[[], Awaitable[None]], *, emit: Emitter, dlq: 
         except asyncio.CancelledError:
             raise
         except Exception as exc:  # noqa: BLE001 - anything else may pass; retry, then park
-            if delay is None:
+            if attempt == RETRIES:
                 log.exception("%s failed on %s[%s]@%s after %d attempts", stage, message.topic,
                               message.partition, message.offset, attempt + 1)
                 on_dead_letter()
                 await emit.dead_letter(dlq, message, f"{stage} error after {attempt + 1} attempts: {exc}", exc)
                 return
+            delay = BACKOFF.delay(attempt)
             log.warning("%s failed on %s[%s]@%s (attempt %d): %s; retrying in %.1fs", stage, message.topic,
                         message.partition, message.offset, attempt + 1, exc, delay)
             await asyncio.sleep(delay)

@@ -14,10 +14,10 @@ import faust
 from floodgate import metrics, provider_config
 from floodgate.kafka_admin import ensure_topics
 from floodgate.settings import Settings
+from floodgate.topics import TopicNames
 from streams import faust_fixes, jobs, lag, localstate, submitter
 from streams.app import create_app
 from streams.context import Pipeline
-from streams.topics import TopicNames
 
 log = logging.getLogger(__name__)
 

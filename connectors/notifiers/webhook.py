@@ -39,11 +39,12 @@ from typing import Any
 import aiohttp
 import orjson
 
-from connectors.providers.base import parse_retry_after
 from floodgate import signing
 from floodgate.errors import ConfigError, ValidationError
+from floodgate.headers import header
 from floodgate.netguard import ForbiddenDestination, GuardedResolver, check_url_target
 from floodgate.settings import Settings
+from floodgate.throttle import parse_retry_after
 
 from .base import Notification, NotificationError
 
@@ -108,7 +109,7 @@ def classify(status: int, headers: Mapping[str, str], now: float) -> Notificatio
     if 200 <= status <= 299:
         return None
     retriable = status in _RETRIABLE_4XX or 500 <= status <= 599
-    retry_after = parse_retry_after(_header(headers, "Retry-After"), now) if retriable else None
+    retry_after = parse_retry_after(header(headers, "Retry-After"), now) if retriable else None
     return NotificationError(f"receiver answered HTTP {status}", retriable=retriable,
                              retry_after=retry_after, status=status)
 
@@ -172,11 +173,6 @@ class WebhookNotifier:
         error = classify(status, response_headers, self._clock())
         if error is not None:
             raise error
-
-
-def _header(headers: Mapping[str, str], name: str) -> str | None:
-    wanted = name.lower()
-    return next((v for k, v in headers.items() if k.lower() == wanted), None)
 
 
 __all__ = ["DEFAULT_TIMEOUT", "WebhookNotifier", "classify", "guarded_session", "tenant_secret", "webhook_body"]

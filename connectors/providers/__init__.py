@@ -9,7 +9,6 @@ from .base import (
     SubmitResult,
     VideoProvider,
     error_for_response,
-    parse_retry_after,
 )
 from .registry import create, kinds, register
 from .simulator import SimulatorProvider
@@ -24,6 +23,5 @@ __all__ = [
     "create",
     "error_for_response",
     "kinds",
-    "parse_retry_after",
     "register",
 ]

@@ -11,9 +11,6 @@ connectors convert), or ``None`` when the provider does not report it.
 """
 from __future__ import annotations
 
-import datetime
-import email.utils
-import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Protocol, runtime_checkable
@@ -27,6 +24,8 @@ from floodgate.errors import (
     ProviderUnavailable,
     RateLimited,
 )
+from floodgate.headers import header
+from floodgate.throttle import parse_retry_after
 
 STATES = frozenset({"queued", "running", "completed", "failed", "cancelled"})
 TERMINAL_STATES = frozenset({"completed", "failed", "cancelled"})
@@ -105,43 +104,6 @@ class VideoProvider(Protocol):
         ...
 
 
-def header(headers: Mapping[str, str], name: str) -> str | None:
-    """Case-insensitive lookup that works for plain dicts as well as aiohttp's multidicts."""
-    wanted = name.lower()
-    for key, value in headers.items():
-        if key.lower() == wanted:
-            return value
-    return None
-
-
-def parse_retry_after(value: str | None, now: float) -> float | None:
-    """Seconds to wait from a ``Retry-After`` value (delta-seconds or HTTP-date), or ``None``.
-
-    A date in the past gives ``0.0``; anything unparseable gives ``None`` so the caller falls
-    back to its own backoff instead of trusting garbage.
-    """
-    if value is None:
-        return None
-    text = value.strip()
-    if not text:
-        return None
-    try:
-        seconds = float(text)
-    except ValueError:
-        pass
-    else:
-        # Only finite, non-negative numbers; "nan", "inf" and "-5" are parseable but meaningless.
-        return seconds if math.isfinite(seconds) and seconds >= 0 else None
-    try:
-        when = email.utils.parsedate_to_datetime(text)
-    except (TypeError, ValueError, IndexError):
-        return None
-    if when.tzinfo is None:
-        # "-0000" parses zone-less; RFC 9110 dates are always GMT, so read it as UTC.
-        when = when.replace(tzinfo=datetime.UTC)
-    return max(0.0, when.timestamp() - now)
-
-
 def error_for_response(status: int, headers: Mapping[str, str], body_text: str, now: float) -> ProviderError:
     """The error to raise for a non-2xx provider response.
 
@@ -169,6 +131,4 @@ __all__ = [
     "SubmitResult",
     "VideoProvider",
     "error_for_response",
-    "header",
-    "parse_retry_after",
 ]

@@ -18,6 +18,7 @@ import orjson
 
 from floodgate import signing
 from floodgate.errors import ProviderError, ProviderUnavailable, SchemaError
+from floodgate.headers import header
 
 from .base import (
     ProviderEvent,
@@ -25,7 +26,6 @@ from .base import (
     SubmitOrder,
     SubmitResult,
     error_for_response,
-    header,
 )
 from .registry import register
 

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from aiohttp import web
 from multidict import CIMultiDict, CIMultiDictProxy
 
-from .server import bind_socket
+from floodgate.procs import bind_socket
 
 
 @dataclass(frozen=True)

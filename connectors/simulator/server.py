@@ -16,7 +16,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import socket
 import time
 from collections.abc import AsyncIterator, Callable, Coroutine, Mapping
 from typing import Any
@@ -27,6 +26,7 @@ from aiohttp import web
 from prometheus_client import CollectorRegistry
 
 from floodgate.metrics import SimulatorCollector, render
+from floodgate.procs import bind_socket
 
 from .config import SimulatorConfig, config_from_dict, dev_config
 from .jobs import BadRequest, Job, fake_mp4, job_view, parse_create
@@ -97,9 +97,6 @@ class Simulator:
 
     def start_outage(self, provider: str, seconds: float) -> None:
         self.states[provider].start_outage(seconds)
-
-    def provider_url(self, provider: str) -> str:
-        return f"{self.url}/{provider}/v1"
 
     def stats(self) -> dict[str, Any]:
         return {"providers": {name: state.stats() for name, state in self.states.items()}}
@@ -301,18 +298,6 @@ def coerce_config(config: SimulatorConfig | Mapping[str, Any] | None) -> Simulat
     if isinstance(config, SimulatorConfig):
         return config
     return config_from_dict(config)
-
-
-def bind_socket(host: str, port: int) -> socket.socket:
-    family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    sock = socket.socket(family, socket.SOCK_STREAM)
-    try:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        sock.bind((host, port))
-    except OSError:
-        sock.close()
-        raise
-    return sock
 
 
 @contextlib.asynccontextmanager

@@ -18,6 +18,7 @@ from floodgate import codec
 from floodgate.api.common import BodyTooLarge, Deps, json_response, read_bounded, too_large
 from floodgate.api.kafka_io import KafkaUnavailable, RecordTooLarge
 from floodgate.errors import WebhookVerificationError
+from floodgate.headers import lowered
 from floodgate.metrics import UNKNOWN_PROVIDER
 from floodgate.problems import NOT_FOUND, UNAUTHORIZED, problem_response
 from floodgate.signing import HEADER_ID
@@ -25,14 +26,6 @@ from floodgate.signing import HEADER_ID
 log = logging.getLogger(__name__)
 
 MAX_WEBHOOK_BYTES = 1024 * 1024
-
-
-def lowered_headers(headers: Mapping[str, str]) -> dict[str, str]:
-    """Header names lower-cased; the first of repeated headers wins (as signature checks read them)."""
-    out: dict[str, str] = {}
-    for name, value in headers.items():
-        out.setdefault(name.lower(), value)
-    return out
 
 
 def envelope(provider: str, headers: dict[str, str], body: bytes, event_webhook_id: str | None,
@@ -63,7 +56,7 @@ class Bridge:
         except BodyTooLarge as exc:
             received.labels(name, "too_large").inc()
             return too_large(exc.limit)
-        headers = lowered_headers(request.headers)
+        headers = lowered(request.headers)
         try:
             connector.verify_webhook(headers, body, now=deps.clock())
         except WebhookVerificationError as exc:
@@ -96,4 +89,4 @@ def add_routes(app: web.Application, deps: Deps, connectors: Mapping[str, Any]) 
     app.router.add_post("/webhooks/{provider}", Bridge(deps, connectors).receive)
 
 
-__all__ = ["MAX_WEBHOOK_BYTES", "Bridge", "add_routes", "envelope", "lowered_headers"]
+__all__ = ["MAX_WEBHOOK_BYTES", "Bridge", "add_routes", "envelope"]

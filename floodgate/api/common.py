@@ -17,7 +17,7 @@ from floodgate.metrics import ApiMetrics, api_metrics
 from floodgate.problems import problem_response
 from floodgate.provider_config import ProviderSetup
 from floodgate.settings import Settings
-from streams.topics import TopicNames
+from floodgate.topics import TopicNames
 
 ROLES = frozenset({"ingress", "read", "bridge"})
 

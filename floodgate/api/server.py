@@ -28,9 +28,10 @@ from floodgate.api.spill import SpillStore
 from floodgate.api.view import DEFAULT_MAX_JOBS, JobView, NotificationFeed
 from floodgate.errors import ConfigError
 from floodgate.kafka_admin import ensure_topics
+from floodgate.procs import bind_socket
 from floodgate.provider_config import ProviderSetup
 from floodgate.settings import Settings
-from streams.topics import TopicNames
+from floodgate.topics import TopicNames
 
 log = logging.getLogger(__name__)
 
@@ -69,17 +70,6 @@ def spill_dir(settings: Settings) -> Path:
     """The directory under which each API process of this deployment (topic prefix) makes its
     own spill store."""
     return settings.cache_dir / "api" / (settings.topic_prefix.strip(".") or "default")
-
-
-def _bind(host: str, port: int) -> socket.socket:
-    sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM)
-    try:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        sock.bind((host, port))
-    except OSError:
-        sock.close()
-        raise
-    return sock
 
 
 async def serve(settings: Settings, *, host: str | None = None, port: int | None = None,
@@ -137,7 +127,7 @@ async def serve(settings: Settings, *, host: str | None = None, port: int | None
         app = build_app(settings, setup, roles=chosen, producer=producer, view=view, **app_options)
         runner = web.AppRunner(app, access_log=None, handle_signals=False, shutdown_timeout=5.0)
         await runner.setup()
-        sock = _bind(host, port)
+        sock = bind_socket(host, port)
         bound = sock.getsockname()[1]
         await web.SockSite(runner, sock).start()
         sock = None  # the site owns it now

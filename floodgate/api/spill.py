@@ -38,7 +38,7 @@ from typing import Any
 
 import orjson
 
-from floodgate.broker.local import pid_alive
+from floodgate.procs import pid_alive
 
 Snapshot = dict[str, Any]
 
@@ -112,9 +112,6 @@ class SpillStore:
         except BaseException:
             shutil.rmtree(directory, ignore_errors=True)
             raise
-
-    def put(self, snapshot: Snapshot) -> None:
-        self.put_many((snapshot,))
 
     def put_many(self, snapshots: Iterable[Snapshot]) -> None:
         """Write ``snapshots`` in one transaction; a row only moves to a higher version."""

@@ -195,9 +195,6 @@ class JobView:
             if not queues:
                 del self._subscribers[job_id]
 
-    def subscriber_count(self, job_id: str) -> int:
-        return len(self._subscribers.get(job_id, ()))
-
     def _spilled_version(self, job_id: str) -> int:
         if self.spill is None or not self._spilled_any:
             return -1

@@ -20,9 +20,9 @@ from floodgate.bench.nginx import DEFAULT_READ_TIMEOUT, Nginx
 from floodgate.bench.probes import simulator_stats
 from floodgate.bench.spike import ACTIVE, SpikeConfig
 from floodgate.bench.stacks import routing_table, write_simulator_config
-from floodgate.broker.local import _die_with_parent, free_port
 from floodgate.devstack import Child
 from floodgate.errors import FloodgateError
+from floodgate.procs import die_with_parent, free_port
 
 
 @dataclass(frozen=True)
@@ -35,7 +35,7 @@ def spawn(name: str, argv: list[str], home: Path, marker: str, timeout: float = 
     log = home / f"{name}.log"
     with open(log, "ab") as out:
         proc = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                preexec_fn=_die_with_parent)  # noqa: PLW1509 - as devstack: dies with us
+                                preexec_fn=die_with_parent)  # noqa: PLW1509 - as devstack: dies with us
     child = Child(name, proc, log)
     deadline = time.monotonic() + timeout
     while True:

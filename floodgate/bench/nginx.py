@@ -16,8 +16,8 @@ import time
 from pathlib import Path
 from typing import Self
 
-from floodgate.broker.local import _die_with_parent, free_port
 from floodgate.errors import FloodgateError
+from floodgate.procs import die_with_parent, free_port
 
 DEFAULT_READ_TIMEOUT = 60.0  # nginx's proxy_read_timeout default, seconds
 
@@ -81,7 +81,7 @@ class Nginx:
             self.proc = subprocess.Popen(
                 [exe, "-p", f"{self.prefix}/", "-c", str(conf), "-e", str(self.prefix / "error.log"),
                  "-g", "daemon off;"], stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                preexec_fn=_die_with_parent)  # noqa: PLW1509 - as devstack: dies with us
+                preexec_fn=die_with_parent)  # noqa: PLW1509 - as devstack: dies with us
         deadline = time.monotonic() + timeout
         while True:
             if self.proc.poll() is not None:

@@ -79,16 +79,6 @@ class Offsets:
     def total(self, topics: Iterable[str]) -> int:
         return sum(self.ends(topics).values())
 
-    def wait_caught_up(self, group: str, topics: Iterable[str], *, timeout: float, what: str) -> float:
-        """Wait until ``group`` has committed every record of ``topics``; returns seconds waited."""
-        topics, t0 = list(topics), time.monotonic()
-        while True:
-            lag = self.lag(group, topics)
-            if not any(lag.values()):
-                return time.monotonic() - t0
-            if time.monotonic() - t0 > timeout:
-                raise FloodgateError(f"{what}: still {lag} behind after {timeout:.0f}s")
-            time.sleep(0.5)
 
 
 @dataclass

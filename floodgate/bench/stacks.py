@@ -11,8 +11,9 @@ from pathlib import Path
 from typing import Any
 
 from connectors.simulator.config import DEV_WEBHOOK_SECRET
-from floodgate.broker.local import LocalBroker, free_port
+from floodgate.broker.local import LocalBroker
 from floodgate.devstack import Stack
+from floodgate.procs import free_port
 from floodgate.provider_config import SORA_RETIRED_AT
 from floodgate.settings import Settings
 

@@ -8,11 +8,9 @@ answers a metadata request.
 from __future__ import annotations
 
 import base64
-import ctypes
 import json
 import os
 import signal
-import socket
 import subprocess
 import time
 import uuid
@@ -21,6 +19,7 @@ from pathlib import Path
 
 from floodgate.broker.jars import ensure_jars, java_binary
 from floodgate.errors import BrokerError
+from floodgate.procs import die_with_parent, free_port, pid_alive, port_in_use
 
 # Settings chosen for a one-node dev/test broker; each one is explained in README ("Local broker").
 BROKER_PROPERTIES = {
@@ -45,8 +44,6 @@ BROKER_PROPERTIES = {
     "group.min.session.timeout.ms": "1000",
 }
 
-_PR_SET_PDEATHSIG = 1
-
 
 @dataclass(frozen=True)
 class BrokerInfo:
@@ -58,39 +55,6 @@ class BrokerInfo:
     @property
     def bootstrap(self) -> str:
         return f"127.0.0.1:{self.port}"
-
-
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def port_in_use(port: int) -> bool:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.settimeout(0.5)
-        return s.connect_ex(("127.0.0.1", port)) == 0
-
-
-def pid_alive(pid: int) -> bool:
-    """Whether process ``pid`` exists (a zombie child of ours is reaped and counts as gone)."""
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    # A zombie child still answers kill(0); reap it if it is ours.
-    try:
-        done, _ = os.waitpid(pid, os.WNOHANG)
-        return done == 0
-    except ChildProcessError:
-        return True
-
-
-def _die_with_parent() -> None:  # runs in the child between fork and exec
-    libc = ctypes.CDLL("libc.so.6", use_errno=True)
-    libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
 
 
 class LocalBroker:
@@ -171,7 +135,7 @@ class LocalBroker:
                 [*jvm, "kafka.Kafka", str(props)],
                 stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                 cwd=str(self.home), start_new_session=detach,
-                preexec_fn=None if detach else _die_with_parent,
+                preexec_fn=None if detach else die_with_parent,
             )
         finally:
             log.close()

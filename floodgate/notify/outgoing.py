@@ -30,13 +30,14 @@ from aiokafka.errors import KafkaError
 
 from connectors.notifiers.base import EVENT_TYPES, Notification, Notifier
 from floodgate import codec
+from floodgate.dead_letter import dead_letter_record
 from floodgate.errors import ConfigError, SchemaError
 from floodgate.metrics import ApiMetrics, api_metrics
 from floodgate.notify.commit_tracker import CommitTracker, Ticket
 from floodgate.notify.delivery import deliver
 from floodgate.notify.retry import RetryPolicy
 from floodgate.settings import Settings
-from streams.topics import TopicNames
+from floodgate.topics import TopicNames
 
 log = logging.getLogger(__name__)
 
@@ -255,17 +256,8 @@ class OutgoingWebhooks:
     async def _dead_letter(self, record: ConsumerRecord[Any, Any], reason: str, exc: BaseException) -> None:
         """Write a DeadLetter and wait for the ack; retries until stopping (then ``_Abandoned``)."""
         assert self._producer is not None
-        value, headers = codec.encode("DeadLetter", {
-            "reason": reason,
-            "error_type": type(exc).__name__,
-            "source_topic": record.topic,
-            "partition": record.partition,
-            "offset": record.offset,
-            "key": record.key,
-            "original": record.value or b"",
-            "headers": {k: (v or b"").decode("utf-8", "replace") for k, v in (record.headers or ())},
-            "at": time.time_ns() // 1_000_000,
-        })
+        value, headers = codec.encode(
+            "DeadLetter", dead_letter_record(record, reason, exc, at_ms=time.time_ns() // 1_000_000))
         delay = 0.1
         while True:
             try:

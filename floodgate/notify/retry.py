@@ -1,32 +1,36 @@
-"""When to try a failed delivery again: exponential backoff with jitter, bounded. Pure."""
+"""How long to keep retrying a failed delivery, on the shared backoff schedule. Pure."""
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+
+from floodgate.errors import ConfigError
+from floodgate.throttle import Backoff
 
 
 @dataclass(frozen=True, slots=True)
 class RetryPolicy:
-    """Backoff for webhook deliveries.
+    """The retry budget of a webhook delivery.
 
-    The n-th retry waits a random time in ``[c/2, c]`` with ``c = min(max_delay, base_delay·2^(n-1))``
-    ("equal jitter": spreads a burst of failures without ever retrying immediately), or longer
-    if the receiver sent ``Retry-After``. Gives up after ``max_attempts`` attempts or when the
-    next attempt would start more than ``max_elapsed`` seconds after the first. The defaults
-    bound one delivery to ~10 minutes: its offset cannot be committed until then.
+    The n-th retry waits as :class:`~floodgate.throttle.Backoff` with equal jitter says: a random
+    time in ``[c/2, c]`` with ``c = min(max_delay, base_delay·2^(n-1))`` (spreads a burst of
+    failures without ever retrying immediately), or longer if the receiver sent ``Retry-After``.
+    Gives up after ``max_attempts`` attempts or when the next attempt would start more than
+    ``max_elapsed`` seconds after the first. The defaults bound one delivery to ~10 minutes: its
+    offset cannot be committed until then. Raises ``ConfigError`` for values that make no sense.
     """
 
     max_attempts: int = 8
     base_delay: float = 0.5
     max_delay: float = 60.0
     max_elapsed: float = 600.0
+    _backoff: Backoff = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         if self.max_attempts < 1:
-            raise ValueError("max_attempts must be at least 1")
-        if not 0 < self.base_delay <= self.max_delay:
-            raise ValueError("need 0 < base_delay <= max_delay")
+            raise ConfigError("max_attempts must be at least 1")
         if self.max_elapsed < 0:
-            raise ValueError("max_elapsed must not be negative")
+            raise ConfigError("max_elapsed must not be negative")
+        object.__setattr__(self, "_backoff", Backoff(self.base_delay, 2.0, self.max_delay, "equal"))
 
     def next_delay(self, attempts: int, elapsed: float, retry_after: float | None, rand: float) -> float | None:
         """Seconds to wait before attempt ``attempts + 1``, or ``None`` to give up.
@@ -36,8 +40,7 @@ class RetryPolicy:
         """
         if attempts >= self.max_attempts:
             return None
-        ceiling = min(self.max_delay, self.base_delay * 2.0 ** min(attempts - 1, 62))
-        delay = ceiling / 2 + ceiling / 2 * rand
+        delay = self._backoff.delay(attempts - 1, rand)
         if retry_after is not None:
             delay = max(delay, retry_after)
         if elapsed + delay > self.max_elapsed:

@@ -16,7 +16,7 @@ from floodgate.api.server import ApiServer
 from floodgate.ids import new_job_id
 from floodgate.settings import Settings
 from floodgate.signing import signature_headers
-from streams.topics import TopicNames
+from floodgate.topics import TopicNames
 from tests.integration.api_helpers import DEV_SIMULATOR, aread_records, record_count, running_api
 
 pytestmark = pytest.mark.kafka

@@ -21,8 +21,8 @@ from floodgate.api.kafka_io import KafkaSender, KafkaUnavailable
 from floodgate.api.server import ApiServer
 from floodgate.ids import check_token, is_job_id, job_id_for_key, new_job_id
 from floodgate.settings import Secret, Settings
+from floodgate.topics import TopicNames
 from floodgate.validation import request_hash, validate_job_request
-from streams.topics import TopicNames
 from tests.integration.api_helpers import (
     DEV_SIMULATOR,
     aread_records,

@@ -15,7 +15,7 @@ from floodgate.api.server import ApiServer, serve, spill_dir
 from floodgate.api.spill import FILE_NAME
 from floodgate.ids import job_token, new_job_id
 from floodgate.settings import Settings
-from streams.topics import TopicNames
+from floodgate.topics import TopicNames
 from tests.integration.api_helpers import DEV_SIMULATOR, aproduce_snapshots, produce_snapshots, running_api, snapshot
 
 pytestmark = pytest.mark.kafka

@@ -15,7 +15,7 @@ from floodgate import codec, signing
 from floodgate.kafka_admin import ensure_topics
 from floodgate.notify import OutgoingWebhooks, RetryPolicy
 from floodgate.settings import Secret, Settings
-from streams.topics import TopicNames
+from floodgate.topics import TopicNames
 from tests.kafka_util import consume_until, unique_name
 
 pytestmark = pytest.mark.kafka

@@ -11,8 +11,8 @@ from floodgate.errors import ValidationError
 from floodgate.ids import is_job_id, job_id_time
 from floodgate.sdk import AsyncFloodgateClient, BatchDeliveryError, DeliveryError, FloodgateClient, JobSpec
 from floodgate.settings import Settings
+from floodgate.topics import TopicNames
 from floodgate.validation import request_hash, validate_job_request
-from streams.topics import TopicNames
 from tests.kafka_util import consume_until, create_topics
 
 pytestmark = pytest.mark.kafka

@@ -15,7 +15,6 @@ from aiohttp import web
 from connectors.providers import SubmitOrder, VideoProvider, create
 from connectors.providers.simulator import SimulatorProvider, submit_request
 from connectors.simulator import Distribution, ProviderConfig, SimulatorConfig, run_receiver, run_simulator
-from connectors.simulator.server import bind_socket
 from floodgate import signing
 from floodgate.errors import (
     ProviderRejected,
@@ -24,6 +23,7 @@ from floodgate.errors import (
     SchemaError,
     WebhookVerificationError,
 )
+from floodgate.procs import bind_socket
 
 SECRET = signing.new_secret()
 

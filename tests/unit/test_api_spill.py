@@ -32,15 +32,15 @@ def store(tmp_path: Path) -> Iterator[SpillStore]:
 def test_a_snapshot_reads_back_exactly(store: SpillStore) -> None:
     original = snap("j", 4, video_url="https://cdn.example/v.mp4", metadata={"k": "v", "ü": "✓"},
                     progress=0.25, error=None)
-    store.put(original)
+    store.put_many([original])
     assert store.get("j") == original
     assert store.get("other") is None
 
 
 @pytest.mark.parametrize(("first", "second", "kept"), [(1, 2, 2), (2, 1, 2), (3, 3, 3)])
 def test_only_a_higher_version_replaces_a_row(store: SpillStore, first: int, second: int, kept: int) -> None:
-    store.put(snap("j", first, "running"))
-    store.put(snap("j", second, "completed"))
+    store.put_many([snap("j", first, "running")])
+    store.put_many([snap("j", second, "completed")])
     found = store.get("j")
     assert found is not None and found["version"] == kept
     assert found["status"] == ("running" if kept == first else "completed")
@@ -67,7 +67,7 @@ def test_the_file_is_wal_with_normal_sync(store: SpillStore) -> None:
 def test_a_new_store_never_trusts_an_old_file(tmp_path: Path) -> None:
     path = tmp_path / FILE_NAME
     first = SpillStore(path)
-    first.put(snap("j", 1))
+    first.put_many([snap("j", 1)])
     first.close()
     second = SpillStore(path)
     try:
@@ -90,7 +90,7 @@ def test_close_twice_is_fine_and_use_after_close_raises(tmp_path: Path) -> None:
     s.close()
     s.close()
     with pytest.raises(sqlite3.Error):
-        s.put(snap("j", 1))
+        s.put_many([snap("j", 1)])
 
 
 def test_private_stores_do_not_share_a_file_and_clean_up(tmp_path: Path) -> None:
@@ -98,7 +98,7 @@ def test_private_stores_do_not_share_a_file_and_clean_up(tmp_path: Path) -> None
     try:
         assert one.path != two.path and one.path.parent.parent == two.path.parent.parent == tmp_path
         assert one.path.parent.name.split("-")[1] == str(os.getpid())
-        one.put(snap("j", 1))
+        one.put_many([snap("j", 1)])
         assert two.get("j") is None
     finally:
         one.close()

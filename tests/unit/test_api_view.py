@@ -92,7 +92,7 @@ async def test_subscribers_get_newer_snapshots_only() -> None:
     assert queue.empty()
     view.unsubscribe("j", queue)
     view.apply(snap("j", 4))
-    assert queue.empty() and view.subscriber_count("j") == 0
+    assert queue.empty()
 
 
 async def test_a_slow_subscriber_keeps_the_newest() -> None:

@@ -6,6 +6,7 @@ from types import SimpleNamespace
 import pytest
 
 from floodgate.errors import SchemaError
+from floodgate.throttle import Backoff
 from streams import guard
 
 
@@ -18,11 +19,12 @@ class FakeEmitter:
 
 
 MSG = SimpleNamespace(topic="t", partition=0, offset=7)
+SCHEDULE = guard.BACKOFF
 
 
 @pytest.fixture(autouse=True)
 def no_waiting(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(guard, "RETRY_DELAYS", (0.0, 0.0, 0.0))
+    monkeypatch.setattr(guard, "BACKOFF", Backoff(base=1e-6, cap=1e-6, jitter="none"))
 
 
 async def test_transient_failure_is_retried_until_it_passes() -> None:
@@ -51,6 +53,10 @@ async def test_poison_is_parked_without_retry() -> None:
     assert len(calls) == 1 and len(emit.parked) == 1 and "invalid record" in emit.parked[0] and counted == [1]
 
 
+def test_the_schedule_is_short_and_fixed() -> None:
+    assert [SCHEDULE.delay(n) for n in range(guard.RETRIES)] == [0.2, 1.0, 3.0]
+
+
 async def test_lasting_failure_is_parked_after_every_retry() -> None:
     calls = []
 
@@ -60,5 +66,5 @@ async def test_lasting_failure_is_parked_after_every_retry() -> None:
 
     emit = FakeEmitter()
     await guard.process(broken, emit=emit, dlq="dlq", message=MSG, stage="s")
-    assert len(calls) == len(guard.RETRY_DELAYS) + 1
+    assert len(calls) == guard.RETRIES + 1
     assert len(emit.parked) == 1 and "after 4 attempts" in emit.parked[0]

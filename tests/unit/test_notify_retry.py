@@ -9,6 +9,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from connectors.notifiers.base import Notification, NotificationError
+from floodgate.errors import ConfigError
 from floodgate.notify.delivery import deliver
 from floodgate.notify.retry import RetryPolicy
 
@@ -46,7 +47,7 @@ def test_delay_stays_within_half_ceiling_and_max_delay(attempts: int, rand: floa
 @pytest.mark.parametrize("bad", [{"max_attempts": 0}, {"base_delay": 0}, {"base_delay": 5, "max_delay": 1},
                                  {"max_elapsed": -1}])
 def test_policy_rejects_nonsense(bad: dict[str, float]) -> None:
-    with pytest.raises(ValueError):
+    with pytest.raises(ConfigError):
         RetryPolicy(**bad)  # type: ignore[arg-type]
 
 

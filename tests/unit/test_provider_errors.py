@@ -1,11 +1,11 @@
-"""HTTP status → error mapping and Retry-After parsing for provider connectors."""
+"""HTTP status → error mapping for provider connectors (Retry-After parsing: test_throttle.py)."""
 from __future__ import annotations
 
 import email.utils
 
 import pytest
 
-from connectors.providers import create, error_for_response, kinds, parse_retry_after, register
+from connectors.providers import create, error_for_response, kinds, register
 from connectors.providers.base import VideoProvider
 from floodgate.errors import (
     ConfigError,
@@ -71,32 +71,6 @@ def test_unavailable_keeps_retry_after_from_an_outage() -> None:
 
 def test_long_bodies_are_trimmed_in_the_message() -> None:
     assert len(str(error_for_response(500, {}, "x" * 10_000, NOW))) < 400
-
-
-@pytest.mark.parametrize(
-    ("value", "expected"),
-    [
-        (None, None),
-        ("", None),
-        ("0", 0.0),
-        ("120", 120.0),
-        (" 5 ", 5.0),
-        ("1.5", 1.5),
-        ("-3", None),
-        ("nan", None),
-        ("inf", None),
-        ("soon", None),
-        (email.utils.formatdate(NOW + 60, usegmt=True), 60.0),
-        (email.utils.formatdate(NOW - 60, usegmt=True), 0.0),  # a past date means "now"
-        ("Tue, 14 Nov 2023 22:14:20 -0000", 60.0),  # zone-less form still means GMT
-    ],
-)
-def test_parse_retry_after(value: str | None, expected: float | None) -> None:
-    result = parse_retry_after(value, NOW)
-    if expected is None:
-        assert result is None
-    else:
-        assert result == pytest.approx(expected)
 
 
 def test_registry_creates_the_simulator_connector() -> None:

@@ -5,6 +5,9 @@ Internal: release.<provider> — slot releases for a provider's submitters. It h
 partitions as dispatch.<provider> and the same keys (job ids), so Faust's co-partitioning
 assignor hands partition N of both to the same worker: the release reaches the process that
 holds the slot, and it never waits behind the dispatch backlog it is meant to unblock.
+
+Only names and layout (no Faust here), so the streams side and the API, SDK and notify side
+depend on this one module instead of on each other.
 """
 from __future__ import annotations
 
