@@ -177,7 +177,8 @@ def _add_bench(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-ar
     p = sub.add_parser("bench", help="benchmarks on the full stack: report.json, report.md and plots in bench/results/")
     p.add_argument("--smoke", action="store_true", help="a tiny run (seconds per scenario), as the test suite runs it")
     p.add_argument("--out", default="", help="output directory (default: bench/results/<timestamp>)")
-    p.add_argument("--only", default="", help="comma-separated scenarios (rawkafka,accept,pipeline,notify,memory,spike,baseline)")
+    p.add_argument("--only", default="",
+                   help="comma-separated scenarios (rawkafka,accept,pipeline,notify,memory,spike,baseline)")
     p.add_argument("--time-factor", type=float, default=0.02,
                    help="wall seconds per simulated second for the spike, its renders and nginx's timeout (0.02 = 50x)")
     p.add_argument("--spike-seconds", type=float, default=15.0, help="simulated seconds of the 5,000/minute spike")

@@ -70,7 +70,8 @@ async def fill(ctx: Context, stack: Stack, offsets: Offsets, n: int, cfg: Memory
         await asyncio.sleep(0.25)
     caught_up = time.monotonic() - t0
     out: dict[str, Any] = {"jobs": n, "recorded": min(done, n), "produce_seconds": produced,
-                           "admitted_seconds": caught_up, "admitted_per_s": min(done, n) / caught_up, "stalled": stalled}
+                           "admitted_seconds": caught_up, "admitted_per_s": min(done, n) / caught_up,
+                           "stalled": stalled}
     if stalled:
         lag = await asyncio.to_thread(offsets.lag, s.app_id, [s.topic("requests"), s.topic("events")])
         out["lag_at_end"] = {k.rsplit(".", 1)[-1]: v for k, v in lag.items()}

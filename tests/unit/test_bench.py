@@ -77,7 +77,8 @@ def test_spike_plan_counts_and_compression() -> None:
 # -- HTTP parsing -----------------------------------------------------------------------
 def test_request_bytes() -> None:
     raw = build_request("POST", "127.0.0.1:1", "/v1/jobs", b"{}")
-    assert raw == b"POST /v1/jobs HTTP/1.1\r\nHost: 127.0.0.1:1\r\nContent-Type: application/json\r\nContent-Length: 2\r\n\r\n{}"
+    assert raw == (b"POST /v1/jobs HTTP/1.1\r\nHost: 127.0.0.1:1\r\n"
+                   b"Content-Type: application/json\r\nContent-Length: 2\r\n\r\n{}")
 
 
 def test_content_length_response_and_leftover() -> None:
@@ -108,10 +109,11 @@ def test_garbage_is_an_error() -> None:
 
 
 # -- profiles ---------------------------------------------------------------------------
-COLLAPSED = """\
-main (/w/floodgate/cli.py:9);run_forever (/py/asyncio/base_events.py:1);_run (/py/asyncio/events.py:80);admission (/w/streams/admission.py:44);encode (/w/floodgate/codec.py:3) 30
-main (/w/floodgate/cli.py:9);run_forever (/py/asyncio/base_events.py:1);select (/py/selectors.py:468) 50
-main (/w/floodgate/cli.py:9);run_forever (/py/asyncio/base_events.py:1);_run (/py/asyncio/events.py:80);send (/v/aiokafka/producer/producer.py:1) 20
+_LOOP = "main (/w/floodgate/cli.py:9);run_forever (/py/asyncio/base_events.py:1)"
+COLLAPSED = f"""\
+{_LOOP};_run (/py/asyncio/events.py:80);admission (/w/streams/admission.py:44);encode (/w/floodgate/codec.py:3) 30
+{_LOOP};select (/py/selectors.py:468) 50
+{_LOOP};_run (/py/asyncio/events.py:80);send (/v/aiokafka/producer/producer.py:1) 20
 """
 
 

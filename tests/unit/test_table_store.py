@@ -9,9 +9,11 @@ from streams.app import create_app, job_table_options
 from streams.tables import JsonTable
 
 
-@pytest.mark.parametrize(("store", "module"), [("rocksdict", "faust.stores.rocksdb"), ("memory", "faust.stores.memory")])
+@pytest.mark.parametrize(("store", "module"),
+                         [("rocksdict", "faust.stores.rocksdb"), ("memory", "faust.stores.memory")])
 def test_job_tables_use_the_configured_store(tmp_path: Path, store: str, module: str) -> None:
-    settings = Settings.from_env({}).with_overrides(kafka_bootstrap="127.0.0.1:1", cache_dir=tmp_path, table_store=store)
+    settings = Settings.from_env({}).with_overrides(kafka_bootstrap="127.0.0.1:1", cache_dir=tmp_path,
+                                                    table_store=store)
     app = create_app(settings, datadir=tmp_path / "w0")
     jobs = JsonTable(app, "jobs", partitions=4, **job_table_options(settings, "jobs"))
     slots = JsonTable(app, "inflight-x", partitions=2)
