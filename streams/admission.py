@@ -39,14 +39,15 @@ def register(pipe: Pipeline) -> None:
     app, names, emit = pipe.app, pipe.names, pipe.emit
     source = emit.topic(names.requests, partitions=pipe.settings.partitions)
     source_partitions = pipe.settings.partitions
-    admitted = JsonTable(app, "admitted", partitions=pipe.settings.partitions, **job_table_options(pipe.settings, "admitted"))
+    admitted = JsonTable(app, "admitted", partitions=pipe.settings.partitions,
+                         **job_table_options(pipe.settings, "admitted"))
 
     @app.agent(source, name="admission")
     async def admission(stream: faust.StreamT) -> None:
         async for event in stream.events():
             pipe.metrics.events_processed.labels("admission").inc()
             msg = event.message
-            await guard.process(lambda: admit(msg), emit=emit, dlq=names.dlq, message=msg, stage="admission",
+            await guard.process(lambda msg=msg: admit(msg), emit=emit, dlq=names.dlq, message=msg, stage="admission",
                                 on_dead_letter=pipe.metrics.dead_letters.labels("admission").inc)
 
     async def admit(msg: Any) -> None:

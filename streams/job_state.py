@@ -21,7 +21,8 @@ from streams.tables import JsonTable
 
 log = logging.getLogger(__name__)
 
-_EVENT_FIELDS = ("provider", "provider_job_id", "progress", "video_url", "error", "tenant", "user_id", "model", "webhook_url")
+_EVENT_FIELDS = ("provider", "provider_job_id", "progress", "video_url", "error", "tenant", "user_id", "model",
+                 "webhook_url")
 
 
 def event_from_record(rec: dict[str, Any]) -> JobEvent:
@@ -83,9 +84,10 @@ def register(pipe: Pipeline) -> None:
         async for ev in stream.events():
             msg = ev.message
             pipe.metrics.events_processed.labels("job-state").inc()
-            await guard.process(lambda: handle(event_from_record(codec.decode("JobEvent", msg.value, msg.headers))),
-                                emit=emit, dlq=names.dlq, message=msg, stage="job-state",
-                                on_dead_letter=pipe.metrics.dead_letters.labels("job-state").inc)
+            await guard.process(
+                lambda msg=msg: handle(event_from_record(codec.decode("JobEvent", msg.value, msg.headers))),
+                emit=emit, dlq=names.dlq, message=msg, stage="job-state",
+                on_dead_letter=pipe.metrics.dead_letters.labels("job-state").inc)
 
     async def handle(event: JobEvent) -> None:
         key = event.job_id.encode()

@@ -65,8 +65,10 @@ from streams.lane import Lane, parse_slot_key, slot_key
 
 log = logging.getLogger(__name__)
 
+DEFAULT_POLICY = SubmitPolicy()
 
-def register_provider(pipe: Pipeline, name: str, policy: SubmitPolicy = SubmitPolicy()) -> Lane:
+
+def register_provider(pipe: Pipeline, name: str, policy: SubmitPolicy = DEFAULT_POLICY) -> Lane:
     """Register ``name``'s submitter and releaser agents and timers; returns its ``Lane``."""
     app, names, emit, settings = pipe.app, pipe.names, pipe.emit, pipe.settings
     spec = pipe.routing.providers[name]
@@ -76,7 +78,8 @@ def register_provider(pipe: Pipeline, name: str, policy: SubmitPolicy = SubmitPo
     slots = lane.slots
     orders = emit.topic(names.dispatch(name), partitions=parts)
     releases = emit.topic(names.release(name), partitions=parts)
-    webhook_url = f"{(settings.webhook_base_url or '').rstrip('/')}/webhooks/{name}" if settings.webhook_base_url else None
+    webhook_url = (f"{settings.webhook_base_url.rstrip('/')}/webhooks/{name}"
+                   if settings.webhook_base_url else None)
 
     def count_slots() -> None:
         pipe.metrics.inflight.labels(name).set(len(slots.table))
@@ -309,7 +312,7 @@ def register_provider(pipe: Pipeline, name: str, policy: SubmitPolicy = SubmitPo
         async for ev in stream.events():
             msg = ev.message
             pipe.metrics.events_processed.labels(f"release-{name}").inc()
-            await guard.process(lambda: release(codec.decode("SlotRelease", msg.value, msg.headers), msg),
+            await guard.process(lambda msg=msg: release(codec.decode("SlotRelease", msg.value, msg.headers), msg),
                                 emit=emit, dlq=names.dlq, message=msg, stage=f"release-{name}",
                                 on_dead_letter=pipe.metrics.dead_letters.labels("release").inc)
 

@@ -10,10 +10,11 @@ ROOT = Path(__file__).resolve().parents[2]
 def test_every_setting_is_in_the_readme_table() -> None:
     readme = (ROOT / "README.md").read_text()
     for row in describe():
-        assert "| `%s` | %s | %s |" % row in readme, f"README's settings table is stale for {row[0]}"
+        assert "| `{}` | {} | {} |".format(*row) in readme, f"README's settings table is stale for {row[0]}"
 
 
 def test_ci_runs_the_readme_test_command() -> None:
-    ci = [line for line in (ROOT / ".ci/run").read_text().splitlines() if line and not line.startswith(("#", "set ", "cd "))]
+    ci = [line for line in (ROOT / ".ci/run").read_text().splitlines()
+          if line and not line.startswith(("#", "set ", "cd "))]
     assert ci == ["make test"]
     assert "make test" in (ROOT / "README.md").read_text()
