@@ -34,7 +34,7 @@ async def process(handle: Callable[[], Awaitable[None]], *, emit: Emitter, dlq: 
             return
         except asyncio.CancelledError:
             raise
-        except Exception as exc:  # noqa: BLE001 - anything else may pass; retry, then park
+        except Exception as exc:  # anything else may pass; retry, then park
             if delay is None:
                 log.exception("%s failed on %s[%s]@%s after %d attempts", stage, message.topic,
                               message.partition, message.offset, attempt + 1)

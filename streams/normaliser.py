@@ -52,7 +52,7 @@ def register(pipe: Pipeline) -> None:
                 event = provider.parse_webhook(env["headers"], env["body"])
                 if not event.job_id:
                     raise FloodgateError("webhook names no job (metadata.job_id missing)")
-            except Exception as exc:  # noqa: BLE001 - poison webhooks go to the DLQ, the agent goes on
+            except Exception as exc:  # poison webhooks go to the DLQ, the agent goes on
                 pipe.metrics.dead_letters.labels("normaliser").inc()
                 await emit.dead_letter(names.dlq, msg, f"unusable webhook: {exc}", exc)
                 continue

@@ -295,7 +295,7 @@ def register_provider(pipe: Pipeline, name: str, policy: SubmitPolicy = DEFAULT_
 
         try:
             await write_slot(order, key, partition)
-        except Exception as exc:  # noqa: BLE001 - Kafka refused the write: the order waits on
+        except Exception as exc:  # Kafka refused the write: the order waits on
             log.warning("slot write for %s on %s failed, it waits again: %s", order["job_id"], name, exc)
             slots.remove_in(partition, key)
             lane.free(partition, order["job_id"])
@@ -355,7 +355,7 @@ def register_provider(pipe: Pipeline, name: str, policy: SubmitPolicy = DEFAULT_
         tp = TP(orders.get_topic_name(), partition)
         try:
             return int((await asyncio.wait_for(app.consumer.highwaters(tp), 5.0))[tp])
-        except Exception as exc:  # noqa: BLE001 - any failure only makes the mark last MARK_MAX_AGE
+        except Exception as exc:  # any failure only makes the mark last MARK_MAX_AGE
             log.info("end offset of %s[%d] unknown: %s", tp.topic, partition, exc)
             return None
 

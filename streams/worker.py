@@ -85,7 +85,7 @@ def _observe(pipe: Pipeline, limits: dict[str, int], waiting: dict[str, Callable
                 probe = lag.LagProbe(pipe.settings.kafka_bootstrap, pipe.settings.app_id)
             owned = [(tp.topic, tp.partition) for tp in app.consumer.assignment()]
             await lag.refresh(probe, pipe.metrics, dispatch, owned, waiting)
-        except Exception:  # noqa: BLE001 - metrics must never stop a worker
+        except Exception:  # metrics must never stop a worker
             log.exception("metrics refresh failed")
 
     @app.on_before_shutdown.connect

@@ -35,7 +35,7 @@ def spawn(name: str, argv: list[str], home: Path, marker: str, timeout: float = 
     log = home / f"{name}.log"
     with open(log, "ab") as out:
         proc = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                preexec_fn=_die_with_parent)  # noqa: PLW1509 - as devstack: dies with us
+                                preexec_fn=_die_with_parent)  # as devstack: dies with us
     child = Child(name, proc, log)
     deadline = time.monotonic() + timeout
     while True:

@@ -42,7 +42,7 @@ class Naive:
             payload = orjson.loads(await request.read())
             model, prompt = payload["model"], payload["input"]["prompt"]
             target = chain_for(self.routing, model, datetime.now(UTC))[0]
-        except Exception as exc:  # noqa: BLE001 - any bad input is the client's 400
+        except Exception as exc:  # any bad input is the client's 400
             return _json(400, {"detail": str(exc)})
         base = f"{self.simulator_url}/{target.provider}/v1/videos"
         body = {"model": target.provider_model, "prompt": prompt}

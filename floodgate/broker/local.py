@@ -288,7 +288,7 @@ def wait_ready(bootstrap: str, *, timeout: float, proc: subprocess.Popen[bytes] 
                 md = admin.list_topics(timeout=2)
                 if md.brokers and (cluster_id is None or md.cluster_id == cluster_id):
                     return
-            except Exception:  # noqa: BLE001 - any failure here just means "not ready yet"
+            except Exception:  # any failure here just means "not ready yet"
                 pass
         if time.monotonic() > deadline:
             raise BrokerError(f"the Kafka broker at {bootstrap} did not answer within {timeout:.0f}s:\n"
