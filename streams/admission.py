@@ -47,7 +47,11 @@ def register(pipe: Pipeline) -> None:
         async for event in stream.events():
             pipe.metrics.events_processed.labels("admission").inc()
             msg = event.message
-            await guard.process(lambda msg=msg: admit(msg), emit=emit, dlq=names.dlq, message=msg, stage="admission",
+
+            async def take(msg: Any = msg) -> None:
+                await admit(msg)
+
+            await guard.process(take, emit=emit, dlq=names.dlq, message=msg, stage="admission",
                                 on_dead_letter=pipe.metrics.dead_letters.labels("admission").inc)
 
     async def admit(msg: Any) -> None:

@@ -84,10 +84,12 @@ def register(pipe: Pipeline) -> None:
         async for ev in stream.events():
             msg = ev.message
             pipe.metrics.events_processed.labels("job-state").inc()
-            await guard.process(
-                lambda msg=msg: handle(event_from_record(codec.decode("JobEvent", msg.value, msg.headers))),
-                emit=emit, dlq=names.dlq, message=msg, stage="job-state",
-                on_dead_letter=pipe.metrics.dead_letters.labels("job-state").inc)
+
+            async def take(msg: Any = msg) -> None:
+                await handle(event_from_record(codec.decode("JobEvent", msg.value, msg.headers)))
+
+            await guard.process(take, emit=emit, dlq=names.dlq, message=msg, stage="job-state",
+                                on_dead_letter=pipe.metrics.dead_letters.labels("job-state").inc)
 
     async def handle(event: JobEvent) -> None:
         key = event.job_id.encode()

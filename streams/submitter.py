@@ -48,7 +48,7 @@ import asyncio
 import logging
 import time
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, cast
 
 import faust
 from faust.types import TP
@@ -195,7 +195,7 @@ def register_provider(pipe: Pipeline, name: str, policy: SubmitPolicy = DEFAULT_
         # stream's buffer is full that loop waits for it, so releases (and everything else) would
         # stop arriving: a deadlock. An order that cannot have a slot now is parked in the waiting
         # table, and its record acknowledged, like every other, in offset order.
-        orders_in = stream.noack()
+        orders_in = cast(faust.Stream, stream).noack()  # Faust passes a Stream; StreamT lacks noack()
         async for ev in orders_in.events():
             msg = ev.message
             pipe.metrics.events_processed.labels(f"submit-{name}").inc()
@@ -212,7 +212,7 @@ def register_provider(pipe: Pipeline, name: str, policy: SubmitPolicy = DEFAULT_
                 # Revoked meanwhile: what was written is on Kafka, but the partition's next owner
                 # may have recovered the tables before it landed, so it reads the order again.
                 # Faust would wait for this tracked message before completing a rebalance.
-                app.consumer._unacked_messages.discard(msg)
+                app.consumer._unacked_messages.discard(msg)  # type: ignore[attr-defined]  # private, on Consumer only
 
     async def intake(msg: Any, order: dict[str, Any]) -> None:
         """Act on an order now, start it if a slot is free, or park it until one is."""
@@ -312,8 +312,11 @@ def register_provider(pipe: Pipeline, name: str, policy: SubmitPolicy = DEFAULT_
         async for ev in stream.events():
             msg = ev.message
             pipe.metrics.events_processed.labels(f"release-{name}").inc()
-            await guard.process(lambda msg=msg: release(codec.decode("SlotRelease", msg.value, msg.headers), msg),
-                                emit=emit, dlq=names.dlq, message=msg, stage=f"release-{name}",
+
+            async def take(msg: Any = msg) -> None:
+                await release(codec.decode("SlotRelease", msg.value, msg.headers), msg)
+
+            await guard.process(take, emit=emit, dlq=names.dlq, message=msg, stage=f"release-{name}",
                                 on_dead_letter=pipe.metrics.dead_letters.labels("release").inc)
 
     async def release(rel: dict[str, Any], msg: Any) -> None:
@@ -359,7 +362,9 @@ def register_provider(pipe: Pipeline, name: str, policy: SubmitPolicy = DEFAULT_
             log.info("end offset of %s[%d] unknown: %s", tp.topic, partition, exc)
             return None
 
-    @app.on_partitions_revoked.connect
+    # mode's SignalHandlerT is (sender, *args, signal=, **kwargs): it cannot say that this signal
+    # always sends one positional argument, the revoked set.
+    @app.on_partitions_revoked.connect  # type: ignore[arg-type]
     async def _revoked(app: faust.App, revoked: set[Any], **kwargs: object) -> None:
         mine = {tp.partition for tp in revoked if tp.topic == orders.get_topic_name()}
         dropped = lane.forget_waiting(mine)
@@ -439,7 +444,7 @@ def register_provider(pipe: Pipeline, name: str, policy: SubmitPolicy = DEFAULT_
                         video_url=status.video_url, error=status.error, suffix=f":poll:{int(now)}")
 
     @app.on_before_shutdown.connect
-    async def _stop_submissions(app: faust.App, **kwargs: object) -> None:
+    async def _stop_submissions(app: faust.App, /, *args: object, **kwargs: object) -> None:
         await lane.stop()
 
     return lane
