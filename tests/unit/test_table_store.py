@@ -3,6 +3,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from faust.stores import rocksdb
 
 from floodgate.settings import Settings
 from streams.app import create_app, job_table_options
@@ -21,6 +22,7 @@ def test_job_tables_use_the_configured_store(tmp_path: Path, store: str, module:
     assert type(slots.table.data).__module__ == "faust.stores.memory", "slot tables are written outside events"
     if store == "rocksdict":
         data = jobs.table.data
+        assert isinstance(data, rocksdb.Store)
         assert data.rocksdb_options.use_rocksdict
         assert data.rocksdb_options.block_cache_size <= 16 << 20, "a flat footprint, not RocksDB's 2 GB default"
         assert data.partition_path(3).is_relative_to(tmp_path / "w0")
