@@ -1,5 +1,5 @@
 # The two commands a fresh machine needs (see README): `make demo` and `make test`.
-.PHONY: demo test test-all bench bootstrap broker-start broker-stop
+.PHONY: demo test test-all lint bench bootstrap broker-start broker-stop
 
 bootstrap:
 	@bash dev/bootstrap.sh
@@ -12,6 +12,11 @@ test: bootstrap
 
 test-all: bootstrap
 	.venv/bin/python -m pytest -q
+
+# ruff and mypy, configured in pyproject.toml; seconds, no broker.
+lint: bootstrap
+	.venv/bin/ruff check .
+	.venv/bin/mypy
 
 bench: export FLOODGATE_NEED_NGINX = 1
 bench: bootstrap

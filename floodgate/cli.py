@@ -28,15 +28,15 @@ def _broker(args: argparse.Namespace) -> int:
         stopped = broker.stop()
         print("stopped" if stopped else "no broker running")
         return 0
-    info = broker.info()
-    if info is None:
+    running = broker.info()
+    if running is None:
         print("no broker running")
         return 3
-    print(f"broker={info.bootstrap} pid={info.pid} version={info.version}")
+    print(f"broker={running.bootstrap} pid={running.pid} version={running.version}")
     return 0
 
 
-def _add_broker(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+def _add_broker(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p = sub.add_parser("broker", help="start/stop/status of the local single-node Kafka broker")
     p.add_argument("action", choices=["start", "stop", "status"])
     p.add_argument("--port", type=int, default=0, help="listener port (default: FLOODGATE_BROKER_PORT or a free one)")
@@ -51,7 +51,7 @@ def _demo(args: argparse.Namespace) -> int:
     return demo(jobs=args.jobs, rate=args.rate, deadline=args.deadline)
 
 
-def _add_demo(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+def _add_demo(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p = sub.add_parser("demo", help="the stack on the embedded default, a spike of jobs, live progress, a summary")
     p.add_argument("--jobs", type=int, default=2000)
     p.add_argument("--rate", type=float, default=200.0, help="arrivals per second (open loop)")
@@ -67,7 +67,7 @@ def _worker(args: argparse.Namespace) -> int:
     return 0
 
 
-def _add_worker(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+def _add_worker(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p = sub.add_parser("worker", help="run a pipeline worker (all Faust agents); start more to scale out")
     p.set_defaults(func=_worker)
 
@@ -83,7 +83,7 @@ def _api(args: argparse.Namespace) -> int:
     return 0
 
 
-def _add_api(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+def _add_api(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p = sub.add_parser("api", help="HTTP ingress, job reads (GET/SSE/WebSocket), webhook bridge and fan-out")
     p.add_argument("--host", default="")
     p.add_argument("--port", type=int, default=None)
@@ -103,7 +103,7 @@ def _simulator(args: argparse.Namespace) -> int:
     return simulator_main(argv)
 
 
-def _add_simulator(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+def _add_simulator(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p = sub.add_parser("simulator", help="the provider simulator (python -m connectors.simulator)")
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--port", type=int, default=0)
@@ -133,7 +133,7 @@ def _dev(args: argparse.Namespace) -> int:
     return run_foreground(stack)
 
 
-def _add_dev(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+def _add_dev(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p = sub.add_parser("dev", help="the whole stack in the foreground: broker, simulator, API, worker")
     p.add_argument("--api-port", type=int, default=8000)
     p.add_argument("--simulator-port", type=int, default=0)
@@ -173,11 +173,12 @@ def _bench(args: argparse.Namespace) -> int:
     return 1 if any(isinstance(v, dict) and v.get("error") for v in report["results"].values()) else 0
 
 
-def _add_bench(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+def _add_bench(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p = sub.add_parser("bench", help="benchmarks on the full stack: report.json, report.md and plots in bench/results/")
     p.add_argument("--smoke", action="store_true", help="a tiny run (seconds per scenario), as the test suite runs it")
     p.add_argument("--out", default="", help="output directory (default: bench/results/<timestamp>)")
-    p.add_argument("--only", default="", help="comma-separated scenarios (rawkafka,accept,pipeline,notify,memory,spike,baseline)")
+    p.add_argument("--only", default="",
+                   help="comma-separated scenarios (rawkafka,accept,pipeline,notify,memory,spike,baseline)")
     p.add_argument("--time-factor", type=float, default=0.02,
                    help="wall seconds per simulated second for the spike, its renders and nginx's timeout (0.02 = 50x)")
     p.add_argument("--spike-seconds", type=float, default=15.0, help="simulated seconds of the 5,000/minute spike")
@@ -191,9 +192,8 @@ def _add_bench(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-ar
     p.set_defaults(func=_bench)
 
 
-COMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [
-    _add_broker, _add_worker, _add_api, _add_simulator, _add_dev, _add_demo,
-    _add_bench]  # type: ignore[type-arg]
+COMMANDS: list[Callable[[argparse._SubParsersAction[argparse.ArgumentParser]], None]] = [
+    _add_broker, _add_worker, _add_api, _add_simulator, _add_dev, _add_demo, _add_bench]
 
 
 def build_parser() -> argparse.ArgumentParser:

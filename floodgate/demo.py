@@ -151,7 +151,8 @@ def main(jobs: int = 2000, rate: float = 200.0, deadline: float = 600.0) -> int:
     print(f"starting broker, simulator, API and worker (logs in {home / 'logs'}) ...", flush=True)
     with Stack(settings, home, api_port=0) as stack:
         print(f"api={stack.api_url} broker={stack.bootstrap} simulator={stack.simulator_url}", flush=True)
-        print(f"firing {jobs} jobs at {rate:.0f}/s (models {', '.join(MODELS)}; sora-2 is retired and falls back to kling)")
+        print(f"firing {jobs} jobs at {rate:.0f}/s (models {', '.join(MODELS)}; "
+              "sora-2 is retired and falls back to kling)")
         try:
             summary = asyncio.run(run_spike(stack, jobs, rate, deadline))
         except KeyboardInterrupt:

@@ -62,7 +62,8 @@ class Stack:
             self.metrics_urls["simulator"] = f"{self.simulator_url}/metrics"
             # Port 0: the API binds a free port itself and reports it (no pick-then-bind race).
             self.api_url = self._spawn_with_url(
-                "api", [sys.executable, "-m", "floodgate.cli", "api", "--host", "127.0.0.1", "--port", str(self.api_port)],
+                "api",
+                [sys.executable, "-m", "floodgate.cli", "api", "--host", "127.0.0.1", "--port", str(self.api_port)],
                 "api=", timeout)
             self.metrics_urls["api"] = f"{self.api_url}/metrics"
             for i in range(self.workers):
@@ -74,7 +75,8 @@ class Stack:
 
     def _start_broker(self, timeout: float) -> str:
         s = self.settings
-        self.broker = LocalBroker(self.home / "broker", version=s.kafka_version, cache_dir=s.cache_dir, heap=s.broker_heap)
+        self.broker = LocalBroker(self.home / "broker", version=s.kafka_version, cache_dir=s.cache_dir,
+                                  heap=s.broker_heap)
         return self.broker.start(port=s.broker_port, detach=False, timeout=timeout).bootstrap
 
     def env(self) -> dict[str, str]:
@@ -164,7 +166,8 @@ def _wait_for_line(child: Child, marker: str, timeout: float) -> str:
         except OSError:
             pass
         if child.proc.poll() is not None:
-            raise FloodgateError(f"{child.name} exited with code {child.proc.returncode} while starting:\n{child.tail()}")
+            raise FloodgateError(f"{child.name} exited with code {child.proc.returncode} while starting:\n"
+                                 f"{child.tail()}")
         if time.monotonic() > deadline:
             raise FloodgateError(f"{child.name} did not report '{marker}' within {timeout:.0f}s:\n{child.tail()}")
         time.sleep(0.1)

@@ -22,7 +22,8 @@ def ensure_topics(bootstrap: str, layout: Mapping[str, tuple[int, Mapping[str, A
     for name, (partitions, _) in layout.items():
         if name in existing and len(existing[name].partitions) != partitions:
             raise ConfigError(f"topic {name} has {len(existing[name].partitions)} partitions, expected {partitions}")
-    missing = [NewTopic(name, num_partitions=p, replication_factor=replication, config={k: str(v) for k, v in cfg.items()})
+    missing = [NewTopic(name, num_partitions=p, replication_factor=replication,
+                        config={k: str(v) for k, v in cfg.items()})
                for name, (p, cfg) in layout.items() if name not in existing]
     if not missing:
         return []

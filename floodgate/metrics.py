@@ -159,7 +159,8 @@ class WorkerMetrics(_Group):
             "floodgate_job_transitions_total", "Job state changes, by the status entered.", ["status"])
         self.queue_depth = self._gauge(
             "floodgate_queue_depth",
-            "Orders waiting for <provider> on this worker's partitions: unread on dispatch.<provider> (end offset - committed offset) plus read and waiting for a slot.",
+            "Orders waiting for <provider> on this worker's partitions: unread on dispatch.<provider> "
+            "(end offset - committed offset) plus read and waiting for a slot.",
             ["provider"])
         self.events_processed = self._counter(
             "floodgate_events_processed_total", "Records read by each agent.", ["agent"])
@@ -245,4 +246,5 @@ def describe() -> list[tuple[str, str, str, str]]:
     return rows
 
 
-__all__ = ["ApiMetrics", "SimulatorCollector", "WorkerMetrics", "api_metrics", "describe", "render", "serve", "worker_metrics"]
+__all__ = ["ApiMetrics", "SimulatorCollector", "WorkerMetrics", "api_metrics", "describe", "render", "serve",
+           "worker_metrics"]

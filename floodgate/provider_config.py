@@ -115,9 +115,12 @@ def dev_setup(simulator_url: str, *, limits: Mapping[str, int] | None = None,
             "wan": provider("wan"),
         },
         "routes": {
-            "sora-2": [{"provider": "sora", "provider_model": "sora-2"}, {"provider": "kling", "provider_model": "kling-2.1"}],
-            "kling-2.1": [{"provider": "kling", "provider_model": "kling-2.1"}, {"provider": "wan", "provider_model": "wan-2.6"}],
-            "wan-2.6": [{"provider": "wan", "provider_model": "wan-2.6"}, {"provider": "kling", "provider_model": "kling-2.1"}],
+            "sora-2": [{"provider": "sora", "provider_model": "sora-2"},
+                       {"provider": "kling", "provider_model": "kling-2.1"}],
+            "kling-2.1": [{"provider": "kling", "provider_model": "kling-2.1"},
+                          {"provider": "wan", "provider_model": "wan-2.6"}],
+            "wan-2.6": [{"provider": "wan", "provider_model": "wan-2.6"},
+                        {"provider": "kling", "provider_model": "kling-2.1"}],
         },
     })
 

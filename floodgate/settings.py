@@ -174,7 +174,8 @@ class Settings:
         return settings
 
     def validate(self) -> None:
-        for name in ("partitions", "dispatch_partitions", "replication_factor", "min_insync_replicas", "max_body_bytes", "stream_buffer"):
+        for name in ("partitions", "dispatch_partitions", "replication_factor", "min_insync_replicas", "max_body_bytes",
+                     "stream_buffer"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"{PREFIX}{name.upper()} must be at least 1")
         if self.session_timeout <= 0:
@@ -242,12 +243,14 @@ def _field_docs() -> dict[str, str]:
     """Field docstrings (the string literal right after a field) read from this module's source."""
     import ast
     import inspect
+    import itertools
 
-    tree = ast.parse(inspect.getsource(Settings))
-    body = tree.body[0].body  # type: ignore[attr-defined]
+    cls = ast.parse(inspect.getsource(Settings)).body[0]
+    assert isinstance(cls, ast.ClassDef)
+    body = cls.body
     docs: dict[str, str] = {}
-    for node, following in zip(body, body[1:]):
-        if isinstance(node, ast.AnnAssign) and isinstance(node.target, ast.Name):
-            if isinstance(following, ast.Expr) and isinstance(getattr(following, "value", None), ast.Constant):
-                docs[node.target.id] = " ".join(str(following.value.value).split())
+    for node, following in itertools.pairwise(body):
+        if (isinstance(node, ast.AnnAssign) and isinstance(node.target, ast.Name)
+                and isinstance(following, ast.Expr) and isinstance(following.value, ast.Constant)):
+            docs[node.target.id] = " ".join(str(following.value.value).split())
     return docs

@@ -71,7 +71,8 @@ class TopicNames:
             self.events: (s.partitions, base),
             self.results: (s.partitions, base),
             # Latest snapshot per job survives compaction: the API rebuilds its job view from it.
-            self.notifications: (s.partitions, {**base, "cleanup.policy": "compact,delete", "retention.ms": str(WEEK_MS)}),
+            self.notifications: (s.partitions,
+                                 {**base, "cleanup.policy": "compact,delete", "retention.ms": str(WEEK_MS)}),
             self.dlq: (1, base),
         }
         for p, limit in providers.items():

@@ -19,7 +19,8 @@ class FloodgateApp(faust.App):
         return consumer
 
 
-def create_app(settings: Settings, *, app_id: str | None = None, datadir: Path | None = None, web_port: int | None = None) -> faust.App:
+def create_app(settings: Settings, *, app_id: str | None = None, datadir: Path | None = None,
+               web_port: int | None = None) -> faust.App:
     """A Faust app bound to ``settings``' broker. Values and keys travel as raw bytes: our own
     Avro codec (``floodgate.codec``) encodes them, so Faust's serializer registry is bypassed."""
     if not settings.kafka_bootstrap:

@@ -36,7 +36,7 @@ async def process(handle: Callable[[], Awaitable[None]], *, emit: Emitter, dlq: 
             return
         except asyncio.CancelledError:
             raise
-        except Exception as exc:  # noqa: BLE001 - anything else may pass; retry, then park
+        except Exception as exc:  # anything else may pass; retry, then park
             if attempt == RETRIES:
                 log.exception("%s failed on %s[%s]@%s after %d attempts", stage, message.topic,
                               message.partition, message.offset, attempt + 1)

@@ -216,7 +216,7 @@ class JobDesk:
             parsed = provider.parse_webhook(env["headers"], env["body"])
             if not parsed.job_id:
                 raise FloodgateError("webhook names no job (metadata.job_id missing)")
-        except Exception as exc:  # noqa: BLE001 - poison webhooks go to the DLQ, the agent goes on
+        except Exception as exc:  # poison webhooks go to the DLQ, the agent goes on
             pipe.metrics.dead_letters.labels("webhooks").inc()
             await pipe.emit.dead_letter(pipe.names.dlq, msg, f"unusable webhook: {exc}", exc)
             return

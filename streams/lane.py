@@ -92,7 +92,8 @@ class Lane:
         """Per dispatch partition, the consumer generation its slot count and line were rebuilt in."""
         self.settled_generation: int | None = None
         """The generation ``drop_unassigned`` last ran in."""
-        self.bucket = TokenBucket(spec.rate_per_second, max(1.0, spec.rate_per_second)) if spec.rate_per_second else None
+        self.bucket = (TokenBucket(spec.rate_per_second, max(1.0, spec.rate_per_second))
+                       if spec.rate_per_second else None)
         self.breaker = CircuitBreaker(failure_threshold=5, reset_after=30.0)
         self.backoff = Backoff(base=0.5, factor=2.0, cap=30.0, jitter="full", rng=random.Random())
         self.submitting: dict[bytes, asyncio.Task[None]] = {}

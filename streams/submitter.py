@@ -48,7 +48,7 @@ import asyncio
 import logging
 import time
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, cast
 
 import faust
 from faust.types import TP
@@ -65,8 +65,10 @@ from streams.lane import Lane, parse_slot_key, slot_key
 
 log = logging.getLogger(__name__)
 
+DEFAULT_POLICY = SubmitPolicy()
 
-def register_provider(pipe: Pipeline, name: str, policy: SubmitPolicy = SubmitPolicy()) -> Lane:
+
+def register_provider(pipe: Pipeline, name: str, policy: SubmitPolicy = DEFAULT_POLICY) -> Lane:
     """Register ``name``'s submitter and releaser agents and timers; returns its ``Lane``."""
     app, names, emit, settings = pipe.app, pipe.names, pipe.emit, pipe.settings
     spec = pipe.routing.providers[name]
@@ -76,7 +78,8 @@ def register_provider(pipe: Pipeline, name: str, policy: SubmitPolicy = SubmitPo
     slots = lane.slots
     orders = emit.topic(names.dispatch(name), partitions=parts)
     releases = emit.topic(names.release(name), partitions=parts)
-    webhook_url = f"{(settings.webhook_base_url or '').rstrip('/')}/webhooks/{name}" if settings.webhook_base_url else None
+    webhook_url = (f"{settings.webhook_base_url.rstrip('/')}/webhooks/{name}"
+                   if settings.webhook_base_url else None)
 
     def count_slots() -> None:
         pipe.metrics.inflight.labels(name).set(len(slots.table))
@@ -192,7 +195,7 @@ def register_provider(pipe: Pipeline, name: str, policy: SubmitPolicy = SubmitPo
         # stream's buffer is full that loop waits for it, so releases (and everything else) would
         # stop arriving: a deadlock. An order that cannot have a slot now is parked in the waiting
         # table, and its record acknowledged, like every other, in offset order.
-        orders_in = stream.noack()
+        orders_in = cast(faust.Stream, stream).noack()  # Faust passes a Stream; StreamT lacks noack()
         async for ev in orders_in.events():
             msg = ev.message
             pipe.metrics.events_processed.labels(f"submit-{name}").inc()
@@ -209,7 +212,7 @@ def register_provider(pipe: Pipeline, name: str, policy: SubmitPolicy = SubmitPo
                 # Revoked meanwhile: what was written is on Kafka, but the partition's next owner
                 # may have recovered the tables before it landed, so it reads the order again.
                 # Faust would wait for this tracked message before completing a rebalance.
-                app.consumer._unacked_messages.discard(msg)
+                app.consumer._unacked_messages.discard(msg)  # type: ignore[attr-defined]  # private, on Consumer only
 
     async def intake(msg: Any, order: dict[str, Any]) -> None:
         """Act on an order now, start it if a slot is free, or park it until one is."""
@@ -292,7 +295,7 @@ def register_provider(pipe: Pipeline, name: str, policy: SubmitPolicy = SubmitPo
 
         try:
             await write_slot(order, key, partition)
-        except Exception as exc:  # noqa: BLE001 - Kafka refused the write: the order waits on
+        except Exception as exc:  # Kafka refused the write: the order waits on
             log.warning("slot write for %s on %s failed, it waits again: %s", order["job_id"], name, exc)
             slots.remove_in(partition, key)
             lane.free(partition, order["job_id"])
@@ -309,8 +312,11 @@ def register_provider(pipe: Pipeline, name: str, policy: SubmitPolicy = SubmitPo
         async for ev in stream.events():
             msg = ev.message
             pipe.metrics.events_processed.labels(f"release-{name}").inc()
-            await guard.process(lambda: release(codec.decode("SlotRelease", msg.value, msg.headers), msg),
-                                emit=emit, dlq=names.dlq, message=msg, stage=f"release-{name}",
+
+            async def take(msg: Any = msg) -> None:
+                await release(codec.decode("SlotRelease", msg.value, msg.headers), msg)
+
+            await guard.process(take, emit=emit, dlq=names.dlq, message=msg, stage=f"release-{name}",
                                 on_dead_letter=pipe.metrics.dead_letters.labels("release").inc)
 
     async def release(rel: dict[str, Any], msg: Any) -> None:
@@ -352,11 +358,13 @@ def register_provider(pipe: Pipeline, name: str, policy: SubmitPolicy = SubmitPo
         tp = TP(orders.get_topic_name(), partition)
         try:
             return int((await asyncio.wait_for(app.consumer.highwaters(tp), 5.0))[tp])
-        except Exception as exc:  # noqa: BLE001 - any failure only makes the mark last MARK_MAX_AGE
+        except Exception as exc:  # any failure only makes the mark last MARK_MAX_AGE
             log.info("end offset of %s[%d] unknown: %s", tp.topic, partition, exc)
             return None
 
-    @app.on_partitions_revoked.connect
+    # mode's SignalHandlerT is (sender, *args, signal=, **kwargs): it cannot say that this signal
+    # always sends one positional argument, the revoked set.
+    @app.on_partitions_revoked.connect  # type: ignore[arg-type]
     async def _revoked(app: faust.App, revoked: set[Any], **kwargs: object) -> None:
         mine = {tp.partition for tp in revoked if tp.topic == orders.get_topic_name()}
         dropped = lane.forget_waiting(mine)
@@ -436,7 +444,7 @@ def register_provider(pipe: Pipeline, name: str, policy: SubmitPolicy = SubmitPo
                         video_url=status.video_url, error=status.error, suffix=f":poll:{int(now)}")
 
     @app.on_before_shutdown.connect
-    async def _stop_submissions(app: faust.App, **kwargs: object) -> None:
+    async def _stop_submissions(app: faust.App, /, *args: object, **kwargs: object) -> None:
         await lane.stop()
 
     return lane

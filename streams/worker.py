@@ -45,7 +45,7 @@ def build(settings: Settings, *, web_port: int | None = None) -> Pipeline:
     announced = False
 
     @app.on_rebalance_complete.connect
-    async def _ready(app: faust.App, **kwargs: object) -> None:
+    async def _ready(app: faust.App, /, *args: object, **kwargs: object) -> None:
         # `floodgate dev` (and tests) wait for this line: partitions assigned, tables recovered.
         nonlocal announced
         if not announced:
@@ -53,7 +53,7 @@ def build(settings: Settings, *, web_port: int | None = None) -> Pipeline:
             print("worker=ready", flush=True)
 
     @app.on_before_shutdown.connect
-    async def _close(app: faust.App, **kwargs: object) -> None:
+    async def _close(app: faust.App, /, *args: object, **kwargs: object) -> None:
         await pipe.close()
 
     return pipe
@@ -83,11 +83,11 @@ def _observe(pipe: Pipeline, limits: dict[str, int], waiting: dict[str, Callable
                 probe = lag.LagProbe(pipe.settings.kafka_bootstrap, pipe.settings.app_id)
             owned = [(tp.topic, tp.partition) for tp in app.consumer.assignment()]
             await lag.refresh(probe, pipe.metrics, dispatch, owned, waiting)
-        except Exception:  # noqa: BLE001 - metrics must never stop a worker
+        except Exception:  # metrics must never stop a worker
             log.exception("metrics refresh failed")
 
     @app.on_before_shutdown.connect
-    async def _close_probe(app: faust.App, **kwargs: object) -> None:
+    async def _close_probe(app: faust.App, /, *args: object, **kwargs: object) -> None:
         if probe is not None:
             await asyncio.to_thread(probe.close)
 

@@ -18,7 +18,7 @@ def unique_name(prefix: str) -> str:
 def create_topics(bootstrap: str, names: Iterable[str], partitions: int = 1) -> None:
     admin = AdminClient({"bootstrap.servers": bootstrap})
     futures = admin.create_topics([NewTopic(n, num_partitions=partitions, replication_factor=1) for n in names])
-    for name, fut in futures.items():
+    for fut in futures.values():
         try:
             fut.result(timeout=30)
         except KafkaException as exc:
@@ -85,7 +85,8 @@ def wait_committed(bootstrap: str, group: str, topic: str, *, timeout: float = 6
     parts = list(admin.list_topics(topic, timeout=10).topics[topic].partitions)
     committed = _poll_committed(admin, group, topic, parts, lambda c: all(c.get(p, -1) > 0 for p in parts), timeout)
     if committed is not None:
-        raise AssertionError(f"group {group} committed nothing on some partition of {topic} within {timeout}s: {committed}")
+        raise AssertionError(f"group {group} committed nothing on some partition of {topic} within {timeout}s: "
+                             f"{committed}")
 
 
 def _poll_committed(admin: Any, group: str, topic: str, parts: list[int], done: Callable[[dict[int, int]], bool],
@@ -108,8 +109,8 @@ def _poll_committed(admin: Any, group: str, topic: str, parts: list[int], done: 
 
 def read_all(bootstrap: str, topic: str, *, quiet: float = 3.0) -> list:
     """Every record of ``topic`` from the beginning, read until nothing new came for ``quiet`` s."""
-    consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": unique_name("all"), "auto.offset.reset": "earliest",
-                         "enable.auto.commit": False})
+    consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": unique_name("all"),
+                         "auto.offset.reset": "earliest", "enable.auto.commit": False})
     consumer.subscribe([topic])
     out: list = []
     last = time.monotonic()

@@ -27,7 +27,8 @@ RESERVED_NAMES = frozenset({"_admin", "stats"})
 
 @dataclass(frozen=True)
 class Distribution:
-    """A duration in simulated seconds: ``fixed`` (``seconds``), ``uniform`` (``min``..``max``), ``lognormal`` (``median``, ``sigma``)."""
+    """A duration in simulated seconds: ``fixed`` (``seconds``), ``uniform`` (``min``..``max``),
+    ``lognormal`` (``median``, ``sigma``)."""
 
     kind: str = "fixed"
     seconds: float = 0.0

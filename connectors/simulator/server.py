@@ -130,7 +130,8 @@ def _json(data: Any, status: int = 200) -> web.Response:
     return web.Response(status=status, body=orjson.dumps(data), content_type="application/json")
 
 
-def problem(status: int, title: str, detail: str, *, headers: Mapping[str, str] | None = None, **extra: Any) -> web.Response:
+def problem(status: int, title: str, detail: str, *, headers: Mapping[str, str] | None = None,
+            **extra: Any) -> web.Response:
     """An RFC 9457 problem document, the shape our 4xx/5xx bodies take."""
     body = {"type": "about:blank", "title": title, "status": status, "detail": detail, **extra}
     return web.Response(
@@ -164,7 +165,8 @@ def _gate(request: web.Request) -> tuple[Simulator, str, ProviderState, str]:
     sim, name, state = _provider(request)
     key = _bearer(request)
     if key is None or not state.authorized(key):
-        raise _Refused(problem(401, "Unauthorized", "missing or invalid API key", headers={"WWW-Authenticate": "Bearer"}))
+        raise _Refused(problem(401, "Unauthorized", "missing or invalid API key",
+                               headers={"WWW-Authenticate": "Bearer"}))
     remaining = state.outage_remaining()
     if remaining is not None:
         state.count(key, "outage_rejections")

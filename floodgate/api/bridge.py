@@ -67,7 +67,7 @@ class Bridge:
         try:
             event = connector.parse_webhook(headers, body)
             job_id, event_webhook_id = event.job_id, event.webhook_id
-        except Exception as exc:  # noqa: BLE001 - forwarded keyless: the normaliser dead-letters it
+        except Exception as exc:  # forwarded keyless: the normaliser dead-letters it
             log.info("webhook for %s does not parse (%s); forwarding without a key", name, exc)
         record = envelope(name, headers, body, event_webhook_id, int(deps.clock() * 1000))
         value, kafka_headers = codec.encode("WebhookEnvelope", record)

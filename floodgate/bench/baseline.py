@@ -35,7 +35,7 @@ def spawn(name: str, argv: list[str], home: Path, marker: str, timeout: float = 
     log = home / f"{name}.log"
     with open(log, "ab") as out:
         proc = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                preexec_fn=die_with_parent)  # noqa: PLW1509 - as devstack: dies with us
+                                preexec_fn=die_with_parent)  # as devstack: dies with us
     child = Child(name, proc, log)
     deadline = time.monotonic() + timeout
     while True:
@@ -106,8 +106,10 @@ async def run(ctx: Context, spike: SpikeConfig, cfg: BaselineConfig) -> dict[str
     n = len(run_.samples)
     ok = [x.latency_ms / 1000 for x in run_.samples if x.status == 200]
     return {
-        "proxy": f"nginx (Debian package), proxy_read_timeout {DEFAULT_READ_TIMEOUT:.0f} s × {f} = {read_timeout:.3f} s",
-        "offered": n, "outcomes": counts, "client_errors": errors, "rates": {k: v / n for k, v in counts.items()} if n else {},
+        "proxy": (f"nginx (Debian package), proxy_read_timeout {DEFAULT_READ_TIMEOUT:.0f} s × {f}"
+                  f" = {read_timeout:.3f} s"),
+        "offered": n, "outcomes": counts, "client_errors": errors,
+        "rates": {k: v / n for k, v in counts.items()} if n else {},
         "ok_wall_s": stats.summary(ok),
         "ok_sim_min": {k: (v / f / 60 if k != "count" else v) for k, v in stats.summary(ok).items()},
         "providers": {p: {k: providers_[p][k] for k in ("concurrency_limit", "max_concurrency", "rejected_429",

@@ -39,7 +39,8 @@ def header(meta: dict[str, Any]) -> list[str]:
              f"the run took {num(meta.get('seconds'), 0)} s. Figures "
              f"are quoted as ratios of baselines measured in this same run where one exists.")
     loads = ", ".join(f"{name} {v['loadavg_before'][0]:g}→{v['loadavg_after'][0]:g}"
-                      for name, v in (meta.get("load") or {}).items() if v.get("loadavg_before") and v.get("loadavg_after"))
+                      for name, v in (meta.get("load") or {}).items()
+                      if v.get("loadavg_before") and v.get("loadavg_after"))
     lines = [f"# Floodgate benchmark — {meta['started']}", "", intro, ""]
     if loads:
         note = f"1-minute load average before→after each scenario (2 cores, shared with other sessions): {loads}."
@@ -110,7 +111,8 @@ def accept(a: dict[str, Any]) -> list[str]:
     top = " (the highest step tried)" if a.get("max_sustainable_limited_by_steps") else ""
     first = a["steps"][0] if a["steps"] else None
     sustainable = (f"{num(a['max_sustainable_rate'], 0)} req/s" if a["max_sustainable_rate"] or first is None else
-                   f"below {num(first['offered_rate'], 0)} req/s, the lowest step (p99 {num(first['latency_ms']['p99'])} ms)")
+                   f"below {num(first['offered_rate'], 0)} req/s, the lowest step "
+                   f"(p99 {num(first['latency_ms']['p99'])} ms)")
     keep = f"{num(a.get('max_keep_up_rate'), 0)} req/s{top}"
     burst_line = (f"{burst['accepted']:,}/{burst['offered']:,} in {num(burst['seconds'])} s "
                   f"({num(burst['accepted_per_s'], 0)}/s), lost {burst['lost']}; {lat(burst['latency_ms'])}")

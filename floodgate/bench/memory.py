@@ -44,8 +44,9 @@ async def rss_settled(pid: int, seconds: float) -> int:
 
 async def fill(ctx: Context, stack: Stack, offsets: Offsets, n: int, cfg: MemoryConfig) -> dict[str, Any]:
     """Queue ``n`` more jobs and wait until the worker has admitted and recorded every one: the
-    jobs agent writes one queued state per new job to its table, whose changelog is ``notifications``, so that topic's end
-    offset tells, without waiting for a commit, how many jobs the worker has been through."""
+    jobs agent writes one queued state per new job to its table, whose changelog is
+    ``notifications``, so that topic's end offset tells, without waiting for a commit, how many
+    jobs the worker has been through."""
     s = stack.settings
     notifications = [s.topic("notifications")]
     start_count = await asyncio.to_thread(offsets.total, notifications)
@@ -70,7 +71,8 @@ async def fill(ctx: Context, stack: Stack, offsets: Offsets, n: int, cfg: Memory
         await asyncio.sleep(0.25)
     caught_up = time.monotonic() - t0
     out: dict[str, Any] = {"jobs": n, "recorded": min(done, n), "produce_seconds": produced,
-                           "admitted_seconds": caught_up, "admitted_per_s": min(done, n) / caught_up, "stalled": stalled}
+                           "admitted_seconds": caught_up, "admitted_per_s": min(done, n) / caught_up,
+                           "stalled": stalled}
     if stalled:
         lag = await asyncio.to_thread(offsets.lag, s.app_id, [s.topic("requests"), s.topic("events")])
         out["lag_at_end"] = {k.rsplit(".", 1)[-1]: v for k, v in lag.items()}

@@ -42,7 +42,7 @@ class Naive:
             payload = orjson.loads(await request.read())
             model, prompt = payload["model"], payload["input"]["prompt"]
             target = chain_for(self.routing, model, datetime.now(UTC))[0]
-        except Exception as exc:  # noqa: BLE001 - any bad input is the client's 400
+        except Exception as exc:  # any bad input is the client's 400
             return _json(400, {"detail": str(exc)})
         base = f"{self.simulator_url}/{target.provider}/v1/videos"
         body = {"model": target.provider_model, "prompt": prompt}
@@ -72,7 +72,7 @@ async def serve(args: argparse.Namespace) -> None:
     await runner.setup()
     site = web.TCPSite(runner, args.host, args.port, backlog=1024)
     await site.start()
-    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+    port = runner.addresses[0][1]
     print(f"naive=http://{args.host}:{port}", flush=True)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()

@@ -81,7 +81,7 @@ class Nginx:
             self.proc = subprocess.Popen(
                 [exe, "-p", f"{self.prefix}/", "-c", str(conf), "-e", str(self.prefix / "error.log"),
                  "-g", "daemon off;"], stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                preexec_fn=die_with_parent)  # noqa: PLW1509 - as devstack: dies with us
+                preexec_fn=die_with_parent)  # as devstack: dies with us
         deadline = time.monotonic() + timeout
         while True:
             if self.proc.poll() is not None:

@@ -36,7 +36,8 @@ def spike(result: dict[str, Any], path: Path) -> Path:
                        label="queue depth: admitted, not yet submitted (events)")
     right.plot(s["queue_t"], s["dispatch_lag"], color="tab:blue", lw=1.2, drawstyle="steps-post",
                label="dispatch lag (Kafka offsets, commit interval ~3 s)")
-    right.plot(s["queue_t"], s["requests_lag"], color="tab:purple", lw=1, ls="--", label="requests lag (not yet admitted)")
+    right.plot(s["queue_t"], s["requests_lag"], color="tab:purple", lw=1, ls="--",
+               label="requests lag (not yet admitted)")
     right.set_ylabel("jobs waiting in Kafka")
     right.set_ylim(bottom=0)
     top = ax.secondary_xaxis("top", functions=(lambda x: x / f / 60, lambda m: m * f * 60))

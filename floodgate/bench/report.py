@@ -45,7 +45,8 @@ def machine() -> dict[str, Any]:
         pass
     dirty = [line[3:] for line in _git("status", "--porcelain", "--untracked-files=no").splitlines() if line]
     return {"cpus": os.cpu_count(), "cpu_model": model, "python": platform.python_version(),
-            "platform": platform.platform(), "git_commit": _git("rev-parse", "--short", "HEAD") + ("+dirty" if dirty else ""),
+            "platform": platform.platform(),
+            "git_commit": _git("rev-parse", "--short", "HEAD") + ("+dirty" if dirty else ""),
             "modified_files": dirty,
             "mem_total_gib": round(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30, 1)}
 

@@ -164,7 +164,7 @@ async def _scenarios(ctx: Context, cfg: BenchConfig) -> tuple[dict[str, Any], di
             before, t0 = _loadavg(), time.monotonic()
             try:
                 results[name] = await steps[name]()
-            except Exception as exc:  # noqa: BLE001 - one failed scenario must not lose the others' numbers
+            except Exception as exc:  # one failed scenario must not lose the others' numbers
                 results[name] = {"error": f"{type(exc).__name__}: {exc}"[:2000]}
                 _log_error(ctx.work_dir / "errors.log", name, traceback.format_exc())
             if pool.key(name) not in {pool.key(later) for later in order[i + 1:]}:
@@ -224,7 +224,7 @@ def run(cfg: BenchConfig, out_dir: Path, settings: Settings | None = None, *, ou
     built = report.build(results, meta, notes)
     try:
         built["plots"] = plot_all(results, out_dir)
-    except Exception as exc:  # noqa: BLE001 - the numbers matter more than the pictures
+    except Exception as exc:  # the numbers matter more than the pictures
         built["plots"] = []
         built["notes"].append(f"plotting failed: {type(exc).__name__}: {exc}")
     json_path, md_path = report.write(out_dir, built)

@@ -183,7 +183,8 @@ def summarize(cfg: SpikeConfig, run_: load.Run, accepted: dict[str, load.Sample]
         "max_requests_lag": max(series["requests_lag"], default=0),
         "plateau_submissions_per_s": len(plateau) / (plateau_to - plateau_from) if plateau_to > plateau_from else None,
         "capacity_per_s": cfg.capacity_per_s(),
-        "providers": {p: {k: sim[p][k] for k in ("concurrency_limit", "max_concurrency", "rejected_429", "jobs_created")}
+        "providers": {p: {k: sim[p][k]
+                          for k in ("concurrency_limit", "max_concurrency", "rejected_429", "jobs_created")}
                       for p in ACTIVE if p in sim},
         "series": series,
         "cdf_e2e_sim_min": [(round(v / f / 60, 3), round(q, 4)) for v, q in stats.cdf_points(e2e)],

@@ -20,9 +20,12 @@ from floodgate.settings import Settings
 API_KEY = "floodgate-bench"
 # The dev table's routes (floodgate.provider_config.dev_setup): sora is retired, so sora-2 lands on kling.
 ROUTES: dict[str, list[dict[str, str]]] = {
-    "sora-2": [{"provider": "sora", "provider_model": "sora-2"}, {"provider": "kling", "provider_model": "kling-2.1"}],
-    "kling-2.1": [{"provider": "kling", "provider_model": "kling-2.1"}, {"provider": "wan", "provider_model": "wan-2.6"}],
-    "wan-2.6": [{"provider": "wan", "provider_model": "wan-2.6"}, {"provider": "kling", "provider_model": "kling-2.1"}],
+    "sora-2": [{"provider": "sora", "provider_model": "sora-2"},
+               {"provider": "kling", "provider_model": "kling-2.1"}],
+    "kling-2.1": [{"provider": "kling", "provider_model": "kling-2.1"},
+                  {"provider": "wan", "provider_model": "wan-2.6"}],
+    "wan-2.6": [{"provider": "wan", "provider_model": "wan-2.6"},
+                {"provider": "kling", "provider_model": "kling-2.1"}],
 }
 
 

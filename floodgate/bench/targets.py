@@ -100,7 +100,8 @@ def pipeline(results: dict[str, Any], target: float = 1000.0) -> dict[str, Any]:
     if not math.isnan(produce):
         measured += (f"; jobs/s = {rate / produce:.4f}× raw produce ({produce:,.0f}/s), "
                      f"records written/s = {_num(p['records_written_per_s']) / produce:.3f}× raw produce, "
-                     f"records consumed/s = {_num(p['events_per_s_per_worker']) * p['workers'] / consume:.3f}× raw consume")
+                     f"records consumed/s = "
+                     f"{_num(p['events_per_s_per_worker']) * p['workers'] / consume:.3f}× raw consume")
     ok = rate >= target and not p["results_missing"] and not p.get("stalled")
     return _row(name, MET if ok else NOT_MET, measured, rate)
 

@@ -96,7 +96,8 @@ class LocalBroker:
         running = self.info()
         if running:
             if port and port != running.port:
-                raise BrokerError(f"a broker is already running at {running.bootstrap} (pid {running.pid}); stop it first")
+                raise BrokerError(f"a broker is already running at {running.bootstrap} (pid {running.pid}); "
+                                  "stop it first")
             wait_ready(running.bootstrap, timeout=timeout, proc=None, log_file=self.log_file,
                        cluster_id=self.cluster_id())
             return running
@@ -114,7 +115,8 @@ class LocalBroker:
         java = java_binary()
         jars = ensure_jars(self.version, self.cache_dir)
         if port and port_in_use(port):
-            raise BrokerError(f"port {port} is already in use by another process; choose another with --port or FLOODGATE_BROKER_PORT")
+            raise BrokerError(f"port {port} is already in use by another process; "
+                              "choose another with --port or FLOODGATE_BROKER_PORT")
         port = port or free_port()
         controller_port = free_port()
         self.home.mkdir(parents=True, exist_ok=True)
@@ -129,19 +131,17 @@ class LocalBroker:
         if not (data_dir / "meta.properties").exists():
             self._format(jvm, props)
         log_start = self.log_file.stat().st_size if self.log_file.exists() else 0
-        log = open(self.log_file, "ab")
-        try:
+        with open(self.log_file, "ab") as log:  # the child keeps its own copy of the descriptor
             proc = subprocess.Popen(
                 [*jvm, "kafka.Kafka", str(props)],
                 stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                 cwd=str(self.home), start_new_session=detach,
                 preexec_fn=None if detach else die_with_parent,
             )
-        finally:
-            log.close()
         self._proc = proc
         info = BrokerInfo(proc.pid, port, controller_port, self.version)
-        self._state_file.write_text(json.dumps({"pid": proc.pid, "port": port, "controller_port": controller_port, "version": self.version}))
+        self._state_file.write_text(json.dumps({"pid": proc.pid, "port": port, "controller_port": controller_port,
+                                                "version": self.version}))
         try:
             wait_ready(info.bootstrap, timeout=timeout, proc=proc, log_file=self.log_file, cluster_id=self.cluster_id())
         except BrokerError as exc:
@@ -243,7 +243,8 @@ def wait_ready(bootstrap: str, *, timeout: float, proc: subprocess.Popen[bytes] 
     admin = None
     while True:
         if proc is not None and proc.poll() is not None:
-            raise BrokerError(f"the Kafka broker exited with code {proc.returncode} during start-up:\n{_tail(log_file)}")
+            raise BrokerError(f"the Kafka broker exited with code {proc.returncode} during start-up:\n"
+                              f"{_tail(log_file)}")
         if port_in_use(int(port)):
             if admin is None:
                 admin = AdminClient({"bootstrap.servers": bootstrap, "log_level": 0})
@@ -251,10 +252,11 @@ def wait_ready(bootstrap: str, *, timeout: float, proc: subprocess.Popen[bytes] 
                 md = admin.list_topics(timeout=2)
                 if md.brokers and (cluster_id is None or md.cluster_id == cluster_id):
                     return
-            except Exception:  # noqa: BLE001 - any failure here just means "not ready yet"
+            except Exception:  # any failure here just means "not ready yet"
                 pass
         if time.monotonic() > deadline:
-            raise BrokerError(f"the Kafka broker at {bootstrap} did not answer within {timeout:.0f}s:\n{_tail(log_file)}")
+            raise BrokerError(f"the Kafka broker at {bootstrap} did not answer within {timeout:.0f}s:\n"
+                              f"{_tail(log_file)}")
         time.sleep(0.2)
 
 

@@ -41,7 +41,7 @@ async def deliver(notifier: Notifier, notification: Notification, policy: RetryP
             async with semaphore:
                 await notifier.send(notification)
             return Outcome(attempts, None)
-        except Exception as exc:  # noqa: BLE001 - the error's own flags decide; unknown ones are not retried
+        except Exception as exc:  # the error's own flags decide; unknown ones are not retried
             error = exc
         if getattr(error, "retriable", False) is not True:
             return Outcome(attempts, error)

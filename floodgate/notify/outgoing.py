@@ -314,7 +314,7 @@ class OutgoingWebhooks:
         return event.is_set()
 
 
-class _Rebalance(ConsumerRebalanceListener):  # type: ignore[misc]  # aiokafka.abc is untyped
+class _Rebalance(ConsumerRebalanceListener):
     def __init__(self, service: OutgoingWebhooks) -> None:
         self._service = service
 

@@ -42,8 +42,8 @@ def _finals_or_explain(stack: Stack, ids: set[str], timeout: float) -> dict[str,
         s = stack.settings
         done = {m.key().decode() for m in read_all(stack.bootstrap, s.topic("results"))}
         missing = ids - done
-        orders = [(m.key().decode(), m.partition(), m.offset()) for m in read_all(stack.bootstrap, s.topic("dispatch.wan"))
-                  if m.key().decode() in missing]
+        orders = [(m.key().decode(), m.partition(), m.offset())
+                  for m in read_all(stack.bootstrap, s.topic("dispatch.wan")) if m.key().decode() in missing]
         committed = committed_offsets(stack.bootstrap, s.app_id, s.topic("dispatch.wan"))
         raise AssertionError(f"{exc}; missing {sorted(missing)}; their orders (job, partition, offset) {orders}; "
                              f"committed on dispatch.wan {committed}; logs in {stack.home / 'logs'}") from None

@@ -67,6 +67,6 @@ async def _stats(url: str) -> dict:
 
 
 async def _outage(url: str, provider: str, seconds: float) -> None:
-    async with aiohttp.ClientSession() as session:
-        async with session.post(f"{url}/_admin/{provider}/outage", json={"seconds": seconds}) as resp:
-            assert resp.status == 200, await resp.text()
+    async with aiohttp.ClientSession() as session, \
+            session.post(f"{url}/_admin/{provider}/outage", json={"seconds": seconds}) as resp:
+        assert resp.status == 200, await resp.text()

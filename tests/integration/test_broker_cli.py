@@ -38,7 +38,8 @@ def test_start_list_with_kcat_status_stop(tmp_path: Path) -> None:
     finally:
         stopped = floodgate("broker", "stop", "--dir", state)
     assert stopped.returncode == 0 and stopped.stdout.strip() == "stopped"
-    pid = json.loads((Path(state) / "broker.json").read_text())["pid"] if (Path(state) / "broker.json").exists() else None
+    pid_file = Path(state) / "broker.json"
+    pid = json.loads(pid_file.read_text())["pid"] if pid_file.exists() else None
     assert pid is None, "the pid file is removed on stop"
     after = floodgate("broker", "status", "--dir", state)
     assert after.returncode == 3 and "no broker running" in after.stdout
@@ -49,7 +50,8 @@ def test_stale_pid_file_is_cleared(tmp_path: Path) -> None:
     state.mkdir()
     dead = subprocess.Popen(["true"])
     dead.wait()
-    (state / "broker.json").write_text(json.dumps({"pid": dead.pid, "port": 1, "controller_port": 2, "version": "3.9.1"}))
+    (state / "broker.json").write_text(
+        json.dumps({"pid": dead.pid, "port": 1, "controller_port": 2, "version": "3.9.1"}))
     status = floodgate("broker", "status", "--dir", str(state))
     assert status.returncode == 3 and "no broker running" in status.stdout
     assert not (state / "broker.json").exists()
@@ -81,7 +83,8 @@ def test_a_broker_handed_a_port_another_broker_holds_moves_to_its_own(kafka_boot
     draws = iter([taken])
     monkeypatch.setattr(local, "free_port", lambda: next(draws, None) or real_free_port())
     settings = Settings.from_env()
-    broker = local.LocalBroker(tmp_path / "b", version=settings.kafka_version, cache_dir=settings.cache_dir, heap="512m")
+    broker = local.LocalBroker(tmp_path / "b", version=settings.kafka_version, cache_dir=settings.cache_dir,
+                               heap="512m")
     info = broker.start(detach=False, timeout=90)
     try:
         assert info.port != taken

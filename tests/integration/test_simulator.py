@@ -107,8 +107,9 @@ async def test_concurrency_limit_under_concurrent_submits() -> None:
         async with http.get(f"{sim.url}/stats") as r:
             stats = (await r.json())["providers"]["sora"]
         key_a = stats["keys"]["key-a"]
-        assert (key_a["jobs_created"], key_a["rejected_429"], key_a["max_concurrency"], key_a["in_flight"]) == (3, 9, 3, 3)
-        assert (stats["jobs_created"], stats["rejected_429"], stats["max_concurrency"], stats["in_flight"]) == (4, 9, 3, 4)
+        counts = ("jobs_created", "rejected_429", "max_concurrency", "in_flight")
+        assert tuple(key_a[k] for k in counts) == (3, 9, 3, 3)
+        assert tuple(stats[k] for k in counts) == (4, 9, 3, 4)
         assert stats["concurrency_limit"] == 3
 
 
@@ -134,7 +135,8 @@ async def test_idempotency_key_returns_the_existing_job_even_at_the_limit() -> N
 async def test_job_lifecycle_webhooks_are_signed_and_the_file_downloads() -> None:
     async with run_receiver() as hooks, run_simulator(one()) as sim, aiohttp.ClientSession() as http:
         job = await create(http, sim.url, webhook_url=hooks.url)
-        assert (job["object"], job["status"], job["progress"], job["metadata"]) == ("video", "queued", 0, {"job_id": "job-1"})
+        assert (job["object"], job["status"], job["progress"], job["metadata"]) == (
+            "video", "queued", 0, {"job_id": "job-1"})
         seen = await hooks.wait_count(2)
         assert [kind for _, kind in events(seen)] == ["video.in_progress", "video.completed"]
         for delivery in seen:
@@ -180,10 +182,10 @@ async def test_admin_outage_returns_503_with_retry_after_until_ended() -> None:
 
 async def test_configured_outage_window_is_scaled_by_time_factor() -> None:
     config = SimulatorConfig(providers={"sora": fast(outages=((0.0, 3600.0),))}, time_factor=0.01)
-    async with run_simulator(config) as sim, aiohttp.ClientSession() as http:
-        async with http.get(f"{sim.url}/sora/v1/videos/anything", headers=auth()) as r:
-            assert r.status == 503
-            assert 30 <= int(r.headers["Retry-After"]) <= 36  # 3600 simulated s * 0.01
+    async with run_simulator(config) as sim, aiohttp.ClientSession() as http, \
+            http.get(f"{sim.url}/sora/v1/videos/anything", headers=auth()) as r:
+        assert r.status == 503
+        assert 30 <= int(r.headers["Retry-After"]) <= 36  # 3600 simulated s * 0.01
 
 
 async def test_cancel_stops_the_job_and_frees_its_slot() -> None:

@@ -213,7 +213,8 @@ async def test_timeout_is_unavailable_with_cause(stall: Stall) -> None:
 
 async def test_webhook_verification_and_parsing_failures() -> None:
     provider = connector("http://127.0.0.1:1")
-    body = orjson.dumps({"id": "evt_1", "type": "video.completed", "created_at": 1, "data": {"id": "v", "status": "completed"}})
+    body = orjson.dumps({"id": "evt_1", "type": "video.completed", "created_at": 1,
+                         "data": {"id": "v", "status": "completed"}})
     headers = signing.signature_headers(signing.new_secret(), "evt_1", body, time.time())
     with pytest.raises(WebhookVerificationError, match="no matching signature"):
         provider.verify_webhook(headers, body, now=time.time())

@@ -11,7 +11,7 @@ from hypothesis import strategies as st
 
 from floodgate.bench import stats, targets
 from floodgate.bench.arrivals import Phase, SpikePlan, constant, schedule
-from floodgate.bench.http import HttpError, build_request, parse_response
+from floodgate.bench.http import HttpError, Response, build_request, parse_response
 from floodgate.bench.nginx import nginx_conf
 from floodgate.bench.profiling import summarize
 from floodgate.bench.report import clean
@@ -77,12 +77,19 @@ def test_spike_plan_counts_and_compression() -> None:
 # -- HTTP parsing -----------------------------------------------------------------------
 def test_request_bytes() -> None:
     raw = build_request("POST", "127.0.0.1:1", "/v1/jobs", b"{}")
-    assert raw == b"POST /v1/jobs HTTP/1.1\r\nHost: 127.0.0.1:1\r\nContent-Type: application/json\r\nContent-Length: 2\r\n\r\n{}"
+    assert raw == (b"POST /v1/jobs HTTP/1.1\r\nHost: 127.0.0.1:1\r\n"
+                   b"Content-Type: application/json\r\nContent-Length: 2\r\n\r\n{}")
+
+
+def _complete(buf: bytes, eof: bool = False) -> tuple[Response, int]:
+    parsed = parse_response(buf, eof=eof)
+    assert parsed is not None, "parse_response found the response incomplete"
+    return parsed
 
 
 def test_content_length_response_and_leftover() -> None:
     buf = b"HTTP/1.1 202 Accepted\r\nContent-Length: 2\r\n\r\n{}HTTP/1.1"
-    response, used = parse_response(buf)  # type: ignore[misc]
+    response, used = _complete(buf)
     assert (response.status, response.body, response.keep_alive, used) == (202, b"{}", True, len(buf) - 8)
 
 
@@ -94,11 +101,11 @@ def test_incomplete_responses_wait_for_more() -> None:
 
 def test_chunked_and_close_delimited_bodies() -> None:
     chunked = b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n2\r\nab\r\n3\r\ncde\r\n0\r\n\r\n"
-    response, used = parse_response(chunked)  # type: ignore[misc]
+    response, used = _complete(chunked)
     assert (response.body, used) == (b"abcde", len(chunked))
     closed = b"HTTP/1.0 504 Gateway Time-out\r\nConnection: close\r\n\r\n<html>"
     assert parse_response(closed) is None
-    response, _ = parse_response(closed, eof=True)  # type: ignore[misc]
+    response, _ = _complete(closed, eof=True)
     assert (response.status, response.body, response.keep_alive) == (504, b"<html>", False)
 
 
@@ -108,10 +115,11 @@ def test_garbage_is_an_error() -> None:
 
 
 # -- profiles ---------------------------------------------------------------------------
-COLLAPSED = """\
-main (/w/floodgate/cli.py:9);run_forever (/py/asyncio/base_events.py:1);_run (/py/asyncio/events.py:80);admission (/w/streams/admission.py:44);encode (/w/floodgate/codec.py:3) 30
-main (/w/floodgate/cli.py:9);run_forever (/py/asyncio/base_events.py:1);select (/py/selectors.py:468) 50
-main (/w/floodgate/cli.py:9);run_forever (/py/asyncio/base_events.py:1);_run (/py/asyncio/events.py:80);send (/v/aiokafka/producer/producer.py:1) 20
+_LOOP = "main (/w/floodgate/cli.py:9);run_forever (/py/asyncio/base_events.py:1)"
+COLLAPSED = f"""\
+{_LOOP};_run (/py/asyncio/events.py:80);admission (/w/streams/admission.py:44);encode (/w/floodgate/codec.py:3) 30
+{_LOOP};select (/py/selectors.py:468) 50
+{_LOOP};_run (/py/asyncio/events.py:80);send (/v/aiokafka/producer/producer.py:1) 20
 """
 
 

@@ -20,7 +20,8 @@ def test_kafka_is_the_official_kraft_image() -> None:
     assert kafka["environment"]["KAFKA_PROCESS_ROLES"] == "broker,controller"
 
 
-@pytest.mark.parametrize("name", [n for n, s in yaml.safe_load(COMPOSE.read_text())["services"].items() if "command" in s])
+@pytest.mark.parametrize("name", [n for n, s in yaml.safe_load(COMPOSE.read_text())["services"].items()
+                                  if "command" in s])
 def test_service_command_is_a_real_entry_point(name: str) -> None:
     command = _services()[name]["command"]
     assert command[0] == "floodgate", f"{name} should run the floodgate entry point"

@@ -8,9 +8,12 @@ import pytest
 from floodgate.errors import SchemaError
 from floodgate.throttle import Backoff
 from streams import guard
+from streams.emit import Emitter
 
 
-class FakeEmitter:
+class FakeEmitter(Emitter):
+    """Records what would be dead-lettered; no Faust app behind it."""
+
     def __init__(self) -> None:
         self.parked: list[str] = []
 

@@ -27,10 +27,12 @@ def test_tables_of_another_cluster_are_emptied_and_ours_kept(tmp_path: Path) -> 
     (path / "v1" / "tables" / "jobs-0.db").write_text("rows of cluster A")
     (path / "cluster-id").write_text("cluster-A\n")
     # A second process so the lock taken here does not collide with our own earlier one.
-    code = ("import sys; from pathlib import Path; from floodgate.settings import Settings; from streams import localstate;"
+    code = ("import sys; from pathlib import Path; from floodgate.settings import Settings; "
+            "from streams import localstate;"
             "s = Settings.from_env({}).with_overrides(cache_dir=Path(sys.argv[1]), app_id='app', worker_id='w0');"
             "print(localstate.prepare(s, sys.argv[2]))")
-    kept = subprocess.run([sys.executable, "-c", code, str(tmp_path), "cluster-A"], capture_output=True, text=True, check=True)
+    kept = subprocess.run([sys.executable, "-c", code, str(tmp_path), "cluster-A"],
+                          capture_output=True, text=True, check=True)
     assert Path(kept.stdout.strip()) == path and (path / "v1" / "tables" / "jobs-0.db").exists()
     subprocess.run([sys.executable, "-c", code, str(tmp_path), "cluster-B"], capture_output=True, text=True, check=True)
     assert not (path / "v1").exists(), "rows built against cluster A must not be trusted on cluster B"
@@ -40,7 +42,8 @@ def test_tables_of_another_cluster_are_emptied_and_ours_kept(tmp_path: Path) -> 
 def test_a_second_worker_on_the_same_directory_fails_clearly(tmp_path: Path) -> None:
     settings = _settings(tmp_path, "shared")
     localstate.prepare(settings, "c")  # held by this process from now on
-    code = ("import sys; from pathlib import Path; from floodgate.settings import Settings; from streams import localstate;"
+    code = ("import sys; from pathlib import Path; from floodgate.settings import Settings; "
+            "from streams import localstate;"
             "s = Settings.from_env({}).with_overrides(cache_dir=Path(sys.argv[1]), app_id='app', worker_id='shared');"
             "localstate.prepare(s, 'c')")
     other = subprocess.run([sys.executable, "-c", code, str(tmp_path)], capture_output=True, text=True)

@@ -45,7 +45,7 @@ def test_every_metric_is_in_the_readme_table() -> None:
     readme = (ROOT / "README.md").read_text()
     assert "## Metrics" in readme
     for row in describe():
-        assert "| `%s` | %s | %s | %s |" % row in readme, f"README's metrics table is stale for {row[0]}"
+        assert "| `{}` | {} | {} | {} |".format(*row) in readme, f"README's metrics table is stale for {row[0]}"
 
 
 def test_latency_buckets() -> None:

@@ -10,7 +10,7 @@ from hypothesis import strategies as st
 
 from connectors.notifiers.base import Notification, NotificationError
 from floodgate.errors import ConfigError
-from floodgate.notify.delivery import deliver
+from floodgate.notify.delivery import Outcome, deliver
 from floodgate.notify.retry import RetryPolicy
 
 POLICY = RetryPolicy(max_attempts=5, base_delay=1.0, max_delay=8.0, max_elapsed=100.0)
@@ -86,7 +86,7 @@ def retriable(retry_after: float | None = None) -> NotificationError:
     return NotificationError("HTTP 503", retriable=True, retry_after=retry_after, status=503)
 
 
-async def run(notifier: Scripted, time: FakeTime, policy: RetryPolicy = POLICY):  # type: ignore[no-untyped-def]
+async def run(notifier: Scripted, time: FakeTime, policy: RetryPolicy = POLICY) -> Outcome:
     rands: Iterator[float] = iter([0.0] * 100)
     return await deliver(notifier, NOTE, policy, semaphore=asyncio.Semaphore(1), rand=lambda: next(rands),
                          wait=time.wait, clock=time.clock)
@@ -116,7 +116,7 @@ async def test_gives_up_after_max_attempts_with_the_last_error() -> None:
     notifier = Scripted(errors)
     outcome = await run(notifier, FakeTime())
     assert outcome.attempts == notifier.calls == POLICY.max_attempts
-    assert outcome.error is not None and outcome.error.retriable  # type: ignore[attr-defined]
+    assert isinstance(outcome.error, NotificationError) and outcome.error.retriable
 
 
 async def test_stopping_during_backoff_abandons() -> None:

@@ -1,6 +1,8 @@
 """The SDK's pure parts: producer option spelling and request preparation (no broker)."""
 from __future__ import annotations
 
+from typing import Any
+
 import pytest
 
 from floodgate import codec
@@ -9,10 +11,10 @@ from floodgate.sdk import DEFAULT_LIMITS, JobSpec, ValidationError, _librdkafka_
 
 
 def preparer(**changes: object) -> _Preparer:
-    options: dict[str, object] = dict(tenant="acme", topic_prefix="fg.", known_models=None, id_secret=b"k" * 16,
+    options: dict[str, Any] = dict(tenant="acme", topic_prefix="fg.", known_models=None, id_secret=b"k" * 16,
                                       limits=DEFAULT_LIMITS, allow_private_webhooks=False)
     options.update(changes)
-    return _Preparer(**options)  # type: ignore[arg-type]
+    return _Preparer(**options)
 
 
 def test_keyword_options_become_librdkafka_names_but_callbacks_stay() -> None:

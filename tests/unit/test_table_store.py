@@ -3,15 +3,18 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from faust.stores import rocksdb
 
 from floodgate.settings import Settings
 from streams.app import create_app, job_table_options
 from streams.tables import JsonTable
 
 
-@pytest.mark.parametrize(("store", "module"), [("rocksdict", "faust.stores.rocksdb"), ("memory", "faust.stores.memory")])
+@pytest.mark.parametrize(("store", "module"),
+                         [("rocksdict", "faust.stores.rocksdb"), ("memory", "faust.stores.memory")])
 def test_job_tables_use_the_configured_store(tmp_path: Path, store: str, module: str) -> None:
-    settings = Settings.from_env({}).with_overrides(kafka_bootstrap="127.0.0.1:1", cache_dir=tmp_path, table_store=store)
+    settings = Settings.from_env({}).with_overrides(kafka_bootstrap="127.0.0.1:1", cache_dir=tmp_path,
+                                                    table_store=store)
     app = create_app(settings, datadir=tmp_path / "w0")
     jobs = JsonTable(app, "jobs", partitions=4, **job_table_options(settings, "jobs"))
     slots = JsonTable(app, "inflight-x", partitions=2)
@@ -19,6 +22,7 @@ def test_job_tables_use_the_configured_store(tmp_path: Path, store: str, module:
     assert type(slots.table.data).__module__ == "faust.stores.memory", "slot tables are written outside events"
     if store == "rocksdict":
         data = jobs.table.data
+        assert isinstance(data, rocksdb.Store)
         assert data.rocksdb_options.use_rocksdict
         assert data.rocksdb_options.block_cache_size <= 16 << 20, "a flat footprint, not RocksDB's 2 GB default"
         assert data.partition_path(3).is_relative_to(tmp_path / "w0")

@@ -79,6 +79,7 @@ class FakeSession:
 
 
 def notifier(session: FakeSession, **kwargs: Any) -> WebhookNotifier:
+    # arg-type: FakeSession stands in for aiohttp.ClientSession (only post() is used)
     return WebhookNotifier(session, lambda tenant: SECRET, clock=lambda: NOW, **kwargs)  # type: ignore[arg-type]
 
 
@@ -145,6 +146,7 @@ def test_non_final_status_has_no_event_type() -> None:
 async def test_every_attempt_sends_the_same_body_and_id_with_a_fresh_timestamp() -> None:
     clock = iter([NOW, NOW, NOW + 30, NOW + 30])
     session = FakeSession()
+    # arg-type: FakeSession stands in for aiohttp.ClientSession
     sender = WebhookNotifier(session, lambda t: SECRET, clock=lambda: next(clock))  # type: ignore[arg-type]
     await sender.send(note())
     await sender.send(note())
