@@ -146,10 +146,18 @@ def _add_dev(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     p.set_defaults(func=_dev)
 
 
+BENCH_EXTRA_MISSING = ("floodgate bench: the benchmark draws its plots with matplotlib, which is not installed; "
+                       "install the bench extra: pip install -e '.[bench]' (or run `make bench`)")
+
+
 def _bench(args: argparse.Namespace) -> int:
     import dataclasses
+    import importlib.util
     from pathlib import Path
 
+    if importlib.util.find_spec("matplotlib") is None:  # say so now, not after a 20-minute run
+        print(BENCH_EXTRA_MISSING, file=sys.stderr)
+        return 2
     from floodgate.bench import runner
     from floodgate.settings import Settings
 
