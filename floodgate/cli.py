@@ -190,7 +190,7 @@ def _add_bench(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-ar
                    help="wall seconds per simulated second for the spike, its renders and nginx's timeout (0.02 = 50x)")
     p.add_argument("--spike-seconds", type=float, default=15.0, help="simulated seconds of the 5,000/minute spike")
     p.add_argument("--memory-jobs", type=int, default=100_000,
-                   help="the large backlog of the memory scenario (the issue's figure, 1000000, adds about an hour)")
+                   help="the large backlog of the memory scenario (the target's size, 1000000, adds about an hour)")
     p.add_argument("--pipeline-jobs", type=int, default=10_000, help="jobs through the instant-provider pipeline")
     p.add_argument("--workers", type=int, default=1, help="pipeline workers")
     p.add_argument("--no-profile", action="store_true", help="skip the py-spy profiles")
