@@ -1,7 +1,7 @@
 """A worker that starts with a table to recover and a backlog behind a committed offset processes
 every record after that offset (``streams.faust_fixes``). Stock Faust lost records in 7 of 17 such
 starts, so one start proves little: this runs four, which catch the race about 9 times in 10
-(1 - (10/17)**4). About 35 s on a 2-core machine, so it is in the default tier."""
+(1 - (10/17)**4). It takes 35-45 s on a 2-core machine, so it is in the default tier."""
 from __future__ import annotations
 
 import os
