@@ -25,7 +25,8 @@ async def fire(api: str, n: int, model: str, concurrency: int = 64) -> list[dict
             async with sem, session.post(f"{api}/v1/jobs", json={
                     "model": model, "user_id": f"u{i % 50}", "input": {"prompt": f"shot {i}"}}) as resp:
                 assert resp.status == 202, await resp.text()
-                return await resp.json()  # type: ignore[no-any-return]
+                accepted: dict[str, Any] = await resp.json()
+                return accepted
         return await asyncio.gather(*(one(i) for i in range(n)))
 
 
@@ -42,7 +43,8 @@ def final_states(bootstrap: str, topic: str, job_ids: set[str], timeout: float) 
 async def simulator_stats(session: aiohttp.ClientSession, url: str) -> dict[str, Any]:
     """The provider simulator's ``/stats``, per provider."""
     async with session.get(f"{url}/stats") as resp:
-        return (await resp.json())["providers"]  # type: ignore[no-any-return]
+        stats: dict[str, Any] = (await resp.json())["providers"]
+        return stats
 
 
 async def sim_stats(url: str) -> dict[str, Any]:
