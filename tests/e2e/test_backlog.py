@@ -35,7 +35,7 @@ def test_backlog_beyond_the_stream_buffer_keeps_flowing(kafka_bootstrap: str, tm
 
 def _finals_or_explain(stack: Stack, ids: set[str], timeout: float) -> dict[str, list[dict]]:
     """Every job's results; on a timeout, fail saying where each missing job's dispatch order sits
-    and what the group committed on dispatch.wan (the evidence the known loss needs)."""
+    and what the group committed on dispatch.wan: the evidence a lost order calls for."""
     try:
         return final_states(stack.bootstrap, stack.settings.topic("results"), ids, timeout=timeout)
     except AssertionError as exc:
