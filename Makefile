@@ -1,5 +1,9 @@
 # The two commands a fresh machine needs (see README): `make demo` and `make test`.
-.PHONY: demo test test-all lint bench bootstrap broker-start broker-stop
+.PHONY: demo test test-fast test-all lint bench bootstrap broker-start broker-stop
+
+# Extras installed into .venv (dev/bootstrap.sh): dev tools everywhere; matplotlib (the bench extra)
+# where plots are drawn, i.e. `make bench` and the test runs that include the bench smoke test.
+test test-all bench: export FLOODGATE_EXTRAS = dev,bench
 
 bootstrap:
 	@bash dev/bootstrap.sh
@@ -9,6 +13,10 @@ demo: bootstrap
 
 test: bootstrap
 	.venv/bin/python -m pytest -q -m "not slow"
+
+# The unit tier alone (pure rules, no broker): seconds, for the inner loop.
+test-fast: bootstrap
+	.venv/bin/python -m pytest -q tests/unit
 
 test-all: bootstrap
 	.venv/bin/python -m pytest -q

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Make this machine ready for Floodgate: system tools from Debian's packages (only when missing),
-# a virtualenv in .venv with the package and its dev extras. Safe to run again; fast when done.
+# a virtualenv in .venv with the package and its extras (FLOODGATE_EXTRAS, default "dev"; the Makefile
+# adds "bench" where matplotlib is needed). Safe to run again; fast when done.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -24,9 +25,10 @@ PY=${PYTHON:-python3}
 if [ ! -x .venv/bin/python ]; then
   "$PY" -m venv .venv
 fi
-stamp=.venv/.floodgate-installed
+extras=${FLOODGATE_EXTRAS:-dev}
+stamp=".venv/.floodgate-installed-${extras//,/-}"  # one stamp per set of extras
 if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ]; then
   .venv/bin/python -m pip install -q --upgrade pip >/dev/null
-  .venv/bin/python -m pip install -q -e '.[dev]'
+  .venv/bin/python -m pip install -q -e ".[${extras}]"
   touch "$stamp"
 fi

@@ -146,10 +146,18 @@ def _add_dev(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p.set_defaults(func=_dev)
 
 
+BENCH_EXTRA_MISSING = ("floodgate bench: the benchmark draws its plots with matplotlib, which is not installed; "
+                       "install the bench extra: pip install -e '.[bench]' (or run `make bench`)")
+
+
 def _bench(args: argparse.Namespace) -> int:
     import dataclasses
+    import importlib.util
     from pathlib import Path
 
+    if importlib.util.find_spec("matplotlib") is None:  # say so now, not after a 20-minute run
+        print(BENCH_EXTRA_MISSING, file=sys.stderr)
+        return 2
     from floodgate.bench import runner
     from floodgate.settings import Settings
 
@@ -183,7 +191,7 @@ def _add_bench(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
                    help="wall seconds per simulated second for the spike, its renders and nginx's timeout (0.02 = 50x)")
     p.add_argument("--spike-seconds", type=float, default=15.0, help="simulated seconds of the 5,000/minute spike")
     p.add_argument("--memory-jobs", type=int, default=100_000,
-                   help="the large backlog of the memory scenario (the issue's figure, 1000000, adds about an hour)")
+                   help="the large backlog of the memory scenario (the target's size, 1000000, adds about an hour)")
     p.add_argument("--pipeline-jobs", type=int, default=10_000, help="jobs through the instant-provider pipeline")
     p.add_argument("--workers", type=int, default=1, help="pipeline workers")
     p.add_argument("--no-profile", action="store_true", help="skip the py-spy profiles")

@@ -10,7 +10,7 @@ Conventions: base units (seconds), ``_total`` on counters, ``_seconds`` on durat
 low-cardinality labels (provider, channel, reason, outcome...) — never a job id. Every process
 exposes only its own share: counters and per-provider gauges add up across processes by ``sum``.
 
-:func:`describe` lists every metric for README's "Metrics" table (``tests/unit/test_metrics.py``
+:func:`describe` lists every metric for the table in docs/metrics.md (``tests/unit/test_metrics.py``
 checks that the table is current).
 """
 from __future__ import annotations
@@ -237,7 +237,7 @@ def serve(host: str, port: int, registry: CollectorRegistry = REGISTRY) -> str:
 
 
 def describe() -> list[tuple[str, str, str, str]]:
-    """(name, type, labels, meaning) of every metric: README's "Metrics" table is this."""
+    """(name, type, labels, meaning) of every metric: the rows of docs/metrics.md's table."""
     registry = CollectorRegistry()
     rows = [(name, kind, ", ".join(labels) or "-", doc)
             for group in (ApiMetrics(registry), WorkerMetrics(registry))

@@ -55,7 +55,7 @@ def _default_cache() -> Path:
 
 @dataclass(frozen=True)
 class Settings:
-    """All of Floodgate's configuration. Documented field by field in README's table."""
+    """All of Floodgate's configuration. Documented field by field in docs/settings.md's table."""
 
     # --- Kafka -----------------------------------------------------------------
     kafka_bootstrap: str = ""
@@ -226,7 +226,8 @@ def _parse(kind: Any, raw: str, var: str) -> Any:
 
 
 def describe() -> list[tuple[str, str, str]]:
-    """(variable, default, meaning) for every setting: the README table is generated from this."""
+    """(variable, default, meaning) for every setting: the rows of docs/settings.md's table, which
+    ``tests/unit/test_readme.py`` holds to this."""
     rows = []
     docs = _field_docs()
     defaults = Settings()

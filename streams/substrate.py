@@ -1,7 +1,9 @@
 """The smallest real Floodgate stream: count events per key in a table, emit the running count.
 
 It exists to prove the substrate (faust-streaming + aiokafka + Kafka 3.9, table changelog
-recovery across a worker restart) and is what `floodgate substrate-demo` runs.
+recovery across a worker restart): ``tests/integration/test_substrate.py`` runs it across a restart,
+and ``tests/integration/test_start_after_recovery.py`` starts it with a changelog to recover (the
+start race in ``streams/faust_fixes.py``). There is no ``floodgate`` command for it.
 Run a worker: ``python -m streams.substrate`` (reads FLOODGATE_* and SUBSTRATE_* env).
 """
 from __future__ import annotations

@@ -48,7 +48,8 @@ def schedule(phases: list[Phase], time_factor: float = 1.0) -> list[float]:
 
 @dataclass(frozen=True)
 class SpikePlan:
-    """The seed's launch day: a quiet baseline, a viral spike, the baseline again."""
+    """The launch day Floodgate is built for (README, first paragraph): a quiet baseline, a viral
+    spike, the baseline again."""
 
     time_factor: float = 0.02
     baseline_per_hour: float = 50.0

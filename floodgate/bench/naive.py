@@ -1,4 +1,4 @@
-"""The design the seed warns about: a synchronous endpoint that submits to the provider and
+"""The design Floodgate replaces, for comparison: a synchronous endpoint that submits to the provider and
 holds the HTTP request open until the video exists (polling the provider meanwhile).
 
 ``python -m floodgate.bench.naive --simulator URL --routing FILE`` serves ``POST /v1/jobs``

@@ -1,5 +1,6 @@
 """The spike: 50 requests/hour → 5,000/minute → 50/hour, time-compressed, against providers with
-the seed's limits and render times (scaled by the same factor), until the backlog has drained.
+the limits and render times of README's first paragraph (10 jobs at once, 30 s - 3 min; renders
+scaled by the same factor), until the backlog has drained.
 
 What it records, all on the wall clock of this machine:
 * arrivals/s — when each HTTP request was sent (open loop, on schedule);
@@ -34,7 +35,7 @@ ACTIVE = ("kling", "wan")  # sora is retired in the routing table: sora-2 goes t
 class SpikeConfig:
     plan: SpikePlan = field(default_factory=SpikePlan)
     limit: int = 10
-    render: tuple[float, float] = (30.0, 180.0)  # simulated seconds: the seed's 30 s - 3 min
+    render: tuple[float, float] = (30.0, 180.0)  # simulated seconds: a video model's 30 s - 3 min
     queue_delay: float = 2.0  # simulated seconds in the provider's own queue
     drain_timeout: float = 900.0  # wall seconds to wait after the last arrival
     sample_interval: float = 0.25

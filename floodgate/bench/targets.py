@@ -1,4 +1,6 @@
-"""The issue's targets, judged from a run's results (pure): met / not met, with the number.
+"""Floodgate's performance targets (one function each below, the target in its name: accept latency,
+SDK rate, burst, pipeline rate, notification latency, memory with 1,000,000 jobs queued), judged
+from a run's results (pure): met / not met, with the number.
 
 A scenario that failed or was scaled down (the smoke run) is never reported as met at a scale
 it did not reach; the row says what was measured instead.
@@ -136,7 +138,7 @@ def memory(results: dict[str, Any], target_large: int = 1_000_000) -> dict[str, 
                     f"{fill.get('recorded', 0):,}, then nothing for a minute (lag left {fill.get('lag_at_end')}); RSS "
                     f"then {m['rss_small'] / 2**20:,.0f} MiB, so flatness could not be measured")
     status = MET if m["within_tolerance"] and not stalls else NOT_MET
-    note = "" if large >= target_large else f"large backlog {large:,} (--memory-jobs; 1,000,000 is the issue's figure)"
+    note = "" if large >= target_large else f"large backlog {large:,} (--memory-jobs; the target is 1,000,000)"
     if status == MET and large < target_large:
         status = NOT_MEASURED
     return _row(name, status, measured, m["growth"], note)

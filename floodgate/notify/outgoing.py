@@ -131,7 +131,9 @@ class OutgoingWebhooks:
             enable_auto_commit=False,
             # A new group starts at the beginning: results written before the first deploy still get delivered.
             auto_offset_reset="earliest",
-            # Never notify a snapshot from an aborted transaction (exactly-once Faust writes them).
+            # Nothing writes `results` in transactions today (Faust runs at-least-once; exactly-once is
+            # not configured), so this changes nothing now; it keeps a future transactional writer's
+            # aborted snapshots from ever being notified.
             isolation_level="read_committed",
             session_timeout_ms=int(self._settings.session_timeout * 1000),
         )

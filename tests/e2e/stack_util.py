@@ -74,7 +74,3 @@ async def until(check: Callable[[], Awaitable[Any]], *, timeout: float, what: st
         await asyncio.sleep(interval)
     raise AssertionError(f"timed out after {timeout}s waiting for {what}; last: {last!r}")
 
-
-async def simulator_stats(session: aiohttp.ClientSession, url: str) -> dict[str, Any]:
-    async with session.get(f"{url}/stats") as resp:
-        return (await resp.json())["providers"]

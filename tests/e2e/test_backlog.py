@@ -12,8 +12,8 @@ import aiohttp
 import pytest
 
 from floodgate.devstack import Stack
-from tests.e2e.stack_util import make_stack, simulator_config, simulator_stats, until
-from tests.e2e.test_load_and_faults import _final_states, _fire, _stats
+from tests.e2e.stack_util import make_stack, simulator_config, until
+from tests.helpers import final_states, fire, sim_stats, simulator_stats
 from tests.kafka_util import committed_offsets, read_all, wait_committed, wait_consumed
 
 pytestmark = pytest.mark.kafka
@@ -24,10 +24,10 @@ def test_backlog_beyond_the_stream_buffer_keeps_flowing(kafka_bootstrap: str, tm
     # buffer many times over while every slot is taken, and releases must still get through.
     config = simulator_config(tmp_path / "sim.json", render_time={"kind": "uniform", "min": 0.05, "max": 0.15})
     with make_stack(kafka_bootstrap, tmp_path, sim_config=config, stream_buffer=16) as stack:
-        accepted = asyncio.run(_fire(stack.api_url, 600, "wan-2.6"))
+        accepted = asyncio.run(fire(stack.api_url, 600, "wan-2.6"))
         ids = {a["job_id"] for a in accepted}
-        finals = _final_states(stack.bootstrap, stack.settings.topic("results"), ids, timeout=120)
-        stats = asyncio.run(_stats(stack.simulator_url))
+        finals = final_states(stack.bootstrap, stack.settings.topic("results"), ids, timeout=120)
+        stats = asyncio.run(sim_stats(stack.simulator_url))
     assert set(finals) == ids, f"{len(ids) - len(finals)} of {len(ids)} jobs never finished"
     assert {recs[-1]["status"] for recs in finals.values()} == {"completed"}
     assert stats["wan"]["max_concurrency"] <= 10 and stats["wan"]["rejected_429"] == 0, stats["wan"]
@@ -35,9 +35,9 @@ def test_backlog_beyond_the_stream_buffer_keeps_flowing(kafka_bootstrap: str, tm
 
 def _finals_or_explain(stack: Stack, ids: set[str], timeout: float) -> dict[str, list[dict]]:
     """Every job's results; on a timeout, fail saying where each missing job's dispatch order sits
-    and what the group committed on dispatch.wan (the evidence the known loss needs)."""
+    and what the group committed on dispatch.wan: the evidence a lost order calls for."""
     try:
-        return _final_states(stack.bootstrap, stack.settings.topic("results"), ids, timeout=timeout)
+        return final_states(stack.bootstrap, stack.settings.topic("results"), ids, timeout=timeout)
     except AssertionError as exc:
         s = stack.settings
         done = {m.key().decode() for m in read_all(stack.bootstrap, s.topic("results"))}
@@ -51,7 +51,7 @@ def _finals_or_explain(stack: Stack, ids: set[str], timeout: float) -> dict[str,
 
 async def _queue_behind_full_slots(stack: Stack, n: int) -> set[str]:
     """Submit ``n`` wan jobs and return their ids once all 10 slots are taken (the rest wait)."""
-    ids = {a["job_id"] for a in await _fire(stack.api_url, n, "wan-2.6")}
+    ids = {a["job_id"] for a in await fire(stack.api_url, n, "wan-2.6")}
 
     async def slots_full() -> bool:
         async with aiohttp.ClientSession() as session:
@@ -82,7 +82,7 @@ def test_a_worker_with_orders_waiting_stops_promptly_and_loses_none(kafka_bootst
         stopped_in = time.monotonic() - started
         stack.start_worker(1)
         finals = _finals_or_explain(stack, ids, timeout=180)
-        stats = asyncio.run(_stats(stack.simulator_url))
+        stats = asyncio.run(sim_stats(stack.simulator_url))
     assert code == 0, worker.tail()
     assert stopped_in < 20
     assert set(finals) == ids and {recs[-1]["status"] for recs in finals.values()} == {"completed"}
@@ -98,7 +98,7 @@ def test_a_worker_joining_while_orders_wait_takes_over_its_share(kafka_bootstrap
         ids = asyncio.run(_queue_behind_full_slots(stack, 150))
         stack.start_worker(1)
         finals = _finals_or_explain(stack, ids, timeout=180)
-        stats = asyncio.run(_stats(stack.simulator_url))
+        stats = asyncio.run(sim_stats(stack.simulator_url))
         second = stack.children["worker-1"].log.read_text()
     assert set(finals) == ids and {recs[-1]["status"] for recs in finals.values()} == {"completed"}
     wan = stats["wan"]

@@ -18,8 +18,8 @@ import pytest
 
 from floodgate.devstack import Stack
 from floodgate.provider_config import DEV_WEBHOOK_SECRET_REF
-from tests.e2e.stack_util import get_job, make_stack, simulator_config, simulator_stats, submit, until
-from tests.e2e.test_metrics import scrape, value
+from tests.e2e.stack_util import get_job, make_stack, simulator_config, submit, until
+from tests.helpers import scrape, simulator_stats, value
 
 pytestmark = pytest.mark.kafka
 

@@ -13,7 +13,8 @@ import pytest
 
 from floodgate import codec
 from floodgate.ids import new_job_id
-from tests.e2e.stack_util import TERMINAL, get_job, make_stack, simulator_config, simulator_stats, submit, until
+from tests.e2e.stack_util import TERMINAL, get_job, make_stack, simulator_config, submit, until
+from tests.helpers import simulator_stats
 from tests.kafka_util import consume_until, produce, wait_consumed
 
 pytestmark = pytest.mark.kafka

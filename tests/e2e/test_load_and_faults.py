@@ -8,41 +8,19 @@ from pathlib import Path
 import aiohttp
 import pytest
 
-from floodgate import codec
-from tests.e2e.stack_util import make_stack, simulator_config, simulator_stats, until
-from tests.kafka_util import consume_until
+from tests.e2e.stack_util import make_stack, simulator_config, until
+from tests.helpers import final_states, fire, sim_stats, simulator_stats
 
 pytestmark = pytest.mark.kafka
 
 
-async def _fire(api: str, n: int, model: str, concurrency: int = 64) -> list[dict]:
-    sem = asyncio.Semaphore(concurrency)
-    async with aiohttp.ClientSession() as session:
-        async def one(i: int) -> dict:
-            async with sem, session.post(f"{api}/v1/jobs", json={
-                    "model": model, "user_id": f"u{i % 50}", "input": {"prompt": f"shot {i}"}}) as resp:
-                assert resp.status == 202, await resp.text()
-                return await resp.json()
-        return await asyncio.gather(*(one(i) for i in range(n)))
-
-
-def _final_states(bootstrap: str, topic: str, job_ids: set[str], timeout: float) -> dict[str, list[dict]]:
-    """Every result record per job, read until each accepted job has one (or the deadline)."""
-    def done(ms: list) -> bool:
-        return job_ids <= {m.key().decode() for m in ms}
-    out: dict[str, list[dict]] = {}
-    for m in consume_until(bootstrap, topic, done, timeout=timeout):
-        out.setdefault(m.key().decode(), []).append(codec.decode("JobSnapshot", m.value(), m.headers()))
-    return out
-
-
 def test_two_thousand_jobs_never_exceed_the_limit(kafka_bootstrap: str, tmp_path: Path) -> None:
     with make_stack(kafka_bootstrap, tmp_path, sim_config=simulator_config(tmp_path / "sim.json")) as stack:
-        accepted = asyncio.run(_fire(stack.api_url, 2000, "wan-2.6"))
+        accepted = asyncio.run(fire(stack.api_url, 2000, "wan-2.6"))
         ids = {a["job_id"] for a in accepted}
         assert len(ids) == 2000
-        finals = _final_states(stack.bootstrap, stack.settings.topic("results"), ids, timeout=400)
-        stats = asyncio.run(_stats(stack.simulator_url))
+        finals = final_states(stack.bootstrap, stack.settings.topic("results"), ids, timeout=400)
+        stats = asyncio.run(sim_stats(stack.simulator_url))
     assert {f[-1]["status"] for f in finals.values()} == {"completed"}
     wan = stats["wan"]
     assert wan["concurrency_limit"] == 10
@@ -56,10 +34,10 @@ def test_limit_is_shared_by_two_workers(kafka_bootstrap: str, tmp_path: Path) ->
     """Two workers split the dispatch partitions; their shares still add up to the limit."""
     config = simulator_config(tmp_path / "sim.json", render_time={"kind": "uniform", "min": 0.1, "max": 0.3})
     with make_stack(kafka_bootstrap, tmp_path, sim_config=config, workers=2) as stack:
-        accepted = asyncio.run(_fire(stack.api_url, 300, "wan-2.6"))
+        accepted = asyncio.run(fire(stack.api_url, 300, "wan-2.6"))
         ids = {a["job_id"] for a in accepted}
-        finals = _final_states(stack.bootstrap, stack.settings.topic("results"), ids, timeout=240)
-        stats = asyncio.run(_stats(stack.simulator_url))
+        finals = final_states(stack.bootstrap, stack.settings.topic("results"), ids, timeout=240)
+        stats = asyncio.run(sim_stats(stack.simulator_url))
         logs = [stack.children[f"worker-{i}"].log.read_text() for i in range(2)]
     assert {f[-1]["status"] for f in finals.values()} == {"completed"}
     assert stats["wan"]["max_concurrency"] <= 10, stats["wan"]
@@ -67,18 +45,13 @@ def test_limit_is_shared_by_two_workers(kafka_bootstrap: str, tmp_path: Path) ->
     assert all("worker=ready" in log for log in logs), "both workers joined the group"
 
 
-async def _stats(url: str) -> dict:
-    async with aiohttp.ClientSession() as session:
-        return await simulator_stats(session, url)
-
-
 def test_duplicated_and_reordered_webhooks_converge(kafka_bootstrap: str, tmp_path: Path) -> None:
     config = simulator_config(tmp_path / "sim.json", duplicate_rate=1.0, reorder_rate=1.0)
     with make_stack(kafka_bootstrap, tmp_path, sim_config=config) as stack:
-        accepted = asyncio.run(_fire(stack.api_url, 60, "kling-2.1"))
+        accepted = asyncio.run(fire(stack.api_url, 60, "kling-2.1"))
         ids = {a["job_id"] for a in accepted}
-        finals = _final_states(stack.bootstrap, stack.settings.topic("results"), ids, timeout=120)
-        stats = asyncio.run(_stats(stack.simulator_url))
+        finals = final_states(stack.bootstrap, stack.settings.topic("results"), ids, timeout=120)
+        stats = asyncio.run(sim_stats(stack.simulator_url))
         tokens = {a["job_id"]: a["token"] for a in accepted}
 
         async def read_all() -> list[dict]:
@@ -102,7 +75,7 @@ def test_duplicated_and_reordered_webhooks_converge(kafka_bootstrap: str, tmp_pa
 def test_killed_worker_loses_no_job(kafka_bootstrap: str, tmp_path: Path) -> None:
     config = simulator_config(tmp_path / "sim.json", render_time={"kind": "uniform", "min": 0.2, "max": 0.6})
     with make_stack(kafka_bootstrap, tmp_path, sim_config=config) as stack:
-        accepted = asyncio.run(_fire(stack.api_url, 300, "wan-2.6"))
+        accepted = asyncio.run(fire(stack.api_url, 300, "wan-2.6"))
         ids = {a["job_id"] for a in accepted}
 
         async def some_done() -> bool:
@@ -113,8 +86,8 @@ def test_killed_worker_loses_no_job(kafka_bootstrap: str, tmp_path: Path) -> Non
         asyncio.run(until(some_done, timeout=60, what="the first jobs to complete"))
         stack.kill("worker-0")  # SIGKILL mid-run: no shutdown, no final commit
         stack.start_worker(1)
-        finals = _final_states(stack.bootstrap, stack.settings.topic("results"), ids, timeout=300)
-        stats = asyncio.run(_stats(stack.simulator_url))
+        finals = final_states(stack.bootstrap, stack.settings.topic("results"), ids, timeout=300)
+        stats = asyncio.run(sim_stats(stack.simulator_url))
     assert set(finals) == ids
     assert {recs[-1]["status"] for recs in finals.values()} == {"completed"}
     assert stats["wan"]["max_concurrency"] <= 10, stats["wan"]

@@ -8,30 +8,15 @@ from pathlib import Path
 
 import aiohttp
 import pytest
-from prometheus_client.parser import text_string_to_metric_families
 
 from floodgate.devstack import Stack
 from floodgate.provider_config import dev_setup
 from tests.e2e.stack_util import TERMINAL, get_job, make_stack, simulator_config, submit, until
+from tests.helpers import Samples, scrape, value
 
 pytestmark = pytest.mark.kafka
 
 N = 12
-Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
-
-
-async def scrape(session: aiohttp.ClientSession, url: str) -> Samples:
-    async with session.get(url) as resp:
-        assert resp.status == 200, (url, resp.status)
-        text = await resp.text()
-    return {(s.name, frozenset(s.labels.items())): s.value
-            for family in text_string_to_metric_families(text) for s in family.samples}
-
-
-def value(samples: Samples, name: str, **labels: str) -> float:
-    return samples.get((name, frozenset(labels.items())), 0.0)
-
-
 async def follow_sse(session: aiohttp.ClientSession, url: str, token: str) -> list[dict]:
     events: list[dict] = []
     async with session.get(url, headers={"Authorization": f"Bearer {token}"}) as resp:

@@ -8,16 +8,8 @@ from pathlib import Path
 import aiohttp
 import pytest
 
-from tests.e2e.stack_util import (
-    TERMINAL,
-    get_job,
-    make_stack,
-    routing_file,
-    simulator_config,
-    simulator_stats,
-    submit,
-    until,
-)
+from tests.e2e.stack_util import TERMINAL, get_job, make_stack, routing_file, simulator_config, submit, until
+from tests.helpers import sim_stats
 
 pytestmark = pytest.mark.kafka
 
@@ -41,7 +33,7 @@ def test_429s_are_retried_and_the_real_limit_holds(kafka_bootstrap: str, tmp_pat
     routes = routing_file(tmp_path / "routes.json", {"wan": 8, "kling": 8})
     with make_stack(kafka_bootstrap, tmp_path, sim_config=sim, routing_file=str(routes)) as stack:
         jobs = asyncio.run(_run_jobs(stack.api_url, 40, "wan-2.6"))
-        stats = asyncio.run(_stats(stack.simulator_url))
+        stats = asyncio.run(sim_stats(stack.simulator_url))
     assert {j["status"] for j in jobs} == {"completed"}
     assert stats["wan"]["rejected_429"] > 0, "the test must actually provoke 429s"
     assert stats["wan"]["max_concurrency"] <= 3
@@ -55,15 +47,10 @@ def test_outage_moves_jobs_to_the_fallback(kafka_bootstrap: str, tmp_path: Path)
     with make_stack(kafka_bootstrap, tmp_path, sim_config=sim, routing_file=str(routes)) as stack:
         asyncio.run(_outage(stack.simulator_url, "wan", 300))
         jobs = asyncio.run(_run_jobs(stack.api_url, 12, "wan-2.6"))
-        stats = asyncio.run(_stats(stack.simulator_url))
+        stats = asyncio.run(sim_stats(stack.simulator_url))
     assert {j["status"] for j in jobs} == {"completed"}
     assert {j["provider"] for j in jobs} == {"kling"}
     assert stats["wan"]["outage_rejections"] > 0 and stats["wan"]["jobs_created"] == 0
-
-
-async def _stats(url: str) -> dict:
-    async with aiohttp.ClientSession() as session:
-        return await simulator_stats(session, url)
 
 
 async def _outage(url: str, provider: str, seconds: float) -> None:

@@ -1,5 +1,6 @@
 """The benchmark's pure parts: statistics, arrival schedules, HTTP response parsing, profile
-summaries, target judgements and the generated nginx configuration."""
+summaries, target judgements, the generated nginx configuration, and what the command says without
+the bench extra."""
 from __future__ import annotations
 
 import itertools
@@ -190,3 +191,16 @@ def test_nginx_conf_scales_only_the_read_timeout_and_listens_on_loopback(tmp_pat
 
 def test_moving_average_is_trailing() -> None:
     assert stats.moving_average([2.0, 4.0, 6.0, 8.0], 2) == [2.0, 3.0, 5.0, 7.0]
+
+
+# -- the bench extra ----------------------------------------------------------------------
+def test_bench_without_matplotlib_says_how_to_install_it(monkeypatch: pytest.MonkeyPatch,
+                                                          capsys: pytest.CaptureFixture[str]) -> None:
+    import importlib.util
+
+    from floodgate import cli
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "matplotlib" else real(name, *a))
+    assert cli.main(["bench", "--smoke"]) == 2
+    assert "pip install -e '.[bench]'" in capsys.readouterr().err

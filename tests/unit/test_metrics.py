@@ -1,5 +1,5 @@
-"""Metric names follow Prometheus conventions, every metric is in README's table, the API serves
-them, and the pure parts of the worker's queue-depth refresh (lag, limit shares) hold."""
+"""Metric names follow Prometheus conventions, every metric is in docs/metrics.md's table, the API
+serves them, and the pure parts of the worker's queue-depth refresh (lag, limit shares) hold."""
 from __future__ import annotations
 
 import re
@@ -9,7 +9,6 @@ from typing import Any
 import pytest
 from aiohttp.test_utils import TestClient, TestServer
 from prometheus_client import CollectorRegistry
-from prometheus_client.parser import text_string_to_metric_families
 
 from floodgate import metrics
 from floodgate.api.app import build_app
@@ -18,6 +17,7 @@ from floodgate.metrics import ApiMetrics, SimulatorCollector, WorkerMetrics, des
 from floodgate.provider_config import dev_setup
 from floodgate.settings import Secret, Settings
 from streams.lag import depth, owned_share
+from tests.helpers import samples
 
 ROOT = Path(__file__).resolve().parents[2]
 NAME = re.compile(r"^floodgate_[a-z0-9]+(_[a-z0-9]+)*$")
@@ -41,11 +41,12 @@ def test_names_follow_prometheus_conventions() -> None:
         assert "job_id" not in names
 
 
-def test_every_metric_is_in_the_readme_table() -> None:
-    readme = (ROOT / "README.md").read_text()
-    assert "## Metrics" in readme
+def test_every_metric_is_in_the_metrics_table() -> None:
+    table = (ROOT / "docs/metrics.md").read_text()
+    assert "(docs/metrics.md)" in (ROOT / "README.md").read_text(), "README links to the table"
     for row in describe():
-        assert "| `{}` | {} | {} | {} |".format(*row) in readme, f"README's metrics table is stale for {row[0]}"
+        line = "| `{}` | {} | {} | {} |".format(*row)
+        assert line in table, f"docs/metrics.md is stale for {row[0]}; the row should read:\n{line}"
 
 
 def test_latency_buckets() -> None:
@@ -59,24 +60,19 @@ def test_latency_buckets() -> None:
 Key = tuple[str, frozenset[tuple[str, str]]]
 
 
-def _samples(text: str) -> dict[Key, float]:
-    return {(s.name, frozenset(s.labels.items())): s.value
-            for family in text_string_to_metric_families(text) for s in family.samples}
-
-
 def test_groups_register_once_per_registry_and_preseed_series() -> None:
     registry = CollectorRegistry()
     api, worker = ApiMetrics(registry), WorkerMetrics(registry)
     worker.for_provider("wan")
     with pytest.raises(ValueError):
         ApiMetrics(registry)  # a second definition on the same registry is refused
-    got = _samples(render(registry)[0].decode())
+    got = samples(render(registry)[0].decode())
     assert got[("floodgate_requests_rejected_total", frozenset({("reason", "auth")}))] == 0
     assert got[("floodgate_provider_inflight", frozenset({("provider", "wan")}))] == 0
     assert got[("floodgate_notification_subscribers", frozenset({("channel", "websocket")}))] == 0
     api.reject("too_large")
     worker.job_latency.labels("completed").observe(42.0)
-    got = _samples(render(registry)[0].decode())
+    got = samples(render(registry)[0].decode())
     assert got[("floodgate_requests_rejected_total", frozenset({("reason", "too_large")}))] == 1
     assert got[("floodgate_job_latency_seconds_count", frozenset({("outcome", "completed")}))] == 1
     assert got[("floodgate_job_latency_seconds_bucket", frozenset({("outcome", "completed"), ("le", "45.0")}))] == 1
@@ -96,11 +92,11 @@ def test_simulator_collector_reads_stats_at_scrape_time() -> None:
     stats: dict[str, Any] = {"providers": {"wan": {"in_flight": 3, "jobs_created": 7, "rejected_429": 1}}}
     registry = CollectorRegistry(auto_describe=False)
     registry.register(SimulatorCollector(lambda: stats))
-    got = _samples(render(registry)[0].decode())
+    got = samples(render(registry)[0].decode())
     assert got[("floodgate_sim_inflight", frozenset({("provider", "wan")}))] == 3
     assert got[("floodgate_sim_jobs_created_total", frozenset({("provider", "wan")}))] == 7
     stats["providers"]["wan"]["jobs_created"] = 9
-    assert _samples(render(registry)[0].decode())[("floodgate_sim_jobs_created_total",
+    assert samples(render(registry)[0].decode())[("floodgate_sim_jobs_created_total",
                                                      frozenset({("provider", "wan")}))] == 9
 
 
@@ -116,7 +112,7 @@ async def test_api_serves_metrics_and_counts_accepts_and_rejects() -> None:
         async def scrape() -> dict[Key, float]:
             resp = await client.get("/metrics")
             assert resp.status == 200 and resp.content_type == "text/plain"
-            return _samples(await resp.text())
+            return samples(await resp.text())
 
         accepted: Key = ("floodgate_requests_accepted_total", frozenset({("source", "http")}))
         latency: Key = ("floodgate_accept_latency_seconds_count", frozenset())
