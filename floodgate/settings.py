@@ -64,8 +64,10 @@ class Settings:
     """Prefix of every topic name (requests, dispatch.<provider>, events, ...)."""
     partitions: int = 4
     """Partitions of requests/events/notifications/results (and the app's internal topics)."""
-    dispatch_partitions: int = 2
-    """Partitions of each dispatch.<provider> topic; each gets a share of the provider's limit."""
+    dispatch_partitions: int = 1
+    """Partitions of each dispatch.<provider> topic. One keeps a provider's slots and queue in one
+    place (no share idles while another partition's orders wait); more split its limit into
+    fixed shares, for a provider whose submission rate one worker cannot carry."""
     replication_factor: int = 1
     """For every topic Floodgate creates, table changelogs included (3 on a real cluster)."""
     min_insync_replicas: int = 1

@@ -260,7 +260,11 @@ class JobDesk:
             if step.became_terminal:
                 pipe.metrics.job_latency.labels(step.state.status.value).observe(
                     max(0.0, step.state.updated_at - step.state.created_at))
-                await self.finish(step.state, provider=step.state.provider)
+                # A provider's own word that its job ended was sent to the slot's dispatcher by
+                # the webhook bridge already (with the provider job id); anything else is ours to send.
+                from_bridge = (aimed.event_id.startswith("wh:") and aimed.provider_job_id is not None
+                               and aimed.provider_job_id == step.state.provider_job_id)
+                await self.finish(step.state, provider=None if from_bridge else step.state.provider)
         if before is not None and before.terminal and aimed.provider:
             # A provider still reports on a finished job (a duplicate dispatch re-submitted after
             # completion, or a job cancelled before its order reached the submitter), whether or

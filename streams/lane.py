@@ -36,56 +36,27 @@ from typing import Any
 
 import faust
 
+from floodgate.dispatch import CancelMark, Order, Parked, Slot, mark_expired, parse_slot_key, slot_key
 from floodgate.routing import ProviderSpec
 from floodgate.throttle import Backoff, CircuitBreaker, SlotPool, TokenBucket, WaitingLine, partition_share
-from streams.tables import JsonTable
+from streams.tables import RecordTable
 
 log = logging.getLogger(__name__)
-
-MARK_GRACE = 60.0
-"""Seconds a cancel mark stays at least: orders written just after the cancel (an admission that
-ran behind it, a fallback order on its way) still meet it."""
-
-MARK_MAX_AGE = 6 * 3600.0
-"""A cancel mark older than this goes even if its partition never caught up: a bound on memory."""
 
 MIN_WAITING = 64
 """Orders a partition keeps in memory while its slots are full, at least (its share, if larger):
 enough to refill freed slots at once, few enough that the backlog stays in Kafka."""
 
 
-def slot_key(partition: int, job_id: str) -> bytes:
-    return f"{partition}:{job_id}".encode()
-
-
-def parse_slot_key(key: bytes) -> tuple[int, str]:
-    partition, _, job_id = key.decode().partition(":")
-    return int(partition), job_id
-
-
-def mark_expired(mark: dict[str, Any], read_to: int | None, now: float, *, grace: float = MARK_GRACE,
-                 max_age: float = MARK_MAX_AGE) -> bool:
-    """Whether a cancel mark may go. ``mark["end"]`` is the dispatch partition's end offset when the
-    mark was made (None if unknown) and ``read_to`` the last offset of that partition this worker
-    has read since it got the partition: once that is past the end, every order written before the
-    cancel has been seen, so after ``grace`` seconds no order can still need the mark."""
-    age = now - mark["t"]
-    if age >= max_age:
-        return True
-    end = mark.get("end")
-    return age >= grace and end is not None and (end == 0 or (read_to is not None and read_to >= end - 1))
-
-
-Order = dict[str, Any]
-
-
 class Lane:
     def __init__(self, app: faust.App, spec: ProviderSpec, partitions: int) -> None:
         self.spec = spec
         self.partitions = partitions
-        self.slots = JsonTable(app, f"inflight-{spec.name}", partitions=partitions)
+        self.slots: RecordTable[Slot] = RecordTable(app, f"inflight-{spec.name}", partitions=partitions,
+                                                    encode=Slot.encode, decode=Slot.decode)
         self.pools = {p: SlotPool(self.capacity(p)) for p in range(partitions)}
-        self.waiting = JsonTable(app, f"waiting-{spec.name}", partitions=partitions)
+        self.waiting: RecordTable[Parked] = RecordTable(app, f"waiting-{spec.name}", partitions=partitions,
+                                                        encode=Parked.encode, decode=Parked.decode)
         self.lines: dict[int, WaitingLine[Order]] = {
             p: WaitingLine(max(MIN_WAITING, self.capacity(p))) for p in range(partitions)}
         self.generations: dict[int, int] = {}
@@ -97,9 +68,13 @@ class Lane:
         self.breaker = CircuitBreaker(failure_threshold=5, reset_after=30.0)
         self.backoff = Backoff(base=0.5, factor=2.0, cap=30.0, jitter="full", rng=random.Random())
         self.submitting: dict[bytes, asyncio.Task[None]] = {}
-        self.marks = JsonTable(app, f"cancelled-{spec.name}", partitions=partitions)
+        self.marks: RecordTable[CancelMark] = RecordTable(app, f"cancelled-{spec.name}", partitions=partitions,
+                                                          encode=CancelMark.encode, decode=CancelMark.decode)
         self.read_to: dict[int, int] = {}
         """Per dispatch partition, the last offset read since this worker got it (for ``mark_expired``)."""
+        self.ended_early: dict[bytes, str] = {}
+        """Slots whose provider job ended (the bridge said so) before their submission recorded
+        its provider job id: that submission frees them instead of recording it."""
         self.cancelling: set[bytes] = set()
         """Slots whose provider job is being cancelled (the slot is freed once that is done)."""
         self._chores: set[asyncio.Task[None]] = set()
@@ -122,23 +97,24 @@ class Lane:
         """Make ``partition``'s line the orders its waiting table holds, oldest (lowest offset) first."""
         prefix = f"{partition}:".encode()
         parked = sorted((entry for key, entry in self.waiting.items() if key.startswith(prefix)),
-                        key=lambda entry: entry["n"])
+                        key=lambda entry: entry.offset)
         line = self.lines[partition]
         line.clear()
         for entry in parked:
-            line.push(entry["o"])
+            line.push(entry.order)
         if parked:
             log.info("%s[%d]: %d waiting orders back in line", self.spec.name, partition, len(parked))
 
-    async def park(self, partition: int, offset: int, order: Order) -> bool:
-        """Queue ``order`` (read at ``offset``) for a slot, durably: once this returns, its dispatch
-        record may be acknowledged. True while the line is at its high mark (pause the partition)."""
-        await self.waiting.put_durably_in(partition, slot_key(partition, order["job_id"]), {"o": order, "n": offset})
-        return self.lines[partition].push(order)
+    def park(self, partition: int, offset: int, order: Order) -> tuple[Any, bool]:
+        """Queue ``order`` (read at ``offset``) for a slot. Returns the future of its durable copy
+        (its dispatch record may be acknowledged once that resolves) and whether the line is at its
+        high mark (pause the partition)."""
+        durable = self.waiting.put_reliably_in(partition, slot_key(partition, order.job_id), Parked(order, offset))
+        return durable, self.lines[partition].push(order)
 
     def parked(self, key: bytes) -> Order | None:
         entry = self.waiting.get(key)
-        return None if entry is None else entry["o"]
+        return None if entry is None else entry.order
 
     def unpark(self, partition: int, key: bytes) -> None:
         """The order of ``key`` no longer waits (it holds a slot now, or its job was cancelled)."""
@@ -150,7 +126,7 @@ class Lane:
         because a count taken while a recovery was still replaying the changelog can include slots
         the replay then deletes, and a count that only grows would stall the partition for good."""
         prefix = f"{partition}:".encode()
-        held = [parse_slot_key(key)[1] for key in list(self.slots.table.keys()) if key.startswith(prefix)]
+        held = [parse_slot_key(key)[1] for key in self.slots if key.startswith(prefix)]
         self.pools[partition].rebuild(held)
 
     def next_waiting(self, partition: int) -> tuple[Order, bool] | None:
@@ -160,7 +136,7 @@ class Lane:
         head = line.peek()
         if head is None:
             return None
-        job = head["job_id"]
+        job = head.job_id
         if job in pool:
             line.pop()
             return head, False
@@ -182,7 +158,7 @@ class Lane:
         Call it only once recovery is complete. Returns the number of entries dropped."""
         dropped = 0
         for table in (self.slots, self.marks, self.waiting):
-            data = table.table.data
+            data = table.data
             for key in [key for key in list(data.keys()) if parse_slot_key(key)[0] not in assigned]:
                 del data[key]
                 dropped += 1
@@ -204,10 +180,10 @@ class Lane:
 
     def mark(self, partition: int, key: bytes, end: int | None, now: float) -> None:
         """Mark the job of slot ``key`` cancelled: its order, wherever it is, must not be submitted."""
-        self.marks.put_in(partition, key, {"t": now, "end": end})
+        self.marks.put_in(partition, key, CancelMark(made_at=now, end=end))
 
     def marked(self, key: bytes) -> bool:
-        return key in self.marks.table.data
+        return key in self.marks.data
 
     def unmark(self, partition: int, key: bytes) -> None:
         self.marks.remove_in(partition, key)

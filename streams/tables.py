@@ -1,42 +1,79 @@
-"""Faust tables holding JSON documents as raw bytes.
+"""Faust tables whose values are records of ours, stored as the bytes the record encodes to.
 
-Faust rebuilds table values on recovery through ``value_type.from_data``, which plain ``dict``
-lacks (recovery then fails, record by record); storing orjson bytes with ``value_type=bytes``
-uses the raw codec both ways and is faster than Faust's json codec besides.
+Faust rebuilds table values on recovery through ``value_type.from_data``, which our records lack;
+storing raw bytes (``value_type=bytes``) uses the raw codec both ways and keeps decoding at this
+edge, where a typed record comes out.
 """
 from __future__ import annotations
 
-from collections.abc import Iterator
-from typing import Any
+import asyncio
+import logging
+from collections.abc import Callable, Iterator
+from typing import Any, Generic, TypeVar
 
 import faust
-import orjson
 from faust.types.tuples import FutureMessage
 
+T = TypeVar("T")
 
-class JsonTable:
-    def __init__(self, app: faust.App, name: str, *, partitions: int, **options: Any) -> None:
+log = logging.getLogger(__name__)
+
+
+class RecordTable(Generic[T]):
+    def __init__(self, app: faust.App, name: str, *, partitions: int, encode: Callable[[T], bytes],
+                 decode: Callable[[bytes], T], **options: Any) -> None:
         """``options``: more ``app.Table`` arguments (a ``store``: default the app's, memory). Only a
         memory-backed table may be written outside an agent's event (``put_in``/``remove_in``)."""
         self.table = app.Table(name, partitions=partitions, key_type=bytes, value_type=bytes, **options)
+        self._encode = encode
+        self._decode = decode
 
-    def get(self, key: bytes) -> dict[str, Any] | None:
+    @property
+    def data(self) -> Any:
+        """The local store (a dict for memory tables): read and prune without changelog records."""
+        return self.table.data
+
+    def get(self, key: bytes) -> T | None:
         raw = self.table.get(key)
-        return None if raw is None else orjson.loads(raw)
+        return None if raw is None else self._decode(raw)
 
-    def __setitem__(self, key: bytes, value: dict[str, Any]) -> None:
-        self.table[key] = orjson.dumps(value)
-
-    def put_in(self, partition: int, key: bytes, value: dict[str, Any]) -> FutureMessage:
+    def put_in(self, partition: int, key: bytes, value: T) -> FutureMessage:
         """Set ``key`` from outside an agent's event (a background task), naming the changelog
-        partition that Faust would otherwise take from the event being processed."""
-        raw = orjson.dumps(value)
+        partition that Faust would otherwise take from the event being processed. The returned
+        future resolves once Kafka acknowledged the changelog record."""
+        raw = self._encode(value)
         self.table.data[key] = raw
         return self.table.send_changelog(partition, key, raw)
 
-    async def put_durably_in(self, partition: int, key: bytes, value: dict[str, Any]) -> None:
+    async def put_durably_in(self, partition: int, key: bytes, value: T) -> None:
         """``put_in``, returning once the changelog record is acknowledged by Kafka."""
         await self.put_in(partition, key, value)
+
+    def put_reliably_in(self, partition: int, key: bytes, value: T, *, retry_delay: float = 1.0) -> asyncio.Task[None]:
+        """``put_in``, sent again until Kafka acknowledges it; the task ends then, or as soon as
+        the key has been written again or deleted (a newer write supersedes this one). Callers
+        that must not act before the value is durable await the task."""
+        raw = self._encode(value)
+        self.table.data[key] = raw
+        first = self.table.send_changelog(partition, key, raw)
+
+        async def land() -> None:
+            durable = first
+            while True:
+                try:
+                    await durable
+                    return
+                except asyncio.CancelledError:
+                    raise
+                except Exception as exc:  # Kafka refused it: the caller is still waiting on it
+                    log.warning("changelog write of %r to %s failed (%s); sending it again", key,
+                                self.table.name, exc)
+                await asyncio.sleep(retry_delay)
+                if self.table.data.get(key) != raw:
+                    return
+                durable = self.table.send_changelog(partition, key, raw)
+
+        return asyncio.ensure_future(land())
 
     def remove_in(self, partition: int, key: bytes) -> None:
         """Delete ``key`` from outside an agent's event (see ``put_in``)."""
@@ -44,16 +81,16 @@ class JsonTable:
             del self.table.data[key]
             self.table.send_changelog(partition, key, None, value_serializer="raw")
 
-    def __delitem__(self, key: bytes) -> None:
-        del self.table[key]
-
     def __contains__(self, key: bytes) -> bool:
         return key in self.table
 
-    def items(self) -> Iterator[tuple[bytes, dict[str, Any]]]:
-        for key, raw in list(self.table.items()):
-            yield key, orjson.loads(raw)
+    def __len__(self) -> int:
+        return len(self.table.data)
 
-    def values(self) -> Iterator[dict[str, Any]]:
-        for _, value in self.items():
-            yield value
+    def __iter__(self) -> Iterator[bytes]:
+        """The keys held locally, copied first: safe to write the table while iterating."""
+        return iter(list(self.table.data.keys()))
+
+    def items(self) -> Iterator[tuple[bytes, T]]:
+        for key, raw in list(self.table.items()):
+            yield key, self._decode(raw)

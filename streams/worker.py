@@ -15,7 +15,7 @@ from floodgate import metrics, provider_config
 from floodgate.kafka_admin import ensure_topics
 from floodgate.settings import Settings
 from floodgate.topics import TopicNames
-from streams import faust_fixes, jobs, lag, localstate, submitter
+from streams import dispatcher, faust_fixes, jobs, lag, localstate
 from streams.app import create_app
 from streams.context import Pipeline
 
@@ -35,7 +35,7 @@ def build(settings: Settings, *, web_port: int | None = None) -> Pipeline:
     waiting: dict[str, Callable[[], int]] = {}
     for name in setup.routing.providers:
         pipe.metrics.for_provider(name)
-        waiting[name] = submitter.register_provider(pipe, name).waiting_count
+        waiting[name] = dispatcher.register_provider(pipe, name).waiting_count
     _observe(pipe, limits, waiting)
     faust_fixes.watch_stalled_partitions(app)
     # Create the table changelogs ourselves, before Faust starts: two workers starting together

@@ -2,11 +2,15 @@
 answer 200 — nothing more, so providers get a fast answer and never time out on us.
 
 Verification happens here *and* the raw body and headers travel on: only authentic deliveries
-reach Kafka (a forged flood costs us no storage), and the normaliser can still re-check or
-re-parse the original bytes later.
+reach Kafka (a forged flood costs us no storage), and the jobs agent can still re-check or
+re-parse the original bytes later. A delivery that says a provider job ended also frees its slot
+at once: a release (status ``ended``, with the provider job id) goes to ``release.<provider>``,
+written together with the webhook record and before the 200, so the next waiting order is
+submitted one Kafka hop after the provider's news, not three.
 """
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import logging
 from collections.abc import Mapping
@@ -14,9 +18,11 @@ from typing import Any
 
 from aiohttp import web
 
+from connectors.providers.base import TERMINAL_STATES
 from floodgate import codec
 from floodgate.api.common import BodyTooLarge, Deps, json_response, read_bounded, too_large
 from floodgate.api.kafka_io import KafkaUnavailable, RecordTooLarge
+from floodgate.dispatch import ENDED
 from floodgate.errors import WebhookVerificationError
 from floodgate.headers import lowered
 from floodgate.metrics import UNKNOWN_PROVIDER
@@ -63,16 +69,28 @@ class Bridge:
             log.info("rejected webhook for %s: %s", name, exc)
             received.labels(name, "bad_signature").inc()
             return problem_response(401, "Unauthorized", type_=UNAUTHORIZED, detail="webhook verification failed")
-        job_id, event_webhook_id = None, None
+        job_id, event_webhook_id, ended = None, None, None
         try:
             event = connector.parse_webhook(headers, body)
             job_id, event_webhook_id = event.job_id, event.webhook_id
-        except Exception as exc:  # forwarded keyless: the normaliser dead-letters it
+            if event.state in TERMINAL_STATES and event.job_id and event.provider_job_id:
+                ended = event
+        except Exception as exc:  # forwarded keyless: the jobs agent dead-letters it
             log.info("webhook for %s does not parse (%s); forwarding without a key", name, exc)
-        record = envelope(name, headers, body, event_webhook_id, int(deps.clock() * 1000))
+        now_ms = int(deps.clock() * 1000)
+        record = envelope(name, headers, body, event_webhook_id, now_ms)
         value, kafka_headers = codec.encode("WebhookEnvelope", record)
+        writes = [deps.producer.send_and_wait(deps.topics.webhooks, job_id, value, kafka_headers)]
+        if ended is not None:
+            # The provider's slot is free the moment its job ended: tell the dispatcher directly,
+            # one Kafka hop, rather than after the jobs agent has recorded the end (two hops).
+            release, release_headers = codec.encode("SlotRelease", {
+                "job_id": ended.job_id, "provider": name, "attempt": 0, "status": ENDED, "at": now_ms,
+                "provider_job_id": ended.provider_job_id})
+            writes.append(deps.producer.send_and_wait(deps.topics.release(name), ended.job_id, release,
+                                                      release_headers))
         try:
-            await deps.producer.send_and_wait(deps.topics.webhooks, job_id, value, kafka_headers)
+            await asyncio.gather(*writes)
         except KafkaUnavailable as exc:
             # Providers retry non-2xx deliveries: this is how we ask for one.
             received.labels(name, "kafka_unavailable").inc()

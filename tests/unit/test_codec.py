@@ -50,7 +50,8 @@ SAMPLES: dict[str, dict[str, Any]] = {
         "webhook_url": None,
         "metadata": {},
     },
-    "SlotRelease": {"job_id": "job_01hzz", "provider": "sim", "attempt": 1, "status": "completed", "at": T0},
+    "SlotRelease": {"job_id": "job_01hzz", "provider": "sim", "attempt": 1, "status": "completed", "at": T0,
+                    "provider_job_id": "pj_1"},
     "WebhookEnvelope": {
         "webhook_id": "wh_1",
         "provider": "sim",
@@ -111,10 +112,13 @@ def test_every_contract_has_a_sample() -> None:
     assert sorted(SAMPLES) == codec.default_codec().names()
 
 
+CURRENT_VERSIONS = {"SlotRelease": 2}  # schemas that gained fields; the rest are at 1
+
+
 @pytest.mark.parametrize("name", sorted(SAMPLES))
 def test_round_trip(name: str) -> None:
     value, headers = codec.encode(name, SAMPLES[name])
-    assert headers == [(SCHEMA_HEADER, f"{name}/1".encode())]
+    assert headers == [(SCHEMA_HEADER, f"{name}/{CURRENT_VERSIONS.get(name, 1)}".encode())]
     assert codec.decode(name, value, headers) == SAMPLES[name]
 
 
@@ -191,7 +195,7 @@ def test_timestamps_stay_integers() -> None:
     ids=["unknown-field", "missing-required", "wrong-type", "timestamp-not-int"],
 )
 def test_encode_rejects_bad_records(record: dict[str, Any]) -> None:
-    with pytest.raises(SchemaError, match="SlotRelease/1") as info:
+    with pytest.raises(SchemaError, match="SlotRelease/2") as info:
         codec.encode("SlotRelease", record)
     assert info.value.__cause__ is not None
 
@@ -217,8 +221,14 @@ def test_missing_header_means_current_version() -> None:
 
 def test_header_as_mapping_or_str() -> None:
     value, _ = codec.encode("SlotRelease", SAMPLES["SlotRelease"])
-    assert codec.decode("SlotRelease", value, {SCHEMA_HEADER: b"SlotRelease/1"}) == SAMPLES["SlotRelease"]
-    assert codec.decode("SlotRelease", value, [(SCHEMA_HEADER, "SlotRelease/1")]) == SAMPLES["SlotRelease"]
+    assert codec.decode("SlotRelease", value, {SCHEMA_HEADER: b"SlotRelease/2"}) == SAMPLES["SlotRelease"]
+    assert codec.decode("SlotRelease", value, [(SCHEMA_HEADER, "SlotRelease/2")]) == SAMPLES["SlotRelease"]
+
+
+def test_a_release_written_before_provider_job_ids_still_decodes() -> None:
+    old = {k: v for k, v in SAMPLES["SlotRelease"].items() if k != "provider_job_id"}
+    value = b"".join([b"\x12job_01hzz", b"\x06sim", b"\x02", b"\x12completed", bytes.fromhex("80a0abfef962")])
+    assert codec.decode("SlotRelease", value, [(SCHEMA_HEADER, b"SlotRelease/1")]) == {**old, "provider_job_id": None}
 
 
 @pytest.mark.parametrize(
@@ -253,7 +263,7 @@ def test_bad_header_is_schema_error(header: bytes | None, match: str) -> None:
 )
 def test_corrupt_bytes_are_schema_errors(mangle: Any) -> None:
     value, headers = codec.encode("SlotRelease", SAMPLES["SlotRelease"])
-    with pytest.raises(SchemaError, match="cannot decode SlotRelease/1"):
+    with pytest.raises(SchemaError, match="cannot decode SlotRelease/2"):
         codec.decode("SlotRelease", mangle(value), headers)
 
 

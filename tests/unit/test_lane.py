@@ -4,15 +4,24 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import orjson
 import pytest
 
+from floodgate.dispatch import MARK_GRACE, MARK_MAX_AGE, CancelMark, Order, Parked, Slot, mark_expired, slot_key
 from floodgate.provider_config import dev_setup
 from floodgate.settings import Settings
 from streams.app import create_app
-from streams.lane import MARK_GRACE, MARK_MAX_AGE, Lane, mark_expired, slot_key
+from streams.lane import Lane
 
 T0 = 1_000_000.0
+
+
+def _order(job_id: str) -> Order:
+    return Order(job_id=job_id, tenant="t", model="wan-2.6", provider="wan", provider_model="wan-2.6",
+                 prompt="p", attempt=0, queued_at=0)
+
+
+def _slot(job_id: str) -> bytes:
+    return Slot(attempt=0, taken_at=T0, order=_order(job_id)).encode()
 
 
 @pytest.mark.parametrize(("end", "read_to", "age", "expired"), [
@@ -35,7 +44,7 @@ T0 = 1_000_000.0
 ])
 def test_cancel_marks_expire_once_no_order_can_need_them(end: int | None, read_to: int | None, age: float,
                                                          expired: bool) -> None:
-    assert mark_expired({"t": T0, "end": end}, read_to, T0 + age) is expired
+    assert mark_expired(CancelMark(made_at=T0, end=end), read_to, T0 + age) is expired
 
 
 def test_cancel_marks_do_not_count_as_held_slots(tmp_path: Path) -> None:
@@ -43,9 +52,9 @@ def test_cancel_marks_do_not_count_as_held_slots(tmp_path: Path) -> None:
     app = create_app(settings, datadir=tmp_path / "w0")
     lane = Lane(app, dev_setup("http://127.0.0.1:9").routing.providers["wan"], partitions=2)
     # As recovery from the changelogs would leave them: one held slot, two cancelled jobs.
-    lane.slots.table.data[slot_key(0, "job-held")] = orjson.dumps({"a": 0, "t": T0})
-    lane.marks.table.data[slot_key(0, "job-gone")] = orjson.dumps({"t": T0, "end": 5})
-    lane.marks.table.data[slot_key(1, "job-other")] = orjson.dumps({"t": T0, "end": 5})
+    lane.slots.table.data[slot_key(0, "job-held")] = _slot("job-held")
+    lane.marks.table.data[slot_key(0, "job-gone")] = CancelMark(made_at=T0, end=5).encode()
+    lane.marks.table.data[slot_key(1, "job-other")] = CancelMark(made_at=T0, end=5).encode()
     lane.sync(0, generation=1)
     lane.sync(1, generation=1)
     assert set(lane.pools[0].held) == {"job-held"} and len(lane.pools[1]) == 0
@@ -61,15 +70,15 @@ def test_reconcile_drops_slots_the_table_no_longer_holds(tmp_path: Path) -> None
     lane = Lane(app, dev_setup("http://127.0.0.1:9").routing.providers["wan"], partitions=2)
     share = lane.capacity(0)
     for i in range(share):
-        lane.slots.table.data[slot_key(0, f"old-{i}")] = orjson.dumps({"a": 0, "t": T0})
+        lane.slots.table.data[slot_key(0, f"old-{i}")] = _slot(f"old-{i}")
     lane.sync(0, generation=1)
-    lane.lines[0].push({"job_id": "waiting"})
+    lane.lines[0].push(_order("waiting"))
     assert lane.next_waiting(0) is None, "every slot is held"
     for i in range(share):  # the replay goes on: those jobs had ended
         del lane.slots.table.data[slot_key(0, f"old-{i}")]
     assert lane.next_waiting(0) is None, "the stale count alone never frees a slot"
     lane.reconcile(0)
-    assert lane.next_waiting(0) == ({"job_id": "waiting"}, True)
+    assert lane.next_waiting(0) == (_order("waiting"), True)
     assert len(lane.pools[0]) == 1
 
 
@@ -79,8 +88,6 @@ def _lane(tmp_path: Path) -> Lane:
     return Lane(app, dev_setup("http://127.0.0.1:9").routing.providers["wan"], partitions=2)
 
 
-def _order(job_id: str) -> dict[str, object]:
-    return {"job_id": job_id, "attempt": 0}
 
 
 def test_a_new_generation_rebuilds_the_line_from_the_waiting_table_in_offset_order(tmp_path: Path) -> None:
@@ -88,23 +95,23 @@ def test_a_new_generation_rebuilds_the_line_from_the_waiting_table_in_offset_ord
     come back from the (recovered) waiting table, oldest dispatch offset first, per partition."""
     lane = _lane(tmp_path)
     for job, offset in (("c", 30), ("a", 7), ("b", 12)):
-        lane.waiting.table.data[slot_key(0, job)] = orjson.dumps({"o": _order(job), "n": offset})
-    lane.waiting.table.data[slot_key(1, "other")] = orjson.dumps({"o": _order("other"), "n": 1})
+        lane.waiting.table.data[slot_key(0, job)] = Parked(_order(job), offset).encode()
+    lane.waiting.table.data[slot_key(1, "other")] = Parked(_order("other"), 1).encode()
     lane.lines[0].push(_order("stale"))  # what a previous generation left: replaced, not kept
     assert lane.sync(0, generation=4)
     popped = [lane.lines[0].pop() for _ in range(3)]
-    assert [o["job_id"] for o in popped if o is not None] == ["a", "b", "c"] and len(lane.lines[0]) == 0
+    assert [o.job_id for o in popped if o is not None] == ["a", "b", "c"] and len(lane.lines[0]) == 0
     assert not lane.sync(0, generation=4), "once per generation"
     assert lane.parked(slot_key(0, "b")) == _order("b") and lane.parked(slot_key(0, "zzz")) is None
-    assert lane.sync(1, generation=4) and [o["job_id"] for o in lane.lines[1].clear()] == ["other"]
+    assert lane.sync(1, generation=4) and [o.job_id for o in lane.lines[1].clear()] == ["other"]
 
 
 def test_a_job_that_holds_a_slot_leaves_the_line_without_taking_a_second_one(tmp_path: Path) -> None:
     """A start cut short by a rebalance leaves both a slot and a waiting entry: the restored order
     must not count twice against the share."""
     lane = _lane(tmp_path)
-    lane.slots.table.data[slot_key(0, "a")] = orjson.dumps({"a": 0, "t": T0})
-    lane.waiting.table.data[slot_key(0, "a")] = orjson.dumps({"o": _order("a"), "n": 3})
+    lane.slots.table.data[slot_key(0, "a")] = _slot("a")
+    lane.waiting.table.data[slot_key(0, "a")] = Parked(_order("a"), 3).encode()
     lane.sync(0, generation=1)
     assert lane.next_waiting(0) == (_order("a"), False)
     assert len(lane.pools[0]) == 1

@@ -7,7 +7,7 @@ from faust.stores import rocksdb
 
 from floodgate.settings import Settings
 from streams.app import create_app, job_table_options
-from streams.tables import JsonTable
+from streams.tables import RecordTable
 
 
 @pytest.mark.parametrize(("store", "module"),
@@ -16,8 +16,8 @@ def test_job_tables_use_the_configured_store(tmp_path: Path, store: str, module:
     settings = Settings.from_env({}).with_overrides(kafka_bootstrap="127.0.0.1:1", cache_dir=tmp_path,
                                                     table_store=store)
     app = create_app(settings, datadir=tmp_path / "w0")
-    jobs = JsonTable(app, "jobs", partitions=4, **job_table_options(settings, "jobs"))
-    slots = JsonTable(app, "inflight-x", partitions=2)
+    jobs = RecordTable(app, "jobs", partitions=4, encode=bytes, decode=bytes, **job_table_options(settings, "jobs"))
+    slots = RecordTable(app, "inflight-x", partitions=2, encode=bytes, decode=bytes)
     assert type(jobs.table.data).__module__ == module
     assert type(slots.table.data).__module__ == "faust.stores.memory", "slot tables are written outside events"
     if store == "rocksdict":

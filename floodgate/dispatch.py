@@ -1,0 +1,156 @@
+"""The records of the dispatch path, typed. Pure: encoding happens here, I/O elsewhere.
+
+* ``Order``: a job routed to one provider (the ``DispatchOrder`` contract on ``dispatch.<provider>``).
+* ``Slot``: one provider concurrency slot held by a job (the ``inflight-<provider>`` table).
+* ``Parked``: an order waiting for a slot, with the dispatch offset it was read at (``waiting-<provider>``).
+* ``CancelMark``: a job cancelled before its order was taken (``cancelled-<provider>``), and
+  ``mark_expired``, the rule for when no order can still need the mark.
+
+Table values are JSON with full field names. Values written before these records had names
+(``{"a", "t", "o", "pj"}`` slots, ``{"o", "n"}`` parked orders) still decode, so a worker upgraded
+in place recovers its tables.
+"""
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+import orjson
+
+ENDED = "ended"
+"""The status of a release sent by the webhook bridge: the provider says this provider job ended,
+so the slot held for it (and only for it: ``provider_job_id`` must match) is free."""
+
+MARK_GRACE = 60.0
+"""Seconds a cancel mark stays at least: orders written just after the cancel (an admission that
+ran behind it, a fallback order on its way) still meet it."""
+
+MARK_MAX_AGE = 6 * 3600.0
+"""A cancel mark older than this goes even if its partition never caught up: a bound on memory."""
+
+
+@dataclass(frozen=True)
+class Order:
+    job_id: str
+    tenant: str
+    model: str
+    provider: str
+    provider_model: str
+    prompt: str
+    attempt: int
+    queued_at: int
+    """Epoch milliseconds the job was accepted."""
+    image_url: str | None = None
+    params: Mapping[str, str] = field(default_factory=dict)
+    tried: tuple[str, ...] = ()
+    """Providers already tried for this job, in order."""
+    webhook_url: str | None = None
+    metadata: Mapping[str, str] = field(default_factory=dict)
+
+    @classmethod
+    def from_record(cls, rec: Mapping[str, Any]) -> Order:
+        return cls(
+            job_id=rec["job_id"], tenant=rec["tenant"], model=rec["model"], provider=rec["provider"],
+            provider_model=rec["provider_model"], prompt=rec["prompt"], attempt=int(rec["attempt"]),
+            queued_at=int(rec["queued_at"]), image_url=rec.get("image_url"), params=dict(rec.get("params") or {}),
+            tried=tuple(rec.get("tried") or ()), webhook_url=rec.get("webhook_url"),
+            metadata=dict(rec.get("metadata") or {}))
+
+    def to_record(self) -> dict[str, Any]:
+        return {
+            "job_id": self.job_id, "tenant": self.tenant, "model": self.model, "provider": self.provider,
+            "provider_model": self.provider_model, "prompt": self.prompt, "image_url": self.image_url,
+            "params": dict(self.params), "attempt": self.attempt, "tried": list(self.tried),
+            "queued_at": self.queued_at, "webhook_url": self.webhook_url, "metadata": dict(self.metadata)}
+
+    def moved_to(self, provider: str, provider_model: str) -> Order:
+        """This order's next attempt, at ``provider``, with this provider counted as tried."""
+        return replace(self, provider=provider, provider_model=provider_model, attempt=self.attempt + 1,
+                       tried=(*self.tried, self.provider))
+
+    @property
+    def idempotency_key(self) -> str:
+        """What the provider sees as the identity of this attempt (a retry returns the first job)."""
+        return f"{self.job_id}:{self.attempt}"
+
+
+@dataclass(frozen=True)
+class Slot:
+    attempt: int
+    taken_at: float
+    order: Order
+    provider_job_id: str | None = None
+    """Set once the provider accepted the job."""
+
+    def encode(self) -> bytes:
+        return orjson.dumps({"attempt": self.attempt, "taken_at": self.taken_at, "order": self.order.to_record(),
+                             "provider_job_id": self.provider_job_id})
+
+    @classmethod
+    def decode(cls, raw: bytes) -> Slot:
+        doc = orjson.loads(raw)
+        if "a" in doc:  # written before the fields had names
+            return cls(attempt=doc["a"], taken_at=doc["t"], order=Order.from_record(doc["o"]),
+                       provider_job_id=doc.get("pj"))
+        return cls(attempt=doc["attempt"], taken_at=doc["taken_at"], order=Order.from_record(doc["order"]),
+                   provider_job_id=doc.get("provider_job_id"))
+
+    def submitted(self, provider_job_id: str) -> Slot:
+        return replace(self, provider_job_id=provider_job_id)
+
+
+@dataclass(frozen=True)
+class Parked:
+    order: Order
+    offset: int
+    """The dispatch offset the order was read at: lines are rebuilt oldest first."""
+
+    def encode(self) -> bytes:
+        return orjson.dumps({"order": self.order.to_record(), "offset": self.offset})
+
+    @classmethod
+    def decode(cls, raw: bytes) -> Parked:
+        doc = orjson.loads(raw)
+        if "o" in doc:
+            return cls(order=Order.from_record(doc["o"]), offset=doc["n"])
+        return cls(order=Order.from_record(doc["order"]), offset=doc["offset"])
+
+
+@dataclass(frozen=True)
+class CancelMark:
+    made_at: float
+    end: int | None
+    """The dispatch partition's end offset when the mark was made (None if unknown)."""
+
+    def encode(self) -> bytes:
+        return orjson.dumps({"t": self.made_at, "end": self.end})
+
+    @classmethod
+    def decode(cls, raw: bytes) -> CancelMark:
+        doc = orjson.loads(raw)
+        return cls(made_at=doc["t"], end=doc.get("end"))
+
+
+def mark_expired(mark: CancelMark, read_to: int | None, now: float, *, grace: float = MARK_GRACE,
+                 max_age: float = MARK_MAX_AGE) -> bool:
+    """Whether a cancel mark may go. ``read_to`` is the last offset of the mark's dispatch partition
+    this worker has read since it got the partition: once that is past the mark's ``end``, every
+    order written before the cancel has been seen, so after ``grace`` seconds no order can still
+    need the mark."""
+    age = now - mark.made_at
+    if age >= max_age:
+        return True
+    end = mark.end
+    return age >= grace and end is not None and (end == 0 or (read_to is not None and read_to >= end - 1))
+
+
+def slot_key(partition: int, job_id: str) -> bytes:
+    """Slots, parked orders and marks are keyed by dispatch partition and job: a partition's
+    entries are found from the keys alone, and a release finds its job's slot without a scan."""
+    return f"{partition}:{job_id}".encode()
+
+
+def parse_slot_key(key: bytes) -> tuple[int, str]:
+    partition, _, job_id = key.decode().partition(":")
+    return int(partition), job_id

@@ -1,0 +1,578 @@
+"""dispatch.<provider> → the provider, never more in flight than its concurrency limit.
+
+One ``Dispatcher`` per provider. By default its dispatch topic has one partition, so all of the
+provider's slots and its whole queue live in one place (one worker): no share of the limit sits
+idle on one partition while orders wait on another, and the queue is one line in arrival order.
+A provider's submission rate is small (limit ÷ render time), so one worker carries it; a
+provider that needs more is given more partitions (``FLOODGATE_DISPATCH_PARTITIONS``) and its
+limit is then split into fixed shares (``partition_share``), which add up to the limit whatever
+the number of workers, because a partition belongs to one worker at a time.
+
+A slot is held by an entry in the ``inflight-<provider>`` table (written before the provider is
+called) and freed when ``release.<provider>`` says the job ended (or when the job moves on to a
+fallback provider). After a restart the table is recovered from its changelog, and the count with
+it. While a partition's slots are all taken its orders wait in a line (mirrored in
+``waiting-<provider>``, see ``streams.lane``) and, once that is full, the partition is paused:
+the backlog stays in Kafka, not in memory.
+
+**Acknowledgements.** A dispatch record is acknowledged once what it caused is durable (its slot,
+or its place in the waiting table) — never before, and always in offset order (``AckLine``), so
+Faust's commit arithmetic (which commits past a lone unacknowledged offset at the head of a
+partition) never sees a gap. The agent does not wait for those writes: it sends them and reads
+on, and the line acknowledges each record when its write lands. The provider call itself runs in
+a background task once the slot is durable, so one partition keeps all its slots in flight at once
+instead of one round trip per order. This is not Faust's ``concurrency=`` (which can commit past
+an unfinished event, faust-streaming #606): the order's offset is committed only once its slot is
+on Kafka, because the slot entry, not the order, is then the durable record of the work.
+
+A timer polls the provider for jobs that have been quiet for ``poll_after`` seconds (lost
+webhooks), re-dispatches jobs whose submission never completed (a crash mid-call), and fails jobs
+older than ``job_timeout``.
+
+**Cancelled jobs.** A user cancel is a ``cancelled`` event; the jobs agent makes the job terminal
+and sends the release (status ``cancelled``) to its provider's release topic, i.e. to the
+partition that holds the job's slot or order. Where the job is at that moment decides:
+
+* *submitted* (its slot has a provider job id): a background task cancels the provider job,
+  then frees the slot, in that order, so the provider never sees more than the limit. A failed
+  cancel is only logged and the slot is freed all the same (the provider may then answer 429
+  for a while, which submissions retry);
+* *being submitted* (``key in lane.submitting``): the job is marked cancelled and the slot is
+  kept; the submission looks for the mark before every provider call and once the call returns,
+  so it either never reaches the provider or cancels the job it just created, then frees the slot;
+* *waiting for a slot*: its order is taken out of the line and the waiting table;
+* *still in Kafka* (not yet read, or written after the cancel: a fallback running behind it): the
+  job is marked, and intake drops (acknowledges) the order when it comes and deletes the mark.
+  Marks never read expire (``mark_expired``) once the partition has been read past the end offset
+  it had when the mark was made, so a mark outlives every order written before the cancel, and
+  at most ``MARK_MAX_AGE`` otherwise.
+
+A cancelled job cannot slip through unseen either: if its order was submitted anyway (a mark lost
+with a crash before its changelog write, a duplicate order), the ``submitted`` event reaches a
+terminal job, and the jobs agent answers every provider event on a terminal job with a release,
+whose status ``cancelled`` cancels the provider job here.
+"""
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections import deque
+from collections.abc import Awaitable, Callable
+from datetime import UTC, datetime
+from typing import Any, cast
+
+import faust
+from faust.types import TP
+
+from connectors.providers.base import SubmitOrder, SubmitResult
+from floodgate import codec
+from floodgate.dispatch import ENDED, Order, Slot, parse_slot_key, slot_key
+from floodgate.errors import FloodgateError, ProviderUnavailable
+from floodgate.routing import next_target
+from floodgate.submit_policy import SubmitPolicy, decide
+from floodgate.throttle import BreakerState
+from streams import guard
+from streams.context import Pipeline
+from streams.lane import Lane
+
+log = logging.getLogger(__name__)
+
+DEFAULT_POLICY = SubmitPolicy()
+
+
+class AckLine:
+    """Acknowledges records in the order they were read, each once the write it caused is durable.
+
+    ``add(message, durable, ack)``: ``durable`` is an awaitable that resolves once the record's
+    write is on Kafka (``RecordTable.put_reliably_in`` sends it again until it is), or None when the
+    record caused no write. Acknowledging past a write that has not landed would lose the record on
+    a crash; acknowledging out of order would open a gap in the offsets Faust commits."""
+
+    def __init__(self) -> None:
+        self._items: deque[tuple[Awaitable[Any] | None, Callable[[], Awaitable[None]]]] = deque()
+        self._wake = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+    def add(self, durable: Awaitable[Any] | None, ack: Callable[[], Awaitable[None]]) -> None:
+        self._items.append((durable, ack))
+        self._wake.set()
+        if self._task is None or self._task.done():
+            self._task = asyncio.create_task(self._run(), name="ack-line")
+
+    async def _run(self) -> None:
+        while True:
+            while self._items:
+                durable, ack = self._items[0]
+                if durable is not None:
+                    await durable
+                self._items.popleft()
+                await ack()
+            self._wake.clear()
+            await self._wake.wait()
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+        self._items.clear()
+
+
+class Dispatcher:
+    """The submitter of one provider: intake of orders, slots, the waiting line, submissions,
+    releases, cancels and the poller. ``register()`` wires it into the Faust app."""
+
+    def __init__(self, pipe: Pipeline, name: str, policy: SubmitPolicy = DEFAULT_POLICY, *,
+                 lane: Lane | None = None) -> None:
+        self.pipe, self.name, self.policy = pipe, name, policy
+        self.app, self.names, self.emit, self.settings = pipe.app, pipe.names, pipe.emit, pipe.settings
+        spec = pipe.routing.providers[name]
+        self.connector = pipe.providers[name]
+        self.partitions = self.names.dispatch_partitions(spec.concurrency_limit)
+        self.lane = lane or Lane(self.app, spec, self.partitions)
+        self.orders = self.emit.topic(self.names.dispatch(name), partitions=self.partitions)
+        self.releases = self.emit.topic(self.names.release(name), partitions=self.partitions)
+        base = self.settings.webhook_base_url
+        self.webhook_url = f"{base.rstrip('/')}/webhooks/{name}" if base else None
+        self.acks = AckLine()
+        self.metrics = pipe.metrics
+
+    @property
+    def orders_topic(self) -> str:
+        return str(self.orders.get_topic_name())
+
+    # -- wiring ------------------------------------------------------------------------------
+
+    def register(self) -> Lane:
+        app = self.app
+        app.agent(self.orders, name=f"submit-{self.name}")(self._order_agent)
+        app.agent(self.releases, name=f"release-{self.name}")(self._release_agent)
+        app.timer(interval=1.0, name=f"wake-{self.name}")(self.wake)
+        poll_every = max(1.0, min(10.0, self.settings.poll_after / 3))
+        app.timer(interval=poll_every, name=f"poll-{self.name}")(self.poll)
+        app.on_partitions_revoked.connect(self._revoked)  # type: ignore[arg-type]  # mode cannot type this signal
+        app.on_before_shutdown.connect(self._stop)
+        return self.lane
+
+    async def _order_agent(self, stream: faust.StreamT) -> None:
+        # The agent never blocks on a slot: Faust delivers every topic from one loop, and once this
+        # stream's buffer is full that loop waits for it, so releases (and everything else) would
+        # stop arriving: a deadlock. An order that cannot have a slot now is parked in the waiting
+        # table; its record is acknowledged once that write (or its slot's) is durable, in order.
+        orders_in = cast(faust.Stream, stream).noack()  # Faust passes a Stream; StreamT lacks noack()
+        async for ev in orders_in.events():
+            msg = ev.message
+            self.metrics.events_processed.labels(f"submit-{self.name}").inc()
+            self.lane.read_to[msg.partition] = max(msg.offset, self.lane.read_to.get(msg.partition, -1))
+            durable: list[Any] = []
+
+            async def take(msg: Any = msg, durable: list[Any] = durable) -> None:
+                durable[:] = [await self.intake(msg, Order.from_record(
+                    codec.decode("DispatchOrder", msg.value, msg.headers)))]
+
+            await guard.process(take, emit=self.emit, dlq=self.names.dlq, message=msg, stage=f"submit-{self.name}",
+                                on_dead_letter=self.metrics.dead_letters.labels("submitter").inc)
+
+            async def ack(ev: Any = ev, msg: Any = msg) -> None:
+                if msg.generation_id == self.app.consumer_generation_id:
+                    await orders_in.ack(ev)
+                else:
+                    # Revoked meanwhile: what was written is on Kafka, but the partition's next owner
+                    # may have recovered the tables before it landed, so it reads the order again.
+                    # Faust would wait for this tracked message before completing a rebalance.
+                    self.app.consumer._unacked_messages.discard(msg)  # type: ignore[attr-defined]  # private, on Consumer only
+
+            self.acks.add(durable[0] if durable else None, ack)
+
+    async def _release_agent(self, stream: faust.StreamT) -> None:
+        async for ev in stream.events():
+            msg = ev.message
+            self.metrics.events_processed.labels(f"release-{self.name}").inc()
+
+            async def handle(msg: Any = msg) -> None:
+                await self.release(codec.decode("SlotRelease", msg.value, msg.headers), msg.partition,
+                                   msg.generation_id)
+
+            await guard.process(handle, emit=self.emit, dlq=self.names.dlq, message=msg, stage=f"release-{self.name}",
+                                on_dead_letter=self.metrics.dead_letters.labels("release").inc)
+
+    async def _revoked(self, app: faust.App, /, revoked: set[Any], **kwargs: object) -> None:
+        mine = {tp.partition for tp in revoked if tp.topic == self.orders_topic}
+        dropped = self.lane.forget_waiting(mine)
+        if dropped:
+            log.info("%s: %d waiting orders left to the partitions' next owner", self.name, dropped)
+
+    async def _stop(self, app: faust.App, /, *args: object, **kwargs: object) -> None:
+        await self.acks.stop()
+        await self.lane.stop()
+
+    # -- slots -------------------------------------------------------------------------------
+
+    def count_slots(self) -> None:
+        self.metrics.inflight.labels(self.name).set(len(self.lane.slots))
+
+    async def free(self, partition: int, key: bytes, job_id: str) -> None:
+        """Give the slot of ``key`` back and let a waiting order have it."""
+        self.lane.ended_early.pop(key, None)
+        self.lane.slots.remove_in(partition, key)
+        self.lane.free(partition, job_id)
+        self.count_slots()
+        self.pump(partition)
+
+    def take_slot(self, order: Order, key: bytes, partition: int) -> Any:
+        """Write the slot (the pool already counts it); returns the future of its durable copy.
+        The slot must be on Kafka before the provider hears of the job: a crash after the call but
+        before the changelog write would otherwise forget the slot."""
+        durable = self.lane.slots.put_reliably_in(partition, key,
+                                                  Slot(attempt=order.attempt, taken_at=time.time(), order=order))
+        self.count_slots()
+        return durable
+
+    # -- intake ------------------------------------------------------------------------------
+
+    async def intake(self, msg: Any, order: Order) -> Any:
+        """Act on an order now: start it if a slot is free, or park it until one is. Returns the
+        future of the write its record must wait for before it is acknowledged (None: none)."""
+        lane, partition = self.lane, msg.partition
+        lane.sync(partition, msg.generation_id)
+        key = slot_key(partition, order.job_id)
+        if lane.marked(key):
+            # The job was cancelled before its order got here: drop it. A submission still running
+            # for the job uses the mark itself.
+            if key not in lane.submitting:
+                lane.unmark(partition, key)
+            return None
+        slot = lane.slots.get(key)
+        if slot is not None and slot.attempt > order.attempt:
+            return None  # an order for an attempt that has been superseded
+        if slot is not None and slot.provider_job_id:
+            # Already submitted (a redelivered or re-dispatched order): say so again, idempotently.
+            await self.event(order.job_id, "submitted", slot.attempt, provider_job_id=slot.provider_job_id)
+            return None
+        if key in lane.submitting:
+            return None  # its submission is still running here (e.g. waiting out 429s)
+        if slot is not None:
+            # It holds a durable slot but its submission never finished (a crash mid-call).
+            lane.run_in_background(key, self.submit(order, key, partition))
+            return None
+        parked = lane.parked(key)
+        if parked is not None and parked.attempt >= order.attempt:
+            return None  # it waits already (a redelivered order)
+        line = lane.lines[partition]
+        if parked is None and not len(line) and lane.pools[partition].try_acquire(order.job_id):
+            # Nobody waits and a slot is free: take it without parking (one changelog write, not three).
+            durable = self.take_slot(order, key, partition)
+            lane.run_in_background(key, self.submit(order, key, partition, durable))
+            return durable
+        if parked is not None:
+            line.remove(lambda waiting: waiting.job_id == order.job_id)  # a newer attempt replaces it
+        durable, full = lane.park(partition, msg.offset, order)
+        if full:
+            self.app.consumer.on_buffer_full(TP(msg.topic, partition))  # Faust's own pause: keeps the fetched rest
+        self.pump(partition)
+        return durable
+
+    def pump(self, partition: int) -> None:
+        """Give free slots of ``partition`` to its waiting orders, oldest first. Several callers
+        may pump at once (new orders, releases, fallbacks): a slot is taken synchronously."""
+        lane = self.lane
+        line = lane.lines[partition]
+        while (nxt := lane.next_waiting(partition)) is not None:
+            order, fresh = nxt
+            key = slot_key(partition, order.job_id)
+            if fresh:
+                lane.run_in_background(key, self.start(order, key, partition, lane.generations.get(partition)))
+            elif key not in lane.submitting:
+                # Its job holds a slot already: a start cut short by a rebalance, whose slot write
+                # landed but whose waiting entry did not go. Finish what it began.
+                lane.unpark(partition, key)
+                slot = lane.slots.get(key)
+                if slot is not None and not slot.provider_job_id:
+                    lane.run_in_background(key, self.submit(order, key, partition))
+        if line.resume_due():
+            self.app.consumer.on_buffer_drop(TP(self.orders_topic, partition))
+
+    async def start(self, order: Order, key: bytes, partition: int, generation: int | None) -> None:
+        """A waiting order got a slot: make the slot durable, stop the waiting, submit.
+
+        ``generation``: the one ``partition`` was synced in. A revoke forgets it at once, while
+        ``app.consumer_generation_id`` only changes once the next assignment arrives: in between,
+        the partition's next owner may already count its slots without this one."""
+        lane = self.lane
+
+        def still_mine() -> bool:
+            return generation is not None and lane.generations.get(partition) == generation
+
+        try:
+            await self.take_slot(order, key, partition)
+        except Exception as exc:  # Kafka refused the write: the order waits on
+            log.warning("slot write for %s on %s failed, it waits again: %s", order.job_id, self.name, exc)
+            lane.slots.remove_in(partition, key)
+            lane.free(partition, order.job_id)
+            if still_mine():
+                lane.lines[partition].push_front(order)  # the next pump (at the latest the poll tick) retries
+            return
+        if not still_mine():
+            return  # revoked meanwhile: the partition's next owner finds the slot and the waiting entry
+        lane.unpark(partition, key)
+        await self.submit(order, key, partition)
+
+    # -- submission --------------------------------------------------------------------------
+
+    async def event(self, job_id: str, kind: str, attempt: int, *, suffix: str = "", **fields: Any) -> None:
+        await self.emit.send(self.names.events, "JobEvent", job_id, {
+            "event_id": f"{job_id}:{kind}:{self.name}:{attempt}{suffix}", "job_id": job_id, "kind": kind,
+            "at": self.pipe.now_ms(), "provider": self.name, "attempt": attempt, **fields})
+
+    async def give_up_cancelled(self, key: bytes, partition: int, job_id: str) -> None:
+        """A submission whose job was cancelled meanwhile: free its slot, use up the mark."""
+        self.lane.unmark(partition, key)
+        await self.free(partition, key, job_id)
+
+    async def move_on(self, order: Order, key: bytes, partition: int, reason: str, *, reroute: bool) -> None:
+        if self.lane.marked(key):
+            await self.give_up_cancelled(key, partition, order.job_id)  # cancelled: neither fail nor fall back
+            return
+        await self.free(partition, key, order.job_id)
+        tried = [*order.tried, self.name]
+        nxt = next_target(self.pipe.routing, order.model, tried, datetime.now(UTC)) if reroute else None
+        if nxt is None:
+            await self.event(order.job_id, "failed", order.attempt, error=reason)
+            return
+        self.metrics.reroutes.labels(self.name).inc()
+        await self.event(order.job_id, "rerouted", order.attempt + 1, provider=nxt.provider, error=reason)
+        moved = order.moved_to(nxt.provider, nxt.provider_model)
+        await self.emit.send(self.names.dispatch(nxt.provider), "DispatchOrder", order.job_id, moved.to_record())
+
+    async def submit(self, order: Order, key: bytes, partition: int, durable: Awaitable[Any] | None = None) -> None:
+        """Hand ``order`` to the provider once its slot is durable; 429s and outages per policy."""
+        lane = self.lane
+        if durable is not None:
+            try:
+                await durable
+            except Exception as exc:  # the ack line sends it again; the poller submits it then
+                log.warning("slot write for %s on %s failed: %s", order.job_id, self.name, exc)
+                return
+        request = SubmitOrder(
+            job_id=order.job_id, model=order.provider_model, prompt=order.prompt, image_url=order.image_url,
+            webhook_url=self.webhook_url, idempotency_key=order.idempotency_key,
+            metadata={"fg_attempt": str(order.attempt)})
+        has_fallback = next_target(self.pipe.routing, order.model, [*order.tried, self.name],
+                                   datetime.now(UTC)) is not None
+        result = await self._call_provider(order, key, partition, request, has_fallback)
+        if result is None:
+            return
+        self.metrics.submissions.labels(self.name).inc()
+        # No await between this check and the slot write below: a release either sees the
+        # provider job id (and cancels it) or left the mark that is read here.
+        if lane.marked(key):
+            await self.cancel_at_provider(order.job_id, result.provider_job_id)  # before the slot is given back
+            await self.give_up_cancelled(key, partition, order.job_id)
+            return
+        slot = lane.slots.get(key)
+        ended_already = lane.ended_early.pop(key, None) == result.provider_job_id
+        if slot is not None and not ended_already:  # (else released meanwhile: a very fast job)
+            lane.slots.put_in(partition, key, slot.submitted(result.provider_job_id))
+        await self.event(order.job_id, "submitted", order.attempt, provider_job_id=result.provider_job_id)
+        if slot is not None and ended_already:
+            await self.free(partition, key, order.job_id)
+
+    async def _call_provider(self, order: Order, key: bytes, partition: int, request: SubmitOrder,
+                             has_fallback: bool) -> SubmitResult | None:
+        """The provider's answer, or None when the order went elsewhere (cancelled, failed, rerouted)."""
+        lane = self.lane
+        failures, started = 0, time.monotonic()
+        while True:
+            if lane.marked(key):
+                await self.give_up_cancelled(key, partition, order.job_id)  # never reaches the provider
+                return None
+            now = time.monotonic()
+            if not lane.breaker.allow(now) and has_fallback:
+                await self.move_on(order, key, partition, f"{self.name} is failing (circuit open)", reroute=True)
+                return None
+            if lane.bucket is not None:
+                wait = lane.bucket.take(now)
+                if wait > 0:
+                    await asyncio.sleep(wait)
+            try:
+                result: SubmitResult = await self.connector.submit(self.pipe.session(), request)
+            except FloodgateError as exc:
+                if isinstance(exc, ProviderUnavailable):
+                    lane.breaker.record_failure(time.monotonic())
+                elif exc.retriable:
+                    self.metrics.rate_limited.labels(self.name).inc()
+                decision = decide(exc, failures=failures, waited=time.monotonic() - started, has_fallback=has_fallback,
+                                  breaker_open=lane.breaker.state(time.monotonic()) is BreakerState.OPEN,
+                                  policy=self.policy, backoff=lane.backoff)
+                if decision.action == "retry":
+                    failures += 1
+                    self.metrics.retries.labels(self.name).inc()
+                    await asyncio.sleep(decision.delay)
+                    continue
+                await self.move_on(order, key, partition, decision.reason, reroute=decision.action == "reroute")
+                return None
+            lane.breaker.record_success()
+            return result
+
+    # -- releases and cancels ----------------------------------------------------------------
+
+    async def release(self, rel: dict[str, Any], partition: int, generation: int) -> None:
+        lane = self.lane
+        lane.sync(partition, generation)
+        key = slot_key(partition, rel["job_id"])
+        slot = lane.slots.get(key)
+        if rel["status"] == ENDED:
+            # From the webhook bridge: that provider job ended. Only its own slot is freed; a
+            # slot whose submission has not yet recorded the provider job id (a very fast job)
+            # is freed by the submission when it does.
+            ended = rel.get("provider_job_id")
+            if slot is not None and ended and slot.provider_job_id == ended:
+                await self.free(partition, key, rel["job_id"])
+            elif slot is not None and ended and slot.provider_job_id is None:
+                lane.ended_early[key] = ended
+            return
+        if rel["status"] == "cancelled" and (slot is None or slot.attempt <= rel["attempt"]):
+            await self.cancel(partition, key, rel["job_id"])
+        elif slot is not None and slot.attempt <= rel["attempt"]:
+            await self.free(partition, key, rel["job_id"])
+
+    async def cancel_at_provider(self, job_id: str, provider_job_id: str) -> None:
+        try:
+            await self.connector.cancel(self.pipe.session(), provider_job_id)
+        except FloodgateError as exc:
+            log.warning("cancel of %s (%s) at %s failed: %s", job_id, provider_job_id, self.name, exc)
+        except Exception:  # a background chore must not die silently
+            log.exception("cancel of %s (%s) at %s failed", job_id, provider_job_id, self.name)
+        else:
+            log.info("cancelled %s (%s) at %s", job_id, provider_job_id, self.name)
+
+    async def cancel_then_free(self, partition: int, key: bytes, job_id: str, provider_job_id: str) -> None:
+        try:
+            await self.cancel_at_provider(job_id, provider_job_id)
+        finally:
+            self.lane.cancelling.discard(key)
+        # (Not in `finally`: a worker shutting down leaves the slot to the next owner's poller.)
+        slot = self.lane.slots.get(key)
+        if slot is not None and slot.provider_job_id == provider_job_id:
+            await self.free(partition, key, job_id)
+
+    async def cancel(self, partition: int, key: bytes, job_id: str) -> None:
+        """The job was cancelled: see the module docstring for each place its order may be."""
+        lane = self.lane
+        slot, end = lane.slots.get(key), None
+        if not (slot is not None and slot.provider_job_id):
+            # Asked first, so that nothing can change between looking at the job and marking it.
+            end = await self.end_offset(partition)
+            slot = lane.slots.get(key)
+        if slot is not None and slot.provider_job_id:
+            if key not in lane.cancelling:  # else a cancel of it is already under way
+                lane.cancelling.add(key)
+                lane.spawn(self.cancel_then_free(partition, key, job_id, slot.provider_job_id),
+                           f"cancel:{key.decode()}")
+            return
+        line = lane.lines[partition]
+        dropped = line.remove(lambda waiting: waiting.job_id == job_id)
+        lane.unpark(partition, key)  # if it was waiting here, it never gets a slot
+        if not dropped or key in lane.submitting:
+            lane.mark(partition, key, end, time.time())
+            if key not in lane.submitting and slot is not None:
+                # A slot whose submission is not running: it is being started (the submission
+                # will find the mark) or was left by a crash (the poller's re-dispatch will).
+                await self.free(partition, key, job_id)
+        if dropped and line.resume_due():
+            self.app.consumer.on_buffer_drop(TP(self.orders_topic, partition))
+
+    async def end_offset(self, partition: int) -> int | None:
+        """The dispatch partition's end offset now, from the broker (None if it does not answer)."""
+        tp = TP(self.orders_topic, partition)
+        try:
+            return int((await asyncio.wait_for(self.app.consumer.highwaters(tp), 5.0))[tp])
+        except Exception as exc:  # any failure only makes the mark last MARK_MAX_AGE
+            log.info("end offset of %s[%d] unknown: %s", tp.topic, partition, exc)
+            return None
+
+    # -- timers ------------------------------------------------------------------------------
+
+    def assigned(self) -> set[int] | None:
+        """This worker's dispatch partitions, or None while a rebalance or recovery is under way."""
+        app = self.app
+        if app.rebalancing or app.in_recovery:
+            return None
+        return {tp.partition for tp in app.consumer.assignment() if tp.topic == self.orders_topic}
+
+    async def wake(self) -> None:
+        # After a restart or a rebalance, orders in the waiting table must move even when no
+        # dispatch record or release arrives on their partition to trigger ``lane.sync``.
+        mine = self.assigned()
+        if mine is None:
+            return
+        lane = self.lane
+        generation = self.app.consumer_generation_id
+        if lane.settled_generation != generation:
+            lane.settled_generation = generation
+            dropped = lane.drop_unassigned(mine)
+            if dropped:
+                log.info("%s: dropped %d local table entries of partitions now owned elsewhere", self.name, dropped)
+        for partition in sorted(mine):
+            if lane.sync(partition, generation):
+                self.pump(partition)
+
+    async def poll(self) -> None:
+        lane = self.lane
+        now = time.time()
+        self.count_slots()  # also after a rebalance
+        mine = self.assigned()
+        if mine is not None:
+            for partition in sorted(mine):  # (``wake`` has synced them to this generation)
+                lane.reconcile(partition)  # self-healing: see Lane.reconcile
+                if len(lane.lines[partition]):
+                    self.pump(partition)  # a safety net: every slot freed also pumps
+        lane.expire_marks(now)
+        for key, slot in list(lane.slots.items()):
+            if key in lane.submitting or key in lane.cancelling or parse_slot_key(key)[0] not in lane.generations:
+                continue  # (the last: not this worker's partition, or not yet recovered)
+            await self.check_slot(key, slot, now)
+
+    async def check_slot(self, key: bytes, slot: Slot, now: float) -> None:
+        age = now - slot.taken_at
+        _, job_id = parse_slot_key(key)
+        settings = self.settings
+        if age > settings.job_timeout:
+            self.metrics.timeouts.labels(self.name).inc()
+            await self.event(job_id, "failed", slot.attempt,
+                             error=f"no result from {self.name} after {settings.job_timeout:.0f}s")
+            if slot.provider_job_id:
+                try:
+                    await self.connector.cancel(self.pipe.session(), slot.provider_job_id)
+                except FloodgateError:
+                    log.warning("cancel of %s at %s failed", slot.provider_job_id, self.name)
+            return
+        if age < settings.poll_after:
+            return
+        if not slot.provider_job_id:
+            # The submission never finished (the worker died mid-call): dispatch it again; the
+            # provider's idempotency key makes the second call return the first job.
+            await self.emit.send(self.names.dispatch(self.name), "DispatchOrder", job_id, slot.order.to_record())
+            return
+        try:
+            status = await self.connector.status(self.pipe.session(), slot.provider_job_id)
+        except FloodgateError as exc:
+            log.info("status poll of %s at %s failed: %s", job_id, self.name, exc)
+            return
+        self.metrics.polls.labels(self.name).inc()
+        kind = {"running": "progress" if status.progress else "running", "completed": "completed",
+                "failed": "failed", "cancelled": "cancelled"}.get(status.state)
+        if kind:
+            await self.event(job_id, kind, slot.attempt, provider_job_id=slot.provider_job_id,
+                             progress=status.progress, video_url=status.video_url, error=status.error,
+                             suffix=f":poll:{int(now)}")
+
+
+def register_provider(pipe: Pipeline, name: str, policy: SubmitPolicy = DEFAULT_POLICY) -> Lane:
+    """Register ``name``'s submitter and releaser agents and timers; returns its ``Lane``."""
+    return Dispatcher(pipe, name, policy).register()

@@ -1,0 +1,306 @@
+"""The Dispatcher without a broker: intake, the waiting line, releases, cancels and the order in
+which dispatch records are acknowledged. Faust's tables are real (memory store); their changelog
+sends are futures this test resolves; the provider is a fake connector; sends are recorded."""
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
+
+import pytest
+
+from connectors.providers.base import SubmitOrder, SubmitResult
+from floodgate import codec
+from floodgate.dispatch import ENDED, Order, Slot, slot_key
+from floodgate.provider_config import dev_setup
+from floodgate.settings import Settings
+from streams.app import create_app
+from streams.context import Pipeline
+from streams.dispatcher import AckLine, Dispatcher
+from streams.emit import Emitter
+
+WAN_SLOTS = 10  # the dev table's limit
+
+
+class RecordingEmitter(Emitter):
+    def __init__(self, app: Any) -> None:
+        super().__init__(app)
+        self.sent: list[tuple[str, str, dict[str, Any]]] = []
+
+    async def send(self, topic: str, schema: str, key: str | None, record: dict[str, Any]) -> None:
+        codec.encode(schema, record)  # what would go on the wire must be a valid record
+        self.sent.append((topic, schema, record))
+
+    def events(self, kind: str) -> list[dict[str, Any]]:
+        return [r for t, s, r in self.sent if s == "JobEvent" and r["kind"] == kind]
+
+
+class FakeProvider:
+    def __init__(self) -> None:
+        self.submitted: list[SubmitOrder] = []
+        self.cancelled: list[str] = []
+        self.gate: asyncio.Event | None = None
+
+    async def submit(self, session: Any, order: SubmitOrder) -> SubmitResult:
+        if self.gate is not None:
+            await self.gate.wait()
+        self.submitted.append(order)
+        return SubmitResult(provider_job_id=f"pj-{order.job_id}", state="queued")
+
+    async def cancel(self, session: Any, provider_job_id: str) -> None:
+        self.cancelled.append(provider_job_id)
+
+
+class FakeConsumer:
+    def __init__(self) -> None:
+        self.paused: list[Any] = []
+        self.resumed: list[Any] = []
+
+    def on_buffer_full(self, tp: Any) -> None:
+        self.paused.append(tp)
+
+    def on_buffer_drop(self, tp: Any) -> None:
+        self.resumed.append(tp)
+
+    async def highwaters(self, *tps: Any) -> dict[Any, int]:
+        return {tp: 0 for tp in tps}
+
+
+class Writes:
+    """Changelog sends of the lane's tables, held until the test lets them land."""
+
+    def __init__(self, auto: bool = True) -> None:
+        self.auto = auto
+        self.pending: list[asyncio.Future[None]] = []
+        self.count = 0
+
+    def __call__(self, partition: int, key: bytes, value: bytes | None, **kwargs: Any) -> asyncio.Future[None]:
+        self.count += 1
+        fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        if self.auto:
+            fut.set_result(None)
+        else:
+            self.pending.append(fut)
+        return fut
+
+    def land_all(self) -> None:
+        for fut in self.pending:
+            if not fut.done():
+                fut.set_result(None)
+        self.pending.clear()
+
+
+@pytest.fixture
+def settings(tmp_path: Path) -> Settings:
+    return Settings.from_env({}).with_overrides(kafka_bootstrap="127.0.0.1:1", cache_dir=tmp_path,
+                                                dispatch_partitions=1, simulator_url="http://127.0.0.1:9")
+
+
+@pytest.fixture
+def provider() -> FakeProvider:
+    return FakeProvider()
+
+
+@pytest.fixture
+def writes() -> Writes:
+    return Writes()
+
+
+@pytest.fixture
+async def dispatcher(settings: Settings, provider: FakeProvider, writes: Writes,
+                     tmp_path: Path) -> AsyncIterator[Dispatcher]:
+    app = create_app(settings, datadir=tmp_path / "w0")
+    setup = dev_setup(settings.simulator_url)
+    pipe = Pipeline(app, settings, setup, {name: provider for name in setup.routing.providers})
+    pipe.emit = RecordingEmitter(app)
+    d = Dispatcher(pipe, "wan")
+    d.app = SimpleNamespace(consumer=FakeConsumer(), consumer_generation_id=1, rebalancing=False,  # type: ignore[assignment]
+                            in_recovery=False)
+    for table in (d.lane.slots, d.lane.waiting, d.lane.marks):
+        table.table.send_changelog = writes  # type: ignore[method-assign,assignment]  # a fake producer
+    yield d
+    await d.lane.stop()
+    await pipe.close()
+
+
+def order(job_id: str, attempt: int = 0) -> Order:
+    return Order(job_id=job_id, tenant="t", model="wan-2.6", provider="wan", provider_model="wan-2.6",
+                 prompt=f"prompt of {job_id}", attempt=attempt, queued_at=0)
+
+
+def message(offset: int, partition: int = 0) -> SimpleNamespace:
+    return SimpleNamespace(topic="floodgate.dispatch.wan", partition=partition, offset=offset, generation_id=1)
+
+
+async def settle(d: Dispatcher) -> None:
+    """Let every background submission, start and chore run to its end."""
+    for _ in range(50):
+        tasks = [*d.lane.submitting.values(), *d.lane._chores]
+        if not tasks:
+            await asyncio.sleep(0)
+            if not [*d.lane.submitting.values(), *d.lane._chores]:
+                return
+        await asyncio.gather(*tasks, return_exceptions=True)
+    raise AssertionError("background work did not settle")
+
+
+def emitter(d: Dispatcher) -> RecordingEmitter:
+    assert isinstance(d.emit, RecordingEmitter)
+    return d.emit
+
+
+async def fill(d: Dispatcher, n: int, start: int = 0) -> None:
+    for i in range(start, start + n):
+        await d.intake(message(i), order(f"job-{i}"))
+
+
+async def test_an_order_with_a_free_slot_is_submitted_once_its_slot_is_durable(
+        dispatcher: Dispatcher, provider: FakeProvider, writes: Writes) -> None:
+    writes.auto = False
+    durable = await dispatcher.intake(message(0), order("a"))
+    assert durable is not None and not provider.submitted
+    await asyncio.sleep(0.01)
+    assert not provider.submitted, "the provider hears of the job only once its slot is on Kafka"
+    writes.land_all()
+    await settle(dispatcher)
+    assert [o.job_id for o in provider.submitted] == ["a"]
+    assert provider.submitted[0].idempotency_key == "a:0"
+    slot = dispatcher.lane.slots.get(slot_key(0, "a"))
+    assert slot is not None and slot.provider_job_id == "pj-a"
+    assert [e["job_id"] for e in emitter(dispatcher).events("submitted")] == ["a"]
+
+
+async def test_orders_past_the_limit_wait_in_line_and_a_release_starts_the_oldest(
+        dispatcher: Dispatcher, provider: FakeProvider) -> None:
+    await fill(dispatcher, WAN_SLOTS + 3)
+    await settle(dispatcher)
+    assert len(provider.submitted) == WAN_SLOTS
+    assert len(dispatcher.lane.lines[0]) == 3 and len(dispatcher.lane.waiting) == 3
+    await dispatcher.release({"job_id": "job-4", "attempt": 0, "status": "completed"}, 0, 1)
+    await settle(dispatcher)
+    assert [o.job_id for o in provider.submitted[WAN_SLOTS:]] == [f"job-{WAN_SLOTS}"], "oldest first"
+    assert len(dispatcher.lane.waiting) == 2 and dispatcher.lane.slots.get(slot_key(0, "job-4")) is None
+    assert len(dispatcher.lane.pools[0]) == WAN_SLOTS
+
+
+async def test_a_release_of_an_older_attempt_does_not_free_the_slot(dispatcher: Dispatcher) -> None:
+    await dispatcher.intake(message(0), order("a", attempt=1))
+    await settle(dispatcher)
+    await dispatcher.release({"job_id": "a", "attempt": 0, "status": "failed"}, 0, 1)
+    assert dispatcher.lane.slots.get(slot_key(0, "a")) is not None
+    await dispatcher.release({"job_id": "a", "attempt": 1, "status": "completed"}, 0, 1)
+    assert dispatcher.lane.slots.get(slot_key(0, "a")) is None
+
+
+async def test_a_redelivered_order_of_a_submitted_job_is_not_submitted_again(
+        dispatcher: Dispatcher, provider: FakeProvider) -> None:
+    await dispatcher.intake(message(0), order("a"))
+    await settle(dispatcher)
+    assert await dispatcher.intake(message(0), order("a")) is None
+    await settle(dispatcher)
+    assert len(provider.submitted) == 1
+    assert len(emitter(dispatcher).events("submitted")) == 2, "said again, idempotently (same event id)"
+    assert len({e["event_id"] for e in emitter(dispatcher).events("submitted")}) == 1
+
+
+async def test_cancel_of_a_waiting_order_takes_it_out_of_line(dispatcher: Dispatcher, provider: FakeProvider) -> None:
+    await fill(dispatcher, WAN_SLOTS + 1)
+    await settle(dispatcher)
+    waiting = f"job-{WAN_SLOTS}"
+    await dispatcher.release({"job_id": waiting, "attempt": 0, "status": "cancelled"}, 0, 1)
+    assert len(dispatcher.lane.lines[0]) == 0 and len(dispatcher.lane.waiting) == 0
+    await dispatcher.release({"job_id": "job-0", "attempt": 0, "status": "completed"}, 0, 1)
+    await settle(dispatcher)
+    assert waiting not in {o.job_id for o in provider.submitted}
+
+
+async def test_cancel_of_a_submitted_job_cancels_it_at_the_provider_then_frees_the_slot(
+        dispatcher: Dispatcher, provider: FakeProvider) -> None:
+    await dispatcher.intake(message(0), order("a"))
+    await settle(dispatcher)
+    await dispatcher.release({"job_id": "a", "attempt": 0, "status": "cancelled"}, 0, 1)
+    await settle(dispatcher)
+    assert provider.cancelled == ["pj-a"]
+    assert dispatcher.lane.slots.get(slot_key(0, "a")) is None and len(dispatcher.lane.pools[0]) == 0
+
+
+async def test_a_job_cancelled_before_its_order_arrives_is_never_submitted(
+        dispatcher: Dispatcher, provider: FakeProvider) -> None:
+    await dispatcher.release({"job_id": "a", "attempt": 0, "status": "cancelled"}, 0, 1)
+    assert dispatcher.lane.marked(slot_key(0, "a"))
+    assert await dispatcher.intake(message(5), order("a")) is None
+    await settle(dispatcher)
+    assert not provider.submitted and not dispatcher.lane.marked(slot_key(0, "a")), "the mark is used up"
+
+
+async def test_cancel_while_the_submission_runs_cancels_the_job_it_created(
+        dispatcher: Dispatcher, provider: FakeProvider) -> None:
+    provider.gate = asyncio.Event()
+    await dispatcher.intake(message(0), order("a"))
+    await asyncio.sleep(0.01)  # the submission is now waiting on the provider
+    assert slot_key(0, "a") in dispatcher.lane.submitting
+    await dispatcher.release({"job_id": "a", "attempt": 0, "status": "cancelled"}, 0, 1)
+    provider.gate.set()
+    await settle(dispatcher)
+    assert provider.cancelled == ["pj-a"], "the job it created is cancelled before the slot goes"
+    assert dispatcher.lane.slots.get(slot_key(0, "a")) is None
+    assert not emitter(dispatcher).events("submitted")
+
+
+async def test_the_ack_line_acknowledges_in_read_order_once_each_write_landed() -> None:
+    line = AckLine()
+    acked: list[int] = []
+    loop = asyncio.get_running_loop()
+    first, second = loop.create_future(), loop.create_future()
+
+    def ack(n: int) -> Any:
+        async def run() -> None:
+            acked.append(n)
+        return run
+
+    line.add(first, ack(1))
+    line.add(None, ack(2))  # caused no write, but comes after 1
+    line.add(second, ack(3))
+    second.set_result(None)
+    await asyncio.sleep(0.01)
+    assert acked == [], "nothing is acknowledged past a write that has not landed"
+    first.set_result(None)
+    for _ in range(10):
+        await asyncio.sleep(0)
+    assert acked == [1, 2, 3]
+    await line.stop()
+
+
+async def test_slot_records_written_before_the_fields_had_names_still_decode() -> None:
+    old = b'{"a":1,"t":5.0,"o":' + __import__("orjson").dumps(order("x").to_record()) + b',"pj":"p-1"}'
+    slot = Slot.decode(old)
+    assert (slot.attempt, slot.taken_at, slot.order.job_id, slot.provider_job_id) == (1, 5.0, "x", "p-1")
+    assert Slot.decode(slot.encode()) == slot
+
+
+async def test_the_bridge_release_frees_only_the_slot_of_the_provider_job_that_ended(
+        dispatcher: Dispatcher, provider: FakeProvider) -> None:
+    await fill(dispatcher, 2)
+    await settle(dispatcher)
+    await dispatcher.release({"job_id": "job-0", "attempt": 0, "status": ENDED, "provider_job_id": "pj-other"}, 0, 1)
+    assert dispatcher.lane.slots.get(slot_key(0, "job-0")) is not None, "another provider job of this job"
+    await dispatcher.release({"job_id": "job-0", "attempt": 0, "status": ENDED, "provider_job_id": "pj-job-0"}, 0, 1)
+    assert dispatcher.lane.slots.get(slot_key(0, "job-0")) is None and len(dispatcher.lane.pools[0]) == 1
+    assert not provider.cancelled
+
+
+async def test_a_job_that_ends_before_its_submission_returns_frees_its_slot_without_a_second_write(
+        dispatcher: Dispatcher, provider: FakeProvider, writes: Writes) -> None:
+    provider.gate = asyncio.Event()
+    await dispatcher.intake(message(0), order("a"))
+    await asyncio.sleep(0.01)
+    await dispatcher.release({"job_id": "a", "attempt": 0, "status": ENDED, "provider_job_id": "pj-a"}, 0, 1)
+    assert dispatcher.lane.slots.get(slot_key(0, "a")) is not None, "held until the submission knows its job"
+    before = writes.count
+    provider.gate.set()
+    await settle(dispatcher)
+    assert dispatcher.lane.slots.get(slot_key(0, "a")) is None
+    assert writes.count == before + 1, "the slot's delete only: its provider job id is never written"
+    assert [e["provider_job_id"] for e in emitter(dispatcher).events("submitted")] == ["pj-a"]
