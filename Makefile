@@ -2,8 +2,9 @@
 .PHONY: demo test test-fast test-all lint bench bootstrap broker-start broker-stop
 
 # Extras installed into .venv (dev/bootstrap.sh): dev tools everywhere; matplotlib (the bench extra)
-# where plots are drawn, i.e. `make bench` and the test runs that include the bench smoke test.
-test test-all bench: export FLOODGATE_EXTRAS = dev,bench
+# where plots are drawn (`make bench`, the test runs that include the bench smoke test) and where
+# mypy checks the code that draws them (`make lint`).
+test test-all lint bench: export FLOODGATE_EXTRAS = dev,bench
 
 bootstrap:
 	@bash dev/bootstrap.sh

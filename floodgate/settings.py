@@ -80,6 +80,9 @@ class Settings:
     """Where a worker keeps its per-job tables: rocksdict (on disk; memory stays flat) or memory."""
     worker_id: str = ""
     """Names a worker's local table directory; give each worker on one host its own. Empty: the host name."""
+    fetch_max_wait_ms: int = 20
+    """How long the worker's consumer long-polls an idle broker. Records of other partitions
+    consumed meanwhile wait for the poll to return, so it bounds a hop's added latency."""
     stream_buffer: int = 4096
     """Records a worker buffers per agent before it pauses fetching the agent's partitions."""
 
@@ -177,7 +180,7 @@ class Settings:
 
     def validate(self) -> None:
         for name in ("partitions", "dispatch_partitions", "replication_factor", "min_insync_replicas", "max_body_bytes",
-                     "stream_buffer"):
+                     "stream_buffer", "fetch_max_wait_ms"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"{PREFIX}{name.upper()} must be at least 1")
         if self.session_timeout <= 0:

@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import pytest
 from faust.stores import rocksdb
@@ -26,3 +27,16 @@ def test_job_tables_use_the_configured_store(tmp_path: Path, store: str, module:
         assert data.rocksdb_options.use_rocksdict
         assert data.rocksdb_options.block_cache_size <= 16 << 20, "a flat footprint, not RocksDB's 2 GB default"
         assert data.partition_path(3).is_relative_to(tmp_path / "w0")
+
+
+async def test_the_worker_consumer_long_polls_for_the_configured_wait(tmp_path: Path) -> None:
+    """Faust hard-codes fetch_max_wait_ms=1500; the app's consumer must get ours instead (this
+    fails if a Faust upgrade changes how its consumer is created)."""
+    import asyncio
+
+    settings = Settings.from_env({}).with_overrides(kafka_bootstrap="127.0.0.1:1", cache_dir=tmp_path,
+                                                    fetch_max_wait_ms=37)
+    app = create_app(settings, datadir=tmp_path / "w0")
+    consumer: Any = app.consumer
+    created = consumer._thread._create_consumer(asyncio.get_running_loop())
+    assert created._fetch_max_wait_ms == 37
