@@ -28,6 +28,7 @@ lint: bootstrap
 	.venv/bin/mypy
 
 bench: export FLOODGATE_NEED_NGINX = 1
+bench: export FLOODGATE_NEED_REDIS = 1
 bench: bootstrap
 	.venv/bin/floodgate bench $(BENCH_ARGS)
 

@@ -174,7 +174,8 @@ def _bench(args: argparse.Namespace) -> int:
         cfg = runner.smoke()
     else:
         cfg = runner.full(time_factor=args.time_factor, spike_seconds=args.spike_seconds, memory_jobs=args.memory_jobs,
-                          pipeline_jobs=args.pipeline_jobs, workers=args.workers, profile=not args.no_profile)
+                          pipeline_jobs=args.pipeline_jobs, workers=args.workers, profile=not args.no_profile,
+                          peer_jobs=args.peer_jobs)
     cfg = dataclasses.replace(cfg, scenarios=scenarios, profile=not args.no_profile)
     out_dir = Path(args.out) if args.out else runner.default_out_dir()
     report = runner.run(cfg, out_dir, settings, keep_work=args.keep_work)
@@ -186,7 +187,7 @@ def _add_bench(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
     p.add_argument("--smoke", action="store_true", help="a tiny run (seconds per scenario), as the test suite runs it")
     p.add_argument("--out", default="", help="output directory (default: bench/results/<timestamp>)")
     p.add_argument("--only", default="",
-                   help="comma-separated scenarios (rawkafka,accept,pipeline,notify,memory,spike,baseline)")
+                   help="comma-separated scenarios (rawkafka,accept,pipeline,notify,memory,spike,baseline,peer)")
     p.add_argument("--time-factor", type=float, default=0.02,
                    help="wall seconds per simulated second for the spike, its renders and nginx's timeout (0.02 = 50x)")
     p.add_argument("--spike-seconds", type=float, default=15.0, help="simulated seconds of the 5,000/minute spike")
@@ -194,6 +195,8 @@ def _add_bench(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
                    help="the large backlog of the memory scenario (the target's size, 1000000, adds about an hour)")
     p.add_argument("--pipeline-jobs", type=int, default=10_000, help="jobs through the instant-provider pipeline")
     p.add_argument("--workers", type=int, default=1, help="pipeline workers")
+    p.add_argument("--peer-jobs", type=int, default=2000,
+                   help="jobs in the peer drain (Floodgate, Celery + Redis, naive; 200 req/s, limit 10)")
     p.add_argument("--no-profile", action="store_true", help="skip the py-spy profiles")
     p.add_argument("--keep-work", action="store_true", help="keep the stacks' logs and configs even on success")
     p.add_argument("--bootstrap", default="", help="use this Kafka cluster instead of starting the local broker")

@@ -39,6 +39,8 @@ class KeyStats:
     counts: Counter[str] = field(default_factory=Counter)
     in_flight: int = 0
     max_concurrency: int = 0
+    render_seconds: float = 0.0  # wall seconds of renders begun (cold starts included): the work done
+    first_created_at: float | None = None  # wall clock of the first job created
 
 
 @dataclass(frozen=True)
@@ -138,6 +140,8 @@ class ProviderState:
         stats.in_flight += 1
         stats.max_concurrency = max(stats.max_concurrency, stats.in_flight)
         stats.counts["jobs_created"] += 1
+        if stats.first_created_at is None:
+            stats.first_created_at = job.created_at
         return Created(job, replayed=False)
 
     def _soonest_slot(self, api_key: str) -> float:
@@ -168,6 +172,7 @@ class ProviderState:
         job.status = "in_progress"
         job.render_started = now
         job.render_seconds = self.sim.scaled(seconds)
+        self.key(job.api_key).render_seconds += job.render_seconds
         self.rendering[model] += 1
         return job.render_seconds
 
@@ -197,6 +202,8 @@ class ProviderState:
             "concurrency_limit": self.config.concurrency_limit,
             "max_concurrency": stats.max_concurrency,
             "in_flight": stats.in_flight,
+            "render_seconds": stats.render_seconds,
+            "first_created_at": stats.first_created_at,
         }
         view.update({name: stats.counts[name] for name in COUNTERS})
         return view
@@ -207,6 +214,9 @@ class ProviderState:
             "concurrency_limit": self.config.concurrency_limit,
             "max_concurrency": max((k["max_concurrency"] for k in keys.values()), default=0),
             "in_flight": sum(k["in_flight"] for k in keys.values()),
+            "render_seconds": sum(k["render_seconds"] for k in keys.values()),
+            "first_created_at": min((k["first_created_at"] for k in keys.values() if k["first_created_at"]),
+                                    default=None),
         }
         totals.update({name: sum(k[name] for k in keys.values()) for name in COUNTERS})
         totals["keys"] = keys

@@ -6,10 +6,12 @@ passed through), 504 (nginx gave up waiting), client timeouts, anything else.
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import subprocess
 import sys
 import time
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -19,7 +21,7 @@ from floodgate.bench.context import Context
 from floodgate.bench.nginx import DEFAULT_READ_TIMEOUT, Nginx
 from floodgate.bench.probes import simulator_stats
 from floodgate.bench.spike import ACTIVE, SpikeConfig
-from floodgate.bench.stacks import routing_table, write_simulator_config
+from floodgate.bench.stacks import SimProvider, routing_table, write_simulator_config
 from floodgate.devstack import Child
 from floodgate.errors import FloodgateError
 from floodgate.procs import die_with_parent, free_port
@@ -65,6 +67,34 @@ def outcome(sample: load.Sample) -> str:
     return str(sample.status) if sample.status in (200, 429, 502, 504) else "other"
 
 
+@contextlib.contextmanager
+def simulator(home: Path, plan: Mapping[str, SimProvider], time_factor: float,
+              routes: Mapping[str, list[dict[str, str]]] | None = None) -> Iterator[tuple[str, Path]]:
+    """A fresh simulator for ``plan`` and a routing file pointing at it: (its URL, the file)."""
+    sim_port = free_port()
+    sim_config = write_simulator_config(home / "simulator.json", plan, time_factor)
+    routing = home / "routing.json"
+    routing.write_text(json.dumps(routing_table(plan, f"http://127.0.0.1:{sim_port}", routes)))
+    sim, sim_url = spawn("simulator", [sys.executable, "-m", "connectors.simulator", "--config", str(sim_config),
+                                       "--port", str(sim_port)], home, "simulator=")
+    try:
+        yield sim_url, routing
+    finally:
+        stop(sim)
+
+
+@contextlib.contextmanager
+def naive_behind_nginx(home: Path, sim_url: str, routing: Path, poll: float, read_timeout: float) -> Iterator[str]:
+    """The naive endpoint against ``sim_url``, behind Debian's nginx: the proxy's URL."""
+    naive, naive_url = spawn("naive", [sys.executable, "-m", "floodgate.bench.naive", "--simulator", sim_url,
+                                       "--routing", str(routing), "--poll", str(poll)], home, "naive=")
+    try:
+        with Nginx(home / "nginx", int(naive_url.rsplit(":", 1)[1]), read_timeout) as proxy:
+            yield proxy.url
+    finally:
+        stop(naive)
+
+
 async def run(ctx: Context, spike: SpikeConfig, cfg: BaselineConfig) -> dict[str, Any]:
     if nginx.binary() is None:
         return {"skipped": "nginx is not installed (FLOODGATE_NEED_NGINX=1 bash dev/bootstrap.sh installs "
@@ -72,31 +102,17 @@ async def run(ctx: Context, spike: SpikeConfig, cfg: BaselineConfig) -> dict[str
     f = spike.plan.time_factor
     home = ctx.work_dir / "naive"
     home.mkdir(parents=True, exist_ok=True)
-    plan = spike.providers()
-    sim_port = free_port()
-    sim_config = write_simulator_config(home / "simulator.json", plan, f)
-    routing = home / "routing.json"
-    routing.write_text(json.dumps(routing_table(plan, f"http://127.0.0.1:{sim_port}")))
     read_timeout = DEFAULT_READ_TIMEOUT * f
     poll = max(0.01, cfg.poll_sim_seconds * f)
-    sim, sim_url = spawn("simulator", [sys.executable, "-m", "connectors.simulator", "--config", str(sim_config),
-                                       "--port", str(sim_port)], home, "simulator=")
-    try:
-        naive, naive_url = spawn("naive", [sys.executable, "-m", "floodgate.bench.naive", "--simulator", sim_url,
-                                           "--routing", str(routing), "--poll", str(poll)], home, "naive=")
-        try:
-            with Nginx(home / "nginx", int(naive_url.rsplit(":", 1)[1]), read_timeout) as proxy:
-                prog = load.Progress()
-                schedule = spike.plan.schedule()
-                async with ctx.progress.watching(lambda: f"naive: sent {prog.sent}/{len(schedule)}, "
-                                                         f"answered {prog.answered}"):
-                    run_ = await load.open_loop(proxy.url, schedule, load.post_jobs(proxy.url),
-                                                progress=prog, timeout=2 * read_timeout + 30)
-                providers_ = await simulator_stats(sim_url)
-        finally:
-            stop(naive)
-    finally:
-        stop(sim)
+    with simulator(home, spike.providers(), f) as (sim_url, routing), \
+            naive_behind_nginx(home, sim_url, routing, poll, read_timeout) as url:
+        prog = load.Progress()
+        schedule = spike.plan.schedule()
+        async with ctx.progress.watching(lambda: f"naive: sent {prog.sent}/{len(schedule)}, "
+                                                 f"answered {prog.answered}"):
+            run_ = await load.open_loop(url, schedule, load.post_jobs(url), progress=prog,
+                                        timeout=2 * read_timeout + 30)
+        providers_ = await simulator_stats(sim_url)
     counts: dict[str, int] = {}
     errors: dict[str, int] = {}
     for x in run_.samples:

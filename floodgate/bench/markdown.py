@@ -202,6 +202,9 @@ def markdown(report: dict[str, Any]) -> str:
         parts += notify(r["notify"])
     if "rss_large" in r.get("memory", {}):
         parts += memory(r["memory"])
+    if "systems" in r.get("peer", {}):
+        from floodgate.bench.peerreport import section  # late: peerreport's table comes from here
+        parts += section(r["peer"])
     parts += ["## What limits each number", ""] + [f"- **{name}**: {text}" for name, text in report["limits"]]
     for title, key in (("Scenarios that failed", "error"), ("Scenarios skipped", "skipped")):
         found = {k: v[key] for k, v in r.items() if isinstance(v, dict) and v.get(key)}

@@ -62,18 +62,13 @@ class Naive:
         return _json(200, {"video_url": data.get("video_url")})
 
 
-async def serve(args: argparse.Namespace) -> None:
-    setup = provider_config.load_file(args.routing)
-    naive = Naive(args.simulator, setup.routing, args.api_key, args.poll)
-    naive.session = aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0))
-    app = web.Application()
-    app.router.add_post("/v1/jobs", naive.create)
+async def serve_app(app: web.Application, host: str, port: int, marker: str) -> None:
+    """Serve ``app`` on ``host:port`` (0: a free one), print ``<marker>http://HOST:PORT``, and run
+    until SIGINT or SIGTERM."""
     runner = web.AppRunner(app, access_log=None, handle_signals=False)
     await runner.setup()
-    site = web.TCPSite(runner, args.host, args.port, backlog=1024)
-    await site.start()
-    port = runner.addresses[0][1]
-    print(f"naive=http://{args.host}:{port}", flush=True)
+    await web.TCPSite(runner, host, port, backlog=1024).start()
+    print(f"{marker}http://{host}:{runner.addresses[0][1]}", flush=True)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
@@ -82,6 +77,17 @@ async def serve(args: argparse.Namespace) -> None:
         await stop.wait()
     finally:
         await runner.cleanup()
+
+
+async def serve(args: argparse.Namespace) -> None:
+    setup = provider_config.load_file(args.routing)
+    naive = Naive(args.simulator, setup.routing, args.api_key, args.poll)
+    naive.session = aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0))
+    app = web.Application()
+    app.router.add_post("/v1/jobs", naive.create)
+    try:
+        await serve_app(app, args.host, args.port, "naive=")
+    finally:
         await naive.session.close()
 
 

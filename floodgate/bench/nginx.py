@@ -9,15 +9,10 @@ is multiplied by the run's time factor, like every other duration.
 from __future__ import annotations
 
 import shutil
-import signal
-import socket
-import subprocess
-import time
 from pathlib import Path
-from typing import Self
 
+from floodgate.bench.daemon import Daemon
 from floodgate.errors import FloodgateError
-from floodgate.procs import die_with_parent, free_port
 
 DEFAULT_READ_TIMEOUT = 60.0  # nginx's proxy_read_timeout default, seconds
 
@@ -57,61 +52,25 @@ def binary() -> str | None:
     return shutil.which("nginx") or next((p for p in ("/usr/sbin/nginx", "/sbin/nginx") if Path(p).exists()), None)
 
 
-class Nginx:
+class Nginx(Daemon):
+    name = "nginx"
+    log_name = "error.log"
+
     def __init__(self, prefix: Path, upstream_port: int, read_timeout: float) -> None:
-        self.prefix = prefix
-        self.port = free_port()
+        super().__init__(prefix)
         self.upstream_port = upstream_port
         self.read_timeout = read_timeout
-        self.proc: subprocess.Popen[bytes] | None = None
 
     @property
     def url(self) -> str:
         return f"http://127.0.0.1:{self.port}"
 
-    def start(self, timeout: float = 15.0) -> Self:
+    def command(self) -> list[str]:
         exe = binary()
         if exe is None:
             raise FloodgateError("nginx is not installed (FLOODGATE_NEED_NGINX=1 make bootstrap installs nginx-light)")
-        self.prefix.mkdir(parents=True, exist_ok=True)
         self.prefix.chmod(0o755)  # nginx's workers drop root privileges and must reach the prefix
         conf = self.prefix / "nginx.conf"
         conf.write_text(nginx_conf(self.prefix, self.port, self.upstream_port, self.read_timeout))
-        with open(self.prefix / "stdout.log", "ab") as log:
-            self.proc = subprocess.Popen(
-                [exe, "-p", f"{self.prefix}/", "-c", str(conf), "-e", str(self.prefix / "error.log"),
-                 "-g", "daemon off;"], stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                preexec_fn=die_with_parent)  # as devstack: dies with us
-        deadline = time.monotonic() + timeout
-        while True:
-            if self.proc.poll() is not None:
-                raise FloodgateError(f"nginx exited with {self.proc.returncode}: {self._tail()}")
-            with socket.socket() as s:
-                if s.connect_ex(("127.0.0.1", self.port)) == 0:
-                    return self
-            if time.monotonic() > deadline:
-                self.stop()
-                raise FloodgateError(f"nginx did not listen within {timeout:.0f}s: {self._tail()}")
-            time.sleep(0.05)
-
-    def _tail(self) -> str:
-        try:
-            return (self.prefix / "error.log").read_text()[-800:]
-        except OSError:
-            return "(no error log)"
-
-    def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)  # fast shutdown
-            try:
-                self.proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(timeout=5)
-        self.proc = None
-
-    def __enter__(self) -> Self:
-        return self.start()
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
+        return [exe, "-p", f"{self.prefix}/", "-c", str(conf), "-e", str(self.prefix / "error.log"),
+                "-g", "daemon off;"]

@@ -2,7 +2,8 @@
 print the summary table. A scenario that fails is reported as failed; the others still run.
 
 Order: raw Kafka first (the physical limit, on a quiet broker), then accept, pipeline,
-notifications, memory, the spike and the naive baseline under the same spike.
+notifications, memory, the spike and the naive baseline under the same spike, then the peer
+comparison (the same drain against Floodgate, Celery + Redis and the naive endpoint).
 """
 from __future__ import annotations
 
@@ -26,6 +27,7 @@ from floodgate.bench import (
     baseline,
     memory,
     notify,
+    peer,
     pipeline,
     plots,
     rawkafka,
@@ -39,7 +41,7 @@ from floodgate.bench.progress import ProgressLine
 from floodgate.devstack import Stack
 from floodgate.settings import Settings
 
-SCENARIOS = ("rawkafka", "accept", "pipeline", "notify", "memory", "spike", "baseline")
+SCENARIOS = ("rawkafka", "accept", "pipeline", "notify", "memory", "spike", "baseline", "peer")
 
 
 @dataclass(frozen=True)
@@ -52,6 +54,7 @@ class BenchConfig:
     notify: notify.NotifyConfig = field(default_factory=notify.NotifyConfig)
     memory: memory.MemoryConfig = field(default_factory=memory.MemoryConfig)
     raw: rawkafka.RawConfig = field(default_factory=rawkafka.RawConfig)
+    peer: peer.PeerConfig = field(default_factory=peer.PeerConfig)
     scenarios: tuple[str, ...] = SCENARIOS
     profile: bool = True
     prestart: bool = False  # start the next scenario's stack while one runs (smoke only: it loads the CPU)
@@ -59,13 +62,13 @@ class BenchConfig:
 
 def full(*, time_factor: float = 0.02, spike_seconds: float = 15.0, memory_jobs: int = 100_000,
          pipeline_jobs: int = 10_000, workers: int = 1, profile: bool = True,
-         scenarios: tuple[str, ...] = SCENARIOS) -> BenchConfig:
+         scenarios: tuple[str, ...] = SCENARIOS, peer_jobs: int = 2000) -> BenchConfig:
     """What ``make bench`` runs (about 15-20 minutes on 2 cores)."""
     return BenchConfig(
         spike=spike.SpikeConfig(plan=SpikePlan(time_factor=time_factor, spike_s=spike_seconds)),
         pipeline=pipeline.PipelineConfig(jobs=pipeline_jobs, workers=workers),
         memory=memory.MemoryConfig(large=max(memory_jobs, 10_000)),
-        scenarios=scenarios, profile=profile)
+        scenarios=scenarios, profile=profile, peer=peer.PeerConfig(jobs=peer_jobs))
 
 
 def smoke() -> BenchConfig:
@@ -81,7 +84,8 @@ def smoke() -> BenchConfig:
                                          profile_seconds=1.0),
         notify=notify.NotifyConfig(jobs=40, rate=40.0, render=(0.05, 0.1), timeout=30.0),
         memory=memory.MemoryConfig(small=200, large=600, settle_seconds=0.5, timeout=60.0, stall_seconds=20.0),
-        raw=rawkafka.RawConfig(records=20_000))
+        raw=rawkafka.RawConfig(records=20_000),
+        peer=peer.PeerConfig(jobs=60, render=(0.05, 0.15), poll=0.02, drain_timeout=30.0))
 
 
 def _loadavg() -> list[float]:
@@ -107,6 +111,7 @@ class StackPool:
             "pipeline": lambda: pipeline.stack_for(ctx, cfg.pipeline, cfg.notify),
             "memory": lambda: memory.stack_for(ctx, cfg.memory),
             "spike": lambda: spike.stack_for(ctx, cfg.spike),
+            "peer": lambda: peer.stack_for(ctx, cfg.peer),
         }
         self._starting: dict[str, concurrent.futures.Future[Stack]] = {}
         self._executor = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="stack")
@@ -114,7 +119,7 @@ class StackPool:
     @staticmethod
     def key(scenario: str) -> str | None:
         key = "pipeline" if scenario == "notify" else scenario
-        return key if key in ("accept", "pipeline", "memory", "spike") else None
+        return key if key in ("accept", "pipeline", "memory", "spike", "peer") else None
 
     def prestart(self, scenario: str) -> None:
         key = self.key(scenario)
@@ -152,6 +157,7 @@ async def _scenarios(ctx: Context, cfg: BenchConfig) -> tuple[dict[str, Any], di
         "memory": lambda: _with(pool, "memory", lambda st: memory.run(ctx, st, cfg.memory)),
         "spike": lambda: _with(pool, "spike", lambda st: spike.run(ctx, st, cfg.spike)),
         "baseline": lambda: baseline.run(ctx, cfg.spike, cfg.baseline),
+        "peer": lambda: _with(pool, "peer", lambda st: peer.run(ctx, st, cfg.peer)),
     }
     results: dict[str, Any] = {}
     load: dict[str, Any] = {}

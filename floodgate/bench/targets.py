@@ -10,6 +10,8 @@ from __future__ import annotations
 import math
 from typing import Any
 
+from floodgate.bench import peerreport
+
 MET, NOT_MET, NOT_MEASURED, REPORTED = "met", "not met", "not measured", "reported"
 
 
@@ -157,6 +159,22 @@ def naive(results: dict[str, Any]) -> dict[str, Any]:
     return _row(name, REPORTED, measured)
 
 
+def drain(results: dict[str, Any], bar: float = 0.97, jobs: int = 2000) -> dict[str, Any]:
+    name = f"drain time vs ideal ≥ {bar:.0%} with 0 × 429 ({jobs:,} jobs at 200 req/s, limit 10)"
+    if (why := _failed(results, "peer")):
+        return _row(name, NOT_MEASURED, why)
+    systems = results["peer"]["systems"]
+    fg = systems.get("floodgate")
+    measured = (f"Floodgate {peerreport.figure(fg)}; Celery + Redis {peerreport.figure(systems.get('celery'))}; "
+                f"naive {peerreport.figure(systems.get('naive'))}")
+    if peerreport.unavailable(fg):
+        return _row(name, NOT_MEASURED, measured)
+    share, n429 = _num(fg["drain"]["share_of_ideal"]), fg["provider"]["rejected_429"]
+    if fg["offered"] < jobs:
+        return _row(name, NOT_MEASURED, measured, share, f"scaled down: {fg['offered']:,} jobs")
+    return _row(name, MET if share >= bar and not n429 and not fg["unfinished"] else NOT_MET, measured, share)
+
+
 def evaluate(results: dict[str, Any]) -> list[dict[str, Any]]:
     return [accept_p99(results), sdk_rate(results), burst(results), pipeline(results), notification(results),
-            memory(results), naive(results)]
+            memory(results), naive(results), drain(results)]

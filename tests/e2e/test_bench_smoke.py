@@ -11,14 +11,15 @@ from pathlib import Path
 
 import pytest
 
-from floodgate.bench import nginx, runner
+from floodgate.bench import nginx, redisserver, runner
 from floodgate.settings import Settings
 
 pytestmark = pytest.mark.kafka
 
 PNG = b"\x89PNG\r\n\x1a\n"
 SECTIONS = ("## Targets", "## Spike: the peak-shaving picture", "## Accept path", "## Pipeline (instant provider)",
-            "## Notification latency", "## Memory", "## What limits each number")
+            "## Notification latency", "## Memory", "## Drain vs ideal: Floodgate, Celery + Redis, naive",
+            "## What limits each number")
 
 
 def test_smoke_bench_writes_every_section_and_plot(kafka_bootstrap: str, tmp_path: Path) -> None:
@@ -43,7 +44,7 @@ def test_smoke_bench_writes_every_section_and_plot(kafka_bootstrap: str, tmp_pat
         assert results["baseline"]["skipped"]
     on_disk = json.loads((out / "report.json").read_text())
     assert [t["target"] for t in on_disk["targets"]] == [t["target"] for t in report["targets"]]
-    assert len(on_disk["targets"]) == 7 and all(t["status"] for t in on_disk["targets"])
+    assert len(on_disk["targets"]) == 8 and all(t["status"] for t in on_disk["targets"])
     for name in ("spike.png", "latency_cdf.png", "accept.png"):
         data = (out / name).read_bytes()
         assert data.startswith(PNG) and len(data) > 10_000, name
@@ -55,6 +56,17 @@ def test_smoke_bench_writes_every_section_and_plot(kafka_bootstrap: str, tmp_pat
     assert results["pipeline"]["results_missing"] == 0 and not results["pipeline"]["stalled"]
     assert results["accept"]["burst"]["lost"] == 0 and results["accept"]["burst"]["sdk_lost"] == 0
     assert results["notify"]["matched"] > 0
+    # The peer drain: every system drained all it accepted; Floodgate never drew a 429.
+    peer = results["peer"]["systems"]
+    assert peer["floodgate"]["delivered"] == peer["floodgate"]["offered"] > 0
+    assert peer["floodgate"]["provider"]["rejected_429"] == 0
+    assert "drain time vs ideal" in on_disk["targets"][-1]["target"]
+    if redisserver.binary() is not None:
+        assert peer["celery"]["delivered"] == peer["celery"]["offered"], peer["celery"]
+    else:
+        assert peer["celery"]["skipped"]
+    if nginx.binary() is not None:
+        assert peer["naive"]["delivered"] > 0
     # Not a speed target (the benchmark reports those): a bound on a hang, with room for a loaded
     # machine (it took 94 s at load average 12 beside parallel test runs; ~66 s alone).
     assert elapsed < 300, f"the smoke bench took {elapsed:.0f}s (load average {os.getloadavg()[0]:.1f})"

@@ -151,6 +151,10 @@ async def test_job_lifecycle_webhooks_are_signed_and_the_file_downloads() -> Non
             assert b"ftyp" in await r.read()
         stats = sim.stats()["providers"]["sora"]
         assert (stats["completed"], stats["webhooks_sent"], stats["in_flight"]) == (1, 2, 0)
+        # The provider's work and first submission, as the bench's drain-vs-ideal reads them.
+        assert stats["render_seconds"] == stats["keys"]["key-a"]["render_seconds"] > 0
+        assert stats["first_created_at"] == stats["keys"]["key-a"]["first_created_at"]
+        assert int(stats["first_created_at"]) == job["created_at"]
 
 
 async def test_failure_rate_one_fails_every_job() -> None:
