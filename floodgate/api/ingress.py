@@ -141,8 +141,8 @@ class Ingress:
             if outcome is not Outcome.IN_FLIGHT or flying is None:
                 break
             await asyncio.shield(flying)  # the first request's outcome decides; then look again
-        if outcome is Outcome.NEW:
-            seen = await self.deps.view.lookup(job_id) if self.deps.view is not None else None
+        if outcome is Outcome.NEW and self.deps.view is not None:
+            seen = await self.deps.view.lookup(job_id)
             if seen is not None:
                 # Accepted before, by another instance, before a restart or long enough ago to
                 # be on disk only: its snapshot is the only memory of the body we have here.
@@ -165,7 +165,7 @@ class Ingress:
 
     async def _produce(self, request: web.Request, record: dict[str, Any]) -> web.Response:
         deps = self.deps
-        assert deps.producer is not None and deps.view is not None  # build_app guarantees both
+        assert deps.producer is not None  # build_app guarantees it
         value, headers = codec.encode("JobRequest", record)
         try:
             await deps.producer.send_and_wait(deps.topics.requests, record["job_id"], value, headers)
@@ -177,7 +177,8 @@ class Ingress:
                                     headers={"Retry-After": retry})
         except RecordTooLarge:
             return too_large(deps.settings.max_body_bytes)
-        deps.view.put_local(queued_snapshot(record))
+        if deps.view is not None:  # read-your-writes when this process also serves reads
+            deps.view.put_local(queued_snapshot(record))
         return self._accepted(request, record["job_id"])
 
     def _accepted(self, request: web.Request, job_id: str) -> web.Response:

@@ -4,6 +4,12 @@ Startup order matters: topics exist → producer connected → job view caught u
 listening. So the first request already finds Kafka reachable and the view complete, and
 ``api=http://HOST:PORT`` is printed only when the API can answer correctly.
 
+Each process starts only what its roles use. The job view (its ``notifications`` feed and its
+spill store) belongs to the read role: an ingress-only process consumes nothing, so a spike of
+job updates cannot take CPU from the accept path (see ``floodgate.api.idempotency`` for what the
+Idempotency-Key check rests on there). Outgoing webhooks run by default except in an
+ingress-only process.
+
 The job view spills what it evicts to ``<cache_dir>/api/<topic prefix>/<host>-<pid>-*/view.sqlite``
 (see ``floodgate.api.spill``): a new, empty file per process, removed when the server closes.
 """
@@ -97,7 +103,8 @@ async def serve(settings: Settings, *, host: str | None = None, port: int | None
     layout = names.layout(limits)
     await asyncio.to_thread(ensure_topics, settings.kafka_bootstrap, layout, settings.replication_factor)
 
-    producer = KafkaSender(settings.kafka_bootstrap) if chosen & {"ingress", "bridge"} else None
+    # Every role writes: ingress requests, read cancels (events), bridge webhooks.
+    producer = KafkaSender(settings.kafka_bootstrap)
     spill: SpillStore | None = None
     view: JobView | None = None
     feed: NotificationFeed | None = None
@@ -105,7 +112,7 @@ async def serve(settings: Settings, *, host: str | None = None, port: int | None
     sock: socket.socket | None = None
     outgoing = None
     try:
-        if chosen & {"ingress", "read"}:
+        if "read" in chosen:
             spill = await asyncio.to_thread(SpillStore.private, spill_dir(settings))
             view = JobView(view_max_jobs, spill)
             feed = NotificationFeed(settings.kafka_bootstrap, names.notifications,
@@ -115,8 +122,7 @@ async def serve(settings: Settings, *, host: str | None = None, port: int | None
 
             outgoing = OutgoingWebhooks(settings)
             await outgoing.start()
-        if producer is not None:
-            await producer.start()
+        await producer.start()
         if feed is not None and view is not None:
             await feed.start()
             try:
@@ -138,8 +144,7 @@ async def serve(settings: Settings, *, host: str | None = None, port: int | None
             await runner.cleanup()
         if feed is not None:
             await feed.stop()
-        if producer is not None:
-            await producer.stop()
+        await producer.stop()
         if outgoing is not None:
             await outgoing.stop()
         if spill is not None:
@@ -169,9 +174,19 @@ async def _main(settings: Settings, host: str | None, port: int | None, roles: I
         log.warning("tasks still running after shutdown: %s", ", ".join(sorted(t.get_name() for t in leftover)))
 
 
+def ingress_only(roles: Iterable[str] | str | None) -> bool:
+    return parse_roles(roles) == {"ingress"}
+
+
 def run(settings: Settings, host: str | None = None, port: int | None = None,
-        roles: Iterable[str] | str | None = None, outgoing_webhooks: bool = True) -> None:
-    """Serve until SIGINT/SIGTERM, then shut down cleanly. Prints ``api=http://HOST:PORT`` once listening."""
+        roles: Iterable[str] | str | None = None, outgoing_webhooks: bool | None = None) -> None:
+    """Serve until SIGINT/SIGTERM, then shut down cleanly. Prints ``api=http://HOST:PORT`` once listening.
+
+    ``outgoing_webhooks`` None: deliver them unless the process is ingress-only (it keeps its
+    core for the accept path; another role's process delivers them).
+    """
+    if outgoing_webhooks is None:
+        outgoing_webhooks = not ingress_only(roles)
     logging.basicConfig(level=settings.log_level.upper(), stream=sys.stderr)
     with contextlib.suppress(KeyboardInterrupt):
         asyncio.run(_main(settings, host, port, roles, outgoing_webhooks))
