@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import logging
 import signal
 import socket
@@ -70,6 +71,21 @@ class ApiServer:
             await self._producer.stop()
         if self._spill is not None:
             await asyncio.to_thread(self._spill.close)  # waits for a write the feed left running
+
+
+def freeze_heap() -> None:
+    """Collect once, then exempt everything alive (above all the caught-up view's snapshots)
+    from later collections: a serving process's step, not a library's (``run``, not ``serve``).
+
+    A full (gen2) collection walks every tracked object; with 100k snapshots in the view that
+    walk took 180-480 ms on the 2-core dev box while it was loaded (``dev/gc_pause.py``), a
+    stall every in-flight 202 would wait out; after the freeze, 0.0 ms. Frozen objects are
+    still freed by reference counting when the view drops them; only a reference cycle among
+    them would outlive its use, and snapshots hold none. Snapshots that arrive later are not
+    frozen: as the view turns over, full collections grow back (rarely: none in 50k accepts).
+    """
+    gc.collect()
+    gc.freeze()
 
 
 def spill_dir(settings: Settings) -> Path:
@@ -161,6 +177,8 @@ async def _main(settings: Settings, host: str | None, port: int | None, roles: I
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
     server = await serve(settings, host=host, port=port, roles=roles, outgoing_webhooks=outgoing_webhooks)
+    if server.view is not None:
+        freeze_heap()  # the view has caught up; the URL is not out yet, so no request is waiting
     try:
         print(f"api={server.url}", flush=True)
         await stop.wait()
