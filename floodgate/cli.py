@@ -79,7 +79,7 @@ def _api(args: argparse.Namespace) -> int:
     settings = Settings.from_env()
     roles = set(args.roles.split(",")) if args.roles else None
     run(settings, host=args.host or settings.api_host, port=args.port if args.port is not None else settings.api_port,
-        roles=roles, outgoing_webhooks=not args.no_outgoing_webhooks)
+        roles=roles, outgoing_webhooks=False if args.no_outgoing_webhooks else None)
     return 0
 
 
@@ -87,9 +87,11 @@ def _add_api(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p = sub.add_parser("api", help="HTTP ingress, job reads (GET/SSE/WebSocket), webhook bridge and fan-out")
     p.add_argument("--host", default="")
     p.add_argument("--port", type=int, default=None)
-    p.add_argument("--roles", default="", help="comma-separated subset of ingress,read,bridge (default: all)")
+    p.add_argument("--roles", default="", help="comma-separated subset of ingress,read,bridge (default: all); "
+                   "ingress alone runs no job view and consumes nothing")
     p.add_argument("--no-outgoing-webhooks", action="store_true",
-                   help="do not deliver signed result webhooks from this process")
+                   help="do not deliver signed result webhooks from this process "
+                        "(an ingress-only process never does)")
     p.set_defaults(func=_api)
 
 

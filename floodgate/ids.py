@@ -103,7 +103,7 @@ def _encode128(value: int) -> str:
 def _mac(secret: bytes, domain: bytes, *parts: str) -> bytes:
     if not isinstance(secret, (bytes, bytearray)) or len(secret) < MIN_SECRET_BYTES:
         raise ConfigError(f"id secret must be at least {MIN_SECRET_BYTES} bytes")
-    return hmac.new(secret, _frame(domain, *parts), hashlib.sha256).digest()
+    return hmac.digest(secret, _frame(domain, *parts), "sha256")  # OpenSSL's one-shot: ~5x hmac.new
 
 
 def _frame(domain: bytes, *parts: str) -> bytes:

@@ -12,6 +12,7 @@ import signal
 import sys
 
 from floodgate.errors import ConfigError
+from floodgate.eventloop import use_uvloop
 
 from .config import SimulatorConfig, dev_config, load_config, realistic_config
 from .server import run_simulator
@@ -57,6 +58,7 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as exc:
         print(f"simulator: {exc}", file=sys.stderr)
         return 2
+    use_uvloop()
     asyncio.run(_serve(config, args.host, args.port))
     return 0
 

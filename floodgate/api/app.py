@@ -65,22 +65,25 @@ def build_app(
     clock: Callable[[], float] = time.time,
 ) -> web.Application:
     """The API for ``roles`` (default: all). Raises ``ConfigError`` if a role lacks what it needs
-    (ingress: producer and view; read: view; bridge: producer). ``connectors`` defaults to
-    ``setup.build_connectors()``. Starts nothing: Kafka clients' lifecycles belong to the caller.
+    (ingress: producer; read: view and producer, for cancels; bridge: producer). The ingress uses
+    the view when it has one (read-your-writes, Idempotency-Key checks across instances) and
+    works without. ``connectors`` defaults to ``setup.build_connectors()``. Starts nothing: Kafka
+    clients' lifecycles belong to the caller.
     """
     chosen = parse_roles(roles)
-    if chosen & {"ingress", "bridge"} and producer is None:
-        raise ConfigError("the ingress and bridge roles need a producer")
-    if chosen & {"ingress", "read"} and view is None:
-        raise ConfigError("the ingress and read roles need a job view")
+    if producer is None:
+        raise ConfigError("every role needs a producer (ingress: requests, read: cancels, bridge: webhooks)")
+    if "read" in chosen and view is None:
+        raise ConfigError("the read role needs a job view")
     deps = Deps(settings, setup, producer, view, keepalive=keepalive, wait_for_job=wait_for_job, clock=clock)
     # The bridge takes 1 MiB bodies, the ingress max_body_bytes; both also check for themselves.
     limit = max(settings.max_body_bytes, bridge.MAX_WEBHOOK_BYTES)
     app = web.Application(middlewares=[problem_middleware], client_max_size=limit)
     if "ingress" in chosen:
         ingress.add_routes(app, deps)
-        cancel.add_routes(app, deps)
     if "read" in chosen:
+        # A cancel's answer depends on the job's state (409 once finished), which only the view knows.
+        cancel.add_routes(app, deps)
         reader = read.add_routes(app, deps)
 
         async def close_streams(_: web.Application) -> None:

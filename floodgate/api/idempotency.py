@@ -6,6 +6,16 @@ process already accept that job, and with which body?". It is per process and bo
 retry that reaches another instance (or comes back after eviction or a restart) is checked
 against the job view instead, memory or spill (:func:`matches_snapshot`), and if the view does not know the
 job either, the record is produced again and admission drops it as a duplicate job id.
+
+An ingress-only process (``floodgate api --roles ingress``) has no job view: it consumes no
+notifications, so that a burst of job updates cannot starve its accept path. There the cache is
+the whole check. What still holds everywhere: one key is one job id, so a retry never makes a
+second job (admission drops the repeated record, whatever its body), and a retry reaching the
+process that accepted the key (while the key is among its last ``max_entries``) gets the same
+202, or the 422 for another body. What only a view gives: the 422 for a key reused with another
+body on an instance that never saw the first request (there, it is a 202 naming the first job,
+whose body wins). Deployments that want the 422 across ingress instances route a key to one
+instance (e.g. nginx ``hash $http_idempotency_key consistent;``) or add the read role.
 """
 from __future__ import annotations
 

@@ -85,17 +85,31 @@ def job_request(job_id: str, tenant: str, req: NormalizedRequest, key: str | Non
 class Ingress:
     def __init__(self, deps: Deps) -> None:
         self.deps = deps
-        self.api_keys = deps.settings.api_key_map  # parsed once: settings are frozen
+        # Worked out once, not per request: settings are frozen.
+        self.api_keys = deps.settings.api_key_map
+        self.secret = deps.secret
+        self.requests_topic = deps.topics.requests
+        self._accepted_total = deps.metrics.accepted.labels("http")
+        self._models: tuple[str, ...] = ()
+        self._models_until = 0.0
+
+    def known_models(self) -> tuple[str, ...]:
+        """The models routable now; recomputed at most once a second (they change when a
+        provider is retired, at a configured instant)."""
+        now = time.monotonic()
+        if now >= self._models_until:
+            self._models = known_models(self.deps.setup.routing, datetime.now(UTC))
+            self._models_until = now + 1.0
+        return self._models
 
     async def create_job(self, request: web.Request) -> web.Response:
         started = time.perf_counter()
         response = await self._create_job(request)
-        metrics = self.deps.metrics
         if response.status == 202:
-            metrics.accepted.labels("http").inc()
-            metrics.accept_latency.observe(time.perf_counter() - started)
+            self._accepted_total.inc()
+            self.deps.metrics.accept_latency.observe(time.perf_counter() - started)
         elif response.status in REJECT_REASONS:
-            metrics.reject(REJECT_REASONS[response.status])
+            self.deps.metrics.reject(REJECT_REASONS[response.status])
         return response
 
     async def _create_job(self, request: web.Request) -> web.Response:
@@ -124,11 +138,10 @@ class Ingress:
         try:
             if idem_key is not None and (why := key_problem(idem_key)):
                 raise ValidationError(Problem("Idempotency-Key", why))
-            normalized = validate(payload, known_models(deps.setup.routing, datetime.now(UTC)),
-                                  settings.allow_private_webhooks)
+            normalized = validate(payload, self.known_models(), settings.allow_private_webhooks)
         except ValidationError as exc:
             return validation_response(exc)
-        job_id = job_id_for_key(deps.secret, tenant, idem_key) if idem_key is not None else new_job_id()
+        job_id = job_id_for_key(self.secret, tenant, idem_key) if idem_key is not None else new_job_id()
         record = job_request(job_id, tenant, normalized, idem_key, int(deps.clock() * 1000))
         if idem_key is None:
             return await self._produce(request, record)
@@ -141,8 +154,8 @@ class Ingress:
             if outcome is not Outcome.IN_FLIGHT or flying is None:
                 break
             await asyncio.shield(flying)  # the first request's outcome decides; then look again
-        if outcome is Outcome.NEW:
-            seen = await self.deps.view.lookup(job_id) if self.deps.view is not None else None
+        if outcome is Outcome.NEW and self.deps.view is not None:
+            seen = await self.deps.view.lookup(job_id)
             if seen is not None:
                 # Accepted before, by another instance, before a restart or long enough ago to
                 # be on disk only: its snapshot is the only memory of the body we have here.
@@ -165,10 +178,10 @@ class Ingress:
 
     async def _produce(self, request: web.Request, record: dict[str, Any]) -> web.Response:
         deps = self.deps
-        assert deps.producer is not None and deps.view is not None  # build_app guarantees both
+        assert deps.producer is not None  # build_app guarantees it
         value, headers = codec.encode("JobRequest", record)
         try:
-            await deps.producer.send_and_wait(deps.topics.requests, record["job_id"], value, headers)
+            await deps.producer.send_and_wait(self.requests_topic, record["job_id"], value, headers)
         except KafkaUnavailable as exc:
             # The client retries; with an Idempotency-Key the retry maps to the same job id, so
             # a record that lands late anyway is dropped by admission as a duplicate.
@@ -177,7 +190,8 @@ class Ingress:
                                     headers={"Retry-After": retry})
         except RecordTooLarge:
             return too_large(deps.settings.max_body_bytes)
-        deps.view.put_local(queued_snapshot(record))
+        if deps.view is not None:  # read-your-writes when this process also serves reads
+            deps.view.put_local(queued_snapshot(record))
         return self._accepted(request, record["job_id"])
 
     def _accepted(self, request: web.Request, job_id: str) -> web.Response:
@@ -188,7 +202,7 @@ class Ingress:
             "status": "queued",
             "status_url": status_url,
             "events_url": f"{status_url}/events",
-            "token": job_token(self.deps.secret, job_id),
+            "token": job_token(self.secret, job_id),
         }
         return json_response(body, status=202, headers={"Location": status_url})
 

@@ -65,14 +65,13 @@ class KafkaSender:
 
     async def send_and_wait(self, topic: str, key: str | None, value: bytes, headers: Headers) -> None:
         try:
-            # wait_for bounds metadata lookups too (an unknown topic would otherwise block on
-            # metadata for the full request timeout and then some).
-            await asyncio.wait_for(
-                self._producer.send_and_wait(
-                    topic, value=value, key=None if key is None else key.encode(), headers=list(headers)
-                ),
-                timeout=self._send_timeout + 1.0,
-            )
+            # The timeout bounds metadata lookups too (an unknown topic would otherwise block on
+            # metadata for the full request timeout and then some). asyncio.timeout, not
+            # wait_for: no extra task per record on the accept path.
+            async with asyncio.timeout(self._send_timeout + 1.0):
+                delivered = await self._producer.send(
+                    topic, value=value, key=None if key is None else key.encode(), headers=list(headers))
+                await delivered
         except MessageSizeTooLargeError as exc:
             raise RecordTooLarge(f"record for {topic} is too large: {exc}") from exc
         except (KafkaError, TimeoutError) as exc:

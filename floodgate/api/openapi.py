@@ -64,7 +64,7 @@ _OPERATIONS: dict[str, tuple[str, str, dict[str, Any]]] = {
             "404": _problem("Unknown job or wrong token"),
         },
     }),
-    "cancel_job": ("ingress", "post /v1/jobs/{job_id}/cancel", {
+    "cancel_job": ("read", "post /v1/jobs/{job_id}/cancel", {
         "summary": "Cancel a job",
         "description": "Records the cancel on Kafka and answers once it is acknowledged. The job then "
                        "ends `cancelled` unless it finishes first; a job already submitted is cancelled "

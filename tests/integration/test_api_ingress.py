@@ -233,6 +233,42 @@ async def test_api_keys(settings_for: Callable[..., Settings], http: aiohttp.Cli
     assert codec.decode("JobRequest", msg.value(), msg.headers())["tenant"] == "globex"
 
 
+async def test_an_ingress_only_process_consumes_nothing(settings: Settings, http: aiohttp.ClientSession,
+                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    # The job view's feed reads every notification; on an ingress-only process that is CPU the
+    # accept path needs during a spike. Any consumer the view module makes fails the test.
+    import floodgate.api.view
+
+    made: list[object] = []
+
+    def no_consumer(*args: object, **kwargs: object) -> None:
+        made.append(args)
+        raise AssertionError("an ingress-only API must not consume notifications")
+
+    monkeypatch.setattr(floodgate.api.view, "AIOKafkaConsumer", no_consumer)
+    async with running_api(settings, roles={"ingress"}) as api:
+        assert api.view is None and api.outgoing is None
+        headers = {"Idempotency-Key": "only-ingress"}
+        async with http.post(f"{api.url}/v1/jobs", json=BODY, headers=headers) as resp:
+            assert resp.status == 202
+        async with http.post(f"{api.url}/v1/jobs", json=BODY, headers=headers) as resp:
+            assert resp.status == 202  # the replay, from the process's own cache
+        async with http.post(f"{api.url}/v1/jobs", json={**BODY, "metadata": {}}, headers=headers) as resp:
+            assert resp.status == 422
+        async with http.get(f"{api.url}/healthz") as resp:
+            assert resp.status == 200 and (await resp.json())["roles"] == ["ingress"]
+    assert made == []
+    assert not (settings.cache_dir / "api").exists()  # no spill store either
+    assert record_count(settings.kafka_bootstrap, TopicNames(settings).requests) == 1
+
+
+def test_outgoing_webhooks_run_by_default_except_on_an_ingress_only_process() -> None:
+    from floodgate.api.server import ingress_only
+
+    assert ingress_only("ingress") and ingress_only({"ingress"})
+    assert not any(ingress_only(r) for r in (None, "", "ingress,read", "bridge", {"read"}))
+
+
 async def test_public_url_shapes_the_links(settings_for: Callable[..., Settings],
                                            http: aiohttp.ClientSession) -> None:
     settings = settings_for(simulator_url=DEV_SIMULATOR, public_url="https://api.example.com/")

@@ -117,8 +117,27 @@ def test_roles_need_their_dependencies() -> None:
     with pytest.raises(ConfigError):
         build_app(SETTINGS, SETUP, roles={"bridge"}, producer=None, view=None)
     with pytest.raises(ConfigError):
-        build_app(SETTINGS, SETUP, roles={"read"}, producer=None, view=None)
-    assert isinstance(build_app(SETTINGS, SETUP, roles={"read"}, producer=None, view=JobView()), web.Application)
+        build_app(SETTINGS, SETUP, roles={"read"}, producer=FakeSender(), view=None)
+    with pytest.raises(ConfigError):  # cancels are written from the read role
+        build_app(SETTINGS, SETUP, roles={"read"}, producer=None, view=JobView())
+    assert isinstance(build_app(SETTINGS, SETUP, roles={"read"}, producer=FakeSender(), view=JobView()),
+                      web.Application)
+    # The ingress alone needs no view: it accepts without consuming anything.
+    assert isinstance(build_app(SETTINGS, SETUP, roles={"ingress"}, producer=FakeSender(), view=None),
+                      web.Application)
+
+
+async def test_ingress_without_a_view_accepts_replays_and_refuses_key_reuse(sender: FakeSender) -> None:
+    app = build_app(SETTINGS, SETUP, roles={"ingress"}, producer=sender, view=None)
+    async with TestClient(TestServer(app)) as c:
+        assert (await (await c.get("/healthz")).json())["status"] == "ok"  # no view to catch up
+        headers = {"Idempotency-Key": "k1"}
+        first = await c.post("/v1/jobs", json=BODY, headers=headers)
+        again = await c.post("/v1/jobs", json=BODY, headers=headers)
+        other = await c.post("/v1/jobs", json={**BODY, "metadata": {"x": "y"}}, headers=headers)
+        assert (first.status, again.status, other.status) == (202, 202, 422)
+        assert (await first.json())["job_id"] == (await again.json())["job_id"]
+        assert len(sender.sent) == 1
     with pytest.raises(ConfigError):
         parse_roles("ingress,admin")
     assert parse_roles("read, bridge") == {"read", "bridge"} and parse_roles(None) == parse_roles("")
@@ -142,7 +161,7 @@ async def test_an_evicted_finished_job_reads_completed_not_queued(tmp_path: Path
                             for _ in range(3)])  # newer finished jobs push it out of memory
     assert view.get(job_id) is None
     token = job_token(SETTINGS.secret.reveal().encode(), job_id)
-    app = build_app(SETTINGS, SETUP, roles={"read"}, producer=None, view=view, wait_for_job=0.05)
+    app = build_app(SETTINGS, SETUP, roles={"read"}, producer=FakeSender(), view=view, wait_for_job=0.05)
     try:
         async with TestClient(TestServer(app)) as c:
             resp = await c.get(f"/v1/jobs/{job_id}", headers={"Authorization": f"Bearer {token}"})
