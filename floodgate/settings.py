@@ -132,6 +132,8 @@ class Settings:
 
     log_level: str = "info"
     """Log level of every process."""
+    event_loop: str = "uvloop"
+    """Event loop of every process: uvloop, or asyncio (the standard loop, to compare or debug)."""
 
     # ------------------------------------------------------------------------------
     def topic(self, name: str) -> str:
@@ -185,6 +187,8 @@ class Settings:
                 raise ConfigError(f"{PREFIX}{name.upper()} must be at least 1")
         if self.session_timeout <= 0:
             raise ConfigError(f"{PREFIX}SESSION_TIMEOUT must be positive")
+        if self.event_loop not in ("uvloop", "asyncio"):
+            raise ConfigError(f"{PREFIX}EVENT_LOOP must be uvloop or asyncio, got {self.event_loop!r}")
         if self.table_store not in ("rocksdict", "memory"):
             raise ConfigError(f"{PREFIX}TABLE_STORE must be rocksdict or memory, got {self.table_store!r}")
         if any(c not in _TOPIC_CHARS for c in self.worker_id):

@@ -95,7 +95,7 @@ def _observe(pipe: Pipeline, limits: dict[str, int], waiting: dict[str, Callable
 
 def run(settings: Settings) -> None:
     logging.basicConfig(level=settings.log_level.upper())
-    use_uvloop()  # before Faust makes its loop (mode takes it from asyncio's policy)
+    use_uvloop(settings.event_loop)  # before Faust makes its loop (mode takes it from asyncio's policy)
     pipe = build(settings)
     # Served from a thread, so a scrape never waits on (or stalls) the agents' event loop.
     print(f"metrics={metrics.serve(settings.metrics_host, settings.metrics_port)}", flush=True)

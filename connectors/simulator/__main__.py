@@ -13,6 +13,7 @@ import sys
 
 from floodgate.errors import ConfigError
 from floodgate.eventloop import use_uvloop
+from floodgate.settings import Settings
 
 from .config import SimulatorConfig, dev_config, load_config, realistic_config
 from .server import run_simulator
@@ -58,7 +59,7 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as exc:
         print(f"simulator: {exc}", file=sys.stderr)
         return 2
-    use_uvloop()
+    use_uvloop(Settings.from_env().event_loop)
     asyncio.run(_serve(config, args.host, args.port))
     return 0
 

@@ -34,6 +34,7 @@ from floodgate.api.kafka_io import KafkaSender
 from floodgate.api.spill import SpillStore
 from floodgate.api.view import DEFAULT_MAX_JOBS, JobView, NotificationFeed
 from floodgate.errors import ConfigError
+from floodgate.eventloop import use_uvloop
 from floodgate.kafka_admin import ensure_topics
 from floodgate.procs import bind_socket
 from floodgate.provider_config import ProviderSetup
@@ -206,6 +207,7 @@ def run(settings: Settings, host: str | None = None, port: int | None = None,
     if outgoing_webhooks is None:
         outgoing_webhooks = not ingress_only(roles)
     logging.basicConfig(level=settings.log_level.upper(), stream=sys.stderr)
+    use_uvloop(settings.event_loop)
     with contextlib.suppress(KeyboardInterrupt):
         asyncio.run(_main(settings, host, port, roles, outgoing_webhooks))
 
