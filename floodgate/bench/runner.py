@@ -2,7 +2,7 @@
 print the summary table. A scenario that fails is reported as failed; the others still run.
 
 Order: raw Kafka first (the physical limit, on a quiet broker), then accept, pipeline,
-notifications, memory, the spike and the naive baseline under the same spike.
+notifications, slot handover, memory, the spike and the naive baseline under the same spike.
 """
 from __future__ import annotations
 
@@ -24,6 +24,7 @@ from typing import Any
 from floodgate.bench import (
     accept,
     baseline,
+    handover,
     memory,
     notify,
     pipeline,
@@ -39,7 +40,7 @@ from floodgate.bench.progress import ProgressLine
 from floodgate.devstack import Stack
 from floodgate.settings import Settings
 
-SCENARIOS = ("rawkafka", "accept", "pipeline", "notify", "memory", "spike", "baseline")
+SCENARIOS = ("rawkafka", "accept", "pipeline", "notify", "handover", "memory", "spike", "baseline")
 
 
 @dataclass(frozen=True)
@@ -50,6 +51,7 @@ class BenchConfig:
     accept: accept.AcceptConfig = field(default_factory=accept.AcceptConfig)
     pipeline: pipeline.PipelineConfig = field(default_factory=pipeline.PipelineConfig)
     notify: notify.NotifyConfig = field(default_factory=notify.NotifyConfig)
+    handover: handover.HandoverConfig = field(default_factory=handover.HandoverConfig)
     memory: memory.MemoryConfig = field(default_factory=memory.MemoryConfig)
     raw: rawkafka.RawConfig = field(default_factory=rawkafka.RawConfig)
     scenarios: tuple[str, ...] = SCENARIOS
@@ -78,8 +80,9 @@ def smoke() -> BenchConfig:
                                    sdk_records=2_000, sdk_batch=1_000, burst=300, burst_concurrency=32,
                                    no_worker_seconds=1.0, profile_seconds=1.0, warmup_seconds=0.5),
         pipeline=pipeline.PipelineConfig(jobs=150, warmup=20, timeout=60.0, stall_seconds=20.0, profile_jobs=50,
-                                         profile_seconds=1.0),
+                                         profile_seconds=1.0, prestart_scaling=True),
         notify=notify.NotifyConfig(jobs=40, rate=40.0, render=(0.05, 0.1), timeout=30.0),
+        handover=handover.HandoverConfig(jobs=80, render=(0.05, 0.1), timeout=30.0),
         memory=memory.MemoryConfig(small=200, large=600, settle_seconds=0.5, timeout=60.0, stall_seconds=20.0),
         raw=rawkafka.RawConfig(records=20_000))
 
@@ -104,7 +107,7 @@ class StackPool:
     def __init__(self, ctx: Context, cfg: BenchConfig) -> None:
         self.factories: dict[str, Callable[[], Stack]] = {
             "accept": lambda: accept.stack_for(ctx, cfg.accept),
-            "pipeline": lambda: pipeline.stack_for(ctx, cfg.pipeline, cfg.notify),
+            "pipeline": lambda: pipeline.stack_for(ctx, cfg.pipeline, cfg.notify, cfg.handover),
             "memory": lambda: memory.stack_for(ctx, cfg.memory),
             "spike": lambda: spike.stack_for(ctx, cfg.spike),
         }
@@ -113,7 +116,7 @@ class StackPool:
 
     @staticmethod
     def key(scenario: str) -> str | None:
-        key = "pipeline" if scenario == "notify" else scenario
+        key = "pipeline" if scenario in ("notify", "handover") else scenario
         return key if key in ("accept", "pipeline", "memory", "spike") else None
 
     def prestart(self, scenario: str) -> None:
@@ -149,6 +152,7 @@ async def _scenarios(ctx: Context, cfg: BenchConfig) -> tuple[dict[str, Any], di
         "accept": lambda: _with(pool, "accept", lambda st: accept.run(ctx, st, cfg.accept)),
         "pipeline": lambda: _with(pool, "pipeline", lambda st: pipeline.run(ctx, st, cfg.pipeline)),
         "notify": lambda: _with(pool, "notify", lambda st: notify.run(ctx, st, cfg.notify)),
+        "handover": lambda: _with(pool, "handover", lambda st: handover.run(ctx, st, cfg.handover)),
         "memory": lambda: _with(pool, "memory", lambda st: memory.run(ctx, st, cfg.memory)),
         "spike": lambda: _with(pool, "spike", lambda st: spike.run(ctx, st, cfg.spike)),
         "baseline": lambda: baseline.run(ctx, cfg.spike, cfg.baseline),
