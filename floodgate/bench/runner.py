@@ -61,10 +61,11 @@ class BenchConfig:
 
 def full(*, time_factor: float = 0.02, spike_seconds: float = 15.0, memory_jobs: int = 100_000,
          pipeline_jobs: int = 10_000, workers: int = 1, profile: bool = True,
-         scenarios: tuple[str, ...] = SCENARIOS) -> BenchConfig:
-    """What ``make bench`` runs (about 15-20 minutes on 2 cores)."""
+         scenarios: tuple[str, ...] = SCENARIOS, realtime_seconds: float = 60.0) -> BenchConfig:
+    """What ``make bench`` runs (about 20-25 minutes on 2 cores)."""
     return BenchConfig(
-        spike=spike.SpikeConfig(plan=SpikePlan(time_factor=time_factor, spike_s=spike_seconds)),
+        spike=spike.SpikeConfig(plan=SpikePlan(time_factor=time_factor, spike_s=spike_seconds),
+                                realtime_seconds=realtime_seconds),
         pipeline=pipeline.PipelineConfig(jobs=pipeline_jobs, workers=workers),
         memory=memory.MemoryConfig(large=max(memory_jobs, 10_000)),
         scenarios=scenarios, profile=profile)
@@ -75,7 +76,7 @@ def smoke() -> BenchConfig:
     return BenchConfig(
         mode="smoke", prestart=True,
         spike=spike.SpikeConfig(plan=SpikePlan(time_factor=0.005, before_s=200.0, spike_s=1.2, after_s=200.0),
-                                drain_timeout=30.0),
+                                drain_timeout=30.0, realtime_seconds=1.0),
         accept=accept.AcceptConfig(rate=200.0, seconds=1.0, steps=(200.0, 400.0), step_seconds=1.0,
                                    sdk_records=2_000, sdk_batch=1_000, burst=300, burst_concurrency=32,
                                    no_worker_seconds=1.0, profile_seconds=1.0, warmup_seconds=0.5),
