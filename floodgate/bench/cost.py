@@ -42,7 +42,7 @@ async def snapshot(stack: Stack, offsets: Offsets) -> Snapshot:
     return Snapshot({t.removeprefix(prefix): n for t, n in written.items()}, consumed)
 
 
-async def settled(stack: Stack, offsets: Offsets, *, quiet: float = 0.5, timeout: float = 10.0) -> Snapshot:
+async def settled(stack: Stack, offsets: Offsets, *, quiet: float = 1.0, timeout: float = 15.0) -> Snapshot:
     """A snapshot once nothing was written or consumed for ``quiet`` seconds (the releases and slot
     writes that follow a job's result), or after ``timeout``."""
     last = await snapshot(stack, offsets)

@@ -35,6 +35,18 @@ def profile_line(profile: dict[str, Any] | None) -> str:
     return line + (f"; Floodgate code on the stack: {own}." if own else ".")
 
 
+def _pinned(a: dict[str, Any]) -> str:
+    pin = a.get("pinned") or {}
+    if "latency_ms" not in pin:
+        return ""
+    busy = g(pin, "cpu_cores", "api")
+    return (f"With the API alone on CPU {pin['api_cpus']} (every other process on {pin['other_cpus']}) p99 is "
+            f"{num(g(pin, 'latency_ms', 'p99'))} ms against {num(g(a, 'fixed', 'latency_ms', 'p99'))} ms unpinned; "
+            f"the API then used {num(busy, 2)} of its core and "
+            f"{num(pin.get('api_cpu_ms_per_request'), 3)} ms of CPU per 202 "
+            f"({num(g(a, 'fixed', 'api_cpu_ms_per_request'), 3)} ms unpinned). ")
+
+
 def _accept(a: dict[str, Any], cpus: int | None) -> list[tuple[str, str]]:
     idle = g(a, "fixed_no_worker", "cpu_cores", "api")
     rate = g(a, "fixed_no_worker", "offered_rate")
@@ -46,7 +58,7 @@ def _accept(a: dict[str, Any], cpus: int | None) -> list[tuple[str, str]]:
             f"{cores(g(a, 'fixed_no_worker', 'cpu_cores'))}{per_request}, and p99 "
             f"{num(g(a, 'fixed_no_worker', 'latency_ms', 'p99'))} ms. The API is one Python process (one event loop, "
             f"at most one core); each 202 also waits for an acks=all round trip to the broker on the same cores. "
-            f"{profile_line(a.get('profile'))}")
+            f"{_pinned(a)}{profile_line(a.get('profile'))}")
     sdk = ("Per-record Python work in one thread (validation, request hash, Avro encoding, a delivery callback "
            "per record) on top of librdkafka's produce; the raw produce loop measures librdkafka and the broker "
            "alone.")
