@@ -177,7 +177,7 @@ def _bench(args: argparse.Namespace) -> int:
     else:
         cfg = runner.full(time_factor=args.time_factor, spike_seconds=args.spike_seconds, memory_jobs=args.memory_jobs,
                           pipeline_jobs=args.pipeline_jobs, workers=args.workers, profile=not args.no_profile,
-                          peer_jobs=args.peer_jobs)
+                          peer_jobs=args.peer_jobs, realtime_seconds=args.realtime_seconds)
     cfg = dataclasses.replace(cfg, scenarios=scenarios, profile=not args.no_profile)
     out_dir = Path(args.out) if args.out else runner.default_out_dir()
     report = runner.run(cfg, out_dir, settings, keep_work=args.keep_work)
@@ -189,10 +189,13 @@ def _add_bench(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
     p.add_argument("--smoke", action="store_true", help="a tiny run (seconds per scenario), as the test suite runs it")
     p.add_argument("--out", default="", help="output directory (default: bench/results/<timestamp>)")
     p.add_argument("--only", default="",
-                   help="comma-separated scenarios (rawkafka,accept,pipeline,notify,memory,spike,baseline,peer)")
+                   help="comma-separated scenarios "
+                        "(rawkafka,accept,pipeline,notify,handover,memory,spike,baseline,peer)")
     p.add_argument("--time-factor", type=float, default=0.02,
                    help="wall seconds per simulated second for the spike, its renders and nginx's timeout (0.02 = 50x)")
     p.add_argument("--spike-seconds", type=float, default=15.0, help="simulated seconds of the 5,000/minute spike")
+    p.add_argument("--realtime-seconds", type=float, default=60.0,
+                   help="wall seconds of the spike's arrivals in real time, 83/s, renders still compressed (0: skip)")
     p.add_argument("--memory-jobs", type=int, default=100_000,
                    help="the large backlog of the memory scenario (the target's size, 1000000, adds about an hour)")
     p.add_argument("--pipeline-jobs", type=int, default=10_000, help="jobs through the instant-provider pipeline")

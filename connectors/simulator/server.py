@@ -10,6 +10,7 @@ Routes (per simulated provider ``{p}``)::
     GET  /metrics                        the same per-provider counters for Prometheus
     POST /_admin/reset                   forget jobs and counters
     POST /_admin/{p}/outage              {"seconds": n} start an outage now; 0 ends it
+    GET  /_admin/{p}/jobs                every job's id, status and wall-clock created_at / completed_at
 """
 from __future__ import annotations
 
@@ -272,6 +273,16 @@ async def admin_outage(request: web.Request) -> web.Response:
     return _json({"provider": name, "outage_remaining": state.outage_remaining() or 0})
 
 
+@_refusable
+async def admin_jobs(request: web.Request) -> web.Response:
+    """Read-only: when each job was created and finished (``time.time()`` seconds), oldest first —
+    what the bench pairs with the bridge's webhook stamps to time a slot's handover."""
+    _, name, state = _provider(request)
+    jobs = sorted(state.jobs.values(), key=lambda job: job.created_at)
+    return _json({"provider": name, "jobs": [{"id": job.id, "status": job.status, "created_at": job.created_at,
+                                              "completed_at": job.completed_at} for job in jobs]})
+
+
 def build_app(sim: Simulator) -> web.Application:
     """The aiohttp application; ``sim.start`` runs on startup and ``sim.close`` on shutdown."""
     app = web.Application()
@@ -287,6 +298,7 @@ def build_app(sim: Simulator) -> web.Application:
     app.router.add_get("/metrics", get_metrics)
     app.router.add_post("/_admin/reset", admin_reset)
     app.router.add_post("/_admin/{provider}/outage", admin_outage)
+    app.router.add_get("/_admin/{provider}/jobs", admin_jobs)
     app.router.add_post("/{provider}/v1/videos", create_video)
     app.router.add_get("/{provider}/v1/videos/{video_id}", get_video)
     app.router.add_post("/{provider}/v1/videos/{video_id}/cancel", cancel_video)

@@ -1,7 +1,9 @@
 """Accept path: how fast and how steadily Floodgate says 202 (the record is in Kafka).
 
-* HTTP 202 latency p50/p99/p99.9 at a fixed offered rate, open loop, full stack running;
-  the same again with the worker stopped, to show what the worker's share of 2 cores costs;
+* HTTP 202 latency p50/p99/p99.9 at a fixed offered rate, open loop, full stack running, and
+  the API process's CPU time over that run per 202 (``/proc/<pid>/stat``); the same run with the
+  API pinned to a core of its own and every other process on the other; the same again with the
+  worker stopped, to show what the worker's share of 2 cores costs;
 * the max sustainable rate: offered rate stepped up; the highest step with p99 within the
   target, no failed request and at least 95% of the offered rate answered — and, with p99 within
   1 s instead, the highest rate the API still keeps up with (beyond it requests pile up);
@@ -12,14 +14,17 @@
 from __future__ import annotations
 
 import asyncio
+import math
+import os
 import time
+from collections.abc import Awaitable
 from dataclasses import asdict, dataclass
 from typing import Any
 
-from floodgate.bench import load, profiling, stats
+from floodgate.bench import affinity, load, profiling, stats
 from floodgate.bench.arrivals import constant
 from floodgate.bench.context import Context, CpuMeter
-from floodgate.bench.probes import topic_keys
+from floodgate.bench.probes import cpu_seconds, topic_keys
 from floodgate.bench.stacks import bench_stack, providers
 from floodgate.demo import MODELS
 from floodgate.devstack import Stack
@@ -41,6 +46,7 @@ class AcceptConfig:
     no_worker_seconds: float = 10.0
     warmup_seconds: float = 2.0
     profile_seconds: float = 10.0
+    pinned: bool = True  # the fixed rate again with the API on its own core
 
 
 def latency_block(run: load.Run, offered_rate: float | None = None) -> dict[str, Any]:
@@ -74,6 +80,36 @@ async def fixed_rate(ctx: Context, api: str, rate: float, seconds: float, what: 
     async with ctx.progress.watching(lambda: f"{what}: {rate:.0f} req/s, sent {prog.sent}, errors {prog.errors}"):
         run = await load.open_loop(api, constant(rate, seconds), load.post_jobs(api), progress=prog)
     return latency_block(run, rate)
+
+
+def cpu_ms_per_request(cpu_s: float, accepted: int) -> float:
+    """Milliseconds of CPU per accepted request; NaN when nothing was accepted."""
+    return cpu_s * 1000 / accepted if accepted > 0 else math.nan
+
+
+async def api_cpu(stack: Stack, block: Awaitable[dict[str, Any]]) -> dict[str, Any]:
+    """``block`` (a run's latency block) with the API process's CPU seconds over it and per 202."""
+    pid = stack.children["api"].proc.pid
+    before = cpu_seconds(pid)
+    out = await block
+    out["api_cpu_s"] = cpu_seconds(pid) - before
+    out["api_cpu_ms_per_request"] = cpu_ms_per_request(out["api_cpu_s"], out["accepted"])
+    return out
+
+
+async def pinned_rate(ctx: Context, stack: Stack, cfg: AcceptConfig) -> dict[str, Any]:
+    """The fixed-rate run again with the API alone on one core (every thread of it, ``taskset -c 1``)
+    and the worker, broker, simulator and load generator on the other(s)."""
+    cpus = affinity.split(os.sched_getaffinity(0))
+    if cpus is None:
+        return {"skipped": "one CPU: nothing to pin the API apart on"}
+    api_cpus, rest = cpus
+    api = stack.children["api"].proc.pid
+    plan = {pid: (api_cpus if pid == api else rest) for pid in ctx.pids(stack).values()}
+    with affinity.pinned(plan):
+        out = await api_cpu(stack, fixed_rate(ctx, stack.api_url, cfg.rate, cfg.seconds, "API pinned"))
+    out["api_cpus"], out["other_cpus"] = sorted(api_cpus), sorted(rest)
+    return out
 
 
 def sdk_submit(bootstrap: str, prefix: str, n: int, batch: int, *, warm: int = 0) -> tuple[dict[str, Any], list[str]]:
@@ -128,8 +164,12 @@ async def run(ctx: Context, stack: Stack, cfg: AcceptConfig) -> dict[str, Any]:
     api = stack.api_url
     await fixed_rate(ctx, api, min(cfg.rate, 200.0), cfg.warmup_seconds, "warm-up")
     meter = CpuMeter(ctx.pids(stack)).start()
-    out["fixed"] = await fixed_rate(ctx, api, cfg.rate, cfg.seconds, "fixed rate")
+    out["fixed"] = await api_cpu(stack, fixed_rate(ctx, api, cfg.rate, cfg.seconds, "fixed rate"))
     out["fixed"]["cpu_cores"] = meter.stop()
+    if cfg.pinned:
+        meter = CpuMeter(ctx.pids(stack)).start()
+        out["pinned"] = await pinned_rate(ctx, stack, cfg)
+        out["pinned"]["cpu_cores"] = meter.stop()
     steps = []
     for rate in cfg.steps:  # up until the API no longer keeps up
         block = await fixed_rate(ctx, api, rate, cfg.step_seconds, "stepping up")

@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 from typing import Any
 
-from floodgate.bench.targets import g
+from floodgate.bench.targets import g, per_key
 
 
 def pct(x: Any) -> str:
@@ -35,6 +35,18 @@ def profile_line(profile: dict[str, Any] | None) -> str:
     return line + (f"; Floodgate code on the stack: {own}." if own else ".")
 
 
+def _pinned(a: dict[str, Any]) -> str:
+    pin = a.get("pinned") or {}
+    if "latency_ms" not in pin:
+        return ""
+    busy = g(pin, "cpu_cores", "api")
+    return (f"With the API alone on CPU {pin['api_cpus']} (every other process on {pin['other_cpus']}) p99 is "
+            f"{num(g(pin, 'latency_ms', 'p99'))} ms against {num(g(a, 'fixed', 'latency_ms', 'p99'))} ms unpinned; "
+            f"the API then used {num(busy, 2)} of its core and "
+            f"{num(pin.get('api_cpu_ms_per_request'), 3)} ms of CPU per 202 "
+            f"({num(g(a, 'fixed', 'api_cpu_ms_per_request'), 3)} ms unpinned). ")
+
+
 def _accept(a: dict[str, Any], cpus: int | None) -> list[tuple[str, str]]:
     idle = g(a, "fixed_no_worker", "cpu_cores", "api")
     rate = g(a, "fixed_no_worker", "offered_rate")
@@ -46,7 +58,7 @@ def _accept(a: dict[str, Any], cpus: int | None) -> list[tuple[str, str]]:
             f"{cores(g(a, 'fixed_no_worker', 'cpu_cores'))}{per_request}, and p99 "
             f"{num(g(a, 'fixed_no_worker', 'latency_ms', 'p99'))} ms. The API is one Python process (one event loop, "
             f"at most one core); each 202 also waits for an acks=all round trip to the broker on the same cores. "
-            f"{profile_line(a.get('profile'))}")
+            f"{_pinned(a)}{profile_line(a.get('profile'))}")
     sdk = ("Per-record Python work in one thread (validation, request hash, Avro encoding, a delivery callback "
            "per record) on top of librdkafka's produce; the raw produce loop measures librdkafka and the broker "
            "alone.")
@@ -70,9 +82,14 @@ def _pipeline(p: dict[str, Any]) -> tuple[str, str]:
         by_stage = ", ".join(f"{k} {v['mean']:,.0f}" for k, v in sorted(lags.items(), key=lambda kv: -kv[1]["mean"]))
         stalled += (f" Mean consumer lag per stage (records waiting): {by_stage} — the {slowest} agent is the "
                     f"slowest stage.")
-    text = (f"{bound}; cores used {cores(p.get('cpu_cores'))}. Each job is {num(p['records_per_job'])} records "
-            f"written (requests, events, dispatch, webhooks, notifications, results, releases, table changelogs) "
-            f"and a provider call, every record through one Python worker. Jobs per provider: {per or '?'}; most "
+    by_topic = per_key(p.get("records_per_job_by_topic"))
+    by_agent = per_key(p.get("hops_per_job_by_agent"))
+    text = (f"{bound}; cores used {cores(p.get('cpu_cores'))}. Each job is {num(p['records_per_job'], 2)} records "
+            f"written ({by_topic}) and {num(p.get('hops_per_job'), 2)} records consumed by the worker ({by_agent}): "
+            f"the request, the dispatch order and the release through the jobs agent and the provider's "
+            f"submitter, the webhooks from the bridge, the jobs table's writes as `notifications` for the API's "
+            f"view; plus a provider call, every consumed record through one Python worker. Jobs per provider: "
+            f"{per or '?'}; most "
             f"in flight at once: {peak or '?'} (limit {p['config']['limit']:,}).{stalled} "
             f"{profile_line(p.get('profile'))}")
     return "Pipeline jobs/s", text
@@ -81,9 +98,12 @@ def _pipeline(p: dict[str, Any]) -> tuple[str, str]:
 def _notify(n: dict[str, Any]) -> tuple[str, str]:
     hops = "; ".join(f"{hop} p50 {num(g(d, 'p50'))} / p99 {num(g(d, 'p99'))} ms"
                      for hop, d in (n.get("hops_ms") or {}).items())
-    text = (f"Per hop, from the records' own timestamps: {hops}. A webhook crosses three Kafka hops (webhooks → "
-            f"normaliser → events → job-state → notifications → the API's view); the two through the worker's "
-            f"Faust agents dominate. Each is a consumer fetch plus the agent's turn in a worker that runs every "
+    slowest = max((n.get("hops_ms") or {}).items(), key=lambda kv: g(kv[1], "p50", default=0.0), default=None)
+    dominant = f" The slowest hop by p50 is {slowest[0]}." if slowest else ""
+    text = (f"Per hop, from the records' own timestamps: {hops}. A webhook crosses two Kafka hops (the bridge writes "
+            f"it to `webhooks` → the worker's jobs agent reads it and writes the job's new state to its table, "
+            f"whose changelog is the `notifications` topic → the API's view reads that and pushes the message)."
+            f"{dominant} The jobs agent's hop is a consumer fetch plus the agent's turn in a worker that runs every "
             f"agent on one event loop (cores during the run: {cores(n.get('cpu_cores'))}); aiokafka keeps one "
             f"fetch in flight per broker connection, so a record that lands just after a fetch was sent waits "
             f"for that fetch to come back first.")
@@ -101,9 +121,9 @@ def _memory(m: dict[str, Any]) -> tuple[str, str]:
     entries = m.get("table_entry_bytes") or {}
     sizes = " + ".join(f"{k} {num(v, 0)}" for k, v in entries.items())
     head = (f"{num(m['bytes_per_queued_job'], 0)} bytes of RSS per queued job. The dispatch backlog stays in "
-            f"Kafka ({m['dispatch_lag_large']:,} records not consumed); `admitted` (dedupe) and `jobs` (state) "
-            f"hold an entry for every admitted job, queued or not: serialized, {sizes or '?'} bytes per job "
-            f"(changelog records). ")
+            f"Kafka ({m['dispatch_lag_large']:,} records not consumed); the `jobs` table (each job's state, which "
+            f"admission also dedupes against) holds an entry for every admitted job, queued or not: serialized, "
+            f"{sizes or '?'} bytes per job (changelog records). ")
     if m.get("table_store", "memory") == "memory":
         text = head + ("With store=memory:// they live in the worker's heap, so RSS grows linearly with the "
                        "backlog (Python objects and the allocator multiply the serialized size); "
@@ -125,10 +145,21 @@ def _spike(s: dict[str, Any]) -> tuple[str, str]:
             f"{s['config']['render'][0]:g}-{s['config']['render'][1]:g} s simulated → about "
             f"{num(s['capacity_per_s'])} completions per wall second while both have work (kling carries "
             f"sora-2 as well, so it drains last). While a provider had a backlog: {use or '?'}. A slot stays idle "
-            f"from the provider's completion until the release has crossed the pipeline (webhook → normaliser "
-            f"→ job-state → release → submitter), a fixed wall-clock cost that weighs more the more time is "
-            f"compressed. Limits were never exceeded: {rejected} × 429.")
+            f"from the provider's completion until the release has crossed the pipeline (webhook → the bridge → "
+            f"`webhooks` → the jobs agent → `release.<provider>` → the provider's submitter → the next submit "
+            f"call; the slot handover scenario times it), a fixed wall-clock cost that weighs more the more time "
+            f"is compressed. Limits were never exceeded: {rejected} × 429.")
     return "Spike drain time", text
+
+
+def _handover(h: dict[str, Any]) -> tuple[str, str]:
+    text = (f"A freed slot is handed on only after the completion has crossed the pipeline: the bridge writes the "
+            f"webhook to `webhooks` (acks=all) → the worker's jobs agent reads it, records the job's end and "
+            f"writes the release to `release.handover` → the provider's submitter reads the release, frees the slot "
+            f"and takes the next waiting order → the submit call. Two consumer fetches and three acknowledged "
+            f"writes in one worker's event loop (cores: {cores(h.get('cpu_cores'))}); the provider's slots were "
+            f"busy {pct(h.get('utilisation'))} of the drain.")
+    return "Slot handover", text
 
 
 def limits(r: dict[str, Any], cpus: int | None) -> list[tuple[str, str]]:
@@ -140,6 +171,8 @@ def limits(r: dict[str, Any], cpus: int | None) -> list[tuple[str, str]]:
         out.append(_pipeline(r["pipeline"]))
     if "latency_ms" in r.get("notify", {}):
         out.append(_notify(r["notify"]))
+    if "handover_ms" in r.get("handover", {}):
+        out.append(_handover(r["handover"]))
     if "rss_large" in r.get("memory", {}):
         out.append(_memory(r["memory"]))
     if "capacity_per_s" in r.get("spike", {}):

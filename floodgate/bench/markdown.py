@@ -4,7 +4,7 @@ from __future__ import annotations
 from typing import Any
 
 from floodgate.bench.limits import cores, num
-from floodgate.bench.targets import g
+from floodgate.bench.targets import g, per_key
 
 
 def table(rows: list[list[str]], head: list[str]) -> str:
@@ -48,6 +48,16 @@ def header(meta: dict[str, Any]) -> list[str]:
     return lines
 
 
+def _realtime(rt: dict[str, Any] | None) -> str:
+    if not rt:
+        return "not run"
+    if rt.get("error"):
+        return f"failed: {rt['error']}"
+    return (f"{lat(rt['latency_ms'])} at {num(rt['offered_rate'], 0)} req/s for {num(rt['seconds'], 0)} s "
+            f"(renders compressed as above), {rt['accepted']:,}/{rt['offered']:,} accepted; "
+            f"{num(rt.get('api_cpu_ms_per_request'), 3)} ms of API CPU per 202")
+
+
 def spike(s: dict[str, Any]) -> list[str]:
     plan, cfg = s["config"]["plan"], s["config"]
     intro = (f"{s['offered']:,} requests: 50/h for {plan['before_s']:g} s, 5,000/min for {plan['spike_s']:g} s, "
@@ -66,6 +76,7 @@ def spike(s: dict[str, Any]) -> list[str]:
     rows = [
         ["accepted (202)", f"{s['accepted']:,} of {s['offered']:,}; errors {s['errors'] or 'none'}"],
         ["accept latency (wall)", lat(s["accept_ms"])],
+        ["accept latency, the spike's arrivals in real time", _realtime(s.get("realtime"))],
         ["completed / failed / unfinished", f"{s['completed']:,} / {s['failed']:,} / {s['unfinished']:,}"],
         ["accept → terminal (simulated minutes)", lat(s["e2e_sim_min"], "min")],
         ["max queue depth", depth],
@@ -103,6 +114,14 @@ def naive(b: dict[str, Any], s: dict[str, Any]) -> list[str]:
             table(rows, ["", "naive + nginx", "Floodgate"]), "", closed, ""]
 
 
+def _pinned(p: dict[str, Any] | None) -> str:
+    if not p:
+        return "not run"
+    if p.get("skipped") or p.get("error"):
+        return str(p.get("skipped") or p.get("error"))
+    return f"{lat(p['latency_ms'])}; API on CPU {p['api_cpus']}, everything else on {p['other_cpus']}"
+
+
 def accept(a: dict[str, Any]) -> list[str]:
     fixed, burst, sdk = a["fixed"], a["burst"], a["sdk"]
     steps = "; ".join(f"{num(b['offered_rate'], 0)}/s → p99 {num(b['latency_ms']['p99'])} ms, "
@@ -120,6 +139,9 @@ def accept(a: dict[str, Any]) -> list[str]:
         [f"HTTP 202 at {num(fixed['offered_rate'], 0)} req/s (open loop)", lat(fixed["latency_ms"])],
         ["… service time (from the actual send)", lat(fixed["service_ms"])],
         ["… load generator lag p99", f"{num(fixed['generator_lag_ms']['p99'])} ms"],
+        ["… same rate, API pinned to its own core", _pinned(a.get("pinned"))],
+        ["… API CPU per 202 (unpinned / pinned)", f"{num(fixed.get('api_cpu_ms_per_request'), 3)} / "
+                                                  f"{num(g(a, 'pinned', 'api_cpu_ms_per_request'), 3)} ms"],
         ["… same rate, worker stopped", lat(g(a, "fixed_no_worker", "latency_ms"))],
         ["max sustainable rate (p99 ≤ target, no errors, ≥ 95% answered)", sustainable],
         ["max rate it keeps up with (p99 ≤ 1 s, no errors, ≥ 95% answered)", keep],
@@ -138,11 +160,46 @@ def pipeline(p: dict[str, Any], raw: dict[str, Any]) -> list[str]:
     rows = [
         ["jobs end to end", jobs],
         ["records consumed per worker", f"{num(p['events_per_s_per_worker'], 0)}/s ({p['workers']} worker(s))"],
-        ["records written", f"{num(p['records_written_per_s'], 0)}/s, {num(p['records_per_job'])} per job"],
+        ["records written", f"{num(p['records_written_per_s'], 0)}/s, {num(p['records_per_job'], 2)} per job"],
+        ["… per job, by topic (changelogs included)", per_key(p.get("records_per_job_by_topic"))],
+        ["consumer hops per job, by agent", f"{num(p.get('hops_per_job'), 2)}: "
+                                            f"{per_key(p.get('hops_per_job_by_agent'))}"],
         ["raw Kafka, same run", raw_line],
         ["cores used", cores(p.get("cpu_cores"))],
+        ["scaling", _scaling(p.get("scaling"), p)],
     ]
     return ["## Pipeline (instant provider)", "", table(rows, ["", ""]), ""]
+
+
+def _scaling(sc: dict[str, Any] | None, one: dict[str, Any]) -> str:
+    if not sc:
+        return "not run"
+    if sc.get("error"):
+        return f"failed: {sc['error']}"
+    return (f"{num(sc['jobs_per_s'], 0)} jobs/s with {sc['workers']} workers (steady {num(sc['steady_jobs_per_s'], 0)}"
+            f"/s) vs {num(one['jobs_per_s'], 0)} with {one['workers']}: {num(sc['ratio'], 2)}× "
+            f"(steady {num(sc.get('steady_ratio'), 2)}×); {num(sc['records_per_job'], 2)} records and "
+            f"{num(sc.get('hops_per_job'), 2)} hops per job; missing results {sc['results_missing']}; cores used "
+            f"{cores(sc.get('cpu_cores'))}")
+
+
+def handover(h: dict[str, Any]) -> list[str]:
+    cfg = h["config"]
+    rows = [
+        ["completion webhook at the bridge → next submission", lat(h["handover_ms"])],
+        ["jobs", f"{h['completed']:,} of {cfg['jobs']:,} submitted at once to one provider, limit {cfg['limit']}, "
+                 f"renders {cfg['render'][0]:g}-{cfg['render'][1]:g} s; {h['pairs']:,} completions paired while "
+                 f"the first {cfg['measured_share']:.0%} of the submissions were made"],
+        ["drain", f"{num(h['seconds'])} s (ideal {num(h['ideal_seconds'])} s at the limit); slots busy "
+                  f"{num(100 * h['utilisation'], 0)}% of the time; most in flight {h['max_concurrency']}, "
+                  f"{h['rejected_429']} × 429"],
+        ["records written per job, order waiting", f"{num(h['records_per_job'], 2)}: "
+                                                   f"{per_key(h.get('records_per_job_by_topic'))}"],
+        ["consumer hops per job, order waiting", f"{num(h.get('hops_per_job'), 2)}: "
+                                                 f"{per_key(h.get('hops_per_job_by_agent'))}"],
+        ["cores used", cores(h.get("cpu_cores"))],
+    ]
+    return ["## Slot handover", "", f"{h['clock']}.", "", table(rows, ["", ""]), ""]
 
 
 def notify(n: dict[str, Any]) -> list[str]:
@@ -200,6 +257,8 @@ def markdown(report: dict[str, Any]) -> str:
         parts += pipeline(r["pipeline"], r.get("rawkafka", {}))
     if "latency_ms" in r.get("notify", {}):
         parts += notify(r["notify"])
+    if "handover_ms" in r.get("handover", {}):
+        parts += handover(r["handover"])
     if "rss_large" in r.get("memory", {}):
         parts += memory(r["memory"])
     if "systems" in r.get("peer", {}):

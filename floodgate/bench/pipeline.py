@@ -5,20 +5,26 @@ two webhooks through the bridge, the jobs agent (its table's changelog is notifi
 Jobs go in through the SDK, keeping at most ``window`` jobs between submission and result: that
 measures what the pipeline turns over, not how a backlog behaves (the memory scenario does). The
 clock runs from the first record to the last result; every job id is then looked up on
-``results`` (zero loss).
+``results`` (zero loss). What each job cost is counted from outside (``cost``): records written
+to every topic and changelog of the stack, and records the worker(s) consumed (the hops).
+
+Then the same jobs run on a fresh stack with ``scale_to`` workers (2), started once this one is
+idle: jobs/s with 2 workers over jobs/s with 1.
 
 The same stack serves the notification scenario afterwards, through a fourth provider ("paced",
-renders of a fraction of a second) that only the model ``paced-1`` routes to.
+renders of a fraction of a second) that only the model ``paced-1`` routes to, and the handover
+scenario through a fifth ("handover", a small limit) that only ``handover-1`` routes to.
 """
 from __future__ import annotations
 
 import asyncio
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
-from floodgate.bench import profiling
+from floodgate.bench import cost, handover, profiling, stats
 from floodgate.bench.context import Context, CpuMeter
+from floodgate.bench.handover import HandoverConfig
 from floodgate.bench.notify import NotifyConfig
 from floodgate.bench.probes import LagSampler, Offsets, simulator_stats, topic_keys
 from floodgate.bench.stacks import (
@@ -26,6 +32,7 @@ from floodgate.bench.stacks import (
     ROUTES,
     SimProvider,
     bench_stack,
+    discard,
     providers,
 )
 from floodgate.demo import MODELS
@@ -47,14 +54,22 @@ class PipelineConfig:
     stall_seconds: float = 60.0
     profile_jobs: int = 1_000
     profile_seconds: float = 10.0
+    scale_to: int = 2  # then the same jobs on a stack with this many workers: jobs/s with 2 / with 1 (0: skip)
+    prestart_scaling: bool = False  # start that stack while this one is measured (the smoke run, to stay short)
 
 
-def stack_for(ctx: Context, cfg: PipelineConfig, notify: NotifyConfig) -> Stack:
-    """Instant sora/kling/wan (the dev routes) plus the paced provider for notifications."""
-    plan = {**providers(cfg.limit, (0.0, 0.0), 0.0), "paced": SimProvider(notify.limit, notify.render, 0.05)}
-    routes = {**ROUTES, PACED_MODEL: [{"provider": "paced", "provider_model": PACED_MODEL}]}
+ROUTES_WITH_PACED = {**ROUTES, PACED_MODEL: [{"provider": "paced", "provider_model": PACED_MODEL}]}
+
+
+def stack_for(ctx: Context, cfg: PipelineConfig, notify: NotifyConfig,
+              slots: HandoverConfig | None = None) -> Stack:
+    """Instant sora/kling/wan (the dev routes) plus the paced provider for notifications and the
+    small-limit one of the handover scenario."""
+    slots = slots or HandoverConfig()
+    plan = {**providers(cfg.limit, (0.0, 0.0), 0.0), "paced": SimProvider(notify.limit, notify.render, 0.05),
+            handover.PROVIDER: slots.provider()}
     return bench_stack(ctx.settings, ctx.bootstrap, ctx.work_dir, "pipeline", plan, workers=cfg.workers,
-                       routes=routes)
+                       routes={**ROUTES_WITH_PACED, **handover.ROUTES})
 
 
 def input_topics(stack: Stack) -> list[str]:
@@ -77,12 +92,6 @@ def stage_lag(samples: list[tuple[float, dict[str, int]]]) -> dict[str, dict[str
     names = samples[0][1].keys() if samples else []
     return {n: {"mean": sum(v[n] for _, v in samples) / len(samples), "max": max(v[n] for _, v in samples)}
             for n in names}
-
-
-def all_topics(stack: Stack, offsets: Offsets) -> list[str]:
-    """Every topic of this stack, table changelogs included (they share its prefix)."""
-    prefix = stack.settings.topic_prefix
-    return sorted(t for t in offsets.admin.list_topics(timeout=10).topics if t.startswith(prefix))
 
 
 @dataclass
@@ -138,41 +147,88 @@ def steady_rate(samples: list[tuple[float, int]], n: int) -> float:
     return (high[1] - low[1]) / (high[0] - low[0])
 
 
-async def run(ctx: Context, stack: Stack, cfg: PipelineConfig) -> dict[str, Any]:
-    out: dict[str, Any] = {"config": asdict(cfg)}
+async def measure(ctx: Context, stack: Stack, cfg: PipelineConfig, what: str = "pipeline") -> dict[str, Any]:
+    """Warm up, then ``cfg.jobs`` jobs through ``stack``: rate, records written to every topic and
+    changelog, records its worker(s) consumed (the hops), cores used, jobs per provider."""
     offsets = Offsets(stack.bootstrap)
-    await Feed(ctx, stack, offsets, cfg).run(cfg.warmup, "warm-up")
-    topics = all_topics(stack, offsets)
+    await Feed(ctx, stack, offsets, cfg).run(cfg.warmup, f"{what}: warm-up")
+    before = await cost.settled(stack, offsets)
     consumed0 = await asyncio.to_thread(offsets.total, input_topics(stack))
-    written0 = await asyncio.to_thread(offsets.total, topics)
     created0 = await simulator_stats(stack.simulator_url)
     meter = CpuMeter(ctx.pids(stack)).start()
     feed = Feed(ctx, stack, offsets, cfg)
     with LagSampler(stack.bootstrap, stack.settings.app_id, stages(stack), interval=1.0) as lag:
-        elapsed = await feed.run(cfg.jobs, "pipeline")
+        elapsed = await feed.run(cfg.jobs, what)
     cores = meter.stop()
     done = feed.samples[-1][1] if feed.samples else 0
     consumed = await asyncio.to_thread(offsets.total, input_topics(stack)) - consumed0
-    written = await asyncio.to_thread(offsets.total, topics) - written0
+    after = await cost.settled(stack, offsets)
     created = await simulator_stats(stack.simulator_url)
-    out.update({
+    out: dict[str, Any] = {
         "jobs": cfg.jobs, "completed": done, "stalled": feed.stalled, "seconds": elapsed,
         "jobs_per_s": done / elapsed if elapsed else 0.0,
         "steady_jobs_per_s": steady_rate(feed.samples, cfg.jobs),
-        "records_consumed": consumed, "records_written": written,
+        "records_consumed": consumed,
         "events_per_s_per_worker": consumed / elapsed / cfg.workers,
-        "records_written_per_s": written / elapsed,
-        "records_per_job": written / max(1, done), "cpu_cores": cores, "workers": cfg.workers,
+        **cost.summary(before, after, done),
+        "cpu_cores": cores, "workers": cfg.workers,
         "submitted_per_provider": {p: created[p]["jobs_created"] - created0[p]["jobs_created"]
                                    for p in created if created[p]["jobs_created"] > created0[p]["jobs_created"]},
         "max_in_flight": {p: created[p]["max_concurrency"] for p in created if created[p]["max_concurrency"]},
         "stage_lag": stage_lag(lag.samples),
-    })
-    ctx.progress.status("checking every job reached results", force=True)
+    }
+    out["records_written_per_s"] = out["records_written"] / elapsed if elapsed else 0.0
+    ctx.progress.status(f"{what}: checking every job reached results", force=True)
     on_results = await asyncio.to_thread(topic_keys, stack.bootstrap, stack.settings.topic("results"))
     out["results_missing"] = len(set(feed.ids) - on_results)
-    if ctx.profile and cfg.profile_seconds > 0 and not feed.stalled:
-        out["profile"] = await profile_worker(ctx, stack, cfg, offsets)
+    return out
+
+
+def scaling_stack(ctx: Context, cfg: PipelineConfig) -> Stack:
+    """The instant providers again, with ``cfg.scale_to`` workers (its own topics and group)."""
+    plan = {**providers(cfg.limit, (0.0, 0.0), 0.0), "paced": SimProvider(cfg.limit)}  # the same topics
+    return bench_stack(ctx.settings, ctx.bootstrap, ctx.work_dir, f"pipeline-{cfg.scale_to}w", plan,
+                       workers=cfg.scale_to, routes=ROUTES_WITH_PACED)
+
+
+async def scaling(ctx: Context, cfg: PipelineConfig, one: dict[str, Any], stack: Stack,
+                  starting: asyncio.Future[Stack]) -> dict[str, Any]:
+    """The same jobs on ``stack`` (``scaling_stack``: ``cfg.scale_to`` workers) once ``starting``
+    (its start) is done; its rate over ``one``'s (the 1-worker run's)."""
+    ctx.progress.status(f"starting a stack with {cfg.scale_to} workers", force=True)
+    try:
+        await starting
+        out = await measure(ctx, stack, replace(cfg, workers=cfg.scale_to), f"{cfg.scale_to} workers")
+    finally:
+        await asyncio.to_thread(discard, stack)
+    out["ratio"] = stats.ratio(out["jobs_per_s"], one["jobs_per_s"])
+    out["steady_ratio"] = stats.ratio(out["steady_jobs_per_s"], one["steady_jobs_per_s"])
+    out.pop("stage_lag", None)
+    return out
+
+
+async def run(ctx: Context, stack: Stack, cfg: PipelineConfig) -> dict[str, Any]:
+    out: dict[str, Any] = {"config": asdict(cfg)}
+    scale = bool(cfg.scale_to) and cfg.scale_to != cfg.workers
+    second = scaling_stack(ctx, cfg)
+    loop = asyncio.get_running_loop()
+    starting: asyncio.Future[Stack] | None = None
+    if scale and cfg.prestart_scaling:  # the smoke run: shorter, but the start loads the CPU
+        starting = loop.run_in_executor(None, second.start)
+    try:
+        out.update(await measure(ctx, stack, cfg))
+        if ctx.profile and cfg.profile_seconds > 0 and not out["stalled"]:
+            out["profile"] = await profile_worker(ctx, stack, cfg, Offsets(stack.bootstrap))
+    except BaseException:
+        if starting is not None:  # a stack that failed to start has stopped itself
+            await asyncio.gather(starting, return_exceptions=True)
+            await asyncio.to_thread(discard, second)
+        raise
+    if scale:
+        try:
+            out["scaling"] = await scaling(ctx, cfg, out, second, starting or loop.run_in_executor(None, second.start))
+        except Exception as exc:  # the 1-worker numbers stand on their own
+            out["scaling"] = {"error": f"{type(exc).__name__}: {exc}"[:2000]}
     return out
 
 

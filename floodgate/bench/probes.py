@@ -2,6 +2,7 @@
 records as they land on topics, a process's resident memory, the simulator's counters."""
 from __future__ import annotations
 
+import re
 import threading
 import time
 from collections.abc import Callable, Iterable, Mapping
@@ -79,6 +80,15 @@ class Offsets:
     def total(self, topics: Iterable[str]) -> int:
         return sum(self.ends(topics).values())
 
+    def written(self, prefix: str) -> dict[str, int]:
+        """Records ever written to each topic whose name starts with ``prefix`` (end offsets: compaction
+        does not lower them), table changelogs and internal topics included."""
+        names = sorted(t for t in self.admin.list_topics(timeout=10).topics if t.startswith(prefix))
+        out = dict.fromkeys(names, 0)
+        for (topic, _), end in self.ends(names).items():
+            out[topic] += end
+        return out
+
 
 
 @dataclass
@@ -152,6 +162,33 @@ class TopicTap:
         self._stop.set()
         self._thread.join(timeout=15)
         self._consumer.close()
+
+
+EVENTS_PROCESSED = re.compile(r'^floodgate_events_processed_total\{agent="([^"]*)"\} ([0-9.e+]+)$', re.M)
+
+
+async def events_processed(metrics_urls: Iterable[str]) -> dict[str, float]:
+    """``floodgate_events_processed_total`` per agent, summed over the workers at ``metrics_urls``:
+    the records the worker(s) consumed, i.e. the consumer hops."""
+    out: dict[str, float] = {}
+    async with aiohttp.ClientSession() as session:
+        for url in metrics_urls:
+            async with session.get(url) as resp:
+                text = await resp.text()
+            for agent, value in EVENTS_PROCESSED.findall(text):
+                out[agent] = out.get(agent, 0.0) + float(value)
+    return out
+
+
+def worker_metrics_urls(stack: Any) -> list[str]:
+    return [url for name, url in stack.metrics_urls.items() if name.startswith("worker")]
+
+
+async def simulator_jobs(url: str, provider: str) -> list[dict[str, Any]]:
+    """The simulator's jobs at ``provider`` with their wall-clock creation and completion times."""
+    async with aiohttp.ClientSession() as session, session.get(f"{url}/_admin/{provider}/jobs") as resp:
+        resp.raise_for_status()
+        return list((await resp.json())["jobs"])
 
 
 async def simulator_stats(url: str) -> dict[str, Any]:

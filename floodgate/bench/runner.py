@@ -2,8 +2,8 @@
 print the summary table. A scenario that fails is reported as failed; the others still run.
 
 Order: raw Kafka first (the physical limit, on a quiet broker), then accept, pipeline,
-notifications, memory, the spike and the naive baseline under the same spike, then the peer
-comparison (the same drain against Floodgate, Celery + Redis and the naive endpoint).
+notifications, slot handover, memory, the spike and the naive baseline under the same spike, then
+the peer comparison (the same drain against Floodgate, Celery + Redis and the naive endpoint).
 """
 from __future__ import annotations
 
@@ -25,6 +25,7 @@ from typing import Any
 from floodgate.bench import (
     accept,
     baseline,
+    handover,
     memory,
     notify,
     peer,
@@ -41,7 +42,7 @@ from floodgate.bench.progress import ProgressLine
 from floodgate.devstack import Stack
 from floodgate.settings import Settings
 
-SCENARIOS = ("rawkafka", "accept", "pipeline", "notify", "memory", "spike", "baseline", "peer")
+SCENARIOS = ("rawkafka", "accept", "pipeline", "notify", "handover", "memory", "spike", "baseline", "peer")
 
 
 @dataclass(frozen=True)
@@ -52,6 +53,7 @@ class BenchConfig:
     accept: accept.AcceptConfig = field(default_factory=accept.AcceptConfig)
     pipeline: pipeline.PipelineConfig = field(default_factory=pipeline.PipelineConfig)
     notify: notify.NotifyConfig = field(default_factory=notify.NotifyConfig)
+    handover: handover.HandoverConfig = field(default_factory=handover.HandoverConfig)
     memory: memory.MemoryConfig = field(default_factory=memory.MemoryConfig)
     raw: rawkafka.RawConfig = field(default_factory=rawkafka.RawConfig)
     peer: peer.PeerConfig = field(default_factory=peer.PeerConfig)
@@ -62,10 +64,12 @@ class BenchConfig:
 
 def full(*, time_factor: float = 0.02, spike_seconds: float = 15.0, memory_jobs: int = 100_000,
          pipeline_jobs: int = 10_000, workers: int = 1, profile: bool = True,
-         scenarios: tuple[str, ...] = SCENARIOS, peer_jobs: int = 2000) -> BenchConfig:
-    """What ``make bench`` runs (about 15-20 minutes on 2 cores)."""
+         scenarios: tuple[str, ...] = SCENARIOS, peer_jobs: int = 2000,
+         realtime_seconds: float = 60.0) -> BenchConfig:
+    """What ``make bench`` runs (about 25-30 minutes on 2 cores)."""
     return BenchConfig(
-        spike=spike.SpikeConfig(plan=SpikePlan(time_factor=time_factor, spike_s=spike_seconds)),
+        spike=spike.SpikeConfig(plan=SpikePlan(time_factor=time_factor, spike_s=spike_seconds),
+                                realtime_seconds=realtime_seconds),
         pipeline=pipeline.PipelineConfig(jobs=pipeline_jobs, workers=workers),
         memory=memory.MemoryConfig(large=max(memory_jobs, 10_000)),
         scenarios=scenarios, profile=profile, peer=peer.PeerConfig(jobs=peer_jobs))
@@ -76,13 +80,14 @@ def smoke() -> BenchConfig:
     return BenchConfig(
         mode="smoke", prestart=True,
         spike=spike.SpikeConfig(plan=SpikePlan(time_factor=0.005, before_s=200.0, spike_s=1.2, after_s=200.0),
-                                drain_timeout=30.0),
+                                drain_timeout=30.0, realtime_seconds=1.0),
         accept=accept.AcceptConfig(rate=200.0, seconds=1.0, steps=(200.0, 400.0), step_seconds=1.0,
                                    sdk_records=2_000, sdk_batch=1_000, burst=300, burst_concurrency=32,
                                    no_worker_seconds=1.0, profile_seconds=1.0, warmup_seconds=0.5),
         pipeline=pipeline.PipelineConfig(jobs=150, warmup=20, timeout=60.0, stall_seconds=20.0, profile_jobs=50,
-                                         profile_seconds=1.0),
+                                         profile_seconds=1.0, prestart_scaling=True),
         notify=notify.NotifyConfig(jobs=40, rate=40.0, render=(0.05, 0.1), timeout=30.0),
+        handover=handover.HandoverConfig(jobs=80, render=(0.05, 0.1), timeout=30.0),
         memory=memory.MemoryConfig(small=200, large=600, settle_seconds=0.5, timeout=60.0, stall_seconds=20.0),
         raw=rawkafka.RawConfig(records=20_000),
         peer=peer.PeerConfig(jobs=60, render=(0.05, 0.15), poll=0.02, drain_timeout=30.0))
@@ -108,7 +113,7 @@ class StackPool:
     def __init__(self, ctx: Context, cfg: BenchConfig) -> None:
         self.factories: dict[str, Callable[[], Stack]] = {
             "accept": lambda: accept.stack_for(ctx, cfg.accept),
-            "pipeline": lambda: pipeline.stack_for(ctx, cfg.pipeline, cfg.notify),
+            "pipeline": lambda: pipeline.stack_for(ctx, cfg.pipeline, cfg.notify, cfg.handover),
             "memory": lambda: memory.stack_for(ctx, cfg.memory),
             "spike": lambda: spike.stack_for(ctx, cfg.spike),
             "peer": lambda: peer.stack_for(ctx, cfg.peer),
@@ -118,7 +123,7 @@ class StackPool:
 
     @staticmethod
     def key(scenario: str) -> str | None:
-        key = "pipeline" if scenario == "notify" else scenario
+        key = "pipeline" if scenario in ("notify", "handover") else scenario
         return key if key in ("accept", "pipeline", "memory", "spike", "peer") else None
 
     def prestart(self, scenario: str) -> None:
@@ -154,6 +159,7 @@ async def _scenarios(ctx: Context, cfg: BenchConfig) -> tuple[dict[str, Any], di
         "accept": lambda: _with(pool, "accept", lambda st: accept.run(ctx, st, cfg.accept)),
         "pipeline": lambda: _with(pool, "pipeline", lambda st: pipeline.run(ctx, st, cfg.pipeline)),
         "notify": lambda: _with(pool, "notify", lambda st: notify.run(ctx, st, cfg.notify)),
+        "handover": lambda: _with(pool, "handover", lambda st: handover.run(ctx, st, cfg.handover)),
         "memory": lambda: _with(pool, "memory", lambda st: memory.run(ctx, st, cfg.memory)),
         "spike": lambda: _with(pool, "spike", lambda st: spike.run(ctx, st, cfg.spike)),
         "baseline": lambda: baseline.run(ctx, cfg.spike, cfg.baseline),

@@ -330,6 +330,20 @@ async def test_admin_reset_clears_jobs_and_counters() -> None:
         assert (stats["jobs_created"], stats["in_flight"], stats["keys"]) == (0, 0, {})
 
 
+async def test_admin_jobs_lists_creation_and_completion_times() -> None:
+    async with run_simulator(one()) as sim, aiohttp.ClientSession() as http:
+        before = time.time()
+        job = await create(http, sim.url)
+        await until(lambda: sim.stats()["providers"]["sora"]["completed"] == 1)
+        async with http.get(f"{sim.url}/_admin/sora/jobs") as r:
+            body = await r.json()
+        async with http.get(f"{sim.url}/_admin/nope/jobs") as missing:
+            assert missing.status == 404
+    [seen] = body["jobs"]
+    assert (body["provider"], seen["id"], seen["status"]) == ("sora", job["id"], "completed")
+    assert before <= seen["created_at"] <= seen["completed_at"] <= time.time()
+
+
 async def test_presets_and_config_loading(tmp_path: Path) -> None:
     assert set(dev_config().providers) == {"sora", "kling", "wan"}
     assert all(p.concurrency_limit == 10 for p in dev_config().providers.values())

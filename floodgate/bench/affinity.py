@@ -1,0 +1,51 @@
+"""Pinning processes to CPUs for one measurement, as ``taskset -a -p`` would: every thread of each
+process (``sched_setaffinity`` on a pid moves its main thread only; a thread started later inherits
+the mask of the thread that starts it), restored to the process's own mask afterwards.
+
+``split`` is pure: which CPUs the API gets (one of its own) and which everything else shares.
+"""
+from __future__ import annotations
+
+import contextlib
+import os
+from collections.abc import Collection, Iterator, Mapping
+
+
+def split(cpus: Collection[int]) -> tuple[set[int], set[int]] | None:
+    """(the API's CPU, everyone else's) from the CPUs this process may use: the second CPU for the
+    API (``taskset -c 1``), the rest for the others; None with fewer than two CPUs."""
+    ordered = sorted(cpus)
+    if len(ordered) < 2:
+        return None
+    return {ordered[1]}, set(ordered) - {ordered[1]}
+
+
+def _threads(pid: int) -> list[int]:
+    try:
+        return [int(t) for t in os.listdir(f"/proc/{pid}/task")]
+    except FileNotFoundError:
+        return []
+
+
+def pin(pid: int, cpus: Collection[int]) -> None:
+    """Every thread of ``pid`` onto ``cpus`` (threads that end meanwhile are skipped)."""
+    for tid in _threads(pid):
+        with contextlib.suppress(ProcessLookupError):
+            os.sched_setaffinity(tid, cpus)
+
+
+@contextlib.contextmanager
+def pinned(plan: Mapping[int, Collection[int]]) -> Iterator[None]:
+    """Each pid of ``plan`` (all its threads) on its CPUs for the block; then back to the mask its
+    main thread had before."""
+    before: dict[int, set[int]] = {}
+    for pid in plan:
+        with contextlib.suppress(ProcessLookupError):
+            before[pid] = os.sched_getaffinity(pid)
+    try:
+        for pid, cpus in plan.items():
+            pin(pid, cpus)
+        yield
+    finally:
+        for pid, cpus in before.items():
+            pin(pid, cpus)

@@ -1,0 +1,148 @@
+"""The pure parts of issue 9's bench rows: pairing completions with the next submissions, the
+backlog window, records and hops per job, 2 workers over 1, CPU per request, the CPU split for
+pinning, and the rows' judgements."""
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from floodgate.bench import affinity, cost, stats, targets
+from floodgate.bench.accept import cpu_ms_per_request
+from floodgate.bench.handover import backlog_end, handovers, utilisation
+
+
+# -- handover pairing -----------------------------------------------------------------------
+def test_each_completion_takes_the_first_later_submission_once() -> None:
+    # Two initial submissions (0.0, 0.1), then each completion frees a slot for the next one.
+    created = [0.0, 0.1, 1.010, 1.020, 1.600]
+    done = [1.000, 1.005, 1.590]
+    assert handovers(done, created) == pytest.approx([10.0, 15.0, 10.0])
+
+
+def test_submissions_before_a_completion_are_not_its_successor_and_unpaired_tails_stop() -> None:
+    assert handovers([2.0, 3.0], [0.0, 1.0, 2.5]) == pytest.approx([500.0])  # 3.0 has no later submission
+    assert handovers([], [1.0]) == [] and handovers([1.0], []) == []
+
+
+def test_only_completions_up_to_the_backlog_end_count() -> None:
+    created = [0.0, 1.0, 2.0, 3.0, 4.0]
+    assert backlog_end(created, 0.6) == 2.0 and backlog_end(created, 1.0) == 4.0
+    assert backlog_end([], 0.8) == -math.inf
+    assert handovers([0.5, 1.5, 2.5, 3.5], created, until=backlog_end(created, 0.6)) == pytest.approx([500.0, 500.0])
+
+
+@given(st.lists(st.floats(0, 100), max_size=40), st.lists(st.floats(0, 100), max_size=40))
+def test_pairs_are_never_negative_and_never_more_than_either_side(done: list[float], created: list[float]) -> None:
+    gaps = handovers(done, created)
+    assert all(g >= 0 for g in gaps)
+    assert len(gaps) <= min(len(done), len(created))
+
+
+def test_utilisation_is_busy_slot_seconds_over_offered() -> None:
+    jobs: list[dict[str, Any]] = [{"created_at": 0.0, "completed_at": 1.0}, {"created_at": 0.0, "completed_at": 2.0},
+            {"created_at": 1.0, "completed_at": 2.0}, {"created_at": 2.0, "completed_at": None}]
+    assert utilisation(jobs, 2) == pytest.approx(4.0 / (2 * 2.0))
+    assert math.isnan(utilisation([], 2))
+
+
+# -- cost, ratio, CPU ---------------------------------------------------------------------------
+def test_records_and_hops_per_job_between_snapshots() -> None:
+    before = cost.Snapshot({"requests": 10, "notifications": 40}, {"admission": 10.0})
+    after = cost.Snapshot({"requests": 20, "notifications": 80, "app-inflight-wan-changelog": 20},
+                          {"admission": 20.0, "webhooks": 20.0})
+    out = cost.summary(before, after, 10)
+    assert out["records_written"] == 70 and out["records_per_job"] == 7.0
+    assert out["records_per_job_by_topic"] == {"app-inflight-wan-changelog": 2.0, "notifications": 4.0,
+                                               "requests": 1.0}
+    assert out["hops_per_job"] == 3.0 and out["hops_per_job_by_agent"] == {"admission": 1.0, "webhooks": 2.0}
+    assert math.isnan(cost.per_job({"a": 1}, 0))
+    assert cost.delta({"a": 5, "b": 1}, {"a": 5}) == {"b": 1}
+
+
+def test_scaling_ratio_and_cpu_per_request() -> None:
+    assert stats.ratio(170.0, 100.0) == pytest.approx(1.7)
+    assert math.isnan(stats.ratio(170.0, 0.0))
+    assert cpu_ms_per_request(8.0, 20_000) == pytest.approx(0.4)
+    assert math.isnan(cpu_ms_per_request(1.0, 0))
+
+
+def test_the_api_gets_the_second_cpu_and_the_others_the_rest() -> None:
+    assert affinity.split({0, 1}) == ({1}, {0})
+    assert affinity.split([3, 0, 2, 1]) == ({1}, {0, 2, 3})
+    assert affinity.split({0}) is None
+
+
+# -- rows ---------------------------------------------------------------------------------------
+def _pipeline(per: float = 11.5, hops: float = 4.8, ratio: float = 1.7, jobs: int = 10_000) -> dict[str, Any]:
+    scaling = {"ratio": ratio, "steady_ratio": ratio, "jobs_per_s": 170.0 * ratio / 1.7, "workers": 2, "jobs": jobs,
+               "results_missing": 0, "stalled": False}
+    return {"completed": jobs, "jobs": jobs, "workers": 1, "jobs_per_s": 100.0, "stalled": False,
+            "records_per_job": per, "records_per_job_by_topic": {"requests": 1.0, "notifications": 4.0},
+            "hops_per_job": hops, "hops_per_job_by_agent": {"webhooks": 2.0}, "scaling": scaling}
+
+
+def _handover(p99: float = 20.0, per: float = 12.5) -> dict[str, Any]:
+    return {"handover_ms": {"count": 500, "p50": 8.0, "p99": p99}, "completed": 1000, "utilisation": 0.95,
+            "rejected_429": 0, "config": {"limit": 5, "jobs": 1000}, "records_per_job": per, "hops_per_job": 5.0,
+            "timed_out": False}
+
+
+def test_records_per_job_needs_both_bars() -> None:
+    ok = {"pipeline": _pipeline(), "handover": _handover()}
+    assert targets.records_per_job(ok)["status"] == targets.MET
+    assert targets.records_per_job({**ok, "handover": _handover(per=13.5)})["status"] == targets.NOT_MET
+    assert targets.records_per_job({**ok, "pipeline": _pipeline(per=14.0)})["status"] == targets.NOT_MET
+    alone = targets.records_per_job({"pipeline": _pipeline(), "handover": {"error": "boom"}})
+    assert alone["status"] == targets.NOT_MEASURED and "boom" in alone["measured"]
+
+
+def test_hops_row_and_missing_metrics() -> None:
+    assert targets.hops_per_job({"pipeline": _pipeline(hops=4.9)})["status"] == targets.MET
+    assert targets.hops_per_job({"pipeline": _pipeline(hops=6.0)})["status"] == targets.NOT_MET
+    assert targets.hops_per_job({"pipeline": _pipeline(hops=0.0)})["status"] == targets.NOT_MEASURED
+
+
+def test_scaling_row() -> None:
+    assert targets.scaling({"pipeline": _pipeline(ratio=1.7)})["status"] == targets.MET
+    assert targets.scaling({"pipeline": _pipeline(ratio=1.2)})["status"] == targets.NOT_MET
+    assert targets.scaling({"pipeline": _pipeline(jobs=150)})["status"] == targets.NOT_MEASURED
+    failed = {**_pipeline(), "scaling": {"error": "RuntimeError: no broker"}}
+    row = targets.scaling({"pipeline": failed})
+    assert row["status"] == targets.NOT_MEASURED and "no broker" in row["measured"]
+
+
+def test_handover_row() -> None:
+    assert targets.handover({"handover": _handover(p99=25.0)})["status"] == targets.MET
+    assert targets.handover({"handover": _handover(p99=85.0)})["status"] == targets.NOT_MET
+    assert targets.handover({})["status"] == targets.NOT_MEASURED
+
+
+def _block(p99: float, rate: float = 1000.0, **extra: Any) -> dict[str, Any]:
+    return {"offered_rate": rate, "latency_ms": {"p50": p99 / 3, "p99": p99}, "errors": {}, "accepted": 20_000,
+            "offered": 20_000, **extra}
+
+
+def test_pinned_accept_cpu_and_realtime_spike_rows() -> None:
+    accept = {"fixed": _block(150.0, api_cpu_ms_per_request=0.35, api_cpu_s=7.0),
+              "pinned": _block(40.0, api_cpus=[1], other_cpus=[0], api_cpu_ms_per_request=0.3)}
+    assert targets.accept_pinned({"accept": accept})["status"] == targets.MET
+    assert "unpinned: p99 150.0" in targets.accept_pinned({"accept": accept})["measured"]
+    skipped = targets.accept_pinned({"accept": {**accept, "pinned": {"skipped": "one CPU"}}})
+    assert skipped["status"] == targets.NOT_MEASURED
+    assert targets.api_cpu({"accept": accept})["status"] == targets.MET
+    slow = {**accept, "fixed": _block(150.0, api_cpu_ms_per_request=0.8, api_cpu_s=16.0)}
+    assert targets.api_cpu({"accept": slow})["status"] == targets.NOT_MET
+    small = {**accept, "fixed": _block(20.0, rate=200.0, api_cpu_ms_per_request=0.3, api_cpu_s=0.1)}
+    assert targets.api_cpu({"accept": small})["status"] == targets.NOT_MEASURED
+
+    spike = {"accept_ms": {"p99": 1200.0}, "config": {"plan": {"compression": 50, "spike_wall_rate_per_s": 4167}},
+             "realtime": _block(30.0, rate=83.3, seconds=60.0)}
+    row = targets.spike_realtime({"spike": spike})
+    assert row["status"] == targets.MET and "p99 1200.0" in row["measured"]
+    short = {**spike, "realtime": _block(30.0, rate=83.3, seconds=1.0)}
+    assert targets.spike_realtime({"spike": short})["status"] == targets.NOT_MEASURED
+    assert targets.spike_realtime({"spike": {**spike, "realtime": {"error": "x"}}})["status"] == targets.NOT_MEASURED
