@@ -133,7 +133,8 @@ async def serve(settings: Settings, *, host: str | None = None, port: int | None
             spill = await asyncio.to_thread(SpillStore.private, spill_dir(settings))
             view = JobView(view_max_jobs, spill)
             feed = NotificationFeed(settings.kafka_bootstrap, names.notifications,
-                                    layout[names.notifications][0], view)
+                                    layout[names.notifications][0], view,
+                                    fetch_max_wait_ms=settings.fetch_max_wait_ms)
         if outgoing_webhooks:
             from floodgate.notify.outgoing import OutgoingWebhooks
 

@@ -237,7 +237,7 @@ class NotificationFeed:
     """Reads ``topic`` from the beginning into ``view``; sets ``view.ready`` once caught up."""
 
     def __init__(self, bootstrap: str, topic: str, partitions: int, view: JobView, *,
-                 client_id: str = "floodgate-api-view") -> None:
+                 client_id: str = "floodgate-api-view", fetch_max_wait_ms: int = 20) -> None:
         # The partition count comes from the topic layout (ensure_topics has checked it), not
         # from metadata discovery: aiokafka only caches metadata for subscribed topics.
         self.partitions = [TopicPartition(topic, p) for p in range(partitions)]
@@ -248,7 +248,9 @@ class NotificationFeed:
             group_id=None,
             enable_auto_commit=False,
             auto_offset_reset="earliest",
-            fetch_max_wait_ms=200,
+            # A partition drained while a fetch long-polls the others waits for that fetch to
+            # return: the wait bounds what a notification can lose here (see Settings).
+            fetch_max_wait_ms=fetch_max_wait_ms,
         )
         self._task: asyncio.Task[None] | None = None
 
