@@ -3,7 +3,7 @@
 Fills a ``JobView`` with N snapshots as a caught-up API holds them, times every gen2 collection
 (``gc.callbacks``) during the fill, one explicit full collection (the pause a serving process
 would take), then 50k accepts' worth of ``put_local`` with per-request garbage. With ``freeze``,
-``gc.freeze()`` runs after the fill, as ``floodgate.api.server.freeze_heap`` does after catch-up.
+``gc.freeze()`` runs after the fill, as ``floodgate.procs.freeze_heap`` does after catch-up.
 """
 from __future__ import annotations
 

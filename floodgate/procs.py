@@ -4,6 +4,7 @@ the dev stack and the bench share. Standard library only.
 from __future__ import annotations
 
 import ctypes
+import gc
 import os
 import signal
 import socket
@@ -62,4 +63,22 @@ def die_with_parent() -> None:
     libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
 
 
-__all__ = ["bind_socket", "die_with_parent", "free_port", "pid_alive", "port_in_use"]
+
+
+def freeze_heap() -> None:
+    """Collect once, then exempt everything alive from later collections: a serving process's
+    step once it is ready (the API once its view has caught up, the worker once its tables are
+    recovered), not a library's.
+
+    A full (gen2) collection walks every tracked object; with 100k snapshots in the view that
+    walk took 180-480 ms on the 2-core dev box while it was loaded (``dev/gc_pause.py``), a
+    stall every in-flight 202 would wait out; after the freeze, 0.0 ms. Frozen objects are
+    still freed by reference counting when the view drops them; only a reference cycle among
+    them would outlive its use, and snapshots hold none. Snapshots that arrive later are not
+    frozen: as the view turns over, full collections grow back (rarely: none in 50k accepts).
+    """
+    gc.collect()
+    gc.freeze()
+
+
+__all__ = ["bind_socket", "die_with_parent", "free_port", "freeze_heap", "pid_alive", "port_in_use"]

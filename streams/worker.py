@@ -14,6 +14,7 @@ import faust
 from floodgate import metrics, provider_config
 from floodgate.eventloop import use_uvloop
 from floodgate.kafka_admin import ensure_topics
+from floodgate.procs import freeze_heap
 from floodgate.settings import Settings
 from floodgate.topics import TopicNames
 from streams import dispatcher, faust_fixes, jobs, lag, localstate
@@ -51,6 +52,9 @@ def build(settings: Settings, *, web_port: int | None = None) -> Pipeline:
         nonlocal announced
         if not announced:
             announced = True
+            # Faust's and the agents' long-lived objects (and the recovered slot tables) leave
+            # the collector's walk: a full collection would otherwise stall every agent at once.
+            freeze_heap()
             print("worker=ready", flush=True)
 
     @app.on_before_shutdown.connect

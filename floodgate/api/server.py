@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import gc
 import logging
 import signal
 import socket
@@ -36,7 +35,7 @@ from floodgate.api.view import DEFAULT_MAX_JOBS, JobView, NotificationFeed
 from floodgate.errors import ConfigError
 from floodgate.eventloop import use_uvloop
 from floodgate.kafka_admin import ensure_topics
-from floodgate.procs import bind_socket
+from floodgate.procs import bind_socket, freeze_heap
 from floodgate.provider_config import ProviderSetup
 from floodgate.settings import Settings
 from floodgate.topics import TopicNames
@@ -72,21 +71,6 @@ class ApiServer:
             await self._producer.stop()
         if self._spill is not None:
             await asyncio.to_thread(self._spill.close)  # waits for a write the feed left running
-
-
-def freeze_heap() -> None:
-    """Collect once, then exempt everything alive (above all the caught-up view's snapshots)
-    from later collections: a serving process's step, not a library's (``run``, not ``serve``).
-
-    A full (gen2) collection walks every tracked object; with 100k snapshots in the view that
-    walk took 180-480 ms on the 2-core dev box while it was loaded (``dev/gc_pause.py``), a
-    stall every in-flight 202 would wait out; after the freeze, 0.0 ms. Frozen objects are
-    still freed by reference counting when the view drops them; only a reference cycle among
-    them would outlive its use, and snapshots hold none. Snapshots that arrive later are not
-    frozen: as the view turns over, full collections grow back (rarely: none in 50k accepts).
-    """
-    gc.collect()
-    gc.freeze()
 
 
 def spill_dir(settings: Settings) -> Path:
