@@ -29,7 +29,8 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Iterable
+from collections import deque
+from collections.abc import Callable, Iterable
 from typing import Any
 
 import faust
@@ -97,20 +98,23 @@ class StallWatch:
             del self._since[tp]
 
 
-def watch_stalled_partitions(app: faust.App, *, interval: float = 5.0, stall_after: float = 30.0) -> StallWatch:
-    """Register the timer that re-seeks stalled stream partitions (see the module docstring)."""
+def watch_stalled_partitions(app: faust.App, *, interval: float = 5.0, stall_after: float = 30.0,
+                             on_stall: Callable[[Any], None] | None = None) -> StallWatch:
+    """Register the timer that re-seeks stalled stream partitions (see the module docstring);
+    ``on_stall(tp)`` is called for each one it acts on (a metric)."""
     watch = StallWatch(stall_after)
 
     @app.timer(interval=interval, name="stall-watch")
     async def _check() -> None:
         if app.rebalancing or app.in_recovery:
             return
-        await check_stalls(app, watch, time.monotonic())
+        await check_stalls(app, watch, time.monotonic(), on_stall=on_stall)
 
     return watch
 
 
-async def check_stalls(app: faust.App, watch: StallWatch, now: float) -> list[Any]:
+async def check_stalls(app: faust.App, watch: StallWatch, now: float,
+                       on_stall: Callable[[Any], None] | None = None) -> list[Any]:
     """One look at every active stream partition; returns the ones sought back."""
     consumer: Any = app.consumer
     changelogs = app.tables.changelog_topics
@@ -135,6 +139,81 @@ async def check_stalls(app: faust.App, watch: StallWatch, now: float) -> list[An
         log.warning("%s[%d]: records up to offset %d wait, none handed out past %s for %.0f s (committed %s); "
                     "seeking to %d to read them again", tp.topic, tp.partition, int(end) - 1, read, watch.stall_after,
                     committed, target)
+        log.warning("%s[%d]: what the consumer knew: %s", tp.topic, tp.partition, describe_partition(consumer, tp))
+        if on_stall is not None:
+            on_stall(tp)
         await consumer.seek(tp, target)
         sought.append(tp)
     return sought
+
+
+# --- diagnostics -------------------------------------------------------------------------
+
+TRAIL: deque[str] = deque(maxlen=400)
+"""The last calls that changed which partitions Faust fetches, and fetched records that were not
+handed out (see ``record_flow``); the stall watch logs a partition's share of it."""
+
+
+def _name(tp: Any) -> str:
+    return f"{tp.topic}[{tp.partition}]"
+
+
+def record_flow(app: faust.App, consumer: Any) -> None:
+    """Patch ``consumer`` (an instance) to keep ``TRAIL``: every pause, resume, buffer-full and
+    buffer-drop call, and every fetched batch whose records were not all handed out (logged as a
+    warning outside a rebalance, where no seek to committed offsets follows to read them again).
+    Costs one dict per fetched batch, nothing per record."""
+
+    def wrap(name: str) -> None:
+        inner = getattr(consumer, name)
+
+        def call(tps: Any) -> Any:
+            shown = [tps] if isinstance(tps, tuple) else list(tps)  # a TP is a tuple
+            TRAIL.append(f"{time.monotonic():.3f} {name} {' '.join(sorted(map(_name, shown)))} "
+                         f"rebalancing={app.rebalancing} recovery={app.in_recovery}")
+            return inner(tps)
+
+        setattr(consumer, name, call)
+
+    for name in ("on_buffer_full", "on_buffer_drop", "pause_partitions", "resume_partitions"):
+        wrap(name)
+
+    getmany = consumer._getmany
+    last: dict[Any, tuple[int, int]] = {}
+
+    async def _getmany(active_partitions: Any, timeout: float) -> Any:
+        # Faust's fetch loop hands out one batch completely before it fetches the next, so by
+        # now the read offset of every partition in the last batch should be at its end.
+        for tp, (first, end) in last.items():
+            read = consumer._read_offset.get(tp)
+            if read is None or read < end:
+                TRAIL.append(f"{time.monotonic():.3f} not handed out: {_name(tp)} {first}..{end}, read to {read}, "
+                             f"active={tp in consumer._active_partitions} rebalancing={app.rebalancing}")
+                if not app.rebalancing and consumer.flow_active:
+                    log.warning("fetched records not handed out: %s", TRAIL[-1])
+        last.clear()
+        records = await getmany(active_partitions, timeout)
+        for tp, batch in records.items():
+            if batch:
+                last[tp] = (batch[0].offset, batch[-1].offset)
+        return records
+
+    consumer._getmany = _getmany
+
+
+def describe_partition(consumer: Any, tp: Any) -> str:
+    """What Faust and aiokafka know of ``tp``, and its share of ``TRAIL`` (best effort: aiokafka's
+    state is read across threads)."""
+    parts = [f"{name}={tp in getattr(consumer, f'_{name}_partitions', ())}"
+             for name in ("active", "buffered", "paused")]
+    parts.append(f"flow={getattr(consumer, 'flow_active', None)}")
+    try:
+        inner = consumer._thread._consumer
+        state = inner._subscription.subscription.assignment.state_value(tp)
+        fetched = inner._fetcher._records.get(tp)
+        parts += [f"aiokafka position={state._position} paused={state.paused}",
+                  f"prefetched={type(fetched).__name__ if fetched is not None else None}"]
+    except Exception as exc:  # diagnostics only
+        parts.append(f"aiokafka state unknown: {exc!r}")
+    mine = [line for line in TRAIL if _name(tp) in line]
+    return "; ".join(parts) + "".join(f"\n  {line}" for line in mine[-40:])
