@@ -14,15 +14,37 @@ dispatch orders that no agent ever saw in the backlog stop test. ``hold_streams_
 the order seek first: stream partitions resumed during a rebalance are held back and resumed once
 the seek has run.
 
-**A partition that stops being handed out.** 3 times in 52 runs of the backlog stop test on
-a loaded machine (several test runs in parallel), a freshly started worker never received a
-single record of one dispatch partition: Faust listed it as active, the broker had records past
-the committed offset, and the agent sat idle. The cause is not pinned down (it is below the
-agent: Faust's fetcher or aiokafka). ``watch_stalled_partitions`` is the safety net: a stream
-partition with records waiting past the last one handed out, and no progress for ``stall_after``
-seconds, is logged with what the consumer knows and sought back to its committed offset, which
-makes the fetcher read it again (records already processed come again; every agent is
-idempotent).
+**A partition that stops being handed out: the fetcher drains partitions that are not active.**
+Faust fetches with ``Consumer._wait_next_records``: if some partition is active it hands aiokafka's
+``Fetcher.fetched_records`` its *live* ``_active_partitions`` set, and that call waits up to a
+second for data (in the consumer thread). aiokafka reads ``partitions`` with
+``if partitions and tp not in partitions: continue``: an *empty* set means "every partition". So
+when the last active partition is paused while the fetch waits, aiokafka drains every partition
+it has prefetched (it prefetches all assigned partitions: Faust never pauses them in aiokafka) and
+moves their positions past those records; Faust's ``getmany`` then drops each record whose
+partition is not active (or buffered). Nothing is lost for good only if a seek to committed
+offsets follows. It happens at the end of every table recovery: recovery pauses the changelogs
+(the last active partitions; the stream partitions are paused, or held by
+``hold_streams_until_seek``) and then seeks the stream partitions while a fetch may still be
+waiting. A stream partition sought before the drain loses the records up to its end: Faust sets
+its read offset to the committed offset, aiokafka's position is at the end, and nothing more is
+handed out until a new record arrives (a dispatch partition with a backlog and no new orders:
+"the stalled partition", 3 times in 52 loaded runs of the backlog stop test), or the next record
+arrives after a gap that Faust counts as acknowledged (a lost event or webhook). Seen in the
+worker logs of loaded runs: a batch of ``dispatch.wan[0]`` 29..51 fetched during the seek, none
+handed out, and the partition idle until the watchdog. ``fetch_only_active`` hands the fetcher a
+view of the live set that is never empty (``LiveActive``), so a partition that is not active
+keeps its records in aiokafka's buffer and they are handed out once it is resumed.
+``tests/unit/test_faust_fixes.py`` reproduces the loss with Faust's and aiokafka's own code and
+pins both behaviours (an upgrade that changes them fails there).
+
+The submitter's own pause (``on_buffer_full``/``on_buffer_drop`` on a dispatch partition whose
+waiting line is full) is not a cause: it moves the partition between ``_active_partitions`` and
+``_buffered_partitions``, and ``getmany`` hands out records of both. ``watch_stalled_partitions``
+stays as the safety net: a stream partition with records waiting past the last one handed out, and
+no progress for ``stall_after`` seconds, is logged with what the consumer knows (``TRAIL``) and
+sought back to its committed offset (records already processed come again; every agent is
+idempotent); ``floodgate_stalled_partitions_total`` counts it and should stay 0.
 """
 from __future__ import annotations
 
@@ -68,6 +90,41 @@ def hold_streams_until_seek(app: faust.App, consumer: Any) -> None:
 
     consumer.resume_partitions = resume_partitions
     consumer.perform_seek = perform_seek
+
+
+class LiveActive:
+    """Faust's live set of active partitions as the fetcher sees it: membership follows the set,
+    but it is never "empty" (aiokafka reads an empty set as "every partition")."""
+
+    __slots__ = ("tps",)
+
+    def __init__(self, tps: set[Any]) -> None:
+        self.tps = tps
+
+    def __contains__(self, tp: object) -> bool:
+        return tp in self.tps
+
+    def __bool__(self) -> bool:
+        return True
+
+    def __iter__(self) -> Any:
+        return iter(list(self.tps))
+
+    def __len__(self) -> int:
+        return len(self.tps)
+
+
+def fetch_only_active(consumer: Any) -> None:
+    """Patch ``consumer`` (an instance) so that the fetcher never drains a partition that is not
+    active (see the module docstring: this is the stalled partition)."""
+    getmany = consumer._getmany
+
+    async def _getmany(active_partitions: Any, timeout: float) -> Any:
+        if isinstance(active_partitions, set):
+            active_partitions = LiveActive(active_partitions)
+        return await getmany(active_partitions, timeout)
+
+    consumer._getmany = _getmany
 
 
 class StallWatch:
