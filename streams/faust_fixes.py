@@ -36,7 +36,10 @@ handed out, and the partition idle until the watchdog. ``fetch_only_active`` han
 view of the live set that is never empty (``LiveActive``), so a partition that is not active
 keeps its records in aiokafka's buffer and they are handed out once it is resumed.
 ``tests/unit/test_faust_fixes.py`` reproduces the loss with Faust's and aiokafka's own code and
-pins both behaviours (an upgrade that changes them fails there).
+pins both behaviours (an upgrade that changes them fails there). Backlog test file runs, two at a
+time on the shared 2-core machine (load 3-10): before, the watchdog fired in 1 of 8 runs (both
+dispatch partitions) and 6 of 8 had fetched batches never handed out outside a rebalance; with
+the fix, 0 firings and 0 such batches in 20 runs.
 
 The submitter's own pause (``on_buffer_full``/``on_buffer_drop`` on a dispatch partition whose
 waiting line is full) is not a cause: it moves the partition between ``_active_partitions`` and
