@@ -164,6 +164,10 @@ class WorkerMetrics(_Group):
             ["provider"])
         self.events_processed = self._counter(
             "floodgate_events_processed_total", "Records read by each agent.", ["agent"])
+        self.stalled_partitions = self._counter(
+            "floodgate_stalled_partitions_total",
+            "Stream partitions the stall watchdog found with records waiting and no progress for 30 s, "
+            "and sought back to their committed offset (should stay 0).", ["topic"])
 
     def for_provider(self, name: str) -> None:
         """Create the provider's series at zero, so dashboards see them before the first job."""

@@ -7,7 +7,7 @@ from typing import Any
 import faust
 
 from floodgate.settings import Settings
-from streams.faust_fixes import hold_streams_until_seek
+from streams.faust_fixes import fetch_only_active, hold_streams_until_seek, record_flow
 
 
 class FloodgateApp(faust.App):
@@ -19,6 +19,8 @@ class FloodgateApp(faust.App):
     def _new_consumer(self) -> Any:
         consumer = super()._new_consumer()
         hold_streams_until_seek(self, consumer)
+        fetch_only_active(consumer)
+        record_flow(self, consumer)
         shorten_fetch_wait(consumer, self.fetch_max_wait_ms)
         return consumer
 

@@ -39,7 +39,8 @@ def build(settings: Settings, *, web_port: int | None = None) -> Pipeline:
         pipe.metrics.for_provider(name)
         waiting[name] = dispatcher.register_provider(pipe, name).waiting_count
     _observe(pipe, limits, waiting)
-    faust_fixes.watch_stalled_partitions(app)
+    faust_fixes.watch_stalled_partitions(
+        app, on_stall=lambda tp: pipe.metrics.stalled_partitions.labels(tp.topic).inc())
     # Create the table changelogs ourselves, before Faust starts: two workers starting together
     # otherwise race to create them, and the loser's metadata says "0 partitions" until refreshed.
     ensure_topics(settings.kafka_bootstrap, changelog_layout(app, settings), settings.replication_factor)

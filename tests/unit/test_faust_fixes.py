@@ -3,12 +3,17 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Iterator
 from types import SimpleNamespace
+from typing import Any
 
 import pytest
+from aiokafka.consumer.fetcher import Fetcher, FetchResult
+from faust.transport.consumer import Consumer as FaustConsumer
+from faust.transport.utils import DefaultSchedulingStrategy
 from faust.types import TP
 
-from streams.faust_fixes import StallWatch, check_stalls, hold_streams_until_seek
+from streams.faust_fixes import LiveActive, StallWatch, check_stalls, fetch_only_active, hold_streams_until_seek
 
 STREAM_0, STREAM_1, CHANGELOG = TP("dispatch", 0), TP("dispatch", 1), TP("app-jobs-changelog", 0)
 
@@ -128,3 +133,154 @@ def test_a_stalled_partition_is_sought_back_to_its_committed_offset() -> None:
     assert consumer.sought == [(STREAM_0, 22)], "partition 1 is idle because it was read to its end"
     consumer.active = {STREAM_1}  # paused on purpose (a full buffer, a waiting line): never a stall
     assert asyncio.run(check_stalls(app, watch, now=100)) == []  # type: ignore[arg-type]
+
+
+# --- the stalled partition: the fetcher drains partitions that are not active -------------
+#
+# A deterministic reproduction with Faust's own Consumer code (getmany, _wait_next_records,
+# pause_partitions) over aiokafka's own Fetcher.fetched_records: only the broker is faked.
+
+DISPATCH, RELEASE = TP("dispatch", 0), TP("release", 0)
+
+
+class _Record(SimpleNamespace):
+    offset: int
+
+
+class _PartitionRecords:
+    """aiokafka's PartitionRecords, as FetchResult uses it: iterate, and say the next offset."""
+
+    def __init__(self, first: int, count: int) -> None:
+        self.next_fetch_offset = first
+        self._records = [_Record(offset=first + i) for i in range(count)]
+
+    def __iter__(self) -> Iterator[_Record]:
+        for record in self._records:
+            self.next_fetch_offset = record.offset + 1
+            yield record
+
+
+class _Position(SimpleNamespace):
+    position: int
+    paused: bool = False
+
+    def consumed_to(self, offset: int) -> None:
+        self.position = offset
+
+
+def _fetcher(prefetched: dict[TP, tuple[int, int]]) -> tuple[Fetcher, dict[TP, _Position]]:
+    """aiokafka's Fetcher holding records prefetched for ``prefetched`` (tp → first offset, count),
+    as its background routine leaves them for every assigned partition, active or not."""
+    positions = {tp: _Position(position=first) for tp, (first, _) in prefetched.items()}
+    assignment = SimpleNamespace(active=True, state_value=positions.__getitem__)
+    fetcher = Fetcher.__new__(Fetcher)
+    fetcher._records = {tp: FetchResult(tp, assignment=assignment, partition_records=_PartitionRecords(first, n),
+                                        backoff=0) for tp, (first, n) in prefetched.items()}
+    fetcher._subscriptions = SimpleNamespace(reassignment_in_progress=False, is_assigned=lambda tp: True)
+    fetcher._wait_consume_future = None
+    return fetcher, positions
+
+
+class _Consumer:
+    """Faust's Consumer methods on the state they use (its constructor needs a running app)."""
+
+    # Any: mypy would insist that ``self`` be a faust Consumer.
+    getmany: Any = FaustConsumer.getmany
+    _wait_next_records: Any = FaustConsumer._wait_next_records
+    _get_active_partitions: Any = FaustConsumer._get_active_partitions
+    pause_partitions: Any = FaustConsumer.pause_partitions
+    resume_partitions: Any = FaustConsumer.resume_partitions
+
+    def __init__(self, active: set[TP]) -> None:
+        self.app = SimpleNamespace(consumer_generation_id=1, client_only=False, in_recovery=False,
+                                   monitor=SimpleNamespace(track_tp_end_offset=lambda tp, offset: None))
+        self.should_stop, self.flow_active = False, True
+        self.scheduler = DefaultSchedulingStrategy()  # type: ignore[abstract]  # (faust's stubs: as faust does)
+        self.not_waiting_next_records = asyncio.Event()
+        self._active_partitions: set[TP] = set(active)
+        self._paused_partitions: set[TP] = set()
+        self._buffered_partitions: set[TP] = set()
+        self.seen_by_fetcher: Any = None
+        self.during_fetch: Any = None
+
+    def _to_message(self, tp: TP, record: Any) -> Any:
+        return record
+
+    def highwater(self, tp: TP) -> int:
+        return 0
+
+    async def sleep(self, seconds: float) -> None:
+        await asyncio.sleep(0)
+
+
+def _deliver(consumer: _Consumer, fetcher: Fetcher, *, fixed: bool = False) -> list[tuple[TP, int]]:
+    """One round of Faust's fetch loop: getmany over aiokafka's fetched_records, with
+    ``consumer.during_fetch`` run while the fetch waits (Faust's fetch runs in another thread);
+    ``fixed``: with ``fetch_only_active`` installed."""
+
+    async def _getmany(active_partitions: Any, timeout: float) -> Any:
+        consumer.seen_by_fetcher = active_partitions
+        if consumer.during_fetch is not None:
+            consumer.during_fetch()
+        return await fetcher.fetched_records(active_partitions, timeout=0)
+
+    consumer._getmany = _getmany  # type: ignore[attr-defined]
+    if fixed:
+        fetch_only_active(consumer)
+
+    async def run() -> list[tuple[TP, int]]:
+        return [(tp, message.offset) async for tp, message in consumer.getmany(timeout=1.0)]
+
+    return asyncio.run(run())
+
+
+def _recovery_ends_during_the_fetch() -> tuple[_Consumer, Fetcher, dict[TP, _Position]]:
+    # As at the end of table recovery: the changelog was the only active partition when the
+    # fetch began; recovery pauses it while the fetch waits, and the stream partitions are still
+    # held (they resume only after the seek to committed offsets). aiokafka prefetched them all.
+    consumer = _Consumer(active={CHANGELOG})
+    consumer._paused_partitions = {DISPATCH, RELEASE}
+    consumer.during_fetch = lambda: consumer.pause_partitions({CHANGELOG})
+    fetcher, positions = _fetcher({DISPATCH: (29, 23), RELEASE: (7, 3)})
+    return consumer, fetcher, positions
+
+
+def test_faust_hands_the_fetcher_its_live_active_set() -> None:
+    """Pins faust-streaming 0.15.3: ``_wait_next_records`` checks that some partition is active,
+    then hands the fetcher the live set, which a pause may empty while the fetch waits."""
+    consumer, fetcher, _ = _recovery_ends_during_the_fetch()
+    _deliver(consumer, fetcher)
+    assert consumer.seen_by_fetcher is consumer._active_partitions
+    assert consumer.seen_by_fetcher == set()
+
+
+def test_stock_faust_loses_the_records_of_paused_partitions() -> None:
+    """The stalled partition, reproduced: aiokafka reads an empty set as "every partition", so it
+    drains the held stream partitions and moves their positions past the records; Faust's getmany
+    then drops them (not active), and nothing is handed out until something seeks the partition.
+    When this fails after an upgrade, see whether ``fetch_only_active`` is still needed."""
+    consumer, fetcher, positions = _recovery_ends_during_the_fetch()
+    assert _deliver(consumer, fetcher) == []
+    assert positions[DISPATCH].position == 52, "aiokafka has moved past offsets 29..51"
+    assert DISPATCH not in fetcher._records, "and no longer holds them"
+
+
+def test_fetch_only_active_leaves_records_of_paused_partitions_in_the_fetcher() -> None:
+    consumer, fetcher, positions = _recovery_ends_during_the_fetch()
+    assert _deliver(consumer, fetcher, fixed=True) == []
+    assert positions[DISPATCH].position == 29, "nothing read past the committed offset"
+    assert DISPATCH in fetcher._records
+    # Once the seek has run and the partition resumes, every record is handed out, in order.
+    consumer.during_fetch = None
+    consumer.resume_partitions({DISPATCH})
+    delivered = _deliver(consumer, fetcher, fixed=True)
+    assert delivered == [(DISPATCH, offset) for offset in range(29, 52)]
+    assert RELEASE in fetcher._records, "still held: not active"
+
+
+def test_the_live_view_follows_the_set_and_is_never_empty() -> None:
+    tps: set[TP] = set()
+    view = LiveActive(tps)
+    assert view and DISPATCH not in view and len(view) == 0
+    tps.add(DISPATCH)
+    assert DISPATCH in view and list(view) == [DISPATCH]

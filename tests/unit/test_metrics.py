@@ -22,7 +22,8 @@ from tests.helpers import samples
 ROOT = Path(__file__).resolve().parents[2]
 NAME = re.compile(r"^floodgate_[a-z0-9]+(_[a-z0-9]+)*$")
 # Every label any metric may carry: each has a small, bounded set of values.
-ALLOWED_LABELS = {"source", "reason", "provider", "outcome", "channel", "stage", "from_provider", "status", "agent"}
+ALLOWED_LABELS = {"source", "reason", "provider", "outcome", "channel", "stage", "from_provider", "status", "agent",
+                  "topic"}
 
 
 def test_names_follow_prometheus_conventions() -> None:
