@@ -14,7 +14,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from floodgate.bench.probes import Offsets, events_processed, worker_metrics_urls
+from floodgate.bench.probes import Offsets, worker_counters, worker_metrics_urls
 from floodgate.devstack import Stack
 
 
@@ -22,6 +22,7 @@ from floodgate.devstack import Stack
 class Snapshot:
     written: dict[str, int]  # topic, the stack's prefix stripped → records ever written
     consumed: dict[str, float]  # agent → records it read
+    stalled: float = 0.0  # stall watchdog firings so far, every worker
 
 
 def delta(after: Mapping[str, float], before: Mapping[str, float]) -> dict[str, float]:
@@ -38,8 +39,8 @@ def per_job(counts: Mapping[str, float], jobs: int) -> float:
 async def snapshot(stack: Stack, offsets: Offsets) -> Snapshot:
     prefix = stack.settings.topic_prefix
     written = await asyncio.to_thread(offsets.written, prefix)
-    consumed = await events_processed(worker_metrics_urls(stack))
-    return Snapshot({t.removeprefix(prefix): n for t, n in written.items()}, consumed)
+    consumed, stalled = await worker_counters(worker_metrics_urls(stack))
+    return Snapshot({t.removeprefix(prefix): n for t, n in written.items()}, consumed, stalled)
 
 
 async def settled(stack: Stack, offsets: Offsets, *, quiet: float = 1.0, timeout: float = 15.0) -> Snapshot:
@@ -64,4 +65,5 @@ def summary(before: Snapshot, after: Snapshot, jobs: int) -> dict[str, Any]:
         "records_per_job_by_topic": {t: n / jobs for t, n in written.items()} if jobs else {},
         "hops": sum(consumed.values()), "hops_per_job": per_job(consumed, jobs),
         "hops_per_job_by_agent": {a: n / jobs for a, n in consumed.items()} if jobs else {},
+        "stalled_partitions": after.stalled - before.stalled,
     }

@@ -167,17 +167,23 @@ class TopicTap:
 EVENTS_PROCESSED = re.compile(r'^floodgate_events_processed_total\{agent="([^"]*)"\} ([0-9.e+]+)$', re.M)
 
 
-async def events_processed(metrics_urls: Iterable[str]) -> dict[str, float]:
-    """``floodgate_events_processed_total`` per agent, summed over the workers at ``metrics_urls``:
-    the records the worker(s) consumed, i.e. the consumer hops."""
-    out: dict[str, float] = {}
+STALLED = re.compile(r'^floodgate_stalled_partitions_total\{topic="([^"]*)"\} ([0-9.e+]+)$', re.M)
+
+
+async def worker_counters(metrics_urls: Iterable[str]) -> tuple[dict[str, float], float]:
+    """Summed over the workers at ``metrics_urls``: ``floodgate_events_processed_total`` per agent
+    (the records the worker(s) consumed, i.e. the consumer hops) and the stall watchdog's
+    firings (``floodgate_stalled_partitions_total``, every topic)."""
+    events: dict[str, float] = {}
+    stalled = 0.0
     async with aiohttp.ClientSession() as session:
         for url in metrics_urls:
             async with session.get(url) as resp:
                 text = await resp.text()
             for agent, value in EVENTS_PROCESSED.findall(text):
-                out[agent] = out.get(agent, 0.0) + float(value)
-    return out
+                events[agent] = events.get(agent, 0.0) + float(value)
+            stalled += sum(float(value) for _, value in STALLED.findall(text))
+    return events, stalled
 
 
 def worker_metrics_urls(stack: Any) -> list[str]:

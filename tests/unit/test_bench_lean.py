@@ -146,3 +146,14 @@ def test_pinned_accept_cpu_and_realtime_spike_rows() -> None:
     short = {**spike, "realtime": _block(30.0, rate=83.3, seconds=1.0)}
     assert targets.spike_realtime({"spike": short})["status"] == targets.NOT_MEASURED
     assert targets.spike_realtime({"spike": {**spike, "realtime": {"error": "x"}}})["status"] == targets.NOT_MEASURED
+
+
+def test_stall_row_counts_watchdog_firings_of_both_runs() -> None:
+    before = cost.Snapshot({}, {}, stalled=1.0)
+    assert cost.summary(before, cost.Snapshot({}, {}, stalled=3.0), 10)["stalled_partitions"] == 2.0
+    quiet = {"pipeline": {"stalled_partitions": 0.0}, "handover": {"stalled_partitions": 0.0}}
+    assert targets.stalls(quiet)["status"] == targets.MET
+    fired = {"pipeline": {"stalled_partitions": 0.0}, "handover": {"stalled_partitions": 1.0}}
+    row = targets.stalls(fired)
+    assert row["status"] == targets.NOT_MET and "handover 1" in row["measured"]
+    assert targets.stalls({"pipeline": {"error": "boom"}})["status"] == targets.NOT_MEASURED
