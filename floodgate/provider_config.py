@@ -91,6 +91,17 @@ def load_file(path: str) -> ProviderSetup:
     return from_dict(data)
 
 
+DEV_ROUTES: dict[str, list[dict[str, str]]] = {
+    "sora-2": [{"provider": "sora", "provider_model": "sora-2"},
+               {"provider": "kling", "provider_model": "kling-2.1"}],
+    "kling-2.1": [{"provider": "kling", "provider_model": "kling-2.1"},
+                  {"provider": "wan", "provider_model": "wan-2.6"}],
+    "wan-2.6": [{"provider": "wan", "provider_model": "wan-2.6"},
+                {"provider": "kling", "provider_model": "kling-2.1"}],
+}
+"""The dev table's routes: sora is retired, so sora-2 lands on kling."""
+
+
 def dev_setup(simulator_url: str, *, limits: Mapping[str, int] | None = None,
               webhook_secret: str | None = None, api_key: str = "floodgate-dev") -> ProviderSetup:
     """The dev table: wan-2.6, kling-2.1 and sora-2 served by simulated providers.
@@ -114,14 +125,7 @@ def dev_setup(simulator_url: str, *, limits: Mapping[str, int] | None = None,
             "kling": provider("kling"),
             "wan": provider("wan"),
         },
-        "routes": {
-            "sora-2": [{"provider": "sora", "provider_model": "sora-2"},
-                       {"provider": "kling", "provider_model": "kling-2.1"}],
-            "kling-2.1": [{"provider": "kling", "provider_model": "kling-2.1"},
-                          {"provider": "wan", "provider_model": "wan-2.6"}],
-            "wan-2.6": [{"provider": "wan", "provider_model": "wan-2.6"},
-                        {"provider": "kling", "provider_model": "kling-2.1"}],
-        },
+        "routes": DEV_ROUTES,
     })
 
 

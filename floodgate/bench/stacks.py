@@ -14,19 +14,11 @@ from connectors.simulator.config import DEV_WEBHOOK_SECRET
 from floodgate.broker.local import LocalBroker
 from floodgate.devstack import Stack
 from floodgate.procs import free_port
-from floodgate.provider_config import SORA_RETIRED_AT
+from floodgate.provider_config import DEV_ROUTES, SORA_RETIRED_AT
 from floodgate.settings import Settings
 
 API_KEY = "floodgate-bench"
-# The dev table's routes (floodgate.provider_config.dev_setup): sora is retired, so sora-2 lands on kling.
-ROUTES: dict[str, list[dict[str, str]]] = {
-    "sora-2": [{"provider": "sora", "provider_model": "sora-2"},
-               {"provider": "kling", "provider_model": "kling-2.1"}],
-    "kling-2.1": [{"provider": "kling", "provider_model": "kling-2.1"},
-                  {"provider": "wan", "provider_model": "wan-2.6"}],
-    "wan-2.6": [{"provider": "wan", "provider_model": "wan-2.6"},
-                {"provider": "kling", "provider_model": "kling-2.1"}],
-}
+ROUTES = DEV_ROUTES  # the dev table's: sora is retired, so sora-2 lands on kling
 
 
 # A model served only by the "paced" provider of the pipeline stack (notification latency runs there).
