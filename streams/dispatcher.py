@@ -286,7 +286,12 @@ class Dispatcher:
             order, fresh = nxt
             key = slot_key(partition, order.job_id)
             if fresh:
-                lane.run_in_background(key, self.start(order, key, partition, lane.generations.get(partition)))
+                # The slot goes into the table in the same step as into the pool: a reconcile (the
+                # poll tick rebuilds the pool from the table) must never find one without the other,
+                # or it would count the slot free and hand it out twice.
+                durable = self.take_slot(order, key, partition)
+                lane.run_in_background(key, self.start(order, key, partition, lane.generations.get(partition),
+                                                       durable))
             elif key not in lane.submitting:
                 # Its job holds a slot already: a start cut short by a rebalance, whose slot write
                 # landed but whose waiting entry did not go. Finish what it began.
@@ -297,8 +302,10 @@ class Dispatcher:
         if line.resume_due():
             self.app.consumer.on_buffer_drop(TP(self.orders_topic, partition))
 
-    async def start(self, order: Order, key: bytes, partition: int, generation: int | None) -> None:
-        """A waiting order got a slot: make the slot durable, stop the waiting, submit.
+    async def start(self, order: Order, key: bytes, partition: int, generation: int | None,
+                    durable: Awaitable[Any]) -> None:
+        """A waiting order got a slot (``durable``: its slot's write): once that is on Kafka, stop
+        the waiting and submit.
 
         ``generation``: the one ``partition`` was synced in. A revoke forgets it at once, while
         ``app.consumer_generation_id`` only changes once the next assignment arrives: in between,
@@ -309,8 +316,8 @@ class Dispatcher:
             return generation is not None and lane.generations.get(partition) == generation
 
         try:
-            await self.take_slot(order, key, partition)
-        except Exception as exc:  # Kafka refused the write: the order waits on
+            await durable
+        except Exception as exc:  # the write could not be made durable: the order waits on
             log.warning("slot write for %s on %s failed, it waits again: %s", order.job_id, self.name, exc)
             lane.slots.remove_in(partition, key)
             lane.free(partition, order.job_id)

@@ -304,3 +304,18 @@ async def test_a_job_that_ends_before_its_submission_returns_frees_its_slot_with
     assert dispatcher.lane.slots.get(slot_key(0, "a")) is None
     assert writes.count == before + 1, "the slot's delete only: its provider job id is never written"
     assert [e["provider_job_id"] for e in emitter(dispatcher).events("submitted")] == ["pj-a"]
+
+
+async def test_a_reconcile_right_after_a_handover_counts_the_slot_just_handed_out(
+        dispatcher: Dispatcher, provider: FakeProvider) -> None:
+    """The poll tick rebuilds the pool from the slot table. A slot handed to a waiting order must
+    be in the table from the moment it is in the pool, or a reconcile in between frees it twice."""
+    await fill(dispatcher, WAN_SLOTS + 2)
+    await settle(dispatcher)
+    await dispatcher.release({"job_id": "job-0", "attempt": 0, "status": "completed"}, 0, 1)
+    dispatcher.lane.reconcile(0)  # before the handed-over order's start has run
+    assert len(dispatcher.lane.pools[0]) == WAN_SLOTS
+    await dispatcher.intake(message(99), order("late"))
+    await settle(dispatcher)
+    assert len(provider.submitted) == WAN_SLOTS + 1, "one slot freed, one order started: never more"
+    assert "late" not in {o.job_id for o in provider.submitted}
