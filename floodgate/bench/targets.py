@@ -91,7 +91,8 @@ def burst(results: dict[str, Any], target: int = 100_000) -> dict[str, Any]:
 
 
 def pipeline(results: dict[str, Any], target: float = 300.0) -> dict[str, Any]:
-    name = f"≥ {target:,.0f} jobs/s end to end with an instant provider, 1 worker (1,000 kept on record); ratio to raw Kafka"
+    name = (f"≥ {target:,.0f} jobs/s end to end with an instant provider, 1 worker (1,000 kept on record); "
+            f"ratio to raw Kafka")
     if (why := _failed(results, "pipeline")):
         return _row(name, NOT_MEASURED, why)
     p = results["pipeline"]
