@@ -7,7 +7,7 @@ from typing import Any
 import faust
 
 from floodgate.settings import Settings
-from streams.faust_fixes import fetch_only_active, hold_streams_until_seek, record_flow
+from streams.faust_fixes import fetch_only_active, hold_partitions, hold_streams_until_seek, record_flow
 
 
 class FloodgateApp(faust.App):
@@ -20,6 +20,7 @@ class FloodgateApp(faust.App):
         consumer = super()._new_consumer()
         hold_streams_until_seek(self, consumer)
         fetch_only_active(consumer)
+        hold_partitions(consumer)
         record_flow(self, consumer)
         shorten_fetch_wait(consumer, self.fetch_max_wait_ms)
         return consumer

@@ -203,6 +203,7 @@ class Dispatcher:
 
     async def _revoked(self, app: faust.App, /, revoked: set[Any], **kwargs: object) -> None:
         mine = {tp.partition for tp in revoked if tp.topic == self.orders_topic}
+        self.held.difference_update(TP(self.orders_topic, p) for p in mine)
         dropped = self.lane.forget_waiting(mine)
         if dropped:
             log.info("%s: %d waiting orders left to the partitions' next owner", self.name, dropped)
@@ -210,6 +211,27 @@ class Dispatcher:
     async def _stop(self, app: faust.App, /, *args: object, **kwargs: object) -> None:
         await self.acks.stop()
         await self.lane.stop()
+
+    # -- fetching ----------------------------------------------------------------------------
+
+    @property
+    def held(self) -> set[Any]:
+        """Dispatch partitions paused because their waiting line is full (see ``hold``)."""
+        return cast(set[Any], self.app.consumer.held_partitions)  # type: ignore[attr-defined]  # streams.faust_fixes.hold_partitions
+
+    def hold(self, partition: int) -> None:
+        """Stop fetching ``partition``: its line is full, and the rest of the backlog waits in
+        Kafka. Faust's own pause (records already fetched are still handed out); held, so that
+        Faust's stream-buffer relief does not resume it while the line is still full."""
+        tp = TP(self.orders_topic, partition)
+        self.held.add(tp)
+        self.app.consumer.on_buffer_full(tp)
+
+    def let_go(self, partition: int) -> None:
+        """Fetch ``partition`` again: its line has drained to its low mark."""
+        tp = TP(self.orders_topic, partition)
+        self.held.discard(tp)
+        self.app.consumer.on_buffer_drop(tp)
 
     # -- slots -------------------------------------------------------------------------------
 
@@ -273,7 +295,7 @@ class Dispatcher:
             line.remove(lambda waiting: waiting.job_id == order.job_id)  # a newer attempt replaces it
         durable, full = lane.park(partition, msg.offset, order)
         if full:
-            self.app.consumer.on_buffer_full(TP(msg.topic, partition))  # Faust's own pause: keeps the fetched rest
+            self.hold(partition)
         self.pump(partition)
         return durable
 
@@ -300,7 +322,7 @@ class Dispatcher:
                 if slot is not None and not slot.provider_job_id:
                     lane.run_in_background(key, self.submit(order, key, partition))
         if line.resume_due():
-            self.app.consumer.on_buffer_drop(TP(self.orders_topic, partition))
+            self.let_go(partition)
 
     async def start(self, order: Order, key: bytes, partition: int, generation: int | None,
                     durable: Awaitable[Any]) -> None:
@@ -492,7 +514,7 @@ class Dispatcher:
                 # will find the mark) or was left by a crash (the poller's re-dispatch will).
                 await self.free(partition, key, job_id)
         if dropped and line.resume_due():
-            self.app.consumer.on_buffer_drop(TP(self.orders_topic, partition))
+            self.let_go(partition)
 
     async def end_offset(self, partition: int) -> int | None:
         """The dispatch partition's end offset now, from the broker (None if it does not answer)."""

@@ -12,8 +12,16 @@ from aiokafka.consumer.fetcher import Fetcher, FetchResult
 from faust.transport.consumer import Consumer as FaustConsumer
 from faust.transport.utils import DefaultSchedulingStrategy
 from faust.types import TP
+from mode.utils.queues import FlowControlEvent, ThrowableQueue
 
-from streams.faust_fixes import LiveActive, StallWatch, check_stalls, fetch_only_active, hold_streams_until_seek
+from streams.faust_fixes import (
+    LiveActive,
+    StallWatch,
+    check_stalls,
+    fetch_only_active,
+    hold_partitions,
+    hold_streams_until_seek,
+)
 
 STREAM_0, STREAM_1, CHANGELOG = TP("dispatch", 0), TP("dispatch", 1), TP("app-jobs-changelog", 0)
 
@@ -190,6 +198,8 @@ class _Consumer:
     _get_active_partitions: Any = FaustConsumer._get_active_partitions
     pause_partitions: Any = FaustConsumer.pause_partitions
     resume_partitions: Any = FaustConsumer.resume_partitions
+    on_buffer_full: Any = FaustConsumer.on_buffer_full
+    on_buffer_drop: Any = FaustConsumer.on_buffer_drop
 
     def __init__(self, active: set[TP]) -> None:
         self.app = SimpleNamespace(consumer_generation_id=1, client_only=False, in_recovery=False,
@@ -284,3 +294,50 @@ def test_the_live_view_follows_the_set_and_is_never_empty() -> None:
     assert view and DISPATCH not in view and len(view) == 0
     tps.add(DISPATCH)
     assert DISPATCH in view and list(view) == [DISPATCH]
+
+
+def _stream_buffer_relieved(consumer: _Consumer, tp: TP) -> None:
+    """What Faust's conductor does for a stream buffer of ``tp`` (the app's queue class, with its
+    pressure callbacks): the buffer fills past its high-pressure mark, so the partition is paused,
+    then the agent takes the records and the buffer's relief resumes it."""
+    queue: ThrowableQueue[int] = ThrowableQueue(maxsize=4, flow_control=FlowControlEvent(initially_suspended=False))
+
+    def high() -> None:
+        consumer.on_buffer_full(tp)
+
+    def drop() -> None:
+        consumer.on_buffer_drop(tp)
+
+    for n in range(4):
+        queue.put_nowait_enhanced(n, on_pressure_high=high, on_pressure_drop=drop)
+    assert tp not in consumer._active_partitions, "paused under pressure"
+    while queue.qsize():
+        queue.get_nowait()
+
+
+def test_stock_faust_resumes_a_partition_its_owner_paused_when_a_stream_buffer_drains() -> None:
+    """Pins faust-streaming 0.15.3: ``on_buffer_drop`` resumes every partition paused with
+    ``on_buffer_full``, whoever paused it. The submitter's pause of a full waiting line did not
+    last: the partition fetched again and the line grew with the backlog. When this fails after
+    an upgrade, see whether ``hold_partitions`` is still needed."""
+    consumer = _Consumer(active={DISPATCH})
+    consumer.on_buffer_full(DISPATCH)  # the submitter: its line is full
+    _stream_buffer_relieved(consumer, DISPATCH)
+    assert DISPATCH in consumer._active_partitions, "fetching again, the line still full"
+
+
+def test_a_held_partition_stays_paused_until_its_owner_lets_it_go() -> None:
+    consumer = _Consumer(active={DISPATCH, RELEASE})
+    hold_partitions(consumer)
+    held: set[TP] = consumer.held_partitions  # type: ignore[attr-defined]
+    held.add(DISPATCH)
+    consumer.on_buffer_full(DISPATCH)
+    _stream_buffer_relieved(consumer, DISPATCH)
+    assert DISPATCH not in consumer._active_partitions, "still paused: its line is still full"
+    # Partitions nobody holds keep Faust's own flow control.
+    _stream_buffer_relieved(consumer, RELEASE)
+    assert RELEASE in consumer._active_partitions
+    # The owner's line drained: it lets go, and the partition fetches again.
+    held.discard(DISPATCH)
+    consumer.on_buffer_drop(DISPATCH)
+    assert DISPATCH in consumer._active_partitions
