@@ -17,7 +17,7 @@ import aiohttp
 import pytest
 
 from floodgate import codec
-from floodgate.api.kafka_io import KafkaSender, KafkaUnavailable
+from floodgate.api.kafka_io import MAX_REQUEST_BYTES, KafkaSender, KafkaUnavailable, RecordTooLarge
 from floodgate.api.server import ApiServer
 from floodgate.ids import check_token, is_job_id, job_id_for_key, new_job_id
 from floodgate.settings import Secret, Settings
@@ -285,6 +285,17 @@ async def test_sender_reports_an_unacknowledged_record(kafka_bootstrap: str) -> 
             await sender.send_and_wait("no-such-topic-for-floodgate", "k", b"v", [])
     finally:
         await sender.stop()
+
+
+async def test_sender_refuses_a_record_past_the_size_bound(kafka_bootstrap: str) -> None:
+    sender = KafkaSender(kafka_bootstrap, send_timeout=1.0)
+    await sender.start()
+    try:
+        with pytest.raises(RecordTooLarge):
+            await sender.send_and_wait("no-such-topic-for-floodgate", "k", b"v" * (MAX_REQUEST_BYTES + 1), [])
+    finally:
+        await sender.stop()
+        await sender.stop()  # twice is harmless
 
 
 def test_run_prints_its_url_and_stops_cleanly_on_sigterm(settings: Settings, tmp_path: Path) -> None:
