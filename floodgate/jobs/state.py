@@ -154,6 +154,9 @@ class JobState:
         out["status"] = self.status.value
         out["metadata"] = dict(self.metadata)
         out["recent_events"] = list(self.recent_events)
+        if self.push_platform is None and self.push_token is None:
+            # Most jobs name no phone: every changelog record stays as small as before the fields existed.
+            del out["push_platform"], out["push_token"]
         return out
 
     @classmethod

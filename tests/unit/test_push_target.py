@@ -112,3 +112,12 @@ def test_a_json_replay_line_may_carry_a_target_and_is_checked_again() -> None:
     bad = line.replace(FCM_TOKEN.encode(), b"no spaces allowed")
     with pytest.raises(ValidationError):
         validate_job_request({**BASE, "notify": codec.decode_request(bad, now_ms=1)["notify"]}, known_models={"m"})
+
+
+def test_a_job_without_a_phone_writes_no_push_fields_to_the_table() -> None:
+    from floodgate.jobs.state import JobState
+
+    plain = JobState(job_id="job_1", tenant="t")
+    assert "push_token" not in plain.to_dict() and JobState.from_dict(plain.to_dict()) == plain
+    told = JobState(job_id="job_1", push_platform="fcm", push_token=FCM_TOKEN)
+    assert JobState.from_dict(told.to_dict()) == told
