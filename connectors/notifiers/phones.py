@@ -11,6 +11,7 @@ second one.
 """
 from __future__ import annotations
 
+import logging
 import ssl
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -67,6 +68,9 @@ def read_secret(secret: Secret, what: str) -> str:
 def http_client(settings: Settings, *, http2: bool, timeout: float = DEFAULT_TIMEOUT) -> httpx.AsyncClient:
     """A client for the push services: the system's CAs plus ``push_ca_file``, no environment
     proxies (the credentials go to these hosts and no others), redirects not followed."""
+    # httpx logs every request's URL at INFO, and an APNs URL ends in the device token: Floodgate's
+    # processes log at INFO, so httpx's own lines are kept to warnings and worse.
+    logging.getLogger("httpx").setLevel(logging.WARNING)
     context = ssl.create_default_context()
     if settings.push_ca_file:
         try:

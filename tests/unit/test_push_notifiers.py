@@ -16,7 +16,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 
 from connectors.notifiers import apns, fcm
 from connectors.notifiers.base import Notification
-from connectors.notifiers.phones import MAX_ERROR_CHARS, PushNotifier, Renewing, read_secret
+from connectors.notifiers.phones import MAX_ERROR_CHARS, PushNotifier, Renewing, http_client, read_secret
 from floodgate.errors import ConfigError, NotificationError
 from floodgate.push import PushTarget
 from floodgate.settings import Secret, Settings
@@ -380,3 +380,19 @@ def test_keys_are_read_from_a_file_or_given_inline(tmp_path: Path) -> None:
     assert json.loads(read_secret(Secret(json.dumps(doc)), "X")) == doc
     with pytest.raises(ConfigError, match="not a key and not a readable file"):
         read_secret(Secret(str(tmp_path / "absent.json")), "X")
+
+
+async def test_device_tokens_stay_out_of_the_logs(caplog: pytest.LogCaptureFixture) -> None:
+    creds = apns_credentials()
+    settings = Settings(apns_key=Secret(creds.key_pem), apns_key_id=creds.key_id, apns_team_id=creds.team_id,
+                        apns_topic="com.x")
+    async with http_client(settings, http2=False) as real:
+        assert real.follow_redirects is False
+    client = httpx.AsyncClient(transport=httpx.MockTransport(lambda request: httpx.Response(410, json={
+        "reason": "Unregistered"})))
+    notifier = apns.ApnsNotifier.from_settings(settings, client)
+    with caplog.at_level("DEBUG"):
+        async with client:
+            with pytest.raises(NotificationError) as info:
+                await notifier.send(note(push=PushTarget("apns", APNS_TOKEN)))
+    assert APNS_TOKEN not in caplog.text and APNS_TOKEN not in str(info.value)
