@@ -73,6 +73,8 @@ class OutgoingWebhooks:
     """
 
     channel = "webhooks"
+    noun = "webhook"
+    """What one delivery is called in a dead letter's reason."""
 
     def __init__(self, settings: Settings, *, notifier: Notifier | None = None,
                  session: aiohttp.ClientSession | None = None, policy: RetryPolicy = DEFAULT_POLICY,
@@ -282,7 +284,7 @@ class OutgoingWebhooks:
         self._stats.failed += 1
         self.count("failed", retries)
         await self._dead_letter(
-            record, f"{self.channel} delivery failed after {outcome.attempts} attempt(s): {outcome.error}",
+            record, f"{self.noun} delivery failed after {outcome.attempts} attempt(s): {outcome.error}",
             outcome.error)
 
     async def _dead_letter(self, record: ConsumerRecord[Any, Any], reason: str, exc: BaseException) -> None:

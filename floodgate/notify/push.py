@@ -34,6 +34,7 @@ class PushDeliveries(OutgoingWebhooks):
     """
 
     channel = "push"
+    noun = "push"
 
     def __init__(self, settings: Settings, **kwargs: Any) -> None:
         super().__init__(settings, **kwargs)
