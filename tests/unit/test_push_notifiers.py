@@ -2,6 +2,7 @@
 their send logic against in-memory transports (``httpx.MockTransport``: no sockets)."""
 from __future__ import annotations
 
+import asyncio
 import json
 from collections.abc import Callable
 from pathlib import Path
@@ -396,3 +397,27 @@ async def test_device_tokens_stay_out_of_the_logs(caplog: pytest.LogCaptureFixtu
             with pytest.raises(NotificationError) as info:
                 await notifier.send(note(push=PushTarget("apns", APNS_TOKEN)))
     assert APNS_TOKEN not in caplog.text and APNS_TOKEN not in str(info.value)
+
+
+async def test_concurrent_sends_share_one_token_exchange() -> None:
+    google_ = FakeGoogle()
+
+    async def yielding(request: httpx.Request) -> httpx.Response:
+        await asyncio.sleep(0)  # let the other sends run while this exchange is on the wire
+        return google_(request)
+
+    doc, _ = service_account("https://oauth2.example/token", "proj")
+    client = httpx.AsyncClient(transport=httpx.MockTransport(yielding))
+    notifier = fcm.FcmNotifier(client, fcm.ServiceAccount.from_json(json.dumps(doc)), base_url="https://fcm.example")
+    async with client:
+        await asyncio.gather(*(notifier.send(note(job_id=f"job_{i}")) for i in range(20)))
+    assert google_.exchanges == 1 and len(google_.sends) == 20
+
+
+async def test_push_deliveries_refuse_to_start_without_a_platform() -> None:
+    from floodgate.notify.push import PushDeliveries
+
+    service = PushDeliveries(Settings(kafka_bootstrap="127.0.0.1:9"))
+    with pytest.raises(ConfigError, match="FLOODGATE_FCM_SERVICE_ACCOUNT or FLOODGATE_APNS_KEY"):
+        await service.start()
+    await service.stop()
