@@ -33,6 +33,7 @@ import orjson
 from fastavro.types import Schema
 
 from floodgate.errors import Problem, SchemaError, ValidationError
+from floodgate.push import target_of_request
 from floodgate.validation import NormalizedRequest, request_hash
 from schemas import SCHEMA_DIR
 
@@ -319,6 +320,7 @@ def _normalized(record: Mapping[str, Any]) -> NormalizedRequest:
         user_id=record["user_id"],
         webhook_url=record["webhook_url"],
         metadata=record["metadata"],
+        push=target_of_request(record),
     )
 
 

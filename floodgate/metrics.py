@@ -94,6 +94,12 @@ class ApiMetrics(_Group):
         self.outgoing_retries = self._counter(
             "floodgate_outgoing_webhook_retries_total",
             "Outgoing webhook attempts that were retried.")
+        self.push = self._counter(
+            "floodgate_push_notifications_total",
+            "Final results handled by the push deliveries (FCM, APNs): delivered, failed (dead-lettered), "
+            "skipped (no device or a state that is not pushed), invalid (undecodable, dead-lettered).", ["outcome"])
+        self.push_retries = self._counter(
+            "floodgate_push_notification_retries_total", "Push attempts that were retried.")
         for reason in REJECT_REASONS:
             self.rejected.labels(reason)
         for channel in CHANNELS:
@@ -101,6 +107,7 @@ class ApiMetrics(_Group):
             self.subscribers.labels(channel)
         for outcome in OUTGOING_OUTCOMES:
             self.outgoing.labels(outcome)
+            self.push.labels(outcome)
         self.accepted.labels("http")
 
     def reject(self, reason: str) -> None:

@@ -36,6 +36,7 @@ from floodgate import codec
 from floodgate.errors import BatchDeliveryError, DeliveryError, Problem, ValidationError
 from floodgate.ids import job_id_for_key, new_job_id
 from floodgate.netguard import check_url_target
+from floodgate.push import PushTarget, notify_record
 from floodgate.settings import Settings
 from floodgate.topics import TopicNames
 from floodgate.validation import RequestLimits, request_hash, validate_job_request
@@ -47,6 +48,7 @@ __all__ = [
     "FloodgateClient",
     "JobSpec",
     "Problem",
+    "PushTarget",
     "ValidationError",
 ]
 
@@ -67,6 +69,8 @@ class JobSpec:
     webhook_url: str | None = None
     metadata: Mapping[str, str] | None = None
     idempotency_key: str | None = None
+    push: PushTarget | None = None
+    """A phone to tell when the job completes or fails (``notify.push`` of the HTTP API)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -103,6 +107,7 @@ class _Preparer:
             "input": {"prompt": spec.prompt, "image_url": spec.image_url, "params": spec.params},
             "webhook_url": spec.webhook_url,
             "metadata": spec.metadata,
+            "notify": notify_record(spec.push),
         }
         try:
             normalized = validate_job_request(payload, known_models=self.known_models, limits=self.limits)
@@ -132,6 +137,7 @@ class _Preparer:
             "request_hash": request_hash(normalized, self.tenant),
             "accepted_at": now_ms,
             "source": SOURCE,
+            "notify": notify_record(normalized.push),
         })
         return _Prepared(job_id, job_id.encode("ascii"), value, list(headers))
 
@@ -176,8 +182,9 @@ def _now_ms() -> int:
 
 
 def _spec(model: str, prompt: str, user_id: str, image_url: str | None, params: Mapping[str, str] | None,
-          webhook_url: str | None, metadata: Mapping[str, str] | None, idempotency_key: str | None) -> JobSpec:
-    return JobSpec(model, prompt, user_id, image_url, params, webhook_url, metadata, idempotency_key)
+          webhook_url: str | None, metadata: Mapping[str, str] | None, idempotency_key: str | None,
+          push: PushTarget | None) -> JobSpec:
+    return JobSpec(model, prompt, user_id, image_url, params, webhook_url, metadata, idempotency_key, push)
 
 
 # librdkafka sets ``retriable()`` on few delivery reports; these codes mean "the same record may
@@ -242,13 +249,13 @@ class FloodgateClient:
     def submit(self, model: str, prompt: str, *, user_id: str, image_url: str | None = None,
                params: Mapping[str, str] | None = None, webhook_url: str | None = None,
                metadata: Mapping[str, str] | None = None, idempotency_key: str | None = None,
-               timeout: float = 10.0) -> str:
+               push: PushTarget | None = None, timeout: float = 10.0) -> str:
         """Publish one job request and return its job id once the broker acknowledged it.
 
         Raises ``ValidationError`` (nothing is produced) or :class:`DeliveryError` on refusal or
         after ``timeout`` seconds.
         """
-        spec = _spec(model, prompt, user_id, image_url, params, webhook_url, metadata, idempotency_key)
+        spec = _spec(model, prompt, user_id, image_url, params, webhook_url, metadata, idempotency_key, push)
         return self._send([self._prep.prepare(spec, _now_ms())], timeout)[0]
 
     def submit_many(self, requests: Iterable[JobSpec], *, timeout: float = 60.0) -> list[str]:
@@ -367,9 +374,9 @@ class AsyncFloodgateClient:
     async def submit(self, model: str, prompt: str, *, user_id: str, image_url: str | None = None,
                      params: Mapping[str, str] | None = None, webhook_url: str | None = None,
                      metadata: Mapping[str, str] | None = None, idempotency_key: str | None = None,
-                     timeout: float = 10.0) -> str:
+                     push: PushTarget | None = None, timeout: float = 10.0) -> str:
         """See :meth:`FloodgateClient.submit`."""
-        spec = _spec(model, prompt, user_id, image_url, params, webhook_url, metadata, idempotency_key)
+        spec = _spec(model, prompt, user_id, image_url, params, webhook_url, metadata, idempotency_key, push)
         return (await self._send([self._prep.prepare(spec, _now_ms())], timeout))[0]
 
     async def submit_many(self, requests: Iterable[JobSpec], *, timeout: float = 60.0) -> list[str]:

@@ -130,6 +130,26 @@ class Settings:
     job_timeout: float = 900.0
     """Seconds after submission before an in-flight job is failed and its slot freed."""
 
+    # --- Push to phones (requests with notify.push) ------------------------------------------
+    fcm_service_account: Secret = field(default_factory=lambda: Secret(""))
+    """Firebase service-account key (JSON) for push via FCM: a file path, env:NAME, or the JSON. Empty: FCM off."""
+    fcm_project_id: str = ""
+    """Firebase project to send through. Empty: the service account's project_id."""
+    fcm_url: str = "https://fcm.googleapis.com"
+    """Base URL of the FCM HTTP v1 API."""
+    apns_key: Secret = field(default_factory=lambda: Secret(""))
+    """APNs token-auth signing key (the .p8 file's PEM): a file path, env:NAME, or the PEM itself. Empty: APNs off."""
+    apns_key_id: str = ""
+    """The 10-character id of that key (the JWT's kid)."""
+    apns_team_id: str = ""
+    """The Apple developer team id (the JWT's iss)."""
+    apns_topic: str = ""
+    """The app's bundle id (apns-topic)."""
+    apns_url: str = "https://api.push.apple.com"
+    """Base URL of APNs; development builds' tokens need https://api.sandbox.push.apple.com."""
+    push_ca_file: str = ""
+    """PEM file of extra CA certificates trusted for the FCM and APNs endpoints (a TLS-inspecting gateway; tests)."""
+
     log_level: str = "info"
     """Log level of every process."""
     event_loop: str = "uvloop"
@@ -146,6 +166,11 @@ class Settings:
     @property
     def webhook_secret_map(self) -> dict[str, str]:
         return _pairs(self.webhook_secrets.reveal(), "FLOODGATE_WEBHOOK_SECRETS")
+
+    @property
+    def push_platforms(self) -> frozenset[str]:
+        """The push platforms this deployment has credentials for (``fcm``, ``apns``)."""
+        return frozenset(name for name, on in (("fcm", self.fcm_service_account), ("apns", self.apns_key)) if on)
 
     def to_env(self) -> dict[str, str]:
         """Every field as the ``FLOODGATE_*`` variable ``from_env`` reads back: how a parent
@@ -172,6 +197,9 @@ class Settings:
             var = PREFIX + f.name.upper()
             if var in env:
                 values[f.name] = _parse(hints[f.name], env[var], var)
+        for name in _REFERENCES:
+            if name in values:
+                values[name] = _dereference(values[name], PREFIX + name.upper(), env)
         settings = cls(**values)
         if not settings.secret:
             # Tokens must verify in every process of one deployment; a random per-process secret
@@ -196,6 +224,26 @@ class Settings:
         if not self.topic_prefix or any(c not in _TOPIC_CHARS for c in self.topic_prefix):
             raise ConfigError(f"{PREFIX}TOPIC_PREFIX may hold only letters, digits, '.', '_' and '-'")
         self.api_key_map, self.webhook_secret_map  # noqa: B018 - parse now, fail early
+        if self.apns_key:
+            missing = [n for n in ("apns_key_id", "apns_team_id", "apns_topic") if not getattr(self, n)]
+            if missing:
+                raise ConfigError(f"{PREFIX}APNS_KEY is set: {', '.join(PREFIX + n.upper() for n in missing)} "
+                                  "must be set too")
+
+
+# Secrets that may name another variable ("env:NAME") instead of holding the value: the key files
+# of the push services are often mounted into an environment variable under a name of their own.
+_REFERENCES = ("fcm_service_account", "apns_key")
+
+
+def _dereference(value: Secret, var: str, env: Mapping[str, str]) -> Secret:
+    text = value.reveal()
+    if not text.startswith("env:"):
+        return value
+    name = text[4:]
+    if name not in env:
+        raise ConfigError(f"{var}: environment variable {name} is not set")
+    return Secret(env[name])
 
 
 _TOPIC_CHARS = set("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789._-")

@@ -16,8 +16,9 @@ import orjson
 
 from floodgate.errors import Problem, ValidationError
 from floodgate.netguard import check_url_syntax
+from floodgate.push import PushTarget, parse_notify
 
-_TOP_LEVEL = frozenset({"model", "input", "user_id", "webhook_url", "metadata"})
+_TOP_LEVEL = frozenset({"model", "input", "user_id", "webhook_url", "metadata", "notify"})
 _INPUT = frozenset({"prompt", "image_url", "params"})
 _MAX_MODELS_LISTED = 20
 _MAX_PATH_KEY = 64  # longer names are cut in error paths so one huge key cannot bloat the response
@@ -53,6 +54,8 @@ class NormalizedRequest:
     user_id: str
     webhook_url: str | None
     metadata: dict[str, str]
+    push: PushTarget | None = None
+    """The device to tell about the job's end (``notify.push``), if any."""
 
 
 def validate_job_request(
@@ -80,6 +83,7 @@ def validate_job_request(
         problems,
     )
     prompt, image_url, params = _input(payload.get("input"), limits, problems)
+    push = parse_notify(payload.get("notify"), problems)
 
     if problems:
         raise ValidationError(problems)
@@ -91,6 +95,7 @@ def validate_job_request(
         user_id=user_id,
         webhook_url=webhook_url,
         metadata=metadata,
+        push=push,
     )
 
 
@@ -98,23 +103,23 @@ def request_hash(normalized: NormalizedRequest, tenant: str) -> str:
     """Hex SHA-256 of the canonical JSON (sorted keys, compact, UTF-8) of ``normalized`` and ``tenant``.
 
     Equal requests from the same tenant hash equal regardless of key order in
-    the original body; used to detect an Idempotency-Key reused with a different body.
+    the original body; used to detect an Idempotency-Key reused with a different body. A request
+    without ``notify`` hashes as it did before ``notify`` existed.
     """
-    canonical = orjson.dumps(
-        {
-            "format": _HASH_FORMAT,
-            "tenant": tenant,
-            "model": normalized.model,
-            "prompt": normalized.prompt,
-            "image_url": normalized.image_url,
-            "params": dict(normalized.params),
-            "user_id": normalized.user_id,
-            "webhook_url": normalized.webhook_url,
-            "metadata": dict(normalized.metadata),
-        },
-        option=orjson.OPT_SORT_KEYS,
-    )
-    return hashlib.sha256(canonical).hexdigest()
+    doc: dict[str, Any] = {
+        "format": _HASH_FORMAT,
+        "tenant": tenant,
+        "model": normalized.model,
+        "prompt": normalized.prompt,
+        "image_url": normalized.image_url,
+        "params": dict(normalized.params),
+        "user_id": normalized.user_id,
+        "webhook_url": normalized.webhook_url,
+        "metadata": dict(normalized.metadata),
+    }
+    if normalized.push is not None:
+        doc["push"] = normalized.push.to_record()
+    return hashlib.sha256(orjson.dumps(doc, option=orjson.OPT_SORT_KEYS)).hexdigest()
 
 
 def _model(value: Any, known_models: Collection[str], problems: list[Problem]) -> str:

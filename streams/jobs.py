@@ -59,6 +59,7 @@ def request_payload(req: dict[str, Any]) -> dict[str, Any]:
         "model": req["model"], "user_id": req["user_id"],
         "input": {"prompt": inp["prompt"], "image_url": inp.get("image_url"), "params": inp.get("params") or None},
         "webhook_url": req.get("webhook_url"), "metadata": req.get("metadata") or None,
+        "notify": req.get("notify"),
     }
 
 

@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol, runtime_checkable
 
 from floodgate.errors import NotificationError
+from floodgate.push import PushTarget
 
 # Status → event type. Only final states are notified outward.
 EVENT_TYPES: Mapping[str, str] = {
@@ -37,6 +38,8 @@ class Notification:
     updated_at: int
     webhook_url: str | None
     metadata: Mapping[str, str] = field(default_factory=dict)
+    push: PushTarget | None = None
+    """The device to tell (``notify.push`` of the request), if any."""
 
     @property
     def event_type(self) -> str:
@@ -65,6 +68,7 @@ class Notification:
             updated_at=snapshot["updated_at"],
             webhook_url=snapshot.get("webhook_url"),
             metadata=dict(snapshot.get("metadata") or {}),
+            push=PushTarget.from_record(snapshot.get("push")),
         )
 
 

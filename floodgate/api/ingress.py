@@ -8,6 +8,7 @@ import asyncio
 import hmac
 import logging
 import time
+from collections.abc import Collection
 from datetime import UTC, datetime
 from typing import Any
 from urllib.parse import quote
@@ -24,6 +25,7 @@ from floodgate.errors import Problem, ValidationError
 from floodgate.ids import job_id_for_key, job_token, new_job_id
 from floodgate.netguard import check_url_target
 from floodgate.problems import IDEMPOTENCY_CONFLICT, UNAUTHORIZED, problem_response, validation_response
+from floodgate.push import notify_record
 from floodgate.routing import known_models
 from floodgate.validation import NormalizedRequest, request_hash, validate_job_request
 
@@ -47,8 +49,10 @@ def tenant_for(api_key: str | None, key_map: dict[str, str]) -> str | None:
     return found
 
 
-def validate(payload: Any, models: tuple[str, ...], allow_private: bool) -> NormalizedRequest:
-    """``validate_job_request`` plus the webhook target check, reporting every field at once."""
+def validate(payload: Any, models: tuple[str, ...], allow_private: bool,
+             push_platforms: Collection[str] | None = None) -> NormalizedRequest:
+    """``validate_job_request`` plus the webhook target check and, when ``push_platforms`` is
+    given, that a ``notify.push`` names a platform this deployment can send to; every field at once."""
     problems: list[Problem] = []
     normalized = None
     try:
@@ -61,6 +65,9 @@ def validate(payload: Any, models: tuple[str, ...], allow_private: bool) -> Norm
             check_url_target(webhook_url, allow_private=allow_private)
         except ValidationError as exc:
             problems.extend(exc.problems)
+    push = normalized.push if normalized is not None else None
+    if push is not None and push_platforms is not None and push.platform not in push_platforms:
+        problems.append(Problem("notify.push.platform", f"push to {push.platform} is not configured on this server"))
     if problems or normalized is None:
         raise ValidationError(problems)
     return normalized
@@ -79,6 +86,7 @@ def job_request(job_id: str, tenant: str, req: NormalizedRequest, key: str | Non
         "request_hash": request_hash(req, tenant),
         "accepted_at": now_ms,
         "source": "http",
+        "notify": notify_record(req.push),
     }
 
 
@@ -138,7 +146,8 @@ class Ingress:
         try:
             if idem_key is not None and (why := key_problem(idem_key)):
                 raise ValidationError(Problem("Idempotency-Key", why))
-            normalized = validate(payload, self.known_models(), settings.allow_private_webhooks)
+            normalized = validate(payload, self.known_models(), settings.allow_private_webhooks,
+                                  settings.push_platforms)
         except ValidationError as exc:
             return validation_response(exc)
         job_id = job_id_for_key(self.secret, tenant, idem_key) if idem_key is not None else new_job_id()

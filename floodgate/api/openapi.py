@@ -175,6 +175,13 @@ _SCHEMAS: dict[str, Any] = {
                 "params": {**_STRING_MAP, "maxProperties": 32}}},
             "webhook_url": {"type": ["string", "null"], "format": "uri"},
             "metadata": {**_STRING_MAP, "maxProperties": 16},
+            "notify": {"type": ["object", "null"], "additionalProperties": False, "properties": {
+                "push": {"type": ["object", "null"], "additionalProperties": False, "required": ["platform", "token"],
+                         "description": "A phone to tell when the job completes or fails (FCM or APNs).",
+                         "properties": {
+                             "platform": {"enum": ["fcm", "apns"]},
+                             "token": {"type": "string", "minLength": 1, "maxLength": 1024,
+                                       "description": "FCM registration token, or APNs device token (hex)"}}}}},
         },
     },
     "JobAccepted": {

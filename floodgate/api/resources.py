@@ -57,6 +57,7 @@ def queued_snapshot(request: dict[str, Any]) -> Snapshot:
         "webhook_url": request["webhook_url"],
         "metadata": dict(request["metadata"]),
         "version": 0,
+        "push": (request.get("notify") or {}).get("push"),
     }
 
 

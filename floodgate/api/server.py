@@ -48,10 +48,11 @@ class ApiServer:
 
     def __init__(self, url: str, runner: web.AppRunner, producer: KafkaSender | None,
                  feed: NotificationFeed | None, view: JobView | None, outgoing: Any = None,
-                 spill: SpillStore | None = None) -> None:
+                 spill: SpillStore | None = None, push: Any = None) -> None:
         self.url = url
         self.view = view
         self.outgoing = outgoing
+        self.push = push
         self._runner = runner
         self._producer = producer
         self._feed = feed
@@ -65,6 +66,8 @@ class ApiServer:
         await self._runner.cleanup()  # runs on_shutdown (open streams end) and waits for handlers
         if self.outgoing is not None:
             await self.outgoing.stop()
+        if self.push is not None:
+            await self.push.stop()
         if self._feed is not None:
             await self._feed.stop()
         if self._producer is not None:
@@ -89,7 +92,8 @@ async def serve(settings: Settings, *, host: str | None = None, port: int | None
     Raises ``ConfigError`` for a missing bootstrap or bad roles and ``KafkaUnavailable`` if the
     broker does not answer. ``app_options`` go to :func:`build_app` (e.g. ``keepalive``).
     ``outgoing_webhooks`` also runs the signed outgoing-webhook deliveries (a consumer group on
-    ``results``, so several API processes share them). ``view_max_jobs`` bounds the job
+    ``results``, so several API processes share them) and, when the settings configure FCM or
+    APNs, the push deliveries beside them (a consumer group of their own). ``view_max_jobs`` bounds the job
     snapshots held in memory; older ones are read back from the spill store on disk.
     """
     chosen = parse_roles(roles)
@@ -112,6 +116,7 @@ async def serve(settings: Settings, *, host: str | None = None, port: int | None
     runner: web.AppRunner | None = None
     sock: socket.socket | None = None
     outgoing = None
+    push = None
     try:
         if "read" in chosen:
             spill = await asyncio.to_thread(SpillStore.private, spill_dir(settings))
@@ -124,6 +129,11 @@ async def serve(settings: Settings, *, host: str | None = None, port: int | None
 
             outgoing = OutgoingWebhooks(settings)
             await outgoing.start()
+            if settings.push_platforms:  # push runs beside the webhooks, where push is configured
+                from floodgate.notify.push import PushDeliveries
+
+                push = PushDeliveries(settings)
+                await push.start()
         await producer.start()
         if feed is not None and view is not None:
             await feed.start()
@@ -149,11 +159,13 @@ async def serve(settings: Settings, *, host: str | None = None, port: int | None
         await producer.stop()
         if outgoing is not None:
             await outgoing.stop()
+        if push is not None:
+            await push.stop()
         if spill is not None:
             await asyncio.to_thread(spill.close)
         raise
     shown = f"[{host}]" if ":" in host else host
-    return ApiServer(f"http://{shown}:{bound}", runner, producer, feed, view, outgoing, spill)
+    return ApiServer(f"http://{shown}:{bound}", runner, producer, feed, view, outgoing, spill, push)
 
 
 async def _main(settings: Settings, host: str | None, port: int | None, roles: Iterable[str] | str | None,

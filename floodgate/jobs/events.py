@@ -11,6 +11,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from floodgate.jobs.state import JobEvent, JobState
+from floodgate.push import target_of_request
 
 _EVENT_FIELDS = ("provider", "provider_job_id", "progress", "video_url", "error", "tenant", "user_id", "model",
                  "webhook_url")
@@ -32,10 +33,12 @@ def event_from_record(rec: Mapping[str, Any]) -> JobEvent:
 def queued_event(req: Mapping[str, Any], provider: str | None) -> JobEvent:
     """The ``queued`` event of a decoded request (``JobRequest``), routed to ``provider``."""
     job_id = req["job_id"]
+    push = target_of_request(req)
     return JobEvent(
         event_id=f"{job_id}:queued", job_id=job_id, kind="queued", at=int(req["accepted_at"]) / 1000.0,
         attempt=0, provider=provider, tenant=req["tenant"], user_id=req["user_id"], model=req["model"],
-        webhook_url=req.get("webhook_url"), metadata=req.get("metadata") or {})
+        webhook_url=req.get("webhook_url"), metadata=req.get("metadata") or {},
+        push_platform=push.platform if push else None, push_token=push.token if push else None)
 
 
 def webhook_event(provider: str, *, job_id: str, webhook_id: str, state: str, occurred_at: float,

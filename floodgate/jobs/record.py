@@ -66,6 +66,8 @@ def snapshot(state: JobState) -> dict[str, Any]:
         "error": state.error, "attempt": state.attempt, "created_at": int(state.created_at * 1000),
         "updated_at": int(state.updated_at * 1000), "webhook_url": state.webhook_url,
         "metadata": dict(state.metadata), "version": state.version,
+        "push": ({"platform": state.push_platform, "token": state.push_token}
+                 if state.push_platform and state.push_token else None),
     }
 
 

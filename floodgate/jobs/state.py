@@ -82,6 +82,8 @@ class JobEvent:
     model: str | None = None
     webhook_url: str | None = None
     metadata: Mapping[str, str] = field(default_factory=dict)
+    push_platform: str | None = None
+    push_token: str | None = field(default=None, repr=False)
 
     def __post_init__(self) -> None:
         problems = _event_problems(self)
@@ -131,6 +133,9 @@ class JobState:
     updated_at: float = 0.0
     webhook_url: str | None = None
     metadata: Mapping[str, str] = field(default_factory=dict)
+    push_platform: str | None = None
+    """With ``push_token``: the device to tell about the job's end (``floodgate.push``)."""
+    push_token: str | None = field(default=None, repr=False)  # a device token stays out of logs
     recent_events: tuple[str, ...] = ()
     version: int = 0
 
@@ -149,6 +154,9 @@ class JobState:
         out["status"] = self.status.value
         out["metadata"] = dict(self.metadata)
         out["recent_events"] = list(self.recent_events)
+        if self.push_platform is None and self.push_token is None:
+            # Most jobs name no phone: every changelog record stays as small as before the fields existed.
+            del out["push_platform"], out["push_token"]
         return out
 
     @classmethod
@@ -176,7 +184,8 @@ class JobState:
         return cls(**kwargs)
 
 
-_OPTIONAL_STR = ("tenant", "user_id", "model", "provider", "provider_job_id", "video_url", "error", "webhook_url")
+_OPTIONAL_STR = ("tenant", "user_id", "model", "provider", "provider_job_id", "video_url", "error", "webhook_url",
+                 "push_platform", "push_token")
 
 
 def _check_field(name: str, value: Any) -> str | None:
@@ -227,7 +236,7 @@ _KIND_STATUS: Mapping[str, JobStatus] = MappingProxyType(
     }
 )
 
-_IDENTITY = ("tenant", "user_id", "model", "webhook_url")
+_IDENTITY = ("tenant", "user_id", "model", "webhook_url", "push_platform", "push_token")
 
 
 def apply(state: JobState | None, event: JobEvent) -> Transition:

@@ -1,7 +1,8 @@
-"""Telling the outside world about finished jobs (outgoing webhooks)."""
+"""Telling the outside world about finished jobs (outgoing webhooks, pushes to phones)."""
 from __future__ import annotations
 
 from .outgoing import OutgoingWebhooks, WebhookStats
+from .push import PushDeliveries
 from .retry import RetryPolicy
 
-__all__ = ["OutgoingWebhooks", "RetryPolicy", "WebhookStats"]
+__all__ = ["OutgoingWebhooks", "PushDeliveries", "RetryPolicy", "WebhookStats"]

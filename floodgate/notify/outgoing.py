@@ -66,7 +66,15 @@ class OutgoingWebhooks:
     Pass ``notifier`` (any :class:`Notifier`) or ``session`` for tests; by default a
     :class:`~connectors.notifiers.webhook.WebhookNotifier` on an SSRF-guarded session is built
     from ``settings``. Raises ``ConfigError`` if ``settings.kafka_bootstrap`` is empty.
+
+    Another channel (push to phones, ``floodgate.notify.push``) is a subclass that names itself
+    (``channel``: its consumer group and logs), says which results it wants (``wants``), builds
+    its notifier (``build_notifier``) and counts its outcomes (``count``).
     """
+
+    channel = "webhooks"
+    noun = "webhook"
+    """What one delivery is called in a dead letter's reason."""
 
     def __init__(self, settings: Settings, *, notifier: Notifier | None = None,
                  session: aiohttp.ClientSession | None = None, policy: RetryPolicy = DEFAULT_POLICY,
@@ -101,7 +109,34 @@ class OutgoingWebhooks:
 
     @property
     def group_id(self) -> str:
-        return f"{self._settings.app_id}-webhooks"
+        return f"{self._settings.app_id}-{self.channel}"
+
+    # --- what a channel decides --------------------------------------------------------------
+    def wants(self, notification: Notification) -> bool:
+        """Whether this channel delivers ``notification`` (else it is counted as skipped)."""
+        return bool(notification.webhook_url) and notification.status in EVENT_TYPES
+
+    async def build_notifier(self) -> Notifier:
+        """The notifier used when none was passed in; called once, by ``start``."""
+        from connectors.notifiers.webhook import WebhookNotifier, guarded_session
+
+        if self._session is None:
+            self._session = guarded_session(allow_private=self._settings.allow_private_webhooks)
+            self._owns_session = True
+        return WebhookNotifier.from_settings(self._settings, self._session)
+
+    async def close_notifier(self) -> None:
+        """Release what ``build_notifier`` opened; called once, by ``stop``."""
+        if self._owns_session and self._session is not None:
+            await self._session.close()
+
+    def count(self, outcome: str | None, retries: int = 0) -> None:
+        """Metrics for one result: ``outcome`` is delivered, failed, skipped, invalid, or None when
+        the service stopped before the result was finished (it is delivered again later)."""
+        if outcome is not None:
+            self._metrics.outgoing.labels(outcome).inc()
+        if retries:
+            self._metrics.outgoing_retries.inc(retries)
 
     @property
     def stats(self) -> WebhookStats:
@@ -116,12 +151,7 @@ class OutgoingWebhooks:
     async def start(self) -> None:
         """Join the consumer group and begin delivering; raises aiokafka errors if the broker is unreachable."""
         if self._notifier is None:
-            from connectors.notifiers.webhook import WebhookNotifier, guarded_session
-
-            if self._session is None:
-                self._session = guarded_session(allow_private=self._settings.allow_private_webhooks)
-                self._owns_session = True
-            self._notifier = WebhookNotifier.from_settings(self._settings, self._session)
+            self._notifier = await self.build_notifier()
         bootstrap = self._settings.kafka_bootstrap
         self._producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all", enable_idempotence=True)
         self._consumer = AIOKafkaConsumer(
@@ -144,8 +174,8 @@ class OutgoingWebhooks:
         except BaseException:
             await self.stop()
             raise
-        self._loops = [asyncio.create_task(self._consume(), name="webhooks-consume"),
-                       asyncio.create_task(self._commit_loop(), name="webhooks-commit")]
+        self._loops = [asyncio.create_task(self._consume(), name=f"{self.channel}-consume"),
+                       asyncio.create_task(self._commit_loop(), name=f"{self.channel}-commit")]
 
     async def stop(self) -> None:
         """Stop fetching, let in-flight attempts finish (up to ``drain_timeout``), commit, leave the group.
@@ -169,8 +199,7 @@ class OutgoingWebhooks:
             await self._consumer.stop()
         if self._producer is not None:
             await self._producer.stop()
-        if self._owns_session and self._session is not None:
-            await self._session.close()
+        await self.close_notifier()
 
     # --- consuming -------------------------------------------------------------------------------
     async def _consume(self) -> None:
@@ -189,7 +218,7 @@ class OutgoingWebhooks:
                 # Polling even while paused keeps this member alive in the group (max.poll.interval).
                 batch = await consumer.getmany(timeout_ms=200 if room > 0 else 0, max_records=max(room, 1))
             except KafkaError as exc:
-                log.warning("webhooks: fetch failed (%s); retrying", exc)
+                log.warning("%s: fetch failed (%s); retrying", self.channel, exc)
                 await self._stopped_within(1.0)
                 continue
             for tp, records in batch.items():
@@ -202,7 +231,7 @@ class OutgoingWebhooks:
         except ValueError:
             # The fetch position moved back (offset reset) without a rebalance. Restarting the
             # partition's tracking is safe: the re-read offsets are all <= those still in flight.
-            log.warning("webhooks: %s[%d] went back to offset %d", record.topic, partition, record.offset)
+            log.warning("%s: %s[%d] went back to offset %d", self.channel, record.topic, partition, record.offset)
             self._tracker.forget([partition])
             ticket = self._tracker.start(partition, record.offset)
         task = asyncio.create_task(self._process(record, ticket))
@@ -215,13 +244,14 @@ class OutgoingWebhooks:
         except _Abandoned:
             return  # not finished: the offset stays uncommitted and is redelivered
         except Exception as exc:  # a bug here must not wedge the partition's commits
-            log.exception("webhooks: unexpected error at %s[%d]@%d", record.topic, record.partition, record.offset)
+            log.exception("%s: unexpected error at %s[%d]@%d", self.channel, record.topic, record.partition,
+                          record.offset)
             try:
                 await self._dead_letter(record, f"internal error: {exc}", exc)
             except _Abandoned:
                 return
             except Exception:  # not even parked: leave it uncommitted rather than lose it
-                log.exception("webhooks: cannot dead-letter %s[%d]@%d", record.topic, record.partition,
+                log.exception("%s: cannot dead-letter %s[%d]@%d", self.channel, record.topic, record.partition,
                               record.offset)
                 return
         finally:
@@ -232,28 +262,30 @@ class OutgoingWebhooks:
         try:
             notification = Notification.from_snapshot(codec.decode("JobSnapshot", record.value or b"", record.headers))
         except SchemaError as exc:
-            self._metrics.outgoing.labels("invalid").inc()
+            self.count("invalid")
             await self._dead_letter(record, f"undecodable JobSnapshot: {exc}", exc)
             return
-        if not notification.webhook_url or notification.status not in EVENT_TYPES:
+        if not self.wants(notification):
             self._stats.skipped += 1
-            self._metrics.outgoing.labels("skipped").inc()
+            self.count("skipped")
             return
         assert self._notifier is not None
         outcome = await deliver(self._notifier, notification, self._policy, semaphore=self._semaphore,
                                 rand=self._rand, wait=self._stopped_within)
-        self._stats.retries += outcome.attempts - 1
-        self._metrics.outgoing_retries.inc(max(0, outcome.attempts - 1))
+        retries = max(0, outcome.attempts - 1)
+        self._stats.retries += retries
         if outcome.abandoned:
+            self.count(None, retries)
             raise _Abandoned
         if outcome.error is None:
             self._stats.delivered += 1
-            self._metrics.outgoing.labels("delivered").inc()
+            self.count("delivered", retries)
             return
         self._stats.failed += 1
-        self._metrics.outgoing.labels("failed").inc()
+        self.count("failed", retries)
         await self._dead_letter(
-            record, f"webhook delivery failed after {outcome.attempts} attempt(s): {outcome.error}", outcome.error)
+            record, f"{self.noun} delivery failed after {outcome.attempts} attempt(s): {outcome.error}",
+            outcome.error)
 
     async def _dead_letter(self, record: ConsumerRecord[Any, Any], reason: str, exc: BaseException) -> None:
         """Write a DeadLetter and wait for the ack; retries until stopping (then ``_Abandoned``)."""
@@ -265,11 +297,11 @@ class OutgoingWebhooks:
             try:
                 await self._producer.send_and_wait(self._names.dlq, value, headers=headers)
                 self._stats.dead_lettered += 1
-                log.warning("webhooks: dead-lettered %s[%d]@%d: %s", record.topic, record.partition,
+                log.warning("%s: dead-lettered %s[%d]@%d: %s", self.channel, record.topic, record.partition,
                             record.offset, reason)
                 return
             except KafkaError as error:
-                log.warning("webhooks: cannot write to %s (%s); retrying", self._names.dlq, error)
+                log.warning("%s: cannot write to %s (%s); retrying", self.channel, self._names.dlq, error)
             if await self._stopped_within(delay):
                 raise _Abandoned
             delay = min(delay * 2, 5.0)
@@ -291,7 +323,7 @@ class OutgoingWebhooks:
             await self._consumer.commit({TopicPartition(topic, p): o for p, o in offsets.items()})
         except KafkaError as exc:
             # Typically a rebalance in progress; the next round (or the new owner) commits instead.
-            log.warning("webhooks: commit of %s failed: %s", offsets, exc)
+            log.warning("%s: commit of %s failed: %s", self.channel, offsets, exc)
             return
         self._tracker.mark_committed(offsets)
 

@@ -83,8 +83,18 @@ async def test_202_means_the_request_is_in_kafka(api: ApiServer, http: aiohttp.C
         "input": {"prompt": "a lighthouse in a storm", "image_url": None, "params": {"duration": "5"}},
         "webhook_url": None, "metadata": {"order": "42"}, "idempotency_key": None,
         "request_hash": request_hash(normalized, "default"), "accepted_at": record["accepted_at"], "source": "http",
+        "notify": None,
     }
     assert before <= record["accepted_at"] <= int(time.time() * 1000)
+
+
+async def test_a_phone_to_tell_needs_that_platform_configured(api: ApiServer, http: aiohttp.ClientSession) -> None:
+    body = {**BODY, "notify": {"push": {"platform": "fcm", "token": "fcm-device:APA91b"}}}
+    async with http.post(f"{api.url}/v1/jobs", json=body) as resp:
+        problem = await resp.json(content_type=None)
+    assert resp.status == 400 and resp.content_type == "application/problem+json"
+    assert problem["errors"] == [{"field": "notify.push.platform",
+                                  "message": "push to fcm is not configured on this server"}]
 
 
 async def test_get_right_after_202_is_queued(api: ApiServer, http: aiohttp.ClientSession) -> None:

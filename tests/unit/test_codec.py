@@ -34,6 +34,7 @@ SAMPLES: dict[str, dict[str, Any]] = {
         "request_hash": "ab" * 32,
         "accepted_at": T0,
         "source": "http",
+        "notify": {"push": {"platform": "fcm", "token": "fcm-token:abc"}},
     },
     "DispatchOrder": {
         "job_id": "job_01hzz",
@@ -93,6 +94,7 @@ SAMPLES: dict[str, dict[str, Any]] = {
         "webhook_url": None,
         "metadata": {},
         "version": 7,
+        "push": {"platform": "apns", "token": "ab" * 32},
     },
     "DeadLetter": {
         "reason": "bad bytes",
@@ -112,7 +114,8 @@ def test_every_contract_has_a_sample() -> None:
     assert sorted(SAMPLES) == codec.default_codec().names()
 
 
-CURRENT_VERSIONS = {"SlotRelease": 2}  # schemas that gained fields; the rest are at 1
+# Schemas that gained fields; the rest are at 1.
+CURRENT_VERSIONS = {"SlotRelease": 2, "JobRequest": 2, "JobSnapshot": 2}
 
 
 @pytest.mark.parametrize("name", sorted(SAMPLES))
@@ -369,6 +372,7 @@ def test_decode_request_json_line_fills_server_fields() -> None:
         "request_hash": expected_hash,
         "accepted_at": T0,
         "source": "replay",
+        "notify": None,
     }
     codec.encode("JobRequest", record)  # what the JSON path returns is a valid record
 

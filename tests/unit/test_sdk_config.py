@@ -7,7 +7,7 @@ import pytest
 
 from floodgate import codec
 from floodgate.errors import ConfigError
-from floodgate.sdk import DEFAULT_LIMITS, JobSpec, ValidationError, _librdkafka_config, _Preparer
+from floodgate.sdk import DEFAULT_LIMITS, JobSpec, PushTarget, ValidationError, _librdkafka_config, _Preparer
 
 
 def preparer(**changes: object) -> _Preparer:
@@ -52,6 +52,16 @@ def test_prepared_record_decodes_as_a_job_request() -> None:
     assert (record["tenant"], record["source"], record["accepted_at"]) == ("acme", "sdk", 1234)
     assert record["input"] == {"prompt": "a whale", "image_url": None, "params": {"fps": "24"}}
     assert preparer().prepare(JobSpec("sora-2", "a whale", "u-1", idempotency_key="k1"), 9).job_id == item.job_id
+
+
+def test_a_prepared_record_carries_the_phone_to_tell_and_a_bad_token_is_refused() -> None:
+    target = PushTarget("apns", "ab" * 32)
+    item = preparer().prepare(JobSpec("sora-2", "a whale", "u-1", push=target), 1234)
+    record = codec.decode_request(item.value, item.headers)
+    assert record["notify"] == {"push": {"platform": "apns", "token": "ab" * 32}}
+    with pytest.raises(ValidationError) as info:
+        preparer().prepare(JobSpec("sora-2", "a whale", "u-1", push=PushTarget("apns", "not/hex")), 1234)
+    assert [p.field for p in info.value.problems] == ["notify.push.token"]
 
 
 @pytest.mark.parametrize(("key", "message"), [("", "non-empty"), ("x" * 256, "at most 255"),

@@ -12,6 +12,7 @@ EXPECTED = [
     "FloodgateClient",
     "JobSpec",
     "Problem",
+    "PushTarget",
     "ValidationError",
 ]
 
