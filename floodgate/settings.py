@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any, get_type_hints
 
 from floodgate.errors import ConfigError
+from floodgate.origins import OriginPolicy
 
 PREFIX = "FLOODGATE_"
 
@@ -113,6 +114,15 @@ class Settings:
     """Allow webhook_url to point at loopback/private addresses (dev and tests only)."""
     public_url: str = ""
     """Base URL clients use to reach the API (for status_url/events_url). Empty: from the request."""
+    ws_allowed_origins: str = ""
+    """Comma-separated origins (scheme://host[:port]) whose pages may open the WebSocket, or *
+    for any. Empty: only the API's own origin; clients that send no Origin (not browsers) always may."""
+    ws_ping_interval: float = 15.0
+    """Seconds between the WebSocket's pings; a client that has not answered one within half that
+    is dropped. Keeps load balancers from seeing an idle connection and finds dead peers."""
+    ws_idle_timeout: float = 300.0
+    """Seconds a WebSocket may stay open with no subscription and no message from its client
+    before it is closed (a subscription waiting for news is not idle)."""
     metrics_host: str = "127.0.0.1"
     """Interface a worker's Prometheus endpoint binds (the API serves GET /metrics on its own port)."""
     metrics_port: int = 0
@@ -146,6 +156,10 @@ class Settings:
     @property
     def webhook_secret_map(self) -> dict[str, str]:
         return _pairs(self.webhook_secrets.reveal(), "FLOODGATE_WEBHOOK_SECRETS")
+
+    @property
+    def origin_policy(self) -> OriginPolicy:
+        return OriginPolicy.parse(self.ws_allowed_origins, f"{PREFIX}WS_ALLOWED_ORIGINS")
 
     def to_env(self) -> dict[str, str]:
         """Every field as the ``FLOODGATE_*`` variable ``from_env`` reads back: how a parent
@@ -185,8 +199,9 @@ class Settings:
                      "stream_buffer", "fetch_max_wait_ms"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"{PREFIX}{name.upper()} must be at least 1")
-        if self.session_timeout <= 0:
-            raise ConfigError(f"{PREFIX}SESSION_TIMEOUT must be positive")
+        for name in ("session_timeout", "ws_ping_interval", "ws_idle_timeout"):
+            if getattr(self, name) <= 0:
+                raise ConfigError(f"{PREFIX}{name.upper()} must be positive")
         if self.event_loop not in ("uvloop", "asyncio"):
             raise ConfigError(f"{PREFIX}EVENT_LOOP must be uvloop or asyncio, got {self.event_loop!r}")
         if self.table_store not in ("rocksdict", "memory"):
@@ -195,7 +210,7 @@ class Settings:
             raise ConfigError(f"{PREFIX}WORKER_ID may hold only letters, digits, '.', '_' and '-'")
         if not self.topic_prefix or any(c not in _TOPIC_CHARS for c in self.topic_prefix):
             raise ConfigError(f"{PREFIX}TOPIC_PREFIX may hold only letters, digits, '.', '_' and '-'")
-        self.api_key_map, self.webhook_secret_map  # noqa: B018 - parse now, fail early
+        self.api_key_map, self.webhook_secret_map, self.origin_policy  # noqa: B018 - parse now, fail early
 
 
 _TOPIC_CHARS = set("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789._-")
