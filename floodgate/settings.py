@@ -19,6 +19,7 @@ from typing import Any, get_type_hints
 
 from floodgate.errors import ConfigError
 from floodgate.origins import OriginPolicy
+from floodgate.signing import SecretRing, rotation
 
 PREFIX = "FLOODGATE_"
 
@@ -110,6 +111,12 @@ class Settings:
     """Server secret for job tokens and idempotency-derived job ids. Empty: a random one per process."""
     webhook_secrets: Secret = field(default_factory=lambda: Secret(""))
     """Comma-separated tenant=whsec_... secrets for signing outgoing webhooks."""
+    previous_webhook_secrets: Secret = field(default_factory=lambda: Secret(""))
+    """While tenants' outgoing webhook secrets rotate: comma-separated tenant=whsec_... secrets used
+    before the current ones. Deliveries carry a signature by each until the instant below."""
+    previous_webhook_secrets_until: str = ""
+    """ISO 8601 instant (e.g. 2026-12-08T00:00:00Z) after which the previous webhook secrets no
+    longer sign; required with them."""
     allow_private_webhooks: bool = False
     """Allow webhook_url to point at loopback/private addresses (dev and tests only)."""
     public_url: str = ""
@@ -156,6 +163,19 @@ class Settings:
     @property
     def webhook_secret_map(self) -> dict[str, str]:
         return _pairs(self.webhook_secrets.reveal(), "FLOODGATE_WEBHOOK_SECRETS")
+
+    @property
+    def previous_webhook_secret_map(self) -> dict[str, str]:
+        return _pairs(self.previous_webhook_secrets.reveal(), "FLOODGATE_PREVIOUS_WEBHOOK_SECRETS")
+
+    def webhook_secret_ring(self, tenant: str, current: str) -> SecretRing:
+        """The secrets outgoing webhooks of ``tenant`` are signed with: ``current`` and, during a
+        rotation, the tenant's previous secret until ``previous_webhook_secrets_until``."""
+        previous = self.previous_webhook_secret_map.get(tenant)
+        if previous is None:
+            return SecretRing(current)
+        return rotation(current, previous, self.previous_webhook_secrets_until or None,
+                        where=f"{PREFIX}PREVIOUS_WEBHOOK_SECRETS")
 
     @property
     def origin_policy(self) -> OriginPolicy:
@@ -211,6 +231,12 @@ class Settings:
         if not self.topic_prefix or any(c not in _TOPIC_CHARS for c in self.topic_prefix):
             raise ConfigError(f"{PREFIX}TOPIC_PREFIX may hold only letters, digits, '.', '_' and '-'")
         self.api_key_map, self.webhook_secret_map, self.origin_policy  # noqa: B018 - parse now, fail early
+        previous = self.previous_webhook_secret_map
+        if bool(previous) != bool(self.previous_webhook_secrets_until):
+            raise ConfigError(f"{PREFIX}PREVIOUS_WEBHOOK_SECRETS and {PREFIX}PREVIOUS_WEBHOOK_SECRETS_UNTIL "
+                              "go together: an old secret must stop signing at a set instant")
+        for tenant, secret in previous.items():
+            self.webhook_secret_ring(tenant, secret)  # malformed secrets or instants fail here
 
 
 _TOPIC_CHARS = set("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789._-")
