@@ -31,6 +31,11 @@ _TOKEN_QUERY = {"name": "token", "in": "query", "required": False, "schema": {"t
                 "description": "The job's token, for clients that cannot send an Authorization header."}
 _JOB_AUTH: list[dict[str, list[str]]] = [{"jobToken": []}, {"jobTokenQuery": []}]
 
+# One Server-Sent Event of the job stream (the schema applies per event, as SSE tools read it).
+_SSE_EVENT = {"type": "object", "required": ["event", "data"], "properties": {
+    "event": {"const": "job"}, "id": {"type": "string", "pattern": "^[0-9]+$"},
+    "data": {"type": "string", "contentMediaType": "application/json", "contentSchema": _ref("Job")}}}
+
 _OPERATIONS: dict[str, tuple[str, str, dict[str, Any]]] = {
     # (role, method, path) → operation; role "any" is served by every app.
     "create_job": ("ingress", "post /v1/jobs", {
@@ -94,7 +99,7 @@ _OPERATIONS: dict[str, tuple[str, str, dict[str, Any]]] = {
         "parameters": [_JOB_ID, _TOKEN_QUERY,
                        {"name": "Last-Event-ID", "in": "header", "required": False, "schema": {"type": "integer"}}],
         "responses": {
-            "200": {"description": "An event stream", "content": {"text/event-stream": {"schema": {"type": "string"}}}},
+            "200": {"description": "An event stream", "content": {"text/event-stream": {"schema": _SSE_EVENT}}},
             "401": _problem("Token missing"),
             "404": _problem("Unknown job or wrong token"),
         },
