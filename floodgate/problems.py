@@ -22,6 +22,7 @@ IDEMPOTENCY_CONFLICT = "urn:floodgate:problem:idempotency-conflict"
 NOT_FOUND = "urn:floodgate:problem:not-found"
 UNAUTHORIZED = "urn:floodgate:problem:unauthorized"
 JOB_FINISHED = "urn:floodgate:problem:job-finished"
+FORBIDDEN_ORIGIN = "urn:floodgate:problem:forbidden-origin"
 
 
 def problem(
@@ -79,6 +80,7 @@ def validation_response(exc: ValidationError, *, instance: str | None = None) ->
 
 __all__ = [
     "CONTENT_TYPE",
+    "FORBIDDEN_ORIGIN",
     "IDEMPOTENCY_CONFLICT",
     "JOB_FINISHED",
     "NOT_FOUND",

@@ -10,7 +10,10 @@ is handed to that provider kind's connector (``connectors.providers.registry``):
      "routes": {"kling-2.1": [{"provider": "kling"}]}}
 
 A string value ``"env:NAME"`` inside ``connection`` is read from the environment variable NAME,
-so secrets stay out of the file.
+so secrets stay out of the file. To rotate a simulator provider's webhook secret, put the new
+one in ``webhook_secret`` and the old one in ``previous_webhook_secret`` with
+``previous_webhook_secret_until`` (an ISO 8601 instant such as ``"2026-12-08T00:00:00Z"``): the
+bridge accepts both until then, and only the new one after.
 """
 from __future__ import annotations
 

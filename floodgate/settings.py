@@ -18,6 +18,8 @@ from pathlib import Path
 from typing import Any, get_type_hints
 
 from floodgate.errors import ConfigError
+from floodgate.origins import OriginPolicy
+from floodgate.signing import SecretRing, rotation
 
 PREFIX = "FLOODGATE_"
 
@@ -109,10 +111,25 @@ class Settings:
     """Server secret for job tokens and idempotency-derived job ids. Empty: a random one per process."""
     webhook_secrets: Secret = field(default_factory=lambda: Secret(""))
     """Comma-separated tenant=whsec_... secrets for signing outgoing webhooks."""
+    previous_webhook_secrets: Secret = field(default_factory=lambda: Secret(""))
+    """While tenants' outgoing webhook secrets rotate: comma-separated tenant=whsec_... secrets used
+    before the current ones. Deliveries carry a signature by each until the instant below."""
+    previous_webhook_secrets_until: str = ""
+    """ISO 8601 instant (e.g. 2026-12-08T00:00:00Z) after which the previous webhook secrets no
+    longer sign; required with them."""
     allow_private_webhooks: bool = False
     """Allow webhook_url to point at loopback/private addresses (dev and tests only)."""
     public_url: str = ""
     """Base URL clients use to reach the API (for status_url/events_url). Empty: from the request."""
+    ws_allowed_origins: str = ""
+    """Comma-separated origins (scheme://host[:port]) whose pages may open the WebSocket, or *
+    for any. Empty: only the API's own origin; clients that send no Origin (not browsers) always may."""
+    ws_ping_interval: float = 15.0
+    """Seconds between the WebSocket's pings; a client that has not answered one within half that
+    is dropped. Keeps load balancers from seeing an idle connection and finds dead peers."""
+    ws_idle_timeout: float = 300.0
+    """Seconds a WebSocket may stay open with no subscription and no message from its client
+    before it is closed (a subscription waiting for news is not idle)."""
     metrics_host: str = "127.0.0.1"
     """Interface a worker's Prometheus endpoint binds (the API serves GET /metrics on its own port)."""
     metrics_port: int = 0
@@ -172,6 +189,23 @@ class Settings:
         """The push platforms this deployment has credentials for (``fcm``, ``apns``)."""
         return frozenset(name for name, on in (("fcm", self.fcm_service_account), ("apns", self.apns_key)) if on)
 
+    @property
+    def previous_webhook_secret_map(self) -> dict[str, str]:
+        return _pairs(self.previous_webhook_secrets.reveal(), "FLOODGATE_PREVIOUS_WEBHOOK_SECRETS")
+
+    def webhook_secret_ring(self, tenant: str, current: str) -> SecretRing:
+        """The secrets outgoing webhooks of ``tenant`` are signed with: ``current`` and, during a
+        rotation, the tenant's previous secret until ``previous_webhook_secrets_until``."""
+        previous = self.previous_webhook_secret_map.get(tenant)
+        if previous is None:
+            return SecretRing(current)
+        return rotation(current, previous, self.previous_webhook_secrets_until or None,
+                        where=f"{PREFIX}PREVIOUS_WEBHOOK_SECRETS")
+
+    @property
+    def origin_policy(self) -> OriginPolicy:
+        return OriginPolicy.parse(self.ws_allowed_origins, f"{PREFIX}WS_ALLOWED_ORIGINS")
+
     def to_env(self) -> dict[str, str]:
         """Every field as the ``FLOODGATE_*`` variable ``from_env`` reads back: how a parent
         process hands its whole configuration to its children."""
@@ -213,8 +247,9 @@ class Settings:
                      "stream_buffer", "fetch_max_wait_ms"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"{PREFIX}{name.upper()} must be at least 1")
-        if self.session_timeout <= 0:
-            raise ConfigError(f"{PREFIX}SESSION_TIMEOUT must be positive")
+        for name in ("session_timeout", "ws_ping_interval", "ws_idle_timeout"):
+            if getattr(self, name) <= 0:
+                raise ConfigError(f"{PREFIX}{name.upper()} must be positive")
         if self.event_loop not in ("uvloop", "asyncio"):
             raise ConfigError(f"{PREFIX}EVENT_LOOP must be uvloop or asyncio, got {self.event_loop!r}")
         if self.table_store not in ("rocksdict", "memory"):
@@ -223,7 +258,13 @@ class Settings:
             raise ConfigError(f"{PREFIX}WORKER_ID may hold only letters, digits, '.', '_' and '-'")
         if not self.topic_prefix or any(c not in _TOPIC_CHARS for c in self.topic_prefix):
             raise ConfigError(f"{PREFIX}TOPIC_PREFIX may hold only letters, digits, '.', '_' and '-'")
-        self.api_key_map, self.webhook_secret_map  # noqa: B018 - parse now, fail early
+        self.api_key_map, self.webhook_secret_map, self.origin_policy  # noqa: B018 - parse now, fail early
+        previous = self.previous_webhook_secret_map
+        if bool(previous) != bool(self.previous_webhook_secrets_until):
+            raise ConfigError(f"{PREFIX}PREVIOUS_WEBHOOK_SECRETS and {PREFIX}PREVIOUS_WEBHOOK_SECRETS_UNTIL "
+                              "go together: an old secret must stop signing at a set instant")
+        for tenant, secret in previous.items():
+            self.webhook_secret_ring(tenant, secret)  # malformed secrets or instants fail here
         if self.apns_key:
             missing = [n for n in ("apns_key_id", "apns_team_id", "apns_topic") if not getattr(self, n)]
             if missing:

@@ -127,11 +127,12 @@ def guarded_session(*, allow_private: bool, limit: int = 100) -> aiohttp.ClientS
 class WebhookNotifier:
     """POSTs signed webhooks with a caller-owned session (use :func:`guarded_session`).
 
-    ``secret_for(tenant)`` gives the signing secret; ``clock`` gives unix seconds (injected so
-    tests can pin ``webhook-timestamp``).
+    ``secret_for(tenant)`` gives the signing secret, or a ``signing.SecretRing`` while it rotates
+    (one signature per active secret); ``clock`` gives unix seconds (injected so tests can pin
+    ``webhook-timestamp``).
     """
 
-    def __init__(self, session: aiohttp.ClientSession, secret_for: Callable[[str], str], *,
+    def __init__(self, session: aiohttp.ClientSession, secret_for: Callable[[str], str | signing.SecretRing], *,
                  allow_private: bool = False, timeout: float = DEFAULT_TIMEOUT,
                  clock: Callable[[], float] = time.time) -> None:
         self._session = session
@@ -142,7 +143,7 @@ class WebhookNotifier:
 
     @classmethod
     def from_settings(cls, settings: Settings, session: aiohttp.ClientSession, **kwargs: Any) -> WebhookNotifier:
-        return cls(session, lambda tenant: tenant_secret(settings, tenant),
+        return cls(session, lambda tenant: settings.webhook_secret_ring(tenant, tenant_secret(settings, tenant)),
                    allow_private=settings.allow_private_webhooks, **kwargs)
 
     async def send(self, notification: Notification) -> None:

@@ -193,7 +193,9 @@ class SimulatorProvider:
     """``VideoProvider`` for one provider played by the simulator.
 
     ``base_url`` is the simulator root (``http://127.0.0.1:8000``); ``provider`` is the
-    simulated provider's path segment and defaults to ``name``.
+    simulated provider's path segment and defaults to ``name``. While the webhook secret rotates,
+    ``previous_webhook_secret`` is accepted too, until ``previous_webhook_secret_until`` (unix
+    seconds or an ISO 8601 instant; see ``floodgate.signing.rotation``).
     """
 
     def __init__(
@@ -206,10 +208,13 @@ class SimulatorProvider:
         *,
         provider: str | None = None,
         clock: Callable[[], float] = time.time,
+        previous_webhook_secret: str | None = None,
+        previous_webhook_secret_until: str | float | None = None,
     ) -> None:
         self.name = name
         self.endpoint = Endpoint(base_url=base_url, provider=provider or name, api_key=api_key)
-        self._webhook_secret = webhook_secret
+        self._webhook_secrets = signing.rotation(webhook_secret, previous_webhook_secret,
+                                                 previous_webhook_secret_until, where=f"providers.{name}.connection")
         self._timeout = aiohttp.ClientTimeout(total=timeout)
         self._clock = clock
 
@@ -258,7 +263,7 @@ class SimulatorProvider:
         await self._send(session, cancel_request(self.endpoint, provider_job_id))
 
     def verify_webhook(self, headers: Mapping[str, str], body: bytes, *, now: float) -> None:
-        signing.verify(self._webhook_secret, headers, body, now=now)
+        signing.verify(self._webhook_secrets, headers, body, now=now)
 
     def parse_webhook(self, headers: Mapping[str, str], body: bytes) -> ProviderEvent:
         return parse_event(headers, body)

@@ -8,6 +8,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Awaitable, Callable, Iterable, Mapping
+from datetime import UTC, datetime
 from typing import Any
 
 from aiohttp import web
@@ -20,6 +21,7 @@ from floodgate.errors import ConfigError
 from floodgate.metrics import render
 from floodgate.problems import problem_response
 from floodgate.provider_config import ProviderSetup
+from floodgate.routing import known_models
 from floodgate.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -99,7 +101,8 @@ def build_app(
         return json_response(body, status=200 if ready else 503)
 
     async def openapi_json(request: web.Request) -> web.Response:
-        return json_response(openapi.document(chosen, base_url(request, settings)))
+        models = known_models(setup.routing, datetime.now(UTC))
+        return json_response(openapi.document(chosen, base_url(request, settings), models=models))
 
     async def metrics(request: web.Request) -> web.Response:
         body, content_type = render(deps.metrics.registry, request.headers.get("Accept"))

@@ -3,11 +3,13 @@ is reviewed like code. ``tests/unit/test_api_openapi.py`` checks it against the 
 """
 from __future__ import annotations
 
-from collections.abc import Set
+import copy
+from collections.abc import Sequence, Set
 from typing import Any
 
 from floodgate.api.idempotency import MAX_KEY_CHARS
 from floodgate.api.read import MAX_SUBSCRIPTIONS
+from floodgate.netguard import MAX_URL_CHARS
 
 _PROBLEM = {"application/problem+json": {"schema": {"$ref": "#/components/schemas/Problem"}}}
 _JSON = "application/json"
@@ -29,6 +31,11 @@ _TOKEN_QUERY = {"name": "token", "in": "query", "required": False, "schema": {"t
                 "description": "The job's token, for clients that cannot send an Authorization header."}
 _JOB_AUTH: list[dict[str, list[str]]] = [{"jobToken": []}, {"jobTokenQuery": []}]
 
+# One Server-Sent Event of the job stream (the schema applies per event, as SSE tools read it).
+_SSE_EVENT = {"type": "object", "required": ["event", "data"], "properties": {
+    "event": {"const": "job"}, "id": {"type": "string", "pattern": "^[0-9]+$"},
+    "data": {"type": "string", "contentMediaType": "application/json", "contentSchema": _ref("Job")}}}
+
 _OPERATIONS: dict[str, tuple[str, str, dict[str, Any]]] = {
     # (role, method, path) → operation; role "any" is served by every app.
     "create_job": ("ingress", "post /v1/jobs", {
@@ -36,7 +43,8 @@ _OPERATIONS: dict[str, tuple[str, str, dict[str, Any]]] = {
         "operationId": "createJob",
         "security": [{"apiKey": []}, {}],
         "parameters": [{"name": "Idempotency-Key", "in": "header", "required": False,
-                        "schema": {"type": "string", "maxLength": MAX_KEY_CHARS},
+                        "schema": {"type": "string", "minLength": 1, "maxLength": MAX_KEY_CHARS,
+                                   "pattern": "^[ -~]+$"},
                         "description": "Same key and body: the same 202 again, no second job. "
                                        "Same key, other body: 422."}],
         "requestBody": {"required": True, "content": {_JSON: {"schema": _ref("JobRequest")}}},
@@ -91,7 +99,7 @@ _OPERATIONS: dict[str, tuple[str, str, dict[str, Any]]] = {
         "parameters": [_JOB_ID, _TOKEN_QUERY,
                        {"name": "Last-Event-ID", "in": "header", "required": False, "schema": {"type": "integer"}}],
         "responses": {
-            "200": {"description": "An event stream", "content": {"text/event-stream": {"schema": {"type": "string"}}}},
+            "200": {"description": "An event stream", "content": {"text/event-stream": {"schema": _SSE_EVENT}}},
             "401": _problem("Token missing"),
             "404": _problem("Unknown job or wrong token"),
         },
@@ -105,10 +113,23 @@ _OPERATIONS: dict[str, tuple[str, str, dict[str, Any]]] = {
                        "`{\"type\": \"job\", \"job\": <Job>}` for the current state and every change. "
                        f"At most {MAX_SUBSCRIPTIONS} subscriptions per connection.",
         "operationId": "stream",
-        "parameters": [{"name": "job_id", "in": "query", "required": False, "schema": {"type": "string"}},
-                       _TOKEN_QUERY],
+        "parameters": [
+            {"name": "job_id", "in": "query", "required": False, "schema": {"type": "string"}},
+            _TOKEN_QUERY,
+            # The handshake headers of RFC 6455: documented so that a request the schema calls
+            # valid really is an upgrade (a plain GET is the 400 below).
+            {"name": "Connection", "in": "header", "required": True, "schema": {"enum": ["Upgrade"]}},
+            {"name": "Upgrade", "in": "header", "required": True, "schema": {"enum": ["websocket"]}},
+            {"name": "Sec-WebSocket-Version", "in": "header", "required": True, "schema": {"enum": ["13"]}},
+            {"name": "Sec-WebSocket-Key", "in": "header", "required": True,
+             "schema": {"type": "string", "pattern": "^[A-Za-z0-9+/]{21}[AQgw]==$"},
+             "description": "16 random bytes, base64"},
+            {"name": "Origin", "in": "header", "required": False, "schema": {"type": "string"},
+             "description": "Browsers send it; an origin not allowed by FLOODGATE_WS_ALLOWED_ORIGINS is a 403."},
+        ],
         "responses": {"101": {"description": "Switching to the WebSocket protocol"},
-                      "400": _problem("Not a WebSocket upgrade request")},
+                      "400": _problem("Not a WebSocket upgrade request"),
+                      "403": _problem("Origin not allowed")},
     }),
     "webhook": ("bridge", "post /webhooks/{provider}", {
         "summary": "Provider webhook (Standard Webhooks signatures)",
@@ -148,6 +169,24 @@ _OPERATIONS: dict[str, tuple[str, str, dict[str, Any]]] = {
 }
 
 _STRING_MAP = {"type": "object", "additionalProperties": {"type": "string"}}
+
+
+def _string_map(entries: int, key_chars: int, value_chars: int) -> dict[str, Any]:
+    return {"type": ["object", "null"], "maxProperties": entries,
+            "propertyNames": {"minLength": 1, "maxLength": key_chars},
+            "additionalProperties": {"type": "string", "maxLength": value_chars}}
+
+
+# What netguard.check_url_syntax accepts, as a pattern: http(s), a host name whose last label is not
+# numeric (a numeric one would be read as an IPv4 address), a port 1-65535, no credentials, no
+# whitespace or control characters. IP-literal hosts are accepted by the server too but left out here.
+_LABEL = "[A-Za-z0-9_]([A-Za-z0-9_-]{0,61}[A-Za-z0-9_])?"
+_PORT = "([1-9][0-9]{0,3}|[1-5][0-9]{4}|6[0-4][0-9]{3}|65[0-4][0-9]{2}|655[0-2][0-9]|6553[0-5])"
+_URL_TEXT = "An http(s) URL with a host name."
+_URL: dict[str, Any] = {"type": ["string", "null"], "maxLength": MAX_URL_CHARS,
+        "pattern": f"^[Hh][Tt][Tt][Pp][Ss]?://({_LABEL}\\.)*[A-Za-z]([A-Za-z0-9-]{{0,61}}[A-Za-z0-9])?"
+                   f"(:{_PORT})?([/?#][!-~]*)?$",
+        "description": _URL_TEXT}
 _TIME = {"type": ["string", "null"], "format": "date-time"}
 
 _SCHEMAS: dict[str, Any] = {
@@ -167,14 +206,17 @@ _SCHEMAS: dict[str, Any] = {
         "additionalProperties": False,
         "required": ["model", "input", "user_id"],
         "properties": {
-            "model": {"type": "string", "description": "A routed model, e.g. kling-2.1"},
+            # The document served by an API lists its routed models here as an enum (see ``document``).
+            "model": {"type": "string", "description": "A routed model, e.g. kling-2.1; any other is a 400"},
             "user_id": {"type": "string", "maxLength": 128, "pattern": "^[A-Za-z0-9._:@-]+$"},
             "input": {"type": "object", "additionalProperties": False, "required": ["prompt"], "properties": {
-                "prompt": {"type": "string", "minLength": 1, "maxLength": 4000},
-                "image_url": {"type": ["string", "null"], "format": "uri"},
-                "params": {**_STRING_MAP, "maxProperties": 32}}},
-            "webhook_url": {"type": ["string", "null"], "format": "uri"},
-            "metadata": {**_STRING_MAP, "maxProperties": 16},
+                "prompt": {"type": "string", "minLength": 1, "maxLength": 4000, "pattern": r"\S",
+                           "description": "Not only whitespace"},
+                "image_url": _URL,
+                "params": _string_map(32, 64, 1024)}},
+            "webhook_url": {**_URL, "description": _URL_TEXT + " On submission and again at delivery, "
+                            "an address that is private, loopback or link-local is refused (400 at submission)."},
+            "metadata": _string_map(16, 64, 512),
             "notify": {"type": ["object", "null"], "additionalProperties": False, "properties": {
                 "push": {"type": ["object", "null"], "additionalProperties": False, "required": ["platform", "token"],
                          "description": "A phone to tell when the job completes or fails (FCM or APNs).",
@@ -223,8 +265,14 @@ _SECURITY = {
 }
 
 
-def document(roles: Set[str], server_url: str | None = None) -> dict[str, Any]:
-    """The OpenAPI 3.1 document for an app serving ``roles``."""
+def document(roles: Set[str], server_url: str | None = None, models: Sequence[str] | None = None) -> dict[str, Any]:
+    """The OpenAPI 3.1 document for an app serving ``roles``; ``models`` (the routable models)
+    become the enum of ``JobRequest.model``, so a client sees which ones it may ask for."""
+    schemas = _SCHEMAS
+    if models is not None:
+        request = copy.deepcopy(_SCHEMAS["JobRequest"])
+        request["properties"]["model"]["enum"] = list(models)
+        schemas = {**_SCHEMAS, "JobRequest": request}
     paths: dict[str, dict[str, Any]] = {}
     for role, route, operation in _OPERATIONS.values():
         if role == "any" or role in roles:
@@ -235,7 +283,7 @@ def document(roles: Set[str], server_url: str | None = None) -> dict[str, Any]:
         "info": {"title": "Floodgate", "version": "1",
                  "description": "Durable intake for generative-video jobs: a 202 means the job is in Kafka."},
         "paths": paths,
-        "components": {"schemas": _SCHEMAS, "securitySchemes": _SECURITY},
+        "components": {"schemas": schemas, "securitySchemes": _SECURITY},
     }
     if server_url:
         doc["servers"] = [{"url": server_url}]

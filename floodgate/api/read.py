@@ -11,13 +11,13 @@ import contextlib
 from typing import Any
 
 import orjson
-from aiohttp import WSMsgType, web
+from aiohttp import WSCloseCode, WSMsgType, web
 
-from floodgate.api.common import Deps, json_response
+from floodgate.api.common import Deps, base_url, json_response
 from floodgate.api.resources import job_resource, presumed_queued
 from floodgate.api.view import JobView, Snapshot, is_terminal
 from floodgate.ids import check_token
-from floodgate.problems import NOT_FOUND, UNAUTHORIZED, problem_response
+from floodgate.problems import FORBIDDEN_ORIGIN, NOT_FOUND, UNAUTHORIZED, problem_response
 
 MAX_SUBSCRIPTIONS = 100
 
@@ -63,6 +63,7 @@ class Reader:
         self.view: JobView = deps.view
         self.sockets: set[web.WebSocketResponse] = set()
         self.closing = asyncio.Event()
+        self.origins = deps.settings.origin_policy
 
     def _authorize(self, request: web.Request) -> tuple[str, web.Response | None]:
         return authorize(self.deps.secret, request)
@@ -122,20 +123,28 @@ class Reader:
                 task.cancel()
         return getter.result() if getter in done else None
 
-    async def stream(self, request: web.Request) -> web.WebSocketResponse:
-        # Protocol-level pings keep the socket alive through load balancers' idle timeouts.
-        ws = web.WebSocketResponse(heartbeat=self.deps.keepalive)
+    async def stream(self, request: web.Request) -> web.StreamResponse:
+        settings = self.deps.settings
+        if not self.origins.allows(request.headers.get("Origin"), [base_url(request, settings)]):
+            return problem_response(403, "Forbidden", type_=FORBIDDEN_ORIGIN,
+                                    detail="this origin may not open the job stream")
+        # Protocol-level pings keep the socket alive through load balancers' idle timeouts, and a
+        # peer that stops answering them (half the interval) is dropped.
+        ws = web.WebSocketResponse(heartbeat=settings.ws_ping_interval)
         await ws.prepare(request)
         self.sockets.add(ws)
         session = _StreamSession(self, ws)
+        idle = asyncio.create_task(session.close_when_idle(settings.ws_idle_timeout), name="ws-idle")
         try:
             if "job_id" in request.query:
                 await session.subscribe(request.query.get("job_id"), request.query.get("token"))
             async for msg in ws:
+                session.activity.set()
                 if msg.type != WSMsgType.TEXT:
                     continue
                 await session.handle(msg.data)
         finally:
+            idle.cancel()
             await session.close()
             self.sockets.discard(ws)
         return ws
@@ -154,6 +163,23 @@ class _StreamSession:
         self.reader = reader
         self.ws = ws
         self.pumps: dict[str, asyncio.Task[None]] = {}
+        self.activity = asyncio.Event()
+        """Set by every client message and every subscription's end: the idle clock restarts."""
+
+    async def close_when_idle(self, timeout: float) -> None:
+        """Close the socket once ``timeout`` seconds pass with no subscription and no message.
+
+        A client that answers pings but subscribes to nothing would otherwise hold a connection
+        (and a file descriptor) for ever.
+        """
+        while not self.ws.closed:
+            self.activity.clear()
+            try:
+                await asyncio.wait_for(self.activity.wait(), timeout)
+            except TimeoutError:
+                if not self.pumps:
+                    await self.ws.close(code=WSCloseCode.OK, message=b"idle")
+                    return
 
     async def send(self, message: dict[str, Any]) -> None:
         # aiohttp writes each frame whole, so pumps of several jobs may send concurrently.
@@ -230,6 +256,7 @@ class _StreamSession:
             view.unsubscribe(job_id, queue)
             if self.pumps.get(job_id) is asyncio.current_task():
                 del self.pumps[job_id]
+            self.activity.set()
 
     async def close(self) -> None:
         tasks = list(self.pumps.values())

@@ -67,3 +67,25 @@ def test_document_is_self_consistent() -> None:
             for status, response in op["responses"].items():
                 if int(status) >= 400 and path != "/healthz":  # /healthz's 503 is a health report
                     assert "application/problem+json" in response["content"], (method, path, status)
+
+
+def test_served_document_lists_the_routable_models_and_leaves_the_template_alone() -> None:
+    served = document(ROLES, models=["kling-2.1", "wan-2.6"])
+    assert served["components"]["schemas"]["JobRequest"]["properties"]["model"]["enum"] == ["kling-2.1", "wan-2.6"]
+    assert "enum" not in document(ROLES)["components"]["schemas"]["JobRequest"]["properties"]["model"]
+
+
+def test_url_pattern_accepts_only_what_the_server_accepts() -> None:
+    import re
+
+    from floodgate.errors import ValidationError
+    from floodgate.netguard import check_url_syntax
+
+    pattern = re.compile(document(ROLES)["components"]["schemas"]["JobRequest"]["properties"]["webhook_url"]["pattern"])
+    for url in ["http://a.b", "HTTPS://Example.COM:65535/x?y#z", "http://a_b.example/p@q", "http://x:1"]:
+        assert pattern.search(url), url
+        check_url_syntax(url)  # what the schema calls valid, the server accepts
+    for url in ["ftp://a.b", "http://1.2", "http://a:0", "http://a:65536", "http://u@a.b", "http://a.b/ c", "http://"]:
+        assert not pattern.search(url), url
+        with pytest.raises(ValidationError):
+            check_url_syntax(url)

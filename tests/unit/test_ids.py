@@ -9,6 +9,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from floodgate import ids
 from floodgate.errors import ConfigError
 from floodgate.ids import (
     check_token,
@@ -151,6 +152,54 @@ def test_token_checks() -> None:
     assert not check_token(SECRET, job_id, "\ud800")
     assert not check_token(SECRET, job_id, None)
     assert not check_token(SECRET, job_id, token.encode())
+
+
+class _Spy:
+    """Stands in for ``hmac.compare_digest``: records each comparison, then makes it."""
+
+    def __init__(self) -> None:
+        self.calls: list[tuple[bytes, bytes]] = []
+        self.real = hmac.compare_digest
+
+    def __call__(self, a: bytes, b: bytes) -> bool:
+        self.calls.append((a, b))
+        return self.real(a, b)
+
+
+@pytest.mark.parametrize("kind", ["right", "wrong", "other job's", "short"])
+def test_tokens_are_compared_by_the_constant_time_function_alone(monkeypatch: pytest.MonkeyPatch, kind: str) -> None:
+    """Every token check goes through ``hmac.compare_digest`` exactly once, with the whole
+    expected and the whole given token, and its answer is the check's answer: no other
+    comparison (``==``, a prefix test, an early length check) decides first and leaks timing."""
+    spy = _Spy()
+    monkeypatch.setattr(vars(ids)["hmac"], "compare_digest", spy)
+    job_id = new_job_id()
+    right = job_token(SECRET, job_id)
+    given = {"right": right, "wrong": "x" * len(right), "other job's": job_token(SECRET, new_job_id()),
+             "short": right[:5]}[kind]
+    result = check_token(SECRET, job_id, given)
+    assert spy.calls == [(right.encode(), given.encode())]
+    assert result is (kind == "right")
+
+
+def test_the_comparison_is_the_standard_librarys_constant_time_one() -> None:
+    """What ``ids`` calls is the standard library's C implementation (OpenSSL's CRYPTO_memcmp,
+    or _operator's fallback), not something that shadows it."""
+    import types
+
+    assert vars(ids)["hmac"] is hmac
+    assert isinstance(hmac.compare_digest, types.BuiltinFunctionType)
+    assert hmac.compare_digest.__module__ in ("_hashlib", "_operator")
+
+
+@given(st.text(min_size=1, max_size=40), st.text(min_size=1, max_size=40))
+def test_a_token_is_bound_to_its_job(a: str, b: str) -> None:
+    """The token of job A never opens job B, whatever the two ids are (framing keeps ``a`` and
+    ``b`` apart even when one is a prefix of the other)."""
+    if a == b:
+        return
+    assert check_token(SECRET, a, job_token(SECRET, a))
+    assert not check_token(SECRET, b, job_token(SECRET, a))
 
 
 def test_token_is_not_the_keyed_job_id_mac() -> None:

@@ -157,3 +157,73 @@ def test_property_round_trip_and_single_bit_tamper(key: bytes, msg_id: str, body
     tampered = bytes([body[0] ^ 1]) + body[1:] if body else b"x"
     with pytest.raises(WebhookVerificationError):
         signing.verify(secret, out, tampered, now=now)
+
+
+# --- rotation: old and new secret both accepted within the window, the old one refused after -----
+
+NEW = signing.new_secret()
+OLD = signing.new_secret()
+UNTIL = NOW + 3600
+
+
+def ring() -> signing.SecretRing:
+    return signing.rotation(NEW, OLD, "2023-11-14T23:13:20Z")  # NOW + 3600, as an ISO instant
+
+
+def test_rotation_window_parses_iso_and_unix_seconds() -> None:
+    assert ring().previous_until == UNTIL
+    assert signing.rotation(NEW, OLD, UNTIL).previous_until == UNTIL
+
+
+def test_rotation_old_secret_accepted_within_the_window() -> None:
+    signing.verify(ring(), headers(secret=OLD), BODY, now=NOW)
+    signing.verify(ring(), headers(secret=OLD, now=UNTIL - 1), BODY, now=UNTIL - 1)
+
+
+def test_rotation_old_secret_refused_after_the_window() -> None:
+    for at in (UNTIL, UNTIL + 1, UNTIL + 86_400):
+        with pytest.raises(WebhookVerificationError, match="no matching signature"):
+            signing.verify(ring(), headers(secret=OLD, now=at), BODY, now=at)
+
+
+def test_rotation_new_secret_accepted_within_and_after_the_window() -> None:
+    for at in (NOW, UNTIL, UNTIL + 86_400):
+        signing.verify(ring(), headers(secret=NEW, now=at), BODY, now=at)
+
+
+def test_rotation_a_third_secret_is_refused() -> None:
+    with pytest.raises(WebhookVerificationError, match="no matching signature"):
+        signing.verify(ring(), headers(secret=signing.new_secret()), BODY, now=NOW)
+
+
+def test_a_sender_with_a_ring_signs_with_every_active_secret() -> None:
+    within = signing.signature_headers(ring(), "evt_1", BODY, NOW)
+    assert len(within["webhook-signature"].split()) == 2
+    for secret in (OLD, NEW):  # a receiver that knows either one verifies
+        signing.verify(secret, within, BODY, now=NOW)
+    after = signing.signature_headers(ring(), "evt_1", BODY, UNTIL)
+    assert after["webhook-signature"] == signing.sign(NEW, "evt_1", int(UNTIL), BODY)
+
+
+@pytest.mark.parametrize(("previous", "until", "message"), [
+    (OLD, None, "needs previous_webhook_secret_until"),
+    (None, UNTIL, "previous_webhook_secret is not"),
+    (OLD, "2023-11-14T23:13:20", "needs a UTC offset"),
+    (OLD, "tomorrow", "not an ISO 8601 instant"),
+    ("whsec_%%%", UNTIL, "not valid base64"),
+])
+def test_rotation_config_fails_loudly(previous: str | None, until: str | float | None, message: str) -> None:
+    with pytest.raises(ConfigError, match=message):
+        signing.rotation(NEW, previous, until, where="providers.kling.connection")
+
+
+def test_at_most_max_signatures_entries_are_checked() -> None:
+    """A header stuffed with forged entries costs a bounded number of comparisons; the real
+    signature past the cap is not looked at."""
+    good = headers()["webhook-signature"]
+    forged = signing.sign(signing.new_secret(), "evt_1", int(NOW), BODY)
+    stuffed = {**headers(), "webhook-signature": " ".join([forged] * signing.MAX_SIGNATURES + [good])}
+    with pytest.raises(WebhookVerificationError, match="no matching signature"):
+        signing.verify(SECRET, stuffed, BODY, now=NOW)
+    within = {**headers(), "webhook-signature": " ".join([forged] * (signing.MAX_SIGNATURES - 1) + [good])}
+    signing.verify(SECRET, within, BODY, now=NOW)

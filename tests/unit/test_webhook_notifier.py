@@ -252,3 +252,53 @@ def test_derived_tenant_secret_is_stable_distinct_and_a_valid_whsec() -> None:
 def test_no_secret_at_all_is_a_config_error() -> None:
     with pytest.raises(ConfigError, match="acme"):
         tenant_secret(Settings(), "acme")
+
+
+# --- rotation of a tenant's outgoing secret ------------------------------------------------------
+
+OLD = signing.new_secret()
+
+
+def rotating(until: str = "2025-06-15T16:06:40Z") -> Settings:  # NOW + 3600
+    return Settings(secret=Secret("server-secret-0123456789"), webhook_secrets=Secret(f"acme={SECRET}"),
+                    previous_webhook_secrets=Secret(f"acme={OLD}"), previous_webhook_secrets_until=until)
+
+
+async def test_during_a_rotation_each_delivery_verifies_with_the_old_or_the_new_secret() -> None:
+    session = FakeSession()
+    # arg-type: FakeSession stands in for aiohttp.ClientSession
+    sender = WebhookNotifier.from_settings(rotating(), session, clock=lambda: NOW)  # type: ignore[arg-type]
+    await sender.send(note())
+    (sent,) = session.sent
+    assert len(sent.headers["webhook-signature"].split()) == 2
+    for receiver_knows in (OLD, SECRET):  # a receiver that has not switched yet, and one that has
+        signing.verify(receiver_knows, sent.headers, sent.body, now=NOW)
+
+
+async def test_after_the_rotation_only_the_new_secret_signs() -> None:
+    session = FakeSession()
+    later = NOW + 3600
+    sender = WebhookNotifier.from_settings(rotating(), session, clock=lambda: later)  # type: ignore[arg-type]
+    await sender.send(note())
+    (sent,) = session.sent
+    signing.verify(SECRET, sent.headers, sent.body, now=later)
+    with pytest.raises(WebhookVerificationError, match="no matching signature"):
+        signing.verify(OLD, sent.headers, sent.body, now=later)
+
+
+async def test_other_tenants_are_signed_with_their_secret_alone() -> None:
+    session = FakeSession()
+    sender = WebhookNotifier.from_settings(rotating(), session, clock=lambda: NOW)  # type: ignore[arg-type]
+    await sender.send(note(tenant="other"))
+    assert len(session.sent[0].headers["webhook-signature"].split()) == 1
+
+
+@pytest.mark.parametrize(("env", "message"), [
+    ({"FLOODGATE_PREVIOUS_WEBHOOK_SECRETS": f"acme={OLD}"}, "go together"),
+    ({"FLOODGATE_PREVIOUS_WEBHOOK_SECRETS_UNTIL": "2030-01-01T00:00:00Z"}, "go together"),
+    ({"FLOODGATE_PREVIOUS_WEBHOOK_SECRETS": f"acme={OLD}", "FLOODGATE_PREVIOUS_WEBHOOK_SECRETS_UNTIL": "soon"},
+     "not an ISO 8601 instant"),
+])
+def test_a_rotation_misconfigured_fails_at_start(env: dict[str, str], message: str) -> None:
+    with pytest.raises(ConfigError, match=message):
+        Settings.from_env(env)
