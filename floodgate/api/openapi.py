@@ -189,6 +189,16 @@ _URL: dict[str, Any] = {"type": ["string", "null"], "maxLength": MAX_URL_CHARS,
         "description": _URL_TEXT}
 _TIME = {"type": ["string", "null"], "format": "date-time"}
 
+_PUSH_TARGETS: dict[str, Any] = {
+    "fcm": {"type": "object", "additionalProperties": False, "required": ["platform", "token"], "properties": {
+        "platform": {"const": "fcm"},
+        "token": {"type": "string", "pattern": "^[A-Za-z0-9_:.-]{1,1024}$", "description": "FCM registration token"}}},
+    "apns": {"type": "object", "additionalProperties": False, "required": ["platform", "token"], "properties": {
+        "platform": {"const": "apns"},
+        "token": {"type": "string", "pattern": "^(?:[0-9A-Fa-f]{2}){32,100}$",
+                  "description": "APNs device token: 64-200 hex digits"}}},
+}
+
 _SCHEMAS: dict[str, Any] = {
     "Problem": {
         "type": "object",
@@ -218,12 +228,10 @@ _SCHEMAS: dict[str, Any] = {
                             "an address that is private, loopback or link-local is refused (400 at submission)."},
             "metadata": _string_map(16, 64, 512),
             "notify": {"type": ["object", "null"], "additionalProperties": False, "properties": {
-                "push": {"type": ["object", "null"], "additionalProperties": False, "required": ["platform", "token"],
-                         "description": "A phone to tell when the job completes or fails (FCM or APNs).",
-                         "properties": {
-                             "platform": {"enum": ["fcm", "apns"]},
-                             "token": {"type": "string", "minLength": 1, "maxLength": 1024,
-                                       "description": "FCM registration token, or APNs device token (hex)"}}}}},
+                # The document served by an API keeps only the platforms it has credentials for
+                # (see ``document``): a push to any other is a 400.
+                "push": {"description": "A phone to tell when the job completes or fails (FCM or APNs).",
+                         "oneOf": [{"type": "null"}, *_PUSH_TARGETS.values()]}}},
         },
     },
     "JobAccepted": {
@@ -265,13 +273,19 @@ _SECURITY = {
 }
 
 
-def document(roles: Set[str], server_url: str | None = None, models: Sequence[str] | None = None) -> dict[str, Any]:
+def document(roles: Set[str], server_url: str | None = None, models: Sequence[str] | None = None,
+             push_platforms: Set[str] | None = None) -> dict[str, Any]:
     """The OpenAPI 3.1 document for an app serving ``roles``; ``models`` (the routable models)
-    become the enum of ``JobRequest.model``, so a client sees which ones it may ask for."""
+    become the enum of ``JobRequest.model``, so a client sees which ones it may ask for, and
+    ``push_platforms`` (those with credentials) the kinds of ``notify.push`` it may send."""
     schemas = _SCHEMAS
-    if models is not None:
+    if models is not None or push_platforms is not None:
         request = copy.deepcopy(_SCHEMAS["JobRequest"])
-        request["properties"]["model"]["enum"] = list(models)
+        if models is not None:
+            request["properties"]["model"]["enum"] = list(models)
+        if push_platforms is not None:
+            push = request["properties"]["notify"]["properties"]["push"]
+            push["oneOf"] = [{"type": "null"}, *(v for k, v in _PUSH_TARGETS.items() if k in push_platforms)]
         schemas = {**_SCHEMAS, "JobRequest": request}
     paths: dict[str, dict[str, Any]] = {}
     for role, route, operation in _OPERATIONS.values():
