@@ -218,8 +218,36 @@ def _add_bench(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
     p.set_defaults(func=_bench)
 
 
+def _audit(args: argparse.Namespace) -> int:
+    from floodgate.ops.audit_cli import run
+
+    return run(args)
+
+
+def _add_audit(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    from floodgate.ops.audit_cli import add_arguments
+
+    p = sub.add_parser("audit", help="the timeout audit: pass/warn/fail per link of the chain, exit 1 on a fail")
+    add_arguments(p)
+    p.set_defaults(func=_audit)
+
+
+def _plan(args: argparse.Namespace) -> int:
+    from floodgate.ops.plan_cli import run
+
+    return run(args)
+
+
+def _add_plan(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    from floodgate.ops.plan_cli import add_arguments
+
+    p = sub.add_parser("plan", help="the capacity calculation: queue, drain, waits, tier and cost per provider")
+    add_arguments(p)
+    p.set_defaults(func=_plan)
+
+
 COMMANDS: list[Callable[[argparse._SubParsersAction[argparse.ArgumentParser]], None]] = [
-    _add_broker, _add_worker, _add_api, _add_simulator, _add_dev, _add_demo, _add_bench]
+    _add_broker, _add_worker, _add_api, _add_simulator, _add_dev, _add_demo, _add_bench, _add_plan, _add_audit]
 
 
 def build_parser() -> argparse.ArgumentParser:
