@@ -130,3 +130,36 @@ def test_three_node_cluster_survives_a_sigkilled_node(tmp_path: Path) -> None:
         stopped = floodgate("broker", "stop", "--dir", state)
     assert stopped.returncode == 0 and stopped.stdout.strip() == "stopped"
     assert floodgate("broker", "status", "--dir", state).returncode == 3
+
+
+@pytest.mark.slow
+def test_a_killed_node_restarts_in_place_and_catches_up(tmp_path: Path) -> None:
+    """``start`` again brings a SIGKILLed node back on its own port with its own storage, and it
+    rejoins every partition's in-sync replicas (slow: a second cluster start)."""
+    state = str(tmp_path / "cluster")
+    started = floodgate("broker", "start", "--nodes", "3", "--dir", state)
+    try:
+        assert started.returncode == 0, started.stderr
+        bootstrap = started.stdout.strip().removeprefix("broker=")
+        topic = unique_name("restart-")
+        ensure_topics(bootstrap, {topic: (3, {"min.insync.replicas": "2"})}, 3)
+        admin = AdminClient({"bootstrap.servers": bootstrap})
+        metadata_with(admin, [topic])
+        status = floodgate("broker", "status", "--dir", state)
+        node_2 = next(line for line in status.stdout.splitlines() if line.startswith("node-2 "))
+        pid = int(node_2.split("pid=")[1].split()[0])
+        os.kill(pid, signal.SIGKILL)
+        survivors = ",".join(bootstrap.split(",")[::2])
+        produce_acknowledged(survivors, topic, [f"while-down-{i}".encode() for i in range(200)])
+
+        again = floodgate("broker", "start", "--dir", state)
+        assert again.returncode == 0, again.stderr
+        assert again.stdout.strip() == started.stdout.strip(), "same ports as before"
+        assert "nodes=3/3" in floodgate("broker", "status", "--dir", state).stdout
+        deadline = time.monotonic() + 60
+        while not all(2 in p.isrs for p in admin.list_topics(topic, timeout=10).topics[topic].partitions.values()):
+            assert time.monotonic() < deadline, "node 2 did not rejoin the in-sync replicas"
+            time.sleep(0.5)
+    finally:
+        stopped = floodgate("broker", "stop", "--dir", state)
+    assert stopped.returncode == 0 and stopped.stdout.strip() == "stopped"
