@@ -36,6 +36,16 @@ def read_arrivals(path: str, models: list[str], bin_seconds: float) -> dict[str,
     """A CSV of arrivals, one per row: ``seconds`` (from the start) and optionally ``model``; a
     header row is skipped. Rows without a model are spread over ``models`` in turn."""
     times: dict[str, list[float]] = {m: [] for m in models}
+    try:
+        _read_rows(path, models, times)
+        return {m: capacity.binned(ts, bin_seconds) for m, ts in times.items() if ts}
+    except OSError as exc:
+        raise ConfigError(f"cannot read arrivals file {path}: {exc}") from exc
+    except ValueError as exc:
+        raise ConfigError(f"{path}: {exc}") from exc
+
+
+def _read_rows(path: str, models: list[str], times: dict[str, list[float]]) -> None:
     with open(path, newline="") as fh:
         for i, row in enumerate(csv.reader(fh)):
             if not row or not row[0].strip():
@@ -50,7 +60,6 @@ def read_arrivals(path: str, models: list[str], bin_seconds: float) -> dict[str,
             if model not in times:
                 raise ConfigError(f"{path}:{i + 1}: model {model!r} is not planned (known: {', '.join(models)})")
             times[model].append(t)
-    return {m: capacity.binned(ts, bin_seconds) for m, ts in times.items() if ts}
 
 
 def model_loads(routing: Routing, shapes: dict[str, list[capacity.Segment]],
