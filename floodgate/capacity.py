@@ -10,8 +10,9 @@ figure is computed exactly from the segments (no simulation, no randomness):
 * peak queue: the largest ``Q``;
 * a job arriving at ``t`` waits ``Q(t) / mu`` (FIFO: the line ahead of it at the service rate),
   so p50/p95 wait are percentiles of that over all arrivals;
-* time to drain: from the first moment ``Q`` grows until it is empty again, plus ``S`` (the last
-  job queued then is served): when the last job of a spike is done;
+* time to drain: from the moment ``Q`` starts growing until it is empty again, plus ``S`` (the
+  last job queued then is served): when the last job of a spike is done (with several
+  overloads, the longest);
 * Little's law: ``lambda * S`` jobs in flight are needed to keep up with ``lambda``; more than
   ``c`` means a line grows;
 * the tier: the smallest ``c`` keeping the p95 wait within a target.
@@ -116,7 +117,7 @@ class QueueResult:
     service_rate: float
     in_flight_needed: float  # Little's law at the peak: peak_rate * mean service time
     peak_queue: float
-    drain_seconds: float | None  # None: the line never empties within the horizon (rates given)
+    drain_seconds: float  # 0 when no line ever forms
     wait_p50: float
     wait_p95: float
     wait_max: float
@@ -136,13 +137,13 @@ def queue(segments: Sequence[Segment], service: Service) -> QueueResult:
     pieces = [s for s in segments if s.seconds > 0]
     t, q = 0.0, 0.0
     curve = [(0.0, 0.0)]
-    grow_start: float | None = None
-    drain_end: float | None = None
+    grow_start = 0.0
+    episodes: list[tuple[float, float]] = []  # (line starts growing, line empty again)
     # (weight, wait at start, wait at end) per stretch of arrivals, for the wait percentiles.
     stretches: list[tuple[float, float, float]] = []
 
     def advance(seconds: float, rate: float) -> None:
-        nonlocal t, q, grow_start, drain_end
+        nonlocal t, q, grow_start
         slope = rate - mu
         if q <= 0 and slope <= 0:  # no line: arrivals are served at once
             if rate > 0:
@@ -150,8 +151,8 @@ def queue(segments: Sequence[Segment], service: Service) -> QueueResult:
             t += seconds
             curve.append((t, 0.0))
             return
-        if grow_start is None or (drain_end is not None and q <= 0):
-            grow_start, drain_end = t, None
+        if q <= 0:  # a new overload begins
+            grow_start = t
         if slope < 0 and q + slope * seconds <= 1e-9 * max(1.0, q):  # the line empties inside this piece
             empty_after = min(seconds, q / -slope)
             if rate > 0:
@@ -159,7 +160,7 @@ def queue(segments: Sequence[Segment], service: Service) -> QueueResult:
                 stretches.append((rate * (seconds - empty_after), 0.0, 0.0))
             t += empty_after
             q = 0.0
-            drain_end = t
+            episodes.append((grow_start, t))
             curve.append((t, 0.0))
             t += seconds - empty_after
             curve.append((t, 0.0))
@@ -177,12 +178,13 @@ def queue(segments: Sequence[Segment], service: Service) -> QueueResult:
         advance(q / mu, 0.0)
     arrivals = sum(s.rate * s.seconds for s in pieces)
     peak_rate = max((s.rate for s in pieces), default=0.0)
-    drain = None if grow_start is None or drain_end is None else drain_end - grow_start + service.mean_seconds
+    # The longest overload: from when its line starts growing until its last queued job is done.
+    drain = max((end - start for start, end in episodes), default=None)
     return QueueResult(
         arrivals=arrivals, peak_rate=peak_rate, service_rate=mu,
         in_flight_needed=peak_rate * service.mean_seconds,
         peak_queue=max(v for _, v in curve),
-        drain_seconds=drain if grow_start is not None else 0.0,
+        drain_seconds=0.0 if drain is None else drain + service.mean_seconds,
         wait_p50=_percentile(stretches, 0.50), wait_p95=_percentile(stretches, 0.95),
         wait_max=max((max(a, b) for w, a, b in stretches if w > 0), default=0.0),
         curve=tuple(curve))

@@ -162,10 +162,12 @@ def plot(plans: list[capacity.ProviderPlan], path: Path) -> bool:
     except ImportError:
         return False
     fig, ax = plt.subplots(figsize=(9, 4.5))
+    horizon = max((p.result.curve[-1][0] for p in plans), default=0.0)
+    unit, per = ("hours", 3600.0) if horizon > 3 * 3600 else ("minutes", 60.0)
     for p in plans:
         ts, qs = zip(*p.result.curve, strict=True)
-        ax.plot([t / 60 for t in ts], qs, label=f"{p.provider} (limit {p.concurrency})")
-    ax.set_xlabel("minutes from the start of the traffic")
+        ax.plot([t / per for t in ts], qs, label=f"{p.provider} (limit {p.concurrency})")
+    ax.set_xlabel(f"{unit} from the start of the traffic")
     ax.set_ylabel("jobs waiting for a slot")
     ax.set_title("floodgate plan: queue over time (fluid model)")
     ax.legend()

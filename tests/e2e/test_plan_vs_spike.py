@@ -43,7 +43,6 @@ def predicted_drain_wall_s(home: Path, cfg: spike.SpikeConfig) -> dict[str, floa
     out = {}
     for p in plans:
         grow_start = next(t for (t, q), (_, q2) in zip(p.result.curve, p.result.curve[1:], strict=False) if q2 > q)
-        assert p.result.drain_seconds is not None
         # Both drains are counted from the spike's start: the plan's from when its line starts to grow.
         out[p.provider] = (grow_start - spike_start + p.result.drain_seconds) * f
     return out

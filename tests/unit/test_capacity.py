@@ -108,3 +108,11 @@ def test_the_line_is_conserved_and_drains(pieces: list[tuple[float, float]], c: 
     assert r.peak_queue <= sum(max(0.0, rate - c / s) * d for d, rate in pieces) + 1e-6
     more = queue(segments, Service(c + 1, s))
     assert more.wait_p95 <= r.wait_p95 + 1e-6
+
+
+def test_with_two_overloads_the_drain_is_the_longest() -> None:
+    # 50 s at 2/s (line of 50, empty at t=100), a quiet 100 s, then 100 s at 2/s (line of 100,
+    # empty 100 s later): the second overload lasts 200 s.
+    r = queue([Segment(50, 2.0), Segment(100, 0.0), Segment(100, 2.0)], SERVICE)
+    assert r.drain_seconds == pytest.approx(200 + 10)
+    assert r.peak_queue == pytest.approx(100.0)
