@@ -17,6 +17,11 @@ def _broker(args: argparse.Namespace) -> int:
 
     settings = Settings.from_env()
     home = Path(args.dir) if args.dir else settings.cache_dir / "broker"
+    from floodgate.broker.cluster import LocalCluster, run_cli
+
+    if args.nodes > 1 or LocalCluster.exists(home):
+        return run_cli(args.action, home, nodes=args.nodes, version=settings.kafka_version,
+                       cache_dir=settings.cache_dir, port=args.port or settings.broker_port, timeout=args.timeout)
     broker = LocalBroker(home, version=settings.kafka_version,
                          cache_dir=settings.cache_dir, heap=settings.broker_heap)
     if args.action == "start":
@@ -37,8 +42,10 @@ def _broker(args: argparse.Namespace) -> int:
 
 
 def _add_broker(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    p = sub.add_parser("broker", help="start/stop/status of the local single-node Kafka broker")
+    p = sub.add_parser("broker", help="start/stop/status of the local Kafka broker (or --nodes 3: a cluster)")
     p.add_argument("action", choices=["start", "stop", "status"])
+    p.add_argument("--nodes", type=int, default=1,
+                   help="start a KRaft cluster of this many nodes (stop/status find it by itself)")
     p.add_argument("--port", type=int, default=0, help="listener port (default: FLOODGATE_BROKER_PORT or a free one)")
     p.add_argument("--timeout", type=float, default=60.0, help="seconds to wait for the broker to answer")
     p.add_argument("--dir", default="", help="state directory (data, log, pid); default ~/.cache/floodgate/broker")
@@ -131,7 +138,7 @@ def _dev(args: argparse.Namespace) -> int:
     home = Path(args.home) if args.home else Path(tempfile.mkdtemp(prefix="floodgate-dev-"))
     sim_args = ["--preset", args.preset, "--time-factor", str(args.time_factor)]
     stack = Stack(settings, home, api_port=args.api_port, simulator_port=args.simulator_port,
-                  workers=args.workers, simulator_args=sim_args)
+                  workers=args.workers, brokers=args.brokers, simulator_args=sim_args)
     return run_foreground(stack)
 
 
@@ -142,6 +149,9 @@ def _add_dev(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p.add_argument("--broker-port", type=int, default=0)
     p.add_argument("--bootstrap", default="", help="use this Kafka cluster instead of starting the local broker")
     p.add_argument("--workers", type=int, default=1)
+    p.add_argument("--brokers", type=int, default=1,
+                   help="nodes of the local broker; 3 runs a KRaft cluster and replicates every topic 3 times "
+                        "(min.insync.replicas 2)")
     p.add_argument("--preset", choices=["dev", "realistic"], default="dev")
     p.add_argument("--time-factor", type=float, default=1.0)
     p.add_argument("--home", default="", help="directory for logs and broker data (default: a new temp dir)")
@@ -208,8 +218,36 @@ def _add_bench(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
     p.set_defaults(func=_bench)
 
 
+def _audit(args: argparse.Namespace) -> int:
+    from floodgate.ops.audit_cli import run
+
+    return run(args)
+
+
+def _add_audit(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    from floodgate.ops.audit_cli import add_arguments
+
+    p = sub.add_parser("audit", help="the timeout audit: pass/warn/fail per link of the chain, exit 1 on a fail")
+    add_arguments(p)
+    p.set_defaults(func=_audit)
+
+
+def _plan(args: argparse.Namespace) -> int:
+    from floodgate.ops.plan_cli import run
+
+    return run(args)
+
+
+def _add_plan(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    from floodgate.ops.plan_cli import add_arguments
+
+    p = sub.add_parser("plan", help="the capacity calculation: queue, drain, waits, tier and cost per provider")
+    add_arguments(p)
+    p.set_defaults(func=_plan)
+
+
 COMMANDS: list[Callable[[argparse._SubParsersAction[argparse.ArgumentParser]], None]] = [
-    _add_broker, _add_worker, _add_api, _add_simulator, _add_dev, _add_demo, _add_bench]
+    _add_broker, _add_worker, _add_api, _add_simulator, _add_dev, _add_demo, _add_bench, _add_plan, _add_audit]
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -15,8 +15,10 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from floodgate.broker.cluster import LocalCluster
 from floodgate.broker.local import LocalBroker
 from floodgate.errors import FloodgateError
+from floodgate.kafka_admin import cluster_replication
 from floodgate.procs import die_with_parent
 from floodgate.settings import Settings
 
@@ -41,9 +43,12 @@ class Stack:
     api_port: int = 0
     simulator_port: int = 0
     workers: int = 1
+    brokers: int = 1
+    """Nodes of the local broker when it is started here (more than one: a KRaft cluster, and
+    Floodgate's topics replicated across it)."""
     simulator_args: list[str] = field(default_factory=lambda: ["--preset", "dev"])
     extra_env: dict[str, str] = field(default_factory=dict)
-    broker: LocalBroker | None = None
+    broker: LocalBroker | LocalCluster | None = None
     bootstrap: str = ""
     api_url: str = ""
     simulator_url: str = ""
@@ -75,6 +80,13 @@ class Stack:
 
     def _start_broker(self, timeout: float) -> str:
         s = self.settings
+        if self.brokers > 1:
+            replication, min_isr = cluster_replication(self.brokers)
+            # Every child gets these through env(): topics and changelogs replicated over the nodes.
+            self.settings = s.with_overrides(replication_factor=replication, min_insync_replicas=min_isr)
+            self.broker = LocalCluster(self.home / "broker", nodes=self.brokers, version=s.kafka_version,
+                                       cache_dir=s.cache_dir)
+            return self.broker.start(port=s.broker_port, detach=False, timeout=timeout).bootstrap
         self.broker = LocalBroker(self.home / "broker", version=s.kafka_version, cache_dir=s.cache_dir,
                                   heap=s.broker_heap)
         return self.broker.start(port=s.broker_port, detach=False, timeout=timeout).bootstrap

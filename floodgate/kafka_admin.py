@@ -11,14 +11,25 @@ from confluent_kafka.admin import AdminClient, NewTopic
 from floodgate.errors import ConfigError
 
 
+def cluster_replication(brokers: int) -> tuple[int, int]:
+    """(replication factor, min.insync.replicas) for a cluster of ``brokers``: three copies at most,
+    and an acknowledged write on all but one of them, so losing any one broker loses no
+    acknowledged record and blocks no producer (3 brokers: 3 and 2; 1 broker: 1 and 1)."""
+    replication = max(1, min(3, brokers))
+    return replication, max(1, replication - 1)
+
+
 def ensure_topics(bootstrap: str, layout: Mapping[str, tuple[int, Mapping[str, Any]]], replication: int,
                   timeout: float = 30.0) -> list[str]:
     """Create the missing topics of ``layout`` (name → (partitions, config)); returns those created.
 
-    An existing topic with a different partition count is an error: keys would hash elsewhere.
+    An existing topic with a different partition count is an error: keys would hash elsewhere;
+    so is creating one with a replication factor above the brokers up (said in the terms of
+    Floodgate's settings).
     """
     admin = AdminClient({"bootstrap.servers": bootstrap})
-    existing = admin.list_topics(timeout=timeout).topics
+    metadata = admin.list_topics(timeout=timeout)
+    existing = metadata.topics
     for name, (partitions, _) in layout.items():
         if name in existing and len(existing[name].partitions) != partitions:
             raise ConfigError(f"topic {name} has {len(existing[name].partitions)} partitions, expected {partitions}")
@@ -27,6 +38,10 @@ def ensure_topics(bootstrap: str, layout: Mapping[str, tuple[int, Mapping[str, A
                for name, (p, cfg) in layout.items() if name not in existing]
     if not missing:
         return []
+    if metadata.brokers and replication > len(metadata.brokers):
+        # Checked only when creating: existing topics stay usable while one broker is down.
+        raise ConfigError(f"FLOODGATE_REPLICATION_FACTOR={replication} but the cluster at {bootstrap} has "
+                          f"{len(metadata.brokers)} broker(s) up")
     created = []
     for name, fut in admin.create_topics(missing, operation_timeout=timeout).items():
         try:

@@ -8,6 +8,7 @@ import gc
 import os
 import signal
 import socket
+from pathlib import Path
 
 _PR_SET_PDEATHSIG = 1
 
@@ -52,7 +53,12 @@ def pid_alive(pid: int) -> bool:
         done, _ = os.waitpid(pid, os.WNOHANG)
         return done == 0
     except ChildProcessError:
-        return True
+        # Someone else's zombie (a detached broker whose reaper has not run yet) is gone too.
+        try:
+            stat = Path(f"/proc/{pid}/stat").read_text()
+        except OSError:
+            return True  # no /proc here: trust kill(0)
+        return stat.rpartition(")")[2].split()[:1] != ["Z"]
 
 
 def die_with_parent() -> None:

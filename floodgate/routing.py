@@ -13,7 +13,10 @@ Config shape accepted by ``RoutingTable.from_dict``::
      "routes": {"sora-2": [{"provider": "sora", "provider_model": "sora-2"},
                            {"provider": "kling"}]}}
 
-``provider_model`` defaults to the route's model name. ``retired_at`` may be an
+``provider_model`` defaults to the route's model name. A target may also carry ``render_time``
+(seconds, or ``{"kind": "uniform", "min": 30, "max": 180}``, as the simulator's config) and
+``price_per_second`` or ``price_per_job``: routing ignores them, ``floodgate plan`` and
+``floodgate audit`` read them. ``retired_at`` may be an
 ISO 8601 string, a date or a datetime; one without an offset (including a bare
 date, read as midnight) is taken as UTC. Unknown keys are errors.
 """
@@ -232,9 +235,20 @@ def _when(value: Any, path: str) -> datetime | None:
     return parsed if parsed.utcoffset() is not None else parsed.replace(tzinfo=UTC)
 
 
+PLANNING_KEYS = frozenset({"render_time", "price_per_second", "price_per_job"})
+
+
 def _target(model: str, i: int, raw: Any) -> Target:
     path = f"routes.{model}[{i}]"
-    _only_keys(raw, path, {"provider", "provider_model"}, {"provider"})
+    # render_time and the prices are for planning (``floodgate plan``, ``floodgate audit``, read by
+    # ``floodgate.capacity``); routing itself does not use them.
+    _only_keys(raw, path, {"provider", "provider_model", *PLANNING_KEYS}, {"provider"})
+    for key in PLANNING_KEYS & set(raw):
+        value = raw[key]
+        if key != "render_time" and (isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0):
+            raise ConfigError(f"{path}.{key}: must be a non-negative number, got {value!r}")
+        if key == "render_time" and not isinstance(value, (int, float, Mapping)):
+            raise ConfigError(f"{path}.render_time: must be seconds or an object with 'kind', got {value!r}")
     provider, provider_model = raw["provider"], raw.get("provider_model", model)
     for key, value in (("provider", provider), ("provider_model", provider_model)):
         if not isinstance(value, str) or not value:

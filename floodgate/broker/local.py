@@ -14,6 +14,7 @@ import signal
 import subprocess
 import time
 import uuid
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -58,11 +59,20 @@ class BrokerInfo:
 
 
 class LocalBroker:
-    def __init__(self, home: Path, *, version: str, cache_dir: Path, heap: str = "1g") -> None:
+    def __init__(self, home: Path, *, version: str, cache_dir: Path, heap: str = "1g", node_id: int = 1,
+                 quorum: Mapping[int, int] | None = None, properties: Mapping[str, str] | None = None,
+                 cluster_id: str | None = None) -> None:
+        """``node_id``, ``quorum`` (node id → controller port of every voter), ``properties`` (overrides
+        of ``BROKER_PROPERTIES``) and ``cluster_id`` (the id to format storage with) are for a node of
+        a multi-node cluster (``floodgate.broker.cluster``); a single broker needs none of them."""
         self.home = home
         self.version = version
         self.cache_dir = cache_dir
         self.heap = heap
+        self.node_id = node_id
+        self.quorum = dict(quorum) if quorum else None
+        self.properties = dict(properties or {})
+        self.format_cluster_id = cluster_id
         self._proc: subprocess.Popen[bytes] | None = None
 
     @property
@@ -112,28 +122,47 @@ class LocalBroker:
         raise AssertionError("unreachable")
 
     def _start(self, *, port: int, detach: bool, timeout: float) -> BrokerInfo:
+        log_start = self.log_file.stat().st_size if self.log_file.exists() else 0
+        info = self.launch(port=port, controller_port=free_port(), detach=detach)
+        self.wait(info, timeout=timeout, log_start=log_start)
+        return info
+
+    def launch(self, *, port: int, controller_port: int, detach: bool) -> BrokerInfo:
+        """Write the configuration, format storage on first use and start the JVM; do not wait.
+
+        A node of a cluster cannot answer before a majority of the controllers runs, so a cluster
+        launches every node first and then waits for each (``wait``)."""
+        return self.spawn(self.prepare(port=port, controller_port=controller_port), detach=detach)
+
+    def prepare(self, *, port: int, controller_port: int) -> tuple[list[str], int, int]:
+        """Write the configuration and format storage on first use: (JVM command, port,
+        controller port) for ``spawn``. Safe to run from any thread (``spawn`` is not: a child
+        tied to its parent dies with the thread that started it)."""
         java = java_binary()
         jars = ensure_jars(self.version, self.cache_dir)
         if port and port_in_use(port):
             raise BrokerError(f"port {port} is already in use by another process; "
                               "choose another with --port or FLOODGATE_BROKER_PORT")
         port = port or free_port()
-        controller_port = free_port()
         self.home.mkdir(parents=True, exist_ok=True)
         data_dir = self.home / "data"
         props = self.home / "server.properties"
         self._write_properties(props, port, controller_port, data_dir)
         self._write_log4j()
         classpath = f"{jars}/*"
-        jvm = [java, "-Xms256m", f"-Xmx{self.heap}", "-XX:+UseG1GC", "-Djava.awt.headless=true",
+        jvm = [java, "-Xms128m", f"-Xmx{self.heap}", "-XX:+UseG1GC", "-Djava.awt.headless=true",
                f"-Dlog4j.configuration=file:{self.home / 'log4j.properties'}", f"-Dkafka.logs.dir={self.home}",
                "-cp", classpath]
         if not (data_dir / "meta.properties").exists():
             self._format(jvm, props)
-        log_start = self.log_file.stat().st_size if self.log_file.exists() else 0
+        return [*jvm, "kafka.Kafka", str(props)], port, controller_port
+
+    def spawn(self, prepared: tuple[list[str], int, int], *, detach: bool) -> BrokerInfo:
+        """Start the JVM ``prepare`` described, from the calling thread."""
+        command, port, controller_port = prepared
         with open(self.log_file, "ab") as log:  # the child keeps its own copy of the descriptor
             proc = subprocess.Popen(
-                [*jvm, "kafka.Kafka", str(props)],
+                command,
                 stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                 cwd=str(self.home), start_new_session=detach,
                 preexec_fn=None if detach else die_with_parent,
@@ -142,8 +171,13 @@ class LocalBroker:
         info = BrokerInfo(proc.pid, port, controller_port, self.version)
         self._state_file.write_text(json.dumps({"pid": proc.pid, "port": port, "controller_port": controller_port,
                                                 "version": self.version}))
+        return info
+
+    def wait(self, info: BrokerInfo, *, timeout: float, log_start: int = 0) -> None:
+        """Wait until the launched broker answers a metadata request; stop it and raise if it does not."""
         try:
-            wait_ready(info.bootstrap, timeout=timeout, proc=proc, log_file=self.log_file, cluster_id=self.cluster_id())
+            wait_ready(info.bootstrap, timeout=timeout, proc=self._proc, log_file=self.log_file,
+                       cluster_id=self.cluster_id())
         except BrokerError as exc:
             self.stop()
             with open(self.log_file, "rb") as f:
@@ -151,18 +185,21 @@ class LocalBroker:
                 lost_bind = b"Address already in use" in f.read()
             if lost_bind and "Address already in use" not in str(exc):
                 # The bind error is far above the tail the message shows; ``start`` retries on it.
-                raise BrokerError(f"{exc}\n(the broker could not bind port {port}: Address already in use)") from exc
+                raise BrokerError(
+                    f"{exc}\n(the broker could not bind port {info.port}: Address already in use)") from exc
             raise
-        return info
 
     def _write_properties(self, path: Path, port: int, controller_port: int, data_dir: Path) -> None:
         props = dict(BROKER_PROPERTIES)
         props.update({
             "listeners": f"PLAINTEXT://127.0.0.1:{port},CONTROLLER://127.0.0.1:{controller_port}",
             "advertised.listeners": f"PLAINTEXT://127.0.0.1:{port}",
-            "controller.quorum.voters": f"1@127.0.0.1:{controller_port}",
+            "node.id": str(self.node_id),
+            "controller.quorum.voters": ",".join(
+                f"{node}@127.0.0.1:{cport}" for node, cport in sorted((self.quorum or {1: controller_port}).items())),
             "log.dirs": str(data_dir),
         })
+        props.update(self.properties)
         path.write_text("".join(f"{k}={v}\n" for k, v in props.items()))
 
     def _write_log4j(self) -> None:
@@ -187,9 +224,7 @@ class LocalBroker:
         return None
 
     def _format(self, jvm: list[str], props: Path) -> None:
-        cluster_id = "-"
-        while cluster_id.startswith("-"):  # the storage tool would read a leading '-' as an option
-            cluster_id = base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
+        cluster_id = self.format_cluster_id or new_cluster_id()
         proc = subprocess.run([*jvm, "kafka.tools.StorageTool", "format", "-t", cluster_id, "-c", str(props)],
                               capture_output=True, text=True, timeout=120, cwd=str(self.home))
         if proc.returncode != 0:
@@ -206,6 +241,14 @@ class LocalBroker:
         self._state_file.unlink(missing_ok=True)
         self._proc = None
         return True
+
+
+def new_cluster_id() -> str:
+    """A random KRaft cluster id (22 characters of URL-safe base64)."""
+    cluster_id = "-"
+    while cluster_id.startswith("-"):  # the storage tool would read a leading '-' as an option
+        cluster_id = base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
+    return cluster_id
 
 
 def _terminate(pid: int, timeout: float, proc: subprocess.Popen[bytes] | None) -> None:

@@ -38,6 +38,7 @@ PARTS = {
     "floodgate.demo": TOOLS,
     "floodgate.broker": TOOLS,
     "floodgate.bench": TOOLS,
+    "floodgate.ops": TOOLS,
 }
 SERVICES_MAY_SHARE = {("floodgate.api", "floodgate.notify")}
 
