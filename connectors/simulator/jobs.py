@@ -44,6 +44,7 @@ class Job:
     status: str = "queued"
     render_started: float | None = None
     render_seconds: float | None = None
+    cold_seconds: float = 0.0  # wall seconds of render_seconds spent booting, before the first frame
     completed_at: float | None = None
     error: dict[str, str] | None = None
     # A reordered in_progress event waits here until the terminal event has gone out.

@@ -22,7 +22,6 @@ from floodgate.api.kafka_io import KafkaUnavailable, RecordTooLarge
 from floodgate.api.resources import queued_snapshot
 from floodgate.errors import Problem, ValidationError
 from floodgate.ids import job_id_for_key, job_token, new_job_id
-from floodgate.netguard import check_url_target
 from floodgate.problems import IDEMPOTENCY_CONFLICT, UNAUTHORIZED, problem_response, validation_response
 from floodgate.routing import known_models
 from floodgate.validation import NormalizedRequest, request_hash, validate_job_request
@@ -48,22 +47,8 @@ def tenant_for(api_key: str | None, key_map: dict[str, str]) -> str | None:
 
 
 def validate(payload: Any, models: tuple[str, ...], allow_private: bool) -> NormalizedRequest:
-    """``validate_job_request`` plus the webhook target check, reporting every field at once."""
-    problems: list[Problem] = []
-    normalized = None
-    try:
-        normalized = validate_job_request(payload, known_models=models)
-    except ValidationError as exc:
-        problems.extend(exc.problems)
-    webhook_url = payload.get("webhook_url") if isinstance(payload, dict) else None
-    if isinstance(webhook_url, str) and not any(p.field == "webhook_url" for p in problems):
-        try:
-            check_url_target(webhook_url, allow_private=allow_private)
-        except ValidationError as exc:
-            problems.extend(exc.problems)
-    if problems or normalized is None:
-        raise ValidationError(problems)
-    return normalized
+    """``validate_job_request``, URL targets included, reporting every field at once."""
+    return validate_job_request(payload, known_models=models, allow_private=allow_private)
 
 
 def job_request(job_id: str, tenant: str, req: NormalizedRequest, key: str | None, now_ms: int) -> dict[str, Any]:

@@ -6,7 +6,7 @@ share the partitions and each result is handled by one of them. Deliveries run c
 partitions are paused, not the poll loop, so the group membership survives backpressure).
 
 At-least-once: an offset is committed only when it and every offset before it in its partition
-are done — delivered, skipped, or parked in ``dlq`` (:mod:`floodgate.notify.commit_tracker`).
+are done — delivered, skipped, or parked in ``dlq`` (:mod:`floodgate.commit_tracker`).
 A crash or rebalance may repeat a delivery; the ``webhook-id`` stays ``<job_id>:<version>`` so
 receivers drop the copy. A delivery that keeps failing is retried with backoff
 (:class:`RetryPolicy`) and then dead-lettered with the original bytes; it never holds up the
@@ -30,10 +30,10 @@ from aiokafka.errors import KafkaError
 
 from connectors.notifiers.base import EVENT_TYPES, Notification, Notifier
 from floodgate import codec
+from floodgate.commit_tracker import CommitTracker, Ticket
 from floodgate.dead_letter import dead_letter_record
 from floodgate.errors import ConfigError, SchemaError
 from floodgate.metrics import ApiMetrics, api_metrics
-from floodgate.notify.commit_tracker import CommitTracker, Ticket
 from floodgate.notify.delivery import deliver
 from floodgate.notify.retry import RetryPolicy
 from floodgate.settings import Settings
