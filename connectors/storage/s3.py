@@ -53,7 +53,7 @@ class S3VideoStore:
         try:
             result = await obstore.get_async(self._store, f"records/{check_key(job_id)}.json")
             data = await result.bytes_async()
-        except NotFoundError:
+        except (NotFoundError, FileNotFoundError):  # obstore raises the builtin for a missing object
             return None
         except Exception as exc:
             raise _wrap("read the record of", job_id, exc) from exc

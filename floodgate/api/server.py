@@ -90,7 +90,7 @@ def spill_dir(settings: Settings) -> Path:
 async def serve(settings: Settings, *, host: str | None = None, port: int | None = None,
                 roles: Iterable[str] | str | None = None, setup: ProviderSetup | None = None,
                 ready_timeout: float = 60.0, outgoing_webhooks: bool = False, video_copier: bool = False,
-                view_max_jobs: int = DEFAULT_MAX_JOBS, **app_options: Any) -> ApiServer:
+                video_store: Any = None, view_max_jobs: int = DEFAULT_MAX_JOBS, **app_options: Any) -> ApiServer:
     """Start the API for ``roles`` (default all) on ``host:port`` (default from settings; port 0
     picks a free one) and return once it listens.
 
@@ -101,7 +101,7 @@ async def serve(settings: Settings, *, host: str | None = None, port: int | None
     snapshots held in memory; older ones are read back from the spill store on disk.
     ``video_copier`` also runs the copy of completed jobs' videos into the store
     (``FLOODGATE_VIDEO_STORE``; a consumer group on ``results`` too); with a store, the read role
-    links to and serves the videos.
+    links to and serves the videos. ``video_store`` replaces the one the settings name (tests).
     """
     chosen = parse_roles(roles)
     if not settings.kafka_bootstrap:
@@ -124,7 +124,9 @@ async def serve(settings: Settings, *, host: str | None = None, port: int | None
     sock: socket.socket | None = None
     outgoing = None
     copier = None
-    store = build_store(settings) if ("read" in chosen or video_copier) else None
+    store = video_store
+    if store is None and ("read" in chosen or video_copier):
+        store = build_store(settings)
     try:
         if "read" in chosen:
             spill = await asyncio.to_thread(SpillStore.private, spill_dir(settings))
