@@ -176,6 +176,8 @@ async def serve(settings: Settings, *, host: str | None = None, port: int | None
             await asyncio.to_thread(spill.close)
         raise
     shown = f"[{host}]" if ":" in host else host
+    if outgoing is not None and not outgoing.link_base and host not in ("", "0.0.0.0", "::"):
+        outgoing.link_base = f"http://{shown}:{bound}"  # where this API serves the videos it links to
     return ApiServer(f"http://{shown}:{bound}", runner, producer, feed, view, outgoing, spill, copier, store)
 
 

@@ -38,6 +38,7 @@ from floodgate.notify.delivery import deliver
 from floodgate.notify.retry import RetryPolicy
 from floodgate.settings import Settings
 from floodgate.topics import TopicNames
+from floodgate.videolinks import VideoLinks
 
 log = logging.getLogger(__name__)
 
@@ -98,6 +99,9 @@ class OutgoingWebhooks:
         self._consumer: AIOKafkaConsumer | None = None
         self._producer: AIOKafkaProducer | None = None
         self._loops: list[asyncio.Task[None]] = []
+        self.link_base = settings.public_url
+        """Base URL of the video links in webhook bodies (the API sets its own address when
+        FLOODGATE_PUBLIC_URL is empty); empty: webhooks carry the provider's URL."""
 
     @property
     def group_id(self) -> str:
@@ -235,6 +239,7 @@ class OutgoingWebhooks:
             self._metrics.outgoing.labels("invalid").inc()
             await self._dead_letter(record, f"undecodable JobSnapshot: {exc}", exc)
             return
+        notification = self._with_our_link(notification)
         if not notification.webhook_url or notification.status not in EVENT_TYPES:
             self._stats.skipped += 1
             self._metrics.outgoing.labels("skipped").inc()
@@ -254,6 +259,18 @@ class OutgoingWebhooks:
         self._metrics.outgoing.labels("failed").inc()
         await self._dead_letter(
             record, f"webhook delivery failed after {outcome.attempts} attempt(s): {outcome.error}", outcome.error)
+
+    def _with_our_link(self, notification: Notification) -> Notification:
+        """With videos kept in our store, the webhook carries our signed link, as GET does (made now,
+        so it is valid for FLOODGATE_VIDEO_LINK_TTL from delivery); without a base URL to build it
+        on, the provider's."""
+        settings = self._settings
+        if (settings.video_store == "off" or not self.link_base or notification.status != "completed"
+                or not notification.video_url):
+            return notification
+        links = VideoLinks(settings.video_link_key, settings.video_link_ttl)
+        return dataclasses.replace(notification, video_url=links.url(self.link_base, notification.job_id,
+                                                                      time.time()))
 
     async def _dead_letter(self, record: ConsumerRecord[Any, Any], reason: str, exc: BaseException) -> None:
         """Write a DeadLetter and wait for the ack; retries until stopping (then ``_Abandoned``)."""
