@@ -23,6 +23,7 @@ knows an order it has seen).
 from __future__ import annotations
 
 import logging
+import time
 from collections import OrderedDict
 from datetime import UTC, datetime
 from typing import Any
@@ -243,7 +244,7 @@ class JobDesk:
     # -- events ------------------------------------------------------------------------------
 
     def observe_milestones(self, before: JobState | None, after: JobState) -> None:
-        reached = milestones(before, after)
+        reached = milestones(before, after, time.time())
         if reached is None:
             return
         metrics = self.pipe.metrics

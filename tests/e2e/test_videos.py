@@ -23,12 +23,13 @@ from floodgate import codec
 from floodgate.devstack import Stack
 from floodgate.ids import new_job_id
 from tests.e2e.stack_util import get_job, make_stack, simulator_config, submit, until
-from tests.helpers import moto_s3
+from tests.helpers import moto_s3, scrape, value
 from tests.kafka_util import consume_until, produce, unique_name
 
 pytestmark = pytest.mark.kafka
 
-LINK_TTL = 8.0  # seconds: long enough to fetch a fresh link, short enough to watch one expire
+LINK_TTL = 4.0  # seconds: long enough to fetch a fresh link, short enough to watch one expire
+COLD_START = 0.5  # seconds before an idle model's first frame at the simulator
 
 
 @pytest.fixture(scope="module", params=["local", "s3"])
@@ -39,7 +40,8 @@ def stack(request: pytest.FixtureRequest, kafka_bootstrap: str,
         store_env = {}
         if request.param == "s3":
             store_env = stop.enter_context(moto_s3(unique_name("e2e-videos").replace(".", "-").replace("_", "-")))
-        s = make_stack(kafka_bootstrap, home, sim_config=simulator_config(home / "sim.json"), workers=0)
+        sim = simulator_config(home / "sim.json", cold_start=COLD_START)
+        s = make_stack(kafka_bootstrap, home, sim_config=sim, workers=0)
         s.extra_env.update({**store_env, "FLOODGATE_VIDEO_LINK_TTL": str(LINK_TTL)})
         stop.enter_context(s)
         # Only the worker refuses private URLs: Kafka admission is its business.
@@ -151,3 +153,30 @@ async def test_a_private_image_url_on_kafka_is_dead_lettered_at_admission(stack:
                                       lambda ms: any(m.key() == good_id.encode() for m in ms), timeout=60)
     assert any(m.key() == good_id.encode() for m in results)
     assert not any(x["original"] == good for x in letters(dead))
+
+
+async def test_a_cold_start_shows_in_the_time_to_first_progress(stack: Stack) -> None:
+    # kling-2.1 is used by no other test here: its first job finds the model cold.
+    api = stack.api_url
+    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=30)) as http:
+        accepted = await submit(http, api, {"model": "kling-2.1", "user_id": "u1", "input": {"prompt": "dunes"}})
+
+        async def completed() -> bool:
+            return (await get_job(http, api, accepted["job_id"], accepted["token"]))["status"] == "completed"
+
+        await until(completed, timeout=60, what="the job to complete")
+        metrics = stack.metrics_urls["worker-0"]
+
+        async def observed() -> dict | None:
+            got = await scrape(http, metrics)
+            labels = {"provider": "kling", "model": "kling-2.1"}
+            counts = [value(got, f"floodgate_time_to_{m}_seconds_count", **labels)
+                      for m in ("first_progress", "completion")]
+            if counts != [1.0, 1.0]:
+                return None
+            return {m: value(got, f"floodgate_time_to_{m}_seconds_sum", **labels)
+                    for m in ("first_progress", "completion")}
+
+        sums = await until(observed, timeout=30, what="the milestones in the worker's metrics")
+    # Renders take 20-80 ms here: a first progress past the cold start can only be the cold start.
+    assert COLD_START <= sums["first_progress"] <= sums["completion"] < 30

@@ -25,9 +25,16 @@ def st(status: JobStatus, at: float, provider: str | None = "kling") -> JobState
     (st(Q, 100, provider=None), st(R, 110, provider=None), None),
 ])
 def test_milestones(before: JobState | None, after: JobState, expected: Milestones | None) -> None:
-    assert milestones(before, after) == expected
+    # Measured when the change is applied: here, at the change's own time.
+    assert milestones(before, after, now=after.updated_at) == expected
+
+
+def test_measured_up_to_now_not_to_the_providers_timestamp() -> None:
+    # The provider stamps its event in whole seconds (100); the change is applied at 100.7.
+    reached = milestones(st(S, 100.2), st(R, 100.0), now=100.7)
+    assert reached is not None and reached.first_progress == pytest.approx(0.7)
 
 
 def test_a_clock_that_went_back_never_gives_a_negative_time() -> None:
-    reached = milestones(st(S, 101), st(R, 99))
+    reached = milestones(st(S, 101), st(R, 99), now=99.0)
     assert reached is not None and reached.first_progress == 0.0
