@@ -72,8 +72,9 @@ def guarded_fetch_session(*, allow_private: bool, forbidden: Callable[[IPAddress
     resolver = GuardedResolver(allow_private=allow_private, inner=inner_resolver, forbidden=forbidden)
     connector = aiohttp.TCPConnector(resolver=resolver, limit=32)
     # trust_env=False: a proxy from the environment would connect on our behalf, unguarded.
+    # A whole download may take 30 minutes: a source trickling bytes cannot hold a copy forever.
     return aiohttp.ClientSession(connector=connector, trust_env=False,
-                                 timeout=aiohttp.ClientTimeout(total=None, connect=10, sock_read=60))
+                                 timeout=aiohttp.ClientTimeout(total=1800, connect=10, sock_read=60))
 
 
 class VideoFetcher:
