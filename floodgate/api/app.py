@@ -107,7 +107,7 @@ def build_app(
         return json_response(body, status=200 if ready else 503)
 
     async def openapi_json(request: web.Request) -> web.Response:
-        return json_response(openapi.document(chosen, base_url(request, settings)))
+        return json_response(openapi.document(chosen, base_url(request, settings), videos=links is not None))
 
     async def metrics(request: web.Request) -> web.Response:
         body, content_type = render(deps.metrics.registry, request.headers.get("Accept"))
