@@ -15,7 +15,8 @@
     │   ├── KafkaUnavailable        broker down, timeout, unknown topic: retriable after ~1 s
     │   ├── RecordTooLarge          refused for its size: not retriable
     │   └── BatchDeliveryError      some records of an SDK batch failed (per-record errors inside)
-    └── NotificationError           one outgoing-webhook delivery attempt failed
+    ├── NotificationError           one outgoing-webhook delivery attempt failed
+    └── StorageError                copying a provider's video into our store failed (see retriable)
 
 Code that retries, reroutes or dead-letters asks the error (``retriable``,
 ``retry_after``, ``reroute``) rather than matching on types.
@@ -149,6 +150,19 @@ class NotificationError(FloodgateError):
         self.status = status
 
 
+class StorageError(FloodgateError):
+    """Copying a provider's video into Floodgate's store failed.
+
+    ``retriable``: a later attempt may work (timeouts, 5xx, 429, the store unreachable); not
+    for a refusal that will not change (too large, not a video, a forbidden destination, 4xx).
+    """
+
+    def __init__(self, message: str, *, retriable: bool, retry_after: float | None = None) -> None:
+        super().__init__(message)
+        self.retriable = retriable
+        self.retry_after = retry_after
+
+
 __all__ = [
     "BatchDeliveryError",
     "BrokerError",
@@ -165,6 +179,8 @@ __all__ = [
     "ProviderUnavailable",
     "RateLimited",
     "SchemaError",
+    "StorageError",
     "ValidationError",
     "WebhookVerificationError",
 ]
+

@@ -35,6 +35,8 @@ JOB_BUCKETS = (0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 20.0, 30.0, 45.0, 60.0, 90.0
 REJECT_REASONS = ("validation", "auth", "too_large", "idempotency_conflict", "kafka_unavailable")
 WEBHOOK_OUTCOMES = ("accepted", "bad_signature", "unknown_provider", "too_large", "kafka_unavailable")
 OUTGOING_OUTCOMES = ("delivered", "failed", "skipped", "invalid")
+VIDEO_OUTCOMES = ("stored", "failed", "already_stored", "skipped")
+VIDEO_REFUSALS = ("malformed", "forged", "expired")
 CHANNELS = ("sse", "websocket")
 UNKNOWN_PROVIDER = "unknown"
 """The ``provider`` label of webhooks to a provider we do not know: the path segment is the
@@ -100,8 +102,24 @@ class ApiMetrics(_Group):
             "skipped (no device or a state that is not pushed), invalid (undecodable, dead-lettered).", ["outcome"])
         self.push_retries = self._counter(
             "floodgate_push_notification_retries_total", "Push attempts that were retried.")
+        self.videos = self._counter(
+            "floodgate_videos_total",
+            "Final results handled by the video copier: stored (copied and checked), failed (refused for good "
+            "or out of retries), already_stored (a repeat), skipped (not completed).", ["outcome"])
+        self.video_retries = self._counter(
+            "floodgate_video_copy_retries_total", "Video copies retried after a passing failure.")
+        self.video_copy_lag = self._histogram(
+            "floodgate_video_copy_lag_seconds",
+            "From a job's completion to its video stored in Floodgate's store.", JOB_BUCKETS)
+        self.video_links_refused = self._counter(
+            "floodgate_video_links_refused_total", "Requests for a stored video refused: malformed, forged, "
+            "expired link.", ["reason"])
         for reason in REJECT_REASONS:
             self.rejected.labels(reason)
+        for outcome in VIDEO_OUTCOMES:
+            self.videos.labels(outcome)
+        for reason in VIDEO_REFUSALS:
+            self.video_links_refused.labels(reason)
         for channel in CHANNELS:
             self.notification_latency.labels(channel)
             self.subscribers.labels(channel)
@@ -162,6 +180,14 @@ class WorkerMetrics(_Group):
         self.job_latency = self._histogram(
             "floodgate_job_latency_seconds", "From a job's acceptance to its terminal state, by outcome.",
             JOB_BUCKETS, ["outcome"])
+        self.first_progress = self._histogram(
+            "floodgate_time_to_first_progress_seconds",
+            "From a job's submission to the provider's first progress (its queue and cold start behind it), "
+            "by provider and model.", JOB_BUCKETS, ["provider", "model"])
+        self.completion = self._histogram(
+            "floodgate_time_to_completion_seconds",
+            "From a job's submission to its completion, by provider and model.", JOB_BUCKETS,
+            ["provider", "model"])
         self.transitions = self._counter(
             "floodgate_job_transitions_total", "Job state changes, by the status entered.", ["status"])
         self.queue_depth = self._gauge(

@@ -2,10 +2,13 @@
 
 Three layers, because each alone can be bypassed:
 
-* :func:`check_url_syntax` at the edge: a clean http(s) URL, no credentials.
-* :func:`check_url_target` just before sending: rejects forbidden IP-literal
-  hosts. aiohttp never calls a resolver for an IP literal, so the resolver
-  below cannot see ``http://169.254.169.254/``.
+* :func:`check_url_syntax`: a clean http(s) URL, no credentials.
+* :func:`check_url_target` at submission (every user-given URL: ``webhook_url``,
+  ``input.image_url``) and again just before each request: rejects hosts that
+  name a forbidden address without DNS, in any spelling (IP literals after
+  IDNA mapping and without a trailing dot, ``localhost`` and ``*.localhost``).
+  aiohttp never calls a resolver for an IP literal, so the resolver below
+  cannot see ``http://169.254.169.254/``.
 * :class:`GuardedResolver` at connect time: resolves, then drops forbidden
   addresses. Checking the name when the request is accepted is not enough:
   DNS can answer differently later (rebinding), so the check must happen on
@@ -16,9 +19,11 @@ the resolver, and a webhook receiver has no business redirecting us.
 """
 from __future__ import annotations
 
+import contextlib
 import ipaddress
 import re
 import socket
+from collections.abc import Callable
 from urllib.parse import SplitResult, urlsplit
 
 from aiohttp.abc import AbstractResolver, ResolveResult
@@ -54,6 +59,9 @@ _EXTRA_FORBIDDEN = tuple(
 _NAT64 = ipaddress.ip_network("64:ff9b::/96")
 _HOST_LABEL = re.compile(r"(?!-)[a-z0-9_-]{1,63}(?<!-)")
 _NUMERIC_LABEL = re.compile(r"(0x[0-9a-f]*|[0-9]+)")
+# Names every resolver answers with loopback without asking DNS (the reserved ".localhost" zone,
+# and the loopback aliases of common hosts files).
+_LOOPBACK_NAMES = frozenset({"localhost", "ip6-localhost", "ip6-loopback"})
 
 
 class ForbiddenDestination(OSError):
@@ -75,21 +83,35 @@ def check_url_syntax(url: object, field: str = "webhook_url") -> None:
     _parse(url, field)
 
 
-def check_url_target(url: object, *, allow_private: bool, field: str = "webhook_url") -> None:
+def check_url_target(url: object, *, allow_private: bool, field: str = "webhook_url",
+                     forbidden: Callable[[IPAddress], bool] | None = None) -> None:
     """:func:`check_url_syntax`, plus reject an IP-literal host that is forbidden (unless ``allow_private``).
 
-    Call before each request: IP literals never reach :class:`GuardedResolver`.
+    Call before each request: IP literals never reach :class:`GuardedResolver`. ``forbidden``
+    replaces :func:`is_forbidden_address` (tests that must call a loopback server "public").
     """
     parts = _parse(url, field)
-    host = parts.hostname or ""
     if allow_private:
         return
+    host = canonical_host(parts.hostname or "")
+    if host in _LOOPBACK_NAMES or host.endswith(".localhost"):
+        raise ValidationError(Problem(field, "must not point to a private or reserved address"))
     try:
         address = ipaddress.ip_address(host)
     except ValueError:
         return  # a name: GuardedResolver checks what it resolves to
-    if is_forbidden_address(address):
+    if (forbidden or is_forbidden_address)(address):
         raise ValidationError(Problem(field, "must not point to a private or reserved address"))
+
+
+def canonical_host(host: str) -> str:
+    """``host`` as a resolver and a connector see it: IDNA-mapped (full-width digits and letters
+    become ASCII), lower case, no trailing root dot. An unmappable host comes back as it was."""
+    name = host.lower()
+    if not name.isascii():
+        with contextlib.suppress(UnicodeError):  # _parse has refused such a host already
+            name = name.encode("idna").decode("ascii")
+    return name[:-1] if name.endswith(".") else name
 
 
 def is_forbidden_address(ip: str | IPAddress) -> bool:
@@ -147,9 +169,11 @@ class GuardedResolver(AbstractResolver):
     Use as ``aiohttp.TCPConnector(resolver=GuardedResolver(...))``.
     """
 
-    def __init__(self, allow_private: bool = False, inner: AbstractResolver | None = None) -> None:
+    def __init__(self, allow_private: bool = False, inner: AbstractResolver | None = None,
+                 forbidden: Callable[[IPAddress], bool] | None = None) -> None:
         self._allow_private = allow_private
         self._inner = inner
+        self._forbidden = forbidden or is_forbidden_address
 
     async def resolve(
         self, host: str, port: int = 0, family: socket.AddressFamily = socket.AF_INET
@@ -161,7 +185,7 @@ class GuardedResolver(AbstractResolver):
         results = await self._inner.resolve(host, port, family)
         if self._allow_private:
             return results
-        allowed = [r for r in results if not is_forbidden_address(r["host"])]
+        allowed = [r for r in results if not _forbids(self._forbidden, r["host"])]
         if not allowed:
             raise ForbiddenDestination(None, f"{host} resolves only to private or reserved addresses")
         return allowed
@@ -169,6 +193,13 @@ class GuardedResolver(AbstractResolver):
     async def close(self) -> None:
         if self._inner is not None:
             await self._inner.close()
+
+
+def _forbids(forbidden: Callable[[IPAddress], bool], host: str) -> bool:
+    try:
+        return forbidden(ipaddress.ip_address(host))
+    except ValueError:
+        return True  # not an address: fail closed
 
 
 def _parse(url: object, field: str) -> SplitResult:
@@ -207,23 +238,25 @@ def _valid_host(host: str, *, bracketed: bool) -> bool:
         except ValueError:
             return False
     name = host[:-1] if host.endswith(".") else host
-    labels = name.split(".")
-    # WHATWG URL parsers read a host whose last label is numeric as IPv4 (127.1, 0x7f.1, 2130706433):
-    # accept only the canonical dotted quad, so what we check is what gets connected to.
-    if _NUMERIC_LABEL.fullmatch(labels[-1]):
-        try:
-            return ipaddress.ip_address(name).version == 4
-        except ValueError:
-            return False
     try:
         ascii_name = name.encode("idna").decode("ascii")
     except UnicodeError:
         return False
-    return len(ascii_name) <= 253 and all(_HOST_LABEL.fullmatch(label) for label in ascii_name.split("."))
+    labels = ascii_name.split(".")
+    # WHATWG URL parsers read a host whose last label is numeric as IPv4 (127.1, 0x7f.1, 2130706433):
+    # accept only the canonical dotted quad, so what we check is what gets connected to. Checked
+    # after IDNA mapping, which turns full-width digits ("127.0.0.１") into ASCII ones.
+    if _NUMERIC_LABEL.fullmatch(labels[-1]):
+        try:
+            return ipaddress.ip_address(ascii_name).version == 4
+        except ValueError:
+            return False
+    return len(ascii_name) <= 253 and all(_HOST_LABEL.fullmatch(label) for label in labels)
 
 
 __all__ = [
     "MAX_URL_CHARS",
+    "canonical_host",
     "ForbiddenDestination",
     "GuardedResolver",
     "check_url_syntax",

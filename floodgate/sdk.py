@@ -35,7 +35,6 @@ from confluent_kafka import KafkaError, KafkaException, Producer
 from floodgate import codec
 from floodgate.errors import BatchDeliveryError, DeliveryError, Problem, ValidationError
 from floodgate.ids import job_id_for_key, new_job_id
-from floodgate.netguard import check_url_target
 from floodgate.push import PushTarget, notify_record
 from floodgate.settings import Settings
 from floodgate.topics import TopicNames
@@ -110,15 +109,11 @@ class _Preparer:
             "notify": notify_record(spec.push),
         }
         try:
-            normalized = validate_job_request(payload, known_models=self.known_models, limits=self.limits)
+            # As the HTTP ingress does: a URL naming a private address is refused at the door.
+            normalized = validate_job_request(payload, known_models=self.known_models, limits=self.limits,
+                                              allow_private=self.allow_private_webhooks)
         except ValidationError as exc:
             raise ValidationError(exc.problems + problems) from None
-        if normalized.webhook_url is not None:
-            # As the HTTP ingress does: refuse a private IP-literal target at the door, not at delivery.
-            try:
-                check_url_target(normalized.webhook_url, allow_private=self.allow_private_webhooks)
-            except ValidationError as exc:
-                problems = exc.problems + problems
         if problems:
             raise ValidationError(problems)
         if spec.idempotency_key is None:
@@ -218,11 +213,12 @@ class FloodgateClient:
     ``submit`` and ``submit_many`` may run in several threads at once; ``close`` must not race them.
 
     ``known_models``: the models to accept (default: the dev table's). ``id_secret``: see the
-    module docs on idempotency. ``allow_private_webhooks``: accept loopback/private IP-literal
-    ``webhook_url`` s (dev only; mirrors ``FLOODGATE_ALLOW_PRIVATE_WEBHOOKS``). ``limits``: size
-    limits, the HTTP API's by default. ``producer_config`` goes to ``confluent_kafka.Producer``
-    with underscores read as dots (``linger_ms=20`` is librdkafka's ``linger.ms``, so the same
-    keywords work for both clients); it cannot override ``acks`` or idempotence.
+    module docs on idempotency. ``allow_private_webhooks``: accept ``webhook_url`` and
+    ``input.image_url`` s naming loopback/private addresses (dev only; mirrors
+    ``FLOODGATE_ALLOW_PRIVATE_WEBHOOKS``). ``limits``: size limits, the HTTP API's by default.
+    ``producer_config`` goes to ``confluent_kafka.Producer`` with underscores read as dots
+    (``linger_ms=20`` is librdkafka's ``linger.ms``, so the same keywords work for both clients);
+    it cannot override ``acks`` or idempotence.
     Raises ``ConfigError`` for a bad ``topic_prefix`` or ``id_secret`` and ``ValidationError``
     for an empty tenant.
     """

@@ -118,7 +118,8 @@ class Settings:
     """ISO 8601 instant (e.g. 2026-12-08T00:00:00Z) after which the previous webhook secrets no
     longer sign; required with them."""
     allow_private_webhooks: bool = False
-    """Allow webhook_url to point at loopback/private addresses (dev and tests only)."""
+    """Allow user-given URLs (webhook_url, input.image_url) and provider video URLs to point at
+    loopback/private addresses (dev and tests only)."""
     public_url: str = ""
     """Base URL clients use to reach the API (for status_url/events_url). Empty: from the request."""
     ws_allowed_origins: str = ""
@@ -166,6 +167,30 @@ class Settings:
     """Base URL of APNs; development builds' tokens need https://api.sandbox.push.apple.com."""
     push_ca_file: str = ""
     """PEM file of extra CA certificates trusted for the FCM and APNs endpoints (a TLS-inspecting gateway; tests)."""
+    # --- Videos kept in our own store --------------------------------------------------
+    video_store: str = "local"
+    """Where completed jobs' videos are copied and served from: local (a directory served by the
+    API), s3 (any S3-compatible bucket), or off (result.video_url stays the provider's URL)."""
+    video_dir: str = ""
+    """Directory of the local video store. Empty: <cache_dir>/videos/<topic prefix>."""
+    video_link_secret: Secret = field(default_factory=lambda: Secret(""))
+    """HMAC key of signed video links. Empty: derived from FLOODGATE_SECRET."""
+    video_link_ttl: float = 3600.0
+    """Seconds a signed video link stays valid after the job was read."""
+    video_max_bytes: int = 536870912
+    """Largest video copied from a provider (bytes); larger is refused and not stored."""
+    video_s3_bucket: str = ""
+    """Bucket of the s3 video store."""
+    video_s3_endpoint: str = ""
+    """Endpoint URL of an S3-compatible store (MinIO, Ceph, R2...). Empty: AWS S3."""
+    video_s3_region: str = "us-east-1"
+    """Region of the s3 video store."""
+    video_s3_prefix: str = ""
+    """Key prefix inside the bucket (several deployments may share one)."""
+    video_s3_access_key_id: str = ""
+    """Access key id of the s3 video store. Empty: from the usual AWS sources."""
+    video_s3_secret_access_key: Secret = field(default_factory=lambda: Secret(""))
+    """Secret access key of the s3 video store."""
 
     log_level: str = "info"
     """Log level of every process."""
@@ -205,6 +230,18 @@ class Settings:
     @property
     def origin_policy(self) -> OriginPolicy:
         return OriginPolicy.parse(self.ws_allowed_origins, f"{PREFIX}WS_ALLOWED_ORIGINS")
+
+    @property
+    def video_dir_path(self) -> Path:
+        if self.video_dir:
+            return Path(self.video_dir).expanduser()
+        return self.cache_dir / "videos" / (self.topic_prefix.strip(".") or "default")
+
+    @property
+    def video_link_key(self) -> bytes:
+        from floodgate.videolinks import link_key
+
+        return link_key(self.video_link_secret.reveal(), self.secret.reveal())
 
     def to_env(self) -> dict[str, str]:
         """Every field as the ``FLOODGATE_*`` variable ``from_env`` reads back: how a parent
@@ -252,6 +289,12 @@ class Settings:
                 raise ConfigError(f"{PREFIX}{name.upper()} must be positive")
         if self.event_loop not in ("uvloop", "asyncio"):
             raise ConfigError(f"{PREFIX}EVENT_LOOP must be uvloop or asyncio, got {self.event_loop!r}")
+        if self.video_store not in ("local", "s3", "off"):
+            raise ConfigError(f"{PREFIX}VIDEO_STORE must be local, s3 or off, got {self.video_store!r}")
+        if self.video_store == "s3" and not self.video_s3_bucket:
+            raise ConfigError(f"{PREFIX}VIDEO_S3_BUCKET is required when {PREFIX}VIDEO_STORE=s3")
+        if self.video_link_ttl <= 0 or self.video_max_bytes < 1:
+            raise ConfigError(f"{PREFIX}VIDEO_LINK_TTL and {PREFIX}VIDEO_MAX_BYTES must be positive")
         if self.table_store not in ("rocksdict", "memory"):
             raise ConfigError(f"{PREFIX}TABLE_STORE must be rocksdict or memory, got {self.table_store!r}")
         if any(c not in _TOPIC_CHARS for c in self.worker_id):

@@ -2,7 +2,15 @@
 
 Pure: no I/O. HTTP ingress and the SDK path call :func:`validate_job_request`
 on the parsed JSON body; the result is what gets hashed and written to the
-``requests`` topic.
+``requests`` topic. The jobs agent applies it again to records written by
+anyone else (kcat, replays), so a URL refused at the HTTP edge is also refused
+at Kafka admission.
+
+Every user-given URL (``webhook_url``, which Floodgate will POST to, and
+``input.image_url``, which a provider will fetch, possibly from inside the
+user's own network) passes :func:`floodgate.netguard.check_url_target`: a host
+that names a private, loopback or link-local address in any spelling is refused
+here; names are checked again on the addresses connected to.
 """
 from __future__ import annotations
 
@@ -15,7 +23,7 @@ from typing import Any
 import orjson
 
 from floodgate.errors import Problem, ValidationError
-from floodgate.netguard import check_url_syntax
+from floodgate.netguard import check_url_target
 from floodgate.push import PushTarget, parse_notify
 
 _TOP_LEVEL = frozenset({"model", "input", "user_id", "webhook_url", "metadata", "notify"})
@@ -59,13 +67,18 @@ class NormalizedRequest:
 
 
 def validate_job_request(
-    payload: Any, *, known_models: Collection[str], limits: RequestLimits = RequestLimits()
+    payload: Any,
+    *,
+    known_models: Collection[str],
+    limits: RequestLimits = RequestLimits(),
+    allow_private: bool = False,
 ) -> NormalizedRequest:
     """Check a parsed JSON body; raise :class:`ValidationError` naming every bad field.
 
     Fields are dotted paths (``input.prompt``, ``metadata.foo``); unknown
     top-level and ``input`` fields are reported by name. ``null`` counts as
-    absent for optional fields.
+    absent for optional fields. ``allow_private`` lets URLs point at private
+    and loopback addresses (dev and tests only).
     """
     if not isinstance(payload, Mapping):
         raise ValidationError(Problem("body", "must be a JSON object"))
@@ -73,7 +86,7 @@ def validate_job_request(
 
     model = _model(payload.get("model"), known_models, problems)
     user_id = _user_id(payload.get("user_id"), limits, problems)
-    webhook_url = _optional_url(payload.get("webhook_url"), "webhook_url", problems)
+    webhook_url = _optional_url(payload.get("webhook_url"), "webhook_url", allow_private, problems)
     metadata = _string_map(
         payload.get("metadata"),
         "metadata",
@@ -82,7 +95,7 @@ def validate_job_request(
         limits.max_metadata_value_chars,
         problems,
     )
-    prompt, image_url, params = _input(payload.get("input"), limits, problems)
+    prompt, image_url, params = _input(payload.get("input"), limits, allow_private, problems)
     push = parse_notify(payload.get("notify"), problems)
 
     if problems:
@@ -153,7 +166,9 @@ def _user_id(value: Any, limits: RequestLimits, problems: list[Problem]) -> str:
     return ""
 
 
-def _input(value: Any, limits: RequestLimits, problems: list[Problem]) -> tuple[str, str | None, dict[str, str]]:
+def _input(
+    value: Any, limits: RequestLimits, allow_private: bool, problems: list[Problem]
+) -> tuple[str, str | None, dict[str, str]]:
     if value is None:
         problems.append(Problem("input", "required"))
         return "", None, {}
@@ -170,7 +185,7 @@ def _input(value: Any, limits: RequestLimits, problems: list[Problem]) -> tuple[
         problems.append(Problem("input.prompt", "must not be empty"))
     elif len(prompt) > limits.max_prompt_chars:
         problems.append(Problem("input.prompt", f"must be at most {limits.max_prompt_chars} characters"))
-    image_url = _optional_url(value.get("image_url"), "input.image_url", problems)
+    image_url = _optional_url(value.get("image_url"), "input.image_url", allow_private, problems)
     params = _string_map(
         value.get("params"),
         "input.params",
@@ -182,11 +197,11 @@ def _input(value: Any, limits: RequestLimits, problems: list[Problem]) -> tuple[
     return prompt if isinstance(prompt, str) else "", image_url, params
 
 
-def _optional_url(value: Any, field: str, problems: list[Problem]) -> str | None:
+def _optional_url(value: Any, field: str, allow_private: bool, problems: list[Problem]) -> str | None:
     if value is None:
         return None
     try:
-        check_url_syntax(value, field)
+        check_url_target(value, allow_private=allow_private, field=field)
     except ValidationError as exc:
         problems.extend(exc.problems)
         return None

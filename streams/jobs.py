@@ -23,6 +23,7 @@ knows an order it has seen).
 from __future__ import annotations
 
 import logging
+import time
 from collections import OrderedDict
 from datetime import UTC, datetime
 from typing import Any
@@ -35,6 +36,7 @@ from floodgate.errors import FloodgateError, SchemaError, ValidationError
 from floodgate.jobs.events import aim, event_from_record, queued_event, webhook_event
 from floodgate.jobs.record import JobRecord, snapshot
 from floodgate.jobs.state import JobEvent, JobState, Transition, apply
+from floodgate.jobs.timing import milestones
 from floodgate.routing import chain_for, known_models
 from floodgate.validation import validate_job_request
 from streams import guard
@@ -140,7 +142,8 @@ class JobDesk:
             req = codec.decode_request(msg.value, msg.headers)
             now = datetime.now(UTC)
             if req["source"] != "http":  # SDKs and CLI replays run outside our control: check again
-                validate_job_request(request_payload(req), known_models=known_models(pipe.routing, now))
+                validate_job_request(request_payload(req), known_models=known_models(pipe.routing, now),
+                                     allow_private=pipe.settings.allow_private_webhooks)
         except (SchemaError, ValidationError) as exc:
             pipe.metrics.dead_letters.labels("admission").inc()
             await pipe.emit.dead_letter(pipe.names.dlq, msg, f"invalid request: {exc}", exc)
@@ -241,6 +244,16 @@ class JobDesk:
 
     # -- events ------------------------------------------------------------------------------
 
+    def observe_milestones(self, before: JobState | None, after: JobState) -> None:
+        reached = milestones(before, after, time.time())
+        if reached is None:
+            return
+        metrics = self.pipe.metrics
+        if reached.first_progress is not None:
+            metrics.first_progress.labels(reached.provider, reached.model).observe(reached.first_progress)
+        if reached.completion is not None:
+            metrics.completion.labels(reached.provider, reached.model).observe(reached.completion)
+
     async def on_event(self, event: JobEvent) -> None:
         pipe = self.pipe
         key = event.job_id.encode()
@@ -258,6 +271,7 @@ class JobDesk:
         if step.changed and step.state is not None:
             self.put(key, JobRecord(step.state, aimed.event_id, record.admitted_by if record else None))
             pipe.metrics.transitions.labels(step.state.status.value).inc()
+            self.observe_milestones(before, step.state)
             if step.became_terminal:
                 pipe.metrics.job_latency.labels(step.state.status.value).observe(
                     max(0.0, step.state.updated_at - step.state.created_at))

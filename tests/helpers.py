@@ -1,10 +1,13 @@
 """Helpers that more than one test file uses, so no test file imports from another. What a test
 needs from the broker is in ``tests/kafka_util.py``, a full stack in ``tests/e2e/stack_util.py``,
 a running API in ``tests/integration/api_helpers.py``; the rest is here: a burst of jobs over HTTP,
-the final state of each job read back from Kafka, simulator stats, and Prometheus samples."""
+the final state of each job read back from Kafka, simulator stats, Prometheus samples, and a local
+S3-compatible server."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
+from collections.abc import Iterator
 from typing import Any
 
 import aiohttp
@@ -68,3 +71,24 @@ async def scrape(session: aiohttp.ClientSession, url: str) -> Samples:
 def value(got: Samples, name: str, **labels: str) -> float:
     """One sample's value; 0 when the series is not there (yet)."""
     return got.get((name, frozenset(labels.items())), 0.0)
+
+
+@contextlib.contextmanager
+def moto_s3(bucket: str) -> Iterator[dict[str, str]]:
+    """A real S3-compatible HTTP server (moto's server mode) on loopback with ``bucket`` created;
+    yields the ``FLOODGATE_VIDEO_S3_*`` settings that reach it."""
+    import boto3
+    from moto.server import ThreadedMotoServer
+
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    server.start()
+    try:
+        host, port = server.get_host_and_port()
+        endpoint = f"http://{host}:{port}"
+        creds = {"aws_access_key_id": "testing", "aws_secret_access_key": "testing", "region_name": "us-east-1"}
+        boto3.client("s3", endpoint_url=endpoint, **creds).create_bucket(Bucket=bucket)
+        yield {"FLOODGATE_VIDEO_STORE": "s3", "FLOODGATE_VIDEO_S3_BUCKET": bucket,
+               "FLOODGATE_VIDEO_S3_ENDPOINT": endpoint, "FLOODGATE_VIDEO_S3_REGION": "us-east-1",
+               "FLOODGATE_VIDEO_S3_ACCESS_KEY_ID": "testing", "FLOODGATE_VIDEO_S3_SECRET_ACCESS_KEY": "testing"}
+    finally:
+        server.stop()

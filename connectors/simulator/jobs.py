@@ -44,6 +44,7 @@ class Job:
     status: str = "queued"
     render_started: float | None = None
     render_seconds: float | None = None
+    cold_seconds: float = 0.0  # wall seconds of render_seconds spent booting, before the first frame
     completed_at: float | None = None
     error: dict[str, str] | None = None
     # A reordered in_progress event waits here until the terminal event has gone out.
@@ -112,11 +113,18 @@ def parse_create(body: bytes) -> CreateRequest:
     )
 
 
+def warming(job: Job, now: float) -> bool:
+    """A cold model is still booting for ``job``: it shows as queued, without progress, until its
+    first frame (as real providers keep a job queued while a worker boots)."""
+    return (job.status == "in_progress" and job.render_started is not None
+            and now < job.render_started + job.cold_seconds)
+
+
 def progress(job: Job, now: float) -> int:
     """Approximate percent, as OpenAI reports it: 0 while queued, never 100 before completion."""
     if job.status == "completed":
         return 100
-    if job.render_started is None or not job.render_seconds:
+    if job.render_started is None or not job.render_seconds or warming(job, now):
         return 0
     done = (now - job.render_started) / job.render_seconds
     return max(0, min(99, int(done * 100)))
@@ -129,7 +137,7 @@ def job_view(job: Job, files_base: str, now: float) -> dict[str, Any]:
         "id": job.id,
         "object": "video",
         "model": request.model,
-        "status": job.status,
+        "status": "queued" if warming(job, now) else job.status,
         "progress": progress(job, now),
         "created_at": int(job.created_at),
         "completed_at": None if job.completed_at is None else int(job.completed_at),

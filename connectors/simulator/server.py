@@ -109,8 +109,11 @@ class Simulator:
         state, dispatcher = self.states[name], self.dispatchers[name]
         await asyncio.sleep(state.queue_delay())
         seconds = state.begin_render(job)
+        # A cold model boots before its first frame: the first progress waits for it, as it does
+        # at a real provider, so a cold start shows in Floodgate's time to first progress.
+        await asyncio.sleep(job.cold_seconds)
         dispatcher.emit(job, "video.in_progress")
-        await asyncio.sleep(seconds)
+        await asyncio.sleep(seconds - job.cold_seconds)
         status = "failed" if job.will_fail else "completed"
         if state.finish(job, status):
             dispatcher.emit(job, f"video.{status}")

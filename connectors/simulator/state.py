@@ -168,6 +168,7 @@ class ProviderState:
         seconds = self.config.render_time.sample(self.rng)
         if cold and self.config.cold_start > 0:
             seconds += self.config.cold_start
+            job.cold_seconds = self.sim.scaled(self.config.cold_start)
             self.count(job.api_key, "cold_starts")
         job.status = "in_progress"
         job.render_started = now

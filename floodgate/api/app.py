@@ -13,7 +13,8 @@ from typing import Any
 
 from aiohttp import web
 
-from floodgate.api import bridge, cancel, ingress, openapi, read
+from connectors.storage import VideoStore
+from floodgate.api import bridge, cancel, ingress, openapi, read, videos
 from floodgate.api.common import ROLES, Deps, base_url, json_response
 from floodgate.api.kafka_io import Sender
 from floodgate.api.view import JobView
@@ -23,6 +24,7 @@ from floodgate.problems import problem_response
 from floodgate.provider_config import ProviderSetup
 from floodgate.routing import known_models
 from floodgate.settings import Settings
+from floodgate.videolinks import VideoLinks
 
 log = logging.getLogger(__name__)
 
@@ -65,19 +67,23 @@ def build_app(
     keepalive: float = 15.0,
     wait_for_job: float = 2.0,
     clock: Callable[[], float] = time.time,
+    video_store: VideoStore | None = None,
 ) -> web.Application:
     """The API for ``roles`` (default: all). Raises ``ConfigError`` if a role lacks what it needs
     (ingress: producer; read: view and producer, for cancels; bridge: producer). The ingress uses
     the view when it has one (read-your-writes, Idempotency-Key checks across instances) and
-    works without. ``connectors`` defaults to ``setup.build_connectors()``. Starts nothing: Kafka
-    clients' lifecycles belong to the caller.
+    works without. ``connectors`` defaults to ``setup.build_connectors()``. ``video_store``: where
+    completed jobs' videos are kept; the read role then links to them (signed, expiring) and
+    serves them. Starts nothing: Kafka clients' lifecycles belong to the caller.
     """
     chosen = parse_roles(roles)
     if producer is None:
         raise ConfigError("every role needs a producer (ingress: requests, read: cancels, bridge: webhooks)")
     if "read" in chosen and view is None:
         raise ConfigError("the read role needs a job view")
-    deps = Deps(settings, setup, producer, view, keepalive=keepalive, wait_for_job=wait_for_job, clock=clock)
+    links = VideoLinks(settings.video_link_key, settings.video_link_ttl) if video_store is not None else None
+    deps = Deps(settings, setup, producer, view, keepalive=keepalive, wait_for_job=wait_for_job, clock=clock,
+                video_links=links)
     # The bridge takes 1 MiB bodies, the ingress max_body_bytes; both also check for themselves.
     limit = max(settings.max_body_bytes, bridge.MAX_WEBHOOK_BYTES)
     app = web.Application(middlewares=[problem_middleware], client_max_size=limit)
@@ -87,6 +93,8 @@ def build_app(
         # A cancel's answer depends on the job's state (409 once finished), which only the view knows.
         cancel.add_routes(app, deps)
         reader = read.add_routes(app, deps)
+        if video_store is not None and links is not None:
+            videos.add_routes(app, deps, links, video_store)
 
         async def close_streams(_: web.Application) -> None:
             await reader.shutdown()
@@ -103,7 +111,7 @@ def build_app(
     async def openapi_json(request: web.Request) -> web.Response:
         models = known_models(setup.routing, datetime.now(UTC))
         return json_response(openapi.document(chosen, base_url(request, settings), models=models,
-                                              push_platforms=settings.push_platforms))
+                                              push_platforms=settings.push_platforms, videos=links is not None))
 
     async def metrics(request: web.Request) -> web.Response:
         body, content_type = render(deps.metrics.registry, request.headers.get("Accept"))

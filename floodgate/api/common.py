@@ -18,6 +18,7 @@ from floodgate.problems import problem_response
 from floodgate.provider_config import ProviderSetup
 from floodgate.settings import Settings
 from floodgate.topics import TopicNames
+from floodgate.videolinks import VideoLinks
 
 ROLES = frozenset({"ingress", "read", "bridge"})
 
@@ -38,6 +39,15 @@ class Deps:
     clock: Callable[[], float] = time.time
     idempotency: IdempotencyCache = field(default_factory=IdempotencyCache)
     metrics: ApiMetrics = field(default_factory=api_metrics)
+    video_links: VideoLinks | None = None
+    """Set when videos are kept in our store: a completed job's ``result.video_url`` is then our
+    signed link to ``/v1/videos/{job_id}``, made when the job is read."""
+
+    def video_url(self, snapshot: dict[str, Any], base: str) -> str | None:
+        """Our signed link for a completed job read at ``base``; None to show the provider's URL."""
+        if self.video_links is None or snapshot.get("status") != "completed" or not snapshot.get("video_url"):
+            return None
+        return self.video_links.url(base, snapshot["job_id"], self.clock())
 
     @property
     def topics(self) -> TopicNames:

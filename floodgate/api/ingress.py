@@ -23,7 +23,6 @@ from floodgate.api.kafka_io import KafkaUnavailable, RecordTooLarge
 from floodgate.api.resources import queued_snapshot
 from floodgate.errors import Problem, ValidationError
 from floodgate.ids import job_id_for_key, job_token, new_job_id
-from floodgate.netguard import check_url_target
 from floodgate.problems import IDEMPOTENCY_CONFLICT, UNAUTHORIZED, problem_response, validation_response
 from floodgate.push import notify_record
 from floodgate.routing import known_models
@@ -51,20 +50,14 @@ def tenant_for(api_key: str | None, key_map: dict[str, str]) -> str | None:
 
 def validate(payload: Any, models: tuple[str, ...], allow_private: bool,
              push_platforms: Collection[str] | None = None) -> NormalizedRequest:
-    """``validate_job_request`` plus the webhook target check and, when ``push_platforms`` is
-    given, that a ``notify.push`` names a platform this deployment can send to; every field at once."""
+    """``validate_job_request``, URL targets included, plus, when ``push_platforms`` is given, that
+    a ``notify.push`` names a platform this deployment can send to; every field at once."""
     problems: list[Problem] = []
     normalized = None
     try:
-        normalized = validate_job_request(payload, known_models=models)
+        normalized = validate_job_request(payload, known_models=models, allow_private=allow_private)
     except ValidationError as exc:
         problems.extend(exc.problems)
-    webhook_url = payload.get("webhook_url") if isinstance(payload, dict) else None
-    if isinstance(webhook_url, str) and not any(p.field == "webhook_url" for p in problems):
-        try:
-            check_url_target(webhook_url, allow_private=allow_private)
-        except ValidationError as exc:
-            problems.extend(exc.problems)
     push = normalized.push if normalized is not None else None
     if push is not None and push_platforms is not None and push.platform not in push_platforms:
         problems.append(Problem("notify.push.platform", f"push to {push.platform} is not configured on this server"))

@@ -72,6 +72,23 @@ _OPERATIONS: dict[str, tuple[str, str, dict[str, Any]]] = {
             "404": _problem("Unknown job or wrong token"),
         },
     }),
+    "get_video": ("videos", "get /v1/videos/{job_id}", {
+        "summary": "A completed job's stored video (the link in result.video_url)",
+        "description": "The signed link is the only credential: `expires` (Unix seconds) and `sig` "
+                       "(base64url HMAC-SHA256) come from the job's `result.video_url`. HEAD answers the headers "
+                       "alone.",
+        "operationId": "getVideo",
+        "parameters": [_JOB_ID,
+                       {"name": "expires", "in": "query", "required": True, "schema": {"type": "string"}},
+                       {"name": "sig", "in": "query", "required": True, "schema": {"type": "string"}}],
+        "responses": {
+            "200": {"description": "The video; Repr-Digest carries the SHA-256 recorded when it was copied",
+                    "content": {"video/*": {"schema": {"type": "string", "format": "binary"}}}},
+            "403": _problem("Malformed, forged or expired link"),
+            "502": _problem("The provider's video could not be copied into storage"),
+            "503": _problem("Not copied yet (or the store is unreachable)", retry_after=True),
+        },
+    }),
     "cancel_job": ("read", "post /v1/jobs/{job_id}/cancel", {
         "summary": "Cancel a job",
         "description": "Records the cancel on Kafka and answers once it is acknowledged. The job then "
@@ -274,10 +291,11 @@ _SECURITY = {
 
 
 def document(roles: Set[str], server_url: str | None = None, models: Sequence[str] | None = None,
-             push_platforms: Set[str] | None = None) -> dict[str, Any]:
+             push_platforms: Set[str] | None = None, *, videos: bool = False) -> dict[str, Any]:
     """The OpenAPI 3.1 document for an app serving ``roles``; ``models`` (the routable models)
     become the enum of ``JobRequest.model``, so a client sees which ones it may ask for, and
-    ``push_platforms`` (those with credentials) the kinds of ``notify.push`` it may send."""
+    ``push_platforms`` (those with credentials) the kinds of ``notify.push`` it may send;
+    ``videos``: and stored videos, which the read role serves when there is a video store."""
     schemas = _SCHEMAS
     if models is not None or push_platforms is not None:
         request = copy.deepcopy(_SCHEMAS["JobRequest"])
@@ -288,8 +306,9 @@ def document(roles: Set[str], server_url: str | None = None, models: Sequence[st
             push["oneOf"] = [{"type": "null"}, *(v for k, v in _PUSH_TARGETS.items() if k in push_platforms)]
         schemas = {**_SCHEMAS, "JobRequest": request}
     paths: dict[str, dict[str, Any]] = {}
+    served = set(roles) | ({"videos"} if videos and "read" in roles else set())
     for role, route, operation in _OPERATIONS.values():
-        if role == "any" or role in roles:
+        if role == "any" or role in served:
             method, path = route.split(" ", 1)
             paths.setdefault(path, {})[method] = operation
     doc: dict[str, Any] = {

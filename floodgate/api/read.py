@@ -73,7 +73,12 @@ class Reader:
         if refused is not None:
             return refused
         snapshot = await current(self.view, job_id, self.deps.wait_for_job)
-        return json_response(job_resource(snapshot), headers={"Cache-Control": "no-store"})
+        return json_response(self.resource(snapshot, base_url(request, self.deps.settings)),
+                             headers={"Cache-Control": "no-store"})
+
+    def resource(self, snapshot: Snapshot, base: str) -> dict[str, Any]:
+        """The public job, with our signed video link when videos are kept in our store."""
+        return job_resource(snapshot, self.deps.video_url(snapshot, base))
 
     async def job_events(self, request: web.Request) -> web.StreamResponse:
         job_id, refused = self._authorize(request)
@@ -86,11 +91,12 @@ class Reader:
                 "Content-Type": "text/event-stream", "Cache-Control": "no-store", "X-Accel-Buffering": "no"})
             await response.prepare(request)
             last_sent = _last_event_id(request)
+            base = base_url(request, self.deps.settings)
             snapshot: Snapshot | None = await current(self.view, job_id, self.deps.wait_for_job)
             live = False  # the first snapshot is the current state, not a change being pushed
             while not self.closing.is_set():
                 if snapshot is not None and snapshot["version"] > last_sent:
-                    await response.write(sse_event(snapshot))
+                    await response.write(sse_event(snapshot, self.resource(snapshot, base)))
                     last_sent = snapshot["version"]
                     if live:
                         self.pushed("sse", snapshot)
@@ -133,7 +139,7 @@ class Reader:
         ws = web.WebSocketResponse(heartbeat=settings.ws_ping_interval)
         await ws.prepare(request)
         self.sockets.add(ws)
-        session = _StreamSession(self, ws)
+        session = _StreamSession(self, ws, base_url(request, self.deps.settings))
         idle = asyncio.create_task(session.close_when_idle(settings.ws_idle_timeout), name="ws-idle")
         try:
             if "job_id" in request.query:
@@ -159,9 +165,10 @@ class Reader:
 class _StreamSession:
     """One WebSocket's subscriptions: a pump task per job forwards snapshots to the socket."""
 
-    def __init__(self, reader: Reader, ws: web.WebSocketResponse) -> None:
+    def __init__(self, reader: Reader, ws: web.WebSocketResponse, base: str) -> None:
         self.reader = reader
         self.ws = ws
+        self.base = base
         self.pumps: dict[str, asyncio.Task[None]] = {}
         self.activity = asyncio.Event()
         """Set by every client message and every subscription's end: the idle clock restarts."""
@@ -242,7 +249,7 @@ class _StreamSession:
             last_sent, live = -1, False
             while True:
                 if snapshot["version"] > last_sent:
-                    await self.send({"type": "job", "job": job_resource(snapshot)})
+                    await self.send({"type": "job", "job": self.reader.resource(snapshot, self.base)})
                     last_sent = snapshot["version"]
                     if live:
                         self.reader.pushed("websocket", snapshot)
@@ -266,9 +273,10 @@ class _StreamSession:
         await asyncio.gather(*tasks, return_exceptions=True)
 
 
-def sse_event(snapshot: Snapshot) -> bytes:
-    """One SSE ``job`` event; the id is the snapshot version so a reconnect can resume."""
-    data = orjson.dumps(job_resource(snapshot))  # compact JSON never contains a newline
+def sse_event(snapshot: Snapshot, resource: dict[str, Any] | None = None) -> bytes:
+    """One SSE ``job`` event (``resource``: the job as shown, default ``job_resource(snapshot)``);
+    the id is the snapshot version so a reconnect can resume."""
+    data = orjson.dumps(resource or job_resource(snapshot))  # compact JSON never contains a newline
     return b"event: job\nid: %d\ndata: %s\n\n" % (snapshot["version"], data)
 
 

@@ -21,9 +21,10 @@ def iso_ms(epoch_ms: int | None) -> str | None:
     return stamp.strftime("%Y-%m-%dT%H:%M:%S.") + f"{stamp.microsecond // 1000:03d}Z"
 
 
-def job_resource(snapshot: Snapshot) -> dict[str, Any]:
-    """The body of ``GET /v1/jobs/{job_id}`` (and of SSE/WebSocket job messages)."""
-    video_url = snapshot.get("video_url")
+def job_resource(snapshot: Snapshot, video_url: str | None = None) -> dict[str, Any]:
+    """The body of ``GET /v1/jobs/{job_id}`` (and of SSE/WebSocket job messages). ``video_url``
+    replaces the provider's (our signed link, when videos are kept in our store)."""
+    video_url = video_url or snapshot.get("video_url")
     return {
         "job_id": snapshot["job_id"],
         "status": snapshot["status"],

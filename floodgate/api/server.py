@@ -7,8 +7,9 @@ listening. So the first request already finds Kafka reachable and the view compl
 Each process starts only what its roles use. The job view (its ``notifications`` feed and its
 spill store) belongs to the read role: an ingress-only process consumes nothing, so a spike of
 job updates cannot take CPU from the accept path (see ``floodgate.api.idempotency`` for what the
-Idempotency-Key check rests on there). Outgoing webhooks run by default except in an
-ingress-only process.
+Idempotency-Key check rests on there). Outgoing webhooks and the video copier
+(:mod:`floodgate.videos.copier`) run by default except in an ingress-only process; the read role
+serves the stored videos.
 
 The job view spills what it evicts to ``<cache_dir>/api/<topic prefix>/<host>-<pid>-*/view.sqlite``
 (see ``floodgate.api.spill``): a new, empty file per process, removed when the server closes.
@@ -27,6 +28,7 @@ from typing import Any
 
 from aiohttp import web
 
+from connectors.storage import build_store
 from floodgate import provider_config
 from floodgate.api.app import build_app, parse_roles
 from floodgate.api.kafka_io import KafkaSender
@@ -48,7 +50,8 @@ class ApiServer:
 
     def __init__(self, url: str, runner: web.AppRunner, producer: KafkaSender | None,
                  feed: NotificationFeed | None, view: JobView | None, outgoing: Any = None,
-                 spill: SpillStore | None = None, push: Any = None) -> None:
+                 spill: SpillStore | None = None, push: Any = None, copier: Any = None,
+                 store: Any = None) -> None:
         self.url = url
         self.view = view
         self.outgoing = outgoing
@@ -57,6 +60,8 @@ class ApiServer:
         self._producer = producer
         self._feed = feed
         self._spill = spill
+        self.copier = copier
+        self._store = store
         self._closed = False
 
     async def close(self) -> None:
@@ -68,6 +73,10 @@ class ApiServer:
             await self.outgoing.stop()
         if self.push is not None:
             await self.push.stop()
+        if self.copier is not None:
+            await self.copier.stop()
+        if self._store is not None:
+            await self._store.close()
         if self._feed is not None:
             await self._feed.stop()
         if self._producer is not None:
@@ -84,8 +93,8 @@ def spill_dir(settings: Settings) -> Path:
 
 async def serve(settings: Settings, *, host: str | None = None, port: int | None = None,
                 roles: Iterable[str] | str | None = None, setup: ProviderSetup | None = None,
-                ready_timeout: float = 60.0, outgoing_webhooks: bool = False,
-                view_max_jobs: int = DEFAULT_MAX_JOBS, **app_options: Any) -> ApiServer:
+                ready_timeout: float = 60.0, outgoing_webhooks: bool = False, video_copier: bool = False,
+                video_store: Any = None, view_max_jobs: int = DEFAULT_MAX_JOBS, **app_options: Any) -> ApiServer:
     """Start the API for ``roles`` (default all) on ``host:port`` (default from settings; port 0
     picks a free one) and return once it listens.
 
@@ -95,6 +104,9 @@ async def serve(settings: Settings, *, host: str | None = None, port: int | None
     ``results``, so several API processes share them) and, when the settings configure FCM or
     APNs, the push deliveries beside them (a consumer group of their own). ``view_max_jobs`` bounds the job
     snapshots held in memory; older ones are read back from the spill store on disk.
+    ``video_copier`` also runs the copy of completed jobs' videos into the store
+    (``FLOODGATE_VIDEO_STORE``; a consumer group on ``results`` too); with a store, the read role
+    links to and serves the videos. ``video_store`` replaces the one the settings name (tests).
     """
     chosen = parse_roles(roles)
     if not settings.kafka_bootstrap:
@@ -117,6 +129,10 @@ async def serve(settings: Settings, *, host: str | None = None, port: int | None
     sock: socket.socket | None = None
     outgoing = None
     push = None
+    copier = None
+    store = video_store
+    if store is None and ("read" in chosen or video_copier):
+        store = build_store(settings)
     try:
         if "read" in chosen:
             spill = await asyncio.to_thread(SpillStore.private, spill_dir(settings))
@@ -134,6 +150,11 @@ async def serve(settings: Settings, *, host: str | None = None, port: int | None
 
                 push = PushDeliveries(settings)
                 await push.start()
+        if video_copier and store is not None:
+            from floodgate.videos.copier import VideoCopier
+
+            copier = VideoCopier(settings, store)
+            await copier.start()
         await producer.start()
         if feed is not None and view is not None:
             await feed.start()
@@ -142,7 +163,8 @@ async def serve(settings: Settings, *, host: str | None = None, port: int | None
             except TimeoutError:
                 log.warning("job view not caught up after %.0fs; serving anyway (/healthz says starting)",
                             ready_timeout)
-        app = build_app(settings, setup, roles=chosen, producer=producer, view=view, **app_options)
+        app = build_app(settings, setup, roles=chosen, producer=producer, view=view, video_store=store,
+                        **app_options)
         runner = web.AppRunner(app, access_log=None, handle_signals=False, shutdown_timeout=5.0)
         await runner.setup()
         sock = bind_socket(host, port)
@@ -161,11 +183,16 @@ async def serve(settings: Settings, *, host: str | None = None, port: int | None
             await outgoing.stop()
         if push is not None:
             await push.stop()
+        if copier is not None:
+            await copier.stop()
         if spill is not None:
             await asyncio.to_thread(spill.close)
         raise
     shown = f"[{host}]" if ":" in host else host
-    return ApiServer(f"http://{shown}:{bound}", runner, producer, feed, view, outgoing, spill, push)
+    for channel in (outgoing, push):  # where this API serves the videos the results link to
+        if channel is not None and not channel.link_base and host not in ("", "0.0.0.0", "::"):
+            channel.link_base = f"http://{shown}:{bound}"
+    return ApiServer(f"http://{shown}:{bound}", runner, producer, feed, view, outgoing, spill, push, copier, store)
 
 
 async def _main(settings: Settings, host: str | None, port: int | None, roles: Iterable[str] | str | None,
@@ -174,7 +201,10 @@ async def _main(settings: Settings, host: str | None, port: int | None, roles: I
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
-    server = await serve(settings, host=host, port=port, roles=roles, outgoing_webhooks=outgoing_webhooks)
+    # The video copier goes with the outgoing webhooks: both read results, neither belongs on the
+    # accept path's core.
+    server = await serve(settings, host=host, port=port, roles=roles, outgoing_webhooks=outgoing_webhooks,
+                         video_copier=outgoing_webhooks)
     if server.view is not None:
         freeze_heap()  # the view has caught up; the URL is not out yet, so no request is waiting
     try:

@@ -249,6 +249,9 @@ def markdown(report: dict[str, Any]) -> str:
     parts = header(report["meta"]) + ["## Targets", "", targets_table(report["targets"]), ""]
     if "series" in r.get("spike", {}):
         parts += spike(r["spike"])
+    if r.get("spike", {}).get("first_frame"):
+        from floodgate.bench.firstframe import section as first_frame  # late: it draws with table() from here
+        parts += first_frame(r["spike"]["first_frame"], r["spike"]["config"]["plan"]["time_factor"])
     if "outcomes" in r.get("baseline", {}) and "accepted" in r.get("spike", {}):
         parts += naive(r["baseline"], r["spike"])
     if "fixed" in r.get("accept", {}):

@@ -25,10 +25,10 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from floodgate import codec
-from floodgate.bench import accept, load, stats
+from floodgate.bench import accept, firstframe, load, stats
 from floodgate.bench.arrivals import SpikePlan, constant
 from floodgate.bench.context import Context
-from floodgate.bench.probes import LagSampler, TopicTap, simulator_stats
+from floodgate.bench.probes import LagSampler, TopicTap, simulator_stats, worker_metrics_urls
 from floodgate.bench.stacks import SimProvider, bench_stack, providers
 from floodgate.devstack import Stack
 from floodgate.jobs.record import decode_notification
@@ -41,13 +41,14 @@ class SpikeConfig:
     plan: SpikePlan = field(default_factory=SpikePlan)
     limit: int = 10
     render: tuple[float, float] = (30.0, 180.0)  # simulated seconds: a video model's 30 s - 3 min
+    cold_start: float = 20.0  # simulated seconds before an idle model's first frame, as the realistic preset
     queue_delay: float = 2.0  # simulated seconds in the provider's own queue
     drain_timeout: float = 900.0  # wall seconds to wait after the last arrival
     sample_interval: float = 0.25
     realtime_seconds: float = 60.0  # then the spike's arrivals in real time for this long (0: skip)
 
     def providers(self) -> dict[str, SimProvider]:
-        return providers(self.limit, self.render, self.queue_delay)
+        return providers(self.limit, self.render, self.queue_delay, self.cold_start)
 
     def capacity_per_s(self) -> float:
         """Completions per wall second the active providers can sustain at their limits."""
@@ -115,6 +116,10 @@ async def run(ctx: Context, stack: Stack, cfg: SpikeConfig) -> dict[str, Any]:
         sim = await simulator_stats(stack.simulator_url)
     out = summarize(cfg, run_, accepted, queued, submitted, finished, lag.samples, end, sim)
     out["utilisation"] = utilisation(cfg, lag.samples, in_flight)
+    try:
+        out["first_frame"] = firstframe.milestones(await firstframe.scrape(worker_metrics_urls(stack)))
+    except Exception as exc:  # the spike's numbers stand without this table
+        out["first_frame_error"] = f"{type(exc).__name__}: {exc}"[:500]
     if cfg.realtime_seconds > 0:
         try:
             out["realtime"] = await realtime(ctx, stack, cfg)

@@ -33,16 +33,18 @@ class SimProvider:
     render: tuple[float, float] = (0.0, 0.0)  # uniform min, max
     queue_delay: float = 0.0
     retired: bool = False
+    cold_start: float = 0.0  # added before the first frame when a model was idle (see the simulator)
 
     def simulator(self) -> dict[str, Any]:
         low, high = self.render
-        return {"concurrency_limit": self.limit, "queue_delay": self.queue_delay,
+        return {"concurrency_limit": self.limit, "queue_delay": self.queue_delay, "cold_start": self.cold_start,
                 "render_time": {"kind": "uniform", "min": low, "max": high}}
 
 
-def providers(limit: int, render: tuple[float, float], queue_delay: float = 0.0) -> dict[str, SimProvider]:
+def providers(limit: int, render: tuple[float, float], queue_delay: float = 0.0,
+              cold_start: float = 0.0) -> dict[str, SimProvider]:
     """sora (retired), kling and wan alike, as in the dev table."""
-    same = SimProvider(limit, render, queue_delay)
+    same = SimProvider(limit, render, queue_delay, cold_start=cold_start)
     return {"sora": SimProvider(limit, render, queue_delay, retired=True), "kling": same, "wan": same}
 
 

@@ -6,7 +6,7 @@ share the partitions and each result is handled by one of them. Deliveries run c
 partitions are paused, not the poll loop, so the group membership survives backpressure).
 
 At-least-once: an offset is committed only when it and every offset before it in its partition
-are done — delivered, skipped, or parked in ``dlq`` (:mod:`floodgate.notify.commit_tracker`).
+are done — delivered, skipped, or parked in ``dlq`` (:mod:`floodgate.commit_tracker`).
 A crash or rebalance may repeat a delivery; the ``webhook-id`` stays ``<job_id>:<version>`` so
 receivers drop the copy. A delivery that keeps failing is retried with backoff
 (:class:`RetryPolicy`) and then dead-lettered with the original bytes; it never holds up the
@@ -30,14 +30,15 @@ from aiokafka.errors import KafkaError
 
 from connectors.notifiers.base import EVENT_TYPES, Notification, Notifier
 from floodgate import codec
+from floodgate.commit_tracker import CommitTracker, Ticket
 from floodgate.dead_letter import dead_letter_record
 from floodgate.errors import ConfigError, SchemaError
 from floodgate.metrics import ApiMetrics, api_metrics
-from floodgate.notify.commit_tracker import CommitTracker, Ticket
 from floodgate.notify.delivery import deliver
 from floodgate.notify.retry import RetryPolicy
 from floodgate.settings import Settings
 from floodgate.topics import TopicNames
+from floodgate.videolinks import VideoLinks
 
 log = logging.getLogger(__name__)
 
@@ -106,6 +107,9 @@ class OutgoingWebhooks:
         self._consumer: AIOKafkaConsumer | None = None
         self._producer: AIOKafkaProducer | None = None
         self._loops: list[asyncio.Task[None]] = []
+        self.link_base = settings.public_url
+        """Base URL of the video links in webhook bodies (the API sets its own address when
+        FLOODGATE_PUBLIC_URL is empty); empty: webhooks carry the provider's URL."""
 
     @property
     def group_id(self) -> str:
@@ -265,6 +269,7 @@ class OutgoingWebhooks:
             self.count("invalid")
             await self._dead_letter(record, f"undecodable JobSnapshot: {exc}", exc)
             return
+        notification = self._with_our_link(notification)
         if not self.wants(notification):
             self._stats.skipped += 1
             self.count("skipped")
@@ -286,6 +291,18 @@ class OutgoingWebhooks:
         await self._dead_letter(
             record, f"{self.noun} delivery failed after {outcome.attempts} attempt(s): {outcome.error}",
             outcome.error)
+
+    def _with_our_link(self, notification: Notification) -> Notification:
+        """With videos kept in our store, the webhook carries our signed link, as GET does (made now,
+        so it is valid for FLOODGATE_VIDEO_LINK_TTL from delivery); without a base URL to build it
+        on, the provider's."""
+        settings = self._settings
+        if (settings.video_store == "off" or not self.link_base or notification.status != "completed"
+                or not notification.video_url):
+            return notification
+        links = VideoLinks(settings.video_link_key, settings.video_link_ttl)
+        return dataclasses.replace(notification, video_url=links.url(self.link_base, notification.job_id,
+                                                                      time.time()))
 
     async def _dead_letter(self, record: ConsumerRecord[Any, Any], reason: str, exc: BaseException) -> None:
         """Write a DeadLetter and wait for the ack; retries until stopping (then ``_Abandoned``)."""

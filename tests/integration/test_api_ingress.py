@@ -204,6 +204,27 @@ async def test_invalid_bodies_name_every_field(api: ApiServer, http: aiohttp.Cli
     assert record_count(settings.kafka_bootstrap, TopicNames(settings).requests) == 0
 
 
+@pytest.mark.parametrize(("field", "url"), [
+    ("input.image_url", "http://169.254.169.254/latest/meta-data"),
+    ("input.image_url", "http://[::ffff:127.0.0.1]:8080/a.png"),
+    ("input.image_url", "http://2130706433/a.png"),
+    ("webhook_url", "http://localhost./hook"),
+    ("webhook_url", "http://10.0.0.1/hook"),
+])
+async def test_private_urls_are_refused_naming_the_field(api: ApiServer, http: aiohttp.ClientSession,
+                                                         settings: Settings, field: str, url: str) -> None:
+    body = {**BODY, "input": {**BODY["input"]}}  # type: ignore[dict-item]
+    if field == "webhook_url":
+        body["webhook_url"] = url
+    else:
+        body["input"]["image_url"] = url  # type: ignore[index]
+    async with http.post(f"{api.url}/v1/jobs", json=body) as resp:
+        assert resp.status == 400 and resp.headers["Content-Type"] == "application/problem+json"
+        problem = await resp.json()
+    assert [e["field"] for e in problem["errors"]] == [field]
+    assert record_count(settings.kafka_bootstrap, TopicNames(settings).requests) == 0
+
+
 async def test_malformed_requests(api: ApiServer, http: aiohttp.ClientSession, settings: Settings) -> None:
     url = f"{api.url}/v1/jobs"
     async with http.post(url, data=b"{not json", headers={"Content-Type": "application/json"}) as resp:

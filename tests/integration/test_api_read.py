@@ -26,7 +26,9 @@ DEADLINE = 15.0
 
 @pytest.fixture
 def settings(settings_for: Callable[..., Settings]) -> Settings:
-    return settings_for(simulator_url=DEV_SIMULATOR)
+    # The provider's video_url as written (no store): these tests are about the view.
+    # tests/integration/test_videos.py covers our signed links.
+    return settings_for(simulator_url=DEV_SIMULATOR, video_store="off")
 
 
 @pytest.fixture

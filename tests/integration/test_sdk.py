@@ -93,6 +93,9 @@ def test_validation_errors_name_every_field_and_produce_nothing(env: tuple[str, 
         with pytest.raises(ValidationError, match="private") as info:
             client.submit("kling-2.1", "x", user_id="u", webhook_url="http://169.254.169.254/latest")
         assert [p.field for p in info.value.problems] == ["webhook_url"]
+        with pytest.raises(ValidationError, match="private") as info:
+            client.submit("kling-2.1", "x", user_id="u", image_url="http://localhost./secrets.png")
+        assert [p.field for p in info.value.problems] == ["input.image_url"]
         sentinel = client.submit("kling-2.1", "sentinel", user_id="u-9")
     assert [r["job_id"] for r in read_until_sentinel(bootstrap, topic, sentinel)] == [sentinel]
 

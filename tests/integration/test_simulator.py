@@ -318,6 +318,20 @@ async def test_cold_start_applies_only_after_idle() -> None:
         assert sim.stats()["providers"]["sora"]["cold_starts"] == 1
 
 
+async def test_a_cold_start_holds_the_first_progress_back() -> None:
+    # The job reads queued, without progress, while the model boots; in_progress comes after.
+    async with run_receiver() as hooks, run_simulator(one(cold_start=0.6)) as sim, aiohttp.ClientSession() as http:
+        job = await create(http, sim.url, webhook_url=hooks.url)
+        created = time.monotonic()
+        await until(lambda: sim.stats()["providers"]["sora"]["cold_starts"] == 1)
+        async with http.get(f"{sim.url}/sora/v1/videos/{job['id']}", headers=auth()) as r:
+            booting = await r.json()
+        assert (booting["status"], booting["progress"]) == ("queued", 0)
+        first = await hooks.wait_count(1)
+        assert events(first)[0][1] == "video.in_progress" and time.monotonic() - created >= 0.6
+        await hooks.wait_count(2)
+
+
 async def test_admin_reset_clears_jobs_and_counters() -> None:
     config = one(render_time=Distribution("fixed", seconds=30))
     async with run_simulator(config) as sim, aiohttp.ClientSession() as http:

@@ -2,10 +2,12 @@
 from __future__ import annotations
 
 import itertools
+from pathlib import Path
 from typing import Any
 
 import pytest
 
+from connectors.storage import LocalVideoStore
 from floodgate.api.app import build_app
 from floodgate.api.common import ROLES
 from floodgate.api.openapi import document
@@ -22,10 +24,13 @@ class _NoSend:
         raise AssertionError("not used")
 
 
-def _routes(roles: frozenset[str]) -> set[tuple[str, str]]:
-    app = build_app(Settings(), dev_setup("http://127.0.0.1:9"), roles=roles, producer=_NoSend(), view=JobView())
+def _routes(roles: frozenset[str], video_store: Any = None) -> set[tuple[str, str]]:
+    app = build_app(Settings(), dev_setup("http://127.0.0.1:9"), roles=roles, producer=_NoSend(), view=JobView(),
+                    video_store=video_store)
     out = set()
     for route in app.router.routes():
+        if route.method == "HEAD":
+            continue  # the GET's own HEAD (stored videos), documented with the GET
         info = route.resource.get_info() if route.resource is not None else {}
         path = info.get("path") or info.get("formatter")
         assert isinstance(path, str)
@@ -40,6 +45,14 @@ def _documented(doc: dict[str, Any]) -> set[tuple[str, str]]:
 @pytest.mark.parametrize("roles", ROLE_SETS, ids=lambda r: "+".join(sorted(r)))
 def test_every_route_is_documented_and_vice_versa(roles: frozenset[str]) -> None:
     assert _routes(roles) == _documented(document(roles))
+
+
+@pytest.mark.parametrize("roles", ROLE_SETS, ids=lambda r: "+".join(sorted(r)))
+def test_with_a_video_store_the_read_role_serves_and_documents_videos(roles: frozenset[str],
+                                                                       tmp_path: Path) -> None:
+    routes = _routes(roles, LocalVideoStore(tmp_path))
+    assert routes == _documented(document(roles, videos=True))
+    assert (("get", "/v1/videos/{job_id}") in routes) == ("read" in roles)
 
 
 def _refs(node: Any) -> list[str]:

@@ -6,7 +6,7 @@ from hypothesis import settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, precondition, rule
 
-from floodgate.notify.commit_tracker import CommitTracker, Ticket
+from floodgate.commit_tracker import CommitTracker, Ticket
 
 
 def test_nothing_started_means_nothing_to_commit() -> None:

@@ -5,8 +5,9 @@ Layers, lowest first; a module may import from its own layer and the ones below 
 1. core: ``floodgate/*.py`` rules and plumbing (settings, codec, topics, throttle, ...),
    ``floodgate/jobs``, ``schemas``.
 2. connectors: ``connectors/`` and ``floodgate/provider_config.py`` (which builds them).
-3. services: ``streams/``, ``floodgate/api``, ``floodgate/notify``, ``floodgate/sdk.py``. They do
-   not import each other, except that the API hosts the outgoing webhooks (api → notify).
+3. services: ``streams/``, ``floodgate/api``, ``floodgate/notify``, ``floodgate/videos``,
+   ``floodgate/sdk.py``. They do not import each other, except that the API hosts the outgoing
+   webhooks and the video copier (api → notify, api → videos).
 4. tools: ``floodgate/cli.py``, ``devstack.py``, ``demo.py``, ``broker/``, ``bench/``.
 
 Imports inside functions and under ``TYPE_CHECKING`` count too. And no module takes another's
@@ -33,6 +34,7 @@ PARTS = {
     "floodgate.api": SERVICES,
     "floodgate.notify": SERVICES,
     "floodgate.sdk": SERVICES,
+    "floodgate.videos": SERVICES,
     "floodgate.cli": TOOLS,
     "floodgate.devstack": TOOLS,
     "floodgate.demo": TOOLS,
@@ -40,7 +42,7 @@ PARTS = {
     "floodgate.bench": TOOLS,
     "floodgate.ops": TOOLS,
 }
-SERVICES_MAY_SHARE = {("floodgate.api", "floodgate.notify")}
+SERVICES_MAY_SHARE = {("floodgate.api", "floodgate.notify"), ("floodgate.api", "floodgate.videos")}
 
 
 def part_of(module: str) -> str:

@@ -12,6 +12,7 @@ from floodgate.errors import ValidationError
 from floodgate.netguard import (
     ForbiddenDestination,
     GuardedResolver,
+    canonical_host,
     check_url_syntax,
     check_url_target,
     is_forbidden_address,
@@ -163,9 +164,72 @@ def test_target_rejects_forbidden_ip_literals(url: str) -> None:
     check_url_target(url, allow_private=True)
 
 
-@pytest.mark.parametrize("url", ["https://hooks.example.com/", "http://8.8.8.8/", "http://localhost:8080/"])
-def test_target_leaves_names_to_the_resolver(url: str) -> None:
+@pytest.mark.parametrize("url", ["https://hooks.example.com/", "http://8.8.8.8/", "https://hooks.example.com./",
+                                 "http://localhost.example.com/", "https://[2606:4700::1111]/"])
+def test_target_leaves_public_names_and_addresses_alone(url: str) -> None:
     check_url_target(url, allow_private=False)
+
+
+# Every spelling of a private, loopback or link-local destination that needs no DNS to be one.
+# "invalid host": a spelling WHATWG parsers read as IPv4 but ipaddress does not, refused outright.
+PRIVATE_SPELLINGS = [
+    ("http://127.0.0.1/", "private or reserved"),
+    ("http://127.0.0.1./", "private or reserved"),  # trailing root dot
+    ("http://169.254.169.254/latest/meta-data", "private or reserved"),
+    ("http://169.254.169.254./latest/meta-data", "private or reserved"),
+    ("http://10.0.0.1/", "private or reserved"),
+    ("http://192.168.1.1/", "private or reserved"),
+    ("http://172.16.0.1/", "private or reserved"),
+    ("http://100.64.0.1/", "private or reserved"),  # CGNAT
+    ("http://0.0.0.0/", "private or reserved"),
+    ("http://2130706433/", "invalid host"),  # decimal
+    ("http://017700000001/", "invalid host"),  # octal, one number
+    ("http://0177.0.0.1/", "invalid host"),  # octal octet
+    ("http://127.000.000.001/", "invalid host"),  # zero-padded octets
+    ("http://0x7f000001/", "invalid host"),  # hex, one number
+    ("http://0x7f.0.0.1/", "invalid host"),  # hex octet
+    ("http://0xa9.0xfe.0xa9.0xfe/", "invalid host"),  # 169.254.169.254 in hex
+    ("http://127.1/", "invalid host"),  # short form
+    ("http://127.0.0.１/", "private or reserved"),  # full-width digit, IDNA-mapped to 127.0.0.1
+    ("http://①②⑦.0.0.1/", "private or reserved"),  # circled digits, likewise
+    ("http://localhost/", "private or reserved"),
+    ("http://LOCALHOST:8080/", "private or reserved"),
+    ("http://localhost./", "private or reserved"),  # trailing dot
+    ("http://ｌｏｃａｌｈｏｓｔ/", "private or reserved"),  # full-width letters
+    ("http://api.localhost/", "private or reserved"),
+    ("http://ip6-localhost/", "private or reserved"),
+    ("http://[::1]:8080/", "private or reserved"),
+    ("http://[0:0:0:0:0:0:0:1]/", "private or reserved"),  # long form
+    ("http://[::]/", "private or reserved"),
+    ("http://[::ffff:127.0.0.1]/", "private or reserved"),  # IPv4-mapped, dotted
+    ("http://[::ffff:7f00:1]/", "private or reserved"),  # IPv4-mapped, hex
+    ("http://[::ffff:169.254.169.254]/", "private or reserved"),
+    ("http://[::127.0.0.1]/", "private or reserved"),  # IPv4-compatible (deprecated)
+    ("http://[fe80::1]/", "private or reserved"),  # link-local
+    ("http://[fd00::1]/", "private or reserved"),  # unique local
+    ("http://[2002:7f00:1::]/", "private or reserved"),  # 6to4 of 127.0.0.1
+    ("http://[64:ff9b::a9fe:a9fe]/", "private or reserved"),  # NAT64 of 169.254.169.254
+    ("http://[2001:0:4136:e378:8000:63bf:3fff:fdd2]/", "private or reserved"),  # Teredo
+]
+
+
+@pytest.mark.parametrize(("url", "why"), PRIVATE_SPELLINGS)
+def test_target_refuses_every_spelling_of_a_private_destination(url: str, why: str) -> None:
+    with pytest.raises(ValidationError, match=why) as caught:
+        check_url_target(url, allow_private=False, field="input.image_url")
+    assert [p.field for p in caught.value.problems] == ["input.image_url"]
+
+
+@pytest.mark.parametrize("url", ["http://localhost:8080/", "http://127.0.0.1./", "http://[::1]/"])
+def test_allow_private_accepts_loopback(url: str) -> None:
+    check_url_target(url, allow_private=True)
+
+
+@pytest.mark.parametrize(("host", "canonical"), [
+    ("LocalHost.", "localhost"), ("127.0.0.１", "127.0.0.1"), ("bücher.example", "xn--bcher-kva.example"),
+    ("hooks.example.com", "hooks.example.com")])
+def test_canonical_host(host: str, canonical: str) -> None:
+    assert canonical_host(host) == canonical
 
 
 def test_target_still_checks_syntax() -> None:

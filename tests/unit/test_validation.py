@@ -105,6 +105,11 @@ RULES = [
     ("user_id", "u" * 129, "must be at most 128 characters"),
     ("webhook_url", "javascript:alert(1)", "must be an http or https URL"),
     ("webhook_url", "https://user:pw@hooks.example/", "must not contain credentials"),
+    ("webhook_url", "http://169.254.169.254/latest", "must not point to a private or reserved address"),
+    ("webhook_url", "http://localhost./hook", "must not point to a private or reserved address"),
+    ("input.image_url", "http://169.254.169.254/latest/meta-data", "must not point to a private or reserved address"),
+    ("input.image_url", "http://[::ffff:10.0.0.1]/a.png", "must not point to a private or reserved address"),
+    ("input.image_url", "http://0x7f.0.0.1/a.png", "has an invalid host"),
     ("metadata", ["a"], "must be an object"),
     ("metadata", {f"k{i}": "v" for i in range(17)}, "must have at most 16 entries"),
 ]
@@ -276,3 +281,12 @@ def test_request_hash_covers_every_field(other: dict[str, Any]) -> None:
 
 def test_request_hash_depends_on_tenant() -> None:
     assert request_hash(NORMALIZED, "acme") != request_hash(NORMALIZED, "globex")
+
+
+@pytest.mark.parametrize("url", ["http://127.0.0.1:9000/a.png", "http://localhost/a.png", "http://[::1]/a.png"])
+def test_private_urls_pass_only_when_allowed(url: str) -> None:
+    body = changed("input.image_url", url)
+    body["webhook_url"] = url
+    assert set(problems_of(body)) == {"input.image_url", "webhook_url"}
+    normalized = validate_job_request(body, known_models=MODELS, allow_private=True)
+    assert (normalized.image_url, normalized.webhook_url) == (url, url)

@@ -1,0 +1,89 @@
+"""Where Floodgate keeps the videos it copied from providers: the contract and its records.
+
+A store holds, per job, the video's bytes and a small JSON record beside them. The record is
+written last, so its presence means the bytes are complete; it carries what the copy checked
+(size, SHA-256, content type) or, for a copy that was refused for good, why. Copying twice is
+harmless: the second copy sees the record and stops.
+
+Job ids are the only keys, and :func:`check_key` keeps them to a safe alphabet before any store
+turns one into a path or an object name.
+"""
+from __future__ import annotations
+
+import re
+from collections.abc import AsyncIterable, AsyncIterator
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any, Literal, Protocol, runtime_checkable
+
+import orjson
+
+from floodgate.errors import StorageError
+
+_KEY = re.compile(r"[A-Za-z0-9_-]{1,128}")
+
+
+def check_key(job_id: str) -> str:
+    """``job_id`` if it is safe as a file and object name; ``StorageError`` (not retriable) if not."""
+    if not _KEY.fullmatch(job_id):
+        raise StorageError(f"not a storable job id: {job_id[:40]!r}", retriable=False)
+    return job_id
+
+
+@dataclass(frozen=True, slots=True)
+class VideoRecord:
+    """What the store knows of one job's video. ``status`` stored: the bytes are there and were
+    checked; failed: the copy was refused for good (``reason`` says why) and will not be retried."""
+
+    job_id: str
+    status: Literal["stored", "failed"]
+    at_ms: int
+    size: int = 0
+    sha256: str = ""
+    content_type: str = ""
+    reason: str = ""
+
+    def encode(self) -> bytes:
+        return orjson.dumps(asdict(self))
+
+    @classmethod
+    def decode(cls, data: bytes) -> VideoRecord:
+        try:
+            fields: dict[str, Any] = orjson.loads(data)
+            record = cls(**fields)
+        except (orjson.JSONDecodeError, TypeError) as exc:
+            raise StorageError(f"unreadable video record: {exc}", retriable=False) from exc
+        if record.status not in ("stored", "failed"):
+            raise StorageError(f"unreadable video record: status {record.status!r}", retriable=False)
+        return record
+
+
+@runtime_checkable
+class VideoStore(Protocol):
+    """A place for videos. Every method raises only :class:`StorageError`."""
+
+    async def record(self, job_id: str) -> VideoRecord | None:
+        """The job's record, or None when nothing finished was stored for it yet."""
+        ...
+
+    async def put_video(self, job_id: str, chunks: AsyncIterable[bytes], content_type: str) -> None:
+        """Store the bytes ``chunks`` yields; nothing becomes visible if it raises midway."""
+        ...
+
+    async def put_record(self, record: VideoRecord) -> None:
+        """Write the record (after the bytes, for a stored video)."""
+        ...
+
+    def open(self, job_id: str) -> AsyncIterator[bytes]:
+        """The stored bytes, streamed (call only when the record says stored)."""
+        ...
+
+    def local_path(self, job_id: str) -> Path | None:
+        """The file holding the bytes when the store is a local directory (served with sendfile)."""
+        ...
+
+    async def close(self) -> None:
+        ...
+
+
+__all__ = ["VideoRecord", "VideoStore", "check_key"]

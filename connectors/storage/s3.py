@@ -1,0 +1,122 @@
+"""The video store on any S3-compatible object store (AWS S3, MinIO, Ceph, R2, ...), via obstore.
+
+Layout in the bucket (under the optional prefix): ``videos/<job_id>`` (the bytes, with their
+Content-Type) and ``records/<job_id>.json``. Uploads stream in multipart chunks, so a video is
+never held in memory whole; a failed upload is aborted by obstore and leaves no object.
+
+obstore rather than aiobotocore: one small Rust-backed dependency with a typed, native async
+API (streamed multipart put from an async iterator, streamed get), and no botocore pin that
+would have to agree with the one moto (the test server) brings. Installed by the ``s3`` extra.
+"""
+from __future__ import annotations
+
+from collections.abc import AsyncIterable, AsyncIterator
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+from connectors.storage.base import VideoRecord, check_key
+from floodgate.errors import ConfigError, StorageError
+
+PART_SIZE = 8 * 1024 * 1024
+
+
+class S3VideoStore:
+    """Videos in ``bucket`` at ``endpoint`` (empty: AWS). Credentials are passed in, never read
+    from the environment behind the settings' back."""
+
+    def __init__(self, *, bucket: str, endpoint: str = "", region: str = "", access_key_id: str = "",
+                 secret_access_key: str = "", prefix: str = "") -> None:
+        if not bucket:
+            raise ConfigError("FLOODGATE_VIDEO_S3_BUCKET is required when FLOODGATE_VIDEO_STORE=s3")
+        try:
+            from obstore.store import S3Store
+        except ImportError as exc:  # the s3 extra is not installed
+            raise ConfigError("FLOODGATE_VIDEO_STORE=s3 needs obstore: pip install 'floodgate[s3]'") from exc
+        config: dict[str, Any] = {"region": region or "us-east-1"}
+        if endpoint:
+            config["endpoint"] = endpoint
+            # Self-hosted stores answer on the path, not on bucket sub-domains.
+            config["virtual_hosted_style_request"] = False
+        if access_key_id:
+            config["access_key_id"] = access_key_id
+            config["secret_access_key"] = secret_access_key
+        client = {"allow_http": endpoint.startswith("http://"), "timeout": timedelta(seconds=120),
+                  "connect_timeout": timedelta(seconds=10)}
+        self._store = S3Store(bucket, prefix=prefix.strip("/") or None, config=config,  # type: ignore[arg-type]
+                              client_options=client)  # type: ignore[arg-type]
+
+    async def record(self, job_id: str) -> VideoRecord | None:
+        import obstore
+        from obstore.exceptions import NotFoundError
+
+        try:
+            result = await obstore.get_async(self._store, f"records/{check_key(job_id)}.json")
+            data = await result.bytes_async()
+        except (NotFoundError, FileNotFoundError):  # obstore raises the builtin for a missing object
+            return None
+        except Exception as exc:
+            raise _wrap("read the record of", job_id, exc) from exc
+        return VideoRecord.decode(bytes(data))
+
+    async def put_video(self, job_id: str, chunks: AsyncIterable[bytes], content_type: str) -> None:
+        import obstore
+
+        path = f"videos/{check_key(job_id)}"
+        try:
+            await obstore.put_async(self._store, path, chunks, attributes={"Content-Type": content_type},
+                                    chunk_size=PART_SIZE, max_concurrency=2)
+        except StorageError:
+            raise
+        except Exception as exc:
+            # Our own refusal (too large, not a video) raised inside the iterator comes back wrapped.
+            cause = _own_cause(exc)
+            if cause is not None:
+                raise cause from exc
+            raise _wrap("store the video of", job_id, exc) from exc
+
+    async def put_record(self, record: VideoRecord) -> None:
+        import obstore
+
+        try:
+            await obstore.put_async(self._store, f"records/{check_key(record.job_id)}.json", record.encode(),
+                                    attributes={"Content-Type": "application/json"})
+        except Exception as exc:
+            raise _wrap("store the record of", record.job_id, exc) from exc
+
+    async def open(self, job_id: str) -> AsyncIterator[bytes]:
+        import obstore
+
+        try:
+            result = await obstore.get_async(self._store, f"videos/{check_key(job_id)}")
+            async for chunk in result.stream(min_chunk_size=256 * 1024):
+                yield bytes(chunk)
+        except StorageError:
+            raise
+        except Exception as exc:
+            raise _wrap("read the video of", job_id, exc) from exc
+
+    def local_path(self, job_id: str) -> Path | None:
+        return None
+
+    async def close(self) -> None:
+        return None
+
+
+def _own_cause(exc: BaseException) -> StorageError | None:
+    seen: BaseException | None = exc
+    while seen is not None:
+        if isinstance(seen, StorageError):
+            return seen
+        seen = seen.__cause__ or seen.__context__
+    return None
+
+
+def _wrap(doing: str, job_id: str, exc: Exception) -> StorageError:
+    from obstore.exceptions import PermissionDeniedError, UnauthenticatedError
+
+    permanent = isinstance(exc, PermissionDeniedError | UnauthenticatedError)
+    return StorageError(f"S3 store: cannot {doing} {job_id}: {type(exc).__name__}: {exc}", retriable=not permanent)
+
+
+__all__ = ["S3VideoStore"]

@@ -1,0 +1,97 @@
+"""``GET /v1/videos/{job_id}?expires=…&sig=…``: a stored video, for whoever holds a valid link.
+
+The link (made when the job is read, :mod:`floodgate.videolinks`) is the only credential. Its
+signature is checked before the store is asked anything, so a forged link learns nothing about
+which jobs exist. Answers:
+
+* 200 with the bytes (local store: sendfile, with Range support; S3: streamed through);
+  ``Content-Type`` as copied, ``ETag`` and ``Repr-Digest`` from the SHA-256 the copy recorded.
+* 403 for a malformed, forged or expired link (the detail says which, except for a forgery).
+* 503 + ``Retry-After`` while the copy is not done yet (or the store is unreachable).
+* 502 when the copy was refused for good (too large, not a video, a private address).
+"""
+from __future__ import annotations
+
+import base64
+import logging
+import math
+
+from aiohttp import web
+
+from connectors.storage import VideoRecord, VideoStore
+from floodgate.api.common import Deps
+from floodgate.errors import StorageError
+from floodgate.problems import problem_response
+from floodgate.videolinks import LinkVerdict, VideoLinks
+
+log = logging.getLogger(__name__)
+
+LINK_REFUSED = "urn:floodgate:problem:video-link-refused"
+VIDEO_PENDING = "urn:floodgate:problem:video-pending"
+VIDEO_UNAVAILABLE = "urn:floodgate:problem:video-unavailable"
+RETRY_AFTER_SECONDS = 5
+_REFUSAL_DETAIL = {
+    LinkVerdict.MALFORMED: "the link is incomplete: expires and sig are required",
+    LinkVerdict.FORGED: "the link is not valid",
+    LinkVerdict.EXPIRED: "the link has expired; read the job again for a fresh one",
+}
+
+
+class VideoServer:
+    def __init__(self, deps: Deps, links: VideoLinks, store: VideoStore) -> None:
+        self.deps = deps
+        self.links = links
+        self.store = store
+
+    async def get_video(self, request: web.Request) -> web.StreamResponse:
+        job_id = request.match_info["job_id"]
+        now = self.deps.clock()
+        verdict = self.links.check(job_id, request.query.get("expires"), request.query.get("sig"), now)
+        if verdict is not LinkVerdict.VALID:
+            self.deps.metrics.video_links_refused.labels(verdict.value).inc()
+            return problem_response(403, "Forbidden", type_=LINK_REFUSED, detail=_REFUSAL_DETAIL[verdict])
+        try:
+            record = await self.store.record(job_id)
+        except StorageError as exc:
+            log.warning("videos: store unreachable for %s: %s", job_id, exc)
+            return _pending("the video store is not reachable right now")
+        if record is None:
+            return _pending("the video is still being copied into storage")
+        if record.status != "stored":
+            log.info("videos: %s was not stored: %s", job_id, record.reason)
+            return problem_response(502, "Bad Gateway", type_=VIDEO_UNAVAILABLE,
+                                    detail="the provider's video could not be copied into storage")
+        # A cache may keep it no longer than the link is valid.
+        max_age = max(0, math.floor(int(request.query["expires"]) - now))
+        headers = _video_headers(record, max_age)
+        path = self.store.local_path(job_id)
+        if path is not None:
+            return web.FileResponse(path, headers=headers)
+        response = web.StreamResponse(headers={**headers, "Content-Length": str(record.size)})
+        await response.prepare(request)
+        if request.method != "HEAD":
+            async for chunk in self.store.open(job_id):
+                await response.write(chunk)
+        await response.write_eof()
+        return response
+
+
+def _pending(detail: str) -> web.Response:
+    return problem_response(503, "Service Unavailable", type_=VIDEO_PENDING, detail=detail,
+                            headers={"Retry-After": str(RETRY_AFTER_SECONDS)})
+
+
+def _video_headers(record: VideoRecord, max_age: int) -> dict[str, str]:
+    digest = base64.b64encode(bytes.fromhex(record.sha256)).decode("ascii")
+    return {"Content-Type": record.content_type, "ETag": f'"{record.sha256}"',
+            "Repr-Digest": f"sha-256=:{digest}:", "Cache-Control": f"private, max-age={max_age}",
+            "X-Content-Type-Options": "nosniff"}
+
+
+def add_routes(app: web.Application, deps: Deps, links: VideoLinks, store: VideoStore) -> VideoServer:
+    server = VideoServer(deps, links, store)
+    app.router.add_get("/v1/videos/{job_id}", server.get_video, allow_head=True)
+    return server
+
+
+__all__ = ["LINK_REFUSED", "VIDEO_PENDING", "VIDEO_UNAVAILABLE", "VideoServer", "add_routes"]

@@ -1,0 +1,301 @@
+"""Videos in our own store: the guarded fetch, the copier's rules, both stores (a local directory
+and a real S3-compatible server, moto's), and the API serving signed, expiring links."""
+from __future__ import annotations
+
+import base64
+import hashlib
+import ipaddress
+import socket
+from collections.abc import AsyncIterator, Callable, Iterator
+from pathlib import Path
+from urllib.parse import parse_qs, urlsplit
+
+import aiohttp
+import pytest
+from aiohttp import web
+from aiohttp.abc import AbstractResolver, ResolveResult
+
+from connectors.storage import LocalVideoStore, VideoRecord, VideoStore
+from connectors.storage.fetch import VideoFetcher, guarded_fetch_session
+from floodgate.errors import StorageError
+from floodgate.ids import job_token, new_job_id
+from floodgate.netguard import IPAddress
+from floodgate.settings import Settings
+from floodgate.topics import TopicNames
+from floodgate.videos.copier import CopyPolicy, VideoCopier
+from tests.helpers import moto_s3
+from tests.integration.api_helpers import aproduce_snapshots, running_api, snapshot
+from tests.kafka_util import unique_name
+
+VIDEO = b"\x00\x00\x00\x18ftypmp42" + bytes(range(256)) * 400  # ~100 KiB
+
+
+def public_only_loopback(address: IPAddress) -> bool:
+    """A guard that calls 127.0.0.1 "public" (it is where the test's provider listens) and
+    forbids everything else that is private, 127.0.0.2 included."""
+    return address != ipaddress.ip_address("127.0.0.1") and not address.is_global
+
+
+class Names(AbstractResolver):
+    """Resolves the test's names; anything else is unknown."""
+
+    def __init__(self, table: dict[str, str]) -> None:
+        self.table = table
+
+    async def resolve(self, host: str, port: int = 0,
+                      family: socket.AddressFamily = socket.AF_INET) -> list[ResolveResult]:
+        if host not in self.table:
+            raise OSError(f"unknown host {host}")
+        return [{"hostname": host, "host": self.table[host], "port": port, "family": socket.AF_INET,
+                 "proto": 0, "flags": socket.AI_NUMERICHOST}]
+
+    async def close(self) -> None:
+        return None
+
+
+async def serve(app: web.Application, host: str) -> tuple[web.AppRunner, int]:
+    runner = web.AppRunner(app)
+    await runner.setup()
+    site = web.TCPSite(runner, host, 0)
+    await site.start()
+    return runner, runner.addresses[0][1]
+
+
+class Provider:
+    """A provider's file server on 127.0.0.1, and a trap on 127.0.0.2 that must never be reached."""
+
+    def __init__(self) -> None:
+        self.hits: dict[str, int] = {}
+        self.trap_hits = 0
+        self.fail_first = 0
+        self.redirect_to = ""
+
+    def app(self) -> web.Application:
+        app = web.Application()
+        app.router.add_get("/{name}", self.file)
+        return app
+
+    async def file(self, request: web.Request) -> web.StreamResponse:
+        name = request.match_info["name"]
+        self.hits[name] = self.hits.get(name, 0) + 1
+        if name == "flaky.mp4" and self.hits[name] <= self.fail_first:
+            return web.Response(status=503, headers={"Retry-After": "0"})
+        if name == "redirect.mp4":
+            raise web.HTTPFound(self.redirect_to)
+        if name == "page.html":
+            return web.Response(text="<html>", content_type="text/html")
+        if name == "huge.mp4":  # no Content-Length: the cap must hold while streaming
+            response = web.StreamResponse(headers={"Content-Type": "video/mp4"})
+            response.enable_chunked_encoding()
+            await response.prepare(request)
+            for _ in range(64):
+                await response.write(b"x" * 65536)
+            return response
+        return web.Response(body=VIDEO, content_type="video/mp4")
+
+    async def trap(self, request: web.Request) -> web.Response:
+        self.trap_hits += 1
+        return web.Response(body=VIDEO, content_type="video/mp4")
+
+
+@pytest.fixture
+async def provider() -> AsyncIterator[tuple[Provider, str, int]]:
+    p = Provider()
+    runner, port = await serve(p.app(), "127.0.0.1")
+    trap_app = web.Application()
+    trap_app.router.add_get("/{tail:.*}", p.trap)
+    trap_runner, trap_port = await serve(trap_app, "127.0.0.2")
+    try:
+        yield p, f"http://video.test:{port}", trap_port
+    finally:
+        await runner.cleanup()
+        await trap_runner.cleanup()
+
+
+@pytest.fixture
+async def fetcher() -> AsyncIterator[VideoFetcher]:
+    names = Names({"video.test": "127.0.0.1", "internal.test": "127.0.0.2"})
+    session = guarded_fetch_session(allow_private=False, forbidden=public_only_loopback, inner_resolver=names)
+    async with session:
+        yield VideoFetcher(session, allow_private=False, max_bytes=1_000_000, forbidden=public_only_loopback)
+
+
+async def read_all(fetcher: VideoFetcher, url: str) -> tuple[bytes, str, str]:
+    async with fetcher.open(url) as download:
+        body = b"".join([chunk async for chunk in download.chunks()])
+        return body, download.content_type, download.hexdigest
+
+
+async def test_a_video_is_streamed_checked_and_hashed(provider: tuple[Provider, str, int],
+                                                      fetcher: VideoFetcher) -> None:
+    _, base, _ = provider
+    body, content_type, digest = await read_all(fetcher, f"{base}/v.mp4")
+    assert (body, content_type, digest) == (VIDEO, "video/mp4", hashlib.sha256(VIDEO).hexdigest())
+
+
+@pytest.mark.parametrize("target", ["http://127.0.0.2:{trap}/meta", "http://internal.test:{trap}/meta",
+                                    "http://localhost:{trap}/meta", "http://[::ffff:127.0.0.2]:{trap}/meta",
+                                    "http://169.254.169.254/latest/meta-data"])
+async def test_a_redirect_to_a_private_address_is_never_fetched(provider: tuple[Provider, str, int],
+                                                                fetcher: VideoFetcher, target: str) -> None:
+    p, base, trap_port = provider
+    p.redirect_to = target.format(trap=trap_port)
+    with pytest.raises(StorageError) as caught:
+        await read_all(fetcher, f"{base}/redirect.mp4")
+    assert not caught.value.retriable and "private" in str(caught.value)
+    assert p.hits["redirect.mp4"] == 1 and p.trap_hits == 0
+
+
+async def test_a_redirect_to_a_public_address_is_followed(provider: tuple[Provider, str, int],
+                                                          fetcher: VideoFetcher) -> None:
+    p, base, _ = provider
+    p.redirect_to = "/v.mp4"  # relative, on the same (allowed) host
+    body, _, _ = await read_all(fetcher, f"{base}/redirect.mp4")
+    assert body == VIDEO and p.hits["v.mp4"] == 1
+
+
+@pytest.mark.parametrize(("name", "why"), [("huge.mp4", "byte cap"), ("page.html", "not a video"),
+                                           ("missing", "HTTP 200")])
+async def test_refusals_are_permanent(provider: tuple[Provider, str, int], fetcher: VideoFetcher,
+                                      name: str, why: str) -> None:
+    _, base, _ = provider
+    if name == "missing":  # a 404 from the provider: the aiohttp router answers it
+        with pytest.raises(StorageError, match="HTTP 404") as caught:
+            await read_all(fetcher, f"{base}/a/b")
+    else:
+        with pytest.raises(StorageError, match=why) as caught:
+            await read_all(fetcher, f"{base}/{name}")
+    assert not caught.value.retriable
+
+
+# --- the copier's rules, on both stores -------------------------------------------------------
+
+
+@pytest.fixture(params=["local", "s3"])
+def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[VideoStore]:
+    if request.param == "local":
+        yield LocalVideoStore(tmp_path / "videos")
+        return
+    from connectors.storage.s3 import S3VideoStore
+
+    with moto_s3(unique_name("videos").replace(".", "-").replace("_", "-").lower()) as env:
+        yield S3VideoStore(bucket=env["FLOODGATE_VIDEO_S3_BUCKET"], endpoint=env["FLOODGATE_VIDEO_S3_ENDPOINT"],
+                           access_key_id="testing", secret_access_key="testing")
+
+
+def copier_for(settings: Settings, store: VideoStore, fetcher: VideoFetcher) -> VideoCopier:
+    return VideoCopier(settings, store, fetcher=fetcher, policy=CopyPolicy(base_delay=0.01, max_delay=0.05),
+                       rand=lambda: 0.0)
+
+
+async def stored_bytes(store: VideoStore, job_id: str) -> bytes:
+    return b"".join([chunk async for chunk in store.open(job_id)])
+
+
+async def test_copy_stores_the_bytes_and_their_checksum_once(
+        settings_for: Callable[..., Settings], store: VideoStore, provider: tuple[Provider, str, int],
+        fetcher: VideoFetcher) -> None:
+    p, base, _ = provider
+    copier = copier_for(settings_for(), store, fetcher)
+    job_id = new_job_id()
+    assert await store.record(job_id) is None
+    record = await copier.copy(job_id, f"{base}/v.mp4")
+    assert (record.status, record.size, record.sha256, record.content_type) == (
+        "stored", len(VIDEO), hashlib.sha256(VIDEO).hexdigest(), "video/mp4")
+    assert await store.record(job_id) == record
+    assert await stored_bytes(store, job_id) == VIDEO
+    again = await copier.copy(job_id, f"{base}/v.mp4")  # a redelivered result: nothing fetched again
+    assert again == record and p.hits["v.mp4"] == 1
+
+
+async def test_a_passing_failure_is_retried_and_a_permanent_one_recorded(
+        settings_for: Callable[..., Settings], store: VideoStore, provider: tuple[Provider, str, int],
+        fetcher: VideoFetcher) -> None:
+    p, base, _ = provider
+    copier = copier_for(settings_for(), store, fetcher)
+    p.fail_first = 2
+    flaky = await copier.copy(new_job_id(), f"{base}/flaky.mp4")
+    assert flaky.status == "stored" and p.hits["flaky.mp4"] == 3
+    huge_id = new_job_id()
+    huge = await copier.copy(huge_id, f"{base}/huge.mp4")
+    assert huge.status == "failed" and "cap" in huge.reason and p.hits["huge.mp4"] == 1
+    assert await store.record(huge_id) == huge
+
+
+async def test_a_video_over_the_cap_leaves_nothing_behind(store: VideoStore) -> None:
+    async def chunks() -> AsyncIterator[bytes]:
+        yield b"x" * 1024
+        raise StorageError("video is over the cap", retriable=False)
+
+    job_id = new_job_id()
+    with pytest.raises(StorageError, match="cap"):
+        await store.put_video(job_id, chunks(), "video/mp4")
+    with pytest.raises(StorageError):
+        await stored_bytes(store, job_id)
+    if isinstance(store, LocalVideoStore):
+        assert not list(store.root.glob("*"))  # no temporary file either
+
+
+# --- the API: our link in the job, the bytes behind it ----------------------------------------
+
+
+def link_of(job: dict) -> tuple[str, dict[str, str]]:
+    url = job["result"]["video_url"]
+    parts = urlsplit(url)
+    return url, {k: v[0] for k, v in parse_qs(parts.query).items()}
+
+
+async def test_the_api_links_and_serves_stored_videos(settings_for: Callable[..., Settings],
+                                                      store: VideoStore) -> None:
+    settings = settings_for(video_link_ttl=30.0, simulator_url="http://127.0.0.1:9")  # never called
+    now = [1_900_000_000.0]
+    job_id, pending_id = new_job_id(), new_job_id()
+    record = VideoRecord(job_id, "stored", at_ms=1, size=len(VIDEO), sha256=hashlib.sha256(VIDEO).hexdigest(),
+                         content_type="video/mp4")
+
+    async def chunks() -> AsyncIterator[bytes]:
+        yield VIDEO[:1000]
+        yield VIDEO[1000:]
+
+    await store.put_video(job_id, chunks(), "video/mp4")
+    await store.put_record(record)
+    topic = TopicNames(settings).notifications
+    async with running_api(settings, roles={"read"}, video_store=store, clock=lambda: now[0]) as api, \
+            aiohttp.ClientSession() as http:
+        assert api.view is not None
+        jobs = {}
+        for jid in (job_id, pending_id):
+            await aproduce_snapshots(settings.kafka_bootstrap, topic, snapshot(
+                jid, 4, "completed", progress=1.0, video_url="https://provider.example/out.mp4"))
+            assert await api.view.wait_for(jid, 15.0) is not None
+            auth = {"Authorization": f"Bearer {job_token(settings.secret.reveal().encode(), jid)}"}
+            async with http.get(f"{api.url}/v1/jobs/{jid}", headers=auth) as resp:
+                jobs[jid] = await resp.json()
+        url, query = link_of(jobs[job_id])
+        assert url.startswith(f"{api.url}/v1/videos/{job_id}?expires=1900000030&sig=")
+        async with http.get(url) as resp:
+            assert resp.status == 200 and await resp.read() == VIDEO
+            assert resp.headers["Content-Type"] == "video/mp4"
+            digest = base64.b64encode(hashlib.sha256(VIDEO).digest()).decode()
+            assert resp.headers["Repr-Digest"] == f"sha-256=:{digest}:"
+            assert resp.headers["Cache-Control"] == "private, max-age=30"
+        async with http.head(url) as resp:
+            assert resp.status == 200
+        # Forged: another job's id under this signature, a stretched expiry, no signature at all.
+        base = f"{api.url}/v1/videos"
+        for bad in (f"{base}/{pending_id}?expires={query['expires']}&sig={query['sig']}",
+                    f"{base}/{job_id}?expires={int(query['expires']) + 3600}&sig={query['sig']}",
+                    f"{base}/{job_id}"):
+            async with http.get(bad) as resp:
+                assert resp.status == 403, bad
+                assert resp.headers["Content-Type"] == "application/problem+json"
+                assert "expired" not in (await resp.json())["detail"]
+        # Not copied yet: 503 with Retry-After.
+        pending_url, _ = link_of(jobs[pending_id])
+        async with http.get(pending_url) as resp:
+            assert resp.status == 503 and resp.headers["Retry-After"] == "5"
+            assert (await resp.json())["type"] == "urn:floodgate:problem:video-pending"
+        # Expired: the same link once its time has passed.
+        now[0] += 30
+        async with http.get(url) as resp:
+            assert resp.status == 403 and "expired" in (await resp.json())["detail"]
