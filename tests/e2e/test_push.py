@@ -67,13 +67,23 @@ async def test_a_job_with_a_device_token_ends_in_a_signed_push(kafka_bootstrap: 
     [fcm_push] = fcm_log  # one push per job: the states before the end are not pushed
     message = fcm_push.body["message"]
     assert fcm_push.status == 200 and message["token"] == FCM_TOKEN
+    # The video link is ours (the stored copy), signed when sent: the same video as the job's, its
+    # own expiry.
     assert message["data"] == {"job_id": jobs["fcm"]["job_id"], "status": "completed", "type": "job.completed",
-                               "video_url": finals["fcm"]["result"]["video_url"]}
+                               "video_url": message["data"]["video_url"]}
+    assert _video(message["data"]["video_url"]) == _video(finals["fcm"]["result"]["video_url"])
     assert fcm.token_requests == 1 and fcm.refused_assertions == 0
 
     [apns_push] = apns_log
     assert apns_push.status == 200 and apns_push.token == APNS_TOKEN
     assert apns_push.headers["apns-topic"] == TOPIC and apns_push.headers["apns-collapse-id"] == jobs["apns"]["job_id"]
     assert apns_push.body["status"] == "completed"
-    assert apns_push.body["video_url"] == finals["apns"]["result"]["video_url"]
+    assert _video(apns_push.body["video_url"]) == _video(finals["apns"]["result"]["video_url"])
     assert len(apns.tokens_seen) == 1  # its provider token verified against the .p8 key's public half
+
+
+def _video(link: str) -> str:
+    """A stored video's link without its signature and expiry: which video it names."""
+    path, _, query = link.partition("?")
+    assert "/v1/videos/" in path and "sig=" in query, f"not a signed link to a stored video: {link}"
+    return path
