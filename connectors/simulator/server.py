@@ -280,7 +280,9 @@ async def admin_jobs(request: web.Request) -> web.Response:
     _, name, state = _provider(request)
     jobs = sorted(state.jobs.values(), key=lambda job: job.created_at)
     return _json({"provider": name, "jobs": [{"id": job.id, "status": job.status, "created_at": job.created_at,
-                                              "completed_at": job.completed_at} for job in jobs]})
+                                              "completed_at": job.completed_at, "model": job.request.model,
+                                              "prompt": job.request.prompt, "params": dict(job.request.params)}
+                                             for job in jobs]})
 
 
 def build_app(sim: Simulator) -> web.Application:

@@ -1,0 +1,54 @@
+"""Per-job callback paths: ``{webhook_base}/{job_id}/{mac}``, where ``mac`` is an HMAC of the
+provider name and job id under a secret only Floodgate holds. Pure.
+
+Every provider connector that takes webhooks gives the provider such a URL, so a callback names
+its job by where it arrives rather than by anything in its body, and a path cannot be guessed or
+moved to another job. For providers that do not sign their callbacks (Kling, RunPod) the path
+is the only proof that a callback came from someone we told; it is still confirmed by a status
+call before it is believed.
+"""
+from __future__ import annotations
+
+import hashlib
+import hmac
+from dataclasses import dataclass
+
+from floodgate.errors import ConfigError, WebhookVerificationError
+
+MAC_HEX = 32  # 128 bits: unguessable, short enough for any provider's URL limit
+MIN_SECRET_BYTES = 16
+
+
+def _key(secret: str) -> bytes:
+    key = secret.encode("utf-8")
+    if len(key) < MIN_SECRET_BYTES:
+        raise ConfigError(f"callback_secret must be at least {MIN_SECRET_BYTES} bytes")
+    return key
+
+
+def mac(secret: str, provider: str, job_id: str) -> str:
+    digest = hmac.new(_key(secret), f"{provider}\n{job_id}".encode(), hashlib.sha256).hexdigest()
+    return digest[:MAC_HEX]
+
+
+def callback_url(base: str, secret: str, provider: str, job_id: str) -> str:
+    """The URL a provider calls back for ``job_id``; ``base`` ends in ``/webhooks/{provider}``."""
+    return f"{base.rstrip('/')}/{job_id}/{mac(secret, provider, job_id)}"
+
+
+@dataclass(frozen=True)
+class Callback:
+    job_id: str
+
+
+def check(secret: str, provider: str, path: str) -> Callback:
+    """The job a callback path names; raises ``WebhookVerificationError`` unless its MAC is right."""
+    job_id, sep, given = path.strip("/").partition("/")
+    if not sep or not job_id or "/" in given:
+        raise WebhookVerificationError("callback path must be /{job_id}/{mac}")
+    if not hmac.compare_digest(mac(secret, provider, job_id), given):
+        raise WebhookVerificationError("callback path MAC does not match")
+    return Callback(job_id)
+
+
+__all__ = ["Callback", "callback_url", "check", "mac"]
