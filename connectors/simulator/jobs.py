@@ -50,7 +50,7 @@ class Job:
     completed_at: float | None = None
     error: dict[str, str] | None = None
     # A reordered in_progress event waits here until the terminal event has gone out.
-    held_event: dict[str, Any] | None = None
+    held_event: Any = None
     task: asyncio.Task[None] | None = field(default=None, repr=False)
     # Deliveries of one job go out one at a time, in the order they were scheduled.
     delivery_lock: asyncio.Lock = field(default_factory=asyncio.Lock, repr=False)

@@ -1,0 +1,81 @@
+"""The part every real-provider connector shares: its name and timeout, the HTTP call, and the
+per-job callback path (``callback``) by which a webhook names its job."""
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Mapping
+from datetime import datetime
+
+import aiohttp
+
+from floodgate.errors import SchemaError, WebhookVerificationError
+from floodgate.headers import header
+
+from . import callback
+from .base import CALLBACK_HEADER, SubmitOrder
+from .http import HttpAnswer, HttpRequest, send
+
+
+class HttpConnector:
+    """Base of the real-provider connectors. ``callback_secret`` keys the per-job callback paths;
+    every process of a deployment (API and workers) must be given the same one."""
+
+    name: str
+
+    def __init__(self, name: str, *, callback_secret: str | None, timeout: float,
+                 clock: Callable[[], float]) -> None:
+        self.name = name
+        self._callback_secret = callback_secret
+        if callback_secret is not None:
+            callback.mac(callback_secret, name, "check")  # a bad secret fails at start, not at the first job
+        self._timeout = aiohttp.ClientTimeout(total=timeout)
+        self._clock = clock
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(name={self.name!r})"
+
+    async def call(self, session: aiohttp.ClientSession, request: HttpRequest, *,
+                   ok: Callable[[int], bool] = lambda status: 200 <= status <= 299) -> HttpAnswer:
+        return await send(session, request, name=self.name, timeout=self._timeout, now=self._clock, ok=ok)
+
+    def callback_for(self, order: SubmitOrder) -> str | None:
+        """The per-job URL to give the provider, or None when Floodgate has no public webhook base."""
+        if order.webhook_url is None or self._callback_secret is None:
+            return None
+        return callback.callback_url(order.webhook_url, self._callback_secret, self.name, order.job_id)
+
+    def job_of(self, callback_path: str) -> str:
+        """The job a callback path names; raises ``WebhookVerificationError`` for a forged one."""
+        if self._callback_secret is None:
+            raise WebhookVerificationError(f"{self.name}: no callback_secret configured; callbacks are refused")
+        return callback.check(self._callback_secret, self.name, callback_path).job_id
+
+
+def callback_job(headers: Mapping[str, str]) -> str | None:
+    """The job id of a delivery the bridge already authenticated (from its callback path)."""
+    path = header(headers, CALLBACK_HEADER)
+    if not path:
+        return None
+    job_id = path.strip("/").partition("/")[0]
+    return job_id or None
+
+
+def timestamp(value: object, fallback: float) -> float:
+    """Epoch seconds from an ISO 8601 string, epoch seconds or epoch milliseconds."""
+    if isinstance(value, bool) or value is None:
+        return fallback
+    if isinstance(value, (int, float)):
+        return float(value) / 1000.0 if value > 1e11 else float(value)
+    if isinstance(value, str):
+        try:
+            return datetime.fromisoformat(value.replace("Z", "+00:00")).timestamp()
+        except ValueError as exc:
+            raise SchemaError(f"bad timestamp {value[:40]!r}") from exc
+    raise SchemaError("timestamp must be a string or a number")
+
+
+def now() -> float:
+    return time.time()
+
+
+__all__ = ["HttpConnector", "callback_job", "now", "timestamp"]
