@@ -1,6 +1,7 @@
 """Video-provider connectors: one module per provider behind the ``VideoProvider`` protocol."""
 from __future__ import annotations
 
+from . import fal as _fal  # noqa: F401 - registers kind "fal"
 from . import replicate as _replicate  # noqa: F401 - registers kind "replicate"
 from . import simulator as _simulator  # noqa: F401 - registers kind "simulator"
 from .base import (

@@ -1,5 +1,7 @@
-"""Per-job callback paths: ``{webhook_base}/{job_id}/{mac}``, where ``mac`` is an HMAC of the
-provider name and job id under a secret only Floodgate holds. Pure.
+"""Per-job callback paths: ``{webhook_base}/{job_id}/{mac}[/{extra}]``, where ``mac`` is an HMAC of
+the provider name, job id and extra under a secret only Floodgate holds. Pure. ``extra`` is what
+a connector needs back from the callback that the provider's body does not carry (fal: the app
+the request was queued on).
 
 Every provider connector that takes webhooks gives the provider such a URL, so a callback names
 its job by where it arrives rather than by anything in its body, and a path cannot be guessed or
@@ -26,29 +28,38 @@ def _key(secret: str) -> bytes:
     return key
 
 
-def mac(secret: str, provider: str, job_id: str) -> str:
-    digest = hmac.new(_key(secret), f"{provider}\n{job_id}".encode(), hashlib.sha256).hexdigest()
-    return digest[:MAC_HEX]
+def mac(secret: str, provider: str, job_id: str, extra: str = "") -> str:
+    message = f"{provider}\n{job_id}" + (f"\n{extra}" if extra else "")
+    return hmac.new(_key(secret), message.encode(), hashlib.sha256).hexdigest()[:MAC_HEX]
 
 
-def callback_url(base: str, secret: str, provider: str, job_id: str) -> str:
+def callback_url(base: str, secret: str, provider: str, job_id: str, extra: str = "") -> str:
     """The URL a provider calls back for ``job_id``; ``base`` ends in ``/webhooks/{provider}``."""
-    return f"{base.rstrip('/')}/{job_id}/{mac(secret, provider, job_id)}"
+    tail = f"/{extra}" if extra else ""
+    return f"{base.rstrip('/')}/{job_id}/{mac(secret, provider, job_id, extra)}{tail}"
 
 
 @dataclass(frozen=True)
 class Callback:
     job_id: str
+    extra: str = ""
+
+
+def split(path: str) -> tuple[str, str, str]:
+    """``(job_id, mac, extra)`` of a callback path, unchecked."""
+    job_id, _, rest = path.strip("/").partition("/")
+    given, _, extra = rest.partition("/")
+    return job_id, given, extra
 
 
 def check(secret: str, provider: str, path: str) -> Callback:
     """The job a callback path names; raises ``WebhookVerificationError`` unless its MAC is right."""
-    job_id, sep, given = path.strip("/").partition("/")
-    if not sep or not job_id or "/" in given:
+    job_id, given, extra = split(path)
+    if not job_id or not given:
         raise WebhookVerificationError("callback path must be /{job_id}/{mac}")
-    if not hmac.compare_digest(mac(secret, provider, job_id), given):
+    if not hmac.compare_digest(mac(secret, provider, job_id, extra), given):
         raise WebhookVerificationError("callback path MAC does not match")
-    return Callback(job_id)
+    return Callback(job_id, extra)
 
 
-__all__ = ["Callback", "callback_url", "check", "mac"]
+__all__ = ["Callback", "callback_url", "check", "mac", "split"]

@@ -38,26 +38,27 @@ class HttpConnector:
                    ok: Callable[[int], bool] = lambda status: 200 <= status <= 299) -> HttpAnswer:
         return await send(session, request, name=self.name, timeout=self._timeout, now=self._clock, ok=ok)
 
-    def callback_for(self, order: SubmitOrder) -> str | None:
+    def callback_for(self, order: SubmitOrder, extra: str = "") -> str | None:
         """The per-job URL to give the provider, or None when Floodgate has no public webhook base."""
         if order.webhook_url is None or self._callback_secret is None:
             return None
-        return callback.callback_url(order.webhook_url, self._callback_secret, self.name, order.job_id)
+        return callback.callback_url(order.webhook_url, self._callback_secret, self.name, order.job_id, extra)
 
-    def job_of(self, callback_path: str) -> str:
+    def job_of(self, callback_path: str) -> callback.Callback:
         """The job a callback path names; raises ``WebhookVerificationError`` for a forged one."""
         if self._callback_secret is None:
             raise WebhookVerificationError(f"{self.name}: no callback_secret configured; callbacks are refused")
-        return callback.check(self._callback_secret, self.name, callback_path).job_id
+        return callback.check(self._callback_secret, self.name, callback_path)
 
 
 def callback_job(headers: Mapping[str, str]) -> str | None:
     """The job id of a delivery the bridge already authenticated (from its callback path)."""
-    path = header(headers, CALLBACK_HEADER)
-    if not path:
-        return None
-    job_id = path.strip("/").partition("/")[0]
-    return job_id or None
+    return callback.split(header(headers, CALLBACK_HEADER) or "")[0] or None
+
+
+def callback_extra(headers: Mapping[str, str]) -> str:
+    """The extra part of an authenticated delivery's callback path ("" when none)."""
+    return callback.split(header(headers, CALLBACK_HEADER) or "")[2]
 
 
 def timestamp(value: object, fallback: float) -> float:
@@ -78,4 +79,4 @@ def now() -> float:
     return time.time()
 
 
-__all__ = ["HttpConnector", "callback_job", "now", "timestamp"]
+__all__ = ["HttpConnector", "callback_extra", "callback_job", "now", "timestamp"]

@@ -8,6 +8,7 @@ routing file allows 4, so 429s happen) plus ``wan``, the fallback in the simulat
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import time
 from collections.abc import AsyncIterator, Iterator
@@ -17,6 +18,7 @@ from typing import Any
 
 import aiohttp
 import pytest
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from standardwebhooks.webhooks import Webhook
 
 from connectors.providers import callback
@@ -46,6 +48,9 @@ def _base(kind: str) -> str:
 
 
 CASES = {
+    "fal": Case("fal", "fal-ai/video/v2/text-to-video", {
+        "base_url": _base("fal"), "api_key": "env:E2E_PROVIDER_KEY", "callback_secret": "env:E2E_CALLBACK_SECRET",
+        "jwks_url": _base("fal") + "/.well-known/jwks.json"}, sim={"queue_over_limit": 1}),
     "replicate": Case("replicate", "acme/video", {
         "base_url": _base("replicate"), "api_token": "env:E2E_PROVIDER_KEY", "webhook_secret": DEV_WEBHOOK_SECRET_REF,
         "callback_secret": "env:E2E_CALLBACK_SECRET"}),
@@ -169,6 +174,15 @@ def _forgeries(kind: str, job_id: str) -> list[tuple[str, dict[str, str], bytes]
     """(why, headers, body) of deliveries the bridge must refuse for a provider that signs."""
     body = json.dumps({"id": "p_forged", "status": "succeeded", "output": "https://evil.test/x.mp4"}).encode()
     now = int(time.time())
+    if kind == "fal":
+        # The simulator's private key never leaves it: a stale but valid signature is a unit test's job.
+        body = json.dumps({"request_id": "r_forged", "status": "OK",
+                           "payload": {"video": {"url": "https://evil.test/x.mp4"}}}).encode()
+        message = f"r_forged\nuser_x\n{now}\n{hashlib.sha256(body).hexdigest()}".encode()
+        forged = {"x-fal-webhook-request-id": "r_forged", "x-fal-webhook-user-id": "user_x",
+                  "x-fal-webhook-timestamp": str(now),
+                  "x-fal-webhook-signature": Ed25519PrivateKey.generate().sign(message).hex()}
+        return [("forged", forged, body), ("unsigned", {}, body)]
     if kind == "replicate":
         def signed(secret: str, ts: int) -> dict[str, str]:
             sig = Webhook(secret).sign("msg_forged", datetime.fromtimestamp(ts, UTC), body.decode())
@@ -184,7 +198,8 @@ def _forgeries(kind: str, job_id: str) -> list[tuple[str, dict[str, str], bytes]
 async def test_forged_or_stale_signatures_are_refused_at_the_bridge(stack: Stack, session: aiohttp.ClientSession,
                                                                     kind: str) -> None:
     job = await submit(session, stack.api_url, job_body(f"{kind}-video"))
-    path = f"{job['job_id']}/{callback.mac(CALLBACK_SECRET, kind, job['job_id'])}"
+    extra = "/".join(CASES[kind].provider_model.split("/")[:2]) if kind == "fal" else ""
+    path = f"{job['job_id']}/{callback.mac(CALLBACK_SECRET, kind, job['job_id'], extra)}" + (f"/{extra}" * bool(extra))
     for why, headers, body in _forgeries(kind, job["job_id"]):
         async with session.post(f"{stack.api_url}/webhooks/{kind}/{path}", data=body,
                                 headers={"content-type": "application/json", **headers}) as resp:

@@ -7,9 +7,11 @@ from __future__ import annotations
 
 from ..config import ProviderConfig
 from .base import Dialect
+from .fal import FalDialect
 from .replicate import ReplicateDialect
 
 _FACTORIES: dict[str, type[Dialect]] = {
+    "fal": FalDialect,
     "replicate": ReplicateDialect,
 }
 
