@@ -112,7 +112,8 @@ def test_queue_states_and_results_map() -> None:
     running = parse_queue_status(job, b'{"status": "IN_PROGRESS", "logs": []}')
     assert running is not None and running.state == "running"
     assert parse_queue_status(job, b'{"status": "COMPLETED"}') is None
-    done = parse_result(job, 200, orjson.dumps(orjson.loads((FIXTURES / "fal_webhook_ok.json").read_bytes())["payload"]))
+    payload = orjson.loads((FIXTURES / "fal_webhook_ok.json").read_bytes())["payload"]
+    done = parse_result(job, 200, orjson.dumps(payload))
     assert (done.state, done.video_url) == ("completed", "https://v3.fal.media/files/penguin/abc123/output.mp4")
     failed = parse_result(job, 422, b'{"detail": [{"msg": "field required"}]}')
     assert failed.state == "failed" and failed.error == "HTTP 422: field required"
