@@ -34,7 +34,8 @@ NOW = 1_780_000_000.0
 
 class FakeResponse:
     def __init__(self, body: bytes) -> None:
-        self.status, self.headers, self._body = 200, {}, body
+        self.status, self._body = 200, body
+        self.headers: dict[str, str] = {}
 
     async def __aenter__(self) -> FakeResponse:
         return self
