@@ -4,6 +4,7 @@ from __future__ import annotations
 from . import fal as _fal  # noqa: F401 - registers kind "fal"
 from . import replicate as _replicate  # noqa: F401 - registers kind "replicate"
 from . import simulator as _simulator  # noqa: F401 - registers kind "simulator"
+from . import wavespeed as _wavespeed  # noqa: F401 - registers kind "wavespeed"
 from .base import (
     ProviderEvent,
     ProviderStatus,

@@ -9,6 +9,7 @@ routing file allows 4, so 429s happen) plus ``wan``, the fallback in the simulat
 from __future__ import annotations
 
 import hashlib
+import hmac
 import json
 import time
 from collections.abc import AsyncIterator, Iterator
@@ -48,6 +49,9 @@ def _base(kind: str) -> str:
 
 
 CASES = {
+    "wavespeed": Case("wavespeed", "wavespeed-ai/wan-2.1/t2v-480p", {
+        "base_url": _base("wavespeed"), "api_key": "env:E2E_PROVIDER_KEY", "webhook_secret": DEV_WEBHOOK_SECRET_REF,
+        "callback_secret": "env:E2E_CALLBACK_SECRET"}),
     "fal": Case("fal", "fal-ai/video/v2/text-to-video", {
         "base_url": _base("fal"), "api_key": "env:E2E_PROVIDER_KEY", "callback_secret": "env:E2E_CALLBACK_SECRET",
         "jwks_url": _base("fal") + "/.well-known/jwks.json"}, sim={"queue_over_limit": 1}),
@@ -190,6 +194,16 @@ def _forgeries(kind: str, job_id: str) -> list[tuple[str, dict[str, str], bytes]
 
         other = "whsec_" + "QUFBQUFBQUFBQUFBQUFBQUFBQUFBQUFBQUFBQUFBQUE="
         return [("forged", signed(other, now), body), ("stale", signed(DEV_WEBHOOK_SECRET, now - 600), body),
+                ("unsigned", {}, body)]
+    if kind == "wavespeed":
+        def v3(secret: str, ts: int) -> dict[str, str]:
+            key = secret.removeprefix("whsec_").encode()
+            digest = hmac.new(key, f"wh_forged.{ts}.".encode() + body, hashlib.sha256).hexdigest()
+            return {"webhook-id": "wh_forged", "webhook-timestamp": str(ts), "webhook-signature": f"v3,{digest}"}
+
+        forged_body = json.dumps({"id": "p_forged", "status": "completed", "outputs": ["https://evil.test/x.mp4"]})
+        body = forged_body.encode()
+        return [("forged", v3("whsec_not-the-secret", now), body), ("stale", v3(DEV_WEBHOOK_SECRET, now - 600), body),
                 ("unsigned", {}, body)]
     raise AssertionError(kind)
 

@@ -35,6 +35,9 @@ class Case:
 
 
 CASES = {
+    "wavespeed": Case("wavespeed", "wavespeed-ai/wan-2.1/t2v-480p", lambda root: {
+        "base_url": root, "api_key": "ws_key", "webhook_secret": WEBHOOK_SECRET, "callback_secret": CALLBACK_SECRET},
+        webhooks=1),
     "fal": Case("fal", "fal-ai/video-model/v2/text-to-video", lambda root: {
         "base_url": root, "api_key": "fal_key", "callback_secret": CALLBACK_SECRET,
         "jwks_url": f"{root}/.well-known/jwks.json"}, sim={"queue_over_limit": 1}, webhooks=1),

@@ -9,10 +9,12 @@ from ..config import ProviderConfig
 from .base import Dialect
 from .fal import FalDialect
 from .replicate import ReplicateDialect
+from .wavespeed import WaveSpeedDialect
 
 _FACTORIES: dict[str, type[Dialect]] = {
     "fal": FalDialect,
     "replicate": ReplicateDialect,
+    "wavespeed": WaveSpeedDialect,
 }
 
 
