@@ -79,7 +79,7 @@ class ApiMetrics(_Group):
         self.webhooks_received = self._counter(
             "floodgate_webhooks_received_total",
             "Provider webhooks at the bridge, by provider and outcome (accepted, bad_signature, "
-            "unknown_provider, too_large, kafka_unavailable).", ["provider", "outcome"])
+            "unknown_provider, too_large, kafka_unavailable, unconfirmed).", ["provider", "outcome"])
         self.notification_latency = self._histogram(
             "floodgate_notification_latency_seconds",
             "From a snapshot's updated_at to its push to an SSE or WebSocket client (live changes only).",

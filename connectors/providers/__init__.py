@@ -3,6 +3,7 @@ from __future__ import annotations
 
 from . import fal as _fal  # noqa: F401 - registers kind "fal"
 from . import replicate as _replicate  # noqa: F401 - registers kind "replicate"
+from . import runpod as _runpod  # noqa: F401 - registers kind "runpod"
 from . import simulator as _simulator  # noqa: F401 - registers kind "simulator"
 from . import wavespeed as _wavespeed  # noqa: F401 - registers kind "wavespeed"
 from .base import (

@@ -3,17 +3,20 @@ per-job callback path (``callback``) by which a webhook names its job."""
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from datetime import datetime
 
 import aiohttp
 
-from floodgate.errors import SchemaError, WebhookVerificationError
+from floodgate.errors import ProviderRejected, SchemaError, WebhookVerificationError
 from floodgate.headers import header
 
 from . import callback
-from .base import CALLBACK_HEADER, SubmitOrder
+from .base import CALLBACK_HEADER, SubmitOrder, WebhookDelivery
 from .http import HttpAnswer, HttpRequest, send
+
+CONFIRMED_HEADER = "x-floodgate-confirmed"
+"""Set on a delivery whose body is the provider's answer to a status call, not the callback's."""
 
 
 class HttpConnector:
@@ -51,6 +54,19 @@ class HttpConnector:
         return callback.check(self._callback_secret, self.name, callback_path)
 
 
+async def confirmed(delivery: WebhookDelivery, provider_job_id: str,
+                    ask: Callable[[str], Awaitable[bytes]]) -> WebhookDelivery:
+    """For a provider that does not sign its callbacks: the delivery to forward is the provider's
+    own answer about ``provider_job_id`` (from ``ask``), never the callback's claim. A provider
+    that does not know the job (4xx) makes the callback a forgery; a provider that cannot answer
+    now (429, 5xx, network) raises ``ProviderError``, so the bridge fails and the sender retries."""
+    try:
+        body = await ask(provider_job_id)
+    except ProviderRejected as exc:
+        raise WebhookVerificationError(f"the provider does not confirm {provider_job_id}: {exc}") from exc
+    return WebhookDelivery({**delivery.headers, CONFIRMED_HEADER: "status"}, body, delivery.callback)
+
+
 def callback_job(headers: Mapping[str, str]) -> str | None:
     """The job id of a delivery the bridge already authenticated (from its callback path)."""
     return callback.split(header(headers, CALLBACK_HEADER) or "")[0] or None
@@ -79,4 +95,4 @@ def now() -> float:
     return time.time()
 
 
-__all__ = ["HttpConnector", "callback_extra", "callback_job", "now", "timestamp"]
+__all__ = ["CONFIRMED_HEADER", "HttpConnector", "confirmed", "callback_extra", "callback_job", "now", "timestamp"]

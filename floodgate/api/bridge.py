@@ -25,7 +25,7 @@ from floodgate import codec
 from floodgate.api.common import BodyTooLarge, Deps, json_response, read_bounded, too_large
 from floodgate.api.kafka_io import KafkaUnavailable, RecordTooLarge
 from floodgate.dispatch import ENDED
-from floodgate.errors import WebhookVerificationError
+from floodgate.errors import ProviderError, WebhookVerificationError
 from floodgate.headers import lowered
 from floodgate.metrics import UNKNOWN_PROVIDER
 from floodgate.problems import NOT_FOUND, UNAUTHORIZED, problem_response
@@ -86,6 +86,12 @@ class Bridge:
             log.info("rejected webhook for %s: %s", name, exc)
             received.labels(name, "bad_signature").inc()
             return problem_response(401, "Unauthorized", type_=UNAUTHORIZED, detail="webhook verification failed")
+        except ProviderError as exc:
+            # Confirming the callback needed the provider, which did not answer: ask for a redelivery.
+            log.info("webhook for %s not confirmed yet: %s", name, exc)
+            received.labels(name, "unconfirmed").inc()
+            return problem_response(503, "Service Unavailable", detail="webhook not confirmed; retry later",
+                                    headers={"Retry-After": str(int(exc.retry_after or 5))})
         headers, body = dict(delivery.headers), delivery.body
         if callback:
             headers[CALLBACK_HEADER] = callback

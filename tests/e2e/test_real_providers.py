@@ -49,6 +49,9 @@ def _base(kind: str) -> str:
 
 
 CASES = {
+    "runpod": Case("runpod", "ep-video", {
+        "base_url": _base("runpod"), "api_key": "env:E2E_PROVIDER_KEY", "callback_secret": "env:E2E_CALLBACK_SECRET"},
+        signed=False),
     "wavespeed": Case("wavespeed", "wavespeed-ai/wan-2.1/t2v-480p", {
         "base_url": _base("wavespeed"), "api_key": "env:E2E_PROVIDER_KEY", "webhook_secret": DEV_WEBHOOK_SECRET_REF,
         "callback_secret": "env:E2E_CALLBACK_SECRET"}),
@@ -174,6 +177,13 @@ async def test_an_outage_moves_jobs_to_the_fallback(stack: Stack, session: aioht
     assert (await sim_stats(session, stack, kind))["outage_rejections"] > 0
 
 
+def callback_path(kind: str, job_id: str) -> str:
+    """The per-job path Floodgate gives ``kind`` for ``job_id`` (fal and RunPod add their app/endpoint)."""
+    model = CASES[kind].provider_model
+    extra = {"fal": "/".join(model.split("/")[:2]), "runpod": model}.get(kind, "")
+    return f"{job_id}/{callback.mac(CALLBACK_SECRET, kind, job_id, extra)}" + (f"/{extra}" if extra else "")
+
+
 def _forgeries(kind: str, job_id: str) -> list[tuple[str, dict[str, str], bytes]]:
     """(why, headers, body) of deliveries the bridge must refuse for a provider that signs."""
     body = json.dumps({"id": "p_forged", "status": "succeeded", "output": "https://evil.test/x.mp4"}).encode()
@@ -212,11 +222,38 @@ def _forgeries(kind: str, job_id: str) -> list[tuple[str, dict[str, str], bytes]
 async def test_forged_or_stale_signatures_are_refused_at_the_bridge(stack: Stack, session: aiohttp.ClientSession,
                                                                     kind: str) -> None:
     job = await submit(session, stack.api_url, job_body(f"{kind}-video"))
-    extra = "/".join(CASES[kind].provider_model.split("/")[:2]) if kind == "fal" else ""
-    path = f"{job['job_id']}/{callback.mac(CALLBACK_SECRET, kind, job['job_id'], extra)}" + (f"/{extra}" * bool(extra))
+    path = callback_path(kind, job["job_id"])
     for why, headers, body in _forgeries(kind, job["job_id"]):
         async with session.post(f"{stack.api_url}/webhooks/{kind}/{path}", data=body,
                                 headers={"content-type": "application/json", **headers}) as resp:
             assert resp.status == 401, (why, resp.status, await resp.text())
     done = await wait_status(session, stack, job, {"completed", "failed"})
     assert done["status"] == "completed" and "evil.test" not in done["result"]["video_url"]
+
+
+def _claim(kind: str, provider_job_id: str) -> bytes:
+    if kind == "runpod":
+        return json.dumps({"id": provider_job_id, "status": "COMPLETED",
+                           "output": {"video_url": "https://evil.test/x.mp4"}}).encode()
+    return json.dumps({"task_id": provider_job_id, "task_status": "succeed",
+                       "task_result": {"videos": [{"id": "v", "url": "https://evil.test/x.mp4"}]}}).encode()
+
+
+@pytest.mark.parametrize("kind", sorted(k for k, c in CASES.items() if not c.signed))
+async def test_an_unsigned_callback_is_not_believed_without_a_status_call(stack: Stack, session: aiohttp.ClientSession,
+                                                                          kind: str) -> None:
+    job = await submit(session, stack.api_url, job_body(f"{kind}-video", tag=f"claim-{kind}"))
+    await wait_status(session, stack, job, {"submitted", "running"}, interval=0.05)
+    mine = [j for j in await sim_jobs(session, stack, kind) if j["params"].get("tag") == f"claim-{kind}"]
+    assert len(mine) == 1 and mine[0]["status"] in ("queued", "in_progress"), mine
+    url = f"{stack.api_url}/webhooks/{kind}/{callback_path(kind, job['job_id'])}"
+    # A claim about a job the provider does not know is refused outright.
+    async with session.post(url, data=_claim(kind, "no-such-job")) as resp:
+        assert resp.status == 401, await resp.text()
+    # A claim of completion for a job still rendering is stored as what the provider says: not done.
+    async with session.post(url, data=_claim(kind, mine[0]["id"])) as resp:
+        assert resp.status == 200, await resp.text()
+    early = await get_job(session, stack.api_url, job["job_id"], job["token"])
+    assert early["status"] != "completed" or "evil.test" not in early["result"]["video_url"]
+    done = await wait_status(session, stack, job, {"completed", "failed"})
+    assert done["status"] == "completed" and "evil.test" not in done["result"]["video_url"], done

@@ -9,11 +9,13 @@ from ..config import ProviderConfig
 from .base import Dialect
 from .fal import FalDialect
 from .replicate import ReplicateDialect
+from .runpod import RunPodDialect
 from .wavespeed import WaveSpeedDialect
 
 _FACTORIES: dict[str, type[Dialect]] = {
     "fal": FalDialect,
     "replicate": ReplicateDialect,
+    "runpod": RunPodDialect,
     "wavespeed": WaveSpeedDialect,
 }
 
