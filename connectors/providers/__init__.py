@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 from . import fal as _fal  # noqa: F401 - registers kind "fal"
+from . import kling as _kling  # noqa: F401 - registers kind "kling"
 from . import replicate as _replicate  # noqa: F401 - registers kind "replicate"
 from . import runpod as _runpod  # noqa: F401 - registers kind "runpod"
 from . import simulator as _simulator  # noqa: F401 - registers kind "simulator"

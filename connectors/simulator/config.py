@@ -22,7 +22,7 @@ from floodgate.signing import secret_key
 
 # A fixed, obviously-local secret so `floodgate dev` and the simulator agree without setup.
 DEV_WEBHOOK_SECRET = "whsec_Zmxvb2RnYXRlLWRldi1zaW11bGF0b3Itd2ViaG9vaw=="
-DEV_JWT_SECRET = "floodgate-dev-kling-secret-key"
+DEV_JWT_SECRET = "floodgate-dev-kling-secret-key-of-the-simulator"
 RESERVED_NAMES = frozenset({"_admin", "stats"})
 DIALECTS = frozenset({"openai", "fal", "replicate", "wavespeed", "kling", "runpod", "runway"})
 

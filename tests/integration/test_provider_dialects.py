@@ -15,6 +15,7 @@ import pytest
 from connectors.providers import SubmitOrder, VideoProvider, create
 from connectors.providers.base import CALLBACK_HEADER, WebhookDelivery
 from connectors.simulator import Distribution, ProviderConfig, SimulatorConfig, run_receiver, run_simulator
+from connectors.simulator.config import DEV_JWT_SECRET
 from connectors.simulator.receiver import Delivery, WebhookReceiver
 from connectors.simulator.server import Simulator
 from floodgate import signing
@@ -37,6 +38,9 @@ class Case:
 
 
 CASES = {
+    "kling": Case("kling", "kling-v2-1", lambda root: {
+        "base_url": root, "access_key": "ak_test", "secret_key": DEV_JWT_SECRET, "callback_secret": CALLBACK_SECRET},
+        webhooks=2, signed=False, cancels=False, retry_after=False),
     "runpod": Case("runpod", "ep-video", lambda root: {
         "base_url": root, "api_key": "rp_key", "callback_secret": CALLBACK_SECRET}, webhooks=1, signed=False,
         retry_after=False),

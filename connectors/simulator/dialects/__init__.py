@@ -8,6 +8,7 @@ from __future__ import annotations
 from ..config import ProviderConfig
 from .base import Dialect
 from .fal import FalDialect
+from .kling import KlingDialect
 from .replicate import ReplicateDialect
 from .runpod import RunPodDialect
 from .wavespeed import WaveSpeedDialect
@@ -22,6 +23,8 @@ _FACTORIES: dict[str, type[Dialect]] = {
 
 def make(config: ProviderConfig) -> Dialect | None:
     """A fresh dialect for one simulated provider (fal's holds its own signing key), or None for openai."""
+    if config.dialect == "kling":
+        return KlingDialect(config.jwt_secret)
     factory = _FACTORIES.get(config.dialect)
     return None if factory is None else factory()
 
