@@ -38,7 +38,7 @@ from floodgate.headers import header
 
 from .base import ProviderEvent, ProviderStatus, SubmitOrder, SubmitResult, WebhookDelivery
 from .common import HttpConnector, callback_extra, callback_job
-from .http import HttpRequest, first_url, json_object, optional_text, parsed, text
+from .http import HttpRequest, first_url, json_object, model_inputs, optional_text, parsed, text
 from .registry import register
 
 DEFAULT_BASE_URL = "https://queue.fal.run"
@@ -85,7 +85,7 @@ def _auth(key: str) -> dict[str, str]:
 
 
 def submit_request(base_url: str, key: str, order: SubmitOrder, webhook: str | None) -> HttpRequest:
-    payload: dict[str, Any] = {**order.params, "prompt": order.prompt}
+    payload: dict[str, Any] = {**model_inputs(order.params), "prompt": order.prompt}
     if order.image_url is not None:
         payload["image_url"] = order.image_url
     query = f"?{urlencode({'fal_webhook': webhook})}" if webhook else ""

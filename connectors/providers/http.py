@@ -136,6 +136,21 @@ def first_url(value: Any) -> str | None:
     return None
 
 
+def model_inputs(params: Mapping[str, str]) -> dict[str, Any]:
+    """A job's params as a model's inputs. Floodgate's params are strings; a value that is a JSON
+    number or boolean (``"10"``, ``"0.5"``, ``"true"``) is sent as one, since providers validate
+    input types (``"007"`` or ``"9:16"`` stay strings)."""
+    inputs: dict[str, Any] = {}
+    for key, value in params.items():
+        try:
+            parsed_value = orjson.loads(value) if value and value[0] in "-0123456789tf" else value
+        except orjson.JSONDecodeError:
+            parsed_value = value
+        keep = isinstance(parsed_value, (int, float, bool)) and orjson.dumps(parsed_value).decode() == value
+        inputs[key] = parsed_value if keep else value
+    return inputs
+
+
 def fraction(value: float | None, scale: float = 1.0) -> float | None:
     """A progress reading as a fraction clamped to [0, 1]; ``scale`` 100 for percentages."""
     if value is None:
@@ -144,4 +159,4 @@ def fraction(value: float | None, scale: float = 1.0) -> float | None:
 
 
 __all__ = ["HttpAnswer", "HttpRequest", "body_retry_after", "first_url", "fraction", "json_object", "member",
-           "number", "optional_text", "parsed", "send", "text"]
+           "model_inputs", "number", "optional_text", "parsed", "send", "text"]

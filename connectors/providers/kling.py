@@ -37,7 +37,7 @@ from floodgate.errors import ProviderRejected, ProviderUnavailable, RateLimited,
 
 from .base import ProviderEvent, ProviderStatus, SubmitOrder, SubmitResult, WebhookDelivery
 from .common import HttpConnector, callback_extra, callback_job, confirmed, timestamp
-from .http import HttpRequest, first_url, json_object, member, parsed, text
+from .http import HttpRequest, first_url, json_object, member, model_inputs, parsed, text
 from .registry import register
 
 log = logging.getLogger(__name__)
@@ -73,7 +73,7 @@ class KlingTask:
 
 def submit_request(base_url: str, bearer: str, order: SubmitOrder, callback: str | None) -> HttpRequest:
     kind = "image2video" if order.image_url else "text2video"
-    payload: dict[str, Any] = {**order.params, "model_name": order.model, "prompt": order.prompt,
+    payload: dict[str, Any] = {**model_inputs(order.params), "model_name": order.model, "prompt": order.prompt,
                                "external_task_id": order.idempotency_key}
     if order.image_url:
         payload["image"] = order.image_url

@@ -32,7 +32,7 @@ from floodgate.headers import header
 
 from .base import ProviderEvent, ProviderStatus, SubmitOrder, SubmitResult, WebhookDelivery
 from .common import HttpConnector, callback_job, timestamp
-from .http import HttpRequest, first_url, json_object, parsed, text
+from .http import HttpRequest, first_url, json_object, model_inputs, parsed, text
 from .registry import register
 
 DEFAULT_BASE_URL = "https://api.replicate.com"
@@ -47,7 +47,7 @@ def _auth(token: str) -> dict[str, str]:
 def submit_request(base_url: str, token: str, order: SubmitOrder, webhook: str | None, *,
                    image_field: str = "image", cancel_after: str | None = None) -> HttpRequest:
     """The create call for ``order``: its prompt, image and params become the model's ``input``."""
-    inp: dict[str, Any] = {**order.params, "prompt": order.prompt}
+    inp: dict[str, Any] = {**model_inputs(order.params), "prompt": order.prompt}
     if order.image_url is not None:
         inp[image_field] = order.image_url
     payload: dict[str, Any] = {"input": inp}

@@ -32,7 +32,7 @@ from floodgate.errors import SchemaError, WebhookVerificationError
 
 from .base import ProviderEvent, ProviderStatus, SubmitOrder, SubmitResult, WebhookDelivery
 from .common import HttpConnector, callback_extra, callback_job, confirmed
-from .http import HttpRequest, first_url, json_object, parsed, text
+from .http import HttpRequest, first_url, json_object, model_inputs, parsed, text
 from .registry import register
 
 DEFAULT_BASE_URL = "https://api.runpod.ai"
@@ -62,7 +62,7 @@ def _auth(key: str) -> dict[str, str]:
 
 def submit_request(base_url: str, key: str, order: SubmitOrder, webhook: str | None,
                    policy: Mapping[str, Any] | None = None) -> HttpRequest:
-    inp: dict[str, Any] = {**order.params, "prompt": order.prompt}
+    inp: dict[str, Any] = {**model_inputs(order.params), "prompt": order.prompt}
     if order.image_url is not None:
         inp["image_url"] = order.image_url
     payload: dict[str, Any] = {"input": inp}

@@ -40,7 +40,7 @@ from .base import (
     error_for_response,
 )
 from .common import HttpConnector, callback_job, timestamp
-from .http import HttpRequest, first_url, json_object, member, parsed, text
+from .http import HttpRequest, first_url, json_object, member, model_inputs, parsed, text
 from .registry import register
 
 DEFAULT_BASE_URL = "https://api.wavespeed.ai"
@@ -80,7 +80,7 @@ def _auth(key: str) -> dict[str, str]:
 
 def submit_request(base_url: str, key: str, order: SubmitOrder, webhook: str | None, *,
                    image_field: str = "image") -> HttpRequest:
-    payload: dict[str, Any] = {**order.params, "prompt": order.prompt}
+    payload: dict[str, Any] = {**model_inputs(order.params), "prompt": order.prompt}
     if order.image_url is not None:
         payload[image_field] = order.image_url
     query = f"?{urlencode({'webhook': webhook})}" if webhook else ""

@@ -49,6 +49,8 @@ def _base(kind: str) -> str:
 
 
 CASES = {
+    "runway": Case("runway", "gen4_turbo", {"base_url": _base("runway"), "api_key": "env:E2E_PROVIDER_KEY"},
+                   sim={"queue_over_limit": 1}),
     "kling": Case("kling", "kling-v2-1", {
         "base_url": _base("kling"), "access_key": "env:E2E_PROVIDER_KEY", "secret_key": "env:E2E_KLING_SECRET",
         "callback_secret": "env:E2E_CALLBACK_SECRET"}, signed=False, cancels=False),
@@ -222,6 +224,9 @@ def _forgeries(kind: str, job_id: str) -> list[tuple[str, dict[str, str], bytes]
         body = forged_body.encode()
         return [("forged", v3("whsec_not-the-secret", now), body), ("stale", v3(DEV_WEBHOOK_SECRET, now - 600), body),
                 ("unsigned", {}, body)]
+    if kind == "runway":  # no webhooks at all: whatever arrives is refused
+        return [("no webhooks", {}, json.dumps({"id": "t", "status": "SUCCEEDED", "output": ["https://evil.test"]})
+                 .encode())]
     raise AssertionError(kind)
 
 

@@ -38,6 +38,8 @@ class Case:
 
 
 CASES = {
+    "runway": Case("runway", "gen4_turbo", lambda root: {"base_url": root, "api_key": "rw_key"},
+                   sim={"queue_over_limit": 1}, webhooks=0),
     "kling": Case("kling", "kling-v2-1", lambda root: {
         "base_url": root, "access_key": "ak_test", "secret_key": DEV_JWT_SECRET, "callback_secret": CALLBACK_SECRET},
         webhooks=2, signed=False, cancels=False, retry_after=False),
@@ -205,3 +207,22 @@ def forged_completion(case: Case, provider_job_id: str) -> bytes:
         return orjson.dumps({"id": job, "status": "COMPLETED", "output": {"video_url": "https://evil.test/x.mp4"}})
     return orjson.dumps({"task_id": job, "task_status": "succeed",
                          "task_result": {"videos": [{"id": "v", "url": "https://evil.test/x.mp4"}]}})
+
+
+async def test_providers_that_queue_past_their_limit_report_the_queue() -> None:
+    for kind in ("fal", "runway"):
+        async for r in rig(CASES[kind], render_time=Distribution("fixed", seconds=30), queue_over_limit=2):
+            jobs = [await r.provider.submit(r.http, order(r.case, n)) for n in range(4)]
+            async with asyncio.timeout(5):
+                while (await r.provider.status(r.http, jobs[1].provider_job_id)).state != "running":
+                    await asyncio.sleep(0.02)
+            waiting = [await r.provider.status(r.http, j.provider_job_id) for j in jobs[2:]]
+            assert [s.state for s in waiting] == ["queued", "queued"], kind
+            if kind == "fal":
+                assert [s.queue_position for s in waiting] == [0, 1]
+            else:
+                url = f"{r.sim.url}/runway/v1/tasks/{jobs[3].provider_job_id}"
+                async with r.http.get(url, headers={"Authorization": "Bearer rw_key"}) as resp:
+                    assert (await resp.json())["status"] == "THROTTLED"
+            with pytest.raises(RateLimited):
+                await r.provider.submit(r.http, order(r.case, 9))

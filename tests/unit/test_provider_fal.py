@@ -102,7 +102,7 @@ def test_submit_puts_params_in_the_input_and_the_per_job_webhook_in_the_query() 
     request = submit_request(p.base_url, "fal-key", order, p.callback_for(order, APP))
     assert request.url.startswith(f"https://queue.fal.test/{APP}/v2.1/master/text-to-video?fal_webhook=")
     assert "job_01" in request.url and request.headers["Authorization"] == "Key fal-key"
-    assert orjson.loads(request.body or b"") == {"duration": "10", "prompt": "dunes",
+    assert orjson.loads(request.body or b"") == {"duration": 10, "prompt": "dunes",
                                                  "image_url": "https://img.test/a.png"}
 
 

@@ -43,7 +43,7 @@ def test_submit_uses_image2video_for_an_image_and_carries_our_idempotency_key() 
     request = submit_request("https://kling.test", "tok", order, cb)
     assert request.url == "https://kling.test/v1/videos/image2video"
     assert orjson.loads(request.body or b"") == {
-        "duration": "10", "mode": "pro", "model_name": "kling-v2-1", "prompt": "dunes",
+        "duration": 10, "mode": "pro", "model_name": "kling-v2-1", "prompt": "dunes",
         "external_task_id": "fg-job_01-0", "image": "https://img.test/a.png", "callback_url": cb}
 
 

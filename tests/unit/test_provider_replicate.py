@@ -40,7 +40,7 @@ def test_submit_uses_the_models_endpoint_with_params_in_input_and_a_per_job_webh
     assert (request.method, request.url) == ("POST", "https://api.replicate.test/v1/models/kwaivgi/kling-v2.1/predictions")
     assert request.headers["Authorization"] == "Bearer r8_token" and request.headers["Cancel-After"] == "30m"
     body = orjson.loads(request.body or b"")
-    assert body["input"] == {"prompt": "dunes", "image": "https://img.test/a.png", "duration": "10"}
+    assert body["input"] == {"prompt": "dunes", "image": "https://img.test/a.png", "duration": 10}
     assert body["webhook"] == callback.callback_url("https://fg.test/webhooks/rep", CALLBACK_SECRET, "rep", "job_01")
     assert body["webhook_events_filter"] == ["start", "completed"]
     assert "r8_token" not in repr(p)

@@ -19,11 +19,12 @@ def test_run_request_carries_input_params_webhook_and_policy() -> None:
     p = create("runpod", name="rp", api_key="rp-key", callback_secret=CALLBACK_SECRET, base_url="https://rp.test")
     assert isinstance(p, RunPodProvider)
     order = SubmitOrder(job_id="job_01", model="ep123", prompt="dunes", image_url=None,
-                        webhook_url="https://fg.test/webhooks/rp", idempotency_key="k", params={"steps": "30"})
+                        webhook_url="https://fg.test/webhooks/rp", idempotency_key="k",
+                        params={"steps": "30", "seed": "007"})
     request = submit_request(p.base_url, "rp-key", order, p.callback_for(order, order.model), {"ttl": 600000})
     assert request.url == "https://rp.test/v2/ep123/run" and request.headers["Authorization"] == "Bearer rp-key"
     body = orjson.loads(request.body or b"")
-    assert body["input"] == {"steps": "30", "prompt": "dunes"} and body["policy"] == {"ttl": 600000}
+    assert body["input"] == {"steps": 30, "seed": "007", "prompt": "dunes"} and body["policy"] == {"ttl": 600000}
     assert body["webhook"] == callback.callback_url("https://fg.test/webhooks/rp", CALLBACK_SECRET, "rp", "job_01",
                                                     "ep123")
 

@@ -52,7 +52,7 @@ def test_submit_puts_params_in_the_input_and_the_callback_in_the_query() -> None
                         idempotency_key="k", params={"duration": "5"})
     request = submit_request(p.base_url, "ws-key", order, p.callback_for(order))
     assert request.url.startswith("https://api.wavespeed.test/api/v3/wavespeed-ai/wan-2.1/i2v-480p?webhook=")
-    assert orjson.loads(request.body or b"") == {"duration": "5", "prompt": "dunes", "image": "https://img.test/a.png"}
+    assert orjson.loads(request.body or b"") == {"duration": 5, "prompt": "dunes", "image": "https://img.test/a.png"}
 
 
 def test_documented_shapes_parse() -> None:

@@ -11,12 +11,14 @@ from .fal import FalDialect
 from .kling import KlingDialect
 from .replicate import ReplicateDialect
 from .runpod import RunPodDialect
+from .runway import RunwayDialect
 from .wavespeed import WaveSpeedDialect
 
 _FACTORIES: dict[str, type[Dialect]] = {
     "fal": FalDialect,
     "replicate": ReplicateDialect,
     "runpod": RunPodDialect,
+    "runway": RunwayDialect,
     "wavespeed": WaveSpeedDialect,
 }
 
