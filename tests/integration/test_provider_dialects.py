@@ -226,3 +226,15 @@ async def test_providers_that_queue_past_their_limit_report_the_queue() -> None:
                     assert (await resp.json())["status"] == "THROTTLED"
             with pytest.raises(RateLimited):
                 await r.provider.submit(r.http, order(r.case, 9))
+
+
+async def test_webhook_chaos_applies_to_every_dialect() -> None:
+    """Duplicated deliveries keep their identity, so the jobs agent can drop the copy."""
+    for case in (c for c in CASES.values() if c.webhooks):
+        async for r in rig(case, duplicate_rate=1.0):
+            submitted = await r.provider.submit(r.http, order(case, 7, r.hooks.url))
+            got = await r.hooks.wait_count(2 * case.webhooks)
+            events = [await accept(r, d) for d in got]
+            assert all(e.provider_job_id == submitted.provider_job_id for e in events), case.kind
+            assert len({e.webhook_id for e in events}) <= case.webhooks, case.kind
+            assert r.sim.stats()["providers"][case.kind]["webhooks_duplicated"] == case.webhooks, case.kind
