@@ -24,6 +24,7 @@ from standardwebhooks.webhooks import Webhook
 
 from connectors.providers import callback
 from connectors.simulator.config import DEV_JWT_SECRET, DEV_WEBHOOK_SECRET
+from connectors.simulator.dialects.fal import signing_seed
 from floodgate.devstack import Stack
 from floodgate.provider_config import DEV_WEBHOOK_SECRET_REF
 from tests.e2e.stack_util import get_job, make_stack, submit, until
@@ -203,14 +204,18 @@ def _forgeries(kind: str, job_id: str) -> list[tuple[str, dict[str, str], bytes]
     body = json.dumps({"id": "p_forged", "status": "succeeded", "output": "https://evil.test/x.mp4"}).encode()
     now = int(time.time())
     if kind == "fal":
-        # The simulator's private key never leaves it: a stale but valid signature is a unit test's job.
         body = json.dumps({"request_id": "r_forged", "status": "OK",
                            "payload": {"video": {"url": "https://evil.test/x.mp4"}}}).encode()
-        message = f"r_forged\nuser_x\n{now}\n{hashlib.sha256(body).hexdigest()}".encode()
-        forged = {"x-fal-webhook-request-id": "r_forged", "x-fal-webhook-user-id": "user_x",
-                  "x-fal-webhook-timestamp": str(now),
-                  "x-fal-webhook-signature": Ed25519PrivateKey.generate().sign(message).hex()}
-        return [("forged", forged, body), ("unsigned", {}, body)]
+
+        def ed25519(key: Ed25519PrivateKey, ts: int) -> dict[str, str]:
+            message = f"r_forged\nuser_x\n{ts}\n{hashlib.sha256(body).hexdigest()}".encode()
+            return {"x-fal-webhook-request-id": "r_forged", "x-fal-webhook-user-id": "user_x",
+                    "x-fal-webhook-timestamp": str(ts), "x-fal-webhook-signature": key.sign(message).hex()}
+
+        # The simulated fal's key comes from its webhook secret: a stale signature by the right key.
+        sim_key = Ed25519PrivateKey.from_private_bytes(signing_seed(DEV_WEBHOOK_SECRET))
+        return [("forged", ed25519(Ed25519PrivateKey.generate(), now), body),
+                ("stale", ed25519(sim_key, now - 600), body), ("unsigned", {}, body)]
     if kind == "replicate":
         def signed(secret: str, ts: int) -> dict[str, str]:
             sig = Webhook(secret).sign("msg_forged", datetime.fromtimestamp(ts, UTC), body.decode())

@@ -3,6 +3,7 @@ HTTP: submit, status, webhooks authenticated as the bridge would, params, cancel
 from __future__ import annotations
 
 import asyncio
+import base64
 import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
@@ -11,11 +12,14 @@ from typing import Any
 import aiohttp
 import orjson
 import pytest
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
 from connectors.providers import SubmitOrder, VideoProvider, create
 from connectors.providers.base import CALLBACK_HEADER, WebhookDelivery
 from connectors.simulator import Distribution, ProviderConfig, SimulatorConfig, run_receiver, run_simulator
 from connectors.simulator.config import DEV_JWT_SECRET
+from connectors.simulator.dialects.fal import signing_seed
 from connectors.simulator.receiver import Delivery, WebhookReceiver
 from connectors.simulator.server import Simulator
 from floodgate import signing
@@ -238,3 +242,13 @@ async def test_webhook_chaos_applies_to_every_dialect() -> None:
             assert all(e.provider_job_id == submitted.provider_job_id for e in events), case.kind
             assert len({e.webhook_id for e in events}) <= case.webhooks, case.kind
             assert r.sim.stats()["providers"][case.kind]["webhooks_duplicated"] == case.webhooks, case.kind
+
+
+async def test_the_simulated_fal_publishes_the_key_its_secret_derives() -> None:
+    """What lets the stack test sign a stale-but-valid fal webhook (tests/e2e/test_real_providers.py)."""
+    async for r in rig(CASES["fal"]):
+        async with r.http.get(f"{r.sim.url}/fal/.well-known/jwks.json") as resp:
+            published = (await resp.json())["keys"][0]["x"]
+        derived = Ed25519PrivateKey.from_private_bytes(signing_seed(WEBHOOK_SECRET)).public_key()
+        raw = derived.public_bytes(Encoding.Raw, PublicFormat.Raw)
+        assert published == base64.urlsafe_b64encode(raw).decode()

@@ -15,7 +15,6 @@ from .runway import RunwayDialect
 from .wavespeed import WaveSpeedDialect
 
 _FACTORIES: dict[str, type[Dialect]] = {
-    "fal": FalDialect,
     "replicate": ReplicateDialect,
     "runpod": RunPodDialect,
     "runway": RunwayDialect,
@@ -27,6 +26,8 @@ def make(config: ProviderConfig) -> Dialect | None:
     """A fresh dialect for one simulated provider (fal's holds its own signing key), or None for openai."""
     if config.dialect == "kling":
         return KlingDialect(config.jwt_secret)
+    if config.dialect == "fal":
+        return FalDialect(config.webhook_secret)
     factory = _FACTORIES.get(config.dialect)
     return None if factory is None else factory()
 

@@ -43,6 +43,11 @@ _REQUEST = re.compile(r"/([^/]+/[^/]+)/requests/([^/]+)(/status|/cancel)?")
 _STATUS = {"queued": "IN_QUEUE", "in_progress": "IN_PROGRESS"}
 
 
+def signing_seed(secret: str) -> bytes:
+    """The Ed25519 private key (32 bytes) the simulated fal signs with, from its webhook secret."""
+    return hashlib.sha256(b"floodgate-simulator-fal:" + secret.encode()).digest()
+
+
 def user_of(api_key: str) -> str:
     """The account id fal puts in ``X-Fal-Webhook-User-Id`` (here: derived from the key)."""
     return "user_" + hashlib.sha256(api_key.encode()).hexdigest()[:12]
@@ -53,8 +58,10 @@ class FalDialect(Dialect):
     webhook_moments = frozenset({TERMINAL})
     auth_scheme = "key"
 
-    def __init__(self) -> None:
-        self.key = Ed25519PrivateKey.generate()
+    def __init__(self, secret: str) -> None:
+        # Derived from the provider's webhook_secret, so a test that knows it can sign as this fal
+        # (a stale but valid signature, for one); fal's real key never leaves fal.
+        self.key = Ed25519PrivateKey.from_private_bytes(signing_seed(secret))
         self.kid = new_id("sim-")
 
     def jwks(self) -> dict[str, Any]:
@@ -160,4 +167,4 @@ class FalDialect(Dialect):
                 "X-Fal-Webhook-Timestamp": timestamp, "X-Fal-Webhook-Signature": self.key.sign(message).hex()}
 
 
-__all__ = ["FalDialect", "user_of"]
+__all__ = ["FalDialect", "signing_seed", "user_of"]
