@@ -2,7 +2,6 @@
 per-job callback path (``callback``) by which a webhook names its job."""
 from __future__ import annotations
 
-import time
 from collections.abc import Awaitable, Callable, Mapping
 from datetime import datetime
 
@@ -91,8 +90,4 @@ def timestamp(value: object, fallback: float) -> float:
     raise SchemaError("timestamp must be a string or a number")
 
 
-def now() -> float:
-    return time.time()
-
-
-__all__ = ["CONFIRMED_HEADER", "HttpConnector", "confirmed", "callback_extra", "callback_job", "now", "timestamp"]
+__all__ = ["CONFIRMED_HEADER", "HttpConnector", "confirmed", "callback_extra", "callback_job", "timestamp"]

@@ -108,7 +108,6 @@ class Dialect:
     """Base of every dialect; subclasses override what their provider does differently."""
 
     name = ""
-    webhook_moments: frozenset[str] = frozenset()
     auth_scheme = "bearer"
 
     def match(self, method: str, path: str) -> Route | None:

@@ -55,7 +55,6 @@ def user_of(api_key: str) -> str:
 
 class FalDialect(Dialect):
     name = "fal"
-    webhook_moments = frozenset({TERMINAL})
     auth_scheme = "key"
 
     def __init__(self, secret: str) -> None:

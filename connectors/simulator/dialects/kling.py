@@ -19,8 +19,6 @@ from ..jobs import BadRequest, CreateRequest, Job, model_params
 from .base import (
     CREATE,
     GET,
-    IN_PROGRESS,
-    TERMINAL,
     Dialect,
     Outgoing,
     Reply,
@@ -43,7 +41,6 @@ _KNOWN = {"model_name", "prompt", "image", "callback_url", "external_task_id"}
 
 class KlingDialect(Dialect):
     name = "kling"
-    webhook_moments = frozenset({IN_PROGRESS, TERMINAL})
 
     def __init__(self, jwt_secret: str) -> None:
         self._jwt_secret = jwt_secret

@@ -43,7 +43,6 @@ _CANCEL = re.compile(r"/v1/predictions/([^/]+)/cancel")
 
 class ReplicateDialect(Dialect):
     name = "replicate"
-    webhook_moments = frozenset({IN_PROGRESS, TERMINAL})
 
     def match(self, method: str, path: str) -> Route | None:
         if method == "POST" and path == "/v1/predictions":

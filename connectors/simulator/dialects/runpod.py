@@ -37,7 +37,6 @@ _PATH = re.compile(r"/v2/([^/]+)/(run|status|cancel)(?:/([^/]+))?")
 
 class RunPodDialect(Dialect):
     name = "runpod"
-    webhook_moments = frozenset({TERMINAL})
 
     def match(self, method: str, path: str) -> Route | None:
         m = _PATH.fullmatch(path)

@@ -40,7 +40,6 @@ _ONE = re.compile(r"/api/v3/predictions/([^/]+?)(/result)?")
 
 class WaveSpeedDialect(Dialect):
     name = "wavespeed"
-    webhook_moments = frozenset({TERMINAL})
 
     def match(self, method: str, path: str) -> Route | None:
         m = _ONE.fullmatch(path)
