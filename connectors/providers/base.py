@@ -35,6 +35,9 @@ from floodgate.throttle import parse_retry_after
 
 CALLBACK_HEADER = "x-floodgate-callback"
 """Set by the bridge (never taken from the sender) to the per-job callback path of a delivery."""
+CONFIRMED_HEADER = "x-floodgate-confirmed"
+"""Set by a connector (never taken from the sender) on a delivery whose body is the provider's
+answer to a status call rather than the callback's own body."""
 STATES = frozenset({"queued", "running", "completed", "failed", "cancelled"})
 TERMINAL_STATES = frozenset({"completed", "failed", "cancelled"})
 
@@ -155,6 +158,7 @@ def error_for_response(status: int, headers: Mapping[str, str], body_text: str, 
 
 __all__ = [
     "CALLBACK_HEADER",
+    "CONFIRMED_HEADER",
     "STATES",
     "TERMINAL_STATES",
     "ProviderEvent",

@@ -11,11 +11,8 @@ from floodgate.errors import ProviderRejected, SchemaError, WebhookVerificationE
 from floodgate.headers import header
 
 from . import callback
-from .base import CALLBACK_HEADER, SubmitOrder, WebhookDelivery
+from .base import CALLBACK_HEADER, CONFIRMED_HEADER, SubmitOrder, WebhookDelivery
 from .http import HttpAnswer, HttpRequest, send
-
-CONFIRMED_HEADER = "x-floodgate-confirmed"
-"""Set on a delivery whose body is the provider's answer to a status call, not the callback's."""
 
 
 class HttpConnector:
@@ -90,4 +87,4 @@ def timestamp(value: object, fallback: float) -> float:
     raise SchemaError("timestamp must be a string or a number")
 
 
-__all__ = ["CONFIRMED_HEADER", "HttpConnector", "confirmed", "callback_extra", "callback_job", "timestamp"]
+__all__ = ["HttpConnector", "confirmed", "callback_extra", "callback_job", "timestamp"]

@@ -20,7 +20,7 @@ from typing import Any
 import aiohttp
 from aiohttp import web
 
-from connectors.providers.base import CALLBACK_HEADER, TERMINAL_STATES, WebhookDelivery
+from connectors.providers.base import CALLBACK_HEADER, CONFIRMED_HEADER, TERMINAL_STATES, WebhookDelivery
 from floodgate import codec
 from floodgate.api.common import BodyTooLarge, Deps, json_response, read_bounded, too_large
 from floodgate.api.kafka_io import KafkaUnavailable, RecordTooLarge
@@ -78,7 +78,8 @@ class Bridge:
             return too_large(exc.limit)
         headers = lowered(request.headers)
         callback = request.match_info.get("callback", "")
-        headers.pop(CALLBACK_HEADER, None)  # only ever ours
+        for ours in (CALLBACK_HEADER, CONFIRMED_HEADER):  # only ever set by us, never by the sender
+            headers.pop(ours, None)
         try:
             delivery = await connector.authenticate_webhook(
                 self.session(), WebhookDelivery(headers, body, callback), now=deps.clock())
