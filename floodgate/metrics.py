@@ -81,7 +81,8 @@ class ApiMetrics(_Group):
         self.webhooks_received = self._counter(
             "floodgate_webhooks_received_total",
             "Provider webhooks at the bridge, by provider and outcome (accepted, bad_signature, "
-            "unknown_provider, too_large, kafka_unavailable).", ["provider", "outcome"])
+            "unknown_provider, too_large, kafka_unavailable, unconfirmed: an unsigned callback its provider "
+            "could not confirm yet).", ["provider", "outcome"])
         self.notification_latency = self._histogram(
             "floodgate_notification_latency_seconds",
             "From a snapshot's updated_at to its push to an SSE or WebSocket client (live changes only).",

@@ -10,7 +10,10 @@ is handed to that provider kind's connector (``connectors.providers.registry``):
      "routes": {"kling-2.1": [{"provider": "kling"}]}}
 
 A string value ``"env:NAME"`` inside ``connection`` is read from the environment variable NAME,
-so secrets stay out of the file. To rotate a simulator provider's webhook secret, put the new
+so secrets stay out of the file; ``"env:NAME/rest"`` appends ``/rest`` to it (a provider's path
+under a base URL that comes from the environment). ``"kind"`` picks the connector: ``simulator``,
+``fal``, ``replicate``, ``wavespeed``, ``kling``, ``runpod``, ``runway`` (README has an example
+of each). To rotate a simulator provider's webhook secret, put the new
 one in ``webhook_secret`` and the old one in ``previous_webhook_secret`` with
 ``previous_webhook_secret_until`` (an ISO 8601 instant such as ``"2026-12-08T00:00:00Z"``): the
 bridge accepts both until then, and only the new one after.
@@ -78,10 +81,11 @@ def _resolve(value: Any, path: str, env: Mapping[str, str]) -> Any:
 
         return DEV_WEBHOOK_SECRET
     if isinstance(value, str) and value.startswith("env:"):
-        var = value[4:]
+        # Variable names never hold "/", so anything from the first "/" on is a suffix.
+        var, sep, rest = value[4:].partition("/")
         if var not in env:
             raise ConfigError(f"{path}: environment variable {var} is not set")
-        return env[var]
+        return env[var] + (f"/{rest}" if sep else "")
     return value
 
 

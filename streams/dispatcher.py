@@ -390,7 +390,7 @@ class Dispatcher:
         request = SubmitOrder(
             job_id=order.job_id, model=order.provider_model, prompt=order.prompt, image_url=order.image_url,
             webhook_url=self.webhook_url, idempotency_key=order.idempotency_key,
-            metadata={"fg_attempt": str(order.attempt)})
+            metadata={"fg_attempt": str(order.attempt)}, params=dict(order.params))
         has_fallback = next_target(self.pipe.routing, order.model, [*order.tried, self.name],
                                    datetime.now(UTC)) is not None
         result = await self._call_provider(order, key, partition, request, has_fallback)

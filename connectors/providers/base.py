@@ -5,6 +5,12 @@ webhooks into the normalised records below, and turns HTTP failures into the
 ``floodgate.errors`` tree. It never owns an ``aiohttp.ClientSession``: the caller passes one in,
 so connection pooling, shutdown and tests stay in the caller's hands.
 
+Webhooks: the bridge hands each raw delivery to ``authenticate_webhook`` before anything reaches
+Kafka. A provider that signs its webhooks is checked there (signature, timestamp window); one
+that does not is believed only after the connector asked the provider itself (a status call),
+and what is forwarded is then the provider's answer, not the callback's claim. Callbacks
+arrive on a per-job path (``callback_url``): the job id plus a MAC only Floodgate can make.
+
 Normalised states: ``queued``, ``running``, ``completed``, ``failed``, ``cancelled``.
 ``progress`` is a fraction in ``[0.0, 1.0]`` (providers report percentages or fractions;
 connectors convert), or ``None`` when the provider does not report it.
@@ -27,6 +33,11 @@ from floodgate.errors import (
 from floodgate.headers import header
 from floodgate.throttle import parse_retry_after
 
+CALLBACK_HEADER = "x-floodgate-callback"
+"""Set by the bridge (never taken from the sender) to the per-job callback path of a delivery."""
+CONFIRMED_HEADER = "x-floodgate-confirmed"
+"""Set by a connector (never taken from the sender) on a delivery whose body is the provider's
+answer to a status call rather than the callback's own body."""
 STATES = frozenset({"queued", "running", "completed", "failed", "cancelled"})
 TERMINAL_STATES = frozenset({"completed", "failed", "cancelled"})
 
@@ -42,6 +53,8 @@ class SubmitOrder:
     webhook_url: str | None
     idempotency_key: str
     metadata: Mapping[str, str] = field(default_factory=dict)
+    params: Mapping[str, str] = field(default_factory=dict)
+    """The request's ``input.params``, passed to the provider as model inputs."""
 
 
 @dataclass(frozen=True)
@@ -57,6 +70,18 @@ class ProviderStatus:
     progress: float | None
     video_url: str | None
     error: str | None
+    queue_position: int | None = None
+    """Jobs ahead of this one in the provider's own queue, when the provider says."""
+
+
+@dataclass(frozen=True)
+class WebhookDelivery:
+    """One provider callback as the bridge received it. ``callback`` is the path after
+    ``/webhooks/{provider}/`` (empty for the bare route): the per-job part of ``callback_url``."""
+
+    headers: Mapping[str, str]
+    body: bytes
+    callback: str = ""
 
 
 @dataclass(frozen=True)
@@ -71,6 +96,7 @@ class ProviderEvent:
     video_url: str | None
     error: str | None
     occurred_at: float
+    queue_position: int | None = None
 
 
 @runtime_checkable
@@ -95,12 +121,20 @@ class VideoProvider(Protocol):
         """Ask the provider to stop the job; a job already terminal is not an error."""
         ...
 
-    def verify_webhook(self, headers: Mapping[str, str], body: bytes, *, now: float) -> None:
-        """Raise ``WebhookVerificationError`` unless the raw delivery is authentic and fresh."""
+    async def authenticate_webhook(self, session: aiohttp.ClientSession, delivery: WebhookDelivery, *,
+                                   now: float) -> WebhookDelivery:
+        """Called by the webhook bridge for every delivery, before anything is stored.
+
+        Returns the delivery to forward: the same one when its signature and timestamp check
+        out, or, for a provider that does not sign, one whose body is the provider's answer to
+        a status call. Raises ``WebhookVerificationError`` when the delivery is not to be
+        believed (bad or stale signature, wrong per-job path, a job the provider denies).
+        """
         ...
 
     def parse_webhook(self, headers: Mapping[str, str], body: bytes) -> ProviderEvent:
-        """Normalise an already verified delivery. Raises ``SchemaError`` for unparseable bodies."""
+        """Normalise a delivery ``authenticate_webhook`` returned (its ``headers`` carry the
+        callback path under ``CALLBACK_HEADER``). Raises ``SchemaError`` for unparseable bodies."""
         ...
 
 
@@ -123,6 +157,8 @@ def error_for_response(status: int, headers: Mapping[str, str], body_text: str, 
 
 
 __all__ = [
+    "CALLBACK_HEADER",
+    "CONFIRMED_HEADER",
     "STATES",
     "TERMINAL_STATES",
     "ProviderEvent",
@@ -130,5 +166,6 @@ __all__ = [
     "SubmitOrder",
     "SubmitResult",
     "VideoProvider",
+    "WebhookDelivery",
     "error_for_response",
 ]

@@ -25,8 +25,10 @@ from .base import (
     ProviderStatus,
     SubmitOrder,
     SubmitResult,
+    WebhookDelivery,
     error_for_response,
 )
+from .http import HttpRequest
 from .registry import register
 
 # Simulator status → normalised state. OpenAI says "in_progress"; we say "running".
@@ -37,16 +39,6 @@ _STATES = {
     "failed": "failed",
     "cancelled": "cancelled",
 }
-
-
-@dataclass(frozen=True)
-class HttpRequest:
-    """Everything needed to make one call; built purely, sent by ``SimulatorProvider._send``."""
-
-    method: str
-    url: str
-    headers: Mapping[str, str]
-    body: bytes | None = None
 
 
 @dataclass(frozen=True)
@@ -74,6 +66,8 @@ def submit_request(endpoint: Endpoint, order: SubmitOrder) -> HttpRequest:
     }
     if order.image_url is not None:
         payload["image_url"] = order.image_url
+    if order.params:
+        payload["params"] = dict(order.params)
     if order.webhook_url is not None:
         payload["webhook_url"] = order.webhook_url
     headers = {
@@ -264,6 +258,11 @@ class SimulatorProvider:
 
     def verify_webhook(self, headers: Mapping[str, str], body: bytes, *, now: float) -> None:
         signing.verify(self._webhook_secrets, headers, body, now=now)
+
+    async def authenticate_webhook(self, session: aiohttp.ClientSession, delivery: WebhookDelivery, *,
+                                   now: float) -> WebhookDelivery:
+        self.verify_webhook(delivery.headers, delivery.body, now=now)
+        return delivery
 
     def parse_webhook(self, headers: Mapping[str, str], body: bytes) -> ProviderEvent:
         return parse_event(headers, body)

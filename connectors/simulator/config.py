@@ -22,7 +22,9 @@ from floodgate.signing import secret_key
 
 # A fixed, obviously-local secret so `floodgate dev` and the simulator agree without setup.
 DEV_WEBHOOK_SECRET = "whsec_Zmxvb2RnYXRlLWRldi1zaW11bGF0b3Itd2ViaG9vaw=="
+DEV_JWT_SECRET = "floodgate-dev-kling-secret-key-of-the-simulator"
 RESERVED_NAMES = frozenset({"_admin", "stats"})
+DIALECTS = frozenset({"openai", "fal", "replicate", "wavespeed", "kling", "runpod", "runway"})
 
 
 @dataclass(frozen=True)
@@ -85,6 +87,9 @@ class ProviderConfig:
     webhook_attempts: int = 3  # total tries per delivery, first one included
     webhook_backoff: float = 0.1  # wall seconds before the 2nd try; doubles after
     webhook_timeout: float = 5.0
+    dialect: str = "openai"  # whose API this provider speaks (connectors/simulator/dialects)
+    queue_over_limit: int = 0  # jobs held queued past the concurrency limit before 429s (fal, Runway queue)
+    jwt_secret: str = field(default=DEV_JWT_SECRET, repr=False)  # Kling: the secret key its JWTs are signed with
 
     def __post_init__(self) -> None:
         for name in ("failure_rate", "duplicate_rate", "reorder_rate", "drop_rate"):
@@ -95,6 +100,10 @@ class ProviderConfig:
             value = getattr(self, name)
             if not math.isfinite(value) or value < 0:
                 raise ConfigError(f"{name} must be finite and non-negative, got {value}")
+        if self.dialect not in DIALECTS:
+            raise ConfigError(f"unknown dialect {self.dialect!r} (known: {', '.join(sorted(DIALECTS))})")
+        if self.queue_over_limit < 0:
+            raise ConfigError("queue_over_limit must be >= 0")
         if self.concurrency_limit < 1:
             raise ConfigError("concurrency_limit must be >= 1")
         if not 1 <= self.webhook_attempts <= 20:
@@ -209,7 +218,9 @@ def realistic_config(time_factor: float = 0.01, *, seed: int | None = None) -> S
 
 
 __all__ = [
+    "DEV_JWT_SECRET",
     "DEV_WEBHOOK_SECRET",
+    "DIALECTS",
     "Distribution",
     "ProviderConfig",
     "SimulatorConfig",

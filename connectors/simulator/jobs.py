@@ -11,7 +11,8 @@ import orjson
 
 TERMINAL = frozenset({"completed", "failed", "cancelled"})
 MAX_METADATA_PAIRS = 16  # OpenAI's limit; real providers cap metadata, so the pipeline should cope
-_ALLOWED_FIELDS = frozenset({"model", "prompt", "image_url", "webhook_url", "metadata"})
+_ALLOWED_FIELDS = frozenset({"model", "prompt", "image_url", "webhook_url", "metadata", "params"})
+MAX_PARAMS = 32
 
 
 class BadRequest(Exception):
@@ -30,6 +31,8 @@ class CreateRequest:
     image_url: str | None
     webhook_url: str | None
     metadata: Mapping[str, str]
+    params: Mapping[str, Any] = field(default_factory=dict)
+    """Model inputs beyond the prompt, kept so tests can see what reached the provider."""
 
 
 @dataclass(eq=False)
@@ -48,7 +51,7 @@ class Job:
     completed_at: float | None = None
     error: dict[str, str] | None = None
     # A reordered in_progress event waits here until the terminal event has gone out.
-    held_event: dict[str, Any] | None = None
+    held_event: Any = None
     task: asyncio.Task[None] | None = field(default=None, repr=False)
     # Deliveries of one job go out one at a time, in the order they were scheduled.
     delivery_lock: asyncio.Lock = field(default_factory=asyncio.Lock, repr=False)
@@ -93,6 +96,18 @@ def _metadata(raw: Mapping[str, Any]) -> dict[str, str]:
     return dict(value)
 
 
+def model_params(value: Any, name: str = "params") -> dict[str, Any]:
+    """Extra model inputs: an object of at most ``MAX_PARAMS`` scalar values."""
+    if value is None:
+        return {}
+    if not isinstance(value, dict) or len(value) > MAX_PARAMS:
+        raise BadRequest(name, f"must be an object of at most {MAX_PARAMS} entries")
+    for key, item in value.items():
+        if not isinstance(item, (str, int, float, bool)) or len(str(key)) > 64 or len(str(item)) > 512:
+            raise BadRequest(f"{name}.{key}", "must be a scalar of at most 512 characters (key at most 64)")
+    return dict(value)
+
+
 def parse_create(body: bytes) -> CreateRequest:
     """Validate a ``POST /videos`` body. Raises ``BadRequest`` naming the first bad field."""
     try:
@@ -110,6 +125,7 @@ def parse_create(body: bytes) -> CreateRequest:
         image_url=_optional_url(raw, "image_url"),
         webhook_url=_optional_url(raw, "webhook_url"),
         metadata=_metadata(raw),
+        params=model_params(raw.get("params")),
     )
 
 
@@ -146,6 +162,7 @@ def job_view(job: Job, files_base: str, now: float) -> dict[str, Any]:
         "video_url": f"{files_base}/{job.id}.mp4" if job.status == "completed" else None,
         "error": job.error,
         "metadata": dict(request.metadata),
+        "params": dict(request.params),
     }
 
 

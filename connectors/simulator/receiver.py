@@ -22,6 +22,7 @@ class Delivery:
     headers: CIMultiDictProxy[str]  # case-insensitive, as a real server sees them
     body: bytes
     received_at: float
+    callback: str = ""  # the path after the receiver's own (a per-job callback path), without "/"
 
 
 Responder = Callable[[Delivery, int], int]  # (delivery, how many came before it) -> HTTP status
@@ -35,7 +36,8 @@ class WebhookReceiver:
         self._changed = asyncio.Condition()
 
     async def handle(self, request: web.Request) -> web.Response:
-        delivery = Delivery(CIMultiDictProxy(CIMultiDict(request.headers)), await request.read(), time.time())
+        delivery = Delivery(CIMultiDictProxy(CIMultiDict(request.headers)), await request.read(), time.time(),
+                            request.match_info.get("callback", ""))
         status = self._respond(delivery, len(self.deliveries)) if self._respond else 200
         async with self._changed:
             self.deliveries.append(delivery)
@@ -61,6 +63,7 @@ async def run_receiver(
     receiver = WebhookReceiver(respond)
     app = web.Application()
     app.router.add_post(path, receiver.handle)
+    app.router.add_post(path.rstrip("/") + "/{callback:.+}", receiver.handle)
     runner = web.AppRunner(app, access_log=None, handle_signals=False, shutdown_timeout=1.0)
     sock = bind_socket(host, port)
     serving = False

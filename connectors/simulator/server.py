@@ -11,6 +11,9 @@ Routes (per simulated provider ``{p}``)::
     POST /_admin/reset                   forget jobs and counters
     POST /_admin/{p}/outage              {"seconds": n} start an outage now; 0 ends it
     GET  /_admin/{p}/jobs                every job's id, status and wall-clock created_at / completed_at
+
+A provider whose ``dialect`` is not ``openai`` is served instead under ``/{p}/...`` in its real
+provider's shapes (``connectors/simulator/dialects``), by ``dialect_request``.
 """
 from __future__ import annotations
 
@@ -29,7 +32,9 @@ from prometheus_client import CollectorRegistry
 from floodgate.metrics import SimulatorCollector, render
 from floodgate.procs import bind_socket
 
+from . import dialects
 from .config import SimulatorConfig, config_from_dict, dev_config
+from .dialects.base import CANCEL, CREATE, GET, RESULT, Dialect, Reply, View
 from .jobs import BadRequest, Job, fake_mp4, job_view, parse_create
 from .state import Created, ProviderState, retry_after_header
 from .webhooks import WebhookDispatcher
@@ -50,11 +55,15 @@ class Simulator:
         self.config = config
         self.url = ""
         self._wall = wall
+        self.wall = wall
         self.states = {
             name: ProviderState(name, provider, config, monotonic=monotonic, wall=wall)
             for name, provider in config.providers.items()
         }
+        self.dialects: dict[str, Dialect | None] = {name: dialects.make(p) for name, p in config.providers.items()}
         self.dispatchers: dict[str, WebhookDispatcher] = {}
+        # Queued jobs waiting for a render slot (providers that queue past their limit) wait here.
+        self.freed: dict[str, asyncio.Condition] = {}
         self._tasks: set[asyncio.Task[None]] = set()
         self._session: aiohttp.ClientSession | None = None
 
@@ -63,9 +72,20 @@ class Simulator:
         self.url = url
         self._session = aiohttp.ClientSession()
         self.dispatchers = {
-            name: WebhookDispatcher(state, f"{url}/{name}/files", self._session, self.spawn, self._wall)
+            name: WebhookDispatcher(state, f"{url}/{name}/files", self._session, self.spawn, self._wall,
+                                    dialect=self.dialects[name], view=self.view_factory(name))
             for name, state in self.states.items()
         }
+        self.freed = {name: asyncio.Condition() for name in self.states}
+
+    def view(self, name: str, job: Job) -> View:
+        state = self.states[name]
+        return View(root=f"{self.url}/{name}", files=f"{self.url}/{name}/files", now=state.now(),
+                    queue_position=state.queue_position(job),
+                    waiting=job.status == "queued" and not state.may_render(job))
+
+    def view_factory(self, name: str) -> Callable[[Job], View]:
+        return lambda job: self.view(name, job)
 
     async def close(self) -> None:
         await self._cancel_tasks()
@@ -108,6 +128,9 @@ class Simulator:
     async def _run_job(self, name: str, job: Job) -> None:
         state, dispatcher = self.states[name], self.dispatchers[name]
         await asyncio.sleep(state.queue_delay())
+        if not state.may_render(job):
+            async with self.freed[name]:
+                await self.freed[name].wait_for(lambda: state.may_render(job))
         seconds = state.begin_render(job)
         # A cold model boots before its first frame: the first progress waits for it, as it does
         # at a real provider, so a cold start shows in Floodgate's time to first progress.
@@ -117,12 +140,22 @@ class Simulator:
         status = "failed" if job.will_fail else "completed"
         if state.finish(job, status):
             dispatcher.emit(job, f"video.{status}")
+            await self._notify_freed(name)
 
-    def cancel(self, name: str, job: Job) -> None:
+    async def _notify_freed(self, name: str) -> None:
+        async with self.freed[name]:
+            self.freed[name].notify_all()
+
+    def cancel(self, name: str, job: Job) -> bool:
+        """Cancel ``job``; False if it had already ended."""
         if self.states[name].finish(job, "cancelled"):
             if job.task is not None:
                 job.task.cancel()
             self.dispatchers[name].release_held(job)
+            if name in self.freed:
+                self.spawn(self._notify_freed(name))
+            return True
+        return False
 
 
 SIMULATOR = web.AppKey("simulator", Simulator)
@@ -283,7 +316,60 @@ async def admin_jobs(request: web.Request) -> web.Response:
     _, name, state = _provider(request)
     jobs = sorted(state.jobs.values(), key=lambda job: job.created_at)
     return _json({"provider": name, "jobs": [{"id": job.id, "status": job.status, "created_at": job.created_at,
-                                              "completed_at": job.completed_at} for job in jobs]})
+                                              "completed_at": job.completed_at, "model": job.request.model,
+                                              "prompt": job.request.prompt, "params": dict(job.request.params)}
+                                             for job in jobs]})
+
+
+def _reply(reply: Reply) -> web.Response:
+    body = b"" if reply.body is None else orjson.dumps(reply.body)
+    content_type = None if reply.body is None else "application/json"
+    return web.Response(status=reply.status, body=body, content_type=content_type, headers=dict(reply.headers))
+
+
+async def dialect_request(request: web.Request) -> web.Response:
+    """Every route of a provider played in a real provider's dialect."""
+    sim = request.app[SIMULATOR]
+    name = request.match_info["provider"]
+    state, dialect = sim.states.get(name), sim.dialects.get(name)
+    if state is None or dialect is None:
+        return problem(404, "Not Found", f"no route {request.method} {request.path}")
+    route = dialect.match(request.method, "/" + request.match_info["tail"])
+    if route is None:
+        return _reply(dialect.error(404, f"no route {request.method} {request.path}"))
+    public = dialect.public(route)
+    if public is not None:
+        return _reply(public)
+    key = dialect.api_key(request.headers, sim.wall())
+    if key is None or not state.authorized(key):
+        return _reply(dialect.error(401, "missing or invalid credentials"))
+    remaining = state.outage_remaining()
+    if remaining is not None:
+        state.count(key, "outage_rejections")
+        return _reply(dialect.error(503, f"{name} is having an outage", retry_after=retry_after_header(remaining)))
+    if route.action == CREATE:
+        try:
+            submission = dialect.parse_create(route, request.query, request.headers, await request.read())
+        except BadRequest as exc:
+            return _reply(dialect.error(400 if exc.field == "body" else 422, str(exc), field=exc.field))
+        # No await from here to the response: check-and-create is atomic on the event loop.
+        outcome = state.submit(key, submission.request, submission.idempotency_key)
+        if not isinstance(outcome, Created):
+            return _reply(dialect.error(429, f"concurrency limit of {state.config.concurrency_limit} reached",
+                                        retry_after=outcome.retry_after))
+        if not outcome.replayed:
+            sim.track(name, outcome.job)
+        return _reply(dialect.created(outcome.job, sim.view(name, outcome.job)))
+    job = state.jobs.get(route.job_id or "")
+    if job is None or job.api_key != key:
+        return _reply(dialect.error(404, "no such job"))
+    if route.action == CANCEL:
+        changed = sim.cancel(name, job)
+        return _reply(dialect.cancelled(job, sim.view(name, job), changed))
+    if route.action == RESULT:
+        return _reply(dialect.result(job, sim.view(name, job)))
+    assert route.action == GET
+    return _reply(dialect.status(job, sim.view(name, job)))
 
 
 def build_app(sim: Simulator) -> web.Application:
@@ -306,6 +392,7 @@ def build_app(sim: Simulator) -> web.Application:
     app.router.add_get("/{provider}/v1/videos/{video_id}", get_video)
     app.router.add_post("/{provider}/v1/videos/{video_id}/cancel", cancel_video)
     app.router.add_get("/{provider}/files/{filename}", get_file)
+    app.router.add_route("*", "/{provider}/{tail:.*}", dialect_request)
     return app
 
 

@@ -38,6 +38,7 @@ COUNTERS = (
 class KeyStats:
     counts: Counter[str] = field(default_factory=Counter)
     in_flight: int = 0
+    rendering: int = 0  # of in_flight, the jobs past their queue (a provider that queues over its limit)
     max_concurrency: int = 0
     render_seconds: float = 0.0  # wall seconds of renders begun (cold starts included): the work done
     first_created_at: float | None = None  # wall clock of the first job created
@@ -124,7 +125,8 @@ class ProviderState:
                 self.count(api_key, "duplicate_idempotency_keys")
                 return Created(self.jobs[existing], replayed=True)
         stats = self.key(api_key)
-        if stats.in_flight >= self.config.concurrency_limit:
+        # A provider that queues over its limit (fal, Runway) refuses only past its queue's end.
+        if stats.in_flight >= self.config.concurrency_limit + self.config.queue_over_limit:
             stats.counts["rejected_429"] += 1
             return Limited(retry_after_header(self._soonest_slot(api_key)))
         job = Job(
@@ -154,6 +156,25 @@ class ProviderState:
         ]
         return min(ends) if ends else self.sim.scaled(self.config.queue_delay)
 
+    def may_render(self, job: Job) -> bool:
+        """Whether ``job`` may leave the queue now: a render slot of its key is free and no older
+        job of that key is waiting for one."""
+        if self.key(job.api_key).rendering >= self.config.concurrency_limit:
+            return False
+        return self.queue_position(job) == 0
+
+    def queue_position(self, job: Job) -> int:
+        """Jobs of the same key queued ahead of ``job`` (0 once it renders)."""
+        if job.status != "queued":
+            return 0
+        ahead = 0
+        for other in self.jobs.values():
+            if other is job:
+                break
+            if other.api_key == job.api_key and other.status == "queued":
+                ahead += 1
+        return ahead
+
     def queue_delay(self) -> float:
         return self.sim.scaled(self.config.queue_delay)
 
@@ -171,6 +192,7 @@ class ProviderState:
             job.cold_seconds = self.sim.scaled(self.config.cold_start)
             self.count(job.api_key, "cold_starts")
         job.status = "in_progress"
+        self.key(job.api_key).rendering += 1
         job.render_started = now
         job.render_seconds = self.sim.scaled(seconds)
         self.key(job.api_key).render_seconds += job.render_seconds
@@ -184,6 +206,7 @@ class ProviderState:
         if job.status == "in_progress":
             model = job.request.model
             self.rendering[model] -= 1
+            self.key(job.api_key).rendering -= 1
             self.last_busy[model] = self._monotonic()
         job.status = status
         job.completed_at = self._wall()

@@ -18,6 +18,7 @@ import orjson
 
 from floodgate import signing
 
+from .dialects.base import IN_PROGRESS, TERMINAL, Dialect, Outgoing, View
 from .jobs import Job, job_view
 from .state import ProviderState
 
@@ -46,7 +47,12 @@ class WebhookDispatcher:
         session: aiohttp.ClientSession,
         spawn: Spawn,
         wall: Callable[[], float],
+        *,
+        dialect: Dialect | None = None,
+        view: Callable[[Job], View] | None = None,
     ) -> None:
+        self.dialect = dialect
+        self.view = view
         self.state = state
         self.files_base = files_base
         self.session = session
@@ -58,7 +64,9 @@ class WebhookDispatcher:
         if job.request.webhook_url is None:
             return
         config, rng = self.state.config, self.state.rng
-        event = make_event(event_type, job, self.files_base, self.state, self.wall())
+        event = self._event(event_type, job)
+        if event is None:
+            return
         if rng.random() < config.drop_rate:
             self.state.count(job.api_key, "webhooks_dropped")
         elif event_type == "video.in_progress" and rng.random() < config.reorder_rate:
@@ -73,19 +81,26 @@ class WebhookDispatcher:
         if job.terminal:
             self.release_held(job)
 
+    def _event(self, event_type: str, job: Job) -> Outgoing | None:
+        if self.dialect is None or self.view is None:
+            event = make_event(event_type, job, self.files_base, self.state, self.wall())
+            return Outgoing(orjson.dumps(event), event["id"])
+        moment = IN_PROGRESS if event_type == "video.in_progress" else TERMINAL
+        return self.dialect.webhook(moment, job, self.view(job))
+
     def release_held(self, job: Job) -> None:
         """Send a held-back (older) in_progress event now, after the terminal one."""
         held, job.held_event = job.held_event, None
         if held is not None:
             self.spawn(self._deliver(job, held, 1))
 
-    async def _deliver(self, job: Job, event: dict[str, Any], copies: int) -> None:
-        body = orjson.dumps(event)
+    async def _deliver(self, job: Job, event: Outgoing, copies: int) -> None:
         async with job.delivery_lock:
             for _ in range(copies):
-                await self._attempts(job, event["id"], body)
+                await self._attempts(job, event)
 
-    async def _attempts(self, job: Job, event_id: str, body: bytes) -> None:
+    async def _attempts(self, job: Job, event: Outgoing) -> None:
+        event_id, body = event.event_id, event.body
         config = self.state.config
         url = job.request.webhook_url
         assert url is not None
@@ -93,7 +108,10 @@ class WebhookDispatcher:
         for attempt in range(config.webhook_attempts):
             if attempt:
                 await asyncio.sleep(config.webhook_backoff * 2 ** (attempt - 1))
-            headers = signing.signature_headers(config.webhook_secret, event_id, body, self.wall())
+            if self.dialect is None:
+                headers = signing.signature_headers(config.webhook_secret, event_id, body, self.wall())
+            else:
+                headers = self.dialect.sign(event, job, self.wall(), config.webhook_secret)
             headers["Content-Type"] = "application/json"
             headers["User-Agent"] = "floodgate-simulator"
             try:

@@ -11,19 +11,21 @@ submitted one Kafka hop after the provider's news, not three.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import logging
 from collections.abc import Mapping
 from typing import Any
 
+import aiohttp
 from aiohttp import web
 
-from connectors.providers.base import TERMINAL_STATES
+from connectors.providers.base import CALLBACK_HEADER, CONFIRMED_HEADER, TERMINAL_STATES, WebhookDelivery
 from floodgate import codec
 from floodgate.api.common import BodyTooLarge, Deps, json_response, read_bounded, too_large
 from floodgate.api.kafka_io import KafkaUnavailable, RecordTooLarge
 from floodgate.dispatch import ENDED
-from floodgate.errors import WebhookVerificationError
+from floodgate.errors import ProviderError, WebhookVerificationError
 from floodgate.headers import lowered
 from floodgate.metrics import UNKNOWN_PROVIDER
 from floodgate.problems import NOT_FOUND, UNAUTHORIZED, problem_response
@@ -47,6 +49,18 @@ class Bridge:
     def __init__(self, deps: Deps, connectors: Mapping[str, Any]) -> None:
         self.deps = deps
         self.connectors = dict(connectors)
+        # Connectors may call their provider while authenticating (a JWKS, a status check).
+        self._session: aiohttp.ClientSession | None = None
+
+    def session(self) -> aiohttp.ClientSession:
+        if self._session is None or self._session.closed:
+            self._session = aiohttp.ClientSession()
+        return self._session
+
+    async def close(self, _: web.Application | None = None) -> None:
+        if self._session is not None:
+            with contextlib.suppress(Exception):
+                await self._session.close()
 
     async def receive(self, request: web.Request) -> web.Response:
         deps = self.deps
@@ -63,12 +77,25 @@ class Bridge:
             received.labels(name, "too_large").inc()
             return too_large(exc.limit)
         headers = lowered(request.headers)
+        callback = request.match_info.get("callback", "")
+        for ours in (CALLBACK_HEADER, CONFIRMED_HEADER):  # only ever set by us, never by the sender
+            headers.pop(ours, None)
         try:
-            connector.verify_webhook(headers, body, now=deps.clock())
+            delivery = await connector.authenticate_webhook(
+                self.session(), WebhookDelivery(headers, body, callback), now=deps.clock())
         except WebhookVerificationError as exc:
             log.info("rejected webhook for %s: %s", name, exc)
             received.labels(name, "bad_signature").inc()
             return problem_response(401, "Unauthorized", type_=UNAUTHORIZED, detail="webhook verification failed")
+        except ProviderError as exc:
+            # Confirming the callback needed the provider, which did not answer: ask for a redelivery.
+            log.info("webhook for %s not confirmed yet: %s", name, exc)
+            received.labels(name, "unconfirmed").inc()
+            return problem_response(503, "Service Unavailable", detail="webhook not confirmed; retry later",
+                                    headers={"Retry-After": str(int(exc.retry_after or 5))})
+        headers, body = dict(delivery.headers), delivery.body
+        if callback:
+            headers[CALLBACK_HEADER] = callback
         job_id, event_webhook_id, ended = None, None, None
         try:
             event = connector.parse_webhook(headers, body)
@@ -104,7 +131,11 @@ class Bridge:
 
 
 def add_routes(app: web.Application, deps: Deps, connectors: Mapping[str, Any]) -> None:
-    app.router.add_post("/webhooks/{provider}", Bridge(deps, connectors).receive)
+    bridge = Bridge(deps, connectors)
+    app.router.add_post("/webhooks/{provider}", bridge.receive)
+    # Per-job callback paths (connectors.providers.callback): /webhooks/{provider}/{job_id}/{mac}.
+    app.router.add_post("/webhooks/{provider}/{callback:.+}", bridge.receive)
+    app.on_cleanup.append(bridge.close)
 
 
 __all__ = ["MAX_WEBHOOK_BYTES", "Bridge", "add_routes", "envelope"]

@@ -164,6 +164,25 @@ _OPERATIONS: dict[str, tuple[str, str, dict[str, Any]]] = {
             "503": _problem("Kafka unavailable; retry the delivery", retry_after=True),
         },
     }),
+    "webhook_callback": ("bridge", "post /webhooks/{provider}/{callback}", {
+        "summary": "Provider webhook on a per-job callback path",
+        "description": "`callback` is `{job_id}/{mac}`, the path Floodgate gave the provider for that job. "
+                       "Signed providers are verified as on the bare route; a provider that does not sign is "
+                       "believed only after a status call to the provider confirms what it says.",
+        "operationId": "receiveJobWebhook",
+        "parameters": [{"name": "provider", "in": "path", "required": True, "schema": {"type": "string"}},
+                       {"name": "callback", "in": "path", "required": True, "schema": {"type": "string"}}],
+        "requestBody": {"required": True, "content": {"*/*": {"schema": {"type": "string", "format": "binary",
+                                                                           "maxLength": 1048576}}}},
+        "responses": {
+            "200": {"description": "Stored", "content": {_JSON: {"schema": {
+                "type": "object", "properties": {"received": {"const": True}}, "required": ["received"]}}}},
+            "401": _problem("Wrong callback path, bad signature, or the provider does not confirm it"),
+            "404": _problem("Unknown provider"),
+            "413": _problem("Body larger than 1 MiB"),
+            "503": _problem("Kafka unavailable; retry the delivery", retry_after=True),
+        },
+    }),
     "healthz": ("any", "get /healthz", {
         "summary": "Liveness and readiness",
         "operationId": "healthz",

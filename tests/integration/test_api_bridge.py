@@ -116,4 +116,5 @@ async def test_the_bridge_alone_serves_no_job_routes(bridge: ApiServer, http: ai
     async with http.get(f"{bridge.url}/healthz") as resp:
         assert resp.status == 200 and (await resp.json())["roles"] == ["bridge"]
     async with http.get(f"{bridge.url}/openapi.json") as resp:
-        assert set((await resp.json())["paths"]) == {"/webhooks/{provider}", "/healthz", "/openapi.json", "/metrics"}
+        assert set((await resp.json())["paths"]) == {"/webhooks/{provider}", "/webhooks/{provider}/{callback}",
+                                                     "/healthz", "/openapi.json", "/metrics"}

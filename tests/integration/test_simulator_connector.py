@@ -106,6 +106,18 @@ async def test_submit_status_and_verified_webhooks_end_to_end() -> None:
         assert abs(parsed[1].occurred_at - time.time()) < 60
 
 
+async def test_params_reach_the_simulated_provider() -> None:
+    async with run_simulator(config()) as sim, aiohttp.ClientSession() as http:
+        provider = connector(sim.url)
+        with_params = SubmitOrder(job_id="job-p", model="kling-v2", prompt="dunes", image_url=None, webhook_url=None,
+                                  idempotency_key="idem-p", params={"duration": "10", "aspect_ratio": "9:16"})
+        submitted = await provider.submit(http, with_params)
+        job = sim.states["kling"].jobs[submitted.provider_job_id]
+        assert dict(job.request.params) == {"duration": "10", "aspect_ratio": "9:16"}
+        plain = await provider.submit(http, order(2))
+        assert dict(sim.states["kling"].jobs[plain.provider_job_id].request.params) == {}
+
+
 async def test_resubmitting_the_same_order_is_idempotent() -> None:
     async with run_simulator(config(render_time=Distribution("fixed", seconds=30))) as sim, \
             aiohttp.ClientSession() as http:

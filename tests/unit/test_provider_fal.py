@@ -1,0 +1,179 @@
+"""The fal connector's pure parts and its webhook verification: Ed25519 signatures made with
+``cryptography`` over fal's message, keys from a JWKS, cached at most 24 h, ±300 s."""
+from __future__ import annotations
+
+import asyncio
+import base64
+import hashlib
+from pathlib import Path
+from typing import Any
+
+import orjson
+import pytest
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
+
+from connectors.providers import SubmitOrder, callback, create
+from connectors.providers.base import CALLBACK_HEADER, WebhookDelivery
+from connectors.providers.fal import (
+    FalJob,
+    FalProvider,
+    app_of,
+    parse_event,
+    parse_queue_status,
+    parse_result,
+    submit_request,
+)
+from floodgate.errors import SchemaError, WebhookVerificationError
+
+FIXTURES = Path(__file__).resolve().parents[1] / "fixtures" / "providers"
+CALLBACK_SECRET = "callback-secret-for-fal-tests"
+APP = "fal-ai/kling-video"
+NOW = 1_780_000_000.0
+
+
+class FakeResponse:
+    def __init__(self, body: bytes) -> None:
+        self.status, self._body = 200, body
+        self.headers: dict[str, str] = {}
+
+    async def __aenter__(self) -> FakeResponse:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        return None
+
+    async def read(self) -> bytes:
+        return self._body
+
+
+class FakeSession:
+    """Answers every request with the current JWKS and counts the fetches."""
+
+    def __init__(self, *keys: Ed25519PrivateKey) -> None:
+        self.keys, self.fetches = list(keys), 0
+
+    def request(self, method: str, url: str, **_: Any) -> FakeResponse:
+        self.fetches += 1
+        jwks = {"keys": [{"kty": "OKP", "crv": "Ed25519", "kid": str(i),
+                          "x": base64.urlsafe_b64encode(k.public_key().public_bytes(Encoding.Raw, PublicFormat.Raw))
+                          .decode()} for i, k in enumerate(self.keys)]}
+        return FakeResponse(orjson.dumps(jwks))
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = NOW
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def provider(clock: Clock | None = None) -> FalProvider:
+    made = create("fal", name="fal", api_key="fal-key", callback_secret=CALLBACK_SECRET,
+                  base_url="https://queue.fal.test", jwks_url="https://keys.fal.test/jwks.json",
+                  clock=clock or Clock())
+    assert isinstance(made, FalProvider)
+    return made
+
+
+def signed(key: Ed25519PrivateKey, body: bytes, ts: float = NOW, request_id: str | None = None) -> dict[str, str]:
+    rid = request_id or orjson.loads(body)["request_id"]
+    message = f"{rid}\nuser_1\n{int(ts)}\n{hashlib.sha256(body).hexdigest()}".encode()
+    return {"x-fal-webhook-request-id": rid, "x-fal-webhook-user-id": "user_1",
+            "x-fal-webhook-timestamp": str(int(ts)), "x-fal-webhook-signature": key.sign(message).hex()}
+
+
+def path(job_id: str = "job_01") -> str:
+    return f"{job_id}/{callback.mac(CALLBACK_SECRET, 'fal', job_id, APP)}/{APP}"
+
+
+def authenticate(p: FalProvider, session: FakeSession, headers: dict[str, str], body: bytes, callback_path: str,
+                 now: float = NOW) -> WebhookDelivery:
+    return asyncio.run(p.authenticate_webhook(session, WebhookDelivery(headers, body, callback_path),  # type: ignore[arg-type]
+                                              now=now))
+
+
+def test_submit_puts_params_in_the_input_and_the_per_job_webhook_in_the_query() -> None:
+    p = provider()
+    order = SubmitOrder(job_id="job_01", model=f"{APP}/v2.1/master/text-to-video", prompt="dunes",
+                        image_url="https://img.test/a.png", webhook_url="https://fg.test/webhooks/fal",
+                        idempotency_key="k", params={"duration": "10"})
+    request = submit_request(p.base_url, "fal-key", order, p.callback_for(order, APP))
+    assert request.url.startswith(f"https://queue.fal.test/{APP}/v2.1/master/text-to-video?fal_webhook=")
+    assert "job_01" in request.url and request.headers["Authorization"] == "Key fal-key"
+    assert orjson.loads(request.body or b"") == {"duration": 10, "prompt": "dunes",
+                                                 "image_url": "https://img.test/a.png"}
+
+
+def test_queue_states_and_results_map() -> None:
+    job = FalJob(APP, "r1")
+    queued = parse_queue_status(job, b'{"status": "IN_QUEUE", "queue_position": 3}')
+    assert queued is not None and (queued.state, queued.queue_position) == ("queued", 3)
+    running = parse_queue_status(job, b'{"status": "IN_PROGRESS", "logs": []}')
+    assert running is not None and running.state == "running"
+    assert parse_queue_status(job, b'{"status": "COMPLETED"}') is None
+    payload = orjson.loads((FIXTURES / "fal_webhook_ok.json").read_bytes())["payload"]
+    done = parse_result(job, 200, orjson.dumps(payload))
+    assert (done.state, done.video_url) == ("completed", "https://v3.fal.media/files/penguin/abc123/output.mp4")
+    failed = parse_result(job, 422, b'{"detail": [{"msg": "field required"}]}')
+    assert failed.state == "failed" and failed.error == "HTTP 422: field required"
+    assert FalJob.parse(str(job)) == job and app_of(f"{APP}/v2") == APP
+    with pytest.raises(SchemaError):
+        app_of("just-one")
+
+
+def test_documented_webhooks_parse_with_the_job_from_the_path() -> None:
+    ok = parse_event({CALLBACK_HEADER: path()}, (FIXTURES / "fal_webhook_ok.json").read_bytes())
+    assert (ok.job_id, ok.state, ok.provider_job_id) == ("job_01", "completed",
+                                                          f"{APP}/024ca5b1-45d3-4afd-883e-ad3abe2a1c4d")
+    err = parse_event({CALLBACK_HEADER: path()}, (FIXTURES / "fal_webhook_error.json").read_bytes())
+    assert err.state == "failed" and err.error == "Invalid status code: 422"
+
+
+def test_a_signature_by_a_jwks_key_verifies_and_the_jwks_is_cached() -> None:
+    key, clock = Ed25519PrivateKey.generate(), Clock()
+    p, session = provider(clock), FakeSession(Ed25519PrivateKey.generate(), key)
+    body = (FIXTURES / "fal_webhook_ok.json").read_bytes()
+    authenticate(p, session, signed(key, body), body, path())
+    clock.now += 3600
+    authenticate(p, session, signed(key, body, clock.now), body, path(), now=clock.now)
+    assert session.fetches == 1, "the JWKS is fetched once, then cached"
+    clock.now += 24 * 3600
+    authenticate(p, session, signed(key, body, clock.now), body, path(), now=clock.now)
+    assert session.fetches == 2, "a JWKS older than 24 h is fetched again"
+
+
+def test_a_rotated_key_is_picked_up() -> None:
+    old, new, clock = Ed25519PrivateKey.generate(), Ed25519PrivateKey.generate(), Clock()
+    p, session = provider(clock), FakeSession(old)
+    body = (FIXTURES / "fal_webhook_ok.json").read_bytes()
+    authenticate(p, session, signed(old, body), body, path())
+    session.keys = [new]
+    clock.now += 120
+    authenticate(p, session, signed(new, body, clock.now), body, path(), now=clock.now)
+    assert session.fetches == 2
+
+
+@pytest.mark.parametrize("case", ["tampered", "stale", "future", "unknown-key", "other-request", "wrong-path",
+                                  "no-signature"])
+def test_bad_deliveries_are_refused(case: str) -> None:
+    key = Ed25519PrivateKey.generate()
+    body = (FIXTURES / "fal_webhook_ok.json").read_bytes()
+    headers, where, now = signed(key, body), path(), NOW
+    if case == "tampered":
+        body = body.replace(b"abc123", b"evil99")
+    elif case == "stale":
+        now = NOW + 301
+    elif case == "future":
+        now = NOW - 301
+    elif case == "unknown-key":
+        headers = signed(Ed25519PrivateKey.generate(), body)
+    elif case == "other-request":
+        headers = signed(key, body, request_id="another-request")
+    elif case == "wrong-path":
+        where = path("job_02").replace("job_02", "job_01", 1)
+    else:
+        del headers["x-fal-webhook-signature"]
+    with pytest.raises(WebhookVerificationError):
+        authenticate(provider(), FakeSession(key), headers, body, where, now=now)
