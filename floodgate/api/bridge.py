@@ -77,7 +77,9 @@ class Bridge:
             received.labels(name, "too_large").inc()
             return too_large(exc.limit)
         headers = lowered(request.headers)
-        callback = request.match_info.get("callback", "")
+        # The per-job path after the provider's name, as the connector made it (job_id/mac[/extra]).
+        info = request.match_info
+        callback = "/".join(info[name] for name in ("job_id", "mac", "extra") if name in info)
         for ours in (CALLBACK_HEADER, CONFIRMED_HEADER):  # only ever set by us, never by the sender
             headers.pop(ours, None)
         try:
@@ -133,8 +135,10 @@ class Bridge:
 def add_routes(app: web.Application, deps: Deps, connectors: Mapping[str, Any]) -> None:
     bridge = Bridge(deps, connectors)
     app.router.add_post("/webhooks/{provider}", bridge.receive)
-    # Per-job callback paths (connectors.providers.callback): /webhooks/{provider}/{job_id}/{mac}.
-    app.router.add_post("/webhooks/{provider}/{callback:.+}", bridge.receive)
+    # Per-job callback paths (connectors.providers.callback): /webhooks/{provider}/{job_id}/{mac},
+    # with one more segment for providers whose bodies lack something the bridge needs.
+    app.router.add_post("/webhooks/{provider}/{job_id}/{mac}", bridge.receive)
+    app.router.add_post("/webhooks/{provider}/{job_id}/{mac}/{extra:.+}", bridge.receive)  # fal apps hold slashes
     app.on_cleanup.append(bridge.close)
 
 

@@ -36,6 +36,34 @@ _SSE_EVENT = {"type": "object", "required": ["event", "data"], "properties": {
     "event": {"const": "job"}, "id": {"type": "string", "pattern": "^[0-9]+$"},
     "data": {"type": "string", "contentMediaType": "application/json", "contentSchema": _ref("Job")}}}
 
+def _callback_operation(*, extra: bool) -> dict[str, Any]:
+    """The per-job callback route: ``/webhooks/{provider}/{job_id}/{mac}``, with a tail for providers
+    whose bodies lack something the bridge needs (fal's app, which may hold slashes; a RunPod
+    endpoint; Kling's task kind)."""
+    segment = {"type": "string", "pattern": "^[A-Za-z0-9._-]+$", "maxLength": 256}
+    names = ["provider", "job_id", "mac", *(["extra"] if extra else [])]
+    return {
+        "summary": "Provider webhook on a per-job callback path"
+                   + (" (with a provider-specific segment)" if extra else ""),
+        "description": "The path Floodgate gave the provider for that job (`mac` binds it to the job). "
+                       "Signed providers are verified as on the bare route; a provider that does not sign is "
+                       "believed only after a status call to the provider confirms what it says.",
+        "operationId": "receiveJobWebhookExtra" if extra else "receiveJobWebhook",
+        "parameters": [{"name": name, "in": "path", "required": True, "schema": segment} for name in names],
+        "requestBody": {"required": True, "content": {"*/*": {"schema": {"type": "string", "format": "binary",
+                                                                           "maxLength": 1048576}}}},
+        "responses": {
+            "200": {"description": "Stored", "content": {_JSON: {"schema": {
+                "type": "object", "properties": {"received": {"const": True}}, "required": ["received"]}}}},
+            "401": _problem("Wrong callback path, bad signature, or the provider does not confirm it"),
+            "404": _problem("Unknown provider"),
+            "413": _problem("Body larger than 1 MiB"),
+            "503": _problem("Kafka unavailable, or the provider did not answer the confirming status call; "
+                            "retry the delivery", retry_after=True),
+        },
+    }
+
+
 _OPERATIONS: dict[str, tuple[str, str, dict[str, Any]]] = {
     # (role, method, path) → operation; role "any" is served by every app.
     "create_job": ("ingress", "post /v1/jobs", {
@@ -164,25 +192,9 @@ _OPERATIONS: dict[str, tuple[str, str, dict[str, Any]]] = {
             "503": _problem("Kafka unavailable; retry the delivery", retry_after=True),
         },
     }),
-    "webhook_callback": ("bridge", "post /webhooks/{provider}/{callback}", {
-        "summary": "Provider webhook on a per-job callback path",
-        "description": "`callback` is `{job_id}/{mac}`, the path Floodgate gave the provider for that job. "
-                       "Signed providers are verified as on the bare route; a provider that does not sign is "
-                       "believed only after a status call to the provider confirms what it says.",
-        "operationId": "receiveJobWebhook",
-        "parameters": [{"name": "provider", "in": "path", "required": True, "schema": {"type": "string"}},
-                       {"name": "callback", "in": "path", "required": True, "schema": {"type": "string"}}],
-        "requestBody": {"required": True, "content": {"*/*": {"schema": {"type": "string", "format": "binary",
-                                                                           "maxLength": 1048576}}}},
-        "responses": {
-            "200": {"description": "Stored", "content": {_JSON: {"schema": {
-                "type": "object", "properties": {"received": {"const": True}}, "required": ["received"]}}}},
-            "401": _problem("Wrong callback path, bad signature, or the provider does not confirm it"),
-            "404": _problem("Unknown provider"),
-            "413": _problem("Body larger than 1 MiB"),
-            "503": _problem("Kafka unavailable; retry the delivery", retry_after=True),
-        },
-    }),
+    "webhook_callback": ("bridge", "post /webhooks/{provider}/{job_id}/{mac}", _callback_operation(extra=False)),
+    "webhook_callback_extra": ("bridge", "post /webhooks/{provider}/{job_id}/{mac}/{extra}",
+                               _callback_operation(extra=True)),
     "healthz": ("any", "get /healthz", {
         "summary": "Liveness and readiness",
         "operationId": "healthz",

@@ -116,5 +116,6 @@ async def test_the_bridge_alone_serves_no_job_routes(bridge: ApiServer, http: ai
     async with http.get(f"{bridge.url}/healthz") as resp:
         assert resp.status == 200 and (await resp.json())["roles"] == ["bridge"]
     async with http.get(f"{bridge.url}/openapi.json") as resp:
-        assert set((await resp.json())["paths"]) == {"/webhooks/{provider}", "/webhooks/{provider}/{callback}",
+        assert set((await resp.json())["paths"]) == {"/webhooks/{provider}", "/webhooks/{provider}/{job_id}/{mac}",
+                                                     "/webhooks/{provider}/{job_id}/{mac}/{extra}",
                                                      "/healthz", "/openapi.json", "/metrics"}
