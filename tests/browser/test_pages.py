@@ -5,6 +5,8 @@ reload resumes, cancel works, and the dashboard draws a spike without in-flight 
 from __future__ import annotations
 
 import re
+import struct
+import zlib
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -126,10 +128,29 @@ def test_a_forged_or_foreign_token_shows_an_error_and_no_job(browser: Browser, p
         other.close()
 
 
-def test_cancel_from_the_page(page: Page, stack: Stack) -> None:
+def tiny_png() -> bytes:
+    """A real 2x2 PNG, so the page's preview shows it (and nothing logs a broken image)."""
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    pixels = b"".join(b"\x00" + b"\xd0\x40\x20" * 2 for _ in range(2))
+    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", 2, 2, 8, 2, 0, 0, 0))
+            + chunk(b"IDAT", zlib.compress(pixels)) + chunk(b"IEND", b""))
+
+
+def test_a_selfie_goes_with_the_job_and_cancel_works_from_the_page(page: Page, stack: Stack) -> None:
     console = Console(page)
     page.goto(f"{stack.api_url}/")
+    selfie = tiny_png()
+    page.set_input_files("#selfie", files=[{"name": "me.png", "mimeType": "image/png", "buffer": selfie}])
+    expect(page.locator("#selfie-preview")).to_be_visible()
     job_id = generate(page, "wan-2.6", "a slow sunrise over the dunes")  # wan renders for a minute here
+    # The selfie was stored by the API and handed to the job as a URL anyone holding it can fetch.
+    stored = page.evaluate("JSON.parse(localStorage.getItem('floodgate.jobs.v1'))")
+    image_url = next(e["image_url"] for e in stored if e["job_id"] == job_id)
+    assert image_url.startswith(f"{stack.api_url}/v1/uploads/img_")
+    fetched = page.request.get(image_url)
+    assert fetched.status == 200 and fetched.body() == selfie and fetched.headers["content-type"] == "image/png"
     card = page.locator(f'li.job[data-job-id="{job_id}"]')
     expect(card.locator(".cancel")).to_be_visible()
     card.locator(".cancel").focus()
@@ -161,7 +182,7 @@ def test_the_dashboard_draws_a_spike_and_in_flight_never_passes_the_limit(page: 
 
     page.wait_for_function("""() => {
         const d = window.floodgateDashboard.latest();
-        if (!d) return false;
+        if (!d || d.points.length < 5) return false;
         const top = (f) => Math.max(0, ...d.points.map(f));
         return top(p => p.arrivals) > 0 && top(p => p.submissions) > 0 && top(p => p.inflight.wan || 0) >= 10
             && top(p => p.queue_depth.wan || 0) > 0;

@@ -5,8 +5,10 @@
 (function () {
   const { problemText, call, el } = window.Floodgate;
   const KEY = 'floodgate.operator.v1';
-  const WINDOW = 120;   // seconds of history drawn
-  const W = 600, H = 200, PAD = { l: 44, r: 10, t: 10, b: 22 };
+  const WINDOW = 120;   // seconds of history drawn, at most
+  const MIN_WINDOW = 30; // a fresh dashboard draws its first half minute wide, not squeezed at the right
+  const BIG = { w: 600, h: 200 }, SMALL = { w: 320, h: 170 };
+  const PAD = { l: 44, r: 10, t: 10, b: 22 };
   const COLORS = ['#1d4ed8', '#b45309', '#047857', '#7c3aed', '#be123c', '#0e7490'];
   const $ = (id) => document.getElementById(id);
   const SVG = 'http://www.w3.org/2000/svg';
@@ -38,19 +40,23 @@
    * One line chart in ``container``. ``series``: [{name, cls, color, dash, values: [[t, v|null]]}].
    * ``floor`` is the least y maximum (so a flat zero line still has a scale).
    */
-  function lineChart(container, label, series, now, floor, emptyText) {
+  function lineChart(container, label, series, span, floor, emptyText, size) {
+    // On a phone the big charts draw in the small box, so their labels stay readable.
+    const { w: W, h: H } = size || (container.clientWidth < 520 ? SMALL : BIG);
+    const [t0, now] = span;
+    const width = now - t0;
     let svg = container.querySelector('svg');
     if (!svg) {
       svg = svgEl('svg', { viewBox: `0 0 ${W} ${H}`, role: 'img' });
       container.append(svg);
       container.append(el('ul', { class: 'legend' }));
     }
+    svg.setAttribute('viewBox', `0 0 ${W} ${H}`);
     svg.setAttribute('aria-label', label);
     svg.textContent = '';
-    const t0 = now - WINDOW;
     const values = series.flatMap((s) => s.values.map((p) => p[1]).filter((v) => v !== null));
     const yMax = niceMax(Math.max(floor || 1, ...values) * 1.1);
-    const x = (t) => PAD.l + ((t - t0) / WINDOW) * (W - PAD.l - PAD.r);
+    const x = (t) => PAD.l + ((t - t0) / width) * (W - PAD.l - PAD.r);
     const y = (v) => PAD.t + (1 - v / yMax) * (H - PAD.t - PAD.b);
     for (let i = 0; i <= 4; i++) {
       const v = (yMax * i) / 4;
@@ -58,7 +64,7 @@
       svg.append(svgEl('text', { x: PAD.l - 6, y: y(v) + 4, 'text-anchor': 'end' }, fmt(v)));
     }
     svg.append(svgEl('line', { class: 'axis', x1: PAD.l, x2: PAD.l, y1: PAD.t, y2: H - PAD.b }));
-    svg.append(svgEl('text', { x: PAD.l, y: H - 6 }, '−2 min'));
+    svg.append(svgEl('text', { x: PAD.l, y: H - 6 }, width >= 120 ? '−2 min' : `−${Math.round(width)} s`));
     svg.append(svgEl('text', { x: W - PAD.r, y: H - 6, 'text-anchor': 'end' }, 'now'));
     for (const s of series) {
       let segment = [];
@@ -97,6 +103,8 @@
 
   function render(data) {
     const now = data.points.length ? data.points[data.points.length - 1].at : data.now;
+    const first = data.points.length ? data.points[0].at : now;
+    const span = [now - Math.min(WINDOW, Math.max(MIN_WINDOW, now - first)), now];
     const providers = data.providers;
     const chart = (name) => document.querySelector(`[data-chart="${name}"]`);
     const collecting = 'Collecting: rates need two readings';
@@ -104,28 +112,27 @@
     lineChart(chart('flow'), 'Arrivals and provider submissions per second', [
       { name: 'arrivals/s', cls: 'line-arrivals', color: '#b45309', values: pointsOf(data, (p) => p.arrivals) },
       { name: 'submissions/s', cls: 'line-submissions', color: '#1d4ed8', values: pointsOf(data, (p) => p.submissions) },
-    ], now, 1, collecting);
+    ], span, 1, collecting);
     lineChart(chart('queue'), 'Queue depth per provider', providers.map((name, i) => ({
       name, cls: 'line-queue', color: COLORS[i % COLORS.length], values: pointsOf(data, (p) => p.queue_depth[name] ?? 0),
-    })), now, 1, providers.length ? collecting : 'No worker reports yet');
+    })), span, 1, providers.length ? collecting : 'No worker reports yet');
     lineChart(chart('faults'), '429s, retries, reroutes and dead letters per second', [
       { name: '429s/s', cls: 'line-429', color: '#be123c', values: pointsOf(data, (p) => p.rate_limited) },
       { name: 'retries/s', cls: 'line-retries', color: '#b45309', values: pointsOf(data, (p) => p.retries) },
       { name: 'reroutes/s', cls: 'line-reroutes', color: '#7c3aed', values: pointsOf(data, (p) => p.reroutes) },
       { name: 'dead letters/s', cls: 'line-dlq', color: '#1a1a1a', values: pointsOf(data, (p) => p.dead_letters) },
-    ], now, 1, collecting);
+    ], span, 1, collecting);
     lineChart(chart('accept'), 'Accept latency p50 and p99 over the last 10 s, milliseconds', [
       { name: 'p50', cls: 'line-p50', color: '#047857', values: pointsOf(data, (p) => p.accept_p50_ms) },
       { name: 'p99', cls: 'line-p99', color: '#be123c', values: pointsOf(data, (p) => p.accept_p99_ms) },
-    ], now, 5, 'No requests in the last 10 s');
+    ], span, 5, 'No requests in the last 10 s');
     lineChart(chart('e2e'), 'End-to-end latency p50 and p99 over the last 10 s, seconds', [
       { name: 'p50', cls: 'line-p50', color: '#047857', values: pointsOf(data, (p) => p.e2e_p50_s) },
       { name: 'p99', cls: 'line-p99', color: '#be123c', values: pointsOf(data, (p) => p.e2e_p99_s) },
-    ], now, 1, 'No job completed in the last 10 s');
+    ], span, 1, 'No job completed in the last 10 s');
 
     const box = $('inflight');
     if (!providers.length) box.textContent = 'No worker reports yet.';
-    else if (box.querySelector('.note')) box.textContent = '';
     for (const name of providers) {
       let card = box.querySelector(`[data-chart="inflight-${CSS.escape(name)}"]`);
       if (!card) {
@@ -138,7 +145,7 @@
       lineChart(card, `${name}: jobs in flight against its concurrency limit`, [
         { name: 'in flight', cls: 'line-inflight', color: '#047857', values: pointsOf(data, (p) => p.inflight[name] ?? 0) },
         { name: 'limit', cls: 'line-limit', color: '#a61b1b', dash: true, values: pointsOf(data, (p) => p.limit[name] ?? 0) },
-      ], now, limitMax, collecting);
+      ], span, limitMax, collecting, SMALL);
     }
 
     const totals = $('totals');
