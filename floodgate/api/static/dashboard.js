@@ -22,11 +22,13 @@
     return node;
   }
 
+  /** The top of a scale at or above ``value`` whose four equal steps are round numbers. */
   function niceMax(value) {
     if (!(value > 0)) return 1;
-    const exp = Math.pow(10, Math.floor(Math.log10(value)));
-    for (const step of [1, 2, 2.5, 5, 10]) if (step * exp >= value) return step * exp;
-    return 10 * exp;
+    const quarter = value / 4;
+    const exp = Math.pow(10, Math.floor(Math.log10(quarter)));
+    for (const step of [1, 2, 2.5, 5, 10]) if (step * exp >= quarter) return 4 * step * exp;
+    return 40 * exp;
   }
 
   function fmt(value) {
