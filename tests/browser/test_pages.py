@@ -11,7 +11,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from playwright.sync_api import Browser, ConsoleMessage, Page, ViewportSize, expect
+from playwright.sync_api import Browser, ConsoleMessage, FilePayload, Page, ViewportSize, expect
 
 from floodgate.devstack import Stack
 
@@ -142,7 +142,8 @@ def test_a_selfie_goes_with_the_job_and_cancel_works_from_the_page(page: Page, s
     console = Console(page)
     page.goto(f"{stack.api_url}/")
     selfie = tiny_png()
-    page.set_input_files("#selfie", files=[{"name": "me.png", "mimeType": "image/png", "buffer": selfie}])
+    upload: FilePayload = {"name": "me.png", "mimeType": "image/png", "buffer": selfie}
+    page.set_input_files("#selfie", files=[upload])
     expect(page.locator("#selfie-preview")).to_be_visible()
     job_id = generate(page, "wan-2.6", "a slow sunrise over the dunes")  # wan renders for a minute here
     # The selfie was stored by the API and handed to the job as a URL anyone holding it can fetch.
