@@ -31,8 +31,10 @@ def simulator_file(path: Path) -> Path:
     return path
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def playwright() -> Iterator[Playwright]:
+    # Module scope, not session: sync Playwright keeps an event loop running in this thread while
+    # it is open, and the asyncio tests of other modules cannot start theirs until it is closed.
     if shutil.which("chromium") is None and not Path(CHROMIUM).exists():
         pytest.fail("the browser tests need Debian's chromium: run `make test` (its bootstrap installs it) "
                     "or apt-get install chromium")
@@ -40,7 +42,7 @@ def playwright() -> Iterator[Playwright]:
         yield p
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def browser(playwright: Playwright) -> Iterator[Browser]:
     browser = playwright.chromium.launch(executable_path=CHROMIUM, headless=True)
     yield browser
