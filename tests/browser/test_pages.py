@@ -128,6 +128,29 @@ def test_a_forged_or_foreign_token_shows_an_error_and_no_job(browser: Browser, p
         other.close()
 
 
+def test_without_websockets_the_page_streams_and_without_streams_it_polls(browser: Browser, stack: Stack) -> None:
+    """A proxy that drops WebSockets (and one that drops event streams too) still gets the video."""
+    pages = {}
+    for mode in ("sse", "polling"):
+        context = browser.new_context(viewport=DESKTOP)
+        page = context.new_page()
+        page.set_default_timeout(20_000)
+        page.route_web_socket(re.compile(r".*/v1/stream$"), lambda ws: ws.close())
+        if mode == "polling":
+            page.route(re.compile(r".*/events\?token=.*"), lambda route: route.abort())
+        page.goto(f"{stack.api_url}/")
+        generate(page, "kling-2.1", f"a fox in the snow, over {mode}")
+        pages[mode] = page
+    try:
+        for mode, page in pages.items():
+            expect(page.locator("li.job").first).to_have_attribute("data-status", "completed")
+            page.wait_for_function("() => document.querySelector('li.job video').readyState >= 2")
+            assert page.evaluate("document.body.dataset.live") == mode
+    finally:
+        for page in pages.values():
+            page.context.close()
+
+
 def tiny_png() -> bytes:
     """A real 2x2 PNG, so the page's preview shows it (and nothing logs a broken image)."""
     def chunk(kind: bytes, data: bytes) -> bytes:

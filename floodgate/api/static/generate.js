@@ -340,16 +340,22 @@
       const source = new EventSource(`/v1/jobs/${encodeURIComponent(id)}/events?token=${encodeURIComponent(card.entry.token)}`);
       this.sources.set(id, source);
       let failures = 0;
+      let heard = false;
       source.addEventListener('job', (event) => {
         failures = 0;
+        heard = true;
         try { card.update(JSON.parse(event.data)); } catch (_) { /* a malformed event changes nothing */ }
         if (card.job && TERMINAL.has(card.job.status)) this.closeSource(id);
       });
       source.addEventListener('error', () => {
         failures += 1;
-        if (source.readyState === EventSource.CLOSED || failures > 3) {
+        if (!heard || failures > 3) {
+          // A stream that never delivered (blocked on the way, refused) or keeps dropping: poll.
           this.closeSource(id);
-          if (failures > 3) this.usePolling(); else fetchOnce(card);
+          this.usePolling();
+        } else if (source.readyState === EventSource.CLOSED) {
+          this.closeSource(id);
+          fetchOnce(card);
         }
       });
     }
@@ -372,6 +378,7 @@
         }
       };
       this.timer = setInterval(tick, 3000);
+      tick();
     }
 
     watch(id) {
