@@ -125,6 +125,8 @@ class Settings:
     """Largest image (a selfie) accepted by POST /v1/uploads; JPEG, PNG and WebP only."""
     upload_ttl: float = 86400.0
     """Seconds an uploaded image is kept for providers to fetch, then deleted."""
+    upload_max_total_bytes: int = 1_073_741_824
+    """Bytes the upload store may hold in all; past it, uploads get 503 until expired images are deleted."""
     metrics_host: str = "127.0.0.1"
     """Interface a worker's Prometheus endpoint binds (the API serves GET /metrics on its own port)."""
     metrics_port: int = 0
@@ -194,7 +196,7 @@ class Settings:
 
     def validate(self) -> None:
         for name in ("partitions", "dispatch_partitions", "replication_factor", "min_insync_replicas", "max_body_bytes",
-                     "stream_buffer", "fetch_max_wait_ms", "upload_max_bytes"):
+                     "stream_buffer", "fetch_max_wait_ms", "upload_max_bytes", "upload_max_total_bytes"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"{PREFIX}{name.upper()} must be at least 1")
         if self.upload_ttl <= 0:

@@ -5,7 +5,9 @@ A job carries its image as ``input.image_url``, a URL the provider fetches; a us
 file, not a URL. The page sends the file here (the raw bytes, ``Content-Type: image/jpeg``,
 ``image/png`` or ``image/webp``), gets back a URL on this API and puts it in the job. What is
 checked: the API key (as for ``POST /v1/jobs``), the size (``FLOODGATE_UPLOAD_MAX_BYTES``, read
-incrementally) and the kind, by magic bytes (:mod:`floodgate.images`). What is served: only names
+incrementally) and the kind, by magic bytes (:mod:`floodgate.images`); the store as a whole
+holds at most ``FLOODGATE_UPLOAD_MAX_TOTAL_BYTES`` (503 past it), so anonymous uploads on an open
+API cannot fill the disk. What is served: only names
 this store made (192 random bits each), from its own directory, as the image type they were
 stored as, with ``nosniff`` and a policy that runs nothing; no listing. Files older than
 ``FLOODGATE_UPLOAD_TTL`` are deleted (checked on upload, at most once a minute).
@@ -44,10 +46,16 @@ def upload_dir(settings: Settings) -> Path:
 class UploadStore:
     """Stored images in one directory; blocking file calls, run in threads by the handlers."""
 
-    def __init__(self, root: Path, ttl: float) -> None:
+    def __init__(self, root: Path, ttl: float, max_total: int = 1 << 30) -> None:
         self.root = root
         self.ttl = ttl
-        self._last_sweep = 0.0
+        self.max_total = max_total
+        self.used = 0
+        """Bytes held, as of the last sweep plus what was stored since."""
+        self._last_sweep: float | None = None
+
+    def has_room(self, size: int) -> bool:
+        return self.used + size <= self.max_total
 
     def put(self, data: bytes, kind: images.ImageKind) -> str:
         """Store ``data`` under a fresh name and return the name. Written whole, then renamed, so
@@ -62,6 +70,7 @@ class UploadStore:
         except BaseException:
             Path(tmp).unlink(missing_ok=True)
             raise
+        self.used += len(data)
         return name
 
     def path(self, name: str, now: float) -> Path | None:
@@ -77,31 +86,36 @@ class UploadStore:
         return path
 
     def sweep(self, now: float) -> int:
-        """Delete files past their time to live (and incoming files a crash left); how many went."""
+        """Delete files past their time to live (and incoming files a crash left), count the bytes
+        left in ``used``; how many files went."""
         self._last_sweep = now
-        removed = 0
+        removed, used = 0, 0
         try:
             entries = list(os.scandir(self.root))
         except FileNotFoundError:
-            return 0
+            entries = []
         for entry in entries:
             try:
-                if now - entry.stat().st_mtime > self.ttl:
+                stat = entry.stat()
+                if now - stat.st_mtime > self.ttl:
                     os.unlink(entry.path)
                     removed += 1
+                else:
+                    used += stat.st_size
             except OSError:
                 continue  # gone already, or not ours to remove
+        self.used = used
         return removed
 
     def sweep_due(self, now: float) -> bool:
-        return now - self._last_sweep >= SWEEP_EVERY
+        return self._last_sweep is None or now - self._last_sweep >= SWEEP_EVERY
 
 
 class Uploads:
     def __init__(self, deps: Deps, store: UploadStore | None = None) -> None:
         self.deps = deps
         settings = deps.settings
-        self.store = store or UploadStore(upload_dir(settings), settings.upload_ttl)
+        self.store = store or UploadStore(upload_dir(settings), settings.upload_ttl, settings.upload_max_total_bytes)
         self.limit = settings.upload_max_bytes
         self.api_keys = settings.api_key_map
 
@@ -132,11 +146,14 @@ class Uploads:
         if kind is not wanted[request.content_type]:
             return _not_an_image(415, f"the body is a {kind.content_type} image, not {request.content_type}")
         now = time.time()
-        name = await asyncio.to_thread(self.store.put, data, kind)
         if self.store.sweep_due(now):
             removed = await asyncio.to_thread(self.store.sweep, now)
             if removed:
                 log.info("upload store: %d expired images deleted", removed)
+        if not self.store.has_room(len(data)):
+            return problem_response(503, "Service Unavailable", detail="the upload store is full; retry later",
+                                    headers={"Retry-After": str(int(SWEEP_EVERY))})
+        name = await asyncio.to_thread(self.store.put, data, kind)
         url = f"{base_url(request, self.deps.settings)}/v1/uploads/{name}"
         body = {"url": url, "content_type": kind.content_type, "bytes": len(data),
                 "expires_in": int(self.store.ttl)}

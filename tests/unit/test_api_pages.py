@@ -83,6 +83,14 @@ async def test_an_image_past_the_limit_is_413(make: Any) -> None:
     assert resp.status == 413 and resp.content_type == "application/problem+json"
 
 
+async def test_a_full_store_refuses_with_503_until_images_expire(make: Any) -> None:
+    client = await make(upload_max_total_bytes=len(PNG) * 2)
+    for _ in range(2):
+        assert (await client.post("/v1/uploads", data=PNG, headers={"Content-Type": "image/png"})).status == 201
+    full = await client.post("/v1/uploads", data=PNG, headers={"Content-Type": "image/png"})
+    assert full.status == 503 and full.headers["Retry-After"] == "60"
+
+
 async def test_uploads_want_an_api_key_when_keys_are_configured(make: Any) -> None:
     client = await make(api_keys=Secret("k1=acme"))
     headers = {"Content-Type": "image/png"}
@@ -105,7 +113,9 @@ def test_expired_images_are_not_served_and_are_swept(tmp_path: Path) -> None:
     now = time.time()
     assert store.path(name, now) is not None
     assert store.path(name, now + 61) is None
+    assert store.used == len(PNG) and not store.has_room(1 << 30)
     assert store.sweep(now + 61) == 1 and not list((tmp_path / "uploads").iterdir())
+    assert store.used == 0
 
 
 async def test_models_say_which_provider_serves_them_now(make: Any) -> None:
