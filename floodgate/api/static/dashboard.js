@@ -145,8 +145,9 @@
       }
       const limitMax = Math.max(1, ...data.points.map((p) => p.limit[name] ?? 0));
       lineChart(card, `${name}: jobs in flight against its concurrency limit`, [
-        { name: 'in flight', cls: 'line-inflight', color: '#047857', values: pointsOf(data, (p) => p.inflight[name] ?? 0) },
+        // The limit first, so the in-flight line is drawn over it where they meet.
         { name: 'limit', cls: 'line-limit', color: '#a61b1b', dash: true, values: pointsOf(data, (p) => p.limit[name] ?? 0) },
+        { name: 'in flight', cls: 'line-inflight', color: '#047857', values: pointsOf(data, (p) => p.inflight[name] ?? 0) },
       ], span, limitMax, collecting, SMALL);
     }
 
