@@ -13,7 +13,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from playwright.sync_api import Browser, Playwright, sync_playwright
+from playwright.sync_api import Browser, Playwright, expect, sync_playwright
 
 from floodgate.devstack import Stack
 from tests.e2e.stack_util import make_stack
@@ -22,6 +22,9 @@ CHROMIUM = "/usr/bin/chromium"
 ROOT = Path(__file__).resolve().parents[2]
 SHOTS = ROOT / "test-output" / "browser"
 """Where the tests leave their screenshots (ignored by git)."""
+
+# A job's next state may wait behind a busy machine's other work: assertions wait up to 20 s for it.
+expect.set_options(timeout=20_000)
 
 
 def simulator_file(path: Path) -> Path:
