@@ -5,6 +5,8 @@
 # where plots are drawn (`make bench`, the test runs that include the bench smoke test) and where
 # mypy checks the code that draws them (`make lint`).
 test test-all lint bench: export FLOODGATE_EXTRAS = dev,bench
+# The browser tests of the pages (tests/browser/) need Debian's chromium; bootstrap installs it when missing.
+test test-all: export FLOODGATE_NEED_CHROMIUM = 1
 
 bootstrap:
 	@bash dev/bootstrap.sh

@@ -12,6 +12,8 @@ command -v kcat >/dev/null 2>&1 || need_apt+=(kcat)
 if [ "${FLOODGATE_NEED_NGINX:-0}" = 1 ] && ! command -v nginx >/dev/null 2>&1; then need_apt+=(nginx-light); fi
 # The bench's Celery peer (floodgate/bench/celerypeer.py) uses Redis as its broker.
 if [ "${FLOODGATE_NEED_REDIS:-0}" = 1 ] && ! command -v redis-server >/dev/null 2>&1; then need_apt+=(redis-server); fi
+# The pages' browser tests drive Debian's chromium through Playwright (never a browser of its own).
+if [ "${FLOODGATE_NEED_CHROMIUM:-0}" = 1 ] && ! command -v chromium >/dev/null 2>&1; then need_apt+=(chromium); fi
 if [ ${#need_apt[@]} -gt 0 ]; then
   if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
     echo "bootstrap: installing ${need_apt[*]} from Debian's packages" >&2

@@ -151,6 +151,9 @@ def main(jobs: int = 2000, rate: float = 200.0, deadline: float = 600.0) -> int:
     print(f"starting broker, simulator, API and worker (logs in {home / 'logs'}) ...", flush=True)
     with Stack(settings, home, api_port=0) as stack:
         print(f"api={stack.api_url} broker={stack.bootstrap} simulator={stack.simulator_url}", flush=True)
+        print(f"make a video:   {stack.api_url}/", flush=True)
+        print(f"the dashboard:  {stack.api_url}/dashboard  (its 'Fire a spike' button works here: dev mode)",
+              flush=True)
         print(f"firing {jobs} jobs at {rate:.0f}/s (models {', '.join(MODELS)}; "
               "sora-2 is retired and falls back to kling)")
         try:

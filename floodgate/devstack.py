@@ -7,6 +7,7 @@ process behind; a clean stop goes worker → API → simulator → broker.
 """
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -14,6 +15,7 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from urllib.parse import urlsplit
 
 from floodgate.broker.cluster import LocalCluster
 from floodgate.broker.local import LocalBroker
@@ -78,6 +80,19 @@ class Stack:
             raise
         return self
 
+    @property
+    def targets_file(self) -> Path:
+        """The workers' metrics endpoints as a Prometheus file_sd document, for the API's dashboard
+        (and for a Prometheus server pointed at it)."""
+        return self.home / "metrics-targets.json"
+
+    def write_targets(self) -> None:
+        groups = [{"targets": [urlsplit(url).netloc], "labels": {"job": name, "__metrics_path__": urlsplit(url).path}}
+                  for name, url in sorted(self.metrics_urls.items()) if name.startswith("worker")]
+        tmp = self.targets_file.with_suffix(".tmp")
+        tmp.write_text(json.dumps(groups))
+        os.replace(tmp, self.targets_file)  # whole, so a reader never sees half a list
+
     def _start_broker(self, timeout: float) -> str:
         s = self.settings
         if self.brokers > 1:
@@ -104,6 +119,9 @@ class Stack:
             "FLOODGATE_WEBHOOK_BASE_URL": self.api_url,
             "FLOODGATE_PUBLIC_URL": self.api_url,
             "FLOODGATE_METRICS_PORT": "0",  # each worker its own endpoint, announced as metrics=URL
+            # The dashboard sums the workers' metrics with the API's own; the list follows the workers.
+            "FLOODGATE_DASHBOARD_TARGETS": str(self.targets_file),
+            "FLOODGATE_DEV_MODE": "1",
             "PYTHONUNBUFFERED": "1",
         })
         env.update(self.extra_env)
@@ -129,6 +147,7 @@ class Stack:
         _wait_for_line(child, "worker=ready", timeout)
         line = _wait_for_line(child, "metrics=", timeout)
         self.metrics_urls[name] = line[line.index("metrics=") + len("metrics="):].split()[0]
+        self.write_targets()
         return child
 
     # ------------------------------------------------------------------- stop
@@ -136,12 +155,14 @@ class Stack:
         """SIGKILL one child (crash tests)."""
         child = self.children.pop(name)
         self.metrics_urls.pop(name, None)
+        self.write_targets()
         child.proc.kill()
         child.proc.wait(timeout=30)
 
     def stop_child(self, name: str, timeout: float = 30.0) -> None:
         child = self.children.pop(name, None)
-        self.metrics_urls.pop(name, None)
+        if self.metrics_urls.pop(name, None) is not None and self.home.exists():
+            self.write_targets()
         if child is None or child.proc.poll() is not None:
             return
         child.proc.send_signal(signal.SIGTERM)
@@ -196,6 +217,8 @@ def run_foreground(stack: Stack) -> int:
     try:
         stack.start()
         print(f"api={stack.api_url}")
+        print(f"page={stack.api_url}/")
+        print(f"dashboard={stack.api_url}/dashboard")
         print(f"broker={stack.bootstrap}")
         print(f"simulator={stack.simulator_url}")
         print(f"logs={stack.home / 'logs'}")

@@ -157,6 +157,10 @@ class WorkerMetrics(_Group):
             "floodgate_provider_concurrency_limit",
             "This worker's share of a provider's concurrency limit (its dispatch partitions' shares).",
             ["provider"])
+        self.breaker_open = self._gauge(
+            "floodgate_provider_breaker_open",
+            "1 while this worker's circuit breaker for a provider of its partitions is open or half-open "
+            "(submissions move to the next provider), else 0.", ["provider"])
         self.submissions = self._counter(
             "floodgate_provider_submissions_total", "Jobs a provider accepted (submit calls that succeeded).",
             ["provider"])
@@ -205,8 +209,9 @@ class WorkerMetrics(_Group):
 
     def for_provider(self, name: str) -> None:
         """Create the provider's series at zero, so dashboards see them before the first job."""
-        for metric in (self.inflight, self.concurrency_limit, self.submissions, self.rate_limited, self.retries,
-                       self.reroutes, self.polls, self.timeouts, self.webhooks, self.queue_depth):
+        for metric in (self.inflight, self.concurrency_limit, self.breaker_open, self.submissions,
+                       self.rate_limited, self.retries, self.reroutes, self.polls, self.timeouts, self.webhooks,
+                       self.queue_depth):
             metric.labels(name)
 
 

@@ -131,6 +131,20 @@ class Settings:
     ws_idle_timeout: float = 300.0
     """Seconds a WebSocket may stay open with no subscription and no message from its client
     before it is closed (a subscription waiting for news is not idle)."""
+    operator_key: Secret = field(default_factory=lambda: Secret(""))
+    """Key of the operations dashboard's data (/dashboard), sent as X-Operator-Key. Needed whenever
+    FLOODGATE_API_KEYS is set (empty then: the dashboard's data is refused); without API keys the dashboard is open."""
+    dev_mode: bool = False
+    """Dev-only conveniences: the dashboard's fire-a-spike button. floodgate dev and the demo turn it on."""
+    dashboard_targets: str = ""
+    """Other processes' Prometheus endpoints the dashboard sums with the API's own: comma-separated
+    URLs, or paths of Prometheus file_sd JSON files (re-read when they change; floodgate dev writes one)."""
+    upload_max_bytes: int = 5_242_880
+    """Largest image (a selfie) accepted by POST /v1/uploads; JPEG, PNG and WebP only."""
+    upload_ttl: float = 86400.0
+    """Seconds an uploaded image is kept for providers to fetch, then deleted."""
+    upload_max_total_bytes: int = 1_073_741_824
+    """Bytes the upload store may hold in all; past it, uploads get 503 until expired images are deleted."""
     metrics_host: str = "127.0.0.1"
     """Interface a worker's Prometheus endpoint binds (the API serves GET /metrics on its own port)."""
     metrics_port: int = 0
@@ -281,9 +295,11 @@ class Settings:
 
     def validate(self) -> None:
         for name in ("partitions", "dispatch_partitions", "replication_factor", "min_insync_replicas", "max_body_bytes",
-                     "stream_buffer", "fetch_max_wait_ms"):
+                     "stream_buffer", "fetch_max_wait_ms", "upload_max_bytes", "upload_max_total_bytes"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"{PREFIX}{name.upper()} must be at least 1")
+        if self.upload_ttl <= 0:
+            raise ConfigError(f"{PREFIX}UPLOAD_TTL must be positive")
         for name in ("session_timeout", "ws_ping_interval", "ws_idle_timeout"):
             if getattr(self, name) <= 0:
                 raise ConfigError(f"{PREFIX}{name.upper()} must be positive")

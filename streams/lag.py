@@ -69,11 +69,14 @@ class LagProbe:
 
 
 async def refresh(probe: LagProbe, metrics: WorkerMetrics, topics: Mapping[str, tuple[str, int, int]],
-                  owned: Iterable[tuple[str, int]], waiting: Mapping[str, Callable[[], int]] | None = None) -> None:
-    """Set ``queue_depth`` and ``concurrency_limit`` per provider for the ``owned`` partitions.
+                  owned: Iterable[tuple[str, int]], waiting: Mapping[str, Callable[[], int]] | None = None,
+                  breakers: Mapping[str, Callable[[], bool]] | None = None) -> None:
+    """Set ``queue_depth``, ``concurrency_limit`` and ``breaker_open`` per provider for the
+    ``owned`` partitions.
 
     ``topics`` maps provider → (dispatch topic, its partition count, the provider's limit);
-    ``waiting`` provider → how many orders this worker holds waiting for a slot now.
+    ``waiting`` provider → how many orders this worker holds waiting for a slot now; ``breakers``
+    provider → whether this worker's breaker for it is not closed now.
     """
     mine = set(owned)
     wanted = [(topic, p) for topic, parts, _ in topics.values() for p in range(parts) if (topic, p) in mine]
@@ -85,6 +88,9 @@ async def refresh(probe: LagProbe, metrics: WorkerMetrics, topics: Mapping[str, 
     for provider, (topic, parts, limit) in topics.items():
         here = [p for p in range(parts) if (topic, p) in mine]
         metrics.concurrency_limit.labels(provider).set(owned_share(limit, parts, here))
+        # A worker that owns none of the provider's partitions sends it nothing: its breaker says nothing.
+        is_open = bool(here) and breakers is not None and provider in breakers and breakers[provider]()
+        metrics.breaker_open.labels(provider).set(1 if is_open else 0)
         if lags is not None:
             parked = waiting[provider]() if waiting and provider in waiting else 0
             metrics.queue_depth.labels(provider).set(parked + sum(lags.get((topic, p), 0) for p in here))

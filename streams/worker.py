@@ -5,8 +5,10 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import sys
+import time
 from collections.abc import Callable
 
 import faust
@@ -16,6 +18,7 @@ from floodgate.eventloop import use_uvloop
 from floodgate.kafka_admin import ensure_topics
 from floodgate.procs import freeze_heap
 from floodgate.settings import Settings
+from floodgate.throttle import BreakerState, CircuitBreaker
 from floodgate.topics import TopicNames
 from streams import dispatcher, faust_fixes, jobs, lag, localstate
 from streams.app import create_app
@@ -35,10 +38,13 @@ def build(settings: Settings, *, web_port: int | None = None) -> Pipeline:
     pipe = Pipeline(app, settings, setup, setup.build_connectors())
     jobs.register(pipe)
     waiting: dict[str, Callable[[], int]] = {}
+    breakers: dict[str, Callable[[], bool]] = {}
     for name in setup.routing.providers:
         pipe.metrics.for_provider(name)
-        waiting[name] = dispatcher.register_provider(pipe, name).waiting_count
-    _observe(pipe, limits, waiting)
+        lane = dispatcher.register_provider(pipe, name)
+        waiting[name] = lane.waiting_count
+        breakers[name] = functools.partial(_breaker_open, lane.breaker)
+    _observe(pipe, limits, waiting, breakers)
     faust_fixes.watch_stalled_partitions(
         app, on_stall=lambda tp: pipe.metrics.stalled_partitions.labels(tp.topic).inc())
     # Create the table changelogs ourselves, before Faust starts: two workers starting together
@@ -75,7 +81,12 @@ def changelog_layout(app: faust.App, settings: Settings) -> dict[str, tuple[int,
     return out
 
 
-def _observe(pipe: Pipeline, limits: dict[str, int], waiting: dict[str, Callable[[], int]]) -> None:
+def _breaker_open(breaker: CircuitBreaker) -> bool:
+    return breaker.state(time.monotonic()) is not BreakerState.CLOSED
+
+
+def _observe(pipe: Pipeline, limits: dict[str, int], waiting: dict[str, Callable[[], int]],
+             breakers: dict[str, Callable[[], bool]]) -> None:
     """A timer that refreshes the queue depth and limit-share gauges for this worker's partitions."""
     app, names = pipe.app, pipe.names
     dispatch = {p: (names.dispatch(p), names.dispatch_partitions(limit), limit) for p, limit in limits.items()}
@@ -88,7 +99,7 @@ def _observe(pipe: Pipeline, limits: dict[str, int], waiting: dict[str, Callable
             if probe is None:
                 probe = lag.LagProbe(pipe.settings.kafka_bootstrap, pipe.settings.app_id)
             owned = [(tp.topic, tp.partition) for tp in app.consumer.assignment()]
-            await lag.refresh(probe, pipe.metrics, dispatch, owned, waiting)
+            await lag.refresh(probe, pipe.metrics, dispatch, owned, waiting, breakers)
         except Exception:  # metrics must never stop a worker
             log.exception("metrics refresh failed")
 

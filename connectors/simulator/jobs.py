@@ -4,6 +4,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -166,6 +167,6 @@ def job_view(job: Job, files_base: str, now: float) -> dict[str, Any]:
     }
 
 
-def fake_mp4(job_id: str) -> bytes:
-    """A few bytes that start like an MP4 (an ``ftyp`` box) and name the job, for download tests."""
-    return b"\x00\x00\x00\x18ftypmp42\x00\x00\x00\x00mp42isom" + b"floodgate-simulator:" + job_id.encode()
+SAMPLE_VIDEO = Path(__file__).resolve().parent / "media" / "sample.mp4"
+"""A real, playable 2 s H.264 MP4 (320x180, ffmpeg's test pattern; ``dev/make_sample_video.sh``
+made it): every completed job's video, so pages and players can be tested end to end."""

@@ -5,7 +5,7 @@ Routes (per simulated provider ``{p}``)::
     POST /{p}/v1/videos                  create (Bearer key, optional Idempotency-Key)
     GET  /{p}/v1/videos/{id}             read (owning key only)
     POST /{p}/v1/videos/{id}/cancel      cancel if not terminal
-    GET  /{p}/files/{id}.mp4             the "video" of a completed job
+    GET  /{p}/files/{id}.mp4             the video of a completed job (one real sample MP4 for all)
     GET  /stats                          counters per provider and per key
     GET  /metrics                        the same per-provider counters for Prometheus
     POST /_admin/reset                   forget jobs and counters
@@ -35,7 +35,7 @@ from floodgate.procs import bind_socket
 from . import dialects
 from .config import SimulatorConfig, config_from_dict, dev_config
 from .dialects.base import CANCEL, CREATE, GET, RESULT, Dialect, Reply, View
-from .jobs import BadRequest, Job, fake_mp4, job_view, parse_create
+from .jobs import SAMPLE_VIDEO, BadRequest, Job, job_view, parse_create
 from .state import Created, ProviderState, retry_after_header
 from .webhooks import WebhookDispatcher
 
@@ -221,11 +221,11 @@ def _owned_job(request: web.Request, state: ProviderState, key: str) -> Job:
     return job
 
 
-Handler = Callable[[web.Request], Coroutine[Any, Any, web.Response]]
+Handler = Callable[[web.Request], Coroutine[Any, Any, web.StreamResponse]]
 
 
 def _refusable(handler: Handler) -> Handler:
-    async def wrapped(request: web.Request) -> web.Response:
+    async def wrapped(request: web.Request) -> web.StreamResponse:
         try:
             return await handler(request)
         except _Refused as refused:
@@ -273,13 +273,14 @@ async def cancel_video(request: web.Request) -> web.Response:
 
 
 @_refusable
-async def get_file(request: web.Request) -> web.Response:
+async def get_file(request: web.Request) -> web.StreamResponse:
     _, _, state = _provider(request)
     filename = request.match_info["filename"]
     job = state.jobs.get(filename.removesuffix(".mp4")) if filename.endswith(".mp4") else None
     if job is None or job.status != "completed":
         return problem(404, "Not Found", "no such file")
-    return web.Response(body=fake_mp4(job.id), content_type="video/mp4")
+    # A file response answers Range requests, which browsers send for video.
+    return web.FileResponse(SAMPLE_VIDEO, headers={"Content-Type": "video/mp4", "Cache-Control": "max-age=3600"})
 
 
 async def get_stats(request: web.Request) -> web.Response:

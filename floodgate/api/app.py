@@ -14,7 +14,7 @@ from typing import Any
 from aiohttp import web
 
 from connectors.storage import VideoStore
-from floodgate.api import bridge, cancel, ingress, openapi, read, videos
+from floodgate.api import bridge, cancel, dashboard, ingress, openapi, pages, read, uploads, videos
 from floodgate.api.common import ROLES, Deps, base_url, json_response
 from floodgate.api.kafka_io import Sender
 from floodgate.api.view import JobView
@@ -89,6 +89,7 @@ def build_app(
     app = web.Application(middlewares=[problem_middleware], client_max_size=limit)
     if "ingress" in chosen:
         ingress.add_routes(app, deps)
+        uploads.add_routes(app, deps)  # the selfie a job's image_url then points at
     if "read" in chosen:
         # A cancel's answer depends on the job's state (409 once finished), which only the view knows.
         cancel.add_routes(app, deps)
@@ -102,6 +103,9 @@ def build_app(
         app.on_shutdown.append(close_streams)
     if "bridge" in chosen:
         bridge.add_routes(app, deps, setup.build_connectors() if connectors is None else connectors)
+    # The pages and the dashboard in every role: a page tells when the routes it needs are elsewhere.
+    pages.add_routes(app, deps)
+    dashboard.add_routes(app, deps)
 
     async def healthz(_: web.Request) -> web.Response:
         ready = view is None or view.ready.is_set()

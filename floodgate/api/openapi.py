@@ -29,6 +29,8 @@ def _ref(name: str) -> dict[str, str]:
 _JOB_ID = {"name": "job_id", "in": "path", "required": True, "schema": {"type": "string"}}
 _TOKEN_QUERY = {"name": "token", "in": "query", "required": False, "schema": {"type": "string"},
                 "description": "The job's token, for clients that cannot send an Authorization header."}
+_IMAGES = {kind: {"schema": {"type": "string", "format": "binary"}}
+           for kind in ("image/jpeg", "image/png", "image/webp")}
 _JOB_AUTH: list[dict[str, list[str]]] = [{"jobToken": []}, {"jobTokenQuery": []}]
 
 # One Server-Sent Event of the job stream (the schema applies per event, as SSE tools read it).
@@ -195,6 +197,79 @@ _OPERATIONS: dict[str, tuple[str, str, dict[str, Any]]] = {
     "webhook_callback": ("bridge", "post /webhooks/{provider}/{job_id}/{mac}", _callback_operation(extra=False)),
     "webhook_callback_extra": ("bridge", "post /webhooks/{provider}/{job_id}/{mac}/{extra}",
                                _callback_operation(extra=True)),
+    "create_upload": ("ingress", "post /v1/uploads", {
+        "summary": "Store an image (a selfie) for a job's input.image_url",
+        "description": "The body is the image itself. Its kind is read from its first bytes and must match "
+                       "the Content-Type. The answer's `url` is unguessable; pass it as `input.image_url`. "
+                       "Images are deleted after FLOODGATE_UPLOAD_TTL seconds.",
+        "operationId": "createUpload",
+        "security": [{"apiKey": []}, {}],
+        "requestBody": {"required": True, "content": _IMAGES},
+        "responses": {
+            "201": {"description": "Stored", "headers": {"Location": {"schema": {"type": "string", "format": "uri"}}},
+                    "content": {_JSON: {"schema": _ref("Upload")}}},
+            "401": _problem("X-API-Key missing (when keys are configured)"),
+            "403": _problem("Unknown API key"),
+            "413": _problem("Image larger than FLOODGATE_UPLOAD_MAX_BYTES"),
+            "415": _problem("Not a JPEG, PNG or WebP image, or not the kind the Content-Type says"),
+        },
+    }),
+    "read_upload": ("ingress", "get /v1/uploads/{name}", {
+        "summary": "A stored image, for the provider to fetch",
+        "operationId": "readUpload",
+        "parameters": [{"name": "name", "in": "path", "required": True, "schema": {"type": "string"}}],
+        "responses": {
+            "200": {"description": "The image", "content": _IMAGES},
+            "404": _problem("No such image (or it expired)"),
+        },
+    }),
+    "models": ("any", "get /v1/models", {
+        "summary": "The models, their providers in order of preference, and which serves a job now",
+        "operationId": "listModels",
+        "responses": {"200": {"description": "The models", "content": {_JSON: {"schema": _ref("Models")}}}},
+    }),
+    "page": ("any", "get /", {
+        "summary": "The generation page (HTML)",
+        "operationId": "generationPage",
+        "responses": {"200": {"description": "HTML", "content": {"text/html": {"schema": {"type": "string"}}}}},
+    }),
+    "dashboard_page": ("any", "get /dashboard", {
+        "summary": "The operations dashboard (HTML; its figures come from /dashboard/data)",
+        "operationId": "dashboardPage",
+        "responses": {"200": {"description": "HTML", "content": {"text/html": {"schema": {"type": "string"}}}}},
+    }),
+    "static": ("any", "get /static/{name}", {
+        "summary": "The pages' scripts and styles",
+        "operationId": "staticFile",
+        "parameters": [{"name": "name", "in": "path", "required": True, "schema": {"type": "string"}}],
+        "responses": {"200": {"description": "The file", "content": {"*/*": {"schema": {"type": "string"}}}},
+                      "404": _problem("No such file")},
+    }),
+    "dashboard_data": ("any", "get /dashboard/data", {
+        "summary": "The dashboard's figures: every process's Prometheus metrics, summed, over the last minutes",
+        "operationId": "dashboardData",
+        "security": [{"operatorKey": []}, {}],
+        "responses": {
+            "200": {"description": "Series and totals", "content": {_JSON: {"schema": _ref("DashboardData")}}},
+            "401": _problem("X-Operator-Key missing (when API keys are configured)"),
+            "403": _problem("Unknown operator key, or none configured while API keys are"),
+        },
+    }),
+    "dashboard_spike": ("any", "post /dashboard/spike", {
+        "summary": "Dev mode only: send a spike of jobs to this API's own POST /v1/jobs",
+        "operationId": "dashboardSpike",
+        "security": [{"operatorKey": []}, {}],
+        "requestBody": {"required": False, "content": {_JSON: {"schema": {"type": "object", "properties": {
+            "jobs": {"type": "integer", "minimum": 1, "maximum": 5000, "default": 300},
+            "rate": {"type": "number", "exclusiveMinimum": 0, "maximum": 500, "default": 100}}}}}},
+        "responses": {
+            "202": {"description": "The spike started", "content": {_JSON: {"schema": {"type": "object"}}}},
+            "400": _problem("Invalid jobs or rate; `errors` names them"),
+            "401": _problem("X-Operator-Key missing (when API keys are configured)"),
+            "403": _problem("Not in dev mode, or an unknown operator key"),
+            "409": _problem("A spike is already running, or no model can take jobs"),
+        },
+    }),
     "healthz": ("any", "get /healthz", {
         "summary": "Liveness and readiness",
         "operationId": "healthz",
@@ -307,6 +382,21 @@ _SCHEMAS: dict[str, Any] = {
             "metadata": _STRING_MAP,
         },
     },
+    "Upload": {"type": "object", "required": ["url", "content_type", "bytes", "expires_in"], "properties": {
+        "url": {"type": "string", "format": "uri"}, "content_type": {"type": "string"},
+        "bytes": {"type": "integer"}, "expires_in": {"type": "integer", "description": "seconds"}}},
+    "Models": {"type": "object", "required": ["models"], "properties": {"models": {"type": "array", "items": {
+        "type": "object", "required": ["model", "providers", "serving"], "properties": {
+            "model": {"type": "string"}, "serving": {"type": ["string", "null"]},
+            "providers": {"type": "array", "items": {"type": "object", "properties": {
+                "provider": {"type": "string"}, "available": {"type": "boolean"},
+                "why_unavailable": {"type": ["string", "null"]}}}}}}}}},
+    "DashboardData": {"type": "object", "required": ["now", "dev_mode", "providers", "points", "totals", "breakers"],
+                      "properties": {"now": {"type": "number"}, "dev_mode": {"type": "boolean"},
+                                     "providers": {"type": "array", "items": {"type": "string"}},
+                                     "points": {"type": "array", "items": {"type": "object"}},
+                                     "totals": {"type": "object"}, "breakers": _STRING_MAP,
+                                     "processes": {"type": "object"}, "spike": {"type": "object"}}},
     "Health": {"type": "object", "properties": {
         "status": {"enum": ["ok", "starting"]}, "roles": {"type": "array", "items": {"type": "string"}}}},
 }
@@ -316,6 +406,8 @@ _SECURITY = {
                "description": "Required when the server has API keys configured; names the tenant."},
     "jobToken": {"type": "http", "scheme": "bearer", "description": "The `token` returned with the 202."},
     "jobTokenQuery": {"type": "apiKey", "in": "query", "name": "token"},
+    "operatorKey": {"type": "apiKey", "in": "header", "name": "X-Operator-Key",
+                    "description": "FLOODGATE_OPERATOR_KEY; required when API keys are configured."},
     "webhookSignature": {"type": "apiKey", "in": "header", "name": "webhook-signature",
                          "description": "Standard Webhooks v1 HMAC signature with webhook-id and webhook-timestamp."},
 }

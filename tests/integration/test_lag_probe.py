@@ -48,6 +48,13 @@ def test_depth_is_end_minus_committed_per_partition(kafka_bootstrap: str) -> Non
         registry = CollectorRegistry()
         asyncio.run(refresh(probe, WorkerMetrics(registry), {"wan": (topic, 2, 10)}, [(topic, 0)], {"wan": lambda: 4}))
         assert registry.get_sample_value("floodgate_queue_depth", {"provider": "wan"}) == 3 + 4
+        # The breaker gauge follows this worker's breaker, but only for a provider whose partitions it owns.
+        registry = CollectorRegistry()
+        topics = {"wan": (topic, 2, 10), "kling": ("kling-topic", 1, 10)}
+        asyncio.run(refresh(probe, WorkerMetrics(registry), topics, [(topic, 0)], None,
+                            {"wan": lambda: True, "kling": lambda: True}))
+        assert registry.get_sample_value("floodgate_provider_breaker_open", {"provider": "wan"}) == 1
+        assert registry.get_sample_value("floodgate_provider_breaker_open", {"provider": "kling"}) == 0
     finally:
         probe.close()
     assert probe.lag([(topic, 0)]) == {}  # closed: answers nothing rather than crashing a late timer

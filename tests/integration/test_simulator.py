@@ -24,7 +24,7 @@ from connectors.simulator import (
     run_receiver,
     run_simulator,
 )
-from connectors.simulator.jobs import CreateRequest
+from connectors.simulator.jobs import SAMPLE_VIDEO, CreateRequest
 from connectors.simulator.receiver import Delivery
 from connectors.simulator.state import Created, ProviderState
 from floodgate import signing
@@ -148,7 +148,8 @@ async def test_job_lifecycle_webhooks_are_signed_and_the_file_downloads() -> Non
             assert (await r.json())["video_url"] == completed["video_url"]
         async with http.get(completed["video_url"]) as r:
             assert r.status == 200 and r.content_type == "video/mp4"
-            assert b"ftyp" in await r.read()
+            video = await r.read()
+            assert video == SAMPLE_VIDEO.read_bytes() and video[4:8] == b"ftyp"  # the real, playable sample
         stats = sim.stats()["providers"]["sora"]
         assert (stats["completed"], stats["webhooks_sent"], stats["in_flight"]) == (1, 2, 0)
         # The provider's work and first submission, as the bench's drain-vs-ideal reads them.

@@ -1,0 +1,232 @@
+"""A person at the generation page and an operator at the dashboard, in headless chromium against
+the running stack: a video is made and plays, a wrong token shows nothing of anyone's job, a
+reload resumes, cancel works, and the dashboard draws a spike without in-flight passing the limit.
+"""
+from __future__ import annotations
+
+import re
+import struct
+import zlib
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from playwright.sync_api import Browser, ConsoleMessage, FilePayload, Page, ViewportSize, expect
+
+from floodgate.devstack import Stack
+
+pytestmark = pytest.mark.kafka
+
+PHONE: ViewportSize = {"width": 390, "height": 844}
+DESKTOP: ViewportSize = {"width": 1280, "height": 900}
+
+
+class Console:
+    """Errors the page logged or threw."""
+
+    def __init__(self, page: Page) -> None:
+        self.errors: list[str] = []
+        page.on("console", self._message)
+        page.on("pageerror", lambda exc: self.errors.append(f"uncaught: {exc}"))
+
+    def _message(self, message: ConsoleMessage) -> None:
+        if message.type == "error":
+            self.errors.append(message.text)
+
+
+@pytest.fixture
+def page(browser: Browser) -> Iterator[Page]:
+    context = browser.new_context(viewport=DESKTOP)
+    page = context.new_page()
+    page.set_default_timeout(20_000)
+    yield page
+    context.close()
+
+
+def generate(page: Page, model: str, prompt: str) -> str:
+    """Fill the form, press Generate with the keyboard, and return the new job's id."""
+    page.select_option("#model", model)
+    page.fill("#prompt", prompt)
+    page.focus("#generate")
+    page.keyboard.press("Enter")
+    card = page.locator("li.job").first
+    expect(card).to_have_attribute("data-job-id", re.compile(r".+"))
+    expect(card.locator(".job-prompt")).to_have_text(prompt)
+    return card.get_attribute("data-job-id") or ""
+
+
+def test_a_video_is_made_and_plays_and_a_reload_resumes(page: Page, stack: Stack, shots: Path) -> None:
+    console = Console(page)
+    page.goto(f"{stack.api_url}/")
+    expect(page.locator("#empty")).to_be_visible()
+    expect(page.locator("#model-note")).to_contain_text(re.compile("served by", re.IGNORECASE))
+    job_id = generate(page, "sora-2", "a lighthouse in a storm")
+    card = page.locator(f'li.job[data-job-id="{job_id}"]')
+    # At once: the job, in line (or already past it), with the reroute said plainly.
+    expect(card.locator(".status")).to_have_text(re.compile("In line|Sent to the provider|Rendering|Ready"))
+    expect(card.locator(".job-route")).to_have_text("sora is retired since 2026-09-24: served by kling")
+    stage_box = card.locator(".stage").bounding_box()
+    # Then the render, live over the WebSocket: the progress bar shows it.
+    expect(card).to_have_attribute("data-status", "running")
+    expect(card.locator(".bar")).to_be_visible()
+    assert page.evaluate("document.body.dataset.live") == "websocket"
+    # Then the video, whose source plays.
+    expect(card).to_have_attribute("data-status", "completed")
+    video = card.locator("video")
+    expect(video).to_have_attribute("src", re.compile(r"^http://127\.0\.0\.1:\d+/kling/files/.+\.mp4$"))
+    page.wait_for_function("document.querySelector('li.job video').readyState >= 2")
+    assert card.locator(".stage").bounding_box() == stage_box, "the video took the box kept for it: no jump"
+    expect(card.locator(".bar")).to_have_attribute("aria-valuenow", "100")
+    seen = card.locator(".timeline .what").all_text_contents()
+    assert seen[0] == "In line" and seen[-2:] == ["Rendering", "Ready"], seen
+    page.screenshot(path=str(shots / "generate-desktop.png"), full_page=True)
+    page.set_viewport_size(PHONE)
+    page.screenshot(path=str(shots / "generate-phone.png"), full_page=True)
+    width = page.evaluate("document.documentElement.scrollWidth")
+    assert width <= PHONE["width"], f"the page scrolls sideways on a phone ({width}px)"
+
+    # A reload resumes the same job from this browser's storage, video and all.
+    page.reload()
+    card = page.locator(f'li.job[data-job-id="{job_id}"]')
+    expect(card).to_have_attribute("data-status", "completed")
+    page.wait_for_function("document.querySelector('li.job video').readyState >= 2")
+    assert page.locator("li.job").count() == 1
+    assert console.errors == []
+
+
+def test_a_forged_or_foreign_token_shows_an_error_and_no_job(browser: Browser, page: Page, stack: Stack) -> None:
+    # Someone's job, made in their own browser.
+    page.goto(f"{stack.api_url}/")
+    theirs = generate(page, "kling-2.1", "a private birthday video")
+    their_token = page.evaluate("JSON.parse(localStorage.getItem('floodgate.jobs.v1'))[0].token")
+    mine = generate(page, "kling-2.1", "my own video")
+    stored = page.evaluate("JSON.parse(localStorage.getItem('floodgate.jobs.v1'))")
+    my_token = next(e["token"] for e in stored if e["job_id"] == mine)
+    assert their_token != my_token
+
+    # Another browser holds their id with a forged token, and with the token of its own job.
+    other = browser.new_context(viewport=DESKTOP)
+    try:
+        intruder = other.new_page()
+        console = Console(intruder)
+        intruder.goto(f"{stack.api_url}/")
+        for token in ("forged-" + "x" * 40, my_token):  # made up; a real token, of another job
+            entry = [{"job_id": theirs, "token": token, "model": "", "prompt": ""}]
+            intruder.evaluate("e => localStorage.setItem('floodgate.jobs.v1', JSON.stringify(e))", entry)
+            intruder.reload()
+            card = intruder.locator("li.job")
+            expect(card).to_have_count(1)
+            expect(card).to_have_attribute("data-status", "error")
+            expect(card.locator(".job-error")).to_contain_text("cannot be shown")
+            shown = card.inner_text()
+            assert "birthday" not in intruder.locator("body").inner_text(), "nothing of their job may show"
+            assert "kling" not in shown and "Ready" not in shown and "Rendering" not in shown
+            assert intruder.locator("video").count() == 0
+        # The refusals are the only errors: the 404s of the job reads.
+        assert console.errors and all("404" in e for e in console.errors), console.errors
+    finally:
+        other.close()
+
+
+def test_without_websockets_the_page_streams_and_without_streams_it_polls(browser: Browser, stack: Stack) -> None:
+    """A proxy that drops WebSockets (and one that drops event streams too) still gets the video."""
+    pages = {}
+    for mode in ("sse", "polling"):
+        context = browser.new_context(viewport=DESKTOP)
+        page = context.new_page()
+        page.set_default_timeout(20_000)
+        page.route_web_socket(re.compile(r".*/v1/stream$"), lambda ws: ws.close())
+        if mode == "polling":
+            page.route(re.compile(r".*/events\?token=.*"), lambda route: route.abort())
+        page.goto(f"{stack.api_url}/")
+        generate(page, "kling-2.1", f"a fox in the snow, over {mode}")
+        pages[mode] = page
+    try:
+        for mode, page in pages.items():
+            expect(page.locator("li.job").first).to_have_attribute("data-status", "completed")
+            page.wait_for_function("() => document.querySelector('li.job video').readyState >= 2")
+            assert page.evaluate("document.body.dataset.live") == mode
+    finally:
+        for page in pages.values():
+            page.context.close()
+
+
+def tiny_png() -> bytes:
+    """A real 2x2 PNG, so the page's preview shows it (and nothing logs a broken image)."""
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    pixels = b"".join(b"\x00" + b"\xd0\x40\x20" * 2 for _ in range(2))
+    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", 2, 2, 8, 2, 0, 0, 0))
+            + chunk(b"IDAT", zlib.compress(pixels)) + chunk(b"IEND", b""))
+
+
+def test_a_selfie_goes_with_the_job_and_cancel_works_from_the_page(page: Page, stack: Stack) -> None:
+    console = Console(page)
+    page.goto(f"{stack.api_url}/")
+    selfie = tiny_png()
+    upload: FilePayload = {"name": "me.png", "mimeType": "image/png", "buffer": selfie}
+    page.set_input_files("#selfie", files=[upload])
+    expect(page.locator("#selfie-preview")).to_be_visible()
+    job_id = generate(page, "wan-2.6", "a slow sunrise over the dunes")  # wan renders for a minute here
+    # The selfie was stored by the API and handed to the job as a URL anyone holding it can fetch.
+    stored = page.evaluate("JSON.parse(localStorage.getItem('floodgate.jobs.v1'))")
+    image_url = next(e["image_url"] for e in stored if e["job_id"] == job_id)
+    assert image_url.startswith(f"{stack.api_url}/v1/uploads/img_")
+    fetched = page.request.get(image_url)
+    assert fetched.status == 200 and fetched.body() == selfie and fetched.headers["content-type"] == "image/png"
+    card = page.locator(f'li.job[data-job-id="{job_id}"]')
+    expect(card.locator(".cancel")).to_be_visible()
+    card.locator(".cancel").focus()
+    page.keyboard.press("Enter")
+    expect(card).to_have_attribute("data-status", "cancelled")
+    expect(card.locator(".cancel")).to_be_hidden()
+    expect(card.locator(".stage-text")).to_have_text("No video: the job was cancelled.")
+    assert card.locator("video").count() == 0
+    assert console.errors == []
+
+
+def polyline(points: str) -> list[tuple[float, float]]:
+    return [(float(x), float(y)) for x, y in (p.split(",") for p in points.split())]
+
+
+def test_the_dashboard_draws_a_spike_and_in_flight_never_passes_the_limit(page: Page, stack: Stack,
+                                                                          shots: Path) -> None:
+    console = Console(page)
+    page.goto(f"{stack.api_url}/dashboard")
+    spike = page.locator("#spike")
+    expect(spike).to_be_enabled()  # dev mode: floodgate dev's stack
+    spike.focus()
+    page.keyboard.press("Enter")
+    expect(page.locator("#spike-note")).to_contain_text(re.compile("Spike running|Last spike"))
+
+    # Every chart shows the spike: arrivals, submissions, a queue, slots in use.
+    def peak(expr: str) -> float:
+        return float(page.evaluate(f"Math.max(0, ...window.floodgateDashboard.latest().points.map(p => {expr}))"))
+
+    page.wait_for_function("""() => {
+        const d = window.floodgateDashboard.latest();
+        if (!d || d.points.length < 5) return false;
+        const top = (f) => Math.max(0, ...d.points.map(f));
+        return top(p => p.arrivals) > 0 && top(p => p.submissions) > 0 && top(p => p.inflight.wan || 0) >= 10
+            && top(p => p.queue_depth.wan || 0) > 0;
+    }""", timeout=45_000)
+    assert peak("p.arrivals") > 0 and peak("p.submissions") > 0
+    for chart in ("flow", "queue"):
+        assert page.locator(f'[data-chart="{chart}"] polyline').count() >= 2
+
+    # In flight against the limit, as drawn: the in-flight line is never above the limit line.
+    for provider in ("kling", "wan"):
+        box = page.locator(f'[data-chart="inflight-{provider}"]')
+        inflight = polyline(box.locator("polyline.line-inflight").get_attribute("points") or "")
+        limit = polyline(box.locator("polyline.line-limit").get_attribute("points") or "")
+        assert len(inflight) == len(limit) >= 2
+        for (x1, y_in), (x2, y_limit) in zip(inflight, limit, strict=True):
+            assert x1 == x2 and y_in >= y_limit, f"{provider}: in flight drawn above the limit at x={x1}"
+    assert peak("p.inflight.wan || 0") == peak("p.limit.wan || 0") == 10  # the limit reached, never passed
+
+    page.screenshot(path=str(shots / "dashboard-desktop.png"), full_page=True)
+    page.set_viewport_size(PHONE)
+    page.screenshot(path=str(shots / "dashboard-phone.png"), full_page=True)
+    assert page.evaluate("document.documentElement.scrollWidth") <= PHONE["width"]
+    assert console.errors == []
