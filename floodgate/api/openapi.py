@@ -29,7 +29,8 @@ def _ref(name: str) -> dict[str, str]:
 _JOB_ID = {"name": "job_id", "in": "path", "required": True, "schema": {"type": "string"}}
 _TOKEN_QUERY = {"name": "token", "in": "query", "required": False, "schema": {"type": "string"},
                 "description": "The job's token, for clients that cannot send an Authorization header."}
-_IMAGES = {kind: {"schema": {"type": "string", "format": "binary"}}
+# maxLength: the default FLOODGATE_UPLOAD_MAX_BYTES (a deployment may set it lower: a 413).
+_IMAGES = {kind: {"schema": {"type": "string", "format": "binary", "maxLength": 5_242_880}}
            for kind in ("image/jpeg", "image/png", "image/webp")}
 _JOB_AUTH: list[dict[str, list[str]]] = [{"jobToken": []}, {"jobTokenQuery": []}]
 
@@ -217,7 +218,9 @@ _OPERATIONS: dict[str, tuple[str, str, dict[str, Any]]] = {
     "read_upload": ("ingress", "get /v1/uploads/{name}", {
         "summary": "A stored image, for the provider to fetch",
         "operationId": "readUpload",
-        "parameters": [{"name": "name", "in": "path", "required": True, "schema": {"type": "string"}}],
+        # floodgate.images names every upload so: anything else is a 404 without a disk lookup.
+        "parameters": [{"name": "name", "in": "path", "required": True,
+                        "schema": {"type": "string", "pattern": "^img_[A-Za-z0-9_-]{32}[.](jpg|png|webp)$"}}],
         "responses": {
             "200": {"description": "The image", "content": _IMAGES},
             "404": _problem("No such image (or it expired)"),
@@ -241,7 +244,8 @@ _OPERATIONS: dict[str, tuple[str, str, dict[str, Any]]] = {
     "static": ("any", "get /static/{name}", {
         "summary": "The pages' scripts and styles",
         "operationId": "staticFile",
-        "parameters": [{"name": "name", "in": "path", "required": True, "schema": {"type": "string"}}],
+        "parameters": [{"name": "name", "in": "path", "required": True,
+                        "schema": {"type": "string", "pattern": "^[A-Za-z0-9_-]+[.](js|css|svg|png|ico)$"}}],
         "responses": {"200": {"description": "The file", "content": {"*/*": {"schema": {"type": "string"}}}},
                       "404": _problem("No such file")},
     }),
