@@ -117,7 +117,10 @@ _OPERATIONS: dict[str, tuple[str, str, dict[str, Any]]] = {
                     "content": {"video/*": {"schema": {"type": "string", "format": "binary"}}}},
             "403": _problem("Malformed, forged or expired link"),
             "502": _problem("The provider's video could not be copied into storage"),
-            "503": _problem("Not copied yet (or the store is unreachable)", retry_after=True),
+            "307": {"description": "Not copied yet: the provider's own copy, meanwhile",
+                    "headers": {"Location": {"schema": {"type": "string", "format": "uri"}}}},
+            "503": _problem("Not copied yet and the provider's URL not known here (or the store is unreachable)",
+                            retry_after=True),
         },
     }),
     "cancel_job": ("read", "post /v1/jobs/{job_id}/cancel", {

@@ -7,7 +7,8 @@ which jobs exist. Answers:
 * 200 with the bytes (local store: sendfile, with Range support; S3: streamed through);
   ``Content-Type`` as copied, ``ETag`` and ``Repr-Digest`` from the SHA-256 the copy recorded.
 * 403 for a malformed, forged or expired link (the detail says which, except for a forgery).
-* 503 + ``Retry-After`` while the copy is not done yet (or the store is unreachable).
+* 307 to the provider's own copy while ours is not done yet (the job view knows the provider's URL;
+  503 + ``Retry-After`` where it does not, or while the store is unreachable).
 * 502 when the copy was refused for good (too large, not a video, a private address).
 """
 from __future__ import annotations
@@ -20,7 +21,8 @@ from aiohttp import web
 
 from connectors.storage import VideoRecord, VideoStore
 from floodgate.api.common import Deps
-from floodgate.errors import StorageError
+from floodgate.errors import StorageError, ValidationError
+from floodgate.netguard import check_url_syntax
 from floodgate.problems import problem_response
 from floodgate.videolinks import LinkVerdict, VideoLinks
 
@@ -56,6 +58,12 @@ class VideoServer:
             log.warning("videos: store unreachable for %s: %s", job_id, exc)
             return _pending("the video store is not reachable right now")
         if record is None:
+            # The copy is still being made (it starts once the job is complete): meanwhile the link
+            # leads to the provider's own copy, which stays valid well past that (Replicate's: an
+            # hour), so a player given the link at completion plays at once. 503 when not known here.
+            source = await self._provider_copy(job_id)
+            if source is not None:
+                return web.Response(status=307, headers={"Location": source, "Cache-Control": "no-store"})
             return _pending("the video is still being copied into storage")
         if record.status != "stored":
             log.info("videos: %s was not stored: %s", job_id, record.reason)
@@ -74,6 +82,24 @@ class VideoServer:
                 await response.write(chunk)
         await response.write_eof()
         return response
+
+    async def _provider_copy(self, job_id: str) -> str | None:
+        """The provider's URL of a completed job's video, from this API's job view (None if there
+        is no view here, the job is not known or not complete, or the URL is not plain http(s))."""
+        view = self.deps.view
+        snapshot = None if view is None else await view.lookup(job_id)
+        if snapshot is None or snapshot.get("status") != "completed":
+            return None
+        return _http_url(snapshot.get("video_url"))
+
+
+def _http_url(value: object) -> str | None:
+    """``value`` if it is a plain http(s) URL (what a redirect may lead a browser to)."""
+    try:
+        check_url_syntax(value, field="result.video_url")
+    except ValidationError:
+        return None
+    return value if isinstance(value, str) else None
 
 
 def _pending(detail: str) -> web.Response:

@@ -22,6 +22,7 @@ from floodgate.ids import job_token, new_job_id
 from floodgate.netguard import IPAddress
 from floodgate.settings import Settings
 from floodgate.topics import TopicNames
+from floodgate.videolinks import VideoLinks
 from floodgate.videos.copier import CopyPolicy, VideoCopier
 from tests.helpers import moto_s3
 from tests.integration.api_helpers import aproduce_snapshots, running_api, snapshot
@@ -290,9 +291,15 @@ async def test_the_api_links_and_serves_stored_videos(settings_for: Callable[...
                 assert resp.status == 403, bad
                 assert resp.headers["Content-Type"] == "application/problem+json"
                 assert "expired" not in (await resp.json())["detail"]
-        # Not copied yet: 503 with Retry-After.
+        # Not copied yet: meanwhile the link leads to the provider's own copy.
         pending_url, _ = link_of(jobs[pending_id])
-        async with http.get(pending_url) as resp:
+        async with http.get(pending_url, allow_redirects=False) as resp:
+            assert resp.status == 307 and resp.headers["Location"] == "https://provider.example/out.mp4"
+            assert resp.headers["Cache-Control"] == "no-store"
+        # Not copied yet, and a job this API's view does not hold (the provider's URL unknown here):
+        # 503 with Retry-After.
+        unknown = VideoLinks(settings.video_link_key, settings.video_link_ttl).url(api.url, new_job_id(), now[0])
+        async with http.get(unknown, allow_redirects=False) as resp:
             assert resp.status == 503 and resp.headers["Retry-After"] == "5"
             assert (await resp.json())["type"] == "urn:floodgate:problem:video-pending"
         # Expired: the same link once its time has passed.

@@ -161,11 +161,22 @@
         if (url && !stage.querySelector('video')) {
           const video = el('video', { controls: '', playsinline: '', preload: 'auto', src: url });
           video.setAttribute('aria-label', `Video for: ${this.entry.prompt || job.model || 'your prompt'}`);
+          // The job is complete a moment before its video is in Floodgate's store (the link answers
+          // 503 until the copy is there): try again a few times before saying it failed.
+          let tries = 0;
           video.addEventListener('error', () => {
+            if (tries < 8) {
+              tries += 1;
+              text.hidden = false;
+              text.textContent = 'Storing your video…';
+              setTimeout(() => video.load(), Math.min(250 * 2 ** tries, 5000));
+              return;
+            }
             text.hidden = false;
             text.textContent = 'The video could not be loaded. ';
             text.append(el('a', { href: url, rel: 'noopener noreferrer' }, 'Open it directly'));
           });
+          video.addEventListener('loadeddata', () => { text.hidden = true; });
           stage.append(video);
           text.hidden = true;
         } else if (!url) {
