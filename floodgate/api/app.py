@@ -103,9 +103,12 @@ def build_app(
         app.on_shutdown.append(close_streams)
     if "bridge" in chosen:
         bridge.add_routes(app, deps, setup.build_connectors() if connectors is None else connectors)
-    # The pages and the dashboard in every role: a page tells when the routes it needs are elsewhere.
-    pages.add_routes(app, deps)
-    dashboard.add_routes(app, deps)
+    # The pages and the dashboard wherever people's routes are (a page tells when the routes it
+    # needs are elsewhere); an instance that only takes provider webhooks (the bridge alone,
+    # reachable by providers) serves neither.
+    if {"ingress", "read"} & chosen:
+        pages.add_routes(app, deps)
+        dashboard.add_routes(app, deps)
 
     async def healthz(_: web.Request) -> web.Response:
         ready = view is None or view.ready.is_set()

@@ -229,22 +229,22 @@ _OPERATIONS: dict[str, tuple[str, str, dict[str, Any]]] = {
             "404": _problem("No such image (or it expired)"),
         },
     }),
-    "models": ("any", "get /v1/models", {
+    "models": ("pages", "get /v1/models", {
         "summary": "The models, their providers in order of preference, and which serves a job now",
         "operationId": "listModels",
         "responses": {"200": {"description": "The models", "content": {_JSON: {"schema": _ref("Models")}}}},
     }),
-    "page": ("any", "get /", {
+    "page": ("pages", "get /", {
         "summary": "The generation page (HTML)",
         "operationId": "generationPage",
         "responses": {"200": {"description": "HTML", "content": {"text/html": {"schema": {"type": "string"}}}}},
     }),
-    "dashboard_page": ("any", "get /dashboard", {
+    "dashboard_page": ("pages", "get /dashboard", {
         "summary": "The operations dashboard (HTML; its figures come from /dashboard/data)",
         "operationId": "dashboardPage",
         "responses": {"200": {"description": "HTML", "content": {"text/html": {"schema": {"type": "string"}}}}},
     }),
-    "static": ("any", "get /static/{name}", {
+    "static": ("pages", "get /static/{name}", {
         "summary": "The pages' scripts and styles",
         "operationId": "staticFile",
         "parameters": [{"name": "name", "in": "path", "required": True,
@@ -252,7 +252,7 @@ _OPERATIONS: dict[str, tuple[str, str, dict[str, Any]]] = {
         "responses": {"200": {"description": "The file", "content": {"*/*": {"schema": {"type": "string"}}}},
                       "404": _problem("No such file")},
     }),
-    "dashboard_data": ("any", "get /dashboard/data", {
+    "dashboard_data": ("pages", "get /dashboard/data", {
         "summary": "The dashboard's figures: every process's Prometheus metrics, summed, over the last minutes",
         "operationId": "dashboardData",
         "security": [{"operatorKey": []}, {}],
@@ -262,7 +262,7 @@ _OPERATIONS: dict[str, tuple[str, str, dict[str, Any]]] = {
             "403": _problem("Unknown operator key, or none configured while API keys are"),
         },
     }),
-    "dashboard_spike": ("any", "post /dashboard/spike", {
+    "dashboard_spike": ("pages", "post /dashboard/spike", {
         "summary": "Dev mode only: send a spike of jobs to this API's own POST /v1/jobs",
         "operationId": "dashboardSpike",
         "security": [{"operatorKey": []}, {}],
@@ -437,6 +437,8 @@ def document(roles: Set[str], server_url: str | None = None, models: Sequence[st
         schemas = {**_SCHEMAS, "JobRequest": request}
     paths: dict[str, dict[str, Any]] = {}
     served = set(roles) | ({"videos"} if videos and "read" in roles else set())
+    if {"ingress", "read"} & set(roles):  # the pages and the dashboard: not on a bridge alone
+        served.add("pages")
     for role, route, operation in _OPERATIONS.values():
         if role == "any" or role in served:
             method, path = route.split(" ", 1)
