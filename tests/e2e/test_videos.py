@@ -32,7 +32,9 @@ LINK_TTL = 4.0  # seconds: long enough to fetch a fresh link, short enough to wa
 COLD_START = 0.5  # seconds before an idle model's first frame at the simulator
 
 
-@pytest.fixture(scope="module", params=["local", "s3"])
+# The S3 store on the whole stack is in the slow tier (a second stack); the default tier runs the
+# S3 store against the same moto server through the API in tests/integration/test_videos.py.
+@pytest.fixture(scope="module", params=["local", pytest.param("s3", marks=pytest.mark.slow)])
 def stack(request: pytest.FixtureRequest, kafka_bootstrap: str,
           tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     home = tmp_path_factory.mktemp(f"videos-{request.param}")

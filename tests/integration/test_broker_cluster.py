@@ -77,6 +77,7 @@ def min_insync_replicas(admin: AdminClient, topics: Iterable[str], timeout: floa
             time.sleep(0.2)
 
 
+@pytest.mark.slow  # ~50 s: three JVMs; the chaos suite kills cluster nodes under load too
 def test_three_node_cluster_survives_a_sigkilled_node(tmp_path: Path) -> None:
     state = str(tmp_path / "cluster")
     started = floodgate("broker", "start", "--nodes", "3", "--dir", state)
