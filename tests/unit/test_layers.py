@@ -7,7 +7,7 @@ Layers, lowest first; a module may import from its own layer and the ones below 
 2. connectors: ``connectors/`` and ``floodgate/provider_config.py`` (which builds them).
 3. services: ``streams/``, ``floodgate/api``, ``floodgate/notify``, ``floodgate/sdk.py``. They do
    not import each other, except that the API hosts the outgoing webhooks (api → notify).
-4. tools: ``floodgate/cli.py``, ``devstack.py``, ``demo.py``, ``broker/``, ``bench/``.
+4. tools: ``floodgate/cli.py``, ``devstack.py``, ``demo.py``, ``broker/``, ``bench/``, ``chaos/``.
 
 Imports inside functions and under ``TYPE_CHECKING`` count too. And no module takes another's
 private (``_``-prefixed) names: what is shared is public, in the lowest layer that needs it.
@@ -38,6 +38,7 @@ PARTS = {
     "floodgate.demo": TOOLS,
     "floodgate.broker": TOOLS,
     "floodgate.bench": TOOLS,
+    "floodgate.chaos": TOOLS,
 }
 SERVICES_MAY_SHARE = {("floodgate.api", "floodgate.notify")}
 
