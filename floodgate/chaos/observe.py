@@ -22,7 +22,8 @@ class Client:
     request, so a new job) until one is answered 202; only 202s count as accepted."""
 
     api_url: str
-    model: str
+    models: tuple[str, ...]
+    """Job ``i`` asks for ``models[i % len(models)]``."""
     accepted: list[Accepted] = field(default_factory=list)
     tokens: dict[str, str] = field(default_factory=dict)
     refused: int = 0
@@ -48,7 +49,8 @@ class Client:
             await asyncio.gather(*tasks)
 
     async def _post(self, session: aiohttp.ClientSession, i: int) -> bool:
-        body = {"model": self.model, "user_id": f"u{i % 50}", "input": {"prompt": f"chaos shot {i}"}}
+        body = {"model": self.models[i % len(self.models)], "user_id": f"u{i % 50}",
+                "input": {"prompt": f"chaos shot {i}"}}
         try:
             async with session.post(f"{self.api_url}/v1/jobs", json=body) as resp:
                 if resp.status != 202:

@@ -19,7 +19,9 @@ import random
 import shutil
 import time
 from collections.abc import Callable, Coroutine
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -33,7 +35,8 @@ from floodgate.provider_config import DEV_WEBHOOK_SECRET_REF
 from floodgate.settings import Settings
 
 SIM_LIMIT_FACTOR = 5
-MODEL = "wan-2.6"
+MODELS = ("wan-2.6", "kling-2.1")
+"""The client alternates: wan-2.6 goes to wan (kling the fallback), kling-2.1 to kling alone."""
 LIMITS = {"wan": 20, "kling": 10}
 """Floodgate's limits (the routing file): the checker's bar for over-limit moments."""
 
@@ -66,6 +69,10 @@ class Run:
     stack: Stack
     client: observe.Client
     rng: random.Random
+    executor: ThreadPoolExecutor
+    """Where blocking stack operations run. It outlives the load: a child is tied to the thread
+    that started it (PR_SET_PDEATHSIG fires when that thread ends), so a restarted worker or
+    broker must not be started from a thread that ends before the scenario does."""
     faults: list[Fault] = field(default_factory=list)
     watch: observe.ResultWatch = field(default_factory=observe.ResultWatch)
     submitted: asyncio.Event = field(default_factory=asyncio.Event)
@@ -76,7 +83,7 @@ class Run:
         self.faults.append(Fault(name, time.time()))
 
     async def blocking(self, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
-        return await asyncio.to_thread(fn, *args, **kwargs)
+        return await asyncio.get_running_loop().run_in_executor(self.executor, partial(fn, *args, **kwargs))
 
     def workers(self) -> list[str]:
         return [n for n in list(self.stack.children) if n.startswith("worker-")]
@@ -215,20 +222,27 @@ async def no_fault(run: Run) -> None:
 
 # ---------------------------------------------------------------------------- the plans
 def plans(jobs: int) -> dict[str, tuple[Plan, FaultLoop]]:
-    """Every scenario, in the order ``make chaos`` runs them; ``jobs`` sizes the first one."""
+    """Every scenario, in the order ``make chaos`` runs them; ``jobs`` sizes the first one, the
+    others a tenth of it (at least 200). A single fault strikes a third into the load."""
     small = max(200, jobs // 10)
+
+    def once(plan: Plan) -> Plan:
+        plan.fault_every = max(1.0, plan.jobs / plan.rate / 3)
+        return plan
+
     return {
         "worker-kill": (Plan("worker-kill", "a random worker SIGKILLed every 10 s and restarted",
                              jobs, rate=150.0), kill_random_worker),
-        "api-kill": (Plan("api-kill", "the API (ingress + bridge) SIGKILLed twice mid-run", small, rate=60.0),
-                     kill_api),
-        "broker-restart": (Plan("broker-restart", "the single dev broker restarted under load", small, rate=60.0,
-                                own_broker=True), restart_broker),
-        "table-wipe": (Plan("table-wipe", "a worker's table directory wiped while it is down", small, rate=60.0),
-                       wipe_table_dir),
-        "hung-provider": (Plan("hung-provider", "a provider that accepts and never answers, next to a fine one",
-                               small, rate=60.0, hang_rate=0.1, job_timeout=20.0), no_fault),
-        "rebalance-storm": (Plan("rebalance-storm", "a worker joining and leaving every 5 s for a minute",
+        "api-kill": (once(Plan("api-kill", "the API (ingress + bridge) SIGKILLed at a third and two thirds of "
+                               "the load, restarted at once", small, rate=60.0)), kill_api),
+        "broker-restart": (once(Plan("broker-restart", "the single dev broker stopped under load, back 5 s later",
+                                     small, rate=60.0, own_broker=True)), restart_broker),
+        "table-wipe": (once(Plan("table-wipe", "a worker's table directory wiped while it is down", small,
+                                 rate=60.0)), wipe_table_dir),
+        "hung-provider": (Plan("hung-provider", "wan accepts one job in twenty and never answers it; "
+                               "kling, next to it, is fine", small, rate=60.0, hang_rate=0.05, job_timeout=20.0),
+                          no_fault),
+        "rebalance-storm": (Plan("rebalance-storm", "a fourth worker joining and leaving every 5 s for a minute",
                                  max(small, 3000), rate=50.0, fault_every=5.0), rebalance_storm),
         "cluster-node-kill": (Plan("cluster-node-kill", "one of three brokers SIGKILLed, back after a minute; "
                                    "then the leader of requests-0", max(small, 4000), rate=40.0, brokers=3,
@@ -251,7 +265,8 @@ def write_configs(home: Path, plan: Plan) -> tuple[Path, Path]:
     routing.write_text(json.dumps({
         "providers": {name: {"kind": "simulator", "concurrency_limit": limit, "connection": conn}
                       for name, limit in LIMITS.items()},
-        "routes": {MODEL: [{"provider": "wan"}, {"provider": "kling", "provider_model": "kling-2.1"}]},
+        "routes": {"wan-2.6": [{"provider": "wan"}, {"provider": "kling", "provider_model": "kling-2.1"}],
+                   "kling-2.1": [{"provider": "kling"}]},
     }))
     return sim, routing
 
@@ -261,7 +276,7 @@ def make_stack(plan: Plan, home: Path, kafka_bootstrap: str, prefix: str) -> Sta
     settings = Settings.from_env({}).with_overrides(
         kafka_bootstrap="" if plan.own_broker else kafka_bootstrap, topic_prefix=prefix, app_id=prefix + "app",
         partitions=6, dispatch_partitions=3, session_timeout=6.0, poll_after=5.0, job_timeout=plan.job_timeout,
-        routing_file=str(routing), cache_dir=home / "cache",
+        routing_file=str(routing),
         broker_port=free_port() if plan.own_broker else 0, broker_heap="512m")
     return Stack(settings, home, api_port=free_port(), workers=plan.workers, brokers=plan.brokers,
                  simulator_args=["--config", str(sim)])
@@ -296,9 +311,10 @@ async def drive(run: Run, faults: FaultLoop, drain_timeout: float) -> float:
 def run_scenario(plan: Plan, faults: FaultLoop, home: Path, kafka_bootstrap: str, prefix: str,
                  *, seed: int = 7) -> Verdict:
     stack = make_stack(plan, home, kafka_bootstrap, prefix)
+    executor = ThreadPoolExecutor(max_workers=4, thread_name_prefix="chaos")
     stack.start(timeout=180)
     try:
-        run = Run(plan, stack, observe.Client(stack.api_url, MODEL), random.Random(seed))
+        run = Run(plan, stack, observe.Client(stack.api_url, MODELS), random.Random(seed), executor)
         started = time.time()
         drain_timeout = plan.jobs / min(plan.rate, 80.0) + plan.job_timeout + 120
         ended = asyncio.run(drive(run, faults, drain_timeout))
@@ -316,3 +332,4 @@ def run_scenario(plan: Plan, faults: FaultLoop, home: Path, kafka_bootstrap: str
         return verdict
     finally:
         stack.stop()
+        executor.shutdown()
