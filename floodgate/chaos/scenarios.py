@@ -142,7 +142,8 @@ async def kill_api(run: Run) -> None:
 
 
 async def restart_broker(run: Run) -> None:
-    """Stop the single broker under load, start it again on the same port a few seconds later."""
+    """Stop the single broker under load, start it again on the same port 15 s later: longer than
+    the API's send timeout, so batches pending at the stop expire."""
     if await run.pause(run.plan.fault_every):
         return
     broker = run.stack.broker
@@ -150,9 +151,9 @@ async def restart_broker(run: Run) -> None:
     port = int(run.stack.bootstrap.rpartition(":")[2])
     await run.blocking(broker.stop)
     run.fault("broker stopped")
-    await asyncio.sleep(5)
+    await asyncio.sleep(15)
     await run.blocking(broker.start, port=port, detach=False)
-    run.notes.append("broker back on its port after 5 s")
+    run.notes.append("broker back on its port after 15 s.")
 
 
 async def wipe_table_dir(run: Run) -> None:
@@ -235,7 +236,7 @@ def plans(jobs: int) -> dict[str, tuple[Plan, FaultLoop]]:
                              jobs, rate=150.0), kill_random_worker),
         "api-kill": (once(Plan("api-kill", "the API (ingress + bridge) SIGKILLed at a third and two thirds of "
                                "the load, restarted at once", small, rate=60.0)), kill_api),
-        "broker-restart": (once(Plan("broker-restart", "the single dev broker stopped under load, back 5 s later",
+        "broker-restart": (once(Plan("broker-restart", "the single dev broker stopped under load, back 15 s later",
                                      small, rate=60.0, own_broker=True)), restart_broker),
         "table-wipe": (once(Plan("table-wipe", "a worker's table directory wiped while it is down", small,
                                  rate=60.0)), wipe_table_dir),
@@ -328,6 +329,9 @@ def run_scenario(plan: Plan, faults: FaultLoop, home: Path, kafka_bootstrap: str
         history.provider_jobs = asyncio.run(observe.provider_jobs(stack.simulator_url, list(LIMITS)))
         verdict = check(history)
         verdict.notes.extend(run.notes)
+        renewed = stack.children["api"].log.read_text(errors="replace").count("started a new producer")
+        if renewed:
+            verdict.notes.append(f"The API replaced its Kafka producer {renewed} time(s) (sequence refused).")
         verdict.notes.append(f"{run.client.refused} requests refused or unanswered (sent again as new jobs)")
         return verdict
     finally:

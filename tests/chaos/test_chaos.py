@@ -1,7 +1,8 @@
 """``make chaos``: every scenario of ``floodgate/chaos/scenarios.py`` against real processes, one
 report row each in ``chaos/results/<ts>/``; a scenario passes when the checker's bar is met.
 
-``CHAOS_JOBS`` sizes the worker-kill scenario (20,000 by default; the others scale from it).
+``CHAOS_JOBS`` sizes the worker-kill scenario (20,000 by default; the others scale from it);
+``CHAOS_RESULTS`` adds the rows to an existing results directory.
 """
 from __future__ import annotations
 
@@ -22,7 +23,9 @@ ROOT = Path(__file__).resolve().parents[2]
 
 @pytest.fixture(scope="session")
 def results_dir() -> Path:
-    return ROOT / "chaos" / "results" / time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
+    """``CHAOS_RESULTS`` names a directory to add rows to (a rerun of some scenarios)."""
+    named = os.environ.get("CHAOS_RESULTS")
+    return Path(named) if named else ROOT / "chaos" / "results" / time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
 
 
 @pytest.mark.parametrize("name", list(plans(JOBS)))
