@@ -14,6 +14,7 @@ the checker counting it.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import random
 import shutil
@@ -30,6 +31,7 @@ from floodgate.broker.local import LocalBroker
 from floodgate.chaos import observe
 from floodgate.chaos.checker import Fault, History, Verdict, check
 from floodgate.devstack import Stack
+from floodgate.errors import FloodgateError
 from floodgate.procs import free_port
 from floodgate.provider_config import DEV_WEBHOOK_SECRET_REF
 from floodgate.settings import Settings
@@ -170,21 +172,37 @@ async def wipe_table_dir(run: Run) -> None:
 
 
 async def rebalance_storm(run: Run) -> None:
-    """For a minute, every 5 s a fourth worker joins or the newest extra one leaves (SIGTERM)."""
+    """For a minute, every ``fault_every`` s, in turn a new worker joins or the oldest extra one
+    leaves (SIGTERM); neither waits for the other, so the group never settles."""
     end = time.monotonic() + 60
-    extra = run.plan.workers
-    while time.monotonic() < end:
-        if await run.pause(run.plan.fault_every):
-            break
-        name = f"worker-{extra}"
-        if name in run.stack.children:
-            await run.blocking(run.stack.stop_child, name)
-            run.fault(f"{name} left")
-        else:
-            await run.blocking(run.stack.start_worker, extra)
+    extras: list[str] = []
+    pending: set[asyncio.Task[Any]] = set()
+    index, join = run.plan.workers, True
+
+    async def start(name: str) -> None:
+        # Told to leave before it was ready: a leave like any other.
+        with contextlib.suppress(FloodgateError):
+            await run.blocking(run.stack.start_worker, int(name.rpartition("-")[2]), timeout=300)
+
+    next_at = time.monotonic() + run.plan.fault_every
+    while time.monotonic() < end and not await run.pause(next_at - time.monotonic()):
+        next_at += run.plan.fault_every
+        if join or not extras:
+            name = f"worker-{index}"
+            index += 1
+            extras.append(name)
+            task = asyncio.create_task(start(name))
             run.fault(f"{name} joined")
-    if f"worker-{extra}" in run.stack.children:
-        await run.blocking(run.stack.stop_child, f"worker-{extra}")
+        else:
+            name = extras.pop(0)
+            task = asyncio.create_task(run.blocking(run.stack.stop_child, name))
+            run.fault(f"{name} left")
+        join = not join
+        pending.add(task)
+        task.add_done_callback(pending.discard)
+    await asyncio.gather(*pending)
+    for name in extras:
+        await run.blocking(run.stack.stop_child, name)
 
 
 async def kill_cluster_nodes(run: Run) -> None:
@@ -243,7 +261,7 @@ def plans(jobs: int) -> dict[str, tuple[Plan, FaultLoop]]:
         "hung-provider": (Plan("hung-provider", "wan accepts one job in twenty and never answers it; "
                                "kling, next to it, is fine", small, rate=60.0, hang_rate=0.05, job_timeout=20.0),
                           no_fault),
-        "rebalance-storm": (Plan("rebalance-storm", "a fourth worker joining and leaving every 5 s for a minute",
+        "rebalance-storm": (Plan("rebalance-storm", "every 5 s for a minute, a worker joins or one of those leaves",
                                  max(small, 3000), rate=50.0, fault_every=5.0), rebalance_storm),
         "cluster-node-kill": (Plan("cluster-node-kill", "one of three brokers SIGKILLed, back after a minute; "
                                    "then the leader of requests-0", max(small, 4000), rate=40.0, brokers=3,
@@ -312,7 +330,7 @@ async def drive(run: Run, faults: FaultLoop, drain_timeout: float) -> float:
 def run_scenario(plan: Plan, faults: FaultLoop, home: Path, kafka_bootstrap: str, prefix: str,
                  *, seed: int = 7) -> Verdict:
     stack = make_stack(plan, home, kafka_bootstrap, prefix)
-    executor = ThreadPoolExecutor(max_workers=4, thread_name_prefix="chaos")
+    executor = ThreadPoolExecutor(max_workers=8, thread_name_prefix="chaos")
     stack.start(timeout=180)
     try:
         run = Run(plan, stack, observe.Client(stack.api_url, MODELS), random.Random(seed), executor)
