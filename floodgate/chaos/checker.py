@@ -12,7 +12,8 @@ Definitions (the README's "Chaos suite" repeats them for readers of the report):
 - *lost*: answered 202 and then unknown to Floodgate: not in the requests topic, no result, and
   the final GET finds nothing.
 - *stuck*: known, yet not terminal (no result record, final GET not terminal) when the run ended,
-  which is past every job's deadline (the run waits out the job timeout before it checks).
+  which is past every job's deadline (the run ends only when every job is terminal or none has
+  ended for the job timeout plus a minute).
 - *duplicated*: more than one provider job created for one Floodgate job attempt (the attempt is
   the provider's Idempotency-Key, ``<job_id>:<attempt>``).
 - *over-limit moments*: provider job creations that took the provider's count of unfinished jobs

@@ -128,6 +128,7 @@ class ResultWatch:
 
     results: list[ResultRecord] = field(default_factory=list)
     terminal: set[str] = field(default_factory=set)
+    last_progress: float = field(default_factory=time.monotonic)
 
     def record(self, key: bytes | None, value: bytes, headers: object, at: float) -> None:
         snapshot = codec.decode("JobSnapshot", value, headers)  # type: ignore[arg-type]
@@ -135,10 +136,18 @@ class ResultWatch:
         self.results.append(ResultRecord(job_id, snapshot["status"], at))
         if snapshot["status"] in TERMINAL:
             self.terminal.add(job_id)
+            self.last_progress = time.monotonic()
 
-    def wait(self, bootstrap: str, topic: str, expected: Callable[[], set[str]], timeout: float) -> None:
-        read_topic(bootstrap, topic, until=lambda: expected() <= self.terminal, timeout=timeout,
-                   on_record=self.record)
+    def wait(self, bootstrap: str, topic: str, expected: Callable[[], set[str]], *, idle: float,
+             timeout: float) -> None:
+        """Until every expected job is terminal, or no job has become terminal for ``idle``
+        seconds (the rest are stuck), or ``timeout`` in all."""
+        self.last_progress = time.monotonic()
+
+        def done() -> bool:
+            return expected() <= self.terminal or time.monotonic() - self.last_progress > idle
+
+        read_topic(bootstrap, topic, until=done, timeout=timeout, on_record=self.record)
 
 
 def request_ids(bootstrap: str, topic: str) -> set[str]:

@@ -117,8 +117,9 @@ async def kill_random_worker(run: Run) -> None:
         finally:
             starting.discard(name)
 
+    kills = 0
     next_kill = time.monotonic() + run.plan.fault_every
-    while not await run.pause(next_kill - time.monotonic()):
+    while kills < run.plan.extra.get("kills", float("inf")) and not await run.pause(next_kill - time.monotonic()):
         next_kill += run.plan.fault_every
         ready = [n for n in run.workers() if n not in starting]
         if not ready:
@@ -126,6 +127,7 @@ async def kill_random_worker(run: Run) -> None:
         name = observe.pick(run.rng, ready)
         await run.blocking(run.stack.kill, name)
         run.fault(f"SIGKILL {name}")
+        kills += 1
         starting.add(name)
         task = asyncio.create_task(restart(name))
         restarts.add(task)
@@ -315,7 +317,7 @@ async def drive(run: Run, faults: FaultLoop, drain_timeout: float) -> float:
                 return {"(still submitting)"}
             return {a.job_id for a in run.client.accepted}
         await asyncio.to_thread(run.watch.wait, stack.bootstrap, stack.settings.topic("results"), expected,
-                                drain_timeout)
+                                idle=plan.job_timeout + 60, timeout=drain_timeout)
         run.drained.set()
 
     watcher = asyncio.create_task(watch())
@@ -335,7 +337,9 @@ def run_scenario(plan: Plan, faults: FaultLoop, home: Path, kafka_bootstrap: str
     try:
         run = Run(plan, stack, observe.Client(stack.api_url, MODELS), random.Random(seed), executor)
         started = time.time()
-        drain_timeout = plan.jobs / min(plan.rate, 80.0) + plan.job_timeout + 120
+        # A stall longer than the job timeout (plus a minute) ends the wait; the hard cap only
+        # guards against a run that crawls forever.
+        drain_timeout = plan.jobs / plan.rate * 10 + plan.job_timeout + 600
         ended = asyncio.run(drive(run, faults, drain_timeout))
         history = History(plan.name, accepted=list(run.client.accepted), faults=list(run.faults),
                           limits=dict(LIMITS), started_at=started, ended_at=ended)
