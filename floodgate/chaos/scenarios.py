@@ -32,7 +32,7 @@ from floodgate.chaos import observe
 from floodgate.chaos.checker import Fault, History, Verdict, check
 from floodgate.devstack import Stack
 from floodgate.errors import FloodgateError
-from floodgate.procs import free_port
+from floodgate.procs import free_port, port_in_use
 from floodgate.provider_config import DEV_WEBHOOK_SECRET_REF
 from floodgate.settings import Settings
 
@@ -236,7 +236,7 @@ def plans(jobs: int) -> dict[str, tuple[Plan, FaultLoop]]:
         return plan
 
     return {
-        "worker-kill": (Plan("worker-kill", "a random worker SIGKILLed every 10 s and restarted",
+        "worker-kill": (Plan("worker-kill", "a random worker SIGKILLed and restarted, the next 10 s after it is back",
                              jobs, rate=150.0), kill_random_worker),
         "api-kill": (once(Plan("api-kill", "the API (ingress + bridge) SIGKILLed at a third and two thirds of "
                                "the load, restarted at once", small, rate=60.0)), kill_api),
@@ -276,13 +276,25 @@ def write_configs(home: Path, plan: Plan) -> tuple[Path, Path]:
     return sim, routing
 
 
+def quiet_ports(count: int) -> int:
+    """The first of ``count`` free consecutive ports below Linux's ephemeral range (32768 up): a
+    broker restarted a minute after its kill must find its port free, and in the ephemeral range
+    any outgoing connection may have taken it meanwhile (seen: "Address already in use")."""
+    rng = random.Random()
+    for _ in range(200):
+        first = rng.randrange(20000, 32000 - count)
+        if not any(port_in_use(first + i) for i in range(count)):
+            return first
+    return free_port()
+
+
 def make_stack(plan: Plan, home: Path, kafka_bootstrap: str, prefix: str) -> Stack:
     sim, routing = write_configs(home, plan)
     settings = Settings.from_env({}).with_overrides(
         kafka_bootstrap="" if plan.own_broker else kafka_bootstrap, topic_prefix=prefix, app_id=prefix + "app",
         partitions=6, dispatch_partitions=3, session_timeout=6.0, poll_after=5.0, job_timeout=plan.job_timeout,
         routing_file=str(routing),
-        broker_port=free_port() if plan.own_broker else 0, broker_heap="512m")
+        broker_port=quiet_ports(plan.brokers) if plan.own_broker else 0, broker_heap="512m")
     return Stack(settings, home, api_port=free_port(), workers=plan.workers, brokers=plan.brokers,
                  simulator_args=["--config", str(sim)])
 
