@@ -1,5 +1,5 @@
 # The two commands a fresh machine needs (see README): `make demo` and `make test`.
-.PHONY: demo test test-fast test-all lint bench bootstrap broker-start broker-stop
+.PHONY: demo test test-fast test-all lint bench chaos bootstrap broker-start broker-stop
 
 # Extras installed into .venv (dev/bootstrap.sh): dev tools everywhere; matplotlib (the bench extra)
 # where plots are drawn (`make bench`, the test runs that include the bench smoke test) and where
@@ -22,7 +22,14 @@ test-fast: bootstrap
 	.venv/bin/python -m pytest -q tests/unit
 
 test-all: bootstrap
-	.venv/bin/python -m pytest -q
+	.venv/bin/python -m pytest -q -m "not chaos"
+
+# The chaos suite (README, "Chaos suite"): every scenario on real processes, a report in
+# chaos/results/<ts>/. CHAOS_JOBS sizes the worker-kill scenario (the others scale from it).
+CHAOS_JOBS ?= 20000
+chaos: export CHAOS_JOBS := $(CHAOS_JOBS)
+chaos: bootstrap
+	.venv/bin/python -m pytest -q -m chaos tests/chaos $(CHAOS_ARGS)
 
 # ruff and mypy, configured in pyproject.toml; seconds, no broker.
 lint: bootstrap

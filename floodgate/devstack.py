@@ -30,6 +30,8 @@ class Child:
     name: str
     proc: subprocess.Popen[bytes]
     log: Path
+    log_start: int = 0
+    """Where this run's output begins in ``log``: a restarted child appends to its predecessor's."""
 
     def tail(self, lines: int = 30) -> str:
         try:
@@ -67,12 +69,7 @@ class Stack:
                 "simulator", [sys.executable, "-m", "connectors.simulator", "--host", "127.0.0.1",
                               "--port", str(self.simulator_port), *self.simulator_args], "simulator=", timeout)
             self.metrics_urls["simulator"] = f"{self.simulator_url}/metrics"
-            # Port 0: the API binds a free port itself and reports it (no pick-then-bind race).
-            self.api_url = self._spawn_with_url(
-                "api",
-                [sys.executable, "-m", "floodgate.cli", "api", "--host", "127.0.0.1", "--port", str(self.api_port)],
-                "api=", timeout)
-            self.metrics_urls["api"] = f"{self.api_url}/metrics"
+            self.start_api(timeout=timeout)
             for i in range(self.workers):
                 self.start_worker(i, timeout=timeout)
         except BaseException:
@@ -131,15 +128,27 @@ class Stack:
         log = self.home / "logs" / f"{name}.log"
         log.parent.mkdir(parents=True, exist_ok=True)
         with open(log, "ab") as out:
+            start = out.tell()
             proc = subprocess.Popen(argv, env={**self.env(), **env}, stdout=out, stderr=subprocess.STDOUT,
                                     stdin=subprocess.DEVNULL, preexec_fn=die_with_parent)
-        child = self.children[name] = Child(name, proc, log)
+        child = self.children[name] = Child(name, proc, log, start)
         return child
 
     def _spawn_with_url(self, name: str, argv: list[str], marker: str, timeout: float) -> str:
         child = self._spawn(name, argv)
         line = _wait_for_line(child, marker, timeout)
         return line[line.index(marker) + len(marker):].split()[0]
+
+    def start_api(self, *, timeout: float = 120.0) -> Child:
+        """Start (or, after ``kill("api")``, restart) the API. Port 0: it binds a free port itself and
+        reports it (no pick-then-bind race); a restart with a fixed ``api_port`` keeps its address,
+        which the workers hand to providers as the webhook base."""
+        self.api_url = self._spawn_with_url(
+            "api",
+            [sys.executable, "-m", "floodgate.cli", "api", "--host", "127.0.0.1", "--port", str(self.api_port)],
+            "api=", timeout)
+        self.metrics_urls["api"] = f"{self.api_url}/metrics"
+        return self.children["api"]
 
     def start_worker(self, index: int = 0, *, timeout: float = 120.0) -> Child:
         name = f"worker-{index}"
@@ -192,7 +201,10 @@ def _wait_for_line(child: Child, marker: str, timeout: float) -> str:
     deadline = time.monotonic() + timeout
     while True:
         try:
-            for line in child.log.read_text(errors="replace").splitlines():
+            with open(child.log, "rb") as f:
+                f.seek(child.log_start)
+                text = f.read().decode(errors="replace")
+            for line in text.splitlines():
                 # Faust routes a worker's stdout through its logger, so the marker may be prefixed.
                 if marker in line:
                     return line

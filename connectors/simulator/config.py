@@ -79,6 +79,7 @@ class ProviderConfig:
     cold_start: float = 0.0
     idle_after: float = 300.0
     failure_rate: float = 0.0
+    hang_rate: float = 0.0  # accepted, then never rendered, answered or announced by webhook
     outages: tuple[tuple[float, float], ...] = ()  # [start, end) since server start
     webhook_secret: str = field(default=DEV_WEBHOOK_SECRET, repr=False)
     duplicate_rate: float = 0.0
@@ -92,7 +93,7 @@ class ProviderConfig:
     jwt_secret: str = field(default=DEV_JWT_SECRET, repr=False)  # Kling: the secret key its JWTs are signed with
 
     def __post_init__(self) -> None:
-        for name in ("failure_rate", "duplicate_rate", "reorder_rate", "drop_rate"):
+        for name in ("failure_rate", "hang_rate", "duplicate_rate", "reorder_rate", "drop_rate"):
             value = getattr(self, name)
             if not 0.0 <= value <= 1.0:
                 raise ConfigError(f"{name} must be between 0 and 1, got {value}")

@@ -45,7 +45,13 @@ class Job:
     request: CreateRequest
     created_at: float
     will_fail: bool
+    will_hang: bool = False
+    """Accepted and then never answered: no render, no webhook, queued until cancelled."""
+    idempotency_key: str | None = None
+    """The key the job was created under: which client attempt it belongs to (chaos checker)."""
     status: str = "queued"
+    delivered: list[str] = field(default_factory=list)
+    """Ids of the webhook events the receiver answered with a 2xx: what it promised to keep."""
     render_started: float | None = None
     render_seconds: float | None = None
     cold_seconds: float = 0.0  # wall seconds of render_seconds spent booting, before the first frame

@@ -10,7 +10,9 @@ Routes (per simulated provider ``{p}``)::
     GET  /metrics                        the same per-provider counters for Prometheus
     POST /_admin/reset                   forget jobs and counters
     POST /_admin/{p}/outage              {"seconds": n} start an outage now; 0 ends it
-    GET  /_admin/{p}/jobs                every job's id, status and wall-clock created_at / completed_at
+    GET  /_admin/{p}/jobs                every job's id, status, wall-clock created_at / completed_at,
+                                         Idempotency-Key, the client's metadata.job_id and
+                                         the webhook event ids answered 2xx
 
 A provider whose ``dialect`` is not ``openai`` is served instead under ``/{p}/...`` in its real
 provider's shapes (``connectors/simulator/dialects``), by ``dialect_request``.
@@ -127,6 +129,8 @@ class Simulator:
 
     async def _run_job(self, name: str, job: Job) -> None:
         state, dispatcher = self.states[name], self.dispatchers[name]
+        if job.will_hang:
+            return  # stays queued, silent, holding its slot, until the client cancels it
         await asyncio.sleep(state.queue_delay())
         if not state.may_render(job):
             async with self.freed[name]:
@@ -313,13 +317,16 @@ async def admin_outage(request: web.Request) -> web.Response:
 @_refusable
 async def admin_jobs(request: web.Request) -> web.Response:
     """Read-only: when each job was created and finished (``time.time()`` seconds), oldest first —
-    what the bench pairs with the bridge's webhook stamps to time a slot's handover."""
+    what the bench pairs with the bridge's webhook stamps to time a slot's handover — and which
+    client job and attempt it was for (its Idempotency-Key, ``metadata.job_id``), what the chaos
+    checker counts duplicates by."""
     _, name, state = _provider(request)
     jobs = sorted(state.jobs.values(), key=lambda job: job.created_at)
-    return _json({"provider": name, "jobs": [{"id": job.id, "status": job.status, "created_at": job.created_at,
-                                              "completed_at": job.completed_at, "model": job.request.model,
-                                              "prompt": job.request.prompt, "params": dict(job.request.params)}
-                                             for job in jobs]})
+    return _json({"provider": name, "jobs": [
+        {"id": job.id, "status": job.status, "created_at": job.created_at, "completed_at": job.completed_at,
+         "model": job.request.model, "prompt": job.request.prompt, "params": dict(job.request.params),
+         "idempotency_key": job.idempotency_key, "job_id": job.request.metadata.get("job_id"),
+         "webhooks_delivered": job.delivered} for job in jobs]})
 
 
 def _reply(reply: Reply) -> web.Response:

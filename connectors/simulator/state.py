@@ -135,6 +135,8 @@ class ProviderState:
             request=request,
             created_at=self._wall(),
             will_fail=self.rng.random() < self.config.failure_rate,
+            will_hang=self.config.hang_rate > 0 and self.rng.random() < self.config.hang_rate,
+            idempotency_key=idempotency_key,
         )
         self.jobs[job.id] = job
         if idempotency_key is not None:

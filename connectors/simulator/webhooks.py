@@ -121,6 +121,7 @@ class WebhookDispatcher:
                     await response.read()
                     if 200 <= response.status <= 299:
                         self.state.count(job.api_key, "webhooks_sent")
+                        job.delivered.append(event_id)
                         return
                     log.debug("webhook %s to %s: HTTP %s", event_id, url, response.status)
             except (aiohttp.ClientError, TimeoutError) as exc:

@@ -359,6 +359,36 @@ async def test_admin_jobs_lists_creation_and_completion_times() -> None:
     assert before <= seen["created_at"] <= seen["completed_at"] <= time.time()
 
 
+async def test_admin_jobs_names_each_jobs_attempt_and_the_webhooks_answered() -> None:
+    async with run_receiver() as receiver, run_simulator(one()) as sim, aiohttp.ClientSession() as http:
+        async with http.post(f"{sim.url}/sora/v1/videos", json=body(webhook_url=receiver.url),
+                             headers=auth(idempotency_key="job-1:0")) as r:
+            assert r.status == 200
+        await until(lambda: len(receiver.deliveries) == 2)
+        async with http.get(f"{sim.url}/_admin/sora/jobs") as r:
+            [seen] = (await r.json())["jobs"]
+    assert (seen["job_id"], seen["idempotency_key"]) == ("job-1", "job-1:0")
+    assert seen["webhooks_delivered"] == [d.headers["webhook-id"] for d in receiver.deliveries]
+
+
+async def test_a_hanging_provider_accepts_and_then_never_answers() -> None:
+    async with run_receiver() as receiver, run_simulator(one(hang_rate=1.0)) as sim, \
+            aiohttp.ClientSession() as http:
+        job = await create(http, sim.url, webhook_url=receiver.url)
+        healthy = SimulatorConfig(providers={"sora": fast()}, seed=7)
+        async with run_simulator(healthy) as fine:
+            await create(http, fine.url, webhook_url=receiver.url)
+            await until(lambda: len(receiver.deliveries) == 2)  # the healthy one's two events
+        async with http.get(f"{sim.url}/sora/v1/videos/{job['id']}", headers=auth()) as r:
+            assert (await r.json())["status"] == "queued"
+        assert sim.stats()["providers"]["sora"]["in_flight"] == 1  # it still holds its slot
+        async with http.post(f"{sim.url}/sora/v1/videos/{job['id']}/cancel", headers=auth()) as r:
+            assert (await r.json())["status"] == "cancelled"
+    assert all(orjson.loads(d.body)["data"]["id"] != job["id"] for d in receiver.deliveries)
+    with pytest.raises(ConfigError, match="hang_rate"):
+        fast(hang_rate=1.5)
+
+
 async def test_presets_and_config_loading(tmp_path: Path) -> None:
     assert set(dev_config().providers) == {"sora", "kling", "wan"}
     assert all(p.concurrency_limit == 10 for p in dev_config().providers.values())

@@ -8,7 +8,7 @@ Layers, lowest first; a module may import from its own layer and the ones below 
 3. services: ``streams/``, ``floodgate/api``, ``floodgate/notify``, ``floodgate/videos``,
    ``floodgate/sdk.py``. They do not import each other, except that the API hosts the outgoing
    webhooks and the video copier (api → notify, api → videos).
-4. tools: ``floodgate/cli.py``, ``devstack.py``, ``demo.py``, ``broker/``, ``bench/``.
+4. tools: ``floodgate/cli.py``, ``devstack.py``, ``demo.py``, ``broker/``, ``bench/``, ``chaos/``.
 
 Imports inside functions and under ``TYPE_CHECKING`` count too. And no module takes another's
 private (``_``-prefixed) names: what is shared is public, in the lowest layer that needs it.
@@ -41,6 +41,7 @@ PARTS = {
     "floodgate.broker": TOOLS,
     "floodgate.bench": TOOLS,
     "floodgate.ops": TOOLS,
+    "floodgate.chaos": TOOLS,
 }
 SERVICES_MAY_SHARE = {("floodgate.api", "floodgate.notify"), ("floodgate.api", "floodgate.videos")}
 
