@@ -6,6 +6,7 @@ from __future__ import annotations
 import ctypes
 import gc
 import os
+import random
 import signal
 import socket
 from pathlib import Path
@@ -87,4 +88,16 @@ def freeze_heap() -> None:
     gc.freeze()
 
 
-__all__ = ["bind_socket", "die_with_parent", "free_port", "freeze_heap", "pid_alive", "port_in_use"]
+def quiet_ports(count: int) -> int:
+    """The first of ``count`` free consecutive ports below Linux's ephemeral range (32768 up): a
+    broker restarted a minute after its kill must find its port free, and in the ephemeral range
+    any outgoing connection may have taken it meanwhile (seen: "Address already in use")."""
+    rng = random.Random()
+    for _ in range(200):
+        first = rng.randrange(20000, 32000 - count)
+        if not any(port_in_use(first + i) for i in range(count)):
+            return first
+    raise OSError(f"no {count} free consecutive ports found below the ephemeral range")
+
+
+__all__ = ["bind_socket", "die_with_parent", "free_port", "freeze_heap", "pid_alive", "port_in_use", "quiet_ports"]

@@ -16,7 +16,7 @@ from pathlib import Path
 from floodgate.broker.local import BrokerInfo, LocalBroker, new_cluster_id
 from floodgate.errors import BrokerError
 from floodgate.kafka_admin import cluster_replication
-from floodgate.procs import free_port, port_in_use
+from floodgate.procs import port_in_use, quiet_ports
 
 # A node's heap: see README ("Local broker"). Three nodes at 512 MiB take less than two single
 # brokers at the default 1 GiB, and a loopback cluster carrying test and demo traffic never
@@ -132,13 +132,16 @@ class LocalCluster:
         raise AssertionError("unreachable")
 
     def _record(self, port: int) -> None:
+        # Recorded ports are reused when a node restarts, maybe a minute after it died: drawn below
+        # the ephemeral range, where no outgoing connection can have taken them meanwhile.
         ports = {}
+        drawn = quiet_ports(2 * self.size)
         for i in range(1, self.size + 1):
-            listener = port + i - 1 if port else free_port()
+            listener = port + i - 1 if port else drawn + i - 1
             if port and port_in_use(listener):
                 raise BrokerError(f"port {listener} (node {i}) is already in use by another process; "
                                   "choose another with --port")
-            ports[str(i)] = {"port": listener, "controller_port": free_port()}
+            ports[str(i)] = {"port": listener, "controller_port": drawn + self.size + i - 1}
         self.home.mkdir(parents=True, exist_ok=True)
         self._state_file.write_text(json.dumps({"cluster_id": new_cluster_id(), "nodes": ports}, indent=1))
 

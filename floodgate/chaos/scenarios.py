@@ -32,7 +32,7 @@ from floodgate.chaos import observe
 from floodgate.chaos.checker import Fault, History, Verdict, check
 from floodgate.devstack import Stack
 from floodgate.errors import FloodgateError
-from floodgate.procs import free_port, port_in_use
+from floodgate.procs import free_port, quiet_ports
 from floodgate.provider_config import DEV_WEBHOOK_SECRET_REF
 from floodgate.settings import Settings
 
@@ -274,18 +274,6 @@ def write_configs(home: Path, plan: Plan) -> tuple[Path, Path]:
                    "kling-2.1": [{"provider": "kling"}]},
     }))
     return sim, routing
-
-
-def quiet_ports(count: int) -> int:
-    """The first of ``count`` free consecutive ports below Linux's ephemeral range (32768 up): a
-    broker restarted a minute after its kill must find its port free, and in the ephemeral range
-    any outgoing connection may have taken it meanwhile (seen: "Address already in use")."""
-    rng = random.Random()
-    for _ in range(200):
-        first = rng.randrange(20000, 32000 - count)
-        if not any(port_in_use(first + i) for i in range(count)):
-            return first
-    return free_port()
 
 
 def make_stack(plan: Plan, home: Path, kafka_bootstrap: str, prefix: str) -> Stack:
