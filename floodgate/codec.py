@@ -321,6 +321,8 @@ def _normalized(record: Mapping[str, Any]) -> NormalizedRequest:
         webhook_url=record["webhook_url"],
         metadata=record["metadata"],
         push=target_of_request(record),
+        priority=record.get("priority") or "standard",
+        deadline_s=record.get("deadline_s"),
     )
 
 

@@ -21,7 +21,7 @@ from floodgate.jobs.record import decode_notification
 from floodgate.settings import Settings
 
 MODELS = ("wan-2.6", "kling-2.1", "sora-2")
-TERMINAL = {"completed", "failed", "cancelled"}
+TERMINAL = {"completed", "failed", "cancelled", "expired"}
 
 
 def percentile(values: list[float], q: float) -> float:

@@ -47,6 +47,12 @@ class Order:
     """Providers already tried for this job, in order."""
     webhook_url: str | None = None
     metadata: Mapping[str, str] = field(default_factory=dict)
+    priority: str = "standard"
+    deadline_at: int | None = None
+    """Epoch milliseconds past which the order is never submitted (its job ends ``expired``)."""
+
+    def expired(self, now_ms: float) -> bool:
+        return self.deadline_at is not None and now_ms >= self.deadline_at
 
     @classmethod
     def from_record(cls, rec: Mapping[str, Any]) -> Order:
@@ -55,14 +61,16 @@ class Order:
             provider_model=rec["provider_model"], prompt=rec["prompt"], attempt=int(rec["attempt"]),
             queued_at=int(rec["queued_at"]), image_url=rec.get("image_url"), params=dict(rec.get("params") or {}),
             tried=tuple(rec.get("tried") or ()), webhook_url=rec.get("webhook_url"),
-            metadata=dict(rec.get("metadata") or {}))
+            metadata=dict(rec.get("metadata") or {}), priority=rec.get("priority") or "standard",
+            deadline_at=rec.get("deadline_at"))
 
     def to_record(self) -> dict[str, Any]:
         return {
             "job_id": self.job_id, "tenant": self.tenant, "model": self.model, "provider": self.provider,
             "provider_model": self.provider_model, "prompt": self.prompt, "image_url": self.image_url,
             "params": dict(self.params), "attempt": self.attempt, "tried": list(self.tried),
-            "queued_at": self.queued_at, "webhook_url": self.webhook_url, "metadata": dict(self.metadata)}
+            "queued_at": self.queued_at, "webhook_url": self.webhook_url, "metadata": dict(self.metadata),
+            "priority": self.priority, "deadline_at": self.deadline_at}
 
     def moved_to(self, provider: str, provider_model: str) -> Order:
         """This order's next attempt, at ``provider``, with this provider counted as tried."""

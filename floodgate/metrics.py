@@ -179,6 +179,9 @@ class WorkerMetrics(_Group):
         self.timeouts = self._counter(
             "floodgate_provider_timeouts_total", "In-flight jobs failed after FLOODGATE_JOB_TIMEOUT.",
             ["provider"])
+        self.expired = self._counter(
+            "floodgate_jobs_expired_total", "Jobs whose deadline passed while they waited: never submitted.",
+            ["provider"])
         self.webhooks = self._counter(
             "floodgate_webhooks_normalised_total", "Provider webhooks turned into job events (duplicates dropped).",
             ["provider"])
@@ -211,7 +214,7 @@ class WorkerMetrics(_Group):
         """Create the provider's series at zero, so dashboards see them before the first job."""
         for metric in (self.inflight, self.concurrency_limit, self.breaker_open, self.submissions,
                        self.rate_limited, self.retries, self.reroutes, self.polls, self.timeouts, self.webhooks,
-                       self.queue_depth):
+                       self.queue_depth, self.expired):
             metric.labels(name)
 
 

@@ -162,6 +162,20 @@ class Settings:
     job_timeout: float = 900.0
     """Seconds after submission before an in-flight job is failed and its slot freed."""
 
+    # --- The waiting line: fairness, priority, deadlines ---------------------------------------
+    tenant_weights: str = ""
+    """Comma-separated tenant=weight pairs: each tenant's share of a provider's capacity while
+    several wait (weights are relative; a tenant not listed weighs 1)."""
+    priority_grants: str = ""
+    """Comma-separated tenants whose API keys may ask for priority high (standard and low are
+    open to all)."""
+    default_deadline_s: int = 0
+    """Deadline of a request that names none (deadline_s): seconds after acceptance past which a
+    job still waiting ends expired, unsubmitted. 0: no deadline."""
+    fair_window: int = 20_000
+    """Orders a provider's dispatcher reads ahead into its fair line while its slots are full: a
+    tenant's burst larger than this is served in arrival order beyond it. Memory: about 1 KB each."""
+
     # --- Push to phones (requests with notify.push) ------------------------------------------
     fcm_service_account: Secret = field(default_factory=lambda: Secret(""))
     """Firebase service-account key (JSON) for push via FCM: a file path, env:NAME, or the JSON. Empty: FCM off."""
@@ -222,6 +236,23 @@ class Settings:
     @property
     def webhook_secret_map(self) -> dict[str, str]:
         return _pairs(self.webhook_secrets.reveal(), "FLOODGATE_WEBHOOK_SECRETS")
+
+    @property
+    def tenant_weight_map(self) -> dict[str, float]:
+        weights = {}
+        for tenant, raw in _pairs(self.tenant_weights, "FLOODGATE_TENANT_WEIGHTS").items():
+            try:
+                weight = float(raw)
+            except ValueError:
+                weight = 0.0
+            if not weight > 0 or weight == float("inf"):
+                raise ConfigError(f"FLOODGATE_TENANT_WEIGHTS: the weight of {tenant!r} must be a positive number")
+            weights[tenant] = weight
+        return weights
+
+    @property
+    def priority_grant_set(self) -> frozenset[str]:
+        return frozenset(filter(None, (t.strip() for t in self.priority_grants.split(","))))
 
     @property
     def push_platforms(self) -> frozenset[str]:
@@ -300,6 +331,9 @@ class Settings:
                 raise ConfigError(f"{PREFIX}{name.upper()} must be at least 1")
         if self.upload_ttl <= 0:
             raise ConfigError(f"{PREFIX}UPLOAD_TTL must be positive")
+        if self.default_deadline_s < 0 or self.fair_window < 1:
+            raise ConfigError(f"{PREFIX}DEFAULT_DEADLINE_S must be >= 0 and {PREFIX}FAIR_WINDOW >= 1")
+        self.tenant_weight_map  # noqa: B018 - parse now, fail early
         for name in ("session_timeout", "ws_ping_interval", "ws_idle_timeout"):
             if getattr(self, name) <= 0:
                 raise ConfigError(f"{PREFIX}{name.upper()} must be positive")

@@ -2,8 +2,6 @@
 
 * ``partition_share`` / ``SlotPool``: a provider's concurrency limit split across
   dispatch partitions, and the in-flight accounting of one partition.
-* ``WaitingLine``: the orders of one partition waiting for a slot, and when to pause and resume
-  fetching that partition so the backlog stays in Kafka.
 * ``TokenBucket``: a requests-per-second limit.
 * ``parse_retry_after`` / ``Backoff`` / ``retry_delay``: when to try again.
 * ``CircuitBreaker``: when to stop sending to a provider and fall back.
@@ -14,16 +12,13 @@ from __future__ import annotations
 import math
 import random
 import re
-from collections import deque
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from enum import StrEnum
-from typing import Generic, Literal, TypeVar
+from typing import Literal
 
 from floodgate.errors import ConfigError
-
-T = TypeVar("T")
 
 MAX_RETRY_AFTER = 600.0
 """Upper bound on a provider's Retry-After: a misconfigured provider must not park a job for a day."""
@@ -106,70 +101,6 @@ class SlotPool:
         """
         self._held = set(job_ids)
 
-
-
-class WaitingLine(Generic[T]):
-    """Orders of one partition waiting for a slot, oldest first.
-
-    ``push`` says when the line has reached ``high`` (pause fetching the partition: the rest of
-    the backlog should wait in Kafka, not here) and ``resume_due`` says, once, when it has drained
-    to half of that (fetch again, early enough that the line never runs dry while slots are free).
-    """
-
-    def __init__(self, high: int) -> None:
-        """Raises ``ConfigError`` if ``high`` is not an integer >= 1."""
-        self.high = _int_at_least("high", high)
-        self.low = high // 2
-        self._items: deque[T] = deque()
-        self._paused = False
-
-    def __len__(self) -> int:
-        return len(self._items)
-
-    @property
-    def paused(self) -> bool:
-        return self._paused
-
-    def push(self, item: T) -> bool:
-        """Queue ``item``; True while the line is at or above ``high`` (pause, or stay paused)."""
-        self._items.append(item)
-        if len(self._items) >= self.high:
-            self._paused = True
-            return True
-        return False
-
-    def push_front(self, item: T) -> None:
-        """Put ``item`` back at the head (it was popped but could not go after all): it stays first."""
-        self._items.appendleft(item)
-
-    def peek(self) -> T | None:
-        return self._items[0] if self._items else None
-
-    def pop(self) -> T | None:
-        return self._items.popleft() if self._items else None
-
-    def resume_due(self) -> bool:
-        """True once per pause, when the line has drained to ``low``."""
-        if self._paused and len(self._items) <= self.low:
-            self._paused = False
-            return True
-        return False
-
-    def remove(self, doomed: Callable[[T], bool]) -> list[T]:
-        """Take out every item ``doomed`` says so of (e.g. orders of a cancelled job), keeping the
-        others in order; return the removed ones. Call ``resume_due`` afterwards, as after ``pop``."""
-        kept: deque[T] = deque()
-        removed: list[T] = []
-        for item in self._items:
-            (removed if doomed(item) else kept).append(item)
-        if removed:
-            self._items = kept
-        return removed
-
-    def clear(self) -> list[T]:
-        """Forget every waiting item (their partition was revoked); return them."""
-        items, self._items, self._paused = list(self._items), deque(), False
-        return items
 
 
 class TokenBucket:

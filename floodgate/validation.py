@@ -26,7 +26,11 @@ from floodgate.errors import Problem, ValidationError
 from floodgate.netguard import check_url_target
 from floodgate.push import PushTarget, parse_notify
 
-_TOP_LEVEL = frozenset({"model", "input", "user_id", "webhook_url", "metadata", "notify"})
+_TOP_LEVEL = frozenset({"model", "input", "user_id", "webhook_url", "metadata", "notify", "priority", "deadline_s"})
+PRIORITIES = ("high", "standard", "low")
+"""Priority classes, first served first: a waiting job is never passed by one of a lower class."""
+DEFAULT_PRIORITY = "standard"
+MAX_DEADLINE_S = 7 * 24 * 3600
 _INPUT = frozenset({"prompt", "image_url", "params"})
 _MAX_MODELS_LISTED = 20
 _MAX_PATH_KEY = 64  # longer names are cut in error paths so one huge key cannot bloat the response
@@ -64,6 +68,9 @@ class NormalizedRequest:
     metadata: dict[str, str]
     push: PushTarget | None = None
     """The device to tell about the job's end (``notify.push``), if any."""
+    priority: str = DEFAULT_PRIORITY
+    deadline_s: int | None = None
+    """Seconds after acceptance past which the job, if still waiting, ends ``expired`` unsubmitted."""
 
 
 def validate_job_request(
@@ -97,6 +104,8 @@ def validate_job_request(
     )
     prompt, image_url, params = _input(payload.get("input"), limits, allow_private, problems)
     push = parse_notify(payload.get("notify"), problems)
+    priority = _priority(payload.get("priority"), problems)
+    deadline_s = _deadline(payload.get("deadline_s"), problems)
 
     if problems:
         raise ValidationError(problems)
@@ -109,6 +118,8 @@ def validate_job_request(
         webhook_url=webhook_url,
         metadata=metadata,
         push=push,
+        priority=priority,
+        deadline_s=deadline_s,
     )
 
 
@@ -132,6 +143,11 @@ def request_hash(normalized: NormalizedRequest, tenant: str) -> str:
     }
     if normalized.push is not None:
         doc["push"] = normalized.push.to_record()
+    # Only when set: a request without them hashes as it did before they existed.
+    if normalized.priority != DEFAULT_PRIORITY:
+        doc["priority"] = normalized.priority
+    if normalized.deadline_s is not None:
+        doc["deadline_s"] = normalized.deadline_s
     return hashlib.sha256(orjson.dumps(doc, option=orjson.OPT_SORT_KEYS)).hexdigest()
 
 
@@ -147,6 +163,24 @@ def _model(value: Any, known_models: Collection[str], problems: list[Problem]) -
     else:
         return value
     return ""
+
+
+def _priority(value: Any, problems: list[Problem]) -> str:
+    if value is None:
+        return DEFAULT_PRIORITY
+    if value not in PRIORITIES:
+        problems.append(Problem("priority", f"must be one of: {', '.join(PRIORITIES)}"))
+        return DEFAULT_PRIORITY
+    return str(value)
+
+
+def _deadline(value: Any, problems: list[Problem]) -> int | None:
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= MAX_DEADLINE_S:
+        problems.append(Problem("deadline_s", f"must be an integer from 1 to {MAX_DEADLINE_S} (seconds)"))
+        return None
+    return value
 
 
 _USER_ID = re.compile(r"[A-Za-z0-9._:@-]+")
@@ -235,4 +269,5 @@ def _string_map(
     return out
 
 
-__all__ = ["NormalizedRequest", "RequestLimits", "request_hash", "validate_job_request"]
+__all__ = ["DEFAULT_PRIORITY", "PRIORITIES", "NormalizedRequest", "RequestLimits", "request_hash",
+           "validate_job_request"]

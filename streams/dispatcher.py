@@ -134,7 +134,9 @@ class Dispatcher:
         spec = pipe.routing.providers[name]
         self.connector = pipe.providers[name]
         self.partitions = self.names.dispatch_partitions(spec.concurrency_limit)
-        self.lane = lane or Lane(self.app, spec, self.partitions)
+        weights = self.settings.tenant_weight_map
+        self.lane = lane or Lane(self.app, spec, self.partitions, window=self.settings.fair_window,
+                                 weight_of=lambda tenant: weights.get(tenant, 1.0))
         self.orders = self.emit.topic(self.names.dispatch(name), partitions=self.partitions)
         self.releases = self.emit.topic(self.names.release(name), partitions=self.partitions)
         base = self.settings.webhook_base_url
@@ -286,14 +288,17 @@ class Dispatcher:
         if parked is not None and parked.attempt >= order.attempt:
             return None  # it waits already (a redelivered order)
         line = lane.lines[partition]
+        if order.expired(self.pipe.now_ms()):
+            # Its deadline passed while it was still in Kafka: it is never submitted.
+            line.take(order.job_id)
+            await self.expire(order, key, partition)
+            return None
         if parked is None and not len(line) and lane.pools[partition].try_acquire(order.job_id):
             # Nobody waits and a slot is free: take it without parking (one changelog write, not three).
             durable = self.take_slot(order, key, partition)
             lane.run_in_background(key, self.submit(order, key, partition, durable))
             return durable
-        if parked is not None:
-            line.remove(lambda waiting: waiting.job_id == order.job_id)  # a newer attempt replaces it
-        durable, full = lane.park(partition, msg.offset, order)
+        durable, full = lane.park(partition, msg.offset, order)  # (a newer attempt replaces a waiting one)
         if full:
             self.hold(partition)
         self.pump(partition)
@@ -304,9 +309,15 @@ class Dispatcher:
         may pump at once (new orders, releases, fallbacks): a slot is taken synchronously."""
         lane = self.lane
         line = lane.lines[partition]
+        now_ms = self.pipe.now_ms()
         while (nxt := lane.next_waiting(partition)) is not None:
             order, fresh = nxt
             key = slot_key(partition, order.job_id)
+            if order.expired(now_ms):
+                if fresh:
+                    lane.free(partition, order.job_id)  # the slot goes to the next order instead
+                lane.spawn(self.expire(order, key, partition), f"expire:{key.decode()}")
+                continue
             if fresh:
                 # The slot goes into the table in the same step as into the pool: a reconcile (the
                 # poll tick rebuilds the pool from the table) must never find one without the other,
@@ -362,6 +373,26 @@ class Dispatcher:
         """A submission whose job was cancelled meanwhile: free its slot, use up the mark."""
         self.lane.unmark(partition, key)
         await self.free(partition, key, job_id)
+
+    async def expire(self, order: Order, key: bytes, partition: int) -> None:
+        """The order's deadline passed before it got a slot: its job ends ``expired``, never
+        submitted. The event is on Kafka before the order leaves the waiting table, so a crash in
+        between only expires it again (the same event id)."""
+        waited = max(0.0, (self.pipe.now_ms() - order.queued_at) / 1000)
+        self.metrics.expired.labels(self.name).inc()
+        await self.event(order.job_id, "expired", order.attempt,
+                         error=f"deadline passed after {waited:.0f}s waiting for {self.name}")
+        self.lane.unpark(partition, key)
+
+    def expire_waiting(self, partition: int) -> None:
+        """Take the orders whose deadline passed out of ``partition``'s line (the poll tick)."""
+        now_ms = self.pipe.now_ms()
+        line = self.lane.lines[partition]
+        for order in line.expired(lambda waiting: waiting.expired(now_ms)):
+            key = slot_key(partition, order.job_id)
+            self.lane.spawn(self.expire(order, key, partition), f"expire:{key.decode()}")
+        if line.resume_due():
+            self.let_go(partition)
 
     async def move_on(self, order: Order, key: bytes, partition: int, reason: str, *, reroute: bool) -> None:
         if self.lane.marked(key):
@@ -505,7 +536,7 @@ class Dispatcher:
                            f"cancel:{key.decode()}")
             return
         line = lane.lines[partition]
-        dropped = line.remove(lambda waiting: waiting.job_id == job_id)
+        dropped = line.take(job_id) is not None
         lane.unpark(partition, key)  # if it was waiting here, it never gets a slot
         if not dropped or key in lane.submitting:
             lane.mark(partition, key, end, time.time())
@@ -560,6 +591,7 @@ class Dispatcher:
             for partition in sorted(mine):  # (``wake`` has synced them to this generation)
                 lane.reconcile(partition)  # self-healing: see Lane.reconcile
                 if len(lane.lines[partition]):
+                    self.expire_waiting(partition)
                     self.pump(partition)  # a safety net: every slot freed also pumps
         lane.expire_marks(now)
         for key, slot in list(lane.slots.items()):

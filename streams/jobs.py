@@ -33,7 +33,7 @@ from aiokafka.partitioner import murmur2
 
 from floodgate import codec
 from floodgate.errors import FloodgateError, SchemaError, ValidationError
-from floodgate.jobs.events import aim, event_from_record, queued_event, webhook_event
+from floodgate.jobs.events import aim, deadline_of, event_from_record, queued_event, webhook_event
 from floodgate.jobs.record import JobRecord, snapshot
 from floodgate.jobs.state import JobEvent, JobState, Transition, apply
 from floodgate.jobs.timing import milestones
@@ -61,7 +61,7 @@ def request_payload(req: dict[str, Any]) -> dict[str, Any]:
         "model": req["model"], "user_id": req["user_id"],
         "input": {"prompt": inp["prompt"], "image_url": inp.get("image_url"), "params": inp.get("params") or None},
         "webhook_url": req.get("webhook_url"), "metadata": req.get("metadata") or None,
-        "notify": req.get("notify"),
+        "notify": req.get("notify"), "priority": req.get("priority"), "deadline_s": req.get("deadline_s"),
     }
 
 
@@ -172,7 +172,8 @@ class JobDesk:
             # Accepted earlier, unroutable now (e.g. every provider for the model retired since):
             # the job exists for its owner, so it fails visibly rather than vanishing into the DLQ.
             target, unroutable = None, str(exc)
-        events = [queued_event(req, target.provider if target else None)]
+        events = [queued_event(req, target.provider if target else None,
+                               deadline_of(req, pipe.settings.default_deadline_s))]
         if target is None:
             events.append(JobEvent(event_id=f"{job_id}:failed:route", job_id=job_id, kind="failed",
                                    at=events[0].at, error=unroutable))
@@ -206,6 +207,8 @@ class JobDesk:
             "provider_model": provider_model, "prompt": inp["prompt"], "image_url": inp.get("image_url"),
             "params": inp.get("params") or {}, "attempt": 0, "tried": [], "queued_at": int(req["accepted_at"]),
             "webhook_url": req.get("webhook_url"), "metadata": req.get("metadata") or {},
+            "priority": req.get("priority") or "standard",
+            "deadline_at": deadline_of(req, self.pipe.settings.default_deadline_s),
         })
 
     # -- webhooks ----------------------------------------------------------------------------

@@ -9,7 +9,8 @@ The table is the durable truth; ``pools`` mirror it per partition (an O(1) count
 where scanning the table would cost O(limit)) and are rebuilt from it whenever a partition is
 seen in a new consumer generation, i.e. after every rebalance and table recovery.
 
-Orders waiting for a slot live in a third table, ``waiting-<provider>``, keyed like slots, with
+Orders waiting for a slot wait in a fair line per partition (``floodgate.fairqueue``: priority
+first, then each tenant's weighted share) and live in a third table, ``waiting-<provider>``, keyed like slots, with
 their dispatch offset: the dispatch record is acknowledged as soon as its order is parked there,
 so every dispatch record is acknowledged in offset order and no offset is held back for minutes.
 (Faust computes the offset to commit from acknowledged offsets, and commits past a *single*
@@ -31,25 +32,26 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
-from collections.abc import Coroutine
+from collections.abc import Callable, Coroutine
 from typing import Any
 
 import faust
 
 from floodgate.dispatch import CancelMark, Order, Parked, Slot, mark_expired, parse_slot_key, slot_key
+from floodgate.fairqueue import FairLine
 from floodgate.routing import ProviderSpec
-from floodgate.throttle import Backoff, CircuitBreaker, SlotPool, TokenBucket, WaitingLine, partition_share
+from floodgate.throttle import Backoff, CircuitBreaker, SlotPool, TokenBucket, partition_share
 from streams.tables import RecordTable
 
 log = logging.getLogger(__name__)
 
-MIN_WAITING = 64
-"""Orders a partition keeps in memory while its slots are full, at least (its share, if larger):
-enough to refill freed slots at once, few enough that the backlog stays in Kafka."""
-
-
 class Lane:
-    def __init__(self, app: faust.App, spec: ProviderSpec, partitions: int) -> None:
+    def __init__(self, app: faust.App, spec: ProviderSpec, partitions: int, *, window: int = 20_000,
+                 weight_of: Callable[[str], float] = lambda tenant: 1.0) -> None:
+        """``window``: orders a partition reads ahead into its fair line while its slots are full
+        (at least its share of the limit): large enough that a tenant arriving behind another's
+        burst is read and interleaved, while the rest of the backlog stays in Kafka.
+        ``weight_of(tenant)``: the tenant's fair share."""
         self.spec = spec
         self.partitions = partitions
         self.slots: RecordTable[Slot] = RecordTable(app, f"inflight-{spec.name}", partitions=partitions,
@@ -57,8 +59,8 @@ class Lane:
         self.pools = {p: SlotPool(self.capacity(p)) for p in range(partitions)}
         self.waiting: RecordTable[Parked] = RecordTable(app, f"waiting-{spec.name}", partitions=partitions,
                                                         encode=Parked.encode, decode=Parked.decode)
-        self.lines: dict[int, WaitingLine[Order]] = {
-            p: WaitingLine(max(MIN_WAITING, self.capacity(p))) for p in range(partitions)}
+        self.lines: dict[int, FairLine[Order]] = {
+            p: FairLine(max(window, self.capacity(p)), weight_of) for p in range(partitions)}
         self.generations: dict[int, int] = {}
         """Per dispatch partition, the consumer generation its slot count and line were rebuilt in."""
         self.settled_generation: int | None = None
@@ -130,8 +132,9 @@ class Lane:
         self.pools[partition].rebuild(held)
 
     def next_waiting(self, partition: int) -> tuple[Order, bool] | None:
-        """The oldest waiting order that can go now, and whether it took a new slot (False: its
-        job holds one already, e.g. a duplicate order). None while the partition's slots are full."""
+        """The waiting order served next (``FairLine``'s rule) if it can go now, and whether it
+        took a new slot (False: its job holds one already, e.g. a duplicate order). None while the
+        partition's slots are full."""
         line, pool = self.lines[partition], self.pools[partition]
         head = line.peek()
         if head is None:

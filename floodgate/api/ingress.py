@@ -80,6 +80,8 @@ def job_request(job_id: str, tenant: str, req: NormalizedRequest, key: str | Non
         "accepted_at": now_ms,
         "source": "http",
         "notify": notify_record(req.push),
+        "priority": req.priority,
+        "deadline_s": req.deadline_s,
     }
 
 
@@ -90,6 +92,7 @@ class Ingress:
         self.api_keys = deps.settings.api_key_map
         self.secret = deps.secret
         self.requests_topic = deps.topics.requests
+        self.priority_grants = deps.settings.priority_grant_set
         self._accepted_total = deps.metrics.accepted.labels("http")
         self._models: tuple[str, ...] = ()
         self._models_until = 0.0
@@ -141,6 +144,9 @@ class Ingress:
                 raise ValidationError(Problem("Idempotency-Key", why))
             normalized = validate(payload, self.known_models(), settings.allow_private_webhooks,
                                   settings.push_platforms)
+            if normalized.priority == "high" and tenant not in self.priority_grants:
+                # Anyone may step aside (low); going ahead of everyone is the operator's grant.
+                raise ValidationError(Problem("priority", "high is not granted to this API key"))
         except ValidationError as exc:
             return validation_response(exc)
         job_id = job_id_for_key(self.secret, tenant, idem_key) if idem_key is not None else new_job_id()

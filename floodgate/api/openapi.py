@@ -379,7 +379,7 @@ _SCHEMAS: dict[str, Any] = {
                      "created_at", "updated_at", "metadata"],
         "properties": {
             "job_id": {"type": "string"},
-            "status": {"enum": ["queued", "submitted", "running", "completed", "failed", "cancelled"]},
+            "status": {"enum": ["queued", "submitted", "running", "completed", "failed", "cancelled", "expired"]},
             "model": {"type": ["string", "null"]}, "provider": {"type": ["string", "null"]},
             "progress": {"type": "number", "minimum": 0, "maximum": 1},
             "result": {"oneOf": [{"type": "null"}, {"type": "object", "required": ["video_url"],

@@ -41,7 +41,7 @@ from floodgate.bench.stacks import API_KEY
 from floodgate.routing import RoutingTable, chain_for
 
 DONE = "floodgate-peer:done"  # hash: job id → "<wall time the task saw the render end> <status>"
-TERMINAL = {"completed", "failed", "cancelled"}
+TERMINAL = {"completed", "failed", "cancelled", "expired"}
 
 app = Celery("floodgate-peer")
 app.conf.update(

@@ -21,7 +21,7 @@ from aiohttp import web
 from floodgate import provider_config
 from floodgate.routing import RoutingTable, chain_for
 
-TERMINAL = {"completed", "failed", "cancelled"}
+TERMINAL = {"completed", "failed", "cancelled", "expired"}
 
 
 def _json(status: int, data: object, headers: dict[str, str] | None = None) -> web.Response:

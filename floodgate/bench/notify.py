@@ -29,7 +29,7 @@ from floodgate.devstack import Stack
 from floodgate.jobs.record import decode_notification
 
 WEBHOOK_STATUS = {"video.in_progress": "running", "video.completed": "completed", "video.failed": "failed"}
-TERMINAL = {"completed", "failed", "cancelled"}
+TERMINAL = {"completed", "failed", "cancelled", "expired"}
 
 
 @dataclass(frozen=True)

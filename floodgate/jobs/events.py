@@ -30,15 +30,25 @@ def event_from_record(rec: Mapping[str, Any]) -> JobEvent:
     )
 
 
-def queued_event(req: Mapping[str, Any], provider: str | None) -> JobEvent:
-    """The ``queued`` event of a decoded request (``JobRequest``), routed to ``provider``."""
+def deadline_of(req: Mapping[str, Any], default_s: int) -> int | None:
+    """Epoch milliseconds past which a request's job, still waiting, expires: its own
+    ``deadline_s``, else ``default_s`` (0: none)."""
+    seconds = req.get("deadline_s") or default_s
+    return int(req["accepted_at"]) + int(seconds) * 1000 if seconds else None
+
+
+def queued_event(req: Mapping[str, Any], provider: str | None, deadline_at: int | None = None) -> JobEvent:
+    """The ``queued`` event of a decoded request (``JobRequest``), routed to ``provider``;
+    ``deadline_at`` as ``deadline_of`` gives it."""
     job_id = req["job_id"]
     push = target_of_request(req)
     return JobEvent(
         event_id=f"{job_id}:queued", job_id=job_id, kind="queued", at=int(req["accepted_at"]) / 1000.0,
         attempt=0, provider=provider, tenant=req["tenant"], user_id=req["user_id"], model=req["model"],
         webhook_url=req.get("webhook_url"), metadata=req.get("metadata") or {},
-        push_platform=push.platform if push else None, push_token=push.token if push else None)
+        push_platform=push.platform if push else None, push_token=push.token if push else None,
+        priority=req.get("priority") or "standard",
+        deadline_at=None if deadline_at is None else deadline_at / 1000.0)
 
 
 def webhook_event(provider: str, *, job_id: str, webhook_id: str, state: str, occurred_at: float,

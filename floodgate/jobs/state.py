@@ -38,9 +38,12 @@ class JobStatus(StrEnum):
     COMPLETED = "completed"
     FAILED = "failed"
     CANCELLED = "cancelled"
+    EXPIRED = "expired"
+    """Still waiting at its deadline: never submitted."""
 
 
-TERMINAL: frozenset[JobStatus] = frozenset({JobStatus.COMPLETED, JobStatus.FAILED, JobStatus.CANCELLED})
+TERMINAL: frozenset[JobStatus] = frozenset({JobStatus.COMPLETED, JobStatus.FAILED, JobStatus.CANCELLED,
+                                            JobStatus.EXPIRED})
 
 _RANK: Mapping[JobStatus, int] = MappingProxyType(
     {
@@ -50,11 +53,12 @@ _RANK: Mapping[JobStatus, int] = MappingProxyType(
         JobStatus.COMPLETED: 3,
         JobStatus.FAILED: 3,
         JobStatus.CANCELLED: 3,
+        JobStatus.EXPIRED: 3,
     }
 )
 
 EVENT_KINDS: frozenset[str] = frozenset(
-    {"queued", "submitted", "running", "progress", "completed", "failed", "cancelled", "rerouted"}
+    {"queued", "submitted", "running", "progress", "completed", "failed", "cancelled", "rerouted", "expired"}
 )
 
 
@@ -84,6 +88,9 @@ class JobEvent:
     metadata: Mapping[str, str] = field(default_factory=dict)
     push_platform: str | None = None
     push_token: str | None = field(default=None, repr=False)
+    priority: str | None = None
+    deadline_at: float | None = None
+    """Epoch seconds past which the job, still waiting, expires."""
 
     def __post_init__(self) -> None:
         problems = _event_problems(self)
@@ -136,6 +143,10 @@ class JobState:
     push_platform: str | None = None
     """With ``push_token``: the device to tell about the job's end (``floodgate.push``)."""
     push_token: str | None = field(default=None, repr=False)  # a device token stays out of logs
+    priority: str | None = None
+    """high, standard or low (None: standard, as for jobs accepted before priorities existed)."""
+    deadline_at: float | None = None
+    """Epoch seconds past which the job, still waiting, ends ``expired`` unsubmitted."""
     recent_events: tuple[str, ...] = ()
     version: int = 0
 
@@ -157,6 +168,9 @@ class JobState:
         if self.push_platform is None and self.push_token is None:
             # Most jobs name no phone: every changelog record stays as small as before the fields existed.
             del out["push_platform"], out["push_token"]
+        for name in ("priority", "deadline_at"):
+            if out[name] is None:
+                del out[name]  # likewise
         return out
 
     @classmethod
@@ -185,7 +199,7 @@ class JobState:
 
 
 _OPTIONAL_STR = ("tenant", "user_id", "model", "provider", "provider_job_id", "video_url", "error", "webhook_url",
-                 "push_platform", "push_token")
+                 "push_platform", "push_token", "priority")
 
 
 def _check_field(name: str, value: Any) -> str | None:
@@ -199,6 +213,9 @@ def _check_field(name: str, value: Any) -> str | None:
     if name in ("attempt", "version"):
         ok = isinstance(value, int) and not isinstance(value, bool) and value >= 0
         return None if ok else "must be an integer >= 0"
+    if name == "deadline_at":
+        ok = value is None or (isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value))
+        return None if ok else "must be a finite number or null"
     if name in ("progress", "created_at", "updated_at"):
         ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
         if ok and name == "progress" and not 0.0 <= value <= 1.0:
@@ -233,10 +250,11 @@ _KIND_STATUS: Mapping[str, JobStatus] = MappingProxyType(
         "failed": JobStatus.FAILED,
         "cancelled": JobStatus.CANCELLED,
         "rerouted": JobStatus.QUEUED,
+        "expired": JobStatus.EXPIRED,
     }
 )
 
-_IDENTITY = ("tenant", "user_id", "model", "webhook_url", "push_platform", "push_token")
+_IDENTITY = ("tenant", "user_id", "model", "webhook_url", "push_platform", "push_token", "priority", "deadline_at")
 
 
 def apply(state: JobState | None, event: JobEvent) -> Transition:
@@ -347,4 +365,8 @@ def _advance(state: JobState, event: JobEvent) -> tuple[JobState, str]:
         return dataclasses.replace(state, status=target, error=event.error or "failed"), "failed"
     if target is JobStatus.CANCELLED:
         return dataclasses.replace(state, status=target, error=event.error), "cancelled"
+    if target is JobStatus.EXPIRED:
+        if state.status is not JobStatus.QUEUED:
+            return state, "expired too late: the job left the line already"
+        return dataclasses.replace(state, status=target, error=event.error or "deadline passed"), "expired"
     return dataclasses.replace(state, status=target), f"{state.status.value} -> {target.value}"

@@ -16,7 +16,7 @@ from floodgate.provider_config import DEV_WEBHOOK_SECRET_REF
 from floodgate.settings import Settings
 from tests.kafka_util import unique_name
 
-TERMINAL = {"completed", "failed", "cancelled"}
+TERMINAL = {"completed", "failed", "cancelled", "expired"}
 
 
 def simulator_config(path: Path, **provider_overrides: Any) -> Path:

@@ -83,7 +83,7 @@ async def test_202_means_the_request_is_in_kafka(api: ApiServer, http: aiohttp.C
         "input": {"prompt": "a lighthouse in a storm", "image_url": None, "params": {"duration": "5"}},
         "webhook_url": None, "metadata": {"order": "42"}, "idempotency_key": None,
         "request_hash": request_hash(normalized, "default"), "accepted_at": record["accepted_at"], "source": "http",
-        "notify": None,
+        "notify": None, "priority": "standard", "deadline_s": None,
     }
     assert before <= record["accepted_at"] <= int(time.time() * 1000)
 
@@ -262,6 +262,27 @@ async def test_api_keys(settings_for: Callable[..., Settings], http: aiohttp.Cli
     assert accepted["job_id"] == job_id_for_key(settings.secret.reveal().encode(), "globex", "k")
     [msg] = await aread_records(settings.kafka_bootstrap, TopicNames(settings).requests, 1)
     assert codec.decode("JobRequest", msg.value(), msg.headers())["tenant"] == "globex"
+
+
+async def test_priority_high_needs_a_grant(settings_for: Callable[..., Settings], http: aiohttp.ClientSession) -> None:
+    settings = settings_for(simulator_url=DEV_SIMULATOR, api_keys=Secret("key-a=acme,key-b=globex"),
+                            priority_grants="globex")
+    async with running_api(settings, roles={"ingress"}) as api:
+        url = f"{api.url}/v1/jobs"
+        async with http.post(url, json={**BODY, "priority": "high"}, headers={"X-API-Key": "key-a"}) as resp:
+            assert resp.status == 400
+            [problem] = (await resp.json())["errors"]
+            assert problem == {"field": "priority", "message": "high is not granted to this API key"}
+        assert record_count(settings.kafka_bootstrap, TopicNames(settings).requests) == 0
+        async with http.post(url, json={**BODY, "priority": "low", "deadline_s": 120},
+                             headers={"X-API-Key": "key-a"}) as resp:
+            assert resp.status == 202
+        async with http.post(url, json={**BODY, "priority": "high"}, headers={"X-API-Key": "key-b"}) as resp:
+            assert resp.status == 202
+    records = [codec.decode("JobRequest", m.value(), m.headers())
+               for m in await aread_records(settings.kafka_bootstrap, TopicNames(settings).requests, 2)]
+    assert sorted((r["tenant"], r["priority"], r["deadline_s"]) for r in records) == [
+        ("acme", "low", 120), ("globex", "high", None)]
 
 
 async def test_an_ingress_only_process_consumes_nothing(settings: Settings, http: aiohttp.ClientSession,

@@ -35,6 +35,8 @@ SAMPLES: dict[str, dict[str, Any]] = {
         "accepted_at": T0,
         "source": "http",
         "notify": {"push": {"platform": "fcm", "token": "fcm-token:abc"}},
+        "priority": "high",
+        "deadline_s": 600,
     },
     "DispatchOrder": {
         "job_id": "job_01hzz",
@@ -50,6 +52,8 @@ SAMPLES: dict[str, dict[str, Any]] = {
         "queued_at": T0,
         "webhook_url": None,
         "metadata": {},
+        "priority": "low",
+        "deadline_at": T0 + 60_000,
     },
     "SlotRelease": {"job_id": "job_01hzz", "provider": "sim", "attempt": 1, "status": "completed", "at": T0,
                     "provider_job_id": "pj_1"},
@@ -115,7 +119,7 @@ def test_every_contract_has_a_sample() -> None:
 
 
 # Schemas that gained fields; the rest are at 1.
-CURRENT_VERSIONS = {"SlotRelease": 2, "JobRequest": 2, "JobSnapshot": 2}
+CURRENT_VERSIONS = {"SlotRelease": 2, "JobRequest": 3, "JobSnapshot": 2, "DispatchOrder": 2}
 
 
 @pytest.mark.parametrize("name", sorted(SAMPLES))
@@ -373,6 +377,8 @@ def test_decode_request_json_line_fills_server_fields() -> None:
         "accepted_at": T0,
         "source": "replay",
         "notify": None,
+        "priority": "standard",
+        "deadline_s": None,
     }
     codec.encode("JobRequest", record)  # what the JSON path returns is a valid record
 

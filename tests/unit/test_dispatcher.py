@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator
+from dataclasses import replace
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
@@ -319,3 +320,62 @@ async def test_a_reconcile_right_after_a_handover_counts_the_slot_just_handed_ou
     await settle(dispatcher)
     assert len(provider.submitted) == WAN_SLOTS + 1, "one slot freed, one order started: never more"
     assert "late" not in {o.job_id for o in provider.submitted}
+
+
+async def test_a_freed_slot_goes_to_the_higher_class_then_to_the_tenant_owed_a_turn(
+        dispatcher: Dispatcher, provider: FakeProvider) -> None:
+    await fill(dispatcher, WAN_SLOTS)  # every slot taken by tenant t
+    base = order("x")
+    waiting = [replace(base, job_id="t-1"), replace(base, job_id="t-2"),
+               replace(base, job_id="u-1", tenant="u"), replace(base, job_id="low", tenant="v", priority="low"),
+               replace(base, job_id="vip", tenant="w", priority="high")]
+    for n, o in enumerate(waiting, start=WAN_SLOTS):
+        await dispatcher.intake(message(n), o)
+    await settle(dispatcher)
+    for i in range(len(waiting)):
+        await dispatcher.release({"job_id": f"job-{i}", "attempt": 0, "status": "completed"}, 0, 1)
+        await settle(dispatcher)
+    assert [o.job_id for o in provider.submitted[WAN_SLOTS:]] == ["vip", "t-1", "u-1", "t-2", "low"]
+
+
+async def test_an_order_past_its_deadline_is_never_submitted(dispatcher: Dispatcher, provider: FakeProvider) -> None:
+    now = dispatcher.pipe.now_ms()
+    assert await dispatcher.intake(message(0), replace(order("late"), deadline_at=now - 1)) is None
+    await settle(dispatcher)
+    assert not provider.submitted and len(dispatcher.lane.pools[0]) == 0
+    [expired] = emitter(dispatcher).events("expired")
+    assert expired["job_id"] == "late" and "deadline passed" in expired["error"]
+
+
+async def test_a_waiting_order_expires_on_the_poll_tick_and_its_place_is_not_taken(
+        dispatcher: Dispatcher, provider: FakeProvider) -> None:
+    await fill(dispatcher, WAN_SLOTS)
+    soon = dispatcher.pipe.now_ms() + 50
+    await dispatcher.intake(message(WAN_SLOTS), replace(order("short"), deadline_at=soon))
+    await dispatcher.intake(message(WAN_SLOTS + 1), order("patient"))
+    await settle(dispatcher)
+    assert len(dispatcher.lane.waiting) == 2
+    while dispatcher.pipe.now_ms() <= soon:
+        await asyncio.sleep(0.01)
+    dispatcher.expire_waiting(0)
+    await settle(dispatcher)
+    assert [e["job_id"] for e in emitter(dispatcher).events("expired")] == ["short"]
+    assert dispatcher.lane.parked(slot_key(0, "short")) is None and len(dispatcher.lane.lines[0]) == 1
+    await dispatcher.release({"job_id": "job-0", "attempt": 0, "status": "completed"}, 0, 1)
+    await settle(dispatcher)
+    assert [o.job_id for o in provider.submitted[WAN_SLOTS:]] == ["patient"]
+
+
+async def test_an_order_that_expires_at_the_head_of_the_line_gives_its_slot_to_the_next(
+        dispatcher: Dispatcher, provider: FakeProvider) -> None:
+    await fill(dispatcher, WAN_SLOTS)
+    soon = dispatcher.pipe.now_ms() + 50
+    await dispatcher.intake(message(WAN_SLOTS), replace(order("short"), deadline_at=soon))
+    await dispatcher.intake(message(WAN_SLOTS + 1), order("patient"))
+    while dispatcher.pipe.now_ms() <= soon:
+        await asyncio.sleep(0.01)
+    await dispatcher.release({"job_id": "job-0", "attempt": 0, "status": "completed"}, 0, 1)
+    await settle(dispatcher)
+    assert [o.job_id for o in provider.submitted[WAN_SLOTS:]] == ["patient"]
+    assert [e["job_id"] for e in emitter(dispatcher).events("expired")] == ["short"]
+    assert len(dispatcher.lane.pools[0]) == WAN_SLOTS

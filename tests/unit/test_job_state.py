@@ -13,13 +13,14 @@ from floodgate.errors import ValidationError
 from floodgate.jobs import RECENT_EVENTS_LIMIT, TERMINAL, JobEvent, JobState, JobStatus, apply
 from floodgate.jobs.events import aim
 
-Q, S, R, C, F, X = (
+Q, S, R, C, F, X, E = (
     JobStatus.QUEUED,
     JobStatus.SUBMITTED,
     JobStatus.RUNNING,
     JobStatus.COMPLETED,
     JobStatus.FAILED,
     JobStatus.CANCELLED,
+    JobStatus.EXPIRED,
 )
 
 
@@ -106,6 +107,21 @@ TABLE = [
     (X, "failed", X, False, False),
     (X, "cancelled", X, False, False),
     (X, "rerouted", X, False, False),
+    (Q, "expired", E, True, True),
+    (S, "expired", S, False, False),  # it left the line: too late to expire
+    (R, "expired", R, False, False),
+    (C, "expired", C, False, False),
+    (F, "expired", F, False, False),
+    (X, "expired", X, False, False),
+    (E, "queued", E, False, False),
+    (E, "submitted", E, False, False),
+    (E, "running", E, False, False),
+    (E, "progress", E, True, False),
+    (E, "completed", E, False, False),
+    (E, "failed", E, False, False),
+    (E, "cancelled", E, False, False),
+    (E, "rerouted", E, False, False),
+    (E, "expired", E, False, False),
 ]
 
 

@@ -17,7 +17,6 @@ from floodgate.throttle import (
     CircuitBreaker,
     SlotPool,
     TokenBucket,
-    WaitingLine,
     parse_retry_after,
     partition_share,
     retry_delay,
@@ -66,57 +65,6 @@ def test_partition_shares_sum_to_the_limit_and_are_even(case: tuple[int, int]) -
     assert sum(shares) == limit
     assert max(shares) - min(shares) <= 1
     assert min(shares) >= 1
-
-
-# --- WaitingLine -----------------------------------------------------------------------
-
-
-def test_waiting_line_pauses_at_high_and_resumes_once_at_half() -> None:
-    line: WaitingLine[int] = WaitingLine(4)
-    assert [line.push(i) for i in range(5)] == [False, False, False, True, True]
-    assert line.paused and len(line) == 5
-    assert [line.pop() for _ in range(2)] == [0, 1] and not line.resume_due()  # 3 left > 2
-    assert line.pop() == 2 and line.resume_due() and not line.paused
-    assert not line.resume_due(), "a resume is due once per pause"
-    assert line.peek() == 3 and line.pop() == 3 and line.pop() == 4 and line.pop() is None
-
-
-def test_waiting_line_never_resumes_without_a_pause() -> None:
-    line: WaitingLine[str] = WaitingLine(10)
-    line.push("a")
-    assert line.pop() == "a" and not line.resume_due()
-
-
-def test_clearing_a_line_returns_its_items_and_lifts_the_pause() -> None:
-    line: WaitingLine[int] = WaitingLine(2)
-    line.push(1), line.push(2)
-    assert line.paused
-    assert line.clear() == [1, 2] and len(line) == 0 and not line.paused and not line.resume_due()
-
-
-def test_removing_items_keeps_the_rest_in_order_and_can_lift_the_pause() -> None:
-    line: WaitingLine[str] = WaitingLine(4)
-    for item in ("a", "x", "b", "x", "x"):
-        line.push(item)
-    assert line.paused
-    assert line.remove(lambda item: item == "x") == ["x", "x", "x"]
-    assert len(line) == 2 and line.resume_due() and not line.paused  # down to half of high: fetch again
-    assert line.remove(lambda item: item == "nope") == [] and len(line) == 2
-    assert [line.pop() for _ in range(2)] == ["a", "b"]
-
-
-def test_an_item_put_back_goes_first_again() -> None:
-    line: WaitingLine[str] = WaitingLine(4)
-    line.push("a"), line.push("b")
-    assert line.pop() == "a"
-    line.push_front("a")
-    assert [line.pop(), line.pop(), line.pop()] == ["a", "b", None]
-
-
-@pytest.mark.parametrize("high", [0, -1, 1.5, True])
-def test_waiting_line_rejects_a_bad_high_mark(high: object) -> None:
-    with pytest.raises(ConfigError):
-        WaitingLine(high)  # type: ignore[arg-type]
 
 
 def test_slot_pool_counts_and_answers_membership_without_copying() -> None:

@@ -157,10 +157,29 @@ def test_limits_are_inclusive(path: str, value: Any) -> None:
 
 
 def test_unknown_top_level_fields_are_named() -> None:
-    assert problems_of({**VALID, "priority": 1, "tenant": "x"}) == {
-        "priority": "unknown field",
+    assert problems_of({**VALID, "prio": 1, "tenant": "x"}) == {
+        "prio": "unknown field",
         "tenant": "unknown field",
     }
+
+
+def test_priority_and_deadline_are_checked_and_defaulted() -> None:
+    assert problems_of({**VALID, "priority": "urgent", "deadline_s": 0}) == {
+        "priority": "must be one of: high, standard, low",
+        "deadline_s": "must be an integer from 1 to 604800 (seconds)",
+    }
+    assert problems_of({**VALID, "deadline_s": True})["deadline_s"].startswith("must be an integer")
+    plain = validate_job_request(VALID, known_models=MODELS)
+    assert (plain.priority, plain.deadline_s) == ("standard", None)
+    chosen = validate_job_request({**VALID, "priority": "high", "deadline_s": 90}, known_models=MODELS)
+    assert (chosen.priority, chosen.deadline_s) == ("high", 90)
+
+
+def test_priority_and_deadline_change_the_hash_only_when_set() -> None:
+    plain = request_hash(NORMALIZED, "acme")
+    assert request_hash(dataclasses.replace(NORMALIZED, priority="standard"), "acme") == plain
+    assert request_hash(dataclasses.replace(NORMALIZED, priority="high"), "acme") != plain
+    assert request_hash(dataclasses.replace(NORMALIZED, deadline_s=60), "acme") != plain
 
 
 def test_every_bad_field_is_reported_at_once() -> None:
@@ -248,7 +267,7 @@ def test_request_hash_is_pinned() -> None:
 def test_request_hash_canonical_form() -> None:
     # The documented canonical form, built with the stdlib so it does not depend on orjson.
     # A request without notify.push hashes as before the field existed.
-    fields = {k: v for k, v in dataclasses.asdict(NORMALIZED).items() if k != "push"}
+    fields = {k: v for k, v in dataclasses.asdict(NORMALIZED).items() if k not in ("push", "priority", "deadline_s")}
     canonical = json.dumps(
         {"format": 1, "tenant": "acme", **fields},
         sort_keys=True,

@@ -9,11 +9,11 @@
   const USER = 'floodgate.user.v1';
   const KEY = 'floodgate.apikey.v1';
   const MAX_KEPT = 20;
-  const TERMINAL = new Set(['completed', 'failed', 'cancelled']);
-  const RANK = { queued: 0, submitted: 1, running: 2, completed: 3, failed: 3, cancelled: 3 };
+  const TERMINAL = new Set(['completed', 'failed', 'cancelled', 'expired']);
+  const RANK = { queued: 0, submitted: 1, running: 2, completed: 3, failed: 3, cancelled: 3, expired: 3 };
   const LABELS = {
     loading: 'Loading…', queued: 'In line', submitted: 'Sent to the provider', running: 'Rendering',
-    completed: 'Ready', failed: 'Failed', cancelled: 'Cancelled', error: 'Unavailable',
+    completed: 'Ready', failed: 'Failed', cancelled: 'Cancelled', expired: 'Expired', error: 'Unavailable',
   };
 
   const $ = (id) => document.getElementById(id);
@@ -136,6 +136,7 @@
           running: `${job.provider || 'The provider'} is rendering.`,
           completed: `Rendered by ${job.provider || 'the provider'}.`,
           failed: '', cancelled: 'Cancelled: nothing more will happen.',
+          expired: 'Expired: its deadline passed before a provider slot was free.',
         }[job.status] || '');
       }
       this.q('.job-where').textContent = where.join(' · ');
@@ -183,7 +184,8 @@
           text.textContent = 'Completed, but no video address came with it.';
         }
       } else if (TERMINAL.has(job.status)) {
-        text.textContent = job.status === 'failed' ? 'No video: the job failed.' : 'No video: the job was cancelled.';
+        text.textContent = {failed: 'No video: the job failed.', expired: 'No video: the job expired in line.'}[job.status]
+          || 'No video: the job was cancelled.';
       } else {
         text.textContent = job.status === 'queued' ? 'Your video will play here.' : 'Rendering… your video will play here.';
       }

@@ -1,0 +1,223 @@
+"""The waiting line of one provider: priority classes first, then each tenant's weighted share. Pure.
+
+Orders that wait for a provider's slot are served in this order:
+
+1. **Priority.** ``high`` before ``standard`` before ``low``: a waiting order is never passed by one
+   of a lower class (an order already submitted is not taken back).
+2. **Fair share within a class.** Tenants share the provider by weight, by start-time fair
+   queueing: each order gets a start tag when it joins the line, ``max(V, F[tenant])``, and its
+   tenant's finish ``F[tenant]`` moves on by ``1 / weight``; ``V`` is the tag of the last order
+   served in the class. The line serves the smallest tag. A tenant that bursts 10,000 orders
+   tags them 0, 1, 2, …; a tenant arriving a moment later starts at the current ``V``, so its
+   orders interleave with the burst instead of waiting behind all of it. A tenant with weight 2
+   gets two orders served for each one of a tenant with weight 1 while both wait.
+3. Arrival order breaks ties.
+
+Tags are not stored: a line rebuilt after a restart re-tags its orders in arrival order, which
+gives the same interleaving for tenants that were waiting together.
+
+``push`` says when the line has reached its high mark (pause fetching: the rest of the backlog
+waits in Kafka) and ``resume_due`` once, when it has drained to its low mark.
+
+``position_estimate`` is the same rule seen from outside the dispatcher (the API's job view): from
+how many orders of each class wait, how many are served before a given one.
+"""
+from __future__ import annotations
+
+import heapq
+import itertools
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass
+from typing import Generic, Protocol, TypeVar
+
+from floodgate.errors import ConfigError
+
+PRIORITY_RANK: Mapping[str, int] = {"high": 0, "standard": 1, "low": 2}
+"""Served first = lowest rank. Unknown classes (an older order without one) count as standard."""
+
+
+def priority_rank(priority: str | None) -> int:
+    return PRIORITY_RANK.get(priority or "standard", 1)
+
+
+class Queued(Protocol):
+    @property
+    def job_id(self) -> str: ...
+
+    @property
+    def tenant(self) -> str: ...
+
+    @property
+    def priority(self) -> str: ...
+
+
+Q = TypeVar("Q", bound=Queued)
+
+
+@dataclass(frozen=True, slots=True, order=True)
+class _Tag:
+    rank: int
+    start: float
+    seq: int
+
+
+class FairLine(Generic[Q]):
+    """Orders waiting for a slot, served by priority, then weighted fair share, then arrival."""
+
+    def __init__(self, high: int, weight_of: Callable[[str], float] = lambda tenant: 1.0) -> None:
+        """``high``: the high mark (>= 1). ``weight_of(tenant)``: its share (> 0)."""
+        if isinstance(high, bool) or not isinstance(high, int) or high < 1:
+            raise ConfigError(f"a line's high mark must be an integer >= 1, got {high!r}")
+        self.high = high
+        self.low = high - max(1, high // 20) if high > 1 else 0
+        """Fetch again once the line has drained to here: close to ``high``, so that a tenant
+        arriving behind a burst is read (and interleaved) soon, not after half the window."""
+        self._weight_of = weight_of
+        self._heap: list[tuple[_Tag, str]] = []
+        self._items: dict[str, tuple[_Tag, Q]] = {}
+        self._virtual: dict[int, float] = {}
+        """Per priority rank: the start tag of the last order served (``V``)."""
+        self._finish: dict[tuple[int, str], float] = {}
+        """Per (rank, tenant): where that tenant's next order starts at the earliest (``F``)."""
+        self._seq = itertools.count()
+        self._paused = False
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+    def __contains__(self, job_id: object) -> bool:
+        return job_id in self._items
+
+    @property
+    def paused(self) -> bool:
+        return self._paused
+
+    def push(self, item: Q) -> bool:
+        """Queue ``item`` (replacing a waiting order of the same job); True while the line is at or
+        above its high mark (pause fetching, or stay paused)."""
+        self.take(item.job_id)
+        rank = priority_rank(item.priority)
+        virtual = self._virtual.get(rank, 0.0)
+        start = max(virtual, self._finish.get((rank, item.tenant), virtual))
+        weight = self._weight_of(item.tenant)
+        self._finish[(rank, item.tenant)] = start + 1.0 / (weight if weight > 0 else 1.0)
+        self._put(_Tag(rank, start, next(self._seq)), item)
+        if len(self._items) >= self.high:
+            self._paused = True
+            return True
+        return False
+
+    def push_front(self, item: Q) -> None:
+        """Put back an order that was popped but could not go after all: it is served next in its class."""
+        rank = priority_rank(item.priority)
+        self._put(_Tag(rank, self._virtual.get(rank, 0.0), -1 - next(self._seq)), item)
+
+    def _put(self, tag: _Tag, item: Q) -> None:
+        self._items[item.job_id] = (tag, item)
+        heapq.heappush(self._heap, (tag, item.job_id))
+        if len(self._heap) > 2 * len(self._items) + 64:  # entries left by take/remove: drop them now
+            self._heap = [(held_tag, job_id) for job_id, (held_tag, _) in self._items.items()]
+            heapq.heapify(self._heap)
+
+    def _head(self) -> tuple[_Tag, str] | None:
+        heap, items = self._heap, self._items
+        while heap:
+            tag, job_id = heap[0]
+            held = items.get(job_id)
+            if held is not None and held[0] == tag:
+                return tag, job_id
+            heapq.heappop(heap)  # removed or replaced since: lazily dropped here
+        return None
+
+    def peek(self) -> Q | None:
+        head = self._head()
+        return None if head is None else self._items[head[1]][1]
+
+    def pop(self) -> Q | None:
+        head = self._head()
+        if head is None:
+            return None
+        tag, job_id = head
+        heapq.heappop(self._heap)
+        _, item = self._items.pop(job_id)
+        if tag.start > self._virtual.get(tag.rank, 0.0):
+            self._virtual[tag.rank] = tag.start
+        if not self._items:
+            self._compact()
+        return item
+
+    def _compact(self) -> None:
+        # An empty line forgets every tenant's finish tag: nobody is owed a turn any more, and
+        # the tables of tenants seen once do not grow forever.
+        self._heap.clear()
+        self._finish.clear()
+        self._virtual.clear()
+
+    def resume_due(self) -> bool:
+        """True once per pause, when the line has drained to its low mark."""
+        if self._paused and len(self._items) <= self.low:
+            self._paused = False
+            return True
+        return False
+
+    def remove(self, doomed: Callable[[Q], bool]) -> list[Q]:
+        """Take out every order ``doomed`` says so of (e.g. a cancelled job's); return them. Call
+        ``resume_due`` afterwards, as after ``pop``."""
+        gone = [job_id for job_id, (_, item) in self._items.items() if doomed(item)]
+        return [self._items.pop(job_id)[1] for job_id in gone]
+
+    def take(self, job_id: str) -> Q | None:
+        """Take out the order of ``job_id``, if it waits here (O(1), unlike ``remove``)."""
+        held = self._items.pop(job_id, None)
+        return None if held is None else held[1]
+
+    def clear(self) -> list[Q]:
+        """Forget every waiting order (their partition was revoked); return them, served order first."""
+        items = [item for _, item in sorted(self._items.values(), key=lambda held: held[0])]
+        self._items.clear()
+        self._compact()
+        self._paused = False
+        return items
+
+    def in_order(self) -> list[Q]:
+        """The waiting orders in the order they would be served (O(n log n): tests and reports)."""
+        return [item for _, item in sorted(self._items.values(), key=lambda held: held[0])]
+
+    def expired(self, is_expired: Callable[[Q], bool]) -> list[Q]:
+        """Take out and return the orders ``is_expired`` says have passed their deadline."""
+        return self.remove(is_expired)
+
+
+@dataclass(frozen=True)
+class ClassLoad:
+    """How many orders of one (priority, tenant) class wait at a provider."""
+
+    priority: str
+    tenant: str
+    waiting: int
+
+
+def position_estimate(priority: str, tenant: str, index: int, classes: Iterable[ClassLoad],
+                      weight_of: Callable[[str], float] = lambda tenant: 1.0) -> int:
+    """How many waiting orders are served before the order ``index`` (0: the first) of its
+    tenant's waiting orders in class ``priority``, by ``FairLine``'s rule: every order of a higher
+    class, and of each other tenant of the same class the orders whose fair-share turn comes
+    first (while both wait, tenant ``t`` is served ``weight(t) / weight(mine)`` orders for each
+    one of mine), but never more than that tenant has waiting."""
+    mine = priority_rank(priority)
+    my_weight = weight_of(tenant) or 1.0
+    ahead = index
+    for load in classes:
+        rank = priority_rank(load.priority)
+        if rank < mine:
+            ahead += load.waiting
+        elif rank == mine and load.tenant != tenant:
+            # Fair turns before mine: orders of `load.tenant` with start tag below my order's
+            # (index / my_weight), i.e. the first index * w / my_w + (ties served by arrival:
+            # count half a turn) of them.
+            share = (index + 0.5) * (weight_of(load.tenant) or 1.0) / my_weight
+            ahead += min(load.waiting, int(share))
+    return ahead
+
+
+__all__ = ["PRIORITY_RANK", "ClassLoad", "FairLine", "Queued", "position_estimate", "priority_rank"]
