@@ -177,6 +177,8 @@ def _priority(value: Any, problems: list[Problem]) -> str:
 def _deadline(value: Any, problems: list[Problem]) -> int | None:
     if value is None:
         return None
+    if isinstance(value, float) and value.is_integer():
+        value = int(value)  # JSON has one number type: 90.0 is the integer 90
     if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= MAX_DEADLINE_S:
         problems.append(Problem("deadline_s", f"must be an integer from 1 to {MAX_DEADLINE_S} (seconds)"))
         return None

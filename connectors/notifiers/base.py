@@ -18,6 +18,7 @@ EVENT_TYPES: Mapping[str, str] = {
     "completed": "job.completed",
     "failed": "job.failed",
     "cancelled": "job.cancelled",
+    "expired": "job.expired",
 }
 
 
@@ -40,10 +41,12 @@ class Notification:
     metadata: Mapping[str, str] = field(default_factory=dict)
     push: PushTarget | None = None
     """The device to tell (``notify.push`` of the request), if any."""
+    priority: str = "standard"
 
     @property
     def event_type(self) -> str:
-        """``job.completed`` / ``job.failed`` / ``job.cancelled``; ``KeyError`` for other states."""
+        """``job.completed`` / ``job.failed`` / ``job.cancelled`` / ``job.expired``; ``KeyError`` for
+        other states."""
         return EVENT_TYPES[self.status]
 
     @property
@@ -69,6 +72,7 @@ class Notification:
             webhook_url=snapshot.get("webhook_url"),
             metadata=dict(snapshot.get("metadata") or {}),
             push=PushTarget.from_record(snapshot.get("push")),
+            priority=snapshot.get("priority") or "standard",
         )
 
 

@@ -2,7 +2,7 @@
 
 Body (JSON)::
 
-    {"type": "job.completed" | "job.failed" | "job.cancelled",
+    {"type": "job.completed" | "job.failed" | "job.cancelled" | "job.expired",
      "id": "<job_id>:<version>",
      "created_at": <unix seconds of the final state change>,
      "data": {"job_id", "status", "model", "provider", "progress",
@@ -87,6 +87,11 @@ def webhook_body(n: Notification) -> bytes:
             "created_at": _iso_ms(n.created_at),
             "updated_at": _iso_ms(n.updated_at),
             "metadata": dict(n.metadata),
+            # The job's public shape, as GET gives it; a final job has left the line.
+            "priority": n.priority,
+            "queue_position": None,
+            "eta_seconds": None,
+            "eta_ready_seconds": None,
         },
     })
 

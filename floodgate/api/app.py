@@ -118,7 +118,8 @@ def build_app(
     async def openapi_json(request: web.Request) -> web.Response:
         models = known_models(setup.routing, datetime.now(UTC))
         return json_response(openapi.document(chosen, base_url(request, settings), models=models,
-                                              push_platforms=settings.push_platforms, videos=links is not None))
+                                              push_platforms=settings.push_platforms, videos=links is not None,
+                                              high_granted=bool(settings.priority_grant_set)))
 
     async def metrics(request: web.Request) -> web.Response:
         body, content_type = render(deps.metrics.registry, request.headers.get("Accept"))

@@ -350,7 +350,7 @@ _SCHEMAS: dict[str, Any] = {
             "model": {"type": "string", "description": "A routed model, e.g. kling-2.1; any other is a 400"},
             "user_id": {"type": "string", "maxLength": 128, "pattern": "^[A-Za-z0-9._:@-]+$"},
             "input": {"type": "object", "additionalProperties": False, "required": ["prompt"], "properties": {
-                "prompt": {"type": "string", "minLength": 1, "maxLength": 4000, "pattern": r"\S",
+                "prompt": {"type": "string", "minLength": 1, "maxLength": 4000, "pattern": r"[^\s\x1c-\x1f\x85]",
                            "description": "Not only whitespace"},
                 "image_url": _URL,
                 "params": _string_map(32, 64, 1024)}},
@@ -362,6 +362,13 @@ _SCHEMAS: dict[str, Any] = {
                 # (see ``document``): a push to any other is a 400.
                 "push": {"description": "A phone to tell when the job completes or fails (FCM or APNs).",
                          "oneOf": [{"type": "null"}, *_PUSH_TARGETS.values()]}}},
+            "priority": {"enum": ["high", "standard", "low", None], "default": "standard",
+                         "description": "A waiting job is never passed by one of a lower class. high is open "
+                                        "only to API keys the operator granted it (FLOODGATE_PRIORITY_GRANTS): "
+                                        "400 otherwise."},
+            "deadline_s": {"type": ["integer", "null"], "minimum": 1, "maximum": 604800,
+                           "description": "Seconds after acceptance: a job still waiting then ends expired, never "
+                                          "submitted. Default: the server's FLOODGATE_DEFAULT_DEADLINE_S (0: none)."},
         },
     },
     "JobAccepted": {
@@ -387,6 +394,17 @@ _SCHEMAS: dict[str, Any] = {
             "error": {"type": ["string", "null"]},
             "created_at": _TIME, "updated_at": _TIME,
             "metadata": _STRING_MAP,
+            "priority": {"enum": ["high", "standard", "low"]},
+            "queue_position": {"type": ["integer", "null"], "minimum": 0,
+                               "description": "Waiting jobs the provider serves before this one (0: next); null "
+                                              "once the job has left the line. An estimate by the line's own "
+                                              "rule: priority, then each tenant's fair share."},
+            "eta_seconds": {"type": ["number", "null"], "minimum": 0,
+                            "description": "Estimated seconds until the provider starts the job (queued jobs; "
+                                           "null when not known yet)."},
+            "eta_ready_seconds": {"type": ["number", "null"], "minimum": 0,
+                                  "description": "Estimated seconds until the video is ready (queued and running "
+                                                 "jobs; null when not known yet)."},
         },
     },
     "Upload": {"type": "object", "required": ["url", "content_type", "bytes", "expires_in"], "properties": {
@@ -421,19 +439,23 @@ _SECURITY = {
 
 
 def document(roles: Set[str], server_url: str | None = None, models: Sequence[str] | None = None,
-             push_platforms: Set[str] | None = None, *, videos: bool = False) -> dict[str, Any]:
+             push_platforms: Set[str] | None = None, *, videos: bool = False,
+             high_granted: bool = True) -> dict[str, Any]:
     """The OpenAPI 3.1 document for an app serving ``roles``; ``models`` (the routable models)
     become the enum of ``JobRequest.model``, so a client sees which ones it may ask for, and
     ``push_platforms`` (those with credentials) the kinds of ``notify.push`` it may send;
-    ``videos``: and stored videos, which the read role serves when there is a video store."""
+    ``videos``: and stored videos, which the read role serves when there is a video store;
+    ``high_granted``: whether any API key may ask for priority high (else it is left out)."""
     schemas = _SCHEMAS
-    if models is not None or push_platforms is not None:
+    if models is not None or push_platforms is not None or not high_granted:
         request = copy.deepcopy(_SCHEMAS["JobRequest"])
         if models is not None:
             request["properties"]["model"]["enum"] = list(models)
         if push_platforms is not None:
             push = request["properties"]["notify"]["properties"]["push"]
             push["oneOf"] = [{"type": "null"}, *(v for k, v in _PUSH_TARGETS.items() if k in push_platforms)]
+        if not high_granted:
+            request["properties"]["priority"]["enum"] = ["standard", "low", None]
         schemas = {**_SCHEMAS, "JobRequest": request}
     paths: dict[str, dict[str, Any]] = {}
     served = set(roles) | ({"videos"} if videos and "read" in roles else set())

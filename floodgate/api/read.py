@@ -15,7 +15,7 @@ from aiohttp import WSCloseCode, WSMsgType, web
 
 from floodgate.api.common import Deps, base_url, json_response
 from floodgate.api.resources import job_resource, presumed_queued
-from floodgate.api.view import JobView, Snapshot, is_terminal
+from floodgate.api.view import STANDING, JobView, Snapshot, is_terminal
 from floodgate.ids import check_token
 from floodgate.problems import FORBIDDEN_ORIGIN, NOT_FOUND, UNAUTHORIZED, problem_response
 
@@ -78,7 +78,9 @@ class Reader:
 
     def resource(self, snapshot: Snapshot, base: str) -> dict[str, Any]:
         """The public job, with our signed video link when videos are kept in our store."""
-        return job_resource(snapshot, self.deps.video_url(snapshot, base))
+        board = self.view.board
+        standing = board.standing(snapshot, self.view.clock()) if board is not None else None
+        return job_resource(snapshot, self.deps.video_url(snapshot, base), standing)
 
     async def job_events(self, request: web.Request) -> web.StreamResponse:
         job_id, refused = self._authorize(request)
@@ -95,10 +97,10 @@ class Reader:
             snapshot: Snapshot | None = await current(self.view, job_id, self.deps.wait_for_job)
             live = False  # the first snapshot is the current state, not a change being pushed
             while not self.closing.is_set():
-                if snapshot is not None and snapshot["version"] > last_sent:
+                if snapshot is not None and (snapshot["version"] > last_sent or snapshot.get(STANDING)):
                     await response.write(sse_event(snapshot, self.resource(snapshot, base)))
                     last_sent = snapshot["version"]
-                    if live:
+                    if live and not snapshot.get(STANDING):
                         self.pushed("sse", snapshot)
                 if snapshot is not None and is_terminal(snapshot):
                     break
@@ -248,10 +250,10 @@ class _StreamSession:
             snapshot = await current(view, job_id, self.reader.deps.wait_for_job)
             last_sent, live = -1, False
             while True:
-                if snapshot["version"] > last_sent:
+                if snapshot["version"] > last_sent or snapshot.get(STANDING):
                     await self.send({"type": "job", "job": self.reader.resource(snapshot, self.base)})
                     last_sent = snapshot["version"]
-                    if live:
+                    if live and not snapshot.get(STANDING):
                         self.reader.pushed("websocket", snapshot)
                 if is_terminal(snapshot):
                     break  # nothing follows a terminal state; the subscription ends by itself

@@ -9,6 +9,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from floodgate.ids import is_job_id, job_id_time
+from floodgate.queueboard import Standing
 
 Snapshot = dict[str, Any]
 
@@ -21,10 +22,12 @@ def iso_ms(epoch_ms: int | None) -> str | None:
     return stamp.strftime("%Y-%m-%dT%H:%M:%S.") + f"{stamp.microsecond // 1000:03d}Z"
 
 
-def job_resource(snapshot: Snapshot, video_url: str | None = None) -> dict[str, Any]:
+def job_resource(snapshot: Snapshot, video_url: str | None = None, standing: Standing | None = None) -> dict[str, Any]:
     """The body of ``GET /v1/jobs/{job_id}`` (and of SSE/WebSocket job messages). ``video_url``
-    replaces the provider's (our signed link, when videos are kept in our store)."""
+    replaces the provider's (our signed link, when videos are kept in our store); ``standing``:
+    its place in line and ETAs (``floodgate.queueboard``)."""
     video_url = video_url or snapshot.get("video_url")
+    standing = standing or Standing()
     return {
         "job_id": snapshot["job_id"],
         "status": snapshot["status"],
@@ -36,6 +39,10 @@ def job_resource(snapshot: Snapshot, video_url: str | None = None) -> dict[str, 
         "created_at": iso_ms(snapshot.get("created_at")),
         "updated_at": iso_ms(snapshot.get("updated_at")),
         "metadata": dict(snapshot.get("metadata") or {}),
+        "priority": snapshot.get("priority") or "standard",
+        "queue_position": standing.queue_position,
+        "eta_seconds": standing.eta_seconds,
+        "eta_ready_seconds": standing.eta_ready_seconds,
     }
 
 
@@ -59,6 +66,7 @@ def queued_snapshot(request: dict[str, Any]) -> Snapshot:
         "metadata": dict(request["metadata"]),
         "version": 0,
         "push": (request.get("notify") or {}).get("push"),
+        "priority": request.get("priority") or "standard",
     }
 
 

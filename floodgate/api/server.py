@@ -39,6 +39,7 @@ from floodgate.eventloop import use_uvloop
 from floodgate.kafka_admin import ensure_topics
 from floodgate.procs import bind_socket, freeze_heap
 from floodgate.provider_config import ProviderSetup
+from floodgate.queueboard import QueueBoard
 from floodgate.settings import Settings
 from floodgate.topics import TopicNames
 
@@ -136,7 +137,9 @@ async def serve(settings: Settings, *, host: str | None = None, port: int | None
     try:
         if "read" in chosen:
             spill = await asyncio.to_thread(SpillStore.private, spill_dir(settings))
-            view = JobView(view_max_jobs, spill)
+            weights = settings.tenant_weight_map
+            board = QueueBoard(limits, weight_of=lambda tenant: weights.get(tenant, 1.0))
+            view = JobView(view_max_jobs, spill, board=board)
             feed = NotificationFeed(settings.kafka_bootstrap, names.notifications,
                                     layout[names.notifications][0], view,
                                     fetch_max_wait_ms=settings.fetch_max_wait_ms)

@@ -18,8 +18,9 @@ import asyncio
 import contextlib
 import logging
 import sqlite3
+import time
 from collections import OrderedDict
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
@@ -29,12 +30,17 @@ from floodgate.api.spill import SpillStore
 from floodgate.errors import SchemaError
 from floodgate.jobs.record import decode_notification
 from floodgate.jobs.state import TERMINAL
+from floodgate.queueboard import QueueBoard, update_due
 
 log = logging.getLogger(__name__)
 
 Snapshot = dict[str, Any]
 
 DEFAULT_MAX_JOBS = 100_000
+NUDGE_EVERY = 0.5
+"""Seconds between two looks at where subscribed queued jobs stand (the feed may loop faster)."""
+STANDING = "_standing"
+"""Marks a snapshot offered again to subscribers because the job moved up in line (same version)."""
 # A subscriber only ever needs the newest state; a slow one loses intermediate snapshots
 # rather than making the view buffer without bound.
 SUBSCRIBER_QUEUE = 16
@@ -51,11 +57,18 @@ class JobView:
     Not thread-safe; use from the event loop only.
     """
 
-    def __init__(self, max_jobs: int = DEFAULT_MAX_JOBS, spill: SpillStore | None = None) -> None:
+    def __init__(self, max_jobs: int = DEFAULT_MAX_JOBS, spill: SpillStore | None = None, *,
+                 board: QueueBoard | None = None, clock: Callable[[], float] = time.time) -> None:
+        """``board``: where queued jobs stand in their provider's line (place and ETA)."""
         if max_jobs < 1:
             raise ValueError("max_jobs must be at least 1")
         self.max_jobs = max_jobs
         self.spill = spill
+        self.board = board
+        self.clock = clock
+        self._told: dict[str, tuple[int, float]] = {}
+        """Per subscribed queued job: the place its subscribers were last told of, and when."""
+        self._nudged_at = 0.0
         # Two recency orders: evicting a finished job costs its owner nothing (the result also
         # lives on `results` and in the spill), evicting a live one without a spill would make
         # its GET fall back to "queued".
@@ -109,6 +122,8 @@ class JobView:
         self._evicted.pop(job_id, None)  # superseded: no need to write it
         (self._done if is_terminal(snapshot) else self._active)[job_id] = snapshot
         self._evict()
+        if self.board is not None:
+            self.board.observe(snapshot, self.clock())
         for queue in self._subscribers.get(job_id, ()):
             _offer(queue, snapshot)
         for waiter in self._arrivals.pop(job_id, ()):
@@ -181,6 +196,35 @@ class JobView:
             if not waiters and self._arrivals.get(job_id) is waiters:
                 del self._arrivals[job_id]
         return found
+
+    def nudge(self) -> int:
+        """Tell subscribers of queued jobs that moved up in line (the feed calls it at least once
+        a second): when the place moved by 5% of itself, or 5 s after the last word if it moved
+        at all (``update_due``). The subscriber gets the job's current snapshot again, marked as
+        a ``standing`` update, and renders its place and ETA anew. Returns how many were told."""
+        board = self.board
+        now, told = self.clock(), 0
+        if board is None or now - self._nudged_at < NUDGE_EVERY:
+            return 0
+        self._nudged_at = now
+        for job_id in [job_id for job_id in self._told if job_id not in self._subscribers]:
+            del self._told[job_id]
+        for job_id, queues in self._subscribers.items():
+            position = board.position(job_id)
+            snapshot = self.get(job_id)
+            if position is None or snapshot is None:
+                self._told.pop(job_id, None)
+                continue
+            last = self._told.get(job_id)
+            if last is None:
+                self._told[job_id] = (position, now)  # (the subscriber read this place when it came)
+                continue
+            if update_due(last, position, now):
+                self._told[job_id] = (position, now)
+                for queue in queues:
+                    _offer(queue, {**snapshot, STANDING: True})
+                told += 1
+        return told
 
     def subscribe(self, job_id: str) -> asyncio.Queue[Snapshot]:
         """A queue receiving every newer snapshot of ``job_id`` from now on; pair with ``unsubscribe``."""
@@ -289,6 +333,7 @@ class NotificationFeed:
             # Also with nothing fetched: the flush writes what the ingress's put_local evicted.
             await self.view.apply_batch([snapshot for records in batches.values() for msg in records
                                          if (snapshot := _decode(msg)) is not None])
+            self.view.nudge()
             if pending:
                 for tp in list(pending):
                     if await self._consumer.position(tp) >= end[tp]:
@@ -307,4 +352,4 @@ def _decode(msg: Any) -> Snapshot | None:
         return None
 
 
-__all__ = ["DEFAULT_MAX_JOBS", "JobView", "NotificationFeed", "Snapshot", "is_terminal"]
+__all__ = ["DEFAULT_MAX_JOBS", "STANDING", "JobView", "NotificationFeed", "Snapshot", "is_terminal"]

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 from floodgate.api.resources import iso_ms, job_resource, presumed_queued
 from floodgate.ids import job_id_for_key, new_job_id
+from floodgate.queueboard import Standing
 
 
 def test_iso_ms() -> None:
@@ -20,8 +21,12 @@ def test_job_resource_shape() -> None:
         "job_id": "j", "status": "completed", "model": "m", "provider": "p", "progress": 1.0,
         "result": {"video_url": "https://v/1.mp4"}, "error": None,
         "created_at": "2023-11-14T22:13:20.000Z", "updated_at": "2023-11-14T22:13:21.000Z", "metadata": {"a": "b"},
+        "priority": "standard", "queue_position": None, "eta_seconds": None, "eta_ready_seconds": None,
     }
     assert job_resource({**snapshot, "video_url": None})["result"] is None
+    waiting = job_resource({**snapshot, "status": "queued", "priority": "low"}, standing=Standing(12, 30.5, 90.0))
+    assert (waiting["priority"], waiting["queue_position"], waiting["eta_seconds"], waiting["eta_ready_seconds"]) == (
+        "low", 12, 30.5, 90.0)
 
 
 def test_presumed_queued_dates_come_from_the_id() -> None:

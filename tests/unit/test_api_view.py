@@ -264,3 +264,37 @@ def test_any_arrivals_and_flushes_read_back_the_highest_version(
     for job_id, version, _ in arrivals:
         expected[job_id] = max(version, expected[job_id] or 0)
     assert seen == expected
+
+
+def test_subscribers_of_queued_jobs_hear_when_they_move_up_and_not_otherwise() -> None:
+    from floodgate.api.view import STANDING
+    from floodgate.queueboard import QueueBoard
+
+    clock = [1000.0]
+    view = JobView(board=QueueBoard({"kling": 10}), clock=lambda: clock[0])
+
+    def queued(job_id: str, created: int) -> dict[str, Any]:
+        return {"job_id": job_id, "version": 1, "status": "queued", "provider": "kling", "tenant": "t",
+                "created_at": created, "updated_at": created}
+
+    for i in range(40):
+        view.apply(queued(f"j{i}", i))
+    queue = view.subscribe("j39")
+    assert view.nudge() == 0, "the first look only notes the place the subscriber saw"
+    clock[0] += 1
+    for i in range(3):  # 39 → 36: more than 5% of its place
+        view.apply({**queued(f"j{i}", i), "version": 2, "status": "submitted", "updated_at": 999_000})
+    assert view.nudge() == 1
+    pushed = queue.get_nowait()
+    assert view.board is not None
+    assert pushed[STANDING] and pushed["version"] == 1 and view.board.position("j39") == 36
+    view.apply({**queued("j3", 3), "version": 2, "status": "submitted", "updated_at": 999_000})  # 36 → 35
+    clock[0] += 1
+    assert view.nudge() == 0 and queue.empty(), "one step of 36 waits for the 5 s mark"
+    clock[0] += 5
+    assert view.nudge() == 1 and queue.get_nowait()[STANDING]
+    clock[0] += 10
+    assert view.nudge() == 0, "nothing moved: nothing to say"
+    view.unsubscribe("j39", queue)
+    clock[0] += 1
+    assert view.nudge() == 0 and not view._told

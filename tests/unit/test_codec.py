@@ -99,6 +99,7 @@ SAMPLES: dict[str, dict[str, Any]] = {
         "metadata": {},
         "version": 7,
         "push": {"platform": "apns", "token": "ab" * 32},
+        "priority": "high",
     },
     "DeadLetter": {
         "reason": "bad bytes",
@@ -119,7 +120,7 @@ def test_every_contract_has_a_sample() -> None:
 
 
 # Schemas that gained fields; the rest are at 1.
-CURRENT_VERSIONS = {"SlotRelease": 2, "JobRequest": 3, "JobSnapshot": 2, "DispatchOrder": 2}
+CURRENT_VERSIONS = {"SlotRelease": 2, "JobRequest": 3, "JobSnapshot": 3, "DispatchOrder": 2}
 
 
 @pytest.mark.parametrize("name", sorted(SAMPLES))

@@ -1,0 +1,213 @@
+"""Place in line and ETA of queued jobs, as the job view sees them. Pure: clocks are arguments.
+
+The API's job view hands every snapshot it keeps to ``QueueBoard.observe``. The board keeps, per
+provider, the queued jobs of each (priority, tenant) class in acceptance order, and from those
+answers:
+
+* ``queue_position``: how many waiting jobs the provider serves before this one, by the waiting
+  line's own rule (``floodgate.fairqueue.position_estimate``: higher priority classes first, then
+  each tenant's weighted share); 0 means next. Jobs that have left the line have none.
+* ``eta_seconds``: seconds until the provider starts the job: ``(position + 1)`` ÷ the provider's
+  start rate. The start rate is what the board saw (jobs leaving the line per second over the
+  last minute) once there is enough of it, else the capacity estimate ``limit ÷ median render
+  time`` (render times observed, or the routing file's, when none yet).
+* ``eta_ready_seconds``: seconds until the video should be ready: the wait above plus the
+  median render time; for a running job, that median less the time it has run.
+
+Estimates, not promises: a burst of a higher class arriving later moves a job back, and the
+start rate follows the providers' render times.
+"""
+from __future__ import annotations
+
+import bisect
+import statistics
+from collections import deque
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from floodgate.fairqueue import ClassLoad, position_estimate
+
+RATE_WINDOW = 60.0
+"""Seconds of starts the observed start rate is taken over."""
+MIN_STARTS = 5
+"""Starts in the window below which the capacity estimate is used instead of the observed rate."""
+RENDER_SAMPLES = 200
+"""Render times kept per provider (the most recent)."""
+MAX_STARTED = 100_000
+"""Start times of running jobs kept (to measure their render time when they end)."""
+
+_LEFT_THE_LINE = frozenset({"submitted", "running", "completed", "failed"})
+
+
+@dataclass(frozen=True)
+class Standing:
+    """Where a job stands: its place in line and the two ETAs (None: not known or not queued)."""
+
+    queue_position: int | None = None
+    eta_seconds: float | None = None
+    eta_ready_seconds: float | None = None
+
+
+@dataclass
+class _Provider:
+    classes: dict[tuple[str, str], list[tuple[int, str]]] = field(default_factory=dict)
+    """(priority, tenant) → sorted (created_at ms, job id) of queued jobs."""
+    starts: deque[float] = field(default_factory=deque)
+    renders: deque[float] = field(default_factory=lambda: deque(maxlen=RENDER_SAMPLES))
+
+
+@dataclass(frozen=True)
+class _Place:
+    provider: str
+    klass: tuple[str, str]
+    entry: tuple[int, str]
+
+
+class QueueBoard:
+    def __init__(self, limits: Mapping[str, int], *, weight_of: Callable[[str], float] = lambda tenant: 1.0,
+                 configured_render: Mapping[str, float] | None = None) -> None:
+        """``limits``: provider → concurrency limit. ``configured_render``: provider → typical
+        render seconds from the routing file, used until render times are observed."""
+        self.limits = dict(limits)
+        self.weight_of = weight_of
+        self.configured_render = dict(configured_render or {})
+        self._providers: dict[str, _Provider] = {}
+        self._places: dict[str, _Place] = {}
+        self._started: dict[str, tuple[str, float]] = {}
+
+    def __len__(self) -> int:
+        """Queued jobs on the board."""
+        return len(self._places)
+
+    def _provider(self, name: str) -> _Provider:
+        found = self._providers.get(name)
+        if found is None:
+            found = self._providers[name] = _Provider()
+        return found
+
+    def observe(self, snapshot: Mapping[str, Any], now: float) -> None:
+        """Take in a job's newest snapshot. Its change is dated by its ``updated_at`` (``now``,
+        epoch seconds, if it has none), so that a view catching up on old snapshots after a
+        restart does not count them as starts of this minute."""
+        job_id = snapshot["job_id"]
+        stamp = snapshot.get("updated_at")
+        at = stamp / 1000 if stamp else now
+        status, provider = snapshot.get("status"), snapshot.get("provider")
+        was = self._places.pop(job_id, None)
+        if was is not None:
+            self._remove(was)
+        if status == "queued" and provider:
+            klass = (snapshot.get("priority") or "standard", snapshot.get("tenant") or "default")
+            place = _Place(provider, klass, (int(snapshot.get("created_at") or 0), job_id))
+            bisect.insort(self._provider(provider).classes.setdefault(klass, []), place.entry)
+            self._places[job_id] = place
+            return
+        if was is not None and status in _LEFT_THE_LINE:
+            self._start(was.provider, job_id, at, now)
+        if status in ("completed", "failed", "cancelled", "expired"):
+            started = self._started.pop(job_id, None)
+            if started is not None and status == "completed":
+                self._provider(started[0]).renders.append(max(0.0, at - started[1]))
+
+    def _remove(self, place: _Place) -> None:
+        line = self._providers[place.provider].classes[place.klass]
+        at = bisect.bisect_left(line, place.entry)
+        if at < len(line) and line[at] == place.entry:
+            del line[at]
+        if not line:
+            del self._providers[place.provider].classes[place.klass]
+
+    def _start(self, provider: str, job_id: str, at: float, now: float) -> None:
+        starts = self._provider(provider).starts
+        starts.append(at)
+        while starts and starts[0] < now - RATE_WINDOW:
+            starts.popleft()
+        if len(self._started) >= MAX_STARTED:
+            self._started.pop(next(iter(self._started)))  # the oldest: a job whose end was never seen
+        self._started[job_id] = (provider, at)
+
+    def render_time(self, provider: str) -> float | None:
+        """Median render seconds at ``provider``: observed, else configured, else None."""
+        renders = self._providers[provider].renders if provider in self._providers else ()
+        if renders:
+            return statistics.median(renders)
+        return self.configured_render.get(provider)
+
+    def start_rate(self, provider: str, now: float) -> float | None:
+        """Jobs leaving ``provider``'s line per second: observed, else its capacity estimate."""
+        state = self._providers.get(provider)
+        if state is not None:
+            starts = state.starts
+            while starts and starts[0] < now - RATE_WINDOW:
+                starts.popleft()
+            if len(starts) >= MIN_STARTS:
+                span = max(now - starts[0], 1.0)
+                return len(starts) / span
+        render = self.render_time(provider)
+        limit = self.limits.get(provider)
+        if render and limit:
+            return limit / render
+        return None
+
+    def position(self, job_id: str) -> int | None:
+        place = self._places.get(job_id)
+        if place is None:
+            return None
+        state = self._providers[place.provider]
+        line = state.classes[place.klass]
+        index = bisect.bisect_left(line, place.entry)
+        loads = (ClassLoad(priority, tenant, len(jobs)) for (priority, tenant), jobs in state.classes.items())
+        return position_estimate(place.klass[0], place.klass[1], index, loads, self.weight_of)
+
+    def standing(self, snapshot: Mapping[str, Any], now: float) -> Standing:
+        """Where the job of ``snapshot`` stands at ``now``."""
+        job_id, provider = snapshot["job_id"], snapshot.get("provider")
+        status = snapshot.get("status")
+        if status == "queued":
+            position = self.position(job_id)
+            if position is None or not provider:
+                return Standing()
+            rate = self.start_rate(provider, now)
+            wait = (position + 1) / rate if rate else None
+            render = self.render_time(provider)
+            ready = wait + render if wait is not None and render is not None else None
+            return Standing(position, _round(wait), _round(ready))
+        if status in ("submitted", "running") and provider:
+            render = self.render_time(provider)
+            started = self._started.get(job_id)
+            if render is None:
+                return Standing()
+            ran = now - started[1] if started is not None else 0.0
+            return Standing(None, None, _round(max(0.0, render - ran)))
+        return Standing()
+
+    def queued_at(self, provider: str) -> int:
+        """Jobs waiting for ``provider``."""
+        state = self._providers.get(provider)
+        return 0 if state is None else sum(len(jobs) for jobs in state.classes.values())
+
+    def estimated_wait(self, provider: str, now: float) -> float | None:
+        """Seconds a job joining ``provider``'s line now would wait (standard class)."""
+        rate = self.start_rate(provider, now)
+        return (self.queued_at(provider) + 1) / rate if rate else None
+
+
+def _round(value: float | None) -> float | None:
+    return None if value is None else round(value, 1)
+
+
+def update_due(last: tuple[int, float] | None, position: int, now: float, *, every: float = 5.0,
+               step: float = 0.05) -> bool:
+    """Whether a subscriber should hear of a job's new ``position`` (``last``: the position it was
+    told and when): once the position moved by ``step`` of itself, or ``every`` seconds after the
+    last update if it moved at all; never twice for the same position."""
+    if last is None:
+        return True
+    told, at = last
+    if position == told:
+        return False
+    return abs(position - told) >= max(1.0, step * told) or now - at >= every
+
+
+__all__ = ["QueueBoard", "Standing", "update_due"]

@@ -1,0 +1,102 @@
+"""Place in line and ETA from the snapshots the job view sees."""
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from floodgate.queueboard import QueueBoard, Standing, update_due
+
+T0 = 1_800_000_000.0
+
+
+def snap(job_id: str, status: str = "queued", *, provider: str | None = "kling", tenant: str = "a",
+         priority: str | None = None, created: float = 0.0, updated: float | None = None) -> dict[str, Any]:
+    out: dict[str, Any] = {"job_id": job_id, "status": status, "provider": provider, "tenant": tenant,
+                           "created_at": int((T0 + created) * 1000),
+                           "updated_at": int((T0 + (created if updated is None else updated)) * 1000)}
+    if priority:
+        out["priority"] = priority
+    return out
+
+
+def board(**kw: Any) -> QueueBoard:
+    return QueueBoard({"kling": 10, "wan": 5}, **kw)
+
+
+def test_positions_follow_acceptance_order_and_move_up_as_jobs_leave() -> None:
+    b = board()
+    for i in range(5):
+        b.observe(snap(f"j{i}", created=i), T0 + i)
+    assert [b.position(f"j{i}") for i in range(5)] == [0, 1, 2, 3, 4]
+    b.observe(snap("j0", "submitted", created=0, updated=10), T0 + 10)
+    b.observe(snap("j1", "cancelled", created=1, updated=10), T0 + 10)
+    assert b.position("j0") is None and [b.position(f"j{i}") for i in (2, 3, 4)] == [0, 1, 2]
+    assert b.queued_at("kling") == 3 and b.queued_at("wan") == 0
+
+
+def test_a_tenant_behind_a_burst_gets_a_fair_place_and_high_goes_first() -> None:
+    b = board()
+    for i in range(1000):
+        b.observe(snap(f"a{i}", tenant="a", created=i / 1000), T0 + 1)
+    b.observe(snap("b0", tenant="b", created=2), T0 + 2)
+    b.observe(snap("vip", tenant="c", priority="high", created=3), T0 + 3)
+    assert b.position("vip") == 0
+    assert b.position("b0") == 1  # behind vip, and level with a's head
+    assert b.position("a999") == 1000 + 1
+
+
+def test_a_rerouted_job_moves_to_its_new_providers_line() -> None:
+    b = board()
+    b.observe(snap("x", provider="kling"), T0)
+    b.observe(snap("y", provider="wan", created=1), T0)
+    b.observe(snap("x", provider="wan", updated=5), T0 + 5)
+    assert b.queued_at("kling") == 0 and b.position("x") == 0 and b.position("y") == 1
+
+
+def test_eta_from_capacity_until_starts_are_seen_then_from_the_observed_rate() -> None:
+    b = board(configured_render={"kling": 20.0})
+    for i in range(30):
+        b.observe(snap(f"j{i}", created=i / 100), T0)
+    # No start seen yet: 10 slots / 20 s = 0.5 starts/s; 11th in line → 22 s; ready 20 s later.
+    assert b.standing(snap("j10", created=0.1), T0) == Standing(10, 22.0, 42.0)
+    for i in range(10):  # ten start within 5 seconds: 2 starts/s observed
+        b.observe(snap(f"j{i}", "submitted", created=i / 100, updated=1 + i * 0.5), T0 + 6)
+    standing = b.standing(snap("j29", created=0.29), T0 + 6)
+    assert standing.queue_position == 19
+    assert standing.eta_seconds == pytest.approx(20 / (10 / 5.0), abs=0.1)
+
+
+def test_render_time_is_measured_from_start_to_completion() -> None:
+    b = board(configured_render={"wan": 99.0})
+    b.observe(snap("j", provider="wan"), T0)
+    b.observe(snap("j", "submitted", provider="wan", updated=10), T0 + 10)
+    assert b.standing(snap("j", "running", provider="wan", updated=12), T0 + 12).eta_ready_seconds == 97.0
+    b.observe(snap("j", "completed", provider="wan", updated=40), T0 + 40)
+    assert b.render_time("wan") == 30.0
+    assert b.standing(snap("j", "completed", provider="wan"), T0 + 40) == Standing()
+
+
+def test_catching_up_on_old_snapshots_does_not_count_as_starts_now() -> None:
+    b = board()
+    for i in range(50):
+        b.observe(snap(f"j{i}", created=0), T0 + 3600)
+        b.observe(snap(f"j{i}", "submitted", created=0, updated=1), T0 + 3600)
+    b.observe(snap("new", created=3600), T0 + 3600)
+    assert b.start_rate("kling", T0 + 3600) is None  # an hour-old burst says nothing of today's rate
+    assert b.standing(snap("new", created=3600), T0 + 3600) == Standing(0, None, None)
+
+
+def test_jobs_without_a_provider_yet_have_no_place() -> None:
+    b = board()
+    b.observe(snap("j", provider=None), T0)
+    assert len(b) == 0 and b.standing(snap("j", provider=None), T0) == Standing()
+
+
+def test_updates_come_every_five_percent_or_five_seconds_and_never_for_nothing() -> None:
+    assert update_due(None, 100, T0)
+    assert not update_due((100, T0), 100, T0 + 60), "same place: nothing to say"
+    assert not update_due((100, T0), 97, T0 + 1)
+    assert update_due((100, T0), 95, T0 + 1)
+    assert update_due((100, T0), 99, T0 + 5)
+    assert update_due((3, T0), 2, T0 + 0.1), "near the head every step counts"
