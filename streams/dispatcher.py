@@ -134,7 +134,8 @@ class Dispatcher:
         spec = pipe.routing.providers[name]
         self.connector = pipe.providers[name]
         self.partitions = self.names.dispatch_partitions(spec.concurrency_limit)
-        self.lane = lane or Lane(self.app, spec, self.partitions)
+        self.lane = lane or Lane(self.app, spec, self.partitions,
+                                 breaker_reset_after=self.settings.breaker_reset_after)
         self.orders = self.emit.topic(self.names.dispatch(name), partitions=self.partitions)
         self.releases = self.emit.topic(self.names.release(name), partitions=self.partitions)
         base = self.settings.webhook_base_url
@@ -424,8 +425,9 @@ class Dispatcher:
             if not lane.breaker.allow(now) and has_fallback:
                 await self.move_on(order, key, partition, f"{self.name} is failing (circuit open)", reroute=True)
                 return None
-            if lane.bucket is not None:
-                wait = lane.bucket.take(now)
+            bucket = lane.buckets.get(partition)
+            if bucket is not None:
+                wait = bucket.take(now)
                 if wait > 0:
                     await asyncio.sleep(wait)
             try:

@@ -38,7 +38,15 @@ import faust
 
 from floodgate.dispatch import CancelMark, Order, Parked, Slot, mark_expired, parse_slot_key, slot_key
 from floodgate.routing import ProviderSpec
-from floodgate.throttle import Backoff, CircuitBreaker, SlotPool, TokenBucket, WaitingLine, partition_share
+from floodgate.throttle import (
+    Backoff,
+    CircuitBreaker,
+    SlotPool,
+    TokenBucket,
+    WaitingLine,
+    partition_bucket,
+    partition_share,
+)
 from streams.tables import RecordTable
 
 log = logging.getLogger(__name__)
@@ -49,7 +57,8 @@ enough to refill freed slots at once, few enough that the backlog stays in Kafka
 
 
 class Lane:
-    def __init__(self, app: faust.App, spec: ProviderSpec, partitions: int) -> None:
+    def __init__(self, app: faust.App, spec: ProviderSpec, partitions: int, *,
+                 breaker_reset_after: float = 30.0) -> None:
         self.spec = spec
         self.partitions = partitions
         self.slots: RecordTable[Slot] = RecordTable(app, f"inflight-{spec.name}", partitions=partitions,
@@ -63,9 +72,11 @@ class Lane:
         """Per dispatch partition, the consumer generation its slot count and line were rebuilt in."""
         self.settled_generation: int | None = None
         """The generation ``drop_unassigned`` last ran in."""
-        self.bucket = (TokenBucket(spec.rate_per_second, max(1.0, spec.rate_per_second))
-                       if spec.rate_per_second else None)
-        self.breaker = CircuitBreaker(failure_threshold=5, reset_after=30.0)
+        # Per partition, like the slots: the rate holds across workers (see ``partition_bucket``).
+        self.buckets: dict[int, TokenBucket] = (
+            {p: partition_bucket(spec.rate_per_second, partitions) for p in range(partitions)}
+            if spec.rate_per_second else {})
+        self.breaker = CircuitBreaker(failure_threshold=5, reset_after=breaker_reset_after)
         self.backoff = Backoff(base=0.5, factor=2.0, cap=30.0, jitter="full", rng=random.Random())
         self.submitting: dict[bytes, asyncio.Task[None]] = {}
         self.marks: RecordTable[CancelMark] = RecordTable(app, f"cancelled-{spec.name}", partitions=partitions,

@@ -27,11 +27,14 @@ def simulator_config(path: Path, **provider_overrides: Any) -> Path:
     return path
 
 
-def routing_file(path: Path, limits: dict[str, int]) -> Path:
-    """A routing table on the simulator whose address comes from the environment at load time."""
+def routing_file(path: Path, limits: dict[str, int], rates: dict[str, float] | None = None) -> Path:
+    """A routing table on the simulator whose address comes from the environment at load time;
+    ``rates`` gives providers a ``rate_per_second``."""
     conn = {"base_url": "env:FLOODGATE_SIMULATOR_URL", "api_key": "k", "webhook_secret": DEV_WEBHOOK_SECRET_REF}
+    rates = rates or {}
     path.write_text(json.dumps({
-        "providers": {name: {"kind": "simulator", "concurrency_limit": limit, "connection": conn}
+        "providers": {name: {"kind": "simulator", "concurrency_limit": limit, "connection": conn,
+                             **({"rate_per_second": rates[name]} if name in rates else {})}
                       for name, limit in limits.items()},
         "routes": {"wan-2.6": [{"provider": "wan"}, {"provider": "kling", "provider_model": "kling-2.1"}],
                    "kling-2.1": [{"provider": "kling"}]},
