@@ -575,13 +575,12 @@ class Dispatcher:
         settings = self.settings
         if age > settings.job_timeout:
             self.metrics.timeouts.labels(self.name).inc()
+            if slot.provider_job_id:
+                # Before the failure, whose release frees the slot: the provider must have let the
+                # job go before another takes its place (a failed cancel is logged, never raised).
+                await self.cancel_at_provider(job_id, slot.provider_job_id)
             await self.event(job_id, "failed", slot.attempt,
                              error=f"no result from {self.name} after {settings.job_timeout:.0f}s")
-            if slot.provider_job_id:
-                try:
-                    await self.connector.cancel(self.pipe.session(), slot.provider_job_id)
-                except FloodgateError:
-                    log.warning("cancel of %s at %s failed", slot.provider_job_id, self.name)
             return
         if age < settings.poll_after:
             return

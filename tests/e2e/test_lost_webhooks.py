@@ -4,24 +4,16 @@ from __future__ import annotations
 
 import asyncio
 from pathlib import Path
-from typing import Any
 
 import aiohttp
 import pytest
 
 from tests.e2e.stack_util import make_stack, simulator_config
-from tests.helpers import final_states, fire, scrape, sim_stats, value
+from tests.helpers import final_states, fire, provider_jobs, scrape, sim_stats, value
 
 pytestmark = pytest.mark.kafka
 
 JOBS = 50
-
-
-async def provider_jobs(simulator: str, provider: str) -> list[dict[str, Any]]:
-    async with aiohttp.ClientSession() as session, session.get(f"{simulator}/_admin/{provider}/jobs") as resp:
-        assert resp.status == 200, await resp.text()
-        jobs: list[dict[str, Any]] = (await resp.json())["jobs"]
-        return jobs
 
 
 async def worker_polls(metrics_url: str, provider: str) -> float:
