@@ -19,11 +19,15 @@ from tests.kafka_util import unique_name
 TERMINAL = {"completed", "failed", "cancelled"}
 
 
-def simulator_config(path: Path, **provider_overrides: Any) -> Path:
-    """Fast renders (tens of ms) so thousands of jobs fit in a test; limits as in the dev preset."""
+def simulator_config(path: Path, *, only: dict[str, dict[str, Any]] | None = None,
+                     **provider_overrides: Any) -> Path:
+    """Fast renders (tens of ms) so thousands of jobs fit in a test; limits as in the dev preset.
+    ``provider_overrides`` apply to every provider, ``only`` to the one it names."""
     base = {"concurrency_limit": 10, "render_time": {"kind": "uniform", "min": 0.02, "max": 0.08},
             "queue_delay": 0.005, **provider_overrides}
-    path.write_text(json.dumps({"providers": {n: base for n in ("sora", "kling", "wan")}, "seed": 11}))
+    only = only or {}
+    path.write_text(json.dumps({"providers": {n: {**base, **only.get(n, {})} for n in ("sora", "kling", "wan")},
+                                "seed": 11}))
     return path
 
 

@@ -16,7 +16,7 @@ pytestmark = pytest.mark.kafka
 
 RATE = 8.0
 BURST = RATE  # the provider's bucket size, max(1, rate): what may go at once after a quiet spell
-JOBS = 56
+JOBS = 40
 
 
 def most_in_a_window(times: list[float], excess_over: float) -> float:
