@@ -111,11 +111,11 @@ def test_an_outage_opens_the_breaker_and_traffic_returns_after_it(kafka_bootstra
     # Open: the threshold's worth of 503s, then the breaker keeps jobs off wan.
     assert max(rejections) >= THRESHOLD, rejections
     opened = next(s.at for s in watch.samples if s.rejections >= THRESHOLD)
-    assert opened < 2.0, f"the breaker took until {opened:.1f}s to open"
+    assert opened < 2.5, f"the breaker took until {opened:.1f}s to open"
     assert any(s.breaker_open == 1 for s in watch.samples), "the worker's gauge never showed the breaker open"
     # Jobs sent while it is open go to the fallback at once (a 503 with a Retry-After this short
     # is otherwise waited out, on wan).
-    during = [provider for at, provider in served if opened + 0.5 <= at <= OUTAGE - 0.5]
+    during = [provider for at, provider in served if opened + 0.5 <= at <= OUTAGE - 1.0]
     assert during and set(during) == {"kling"}, served
     # Half-open: after each RESET, one probe (and only one) tries wan, so 503s grow at most one
     # per RESET once the breaker is open; some probe did fail during the outage.

@@ -17,6 +17,9 @@ pytestmark = pytest.mark.kafka
 RATE = 8.0
 BURST = RATE  # the provider's bucket size, max(1, rate): what may go at once after a quiet spell
 JOBS = 40
+LATE = 0.25
+"""Seconds a send may leave after its token's time (a busy event loop, the network): sends held
+up that long can bunch with the next ones, RATE * LATE more in a window than the bucket's bound."""
 
 
 def most_in_a_window(times: list[float], excess_over: float) -> float:
@@ -53,9 +56,8 @@ def test_two_workers_together_keep_the_providers_rate(kafka_bootstrap: str, tmp_
     assert stats["rejected_429"] == 0 and stats["jobs_created"] == JOBS, stats
     assert all(n > 0 for n in by_worker), f"both workers must submit to wan: {by_worker}"
     created = sorted(job["created_at"] for job in seen)
-    # In any window of T seconds, at most BURST + RATE * T submissions (one more for the
-    # network's jitter between the worker's clock and the provider's).
-    assert most_in_a_window(created, RATE) <= BURST + 1, (created, by_worker)
+    # In any window of T seconds, at most BURST + RATE * T submissions (and the bunching of late sends).
+    assert most_in_a_window(created, RATE) <= BURST + RATE * LATE, (created, by_worker)
     # And the rate is used, not just respected: the whole run took about (JOBS - BURST) / RATE.
     span = created[-1] - created[0]
     assert span <= 2 * (JOBS - BURST) / RATE, f"{JOBS} submissions took {span:.1f}s"
