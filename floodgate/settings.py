@@ -160,7 +160,10 @@ class Settings:
     poll_after: float = 30.0
     """Seconds without news of an in-flight job before its status is polled (lost webhooks)."""
     job_timeout: float = 900.0
-    """Seconds after submission before an in-flight job is failed and its slot freed."""
+    """Seconds after submission before an in-flight job is failed, cancelled at its provider and its slot freed."""
+    breaker_reset_after: float = 30.0
+    """Seconds a provider's circuit breaker stays open (its jobs go to their fallback) before one
+    probe submission may try the provider again."""
 
     # --- The waiting line: fairness, priority, deadlines ---------------------------------------
     tenant_weights: str = ""
@@ -334,7 +337,7 @@ class Settings:
         if self.default_deadline_s < 0 or self.fair_window < 1:
             raise ConfigError(f"{PREFIX}DEFAULT_DEADLINE_S must be >= 0 and {PREFIX}FAIR_WINDOW >= 1")
         self.tenant_weight_map  # noqa: B018 - parse now, fail early
-        for name in ("session_timeout", "ws_ping_interval", "ws_idle_timeout"):
+        for name in ("session_timeout", "ws_ping_interval", "ws_idle_timeout", "breaker_reset_after"):
             if getattr(self, name) <= 0:
                 raise ConfigError(f"{PREFIX}{name.upper()} must be positive")
         if self.event_loop not in ("uvloop", "asyncio"):

@@ -2,7 +2,8 @@
 
 * ``partition_share`` / ``SlotPool``: a provider's concurrency limit split across
   dispatch partitions, and the in-flight accounting of one partition.
-* ``TokenBucket``: a requests-per-second limit.
+* ``TokenBucket`` / ``partition_bucket``: a requests-per-second limit, and one dispatch
+  partition's share of a provider's.
 * ``parse_retry_after`` / ``Backoff`` / ``retry_delay``: when to try again.
 * ``CircuitBreaker``: when to stop sending to a provider and fall back.
 """
@@ -134,6 +135,24 @@ class TokenBucket:
         if self._tokens >= 0:
             return 0.0
         return -self._tokens / self.rate + max(0.0, self._last - now)
+
+
+def partition_bucket(rate: float, partitions: int) -> TokenBucket:
+    """One dispatch partition's bucket of a provider's ``rate`` requests per second.
+
+    A partition belongs to one worker at a time, so the buckets of all partitions, each with
+    ``rate / partitions``, add up to ``rate`` whatever the number of workers (a bucket per worker
+    would give each of N workers the whole rate). The provider's bucket size, ``max(1, rate)``,
+    is split the same way but never below one token (a bucket must hold a request), so in any
+    window of ``T`` seconds the partitions together send at most
+    ``partitions * max(1, max(1, rate) / partitions) + rate * T`` requests.
+
+    Raises ``ConfigError`` unless ``rate > 0`` and ``partitions >= 1``.
+    """
+    _int_at_least("partitions", partitions)
+    if not (isinstance(rate, (int, float)) and not isinstance(rate, bool) and math.isfinite(rate) and rate > 0):
+        raise ConfigError(f"rate must be a positive number, got {rate!r}")
+    return TokenBucket(rate / partitions, max(1.0, max(1.0, rate) / partitions))
 
 
 _MONTHS = {
@@ -323,6 +342,7 @@ __all__ = [
     "SlotPool",
     "TokenBucket",
     "parse_retry_after",
+    "partition_bucket",
     "partition_share",
     "retry_delay",
 ]

@@ -136,7 +136,8 @@ class Dispatcher:
         self.partitions = self.names.dispatch_partitions(spec.concurrency_limit)
         weights = self.settings.tenant_weight_map
         self.lane = lane or Lane(self.app, spec, self.partitions, window=self.settings.fair_window,
-                                 weight_of=lambda tenant: weights.get(tenant, 1.0))
+                                 weight_of=lambda tenant: weights.get(tenant, 1.0),
+                                 breaker_reset_after=self.settings.breaker_reset_after)
         self.orders = self.emit.topic(self.names.dispatch(name), partitions=self.partitions)
         self.releases = self.emit.topic(self.names.release(name), partitions=self.partitions)
         base = self.settings.webhook_base_url
@@ -455,8 +456,9 @@ class Dispatcher:
             if not lane.breaker.allow(now) and has_fallback:
                 await self.move_on(order, key, partition, f"{self.name} is failing (circuit open)", reroute=True)
                 return None
-            if lane.bucket is not None:
-                wait = lane.bucket.take(now)
+            bucket = lane.buckets.get(partition)
+            if bucket is not None:
+                wait = bucket.take(now)
                 if wait > 0:
                     await asyncio.sleep(wait)
             try:
@@ -605,13 +607,12 @@ class Dispatcher:
         settings = self.settings
         if age > settings.job_timeout:
             self.metrics.timeouts.labels(self.name).inc()
+            if slot.provider_job_id:
+                # Before the failure, whose release frees the slot: the provider must have let the
+                # job go before another takes its place (a failed cancel is logged, never raised).
+                await self.cancel_at_provider(job_id, slot.provider_job_id)
             await self.event(job_id, "failed", slot.attempt,
                              error=f"no result from {self.name} after {settings.job_timeout:.0f}s")
-            if slot.provider_job_id:
-                try:
-                    await self.connector.cancel(self.pipe.session(), slot.provider_job_id)
-                except FloodgateError:
-                    log.warning("cancel of %s at %s failed", slot.provider_job_id, self.name)
             return
         if age < settings.poll_after:
             return

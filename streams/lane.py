@@ -40,18 +40,26 @@ import faust
 from floodgate.dispatch import CancelMark, Order, Parked, Slot, mark_expired, parse_slot_key, slot_key
 from floodgate.fairqueue import FairLine
 from floodgate.routing import ProviderSpec
-from floodgate.throttle import Backoff, CircuitBreaker, SlotPool, TokenBucket, partition_share
+from floodgate.throttle import (
+    Backoff,
+    CircuitBreaker,
+    SlotPool,
+    TokenBucket,
+    partition_bucket,
+    partition_share,
+)
 from streams.tables import RecordTable
 
 log = logging.getLogger(__name__)
 
 class Lane:
     def __init__(self, app: faust.App, spec: ProviderSpec, partitions: int, *, window: int = 20_000,
-                 weight_of: Callable[[str], float] = lambda tenant: 1.0) -> None:
+                 weight_of: Callable[[str], float] = lambda tenant: 1.0, breaker_reset_after: float = 30.0) -> None:
         """``window``: orders a partition reads ahead into its fair line while its slots are full
         (at least its share of the limit): large enough that a tenant arriving behind another's
         burst is read and interleaved, while the rest of the backlog stays in Kafka.
-        ``weight_of(tenant)``: the tenant's fair share."""
+        ``weight_of(tenant)``: the tenant's fair share. ``breaker_reset_after``: seconds the
+        circuit breaker stays open before a probe."""
         self.spec = spec
         self.partitions = partitions
         self.slots: RecordTable[Slot] = RecordTable(app, f"inflight-{spec.name}", partitions=partitions,
@@ -65,9 +73,11 @@ class Lane:
         """Per dispatch partition, the consumer generation its slot count and line were rebuilt in."""
         self.settled_generation: int | None = None
         """The generation ``drop_unassigned`` last ran in."""
-        self.bucket = (TokenBucket(spec.rate_per_second, max(1.0, spec.rate_per_second))
-                       if spec.rate_per_second else None)
-        self.breaker = CircuitBreaker(failure_threshold=5, reset_after=30.0)
+        # Per partition, like the slots: the rate holds across workers (see ``partition_bucket``).
+        self.buckets: dict[int, TokenBucket] = (
+            {p: partition_bucket(spec.rate_per_second, partitions) for p in range(partitions)}
+            if spec.rate_per_second else {})
+        self.breaker = CircuitBreaker(failure_threshold=5, reset_after=breaker_reset_after)
         self.backoff = Backoff(base=0.5, factor=2.0, cap=30.0, jitter="full", rng=random.Random())
         self.submitting: dict[bytes, asyncio.Task[None]] = {}
         self.marks: RecordTable[CancelMark] = RecordTable(app, f"cancelled-{spec.name}", partitions=partitions,

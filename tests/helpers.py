@@ -56,6 +56,14 @@ async def sim_stats(url: str) -> dict[str, Any]:
         return await simulator_stats(session, url)
 
 
+async def provider_jobs(url: str, provider: str) -> list[dict[str, Any]]:
+    """The simulator's record of ``provider``'s jobs (``GET /_admin/{provider}/jobs``), oldest first."""
+    async with aiohttp.ClientSession() as session, session.get(f"{url}/_admin/{provider}/jobs") as resp:
+        assert resp.status == 200, await resp.text()
+        jobs: list[dict[str, Any]] = (await resp.json())["jobs"]
+        return jobs
+
+
 def samples(text: str) -> Samples:
     """Every sample of a Prometheus (or OpenMetrics) text exposition."""
     return {(s.name, frozenset(s.labels.items())): s.value

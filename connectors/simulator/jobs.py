@@ -52,6 +52,8 @@ class Job:
     status: str = "queued"
     delivered: list[str] = field(default_factory=list)
     """Ids of the webhook events the receiver answered with a 2xx: what it promised to keep."""
+    dropped: list[str] = field(default_factory=list)
+    """Types of the webhook events dropped on purpose (``drop_rate``): what only a poll can learn."""
     render_started: float | None = None
     render_seconds: float | None = None
     cold_seconds: float = 0.0  # wall seconds of render_seconds spent booting, before the first frame

@@ -12,7 +12,8 @@ Routes (per simulated provider ``{p}``)::
     POST /_admin/{p}/outage              {"seconds": n} start an outage now; 0 ends it
     GET  /_admin/{p}/jobs                every job's id, status, wall-clock created_at / completed_at,
                                          Idempotency-Key, the client's metadata.job_id and
-                                         the webhook event ids answered 2xx
+                                         the webhook event ids answered 2xx and the
+                                         types of the events dropped on purpose (drop_rate)
 
 A provider whose ``dialect`` is not ``openai`` is served instead under ``/{p}/...`` in its real
 provider's shapes (``connectors/simulator/dialects``), by ``dialect_request``.
@@ -326,7 +327,7 @@ async def admin_jobs(request: web.Request) -> web.Response:
         {"id": job.id, "status": job.status, "created_at": job.created_at, "completed_at": job.completed_at,
          "model": job.request.model, "prompt": job.request.prompt, "params": dict(job.request.params),
          "idempotency_key": job.idempotency_key, "job_id": job.request.metadata.get("job_id"),
-         "webhooks_delivered": job.delivered} for job in jobs]})
+         "webhooks_delivered": job.delivered, "webhooks_dropped": job.dropped} for job in jobs]})
 
 
 def _reply(reply: Reply) -> web.Response:

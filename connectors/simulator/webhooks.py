@@ -69,6 +69,7 @@ class WebhookDispatcher:
             return
         if rng.random() < config.drop_rate:
             self.state.count(job.api_key, "webhooks_dropped")
+            job.dropped.append(event_type)
         elif event_type == "video.in_progress" and rng.random() < config.reorder_rate:
             job.held_event = event
             self.state.count(job.api_key, "webhooks_reordered")

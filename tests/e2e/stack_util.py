@@ -19,19 +19,26 @@ from tests.kafka_util import unique_name
 TERMINAL = {"completed", "failed", "cancelled", "expired"}
 
 
-def simulator_config(path: Path, **provider_overrides: Any) -> Path:
-    """Fast renders (tens of ms) so thousands of jobs fit in a test; limits as in the dev preset."""
+def simulator_config(path: Path, *, only: dict[str, dict[str, Any]] | None = None,
+                     **provider_overrides: Any) -> Path:
+    """Fast renders (tens of ms) so thousands of jobs fit in a test; limits as in the dev preset.
+    ``provider_overrides`` apply to every provider, ``only`` to the one it names."""
     base = {"concurrency_limit": 10, "render_time": {"kind": "uniform", "min": 0.02, "max": 0.08},
             "queue_delay": 0.005, **provider_overrides}
-    path.write_text(json.dumps({"providers": {n: base for n in ("sora", "kling", "wan")}, "seed": 11}))
+    only = only or {}
+    path.write_text(json.dumps({"providers": {n: {**base, **only.get(n, {})} for n in ("sora", "kling", "wan")},
+                                "seed": 11}))
     return path
 
 
-def routing_file(path: Path, limits: dict[str, int]) -> Path:
-    """A routing table on the simulator whose address comes from the environment at load time."""
+def routing_file(path: Path, limits: dict[str, int], rates: dict[str, float] | None = None) -> Path:
+    """A routing table on the simulator whose address comes from the environment at load time;
+    ``rates`` gives providers a ``rate_per_second``."""
     conn = {"base_url": "env:FLOODGATE_SIMULATOR_URL", "api_key": "k", "webhook_secret": DEV_WEBHOOK_SECRET_REF}
+    rates = rates or {}
     path.write_text(json.dumps({
-        "providers": {name: {"kind": "simulator", "concurrency_limit": limit, "connection": conn}
+        "providers": {name: {"kind": "simulator", "concurrency_limit": limit, "connection": conn,
+                             **({"rate_per_second": rates[name]} if name in rates else {})}
                       for name, limit in limits.items()},
         "routes": {"wan-2.6": [{"provider": "wan"}, {"provider": "kling", "provider_model": "kling-2.1"}],
                    "kling-2.1": [{"provider": "kling"}]},

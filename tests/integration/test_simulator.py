@@ -276,6 +276,10 @@ async def test_drop_rate_one_sends_nothing_but_the_job_still_completes() -> None
         stats = sim.stats()["providers"]["sora"]
         assert (stats["webhooks_dropped"], stats["webhooks_sent"]) == (2, 0)
         assert hooks.deliveries == []
+        async with http.get(f"{sim.url}/_admin/sora/jobs") as r:
+            [seen] = (await r.json())["jobs"]
+        assert seen["webhooks_dropped"] == ["video.in_progress", "video.completed"]
+        assert seen["webhooks_delivered"] == []
 
 
 async def test_failed_deliveries_are_retried_with_the_same_webhook_id() -> None:

@@ -2,6 +2,7 @@
 them, and never count as held slots."""
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import pytest
@@ -80,6 +81,21 @@ def test_reconcile_drops_slots_the_table_no_longer_holds(tmp_path: Path) -> None
     lane.reconcile(0)
     assert lane.next_waiting(0) == (_order("waiting"), True)
     assert len(lane.pools[0]) == 1
+
+
+def test_each_partition_has_its_share_of_the_rate_and_the_breaker_its_reset_time(tmp_path: Path) -> None:
+    """Whichever worker owns a partition sends at its bucket's pace: the buckets add up to the
+    provider's rate, so more workers never mean more requests per second."""
+    settings = Settings.from_env({}).with_overrides(kafka_bootstrap="127.0.0.1:1", cache_dir=tmp_path)
+    app = create_app(settings, datadir=tmp_path / "w0")
+    spec = dataclasses.replace(dev_setup("http://127.0.0.1:9").routing.providers["wan"], rate_per_second=6.0)
+    lane = Lane(app, spec, partitions=3, breaker_reset_after=2.5)
+    assert sorted(lane.buckets) == [0, 1, 2]
+    assert [b.rate for b in lane.buckets.values()] == [2.0, 2.0, 2.0]
+    assert len({id(b) for b in lane.buckets.values()}) == 3, "one bucket each, not one shared"
+    assert lane.breaker.reset_after == 2.5
+    unlimited = Lane(app, dataclasses.replace(spec, name="kling", rate_per_second=None), partitions=3)
+    assert unlimited.buckets == {}
 
 
 def _lane(tmp_path: Path) -> Lane:

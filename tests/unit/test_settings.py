@@ -20,3 +20,9 @@ def test_a_malformed_value_names_its_variable() -> None:
         Settings.from_env({"FLOODGATE_STREAM_BUFFER": "lots"})
     with pytest.raises(ConfigError, match="FLOODGATE_STREAM_BUFFER must be at least 1"):
         Settings.from_env({"FLOODGATE_STREAM_BUFFER": "0"})
+
+
+def test_the_breaker_reset_time_must_be_positive() -> None:
+    assert Settings.from_env({"FLOODGATE_BREAKER_RESET_AFTER": "1.5"}).breaker_reset_after == 1.5
+    with pytest.raises(ConfigError, match="FLOODGATE_BREAKER_RESET_AFTER must be positive"):
+        Settings.from_env({"FLOODGATE_BREAKER_RESET_AFTER": "0"})

@@ -18,6 +18,7 @@ from floodgate.throttle import (
     SlotPool,
     TokenBucket,
     parse_retry_after,
+    partition_bucket,
     partition_share,
     retry_delay,
 )
@@ -182,6 +183,76 @@ def test_honoured_reservations_never_exceed_burst_plus_rate_in_any_window(
     for i, start in enumerate(grants):
         in_window = sum(1 for g in grants[i:] if g <= start + window)
         assert in_window <= burst + rate * window + 1e-6
+
+
+# --- partition_bucket -----------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("rate", "partitions", "share", "size"),
+    [
+        (10.0, 1, 10.0, 10.0),  # one partition: the provider's own bucket
+        (10.0, 2, 5.0, 5.0),
+        (9.0, 4, 2.25, 2.25),
+        (2.0, 4, 0.5, 1.0),  # a bucket holds at least one request
+        (0.5, 1, 0.5, 1.0),
+        (0.5, 3, 0.5 / 3, 1.0),
+    ],
+)
+def test_partition_bucket_table(rate: float, partitions: int, share: float, size: float) -> None:
+    bucket = partition_bucket(rate, partitions)
+    assert (bucket.rate, bucket.burst) == pytest.approx((share, size))
+
+
+@pytest.mark.parametrize(("rate", "partitions"), [(0, 1), (-2.0, 2), (math.inf, 2), (math.nan, 1), (True, 1),
+                                                   (5.0, 0), (5.0, 1.5)])
+def test_partition_bucket_rejects(rate: Any, partitions: Any) -> None:
+    with pytest.raises(ConfigError):
+        partition_bucket(rate, partitions)
+
+
+@given(rate=st.floats(0.1, 100), partitions=st.integers(1, 64))
+def test_partition_rates_add_up_to_the_provider_rate(rate: float, partitions: int) -> None:
+    buckets = [partition_bucket(rate, partitions) for _ in range(partitions)]
+    assert math.fsum(b.rate for b in buckets) == pytest.approx(rate)
+    # The sizes add up to the provider's bucket size unless each is raised to one request.
+    total = math.fsum(b.burst for b in buckets)
+    assert total == pytest.approx(max(max(1.0, rate), float(partitions)))
+
+
+@given(
+    rate=st.floats(0.5, 40),
+    partitions=st.integers(1, 8),
+    arrivals=st.lists(st.tuples(st.integers(0, 7), st.floats(0, 0.5)), min_size=1, max_size=150),
+    window=st.floats(0.05, 8),
+)
+def test_partitions_together_keep_the_provider_rate_in_any_window(
+    rate: float, partitions: int, arrivals: list[tuple[int, float]], window: float
+) -> None:
+    """Each partition's owner (any worker) honours its own bucket; the provider sees the sum."""
+    buckets = [partition_bucket(rate, partitions) for _ in range(partitions)]
+    now, grants = 0.0, []
+    for partition, gap in arrivals:
+        now += gap
+        grants.append(now + buckets[partition % partitions].take(now))
+    grants.sort()
+    allowance = math.fsum(b.burst for b in buckets)
+    for i, start in enumerate(grants):
+        in_window = sum(1 for g in grants[i:] if g <= start + window)
+        assert in_window <= allowance + rate * window + 1e-6
+
+
+def test_a_bucket_per_worker_would_double_the_rate_and_a_bucket_per_partition_does_not() -> None:
+    """Two workers, one partition each, both flooded for 10 s: the provider's 5/s must hold."""
+    def sent_in_ten_seconds(buckets: list[TokenBucket]) -> int:
+        sent = 0
+        for bucket in buckets:
+            waits = [bucket.take(0.0) for _ in range(200)]
+            sent += sum(1 for w in waits if w <= 10.0)
+        return sent
+
+    assert sent_in_ten_seconds([TokenBucket(5.0, 5.0), TokenBucket(5.0, 5.0)]) > 100  # the old way: 10/s
+    assert sent_in_ten_seconds([partition_bucket(5.0, 2), partition_bucket(5.0, 2)]) <= 5 + 5.0 * 10
 
 
 # --- Retry-After ----------------------------------------------------------------------
