@@ -59,6 +59,7 @@ def queued_snapshot(request: dict[str, Any]) -> Snapshot:
         "metadata": dict(request["metadata"]),
         "version": 0,
         "push": (request.get("notify") or {}).get("push"),
+        "request_hash": request["request_hash"],
     }
 
 

@@ -38,7 +38,8 @@ def queued_event(req: Mapping[str, Any], provider: str | None) -> JobEvent:
         event_id=f"{job_id}:queued", job_id=job_id, kind="queued", at=int(req["accepted_at"]) / 1000.0,
         attempt=0, provider=provider, tenant=req["tenant"], user_id=req["user_id"], model=req["model"],
         webhook_url=req.get("webhook_url"), metadata=req.get("metadata") or {},
-        push_platform=push.platform if push else None, push_token=push.token if push else None)
+        push_platform=push.platform if push else None, push_token=push.token if push else None,
+        request_hash=req.get("request_hash") or None)
 
 
 def webhook_event(provider: str, *, job_id: str, webhook_id: str, state: str, occurred_at: float,

@@ -68,6 +68,7 @@ def snapshot(state: JobState) -> dict[str, Any]:
         "metadata": dict(state.metadata), "version": state.version,
         "push": ({"platform": state.push_platform, "token": state.push_token}
                  if state.push_platform and state.push_token else None),
+        "request_hash": state.request_hash,
     }
 
 

@@ -84,6 +84,7 @@ class JobEvent:
     metadata: Mapping[str, str] = field(default_factory=dict)
     push_platform: str | None = None
     push_token: str | None = field(default=None, repr=False)
+    request_hash: str | None = None
 
     def __post_init__(self) -> None:
         problems = _event_problems(self)
@@ -136,6 +137,8 @@ class JobState:
     push_platform: str | None = None
     """With ``push_token``: the device to tell about the job's end (``floodgate.push``)."""
     push_token: str | None = field(default=None, repr=False)  # a device token stays out of logs
+    request_hash: str | None = None
+    """The accepted request's ``request_hash``: what an Idempotency-Key retry is compared with."""
     recent_events: tuple[str, ...] = ()
     version: int = 0
 
@@ -157,6 +160,8 @@ class JobState:
         if self.push_platform is None and self.push_token is None:
             # Most jobs name no phone: every changelog record stays as small as before the fields existed.
             del out["push_platform"], out["push_token"]
+        if self.request_hash is None:
+            del out["request_hash"]
         return out
 
     @classmethod
@@ -185,7 +190,7 @@ class JobState:
 
 
 _OPTIONAL_STR = ("tenant", "user_id", "model", "provider", "provider_job_id", "video_url", "error", "webhook_url",
-                 "push_platform", "push_token")
+                 "push_platform", "push_token", "request_hash")
 
 
 def _check_field(name: str, value: Any) -> str | None:
@@ -236,7 +241,7 @@ _KIND_STATUS: Mapping[str, JobStatus] = MappingProxyType(
     }
 )
 
-_IDENTITY = ("tenant", "user_id", "model", "webhook_url", "push_platform", "push_token")
+_IDENTITY = ("tenant", "user_id", "model", "webhook_url", "push_platform", "push_token", "request_hash")
 
 
 def apply(state: JobState | None, event: JobEvent) -> Transition:

@@ -95,6 +95,7 @@ SAMPLES: dict[str, dict[str, Any]] = {
         "metadata": {},
         "version": 7,
         "push": {"platform": "apns", "token": "ab" * 32},
+        "request_hash": "cd" * 32,
     },
     "DeadLetter": {
         "reason": "bad bytes",
@@ -115,7 +116,7 @@ def test_every_contract_has_a_sample() -> None:
 
 
 # Schemas that gained fields; the rest are at 1.
-CURRENT_VERSIONS = {"SlotRelease": 2, "JobRequest": 2, "JobSnapshot": 2}
+CURRENT_VERSIONS = {"SlotRelease": 2, "JobRequest": 2, "JobSnapshot": 3}
 
 
 @pytest.mark.parametrize("name", sorted(SAMPLES))
