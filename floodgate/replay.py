@@ -115,7 +115,8 @@ def container_candidate(record: Mapping[str, Any], origin: str) -> Candidate:
     Going through JSON lets one path check records of any writer schema (the file's own, which
     may be older or partial) against the current contract, with its defaults and field names.
     """
-    return Candidate(origin=origin, value=orjson.dumps(record, default=_json_default, option=orjson.OPT_SORT_KEYS | orjson.OPT_PASSTHROUGH_DATETIME))
+    options = orjson.OPT_SORT_KEYS | orjson.OPT_PASSTHROUGH_DATETIME  # datetimes through _json_default
+    return Candidate(origin=origin, value=orjson.dumps(record, default=_json_default, option=options))
 
 
 def derived_job_id(secret: bytes, tenant: str, original: bytes) -> tuple[str, str]:
