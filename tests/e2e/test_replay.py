@@ -20,7 +20,7 @@ import pytest
 from floodgate import codec
 from floodgate.ids import job_token, new_job_id
 from floodgate.replay import derived_job_id
-from tests.e2e.stack_util import TERMINAL, get_job, make_stack, simulator_config, until
+from tests.e2e.stack_util import TERMINAL, get_job, make_stack, routing_file, simulator_config, until
 from tests.integration.api_helpers import record_count
 from tests.kafka_util import consume_until, produce
 
@@ -30,7 +30,10 @@ pytestmark = pytest.mark.kafka
 @pytest.fixture(scope="module")
 def stack(kafka_bootstrap: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator:
     home = tmp_path_factory.mktemp("replay")
-    with make_stack(kafka_bootstrap, home, sim_config=simulator_config(home / "sim.json")) as s:
+    # A routing file the last test can fix (it routes no sora-2 at first).
+    routing = routing_file(home / "routing.json", {"kling": 10, "wan": 10})
+    with make_stack(kafka_bootstrap, home, sim_config=simulator_config(home / "sim.json"),
+                    routing_file=str(routing)) as s:
         yield s
 
 
@@ -129,3 +132,26 @@ def test_a_json_lines_file_completes_and_a_second_replay_makes_no_second_job(sta
     ranged = replay(stack, "--topic", "requests", "--from", started, "--to", datetime.now(UTC).isoformat())
     assert figure(ranged, "read") >= 4 and figure(ranged, "sent") == 0, ranged
     assert figure(ranged, "skipped as duplicate") == figure(ranged, "read"), ranged
+
+
+@pytest.mark.slow  # restarts the worker: about 15 s
+def test_a_request_parked_for_an_unknown_model_completes_when_replayed_after_the_routing_is_fixed(stack) -> None:
+    since = datetime.now(UTC).isoformat()
+    job_id = new_job_id()
+    line = orjson.dumps({"job_id": job_id, "model": "sora-2", "user_id": "gina", "input": {"prompt": "a comet"}})
+    produce(stack.bootstrap, stack.settings.topic("requests"), [(job_id.encode(), line)])
+    consume_until(stack.bootstrap, stack.settings.topic("dlq"), timeout=60, done=lambda ms: any(
+        codec.decode("DeadLetter", m.value(), m.headers())["original"] == line for m in ms))
+
+    # The fix: sora-2 gets a route, and the worker is restarted to read it.
+    path = Path(stack.settings.routing_file)
+    table = orjson.loads(path.read_bytes())
+    table["routes"]["sora-2"] = [{"provider": "kling", "provider_model": "kling-2.1"}]
+    path.write_bytes(orjson.dumps(table))
+    stack.stop_child("worker-0")
+    stack.start_worker(0)
+
+    out = replay(stack, "--topic", "dlq", "--since", since, "--reason", "unknown model")
+    assert figure(out, "sent") == 1, out
+    assert asyncio.run(finished(stack, [job_id])) == {job_id: "completed"}
+    assert asyncio.run(provider_jobs(stack))[job_id] == 1
