@@ -230,3 +230,65 @@ def test_a_container_record_with_datetimes_becomes_epoch_milliseconds() -> None:
     stamp = datetime(2027, 1, 1, tzinfo=UTC)
     candidate = container_candidate({"accepted_at": stamp, "job_id": "j"}, "x#1")
     assert orjson.loads(candidate.value) == {"accepted_at": int(stamp.timestamp() * 1000), "job_id": "j"}
+
+
+# --- the command's arguments -------------------------------------------------------------------
+
+def parse(*argv: str) -> Any:
+    import argparse
+
+    from floodgate.ops.replay_cli import add_arguments
+
+    parser = argparse.ArgumentParser()
+    add_arguments(parser)
+    return parser.parse_args(list(argv))
+
+
+def test_logical_topic_names_and_filters_make_the_plan() -> None:
+    from floodgate.ops.replay_cli import plan_from
+    from floodgate.settings import Settings
+
+    settings = Settings.from_env({}).with_overrides(topic_prefix="fg.")
+    dlq = plan_from(parse("--topic", "dlq", "--reason", "model", "--since", "1000"), settings, SECRET)
+    assert dlq.topic == "fg.dlq" and dlq.dead_letters == DeadLetterFilter("fg.requests", "model", 1000, None)
+    ranged = plan_from(parse("--topic", "requests", "--from", "1000", "--to", "2000"), settings, SECRET)
+    assert (ranged.topic, ranged.start_ms, ranged.end_ms, ranged.dead_letters) == ("fg.requests", 1000, 2000, None)
+    assert plan_from(parse("--topic", "other.requests"), settings, SECRET).topic == "other.requests"
+
+
+@pytest.mark.parametrize("argv", [
+    ("--topic", "requests", "--reason", "x"),  # dead-letter filters on a topic range
+    ("--file", "f.jsonl", "--since", "1000"),
+    ("--file", "f.jsonl", "--from", "1000"),
+    ("--topic", "dlq", "--from", "1000"),  # a dlq's window is --since/--until
+    ("--topic", "dlq", "--rate", "0"),
+])
+def test_arguments_that_do_not_go_together_are_refused(argv: tuple[str, ...]) -> None:
+    from floodgate.ops.replay_cli import plan_from
+    from floodgate.settings import Settings
+
+    with pytest.raises(ConfigError):
+        plan_from(parse(*argv), Settings.from_env({}), SECRET)
+
+
+def test_without_a_configured_secret_no_job_id_is_derived() -> None:
+    from floodgate.ops.replay_cli import Replay, plan_from
+    from floodgate.settings import Settings
+
+    args = parse("--file", "f.jsonl")
+    keyed = Replay(plan_from(args, Settings.from_env({}), SECRET), args)
+    unkeyed = Replay(plan_from(args, Settings.from_env({}), None), args)
+    assert isinstance(keyed.prepare(Candidate("f:1", LINE), NOW), Outgoing)
+    refused = unkeyed.prepare(Candidate("f:1", LINE), NOW)
+    assert isinstance(refused, Skipped) and refused.kind is Skip.INVALID and "FLOODGATE_SECRET" in refused.reason
+    with_id = b'{"job_id": "job_x1", "model": "kling-2.1", "user_id": "u1", "input": {"prompt": "p"}}'
+    assert isinstance(unkeyed.prepare(Candidate("f:2", with_id), NOW), Outgoing)  # nothing to derive
+
+
+def test_the_secret_counts_as_configured_only_when_every_load_agrees(monkeypatch: pytest.MonkeyPatch) -> None:
+    from floodgate.ops.replay_cli import deployment_secret
+
+    monkeypatch.delenv("FLOODGATE_SECRET", raising=False)
+    assert deployment_secret()[1] is None
+    monkeypatch.setenv("FLOODGATE_SECRET", "x" * 32)
+    assert deployment_secret()[1] == b"x" * 32
