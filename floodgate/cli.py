@@ -246,8 +246,23 @@ def _add_plan(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p.set_defaults(func=_plan)
 
 
+def _replay(args: argparse.Namespace) -> int:
+    from floodgate.ops.replay_cli import run
+
+    return run(args)
+
+
+def _add_replay(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    from floodgate.ops.replay_cli import add_arguments
+
+    p = sub.add_parser("replay", help="send job requests again: from the dlq, a file or a topic's time range")
+    add_arguments(p)
+    p.set_defaults(func=_replay)
+
+
 COMMANDS: list[Callable[[argparse._SubParsersAction[argparse.ArgumentParser]], None]] = [
-    _add_broker, _add_worker, _add_api, _add_simulator, _add_dev, _add_demo, _add_bench, _add_plan, _add_audit]
+    _add_broker, _add_worker, _add_api, _add_simulator, _add_dev, _add_demo, _add_bench, _add_plan, _add_audit,
+    _add_replay]
 
 
 def build_parser() -> argparse.ArgumentParser:

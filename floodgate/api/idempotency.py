@@ -7,6 +7,10 @@ retry that reaches another instance (or comes back after eviction or a restart) 
 against the job view instead, memory or spill (:func:`matches_snapshot`), and if the view does not know the
 job either, the record is produced again and admission drops it as a duplicate job id.
 
+Snapshots carry the accepted request's hash (``JobSnapshot.request_hash``), so that check is
+exact: another prompt or params under the same key is a 422 on whichever instance with a job view
+answers, restarted or not, once the job's first snapshot has reached its view.
+
 An ingress-only process (``floodgate api --roles ingress``) has no job view: it consumes no
 notifications, so that a burst of job updates cannot starve its accept path. There the cache is
 the whole check. What still holds everywhere: one key is one job id, so a retry never makes a
@@ -95,9 +99,15 @@ class IdempotencyCache:
 def matches_snapshot(request: Mapping[str, Any], snapshot: Mapping[str, Any]) -> bool:
     """Whether a job's snapshot could have come from ``request`` (a ``JobRequest`` record).
 
-    Snapshots carry no request hash (nor the prompt), so this compares what they do carry;
-    it catches most reuses of a key with another body on an instance that never saw the first.
+    A snapshot carries the accepted request's ``request_hash`` (which covers the tenant, the
+    prompt, the params and every other field of the body), so a key reused with another body is
+    told apart exactly, on any instance and after any restart. A job accepted before snapshots
+    carried the hash has none: for it, what the snapshot does carry is compared (the prompt and
+    params are not among it).
     """
+    known = snapshot.get("request_hash")
+    if known:
+        return bool(known == request["request_hash"])
     return (
         snapshot.get("tenant") == request["tenant"]
         and snapshot.get("user_id") == request["user_id"]

@@ -8,7 +8,7 @@ from collections.abc import Sequence, Set
 from typing import Any
 
 from floodgate.api.idempotency import MAX_KEY_CHARS
-from floodgate.api.read import MAX_SUBSCRIPTIONS
+from floodgate.api.read import MAX_SUBSCRIPTIONS, TOO_MANY_SUBSCRIPTIONS
 from floodgate.netguard import MAX_URL_CHARS
 
 _PROBLEM = {"application/problem+json": {"schema": {"$ref": "#/components/schemas/Problem"}}}
@@ -162,7 +162,13 @@ _OPERATIONS: dict[str, tuple[str, str, dict[str, Any]]] = {
                        "as `?job_id=&token=`). Server → client: `{\"type\": \"subscribed\", \"job_id\"}`, "
                        "`{\"type\": \"unsubscribed\", \"job_id\"}`, `{\"type\": \"error\", \"job_id\", \"detail\"}`, "
                        "`{\"type\": \"job\", \"job\": <Job>}` for the current state and every change. "
-                       f"At most {MAX_SUBSCRIPTIONS} subscriptions per connection.",
+                       f"At most {MAX_SUBSCRIPTIONS} live subscriptions per connection: one more is answered "
+                       f"`{{\"type\": \"error\", \"job_id\", \"code\": \"{TOO_MANY_SUBSCRIPTIONS}\", "
+                       f"\"limit\": {MAX_SUBSCRIPTIONS}, \"detail\"}}` and not subscribed. A subscription ends by "
+                       "itself at its job's terminal state (after the `job` message that says so) or on "
+                       "`unsubscribe`, which frees its place: any number of jobs over a connection's life, at "
+                       f"most {MAX_SUBSCRIPTIONS} unfinished at once. SSE (`/v1/jobs/{{job_id}}/events`) follows "
+                       "one job per stream.",
         "operationId": "stream",
         "parameters": [
             {"name": "job_id", "in": "query", "required": False, "schema": {"type": "string"}},

@@ -20,6 +20,11 @@ from floodgate.ids import check_token
 from floodgate.problems import FORBIDDEN_ORIGIN, NOT_FOUND, UNAUTHORIZED, problem_response
 
 MAX_SUBSCRIPTIONS = 100
+"""Live subscriptions one WebSocket may hold at once. Each costs a pump task and a queue of up to
+``SUBSCRIBER_QUEUE`` snapshots, so the cap is what bounds a connection's memory; a subscription
+ends by itself at its job's terminal state (or on ``unsubscribe``), which frees its place, so a
+client follows any number of jobs over time, at most this many of them unfinished at once."""
+TOO_MANY_SUBSCRIPTIONS = "too_many_subscriptions"
 
 
 def token_of(request: web.Request) -> str | None:
@@ -227,8 +232,12 @@ class _StreamSession:
             await self.send({"type": "subscribed", "job_id": job_id})
             return
         if len(self.pumps) >= MAX_SUBSCRIPTIONS:
-            await self.send({"type": "error", "job_id": job_id,
-                             "detail": f"at most {MAX_SUBSCRIPTIONS} subscriptions per connection"})
+            # Said in a form a client can act on (open another socket, or unsubscribe first):
+            # the code and the limit, beside the sentence for people.
+            await self.send({"type": "error", "job_id": job_id, "code": TOO_MANY_SUBSCRIPTIONS,
+                             "limit": MAX_SUBSCRIPTIONS,
+                             "detail": f"at most {MAX_SUBSCRIPTIONS} unfinished jobs per connection: "
+                                       "unsubscribe from one or open another connection"})
             return
         queue = self.reader.view.subscribe(job_id)
         await self.send({"type": "subscribed", "job_id": job_id})
@@ -297,4 +306,5 @@ def add_routes(app: web.Application, deps: Deps) -> Reader:
     return reader
 
 
-__all__ = ["MAX_SUBSCRIPTIONS", "Reader", "add_routes", "authorize", "current", "sse_event", "token_of"]
+__all__ = ["MAX_SUBSCRIPTIONS", "TOO_MANY_SUBSCRIPTIONS", "Reader", "add_routes", "authorize", "current", "sse_event",
+           "token_of"]

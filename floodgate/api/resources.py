@@ -67,6 +67,7 @@ def queued_snapshot(request: dict[str, Any]) -> Snapshot:
         "version": 0,
         "push": (request.get("notify") or {}).get("push"),
         "priority": request.get("priority") or "standard",
+        "request_hash": request["request_hash"],
     }
 
 

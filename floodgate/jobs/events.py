@@ -48,7 +48,8 @@ def queued_event(req: Mapping[str, Any], provider: str | None, deadline_at: int 
         webhook_url=req.get("webhook_url"), metadata=req.get("metadata") or {},
         push_platform=push.platform if push else None, push_token=push.token if push else None,
         priority=req.get("priority") or "standard",
-        deadline_at=None if deadline_at is None else deadline_at / 1000.0)
+        deadline_at=None if deadline_at is None else deadline_at / 1000.0,
+        request_hash=req.get("request_hash") or None)
 
 
 def webhook_event(provider: str, *, job_id: str, webhook_id: str, state: str, occurred_at: float,

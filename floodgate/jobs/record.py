@@ -69,6 +69,7 @@ def snapshot(state: JobState) -> dict[str, Any]:
         "push": ({"platform": state.push_platform, "token": state.push_token}
                  if state.push_platform and state.push_token else None),
         "priority": state.priority,
+        "request_hash": state.request_hash,
     }
 
 

@@ -91,6 +91,7 @@ class JobEvent:
     priority: str | None = None
     deadline_at: float | None = None
     """Epoch seconds past which the job, still waiting, expires."""
+    request_hash: str | None = None
 
     def __post_init__(self) -> None:
         problems = _event_problems(self)
@@ -147,6 +148,8 @@ class JobState:
     """high, standard or low (None: standard, as for jobs accepted before priorities existed)."""
     deadline_at: float | None = None
     """Epoch seconds past which the job, still waiting, ends ``expired`` unsubmitted."""
+    request_hash: str | None = None
+    """The accepted request's ``request_hash``: what an Idempotency-Key retry is compared with."""
     recent_events: tuple[str, ...] = ()
     version: int = 0
 
@@ -171,6 +174,8 @@ class JobState:
         for name in ("priority", "deadline_at"):
             if out[name] is None:
                 del out[name]  # likewise
+        if self.request_hash is None:
+            del out["request_hash"]
         return out
 
     @classmethod
@@ -199,7 +204,7 @@ class JobState:
 
 
 _OPTIONAL_STR = ("tenant", "user_id", "model", "provider", "provider_job_id", "video_url", "error", "webhook_url",
-                 "push_platform", "push_token", "priority")
+                 "push_platform", "push_token", "priority", "request_hash")
 
 
 def _check_field(name: str, value: Any) -> str | None:
@@ -254,7 +259,8 @@ _KIND_STATUS: Mapping[str, JobStatus] = MappingProxyType(
     }
 )
 
-_IDENTITY = ("tenant", "user_id", "model", "webhook_url", "push_platform", "push_token", "priority", "deadline_at")
+_IDENTITY = ("tenant", "user_id", "model", "webhook_url", "push_platform", "push_token", "priority", "deadline_at",
+             "request_hash")
 
 
 def apply(state: JobState | None, event: JobEvent) -> Transition:

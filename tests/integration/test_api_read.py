@@ -10,7 +10,7 @@ import aiohttp
 import orjson
 import pytest
 
-from floodgate.api.read import MAX_SUBSCRIPTIONS
+from floodgate.api.read import MAX_SUBSCRIPTIONS, TOO_MANY_SUBSCRIPTIONS
 from floodgate.api.server import ApiServer, serve, spill_dir
 from floodgate.api.spill import FILE_NAME
 from floodgate.ids import job_token, new_job_id
@@ -230,14 +230,39 @@ async def test_websocket_subscription_limit(api: ApiServer, http: aiohttp.Client
     ids = [new_job_id() for _ in range(MAX_SUBSCRIPTIONS + 1)]
     ws_url = api.url.replace("http://", "ws://") + "/v1/stream"
     async with http.ws_connect(ws_url) as ws:
+
+        async def replies_for(wanted: list[str]) -> dict[str, dict[str, Any]]:
+            replies: dict[str, dict[str, Any]] = {}
+            while len(replies) < len(wanted):
+                msg = await asyncio.wait_for(ws.receive_json(), DEADLINE)
+                if msg["type"] in ("subscribed", "error") and msg["job_id"] in wanted:
+                    replies[msg["job_id"]] = msg
+            return replies
+
         for job_id in ids:
             await ws.send_json({"type": "subscribe", "job_id": job_id, "token": token_for(settings, job_id)})
-        replies: dict[str, str] = {}
-        while len(replies) < len(ids):
+        replies = await replies_for(ids)
+        assert [replies[j]["type"] for j in ids] == ["subscribed"] * MAX_SUBSCRIPTIONS + ["error"]
+        refused = replies[ids[-1]]
+        assert refused["code"] == TOO_MANY_SUBSCRIPTIONS and refused["limit"] == MAX_SUBSCRIPTIONS
+        assert str(MAX_SUBSCRIPTIONS) in refused["detail"]
+
+        # The cap is on unfinished jobs: a job that ends frees its place on the same connection.
+        await aproduce_snapshots(settings.kafka_bootstrap, TopicNames(settings).notifications,
+                                 snapshot(ids[0], 1, "completed", video_url="https://v/0.mp4"))
+        while True:
             msg = await asyncio.wait_for(ws.receive_json(), DEADLINE)
-            if msg["type"] in ("subscribed", "error"):
-                replies[msg["job_id"]] = msg["type"]
-    assert [replies[j] for j in ids] == ["subscribed"] * MAX_SUBSCRIPTIONS + ["error"]
+            if msg["type"] == "job" and msg["job"]["job_id"] == ids[0] and msg["job"]["status"] == "completed":
+                break
+        # The pump that sent the terminal state ends right after it; a retry settles the race.
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + DEADLINE
+        while True:
+            await ws.send_json({"type": "subscribe", "job_id": ids[-1], "token": token_for(settings, ids[-1])})
+            again = (await replies_for([ids[-1]]))[ids[-1]]
+            if again["type"] == "subscribed" or loop.time() > deadline:
+                break
+        assert again["type"] == "subscribed"
 
 
 async def test_shutdown_ends_open_streams(settings: Settings, http: aiohttp.ClientSession) -> None:

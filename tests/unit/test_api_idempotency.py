@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import asyncio
+from typing import Any
 
 import pytest
 
@@ -63,3 +64,16 @@ def test_matches_snapshot_compares_what_snapshots_carry() -> None:
     assert matches_snapshot(request, snapshot)
     assert not matches_snapshot({**request, "model": "other"}, snapshot)
     assert not matches_snapshot({**request, "metadata": {}}, snapshot)
+
+
+def test_matches_snapshot_compares_request_hashes_when_the_snapshot_has_one() -> None:
+    request: dict[str, Any] = {"tenant": "t", "user_id": "u", "model": "m", "webhook_url": None, "metadata": {},
+               "request_hash": "a" * 64}
+    # Same visible fields, another prompt (so another hash): a conflict, not a replay.
+    snapshot: dict[str, Any] = {"tenant": "t", "user_id": "u", "model": "m", "webhook_url": None, "metadata": {},
+                "request_hash": "b" * 64}
+    assert not matches_snapshot(request, snapshot)
+    assert matches_snapshot(request, {**snapshot, "request_hash": "a" * 64})
+    # A job accepted before snapshots carried the hash: the visible fields decide.
+    assert matches_snapshot(request, {**snapshot, "request_hash": None})
+    assert not matches_snapshot(request, {**snapshot, "request_hash": None, "model": "other"})

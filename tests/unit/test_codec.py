@@ -100,6 +100,7 @@ SAMPLES: dict[str, dict[str, Any]] = {
         "version": 7,
         "push": {"platform": "apns", "token": "ab" * 32},
         "priority": "high",
+        "request_hash": "cd" * 32,
     },
     "DeadLetter": {
         "reason": "bad bytes",

@@ -1,17 +1,23 @@
 from __future__ import annotations
 
 import dataclasses
+import io
 import json
 from typing import Any
 
+import fastavro
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from floodgate import codec
 from floodgate.api.cancel import CANCEL_REASON
+from floodgate.codec import SCHEMA_HEADER
 from floodgate.errors import ValidationError
 from floodgate.jobs import RECENT_EVENTS_LIMIT, TERMINAL, JobEvent, JobState, JobStatus, apply
-from floodgate.jobs.events import aim
+from floodgate.jobs.events import aim, queued_event
+from floodgate.jobs.record import JobRecord, snapshot
+from schemas import SCHEMA_DIR
 
 Q, S, R, C, F, X, E = (
     JobStatus.QUEUED,
@@ -519,3 +525,32 @@ def test_news_from_a_provider_the_job_left_is_ignored_and_user_events_are_lifted
     assert lifted is not None and lifted.attempt == 2
     rerouted = ev("rerouted", attempt=3, provider="wan")
     assert aim(at_kling, rerouted) is rerouted
+
+
+def test_the_request_hash_travels_from_request_to_snapshot_and_fills_a_job_a_cancel_created() -> None:
+    request: dict[str, Any] = {"job_id": "j1", "tenant": "t", "user_id": "u", "model": "m",
+                               "input": {"prompt": "p", "image_url": None, "params": {}}, "webhook_url": None,
+                               "metadata": {}, "idempotency_key": "k", "request_hash": "c" * 64,
+                               "accepted_at": 1_700_000_000_000, "source": "http", "notify": None}
+    state = apply(None, queued_event(request, "sim")).state
+    assert state is not None and state.request_hash == "c" * 64
+    state = JobRecord.decode(JobRecord(state).encode()).state  # the jobs table's changelog form
+    assert codec.decode("JobSnapshot", *codec.encode("JobSnapshot", snapshot(state)))["request_hash"] == "c" * 64
+    # A cancel that overtook the request made the job without a hash: the request fills it.
+    cancelled = apply(None, user_cancel()).state
+    assert cancelled is not None and cancelled.request_hash is None
+    assert "request_hash" not in cancelled.to_dict()  # no hash, no bytes in the changelog
+    filled = apply(cancelled, queued_event(request, "sim")).state
+    assert filled is not None and filled.request_hash == "c" * 64
+
+
+def test_a_snapshot_written_before_request_hashes_still_decodes() -> None:
+    old: dict[str, Any] = {
+        "job_id": "j1", "tenant": "t", "user_id": "u", "model": "m", "provider": None, "provider_job_id": None,
+        "status": "queued", "progress": 0.0, "video_url": None, "error": None, "attempt": 0,
+        "created_at": 1, "updated_at": 1, "webhook_url": None, "metadata": {}, "version": 1, "push": None}
+    schema = fastavro.schema.load_schema(str(SCHEMA_DIR / "history" / "job_snapshot.v2.avsc"))
+    out = io.BytesIO()
+    fastavro.schemaless_writer(out, schema, old)
+    decoded = codec.decode("JobSnapshot", out.getvalue(), [(SCHEMA_HEADER, b"JobSnapshot/2")])
+    assert decoded == {**old, "request_hash": None, "priority": None}

@@ -312,6 +312,9 @@
         let msg;
         try { msg = JSON.parse(event.data); } catch (_) { return; }
         if (msg.type === 'job') cards.get(msg.job.job_id)?.update(msg.job);
+        // Past the socket's limit of unfinished jobs the job is fine, only not followed here:
+        // follow it over its own event stream instead.
+        else if (msg.type === 'error' && msg.code === 'too_many_subscriptions' && cards.has(msg.job_id)) this.openSource(msg.job_id);
         else if (msg.type === 'error' && msg.job_id && cards.has(msg.job_id)) cards.get(msg.job_id).fail(msg.detail);
       });
       ws.addEventListener('close', () => {
