@@ -226,3 +226,27 @@ def test_refusals_name_their_quota_and_limit() -> None:
     assert (queued.status, queued.type_, queued.limit) == (429, QUEUED_QUOTA, 10)
     assert "10 jobs" in queued.detail
     assert isinstance(rate, Refusal)
+
+
+# --- The job view feeds OpenJobs -------------------------------------------------------------------
+
+
+def _snap(job_id: str, version: int, status: str, tenant: str = "acme") -> dict[str, object]:
+    return {"job_id": job_id, "tenant": tenant, "status": status, "version": version}
+
+
+def test_the_job_view_keeps_count_through_eviction_and_redelivery() -> None:
+    from floodgate.api.view import JobView
+
+    view = JobView(max_jobs=2)  # no spill: evicted snapshots are gone, counts are not
+    for i in range(5):
+        view.apply(_snap(f"j{i}", 0, "queued"))
+    assert len(view) == 2 and view.open_jobs.open_for("acme") == 5
+    view.apply(_snap("j0", 1, "queued"))
+    view.apply(_snap("j0", 1, "queued"))  # redelivered: not newer, not counted again
+    assert view.open_jobs.waiting == 1
+    view.apply(_snap("j0", 4, "completed"))
+    view.apply(_snap("j1", 3, "failed"))
+    view.apply(_snap("j9", 2, "running", tenant="globex"))
+    assert view.open_jobs.open_for("acme") == 3 and view.open_jobs.open_for("globex") == 1
+    assert view.open_jobs.waiting == 0
