@@ -348,7 +348,13 @@ class Settings:
             raise ConfigError(f"{PREFIX}WORKER_ID may hold only letters, digits, '.', '_' and '-'")
         if not self.topic_prefix or any(c not in _TOPIC_CHARS for c in self.topic_prefix):
             raise ConfigError(f"{PREFIX}TOPIC_PREFIX may hold only letters, digits, '.', '_' and '-'")
-        self.api_key_map, self.webhook_secret_map, self.origin_policy, self.quota_table  # noqa: B018 - parse now, fail early
+        self.api_key_map, self.webhook_secret_map, self.origin_policy  # noqa: B018 - parse now, fail early
+        # A quota for a tenant no API key maps to would never apply: most likely a typo.
+        tenants = set(self.api_key_map.values()) or {"default"}
+        strangers = sorted(set(self.quota_table.overrides) - tenants)
+        if strangers:
+            raise ConfigError(f"{PREFIX}TENANT_RATE_LIMITS / {PREFIX}TENANT_QUEUED_LIMITS name tenant(s) "
+                              f"{', '.join(strangers)} that no key of {PREFIX}API_KEYS maps to")
         previous = self.previous_webhook_secret_map
         if bool(previous) != bool(self.previous_webhook_secrets_until):
             raise ConfigError(f"{PREFIX}PREVIOUS_WEBHOOK_SECRETS and {PREFIX}PREVIOUS_WEBHOOK_SECRETS_UNTIL "

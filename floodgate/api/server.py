@@ -11,6 +11,9 @@ Idempotency-Key check rests on there). Outgoing webhooks and the video copier
 (:mod:`floodgate.videos.copier`) run by default except in an ingress-only process; the read role
 serves the stored videos.
 
+A process with the ingress role and a backlog bound (``FLOODGATE_BACKLOG_MAX_*``) also runs the
+backlog guard's monitor (:mod:`floodgate.api.backlog`), started once the view has caught up.
+
 The job view spills what it evicts to ``<cache_dir>/api/<topic prefix>/<host>-<pid>-*/view.sqlite``
 (see ``floodgate.api.spill``): a new, empty file per process, removed when the server closes.
 """

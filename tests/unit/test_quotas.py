@@ -196,6 +196,8 @@ def test_settings_parse_quotas_like_other_tenant_maps() -> None:
     assert table.for_tenant("acme") == Quota(6000, 50)
     assert table.for_tenant("beta") == Quota(0, 5)
     assert table.for_tenant("default") == Quota(120, 50)
+    open_api = Settings.from_env({"FLOODGATE_TENANT_QUEUED_LIMITS": "default=3"})
+    assert open_api.quota_table.for_tenant("default") == Quota(0, 3)
 
 
 @pytest.mark.parametrize(("env", "named"), [
@@ -204,6 +206,8 @@ def test_settings_parse_quotas_like_other_tenant_maps() -> None:
     ({"FLOODGATE_TENANT_RATE_LIMIT": "-5"}, "FLOODGATE_TENANT_RATE_LIMIT"),
     ({"FLOODGATE_BACKLOG_MAX_WAIT": "-1"}, "FLOODGATE_BACKLOG_MAX_WAIT"),
     ({"FLOODGATE_BACKLOG_REFRESH": "0"}, "FLOODGATE_BACKLOG_REFRESH"),
+    ({"FLOODGATE_API_KEYS": "k1=acme", "FLOODGATE_TENANT_RATE_LIMITS": "acmee=5"}, "acmee"),
+    ({"FLOODGATE_TENANT_QUEUED_LIMITS": "acme=5"}, "acme"),  # without keys the only tenant is 'default'
 ])
 def test_bad_quota_settings_fail_at_start(env: dict[str, str], named: str) -> None:
     with pytest.raises(ConfigError, match=named):
