@@ -32,7 +32,7 @@ NOTIFY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
 JOB_BUCKETS = (0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 20.0, 30.0, 45.0, 60.0, 90.0, 120.0, 180.0, 240.0, 300.0,
                450.0, 600.0, 900.0, 1200.0, 1800.0)
 
-REJECT_REASONS = ("validation", "auth", "too_large", "idempotency_conflict", "kafka_unavailable")
+REJECT_REASONS = ("validation", "auth", "too_large", "idempotency_conflict", "kafka_unavailable", "quota", "backlog")
 WEBHOOK_OUTCOMES = ("accepted", "bad_signature", "unknown_provider", "too_large", "kafka_unavailable")
 OUTGOING_OUTCOMES = ("delivered", "failed", "skipped", "invalid")
 VIDEO_OUTCOMES = ("stored", "failed", "already_stored", "skipped")
@@ -73,8 +73,17 @@ class ApiMetrics(_Group):
             "requests never pass the API: see floodgate_jobs_admitted_total).", ["source"])
         self.rejected = self._counter(
             "floodgate_requests_rejected_total",
-            "Job requests refused: validation, auth, too_large, idempotency_conflict, kafka_unavailable.",
+            "Job requests refused: validation, auth, too_large, idempotency_conflict, kafka_unavailable, "
+            "quota (a tenant's rate or queued-jobs quota: 429), backlog (the backlog guard: 503).",
             ["reason"])
+        self.backlog_depth = self._gauge(
+            "floodgate_backlog_depth",
+            "Jobs queued across providers as this API's backlog guard last read them (-1: unknown).")
+        self.backlog_wait = self._gauge(
+            "floodgate_backlog_estimated_wait_seconds",
+            "The backlog guard's estimated wait: queued jobs / jobs finished per second (-1: unknown).")
+        self.backlog_shedding = self._gauge(
+            "floodgate_backlog_shedding", "1 while the backlog guard answers new jobs 503, else 0.")
         self.accept_latency = self._histogram(
             "floodgate_accept_latency_seconds",
             "Time from a job request's arrival to its 202 (Kafka acknowledged the record).", ACCEPT_BUCKETS)

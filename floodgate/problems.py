@@ -18,6 +18,9 @@ CONTENT_TYPE = "application/problem+json"
 # Problem types Floodgate defines; "about:blank" means "see the HTTP status".
 VALIDATION = "urn:floodgate:problem:validation"
 RATE_LIMITED = "urn:floodgate:problem:rate-limited"
+RATE_QUOTA = "urn:floodgate:problem:rate-quota"
+QUEUED_QUOTA = "urn:floodgate:problem:queued-quota"
+BACKLOG = "urn:floodgate:problem:backlog"
 IDEMPOTENCY_CONFLICT = "urn:floodgate:problem:idempotency-conflict"
 NOT_FOUND = "urn:floodgate:problem:not-found"
 UNAUTHORIZED = "urn:floodgate:problem:unauthorized"
@@ -79,12 +82,15 @@ def validation_response(exc: ValidationError, *, instance: str | None = None) ->
 
 
 __all__ = [
+    "BACKLOG",
     "CONTENT_TYPE",
     "FORBIDDEN_ORIGIN",
     "IDEMPOTENCY_CONFLICT",
     "JOB_FINISHED",
     "NOT_FOUND",
+    "QUEUED_QUOTA",
     "RATE_LIMITED",
+    "RATE_QUOTA",
     "UNAUTHORIZED",
     "VALIDATION",
     "problem",

@@ -19,6 +19,7 @@ from typing import Any, get_type_hints
 
 from floodgate.errors import ConfigError
 from floodgate.origins import OriginPolicy
+from floodgate.quotas import Quota, QuotaTable
 from floodgate.signing import SecretRing, rotation
 
 PREFIX = "FLOODGATE_"
@@ -134,6 +135,24 @@ class Settings:
     operator_key: Secret = field(default_factory=lambda: Secret(""))
     """Key of the operations dashboard's data (/dashboard), sent as X-Operator-Key. Needed whenever
     FLOODGATE_API_KEYS is set (empty then: the dashboard's data is refused); without API keys the dashboard is open."""
+    tenant_rate_limit: int = 0
+    """Job requests (POST /v1/jobs) per minute each tenant may send to one API process, in bursts of
+    up to that many; past it, 429 with Retry-After. 0: no limit."""
+    tenant_rate_limits: str = ""
+    """Per-tenant overrides of FLOODGATE_TENANT_RATE_LIMIT: comma-separated tenant=N pairs (0: no limit)."""
+    tenant_queued_limit: int = 0
+    """Jobs each tenant may have accepted and not yet completed, failed or cancelled; past it, 429
+    with Retry-After. Needs the job view (read role): not enforced by an ingress-only API. 0: no limit."""
+    tenant_queued_limits: str = ""
+    """Per-tenant overrides of FLOODGATE_TENANT_QUEUED_LIMIT: comma-separated tenant=N pairs (0: no limit)."""
+    backlog_max_depth: int = 0
+    """Jobs queued across providers (accepted, not yet taken by a provider) past which POST /v1/jobs
+    answers 503 with Retry-After. 0: no bound."""
+    backlog_max_wait: float = 0.0
+    """Estimated wait in seconds (queued jobs / jobs finished per second over the last minute) past
+    which POST /v1/jobs answers 503 with Retry-After. 0: no bound."""
+    backlog_refresh: float = 1.0
+    """Seconds between two readings of the backlog's figures (Kafka offsets, in the background)."""
     dev_mode: bool = False
     """Dev-only conveniences: the dashboard's fire-a-spike button. floodgate dev and the demo turn it on."""
     dashboard_targets: str = ""
@@ -237,6 +256,15 @@ class Settings:
         return _pairs(self.api_keys.reveal(), "FLOODGATE_API_KEYS")
 
     @property
+    def quota_table(self) -> QuotaTable:
+        """The default per-tenant quota and the tenants' own (``floodgate.quotas``)."""
+        return QuotaTable.build(
+            Quota(per_minute=self.tenant_rate_limit, queued=self.tenant_queued_limit),
+            _pairs(self.tenant_rate_limits, f"{PREFIX}TENANT_RATE_LIMITS"),
+            _pairs(self.tenant_queued_limits, f"{PREFIX}TENANT_QUEUED_LIMITS"),
+            where=(f"{PREFIX}TENANT_RATE_LIMITS", f"{PREFIX}TENANT_QUEUED_LIMITS"))
+
+    @property
     def webhook_secret_map(self) -> dict[str, str]:
         return _pairs(self.webhook_secrets.reveal(), "FLOODGATE_WEBHOOK_SECRETS")
 
@@ -337,7 +365,11 @@ class Settings:
         if self.default_deadline_s < 0 or self.fair_window < 1:
             raise ConfigError(f"{PREFIX}DEFAULT_DEADLINE_S must be >= 0 and {PREFIX}FAIR_WINDOW >= 1")
         self.tenant_weight_map  # noqa: B018 - parse now, fail early
-        for name in ("session_timeout", "ws_ping_interval", "ws_idle_timeout", "breaker_reset_after"):
+        for name in ("tenant_rate_limit", "tenant_queued_limit", "backlog_max_depth", "backlog_max_wait"):
+            if getattr(self, name) < 0:
+                raise ConfigError(f"{PREFIX}{name.upper()} must be 0 (no limit) or more")
+        for name in ("session_timeout", "ws_ping_interval", "ws_idle_timeout", "breaker_reset_after",
+                     "backlog_refresh"):
             if getattr(self, name) <= 0:
                 raise ConfigError(f"{PREFIX}{name.upper()} must be positive")
         if self.event_loop not in ("uvloop", "asyncio"):
@@ -355,6 +387,12 @@ class Settings:
         if not self.topic_prefix or any(c not in _TOPIC_CHARS for c in self.topic_prefix):
             raise ConfigError(f"{PREFIX}TOPIC_PREFIX may hold only letters, digits, '.', '_' and '-'")
         self.api_key_map, self.webhook_secret_map, self.origin_policy  # noqa: B018 - parse now, fail early
+        # A quota for a tenant no API key maps to would never apply: most likely a typo.
+        tenants = set(self.api_key_map.values()) or {"default"}
+        strangers = sorted(set(self.quota_table.overrides) - tenants)
+        if strangers:
+            raise ConfigError(f"{PREFIX}TENANT_RATE_LIMITS / {PREFIX}TENANT_QUEUED_LIMITS name tenant(s) "
+                              f"{', '.join(strangers)} that no key of {PREFIX}API_KEYS maps to")
         previous = self.previous_webhook_secret_map
         if bool(previous) != bool(self.previous_webhook_secrets_until):
             raise ConfigError(f"{PREFIX}PREVIOUS_WEBHOOK_SECRETS and {PREFIX}PREVIOUS_WEBHOOK_SECRETS_UNTIL "

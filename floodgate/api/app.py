@@ -15,6 +15,7 @@ from aiohttp import web
 
 from connectors.storage import VideoStore
 from floodgate.api import bridge, cancel, dashboard, ingress, openapi, pages, read, uploads, videos
+from floodgate.api.backlog import BacklogMonitor
 from floodgate.api.common import ROLES, Deps, base_url, json_response
 from floodgate.api.kafka_io import Sender
 from floodgate.api.view import JobView
@@ -68,13 +69,15 @@ def build_app(
     wait_for_job: float = 2.0,
     clock: Callable[[], float] = time.time,
     video_store: VideoStore | None = None,
+    backlog: BacklogMonitor | None = None,
 ) -> web.Application:
     """The API for ``roles`` (default: all). Raises ``ConfigError`` if a role lacks what it needs
     (ingress: producer; read: view and producer, for cancels; bridge: producer). The ingress uses
     the view when it has one (read-your-writes, Idempotency-Key checks across instances) and
     works without. ``connectors`` defaults to ``setup.build_connectors()``. ``video_store``: where
     completed jobs' videos are kept; the read role then links to them (signed, expiring) and
-    serves them. Starts nothing: Kafka clients' lifecycles belong to the caller.
+    serves them. ``backlog``: the backlog guard's monitor, when the ingress sheds past a bound.
+    Starts nothing: Kafka clients' lifecycles belong to the caller.
     """
     chosen = parse_roles(roles)
     if producer is None:
@@ -88,7 +91,7 @@ def build_app(
     limit = max(settings.max_body_bytes, bridge.MAX_WEBHOOK_BYTES)
     app = web.Application(middlewares=[problem_middleware], client_max_size=limit)
     if "ingress" in chosen:
-        ingress.add_routes(app, deps)
+        ingress.add_routes(app, deps, backlog)
         uploads.add_routes(app, deps)  # the selfie a job's image_url then points at
     if "read" in chosen:
         # A cancel's answer depends on the job's state (409 once finished), which only the view knows.

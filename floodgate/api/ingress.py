@@ -17,6 +17,8 @@ import orjson
 from aiohttp import web
 
 from floodgate import codec
+from floodgate.api.admission import Admission, Refused
+from floodgate.api.backlog import BacklogMonitor
 from floodgate.api.common import BodyTooLarge, Deps, base_url, json_response, read_bounded, too_large
 from floodgate.api.idempotency import Outcome, key_problem, matches_snapshot
 from floodgate.api.kafka_io import KafkaUnavailable, RecordTooLarge
@@ -86,8 +88,10 @@ def job_request(job_id: str, tenant: str, req: NormalizedRequest, key: str | Non
 
 
 class Ingress:
-    def __init__(self, deps: Deps) -> None:
+    def __init__(self, deps: Deps, backlog: BacklogMonitor | None = None) -> None:
         self.deps = deps
+        self.admission = Admission(deps.settings.quota_table, deps.view.open_jobs if deps.view is not None else None,
+                                   backlog)
         # Worked out once, not per request: settings are frozen.
         self.api_keys = deps.settings.api_key_map
         self.secret = deps.secret
@@ -112,12 +116,13 @@ class Ingress:
         if response.status == 202:
             self._accepted_total.inc()
             self.deps.metrics.accept_latency.observe(time.perf_counter() - started)
+        elif isinstance(response, Refused):
+            self.deps.metrics.reject(response.refusal.reason)
         elif response.status in REJECT_REASONS:
             self.deps.metrics.reject(REJECT_REASONS[response.status])
         return response
 
     async def _create_job(self, request: web.Request) -> web.Response:
-        deps, settings = self.deps, self.deps.settings
         keys = self.api_keys
         tenant = DEFAULT_TENANT
         if keys:
@@ -128,6 +133,17 @@ class Ingress:
             if found is None:
                 return problem_response(403, "Forbidden", type_=UNAUTHORIZED, detail="unknown API key")
             tenant = found
+        # Before the body is read: a refused request costs no parsing and never reaches Kafka.
+        refusal = self.admission.check(tenant)
+        if refusal is not None:
+            return Refused(refusal)
+        try:
+            return await self._admitted(request, tenant)
+        finally:
+            self.admission.settle(tenant)  # after the 202's put_local: the job counts as open by then
+
+    async def _admitted(self, request: web.Request, tenant: str) -> web.Response:
+        deps, settings = self.deps, self.deps.settings
         if request.content_type != "application/json":
             return problem_response(415, "Unsupported Media Type", detail="send the job as application/json")
         try:
@@ -222,8 +238,8 @@ class Ingress:
             errors=[Problem("Idempotency-Key", "already used with a different request body")])
 
 
-def add_routes(app: web.Application, deps: Deps) -> None:
-    app.router.add_post("/v1/jobs", Ingress(deps).create_job)
+def add_routes(app: web.Application, deps: Deps, backlog: BacklogMonitor | None = None) -> None:
+    app.router.add_post("/v1/jobs", Ingress(deps, backlog).create_job)
 
 
 __all__ = ["Ingress", "add_routes", "job_request", "tenant_for", "validate"]

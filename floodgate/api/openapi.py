@@ -89,7 +89,11 @@ _OPERATIONS: dict[str, tuple[str, str, dict[str, Any]]] = {
             "413": _problem("Body too large"),
             "415": _problem("Not application/json"),
             "422": _problem("Idempotency-Key reused with a different body"),
-            "503": _problem("Kafka unavailable; nothing was accepted", retry_after=True),
+            "429": _problem("Over the tenant's quota (type `urn:floodgate:problem:rate-quota`: requests per "
+                            "minute; `urn:floodgate:problem:queued-quota`: jobs not yet finished); `limit` is the "
+                            "quota's limit. Nothing was accepted", retry_after=True),
+            "503": _problem("Kafka unavailable, or the backlog is past its bound (type "
+                            "`urn:floodgate:problem:backlog`); nothing was accepted", retry_after=True),
         },
     }),
     "get_job": ("read", "get /v1/jobs/{job_id}", {
@@ -342,6 +346,9 @@ _SCHEMAS: dict[str, Any] = {
         "properties": {
             "type": {"type": "string"}, "title": {"type": "string"}, "status": {"type": "integer"},
             "detail": {"type": "string"}, "instance": {"type": "string"},
+            "retry_after": {"type": "integer", "minimum": 1,
+                            "description": "Seconds to wait before trying again (as the Retry-After header)"},
+            "limit": {"type": "integer", "minimum": 1, "description": "The limit of the quota that refused"},
             "errors": {"type": "array", "items": {"type": "object", "required": ["field", "message"], "properties": {
                 "field": {"type": "string"}, "message": {"type": "string"}}}},
         },

@@ -11,6 +11,9 @@ Idempotency-Key check rests on there). Outgoing webhooks and the video copier
 (:mod:`floodgate.videos.copier`) run by default except in an ingress-only process; the read role
 serves the stored videos.
 
+A process with the ingress role and a backlog bound (``FLOODGATE_BACKLOG_MAX_*``) also runs the
+backlog guard's monitor (:mod:`floodgate.api.backlog`), started once the view has caught up.
+
 The job view spills what it evicts to ``<cache_dir>/api/<topic prefix>/<host>-<pid>-*/view.sqlite``
 (see ``floodgate.api.spill``): a new, empty file per process, removed when the server closes.
 """
@@ -31,6 +34,7 @@ from aiohttp import web
 from connectors.storage import build_store
 from floodgate import provider_config
 from floodgate.api.app import build_app, parse_roles
+from floodgate.api.backlog import BacklogMonitor, start_monitor
 from floodgate.api.kafka_io import KafkaSender
 from floodgate.api.spill import SpillStore
 from floodgate.api.view import DEFAULT_MAX_JOBS, JobView, NotificationFeed
@@ -52,7 +56,7 @@ class ApiServer:
     def __init__(self, url: str, runner: web.AppRunner, producer: KafkaSender | None,
                  feed: NotificationFeed | None, view: JobView | None, outgoing: Any = None,
                  spill: SpillStore | None = None, push: Any = None, copier: Any = None,
-                 store: Any = None) -> None:
+                 store: Any = None, backlog: BacklogMonitor | None = None) -> None:
         self.url = url
         self.view = view
         self.outgoing = outgoing
@@ -63,6 +67,7 @@ class ApiServer:
         self._spill = spill
         self.copier = copier
         self._store = store
+        self.backlog = backlog
         self._closed = False
 
     async def close(self) -> None:
@@ -70,6 +75,8 @@ class ApiServer:
             return
         self._closed = True
         await self._runner.cleanup()  # runs on_shutdown (open streams end) and waits for handlers
+        if self.backlog is not None:
+            await self.backlog.stop()
         if self.outgoing is not None:
             await self.outgoing.stop()
         if self.push is not None:
@@ -132,6 +139,7 @@ async def serve(settings: Settings, *, host: str | None = None, port: int | None
     push = None
     copier = None
     store = video_store
+    backlog: BacklogMonitor | None = None
     if store is None and ("read" in chosen or video_copier):
         store = build_store(settings)
     try:
@@ -166,8 +174,11 @@ async def serve(settings: Settings, *, host: str | None = None, port: int | None
             except TimeoutError:
                 log.warning("job view not caught up after %.0fs; serving anyway (/healthz says starting)",
                             ready_timeout)
+        if "ingress" in chosen:  # the backlog guard, when a bound is set; after the view has caught up
+            backlog = await start_monitor(settings, names, limits, {t: parts for t, (parts, _) in layout.items()},
+                                          view.open_jobs if view is not None else None)
         app = build_app(settings, setup, roles=chosen, producer=producer, view=view, video_store=store,
-                        **app_options)
+                        backlog=backlog, **app_options)
         runner = web.AppRunner(app, access_log=None, handle_signals=False, shutdown_timeout=5.0)
         await runner.setup()
         sock = bind_socket(host, port)
@@ -179,6 +190,8 @@ async def serve(settings: Settings, *, host: str | None = None, port: int | None
             sock.close()
         if runner is not None:
             await runner.cleanup()
+        if backlog is not None:
+            await backlog.stop()
         if feed is not None:
             await feed.stop()
         await producer.stop()
@@ -195,7 +208,8 @@ async def serve(settings: Settings, *, host: str | None = None, port: int | None
     for channel in (outgoing, push):  # where this API serves the videos the results link to
         if channel is not None and not channel.link_base and host not in ("", "0.0.0.0", "::"):
             channel.link_base = f"http://{shown}:{bound}"
-    return ApiServer(f"http://{shown}:{bound}", runner, producer, feed, view, outgoing, spill, push, copier, store)
+    return ApiServer(f"http://{shown}:{bound}", runner, producer, feed, view, outgoing, spill, push, copier, store,
+                     backlog)
 
 
 async def _main(settings: Settings, host: str | None, port: int | None, roles: Iterable[str] | str | None,

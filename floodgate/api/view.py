@@ -31,6 +31,7 @@ from floodgate.errors import SchemaError
 from floodgate.jobs.record import decode_notification
 from floodgate.jobs.state import TERMINAL
 from floodgate.queueboard import QueueBoard, update_due
+from floodgate.quotas import OpenJobs
 
 log = logging.getLogger(__name__)
 
@@ -86,6 +87,10 @@ class JobView:
         self._arrivals: dict[str, set[asyncio.Future[None]]] = {}
         self.ready = asyncio.Event()
         """Set once the feed has read up to the end offsets it saw at start."""
+        self.open_jobs = OpenJobs()
+        """Jobs not yet terminal per tenant, and admitted jobs still queued: the ingress's
+        queued-jobs quota and backlog guard read them. Counted apart from the snapshots held, so
+        eviction to the spill loses no count."""
 
     def __len__(self) -> int:
         """Snapshots held in memory (at most ``max_jobs``); spilled ones are not counted."""
@@ -121,6 +126,7 @@ class JobView:
         self._done.pop(job_id, None)
         self._evicted.pop(job_id, None)  # superseded: no need to write it
         (self._done if is_terminal(snapshot) else self._active)[job_id] = snapshot
+        self.open_jobs.observe(job_id, snapshot.get("tenant") or "default", snapshot["status"], snapshot["version"])
         self._evict()
         if self.board is not None:
             self.board.observe(snapshot, self.clock())

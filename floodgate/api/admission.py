@@ -1,0 +1,93 @@
+"""Admission control at ``POST /v1/jobs``: per-tenant quotas and the global backlog guard,
+checked before the body is read, so a refused request costs no parsing and no Kafka write.
+
+The rules are ``floodgate.quotas`` and ``floodgate.backlog``; this module only puts them
+together for one API process. On the accepted path a check is a few dict reads and one float
+comparison: the backlog verdict is computed in the background (``BacklogMonitor``), never here.
+
+The queued-jobs quota needs the job view (the ``read`` role) to know which jobs have ended. An
+ingress-only process has none and consumes nothing by design, so there the queued quota is off
+(a warning at start says so) and only the rate quota and the backlog guard apply.
+"""
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+
+import orjson
+from aiohttp import web
+
+from floodgate.api.backlog import BacklogMonitor
+from floodgate.problems import CONTENT_TYPE, problem
+from floodgate.quotas import OpenJobs, QueuedQuota, QuotaTable, RateQuota, Refusal, queued_refusal, rate_refusal
+
+log = logging.getLogger(__name__)
+
+QUEUED_RETRY_AFTER = 10.0
+"""Seconds a tenant at its queued-jobs quota is told to wait when no drain rate is known."""
+
+
+class Admission:
+    """The checks of one API process. ``check`` before writing a job; when it passes, ``settle``
+    once the request is answered (whatever the answer)."""
+
+    def __init__(self, quotas: QuotaTable, open_jobs: OpenJobs | None, backlog: BacklogMonitor | None = None,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self.quotas = quotas
+        self.backlog = backlog
+        self.clock = clock
+        self.rate = RateQuota()
+        self.queued: QueuedQuota | None = None
+        if quotas.limits_queued:
+            if open_jobs is None:
+                log.warning("queued-jobs quotas are configured but this API has no job view (ingress-only): "
+                            "they are not enforced here; the rate quotas and the backlog guard are")
+            else:
+                self.queued = QueuedQuota(open_jobs)
+
+    def check(self, tenant: str) -> Refusal | None:
+        """None to go on (the job then counts against the tenant's queued quota until ``settle``),
+        else what to answer. Nothing is counted for a refused request."""
+        backlog = self.backlog
+        if backlog is not None and backlog.refusal is not None:
+            return backlog.refusal
+        quota = self.quotas.for_tenant(tenant)
+        queued = self.queued
+        if queued is not None and not queued.reserve(tenant, quota.queued):
+            return queued_refusal(quota.queued, self._queued_retry_after())
+        wait = self.rate.take(tenant, quota.per_minute, self.clock())
+        if wait > 0.0:
+            if queued is not None:
+                queued.settle(tenant)
+            return rate_refusal(quota.per_minute, wait)
+        return None
+
+    def settle(self, tenant: str) -> None:
+        if self.queued is not None:
+            self.queued.settle(tenant)
+
+    def _queued_retry_after(self) -> float:
+        # On average one job somewhere ends every 1/rate seconds; a tenant's own may take longer,
+        # but a client told to wait a whole render would leave slots unused.
+        rate = self.backlog.probe.drain_rate() if self.backlog is not None else None
+        if not rate:
+            return QUEUED_RETRY_AFTER
+        return min(60.0, max(1.0, 1.0 / rate))
+
+
+class Refused(web.Response):
+    """A refusal's response; carries its reason for the rejection counter."""
+
+    def __init__(self, refusal: Refusal) -> None:
+        doc = problem(refusal.status, refusal.title, detail=refusal.detail, type_=refusal.type_)
+        retry = refusal.retry_after_header
+        doc["retry_after"] = int(retry)
+        if refusal.limit is not None:
+            doc["limit"] = refusal.limit
+        super().__init__(status=refusal.status, body=orjson.dumps(doc), content_type=CONTENT_TYPE,
+                         headers={"Retry-After": retry})
+        self.refusal = refusal
+
+
+__all__ = ["QUEUED_RETRY_AFTER", "Admission", "Refused"]

@@ -1,0 +1,133 @@
+"""The global backlog guard's rules. Pure: readings and clocks are arguments.
+
+The ingress sheds new jobs (503 + Retry-After) once the whole backlog is past a configured depth
+or estimated wait. Where the figures come from is a ``BacklogProbe``; the API's own is
+``floodgate.api.backlog.KafkaBacklog`` (consumer lag plus the job view). The rules here:
+
+* ``lag``: records a consumer group has yet to read on one partition.
+* ``DrainRate``: jobs leaving the system per second, from a running count of finished jobs
+  sampled over a sliding window.
+* ``BacklogGuard``: given depth and estimated wait, shed or not, and the Retry-After to say.
+"""
+from __future__ import annotations
+
+import math
+from collections import deque
+from dataclasses import dataclass
+from typing import Protocol
+
+from floodgate.problems import BACKLOG
+from floodgate.quotas import Refusal
+
+
+class BacklogProbe(Protocol):
+    """A source of the backlog's figures. The figures are read on the request path's behalf, so
+    they must be cheap and never wait on I/O: ``refresh`` brings them up to date in the
+    background (``floodgate.api.backlog.BacklogMonitor`` calls it every interval)."""
+
+    async def refresh(self) -> None:
+        """Re-read the sources; may raise (the figures are then unknown until the next success)."""
+
+    def depth(self) -> int | None:
+        """Jobs accepted and not yet taken by a provider, across providers; None if unknown."""
+
+    def drain_rate(self) -> float | None:
+        """Jobs leaving the system per second lately; None if none was observed."""
+
+    def estimated_wait(self) -> float | None:
+        """Seconds a job accepted now would wait for the backlog ahead of it to drain; None if
+        no drain has been observed (unknown, not infinite)."""
+
+    def close(self) -> None:
+        """Release the probe's clients; the monitor calls it once it has stopped."""
+
+
+def lag(end: int, committed: int | None, low: int) -> int:
+    """Records not yet consumed by the group on one partition: ``end`` minus the committed
+    offset, or minus the log start ``low`` when nothing is committed (the group starts from the
+    earliest record)."""
+    start = committed if committed is not None and committed >= 0 else low
+    return max(0, end - max(start, low))
+
+
+class DrainRate:
+    """Completions per second over the last ``window`` seconds, from samples of a running total
+    (e.g. records ever written to ``results``: one per job that ended). Unknown (None) until the
+    samples span ``min_span`` seconds, and when nothing ended within the window: with renders of
+    minutes, a backlog a minute old may have no completion yet, and that says nothing of its wait."""
+
+    def __init__(self, window: float = 60.0, min_span: float = 5.0) -> None:
+        if not (window > 0 and 0 < min_span <= window):
+            raise ValueError("need window > 0 and 0 < min_span <= window")
+        self.window = window
+        self.min_span = min_span
+        self._samples: deque[tuple[float, int]] = deque()
+
+    def sample(self, now: float, total: int) -> None:
+        if self._samples:
+            last_at, last_total = self._samples[-1]
+            if total < last_total:
+                self._samples.clear()  # the count went back (topic recreated): start over
+            elif now <= last_at:
+                return  # a clock that did not move (or stepped back) adds nothing
+        self._samples.append((now, total))
+        # Keep the newest sample at least a window old as the start of the span.
+        while len(self._samples) > 2 and now - self._samples[1][0] >= self.window:
+            self._samples.popleft()
+
+    def per_second(self) -> float | None:
+        if len(self._samples) < 2:
+            return None
+        (t0, n0), (t1, n1) = self._samples[0], self._samples[-1]
+        if t1 - t0 < self.min_span or n1 == n0:
+            return None
+        return (n1 - n0) / (t1 - t0)
+
+
+def estimated_wait(depth: int, rate: float | None) -> float | None:
+    """Seconds for ``depth`` jobs to drain at ``rate`` per second; None when the rate is unknown."""
+    if rate is None or rate <= 0:
+        return None
+    return depth / rate
+
+
+@dataclass(frozen=True, slots=True)
+class BacklogGuard:
+    """Shed past ``max_depth`` jobs or ``max_wait`` seconds of estimated wait (0: that bound is off)."""
+
+    max_depth: int = 0
+    max_wait: float = 0.0
+    min_retry_after: float = 1.0
+    max_retry_after: float = 300.0
+
+    @property
+    def enabled(self) -> bool:
+        return self.max_depth > 0 or self.max_wait > 0
+
+    def verdict(self, depth: int | None, wait: float | None, rate: float | None) -> Refusal | None:
+        """The refusal to answer new jobs with now, or None to accept them. Unknown figures never
+        shed: the guard fails open (the producer's own 503 covers a broker that does not answer).
+
+        Retry-After is the time the backlog needs to drain back under its bound at the observed
+        rate (clamped to [min_retry_after, max_retry_after]), else ``min_retry_after`` ×10."""
+        if depth is None:
+            return None
+        over: list[float] = []  # seconds of drain that would bring each exceeded bound back
+        reasons: list[str] = []
+        if self.max_depth > 0 and depth >= self.max_depth:
+            excess = depth - self.max_depth + 1
+            over.append(excess / rate if rate else math.inf)
+            reasons.append(f"{depth} jobs queued (the bound is {self.max_depth})")
+        if self.max_wait > 0 and wait is not None and wait >= self.max_wait:
+            over.append(wait - self.max_wait + (1 / rate if rate else 0.0))
+            reasons.append(f"an estimated wait of {wait:.0f}s (the bound is {self.max_wait:.0f}s)")
+        if not reasons:
+            return None
+        need = max(over)
+        retry = self.min_retry_after * 10 if not math.isfinite(need) else need
+        retry = min(self.max_retry_after, max(self.min_retry_after, retry))
+        return Refusal(503, "backlog", BACKLOG, "Backlog too deep",
+                       "new jobs are not accepted for now: " + " and ".join(reasons), retry)
+
+
+__all__ = ["BacklogGuard", "BacklogProbe", "DrainRate", "estimated_wait", "lag"]

@@ -1,0 +1,201 @@
+"""Admission control at POST /v1/jobs on the real broker: a request refused with 429 (a tenant's
+quota) or 503 (the backlog guard) never reaches ``requests``, and every 202 is there."""
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator, Callable
+from typing import Any
+
+import aiohttp
+import pytest
+from confluent_kafka import Producer
+
+from floodgate import codec, provider_config
+from floodgate.api.server import ApiServer
+from floodgate.settings import Secret, Settings
+from floodgate.topics import TopicNames
+from tests.integration.api_helpers import (
+    DEV_SIMULATOR,
+    aproduce_snapshots,
+    aread_records,
+    record_count,
+    running_api,
+    snapshot,
+)
+
+pytestmark = pytest.mark.kafka
+
+BODY = {"model": "kling-2.1", "user_id": "user-1", "input": {"prompt": "a lighthouse in a storm"}}
+KEYS = Secret("key-a=acme,key-b=globex")
+
+
+@pytest.fixture
+async def http() -> AsyncIterator[aiohttp.ClientSession]:
+    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=30)) as session:
+        yield session
+
+
+async def post(http: aiohttp.ClientSession, api: ApiServer, key: str | None = None) -> tuple[int, Any, Any]:
+    headers = {"X-API-Key": key} if key else {}
+    async with http.post(f"{api.url}/v1/jobs", json=BODY, headers=headers) as resp:
+        body = await resp.json(content_type=None)
+        return resp.status, resp.headers, body
+
+
+async def ids_in_requests(settings: Settings) -> list[str]:
+    topic = TopicNames(settings).requests
+    count = record_count(settings.kafka_bootstrap, topic)
+    records = await aread_records(settings.kafka_bootstrap, topic, count)
+    return [codec.decode("JobRequest", m.value(), m.headers())["job_id"] for m in records]
+
+
+async def assert_documented(http: aiohttp.ClientSession, api: ApiServer, status: int, body: Any) -> None:
+    """The refusal is one the served contract describes for POST /v1/jobs: its status, its
+    Retry-After header and a body matching the Problem schema."""
+    async with http.get(f"{api.url}/openapi.json") as resp:
+        doc = await resp.json()
+    answer = doc["paths"]["/v1/jobs"]["post"]["responses"][str(status)]
+    assert "Retry-After" in answer["headers"]
+    schema = doc["components"]["schemas"]["Problem"]
+    assert set(schema["required"]) <= set(body)
+    kinds = {"string": str, "integer": int, "array": list}
+    for name, value in body.items():
+        declared = schema["properties"][name]  # an undocumented member fails here
+        assert isinstance(value, kinds[declared["type"]]) and value >= declared.get("minimum", value)
+
+
+def assert_refusal(status: int, headers: Any, body: Any, expected: int, type_: str) -> int:
+    assert status == expected
+    assert headers["Content-Type"] == "application/problem+json"
+    assert body["type"] == type_ and body["status"] == expected and body["title"] and body["detail"]
+    retry = int(headers["Retry-After"])
+    assert retry >= 1 and body["retry_after"] == retry
+    return retry
+
+
+async def test_over_the_rate_quota_is_429_and_writes_nothing(settings_for: Callable[..., Settings],
+                                                             http: aiohttp.ClientSession) -> None:
+    settings = settings_for(simulator_url=DEV_SIMULATOR, api_keys=KEYS, tenant_rate_limit=3,
+                            tenant_rate_limits="globex=100")
+    async with running_api(settings) as api:
+        accepted = []
+        for _ in range(3):
+            status, _, body = await post(http, api, "key-a")
+            assert status == 202
+            accepted.append(body["job_id"])
+        status, headers, body = await post(http, api, "key-a")
+        retry = assert_refusal(status, headers, body, 429, "urn:floodgate:problem:rate-quota")
+        assert retry <= 20 and body["limit"] == 3 and "3 job requests per minute" in body["detail"]
+        await assert_documented(http, api, status, body)
+        # Another tenant's quota is its own.
+        for _ in range(5):
+            status, _, body = await post(http, api, "key-b")
+            assert status == 202
+            accepted.append(body["job_id"])
+        async with http.get(f"{api.url}/metrics") as resp:
+            metrics = await resp.text()
+    assert 'floodgate_requests_rejected_total{reason="quota"} 1.0' in metrics
+    assert sorted(await ids_in_requests(settings)) == sorted(accepted)
+
+
+async def test_a_concurrent_burst_gets_exactly_the_quota_and_every_202_is_in_kafka(
+        settings_for: Callable[..., Settings], http: aiohttp.ClientSession) -> None:
+    settings = settings_for(simulator_url=DEV_SIMULATOR, api_keys=KEYS, tenant_rate_limit=10)
+    async with running_api(settings, roles={"ingress"}) as api:
+        started = time.monotonic()
+        answers = await asyncio.gather(*(post(http, api, key) for key in ["key-a", "key-b"] * 25))
+        elapsed = time.monotonic() - started
+    assert elapsed < 6.0, "the burst must fit within one interval (60 s / 10) for the count to be exact"
+    accepted = [body["job_id"] for status, _, body in answers if status == 202]
+    assert sorted(status for status, _, _ in answers) == [202] * 20 + [429] * 30
+    assert sorted(await ids_in_requests(settings)) == sorted(accepted)
+
+
+async def test_over_the_queued_quota_is_429_until_a_job_ends(settings_for: Callable[..., Settings],
+                                                            http: aiohttp.ClientSession) -> None:
+    settings = settings_for(simulator_url=DEV_SIMULATOR, tenant_queued_limit=2)
+    async with running_api(settings) as api:
+        assert api.view is not None
+        accepted = []
+        for _ in range(2):
+            status, _, body = await post(http, api)
+            assert status == 202
+            accepted.append(body["job_id"])
+        status, headers, body = await post(http, api)
+        assert_refusal(status, headers, body, 429, "urn:floodgate:problem:queued-quota")
+        assert body["limit"] == 2
+        # The first job ends (as the job-state agent would write it): the tenant has room again.
+        changes = api.view.subscribe(accepted[0])
+        await aproduce_snapshots(settings.kafka_bootstrap, TopicNames(settings).notifications,
+                                 snapshot(accepted[0], 1, "queued"), snapshot(accepted[0], 5, "completed"))
+        while (await asyncio.wait_for(changes.get(), 20))["status"] != "completed":
+            pass
+        status, _, body = await post(http, api)
+        assert status == 202
+        accepted.append(body["job_id"])
+        status, _, _ = await post(http, api)
+        assert status == 429
+    assert sorted(await ids_in_requests(settings)) == sorted(accepted)
+
+
+async def wait_for_verdict(api: ApiServer, shedding: bool, timeout: float = 20.0) -> None:
+    """Wait, refresh by refresh, until the backlog monitor's verdict is ``shedding``."""
+    monitor = api.backlog
+    assert monitor is not None
+    deadline = time.monotonic() + timeout
+    while (monitor.refusal is not None) != shedding:
+        monitor.refreshed.clear()
+        await asyncio.wait_for(monitor.refreshed.wait(), max(0.1, deadline - time.monotonic()))
+
+
+async def test_a_backlog_past_its_depth_is_503_and_writes_nothing(settings_for: Callable[..., Settings],
+                                                                 http: aiohttp.ClientSession) -> None:
+    settings = settings_for(simulator_url=DEV_SIMULATOR, backlog_max_depth=3, backlog_refresh=0.1)
+    async with running_api(settings) as api:
+        accepted = []
+        for _ in range(3):  # no worker reads them: three jobs queued
+            status, _, body = await post(http, api)
+            assert status == 202
+            accepted.append(body["job_id"])
+        await wait_for_verdict(api, shedding=True)
+        status, headers, body = await post(http, api)
+        assert_refusal(status, headers, body, 503, "urn:floodgate:problem:backlog")
+        assert "3 jobs queued" in body["detail"]
+        await assert_documented(http, api, status, body)
+        async with http.get(f"{api.url}/metrics") as resp:
+            metrics = await resp.text()
+    assert "floodgate_backlog_depth 3.0" in metrics and "floodgate_backlog_shedding 1.0" in metrics
+    assert 'floodgate_requests_rejected_total{reason="backlog"} 1.0' in metrics
+    assert sorted(await ids_in_requests(settings)) == sorted(accepted)
+
+
+def _produce(bootstrap: str, topic: str, count: int) -> None:
+    producer = Producer({"bootstrap.servers": bootstrap, "acks": "all"})
+    for i in range(count):
+        producer.produce(topic, key=f"job-{i}".encode(), value=b"order")
+    assert producer.flush(20) == 0
+
+
+async def test_an_ingress_only_api_counts_the_dispatch_backlog(settings_for: Callable[..., Settings],
+                                                               http: aiohttp.ClientSession) -> None:
+    settings = settings_for(simulator_url=DEV_SIMULATOR, backlog_max_depth=4, backlog_refresh=0.1)
+    provider = sorted(provider_config.load(settings).routing.providers)[0]
+    async with running_api(settings, roles={"ingress"}) as api:
+        status, _, body = await post(http, api)
+        assert status == 202
+        # Orders the workers' group has not read yet, on a provider's dispatch topic.
+        await asyncio.to_thread(_produce, settings.kafka_bootstrap, TopicNames(settings).dispatch(provider), 3)
+        await wait_for_verdict(api, shedding=True)
+        status, headers, refused = await post(http, api)
+        assert_refusal(status, headers, refused, 503, "urn:floodgate:problem:backlog")
+    assert await ids_in_requests(settings) == [body["job_id"]]
+
+
+async def test_without_bounds_there_is_no_monitor(settings_for: Callable[..., Settings],
+                                                  http: aiohttp.ClientSession) -> None:
+    settings = settings_for(simulator_url=DEV_SIMULATOR)
+    async with running_api(settings, roles={"ingress"}) as api:
+        assert api.backlog is None
+        status, _, _ = await post(http, api)
+        assert status == 202

@@ -1,0 +1,227 @@
+"""The backlog guard's rules (lag, drain rate, verdict) and the ingress's admission checks, with a
+probe and a clock of the test's own: no Kafka."""
+from __future__ import annotations
+
+import logging
+import math
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from floodgate.api.admission import QUEUED_RETRY_AFTER, Admission
+from floodgate.api.backlog import BacklogMonitor
+from floodgate.backlog import BacklogGuard, DrainRate, estimated_wait, lag
+from floodgate.problems import BACKLOG, QUEUED_QUOTA, RATE_QUOTA
+from floodgate.quotas import OpenJobs, Quota, QuotaTable
+
+# --- lag ---------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(("end", "committed", "low", "expected"), [
+    (10, 4, 0, 6), (10, None, 0, 10), (10, -1001, 3, 7), (10, 2, 5, 5), (10, 12, 0, 0), (0, None, 0, 0)])
+def test_lag(end: int, committed: int | None, low: int, expected: int) -> None:
+    assert lag(end, committed, low) == expected
+
+
+# --- DrainRate -----------------------------------------------------------------------------------
+
+
+def test_drain_rate_over_the_window() -> None:
+    drain = DrainRate(window=60.0, min_span=5.0)
+    assert drain.per_second() is None
+    drain.sample(0.0, 100)
+    drain.sample(2.0, 104)
+    assert drain.per_second() is None  # two seconds say too little
+    drain.sample(10.0, 120)
+    assert drain.per_second() == pytest.approx(2.0)
+    for t in range(11, 200):
+        drain.sample(float(t), 120 + 5 * (t - 10))
+    assert drain.per_second() == pytest.approx(5.0)  # the early, slower minute has left the window
+
+
+def test_nothing_finished_is_an_unknown_rate_not_zero() -> None:
+    drain = DrainRate(window=60.0, min_span=5.0)
+    for t in range(0, 100, 5):
+        drain.sample(float(t), 7)
+    assert drain.per_second() is None
+    assert estimated_wait(1000, drain.per_second()) is None
+
+
+def test_a_count_that_goes_back_starts_over_and_a_still_clock_adds_nothing() -> None:
+    drain = DrainRate(window=60.0, min_span=5.0)
+    drain.sample(0.0, 100)
+    drain.sample(10.0, 110)
+    drain.sample(10.0, 500)  # the clock did not move
+    assert drain.per_second() == pytest.approx(1.0)
+    drain.sample(20.0, 3)  # the topic was recreated
+    assert drain.per_second() is None
+
+
+@given(st.lists(st.tuples(st.floats(0.1, 30), st.integers(0, 50)), min_size=1, max_size=200))
+def test_the_rate_is_never_negative_and_the_window_is_bounded(steps: list[tuple[float, int]]) -> None:
+    drain = DrainRate(window=60.0, min_span=5.0)
+    now, total = 0.0, 0
+    for gap, finished in steps:
+        now, total = now + gap, total + finished
+        drain.sample(now, total)
+        rate = drain.per_second()
+        assert rate is None or rate > 0
+        assert len(drain._samples) <= 2 + int(60 / 0.1) + 1
+
+
+def test_estimated_wait() -> None:
+    assert estimated_wait(100, 4.0) == 25.0
+    assert estimated_wait(100, None) is None
+    assert estimated_wait(100, 0.0) is None
+
+
+# --- BacklogGuard --------------------------------------------------------------------------------
+
+
+def test_no_bound_never_sheds() -> None:
+    guard = BacklogGuard()
+    assert not guard.enabled
+    assert guard.verdict(10**9, 10**9, 0.001) is None
+
+
+def test_depth_bound() -> None:
+    guard = BacklogGuard(max_depth=100)
+    assert guard.verdict(99, None, None) is None
+    refusal = guard.verdict(120, None, 2.0)
+    assert refusal is not None
+    assert (refusal.status, refusal.reason, refusal.type_) == (503, "backlog", BACKLOG)
+    assert refusal.retry_after == pytest.approx(21 / 2.0)  # until the depth is back under the bound
+    assert "120 jobs queued" in refusal.detail and "100" in refusal.detail
+
+
+def test_wait_bound() -> None:
+    guard = BacklogGuard(max_wait=300.0)
+    assert guard.verdict(10_000, None, None) is None  # no drain seen: the wait is unknown, not infinite
+    assert guard.verdict(500, 250.0, 2.0) is None
+    refusal = guard.verdict(700, 350.0, 2.0)
+    assert refusal is not None and refusal.retry_after == pytest.approx(50.5)
+    assert "estimated wait of 350s" in refusal.detail
+
+
+def test_unknown_figures_fail_open() -> None:
+    assert BacklogGuard(max_depth=1, max_wait=1.0).verdict(None, None, None) is None
+
+
+@given(depth=st.integers(0, 10**6), rate=st.one_of(st.none(), st.floats(1e-3, 1e3)))
+def test_retry_after_stays_in_its_bounds(depth: int, rate: float | None) -> None:
+    guard = BacklogGuard(max_depth=10, max_wait=60.0, min_retry_after=1.0, max_retry_after=300.0)
+    refusal = guard.verdict(depth, estimated_wait(depth, rate), rate)
+    assert (refusal is None) == (depth < 10 and (rate is None or depth / rate < 60.0))
+    if refusal is not None:
+        assert 1.0 <= refusal.retry_after <= 300.0 and math.isfinite(refusal.retry_after)
+
+
+# --- BacklogMonitor and Admission, with a probe of the test's own --------------------------------------
+
+
+class FakeProbe:
+    def __init__(self) -> None:
+        self._depth: int | None = 0
+        self.rate: float | None = None
+        self.fail = False
+        self.closed = False
+
+    async def refresh(self) -> None:
+        if self.fail:
+            self._depth = None
+            raise RuntimeError("broker down")
+
+    def depth(self) -> int | None:
+        return self._depth
+
+    def drain_rate(self) -> float | None:
+        return self.rate
+
+    def estimated_wait(self) -> float | None:
+        return estimated_wait(self._depth or 0, self.rate)
+
+    def close(self) -> None:
+        self.closed = True
+
+
+async def test_monitor_keeps_the_verdict_and_fails_open(caplog: pytest.LogCaptureFixture) -> None:
+    probe = FakeProbe()
+    monitor = BacklogMonitor(probe, BacklogGuard(max_depth=5), interval=3600)
+    await monitor.refresh_once()
+    assert monitor.refusal is None and monitor.refreshed.is_set()
+    probe._depth = 5
+    await monitor.refresh_once()
+    assert monitor.refusal is not None and monitor.refusal.status == 503
+    probe.fail = True
+    with caplog.at_level(logging.WARNING):
+        await monitor.refresh_once()
+        await monitor.refresh_once()
+    assert monitor.refusal is None
+    assert sum("backlog figures unknown" in r.message for r in caplog.records) == 1  # once per outage
+    monitor.start()
+    await monitor.stop()
+    assert probe.closed
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_admission_order_and_counting() -> None:
+    jobs = OpenJobs()
+    clock = Clock()
+    table = QuotaTable(Quota(per_minute=2, queued=2), {"big": Quota(per_minute=0, queued=0)})
+    admission = Admission(table, jobs, clock=clock)
+    assert admission.check("a") is None
+    jobs.observe("j1", "a", "queued", 0)  # its 202's put_local
+    admission.settle("a")
+    assert admission.check("a") is None  # second job: still writing
+    refused = admission.check("a")
+    assert refused is not None and refused.type_ == QUEUED_QUOTA and refused.limit == 2
+    assert refused.retry_after == QUEUED_RETRY_AFTER
+    admission.settle("a")  # the second was a 400 after all
+    jobs.observe("j1", "a", "completed", 4)
+    refused = admission.check("a")  # the queued quota passes; two requests this minute already
+    assert refused is not None and refused.type_ == RATE_QUOTA and refused.retry_after == pytest.approx(30.0)
+    clock.now += 30.0
+    assert admission.check("a") is None
+    admission.settle("a")
+    assert all(admission.check("big") is None for _ in range(100))  # its own quota: no limit
+
+
+def test_a_rate_refusal_gives_back_its_queued_place() -> None:
+    jobs = OpenJobs()
+    admission = Admission(QuotaTable(Quota(per_minute=1, queued=1)), jobs, clock=Clock())
+    assert admission.check("a") is None
+    admission.settle("a")  # answered (a 400): no job
+    refused = admission.check("a")  # the queued quota has room; the rate does not
+    assert refused is not None and refused.type_ == RATE_QUOTA
+    assert admission.queued is not None and admission.queued.reserve("a", 1)  # nothing was left reserved
+
+
+async def test_the_backlog_refuses_first_and_sets_the_queued_retry() -> None:
+    probe = FakeProbe()
+    probe._depth, probe.rate = 10, 0.5
+    monitor = BacklogMonitor(probe, BacklogGuard(max_depth=10))
+    await monitor.refresh_once()
+    admission = Admission(QuotaTable(Quota(queued=1)), OpenJobs(), monitor, clock=Clock())
+    refused = admission.check("a")
+    assert refused is not None and refused.type_ == BACKLOG
+    probe._depth = 0
+    await monitor.refresh_once()
+    assert admission.check("a") is None
+    refused = admission.check("a")
+    assert refused is not None and refused.type_ == QUEUED_QUOTA and refused.retry_after == 2.0  # 1 / 0.5
+
+
+def test_ingress_only_warns_that_the_queued_quota_is_off(caplog: pytest.LogCaptureFixture) -> None:
+    with caplog.at_level(logging.WARNING):
+        admission = Admission(QuotaTable(Quota(queued=1)), None, clock=Clock())
+    assert admission.queued is None
+    assert any("not enforced" in r.message for r in caplog.records)
+    assert all(admission.check("a") is None for _ in range(10))
