@@ -50,6 +50,8 @@ class Order:
     priority: str = "standard"
     deadline_at: int | None = None
     """Epoch milliseconds past which the order is never submitted (its job ends ``expired``)."""
+    spilled_from: str | None = None
+    """The model whose long line this order left for ``model`` (``floodgate.spillover``)."""
 
     def expired(self, now_ms: float) -> bool:
         return self.deadline_at is not None and now_ms >= self.deadline_at
@@ -62,7 +64,7 @@ class Order:
             queued_at=int(rec["queued_at"]), image_url=rec.get("image_url"), params=dict(rec.get("params") or {}),
             tried=tuple(rec.get("tried") or ()), webhook_url=rec.get("webhook_url"),
             metadata=dict(rec.get("metadata") or {}), priority=rec.get("priority") or "standard",
-            deadline_at=rec.get("deadline_at"))
+            deadline_at=rec.get("deadline_at"), spilled_from=rec.get("spilled_from"))
 
     def to_record(self) -> dict[str, Any]:
         return {
@@ -70,12 +72,18 @@ class Order:
             "provider_model": self.provider_model, "prompt": self.prompt, "image_url": self.image_url,
             "params": dict(self.params), "attempt": self.attempt, "tried": list(self.tried),
             "queued_at": self.queued_at, "webhook_url": self.webhook_url, "metadata": dict(self.metadata),
-            "priority": self.priority, "deadline_at": self.deadline_at}
+            "priority": self.priority, "deadline_at": self.deadline_at, "spilled_from": self.spilled_from}
 
     def moved_to(self, provider: str, provider_model: str) -> Order:
         """This order's next attempt, at ``provider``, with this provider counted as tried."""
         return replace(self, provider=provider, provider_model=provider_model, attempt=self.attempt + 1,
                        tried=(*self.tried, self.provider))
+
+    def spilled_to(self, model: str, provider: str, provider_model: str) -> Order:
+        """This order's next attempt, for the equivalent ``model`` at ``provider``. Fallbacks from
+        there follow ``model``'s own chain; ``tried`` is for outages and stays as it was."""
+        return replace(self, model=model, provider=provider, provider_model=provider_model,
+                       attempt=self.attempt + 1, spilled_from=self.model)
 
     @property
     def idempotency_key(self) -> str:

@@ -182,6 +182,9 @@ class WorkerMetrics(_Group):
         self.reroutes = self._counter(
             "floodgate_provider_reroutes_total", "Jobs moved from a provider to the next one in their route.",
             ["from_provider"])
+        self.spilled = self._counter(
+            "floodgate_spilled_total", "Waiting jobs moved to an equivalent model's provider with room (spillover).",
+            ["from_provider", "to_provider"])
         self.polls = self._counter(
             "floodgate_provider_polls_total", "Status polls of quiet in-flight jobs (lost webhooks).",
             ["provider"])

@@ -71,7 +71,8 @@ def from_dict(data: Mapping[str, Any], environ: Mapping[str, str] | None = None)
             raise ConfigError(f"providers.{name}.connection: must be an object")
         connections[name] = {k: _resolve(v, f"providers.{name}.connection.{k}", env) for k, v in conn.items()}
         stripped[name] = raw
-    routing = RoutingTable.from_dict({"providers": stripped, "routes": data.get("routes", {})})
+    routing = RoutingTable.from_dict({"providers": stripped, "routes": data.get("routes", {}),
+                                      "spillover": data.get("spillover", {})})
     return ProviderSetup(routing, connections)
 
 

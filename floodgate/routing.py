@@ -16,7 +16,12 @@ Config shape accepted by ``RoutingTable.from_dict``::
 ``provider_model`` defaults to the route's model name. A target may also carry ``render_time``
 (seconds, or ``{"kind": "uniform", "min": 30, "max": 180}``, as the simulator's config) and
 ``price_per_second`` or ``price_per_job``: routing ignores them, ``floodgate plan`` and
-``floodgate audit`` read them. ``retired_at`` may be an
+``floodgate audit`` read them. ``spillover`` (optional) names, per model, equivalent models that
+take its waiting jobs when its own line is long::
+
+    "spillover": {"kling-2.1": {"equivalents": ["wan-2.6"], "max_wait_s": 60}}
+
+``retired_at`` may be an
 ISO 8601 string, a date or a datetime; one without an offset (including a bare
 date, read as midnight) is taken as UTC. Unknown keys are errors.
 """
@@ -25,7 +30,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from collections.abc import Set as AbstractSet
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, time
 from types import MappingProxyType
 from typing import Any
@@ -85,15 +90,34 @@ class ModelRoute:
 
 
 @dataclass(frozen=True)
+class Spillover:
+    """Where a model's waiting jobs may go when its own line is long: ``equivalents`` (other
+    models, in order of preference) take a job that would wait more than ``max_wait_s`` at its
+    provider, if one of them has spare capacity."""
+
+    equivalents: tuple[str, ...]
+    max_wait_s: float
+
+
+@dataclass(frozen=True)
 class RoutingTable:
     """Providers and routes. Raises ``ConfigError`` if a route is empty, repeats a provider or names an unknown one."""
 
     providers: Mapping[str, ProviderSpec]
     routes: Mapping[str, ModelRoute]
+    spillover: Mapping[str, Spillover] = field(default_factory=dict)
+    """Model → its equivalents, for models that have any."""
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "providers", MappingProxyType(dict(self.providers)))
         object.__setattr__(self, "routes", MappingProxyType(dict(self.routes)))
+        object.__setattr__(self, "spillover", MappingProxyType(dict(self.spillover)))
+        for model, spill in self.spillover.items():
+            if model not in self.routes:
+                raise ConfigError(f"spillover.{model}: not a routed model")
+            for i, other in enumerate(spill.equivalents):
+                if other not in self.routes or other == model:
+                    raise ConfigError(f"spillover.{model}.equivalents[{i}]: {other!r} must be another routed model")
         for key, spec in self.providers.items():
             if key != spec.name:
                 raise ConfigError(f"providers.{key}: spec is named {spec.name!r}")
@@ -120,14 +144,16 @@ class RoutingTable:
         Raises ``ConfigError`` whose message starts with the path at fault, e.g.
         ``providers.sora.concurrency_limit`` or ``routes.sora-2[1].provider``.
         """
-        _only_keys(data, "", {"providers", "routes"})
+        _only_keys(data, "", {"providers", "routes", "spillover"})
         providers = {name: _provider(name, spec) for name, spec in _mapping(data.get("providers"), "providers").items()}
         routes: dict[str, ModelRoute] = {}
         for model, targets in _mapping(data.get("routes"), "routes").items():
             if not isinstance(targets, (list, tuple)):
                 raise ConfigError(f"routes.{model}: must be a list of targets")
             routes[model] = ModelRoute(model, tuple(_target(model, i, t) for i, t in enumerate(targets)))
-        return cls(providers, routes)
+        spillover = {model: _spillover(model, raw) for model, raw in _mapping(data.get("spillover", {}),
+                                                                                "spillover").items()}
+        return cls(providers, routes, spillover)
 
 
 def chain_for(table: RoutingTable, model: str, now: datetime) -> tuple[Target, ...]:
@@ -235,6 +261,18 @@ def _when(value: Any, path: str) -> datetime | None:
     return parsed if parsed.utcoffset() is not None else parsed.replace(tzinfo=UTC)
 
 
+def _spillover(model: str, raw: Any) -> Spillover:
+    path = f"spillover.{model}"
+    _only_keys(raw, path, {"equivalents", "max_wait_s"}, {"equivalents", "max_wait_s"})
+    equivalents, wait = raw["equivalents"], raw["max_wait_s"]
+    if not isinstance(equivalents, (list, tuple)) or not equivalents or not all(
+            isinstance(e, str) and e for e in equivalents):
+        raise ConfigError(f"{path}.equivalents: must be a non-empty list of model names")
+    if isinstance(wait, bool) or not isinstance(wait, (int, float)) or not wait > 0:
+        raise ConfigError(f"{path}.max_wait_s: must be a positive number of seconds, got {wait!r}")
+    return Spillover(tuple(equivalents), float(wait))
+
+
 PLANNING_KEYS = frozenset({"render_time", "price_per_second", "price_per_job"})
 
 
@@ -260,6 +298,7 @@ __all__ = [
     "ModelRoute",
     "ProviderSpec",
     "RoutingTable",
+    "Spillover",
     "Target",
     "chain_for",
     "known_models",

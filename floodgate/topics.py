@@ -1,10 +1,12 @@
 """Every topic Floodgate uses, named from one place (``Settings.topic_prefix``).
 
 Public: requests, dispatch.<provider>, webhooks, events, results, notifications, dlq.
-Internal: release.<provider> — slot releases for a provider's submitters. It has exactly as many
-partitions as dispatch.<provider> and the same keys (job ids), so Faust's co-partitioning
-assignor hands partition N of both to the same worker: the release reaches the process that
-holds the slot, and it never waits behind the dispatch backlog it is meant to unblock.
+Internal: lines — how each dispatch partition stands (free slots, waiting orders, start rate),
+once a second per partition, read by every worker for spillover. release.<provider> — slot
+releases for a provider's submitters. It has exactly as many partitions as dispatch.<provider>
+and the same keys (job ids), so Faust's co-partitioning assignor hands partition N of both to the
+same worker: the release reaches the process that holds the slot, and it never waits behind the
+dispatch backlog it is meant to unblock.
 
 Only names and layout (no Faust here), so the streams side and the API, SDK and notify side
 depend on this one module instead of on each other.
@@ -48,6 +50,11 @@ class TopicNames:
     def dlq(self) -> str:
         return self.settings.topic("dlq")
 
+    @property
+    def lines(self) -> str:
+        """Internal: each dispatcher's ``LineReport`` per partition, once a second (spillover)."""
+        return self.settings.topic("lines")
+
     def dispatch(self, provider: str) -> str:
         return self.settings.topic(f"dispatch.{provider}")
 
@@ -74,6 +81,8 @@ class TopicNames:
             self.notifications: (s.partitions,
                                  {**base, "cleanup.policy": "compact,delete", "retention.ms": str(WEEK_MS)}),
             self.dlq: (1, base),
+            # The latest report per provider partition is all that matters, and only for seconds.
+            self.lines: (1, {**base, "cleanup.policy": "compact,delete", "retention.ms": str(3600 * 1000)}),
         }
         for p, limit in providers.items():
             out[self.dispatch(p)] = (self.dispatch_partitions(limit), base)

@@ -15,6 +15,7 @@ from floodgate.routing import RoutingTable
 from floodgate.settings import Settings
 from floodgate.topics import TopicNames
 from streams.emit import Emitter
+from streams.lines import LineBoard
 
 
 @dataclass
@@ -26,6 +27,8 @@ class Pipeline:
     names: TopicNames = field(init=False)
     emit: Emitter = field(init=False)
     metrics: WorkerMetrics = field(default_factory=worker_metrics)
+    lines: LineBoard | None = None
+    """How every provider's line stands (only when the routing table has spillover rules)."""
     _session: aiohttp.ClientSession | None = None
 
     def __post_init__(self) -> None:
@@ -43,6 +46,8 @@ class Pipeline:
         return self._session
 
     async def close(self) -> None:
+        if self.lines is not None:
+            await self.lines.stop()
         if self._session is not None:
             await self._session.close()
 

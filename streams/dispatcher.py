@@ -71,6 +71,7 @@ from floodgate import codec
 from floodgate.dispatch import ENDED, Order, Slot, parse_slot_key, slot_key
 from floodgate.errors import FloodgateError, ProviderUnavailable
 from floodgate.routing import next_target
+from floodgate.spillover import LineReport, Spill, estimated_wait, spill_to
 from floodgate.submit_policy import SubmitPolicy, decide
 from floodgate.throttle import BreakerState
 from streams import guard
@@ -253,8 +254,10 @@ class Dispatcher:
         """Write the slot (the pool already counts it); returns the future of its durable copy.
         The slot must be on Kafka before the provider hears of the job: a crash after the call but
         before the changelog write would otherwise forget the slot."""
-        durable = self.lane.slots.put_reliably_in(partition, key,
-                                                  Slot(attempt=order.attempt, taken_at=time.time(), order=order))
+        now = time.time()
+        slot = Slot(attempt=order.attempt, taken_at=now, order=order)
+        durable = self.lane.slots.put_reliably_in(partition, key, slot)
+        self.lane.starts[partition].add(now)
         self.count_slots()
         return durable
 
@@ -299,6 +302,12 @@ class Dispatcher:
             durable = self.take_slot(order, key, partition)
             lane.run_in_background(key, self.submit(order, key, partition, durable))
             return durable
+        if parked is None and (spill := self.spill_for(order, len(line), partition)) is not None:
+            # It would wait past its model's max_wait_s here while an equivalent has room: it goes
+            # there now, before costing a place in the waiting table.
+            line.take(order.job_id)
+            await self.spill(order, key, partition, spill, parked=False)
+            return None
         durable, full = lane.park(partition, msg.offset, order)  # (a newer attempt replaces a waiting one)
         if full:
             self.hold(partition)
@@ -394,6 +403,68 @@ class Dispatcher:
             self.lane.spawn(self.expire(order, key, partition), f"expire:{key.decode()}")
         if line.resume_due():
             self.let_go(partition)
+
+    # -- spillover ---------------------------------------------------------------------------
+
+    def spill_for(self, order: Order, place: int, partition: int) -> Spill | None:
+        """Where ``order``, at ``place`` in line, should spill to (``floodgate.spillover``), or None."""
+        board = self.pipe.lines
+        if board is None or order.spilled_from is not None or order.model not in self.pipe.routing.spillover:
+            return None
+        now = time.time()
+        wait = estimated_wait(place, self.lane.starts[partition].rate(now))
+        return spill_to(self.pipe.routing, order.model, wait, self.name, board.room(now), datetime.now(UTC))
+
+    async def spill(self, order: Order, key: bytes, partition: int, spill: Spill, *, parked: bool) -> None:
+        """Move a waiting order to an equivalent model's provider: a new attempt of its job there.
+        Its event and order are on Kafka before it leaves the waiting table (a crash in between
+        only sends them again: the event id and the new attempt are the same)."""
+        assert self.pipe.lines is not None
+        self.pipe.lines.took(spill.target.provider)
+        self.metrics.spilled.labels(self.name, spill.target.provider).inc()
+        moved = order.spilled_to(spill.model, spill.target.provider, spill.target.provider_model)
+        await self.emit.send_durably(self.names.events, "JobEvent", order.job_id, {
+            "event_id": f"{order.job_id}:rerouted:{self.name}:{moved.attempt}", "job_id": order.job_id,
+            "kind": "rerouted", "at": self.pipe.now_ms(), "provider": spill.target.provider, "model": spill.model,
+            "attempt": moved.attempt, "error": spill.reason})
+        await self.emit.send_durably(self.names.dispatch(spill.target.provider), "DispatchOrder", order.job_id,
+                                     moved.to_record())
+        if parked:
+            self.lane.unpark(partition, key)
+
+    async def report_and_spill(self, partitions: set[int]) -> None:
+        """Once a second: say how this provider's partitions stand, then spill the waiting orders
+        that would wait past their model's max_wait_s, while an equivalent has room."""
+        board = self.pipe.lines
+        if board is None:
+            return
+        lane, now = self.lane, time.time()
+        for partition in sorted(partitions):
+            line = lane.lines[partition]
+            report = LineReport(self.name, partition, free_slots=lane.capacity(partition) - len(lane.pools[partition]),
+                                waiting=len(line), start_rate=lane.starts[partition].rate(now), at=now)
+            board.put(report)
+            await self.emit.send_raw(self.names.lines, f"{self.name}:{partition}".encode(), report.encode())
+            room, rate = board.room(now), report.start_rate
+            if not len(line) or rate is None or not any(spare > 0 for spare in room.values()):
+                continue
+            # Orders nearer the head than the shortest max_wait_s allows cannot spill: start past them.
+            first = int(min(rule.max_wait_s for rule in self.pipe.routing.spillover.values()) * rate)
+            when = datetime.now(UTC)
+            for place, order in enumerate(line.in_order()[first:], start=first):
+                if order.spilled_from is not None:
+                    continue
+                spill = spill_to(self.pipe.routing, order.model, estimated_wait(place, rate), self.name, room, when)
+                if spill is None or line.take(order.job_id) is None:
+                    continue
+                room[spill.target.provider] -= 1
+                lane.spawn(self.spill(order, slot_key(partition, order.job_id), partition, spill, parked=True),
+                           f"spill:{order.job_id}")
+                if not any(spare > 0 for spare in room.values()):
+                    break
+        for partition in partitions:
+            if lane.lines[partition].resume_due():
+                self.let_go(partition)
 
     async def move_on(self, order: Order, key: bytes, partition: int, reason: str, *, reroute: bool) -> None:
         if self.lane.marked(key):
@@ -583,6 +654,9 @@ class Dispatcher:
         for partition in sorted(mine):
             if lane.sync(partition, generation):
                 self.pump(partition)
+        if self.pipe.lines is not None:
+            self.pipe.lines.start()
+            await self.report_and_spill(mine)
 
     async def poll(self) -> None:
         lane = self.lane

@@ -32,6 +32,17 @@ class Emitter:
         await self.topic(topic).send(key=key.encode() if key is not None else None, value=value,
                                      headers=headers, force=True)
 
+    async def send_durably(self, topic: str, schema: str, key: str | None, record: dict[str, Any]) -> None:
+        """``send``, returning once Kafka acknowledged the record."""
+        value, headers = codec.encode(schema, record)
+        delivered = await self.topic(topic).send(key=key.encode() if key is not None else None, value=value,
+                                                 headers=headers, force=True)
+        await delivered
+
+    async def send_raw(self, topic: str, key: bytes, value: bytes) -> None:
+        """A record that is not one of our Avro contracts (e.g. a line report, JSON)."""
+        await self.topic(topic).send(key=key, value=value, force=True)
+
     async def dead_letter(self, topic: str, message: Any, reason: str, exc: BaseException | None) -> None:
         """Park a record we cannot process, with the reason and the original bytes; never raises."""
         record = dead_letter_record(message, reason, exc, at_ms=int(time.time() * 1000))

@@ -40,6 +40,7 @@ import faust
 from floodgate.dispatch import CancelMark, Order, Parked, Slot, mark_expired, parse_slot_key, slot_key
 from floodgate.fairqueue import FairLine
 from floodgate.routing import ProviderSpec
+from floodgate.spillover import StartRate
 from floodgate.throttle import (
     Backoff,
     CircuitBreaker,
@@ -87,6 +88,8 @@ class Lane:
         self.ended_early: dict[bytes, str] = {}
         """Slots whose provider job ended (the bridge said so) before their submission recorded
         its provider job id: that submission frees them instead of recording it."""
+        self.starts = {p: StartRate() for p in range(partitions)}
+        """Per partition, orders started (slots taken) over the last minute."""
         self.cancelling: set[bytes] = set()
         """Slots whose provider job is being cancelled (the slot is freed once that is done)."""
         self._chores: set[asyncio.Task[None]] = set()

@@ -23,6 +23,7 @@ from floodgate.topics import TopicNames
 from streams import dispatcher, faust_fixes, jobs, lag, localstate
 from streams.app import create_app
 from streams.context import Pipeline
+from streams.lines import LineBoard
 
 log = logging.getLogger(__name__)
 
@@ -36,6 +37,8 @@ def build(settings: Settings, *, web_port: int | None = None) -> Pipeline:
     datadir = localstate.prepare(settings, localstate.cluster_id(settings.kafka_bootstrap))
     app = create_app(settings, web_port=web_port, datadir=datadir)
     pipe = Pipeline(app, settings, setup, setup.build_connectors())
+    if setup.routing.spillover:
+        pipe.lines = LineBoard(settings.kafka_bootstrap, names.lines)
     jobs.register(pipe)
     waiting: dict[str, Callable[[], int]] = {}
     breakers: dict[str, Callable[[], bool]] = {}

@@ -42,6 +42,8 @@ class Notification:
     push: PushTarget | None = None
     """The device to tell (``notify.push`` of the request), if any."""
     priority: str = "standard"
+    serving_model: str | None = None
+    route_note: str | None = None
 
     @property
     def event_type(self) -> str:
@@ -73,6 +75,8 @@ class Notification:
             metadata=dict(snapshot.get("metadata") or {}),
             push=PushTarget.from_record(snapshot.get("push")),
             priority=snapshot.get("priority") or "standard",
+            serving_model=snapshot.get("serving_model"),
+            route_note=snapshot.get("route_note"),
         )
 
 

@@ -89,6 +89,8 @@ def webhook_body(n: Notification) -> bytes:
             "metadata": dict(n.metadata),
             # The job's public shape, as GET gives it; a final job has left the line.
             "priority": n.priority,
+            "serving_model": n.serving_model or n.model or None,
+            "route_note": n.route_note,
             "queue_position": None,
             "eta_seconds": None,
             "eta_ready_seconds": None,

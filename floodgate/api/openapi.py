@@ -408,6 +408,11 @@ _SCHEMAS: dict[str, Any] = {
             "created_at": _TIME, "updated_at": _TIME,
             "metadata": _STRING_MAP,
             "priority": {"enum": ["high", "standard", "low"]},
+            "serving_model": {"type": ["string", "null"],
+                              "description": "The model serving the job: the one asked for, or an equivalent it "
+                                             "spilled to when that one's line was long (see route_note)."},
+            "route_note": {"type": ["string", "null"],
+                           "description": "Why the job is where it is: a fallback's or a spill's reason."},
             "queue_position": {"type": ["integer", "null"], "minimum": 0,
                                "description": "Waiting jobs the provider serves before this one (0: next); null "
                                               "once the job has left the line. An estimate by the line's own "

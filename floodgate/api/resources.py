@@ -40,6 +40,8 @@ def job_resource(snapshot: Snapshot, video_url: str | None = None, standing: Sta
         "updated_at": iso_ms(snapshot.get("updated_at")),
         "metadata": dict(snapshot.get("metadata") or {}),
         "priority": snapshot.get("priority") or "standard",
+        "serving_model": snapshot.get("serving_model") or snapshot.get("model") or None,
+        "route_note": snapshot.get("route_note"),
         "queue_position": standing.queue_position,
         "eta_seconds": standing.eta_seconds,
         "eta_ready_seconds": standing.eta_ready_seconds,

@@ -70,6 +70,8 @@ def snapshot(state: JobState) -> dict[str, Any]:
                  if state.push_platform and state.push_token else None),
         "priority": state.priority,
         "request_hash": state.request_hash,
+        "serving_model": state.serving_model,
+        "route_note": state.route_note,
     }
 
 

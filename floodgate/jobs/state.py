@@ -150,6 +150,10 @@ class JobState:
     """Epoch seconds past which the job, still waiting, ends ``expired`` unsubmitted."""
     request_hash: str | None = None
     """The accepted request's ``request_hash``: what an Idempotency-Key retry is compared with."""
+    serving_model: str | None = None
+    """The model serving the job when not the one asked for (it spilled to an equivalent)."""
+    route_note: str | None = None
+    """Why the job's current attempt is where it is (a fallback's or a spill's reason)."""
     recent_events: tuple[str, ...] = ()
     version: int = 0
 
@@ -174,8 +178,9 @@ class JobState:
         for name in ("priority", "deadline_at"):
             if out[name] is None:
                 del out[name]  # likewise
-        if self.request_hash is None:
-            del out["request_hash"]
+        for name in ("request_hash", "serving_model", "route_note"):
+            if out[name] is None:
+                del out[name]
         return out
 
     @classmethod
@@ -204,7 +209,7 @@ class JobState:
 
 
 _OPTIONAL_STR = ("tenant", "user_id", "model", "provider", "provider_job_id", "video_url", "error", "webhook_url",
-                 "push_platform", "push_token", "priority", "request_hash")
+                 "push_platform", "push_token", "priority", "request_hash", "serving_model", "route_note")
 
 
 def _check_field(name: str, value: Any) -> str | None:
@@ -322,6 +327,7 @@ def _merge_attempt(s: JobState, event: JobEvent) -> tuple[JobState, str]:
             error=None,
         )
         if event.kind == "rerouted":
+            s = dataclasses.replace(s, serving_model=event.model or s.serving_model, route_note=event.error)
             reason = f"rerouted to {event.provider} (attempt {event.attempt})"
         else:
             reason = f"attempt {event.attempt} opened by {event.kind}"

@@ -21,7 +21,8 @@ def test_job_resource_shape() -> None:
         "job_id": "j", "status": "completed", "model": "m", "provider": "p", "progress": 1.0,
         "result": {"video_url": "https://v/1.mp4"}, "error": None,
         "created_at": "2023-11-14T22:13:20.000Z", "updated_at": "2023-11-14T22:13:21.000Z", "metadata": {"a": "b"},
-        "priority": "standard", "queue_position": None, "eta_seconds": None, "eta_ready_seconds": None,
+        "priority": "standard", "serving_model": "m", "route_note": None,
+        "queue_position": None, "eta_seconds": None, "eta_ready_seconds": None,
     }
     assert job_resource({**snapshot, "video_url": None})["result"] is None
     waiting = job_resource({**snapshot, "status": "queued", "priority": "low"}, standing=Standing(12, 30.5, 90.0))

@@ -54,6 +54,7 @@ SAMPLES: dict[str, dict[str, Any]] = {
         "metadata": {},
         "priority": "low",
         "deadline_at": T0 + 60_000,
+        "spilled_from": "kling-2.1",
     },
     "SlotRelease": {"job_id": "job_01hzz", "provider": "sim", "attempt": 1, "status": "completed", "at": T0,
                     "provider_job_id": "pj_1"},
@@ -101,6 +102,8 @@ SAMPLES: dict[str, dict[str, Any]] = {
         "push": {"platform": "apns", "token": "ab" * 32},
         "priority": "high",
         "request_hash": "cd" * 32,
+        "serving_model": "gen-4",
+        "route_note": "spilled from gen-3",
     },
     "DeadLetter": {
         "reason": "bad bytes",

@@ -4,6 +4,7 @@ sends are futures this test resolves; the provider is a fake connector; sends ar
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import AsyncIterator
 from dataclasses import replace
 from pathlib import Path
@@ -33,6 +34,9 @@ class RecordingEmitter(Emitter):
     async def send(self, topic: str, schema: str, key: str | None, record: dict[str, Any]) -> None:
         codec.encode(schema, record)  # what would go on the wire must be a valid record
         self.sent.append((topic, schema, record))
+
+    async def send_durably(self, topic: str, schema: str, key: str | None, record: dict[str, Any]) -> None:
+        await self.send(topic, schema, key, record)
 
     def events(self, kind: str) -> list[dict[str, Any]]:
         return [r for t, s, r in self.sent if s == "JobEvent" and r["kind"] == kind]
@@ -379,3 +383,59 @@ async def test_an_order_that_expires_at_the_head_of_the_line_gives_its_slot_to_t
     assert [o.job_id for o in provider.submitted[WAN_SLOTS:]] == ["patient"]
     assert [e["job_id"] for e in emitter(dispatcher).events("expired")] == ["short"]
     assert len(dispatcher.lane.pools[0]) == WAN_SLOTS
+
+
+async def test_orders_that_would_wait_too_long_spill_to_an_equivalent_with_room(
+        settings: Settings, provider: FakeProvider, tmp_path: Path) -> None:
+    from floodgate.routing import Spillover
+    from floodgate.spillover import LineReport, StartRate
+    from streams.lines import LineBoard
+
+    app = create_app(settings, datadir=tmp_path / "w1")
+    setup = dev_setup(settings.simulator_url)
+    routing = replace(setup.routing, spillover={"wan-2.6": Spillover(("kling-2.1",), max_wait_s=2.0)})
+    pipe = Pipeline(app, settings, replace(setup, routing=routing), {name: provider for name in routing.providers})
+    pipe.emit = RecordingEmitter(app)
+    pipe.lines = LineBoard("127.0.0.1:1", "floodgate.lines")  # (never started: reports are put by hand)
+    d = Dispatcher(pipe, "wan")
+    d.app = SimpleNamespace(consumer=FakeConsumer(), consumer_generation_id=1, rebalancing=False,  # type: ignore[assignment]
+                            in_recovery=False)
+    for table in (d.lane.slots, d.lane.waiting, d.lane.marks):
+        table.table.send_changelog = Writes()  # type: ignore[method-assign,assignment]
+    sent_raw: list[bytes] = []
+
+    async def send_raw(topic: str, key: bytes, value: bytes) -> None:
+        sent_raw.append(value)
+
+    pipe.emit.send_raw = send_raw  # type: ignore[method-assign]
+    try:
+        await fill(d, WAN_SLOTS + 30)  # ten start, thirty wait
+        await settle(d)
+        now = time.time()
+        d.lane.starts[0] = StartRate()
+        for _ in range(10):  # ten starts in the last second, whatever this machine's pace: 10/s
+            d.lane.starts[0].add(now + 5)
+        pipe.lines.put(LineReport("kling", 0, free_slots=4, waiting=0, start_rate=None, at=now))
+        await d.report_and_spill({0})
+        await settle(d)
+        moved = [r for t, s, r in emitter(d).sent if s == "DispatchOrder" and t.endswith("dispatch.kling")]
+        assert len(moved) == 4, "as many as kling had room for"
+        assert all(r["model"] == "kling-2.1" and r["spilled_from"] == "wan-2.6" and r["attempt"] == 1 for r in moved)
+        rerouted = emitter(d).events("rerouted")
+        assert {r["job_id"] for r in rerouted} == {r["job_id"] for r in moved}
+        assert all(r["model"] == "kling-2.1" and "spilled from wan-2.6" in r["error"] for r in rerouted)
+        # Ten starts within a second: 10/s, so from place 20 on an order would wait past 2 s. The
+        # first four of those go (oldest first: the line's order is kept), out of the waiting table.
+        assert {r["job_id"] for r in moved} == {f"job-{i}" for i in range(WAN_SLOTS + 20, WAN_SLOTS + 24)}
+        assert len(d.lane.lines[0]) == 26 and len(d.lane.waiting) == 26
+        assert LineReport.decode(sent_raw[0]).waiting == 30, "the report says how the line stood"
+        await d.report_and_spill({0})
+        await settle(d)
+        assert len([r for t, s, r in emitter(d).sent if s == "DispatchOrder"]) == 4, "no room left: no more"
+        # A spilled order arriving back here is never spilled a second time.
+        pipe.lines.put(LineReport("kling", 0, free_slots=9, waiting=0, start_rate=None, at=time.time() + 1))
+        back = replace(order("bounced"), spilled_from="kling-2.1")
+        assert d.spill_for(back, 100, 0) is None and d.spill_for(order("fresh"), 100, 0) is not None
+    finally:
+        await d.lane.stop()
+        await pipe.close()

@@ -553,4 +553,4 @@ def test_a_snapshot_written_before_request_hashes_still_decodes() -> None:
     out = io.BytesIO()
     fastavro.schemaless_writer(out, schema, old)
     decoded = codec.decode("JobSnapshot", out.getvalue(), [(SCHEMA_HEADER, b"JobSnapshot/2")])
-    assert decoded == {**old, "request_hash": None, "priority": None}
+    assert decoded == {**old, "request_hash": None, "priority": None, "serving_model": None, "route_note": None}

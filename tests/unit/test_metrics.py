@@ -23,8 +23,8 @@ ROOT = Path(__file__).resolve().parents[2]
 NAME = re.compile(r"^floodgate_[a-z0-9]+(_[a-z0-9]+)*$")
 # Every label any metric may carry: each has a small, bounded set of values ("model": the routing
 # table's models, the only ones admission lets through).
-ALLOWED_LABELS = {"source", "reason", "provider", "outcome", "channel", "stage", "from_provider", "status", "agent",
-                  "topic", "model"}
+ALLOWED_LABELS = {"source", "reason", "provider", "outcome", "channel", "stage", "from_provider", "to_provider",
+                  "status", "agent", "topic", "model"}
 
 
 def test_names_follow_prometheus_conventions() -> None:

@@ -1,0 +1,77 @@
+"""Spillover by capacity: the routing table's rules, line reports, start rates and the choice."""
+from __future__ import annotations
+
+from datetime import UTC, datetime
+
+import pytest
+
+from floodgate.errors import ConfigError
+from floodgate.routing import RoutingTable
+from floodgate.spillover import LineReport, StartRate, estimated_wait, spare_by_provider, spill_to
+
+NOW = datetime(2026, 12, 1, tzinfo=UTC)
+
+
+def table(spillover: dict | None = None, **providers: dict) -> RoutingTable:
+    return RoutingTable.from_dict({
+        "providers": {"kling": {"kind": "sim", "concurrency_limit": 10},
+                      "wan": {"kind": "sim", "concurrency_limit": 5},
+                      "veo": {"kind": "sim", "concurrency_limit": 5, "enabled": False}, **providers},
+        "routes": {"kling-2.1": [{"provider": "kling"}, {"provider": "wan"}],
+                   "wan-2.6": [{"provider": "wan"}],
+                   "veo-3": [{"provider": "veo"}]},
+        "spillover": spillover if spillover is not None else {
+            "kling-2.1": {"equivalents": ["veo-3", "wan-2.6"], "max_wait_s": 30}},
+    })
+
+
+@pytest.mark.parametrize(("rules", "message"), [
+    ({"nope": {"equivalents": ["wan-2.6"], "max_wait_s": 3}}, "spillover.nope: not a routed model"),
+    ({"kling-2.1": {"equivalents": ["kling-2.1"], "max_wait_s": 3}}, "equivalents[0]"),
+    ({"kling-2.1": {"equivalents": [], "max_wait_s": 3}}, "non-empty list"),
+    ({"kling-2.1": {"equivalents": ["wan-2.6"], "max_wait_s": 0}}, "max_wait_s"),
+    ({"kling-2.1": {"equivalents": ["wan-2.6"]}}, "max_wait_s: missing"),
+])
+def test_bad_rules_are_refused_naming_the_place(rules: dict, message: str) -> None:
+    with pytest.raises(ConfigError, match=message.replace("[", r"\[").replace("]", r"\]")):
+        table(rules)
+
+
+def test_a_long_wait_spills_to_the_first_equivalent_with_room() -> None:
+    routing = table()
+    room = {"wan": 2, "kling": 5}
+    spill = spill_to(routing, "kling-2.1", 45.0, "kling", room, NOW)
+    assert spill is not None and spill.model == "wan-2.6" and spill.target.provider == "wan"  # veo is disabled
+    assert "45s" in spill.reason and "max_wait_s 30" in spill.reason
+
+
+@pytest.mark.parametrize(("model", "wait", "room"), [
+    ("kling-2.1", 29.0, {"wan": 2}),   # short enough: stays
+    ("kling-2.1", None, {"wan": 2}),   # rate unknown: stays
+    ("kling-2.1", 90.0, {"wan": 0}),   # no room anywhere
+    ("kling-2.1", 90.0, {}),           # no fresh report
+    ("wan-2.6", 900.0, {"kling": 9}),  # no rule for this model
+])
+def test_orders_stay_unless_all_conditions_hold(model: str, wait: float | None, room: dict[str, int]) -> None:
+    assert spill_to(table(), model, wait, "kling", room, NOW) is None
+
+
+def test_spare_room_counts_fresh_reports_only_and_sums_partitions() -> None:
+    reports = [LineReport("wan", 0, free_slots=3, waiting=1, start_rate=1.0, at=100.0),
+               LineReport("wan", 1, free_slots=2, waiting=0, start_rate=1.0, at=101.0),
+               LineReport("kling", 0, free_slots=9, waiting=0, start_rate=None, at=90.0)]
+    assert spare_by_provider(reports, now=102.0) == {"wan": 4}
+    assert LineReport.decode(reports[0].encode()) == reports[0]
+    assert LineReport("x", 0, free_slots=1, waiting=5, start_rate=None, at=0).spare == 0
+
+
+def test_start_rate_needs_a_few_starts_and_forgets_old_ones() -> None:
+    rate = StartRate(window=60)
+    for at in (0.0, 1.0):
+        rate.add(at)
+    assert rate.rate(2.0) is None
+    for at in (2.0, 3.0):
+        rate.add(at)
+    assert rate.rate(4.0) == pytest.approx(4 / 4.0)
+    assert rate.rate(200.0) is None
+    assert estimated_wait(9, 2.0) == 5.0 and estimated_wait(9, None) is None
