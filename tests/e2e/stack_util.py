@@ -31,9 +31,10 @@ def simulator_config(path: Path, *, only: dict[str, dict[str, Any]] | None = Non
     return path
 
 
-def routing_file(path: Path, limits: dict[str, int], rates: dict[str, float] | None = None) -> Path:
+def routing_file(path: Path, limits: dict[str, int], rates: dict[str, float] | None = None,
+                 spillover: dict[str, Any] | None = None) -> Path:
     """A routing table on the simulator whose address comes from the environment at load time;
-    ``rates`` gives providers a ``rate_per_second``."""
+    ``rates`` gives providers a ``rate_per_second``; ``spillover`` is the table's section of that name."""
     conn = {"base_url": "env:FLOODGATE_SIMULATOR_URL", "api_key": "k", "webhook_secret": DEV_WEBHOOK_SECRET_REF}
     rates = rates or {}
     path.write_text(json.dumps({
@@ -42,6 +43,7 @@ def routing_file(path: Path, limits: dict[str, int], rates: dict[str, float] | N
                       for name, limit in limits.items()},
         "routes": {"wan-2.6": [{"provider": "wan"}, {"provider": "kling", "provider_model": "kling-2.1"}],
                    "kling-2.1": [{"provider": "kling"}]},
+        **({"spillover": spillover} if spillover else {}),
     }))
     return path
 
