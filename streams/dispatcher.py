@@ -433,18 +433,19 @@ class Dispatcher:
             self.lane.unpark(partition, key)
 
     async def report_and_spill(self, partitions: set[int]) -> None:
-        """Once a second: say how this provider's partitions stand, then spill the waiting orders
-        that would wait past their model's max_wait_s, while an equivalent has room."""
+        """Once a second: say how this provider's partitions stand (spillover and the API's
+        backlog guard read it), then spill the waiting orders that would wait past their model's
+        max_wait_s, while an equivalent has room."""
         board = self.pipe.lines
-        if board is None:
-            return
         lane, now = self.lane, time.time()
         for partition in sorted(partitions):
             line = lane.lines[partition]
             report = LineReport(self.name, partition, free_slots=lane.capacity(partition) - len(lane.pools[partition]),
                                 waiting=len(line), start_rate=lane.starts[partition].rate(now), at=now)
-            board.put(report)
             await self.emit.send_raw(self.names.lines, f"{self.name}:{partition}".encode(), report.encode())
+            if board is None:
+                continue
+            board.put(report)
             room, rate = board.room(now), report.start_rate
             if not len(line) or rate is None or not any(spare > 0 for spare in room.values()):
                 continue
@@ -462,9 +463,10 @@ class Dispatcher:
                            f"spill:{order.job_id}")
                 if not any(spare > 0 for spare in room.values()):
                     break
-        for partition in partitions:
-            if lane.lines[partition].resume_due():
-                self.let_go(partition)
+        if board is not None:
+            for partition in partitions:
+                if lane.lines[partition].resume_due():
+                    self.let_go(partition)
 
     async def move_on(self, order: Order, key: bytes, partition: int, reason: str, *, reroute: bool) -> None:
         if self.lane.marked(key):
@@ -656,7 +658,7 @@ class Dispatcher:
                 self.pump(partition)
         if self.pipe.lines is not None:
             self.pipe.lines.start()
-            await self.report_and_spill(mine)
+        await self.report_and_spill(mine)
 
     async def poll(self) -> None:
         lane = self.lane

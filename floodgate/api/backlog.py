@@ -5,8 +5,9 @@
 * depth = the workers' consumer lag on ``requests`` (accepted, not yet admitted) plus, with a
   job view, the admitted jobs it holds as ``queued`` (in ``dispatch.<provider>`` or parked in a
   provider's waiting line); without a view (an ingress-only API), the workers' lag on every
-  ``dispatch.<provider>`` instead, which misses only the few orders parked in waiting lines
-  (bounded by the dispatcher's line high mark per partition);
+  ``dispatch.<provider>`` instead, plus the orders the dispatchers hold in their waiting lines
+  (already acknowledged, so not in the lag), from the newest report per dispatch partition on
+  ``lines`` (``floodgate.spillover.LineReport``, one a second);
 * drain rate = records ever written to ``results`` (one per job that ended), sampled over a
   minute (``floodgate.backlog.DrainRate``); estimated wait = depth ÷ drain rate.
 
@@ -29,6 +30,7 @@ from floodgate.backlog import BacklogGuard, BacklogProbe, DrainRate, estimated_w
 from floodgate.metrics import ApiMetrics, api_metrics
 from floodgate.quotas import OpenJobs, Refusal
 from floodgate.settings import Settings
+from floodgate.spillover import FRESH_FOR, LineReport
 from floodgate.topics import TopicNames
 
 log = logging.getLogger(__name__)
@@ -42,7 +44,9 @@ class KafkaBacklog:
     def __init__(self, bootstrap: str, group: str, lag_topics: Iterable[tuple[str, int]],
                  results: tuple[str, int], open_jobs: OpenJobs | None = None, *,
                  clock: Callable[[], float] = time.monotonic, timeout: float = 5.0,
-                 drain: DrainRate | None = None) -> None:
+                 drain: DrainRate | None = None, lines: str | None = None) -> None:
+        """``lines``: the line reports' topic, read for the orders waiting in dispatchers' lines
+        (an API without a job view, which cannot count them otherwise)."""
         self._lagged = [TopicPartition(t, p) for t, parts in lag_topics for p in range(parts)]
         self._results = [TopicPartition(results[0], p) for p in range(results[1])]
         self.open_jobs = open_jobs
@@ -56,6 +60,7 @@ class KafkaBacklog:
         self._closed = False
         self._consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": group,
                                    "enable.auto.commit": False, "client.id": f"{group}-api-backlog"})
+        self._lines = lines
 
     def depth(self) -> int | None:
         return self._depth
@@ -95,7 +100,28 @@ class KafkaBacklog:
             finished = 0
             for tp in self._results:
                 finished += self._consumer.get_watermark_offsets(tp, timeout=self.timeout, cached=False)[1]
+            if self._lines is not None:
+                unread += self._waiting_in_lines(self._lines)
             return unread, finished
+
+    def _waiting_in_lines(self, topic: str) -> int:
+        """Orders waiting in dispatchers' lines: the newest fresh report per dispatch partition."""
+        tp = TopicPartition(topic, 0)
+        low, high = self._consumer.get_watermark_offsets(tp, timeout=self.timeout, cached=False)
+        if high <= low:
+            return 0
+        self._consumer.assign([TopicPartition(topic, 0, max(low, high - 500))])  # the last few seconds
+        newest: dict[bytes, LineReport] = {}
+        deadline = time.monotonic() + self.timeout
+        done = False
+        while not done and time.monotonic() < deadline:
+            for msg in self._consumer.consume(num_messages=500, timeout=0.5):
+                value = msg.value()
+                if msg.error() is None and value is not None:
+                    with contextlib.suppress(ValueError, KeyError, TypeError):  # malformed: says nothing
+                        newest[msg.key() or b""] = LineReport.decode(value)
+                done = done or (msg.offset() or 0) >= high - 1
+        return sum(r.waiting for r in newest.values() if time.time() - r.at <= FRESH_FOR)
 
     def close(self) -> None:
         with self._lock:
@@ -170,7 +196,8 @@ async def start_monitor(settings: Settings, topics: TopicNames, providers: Itera
     if open_jobs is None:  # no view: the dispatch topics' lag stands for the admitted jobs still queued
         lagged += [topics.dispatch(p) for p in providers]
     probe = KafkaBacklog(settings.kafka_bootstrap, settings.app_id, [(t, partitions[t]) for t in lagged],
-                         (topics.results, partitions[topics.results]), open_jobs)
+                         (topics.results, partitions[topics.results]), open_jobs,
+                         lines=topics.lines if open_jobs is None else None)
     monitor = BacklogMonitor(probe, guard, api_metrics(), settings.backlog_refresh)
     await monitor.refresh_once()
     monitor.start()

@@ -14,6 +14,7 @@ from confluent_kafka import Producer
 from floodgate import codec, provider_config
 from floodgate.api.server import ApiServer
 from floodgate.settings import Secret, Settings
+from floodgate.spillover import LineReport
 from floodgate.topics import TopicNames
 from tests.integration.api_helpers import (
     DEV_SIMULATOR,
@@ -187,6 +188,40 @@ async def test_an_ingress_only_api_counts_the_dispatch_backlog(settings_for: Cal
         # Orders the workers' group has not read yet, on a provider's dispatch topic.
         await asyncio.to_thread(_produce, settings.kafka_bootstrap, TopicNames(settings).dispatch(provider), 3)
         await wait_for_verdict(api, shedding=True)
+        status, headers, refused = await post(http, api)
+        assert_refusal(status, headers, refused, 503, "urn:floodgate:problem:backlog")
+    assert await ids_in_requests(settings) == [body["job_id"]]
+
+
+async def test_an_ingress_only_api_counts_the_orders_waiting_in_dispatchers_lines(
+        settings_for: Callable[..., Settings], http: aiohttp.ClientSession) -> None:
+    # Orders parked in a dispatcher's line are acknowledged (not in any lag): only the dispatcher's
+    # line report says they wait. Two partitions' reports: the newest of each counts, stale ones not.
+    settings = settings_for(simulator_url=DEV_SIMULATOR, backlog_max_depth=5, backlog_refresh=0.1)
+    names = TopicNames(settings)
+    async with running_api(settings, roles={"ingress"}) as api:
+        status, _, body = await post(http, api)
+        assert status == 202
+        now = time.time()
+        reports = [LineReport("wan", 0, free_slots=0, waiting=2, start_rate=1.0, at=now - 1),
+                   LineReport("wan", 0, free_slots=0, waiting=3, start_rate=1.0, at=now),
+                   LineReport("kling", 0, free_slots=0, waiting=2, start_rate=1.0, at=now),
+                   LineReport("sora", 0, free_slots=0, waiting=50, start_rate=None, at=now - 600)]
+
+        def send() -> None:
+            producer = Producer({"bootstrap.servers": settings.kafka_bootstrap, "acks": "all"})
+            for r in reports:
+                producer.produce(names.lines, key=f"{r.provider}:{r.partition}".encode(), value=r.encode())
+            assert producer.flush(20) == 0
+
+        await asyncio.to_thread(send)
+        await wait_for_verdict(api, shedding=True)
+        monitor = api.backlog
+        assert monitor is not None
+        deadline = time.monotonic() + 10
+        while monitor.probe.depth() != 6 and time.monotonic() < deadline:  # the next refreshes read them all
+            await asyncio.sleep(0.05)
+        assert monitor.probe.depth() == 6, "1 unread request + the newest fresh reports' 3 + 2 waiting"
         status, headers, refused = await post(http, api)
         assert_refusal(status, headers, refused, 503, "urn:floodgate:problem:backlog")
     assert await ids_in_requests(settings) == [body["job_id"]]
