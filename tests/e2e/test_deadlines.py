@@ -75,8 +75,9 @@ def test_waiting_jobs_past_their_deadline_expire_unsubmitted_and_the_rest_comple
         job, record = shown[name], finals[jobs[name].job_id][-1]
         assert job["result"] is None and job["queue_position"] is None and "deadline" in job["error"], job
         # Not before its deadline: the default's 2 s (not 1 s) applied to the request naming none.
+        # (Counted from acceptance, a little before the 202 the test dates it by.)
         waited = record["updated_at"] / 1000 - jobs[name].accepted_at
         deadline = 1 if name == "one_second" else DEFAULT_DEADLINE
-        assert waited >= deadline - 0.05, (name, waited)
+        assert waited >= deadline - 0.3, (name, waited)
     expired_at = {name: finals[jobs[name].job_id][-1]["updated_at"] for name in ("one_second", "default")}
     assert expired_at["one_second"] <= expired_at["default"], expired_at

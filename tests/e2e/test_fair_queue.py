@@ -183,6 +183,7 @@ def test_a_tenant_with_weight_three_gets_three_starts_for_each_of_another(burst:
     heavy, alpha = sum(j in heavy_ids for j in window), sum(j in alpha_ids for j in window)
     assert heavy == len(burst.heavy)
     assert alpha > 0 and 2.0 <= heavy / alpha <= 4.5, f"heavy {heavy} : alpha {alpha} while both waited"
+    print(f"while both waited: heavy {heavy} starts, alpha {alpha}")
 
 
 def test_a_waiting_job_shows_its_place_and_eta_moving(burst: Burst) -> None:
