@@ -45,11 +45,12 @@ async def post_jobs(session: aiohttp.ClientSession, api: str, key: str, tenant: 
 
 @dataclass(frozen=True)
 class Event:
-    """One SSE ``job`` event: its id (the snapshot version), the job as shown, when it came."""
+    """One job message (SSE ``job`` event, WebSocket ``job`` message): the job as shown, when it
+    came (monotonic), and for SSE its id (the snapshot version; None over a WebSocket)."""
 
-    version: int
     job: dict[str, Any]
     at: float
+    version: int | None = None
 
 
 async def follow_sse(session: aiohttp.ClientSession, api: str, job: Accepted, *, timeout: float) -> list[Event]:
@@ -67,10 +68,26 @@ async def follow_sse(session: aiohttp.ClientSession, api: str, job: Accepted, *,
                 continue
             if fields.get("event") == "job":
                 body = json.loads(fields["data"])
-                events.append(Event(int(fields["id"]), body, time.monotonic()))
+                events.append(Event(body, time.monotonic(), int(fields["id"])))
                 if body["status"] in TERMINAL:
                     break
             fields = {}
+    return events
+
+
+async def follow_ws(session: aiohttp.ClientSession, api: str, job: Accepted, *, timeout: float) -> list[Event]:
+    """Every ``job`` message for ``job`` on a ``/v1/stream`` WebSocket until its terminal state."""
+    events: list[Event] = []
+    async with asyncio.timeout(timeout), session.ws_connect(f"{api}/v1/stream") as ws:
+        await ws.send_json({"type": "subscribe", "job_id": job.job_id, "token": job.token})
+        async for msg in ws:
+            assert msg.type == aiohttp.WSMsgType.TEXT, msg
+            body = json.loads(msg.data)
+            assert body["type"] in ("subscribed", "job"), body
+            if body["type"] == "job":
+                events.append(Event(body["job"], time.monotonic()))
+                if body["job"]["status"] in TERMINAL:
+                    break
     return events
 
 

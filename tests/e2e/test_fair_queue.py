@@ -25,7 +25,7 @@ import pytest
 from floodgate.devstack import Stack
 from floodgate.provider_config import DEV_WEBHOOK_SECRET_REF
 from floodgate.settings import Secret
-from tests.e2e.queue_util import Accepted, Event, end_offsets, follow_sse, post_jobs
+from tests.e2e.queue_util import Accepted, Event, end_offsets, follow_sse, follow_ws, post_jobs
 from tests.e2e.stack_util import TERMINAL, get_job, make_stack, simulator_config, until
 from tests.helpers import provider_jobs, sim_stats
 from tests.kafka_util import wait_consumed
@@ -93,6 +93,8 @@ class Burst:
     """The watched job as GET showed it (monotonic time, job), while it waited and once after."""
     events: list[Event]
     """The watched job's SSE events."""
+    messages: list[Event]
+    """The watched job's WebSocket messages."""
     started_at: float
     """Monotonic time at which the watched job's provider job was created (as GET first showed it
     out of line)."""
@@ -130,15 +132,16 @@ async def run_burst(stack: Stack, n: int, m: int, heavy_n: int, *, timeout: floa
         # Nobody arrives any more: the last of alpha's jobs only moves up from here.
         watched = alpha[-1]
         follower = asyncio.create_task(follow_sse(session, api, watched, timeout=timeout))
+        socket = asyncio.create_task(follow_ws(session, api, watched, timeout=timeout))
         polls = await watch(session, api, watched)
         started_at = polls[-1][0]
-        events = await follower
+        events, messages = await follower, await socket
         ids = {a.job_id for a in alpha + beta + heavy}
         created = await until(lambda: all_created(stack, "wan", ids), timeout=timeout,
                               what="every job to start", interval=0.5)
         jobs = await provider_jobs(stack.simulator_url, "wan")
     wan = (await sim_stats(stack.simulator_url))["wan"]
-    return Burst(alpha, beta, heavy, created, [job["job_id"] for job in jobs], watched, polls, events,
+    return Burst(alpha, beta, heavy, created, [job["job_id"] for job in jobs], watched, polls, events, messages,
                  started_at, wan)
 
 
@@ -207,12 +210,12 @@ def test_a_waiting_job_shows_its_place_and_eta_moving(burst: Burst) -> None:
     print(f"first GET: place {places[0]}, eta {first['eta_seconds']}s; it started after {took:.1f}s")
 
 
-def test_a_subscriber_hears_the_place_move_without_a_storm(burst: Burst) -> None:
-    events = burst.events
+def assert_place_updates(events: list[Event], channel: str) -> None:
+    """The same state told again, each time with a better place; bounded; no place once out."""
     queued = [e for e in events if e.job["status"] == "queued"]
     assert len(queued) >= 3, [(e.version, e.job["status"], e.job["queue_position"]) for e in events]
-    # The same state (version) told again, each time with a better place.
-    assert len({e.version for e in queued}) == 1, [e.version for e in queued]
+    # No new state: the same snapshot (version over SSE, updated_at on both) each time.
+    assert len({e.version for e in queued}) == 1 and len({e.job["updated_at"] for e in queued}) == 1, queued
     places = [e.job["queue_position"] for e in queued]
     assert all(later < earlier for earlier, later in zip(places, places[1:], strict=False)), places
     # Bounded: fewer updates than places moved, and not more than about two a second.
@@ -220,11 +223,19 @@ def test_a_subscriber_hears_the_place_move_without_a_storm(burst: Burst) -> None
     span = queued[-1].at - queued[0].at
     assert len(queued) - 1 < moved, (len(queued), moved)
     assert len(queued) - 1 <= 2 * span + 2, f"{len(queued)} updates in {span:.1f}s"
-    # Once submitted, the stream carries no place.
+    # Once submitted, no place.
     out = [e for e in events if e.job["status"] != "queued"]
     assert out and all(e.job["queue_position"] is None for e in out), [e.job for e in out]
     assert out[-1].job["status"] in TERMINAL
-    print(f"SSE: {len(queued)} place updates over {span:.1f}s while the place went {places[0]} -> {places[-1]}")
+    print(f"{channel}: {len(queued)} place updates over {span:.1f}s while the place went {places[0]} -> {places[-1]}")
+
+
+def test_a_subscriber_hears_the_place_move_without_a_storm(burst: Burst) -> None:
+    assert_place_updates(burst.events, "SSE")
+
+
+def test_a_websocket_subscriber_hears_the_same(burst: Burst) -> None:
+    assert_place_updates(burst.messages, "WebSocket")
 
 
 # -- priority classes -------------------------------------------------------------------------------
