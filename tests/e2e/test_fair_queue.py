@@ -1,10 +1,11 @@
 """The waiting line on the running stack (broker, worker, API, simulator as the judge of who was
 submitted when): fair share between tenants, weights, priority classes, and the place in line
-and ETA a waiting job shows over GET and SSE.
+and ETA a waiting job shows over GET, SSE and the WebSocket.
 
 One stack for the module. wan (limit 6 here, short renders) carries the burst: tenant ``alpha``
 sends N jobs at once, ``beta`` a few a moment later, then ``heavy`` (weight 3); meanwhile the
-last of alpha's jobs is followed over GET and SSE. kling (limit 2, renders of a minute) carries the
+last of alpha's jobs is followed over GET, SSE and a WebSocket. Beta comes once the intake has
+read alpha's burst (see ``run_burst``). kling (limit 2, renders of a minute) carries the
 priority check: nothing leaves its slots unless the test cancels it, so the order in which the
 line hands out slots is read exactly from the simulator's creation order.
 """
@@ -101,7 +102,8 @@ class Burst:
     wan: dict[str, Any]
 
 
-async def watch(session: aiohttp.ClientSession, api: str, job: Accepted) -> list[tuple[float, dict[str, Any]]]:
+async def watch(session: aiohttp.ClientSession, api: str, job: Accepted, *,
+                timeout: float) -> list[tuple[float, dict[str, Any]]]:
     """GET ``job`` about twice a second until it has left the line."""
     polls: list[tuple[float, dict[str, Any]]] = []
 
@@ -110,7 +112,7 @@ async def watch(session: aiohttp.ClientSession, api: str, job: Accepted) -> list
         polls.append((time.monotonic(), found))
         return found["status"] != "queued"
 
-    await until(left, timeout=120, what=f"{job.job_id} to leave the line", interval=0.5)
+    await until(left, timeout=timeout, what=f"{job.job_id} to leave the line", interval=0.5)
     return polls
 
 
@@ -133,7 +135,7 @@ async def run_burst(stack: Stack, n: int, m: int, heavy_n: int, *, timeout: floa
         watched = alpha[-1]
         follower = asyncio.create_task(follow_sse(session, api, watched, timeout=timeout))
         socket = asyncio.create_task(follow_ws(session, api, watched, timeout=timeout))
-        polls = await watch(session, api, watched)
+        polls = await watch(session, api, watched, timeout=timeout)
         started_at = polls[-1][0]
         events, messages = await follower, await socket
         ids = {a.job_id for a in alpha + beta + heavy}
