@@ -1,14 +1,18 @@
 """``make demo``: the whole stack on the embedded default, a spike fired at the HTTP API, a live
-count of jobs per state, and a closing summary (accept latency, outcomes, provider concurrency
-against its limit, 429s)."""
+count of jobs per state, a few sample jobs followed over Server-Sent Events as a user would (their
+place in line and ETA as they move up), and a closing summary (accept latency, outcomes, provider
+concurrency against its limit, 429s, how the samples' first ETA compared with their wait)."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import json
 import random
 import sys
 import tempfile
 import time
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -61,9 +65,80 @@ async def follow(bootstrap: str, topic: str, tally: Tally, stop: asyncio.Event) 
         await consumer.stop()
 
 
-async def fire(api: str, jobs: int, rate: float, latencies: list[float], errors: Counter[str]) -> list[str]:
+SAMPLES = 3
+"""Jobs followed live: the last one of each model, which wait behind the deepest lines."""
+
+
+@dataclass
+class Sample:
+    """A job the demo follows over SSE as the generation page would, and what it was told."""
+
+    index: int
+    model: str
+    job_id: str
+    token: str
+    accepted: float
+    """Monotonic time of its 202."""
+    first: tuple[int, float | None] | None = None
+    """The first place in line and ETA it was told."""
+    started_after: float | None = None
+    """Seconds from its 202 to the first state out of the line."""
+    status: str = "queued"
+    _last: tuple[str, int | None, float] | None = None
+    """The state and place of the last line printed, and when."""
+
+    @property
+    def name(self) -> str:
+        return f"{self.job_id[:8]}…{self.job_id[-4:]}"
+
+    def update(self, job: dict[str, Any], now: float) -> str | None:
+        """Take in the job as SSE showed it; the line to print on a new state, or when its place
+        moved by a tenth since the last line (or 5 s went by): a few lines, not one per nudge."""
+        status, place, eta = job["status"], job.get("queue_position"), job.get("eta_seconds")
+        self.status = status
+        if status == "queued" and place is not None and self.first is None:
+            self.first = (place, eta)
+        if status != "queued" and self.started_after is None:
+            self.started_after = now - self.accepted
+        if self._last is not None:
+            last_status, last_place, said_at = self._last
+            if status == last_status and (place == last_place or (
+                    place is not None and last_place is not None
+                    and abs(place - last_place) < max(1, last_place // 10) and now - said_at < 5.0)):
+                return None
+        first_out = status != "queued" and (self._last is None or self._last[0] == "queued")
+        self._last = (status, place, now)
+        where = f"place {place:4d}  eta {_seconds(eta)}" if place is not None else ""
+        if first_out and self.started_after is not None:
+            where = f"left the line after {self.started_after:.0f}s"
+        return f"  [{self.name} {self.model:9s}] {status:9s} {where}".rstrip()
+
+
+def _seconds(value: float | None) -> str:
+    return "  ?" if value is None else f"{value:3.0f}s"
+
+
+async def follow_sample(session: aiohttp.ClientSession, api: str, sample: Sample, say: Callable[[str], None]) -> None:
+    """Follow ``sample`` over Server-Sent Events until its terminal state, saying each move."""
+    url = f"{api}/v1/jobs/{sample.job_id}/events?token={sample.token}"
+    with contextlib.suppress(aiohttp.ClientError):
+        async with session.get(url, timeout=aiohttp.ClientTimeout(total=None, sock_read=60)) as resp:
+            async for raw in resp.content:
+                line = raw.decode().rstrip("\r\n")
+                if not line.startswith("data:"):
+                    continue
+                said = sample.update(json.loads(line[5:]), time.perf_counter())
+                if said:
+                    say(said)
+                if sample.status in TERMINAL:
+                    return
+
+
+async def fire(api: str, jobs: int, rate: float, latencies: list[float], errors: Counter[str],
+               on_accepted: Callable[[int, dict[str, Any], float], None] | None = None) -> list[str]:
     """Open-loop arrivals at ``rate``/s (a request is sent on schedule whether or not earlier ones
-    have been answered), as a real spike would arrive."""
+    have been answered), as a real spike would arrive. ``on_accepted(i, body, at)`` hears of each
+    202."""
     ids: list[str] = []
     rng = random.Random(7)
     async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=512)) as session:
@@ -77,6 +152,8 @@ async def fire(api: str, jobs: int, rate: float, latencies: list[float], errors:
                     if resp.status == 202:
                         latencies.append((time.perf_counter() - t0) * 1000)
                         ids.append(data["job_id"])
+                        if on_accepted is not None:
+                            on_accepted(i, data, time.perf_counter())
                     else:
                         errors[str(resp.status)] += 1
             except aiohttp.ClientError as exc:
@@ -100,8 +177,23 @@ async def run_spike(stack: Stack, jobs: int, rate: float, deadline: float, out: 
     latencies: list[float] = []
     errors: Counter[str] = Counter()
     t0 = time.monotonic()
-    firing = asyncio.create_task(fire(stack.api_url, jobs, rate, latencies, errors))
     tty = out.isatty() if hasattr(out, "isatty") else False
+    samples: list[Sample] = []
+    watchers: list[asyncio.Task[None]] = []
+    session = aiohttp.ClientSession()
+
+    def say(line: str) -> None:
+        # On a terminal the count line is redrawn in place: clear it, print the move, and let the
+        # next tick draw it again below.
+        print(("\r\x1b[K" + line) if tty else line, file=out, flush=True)
+
+    def on_accepted(i: int, data: dict[str, Any], at: float) -> None:
+        if i >= jobs - SAMPLES:
+            sample = Sample(i, MODELS[i % len(MODELS)], data["job_id"], data["token"], at)
+            samples.append(sample)
+            watchers.append(asyncio.create_task(follow_sample(session, stack.api_url, sample, say)))
+
+    firing = asyncio.create_task(fire(stack.api_url, jobs, rate, latencies, errors, on_accepted))
     try:
         while True:
             await asyncio.sleep(1.0)
@@ -116,9 +208,14 @@ async def run_spike(stack: Stack, jobs: int, rate: float, deadline: float, out: 
                 print(f"\ndeadline of {deadline:.0f}s reached", file=out)
                 break
         await firing
+        # The samples are terminal by now (their SSE streams end there); a stuck one is not waited for.
+        _, stuck = await asyncio.wait(watchers, timeout=5.0) if watchers else (set(), set())
+        for task in stuck:
+            task.cancel()
     finally:
         stop.set()
         await follower
+        await session.close()
     elapsed = time.monotonic() - t0
     async with aiohttp.ClientSession() as session, session.get(f"{stack.simulator_url}/stats") as resp:
         stats = await resp.json()
@@ -130,6 +227,9 @@ async def run_spike(stack: Stack, jobs: int, rate: float, deadline: float, out: 
         "accept_p50_ms": percentile(latencies, 0.50), "accept_p99_ms": percentile(latencies, 0.99),
         "completed": counts["completed"], "failed": counts["failed"], "elapsed_s": elapsed,
         "jobs_per_s": counts["completed"] / elapsed if elapsed else 0.0, "providers": providers,
+        "samples": [{"job_id": x.job_id, "model": x.model, "first_place": x.first[0] if x.first else None,
+                     "first_eta_s": x.first[1] if x.first else None, "started_after_s": x.started_after,
+                     "status": x.status} for x in sorted(samples, key=lambda x: x.index)],
     }
 
 
@@ -143,6 +243,12 @@ def print_summary(summary: dict[str, Any], out: Any = sys.stdout) -> None:
     for name, p in summary["providers"].items():
         print(f"provider {name}: max concurrency {p['max_concurrency']} / limit {p['concurrency_limit']}, "
               f"429s {p['rejected_429']}, jobs created {p['jobs_created']}", file=out)
+    for x in summary.get("samples", ()):
+        told = (f"first told place {x['first_place']}, eta {_seconds(x['first_eta_s']).strip()}"
+                if x["first_place"] is not None else "never waited in line")
+        left = (f"left the line after {x['started_after_s']:.0f}s" if x["started_after_s"] is not None
+                else "never left it")
+        print(f"sample {x['job_id']} ({x['model']}): {told}; {left}; {x['status']}", file=out)
 
 
 def main(jobs: int = 2000, rate: float = 200.0, deadline: float = 600.0) -> int:
