@@ -258,7 +258,8 @@ async def drain(ctx: Context, stack: Stack, cfg: SpikeConfig, *, read_etas: bool
     out["spilled_jobs"] = waits.spilled_jobs({j: m for j, m in records.models.items() if j in accepted})
     if probe is not None:
         out["eta"] = {**waits.eta_error(probe.readings, records.submitted, cfg.eta_min_wait * plan.time_factor),
-                      "probe": probe.describe()}
+                      "probe": probe.describe(),
+                      "points": waits.eta_points(probe.readings, records.submitted, run_.started_wall)}
     if fair_out is not None:
         out["fair"] = fair_out
     return out

@@ -71,6 +71,14 @@ def eta_error(readings: Iterable[EtaReading], started: Mapping[str, float], min_
             "read_after_accept_ms": stats.summary([(r.read_at - r.accepted_at) * 1000 for r in readings])}
 
 
+def eta_points(readings: Iterable[EtaReading], started: Mapping[str, float],
+               origin: float) -> list[tuple[float, float, float]]:
+    """(read at, eta, actual wait) per started reading, seconds (read at: since ``origin``), for
+    report.json: where in the run the ETA was off, and which way."""
+    return [(round(r.read_at - origin, 3), r.eta_seconds, round(started[r.job_id] - r.read_at, 3))
+            for r in readings if r.job_id in started]
+
+
 def tenant_of_arrival(due: float, spike: tuple[float, float], burst_share: float) -> str:
     """The spike's tenants by arrival (``due``, wall seconds from the start): A sends the first
     ``burst_share`` of the spike window, B everything else (the baseline before and after, and
@@ -140,5 +148,5 @@ def spilled_jobs(models: Mapping[str, tuple[str, str | None]]) -> int:
     return sum(1 for model, serving in models.values() if serving and serving != model)
 
 
-__all__ = ["TENANT_A", "TENANT_B", "EtaReading", "ape", "eta_error", "fair_ratio", "reduction", "sample_every",
-           "spilled_counts", "spilled_jobs", "tenant_of_arrival", "tenant_waits"]
+__all__ = ["TENANT_A", "TENANT_B", "EtaReading", "ape", "eta_error", "eta_points", "fair_ratio", "reduction",
+           "sample_every", "spilled_counts", "spilled_jobs", "tenant_of_arrival", "tenant_waits"]

@@ -49,6 +49,11 @@ def test_eta_error_counts_from_the_reading_and_leaves_out_short_and_unstarted_wa
     assert out["read_after_accept_ms"]["p50"] == pytest.approx(10.0)
 
 
+def test_eta_points_say_when_and_which_way() -> None:
+    points = waits.eta_points([reading("a", 10.0), reading("b", 3.0)], {"a": 112.0}, origin=90.0)
+    assert points == [(10.0, 10.0, 12.0)]
+
+
 def test_eta_error_of_nothing_is_nan_not_zero() -> None:
     out = waits.eta_error([], {}, 1.0)
     assert out["count"] == 0 and math.isnan(out["ape_p50"])
