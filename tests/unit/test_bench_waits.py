@@ -252,3 +252,16 @@ def test_the_report_section_shows_each_figure() -> None:
     assert "200.0 s / 140.0 s wall: 30.0% shorter" in text
     assert "B's median wait is 5.0% of A's" in text
     assert "spike wait: tenant-b | p50 20.00 / p90 40.00" in text
+
+
+def test_what_limits_the_drain_names_the_spillover_run() -> None:
+    from floodgate.bench.limits import limits
+
+    s = spike_results()["spike"]
+    s.update({"capacity_per_s": 9.3, "utilisation": {}})
+    s["config"].update({"limit": 10, "render": [30.0, 180.0]})
+    [text] = [text for name, text in limits({"spike": s}, 2) if name == "Spike drain time"]
+    assert "With spillover (242 jobs moved)" in text and "50 simulated seconds" in text
+    del s["spillover"]
+    [text] = [text for name, text in limits({"spike": s}, 2) if name == "Spike drain time"]
+    assert "spillover" not in text
