@@ -10,11 +10,12 @@ answers:
 * ``eta_seconds``: seconds until the provider starts the job: ``(position + 1)`` ÷ the provider's
   start rate. The start rate is what the board saw (jobs leaving the line per second over the
   last minute) once there is enough of it, else the capacity estimate ``limit ÷ median render
-  time`` (render times observed, or the routing file's, when none yet). Only starts that took
-  the provider's last free slot count as seen: those follow a slot freed by a job's end, the
-  pace at which a waiting line moves; a start into one of several free slots (a quiet period's
-  jobs, the first seconds of a burst) says how fast jobs arrived, and counting those would make
-  a burst's ETAs far too long after a quiet minute, or too short while the slots fill.
+  time`` (render times observed, or the routing file's, when none yet). Only starts made while
+  the provider is saturated count as seen: from the start that takes its last free slot while
+  jobs wait, until its line is empty again. Those follow slots freed by jobs' ends, the pace at
+  which a waiting line moves; starts into free slots (a quiet period's jobs, a burst filling the
+  slots) say how fast jobs arrived, and counting them made a burst's ETAs far too long after a
+  quiet minute, or too short while the slots filled.
 * ``eta_ready_seconds``: seconds until the video should be ready: the wait above plus the
   median render time; for a running job, that median less the time it has run.
 
@@ -58,7 +59,9 @@ class _Provider:
     classes: dict[tuple[str, str], list[tuple[int, str]]] = field(default_factory=dict)
     """(priority, tenant) → sorted (created_at ms, job id) of queued jobs."""
     starts: deque[float] = field(default_factory=deque)
-    """Times of starts that took the provider's last free slot (see the module docstring)."""
+    """Times of starts made while the provider was saturated (see the module docstring)."""
+    saturated: bool = False
+    """Its slots have all been taken since its line was last empty."""
     renders: deque[float] = field(default_factory=lambda: deque(maxlen=RENDER_SAMPLES))
     running: int = 0
     """Jobs seen starting here and not yet seen ending."""
@@ -131,7 +134,10 @@ class QueueBoard:
         if at < len(line) and line[at] == place.entry:
             del line[at]
         if not line:
-            del self._providers[place.provider].classes[place.klass]
+            state = self._providers[place.provider]
+            del state.classes[place.klass]
+            if not state.classes:
+                state.saturated = False  # nobody waits: the next starts take free slots
 
     def _start(self, provider: str, job_id: str, at: float, now: float) -> None:
         state = self._provider(provider)
@@ -139,6 +145,8 @@ class QueueBoard:
         state.running += 1
         limit = self.limits.get(provider)
         if limit is None or state.running >= limit:  # it took the last free slot
+            state.saturated = True
+        if state.saturated:
             starts = state.starts
             starts.append(at)
             while starts and starts[0] < now - RATE_WINDOW:

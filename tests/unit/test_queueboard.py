@@ -90,6 +90,26 @@ def test_a_burst_after_a_quiet_minute_is_timed_by_capacity_not_by_the_quiet_star
     assert b.standing(snap("b8", created=60.008), T0 + 61).eta_seconds == pytest.approx(2.0)
 
 
+def test_every_start_counts_while_the_provider_stays_saturated() -> None:
+    """Two jobs ending before either freed slot is taken again must not lose a start: the spike
+    bench found ETAs 35% too long when only starts into the last free slot counted."""
+    b = board(configured_render={"kling": 20.0})
+    for i in range(50):
+        b.observe(snap(f"j{i}", created=i / 100), T0)
+    for i in range(10):
+        b.observe(snap(f"j{i}", "submitted", created=i / 100, updated=1), T0 + 1)
+    ended, nxt = 0, 10
+    for second in range(2, 12):  # every second, two jobs end, then two start
+        for _ in range(2):
+            b.observe(snap(f"j{ended}", "completed", created=ended / 100, updated=second), T0 + second)
+            ended += 1
+        for _ in range(2):
+            b.observe(snap(f"j{nxt}", "submitted", created=nxt / 100, updated=second + 0.1), T0 + second)
+            nxt += 1
+    # the start that filled the last slot (at 1 s) and twenty more up to 11.1 s
+    assert b.start_rate("kling", T0 + 11.1) == pytest.approx(21 / 10.1)
+
+
 def test_render_time_is_measured_from_start_to_completion() -> None:
     b = board(configured_render={"wan": 99.0})
     b.observe(snap("j", provider="wan"), T0)
