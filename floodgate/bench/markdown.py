@@ -113,6 +113,10 @@ def waiting(s: dict[str, Any]) -> list[str]:
             ["ETA absolute error (p50 / p90)", f"{num(100 * (e.get('ape_p50') or 0), 0)}% / "
                                                f"{num(100 * (e.get('ape_p90') or 0), 0)}% over {e['count']:,} jobs; "
                                                f"median signed {num(100 * (e.get('signed_p50') or 0), 0)}%"],
+            ["… per tenant (p50 / p90, median signed)",
+             "; ".join(f"{t}: {num(100 * (v.get('ape_p50') or 0), 0)}% / {num(100 * (v.get('ape_p90') or 0), 0)}%, "
+                       f"{num(100 * (v.get('signed_p50') or 0), 0)}% over {v.get('count', 0):,}"
+                       for t, v in (e.get("by_tenant") or {}).items()) or "–"],
             ["… the first GET with an ETA, after the 202", lat(e.get("read_after_accept_ms"))],
             ["… sample", f"{probe.get('offered', 0):,} jobs (every {probe.get('every', 1)}th 202), "
                          f"{probe.get('reads', 0):,} GETs at ≤ {num(probe.get('max_rate_per_s'), 0)}/s; "

@@ -257,8 +257,13 @@ async def drain(ctx: Context, stack: Stack, cfg: SpikeConfig, *, read_etas: bool
                                         {j: x.done_wall for j, x in accepted.items()}, records.submitted)
     out["spilled_jobs"] = waits.spilled_jobs({j: m for j, m in records.models.items() if j in accepted})
     if probe is not None:
-        out["eta"] = {**waits.eta_error(probe.readings, records.submitted, cfg.eta_min_wait * plan.time_factor),
-                      "probe": probe.describe(),
+        min_wait = cfg.eta_min_wait * plan.time_factor
+        tenant_of = {j: tenants[x.index] for j, x in accepted.items()}
+        by_tenant = {t: waits.eta_error([r for r in probe.readings if tenant_of.get(r.job_id) == t],
+                                        records.submitted, min_wait) for t in (TENANT_A, TENANT_B)}
+        out["eta"] = {**waits.eta_error(probe.readings, records.submitted, min_wait), "probe": probe.describe(),
+                      "by_tenant": {t: {k: e[k] for k in ("count", "ape_p50", "ape_p90", "signed_p50")}
+                                    for t, e in by_tenant.items()},
                       "points": waits.eta_points(probe.readings, records.submitted, run_.started_wall)}
     if fair_out is not None:
         out["fair"] = fair_out

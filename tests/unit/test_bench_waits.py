@@ -192,6 +192,8 @@ def spike_results(*, ape50: float = 0.2, count: int = 400, ratio: float = 0.05, 
                 "signed_p50": -0.1, "unstarted": 0, "shorter_than_min_wait": 20,
                 "read_after_accept_ms": {"count": count, "p50": 12.0, "p90": 900.0, "p99": 2000.0,
                                          "p999": 2100.0, "max": 2100.0},
+                "by_tenant": {TENANT_A: {"count": 300, "ape_p50": 0.3, "ape_p90": 0.9, "signed_p50": -0.2},
+                              TENANT_B: {"count": 100, "ape_p50": 0.1, "ape_p90": 0.4, "signed_p50": 0.05}},
                 "probe": {"offered": count + 30, "reads": count + 100, "with_eta": count + 20, "left_before_eta": 10,
                           "gave_up": 0, "errors": 0, "every": 3, "max_rate_per_s": 50.0}},
         "fair": {"config": {"burst": burst, "late": 10, "delay_s": 1.0}, "ratio": ratio,
@@ -211,6 +213,7 @@ def test_eta_row_is_judged_on_the_median_error() -> None:
     assert targets.eta_error(spike_results(ape50=0.2))["status"] == targets.MET
     row = targets.eta_error(spike_results(ape50=0.3))
     assert row["status"] == targets.NOT_MET and "p50 30%" in row["measured"] and "p90 60%" in row["measured"]
+    assert "by tenant: tenant-a p50 30% (signed -20%); tenant-b p50 10% (signed +5%)" in row["measured"]
     assert targets.eta_error(spike_results(count=20))["status"] == targets.NOT_MEASURED
     assert targets.eta_error({"spike": {"error": "boom"}})["status"] == targets.NOT_MEASURED
 
@@ -249,6 +252,7 @@ def test_the_report_section_shows_each_figure() -> None:
     text = "\n".join(markdown.waiting(spike_results()["spike"]))
     assert "## The waiting user and the fair queue" in text
     assert "20% / 60% over 400 jobs" in text
+    assert "tenant-a: 30% / 90%, -20% over 300" in text
     assert "200.0 s / 140.0 s wall: 30.0% shorter" in text
     assert "B's median wait is 5.0% of A's" in text
     assert "spike wait: tenant-b | p50 20.00 / p90 40.00" in text
