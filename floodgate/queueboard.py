@@ -10,7 +10,12 @@ answers:
 * ``eta_seconds``: seconds until the provider starts the job: ``(position + 1)`` ÷ the provider's
   start rate. The start rate is what the board saw (jobs leaving the line per second over the
   last minute) once there is enough of it, else the capacity estimate ``limit ÷ median render
-  time`` (render times observed, or the routing file's, when none yet).
+  time`` (render times observed, or the routing file's, when none yet). Only starts made while
+  the provider is saturated count as seen: from the start that takes its last free slot while
+  jobs wait, until its line is empty again. Those follow slots freed by jobs' ends, the pace at
+  which a waiting line moves; starts into free slots (a quiet period's jobs, a burst filling the
+  slots) say how fast jobs arrived, and counting them made a burst's ETAs far too long after a
+  quiet minute, or too short while the slots filled.
 * ``eta_ready_seconds``: seconds until the video should be ready: the wait above plus the
   median render time; for a running job, that median less the time it has run.
 
@@ -54,7 +59,12 @@ class _Provider:
     classes: dict[tuple[str, str], list[tuple[int, str]]] = field(default_factory=dict)
     """(priority, tenant) → sorted (created_at ms, job id) of queued jobs."""
     starts: deque[float] = field(default_factory=deque)
+    """Times of starts made while the provider was saturated (see the module docstring)."""
+    saturated: bool = False
+    """Its slots have all been taken since its line was last empty."""
     renders: deque[float] = field(default_factory=lambda: deque(maxlen=RENDER_SAMPLES))
+    running: int = 0
+    """Jobs seen starting here and not yet seen ending."""
 
 
 @dataclass(frozen=True)
@@ -98,6 +108,7 @@ class QueueBoard:
         if was is not None:
             self._remove(was)
         if status == "queued" and provider:
+            self._ended(job_id)  # (back in a line: a reroute after its start)
             klass = (snapshot.get("priority") or "standard", snapshot.get("tenant") or "default")
             place = _Place(provider, klass, (int(snapshot.get("created_at") or 0), job_id))
             bisect.insort(self._provider(provider).classes.setdefault(klass, []), place.entry)
@@ -106,9 +117,16 @@ class QueueBoard:
         if was is not None and status in _LEFT_THE_LINE:
             self._start(was.provider, job_id, at, now)
         if status in ("completed", "failed", "cancelled", "expired"):
-            started = self._started.pop(job_id, None)
+            started = self._ended(job_id)
             if started is not None and status == "completed":
                 self._provider(started[0]).renders.append(max(0.0, at - started[1]))
+
+    def _ended(self, job_id: str) -> tuple[str, float] | None:
+        started = self._started.pop(job_id, None)
+        if started is not None:
+            state = self._provider(started[0])
+            state.running = max(0, state.running - 1)
+        return started
 
     def _remove(self, place: _Place) -> None:
         line = self._providers[place.provider].classes[place.klass]
@@ -116,15 +134,25 @@ class QueueBoard:
         if at < len(line) and line[at] == place.entry:
             del line[at]
         if not line:
-            del self._providers[place.provider].classes[place.klass]
+            state = self._providers[place.provider]
+            del state.classes[place.klass]
+            if not state.classes:
+                state.saturated = False  # nobody waits: the next starts take free slots
 
     def _start(self, provider: str, job_id: str, at: float, now: float) -> None:
-        starts = self._provider(provider).starts
-        starts.append(at)
-        while starts and starts[0] < now - RATE_WINDOW:
-            starts.popleft()
+        state = self._provider(provider)
+        self._ended(job_id)  # (started again: counted once)
+        state.running += 1
+        limit = self.limits.get(provider)
+        if limit is None or state.running >= limit:  # it took the last free slot
+            state.saturated = True
+        if state.saturated:
+            starts = state.starts
+            starts.append(at)
+            while starts and starts[0] < now - RATE_WINDOW:
+                starts.popleft()
         if len(self._started) >= MAX_STARTED:
-            self._started.pop(next(iter(self._started)))  # the oldest: a job whose end was never seen
+            self._ended(next(iter(self._started)))  # the oldest: a job whose end was never seen
         self._started[job_id] = (provider, at)
 
     def render_time(self, provider: str) -> float | None:

@@ -5,6 +5,7 @@ measures the server."""
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import cast
 
@@ -14,8 +15,10 @@ class HttpError(Exception):
 
 
 def build_request(method: str, host: str, path: str, body: bytes = b"",
-                  content_type: str = "application/json") -> bytes:
+                  content_type: str = "application/json", headers: Mapping[str, str] | None = None) -> bytes:
     head = f"{method} {path} HTTP/1.1\r\nHost: {host}\r\n"
+    for name, value in (headers or {}).items():
+        head += f"{name}: {value}\r\n"
     if body or method in ("POST", "PUT"):
         head += f"Content-Type: {content_type}\r\nContent-Length: {len(body)}\r\n"
     return (head + "\r\n").encode() + body

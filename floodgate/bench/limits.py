@@ -149,6 +149,14 @@ def _spike(s: dict[str, Any]) -> tuple[str, str]:
             f"`webhooks` → the jobs agent → `release.<provider>` → the provider's submitter → the next submit "
             f"call; the slot handover scenario times it), a fixed wall-clock cost that weighs more the more time "
             f"is compressed. Limits were never exceeded: {rejected} × 429.")
+    sp = s.get("spillover") or {}
+    if "drain_wall_s" in sp:
+        text += (f" With spillover ({sp['spilled_jobs']:,} jobs moved) wan takes kling's waiting jobs only once its "
+                 f"own line is empty (a spill needs more free slots than waiting jobs), and the dispatchers tell "
+                 f"each other their free slots once a wall second: at {1 / s['config']['plan']['time_factor']:g}× "
+                 f"that second is {s['config']['plan']['time_factor'] ** -1:g} simulated seconds against renders "
+                 f"of {s['config']['render'][0]:g}-{s['config']['render'][1]:g}, so a slot wan frees may wait "
+                 f"up to a report for the next spilled job; in real time the same second is negligible.")
     return "Spike drain time", text
 
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from urllib.parse import urlsplit
 
@@ -70,12 +70,15 @@ def job_body(i: int, model: str | None = None, **extra: object) -> bytes:
     return orjson.dumps(body)
 
 
-def post_jobs(base_url: str, path: str = "/v1/jobs", body: Callable[[int], bytes] = job_body) -> RequestFn:
-    """POST job ``i`` to ``base_url + path``; a 202's job id and token are kept."""
+def post_jobs(base_url: str, path: str = "/v1/jobs", body: Callable[[int], bytes] = job_body,
+              headers: Callable[[int], Mapping[str, str]] | None = None) -> RequestFn:
+    """POST job ``i`` to ``base_url + path`` (with ``headers(i)``, e.g. its tenant's API key); a
+    202's job id and token are kept."""
     host = urlsplit(base_url).netloc
 
     async def request(client: Client, i: int, timeout: float) -> Answer:
-        response = await client.request(build_request("POST", host, path, body(i)), timeout)
+        extra = headers(i) if headers is not None else None
+        response = await client.request(build_request("POST", host, path, body(i), headers=extra), timeout)
         if response.status == 202:
             data = orjson.loads(response.body)
             return 202, data.get("job_id"), data.get("token")
@@ -159,3 +162,18 @@ async def closed_loop(base_url: str, n: int, request: RequestFn, *, concurrency:
     finally:
         await client.close()
     return Run(sorted(samples, key=lambda s: s.index), clock.wall0, clock.now())
+
+
+def on_accept(request: RequestFn, callback: Callable[[int, str, str], None]) -> RequestFn:
+    """``request``, telling ``callback(i, job_id, token)`` of each 202 the moment it arrives (an
+    open loop hands its samples back only at the end). ``callback`` must not block: it runs on
+    the load's own path."""
+
+    async def wrapped(client: Client, i: int, timeout: float) -> Answer:
+        answer = await request(client, i, timeout)
+        status, job_id, token = answer
+        if status == 202 and job_id and token:
+            callback(i, job_id, token)
+        return answer
+
+    return wrapped

@@ -89,6 +89,74 @@ def spike(s: dict[str, Any]) -> list[str]:
             table(rows, ["", "Floodgate"]), "", "![latency CDF](latency_cdf.png)", ""]
 
 
+def _tenant_rows(label: str, tenants: dict[str, Any] | None, f: float) -> list[list[str]]:
+    out = []
+    for tenant, w in (tenants or {}).items():
+        if not w.get("count"):
+            out.append([f"{label}: {tenant}", "no job started"])
+            continue
+        out.append([f"{label}: {tenant}",
+                    f"p50 {num(w['p50'], 2)} / p90 {num(w['p90'], 2)} / max {num(w['max'], 2)} s wall "
+                    f"(p50 {num(w['p50'] / f / 60, 1)} / p90 {num(w['p90'] / f / 60, 1)} simulated min), "
+                    f"{w['count']:,} jobs" + (f", {w['unstarted']} never started" if w.get("unstarted") else "")])
+    return out
+
+
+def waiting(s: dict[str, Any]) -> list[str]:
+    """The waiting user and the fair queue: ETA error, per-tenant waits, fair share, spillover."""
+    f = s["config"]["plan"]["time_factor"]
+    rows: list[list[str]] = []
+    e = s.get("eta")
+    if e:
+        probe = e.get("probe") or {}
+        rows += [
+            ["ETA absolute error (p50 / p90)", f"{num(100 * (e.get('ape_p50') or 0), 0)}% / "
+                                               f"{num(100 * (e.get('ape_p90') or 0), 0)}% over {e['count']:,} jobs; "
+                                               f"median signed {num(100 * (e.get('signed_p50') or 0), 0)}%"],
+            ["… per tenant (p50 / p90, median signed)",
+             "; ".join(f"{t}: {num(100 * (v.get('ape_p50') or 0), 0)}% / {num(100 * (v.get('ape_p90') or 0), 0)}%, "
+                       f"{num(100 * (v.get('signed_p50') or 0), 0)}% over {v.get('count', 0):,}"
+                       for t, v in (e.get("by_tenant") or {}).items()) or "–"],
+            ["… the first GET with an ETA, after the 202", lat(e.get("read_after_accept_ms"))],
+            ["… sample", f"{probe.get('offered', 0):,} jobs (every {probe.get('every', 1)}th 202), "
+                         f"{probe.get('reads', 0):,} GETs at ≤ {num(probe.get('max_rate_per_s'), 0)}/s; "
+                         f"{probe.get('with_eta', 0):,} shown an ETA, {probe.get('left_before_eta', 0):,} "
+                         f"started before any, {probe.get('gave_up', 0):,} never shown one; "
+                         f"{e['shorter_than_min_wait']:,} waited under {num(e['min_wait_s'], 2)} s (left out)"],
+        ]
+    rows += _tenant_rows("spike wait", s.get("tenants"), f)
+    fair = s.get("fair")
+    if fair and not fair.get("error"):
+        cfg = fair["config"]
+        rows.append(["fair share", f"A bursts {cfg['burst']:,} jobs, B sends {cfg['late']:,} {cfg['delay_s']:g} s "
+                                   f"after A's last: B's median wait is {num(100 * (fair.get('ratio') or 0), 1)}% "
+                                   f"of A's"])
+        rows += _tenant_rows("fair-share wait", fair["waits"], f)
+    elif fair:
+        rows.append(["fair share", f"failed: {fair['error']}"])
+    sp = s.get("spillover")
+    if sp and not sp.get("error"):
+        metric = ", ".join(f"{k} {v:g}" for k, v in (sp.get("spilled_metric") or {}).items()) or "0"
+        rows += [
+            ["drain without / with spillover", f"{num(sp['without_drain_wall_s'])} s / {num(sp['drain_wall_s'])} s "
+                                               f"wall: {num(100 * (sp.get('reduction') or 0), 1)}% shorter"],
+            ["jobs spilled", f"{sp['spilled_jobs']:,} served by wan-2.6 instead (floodgate_spilled_total: {metric}); "
+                             f"max_wait_s {sp['max_wait_s']:g} simulated ({num(sp['max_wait_wall_s'], 2)} s wall)"],
+            ["… with spillover: max concurrency / 429s",
+             "; ".join(f"{p}: {v['max_concurrency']}/{v['concurrency_limit']}, {v['rejected_429']} × 429"
+                       for p, v in sp["providers"].items())],
+        ]
+        rows += _tenant_rows("spike wait with spillover", sp.get("tenants"), f)
+    elif sp:
+        rows.append(["spillover run", f"failed: {sp['error']}"])
+    intro = ("Waits are accept (the 202 at the client) → start (the job's `submitted` event). The ETA is the "
+             "`eta_seconds` of a sampled job's first GET that carried one, against its actual start, both counted "
+             "from that GET. Tenants: A sends the spike's first "
+             f"{num(100 * s['config'].get('burst_share', 0), 0)}%, B the rest and the baseline (API keys, equal "
+             "weights).")
+    return ["## The waiting user and the fair queue", "", intro, "", table(rows, ["", ""]), ""]
+
+
 def naive(b: dict[str, Any], s: dict[str, Any]) -> list[str]:
     n, rates, offered = b["offered"], b["rates"], s["offered"]
     failed_other = rates.get("502", 0) + rates.get("other", 0)
@@ -249,6 +317,8 @@ def markdown(report: dict[str, Any]) -> str:
     parts = header(report["meta"]) + ["## Targets", "", targets_table(report["targets"]), ""]
     if "series" in r.get("spike", {}):
         parts += spike(r["spike"])
+    if "series" in r.get("spike", {}):
+        parts += waiting(r["spike"])
     if r.get("spike", {}).get("first_frame"):
         from floodgate.bench.firstframe import section as first_frame  # late: it draws with table() from here
         parts += first_frame(r["spike"]["first_frame"], r["spike"]["config"]["plan"]["time_factor"])

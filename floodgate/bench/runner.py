@@ -38,6 +38,7 @@ from floodgate.bench import (
 )
 from floodgate.bench.arrivals import SpikePlan
 from floodgate.bench.context import Context
+from floodgate.bench.fairshare import FairConfig
 from floodgate.bench.progress import ProgressLine
 from floodgate.devstack import Stack
 from floodgate.settings import Settings
@@ -80,7 +81,8 @@ def smoke() -> BenchConfig:
     return BenchConfig(
         mode="smoke", prestart=True,
         spike=spike.SpikeConfig(plan=SpikePlan(time_factor=0.005, before_s=200.0, spike_s=1.2, after_s=200.0),
-                                drain_timeout=30.0, realtime_seconds=1.0),
+                                drain_timeout=30.0, realtime_seconds=1.0, prestart_spillover=True,
+                                fair=FairConfig(burst=30, late=3, delay_s=0.2, timeout=30.0)),
         accept=accept.AcceptConfig(rate=200.0, seconds=1.0, steps=(200.0, 400.0), step_seconds=1.0,
                                    sdk_records=2_000, sdk_batch=1_000, burst=300, burst_concurrency=32,
                                    no_worker_seconds=1.0, profile_seconds=1.0, warmup_seconds=0.5),

@@ -16,24 +16,49 @@ Compressing time compresses the arrivals too: the 5,000/min spike reaches the AP
 time_factor requests per wall second (4,167 at 50×), past what one API process serves. So the
 spike's arrivals run again in real time (83/s for ``realtime_seconds``) once the compressed spike
 has drained, renders still compressed: that accept latency is the one users see.
+
+For the waiting user and the fair queue (``floodgate.bench.waits`` computes the figures):
+* two tenants (API keys): A sends the first ``burst_share`` of the spike, B the rest of it and the
+  baseline; each tenant's wait, accept → ``submitted``;
+* the ETA a sample of jobs is shown at acceptance (``floodgate.bench.etaprobe``: GETs paced beside
+  the load, on their own connections) against when each actually left the line;
+* once drained, the fair-share check on the same stack (``floodgate.bench.fairshare``);
+* the same spike on a second stack whose routing file lets kling's jobs (kling-2.1, and sora-2,
+  routed to kling) spill to wan-2.6: the drain with spillover against the drain without. That
+  runs before the spike in real time, whose backlog would keep the first stack's worker busy.
 """
 from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+import aiohttp
+
 from floodgate import codec
-from floodgate.bench import accept, firstframe, load, stats
+from floodgate.bench import accept, fairshare, firstframe, load, stats, waits
 from floodgate.bench.arrivals import SpikePlan, constant
 from floodgate.bench.context import Context
+from floodgate.bench.etaprobe import EtaProbe
+from floodgate.bench.fairshare import FairConfig
 from floodgate.bench.probes import LagSampler, TopicTap, simulator_stats, worker_metrics_urls
-from floodgate.bench.stacks import SimProvider, bench_stack, providers
+from floodgate.bench.stacks import SimProvider, bench_stack, discard, providers
+from floodgate.bench.waits import TENANT_A, TENANT_B
 from floodgate.devstack import Stack
 from floodgate.jobs.record import decode_notification
+from floodgate.settings import Secret
 
 ACTIVE = ("kling", "wan")  # sora is retired in the routing table: sora-2 goes to kling
+
+
+TENANT_KEYS = {TENANT_A: "bench-key-tenant-a", TENANT_B: "bench-key-tenant-b"}
+"""The spike stack's API keys (``FLOODGATE_API_KEYS``), one per tenant, equal weights."""
+
+
+def tenant_headers(tenant: str) -> dict[str, str]:
+    return {"X-API-Key": TENANT_KEYS[tenant]}
 
 
 @dataclass(frozen=True)
@@ -46,6 +71,13 @@ class SpikeConfig:
     drain_timeout: float = 900.0  # wall seconds to wait after the last arrival
     sample_interval: float = 0.25
     realtime_seconds: float = 60.0  # then the spike's arrivals in real time for this long (0: skip)
+    burst_share: float = 0.8  # tenant A sends this first share of the spike; tenant B everything else
+    eta_samples: int = 500  # accepted jobs whose ETA at acceptance is read (spread over the run)
+    eta_read_rate: float = 50.0  # GETs per wall second at most, beside the load: extra load, kept modest
+    eta_min_wait: float = 10.0  # simulated seconds: shorter actual waits are left out of the ETA error
+    fair: FairConfig | None = field(default_factory=FairConfig)  # the fair-share check (None: skip)
+    spillover_max_wait: float = 60.0  # simulated seconds; the spike again with spillover (0: skip)
+    prestart_spillover: bool = False  # start that stack while the first runs (the smoke run, to stay short)
 
     def providers(self) -> dict[str, SimProvider]:
         return providers(self.limit, self.render, self.queue_delay, self.cold_start)
@@ -54,6 +86,12 @@ class SpikeConfig:
         """Completions per wall second the active providers can sustain at their limits."""
         mean = (self.render[0] + self.render[1]) / 2 + self.queue_delay
         return len(ACTIVE) * self.limit / (mean * self.plan.time_factor)
+
+    def spillover_rules(self) -> dict[str, dict[str, Any]]:
+        """kling-2.1's jobs, and sora-2's (routed to kling by fallback, their orders keep the model
+        asked for), may move to wan-2.6 when they would wait past ``spillover_max_wait``."""
+        rule = {"equivalents": ["wan-2.6"], "max_wait_s": self.spillover_max_wait * self.plan.time_factor}
+        return {"kling-2.1": rule, "sora-2": rule}
 
     def describe(self) -> dict[str, Any]:
         out = asdict(self)
@@ -66,65 +104,169 @@ def bin_size(seconds: float) -> float:
     return max(0.1, round(seconds / 300, 2))
 
 
-def stack_for(ctx: Context, cfg: SpikeConfig) -> Stack:
-    return bench_stack(ctx.settings, ctx.bootstrap, ctx.work_dir, "spike", cfg.providers(), cfg.plan.time_factor)
+def stack_for(ctx: Context, cfg: SpikeConfig, *, spillover: bool = False) -> Stack:
+    keys = ",".join(f"{key}={tenant}" for tenant, key in TENANT_KEYS.items())
+    return bench_stack(ctx.settings, ctx.bootstrap, ctx.work_dir, "spike-spillover" if spillover else "spike",
+                       cfg.providers(), cfg.plan.time_factor, api_keys=Secret(keys),
+                       spillover=cfg.spillover_rules() if spillover else None)
 
 
-async def run(ctx: Context, stack: Stack, cfg: SpikeConfig) -> dict[str, Any]:
-    plan = cfg.plan
-    queued: dict[str, float] = {}
-    submitted: dict[str, float] = {}
-    finished: dict[str, tuple[float, str]] = {}
+class Records:
+    """What the taps saw of each job: admitted (queued), submitted, finished; the model serving it."""
 
-    def on_event(msg: Any) -> None:
+    def __init__(self) -> None:
+        self.queued: dict[str, float] = {}
+        self.submitted: dict[str, float] = {}
+        self.finished: dict[str, tuple[float, str]] = {}
+        self.models: dict[str, tuple[str, str | None]] = {}
+
+    def taps(self, stack: Stack) -> dict[str, Callable[[Any], None]]:
+        s = stack.settings
+        return {s.topic("events"): self.on_event, s.topic("notifications"): self.on_notification,
+                s.topic("results"): self.on_result}
+
+    def on_event(self, msg: Any) -> None:
         rec = codec.decode("JobEvent", msg.value(), msg.headers())
         if rec["kind"] == "submitted":
-            submitted.setdefault(rec["job_id"], rec["at"] / 1000)
+            # the job left its provider's line (its first submission: a spilled job's is at the equivalent)
+            self.submitted.setdefault(rec["job_id"], rec["at"] / 1000)
 
-    def on_notification(msg: Any) -> None:
+    def on_notification(self, msg: Any) -> None:
         if msg.value() is None:
             return
         snap = decode_notification(msg.value(), msg.headers())
         if snap["status"] == "queued" and snap["attempt"] == 0:
             # stamped when the jobs agent admitted the request: the job is waiting for a provider slot
-            queued.setdefault(snap["job_id"], msg.timestamp()[1] / 1000)
+            self.queued.setdefault(snap["job_id"], msg.timestamp()[1] / 1000)
 
-    def on_result(msg: Any) -> None:
+    def on_result(self, msg: Any) -> None:
         snap = codec.decode("JobSnapshot", msg.value(), msg.headers())
-        finished.setdefault(snap["job_id"], (msg.timestamp()[1] / 1000, snap["status"]))
+        self.finished.setdefault(snap["job_id"], (msg.timestamp()[1] / 1000, snap["status"]))
+        self.models[snap["job_id"]] = (snap["model"], snap.get("serving_model"))
 
-    s = stack.settings
-    taps = {s.topic("events"): on_event, s.topic("notifications"): on_notification, s.topic("results"): on_result}
-    lag_topics = {**{p: [s.topic(f"dispatch.{p}")] for p in ("sora", *ACTIVE)},
-                  "requests": [s.topic("requests")]}
-    with TopicTap(stack.bootstrap, taps), \
-            LagSampler(stack.bootstrap, s.app_id, lag_topics, cfg.sample_interval) as lag:
-        prog = load.Progress()
-        schedule = plan.schedule()
-        in_flight: list[tuple[float, dict[str, int]]] = []
-        sampling = asyncio.create_task(sample_in_flight(stack.simulator_url, cfg.sample_interval * 2, in_flight))
-        async with ctx.progress.watching(lambda: f"spike: sent {prog.sent}/{len(schedule)}, "
-                                                 f"finished {len(finished)}"):
-            run_ = await load.open_loop(stack.api_url, schedule, load.post_jobs(stack.api_url),
-                                        progress=prog, timeout=120)
-            accepted = {x.job_id: x for x in run_.ok(202) if x.job_id}
-            deadline = time.monotonic() + cfg.drain_timeout
-            while not accepted.keys() <= finished.keys() and time.monotonic() < deadline:
-                await asyncio.sleep(0.5)
-        end = time.time()
-        sampling.cancel()
-        sim = await simulator_stats(stack.simulator_url)
-    out = summarize(cfg, run_, accepted, queued, submitted, finished, lag.samples, end, sim)
-    out["utilisation"] = utilisation(cfg, lag.samples, in_flight)
+
+async def run(ctx: Context, stack: Stack, cfg: SpikeConfig) -> dict[str, Any]:
+    second = stack_for(ctx, cfg, spillover=True) if cfg.spillover_max_wait > 0 else None
+    loop = asyncio.get_running_loop()
+    starting = (loop.run_in_executor(None, second.start)
+                if second is not None and cfg.prestart_spillover else None)
+    try:
+        out = await drain(ctx, stack, cfg, read_etas=True, fair=cfg.fair)
+    except BaseException:
+        if starting is not None and second is not None:  # a stack that failed to start has stopped itself
+            await asyncio.gather(starting, return_exceptions=True)
+            await asyncio.to_thread(discard, second)
+        raise
     try:
         out["first_frame"] = firstframe.milestones(await firstframe.scrape(worker_metrics_urls(stack)))
     except Exception as exc:  # the spike's numbers stand without this table
         out["first_frame_error"] = f"{type(exc).__name__}: {exc}"[:500]
+    if second is not None:
+        # Before the spike in real time, whose backlog would keep this stack's worker busy meanwhile.
+        try:
+            out["spillover"] = await with_spillover(ctx, cfg, out, second,
+                                                    starting or loop.run_in_executor(None, second.start))
+        except Exception as exc:  # the first run's numbers stand on their own
+            out["spillover"] = {"error": f"{type(exc).__name__}: {exc}"[:2000]}
     if cfg.realtime_seconds > 0:
         try:
             out["realtime"] = await realtime(ctx, stack, cfg)
         except Exception as exc:  # the compressed spike's numbers stand on their own
             out["realtime"] = {"error": f"{type(exc).__name__}: {exc}"[:2000]}
+    return out
+
+
+async def with_spillover(ctx: Context, cfg: SpikeConfig, without: dict[str, Any], stack: Stack,
+                         starting: asyncio.Future[Stack]) -> dict[str, Any]:
+    """The same spike on ``stack``, whose routing file has ``cfg.spillover_rules()``: its drain
+    against ``without``'s, how many jobs spilled, and its providers' limits and 429s."""
+    ctx.progress.status("starting the spike's stack with spillover", force=True)
+    try:
+        await starting
+        run_ = await drain(ctx, stack, cfg, read_etas=False, fair=None, what="spike with spillover")
+        metric: dict[str, float] = {}
+        for text in await _metrics_texts(worker_metrics_urls(stack)):
+            for key, value in waits.spilled_counts(text).items():
+                metric[key] = metric.get(key, 0.0) + value
+    finally:
+        await asyncio.to_thread(discard, stack)
+    keep = ("offered", "accepted", "errors", "completed", "failed", "unfinished", "drain_wall_s", "providers",
+            "tenants", "spilled_jobs", "max_waiting", "e2e_sim_min")
+    return {**{k: run_[k] for k in keep}, "max_wait_s": cfg.spillover_max_wait,
+            "max_wait_wall_s": cfg.spillover_max_wait * cfg.plan.time_factor, "rules": cfg.spillover_rules(),
+            "spilled_metric": metric, "without_drain_wall_s": without["drain_wall_s"],
+            "reduction": waits.reduction(without["drain_wall_s"], run_["drain_wall_s"])}
+
+
+async def _metrics_texts(urls: list[str]) -> list[str]:
+    async with aiohttp.ClientSession() as session:
+        out = []
+        for url in urls:
+            async with session.get(url) as resp:
+                out.append(await resp.text())
+        return out
+
+
+async def drain(ctx: Context, stack: Stack, cfg: SpikeConfig, *, read_etas: bool, fair: FairConfig | None,
+                what: str = "spike") -> dict[str, Any]:
+    """The compressed spike on ``stack`` until its backlog has drained; with ``read_etas`` the ETA
+    of a sample of jobs read at acceptance; then, with ``fair``, the fair-share check."""
+    plan = cfg.plan
+    records = Records()
+    schedule = plan.schedule()
+    tenants = [waits.tenant_of_arrival(due, plan.spike_window(), cfg.burst_share) for due in schedule]
+    request = load.post_jobs(stack.api_url, headers=lambda i: tenant_headers(tenants[i]))
+    probe = None
+    if read_etas and cfg.eta_samples > 0:
+        probe = EtaProbe(stack.api_url, every=waits.sample_every(len(schedule), cfg.eta_samples),
+                         max_samples=cfg.eta_samples, rate=cfg.eta_read_rate)
+        request = load.on_accept(request, probe.offer)
+    s = stack.settings
+    lag_topics = {**{p: [s.topic(f"dispatch.{p}")] for p in ("sora", *ACTIVE)},
+                  "requests": [s.topic("requests")]}
+    fair_out: dict[str, Any] | None = None
+    with TopicTap(stack.bootstrap, records.taps(stack)), \
+            LagSampler(stack.bootstrap, s.app_id, lag_topics, cfg.sample_interval) as lag:
+        prog = load.Progress()
+        in_flight: list[tuple[float, dict[str, int]]] = []
+        sampling = asyncio.create_task(sample_in_flight(stack.simulator_url, cfg.sample_interval * 2, in_flight))
+        reading = asyncio.create_task(probe.run()) if probe is not None else None
+        finished = records.finished
+        async with ctx.progress.watching(lambda: f"{what}: sent {prog.sent}/{len(schedule)}, "
+                                                 f"finished {len(finished)}"):
+            run_ = await load.open_loop(stack.api_url, schedule, request, progress=prog, timeout=120)
+            accepted = {x.job_id: x for x in run_.ok(202) if x.job_id}
+            deadline = time.monotonic() + cfg.drain_timeout
+            while not accepted.keys() <= finished.keys() and time.monotonic() < deadline:
+                await asyncio.sleep(0.5)
+        end = time.time()
+        if probe is not None and reading is not None:
+            await probe.finish(timeout=10.0)
+            await asyncio.wait_for(reading, 15.0)
+        sampling.cancel()
+        sim = await simulator_stats(stack.simulator_url)
+        if fair is not None:
+            try:
+                async with ctx.progress.watching(lambda: "fair share: tenant A bursts, tenant B a moment later"):
+                    fair_out = await fairshare.run(stack, fair, records.submitted, tenant_headers)
+            except Exception as exc:  # the spike's numbers stand on their own
+                fair_out = {"error": f"{type(exc).__name__}: {exc}"[:2000]}
+    out = summarize(cfg, run_, accepted, records.queued, records.submitted, records.finished, lag.samples, end, sim)
+    out["utilisation"] = utilisation(cfg, lag.samples, in_flight)
+    out["tenants"] = waits.tenant_waits({j: tenants[x.index] for j, x in accepted.items()},
+                                        {j: x.done_wall for j, x in accepted.items()}, records.submitted)
+    out["spilled_jobs"] = waits.spilled_jobs({j: m for j, m in records.models.items() if j in accepted})
+    if probe is not None:
+        min_wait = cfg.eta_min_wait * plan.time_factor
+        tenant_of = {j: tenants[x.index] for j, x in accepted.items()}
+        by_tenant = {t: waits.eta_error([r for r in probe.readings if tenant_of.get(r.job_id) == t],
+                                        records.submitted, min_wait) for t in (TENANT_A, TENANT_B)}
+        out["eta"] = {**waits.eta_error(probe.readings, records.submitted, min_wait), "probe": probe.describe(),
+                      "by_tenant": {t: {k: e[k] for k in ("count", "ape_p50", "ape_p90", "signed_p50")}
+                                    for t, e in by_tenant.items()},
+                      "points": waits.eta_points(probe.readings, records.submitted, run_.started_wall)}
+    if fair_out is not None:
+        out["fair"] = fair_out
     return out
 
 
@@ -142,8 +284,8 @@ async def realtime(ctx: Context, stack: Stack, cfg: SpikeConfig) -> dict[str, An
 
 
 async def _open_loop(stack: Stack, rate: float, seconds: float, prog: load.Progress) -> dict[str, Any]:
-    run_ = await load.open_loop(stack.api_url, constant(rate, seconds), load.post_jobs(stack.api_url),
-                                progress=prog, timeout=120)
+    request = load.post_jobs(stack.api_url, headers=lambda i: tenant_headers(TENANT_A))
+    run_ = await load.open_loop(stack.api_url, constant(rate, seconds), request, progress=prog, timeout=120)
     return accept.latency_block(run_, rate)
 
 

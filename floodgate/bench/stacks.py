@@ -53,8 +53,10 @@ def simulator_config(plan: Mapping[str, SimProvider], time_factor: float, seed: 
 
 
 def routing_table(plan: Mapping[str, SimProvider], simulator_url: str,
-                  routes: Mapping[str, list[dict[str, str]]] | None = None) -> dict[str, Any]:
-    """A routing file for Floodgate whose limits match the simulator's."""
+                  routes: Mapping[str, list[dict[str, str]]] | None = None,
+                  spillover: Mapping[str, Mapping[str, Any]] | None = None) -> dict[str, Any]:
+    """A routing file for Floodgate whose limits match the simulator's (with a ``spillover``
+    section when given: model → {"equivalents": [...], "max_wait_s": ...})."""
     out: dict[str, Any] = {}
     for name, p in plan.items():
         spec: dict[str, Any] = {"kind": "simulator", "concurrency_limit": p.limit,
@@ -63,7 +65,10 @@ def routing_table(plan: Mapping[str, SimProvider], simulator_url: str,
         if p.retired:
             spec["retired_at"] = SORA_RETIRED_AT
         out[name] = spec
-    return {"providers": out, "routes": dict(routes or ROUTES)}
+    table: dict[str, Any] = {"providers": out, "routes": dict(routes or ROUTES)}
+    if spillover:
+        table["spillover"] = {model: dict(rule) for model, rule in spillover.items()}
+    return table
 
 
 def write_simulator_config(path: Path, plan: Mapping[str, SimProvider], time_factor: float) -> Path:
@@ -101,15 +106,16 @@ def discard(stack: Stack) -> None:
 
 def bench_stack(base: Settings, bootstrap: str, home: Path, name: str, plan: Mapping[str, SimProvider],
                 time_factor: float = 1.0, *, workers: int = 1,
-                routes: Mapping[str, list[dict[str, str]]] | None = None, **overrides: Any) -> Stack:
-    """A Stack (not started) for scenario ``name`` with the simulated providers of ``plan`` and the
-    dev table's ``routes`` (unless given)."""
+                routes: Mapping[str, list[dict[str, str]]] | None = None,
+                spillover: Mapping[str, Mapping[str, Any]] | None = None, **overrides: Any) -> Stack:
+    """A Stack (not started) for scenario ``name`` with the simulated providers of ``plan``, the
+    dev table's ``routes`` (unless given) and ``spillover`` rules (none unless given)."""
     home = home / name
     sim_port = free_port()
     sim_url = f"http://127.0.0.1:{sim_port}"
     sim_config = write_simulator_config(home / "simulator.json", plan, time_factor)
     routing = home / "routing.json"
-    routing.write_text(json.dumps(routing_table(plan, sim_url, routes)))
+    routing.write_text(json.dumps(routing_table(plan, sim_url, routes, spillover)))
     prefix = f"bench.{home.parent.name}.{name}."
     settings = base.with_overrides(kafka_bootstrap=bootstrap, topic_prefix=prefix, app_id=prefix + "app",
                                    cache_dir=home / "cache", routing_file=str(routing), **overrides)

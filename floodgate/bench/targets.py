@@ -1,7 +1,8 @@
 """Floodgate's performance targets (one function each below, the target in its name: accept latency,
 SDK rate, burst, pipeline rate, notification latency, memory with 1,000,000 jobs queued; and issue
 9's: records and hops per job, 2 workers over 1, slot handover, accept latency with the API on its
-own core, API CPU per request, accept latency under the spike in real time), judged
+own core, API CPU per request, accept latency under the spike in real time; and the waiting
+user's: the ETA's error, per-tenant waits, the fair-share check, the drain with spillover), judged
 from a run's results (pure): met / not met, with the number.
 
 A scenario that failed or was scaled down (the smoke run) is never reported as met at a scale
@@ -318,9 +319,110 @@ def spike_realtime(results: dict[str, Any], slo: float = 50.0, minute: float = 6
     return _row(name, MET if p99 <= slo and not errors else NOT_MET, measured, p99)
 
 
+def _waits(w: dict[str, Any] | None) -> str:
+    """A tenant's wait summary as "p50 … / p90 … s (n=…)"."""
+    if not w or not w.get("count"):
+        return "no job started"
+    unstarted = f", {w['unstarted']} never started" if w.get("unstarted") else ""
+    return f"p50 {_num(w.get('p50')):.2f} / p90 {_num(w.get('p90')):.2f} s (n={w['count']:,}{unstarted})"
+
+
+def eta_error(results: dict[str, Any], bar: float = 0.25, min_count: int = 100) -> dict[str, Any]:
+    name = f"ETA at acceptance (eta_seconds of a job's first GET) vs its actual start: p50 ≤ {bar:.0%} error"
+    if (why := _failed(results, "spike")):
+        return _row(name, NOT_MEASURED, why)
+    e = results["spike"].get("eta")
+    if not e:
+        return _row(name, NOT_MEASURED, "no ETA readings in this run")
+    p50, p90, signed = _num(e.get("ape_p50")), _num(e.get("ape_p90")), _num(e.get("signed_p50"))
+    probe = e.get("probe") or {}
+    delay = e.get("read_after_accept_ms") or {}
+    measured = (f"absolute error p50 {p50:.0%}, p90 {p90:.0%} over {e['count']:,} jobs (median signed "
+                f"{signed:+.0%}: + said longer than it took); {probe.get('offered', 0):,} sampled, "
+                f"{probe.get('with_eta', 0):,} shown an ETA, the first GET with one p50 "
+                f"{_num(delay.get('p50')):.0f} ms / p90 {_num(delay.get('p90')):.0f} ms after the 202; "
+                f"{e['shorter_than_min_wait']:,} waited under "
+                f"{_num(e['min_wait_s']):.2f} s (left out), {probe.get('left_before_eta', 0):,} started before any "
+                f"ETA; reads paced at ≤ {_num(probe.get('max_rate_per_s')):.0f}/s beside the load")
+    tenants = "; ".join(f"{t} p50 {_num(v.get('ape_p50')):.0%} (signed {_num(v.get('signed_p50')):+.0%})"
+                        for t, v in (e.get("by_tenant") or {}).items())
+    if tenants:
+        measured += f"; by tenant: {tenants}"
+    if e["count"] < min_count:
+        return _row(name, NOT_MEASURED, measured, p50, f"scaled down: {e['count']} jobs with an ETA")
+    return _row(name, MET if p50 <= bar else NOT_MET, measured, p50)
+
+
+def tenant_waits(results: dict[str, Any]) -> dict[str, Any]:
+    name = "Per-tenant waits under the spike (accept → start): A sends the spike's first 80%, B the rest"
+    if (why := _failed(results, "spike")):
+        return _row(name, NOT_MEASURED, why)
+    s = results["spike"]
+    t = s.get("tenants") or {}
+    share = _num(g(s, "config", "burst_share"))
+    name = (f"Per-tenant waits under the spike (accept → start): A sends the spike's first {share:.0%}, "
+            f"B the rest and the baseline")
+    measured = "; ".join(f"{tenant}: {_waits(w)}" for tenant, w in t.items()) or "no tenants"
+    spill = g(s, "spillover", "tenants")
+    if spill:
+        measured += "; with spillover: " + "; ".join(f"{tenant}: {_waits(w)}" for tenant, w in spill.items())
+    return _row(name, REPORTED, measured + " (wall seconds)")
+
+
+def fair_share(results: dict[str, Any], bar: float = 0.10, min_burst: int = 100) -> dict[str, Any]:
+    name = f"Fair queue: tenant B's median wait < {bar:.0%} of tenant A's (A bursts, B a moment later, equal weights)"
+    if (why := _failed(results, "spike")):
+        return _row(name, NOT_MEASURED, why)
+    f = results["spike"].get("fair")
+    if not f:
+        return _row(name, NOT_MEASURED, "not run")
+    if f.get("error"):
+        return _row(name, NOT_MEASURED, f"failed: {f['error']}")
+    cfg, w = f["config"], f["waits"]
+    ratio = _num(f.get("ratio"))
+    measured = (f"B/A median {ratio:.1%}: A ({cfg['burst']:,} jobs at once) {_waits(w.get('tenant-a'))}; "
+                f"B ({cfg['late']:,} jobs {cfg['delay_s']:g} s after A's last) {_waits(w.get('tenant-b'))}")
+    unstarted = sum(v.get("unstarted", 0) for v in w.values())
+    if cfg["burst"] < min_burst:
+        return _row(name, NOT_MEASURED, measured, ratio, f"scaled down: a burst of {cfg['burst']}")
+    return _row(name, MET if ratio < bar and not unstarted else NOT_MET, measured, ratio)
+
+
+def spillover(results: dict[str, Any], bar: float = 0.25, min_jobs: int = 1000) -> dict[str, Any]:
+    name = (f"Spike drain with spillover (kling-2.1 and sora-2 → wan-2.6) ≥ {bar:.0%} shorter than without, "
+            f"0 × 429, limits held in both")
+    if (why := _failed(results, "spike")) or (why := _failed(results["spike"], "spillover")):
+        return _row(name, NOT_MEASURED, why)
+    s, sp = results["spike"], results["spike"]["spillover"]
+    cut = _num(sp.get("reduction"))
+    created = {p: v.get("jobs_created", 0) for p, v in s["providers"].items()}
+    total = sum(created.values())
+    ideal = 1 - 0.5 * total / created["kling"] if created.get("kling") else math.nan
+
+    def limits(providers: dict[str, Any]) -> str:
+        return ", ".join(f"{p} {v['max_concurrency']}/{v['concurrency_limit']} {v['rejected_429']} × 429"
+                         for p, v in providers.items())
+
+    metric = ", ".join(f"{k} {v:g}" for k, v in (sp.get("spilled_metric") or {}).items()) or "0"
+    measured = (f"drain {_num(sp['without_drain_wall_s']):.1f} s without, {_num(sp['drain_wall_s']):.1f} s with: "
+                f"{cut:.1%} shorter (an even split of the work could give {ideal:.0%} here); "
+                f"{sp['spilled_jobs']:,} jobs served by wan-2.6 instead (floodgate_spilled_total {metric}); max_wait_s "
+                f"{_num(sp['max_wait_s']):g} simulated = {_num(sp['max_wait_wall_s']):.2f} s wall; without: "
+                f"{limits(s['providers'])}; with: {limits(sp['providers'])}; unfinished {s['unfinished']} / "
+                f"{sp['unfinished']}")
+    held = all(v["max_concurrency"] <= v["concurrency_limit"] and not v["rejected_429"]
+               for v in [*s["providers"].values(), *sp["providers"].values()])
+    if sp["offered"] < min_jobs:
+        return _row(name, NOT_MEASURED, measured, cut, f"scaled down: {sp['offered']:,} jobs")
+    ok = cut >= bar and held and not s["unfinished"] and not sp["unfinished"]
+    return _row(name, MET if ok else NOT_MET, measured, cut)
+
+
 def evaluate(results: dict[str, Any]) -> list[dict[str, Any]]:
     return [accept_p99(results), sdk_rate(results), burst(results), pipeline(results), notification(results),
             memory(results), naive(results), drain(results),
             # the lean pipeline
             records_per_job(results), hops_per_job(results), scaling(results), handover(results),
-            accept_pinned(results), api_cpu(results), spike_realtime(results), stalls(results)]
+            accept_pinned(results), api_cpu(results), spike_realtime(results), stalls(results),
+            # the waiting user and the fair queue
+            eta_error(results), tenant_waits(results), fair_share(results), spillover(results)]

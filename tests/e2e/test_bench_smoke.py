@@ -17,7 +17,8 @@ from floodgate.settings import Settings
 pytestmark = pytest.mark.kafka
 
 PNG = b"\x89PNG\r\n\x1a\n"
-SECTIONS = ("## Targets", "## Spike: the peak-shaving picture", "## Accept path", "## Pipeline (instant provider)",
+SECTIONS = ("## Targets", "## Spike: the peak-shaving picture", "## The waiting user and the fair queue",
+            "## Accept path", "## Pipeline (instant provider)",
             "## Notification latency", "## Slot handover", "## Memory",
             "## Drain vs ideal: Floodgate, Celery + Redis, naive", "## What limits each number")
 # The lean pipeline's rows (the start of each target's name): present, and measured in the smoke run's small way.
@@ -79,6 +80,18 @@ def test_smoke_bench_writes_every_section_and_plot(kafka_bootstrap: str, tmp_pat
     assert pipeline["scaling"]["results_missing"] == 0 and pipeline["scaling"]["ratio"] > 0
     assert results["handover"]["pairs"] > 0 and not results["handover"]["timed_out"]
     assert results["spike"]["realtime"]["accepted"] == results["spike"]["realtime"]["offered"] > 0
+    # The waiting user: two tenants, ETAs read at acceptance, the fair-share run, the spike again
+    # with spillover (nothing lost there either, and never a 429).
+    assert set(spike["tenants"]) == {"tenant-a", "tenant-b"}
+    assert spike["eta"]["probe"]["offered"] > 0 and spike["eta"]["probe"]["errors"] == 0
+    fair = spike["fair"]
+    assert fair["accepted"] == fair["offered"] > 0 and not any(w["unstarted"] for w in fair["waits"].values())
+    spill = spike["spillover"]
+    assert spill["accepted"] == spill["offered"] == spill["completed"], spill
+    assert all(v["rejected_429"] == 0 for v in [*spike["providers"].values(), *spill["providers"].values()])
+    for start in ("ETA at acceptance", "Per-tenant waits", "Fair queue", "Spike drain with spillover"):
+        [row] = [t for t in on_disk["targets"] if t["target"].startswith(start)]
+        assert "not run" not in row["measured"] and "failed" not in row["measured"], row
     # Not a speed target (the benchmark reports those): a bound on a hang, with room for a loaded
     # machine (it took 94 s at load average 12 beside parallel test runs; ~66 s alone).
     assert elapsed < 300, f"the smoke bench took {elapsed:.0f}s (load average {os.getloadavg()[0]:.1f})"

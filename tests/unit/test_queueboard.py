@@ -60,11 +60,54 @@ def test_eta_from_capacity_until_starts_are_seen_then_from_the_observed_rate() -
         b.observe(snap(f"j{i}", created=i / 100), T0)
     # No start seen yet: 10 slots / 20 s = 0.5 starts/s; 11th in line → 22 s; ready 20 s later.
     assert b.standing(snap("j10", created=0.1), T0) == Standing(10, 22.0, 42.0)
-    for i in range(10):  # ten start within 5 seconds: 2 starts/s observed
-        b.observe(snap(f"j{i}", "submitted", created=i / 100, updated=1 + i * 0.5), T0 + 6)
+    for i in range(10):  # the ten free slots fill at once: that is not the pace of the line
+        b.observe(snap(f"j{i}", "submitted", created=i / 100, updated=1), T0 + 1)
+    assert b.start_rate("kling", T0 + 1) == pytest.approx(0.5)
+    for i in range(10):  # then a job ends and the next takes its slot, ten times from 1.5 s to 6 s
+        b.observe(snap(f"j{i}", "completed", created=i / 100, updated=1.5 + i * 0.5), T0 + 6)
+        b.observe(snap(f"j{i + 10}", "submitted", created=(i + 10) / 100, updated=1.5 + i * 0.5), T0 + 6)
     standing = b.standing(snap("j29", created=0.29), T0 + 6)
-    assert standing.queue_position == 19
-    assert standing.eta_seconds == pytest.approx(20 / (10 / 5.0), abs=0.1)
+    assert standing.queue_position == 9
+    assert standing.eta_seconds == pytest.approx(10 / (10 / 4.5), abs=0.1)
+
+
+def test_a_burst_after_a_quiet_minute_is_timed_by_capacity_not_by_the_quiet_starts() -> None:
+    """The spike bench found a burst's ETAs 75% too long: a quiet minute's starts (one job every
+    10 s, each into a free slot) were read as the line's pace, 0.1 starts/s against a capacity of
+    0.5. Starts into free slots say how fast jobs came, not how fast a waiting line moves."""
+    b = board(configured_render={"kling": 20.0})
+    for k in range(6):
+        t = k * 10.0
+        b.observe(snap(f"q{k}", created=t), T0 + t)
+        b.observe(snap(f"q{k}", "submitted", created=t, updated=t), T0 + t)
+        if k >= 2:
+            b.observe(snap(f"q{k - 2}", "completed", created=t - 20, updated=t), T0 + t)
+    for i in range(100):  # the burst: the eight free slots fill, ninety-two wait
+        b.observe(snap(f"b{i}", created=60 + i / 1000), T0 + 60)
+    for i in range(8):
+        b.observe(snap(f"b{i}", "submitted", created=60 + i / 1000, updated=60.5), T0 + 60.5)
+    assert b.start_rate("kling", T0 + 61) == pytest.approx(10 / 20.0)
+    assert b.standing(snap("b8", created=60.008), T0 + 61).eta_seconds == pytest.approx(2.0)
+
+
+def test_every_start_counts_while_the_provider_stays_saturated() -> None:
+    """Two jobs ending before either freed slot is taken again must not lose a start: the spike
+    bench found ETAs 35% too long when only starts into the last free slot counted."""
+    b = board(configured_render={"kling": 20.0})
+    for i in range(50):
+        b.observe(snap(f"j{i}", created=i / 100), T0)
+    for i in range(10):
+        b.observe(snap(f"j{i}", "submitted", created=i / 100, updated=1), T0 + 1)
+    ended, nxt = 0, 10
+    for second in range(2, 12):  # every second, two jobs end, then two start
+        for _ in range(2):
+            b.observe(snap(f"j{ended}", "completed", created=ended / 100, updated=second), T0 + second)
+            ended += 1
+        for _ in range(2):
+            b.observe(snap(f"j{nxt}", "submitted", created=nxt / 100, updated=second + 0.1), T0 + second)
+            nxt += 1
+    # the start that filled the last slot (at 1 s) and twenty more up to 11.1 s
+    assert b.start_rate("kling", T0 + 11.1) == pytest.approx(21 / 10.1)
 
 
 def test_render_time_is_measured_from_start_to_completion() -> None:
