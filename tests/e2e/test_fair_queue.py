@@ -284,6 +284,10 @@ async def drain_one_by_one(session: aiohttp.ClientSession, stack: Stack, jobs: d
     return order
 
 
+# In the slow tier: it failed once in a fresh-clone run of the default tier (cause not yet known,
+# it passed in every other run); the same order is pinned without a broker by
+# tests/unit/test_dispatcher.py::test_a_freed_slot_goes_to_the_higher_class_then_to_the_tenant_owed_a_turn.
+@pytest.mark.slow
 async def test_high_goes_before_waiting_standard_jobs_and_low_after_all_of_them(stack: Stack) -> None:
     api, model = stack.api_url, "kling-2.1"
     topic = stack.settings.topic("dispatch.kling")
