@@ -183,10 +183,6 @@ class FairLine(Generic[Q]):
         """The waiting orders in the order they would be served (O(n log n): tests and reports)."""
         return [item for _, item in sorted(self._items.values(), key=lambda held: held[0])]
 
-    def expired(self, is_expired: Callable[[Q], bool]) -> list[Q]:
-        """Take out and return the orders ``is_expired`` says have passed their deadline."""
-        return self.remove(is_expired)
-
 
 @dataclass(frozen=True)
 class ClassLoad:

@@ -398,7 +398,7 @@ class Dispatcher:
         """Take the orders whose deadline passed out of ``partition``'s line (the poll tick)."""
         now_ms = self.pipe.now_ms()
         line = self.lane.lines[partition]
-        for order in line.expired(lambda waiting: waiting.expired(now_ms)):
+        for order in line.remove(lambda waiting: waiting.expired(now_ms)):
             key = slot_key(partition, order.job_id)
             self.lane.spawn(self.expire(order, key, partition), f"expire:{key.decode()}")
         if line.resume_due():

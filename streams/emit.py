@@ -8,6 +8,7 @@ at-least-once delivery.
 from __future__ import annotations
 
 import time
+from collections.abc import Awaitable
 from typing import Any
 
 import faust
@@ -28,16 +29,17 @@ class Emitter:
         return t
 
     async def send(self, topic: str, schema: str, key: str | None, record: dict[str, Any]) -> None:
+        await self._send(topic, schema, key, record)
+
+    async def _send(self, topic: str, schema: str, key: str | None, record: dict[str, Any]) -> Awaitable[Any]:
+        """Hand the record to the producer; returns the future of its acknowledgement."""
         value, headers = codec.encode(schema, record)
-        await self.topic(topic).send(key=key.encode() if key is not None else None, value=value,
-                                     headers=headers, force=True)
+        return await self.topic(topic).send(key=key.encode() if key is not None else None, value=value,
+                                            headers=headers, force=True)
 
     async def send_durably(self, topic: str, schema: str, key: str | None, record: dict[str, Any]) -> None:
         """``send``, returning once Kafka acknowledged the record."""
-        value, headers = codec.encode(schema, record)
-        delivered = await self.topic(topic).send(key=key.encode() if key is not None else None, value=value,
-                                                 headers=headers, force=True)
-        await delivered
+        await (await self._send(topic, schema, key, record))
 
     async def send_raw(self, topic: str, key: bytes, value: bytes) -> None:
         """A record that is not one of our Avro contracts (e.g. a line report, JSON)."""
