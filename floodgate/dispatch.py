@@ -2,7 +2,9 @@
 
 * ``Order``: a job routed to one provider (the ``DispatchOrder`` contract on ``dispatch.<provider>``).
 * ``Slot``: one provider concurrency slot held by a job (the ``inflight-<provider>`` table).
-* ``Parked``: an order waiting for a slot, with the dispatch offset it was read at (``waiting-<provider>``).
+* ``Parked``: an order waiting for a slot, with the dispatch offset it was read at. Slots and
+  parked orders share the ``inflight-<provider>`` table (one entry per job: a start overwrites the
+  job's waiting entry with its slot, one write instead of two); ``is_parked`` tells them apart.
 * ``CancelMark``: a job cancelled before its order was taken (``cancelled-<provider>``), and
   ``mark_expired``, the rule for when no order can still need the mark.
 
@@ -159,6 +161,18 @@ def mark_expired(mark: CancelMark, read_to: int | None, now: float, *, grace: fl
         return True
     end = mark.end
     return age >= grace and end is not None and (end == 0 or (read_to is not None and read_to >= end - 1))
+
+
+def is_parked(raw: bytes) -> bool:
+    """Whether a raw ``inflight-<provider>`` value is a waiting order (``Parked``), not a held slot,
+    read from its first field alone (no decoding): a parked order's is ``order`` (``o`` before the
+    fields had names), a slot's ``attempt`` (``a``). Both encoders write that field first."""
+    return raw.startswith(b'{"o')
+
+
+def decode_entry(raw: bytes) -> Slot | Parked:
+    """An ``inflight-<provider>`` value: a held slot or a waiting order."""
+    return Parked.decode(raw) if is_parked(raw) else Slot.decode(raw)
 
 
 def slot_key(partition: int, job_id: str) -> bytes:

@@ -61,6 +61,13 @@ class TopicNames:
     def release(self, provider: str) -> str:
         return self.settings.topic(f"release.{provider}")
 
+    def slot_log(self, provider: str) -> str:
+        """The changelog of ``provider``'s slot table (``inflight-<provider>``, named as Faust names
+        a table's changelog): a record per slot taken, one when the provider accepted its job (with
+        the provider job id), a tombstone when it is freed. The API's job view reads it to see a
+        job leave the line: the submission costs no record and no hop of its own."""
+        return f"{self.settings.app_id}-inflight-{provider}-changelog"
+
     def dispatch_partitions(self, concurrency_limit: int) -> int:
         """A dispatch topic never has more partitions than its provider has slots (each partition
         needs a share of at least one)."""
@@ -87,4 +94,7 @@ class TopicNames:
         for p, limit in providers.items():
             out[self.dispatch(p)] = (self.dispatch_partitions(limit), base)
             out[self.release(p)] = (self.dispatch_partitions(limit), base)
+            # A table's changelog, which the worker would create; made here too, so that an API
+            # started before any worker reads it from the start (its job view shows submissions).
+            out[self.slot_log(p)] = (self.dispatch_partitions(limit), {**base, "cleanup.policy": "compact"})
         return out

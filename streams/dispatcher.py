@@ -48,9 +48,14 @@ partition that holds the job's slot or order. Where the job is at that moment de
   at most ``MARK_MAX_AGE`` otherwise.
 
 A cancelled job cannot slip through unseen either: if its order was submitted anyway (a mark lost
-with a crash before its changelog write, a duplicate order), the ``submitted`` event reaches a
-terminal job, and the jobs agent answers every provider event on a terminal job with a release,
-whose status ``cancelled`` cancels the provider job here.
+with a crash before its changelog write, a duplicate order), the provider's first webhook (or the
+poller's status, when webhooks are lost) reaches a terminal job, and the jobs agent answers every
+provider event on a terminal job with a release, whose status ``cancelled`` cancels the provider
+job here.
+
+**Submissions cost no record of their own.** The provider job id goes into the job's slot (the
+poller and cancels need it after a restart); the API's job view reads the slot log to show the job
+``submitted``. The jobs table learns the provider job id from the provider's first webhook.
 """
 from __future__ import annotations
 
@@ -240,7 +245,9 @@ class Dispatcher:
     # -- slots -------------------------------------------------------------------------------
 
     def count_slots(self) -> None:
-        self.metrics.inflight.labels(self.name).set(len(self.lane.slots))
+        # The pools count this worker's slots (the table also holds waiting orders: counting its
+        # slots would cost a pass over up to the fair window's orders, on every start and end).
+        self.metrics.inflight.labels(self.name).set(sum(len(pool) for pool in self.lane.pools.values()))
 
     async def free(self, partition: int, key: bytes, job_id: str) -> None:
         """Give the slot of ``key`` back and let a waiting order have it."""
@@ -279,9 +286,7 @@ class Dispatcher:
         if slot is not None and slot.attempt > order.attempt:
             return None  # an order for an attempt that has been superseded
         if slot is not None and slot.provider_job_id:
-            # Already submitted (a redelivered or re-dispatched order): say so again, idempotently.
-            await self.event(order.job_id, "submitted", slot.attempt, provider_job_id=slot.provider_job_id)
-            return None
+            return None  # already submitted (a redelivered or re-dispatched order): its slot says so
         if key in lane.submitting:
             return None  # its submission is still running here (e.g. waiting out 429s)
         if slot is not None:
@@ -336,9 +341,8 @@ class Dispatcher:
                 lane.run_in_background(key, self.start(order, key, partition, lane.generations.get(partition),
                                                        durable))
             elif key not in lane.submitting:
-                # Its job holds a slot already: a start cut short by a rebalance, whose slot write
-                # landed but whose waiting entry did not go. Finish what it began.
-                lane.unpark(partition, key)
+                # Its job holds a slot already (a duplicate of its order was in line): finish what
+                # the slot began, if anything is left to do.
                 slot = lane.slots.get(key)
                 if slot is not None and not slot.provider_job_id:
                     lane.run_in_background(key, self.submit(order, key, partition))
@@ -365,11 +369,12 @@ class Dispatcher:
             lane.slots.remove_in(partition, key)
             lane.free(partition, order.job_id)
             if still_mine():
-                lane.lines[partition].push_front(order)  # the next pump (at the latest the poll tick) retries
+                # Back in its waiting entry (which the slot's replaced), at the head of the line,
+                # as in memory; the next pump (at the latest the poll tick) retries.
+                lane.park_at_head(partition, order)
             return
         if not still_mine():
-            return  # revoked meanwhile: the partition's next owner finds the slot and the waiting entry
-        lane.unpark(partition, key)
+            return  # revoked meanwhile: the partition's next owner finds the slot (or the waiting entry)
         await self.submit(order, key, partition)
 
     # -- submission --------------------------------------------------------------------------
@@ -509,12 +514,14 @@ class Dispatcher:
             await self.give_up_cancelled(key, partition, order.job_id)
             return
         slot = lane.slots.get(key)
-        ended_already = lane.ended_early.pop(key, None) == result.provider_job_id
-        if slot is not None and not ended_already:  # (else released meanwhile: a very fast job)
-            lane.slots.put_in(partition, key, slot.submitted(result.provider_job_id))
-        await self.event(order.job_id, "submitted", order.attempt, provider_job_id=result.provider_job_id)
-        if slot is not None and ended_already:
-            await self.free(partition, key, order.job_id)
+        if slot is None:
+            return  # freed meanwhile (the job ended or moved on): nothing left to record
+        if lane.ended_early.pop(key, None) == result.provider_job_id:
+            await self.free(partition, key, order.job_id)  # released meanwhile: a very fast job
+            return
+        # The slot's second record is the job's submission: the poller and cancels find the
+        # provider job by it, and the API's job view reads it (no event, no jobs-table write).
+        lane.slots.put_in(partition, key, slot.submitted(result.provider_job_id))
 
     async def _call_provider(self, order: Order, key: bytes, partition: int, request: SubmitOrder,
                              has_fallback: bool) -> SubmitResult | None:

@@ -10,20 +10,24 @@ where scanning the table would cost O(limit)) and are rebuilt from it whenever a
 seen in a new consumer generation, i.e. after every rebalance and table recovery.
 
 Orders waiting for a slot wait in a fair line per partition (``floodgate.fairqueue``: priority
-first, then each tenant's weighted share) and live in a third table, ``waiting-<provider>``, keyed like slots, with
-their dispatch offset: the dispatch record is acknowledged as soon as its order is parked there,
+first, then each tenant's weighted share) and live in the same table, under the same key their
+slot will have, with their dispatch offset (``Parked``; ``is_parked`` tells the two kinds apart):
+giving a waiting order its slot overwrites its waiting entry, one changelog record where two
+tables took two (a slot, and a tombstone for the waiting entry). The dispatch record is
+acknowledged as soon as its order is parked there,
 so every dispatch record is acknowledged in offset order and no offset is held back for minutes.
 (Faust computes the offset to commit from acknowledged offsets, and commits past a *single*
 unacknowledged offset at the head of a partition, or past any number when nothing was committed
 yet: holding waiting orders unacknowledged lost one now and then on a graceful stop.) The lines in
-memory are rebuilt from that table whenever a partition is seen in a new generation; the table is
-bounded by the lines' high mark, because a partition whose line is full is paused and the rest of
-its backlog waits in Kafka.
+memory are rebuilt from that table whenever a partition is seen in a new generation; the waiting
+entries are bounded by the lines' high mark, because a partition whose line is full is paused and
+the rest of its backlog waits in Kafka. (Workers before this layout kept waiting orders in a table
+of their own, ``waiting-<provider>``: ``sync`` moves what it still holds into the shared table.)
 
 Cancel marks live in a table of their own, ``cancelled-<provider>``, keyed like slots: a job
 cancelled while its order has not yet been taken (still in Kafka, or about to be submitted) is
 marked so that the order is dropped instead of submitted. Being a separate table, marks never
-count as held slots when ``sync`` rebuilds the pools from the slot table's keys. A mark is
+count as held slots when ``sync`` rebuilds the pools from the slot entries' keys. A mark is
 deleted when it is used; one that is never used (the order was already gone) expires by
 ``mark_expired``, so marks cannot pile up.
 """
@@ -37,7 +41,17 @@ from typing import Any
 
 import faust
 
-from floodgate.dispatch import CancelMark, Order, Parked, Slot, mark_expired, parse_slot_key, slot_key
+from floodgate.dispatch import (
+    CancelMark,
+    Order,
+    Parked,
+    Slot,
+    decode_entry,
+    is_parked,
+    mark_expired,
+    parse_slot_key,
+    slot_key,
+)
 from floodgate.fairqueue import FairLine
 from floodgate.routing import ProviderSpec
 from floodgate.spillover import StartRate
@@ -49,7 +63,7 @@ from floodgate.throttle import (
     partition_bucket,
     partition_share,
 )
-from streams.tables import RecordTable
+from streams.tables import EntriesOf, RecordTable
 
 log = logging.getLogger(__name__)
 
@@ -63,11 +77,16 @@ class Lane:
         circuit breaker stays open before a probe."""
         self.spec = spec
         self.partitions = partitions
-        self.slots: RecordTable[Slot] = RecordTable(app, f"inflight-{spec.name}", partitions=partitions,
-                                                    encode=Slot.encode, decode=Slot.decode)
+        self.entries: RecordTable[Slot | Parked] = RecordTable(
+            app, f"inflight-{spec.name}", partitions=partitions, encode=lambda entry: entry.encode(),
+            decode=decode_entry)
+        self.slots: EntriesOf[Slot] = EntriesOf(self.entries, lambda raw: not is_parked(raw))
+        self.waiting: EntriesOf[Parked] = EntriesOf(self.entries, is_parked)
         self.pools = {p: SlotPool(self.capacity(p)) for p in range(partitions)}
-        self.waiting: RecordTable[Parked] = RecordTable(app, f"waiting-{spec.name}", partitions=partitions,
-                                                        encode=Parked.encode, decode=Parked.decode)
+        self.old_waiting: RecordTable[Parked] = RecordTable(app, f"waiting-{spec.name}", partitions=partitions,
+                                                            encode=Parked.encode, decode=Parked.decode)
+        """The waiting orders of workers before slots and waiting orders shared a table: read
+        only to move them over (``sync``)."""
         self.lines: dict[int, FairLine[Order]] = {
             p: FairLine(max(window, self.capacity(p)), weight_of) for p in range(partitions)}
         self.generations: dict[int, int] = {}
@@ -104,9 +123,26 @@ class Lane:
         if self.generations.get(partition) == generation:
             return False
         self.generations[partition] = generation
+        self.move_old_waiting(partition)
         self.reconcile(partition)
         self.restore_line(partition)
         return True
+
+    def move_old_waiting(self, partition: int) -> int:
+        """Move ``partition``'s entries of the former ``waiting-<provider>`` table into the shared
+        one (unless the job has an entry there already); returns how many moved."""
+        prefix = f"{partition}:".encode()
+        moved = 0
+        for key, entry in list(self.old_waiting.items()):
+            if not key.startswith(prefix):
+                continue
+            if key not in self.entries.table.data:
+                self.entries.put_in(partition, key, entry)
+                moved += 1
+            self.old_waiting.remove_in(partition, key)
+        if moved:
+            log.info("%s[%d]: %d waiting orders moved to the shared table", self.spec.name, partition, moved)
+        return moved
 
     def restore_line(self, partition: int) -> None:
         """Make ``partition``'s line the orders its waiting table holds, oldest (lowest offset) first."""
@@ -123,16 +159,23 @@ class Lane:
     def park(self, partition: int, offset: int, order: Order) -> tuple[Any, bool]:
         """Queue ``order`` (read at ``offset``) for a slot. Returns the future of its durable copy
         (its dispatch record may be acknowledged once that resolves) and whether the line is at its
-        high mark (pause the partition)."""
+        high mark (pause the partition). The job must hold no slot here (intake makes sure): the
+        waiting entry would replace it."""
         durable = self.waiting.put_reliably_in(partition, slot_key(partition, order.job_id), Parked(order, offset))
         return durable, self.lines[partition].push(order)
+
+    def park_at_head(self, partition: int, order: Order) -> None:
+        """Put ``order`` back at the head of the line (a start that could not be made durable)."""
+        self.waiting.put_reliably_in(partition, slot_key(partition, order.job_id), Parked(order, -1))
+        self.lines[partition].push_front(order)
 
     def parked(self, key: bytes) -> Order | None:
         entry = self.waiting.get(key)
         return None if entry is None else entry.order
 
     def unpark(self, partition: int, key: bytes) -> None:
-        """The order of ``key`` no longer waits (it holds a slot now, or its job was cancelled)."""
+        """The order of ``key`` no longer waits (its job was cancelled, or it went elsewhere). Once
+        it holds a slot there is nothing to do: the slot's entry replaced its waiting entry."""
         self.waiting.remove_in(partition, key)
 
     def reconcile(self, partition: int) -> None:
@@ -173,7 +216,7 @@ class Lane:
         entries its changelog has since deleted. (Coming back, it is replayed from the start.)
         Call it only once recovery is complete. Returns the number of entries dropped."""
         dropped = 0
-        for table in (self.slots, self.marks, self.waiting):
+        for table in (self.entries, self.marks, self.old_waiting):
             data = table.data
             for key in [key for key in list(data.keys()) if parse_slot_key(key)[0] not in assigned]:
                 del data[key]

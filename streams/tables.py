@@ -9,7 +9,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Callable, Iterator
-from typing import Any, Generic, TypeVar
+from typing import Any, Generic, TypeVar, cast
 
 import faust
 from faust.types.tuples import FutureMessage
@@ -26,7 +26,7 @@ class RecordTable(Generic[T]):
         memory-backed table may be written outside an agent's event (``put_in``/``remove_in``)."""
         self.table = app.Table(name, partitions=partitions, key_type=bytes, value_type=bytes, **options)
         self._encode = encode
-        self._decode = decode
+        self.decode = decode
 
     @property
     def data(self) -> Any:
@@ -35,7 +35,7 @@ class RecordTable(Generic[T]):
 
     def get(self, key: bytes) -> T | None:
         raw = self.table.get(key)
-        return None if raw is None else self._decode(raw)
+        return None if raw is None else self.decode(raw)
 
     def put_in(self, partition: int, key: bytes, value: T) -> FutureMessage:
         """Set ``key`` from outside an agent's event (a background task), naming the changelog
@@ -93,4 +93,49 @@ class RecordTable(Generic[T]):
 
     def items(self) -> Iterator[tuple[bytes, T]]:
         for key, raw in list(self.table.items()):
-            yield key, self._decode(raw)
+            yield key, self.decode(raw)
+
+
+class EntriesOf(Generic[T]):
+    """The entries of one kind in a ``RecordTable`` that holds two kinds under the same keys (a
+    job's waiting order, then its slot): reads see only this kind, and a write of either kind
+    replaces the key's entry, whichever it was. ``is_mine(raw)`` tells this kind's values from
+    the other's without decoding them."""
+
+    def __init__(self, records: RecordTable[Any], is_mine: Callable[[bytes], bool]) -> None:
+        self.records = records
+        self.table = records.table
+        self._is_mine = is_mine
+
+    def _mine(self, raw: bytes | None) -> bool:
+        return raw is not None and self._is_mine(raw)
+
+    def get(self, key: bytes) -> T | None:
+        raw = self.table.get(key)
+        return cast(T, self.records.decode(raw)) if raw is not None and self._is_mine(raw) else None
+
+    def put_in(self, partition: int, key: bytes, value: T) -> FutureMessage:
+        return self.records.put_in(partition, key, value)
+
+    def put_reliably_in(self, partition: int, key: bytes, value: T, *, retry_delay: float = 1.0) -> asyncio.Task[None]:
+        return self.records.put_reliably_in(partition, key, value, retry_delay=retry_delay)
+
+    def remove_in(self, partition: int, key: bytes) -> None:
+        """Delete ``key`` if it holds an entry of this kind (one of the other kind stays)."""
+        if self._mine(self.table.data.get(key)):
+            self.records.remove_in(partition, key)
+
+    def __contains__(self, key: bytes) -> bool:
+        return self._mine(self.table.data.get(key))
+
+    def __len__(self) -> int:
+        """O(entries of both kinds): for tests and rare looks, not for hot paths."""
+        return sum(1 for raw in list(self.table.data.values()) if self._is_mine(raw))
+
+    def __iter__(self) -> Iterator[bytes]:
+        return iter([key for key, raw in list(self.table.data.items()) if self._is_mine(raw)])
+
+    def items(self) -> Iterator[tuple[bytes, T]]:
+        for key, raw in list(self.table.data.items()):
+            if self._is_mine(raw):
+                yield key, cast(T, self.records.decode(raw))

@@ -148,8 +148,9 @@ async def serve(settings: Settings, *, host: str | None = None, port: int | None
             weights = settings.tenant_weight_map
             board = QueueBoard(limits, weight_of=lambda tenant: weights.get(tenant, 1.0))
             view = JobView(view_max_jobs, spill, board=board)
+            slot_logs = {names.slot_log(p): layout[names.slot_log(p)][0] for p in limits}
             feed = NotificationFeed(settings.kafka_bootstrap, names.notifications,
-                                    layout[names.notifications][0], view,
+                                    layout[names.notifications][0], view, slot_logs=slot_logs,
                                     fetch_max_wait_ms=settings.fetch_max_wait_ms)
         if outgoing_webhooks:
             from floodgate.notify.outgoing import OutgoingWebhooks

@@ -1,6 +1,12 @@
 """The API's read model: job id → latest ``JobSnapshot``, rebuilt from the compacted
 ``notifications`` topic and pushed to live subscribers (SSE, WebSocket).
 
+A job's submission to its provider is not a change of the jobs table: the dispatcher records the
+provider job id in the job's slot (``inflight-<provider>``) anyway, and the feed reads those slot
+logs too. ``JobView.submitted`` lays that fact over a queued snapshot of the same attempt, so
+readers see ``submitted`` (with the provider job id) the moment the provider accepted the job,
+at the cost of no Kafka record and no worker hop of its own.
+
 ``JobView`` is pure bookkeeping (no Kafka) so ordering and eviction are unit-tested directly;
 ``NotificationFeed`` is the I/O edge that feeds it. The feed uses **no consumer group**: every
 API instance reads every partition from the beginning, so each one holds the whole view and a
@@ -20,13 +26,15 @@ import logging
 import sqlite3
 import time
 from collections import OrderedDict
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass
 from typing import Any
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.errors import KafkaError
 
 from floodgate.api.spill import SpillStore
+from floodgate.dispatch import Slot, is_parked, parse_slot_key
 from floodgate.errors import SchemaError
 from floodgate.jobs.record import decode_notification
 from floodgate.jobs.state import TERMINAL
@@ -47,8 +55,54 @@ STANDING = "_standing"
 SUBSCRIBER_QUEUE = 16
 
 
+LEAVING_MAX = 200_000
+"""Submissions held for jobs whose snapshot has not moved past ``queued`` yet (a bound on memory:
+normally a job's ``running`` or final snapshot drops its entry within seconds)."""
+
+
 def is_terminal(snapshot: Snapshot) -> bool:
     return snapshot.get("status") in TERMINAL
+
+
+@dataclass(frozen=True)
+class Submission:
+    """A provider accepted a job's attempt: read from the job's slot record."""
+
+    job_id: str
+    provider: str
+    attempt: int
+    provider_job_id: str
+    at_ms: int
+    """When the slot recorded it (the record's timestamp, epoch milliseconds)."""
+
+    @classmethod
+    def from_slot(cls, key: bytes, value: bytes, timestamp_ms: int) -> Submission | None:
+        """The submission a slot record tells of; None for a slot not yet accepted by its provider
+        (or a waiting order's record).
+        Raises ``ValueError`` (or a ``KeyError``/``TypeError``) for a record that does not decode."""
+        if is_parked(value):
+            return None  # the job's order waiting for a slot (the same table holds both)
+        slot = Slot.decode(value)
+        if not slot.provider_job_id:
+            return None
+        return cls(job_id=parse_slot_key(key)[1], provider=slot.order.provider, attempt=slot.attempt,
+                   provider_job_id=slot.provider_job_id, at_ms=int(timestamp_ms))
+
+
+def _stage(snapshot: Snapshot, sub: Submission) -> int:
+    """Where ``snapshot`` stands against ``sub``: -1 before it (an older attempt: the snapshot
+    that opens the submission's attempt is still to come), 0 queued in that very attempt (the
+    submission applies), 1 past it (running or ended, or a later attempt: it no longer matters)."""
+    attempt = int(snapshot.get("attempt") or 0)
+    if attempt != sub.attempt:
+        return -1 if attempt < sub.attempt else 1
+    return 0 if snapshot.get("status") == "queued" else 1
+
+
+def as_submitted(snapshot: Snapshot, sub: Submission) -> Snapshot:
+    """``snapshot`` (queued, in ``sub``'s attempt) as the job stands once its provider took it."""
+    return {**snapshot, "status": "submitted", "provider": sub.provider, "provider_job_id": sub.provider_job_id,
+            "updated_at": max(int(snapshot.get("updated_at") or 0), sub.at_ms)}
 
 
 class JobView:
@@ -84,6 +138,8 @@ class JobView:
         self._floors: dict[str, int] = {}
         self._flush_lock = asyncio.Lock()
         self._subscribers: dict[str, set[asyncio.Queue[Snapshot]]] = {}
+        self._leaving: OrderedDict[str, Submission] = OrderedDict()
+        """Submissions read from the slot logs, per job, until its snapshot moves past them."""
         self._arrivals: dict[str, set[asyncio.Future[None]]] = {}
         self.ready = asyncio.Event()
         """Set once the feed has read up to the end offsets it saw at start."""
@@ -98,8 +154,19 @@ class JobView:
 
     def get(self, job_id: str) -> Snapshot | None:
         """The job's snapshot if it is in memory (or evicted and not yet written); no disk I/O."""
+        return self._effective(self._held(job_id))
+
+    def _held(self, job_id: str) -> Snapshot | None:
+        """The job's newest snapshot from ``notifications`` in memory, without its submission."""
         return (self._active.get(job_id) or self._done.get(job_id)
                 or self._evicted.get(job_id) or self._writing.get(job_id))
+
+    def _effective(self, snapshot: Snapshot | None) -> Snapshot | None:
+        """``snapshot`` with the job's submission laid over it, when that applies."""
+        if snapshot is None or not self._leaving or snapshot.get("status") != "queued":
+            return snapshot
+        sub = self._leaving.get(snapshot["job_id"])
+        return as_submitted(snapshot, sub) if sub is not None and _stage(snapshot, sub) == 0 else snapshot
 
     async def lookup(self, job_id: str) -> Snapshot | None:
         """The job's snapshot from memory or, on a miss, from the spill (read in a thread)."""
@@ -108,7 +175,7 @@ class JobView:
             return found
         spilled = await asyncio.to_thread(self.spill.get, job_id)
         # A newer snapshot may have arrived during the read; memory is never older than disk.
-        return self.get(job_id) or spilled
+        return self.get(job_id) or self._effective(spilled)
 
     def apply(self, snapshot: Snapshot) -> bool:
         """Keep ``snapshot`` if it is newer than what we hold, in memory or spilled; True if kept.
@@ -126,16 +193,48 @@ class JobView:
         self._done.pop(job_id, None)
         self._evicted.pop(job_id, None)  # superseded: no need to write it
         (self._done if is_terminal(snapshot) else self._active)[job_id] = snapshot
-        self.open_jobs.observe(job_id, snapshot.get("tenant") or "default", snapshot["status"], snapshot["version"])
+        sub = self._leaving.get(job_id) if self._leaving else None
+        if sub is not None:
+            stage = _stage(snapshot, sub)
+            if stage > 0:
+                del self._leaving[job_id]
+            elif stage == 0:
+                snapshot = as_submitted(snapshot, sub)
         self._evict()
-        if self.board is not None:
-            self.board.observe(snapshot, self.clock())
-        for queue in self._subscribers.get(job_id, ()):
-            _offer(queue, snapshot)
+        self._tell(snapshot)
         for waiter in self._arrivals.pop(job_id, ()):
             if not waiter.done():
                 waiter.set_result(None)
         return True
+
+    def submitted(self, sub: Submission) -> bool:
+        """Take in a submission read from a slot log; True if it changed how the job stands.
+
+        A submission that arrives before its job's queued snapshot (another topic, another
+        fetch) is held until that snapshot comes; one that a newer snapshot has passed already
+        (the job runs, ended, or moved on to another attempt) is dropped."""
+        current = self._held(sub.job_id)
+        if current is not None and _stage(current, sub) > 0:
+            return False
+        known = self._leaving.get(sub.job_id)
+        if known is not None and known.attempt >= sub.attempt:
+            return False  # (the same submission again: a slot log read from its start)
+        self._leaving[sub.job_id] = sub
+        if len(self._leaving) > LEAVING_MAX:
+            self._leaving.popitem(last=False)
+        if current is None or _stage(current, sub) < 0:
+            return False
+        self._tell(as_submitted(current, sub))
+        return True
+
+    def _tell(self, snapshot: Snapshot) -> None:
+        """What knows of a job's state learns ``snapshot``: counts, the line, subscribers."""
+        job_id = snapshot["job_id"]
+        self.open_jobs.observe(job_id, snapshot.get("tenant") or "default", snapshot["status"], snapshot["version"])
+        if self.board is not None:
+            self.board.observe(snapshot, self.clock())
+        for queue in self._subscribers.get(job_id, ()):
+            _offer(queue, snapshot)
 
     async def apply_batch(self, snapshots: list[Snapshot]) -> int:
         """Apply a batch from the feed in order, then write what it evicted; how many were kept.
@@ -284,13 +383,18 @@ def _report_crash(task: asyncio.Task[None]) -> None:
 
 
 class NotificationFeed:
-    """Reads ``topic`` from the beginning into ``view``; sets ``view.ready`` once caught up."""
+    """Reads ``topic`` (and the providers' slot logs, ``slot_logs``: topic → partitions) from the
+    beginning into ``view``; sets ``view.ready`` once caught up with all of them."""
 
     def __init__(self, bootstrap: str, topic: str, partitions: int, view: JobView, *,
+                 slot_logs: Mapping[str, int] | None = None,
                  client_id: str = "floodgate-api-view", fetch_max_wait_ms: int = 20) -> None:
         # The partition count comes from the topic layout (ensure_topics has checked it), not
         # from metadata discovery: aiokafka only caches metadata for subscribed topics.
+        self.topic = topic
         self.partitions = [TopicPartition(topic, p) for p in range(partitions)]
+        self.partitions += [TopicPartition(log_topic, p) for log_topic, count in (slot_logs or {}).items()
+                            for p in range(count)]
         self.view = view
         self._consumer = AIOKafkaConsumer(
             bootstrap_servers=bootstrap,
@@ -336,9 +440,17 @@ class NotificationFeed:
                 log.warning("notification feed: %s; retrying", exc)
                 await asyncio.sleep(1.0)
                 continue
+            snapshots: list[Snapshot] = []
+            submissions: list[Submission] = []
+            for tp, records in batches.items():
+                if tp.topic == self.topic:
+                    snapshots.extend(snapshot for msg in records if (snapshot := _decode(msg)) is not None)
+                else:
+                    submissions.extend(sub for msg in records if (sub := _submission(msg)) is not None)
             # Also with nothing fetched: the flush writes what the ingress's put_local evicted.
-            await self.view.apply_batch([snapshot for records in batches.values() for msg in records
-                                         if (snapshot := _decode(msg)) is not None])
+            await self.view.apply_batch(snapshots)
+            for sub in submissions:
+                self.view.submitted(sub)
             self.view.nudge()
             if pending:
                 for tp in list(pending):
@@ -346,6 +458,16 @@ class NotificationFeed:
                         pending.discard(tp)
                 if not pending:
                     self.view.ready.set()
+
+
+def _submission(msg: Any) -> Submission | None:
+    if msg.value is None or msg.key is None:
+        return None  # a slot freed: the job's own snapshots say how it ended
+    try:
+        return Submission.from_slot(msg.key, msg.value, msg.timestamp)
+    except (ValueError, KeyError, TypeError) as exc:
+        log.warning("skipping undecodable slot record at %s[%s]@%s: %s", msg.topic, msg.partition, msg.offset, exc)
+        return None
 
 
 def _decode(msg: Any) -> Snapshot | None:
@@ -358,4 +480,5 @@ def _decode(msg: Any) -> Snapshot | None:
         return None
 
 
-__all__ = ["DEFAULT_MAX_JOBS", "STANDING", "JobView", "NotificationFeed", "Snapshot", "is_terminal"]
+__all__ = ["DEFAULT_MAX_JOBS", "STANDING", "JobView", "NotificationFeed", "Snapshot", "Submission", "as_submitted",
+           "is_terminal"]

@@ -1,8 +1,10 @@
 """Turning what reaches the jobs agent into ``JobEvent``s, and aiming them at the right attempt. Pure.
 
 Three inputs speak about a job: a request (it is ``queued``), a provider webhook (``running``,
-``progress``, ``completed``, ...) and the ``events`` topic (the submitter's ``submitted``,
-``rerouted``, ``failed``; a user's ``cancelled``; a poll's findings).
+``progress``, ``completed``, ...) and the ``events`` topic (the submitter's ``rerouted``,
+``failed``, ``expired``; a user's ``cancelled``; a poll's findings). A submission is not among
+them: it is recorded in the job's slot, where the API's job view reads it
+(``floodgate.api.view``); ``submitted`` events written by earlier versions still apply.
 """
 from __future__ import annotations
 

@@ -30,19 +30,19 @@ pytestmark = pytest.mark.kafka
 
 JOBS = 60
 
-RECORDS_PER_JOB = 14
-"""Records written per job, happy path: requests 1, dispatch 1, slot 2 (taken, provider job id),
-submitted event 1, webhooks 2, job changes 4 (queued, submitted, running, completed: the jobs
-table's changelog, which is the notifications topic), result 1, release 1, slot freed 1."""
+RECORDS_PER_JOB = 12
+"""Records written per job, happy path: requests 1, dispatch 1, slot 2 (taken; provider job id,
+which is also how the API's job view sees the submission), webhooks 2, job changes 3 (queued,
+running, completed: the jobs table's changelog, which is the notifications topic), result 1,
+release 1, slot freed 1."""
 
 HANDOVER_JOBS = 40
 HANDOVER_MEDIAN_BOUND_MS = 250.0
 HANDOVER_P90_BOUND_MS = 1000.0
 """Generous: a test on a shared machine; ten times what a quiet machine shows."""
 
-HOPS_PER_JOB = 6
-"""Records the worker consumes per job: the request, the order, the submitted event, two
-webhooks, the release."""
+HOPS_PER_JOB = 5
+"""Records the worker consumes per job: the request, the order, two webhooks, the release."""
 
 
 def topic_records(bootstrap: str, prefix: str) -> dict[str, int]:
@@ -105,7 +105,7 @@ async def _run_batch(stack: Any, n: int, model: str) -> tuple[dict[str, int], fl
             after = await asyncio.to_thread(topic_records, stack.bootstrap, s.topic_prefix)
             consumed = await consumed_by_worker(session, stack.metrics_urls["worker-0"]) - consumed_before
             # (`lines`: a report per dispatch partition per second, a cost of time, not of jobs)
-            diff = {t: after.get(t, 0) - before.get(t, 0) for t in after if t != s.topic("lines")}
+            diff = {t: after.get(t, 0) - before.get(t, 0) for t in after if t != "lines"}  # (names less the prefix)
             released = sum(v for t, v in diff.items() if t.startswith("release."))
             return (diff, consumed) if released >= n and consumed >= n * HOPS_PER_JOB - n else None
 
@@ -119,8 +119,9 @@ async def test_records_and_hops_per_job_on_the_happy_path(stack: Any) -> None:
     per_job = written / JOBS
     detail = {t: v for t, v in sorted(diff.items()) if v}
     print(f"records per job {per_job:.2f}, consumed per job {consumed / JOBS:.2f}: {detail}")
-    assert per_job <= RECORDS_PER_JOB + 0.5, detail
-    assert consumed / JOBS <= HOPS_PER_JOB + 0.5, detail
+    # (+0.1: a stray record of a warm-up job landing in the window, not a record per job)
+    assert per_job <= RECORDS_PER_JOB + 0.1, detail
+    assert consumed / JOBS <= HOPS_PER_JOB + 0.1, detail
 
 
 async def test_a_freed_slot_goes_to_the_next_waiting_order_within_a_generous_bound(

@@ -174,7 +174,7 @@ async def test_an_order_with_a_free_slot_is_submitted_once_its_slot_is_durable(
     assert provider.submitted[0].idempotency_key == "a:0"
     slot = dispatcher.lane.slots.get(slot_key(0, "a"))
     assert slot is not None and slot.provider_job_id == "pj-a"
-    assert [e["job_id"] for e in emitter(dispatcher).events("submitted")] == ["a"]
+    assert not emitter(dispatcher).events("submitted"), "the slot's record is the submission: no event of its own"
 
 
 async def test_orders_past_the_limit_wait_in_line_and_a_release_starts_the_oldest(
@@ -206,8 +206,7 @@ async def test_a_redelivered_order_of_a_submitted_job_is_not_submitted_again(
     assert await dispatcher.intake(message(0), order("a")) is None
     await settle(dispatcher)
     assert len(provider.submitted) == 1
-    assert len(emitter(dispatcher).events("submitted")) == 2, "said again, idempotently (same event id)"
-    assert len({e["event_id"] for e in emitter(dispatcher).events("submitted")}) == 1
+    assert not emitter(dispatcher).events("submitted")
 
 
 async def test_cancel_of_a_waiting_order_takes_it_out_of_line(dispatcher: Dispatcher, provider: FakeProvider) -> None:
@@ -308,7 +307,7 @@ async def test_a_job_that_ends_before_its_submission_returns_frees_its_slot_with
     await settle(dispatcher)
     assert dispatcher.lane.slots.get(slot_key(0, "a")) is None
     assert writes.count == before + 1, "the slot's delete only: its provider job id is never written"
-    assert [e["provider_job_id"] for e in emitter(dispatcher).events("submitted")] == ["pj-a"]
+    assert not emitter(dispatcher).events("submitted")
 
 
 async def test_a_reconcile_right_after_a_handover_counts_the_slot_just_handed_out(

@@ -2,6 +2,7 @@
 them, and never count as held slots."""
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 from pathlib import Path
 
@@ -122,22 +123,53 @@ def test_a_new_generation_rebuilds_the_line_from_the_waiting_table_in_offset_ord
     assert lane.sync(1, generation=4) and [o.job_id for o in lane.lines[1].clear()] == ["other"]
 
 
-def test_a_job_that_holds_a_slot_leaves_the_line_without_taking_a_second_one(tmp_path: Path) -> None:
-    """A start cut short by a rebalance leaves both a slot and a waiting entry: the restored order
-    must not count twice against the share."""
+async def test_a_start_replaces_the_waiting_entry_with_the_slot_in_one_write(tmp_path: Path) -> None:
+    """Slots and waiting orders share one table under the job's key: giving a waiting order its
+    slot is one changelog record (no tombstone for the waiting entry), and a restart finds the
+    job holding its slot, not waiting as well."""
     lane = _lane(tmp_path)
-    lane.slots.table.data[slot_key(0, "a")] = _slot("a")
-    lane.waiting.table.data[slot_key(0, "a")] = Parked(_order("a"), 3).encode()
-    lane.sync(0, generation=1)
-    assert lane.next_waiting(0) == (_order("a"), False)
-    assert len(lane.pools[0]) == 1
+    sent: list[tuple[bytes, bytes | None]] = []
+
+    def send_changelog(partition: int, key: bytes, value: bytes | None, **kw: object) -> asyncio.Future[None]:
+        sent.append((key, value))
+        landed: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        landed.set_result(None)
+        return landed
+
+    lane.entries.table.send_changelog = send_changelog  # type: ignore[method-assign,assignment]
+    key = slot_key(0, "a")
+    durable, _ = lane.park(0, 3, _order("a"))
+    await durable
+    assert lane.parked(key) == _order("a") and key not in lane.slots
+    lane.slots.put_in(0, key, Slot(attempt=0, taken_at=T0, order=_order("a")))
+    lane.unpark(0, key)  # the slot's entry is not a waiting one: nothing to delete
+    assert [(k, v is not None) for k, v in sent] == [(key, True), (key, True)], "park, then the slot: two records"
+    assert lane.parked(key) is None and lane.slots.get(key) is not None
+    assert lane.sync(0, generation=1)
+    assert len(lane.lines[0]) == 0 and set(lane.pools[0].held) == {"a"}
+    assert len(lane.waiting) == 0 and len(lane.slots) == 1
+
+
+def test_waiting_orders_of_the_former_waiting_table_move_to_the_shared_one(tmp_path: Path) -> None:
+    """A worker upgraded in place finds orders parked by its predecessor in ``waiting-<provider>``:
+    they come back in line, oldest first, and leave the old table."""
+    lane = _lane(tmp_path)
+    lane.old_waiting.table.send_changelog = lambda *a, **kw: None  # type: ignore[method-assign,assignment]
+    lane.entries.table.send_changelog = lambda *a, **kw: None  # type: ignore[method-assign,assignment]
+    for job, offset in (("b", 12), ("a", 7)):
+        lane.old_waiting.table.data[slot_key(0, job)] = Parked(_order(job), offset).encode()
+    lane.old_waiting.table.data[slot_key(1, "later")] = Parked(_order("later"), 1).encode()
+    assert lane.sync(0, generation=1)
+    assert [o.job_id for o in lane.lines[0].clear()] == ["a", "b"]
+    assert lane.parked(slot_key(0, "a")) == _order("a")
+    assert list(lane.old_waiting.table.data) == [slot_key(1, "later")], "other partitions move when synced"
 
 
 def test_entries_of_partitions_owned_elsewhere_are_dropped_locally(tmp_path: Path) -> None:
     lane = _lane(tmp_path)
-    for table in (lane.slots, lane.marks, lane.waiting):
+    for table in (lane.entries, lane.marks, lane.old_waiting):
         table.table.data[slot_key(0, "mine")] = b"{}"
         table.table.data[slot_key(1, "theirs")] = b"{}"
     assert lane.drop_unassigned({0}) == 3
-    for table in (lane.slots, lane.marks, lane.waiting):
+    for table in (lane.entries, lane.marks, lane.old_waiting):
         assert list(table.table.data.keys()) == [slot_key(0, "mine")]

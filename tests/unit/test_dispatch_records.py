@@ -1,0 +1,25 @@
+"""The dispatch path's records: slots and waiting orders share the ``inflight-<provider>`` table and
+are told apart by their first field, in today's encoding and in the one before fields had names."""
+from __future__ import annotations
+
+import pytest
+
+from floodgate.dispatch import Order, Parked, Slot, is_parked
+
+
+@pytest.mark.parametrize("raw", [
+    Parked(Order(job_id="j", tenant="t", model="m", provider="p", provider_model="pm", prompt="x", attempt=0,
+                 queued_at=1), 5).encode(),
+    b'{"o":{"job_id":"j"},"n":5}',  # written before the fields had names
+])
+def test_a_waiting_order_is_told_from_a_slot_by_its_first_field(raw: bytes) -> None:
+    assert is_parked(raw)
+
+
+@pytest.mark.parametrize("raw", [
+    Slot(attempt=0, taken_at=1.0, order=Order(job_id="j", tenant="t", model="m", provider="p", provider_model="pm",
+                                               prompt="x", attempt=0, queued_at=1)).encode(),
+    b'{"a":0,"t":1.0,"o":{},"pj":null}',
+])
+def test_a_slot_is_not_a_waiting_order(raw: bytes) -> None:
+    assert not is_parked(raw)
