@@ -170,6 +170,13 @@ def is_parked(raw: bytes) -> bool:
     return raw.startswith(b'{"o')
 
 
+def unsubmitted(raw: bytes) -> bool:
+    """Whether a raw slot value is of a slot whose provider has not yet accepted its job, read
+    from its last field alone (``provider_job_id``, or ``pj`` before the fields had names, is
+    written last): the API's job view skips those without decoding them."""
+    return raw.endswith((b'"provider_job_id":null}', b'"pj":null}'))
+
+
 def decode_entry(raw: bytes) -> Slot | Parked:
     """An ``inflight-<provider>`` value: a held slot or a waiting order."""
     return Parked.decode(raw) if is_parked(raw) else Slot.decode(raw)

@@ -197,6 +197,9 @@ class Settings:
     fair_window: int = 20_000
     """Orders a provider's dispatcher reads ahead into its fair line while its slots are full: a
     tenant's burst larger than this is served in arrival order beyond it. Memory: about 1 KB each."""
+    line_report_interval: float = 1.0
+    """Seconds between a dispatcher's looks at its lines: waiting orders moved after a restart,
+    deadlines, and (with spillover) the line reports and the moves to equivalents."""
 
     # --- Push to phones (requests with notify.push) ------------------------------------------
     fcm_service_account: Secret = field(default_factory=lambda: Secret(""))
@@ -369,7 +372,7 @@ class Settings:
             if getattr(self, name) < 0:
                 raise ConfigError(f"{PREFIX}{name.upper()} must be 0 (no limit) or more")
         for name in ("session_timeout", "ws_ping_interval", "ws_idle_timeout", "breaker_reset_after",
-                     "backlog_refresh"):
+                     "backlog_refresh", "line_report_interval"):
             if getattr(self, name) <= 0:
                 raise ConfigError(f"{PREFIX}{name.upper()} must be positive")
         if self.event_loop not in ("uvloop", "asyncio"):

@@ -161,7 +161,7 @@ class Dispatcher:
         app = self.app
         app.agent(self.orders, name=f"submit-{self.name}")(self._order_agent)
         app.agent(self.releases, name=f"release-{self.name}")(self._release_agent)
-        app.timer(interval=1.0, name=f"wake-{self.name}")(self.wake)
+        app.timer(interval=self.settings.line_report_interval, name=f"wake-{self.name}")(self.wake)
         poll_every = max(1.0, min(10.0, self.settings.poll_after / 3))
         app.timer(interval=poll_every, name=f"poll-{self.name}")(self.poll)
         app.on_partitions_revoked.connect(self._revoked)  # type: ignore[arg-type]  # mode cannot type this signal
@@ -438,7 +438,7 @@ class Dispatcher:
             self.lane.unpark(partition, key)
 
     async def report_and_spill(self, partitions: set[int]) -> None:
-        """Once a second: say how this provider's partitions stand (spillover and the API's
+        """Every FLOODGATE_LINE_REPORT_INTERVAL: say how this provider's partitions stand (spillover and the API's
         backlog guard read it), then spill the waiting orders that would wait past their model's
         max_wait_s, while an equivalent has room."""
         board = self.pipe.lines

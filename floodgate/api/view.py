@@ -34,7 +34,7 @@ from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.errors import KafkaError
 
 from floodgate.api.spill import SpillStore
-from floodgate.dispatch import Slot, is_parked, parse_slot_key
+from floodgate.dispatch import Slot, is_parked, parse_slot_key, unsubmitted
 from floodgate.errors import SchemaError
 from floodgate.jobs.record import decode_notification
 from floodgate.jobs.state import TERMINAL
@@ -80,8 +80,8 @@ class Submission:
         """The submission a slot record tells of; None for a slot not yet accepted by its provider
         (or a waiting order's record).
         Raises ``ValueError`` (or a ``KeyError``/``TypeError``) for a record that does not decode."""
-        if is_parked(value):
-            return None  # the job's order waiting for a slot (the same table holds both)
+        if is_parked(value) or unsubmitted(value):
+            return None  # the job's order waiting for a slot (the same table holds both), or just taken
         slot = Slot.decode(value)
         if not slot.provider_job_id:
             return None

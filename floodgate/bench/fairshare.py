@@ -4,8 +4,8 @@ weights, the same models and providers as the spike. With a plain first-come lin
 behind all of A's burst; with the fair line B's jobs take every other start, so B's median wait
 should be a small share of A's (the bar: under 10%).
 
-Waits are accept (the 202 at the client) → start (the job's ``submitted`` event), read from the
-spike's own tap of the ``events`` topic, which keeps running during this part.
+Waits are accept (the 202 at the client) → start (the slot record that says the provider took the
+job), read from the spike's own tap of the slot logs, which keeps running during this part.
 """
 from __future__ import annotations
 

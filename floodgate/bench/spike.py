@@ -31,13 +31,14 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import aiohttp
 
 from floodgate import codec
+from floodgate.api.view import Submission
 from floodgate.bench import accept, fairshare, firstframe, load, stats, waits
 from floodgate.bench.arrivals import SpikePlan, constant
 from floodgate.bench.context import Context
@@ -49,6 +50,7 @@ from floodgate.bench.waits import TENANT_A, TENANT_B
 from floodgate.devstack import Stack
 from floodgate.jobs.record import decode_notification
 from floodgate.settings import Secret
+from floodgate.topics import TopicNames
 
 ACTIVE = ("kling", "wan")  # sora is retired in the routing table: sora-2 goes to kling
 
@@ -106,9 +108,13 @@ def bin_size(seconds: float) -> float:
 
 def stack_for(ctx: Context, cfg: SpikeConfig, *, spillover: bool = False) -> Stack:
     keys = ",".join(f"{key}={tenant}" for tenant, key in TENANT_KEYS.items())
+    # The dispatchers' look at their lines (line reports, spills) is on a wall-clock tick: compressed
+    # like the renders, or one default tick (1 s) would stand for 50 simulated seconds of idle room
+    # at the equivalent. Not below 0.1 s: each tick also publishes a report per dispatch partition.
+    tick = max(0.1, cfg.plan.time_factor)
     return bench_stack(ctx.settings, ctx.bootstrap, ctx.work_dir, "spike-spillover" if spillover else "spike",
                        cfg.providers(), cfg.plan.time_factor, api_keys=Secret(keys),
-                       spillover=cfg.spillover_rules() if spillover else None)
+                       spillover=cfg.spillover_rules() if spillover else None, line_report_interval=tick)
 
 
 class Records:
@@ -120,16 +126,18 @@ class Records:
         self.finished: dict[str, tuple[float, str]] = {}
         self.models: dict[str, tuple[str, str | None]] = {}
 
-    def taps(self, stack: Stack) -> dict[str, Callable[[Any], None]]:
-        s = stack.settings
-        return {s.topic("events"): self.on_event, s.topic("notifications"): self.on_notification,
-                s.topic("results"): self.on_result}
+    def taps(self, stack: Stack, providers: Iterable[str]) -> dict[str, Callable[[Any], None]]:
+        s, names = stack.settings, TopicNames(stack.settings)
+        return {**{names.slot_log(p): self.on_slot for p in providers},
+                s.topic("notifications"): self.on_notification, s.topic("results"): self.on_result}
 
-    def on_event(self, msg: Any) -> None:
-        rec = codec.decode("JobEvent", msg.value(), msg.headers())
-        if rec["kind"] == "submitted":
+    def on_slot(self, msg: Any) -> None:
+        if msg.value() is None or msg.key() is None:
+            return
+        sub = Submission.from_slot(msg.key(), msg.value(), msg.timestamp()[1])
+        if sub is not None:
             # the job left its provider's line (its first submission: a spilled job's is at the equivalent)
-            self.submitted.setdefault(rec["job_id"], rec["at"] / 1000)
+            self.submitted.setdefault(sub.job_id, sub.at_ms / 1000)
 
     def on_notification(self, msg: Any) -> None:
         if msg.value() is None:
@@ -225,7 +233,7 @@ async def drain(ctx: Context, stack: Stack, cfg: SpikeConfig, *, read_etas: bool
     lag_topics = {**{p: [s.topic(f"dispatch.{p}")] for p in ("sora", *ACTIVE)},
                   "requests": [s.topic("requests")]}
     fair_out: dict[str, Any] | None = None
-    with TopicTap(stack.bootstrap, records.taps(stack)), \
+    with TopicTap(stack.bootstrap, records.taps(stack, cfg.providers())), \
             LagSampler(stack.bootstrap, s.app_id, lag_topics, cfg.sample_interval) as lag:
         prog = load.Progress()
         in_flight: list[tuple[float, dict[str, int]]] = []

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from floodgate.dispatch import Order, Parked, Slot, is_parked
+from floodgate.dispatch import Order, Parked, Slot, is_parked, unsubmitted
 
 
 @pytest.mark.parametrize("raw", [
@@ -23,3 +23,12 @@ def test_a_waiting_order_is_told_from_a_slot_by_its_first_field(raw: bytes) -> N
 ])
 def test_a_slot_is_not_a_waiting_order(raw: bytes) -> None:
     assert not is_parked(raw)
+
+
+def test_a_slot_not_yet_accepted_by_its_provider_is_told_by_its_last_field() -> None:
+    order = Order(job_id="j", tenant="t", model="m", provider="p", provider_model="pm", prompt="x", attempt=0,
+                  queued_at=1)
+    taken = Slot(attempt=0, taken_at=1.0, order=order)
+    assert unsubmitted(taken.encode()) and unsubmitted(b'{"a":0,"t":1.0,"o":{},"pj":null}')
+    assert not unsubmitted(taken.submitted("pj-1").encode())
+    assert not unsubmitted(b'{"a":0,"t":1.0,"o":{},"pj":"pj-1"}')
