@@ -1,12 +1,12 @@
 """The waiting user's numbers, from a spike run's records; pure.
 
-* **ETA error.** A sampled job's first GET that carried an ``eta_seconds`` (read ``read_at``, a
-  few ms after its 202) predicted its start at ``read_at + eta_seconds``; the job actually left its
-  provider's line when its slot recorded the provider's job (the slot log record's timestamp).
-  The error is the absolute percentage error of the predicted wait against the actual one, both counted from ``read_at``. Jobs whose
-  actual wait was shorter than ``min_wait`` are left out of the percentages (a few hundredths of
-  a second of wait make any estimate's percentage huge, and nobody reads an ETA for them) and
-  counted apart.
+* **ETA error.** A sampled job's first GET that carried an ``eta_seconds`` (read ``read_at``, a few
+  ms after its 202) predicted its start at ``read_at + eta_seconds``; the job actually left its
+  provider's line when its slot recorded the provider's job (the slot log record's timestamp). The
+  error is the absolute percentage error of the predicted wait against the actual one, both counted
+  from ``read_at``. Jobs whose actual wait was shorter than ``min_wait`` are left out of the
+  percentages (a few hundredths of a second of wait make any estimate's percentage huge, and nobody
+  reads an ETA for them) and counted apart.
 * **Per-tenant waits**: accept (the 202 at the client) → start (the provider took it), per tenant.
 * **Fair share**: the late tenant's median wait as a share of the bursting tenant's.
 * **Spillover**: how much shorter the drain is with spillover than without, and how many jobs
