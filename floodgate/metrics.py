@@ -191,6 +191,10 @@ class WorkerMetrics(_Group):
         self.timeouts = self._counter(
             "floodgate_provider_timeouts_total", "In-flight jobs failed after FLOODGATE_JOB_TIMEOUT.",
             ["provider"])
+        self.parked = self._counter(
+            "floodgate_orders_parked_total",
+            "Dispatch orders that found no free slot and waited in line (each costs one waiting-entry record).",
+            ["provider"])
         self.expired = self._counter(
             "floodgate_jobs_expired_total", "Jobs whose deadline passed while they waited: never submitted.",
             ["provider"])
@@ -226,7 +230,7 @@ class WorkerMetrics(_Group):
         """Create the provider's series at zero, so dashboards see them before the first job."""
         for metric in (self.inflight, self.concurrency_limit, self.breaker_open, self.submissions,
                        self.rate_limited, self.retries, self.reroutes, self.polls, self.timeouts, self.webhooks,
-                       self.queue_depth, self.expired):
+                       self.queue_depth, self.expired, self.parked):
             metric.labels(name)
 
 

@@ -314,6 +314,7 @@ class Dispatcher:
             await self.spill(order, key, partition, spill, parked=False)
             return None
         durable, full = lane.park(partition, msg.offset, order)  # (a newer attempt replaces a waiting one)
+        self.metrics.parked.labels(self.name).inc()
         if full:
             self.hold(partition)
         self.pump(partition)

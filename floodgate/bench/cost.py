@@ -23,6 +23,7 @@ class Snapshot:
     written: dict[str, int]  # topic, the stack's prefix stripped → records ever written
     consumed: dict[str, float]  # agent → records it read
     stalled: float = 0.0  # stall watchdog firings so far, every worker
+    parked: float = 0.0  # dispatch orders that waited for a slot so far, every worker
 
 
 def delta(after: Mapping[str, float], before: Mapping[str, float]) -> dict[str, float]:
@@ -39,11 +40,11 @@ def per_job(counts: Mapping[str, float], jobs: int) -> float:
 async def snapshot(stack: Stack, offsets: Offsets) -> Snapshot:
     prefix = stack.settings.topic_prefix
     written = await asyncio.to_thread(offsets.written, prefix)
-    consumed, stalled = await worker_counters(worker_metrics_urls(stack))
+    counters = await worker_counters(worker_metrics_urls(stack))
     # `lines` carries one report per dispatch partition per second, whatever the traffic: a cost
     # of time, not of jobs (and never quiet, which `settled` waits for).
     return Snapshot({t.removeprefix(prefix): n for t, n in written.items() if t.removeprefix(prefix) != "lines"},
-                    consumed, stalled)
+                    counters.events, counters.stalled, counters.parked)
 
 
 async def settled(stack: Stack, offsets: Offsets, *, quiet: float = 1.0, timeout: float = 15.0) -> Snapshot:
@@ -69,4 +70,9 @@ def summary(before: Snapshot, after: Snapshot, jobs: int) -> dict[str, Any]:
         "hops": sum(consumed.values()), "hops_per_job": per_job(consumed, jobs),
         "hops_per_job_by_agent": {a: n / jobs for a, n in consumed.items()} if jobs else {},
         "stalled_partitions": after.stalled - before.stalled,
+        # A waiting order costs one record more (its waiting entry; its slot then overwrites it):
+        # what a job costs when its order found a slot free is the rest.
+        "orders_waited": after.parked - before.parked,
+        "records_per_job_not_waiting": (per_job(written, jobs) - (after.parked - before.parked) / jobs
+                                        if jobs else math.nan),
     }

@@ -168,14 +168,25 @@ EVENTS_PROCESSED = re.compile(r'^floodgate_events_processed_total\{agent="([^"]*
 
 
 STALLED = re.compile(r'^floodgate_stalled_partitions_total\{topic="([^"]*)"\} ([0-9.e+]+)$', re.M)
+PARKED = re.compile(r'^floodgate_orders_parked_total\{provider="([^"]*)"\} ([0-9.e+]+)$', re.M)
 
 
-async def worker_counters(metrics_urls: Iterable[str]) -> tuple[dict[str, float], float]:
-    """Summed over the workers at ``metrics_urls``: ``floodgate_events_processed_total`` per agent
-    (the records the worker(s) consumed, i.e. the consumer hops) and the stall watchdog's
-    firings (``floodgate_stalled_partitions_total``, every topic)."""
+@dataclass(frozen=True)
+class WorkerCounters:
+    """Summed over a stack's workers."""
+
+    events: dict[str, float]
+    """``floodgate_events_processed_total`` per agent: the records consumed, i.e. the consumer hops."""
+    stalled: float
+    """The stall watchdog's firings (``floodgate_stalled_partitions_total``, every topic)."""
+    parked: float
+    """Dispatch orders that waited for a slot (``floodgate_orders_parked_total``, every provider)."""
+
+
+async def worker_counters(metrics_urls: Iterable[str]) -> WorkerCounters:
+    """The counters of the workers at ``metrics_urls``, summed."""
     events: dict[str, float] = {}
-    stalled = 0.0
+    stalled = parked = 0.0
     async with aiohttp.ClientSession() as session:
         for url in metrics_urls:
             async with session.get(url) as resp:
@@ -183,7 +194,8 @@ async def worker_counters(metrics_urls: Iterable[str]) -> tuple[dict[str, float]
             for agent, value in EVENTS_PROCESSED.findall(text):
                 events[agent] = events.get(agent, 0.0) + float(value)
             stalled += sum(float(value) for _, value in STALLED.findall(text))
-    return events, stalled
+            parked += sum(float(value) for _, value in PARKED.findall(text))
+    return WorkerCounters(events, stalled, parked)
 
 
 def worker_metrics_urls(stack: Any) -> list[str]:
