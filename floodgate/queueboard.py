@@ -8,9 +8,10 @@ answers:
   line's own rule (``floodgate.fairqueue.position_estimate``: higher priority classes first, then
   each tenant's weighted share); 0 means next. Jobs that have left the line have none.
 * ``eta_seconds``: seconds until the provider starts the job: ``(position + 1)`` ÷ the provider's
-  start rate. The start rate is what the board saw (jobs leaving the line per second over the
-  last minute) once there is enough of it, else the capacity estimate ``limit ÷ median render
-  time`` (render times observed, or the routing file's, when none yet). Only starts made while
+  start rate. The start rate is what the board saw (jobs leaving the line per second) once there
+  is enough of it, else the capacity estimate ``limit ÷ median render
+  time`` (render times observed, or the routing file's, when none yet). The observed rate is
+  taken over the provider's last two rounds of its slots (``RATE_ROUNDS``). Only starts made while
   the provider is saturated count as seen: from the start that takes its last free slot while
   jobs wait, until its line is empty again. Those follow slots freed by jobs' ends, the pace at
   which a waiting line moves; starts into free slots (a quiet period's jobs, a burst filling the
@@ -33,8 +34,15 @@ from typing import Any
 
 from floodgate.fairqueue import ClassLoad, position_estimate
 
-RATE_WINDOW = 60.0
-"""Seconds of starts the observed start rate is taken over."""
+RATE_ROUNDS = 2
+"""The observed start rate is taken over the provider's last ``RATE_ROUNDS × limit`` saturated
+starts (its slots turned over twice): a window in starts, not in seconds, so it spans the same
+share of a drain whatever the render times (a minute held a handful of starts of 3-minute renders,
+and, with renders compressed 50× in the spike bench, a third of the drain including its slow
+start); at least ``MIN_STARTS``, at most ``MAX_RATE_STARTS``."""
+MAX_RATE_STARTS = 2_000
+RATE_MAX_AGE = 900.0
+"""Seconds after which a start no longer counts: after a quiet spell the old pace says nothing."""
 MIN_STARTS = 5
 """Starts in the window below which the capacity estimate is used instead of the observed rate."""
 RENDER_SAMPLES = 200
@@ -149,7 +157,8 @@ class QueueBoard:
         if state.saturated:
             starts = state.starts
             starts.append(at)
-            while starts and starts[0] < now - RATE_WINDOW:
+            keep = min(MAX_RATE_STARTS, max(MIN_STARTS, RATE_ROUNDS * (limit or 0)))
+            while len(starts) > keep or (starts and starts[0] < now - RATE_MAX_AGE):
                 starts.popleft()
         if len(self._started) >= MAX_STARTED:
             self._ended(next(iter(self._started)))  # the oldest: a job whose end was never seen
@@ -167,11 +176,11 @@ class QueueBoard:
         state = self._providers.get(provider)
         if state is not None:
             starts = state.starts
-            while starts and starts[0] < now - RATE_WINDOW:
+            while starts and starts[0] < now - RATE_MAX_AGE:
                 starts.popleft()
             if len(starts) >= MIN_STARTS:
-                span = max(now - starts[0], 1.0)
-                return len(starts) / span
+                # The starts after the first one, over the time since it: the first only opens the span.
+                return (len(starts) - 1) / max(now - starts[0], 1.0)
         render = self.render_time(provider)
         limit = self.limits.get(provider)
         if render and limit:

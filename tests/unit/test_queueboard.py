@@ -68,7 +68,8 @@ def test_eta_from_capacity_until_starts_are_seen_then_from_the_observed_rate() -
         b.observe(snap(f"j{i + 10}", "submitted", created=(i + 10) / 100, updated=1.5 + i * 0.5), T0 + 6)
     standing = b.standing(snap("j29", created=0.29), T0 + 6)
     assert standing.queue_position == 9
-    assert standing.eta_seconds == pytest.approx(10 / (10 / 4.5), abs=0.1)
+    # one start per 0.5 s: ten after the one that filled the last slot, over the 5 s since it
+    assert standing.eta_seconds == pytest.approx(10 / 2.0, abs=0.1)
 
 
 def test_a_burst_after_a_quiet_minute_is_timed_by_capacity_not_by_the_quiet_starts() -> None:
@@ -106,8 +107,26 @@ def test_every_start_counts_while_the_provider_stays_saturated() -> None:
         for _ in range(2):
             b.observe(snap(f"j{nxt}", "submitted", created=nxt / 100, updated=second + 0.1), T0 + second)
             nxt += 1
-    # the start that filled the last slot (at 1 s) and twenty more up to 11.1 s
-    assert b.start_rate("kling", T0 + 11.1) == pytest.approx(21 / 10.1)
+    # Two rounds of its ten slots: the last twenty starts (2.1 s to 11.1 s), read half a second on:
+    # the nineteen after the first, over the 9.5 s since it.
+    assert b.start_rate("kling", T0 + 11.6) == pytest.approx(19 / 9.5)
+
+
+def test_the_start_rate_forgets_a_slow_beginning_once_the_slots_turned_over_twice() -> None:
+    """A window in seconds kept a drain's slow first minute (cold starts, the first renders all
+    still running) in its rate for a minute, whatever the render times: ETAs came out too long."""
+    b = board()
+    for i in range(200):
+        b.observe(snap(f"j{i}", created=i / 1000), T0)
+    for i in range(10):
+        b.observe(snap(f"j{i}", "submitted", created=i / 1000, updated=0.5), T0 + 0.5)
+    ended, nxt, at = 0, 10, 0.5
+    for step in range(60):  # slow at first (one start per 2 s), then one per 0.2 s
+        at += 2.0 if step < 10 else 0.2
+        b.observe(snap(f"j{ended}", "completed", created=ended / 1000, updated=at), T0 + at)
+        b.observe(snap(f"j{nxt}", "submitted", created=nxt / 1000, updated=at), T0 + at)
+        ended, nxt = ended + 1, nxt + 1
+    assert b.start_rate("kling", T0 + at + 0.1) == pytest.approx(5.0, rel=0.05)
 
 
 def test_render_time_is_measured_from_start_to_completion() -> None:
