@@ -352,6 +352,11 @@ def eta_error(results: dict[str, Any], bar: float = 0.25, min_count: int = 100) 
                         for t, v in (e.get("by_tenant") or {}).items())
     if tenants:
         measured += f"; by tenant: {tenants}"
+    after = e.get("after_admission")
+    if after and after.get("count"):
+        measured += (f"; read once the spike's requests were all answered (no longer admitting them at the "
+                     f"compressed rate): p50 {_num(after.get('ape_p50')):.0%}, p90 {_num(after.get('ape_p90')):.0%} "
+                     f"(signed {_num(after.get('signed_p50')):+.0%}) over {after['count']:,}")
     if e["count"] < min_count:
         return _row(name, NOT_MEASURED, measured, p50, f"scaled down: {e['count']} jobs with an ETA")
     return _row(name, MET if p50 <= bar else NOT_MET, measured, p50)
