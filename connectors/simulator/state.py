@@ -166,14 +166,16 @@ class ProviderState:
         return self.queue_position(job) == 0
 
     def queue_position(self, job: Job) -> int:
-        """Jobs of the same key queued ahead of ``job`` (0 once it renders)."""
+        """Jobs of the same key queued ahead of ``job`` (0 once it renders). A hung job is not
+        among them: the provider lost it (it says queued and never moves), it holds no place in
+        the line that the others wait behind."""
         if job.status != "queued":
             return 0
         ahead = 0
         for other in self.jobs.values():
             if other is job:
                 break
-            if other.api_key == job.api_key and other.status == "queued":
+            if other.api_key == job.api_key and other.status == "queued" and not other.will_hang:
                 ahead += 1
         return ahead
 

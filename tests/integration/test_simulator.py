@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import signal
 import sys
 import time
@@ -391,6 +392,22 @@ async def test_a_hanging_provider_accepts_and_then_never_answers() -> None:
     assert all(orjson.loads(d.body)["data"]["id"] != job["id"] for d in receiver.deliveries)
     with pytest.raises(ConfigError, match="hang_rate"):
         fast(hang_rate=1.5)
+
+
+async def test_a_hung_job_does_not_hold_up_the_jobs_behind_it() -> None:
+    """The provider lost it: it stays queued for good, but the line moves past it (jobs of the same
+    key render in turn, so a hung job counted as ahead would stall every later one until cancelled)."""
+    async with run_receiver() as receiver, run_simulator(one(hang_rate=1.0)) as sim, \
+            aiohttp.ClientSession() as http:
+        hung = await create(http, sim.url, webhook_url=receiver.url)
+        state = sim.states["sora"]
+        state.config = dataclasses.replace(state.config, hang_rate=0.0)
+        later = await create(http, sim.url, webhook_url=receiver.url)
+        await until(lambda: len(receiver.deliveries) == 2)  # the later job's in_progress and completed
+        async with http.get(f"{sim.url}/sora/v1/videos/{later['id']}", headers=auth()) as r:
+            assert (await r.json())["status"] == "completed"
+        async with http.get(f"{sim.url}/sora/v1/videos/{hung['id']}", headers=auth()) as r:
+            assert (await r.json())["status"] == "queued"
 
 
 async def test_presets_and_config_loading(tmp_path: Path) -> None:
