@@ -32,3 +32,20 @@ def test_a_slot_not_yet_accepted_by_its_provider_is_told_by_its_last_field() -> 
     assert unsubmitted(taken.encode()) and unsubmitted(b'{"a":0,"t":1.0,"o":{},"pj":null}')
     assert not unsubmitted(taken.submitted("pj-1").encode())
     assert not unsubmitted(b'{"a":0,"t":1.0,"o":{},"pj":"pj-1"}')
+
+
+def test_a_table_value_holds_no_more_memory_than_its_bytes() -> None:
+    """Waiting orders live in memory by the tens of thousands: orjson's own bytes kept about 4 KB
+    each whatever their length (the worker's RSS grew by 3.9 KB per queued job)."""
+    import tracemalloc
+
+    order = Order(job_id="j" * 32, tenant="t", model="m", provider="p", provider_model="pm", prompt="x" * 200,
+                  attempt=0, queued_at=1)
+    tracemalloc.start()
+    try:
+        before = tracemalloc.get_traced_memory()[0]
+        kept = [Parked(order, i).encode() for i in range(200)]
+        grown = tracemalloc.get_traced_memory()[0] - before
+    finally:
+        tracemalloc.stop()
+    assert grown / len(kept) < 2 * len(kept[0]) + 100, (grown / len(kept), len(kept[0]))
