@@ -11,7 +11,7 @@ answers:
   start rate. The start rate is what the board saw (jobs leaving the line per second) once there
   is enough of it, else the capacity estimate ``limit ÷ median render
   time`` (render times observed, or the routing file's, when none yet). The observed rate is
-  taken over the provider's last two rounds of its slots (``RATE_ROUNDS``). Only starts made while
+  taken over the provider's last two rounds of its slots, at least 50 starts (``RATE_ROUNDS``). Only starts made while
   the provider is saturated count as seen: from the start that takes its last free slot while
   jobs wait, until its line is empty again. Those follow slots freed by jobs' ends, the pace at
   which a waiting line moves; starts into free slots (a quiet period's jobs, a burst filling the
@@ -36,10 +36,12 @@ from floodgate.fairqueue import ClassLoad, position_estimate
 
 RATE_ROUNDS = 2
 """The observed start rate is taken over the provider's last ``RATE_ROUNDS × limit`` saturated
-starts (its slots turned over twice): a window in starts, not in seconds, so it spans the same
-share of a drain whatever the render times (a minute held a handful of starts of 3-minute renders,
-and, with renders compressed 50× in the spike bench, a third of the drain including its slow
-start); at least ``MIN_STARTS``, at most ``MAX_RATE_STARTS``."""
+starts (its slots turned over twice), and at least ``MIN_RATE_STARTS``: a window in starts, not in
+seconds, so it spans the same share of a drain whatever the render times (a minute held a handful
+of starts of 3-minute renders, and, with renders compressed 50× in the spike bench, a third of the
+drain including its slow start). At most ``MAX_RATE_STARTS``."""
+MIN_RATE_STARTS = 50
+"""Below this many starts a small limit's two rounds are too few: one slow render moves the rate."""
 MAX_RATE_STARTS = 2_000
 RATE_MAX_AGE = 900.0
 """Seconds after which a start no longer counts: after a quiet spell the old pace says nothing."""
@@ -157,7 +159,7 @@ class QueueBoard:
         if state.saturated:
             starts = state.starts
             starts.append(at)
-            keep = min(MAX_RATE_STARTS, max(MIN_STARTS, RATE_ROUNDS * (limit or 0)))
+            keep = min(MAX_RATE_STARTS, max(MIN_RATE_STARTS, RATE_ROUNDS * (limit or 0)))
             while len(starts) > keep or (starts and starts[0] < now - RATE_MAX_AGE):
                 starts.popleft()
         if len(self._started) >= MAX_STARTED:

@@ -107,21 +107,21 @@ def test_every_start_counts_while_the_provider_stays_saturated() -> None:
         for _ in range(2):
             b.observe(snap(f"j{nxt}", "submitted", created=nxt / 100, updated=second + 0.1), T0 + second)
             nxt += 1
-    # Two rounds of its ten slots: the last twenty starts (2.1 s to 11.1 s), read half a second on:
-    # the nineteen after the first, over the 9.5 s since it.
-    assert b.start_rate("kling", T0 + 11.6) == pytest.approx(19 / 9.5)
+    # The start that filled the last slot (at 1 s) and twenty more, read half a second after the
+    # last: the twenty after the first, over the 10.6 s since it.
+    assert b.start_rate("kling", T0 + 11.6) == pytest.approx(20 / 10.6)
 
 
 def test_the_start_rate_forgets_a_slow_beginning_once_the_slots_turned_over_twice() -> None:
     """A window in seconds kept a drain's slow first minute (cold starts, the first renders all
     still running) in its rate for a minute, whatever the render times: ETAs came out too long."""
     b = board()
-    for i in range(200):
+    for i in range(300):
         b.observe(snap(f"j{i}", created=i / 1000), T0)
     for i in range(10):
         b.observe(snap(f"j{i}", "submitted", created=i / 1000, updated=0.5), T0 + 0.5)
     ended, nxt, at = 0, 10, 0.5
-    for step in range(60):  # slow at first (one start per 2 s), then one per 0.2 s
+    for step in range(110):  # slow at first (one start per 2 s), then one per 0.2 s
         at += 2.0 if step < 10 else 0.2
         b.observe(snap(f"j{ended}", "completed", created=ended / 1000, updated=at), T0 + at)
         b.observe(snap(f"j{nxt}", "submitted", created=nxt / 1000, updated=at), T0 + at)
