@@ -8,15 +8,14 @@ answers:
   line's own rule (``floodgate.fairqueue.position_estimate``: higher priority classes first, then
   each tenant's weighted share); 0 means next. Jobs that have left the line have none.
 * ``eta_seconds``: seconds until the provider starts the job: ``(position + 1)`` ÷ the provider's
-  start rate. The start rate is what the board saw (jobs leaving the line per second) once there
-  is enough of it, else the capacity estimate ``limit ÷ median render
-  time`` (render times observed, or the routing file's, when none yet). The observed rate is
-  taken over the provider's last two rounds of its slots, at least 50 starts (``RATE_ROUNDS``). Only starts made while
-  the provider is saturated count as seen: from the start that takes its last free slot while
-  jobs wait, until its line is empty again. Those follow slots freed by jobs' ends, the pace at
-  which a waiting line moves; starts into free slots (a quiet period's jobs, a burst filling the
-  slots) say how fast jobs arrived, and counting them made a burst's ETAs far too long after a
-  quiet minute, or too short while the slots filled.
+  start rate. The start rate is what the board saw (jobs leaving the line per second, over the
+  provider's last two rounds of its slots and at least 50 starts: ``RATE_ROUNDS``) once there is
+  enough of it, else the capacity estimate ``limit ÷ median render time`` (render times observed, or
+  the routing file's, when none yet). Only starts made while the provider is saturated count as
+  seen: from the start that takes its last free slot while jobs wait, until its line is empty again.
+  Those follow slots freed by jobs' ends, the pace at which a waiting line moves; starts into free
+  slots (a quiet period's jobs, a burst filling the slots) say how fast jobs arrived, and counting
+  them made a burst's ETAs far too long after a quiet minute, or too short while the slots filled.
 * ``eta_ready_seconds``: seconds until the video should be ready: the wait above plus the
   median render time; for a running job, that median less the time it has run.
 

@@ -439,9 +439,9 @@ class Dispatcher:
             self.lane.unpark(partition, key)
 
     async def report_and_spill(self, partitions: set[int]) -> None:
-        """Every FLOODGATE_LINE_REPORT_INTERVAL: say how this provider's partitions stand (spillover and the API's
-        backlog guard read it), then spill the waiting orders that would wait past their model's
-        max_wait_s, while an equivalent has room."""
+        """Every FLOODGATE_LINE_REPORT_INTERVAL: say how this provider's partitions stand (spillover
+        and the API's backlog guard read it), then spill the waiting orders that would wait past
+        their model's max_wait_s, while an equivalent has room."""
         board = self.pipe.lines
         lane, now = self.lane, time.time()
         for partition in sorted(partitions):

@@ -76,11 +76,12 @@ class Submission:
     """When the slot recorded it (the record's timestamp, epoch milliseconds)."""
 
     @classmethod
-    def from_slot(cls, key: bytes, value: bytes, timestamp_ms: int) -> Submission | None:
-        """The submission a slot record tells of; None for a slot not yet accepted by its provider
-        (or a waiting order's record).
-        Raises ``ValueError`` (or a ``KeyError``/``TypeError``) for a record that does not decode."""
-        if is_parked(value) or unsubmitted(value):
+    def from_slot(cls, key: bytes | None, value: bytes | None, timestamp_ms: int) -> Submission | None:
+        """The submission a slot record tells of; None for a slot not yet accepted by its provider,
+        a waiting order's record, or a tombstone (a slot freed: the job's own snapshots say how it
+        ended). Raises ``ValueError`` (or a ``KeyError``/``TypeError``) for a record that does not
+        decode."""
+        if key is None or value is None or is_parked(value) or unsubmitted(value):
             return None  # the job's order waiting for a slot (the same table holds both), or just taken
         slot = Slot.decode(value)
         if not slot.provider_job_id:
@@ -461,8 +462,6 @@ class NotificationFeed:
 
 
 def _submission(msg: Any) -> Submission | None:
-    if msg.value is None or msg.key is None:
-        return None  # a slot freed: the job's own snapshots say how it ended
     try:
         return Submission.from_slot(msg.key, msg.value, msg.timestamp)
     except (ValueError, KeyError, TypeError) as exc:

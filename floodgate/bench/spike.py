@@ -132,8 +132,6 @@ class Records:
                 s.topic("notifications"): self.on_notification, s.topic("results"): self.on_result}
 
     def on_slot(self, msg: Any) -> None:
-        if msg.value() is None or msg.key() is None:
-            return
         sub = Submission.from_slot(msg.key(), msg.value(), msg.timestamp()[1])
         if sub is not None:
             # the job left its provider's line (its first submission: a spilled job's is at the equivalent)

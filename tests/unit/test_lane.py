@@ -173,3 +173,15 @@ def test_entries_of_partitions_owned_elsewhere_are_dropped_locally(tmp_path: Pat
     assert lane.drop_unassigned({0}) == 3
     for table in (lane.entries, lane.marks, lane.old_waiting):
         assert list(table.table.data.keys()) == [slot_key(0, "mine")]
+
+
+def test_the_slot_log_the_api_reads_is_the_slot_tables_changelog(tmp_path: Path) -> None:
+    """The API's job view reads ``TopicNames.slot_log`` to see submissions; Faust names the table's
+    changelog itself: the two must be the same topic."""
+    from floodgate.topics import TopicNames
+
+    settings = Settings.from_env({}).with_overrides(kafka_bootstrap="127.0.0.1:1", cache_dir=tmp_path,
+                                                    app_id="someapp")
+    lane = Lane(create_app(settings, datadir=tmp_path / "w0"), dev_setup("http://127.0.0.1:9").routing.providers["wan"],
+                partitions=1)
+    assert lane.entries.table.changelog_topic.get_topic_name() == TopicNames(settings).slot_log("wan")

@@ -32,6 +32,7 @@ def test_a_slot_record_with_a_provider_job_id_is_a_submission() -> None:
     taken = Slot(attempt=1, taken_at=2.0, order=order(1, "wan"))
     assert Submission.from_slot(slot_key(0, "j"), Parked(order(1, "wan"), 4).encode(), 7) is None  # waiting
     assert Submission.from_slot(slot_key(0, "j"), taken.encode(), 7) is None  # taken, not yet accepted
+    assert Submission.from_slot(slot_key(0, "j"), None, 7) is None  # freed (a tombstone)
     got = Submission.from_slot(slot_key(0, "j"), taken.submitted("pj-9").encode(), 7)
     assert got == Submission(job_id="j", provider="wan", attempt=1, provider_job_id="pj-9", at_ms=7)
 
