@@ -3,6 +3,7 @@ quota) or 503 (the backlog guard) never reaches ``requests``, and every 202 is t
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from collections.abc import AsyncIterator, Callable
 from typing import Any
@@ -202,28 +203,41 @@ async def test_an_ingress_only_api_counts_the_orders_waiting_in_dispatchers_line
     async with running_api(settings, roles={"ingress"}) as api:
         status, _, body = await post(http, api)
         assert status == 202
-        now = time.time()
-        reports = [LineReport("wan", 0, free_slots=0, waiting=2, start_rate=1.0, at=now - 1),
-                   LineReport("wan", 0, free_slots=0, waiting=3, start_rate=1.0, at=now),
-                   LineReport("kling", 0, free_slots=0, waiting=2, start_rate=1.0, at=now),
-                   LineReport("sora", 0, free_slots=0, waiting=50, start_rate=None, at=now - 600)]
+        producer = Producer({"bootstrap.servers": settings.kafka_bootstrap, "acks": "all"})
 
         def send() -> None:
-            producer = Producer({"bootstrap.servers": settings.kafka_bootstrap, "acks": "all"})
+            # Dispatchers publish their reports every second; only those younger than FRESH_FOR
+            # count, so a busy machine must not let the test's reports age out before it looks.
+            now = time.time()
+            reports = [LineReport("wan", 0, free_slots=0, waiting=2, start_rate=1.0, at=now - 1),
+                       LineReport("wan", 0, free_slots=0, waiting=3, start_rate=1.0, at=now),
+                       LineReport("kling", 0, free_slots=0, waiting=2, start_rate=1.0, at=now),
+                       LineReport("sora", 0, free_slots=0, waiting=50, start_rate=None, at=now - 600)]
             for r in reports:
                 producer.produce(names.lines, key=f"{r.provider}:{r.partition}".encode(), value=r.encode())
             assert producer.flush(20) == 0
 
-        await asyncio.to_thread(send)
-        await wait_for_verdict(api, shedding=True)
-        monitor = api.backlog
-        assert monitor is not None
-        deadline = time.monotonic() + 10
-        while monitor.probe.depth() != 6 and time.monotonic() < deadline:  # the next refreshes read them all
-            await asyncio.sleep(0.05)
-        assert monitor.probe.depth() == 6, "1 unread request + the newest fresh reports' 3 + 2 waiting"
-        status, headers, refused = await post(http, api)
-        assert_refusal(status, headers, refused, 503, "urn:floodgate:problem:backlog")
+        async def publish() -> None:
+            while True:
+                await asyncio.to_thread(send)
+                await asyncio.sleep(0.5)
+
+        publisher = asyncio.create_task(publish())
+        try:
+            await wait_for_verdict(api, shedding=True)
+            monitor = api.backlog
+            assert monitor is not None
+            deadline = time.monotonic() + 20
+            while monitor.probe.depth() != 6 and time.monotonic() < deadline:  # the next refreshes read them all
+                monitor.refreshed.clear()
+                await asyncio.wait_for(monitor.refreshed.wait(), 5)
+            assert monitor.probe.depth() == 6, "1 unread request + the newest fresh reports' 3 + 2 waiting"
+            status, headers, refused = await post(http, api)
+        finally:
+            publisher.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await publisher
+    assert_refusal(status, headers, refused, 503, "urn:floodgate:problem:backlog")
     assert await ids_in_requests(settings) == [body["job_id"]]
 
 
