@@ -11,7 +11,10 @@ Orders that wait for a provider's slot are served in this order:
    tags them 0, 1, 2, …; a tenant arriving a moment later starts at the current ``V``, so its
    orders interleave with the burst instead of waiting behind all of it. A tenant with weight 2
    gets two orders served for each one of a tenant with weight 1 while both wait.
-3. Arrival order breaks ties.
+3. **Within a tenant**, by the line's order key: the dispatcher's is the job's acceptance time, so
+   a tenant's jobs start in the order their 202s were given, although the ``requests`` partitions
+   they were admitted from interleave by fetch (the job view counts places in that order too).
+   Arrival at the line breaks ties.
 
 Tags are not stored: a line rebuilt after a restart re-tags its orders in arrival order, which
 gives the same interleaving for tenants that were waiting together.
@@ -26,8 +29,9 @@ from __future__ import annotations
 
 import heapq
 import itertools
+from collections import deque
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Generic, Protocol, TypeVar
 
 from floodgate.errors import ConfigError
@@ -61,11 +65,34 @@ class _Tag:
     seq: int
 
 
-class FairLine(Generic[Q]):
-    """Orders waiting for a slot, served by priority, then weighted fair share, then arrival."""
+_Klass = tuple[int, str]
+"""(priority rank, tenant)."""
+_Entry = tuple[float, int, str]
+"""Within a class: (order key, arrival seq, job id), smallest served first."""
 
-    def __init__(self, high: int, weight_of: Callable[[str], float] = lambda tenant: 1.0) -> None:
-        """``high``: the high mark (>= 1). ``weight_of(tenant)``: its share (> 0)."""
+
+@dataclass(slots=True)
+class _Class:
+    """One (priority, tenant) class: its fair-share turns and its waiting orders. The k-th turn
+    (smallest tag first) serves the k-th order (smallest entry first), so a tenant's orders go
+    by the line's order key whatever order they arrived in, and its turns stay where fair
+    queueing put them."""
+
+    tags: deque[_Tag] = field(default_factory=deque)
+    """Ascending (a tenant's tags only grow; a put-back order's tag is the smallest)."""
+    entries: list[_Entry] = field(default_factory=list)
+    """A heap; entries of orders taken out since are dropped lazily."""
+
+
+class FairLine(Generic[Q]):
+    """Orders waiting for a slot, served by priority, then weighted fair share, then within a
+    tenant by ``order_key`` (arrival when none)."""
+
+    def __init__(self, high: int, weight_of: Callable[[str], float] = lambda tenant: 1.0,
+                 order_key: Callable[[Q], float] | None = None) -> None:
+        """``high``: the high mark (>= 1). ``weight_of(tenant)``: its share (> 0). ``order_key``:
+        what orders one tenant's waiting orders (the dispatcher's: acceptance time); ties, and
+        every order without a key, go by arrival here."""
         if isinstance(high, bool) or not isinstance(high, int) or high < 1:
             raise ConfigError(f"a line's high mark must be an integer >= 1, got {high!r}")
         self.high = high
@@ -73,11 +100,14 @@ class FairLine(Generic[Q]):
         """Fetch again once the line has drained to here: close to ``high``, so that a tenant
         arriving behind a burst is read (and interleaved) soon, not after half the window."""
         self._weight_of = weight_of
-        self._heap: list[tuple[_Tag, str]] = []
-        self._items: dict[str, tuple[_Tag, Q]] = {}
+        self._order_key = order_key
+        self._heap: list[tuple[_Tag, _Klass]] = []
+        """Each class's first turn (and stale ones, dropped lazily): which class is served next."""
+        self._classes: dict[_Klass, _Class] = {}
+        self._items: dict[str, tuple[_Klass, _Entry, Q]] = {}
         self._virtual: dict[int, float] = {}
         """Per priority rank: the start tag of the last order served (``V``)."""
-        self._finish: dict[tuple[int, str], float] = {}
+        self._finish: dict[_Klass, float] = {}
         """Per (rank, tenant): where that tenant's next order starts at the earliest (``F``)."""
         self._seq = itertools.count()
         self._paused = False
@@ -97,49 +127,89 @@ class FairLine(Generic[Q]):
         above its high mark (pause fetching, or stay paused)."""
         self.take(item.job_id)
         rank = priority_rank(item.priority)
+        klass = (rank, item.tenant)
         virtual = self._virtual.get(rank, 0.0)
-        start = max(virtual, self._finish.get((rank, item.tenant), virtual))
+        start = max(virtual, self._finish.get(klass, virtual))
         weight = self._weight_of(item.tenant)
-        self._finish[(rank, item.tenant)] = start + 1.0 / (weight if weight > 0 else 1.0)
-        self._put(_Tag(rank, start, next(self._seq)), item)
+        self._finish[klass] = start + 1.0 / (weight if weight > 0 else 1.0)
+        seq = next(self._seq)
+        key = self._order_key(item) if self._order_key is not None else 0.0
+        self._put(klass, _Tag(rank, start, seq), (key, seq, item.job_id), item, front=False)
         if len(self._items) >= self.high:
             self._paused = True
             return True
         return False
 
     def push_front(self, item: Q) -> None:
-        """Put back an order that was popped but could not go after all: it is served next in its class."""
+        """Put back an order that was popped but could not go after all: the next turn of its
+        class is its (and the class serves it first, unless an order of its tenant with a
+        smaller key came meanwhile)."""
+        self.take(item.job_id)
         rank = priority_rank(item.priority)
-        self._put(_Tag(rank, self._virtual.get(rank, 0.0), -1 - next(self._seq)), item)
+        seq = -1 - next(self._seq)
+        key = self._order_key(item) if self._order_key is not None else 0.0
+        self._put((rank, item.tenant), _Tag(rank, self._virtual.get(rank, 0.0), seq), (key, seq, item.job_id),
+                  item, front=True)
 
-    def _put(self, tag: _Tag, item: Q) -> None:
-        self._items[item.job_id] = (tag, item)
-        heapq.heappush(self._heap, (tag, item.job_id))
-        if len(self._heap) > 2 * len(self._items) + 64:  # entries left by take/remove: drop them now
-            self._heap = [(held_tag, job_id) for job_id, (held_tag, _) in self._items.items()]
+    def _put(self, klass: _Klass, tag: _Tag, entry: _Entry, item: Q, *, front: bool) -> None:
+        found = self._classes.get(klass)
+        klass_line = found if found is not None else self._classes.setdefault(klass, _Class())
+        if front:
+            klass_line.tags.appendleft(tag)
+        else:
+            klass_line.tags.append(tag)
+        if klass_line.tags[0] is tag:
+            heapq.heappush(self._heap, (tag, klass))
+        heapq.heappush(klass_line.entries, entry)
+        self._items[item.job_id] = (klass, entry, item)
+        if len(klass_line.entries) > 2 * len(klass_line.tags) + 64:  # entries left by take: drop them now
+            klass_line.entries = [held[1] for held in self._items.values() if held[0] == klass]
+            heapq.heapify(klass_line.entries)
+        if len(self._heap) > 2 * len(self._classes) + 64:
+            self._heap = [(line.tags[0], k) for k, line in self._classes.items()]
             heapq.heapify(self._heap)
 
-    def _head(self) -> tuple[_Tag, str] | None:
-        heap, items = self._heap, self._items
+    def _head(self) -> tuple[_Tag, _Klass] | None:
+        heap, classes = self._heap, self._classes
         while heap:
-            tag, job_id = heap[0]
-            held = items.get(job_id)
-            if held is not None and held[0] == tag:
-                return tag, job_id
-            heapq.heappop(heap)  # removed or replaced since: lazily dropped here
+            tag, klass = heap[0]
+            line = classes.get(klass)
+            if line is not None and line.tags and line.tags[0] == tag:
+                return tag, klass
+            heapq.heappop(heap)  # served, or its class emptied, since: lazily dropped here
         return None
+
+    def _first(self, line: _Class) -> _Entry:
+        """The class's first live entry (dropping dead ones on the way)."""
+        entries, items = line.entries, self._items
+        while True:
+            entry = entries[0]
+            held = items.get(entry[2])
+            if held is not None and held[1] == entry:
+                return entry
+            heapq.heappop(entries)
 
     def peek(self) -> Q | None:
         head = self._head()
-        return None if head is None else self._items[head[1]][1]
+        if head is None:
+            return None
+        return self._items[self._first(self._classes[head[1]])[2]][2]
 
     def pop(self) -> Q | None:
         head = self._head()
         if head is None:
             return None
-        tag, job_id = head
+        tag, klass = head
         heapq.heappop(self._heap)
-        _, item = self._items.pop(job_id)
+        line = self._classes[klass]
+        line.tags.popleft()
+        entry = self._first(line)
+        heapq.heappop(line.entries)
+        _, _, item = self._items.pop(entry[2])
+        if line.tags:
+            heapq.heappush(self._heap, (line.tags[0], klass))
+        else:
+            del self._classes[klass]
         if tag.start > self._virtual.get(tag.rank, 0.0):
             self._virtual[tag.rank] = tag.start
         if not self._items:
@@ -150,6 +220,7 @@ class FairLine(Generic[Q]):
         # An empty line forgets every tenant's finish tag: nobody is owed a turn any more, and
         # the tables of tenants seen once do not grow forever.
         self._heap.clear()
+        self._classes.clear()
         self._finish.clear()
         self._virtual.clear()
 
@@ -163,17 +234,27 @@ class FairLine(Generic[Q]):
     def remove(self, doomed: Callable[[Q], bool]) -> list[Q]:
         """Take out every order ``doomed`` says so of (e.g. a cancelled job's); return them. Call
         ``resume_due`` afterwards, as after ``pop``."""
-        gone = [job_id for job_id, (_, item) in self._items.items() if doomed(item)]
-        return [self._items.pop(job_id)[1] for job_id in gone]
+        gone = [job_id for job_id, (_, _, item) in self._items.items() if doomed(item)]
+        return [item for job_id in gone if (item := self.take(job_id)) is not None]
 
     def take(self, job_id: str) -> Q | None:
-        """Take out the order of ``job_id``, if it waits here (O(1), unlike ``remove``)."""
+        """Take out the order of ``job_id``, if it waits here. Its class gives up its last turn:
+        the orders behind it move up to the turns before."""
         held = self._items.pop(job_id, None)
-        return None if held is None else held[1]
+        if held is None:
+            return None
+        klass = held[0]
+        line = self._classes[klass]
+        line.tags.pop()
+        if not line.tags:
+            del self._classes[klass]
+        if not self._items:
+            self._compact()
+        return held[2]
 
     def clear(self) -> list[Q]:
         """Forget every waiting order (their partition was revoked); return them, served order first."""
-        items = [item for _, item in sorted(self._items.values(), key=lambda held: held[0])]
+        items = self.in_order()
         self._items.clear()
         self._compact()
         self._paused = False
@@ -181,7 +262,13 @@ class FairLine(Generic[Q]):
 
     def in_order(self) -> list[Q]:
         """The waiting orders in the order they would be served (O(n log n): tests and reports)."""
-        return [item for _, item in sorted(self._items.values(), key=lambda held: held[0])]
+        by_class: dict[_Klass, list[_Entry]] = {}
+        for klass, entry, _ in self._items.values():
+            by_class.setdefault(klass, []).append(entry)
+        turns: list[tuple[_Tag, _Entry]] = []
+        for klass, line in self._classes.items():
+            turns.extend(zip(line.tags, sorted(by_class[klass]), strict=True))
+        return [self._items[entry[2]][2] for _, entry in sorted(turns)]
 
 
 @dataclass(frozen=True)

@@ -10,7 +10,7 @@ where scanning the table would cost O(limit)) and are rebuilt from it whenever a
 seen in a new consumer generation, i.e. after every rebalance and table recovery.
 
 Orders waiting for a slot wait in a fair line per partition (``floodgate.fairqueue``: priority
-first, then each tenant's weighted share) and live in the same table, under the same key their
+first, then each tenant's weighted share, then acceptance) and live in the same table, under the same key their
 slot will have, with their dispatch offset (``Parked``; ``is_parked`` tells the two kinds apart):
 giving a waiting order its slot overwrites its waiting entry, one changelog record where two
 tables took two (a slot, and a tombstone for the waiting entry). The dispatch record is
@@ -67,6 +67,12 @@ from streams.tables import EntriesOf, RecordTable
 
 log = logging.getLogger(__name__)
 
+
+def _accepted(order: Order) -> float:
+    """A tenant's waiting orders go by acceptance (the job view counts places the same way)."""
+    return order.queued_at
+
+
 class Lane:
     def __init__(self, app: faust.App, spec: ProviderSpec, partitions: int, *, window: int = 20_000,
                  weight_of: Callable[[str], float] = lambda tenant: 1.0, breaker_reset_after: float = 30.0) -> None:
@@ -88,7 +94,7 @@ class Lane:
         """The waiting orders of workers before slots and waiting orders shared a table: read
         only to move them over (``sync``)."""
         self.lines: dict[int, FairLine[Order]] = {
-            p: FairLine(max(window, self.capacity(p)), weight_of) for p in range(partitions)}
+            p: FairLine(max(window, self.capacity(p)), weight_of, order_key=_accepted) for p in range(partitions)}
         self.generations: dict[int, int] = {}
         """Per dispatch partition, the consumer generation its slot count and line were rebuilt in."""
         self.settled_generation: int | None = None

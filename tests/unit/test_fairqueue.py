@@ -6,6 +6,8 @@ import statistics
 from dataclasses import dataclass
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from floodgate.errors import ConfigError
 from floodgate.fairqueue import ClassLoad, FairLine, position_estimate
@@ -16,6 +18,11 @@ class Job:
     job_id: str
     tenant: str = "a"
     priority: str = "standard"
+    accepted: int = 0
+
+
+def by_acceptance(job: Job) -> float:
+    return job.accepted
 
 
 def drain(line: FairLine[Job]) -> list[str]:
@@ -85,6 +92,27 @@ def test_push_replaces_the_waiting_order_of_the_same_job() -> None:
     line.push(Job("y", "a"))
     line.push(Job("x", "a", priority="high"))  # a newer attempt of x
     assert len(line) == 2 and drain(line) == ["x", "y"]
+
+
+def test_a_tenants_orders_go_by_acceptance_whatever_order_they_arrive_in() -> None:
+    # Admission interleaves the request partitions by fetch: a job accepted first may reach the
+    # line after later ones. Its tenant's turns stay where they were; its jobs fill them in order.
+    line: FairLine[Job] = FairLine(100, order_key=by_acceptance)
+    for job_id, tenant, accepted in [("a3", "a", 3), ("b1", "b", 1), ("a4", "a", 4), ("a1", "a", 1),
+                                     ("b2", "b", 2), ("a2", "a", 2)]:
+        line.push(Job(job_id, tenant, accepted=accepted))
+    expected = ["a1", "b1", "a2", "b2", "a3", "a4"]
+    assert [job.job_id for job in line.in_order()] == expected
+    assert drain(line) == expected
+
+
+def test_a_job_taken_out_leaves_its_tenants_turns_to_the_jobs_behind_it() -> None:
+    line: FairLine[Job] = FairLine(100)
+    for i in range(3):
+        line.push(Job(f"a{i}", "a"))
+        line.push(Job(f"b{i}", "b"))
+    assert line.take("a0") == Job("a0", "a")
+    assert drain(line) == ["a1", "b0", "a2", "b1", "b2"]
 
 
 def test_put_back_goes_first_in_its_class() -> None:
@@ -167,3 +195,47 @@ def test_estimate_counts_every_higher_class_and_none_lower() -> None:
     assert position_estimate("standard", "me", 2, loads) == 9
     assert position_estimate("high", "x", 0, loads) == 0
     assert position_estimate("low", "y", 10, loads) == 7 + 3 + 10
+
+
+_op = st.one_of(
+    st.tuples(st.just("push"), st.integers(0, 30), st.sampled_from(["a", "b", "c"]),
+              st.sampled_from(["high", "standard", "low"]), st.integers(0, 20)),
+    st.tuples(st.just("pop")), st.tuples(st.just("pop_and_put_back")), st.tuples(st.just("take"), st.integers(0, 30)))
+
+
+@settings(max_examples=300, deadline=None)
+@given(ops=st.lists(_op, max_size=80), weights=st.tuples(st.integers(1, 3), st.integers(1, 3), st.integers(1, 3)))
+def test_the_line_serves_what_in_order_says_and_each_tenant_by_acceptance(
+        ops: list[tuple[object, ...]], weights: tuple[int, int, int]) -> None:
+    weight = dict(zip("abc", weights, strict=True))
+    line: FairLine[Job] = FairLine(1000, lambda tenant: weight[tenant], order_key=by_acceptance)
+    waiting: dict[str, Job] = {}
+    for op in ops:
+        if op[0] == "push":
+            _, n, tenant, priority, accepted = op
+            job = Job(f"j{n}", str(tenant), str(priority), int(str(accepted)))
+            line.push(job)
+            waiting[job.job_id] = job
+        elif op[0] == "take":
+            taken = line.take(f"j{op[1]}")
+            assert taken == waiting.pop(f"j{op[1]}", None)
+        else:
+            expected = line.in_order()
+            popped = line.pop()
+            assert popped == (expected[0] if expected else None)
+            if popped is not None:
+                del waiting[popped.job_id]
+                if op[0] == "pop_and_put_back":
+                    line.push_front(popped)
+                    waiting[popped.job_id] = popped
+                    assert line.peek() is not None
+        assert len(line) == len(waiting) and all(job_id in line for job_id in waiting)
+    served = line.in_order()
+    assert drain(line) == [job.job_id for job in served]
+    assert sorted(served, key=lambda job: job.job_id) == sorted(waiting.values(), key=lambda job: job.job_id)
+    for tenant in "abc":
+        for priority in ("high", "standard", "low"):
+            mine = [job.accepted for job in served if job.tenant == tenant and job.priority == priority]
+            assert mine == sorted(mine), "one tenant's jobs of one class go by acceptance"
+    ranks = [("high", "standard", "low").index(job.priority) for job in served]
+    assert ranks == sorted(ranks), "never passed by a lower class"
