@@ -12,10 +12,13 @@ answers:
   provider's last two rounds of its slots and at least 50 starts: ``RATE_ROUNDS``) once there is
   enough of it, else the capacity estimate ``limit ÷ median render time`` (render times observed, or
   the routing file's, when none yet). Only starts made while the provider is saturated count as
-  seen: from the start that takes its last free slot while jobs wait, until its line is empty again.
-  Those follow slots freed by jobs' ends, the pace at which a waiting line moves; starts into free
-  slots (a quiet period's jobs, a burst filling the slots) say how fast jobs arrived, and counting
-  them made a burst's ETAs far too long after a quiet minute, or too short while the slots filled.
+  seen: after the start that takes its last free slot while jobs wait, until its line is empty
+  again, each over the time since the previous one. Those follow slots freed by jobs' ends, the
+  pace at which a waiting line moves; starts into free slots (a quiet period's jobs, a burst
+  filling the slots) say how fast jobs arrived, and counting them made a burst's ETAs far too long
+  after a quiet minute, or too short while the slots filled. Nor do the waits between spells, or
+  from the start that filled the slots to the first end: after a burst that took the renders'
+  shortest time, and counting it made the spike bench's first ETAs up to twice too long.
 * ``eta_ready_seconds``: seconds until the video should be ready: the wait above plus the
   median render time; for a running job, that median less the time it has run.
 
@@ -67,10 +70,13 @@ class Standing:
 class _Provider:
     classes: dict[tuple[str, str], list[tuple[int, str]]] = field(default_factory=dict)
     """(priority, tenant) → sorted (created_at ms, job id) of queued jobs."""
-    starts: deque[float] = field(default_factory=deque)
-    """Times of starts made while the provider was saturated (see the module docstring)."""
+    starts: deque[tuple[float, float]] = field(default_factory=deque)
+    """(time, seconds since the previous one) of starts made while the provider was saturated,
+    but the first of each saturated spell (see the module docstring)."""
     saturated: bool = False
     """Its slots have all been taken since its line was last empty."""
+    last_start: float | None = None
+    """The latest start of the current saturated spell."""
     renders: deque[float] = field(default_factory=lambda: deque(maxlen=RENDER_SAMPLES))
     running: int = 0
     """Jobs seen starting here and not yet seen ending."""
@@ -85,12 +91,16 @@ class _Place:
 
 class QueueBoard:
     def __init__(self, limits: Mapping[str, int], *, weight_of: Callable[[str], float] = lambda tenant: 1.0,
-                 configured_render: Mapping[str, float] | None = None) -> None:
+                 configured_render: Mapping[str, float] | None = None,
+                 route: Callable[[str], str | None] | None = None) -> None:
         """``limits``: provider → concurrency limit. ``configured_render``: provider → typical
-        render seconds from the routing file, used until render times are observed."""
+        render seconds from the routing file, used until render times are observed. ``route``:
+        model → the provider admission will queue a job for (its first available one), which
+        places the jobs this API accepted before their admission says where they wait."""
         self.limits = dict(limits)
         self.weight_of = weight_of
         self.configured_render = dict(configured_render or {})
+        self.route = route
         self._providers: dict[str, _Provider] = {}
         self._places: dict[str, _Place] = {}
         self._started: dict[str, tuple[str, float]] = {}
@@ -113,7 +123,11 @@ class QueueBoard:
         stamp = snapshot.get("updated_at")
         at = stamp / 1000 if stamp else now
         status, provider = snapshot.get("status"), snapshot.get("provider")
+        if status == "queued" and not provider and self.route is not None:
+            provider = self.route(snapshot.get("model") or "")  # accepted here, not admitted yet
         was = self._places.pop(job_id, None)
+        if was is not None and status in _LEFT_THE_LINE:
+            self._start(was.provider, job_id, at, now)  # while the line still holds it
         if was is not None:
             self._remove(was)
         if status == "queued" and provider:
@@ -123,8 +137,6 @@ class QueueBoard:
             bisect.insort(self._provider(provider).classes.setdefault(klass, []), place.entry)
             self._places[job_id] = place
             return
-        if was is not None and status in _LEFT_THE_LINE:
-            self._start(was.provider, job_id, at, now)
         if status in ("completed", "failed", "cancelled", "expired"):
             started = self._ended(job_id)
             if started is not None and status == "completed":
@@ -147,19 +159,24 @@ class QueueBoard:
             del state.classes[place.klass]
             if not state.classes:
                 state.saturated = False  # nobody waits: the next starts take free slots
+            state.last_start = None
 
     def _start(self, provider: str, job_id: str, at: float, now: float) -> None:
         state = self._provider(provider)
         self._ended(job_id)  # (started again: counted once)
         state.running += 1
         limit = self.limits.get(provider)
-        if limit is None or state.running >= limit:  # it took the last free slot
-            state.saturated = True
-        if state.saturated:
+        if not state.saturated:
+            waiting = sum(len(jobs) for jobs in state.classes.values()) > 1  # others than this job
+            if waiting and (limit is None or state.running >= limit):  # it took the last free slot:
+                state.saturated = True  # from the next start on, the line moves with ends
+        else:
             starts = state.starts
-            starts.append(at)
+            if state.last_start is not None:
+                starts.append((at, max(0.0, at - state.last_start)))
+            state.last_start = at
             keep = min(MAX_RATE_STARTS, max(MIN_RATE_STARTS, RATE_ROUNDS * (limit or 0)))
-            while len(starts) > keep or (starts and starts[0] < now - RATE_MAX_AGE):
+            while len(starts) > keep or (starts and starts[0][0] < now - RATE_MAX_AGE):
                 starts.popleft()
         if len(self._started) >= MAX_STARTED:
             self._ended(next(iter(self._started)))  # the oldest: a job whose end was never seen
@@ -177,11 +194,15 @@ class QueueBoard:
         state = self._providers.get(provider)
         if state is not None:
             starts = state.starts
-            while starts and starts[0] < now - RATE_MAX_AGE:
+            while starts and starts[0][0] < now - RATE_MAX_AGE:
                 starts.popleft()
             if len(starts) >= MIN_STARTS:
-                # The starts after the first one, over the time since it: the first only opens the span.
-                return (len(starts) - 1) / max(now - starts[0], 1.0)
+                # Starts over the time they took, counting only saturated spells: the wait from a
+                # burst filling the slots to the first end, or a quiet spell between two spells, is
+                # not the pace of a waiting line. The gap still open counts too (a provider that
+                # stopped starting jobs slows the estimate down).
+                open_gap = now - state.last_start if state.saturated and state.last_start is not None else 0.0
+                return len(starts) / max(sum(gap for _, gap in starts) + max(0.0, open_gap), 1.0)
         render = self.render_time(provider)
         limit = self.limits.get(provider)
         if render and limit:
@@ -202,6 +223,8 @@ class QueueBoard:
         """Where the job of ``snapshot`` stands at ``now``."""
         job_id, provider = snapshot["job_id"], snapshot.get("provider")
         status = snapshot.get("status")
+        if status == "queued" and not provider and job_id in self._places:
+            provider = self._places[job_id].provider  # (placed by its model's route)
         if status == "queued":
             position = self.position(job_id)
             if position is None or not provider:

@@ -176,6 +176,14 @@ def chain_for(table: RoutingTable, model: str, now: datetime) -> tuple[Target, .
     return chain
 
 
+def first_provider(table: RoutingTable, model: str, now: datetime) -> str | None:
+    """The provider a job for ``model`` is queued for at ``now`` (None: unknown or unroutable)."""
+    try:
+        return chain_for(table, model, now)[0].provider
+    except ValidationError:
+        return None
+
+
 def next_target(table: RoutingTable, model: str, tried: Sequence[str], now: datetime) -> Target | None:
     """The first target in the chain whose provider is not in ``tried``; None when the chain is exhausted.
 
@@ -295,6 +303,7 @@ def _target(model: str, i: int, raw: Any) -> Target:
 
 
 __all__ = [
+    "first_provider",
     "ModelRoute",
     "ProviderSpec",
     "RoutingTable",

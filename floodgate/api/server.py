@@ -26,6 +26,7 @@ import signal
 import socket
 import sys
 from collections.abc import Iterable
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -44,6 +45,7 @@ from floodgate.kafka_admin import ensure_topics
 from floodgate.procs import bind_socket, freeze_heap
 from floodgate.provider_config import ProviderSetup
 from floodgate.queueboard import QueueBoard
+from floodgate.routing import first_provider
 from floodgate.settings import Settings
 from floodgate.topics import TopicNames
 
@@ -146,7 +148,9 @@ async def serve(settings: Settings, *, host: str | None = None, port: int | None
         if "read" in chosen:
             spill = await asyncio.to_thread(SpillStore.private, spill_dir(settings))
             weights = settings.tenant_weight_map
-            board = QueueBoard(limits, weight_of=lambda tenant: weights.get(tenant, 1.0))
+            routing = setup.routing
+            board = QueueBoard(limits, weight_of=lambda tenant: weights.get(tenant, 1.0),
+                               route=lambda model: first_provider(routing, model, datetime.now(UTC)))
             view = JobView(view_max_jobs, spill, board=board)
             slot_logs = {names.slot_log(p): layout[names.slot_log(p)][0] for p in limits}
             feed = NotificationFeed(settings.kafka_bootstrap, names.notifications,

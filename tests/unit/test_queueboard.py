@@ -107,9 +107,44 @@ def test_every_start_counts_while_the_provider_stays_saturated() -> None:
         for _ in range(2):
             b.observe(snap(f"j{nxt}", "submitted", created=nxt / 100, updated=second + 0.1), T0 + second)
             nxt += 1
-    # The start that filled the last slot (at 1 s) and twenty more, read half a second after the
-    # last: the twenty after the first, over the 10.6 s since it.
-    assert b.start_rate("kling", T0 + 11.6) == pytest.approx(20 / 10.6)
+    # Twenty starts after the one that filled the last slot (at 1 s), read half a second after
+    # the last: the nineteen after the first of them, over the 9 s they took and the half second
+    # since (a start counts over the time since the previous one).
+    assert b.start_rate("kling", T0 + 11.6) == pytest.approx(19 / 9.5)
+
+
+def test_the_wait_for_a_bursts_first_end_is_not_the_pace_of_the_line() -> None:
+    """The spike bench's first ETAs were up to twice too long: the slots filled at once, nothing
+    ended for the renders' shortest time, and that wait counted as if the line had been moving."""
+    b = board()
+    for i in range(100):
+        b.observe(snap(f"j{i}", created=i / 1000), T0)
+    for i in range(10):
+        b.observe(snap(f"j{i}", "submitted", created=i / 1000, updated=0.1), T0 + 0.1)
+    for k in range(10):  # nothing ends for 50 s; then one start a second
+        b.observe(snap(f"j{k}", "completed", created=k / 1000, updated=50 + k), T0 + 50 + k)
+        b.observe(snap(f"j{k + 10}", "submitted", created=(k + 10) / 1000, updated=50 + k), T0 + 50 + k)
+    assert b.start_rate("kling", T0 + 59) == pytest.approx(1.0)
+
+
+def test_a_quiet_spell_between_two_saturated_spells_does_not_slow_the_rate() -> None:
+    b = board()
+    at, n = 0.0, 0
+    for spell in range(2):
+        first = n
+        for i in range(20):
+            b.observe(snap(f"j{n + i}", created=at + i / 1000), T0 + at)
+        for i in range(10):
+            b.observe(snap(f"j{n + i}", "submitted", created=at, updated=at), T0 + at)
+        for k in range(10):  # a start every 0.5 s while the other ten wait
+            at += 0.5
+            b.observe(snap(f"j{first + k}", "completed", created=0, updated=at), T0 + at)
+            b.observe(snap(f"j{first + 10 + k}", "submitted", created=0, updated=at), T0 + at)
+        for k in range(10):  # the line is empty: the rest end, and all is quiet for five minutes
+            b.observe(snap(f"j{first + 10 + k}", "completed", created=0, updated=at), T0 + at)
+        n += 20
+        at += 300.0 if spell == 0 else 0.0
+    assert b.start_rate("kling", T0 + at) == pytest.approx(2.0)
 
 
 def test_the_start_rate_forgets_a_slow_beginning_once_the_slots_turned_over_twice() -> None:
@@ -153,6 +188,19 @@ def test_jobs_without_a_provider_yet_have_no_place() -> None:
     b = board()
     b.observe(snap("j", provider=None), T0)
     assert len(b) == 0 and b.standing(snap("j", provider=None), T0) == Standing()
+
+
+def test_jobs_accepted_here_but_not_admitted_yet_wait_where_their_model_is_routed() -> None:
+    # Under a burst, admission runs seconds behind the 202s: the jobs it has not read yet are
+    # still ahead of later ones, and a place that left them out was far too short.
+    b = board(route={"kling-2.1": "kling"}.get)
+    b.observe(snap("early", provider=None, created=0) | {"model": "kling-2.1"}, T0)
+    b.observe(snap("late", created=1), T0 + 1)  # admitted first
+    b.observe(snap("nowhere", provider=None, created=2) | {"model": "unknown"}, T0 + 2)
+    assert b.position("early") == 0 and b.position("late") == 1 and b.position("nowhere") is None
+    assert b.standing(snap("early", provider=None) | {"model": "kling-2.1"}, T0 + 2).queue_position == 0
+    b.observe(snap("early", provider="wan", created=0, updated=3), T0 + 3)  # admission chose otherwise
+    assert b.position("late") == 0 and b.queued_at("wan") == 1
 
 
 def test_updates_come_every_five_percent_or_five_seconds_and_never_for_nothing() -> None:
