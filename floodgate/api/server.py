@@ -36,9 +36,10 @@ from connectors.storage import build_store
 from floodgate import provider_config
 from floodgate.api.app import build_app, parse_roles
 from floodgate.api.backlog import BacklogMonitor, start_monitor
+from floodgate.api.feed import NotificationFeed
 from floodgate.api.kafka_io import KafkaSender
 from floodgate.api.spill import SpillStore
-from floodgate.api.view import DEFAULT_MAX_JOBS, JobView, NotificationFeed
+from floodgate.api.view import DEFAULT_MAX_JOBS, JobView
 from floodgate.errors import ConfigError
 from floodgate.eventloop import use_uvloop
 from floodgate.kafka_admin import ensure_topics

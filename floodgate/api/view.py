@@ -8,9 +8,8 @@ readers see ``submitted`` (with the provider job id) the moment the provider acc
 at the cost of no Kafka record and no worker hop of its own.
 
 ``JobView`` is pure bookkeeping (no Kafka) so ordering and eviction are unit-tested directly;
-``NotificationFeed`` is the I/O edge that feeds it. The feed uses **no consumer group**: every
-API instance reads every partition from the beginning, so each one holds the whole view and a
-restarted instance rebuilds it (compaction keeps the latest snapshot per job).
+``floodgate.api.feed.NotificationFeed`` is the I/O edge that feeds it, in every API instance
+from the beginning of the topics (each one holds the whole view).
 
 Memory holds at most ``max_jobs`` snapshots. With a ``SpillStore`` (``floodgate.api.spill``),
 an evicted snapshot is written to disk rather than forgotten, and reads that miss memory look
@@ -26,17 +25,12 @@ import logging
 import sqlite3
 import time
 from collections import OrderedDict
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
 
-from aiokafka import AIOKafkaConsumer, TopicPartition
-from aiokafka.errors import KafkaError
-
 from floodgate.api.spill import SpillStore
 from floodgate.dispatch import Slot, is_parked, parse_slot_key, unsubmitted
-from floodgate.errors import SchemaError
-from floodgate.jobs.record import decode_notification
 from floodgate.jobs.state import TERMINAL
 from floodgate.queueboard import QueueBoard, update_due
 from floodgate.quotas import OpenJobs
@@ -377,107 +371,5 @@ def _offer(queue: asyncio.Queue[Snapshot], snapshot: Snapshot) -> None:
     queue.put_nowait(snapshot)
 
 
-def _report_crash(task: asyncio.Task[None]) -> None:
-    # A dead feed means a view that silently stops changing: make that loud.
-    if not task.cancelled() and task.exception() is not None:
-        log.error("notification feed stopped", exc_info=task.exception())
-
-
-class NotificationFeed:
-    """Reads ``topic`` (and the providers' slot logs, ``slot_logs``: topic → partitions) from the
-    beginning into ``view``; sets ``view.ready`` once caught up with all of them."""
-
-    def __init__(self, bootstrap: str, topic: str, partitions: int, view: JobView, *,
-                 slot_logs: Mapping[str, int] | None = None,
-                 client_id: str = "floodgate-api-view", fetch_max_wait_ms: int = 20) -> None:
-        # The partition count comes from the topic layout (ensure_topics has checked it), not
-        # from metadata discovery: aiokafka only caches metadata for subscribed topics.
-        self.topic = topic
-        self.partitions = [TopicPartition(topic, p) for p in range(partitions)]
-        self.partitions += [TopicPartition(log_topic, p) for log_topic, count in (slot_logs or {}).items()
-                            for p in range(count)]
-        self.view = view
-        self._consumer = AIOKafkaConsumer(
-            bootstrap_servers=bootstrap,
-            client_id=client_id,
-            group_id=None,
-            enable_auto_commit=False,
-            auto_offset_reset="earliest",
-            # A partition drained while a fetch long-polls the others waits for that fetch to
-            # return: the wait bounds what a notification can lose here (see Settings).
-            fetch_max_wait_ms=fetch_max_wait_ms,
-        )
-        self._task: asyncio.Task[None] | None = None
-
-    async def start(self) -> None:
-        """Connect and assign every partition; the catch-up itself runs in the background."""
-        await self._consumer.start()
-        try:
-            self._consumer.assign(self.partitions)
-            await self._consumer.seek_to_beginning(*self.partitions)
-            end = await self._consumer.end_offsets(self.partitions)
-        except BaseException:
-            await self._consumer.stop()
-            raise
-        self._task = asyncio.create_task(self._run(end), name="notification-feed")
-        self._task.add_done_callback(_report_crash)
-
-    async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None
-        await self._consumer.stop()
-
-    async def _run(self, end: dict[TopicPartition, int]) -> None:
-        pending = {tp for tp, offset in end.items() if offset > 0}
-        if not pending:
-            self.view.ready.set()
-        while True:
-            try:
-                batches = await self._consumer.getmany(timeout_ms=1000)
-            except KafkaError as exc:
-                log.warning("notification feed: %s; retrying", exc)
-                await asyncio.sleep(1.0)
-                continue
-            snapshots: list[Snapshot] = []
-            submissions: list[Submission] = []
-            for tp, records in batches.items():
-                if tp.topic == self.topic:
-                    snapshots.extend(snapshot for msg in records if (snapshot := _decode(msg)) is not None)
-                else:
-                    submissions.extend(sub for msg in records if (sub := _submission(msg)) is not None)
-            # Also with nothing fetched: the flush writes what the ingress's put_local evicted.
-            await self.view.apply_batch(snapshots)
-            for sub in submissions:
-                self.view.submitted(sub)
-            self.view.nudge()
-            if pending:
-                for tp in list(pending):
-                    if await self._consumer.position(tp) >= end[tp]:
-                        pending.discard(tp)
-                if not pending:
-                    self.view.ready.set()
-
-
-def _submission(msg: Any) -> Submission | None:
-    try:
-        return Submission.from_slot(msg.key, msg.value, msg.timestamp)
-    except (ValueError, KeyError, TypeError) as exc:
-        log.warning("skipping undecodable slot record at %s[%s]@%s: %s", msg.topic, msg.partition, msg.offset, exc)
-        return None
-
-
-def _decode(msg: Any) -> Snapshot | None:
-    if msg.value is None:
-        return None  # a tombstone: compaction's business, not a state
-    try:
-        return decode_notification(msg.value, msg.headers)
-    except SchemaError as exc:
-        log.warning("skipping undecodable snapshot at %s[%s]@%s: %s", msg.topic, msg.partition, msg.offset, exc)
-        return None
-
-
-__all__ = ["DEFAULT_MAX_JOBS", "STANDING", "JobView", "NotificationFeed", "Snapshot", "Submission", "as_submitted",
+__all__ = ["DEFAULT_MAX_JOBS", "STANDING", "JobView", "Snapshot", "Submission", "as_submitted",
            "is_terminal"]

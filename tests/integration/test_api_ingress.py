@@ -288,8 +288,8 @@ async def test_priority_high_needs_a_grant(settings_for: Callable[..., Settings]
 async def test_an_ingress_only_process_consumes_nothing(settings: Settings, http: aiohttp.ClientSession,
                                                         monkeypatch: pytest.MonkeyPatch) -> None:
     # The job view's feed reads every notification; on an ingress-only process that is CPU the
-    # accept path needs during a spike. Any consumer the view module makes fails the test.
-    import floodgate.api.view
+    # accept path needs during a spike. Any consumer the feed module makes fails the test.
+    import floodgate.api.feed
 
     made: list[object] = []
 
@@ -297,7 +297,7 @@ async def test_an_ingress_only_process_consumes_nothing(settings: Settings, http
         made.append(args)
         raise AssertionError("an ingress-only API must not consume notifications")
 
-    monkeypatch.setattr(floodgate.api.view, "AIOKafkaConsumer", no_consumer)
+    monkeypatch.setattr(floodgate.api.feed, "Consumer", no_consumer)
     async with running_api(settings, roles={"ingress"}) as api:
         assert api.view is None and api.outgoing is None
         headers = {"Idempotency-Key": "only-ingress"}
