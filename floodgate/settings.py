@@ -84,9 +84,8 @@ class Settings:
     worker_id: str = ""
     """Names a worker's local table directory; give each worker on one host its own. Empty: the host name."""
     fetch_max_wait_ms: int = 20
-    """How long the worker's consumer long-polls an idle broker (the API's job view: at most 10 ms,
-    ``floodgate.api.feed``). Records of other partitions consumed meanwhile wait for the poll to
-    return: it bounds a hop's added latency."""
+    """How long the worker's consumer and the API's job view long-poll an idle broker. Records of
+    other partitions consumed meanwhile wait for the poll to return: it bounds a hop's added latency."""
     stream_buffer: int = 4096
     """Records a worker buffers per agent before it pauses fetching the agent's partitions."""
 

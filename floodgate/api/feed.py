@@ -9,12 +9,13 @@ The consumer is librdkafka's (confluent-kafka), polled from a thread of its own,
 the event loop. The feed follows every job's every change, so it fetches all the time, and at
 1,000 jobs a second aiokafka's fetch rounds (hundreds a second, each parsed and scheduled in
 Python) cost the API 140-190 µs of CPU per job, on the loop that answers the 202s. librdkafka
-fetches in its own C threads, asks the broker for batches (``FETCH_MIN_BYTES``, waiting at most
-``FETCH_MAX_WAIT_MS``), and hands them over: about 70 µs a job (measured beside a real broker, a
-process writing a queued snapshot and a waiting order per job at a steady 1,000 jobs/s; the same
-records read as one backlog cost 13 µs a job, the floor). The thread hands each batch to the event
-loop and waits until the view has applied it, so batches apply in order and the feed never runs
-ahead of the view.
+fetches in its own C threads and the feed hands its records over in batches (``LINGER_SECONDS``
+when busy): about 115 µs a job (measured beside a real broker, a process writing a queued snapshot
+and a waiting order per job at a steady 1,000 jobs/s; the same records read as one backlog cost
+13 µs a job, the floor). Asking the broker for 16 KB a fetch got 58 µs, but added up to 10 ms to
+every change when little happens (the notification bench's p99 went from 15 to 73 ms). The
+thread hands each batch to the event loop and waits until the view has applied it, so batches
+apply in order and the feed never runs ahead of the view.
 """
 from __future__ import annotations
 
@@ -36,11 +37,12 @@ log = logging.getLogger(__name__)
 
 BATCH = 2000
 """Records handed to the view at most at once."""
-FETCH_MIN_BYTES = 16_384
-FETCH_MAX_WAIT_MS = 10
-"""A fetch returns once it has ``FETCH_MIN_BYTES`` (about 25 changes) or after this wait: at most
-10 ms added to a notification when little happens, and a few dozen fetch rounds a second when a
-lot does (a round for every change or two cost more CPU than reading the change itself)."""
+LINGER_SECONDS = 0.005
+LINGER_FROM = 8
+"""After a batch of at least ``LINGER_FROM`` records (the feed is busy), the next batch waits up to
+``LINGER_SECONDS`` after its first record for more: a handful of records per hand-over instead of
+one or two, at 5 ms when a change follows the others closely anyway; a quiet feed hands each
+change over as it comes."""
 POLL_SECONDS = 0.2
 """The longest a poll waits for records: also how often the view flushes its evictions when
 nothing arrives (the ingress's local snapshots evict too)."""
@@ -66,10 +68,9 @@ class NotificationFeed:
             "group.id": f"{client_id}-{uuid.uuid4().hex}",
             "enable.auto.commit": False,
             "enable.auto.offset.store": False,
-            # Fetch rounds cost CPU in librdkafka's threads, on the API's cores: ask for a batch
-            # (FETCH_MIN_BYTES) and bound the broker's wait for it (FETCH_MAX_WAIT_MS).
-            "fetch.min.bytes": FETCH_MIN_BYTES,
-            "fetch.wait.max.ms": min(fetch_max_wait_ms, FETCH_MAX_WAIT_MS),
+            # A partition drained while a fetch long-polls the others waits for that fetch to
+            # return: the wait bounds what a notification can lose here (see Settings).
+            "fetch.wait.max.ms": fetch_max_wait_ms,
             "logger": log,
         })
         self._stopping = threading.Event()
@@ -118,17 +119,19 @@ class NotificationFeed:
 
     def _run(self, loop: asyncio.AbstractEventLoop) -> None:
         """The feed thread: poll, hand the batch to the loop, wait until it is applied."""
+        linger = 0.0
         try:
             while not self._stopping.is_set():
                 try:
                     # consume() waits for a full batch or its timeout, whichever comes first: wait
                     # for one record only, then take what else is already fetched.
                     first = self._consumer.poll(POLL_SECONDS)
-                    records = [] if first is None else [first, *self._consumer.consume(BATCH - 1, timeout=0)]
+                    records = [] if first is None else [first, *self._consumer.consume(BATCH - 1, timeout=linger)]
                 except KafkaException as exc:
                     log.warning("notification feed: %s; retrying", exc)
                     self._stopping.wait(1.0)
                     continue
+                linger = LINGER_SECONDS if len(records) >= LINGER_FROM else 0.0
                 caught_up = self._caught_up() if self._pending else False
                 try:
                     applied = asyncio.run_coroutine_threadsafe(self._apply(records, caught_up), loop)
