@@ -152,8 +152,9 @@ class FairLine(Generic[Q]):
                   item, front=True)
 
     def _put(self, klass: _Klass, tag: _Tag, entry: _Entry, item: Q, *, front: bool) -> None:
-        found = self._classes.get(klass)
-        klass_line = found if found is not None else self._classes.setdefault(klass, _Class())
+        klass_line = self._classes.get(klass)
+        if klass_line is None:
+            klass_line = self._classes[klass] = _Class()
         if front:
             klass_line.tags.appendleft(tag)
         else:

@@ -159,7 +159,7 @@ class QueueBoard:
             del state.classes[place.klass]
             if not state.classes:
                 state.saturated = False  # nobody waits: the next starts take free slots
-            state.last_start = None
+                state.last_start = None
 
     def _start(self, provider: str, job_id: str, at: float, now: float) -> None:
         state = self._provider(provider)

@@ -10,10 +10,10 @@ where scanning the table would cost O(limit)) and are rebuilt from it whenever a
 seen in a new consumer generation, i.e. after every rebalance and table recovery.
 
 Orders waiting for a slot wait in a fair line per partition (``floodgate.fairqueue``: priority
-first, then each tenant's weighted share, then acceptance) and live in the same table, under the same key their
-slot will have, with their dispatch offset (``Parked``; ``is_parked`` tells the two kinds apart):
-giving a waiting order its slot overwrites its waiting entry, one changelog record where two
-tables took two (a slot, and a tombstone for the waiting entry). The dispatch record is
+first, then each tenant's weighted share, then acceptance) and live in the same table, under the
+same key their slot will have, with their dispatch offset (``Parked``; ``is_parked`` tells the two
+kinds apart): giving a waiting order its slot overwrites its waiting entry, one changelog record
+where two tables took two (a slot, and a tombstone for the waiting entry). The dispatch record is
 acknowledged as soon as its order is parked there,
 so every dispatch record is acknowledged in offset order and no offset is held back for minutes.
 (Faust computes the offset to commit from acknowledged offsets, and commits past a *single*

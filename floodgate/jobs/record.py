@@ -17,7 +17,6 @@ that overtook it) has no ``src`` yet.
 """
 from __future__ import annotations
 
-import math
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -26,7 +25,7 @@ import orjson
 
 from floodgate import codec
 from floodgate.errors import SchemaError, ValidationError
-from floodgate.jobs.state import JobState, JobStatus
+from floodgate.jobs.state import JobState, is_state_dict
 
 RECORD_VERSION = 1
 SCHEMA_HEADER = "fg-schema"
@@ -102,53 +101,20 @@ def decode_notification(value: bytes, headers: Headers = None) -> dict[str, Any]
     return found if found is not None else snapshot(JobRecord.decode(value).state)
 
 
-_STATUSES = frozenset(status.value for status in JobStatus)
-_OPTIONAL_STRINGS = ("tenant", "user_id", "model", "provider", "provider_job_id", "video_url", "error",
-                     "webhook_url", "push_platform", "push_token", "priority", "request_hash", "serving_model",
-                     "route_note")
-
-
-def _number(value: Any) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
-
-
-def _count(value: Any) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
-
-
 def _snapshot_of(s: Any) -> dict[str, Any] | None:
     """``snapshot(JobState.from_dict(s))`` without building the state, or None when ``s`` is not a
     state ``JobState.from_dict`` would take as it is. The API's job view reads every state
     change of every job: the state's validation and construction were most of its cost per record."""
-    if not isinstance(s, dict):
-        return None
-    job_id, status = s.get("job_id"), s.get("status")
-    if not (isinstance(job_id, str) and job_id and status in _STATUSES):
-        return None
-    attempt, version = s.get("attempt", 0), s.get("version", 0)
-    progress, created, updated = s.get("progress", 0.0), s.get("created_at", 0.0), s.get("updated_at", 0.0)
-    metadata = s.get("metadata", {})
-    if not (_count(attempt) and _count(version) and _number(progress) and 0.0 <= progress <= 1.0
-            and _number(created) and _number(updated) and isinstance(metadata, dict)
-            and all(isinstance(k, str) and isinstance(v, str) for k, v in metadata.items())):
-        return None
-    for name in _OPTIONAL_STRINGS:
-        value = s.get(name)
-        if value is not None and not isinstance(value, str):
-            return None
-    deadline = s.get("deadline_at")
-    recent = s.get("recent_events", ())
-    if (deadline is not None and not _number(deadline)) or not (
-            isinstance(recent, (list, tuple)) and all(isinstance(v, str) for v in recent)):
+    if not is_state_dict(s):
         return None
     platform, token = s.get("push_platform"), s.get("push_token")
     return {
-        "job_id": job_id, "tenant": s.get("tenant") or "default", "user_id": s.get("user_id") or "",
+        "job_id": s["job_id"], "tenant": s.get("tenant") or "default", "user_id": s.get("user_id") or "",
         "model": s.get("model") or "", "provider": s.get("provider"), "provider_job_id": s.get("provider_job_id"),
-        "status": status, "progress": float(progress), "video_url": s.get("video_url"),
-        "error": s.get("error"), "attempt": attempt, "created_at": int(created * 1000),
-        "updated_at": int(updated * 1000), "webhook_url": s.get("webhook_url"),
-        "metadata": dict(metadata), "version": version,
+        "status": s["status"], "progress": float(s.get("progress", 0.0)), "video_url": s.get("video_url"),
+        "error": s.get("error"), "attempt": s.get("attempt", 0), "created_at": int(s.get("created_at", 0.0) * 1000),
+        "updated_at": int(s.get("updated_at", 0.0) * 1000), "webhook_url": s.get("webhook_url"),
+        "metadata": dict(s.get("metadata", {})), "version": s.get("version", 0),
         "push": {"platform": platform, "token": token} if platform and token else None,
         "priority": s.get("priority"),
         "request_hash": s.get("request_hash"),

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from enum import StrEnum
 from types import MappingProxyType
@@ -198,7 +198,7 @@ class JobState:
                     problems.append(Problem(f.name, "missing"))
                 continue
             value = data[f.name]
-            problem = _check_field(f.name, value)
+            problem = field_problem(f.name, value)
             if problem:
                 problems.append(Problem(f.name, problem))
             else:
@@ -208,36 +208,73 @@ class JobState:
         return cls(**kwargs)
 
 
+_STATUS_VALUES = frozenset(s.value for s in JobStatus)
 _OPTIONAL_STR = ("tenant", "user_id", "model", "provider", "provider_job_id", "video_url", "error", "webhook_url",
                  "push_platform", "push_token", "priority", "request_hash", "serving_model", "route_note")
 
 
-def _check_field(name: str, value: Any) -> str | None:
+def is_state_dict(data: Any) -> bool:
+    """Whether ``JobState.from_dict`` takes ``data`` as it is (what reads a state's dict without
+    building the state asks first)."""
+    return (isinstance(data, Mapping) and "job_id" in data and "status" in data
+            and not any(check(data[name]) for name, check in _CHECKS.items() if name in data))
+
+
+def _job_id(value: Any) -> str | None:
+    return None if isinstance(value, str) and value else "must be a non-empty string"
+
+
+def _optional_str(value: Any) -> str | None:
+    return None if value is None or isinstance(value, str) else "must be a string or null"
+
+
+def _status(value: Any) -> str | None:
+    return None if value in _STATUS_VALUES else f"unknown status {value!r}"
+
+
+def _count(value: Any) -> str | None:
+    ok = isinstance(value, int) and not isinstance(value, bool) and value >= 0
+    return None if ok else "must be an integer >= 0"
+
+
+def _finite(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def _time(value: Any) -> str | None:
+    return None if _finite(value) else "must be a finite number"
+
+
+def _optional_time(value: Any) -> str | None:
+    return None if value is None or _finite(value) else "must be a finite number or null"
+
+
+def _progress(value: Any) -> str | None:
+    if not _finite(value):
+        return "must be a finite number"
+    return None if 0.0 <= value <= 1.0 else "must be between 0 and 1"
+
+
+def _metadata(value: Any) -> str | None:
+    ok = isinstance(value, Mapping) and all(isinstance(k, str) and isinstance(v, str) for k, v in value.items())
+    return None if ok else "must map strings to strings"
+
+
+def _strings(value: Any) -> str | None:
+    ok = isinstance(value, (list, tuple)) and all(isinstance(v, str) for v in value)
+    return None if ok else "must be a list of strings"
+
+
+_CHECKS: Mapping[str, Callable[[Any], str | None]] = MappingProxyType({
+    "job_id": _job_id, "status": _status, "attempt": _count, "version": _count, "deadline_at": _optional_time,
+    "progress": _progress, "created_at": _time, "updated_at": _time, "metadata": _metadata,
+    "recent_events": _strings, **{name: _optional_str for name in _OPTIONAL_STR}})
+
+
+def field_problem(name: str, value: Any) -> str | None:
     """Why ``value`` cannot be field ``name`` of a JobState, or None if it can."""
-    if name == "job_id":
-        return None if isinstance(value, str) and value else "must be a non-empty string"
-    if name in _OPTIONAL_STR:
-        return None if value is None or isinstance(value, str) else "must be a string or null"
-    if name == "status":
-        return None if value in {s.value for s in JobStatus} else f"unknown status {value!r}"
-    if name in ("attempt", "version"):
-        ok = isinstance(value, int) and not isinstance(value, bool) and value >= 0
-        return None if ok else "must be an integer >= 0"
-    if name == "deadline_at":
-        ok = value is None or (isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value))
-        return None if ok else "must be a finite number or null"
-    if name in ("progress", "created_at", "updated_at"):
-        ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
-        if ok and name == "progress" and not 0.0 <= value <= 1.0:
-            return "must be between 0 and 1"
-        return None if ok else "must be a finite number"
-    if name == "metadata":
-        ok = isinstance(value, Mapping) and all(isinstance(k, str) and isinstance(v, str) for k, v in value.items())
-        return None if ok else "must map strings to strings"
-    if name == "recent_events":
-        ok = isinstance(value, (list, tuple)) and all(isinstance(v, str) for v in value)
-        return None if ok else "must be a list of strings"
-    return None
+    check = _CHECKS.get(name)
+    return None if check is None else check(value)
 
 
 @dataclass(frozen=True)
