@@ -12,9 +12,13 @@ A waiting order spills when all of these hold:
   once, never back and forth);
 * its estimated wait here, ``(place in line + 1) ÷ start rate``, exceeds the model's
   ``max_wait_s``;
-* an equivalent model's first available provider reported, within ``FRESH_FOR`` seconds, more
-  free slots than orders waiting (``spare``); each spill uses one of those, so one report never
-  sends more orders than the room it showed.
+* an equivalent model's first available provider has room for it (``Room.takes``): by its
+  reports of the last ``FRESH_FOR`` seconds, a slot free for it, or a place in its line that
+  starts within ``max_wait_s``. Counting the short line too keeps the equivalent's slots fed
+  between two reports: with free slots alone, a slot freed there stays idle until the next report
+  and spill reach it. Each spill takes a place, so one report never sends more orders than the
+  room it showed; a moved order waits less there than ``max_wait_s``, and it would have waited
+  more than that here.
 
 The order is then a new attempt of its job at that provider, for the equivalent model: the
 job's view says which model serves it and why.
@@ -47,10 +51,6 @@ class LineReport:
     waiting: int
     start_rate: float | None
     at: float
-
-    @property
-    def spare(self) -> int:
-        return max(0, self.free_slots - self.waiting)
 
     def encode(self) -> bytes:
         return orjson.dumps({"provider": self.provider, "partition": self.partition, "free_slots": self.free_slots,
@@ -95,12 +95,44 @@ def estimated_wait(place: int, start_rate: float | None) -> float | None:
     return (place + 1) / start_rate
 
 
-def spare_by_provider(reports: Iterable[LineReport], now: float) -> dict[str, int]:
-    """Per provider, the spare room its fresh reports show (summed over its partitions)."""
-    out: dict[str, int] = {}
+@dataclass(frozen=True)
+class Room:
+    """How a provider stands by its fresh reports, summed over its partitions: free slots, orders
+    waiting (with those spilled to it since), and the rate its orders start at."""
+
+    free_slots: int
+    waiting: int
+    start_rate: float | None
+
+    def wait(self) -> float | None:
+        """Seconds an order sent now would wait for its slot: 0 if one is free for it, None if
+        unknown (no start rate yet)."""
+        ahead = self.waiting - self.free_slots
+        if ahead < 0:
+            return 0.0
+        return estimated_wait(ahead, self.start_rate)
+
+    def takes(self, max_wait_s: float) -> bool:
+        wait = self.wait()
+        return wait is not None and wait <= max_wait_s
+
+    def took_one(self) -> Room:
+        return Room(self.free_slots, self.waiting + 1, self.start_rate)
+
+
+def room_by_provider(reports: Iterable[LineReport], now: float) -> dict[str, Room]:
+    """Per provider, how its fresh reports say it stands (summed over its partitions)."""
+    out: dict[str, Room] = {}
     for report in reports:
-        if now - report.at <= FRESH_FOR:
-            out[report.provider] = out.get(report.provider, 0) + report.spare
+        if now - report.at > FRESH_FOR:
+            continue
+        held = out.get(report.provider)
+        if held is None:
+            out[report.provider] = Room(report.free_slots, report.waiting, report.start_rate)
+            continue
+        rates = [rate for rate in (held.start_rate, report.start_rate) if rate is not None]
+        out[report.provider] = Room(held.free_slots + report.free_slots, held.waiting + report.waiting,
+                                    sum(rates) if rates else None)
     return out
 
 
@@ -111,10 +143,10 @@ class Spill:
     reason: str
 
 
-def spill_to(routing: RoutingTable, model: str, wait: float | None, here: str, room: Mapping[str, int],
+def spill_to(routing: RoutingTable, model: str, wait: float | None, here: str, room: Mapping[str, Room],
              when: datetime) -> Spill | None:
     """Where an order of ``model`` waiting ``wait`` seconds at provider ``here`` should go, or None
-    to stay. ``room``: spare slots per provider (``spare_by_provider``, less what was spilled since)."""
+    to stay. ``room``: how each provider stands (``room_by_provider``, with what was spilled since)."""
     rule = routing.spillover.get(model)
     if rule is None or wait is None or wait <= rule.max_wait_s:
         return None
@@ -124,11 +156,12 @@ def spill_to(routing: RoutingTable, model: str, wait: float | None, here: str, r
         except ValidationError:  # every provider of that model is retired or disabled
             continue
         target = chain[0]
-        if target.provider != here and room.get(target.provider, 0) > 0:
+        there = room.get(target.provider)
+        if target.provider != here and there is not None and there.takes(rule.max_wait_s):
             reason = (f"spilled from {model} at {here}: about {wait:.0f}s to wait there (max_wait_s "
-                      f"{rule.max_wait_s:.0f}), {other} at {target.provider} had free slots")
+                      f"{rule.max_wait_s:.0f}), {other} at {target.provider} had room")
             return Spill(other, target, reason)
     return None
 
 
-__all__ = ["FRESH_FOR", "LineReport", "Spill", "StartRate", "estimated_wait", "spare_by_provider", "spill_to"]
+__all__ = ["FRESH_FOR", "LineReport", "Room", "Spill", "StartRate", "estimated_wait", "room_by_provider", "spill_to"]

@@ -453,10 +453,12 @@ class Dispatcher:
                 continue
             board.put(report)
             room, rate = board.room(now), report.start_rate
-            if not len(line) or rate is None or not any(spare > 0 for spare in room.values()):
+            shortest = min(rule.max_wait_s for rule in self.pipe.routing.spillover.values())
+            longest = max(rule.max_wait_s for rule in self.pipe.routing.spillover.values())
+            if not len(line) or rate is None or not any(there.takes(longest) for there in room.values()):
                 continue
             # Orders nearer the head than the shortest max_wait_s allows cannot spill: start past them.
-            first = int(min(rule.max_wait_s for rule in self.pipe.routing.spillover.values()) * rate)
+            first = int(shortest * rate)
             when = datetime.now(UTC)
             for place, order in enumerate(line.in_order()[first:], start=first):
                 if order.spilled_from is not None:
@@ -464,10 +466,10 @@ class Dispatcher:
                 spill = spill_to(self.pipe.routing, order.model, estimated_wait(place, rate), self.name, room, when)
                 if spill is None or line.take(order.job_id) is None:
                     continue
-                room[spill.target.provider] -= 1
+                room[spill.target.provider] = room[spill.target.provider].took_one()
                 lane.spawn(self.spill(order, slot_key(partition, order.job_id), partition, spill, parked=True),
                            f"spill:{order.job_id}")
-                if not any(spare > 0 for spare in room.values()):
+                if not any(there.takes(longest) for there in room.values()):
                     break
         if board is not None:
             for partition in partitions:

@@ -14,7 +14,7 @@ import logging
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.errors import KafkaError
 
-from floodgate.spillover import LineReport, spare_by_provider
+from floodgate.spillover import LineReport, Room, room_by_provider
 
 log = logging.getLogger(__name__)
 
@@ -24,7 +24,7 @@ class LineBoard:
         self.bootstrap, self.topic = bootstrap, topic
         self.reports: dict[tuple[str, int], LineReport] = {}
         self.spilled: dict[str, int] = {}
-        """Per provider, orders sent its way since its last report: its spare room is that much less."""
+        """Per provider, orders sent its way since its last report: they wait there too."""
         self._task: asyncio.Task[None] | None = None
 
     def put(self, report: LineReport) -> None:
@@ -35,10 +35,11 @@ class LineBoard:
             self.reports[key] = report
             self.spilled.pop(report.provider, None)
 
-    def room(self, now: float) -> dict[str, int]:
-        """Spare slots per provider: what its fresh reports show, less what was spilled to it since."""
-        room = spare_by_provider(self.reports.values(), now)
-        return {provider: spare - self.spilled.get(provider, 0) for provider, spare in room.items()}
+    def room(self, now: float) -> dict[str, Room]:
+        """How each provider stands: what its fresh reports show, with what was spilled to it since."""
+        room = room_by_provider(self.reports.values(), now)
+        return {provider: Room(held.free_slots, held.waiting + self.spilled.get(provider, 0), held.start_rate)
+                for provider, held in room.items()}
 
     def took(self, provider: str) -> None:
         self.spilled[provider] = self.spilled.get(provider, 0) + 1

@@ -151,12 +151,15 @@ def _spike(s: dict[str, Any]) -> tuple[str, str]:
             f"is compressed. Limits were never exceeded: {rejected} × 429.")
     sp = s.get("spillover") or {}
     if "drain_wall_s" in sp:
-        text += (f" With spillover ({sp['spilled_jobs']:,} jobs moved) wan takes kling's waiting jobs only once its "
-                 f"own line is empty (a spill needs more free slots than waiting jobs), and the dispatchers tell "
-                 f"each other their free slots once a wall second: at {1 / s['config']['plan']['time_factor']:g}× "
-                 f"that second is {s['config']['plan']['time_factor'] ** -1:g} simulated seconds against renders "
-                 f"of {s['config']['render'][0]:g}-{s['config']['render'][1]:g}, so a slot wan frees may wait "
-                 f"up to a report for the next spilled job; in real time the same second is negligible.")
+        split = ", ".join(f"{p} {v.get('jobs_created', 0):,}" for p, v in sp["providers"].items())
+        text += (f" With spillover ({sp['spilled_jobs']:,} jobs moved; jobs per provider: {split}) a job of kling's "
+                 f"line goes to wan when it would wait past max_wait_s at kling and would start within it at "
+                 f"wan, so wan keeps a short line of kling's jobs instead of idling between two line reports "
+                 f"(every {max(0.1, s['config']['plan']['time_factor']):g} s wall here, compressed like the "
+                 f"renders). What "
+                 f"keeps the drain above the floor (every slot busy from start to end) is the same slot handover "
+                 f"per job as without spillover, and the tail: the last renders end at different times, and kling "
+                 f"keeps up to max_wait_s of its line that never spills.")
     return "Spike drain time", text
 
 

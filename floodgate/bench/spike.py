@@ -78,7 +78,7 @@ class SpikeConfig:
     eta_read_rate: float = 50.0  # GETs per wall second at most, beside the load: extra load, kept modest
     eta_min_wait: float = 10.0  # simulated seconds: shorter actual waits are left out of the ETA error
     fair: FairConfig | None = field(default_factory=FairConfig)  # the fair-share check (None: skip)
-    spillover_max_wait: float = 60.0  # simulated seconds; the spike again with spillover (0: skip)
+    spillover_max_wait: float = 30.0  # simulated seconds; the spike again with spillover (0: skip)
     prestart_spillover: bool = False  # start that stack while the first runs (the smoke run, to stay short)
 
     def providers(self) -> dict[str, SimProvider]:
@@ -376,7 +376,8 @@ def summarize(cfg: SpikeConfig, run_: load.Run, accepted: dict[str, load.Sample]
         "plateau_submissions_per_s": len(plateau) / (plateau_to - plateau_from) if plateau_to > plateau_from else None,
         "capacity_per_s": cfg.capacity_per_s(),
         "providers": {p: {k: sim[p][k]
-                          for k in ("concurrency_limit", "max_concurrency", "rejected_429", "jobs_created")}
+                          for k in ("concurrency_limit", "max_concurrency", "rejected_429", "jobs_created",
+                                    "render_seconds") if k in sim[p]}
                       for p in ACTIVE if p in sim},
         "series": series,
         "cdf_e2e_sim_min": [(round(v / f / 60, 3), round(q, 4)) for v, q in stats.cdf_points(e2e)],

@@ -234,6 +234,17 @@ def test_spillover_row_wants_a_quarter_off_the_drain_and_no_429() -> None:
     assert targets.spillover(spike_results(offered=100))["status"] == targets.NOT_MEASURED
 
 
+def test_spillover_row_gives_the_floor_from_the_renders_done() -> None:
+    """With the simulator's render-seconds, the row says how short the drain could be at all."""
+    results = spike_results(with_s=140.0)
+    for provider, seconds in (("kling", 1500.0), ("wan", 1300.0)):
+        results["spike"]["spillover"]["providers"][provider]["render_seconds"] = seconds
+    row = targets.spillover(results)
+    # 2,800 render-seconds over 20 slots: 140 s, 30% shorter than 200 s; the run kept every slot busy.
+    assert "is 140.0 s: 30.0% shorter" in row["measured"] and "kept 100.0% of the slots' time busy" in row["measured"]
+    assert "could give" not in row["measured"]
+
+
 def test_tenant_row_reports_both_tenants_with_and_without_spillover() -> None:
     row = targets.tenant_waits(spike_results())
     assert row["status"] == targets.REPORTED
@@ -265,7 +276,8 @@ def test_what_limits_the_drain_names_the_spillover_run() -> None:
     s.update({"capacity_per_s": 9.3, "utilisation": {}})
     s["config"].update({"limit": 10, "render": [30.0, 180.0]})
     [text] = [text for name, text in limits({"spike": s}, 2) if name == "Spike drain time"]
-    assert "With spillover (242 jobs moved)" in text and "50 simulated seconds" in text
+    assert "With spillover (242 jobs moved; jobs per provider: kling 600, wan 662)" in text
+    assert "every 0.1 s wall here" in text
     del s["spillover"]
     [text] = [text for name, text in limits({"spike": s}, 2) if name == "Spike drain time"]
     assert "spillover" not in text

@@ -7,7 +7,7 @@ import pytest
 
 from floodgate.errors import ConfigError
 from floodgate.routing import RoutingTable
-from floodgate.spillover import LineReport, StartRate, estimated_wait, spare_by_provider, spill_to
+from floodgate.spillover import LineReport, Room, StartRate, estimated_wait, room_by_provider, spill_to
 
 NOW = datetime(2026, 12, 1, tzinfo=UTC)
 
@@ -37,32 +37,47 @@ def test_bad_rules_are_refused_naming_the_place(rules: dict, message: str) -> No
         table(rules)
 
 
+FREE = Room(free_slots=2, waiting=0, start_rate=None)
+
+
 def test_a_long_wait_spills_to_the_first_equivalent_with_room() -> None:
     routing = table()
-    room = {"wan": 2, "kling": 5}
+    room = {"wan": FREE, "kling": Room(5, 0, None)}
     spill = spill_to(routing, "kling-2.1", 45.0, "kling", room, NOW)
     assert spill is not None and spill.model == "wan-2.6" and spill.target.provider == "wan"  # veo is disabled
     assert "45s" in spill.reason and "max_wait_s 30" in spill.reason
 
 
 @pytest.mark.parametrize(("model", "wait", "room"), [
-    ("kling-2.1", 29.0, {"wan": 2}),   # short enough: stays
-    ("kling-2.1", None, {"wan": 2}),   # rate unknown: stays
-    ("kling-2.1", 90.0, {"wan": 0}),   # no room anywhere
-    ("kling-2.1", 90.0, {}),           # no fresh report
-    ("wan-2.6", 900.0, {"kling": 9}),  # no rule for this model
+    ("kling-2.1", 29.0, {"wan": FREE}),                   # short enough: stays
+    ("kling-2.1", None, {"wan": FREE}),                   # rate unknown: stays
+    ("kling-2.1", 90.0, {"wan": Room(0, 0, None)}),       # no slot free, rate unknown there
+    ("kling-2.1", 90.0, {"wan": Room(0, 30, 1.0)}),       # 31 s to wait there, past max_wait_s 30
+    ("kling-2.1", 90.0, {}),                              # no fresh report
+    ("wan-2.6", 900.0, {"kling": Room(9, 0, None)}),      # no rule for this model
 ])
-def test_orders_stay_unless_all_conditions_hold(model: str, wait: float | None, room: dict[str, int]) -> None:
+def test_orders_stay_unless_all_conditions_hold(model: str, wait: float | None, room: dict[str, Room]) -> None:
     assert spill_to(table(), model, wait, "kling", room, NOW) is None
 
 
-def test_spare_room_counts_fresh_reports_only_and_sums_partitions() -> None:
+def test_a_short_line_at_the_equivalent_is_room_too() -> None:
+    """No slot free at wan, but an order sent there starts within max_wait_s: it goes (wan's slots
+    are fed between reports instead of idling until the next one)."""
+    there = Room(free_slots=0, waiting=28, start_rate=1.0)  # 29 s to wait there
+    assert there.wait() == pytest.approx(29.0) and there.takes(30.0)
+    spill = spill_to(table(), "kling-2.1", 45.0, "kling", {"wan": there}, NOW)
+    assert spill is not None and spill.target.provider == "wan"
+    assert not there.took_one().took_one().takes(30.0), "each spill takes a place: 31 s is past it"
+    assert Room(3, 1, None).wait() == 0.0 and Room(3, 3, None).wait() is None
+
+
+def test_room_counts_fresh_reports_only_and_sums_partitions() -> None:
     reports = [LineReport("wan", 0, free_slots=3, waiting=1, start_rate=1.0, at=100.0),
-               LineReport("wan", 1, free_slots=2, waiting=0, start_rate=1.0, at=101.0),
+               LineReport("wan", 1, free_slots=2, waiting=0, start_rate=0.5, at=101.0),
+               LineReport("veo", 0, free_slots=0, waiting=4, start_rate=None, at=101.0),
                LineReport("kling", 0, free_slots=9, waiting=0, start_rate=None, at=90.0)]
-    assert spare_by_provider(reports, now=102.0) == {"wan": 4}
+    assert room_by_provider(reports, now=102.0) == {"wan": Room(5, 1, 1.5), "veo": Room(0, 4, None)}
     assert LineReport.decode(reports[0].encode()) == reports[0]
-    assert LineReport("x", 0, free_slots=1, waiting=5, start_rate=None, at=0).spare == 0
 
 
 def test_start_rate_needs_a_few_starts_and_forgets_old_ones() -> None:
