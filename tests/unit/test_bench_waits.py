@@ -238,11 +238,16 @@ def test_spillover_row_gives_the_floor_from_the_renders_done() -> None:
     """With the simulator's render-seconds, the row says how short the drain could be at all."""
     results = spike_results(with_s=140.0)
     for provider, seconds in (("kling", 1500.0), ("wan", 1300.0)):
-        results["spike"]["spillover"]["providers"][provider]["render_seconds"] = seconds
+        results["spike"]["spillover"]["providers"][provider]["render_seconds"] = seconds - 12.62
+    results["spike"]["config"].update({"queue_delay": 1.0})  # simulated; 0.02 s wall per job at 0.02
     row = targets.spillover(results)
-    # 2,800 render-seconds over 20 slots: 140 s, 30% shorter than 200 s; the run kept every slot busy.
+    # 2,800 slot-seconds (renders, and 1,262 jobs × 0.02 s queueing) over 20 slots: 140 s, 30%
+    # shorter than 200 s; the run kept every slot busy.
     assert "is 140.0 s: 30.0% shorter" in row["measured"] and "kept 100.0% of the slots' time busy" in row["measured"]
     assert "could give" not in row["measured"]
+    results["spike"]["providers"]["kling"]["render_seconds"] = 1500.0 - 16.84  # 842 jobs × 0.02 s queueing
+    results["spike"]["drain_wall_s"] = 200.0
+    assert "kling's without it 75.0%" in targets.spillover(results)["measured"]  # 1,500 over 10 slots, 200 s
 
 
 def test_tenant_row_reports_both_tenants_with_and_without_spillover() -> None:
