@@ -14,8 +14,10 @@ in place recovers its tables.
 """
 from __future__ import annotations
 
+import sys
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
+from types import MappingProxyType
 from typing import Any
 
 import orjson
@@ -40,8 +42,24 @@ def table_value(doc: Mapping[str, Any]) -> bytes:
     return bytes(memoryview(orjson.dumps(doc)))
 
 
-@dataclass(frozen=True)
+_NOTHING: Mapping[str, str] = MappingProxyType({})
+"""The params or metadata of an order that has none: one shared empty mapping, not one each."""
+
+
+def _shared(text: str) -> str:
+    """Tenant, model, provider and priority repeat across thousands of waiting orders: one copy each."""
+    return sys.intern(text)
+
+
+def _mapping(doc: Mapping[str, str] | None) -> Mapping[str, str]:
+    return dict(doc) if doc else _NOTHING
+
+
+@dataclass(frozen=True, slots=True)
 class Order:
+    """A dispatcher holds up to its fair window of these (tens of thousands) while they wait: slots,
+    and the strings every order repeats kept once (``from_record``)."""
+
     job_id: str
     tenant: str
     model: str
@@ -68,13 +86,15 @@ class Order:
 
     @classmethod
     def from_record(cls, rec: Mapping[str, Any]) -> Order:
+        spilled = rec.get("spilled_from")
         return cls(
-            job_id=rec["job_id"], tenant=rec["tenant"], model=rec["model"], provider=rec["provider"],
-            provider_model=rec["provider_model"], prompt=rec["prompt"], attempt=int(rec["attempt"]),
-            queued_at=int(rec["queued_at"]), image_url=rec.get("image_url"), params=dict(rec.get("params") or {}),
-            tried=tuple(rec.get("tried") or ()), webhook_url=rec.get("webhook_url"),
-            metadata=dict(rec.get("metadata") or {}), priority=rec.get("priority") or "standard",
-            deadline_at=rec.get("deadline_at"), spilled_from=rec.get("spilled_from"))
+            job_id=rec["job_id"], tenant=_shared(rec["tenant"]), model=_shared(rec["model"]),
+            provider=_shared(rec["provider"]), provider_model=_shared(rec["provider_model"]), prompt=rec["prompt"],
+            attempt=int(rec["attempt"]), queued_at=int(rec["queued_at"]), image_url=rec.get("image_url"),
+            params=_mapping(rec.get("params")), tried=tuple(rec.get("tried") or ()),
+            webhook_url=rec.get("webhook_url"), metadata=_mapping(rec.get("metadata")),
+            priority=_shared(rec.get("priority") or "standard"), deadline_at=rec.get("deadline_at"),
+            spilled_from=None if spilled is None else _shared(spilled))
 
     def to_record(self) -> dict[str, Any]:
         return {

@@ -49,3 +49,20 @@ def test_a_table_value_holds_no_more_memory_than_its_bytes() -> None:
     finally:
         tracemalloc.stop()
     assert grown / len(kept) < 2 * len(kept[0]) + 100, (grown / len(kept), len(kept[0]))
+
+
+def test_orders_read_back_share_what_they_repeat() -> None:
+    """A line holds tens of thousands of decoded orders: no ``__dict__`` each, one copy of the
+    strings every order repeats, one empty mapping for the params or metadata an order lacks."""
+    def read(i: int) -> Order:
+        raw = Parked(Order(job_id=f"job-{i}", tenant="".join(["ten", "ant"]), model="kling-2.1", provider="kling",
+                           provider_model="kling-v2", prompt=f"p{i}", attempt=0, queued_at=i,
+                           metadata={"user": str(i)}), i).encode()
+        return Parked.decode(raw).order
+
+    a, b = read(1), read(2)
+    assert not hasattr(a, "__dict__")
+    assert a.tenant is b.tenant and a.model is b.model and a.provider_model is b.provider_model
+    assert a.priority is b.priority and a.params is b.params and not a.params
+    assert a.metadata == {"user": "1"} and b.metadata == {"user": "2"}
+    assert a.to_record()["params"] == {} and Order.from_record(a.to_record()) == a
