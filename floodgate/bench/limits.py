@@ -133,7 +133,17 @@ def _memory(m: dict[str, Any]) -> tuple[str, str]:
                        "(bounded per partition database by write_buffer_size × max_write_buffer_number) and the "
                        "block cache (bounded by block_cache_size), so RSS levels off once those are full instead "
                        "of growing with the backlog.")
-    return "Worker RSS", text
+    small, large = m["config"]["small"], m["config"]["large"]
+    lines = ""
+    if "dispatch_lag_small" in m:
+        read_small, read_large = small - m["dispatch_lag_small"], large - m["dispatch_lag_large"]
+        lines = (f" The dispatchers had read {read_small:,} orders with {small:,} queued and {read_large:,} with "
+                 f"{large:,}: their fair lines hold up to FLOODGATE_FAIR_WINDOW orders per dispatch partition "
+                 f"in memory (decoded, with their waiting entries: about 1 KB each), so "
+                 f"{read_large - read_small:,} more orders held account for about "
+                 f"{(read_large - read_small) * 1024 / 2**20:,.0f} MiB of the growth; the rest of the backlog waits "
+                 f"in Kafka.")
+    return "Worker RSS", text + lines
 
 
 def _spike(s: dict[str, Any]) -> tuple[str, str]:

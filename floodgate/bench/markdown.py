@@ -304,7 +304,9 @@ def memory(m: dict[str, Any]) -> list[str]:
     rate = max(g(m, "fill_small", "admitted_per_s", default=0.0), g(m, "fill_large", "admitted_per_s", default=0.0))
     note = (f"The large backlog here is {cfg['large']:,} jobs (default 100,000; `floodgate bench --memory-jobs "
             f"1000000` runs the target's size)")
-    if rate > 0 and not stalls:
+    if cfg["large"] >= 1_000_000:
+        note = f"The large backlog here is {cfg['large']:,} jobs, the target's size."
+    elif rate > 0 and not stalls:
         note += (f": the worker admits about {num(rate, 0)} jobs/s on this machine, so 1,000,000 would take "
                  f"about {1_000_000 / rate / 60:,.0f} more minutes.")
     else:
