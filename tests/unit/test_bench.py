@@ -204,3 +204,14 @@ def test_bench_without_matplotlib_says_how_to_install_it(monkeypatch: pytest.Mon
     monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "matplotlib" else real(name, *a))
     assert cli.main(["bench", "--smoke"]) == 2
     assert "pip install -e '.[bench]'" in capsys.readouterr().err
+
+
+def test_what_limits_memory_names_the_orders_the_fair_lines_held() -> None:
+    from floodgate.bench.limits import limits
+
+    m = {"config": {"small": 10_000, "large": 1_000_000}, "bytes_per_queued_job": 128.0, "table_store": "rocksdict",
+         "rss_large": 254 << 20,
+         "dispatch_lag_small": 0, "dispatch_lag_large": 953_512, "table_entry_bytes": {"jobs": 577.0}}
+    [text] = [text for name, text in limits({"memory": m}, 2) if name == "Worker RSS"]
+    assert "read 10,000 orders with 10,000 queued and 46,488 with 1,000,000" in text
+    assert "36,488 more orders held account for about 36 MiB" in text
