@@ -215,7 +215,7 @@ class Ingress:
         except RecordTooLarge:
             return too_large(deps.settings.max_body_bytes)
         if deps.view is not None:  # read-your-writes when this process also serves reads
-            deps.view.put_local(queued_snapshot(record))
+            deps.view.put_local(queued_snapshot(record), new_id=record.get("idempotency_key") is None)
         return self._accepted(request, record["job_id"])
 
     def _accepted(self, request: web.Request, job_id: str) -> web.Response:

@@ -172,16 +172,18 @@ class JobView:
         # A newer snapshot may have arrived during the read; memory is never older than disk.
         return self.get(job_id) or self._effective(spilled)
 
-    def apply(self, snapshot: Snapshot) -> bool:
+    def apply(self, snapshot: Snapshot, *, unseen: bool = False) -> bool:
         """Keep ``snapshot`` if it is newer than what we hold, in memory or spilled; True if kept.
 
         Equal versions are not newer: a redelivered snapshot changes nothing and wakes nobody.
         A job neither in memory nor in the batch ``apply_batch`` looked up costs one indexed
-        read of the spill on the event loop (in the server, only ``put_local`` gets there).
+        read of the spill on the event loop (in the server, only ``put_local`` of a job whose id
+        came from its Idempotency-Key gets there). ``unseen``: no snapshot of this job can exist
+        yet (its id was just minted), so there is nothing to read.
         """
         job_id = snapshot["job_id"]
         current = self.get(job_id)
-        held = current["version"] if current is not None else self._spilled_version(job_id)
+        held = current["version"] if current is not None else (-1 if unseen else self._spilled_version(job_id))
         if held >= snapshot["version"]:
             return False
         self._active.pop(job_id, None)
@@ -269,12 +271,15 @@ class JobView:
             finally:
                 self._writing = {}
 
-    def put_local(self, snapshot: Snapshot) -> bool:
+    def put_local(self, snapshot: Snapshot, *, new_id: bool = False) -> bool:
         """What the ingress knows right after its 202, so a GET on this instance never 404s.
 
         Carries version 0: the job-state agent's first snapshot (version 1) supersedes it.
+        ``new_id``: the ingress minted the job id for this request (no Idempotency-Key), so no
+        other snapshot of it exists and the spill is not read: once the view has spilled, that
+        read was a query on the event loop for every 202.
         """
-        return self.apply(snapshot)
+        return self.apply(snapshot, unseen=new_id)
 
     async def wait_for(self, job_id: str, timeout: float) -> Snapshot | None:
         """The job's snapshot (memory, then spill), waiting up to ``timeout`` seconds for one to arrive."""

@@ -215,6 +215,21 @@ async def test_put_local_never_hides_a_spilled_state(spill: SpillStore) -> None:
     assert found is not None and found["status"] == "completed"
 
 
+async def test_put_local_of_a_minted_id_reads_no_disk(tmp_path: Path) -> None:
+    """A job id the ingress just minted has no snapshot anywhere: its 202 costs no query on the
+    event loop, however much the view has spilled. An id from an Idempotency-Key still looks."""
+    store = ThreadNotingStore(tmp_path / "view.sqlite")
+    try:
+        view = await evicted_view(store)
+        store.read_threads.clear()
+        assert view.put_local({**snap("fresh", 0, "queued")}, new_id=True)
+        assert store.read_threads == []
+        assert not view.put_local({**snap("a", 0, "queued")})  # keyed: the spilled state wins
+        assert store.read_threads == [threading.main_thread()]
+    finally:
+        store.close()
+
+
 async def test_the_feed_path_reads_the_disk_off_the_event_loop(tmp_path: Path) -> None:
     store = ThreadNotingStore(tmp_path / "view.sqlite")
     try:
