@@ -82,6 +82,9 @@ class ProviderState:
     def reset(self) -> None:
         """Forget jobs, counters and admin outages. Configured outages stay relative to server start."""
         self.jobs: dict[str, Job] = {}
+        self.lines: dict[str, dict[str, Job]] = {}
+        """Per key, its queued jobs in creation order (hung ones hold no place): who renders next
+        is the first of its key's line, found without a pass over every job ever created."""
         self.idempotency: dict[tuple[str, str], str] = {}
         self.keys: dict[str, KeyStats] = {}
         self.admin_outage_until: float | None = None
@@ -139,6 +142,8 @@ class ProviderState:
             idempotency_key=idempotency_key,
         )
         self.jobs[job.id] = job
+        if not job.will_hang:
+            self.lines.setdefault(api_key, {})[job.id] = job
         if idempotency_key is not None:
             self.idempotency[(api_key, idempotency_key)] = job.id
         stats.in_flight += 1
@@ -163,7 +168,10 @@ class ProviderState:
         job of that key is waiting for one."""
         if self.key(job.api_key).rendering >= self.config.concurrency_limit:
             return False
-        return self.queue_position(job) == 0
+        if job.status != "queued":
+            return True
+        line = self.lines.get(job.api_key)
+        return not line or next(iter(line.values())) is job
 
     def queue_position(self, job: Job) -> int:
         """Jobs of the same key queued ahead of ``job`` (0 once it renders). A hung job is not
@@ -171,13 +179,21 @@ class ProviderState:
         the line that the others wait behind."""
         if job.status != "queued":
             return 0
+        # A job in its key's line counts the ones before it there; a hung one (in no line) the
+        # queued jobs of its key created before it, found the slow way (it is rare).
+        others = self.jobs.values() if job.will_hang else self.lines.get(job.api_key, {}).values()
         ahead = 0
-        for other in self.jobs.values():
+        for other in others:
             if other is job:
                 break
             if other.api_key == job.api_key and other.status == "queued" and not other.will_hang:
                 ahead += 1
         return ahead
+
+    def _leave_line(self, job: Job) -> None:
+        line = self.lines.get(job.api_key)
+        if line is not None:
+            line.pop(job.id, None)
 
     def queue_delay(self) -> float:
         return self.sim.scaled(self.config.queue_delay)
@@ -196,6 +212,7 @@ class ProviderState:
             job.cold_seconds = self.sim.scaled(self.config.cold_start)
             self.count(job.api_key, "cold_starts")
         job.status = "in_progress"
+        self._leave_line(job)
         self.key(job.api_key).rendering += 1
         job.render_started = now
         job.render_seconds = self.sim.scaled(seconds)
@@ -212,6 +229,7 @@ class ProviderState:
             self.rendering[model] -= 1
             self.key(job.api_key).rendering -= 1
             self.last_busy[model] = self._monotonic()
+        self._leave_line(job)
         job.status = status
         job.completed_at = self._wall()
         if status == "failed":

@@ -25,7 +25,7 @@ from connectors.simulator import (
     run_receiver,
     run_simulator,
 )
-from connectors.simulator.jobs import SAMPLE_VIDEO, CreateRequest
+from connectors.simulator.jobs import SAMPLE_VIDEO, CreateRequest, Job
 from connectors.simulator.receiver import Delivery
 from connectors.simulator.state import Created, ProviderState
 from floodgate import signing
@@ -462,6 +462,34 @@ def test_state_is_deterministic_per_seed_and_cold_starts_follow_the_idle_window(
     renders = [seconds for _, seconds in first]
     assert renders[0] >= 55 and renders[3] >= 55  # (10..20 + 100 cold) * 0.5
     assert all(5 <= seconds <= 10 for seconds in renders[1:3])
+
+
+def test_each_key_renders_its_jobs_in_turn_and_a_hung_one_holds_no_place() -> None:
+    """Who renders next is the first of its key's line (kept as jobs come and go, not found by a
+    pass over every job ever created): positions follow creation, another key's jobs and a hung
+    job are not ahead of anyone, and a cancelled queued job leaves the line."""
+    request = CreateRequest(model="m", prompt="p", image_url=None, webhook_url=None, metadata={})
+    provider = fast(concurrency_limit=1, queue_over_limit=10)  # it queues past its one render slot
+    state = ProviderState("sora", provider, SimulatorConfig(providers={"sora": provider}, seed=1),
+                          monotonic=lambda: 0.0, wall=lambda: 1e9)
+
+    def submit(key: str, *, hang: bool = False) -> Job:
+        state.config = dataclasses.replace(provider, hang_rate=1.0 if hang else 0.0)
+        created = state.submit(key, request, None)
+        assert isinstance(created, Created)
+        return created.job
+
+    first, hung, second, other, third = submit("a"), submit("a", hang=True), submit("a"), submit("b"), submit("a")
+    assert [state.queue_position(j) for j in (first, second, other, third)] == [0, 1, 0, 2]
+    assert state.queue_position(hung) == 1  # the queued jobs of its key created before it
+    assert state.may_render(first) and not state.may_render(second) and state.may_render(other)
+    state.begin_render(first)
+    assert not state.may_render(second), "the key's one slot is taken"
+    state.finish(first, "completed")
+    assert state.may_render(second) and state.queue_position(third) == 1
+    state.finish(second, "cancelled")  # cancelled while queued: out of the line
+    assert state.may_render(third) and state.queue_position(third) == 0
+    assert state.queue_position(hung) == 0 and hung.status == "queued"  # those created before it are gone
 
 
 async def test_command_line_prints_its_url_and_exits_cleanly_on_sigterm() -> None:
