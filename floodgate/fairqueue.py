@@ -120,6 +120,7 @@ class FairLine(Generic[Q]):
 
     @property
     def paused(self) -> bool:
+        """Whether the line reached its high mark and has not yet drained to its low mark."""
         return self._paused
 
     def push(self, item: Q) -> bool:

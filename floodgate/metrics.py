@@ -195,6 +195,10 @@ class WorkerMetrics(_Group):
             "floodgate_orders_parked_total",
             "Dispatch orders that found no free slot and waited in line (each costs one waiting-entry record).",
             ["provider"])
+        self.window_holds = self._counter(
+            "floodgate_read_ahead_holds_total",
+            "Times a dispatch partition stopped fetching because the worker's read-ahead window "
+            "(FLOODGATE_FAIR_WINDOW waiting orders over all its lines) was full.", ["provider"])
         self.expired = self._counter(
             "floodgate_jobs_expired_total", "Jobs whose deadline passed while they waited: never submitted.",
             ["provider"])
@@ -230,7 +234,7 @@ class WorkerMetrics(_Group):
         """Create the provider's series at zero, so dashboards see them before the first job."""
         for metric in (self.inflight, self.concurrency_limit, self.breaker_open, self.submissions,
                        self.rate_limited, self.retries, self.reroutes, self.polls, self.timeouts, self.webhooks,
-                       self.queue_depth, self.expired, self.parked):
+                       self.queue_depth, self.expired, self.parked, self.window_holds):
             metric.labels(name)
 
 

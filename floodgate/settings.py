@@ -88,6 +88,11 @@ class Settings:
     other partitions consumed meanwhile wait for the poll to return: it bounds a hop's added latency."""
     stream_buffer: int = 4096
     """Records a worker buffers per agent before it pauses fetching the agent's partitions."""
+    fetch_partition_bytes: int = 256 * 1024
+    """Most bytes one fetch brings per partition (Kafka's ``max.partition.fetch.bytes``; Kafka's
+    default is 1 MiB). What was fetched for a paused partition stays in the worker's memory until
+    it resumes, and under a backlog every dispatch partition waits paused: this bounds what a
+    backlog costs there. A fetch still brings hundreds of records (an order is about 500 bytes)."""
 
     # --- Local broker (the embedded default) ---------------------------------------
     kafka_version: str = "3.9.1"
@@ -194,9 +199,10 @@ class Settings:
     default_deadline_s: int = 0
     """Deadline of a request that names none (deadline_s): seconds after acceptance past which a
     job still waiting ends expired, unsubmitted. 0: no deadline."""
-    fair_window: int = 20_000
-    """Orders a provider's dispatcher reads ahead into its fair line while its slots are full: a
-    tenant's burst larger than this is served in arrival order beyond it. Memory: about 1 KB each."""
+    fair_window: int = 10_000
+    """Waiting orders a worker reads ahead into its providers' fair lines, in all, while their
+    slots are full: fair share reaches over these, so a tenant's burst larger than this is served
+    in arrival order beyond it. The rest of the backlog waits in Kafka. Memory: about 1 KB each."""
     line_report_interval: float = 1.0
     """Seconds between a dispatcher's looks at its lines: waiting orders moved after a restart,
     deadlines, and (with spillover) the line reports and the moves to equivalents."""
@@ -360,7 +366,8 @@ class Settings:
 
     def validate(self) -> None:
         for name in ("partitions", "dispatch_partitions", "replication_factor", "min_insync_replicas", "max_body_bytes",
-                     "stream_buffer", "fetch_max_wait_ms", "upload_max_bytes", "upload_max_total_bytes"):
+                     "stream_buffer", "fetch_max_wait_ms", "fetch_partition_bytes", "upload_max_bytes",
+                     "upload_max_total_bytes"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"{PREFIX}{name.upper()} must be at least 1")
         if self.upload_ttl <= 0:

@@ -78,6 +78,7 @@ def create_app(settings: Settings, *, app_id: str | None = None, datadir: Path |
         broker_rebalance_timeout=max(settings.session_timeout * 2, 20.0),
         consumer_auto_offset_reset="earliest",
         stream_buffer_maxsize=settings.stream_buffer,
+        consumer_max_fetch_size=settings.fetch_partition_bytes,
         producer_acks=-1,
         # Standbys would double table changelog reads on a 2-core box; recovery replays instead.
         table_standby_replicas=0,
@@ -101,4 +102,4 @@ def job_table_options(settings: Settings, name: str) -> dict[str, Any]:
     # a falsy URL that Faust would silently replace by the app's store (memory).
     return {"store": f"rocksdb:{name}", "options": {
         "driver": "rocksdict", "write_buffer_size": 1 << 20, "max_write_buffer_number": 2,
-        "target_file_size_base": 8 << 20, "block_cache_size": 4 << 20}}
+        "target_file_size_base": 8 << 20, "block_cache_size": 1 << 20}}

@@ -11,6 +11,7 @@ import faust
 
 from floodgate.metrics import WorkerMetrics, worker_metrics
 from floodgate.provider_config import ProviderSetup
+from floodgate.readahead import ReadAhead
 from floodgate.routing import RoutingTable
 from floodgate.settings import Settings
 from floodgate.topics import TopicNames
@@ -29,11 +30,14 @@ class Pipeline:
     metrics: WorkerMetrics = field(default_factory=worker_metrics)
     lines: LineBoard | None = None
     """How every provider's line stands (only when the routing table has spillover rules)."""
+    read_ahead: ReadAhead = field(init=False)
+    """The worker's window of waiting orders held in memory, over all its providers' lines."""
     _session: aiohttp.ClientSession | None = None
 
     def __post_init__(self) -> None:
         self.names = TopicNames(self.settings)
         self.emit = Emitter(self.app)
+        self.read_ahead = ReadAhead(self.settings.fair_window)
 
     @property
     def routing(self) -> RoutingTable:

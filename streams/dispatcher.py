@@ -75,6 +75,7 @@ from connectors.providers.base import SubmitOrder, SubmitResult
 from floodgate import codec
 from floodgate.dispatch import ENDED, Order, Slot, parse_slot_key, slot_key
 from floodgate.errors import FloodgateError, ProviderUnavailable
+from floodgate.readahead import floor_for
 from floodgate.routing import next_target
 from floodgate.spillover import LineReport, Spill, estimated_wait, spill_to
 from floodgate.submit_policy import SubmitPolicy, decide
@@ -150,6 +151,11 @@ class Dispatcher:
         self.webhook_url = f"{base.rstrip('/')}/webhooks/{name}" if base else None
         self.acks = AckLine()
         self.metrics = pipe.metrics
+        self.read_ahead = pipe.read_ahead
+        self.read_ahead.track(self.lane.lines.values())
+        self.read_ahead.subscribe(self.refetch)
+        self.window_held: set[int] = set()
+        """Dispatch partitions paused because the worker's read-ahead window is full (see ``hold``)."""
 
     @property
     def orders_topic(self) -> str:
@@ -213,6 +219,7 @@ class Dispatcher:
     async def _revoked(self, app: faust.App, /, revoked: set[Any], **kwargs: object) -> None:
         mine = {tp.partition for tp in revoked if tp.topic == self.orders_topic}
         self.held.difference_update(TP(self.orders_topic, p) for p in mine)
+        self.window_held.difference_update(mine)
         dropped = self.lane.forget_waiting(mine)
         if dropped:
             log.info("%s: %d waiting orders left to the partitions' next owner", self.name, dropped)
@@ -241,6 +248,31 @@ class Dispatcher:
         tp = TP(self.orders_topic, partition)
         self.held.discard(tp)
         self.app.consumer.on_buffer_drop(tp)
+
+    def floor(self, partition: int) -> int:
+        return floor_for(self.lane.capacity(partition))
+
+    def shrank(self, partition: int) -> None:
+        """``partition``'s line got shorter: fetch it again if nothing holds it any more (its own
+        high mark, or the worker's read-ahead window), and let the window's other partitions know."""
+        line = self.lane.lines[partition]
+        due = line.resume_due()  # once per pause of its own, when drained to its low mark
+        if partition in self.window_held:
+            if not line.paused and self.read_ahead.may_fetch(len(line), self.floor(partition)):
+                self.window_held.discard(partition)
+                self.let_go(partition)
+        elif due:
+            self.let_go(partition)
+        self.read_ahead.drained()
+
+    def refetch(self) -> None:
+        """The read-ahead window has room again: let go the partitions held for it."""
+        for partition in list(self.window_held):
+            line = self.lane.lines[partition]
+            if line.paused or not self.read_ahead.may_fetch(len(line), self.floor(partition)):
+                continue
+            self.window_held.discard(partition)
+            self.let_go(partition)
 
     # -- slots -------------------------------------------------------------------------------
 
@@ -317,6 +349,10 @@ class Dispatcher:
         self.metrics.parked.labels(self.name).inc()
         if full:
             self.hold(partition)
+        elif partition not in self.window_held and self.read_ahead.must_hold(len(line), self.floor(partition)):
+            self.window_held.add(partition)
+            self.metrics.window_holds.labels(self.name).inc()
+            self.hold(partition)
         self.pump(partition)
         return durable
 
@@ -324,7 +360,6 @@ class Dispatcher:
         """Give free slots of ``partition`` to its waiting orders, oldest first. Several callers
         may pump at once (new orders, releases, fallbacks): a slot is taken synchronously."""
         lane = self.lane
-        line = lane.lines[partition]
         now_ms = self.pipe.now_ms()
         while (nxt := lane.next_waiting(partition)) is not None:
             order, fresh = nxt
@@ -347,8 +382,7 @@ class Dispatcher:
                 slot = lane.slots.get(key)
                 if slot is not None and not slot.provider_job_id:
                     lane.run_in_background(key, self.submit(order, key, partition))
-        if line.resume_due():
-            self.let_go(partition)
+        self.shrank(partition)
 
     async def start(self, order: Order, key: bytes, partition: int, generation: int | None,
                     durable: Awaitable[Any]) -> None:
@@ -407,8 +441,7 @@ class Dispatcher:
         for order in line.remove(lambda waiting: waiting.expired(now_ms)):
             key = slot_key(partition, order.job_id)
             self.lane.spawn(self.expire(order, key, partition), f"expire:{key.decode()}")
-        if line.resume_due():
-            self.let_go(partition)
+        self.shrank(partition)
 
     # -- spillover ---------------------------------------------------------------------------
 
@@ -473,8 +506,7 @@ class Dispatcher:
                     break
         if board is not None:
             for partition in partitions:
-                if lane.lines[partition].resume_due():
-                    self.let_go(partition)
+                self.shrank(partition)
 
     async def move_on(self, order: Order, key: bytes, partition: int, reason: str, *, reroute: bool) -> None:
         if self.lane.marked(key):
@@ -629,8 +661,8 @@ class Dispatcher:
                 # A slot whose submission is not running: it is being started (the submission
                 # will find the mark) or was left by a crash (the poller's re-dispatch will).
                 await self.free(partition, key, job_id)
-        if dropped and line.resume_due():
-            self.let_go(partition)
+        if dropped:
+            self.shrank(partition)
 
     async def end_offset(self, partition: int) -> int | None:
         """The dispatch partition's end offset now, from the broker (None if it does not answer)."""
@@ -669,6 +701,7 @@ class Dispatcher:
         if self.pipe.lines is not None:
             self.pipe.lines.start()
         await self.report_and_spill(mine)
+        self.refetch()  # the window may have room since lines of other workers' partitions left
 
     async def poll(self) -> None:
         lane = self.lane

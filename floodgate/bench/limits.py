@@ -130,16 +130,18 @@ def _memory(m: dict[str, Any]) -> tuple[str, str]:
                        "FLOODGATE_TABLE_STORE=rocksdict moves them to disk.")
     else:
         text = head + ("They live on disk (RocksDB through rocksdict); what grows is RocksDB's memory: memtables "
-                       "(bounded per partition database by write_buffer_size × max_write_buffer_number) and the "
-                       "block cache (bounded by block_cache_size), so RSS levels off once those are full instead "
-                       "of growing with the backlog.")
+                       "(bounded per partition database by write_buffer_size × max_write_buffer_number), the "
+                       "block cache (bounded by block_cache_size) and its index and filter blocks (a few bytes "
+                       "per job), so RSS levels off once the bounded parts are full. The C heap is kept from "
+                       "holding on to freed memory (floodgate/malloc.py: two malloc arenas, large blocks "
+                       "mmap'd), and a paused partition keeps at most FLOODGATE_FETCH_PARTITION_BYTES fetched.")
     small, large = m["config"]["small"], m["config"]["large"]
     lines = ""
     if "dispatch_lag_small" in m:
         read_small, read_large = small - m["dispatch_lag_small"], large - m["dispatch_lag_large"]
         lines = (f" The dispatchers had read {read_small:,} orders with {small:,} queued and {read_large:,} with "
-                 f"{large:,}: their fair lines hold up to FLOODGATE_FAIR_WINDOW orders per dispatch partition "
-                 f"in memory (decoded, with their waiting entries: about 1 KB each), so "
+                 f"{large:,}: their fair lines hold up to FLOODGATE_FAIR_WINDOW orders in all (the worker's "
+                 f"read-ahead window) in memory (decoded, with their waiting entries: about 1 KB each), so "
                  f"{read_large - read_small:,} more orders held account for about "
                  f"{(read_large - read_small) * 1024 / 2**20:,.0f} MiB of the growth; the rest of the backlog waits "
                  f"in Kafka.")

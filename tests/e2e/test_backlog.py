@@ -13,7 +13,7 @@ import pytest
 
 from floodgate.devstack import Stack
 from tests.e2e.stack_util import make_stack, simulator_config, until
-from tests.helpers import final_states, fire, sim_stats, simulator_stats
+from tests.helpers import final_states, fire, scrape, sim_stats, simulator_stats, value
 from tests.kafka_util import committed_offsets, read_all, wait_committed, wait_consumed
 
 pytestmark = pytest.mark.kafka
@@ -105,3 +105,33 @@ def test_a_worker_joining_while_orders_wait_takes_over_its_share(kafka_bootstrap
     assert wan["max_concurrency"] <= 10 and wan["rejected_429"] == 0, wan
     assert wan["jobs_created"] == 150, f"a job was submitted twice or never: {wan}"
     assert "worker=ready" in second
+
+
+def test_a_read_ahead_window_shared_by_two_providers_pauses_them_and_both_drain(
+        kafka_bootstrap: str, tmp_path: Path) -> None:
+    # A window of 150 waiting orders for the worker, 400 jobs behind each of two providers' 10
+    # slots: each line may hold its floor (64), the window fills, partitions stop fetching and
+    # start again as renders end, and every job still completes within the limits.
+    config = simulator_config(tmp_path / "sim.json", render_time={"kind": "uniform", "min": 0.02, "max": 0.06})
+
+    async def both(api: str) -> list[dict]:
+        wan, kling = await asyncio.gather(fire(api, 400, "wan-2.6"), fire(api, 400, "kling-2.1"))
+        return [*wan, *kling]
+
+    with make_stack(kafka_bootstrap, tmp_path, sim_config=config, fair_window=150, dispatch_partitions=1) as stack:
+        accepted = asyncio.run(both(stack.api_url))
+        ids = {a["job_id"] for a in accepted}
+        finals = final_states(stack.bootstrap, stack.settings.topic("results"), ids, timeout=180)
+        stats = asyncio.run(sim_stats(stack.simulator_url))
+
+        async def holds() -> dict[str, float]:
+            async with aiohttp.ClientSession() as session:
+                got = await scrape(session, stack.metrics_urls["worker-0"])
+            return {p: value(got, "floodgate_read_ahead_holds_total", provider=p) for p in ("wan", "kling")}
+
+        held = asyncio.run(holds())
+    assert set(finals) == ids, f"{len(ids) - len(finals)} of {len(ids)} jobs never finished"
+    assert {recs[-1]["status"] for recs in finals.values()} == {"completed"}
+    assert sum(held.values()) >= 1, f"the window never filled: {held}"
+    for p in ("wan", "kling"):
+        assert stats[p]["max_concurrency"] <= 10 and stats[p]["rejected_429"] == 0, stats[p]

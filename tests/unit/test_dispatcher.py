@@ -438,3 +438,58 @@ async def test_orders_that_would_wait_too_long_spill_to_an_equivalent_with_room(
     finally:
         await d.lane.stop()
         await pipe.close()
+
+
+async def test_the_read_ahead_window_is_shared_by_every_provider_of_a_worker(
+        settings: Settings, provider: FakeProvider, tmp_path: Path) -> None:
+    """The window bounds the orders a worker holds over all its lines: the provider that fills it
+    last is paused too, a line under its floor never is, and both fetch again once starts have
+    drained the total to the low mark."""
+    window = 150
+    app = create_app(settings.with_overrides(fair_window=window), datadir=tmp_path / "w2")
+    setup = dev_setup(settings.simulator_url)
+    pipe = Pipeline(app, settings.with_overrides(fair_window=window), setup,
+                    {name: provider for name in setup.routing.providers})
+    pipe.emit = RecordingEmitter(app)
+    consumer = FakeConsumer()
+    consumer.held_partitions = set()  # type: ignore[attr-defined]
+    wan, kling = Dispatcher(pipe, "wan"), Dispatcher(pipe, "kling")
+    for d in (wan, kling):
+        d.app = SimpleNamespace(consumer=consumer, consumer_generation_id=1, rebalancing=False,  # type: ignore[assignment]
+                                in_recovery=False)
+        for table in (d.lane.slots, d.lane.waiting, d.lane.marks):
+            table.table.send_changelog = Writes()  # type: ignore[method-assign,assignment]
+
+    def kling_order(job_id: str) -> Order:
+        return replace(order(job_id), model="kling-2.1", provider="kling", provider_model="kling-2.1")
+
+    try:
+        await fill(wan, WAN_SLOTS + 100)  # ten start, a hundred wait
+        for i in range(10 + 50):
+            await kling.intake(message(i), kling_order(f"k-{i}"))
+        await settle(wan)
+        await settle(kling)
+        assert pipe.read_ahead.held() == window and not consumer.paused, "kling's line is under its floor"
+        for i in range(60, 60 + 14):
+            await kling.intake(message(i), kling_order(f"k-{i}"))
+        assert len(kling.lane.lines[0]) == kling.floor(0) == 64
+        assert kling.window_held == {0} and [tp.topic for tp in consumer.paused] == [kling.orders_topic]
+        await wan.intake(message(500), order("late"))
+        assert wan.window_held == {0} and [tp.topic for tp in consumer.paused][1:] == [wan.orders_topic]
+        assert pipe.read_ahead.held() == window + 15
+        # Wan's renders end one by one: each start shortens the total; at the low mark (150 - 7)
+        # both partitions fetch again, not before.
+        for n in range(WAN_SLOTS + 100):
+            await wan.release({"job_id": f"job-{n}", "attempt": 0, "status": "completed"}, 0, 1)
+            await settle(wan)
+            if pipe.read_ahead.held() > pipe.read_ahead.low:
+                assert not consumer.resumed, f"resumed at {pipe.read_ahead.held()} held"
+            else:
+                break
+        assert pipe.read_ahead.held() == pipe.read_ahead.low == 143
+        assert sorted(tp.topic for tp in consumer.resumed) == sorted([wan.orders_topic, kling.orders_topic])
+        assert not wan.window_held and not kling.window_held and not consumer.held_partitions  # type: ignore[attr-defined]
+    finally:
+        for d in (wan, kling):
+            await d.lane.stop()
+        await pipe.close()
