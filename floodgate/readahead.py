@@ -12,8 +12,10 @@ than the window waits until the part of the burst still in Kafka has been read.
 
 A line may always hold its ``floor`` (see ``floor_for``): a provider with a short line keeps
 its slots fed while another provider's backlog fills the window. A partition held for the
-window is let go once the total has drained to ``low``: close to the window, so that fetching
-resumes in steps of a twentieth of it rather than on every order started.
+window is let go once the total has drained to ``low``, a hundredth of the window below it:
+fetching resumes in steps rather than on every order started, and in small steps, because a
+tenant whose orders sit in Kafka behind a burst that overflowed the window is read only as the
+lines drain, one step at a time.
 """
 from __future__ import annotations
 
@@ -36,7 +38,7 @@ class ReadAhead:
         if isinstance(window, bool) or not isinstance(window, int) or window < 1:
             raise ConfigError(f"the read-ahead window must be an integer >= 1, got {window!r}")
         self.window = window
-        self.low = window - max(1, window // 20) if window > 1 else 0
+        self.low = window - max(1, window // 100) if window > 1 else 0
         self._lines: list[Sized] = []
         self._on_room: list[Callable[[], None]] = []
 

@@ -477,7 +477,7 @@ async def test_the_read_ahead_window_is_shared_by_every_provider_of_a_worker(
         await wan.intake(message(500), order("late"))
         assert wan.window_held == {0} and [tp.topic for tp in consumer.paused][1:] == [wan.orders_topic]
         assert pipe.read_ahead.held() == window + 15
-        # Wan's renders end one by one: each start shortens the total; at the low mark (150 - 7)
+        # Wan's renders end one by one: each start shortens the total; at the low mark (150 - 1)
         # both partitions fetch again, not before.
         for n in range(WAN_SLOTS + 100):
             await wan.release({"job_id": f"job-{n}", "attempt": 0, "status": "completed"}, 0, 1)
@@ -486,10 +486,55 @@ async def test_the_read_ahead_window_is_shared_by_every_provider_of_a_worker(
                 assert not consumer.resumed, f"resumed at {pipe.read_ahead.held()} held"
             else:
                 break
-        assert pipe.read_ahead.held() == pipe.read_ahead.low == 143
+        assert pipe.read_ahead.held() == pipe.read_ahead.low == 149
         assert sorted(tp.topic for tp in consumer.resumed) == sorted([wan.orders_topic, kling.orders_topic])
         assert not wan.window_held and not kling.window_held and not consumer.held_partitions  # type: ignore[attr-defined]
     finally:
         for d in (wan, kling):
             await d.lane.stop()
+        await pipe.close()
+
+
+@pytest.mark.parametrize(("burst", "window"), [(150, 1000), (1200, 1000)])
+async def test_a_tenant_behind_a_burst_is_served_in_turns_within_the_window_and_soon_past_it(
+        settings: Settings, provider: FakeProvider, tmp_path: Path, burst: int, window: int) -> None:
+    """Tenant A bursts ``burst`` orders, B sends 10 right after; the partition is fed only while
+    it is not held (as Kafka would), and each release starts the next order. Within the window
+    B's orders are read at once and take every other start; past it, B's wait is about the part
+    of the burst that overflowed the window (read as the line drains), not the whole burst."""
+    app = create_app(settings.with_overrides(fair_window=window), datadir=tmp_path / "w3")
+    setup = dev_setup(settings.simulator_url)
+    pipe = Pipeline(app, settings.with_overrides(fair_window=window), setup,
+                    {name: provider for name in setup.routing.providers})
+    pipe.emit = RecordingEmitter(app)
+    consumer = FakeConsumer()
+    consumer.held_partitions = set()  # type: ignore[attr-defined]
+    d = Dispatcher(pipe, "wan")
+    d.app = SimpleNamespace(consumer=consumer, consumer_generation_id=1, rebalancing=False,  # type: ignore[assignment]
+                            in_recovery=False)
+    for table in (d.lane.slots, d.lane.waiting, d.lane.marks):
+        table.table.send_changelog = Writes()  # type: ignore[method-assign,assignment]
+    sent = [replace(order(f"a-{i}"), tenant="A", queued_at=i) for i in range(burst)]
+    sent += [replace(order(f"b-{j}"), tenant="B", queued_at=burst + j) for j in range(10)]
+    try:
+        offset = 0
+        while len(provider.submitted) < len(sent):
+            while offset < len(sent) and not consumer.held_partitions:  # type: ignore[attr-defined]
+                await d.intake(message(offset), sent[offset])
+                offset += 1
+            await settle(d)
+            oldest = next(o for o in provider.submitted if d.lane.slots.get(slot_key(0, o.job_id)) is not None)
+            await d.release({"job_id": oldest.job_id, "attempt": 0, "status": "completed"}, 0, 1)
+            await settle(d)
+        starts = [o.job_id for o in provider.submitted]
+        b_median = sorted(i for i, job in enumerate(starts) if job.startswith("b-"))[5]
+        a_median = sorted(i for i, job in enumerate(starts) if job.startswith("a-"))[burst // 2]
+        if burst + 10 <= window:
+            assert b_median <= WAN_SLOTS + 2 * 5 + 1, f"B's orders take every other start: {starts[:40]}"
+        else:
+            overflow = burst - window - WAN_SLOTS  # A's orders still in Kafka when the window filled
+            assert b_median <= overflow + window // 100 + 2 * 5 + 2 * WAN_SLOTS, (b_median, overflow)
+        assert b_median < a_median / 2, (b_median, a_median)
+    finally:
+        await d.lane.stop()
         await pipe.close()

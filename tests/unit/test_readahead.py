@@ -22,18 +22,18 @@ def test_a_partition_is_held_only_once_the_window_is_full_and_its_line_holds_its
 
 
 def test_a_held_partition_fetches_again_once_the_total_drained_to_the_low_mark() -> None:
-    window = ReadAhead(100)
-    line = Line(range(100))
+    window = ReadAhead(1000)
+    line = Line(range(1000))
     window.track([line])
-    assert window.low == 95
+    assert window.low == 990, "a hundredth of the window below it"
     told: list[int] = []
     window.subscribe(lambda: told.append(len(line)))
-    del line[-4:]
+    del line[-9:]
     window.drained()
-    assert not window.may_fetch(len(line), floor=64) and told == [], "96: still above the low mark"
+    assert not window.may_fetch(len(line), floor=64) and told == [], "991: still above the low mark"
     del line[-1:]
     window.drained()
-    assert window.may_fetch(len(line), floor=64) and told == [95]
+    assert window.may_fetch(len(line), floor=64) and told == [990]
 
 
 def test_floors_and_bad_windows() -> None:
