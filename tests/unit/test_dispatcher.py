@@ -440,25 +440,33 @@ async def test_orders_that_would_wait_too_long_spill_to_an_equivalent_with_room(
         await pipe.close()
 
 
+def windowed(settings: Settings, provider: FakeProvider, datadir: Path, window: int,
+             *names: str) -> tuple[Pipeline, FakeConsumer, list[Dispatcher]]:
+    """Dispatchers for ``names`` on one worker whose read-ahead window is ``window``, sharing a
+    consumer that records which partitions are held."""
+    windowed_settings = settings.with_overrides(fair_window=window)
+    app = create_app(windowed_settings, datadir=datadir)
+    setup = dev_setup(settings.simulator_url)
+    pipe = Pipeline(app, windowed_settings, setup, {name: provider for name in setup.routing.providers})
+    pipe.emit = RecordingEmitter(app)
+    consumer = FakeConsumer()
+    consumer.held_partitions = set()  # type: ignore[attr-defined]
+    dispatchers = [Dispatcher(pipe, name) for name in names]
+    for d in dispatchers:
+        d.app = SimpleNamespace(consumer=consumer, consumer_generation_id=1, rebalancing=False,  # type: ignore[assignment]
+                                in_recovery=False)
+        for table in (d.lane.slots, d.lane.waiting, d.lane.marks):
+            table.table.send_changelog = Writes()  # type: ignore[method-assign,assignment]
+    return pipe, consumer, dispatchers
+
+
 async def test_the_read_ahead_window_is_shared_by_every_provider_of_a_worker(
         settings: Settings, provider: FakeProvider, tmp_path: Path) -> None:
     """The window bounds the orders a worker holds over all its lines: the provider that fills it
     last is paused too, a line under its floor never is, and both fetch again once starts have
     drained the total to the low mark."""
     window = 150
-    app = create_app(settings.with_overrides(fair_window=window), datadir=tmp_path / "w2")
-    setup = dev_setup(settings.simulator_url)
-    pipe = Pipeline(app, settings.with_overrides(fair_window=window), setup,
-                    {name: provider for name in setup.routing.providers})
-    pipe.emit = RecordingEmitter(app)
-    consumer = FakeConsumer()
-    consumer.held_partitions = set()  # type: ignore[attr-defined]
-    wan, kling = Dispatcher(pipe, "wan"), Dispatcher(pipe, "kling")
-    for d in (wan, kling):
-        d.app = SimpleNamespace(consumer=consumer, consumer_generation_id=1, rebalancing=False,  # type: ignore[assignment]
-                                in_recovery=False)
-        for table in (d.lane.slots, d.lane.waiting, d.lane.marks):
-            table.table.send_changelog = Writes()  # type: ignore[method-assign,assignment]
+    pipe, consumer, (wan, kling) = windowed(settings, provider, tmp_path / "w2", window, "wan", "kling")
 
     def kling_order(job_id: str) -> Order:
         return replace(order(job_id), model="kling-2.1", provider="kling", provider_model="kling-2.1")
@@ -490,8 +498,8 @@ async def test_the_read_ahead_window_is_shared_by_every_provider_of_a_worker(
         assert sorted(tp.topic for tp in consumer.resumed) == sorted([wan.orders_topic, kling.orders_topic])
         assert not wan.window_held and not kling.window_held and not consumer.held_partitions  # type: ignore[attr-defined]
     finally:
-        for d in (wan, kling):
-            await d.lane.stop()
+        for each in (wan, kling):
+            await each.lane.stop()
         await pipe.close()
 
 
@@ -502,18 +510,7 @@ async def test_a_tenant_behind_a_burst_is_served_in_turns_within_the_window_and_
     it is not held (as Kafka would), and each release starts the next order. Within the window
     B's orders are read at once and take every other start; past it, B's wait is about the part
     of the burst that overflowed the window (read as the line drains), not the whole burst."""
-    app = create_app(settings.with_overrides(fair_window=window), datadir=tmp_path / "w3")
-    setup = dev_setup(settings.simulator_url)
-    pipe = Pipeline(app, settings.with_overrides(fair_window=window), setup,
-                    {name: provider for name in setup.routing.providers})
-    pipe.emit = RecordingEmitter(app)
-    consumer = FakeConsumer()
-    consumer.held_partitions = set()  # type: ignore[attr-defined]
-    d = Dispatcher(pipe, "wan")
-    d.app = SimpleNamespace(consumer=consumer, consumer_generation_id=1, rebalancing=False,  # type: ignore[assignment]
-                            in_recovery=False)
-    for table in (d.lane.slots, d.lane.waiting, d.lane.marks):
-        table.table.send_changelog = Writes()  # type: ignore[method-assign,assignment]
+    pipe, consumer, (d,) = windowed(settings, provider, tmp_path / "w3", window, "wan")
     sent = [replace(order(f"a-{i}"), tenant="A", queued_at=i) for i in range(burst)]
     sent += [replace(order(f"b-{j}"), tenant="B", queued_at=burst + j) for j in range(10)]
     try:
