@@ -95,11 +95,12 @@ def job_table_options(settings: Settings, name: str) -> dict[str, Any]:
     """``app.Table`` arguments for the table ``name``, which grows with the number of jobs."""
     if settings.table_store == "memory":
         return {"store": "memory://"}
-    # Faust names its RocksDB store "rocksdb" and runs it on rocksdict when that is installed.
+    # "floodgate-rocksdb" is Faust's RocksDB store (on rocksdict) with the jobs table's own table
+    # options (streams/jobstore.py; registered under Faust's "faust.stores" entry points).
     # Small memtables and caches per partition database: the point of the disk store is a flat
     # footprint, and RocksDB's defaults (64 MB memtables, a 2 GB cache each) are not that.
-    # The URL names the table's files under the worker's table directory: a bare "rocksdb://" is
+    # The URL names the table's files under the worker's table directory: a bare scheme is
     # a falsy URL that Faust would silently replace by the app's store (memory).
-    return {"store": f"rocksdb:{name}", "options": {
+    return {"store": f"floodgate-rocksdb:{name}", "options": {
         "driver": "rocksdict", "write_buffer_size": 1 << 20, "max_write_buffer_number": 2,
         "target_file_size_base": 8 << 20, "block_cache_size": 1 << 20}}
