@@ -130,9 +130,9 @@ def _memory(m: dict[str, Any]) -> tuple[str, str]:
                        "FLOODGATE_TABLE_STORE=rocksdict moves them to disk.")
     else:
         text = head + ("They live on disk (RocksDB through rocksdict); what grows is RocksDB's memory: memtables "
-                       "(bounded per partition database by write_buffer_size × max_write_buffer_number), the "
-                       "block cache (bounded by block_cache_size) and its index and filter blocks (a few bytes "
-                       "per job), so RSS levels off once the bounded parts are full. The C heap is kept from "
+                       "(bounded per partition database by write_buffer_size × max_write_buffer_number) and the "
+                       "block cache (bounded by block_cache_size; it holds the index and filter blocks too, "
+                       "streams/jobstore.py), so RSS levels off once those are full. The C heap is kept from "
                        "holding on to freed memory (floodgate/malloc.py: two malloc arenas, large blocks "
                        "mmap'd), and a paused partition keeps at most FLOODGATE_FETCH_PARTITION_BYTES fetched.")
     small, large = m["config"]["small"], m["config"]["large"]
