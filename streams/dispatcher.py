@@ -258,9 +258,7 @@ class Dispatcher:
         line = self.lane.lines[partition]
         due = line.resume_due()  # once per pause of its own, when drained to its low mark
         if partition in self.window_held:
-            if not line.paused and self.read_ahead.may_fetch(len(line), self.floor(partition)):
-                self.window_held.discard(partition)
-                self.let_go(partition)
+            self.fetch_if_room(partition)
         elif due:
             self.let_go(partition)
         self.read_ahead.drained()
@@ -268,9 +266,13 @@ class Dispatcher:
     def refetch(self) -> None:
         """The read-ahead window has room again: let go the partitions held for it."""
         for partition in list(self.window_held):
-            line = self.lane.lines[partition]
-            if line.paused or not self.read_ahead.may_fetch(len(line), self.floor(partition)):
-                continue
+            self.fetch_if_room(partition)
+
+    def fetch_if_room(self, partition: int) -> None:
+        """Let go ``partition``, held for the window, unless its own high mark still holds it or
+        the window is still full."""
+        line = self.lane.lines[partition]
+        if not line.paused and self.read_ahead.may_fetch(len(line), self.floor(partition)):
             self.window_held.discard(partition)
             self.let_go(partition)
 
