@@ -72,6 +72,16 @@ def die_with_parent() -> None:
 
 
 
+def lower_priority(nice: int) -> int:
+    """Run this process at niceness ``nice`` at least (a higher one is kept); returns the niceness
+    it runs at. Linux keeps a niceness per thread and a new thread inherits its creator's, so call
+    it at the entry point, before the process starts threads."""
+    current = os.getpriority(os.PRIO_PROCESS, 0)
+    if nice > current:
+        os.setpriority(os.PRIO_PROCESS, 0, nice)
+    return os.getpriority(os.PRIO_PROCESS, 0)
+
+
 def freeze_heap() -> None:
     """Collect once, then exempt everything alive from later collections: a serving process's
     step once it is ready (the API once its view has caught up, the worker once its tables are

@@ -93,6 +93,11 @@ class Settings:
     default is 1 MiB). What was fetched for a paused partition stays in the worker's memory until
     it resumes, and under a backlog every dispatch partition waits paused: this bounds what a
     backlog costs there. A fetch still brings hundreds of records (an order is about 500 bytes)."""
+    worker_nice: int = 0
+    """The least niceness a worker runs at (0-19; 0 leaves it as started). On a host the worker
+    shares with an API and a broker, 10 gives them the CPU first: 202s stop waiting behind the
+    worker, while the work it has not done yet waits on Kafka. The price is the worker's own pace
+    whenever the host is busy (README: "The worker's priority")."""
 
     # --- Local broker (the embedded default) ---------------------------------------
     kafka_version: str = "3.9.1"
@@ -372,6 +377,8 @@ class Settings:
                 raise ConfigError(f"{PREFIX}{name.upper()} must be at least 1")
         if self.upload_ttl <= 0:
             raise ConfigError(f"{PREFIX}UPLOAD_TTL must be positive")
+        if not 0 <= self.worker_nice <= 19:
+            raise ConfigError(f"{PREFIX}WORKER_NICE must be 0 to 19")
         if self.default_deadline_s < 0 or self.fair_window < 1:
             raise ConfigError(f"{PREFIX}DEFAULT_DEADLINE_S must be >= 0 and {PREFIX}FAIR_WINDOW >= 1")
         self.tenant_weight_map  # noqa: B018 - parse now, fail early

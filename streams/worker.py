@@ -17,7 +17,7 @@ from floodgate import metrics, provider_config
 from floodgate.eventloop import use_uvloop
 from floodgate.kafka_admin import ensure_topics
 from floodgate.malloc import compact_malloc
-from floodgate.procs import freeze_heap
+from floodgate.procs import freeze_heap, lower_priority
 from floodgate.settings import Settings
 from floodgate.throttle import BreakerState, CircuitBreaker
 from floodgate.topics import TopicNames
@@ -116,6 +116,7 @@ def _observe(pipe: Pipeline, limits: dict[str, int], waiting: dict[str, Callable
 def run(settings: Settings) -> None:
     logging.basicConfig(level=settings.log_level.upper())
     compact_malloc()  # before any thread: RocksDB's and Kafka's threads would each get an arena
+    lower_priority(settings.worker_nice)  # before any thread too: each thread has its own niceness
     use_uvloop(settings.event_loop)  # before Faust makes its loop (mode takes it from asyncio's policy)
     pipe = build(settings)
     # Served from a thread, so a scrape never waits on (or stalls) the agents' event loop.

@@ -2,8 +2,9 @@
 
 * HTTP 202 latency p50/p99/p99.9 at a fixed offered rate, open loop, full stack running, and
   the API process's CPU time over that run per 202 (``/proc/<pid>/stat``); the same run with the
-  API pinned to a core of its own and every other process on the other; the same again with the
-  worker stopped, to show what the worker's share of 2 cores costs;
+  API pinned to a core of its own and every other process on the other; pinned again with every
+  thread of the worker at niceness 10 (``FLOODGATE_WORKER_NICE``: the broker beside it goes
+  first); the same again with the worker stopped, to show what the worker's share of 2 cores costs;
 * the max sustainable rate: offered rate stepped up; the highest step with p99 within the
   target, no failed request and at least 95% of the offered rate answered — and, with p99 within
   1 s instead, the highest rate the API still keeps up with (beyond it requests pile up);
@@ -47,6 +48,7 @@ class AcceptConfig:
     warmup_seconds: float = 2.0
     profile_seconds: float = 10.0
     pinned: bool = True  # the fixed rate again with the API on its own core
+    worker_nice: int = 10  # and then with the worker yielding the other core too (0: skip)
 
 
 def latency_block(run: load.Run, offered_rate: float | None = None) -> dict[str, Any]:
@@ -97,7 +99,7 @@ async def api_cpu(stack: Stack, block: Awaitable[dict[str, Any]]) -> dict[str, A
     return out
 
 
-async def pinned_rate(ctx: Context, stack: Stack, cfg: AcceptConfig) -> dict[str, Any]:
+async def pinned_rate(ctx: Context, stack: Stack, cfg: AcceptConfig, *, yielding: bool = False) -> dict[str, Any]:
     """The fixed-rate run again with the API alone on one core (every thread of it, ``taskset -c 1``)
     and the worker, broker, simulator and load generator on the other(s)."""
     cpus = affinity.split(os.sched_getaffinity(0))
@@ -107,8 +109,20 @@ async def pinned_rate(ctx: Context, stack: Stack, cfg: AcceptConfig) -> dict[str
     api = stack.children["api"].proc.pid
     plan = {pid: (api_cpus if pid == api else rest) for pid in ctx.pids(stack).values()}
     with affinity.pinned(plan):
-        out = await api_cpu(stack, fixed_rate(ctx, stack.api_url, cfg.rate, cfg.seconds, "API pinned"))
+        out = await api_cpu(stack, fixed_rate(ctx, stack.api_url, cfg.rate, cfg.seconds,
+                                              "API pinned, worker yielding" if yielding else "API pinned"))
     out["api_cpus"], out["other_cpus"] = sorted(api_cpus), sorted(rest)
+    return out
+
+
+async def yielding_rate(ctx: Context, stack: Stack, cfg: AcceptConfig) -> dict[str, Any]:
+    """The pinned run once more with every thread of the worker at niceness ``cfg.worker_nice``
+    (what ``FLOODGATE_WORKER_NICE`` does at a worker's start): the broker and the load generator
+    it shares a core with go first. Then the worker's niceness is put back (which needs root: the
+    block says if it was not, and every later figure then ran beside a yielding worker)."""
+    with affinity.reniced(stack.children["worker-0"].proc.pid, cfg.worker_nice) as state:
+        out = await pinned_rate(ctx, stack, cfg, yielding=True)
+    out["worker_nice"], out["worker_nice_restored"] = cfg.worker_nice, state["restored"]
     return out
 
 
@@ -170,6 +184,10 @@ async def run(ctx: Context, stack: Stack, cfg: AcceptConfig) -> dict[str, Any]:
         meter = CpuMeter(ctx.pids(stack)).start()
         out["pinned"] = await pinned_rate(ctx, stack, cfg)
         out["pinned"]["cpu_cores"] = meter.stop()
+        if cfg.worker_nice:
+            meter = CpuMeter(ctx.pids(stack)).start()
+            out["yielding"] = await yielding_rate(ctx, stack, cfg)
+            out["yielding"]["cpu_cores"] = meter.stop()
     steps = []
     for rate in cfg.steps:  # up until the API no longer keeps up
         block = await fixed_rate(ctx, api, rate, cfg.step_seconds, "stepping up")

@@ -1,6 +1,7 @@
 """Pinning processes to CPUs for one measurement, as ``taskset -a -p`` would: every thread of each
 process (``sched_setaffinity`` on a pid moves its main thread only; a thread started later inherits
-the mask of the thread that starts it), restored to the process's own mask afterwards.
+the mask of the thread that starts it), restored to the process's own mask afterwards. Likewise
+``renice``, as ``renice -n`` on every thread would (Linux keeps a niceness per thread).
 
 ``split`` is pure: which CPUs the API gets (one of its own) and which everything else shares.
 """
@@ -32,6 +33,31 @@ def pin(pid: int, cpus: Collection[int]) -> None:
     for tid in _threads(pid):
         with contextlib.suppress(ProcessLookupError):
             os.sched_setaffinity(tid, cpus)
+
+
+@contextlib.contextmanager
+def reniced(pid: int, nice: int) -> Iterator[dict[str, bool]]:
+    """Every thread of ``pid`` at niceness ``nice`` (at least: a higher one is kept) for the block;
+    then back to what each had. Lowering a niceness needs root (``CAP_SYS_NICE``): the dict it
+    yields says afterwards whether every thread got its old niceness back."""
+    before: dict[int, int] = {}
+    for tid in _threads(pid):
+        with contextlib.suppress(ProcessLookupError):
+            old = os.getpriority(os.PRIO_PROCESS, tid)
+            if old < nice:
+                os.setpriority(os.PRIO_PROCESS, tid, nice)
+                before[tid] = old
+    state = {"restored": True}
+    try:
+        yield state
+    finally:
+        for tid, old in before.items():
+            try:
+                os.setpriority(os.PRIO_PROCESS, tid, old)
+            except ProcessLookupError:
+                pass
+            except PermissionError:
+                state["restored"] = False
 
 
 @contextlib.contextmanager

@@ -44,7 +44,20 @@ def _pinned(a: dict[str, Any]) -> str:
             f"{num(g(pin, 'latency_ms', 'p99'))} ms against {num(g(a, 'fixed', 'latency_ms', 'p99'))} ms unpinned; "
             f"the API then used {num(busy, 2)} of its core and "
             f"{num(pin.get('api_cpu_ms_per_request'), 3)} ms of CPU per 202 "
-            f"({num(g(a, 'fixed', 'api_cpu_ms_per_request'), 3)} ms unpinned). ")
+            f"({num(g(a, 'fixed', 'api_cpu_ms_per_request'), 3)} ms unpinned). {_yielding(a)}")
+
+
+def _yielding(a: dict[str, Any]) -> str:
+    y = a.get("yielding") or {}
+    if "latency_ms" not in y:
+        return ""
+    cores_used = y.get("cpu_cores") or {}
+    worker = max((v for k, v in cores_used.items() if k.startswith("worker")), default=0.0)
+    undone = "" if y.get("worker_nice_restored", True) else " (its niceness could not be put back: not root)"
+    return (f"Pinned again with every thread of the worker at niceness {y['worker_nice']}{undone}: p99 "
+            f"{num(g(y, 'latency_ms', 'p99'))} ms, the worker using {num(worker, 2)} cores and the broker "
+            f"{num(cores_used.get('broker'), 2)} — what waits behind the worker is the broker's share of "
+            f"the other core, on which every 202 waits. ")
 
 
 def _accept(a: dict[str, Any], cpus: int | None) -> list[tuple[str, str]]:

@@ -267,6 +267,10 @@ def accept_pinned(results: dict[str, Any], target_rate: float = 1000.0, slo: flo
     measured = (f"pinned: p99 {p99:.1f} ms (p50 {_num(g(pin, 'latency_ms', 'p50')):.1f}) at {rate:,.0f} req/s, "
                 f"{errors} errors, API on CPU {pin.get('api_cpus')}, the rest on {pin.get('other_cpus')}; unpinned: "
                 f"p99 {_num(g(fixed, 'latency_ms', 'p99')):.1f} ms (p50 {_num(g(fixed, 'latency_ms', 'p50')):.1f})")
+    if (nice := g(a, "yielding", "worker_nice")) is not None and "latency_ms" in a["yielding"]:
+        # Beside the row, not its verdict: the bar is the default deployment, the worker at its own priority.
+        measured += (f"; pinned with the worker at niceness {nice} (FLOODGATE_WORKER_NICE): "
+                     f"p99 {_num(g(a, 'yielding', 'latency_ms', 'p99')):.1f} ms")
     if rate < target_rate:
         return _row(name, NOT_MEASURED, measured, p99, f"scaled down: offered {rate:,.0f} req/s")
     return _row(name, MET if p99 <= slo and not errors else NOT_MET, measured, p99)

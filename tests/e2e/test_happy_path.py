@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 from collections.abc import Iterator
 
 import aiohttp
@@ -23,7 +24,8 @@ pytestmark = pytest.mark.kafka
 @pytest.fixture(scope="module")
 def stack(kafka_bootstrap: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator:
     home = tmp_path_factory.mktemp("happy")
-    with make_stack(kafka_bootstrap, home, sim_config=simulator_config(home / "sim.json")) as s:
+    # The worker yields the CPU (FLOODGATE_WORKER_NICE), as on a host it shares with the API.
+    with make_stack(kafka_bootstrap, home, sim_config=simulator_config(home / "sim.json"), worker_nice=5) as s:
         yield s
 
 
@@ -188,3 +190,14 @@ async def test_poison_on_every_internal_topic_is_parked_and_the_pipeline_goes_on
             "model": "wan-2.6", "user_id": "gus", "input": {"prompt": "after the poison"}})
         final = await _completed(session, stack.api_url, accepted["job_id"], accepted["token"])
     assert final["status"] == "completed"
+
+
+def test_every_thread_of_the_worker_yields_the_cpu(stack) -> None:
+    """With FLOODGATE_WORKER_NICE the worker runs below the API and the broker: all its threads,
+    Kafka's and RocksDB's included, which inherit the niceness it sets before they start."""
+    api, worker = stack.children["api"].proc.pid, stack.children["worker-0"].proc.pid
+    threads = [int(t) for t in os.listdir(f"/proc/{worker}/task")]
+    assert len(threads) > 3  # the event loop, the Kafka client's and RocksDB's threads
+    ours = os.getpriority(os.PRIO_PROCESS, 0)
+    assert {os.getpriority(os.PRIO_PROCESS, tid) for tid in threads} == {max(5, ours)}
+    assert os.getpriority(os.PRIO_PROCESS, api) == ours

@@ -4,13 +4,16 @@ pinning, and the rows' judgements."""
 from __future__ import annotations
 
 import math
+import os
+import subprocess
+import sys
 from typing import Any
 
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from floodgate.bench import affinity, cost, stats, targets
+from floodgate.bench import affinity, cost, limits, stats, targets
 from floodgate.bench.accept import cpu_ms_per_request
 from floodgate.bench.handover import backlog_end, handovers, utilisation
 
@@ -172,3 +175,45 @@ def test_stall_row_counts_watchdog_firings_of_both_runs() -> None:
     row = targets.stalls(fired)
     assert row["status"] == targets.NOT_MET and "handover 1" in row["measured"]
     assert targets.stalls({"pipeline": {"error": "boom"}})["status"] == targets.NOT_MEASURED
+
+
+def test_the_yielding_worker_run_is_told_beside_the_pinned_row_and_never_decides_it() -> None:
+    pinned = _block(180.0, api_cpus=[1], other_cpus=[0], api_cpu_ms_per_request=0.5)
+    yielding = _block(30.0, api_cpus=[1], other_cpus=[0], worker_nice=10, worker_nice_restored=True,
+                      cpu_cores={"worker-0": 0.31, "broker": 0.52, "api": 0.5})
+    accept = {"fixed": _block(150.0, api_cpu_ms_per_request=0.5, api_cpu_s=10.0), "pinned": pinned,
+              "yielding": yielding}
+    row = targets.accept_pinned({"accept": accept})
+    assert row["status"] == targets.NOT_MET  # the default deployment's pinned p99 (180 ms) decides
+    assert "worker at niceness 10 (FLOODGATE_WORKER_NICE): p99 30.0 ms" in row["measured"]
+    text = dict(limits.limits({"accept": accept}, 2))["HTTP accept latency / max rate"]
+    assert "niceness 10: p99 30.0 ms, the worker using 0.31 cores and the broker 0.52" in text
+    assert "could not be put back" not in text
+    stuck = {**accept, "yielding": {**yielding, "worker_nice_restored": False}}
+    assert "could not be put back" in dict(limits.limits({"accept": stuck}, 2))["HTTP accept latency / max rate"]
+    without = targets.accept_pinned({"accept": {**accept, "yielding": {"skipped": "one CPU"}}})
+    assert "niceness" not in without["measured"] and without["status"] == targets.NOT_MET
+
+
+def test_reniced_lowers_every_thread_for_the_block_and_puts_each_back() -> None:
+    # A child with a few threads, each waiting: reniced must reach all of them, not only the main one.
+    code = ("import threading, time\n"
+            "[threading.Thread(target=time.sleep, args=(30,), daemon=True).start() for _ in range(3)]\n"
+            "print('up', flush=True)\ntime.sleep(30)\n")
+    child = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
+    try:
+        assert child.stdout is not None and child.stdout.readline().strip() == "up"
+        tids = [int(t) for t in os.listdir(f"/proc/{child.pid}/task")]
+        assert len(tids) == 4
+        before = {tid: os.getpriority(os.PRIO_PROCESS, tid) for tid in tids}
+        wanted = min(19, max(before.values()) + 5)
+        with affinity.reniced(child.pid, wanted) as state:
+            assert {os.getpriority(os.PRIO_PROCESS, tid) for tid in tids} == {wanted}
+        after = {tid: os.getpriority(os.PRIO_PROCESS, tid) for tid in tids}
+        if os.geteuid() == 0:
+            assert state["restored"] and after == before
+        else:  # only root may lower a niceness: the block says so
+            assert not state["restored"] and set(after.values()) == {wanted}
+    finally:
+        child.kill()
+        child.wait()

@@ -26,3 +26,11 @@ def test_the_breaker_reset_time_must_be_positive() -> None:
     assert Settings.from_env({"FLOODGATE_BREAKER_RESET_AFTER": "1.5"}).breaker_reset_after == 1.5
     with pytest.raises(ConfigError, match="FLOODGATE_BREAKER_RESET_AFTER must be positive"):
         Settings.from_env({"FLOODGATE_BREAKER_RESET_AFTER": "0"})
+
+
+def test_the_worker_niceness_is_one_unix_accepts() -> None:
+    assert Settings.from_env({}).worker_nice == 0  # the default leaves the worker as it was started
+    assert Settings.from_env({"FLOODGATE_WORKER_NICE": "10"}).worker_nice == 10
+    for bad in ("-1", "20"):
+        with pytest.raises(ConfigError, match="FLOODGATE_WORKER_NICE must be 0 to 19"):
+            Settings.from_env({"FLOODGATE_WORKER_NICE": bad})
