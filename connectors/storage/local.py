@@ -19,6 +19,8 @@ from connectors.storage.base import VideoRecord, check_key
 from floodgate.errors import StorageError
 
 CHUNK = 256 * 1024
+FLUSH_BYTES = 1024 * 1024
+"""Bytes of a video gathered in memory before they are written (per copy under way)."""
 
 
 class LocalVideoStore:
@@ -44,33 +46,33 @@ class LocalVideoStore:
         return VideoRecord.decode(data)
 
     async def put_video(self, job_id: str, chunks: AsyncIterable[bytes], content_type: str) -> None:
+        # Chunks are gathered up to FLUSH_BYTES before a thread writes them: a video of up to that
+        # size costs one trip to a thread (open, write, fsync, close, rename), not one per chunk
+        # and per step, each of which wakes the event loop twice.
         target = self._video(job_id)
         tmp = self._tmp(target)
+        out: BinaryIO | None = None
+        pending: list[bytes] = []
+        size = 0
         try:
-            out: BinaryIO = await asyncio.to_thread(self._open_tmp, tmp)
-            try:
-                async for chunk in chunks:
-                    await asyncio.to_thread(out.write, chunk)
-                await asyncio.to_thread(_sync_close, out)
-            except BaseException:
-                out.close()
-                raise
-            await asyncio.to_thread(os.replace, tmp, target)
-        except OSError as exc:
-            raise StorageError(f"cannot write {target.name}: {exc}", retriable=True) from exc
-        finally:
-            with contextlib.suppress(OSError):
-                tmp.unlink()
+            async for chunk in chunks:
+                pending.append(chunk)
+                size += len(chunk)
+                if size >= FLUSH_BYTES:
+                    out = await asyncio.to_thread(self._write_part, out, tmp, pending)
+                    pending, size = [], 0
+            await asyncio.to_thread(self._finish, out, tmp, target, pending)
+        except BaseException as exc:
+            _discard(out, tmp)  # rare, and two quick calls: here, even when the copy is being cancelled
+            if isinstance(exc, OSError):
+                raise StorageError(f"cannot write {target.name}: {exc}", retriable=True) from exc
+            raise
 
     async def put_record(self, record: VideoRecord) -> None:
         target = self._record(record.job_id)
-        tmp = self._tmp(target)
         try:
-            await asyncio.to_thread(self._write_file, tmp, record.encode())
-            await asyncio.to_thread(os.replace, tmp, target)
+            await asyncio.to_thread(self._finish, None, self._tmp(target), target, [record.encode()])
         except OSError as exc:
-            with contextlib.suppress(OSError):
-                tmp.unlink()
             raise StorageError(f"cannot write {target.name}: {exc}", retriable=True) from exc
 
     async def open(self, job_id: str) -> AsyncIterator[bytes]:
@@ -98,22 +100,32 @@ class LocalVideoStore:
         self.root.mkdir(parents=True, exist_ok=True)
         return tmp.open("xb")
 
-    def _write_file(self, tmp: Path, data: bytes) -> None:
-        with self._open_tmp(tmp) as out:
-            out.write(data)
-            _sync(out)
+    def _write_part(self, out: BinaryIO | None, tmp: Path, parts: list[bytes]) -> BinaryIO:
+        """(In a thread.) ``parts`` appended to ``tmp``, opened first if ``out`` is None."""
+        if out is None:
+            out = self._open_tmp(tmp)
+        out.writelines(parts)
+        return out
+
+    def _finish(self, out: BinaryIO | None, tmp: Path, target: Path, parts: list[bytes]) -> None:
+        """(In a thread.) The rest written, on disk (fsync) and renamed to ``target``; on a failure
+        the temporary file is gone."""
+        try:
+            out = self._write_part(out, tmp, parts)
+            with out:
+                out.flush()
+                os.fsync(out.fileno())
+            os.replace(tmp, target)
+        except BaseException:
+            _discard(out, tmp)
+            raise
 
 
-def _sync(out: BinaryIO) -> None:
-    out.flush()
-    os.fsync(out.fileno())
-
-
-def _sync_close(out: BinaryIO) -> None:
-    try:
-        _sync(out)
-    finally:
+def _discard(out: BinaryIO | None, tmp: Path) -> None:
+    if out is not None:
         out.close()
+    with contextlib.suppress(OSError):
+        tmp.unlink()
 
 
 __all__ = ["LocalVideoStore"]

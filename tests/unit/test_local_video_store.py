@@ -1,0 +1,68 @@
+"""The local video store's writes: whole or not at all, and few trips to a thread per video."""
+from __future__ import annotations
+
+import asyncio
+import hashlib
+from collections.abc import AsyncIterator, Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from connectors.storage import LocalVideoStore, VideoRecord
+from connectors.storage.local import FLUSH_BYTES
+from floodgate.errors import StorageError
+from floodgate.ids import new_job_id
+
+
+async def chunked(data: bytes, size: int) -> AsyncIterator[bytes]:
+    for i in range(0, len(data), size):
+        yield data[i:i + size]
+
+
+def count_threads(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    calls: list[str] = []
+    real = asyncio.to_thread
+
+    async def counting(func: Callable[..., Any], /, *args: Any, **kwargs: Any) -> Any:
+        calls.append(getattr(func, "__name__", repr(func)))
+        return await real(func, *args, **kwargs)
+
+    monkeypatch.setattr(asyncio, "to_thread", counting)
+    return calls
+
+
+async def read_back(store: LocalVideoStore, job_id: str) -> bytes:
+    return b"".join([chunk async for chunk in store.open(job_id)])
+
+
+async def test_a_video_larger_than_the_flush_size_is_stored_whole(tmp_path: Path) -> None:
+    store, job_id = LocalVideoStore(tmp_path / "videos"), new_job_id()
+    video = bytes(range(256)) * (FLUSH_BYTES * 5 // 2 // 256 + 7)  # 2.5 flushes and a bit
+    await store.put_video(job_id, chunked(video, 100_000), "video/mp4")
+    assert hashlib.sha256(await read_back(store, job_id)).digest() == hashlib.sha256(video).digest()
+    assert [p.name for p in store.root.iterdir()] == [f"{job_id}.video"]  # no temporary file left
+
+
+async def test_a_small_video_and_its_record_take_one_trip_to_a_thread_each(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    store, job_id = LocalVideoStore(tmp_path / "videos"), new_job_id()
+    calls = count_threads(monkeypatch)
+    await store.put_video(job_id, chunked(b"v" * 300_000, 64 * 1024), "video/mp4")
+    assert calls == ["_finish"]
+    record = VideoRecord(job_id, "stored", at_ms=1, size=300_000, sha256="0" * 64, content_type="video/mp4")
+    await store.put_record(record)
+    assert calls == ["_finish", "_finish"]
+    assert await store.record(job_id) == record
+
+
+async def test_a_write_that_fails_is_a_retriable_error_and_leaves_nothing(tmp_path: Path) -> None:
+    blocked = tmp_path / "not-a-dir"
+    blocked.write_bytes(b"")  # the store's root cannot be made: every write fails with an OSError
+    store = LocalVideoStore(blocked)
+    with pytest.raises(StorageError) as err:
+        await store.put_video(new_job_id(), chunked(b"v" * 10, 4), "video/mp4")
+    assert err.value.retriable
+    with pytest.raises(StorageError):
+        await store.put_record(VideoRecord(new_job_id(), "failed", at_ms=1, reason="x"))
+    assert list(tmp_path.iterdir()) == [blocked]
