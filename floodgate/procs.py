@@ -76,10 +76,18 @@ def lower_priority(nice: int) -> int:
     """Run this process at niceness ``nice`` at least (a higher one is kept); returns the niceness
     it runs at. Linux keeps a niceness per thread and a new thread inherits its creator's, so call
     it at the entry point, before the process starts threads."""
-    current = os.getpriority(os.PRIO_PROCESS, 0)
-    if nice > current:
-        os.setpriority(os.PRIO_PROCESS, 0, nice)
+    raise_niceness(0, nice)
     return os.getpriority(os.PRIO_PROCESS, 0)
+
+
+def raise_niceness(tid: int, nice: int) -> int | None:
+    """Thread ``tid`` (0: the calling one) at niceness ``nice`` if it runs at a lower one (nobody
+    is made more urgent here: that needs root); the niceness it had if it was changed, else None."""
+    old = os.getpriority(os.PRIO_PROCESS, tid)
+    if old >= nice:
+        return None
+    os.setpriority(os.PRIO_PROCESS, tid, nice)
+    return old
 
 
 def freeze_heap() -> None:
@@ -110,4 +118,5 @@ def quiet_ports(count: int) -> int:
     raise OSError(f"no {count} free consecutive ports found below the ephemeral range")
 
 
-__all__ = ["bind_socket", "die_with_parent", "free_port", "freeze_heap", "pid_alive", "port_in_use", "quiet_ports"]
+__all__ = ["bind_socket", "die_with_parent", "free_port", "freeze_heap", "lower_priority", "pid_alive", "port_in_use",
+           "quiet_ports", "raise_niceness"]

@@ -61,12 +61,16 @@ class LocalVideoStore:
                 if size >= FLUSH_BYTES:
                     out = await asyncio.to_thread(self._write_part, out, tmp, pending)
                     pending, size = [], 0
-            await asyncio.to_thread(self._finish, out, tmp, target, pending)
         except BaseException as exc:
             _discard(out, tmp)  # rare, and two quick calls: here, even when the copy is being cancelled
             if isinstance(exc, OSError):
                 raise StorageError(f"cannot write {target.name}: {exc}", retriable=True) from exc
             raise
+        try:
+            # _finish cleans up after itself: it owns the file from here.
+            await asyncio.to_thread(self._finish, out, tmp, target, pending)
+        except OSError as exc:
+            raise StorageError(f"cannot write {target.name}: {exc}", retriable=True) from exc
 
     async def put_record(self, record: VideoRecord) -> None:
         target = self._record(record.job_id)

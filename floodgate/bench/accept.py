@@ -99,7 +99,7 @@ async def api_cpu(stack: Stack, block: Awaitable[dict[str, Any]]) -> dict[str, A
     return out
 
 
-async def pinned_rate(ctx: Context, stack: Stack, cfg: AcceptConfig, *, yielding: bool = False) -> dict[str, Any]:
+async def pinned_rate(ctx: Context, stack: Stack, cfg: AcceptConfig, *, label: str = "API pinned") -> dict[str, Any]:
     """The fixed-rate run again with the API alone on one core (every thread of it, ``taskset -c 1``)
     and the worker, broker, simulator and load generator on the other(s)."""
     cpus = affinity.split(os.sched_getaffinity(0))
@@ -109,8 +109,7 @@ async def pinned_rate(ctx: Context, stack: Stack, cfg: AcceptConfig, *, yielding
     api = stack.children["api"].proc.pid
     plan = {pid: (api_cpus if pid == api else rest) for pid in ctx.pids(stack).values()}
     with affinity.pinned(plan):
-        out = await api_cpu(stack, fixed_rate(ctx, stack.api_url, cfg.rate, cfg.seconds,
-                                              "API pinned, worker yielding" if yielding else "API pinned"))
+        out = await api_cpu(stack, fixed_rate(ctx, stack.api_url, cfg.rate, cfg.seconds, label))
     out["api_cpus"], out["other_cpus"] = sorted(api_cpus), sorted(rest)
     return out
 
@@ -121,7 +120,7 @@ async def yielding_rate(ctx: Context, stack: Stack, cfg: AcceptConfig) -> dict[s
     it shares a core with go first. Then the worker's niceness is put back (which needs root: the
     block says if it was not, and every later figure then ran beside a yielding worker)."""
     with affinity.reniced(stack.children["worker-0"].proc.pid, cfg.worker_nice) as state:
-        out = await pinned_rate(ctx, stack, cfg, yielding=True)
+        out = await pinned_rate(ctx, stack, cfg, label="API pinned, worker yielding")
     out["worker_nice"], out["worker_nice_restored"] = cfg.worker_nice, state["restored"]
     return out
 

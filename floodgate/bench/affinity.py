@@ -11,6 +11,8 @@ import contextlib
 import os
 from collections.abc import Collection, Iterator, Mapping
 
+from floodgate.procs import raise_niceness
+
 
 def split(cpus: Collection[int]) -> tuple[set[int], set[int]] | None:
     """(the API's CPU, everyone else's) from the CPUs this process may use: the second CPU for the
@@ -43,9 +45,7 @@ def reniced(pid: int, nice: int) -> Iterator[dict[str, bool]]:
     before: dict[int, int] = {}
     for tid in _threads(pid):
         with contextlib.suppress(ProcessLookupError):
-            old = os.getpriority(os.PRIO_PROCESS, tid)
-            if old < nice:
-                os.setpriority(os.PRIO_PROCESS, tid, nice)
+            if (old := raise_niceness(tid, nice)) is not None:
                 before[tid] = old
     state = {"restored": True}
     try:

@@ -47,12 +47,17 @@ def _pinned(a: dict[str, Any]) -> str:
             f"({num(g(a, 'fixed', 'api_cpu_ms_per_request'), 3)} ms unpinned). {_yielding(a)}")
 
 
+def _worker_cores(cores_used: dict[str, float] | None) -> float:
+    """The cores the busiest worker process used (0.0 if none was measured)."""
+    return max((v for k, v in (cores_used or {}).items() if k.startswith("worker")), default=0.0)
+
+
 def _yielding(a: dict[str, Any]) -> str:
     y = a.get("yielding") or {}
     if "latency_ms" not in y:
         return ""
     cores_used = y.get("cpu_cores") or {}
-    worker = max((v for k, v in cores_used.items() if k.startswith("worker")), default=0.0)
+    worker = _worker_cores(cores_used)
     undone = "" if y.get("worker_nice_restored", True) else " (its niceness could not be put back: not root)"
     return (f"Pinned again with every thread of the worker at niceness {y['worker_nice']}{undone}: p99 "
             f"{num(g(y, 'latency_ms', 'p99'))} ms, the worker using {num(worker, 2)} cores and the broker "
@@ -81,7 +86,7 @@ def _accept(a: dict[str, Any], cpus: int | None) -> list[tuple[str, str]]:
 def _pipeline(p: dict[str, Any]) -> tuple[str, str]:
     per = ", ".join(f"{k} {v:,}" for k, v in (p.get("submitted_per_provider") or {}).items())
     peak = ", ".join(f"{k} {v:,}" for k, v in (p.get("max_in_flight") or {}).items())
-    worker = max((v for k, v in (p.get("cpu_cores") or {}).items() if k.startswith("worker")), default=0.0)
+    worker = _worker_cores(p.get("cpu_cores"))
     if worker >= 0.85:
         bound = "CPU: the worker used a whole core (one Python process, one event loop, cannot use more)"
     elif worker >= 0.6:
