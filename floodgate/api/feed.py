@@ -32,7 +32,7 @@ from typing import Any
 
 from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaException, TopicPartition
 
-from floodgate.api.view import JobView, Snapshot, Submission
+from floodgate.api.view import YIELD_EVERY, JobView, Snapshot, Submission
 from floodgate.errors import SchemaError
 from floodgate.jobs.record import decode_notification
 
@@ -176,12 +176,16 @@ class NotificationFeed:
                 await self._apply(records, caught_up)
             finally:
                 self._room.release()
+            if not self._batches.empty():
+                await asyncio.sleep(0)  # the next batch is ready, but the loop has more to do than this
 
     async def _apply(self, records: Sequence[Any], caught_up: bool) -> None:
         snapshots: list[Snapshot] = []
         submissions: list[Submission] = []
         topic = self.topic
-        for msg in records:
+        for n, msg in enumerate(records, 1):
+            if not n % YIELD_EVERY:
+                await asyncio.sleep(0)  # decoding a full batch takes tens of milliseconds
             if msg.error() is not None:
                 log.warning("notification feed: %s", msg.error())
             elif msg.topic() == topic:

@@ -13,7 +13,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from floodgate.api.spill import SpillStore
-from floodgate.api.view import SUBSCRIBER_QUEUE, JobView
+from floodgate.api.view import SUBSCRIBER_QUEUE, YIELD_EVERY, JobView
 
 
 def snap(job_id: str, version: int, status: str = "running") -> dict[str, Any]:
@@ -313,3 +313,41 @@ def test_subscribers_of_queued_jobs_hear_when_they_move_up_and_not_otherwise() -
     view.unsubscribe("j39", queue)
     clock[0] += 1
     assert view.nudge() == 0 and not view._told
+
+
+async def test_a_long_batch_lets_the_loop_run_other_work_between_slices() -> None:
+    """A feed catching up hands over thousands of snapshots back to back: the 202s waiting on the
+    same loop must not wait for all of them."""
+    view = JobView()
+    batch = [snap(f"j{i}", 1) for i in range(3 * YIELD_EVERY + 5)]
+    seen: list[int] = []  # how many snapshots the view held each time the other task got the loop
+
+    async def requests_meanwhile() -> None:
+        while not applying.done():
+            seen.append(len(view))
+            await asyncio.sleep(0)
+
+    applying = asyncio.create_task(view.apply_batch(batch))
+    other = asyncio.create_task(requests_meanwhile())
+    assert await applying == len(batch)
+    await other
+    steps = [b - a for a, b in zip(seen, seen[1:], strict=False)]
+    assert len(set(seen)) >= 3 and max(steps) <= YIELD_EVERY, seen
+
+
+async def test_spilled_versions_hold_across_the_slices_of_a_batch(spill: SpillStore) -> None:
+    view = await evicted_view(spill)  # "a" at version 3 on disk only
+    filler = [snap(f"f{i}", 1) for i in range(YIELD_EVERY + 1)]
+    interleaved: list[bool] = []
+
+    async def a_keyed_retry() -> None:  # what the ingress may do while the batch is applied
+        interleaved.append(view.put_local(snap("a", 0, "queued")))
+
+    applying = asyncio.create_task(view.apply_batch([*filler, snap("a", 2, "running")]))
+    await asyncio.sleep(0)
+    other = asyncio.create_task(a_keyed_retry())
+    assert await applying == len(filler)  # the older "a" is not kept, though it came after a yield
+    await other
+    assert interleaved == [False]
+    found = await view.lookup("a")
+    assert found is not None and (found["version"], found["status"]) == (3, "completed")
