@@ -32,6 +32,9 @@ NOTIFY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
 JOB_BUCKETS = (0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 20.0, 30.0, 45.0, 60.0, 90.0, 120.0, 180.0, 240.0, 300.0,
                450.0, 600.0, 900.0, 1200.0, 1800.0)
 
+# The event loop's lag: a healthy loop wakes within a millisecond; a stall is tens of ms to seconds.
+LOOP_LAG_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
+
 REJECT_REASONS = ("validation", "auth", "too_large", "idempotency_conflict", "kafka_unavailable", "quota", "backlog")
 WEBHOOK_OUTCOMES = ("accepted", "bad_signature", "unknown_provider", "too_large", "kafka_unavailable")
 OUTGOING_OUTCOMES = ("delivered", "failed", "skipped", "invalid")
@@ -87,6 +90,10 @@ class ApiMetrics(_Group):
         self.accept_latency = self._histogram(
             "floodgate_accept_latency_seconds",
             "Time from a job request's arrival to its 202 (Kafka acknowledged the record).", ACCEPT_BUCKETS)
+        self.loop_lag = self._histogram(
+            "floodgate_api_event_loop_lag_seconds",
+            "How much later than due the API's event loop woke a probe that sleeps 50 ms at a time: what "
+            "every request in flight waited for work that held the loop.", LOOP_LAG_BUCKETS)
         self.webhooks_received = self._counter(
             "floodgate_webhooks_received_total",
             "Provider webhooks at the bridge, by provider and outcome (accepted, bad_signature, "

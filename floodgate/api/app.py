@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Awaitable, Callable, Iterable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping
 from datetime import UTC, datetime
 from typing import Any
 
@@ -20,6 +20,7 @@ from floodgate.api.common import ROLES, Deps, base_url, json_response
 from floodgate.api.kafka_io import Sender
 from floodgate.api.view import JobView
 from floodgate.errors import ConfigError
+from floodgate.looplag import LoopLagProbe
 from floodgate.metrics import render
 from floodgate.problems import problem_response
 from floodgate.provider_config import ProviderSetup
@@ -128,6 +129,14 @@ def build_app(
         body, content_type = render(deps.metrics.registry, request.headers.get("Accept"))
         return web.Response(body=body, headers={"Content-Type": content_type})
 
+    async def probe_the_loop(_: web.Application) -> AsyncIterator[None]:
+        # While the app serves: how long its requests wait on the loop (floodgate/looplag.py).
+        probe = LoopLagProbe(deps.metrics.loop_lag.observe)
+        probe.start()
+        yield
+        await probe.stop()
+
+    app.cleanup_ctx.append(probe_the_loop)
     app.router.add_get("/healthz", healthz, allow_head=False)
     app.router.add_get("/openapi.json", openapi_json, allow_head=False)
     app.router.add_get("/metrics", metrics, allow_head=False)

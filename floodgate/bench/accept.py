@@ -25,7 +25,7 @@ from typing import Any
 from floodgate.bench import affinity, load, profiling, stats
 from floodgate.bench.arrivals import constant
 from floodgate.bench.context import Context, CpuMeter
-from floodgate.bench.probes import cpu_seconds, topic_keys
+from floodgate.bench.probes import api_loop_lag, cpu_seconds, loop_lag_between, topic_keys
 from floodgate.bench.stacks import bench_stack, providers
 from floodgate.demo import MODELS
 from floodgate.devstack import Stack
@@ -90,12 +90,15 @@ def cpu_ms_per_request(cpu_s: float, accepted: int) -> float:
 
 
 async def api_cpu(stack: Stack, block: Awaitable[dict[str, Any]]) -> dict[str, Any]:
-    """``block`` (a run's latency block) with the API process's CPU seconds over it and per 202."""
-    pid = stack.children["api"].proc.pid
+    """``block`` (a run's latency block) with the API process's CPU seconds over it and per 202,
+    and what its event loop's lag probe saw meanwhile (``api_loop_lag``)."""
+    pid, url = stack.children["api"].proc.pid, stack.metrics_urls["api"]
+    lag_before = await api_loop_lag(url)
     before = cpu_seconds(pid)
     out = await block
     out["api_cpu_s"] = cpu_seconds(pid) - before
     out["api_cpu_ms_per_request"] = cpu_ms_per_request(out["api_cpu_s"], out["accepted"])
+    out["api_loop_lag"] = loop_lag_between(lag_before, await api_loop_lag(url))
     return out
 
 
@@ -210,7 +213,8 @@ async def run(ctx: Context, stack: Stack, cfg: AcceptConfig) -> dict[str, Any]:
     stack.kill("worker-0")  # as if it crashed: the API keeps accepting
     await asyncio.sleep(0.5)
     meter = CpuMeter(ctx.pids(stack)).start()
-    out["fixed_no_worker"] = await fixed_rate(ctx, api, cfg.rate, cfg.no_worker_seconds, "worker stopped")
+    out["fixed_no_worker"] = await api_cpu(stack, fixed_rate(ctx, api, cfg.rate, cfg.no_worker_seconds,
+                                                             "worker stopped"))
     out["fixed_no_worker"]["cpu_cores"] = meter.stop()
     return out
 

@@ -41,10 +41,23 @@ def _pinned(a: dict[str, Any]) -> str:
         return ""
     busy = g(pin, "cpu_cores", "api")
     return (f"With the API alone on CPU {pin['api_cpus']} (every other process on {pin['other_cpus']}) p99 is "
-            f"{num(g(pin, 'latency_ms', 'p99'))} ms against {num(g(a, 'fixed', 'latency_ms', 'p99'))} ms unpinned; "
+            f"{num(g(pin, 'latency_ms', 'p99'))} ms{_loop(pin)} against {num(g(a, 'fixed', 'latency_ms', 'p99'))} "
+            f"ms unpinned; "
             f"the API then used {num(busy, 2)} of its core and "
             f"{num(pin.get('api_cpu_ms_per_request'), 3)} ms of CPU per 202 "
             f"({num(g(a, 'fixed', 'api_cpu_ms_per_request'), 3)} ms unpinned). {_yielding(a)}")
+
+
+def _loop(block: dict[str, Any] | None) -> str:
+    """What the API's event loop lag probe saw over a run (``api_loop_lag``), as a parenthesis."""
+    lag = (block or {}).get("api_loop_lag") or {}
+    if not lag.get("probes"):
+        return ""
+    def bound(ms: float | None) -> str:
+        return f"≤ {ms:,.0f} ms" if ms is not None else f"over {num(lag.get('last_bucket_ms'))} ms"
+
+    return (f" (the API's event loop: {lag['over_100ms']} of {lag['probes']} probes woke over 100 ms late, "
+            f"p99 {bound(lag['p99_le_ms'])}, worst {bound(lag['worst_le_ms'])})")
 
 
 def _worker_cores(cores_used: dict[str, float] | None) -> float:
@@ -60,7 +73,7 @@ def _yielding(a: dict[str, Any]) -> str:
     worker = _worker_cores(cores_used)
     undone = "" if y.get("worker_nice_restored", True) else " (its niceness could not be put back: not root)"
     return (f"Pinned again with every thread of the worker at niceness {y['worker_nice']}{undone}: p99 "
-            f"{num(g(y, 'latency_ms', 'p99'))} ms, the worker using {num(worker, 2)} cores and the broker "
+            f"{num(g(y, 'latency_ms', 'p99'))} ms{_loop(y)}, the worker using {num(worker, 2)} cores and the broker "
             f"{num(cores_used.get('broker'), 2)} — what waits behind the worker is the broker's share of "
             f"the other core, on which every 202 waits. ")
 
@@ -72,9 +85,10 @@ def _accept(a: dict[str, Any], cpus: int | None) -> list[tuple[str, str]]:
                    f"{rate / idle:,.0f} req/s" if idle and rate else "")
     text = (f"CPU: {cpus} cores shared by every process. Cores used during the fixed-rate run: "
             f"{cores(a['fixed'].get('cpu_cores'))} (the load generator's own lag p99 "
-            f"{num(g(a, 'fixed', 'generator_lag_ms', 'p99'))} ms shows the contention). With the worker stopped: "
-            f"{cores(g(a, 'fixed_no_worker', 'cpu_cores'))}{per_request}, and p99 "
-            f"{num(g(a, 'fixed_no_worker', 'latency_ms', 'p99'))} ms. The API is one Python process (one event loop, "
+            f"{num(g(a, 'fixed', 'generator_lag_ms', 'p99'))} ms shows the contention){_loop(a['fixed'])}. "
+            f"With the worker stopped: {cores(g(a, 'fixed_no_worker', 'cpu_cores'))}{per_request}, and p99 "
+            f"{num(g(a, 'fixed_no_worker', 'latency_ms', 'p99'))} ms{_loop(a.get('fixed_no_worker'))}. "
+            f"The API is one Python process (one event loop, "
             f"at most one core); each 202 also waits for an acks=all round trip to the broker on the same cores. "
             f"{_pinned(a)}{profile_line(a.get('profile'))}")
     sdk = ("Per-record Python work in one thread (validation, request hash, Avro encoding, a delivery callback "

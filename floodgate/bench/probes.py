@@ -183,6 +183,42 @@ class WorkerCounters:
     """Dispatch orders that waited for a slot (``floodgate_orders_parked_total``, every provider)."""
 
 
+LOOP_LAG = re.compile(r'^floodgate_api_event_loop_lag_seconds_bucket\{le="([^"]*)"\} ([0-9.e+]+)$', re.M)
+
+
+def loop_lag_buckets(text: str) -> dict[float, float]:
+    """The API's event loop lag histogram from its ``/metrics`` text: upper bound → probes at or below it."""
+    return {float(le): float(count) for le, count in LOOP_LAG.findall(text)}
+
+
+def loop_lag_between(before: Mapping[float, float], after: Mapping[float, float]) -> dict[str, Any]:
+    """What the probes taken between two readings of the histogram say (pure): how many there were,
+    how many found the loop over 100 ms late, and upper bounds of the 99th percentile and of the
+    worst lag (the bucket it fell in; ``inf`` past the last one)."""
+    bounds = sorted(after)
+    cumulative = [after[b] - before.get(b, 0.0) for b in bounds]
+    total = cumulative[-1] if cumulative else 0.0
+
+    def bound_of(share: float) -> float | None:
+        return next((b for b, c in zip(bounds, cumulative, strict=True) if c >= share * total), None)
+
+    over = total - next((c for b, c in zip(bounds, cumulative, strict=True) if b >= 0.1), total)
+    finite = [b for b in bounds if b != float("inf")]
+    return {"probes": int(total), "over_100ms": int(over),
+            "p99_le_ms": _ms(bound_of(0.99)) if total else None, "worst_le_ms": _ms(bound_of(1.0)) if total else None,
+            "last_bucket_ms": finite[-1] * 1000 if finite else None}
+
+
+def _ms(bound: float | None) -> float | None:
+    """Milliseconds; None past the last finite bucket (JSON has no infinity)."""
+    return None if bound is None or bound == float("inf") else bound * 1000
+
+
+async def api_loop_lag(metrics_url: str) -> dict[float, float]:
+    async with aiohttp.ClientSession() as session, session.get(metrics_url) as resp:
+        return loop_lag_buckets(await resp.text())
+
+
 async def worker_counters(metrics_urls: Iterable[str]) -> WorkerCounters:
     """The counters of the workers at ``metrics_urls``, summed."""
     events: dict[str, float] = {}

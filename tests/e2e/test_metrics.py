@@ -64,6 +64,7 @@ async def _scenario(stack: Stack) -> None:
         assert value(api, "floodgate_webhooks_received_total", provider="wan", outcome="accepted") >= N
         assert value(api, "floodgate_notification_latency_seconds_count", channel="sse") >= 1
         assert value(api, "floodgate_notification_subscribers", channel="sse") == 0
+        assert value(api, "floodgate_api_event_loop_lag_seconds_count") >= 1  # the probe runs while serving
 
         async def worker_settled() -> Samples | None:
             worker = await scrape(session, urls["worker-0"])

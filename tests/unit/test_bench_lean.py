@@ -13,7 +13,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from floodgate.bench import affinity, cost, limits, stats, targets
+from floodgate.bench import affinity, cost, limits, probes, stats, targets
 from floodgate.bench.accept import cpu_ms_per_request
 from floodgate.bench.handover import backlog_end, handovers, utilisation
 
@@ -193,6 +193,42 @@ def test_the_yielding_worker_run_is_told_beside_the_pinned_row_and_never_decides
     assert "could not be put back" in dict(limits.limits({"accept": stuck}, 2))["HTTP accept latency / max rate"]
     without = targets.accept_pinned({"accept": {**accept, "yielding": {"skipped": "one CPU"}}})
     assert "niceness" not in without["measured"] and without["status"] == targets.NOT_MET
+
+
+METRICS = """# HELP floodgate_api_event_loop_lag_seconds ...
+floodgate_api_event_loop_lag_seconds_bucket{{le="0.001"}} {a}
+floodgate_api_event_loop_lag_seconds_bucket{{le="0.1"}} {b}
+floodgate_api_event_loop_lag_seconds_bucket{{le="1.0"}} {c}
+floodgate_api_event_loop_lag_seconds_bucket{{le="5.0"}} {d}
+floodgate_api_event_loop_lag_seconds_bucket{{le="+Inf"}} {e}
+floodgate_api_event_loop_lag_seconds_count {e}
+"""
+
+
+def test_the_api_loop_lag_between_two_scrapes_counts_only_the_probes_in_between() -> None:
+    before = probes.loop_lag_buckets(METRICS.format(a=50, b=60, c=60, d=60, e=60))
+    assert before == {0.001: 50.0, 0.1: 60.0, 1.0: 60.0, 5.0: 60.0, math.inf: 60.0}
+    # 200 probes in between: 190 within 1 ms, 5 within 100 ms, 4 within 1 s, 1 within 5 s.
+    after = probes.loop_lag_buckets(METRICS.format(a=240, b=255, c=259, d=260, e=260))
+    lag = probes.loop_lag_between(before, after)
+    assert lag == {"probes": 200, "over_100ms": 5, "p99_le_ms": 1000.0, "worst_le_ms": 5000.0,
+                   "last_bucket_ms": 5000.0}
+    stuck = probes.loop_lag_between(before, probes.loop_lag_buckets(METRICS.format(a=50, b=60, c=60, d=60, e=62)))
+    assert stuck["worst_le_ms"] is None and stuck["over_100ms"] == 2  # past the last bucket: no infinity in JSON
+    assert probes.loop_lag_between(before, before)["probes"] == 0
+    assert probes.loop_lag_between({}, {})["p99_le_ms"] is None
+
+
+def test_the_accept_limits_say_what_the_api_loop_saw_in_each_run() -> None:
+    lag = {"probes": 200, "over_100ms": 5, "p99_le_ms": 1000.0, "worst_le_ms": None, "last_bucket_ms": 5000.0}
+    quiet = {"probes": 100, "over_100ms": 0, "p99_le_ms": 1.0, "worst_le_ms": 10.0, "last_bucket_ms": 5000.0}
+    accept = {"fixed": _block(150.0, api_loop_lag=quiet), "fixed_no_worker": _block(1100.0, api_loop_lag=lag)}
+    text = dict(limits.limits({"accept": accept}, 2))["HTTP accept latency / max rate"]
+    assert "0 of 100 probes woke over 100 ms late, p99 ≤ 1 ms, worst ≤ 10 ms" in text
+    assert "p99 1,100.0 ms (the API's event loop: 5 of 200 probes woke over 100 ms late, p99 ≤ 1,000 ms, " \
+           "worst over 5,000.0 ms)" in text
+    assert "probes woke" not in dict(limits.limits({"accept": {"fixed": _block(150.0)}}, 2))[
+        "HTTP accept latency / max rate"]
 
 
 def test_reniced_lowers_every_thread_for_the_block_and_puts_each_back() -> None:
