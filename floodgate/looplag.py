@@ -6,12 +6,14 @@ batch of changes applied at once, a garbage collection over a large heap, a thre
 GIL), every request in flight waits it out, and the accept latency's tail shows it without
 saying why. The probe's lag is that wait, measured directly: with it, a stall of the 202s that
 the loop's lag matches is the loop's, and one it does not match lies elsewhere (the broker, the
-network, the load generator).
+network, the load generator). ``GcPauses`` times the garbage collector's own stalls, which hold
+the loop like any other work.
 """
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import time
 from collections.abc import Callable
 
@@ -48,4 +50,30 @@ class LoopLagProbe:
             self.observe(max(0.0, self.clock() - asked))
 
 
-__all__ = ["INTERVAL", "LoopLagProbe"]
+class GcPauses:
+    """Reports each garbage collection's duration and generation to ``observe`` while installed
+    (``gc.callbacks``): the one stall of the loop that no task can be blamed for, since the
+    collector runs inside whichever allocation crossed its threshold."""
+
+    def __init__(self, observe: Callable[[int, float], None], *,
+                 clock: Callable[[], float] = time.perf_counter) -> None:
+        self.observe = observe
+        self.clock = clock
+        self._started = 0.0
+
+    def __call__(self, phase: str, info: dict[str, int]) -> None:
+        if phase == "start":
+            self._started = self.clock()
+        else:
+            self.observe(info["generation"], self.clock() - self._started)
+
+    def install(self) -> None:
+        if self not in gc.callbacks:
+            gc.callbacks.append(self)
+
+    def uninstall(self) -> None:
+        with contextlib.suppress(ValueError):
+            gc.callbacks.remove(self)
+
+
+__all__ = ["INTERVAL", "GcPauses", "LoopLagProbe"]

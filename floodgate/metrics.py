@@ -94,6 +94,10 @@ class ApiMetrics(_Group):
             "floodgate_api_event_loop_lag_seconds",
             "How much later than due the API's event loop woke a probe that sleeps 50 ms at a time: what "
             "every request in flight waited for work that held the loop.", LOOP_LAG_BUCKETS)
+        self.gc_pause = self._histogram(
+            "floodgate_api_gc_pause_seconds",
+            "How long each of the API process's garbage collections held it, by generation (2: a full "
+            "collection, which walks every object the process tracks).", LOOP_LAG_BUCKETS, ["generation"])
         self.webhooks_received = self._counter(
             "floodgate_webhooks_received_total",
             "Provider webhooks at the bridge, by provider and outcome (accepted, bad_signature, "
@@ -133,6 +137,8 @@ class ApiMetrics(_Group):
             "expired link.", ["reason"])
         for reason in REJECT_REASONS:
             self.rejected.labels(reason)
+        for generation in ("0", "1", "2"):
+            self.gc_pause.labels(generation)
         for outcome in VIDEO_OUTCOMES:
             self.videos.labels(outcome)
         for reason in VIDEO_REFUSALS:

@@ -56,8 +56,11 @@ def _loop(block: dict[str, Any] | None) -> str:
     def bound(ms: float | None) -> str:
         return f"≤ {ms:,.0f} ms" if ms is not None else f"over {num(lag.get('last_bucket_ms'))} ms"
 
+    full = (block or {}).get("api_full_gc") or {}
+    collections = (f"; full collections: {full['probes']}, the longest {bound(full['worst_le_ms'])}"
+                   if full.get("probes") else "")
     return (f" (the API's event loop: {lag['over_100ms']} of {lag['probes']} probes woke over 100 ms late, "
-            f"p99 {bound(lag['p99_le_ms'])}, worst {bound(lag['worst_le_ms'])})")
+            f"p99 {bound(lag['p99_le_ms'])}, worst {bound(lag['worst_le_ms'])}{collections})")
 
 
 def _worker_cores(cores_used: dict[str, float] | None) -> float:

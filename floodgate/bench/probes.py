@@ -183,12 +183,21 @@ class WorkerCounters:
     """Dispatch orders that waited for a slot (``floodgate_orders_parked_total``, every provider)."""
 
 
-LOOP_LAG = re.compile(r'^floodgate_api_event_loop_lag_seconds_bucket\{le="([^"]*)"\} ([0-9.e+]+)$', re.M)
+def histogram_buckets(text: str, name: str, labels: str = "") -> dict[float, float]:
+    """A histogram from ``/metrics`` text: upper bound → observations at or below it. ``labels``:
+    the series' labels before ``le`` as exposed (``generation="2",``)."""
+    line = re.compile(rf'^{re.escape(name)}_bucket\{{{re.escape(labels)}le="([^"]*)"\}} ([0-9.e+]+)$', re.M)
+    return {float(le): float(count) for le, count in line.findall(text)}
 
 
 def loop_lag_buckets(text: str) -> dict[float, float]:
-    """The API's event loop lag histogram from its ``/metrics`` text: upper bound → probes at or below it."""
-    return {float(le): float(count) for le, count in LOOP_LAG.findall(text)}
+    """The API's event loop lag histogram (probes per bound)."""
+    return histogram_buckets(text, "floodgate_api_event_loop_lag_seconds")
+
+
+def full_gc_buckets(text: str) -> dict[float, float]:
+    """The API's full (generation 2) collections' durations (collections per bound)."""
+    return histogram_buckets(text, "floodgate_api_gc_pause_seconds", 'generation="2",')
 
 
 def loop_lag_between(before: Mapping[float, float], after: Mapping[float, float]) -> dict[str, Any]:
@@ -214,9 +223,11 @@ def _ms(bound: float | None) -> float | None:
     return None if bound is None or bound == float("inf") else bound * 1000
 
 
-async def api_loop_lag(metrics_url: str) -> dict[float, float]:
+async def api_stalls(metrics_url: str) -> tuple[dict[float, float], dict[float, float]]:
+    """The API's loop lag and full-collection histograms, read once."""
     async with aiohttp.ClientSession() as session, session.get(metrics_url) as resp:
-        return loop_lag_buckets(await resp.text())
+        text = await resp.text()
+    return loop_lag_buckets(text), full_gc_buckets(text)
 
 
 async def worker_counters(metrics_urls: Iterable[str]) -> WorkerCounters:

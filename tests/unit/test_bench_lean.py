@@ -217,16 +217,22 @@ def test_the_api_loop_lag_between_two_scrapes_counts_only_the_probes_in_between(
     assert stuck["worst_le_ms"] is None and stuck["over_100ms"] == 2  # past the last bucket: no infinity in JSON
     assert probes.loop_lag_between(before, before)["probes"] == 0
     assert probes.loop_lag_between({}, {})["p99_le_ms"] is None
+    gc_text = ('floodgate_api_gc_pause_seconds_bucket{generation="0",le="0.001"} 900.0\n'
+               'floodgate_api_gc_pause_seconds_bucket{generation="2",le="0.001"} 1.0\n'
+               'floodgate_api_gc_pause_seconds_bucket{generation="2",le="+Inf"} 3.0\n')
+    assert probes.full_gc_buckets(gc_text) == {0.001: 1.0, math.inf: 3.0}
 
 
 def test_the_accept_limits_say_what_the_api_loop_saw_in_each_run() -> None:
     lag = {"probes": 200, "over_100ms": 5, "p99_le_ms": 1000.0, "worst_le_ms": None, "last_bucket_ms": 5000.0}
     quiet = {"probes": 100, "over_100ms": 0, "p99_le_ms": 1.0, "worst_le_ms": 10.0, "last_bucket_ms": 5000.0}
-    accept = {"fixed": _block(150.0, api_loop_lag=quiet), "fixed_no_worker": _block(1100.0, api_loop_lag=lag)}
+    full = {"probes": 1, "over_100ms": 1, "p99_le_ms": 1000.0, "worst_le_ms": 1000.0, "last_bucket_ms": 5000.0}
+    accept = {"fixed": _block(150.0, api_loop_lag=quiet),
+              "fixed_no_worker": _block(1100.0, api_loop_lag=lag, api_full_gc=full)}
     text = dict(limits.limits({"accept": accept}, 2))["HTTP accept latency / max rate"]
     assert "0 of 100 probes woke over 100 ms late, p99 ≤ 1 ms, worst ≤ 10 ms" in text
     assert "p99 1,100.0 ms (the API's event loop: 5 of 200 probes woke over 100 ms late, p99 ≤ 1,000 ms, " \
-           "worst over 5,000.0 ms)" in text
+           "worst over 5,000.0 ms; full collections: 1, the longest ≤ 1,000 ms)" in text
     assert "probes woke" not in dict(limits.limits({"accept": {"fixed": _block(150.0)}}, 2))[
         "HTTP accept latency / max rate"]
 

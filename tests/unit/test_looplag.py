@@ -2,8 +2,11 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 
-from floodgate.looplag import LoopLagProbe
+import pytest
+
+from floodgate.looplag import GcPauses, LoopLagProbe
 
 
 class Clock:
@@ -40,3 +43,27 @@ async def test_an_early_wake_is_no_lag_and_stop_ends_the_task() -> None:
     await probe.stop()
     assert lags[0] == 0.0
     assert [t for t in asyncio.all_tasks() if t.get_name() == "loop-lag-probe"] == []
+
+
+def test_each_collection_is_reported_with_its_generation_and_duration() -> None:
+    clock, seen = Clock(), list[tuple[int, float]]()
+    pauses = GcPauses(lambda generation, seconds: seen.append((generation, seconds)), clock=clock)
+    pauses("start", {"generation": 2})
+    clock.now += 0.4
+    pauses("stop", {"generation": 2, "collected": 0, "uncollectable": 0})
+    assert seen == [(2, pytest.approx(0.4))]
+
+
+def test_installed_it_hears_real_collections_and_uninstalled_nothing() -> None:
+    seen = list[tuple[int, float]]()
+    pauses = GcPauses(lambda generation, seconds: seen.append((generation, seconds)))
+    pauses.install()
+    pauses.install()  # once only
+    try:
+        gc.collect()
+    finally:
+        pauses.uninstall()
+    assert [generation for generation, _ in seen] == [2] and seen[0][1] >= 0.0
+    gc.collect()
+    pauses.uninstall()  # twice is harmless
+    assert len(seen) == 1

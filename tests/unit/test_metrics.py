@@ -24,7 +24,7 @@ NAME = re.compile(r"^floodgate_[a-z0-9]+(_[a-z0-9]+)*$")
 # Every label any metric may carry: each has a small, bounded set of values ("model": the routing
 # table's models, the only ones admission lets through).
 ALLOWED_LABELS = {"source", "reason", "provider", "outcome", "channel", "stage", "from_provider", "to_provider",
-                  "status", "agent", "topic", "model"}
+                  "status", "agent", "topic", "model", "generation"}
 
 
 def test_names_follow_prometheus_conventions() -> None:
