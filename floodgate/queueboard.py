@@ -82,11 +82,11 @@ class _Provider:
     """Jobs seen starting here and not yet seen ending."""
 
 
-@dataclass(frozen=True)
-class _Place:
-    provider: str
-    klass: tuple[str, str]
-    entry: tuple[int, str]
+_Place = tuple[str, tuple[str, str], tuple[int, str]]
+"""Where a queued job is on the board: (provider, its class (priority, tenant), its entry in that
+class's line (created_at ms, job id)). A plain tuple of strings and numbers, not a record: the
+garbage collector untracks those, so a full collection does not walk one per waiting job (an
+API holds 100,000 of them under a backlog; see ``floodgate.api.view.untracked``)."""
 
 
 class QueueBoard:
@@ -127,15 +127,15 @@ class QueueBoard:
             provider = self.route(snapshot.get("model") or "")  # accepted here, not admitted yet
         was = self._places.pop(job_id, None)
         if was is not None and status in _LEFT_THE_LINE:
-            self._start(was.provider, job_id, at, now)  # while the line still holds it
+            self._start(was[0], job_id, at, now)  # while the line still holds it
         if was is not None:
             self._remove(was)
         if status == "queued" and provider:
             self._ended(job_id)  # (back in a line: a reroute after its start)
             klass = (snapshot.get("priority") or "standard", snapshot.get("tenant") or "default")
-            place = _Place(provider, klass, (int(snapshot.get("created_at") or 0), job_id))
-            bisect.insort(self._provider(provider).classes.setdefault(klass, []), place.entry)
-            self._places[job_id] = place
+            entry = (int(snapshot.get("created_at") or 0), job_id)
+            bisect.insort(self._provider(provider).classes.setdefault(klass, []), entry)
+            self._places[job_id] = (provider, klass, entry)
             return
         if status in ("completed", "failed", "cancelled", "expired"):
             started = self._ended(job_id)
@@ -150,13 +150,14 @@ class QueueBoard:
         return started
 
     def _remove(self, place: _Place) -> None:
-        line = self._providers[place.provider].classes[place.klass]
-        at = bisect.bisect_left(line, place.entry)
-        if at < len(line) and line[at] == place.entry:
+        provider, klass, entry = place
+        line = self._providers[provider].classes[klass]
+        at = bisect.bisect_left(line, entry)
+        if at < len(line) and line[at] == entry:
             del line[at]
         if not line:
-            state = self._providers[place.provider]
-            del state.classes[place.klass]
+            state = self._providers[provider]
+            del state.classes[klass]
             if not state.classes:
                 state.saturated = False  # nobody waits: the next starts take free slots
                 state.last_start = None
@@ -213,18 +214,18 @@ class QueueBoard:
         place = self._places.get(job_id)
         if place is None:
             return None
-        state = self._providers[place.provider]
-        line = state.classes[place.klass]
-        index = bisect.bisect_left(line, place.entry)
-        loads = (ClassLoad(priority, tenant, len(jobs)) for (priority, tenant), jobs in state.classes.items())
-        return position_estimate(place.klass[0], place.klass[1], index, loads, self.weight_of)
+        provider, (priority, tenant), entry = place
+        state = self._providers[provider]
+        index = bisect.bisect_left(state.classes[(priority, tenant)], entry)
+        loads = (ClassLoad(p, t, len(jobs)) for (p, t), jobs in state.classes.items())
+        return position_estimate(priority, tenant, index, loads, self.weight_of)
 
     def standing(self, snapshot: Mapping[str, Any], now: float) -> Standing:
         """Where the job of ``snapshot`` stands at ``now``."""
         job_id, provider = snapshot["job_id"], snapshot.get("provider")
         status = snapshot.get("status")
         if status == "queued" and not provider and job_id in self._places:
-            provider = self._places[job_id].provider  # (placed by its model's route)
+            provider = self._places[job_id][0]  # (placed by its model's route)
         if status == "queued":
             position = self.position(job_id)
             if position is None or not provider:

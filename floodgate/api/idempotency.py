@@ -114,7 +114,7 @@ def matches_snapshot(request: Mapping[str, Any], snapshot: Mapping[str, Any]) ->
         and snapshot.get("model") == request["model"]
         and snapshot.get("webhook_url") == request["webhook_url"]
         and dict(snapshot.get("metadata") or {}) == dict(request["metadata"])
-        and snapshot.get("push") == (request.get("notify") or {}).get("push")
+        and dict(snapshot.get("push") or {}) == dict((request.get("notify") or {}).get("push") or {})
     )
 
 

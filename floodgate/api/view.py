@@ -59,6 +59,27 @@ LEAVING_MAX = 200_000
 normally a job's ``running`` or final snapshot drops its entry within seconds)."""
 
 
+def untracked(snapshot: Snapshot) -> Snapshot:
+    """``snapshot`` with its nested maps (``metadata``, ``push``) as tuples of pairs, which every
+    reader takes through ``dict(...)`` anyway.
+
+    Why: a dict that holds another dict stays tracked by the garbage collector for good, and a
+    full collection walks every tracked object. With 100,000 snapshots held (and the queue
+    board's 100,000 places) a full collection took 160 ms on an idle core and 100-500 ms on a
+    busy one, a stall of the event loop every 202 in flight waited out, 1-4 times in 20 s at
+    1,000 requests/s. A dict of strings, numbers and tuples of strings is untracked by the next
+    full collection, which then has nothing of it to walk."""
+    metadata, push = snapshot.get("metadata"), snapshot.get("push")
+    if not isinstance(metadata, dict) and not isinstance(push, dict):
+        return snapshot
+    out = dict(snapshot)
+    if isinstance(metadata, dict):
+        out["metadata"] = tuple(metadata.items())
+    if isinstance(push, dict):
+        out["push"] = tuple(push.items())
+    return out
+
+
 def is_terminal(snapshot: Snapshot) -> bool:
     return snapshot.get("status") in TERMINAL
 
@@ -191,6 +212,7 @@ class JobView:
         held = current["version"] if current is not None else (-1 if unseen else self._spilled_version(job_id))
         if held >= snapshot["version"]:
             return False
+        snapshot = untracked(snapshot)
         self._active.pop(job_id, None)
         self._done.pop(job_id, None)
         self._evicted.pop(job_id, None)  # superseded: no need to write it
@@ -388,4 +410,4 @@ def _offer(queue: asyncio.Queue[Snapshot], snapshot: Snapshot) -> None:
 
 
 __all__ = ["DEFAULT_MAX_JOBS", "STANDING", "YIELD_EVERY", "JobView", "Snapshot", "Submission", "as_submitted",
-           "is_terminal"]
+           "is_terminal", "untracked"]

@@ -7,6 +7,7 @@ from typing import Any
 import pytest
 
 from floodgate.api.idempotency import IdempotencyCache, Outcome, key_problem, matches_snapshot
+from floodgate.api.view import untracked
 
 
 @pytest.mark.parametrize(
@@ -64,6 +65,12 @@ def test_matches_snapshot_compares_what_snapshots_carry() -> None:
     assert matches_snapshot(request, snapshot)
     assert not matches_snapshot({**request, "model": "other"}, snapshot)
     assert not matches_snapshot({**request, "metadata": {}}, snapshot)
+    # As the job view holds it (nested maps as pairs), and with a device to push to.
+    push = {"platform": "fcm", "token": "device-1"}
+    held = untracked({**snapshot, "push": push})
+    assert matches_snapshot({**request, "notify": {"push": push}}, held)
+    assert not matches_snapshot({**request, "notify": {"push": {**push, "token": "device-2"}}}, held)
+    assert not matches_snapshot(request, held)  # no push asked for this time
 
 
 def test_matches_snapshot_compares_request_hashes_when_the_snapshot_has_one() -> None:
