@@ -238,6 +238,16 @@ class WorkerMetrics(_Group):
             ["provider"])
         self.events_processed = self._counter(
             "floodgate_events_processed_total", "Records read by each agent.", ["agent"])
+        self.loop_lag = self._histogram(
+            "floodgate_worker_event_loop_lag_seconds",
+            "How much later than due the worker's event loop woke a probe that sleeps 50 ms at a time: what "
+            "every agent waited for work that held the loop (once the worker is ready).", LOOP_LAG_BUCKETS)
+        self.gc_pause = self._histogram(
+            "floodgate_worker_gc_pause_seconds",
+            "How long each of the worker process's garbage collections held it, by generation (once the "
+            "worker is ready).", LOOP_LAG_BUCKETS, ["generation"])
+        for generation in ("0", "1", "2"):
+            self.gc_pause.labels(generation)
         self.stalled_partitions = self._counter(
             "floodgate_stalled_partitions_total",
             "Stream partitions the stall watchdog found with records waiting and no progress for 30 s, "

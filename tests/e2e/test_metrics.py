@@ -77,6 +77,7 @@ async def _scenario(stack: Stack) -> None:
         # Slots are freed and offsets committed a moment after the last job's result: poll.
         worker = await until(worker_settled, timeout=60, what="the worker's gauges to settle")
         assert value(worker, "floodgate_jobs_admitted_total", source="http") >= N
+        assert value(worker, "floodgate_worker_event_loop_lag_seconds_count") >= 1  # probing since ready
         assert value(worker, "floodgate_provider_submissions_total", provider="wan") >= N
         assert value(worker, "floodgate_job_transitions_total", status="completed") >= N
         assert value(worker, "floodgate_events_processed_total", agent="admission") >= N
