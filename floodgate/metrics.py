@@ -65,6 +65,22 @@ class _Group:
         return Histogram(name, doc, labels, buckets=buckets, registry=self.registry)
 
 
+    def _loop_stalls(self, process: str, whose: str, waiting: str) -> tuple[Histogram, Histogram]:
+        """The event loop lag and garbage collection histograms of an ``api`` or ``worker``
+        process (``floodgate.looplag`` feeds them)."""
+        lag = self._histogram(
+            f"floodgate_{process}_event_loop_lag_seconds",
+            f"How much later than due {whose} event loop woke a probe that sleeps 50 ms at a time: what "
+            f"{waiting} waited for work that held the loop.", LOOP_LAG_BUCKETS)
+        pause = self._histogram(
+            f"floodgate_{process}_gc_pause_seconds",
+            f"How long each of {whose} garbage collections held the process, by generation (2: a full "
+            "collection, which walks every object the process tracks).", LOOP_LAG_BUCKETS, ["generation"])
+        for generation in ("0", "1", "2"):
+            pause.labels(generation)
+        return lag, pause
+
+
 class ApiMetrics(_Group):
     """The API process's metrics; handlers reach them through ``Deps.metrics``."""
 
@@ -90,14 +106,7 @@ class ApiMetrics(_Group):
         self.accept_latency = self._histogram(
             "floodgate_accept_latency_seconds",
             "Time from a job request's arrival to its 202 (Kafka acknowledged the record).", ACCEPT_BUCKETS)
-        self.loop_lag = self._histogram(
-            "floodgate_api_event_loop_lag_seconds",
-            "How much later than due the API's event loop woke a probe that sleeps 50 ms at a time: what "
-            "every request in flight waited for work that held the loop.", LOOP_LAG_BUCKETS)
-        self.gc_pause = self._histogram(
-            "floodgate_api_gc_pause_seconds",
-            "How long each of the API process's garbage collections held it, by generation (2: a full "
-            "collection, which walks every object the process tracks).", LOOP_LAG_BUCKETS, ["generation"])
+        self.loop_lag, self.gc_pause = self._loop_stalls("api", "the API's", "every request in flight")
         self.webhooks_received = self._counter(
             "floodgate_webhooks_received_total",
             "Provider webhooks at the bridge, by provider and outcome (accepted, bad_signature, "
@@ -137,8 +146,6 @@ class ApiMetrics(_Group):
             "expired link.", ["reason"])
         for reason in REJECT_REASONS:
             self.rejected.labels(reason)
-        for generation in ("0", "1", "2"):
-            self.gc_pause.labels(generation)
         for outcome in VIDEO_OUTCOMES:
             self.videos.labels(outcome)
         for reason in VIDEO_REFUSALS:
@@ -238,16 +245,7 @@ class WorkerMetrics(_Group):
             ["provider"])
         self.events_processed = self._counter(
             "floodgate_events_processed_total", "Records read by each agent.", ["agent"])
-        self.loop_lag = self._histogram(
-            "floodgate_worker_event_loop_lag_seconds",
-            "How much later than due the worker's event loop woke a probe that sleeps 50 ms at a time: what "
-            "every agent waited for work that held the loop (once the worker is ready).", LOOP_LAG_BUCKETS)
-        self.gc_pause = self._histogram(
-            "floodgate_worker_gc_pause_seconds",
-            "How long each of the worker process's garbage collections held it, by generation (once the "
-            "worker is ready).", LOOP_LAG_BUCKETS, ["generation"])
-        for generation in ("0", "1", "2"):
-            self.gc_pause.labels(generation)
+        self.loop_lag, self.gc_pause = self._loop_stalls("worker", "a worker's", "every agent")
         self.stalled_partitions = self._counter(
             "floodgate_stalled_partitions_total",
             "Stream partitions the stall watchdog found with records waiting and no progress for 30 s, "
