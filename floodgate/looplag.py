@@ -15,7 +15,8 @@ import asyncio
 import contextlib
 import gc
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
+from typing import Any
 
 INTERVAL = 0.05
 """Seconds between two probes: 20 wake-ups a second, a few microseconds each."""
@@ -51,13 +52,14 @@ class LoopLagProbe:
 
 
 class GcPauses:
-    """Reports each garbage collection's duration and generation to ``observe`` while installed
+    """Reports each garbage collection's duration to ``observe[generation]`` while installed
     (``gc.callbacks``): the one stall of the loop that no task can be blamed for, since the
-    collector runs inside whichever allocation crossed its threshold."""
+    collector runs inside whichever allocation crossed its threshold. One observer per
+    generation, looked up once: the youngest is collected hundreds of times a second."""
 
-    def __init__(self, observe: Callable[[int, float], None], *,
+    def __init__(self, observe: Sequence[Callable[[float], None]], *,
                  clock: Callable[[], float] = time.perf_counter) -> None:
-        self.observe = observe
+        self.observe = tuple(observe)
         self.clock = clock
         self._started = 0.0
 
@@ -65,7 +67,7 @@ class GcPauses:
         if phase == "start":
             self._started = self.clock()
         else:
-            self.observe(info["generation"], self.clock() - self._started)
+            self.observe[info["generation"]](self.clock() - self._started)
 
     def install(self) -> None:
         if self not in gc.callbacks:
@@ -76,4 +78,23 @@ class GcPauses:
             gc.callbacks.remove(self)
 
 
-__all__ = ["INTERVAL", "GcPauses", "LoopLagProbe"]
+class LoopWatch:
+    """A process's probe and collection timer, started and stopped together, feeding its
+    ``floodgate_<process>_event_loop_lag_seconds`` and ``floodgate_<process>_gc_pause_seconds``."""
+
+    def __init__(self, lag: Any, gc_pause: Any) -> None:
+        """``lag``: a histogram; ``gc_pause``: one labelled by generation (prometheus_client's)."""
+        self.probe = LoopLagProbe(lag.observe)
+        self.pauses = GcPauses([gc_pause.labels(str(generation)).observe for generation in range(3)])
+
+    def start(self) -> None:
+        """On the running loop."""
+        self.probe.start()
+        self.pauses.install()
+
+    async def stop(self) -> None:
+        self.pauses.uninstall()
+        await self.probe.stop()
+
+
+__all__ = ["INTERVAL", "GcPauses", "LoopLagProbe", "LoopWatch"]

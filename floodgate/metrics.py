@@ -64,7 +64,6 @@ class _Group:
         self.specs.append((name, "histogram", tuple(labels), doc))
         return Histogram(name, doc, labels, buckets=buckets, registry=self.registry)
 
-
     def _loop_stalls(self, process: str, whose: str, waiting: str) -> tuple[Histogram, Histogram]:
         """The event loop lag and garbage collection histograms of an ``api`` or ``worker``
         process (``floodgate.looplag`` feeds them)."""

@@ -16,7 +16,7 @@ import faust
 from floodgate import metrics, provider_config
 from floodgate.eventloop import use_uvloop
 from floodgate.kafka_admin import ensure_topics
-from floodgate.looplag import GcPauses, LoopLagProbe
+from floodgate.looplag import LoopWatch
 from floodgate.malloc import compact_malloc
 from floodgate.procs import freeze_heap, lower_priority
 from floodgate.settings import Settings
@@ -58,8 +58,7 @@ def build(settings: Settings, *, web_port: int | None = None) -> Pipeline:
 
     announced = False
     # How long the agents wait on the loop (floodgate/looplag.py), from the moment the worker is ready.
-    probe = LoopLagProbe(pipe.metrics.loop_lag.observe)
-    pauses = GcPauses(lambda generation, seconds: pipe.metrics.gc_pause.labels(str(generation)).observe(seconds))
+    watch = LoopWatch(pipe.metrics.loop_lag, pipe.metrics.gc_pause)
 
     @app.on_rebalance_complete.connect
     async def _ready(app: faust.App, /, *args: object, **kwargs: object) -> None:
@@ -70,14 +69,12 @@ def build(settings: Settings, *, web_port: int | None = None) -> Pipeline:
             # Faust's and the agents' long-lived objects (and the recovered slot tables) leave
             # the collector's walk: a full collection would otherwise stall every agent at once.
             freeze_heap()
-            probe.start()
-            pauses.install()
+            watch.start()
             print("worker=ready", flush=True)
 
     @app.on_before_shutdown.connect
     async def _close(app: faust.App, /, *args: object, **kwargs: object) -> None:
-        pauses.uninstall()
-        await probe.stop()
+        await watch.stop()
         await pipe.close()
 
     return pipe

@@ -20,7 +20,7 @@ from floodgate.api.common import ROLES, Deps, base_url, json_response
 from floodgate.api.kafka_io import Sender
 from floodgate.api.view import JobView
 from floodgate.errors import ConfigError
-from floodgate.looplag import GcPauses, LoopLagProbe
+from floodgate.looplag import LoopWatch
 from floodgate.metrics import render
 from floodgate.problems import problem_response
 from floodgate.provider_config import ProviderSetup
@@ -131,13 +131,10 @@ def build_app(
 
     async def probe_the_loop(_: web.Application) -> AsyncIterator[None]:
         # While the app serves: how long its requests wait on the loop (floodgate/looplag.py).
-        probe = LoopLagProbe(deps.metrics.loop_lag.observe)
-        pauses = GcPauses(lambda generation, seconds: deps.metrics.gc_pause.labels(str(generation)).observe(seconds))
-        probe.start()
-        pauses.install()
+        watch = LoopWatch(deps.metrics.loop_lag, deps.metrics.gc_pause)
+        watch.start()
         yield
-        pauses.uninstall()
-        await probe.stop()
+        await watch.stop()
 
     app.cleanup_ctx.append(probe_the_loop)
     app.router.add_get("/healthz", healthz, allow_head=False)

@@ -2,11 +2,14 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 import gc
 
 import pytest
+from prometheus_client import CollectorRegistry
 
-from floodgate.looplag import GcPauses, LoopLagProbe
+from floodgate.looplag import GcPauses, LoopLagProbe, LoopWatch
+from floodgate.metrics import ApiMetrics
 
 
 class Clock:
@@ -47,7 +50,8 @@ async def test_an_early_wake_is_no_lag_and_stop_ends_the_task() -> None:
 
 def test_each_collection_is_reported_with_its_generation_and_duration() -> None:
     clock, seen = Clock(), list[tuple[int, float]]()
-    pauses = GcPauses(lambda generation, seconds: seen.append((generation, seconds)), clock=clock)
+    pauses = GcPauses([functools.partial(lambda g, seconds: seen.append((g, seconds)), g) for g in range(3)],
+                      clock=clock)
     pauses("start", {"generation": 2})
     clock.now += 0.4
     pauses("stop", {"generation": 2, "collected": 0, "uncollectable": 0})
@@ -56,7 +60,7 @@ def test_each_collection_is_reported_with_its_generation_and_duration() -> None:
 
 def test_installed_it_hears_real_collections_and_uninstalled_nothing() -> None:
     seen = list[tuple[int, float]]()
-    pauses = GcPauses(lambda generation, seconds: seen.append((generation, seconds)))
+    pauses = GcPauses([functools.partial(lambda g, seconds: seen.append((g, seconds)), g) for g in range(3)])
     pauses.install()
     pauses.install()  # once only
     try:
@@ -67,3 +71,15 @@ def test_installed_it_hears_real_collections_and_uninstalled_nothing() -> None:
     gc.collect()
     pauses.uninstall()  # twice is harmless
     assert len(seen) == 1
+
+
+async def test_a_watch_feeds_its_processs_histograms_and_stops_whole() -> None:
+    group = ApiMetrics(CollectorRegistry())
+    watch = LoopWatch(group.loop_lag, group.gc_pause)
+    watch.start()
+    gc.collect()
+    await watch.stop()
+    gc.collect()  # after stop: not counted
+    full = group.registry.get_sample_value("floodgate_api_gc_pause_seconds_count", {"generation": "2"})
+    assert full == 1.0
+    assert [t for t in asyncio.all_tasks() if t.get_name() == "loop-lag-probe"] == []
