@@ -211,7 +211,7 @@ def test_a_sender_with_a_ring_signs_with_every_active_secret() -> None:
     (OLD, "2023-11-14T23:13:20", "needs a UTC offset"),
     (OLD, "tomorrow", "not an ISO 8601 instant"),
     ("whsec_%%%", UNTIL, "not valid base64"),
-])
+], ids=["no-until", "no-previous", "naive-instant", "not-an-instant", "bad-base64"])  # OLD is random
 def test_rotation_config_fails_loudly(previous: str | None, until: str | float | None, message: str) -> None:
     with pytest.raises(ConfigError, match=message):
         signing.rotation(NEW, previous, until, where="providers.kling.connection")
