@@ -48,19 +48,21 @@ def _pinned(a: dict[str, Any]) -> str:
             f"({num(g(a, 'fixed', 'api_cpu_ms_per_request'), 3)} ms unpinned). {_yielding(a)}")
 
 
-def _loop(block: dict[str, Any] | None) -> str:
-    """What the API's event loop lag probe saw over a run (``api_loop_lag``), as a parenthesis."""
-    lag = (block or {}).get("api_loop_lag") or {}
+def _loop(block: dict[str, Any] | None, process: str = "api") -> str:
+    """What a process's event loop lag probe saw over a run (``<process>_loop_lag``, and its full
+    collections ``<process>_full_gc``), as a parenthesis; ``process``: ``api`` or ``worker``."""
+    lag = (block or {}).get(f"{process}_loop_lag") or {}
     if not lag.get("probes"):
         return ""
     def bound(ms: float | None) -> str:
         return f"≤ {ms:,.0f} ms" if ms is not None else f"over {num(lag.get('last_bucket_ms'))} ms"
 
-    full = (block or {}).get("api_full_gc") or {}
+    full = (block or {}).get(f"{process}_full_gc") or {}
     collections = (f"; full collections: {full['probes']}, the longest {bound(full['worst_le_ms'])}"
                    if full.get("probes") else "")
-    return (f" (the API's event loop: {lag['over_100ms']} of {lag['probes']} probes woke over 100 ms late, "
-            f"p99 {bound(lag['p99_le_ms'])}, worst {bound(lag['worst_le_ms'])}{collections})")
+    return (f" (the {'API' if process == 'api' else process}'s event loop: {lag['over_100ms']} of {lag['probes']} "
+            f"probes woke over 100 ms late, p99 {bound(lag['p99_le_ms'])}, worst {bound(lag['worst_le_ms'])}"
+            f"{collections})")
 
 
 def _worker_cores(cores_used: dict[str, float] | None) -> float:
@@ -139,7 +141,8 @@ def _notify(n: dict[str, Any]) -> tuple[str, str]:
             f"it to `webhooks` → the worker's jobs agent reads it and writes the job's new state to its table, "
             f"whose changelog is the `notifications` topic → the API's view reads that and pushes the message)."
             f"{dominant} The jobs agent's hop is a consumer fetch plus the agent's turn in a worker that runs every "
-            f"agent on one event loop (cores during the run: {cores(n.get('cpu_cores'))}); aiokafka keeps one "
+            f"agent on one event loop{_loop(n, 'worker')} (cores during the run: {cores(n.get('cpu_cores'))}); "
+            f"the API's view and sockets share the API's loop{_loop(n)}; aiokafka keeps one "
             f"fetch in flight per broker connection, so a record that lands just after a fetch was sent waits "
             f"for that fetch to come back first.")
     return "Notification latency", text

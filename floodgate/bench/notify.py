@@ -23,7 +23,7 @@ from floodgate.bench import load, stats
 from floodgate.bench.arrivals import constant
 from floodgate.bench.context import Context, CpuMeter
 from floodgate.bench.http import Client
-from floodgate.bench.probes import TopicTap
+from floodgate.bench.probes import TopicTap, loop_lag_between, stalls, worker_metrics_urls
 from floodgate.bench.stacks import PACED_MODEL
 from floodgate.devstack import Stack
 from floodgate.jobs.record import decode_notification
@@ -137,6 +137,8 @@ async def run(ctx: Context, stack: Stack, cfg: NotifyConfig) -> dict[str, Any]:
     s = stack.settings
     taps = {s.topic("webhooks"): stamps.on_webhook,
             s.topic("notifications"): stamps.on_snapshot}
+    ends = {"api": [stack.metrics_urls["api"]], "worker": worker_metrics_urls(stack)}
+    before = {process: await stalls(urls, process) for process, urls in ends.items()}
     meter = CpuMeter(ctx.pids(stack)).start()
     with TopicTap(stack.bootstrap, taps, from_now=True):
         async with Watcher(stack.api_url, cfg.sockets) as watcher:
@@ -159,6 +161,13 @@ async def run(ctx: Context, stack: Stack, cfg: NotifyConfig) -> dict[str, Any]:
                     await asyncio.sleep(0.2)
                 await asyncio.sleep(1.0)  # the tap is a little behind the socket
     cores = meter.stop()
+    # What each process's event loop went through meanwhile: a hop's tail that matches a stall
+    # (or a full collection) of the process it crosses is that process's, not Kafka's.
+    loops: dict[str, Any] = {}
+    for process, urls in ends.items():
+        (lag_before, gc_before), (lag_after, gc_after) = before[process], await stalls(urls, process)
+        loops[f"{process}_loop_lag"] = loop_lag_between(lag_before, lag_after)
+        loops[f"{process}_full_gc"] = loop_lag_between(gc_before, gc_after)  # "probes": the collections
     all_ms = latencies(stamps.received, watcher.arrivals)
     return {
         "config": asdict(cfg), "accepted": len(accepted), "terminal_seen": len(accepted & watcher.terminal),
@@ -166,7 +175,7 @@ async def run(ctx: Context, stack: Stack, cfg: NotifyConfig) -> dict[str, Any]:
         "latency_ms": stats.summary(all_ms),
         "latency_ms_completed": stats.summary(latencies(stamps.received, watcher.arrivals, "completed")),
         "latency_ms_running": stats.summary(latencies(stamps.received, watcher.arrivals, "running")),
-        "hops_ms": stamps.hops(watcher.arrivals), "cpu_cores": cores,
+        "hops_ms": stamps.hops(watcher.arrivals), "cpu_cores": cores, **loops,
         "clock": "time.time() on one machine: the bridge's received_at (ms, truncated) → the client's receipt; "
                  "hops use the records' producer timestamps (ms)",
     }

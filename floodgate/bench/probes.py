@@ -190,14 +190,14 @@ def histogram_buckets(text: str, name: str, labels: str = "") -> dict[float, flo
     return {float(le): float(count) for le, count in line.findall(text)}
 
 
-def loop_lag_buckets(text: str) -> dict[float, float]:
-    """The API's event loop lag histogram (probes per bound)."""
-    return histogram_buckets(text, "floodgate_api_event_loop_lag_seconds")
+def loop_lag_buckets(text: str, process: str = "api") -> dict[float, float]:
+    """A process's event loop lag histogram (probes per bound); ``process``: ``api`` or ``worker``."""
+    return histogram_buckets(text, f"floodgate_{process}_event_loop_lag_seconds")
 
 
-def full_gc_buckets(text: str) -> dict[float, float]:
-    """The API's full (generation 2) collections' durations (collections per bound)."""
-    return histogram_buckets(text, "floodgate_api_gc_pause_seconds", 'generation="2",')
+def full_gc_buckets(text: str, process: str = "api") -> dict[float, float]:
+    """A process's full (generation 2) collections' durations (collections per bound)."""
+    return histogram_buckets(text, f"floodgate_{process}_gc_pause_seconds", 'generation="2",')
 
 
 def loop_lag_between(before: Mapping[float, float], after: Mapping[float, float]) -> dict[str, Any]:
@@ -223,11 +223,26 @@ def _ms(bound: float | None) -> float | None:
     return None if bound is None or bound == float("inf") else bound * 1000
 
 
-async def api_stalls(metrics_url: str) -> tuple[dict[float, float], dict[float, float]]:
-    """The API's loop lag and full-collection histograms, read once."""
-    async with aiohttp.ClientSession() as session, session.get(metrics_url) as resp:
-        text = await resp.text()
-    return loop_lag_buckets(text), full_gc_buckets(text)
+def summed(histograms: Iterable[Mapping[float, float]]) -> dict[float, float]:
+    """Histograms of several processes as one (pure): bucket counts are cumulative, so their sum is
+    the histogram of all the observations together."""
+    total: dict[float, float] = {}
+    for one in histograms:
+        for bound, count in one.items():
+            total[bound] = total.get(bound, 0.0) + count
+    return total
+
+
+async def stalls(metrics_urls: Iterable[str], process: str = "api") -> tuple[dict[float, float], dict[float, float]]:
+    """The loop lag and full-collection histograms of ``process`` (``api`` or ``worker``), read once
+    from each of its processes' ``metrics_urls`` and added up."""
+    texts = []
+    async with aiohttp.ClientSession() as session:
+        for url in metrics_urls:
+            async with session.get(url) as resp:
+                texts.append(await resp.text())
+    return (summed(loop_lag_buckets(t, process) for t in texts),
+            summed(full_gc_buckets(t, process) for t in texts))
 
 
 async def worker_counters(metrics_urls: Iterable[str]) -> WorkerCounters:

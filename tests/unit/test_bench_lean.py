@@ -221,6 +221,32 @@ def test_the_api_loop_lag_between_two_scrapes_counts_only_the_probes_in_between(
                'floodgate_api_gc_pause_seconds_bucket{generation="2",le="0.001"} 1.0\n'
                'floodgate_api_gc_pause_seconds_bucket{generation="2",le="+Inf"} 3.0\n')
     assert probes.full_gc_buckets(gc_text) == {0.001: 1.0, math.inf: 3.0}
+    assert probes.full_gc_buckets(gc_text, "worker") == {}  # another process's series
+    worker = METRICS.replace("floodgate_api_", "floodgate_worker_")
+    assert probes.loop_lag_buckets(worker.format(a=1, b=2, c=3, d=4, e=5), "worker")[math.inf] == 5.0
+    assert probes.loop_lag_buckets(worker.format(a=1, b=2, c=3, d=4, e=5)) == {}
+
+
+def test_two_workers_histograms_add_up_bucket_by_bucket() -> None:
+    one, two = {0.001: 5.0, 0.1: 9.0, math.inf: 10.0}, {0.001: 1.0, 0.1: 1.0, math.inf: 4.0}
+    both = probes.summed([one, two])
+    assert both == {0.001: 6.0, 0.1: 10.0, math.inf: 14.0}
+    assert probes.loop_lag_between({}, both)["over_100ms"] == 4  # one's 1 and two's 3
+    assert probes.summed([]) == {}
+
+
+def test_the_notify_limits_say_what_each_loop_saw() -> None:
+    worker = {"probes": 400, "over_100ms": 3, "p99_le_ms": 250.0, "worst_le_ms": 500.0, "last_bucket_ms": 5000.0}
+    api = {"probes": 400, "over_100ms": 0, "p99_le_ms": 5.0, "worst_le_ms": 25.0, "last_bucket_ms": 5000.0}
+    gc = {"probes": 2, "over_100ms": 1, "p99_le_ms": 250.0, "worst_le_ms": 250.0, "last_bucket_ms": 5000.0}
+    notify = {"latency_ms": {"p50": 10.0, "p99": 300.0}, "hops_ms": {}, "cpu_cores": {"worker": 0.5},
+              "worker_loop_lag": worker, "worker_full_gc": gc, "api_loop_lag": api}
+    text = dict(limits.limits({"notify": notify}, 2))["Notification latency"]
+    assert ("one event loop (the worker's event loop: 3 of 400 probes woke over 100 ms late, p99 ≤ 250 ms, "
+            "worst ≤ 500 ms; full collections: 2, the longest ≤ 250 ms)") in text
+    assert "the API's loop (the API's event loop: 0 of 400 probes woke over 100 ms late" in text
+    quiet = dict(limits.limits({"notify": {**notify, "worker_loop_lag": {}, "api_loop_lag": {}}}, 2))
+    assert "probes woke" not in quiet["Notification latency"]
 
 
 def test_the_accept_limits_say_what_the_api_loop_saw_in_each_run() -> None:
