@@ -102,14 +102,22 @@ def _accept(a: dict[str, Any], cpus: int | None) -> list[tuple[str, str]]:
     return [("HTTP accept latency / max rate", text), ("SDK requests/s", sdk)]
 
 
-def _pipeline(p: dict[str, Any]) -> tuple[str, str]:
+def _pipeline(p: dict[str, Any], cpus: int | None = None) -> tuple[str, str]:
     per = ", ".join(f"{k} {v:,}" for k, v in (p.get("submitted_per_provider") or {}).items())
     peak = ", ".join(f"{k} {v:,}" for k, v in (p.get("max_in_flight") or {}).items())
-    worker = _worker_cores(p.get("cpu_cores"))
+    used = p.get("cpu_cores") or {}
+    worker, everyone = _worker_cores(used), sum(used.values())
     if worker >= 0.85:
         bound = "CPU: the worker used a whole core (one Python process, one event loop, cannot use more)"
     elif worker >= 0.6:
         bound = f"Mostly the worker's CPU: {worker:.2f} of the one core a Python process can use"
+    elif cpus and everyone >= 0.9 * cpus:
+        rate = p.get("jobs_per_s") or 0.0
+        api = (f"; the API's share, {used['api'] / rate * 1000:.1f} ms per job, includes the two webhooks through "
+               f"the bridge and copying each job's video into the store (the local store: a download and two "
+               f"files written, flushed and renamed)" if used.get("api") and rate else "")
+        bound = (f"The machine's CPU: every process together used {everyone:.2f} of its {cpus} cores, the worker "
+                 f"{worker:.2f}{api}")
     else:
         bound = f"Not CPU: the worker used {worker:.2f} cores"
     stalled = " The run stalled: results stopped coming." if p.get("stalled") else ""
@@ -229,7 +237,7 @@ def limits(r: dict[str, Any], cpus: int | None) -> list[tuple[str, str]]:
     if "fixed" in r.get("accept", {}):
         out += _accept(r["accept"], cpus)
     if "jobs_per_s" in r.get("pipeline", {}):
-        out.append(_pipeline(r["pipeline"]))
+        out.append(_pipeline(r["pipeline"], cpus))
     if "latency_ms" in r.get("notify", {}):
         out.append(_notify(r["notify"]))
     if "handover_ms" in r.get("handover", {}):

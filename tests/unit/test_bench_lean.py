@@ -285,3 +285,15 @@ def test_reniced_lowers_every_thread_for_the_block_and_puts_each_back() -> None:
     finally:
         child.kill()
         child.wait()
+
+
+def test_the_pipeline_limits_name_the_machine_when_every_core_is_in_use() -> None:
+    full = {**_pipeline(), "jobs_per_s": 200.0, "config": {"limit": 500},
+            "cpu_cores": {"simulator": 0.25, "api": 0.6, "worker-0": 0.57, "broker": 0.44}}
+    text = dict(limits.limits({"pipeline": full}, 2))["Pipeline jobs/s"]
+    assert text.startswith("The machine's CPU: every process together used 1.86 of its 2 cores, the worker 0.57; "
+                           "the API's share, 3.0 ms per job, includes")
+    roomy = dict(limits.limits({"pipeline": full}, 8))["Pipeline jobs/s"]
+    assert roomy.startswith("Not CPU: the worker used 0.57 cores")
+    busy = {**full, "cpu_cores": {**full["cpu_cores"], "worker-0": 0.9}}
+    assert dict(limits.limits({"pipeline": busy}, 2))["Pipeline jobs/s"].startswith("CPU: the worker used a whole")
