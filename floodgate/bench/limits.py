@@ -109,15 +109,15 @@ def _pipeline(p: dict[str, Any], cpus: int | None = None) -> tuple[str, str]:
     worker, everyone = _worker_cores(used), sum(used.values())
     if worker >= 0.85:
         bound = "CPU: the worker used a whole core (one Python process, one event loop, cannot use more)"
-    elif worker >= 0.6:
-        bound = f"Mostly the worker's CPU: {worker:.2f} of the one core a Python process can use"
-    elif cpus and everyone >= 0.9 * cpus:
+    elif cpus and everyone >= 0.9 * cpus:  # the worker below its core's worth because the others hold the rest
         rate = p.get("jobs_per_s") or 0.0
         api = (f"; the API's share, {used['api'] / rate * 1000:.1f} ms per job, includes the two webhooks through "
                f"the bridge and copying each job's video into the store (the local store: a download and two "
                f"files written, flushed and renamed)" if used.get("api") and rate else "")
         bound = (f"The machine's CPU: every process together used {everyone:.2f} of its {cpus} cores, the worker "
                  f"{worker:.2f}{api}")
+    elif worker >= 0.6:
+        bound = f"Mostly the worker's CPU: {worker:.2f} of the one core a Python process can use"
     else:
         bound = f"Not CPU: the worker used {worker:.2f} cores"
     stalled = " The run stalled: results stopped coming." if p.get("stalled") else ""

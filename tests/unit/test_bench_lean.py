@@ -295,5 +295,8 @@ def test_the_pipeline_limits_name_the_machine_when_every_core_is_in_use() -> Non
                            "the API's share, 3.0 ms per job, includes")
     roomy = dict(limits.limits({"pipeline": full}, 8))["Pipeline jobs/s"]
     assert roomy.startswith("Not CPU: the worker used 0.57 cores")
+    starved = {**full, "cpu_cores": {**full["cpu_cores"], "worker-0": 0.64}}  # 1.93 of 2: not the worker's cap
+    assert dict(limits.limits({"pipeline": starved}, 2))["Pipeline jobs/s"].startswith("The machine's CPU")
+    assert dict(limits.limits({"pipeline": starved}, 4))["Pipeline jobs/s"].startswith("Mostly the worker's CPU")
     busy = {**full, "cpu_cores": {**full["cpu_cores"], "worker-0": 0.9}}
     assert dict(limits.limits({"pipeline": busy}, 2))["Pipeline jobs/s"].startswith("CPU: the worker used a whole")
