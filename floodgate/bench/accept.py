@@ -25,7 +25,7 @@ from typing import Any
 from floodgate.bench import affinity, load, profiling, stats
 from floodgate.bench.arrivals import constant
 from floodgate.bench.context import Context, CpuMeter
-from floodgate.bench.probes import cpu_seconds, loop_lag_between, stalls, topic_keys
+from floodgate.bench.probes import cpu_seconds, stalls, stalls_between, topic_keys
 from floodgate.bench.stacks import bench_stack, providers
 from floodgate.demo import MODELS
 from floodgate.devstack import Stack
@@ -94,14 +94,12 @@ async def api_cpu(stack: Stack, block: Awaitable[dict[str, Any]]) -> dict[str, A
     what its event loop's lag probe saw meanwhile (``api_loop_lag``) and its full collections
     (``api_full_gc``)."""
     pid, url = stack.children["api"].proc.pid, stack.metrics_urls["api"]
-    lag_before, gc_before = await stalls([url])
+    stalled_before = await stalls([url])
     before = cpu_seconds(pid)
     out = await block
     out["api_cpu_s"] = cpu_seconds(pid) - before
     out["api_cpu_ms_per_request"] = cpu_ms_per_request(out["api_cpu_s"], out["accepted"])
-    lag_after, gc_after = await stalls([url])
-    out["api_loop_lag"] = loop_lag_between(lag_before, lag_after)
-    out["api_full_gc"] = loop_lag_between(gc_before, gc_after)  # "probes": the collections
+    out.update(stalls_between(stalled_before, await stalls([url])))
     return out
 
 

@@ -23,7 +23,7 @@ from floodgate.bench import load, stats
 from floodgate.bench.arrivals import constant
 from floodgate.bench.context import Context, CpuMeter
 from floodgate.bench.http import Client
-from floodgate.bench.probes import TopicTap, loop_lag_between, stalls, worker_metrics_urls
+from floodgate.bench.probes import TopicTap, stalls, stalls_between, worker_metrics_urls
 from floodgate.bench.stacks import PACED_MODEL
 from floodgate.devstack import Stack
 from floodgate.jobs.record import decode_notification
@@ -165,9 +165,7 @@ async def run(ctx: Context, stack: Stack, cfg: NotifyConfig) -> dict[str, Any]:
     # (or a full collection) of the process it crosses is that process's, not Kafka's.
     loops: dict[str, Any] = {}
     for process, urls in ends.items():
-        (lag_before, gc_before), (lag_after, gc_after) = before[process], await stalls(urls, process)
-        loops[f"{process}_loop_lag"] = loop_lag_between(lag_before, lag_after)
-        loops[f"{process}_full_gc"] = loop_lag_between(gc_before, gc_after)  # "probes": the collections
+        loops.update(stalls_between(before[process], await stalls(urls, process), process))
     all_ms = latencies(stamps.received, watcher.arrivals)
     return {
         "config": asdict(cfg), "accepted": len(accepted), "terminal_seen": len(accepted & watcher.terminal),

@@ -176,6 +176,7 @@ async def measure(ctx: Context, stack: Stack, cfg: PipelineConfig, what: str = "
                                    for p in created if created[p]["jobs_created"] > created0[p]["jobs_created"]},
         "max_in_flight": {p: created[p]["max_concurrency"] for p in created if created[p]["max_concurrency"]},
         "stage_lag": stage_lag(lag.samples),
+        "video_store": stack.settings.video_store,  # the API copies every completed job's video unless "off"
     }
     out["records_written_per_s"] = out["records_written"] / elapsed if elapsed else 0.0
     ctx.progress.status(f"{what}: checking every job reached results", force=True)

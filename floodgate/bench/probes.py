@@ -233,7 +233,19 @@ def summed(histograms: Iterable[Mapping[float, float]]) -> dict[float, float]:
     return total
 
 
-async def stalls(metrics_urls: Iterable[str], process: str = "api") -> tuple[dict[float, float], dict[float, float]]:
+Stalls = tuple[dict[float, float], dict[float, float]]
+"""A reading of a process's loop lag and full-collection histograms (``stalls``)."""
+
+
+def stalls_between(before: Stalls, after: Stalls, process: str = "api") -> dict[str, Any]:
+    """What ``process``'s loop went through between two readings (pure): ``<process>_loop_lag`` and
+    ``<process>_full_gc`` as ``loop_lag_between`` says them (for the collections, "probes" counts
+    the collections)."""
+    return {f"{process}_loop_lag": loop_lag_between(before[0], after[0]),
+            f"{process}_full_gc": loop_lag_between(before[1], after[1])}
+
+
+async def stalls(metrics_urls: Iterable[str], process: str = "api") -> Stalls:
     """The loop lag and full-collection histograms of ``process`` (``api`` or ``worker``), read once
     from each of its processes' ``metrics_urls`` and added up."""
     texts = []

@@ -300,3 +300,19 @@ def test_the_pipeline_limits_name_the_machine_when_every_core_is_in_use() -> Non
     assert dict(limits.limits({"pipeline": starved}, 4))["Pipeline jobs/s"].startswith("Mostly the worker's CPU")
     busy = {**full, "cpu_cores": {**full["cpu_cores"], "worker-0": 0.9}}
     assert dict(limits.limits({"pipeline": busy}, 2))["Pipeline jobs/s"].startswith("CPU: the worker used a whole")
+    def share(store: str) -> str:
+        return dict(limits.limits({"pipeline": {**full, "video_store": store}}, 2))["Pipeline jobs/s"]
+
+    assert "webhooks through the bridge and copying each job's video into the store (the local store:" in share("local")
+    assert "the bridge and copying each job's video into the store;" in share("s3")
+    assert "copying" not in share("off")  # a run without copies does not claim them
+
+
+def test_stalls_between_two_readings_name_the_process() -> None:
+    before = ({0.01: 10.0, math.inf: 10.0}, {0.1: 1.0, math.inf: 1.0})
+    after = ({0.01: 15.0, math.inf: 20.0}, {0.1: 1.0, math.inf: 3.0})
+    change = probes.stalls_between(before, after, "worker")
+    assert set(change) == {"worker_loop_lag", "worker_full_gc"}
+    assert change["worker_loop_lag"] == probes.loop_lag_between(before[0], after[0])
+    assert change["worker_full_gc"]["probes"] == 2 and change["worker_full_gc"]["over_100ms"] == 2
+    assert set(probes.stalls_between(before, after)) == {"api_loop_lag", "api_full_gc"}
