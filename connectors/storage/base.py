@@ -11,7 +11,7 @@ turns one into a path or an object name.
 from __future__ import annotations
 
 import re
-from collections.abc import AsyncIterable, AsyncIterator
+from collections.abc import AsyncIterable, AsyncIterator, Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Literal, Protocol, runtime_checkable
@@ -66,12 +66,16 @@ class VideoStore(Protocol):
         """The job's record, or None when nothing finished was stored for it yet."""
         ...
 
-    async def put_video(self, job_id: str, chunks: AsyncIterable[bytes], content_type: str) -> None:
-        """Store the bytes ``chunks`` yields; nothing becomes visible if it raises midway."""
+    async def put_video(self, job_id: str, chunks: AsyncIterable[bytes], content_type: str,
+                        record: Callable[[], VideoRecord] | None = None) -> None:
+        """Store the bytes ``chunks`` yields; nothing becomes visible if it raises midway. With
+        ``record``, also the record it returns, after the bytes and in the same call (a store may
+        write both in one go); it is called once ``chunks`` is consumed, so it may read what the
+        download counted (size, hash)."""
         ...
 
     async def put_record(self, record: VideoRecord) -> None:
-        """Write the record (after the bytes, for a stored video)."""
+        """Write the record on its own (a refusal, which has no bytes)."""
         ...
 
     def open(self, job_id: str) -> AsyncIterator[bytes]:

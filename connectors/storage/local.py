@@ -9,9 +9,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import os
-import secrets
-from collections.abc import AsyncIterable, AsyncIterator
+from collections.abc import AsyncIterable, AsyncIterator, Callable
 from pathlib import Path
 from typing import BinaryIO
 
@@ -21,6 +21,7 @@ from floodgate.errors import StorageError
 CHUNK = 256 * 1024
 FLUSH_BYTES = 1024 * 1024
 """Bytes of a video gathered in memory before they are written (per copy under way)."""
+_TMP_SEQ = itertools.count()
 
 
 class LocalVideoStore:
@@ -45,10 +46,12 @@ class LocalVideoStore:
             raise StorageError(f"cannot read {path.name}: {exc}", retriable=True) from exc
         return VideoRecord.decode(data)
 
-    async def put_video(self, job_id: str, chunks: AsyncIterable[bytes], content_type: str) -> None:
+    async def put_video(self, job_id: str, chunks: AsyncIterable[bytes], content_type: str,
+                        record: Callable[[], VideoRecord] | None = None) -> None:
         # Chunks are gathered up to FLUSH_BYTES before a thread writes them: a video of up to that
-        # size costs one trip to a thread (open, write, fsync, close, rename), not one per chunk
-        # and per step, each of which wakes the event loop twice.
+        # size, and its record, cost one trip to a thread (each file: open, write, fsync, close,
+        # rename), not one per chunk, per step and per file. A trip wakes the event loop twice,
+        # and in a process serving requests that is most of what a small copy costs.
         target = self._video(job_id)
         tmp = self._tmp(target)
         out: BinaryIO | None = None
@@ -66,9 +69,13 @@ class LocalVideoStore:
             if isinstance(exc, OSError):
                 raise StorageError(f"cannot write {target.name}: {exc}", retriable=True) from exc
             raise
+        then = None
+        if record is not None:
+            sealed = record()
+            then = (self._record(sealed.job_id), sealed.encode())
         try:
             # _finish cleans up after itself: it owns the file from here.
-            await asyncio.to_thread(self._finish, out, tmp, target, pending)
+            await asyncio.to_thread(self._finish, out, tmp, target, pending, then)
         except OSError as exc:
             raise StorageError(f"cannot write {target.name}: {exc}", retriable=True) from exc
 
@@ -98,7 +105,9 @@ class LocalVideoStore:
         return None
 
     def _tmp(self, target: Path) -> Path:
-        return target.with_name(f".tmp-{secrets.token_hex(8)}-{target.name}")
+        # Unique per process (the pid) and per write (the counter): no random bytes needed, which
+        # would cost a system call per file; "xb" refuses a name that exists anyway.
+        return target.with_name(f".tmp-{os.getpid()}-{next(_TMP_SEQ)}-{target.name}")
 
     def _open_tmp(self, tmp: Path) -> BinaryIO:
         self.root.mkdir(parents=True, exist_ok=True)
@@ -111,9 +120,11 @@ class LocalVideoStore:
         out.writelines(parts)
         return out
 
-    def _finish(self, out: BinaryIO | None, tmp: Path, target: Path, parts: list[bytes]) -> None:
-        """(In a thread.) The rest written, on disk (fsync) and renamed to ``target``; on a failure
-        the temporary file is gone."""
+    def _finish(self, out: BinaryIO | None, tmp: Path, target: Path, parts: list[bytes],
+                then: tuple[Path, bytes] | None = None) -> None:
+        """(In a thread.) The rest written, on disk (fsync) and renamed to ``target``; then, when
+        given, ``then``'s bytes the same way to its path (the record: after the video, so its
+        presence still means the bytes are complete). On a failure the temporary file is gone."""
         try:
             out = self._write_part(out, tmp, parts)
             with out:
@@ -123,6 +134,9 @@ class LocalVideoStore:
         except BaseException:
             _discard(out, tmp)
             raise
+        if then is not None:
+            path, data = then
+            self._finish(None, self._tmp(path), path, [data])
 
 
 def _discard(out: BinaryIO | None, tmp: Path) -> None:

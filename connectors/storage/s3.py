@@ -10,7 +10,7 @@ would have to agree with the one moto (the test server) brings. Installed by the
 """
 from __future__ import annotations
 
-from collections.abc import AsyncIterable, AsyncIterator
+from collections.abc import AsyncIterable, AsyncIterator, Callable
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -59,7 +59,13 @@ class S3VideoStore:
             raise _wrap("read the record of", job_id, exc) from exc
         return VideoRecord.decode(bytes(data))
 
-    async def put_video(self, job_id: str, chunks: AsyncIterable[bytes], content_type: str) -> None:
+    async def put_video(self, job_id: str, chunks: AsyncIterable[bytes], content_type: str,
+                        record: Callable[[], VideoRecord] | None = None) -> None:
+        await self._put_bytes(job_id, chunks, content_type)
+        if record is not None:
+            await self.put_record(record())
+
+    async def _put_bytes(self, job_id: str, chunks: AsyncIterable[bytes], content_type: str) -> None:
         import obstore
 
         path = f"videos/{check_key(job_id)}"

@@ -238,7 +238,7 @@ async def profile_worker(ctx: Context, stack: Stack, cfg: PipelineConfig, offset
     feeding = asyncio.create_task(Feed(ctx, stack, offsets, cfg).run(cfg.profile_jobs, "profile pass"))
     await asyncio.sleep(0.5)
     collapsed, note = await asyncio.to_thread(profiling.record, pid, cfg.profile_seconds,
-                                              ctx.work_dir / "profile-worker.txt")
+                                              ctx.out_dir / "profile-worker.collapsed")
     await feeding
     result: dict[str, Any] = {"process": "worker-0", "load": "instant-provider pipeline fed by the SDK", "note": note}
     if collapsed:

@@ -171,7 +171,8 @@ class VideoCopier:
                 log.info("videos: copy of %s failed (%s); retrying in %.1fs", job_id, exc, delay)
                 if await self._stopped_within(delay):
                     raise _Abandoned from exc
-        await self._retrying(job_id, lambda: self._store.put_record(record), what="write the record")
+        if record.status == "failed":  # a stored video's record was written with its bytes
+            await self._retrying(job_id, lambda: self._store.put_record(record), what="write the record")
         self._metrics.videos.labels(record.status).inc()
         if record.status == "stored" and completed_at_ms:
             self._metrics.video_copy_lag.observe(max(0.0, self._clock() - completed_at_ms / 1000))
@@ -179,10 +180,17 @@ class VideoCopier:
 
     async def _copy_once(self, job_id: str, url: str) -> VideoRecord:
         assert self._fetcher is not None
+        made: list[VideoRecord] = []
         async with self._fetcher.open(url) as download:
-            await self._store.put_video(job_id, download.chunks(), download.content_type)
-            return VideoRecord(job_id, "stored", at_ms=int(self._clock() * 1000), size=download.size,
-                               sha256=download.hexdigest, content_type=download.content_type)
+            def stored() -> VideoRecord:
+                # Called by the store once the chunks are read: the size and hash are known then.
+                made.append(VideoRecord(job_id, "stored", at_ms=int(self._clock() * 1000), size=download.size,
+                                        sha256=download.hexdigest, content_type=download.content_type))
+                return made[-1]
+
+            # The record goes with the bytes, in one write where the store can.
+            await self._store.put_video(job_id, download.chunks(), download.content_type, stored)
+        return made[-1]
 
     async def _retrying(self, job_id: str, call: Callable[[], Any], *, what: str) -> Any:
         """A store call retried (with backoff, until stopping) while its error is retriable."""

@@ -44,16 +44,47 @@ async def test_a_video_larger_than_the_flush_size_is_stored_whole(tmp_path: Path
     assert [p.name for p in store.root.iterdir()] == [f"{job_id}.video"]  # no temporary file left
 
 
-async def test_a_small_video_and_its_record_take_one_trip_to_a_thread_each(
+async def test_a_small_video_and_its_record_take_one_trip_to_a_thread_together(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     store, job_id = LocalVideoStore(tmp_path / "videos"), new_job_id()
     calls = count_threads(monkeypatch)
-    await store.put_video(job_id, chunked(b"v" * 300_000, 64 * 1024), "video/mp4")
-    assert calls == ["_finish"]
     record = VideoRecord(job_id, "stored", at_ms=1, size=300_000, sha256="0" * 64, content_type="video/mp4")
-    await store.put_record(record)
-    assert calls == ["_finish", "_finish"]
+    asked: list[int] = []
+
+    def seal() -> VideoRecord:
+        asked.append(len(calls))  # before the trip: the record is made on the loop, then written there
+        return record
+
+    await store.put_video(job_id, chunked(b"v" * 300_000, 64 * 1024), "video/mp4", seal)
+    assert calls == ["_finish"] and asked == [0]
     assert await store.record(job_id) == record
+    assert sorted(p.name for p in store.root.iterdir()) == [f"{job_id}.json", f"{job_id}.video"]
+    assert await read_back(store, job_id) == b"v" * 300_000
+
+
+async def test_a_record_on_its_own_takes_one_trip(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    store, job_id = LocalVideoStore(tmp_path / "videos"), new_job_id()
+    calls = count_threads(monkeypatch)
+    refused = VideoRecord(job_id, "failed", at_ms=1, reason="not a video")
+    await store.put_record(refused)
+    assert calls == ["_finish"]
+    assert await store.record(job_id) == refused
+
+
+async def test_a_video_that_fails_midway_writes_no_record(tmp_path: Path) -> None:
+    store, job_id = LocalVideoStore(tmp_path / "videos"), new_job_id()
+
+    async def broken() -> AsyncIterator[bytes]:
+        yield b"v" * 10
+        raise StorageError("download broke off", retriable=True)
+
+    def seal() -> VideoRecord:
+        raise AssertionError("no record for bytes that were not all read")
+
+    with pytest.raises(StorageError, match="broke off"):
+        await store.put_video(job_id, broken(), "video/mp4", seal)
+    assert await store.record(job_id) is None
+    assert not store.root.exists() or not list(store.root.iterdir())
 
 
 async def test_a_write_that_fails_is_a_retriable_error_and_leaves_nothing(tmp_path: Path) -> None:
