@@ -112,8 +112,8 @@ def _pipeline(p: dict[str, Any], cpus: int | None = None) -> tuple[str, str]:
     elif cpus and everyone >= 0.9 * cpus:  # the worker below its core's worth because the others hold the rest
         rate, store = p.get("jobs_per_s") or 0.0, p.get("video_store")
         copies = ("" if store == "off" else " and copying each job's video into the store" +
-                  (" (the local store: a download and two files written, flushed and renamed)" if store == "local"
-                   else ""))
+                  (" (the local store: a download, then two files written, flushed and renamed in one trip to a "
+                   "thread)" if store == "local" else ""))
         api = (f"; the API's share, {used['api'] / rate * 1000:.1f} ms per job, includes the two webhooks through "
                f"the bridge{copies}" if used.get("api") and rate else "")
         bound = (f"The machine's CPU: every process together used {everyone:.2f} of its {cpus} cores, the worker "
