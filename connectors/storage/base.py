@@ -83,7 +83,7 @@ class VideoStore(Protocol):
         ...
 
     def local_path(self, job_id: str) -> Path | None:
-        """The file holding the bytes when the store is a local directory (served with sendfile)."""
+        """The file holding the bytes when the store is a local directory (served from it as a file)."""
         ...
 
     async def close(self) -> None:

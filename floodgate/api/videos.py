@@ -4,7 +4,9 @@ The link (made when the job is read, :mod:`floodgate.videolinks`) is the only cr
 signature is checked before the store is asked anything, so a forged link learns nothing about
 which jobs exist. Answers:
 
-* 200 with the bytes (local store: sendfile, with Range support; S3: streamed through);
+* 200 with the bytes (local store: aiohttp's ``FileResponse``, with Range support; it reads the
+  file in 256 KiB chunks in a thread, since uvloop, the API's loop, has no ``sendfile``; S3:
+  streamed through);
   ``Content-Type`` as copied, ``ETag`` and ``Repr-Digest`` from the SHA-256 the copy recorded.
 * 403 for a malformed, forged or expired link (the detail says which, except for a forgery).
 * 307 to the provider's own copy while ours is not done yet (the job view knows the provider's URL;
