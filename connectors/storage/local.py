@@ -69,15 +69,14 @@ class LocalVideoStore:
             if isinstance(exc, OSError):
                 raise StorageError(f"cannot write {target.name}: {exc}", retriable=True) from exc
             raise
-        then = None
-        if record is not None:
-            sealed = record()
-            then = (self._record(sealed.job_id), sealed.encode())
+        # The record is filed under the same job id as the video it describes.
+        then = None if record is None else (self._record(job_id), record().encode())
         try:
             # _finish cleans up after itself: it owns the file from here.
             await asyncio.to_thread(self._finish, out, tmp, target, pending, then)
         except OSError as exc:
-            raise StorageError(f"cannot write {target.name}: {exc}", retriable=True) from exc
+            what = target.name if then is None else f"{target.name} or its record"
+            raise StorageError(f"cannot write {what}: {exc}", retriable=True) from exc
 
     async def put_record(self, record: VideoRecord) -> None:
         target = self._record(record.job_id)
