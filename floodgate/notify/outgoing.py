@@ -36,6 +36,7 @@ from floodgate.errors import ConfigError, SchemaError
 from floodgate.metrics import ApiMetrics, api_metrics
 from floodgate.notify.delivery import deliver
 from floodgate.notify.retry import RetryPolicy
+from floodgate.results_consumer import results_consumer
 from floodgate.settings import Settings
 from floodgate.topics import TopicNames
 from floodgate.videolinks import VideoLinks
@@ -158,19 +159,7 @@ class OutgoingWebhooks:
             self._notifier = await self.build_notifier()
         bootstrap = self._settings.kafka_bootstrap
         self._producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all", enable_idempotence=True)
-        self._consumer = AIOKafkaConsumer(
-            bootstrap_servers=bootstrap,
-            group_id=self.group_id,
-            client_id=f"{self.group_id}-consumer",
-            enable_auto_commit=False,
-            # A new group starts at the beginning: results written before the first deploy still get delivered.
-            auto_offset_reset="earliest",
-            # Nothing writes `results` in transactions today (Faust runs at-least-once; exactly-once is
-            # not configured), so this changes nothing now; it keeps a future transactional writer's
-            # aborted snapshots from ever being notified.
-            isolation_level="read_committed",
-            session_timeout_ms=int(self._settings.session_timeout * 1000),
-        )
+        self._consumer = results_consumer(self._settings, self.group_id)
         self._consumer.subscribe([self._names.results], listener=_Rebalance(self))
         try:
             await self._producer.start()

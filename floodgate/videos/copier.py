@@ -40,6 +40,7 @@ from floodgate import codec
 from floodgate.commit_tracker import CommitTracker, Ticket
 from floodgate.errors import ConfigError, SchemaError, StorageError
 from floodgate.metrics import ApiMetrics, api_metrics
+from floodgate.results_consumer import results_consumer
 from floodgate.settings import Settings
 from floodgate.throttle import Backoff
 from floodgate.topics import TopicNames
@@ -110,13 +111,7 @@ class VideoCopier:
             self._session = guarded_fetch_session(allow_private=self._settings.allow_private_webhooks)
             self._fetcher = VideoFetcher(self._session, allow_private=self._settings.allow_private_webhooks,
                                          max_bytes=self._settings.video_max_bytes)
-        self._consumer = AIOKafkaConsumer(
-            bootstrap_servers=self._settings.kafka_bootstrap, group_id=self.group_id,
-            client_id=f"{self.group_id}-consumer", enable_auto_commit=False,
-            # A new group starts at the beginning: videos of jobs completed before the first deploy
-            # are copied too (each costs one record read when already stored).
-            auto_offset_reset="earliest", isolation_level="read_committed",
-            session_timeout_ms=int(self._settings.session_timeout * 1000))
+        self._consumer = results_consumer(self._settings, self.group_id)
         self._consumer.subscribe([self._topic], listener=_Rebalance(self))
         try:
             await self._consumer.start()

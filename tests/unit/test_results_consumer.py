@@ -1,0 +1,35 @@
+"""The results consumers (outgoing webhooks, pushes, the video copier) fetch in batches, bounded
+in how long a result may wait to be read."""
+from __future__ import annotations
+
+from floodgate.results_consumer import FETCH_MAX_WAIT_MS, FETCH_MIN_BYTES, results_consumer, results_consumer_options
+from floodgate.settings import Settings
+
+
+def settings() -> Settings:
+    return Settings(kafka_bootstrap="127.0.0.1:9", session_timeout=7.0)
+
+
+def test_fetches_wait_for_a_batch_but_not_long() -> None:
+    options = results_consumer_options(settings(), "fg-webhooks")
+    # More than aiokafka's one byte (a fetch per record), and a wait far below a webhook's timeouts.
+    assert options["fetch_min_bytes"] == FETCH_MIN_BYTES >= 16 * 1024
+    assert options["fetch_max_wait_ms"] == FETCH_MAX_WAIT_MS <= 100
+
+
+def test_each_group_commits_by_hand_from_the_start_and_skips_aborted_writes() -> None:
+    options = results_consumer_options(settings(), "fg-videos")
+    assert (options["group_id"], options["client_id"]) == ("fg-videos", "fg-videos-consumer")
+    assert options["enable_auto_commit"] is False
+    assert options["auto_offset_reset"] == "earliest"
+    assert options["isolation_level"] == "read_committed"
+    assert options["session_timeout_ms"] == 7000
+    assert options["bootstrap_servers"] == "127.0.0.1:9"
+
+
+async def test_the_consumer_is_built_with_those_options() -> None:
+    consumer = results_consumer(settings(), "fg-webhooks")
+    assert consumer._fetch_min_bytes == FETCH_MIN_BYTES
+    assert consumer._fetch_max_wait_ms == FETCH_MAX_WAIT_MS
+    assert consumer._group_id == "fg-webhooks"
+
