@@ -151,6 +151,9 @@ async def test_job_lifecycle_webhooks_are_signed_and_the_file_downloads() -> Non
             assert r.status == 200 and r.content_type == "video/mp4"
             video = await r.read()
             assert video == SAMPLE_VIDEO.read_bytes() and video[4:8] == b"ftyp"  # the real, playable sample
+        async with http.get(completed["video_url"], headers={"Range": "bytes=4-7"}) as r:  # as a <video> asks
+            assert (r.status, await r.read()) == (206, b"ftyp")
+            assert r.headers["Content-Range"] == f"bytes 4-7/{len(video)}"
         stats = sim.stats()["providers"]["sora"]
         assert (stats["completed"], stats["webhooks_sent"], stats["in_flight"]) == (1, 2, 0)
         # The provider's work and first submission, as the bench's drain-vs-ideal reads them.
