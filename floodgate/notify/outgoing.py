@@ -36,7 +36,7 @@ from floodgate.errors import ConfigError, SchemaError
 from floodgate.metrics import ApiMetrics, api_metrics
 from floodgate.notify.delivery import deliver
 from floodgate.notify.retry import RetryPolicy
-from floodgate.results_consumer import results_consumer
+from floodgate.results_consumer import DELIVERY_WAIT_MS, results_consumer
 from floodgate.settings import Settings
 from floodgate.topics import TopicNames
 from floodgate.videolinks import VideoLinks
@@ -159,7 +159,7 @@ class OutgoingWebhooks:
             self._notifier = await self.build_notifier()
         bootstrap = self._settings.kafka_bootstrap
         self._producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all", enable_idempotence=True)
-        self._consumer = results_consumer(self._settings, self.group_id)
+        self._consumer = results_consumer(self._settings, self.group_id, DELIVERY_WAIT_MS)
         self._consumer.subscribe([self._names.results], listener=_Rebalance(self))
         try:
             await self._producer.start()

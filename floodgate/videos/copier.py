@@ -40,7 +40,7 @@ from floodgate import codec
 from floodgate.commit_tracker import CommitTracker, Ticket
 from floodgate.errors import ConfigError, SchemaError, StorageError
 from floodgate.metrics import ApiMetrics, api_metrics
-from floodgate.results_consumer import results_consumer
+from floodgate.results_consumer import COPY_WAIT_MS, results_consumer
 from floodgate.settings import Settings
 from floodgate.throttle import Backoff
 from floodgate.topics import TopicNames
@@ -111,7 +111,7 @@ class VideoCopier:
             self._session = guarded_fetch_session(allow_private=self._settings.allow_private_webhooks)
             self._fetcher = VideoFetcher(self._session, allow_private=self._settings.allow_private_webhooks,
                                          max_bytes=self._settings.video_max_bytes)
-        self._consumer = results_consumer(self._settings, self.group_id)
+        self._consumer = results_consumer(self._settings, self.group_id, COPY_WAIT_MS)
         self._consumer.subscribe([self._topic], listener=_Rebalance(self))
         try:
             await self._consumer.start()

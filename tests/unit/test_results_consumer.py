@@ -2,7 +2,13 @@
 in how long a result may wait to be read."""
 from __future__ import annotations
 
-from floodgate.results_consumer import FETCH_MAX_WAIT_MS, FETCH_MIN_BYTES, results_consumer, results_consumer_options
+from floodgate.results_consumer import (
+    COPY_WAIT_MS,
+    DELIVERY_WAIT_MS,
+    FETCH_MIN_BYTES,
+    results_consumer,
+    results_consumer_options,
+)
 from floodgate.settings import Settings
 
 
@@ -11,14 +17,16 @@ def settings() -> Settings:
 
 
 def test_fetches_wait_for_a_batch_but_not_long() -> None:
-    options = results_consumer_options(settings(), "fg-webhooks")
-    # More than aiokafka's one byte (a fetch per record), and a wait far below a webhook's timeouts.
+    options = results_consumer_options(settings(), "fg-webhooks", DELIVERY_WAIT_MS)
+    # More than aiokafka's one byte (a fetch per record); a delivery leaves at most 100 ms late,
+    # a copy starts at most half a second late (the link leads to the provider's copy meanwhile).
     assert options["fetch_min_bytes"] == FETCH_MIN_BYTES >= 16 * 1024
-    assert options["fetch_max_wait_ms"] == FETCH_MAX_WAIT_MS <= 100
+    assert options["fetch_max_wait_ms"] == DELIVERY_WAIT_MS <= 100
+    assert results_consumer_options(settings(), "fg-videos", COPY_WAIT_MS)["fetch_max_wait_ms"] == COPY_WAIT_MS <= 500
 
 
 def test_each_group_commits_by_hand_from_the_start_and_skips_aborted_writes() -> None:
-    options = results_consumer_options(settings(), "fg-videos")
+    options = results_consumer_options(settings(), "fg-videos", COPY_WAIT_MS)
     assert (options["group_id"], options["client_id"]) == ("fg-videos", "fg-videos-consumer")
     assert options["enable_auto_commit"] is False
     assert options["auto_offset_reset"] == "earliest"
@@ -28,8 +36,8 @@ def test_each_group_commits_by_hand_from_the_start_and_skips_aborted_writes() ->
 
 
 async def test_the_consumer_is_built_with_those_options() -> None:
-    consumer = results_consumer(settings(), "fg-webhooks")
+    consumer = results_consumer(settings(), "fg-webhooks", DELIVERY_WAIT_MS)
     assert consumer._fetch_min_bytes == FETCH_MIN_BYTES
-    assert consumer._fetch_max_wait_ms == FETCH_MAX_WAIT_MS
+    assert consumer._fetch_max_wait_ms == DELIVERY_WAIT_MS
     assert consumer._group_id == "fg-webhooks"
 
