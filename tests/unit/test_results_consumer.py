@@ -2,6 +2,16 @@
 in how long a result may wait to be read."""
 from __future__ import annotations
 
+import dataclasses
+from typing import cast
+
+import pytest
+from aiokafka import AIOKafkaConsumer
+
+from connectors.notifiers.base import Notifier
+from connectors.storage import VideoStore
+from connectors.storage.fetch import VideoFetcher
+from floodgate.notify import outgoing
 from floodgate.results_consumer import (
     COPY_WAIT_MS,
     DELIVERY_WAIT_MS,
@@ -10,6 +20,7 @@ from floodgate.results_consumer import (
     results_consumer_options,
 )
 from floodgate.settings import Settings
+from floodgate.videos import copier
 
 
 def settings() -> Settings:
@@ -41,3 +52,25 @@ async def test_the_consumer_is_built_with_those_options() -> None:
     assert consumer._fetch_max_wait_ms == DELIVERY_WAIT_MS
     assert consumer._group_id == "fg-webhooks"
 
+
+
+class Built(Exception):
+    """Stops a service's start right after it asked for its consumer."""
+
+
+async def test_the_services_read_results_through_it(monkeypatch: pytest.MonkeyPatch) -> None:
+    asked: list[tuple[str, int]] = []
+
+    def recording(settings: Settings, group_id: str, max_wait_ms: int) -> AIOKafkaConsumer:
+        asked.append((group_id, max_wait_ms))
+        raise Built
+
+    monkeypatch.setattr(outgoing, "results_consumer", recording)
+    monkeypatch.setattr(copier, "results_consumer", recording)
+    monkeypatch.setattr(outgoing, "AIOKafkaProducer", lambda **_: None)  # the dlq producer: not reached here
+    s = dataclasses.replace(settings(), app_id="fg")
+    with pytest.raises(Built):
+        await outgoing.OutgoingWebhooks(s, notifier=cast(Notifier, object())).start()
+    with pytest.raises(Built):
+        await copier.VideoCopier(s, cast(VideoStore, object()), fetcher=cast(VideoFetcher, object())).start()
+    assert asked == [("fg-webhooks", DELIVERY_WAIT_MS), ("fg-videos", COPY_WAIT_MS)]
