@@ -98,8 +98,11 @@ async def test_a_completed_job_links_to_its_stored_video(stack: Stack) -> None:
 
         async def served() -> bytes | None:
             fresh = (await get_job(http, api, job_id, token))["result"]["video_url"]
-            async with http.get(fresh) as resp:
-                if resp.status == 503:  # still being copied: says when to come back
+            async with http.get(fresh, allow_redirects=False) as resp:
+                if resp.status == 307:  # still being copied: meanwhile the link leads to the provider's copy
+                    assert resp.headers["Location"] == original
+                    return None
+                if resp.status == 503:  # still being copied, and no provider copy known here: when to come back
                     assert resp.headers["Retry-After"] and resp.content_type == "application/problem+json"
                     return None
                 assert resp.status == 200, (resp.status, await resp.text())
