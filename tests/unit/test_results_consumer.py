@@ -53,7 +53,6 @@ async def test_the_consumer_is_built_with_those_options() -> None:
     assert consumer._group_id == "fg-webhooks"
 
 
-
 class Built(Exception):
     """Stops a service's start right after it asked for its consumer."""
 
@@ -67,7 +66,7 @@ async def test_the_services_read_results_through_it(monkeypatch: pytest.MonkeyPa
 
     monkeypatch.setattr(outgoing, "results_consumer", recording)
     monkeypatch.setattr(copier, "results_consumer", recording)
-    monkeypatch.setattr(outgoing, "AIOKafkaProducer", lambda **_: None)  # the dlq producer: not reached here
+    monkeypatch.setattr(outgoing, "AIOKafkaProducer", lambda **_: None)  # its dlq producer: never started here
     s = dataclasses.replace(settings(), app_id="fg")
     with pytest.raises(Built):
         await outgoing.OutgoingWebhooks(s, notifier=cast(Notifier, object())).start()
