@@ -71,6 +71,7 @@ def build_app(
     clock: Callable[[], float] = time.time,
     video_store: VideoStore | None = None,
     backlog: BacklogMonitor | None = None,
+    intake: Sender | None = None,
 ) -> web.Application:
     """The API for ``roles`` (default: all). Raises ``ConfigError`` if a role lacks what it needs
     (ingress: producer; read: view and producer, for cancels; bridge: producer). The ingress uses
@@ -78,6 +79,7 @@ def build_app(
     works without. ``connectors`` defaults to ``setup.build_connectors()``. ``video_store``: where
     completed jobs' videos are kept; the read role then links to them (signed, expiring) and
     serves them. ``backlog``: the backlog guard's monitor, when the ingress sheds past a bound.
+``intake``: the producer the ingress writes ``requests`` with, when not ``producer``.
     Starts nothing: Kafka clients' lifecycles belong to the caller.
     """
     chosen = parse_roles(roles)
@@ -87,7 +89,7 @@ def build_app(
         raise ConfigError("the read role needs a job view")
     links = VideoLinks(settings.video_link_key, settings.video_link_ttl) if video_store is not None else None
     deps = Deps(settings, setup, producer, view, keepalive=keepalive, wait_for_job=wait_for_job, clock=clock,
-                video_links=links)
+                video_links=links, intake=intake)
     # The bridge takes 1 MiB bodies, the ingress max_body_bytes; both also check for themselves.
     limit = max(settings.max_body_bytes, bridge.MAX_WEBHOOK_BYTES)
     app = web.Application(middlewares=[problem_middleware], client_max_size=limit)

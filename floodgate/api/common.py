@@ -42,6 +42,13 @@ class Deps:
     video_links: VideoLinks | None = None
     """Set when videos are kept in our store: a completed job's ``result.video_url`` is then our
     signed link to ``/v1/videos/{job_id}``, made when the job is read."""
+    intake: Sender | None = None
+    """The ingress's producer of ``requests``, when it is not ``producer`` (the server gives the
+    ingress one that lingers longer, so accepted requests share batches)."""
+
+    @property
+    def requests_sender(self) -> Sender | None:
+        return self.intake if self.intake is not None else self.producer
 
     def video_url(self, snapshot: dict[str, Any], base: str) -> str | None:
         """Our signed link for a completed job read at ``base``; None to show the provider's URL."""

@@ -202,10 +202,11 @@ class Ingress:
 
     async def _produce(self, request: web.Request, record: dict[str, Any]) -> web.Response:
         deps = self.deps
-        assert deps.producer is not None  # build_app guarantees it
+        sender = deps.requests_sender
+        assert sender is not None  # build_app guarantees it
         value, headers = codec.encode("JobRequest", record)
         try:
-            await deps.producer.send_and_wait(self.requests_topic, record["job_id"], value, headers)
+            await sender.send_and_wait(self.requests_topic, record["job_id"], value, headers)
         except KafkaUnavailable as exc:
             # The client retries; with an Idempotency-Key the retry maps to the same job id, so
             # a record that lands late anyway is dropped by admission as a duplicate.

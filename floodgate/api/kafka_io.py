@@ -2,14 +2,16 @@
 broker acknowledged that record on all in-sync replicas.
 
 ``acks=all`` + idempotence: an acknowledged record survives a leader failover and a retried
-batch is never written twice. A small linger (1 ms) lets concurrent requests share a batch
-without adding noticeable latency to a lone request.
+batch is never written twice. The linger (how long a record waits for others to share its
+batch) is the caller's choice: the API's ingress takes 5 ms, the webhook bridge 1 ms (see
+``floodgate.api.server``).
 
 The producer is librdkafka's (confluent-kafka), not aiokafka's: the accept path is the API's
 hot path, and librdkafka builds, batches and sends records in its own C threads, where aiokafka
 does that work in Python on the event loop (the API's own CPU per acknowledged record measured
-2.5-5x lower this way, which is CPU the 202s get back under load). Acknowledgements come back
-through one poller thread, which hands each batch of them to the event loop in one call.
+2.5-5x lower this way, which is CPU the 202s get back under load). Acknowledgements are served
+by the event loop itself, which polls the producer without blocking while records are in
+flight (see ``_Link``).
 
 A record that times out while no broker answers (a broker restart) leaves librdkafka's
 idempotent producer to reset its own sequence numbers (a new epoch or producer id). Where it
@@ -21,7 +23,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import threading
 from collections.abc import Callable, Sequence
 from functools import partial
 from typing import Any, Protocol
@@ -39,6 +40,9 @@ MAX_REQUEST_BYTES = 1024 * 1024 + 128 * 1024
 
 _TOO_LARGE = frozenset({KafkaError.MSG_SIZE_TOO_LARGE, KafkaError.INVALID_MSG_SIZE})
 
+POLL_SECONDS = 0.001
+"""How often the event loop polls the producer while records wait for their acknowledgement."""
+
 Settled = list[tuple[asyncio.Future[None], KafkaError | None]]
 
 
@@ -51,34 +55,46 @@ class Sender(Protocol):
 
 
 class _Link:
-    """One librdkafka producer and the thread that serves its acknowledgements."""
+    """One librdkafka producer; its acknowledgements are served on the event loop.
+
+    While records wait for their acknowledgement, the loop polls the producer (without
+    blocking) every ``POLL_SECONDS`` and settles what it delivered; with nothing in flight it
+    does not poll at all. A thread blocked in ``poll()`` answers up to a millisecond sooner, but
+    it is woken for each acknowledgement, takes the GIL from the handlers and wakes the loop
+    through its self-pipe each time: at 1,000 requests/s such a thread and those wake-ups cost
+    about 4% of the API's CPU per accepted request (``dev/accept_cpu.py``, four rounds)."""
 
     def __init__(self, producer: Any, loop: asyncio.AbstractEventLoop) -> None:
         self.producer = producer
         self._loop = loop
         self._done: Settled = []
+        self._tick: asyncio.TimerHandle | None = None
         self._running = True
-        self._poller = threading.Thread(target=self._poll, name="floodgate-api-acks", daemon=True)
-        self._poller.start()
 
     def delivered(self, acked: asyncio.Future[None], err: KafkaError | None, _msg: object) -> None:
-        self._done.append((acked, err))  # in the poller thread, inside poll()
+        self._done.append((acked, err))  # inside poll() or flush()
+
+    def sent(self) -> None:
+        """A record was handed to the producer: poll for its acknowledgement soon."""
+        if self._tick is None and self._running:
+            self._tick = self._loop.call_later(POLL_SECONDS, self._poll)
 
     def _poll(self) -> None:
-        while self._running:
-            self.producer.poll(0.1)
-            if self._done:
-                done, self._done = self._done, []
-                try:
-                    self._loop.call_soon_threadsafe(_settle, done)
-                except RuntimeError:  # the loop is closed: nobody waits any more
-                    return
+        self._tick = None
+        self.producer.poll(0)
+        if self._done:
+            done, self._done = self._done, []
+            _settle(done)
+        if self._running and len(self.producer) > 0:  # records (or their reports) still in flight
+            self._tick = self._loop.call_later(POLL_SECONDS, self._poll)
 
     async def close(self, flush_timeout: float) -> None:
-        """Stop the poller, then deliver what is pending (within ``flush_timeout``) and settle it."""
+        """Stop polling, then deliver what is pending (within ``flush_timeout``) and settle it."""
         self._running = False
-        await asyncio.to_thread(self._poller.join)
-        # Only this thread serves acknowledgements now (the poller has exited).
+        if self._tick is not None:
+            self._tick.cancel()
+            self._tick = None
+        # Only this thread serves acknowledgements now (the loop polls no more).
         await asyncio.to_thread(self.producer.flush, flush_timeout)
         done, self._done = self._done, []
         _settle(done)
@@ -106,6 +122,7 @@ class KafkaSender:
             # worker's own producers would pick, so requests, events and webhooks stay co-partitioned.
             "partitioner": "murmur2_random",
         }
+        self.linger_ms = linger_ms
         self._factory = producer_factory
         self._send_timeout = send_timeout
         self._link: _Link | None = None
@@ -147,6 +164,7 @@ class KafkaSender:
         acked: asyncio.Future[None] = loop.create_future()
         try:
             link.producer.produce(topic, value, key, headers=list(headers), on_delivery=partial(link.delivered, acked))
+            link.sent()
         except KafkaException as exc:
             error = exc.args[0] if exc.args and isinstance(exc.args[0], KafkaError) else None
             if error is not None and error.code() in _TOO_LARGE:

@@ -18,7 +18,7 @@ import pytest
 
 from floodgate import codec
 from floodgate.api.kafka_io import MAX_REQUEST_BYTES, KafkaSender, KafkaUnavailable, RecordTooLarge
-from floodgate.api.server import ApiServer
+from floodgate.api.server import BRIDGE_LINGER_MS, INGRESS_LINGER_MS, ApiServer
 from floodgate.ids import check_token, is_job_id, job_id_for_key, new_job_id
 from floodgate.settings import Secret, Settings
 from floodgate.topics import TopicNames
@@ -300,6 +300,7 @@ async def test_an_ingress_only_process_consumes_nothing(settings: Settings, http
     monkeypatch.setattr(floodgate.api.feed, "Consumer", no_consumer)
     async with running_api(settings, roles={"ingress"}) as api:
         assert api.view is None and api.outgoing is None
+        assert [p.linger_ms for p in api.producers] == [INGRESS_LINGER_MS]  # one producer: nothing else writes
         headers = {"Idempotency-Key": "only-ingress"}
         async with http.post(f"{api.url}/v1/jobs", json=BODY, headers=headers) as resp:
             assert resp.status == 202
@@ -312,6 +313,19 @@ async def test_an_ingress_only_process_consumes_nothing(settings: Settings, http
     assert made == []
     assert not (settings.cache_dir / "api").exists()  # no spill store either
     assert record_count(settings.kafka_bootstrap, TopicNames(settings).requests) == 1
+
+
+async def test_the_ingress_batches_longer_than_the_bridge_in_one_process(settings: Settings,
+                                                                         http: aiohttp.ClientSession) -> None:
+    # A slot's release must not wait for a batch to fill; an accepted request may, a few ms.
+    async with running_api(settings, roles={"ingress", "bridge"}) as api:
+        assert [p.linger_ms for p in api.producers] == [INGRESS_LINGER_MS, BRIDGE_LINGER_MS]
+        assert BRIDGE_LINGER_MS < INGRESS_LINGER_MS
+        async with http.post(f"{api.url}/v1/jobs", json=BODY) as resp:
+            assert resp.status == 202
+    assert record_count(settings.kafka_bootstrap, TopicNames(settings).requests) == 1
+    async with running_api(settings, roles={"bridge"}) as api:
+        assert [p.linger_ms for p in api.producers] == [BRIDGE_LINGER_MS]
 
 
 def test_outgoing_webhooks_run_by_default_except_on_an_ingress_only_process() -> None:

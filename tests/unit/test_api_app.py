@@ -19,6 +19,7 @@ from floodgate.errors import ConfigError
 from floodgate.ids import job_token, new_job_id
 from floodgate.provider_config import dev_setup
 from floodgate.settings import Secret, Settings
+from floodgate.topics import TopicNames
 
 SETTINGS = Settings(secret=Secret("s" * 32))
 SETUP = dev_setup("http://127.0.0.1:9")
@@ -179,3 +180,18 @@ async def test_an_evicted_finished_job_reads_completed_not_queued(tmp_path: Path
     finally:
         if store is not None:
             store.close()
+
+
+async def test_the_ingress_writes_with_its_own_producer_when_given_one(view: JobView) -> None:
+    producer, intake = FakeSender(), FakeSender()
+    app = build_app(SETTINGS, SETUP, producer=producer, view=view, wait_for_job=0.05, intake=intake)
+    async with TestClient(TestServer(app)) as c:
+        resp = await c.post("/v1/jobs", json=BODY)
+        assert resp.status == 202
+        accepted = await resp.json()
+        resp = await c.post(f"/v1/jobs/{accepted['job_id']}/cancel",
+                            headers={"Authorization": f"Bearer {accepted['token']}"})
+        assert resp.status == 202
+    topics = TopicNames(SETTINGS)
+    assert intake.sent == [(topics.requests, accepted["job_id"])]
+    assert producer.sent == [(topics.events, accepted["job_id"])]  # the cancel: not the ingress's

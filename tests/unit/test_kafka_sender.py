@@ -1,5 +1,6 @@
 """The API's producer (floodgate/api/kafka_io.py) on a stand-in for librdkafka's ``Producer``: a
-fatal error replaces the producer once, however many sends saw it; other errors do not."""
+fatal error replaces the producer once, however many sends saw it; other errors do not; the event
+loop serves the acknowledgements, polling only while records are in flight."""
 from __future__ import annotations
 
 import asyncio
@@ -22,6 +23,12 @@ class FakeProducer:
         self.produced: list[bytes] = []
         self._pending: list[Callable[[KafkaError | None, object], None]] = []
         self._lock = threading.Lock()
+        self.polls: list[tuple[int, float]] = []
+        """(thread id, timeout) of every poll."""
+
+    def __len__(self) -> int:  # librdkafka's: records (and their reports) not yet served
+        with self._lock:
+            return len(self._pending)
 
     def list_topics(self, timeout: float) -> object:
         return object()
@@ -32,6 +39,7 @@ class FakeProducer:
             self._pending.append(on_delivery)
 
     def poll(self, timeout: float) -> int:
+        self.polls.append((threading.get_ident(), timeout))
         with self._lock:
             pending, self._pending = self._pending, []
         for callback in pending:
@@ -84,3 +92,24 @@ async def test_an_error_that_is_not_fatal_keeps_the_producer() -> None:
     finally:
         await sender.stop()
         await sender.stop()  # twice is harmless
+
+
+async def test_the_loop_serves_acknowledgements_without_blocking_and_stops_polling_when_none_is_due() -> None:
+    sender, made = _sender([None])
+    await sender.start()
+    try:
+        await asyncio.gather(*(sender.send_and_wait("t", "k", b"v%d" % i, []) for i in range(5)))
+        producer = made[0]
+        assert producer.produced == [b"v%d" % i for i in range(5)]
+        # Every poll ran on the loop's own thread and none blocked: no thread waits in poll().
+        assert producer.polls and {tid for tid, _ in producer.polls} == {threading.get_ident()}
+        assert {timeout for _, timeout in producer.polls} == {0}
+        polls = len(producer.polls)
+        # Nothing in flight: no poll is scheduled, so an idle API does not wake up for this.
+        assert sender._link is not None and sender._link._tick is None
+        await asyncio.sleep(0)
+        assert len(producer.polls) == polls
+        await sender.send_and_wait("t", "k", b"again", [])  # and the next record is served again
+        assert len(producer.polls) > polls and sender._link._tick is None
+    finally:
+        await sender.stop()
