@@ -97,8 +97,10 @@ def job_table_options(settings: Settings, name: str) -> dict[str, Any]:
         return {"store": "memory://"}
     # "floodgate-rocksdb" is Faust's RocksDB store (on rocksdict) with the jobs table's own table
     # options (streams/jobstore.py; registered under Faust's "faust.stores" entry points).
-    # Small memtables and caches per partition database: the point of the disk store is a flat
-    # footprint, and RocksDB's defaults (64 MB memtables, a 2 GB cache each) are not that.
+    # Small memtables per partition database, and one cache and one memtable budget that all of
+    # them share (streams/jobstore.py; its block cache replaces the block_cache_size below): the
+    # point of the disk store is a flat footprint, and RocksDB's defaults (64 MB memtables, a
+    # 2 GB cache each) are not that.
     # The URL names the table's files under the worker's table directory: a bare scheme is
     # a falsy URL that Faust would silently replace by the app's store (memory).
     return {"store": f"floodgate-rocksdb:{name}", "options": {

@@ -39,18 +39,18 @@ def test_the_job_store_keeps_index_and_filter_blocks_in_its_bounded_cache(tmp_pa
     import os
     import random
 
-    from streams.jobstore import JobTableOptions
+    from streams.jobstore import CACHE_BYTES, JobTableOptions
 
     rng = random.Random(5)
 
-    def readers_memory(options: rocksdb.RocksDBOptions, path: Path) -> int:
+    def readers_memory(options: rocksdb.RocksDBOptions, path: Path, cache_bound: int) -> int:
         db = options.open(path)
         value = os.urandom(580)
         for _ in range(250_000):
             db[f"{rng.getrandbits(96):024x}".encode()] = value
         db.flush()
         used = int(db.property_int_value("rocksdb.estimate-table-readers-mem"))
-        assert db.property_int_value("rocksdb.block-cache-usage") <= options.block_cache_size * 1.1
+        assert db.property_int_value("rocksdb.block-cache-usage") <= cache_bound * 1.1
         db.close()
         return used
 
@@ -58,9 +58,42 @@ def test_the_job_store_keeps_index_and_filter_blocks_in_its_bounded_cache(tmp_pa
         return rocksdb.RocksDBOptions(write_buffer_size=1 << 20, max_write_buffer_number=2,
                                       block_cache_size=1 << 20, use_rocksdict=True)
 
-    theirs = readers_memory(faust_options(), tmp_path / "faust")
-    mine = readers_memory(JobTableOptions.like(faust_options()), tmp_path / "jobs")
+    theirs = readers_memory(faust_options(), tmp_path / "faust", 1 << 20)
+    mine = readers_memory(JobTableOptions.like(faust_options()), tmp_path / "jobs", CACHE_BYTES)
     assert theirs > 500_000 and mine < theirs / 8, (mine, theirs)
+
+
+def test_every_partition_database_of_the_job_store_shares_one_cache_and_one_memtable_budget(tmp_path: Path) -> None:
+    """Faust gives each partition database a cache and memtables of its own, so a worker's
+    RocksDB memory grew with its partitions; the job store's databases draw on one budget."""
+    import os
+
+    from streams import jobstore
+
+    jobstore.shared_budget.cache_clear()  # a budget of this test's own, whatever ran before
+    try:
+        cache, write_buffers = jobstore.shared_budget()
+        options = jobstore.JobTableOptions.like(rocksdb.RocksDBOptions(
+            write_buffer_size=1 << 20, max_write_buffer_number=2, block_cache_size=1 << 20, use_rocksdict=True))
+        dbs = [options.open(tmp_path / f"p{partition}") for partition in range(3)]
+        value = os.urandom(500)
+        for partition, db in enumerate(dbs):  # half a MiB each: below one memtable, no flush
+            for i in range(1000):
+                db[f"{partition}-{i:06d}".encode()] = value
+        # The one write buffer manager counts all three databases' memtables.
+        assert write_buffers.get_usage() >= 3 * 1000 * 500
+        assert write_buffers.get_buffer_size() == jobstore.MEMTABLE_BYTES
+        dbs[0].flush()
+        assert dbs[0][b"0-000007"] == value  # read from its table file, through the cache
+        used = cache.get_usage()
+        assert used > 0
+        # What the first database read sits in the cache the others report too: it is one cache.
+        assert all(db.property_int_value("rocksdb.block-cache-usage") == used for db in dbs)
+        assert used <= jobstore.CACHE_BYTES
+        for db in dbs:
+            db.close()
+    finally:
+        jobstore.shared_budget.cache_clear()
 
 
 async def test_the_worker_consumer_long_polls_for_the_configured_wait(tmp_path: Path) -> None:
