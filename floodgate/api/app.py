@@ -79,7 +79,7 @@ def build_app(
     works without. ``connectors`` defaults to ``setup.build_connectors()``. ``video_store``: where
     completed jobs' videos are kept; the read role then links to them (signed, expiring) and
     serves them. ``backlog``: the backlog guard's monitor, when the ingress sheds past a bound.
-``intake``: the producer the ingress writes ``requests`` with, when not ``producer``.
+    ``intake``: the producer the ingress writes ``requests`` with, when not ``producer``.
     Starts nothing: Kafka clients' lifecycles belong to the caller.
     """
     chosen = parse_roles(roles)
