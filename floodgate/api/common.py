@@ -46,10 +46,6 @@ class Deps:
     """The ingress's producer of ``requests``, when it is not ``producer`` (the server gives the
     ingress one that lingers longer, so accepted requests share batches)."""
 
-    @property
-    def requests_sender(self) -> Sender | None:
-        return self.intake if self.intake is not None else self.producer
-
     def video_url(self, snapshot: dict[str, Any], base: str) -> str | None:
         """Our signed link for a completed job read at ``base``; None to show the provider's URL."""
         if self.video_links is None or snapshot.get("status") != "completed" or not snapshot.get("video_url"):

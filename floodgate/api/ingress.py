@@ -21,7 +21,7 @@ from floodgate.api.admission import Admission, Refused
 from floodgate.api.backlog import BacklogMonitor
 from floodgate.api.common import BodyTooLarge, Deps, base_url, json_response, read_bounded, too_large
 from floodgate.api.idempotency import Outcome, key_problem, matches_snapshot
-from floodgate.api.kafka_io import KafkaUnavailable, RecordTooLarge
+from floodgate.api.kafka_io import KafkaUnavailable, RecordTooLarge, Sender
 from floodgate.api.resources import queued_snapshot
 from floodgate.errors import Problem, ValidationError
 from floodgate.ids import job_id_for_key, job_token, new_job_id
@@ -96,6 +96,9 @@ class Ingress:
         self.api_keys = deps.settings.api_key_map
         self.secret = deps.secret
         self.requests_topic = deps.topics.requests
+        sender = deps.intake if deps.intake is not None else deps.producer
+        assert sender is not None  # build_app guarantees it
+        self.sender: Sender = sender
         self.priority_grants = deps.settings.priority_grant_set
         self._accepted_total = deps.metrics.accepted.labels("http")
         self._models: tuple[str, ...] = ()
@@ -202,11 +205,9 @@ class Ingress:
 
     async def _produce(self, request: web.Request, record: dict[str, Any]) -> web.Response:
         deps = self.deps
-        sender = deps.requests_sender
-        assert sender is not None  # build_app guarantees it
         value, headers = codec.encode("JobRequest", record)
         try:
-            await sender.send_and_wait(self.requests_topic, record["job_id"], value, headers)
+            await self.sender.send_and_wait(self.requests_topic, record["job_id"], value, headers)
         except KafkaUnavailable as exc:
             # The client retries; with an Idempotency-Key the retry maps to the same job id, so
             # a record that lands late anyway is dropped by admission as a duplicate.
