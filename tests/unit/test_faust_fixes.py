@@ -341,3 +341,58 @@ def test_a_held_partition_stays_paused_until_its_owner_lets_it_go() -> None:
     held.discard(DISPATCH)
     consumer.on_buffer_drop(DISPATCH)
     assert DISPATCH in consumer._active_partitions
+
+
+# -- fetching the other partitions while one's records wait (streams.app.tune_fetcher) --------------
+
+WEBHOOKS_0, REQUESTS_0 = TP("webhooks", 0), TP("requests", 0)
+
+
+def _fetch_plan(prefetch_backoff: float) -> list[Any]:
+    """The fetch requests aiokafka's routine would send now, with ``DISPATCH`` holding records it
+    fetched a moment ago that the consumer has not taken yet, and nothing held for the others."""
+    positions = {tp: _Position(position=0, has_valid_position=True) for tp in (DISPATCH, WEBHOOKS_0, REQUESTS_0)}
+    assignment = SimpleNamespace(active=True, tps=set(positions), state_value=positions.__getitem__)
+    fetcher = Fetcher.__new__(Fetcher)
+    fetcher._records = {DISPATCH: FetchResult(DISPATCH, assignment=assignment,
+                                              partition_records=_PartitionRecords(0, 3), backoff=prefetch_backoff)}
+    fetcher._in_flight = set()
+    fetcher._preferred_read_replica = {}
+    fetcher._client = SimpleNamespace(cluster=SimpleNamespace(leader_for_partition=lambda tp: 1))
+    fetcher._fetch_max_wait_ms, fetcher._fetch_min_bytes, fetcher._fetch_max_bytes = 20, 1, 52428800
+    fetcher._max_partition_fetch_bytes, fetcher._isolation_level, fetcher._client_rack = 1048576, 0, None
+    fetcher._fetcher_timeout = 0.2
+    requests, _resets, _timeout, _invalid, _resume = fetcher._get_actions_per_node(assignment)
+    return [sorted((topic, p) for topic, parts in request.topics for p, *_ in parts) for _node, request in requests]
+
+
+def test_aiokafka_holds_back_every_fetch_while_records_wait_to_be_taken() -> None:
+    """aiokafka's default (0.1 s): one partition's untaken records stop the broker's next fetch for
+    all of them, so a webhook written meanwhile waits for the worker's drain loop's round trip.
+    If this fails, aiokafka changed how it schedules fetches: see ``tune_fetcher``."""
+    assert _fetch_plan(0.1) == []
+
+
+def test_with_no_prefetch_backoff_the_other_partitions_are_fetched_at_once() -> None:
+    from streams.app import PREFETCH_BACKOFF
+
+    # The partition whose records wait is not fetched again until they are taken (order, bound).
+    assert _fetch_plan(PREFETCH_BACKOFF) == [[("requests", 0), ("webhooks", 0)]]
+
+
+async def test_the_worker_consumer_starts_with_no_prefetch_backoff(tmp_path: Any, monkeypatch: Any) -> None:
+    """The backoff is the fetcher's, built by the consumer's start(): the app sets it then."""
+    import aiokafka
+
+    from floodgate.settings import Settings
+    from streams.app import PREFETCH_BACKOFF, create_app
+
+    async def start(self: Any) -> None:  # what aiokafka's start does to the fetcher, without a broker
+        self._fetcher = SimpleNamespace(_prefetch_backoff=0.1)
+
+    monkeypatch.setattr(aiokafka.AIOKafkaConsumer, "start", start)
+    settings = Settings.from_env({}).with_overrides(kafka_bootstrap="127.0.0.1:1", cache_dir=tmp_path)
+    app = create_app(settings, datadir=tmp_path / "w0")
+    created = app.consumer._thread._create_consumer(asyncio.get_running_loop())  # type: ignore[attr-defined]
+    await created.start()
+    assert created._fetcher._prefetch_backoff == PREFETCH_BACKOFF == 0.0
