@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections import deque
 from collections.abc import Callable, Sequence
 from functools import partial
 from typing import Any, Protocol
@@ -41,7 +42,8 @@ MAX_REQUEST_BYTES = 1024 * 1024 + 128 * 1024
 _TOO_LARGE = frozenset({KafkaError.MSG_SIZE_TOO_LARGE, KafkaError.INVALID_MSG_SIZE})
 
 POLL_SECONDS = 0.001
-"""How often the event loop polls the producer while records wait for their acknowledgement."""
+"""How often the event loop polls the producer while records wait for their acknowledgement
+(the default; the ingress, whose records linger 5 ms anyway, polls less often)."""
 
 Settled = list[tuple[asyncio.Future[None], KafkaError | None]]
 
@@ -58,26 +60,37 @@ class _Link:
     """One librdkafka producer; its acknowledgements are served on the event loop.
 
     While records wait for their acknowledgement, the loop polls the producer (without
-    blocking) every ``POLL_SECONDS`` and settles what it delivered; with nothing in flight it
+    blocking) every ``poll_seconds`` and settles what it delivered; with nothing in flight it
     does not poll at all. A thread blocked in ``poll()`` answers up to a millisecond sooner, but
     it is woken for each acknowledgement, takes the GIL from the handlers and wakes the loop
     through its self-pipe each time: at 1,000 requests/s such a thread and those wake-ups cost
-    about 4% of the API's CPU per accepted request (``dev/accept_cpu.py``, four rounds)."""
+    about 4% of the API's CPU per accepted request (``dev/accept_cpu.py``, four rounds).
 
-    def __init__(self, producer: Any, loop: asyncio.AbstractEventLoop) -> None:
+    The same ticks bound every wait: librdkafka's message timeout fails a record first, and a
+    record still unsettled ``wait_bound`` seconds after its send (an acknowledgement that never
+    came) is failed here. Sends share one bound, so they expire in the order they were made and
+    the oldest is the only one each tick looks at; a timer per send (``asyncio.timeout``) cost
+    each 202 a timer set and cancelled, 0.93x of the API's CPU per request without it."""
+
+    def __init__(self, producer: Any, loop: asyncio.AbstractEventLoop, *, poll_seconds: float = POLL_SECONDS,
+                 wait_bound: float = 11.0) -> None:
         self.producer = producer
         self._loop = loop
+        self._poll_seconds = poll_seconds
+        self._wait_bound = wait_bound
         self._done: Settled = []
+        self._waiting: deque[tuple[float, asyncio.Future[None]]] = deque()
         self._tick: asyncio.TimerHandle | None = None
         self._running = True
 
     def delivered(self, acked: asyncio.Future[None], err: KafkaError | None, _msg: object) -> None:
         self._done.append((acked, err))  # inside poll() or flush()
 
-    def sent(self) -> None:
+    def sent(self, acked: asyncio.Future[None]) -> None:
         """A record was handed to the producer: poll for its acknowledgement soon."""
+        self._waiting.append((self._loop.time() + self._wait_bound, acked))
         if self._tick is None and self._running:
-            self._tick = self._loop.call_later(POLL_SECONDS, self._poll)
+            self._tick = self._loop.call_later(self._poll_seconds, self._poll)
 
     def _poll(self) -> None:
         self._tick = None
@@ -85,11 +98,20 @@ class _Link:
         if self._done:
             done, self._done = self._done, []
             _settle(done)
-        if self._running and len(self.producer) > 0:  # records (or their reports) still in flight
-            self._tick = self._loop.call_later(POLL_SECONDS, self._poll)
+        waiting = self._waiting
+        if waiting:
+            now = self._loop.time()
+            while waiting and (waiting[0][1].done() or waiting[0][0] <= now):
+                _, acked = waiting.popleft()
+                if not acked.done():
+                    acked.set_exception(_NotAcknowledged())
+        # Records (or their reports) still in flight, or sends still waiting.
+        if self._running and (waiting or len(self.producer) > 0):
+            self._tick = self._loop.call_later(self._poll_seconds, self._poll)
 
     async def close(self, flush_timeout: float) -> None:
-        """Stop polling, then deliver what is pending (within ``flush_timeout``) and settle it."""
+        """Stop polling, then deliver what is pending (within ``flush_timeout``) and settle it;
+        a send still unsettled then fails (nothing polls for it any more)."""
         self._running = False
         if self._tick is not None:
             self._tick.cancel()
@@ -98,6 +120,10 @@ class _Link:
         await asyncio.to_thread(self.producer.flush, flush_timeout)
         done, self._done = self._done, []
         _settle(done)
+        waiting, self._waiting = self._waiting, deque()
+        for _, acked in waiting:
+            if not acked.done():
+                acked.set_exception(_NotAcknowledged())
 
 
 class KafkaSender:
@@ -106,7 +132,8 @@ class KafkaSender:
     (tests pass their own)."""
 
     def __init__(self, bootstrap: str, *, client_id: str = "floodgate-api", linger_ms: int = 1,
-                 send_timeout: float = 10.0, producer_factory: Callable[[dict[str, Any]], Any] = Producer) -> None:
+                 send_timeout: float = 10.0, poll_seconds: float = POLL_SECONDS,
+                 producer_factory: Callable[[dict[str, Any]], Any] = Producer) -> None:
         self._config: dict[str, Any] = {
             "bootstrap.servers": bootstrap,
             "client.id": client_id,
@@ -123,6 +150,7 @@ class KafkaSender:
             "partitioner": "murmur2_random",
         }
         self.linger_ms = linger_ms
+        self._poll_seconds = poll_seconds
         self._factory = producer_factory
         self._send_timeout = send_timeout
         self._link: _Link | None = None
@@ -147,7 +175,8 @@ class KafkaSender:
             await asyncio.to_thread(producer.list_topics, timeout=self._send_timeout)
         except KafkaException as exc:
             raise KafkaUnavailable(f"cannot start the Kafka producer: {exc}") from exc
-        return _Link(producer, self._loop)
+        # librdkafka's message timeout fails a record first; the link's bound is the backstop.
+        return _Link(producer, self._loop, poll_seconds=self._poll_seconds, wait_bound=self._send_timeout + 1.0)
 
     async def stop(self) -> None:
         """Flush what is pending and disconnect; safe to call twice."""
@@ -164,7 +193,7 @@ class KafkaSender:
         acked: asyncio.Future[None] = loop.create_future()
         try:
             link.producer.produce(topic, value, key, headers=list(headers), on_delivery=partial(link.delivered, acked))
-            link.sent()
+            link.sent(acked)
         except KafkaException as exc:
             error = exc.args[0] if exc.args and isinstance(exc.args[0], KafkaError) else None
             if error is not None and error.code() in _TOO_LARGE:
@@ -177,11 +206,8 @@ class KafkaSender:
             log.warning("send to %s failed: producer queue full", topic)
             raise KafkaUnavailable(f"record for {topic} was not accepted by the producer") from exc
         try:
-            # librdkafka's message timeout fails the record first; this bounds the wait even if
-            # an acknowledgement were never delivered.
-            async with asyncio.timeout(self._send_timeout + 1.0):
-                await acked
-        except TimeoutError as exc:
+            await acked  # settled by the link: acknowledged, failed, or past its bound
+        except _NotAcknowledged as exc:
             log.warning("send to %s failed: no acknowledgement", topic)
             raise KafkaUnavailable(f"record for {topic} was not acknowledged") from exc
         except _DeliveryFailed as exc:
@@ -209,6 +235,10 @@ class KafkaSender:
             task = asyncio.create_task(broken.close(1.0), name="kafka-sender-retire")
             self._retired.add(task)
             task.add_done_callback(self._retired.discard)
+
+
+class _NotAcknowledged(Exception):
+    """No acknowledgement came within the link's bound (nor a failure from librdkafka)."""
 
 
 class _DeliveryFailed(Exception):

@@ -58,6 +58,12 @@ default). At 1,000 requests/s the ingress then sends a batch of several records 
 one, and wakes librdkafka's threads and the event loop once for them: 0.88-0.92x of the API's
 CPU per accepted request against 1 ms (``dev/accept_cpu.py``, three or four rounds each), for
 about 4 ms more on each 202 (p50 2.9 → 6.7 ms with the acknowledgements served by the loop)."""
+INGRESS_POLL_SECONDS = 0.002
+"""How often the ingress's event loop polls its producer while records wait: a record lingers
+5 ms before it is even sent, so polling every millisecond found nothing four times in five;
+every 2 ms, 0.90x of the API's CPU per accepted request (``dev/accept_cpu.py``, four rounds) for
+half a millisecond more, on average, on a 202. The bridge polls every millisecond (its 200s
+answer providers)."""
 BRIDGE_LINGER_MS = 1
 """The bridge's records (webhooks, slot releases) and the read role's cancels go out almost at
 once: a completion's release is what hands its slot to the next job (the slot handover)."""
@@ -146,7 +152,8 @@ async def serve(settings: Settings, *, host: str | None = None, port: int | None
     # has a producer of its own that lingers longer (more requests per batch, fewer wake-ups of
     # librdkafka's threads and of the loop per 202); the bridge's must not wait (its releases
     # hand provider slots over).
-    intake = (KafkaSender(settings.kafka_bootstrap, client_id="floodgate-api-ingress", linger_ms=INGRESS_LINGER_MS)
+    intake = (KafkaSender(settings.kafka_bootstrap, client_id="floodgate-api-ingress", linger_ms=INGRESS_LINGER_MS,
+                          poll_seconds=INGRESS_POLL_SECONDS)
               if "ingress" in chosen else None)
     producer = intake if intake is not None and chosen == {"ingress"} else KafkaSender(
         settings.kafka_bootstrap, linger_ms=BRIDGE_LINGER_MS)

@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 from confluent_kafka import KafkaError
 
-from floodgate.api.kafka_io import KafkaSender
+from floodgate.api.kafka_io import KafkaSender, _Link, _NotAcknowledged
 from floodgate.errors import KafkaUnavailable
 
 
@@ -113,3 +113,68 @@ async def test_the_loop_serves_acknowledgements_without_blocking_and_stops_polli
         assert len(producer.polls) > polls and sender._link._tick is None
     finally:
         await sender.stop()
+
+
+class SilentProducer(FakeProducer):
+    """Takes records and never reports on them; ``holding`` says what ``len()`` claims (a lost
+    report: librdkafka thinks nothing is pending)."""
+
+    def __init__(self, holding: bool) -> None:
+        super().__init__(None)
+        self.holding = holding
+
+    def __len__(self) -> int:
+        return len(self.produced) if self.holding else 0
+
+    def poll(self, timeout: float) -> int:
+        self.polls.append((threading.get_ident(), timeout))
+        return 0
+
+
+@pytest.mark.parametrize("holding", [True, False], ids=["still-pending", "report-lost"])
+async def test_a_send_that_is_never_acknowledged_fails_at_the_links_bound(holding: bool) -> None:
+    link = _Link(SilentProducer(holding), asyncio.get_running_loop(), poll_seconds=0.001, wait_bound=0.05)
+    loop = asyncio.get_running_loop()
+    first, second = loop.create_future(), loop.create_future()
+    started = loop.time()
+    link.sent(first)
+    link.sent(second)
+    with pytest.raises(_NotAcknowledged):
+        await first
+    with pytest.raises(_NotAcknowledged):
+        await second
+    assert loop.time() - started >= 0.05  # not before the bound
+    assert link._tick is None and not link._waiting  # and then nothing left to poll for
+
+
+async def test_a_send_whose_acknowledgement_never_comes_is_answered_unavailable() -> None:
+    silent = SilentProducer(holding=True)
+    sender = KafkaSender("unused:9092", send_timeout=0.0, producer_factory=lambda config: silent)
+    await sender.start()
+    try:
+        with pytest.raises(KafkaUnavailable, match="not acknowledged"):
+            await sender.send_and_wait("t", "k", b"v", [])
+    finally:
+        await sender.stop()
+
+
+async def test_closing_the_link_fails_the_sends_that_flush_did_not_settle() -> None:
+    loop = asyncio.get_running_loop()
+    link = _Link(SilentProducer(holding=True), loop, poll_seconds=60.0, wait_bound=60.0)
+    acked = loop.create_future()
+    link.sent(acked)
+    await link.close(0.0)
+    with pytest.raises(_NotAcknowledged):
+        await acked
+
+
+async def test_a_send_given_up_by_its_caller_leaves_the_link() -> None:
+    loop = asyncio.get_running_loop()
+    link = _Link(SilentProducer(holding=False), loop, poll_seconds=0.001, wait_bound=60.0)
+    acked = loop.create_future()
+    link.sent(acked)
+    acked.cancel()  # the client went away; nothing else is pending
+    assert link._tick is not None
+    link._tick.cancel()
+    link._poll()  # the tick, run now
+    assert not link._waiting and link._tick is None
