@@ -285,8 +285,14 @@ def notify(n: dict[str, Any]) -> list[str]:
 def memory(m: dict[str, Any]) -> list[str]:
     cfg = m["config"]
     within = "yes" if m["within_tolerance"] else "no"
-    def at(size: int, rss: int, fill: dict[str, Any]) -> list[str]:
-        return [f"{size:,} queued", f"{rss / 2**20:,.1f} MiB (admitted at {num(fill['admitted_per_s'], 0)} jobs/s)"]
+    def at(size: int, rss: int, fill: dict[str, Any], lines: dict[str, Any] | None) -> list[str]:
+        read = ""
+        if lines:  # measured once the dispatchers had stopped reading ahead
+            read = f"; {lines['parked']:,} orders parked in the dispatchers' lines"
+            if not lines.get("settled", True):
+                read += " (still reading when measured)"
+        return [f"{size:,} queued",
+                f"{rss / 2**20:,.1f} MiB (admitted at {num(fill['admitted_per_s'], 0)} jobs/s{read})"]
 
     growth = (f"{m['growth']:+.1%} ({num(m['bytes_per_queued_job'], 0)} bytes per job); "
               f"within ±{cfg['tolerance']:.0%}: {within}")
@@ -296,8 +302,8 @@ def memory(m: dict[str, Any]) -> list[str]:
         growth = f"not comparable — the worker stopped consuming (no progress for a minute): {lags}"
     rows = [
         ["idle", f"{m['rss_idle'] / 2**20:,.1f} MiB"],
-        at(cfg["small"], m["rss_small"], m["fill_small"]),
-        at(cfg["large"], m["rss_large"], m["fill_large"]),
+        at(cfg["small"], m["rss_small"], m["fill_small"], m.get("lines_small")),
+        at(cfg["large"], m["rss_large"], m["fill_large"], m.get("lines_large")),
         ["growth", growth],
         ["backlog in Kafka", f"{m['dispatch_lag_large']:,} dispatch records not yet consumed"],
     ]

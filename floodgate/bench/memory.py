@@ -3,7 +3,11 @@
 The providers here never finish a render (limit 10 each), so after the first few submissions
 every job waits as a record on ``dispatch.<provider>``: the backlog lives in Kafka. The worker
 must still admit every job (requests → the jobs table + dispatch) and write its ``queued`` state into the
-jobs table; its RSS is read from ``/proc/<pid>/status`` once it has caught up with both.
+jobs table; its RSS is read from ``/proc/<pid>/status`` once it has caught up with both, and once
+its dispatchers have stopped reading orders into their lines: with 10,000 queued the worker holds
+every order (the whole backlog fits its read-ahead window), with 1,000,000 a window's worth, and
+the dispatchers are still reading when admission is done (measured there, the small figure
+missed most of its window).
 """
 from __future__ import annotations
 
@@ -15,7 +19,7 @@ from typing import Any
 
 from floodgate.bench.accept import sdk_submit
 from floodgate.bench.context import Context
-from floodgate.bench.probes import Offsets, mean_record_bytes, rss_bytes
+from floodgate.bench.probes import Offsets, mean_record_bytes, rss_bytes, worker_counters, worker_metrics_urls
 from floodgate.bench.stacks import bench_stack, providers
 from floodgate.devstack import Stack
 from floodgate.errors import FloodgateError
@@ -31,6 +35,36 @@ class MemoryConfig:
     settle_seconds: float = 5.0
     timeout: float = 3600.0
     stall_seconds: float = 60.0  # no progress for this long: the worker stopped admitting
+    quiet_seconds: float = 3.0  # the dispatchers parked no order for this long: their lines are full or hold all
+
+
+class Quiet:
+    """Whether a reading has stayed the same for ``seconds`` (pure: the caller brings the clock)."""
+
+    def __init__(self, seconds: float) -> None:
+        self.seconds = seconds
+        self._value: float | None = None
+        self._since = 0.0
+
+    def still(self, value: float, now: float) -> bool:
+        """Take the reading ``value`` made at ``now``; True once it has not changed for ``seconds``."""
+        if value != self._value:
+            self._value, self._since = value, now
+            return False
+        return now - self._since >= self.seconds
+
+
+async def lines_settled(ctx: Context, stack: Stack, cfg: MemoryConfig) -> dict[str, Any]:
+    """Wait until the worker's dispatchers stop parking orders in their lines (the window is full,
+    or holds every queued order); the orders parked so far and how long that took."""
+    urls, quiet, t0 = worker_metrics_urls(stack), Quiet(cfg.quiet_seconds), time.monotonic()
+    while True:
+        parked = (await worker_counters(urls)).parked
+        ctx.progress.status(f"dispatchers reading ahead: {parked:,.0f} orders parked")
+        waited = time.monotonic() - t0
+        if quiet.still(parked, time.monotonic()) or waited > cfg.stall_seconds:
+            return {"parked": int(parked), "seconds": waited, "settled": waited <= cfg.stall_seconds}
+        await asyncio.sleep(0.25)
 
 
 async def rss_settled(pid: int, seconds: float) -> int:
@@ -90,9 +124,11 @@ async def run(ctx: Context, stack: Stack, cfg: MemoryConfig) -> dict[str, Any]:
     dispatch = [stack.settings.topic(f"dispatch.{p}") for p in ("sora", "kling", "wan")]
     out["rss_idle"] = await rss_settled(pid, cfg.settle_seconds)
     out["fill_small"] = await fill(ctx, stack, offsets, cfg.small, cfg)
+    out["lines_small"] = await lines_settled(ctx, stack, cfg)
     out["rss_small"] = await rss_settled(pid, cfg.settle_seconds)
     out["dispatch_lag_small"] = sum((await asyncio.to_thread(offsets.lag, stack.settings.app_id, dispatch)).values())
     out["fill_large"] = await fill(ctx, stack, offsets, cfg.large - cfg.small, cfg)
+    out["lines_large"] = await lines_settled(ctx, stack, cfg)
     out["rss_large"] = await rss_settled(pid, cfg.settle_seconds)
     out["dispatch_lag_large"] = sum((await asyncio.to_thread(offsets.lag, stack.settings.app_id, dispatch)).values())
     # The jobs table's changelog is the notifications topic.

@@ -90,7 +90,8 @@ def smoke() -> BenchConfig:
                                          profile_seconds=1.0, prestart_scaling=True),
         notify=notify.NotifyConfig(jobs=40, rate=40.0, render=(0.05, 0.1), timeout=30.0),
         handover=handover.HandoverConfig(jobs=80, render=(0.05, 0.1), timeout=30.0),
-        memory=memory.MemoryConfig(small=200, large=600, settle_seconds=0.5, timeout=60.0, stall_seconds=20.0),
+        memory=memory.MemoryConfig(small=200, large=600, settle_seconds=0.5, timeout=60.0, stall_seconds=20.0,
+                                   quiet_seconds=1.0),
         raw=rawkafka.RawConfig(records=20_000),
         peer=peer.PeerConfig(jobs=60, render=(0.05, 0.15), poll=0.02, drain_timeout=30.0))
 

@@ -215,3 +215,28 @@ def test_what_limits_memory_names_the_orders_the_fair_lines_held() -> None:
     [text] = [text for name, text in limits({"memory": m}, 2) if name == "Worker RSS"]
     assert "read 10,000 orders with 10,000 queued and 46,488 with 1,000,000" in text
     assert "36,488 more orders held account for about 36 MiB" in text
+
+
+def test_a_reading_is_quiet_only_once_unchanged_for_the_whole_span() -> None:
+    from floodgate.bench.memory import Quiet
+
+    quiet = Quiet(3.0)
+    assert not quiet.still(100, 0.0)
+    assert not quiet.still(100, 2.9)
+    assert not quiet.still(250, 3.5)  # changed: the span starts again
+    assert not quiet.still(250, 6.4)
+    assert quiet.still(250, 6.5)
+
+
+def test_the_memory_rows_say_how_many_orders_the_lines_held_when_measured() -> None:
+    from floodgate.bench.markdown import memory
+
+    fill = {"admitted_per_s": 1000.0}
+    m = {"config": {"small": 10_000, "large": 1_000_000, "tolerance": 0.1}, "rss_idle": 90 << 20,
+         "rss_small": 110 << 20, "rss_large": 119 << 20, "growth": 0.082, "within_tolerance": True,
+         "bytes_per_queued_job": 10.0, "dispatch_lag_large": 989_000, "fill_small": fill, "fill_large": fill,
+         "lines_small": {"parked": 9_970, "seconds": 4.0, "settled": True},
+         "lines_large": {"parked": 10_241, "seconds": 80.0, "settled": False}}
+    text = "\n".join(memory(m))
+    assert "9,970 orders parked in the dispatchers' lines)" in text
+    assert "10,241 orders parked in the dispatchers' lines (still reading when measured)" in text
