@@ -60,10 +60,11 @@ CPU per accepted request against 1 ms (``dev/accept_cpu.py``, three or four roun
 about 4 ms more on each 202 (p50 2.9 → 6.7 ms with the acknowledgements served by the loop)."""
 INGRESS_POLL_SECONDS = 0.002
 """How often the ingress's event loop polls its producer while records wait: a record lingers
-5 ms before it is even sent, so polling every millisecond found nothing four times in five;
-every 2 ms, 0.90x of the API's CPU per accepted request (``dev/accept_cpu.py``, four rounds) for
-half a millisecond more, on average, on a 202. The bridge polls every millisecond (its 200s
-answer providers)."""
+5 ms before it is even sent, so polling every millisecond found nothing four times in five.
+Every 2 ms costs a 202 half a millisecond more on average; with the single bound on all waits
+(``floodgate.api.kafka_io``) the API's CPU per accepted request was 0.99x and 0.92x in two sets of
+four rounds (``dev/accept_cpu.py``, ingress role, 1,000 requests/s). The bridge polls every
+millisecond (its 200s answer providers)."""
 BRIDGE_LINGER_MS = 1
 """The bridge's records (webhooks, slot releases) and the read role's cancels go out almost at
 once: a completion's release is what hands its slot to the next job (the slot handover)."""
