@@ -6,6 +6,7 @@ import asyncio
 import signal
 import subprocess
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import aiohttp
@@ -13,7 +14,7 @@ import pytest
 
 from floodgate.devstack import Stack
 from tests.e2e.stack_util import make_stack, simulator_config, until
-from tests.helpers import final_states, fire, scrape, sim_stats, simulator_stats, value
+from tests.helpers import final_states, fire, metric_total, scrape, sim_stats, simulator_stats, value
 from tests.kafka_util import committed_offsets, read_all, wait_committed, wait_consumed
 
 pytestmark = pytest.mark.kafka
@@ -65,12 +66,19 @@ async def _queue_behind_full_slots(stack: Stack, n: int) -> set[str]:
     return ids
 
 
-def test_a_worker_with_orders_waiting_stops_promptly_and_loses_none(kafka_bootstrap: str, tmp_path: Path) -> None:
+STALLS = "floodgate_stalled_partitions_total"
+
+
+def test_a_worker_with_orders_waiting_stops_promptly_and_loses_none(
+        kafka_bootstrap: str, tmp_path: Path, record_property: Callable[[str, object], None]) -> None:
     """SIGTERM while every slot is taken and orders wait: the worker exits in seconds (it used to
-    hang in the slot wait), and the next worker picks up every waiting order."""
+    hang in the slot wait), and the next worker picks up every waiting order. Both workers' stall
+    watchdog firings are recorded (``stall_firings`` in a JUnit report): the stall soak
+    (``test_stall_soak.py``) runs this test under load and sums them."""
     config = simulator_config(tmp_path / "sim.json", render_time={"kind": "uniform", "min": 1.0, "max": 1.5})
     with make_stack(kafka_bootstrap, tmp_path, sim_config=config) as stack:
         ids = asyncio.run(_queue_behind_full_slots(stack, 120))
+        first_stalls = asyncio.run(metric_total(stack.metrics_urls["worker-0"], STALLS))
         worker = stack.children.pop("worker-0")
         started = time.monotonic()
         worker.proc.send_signal(signal.SIGTERM)
@@ -83,6 +91,8 @@ def test_a_worker_with_orders_waiting_stops_promptly_and_loses_none(kafka_bootst
         stack.start_worker(1)
         finals = _finals_or_explain(stack, ids, timeout=180)
         stats = asyncio.run(sim_stats(stack.simulator_url))
+        stalls = first_stalls + asyncio.run(metric_total(stack.metrics_urls["worker-1"], STALLS))
+    record_property("stall_firings", int(stalls))
     assert code == 0, worker.tail()
     assert stopped_in < 20
     assert set(finals) == ids and {recs[-1]["status"] for recs in finals.values()} == {"completed"}
