@@ -189,6 +189,8 @@ def _bench(args: argparse.Namespace) -> int:
                           pipeline_jobs=args.pipeline_jobs, workers=args.workers, profile=not args.no_profile,
                           peer_jobs=args.peer_jobs, realtime_seconds=args.realtime_seconds)
     cfg = dataclasses.replace(cfg, scenarios=scenarios, profile=not args.no_profile)
+    if args.no_warmup:
+        cfg = dataclasses.replace(cfg, warmup=None)
     out_dir = Path(args.out) if args.out else runner.default_out_dir()
     report = runner.run(cfg, out_dir, settings, keep_work=args.keep_work)
     return 1 if any(isinstance(v, dict) and v.get("error") for v in report["results"].values()) else 0
@@ -213,6 +215,8 @@ def _add_bench(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
     p.add_argument("--peer-jobs", type=int, default=2000,
                    help="jobs in the peer drain (Floodgate, Celery + Redis, naive; 200 req/s, limit 10)")
     p.add_argument("--no-profile", action="store_true", help="skip the py-spy profiles")
+    p.add_argument("--no-warmup", action="store_true",
+                   help="measure on a cold broker (no warm-up round until its JIT compilers are quiet)")
     p.add_argument("--keep-work", action="store_true", help="keep the stacks' logs and configs even on success")
     p.add_argument("--bootstrap", default="", help="use this Kafka cluster instead of starting the local broker")
     p.set_defaults(func=_bench)

@@ -45,7 +45,26 @@ def header(meta: dict[str, Any]) -> list[str]:
     if loads:
         note = f"1-minute load average before→after each scenario (2 cores, shared with other sessions): {loads}."
         lines += [note, ""]
+    if (warm := warmup_line(meta.get("warmup"))) is not None:
+        lines += [warm, ""]
     return lines
+
+
+def warmup_line(w: dict[str, Any] | None) -> str | None:
+    """What the broker's warm-up did before the scenarios (None: there was none)."""
+    if w is None:
+        return None
+    if w.get("error"):
+        return f"Broker warm-up failed ({w['error']}): the first scenarios ran on a broker still compiling."
+    if w.get("skipped"):
+        return f"Broker warm-up skipped: {w['skipped']}."
+    c = w["config"]
+    ended = (f"its JIT compilers used under {c['quiet_share']:.0%} of a core for {num(c['quiet_seconds'], 0)} s"
+             if w["quiet"] else f"the compilers were still busy after {num(c['max_seconds'], 0)} s "
+                                f"({num(w.get('compiler_share_at_end'), 2)} of a core at the end)")
+    return (f"Broker warm-up: {w['jobs']:,} jobs through a throwaway stack over {num(w['seconds'], 0)} s, until "
+            f"{ended}; the compilers used {num(w['compiler_cpu_seconds'], 1)} s of CPU meanwhile "
+            f"(`floodgate bench --no-warmup` measures a cold broker).")
 
 
 def _realtime(rt: dict[str, Any] | None) -> str:

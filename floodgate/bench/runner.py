@@ -35,6 +35,7 @@ from floodgate.bench import (
     report,
     spike,
     stacks,
+    warmup,
 )
 from floodgate.bench.arrivals import SpikePlan
 from floodgate.bench.context import Context
@@ -61,6 +62,7 @@ class BenchConfig:
     scenarios: tuple[str, ...] = SCENARIOS
     profile: bool = True
     prestart: bool = False  # start the next scenario's stack while one runs (smoke only: it loads the CPU)
+    warmup: warmup.WarmupConfig | None = field(default_factory=warmup.WarmupConfig)  # None: measure a cold broker
 
 
 def full(*, time_factor: float = 0.02, spike_seconds: float = 15.0, memory_jobs: int = 100_000,
@@ -93,7 +95,8 @@ def smoke() -> BenchConfig:
         memory=memory.MemoryConfig(small=200, large=600, settle_seconds=0.5, timeout=60.0, stall_seconds=20.0,
                                    quiet_seconds=1.0),
         raw=rawkafka.RawConfig(records=20_000),
-        peer=peer.PeerConfig(jobs=60, render=(0.05, 0.15), poll=0.02, drain_timeout=30.0))
+        peer=peer.PeerConfig(jobs=60, render=(0.05, 0.15), poll=0.02, drain_timeout=30.0),
+        warmup=warmup.WarmupConfig(round_jobs=50, max_seconds=1.0))
 
 
 def _loadavg() -> list[float]:
@@ -214,7 +217,7 @@ def run(cfg: BenchConfig, out_dir: Path, settings: Settings | None = None, *, ou
     out = out or sys.stdout
     out_dir.mkdir(parents=True, exist_ok=True)
     work_dir = Path(tempfile.mkdtemp(prefix=f"floodgate-bench-{out_dir.name}-"))
-    progress = ProgressLine(len(cfg.scenarios) + 1, every=15.0)
+    progress = ProgressLine(len(cfg.scenarios) + 1 + (cfg.warmup is not None), every=15.0)
     started = datetime.now(UTC)
     machine_at_start = report.machine()  # the code measured: the tree may change while the run goes on
     print(f"floodgate bench ({cfg.mode}): results in {out_dir}, logs in {work_dir}", file=out, flush=True)
@@ -222,6 +225,7 @@ def run(cfg: BenchConfig, out_dir: Path, settings: Settings | None = None, *, ou
     with stacks.broker(settings, work_dir) as bootstrap:
         broker_pid = _broker_pid(work_dir)
         ctx = Context(settings, bootstrap, out_dir, work_dir, progress, broker_pid=broker_pid, profile=cfg.profile)
+        warmed = _warm_up(ctx, cfg.warmup, progress) if cfg.warmup is not None else None
         results, load = asyncio.run(_scenarios(ctx, cfg))
     progress.finish()
     at_end = report.machine()
@@ -232,7 +236,7 @@ def run(cfg: BenchConfig, out_dir: Path, settings: Settings | None = None, *, ou
                          f"{at_end['modified_files']} at the end")
     meta = {"started": started.strftime("%Y-%m-%d %H:%M:%S UTC"), "mode": cfg.mode, "machine": machine_at_start,
             "seconds": (datetime.now(UTC) - started).total_seconds(), "load": load,
-            "config": dataclasses.asdict(cfg), "broker": bootstrap}
+            "config": dataclasses.asdict(cfg), "broker": bootstrap, "warmup": warmed}
     notes = list(ctx.notes)
     if cfg.mode != "full":
         notes.append("smoke run: every scenario at a tiny scale; the targets are not judged at this scale")
@@ -251,6 +255,16 @@ def run(cfg: BenchConfig, out_dir: Path, settings: Settings | None = None, *, ou
     elif not keep_work:
         shutil.rmtree(work_dir, ignore_errors=True)
     return built
+
+
+def _warm_up(ctx: Context, cfg: warmup.WarmupConfig, progress: ProgressLine) -> dict[str, Any]:
+    """The broker's warm-up (``floodgate.bench.warmup``); a failure is reported, not fatal."""
+    progress.stage("broker warm-up")
+    try:
+        return asyncio.run(warmup.run(ctx, cfg))
+    except Exception as exc:
+        _log_error(ctx.work_dir / "errors.log", "warm-up", traceback.format_exc())
+        return {"error": f"{type(exc).__name__}: {exc}"[:2000]}
 
 
 def _broker_pid(work_dir: Path) -> int | None:
