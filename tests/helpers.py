@@ -76,17 +76,6 @@ async def scrape(session: aiohttp.ClientSession, url: str) -> Samples:
         return samples(await resp.text())
 
 
-def total(got: Samples, name: str) -> float:
-    """The sum of ``name``'s samples over every label set (0 when it has none yet)."""
-    return sum(v for (n, _), v in got.items() if n == name)
-
-
-async def metric_total(url: str, name: str) -> float:
-    """:func:`total` of one scrape of ``url``, in a session of its own."""
-    async with aiohttp.ClientSession() as session:
-        return total(await scrape(session, url), name)
-
-
 def value(got: Samples, name: str, **labels: str) -> float:
     """One sample's value; 0 when the series is not there (yet)."""
     return got.get((name, frozenset(labels.items())), 0.0)

@@ -30,13 +30,20 @@ def rss_bytes(pid: int) -> int:
     raise FloodgateError(f"no VmRSS for pid {pid}")
 
 
+def stat_cpu(stat: str, ticks_per_second: float) -> tuple[str, float]:
+    """The name and user + system CPU seconds in a ``/proc/<pid>/stat`` (or ``task/<tid>/stat``)
+    line; the name may hold spaces and parentheses."""
+    name = stat[stat.index("(") + 1:stat.rindex(")")]
+    fields = stat[stat.rindex(")") + 2:].split()
+    return name, (int(fields[11]) + int(fields[12])) / ticks_per_second
+
+
 def cpu_seconds(pid: int) -> float:
     """User + system CPU seconds ``pid`` has used (``/proc/<pid>/stat``)."""
     import os
 
     with open(f"/proc/{pid}/stat") as fh:
-        fields = fh.read().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+        return stat_cpu(fh.read(), os.sysconf("SC_CLK_TCK"))[1]
 
 
 class Offsets:

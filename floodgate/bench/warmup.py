@@ -22,7 +22,7 @@ from typing import Any
 
 from floodgate.bench.context import Context
 from floodgate.bench.pipeline import Feed, PipelineConfig
-from floodgate.bench.probes import Offsets
+from floodgate.bench.probes import Offsets, stat_cpu
 from floodgate.bench.stacks import bench_stack, discard, providers
 
 COMPILER_THREADS = ("C1 CompilerThre", "C2 CompilerThre")
@@ -38,20 +38,13 @@ class WarmupConfig:
     sample_seconds: float = 1.0
 
 
-def thread_cpu(stat: str, ticks_per_second: float) -> tuple[str, float]:
-    """A thread's name and CPU seconds (user + system) from its ``/proc/<pid>/task/<tid>/stat``."""
-    name = stat[stat.index("(") + 1:stat.rindex(")")]
-    fields = stat[stat.rindex(")") + 2:].split()
-    return name, (int(fields[11]) + int(fields[12])) / ticks_per_second
-
-
 def compiler_seconds(pid: int, proc: Path = Path("/proc")) -> float:
     """CPU seconds used so far by the JIT compiler threads of JVM ``pid``."""
     ticks = os.sysconf("SC_CLK_TCK")
     total = 0.0
     for task in (proc / str(pid) / "task").iterdir():
         try:
-            name, seconds = thread_cpu((task / "stat").read_text(), ticks)
+            name, seconds = stat_cpu((task / "stat").read_text(), ticks)
         except (FileNotFoundError, ProcessLookupError):  # a thread that ended meanwhile
             continue
         if name.startswith(COMPILER_THREADS):

@@ -12,9 +12,10 @@ from pathlib import Path
 import aiohttp
 import pytest
 
+from floodgate.bench.probes import worker_counters
 from floodgate.devstack import Stack
 from tests.e2e.stack_util import make_stack, simulator_config, until
-from tests.helpers import final_states, fire, metric_total, scrape, sim_stats, simulator_stats, value
+from tests.helpers import final_states, fire, scrape, sim_stats, simulator_stats, value
 from tests.kafka_util import committed_offsets, read_all, wait_committed, wait_consumed
 
 pytestmark = pytest.mark.kafka
@@ -66,9 +67,6 @@ async def _queue_behind_full_slots(stack: Stack, n: int) -> set[str]:
     return ids
 
 
-STALLS = "floodgate_stalled_partitions_total"
-
-
 def test_a_worker_with_orders_waiting_stops_promptly_and_loses_none(
         kafka_bootstrap: str, tmp_path: Path, record_property: Callable[[str, object], None]) -> None:
     """SIGTERM while every slot is taken and orders wait: the worker exits in seconds (it used to
@@ -78,7 +76,7 @@ def test_a_worker_with_orders_waiting_stops_promptly_and_loses_none(
     config = simulator_config(tmp_path / "sim.json", render_time={"kind": "uniform", "min": 1.0, "max": 1.5})
     with make_stack(kafka_bootstrap, tmp_path, sim_config=config) as stack:
         ids = asyncio.run(_queue_behind_full_slots(stack, 120))
-        first_stalls = asyncio.run(metric_total(stack.metrics_urls["worker-0"], STALLS))
+        first_stalls = asyncio.run(worker_counters([stack.metrics_urls["worker-0"]])).stalled
         worker = stack.children.pop("worker-0")
         started = time.monotonic()
         worker.proc.send_signal(signal.SIGTERM)
@@ -91,7 +89,7 @@ def test_a_worker_with_orders_waiting_stops_promptly_and_loses_none(
         stack.start_worker(1)
         finals = _finals_or_explain(stack, ids, timeout=180)
         stats = asyncio.run(sim_stats(stack.simulator_url))
-        stalls = first_stalls + asyncio.run(metric_total(stack.metrics_urls["worker-1"], STALLS))
+        stalls = first_stalls + asyncio.run(worker_counters([stack.metrics_urls["worker-1"]])).stalled
     record_property("stall_firings", int(stalls))
     assert code == 0, worker.tail()
     assert stopped_in < 20

@@ -8,7 +8,8 @@ from pathlib import Path
 import pytest
 
 from floodgate.bench.markdown import warmup_line
-from floodgate.bench.warmup import CompilerWatch, WarmupConfig, compiler_seconds, thread_cpu
+from floodgate.bench.probes import stat_cpu
+from floodgate.bench.warmup import CompilerWatch, WarmupConfig, compiler_seconds
 
 TICKS = os.sysconf("SC_CLK_TCK")
 
@@ -19,8 +20,8 @@ def stat_line(tid: int, name: str, utime: int, stime: int) -> str:
 
 
 def test_a_thread_name_with_spaces_and_parentheses_is_read_whole() -> None:
-    assert thread_cpu(stat_line(7, "C2 CompilerThre", 250, 50), 100) == ("C2 CompilerThre", 3.0)
-    assert thread_cpu(stat_line(8, "odd) (name", 1, 1), 100) == ("odd) (name", 0.02)
+    assert stat_cpu(stat_line(7, "C2 CompilerThre", 250, 50), 100) == ("C2 CompilerThre", 3.0)
+    assert stat_cpu(stat_line(8, "odd) (name", 1, 1), 100) == ("odd) (name", 0.02)
 
 
 def test_only_the_compiler_threads_are_counted(tmp_path: Path) -> None:
