@@ -150,6 +150,15 @@ class Stack:
         self.metrics_urls["api"] = f"{self.api_url}/metrics"
         return self.children["api"]
 
+    def start_ingress(self, name: str = "ingress", *, timeout: float = 120.0) -> str:
+        """Start an API process with the ingress role alone (``--roles ingress``: it accepts jobs
+        and consumes nothing) beside the stack's API; its URL. ``stop_child(name)`` ends it."""
+        url = self._spawn_with_url(
+            name, [sys.executable, "-m", "floodgate.cli", "api", "--host", "127.0.0.1", "--port", "0",
+                   "--roles", "ingress"], "api=", timeout)
+        self.metrics_urls[name] = f"{url}/metrics"
+        return url
+
     def start_worker(self, index: int = 0, *, timeout: float = 120.0) -> Child:
         name = f"worker-{index}"
         child = self._spawn(name, [sys.executable, "-m", "floodgate.cli", "worker"], FLOODGATE_WORKER_ID=name)

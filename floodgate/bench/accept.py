@@ -5,6 +5,9 @@
   API pinned to a core of its own and every other process on the other; pinned again with every
   thread of the worker at niceness 10 (``FLOODGATE_WORKER_NICE``: the broker beside it goes
   first); the same again with the worker stopped, to show what the worker's share of 2 cores costs;
+* the fixed rate, unpinned and pinned, sent to an API process with the ingress role alone beside
+  the stack's own (which keeps bridging webhooks and feeding the job view): what a 202 costs a
+  process that does nothing else;
 * the max sustainable rate: offered rate stepped up; the highest step with p99 within the
   target, no failed request and at least 95% of the offered rate answered — and, with p99 within
   1 s instead, the highest rate the API still keeps up with (beyond it requests pile up);
@@ -31,6 +34,8 @@ from floodgate.demo import MODELS
 from floodgate.devstack import Stack
 from floodgate.sdk import BatchDeliveryError, FloodgateClient, JobSpec
 
+INGRESS = "ingress"  # the stack's child name of the ingress-only API process
+
 
 @dataclass(frozen=True)
 class AcceptConfig:
@@ -49,6 +54,7 @@ class AcceptConfig:
     profile_seconds: float = 10.0
     pinned: bool = True  # the fixed rate again with the API on its own core
     worker_nice: int = 10  # and then with the worker yielding the other core too (0: skip)
+    ingress_only: bool = True  # and sent to an API process with the ingress role alone, unpinned and pinned
 
 
 def latency_block(run: load.Run, offered_rate: float | None = None) -> dict[str, Any]:
@@ -89,11 +95,11 @@ def cpu_ms_per_request(cpu_s: float, accepted: int) -> float:
     return cpu_s * 1000 / accepted if accepted > 0 else math.nan
 
 
-async def api_cpu(stack: Stack, block: Awaitable[dict[str, Any]]) -> dict[str, Any]:
-    """``block`` (a run's latency block) with the API process's CPU seconds over it and per 202,
-    what its event loop's lag probe saw meanwhile (``api_loop_lag``) and its full collections
-    (``api_full_gc``)."""
-    pid, url = stack.children["api"].proc.pid, stack.metrics_urls["api"]
+async def api_cpu(stack: Stack, block: Awaitable[dict[str, Any]], name: str = "api") -> dict[str, Any]:
+    """``block`` (a run's latency block) with the CPU seconds of the API process ``name`` over it
+    and per 202, what its event loop's lag probe saw meanwhile (``api_loop_lag``) and its full
+    collections (``api_full_gc``)."""
+    pid, url = stack.children[name].proc.pid, stack.metrics_urls[name]
     stalled_before = await stalls([url])
     before = cpu_seconds(pid)
     out = await block
@@ -103,17 +109,19 @@ async def api_cpu(stack: Stack, block: Awaitable[dict[str, Any]]) -> dict[str, A
     return out
 
 
-async def pinned_rate(ctx: Context, stack: Stack, cfg: AcceptConfig, *, label: str = "API pinned") -> dict[str, Any]:
-    """The fixed-rate run again with the API alone on one core (every thread of it, ``taskset -c 1``)
-    and the worker, broker, simulator and load generator on the other(s)."""
+async def pinned_rate(ctx: Context, stack: Stack, cfg: AcceptConfig, *, label: str = "API pinned",
+                      name: str = "api", url: str | None = None) -> dict[str, Any]:
+    """The fixed-rate run again, sent to the API process ``name`` (at ``url``; default the stack's
+    API) alone on one core (every thread of it, ``taskset -c 1``) and the worker, broker,
+    simulator, load generator and any other API process on the other(s)."""
     cpus = affinity.split(os.sched_getaffinity(0))
     if cpus is None:
         return {"skipped": "one CPU: nothing to pin the API apart on"}
     api_cpus, rest = cpus
-    api = stack.children["api"].proc.pid
+    api = stack.children[name].proc.pid
     plan = {pid: (api_cpus if pid == api else rest) for pid in ctx.pids(stack).values()}
     with affinity.pinned(plan):
-        out = await api_cpu(stack, fixed_rate(ctx, stack.api_url, cfg.rate, cfg.seconds, label))
+        out = await api_cpu(stack, fixed_rate(ctx, url or stack.api_url, cfg.rate, cfg.seconds, label), name)
     out["api_cpus"], out["other_cpus"] = sorted(api_cpus), sorted(rest)
     return out
 
@@ -126,6 +134,28 @@ async def yielding_rate(ctx: Context, stack: Stack, cfg: AcceptConfig) -> dict[s
     with affinity.reniced(stack.children["worker-0"].proc.pid, cfg.worker_nice) as state:
         out = await pinned_rate(ctx, stack, cfg, label="API pinned, worker yielding")
     out["worker_nice"], out["worker_nice_restored"] = cfg.worker_nice, state["restored"]
+    return out
+
+
+async def ingress_only(ctx: Context, stack: Stack, cfg: AcceptConfig) -> dict[str, Any]:
+    """The fixed-rate run, unpinned and then pinned, sent to an API process of its own with the
+    ingress role alone (``floodgate api --roles ingress``), beside the stack's API (which keeps
+    bridging webhooks and feeding the job view) and the worker: what accepting a job costs a
+    process that does nothing else, the deployment that keeps a spike's updates off the 202s."""
+    url = await asyncio.to_thread(stack.start_ingress, INGRESS)
+    try:
+        await fixed_rate(ctx, url, min(cfg.rate, 200.0), cfg.warmup_seconds, "warm-up, ingress-only API")
+        meter = CpuMeter(ctx.pids(stack)).start()
+        out: dict[str, Any] = {"fixed": await api_cpu(stack, fixed_rate(ctx, url, cfg.rate, cfg.seconds,
+                                                                        "ingress-only API"), INGRESS)}
+        out["fixed"]["cpu_cores"] = meter.stop()
+        if cfg.pinned:
+            meter = CpuMeter(ctx.pids(stack)).start()
+            out["pinned"] = await pinned_rate(ctx, stack, cfg, label="ingress-only API pinned", name=INGRESS,
+                                              url=url)
+            out["pinned"]["cpu_cores"] = meter.stop()
+    finally:
+        await asyncio.to_thread(stack.stop_child, INGRESS)
     return out
 
 
@@ -195,6 +225,8 @@ async def run(ctx: Context, stack: Stack, cfg: AcceptConfig) -> dict[str, Any]:
             meter = CpuMeter(ctx.pids(stack)).start()
             out["yielding"] = await yielding_rate(ctx, stack, cfg)
             out["yielding"]["cpu_cores"] = meter.stop()
+    if cfg.ingress_only:
+        out["ingress"] = await ingress_only(ctx, stack, cfg)
     steps = []
     for rate in cfg.steps:  # up until the API no longer keeps up
         block = await fixed_rate(ctx, api, rate, cfg.step_seconds, "stepping up")

@@ -83,6 +83,23 @@ def _yielding(a: dict[str, Any]) -> str:
             f"the other core, on which every 202 waits. ")
 
 
+def _ingress(a: dict[str, Any]) -> str:
+    """The runs sent to an API process with the ingress role alone: what the stack's API spends on
+    its other roles, per 202, is the difference."""
+    fixed, pin = g(a, "ingress", "fixed") or {}, g(a, "ingress", "pinned") or {}
+    if "latency_ms" not in fixed:
+        return ""
+    whole, alone = a["fixed"].get("api_cpu_ms_per_request"), fixed.get("api_cpu_ms_per_request")
+    other = (f"; the stack's API spends the other {whole - alone:.3f} ms per 202 of its "
+             f"{whole:.3f} on its other roles: the bridge's webhooks and the job view's updates of the jobs "
+             f"the worker moves meanwhile" if whole is not None and alone is not None and whole > alone else "")
+    pinned = (f"; pinned alone on CPU {pin['api_cpus']}: p99 {num(g(pin, 'latency_ms', 'p99'))} ms{_loop(pin)}, "
+              f"{num(pin.get('api_cpu_ms_per_request'), 3)} ms of CPU per 202" if "latency_ms" in pin else "")
+    return (f"Sent to an API process with the ingress role alone (`floodgate api --roles ingress`, the stack's "
+            f"API beside it): p99 {num(g(fixed, 'latency_ms', 'p99'))} ms{_loop(fixed)}, "
+            f"{num(alone, 3)} ms of its CPU per 202{other}{pinned}. ")
+
+
 def _accept(a: dict[str, Any], cpus: int | None) -> list[tuple[str, str]]:
     idle = g(a, "fixed_no_worker", "cpu_cores", "api")
     rate = g(a, "fixed_no_worker", "offered_rate")
@@ -95,7 +112,7 @@ def _accept(a: dict[str, Any], cpus: int | None) -> list[tuple[str, str]]:
             f"{num(g(a, 'fixed_no_worker', 'latency_ms', 'p99'))} ms{_loop(a.get('fixed_no_worker'))}. "
             f"The API is one Python process (one event loop, "
             f"at most one core); each 202 also waits for an acks=all round trip to the broker on the same cores. "
-            f"{_pinned(a)}{profile_line(a.get('profile'))}")
+            f"{_pinned(a)}{_ingress(a)}{profile_line(a.get('profile'))}")
     sdk = ("Per-record Python work in one thread (validation, request hash, Avro encoding, a delivery callback "
            "per record) on top of librdkafka's produce; the raw produce loop measures librdkafka and the broker "
            "alone.")

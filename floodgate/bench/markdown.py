@@ -229,6 +229,12 @@ def accept(a: dict[str, Any]) -> list[str]:
         ["… same rate, API pinned to its own core", _pinned(a.get("pinned"))],
         ["… API CPU per 202 (unpinned / pinned)", f"{num(fixed.get('api_cpu_ms_per_request'), 3)} / "
                                                   f"{num(g(a, 'pinned', 'api_cpu_ms_per_request'), 3)} ms"],
+        ["… same rate, to an ingress-only API process (`--roles ingress`) beside the stack's",
+         lat(g(a, "ingress", "fixed", "latency_ms"))],
+        ["… … pinned to its own core", _pinned(g(a, "ingress", "pinned"))],
+        ["… … its CPU per 202 (unpinned / pinned)",
+         f"{num(g(a, 'ingress', 'fixed', 'api_cpu_ms_per_request'), 3)} / "
+         f"{num(g(a, 'ingress', 'pinned', 'api_cpu_ms_per_request'), 3)} ms"],
         ["… same rate, worker stopped", lat(g(a, "fixed_no_worker", "latency_ms"))],
         ["max sustainable rate (p99 ≤ target, no errors, ≥ 95% answered)", sustainable],
         ["max rate it keeps up with (p99 ≤ 1 s, no errors, ≥ 95% answered)", keep],

@@ -57,6 +57,8 @@ def accept_p99(results: dict[str, Any], target_rate: float = 1000.0, slo: float 
     idle = g(results, "accept", "fixed_no_worker", "latency_ms", "p99")
     if idle is not None:
         measured += f"; with the worker stopped p99 {_num(idle):.1f} ms"
+    if (alone := g(results, "accept", "ingress", "fixed", "latency_ms", "p99")) is not None:
+        measured += f"; sent to an ingress-only API process beside the stack's, p99 {_num(alone):.1f} ms"
     if rate < target_rate:
         return _row(name, NOT_MEASURED, measured, p99, f"scaled down: offered {rate:,.0f} req/s")
     return _row(name, MET if p99 <= slo and not errors else NOT_MET, measured, p99)
@@ -271,6 +273,9 @@ def accept_pinned(results: dict[str, Any], target_rate: float = 1000.0, slo: flo
         # Beside the row, not its verdict: the bar is the default deployment, the worker at its own priority.
         measured += (f"; pinned with the worker at niceness {nice} (FLOODGATE_WORKER_NICE): "
                      f"p99 {_num(g(a, 'yielding', 'latency_ms', 'p99')):.1f} ms")
+    if (alone := g(a, "ingress", "pinned", "latency_ms", "p99")) is not None:
+        # Beside the row too: an API process with the ingress role alone, the stack's API beside it.
+        measured += f"; an ingress-only API process pinned alike: p99 {_num(alone):.1f} ms"
     if rate < target_rate:
         return _row(name, NOT_MEASURED, measured, p99, f"scaled down: offered {rate:,.0f} req/s")
     return _row(name, MET if p99 <= slo and not errors else NOT_MET, measured, p99)
@@ -290,6 +295,13 @@ def api_cpu(results: dict[str, Any], target_ms: float = 0.4, target_rate: float 
     realtime = g(results, "spike", "realtime", "api_cpu_ms_per_request")
     if realtime is not None:
         measured += f"; spike in real time {_num(realtime):.3f} ms"
+    ingress = g(results, "accept", "ingress", "fixed", "api_cpu_ms_per_request")
+    if ingress is not None:
+        # Beside the row, not its verdict: the bar's process is the stack's API, every role in one.
+        measured += (f"; an ingress-only API process (`--roles ingress`) at the same rate, the stack's API "
+                     f"beside it: {_num(ingress):.3f} ms")
+        if (ingress_pinned := g(results, "accept", "ingress", "pinned", "api_cpu_ms_per_request")) is not None:
+            measured += f" (pinned {_num(ingress_pinned):.3f} ms)"
     if math.isnan(per):
         return _row(name, NOT_MEASURED, measured)
     if rate < target_rate:

@@ -63,6 +63,10 @@ def test_smoke_bench_writes_every_section_and_plot(kafka_bootstrap: str, tmp_pat
     assert spike["accepted"] == spike["offered"] == spike["completed"]
     assert results["pipeline"]["results_missing"] == 0 and not results["pipeline"]["stalled"]
     assert results["accept"]["burst"]["lost"] == 0 and results["accept"]["burst"]["sdk_lost"] == 0
+    # The fixed rate sent to an ingress-only API process too, and its CPU read.
+    alone = results["accept"]["ingress"]
+    assert alone["fixed"]["accepted"] == alone["fixed"]["offered"] > 0 and alone["fixed"]["api_cpu_s"] > 0
+    assert "ingress-only API process" in md
     assert results["notify"]["matched"] > 0
     # The peer drain: every system drained all it accepted; Floodgate never drew a 429.
     peer = results["peer"]["systems"]

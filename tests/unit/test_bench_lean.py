@@ -316,3 +316,29 @@ def test_stalls_between_two_readings_name_the_process() -> None:
     assert change["worker_loop_lag"] == probes.loop_lag_between(before[0], after[0])
     assert change["worker_full_gc"]["probes"] == 2 and change["worker_full_gc"]["over_100ms"] == 2
     assert set(probes.stalls_between(before, after)) == {"api_loop_lag", "api_full_gc"}
+
+
+def test_the_ingress_only_process_is_told_beside_the_api_rows_and_never_decides_them() -> None:
+    fixed = _block(150.0, api_cpu_ms_per_request=0.6, api_cpu_s=12.0, cpu_cores={"api": 0.6})
+    pinned = _block(300.0, api_cpus=[1], other_cpus=[0], api_cpu_ms_per_request=0.55)
+    ingress = {"fixed": _block(95.0, api_cpu_ms_per_request=0.35, api_cpu_s=7.0),
+               "pinned": _block(45.0, api_cpus=[1], other_cpus=[0], api_cpu_ms_per_request=0.38)}
+    accept = {"fixed": fixed, "pinned": pinned, "ingress": ingress}
+    cpu = targets.api_cpu({"accept": accept})
+    assert cpu["status"] == targets.NOT_MET  # the stack's API, every role in one process (0.6 ms), decides
+    assert "ingress-only API process (`--roles ingress`)" in cpu["measured"]
+    assert "0.350 ms (pinned 0.380 ms)" in cpu["measured"]
+    row = targets.accept_pinned({"accept": accept})
+    assert row["status"] == targets.NOT_MET
+    assert "an ingress-only API process pinned alike: p99 45.0 ms" in row["measured"]
+    text = dict(limits.limits({"accept": {**accept, "fixed_no_worker": {}}}, 2))["HTTP accept latency / max rate"]
+    assert "the ingress role alone" in text and "0.350 ms of its CPU per 202" in text
+    assert "the other 0.250 ms per 202 of its 0.600 on its other roles" in text
+    assert "pinned alone on CPU [1]: p99 45.0 ms" in text
+    assert "sent to an ingress-only API process beside the stack's, p99 95.0 ms" in targets.accept_p99(
+        {"accept": accept})["measured"]
+    without = targets.api_cpu({"accept": {"fixed": fixed, "pinned": pinned}})
+    assert "ingress-only" not in without["measured"]
+    assert "ingress role alone" not in dict(limits.limits({"accept": {"fixed": fixed, "pinned": pinned,
+                                                                      "fixed_no_worker": {}}}, 2))[
+        "HTTP accept latency / max rate"]
