@@ -4,13 +4,17 @@ Orders that wait for a provider's slot are served in this order:
 
 1. **Priority.** ``high`` before ``standard`` before ``low``: a waiting order is never passed by one
    of a lower class (an order already submitted is not taken back).
-2. **Fair share within a class.** Tenants share the provider by weight, by start-time fair
-   queueing: each order gets a start tag when it joins the line, ``max(V, F[tenant])``, and its
-   tenant's finish ``F[tenant]`` moves on by ``1 / weight``; ``V`` is the tag of the last order
-   served in the class. The line serves the smallest tag. A tenant that bursts 10,000 orders
+2. **Fair share within a class.** Tenants share the provider's slots by weight. The tenant whose
+   jobs hold the fewest slots there for its weight (``held_of(tenant) / weight``) goes first: a
+   tenant arriving while another's burst holds every slot takes each slot that frees until it
+   holds its share, instead of every other one. Between tenants holding alike, start-time fair
+   queueing decides: each order gets a start tag when it joins the line, ``max(V, F[tenant])``,
+   and its tenant's finish ``F[tenant]`` moves on by ``1 / weight``; ``V`` is the tag of the last
+   order served in the class; the smallest tag goes first. A tenant that bursts 10,000 orders
    tags them 0, 1, 2, …; a tenant arriving a moment later starts at the current ``V``, so its
    orders interleave with the burst instead of waiting behind all of it. A tenant with weight 2
-   gets two orders served for each one of a tenant with weight 1 while both wait.
+   holds two slots for each one of a tenant with weight 1 while both wait. Without ``held_of``
+   the turns alone decide (every other start).
 3. **Within a tenant**, by the line's order key: the dispatcher's is the job's acceptance time, so
    a tenant's jobs start in the order their 202s were given, although the ``requests`` partitions
    they were admitted from interleave by fetch (the job view counts places in that order too).
@@ -89,10 +93,13 @@ class FairLine(Generic[Q]):
     tenant by ``order_key`` (arrival when none)."""
 
     def __init__(self, high: int, weight_of: Callable[[str], float] = lambda tenant: 1.0,
-                 order_key: Callable[[Q], float] | None = None) -> None:
+                 order_key: Callable[[Q], float] | None = None,
+                 held_of: Callable[[str], int] | None = None) -> None:
         """``high``: the high mark (>= 1). ``weight_of(tenant)``: its share (> 0). ``order_key``:
         what orders one tenant's waiting orders (the dispatcher's: acceptance time); ties, and
-        every order without a key, go by arrival here."""
+        every order without a key, go by arrival here. ``held_of(tenant)``: the slots its jobs
+        hold at the provider now (the dispatcher's pool); the tenant holding the fewest for its
+        weight is served first. None: turns alone decide."""
         if isinstance(high, bool) or not isinstance(high, int) or high < 1:
             raise ConfigError(f"a line's high mark must be an integer >= 1, got {high!r}")
         self.high = high
@@ -101,6 +108,7 @@ class FairLine(Generic[Q]):
         arriving behind a burst is read (and interleaved) soon, not after half the window."""
         self._weight_of = weight_of
         self._order_key = order_key
+        self._held_of = held_of
         self._heap: list[tuple[_Tag, _Klass]] = []
         """Each class's first turn (and stale ones, dropped lazily): which class is served next."""
         self._classes: dict[_Klass, _Class] = {}
@@ -191,18 +199,36 @@ class FairLine(Generic[Q]):
                 return entry
             heapq.heappop(entries)
 
-    def peek(self) -> Q | None:
+    def _choose(self) -> tuple[_Tag, _Klass] | None:
+        """The class served next: of the highest priority waiting, the tenant holding the fewest
+        slots for its weight, then the smallest turn."""
         head = self._head()
+        if head is None or self._held_of is None or len(self._classes) == 1:
+            return head
+        rank, held_of, weight_of = head[0].rank, self._held_of, self._weight_of
+        best, best_key = head, (held_of(head[1][1]) / (weight_of(head[1][1]) or 1.0), head[0])
+        for klass, line in self._classes.items():
+            if klass[0] != rank or klass == head[1]:
+                continue
+            key = (held_of(klass[1]) / (weight_of(klass[1]) or 1.0), line.tags[0])
+            if key < best_key:
+                best, best_key = (line.tags[0], klass), key
+        return best
+
+    def peek(self) -> Q | None:
+        head = self._choose()
         if head is None:
             return None
         return self._items[self._first(self._classes[head[1]])[2]][2]
 
     def pop(self) -> Q | None:
-        head = self._head()
+        head = self._choose()
         if head is None:
             return None
         tag, klass = head
-        heapq.heappop(self._heap)
+        if self._heap[0] == head:
+            heapq.heappop(self._heap)
+        # else: the class's heap entry is left stale (its first turn is gone) and dropped lazily.
         line = self._classes[klass]
         line.tags.popleft()
         entry = self._first(line)
@@ -212,6 +238,9 @@ class FairLine(Generic[Q]):
             heapq.heappush(self._heap, (line.tags[0], klass))
         else:
             del self._classes[klass]
+        if len(self._heap) > 2 * len(self._classes) + 64:  # stale entries left by the rule above
+            self._heap = [(held.tags[0], k) for k, held in self._classes.items()]
+            heapq.heapify(self._heap)
         if tag.start > self._virtual.get(tag.rank, 0.0):
             self._virtual[tag.rank] = tag.start
         if not self._items:
@@ -283,25 +312,36 @@ class ClassLoad:
 
 
 def position_estimate(priority: str, tenant: str, index: int, classes: Iterable[ClassLoad],
-                      weight_of: Callable[[str], float] = lambda tenant: 1.0) -> int:
+                      weight_of: Callable[[str], float] = lambda tenant: 1.0, *,
+                      held: Mapping[str, int] | None = None, limit: int | None = None) -> int:
     """How many waiting orders are served before the order ``index`` (0: the first) of its
     tenant's waiting orders in class ``priority``, by ``FairLine``'s rule: every order of a higher
-    class, and of each other tenant of the same class the orders whose fair-share turn comes
-    first (while both wait, tenant ``t`` is served ``weight(t) / weight(mine)`` orders for each
-    one of mine), but never more than that tenant has waiting."""
+    class, and of each other tenant of the same class the orders served first. While both wait,
+    tenant ``t`` is served ``weight(t) / weight(mine)`` orders for each one of mine, but never more
+    than it has waiting; with ``held`` (the slots each tenant's jobs hold at the provider) and the
+    provider's ``limit``, a tenant holding less than its share of the slots (``limit`` split by
+    weight among the tenants waiting in the class: the slots of a tenant that no longer waits
+    come back to them as its jobs end) is first served that deficit."""
     mine = priority_rank(priority)
     my_weight = weight_of(tenant) or 1.0
+    loads = list(classes)
+    rivals = [load for load in loads if priority_rank(load.priority) == mine and load.tenant != tenant]
+    deficit: dict[str, float] = {}
+    if held is not None and limit:
+        competing = {tenant, *(load.tenant for load in rivals)}
+        total = sum(weight_of(t) or 1.0 for t in competing)
+        deficit = {t: max(0.0, limit * (weight_of(t) or 1.0) / total - held.get(t, 0)) for t in competing}
+    mine_owed = deficit.get(tenant, 0.0)
     ahead = index
-    for load in classes:
-        rank = priority_rank(load.priority)
-        if rank < mine:
+    for load in loads:
+        if priority_rank(load.priority) < mine:
             ahead += load.waiting
-        elif rank == mine and load.tenant != tenant:
-            # Fair turns before mine: orders of `load.tenant` with start tag below my order's
-            # (index / my_weight), i.e. the first index * w / my_w + (ties served by arrival:
-            # count half a turn) of them.
-            share = (index + 0.5) * (weight_of(load.tenant) or 1.0) / my_weight
-            ahead += min(load.waiting, int(share))
+    for load in rivals:
+        # Fair turns before mine: the rival's deficit first, then orders of `load.tenant` with
+        # start tag below my order's (index / my_weight) once my own deficit is served, i.e. the
+        # first index * w / my_w + (ties served by arrival: count half a turn) of them.
+        share = deficit.get(load.tenant, 0.0) + (index - mine_owed + 0.5) * (weight_of(load.tenant) or 1.0) / my_weight
+        ahead += min(load.waiting, max(0, int(share)))
     return ahead
 
 

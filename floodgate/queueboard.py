@@ -29,7 +29,7 @@ from __future__ import annotations
 
 import bisect
 import statistics
-from collections import deque
+from collections import Counter, deque
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -80,6 +80,8 @@ class _Provider:
     renders: deque[float] = field(default_factory=lambda: deque(maxlen=RENDER_SAMPLES))
     running: int = 0
     """Jobs seen starting here and not yet seen ending."""
+    running_by: Counter[str] = field(default_factory=Counter)
+    """The same, per tenant: the slots each holds, which the line's rule weighs."""
 
 
 _Place = tuple[str, tuple[str, str], tuple[int, str]]
@@ -103,7 +105,8 @@ class QueueBoard:
         self.route = route
         self._providers: dict[str, _Provider] = {}
         self._places: dict[str, _Place] = {}
-        self._started: dict[str, tuple[str, float]] = {}
+        self._started: dict[str, tuple[str, float, str]] = {}
+        """Job id → (provider, start time, tenant) of the jobs seen starting and not yet ending."""
 
     def __len__(self) -> int:
         """Queued jobs on the board."""
@@ -127,7 +130,7 @@ class QueueBoard:
             provider = self.route(snapshot.get("model") or "")  # accepted here, not admitted yet
         was = self._places.pop(job_id, None)
         if was is not None and status in _LEFT_THE_LINE:
-            self._start(was[0], job_id, at, now)  # while the line still holds it
+            self._start(was[0], job_id, at, now, was[1][1])  # while the line still holds it
         if was is not None:
             self._remove(was)
         if status == "queued" and provider:
@@ -142,11 +145,15 @@ class QueueBoard:
             if started is not None and status == "completed":
                 self._provider(started[0]).renders.append(max(0.0, at - started[1]))
 
-    def _ended(self, job_id: str) -> tuple[str, float] | None:
+    def _ended(self, job_id: str) -> tuple[str, float, str] | None:
         started = self._started.pop(job_id, None)
         if started is not None:
             state = self._provider(started[0])
             state.running = max(0, state.running - 1)
+            tenant = started[2]
+            state.running_by[tenant] -= 1
+            if state.running_by[tenant] <= 0:
+                del state.running_by[tenant]
         return started
 
     def _remove(self, place: _Place) -> None:
@@ -162,10 +169,11 @@ class QueueBoard:
                 state.saturated = False  # nobody waits: the next starts take free slots
                 state.last_start = None
 
-    def _start(self, provider: str, job_id: str, at: float, now: float) -> None:
+    def _start(self, provider: str, job_id: str, at: float, now: float, tenant: str) -> None:
         state = self._provider(provider)
         self._ended(job_id)  # (started again: counted once)
         state.running += 1
+        state.running_by[tenant] += 1
         limit = self.limits.get(provider)
         if not state.saturated:
             waiting = sum(len(jobs) for jobs in state.classes.values()) > 1  # others than this job
@@ -181,7 +189,7 @@ class QueueBoard:
                 starts.popleft()
         if len(self._started) >= MAX_STARTED:
             self._ended(next(iter(self._started)))  # the oldest: a job whose end was never seen
-        self._started[job_id] = (provider, at)
+        self._started[job_id] = (provider, at, tenant)
 
     def render_time(self, provider: str) -> float | None:
         """Median render seconds at ``provider``: observed, else configured, else None."""
@@ -218,7 +226,8 @@ class QueueBoard:
         state = self._providers[provider]
         index = bisect.bisect_left(state.classes[(priority, tenant)], entry)
         loads = (ClassLoad(p, t, len(jobs)) for (p, t), jobs in state.classes.items())
-        return position_estimate(priority, tenant, index, loads, self.weight_of)
+        return position_estimate(priority, tenant, index, loads, self.weight_of, held=state.running_by,
+                                 limit=self.limits.get(provider))
 
     def standing(self, snapshot: Mapping[str, Any], now: float) -> Standing:
         """Where the job of ``snapshot`` stands at ``now``."""

@@ -13,6 +13,7 @@ from __future__ import annotations
 import math
 import random
 import re
+from collections import Counter
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -52,12 +53,16 @@ def partition_share(limit: int, partitions: int, partition: int) -> int:
 
 
 class SlotPool:
-    """In-flight jobs of one partition against its capacity. Not thread-safe; one agent owns it."""
+    """In-flight jobs of one partition against its capacity, and how many each tenant holds (the
+    fair line serves the tenant holding the least for its weight first). Not thread-safe; one
+    agent owns it."""
 
     def __init__(self, capacity: int) -> None:
         """Raises ``ConfigError`` if ``capacity`` is not an integer >= 0."""
         self._capacity = _int_at_least("capacity", capacity, minimum=0)
-        self._held: set[str] = set()
+        self._held: dict[str, str] = {}
+        """Job id → the tenant it was taken for."""
+        self._by_tenant: Counter[str] = Counter()
 
     @property
     def capacity(self) -> int:
@@ -78,30 +83,44 @@ class SlotPool:
     def __len__(self) -> int:
         return len(self._held)
 
-    def try_acquire(self, job_id: str) -> bool:
-        """Take a slot for ``job_id``. True if it holds one now, including when it already did (redelivery)."""
+    def tenant_of(self, job_id: str) -> str | None:
+        """The tenant ``job_id``'s slot was taken for; None if it holds none here."""
+        return self._held.get(job_id)
+
+    def held_by(self, tenant: str) -> int:
+        """Slots ``tenant``'s jobs hold here."""
+        return self._by_tenant[tenant]
+
+    def try_acquire(self, job_id: str, tenant: str = "") -> bool:
+        """Take a slot for ``job_id`` (of ``tenant``). True if it holds one now, including when it
+        already did (redelivery)."""
         if job_id in self._held:
             return True
         if len(self._held) >= self._capacity:
             return False
-        self._held.add(job_id)
+        self._held[job_id] = tenant
+        self._by_tenant[tenant] += 1
         return True
 
     def release(self, job_id: str) -> bool:
         """Give back ``job_id``'s slot. False if it held none, so a duplicate completion frees nothing."""
-        if job_id not in self._held:
+        tenant = self._held.pop(job_id, None)
+        if tenant is None:
             return False
-        self._held.remove(job_id)
+        self._by_tenant[tenant] -= 1
+        if not self._by_tenant[tenant]:
+            del self._by_tenant[tenant]
         return True
 
-    def rebuild(self, job_ids: Iterable[str]) -> None:
-        """Replace the held set after a restart or rebalance, from the jobs known to be in flight.
+    def rebuild(self, held: Iterable[str | tuple[str, str]]) -> None:
+        """Replace the held set after a restart or rebalance, from the jobs known to be in flight:
+        job ids, or (job id, tenant) pairs.
 
         All of them are kept even beyond capacity: they are already running at the
         provider, so forgetting them would overshoot the real limit.
         """
-        self._held = set(job_ids)
-
+        self._held = dict((item, "") if isinstance(item, str) else item for item in held)
+        self._by_tenant = Counter(self._held.values())
 
 
 class TokenBucket:

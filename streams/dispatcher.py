@@ -336,7 +336,7 @@ class Dispatcher:
             line.take(order.job_id)
             await self.expire(order, key, partition)
             return None
-        if parked is None and not len(line) and lane.pools[partition].try_acquire(order.job_id):
+        if parked is None and not len(line) and lane.pools[partition].try_acquire(order.job_id, order.tenant):
             # Nobody waits and a slot is free: take it without parking (one changelog write, not three).
             durable = self.take_slot(order, key, partition)
             lane.run_in_background(key, self.submit(order, key, partition, durable))

@@ -94,7 +94,8 @@ class Lane:
         """The waiting orders of workers before slots and waiting orders shared a table: read
         only to move them over (``sync``)."""
         self.lines: dict[int, FairLine[Order]] = {
-            p: FairLine(max(window, self.capacity(p)), weight_of, order_key=_accepted) for p in range(partitions)}
+            p: FairLine(max(window, self.capacity(p)), weight_of, order_key=_accepted,
+                        held_of=self.pools[p].held_by) for p in range(partitions)}
         self.generations: dict[int, int] = {}
         """Per dispatch partition, the consumer generation its slot count and line were rebuilt in."""
         self.settled_generation: int | None = None
@@ -190,8 +191,19 @@ class Lane:
         because a count taken while a recovery was still replaying the changelog can include slots
         the replay then deletes, and a count that only grows would stall the partition for good."""
         prefix = f"{partition}:".encode()
-        held = [parse_slot_key(key)[1] for key in self.slots if key.startswith(prefix)]
-        self.pools[partition].rebuild(held)
+        pool = self.pools[partition]
+        held: list[tuple[str, str]] = []
+        for key in self.slots:
+            if key.startswith(prefix):
+                job = parse_slot_key(key)[1]
+                # The tenant a slot was taken for, for the fair line; decoded only for a slot this
+                # pool did not take itself (recovered), since this runs on every poll tick.
+                tenant = pool.tenant_of(job)
+                if tenant is None:
+                    slot = self.slots.get(key)
+                    tenant = slot.order.tenant if slot is not None else ""
+                held.append((job, tenant))
+        pool.rebuild(held)
 
     def next_waiting(self, partition: int) -> tuple[Order, bool] | None:
         """The waiting order served next (``FairLine``'s rule) if it can go now, and whether it
@@ -205,9 +217,10 @@ class Lane:
         if job in pool:
             line.pop()
             return head, False
-        if not pool.try_acquire(job):
+        if not pool.free:
             return None
-        line.pop()
+        line.pop()  # before the slot is counted as its tenant's: the line's rule weighs slots held
+        pool.try_acquire(job, head.tenant)
         return head, True
 
     def free(self, partition: int, job_id: str) -> None:

@@ -1,8 +1,8 @@
 """The fair queue, on the spike's stack once its backlog has drained: tenant A bursts ``burst``
 jobs at once, tenant B sends ``late`` jobs a moment (``delay_s``) after A's last one, equal
 weights, the same models and providers as the spike. With a plain first-come line B would wait
-behind all of A's burst; with the fair line B's jobs take every other start, so B's median wait
-should be a small share of A's (the bar: under 10%).
+behind all of A's burst; with the fair line B's jobs take the slots that free until B holds its
+share of them, so B's median wait should be a small share of A's (the bar: under 10%).
 
 Waits are accept (the 202 at the client) → start (the slot record that says the provider took the
 job), read from the spike's own tap of the slot logs, which keeps running during this part.

@@ -203,6 +203,20 @@ _op = st.one_of(
     st.tuples(st.just("pop")), st.tuples(st.just("pop_and_put_back")), st.tuples(st.just("take"), st.integers(0, 30)))
 
 
+def push_or_take(line: FairLine[Job], waiting: dict[str, Job], op: tuple[object, ...]) -> bool:
+    """Apply a "push" or "take" of ``_op`` to the line and to ``waiting``; False for the others."""
+    if op[0] == "push":
+        _, n, tenant, priority, accepted = op
+        job = Job(f"j{n}", str(tenant), str(priority), int(str(accepted)))
+        line.push(job)
+        waiting[job.job_id] = job
+        return True
+    if op[0] == "take":
+        assert line.take(f"j{op[1]}") == waiting.pop(f"j{op[1]}", None)
+        return True
+    return False
+
+
 @settings(max_examples=300, deadline=None)
 @given(ops=st.lists(_op, max_size=80), weights=st.tuples(st.integers(1, 3), st.integers(1, 3), st.integers(1, 3)))
 def test_the_line_serves_what_in_order_says_and_each_tenant_by_acceptance(
@@ -211,15 +225,7 @@ def test_the_line_serves_what_in_order_says_and_each_tenant_by_acceptance(
     line: FairLine[Job] = FairLine(1000, lambda tenant: weight[tenant], order_key=by_acceptance)
     waiting: dict[str, Job] = {}
     for op in ops:
-        if op[0] == "push":
-            _, n, tenant, priority, accepted = op
-            job = Job(f"j{n}", str(tenant), str(priority), int(str(accepted)))
-            line.push(job)
-            waiting[job.job_id] = job
-        elif op[0] == "take":
-            taken = line.take(f"j{op[1]}")
-            assert taken == waiting.pop(f"j{op[1]}", None)
-        else:
+        if not push_or_take(line, waiting, op):
             expected = line.in_order()
             popped = line.pop()
             assert popped == (expected[0] if expected else None)
@@ -239,3 +245,131 @@ def test_the_line_serves_what_in_order_says_and_each_tenant_by_acceptance(
             assert mine == sorted(mine), "one tenant's jobs of one class go by acceptance"
     ranks = [("high", "standard", "low").index(job.priority) for job in served]
     assert ranks == sorted(ranks), "never passed by a lower class"
+
+
+# --- slots held: the tenant holding the fewest for its weight goes first ------------------------
+
+
+def run_provider(line: FairLine[Job], held: dict[str, int], in_flight: list[Job], starts: int) -> list[str]:
+    """``starts`` times: the oldest job in flight ends, and the line's next order takes its slot."""
+    started = []
+    for _ in range(starts):
+        ended = in_flight.pop(0)
+        held[ended.tenant] -= 1
+        job = line.pop()
+        assert job is not None
+        held[job.tenant] = held.get(job.tenant, 0) + 1
+        in_flight.append(job)
+        started.append(job.job_id)
+    return started
+
+
+def test_a_tenant_holding_no_slot_takes_each_freed_one_until_it_holds_its_share() -> None:
+    held: dict[str, int] = {}
+    line: FairLine[Job] = FairLine(10_000, held_of=lambda tenant: held.get(tenant, 0))
+    for i in range(300):
+        line.push(Job(f"a{i}", "a"))
+    in_flight = [line.pop() for _ in range(10)]  # A's burst holds all 10 slots
+    held["a"] = 10
+    for i in range(10):
+        line.push(Job(f"b{i}", "b"))
+    started = run_provider(line, held, in_flight, 10)  # type: ignore[arg-type]
+    assert started[:5] == ["b0", "b1", "b2", "b3", "b4"]  # every slot that frees, until 5 each
+    assert held == {"a": 5, "b": 5}
+    started += run_provider(line, held, in_flight, 5)  # type: ignore[arg-type]
+    assert held == {"a": 5, "b": 5}  # each keeps its half while both wait
+    started += run_provider(line, held, in_flight, 15)  # type: ignore[arg-type]
+    assert [job_id for job_id in started if job_id.startswith("b")] == [f"b{i}" for i in range(10)]
+
+
+def test_weights_share_the_slots() -> None:
+    weights = {"gold": 2.0, "basic": 1.0}
+    held: dict[str, int] = {"gold": 0, "basic": 0}
+    line: FairLine[Job] = FairLine(10_000, lambda tenant: weights[tenant], held_of=lambda tenant: held[tenant])
+    for i in range(200):
+        line.push(Job(f"g{i}", "gold"))
+        line.push(Job(f"s{i}", "basic"))
+    in_flight = []
+    for _ in range(9):  # 9 free slots, taken by the rule as well
+        job = line.pop()
+        assert job is not None
+        held[job.tenant] += 1
+        in_flight.append(job)
+    assert held == {"gold": 6, "basic": 3}
+    run_provider(line, held, in_flight, 90)
+    assert held == {"gold": 6, "basic": 3}
+
+
+def test_priority_comes_before_slots_held() -> None:
+    held = {"busy": 10, "idle": 0}
+    line: FairLine[Job] = FairLine(100, held_of=lambda tenant: held[tenant])
+    line.push(Job("idle-1", "idle"))
+    line.push(Job("busy-vip", "busy", priority="high"))
+    line.push(Job("idle-low", "idle", priority="low"))
+    line.push(Job("busy-1", "busy"))
+    assert drain(line) == ["busy-vip", "idle-1", "busy-1", "idle-low"]
+
+
+@settings(max_examples=300, deadline=None)
+@given(ops=st.lists(_op, max_size=80), held=st.tuples(st.integers(0, 5), st.integers(0, 5), st.integers(0, 5)))
+def test_with_slots_held_pop_serves_what_peek_shows_the_fewest_held_first(
+        ops: list[tuple[object, ...]], held: tuple[int, int, int]) -> None:
+    holding = dict(zip("abc", held, strict=True))
+    line: FairLine[Job] = FairLine(1000, order_key=by_acceptance, held_of=lambda tenant: holding[tenant])
+    waiting: dict[str, Job] = {}
+    for op in ops:
+        if not push_or_take(line, waiting, op):
+            shown = line.peek()
+            popped = line.pop()
+            assert popped == shown
+            if popped is None:
+                continue
+            del waiting[popped.job_id]
+            rank = ("high", "standard", "low").index
+            assert all(rank(job.priority) >= rank(popped.priority) for job in waiting.values())
+            rivals = [job for job in waiting.values() if job.priority == popped.priority]
+            assert all(holding[job.tenant] >= holding[popped.tenant] for job in rivals)
+            holding[popped.tenant] += 1  # it took a slot
+            if op[0] == "pop_and_put_back":
+                holding[popped.tenant] -= 1
+                line.push_front(popped)
+                waiting[popped.job_id] = popped
+        assert len(line) == len(waiting)
+    assert sorted(drain(line)) == sorted(waiting)
+
+
+def test_estimate_serves_a_tenant_short_of_its_slots_first() -> None:
+    loads = [ClassLoad("standard", "a", 290), ClassLoad("standard", "b", 10)]
+
+    def estimate(tenant: str, index: int, held: dict[str, int] | None) -> int:
+        return position_estimate("standard", tenant, index, loads, held=held, limit=10)
+
+    # A's burst holds all 10 slots: B's first five go first, each at the next slot that frees.
+    assert [estimate("b", i, {"a": 10}) for i in range(5)] == [0, 1, 2, 3, 4]
+    assert estimate("a", 0, {"a": 10}) == 5
+    assert estimate("b", 7, {"a": 10}) == 7 + 2  # then turn about
+    # Once each holds its half, turns alone decide, as without slots held.
+    assert estimate("b", 3, {"a": 5, "b": 5}) == estimate("b", 3, None) == 3 + 3
+    # The slots of a tenant that no longer waits come back to those that do.
+    two = [ClassLoad("standard", "b", 3), ClassLoad("standard", "c", 3)]
+    assert position_estimate("standard", "c", 0, two, held={"gone": 6, "c": 4}, limit=10) == 3
+
+
+def test_estimate_matches_the_line_while_a_tenant_catches_up_on_slots() -> None:
+    held: dict[str, int] = {}
+    line: FairLine[Job] = FairLine(10_000, held_of=lambda tenant: held.get(tenant, 0))
+    for i in range(300):
+        line.push(Job(f"a{i}", "a"))
+    in_flight = [line.pop() for _ in range(10)]
+    held["a"] = 10
+    for i in range(10):
+        line.push(Job(f"b{i}", "b"))
+    loads = [ClassLoad("standard", "a", 290), ClassLoad("standard", "b", 10)]
+    # Each waiting order's index among its tenant's (a0-a9 took the slots). Past B's catching up,
+    # which tenant's job ends next decides the turns, and the estimate assumes they alternate.
+    index = {"b0": 0, "b2": 2, "b4": 4, "a10": 0}
+    expected = {job_id: position_estimate("standard", job_id[0], i, loads, held=dict(held), limit=10)
+                for job_id, i in index.items()}
+    started = run_provider(line, held, in_flight, 10)  # type: ignore[arg-type]
+    for job_id, estimate in expected.items():
+        assert abs(estimate - started.index(job_id)) <= 1, (job_id, estimate, started)

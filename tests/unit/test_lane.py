@@ -22,8 +22,9 @@ def _order(job_id: str) -> Order:
                  prompt="p", attempt=0, queued_at=0)
 
 
-def _slot(job_id: str) -> bytes:
-    return Slot(attempt=0, taken_at=T0, order=_order(job_id)).encode()
+def _slot(job_id: str, tenant: str | None = None) -> bytes:
+    order = _order(job_id) if tenant is None else dataclasses.replace(_order(job_id), tenant=tenant)
+    return Slot(attempt=0, taken_at=T0, order=order).encode()
 
 
 @pytest.mark.parametrize(("end", "read_to", "age", "expired"), [
@@ -185,3 +186,17 @@ def test_the_slot_log_the_api_reads_is_the_slot_tables_changelog(tmp_path: Path)
     lane = Lane(create_app(settings, datadir=tmp_path / "w0"), dev_setup("http://127.0.0.1:9").routing.providers["wan"],
                 partitions=1)
     assert lane.entries.table.changelog_topic.get_topic_name() == TopicNames(settings).slot_log("wan")
+
+
+def test_recovered_slots_are_counted_for_their_tenants(tmp_path: Path) -> None:
+    settings = Settings.from_env({}).with_overrides(kafka_bootstrap="127.0.0.1:1", cache_dir=tmp_path)
+    app = create_app(settings, datadir=tmp_path / "w0")
+    lane = Lane(app, dev_setup("http://127.0.0.1:9").routing.providers["wan"], partitions=1)
+    for job, tenant in (("j1", "acme"), ("j2", "acme"), ("j3", "zeta")):
+        lane.slots.table.data[slot_key(0, job)] = _slot(job, tenant)
+    lane.sync(0, generation=1)
+    pool = lane.pools[0]
+    assert (pool.held_by("acme"), pool.held_by("zeta")) == (2, 1)
+    del lane.slots.table.data[slot_key(0, "j1")]  # a replay deleted it: the next reconcile counts again
+    lane.reconcile(0)
+    assert (pool.held_by("acme"), pool.held_by("zeta")) == (1, 1)

@@ -46,6 +46,24 @@ def test_a_tenant_behind_a_burst_gets_a_fair_place_and_high_goes_first() -> None
     assert b.position("a999") == 1000 + 1
 
 
+def test_a_tenant_holding_no_slot_is_placed_ahead_until_it_would_hold_its_share() -> None:
+    b = board()
+    for i in range(40):
+        b.observe(snap(f"a{i}", tenant="a", created=i / 100), T0 + 1)
+    for i in range(10):  # a's first ten take kling's 10 slots
+        b.observe(snap(f"a{i}", "submitted", tenant="a", created=i / 100, updated=2), T0 + 2)
+    for j in range(8):
+        b.observe(snap(f"b{j}", tenant="b", created=3 + j / 100), T0 + 3)
+    # b holds none of kling's slots, a all ten: b's first five take the next five that free.
+    assert [b.position(f"b{j}") for j in range(5)] == [0, 1, 2, 3, 4]
+    assert b.position("a10") == 5
+    for i in range(5):  # five of a's jobs end, and b's first five start
+        b.observe(snap(f"a{i}", "completed", tenant="a", created=i / 100, updated=4), T0 + 4)
+        b.observe(snap(f"b{i}", "submitted", tenant="b", created=3 + i / 100, updated=4), T0 + 4)
+    # Each holds five now: turns about (the heads tie; each counts the other's as half a turn).
+    assert (b.position("b5"), b.position("a10"), b.position("b6"), b.position("a11")) == (0, 0, 2, 2)
+
+
 def test_a_rerouted_job_moves_to_its_new_providers_line() -> None:
     b = board()
     b.observe(snap("x", provider="kling"), T0)

@@ -477,3 +477,17 @@ def test_breaker_probes_at_most_once_per_period_and_lets_traffic_through_when_cl
             assert cb.state(now) is BreakerState.CLOSED
         if allowed and outcome == "fail" and before is BreakerState.HALF_OPEN:
             assert cb.state(now) is BreakerState.OPEN
+
+
+def test_a_pool_counts_the_slots_each_tenant_holds() -> None:
+    pool = SlotPool(3)
+    assert pool.try_acquire("j1", "a") and pool.try_acquire("j2", "a") and pool.try_acquire("j3", "b")
+    assert not pool.try_acquire("j4", "b")  # full: b's count does not move
+    assert (pool.held_by("a"), pool.held_by("b"), pool.held_by("c")) == (2, 1, 0)
+    assert pool.try_acquire("j1", "a") and pool.held_by("a") == 2  # a redelivery counts once
+    assert pool.release("j1") and not pool.release("j1")
+    assert pool.held_by("a") == 1 and pool.tenant_of("j2") == "a" and pool.tenant_of("j1") is None
+    pool.rebuild([("k1", "c"), ("k2", "c"), ("k3", "a"), ("k4", "b")])  # after a restart: over capacity
+    assert (pool.held_by("a"), pool.held_by("b"), pool.held_by("c"), pool.free) == (1, 1, 2, 0)
+    pool.rebuild(["k1"])  # job ids alone: held, by no tenant in particular
+    assert len(pool) == 1 and pool.held_by("c") == 0
