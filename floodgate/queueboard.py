@@ -78,10 +78,14 @@ class _Provider:
     last_start: float | None = None
     """The latest start of the current saturated spell."""
     renders: deque[float] = field(default_factory=lambda: deque(maxlen=RENDER_SAMPLES))
-    running: int = 0
-    """Jobs seen starting here and not yet seen ending."""
     running_by: Counter[str] = field(default_factory=Counter)
-    """The same, per tenant: the slots each holds, which the line's rule weighs."""
+    """Per tenant, its jobs seen starting here and not yet seen ending: the slots each holds,
+    which the line's rule weighs."""
+
+    @property
+    def running(self) -> int:
+        """Jobs seen starting here and not yet seen ending."""
+        return sum(self.running_by.values())
 
 
 _Place = tuple[str, tuple[str, str], tuple[int, str]]
@@ -149,7 +153,6 @@ class QueueBoard:
         started = self._started.pop(job_id, None)
         if started is not None:
             state = self._provider(started[0])
-            state.running = max(0, state.running - 1)
             tenant = started[2]
             state.running_by[tenant] -= 1
             if state.running_by[tenant] <= 0:
@@ -172,7 +175,6 @@ class QueueBoard:
     def _start(self, provider: str, job_id: str, at: float, now: float, tenant: str) -> None:
         state = self._provider(provider)
         self._ended(job_id)  # (started again: counted once)
-        state.running += 1
         state.running_by[tenant] += 1
         limit = self.limits.get(provider)
         if not state.saturated:
