@@ -10,8 +10,16 @@ answers:
 * ``eta_seconds``: seconds until the provider starts the job: ``(position + 1)`` ÷ the provider's
   start rate. The start rate is what the board saw (jobs leaving the line per second, over the
   provider's last two rounds of its slots and at least 50 starts: ``RATE_ROUNDS``) once there is
-  enough of it, else the capacity estimate ``limit ÷ median render time`` (render times observed, or
-  the routing file's, when none yet). Only starts made while the provider is saturated count as
+  enough of it, else the capacity estimate ``limit ÷ median render time``. Between ``MIN_STARTS``
+  starts and a full round of the slots (``limit`` starts) the two are blended, the observed pace
+  weighing in proportion to the round seen: the first starts after a busy worker caught up come
+  in a bunch, and alone they made the spike bench's ETAs up to twice too short.
+* The render time is the median of the *settled* renders: those of jobs that started before every
+  job still running at the provider. A render that ended while others that started before it still
+  run is a short one by selection: the first ends after a burst filled the slots are the shortest
+  renders, and their median once made the capacity estimate three times too fast. With nothing
+  settled yet, the routing file's figure (``configured_render``), else a floor: the median of the
+  renders ended and the time the running ones have run so far. Only starts made while the provider is saturated count as
   seen: after the start that takes its last free slot while jobs wait, until its line is empty
   again, each over the time since the previous one. Those follow slots freed by jobs' ends, the
   pace at which a waiting line moves; starts into free slots (a quiet period's jobs, a burst
@@ -48,7 +56,8 @@ MAX_RATE_STARTS = 2_000
 RATE_MAX_AGE = 900.0
 """Seconds after which a start no longer counts: after a quiet spell the old pace says nothing."""
 MIN_STARTS = 5
-"""Starts in the window below which the capacity estimate is used instead of the observed rate."""
+"""Starts in the window below which the capacity estimate is used instead of the observed rate;
+from there to a full round of the provider's slots the two are blended."""
 RENDER_SAMPLES = 200
 """Render times kept per provider (the most recent)."""
 MAX_STARTED = 100_000
@@ -77,7 +86,12 @@ class _Provider:
     """Its slots have all been taken since its line was last empty."""
     last_start: float | None = None
     """The latest start of the current saturated spell."""
-    renders: deque[float] = field(default_factory=lambda: deque(maxlen=RENDER_SAMPLES))
+    renders: deque[tuple[float, float]] = field(default_factory=lambda: deque(maxlen=RENDER_SAMPLES))
+    """(start, seconds) of the latest renders seen from start to completion."""
+    started_at: dict[str, float] = field(default_factory=dict)
+    """Job id → start of the jobs seen starting here and not yet seen ending."""
+    _oldest: float | None = None
+    _oldest_known: bool = True
     running_by: Counter[str] = field(default_factory=Counter)
     """Per tenant, its jobs seen starting here and not yet seen ending: the slots each holds,
     which the line's rule weighs."""
@@ -86,6 +100,33 @@ class _Provider:
     def running(self) -> int:
         """Jobs seen starting here and not yet seen ending."""
         return sum(self.running_by.values())
+
+    def began(self, job_id: str, at: float, tenant: str) -> None:
+        self.started_at[job_id] = at
+        self.running_by[tenant] += 1
+        if self._oldest_known and (self._oldest is None or at < self._oldest):
+            self._oldest = at
+
+    def ended(self, job_id: str, tenant: str) -> None:
+        at = self.started_at.pop(job_id, None)
+        if at is not None and at == self._oldest:
+            self._oldest_known = False  # worked out again when next asked
+        self.running_by[tenant] -= 1
+        if self.running_by[tenant] <= 0:
+            del self.running_by[tenant]
+
+    def oldest_running(self) -> float | None:
+        """When the longest-running job here started (None: none runs)."""
+        if not self._oldest_known:
+            self._oldest = min(self.started_at.values(), default=None)
+            self._oldest_known = True
+        return self._oldest
+
+    def settled_renders(self) -> list[float]:
+        """The renders of jobs that started before every job still running here: a sample that no
+        still-running render can make longer (the rest are short by selection)."""
+        oldest = self.oldest_running()
+        return [seconds for start, seconds in self.renders if oldest is None or start < oldest]
 
 
 _Place = tuple[str, tuple[str, str], tuple[int, str]]
@@ -147,16 +188,12 @@ class QueueBoard:
         if status in ("completed", "failed", "cancelled", "expired"):
             started = self._ended(job_id)
             if started is not None and status == "completed":
-                self._provider(started[0]).renders.append(max(0.0, at - started[1]))
+                self._provider(started[0]).renders.append((started[1], max(0.0, at - started[1])))
 
     def _ended(self, job_id: str) -> tuple[str, float, str] | None:
         started = self._started.pop(job_id, None)
         if started is not None:
-            state = self._provider(started[0])
-            tenant = started[2]
-            state.running_by[tenant] -= 1
-            if state.running_by[tenant] <= 0:
-                del state.running_by[tenant]
+            self._provider(started[0]).ended(job_id, started[2])
         return started
 
     def _remove(self, place: _Place) -> None:
@@ -175,7 +212,7 @@ class QueueBoard:
     def _start(self, provider: str, job_id: str, at: float, now: float, tenant: str) -> None:
         state = self._provider(provider)
         self._ended(job_id)  # (started again: counted once)
-        state.running_by[tenant] += 1
+        state.began(job_id, at, tenant)
         limit = self.limits.get(provider)
         if not state.saturated:
             waiting = sum(len(jobs) for jobs in state.classes.values()) > 1  # others than this job
@@ -193,16 +230,28 @@ class QueueBoard:
             self._ended(next(iter(self._started)))  # the oldest: a job whose end was never seen
         self._started[job_id] = (provider, at, tenant)
 
-    def render_time(self, provider: str) -> float | None:
-        """Median render seconds at ``provider``: observed, else configured, else None."""
-        renders = self._providers[provider].renders if provider in self._providers else ()
-        if renders:
-            return statistics.median(renders)
-        return self.configured_render.get(provider)
+    def render_time(self, provider: str, now: float | None = None) -> float | None:
+        """Median render seconds at ``provider``: of the settled renders, else configured, else
+        (given ``now``) the median of the renders ended and the time the running jobs have run,
+        a floor; else that of the renders ended; None if nothing is known."""
+        state = self._providers.get(provider)
+        if state is not None and state.renders and (settled := state.settled_renders()):
+            return statistics.median(settled)
+        configured = self.configured_render.get(provider)
+        if configured is not None or state is None or not state.renders:
+            return configured
+        so_far = [seconds for _, seconds in state.renders]
+        if now is not None:
+            so_far += [max(0.0, now - start) for start in state.started_at.values()]
+        return statistics.median(so_far)
 
     def start_rate(self, provider: str, now: float) -> float | None:
-        """Jobs leaving ``provider``'s line per second: observed, else its capacity estimate."""
+        """Jobs leaving ``provider``'s line per second: observed, else its capacity estimate, and
+        a blend of the two until a round of the provider's slots has been seen."""
         state = self._providers.get(provider)
+        render = self.render_time(provider, now)
+        limit = self.limits.get(provider)
+        capacity = limit / render if render and limit else None
         if state is not None:
             starts = state.starts
             while starts and starts[0][0] < now - RATE_MAX_AGE:
@@ -213,12 +262,13 @@ class QueueBoard:
                 # not the pace of a waiting line. The gap still open counts too (a provider that
                 # stopped starting jobs slows the estimate down).
                 open_gap = now - state.last_start if state.saturated and state.last_start is not None else 0.0
-                return len(starts) / max(sum(gap for _, gap in starts) + max(0.0, open_gap), 1.0)
-        render = self.render_time(provider)
-        limit = self.limits.get(provider)
-        if render and limit:
-            return limit / render
-        return None
+                observed = len(starts) / max(sum(gap for _, gap in starts) + max(0.0, open_gap), 1.0)
+                seen = len(starts) / max(MIN_STARTS, limit or 0)
+                if capacity is None or seen >= 1.0:
+                    return observed
+                # Blended as seconds per start, which is what an ETA adds up.
+                return 1.0 / (1.0 / capacity + (1.0 / observed - 1.0 / capacity) * seen)
+        return capacity
 
     def position(self, job_id: str) -> int | None:
         place = self._places.get(job_id)
@@ -243,11 +293,11 @@ class QueueBoard:
                 return Standing()
             rate = self.start_rate(provider, now)
             wait = (position + 1) / rate if rate else None
-            render = self.render_time(provider)
+            render = self.render_time(provider, now)
             ready = wait + render if wait is not None and render is not None else None
             return Standing(position, _round(wait), _round(ready))
         if status in ("submitted", "running") and provider:
-            render = self.render_time(provider)
+            render = self.render_time(provider, now)
             started = self._started.get(job_id)
             if render is None:
                 return Standing()

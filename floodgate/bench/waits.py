@@ -72,10 +72,11 @@ def eta_error(readings: Iterable[EtaReading], started: Mapping[str, float], min_
 
 
 def eta_points(readings: Iterable[EtaReading], started: Mapping[str, float],
-               origin: float) -> list[tuple[float, float, float]]:
-    """(read at, eta, actual wait) per started reading, seconds (read at: since ``origin``), for
-    report.json: where in the run the ETA was off, and which way."""
-    return [(round(r.read_at - origin, 3), r.eta_seconds, round(started[r.job_id] - r.read_at, 3))
+               origin: float) -> list[tuple[float, float, float, int | None]]:
+    """(read at, eta, actual wait, queue position) per started reading, seconds (read at: since
+    ``origin``), for report.json: where in the run the ETA was off, which way, and whether the
+    place or the pace (eta ÷ (position + 1)) was."""
+    return [(round(r.read_at - origin, 3), r.eta_seconds, round(started[r.job_id] - r.read_at, 3), r.queue_position)
             for r in readings if r.job_id in started]
 
 

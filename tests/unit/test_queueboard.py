@@ -81,13 +81,14 @@ def test_eta_from_capacity_until_starts_are_seen_then_from_the_observed_rate() -
     for i in range(10):  # the ten free slots fill at once: that is not the pace of the line
         b.observe(snap(f"j{i}", "submitted", created=i / 100, updated=1), T0 + 1)
     assert b.start_rate("kling", T0 + 1) == pytest.approx(0.5)
-    for i in range(10):  # then a job ends and the next takes its slot, ten times from 1.5 s to 6 s
-        b.observe(snap(f"j{i}", "completed", created=i / 100, updated=1.5 + i * 0.5), T0 + 6)
-        b.observe(snap(f"j{i + 10}", "submitted", created=(i + 10) / 100, updated=1.5 + i * 0.5), T0 + 6)
-    standing = b.standing(snap("j29", created=0.29), T0 + 6)
-    assert standing.queue_position == 9
-    # one start per 0.5 s: ten after the one that filled the last slot, over the 5 s since it
-    assert standing.eta_seconds == pytest.approx(10 / 2.0, abs=0.1)
+    for i in range(11):  # then a job ends and the next takes its slot, eleven times from 1.5 s to 6.5 s
+        b.observe(snap(f"j{i}", "completed", created=i / 100, updated=1.5 + i * 0.5), T0 + 6.5)
+        b.observe(snap(f"j{i + 10}", "submitted", created=(i + 10) / 100, updated=1.5 + i * 0.5), T0 + 6.5)
+    standing = b.standing(snap("j29", created=0.29), T0 + 6.5)
+    assert standing.queue_position == 8
+    # One start per 0.5 s: the ten after the first of them (its wait since the slots filled says
+    # nothing of the pace) over the 5 s they took, a full round of kling's ten slots.
+    assert standing.eta_seconds == pytest.approx(9 / 2.0, abs=0.1)
 
 
 def test_a_burst_after_a_quiet_minute_is_timed_by_capacity_not_by_the_quiet_starts() -> None:
@@ -139,10 +140,10 @@ def test_the_wait_for_a_bursts_first_end_is_not_the_pace_of_the_line() -> None:
         b.observe(snap(f"j{i}", created=i / 1000), T0)
     for i in range(10):
         b.observe(snap(f"j{i}", "submitted", created=i / 1000, updated=0.1), T0 + 0.1)
-    for k in range(10):  # nothing ends for 50 s; then one start a second
+    for k in range(11):  # nothing ends for 50 s; then one start a second
         b.observe(snap(f"j{k}", "completed", created=k / 1000, updated=50 + k), T0 + 50 + k)
         b.observe(snap(f"j{k + 10}", "submitted", created=(k + 10) / 1000, updated=50 + k), T0 + 50 + k)
-    assert b.start_rate("kling", T0 + 59) == pytest.approx(1.0)
+    assert b.start_rate("kling", T0 + 60) == pytest.approx(1.0)
 
 
 def test_a_quiet_spell_between_two_saturated_spells_does_not_slow_the_rate() -> None:
@@ -180,6 +181,62 @@ def test_the_start_rate_forgets_a_slow_beginning_once_the_slots_turned_over_twic
         b.observe(snap(f"j{nxt}", "submitted", created=nxt / 1000, updated=at), T0 + at)
         ended, nxt = ended + 1, nxt + 1
     assert b.start_rate("kling", T0 + at + 0.1) == pytest.approx(5.0, rel=0.05)
+
+
+def test_a_few_quick_starts_move_the_rate_only_as_far_as_the_round_they_cover() -> None:
+    """In the spike bench the first five starts after a busy worker caught up came 0.12 s apart,
+    against a pace of 0.21 s: taken alone they made the ETAs of that moment 40% too short. Until a
+    round of the slots has been seen, the observed pace is blended with the capacity estimate."""
+    b = board(configured_render={"kling": 10.0})  # capacity: 10 slots / 10 s = 1 start a second
+    for i in range(40):
+        b.observe(snap(f"j{i}", created=i / 1000), T0)
+    for i in range(10):
+        b.observe(snap(f"j{i}", "submitted", created=i / 1000, updated=0), T0)
+
+    def start(k: int, at: float) -> None:
+        b.observe(snap(f"j{k}", "completed", created=k / 1000, updated=at), T0 + at)
+        b.observe(snap(f"j{k + 10}", "submitted", created=(k + 10) / 1000, updated=at), T0 + at)
+
+    for k in range(6):  # the first after the slots filled, then five 0.25 s apart
+        start(k, 10 + k * 0.25)
+    # Five of a round of ten seen: halfway from 1 s per start to 0.25 s, 0.625 s.
+    assert b.start_rate("kling", T0 + 11.25) == pytest.approx(1 / 0.625)
+    for k in range(6, 11):
+        start(k, 10 + k * 0.25)
+    assert b.start_rate("kling", T0 + 12.5) == pytest.approx(4.0)  # a round seen: the pace itself
+
+
+def test_render_time_counts_settled_renders_not_the_short_ones_a_burst_ends_first() -> None:
+    """After a burst fills the slots, the first renders to end are the short ones. Their median
+    made the spike bench's capacity estimate three times too fast; only renders of jobs that
+    started before every job still running count."""
+    b = board()
+    for k, render in enumerate((40.0, 60.0)):  # two jobs before the burst, both ended
+        b.observe(snap(f"early{k}", created=-100), T0 - 100)
+        b.observe(snap(f"early{k}", "submitted", created=-100, updated=-100), T0 - 100)
+        b.observe(snap(f"early{k}", "completed", created=-100, updated=-100 + render), T0 - 100 + render)
+    for i in range(10):  # the burst's ten start at 0; renders of 1 s, 2 s, ... 10 s
+        b.observe(snap(f"j{i}", created=0), T0)
+        b.observe(snap(f"j{i}", "submitted", created=0, updated=0), T0)
+    for i in range(3):
+        b.observe(snap(f"j{i}", "completed", created=0, updated=i + 1), T0 + i + 1)
+    assert b.render_time("kling", T0 + 3.5) == 50.0  # not 3 s, the median of 1, 2, 3, 40, 60
+    for i in range(3, 10):
+        b.observe(snap(f"j{i}", "completed", created=0, updated=i + 1), T0 + i + 1)
+    assert b.render_time("kling", T0 + 10) == 6.5  # all ended: every one of the twelve is settled
+
+
+def test_with_nothing_settled_the_render_time_is_configured_else_a_floor() -> None:
+    for configured, expected in ((None, 3.5), (20.0, 20.0)):
+        b = board(configured_render={"kling": configured} if configured else None)
+        for i in range(10):
+            b.observe(snap(f"j{i}", created=0), T0)
+            b.observe(snap(f"j{i}", "submitted", created=0, updated=0), T0)
+        for i in range(3):
+            b.observe(snap(f"j{i}", "completed", created=0, updated=i + 1), T0 + i + 1)
+        # the floor: 1, 2, 3 ended and seven running for 3.5 s
+        assert b.render_time("kling", T0 + 3.5) == expected
+        assert b.render_time("kling") == (2.0 if configured is None else configured)
 
 
 def test_render_time_is_measured_from_start_to_completion() -> None:
