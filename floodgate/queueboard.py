@@ -10,23 +10,25 @@ answers:
 * ``eta_seconds``: seconds until the provider starts the job: ``(position + 1)`` ÷ the provider's
   start rate. The start rate is what the board saw (jobs leaving the line per second, over the
   provider's last two rounds of its slots and at least 50 starts: ``RATE_ROUNDS``) once there is
-  enough of it, else the capacity estimate ``limit ÷ median render time``. Between ``MIN_STARTS``
-  starts and a full round of the slots (``limit`` starts) the two are blended, the observed pace
+  enough of it, else the capacity estimate ``limit ÷ mean render time``. Only starts made while
+  the provider is saturated count as seen: after the start that takes its last free slot while
+  jobs wait, until its line is empty again, each over the time since the previous one. Those
+  follow slots freed by jobs' ends, the pace at which a waiting line moves; starts into free
+  slots (a quiet period's jobs, a burst filling the slots) say how fast jobs arrived, and
+  counting them made a burst's ETAs far too long after a quiet minute, or too short while the
+  slots filled. Nor do the waits between spells, or from the start that filled the slots to the
+  first end: after a burst that took the renders' shortest time, and counting it made the spike
+  bench's first ETAs up to twice too long. Between ``MIN_STARTS`` starts and a full round of the
+  slots (``limit`` starts) the observed pace and the capacity estimate are blended, the observed
   weighing in proportion to the round seen: the first starts after a busy worker caught up come
   in a bunch, and alone they made the spike bench's ETAs up to twice too short.
-* The render time is the median of the *settled* renders: those of jobs that started before every
-  job still running at the provider. A render that ended while others that started before it still
-  run is a short one by selection: the first ends after a burst filled the slots are the shortest
-  renders, and their median once made the capacity estimate three times too fast. With nothing
-  settled yet, the routing file's figure (``configured_render``), else a floor: the median of the
-  renders ended and the time the running ones have run so far. Only starts made while the provider is saturated count as
-  seen: after the start that takes its last free slot while jobs wait, until its line is empty
-  again, each over the time since the previous one. Those follow slots freed by jobs' ends, the
-  pace at which a waiting line moves; starts into free slots (a quiet period's jobs, a burst
-  filling the slots) say how fast jobs arrived, and counting them made a burst's ETAs far too long
-  after a quiet minute, or too short while the slots filled. Nor do the waits between spells, or
-  from the start that filled the slots to the first end: after a burst that took the renders'
-  shortest time, and counting it made the spike bench's first ETAs up to twice too long.
+* Render times (their mean for the capacity estimate, as Little's law wants with renders' long
+  tails; their median for ``eta_ready_seconds``) come from the *settled* renders: those of jobs
+  that started before every job still running at the provider. A render that ended while others
+  that started before it still run is a short one by selection: the first ends after a burst
+  filled the slots are the shortest renders, and they once made the capacity estimate three
+  times too fast. With nothing settled yet, the routing file's figure (``configured_render``),
+  else a floor from the renders ended and the time the running ones have run so far.
 * ``eta_ready_seconds``: seconds until the video should be ready: the wait above plus the
   median render time; for a running job, that median less the time it has run.
 
@@ -231,27 +233,38 @@ class QueueBoard:
         self._started[job_id] = (provider, at, tenant)
 
     def render_time(self, provider: str, now: float | None = None) -> float | None:
-        """Median render seconds at ``provider``: of the settled renders, else configured, else
-        (given ``now``) the median of the renders ended and the time the running jobs have run,
-        a floor; else that of the renders ended; None if nothing is known."""
+        """Median render seconds at ``provider`` (what a job is told it takes): of the settled
+        renders, else configured, else (given ``now``) the median of the renders ended and the time
+        the running jobs have run, a floor; else that of the renders ended; None if nothing is
+        known."""
+        return self._render_figure(provider, now, statistics.median)
+
+    def hold_time(self, provider: str, now: float | None = None) -> float | None:
+        """Mean seconds a job holds a slot at ``provider``, from the same renders as
+        ``render_time``: the capacity estimate is ``limit ÷`` this (Little's law wants the mean;
+        with the long tail real renders have, the median made the pace too fast)."""
+        return self._render_figure(provider, now, statistics.fmean)
+
+    def _render_figure(self, provider: str, now: float | None,
+                       figure: Callable[[list[float]], float]) -> float | None:
         state = self._providers.get(provider)
         if state is not None and state.renders and (settled := state.settled_renders()):
-            return statistics.median(settled)
+            return figure(settled)
         configured = self.configured_render.get(provider)
         if configured is not None or state is None or not state.renders:
             return configured
         so_far = [seconds for _, seconds in state.renders]
         if now is not None:
             so_far += [max(0.0, now - start) for start in state.started_at.values()]
-        return statistics.median(so_far)
+        return figure(so_far)
 
     def start_rate(self, provider: str, now: float) -> float | None:
         """Jobs leaving ``provider``'s line per second: observed, else its capacity estimate, and
         a blend of the two until a round of the provider's slots has been seen."""
         state = self._providers.get(provider)
-        render = self.render_time(provider, now)
+        hold = self.hold_time(provider, now)
         limit = self.limits.get(provider)
-        capacity = limit / render if render and limit else None
+        capacity = limit / hold if hold and limit else None
         if state is not None:
             starts = state.starts
             while starts and starts[0][0] < now - RATE_MAX_AGE:

@@ -226,6 +226,19 @@ def test_render_time_counts_settled_renders_not_the_short_ones_a_burst_ends_firs
     assert b.render_time("kling", T0 + 10) == 6.5  # all ended: every one of the twelve is settled
 
 
+def test_capacity_is_the_slots_over_the_mean_render_and_a_job_is_told_the_median() -> None:
+    b = board()
+    for i, render in enumerate((10.0, 10.0, 10.0, 10.0, 60.0)):  # one slow render in five
+        b.observe(snap(f"r{i}", created=0), T0)
+        b.observe(snap(f"r{i}", "submitted", created=0, updated=0), T0)
+        b.observe(snap(f"r{i}", "completed", created=0, updated=render), T0 + render)
+    assert b.render_time("kling", T0 + 60) == 10.0 and b.hold_time("kling", T0 + 60) == 20.0
+    # 10 slots each held 20 s on average: half a start a second, not the one the median says
+    assert b.start_rate("kling", T0 + 60) == pytest.approx(0.5)
+    b.observe(snap("w", created=61), T0 + 61)
+    assert b.standing(snap("w", created=61), T0 + 61) == Standing(0, 2.0, 12.0)
+
+
 def test_with_nothing_settled_the_render_time_is_configured_else_a_floor() -> None:
     for configured, expected in ((None, 3.5), (20.0, 20.0)):
         b = board(configured_render={"kling": configured} if configured else None)
