@@ -262,9 +262,7 @@ class QueueBoard:
         """Jobs leaving ``provider``'s line per second: observed, else its capacity estimate, and
         a blend of the two until a round of the provider's slots has been seen."""
         state = self._providers.get(provider)
-        hold = self.hold_time(provider, now)
         limit = self.limits.get(provider)
-        capacity = limit / hold if hold and limit else None
         if state is not None:
             starts = state.starts
             while starts and starts[0][0] < now - RATE_MAX_AGE:
@@ -277,11 +275,15 @@ class QueueBoard:
                 open_gap = now - state.last_start if state.saturated and state.last_start is not None else 0.0
                 observed = len(starts) / max(sum(gap for _, gap in starts) + max(0.0, open_gap), 1.0)
                 seen = len(starts) / max(MIN_STARTS, limit or 0)
-                if capacity is None or seen >= 1.0:
+                if seen >= 1.0 or (capacity := self._capacity(provider, limit, now)) is None:
                     return observed
                 # Blended as seconds per start, which is what an ETA adds up.
                 return 1.0 / (1.0 / capacity + (1.0 / observed - 1.0 / capacity) * seen)
-        return capacity
+        return self._capacity(provider, limit, now)
+
+    def _capacity(self, provider: str, limit: int | None, now: float) -> float | None:
+        hold = self.hold_time(provider, now)
+        return limit / hold if hold and limit else None
 
     def position(self, job_id: str) -> int | None:
         place = self._places.get(job_id)
