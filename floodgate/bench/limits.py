@@ -150,10 +150,10 @@ def _pipeline(p: dict[str, Any], cpus: int | None = None) -> tuple[str, str]:
     by_agent = per_key(p.get("hops_per_job_by_agent"))
     text = (f"{bound}; cores used {cores(p.get('cpu_cores'))}. Each job is {num(p['records_per_job'], 2)} records "
             f"written ({by_topic}) and {num(p.get('hops_per_job'), 2)} records consumed by the worker ({by_agent}): "
-            f"the request, the dispatch order and the release through the jobs agent and the provider's "
-            f"submitter, the webhooks from the bridge, the jobs table's writes as `notifications` for the API's "
-            f"view; plus a provider call, every consumed record through one Python worker. Jobs per provider: "
-            f"{per or '?'}; most "
+            f"the request and the bridge's two webhooks through the jobs agent, the dispatch order and the "
+            f"bridge's release through the provider's submitter, the jobs table's writes as `notifications` for "
+            f"the API's view; plus a provider call, every consumed record through one Python worker. Jobs per "
+            f"provider: {per or '?'}; most "
             f"in flight at once: {peak or '?'} (limit {p['config']['limit']:,}).{stalled} "
             f"{profile_line(p.get('profile'))}")
     return "Pipeline jobs/s", text
@@ -222,10 +222,11 @@ def _spike(s: dict[str, Any]) -> tuple[str, str]:
             f"{s['config']['render'][0]:g}-{s['config']['render'][1]:g} s simulated → about "
             f"{num(s['capacity_per_s'])} completions per wall second while both have work (kling carries "
             f"sora-2 as well, so it drains last). While a provider had a backlog: {use or '?'}. A slot stays idle "
-            f"from the provider's completion until the release has crossed the pipeline (webhook → the bridge → "
-            f"`webhooks` → the jobs agent → `release.<provider>` → the provider's submitter → the next submit "
-            f"call; the slot handover scenario times it), a fixed wall-clock cost that weighs more the more time "
-            f"is compressed. Limits were never exceeded: {rejected} × 429.")
+            f"from the provider's completion until its release has reached the provider's submitter (webhook → "
+            f"the bridge, which writes it to `webhooks` and a release to `release.<provider>` → the submitter frees "
+            f"the slot, writes the next waiting order's slot → the next submit call; the slot handover scenario "
+            f"times it), a fixed wall-clock cost that weighs more the more time is compressed. Limits were never "
+            f"exceeded: {rejected} × 429.")
     sp = s.get("spillover") or {}
     if "drain_wall_s" in sp:
         split = ", ".join(f"{p} {v.get('jobs_created', 0):,}" for p, v in sp["providers"].items())
@@ -241,12 +242,13 @@ def _spike(s: dict[str, Any]) -> tuple[str, str]:
 
 
 def _handover(h: dict[str, Any]) -> tuple[str, str]:
-    text = (f"A freed slot is handed on only after the completion has crossed the pipeline: the bridge writes the "
-            f"webhook to `webhooks` (acks=all) → the worker's jobs agent reads it, records the job's end and "
-            f"writes the release to `release.handover` → the provider's submitter reads the release, frees the slot "
-            f"and takes the next waiting order → the submit call. Two consumer fetches and three acknowledged "
-            f"writes in one worker's event loop (cores: {cores(h.get('cpu_cores'))}); the provider's slots were "
-            f"busy {pct(h.get('utilisation'))} of the drain.")
+    text = (f"A freed slot is handed on one consumer hop after the completion: the bridge writes the webhook to "
+            f"`webhooks` and a release naming the provider job to `release.handover` (acks=all, both before its "
+            f"200) → the provider's submitter reads the release, frees the slot and gives it to the next waiting "
+            f"order, whose slot entry is on Kafka (acknowledged) before → the submit call. Two acknowledged writes "
+            f"at the bridge, then one consumer fetch and one acknowledged write in the worker's event loop (cores: "
+            f"{cores(h.get('cpu_cores'))}); the provider's slots were busy {pct(h.get('utilisation'))} of the "
+            f"drain.")
     return "Slot handover", text
 
 
