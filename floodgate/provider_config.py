@@ -21,12 +21,14 @@ bridge accepts both until then, and only the new one after.
 from __future__ import annotations
 
 import os
+import statistics
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import orjson
 
+from floodgate.capacity import RenderTime
 from floodgate.errors import ConfigError
 from floodgate.routing import RoutingTable
 
@@ -41,6 +43,9 @@ DEV_WEBHOOK_SECRET_REF = "dev:simulator-webhook-secret"
 class ProviderSetup:
     routing: RoutingTable
     connections: Mapping[str, Mapping[str, Any]]
+    render_times: Mapping[str, float] = field(default_factory=dict)
+    """Provider → the mean render seconds its routes' ``render_time`` give (the mean of them, when
+    several routes give one): the job view's ETAs start from it until renders have been seen."""
 
     def connector_kwargs(self, provider: str) -> dict[str, Any]:
         return {"name": provider, **dict(self.connections.get(provider, {}))}
@@ -73,7 +78,19 @@ def from_dict(data: Mapping[str, Any], environ: Mapping[str, str] | None = None)
         stripped[name] = raw
     routing = RoutingTable.from_dict({"providers": stripped, "routes": data.get("routes", {}),
                                       "spillover": data.get("spillover", {})})
-    return ProviderSetup(routing, connections)
+    return ProviderSetup(routing, connections, _render_times(data.get("routes", {})))
+
+
+def _render_times(routes: Mapping[str, Any]) -> dict[str, float]:
+    """Provider → mean render seconds from the routes' ``render_time`` (the routing table has
+    checked the routes' shape already)."""
+    found: dict[str, list[float]] = {}
+    for model, targets in routes.items():
+        for i, target in enumerate(targets):
+            if "render_time" in target:
+                render = RenderTime.parse(target["render_time"], f"routes.{model}[{i}].render_time")
+                found.setdefault(target["provider"], []).append(render.mean)
+    return {provider: statistics.fmean(means) for provider, means in found.items()}
 
 
 def _resolve(value: Any, path: str, env: Mapping[str, str]) -> Any:

@@ -177,6 +177,7 @@ async def serve(settings: Settings, *, host: str | None = None, port: int | None
             weights = settings.tenant_weight_map
             routing = setup.routing
             board = QueueBoard(limits, weight_of=lambda tenant: weights.get(tenant, 1.0),
+                               configured_render=setup.render_times,
                                route=lambda model: first_provider(routing, model, datetime.now(UTC)))
             view = JobView(view_max_jobs, spill, board=board)
             slot_logs = {names.slot_log(p): layout[names.slot_log(p)][0] for p in limits}
