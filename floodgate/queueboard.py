@@ -94,6 +94,9 @@ class _Provider:
     """Job id → start of the jobs seen starting here and not yet seen ending."""
     _oldest: float | None = None
     _oldest_known: bool = True
+    _settled: tuple[float, float] | None = None
+    """(median, mean) of the settled renders, worked out when asked and kept until a job starts or
+    ends here: a job's every message asks for them."""
     running_by: Counter[str] = field(default_factory=Counter)
     """Per tenant, its jobs seen starting here and not yet seen ending: the slots each holds,
     which the line's rule weighs."""
@@ -104,12 +107,14 @@ class _Provider:
         return sum(self.running_by.values())
 
     def began(self, job_id: str, at: float, tenant: str) -> None:
+        self._settled = None
         self.started_at[job_id] = at
         self.running_by[tenant] += 1
         if self._oldest_known and (self._oldest is None or at < self._oldest):
             self._oldest = at
 
     def ended(self, job_id: str, tenant: str) -> None:
+        self._settled = None
         at = self.started_at.pop(job_id, None)
         if at is not None and at == self._oldest:
             self._oldest_known = False  # worked out again when next asked
@@ -124,11 +129,20 @@ class _Provider:
             self._oldest_known = True
         return self._oldest
 
-    def settled_renders(self) -> list[float]:
-        """The renders of jobs that started before every job still running here: a sample that no
-        still-running render can make longer (the rest are short by selection)."""
-        oldest = self.oldest_running()
-        return [seconds for start, seconds in self.renders if oldest is None or start < oldest]
+    def rendered(self, start: float, seconds: float) -> None:
+        self._settled = None
+        self.renders.append((start, seconds))
+
+    def settled(self) -> tuple[float, float] | None:
+        """(median, mean) of the renders of jobs that started before every job still running here:
+        a sample that no still-running render can make longer (the rest are short by selection);
+        None while there is none."""
+        if self._settled is None:
+            oldest = self.oldest_running()
+            renders = [seconds for start, seconds in self.renders if oldest is None or start < oldest]
+            if renders:
+                self._settled = (statistics.median(renders), statistics.fmean(renders))
+        return self._settled
 
 
 _Place = tuple[str, tuple[str, str], tuple[int, str]]
@@ -190,7 +204,7 @@ class QueueBoard:
         if status in ("completed", "failed", "cancelled", "expired"):
             started = self._ended(job_id)
             if started is not None and status == "completed":
-                self._provider(started[0]).renders.append((started[1], max(0.0, at - started[1])))
+                self._provider(started[0]).rendered(started[1], max(0.0, at - started[1]))
 
     def _ended(self, job_id: str) -> tuple[str, float, str] | None:
         started = self._started.pop(job_id, None)
@@ -237,26 +251,25 @@ class QueueBoard:
         renders, else configured, else (given ``now``) the median of the renders ended and the time
         the running jobs have run, a floor; else that of the renders ended; None if nothing is
         known."""
-        return self._render_figure(provider, now, statistics.median)
+        return self._render_figure(provider, now, mean=False)
 
     def hold_time(self, provider: str, now: float | None = None) -> float | None:
         """Mean seconds a job holds a slot at ``provider``, from the same renders as
         ``render_time``: the capacity estimate is ``limit ÷`` this (Little's law wants the mean;
         with the long tail real renders have, the median made the pace too fast)."""
-        return self._render_figure(provider, now, statistics.fmean)
+        return self._render_figure(provider, now, mean=True)
 
-    def _render_figure(self, provider: str, now: float | None,
-                       figure: Callable[[list[float]], float]) -> float | None:
+    def _render_figure(self, provider: str, now: float | None, *, mean: bool) -> float | None:
         state = self._providers.get(provider)
-        if state is not None and state.renders and (settled := state.settled_renders()):
-            return figure(settled)
+        if state is not None and state.renders and (settled := state.settled()) is not None:
+            return settled[1] if mean else settled[0]
         configured = self.configured_render.get(provider)
         if configured is not None or state is None or not state.renders:
             return configured
         so_far = [seconds for _, seconds in state.renders]
         if now is not None:
             so_far += [max(0.0, now - start) for start in state.started_at.values()]
-        return figure(so_far)
+        return statistics.fmean(so_far) if mean else statistics.median(so_far)
 
     def start_rate(self, provider: str, now: float) -> float | None:
         """Jobs leaving ``provider``'s line per second: observed, else its capacity estimate, and
