@@ -89,6 +89,18 @@ class RenderTime:
         return made
 
 
+def route_render_times(routes: Mapping[str, Sequence[Mapping[str, Any]]]) -> dict[str, list[RenderTime]]:
+    """Provider → the render times the routing file's targets on it give (``render_time``, a
+    planning figure), parsed; providers no target gives one for are left out."""
+    found: dict[str, list[RenderTime]] = {}
+    for model, targets in routes.items():
+        for i, target in enumerate(targets):
+            if "render_time" in target:
+                render = RenderTime.parse(target["render_time"], f"routes.{model}[{i}].render_time")
+                found.setdefault(str(target["provider"]), []).append(render)
+    return found
+
+
 @dataclass(frozen=True)
 class Segment:
     """``rate`` arrivals per second for ``seconds``."""

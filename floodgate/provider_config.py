@@ -28,7 +28,7 @@ from typing import Any
 
 import orjson
 
-from floodgate.capacity import RenderTime
+from floodgate.capacity import route_render_times
 from floodgate.errors import ConfigError
 from floodgate.routing import RoutingTable
 
@@ -78,19 +78,10 @@ def from_dict(data: Mapping[str, Any], environ: Mapping[str, str] | None = None)
         stripped[name] = raw
     routing = RoutingTable.from_dict({"providers": stripped, "routes": data.get("routes", {}),
                                       "spillover": data.get("spillover", {})})
-    return ProviderSetup(routing, connections, _render_times(data.get("routes", {})))
-
-
-def _render_times(routes: Mapping[str, Any]) -> dict[str, float]:
-    """Provider → mean render seconds from the routes' ``render_time`` (the routing table has
-    checked the routes' shape already)."""
-    found: dict[str, list[float]] = {}
-    for model, targets in routes.items():
-        for i, target in enumerate(targets):
-            if "render_time" in target:
-                render = RenderTime.parse(target["render_time"], f"routes.{model}[{i}].render_time")
-                found.setdefault(target["provider"], []).append(render.mean)
-    return {provider: statistics.fmean(means) for provider, means in found.items()}
+    # (The routing table has checked the routes' shape already.)
+    render_times = {provider: statistics.fmean(r.mean for r in renders)
+                    for provider, renders in route_render_times(data.get("routes", {})).items()}
+    return ProviderSetup(routing, connections, render_times)
 
 
 def _resolve(value: Any, path: str, env: Mapping[str, str]) -> Any:

@@ -90,8 +90,8 @@ class _Provider:
     """The latest start of the current saturated spell."""
     renders: deque[tuple[float, float]] = field(default_factory=lambda: deque(maxlen=RENDER_SAMPLES))
     """(start, seconds) of the latest renders seen from start to completion."""
-    started_at: dict[str, float] = field(default_factory=dict)
-    """Job id → start of the jobs seen starting here and not yet seen ending."""
+    started_at: dict[str, tuple[float, str]] = field(default_factory=dict)
+    """Job id → (start, tenant) of the jobs seen starting here and not yet seen ending."""
     _oldest: float | None = None
     _oldest_known: bool = True
     _settled: tuple[float, float] | None = None
@@ -108,24 +108,26 @@ class _Provider:
 
     def began(self, job_id: str, at: float, tenant: str) -> None:
         self._settled = None
-        self.started_at[job_id] = at
+        self.started_at[job_id] = (at, tenant)
         self.running_by[tenant] += 1
         if self._oldest_known and (self._oldest is None or at < self._oldest):
             self._oldest = at
 
-    def ended(self, job_id: str, tenant: str) -> None:
+    def ended(self, job_id: str) -> float:
+        """Forget the running job ``job_id`` (seen starting here); returns its start."""
         self._settled = None
-        at = self.started_at.pop(job_id, None)
-        if at is not None and at == self._oldest:
+        at, tenant = self.started_at.pop(job_id)
+        if at == self._oldest:
             self._oldest_known = False  # worked out again when next asked
         self.running_by[tenant] -= 1
         if self.running_by[tenant] <= 0:
             del self.running_by[tenant]
+        return at
 
     def oldest_running(self) -> float | None:
         """When the longest-running job here started (None: none runs)."""
         if not self._oldest_known:
-            self._oldest = min(self.started_at.values(), default=None)
+            self._oldest = min((at for at, _ in self.started_at.values()), default=None)
             self._oldest_known = True
         return self._oldest
 
@@ -166,8 +168,9 @@ class QueueBoard:
         self.route = route
         self._providers: dict[str, _Provider] = {}
         self._places: dict[str, _Place] = {}
-        self._started: dict[str, tuple[str, float, str]] = {}
-        """Job id → (provider, start time, tenant) of the jobs seen starting and not yet ending."""
+        self._started: dict[str, str] = {}
+        """Job id → provider of the jobs seen starting and not yet ending (their start and tenant:
+        the provider's ``started_at``), oldest first."""
 
     def __len__(self) -> int:
         """Queued jobs on the board."""
@@ -204,13 +207,15 @@ class QueueBoard:
         if status in ("completed", "failed", "cancelled", "expired"):
             started = self._ended(job_id)
             if started is not None and status == "completed":
-                self._provider(started[0]).rendered(started[1], max(0.0, at - started[1]))
+                provider, began = started
+                self._providers[provider].rendered(began, max(0.0, at - began))
 
-    def _ended(self, job_id: str) -> tuple[str, float, str] | None:
-        started = self._started.pop(job_id, None)
-        if started is not None:
-            self._provider(started[0]).ended(job_id, started[2])
-        return started
+    def _ended(self, job_id: str) -> tuple[str, float] | None:
+        """Forget ``job_id`` as running, if it was: (its provider, its start)."""
+        provider = self._started.pop(job_id, None)
+        if provider is None:
+            return None
+        return provider, self._providers[provider].ended(job_id)
 
     def _remove(self, place: _Place) -> None:
         provider, klass, entry = place
@@ -244,7 +249,7 @@ class QueueBoard:
                 starts.popleft()
         if len(self._started) >= MAX_STARTED:
             self._ended(next(iter(self._started)))  # the oldest: a job whose end was never seen
-        self._started[job_id] = (provider, at, tenant)
+        self._started[job_id] = provider
 
     def render_time(self, provider: str, now: float | None = None) -> float | None:
         """Median render seconds at ``provider`` (what a job is told it takes): of the settled
@@ -261,14 +266,14 @@ class QueueBoard:
 
     def _render_figure(self, provider: str, now: float | None, *, mean: bool) -> float | None:
         state = self._providers.get(provider)
-        if state is not None and state.renders and (settled := state.settled()) is not None:
+        if state is not None and (settled := state.settled()) is not None:
             return settled[1] if mean else settled[0]
         configured = self.configured_render.get(provider)
         if configured is not None or state is None or not state.renders:
             return configured
         so_far = [seconds for _, seconds in state.renders]
         if now is not None:
-            so_far += [max(0.0, now - start) for start in state.started_at.values()]
+            so_far += [max(0.0, now - start) for start, _ in state.started_at.values()]
         return statistics.fmean(so_far) if mean else statistics.median(so_far)
 
     def start_rate(self, provider: str, now: float) -> float | None:
@@ -326,10 +331,10 @@ class QueueBoard:
             return Standing(position, _round(wait), _round(ready))
         if status in ("submitted", "running") and provider:
             render = self.render_time(provider, now)
-            started = self._started.get(job_id)
             if render is None:
                 return Standing()
-            ran = now - started[1] if started is not None else 0.0
+            started = self._started.get(job_id)
+            ran = now - self._providers[started].started_at[job_id][0] if started is not None else 0.0
             return Standing(None, None, _round(max(0.0, render - ran)))
         return Standing()
 

@@ -7,6 +7,7 @@ import dataclasses
 import inspect
 
 from floodgate import audit
+from floodgate.capacity import route_render_times
 from floodgate.ops.inputs import load_routing, load_simulator
 from floodgate.settings import Settings
 
@@ -28,12 +29,13 @@ def build_chain(settings: Settings, args: argparse.Namespace) -> audit.Chain:
     simulated = load_simulator(args.simulator_config, args.preset)
     sim_timeout = inspect.signature(SimulatorProvider).parameters["timeout"].default
     links = []
+    renders = route_render_times(routing.raw_routes)
     for name, spec in routing.setup.routing.providers.items():
         connection = routing.setup.connections.get(name, {})
         default = sim_timeout if spec.kind == "simulator" else DEFAULT_PROVIDER_TIMEOUT
         facts = audit.KNOWN_KINDS.get(spec.kind)
         sim = simulated.get(name) if spec.kind == "simulator" else None
-        slowest = _slowest_from_routes(routing.raw_routes, name)
+        slowest = max((r.slowest for r in renders.get(name, ())), default=None)
         if sim is not None:
             from_sim = (sim.render.slowest + sim.queue_delay + sim.cold_start) * sim.time_factor
             slowest = max(slowest or 0.0, from_sim)
@@ -58,15 +60,6 @@ def build_chain(settings: Settings, args: argparse.Namespace) -> audit.Chain:
         max_poll_interval=float(faust.Settings.broker_max_poll_interval.default),  # type: ignore[attr-defined]
         guard_attempts=RETRIES + 1, guard_backoff_total=sum(BACKOFF.delay(i) for i in range(RETRIES)),
         outgoing_timeout=OUTGOING_TIMEOUT, outgoing_drain=float(drain))
-
-
-def _slowest_from_routes(routes: dict[str, list[dict[str, object]]], provider: str) -> float | None:
-    from floodgate.capacity import RenderTime
-
-    found = [RenderTime.parse(t["render_time"], f"routes.{model}.render_time").slowest
-             for model, targets in routes.items() for t in targets
-             if t.get("provider") == provider and "render_time" in t]
-    return max(found) if found else None
 
 
 def run(args: argparse.Namespace) -> int:
