@@ -2,7 +2,8 @@
 with spare capacity. Pure: clocks are arguments.
 
 Every dispatcher reports, once a second, how each of its dispatch partitions stands
-(``LineReport``: free slots, orders waiting, the rate at which orders start). Every worker reads
+(``LineReport``: free slots, orders waiting, the rate at which orders start: ``floodgate.pace``,
+from the partition's own slots taken and given back). Every worker reads
 every report (``streams.lines``), so a provider's dispatcher knows whether another provider has
 room, whichever worker holds it.
 
@@ -25,7 +26,6 @@ job's view says which model serves it and why.
 """
 from __future__ import annotations
 
-from collections import deque
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from datetime import datetime
@@ -33,12 +33,11 @@ from datetime import datetime
 import orjson
 
 from floodgate.errors import ValidationError
+from floodgate.pace import estimated_wait
 from floodgate.routing import RoutingTable, Target, chain_for
 
 FRESH_FOR = 5.0
 """Seconds a line report counts: older ones say nothing about the provider's room now."""
-RATE_WINDOW = 60.0
-"""Seconds of starts a start rate is measured over."""
 
 
 @dataclass(frozen=True)
@@ -63,36 +62,6 @@ class LineReport:
         rate = doc.get("start_rate")
         return cls(provider=str(doc["provider"]), partition=int(doc["partition"]), free_slots=int(doc["free_slots"]),
                    waiting=int(doc["waiting"]), start_rate=None if rate is None else float(rate), at=float(doc["at"]))
-
-
-class StartRate:
-    """Orders started per second at one dispatch partition, over the last ``RATE_WINDOW`` seconds."""
-
-    def __init__(self, window: float = RATE_WINDOW) -> None:
-        self.window = window
-        self._starts: deque[float] = deque()
-
-    def add(self, now: float) -> None:
-        self._starts.append(now)
-        self._trim(now)
-
-    def _trim(self, now: float) -> None:
-        while self._starts and self._starts[0] < now - self.window:
-            self._starts.popleft()
-
-    def rate(self, now: float, *, at_least: int = 3) -> float | None:
-        """Starts per second, or None before ``at_least`` starts were seen in the window."""
-        self._trim(now)
-        if len(self._starts) < at_least:
-            return None
-        return len(self._starts) / max(now - self._starts[0], 1.0)
-
-
-def estimated_wait(place: int, start_rate: float | None) -> float | None:
-    """Seconds until the order at ``place`` (0: next) starts, or None while the rate is unknown."""
-    if not start_rate:
-        return None
-    return (place + 1) / start_rate
 
 
 @dataclass(frozen=True)
@@ -164,4 +133,4 @@ def spill_to(routing: RoutingTable, model: str, wait: float | None, here: str, r
     return None
 
 
-__all__ = ["FRESH_FOR", "LineReport", "Room", "Spill", "StartRate", "estimated_wait", "room_by_provider", "spill_to"]
+__all__ = ["FRESH_FOR", "LineReport", "Room", "Spill", "estimated_wait", "room_by_provider", "spill_to"]

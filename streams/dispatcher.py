@@ -144,7 +144,8 @@ class Dispatcher:
         weights = self.settings.tenant_weight_map
         self.lane = lane or Lane(self.app, spec, self.partitions, window=self.settings.fair_window,
                                  weight_of=lambda tenant: weights.get(tenant, 1.0),
-                                 breaker_reset_after=self.settings.breaker_reset_after)
+                                 breaker_reset_after=self.settings.breaker_reset_after,
+                                 configured_hold=pipe.setup.render_times.get(name))
         self.orders = self.emit.topic(self.names.dispatch(name), partitions=self.partitions)
         self.releases = self.emit.topic(self.names.release(name), partitions=self.partitions)
         base = self.settings.webhook_base_url
@@ -256,6 +257,8 @@ class Dispatcher:
         """``partition``'s line got shorter: fetch it again if nothing holds it any more (its own
         high mark, or the worker's read-ahead window), and let the window's other partitions know."""
         line = self.lane.lines[partition]
+        if not len(line):
+            self.lane.paces[partition].emptied()  # nobody waits: the next starts take free slots
         due = line.resume_due()  # once per pause of its own, when drained to its low mark
         if partition in self.window_held:
             self.fetch_if_room(partition)
@@ -287,7 +290,7 @@ class Dispatcher:
         """Give the slot of ``key`` back and let a waiting order have it."""
         self.lane.ended_early.pop(key, None)
         self.lane.slots.remove_in(partition, key)
-        self.lane.free(partition, job_id)
+        self.lane.free(partition, job_id, time.time())
         self.count_slots()
         self.pump(partition)
 
@@ -298,7 +301,7 @@ class Dispatcher:
         now = time.time()
         slot = Slot(attempt=order.attempt, taken_at=now, order=order)
         durable = self.lane.slots.put_reliably_in(partition, key, slot)
-        self.lane.starts[partition].add(now)
+        self.lane.started(partition, order, now)
         self.count_slots()
         return durable
 
@@ -453,7 +456,7 @@ class Dispatcher:
         if board is None or order.spilled_from is not None or order.model not in self.pipe.routing.spillover:
             return None
         now = time.time()
-        wait = estimated_wait(place, self.lane.starts[partition].rate(now))
+        wait = estimated_wait(place, self.lane.start_rate(partition, now))
         return spill_to(self.pipe.routing, order.model, wait, self.name, board.room(now), datetime.now(UTC))
 
     async def spill(self, order: Order, key: bytes, partition: int, spill: Spill, *, parked: bool) -> None:
@@ -482,7 +485,7 @@ class Dispatcher:
         for partition in sorted(partitions):
             line = lane.lines[partition]
             report = LineReport(self.name, partition, free_slots=lane.capacity(partition) - len(lane.pools[partition]),
-                                waiting=len(line), start_rate=lane.starts[partition].rate(now), at=now)
+                                waiting=len(line), start_rate=lane.start_rate(partition, now), at=now)
             await self.emit.send_raw(self.names.lines, f"{self.name}:{partition}".encode(), report.encode())
             if board is None:
                 continue

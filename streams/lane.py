@@ -53,8 +53,8 @@ from floodgate.dispatch import (
     slot_key,
 )
 from floodgate.fairqueue import FairLine
+from floodgate.pace import Pace
 from floodgate.routing import ProviderSpec
-from floodgate.spillover import StartRate
 from floodgate.throttle import (
     Backoff,
     CircuitBreaker,
@@ -75,12 +75,14 @@ def _accepted(order: Order) -> float:
 
 class Lane:
     def __init__(self, app: faust.App, spec: ProviderSpec, partitions: int, *, window: int = 20_000,
-                 weight_of: Callable[[str], float] = lambda tenant: 1.0, breaker_reset_after: float = 30.0) -> None:
+                 weight_of: Callable[[str], float] = lambda tenant: 1.0, breaker_reset_after: float = 30.0,
+                 configured_hold: float | None = None) -> None:
         """``window``: orders a partition reads ahead into its fair line while its slots are full
         (at least its share of the limit): large enough that a tenant arriving behind another's
         burst is read and interleaved, while the rest of the backlog stays in Kafka.
         ``weight_of(tenant)``: the tenant's fair share. ``breaker_reset_after``: seconds the
-        circuit breaker stays open before a probe."""
+        circuit breaker stays open before a probe. ``configured_hold``: typical seconds a job holds
+        a slot here (the routing file's ``render_time``), the pace's figure until holds are seen."""
         self.spec = spec
         self.partitions = partitions
         self.entries: RecordTable[Slot | Parked] = RecordTable(
@@ -114,8 +116,10 @@ class Lane:
         self.ended_early: dict[bytes, str] = {}
         """Slots whose provider job ended (the bridge said so) before their submission recorded
         its provider job id: that submission frees them instead of recording it."""
-        self.starts = {p: StartRate() for p in range(partitions)}
-        """Per partition, orders started (slots taken) over the last minute."""
+        self.paces = {p: Pace(configured_hold) for p in range(partitions)}
+        """Per partition, how fast its line moves (``floodgate.pace``), from its slots taken and
+        given back here: the start rate its line reports, which spillover and the backlog guard
+        turn into a wait."""
         self.cancelling: set[bytes] = set()
         """Slots whose provider job is being cancelled (the slot is freed once that is done)."""
         self._chores: set[asyncio.Task[None]] = set()
@@ -204,6 +208,8 @@ class Lane:
                     tenant = slot.order.tenant if slot is not None else ""
                 held.append((job, tenant))
         pool.rebuild(held)
+        # Slots given back elsewhere (a partition that moved away and came back) left no end here.
+        self.paces[partition].keep_only({job for job, _ in held})
 
     def next_waiting(self, partition: int) -> tuple[Order, bool] | None:
         """The waiting order served next (``FairLine``'s rule) if it can go now, and whether it
@@ -223,8 +229,24 @@ class Lane:
         pool.try_acquire(job, head.tenant)
         return head, True
 
-    def free(self, partition: int, job_id: str) -> None:
+    def started(self, partition: int, order: Order, at: float) -> None:
+        """``order`` took a slot of ``partition`` at ``at`` (out of its line, if it waited)."""
+        limit = self.capacity(partition)
+        self.paces[partition].started(order.job_id, at, at, waiting=len(self.lines[partition]), limit=limit,
+                                      tenant=order.tenant, full=len(self.pools[partition]) >= limit)
+
+    def free(self, partition: int, job_id: str, at: float | None = None) -> None:
+        """The slot of ``job_id`` is given back: at ``at``, after its job held it (its hold counts
+        for the pace); without ``at``, it never went to the provider."""
         self.pools[partition].release(job_id)
+        if at is None:
+            self.paces[partition].ended(job_id)
+        else:
+            self.paces[partition].finished(job_id, at)
+
+    def start_rate(self, partition: int, now: float) -> float | None:
+        """Orders ``partition`` starts per second while orders wait (None: nothing known yet)."""
+        return self.paces[partition].rate(self.capacity(partition), now)
 
     def drop_unassigned(self, assigned: set[int]) -> int:
         """Forget, locally, the entries the tables hold for partitions this worker does not own.

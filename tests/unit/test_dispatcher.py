@@ -387,8 +387,9 @@ async def test_an_order_that_expires_at_the_head_of_the_line_gives_its_slot_to_t
 
 async def test_orders_that_would_wait_too_long_spill_to_an_equivalent_with_room(
         settings: Settings, provider: FakeProvider, tmp_path: Path) -> None:
+    from floodgate.pace import Pace
     from floodgate.routing import Spillover
-    from floodgate.spillover import LineReport, StartRate
+    from floodgate.spillover import LineReport
     from streams.lines import LineBoard
 
     app = create_app(settings, datadir=tmp_path / "w1")
@@ -412,9 +413,12 @@ async def test_orders_that_would_wait_too_long_spill_to_an_equivalent_with_room(
         await fill(d, WAN_SLOTS + 30)  # ten start, thirty wait
         await settle(d)
         now = time.time()
-        d.lane.starts[0] = StartRate()
-        for _ in range(10):  # ten starts in the last second, whatever this machine's pace: 10/s
-            d.lane.starts[0].add(now + 5)
+        d.lane.paces[0] = pace = Pace()
+        # Ten saturated starts' gaps within a second, whatever this machine's pace: 10/s (a rate is
+        # taken over a second at least). Dated a little ahead, so that no gap is left open since
+        # the last one when the rate is read.
+        for i in range(WAN_SLOTS + 2):  # the first two of a spell set its pace going
+            pace.started(f"seen-{i}", now + 5 + i / 20, now, waiting=30, limit=WAN_SLOTS, full=True)
         pipe.lines.put(LineReport("kling", 0, free_slots=4, waiting=0, start_rate=None, at=now))
         await d.report_and_spill({0})
         await settle(d)

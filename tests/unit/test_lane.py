@@ -200,3 +200,38 @@ def test_recovered_slots_are_counted_for_their_tenants(tmp_path: Path) -> None:
     del lane.slots.table.data[slot_key(0, "j1")]  # a replay deleted it: the next reconcile counts again
     lane.reconcile(0)
     assert (pool.held_by("acme"), pool.held_by("zeta")) == (1, 1)
+
+
+def test_a_partitions_start_rate_comes_from_its_own_slots_taken_and_given_back(tmp_path: Path) -> None:
+    """The rate a partition's line reports (spillover and the backlog guard turn it into a wait):
+    its share of the slots over the routing file's render time until holds are seen, then over
+    the holds of its own slots; jobs started here only."""
+    settings = Settings.from_env({}).with_overrides(kafka_bootstrap="127.0.0.1:1", cache_dir=tmp_path)
+    app = create_app(settings, datadir=tmp_path / "w0")
+    lane = Lane(app, dev_setup("http://127.0.0.1:9").routing.providers["wan"], partitions=2, configured_hold=120.0)
+    share = lane.capacity(0)
+    assert lane.start_rate(0, T0) == pytest.approx(share / 120.0)
+    for i in range(share):
+        lane.lines[0].push(_order(f"j{i}"))
+    lane.lines[0].push(_order("waits"))
+    for _ in range(share):
+        order, fresh = lane.next_waiting(0) or (None, False)
+        assert order is not None and fresh
+        lane.started(0, order, T0)
+    assert lane.paces[0].saturated, "the last free slot went while an order waited"
+    for i in range(share):
+        lane.free(0, f"j{i}", T0 + 60.0)
+    assert lane.start_rate(0, T0 + 61.0) == pytest.approx(share / 60.0)
+    lane.free(0, "never-started-here", T0 + 70.0)  # (a slot it recovered: no start seen, no hold)
+    assert lane.paces[0].settled() == (60.0, 60.0)
+    assert lane.start_rate(1, T0) == pytest.approx(lane.capacity(1) / 120.0), "each partition its own"
+
+
+def test_reconcile_forgets_the_starts_of_slots_given_back_elsewhere(tmp_path: Path) -> None:
+    lane = _lane(tmp_path)
+    lane.lines[0].push(_order("moved-away"))
+    order, _ = lane.next_waiting(0) or (None, False)
+    assert order is not None
+    lane.started(0, order, T0)
+    lane.sync(0, generation=1)  # the table holds no slot of it: another worker freed it
+    assert lane.paces[0].running == 0

@@ -7,7 +7,7 @@ import pytest
 
 from floodgate.errors import ConfigError
 from floodgate.routing import RoutingTable
-from floodgate.spillover import LineReport, Room, StartRate, estimated_wait, room_by_provider, spill_to
+from floodgate.spillover import LineReport, Room, estimated_wait, room_by_provider, spill_to
 
 NOW = datetime(2026, 12, 1, tzinfo=UTC)
 
@@ -80,13 +80,6 @@ def test_room_counts_fresh_reports_only_and_sums_partitions() -> None:
     assert LineReport.decode(reports[0].encode()) == reports[0]
 
 
-def test_start_rate_needs_a_few_starts_and_forgets_old_ones() -> None:
-    rate = StartRate(window=60)
-    for at in (0.0, 1.0):
-        rate.add(at)
-    assert rate.rate(2.0) is None
-    for at in (2.0, 3.0):
-        rate.add(at)
-    assert rate.rate(4.0) == pytest.approx(4 / 4.0)
-    assert rate.rate(200.0) is None
-    assert estimated_wait(9, 2.0) == 5.0 and estimated_wait(9, None) is None
+def test_estimated_wait_is_places_over_the_start_rate() -> None:
+    assert estimated_wait(9, 2.0) == 5.0 and estimated_wait(0, 0.5) == 2.0
+    assert estimated_wait(9, None) is None and estimated_wait(9, 0.0) is None
