@@ -5,19 +5,23 @@ or estimated wait. Where the figures come from is a ``BacklogProbe``; the API's 
 ``floodgate.api.backlog.KafkaBacklog`` (consumer lag plus the job view). The rules here:
 
 * ``lag``: records a consumer group has yet to read on one partition.
+* ``line_drain_rate``: jobs the providers' full lines start per second, from the dispatchers'
+  line reports (each dispatch partition's pace, ``floodgate.pace``).
 * ``DrainRate``: jobs leaving the system per second, from a running count of finished jobs
-  sampled over a sliding window.
+  sampled over a sliding window: what the guard goes by while no line is full.
 * ``BacklogGuard``: given depth and estimated wait, shed or not, and the Retry-After to say.
 """
 from __future__ import annotations
 
 import math
 from collections import deque
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Protocol
 
 from floodgate.problems import BACKLOG
 from floodgate.quotas import Refusal
+from floodgate.spillover import FRESH_FOR, LineReport
 
 
 class BacklogProbe(Protocol):
@@ -84,6 +88,21 @@ class DrainRate:
         return (n1 - n0) / (t1 - t0)
 
 
+def line_drain_rate(reports: Iterable[LineReport], now: float) -> float | None:
+    """Jobs per second the backlog drains at by the dispatchers' fresh reports: the start rates of
+    the dispatch partitions with no free slot summed (a backlog waits only where slots are full;
+    a partition with room starts what comes at once, and its pace is not the backlog's). None when
+    no full partition reports a rate.
+
+    Better than the count of finished jobs where it is known: in the first minutes of a spike
+    after a quiet spell few jobs have finished, and those few were the shortest renders, so that
+    rate was unknown, then too fast (the wait too short to shed by). A dispatcher's pace is known
+    from the routing file's render time, else from its first ends, and weighs only settled ones."""
+    rates = [r.start_rate for r in reports
+             if now - r.at <= FRESH_FOR and r.free_slots <= 0 and r.start_rate is not None]
+    return sum(rates) if rates else None
+
+
 def estimated_wait(depth: int, rate: float | None) -> float | None:
     """Seconds for ``depth`` jobs to drain at ``rate`` per second; None when the rate is unknown."""
     if rate is None or rate <= 0:
@@ -130,4 +149,4 @@ class BacklogGuard:
                        "new jobs are not accepted for now: " + " and ".join(reasons), retry)
 
 
-__all__ = ["BacklogGuard", "BacklogProbe", "DrainRate", "estimated_wait", "lag"]
+__all__ = ["BacklogGuard", "BacklogProbe", "DrainRate", "estimated_wait", "lag", "line_drain_rate"]

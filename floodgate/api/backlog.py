@@ -8,8 +8,10 @@
   ``dispatch.<provider>`` instead, plus the orders the dispatchers hold in their waiting lines
   (already acknowledged, so not in the lag), from the newest report per dispatch partition on
   ``lines`` (``floodgate.spillover.LineReport``, one a second);
-* drain rate = records ever written to ``results`` (one per job that ended), sampled over a
-  minute (``floodgate.backlog.DrainRate``); estimated wait = depth ÷ drain rate.
+* drain rate = the start rates those reports give for the partitions whose slots are full
+  (``floodgate.backlog.line_drain_rate``); while none is full, the records ever written to
+  ``results`` (one per job that ended), sampled over a minute (``floodgate.backlog.DrainRate``);
+  estimated wait = depth ÷ drain rate.
 
 The broker calls are blocking (confluent-kafka) and run in a thread, once per refresh. The group
 is only read (committed offsets), never joined. ``BacklogMonitor`` refreshes any probe every
@@ -26,7 +28,7 @@ from collections.abc import Callable, Iterable, Mapping
 
 from confluent_kafka import Consumer, KafkaException, TopicPartition
 
-from floodgate.backlog import BacklogGuard, BacklogProbe, DrainRate, estimated_wait, lag
+from floodgate.backlog import BacklogGuard, BacklogProbe, DrainRate, estimated_wait, lag, line_drain_rate
 from floodgate.metrics import ApiMetrics, api_metrics
 from floodgate.quotas import OpenJobs, Refusal
 from floodgate.settings import Settings
@@ -44,9 +46,10 @@ class KafkaBacklog:
     def __init__(self, bootstrap: str, group: str, lag_topics: Iterable[tuple[str, int]],
                  results: tuple[str, int], open_jobs: OpenJobs | None = None, *,
                  clock: Callable[[], float] = time.monotonic, timeout: float = 5.0,
-                 drain: DrainRate | None = None, lines: str | None = None) -> None:
-        """``lines``: the line reports' topic, read for the orders waiting in dispatchers' lines
-        (an API without a job view, which cannot count them otherwise)."""
+                 drain: DrainRate | None = None, lines: str | None = None, count_line_waiting: bool = False) -> None:
+        """``lines``: the line reports' topic, read for the pace of the full lines and, with
+        ``count_line_waiting``, the orders waiting in them (an API without a job view, which
+        cannot count them otherwise)."""
         self._lagged = [TopicPartition(t, p) for t, parts in lag_topics for p in range(parts)]
         self._results = [TopicPartition(results[0], p) for p in range(results[1])]
         self.open_jobs = open_jobs
@@ -61,6 +64,7 @@ class KafkaBacklog:
         self._consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": group,
                                    "enable.auto.commit": False, "client.id": f"{group}-api-backlog"})
         self._lines = lines
+        self._count_line_waiting = count_line_waiting
 
     def depth(self) -> int | None:
         return self._depth
@@ -75,18 +79,24 @@ class KafkaBacklog:
         """Read the offsets (in a thread) and recompute the figures. On a broker error the
         figures become unknown (the guard then accepts) and ``KafkaException`` is raised."""
         try:
-            unread, finished = await asyncio.to_thread(self._read)
+            unread, finished, reports = await asyncio.to_thread(self._read)
         except (KafkaException, RuntimeError):
             self._depth = self._wait = None
             raise
         depth = unread + (self.open_jobs.waiting if self.open_jobs is not None else 0)
+        if self._count_line_waiting:
+            depth += sum(r.waiting for r in reports)
         self.drain.sample(self.clock(), finished)
-        self._rate = self.drain.per_second()
+        # Sampled either way: the finished count is the fallback the moment no line is full.
+        finished_rate = self.drain.per_second()
+        lines_rate = line_drain_rate(reports, time.time())
+        self._rate = lines_rate if lines_rate is not None else finished_rate
         self._depth = depth
         self._wait = estimated_wait(depth, self._rate)
 
-    def _read(self) -> tuple[int, int]:
-        """(records the group has yet to read on the lagged topics, records ever written to results)."""
+    def _read(self) -> tuple[int, int, list[LineReport]]:
+        """(records the group has yet to read on the lagged topics, records ever written to
+        results, the newest fresh line report of each dispatch partition)."""
         with self._lock:
             if self._closed:
                 raise RuntimeError("backlog probe closed")
@@ -100,16 +110,15 @@ class KafkaBacklog:
             finished = 0
             for tp in self._results:
                 finished += self._consumer.get_watermark_offsets(tp, timeout=self.timeout, cached=False)[1]
-            if self._lines is not None:
-                unread += self._waiting_in_lines(self._lines)
-            return unread, finished
+            reports = self._fresh_reports(self._lines) if self._lines is not None else []
+            return unread, finished, reports
 
-    def _waiting_in_lines(self, topic: str) -> int:
-        """Orders waiting in dispatchers' lines: the newest fresh report per dispatch partition."""
+    def _fresh_reports(self, topic: str) -> list[LineReport]:
+        """The newest report per dispatch partition, if fresh."""
         tp = TopicPartition(topic, 0)
         low, high = self._consumer.get_watermark_offsets(tp, timeout=self.timeout, cached=False)
         if high <= low:
-            return 0
+            return []
         self._consumer.assign([TopicPartition(topic, 0, max(low, high - 500))])  # the last few seconds
         newest: dict[bytes, LineReport] = {}
         deadline = time.monotonic() + self.timeout
@@ -121,7 +130,7 @@ class KafkaBacklog:
                     with contextlib.suppress(ValueError, KeyError, TypeError):  # malformed: says nothing
                         newest[msg.key() or b""] = LineReport.decode(value)
                 done = done or (msg.offset() or 0) >= high - 1
-        return sum(r.waiting for r in newest.values() if time.time() - r.at <= FRESH_FOR)
+        return [r for r in newest.values() if time.time() - r.at <= FRESH_FOR]
 
     def close(self) -> None:
         with self._lock:
@@ -197,7 +206,7 @@ async def start_monitor(settings: Settings, topics: TopicNames, providers: Itera
         lagged += [topics.dispatch(p) for p in providers]
     probe = KafkaBacklog(settings.kafka_bootstrap, settings.app_id, [(t, partitions[t]) for t in lagged],
                          (topics.results, partitions[topics.results]), open_jobs,
-                         lines=topics.lines if open_jobs is None else None)
+                         lines=topics.lines, count_line_waiting=open_jobs is None)
     monitor = BacklogMonitor(probe, guard, api_metrics(), settings.backlog_refresh)
     await monitor.refresh_once()
     monitor.start()

@@ -232,6 +232,9 @@ async def test_an_ingress_only_api_counts_the_orders_waiting_in_dispatchers_line
                 monitor.refreshed.clear()
                 await asyncio.wait_for(monitor.refreshed.wait(), 5)
             assert monitor.probe.depth() == 6, "1 unread request + the newest fresh reports' 3 + 2 waiting"
+            # Nothing has finished: the backlog drains at the full lines' pace (wan's newest 1/s,
+            # kling's 1/s), where the count of finished jobs alone knew no rate at all.
+            assert monitor.probe.drain_rate() == 2.0 and monitor.probe.estimated_wait() == 3.0
             status, headers, refused = await post(http, api)
         finally:
             publisher.cancel()

@@ -11,9 +11,10 @@ from hypothesis import strategies as st
 
 from floodgate.api.admission import QUEUED_RETRY_AFTER, Admission
 from floodgate.api.backlog import BacklogMonitor
-from floodgate.backlog import BacklogGuard, DrainRate, estimated_wait, lag
+from floodgate.backlog import BacklogGuard, DrainRate, estimated_wait, lag, line_drain_rate
 from floodgate.problems import BACKLOG, QUEUED_QUOTA, RATE_QUOTA
 from floodgate.quotas import OpenJobs, Quota, QuotaTable
+from floodgate.spillover import FRESH_FOR, LineReport
 
 # --- lag ---------------------------------------------------------------------------------------
 
@@ -68,6 +69,18 @@ def test_the_rate_is_never_negative_and_the_window_is_bounded(steps: list[tuple[
         rate = drain.per_second()
         assert rate is None or rate > 0
         assert len(drain._samples) <= 2 + int(60 / 0.1) + 1
+
+
+def test_the_backlog_drains_at_the_pace_of_the_full_lines() -> None:
+    now = 1_000.0
+    reports = [LineReport("kling", 0, free_slots=0, waiting=40, start_rate=0.05, at=now),
+               LineReport("kling", 1, free_slots=0, waiting=35, start_rate=0.04, at=now - 1),
+               LineReport("wan", 0, free_slots=3, waiting=0, start_rate=0.5, at=now),  # room: no backlog there
+               LineReport("veo", 0, free_slots=0, waiting=9, start_rate=None, at=now),  # pace not known yet
+               LineReport("sora", 0, free_slots=0, waiting=9, start_rate=9.0, at=now - FRESH_FOR - 1)]  # stale
+    assert line_drain_rate(reports, now) == pytest.approx(0.09)
+    assert line_drain_rate(reports[2:], now) is None, "no full line with a known pace: the finished count decides"
+    assert line_drain_rate([], now) is None
 
 
 def test_estimated_wait() -> None:
