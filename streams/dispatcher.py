@@ -60,11 +60,9 @@ poller and cancels need it after a restart); the API's job view reads the slot l
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import time
-from collections import deque
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable
 from datetime import UTC, datetime
 from typing import Any, cast
 
@@ -81,53 +79,13 @@ from floodgate.spillover import LineReport, Spill, estimated_wait, spill_to
 from floodgate.submit_policy import SubmitPolicy, decide
 from floodgate.throttle import BreakerState
 from streams import guard
+from streams.ackline import AckLine
 from streams.context import Pipeline
 from streams.lane import Lane
 
 log = logging.getLogger(__name__)
 
 DEFAULT_POLICY = SubmitPolicy()
-
-
-class AckLine:
-    """Acknowledges records in the order they were read, each once the write it caused is durable.
-
-    ``add(message, durable, ack)``: ``durable`` is an awaitable that resolves once the record's
-    write is on Kafka (``RecordTable.put_reliably_in`` sends it again until it is), or None when the
-    record caused no write. Acknowledging past a write that has not landed would lose the record on
-    a crash; acknowledging out of order would open a gap in the offsets Faust commits."""
-
-    def __init__(self) -> None:
-        self._items: deque[tuple[Awaitable[Any] | None, Callable[[], Awaitable[None]]]] = deque()
-        self._wake = asyncio.Event()
-        self._task: asyncio.Task[None] | None = None
-
-    def __len__(self) -> int:
-        return len(self._items)
-
-    def add(self, durable: Awaitable[Any] | None, ack: Callable[[], Awaitable[None]]) -> None:
-        self._items.append((durable, ack))
-        self._wake.set()
-        if self._task is None or self._task.done():
-            self._task = asyncio.create_task(self._run(), name="ack-line")
-
-    async def _run(self) -> None:
-        while True:
-            while self._items:
-                durable, ack = self._items[0]
-                if durable is not None:
-                    await durable
-                self._items.popleft()
-                await ack()
-            self._wake.clear()
-            await self._wake.wait()
-
-    async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-        self._items.clear()
 
 
 class Dispatcher:

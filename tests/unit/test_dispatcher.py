@@ -20,7 +20,7 @@ from floodgate.provider_config import dev_setup
 from floodgate.settings import Settings
 from streams.app import create_app
 from streams.context import Pipeline
-from streams.dispatcher import AckLine, Dispatcher
+from streams.dispatcher import Dispatcher
 from streams.emit import Emitter
 
 WAN_SLOTS = 10  # the dev table's limit
@@ -251,30 +251,6 @@ async def test_cancel_while_the_submission_runs_cancels_the_job_it_created(
     assert provider.cancelled == ["pj-a"], "the job it created is cancelled before the slot goes"
     assert dispatcher.lane.slots.get(slot_key(0, "a")) is None
     assert not emitter(dispatcher).events("submitted")
-
-
-async def test_the_ack_line_acknowledges_in_read_order_once_each_write_landed() -> None:
-    line = AckLine()
-    acked: list[int] = []
-    loop = asyncio.get_running_loop()
-    first, second = loop.create_future(), loop.create_future()
-
-    def ack(n: int) -> Any:
-        async def run() -> None:
-            acked.append(n)
-        return run
-
-    line.add(first, ack(1))
-    line.add(None, ack(2))  # caused no write, but comes after 1
-    line.add(second, ack(3))
-    second.set_result(None)
-    await asyncio.sleep(0.01)
-    assert acked == [], "nothing is acknowledged past a write that has not landed"
-    first.set_result(None)
-    for _ in range(10):
-        await asyncio.sleep(0)
-    assert acked == [1, 2, 3]
-    await line.stop()
 
 
 async def test_slot_records_written_before_the_fields_had_names_still_decode() -> None:
