@@ -99,7 +99,8 @@ class ApiMetrics(_Group):
             "Jobs queued across providers as this API's backlog guard last read them (-1: unknown).")
         self.backlog_wait = self._gauge(
             "floodgate_backlog_estimated_wait_seconds",
-            "The backlog guard's estimated wait: queued jobs / jobs finished per second (-1: unknown).")
+            "The backlog guard's estimated wait: queued jobs / the pace of the providers' full lines, else "
+            "jobs finished per second (-1: unknown).")
         self.backlog_shedding = self._gauge(
             "floodgate_backlog_shedding", "1 while the backlog guard answers new jobs 503, else 0.")
         self.accept_latency = self._histogram(
@@ -189,6 +190,11 @@ class WorkerMetrics(_Group):
             "floodgate_provider_breaker_open",
             "1 while this worker's circuit breaker for a provider of its partitions is open or half-open "
             "(submissions move to the next provider), else 0.", ["provider"])
+        self.start_rate = self._gauge(
+            "floodgate_provider_start_rate",
+            "Jobs per second this worker's dispatch partitions of a provider start while jobs wait: their "
+            "pace, from the slots they take and give back, which spillover and the backlog guard go by "
+            "(-1: not known yet).", ["provider"])
         self.submissions = self._counter(
             "floodgate_provider_submissions_total", "Jobs a provider accepted (submit calls that succeeded).",
             ["provider"])
@@ -256,6 +262,7 @@ class WorkerMetrics(_Group):
                        self.rate_limited, self.retries, self.reroutes, self.polls, self.timeouts, self.webhooks,
                        self.queue_depth, self.expired, self.parked, self.window_holds):
             metric.labels(name)
+        self.start_rate.labels(name).set(-1)
 
 
 # The provider simulator's /stats, as metrics: (name, type, stats field, meaning). Read from its

@@ -440,10 +440,13 @@ class Dispatcher:
         their model's max_wait_s, while an equivalent has room."""
         board = self.pipe.lines
         lane, now = self.lane, time.time()
+        rates = {partition: lane.start_rate(partition, now) for partition in partitions}
+        known = [rate for rate in rates.values() if rate is not None]
+        self.metrics.start_rate.labels(self.name).set(sum(known) if known else -1)
         for partition in sorted(partitions):
             line = lane.lines[partition]
             report = LineReport(self.name, partition, free_slots=lane.capacity(partition) - len(lane.pools[partition]),
-                                waiting=len(line), start_rate=lane.start_rate(partition, now), at=now)
+                                waiting=len(line), start_rate=rates[partition], at=now)
             await self.emit.send_raw(self.names.lines, f"{self.name}:{partition}".encode(), report.encode())
             if board is None:
                 continue

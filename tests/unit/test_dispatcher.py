@@ -409,6 +409,8 @@ async def test_orders_that_would_wait_too_long_spill_to_an_equivalent_with_room(
         assert {r["job_id"] for r in moved} == {f"job-{i}" for i in range(WAN_SLOTS + 20, WAN_SLOTS + 24)}
         assert len(d.lane.lines[0]) == 26 and len(d.lane.waiting) == 26
         assert LineReport.decode(sent_raw[0]).waiting == 30, "the report says how the line stood"
+        assert LineReport.decode(sent_raw[0]).start_rate == 10.0
+        assert d.metrics.registry.get_sample_value("floodgate_provider_start_rate", {"provider": "wan"}) == 10.0
         await d.report_and_spill({0})
         await settle(d)
         assert len([r for t, s, r in emitter(d).sent if s == "DispatchOrder"]) == 4, "no room left: no more"
