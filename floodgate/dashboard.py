@@ -51,6 +51,9 @@ class Reading:
     rate_limited: PerProvider = field(default_factory=dict)
     retries: PerProvider = field(default_factory=dict)
     reroutes: PerProvider = field(default_factory=dict)
+    start_rate: PerProvider = field(default_factory=dict)
+    """Jobs per second each provider's lines start while jobs wait, summed over the workers that
+    know theirs (a worker says -1 until it does, and that is left out, not added)."""
     dead_letters: float = 0.0
     accept_buckets: dict[float, float] = field(default_factory=dict)
     """Cumulative count per upper bound (seconds) of ``floodgate_accept_latency_seconds``."""
@@ -90,6 +93,10 @@ def read(samples: Iterable[Sample], at: float) -> Reading:
             table: PerProvider = getattr(r, attr)
             key = labels.get(label, "")
             table[key] = table.get(key, 0.0) + value
+        elif name == "floodgate_provider_start_rate":
+            if value >= 0:
+                key = labels.get("provider", "")
+                r.start_rate[key] = r.start_rate.get(key, 0.0) + value
         elif name == "floodgate_requests_accepted_total":
             r.accepted_http += value
         elif name == "floodgate_jobs_admitted_total" and labels.get("source") != "http":
@@ -210,7 +217,16 @@ class History:
                   "rate_limited": _sum(latest.rate_limited), "retries": _sum(latest.retries),
                   "reroutes": _sum(latest.reroutes), "dead_letters": latest.dead_letters}
         breakers = {p: ("open" if latest.breaker_open.get(p, 0.0) > 0 else "closed") for p in providers}
-        return {"providers": providers, "points": points, "totals": totals, "breakers": breakers}
+        return {"providers": providers, "points": points, "totals": totals, "breakers": breakers,
+                "paces": {p: pace(latest, p) for p in providers}}
+
+
+def pace(reading: Reading, provider: str) -> dict[str, float | None]:
+    """How fast ``provider``'s line moves (``start_rate``, jobs per second; None: not known yet)
+    and how long its queue would take to start at that pace (``wait_s``)."""
+    rate = reading.start_rate.get(provider)
+    depth = reading.queue_depth.get(provider, 0.0)
+    return {"start_rate": rate, "queued": depth, "wait_s": depth / rate if rate else None}
 
 
 def _ms(seconds: float | None) -> float | None:

@@ -115,6 +115,8 @@ class Dispatcher:
         self.read_ahead.subscribe(self.refetch)
         self.window_held: set[int] = set()
         """Dispatch partitions paused because the worker's read-ahead window is full (see ``hold``)."""
+        self.limit_generation: int | None = None
+        """The consumer generation this worker's share of the limit was last published for."""
 
     @property
     def orders_topic(self) -> str:
@@ -243,6 +245,13 @@ class Dispatcher:
         # The pools count this worker's slots (the table also holds waiting orders: counting its
         # slots would cost a pass over up to the fair window's orders, on every start and end).
         self.metrics.inflight.labels(self.name).set(sum(len(pool) for pool in self.lane.pools.values()))
+        generation = self.app.consumer_generation_id
+        if generation != self.limit_generation and (mine := self.assigned()) is not None:
+            # The share of the limit beside the slots, once per generation: the metrics timer
+            # sets it too, but only a few seconds in, and until then a dashboard drew this
+            # worker's slots in use above a limit of 0.
+            self.limit_generation = generation
+            self.metrics.concurrency_limit.labels(self.name).set(sum(self.lane.capacity(p) for p in mine))
 
     async def free(self, partition: int, key: bytes, job_id: str) -> None:
         """Give the slot of ``key`` back and let a waiting order have it."""

@@ -226,6 +226,11 @@ def test_the_dashboard_draws_a_spike_and_in_flight_never_passes_the_limit(page: 
         for (x1, y_in), (x2, y_limit) in zip(inflight, limit, strict=True):
             assert x1 == x2 and y_in >= y_limit, f"{provider}: in flight drawn above the limit at x={x1}"
     assert peak("p.inflight.wan || 0") == peak("p.limit.wan || 0") == 10  # the limit reached, never passed
+    # Each provider's pace, as its dispatchers measure it: kling's known once its first 3-4 s renders
+    # ended; wan's (60 s renders) says so while it is not.
+    expect(page.locator('#paces li[data-provider="kling"]')).to_contain_text(re.compile(r"starts \d+\.\d\d jobs/s"),
+                                                                           timeout=30_000)
+    expect(page.locator('#paces li[data-provider="wan"]')).to_contain_text("wan: ")
 
     page.screenshot(path=str(shots / "dashboard-desktop.png"), full_page=True)
     page.set_viewport_size(PHONE)

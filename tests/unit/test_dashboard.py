@@ -20,10 +20,13 @@ def scrape(registry: CollectorRegistry) -> list[Sample]:
     return [s for family in text_string_to_metric_families(text) for s in family.samples]
 
 
-def worker(inflight: float, limit: float, submissions: int, depth: float = 0.0) -> CollectorRegistry:
+def worker(inflight: float, limit: float, submissions: int, depth: float = 0.0,
+           start_rate: float | None = None) -> CollectorRegistry:
     registry = CollectorRegistry()
     m = WorkerMetrics(registry)
     m.for_provider("kling")
+    if start_rate is not None:
+        m.start_rate.labels("kling").set(start_rate)
     m.inflight.labels("kling").set(inflight)
     m.concurrency_limit.labels("kling").set(limit)
     m.queue_depth.labels("kling").set(depth)
@@ -70,6 +73,16 @@ def test_quantiles_of_nothing_and_of_the_last_bucket() -> None:
     assert bucket_quantile(0.5, {}) is None
     assert bucket_quantile(0.5, {0.1: 0.0, math.inf: 0.0}) is None
     assert bucket_quantile(0.99, {0.1: 1.0, 1.0: 1.0, math.inf: 5.0}) == 1.0  # past the last bound: the bound
+
+
+def test_each_providers_pace_is_summed_over_the_workers_that_know_it() -> None:
+    knows, learning, other = worker(5, 5, 0, 40, start_rate=0.25), worker(5, 5, 0, 20), worker(0, 0, 0)
+    figures = History()
+    figures.add(read(scrape(knows) + scrape(learning) + scrape(other), at=1.0))
+    assert figures.figures()["paces"] == {"kling": {"start_rate": 0.25, "queued": 60.0, "wait_s": 240.0}}
+    unknown = History()
+    unknown.add(read(scrape(learning), at=1.0))
+    assert unknown.figures()["paces"]["kling"]["start_rate"] is None, "-1 (not known) is not a rate"
 
 
 def test_history_gives_rates_between_readings_and_windowed_latency() -> None:

@@ -62,6 +62,10 @@ class FakeConsumer:
     def __init__(self) -> None:
         self.paused: list[Any] = []
         self.resumed: list[Any] = []
+        self.assigned: set[Any] = set()
+
+    def assignment(self) -> set[Any]:
+        return self.assigned
 
     def on_buffer_full(self, tp: Any) -> None:
         self.paused.append(tp)
@@ -522,3 +526,26 @@ async def test_a_tenant_behind_a_burst_is_served_in_turns_within_the_window_and_
     finally:
         await d.lane.stop()
         await pipe.close()
+
+
+async def test_the_share_of_the_limit_is_published_with_the_first_slot_of_a_generation(
+        dispatcher: Dispatcher) -> None:
+    """A dashboard draws slots in use against the limit: both gauges from the first slot on (the
+    metrics timer's first refresh comes seconds later), once per consumer generation."""
+    from faust.types import TP
+
+    registry = dispatcher.metrics.registry
+    dispatcher.metrics.concurrency_limit.labels("wan").set(0)
+    dispatcher.app.consumer.assigned = {TP(dispatcher.orders_topic, 0)}  # type: ignore[attr-defined]
+    await dispatcher.intake(message(0), order("a"))
+    await settle(dispatcher)
+    share = dispatcher.lane.capacity(0)
+    assert registry.get_sample_value("floodgate_provider_concurrency_limit", {"provider": "wan"}) == share
+    assert registry.get_sample_value("floodgate_provider_inflight", {"provider": "wan"}) == 1
+    dispatcher.metrics.concurrency_limit.labels("wan").set(0)  # (as a stale reading would)
+    await dispatcher.intake(message(1), order("b"))
+    assert registry.get_sample_value("floodgate_provider_concurrency_limit", {"provider": "wan"}) == 0, \
+        "once per generation: the timer keeps it after that"
+    dispatcher.app.consumer_generation_id = 2
+    await dispatcher.intake(message(2), order("c"))
+    assert registry.get_sample_value("floodgate_provider_concurrency_limit", {"provider": "wan"}) == share

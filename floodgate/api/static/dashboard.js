@@ -169,6 +169,19 @@
       breakers.append(el('li', { 'data-state': state }, `${name}: ${state === 'open' ? 'open (jobs move on)' : 'closed'}`));
     }
 
+    // Each provider's pace as its dispatchers measure it (what spillover and the backlog guard go by).
+    const paces = $('paces');
+    paces.textContent = '';
+    if (!providers.length) paces.append(el('li', { class: 'note' }, 'No provider yet.'));
+    for (const name of providers) {
+      const pace = (data.paces || {})[name] || {};
+      const text = pace.start_rate == null
+        ? `${name}: pace not known yet`
+        : `${name}: starts ${pace.start_rate.toFixed(2)} jobs/s; ${Math.round(pace.queued)} queued, ` +
+          `about ${Math.round(pace.wait_s)} s to start them all`;
+      paces.append(el('li', { 'data-provider': name }, text));
+    }
+
     const down = data.processes.down;
     $('state').textContent = `Updated ${new Date(data.now * 1000).toLocaleTimeString()} from ${data.processes.scraped} ` +
       `process${data.processes.scraped === 1 ? '' : 'es'}` + (down.length ? `; not answering: ${down.join(', ')}` : '.');
