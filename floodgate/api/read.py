@@ -81,6 +81,16 @@ class Reader:
         return json_response(self.resource(snapshot, base_url(request, self.deps.settings)),
                              headers={"Cache-Control": "no-store"})
 
+    def worth_telling(self, snapshot: Snapshot, last_sent: int) -> bool:
+        """Whether a subscriber should hear of ``snapshot``: a newer version, or the same one again
+        with the job's place moved (``STANDING``), unless the job has left the line meanwhile (the
+        board saw it start, its new snapshot is on its way): told as ``queued`` with no place, the
+        subscriber would lose its place for that moment."""
+        if snapshot["version"] > last_sent:
+            return True
+        board = self.view.board
+        return bool(snapshot.get(STANDING)) and board is not None and board.position(snapshot["job_id"]) is not None
+
     def resource(self, snapshot: Snapshot, base: str) -> dict[str, Any]:
         """The public job, with our signed video link when videos are kept in our store."""
         board = self.view.board
@@ -102,7 +112,7 @@ class Reader:
             snapshot: Snapshot | None = await current(self.view, job_id, self.deps.wait_for_job)
             live = False  # the first snapshot is the current state, not a change being pushed
             while not self.closing.is_set():
-                if snapshot is not None and (snapshot["version"] > last_sent or snapshot.get(STANDING)):
+                if snapshot is not None and self.worth_telling(snapshot, last_sent):
                     await response.write(sse_event(snapshot, self.resource(snapshot, base)))
                     last_sent = snapshot["version"]
                     if live and not snapshot.get(STANDING):
@@ -259,7 +269,7 @@ class _StreamSession:
             snapshot = await current(view, job_id, self.reader.deps.wait_for_job)
             last_sent, live = -1, False
             while True:
-                if snapshot["version"] > last_sent or snapshot.get(STANDING):
+                if self.reader.worth_telling(snapshot, last_sent):
                     await self.send({"type": "job", "job": self.reader.resource(snapshot, self.base)})
                     last_sent = snapshot["version"]
                     if live and not snapshot.get(STANDING):

@@ -318,6 +318,29 @@ def test_subscribers_of_queued_jobs_hear_when_they_move_up_and_not_otherwise() -
     assert view.nudge() == 0 and not view._told
 
 
+def test_a_place_update_is_not_told_once_the_job_has_left_the_line() -> None:
+    """A place update queued for a subscriber carries the snapshot it was made of (still queued);
+    if the job starts before the subscriber's stream sends it, it would say queued with no place.
+    Skipped instead: the job's new snapshot follows."""
+    from types import SimpleNamespace
+
+    from floodgate.api.read import Reader
+    from floodgate.api.view import STANDING
+
+    clock = [1000.0]
+    view = JobView(board=QueueBoard({"kling": 1}), clock=lambda: clock[0])
+    reader = Reader(SimpleNamespace(view=view, settings=SimpleNamespace(origin_policy=None)))  # type: ignore[arg-type]
+    waiting = {"job_id": "j", "version": 1, "status": "queued", "provider": "kling", "tenant": "t",
+               "created_at": 1, "updated_at": 1}
+    view.apply(waiting)
+    update = {**waiting, STANDING: True}
+    assert reader.worth_telling(update, last_sent=1), "the same version, told again with its place"
+    assert not reader.worth_telling(waiting, last_sent=1), "the same version, not a place update"
+    view.apply({**waiting, "version": 2, "status": "submitted", "updated_at": 2})
+    assert not reader.worth_telling(update, last_sent=1), "left the line: the update is stale"
+    assert reader.worth_telling({**waiting, "version": 2, "status": "submitted"}, last_sent=1)
+
+
 async def test_a_long_batch_lets_the_loop_run_other_work_between_slices() -> None:
     """A feed catching up hands over thousands of snapshots back to back: the 202s waiting on the
     same loop must not wait for all of them."""
