@@ -59,6 +59,9 @@ _EXTRA_FORBIDDEN = tuple(
 _NAT64 = ipaddress.ip_network("64:ff9b::/96")
 _HOST_LABEL = re.compile(r"(?!-)[a-z0-9_-]{1,63}(?<!-)")
 _NUMERIC_LABEL = re.compile(r"(0x[0-9a-f]*|[0-9]+)")
+_SPACE_OR_CONTROL = re.compile(r"[\s\x00-\x1f\x7f]")
+"""Whitespace (``\\s`` on a str is ``str.isspace``'s set, Unicode's spaces included) or a control
+character: one regex scan, where a generator over every character cost ~40 µs a URL."""
 # Names every resolver answers with loopback without asking DNS (the reserved ".localhost" zone,
 # and the loopback aliases of common hosts files).
 _LOOPBACK_NAMES = frozenset({"localhost", "ip6-localhost", "ip6-loopback"})
@@ -210,7 +213,7 @@ def _parse(url: object, field: str) -> SplitResult:
         raise bad("must be a string")
     if len(url) > MAX_URL_CHARS:
         raise bad(f"must be at most {MAX_URL_CHARS} characters")
-    if any(ch.isspace() or ord(ch) < 0x20 or ord(ch) == 0x7F for ch in url):
+    if _SPACE_OR_CONTROL.search(url):
         raise bad("must not contain whitespace or control characters")
     try:
         parts = urlsplit(url)

@@ -1,14 +1,28 @@
 """The default video store: a local directory, served by the API itself.
 
-Layout: ``<root>/<job_id>.video`` (the bytes) and ``<root>/<job_id>.json`` (the record). Both are
-written to a temporary name in the same directory and renamed into place, so a reader never sees
-a half-written file and a crash leaves only a ``.tmp-*`` file behind. One directory serves one
-host; API processes on several hosts need a shared volume or the S3-compatible store.
+Layout: ``<root>/<job_id>.video`` holds the bytes, and their record in the file's extended
+attribute ``user.floodgate.record``: one file per video, so one file created, flushed to disk and
+renamed per copy. A refusal has no bytes: its record is ``<root>/<job_id>.json``. So is a stored
+video's where the file system keeps no extended attributes (some tmpfs, NFS and FUSE mounts;
+found out on the first write), and where a store written before the attribute was used.
+
+Every file is written to a temporary name in the same directory and renamed into place, so a
+reader never sees a half-written file and a crash leaves only a ``.tmp-*`` file behind; the
+attribute is set before the rename, so a video is never visible without its record. One
+directory serves one host; API processes on several hosts need a shared volume or the
+S3-compatible store.
+
+Why one file: each copy is paid for in the API's CPU, on the box that answers the 202s, and the
+record's own file (created, fsync'd, renamed) cost the threads that write nearly as much as the
+video's: a video and its record took 0.84 ms of their CPU as two files, 0.54 as one, and a whole
+copy (look-up, download, write) 1.40 ms of the process's CPU against 0.97 (``dev/video_copy_cpu.py``,
+the simulator's 18 KB sample eight at a time, median of three rounds in turns).
 """
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import itertools
 import os
 from collections.abc import AsyncIterable, AsyncIterator, Callable
@@ -23,12 +37,24 @@ FLUSH_BYTES = 1024 * 1024
 """Bytes of a video gathered in memory before they are written (per copy under way)."""
 _TMP_SEQ = itertools.count()
 
+_ATTRIBUTES = hasattr(os, "setxattr")
+"""Whether this platform has extended attributes at all (Linux)."""
+RECORD_ATTR = "user.floodgate.record"
+"""The extended attribute of a stored video's file that holds its record."""
+_NO_ATTRIBUTES = frozenset({errno.ENOTSUP, errno.EOPNOTSUPP, errno.EPERM, errno.E2BIG})
+"""``setxattr`` errors that say the file system will not keep this record as an attribute."""
+_NO_ATTRIBUTE = frozenset({errno.ENODATA, errno.ENOTSUP, errno.EOPNOTSUPP})
+"""``getxattr`` errors that say the record is not in an attribute (look beside the video)."""
+
 
 class LocalVideoStore:
     """Videos in ``root`` (created on first write)."""
 
-    def __init__(self, root: Path) -> None:
+    def __init__(self, root: Path, *, attributes: bool | None = None) -> None:
         self.root = root
+        self.attributes = _ATTRIBUTES if attributes is None else attributes
+        """Whether a stored video's record goes into its file's attribute; turned off for good
+        when the file system refuses one."""
 
     def _video(self, job_id: str) -> Path:
         return self.root / f"{check_key(job_id)}.video"
@@ -37,14 +63,27 @@ class LocalVideoStore:
         return self.root / f"{check_key(job_id)}.json"
 
     async def record(self, job_id: str) -> VideoRecord | None:
-        path = self._record(job_id)
+        video, path = self._video(job_id), self._record(job_id)
         try:
-            data = await asyncio.to_thread(path.read_bytes)
+            data = await asyncio.to_thread(self._read_record, video, path)
+        except OSError as exc:
+            raise StorageError(f"cannot read the record of {video.name}: {exc}", retriable=True) from exc
+        return None if data is None else VideoRecord.decode(data)
+
+    def _read_record(self, video: Path, path: Path) -> bytes | None:
+        """(In a thread.) The record's bytes: the video's attribute, else the file beside it."""
+        if _ATTRIBUTES:  # even where this process stopped setting them: another may have set some
+            try:
+                return os.getxattr(video, RECORD_ATTR)
+            except FileNotFoundError:
+                pass  # no video: a refusal's record, or nothing yet
+            except OSError as exc:
+                if exc.errno not in _NO_ATTRIBUTE:
+                    raise
+        try:
+            return path.read_bytes()
         except FileNotFoundError:
             return None
-        except OSError as exc:
-            raise StorageError(f"cannot read {path.name}: {exc}", retriable=True) from exc
-        return VideoRecord.decode(data)
 
     async def put_video(self, job_id: str, chunks: AsyncIterable[bytes], content_type: str,
                         record: Callable[[], VideoRecord] | None = None) -> None:
@@ -70,12 +109,12 @@ class LocalVideoStore:
                 raise StorageError(f"cannot write {target.name}: {exc}", retriable=True) from exc
             raise
         # The record is filed under the same job id as the video it describes.
-        then = None if record is None else (self._record(job_id), record().encode())
+        data = None if record is None else record().encode()
         try:
-            # _finish cleans up after itself: it owns the file from here.
-            await asyncio.to_thread(self._finish, out, tmp, target, pending, then)
+            # _seal cleans up after itself: it owns the file from here.
+            await asyncio.to_thread(self._seal, out, tmp, target, pending, job_id, data)
         except OSError as exc:
-            what = target.name if then is None else f"{target.name} or its record"
+            what = target.name if data is None else f"{target.name} or its record"
             raise StorageError(f"cannot write {what}: {exc}", retriable=True) from exc
 
     async def put_record(self, record: VideoRecord) -> None:
@@ -109,8 +148,11 @@ class LocalVideoStore:
         return target.with_name(f".tmp-{os.getpid()}-{next(_TMP_SEQ)}-{target.name}")
 
     def _open_tmp(self, tmp: Path) -> BinaryIO:
-        self.root.mkdir(parents=True, exist_ok=True)
-        return tmp.open("xb")
+        try:
+            return tmp.open("xb")
+        except FileNotFoundError:  # the first write: the directory is made then, not every time
+            self.root.mkdir(parents=True, exist_ok=True)
+            return tmp.open("xb")
 
     def _write_part(self, out: BinaryIO | None, tmp: Path, parts: list[bytes]) -> BinaryIO:
         """(In a thread.) ``parts`` appended to ``tmp``, opened first if ``out`` is None."""
@@ -119,11 +161,31 @@ class LocalVideoStore:
         out.writelines(parts)
         return out
 
-    def _finish(self, out: BinaryIO | None, tmp: Path, target: Path, parts: list[bytes],
-                then: tuple[Path, bytes] | None = None) -> None:
-        """(In a thread.) The rest written, on disk (fsync) and renamed to ``target``; then, when
-        given, ``then``'s bytes the same way to its path (the record: after the video, so its
-        presence still means the bytes are complete). On a failure the temporary file is gone."""
+    def _seal(self, out: BinaryIO | None, tmp: Path, target: Path, parts: list[bytes], job_id: str,
+              record: bytes | None) -> None:
+        """(In a thread.) The video's last ``parts`` written, its ``record`` (if any) set as the
+        file's attribute, then on disk and renamed to ``target``. Where the file system keeps no
+        attribute, the record is written beside it afterwards, so its presence still means the
+        bytes are complete. On a failure the temporary file is gone."""
+        beside = record
+        if record is not None and self.attributes:
+            try:
+                out = self._write_part(out, tmp, [])
+                os.setxattr(out.fileno(), RECORD_ATTR, record)
+                beside = None
+            except OSError as exc:
+                if out is None or exc.errno not in _NO_ATTRIBUTES:
+                    _discard(out, tmp)
+                    raise
+                self.attributes = False  # every later record goes beside its video
+        self._finish(out, tmp, target, parts)
+        if beside is not None:
+            path = self._record(job_id)
+            self._finish(None, self._tmp(path), path, [beside])
+
+    def _finish(self, out: BinaryIO | None, tmp: Path, target: Path, parts: list[bytes]) -> None:
+        """(In a thread.) The rest written, on disk (fsync) and renamed to ``target``. On a
+        failure the temporary file is gone."""
         try:
             out = self._write_part(out, tmp, parts)
             with out:
@@ -133,9 +195,6 @@ class LocalVideoStore:
         except BaseException:
             _discard(out, tmp)
             raise
-        if then is not None:
-            path, data = then
-            self._finish(None, self._tmp(path), path, [data])
 
 
 def _discard(out: BinaryIO | None, tmp: Path) -> None:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hashlib
+import os
 import time
 from collections.abc import Iterator
 from urllib.parse import parse_qs, urlsplit
@@ -19,6 +20,7 @@ import aiohttp
 import orjson
 import pytest
 
+from connectors.storage.local import RECORD_ATTR
 from floodgate import codec
 from floodgate.devstack import Stack
 from floodgate.ids import new_job_id
@@ -74,7 +76,8 @@ def stored_record(stack: Stack, job_id: str) -> bytes:
         return body
     directory = stack.settings.with_overrides(cache_dir=stack.home / "cache").video_dir_path
     assert (directory / f"{job_id}.video").is_file()
-    return (directory / f"{job_id}.json").read_bytes()
+    assert not (directory / f"{job_id}.json").exists()  # one file: the record is the video's attribute
+    return os.getxattr(directory / f"{job_id}.video", RECORD_ATTR)
 
 
 async def test_a_completed_job_links_to_its_stored_video(stack: Stack) -> None:

@@ -2,7 +2,10 @@
 from __future__ import annotations
 
 import asyncio
+import errno
+import functools
 import hashlib
+import os
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
@@ -10,7 +13,7 @@ from typing import Any
 import pytest
 
 from connectors.storage import LocalVideoStore, VideoRecord
-from connectors.storage.local import FLUSH_BYTES
+from connectors.storage.local import FLUSH_BYTES, RECORD_ATTR
 from floodgate.errors import StorageError
 from floodgate.ids import new_job_id
 
@@ -56,10 +59,65 @@ async def test_a_small_video_and_its_record_take_one_trip_to_a_thread_together(
         return record
 
     await store.put_video(job_id, chunked(b"v" * 300_000, 64 * 1024), "video/mp4", seal)
-    assert calls == ["_finish"] and asked == [0]
+    assert calls == ["_seal"] and asked == [0]
     assert await store.record(job_id) == record
-    assert sorted(p.name for p in store.root.iterdir()) == [f"{job_id}.json", f"{job_id}.video"]
+    # One file: the record is the video file's attribute, set before the file was renamed into place.
+    assert [p.name for p in store.root.iterdir()] == [f"{job_id}.video"]
+    assert VideoRecord.decode(os.getxattr(store.root / f"{job_id}.video", RECORD_ATTR)) == record
     assert await read_back(store, job_id) == b"v" * 300_000
+
+
+def refuse_attributes(monkeypatch: pytest.MonkeyPatch, code: int = errno.ENOTSUP) -> list[int]:
+    """The file system of a store that keeps no extended attributes (tmpfs before 6.6, NFS...)."""
+    tried: list[int] = []
+
+    def refusing(*args: Any, **kwargs: Any) -> None:
+        tried.append(code)
+        raise OSError(code, os.strerror(code))
+
+    monkeypatch.setattr(os, "setxattr", refusing)
+    return tried
+
+
+async def test_where_attributes_are_refused_the_record_goes_beside_the_video_from_then_on(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    store = LocalVideoStore(tmp_path / "videos")
+    tried = refuse_attributes(monkeypatch)
+    first, second = new_job_id(), new_job_id()
+    for job_id in (first, second):
+        record = VideoRecord(job_id, "stored", at_ms=1, size=3, sha256="0" * 64, content_type="video/mp4")
+        await store.put_video(job_id, chunked(b"vvv", 2), "video/mp4", functools.partial(lambda r: r, record))
+        assert await store.record(job_id) == record
+        assert await read_back(store, job_id) == b"vvv"
+    assert tried == [errno.ENOTSUP]  # asked once: the second record went beside its video directly
+    assert not store.attributes
+    assert sorted(p.name for p in store.root.iterdir()) == sorted(
+        [f"{first}.json", f"{first}.video", f"{second}.json", f"{second}.video"])
+
+
+async def test_another_refusal_of_the_attribute_fails_the_write_and_leaves_nothing(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    store, job_id = LocalVideoStore(tmp_path / "videos"), new_job_id()
+    refuse_attributes(monkeypatch, errno.EIO)  # not "unsupported": the disk failed
+    record = VideoRecord(job_id, "stored", at_ms=1, size=3, sha256="0" * 64, content_type="video/mp4")
+    with pytest.raises(StorageError) as err:
+        await store.put_video(job_id, chunked(b"vvv", 2), "video/mp4", lambda: record)
+    assert err.value.retriable and store.attributes
+    assert await store.record(job_id) is None
+    assert not list(store.root.iterdir())
+
+
+async def test_a_store_written_with_records_beside_the_videos_is_read_as_before(tmp_path: Path) -> None:
+    """A directory written before records went into the attribute (or by a process that could
+    not set it): the video file has no attribute, its record is the .json beside it."""
+    old = LocalVideoStore(tmp_path / "videos", attributes=False)
+    job_id = new_job_id()
+    record = VideoRecord(job_id, "stored", at_ms=1, size=3, sha256="0" * 64, content_type="video/mp4")
+    await old.put_video(job_id, chunked(b"vvv", 2), "video/mp4", lambda: record)
+    now = LocalVideoStore(tmp_path / "videos")
+    assert now.attributes
+    assert await now.record(job_id) == record
+    assert await now.record(new_job_id()) is None
 
 
 async def test_a_record_on_its_own_takes_one_trip(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -69,6 +127,7 @@ async def test_a_record_on_its_own_takes_one_trip(tmp_path: Path, monkeypatch: p
     await store.put_record(refused)
     assert calls == ["_finish"]
     assert await store.record(job_id) == refused
+    assert [p.name for p in store.root.iterdir()] == [f"{job_id}.json"]  # a refusal has no video to carry it
 
 
 async def test_a_video_that_fails_midway_writes_no_record(tmp_path: Path) -> None:

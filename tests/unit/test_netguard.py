@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import socket
+import sys
 from collections.abc import AsyncIterator
 
 import aiohttp
@@ -10,6 +11,7 @@ from aiohttp.abc import AbstractResolver, ResolveResult
 
 from floodgate.errors import ValidationError
 from floodgate.netguard import (
+    _SPACE_OR_CONTROL,
     ForbiddenDestination,
     GuardedResolver,
     canonical_host,
@@ -68,6 +70,18 @@ def test_bad_url_syntax(url: object, message: str) -> None:
     [problem] = info.value.problems
     assert problem.field == "webhook_url"
     assert problem.message.startswith(message)
+
+
+def test_every_unicode_space_and_control_character_is_refused_and_nothing_else() -> None:
+    """The check is one regex scan: it refuses exactly what ``str.isspace`` and the C0 controls
+    and DEL are, over the whole of Unicode (no-break and ideographic spaces, line separators...)."""
+    refused = {ch for ch in map(chr, range(sys.maxunicode + 1)) if _SPACE_OR_CONTROL.search(ch)}
+    expected = {ch for ch in map(chr, range(sys.maxunicode + 1)) if ch.isspace() or ord(ch) < 0x20 or ord(ch) == 0x7F}
+    assert refused == expected
+    assert {"\xa0", "\u2028", "\u3000", "\x7f", "\t"} <= refused
+    for ch in ("\u3000", "\u2028", "\x1f"):
+        with pytest.raises(ValidationError):
+            check_url_syntax(f"https://hooks.example.com/a{ch}b")
 
 
 def test_url_length_limit_is_inclusive() -> None:
