@@ -93,7 +93,6 @@ async def main(copies: int, concurrency: int) -> None:
         settings = Settings.from_env({**os.environ, "FLOODGATE_KAFKA_BOOTSTRAP": "127.0.0.1:9"})
         with tempfile.TemporaryDirectory(dir=settings.cache_dir) as root:
             store = LocalVideoStore(Path(root))
-            copier = VideoCopier(settings, store, fetcher=fetcher)
 
             async def fetch_only(i: int) -> None:
                 async with fetcher.open(f"{url}{i}.mp4") as download:
@@ -112,7 +111,10 @@ async def main(copies: int, concurrency: int) -> None:
             await stage("fetch only", copies, concurrency, fetch_only)
             await stage("record()", copies, concurrency, lambda i: store.record(f"none{i:010d}"))
             await stage("put+record", copies, concurrency, put)
-            await stage("copy()", copies, concurrency, lambda i: copier.copy(f"job{i:010d}", f"{url}{i}.mp4"))
+            # As the copier starts them: a fetched batch at once (up to its 256 pending), the
+            # copier's own semaphore letting ``concurrency`` download and write at a time.
+            copier = VideoCopier(settings, store, fetcher=fetcher, concurrency=concurrency)
+            await stage("copy()", copies, 256, lambda i: copier.copy(f"job{i:010d}", f"{url}{i}.mp4"))
     finally:
         await session.close()
         server.kill()
