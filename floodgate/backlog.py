@@ -7,6 +7,10 @@ or estimated wait. Where the figures come from is a ``BacklogProbe``; the API's 
 * ``lag``: records a consumer group has yet to read on one partition.
 * ``line_drain_rate``: jobs the providers' full lines start per second, from the dispatchers'
   line reports (each dispatch partition's pace, ``floodgate.pace``).
+* ``line_waits``: per provider, how long a job joining its line now would wait; ``model_wait``:
+  the line a new job of a model joins (its first provider's, or an equivalent's where the model
+  spills over), so the wait bound sheds only the jobs that would wait past it: a request for a
+  model whose provider has room is not refused because another provider's line is long.
 * ``DrainRate``: jobs leaving the system per second, from a running count of finished jobs
   sampled over a sliding window: what the guard goes by while no line is full.
 * ``BacklogGuard``: given depth and estimated wait, shed or not, and the Retry-After to say.
@@ -15,12 +19,15 @@ from __future__ import annotations
 
 import math
 from collections import deque
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Protocol
 
+from floodgate.errors import ValidationError
 from floodgate.problems import BACKLOG
 from floodgate.quotas import Refusal
+from floodgate.routing import RoutingTable, chain_for
 from floodgate.spillover import FRESH_FOR, LineReport
 
 
@@ -41,6 +48,9 @@ class BacklogProbe(Protocol):
     def estimated_wait(self) -> float | None:
         """Seconds a job accepted now would wait for the backlog ahead of it to drain; None if
         no drain has been observed (unknown, not infinite)."""
+
+    def line_waits(self) -> Mapping[str, LineWait]:
+        """Per provider whose figures are known, the wait of a job joining its line now."""
 
     def close(self) -> None:
         """Release the probe's clients; the monitor calls it once it has stopped."""
@@ -103,6 +113,63 @@ def line_drain_rate(reports: Iterable[LineReport], now: float) -> float | None:
     return sum(rates) if rates else None
 
 
+@dataclass(frozen=True, slots=True)
+class LineWait:
+    """A job joining ``provider``'s line now would wait about ``seconds``: ``waiting`` jobs ahead
+    of it at ``rate`` starts per second (None with a free slot: it would start at once)."""
+
+    provider: str
+    seconds: float
+    waiting: int
+    rate: float | None
+
+
+def line_waits(waiting: Mapping[str, int], reports: Iterable[LineReport], now: float) -> dict[str, LineWait]:
+    """Per provider with fresh reports: its ``waiting`` jobs ÷ the start rates of its dispatch
+    partitions with no free slot (0 s when every partition has one: a job starts at once). A
+    provider whose full partitions report no rate yet, or that no fresh report speaks for, is left
+    out: its wait is unknown, and unknown never sheds."""
+    by_provider: dict[str, list[LineReport]] = {}
+    for report in reports:
+        if now - report.at <= FRESH_FOR:
+            by_provider.setdefault(report.provider, []).append(report)
+    out: dict[str, LineWait] = {}
+    for provider, fresh in by_provider.items():
+        ahead = waiting.get(provider, 0)
+        full = [r for r in fresh if r.free_slots <= 0]
+        if not full:
+            out[provider] = LineWait(provider, 0.0, ahead, None)
+            continue
+        rates = [r.start_rate for r in full if r.start_rate is not None and r.start_rate > 0]
+        if rates:
+            rate = sum(rates)
+            out[provider] = LineWait(provider, ahead / rate, ahead, rate)
+    return out
+
+
+def model_wait(routing: RoutingTable, model: str, waits: Mapping[str, LineWait], when: datetime) -> LineWait | None:
+    """The line a new job of ``model`` would wait in: its first provider's; where the model names
+    equivalents (spillover) and waits there past its ``max_wait_s``, the shortest of those
+    equivalents' first providers, which its order would spill to. None when the first provider's
+    wait is unknown (or the model has no provider now)."""
+    try:
+        here = waits.get(chain_for(routing, model, when)[0].provider)
+    except ValidationError:
+        return None
+    rule = routing.spillover.get(model)
+    if here is None or rule is None or here.seconds <= rule.max_wait_s:
+        return here
+    best = here
+    for other in rule.equivalents:
+        try:
+            there = waits.get(chain_for(routing, other, when)[0].provider)
+        except ValidationError:  # every provider of that model is retired or disabled
+            continue
+        if there is not None and there.seconds < best.seconds:
+            best = there
+    return best
+
+
 def estimated_wait(depth: int, rate: float | None) -> float | None:
     """Seconds for ``depth`` jobs to drain at ``rate`` per second; None when the rate is unknown."""
     if rate is None or rate <= 0:
@@ -142,11 +209,22 @@ class BacklogGuard:
             reasons.append(f"an estimated wait of {wait:.0f}s (the bound is {self.max_wait:.0f}s)")
         if not reasons:
             return None
-        need = max(over)
+        return self._refusal(max(over), "new jobs are not accepted for now: " + " and ".join(reasons))
+
+    def line_verdict(self, model: str, line: LineWait | None) -> Refusal | None:
+        """The refusal for new jobs of ``model``, whose jobs would wait in ``line`` (``model_wait``),
+        or None. Retry-After: the time that line needs to come back under ``max_wait``."""
+        if self.max_wait <= 0 or line is None or line.seconds < self.max_wait:
+            return None
+        need = line.seconds - self.max_wait + (1 / line.rate if line.rate else 0.0)
+        return self._refusal(need, f"new jobs for {model} are not accepted for now: an estimated wait of "
+                                   f"{line.seconds:.0f}s at {line.provider} (the bound is {self.max_wait:.0f}s)")
+
+    def _refusal(self, need: float, detail: str) -> Refusal:
         retry = self.min_retry_after * 10 if not math.isfinite(need) else need
         retry = min(self.max_retry_after, max(self.min_retry_after, retry))
-        return Refusal(503, "backlog", BACKLOG, "Backlog too deep",
-                       "new jobs are not accepted for now: " + " and ".join(reasons), retry)
+        return Refusal(503, "backlog", BACKLOG, "Backlog too deep", detail, retry)
 
 
-__all__ = ["BacklogGuard", "BacklogProbe", "DrainRate", "estimated_wait", "lag", "line_drain_rate"]
+__all__ = ["BacklogGuard", "BacklogProbe", "DrainRate", "LineWait", "estimated_wait", "lag", "line_drain_rate",
+           "line_waits", "model_wait"]

@@ -101,8 +101,12 @@ class ApiMetrics(_Group):
             "floodgate_backlog_estimated_wait_seconds",
             "The backlog guard's estimated wait: queued jobs / the pace of the providers' full lines, else "
             "jobs finished per second (-1: unknown).")
+        self.backlog_line_wait = self._gauge(
+            "floodgate_backlog_line_wait_seconds",
+            "The backlog guard's wait of a job joining the provider's line now: the jobs waiting for it / the "
+            "pace of its full dispatch partitions (0: a slot is free). Only where known.", ["provider"])
         self.backlog_shedding = self._gauge(
-            "floodgate_backlog_shedding", "1 while the backlog guard answers new jobs 503, else 0.")
+            "floodgate_backlog_shedding", "1 while the backlog guard answers new jobs 503 (all, or a model's), else 0.")
         self.accept_latency = self._histogram(
             "floodgate_accept_latency_seconds",
             "Time from a job request's arrival to its 202 (Kafka acknowledged the record).", ACCEPT_BUCKETS)

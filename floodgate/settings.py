@@ -159,9 +159,11 @@ class Settings:
     """Jobs queued across providers (accepted, not yet taken by a provider) past which POST /v1/jobs
     answers 503 with Retry-After. 0: no bound."""
     backlog_max_wait: float = 0.0
-    """Estimated wait in seconds (queued jobs / the pace of the providers' full lines, else jobs
-    finished per second over the last minute) past which POST /v1/jobs answers 503 with
-    Retry-After. 0: no bound."""
+    """Estimated wait in seconds past which POST /v1/jobs answers 503 with Retry-After, for the
+    models whose line is that long: a job's wait is the jobs queued for the provider it would go to
+    / the pace of that provider's full lines (its equivalent's, where the model spills over). While
+    no line's pace is known: all queued jobs / jobs finished per second over the last minute, for
+    every model. 0: no bound."""
     backlog_refresh: float = 1.0
     """Seconds between two readings of the backlog's figures (Kafka offsets, in the background)."""
     dev_mode: bool = False

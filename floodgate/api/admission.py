@@ -1,5 +1,6 @@
-"""Admission control at ``POST /v1/jobs``: per-tenant quotas and the global backlog guard,
-checked before the body is read, so a refused request costs no parsing and no Kafka write.
+"""Admission control at ``POST /v1/jobs``: per-tenant quotas and the backlog guard, checked before
+the body is read, so a refused request costs no parsing and no Kafka write; the guard's wait
+bound, which depends on the model's line, once the body is validated (and still before Kafka).
 
 The rules are ``floodgate.quotas`` and ``floodgate.backlog``; this module only puts them
 together for one API process. On the accepted path a check is a few dict reads and one float
@@ -62,6 +63,11 @@ class Admission:
                 queued.settle(tenant)
             return rate_refusal(quota.per_minute, wait)
         return None
+
+    def check_model(self, model: str) -> Refusal | None:
+        """The backlog's wait bound for a job of ``model`` (once the body says which): None to go
+        on, else what to answer. The tenant's checks have passed; ``settle`` still follows."""
+        return self.backlog.refusal_for(model) if self.backlog is not None else None
 
     def settle(self, tenant: str) -> None:
         if self.queued is not None:

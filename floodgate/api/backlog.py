@@ -11,7 +11,13 @@
 * drain rate = the start rates those reports give for the partitions whose slots are full
   (``floodgate.backlog.line_drain_rate``); while none is full, the records ever written to
   ``results`` (one per job that ended), sampled over a minute (``floodgate.backlog.DrainRate``);
-  estimated wait = depth ÷ drain rate.
+  estimated wait = depth ÷ drain rate;
+* per provider, the wait of a job joining its line (``floodgate.backlog.line_waits``): the jobs
+  waiting for it ÷ the start rates of its full partitions, where the jobs waiting are the job
+  view's count for that provider (``queued_at``) or, without a view, the workers' lag on its
+  ``dispatch.<provider>`` plus the orders its dispatchers hold in their lines. Once any provider's
+  is known the wait bound goes by these, per model (``BacklogMonitor.refusal_for``); the whole
+  backlog's wait above stands in while none is.
 
 The broker calls are blocking (confluent-kafka) and run in a thread, once per refresh. The group
 is only read (committed offsets), never joined. ``BacklogMonitor`` refreshes any probe every
@@ -25,12 +31,24 @@ import logging
 import threading
 import time
 from collections.abc import Callable, Iterable, Mapping
+from datetime import UTC, datetime
 
 from confluent_kafka import Consumer, KafkaException, TopicPartition
 
-from floodgate.backlog import BacklogGuard, BacklogProbe, DrainRate, estimated_wait, lag, line_drain_rate
+from floodgate.backlog import (
+    BacklogGuard,
+    BacklogProbe,
+    DrainRate,
+    LineWait,
+    estimated_wait,
+    lag,
+    line_drain_rate,
+    line_waits,
+    model_wait,
+)
 from floodgate.metrics import ApiMetrics, api_metrics
 from floodgate.quotas import OpenJobs, Refusal
+from floodgate.routing import RoutingTable, known_models
 from floodgate.settings import Settings
 from floodgate.spillover import FRESH_FOR, LineReport
 from floodgate.topics import TopicNames
@@ -46,10 +64,14 @@ class KafkaBacklog:
     def __init__(self, bootstrap: str, group: str, lag_topics: Iterable[tuple[str, int]],
                  results: tuple[str, int], open_jobs: OpenJobs | None = None, *,
                  clock: Callable[[], float] = time.monotonic, timeout: float = 5.0,
-                 drain: DrainRate | None = None, lines: str | None = None, count_line_waiting: bool = False) -> None:
+                 drain: DrainRate | None = None, lines: str | None = None, count_line_waiting: bool = False,
+                 dispatch_topics: Mapping[str, str] | None = None,
+                 queued_at: Callable[[str], int] | None = None) -> None:
         """``lines``: the line reports' topic, read for the pace of the full lines and, with
         ``count_line_waiting``, the orders waiting in them (an API without a job view, which
-        cannot count them otherwise)."""
+        cannot count them otherwise). Per provider, the jobs waiting for it come from
+        ``queued_at`` (the job view's board) or else from the lag on its dispatch topic
+        (``dispatch_topics``: provider → topic, among ``lag_topics``) and its lines' orders."""
         self._lagged = [TopicPartition(t, p) for t, parts in lag_topics for p in range(parts)]
         self._results = [TopicPartition(results[0], p) for p in range(results[1])]
         self.open_jobs = open_jobs
@@ -65,6 +87,9 @@ class KafkaBacklog:
                                    "enable.auto.commit": False, "client.id": f"{group}-api-backlog"})
         self._lines = lines
         self._count_line_waiting = count_line_waiting
+        self._dispatch_topics = dict(dispatch_topics or {})
+        self._queued_at = queued_at
+        self._line_waits: dict[str, LineWait] = {}
 
     def depth(self) -> int | None:
         return self._depth
@@ -75,6 +100,9 @@ class KafkaBacklog:
     def drain_rate(self) -> float | None:
         return self._rate
 
+    def line_waits(self) -> Mapping[str, LineWait]:
+        return self._line_waits
+
     async def refresh(self) -> None:
         """Read the offsets (in a thread) and recompute the figures. On a broker error the
         figures become unknown (the guard then accepts) and ``KafkaException`` is raised."""
@@ -82,31 +110,46 @@ class KafkaBacklog:
             unread, finished, reports = await asyncio.to_thread(self._read)
         except (KafkaException, RuntimeError):
             self._depth = self._wait = None
+            self._line_waits = {}
             raise
-        depth = unread + (self.open_jobs.waiting if self.open_jobs is not None else 0)
+        depth = sum(unread.values()) + (self.open_jobs.waiting if self.open_jobs is not None else 0)
         if self._count_line_waiting:
             depth += sum(r.waiting for r in reports)
         self.drain.sample(self.clock(), finished)
         # Sampled either way: the finished count is the fallback the moment no line is full.
         finished_rate = self.drain.per_second()
-        lines_rate = line_drain_rate(reports, time.time())
+        now = time.time()
+        lines_rate = line_drain_rate(reports, now)
         self._rate = lines_rate if lines_rate is not None else finished_rate
         self._depth = depth
         self._wait = estimated_wait(depth, self._rate)
+        self._line_waits = line_waits(self._waiting_by_provider(unread, reports), reports, now)
 
-    def _read(self) -> tuple[int, int, list[LineReport]]:
-        """(records the group has yet to read on the lagged topics, records ever written to
-        results, the newest fresh line report of each dispatch partition)."""
+    def _waiting_by_provider(self, unread: Mapping[str, int], reports: Iterable[LineReport]) -> dict[str, int]:
+        """Jobs waiting for each provider: the job view's count, else the dispatch lag plus the
+        orders its dispatchers hold."""
+        providers = {r.provider for r in reports} | set(self._dispatch_topics)
+        if self._queued_at is not None:
+            return {p: self._queued_at(p) for p in providers}
+        out = {p: unread.get(topic, 0) for p, topic in self._dispatch_topics.items()}
+        for report in reports:
+            out[report.provider] = out.get(report.provider, 0) + report.waiting
+        return out
+
+    def _read(self) -> tuple[dict[str, int], int, list[LineReport]]:
+        """(records the group has yet to read, per lagged topic; records ever written to results;
+        the newest fresh line report of each dispatch partition)."""
         with self._lock:
             if self._closed:
                 raise RuntimeError("backlog probe closed")
-            unread = 0
+            unread: dict[str, int] = {}
             if self._lagged:
                 committed = {(tp.topic, tp.partition): tp.offset
                              for tp in self._consumer.committed(self._lagged, timeout=self.timeout)}
                 for tp in self._lagged:
                     low, high = self._consumer.get_watermark_offsets(tp, timeout=self.timeout, cached=False)
-                    unread += lag(high, committed.get((tp.topic, tp.partition)), low)
+                    unread[tp.topic] = (unread.get(tp.topic, 0)
+                                        + lag(high, committed.get((tp.topic, tp.partition)), low))
             finished = 0
             for tp in self._results:
                 finished += self._consumer.get_watermark_offsets(tp, timeout=self.timeout, cached=False)[1]
@@ -140,16 +183,22 @@ class KafkaBacklog:
 
 
 class BacklogMonitor:
-    """Refreshes ``probe`` every ``interval`` seconds and keeps ``refusal``: what the ingress
-    answers new jobs with now (None: accept). Publishes the figures as gauges."""
+    """Refreshes ``probe`` every ``interval`` seconds and keeps the verdicts ready for the ingress:
+    ``refusal``, what every new job is answered now (the depth bound; the wait bound too while no
+    provider's line wait is known), and ``refusal_for(model)``, the wait bound for a model's jobs
+    by the line they would join (None: accept). Publishes the figures as gauges."""
 
     def __init__(self, probe: BacklogProbe, guard: BacklogGuard, metrics: ApiMetrics | None = None,
-                 interval: float = 1.0) -> None:
+                 interval: float = 1.0, routing: RoutingTable | None = None,
+                 clock: Callable[[], datetime] = lambda: datetime.now(UTC)) -> None:
         self.probe = probe
         self.guard = guard
         self.metrics = metrics
         self.interval = interval
+        self.routing = routing
+        self.clock = clock
         self.refusal: Refusal | None = None
+        self._by_model: dict[str, Refusal] = {}
         self.refreshed = asyncio.Event()
         """Set after every refresh, successful or not (tests wait on it rather than sleep)."""
         self._task: asyncio.Task[None] | None = None
@@ -177,12 +226,32 @@ class BacklogMonitor:
                 log.warning("backlog figures unknown (new jobs are not shed meanwhile): %s", exc)
             self._failing = True
         depth, wait = self.probe.depth(), self.probe.estimated_wait()
-        self.refusal = self.guard.verdict(depth, wait, self.probe.drain_rate())
+        lines = self.probe.line_waits() if self.routing is not None else {}
+        # The whole backlog's wait stands in for the lines' only while none of theirs is known.
+        self.refusal = self.guard.verdict(depth, None if lines else wait, self.probe.drain_rate())
+        self._by_model = self._model_refusals(lines)
         if self.metrics is not None:
             self.metrics.backlog_depth.set(-1 if depth is None else depth)
             self.metrics.backlog_wait.set(-1 if wait is None else wait)
-            self.metrics.backlog_shedding.set(0 if self.refusal is None else 1)
+            self.metrics.backlog_shedding.set(0 if self.refusal is None and not self._by_model else 1)
+            for provider, line in lines.items():
+                self.metrics.backlog_line_wait.labels(provider).set(line.seconds)
         self.refreshed.set()
+
+    def refusal_for(self, model: str) -> Refusal | None:
+        """The wait bound's verdict for a new job of ``model`` (a dict read on the request path)."""
+        return self._by_model.get(model)
+
+    def _model_refusals(self, lines: Mapping[str, LineWait]) -> dict[str, Refusal]:
+        if not lines or self.routing is None or self.guard.max_wait <= 0:
+            return {}
+        when = self.clock()
+        out: dict[str, Refusal] = {}
+        for model in known_models(self.routing, when):
+            refusal = self.guard.line_verdict(model, model_wait(self.routing, model, lines, when))
+            if refusal is not None:
+                out[model] = refusal
+        return out
 
     async def _run(self) -> None:
         while True:
@@ -194,20 +263,26 @@ class BacklogMonitor:
 
 
 async def start_monitor(settings: Settings, topics: TopicNames, providers: Iterable[str],
-                        partitions: Mapping[str, int], open_jobs: OpenJobs | None) -> BacklogMonitor | None:
+                        partitions: Mapping[str, int], open_jobs: OpenJobs | None,
+                        routing: RoutingTable | None = None,
+                        queued_at: Callable[[str], int] | None = None) -> BacklogMonitor | None:
     """The running monitor for the settings' guard (None when no bound is set), its first
-    reading taken. ``partitions``: topic → partition count (the topic layout); ``open_jobs``:
-    the job view's counts, when this process has one."""
+    reading taken. ``partitions``: topic → partition count (the topic layout); ``open_jobs``
+    and ``queued_at``: the job view's counts (all, and per provider), when this process has one;
+    ``routing``: the models' routes, for the wait bound per model."""
     guard = BacklogGuard(settings.backlog_max_depth, settings.backlog_max_wait)
     if not guard.enabled:
         return None
     lagged = [topics.requests]
+    dispatch = {p: topics.dispatch(p) for p in providers}
     if open_jobs is None:  # no view: the dispatch topics' lag stands for the admitted jobs still queued
-        lagged += [topics.dispatch(p) for p in providers]
+        lagged += list(dispatch.values())
     probe = KafkaBacklog(settings.kafka_bootstrap, settings.app_id, [(t, partitions[t]) for t in lagged],
                          (topics.results, partitions[topics.results]), open_jobs,
-                         lines=topics.lines, count_line_waiting=open_jobs is None)
-    monitor = BacklogMonitor(probe, guard, api_metrics(), settings.backlog_refresh)
+                         lines=topics.lines, count_line_waiting=open_jobs is None,
+                         dispatch_topics=dispatch if open_jobs is None else None,
+                         queued_at=queued_at if open_jobs is not None else None)
+    monitor = BacklogMonitor(probe, guard, api_metrics(), settings.backlog_refresh, routing=routing)
     await monitor.refresh_once()
     monitor.start()
     return monitor

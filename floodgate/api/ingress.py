@@ -168,6 +168,8 @@ class Ingress:
                 raise ValidationError(Problem("priority", "high is not granted to this API key"))
         except ValidationError as exc:
             return validation_response(exc)
+        if (refusal := self.admission.check_model(normalized.model)) is not None:
+            return Refused(refusal)  # the line this job would join is past the wait bound
         job_id = job_id_for_key(self.secret, tenant, idem_key) if idem_key is not None else new_job_id()
         record = job_request(job_id, tenant, normalized, idem_key, int(deps.clock() * 1000))
         if idem_key is None:

@@ -92,7 +92,8 @@ _OPERATIONS: dict[str, tuple[str, str, dict[str, Any]]] = {
             "429": _problem("Over the tenant's quota (type `urn:floodgate:problem:rate-quota`: requests per "
                             "minute; `urn:floodgate:problem:queued-quota`: jobs not yet finished); `limit` is the "
                             "quota's limit. Nothing was accepted", retry_after=True),
-            "503": _problem("Kafka unavailable, or the backlog is past its bound (type "
+            "503": _problem("Kafka unavailable, or the backlog is past its bound: the whole queue's depth, "
+                            "or the estimated wait of the line this model's job would join (type "
                             "`urn:floodgate:problem:backlog`); nothing was accepted", retry_after=True),
         },
     }),

@@ -160,6 +160,7 @@ async def serve(settings: Settings, *, host: str | None = None, port: int | None
         settings.kafka_bootstrap, linger_ms=BRIDGE_LINGER_MS)
     producers = [producer] if intake is None or intake is producer else [intake, producer]
     spill: SpillStore | None = None
+    board: QueueBoard | None = None
     view: JobView | None = None
     feed: NotificationFeed | None = None
     runner: web.AppRunner | None = None
@@ -210,7 +211,8 @@ async def serve(settings: Settings, *, host: str | None = None, port: int | None
                             ready_timeout)
         if "ingress" in chosen:  # the backlog guard, when a bound is set; after the view has caught up
             backlog = await start_monitor(settings, names, limits, {t: parts for t, (parts, _) in layout.items()},
-                                          view.open_jobs if view is not None else None)
+                                          view.open_jobs if view is not None else None, routing=setup.routing,
+                                          queued_at=board.queued_at if board is not None else None)
         app = build_app(settings, setup, roles=chosen, producer=producer, view=view, video_store=store,
                         backlog=backlog, intake=intake, **app_options)
         runner = web.AppRunner(app, access_log=None, handle_signals=False, shutdown_timeout=5.0)

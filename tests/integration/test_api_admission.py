@@ -244,6 +244,56 @@ async def test_an_ingress_only_api_counts_the_orders_waiting_in_dispatchers_line
     assert await ids_in_requests(settings) == [body["job_id"]]
 
 
+async def test_a_long_line_sheds_its_models_jobs_and_accepts_the_others(
+        settings_for: Callable[..., Settings], http: aiohttp.ClientSession) -> None:
+    """kling's line is full and 20 s long at its pace, wan has a free slot; the wait bound is 10 s:
+    a job for kling-2.1 is refused with the time kling's line needs, a job for wan-2.6 is
+    accepted, though the whole backlog's wait (every line together) is past the bound too."""
+    settings = settings_for(simulator_url=DEV_SIMULATOR, backlog_max_wait=10.0, backlog_refresh=0.1)
+    names = TopicNames(settings)
+    async with running_api(settings, roles={"ingress"}) as api:
+        producer = Producer({"bootstrap.servers": settings.kafka_bootstrap, "acks": "all"})
+
+        def send() -> None:
+            now = time.time()
+            for r in (LineReport("kling", 0, free_slots=0, waiting=20, start_rate=1.0, at=now),
+                      LineReport("wan", 0, free_slots=2, waiting=0, start_rate=0.5, at=now)):
+                producer.produce(names.lines, key=f"{r.provider}:{r.partition}".encode(), value=r.encode())
+            assert producer.flush(20) == 0
+
+        async def publish() -> None:
+            while True:  # as dispatchers do: a report stays fresh for FRESH_FOR seconds only
+                await asyncio.to_thread(send)
+                await asyncio.sleep(0.5)
+
+        publisher = asyncio.create_task(publish())
+        try:
+            monitor = api.backlog
+            assert monitor is not None
+            deadline = time.monotonic() + 20
+            while monitor.refusal_for("kling-2.1") is None and time.monotonic() < deadline:
+                monitor.refreshed.clear()
+                await asyncio.wait_for(monitor.refreshed.wait(), 5)
+            assert monitor.probe.estimated_wait() == 20.0  # the whole backlog's: 20 jobs at kling's 1/s
+            assert monitor.refusal is None and monitor.refusal_for("wan-2.6") is None
+            status, headers, refused = await post(http, api)  # BODY is a kling-2.1 job
+            async with http.post(f"{api.url}/v1/jobs", json={**BODY, "model": "wan-2.6"}) as resp:
+                wan_status, wan_body = resp.status, await resp.json()
+            async with http.get(f"{api.url}/metrics") as resp:
+                metrics = await resp.text()
+        finally:
+            publisher.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await publisher
+    retry = assert_refusal(status, headers, refused, 503, "urn:floodgate:problem:backlog")
+    assert "kling-2.1" in refused["detail"] and "20s at kling" in refused["detail"]
+    assert retry == 11  # 20 s less the 10 s bound, plus one start at 1/s
+    assert wan_status == 202
+    assert 'floodgate_backlog_line_wait_seconds{provider="kling"} 20.0' in metrics
+    assert 'floodgate_backlog_line_wait_seconds{provider="wan"} 0.0' in metrics
+    assert await ids_in_requests(settings) == [wan_body["job_id"]]  # the refused job never reached Kafka
+
+
 async def test_without_bounds_there_is_no_monitor(settings_for: Callable[..., Settings],
                                                   http: aiohttp.ClientSession) -> None:
     settings = settings_for(simulator_url=DEV_SIMULATOR)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import math
+from datetime import UTC, datetime
 
 import pytest
 from hypothesis import given
@@ -11,9 +12,19 @@ from hypothesis import strategies as st
 
 from floodgate.api.admission import QUEUED_RETRY_AFTER, Admission
 from floodgate.api.backlog import BacklogMonitor
-from floodgate.backlog import BacklogGuard, DrainRate, estimated_wait, lag, line_drain_rate
+from floodgate.backlog import (
+    BacklogGuard,
+    DrainRate,
+    LineWait,
+    estimated_wait,
+    lag,
+    line_drain_rate,
+    line_waits,
+    model_wait,
+)
 from floodgate.problems import BACKLOG, QUEUED_QUOTA, RATE_QUOTA
 from floodgate.quotas import OpenJobs, Quota, QuotaTable
+from floodgate.routing import RoutingTable
 from floodgate.spillover import FRESH_FOR, LineReport
 
 # --- lag ---------------------------------------------------------------------------------------
@@ -137,8 +148,12 @@ class FakeProbe:
     def __init__(self) -> None:
         self._depth: int | None = 0
         self.rate: float | None = None
+        self.lines: dict[str, LineWait] = {}
         self.fail = False
         self.closed = False
+
+    def line_waits(self) -> dict[str, LineWait]:
+        return self.lines
 
     async def refresh(self) -> None:
         if self.fail:
@@ -230,6 +245,84 @@ async def test_the_backlog_refuses_first_and_sets_the_queued_retry() -> None:
     assert admission.check("a") is None
     refused = admission.check("a")
     assert refused is not None and refused.type_ == QUEUED_QUOTA and refused.retry_after == 2.0  # 1 / 0.5
+
+
+# --- the wait bound per line -------------------------------------------------------------------
+
+NOW = datetime(2026, 12, 1, tzinfo=UTC)
+
+
+def report(provider: str, partition: int, free: int, rate: float | None, at: float = 100.0) -> LineReport:
+    return LineReport(provider=provider, partition=partition, free_slots=free, waiting=0, start_rate=rate, at=at)
+
+
+def test_a_line_waits_its_jobs_at_the_pace_of_its_full_partitions() -> None:
+    reports = [report("kling", 0, 0, 0.5), report("kling", 1, 0, 1.5), report("kling", 2, 2, 9.0),
+               report("wan", 0, 3, None), report("veo", 0, 0, None),
+               report("old", 0, 0, 1.0, at=100.0 - FRESH_FOR - 1)]
+    waits = line_waits({"kling": 100, "wan": 40, "veo": 5, "old": 7}, reports, now=100.0)
+    assert waits["kling"] == LineWait("kling", 50.0, 100, 2.0)  # 100 jobs at the full partitions' 2/s
+    assert waits["wan"] == LineWait("wan", 0.0, 40, None)  # a slot free in every partition: starts at once
+    assert "veo" not in waits and "old" not in waits  # no pace yet; no fresh report: unknown
+
+
+def routes(spillover: dict | None = None) -> RoutingTable:
+    return RoutingTable.from_dict({
+        "providers": {"kling": {"kind": "sim", "concurrency_limit": 10},
+                      "wan": {"kind": "sim", "concurrency_limit": 5},
+                      "veo": {"kind": "sim", "concurrency_limit": 5}},
+        "routes": {"kling-2.1": [{"provider": "kling"}, {"provider": "wan"}],
+                   "wan-2.6": [{"provider": "wan"}], "veo-3": [{"provider": "veo"}]},
+        "spillover": spillover or {},
+    })
+
+
+def test_a_model_waits_in_its_first_providers_line_or_where_it_would_spill() -> None:
+    waits = {"kling": LineWait("kling", 600.0, 1200, 2.0), "wan": LineWait("wan", 4.0, 8, 2.0),
+             "veo": LineWait("veo", 1.0, 1, 1.0)}
+    plain = routes()
+    assert model_wait(plain, "kling-2.1", waits, NOW) == waits["kling"]  # the chain's next is fallback, not room
+    assert model_wait(plain, "wan-2.6", waits, NOW) == waits["wan"]
+    spilling = routes({"kling-2.1": {"equivalents": ["wan-2.6", "veo-3"], "max_wait_s": 30}})
+    assert model_wait(spilling, "kling-2.1", waits, NOW) == waits["veo"]  # the shortest equivalent line
+    short = {**waits, "kling": LineWait("kling", 20.0, 40, 2.0)}
+    assert model_wait(spilling, "kling-2.1", short, NOW) == short["kling"]  # under max_wait_s: it stays
+    assert model_wait(spilling, "kling-2.1", {"wan": waits["wan"]}, NOW) is None  # its own line unknown
+    assert model_wait(plain, "nope", waits, NOW) is None
+
+
+def test_the_wait_bound_sheds_only_past_it_and_says_when_to_come_back() -> None:
+    guard = BacklogGuard(max_wait=60.0)
+    assert guard.line_verdict("wan-2.6", LineWait("wan", 59.0, 118, 2.0)) is None
+    assert guard.line_verdict("wan-2.6", None) is None  # unknown never sheds
+    refused = guard.line_verdict("kling-2.1", LineWait("kling", 90.0, 180, 2.0))
+    assert refused is not None and refused.status == 503 and refused.type_ == BACKLOG
+    assert refused.retry_after == pytest.approx(30.5)  # back under the bound, plus one start
+    assert refused.detail is not None and "kling-2.1" in refused.detail and "kling" in refused.detail
+    assert BacklogGuard(max_depth=10).line_verdict("kling-2.1", LineWait("kling", 1e6, 10, 1.0)) is None
+
+
+async def test_a_long_line_sheds_its_own_models_jobs_and_no_others() -> None:
+    """kling's line is ten minutes long, wan's has room: jobs for wan are accepted, kling's are
+    told when to come back; the whole backlog's wait (a long one) does not shed wan's."""
+    probe = FakeProbe()
+    probe._depth, probe.rate = 1208, 2.0  # a global wait of 604 s
+    probe.lines = {"kling": LineWait("kling", 600.0, 1200, 2.0), "wan": LineWait("wan", 0.0, 8, None)}
+    monitor = BacklogMonitor(probe, BacklogGuard(max_depth=100_000, max_wait=120.0), routing=routes(),
+                             clock=lambda: NOW)
+    await monitor.refresh_once()
+    assert monitor.refusal is None  # the depth bound is not reached, and the wait is the lines'
+    refused = monitor.refusal_for("kling-2.1")
+    assert refused is not None and refused.retry_after == pytest.approx(300.0)
+    assert monitor.refusal_for("wan-2.6") is None and monitor.refusal_for("veo-3") is None
+    admission = Admission(QuotaTable(Quota()), OpenJobs(), monitor, clock=Clock())
+    assert admission.check("a") is None and admission.check_model("wan-2.6") is None
+    assert admission.check_model("kling-2.1") is refused
+    # While no line's wait is known, the whole backlog's stands in, for every model.
+    probe.lines = {}
+    await monitor.refresh_once()
+    assert monitor.refusal is not None and "604s" in (monitor.refusal.detail or "")
+    assert monitor.refusal_for("kling-2.1") is None
 
 
 def test_ingress_only_warns_that_the_queued_quota_is_off(caplog: pytest.LogCaptureFixture) -> None:
