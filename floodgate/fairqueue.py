@@ -4,17 +4,21 @@ Orders that wait for a provider's slot are served in this order:
 
 1. **Priority.** ``high`` before ``standard`` before ``low``: a waiting order is never passed by one
    of a lower class (an order already submitted is not taken back).
-2. **Fair share within a class.** Tenants share the provider's slots by weight. The tenant whose
-   jobs hold the fewest slots there for its weight (``held_of(tenant) / weight``) goes first: a
-   tenant arriving while another's burst holds every slot takes each slot that frees until it
-   holds its share, instead of every other one. Between tenants holding alike, start-time fair
-   queueing decides: each order gets a start tag when it joins the line, ``max(V, F[tenant])``,
-   and its tenant's finish ``F[tenant]`` moves on by ``1 / weight``; ``V`` is the tag of the last
-   order served in the class; the smallest tag goes first. A tenant that bursts 10,000 orders
-   tags them 0, 1, 2, …; a tenant arriving a moment later starts at the current ``V``, so its
-   orders interleave with the burst instead of waiting behind all of it. A tenant with weight 2
-   holds two slots for each one of a tenant with weight 1 while both wait. Without ``held_of``
-   the turns alone decide (every other start).
+2. **Fair share within a class.** Tenants share the provider's slots by weight. A tenant whose
+   jobs hold fewer slots there than the whole slots of its share (``slots × weight ÷`` the
+   weights of the tenants waiting in the class, rounded down) goes first, the one holding the
+   fewest for its weight first: a tenant arriving while another's burst holds every slot takes
+   each slot that frees until it holds its share, instead of every other one. Otherwise
+   start-time fair queueing decides: each order gets a start tag when it joins the line,
+   ``max(V, F[tenant])``, and its tenant's finish ``F[tenant]`` moves on by ``1 / weight``; ``V``
+   is the tag of the last order served in the class; the smallest tag goes first. A tenant that
+   bursts 10,000 orders tags them 0, 1, 2, …; a tenant arriving a moment later starts at the
+   current ``V``, so its orders interleave with the burst instead of waiting behind all of it. A
+   tenant with weight 3 starts three jobs for each one of a tenant with weight 1 while both wait,
+   and so holds three slots for each of the other's. The turns, not the slots held, decide once
+   each holds its whole slots: a share is rarely a whole number of slots (3:1 of 6 slots is 4.5
+   and 1.5), and serving the fewest held for its weight at every start kept such a pair at 4 and
+   2, two starts to one. Without ``held_of`` the turns alone decide.
 3. **Within a tenant**, by the line's order key: the dispatcher's is the job's acceptance time, so
    a tenant's jobs start in the order their 202s were given, although the ``requests`` partitions
    they were admitted from interleave by fetch (the job view counts places in that order too).
@@ -94,12 +98,12 @@ class FairLine(Generic[Q]):
 
     def __init__(self, high: int, weight_of: Callable[[str], float] = lambda tenant: 1.0,
                  order_key: Callable[[Q], float] | None = None,
-                 held_of: Callable[[str], int] | None = None) -> None:
+                 held_of: Callable[[str], int] | None = None, slots: Callable[[], int] | None = None) -> None:
         """``high``: the high mark (>= 1). ``weight_of(tenant)``: its share (> 0). ``order_key``:
         what orders one tenant's waiting orders (the dispatcher's: acceptance time); ties, and
         every order without a key, go by arrival here. ``held_of(tenant)``: the slots its jobs
-        hold at the provider now (the dispatcher's pool); the tenant holding the fewest for its
-        weight is served first. None: turns alone decide."""
+        hold at the provider now (the dispatcher's pool), and ``slots()`` how many the line hands
+        out: a tenant short of its share's whole slots is served first. None: turns alone decide."""
         if isinstance(high, bool) or not isinstance(high, int) or high < 1:
             raise ConfigError(f"a line's high mark must be an integer >= 1, got {high!r}")
         self.high = high
@@ -109,6 +113,7 @@ class FairLine(Generic[Q]):
         self._weight_of = weight_of
         self._order_key = order_key
         self._held_of = held_of
+        self._slots = slots
         self._heap: list[tuple[_Tag, _Klass]] = []
         """Each class's first turn (and stale ones, dropped lazily): which class is served next."""
         self._classes: dict[_Klass, _Class] = {}
@@ -200,20 +205,26 @@ class FairLine(Generic[Q]):
             heapq.heappop(entries)
 
     def _choose(self) -> tuple[_Tag, _Klass] | None:
-        """The class served next: of the highest priority waiting, the tenant holding the fewest
-        slots for its weight, then the smallest turn."""
+        """The class served next: of the highest priority waiting, a tenant short of its share's
+        whole slots (the fewest held for its weight first), else the smallest turn (the head)."""
         head = self._head()
-        if head is None or self._held_of is None or len(self._classes) == 1:
+        if head is None or self._held_of is None or self._slots is None or len(self._classes) == 1:
             return head
         rank, held_of, weight_of = head[0].rank, self._held_of, self._weight_of
-        best, best_key = head, (held_of(head[1][1]) / (weight_of(head[1][1]) or 1.0), head[0])
-        for klass, line in self._classes.items():
-            if klass[0] != rank or klass == head[1]:
-                continue
-            key = (held_of(klass[1]) / (weight_of(klass[1]) or 1.0), line.tags[0])
-            if key < best_key:
-                best, best_key = (line.tags[0], klass), key
-        return best
+        rivals = [(klass, line) for klass, line in self._classes.items() if klass[0] == rank]
+        if len(rivals) == 1:
+            return head
+        owed = whole_shares(self._slots(), {klass[1]: weight_of(klass[1]) or 1.0 for klass, _ in rivals})
+        best: tuple[_Tag, _Klass] | None = None
+        best_key: tuple[float, _Tag] | None = None
+        for klass, line in rivals:
+            tenant = klass[1]
+            held = held_of(tenant)
+            if held < owed[tenant]:
+                key = (held / (weight_of(tenant) or 1.0), line.tags[0])
+                if best_key is None or key < best_key:
+                    best, best_key = (line.tags[0], klass), key
+        return head if best is None else best
 
     def peek(self) -> Q | None:
         head = self._choose()
@@ -311,6 +322,12 @@ class ClassLoad:
     waiting: int
 
 
+def whole_shares(slots: int, weights: Mapping[str, float]) -> dict[str, int]:
+    """Per tenant, the whole slots of its share of ``slots`` by ``weights`` (rounded down)."""
+    total = sum(weights.values())
+    return {t: int(slots * w / total + 1e-9) for t, w in weights.items()} if total > 0 else dict.fromkeys(weights, 0)
+
+
 def position_estimate(priority: str, tenant: str, index: int, classes: Iterable[ClassLoad],
                       weight_of: Callable[[str], float] = lambda tenant: 1.0, *,
                       held: Mapping[str, int] | None = None, limit: int | None = None) -> int:
@@ -319,9 +336,9 @@ def position_estimate(priority: str, tenant: str, index: int, classes: Iterable[
     class, and of each other tenant of the same class the orders served first. While both wait,
     tenant ``t`` is served ``weight(t) / weight(mine)`` orders for each one of mine, but never more
     than it has waiting; with ``held`` (the slots each tenant's jobs hold at the provider) and the
-    provider's ``limit``, a tenant holding less than its share of the slots (``limit`` split by
-    weight among the tenants waiting in the class: the slots of a tenant that no longer waits
-    come back to them as its jobs end) is first served that deficit."""
+    provider's ``limit``, a tenant holding less than its share's whole slots (``limit`` split by
+    weight among the tenants waiting in the class, rounded down: the slots of a tenant that no
+    longer waits come back to them as its jobs end) is first served that deficit."""
     mine = priority_rank(priority)
     my_weight = weight_of(tenant) or 1.0
     loads = list(classes)
@@ -329,8 +346,8 @@ def position_estimate(priority: str, tenant: str, index: int, classes: Iterable[
     deficit: dict[str, float] = {}
     if held is not None and limit:
         competing = {tenant, *(load.tenant for load in rivals)}
-        total = sum(weight_of(t) or 1.0 for t in competing)
-        deficit = {t: max(0.0, limit * (weight_of(t) or 1.0) / total - held.get(t, 0)) for t in competing}
+        owed = whole_shares(limit, {t: weight_of(t) or 1.0 for t in competing})
+        deficit = {t: float(max(0, owed[t] - held.get(t, 0))) for t in competing}
     mine_owed = deficit.get(tenant, 0.0)
     ahead = index
     for load in loads:
@@ -345,4 +362,4 @@ def position_estimate(priority: str, tenant: str, index: int, classes: Iterable[
     return ahead
 
 
-__all__ = ["PRIORITY_RANK", "ClassLoad", "FairLine", "Queued", "position_estimate", "priority_rank"]
+__all__ = ["PRIORITY_RANK", "ClassLoad", "FairLine", "Queued", "position_estimate", "priority_rank", "whole_shares"]

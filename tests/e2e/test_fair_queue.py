@@ -196,13 +196,13 @@ def test_a_tenant_with_weight_three_gets_three_starts_for_each_of_another(burst:
     window = order[spots[0]:spots[-1] + 1]
     heavy, alpha = sum(j in heavy_ids for j in window), sum(j in alpha_ids for j in window)
     assert heavy == len(burst.heavy)
-    # Three to one while both have jobs in line. The window opens at heavy's first start, while the
-    # rest of heavy's burst is still on its way to the line (admitted one by one, then read from
-    # dispatch.wan); the line hands those moments' slots to alpha, which only lowers the ratio:
-    # 60:29 on a quiet machine, 60:31 in a loaded CI run (below the 2.0 this asked before). With
-    # equal weights it would be about 1:1 (heavy catching up to an equal share of held slots
-    # first), so 1.5 still tells the weight apart.
-    assert alpha > 0 and 1.5 <= heavy / alpha <= 4.5, f"heavy {heavy} : alpha {alpha} while both waited"
+    # Three to one while both have jobs in line: 60:19 on a quiet machine. The window opens at
+    # heavy's first start, while the rest of its burst is still on its way to the line (admitted
+    # one by one, then read from dispatch.wan), and the line gives those moments' slots to alpha,
+    # which can only lower the ratio. When the slots held alone decided, 3:1 of 6 slots stayed at
+    # 4 and 2 held: 60:29 quiet, 60:31 in a loaded CI run (FairLine now goes by turns once each
+    # holds its share's whole slots). With equal weights it would be about 1:1.
+    assert alpha > 0 and 2.0 <= heavy / alpha <= 4.5, f"heavy {heavy} : alpha {alpha} while both waited"
     print(f"while both waited: heavy {heavy} starts, alpha {alpha}")
 
 

@@ -2,6 +2,7 @@
 the position estimate the job view gives from outside."""
 from __future__ import annotations
 
+import random
 import statistics
 from dataclasses import dataclass
 
@@ -10,7 +11,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from floodgate.errors import ConfigError
-from floodgate.fairqueue import ClassLoad, FairLine, position_estimate
+from floodgate.fairqueue import ClassLoad, FairLine, position_estimate, whole_shares
 
 
 @dataclass(frozen=True)
@@ -266,7 +267,7 @@ def run_provider(line: FairLine[Job], held: dict[str, int], in_flight: list[Job]
 
 def test_a_tenant_holding_no_slot_takes_each_freed_one_until_it_holds_its_share() -> None:
     held: dict[str, int] = {}
-    line: FairLine[Job] = FairLine(10_000, held_of=lambda tenant: held.get(tenant, 0))
+    line: FairLine[Job] = FairLine(10_000, held_of=lambda tenant: held.get(tenant, 0), slots=lambda: 10)
     for i in range(300):
         line.push(Job(f"a{i}", "a"))
     in_flight = [line.pop() for _ in range(10)]  # A's burst holds all 10 slots
@@ -285,7 +286,8 @@ def test_a_tenant_holding_no_slot_takes_each_freed_one_until_it_holds_its_share(
 def test_weights_share_the_slots() -> None:
     weights = {"gold": 2.0, "basic": 1.0}
     held: dict[str, int] = {"gold": 0, "basic": 0}
-    line: FairLine[Job] = FairLine(10_000, lambda tenant: weights[tenant], held_of=lambda tenant: held[tenant])
+    line: FairLine[Job] = FairLine(10_000, lambda tenant: weights[tenant], held_of=lambda tenant: held[tenant],
+                                   slots=lambda: 9)
     for i in range(200):
         line.push(Job(f"g{i}", "gold"))
         line.push(Job(f"s{i}", "basic"))
@@ -300,9 +302,53 @@ def test_weights_share_the_slots() -> None:
     assert held == {"gold": 6, "basic": 3}
 
 
+@pytest.mark.parametrize(("slots", "weights"), [
+    (6, {"heavy": 3.0, "light": 1.0}),  # shares of 4.5 and 1.5 slots
+    (2, {"heavy": 5.0, "light": 1.0}),  # less than one slot for the light one
+    (10, {"gold": 3.0, "silver": 2.0, "basic": 1.0}),
+    (5, {"a": 1.0, "b": 1.0}),
+])
+def test_starts_follow_the_weights_when_shares_are_not_whole_slots(slots: int, weights: dict[str, float]) -> None:
+    """Every tenant keeps jobs waiting; jobs end in a random order. Each tenant's starts are its
+    weight's share of all, within 10%, and nobody is starved: with the slots held alone deciding,
+    3:1 of 6 slots stayed at 4 and 2 slots held, two starts to one."""
+    rng = random.Random(7)
+    held = dict.fromkeys(weights, 0)
+    line: FairLine[Job] = FairLine(100_000, lambda tenant: weights[tenant], held_of=lambda tenant: held[tenant],
+                                   slots=lambda: slots)
+    for i in range(5000):
+        for tenant in weights:
+            line.push(Job(f"{tenant}-{i}", tenant))
+    in_flight: list[Job] = []
+    for _ in range(slots):
+        job = line.pop()
+        assert job is not None
+        held[job.tenant] += 1
+        in_flight.append(job)
+    starts = dict.fromkeys(weights, 0)
+    for _ in range(4000):
+        ended = in_flight.pop(rng.randrange(len(in_flight)))
+        held[ended.tenant] -= 1
+        job = line.pop()
+        assert job is not None
+        held[job.tenant] += 1
+        starts[job.tenant] += 1
+        in_flight.append(job)
+    total = sum(weights.values())
+    for tenant, weight in weights.items():
+        assert starts[tenant] / 4000 == pytest.approx(weight / total, rel=0.10), starts
+
+
+def test_whole_shares() -> None:
+    assert whole_shares(6, {"a": 3.0, "b": 1.0}) == {"a": 4, "b": 1}
+    assert whole_shares(9, {"a": 2.0, "b": 1.0}) == {"a": 6, "b": 3}
+    assert whole_shares(2, {"a": 5.0, "b": 1.0}) == {"a": 1, "b": 0}
+    assert whole_shares(0, {"a": 1.0}) == {"a": 0}
+
+
 def test_priority_comes_before_slots_held() -> None:
     held = {"busy": 10, "idle": 0}
-    line: FairLine[Job] = FairLine(100, held_of=lambda tenant: held[tenant])
+    line: FairLine[Job] = FairLine(100, held_of=lambda tenant: held[tenant], slots=lambda: 10)
     line.push(Job("idle-1", "idle"))
     line.push(Job("busy-vip", "busy", priority="high"))
     line.push(Job("idle-low", "idle", priority="low"))
@@ -312,10 +358,12 @@ def test_priority_comes_before_slots_held() -> None:
 
 @settings(max_examples=300, deadline=None)
 @given(ops=st.lists(_op, max_size=80), held=st.tuples(st.integers(0, 5), st.integers(0, 5), st.integers(0, 5)))
-def test_with_slots_held_pop_serves_what_peek_shows_the_fewest_held_first(
+def test_with_slots_held_pop_serves_what_peek_shows_a_tenant_short_of_its_share_first(
         ops: list[tuple[object, ...]], held: tuple[int, int, int]) -> None:
     holding = dict(zip("abc", held, strict=True))
-    line: FairLine[Job] = FairLine(1000, order_key=by_acceptance, held_of=lambda tenant: holding[tenant])
+    slots = 6
+    line: FairLine[Job] = FairLine(1000, order_key=by_acceptance, held_of=lambda tenant: holding[tenant],
+                                   slots=lambda: slots)
     waiting: dict[str, Job] = {}
     for op in ops:
         if not push_or_take(line, waiting, op):
@@ -328,7 +376,12 @@ def test_with_slots_held_pop_serves_what_peek_shows_the_fewest_held_first(
             rank = ("high", "standard", "low").index
             assert all(rank(job.priority) >= rank(popped.priority) for job in waiting.values())
             rivals = [job for job in waiting.values() if job.priority == popped.priority]
-            assert all(holding[job.tenant] >= holding[popped.tenant] for job in rivals)
+            tenants = {job.tenant for job in rivals} | {popped.tenant}
+            owed = whole_shares(slots, dict.fromkeys(tenants, 1.0))
+            short = [job for job in rivals if holding[job.tenant] < owed[job.tenant]]
+            if short:  # a tenant short of its whole slots goes first, the fewest held first
+                assert holding[popped.tenant] < owed[popped.tenant]
+                assert all(holding[job.tenant] >= holding[popped.tenant] for job in short)
             holding[popped.tenant] += 1  # it took a slot
             if op[0] == "pop_and_put_back":
                 holding[popped.tenant] -= 1
@@ -357,7 +410,7 @@ def test_estimate_serves_a_tenant_short_of_its_slots_first() -> None:
 
 def test_estimate_matches_the_line_while_a_tenant_catches_up_on_slots() -> None:
     held: dict[str, int] = {}
-    line: FairLine[Job] = FairLine(10_000, held_of=lambda tenant: held.get(tenant, 0))
+    line: FairLine[Job] = FairLine(10_000, held_of=lambda tenant: held.get(tenant, 0), slots=lambda: 10)
     for i in range(300):
         line.push(Job(f"a{i}", "a"))
     in_flight = [line.pop() for _ in range(10)]
