@@ -104,7 +104,8 @@ class ApiMetrics(_Group):
         self.backlog_line_wait = self._gauge(
             "floodgate_backlog_line_wait_seconds",
             "The backlog guard's wait of a job joining the provider's line now: the jobs waiting for it / the "
-            "pace of its full dispatch partitions (0: a slot is free). Only where known.", ["provider"])
+            "pace of its full dispatch partitions (0: a slot is free). Only where known: a provider's series goes "
+            "once its reports stop.", ["provider"])
         self.backlog_shedding = self._gauge(
             "floodgate_backlog_shedding", "1 while the backlog guard answers new jobs 503 (all, or a model's), else 0.")
         self.accept_latency = self._histogram(

@@ -199,6 +199,8 @@ class BacklogMonitor:
         self.clock = clock
         self.refusal: Refusal | None = None
         self._by_model: dict[str, Refusal] = {}
+        self._published: set[str] = set()
+        """Providers whose line wait the gauge shows."""
         self.refreshed = asyncio.Event()
         """Set after every refresh, successful or not (tests wait on it rather than sleep)."""
         self._task: asyncio.Task[None] | None = None
@@ -236,6 +238,9 @@ class BacklogMonitor:
             self.metrics.backlog_shedding.set(0 if self.refusal is None and not self._by_model else 1)
             for provider, line in lines.items():
                 self.metrics.backlog_line_wait.labels(provider).set(line.seconds)
+            for provider in self._published - lines.keys():  # no longer known: no figure, not a stale one
+                self.metrics.backlog_line_wait.remove(provider)
+            self._published = set(lines)
         self.refreshed.set()
 
     def refusal_for(self, model: str) -> Refusal | None:

@@ -9,6 +9,7 @@ from datetime import UTC, datetime
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
+from prometheus_client import CollectorRegistry
 
 from floodgate.api.admission import QUEUED_RETRY_AFTER, Admission
 from floodgate.api.backlog import BacklogMonitor
@@ -22,6 +23,7 @@ from floodgate.backlog import (
     line_waits,
     model_wait,
 )
+from floodgate.metrics import ApiMetrics
 from floodgate.problems import BACKLOG, QUEUED_QUOTA, RATE_QUOTA
 from floodgate.quotas import OpenJobs, Quota, QuotaTable
 from floodgate.routing import RoutingTable
@@ -323,6 +325,23 @@ async def test_a_long_line_sheds_its_own_models_jobs_and_no_others() -> None:
     await monitor.refresh_once()
     assert monitor.refusal is not None and "604s" in (monitor.refusal.detail or "")
     assert monitor.refusal_for("kling-2.1") is None
+
+
+async def test_the_line_wait_gauge_shows_only_the_lines_known_now() -> None:
+    registry = CollectorRegistry()
+    probe = FakeProbe()
+    probe.lines = {"kling": LineWait("kling", 600.0, 1200, 2.0), "wan": LineWait("wan", 0.0, 8, None)}
+    monitor = BacklogMonitor(probe, BacklogGuard(max_wait=120.0), ApiMetrics(registry), routing=routes(),
+                             clock=lambda: NOW)
+    await monitor.refresh_once()
+
+    def shown(provider: str) -> float | None:
+        return registry.get_sample_value("floodgate_backlog_line_wait_seconds", {"provider": provider})
+
+    assert shown("kling") == 600.0 and shown("wan") == 0.0
+    probe.lines = {"wan": LineWait("wan", 3.0, 6, 2.0)}  # kling's reports stopped
+    await monitor.refresh_once()
+    assert shown("kling") is None and shown("wan") == 3.0
 
 
 def test_ingress_only_warns_that_the_queued_quota_is_off(caplog: pytest.LogCaptureFixture) -> None:
