@@ -98,11 +98,11 @@ class FairLine(Generic[Q]):
 
     def __init__(self, high: int, weight_of: Callable[[str], float] = lambda tenant: 1.0,
                  order_key: Callable[[Q], float] | None = None,
-                 held_of: Callable[[str], int] | None = None, slots: Callable[[], int] | None = None) -> None:
+                 held_of: Callable[[str], int] | None = None, slots: int | None = None) -> None:
         """``high``: the high mark (>= 1). ``weight_of(tenant)``: its share (> 0). ``order_key``:
         what orders one tenant's waiting orders (the dispatcher's: acceptance time); ties, and
         every order without a key, go by arrival here. ``held_of(tenant)``: the slots its jobs
-        hold at the provider now (the dispatcher's pool), and ``slots()`` how many the line hands
+        hold at the provider now (the dispatcher's pool), and ``slots`` how many the line hands
         out: a tenant short of its share's whole slots is served first. None: turns alone decide."""
         if isinstance(high, bool) or not isinstance(high, int) or high < 1:
             raise ConfigError(f"a line's high mark must be an integer >= 1, got {high!r}")
@@ -214,7 +214,7 @@ class FairLine(Generic[Q]):
         rivals = [(klass, line) for klass, line in self._classes.items() if klass[0] == rank]
         if len(rivals) == 1:
             return head
-        owed = whole_shares(self._slots(), {klass[1]: weight_of(klass[1]) or 1.0 for klass, _ in rivals})
+        owed = whole_shares(self._slots, {klass[1]: weight_of(klass[1]) or 1.0 for klass, _ in rivals})
         best: tuple[_Tag, _Klass] | None = None
         best_key: tuple[float, _Tag] | None = None
         for klass, line in rivals:

@@ -34,7 +34,6 @@ deleted when it is used; one that is never used (the order was already gone) exp
 from __future__ import annotations
 
 import asyncio
-import functools
 import logging
 import random
 from collections.abc import Callable, Coroutine
@@ -98,7 +97,7 @@ class Lane:
         only to move them over (``sync``)."""
         self.lines: dict[int, FairLine[Order]] = {
             p: FairLine(max(window, self.capacity(p)), weight_of, order_key=_accepted,
-                        held_of=self.pools[p].held_by, slots=functools.partial(self._slots_of, p))
+                        held_of=self.pools[p].held_by, slots=self.pools[p].capacity)
             for p in range(partitions)}
         self.generations: dict[int, int] = {}
         """Per dispatch partition, the consumer generation its slot count and line were rebuilt in."""
@@ -125,10 +124,6 @@ class Lane:
         self.cancelling: set[bytes] = set()
         """Slots whose provider job is being cancelled (the slot is freed once that is done)."""
         self._chores: set[asyncio.Task[None]] = set()
-
-    def _slots_of(self, partition: int) -> int:
-        """The slots ``partition``'s line hands out (its fair shares are of these)."""
-        return self.pools[partition].capacity
 
     def capacity(self, partition: int) -> int:
         return partition_share(self.spec.concurrency_limit, self.partitions, partition)

@@ -267,7 +267,7 @@ def run_provider(line: FairLine[Job], held: dict[str, int], in_flight: list[Job]
 
 def test_a_tenant_holding_no_slot_takes_each_freed_one_until_it_holds_its_share() -> None:
     held: dict[str, int] = {}
-    line: FairLine[Job] = FairLine(10_000, held_of=lambda tenant: held.get(tenant, 0), slots=lambda: 10)
+    line: FairLine[Job] = FairLine(10_000, held_of=lambda tenant: held.get(tenant, 0), slots=10)
     for i in range(300):
         line.push(Job(f"a{i}", "a"))
     in_flight = [line.pop() for _ in range(10)]  # A's burst holds all 10 slots
@@ -287,7 +287,7 @@ def test_weights_share_the_slots() -> None:
     weights = {"gold": 2.0, "basic": 1.0}
     held: dict[str, int] = {"gold": 0, "basic": 0}
     line: FairLine[Job] = FairLine(10_000, lambda tenant: weights[tenant], held_of=lambda tenant: held[tenant],
-                                   slots=lambda: 9)
+                                   slots=9)
     for i in range(200):
         line.push(Job(f"g{i}", "gold"))
         line.push(Job(f"s{i}", "basic"))
@@ -315,7 +315,7 @@ def test_starts_follow_the_weights_when_shares_are_not_whole_slots(slots: int, w
     rng = random.Random(7)
     held = dict.fromkeys(weights, 0)
     line: FairLine[Job] = FairLine(100_000, lambda tenant: weights[tenant], held_of=lambda tenant: held[tenant],
-                                   slots=lambda: slots)
+                                   slots=slots)
     for i in range(5000):
         for tenant in weights:
             line.push(Job(f"{tenant}-{i}", tenant))
@@ -348,7 +348,7 @@ def test_whole_shares() -> None:
 
 def test_priority_comes_before_slots_held() -> None:
     held = {"busy": 10, "idle": 0}
-    line: FairLine[Job] = FairLine(100, held_of=lambda tenant: held[tenant], slots=lambda: 10)
+    line: FairLine[Job] = FairLine(100, held_of=lambda tenant: held[tenant], slots=10)
     line.push(Job("idle-1", "idle"))
     line.push(Job("busy-vip", "busy", priority="high"))
     line.push(Job("idle-low", "idle", priority="low"))
@@ -363,7 +363,7 @@ def test_with_slots_held_pop_serves_what_peek_shows_a_tenant_short_of_its_share_
     holding = dict(zip("abc", held, strict=True))
     slots = 6
     line: FairLine[Job] = FairLine(1000, order_key=by_acceptance, held_of=lambda tenant: holding[tenant],
-                                   slots=lambda: slots)
+                                   slots=slots)
     waiting: dict[str, Job] = {}
     for op in ops:
         if not push_or_take(line, waiting, op):
@@ -410,7 +410,7 @@ def test_estimate_serves_a_tenant_short_of_its_slots_first() -> None:
 
 def test_estimate_matches_the_line_while_a_tenant_catches_up_on_slots() -> None:
     held: dict[str, int] = {}
-    line: FairLine[Job] = FairLine(10_000, held_of=lambda tenant: held.get(tenant, 0), slots=lambda: 10)
+    line: FairLine[Job] = FairLine(10_000, held_of=lambda tenant: held.get(tenant, 0), slots=10)
     for i in range(300):
         line.push(Job(f"a{i}", "a"))
     in_flight = [line.pop() for _ in range(10)]
