@@ -108,6 +108,10 @@ class ApiMetrics(_Group):
             "once its reports stop.", ["provider"])
         self.backlog_shedding = self._gauge(
             "floodgate_backlog_shedding", "1 while the backlog guard answers new jobs 503 (all, or a model's), else 0.")
+        self.quota_instances = self._gauge(
+            "floodgate_quota_instances",
+            "API processes taking requests that this one counts (itself included): each enforces its share, "
+            "the limit divided by this, of every tenant's rate quota (FLOODGATE_QUOTA_SCOPE=cluster).")
         self.accept_latency = self._histogram(
             "floodgate_accept_latency_seconds",
             "Time from a job request's arrival to its 202 (Kafka acknowledged the record).", ACCEPT_BUCKETS)

@@ -11,7 +11,8 @@
 * ``Refusal``: what the ingress answers when a rule says no (429 or 503, Retry-After).
 
 Everything here runs on the event loop of one API process: no locks, and the figures are that
-process's own (rates) or its job view's (queued jobs).
+process's own (rates: its share of each tenant's quota, ``floodgate.instances``) or its job
+view's (queued jobs).
 """
 from __future__ import annotations
 
@@ -84,8 +85,9 @@ def _limit(text: str, where: str) -> int:
 class RateQuota:
     """Requests per minute per tenant (GCRA). A tenant may send ``limit`` requests at once, then
     one every ``60 / limit`` seconds; in any ``T`` seconds at most ``limit * (1 + T / 60)``
-    pass. A refused request consumes nothing. Tenants come from the configured API keys, so the
-    table holds a bounded number of entries."""
+    pass (with ``instances``, each process that many times fewer). A refused request consumes
+    nothing. Tenants come from the configured API keys, so the table holds a bounded number of
+    entries."""
 
     __slots__ = ("_spent_until",)
 
@@ -93,18 +95,21 @@ class RateQuota:
         # tenant → the instant up to which its allowance is spent (its theoretical arrival time).
         self._spent_until: dict[str, float] = {}
 
-    def take(self, tenant: str, limit: int, now: float) -> float:
-        """Admit one request of ``tenant`` under ``limit`` per minute (0: no limit): 0.0 if it
-        passes (and is counted), else the seconds until one would."""
+    def take(self, tenant: str, limit: int, now: float, instances: int = 1) -> float:
+        """Admit one request of ``tenant`` under ``limit`` per minute (0: no limit), of which this
+        process enforces its share, ``limit ÷ instances`` (``floodgate.instances``): 0.0 if it
+        passes (and is counted), else the seconds until one would. A share under one request a
+        minute still lets one request through every ``60 × instances ÷ limit`` seconds."""
         if limit <= 0:
             return 0.0
-        interval = WINDOW / limit
+        interval = WINDOW * instances / limit if instances > 1 else WINDOW / limit
         spent = self._spent_until.get(tenant, now)
         if spent < now:
             spent = now
         # Passing would spend up to spent + interval; allowed while that stays within one window
-        # of now (a clock that steps back only makes the tenant wait longer, never less).
-        wait = spent + interval - WINDOW - now
+        # of now (a clock that steps back only makes the tenant wait longer, never less), or
+        # within one interval when that is longer (a share below one request per window).
+        wait = spent + interval - (WINDOW if interval <= WINDOW else interval) - now
         if wait > 0.0:
             return wait
         self._spent_until[tenant] = spent + interval

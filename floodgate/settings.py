@@ -146,8 +146,17 @@ class Settings:
     """Key of the operations dashboard's data (/dashboard), sent as X-Operator-Key. Needed whenever
     FLOODGATE_API_KEYS is set (empty then: the dashboard's data is refused); without API keys the dashboard is open."""
     tenant_rate_limit: int = 0
-    """Job requests (POST /v1/jobs) per minute each tenant may send to one API process, in bursts of
-    up to that many; past it, 429 with Retry-After. 0: no limit."""
+    """Job requests (POST /v1/jobs) per minute each tenant may send, in bursts of up to that many;
+    past it, 429 with Retry-After. Shared by the API processes taking requests (see
+    FLOODGATE_QUOTA_SCOPE). 0: no limit."""
+    quota_scope: str = "cluster"
+    """cluster: each API process with the ingress role enforces its share of a tenant's rate quota,
+    the limit divided by the processes alive (heartbeats on the instances topic), so the limits
+    hold across processes behind a balancer that spreads requests; process: each process enforces
+    the whole limit on its own (for a balancer that sends each tenant to one process)."""
+    instance_heartbeat: float = 2.0
+    """Seconds between an API process's heartbeats on the instances topic (cluster quota scope); a
+    process not heard of for three of them no longer counts."""
     tenant_rate_limits: str = ""
     """Per-tenant overrides of FLOODGATE_TENANT_RATE_LIMIT: comma-separated tenant=N pairs (0: no limit)."""
     tenant_queued_limit: int = 0
@@ -392,6 +401,10 @@ class Settings:
                      "backlog_refresh", "line_report_interval"):
             if getattr(self, name) <= 0:
                 raise ConfigError(f"{PREFIX}{name.upper()} must be positive")
+        if self.quota_scope not in ("cluster", "process"):
+            raise ConfigError(f"{PREFIX}QUOTA_SCOPE must be cluster or process, got {self.quota_scope!r}")
+        if not 0 < self.instance_heartbeat <= 60:
+            raise ConfigError(f"{PREFIX}INSTANCE_HEARTBEAT must be more than 0 and at most 60 seconds")
         if self.event_loop not in ("uvloop", "asyncio"):
             raise ConfigError(f"{PREFIX}EVENT_LOOP must be uvloop or asyncio, got {self.event_loop!r}")
         if self.video_store not in ("local", "s3", "off"):

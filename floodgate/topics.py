@@ -2,7 +2,9 @@
 
 Public: requests, dispatch.<provider>, webhooks, events, results, notifications, dlq.
 Internal: lines — how each dispatch partition stands (free slots, waiting orders, start rate),
-once a second per partition, read by every worker for spillover. release.<provider> — slot
+once a second per partition, read by every worker for spillover. instances — each API process
+taking requests says it is alive every few seconds (how many share each tenant's rate quota).
+release.<provider> — slot
 releases for a provider's submitters. It has exactly as many partitions as dispatch.<provider>
 and the same keys (job ids), so Faust's co-partitioning assignor hands partition N of both to the
 same worker: the release reaches the process that holds the slot, and it never waits behind the
@@ -55,6 +57,12 @@ class TopicNames:
         """Internal: each dispatcher's ``LineReport`` per partition, once a second (spillover)."""
         return self.settings.topic("lines")
 
+    @property
+    def instances(self) -> str:
+        """Internal: each API process taking requests says it is alive every few seconds
+        (``floodgate.instances``): how many share each tenant's rate quota."""
+        return self.settings.topic("instances")
+
     def dispatch(self, provider: str) -> str:
         return self.settings.topic(f"dispatch.{provider}")
 
@@ -90,6 +98,8 @@ class TopicNames:
             self.dlq: (1, base),
             # The latest report per provider partition is all that matters, and only for seconds.
             self.lines: (1, {**base, "cleanup.policy": "compact,delete", "retention.ms": str(3600 * 1000)}),
+            # Heartbeats matter for seconds; readers start from the last minute's.
+            self.instances: (1, {**base, "retention.ms": str(3600 * 1000), "segment.ms": str(600 * 1000)}),
         }
         for p, limit in providers.items():
             out[self.dispatch(p)] = (self.dispatch_partitions(limit), base)

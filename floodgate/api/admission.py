@@ -3,8 +3,10 @@ the body is read, so a refused request costs no parsing and no Kafka write; the 
 bound, which depends on the model's line, once the body is validated (and still before Kafka).
 
 The rules are ``floodgate.quotas`` and ``floodgate.backlog``; this module only puts them
-together for one API process. On the accepted path a check is a few dict reads and one float
-comparison: the backlog verdict is computed in the background (``BacklogMonitor``), never here.
+together for one API process, which enforces its share of each tenant's rate quota (the limit ÷
+the API processes taking requests, ``floodgate.instances``). On the accepted path a check is a
+few dict reads and one float comparison: the backlog verdict is computed in the background
+(``BacklogMonitor``), never here.
 
 The queued-jobs quota needs the job view (the ``read`` role) to know which jobs have ended. An
 ingress-only process has none and consumes nothing by design, so there the queued quota is off
@@ -20,6 +22,7 @@ import orjson
 from aiohttp import web
 
 from floodgate.api.backlog import BacklogMonitor
+from floodgate.instances import Roster
 from floodgate.problems import CONTENT_TYPE, problem
 from floodgate.quotas import OpenJobs, QueuedQuota, QuotaTable, RateQuota, Refusal, queued_refusal, rate_refusal
 
@@ -34,10 +37,13 @@ class Admission:
     once the request is answered (whatever the answer)."""
 
     def __init__(self, quotas: QuotaTable, open_jobs: OpenJobs | None, backlog: BacklogMonitor | None = None,
-                 clock: Callable[[], float] = time.monotonic) -> None:
+                 clock: Callable[[], float] = time.monotonic, roster: Roster | None = None) -> None:
+        """``roster``: the API processes taking requests (``floodgate.instances``), whose count
+        divides each tenant's rate quota; None: this process enforces the whole of it."""
         self.quotas = quotas
         self.backlog = backlog
         self.clock = clock
+        self.roster = roster
         self.rate = RateQuota()
         self.queued: QueuedQuota | None = None
         if quotas.limits_queued:
@@ -57,7 +63,8 @@ class Admission:
         queued = self.queued
         if queued is not None and not queued.reserve(tenant, quota.queued):
             return queued_refusal(quota.queued, self._queued_retry_after())
-        wait = self.rate.take(tenant, quota.per_minute, self.clock())
+        roster = self.roster
+        wait = self.rate.take(tenant, quota.per_minute, self.clock(), roster.live if roster is not None else 1)
         if wait > 0.0:
             if queued is not None:
                 queued.settle(tenant)

@@ -20,6 +20,7 @@ from floodgate.api.common import ROLES, Deps, base_url, json_response
 from floodgate.api.kafka_io import Sender
 from floodgate.api.view import JobView
 from floodgate.errors import ConfigError
+from floodgate.instances import Roster
 from floodgate.looplag import LoopWatch
 from floodgate.metrics import render
 from floodgate.problems import problem_response
@@ -72,6 +73,7 @@ def build_app(
     video_store: VideoStore | None = None,
     backlog: BacklogMonitor | None = None,
     intake: Sender | None = None,
+    roster: Roster | None = None,
 ) -> web.Application:
     """The API for ``roles`` (default: all). Raises ``ConfigError`` if a role lacks what it needs
     (ingress: producer; read: view and producer, for cancels; bridge: producer). The ingress uses
@@ -80,6 +82,7 @@ def build_app(
     completed jobs' videos are kept; the read role then links to them (signed, expiring) and
     serves them. ``backlog``: the backlog guard's monitor, when the ingress sheds past a bound.
     ``intake``: the producer the ingress writes ``requests`` with, when not ``producer``.
+    ``roster``: the API processes taking requests, which share each tenant's rate quota.
     Starts nothing: Kafka clients' lifecycles belong to the caller.
     """
     chosen = parse_roles(roles)
@@ -94,7 +97,7 @@ def build_app(
     limit = max(settings.max_body_bytes, bridge.MAX_WEBHOOK_BYTES)
     app = web.Application(middlewares=[problem_middleware], client_max_size=limit)
     if "ingress" in chosen:
-        ingress.add_routes(app, deps, backlog)
+        ingress.add_routes(app, deps, backlog, roster)
         uploads.add_routes(app, deps)  # the selfie a job's image_url then points at
     if "read" in chosen:
         # A cancel's answer depends on the job's state (409 once finished), which only the view knows.

@@ -25,6 +25,7 @@ from floodgate.api.kafka_io import KafkaUnavailable, RecordTooLarge, Sender
 from floodgate.api.resources import queued_snapshot
 from floodgate.errors import Problem, ValidationError
 from floodgate.ids import job_id_for_key, job_token, new_job_id
+from floodgate.instances import Roster
 from floodgate.problems import IDEMPOTENCY_CONFLICT, UNAUTHORIZED, problem_response, validation_response
 from floodgate.push import notify_record
 from floodgate.routing import known_models
@@ -88,10 +89,10 @@ def job_request(job_id: str, tenant: str, req: NormalizedRequest, key: str | Non
 
 
 class Ingress:
-    def __init__(self, deps: Deps, backlog: BacklogMonitor | None = None) -> None:
+    def __init__(self, deps: Deps, backlog: BacklogMonitor | None = None, roster: Roster | None = None) -> None:
         self.deps = deps
         self.admission = Admission(deps.settings.quota_table, deps.view.open_jobs if deps.view is not None else None,
-                                   backlog)
+                                   backlog, roster=roster)
         # Worked out once, not per request: settings are frozen.
         self.api_keys = deps.settings.api_key_map
         self.secret = deps.secret
@@ -242,8 +243,9 @@ class Ingress:
             errors=[Problem("Idempotency-Key", "already used with a different request body")])
 
 
-def add_routes(app: web.Application, deps: Deps, backlog: BacklogMonitor | None = None) -> None:
-    app.router.add_post("/v1/jobs", Ingress(deps, backlog).create_job)
+def add_routes(app: web.Application, deps: Deps, backlog: BacklogMonitor | None = None,
+               roster: Roster | None = None) -> None:
+    app.router.add_post("/v1/jobs", Ingress(deps, backlog, roster).create_job)
 
 
 __all__ = ["Ingress", "add_routes", "job_request", "tenant_for", "validate"]

@@ -12,7 +12,9 @@ Idempotency-Key check rests on there). Outgoing webhooks and the video copier
 serves the stored videos.
 
 A process with the ingress role and a backlog bound (``FLOODGATE_BACKLOG_MAX_*``) also runs the
-backlog guard's monitor (:mod:`floodgate.api.backlog`), started once the view has caught up.
+backlog guard's monitor (:mod:`floodgate.api.backlog`), started once the view has caught up; with
+rate quotas shared across processes (``FLOODGATE_QUOTA_SCOPE=cluster``, the default), its
+heartbeats (:mod:`floodgate.api.instances`), started before the socket listens.
 
 The job view spills what it evicts to ``<cache_dir>/api/<topic prefix>/<host>-<pid>-*/view.sqlite``
 (see ``floodgate.api.spill``): a new, empty file per process, removed when the server closes.
@@ -37,6 +39,7 @@ from floodgate import provider_config
 from floodgate.api.app import build_app, parse_roles
 from floodgate.api.backlog import BacklogMonitor, start_monitor
 from floodgate.api.feed import NotificationFeed
+from floodgate.api.instances import InstanceBeacon
 from floodgate.api.kafka_io import KafkaSender
 from floodgate.api.spill import SpillStore
 from floodgate.api.view import DEFAULT_MAX_JOBS, JobView
@@ -76,7 +79,8 @@ class ApiServer:
     def __init__(self, url: str, runner: web.AppRunner, producers: Iterable[KafkaSender],
                  feed: NotificationFeed | None, view: JobView | None, outgoing: Any = None,
                  spill: SpillStore | None = None, push: Any = None, copier: Any = None,
-                 store: Any = None, backlog: BacklogMonitor | None = None) -> None:
+                 store: Any = None, backlog: BacklogMonitor | None = None,
+                 beacon: InstanceBeacon | None = None) -> None:
         self.url = url
         self.view = view
         self.outgoing = outgoing
@@ -89,6 +93,8 @@ class ApiServer:
         self.copier = copier
         self._store = store
         self.backlog = backlog
+        self.beacon = beacon
+        """This process's heartbeats, when it shares the tenants' rate quotas with others."""
         self._closed = False
 
     async def close(self) -> None:
@@ -96,6 +102,8 @@ class ApiServer:
             return
         self._closed = True
         await self._runner.cleanup()  # runs on_shutdown (open streams end) and waits for handlers
+        if self.beacon is not None:  # (before the producers: its last beat says it is gone)
+            await self.beacon.stop()
         if self.backlog is not None:
             await self.backlog.stop()
         if self.outgoing is not None:
@@ -170,6 +178,7 @@ async def serve(settings: Settings, *, host: str | None = None, port: int | None
     copier = None
     store = video_store
     backlog: BacklogMonitor | None = None
+    beacon: InstanceBeacon | None = None
     if store is None and ("read" in chosen or video_copier):
         store = build_store(settings)
     try:
@@ -213,8 +222,14 @@ async def serve(settings: Settings, *, host: str | None = None, port: int | None
             backlog = await start_monitor(settings, names, limits, {t: parts for t, (parts, _) in layout.items()},
                                           view.open_jobs if view is not None else None, routing=setup.routing,
                                           queued_at=board.queued_at if board is not None else None)
+        if "ingress" in chosen and settings.quota_scope == "cluster" and settings.quota_table.limits_rate:
+            # Rate quotas shared with the other API processes taking requests: counted before the
+            # first request, so a process that starts into a running cluster takes its share at once.
+            beacon = InstanceBeacon(settings.kafka_bootstrap, names.instances, producer, settings.instance_heartbeat)
+            await beacon.start()
         app = build_app(settings, setup, roles=chosen, producer=producer, view=view, video_store=store,
-                        backlog=backlog, intake=intake, **app_options)
+                        backlog=backlog, intake=intake, roster=beacon.roster if beacon is not None else None,
+                        **app_options)
         runner = web.AppRunner(app, access_log=None, handle_signals=False, shutdown_timeout=5.0)
         await runner.setup()
         sock = bind_socket(host, port)
@@ -226,6 +241,8 @@ async def serve(settings: Settings, *, host: str | None = None, port: int | None
             sock.close()
         if runner is not None:
             await runner.cleanup()
+        if beacon is not None:
+            await beacon.stop()
         if backlog is not None:
             await backlog.stop()
         if feed is not None:
@@ -246,7 +263,7 @@ async def serve(settings: Settings, *, host: str | None = None, port: int | None
         if channel is not None and not channel.link_base and host not in ("", "0.0.0.0", "::"):
             channel.link_base = f"http://{shown}:{bound}"
     return ApiServer(f"http://{shown}:{bound}", runner, producers, feed, view, outgoing, spill, push, copier, store,
-                     backlog)
+                     backlog, beacon)
 
 
 async def _main(settings: Settings, host: str | None, port: int | None, roles: Iterable[str] | str | None,
