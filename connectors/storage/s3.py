@@ -94,10 +94,12 @@ class S3VideoStore:
 
 
 def open_bucket(*, bucket: str, endpoint: str = "", region: str = "", access_key_id: str = "",
-                secret_access_key: str = "", prefix: str = "") -> Any:
+                secret_access_key: str = "", prefix: str = "", patience: float | None = None) -> Any:
     """The obstore client of ``bucket`` at ``endpoint`` (empty: AWS), shared by the video and the
     upload stores. Credentials are passed in, never read from the environment behind the
-    settings' back. ``Any``: obstore is an optional extra, imported only here."""
+    settings' back. ``patience``: seconds a request may take, retries included (None: obstore's
+    retries and a 120 s timeout, for the copier, which nobody waits on). ``Any``: obstore is an
+    optional extra, imported only here."""
     if not bucket:
         raise ConfigError("FLOODGATE_VIDEO_S3_BUCKET is required when FLOODGATE_VIDEO_STORE=s3")
     try:
@@ -112,10 +114,12 @@ def open_bucket(*, bucket: str, endpoint: str = "", region: str = "", access_key
     if access_key_id:
         config["access_key_id"] = access_key_id
         config["secret_access_key"] = secret_access_key
-    client = {"allow_http": endpoint.startswith("http://"), "timeout": timedelta(seconds=120),
-              "connect_timeout": timedelta(seconds=10)}
+    client = {"allow_http": endpoint.startswith("http://"), "timeout": timedelta(seconds=patience or 120),
+              "connect_timeout": timedelta(seconds=min(10.0, patience or 10.0))}
+    # A person waits on an upload's request: two retries within the patience, then a 503.
+    retry = None if patience is None else {"max_retries": 2, "retry_timeout": timedelta(seconds=patience)}
     return S3Store(bucket, prefix=prefix.strip("/") or None, config=config,  # type: ignore[arg-type]
-                   client_options=client)  # type: ignore[arg-type]
+                   client_options=client, retry_config=retry)  # type: ignore[arg-type]
 
 
 def _own_cause(exc: BaseException) -> StorageError | None:

@@ -15,6 +15,9 @@ from connectors.storage.uploads import UploadBudget
 from floodgate import images
 
 PREFIX = "uploads/"
+PATIENCE = 10.0
+"""Seconds an upload's (or an image read's) request to the bucket may take, retries included: a
+person waits on the first, a provider's fetch on the second; past it the API answers 503."""
 
 
 class S3UploadStore(UploadBudget):
@@ -22,7 +25,7 @@ class S3UploadStore(UploadBudget):
 
     def __init__(self, ttl: float, max_total: int, **bucket_options: Any) -> None:
         super().__init__(ttl, max_total)
-        self._store = open_bucket(**bucket_options)
+        self._store = open_bucket(**bucket_options, patience=PATIENCE)
 
     async def save(self, data: bytes, kind: images.ImageKind) -> str:
         import obstore
