@@ -1,5 +1,5 @@
-"""Uploaded images: what kind a file is, by its first bytes, and the names the upload store gives
-them; pure.
+"""Uploaded images: what kind a file is, by its first bytes, the names the upload store gives
+them and how long they live; pure (the stores, local or S3, do the I/O and ask these rules).
 
 A file's kind is read from its magic bytes, never from the name or the Content-Type the client
 sent, so a script or an HTML page renamed ``.jpg`` is refused. A stored name carries 192 random
@@ -10,7 +10,11 @@ from __future__ import annotations
 
 import re
 import secrets
+from collections.abc import Iterable
 from dataclasses import dataclass
+from typing import TypeVar
+
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -54,4 +58,25 @@ def kind_of_name(name: str) -> ImageKind | None:
     return next(k for k in KINDS if k.extension == match.group(1))
 
 
-__all__ = ["JPEG", "KINDS", "PNG", "SNIFF_BYTES", "WEBP", "ImageKind", "kind_of_name", "new_name", "sniff"]
+def expired(modified_at: float, now: float, ttl: float) -> bool:
+    """Whether an image last written at ``modified_at`` (epoch seconds: a file's mtime, an
+    object's last-modified) is past its ``ttl`` at ``now``. Asked on every read as well as by
+    the sweep, so an image is gone at its time even if no sweep has deleted it yet."""
+    return now - modified_at > ttl
+
+
+def sort_out(entries: Iterable[tuple[T, float, int]], now: float, ttl: float) -> tuple[list[T], int]:
+    """A sweep's decision over ``(key, modified_at, size)`` entries: the keys to delete (past
+    their ``ttl``) and the bytes the rest hold, which become the store's ``used``."""
+    doomed: list[T] = []
+    kept = 0
+    for key, modified_at, size in entries:
+        if expired(modified_at, now, ttl):
+            doomed.append(key)
+        else:
+            kept += size
+    return doomed, kept
+
+
+__all__ = ["JPEG", "KINDS", "PNG", "SNIFF_BYTES", "WEBP", "ImageKind", "expired", "kind_of_name", "new_name", "sniff",
+           "sort_out"]

@@ -1,16 +1,18 @@
 """Helpers that more than one test file uses, so no test file imports from another. What a test
 needs from the broker is in ``tests/kafka_util.py``, a full stack in ``tests/e2e/stack_util.py``,
 a running API in ``tests/integration/api_helpers.py``; the rest is here: a burst of jobs over HTTP,
-the final state of each job read back from Kafka, simulator stats, Prometheus samples, and a local
-S3-compatible server."""
+the final state of each job read back from Kafka, simulator stats, Prometheus samples, a local
+S3-compatible server, and in-memory API apps served to test clients."""
 from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from typing import Any
 
 import aiohttp
+from aiohttp import web
+from aiohttp.test_utils import TestClient, TestServer
 from prometheus_client.parser import text_string_to_metric_families
 
 from floodgate import codec
@@ -100,3 +102,22 @@ def moto_s3(bucket: str) -> Iterator[dict[str, str]]:
                "FLOODGATE_VIDEO_S3_ACCESS_KEY_ID": "testing", "FLOODGATE_VIDEO_S3_SECRET_ACCESS_KEY": "testing"}
     finally:
         server.stop()
+
+
+@contextlib.asynccontextmanager
+async def app_clients() -> AsyncIterator[Callable[[web.Application], Awaitable[TestClient]]]:
+    """A function that serves an app on loopback and answers its test client; every client it
+    made is closed when the context ends."""
+    clients: list[TestClient] = []
+
+    async def serve(app: web.Application) -> TestClient:
+        client = TestClient(TestServer(app))
+        await client.start_server()
+        clients.append(client)
+        return client
+
+    try:
+        yield serve
+    finally:
+        for client in clients:
+            await client.close()

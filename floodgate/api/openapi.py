@@ -216,7 +216,8 @@ _OPERATIONS: dict[str, tuple[str, str, dict[str, Any]]] = {
         "summary": "Store an image (a selfie) for a job's input.image_url",
         "description": "The body is the image itself. Its kind is read from its first bytes and must match "
                        "the Content-Type. The answer's `url` is unguessable; pass it as `input.image_url`. "
-                       "Images are deleted after FLOODGATE_UPLOAD_TTL seconds.",
+                       "Images are deleted after FLOODGATE_UPLOAD_TTL seconds. Every API process serves every "
+                       "upload when FLOODGATE_VIDEO_STORE=s3 (they share the video bucket).",
         "operationId": "createUpload",
         "security": [{"apiKey": []}, {}],
         "requestBody": {"required": True, "content": _IMAGES},
@@ -227,6 +228,8 @@ _OPERATIONS: dict[str, tuple[str, str, dict[str, Any]]] = {
             "403": _problem("Unknown API key"),
             "413": _problem("Image larger than FLOODGATE_UPLOAD_MAX_BYTES"),
             "415": _problem("Not a JPEG, PNG or WebP image, or not the kind the Content-Type says"),
+            "503": _problem("The store is full (FLOODGATE_UPLOAD_MAX_TOTAL_BYTES) or cannot be reached",
+                            retry_after=True),
         },
     }),
     "read_upload": ("ingress", "get /v1/uploads/{name}", {
@@ -238,6 +241,7 @@ _OPERATIONS: dict[str, tuple[str, str, dict[str, Any]]] = {
         "responses": {
             "200": {"description": "The image", "content": _IMAGES},
             "404": _problem("No such image (or it expired)"),
+            "503": _problem("The store cannot be reached", retry_after=True),
         },
     }),
     "models": ("pages", "get /v1/models", {

@@ -9,113 +9,44 @@ incrementally) and the kind, by magic bytes (:mod:`floodgate.images`); the store
 holds at most ``FLOODGATE_UPLOAD_MAX_TOTAL_BYTES`` (503 past it), so anonymous uploads on an open
 API cannot fill the disk. What is served: only names
 this store made (192 random bits each), from its own directory, as the image type they were
-stored as, with ``nosniff`` and a policy that runs nothing; no listing. Files older than
-``FLOODGATE_UPLOAD_TTL`` are deleted (checked on upload, at most once a minute).
+stored as, with ``nosniff`` and a policy that runs nothing; no listing. Images older than
+``FLOODGATE_UPLOAD_TTL`` are not served, and are deleted by a sweep (on upload, at most once a
+minute).
 
-Files live under ``<cache_dir>/api/<topic prefix>/uploads/``: API processes that should all serve
-them need that directory on shared storage.
+Where they live follows ``FLOODGATE_VIDEO_STORE`` (:func:`connectors.storage.build_upload_store`):
+with ``s3``, ``uploads/<name>`` in the video bucket, so every API process serves every upload;
+otherwise ``<cache_dir>/api/<topic prefix>/uploads/``, which API processes that should all serve
+them need on shared storage. A store that cannot be reached answers 503 with Retry-After.
 """
 from __future__ import annotations
 
-import asyncio
 import logging
-import os
-import tempfile
-import time
 from pathlib import Path
 
 from aiohttp import web
 
+from connectors.storage import UploadStore, build_upload_store
+from connectors.storage.uploads import SWEEP_EVERY
 from floodgate import images
 from floodgate.api.common import BodyTooLarge, Deps, base_url, json_response, read_bounded, too_large
 from floodgate.api.ingress import tenant_for
-from floodgate.errors import Problem
+from floodgate.errors import Problem, StorageError
 from floodgate.problems import NOT_FOUND, UNAUTHORIZED, VALIDATION, problem_response
-from floodgate.settings import Settings
 
 log = logging.getLogger(__name__)
 
-SWEEP_EVERY = 60.0
-"""Seconds between two sweeps of expired files (each one lists the directory)."""
-
-
-def upload_dir(settings: Settings) -> Path:
-    return settings.cache_dir / "api" / (settings.topic_prefix.strip(".") or "default") / "uploads"
-
-
-class UploadStore:
-    """Stored images in one directory; blocking file calls, run in threads by the handlers."""
-
-    def __init__(self, root: Path, ttl: float, max_total: int = 1 << 30) -> None:
-        self.root = root
-        self.ttl = ttl
-        self.max_total = max_total
-        self.used = 0
-        """Bytes held, as of the last sweep plus what was stored since."""
-        self._last_sweep: float | None = None
-
-    def has_room(self, size: int) -> bool:
-        return self.used + size <= self.max_total
-
-    def put(self, data: bytes, kind: images.ImageKind) -> str:
-        """Store ``data`` under a fresh name and return the name. Written whole, then renamed, so
-        a reader never sees half a file."""
-        self.root.mkdir(parents=True, exist_ok=True)
-        name = images.new_name(kind)
-        fd, tmp = tempfile.mkstemp(dir=self.root, prefix=".incoming-")
-        try:
-            with os.fdopen(fd, "wb") as out:
-                out.write(data)
-            os.replace(tmp, self.root / name)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
-        self.used += len(data)
-        return name
-
-    def path(self, name: str, now: float) -> Path | None:
-        """The file of a stored ``name`` still within its time to live, or None."""
-        if images.kind_of_name(name) is None:
-            return None
-        path = self.root / name
-        try:
-            if now - path.stat().st_mtime > self.ttl:
-                return None
-        except OSError:
-            return None
-        return path
-
-    def sweep(self, now: float) -> int:
-        """Delete files past their time to live (and incoming files a crash left), count the bytes
-        left in ``used``; how many files went."""
-        self._last_sweep = now
-        removed, used = 0, 0
-        try:
-            entries = list(os.scandir(self.root))
-        except FileNotFoundError:
-            entries = []
-        for entry in entries:
-            try:
-                stat = entry.stat()
-                if now - stat.st_mtime > self.ttl:
-                    os.unlink(entry.path)
-                    removed += 1
-                else:
-                    used += stat.st_size
-            except OSError:
-                continue  # gone already, or not ours to remove
-        self.used = used
-        return removed
-
-    def sweep_due(self, now: float) -> bool:
-        return self._last_sweep is None or now - self._last_sweep >= SWEEP_EVERY
+STORE_RETRY_AFTER = 5
+"""Seconds a client is told to wait when the store cannot be reached (an outage, we hope a short one)."""
+SERVED_HEADERS = {"X-Content-Type-Options": "nosniff", "Content-Security-Policy": "default-src 'none'; sandbox",
+                  "Cache-Control": "private, max-age=3600"}
+"""Sent with every image beside its Content-Type: never sniffed as anything else, never run."""
 
 
 class Uploads:
     def __init__(self, deps: Deps, store: UploadStore | None = None) -> None:
         self.deps = deps
         settings = deps.settings
-        self.store = store or UploadStore(upload_dir(settings), settings.upload_ttl, settings.upload_max_total_bytes)
+        self.store = store if store is not None else build_upload_store(settings)
         self.limit = settings.upload_max_bytes
         self.api_keys = settings.api_key_map
 
@@ -145,15 +76,18 @@ class Uploads:
             return _not_an_image(415, "the body is not a JPEG, PNG or WebP image")
         if kind is not wanted[request.content_type]:
             return _not_an_image(415, f"the body is a {kind.content_type} image, not {request.content_type}")
-        now = time.time()
-        if self.store.sweep_due(now):
-            removed = await asyncio.to_thread(self.store.sweep, now)
-            if removed:
-                log.info("upload store: %d expired images deleted", removed)
-        if not self.store.has_room(len(data)):
-            return problem_response(503, "Service Unavailable", detail="the upload store is full; retry later",
-                                    headers={"Retry-After": str(int(SWEEP_EVERY))})
-        name = await asyncio.to_thread(self.store.put, data, kind)
+        now = self.deps.clock()
+        try:
+            if self.store.sweep_due(now):
+                removed = await self.store.expire(now)
+                if removed:
+                    log.info("upload store: %d expired images deleted", removed)
+            if not self.store.has_room(len(data)):
+                return problem_response(503, "Service Unavailable", detail="the upload store is full; retry later",
+                                        headers={"Retry-After": str(int(SWEEP_EVERY))})
+            name = await self.store.save(data, kind)
+        except StorageError as exc:
+            return _unavailable(exc)
         url = f"{base_url(request, self.deps.settings)}/v1/uploads/{name}"
         body = {"url": url, "content_type": kind.content_type, "bytes": len(data),
                 "expires_in": int(self.store.ttl)}
@@ -161,13 +95,29 @@ class Uploads:
 
     async def read(self, request: web.Request) -> web.StreamResponse:
         name = request.match_info["name"]
-        path = await asyncio.to_thread(self.store.path, name, time.time())
         kind = images.kind_of_name(name)
-        if path is None or kind is None:
-            return problem_response(404, "Not Found", type_=NOT_FOUND, detail="no such upload")
-        return web.FileResponse(path, headers={
-            "Content-Type": kind.content_type, "X-Content-Type-Options": "nosniff",
-            "Content-Security-Policy": "default-src 'none'; sandbox", "Cache-Control": "private, max-age=3600"})
+        if kind is None:  # not a name this store makes: refused before any file or request
+            return _no_such_upload()
+        try:
+            found = await self.store.load(name, self.deps.clock())
+        except StorageError as exc:
+            return _unavailable(exc)
+        if found is None:
+            return _no_such_upload()
+        headers = {"Content-Type": kind.content_type, **SERVED_HEADERS}
+        if isinstance(found, Path):
+            return web.FileResponse(found, headers=headers)
+        return web.Response(body=found, headers=headers)
+
+
+def _no_such_upload() -> web.Response:
+    return problem_response(404, "Not Found", type_=NOT_FOUND, detail="no such upload")
+
+
+def _unavailable(exc: StorageError) -> web.Response:
+    log.warning("upload store: %s", exc)
+    return problem_response(503, "Service Unavailable", detail="the upload store cannot be reached; retry later",
+                            headers={"Retry-After": str(STORE_RETRY_AFTER)})
 
 
 def _not_an_image(status: int, why: str) -> web.Response:
@@ -182,4 +132,4 @@ def add_routes(app: web.Application, deps: Deps, store: UploadStore | None = Non
     return uploads
 
 
-__all__ = ["UploadStore", "Uploads", "add_routes", "upload_dir"]
+__all__ = ["Uploads", "add_routes"]

@@ -9,14 +9,15 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from aiohttp.test_utils import TestClient, TestServer
+from aiohttp.test_utils import TestClient
 
+from connectors.storage.uploads import LocalUploadStore
 from floodgate import images
 from floodgate.api.app import build_app
-from floodgate.api.uploads import UploadStore
 from floodgate.api.view import JobView
 from floodgate.provider_config import dev_setup
 from floodgate.settings import Secret, Settings
+from tests.helpers import app_clients
 
 PNG = b"\x89PNG\r\n\x1a\n" + b"\x00" * 64
 JPEG = b"\xff\xd8\xff\xe0" + b"\x00" * 64
@@ -33,19 +34,13 @@ class RecordingSender:
 
 @pytest.fixture
 async def make(tmp_path: Path) -> AsyncIterator[Callable[..., Any]]:
-    clients: list[TestClient] = []
+    async with app_clients() as serve:
+        async def build(sender: RecordingSender | None = None, **overrides: Any) -> TestClient:
+            settings = Settings(secret=Secret("s" * 32), cache_dir=tmp_path, **overrides)
+            return await serve(build_app(settings, SETUP, producer=sender or RecordingSender(), view=JobView(),
+                                         wait_for_job=0.05))
 
-    async def build(sender: RecordingSender | None = None, **overrides: Any) -> TestClient:
-        settings = Settings(secret=Secret("s" * 32), cache_dir=tmp_path, **overrides)
-        app = build_app(settings, SETUP, producer=sender or RecordingSender(), view=JobView(), wait_for_job=0.05)
-        client = TestClient(TestServer(app))
-        await client.start_server()
-        clients.append(client)
-        return client
-
-    yield build
-    for client in clients:
-        await client.close()
+        yield build
 
 
 async def test_an_image_is_stored_and_served_by_its_unguessable_url(make: Any) -> None:
@@ -108,7 +103,7 @@ async def test_only_stored_names_are_served(make: Any, path: str) -> None:
 
 
 def test_expired_images_are_not_served_and_are_swept(tmp_path: Path) -> None:
-    store = UploadStore(tmp_path / "uploads", ttl=60.0)
+    store = LocalUploadStore(tmp_path / "uploads", ttl=60.0)
     name = store.put(PNG, images.PNG)
     now = time.time()
     assert store.path(name, now) is not None

@@ -42,3 +42,24 @@ def test_names_the_store_never_makes_are_refused(name: str) -> None:
 def test_a_recognised_name_never_leaves_the_directory(name: str) -> None:
     if images.kind_of_name(name) is not None:
         assert "/" not in name and "\\" not in name and ".." not in name and name.startswith("img_")
+
+
+def test_an_image_expires_only_once_past_its_time_to_live() -> None:
+    assert not images.expired(1000.0, 1000.0 + 60, ttl=60)  # at the boundary: still served
+    assert images.expired(1000.0, 1000.0 + 60.5, ttl=60)
+    assert not images.expired(1000.0, 990.0, ttl=60)  # written "after now" (clock skew): kept
+
+
+def test_a_sweep_deletes_the_expired_and_counts_the_rest() -> None:
+    entries = [("old", 100.0, 10), ("new", 950.0, 20), ("edge", 940.0, 40), ("older", 0.0, 1000)]
+    doomed, kept = images.sort_out(entries, now=1000.0, ttl=60)
+    assert doomed == ["old", "older"] and kept == 60
+    assert images.sort_out([], now=1000.0, ttl=60) == ([], 0)
+
+
+@given(st.lists(st.tuples(st.floats(0, 2000), st.integers(0, 1 << 20)), max_size=30), st.floats(1, 1000))
+def test_a_sweep_sorts_every_entry_one_way_or_the_other(ages: list[tuple[float, int]], ttl: float) -> None:
+    entries = [(i, modified, size) for i, (modified, size) in enumerate(ages)]
+    doomed, kept = images.sort_out(entries, now=2000.0, ttl=ttl)
+    assert set(doomed) == {i for i, modified, _ in entries if 2000.0 - modified > ttl}
+    assert kept == sum(size for i, _, size in entries if i not in doomed)

@@ -1,0 +1,141 @@
+"""Where ``POST /v1/uploads`` keeps the selfies: the contract, and the store in one local directory.
+
+Two stores keep to :class:`UploadStore`: :class:`LocalUploadStore` (a directory of one host,
+below) and :class:`connectors.storage.s3_uploads.S3UploadStore` (the video store's bucket, so
+every API process serves every upload). What an image is, its name and when it expires are
+decided by the pure rules in :mod:`floodgate.images`; the stores only do the I/O.
+"""
+from __future__ import annotations
+
+import asyncio
+import os
+import tempfile
+from pathlib import Path
+from typing import Protocol
+
+from floodgate import images
+from floodgate.errors import StorageError
+
+SWEEP_EVERY = 60.0
+"""Seconds between two sweeps of expired images (each one lists the whole store)."""
+
+
+class UploadStore(Protocol):
+    """Images kept for ``ttl`` seconds under names the store made. ``load`` answers a file to
+    serve (local) or the bytes themselves (S3: small, bounded by ``FLOODGATE_UPLOAD_MAX_BYTES``),
+    None for a name it never made or that expired; I/O failures raise :class:`StorageError`."""
+
+    ttl: float
+
+    def has_room(self, size: int) -> bool: ...
+
+    def sweep_due(self, now: float) -> bool: ...
+
+    async def save(self, data: bytes, kind: images.ImageKind) -> str: ...
+
+    async def load(self, name: str, now: float) -> Path | bytes | None: ...
+
+    async def expire(self, now: float) -> int: ...
+
+
+class UploadBudget:
+    """The cap on what a store holds, and when it is next swept; no I/O. ``used`` is the bytes the
+    last sweep counted plus what this process stored since (a sweep is the only time the whole
+    store is seen, so between sweeps another process's uploads are not in it)."""
+
+    def __init__(self, ttl: float, max_total: int) -> None:
+        self.ttl = ttl
+        self.max_total = max_total
+        self.used = 0
+        self._last_sweep: float | None = None
+
+    def has_room(self, size: int) -> bool:
+        return self.used + size <= self.max_total
+
+    def sweep_due(self, now: float) -> bool:
+        return self._last_sweep is None or now - self._last_sweep >= SWEEP_EVERY
+
+    def _swept(self, now: float) -> None:
+        # Marked before the listing, so requests arriving while it runs do not start another.
+        self._last_sweep = now
+
+
+class LocalUploadStore(UploadBudget):
+    """Images in one directory: the blocking calls (``put``, ``path``, ``sweep``) and the
+    contract's async ones, which run them in threads so the loop never waits on the disk."""
+
+    def __init__(self, root: Path, ttl: float, max_total: int = 1 << 30) -> None:
+        super().__init__(ttl, max_total)
+        self.root = root
+
+    async def save(self, data: bytes, kind: images.ImageKind) -> str:
+        try:
+            return await asyncio.to_thread(self.put, data, kind)
+        except OSError as exc:  # a full or read-only disk: the client may retry later
+            raise StorageError(f"upload store: cannot write to {self.root}: {exc}", retriable=True) from exc
+
+    async def load(self, name: str, now: float) -> Path | None:
+        return await asyncio.to_thread(self.path, name, now)
+
+    async def expire(self, now: float) -> int:
+        self._swept(now)
+        try:
+            return await asyncio.to_thread(self.sweep, now)
+        except OSError as exc:
+            raise StorageError(f"upload store: cannot list {self.root}: {exc}", retriable=True) from exc
+
+    def put(self, data: bytes, kind: images.ImageKind) -> str:
+        """Store ``data`` under a fresh name and return the name. Written whole, then renamed, so
+        a reader never sees half a file."""
+        self.root.mkdir(parents=True, exist_ok=True)
+        name = images.new_name(kind)
+        fd, tmp = tempfile.mkstemp(dir=self.root, prefix=".incoming-")
+        try:
+            with os.fdopen(fd, "wb") as out:
+                out.write(data)
+            os.replace(tmp, self.root / name)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
+        self.used += len(data)
+        return name
+
+    def path(self, name: str, now: float) -> Path | None:
+        """The file of a stored ``name`` still within its time to live, or None."""
+        if images.kind_of_name(name) is None:  # before any path is built: no traversal, no dotfiles
+            return None
+        path = self.root / name
+        try:
+            if images.expired(path.stat().st_mtime, now, self.ttl):
+                return None
+        except OSError:
+            return None
+        return path
+
+    def sweep(self, now: float) -> int:
+        """Delete files past their time to live (and incoming files a crash left), count the bytes
+        left in ``used``; how many files went."""
+        self._swept(now)
+        try:
+            entries = list(os.scandir(self.root))
+        except FileNotFoundError:
+            entries = []
+        seen: list[tuple[str, float, int]] = []
+        for entry in entries:
+            try:
+                stat = entry.stat()
+            except OSError:
+                continue  # gone already
+            seen.append((entry.path, stat.st_mtime, stat.st_size))
+        doomed, self.used = images.sort_out(seen, now, self.ttl)
+        removed = 0
+        for path in doomed:
+            try:
+                os.unlink(path)
+                removed += 1
+            except OSError:
+                continue  # gone already, or not ours to remove
+        return removed
+
+
+__all__ = ["SWEEP_EVERY", "LocalUploadStore", "UploadBudget", "UploadStore"]
