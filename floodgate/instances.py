@@ -76,7 +76,8 @@ class Roster:
     def heard(self, beat: Heartbeat, now: float, wall_ms: int) -> None:
         """Take in ``beat``, read at ``now`` (monotonic) and ``wall_ms`` (this host's wall clock).
         A beat already older than its time to live when read (read back after a restart, or from
-        a host whose clock runs far behind) says nothing about now and is ignored."""
+        a host whose clock runs far behind) says nothing about now and is ignored. Expiry is
+        ``refresh``'s: a batch of beats is taken in, then refreshed once."""
         if beat.instance == self.me:
             return
         ttl = TTL_BEATS * beat.interval
@@ -84,7 +85,7 @@ class Roster:
             self._expires.pop(beat.instance, None)
         elif wall_ms - beat.at_ms <= ttl * 1000:
             self._expires[beat.instance] = now + ttl
-        self.refresh(now)
+        self.live = 1 + len(self._expires)
 
     def refresh(self, now: float) -> int:
         """Forget the instances whose time to live has passed; the count of the rest, with this one."""

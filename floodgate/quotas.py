@@ -102,7 +102,7 @@ class RateQuota:
         minute still lets one request through every ``60 × instances ÷ limit`` seconds."""
         if limit <= 0:
             return 0.0
-        interval = WINDOW * instances / limit if instances > 1 else WINDOW / limit
+        interval = WINDOW * instances / limit
         spent = self._spent_until.get(tenant, now)
         if spent < now:
             spent = now

@@ -63,11 +63,6 @@ class InstanceBeacon:
         self._tasks: list[asyncio.Task[None]] = []
         self._gauge = (metrics or api_metrics()).quota_instances
 
-    @property
-    def live(self) -> int:
-        """API processes taking requests, this one included."""
-        return self.roster.live
-
     async def start(self) -> None:
         await self._consumer.start()
         try:

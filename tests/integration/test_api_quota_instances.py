@@ -60,8 +60,8 @@ async def test_two_processes_admit_a_tenant_s_quota_once_between_them(settings_f
     async with two_apis(settings) as (first, second):
         assert first.beacon is not None and second.beacon is not None
         # The second read the first's heartbeat before it listened; the first hears the second's.
-        assert second.beacon.live == 2
-        await until(lambda: first.beacon is not None and first.beacon.live == 2, "the first to count two")
+        assert second.beacon.roster.live == 2
+        await until(lambda: first.beacon is not None and first.beacon.roster.live == 2, "the first to count two")
         started = time.monotonic()
         answers = await alternate(http, [first, second], 3 * LIMIT)
         elapsed = time.monotonic() - started
@@ -73,7 +73,8 @@ async def test_two_processes_admit_a_tenant_s_quota_once_between_them(settings_f
 
         # The second stops and says so: the first counts itself alone and paces at the whole quota.
         await second.close()
-        await until(lambda: first.beacon is not None and first.beacon.live == 1, "the first to count itself alone")
+        await until(lambda: first.beacon is not None and first.beacon.roster.live == 1,
+                    "the first to count itself alone")
     assert sorted(await ids_in_requests(settings)) == accepted
     instances = TopicNames(settings).instances
     assert record_count(settings.kafka_bootstrap, instances) >= 4, "beats of both, and the last ones saying gone"
