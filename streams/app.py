@@ -107,6 +107,7 @@ def create_app(settings: Settings, *, app_id: str | None = None, datadir: Path |
         stream_buffer_maxsize=settings.stream_buffer,
         consumer_max_fetch_size=settings.fetch_partition_bytes,
         producer_acks=-1,
+        producer_linger=settings.producer_linger_ms / 1000,
         # Standbys would double table changelog reads on a 2-core box; recovery replays instead.
         table_standby_replicas=0,
         web_enabled=web_port is not None,
