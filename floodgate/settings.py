@@ -92,6 +92,10 @@ class Settings:
     more, smaller requests, and the pipeline bench's jobs cost all processes 6.8 ms of CPU each
     against 6.0 ms at 5 (259 against 291 jobs/s). The price is up to this long on every hop's write
     (notification p50 6.5 → 11.1 ms at 50 jobs/s)."""
+    poll_records: int = 20
+    """Most records a worker takes from its consumer at a time (Kafka's ``max.poll.records``). It
+    hands them to its agents one per turn of its event loop, and a record fetched meanwhile,
+    however urgent, waits until they are handed out (``floodgate/readorder.py``)."""
     stream_buffer: int = 4096
     """Records a worker buffers per agent before it pauses fetching the agent's partitions."""
     fetch_partition_bytes: int = 256 * 1024
@@ -389,7 +393,7 @@ class Settings:
 
     def validate(self) -> None:
         for name in ("partitions", "dispatch_partitions", "replication_factor", "min_insync_replicas", "max_body_bytes",
-                     "stream_buffer", "fetch_max_wait_ms", "fetch_partition_bytes", "upload_max_bytes",
+                     "stream_buffer", "poll_records", "fetch_max_wait_ms", "fetch_partition_bytes", "upload_max_bytes",
                      "upload_max_total_bytes"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"{PREFIX}{name.upper()} must be at least 1")

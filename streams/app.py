@@ -6,6 +6,7 @@ from typing import Any
 
 import faust
 
+from floodgate.readorder import ReadOrder
 from floodgate.settings import Settings
 from streams.faust_fixes import fetch_only_active, hold_partitions, hold_streams_until_seek, record_flow
 
@@ -15,6 +16,7 @@ class FloodgateApp(faust.App):
     fetcher tuned (``tune_fetcher``)."""
 
     fetch_max_wait_ms: int = 1500
+    read_order: ReadOrder | None = None
 
     def _new_consumer(self) -> Any:
         consumer = super()._new_consumer()
@@ -22,7 +24,7 @@ class FloodgateApp(faust.App):
         fetch_only_active(consumer)
         hold_partitions(consumer)
         record_flow(self, consumer)
-        tune_fetcher(consumer, self.fetch_max_wait_ms)
+        tune_fetcher(consumer, self.fetch_max_wait_ms, self.read_order)
         return consumer
 
 
@@ -32,9 +34,10 @@ fetched records the agents have not taken (its ``prefetch_backoff``, 0.1 by defa
 ``tune_fetcher``."""
 
 
-def tune_fetcher(consumer: Any, wait_ms: int) -> None:
+def tune_fetcher(consumer: Any, wait_ms: int, read_order: ReadOrder | None = None) -> None:
     """Make the worker's aiokafka consumer long-poll for ``wait_ms`` instead of Faust's fixed
-    1,500, and fetch the other partitions while one's records wait to be taken.
+    1,500, fetch the other partitions while one's records wait to be taken, and hand out the
+    records of urgent topics first (``read_order``).
 
     aiokafka sends one fetch at a time to a broker, for the partitions that have nothing buffered
     when it is sent. A partition whose buffered records are consumed while that fetch long-polls
@@ -56,7 +59,12 @@ def tune_fetcher(consumer: Any, wait_ms: int) -> None:
     records are still fetched only once its previous ones are taken, so order and the bound on
     what is buffered (one fetch per partition) stay as they were. The backoff is a fetcher
     argument that the consumer does not pass on, so it is set on the fetcher once the consumer
-    has started (and built it)."""
+    has started (and built it).
+
+    aiokafka hands out fetched records partition by partition, in the order the partitions' fetches
+    returned, up to the consumer's ``max_poll_records`` (``FLOODGATE_POLL_RECORDS``) per batch.
+    ``read_order`` rearranges the partitions before every batch (``floodgate.readorder``), so a
+    release fetched behind a thousand requests is in the next batch rather than the last."""
     thread = consumer._thread
     create = thread._create_consumer
 
@@ -67,7 +75,16 @@ def tune_fetcher(consumer: Any, wait_ms: int) -> None:
 
         async def start_then_prefetch() -> None:
             await start()
-            created._fetcher._prefetch_backoff = PREFETCH_BACKOFF
+            fetcher = created._fetcher
+            fetcher._prefetch_backoff = PREFETCH_BACKOFF
+            if read_order is not None:
+                fetched_records = fetcher.fetched_records
+
+                async def urgent_first(partitions: Any, timeout: float = 0, max_records: int | None = None) -> Any:
+                    read_order.arrange(fetcher._records)
+                    return await fetched_records(partitions, timeout=timeout, max_records=max_records)
+
+                fetcher.fetched_records = urgent_first
 
         created.start = start_then_prefetch
         return created
@@ -106,6 +123,7 @@ def create_app(settings: Settings, *, app_id: str | None = None, datadir: Path |
         consumer_auto_offset_reset="earliest",
         stream_buffer_maxsize=settings.stream_buffer,
         consumer_max_fetch_size=settings.fetch_partition_bytes,
+        broker_max_poll_records=settings.poll_records,
         producer_acks=-1,
         producer_linger=settings.producer_linger_ms / 1000,
         # Standbys would double table changelog reads on a 2-core box; recovery replays instead.
@@ -116,6 +134,7 @@ def create_app(settings: Settings, *, app_id: str | None = None, datadir: Path |
         logging_config=None,
     )
     app.fetch_max_wait_ms = settings.fetch_max_wait_ms
+    app.read_order = ReadOrder.for_worker(settings.topic)
     return app
 
 

@@ -118,11 +118,30 @@ def _observe(pipe: Pipeline, limits: dict[str, int], waiting: dict[str, Callable
             await asyncio.to_thread(probe.close)
 
 
+GIL_SWITCH_INTERVAL = 0.0005
+"""Seconds the worker's main thread may hold the GIL while another thread waits for it
+(CPython's default is 0.005)."""
+
+
+def share_gil() -> None:
+    """Let Faust's consumer thread run within half a millisecond of wanting to.
+
+    The worker fetches in a thread of its own (Faust runs aiokafka on a second event loop), and its
+    main thread, the agents, is busy whenever work waits. Each time the consumer thread wakes (a
+    fetch's response, a call from the main thread) it waits for the GIL until the main thread's
+    switch interval runs out, and one fetch takes several such wakes. With CPython's 5 ms, releases
+    fetched while the worker admitted a burst of 1,000 jobs reached the release agent 130-160 ms
+    after the bridge wrote them; with 0.5 ms, at most 47 ms. The pipeline bench did not slow
+    (279 and 280 jobs/s against 278 and 261)."""
+    sys.setswitchinterval(GIL_SWITCH_INTERVAL)
+
+
 def run(settings: Settings) -> None:
     logging.basicConfig(level=settings.log_level.upper())
     compact_malloc()  # before any thread: RocksDB's and Kafka's threads would each get an arena
     lower_priority(settings.worker_nice)  # before any thread too: each thread has its own niceness
     use_uvloop(settings.event_loop)  # before Faust makes its loop (mode takes it from asyncio's policy)
+    share_gil()
     pipe = build(settings)
     # Served from a thread, so a scrape never waits on (or stalls) the agents' event loop.
     print(f"metrics={metrics.serve(settings.metrics_host, settings.metrics_port)}", flush=True)

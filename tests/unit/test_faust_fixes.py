@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from collections import OrderedDict
 from collections.abc import Iterator
 from types import SimpleNamespace
 from typing import Any
@@ -388,7 +389,7 @@ async def test_the_worker_consumer_starts_with_no_prefetch_backoff(tmp_path: Any
     from streams.app import PREFETCH_BACKOFF, create_app
 
     async def start(self: Any) -> None:  # what aiokafka's start does to the fetcher, without a broker
-        self._fetcher = SimpleNamespace(_prefetch_backoff=0.1)
+        self._fetcher = SimpleNamespace(_prefetch_backoff=0.1, fetched_records=None)
 
     monkeypatch.setattr(aiokafka.AIOKafkaConsumer, "start", start)
     settings = Settings.from_env({}).with_overrides(kafka_bootstrap="127.0.0.1:1", cache_dir=tmp_path)
@@ -396,3 +397,52 @@ async def test_the_worker_consumer_starts_with_no_prefetch_backoff(tmp_path: Any
     created = app.consumer._thread._create_consumer(asyncio.get_running_loop())  # type: ignore[attr-defined]
     await created.start()
     assert created._fetcher._prefetch_backoff == PREFETCH_BACKOFF == 0.0
+
+
+# -- urgent topics' records first (streams.app.tune_fetcher with floodgate.readorder) -----------------
+
+def _backlog(settings: Any) -> tuple[Fetcher, TP, list[TP]]:
+    """aiokafka's Fetcher holding 40 fetched requests on two partitions, then, fetched after them,
+    one slot release: what a worker holds while it admits a burst and a provider's job ends."""
+    requests_0, requests_1 = TP(settings.topic("requests"), 0), TP(settings.topic("requests"), 1)
+    release = TP(settings.topic("release.kling"), 0)
+    fetcher, _ = _fetcher({requests_0: (0, 20), requests_1: (0, 20), release: (7, 1)})
+    fetcher._records = OrderedDict(fetcher._records)  # as aiokafka keeps them: in fetched order
+    return fetcher, release, [requests_0, requests_1]
+
+
+def test_aiokafka_hands_out_fetched_records_in_fetched_order() -> None:
+    """Without the read order, the release comes after every request fetched before it.
+    If this fails, aiokafka changed how it hands out records: see ``floodgate.readorder``."""
+    from floodgate.settings import Settings
+
+    fetcher, release, _ = _backlog(Settings.from_env({}))
+    first = asyncio.run(fetcher.fetched_records(set(fetcher._records), timeout=0, max_records=20))
+    assert release not in first
+
+
+async def test_the_worker_consumer_hands_out_a_release_before_the_requests_fetched_before_it(
+        tmp_path: Any, monkeypatch: Any) -> None:
+    import aiokafka
+
+    from floodgate.settings import Settings
+    from streams.app import create_app
+
+    settings = Settings.from_env({}).with_overrides(kafka_bootstrap="127.0.0.1:1", cache_dir=tmp_path)
+    fetcher, release, requests = _backlog(settings)
+
+    async def start(self: Any) -> None:  # what aiokafka's start does to the fetcher, without a broker
+        self._fetcher = fetcher
+
+    monkeypatch.setattr(aiokafka.AIOKafkaConsumer, "start", start)
+    app = create_app(settings, datadir=tmp_path / "w0")
+    created = app.consumer._thread._create_consumer(asyncio.get_running_loop())  # type: ignore[attr-defined]
+    await created.start()
+    assert created._max_poll_records == settings.poll_records == 20
+    everything = set(fetcher._records)
+    first = await created._fetcher.fetched_records(everything, timeout=0, max_records=20)
+    assert [m.offset for m in first[release]] == [7]
+    # The rest of the batch is the requests in the order they were fetched, each partition's in
+    # Kafka's order.
+    assert [(tp, [m.offset for m in batch]) for tp, batch in first.items() if tp != release] == [
+        (requests[0], list(range(19)))]

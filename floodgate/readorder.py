@@ -1,0 +1,70 @@
+"""Which of the records a worker has fetched it hands to its agents first. Pure.
+
+A worker fetches every topic it consumes with one consumer, and hands the records to its agents
+one batch at a time, one record per turn of the event loop while the agents are busy. A record
+fetched after a large batch waits until that batch is handed out: during a burst's admission, a
+batch of a thousand requests took the worker 0.1-0.3 s to hand out, and a slot's release fetched
+meanwhile waited that long while the slot sat idle and orders waited for it.
+
+So the worker takes small batches (``FLOODGATE_POLL_RECORDS``) and ``ReadOrder`` arranges the
+partitions whose records are waiting to be taken so that the most urgent topics come first:
+
+1. ``release.<provider>``: a slot's release; the next order waiting for the slot is submitted
+   when it is read, and until then the slot the customer pays for is idle;
+2. ``webhooks`` and ``events``: a job's progress, which its user is waiting to see;
+3. ``dispatch.<provider>``: admitted orders, which wait for a slot anyway;
+4. everything else, ``requests`` among them: new work, read once the work in hand is moving.
+
+Within a partition the order is Kafka's, and nothing across partitions was ever promised, so the
+arrangement changes only latency. It starves no topic for long: the urgent topics carry at most a
+few records per job, and a job's records on them follow its admission.
+"""
+from __future__ import annotations
+
+from collections import OrderedDict
+from collections.abc import Callable, Sequence
+from typing import Any
+
+URGENT = ("release.", "webhooks", "events", "dispatch.")
+"""The urgent topics by name (a name ending in "." is a prefix), most urgent first; with the
+deployment's topic prefix before each."""
+
+RANKS = (0, 1, 1, 2)
+"""The rank of each of ``URGENT``: webhooks and events are equally urgent."""
+
+
+class ReadOrder:
+    """Ranks topics by ``rules`` (full names, or prefixes ending in "."; the first match wins)
+    and arranges fetched partitions by rank. Unmatched topics come last, in the order they were
+    fetched."""
+
+    def __init__(self, rules: Sequence[str], ranks: Sequence[int] | None = None) -> None:
+        if ranks is not None and len(ranks) != len(rules):
+            raise ValueError("one rank per rule")
+        self.rules = list(zip(rules, ranks if ranks is not None else range(len(rules)), strict=True))
+        self._ranks: dict[str, int | None] = {}
+
+    @classmethod
+    def for_worker(cls, topic: Callable[[str], str]) -> ReadOrder:
+        """The worker's order: ``URGENT`` named as ``topic`` names them (``Settings.topic``)."""
+        return cls([topic(name) for name in URGENT], RANKS)
+
+    def rank(self, topic: str) -> int | None:
+        """``topic``'s rank (0 first), or None: after every ranked topic."""
+        try:
+            return self._ranks[topic]
+        except KeyError:
+            found = next((rank for rule, rank in self.rules
+                          if topic == rule or (rule.endswith(".") and topic.startswith(rule))), None)
+            self._ranks[topic] = found
+            return found
+
+    def arrange(self, fetched: OrderedDict[Any, Any]) -> None:
+        """Reorder ``fetched`` (partition → records waiting to be taken; each key has ``.topic``)
+        in place: ranked partitions first by rank, each rank in its fetched order, then the rest
+        as they were."""
+        ranked = [(rank, i, tp) for i, tp in enumerate(fetched) if (rank := self.rank(tp.topic)) is not None]
+        if not ranked:
+            return
+        for _rank, _i, tp in sorted(ranked, reverse=True):
+            fetched.move_to_end(tp, last=False)
