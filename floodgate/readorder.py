@@ -64,7 +64,5 @@ class ReadOrder:
         in place: ranked partitions first by rank, each rank in its fetched order, then the rest
         as they were."""
         ranked = [(rank, i, tp) for i, tp in enumerate(fetched) if (rank := self.rank(tp.topic)) is not None]
-        if not ranked:
-            return
-        for _rank, _i, tp in sorted(ranked, reverse=True):
+        for _rank, _i, tp in sorted(ranked, reverse=True):  # the last moved to the front ends up first
             fetched.move_to_end(tp, last=False)
