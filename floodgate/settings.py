@@ -96,6 +96,11 @@ class Settings:
     """Most records a worker takes from its consumer at a time (Kafka's ``max.poll.records``). It
     hands them to its agents one per turn of its event loop, and a record fetched meanwhile,
     however urgent, waits until they are handed out (``floodgate/readorder.py``)."""
+    slot_producer_limit: int = 50
+    """Providers whose concurrency limit is at most this write their slot tables through a producer
+    of their own, one request per write, without the linger (``streams/slotwriter.py``): a slot
+    refilled sooner, for a produce request per slot write. 0: every provider through the worker's
+    producer."""
     stream_buffer: int = 4096
     """Records a worker buffers per agent before it pauses fetching the agent's partitions."""
     fetch_partition_bytes: int = 256 * 1024
@@ -399,6 +404,8 @@ class Settings:
                 raise ConfigError(f"{PREFIX}{name.upper()} must be at least 1")
         if self.upload_ttl <= 0:
             raise ConfigError(f"{PREFIX}UPLOAD_TTL must be positive")
+        if self.slot_producer_limit < 0:
+            raise ConfigError(f"{PREFIX}SLOT_PRODUCER_LIMIT must be 0 (none) or more")
         if not 0 <= self.producer_linger_ms <= 1000:
             raise ConfigError(f"{PREFIX}PRODUCER_LINGER_MS must be 0 to 1000")
         if not 0 <= self.worker_nice <= 19:

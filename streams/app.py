@@ -9,6 +9,7 @@ import faust
 from floodgate.readorder import ReadOrder
 from floodgate.settings import Settings
 from streams.faust_fixes import fetch_only_active, hold_partitions, hold_streams_until_seek, record_flow
+from streams.slotwriter import SlotWriter
 
 
 class FloodgateApp(faust.App):
@@ -17,6 +18,13 @@ class FloodgateApp(faust.App):
 
     fetch_max_wait_ms: int = 1500
     read_order: ReadOrder | None = None
+    slot_writer: SlotWriter | None = None
+
+    def _new_producer(self) -> Any:
+        producer = super()._new_producer()
+        if self.slot_writer is not None:
+            bind_slot_writer(producer, self.slot_writer)
+        return producer
 
     def _new_consumer(self) -> Any:
         consumer = super()._new_consumer()
@@ -26,6 +34,31 @@ class FloodgateApp(faust.App):
         record_flow(self, consumer)
         tune_fetcher(consumer, self.fetch_max_wait_ms, self.read_order)
         return consumer
+
+
+def bind_slot_writer(producer: Any, writer: SlotWriter) -> None:
+    """Tie ``writer`` (``streams/slotwriter.py``) to Faust's ``producer``: started after it (when a
+    table writes through it), flushed with it, and stopped before it.
+
+    The flush is what the slot tables' durability rests on: Faust flushes its producer before it
+    commits offsets, so with this a commit also waits for every slot write made before it, as it
+    would if they had gone through Faust's producer."""
+    on_start, flush, on_stop = producer.on_start, producer.flush, producer.on_stop
+
+    async def start_both() -> None:
+        await on_start()
+        if writer.enlisted:
+            await writer.start()
+
+    async def flush_both() -> None:
+        await flush()
+        await writer.flush()
+
+    async def stop_both() -> None:
+        await writer.stop()
+        await on_stop()
+
+    producer.on_start, producer.flush, producer.on_stop = start_both, flush_both, stop_both
 
 
 PREFETCH_BACKOFF = 0.0
@@ -93,7 +126,7 @@ def tune_fetcher(consumer: Any, wait_ms: int, read_order: ReadOrder | None = Non
 
 
 def create_app(settings: Settings, *, app_id: str | None = None, datadir: Path | None = None,
-               web_port: int | None = None) -> faust.App:
+               web_port: int | None = None) -> FloodgateApp:
     """A Faust app bound to ``settings``' broker. Values and keys travel as raw bytes: our own
     Avro codec (``floodgate.codec``) encodes them, so Faust's serializer registry is bypassed."""
     if not settings.kafka_bootstrap:
@@ -135,6 +168,8 @@ def create_app(settings: Settings, *, app_id: str | None = None, datadir: Path |
     )
     app.fetch_max_wait_ms = settings.fetch_max_wait_ms
     app.read_order = ReadOrder.for_worker(settings.topic)
+    if settings.slot_producer_limit > 0:
+        app.slot_writer = SlotWriter(settings.kafka_bootstrap, client_id=f"{ident}-slots")
     return app
 
 

@@ -82,6 +82,7 @@ from streams import guard
 from streams.ackline import AckLine
 from streams.context import Pipeline
 from streams.lane import Lane
+from streams.slotwriter import SlotWriter, writes_alone
 
 log = logging.getLogger(__name__)
 
@@ -103,7 +104,8 @@ class Dispatcher:
         self.lane = lane or Lane(self.app, spec, self.partitions, window=self.settings.fair_window,
                                  weight_of=lambda tenant: weights.get(tenant, 1.0),
                                  breaker_reset_after=self.settings.breaker_reset_after,
-                                 configured_hold=pipe.setup.render_times.get(name))
+                                 configured_hold=pipe.setup.render_times.get(name),
+                                 writer=self._slot_writer(spec.concurrency_limit))
         self.orders = self.emit.topic(self.names.dispatch(name), partitions=self.partitions)
         self.releases = self.emit.topic(self.names.release(name), partitions=self.partitions)
         base = self.settings.webhook_base_url
@@ -123,6 +125,11 @@ class Dispatcher:
         return str(self.orders.get_topic_name())
 
     # -- wiring ------------------------------------------------------------------------------
+
+    def _slot_writer(self, limit: int) -> SlotWriter | None:
+        """The worker's slot writer for a provider with a small limit, else None (Faust's producer)."""
+        writer: SlotWriter | None = getattr(self.app, "slot_writer", None)
+        return writer if writer is not None and writes_alone(limit, self.settings.slot_producer_limit) else None
 
     def register(self) -> Lane:
         app = self.app

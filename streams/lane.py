@@ -63,6 +63,7 @@ from floodgate.throttle import (
     partition_bucket,
     partition_share,
 )
+from streams.slotwriter import SlotWriter
 from streams.tables import EntriesOf, RecordTable
 
 log = logging.getLogger(__name__)
@@ -76,23 +77,26 @@ def _accepted(order: Order) -> float:
 class Lane:
     def __init__(self, app: faust.App, spec: ProviderSpec, partitions: int, *, window: int = 20_000,
                  weight_of: Callable[[str], float] = lambda tenant: 1.0, breaker_reset_after: float = 30.0,
-                 configured_hold: float | None = None) -> None:
+                 configured_hold: float | None = None, writer: SlotWriter | None = None) -> None:
         """``window``: orders a partition reads ahead into its fair line while its slots are full
         (at least its share of the limit): large enough that a tenant arriving behind another's
         burst is read and interleaved, while the rest of the backlog stays in Kafka.
         ``weight_of(tenant)``: the tenant's fair share. ``breaker_reset_after``: seconds the
         circuit breaker stays open before a probe. ``configured_hold``: typical seconds a job holds
-        a slot here (the routing file's ``render_time``), the pace's figure until holds are seen."""
+        a slot here (the routing file's ``render_time``), the pace's figure until holds are seen.
+        ``writer``: the producer of their own that this lane's tables write through
+        (``streams/slotwriter.py``), or None for the worker's Faust producer."""
         self.spec = spec
         self.partitions = partitions
         self.entries: RecordTable[Slot | Parked] = RecordTable(
             app, f"inflight-{spec.name}", partitions=partitions, encode=lambda entry: entry.encode(),
-            decode=decode_entry)
+            decode=decode_entry, writer=writer)
         self.slots: EntriesOf[Slot] = EntriesOf(self.entries, lambda raw: not is_parked(raw))
         self.waiting: EntriesOf[Parked] = EntriesOf(self.entries, is_parked)
         self.pools = {p: SlotPool(self.capacity(p)) for p in range(partitions)}
         self.old_waiting: RecordTable[Parked] = RecordTable(app, f"waiting-{spec.name}", partitions=partitions,
-                                                            encode=Parked.encode, decode=Parked.decode)
+                                                            encode=Parked.encode, decode=Parked.decode,
+                                                            writer=writer)
         """The waiting orders of workers before slots and waiting orders shared a table: read
         only to move them over (``sync``)."""
         self.lines: dict[int, FairLine[Order]] = {
@@ -111,7 +115,8 @@ class Lane:
         self.backoff = Backoff(base=0.5, factor=2.0, cap=30.0, jitter="full", rng=random.Random())
         self.submitting: dict[bytes, asyncio.Task[None]] = {}
         self.marks: RecordTable[CancelMark] = RecordTable(app, f"cancelled-{spec.name}", partitions=partitions,
-                                                          encode=CancelMark.encode, decode=CancelMark.decode)
+                                                          encode=CancelMark.encode, decode=CancelMark.decode,
+                                                          writer=writer)
         self.read_to: dict[int, int] = {}
         """Per dispatch partition, the last offset read since this worker got it (for ``mark_expired``)."""
         self.ended_early: dict[bytes, str] = {}

@@ -8,11 +8,12 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable, Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from typing import Any, Generic, TypeVar, cast
 
 import faust
-from faust.types.tuples import FutureMessage
+
+from streams.slotwriter import SlotWrite, SlotWriter
 
 T = TypeVar("T")
 
@@ -21,12 +22,22 @@ log = logging.getLogger(__name__)
 
 class RecordTable(Generic[T]):
     def __init__(self, app: faust.App, name: str, *, partitions: int, encode: Callable[[T], bytes],
-                 decode: Callable[[bytes], T], **options: Any) -> None:
+                 decode: Callable[[bytes], T], writer: SlotWriter | None = None, **options: Any) -> None:
         """``options``: more ``app.Table`` arguments (a ``store``: default the app's, memory). Only a
-        memory-backed table may be written outside an agent's event (``put_in``/``remove_in``)."""
+        memory-backed table may be written outside an agent's event (``put_in``/``remove_in``).
+        ``writer``: every changelog record of this table goes through it instead of Faust's
+        producer (``streams/slotwriter.py``); all or none, so a key's records keep their order."""
         self.table = app.Table(name, partitions=partitions, key_type=bytes, value_type=bytes, **options)
         self._encode = encode
         self.decode = decode
+        self.writer = writer.enlist() if writer is not None else None
+
+    def _send(self, partition: int, key: bytes, raw: bytes | None) -> Awaitable[Any]:
+        if self.writer is not None:
+            return self.writer.send(SlotWrite(self.table.changelog_topic.get_topic_name(), partition, key, raw))
+        if raw is None:
+            return self.table.send_changelog(partition, key, None, value_serializer="raw")
+        return self.table.send_changelog(partition, key, raw)
 
     @property
     def data(self) -> Any:
@@ -37,13 +48,13 @@ class RecordTable(Generic[T]):
         raw = self.table.get(key)
         return None if raw is None else self.decode(raw)
 
-    def put_in(self, partition: int, key: bytes, value: T) -> FutureMessage:
+    def put_in(self, partition: int, key: bytes, value: T) -> Awaitable[Any]:
         """Set ``key`` from outside an agent's event (a background task), naming the changelog
         partition that Faust would otherwise take from the event being processed. The returned
         future resolves once Kafka acknowledged the changelog record."""
         raw = self._encode(value)
         self.table.data[key] = raw
-        return self.table.send_changelog(partition, key, raw)
+        return self._send(partition, key, raw)
 
     async def put_durably_in(self, partition: int, key: bytes, value: T) -> None:
         """``put_in``, returning once the changelog record is acknowledged by Kafka."""
@@ -55,7 +66,7 @@ class RecordTable(Generic[T]):
         that must not act before the value is durable await the task."""
         raw = self._encode(value)
         self.table.data[key] = raw
-        first = self.table.send_changelog(partition, key, raw)
+        first = self._send(partition, key, raw)
 
         async def land() -> None:
             durable = first
@@ -71,7 +82,7 @@ class RecordTable(Generic[T]):
                 await asyncio.sleep(retry_delay)
                 if self.table.data.get(key) != raw:
                     return
-                durable = self.table.send_changelog(partition, key, raw)
+                durable = self._send(partition, key, raw)
 
         return asyncio.ensure_future(land())
 
@@ -79,7 +90,7 @@ class RecordTable(Generic[T]):
         """Delete ``key`` from outside an agent's event (see ``put_in``)."""
         if key in self.table.data:
             del self.table.data[key]
-            self.table.send_changelog(partition, key, None, value_serializer="raw")
+            self._send(partition, key, None)
 
     def __contains__(self, key: bytes) -> bool:
         return key in self.table
@@ -114,7 +125,7 @@ class EntriesOf(Generic[T]):
         raw = self.table.get(key)
         return cast(T, self.records.decode(raw)) if raw is not None and self._is_mine(raw) else None
 
-    def put_in(self, partition: int, key: bytes, value: T) -> FutureMessage:
+    def put_in(self, partition: int, key: bytes, value: T) -> Awaitable[Any]:
         return self.records.put_in(partition, key, value)
 
     def put_reliably_in(self, partition: int, key: bytes, value: T, *, retry_delay: float = 1.0) -> asyncio.Task[None]:

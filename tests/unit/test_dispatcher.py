@@ -103,8 +103,11 @@ class Writes:
 
 @pytest.fixture
 def settings(tmp_path: Path) -> Settings:
+    # slot_producer_limit=0: the lane's tables write through Faust's producer, which `writes` fakes
+    # (the slot writer's own producer is tested on a broker: tests/integration/test_slot_writer.py).
     return Settings.from_env({}).with_overrides(kafka_bootstrap="127.0.0.1:1", cache_dir=tmp_path,
-                                                dispatch_partitions=1, simulator_url="http://127.0.0.1:9")
+                                                dispatch_partitions=1, simulator_url="http://127.0.0.1:9",
+                                                slot_producer_limit=0)
 
 
 @pytest.fixture
