@@ -55,6 +55,7 @@ class SlotWriter:
         self._wake: asyncio.Event | None = None
         self._task: asyncio.Task[None] | None = None
         self._producer: AIOKafkaProducer | None = None
+        self._starting: asyncio.Future[None] | None = None
         self._stopped = False
 
     def __len__(self) -> int:
@@ -89,17 +90,30 @@ class SlotWriter:
             log.warning("slot write failed: %s", exc)
 
     async def start(self) -> None:
-        if self._producer is None:
-            # Linger 0: a slot write is sent as soon as the request before it returned.
-            producer = AIOKafkaProducer(bootstrap_servers=self.bootstrap, client_id=self.client_id, acks="all",
-                                        enable_idempotence=True, linger_ms=0)
+        """Connect (once, however many callers ask at the same time)."""
+        if self._starting is None:
+            self._starting = asyncio.ensure_future(self._connect())
+        await asyncio.shield(self._starting)
+
+    async def _connect(self) -> None:
+        # Linger 0: a slot write is sent as soon as the request before it returned.
+        producer = AIOKafkaProducer(bootstrap_servers=self.bootstrap, client_id=self.client_id, acks="all",
+                                    enable_idempotence=True, linger_ms=0)
+        try:
             await producer.start()
-            self._producer = producer
+        except BaseException:
+            self._starting = None  # the next write tries again
+            await producer.stop()
+            raise
+        self._producer = producer
 
     async def flush(self) -> None:
-        """Return once every write handed over so far is acknowledged or failed."""
-        while self._unacked:
-            await asyncio.wait(list(self._unacked))
+        """Return once every write handed over before the call is acknowledged or failed. Writes
+        handed over meanwhile are not waited for: under steady load there always are some, and a
+        commit must not wait for them (nor for offsets after its own)."""
+        pending = list(self._unacked)
+        if pending:
+            await asyncio.wait(pending)
 
     async def stop(self) -> None:
         """Flush, then close the producer. Writes handed over after this raise."""
@@ -114,6 +128,8 @@ class SlotWriter:
             if not done.done():
                 done.set_exception(RuntimeError("the slot writer stopped before sending this write"))
         self._queue.clear()
+        if self._starting is not None and not self._starting.done():
+            self._starting.cancel()
         if self._producer is not None:
             await self._producer.stop()
             self._producer = None
@@ -124,7 +140,8 @@ class SlotWriter:
             while self._queue:
                 write, done = self._queue[0]
                 try:
-                    await self.start()
+                    if self._producer is None:
+                        await self.start()
                     assert self._producer is not None
                     # send() returns once the record is in the producer's buffer, in call order.
                     sent = await self._producer.send(write.topic, value=write.value, key=write.key,

@@ -80,3 +80,31 @@ async def test_a_write_kafka_refuses_fails_its_future_and_the_next_still_lands(k
         assert (await good).offset == 0
     finally:
         await writer.stop()
+
+
+async def test_a_flush_returns_while_writes_keep_coming(kafka_bootstrap: str) -> None:
+    """Faust flushes before every commit: a flush that also waited for writes handed over after
+    it began would never return under steady load, and no offset would be committed."""
+    topic = unique_name("slots-")
+    create_topics(kafka_bootstrap, [topic])
+    writer = SlotWriter(kafka_bootstrap)
+    handed: list[asyncio.Future[object]] = []
+    feeding = True
+
+    def another(_: object = None) -> None:  # each acknowledgement hands over the next write
+        if feeding:
+            done = writer.send(SlotWrite(topic, 0, b"0:job", b"v"))
+            handed.append(done)
+            done.add_done_callback(another)
+
+    await writer.start()
+    another()
+    another()  # two in flight: at no moment is nothing unacknowledged
+    before = list(handed)
+    try:
+        await asyncio.wait_for(writer.flush(), timeout=30)
+        assert all(done.done() for done in before)
+        assert len(writer) > 0  # the writes handed over since were not waited for
+    finally:
+        feeding = False
+        await writer.stop()
