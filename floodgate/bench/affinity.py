@@ -1,7 +1,8 @@
 """Pinning processes to CPUs for one measurement, as ``taskset -a -p`` would: every thread of each
 process (``sched_setaffinity`` on a pid moves its main thread only; a thread started later inherits
 the mask of the thread that starts it), restored to the process's own mask afterwards. Likewise
-``renice``, as ``renice -n`` on every thread would (Linux keeps a niceness per thread).
+``renice``, as ``renice -n`` on every thread would (Linux keeps a niceness per thread), either way:
+``reniced`` makes a process yield, ``hastened`` makes one go first (root only).
 
 ``split`` is pure: which CPUs the API gets (one of its own) and which everything else shares.
 """
@@ -58,6 +59,31 @@ def reniced(pid: int, nice: int) -> Iterator[dict[str, bool]]:
                 pass
             except PermissionError:
                 state["restored"] = False
+
+
+@contextlib.contextmanager
+def hastened(pid: int, nice: int) -> Iterator[dict[str, bool]]:
+    """Every thread of ``pid`` at niceness ``nice`` (at most: a lower one is kept) for the block;
+    then back to what each had. Lowering a niceness needs root (``CAP_SYS_NICE``): the dict it
+    yields says whether every thread got it (``applied``); without it the block runs as it was."""
+    before: dict[int, int] = {}
+    state = {"applied": True}
+    for tid in _threads(pid):
+        try:
+            old = os.getpriority(os.PRIO_PROCESS, tid)
+            if old > nice:
+                os.setpriority(os.PRIO_PROCESS, tid, nice)
+                before[tid] = old
+        except ProcessLookupError:
+            pass
+        except PermissionError:
+            state["applied"] = False
+    try:
+        yield state
+    finally:
+        for tid, old in before.items():
+            with contextlib.suppress(ProcessLookupError):
+                os.setpriority(os.PRIO_PROCESS, tid, old)  # raising a niceness needs no privilege
 
 
 @contextlib.contextmanager

@@ -206,7 +206,11 @@ def _pinned(p: dict[str, Any] | None) -> str:
         return "not run"
     if p.get("skipped") or p.get("error"):
         return str(p.get("skipped") or p.get("error"))
-    return f"{lat(p['latency_ms'])}; API on CPU {p['api_cpus']}, everything else on {p['other_cpus']}"
+    nice = p.get("generator_nice")
+    first = f", the load generator first there (niceness {nice})" if nice is not None else ""
+    lag = g(p, "generator_lag_ms", "p99")
+    lag_text = f"; load generator lag p99 {num(lag)} ms" if lag is not None else ""
+    return f"{lat(p['latency_ms'])}; API on CPU {p['api_cpus']}, everything else on {p['other_cpus']}{first}{lag_text}"
 
 
 def accept(a: dict[str, Any]) -> list[str]:

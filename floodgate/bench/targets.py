@@ -267,7 +267,8 @@ def accept_pinned(results: dict[str, Any], target_rate: float = 1000.0, slo: flo
     rate, p99 = _num(pin["offered_rate"]), _num(g(pin, "latency_ms", "p99"))
     errors = sum(pin["errors"].values())
     measured = (f"pinned: p99 {p99:.1f} ms (p50 {_num(g(pin, 'latency_ms', 'p50')):.1f}) at {rate:,.0f} req/s, "
-                f"{errors} errors, API on CPU {pin.get('api_cpus')}, the rest on {pin.get('other_cpus')}; unpinned: "
+                f"{errors} errors, API on CPU {pin.get('api_cpus')}, the rest on {pin.get('other_cpus')}"
+                f"{_generator(pin)}; unpinned: "
                 f"p99 {_num(g(fixed, 'latency_ms', 'p99')):.1f} ms (p50 {_num(g(fixed, 'latency_ms', 'p50')):.1f})")
     if (nice := g(a, "yielding", "worker_nice")) is not None and "latency_ms" in a["yielding"]:
         # Beside the row, not its verdict: the bar is the default deployment, the worker at its own priority.
@@ -279,6 +280,16 @@ def accept_pinned(results: dict[str, Any], target_rate: float = 1000.0, slo: flo
     if rate < target_rate:
         return _row(name, NOT_MEASURED, measured, p99, f"scaled down: offered {rate:,.0f} req/s")
     return _row(name, MET if p99 <= slo and not errors else NOT_MET, measured, p99)
+
+
+def _generator(block: dict[str, Any]) -> str:
+    """The load generator in a pinned run: its own lag, and its niceness when it went first."""
+    lag = g(block, "generator_lag_ms", "p99")
+    if lag is None:
+        return ""
+    nice = block.get("generator_nice")
+    first = f"at niceness {nice}" if nice is not None else "not put first (that needs root)"
+    return f" (the load generator {first}; its lag p99 {_num(lag):.1f} ms)"
 
 
 def api_cpu(results: dict[str, Any], target_ms: float = 0.4, target_rate: float = 1000.0) -> dict[str, Any]:

@@ -3,17 +3,19 @@ backlog window, records and hops per job, 2 workers over 1, CPU per request, the
 pinning, and the rows' judgements."""
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 import subprocess
 import sys
+from collections.abc import Iterator
 from typing import Any
 
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from floodgate.bench import affinity, cost, limits, probes, stats, targets
+from floodgate.bench import affinity, cost, limits, markdown, probes, stats, targets
 from floodgate.bench.accept import cpu_ms_per_request
 from floodgate.bench.handover import backlog_end, handovers, utilisation
 
@@ -263,9 +265,11 @@ def test_the_accept_limits_say_what_the_api_loop_saw_in_each_run() -> None:
         "HTTP accept latency / max rate"]
 
 
-def test_reniced_lowers_every_thread_for_the_block_and_puts_each_back() -> None:
-    # A child with a few threads, each waiting: reniced must reach all of them, not only the main one.
-    code = ("import threading, time\n"
+@contextlib.contextmanager
+def _waiting_threads(nice: int = 0) -> Iterator[tuple[int, list[int]]]:
+    """A child process at niceness ``nice`` with three threads beside its main one, all waiting:
+    its pid and thread ids. What renices a process must reach all of them, not only the main one."""
+    code = (f"import os, threading, time\nos.nice({nice})\n"
             "[threading.Thread(target=time.sleep, args=(30,), daemon=True).start() for _ in range(3)]\n"
             "print('up', flush=True)\ntime.sleep(30)\n")
     child = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
@@ -273,18 +277,58 @@ def test_reniced_lowers_every_thread_for_the_block_and_puts_each_back() -> None:
         assert child.stdout is not None and child.stdout.readline().strip() == "up"
         tids = [int(t) for t in os.listdir(f"/proc/{child.pid}/task")]
         assert len(tids) == 4
-        before = {tid: os.getpriority(os.PRIO_PROCESS, tid) for tid in tids}
+        yield child.pid, tids
+    finally:
+        child.kill()
+        child.wait()
+
+
+def _nice(tids: list[int]) -> dict[int, int]:
+    return {tid: os.getpriority(os.PRIO_PROCESS, tid) for tid in tids}
+
+
+def test_reniced_lowers_every_thread_for_the_block_and_puts_each_back() -> None:
+    with _waiting_threads() as (pid, tids):
+        before = _nice(tids)
         wanted = min(19, max(before.values()) + 5)
-        with affinity.reniced(child.pid, wanted) as state:
-            assert {os.getpriority(os.PRIO_PROCESS, tid) for tid in tids} == {wanted}
-        after = {tid: os.getpriority(os.PRIO_PROCESS, tid) for tid in tids}
+        with affinity.reniced(pid, wanted) as state:
+            assert set(_nice(tids).values()) == {wanted}
+        after = _nice(tids)
         if os.geteuid() == 0:
             assert state["restored"] and after == before
         else:  # only root may lower a niceness: the block says so
             assert not state["restored"] and set(after.values()) == {wanted}
-    finally:
-        child.kill()
-        child.wait()
+
+
+def test_hastened_puts_every_thread_first_for_the_block_and_each_back() -> None:
+    # The load generator goes first in the pinned runs. The child starts above the niceness asked
+    # for, so the block has something to lower.
+    with _waiting_threads(nice=3) as (pid, tids):
+        before = _nice(tids)
+        wanted = min(before.values()) - 2
+        with affinity.hastened(pid, wanted) as state:
+            during = _nice(tids)
+        assert _nice(tids) == before
+        if os.geteuid() == 0:
+            assert state["applied"] and set(during.values()) == {wanted}
+        else:  # only root may lower a niceness: the block runs as it was, and says so
+            assert not state["applied"] and during == before
+        with affinity.hastened(pid, max(before.values()) + 1) as state:  # never made to yield
+            assert state["applied"] and _nice(tids) == before
+
+
+def test_the_pinned_row_tells_the_load_generators_lag_and_whether_it_went_first() -> None:
+    pinned = _block(40.0, api_cpus=[1], other_cpus=[0], api_cpu_ms_per_request=0.3,
+                    generator_lag_ms={"p50": 0.5, "p99": 3.2}, generator_nice=-10)
+    accept = {"fixed": _block(150.0, api_cpu_ms_per_request=0.35, api_cpu_s=7.0), "pinned": pinned}
+    row = targets.accept_pinned({"accept": accept})
+    assert "(the load generator at niceness -10; its lag p99 3.2 ms)" in row["measured"]
+    assert "API on CPU [1], everything else on [0], the load generator first there (niceness -10); " \
+           "load generator lag p99 3.2 ms" in markdown._pinned(pinned)
+    not_root = {**pinned, "generator_nice": None}
+    row = targets.accept_pinned({"accept": {**accept, "pinned": not_root}})
+    assert "(the load generator not put first (that needs root); its lag p99 3.2 ms)" in row["measured"]
+    assert "first there" not in markdown._pinned(not_root)
 
 
 def test_the_pipeline_limits_name_the_machine_when_every_core_is_in_use() -> None:
