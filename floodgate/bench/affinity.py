@@ -64,11 +64,14 @@ def reniced(pid: int, nice: int) -> Iterator[dict[str, bool]]:
 @contextlib.contextmanager
 def hastened(pid: int, nice: int) -> Iterator[dict[str, bool]]:
     """Every thread of ``pid`` at niceness ``nice`` (at most: a lower one is kept) for the block;
-    then back to what each had. Lowering a niceness needs root (``CAP_SYS_NICE``): the dict it
-    yields says whether every thread got it (``applied``); without it the block runs as it was."""
+    then back to what each had; a thread started meanwhile inherited the niceness of the one that
+    started it, and gets the main thread's back. Lowering a niceness needs root (``CAP_SYS_NICE``):
+    the dict it yields says whether every thread got it (``applied``); without it the block runs
+    as it was."""
     before: dict[int, int] = {}
     state = {"applied": True}
-    for tid in _threads(pid):
+    threads = _threads(pid)
+    for tid in threads:
         try:
             old = os.getpriority(os.PRIO_PROCESS, tid)
             if old > nice:
@@ -81,6 +84,8 @@ def hastened(pid: int, nice: int) -> Iterator[dict[str, bool]]:
     try:
         yield state
     finally:
+        if pid in before:
+            before.update(dict.fromkeys(set(_threads(pid)) - set(threads), before[pid]))
         for tid, old in before.items():
             with contextlib.suppress(ProcessLookupError):
                 os.setpriority(os.PRIO_PROCESS, tid, old)  # raising a niceness needs no privilege

@@ -8,6 +8,7 @@ import math
 import os
 import subprocess
 import sys
+import threading
 from collections.abc import Iterator
 from typing import Any
 
@@ -315,6 +316,37 @@ def test_hastened_puts_every_thread_first_for_the_block_and_each_back() -> None:
             assert not state["applied"] and during == before
         with affinity.hastened(pid, max(before.values()) + 1) as state:  # never made to yield
             assert state["applied"] and _nice(tids) == before
+
+
+def test_hastened_puts_a_thread_started_during_the_block_back_too() -> None:
+    # The bench's own process goes first; threads it starts meanwhile (an executor's) inherit that.
+    before = os.getpriority(os.PRIO_PROCESS, 0)
+    release = threading.Event()
+    late: list[int] = []
+    started = threading.Event()
+
+    def waiting() -> None:
+        late.append(threading.get_native_id())
+        started.set()
+        release.wait(30)
+
+    thread = None
+    try:
+        with affinity.hastened(os.getpid(), before - 2) as state:
+            thread = threading.Thread(target=waiting, daemon=True)
+            thread.start()
+            assert started.wait(30)
+            inherited = os.getpriority(os.PRIO_PROCESS, late[0])
+        after = os.getpriority(os.PRIO_PROCESS, late[0])
+    finally:
+        release.set()
+        if thread is not None:
+            thread.join(30)
+    if os.geteuid() == 0:
+        assert state["applied"] and inherited == before - 2 and after == before
+    else:
+        assert not state["applied"] and inherited == after == before
+    assert os.getpriority(os.PRIO_PROCESS, 0) == before
 
 
 def test_the_pinned_row_tells_the_load_generators_lag_and_whether_it_went_first() -> None:
