@@ -53,7 +53,7 @@ class SlotWriter:
         """Whether any table writes through this writer: only then is it started with the worker."""
         self._queue: deque[tuple[SlotWrite, asyncio.Future[Any]]] = deque()
         self._unacked: set[asyncio.Future[Any]] = set()
-        self._wake: asyncio.Event | None = None
+        self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self._producer: AIOKafkaProducer | None = None
         self._starting: asyncio.Future[None] | None = None
@@ -76,8 +76,6 @@ class SlotWriter:
         self._queue.append((write, done))
         self._unacked.add(done)
         done.add_done_callback(self._landed)
-        if self._wake is None:
-            self._wake = asyncio.Event()
         self._wake.set()
         if self._task is None or self._task.done():
             self._task = asyncio.create_task(self._run(), name="slot-writer")
@@ -136,7 +134,6 @@ class SlotWriter:
             self._producer = None
 
     async def _run(self) -> None:
-        assert self._wake is not None
         while True:
             while self._queue:
                 write, done = self._queue[0]
