@@ -7,7 +7,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from floodgate.bench.probes import cpu_seconds
+from floodgate.bench.probes import cpu_seconds, main_thread_schedstat
 from floodgate.bench.progress import ProgressLine
 from floodgate.devstack import Stack
 from floodgate.settings import Settings
@@ -54,4 +54,33 @@ class CpuMeter:
                 out[name] = round((cpu_seconds(pid) - self._cpu0[name]) / elapsed, 2)
             except OSError:
                 continue  # the process ended meanwhile
+        return out
+
+
+class WaitMeter:
+    """How the main threads of some processes spent the time between ``start`` and ``stop``:
+    the share of it on a CPU and the share runnable but waiting for one (the kernel's run queue,
+    ``schedstat``). A Python process does its work on its main thread, so a high ``waiting``
+    share says the process was held back by the others on its cores, not by its own work."""
+
+    def __init__(self, pids: Mapping[str, int]) -> None:
+        self.pids = dict(pids)
+        self._t0 = 0.0
+        self._before: dict[str, tuple[int, int]] = {}
+
+    def start(self) -> WaitMeter:
+        self._t0 = time.monotonic()
+        self._before = {n: s for n, p in self.pids.items() if (s := main_thread_schedstat(p)) is not None}
+        return self
+
+    def stop(self) -> dict[str, dict[str, float]]:
+        # Read before the clock, as ``start`` reads after it: the readings fall within the span.
+        now = {name: main_thread_schedstat(self.pids[name]) for name in self._before}
+        elapsed = max(1e-6, time.monotonic() - self._t0)
+        out = {}
+        for name, (ran0, waited0) in self._before.items():
+            if (after := now[name]) is None:
+                continue  # the process ended meanwhile
+            out[name] = {"running": round((after[0] - ran0) / 1e9 / elapsed, 3),
+                         "waiting": round((after[1] - waited0) / 1e9 / elapsed, 3)}
         return out

@@ -119,6 +119,17 @@ def _accept(a: dict[str, Any], cpus: int | None) -> list[tuple[str, str]]:
     return [("HTTP accept latency / max rate", text), ("SDK requests/s", sdk)]
 
 
+HELD_BACK = 0.15
+"""The share of a run the worker's main thread may spend runnable but without a CPU before the
+machine, not the worker, is named its limit (0.27-0.31 sharing 2 cores with the stack, 0.10 with
+a core of its own)."""
+
+
+def _waited(p: dict[str, Any]) -> float:
+    waiting = g(p, "main_thread", "worker-0", "waiting")
+    return float(waiting) if isinstance(waiting, (int, float)) else 0.0
+
+
 def _pipeline(p: dict[str, Any], cpus: int | None = None) -> tuple[str, str]:
     per = ", ".join(f"{k} {v:,}" for k, v in (p.get("submitted_per_provider") or {}).items())
     peak = ", ".join(f"{k} {v:,}" for k, v in (p.get("max_in_flight") or {}).items())
@@ -126,7 +137,9 @@ def _pipeline(p: dict[str, Any], cpus: int | None = None) -> tuple[str, str]:
     worker, everyone = _worker_cores(used), sum(used.values())
     if worker >= 0.85:
         bound = "CPU: the worker used a whole core (one Python process, one event loop, cannot use more)"
-    elif cpus and everyone >= 0.9 * cpus:  # the worker below its core's worth because the others hold the rest
+    elif (cpus and everyone >= 0.9 * cpus) or _waited(p) >= HELD_BACK:
+        # The worker below its core's worth because the others hold the rest: seen from the cores in
+        # use, or from the kernel's run queue (which also counts processes outside the stack).
         rate, store = p.get("jobs_per_s") or 0.0, p.get("video_store")
         copies = ("" if store == "off" else " and copying each job's video into the store" +
                   (" (the local store: a download, then two files written, flushed and renamed in one trip to a "
@@ -134,7 +147,7 @@ def _pipeline(p: dict[str, Any], cpus: int | None = None) -> tuple[str, str]:
         api = (f"; the API's share, {used['api'] / rate * 1000:.1f} ms per job, includes the two webhooks through "
                f"the bridge{copies}" if used.get("api") and rate else "")
         bound = (f"The machine's CPU: every process together used {everyone:.2f} of its {cpus} cores, the worker "
-                 f"{worker:.2f}{api}")
+                 f"{worker:.2f}{api}{_held_back(p)}")
     elif worker >= 0.6:
         bound = f"Mostly the worker's CPU: {worker:.2f} of the one core a Python process can use"
     else:
@@ -157,6 +170,21 @@ def _pipeline(p: dict[str, Any], cpus: int | None = None) -> tuple[str, str]:
             f"in flight at once: {peak or '?'} (limit {p['config']['limit']:,}).{stalled} "
             f"{profile_line(p.get('profile'))}")
     return "Pipeline jobs/s", text
+
+
+def _held_back(p: dict[str, Any]) -> str:
+    """What the worker's main thread did in the run, and what the worker carried alone on a core."""
+    spent = g(p, "main_thread", "worker-0")
+    if spent is None:
+        return ""
+    text = (f". The worker's main thread, where a Python worker does its work, ran {spent['running']:.0%} of "
+            f"the run and was runnable but waiting for a CPU {spent['waiting']:.0%}: held back by the "
+            f"processes sharing its cores more than by its own work")
+    if (own := g(p, "pinned", "jobs_per_s")) is not None:
+        alone = g(p, "pinned", "main_thread", "worker-0", "running")
+        text += (f"; alone on a core it carried {own:,.0f} jobs/s"
+                 + (f" (its main thread on a CPU {alone:.0%} of the run)" if alone is not None else ""))
+    return text
 
 
 def _notify(n: dict[str, Any]) -> tuple[str, str]:

@@ -263,9 +263,29 @@ def pipeline(p: dict[str, Any], raw: dict[str, Any]) -> list[str]:
                                             f"{per_key(p.get('hops_per_job_by_agent'))}"],
         ["raw Kafka, same run", raw_line],
         ["cores used", cores(p.get("cpu_cores"))],
+        ["the worker's main thread", _main_thread(p)],
+        ["the worker alone on a core", _alone(p.get("pinned"))],
         ["scaling", _scaling(p.get("scaling"), p)],
     ]
     return ["## Pipeline (instant provider)", "", table(rows, ["", ""]), ""]
+
+
+def _main_thread(run: dict[str, Any]) -> str:
+    spent = g(run, "main_thread", "worker-0")
+    if spent is None:
+        return "not measured"
+    return (f"on a CPU {num(100 * spent['running'], 0)}% of the run, runnable and waiting for one "
+            f"{num(100 * spent['waiting'], 0)}%")
+
+
+def _alone(pin: dict[str, Any] | None) -> str:
+    if not pin:
+        return "not run"
+    if pin.get("skipped") or pin.get("error"):
+        return f"not run: {pin.get('skipped') or pin.get('error')}"
+    return (f"{num(pin['jobs_per_s'], 0)} jobs/s (steady {num(pin['steady_jobs_per_s'], 0)}/s), worker on CPU "
+            f"{pin.get('worker_cpus')}, the rest on {pin.get('other_cpus')}; its main thread "
+            f"{_main_thread(pin)}; missing results {pin['results_missing']}; cores used {cores(pin.get('cpu_cores'))}")
 
 
 def _scaling(sc: dict[str, Any] | None, one: dict[str, Any]) -> str:

@@ -8,6 +8,13 @@ clock runs from the first record to the last result; every job id is then looked
 ``results`` (zero loss). What each job cost is counted from outside (``cost``): records written
 to every topic and changelog of the stack, and records the worker(s) consumed (the hops).
 
+On this machine every process of the stack shares its cores: the broker and the simulator (which
+stand for machines of their own), the API and the worker. So the jobs run once more with the
+worker alone on a core (every thread of it) and everything else on the other(s), as a worker
+deployed one to a core would run: what one worker carries when no other process holds it back.
+Both runs tell how the worker's main thread spent them (on a CPU, or runnable and waiting for
+one: ``WaitMeter``).
+
 Then the same jobs run on a fresh stack with ``scale_to`` workers (2), started once this one is
 idle: jobs/s with 2 workers over jobs/s with 1.
 
@@ -18,12 +25,15 @@ scenario through a fifth ("handover", a small limit) that only ``handover-1`` ro
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import os
 import time
+from collections.abc import Collection, Mapping
 from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
-from floodgate.bench import cost, handover, profiling, stats
-from floodgate.bench.context import Context, CpuMeter
+from floodgate.bench import affinity, cost, handover, profiling, stats
+from floodgate.bench.context import Context, CpuMeter, WaitMeter
 from floodgate.bench.handover import HandoverConfig
 from floodgate.bench.notify import NotifyConfig
 from floodgate.bench.probes import LagSampler, Offsets, simulator_stats, topic_keys
@@ -54,6 +64,7 @@ class PipelineConfig:
     stall_seconds: float = 60.0
     profile_jobs: int = 1_000
     profile_seconds: float = 10.0
+    pinned: bool = True  # the jobs again with the worker alone on a core, the rest of the stack on the other(s)
     scale_to: int = 2  # then the same jobs on a stack with this many workers: jobs/s with 2 / with 1 (0: skip)
     prestart_scaling: bool = False  # start that stack while this one is measured (the smoke run, to stay short)
 
@@ -147,19 +158,39 @@ def steady_rate(samples: list[tuple[float, int]], n: int) -> float:
     return (high[1] - low[1]) / (high[0] - low[0])
 
 
-async def measure(ctx: Context, stack: Stack, cfg: PipelineConfig, what: str = "pipeline") -> dict[str, Any]:
-    """Warm up, then ``cfg.jobs`` jobs through ``stack``: rate, records written to every topic and
-    changelog, records its worker(s) consumed (the hops), cores used, jobs per provider."""
+def worker_pids(stack: Stack) -> dict[str, int]:
+    return {name: child.proc.pid for name, child in stack.children.items() if name.startswith("worker-")}
+
+
+def placement(pids: Mapping[str, int], cpus: Collection[int]) -> tuple[dict[int, set[int]], set[int], set[int]] | None:
+    """Where each process of ``pids`` (by name) goes for the pinned run, given the ``cpus`` this
+    bench may use: the worker(s) on a CPU of their own, every other process (the API, the
+    simulator, the broker, the load generator) on the rest; then those two sets of CPUs. None
+    with a single CPU."""
+    split = affinity.split(cpus)
+    if split is None:
+        return None
+    own, rest = split
+    return {pid: (own if name.startswith("worker-") else rest) for name, pid in pids.items()}, own, rest
+
+
+async def measure(ctx: Context, stack: Stack, cfg: PipelineConfig, what: str = "pipeline",
+                  plan: dict[int, set[int]] | None = None) -> dict[str, Any]:
+    """Warm up, then ``cfg.jobs`` jobs through ``stack`` (its processes on the CPUs of ``plan``,
+    if given): rate, records written to every topic and changelog, records its worker(s) consumed
+    (the hops), cores used, how the workers' main threads spent the run, jobs per provider."""
     offsets = Offsets(stack.bootstrap)
     await Feed(ctx, stack, offsets, cfg).run(cfg.warmup, f"{what}: warm-up")
     before = await cost.settled(stack, offsets)
     consumed0 = await asyncio.to_thread(offsets.total, input_topics(stack))
     created0 = await simulator_stats(stack.simulator_url)
     meter = CpuMeter(ctx.pids(stack)).start()
+    waits = WaitMeter(worker_pids(stack)).start()
     feed = Feed(ctx, stack, offsets, cfg)
-    with LagSampler(stack.bootstrap, stack.settings.app_id, stages(stack), interval=1.0) as lag:
+    with (affinity.pinned(plan) if plan is not None else contextlib.nullcontext(),
+          LagSampler(stack.bootstrap, stack.settings.app_id, stages(stack), interval=1.0) as lag):
         elapsed = await feed.run(cfg.jobs, what)
-    cores = meter.stop()
+    cores, main_threads = meter.stop(), waits.stop()
     done = feed.samples[-1][1] if feed.samples else 0
     consumed = await asyncio.to_thread(offsets.total, input_topics(stack)) - consumed0
     after = await cost.settled(stack, offsets)
@@ -171,7 +202,7 @@ async def measure(ctx: Context, stack: Stack, cfg: PipelineConfig, what: str = "
         "records_consumed": consumed,
         "events_per_s_per_worker": consumed / elapsed / cfg.workers,
         **cost.summary(before, after, done),
-        "cpu_cores": cores, "workers": cfg.workers,
+        "cpu_cores": cores, "workers": cfg.workers, "main_thread": main_threads,
         "submitted_per_provider": {p: created[p]["jobs_created"] - created0[p]["jobs_created"]
                                    for p in created if created[p]["jobs_created"] > created0[p]["jobs_created"]},
         "max_in_flight": {p: created[p]["max_concurrency"] for p in created if created[p]["max_concurrency"]},
@@ -220,6 +251,8 @@ async def run(ctx: Context, stack: Stack, cfg: PipelineConfig) -> dict[str, Any]
         out.update(await measure(ctx, stack, cfg))
         if ctx.profile and cfg.profile_seconds > 0 and not out["stalled"]:
             out["profile"] = await profile_worker(ctx, stack, cfg, Offsets(stack.bootstrap))
+        if cfg.pinned and not out["stalled"]:
+            out["pinned"] = await pinned(ctx, stack, cfg)
     except BaseException:
         if starting is not None:  # a stack that failed to start has stopped itself
             await asyncio.gather(starting, return_exceptions=True)
@@ -230,6 +263,18 @@ async def run(ctx: Context, stack: Stack, cfg: PipelineConfig) -> dict[str, Any]
             out["scaling"] = await scaling(ctx, cfg, out, second, starting or loop.run_in_executor(None, second.start))
         except Exception as exc:  # the 1-worker numbers stand on their own
             out["scaling"] = {"error": f"{type(exc).__name__}: {exc}"[:2000]}
+    return out
+
+
+async def pinned(ctx: Context, stack: Stack, cfg: PipelineConfig) -> dict[str, Any]:
+    """The same jobs on the same stack with the worker alone on a core (``placement``)."""
+    where = placement(ctx.pids(stack), os.sched_getaffinity(0))
+    if where is None:
+        return {"skipped": "one CPU: nothing to pin the worker apart on"}
+    plan, own, rest = where
+    out = await measure(ctx, stack, cfg, "pipeline, worker on a core of its own", plan)
+    out.pop("stage_lag", None)
+    out["worker_cpus"], out["other_cpus"] = sorted(own), sorted(rest)
     return out
 
 

@@ -38,6 +38,22 @@ def stat_cpu(stat: str, ticks_per_second: float) -> tuple[str, float]:
     return name, (int(fields[11]) + int(fields[12])) / ticks_per_second
 
 
+def schedstat(text: str) -> tuple[int, int]:
+    """(nanoseconds on a CPU, nanoseconds runnable but waiting for one) from a thread's
+    ``/proc/<pid>/task/<tid>/schedstat`` line (its third field, time slices, is left out)."""
+    fields = text.split()
+    return int(fields[0]), int(fields[1])
+
+
+def main_thread_schedstat(pid: int) -> tuple[int, int] | None:
+    """``schedstat`` of ``pid``'s main thread; None where the kernel keeps no such file."""
+    try:
+        with open(f"/proc/{pid}/task/{pid}/schedstat") as fh:
+            return schedstat(fh.read())
+    except (OSError, ValueError, IndexError):
+        return None
+
+
 def cpu_seconds(pid: int) -> float:
     """User + system CPU seconds ``pid`` has used (``/proc/<pid>/stat``)."""
     import os

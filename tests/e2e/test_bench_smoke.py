@@ -24,7 +24,8 @@ SECTIONS = ("## Targets", "## Spike: the peak-shaving picture", "## The waiting 
 # The lean pipeline's rows (the start of each target's name): present, and measured in the smoke run's small way.
 LEAN_ROWS = ("Kafka records written per job", "Consumer hops in the worker per job", "Jobs/s with 2 workers",
              "Slot handover p99", "HTTP accept p99 ≤ 50 ms at 1,000 req/s with the API on its own core",
-             "API CPU per accepted request", "HTTP accept p99 ≤ 50 ms under the spike's arrivals in real time")
+             "API CPU per accepted request", "HTTP accept p99 ≤ 50 ms under the spike's arrivals in real time",
+             "≥ 300 jobs/s end to end with an instant provider, 1 worker alone on a core")
 
 
 def test_smoke_bench_writes_every_section_and_plot(kafka_bootstrap: str, tmp_path: Path) -> None:
@@ -82,6 +83,14 @@ def test_smoke_bench_writes_every_section_and_plot(kafka_bootstrap: str, tmp_pat
     pipeline = results["pipeline"]
     assert pipeline["records_per_job"] > 0 and pipeline["hops_per_job"] > 0
     assert pipeline["scaling"]["results_missing"] == 0 and pipeline["scaling"]["ratio"] > 0
+    # The worker alone on a core: every job through, and its main thread read in both runs.
+    assert pipeline["main_thread"]["worker-0"]["running"] > 0
+    alone, cpus = pipeline["pinned"], sorted(os.sched_getaffinity(0))
+    if len(cpus) >= 2:
+        assert alone["completed"] == alone["jobs"] and alone["results_missing"] == 0
+        assert alone["worker_cpus"] == [cpus[1]] and alone["main_thread"]["worker-0"]["running"] > 0
+    else:
+        assert alone["skipped"]
     assert results["handover"]["pairs"] > 0 and not results["handover"]["timed_out"]
     assert results["spike"]["realtime"]["accepted"] == results["spike"]["realtime"]["offered"] > 0
     # The waiting user: two tenants, ETAs read at acceptance, the fair-share run, the spike again
