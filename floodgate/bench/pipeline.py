@@ -252,7 +252,10 @@ async def run(ctx: Context, stack: Stack, cfg: PipelineConfig) -> dict[str, Any]
         if ctx.profile and cfg.profile_seconds > 0 and not out["stalled"]:
             out["profile"] = await profile_worker(ctx, stack, cfg, Offsets(stack.bootstrap))
         if cfg.pinned and not out["stalled"]:
-            out["pinned"] = await pinned(ctx, stack, cfg)
+            try:
+                out["pinned"] = await pinned(ctx, stack, cfg)
+            except Exception as exc:  # the shared run's numbers stand on their own
+                out["pinned"] = {"error": f"{type(exc).__name__}: {exc}"[:2000]}
     except BaseException:
         if starting is not None:  # a stack that failed to start has stopped itself
             await asyncio.gather(starting, return_exceptions=True)

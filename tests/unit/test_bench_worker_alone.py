@@ -87,6 +87,8 @@ def test_the_pinned_row_judges_the_worker_alone_and_tells_the_shared_run_beside_
     skipped = targets.pipeline_pinned({"pipeline": _pipeline(252.0, {"skipped": "one CPU"})})
     assert skipped["status"] == targets.NOT_MEASURED and skipped["measured"] == "one CPU"
     assert targets.pipeline_pinned({"pipeline": _pipeline(252.0, None)})["status"] == targets.NOT_MEASURED
+    failed = targets.pipeline_pinned({"pipeline": _pipeline(252.0, {"error": "TimeoutError: no results"})})
+    assert failed["status"] == targets.NOT_MEASURED and failed["measured"] == "TimeoutError: no results"
 
 
 def test_the_shared_row_keeps_its_own_verdict_and_names_the_wait_for_a_cpu() -> None:
@@ -117,4 +119,5 @@ def test_the_markdown_rows_of_both_runs() -> None:
     line = markdown._alone(_alone(351.6))
     assert line.startswith("352 jobs/s (steady 357/s), worker on CPU [1], the rest on [0]")
     assert markdown._alone({"skipped": "one CPU"}) == "not run: one CPU"
+    assert markdown._alone({"error": "TimeoutError: no results"}) == "not run: TimeoutError: no results"
     assert markdown._alone(None) == "not run"
