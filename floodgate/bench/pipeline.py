@@ -62,7 +62,7 @@ class PipelineConfig:
     batch: int = 250
     timeout: float = 1200.0
     stall_seconds: float = 60.0
-    profile_jobs: int = 1_000
+    profile_jobs: int = 3_000  # at 250-300 jobs/s, load for the whole profile (1,000 left it idle for 6 of its 10 s)
     profile_seconds: float = 10.0
     pinned: bool = True  # the jobs again with the worker alone on a core, the rest of the stack on the other(s)
     scale_to: int = 2  # then the same jobs on a stack with this many workers: jobs/s with 2 / with 1 (0: skip)
