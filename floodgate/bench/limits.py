@@ -121,8 +121,8 @@ def _accept(a: dict[str, Any], cpus: int | None) -> list[tuple[str, str]]:
 
 HELD_BACK = 0.15
 """The share of a run the worker's main thread may spend runnable but without a CPU before the
-machine, not the worker, is named its limit (0.27-0.31 sharing 2 cores with the stack, 0.10 with
-a core of its own)."""
+machine, not the worker, is named its limit (0.24-0.28 sharing 2 cores with the stack, 0.10 with
+a core of its own, in the runs of 2026-12-04)."""
 
 
 def _waited(p: dict[str, Any]) -> float:
@@ -142,8 +142,8 @@ def _pipeline(p: dict[str, Any], cpus: int | None = None) -> tuple[str, str]:
         # use, or from the kernel's run queue (which also counts processes outside the stack).
         rate, store = p.get("jobs_per_s") or 0.0, p.get("video_store")
         copies = ("" if store == "off" else " and copying each job's video into the store" +
-                  (" (the local store: a download, then two files written, flushed and renamed in one trip to a "
-                   "thread)" if store == "local" else ""))
+                  (" (the local store: a download, then the file written with its record as an extended "
+                   "attribute, flushed and renamed in one trip to a thread)" if store == "local" else ""))
         api = (f"; the API's share, {used['api'] / rate * 1000:.1f} ms per job, includes the two webhooks through "
                f"the bridge{copies}" if used.get("api") and rate else "")
         bound = (f"The machine's CPU: every process together used {everyone:.2f} of its {cpus} cores, the worker "
