@@ -265,6 +265,12 @@ def scaling(results: dict[str, Any], target: float = 1.6, min_jobs: int = 2000) 
     measured = (f"{ratio:.2f}× ({_num(sc['jobs_per_s']):,.0f} jobs/s with {sc['workers']} workers, "
                 f"{_num(p['jobs_per_s']):,.0f} with {p['workers']}; steady {_num(sc.get('steady_ratio')):.2f}×) "
                 f"over {sc['jobs']:,} jobs each{stalled}, {sc['results_missing']} without a result")
+    waits = ", ".join(f"{name} {_num(spent['waiting']):.0%}" for name, spent in (sc.get("main_thread") or {}).items())
+    if waits:
+        # What holds a second worker back on a machine whose cores the first one already shares.
+        one = g(p, "main_thread", "worker-0", "waiting")
+        measured += (f"; the workers' main threads waited for a CPU {waits} of the run"
+                     + (f" (the one worker's {_num(one):.0%})" if one is not None else ""))
     if sc["jobs"] < min_jobs:
         return _row(name, NOT_MEASURED, measured, ratio, f"scaled down: {sc['jobs']:,} jobs")
     ok = ratio >= target and not sc["results_missing"] and not stalled

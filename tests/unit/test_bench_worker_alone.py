@@ -121,3 +121,16 @@ def test_the_markdown_rows_of_both_runs() -> None:
     assert markdown._alone({"skipped": "one CPU"}) == "not run: one CPU"
     assert markdown._alone({"error": "TimeoutError: no results"}) == "not run: TimeoutError: no results"
     assert markdown._alone(None) == "not run"
+
+
+def test_the_scaling_row_says_how_long_each_worker_waited_for_a_cpu() -> None:
+    one = _pipeline(269.0, None)
+    two = {**_run(274.0, workers=2), "ratio": 274 / 269, "steady_ratio": 1.01,
+           "main_thread": {"worker-0": {"running": 0.49, "waiting": 0.478},
+                           "worker-1": {"running": 0.25, "waiting": 0.4}}}
+    row = targets.scaling({"pipeline": {**one, "scaling": two}})
+    assert row["status"] == targets.NOT_MET
+    assert row["measured"].endswith("the workers' main threads waited for a CPU worker-0 48%, worker-1 40% of the run "
+                                    "(the one worker's 28%)")
+    bare = targets.scaling({"pipeline": {**one, "scaling": {**two, "main_thread": {}}}})
+    assert "waited" not in bare["measured"]
