@@ -92,10 +92,12 @@ class Settings:
     more, smaller requests, and the pipeline bench's jobs cost all processes 6.8 ms of CPU each
     against 6.0 ms at 5 (259 against 291 jobs/s). The price is up to this long on every hop's write
     (notification p50 6.5 → 11.1 ms at 50 jobs/s)."""
-    poll_records: int = 20
+    poll_records: int = 10
     """Most records a worker takes from its consumer at a time (Kafka's ``max.poll.records``). It
     hands them to its agents one per turn of its event loop, and a record fetched meanwhile,
-    however urgent, waits until they are handed out (``floodgate/readorder.py``)."""
+    however urgent, waits until they are handed out (``floodgate/readorder.py``). 10 rather than
+    20: the slot handover's p99 during a burst's admission 29.0-29.9 ms against 27.8-34.1 in four
+    runs each, the pipeline's jobs/s unchanged."""
     slot_producer_limit: int = 50
     """Providers whose concurrency limit is at most this write their slot tables through a producer
     of their own, one request per write, without the linger (``streams/slotwriter.py``): a slot

@@ -438,11 +438,11 @@ async def test_the_worker_consumer_hands_out_a_release_before_the_requests_fetch
     app = create_app(settings, datadir=tmp_path / "w0")
     created = app.consumer._thread._create_consumer(asyncio.get_running_loop())  # type: ignore[attr-defined]
     await created.start()
-    assert created._max_poll_records == settings.poll_records == 20
+    assert created._max_poll_records == settings.poll_records == 10
     everything = set(fetcher._records)
-    first = await created._fetcher.fetched_records(everything, timeout=0, max_records=20)
+    first = await created._fetcher.fetched_records(everything, timeout=0, max_records=settings.poll_records)
     assert [m.offset for m in first[release]] == [7]
     # The rest of the batch is the requests in the order they were fetched, each partition's in
     # Kafka's order.
     assert [(tp, [m.offset for m in batch]) for tp, batch in first.items() if tp != release] == [
-        (requests[0], list(range(19)))]
+        (requests[0], list(range(9)))]
