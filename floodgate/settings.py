@@ -97,7 +97,7 @@ class Settings:
     hands them to its agents one per turn of its event loop, and a record fetched meanwhile,
     however urgent, waits until they are handed out (``floodgate/readorder.py``). 10 rather than
     20: the slot handover's p99 during a burst's admission 29.0-29.9 ms against 27.8-34.1 in four
-    runs each, the pipeline's jobs/s unchanged."""
+    runs each, the pipeline's jobs/s 0.98x on the means of three runs each (README)."""
     slot_producer_limit: int = 50
     """Providers whose concurrency limit is at most this write their slot tables through a producer
     of their own, one request per write, without the linger (``streams/slotwriter.py``): a slot
