@@ -123,12 +123,10 @@ async def pinned_rate(ctx: Context, stack: Stack, cfg: AcceptConfig, *, label: s
     unpinned, in four runs of the accept scenario). So for the pinned run it goes first on that
     core (``cfg.generator_nice``, root only; the block says whether it did). It uses a small part
     of the core (0.15 at 1,000 requests/s); the worker and the broker share the rest."""
-    cpus = affinity.split(os.sched_getaffinity(0))
-    if cpus is None:
+    where = affinity.apart(ctx.pids(stack), {name}, os.sched_getaffinity(0))
+    if where is None:
         return {"skipped": "one CPU: nothing to pin the API apart on"}
-    api_cpus, rest = cpus
-    api = stack.children[name].proc.pid
-    plan = {pid: (api_cpus if pid == api else rest) for pid in ctx.pids(stack).values()}
+    plan, api_cpus, rest = where
     with affinity.pinned(plan), affinity.hastened(os.getpid(), cfg.generator_nice) as first:
         out = await api_cpu(stack, fixed_rate(ctx, url or stack.api_url, cfg.rate, cfg.seconds, label), name)
     out["api_cpus"], out["other_cpus"] = sorted(api_cpus), sorted(rest)

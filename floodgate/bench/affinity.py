@@ -4,7 +4,8 @@ the mask of the thread that starts it), restored to the process's own mask after
 ``renice``, as ``renice -n`` on every thread would (Linux keeps a niceness per thread), either way:
 ``reniced`` makes a process yield, ``hastened`` makes one go first (root only).
 
-``split`` is pure: which CPUs the API gets (one of its own) and which everything else shares.
+``split`` and ``apart`` are pure: which CPUs the process measured gets (one of its own), which
+everything else shares, and where each process goes.
 """
 from __future__ import annotations
 
@@ -22,6 +23,17 @@ def split(cpus: Collection[int]) -> tuple[set[int], set[int]] | None:
     if len(ordered) < 2:
         return None
     return {ordered[1]}, set(ordered) - {ordered[1]}
+
+
+def apart(pids: Mapping[str, int], alone: Collection[str],
+          cpus: Collection[int]) -> tuple[dict[int, set[int]], set[int], set[int]] | None:
+    """A plan for ``pinned``: the processes of ``pids`` named in ``alone`` on a CPU of their own
+    (``split``), every other one on the rest; then those two sets of CPUs. None with one CPU."""
+    halves = split(cpus)
+    if halves is None:
+        return None
+    own, rest = halves
+    return {pid: (own if name in alone else rest) for name, pid in pids.items()}, own, rest
 
 
 def _threads(pid: int) -> list[int]:

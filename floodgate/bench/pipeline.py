@@ -167,11 +167,7 @@ def placement(pids: Mapping[str, int], cpus: Collection[int]) -> tuple[dict[int,
     bench may use: the worker(s) on a CPU of their own, every other process (the API, the
     simulator, the broker, the load generator) on the rest; then those two sets of CPUs. None
     with a single CPU."""
-    split = affinity.split(cpus)
-    if split is None:
-        return None
-    own, rest = split
-    return {pid: (own if name.startswith("worker-") else rest) for name, pid in pids.items()}, own, rest
+    return affinity.apart(pids, {name for name in pids if name.startswith("worker-")}, cpus)
 
 
 async def measure(ctx: Context, stack: Stack, cfg: PipelineConfig, what: str = "pipeline",
