@@ -191,7 +191,10 @@ _OPERATIONS: dict[str, tuple[str, str, dict[str, Any]]] = {
         ],
         "responses": {"101": {"description": "Switching to the WebSocket protocol"},
                       "400": _problem("Not a WebSocket upgrade request"),
-                      "403": _problem("Origin not allowed")},
+                      "403": _problem("Origin not allowed"),
+                      "426": {**_problem("A WebSocket version other than 13 (RFC 6455 §4.4)"), "headers": {
+                          "Sec-WebSocket-Version": {"description": "the version spoken here",
+                                                    "schema": {"enum": ["13"]}}}}},
     }),
     "webhook": ("bridge", "post /webhooks/{provider}", {
         "summary": "Provider webhook (Standard Webhooks signatures)",

@@ -16,8 +16,9 @@ from aiohttp import WSCloseCode, WSMsgType, web
 from floodgate.api.common import Deps, base_url, json_response
 from floodgate.api.resources import job_resource, presumed_queued
 from floodgate.api.view import STANDING, JobView, Snapshot, is_terminal
+from floodgate.errors import Problem
 from floodgate.ids import check_token
-from floodgate.problems import FORBIDDEN_ORIGIN, NOT_FOUND, UNAUTHORIZED, problem_response
+from floodgate.problems import FORBIDDEN_ORIGIN, NOT_FOUND, UNAUTHORIZED, VALIDATION, problem_response
 
 MAX_SUBSCRIPTIONS = 100
 """Live subscriptions one WebSocket may hold at once. Each costs a pump task and a queue of up to
@@ -151,6 +152,9 @@ class Reader:
         if not self.origins.allows(request.headers.get("Origin"), [base_url(request, settings)]):
             return problem_response(403, "Forbidden", type_=FORBIDDEN_ORIGIN,
                                     detail="this origin may not open the job stream")
+        version = request.headers.get("Sec-WebSocket-Version")
+        if version is not None and version != WS_VERSION:
+            return wrong_version(version)
         # Protocol-level pings keep the socket alive through load balancers' idle timeouts, and a
         # peer that stops answering them (half the interval) is dropped.
         ws = web.WebSocketResponse(heartbeat=settings.ws_ping_interval)
@@ -177,6 +181,20 @@ class Reader:
         self.closing.set()
         for ws in list(self.sockets):
             await ws.close(code=1001, message=b"server shutting down")
+
+
+WS_VERSION = "13"
+"""The WebSocket protocol version the stream speaks: RFC 6455's. aiohttp would also accept the
+drafts' 7 and 8, which the API does not document and no browser has sent since 2012."""
+
+
+def wrong_version(version: str) -> web.Response:
+    """RFC 6455 §4.4: a handshake in a version the server does not speak is refused with 426 and
+    the version it does speak, so the client can retry in it."""
+    return problem_response(426, "Upgrade Required", type_=VALIDATION,
+                            detail=f"WebSocket version {version[:16]!r} is not spoken here; use {WS_VERSION}",
+                            errors=[Problem("Sec-WebSocket-Version", f"must be {WS_VERSION}")],
+                            headers={"Sec-WebSocket-Version": WS_VERSION})
 
 
 class _StreamSession:

@@ -143,6 +143,10 @@ CONFIG = SchemathesisConfig.from_dict({"checks": {
     # 422 too: the generator may send one Idempotency-Key with two different bodies, which the
     # contract answers 422 (the key is taken) however valid each body is on its own.
     "positive_data_acceptance": {"expected-statuses": ["101", "2xx", "401", "403", "404", "409", "422"]},
+    # A WebSocket handshake in another version than 13 is refused with RFC 6455's 426 (and the
+    # version spoken), which the check's default list of refusals leaves out.
+    "negative_data_rejection": {"expected-statuses": ["400", "401", "403", "404", "405", "406", "409", "413", "415",
+                                                      "422", "426", "428", "429", "5xx"]},
 }})
 
 

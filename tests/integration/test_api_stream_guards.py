@@ -51,6 +51,24 @@ async def test_only_allowed_origins_may_open_the_stream(settings_for: Callable[.
             assert (await resp.json())["type"] == "urn:floodgate:problem:forbidden-origin"
 
 
+async def test_a_websocket_version_other_than_13_is_refused_with_426_naming_13(
+        settings_for: Callable[..., Settings], http: aiohttp.ClientSession) -> None:
+    """RFC 6455 §4.4: the drafts' versions 7 and 8, which aiohttp would accept, and anything else are
+    refused before the upgrade, with the version the stream speaks; 13 is upgraded."""
+    handshake = {"Connection": "Upgrade", "Upgrade": "websocket", "Sec-WebSocket-Key": "dGhlIHNhbXBsZSBub25jZQ=="}
+    async with running_api(settings_for(simulator_url=DEV_SIMULATOR), roles={"read"}) as api:
+        plain = ws_url(api).replace("ws://", "http://")
+        for version in ("8", "7", "14", "13, 8"):
+            async with http.get(plain, headers={**handshake, "Sec-WebSocket-Version": version}) as resp:
+                assert resp.status == 426, version
+                assert resp.headers["Sec-WebSocket-Version"] == "13"
+                assert resp.headers["Content-Type"] == "application/problem+json"
+                body = await resp.json()
+                assert body["errors"] == [{"field": "Sec-WebSocket-Version", "message": "must be 13"}]
+        async with http.get(plain, headers={**handshake, "Sec-WebSocket-Version": "13"}) as resp:
+            assert resp.status == 101
+
+
 async def test_by_default_only_the_apis_own_origin_may(settings_for: Callable[..., Settings],
                                                         http: aiohttp.ClientSession) -> None:
     async with running_api(settings_for(simulator_url=DEV_SIMULATOR), roles={"read"}) as api:
