@@ -95,7 +95,7 @@ def _add_api(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p.add_argument("--host", default="")
     p.add_argument("--port", type=int, default=None)
     p.add_argument("--roles", default="", help="comma-separated subset of ingress,read,bridge (default: all); "
-                   "ingress alone runs no job view and consumes nothing")
+                   "ingress alone runs no job view (with queued-jobs quotas it reads only the keys of results)")
     p.add_argument("--no-outgoing-webhooks", action="store_true",
                    help="do not deliver signed result webhooks from this process "
                         "(an ingress-only process never does)")

@@ -152,7 +152,7 @@ class Stack:
 
     def start_ingress(self, name: str = "ingress", *, timeout: float = 120.0) -> str:
         """Start an API process with the ingress role alone (``--roles ingress``: it accepts jobs
-        and consumes nothing) beside the stack's API; its URL. ``stop_child(name)`` ends it."""
+        and follows no job's changes) beside the stack's API; its URL. ``stop_child(name)`` ends it."""
         url = self._spawn_with_url(
             name, [sys.executable, "-m", "floodgate.cli", "api", "--host", "127.0.0.1", "--port", "0",
                    "--roles", "ingress"], "api=", timeout)

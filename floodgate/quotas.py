@@ -3,22 +3,26 @@
 * ``Quota`` / ``QuotaTable``: what each tenant may do (a default and per-tenant overrides).
 * ``RateQuota``: requests per minute per tenant, as a generic cell rate (GCRA): one float per
   tenant (the instant its allowance is spent up to), no per-request allocation, no timer.
+* ``JobsByTenant``: open jobs (id → tenant) counted per tenant.
 * ``OpenJobs``: the jobs each tenant has accepted that have not reached a terminal state,
   kept up to date from job snapshots (the API's job view feeds it), and how many admitted jobs
   still wait for a provider.
 * ``QueuedQuota``: the jobs-queued limit, counting the requests that passed the check and are
-  still on their way to Kafka, so a burst of concurrent requests cannot all pass at ``limit - 1``.
+  still on their way to Kafka, so a burst of concurrent requests cannot all pass at ``limit - 1``;
+  over the whole of a tenant's open jobs (a job view's count) or over those one process accepted
+  (an API without a view), against its share of the limit (``share``).
 * ``Refusal``: what the ingress answers when a rule says no (429 or 503, Retry-After).
 
 Everything here runs on the event loop of one API process: no locks, and the figures are that
-process's own (rates: its share of each tenant's quota, ``floodgate.instances``) or its job
-view's (queued jobs).
+process's own (rates: its share of each tenant's quota, ``floodgate.instances``; queued jobs
+without a job view: the jobs it accepted, against its share) or its job view's (queued jobs).
 """
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from typing import Protocol
 
 from floodgate.errors import ConfigError
 from floodgate.jobs.state import TERMINAL
@@ -116,6 +120,37 @@ class RateQuota:
         return 0.0
 
 
+class JobsByTenant:
+    """Open jobs, each under its tenant, and how many each tenant has. Adding a job twice or
+    discarding one never added changes nothing, so redeliveries need no care."""
+
+    __slots__ = ("_tenant_of", "_per_tenant")
+
+    def __init__(self) -> None:
+        self._tenant_of: dict[str, str] = {}
+        self._per_tenant: dict[str, int] = {}
+
+    def add(self, job_id: str, tenant: str) -> None:
+        if job_id not in self._tenant_of:
+            self._tenant_of[job_id] = tenant
+            self._per_tenant[tenant] = self._per_tenant.get(tenant, 0) + 1
+
+    def discard(self, job_id: str) -> None:
+        owner = self._tenant_of.pop(job_id, None)
+        if owner is not None:
+            left = self._per_tenant[owner] - 1
+            if left:
+                self._per_tenant[owner] = left
+            else:
+                del self._per_tenant[owner]
+
+    def open_for(self, tenant: str) -> int:
+        return self._per_tenant.get(tenant, 0)
+
+    def __len__(self) -> int:
+        return len(self._tenant_of)
+
+
 class OpenJobs:
     """Jobs not yet terminal, per tenant, from job snapshots in version order (the job view
     applies only newer versions). A job counts from its first non-terminal snapshot (the
@@ -125,59 +160,73 @@ class OpenJobs:
     Holds one entry per open job (its id and tenant), so it does not lose count when the job
     view evicts a live job's snapshot to disk."""
 
-    __slots__ = ("_tenant_of", "_per_tenant", "_waiting")
+    __slots__ = ("_open", "_waiting")
 
     def __init__(self) -> None:
-        self._tenant_of: dict[str, str] = {}
-        self._per_tenant: dict[str, int] = {}
+        self._open = JobsByTenant()
         self._waiting: set[str] = set()
 
     def observe(self, job_id: str, tenant: str, status: str, version: int) -> None:
         if status in TERMINAL:
-            owner = self._tenant_of.pop(job_id, None)
-            if owner is not None:
-                left = self._per_tenant[owner] - 1
-                if left:
-                    self._per_tenant[owner] = left
-                else:
-                    del self._per_tenant[owner]
+            self._open.discard(job_id)
             self._waiting.discard(job_id)
             return
-        if job_id not in self._tenant_of:
-            self._tenant_of[job_id] = tenant
-            self._per_tenant[tenant] = self._per_tenant.get(tenant, 0) + 1
+        self._open.add(job_id, tenant)
         if status == "queued" and version >= 1:
             self._waiting.add(job_id)
         else:
             self._waiting.discard(job_id)
 
     def open_for(self, tenant: str) -> int:
-        return self._per_tenant.get(tenant, 0)
+        return self._open.open_for(tenant)
 
     @property
     def waiting(self) -> int:
         return len(self._waiting)
 
     def __len__(self) -> int:
-        return len(self._tenant_of)
+        return len(self._open)
+
+
+class OpenCount(Protocol):
+    """Where a queued-jobs quota reads how many jobs a tenant has open."""
+
+    def open_for(self, tenant: str) -> int: ...
+
+
+def share(limit: int, instances: int) -> int:
+    """One process's share of a tenant's queued-jobs ``limit`` among ``instances`` processes that
+    each count only the jobs they accepted: the limit divided and rounded down, so the shares add
+    up to no more than the limit, but at least 1, so every process can take a job (with more
+    processes than the limit, a tenant may then hold up to one job per process)."""
+    return max(1, limit // max(1, instances))
 
 
 class QueuedQuota:
-    """Jobs queued per tenant: the open jobs ``OpenJobs`` knows plus the requests that passed
+    """Jobs queued per tenant: the open jobs ``open_jobs`` counts plus the requests that passed
     this check and are not yet answered. ``reserve`` before writing the job, ``settle`` once the
-    write is done (after the job is in ``open_jobs``, or refused)."""
+    write is done (after the job is counted in ``open_jobs``, or refused).
 
-    __slots__ = ("open_jobs", "_pending")
+    ``instances``: None when ``open_jobs`` counts every process's jobs (a job view), so the whole
+    limit applies; else how many processes share the limit, each counting the jobs it accepted
+    and holding to its ``share``."""
 
-    def __init__(self, open_jobs: OpenJobs) -> None:
+    __slots__ = ("open_jobs", "instances", "_pending")
+
+    def __init__(self, open_jobs: OpenCount, instances: Callable[[], int] | None = None) -> None:
         self.open_jobs = open_jobs
+        self.instances = instances
         self._pending: dict[str, int] = {}
 
     def reserve(self, tenant: str, limit: int) -> bool:
-        """Count one more job of ``tenant`` if it stays within ``limit`` (0: no limit); False if not."""
+        """Count one more job of ``tenant`` if it stays within ``limit`` (0: no limit), or this
+        process's share of it; False if not."""
         pending = self._pending.get(tenant, 0)
-        if limit > 0 and self.open_jobs.open_for(tenant) + pending >= limit:
-            return False
+        if limit > 0:
+            if self.instances is not None:
+                limit = share(limit, self.instances())
+            if self.open_jobs.open_for(tenant) + pending >= limit:
+                return False
         self._pending[tenant] = pending + 1
         return True
 
@@ -222,5 +271,5 @@ def queued_refusal(limit: int, retry_after: float) -> Refusal:
                    "cancelled", retry_after, limit)
 
 
-__all__ = ["WINDOW", "OpenJobs", "Quota", "QuotaTable", "QueuedQuota", "RateQuota", "Refusal",
-           "queued_refusal", "rate_refusal"]
+__all__ = ["WINDOW", "JobsByTenant", "OpenCount", "OpenJobs", "Quota", "QuotaTable", "QueuedQuota", "RateQuota",
+           "Refusal", "queued_refusal", "rate_refusal", "share"]

@@ -167,10 +167,11 @@ class Settings:
     past it, 429 with Retry-After. Shared by the API processes taking requests (see
     FLOODGATE_QUOTA_SCOPE). 0: no limit."""
     quota_scope: str = "cluster"
-    """cluster: each API process with the ingress role enforces its share of a tenant's rate quota,
-    the limit divided by the processes alive (heartbeats on the instances topic), so the limits
-    hold across processes behind a balancer that spreads requests; process: each process enforces
-    the whole limit on its own (for a balancer that sends each tenant to one process)."""
+    """cluster: each API process with the ingress role enforces its share of a tenant's rate quota
+    (and, without the job view, of its queued-jobs quota), the limit divided by the processes
+    alive (heartbeats on the instances topic), so the limits hold across processes behind a
+    balancer that spreads requests; process: each process enforces the whole limit on its own
+    (for a balancer that sends each tenant to one process)."""
     instance_heartbeat: float = 2.0
     """Seconds between an API process's heartbeats on the instances topic (cluster quota scope); a
     process not heard of for three of them no longer counts."""
@@ -178,7 +179,8 @@ class Settings:
     """Per-tenant overrides of FLOODGATE_TENANT_RATE_LIMIT: comma-separated tenant=N pairs (0: no limit)."""
     tenant_queued_limit: int = 0
     """Jobs each tenant may have accepted and not yet completed, failed or cancelled; past it, 429
-    with Retry-After. Needs the job view (read role): not enforced by an ingress-only API. 0: no limit."""
+    with Retry-After. Counted by the job view (read role) over every API process; an API without
+    the view counts the jobs it accepted, against its share (see FLOODGATE_QUOTA_SCOPE). 0: no limit."""
     tenant_queued_limits: str = ""
     """Per-tenant overrides of FLOODGATE_TENANT_QUEUED_LIMIT: comma-separated tenant=N pairs (0: no limit)."""
     backlog_max_depth: int = 0

@@ -8,13 +8,13 @@ record per partition per second, whatever the traffic: no job pays for it.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.errors import KafkaError
 
 from floodgate.spillover import LineReport, Room, room_by_provider
+from floodgate.tasks import cancel_and_wait
 
 log = logging.getLogger(__name__)
 
@@ -49,11 +49,8 @@ class LineBoard:
             self._task = asyncio.create_task(self._watch(), name="line-reports")
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None
+        task, self._task = self._task, None
+        await cancel_and_wait(task)
 
     async def _watch(self) -> None:
         while True:

@@ -8,9 +8,12 @@ the API processes taking requests, ``floodgate.instances``). On the accepted pat
 few dict reads and one float comparison: the backlog verdict is computed in the background
 (``BacklogMonitor``), never here.
 
-The queued-jobs quota needs the job view (the ``read`` role) to know which jobs have ended. An
-ingress-only process has none and consumes nothing by design, so there the queued quota is off
-(a warning at start says so) and only the rate quota and the backlog guard apply.
+The queued-jobs quota counts a tenant's open jobs. With the job view (the ``read`` role) that is
+every job of the tenant, whichever process accepted it, against the whole limit. A process
+without a view (ingress-only) follows no job's changes: it counts the jobs it accepted itself
+until their result is on ``results`` (``floodgate.api.ended``, keys only), against its share of
+the limit among the processes taking requests (``floodgate.quotas.share``), as with the rate
+quota.
 """
 from __future__ import annotations
 
@@ -24,7 +27,16 @@ from aiohttp import web
 from floodgate.api.backlog import BacklogMonitor
 from floodgate.instances import Roster
 from floodgate.problems import CONTENT_TYPE, problem
-from floodgate.quotas import OpenJobs, QueuedQuota, QuotaTable, RateQuota, Refusal, queued_refusal, rate_refusal
+from floodgate.quotas import (
+    JobsByTenant,
+    OpenJobs,
+    QueuedQuota,
+    QuotaTable,
+    RateQuota,
+    Refusal,
+    queued_refusal,
+    rate_refusal,
+)
 
 log = logging.getLogger(__name__)
 
@@ -37,21 +49,33 @@ class Admission:
     once the request is answered (whatever the answer)."""
 
     def __init__(self, quotas: QuotaTable, open_jobs: OpenJobs | None, backlog: BacklogMonitor | None = None,
-                 clock: Callable[[], float] = time.monotonic, roster: Roster | None = None) -> None:
+                 clock: Callable[[], float] = time.monotonic, roster: Roster | None = None,
+                 own_jobs: JobsByTenant | None = None) -> None:
         """``roster``: the API processes taking requests (``floodgate.instances``), whose count
-        divides each tenant's rate quota; None: this process enforces the whole of it."""
+        divides each tenant's rate quota, and its queued-jobs quota where that counts ``own_jobs``;
+        None: this process enforces the whole of them. ``open_jobs``: the job view's count of every
+        open job; ``own_jobs``, without a view: the jobs this process accepted that have not ended
+        (``accepted`` adds them, the reader of ``results`` takes them out)."""
         self.quotas = quotas
         self.backlog = backlog
         self.clock = clock
         self.roster = roster
         self.rate = RateQuota()
         self.queued: QueuedQuota | None = None
+        self.own_jobs: JobsByTenant | None = None
         if quotas.limits_queued:
-            if open_jobs is None:
-                log.warning("queued-jobs quotas are configured but this API has no job view (ingress-only): "
-                            "they are not enforced here; the rate quotas and the backlog guard are")
-            else:
+            if open_jobs is not None:
                 self.queued = QueuedQuota(open_jobs)
+            elif own_jobs is not None:
+                self.own_jobs = own_jobs
+                self.queued = QueuedQuota(own_jobs, self._instances)
+            else:
+                log.warning("queued-jobs quotas are configured but this API neither has a job view nor reads "
+                            "the ends of its own jobs: they are not enforced here; the rate quotas and the "
+                            "backlog guard are")
+
+    def _instances(self) -> int:
+        return self.roster.live if self.roster is not None else 1
 
     def check(self, tenant: str) -> Refusal | None:
         """None to go on (the job then counts against the tenant's queued quota until ``settle``),
@@ -75,6 +99,12 @@ class Admission:
         """The backlog's wait bound for a job of ``model`` (once the body says which): None to go
         on, else what to answer. The tenant's checks have passed; ``settle`` still follows."""
         return self.backlog.refusal_for(model) if self.backlog is not None else None
+
+    def accepted(self, job_id: str, tenant: str) -> None:
+        """A job was answered 202 by this process: without a job view, it counts as the tenant's
+        own until its result is read (call before ``settle``)."""
+        if self.own_jobs is not None:
+            self.own_jobs.add(job_id, tenant)
 
     def settle(self, tenant: str) -> None:
         if self.queued is not None:

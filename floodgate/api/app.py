@@ -25,6 +25,7 @@ from floodgate.looplag import LoopWatch
 from floodgate.metrics import render
 from floodgate.problems import problem_response
 from floodgate.provider_config import ProviderSetup
+from floodgate.quotas import JobsByTenant
 from floodgate.routing import known_models
 from floodgate.settings import Settings
 from floodgate.videolinks import VideoLinks
@@ -74,6 +75,7 @@ def build_app(
     backlog: BacklogMonitor | None = None,
     intake: Sender | None = None,
     roster: Roster | None = None,
+    own_jobs: JobsByTenant | None = None,
 ) -> web.Application:
     """The API for ``roles`` (default: all). Raises ``ConfigError`` if a role lacks what it needs
     (ingress: producer; read: view and producer, for cancels; bridge: producer). The ingress uses
@@ -83,6 +85,8 @@ def build_app(
     serves them. ``backlog``: the backlog guard's monitor, when the ingress sheds past a bound.
     ``intake``: the producer the ingress writes ``requests`` with, when not ``producer``.
     ``roster``: the API processes taking requests, which share each tenant's rate quota.
+    ``own_jobs``: without a view, the jobs this process accepted that have not ended (read from
+    ``results`` by the caller), for the queued-jobs quota.
     Starts nothing: Kafka clients' lifecycles belong to the caller.
     """
     chosen = parse_roles(roles)
@@ -97,7 +101,7 @@ def build_app(
     limit = max(settings.max_body_bytes, bridge.MAX_WEBHOOK_BYTES)
     app = web.Application(middlewares=[problem_middleware], client_max_size=limit)
     if "ingress" in chosen:
-        ingress.add_routes(app, deps, backlog, roster)
+        ingress.add_routes(app, deps, backlog, roster, own_jobs)
         uploads.add_routes(app, deps)  # the selfie a job's image_url then points at
     if "read" in chosen:
         # A cancel's answer depends on the job's state (409 once finished), which only the view knows.

@@ -51,6 +51,7 @@ from floodgate.quotas import OpenJobs, Refusal
 from floodgate.routing import RoutingTable, known_models
 from floodgate.settings import Settings
 from floodgate.spillover import FRESH_FOR, LineReport
+from floodgate.tasks import cancel_and_wait
 from floodgate.topics import TopicNames
 
 log = logging.getLogger(__name__)
@@ -210,11 +211,8 @@ class BacklogMonitor:
         self._task = asyncio.create_task(self._run(), name="backlog-monitor")
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None
+        task, self._task = self._task, None
+        await cancel_and_wait(task)
         await asyncio.to_thread(self.probe.close)
 
     async def refresh_once(self) -> None:

@@ -28,6 +28,7 @@ from floodgate.ids import job_id_for_key, job_token, new_job_id
 from floodgate.instances import Roster
 from floodgate.problems import IDEMPOTENCY_CONFLICT, UNAUTHORIZED, problem_response, validation_response
 from floodgate.push import notify_record
+from floodgate.quotas import JobsByTenant
 from floodgate.routing import known_models
 from floodgate.validation import NormalizedRequest, request_hash, validate_job_request
 
@@ -89,10 +90,11 @@ def job_request(job_id: str, tenant: str, req: NormalizedRequest, key: str | Non
 
 
 class Ingress:
-    def __init__(self, deps: Deps, backlog: BacklogMonitor | None = None, roster: Roster | None = None) -> None:
+    def __init__(self, deps: Deps, backlog: BacklogMonitor | None = None, roster: Roster | None = None,
+                 own_jobs: JobsByTenant | None = None) -> None:
         self.deps = deps
         self.admission = Admission(deps.settings.quota_table, deps.view.open_jobs if deps.view is not None else None,
-                                   backlog, roster=roster)
+                                   backlog, roster=roster, own_jobs=own_jobs)
         # Worked out once, not per request: settings are frozen.
         self.api_keys = deps.settings.api_key_map
         self.secret = deps.secret
@@ -221,6 +223,8 @@ class Ingress:
             return too_large(deps.settings.max_body_bytes)
         if deps.view is not None:  # read-your-writes when this process also serves reads
             deps.view.put_local(queued_snapshot(record), new_id=record.get("idempotency_key") is None)
+        else:  # no view counts this job as open: the admission does, until its result is read
+            self.admission.accepted(record["job_id"], record["tenant"])
         return self._accepted(request, record["job_id"])
 
     def _accepted(self, request: web.Request, job_id: str) -> web.Response:
@@ -244,8 +248,8 @@ class Ingress:
 
 
 def add_routes(app: web.Application, deps: Deps, backlog: BacklogMonitor | None = None,
-               roster: Roster | None = None) -> None:
-    app.router.add_post("/v1/jobs", Ingress(deps, backlog, roster).create_job)
+               roster: Roster | None = None, own_jobs: JobsByTenant | None = None) -> None:
+    app.router.add_post("/v1/jobs", Ingress(deps, backlog, roster, own_jobs).create_job)
 
 
 __all__ = ["Ingress", "add_routes", "job_request", "tenant_for", "validate"]

@@ -5,16 +5,19 @@ listening. So the first request already finds Kafka reachable and the view compl
 ``api=http://HOST:PORT`` is printed only when the API can answer correctly.
 
 Each process starts only what its roles use. The job view (its ``notifications`` feed and its
-spill store) belongs to the read role: an ingress-only process consumes nothing, so a spike of
-job updates cannot take CPU from the accept path (see ``floodgate.api.idempotency`` for what the
+spill store) belongs to the read role: an ingress-only process follows no job's changes (with
+queued-jobs quotas it reads the keys of ``results``, one per job that ends), so a spike of job
+updates cannot take CPU from the accept path (see ``floodgate.api.idempotency`` for what the
 Idempotency-Key check rests on there). Outgoing webhooks and the video copier
 (:mod:`floodgate.videos.copier`) run by default except in an ingress-only process; the read role
 serves the stored videos.
 
 A process with the ingress role and a backlog bound (``FLOODGATE_BACKLOG_MAX_*``) also runs the
 backlog guard's monitor (:mod:`floodgate.api.backlog`), started once the view has caught up; with
-rate quotas shared across processes (``FLOODGATE_QUOTA_SCOPE=cluster``, the default), its
-heartbeats (:mod:`floodgate.api.instances`), started before the socket listens.
+quotas shared across processes (``FLOODGATE_QUOTA_SCOPE=cluster``, the default), its
+heartbeats (:mod:`floodgate.api.instances`), started before the socket listens. One without the
+job view and with queued-jobs quotas reads the ends of the jobs it accepted
+(:mod:`floodgate.api.ended`), from the end of ``results`` before the socket listens.
 
 The job view spills what it evicts to ``<cache_dir>/api/<topic prefix>/<host>-<pid>-*/view.sqlite``
 (see ``floodgate.api.spill``): a new, empty file per process, removed when the server closes.
@@ -38,6 +41,7 @@ from connectors.storage import build_store
 from floodgate import provider_config
 from floodgate.api.app import build_app, parse_roles
 from floodgate.api.backlog import BacklogMonitor, start_monitor
+from floodgate.api.ended import EndedJobs
 from floodgate.api.feed import NotificationFeed
 from floodgate.api.instances import InstanceBeacon
 from floodgate.api.kafka_io import KafkaSender
@@ -49,6 +53,7 @@ from floodgate.kafka_admin import ensure_topics
 from floodgate.procs import bind_socket, freeze_heap
 from floodgate.provider_config import ProviderSetup
 from floodgate.queueboard import QueueBoard
+from floodgate.quotas import JobsByTenant
 from floodgate.routing import first_provider
 from floodgate.settings import Settings
 from floodgate.topics import TopicNames
@@ -80,7 +85,7 @@ class ApiServer:
                  feed: NotificationFeed | None, view: JobView | None, outgoing: Any = None,
                  spill: SpillStore | None = None, push: Any = None, copier: Any = None,
                  store: Any = None, backlog: BacklogMonitor | None = None,
-                 beacon: InstanceBeacon | None = None) -> None:
+                 beacon: InstanceBeacon | None = None, ended: EndedJobs | None = None) -> None:
         self.url = url
         self.view = view
         self.outgoing = outgoing
@@ -94,7 +99,9 @@ class ApiServer:
         self._store = store
         self.backlog = backlog
         self.beacon = beacon
-        """This process's heartbeats, when it shares the tenants' rate quotas with others."""
+        """This process's heartbeats, when it shares the tenants' quotas with others."""
+        self.ended = ended
+        """Without a job view and with queued-jobs quotas: the reader of its own jobs' ends."""
         self._closed = False
 
     async def close(self) -> None:
@@ -104,6 +111,8 @@ class ApiServer:
         await self._runner.cleanup()  # runs on_shutdown (open streams end) and waits for handlers
         if self.beacon is not None:  # (before the producers: its last beat says it is gone)
             await self.beacon.stop()
+        if self.ended is not None:
+            await self.ended.stop()
         if self.backlog is not None:
             await self.backlog.stop()
         if self.outgoing is not None:
@@ -179,6 +188,7 @@ async def serve(settings: Settings, *, host: str | None = None, port: int | None
     store = video_store
     backlog: BacklogMonitor | None = None
     beacon: InstanceBeacon | None = None
+    ended: EndedJobs | None = None
     if store is None and ("read" in chosen or video_copier):
         store = build_store(settings)
     try:
@@ -222,14 +232,20 @@ async def serve(settings: Settings, *, host: str | None = None, port: int | None
             backlog = await start_monitor(settings, names, limits, {t: parts for t, (parts, _) in layout.items()},
                                           view.open_jobs if view is not None else None, routing=setup.routing,
                                           queued_at=board.queued_at if board is not None else None)
-        if "ingress" in chosen and settings.quota_scope == "cluster" and settings.quota_table.limits_rate:
-            # Rate quotas shared with the other API processes taking requests: counted before the
-            # first request, so a process that starts into a running cluster takes its share at once.
+        quotas = settings.quota_table
+        # Without a view, the queued-jobs quota counts this process's own jobs until their results.
+        own_queued = "ingress" in chosen and view is None and quotas.limits_queued
+        if "ingress" in chosen and settings.quota_scope == "cluster" and (quotas.limits_rate or own_queued):
+            # Quotas shared with the other API processes taking requests: counted before the first
+            # request, so a process that starts into a running cluster takes its share at once.
             beacon = InstanceBeacon(settings.kafka_bootstrap, names.instances, producer, settings.instance_heartbeat)
             await beacon.start()
+        if own_queued:  # reading from the end of results before the first job is accepted
+            ended = EndedJobs(settings.kafka_bootstrap, names.results, layout[names.results][0], JobsByTenant())
+            await ended.start()
         app = build_app(settings, setup, roles=chosen, producer=producer, view=view, video_store=store,
                         backlog=backlog, intake=intake, roster=beacon.roster if beacon is not None else None,
-                        **app_options)
+                        own_jobs=ended.jobs if ended is not None else None, **app_options)
         runner = web.AppRunner(app, access_log=None, handle_signals=False, shutdown_timeout=5.0)
         await runner.setup()
         sock = bind_socket(host, port)
@@ -243,6 +259,8 @@ async def serve(settings: Settings, *, host: str | None = None, port: int | None
             await runner.cleanup()
         if beacon is not None:
             await beacon.stop()
+        if ended is not None:
+            await ended.stop()
         if backlog is not None:
             await backlog.stop()
         if feed is not None:
@@ -263,7 +281,7 @@ async def serve(settings: Settings, *, host: str | None = None, port: int | None
         if channel is not None and not channel.link_base and host not in ("", "0.0.0.0", "::"):
             channel.link_base = f"http://{shown}:{bound}"
     return ApiServer(f"http://{shown}:{bound}", runner, producers, feed, view, outgoing, spill, push, copier, store,
-                     backlog, beacon)
+                     backlog, beacon, ended)
 
 
 async def _main(settings: Settings, host: str | None, port: int | None, roles: Iterable[str] | str | None,

@@ -91,8 +91,11 @@ async def test_process_scope_keeps_a_quota_per_process(settings_for: Callable[..
     assert sorted(await ids_in_requests(settings)) == sorted(str(job) for status, job in answers if status == 202)
 
 
-async def test_without_rate_quotas_no_heartbeat_is_written(settings_for: Callable[..., Settings]) -> None:
+async def test_without_rate_quotas_a_process_with_the_job_view_writes_no_heartbeat(
+        settings_for: Callable[..., Settings]) -> None:
+    """Its queued-jobs quota counts every job (the view's count), so it shares nothing. (One without
+    the view shares its queued quota and beats: test_api_queued_quota_ingress_only.py.)"""
     settings = settings_for(simulator_url=DEV_SIMULATOR, tenant_queued_limit=5)
-    async with running_api(settings, roles={"ingress"}) as api:
-        assert api.beacon is None
+    async with running_api(settings) as api:
+        assert api.view is not None and api.beacon is None and api.ended is None
     assert record_count(settings.kafka_bootstrap, TopicNames(settings).instances) == 0

@@ -23,9 +23,10 @@ from floodgate.backlog import (
     line_waits,
     model_wait,
 )
+from floodgate.instances import Roster
 from floodgate.metrics import ApiMetrics
 from floodgate.problems import BACKLOG, QUEUED_QUOTA, RATE_QUOTA
-from floodgate.quotas import OpenJobs, Quota, QuotaTable
+from floodgate.quotas import JobsByTenant, OpenJobs, Quota, QuotaTable
 from floodgate.routing import RoutingTable
 from floodgate.spillover import FRESH_FOR, LineReport
 
@@ -344,9 +345,35 @@ async def test_the_line_wait_gauge_shows_only_the_lines_known_now() -> None:
     assert shown("kling") is None and shown("wan") == 3.0
 
 
-def test_ingress_only_warns_that_the_queued_quota_is_off(caplog: pytest.LogCaptureFixture) -> None:
+def test_without_a_view_or_its_own_count_the_queued_quota_is_off(caplog: pytest.LogCaptureFixture) -> None:
     with caplog.at_level(logging.WARNING):
         admission = Admission(QuotaTable(Quota(queued=1)), None, clock=Clock())
     assert admission.queued is None
     assert any("not enforced" in r.message for r in caplog.records)
     assert all(admission.check("a") is None for _ in range(10))
+
+
+def test_without_a_view_the_queued_quota_counts_this_process_s_own_jobs_until_they_end() -> None:
+    own = JobsByTenant()
+    roster = Roster("me")
+    admission = Admission(QuotaTable(Quota(queued=4)), None, clock=Clock(), roster=roster, own_jobs=own)
+    assert admission.queued is not None
+    roster.live = 2  # two processes take requests: 2 each
+    for n in range(2):
+        assert admission.check("a") is None
+        admission.accepted(f"j{n}", "a")
+        admission.settle("a")
+    refused = admission.check("a")
+    assert refused is not None and refused.status == 429 and refused.type_ == QUEUED_QUOTA and refused.limit == 4
+    assert admission.check("b") is None  # another tenant's count is its own
+    admission.settle("b")
+    own.discard("j1")  # its result was read
+    assert admission.check("a") is None
+
+
+def test_with_a_view_the_queued_quota_ignores_its_own_count() -> None:
+    jobs, own = OpenJobs(), JobsByTenant()
+    admission = Admission(QuotaTable(Quota(queued=1)), jobs, clock=Clock(), own_jobs=own)
+    assert admission.own_jobs is None  # the view counts every job; the accept path adds nothing
+    admission.accepted("j1", "a")
+    assert len(own) == 0

@@ -10,6 +10,7 @@ from floodgate.errors import ConfigError
 from floodgate.problems import QUEUED_QUOTA, RATE_QUOTA
 from floodgate.quotas import (
     WINDOW,
+    JobsByTenant,
     OpenJobs,
     QueuedQuota,
     Quota,
@@ -18,6 +19,7 @@ from floodgate.quotas import (
     Refusal,
     queued_refusal,
     rate_refusal,
+    share,
 )
 from floodgate.settings import Settings
 
@@ -159,6 +161,50 @@ def test_queued_quota_counts_requests_on_their_way() -> None:
 def test_queued_quota_without_a_limit_never_refuses() -> None:
     quota = QueuedQuota(OpenJobs())
     assert all(quota.reserve("a", 0) for _ in range(1000))
+
+
+def test_jobs_by_tenant_counts_each_job_once_and_forgets_unknown_ends() -> None:
+    jobs = JobsByTenant()
+    jobs.add("j1", "a")
+    jobs.add("j1", "a")  # a second 202 for one job id (an Idempotency-Key replay) is one job
+    jobs.add("j2", "a")
+    jobs.add("j3", "b")
+    assert (jobs.open_for("a"), jobs.open_for("b"), len(jobs)) == (2, 1, 3)
+    jobs.discard("elsewhere")  # the end of a job another process accepted
+    jobs.discard("j1")
+    jobs.discard("j1")  # a redelivered result
+    assert (jobs.open_for("a"), jobs.open_for("b"), len(jobs)) == (1, 1, 2)
+    jobs.discard("j3")
+    assert jobs.open_for("b") == 0 and len(jobs) == 1
+
+
+@pytest.mark.parametrize(("limit", "instances", "each"), [(10, 1, 10), (10, 2, 5), (10, 3, 3), (10, 4, 2),
+                                                          (2, 3, 1), (1, 1, 1), (5, 0, 5)])
+def test_a_share_is_the_limit_divided_rounded_down_but_at_least_one(limit: int, instances: int, each: int) -> None:
+    assert share(limit, instances) == each
+
+
+@given(st.integers(1, 10_000), st.integers(1, 64))
+def test_shares_add_up_to_no_more_than_the_limit_unless_each_has_one(limit: int, instances: int) -> None:
+    total = share(limit, instances) * instances
+    assert total <= limit or share(limit, instances) == 1
+    assert share(limit, instances) >= 1
+
+
+def test_a_shared_queued_quota_holds_this_process_to_its_share() -> None:
+    own = JobsByTenant()
+    processes = [3]
+    quota = QueuedQuota(own, lambda: processes[0])
+    for n in range(3):  # 10 ÷ 3 processes: 3 each
+        assert quota.reserve("a", 10)
+        own.add(f"j{n}", "a")
+        quota.settle("a")
+    assert not quota.reserve("a", 10)
+    processes[0] = 2  # one process stopped: the share grows to 5
+    assert quota.reserve("a", 10) and quota.reserve("a", 10)
+    assert not quota.reserve("a", 10)
+    own.discard("j0")
+    assert quota.reserve("a", 10)
 
 
 # --- QuotaTable and settings ----------------------------------------------------------------
