@@ -102,8 +102,9 @@ class Admission:
 
     def accepted(self, job_id: str, tenant: str) -> None:
         """A job was answered 202 by this process: without a job view, it counts as the tenant's
-        own until its result is read (call before ``settle``)."""
-        if self.own_jobs is not None:
+        own until its result is read (call before ``settle``). Only the jobs of tenants with a
+        queued-jobs limit are held: an unlimited tenant's burst costs no memory here."""
+        if self.own_jobs is not None and self.quotas.for_tenant(tenant).queued:
             self.own_jobs.add(job_id, tenant)
 
     def settle(self, tenant: str) -> None:

@@ -371,6 +371,15 @@ def test_without_a_view_the_queued_quota_counts_this_process_s_own_jobs_until_th
     assert admission.check("a") is None
 
 
+def test_without_a_view_only_limited_tenants_jobs_are_held() -> None:
+    own = JobsByTenant()
+    table = QuotaTable(Quota(), {"trial": Quota(queued=2)})
+    admission = Admission(table, None, clock=Clock(), own_jobs=own)
+    admission.accepted("j1", "trial")
+    admission.accepted("j2", "acme")  # no queued limit: nothing to count it against
+    assert (own.open_for("trial"), own.open_for("acme"), len(own)) == (1, 0, 1)
+
+
 def test_with_a_view_the_queued_quota_ignores_its_own_count() -> None:
     jobs, own = OpenJobs(), JobsByTenant()
     admission = Admission(QuotaTable(Quota(queued=1)), jobs, clock=Clock(), own_jobs=own)
