@@ -5,12 +5,15 @@ Verification happens here *and* the raw body and headers travel on: only authent
 reach Kafka (a forged flood costs us no storage), and the jobs agent can still re-check or
 re-parse the original bytes later. A delivery that says a provider job ended also frees its slot
 at once: a release (status ``ended``, with the provider job id) goes to ``release.<provider>``,
-written together with the webhook record and before the 200, so the next waiting order is
-submitted one Kafka hop after the provider's news, not three.
+written after the webhook record is on Kafka and before the 200, so the next waiting order is
+submitted one Kafka hop after the provider's news, not three. In that order because the two are
+not one write: a release without its webhook would free the slot (and end the poller's watch
+over the job) while the jobs table never learns that the job ended; a webhook without its release
+is answered 503 like any failed write, and the provider's redelivery, or the poller finding the
+job ended, frees the slot.
 """
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import hashlib
 import logging
@@ -109,17 +112,18 @@ class Bridge:
         now_ms = int(deps.clock() * 1000)
         record = envelope(name, headers, body, event_webhook_id, now_ms)
         value, kafka_headers = codec.encode("WebhookEnvelope", record)
-        writes = [deps.producer.send_and_wait(deps.topics.webhooks, job_id, value, kafka_headers)]
-        if ended is not None:
-            # The provider's slot is free the moment its job ended: tell the dispatcher directly,
-            # one Kafka hop, rather than after the jobs agent has recorded the end (two hops).
-            release, release_headers = codec.encode("SlotRelease", {
-                "job_id": ended.job_id, "provider": name, "attempt": 0, "status": ENDED, "at": now_ms,
-                "provider_job_id": ended.provider_job_id})
-            writes.append(deps.producer.send_and_wait(deps.topics.release(name), ended.job_id, release,
-                                                      release_headers))
         try:
-            await asyncio.gather(*writes)
+            await deps.producer.send_and_wait(deps.topics.webhooks, job_id, value, kafka_headers)
+            if ended is not None:
+                # The provider's slot is free the moment its job ended: tell the dispatcher directly,
+                # one Kafka hop, rather than after the jobs agent has recorded the end (two hops).
+                # Only once the webhook itself is on Kafka: a release that lands while the webhook
+                # does not (the broker going away between the two) frees the slot, and with it the
+                # poller's watch over the job, while the jobs table never learns that it ended.
+                release, release_headers = codec.encode("SlotRelease", {
+                    "job_id": ended.job_id, "provider": name, "attempt": 0, "status": ENDED, "at": now_ms,
+                    "provider_job_id": ended.provider_job_id})
+                await deps.producer.send_and_wait(deps.topics.release(name), ended.job_id, release, release_headers)
         except KafkaUnavailable as exc:
             # Providers retry non-2xx deliveries: this is how we ask for one.
             received.labels(name, "kafka_unavailable").inc()
