@@ -4,8 +4,9 @@ view (an ingress-only process).
 Such a process follows no job's changes (that is what keeps its core for the 202s), so it counts
 only the jobs it answered 202 itself (``floodgate.quotas.JobsByTenant``, filled by the
 admission) and takes each out when its job's result appears on ``results``: every job that ends
-(completed, failed, cancelled, expired) gets exactly one such record there, keyed by its job id,
-and a redelivered one changes nothing. ``EndedJobs`` reads only those keys: no value is decoded.
+(completed, failed, cancelled, expired) gets a record there, keyed by its job id (the jobs agent
+writes it with the terminal state; a second one, after a redelivery, changes nothing).
+``EndedJobs`` reads only those keys: no value is decoded.
 
 The reader is a plain consumer (no group: every process needs every job's end) that starts at
 the end of the topic, before the first request is served, so every job this process accepts
