@@ -3,7 +3,7 @@ broker acknowledged that record on all in-sync replicas.
 
 ``acks=all`` + idempotence: an acknowledged record survives a leader failover and a retried
 batch is never written twice. The linger (how long a record waits for others to share its
-batch) is the caller's choice: the API's ingress takes 5 ms, the webhook bridge 1 ms (see
+batch) is the caller's choice: the API's ingress takes 5 ms, the webhook bridge none (see
 ``floodgate.api.server``).
 
 The producer is librdkafka's (confluent-kafka), not aiokafka's: the accept path is the API's

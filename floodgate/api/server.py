@@ -73,9 +73,13 @@ Every 2 ms costs a 202 half a millisecond more on average; with the single bound
 (``floodgate.api.kafka_io``) the API's CPU per accepted request was 0.99x and 0.92x in two sets of
 four rounds (``dev/accept_cpu.py``, ingress role, 1,000 requests/s). The bridge polls every
 millisecond (its 200s answer providers)."""
-BRIDGE_LINGER_MS = 1
-"""The bridge's records (webhooks, slot releases) and the read role's cancels go out almost at
-once: a completion's release is what hands its slot to the next job (the slot handover)."""
+BRIDGE_LINGER_MS = 0
+"""The bridge's records (webhooks, slot releases) and the read role's cancels go out at once: a
+completion's release is what hands its slot to the next job (the slot handover), and it is written
+only after its webhook is acknowledged (``floodgate.api.bridge``), so a linger would be paid twice.
+In turns at 1, 0, 0 and 1 ms, ``--only handover`` gave a handover p50 of 10.0, 8.1, 7.9 and
+9.4 ms (p99 27.3, 25.2, 29.4, 30.7); the accept bench's API CPU per 202, with the bridge busy
+beside the 202s, was 0.487 ms at 0 and 0.497 at 1 (one run each)."""
 
 
 class ApiServer:
