@@ -87,8 +87,7 @@ class Admission:
         queued = self.queued
         if queued is not None and not queued.reserve(tenant, quota.queued):
             return queued_refusal(quota.queued, self._queued_retry_after())
-        roster = self.roster
-        wait = self.rate.take(tenant, quota.per_minute, self.clock(), roster.live if roster is not None else 1)
+        wait = self.rate.take(tenant, quota.per_minute, self.clock(), self._instances())
         if wait > 0.0:
             if queued is not None:
                 queued.settle(tenant)

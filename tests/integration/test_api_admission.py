@@ -46,6 +46,16 @@ async def post(http: aiohttp.ClientSession, api: ApiServer, key: str | None = No
         return resp.status, resp.headers, body
 
 
+async def accept(http: aiohttp.ClientSession, api: ApiServer, count: int, key: str | None = None) -> list[str]:
+    """``count`` requests one after another, each answered 202; their job ids."""
+    accepted = []
+    for _ in range(count):
+        status, _, body = await post(http, api, key)
+        assert status == 202
+        accepted.append(body["job_id"])
+    return accepted
+
+
 async def ids_in_requests(settings: Settings) -> list[str]:
     topic = TopicNames(settings).requests
     count = record_count(settings.kafka_bootstrap, topic)
@@ -88,11 +98,7 @@ async def test_over_the_rate_quota_is_429_and_writes_nothing(settings_for: Calla
                             tenant_rate_limits="globex=100")
     refused_before = quota_refusals()
     async with running_api(settings) as api:
-        accepted = []
-        for _ in range(3):
-            status, _, body = await post(http, api, "key-a")
-            assert status == 202
-            accepted.append(body["job_id"])
+        accepted = await accept(http, api, 3, "key-a")
         status, headers, body = await post(http, api, "key-a")
         retry = assert_refusal(status, headers, body, 429, "urn:floodgate:problem:rate-quota")
         assert retry <= 20 and body["limit"] == 3 and "3 job requests per minute" in body["detail"]
@@ -127,11 +133,7 @@ async def test_over_the_queued_quota_is_429_until_a_job_ends(settings_for: Calla
     settings = settings_for(simulator_url=DEV_SIMULATOR, tenant_queued_limit=2)
     async with running_api(settings) as api:
         assert api.view is not None
-        accepted = []
-        for _ in range(2):
-            status, _, body = await post(http, api)
-            assert status == 202
-            accepted.append(body["job_id"])
+        accepted = await accept(http, api, 2)
         status, headers, body = await post(http, api)
         assert_refusal(status, headers, body, 429, "urn:floodgate:problem:queued-quota")
         assert body["limit"] == 2
@@ -163,11 +165,7 @@ async def test_a_backlog_past_its_depth_is_503_and_writes_nothing(settings_for: 
                                                                  http: aiohttp.ClientSession) -> None:
     settings = settings_for(simulator_url=DEV_SIMULATOR, backlog_max_depth=3, backlog_refresh=0.1)
     async with running_api(settings) as api:
-        accepted = []
-        for _ in range(3):  # no worker reads them: three jobs queued
-            status, _, body = await post(http, api)
-            assert status == 202
-            accepted.append(body["job_id"])
+        accepted = await accept(http, api, 3)  # no worker reads them: three jobs queued
         await wait_for_verdict(api, shedding=True)
         status, headers, body = await post(http, api)
         assert_refusal(status, headers, body, 503, "urn:floodgate:problem:backlog")

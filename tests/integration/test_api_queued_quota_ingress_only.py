@@ -12,7 +12,7 @@ from floodgate.api.server import ApiServer
 from floodgate.settings import Settings
 from floodgate.topics import TopicNames
 from tests.integration.api_helpers import DEV_SIMULATOR, aproduce_snapshots, running_api, snapshot
-from tests.integration.test_api_admission import assert_refusal, ids_in_requests, post
+from tests.integration.test_api_admission import accept, assert_refusal, ids_in_requests, post
 from tests.integration.test_api_quota_instances import KEYS, alternate, two_apis, until
 from tests.kafka_util import unique_name
 
@@ -42,11 +42,7 @@ async def test_an_ingress_only_process_counts_its_jobs_until_their_results(
     settings = settings_for(simulator_url=DEV_SIMULATOR, tenant_queued_limit=2)
     async with running_api(settings, roles={"ingress"}) as api:
         assert api.view is None and api.ended is not None
-        accepted = []
-        for _ in range(2):
-            status, _, body = await post(http, api)
-            assert status == 202
-            accepted.append(body["job_id"])
+        accepted = await accept(http, api, 2)
         status, headers, body = await post(http, api)
         assert_refusal(status, headers, body, 429, QUEUED)
         assert body["limit"] == 2
