@@ -38,7 +38,7 @@ from floodgate.ids import job_id_for_key, new_job_id
 from floodgate.push import PushTarget, notify_record
 from floodgate.settings import Settings
 from floodgate.topics import TopicNames
-from floodgate.validation import RequestLimits, request_hash, validate_job_request
+from floodgate.validation import RequestLimits, keyed_headers, request_hash, validate_job_request
 
 __all__ = [
     "AsyncFloodgateClient",
@@ -120,6 +120,7 @@ class _Preparer:
             job_id = new_job_id(now_ms)
         else:
             job_id = job_id_for_key(self.id_secret, self.tenant, spec.idempotency_key)
+        digest = request_hash(normalized, self.tenant)
         value, headers = codec.encode("JobRequest", {
             "job_id": job_id,
             "tenant": self.tenant,
@@ -129,11 +130,12 @@ class _Preparer:
             "webhook_url": normalized.webhook_url,
             "metadata": normalized.metadata,
             "idempotency_key": spec.idempotency_key,
-            "request_hash": request_hash(normalized, self.tenant),
+            "request_hash": digest,
             "accepted_at": now_ms,
             "source": SOURCE,
             "notify": notify_record(normalized.push),
         })
+        keyed_headers(headers, spec.idempotency_key, digest)  # for API processes without a job view
         return _Prepared(job_id, job_id.encode("ascii"), value, list(headers))
 
     def prepare_all(self, specs: Iterable[JobSpec]) -> list[_Prepared]:

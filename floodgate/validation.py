@@ -123,6 +123,19 @@ def validate_job_request(
     )
 
 
+REQUEST_HASH_HEADER = "fg-request-hash"
+"""On a keyed request's record in ``requests`` (from the HTTP ingress or the SDK): its
+``request_hash``, so that a reader (an ingress-only API, ``floodgate.api.keyed``) learns which body
+a key was first used with without decoding the record."""
+
+
+def keyed_headers(headers: list[tuple[str, bytes]], key: str | None, digest: str) -> list[tuple[str, bytes]]:
+    """``headers`` with the request hash header added when the request has an Idempotency-Key."""
+    if key is not None:
+        headers.append((REQUEST_HASH_HEADER, digest.encode("ascii")))
+    return headers
+
+
 def request_hash(normalized: NormalizedRequest, tenant: str) -> str:
     """Hex SHA-256 of the canonical JSON (sorted keys, compact, UTF-8) of ``normalized`` and ``tenant``.
 
@@ -271,5 +284,6 @@ def _string_map(
     return out
 
 
-__all__ = ["DEFAULT_PRIORITY", "PRIORITIES", "NormalizedRequest", "RequestLimits", "request_hash",
+__all__ = ["DEFAULT_PRIORITY", "PRIORITIES", "REQUEST_HASH_HEADER", "NormalizedRequest", "RequestLimits",
+           "keyed_headers", "request_hash",
            "validate_job_request"]

@@ -17,6 +17,7 @@ from connectors.storage import VideoStore
 from floodgate.api import bridge, cancel, dashboard, ingress, openapi, pages, read, uploads, videos
 from floodgate.api.backlog import BacklogMonitor
 from floodgate.api.common import ROLES, Deps, base_url, json_response
+from floodgate.api.idempotency import IdempotencyCache
 from floodgate.api.kafka_io import Sender
 from floodgate.api.view import JobView
 from floodgate.errors import ConfigError
@@ -76,6 +77,7 @@ def build_app(
     intake: Sender | None = None,
     roster: Roster | None = None,
     own_jobs: JobsByTenant | None = None,
+    idempotency: IdempotencyCache | None = None,
 ) -> web.Application:
     """The API for ``roles`` (default: all). Raises ``ConfigError`` if a role lacks what it needs
     (ingress: producer; read: view and producer, for cancels; bridge: producer). The ingress uses
@@ -86,7 +88,8 @@ def build_app(
     ``intake``: the producer the ingress writes ``requests`` with, when not ``producer``.
     ``roster``: the API processes taking requests, which share each tenant's rate quota.
     ``own_jobs``: without a view, the jobs this process accepted that have not ended (read from
-    ``results`` by the caller), for the queued-jobs quota.
+    ``results`` by the caller), for the queued-jobs quota. ``idempotency``: the ingress's
+    Idempotency-Key cache, when the caller also fills it (without a view, from ``requests``).
     Starts nothing: Kafka clients' lifecycles belong to the caller.
     """
     chosen = parse_roles(roles)
@@ -96,7 +99,8 @@ def build_app(
         raise ConfigError("the read role needs a job view")
     links = VideoLinks(settings.video_link_key, settings.video_link_ttl) if video_store is not None else None
     deps = Deps(settings, setup, producer, view, keepalive=keepalive, wait_for_job=wait_for_job, clock=clock,
-                video_links=links, intake=intake)
+                video_links=links, intake=intake, 
+                idempotency=idempotency if idempotency is not None else IdempotencyCache())
     # The bridge takes 1 MiB bodies, the ingress max_body_bytes; both also check for themselves.
     limit = max(settings.max_body_bytes, bridge.MAX_WEBHOOK_BYTES)
     app = web.Application(middlewares=[problem_middleware], client_max_size=limit)

@@ -1,25 +1,26 @@
 """Idempotency-Key bookkeeping for the ingress: a bounded LRU of job id → request hash, plus
 the requests still in flight so two concurrent retries with one key produce one record.
 
-The job id itself is derived from (tenant, key), so the cache only has to answer "did this
-process already accept that job, and with which body?". It is per process and bounded: a
-retry that reaches another instance (or comes back after eviction or a restart) is checked
-against the job view instead, memory or spill (:func:`matches_snapshot`), and if the view does not know the
-job either, the record is produced again and admission drops it as a duplicate job id.
+The job id itself is derived from (tenant, key), so the cache only has to answer "was that job
+accepted, and with which body?". It is per process and bounded: a retry that reaches another
+instance (or comes back after eviction or a restart) is checked against the job view instead,
+memory or spill (:func:`matches_snapshot`), and if the view does not know the job either, the
+record is produced again and admission drops it as a duplicate job id.
 
 Snapshots carry the accepted request's hash (``JobSnapshot.request_hash``), so that check is
 exact: another prompt or params under the same key is a 422 on whichever instance with a job view
 answers, restarted or not, once the job's first snapshot has reached its view.
 
 An ingress-only process (``floodgate api --roles ingress``) has no job view: it consumes no
-notifications, so that a burst of job updates cannot starve its accept path. There the cache is
-the whole check. What still holds everywhere: one key is one job id, so a retry never makes a
-second job (admission drops the repeated record, whatever its body), and a retry reaching the
-process that accepted the key (while the key is among its last ``max_entries``) gets the same
-202, or the 422 for another body. What only a view gives: the 422 for a key reused with another
-body on an instance that never saw the first request (there, it is a 202 naming the first job,
-whose body wins). Deployments that want the 422 across ingress instances route a key to one
-instance (e.g. nginx ``hash $http_idempotency_key consistent;``) or add the read role.
+notifications, so that a burst of job updates cannot starve its accept path. It learns the keyed
+requests every process accepted from ``requests`` itself instead (:mod:`floodgate.api.keyed`):
+the ingress and the SDK write a keyed request's hash in a header
+(``floodgate.validation.REQUEST_HASH_HEADER``), and the
+reader puts each into this cache without decoding a value. What the log says wins over what this
+process remembers of its own 202s: admission keeps a job id's first record in its partition, so
+the first record read for an id is the job's body, and a later one (the same key, sent at the
+same moment to two processes) never replaces it. What still holds everywhere: one key is one job
+id, so a retry never makes a second job (admission drops the repeated record, whatever its body).
 """
 from __future__ import annotations
 
@@ -56,7 +57,8 @@ class IdempotencyCache:
         if max_entries < 1:
             raise ValueError("max_entries must be at least 1")
         self.max_entries = max_entries
-        self._accepted: OrderedDict[str, str] = OrderedDict()
+        # job id → (request hash, read from ``requests``): a hash the log gave is the job's own.
+        self._accepted: OrderedDict[str, tuple[str, bool]] = OrderedDict()
         self._in_flight: dict[str, tuple[str, asyncio.Future[bool]]] = {}
 
     def __len__(self) -> int:
@@ -67,7 +69,7 @@ class IdempotencyCache:
         known = self._accepted.get(job_id)
         if known is not None:
             self._accepted.move_to_end(job_id)
-            return (Outcome.REPLAY if known == request_hash else Outcome.CONFLICT), None
+            return (Outcome.REPLAY if known[0] == request_hash else Outcome.CONFLICT), None
         flying = self._in_flight.get(job_id)
         if flying is not None:
             if flying[0] != request_hash:
@@ -90,7 +92,20 @@ class IdempotencyCache:
             done.set_result(accepted)
 
     def remember(self, job_id: str, request_hash: str) -> None:
-        self._accepted[job_id] = request_hash
+        """This process accepted (or found in its view) ``job_id`` with ``request_hash``; a hash
+        already read from ``requests`` for it stays (the first record is the job's)."""
+        known = self._accepted.get(job_id)
+        self._put(job_id, known if known is not None and known[1] else (request_hash, False))
+
+    def learn(self, job_id: str, request_hash: str) -> None:
+        """``requests`` holds a record of ``job_id`` with ``request_hash`` (records are read in
+        their partition's order, so the first one read for an id is the one admission keeps): it
+        replaces what this process remembered itself, and no later record replaces it."""
+        known = self._accepted.get(job_id)
+        self._put(job_id, known if known is not None and known[1] else (request_hash, True))
+
+    def _put(self, job_id: str, entry: tuple[str, bool]) -> None:
+        self._accepted[job_id] = entry
         self._accepted.move_to_end(job_id)
         while len(self._accepted) > self.max_entries:
             self._accepted.popitem(last=False)

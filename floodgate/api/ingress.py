@@ -30,7 +30,7 @@ from floodgate.problems import IDEMPOTENCY_CONFLICT, UNAUTHORIZED, problem_respo
 from floodgate.push import notify_record
 from floodgate.quotas import JobsByTenant
 from floodgate.routing import known_models
-from floodgate.validation import NormalizedRequest, request_hash, validate_job_request
+from floodgate.validation import NormalizedRequest, keyed_headers, request_hash, validate_job_request
 
 log = logging.getLogger(__name__)
 
@@ -211,6 +211,7 @@ class Ingress:
     async def _produce(self, request: web.Request, record: dict[str, Any]) -> web.Response:
         deps = self.deps
         value, headers = codec.encode("JobRequest", record)
+        keyed_headers(headers, record["idempotency_key"], record["request_hash"])  # for readers without a view
         try:
             await self.sender.send_and_wait(self.requests_topic, record["job_id"], value, headers)
         except KafkaUnavailable as exc:

@@ -17,7 +17,9 @@ backlog guard's monitor (:mod:`floodgate.api.backlog`), started once the view ha
 quotas shared across processes (``FLOODGATE_QUOTA_SCOPE=cluster``, the default), its
 heartbeats (:mod:`floodgate.api.instances`), started before the socket listens. One without the
 job view and with queued-jobs quotas reads the ends of the jobs it accepted
-(:mod:`floodgate.api.ended`), from the end of ``results`` before the socket listens.
+(:mod:`floodgate.api.ended`), from the end of ``results`` before the socket listens. One without
+the job view learns the keyed requests of every process from ``requests``
+(:mod:`floodgate.api.keyed`), in the background, for the Idempotency-Key check.
 
 The job view spills what it evicts to ``<cache_dir>/api/<topic prefix>/<host>-<pid>-*/view.sqlite``
 (see ``floodgate.api.spill``): a new, empty file per process, removed when the server closes.
@@ -43,8 +45,10 @@ from floodgate.api.app import build_app, parse_roles
 from floodgate.api.backlog import BacklogMonitor, start_monitor
 from floodgate.api.ended import EndedJobs
 from floodgate.api.feed import NotificationFeed
+from floodgate.api.idempotency import IdempotencyCache
 from floodgate.api.instances import InstanceBeacon
 from floodgate.api.kafka_io import KafkaSender
+from floodgate.api.keyed import KeyedRequests
 from floodgate.api.spill import SpillStore
 from floodgate.api.view import DEFAULT_MAX_JOBS, JobView
 from floodgate.errors import ConfigError
@@ -89,7 +93,8 @@ class ApiServer:
                  feed: NotificationFeed | None, view: JobView | None, outgoing: Any = None,
                  spill: SpillStore | None = None, push: Any = None, copier: Any = None,
                  store: Any = None, backlog: BacklogMonitor | None = None,
-                 beacon: InstanceBeacon | None = None, ended: EndedJobs | None = None) -> None:
+                 beacon: InstanceBeacon | None = None, ended: EndedJobs | None = None,
+                 keyed: KeyedRequests | None = None) -> None:
         self.url = url
         self.view = view
         self.outgoing = outgoing
@@ -106,6 +111,8 @@ class ApiServer:
         """This process's heartbeats, when it shares the tenants' quotas with others."""
         self.ended = ended
         """Without a job view and with queued-jobs quotas: the reader of its own jobs' ends."""
+        self.keyed = keyed
+        """Without a job view, with the ingress role: the reader of every process's keyed requests."""
         self._closed = False
 
     async def close(self) -> None:
@@ -117,6 +124,8 @@ class ApiServer:
             await self.beacon.stop()
         if self.ended is not None:
             await self.ended.stop()
+        if self.keyed is not None:
+            await self.keyed.stop()
         if self.backlog is not None:
             await self.backlog.stop()
         if self.outgoing is not None:
@@ -193,6 +202,8 @@ async def serve(settings: Settings, *, host: str | None = None, port: int | None
     backlog: BacklogMonitor | None = None
     beacon: InstanceBeacon | None = None
     ended: EndedJobs | None = None
+    keyed: KeyedRequests | None = None
+    idempotency = IdempotencyCache()
     if store is None and ("read" in chosen or video_copier):
         store = build_store(settings)
     try:
@@ -247,9 +258,12 @@ async def serve(settings: Settings, *, host: str | None = None, port: int | None
         if own_queued:  # reading from the end of results before the first job is accepted
             ended = EndedJobs(settings.kafka_bootstrap, names.results, layout[names.results][0], JobsByTenant())
             await ended.start()
+        if "ingress" in chosen and view is None:  # Idempotency-Key checks across processes, without a view
+            keyed = KeyedRequests(settings.kafka_bootstrap, names.requests, layout[names.requests][0], idempotency)
+            await keyed.start()
         app = build_app(settings, setup, roles=chosen, producer=producer, view=view, video_store=store,
                         backlog=backlog, intake=intake, roster=beacon.roster if beacon is not None else None,
-                        own_jobs=ended.jobs if ended is not None else None, **app_options)
+                        own_jobs=ended.jobs if ended is not None else None, idempotency=idempotency, **app_options)
         runner = web.AppRunner(app, access_log=None, handle_signals=False, shutdown_timeout=5.0)
         await runner.setup()
         sock = bind_socket(host, port)
@@ -265,6 +279,8 @@ async def serve(settings: Settings, *, host: str | None = None, port: int | None
             await beacon.stop()
         if ended is not None:
             await ended.stop()
+        if keyed is not None:
+            await keyed.stop()
         if backlog is not None:
             await backlog.stop()
         if feed is not None:
@@ -285,7 +301,7 @@ async def serve(settings: Settings, *, host: str | None = None, port: int | None
         if channel is not None and not channel.link_base and host not in ("", "0.0.0.0", "::"):
             channel.link_base = f"http://{shown}:{bound}"
     return ApiServer(f"http://{shown}:{bound}", runner, producers, feed, view, outgoing, spill, push, copier, store,
-                     backlog, beacon, ended)
+                     backlog, beacon, ended, keyed)
 
 
 async def _main(settings: Settings, host: str | None, port: int | None, roles: Iterable[str] | str | None,

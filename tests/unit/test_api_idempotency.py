@@ -84,3 +84,28 @@ def test_matches_snapshot_compares_request_hashes_when_the_snapshot_has_one() ->
     # A job accepted before snapshots carried the hash: the visible fields decide.
     assert matches_snapshot(request, {**snapshot, "request_hash": None})
     assert not matches_snapshot(request, {**snapshot, "request_hash": None, "model": "other"})
+
+
+def test_what_requests_holds_wins_over_what_this_process_remembers() -> None:
+    cache = IdempotencyCache()
+    # This process answered 202 for body B; another process's record of the key came first.
+    cache.remember("j", "hB")
+    cache.learn("j", "hA")
+    assert cache.check("j", "hA")[0] is Outcome.REPLAY
+    assert cache.check("j", "hB")[0] is Outcome.CONFLICT
+    # The later record (this process's, dropped by admission as a duplicate) changes nothing,
+    # and neither does this process remembering its own 202 again.
+    cache.learn("j", "hB")
+    cache.remember("j", "hB")
+    assert cache.check("j", "hA")[0] is Outcome.REPLAY
+
+
+def test_a_key_learned_from_requests_alone_is_checked() -> None:
+    cache = IdempotencyCache(max_entries=2)
+    cache.learn("j", "h1")
+    assert cache.check("j", "h1") == (Outcome.REPLAY, None)
+    assert cache.check("j", "h2") == (Outcome.CONFLICT, None)
+    cache.learn("k", "h")
+    cache.learn("l", "h")  # learned keys share the bound: the least recently used goes
+    assert len(cache) == 2
+    assert cache.check("j", "h1")[0] is Outcome.NEW

@@ -8,6 +8,7 @@ import pytest
 from floodgate import codec
 from floodgate.errors import ConfigError
 from floodgate.sdk import DEFAULT_LIMITS, JobSpec, PushTarget, ValidationError, _librdkafka_config, _Preparer
+from floodgate.validation import REQUEST_HASH_HEADER
 
 
 def preparer(**changes: object) -> _Preparer:
@@ -52,6 +53,14 @@ def test_prepared_record_decodes_as_a_job_request() -> None:
     assert (record["tenant"], record["source"], record["accepted_at"]) == ("acme", "sdk", 1234)
     assert record["input"] == {"prompt": "a whale", "image_url": None, "params": {"fps": "24"}}
     assert preparer().prepare(JobSpec("sora-2", "a whale", "u-1", idempotency_key="k1"), 9).job_id == item.job_id
+
+
+def test_a_keyed_record_carries_its_request_hash_in_a_header_and_an_unkeyed_one_does_not() -> None:
+    keyed = preparer().prepare(JobSpec("sora-2", "a whale", "u-1", idempotency_key="k1"), 1234)
+    digest = codec.decode_request(keyed.value, keyed.headers)["request_hash"]
+    assert dict(keyed.headers)[REQUEST_HASH_HEADER] == digest.encode()
+    unkeyed = preparer().prepare(JobSpec("sora-2", "a whale", "u-1"), 1234)
+    assert REQUEST_HASH_HEADER not in dict(unkeyed.headers)
 
 
 def test_a_prepared_record_carries_the_phone_to_tell_and_a_bad_token_is_refused() -> None:
