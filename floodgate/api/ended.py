@@ -8,33 +8,70 @@ admission) and takes each out when its job's result appears on ``results``: ever
 writes it with the terminal state; a second one, after a redelivery, changes nothing).
 ``EndedJobs`` reads only those keys: no value is decoded.
 
-The reader (``floodgate.api.topic_reader``) starts at the end of the topic, before the first
-request is served, so every job this process accepts ends after its reading position. A job
-counts for at most 100 ms after its result is written; a reader that cannot reach the broker
-leaves jobs counted (the quota then refuses early, never late).
+The reader is a plain consumer (no group: every process needs every job's end) that starts at
+the end of the topic, before the first request is served, so every job this process accepts
+ends after its reading position. Its fetches wait for 64 KiB or 100 ms, as the other readers of
+``results`` do (``floodgate.results_consumer``): one fetch for about fifty results under load,
+ten a second when idle. A job counts for at most 100 ms after its result is written; a reader
+that cannot reach the broker leaves jobs counted (the quota then refuses early, never late).
 """
 from __future__ import annotations
 
-from floodgate.api.topic_reader import Batches, TopicReader
+import asyncio
+import logging
+from typing import Any
+
+from aiokafka import AIOKafkaConsumer, ConsumerRecord, TopicPartition
+from aiokafka.errors import KafkaError
+
 from floodgate.quotas import JobsByTenant
+from floodgate.results_consumer import DELIVERY_WAIT_MS, FETCH_MIN_BYTES
+from floodgate.tasks import cancel_and_wait
+
+log = logging.getLogger(__name__)
 
 
-class EndedJobs(TopicReader):
+class EndedJobs:
     """``start()`` (reading from the end of ``results``), then ``stop()``. Each result read takes
     its job out of ``jobs``."""
 
     def __init__(self, bootstrap: str, topic: str, partitions: int, jobs: JobsByTenant) -> None:
-        super().__init__(bootstrap, topic, partitions, client_id="floodgate-api-ended")
+        self.topic = topic
         self.jobs = jobs
         self.read = 0
         """Results read since the start (for tests and logs)."""
+        self._partitions = [TopicPartition(topic, p) for p in range(partitions)]
+        self._consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, group_id=None, enable_auto_commit=False,
+                                          client_id="floodgate-api-ended", isolation_level="read_committed",
+                                          fetch_max_wait_ms=DELIVERY_WAIT_MS, fetch_min_bytes=FETCH_MIN_BYTES)
+        self._task: asyncio.Task[None] | None = None
 
-    async def seek(self) -> None:
-        await self.consumer.seek_to_end(*self.partitions)
-        for tp in self.partitions:  # the end is looked up now, not at the first fetch
-            await self.consumer.position(tp)
+    async def start(self) -> None:
+        await self._consumer.start()
+        try:
+            self._consumer.assign(self._partitions)
+            await self._consumer.seek_to_end(*self._partitions)
+            for tp in self._partitions:  # the end is looked up now, not at the first fetch
+                await self._consumer.position(tp)
+        except BaseException:
+            await self._consumer.stop()
+            raise
+        self._task = asyncio.create_task(self._reading(), name="ended-jobs")
 
-    def take(self, batches: Batches) -> None:
+    async def stop(self) -> None:
+        task, self._task = self._task, None
+        await cancel_and_wait(task)
+        await self._consumer.stop()
+
+    async def _reading(self) -> None:
+        while True:
+            try:
+                self.take(await self._consumer.getmany(timeout_ms=1000))
+            except KafkaError as exc:
+                log.warning("ended jobs: results not read: %s; reading again in a second", exc)
+                await asyncio.sleep(1.0)
+
+    def take(self, batches: dict[TopicPartition, list[ConsumerRecord[Any, Any]]]) -> None:
         discard = self.jobs.discard
         for records in batches.values():
             for msg in records:

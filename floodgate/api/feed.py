@@ -22,7 +22,6 @@ thread wake-ups at 1,000 requests/s: py-spy, accept bench.)
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import threading
 import time
@@ -35,6 +34,7 @@ from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaException, TopicPar
 from floodgate.api.view import YIELD_EVERY, JobView, Snapshot, Submission
 from floodgate.errors import SchemaError
 from floodgate.jobs.record import decode_notification
+from floodgate.tasks import PollThread, cancel_and_wait
 
 log = logging.getLogger(__name__)
 
@@ -78,8 +78,7 @@ class NotificationFeed:
             "fetch.wait.max.ms": fetch_max_wait_ms,
             "logger": log,
         })
-        self._stopping = threading.Event()
-        self._thread: threading.Thread | None = None
+        self._poller = PollThread("floodgate-view-feed")
         self._batches: asyncio.Queue[tuple[list[Any], bool]] = asyncio.Queue()
         self._room = threading.Semaphore(IN_FLIGHT)
         """Batches handed over and not yet applied, at most ``IN_FLIGHT``: the thread waits for room."""
@@ -98,22 +97,14 @@ class NotificationFeed:
         self._consumer.assign([TopicPartition(t, p, OFFSET_BEGINNING) for t, p in self.partitions])
         if not self._pending:
             self.view.ready.set()
-        loop = asyncio.get_running_loop()
         self._applier = asyncio.create_task(self._apply_batches(), name="notification-feed")
         self._applier.add_done_callback(_report_crash)
-        self._thread = threading.Thread(target=self._run, args=(loop,), name="floodgate-view-feed", daemon=True)
-        self._thread.start()
+        self._poller.start(self._run)
 
     async def stop(self) -> None:
-        self._stopping.set()
-        if self._thread is not None:
-            await asyncio.to_thread(self._thread.join)
-            self._thread = None
-        if self._applier is not None:
-            self._applier.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._applier
-            self._applier = None
+        await self._poller.stop()
+        applier, self._applier = self._applier, None
+        await cancel_and_wait(applier)
         await asyncio.to_thread(self._consumer.close)
 
     def _ends(self, patience: float = 30.0) -> dict[tuple[str, int], tuple[int, int]]:
@@ -137,7 +128,7 @@ class NotificationFeed:
         """The feed thread: poll, and hand each batch to the loop (waiting for room)."""
         linger = 0.0
         try:
-            while not self._stopping.is_set():
+            while not self._poller.stopping.is_set():
                 try:
                     # consume() waits for a full batch or its timeout, whichever comes first: wait
                     # for one record only, then take what else is already fetched.
@@ -145,12 +136,12 @@ class NotificationFeed:
                     records = [] if first is None else [first, *self._consumer.consume(BATCH - 1, timeout=linger)]
                 except KafkaException as exc:
                     log.warning("notification feed: %s; retrying", exc)
-                    self._stopping.wait(1.0)
+                    self._poller.stopping.wait(1.0)
                     continue
                 linger = LINGER_SECONDS if len(records) >= LINGER_FROM else 0.0
                 caught_up = self._caught_up() if self._pending else False
                 while not self._room.acquire(timeout=0.5):
-                    if self._stopping.is_set():
+                    if self._poller.stopping.is_set():
                         return
                 try:
                     loop.call_soon_threadsafe(self._batches.put_nowait, (records, caught_up))
