@@ -99,7 +99,7 @@ def build_app(
         raise ConfigError("the read role needs a job view")
     links = VideoLinks(settings.video_link_key, settings.video_link_ttl) if video_store is not None else None
     deps = Deps(settings, setup, producer, view, keepalive=keepalive, wait_for_job=wait_for_job, clock=clock,
-                video_links=links, intake=intake, 
+                video_links=links, intake=intake,
                 idempotency=idempotency if idempotency is not None else IdempotencyCache())
     # The bridge takes 1 MiB bodies, the ingress max_body_bytes; both also check for themselves.
     limit = max(settings.max_body_bytes, bridge.MAX_WEBHOOK_BYTES)

@@ -13,14 +13,14 @@ answers, restarted or not, once the job's first snapshot has reached its view.
 
 An ingress-only process (``floodgate api --roles ingress``) has no job view: it consumes no
 notifications, so that a burst of job updates cannot starve its accept path. It learns the keyed
-requests every process accepted from ``requests`` itself instead (:mod:`floodgate.api.keyed`):
-the ingress and the SDK write a keyed request's hash in a header
-(``floodgate.validation.REQUEST_HASH_HEADER``), and the
-reader puts each into this cache without decoding a value. What the log says wins over what this
-process remembers of its own 202s: admission keeps a job id's first record in its partition, so
-the first record read for an id is the job's body, and a later one (the same key, sent at the
-same moment to two processes) never replaces it. What still holds everywhere: one key is one job
-id, so a retry never makes a second job (admission drops the repeated record, whatever its body).
+requests every process accepted from ``requests`` itself instead (:mod:`floodgate.api.keyed`): the
+ingress and the SDK write a keyed request's hash in a header
+(``floodgate.validation.REQUEST_HASH_HEADER``), and the reader puts each into this cache without
+decoding a value. What the log says wins over what this process remembers of its own 202s:
+admission keeps a job id's first record in its partition, so the first record read for an id is
+the job's body, and a later one (the same key, sent at the same moment to two processes) never
+replaces it. What still holds everywhere: one key is one job id, so a retry never makes a second
+job (admission drops the repeated record, whatever its body).
 """
 from __future__ import annotations
 
