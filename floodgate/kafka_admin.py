@@ -2,10 +2,12 @@
 topic name should fail loudly, not create an empty topic)."""
 from __future__ import annotations
 
-from collections.abc import Mapping
+import logging
+import time
+from collections.abc import Iterable, Mapping
 from typing import Any
 
-from confluent_kafka import KafkaException
+from confluent_kafka import Consumer, KafkaException, TopicPartition
 from confluent_kafka.admin import AdminClient, NewTopic
 
 from floodgate.errors import ConfigError
@@ -51,3 +53,22 @@ def ensure_topics(bootstrap: str, layout: Mapping[str, tuple[int, Mapping[str, A
             if "TOPIC_ALREADY_EXISTS" not in str(exc):
                 raise
     return created
+
+
+def watermarks(consumer: Consumer, partitions: Iterable[tuple[str, int]],
+               patience: float = 30.0) -> dict[tuple[str, int], tuple[int, int]]:
+    """(low, high) offsets of each (topic, partition), asked of the brokers (blocking). A topic
+    created a moment ago may have no leader yet (librdkafka does not flag every such answer
+    retriable): errors are retried for ``patience`` seconds, then raised."""
+    deadline = time.monotonic() + patience
+    marks: dict[tuple[str, int], tuple[int, int]] = {}
+    for t, p in partitions:
+        while (t, p) not in marks:
+            try:
+                marks[(t, p)] = consumer.get_watermark_offsets(TopicPartition(t, p), timeout=10, cached=False)
+            except KafkaException as exc:
+                if time.monotonic() > deadline:
+                    raise
+                logging.getLogger(__name__).debug("watermarks of %s[%s]: %s; retrying", t, p, exc)
+                time.sleep(0.2)
+    return marks

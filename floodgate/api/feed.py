@@ -24,7 +24,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import threading
-import time
 import uuid
 from collections.abc import Mapping, Sequence
 from typing import Any
@@ -34,6 +33,7 @@ from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaException, TopicPar
 from floodgate.api.view import YIELD_EVERY, JobView, Snapshot, Submission
 from floodgate.errors import SchemaError
 from floodgate.jobs.record import decode_notification
+from floodgate.kafka_admin import watermarks
 from floodgate.tasks import PollThread, cancel_and_wait
 
 log = logging.getLogger(__name__)
@@ -107,22 +107,9 @@ class NotificationFeed:
         await cancel_and_wait(applier)
         await asyncio.to_thread(self._consumer.close)
 
-    def _ends(self, patience: float = 30.0) -> dict[tuple[str, int], tuple[int, int]]:
-        """(low, high) offsets per partition. A topic created a moment ago may have no leader yet
-        (librdkafka does not flag every such answer retriable): errors are retried for
-        ``patience`` seconds, then raised."""
-        deadline = time.monotonic() + patience
-        ends: dict[tuple[str, int], tuple[int, int]] = {}
-        for t, p in self.partitions:
-            while (t, p) not in ends:
-                try:
-                    ends[(t, p)] = self._consumer.get_watermark_offsets(TopicPartition(t, p), timeout=10, cached=False)
-                except KafkaException as exc:
-                    if time.monotonic() > deadline:
-                        raise
-                    log.debug("end offsets of %s[%s]: %s; retrying", t, p, exc)
-                    time.sleep(0.2)
-        return ends
+    def _ends(self) -> dict[tuple[str, int], tuple[int, int]]:
+        """(low, high) offsets per partition (see ``floodgate.kafka_admin.watermarks``)."""
+        return watermarks(self._consumer, self.partitions)
 
     def _run(self, loop: asyncio.AbstractEventLoop) -> None:
         """The feed thread: poll, and hand each batch to the loop (waiting for room)."""

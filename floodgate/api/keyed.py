@@ -32,6 +32,7 @@ from typing import Any
 from confluent_kafka import Consumer, KafkaException, TopicPartition
 
 from floodgate.api.idempotency import IdempotencyCache
+from floodgate.kafka_admin import watermarks
 from floodgate.tasks import PollThread
 from floodgate.validation import REQUEST_HASH_HEADER
 
@@ -107,10 +108,10 @@ class KeyedRequests:
         await asyncio.to_thread(self._consumer.close)
 
     def _offsets(self) -> dict[int, int]:
-        marks = {p: self._consumer.get_watermark_offsets(TopicPartition(self.topic, p), timeout=10, cached=False)
-                 for p in self._partitions}
-        return start_offsets({p: low for p, (low, _) in marks.items()}, {p: high for p, (_, high) in marks.items()},
-                             self.window)
+        # A topic created a moment ago may have no leader yet: retried, as the job view's feed does.
+        marks = watermarks(self._consumer, [(self.topic, p) for p in self._partitions])
+        return start_offsets({p: low for (_, p), (low, _) in marks.items()},
+                             {p: high for (_, p), (_, high) in marks.items()}, self.window)
 
     def _run(self, loop: asyncio.AbstractEventLoop) -> None:
         """The reader's thread: consume, and hand the keyed requests' pairs to the loop."""
