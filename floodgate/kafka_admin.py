@@ -1,5 +1,6 @@
 """Create Floodgate's topics up front (the broker has auto-creation off, on purpose: a typo in a
-topic name should fail loudly, not create an empty topic)."""
+topic name should fail loudly, not create an empty topic), and ask where their partitions begin
+and end (``watermarks``), patiently while a new topic's leaders are being elected."""
 from __future__ import annotations
 
 import logging
@@ -11,6 +12,8 @@ from confluent_kafka import Consumer, KafkaException, TopicPartition
 from confluent_kafka.admin import AdminClient, NewTopic
 
 from floodgate.errors import ConfigError
+
+log = logging.getLogger(__name__)
 
 
 def cluster_replication(brokers: int) -> tuple[int, int]:
@@ -69,6 +72,6 @@ def watermarks(consumer: Consumer, partitions: Iterable[tuple[str, int]],
             except KafkaException as exc:
                 if time.monotonic() > deadline:
                     raise
-                logging.getLogger(__name__).debug("watermarks of %s[%s]: %s; retrying", t, p, exc)
+                log.debug("watermarks of %s[%s]: %s; retrying", t, p, exc)
                 time.sleep(0.2)
     return marks

@@ -89,7 +89,7 @@ class NotificationFeed:
     async def start(self) -> None:
         """Find where the partitions end and start reading; the catch-up runs in the background."""
         try:
-            ends = await asyncio.to_thread(self._ends)
+            ends = await asyncio.to_thread(watermarks, self._consumer, self.partitions)
         except BaseException:
             await asyncio.to_thread(self._consumer.close)
             raise
@@ -106,10 +106,6 @@ class NotificationFeed:
         applier, self._applier = self._applier, None
         await cancel_and_wait(applier)
         await asyncio.to_thread(self._consumer.close)
-
-    def _ends(self) -> dict[tuple[str, int], tuple[int, int]]:
-        """(low, high) offsets per partition (see ``floodgate.kafka_admin.watermarks``)."""
-        return watermarks(self._consumer, self.partitions)
 
     def _run(self, loop: asyncio.AbstractEventLoop) -> None:
         """The feed thread: poll, and hand each batch to the loop (waiting for room)."""

@@ -94,18 +94,17 @@ class IdempotencyCache:
     def remember(self, job_id: str, request_hash: str) -> None:
         """This process accepted (or found in its view) ``job_id`` with ``request_hash``; a hash
         already read from ``requests`` for it stays (the first record is the job's)."""
-        known = self._accepted.get(job_id)
-        self._put(job_id, known if known is not None and known[1] else (request_hash, False))
+        self._note(job_id, request_hash, from_log=False)
 
     def learn(self, job_id: str, request_hash: str) -> None:
         """``requests`` holds a record of ``job_id`` with ``request_hash`` (records are read in
         their partition's order, so the first one read for an id is the one admission keeps): it
         replaces what this process remembered itself, and no later record replaces it."""
-        known = self._accepted.get(job_id)
-        self._put(job_id, known if known is not None and known[1] else (request_hash, True))
+        self._note(job_id, request_hash, from_log=True)
 
-    def _put(self, job_id: str, entry: tuple[str, bool]) -> None:
-        self._accepted[job_id] = entry
+    def _note(self, job_id: str, request_hash: str, *, from_log: bool) -> None:
+        known = self._accepted.get(job_id)
+        self._accepted[job_id] = known if known is not None and known[1] else (request_hash, from_log)
         self._accepted.move_to_end(job_id)
         while len(self._accepted) > self.max_entries:
             self._accepted.popitem(last=False)

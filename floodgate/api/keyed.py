@@ -45,9 +45,10 @@ FETCH_WAIT_MS = 100
 FETCH_MIN_BYTES = 64 * 1024
 
 
-def start_offsets(beginning: dict[int, int], end: dict[int, int], back: int) -> dict[int, int]:
-    """Where to start reading each partition: ``back`` records before its end, or its beginning."""
-    return {p: max(beginning.get(p, 0), last - back) for p, last in end.items()}
+def start_offsets(marks: dict[tuple[str, int], tuple[int, int]], back: int) -> dict[int, int]:
+    """Where to start reading each partition, from its (low, high) watermarks: ``back`` records
+    before its end, or its beginning."""
+    return {p: max(low, high - back) for (_, p), (low, high) in marks.items()}
 
 
 def keyed_pairs(messages: list[Any]) -> list[tuple[str, str]]:
@@ -96,22 +97,18 @@ class KeyedRequests:
     async def start(self) -> None:
         """Find where to start and start reading; what lies before the end is read in the background."""
         try:
-            offsets = await asyncio.to_thread(self._offsets)
+            # A topic created a moment ago may have no leader yet: ``watermarks`` asks again.
+            marks = await asyncio.to_thread(watermarks, self._consumer, [(self.topic, p) for p in self._partitions])
         except BaseException:
             await asyncio.to_thread(self._consumer.close)
             raise
-        self._consumer.assign([TopicPartition(self.topic, p, offset) for p, offset in offsets.items()])
+        self._consumer.assign([TopicPartition(self.topic, p, offset)
+                               for p, offset in start_offsets(marks, self.window).items()])
         self._poller.start(self._run)
 
     async def stop(self) -> None:
         await self._poller.stop()
         await asyncio.to_thread(self._consumer.close)
-
-    def _offsets(self) -> dict[int, int]:
-        # A topic created a moment ago may have no leader yet: retried, as the job view's feed does.
-        marks = watermarks(self._consumer, [(self.topic, p) for p in self._partitions])
-        return start_offsets({p: low for (_, p), (low, _) in marks.items()},
-                             {p: high for (_, p), (_, high) in marks.items()}, self.window)
 
     def _run(self, loop: asyncio.AbstractEventLoop) -> None:
         """The reader's thread: consume, and hand the keyed requests' pairs to the loop."""

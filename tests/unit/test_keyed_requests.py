@@ -39,8 +39,8 @@ async def test_the_first_record_of_a_job_id_wins() -> None:
 
 
 def test_reading_starts_a_cache_worth_back_or_at_the_beginning() -> None:
-    assert start_offsets({0: 0, 1: 40}, {0: 100, 1: 50}, back=30) == {0: 70, 1: 40}
-    assert start_offsets({0: 0}, {0: 0}, back=30) == {0: 0}
+    assert start_offsets({("requests", 0): (0, 100), ("requests", 1): (40, 50)}, back=30) == {0: 70, 1: 40}
+    assert start_offsets({("requests", 0): (0, 0)}, back=30) == {0: 0}
 
 
 def test_the_window_divides_the_cache_over_the_partitions() -> None:
