@@ -330,6 +330,17 @@ async def drive(run: Run, faults: FaultLoop, drain_timeout: float) -> float:
     return time.time()
 
 
+STALL_MARK = "none handed out past"
+"""What ``streams.faust_fixes.check_stalls`` logs each time it re-seeks a stalled partition."""
+
+
+def stall_firings(stack: Stack) -> int:
+    """The stall watchdog's firings over every worker of the run, restarted ones included (a
+    restarted child appends to its predecessor's log)."""
+    return sum(child.log.read_text(errors="replace").count(STALL_MARK)
+               for name, child in stack.children.items() if name.startswith("worker-") and child.log.exists())
+
+
 def run_scenario(plan: Plan, faults: FaultLoop, home: Path, kafka_bootstrap: str, prefix: str,
                  *, seed: int = 7) -> Verdict:
     stack = make_stack(plan, home, kafka_bootstrap, prefix)
@@ -352,6 +363,8 @@ def run_scenario(plan: Plan, faults: FaultLoop, home: Path, kafka_bootstrap: str
         history.provider_jobs = asyncio.run(observe.provider_jobs(stack.simulator_url, list(LIMITS)))
         verdict = check(history)
         verdict.notes.extend(run.notes)
+        stalls = stall_firings(stack)
+        verdict.notes.append(f"The stall watchdog fired {stalls} time(s) in the workers' logs.")
         renewed = stack.children["api"].log.read_text(errors="replace").count("started a new producer")
         if renewed:
             verdict.notes.append(f"The API replaced its Kafka producer {renewed} time(s) (sequence refused).")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections import OrderedDict
 from collections.abc import Iterator
 from types import SimpleNamespace
@@ -15,6 +16,7 @@ from faust.transport.utils import DefaultSchedulingStrategy
 from faust.types import TP
 from mode.utils.queues import FlowControlEvent, ThrowableQueue
 
+from floodgate.chaos.scenarios import STALL_MARK
 from streams.faust_fixes import (
     LiveActive,
     StallWatch,
@@ -142,6 +144,15 @@ def test_a_stalled_partition_is_sought_back_to_its_committed_offset() -> None:
     assert consumer.sought == [(STREAM_0, 22)], "partition 1 is idle because it was read to its end"
     consumer.active = {STREAM_1}  # paused on purpose (a full buffer, a waiting line): never a stall
     assert asyncio.run(check_stalls(app, watch, now=100)) == []  # type: ignore[arg-type]
+
+
+def test_a_firing_logs_the_line_the_chaos_suite_counts(caplog: pytest.LogCaptureFixture) -> None:
+    app = SimpleNamespace(consumer=StallConsumer(), tables=SimpleNamespace(changelog_topics={CHANGELOG.topic}))
+    watch = StallWatch(stall_after=30)
+    with caplog.at_level(logging.WARNING, logger="streams.faust_fixes"):
+        asyncio.run(check_stalls(app, watch, now=0))  # type: ignore[arg-type]
+        asyncio.run(check_stalls(app, watch, now=31))  # type: ignore[arg-type]
+    assert sum(r.getMessage().count(STALL_MARK) for r in caplog.records) == 1
 
 
 # --- the stalled partition: the fetcher drains partitions that are not active -------------
