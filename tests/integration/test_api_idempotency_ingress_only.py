@@ -3,14 +3,20 @@ real broker: such a process has no job view, so it learns every process's keyed 
 ``requests`` (their hash rides in a header), including those accepted before it started."""
 from __future__ import annotations
 
+import argparse
 from collections.abc import AsyncIterator, Callable
+from pathlib import Path
 from typing import Any
 
 import aiohttp
+import orjson
 import pytest
 
 from floodgate import codec
+from floodgate.api.ingress import DEFAULT_TENANT
 from floodgate.api.server import ApiServer
+from floodgate.ids import job_id_for_key
+from floodgate.ops.replay_cli import Replay, add_arguments, plan_from
 from floodgate.settings import Settings
 from floodgate.topics import TopicNames
 from floodgate.validation import REQUEST_HASH_HEADER
@@ -76,3 +82,20 @@ async def test_a_key_reused_with_another_body_is_422_on_every_ingress_only_proce
     assert sorted(by_id) == sorted([accepted["job_id"], unkeyed["job_id"]])
     assert REQUEST_HASH_HEADER in by_id[accepted["job_id"]]
     assert REQUEST_HASH_HEADER not in by_id[unkeyed["job_id"]]
+
+
+async def test_a_key_first_sent_by_floodgate_replay_is_422_with_another_body(
+        settings_for: Callable[..., Settings], http: aiohttp.ClientSession, tmp_path: Path) -> None:
+    """A keyed request replayed from a file (the dead-letter topic's records go the same way) is
+    learned like one the ingress accepted: ``floodgate replay`` writes its hash header too."""
+    settings = settings_for(simulator_url=DEV_SIMULATOR)
+    job_id = job_id_for_key(settings.secret.reveal().encode("utf-8"), DEFAULT_TENANT, KEY)
+    path = tmp_path / "jobs.jsonl"
+    path.write_bytes(orjson.dumps({**BODY, "job_id": job_id, "idempotency_key": KEY}) + b"\n")
+    parser = argparse.ArgumentParser()
+    add_arguments(parser)
+    args = parser.parse_args(["--file", str(path), "--no-progress", "--timeout", "20"])
+    async with running_api(settings, roles={"ingress"}) as api:
+        assert await Replay(plan_from(args, settings, None), args).run() == 0
+        await learned(api, 1)
+        await answers_as_the_first_process_did(http, api, job_id)

@@ -35,6 +35,7 @@ from floodgate.replay import (
     parse_instant,
     prepare,
 )
+from floodgate.validation import REQUEST_HASH_HEADER, request_hash, validate_job_request
 from schemas import SCHEMA_DIR
 
 SECRET = b"s" * 32
@@ -94,6 +95,32 @@ def test_other_bytes_or_another_secret_or_tenant_derive_another_id() -> None:
         prepare(Candidate("d", LINE[:-1] + b', "tenant": "acme"}'), secret=SECRET, now_ms=NOW),
     }
     assert len({o.job_id for o in ids if isinstance(o, Outgoing)}) == 4
+
+
+def test_a_keyed_request_carries_the_hash_the_ingress_gives_its_body() -> None:
+    """An ingress-only API learns a key's body from this header only (floodgate.api.keyed): the
+    hash must be the one the HTTP ingress computes for the same body and tenant."""
+    body = {"model": "kling-2.1", "user_id": "u1", "input": {"prompt": "dunes", "params": {"seconds": "5"}}}
+    line = orjson.dumps({**body, "job_id": "job_k1", "tenant": "acme", "idempotency_key": "tap-7"})
+    out = prepare(Candidate("f:1", line), secret=SECRET, now_ms=NOW)
+    assert isinstance(out, Outgoing) and out.value == line
+    ingress_hash = request_hash(validate_job_request(body, known_models={"kling-2.1"}), "acme")
+    assert out.headers == ((REQUEST_HASH_HEADER, ingress_hash.encode("ascii")),)
+    other = prepare(Candidate("f:2", line.replace(b"dunes", b"dusk")), secret=SECRET, now_ms=NOW)
+    assert isinstance(other, Outgoing) and other.headers != out.headers
+
+
+def test_a_keyed_record_keeps_the_hash_header_it_came_with_and_an_unkeyed_one_gets_none() -> None:
+    job_id = new_job_id()
+    value, headers = avro_request(job_id, idempotency_key="tap-8")
+    parked = (*headers, (REQUEST_HASH_HEADER, b"a" * 64))
+    kept = prepare(Candidate("dlq[0]@2", value, parked), secret=SECRET, now_ms=NOW)
+    assert isinstance(kept, Outgoing) and kept.headers == parked
+    bare = prepare(Candidate("dlq[0]@3", value, headers), secret=SECRET, now_ms=NOW)
+    assert isinstance(bare, Outgoing) and bare.headers == (*headers, (REQUEST_HASH_HEADER, b"a" * 64))
+    unkeyed = prepare(Candidate("f:4", b'{"job_id": "job_x2", "model": "kling-2.1", "user_id": "u", '
+                                       b'"input": {"prompt": "p"}}'), secret=SECRET, now_ms=NOW)
+    assert isinstance(unkeyed, Outgoing) and unkeyed.headers == ()
 
 
 @pytest.mark.parametrize(("value", "headers", "field"), [
