@@ -18,6 +18,8 @@ import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
+from floodgate.tasks import cancel_and_wait
+
 INTERVAL = 0.05
 """Seconds between two probes: 20 wake-ups a second, a few microseconds each."""
 
@@ -39,10 +41,7 @@ class LoopLagProbe:
 
     async def stop(self) -> None:
         task, self._task = self._task, None
-        if task is not None:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        await cancel_and_wait(task)
 
     async def _run(self) -> None:
         while True:

@@ -10,10 +10,11 @@ the acknowledged offsets, or an acknowledgement before the write, could lose an 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 from collections import deque
 from collections.abc import Awaitable, Callable
 from typing import Any
+
+from floodgate.tasks import cancel_and_wait
 
 
 class AckLine:
@@ -50,10 +51,7 @@ class AckLine:
             await self._wake.wait()
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+        await cancel_and_wait(self._task)
         self._items.clear()
 
 

@@ -22,13 +22,14 @@ this writer with it (``streams/app.py``): no offset is committed past a slot wri
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 from collections import deque
 from dataclasses import dataclass
 from typing import Any
 
 from aiokafka import AIOKafkaProducer
+
+from floodgate.tasks import cancel_and_wait
 
 log = logging.getLogger(__name__)
 
@@ -119,10 +120,7 @@ class SlotWriter:
         if self._task is not None and not self._task.done():
             await self.flush()
         self._stopped = True
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+        await cancel_and_wait(self._task)
         for _, done in self._queue:
             if not done.done():
                 done.set_exception(RuntimeError("the slot writer stopped before sending this write"))

@@ -17,7 +17,6 @@ its own (as ``FLOODGATE_QUOTA_SCOPE=process``), never to refusing everyone.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import os
 import secrets
@@ -33,6 +32,7 @@ from floodgate.api.kafka_io import Sender
 from floodgate.errors import FloodgateError
 from floodgate.instances import TTL_BEATS, Heartbeat, Roster
 from floodgate.metrics import ApiMetrics, api_metrics
+from floodgate.tasks import cancel_and_wait
 
 log = logging.getLogger(__name__)
 
@@ -86,10 +86,7 @@ class InstanceBeacon:
     async def stop(self) -> None:
         """Stop beating and reading; say this process is gone, so the others count it out at once."""
         for task in self._tasks:
-            task.cancel()
-        for task in self._tasks:
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+            await cancel_and_wait(task)
         self._tasks = []
         try:
             await self._send(gone=True)

@@ -7,7 +7,6 @@ unknown job, so a token-less caller learns nothing about which ids exist.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 from typing import Any
 
 import orjson
@@ -19,6 +18,7 @@ from floodgate.api.view import STANDING, JobView, Snapshot, is_terminal
 from floodgate.errors import Problem
 from floodgate.ids import check_token
 from floodgate.problems import FORBIDDEN_ORIGIN, NOT_FOUND, UNAUTHORIZED, VALIDATION, problem_response
+from floodgate.tasks import cancel_and_wait
 
 MAX_SUBSCRIPTIONS = 100
 """Live subscriptions one WebSocket may hold at once. Each costs a pump task and a queue of up to
@@ -272,11 +272,7 @@ class _StreamSession:
         self.pumps[job_id] = asyncio.create_task(self._pump(job_id, queue), name=f"ws-pump:{job_id}")
 
     async def unsubscribe(self, job_id: Any) -> None:
-        task = self.pumps.pop(job_id, None) if isinstance(job_id, str) else None
-        if task is not None:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        await cancel_and_wait(self.pumps.pop(job_id, None) if isinstance(job_id, str) else None)
         await self.send({"type": "unsubscribed", "job_id": job_id if isinstance(job_id, str) else None})
 
     async def _pump(self, job_id: str, queue: asyncio.Queue[Snapshot]) -> None:

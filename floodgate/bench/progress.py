@@ -12,6 +12,8 @@ import time
 from collections.abc import AsyncIterator, Callable
 from typing import TextIO
 
+from floodgate.tasks import cancel_and_wait
+
 WIDTH = 20
 
 
@@ -66,6 +68,4 @@ class ProgressLine:
         try:
             yield
         finally:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+            await cancel_and_wait(task)
