@@ -17,7 +17,9 @@ import sys
 import tempfile
 import time
 import uuid
+from collections.abc import Callable, Coroutine
 from pathlib import Path
+from typing import Any
 
 from floodgate.bench import load
 from floodgate.bench.arrivals import constant
@@ -53,6 +55,41 @@ async def measure(url: str, pid: int, rate: float, seconds: float, concurrency: 
             "p50_ms": lat[len(lat) // 2] if lat else 0.0, "p99_ms": lat[int(len(lat) * 0.99)] if lat else 0.0}
 
 
+def variants_from(specs: list[str]) -> list[tuple[str, Path, dict[str, str]]]:
+    """``NAME=TREE[:ENV=VAL,...]`` each: its name, source tree and extra environment."""
+    out = []
+    for spec in specs:
+        name, _, rest = spec.partition("=")
+        tree, _, envs = rest.partition(":")
+        out.append((name, Path(tree).resolve(), dict(kv.split("=", 1) for kv in envs.split(",") if kv)))
+    return out
+
+
+def take_turns(variants: list[tuple[str, Path, dict[str, str]]], rounds: int, roles: str,
+               measure_one: Callable[[str, int], Coroutine[Any, Any, dict[str, float]]], figure: str,
+               unit: str) -> None:
+    """Each round, an API of each variant in turn, measured by ``measure_one(url, pid)``; then the
+    median of ``figure`` per variant, as a ratio to the first."""
+    results: dict[str, list[dict[str, float]]] = {name: [] for name, _, _ in variants}
+    for r in range(rounds):
+        for name, tree, extra in variants:
+            proc, url = start_api(tree, roles, extra)
+            try:
+                time.sleep(0.5)
+                out = asyncio.run(measure_one(url, proc.pid))
+            finally:
+                proc.terminate()
+                proc.wait(30)
+            results[name].append(out)
+            print(f"round {r} {name}: {out}", flush=True)
+    base = None
+    for name, runs in results.items():
+        cpu = statistics.median(x[figure] for x in runs)
+        p99 = statistics.median(x["p99_ms"] for x in runs)
+        base = base or cpu
+        print(f"{name}: median CPU {cpu:.3f} ms/{unit} (ratio to first {cpu / base:.2f}), median p99 {p99:.1f} ms")
+
+
 def main() -> None:
     p = argparse.ArgumentParser()
     p.add_argument("--variant", action="append", required=True, help="NAME=TREE[:ENV=VAL,...]")
@@ -63,31 +100,9 @@ def main() -> None:
     p.add_argument("--concurrency", type=int, default=0,
                    help="closed loop, this many requests outstanding (rate x seconds of them), not open loop")
     args = p.parse_args()
-    variants = []
-    for spec in args.variant:
-        name, _, rest = spec.partition("=")
-        tree, _, envs = rest.partition(":")
-        extra = dict(kv.split("=", 1) for kv in envs.split(",") if kv)
-        variants.append((name, Path(tree).resolve(), extra))
-    results: dict[str, list[dict[str, float]]] = {name: [] for name, _, _ in variants}
-    for r in range(args.rounds):
-        for name, tree, extra in variants:
-            proc, url = start_api(tree, args.roles, extra)
-            try:
-                time.sleep(0.5)
-                out = asyncio.run(measure(url, proc.pid, args.rate, args.seconds, args.concurrency))
-            finally:
-                proc.terminate()
-                proc.wait(30)
-            results[name].append(out)
-            print(f"round {r} {name}: {out}", flush=True)
-    base = None
-    for name, runs in results.items():
-        cpu = statistics.median(x["cpu_ms_per_req"] for x in runs)
-        p99 = statistics.median(x["p99_ms"] for x in runs)
-        base = base or cpu
-        print(f"{name}: median CPU {cpu:.3f} ms/accepted request (ratio to first {cpu / base:.2f}), "
-              f"median p99 {p99:.1f} ms")
+    take_turns(variants_from(args.variant), args.rounds, args.roles,
+               lambda url, pid: measure(url, pid, args.rate, args.seconds, args.concurrency),
+               "cpu_ms_per_req", "accepted request")
 
 
 if __name__ == "__main__":

@@ -10,13 +10,10 @@ turns ``--rounds`` times; compare them as a ratio. Needs ``FLOODGATE_KAFKA_BOOTS
 from __future__ import annotations
 
 import argparse
-import asyncio
-import statistics
 import time
-from pathlib import Path
 
 import orjson
-from accept_cpu import start_api
+from accept_cpu import take_turns, variants_from
 
 from connectors.simulator import DEV_WEBHOOK_SECRET
 from floodgate.bench import load
@@ -67,30 +64,8 @@ def main() -> None:
     p.add_argument("--seconds", type=float, default=15.0)
     p.add_argument("--rounds", type=int, default=3)
     args = p.parse_args()
-    variants = []
-    for spec in args.variant:
-        name, _, rest = spec.partition("=")
-        tree, _, envs = rest.partition(":")
-        extra = dict(kv.split("=", 1) for kv in envs.split(",") if kv)
-        variants.append((name, Path(tree).resolve(), extra))
-    results: dict[str, list[dict[str, float]]] = {name: [] for name, _, _ in variants}
-    for r in range(args.rounds):
-        for name, tree, extra in variants:
-            proc, url = start_api(tree, "bridge", extra)
-            try:
-                time.sleep(0.5)
-                out = asyncio.run(measure(url, proc.pid, args.rate, args.seconds))
-            finally:
-                proc.terminate()
-                proc.wait(30)
-            results[name].append(out)
-            print(f"round {r} {name}: {out}", flush=True)
-    base = None
-    for name, runs in results.items():
-        cpu = statistics.median(x["cpu_ms_per_webhook"] for x in runs)
-        p99 = statistics.median(x["p99_ms"] for x in runs)
-        base = base or cpu
-        print(f"{name}: median CPU {cpu:.3f} ms/webhook (ratio to first {cpu / base:.2f}), median p99 {p99:.1f} ms")
+    take_turns(variants_from(args.variant), args.rounds, "bridge",
+               lambda url, pid: measure(url, pid, args.rate, args.seconds), "cpu_ms_per_webhook", "webhook")
 
 
 if __name__ == "__main__":
