@@ -1,10 +1,12 @@
 """Create Floodgate's topics up front (the broker has auto-creation off, on purpose: a typo in a
 topic name should fail loudly, not create an empty topic), and ask where their partitions begin
-and end (``watermarks``), patiently while a new topic's leaders are being elected."""
+and end (``watermarks``), patiently while a new topic's leaders are being elected; the settings of
+a reader that places itself (``groupless_reader``)."""
 from __future__ import annotations
 
 import logging
 import time
+import uuid
 from collections.abc import Iterable, Mapping
 from typing import Any
 
@@ -56,6 +58,20 @@ def ensure_topics(bootstrap: str, layout: Mapping[str, tuple[int, Mapping[str, A
             if "TOPIC_ALREADY_EXISTS" not in str(exc):
                 raise
     return created
+
+
+def groupless_reader(bootstrap: str, client_id: str, **extra: Any) -> dict[str, Any]:
+    """librdkafka settings for a reader that assigns its partitions itself, chooses where to start
+    and never commits (the API's job view feed, its keyed-requests reader), with ``extra`` on top."""
+    return {
+        "bootstrap.servers": bootstrap,
+        "client.id": client_id,
+        # librdkafka wants a group id; such a reader never joins the group nor commits to it.
+        "group.id": f"{client_id}-{uuid.uuid4().hex}",
+        "enable.auto.commit": False,
+        "enable.auto.offset.store": False,
+        **extra,
+    }
 
 
 def watermarks(consumer: Consumer, partitions: Iterable[tuple[str, int]],

@@ -24,7 +24,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import threading
-import uuid
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -33,7 +32,7 @@ from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaException, TopicPar
 from floodgate.api.view import YIELD_EVERY, JobView, Snapshot, Submission
 from floodgate.errors import SchemaError
 from floodgate.jobs.record import decode_notification
-from floodgate.kafka_admin import watermarks
+from floodgate.kafka_admin import groupless_reader, watermarks
 from floodgate.tasks import PollThread, cancel_and_wait
 
 log = logging.getLogger(__name__)
@@ -65,19 +64,14 @@ class NotificationFeed:
         self.partitions = [(topic, p) for p in range(partitions)]
         self.partitions += [(log_topic, p) for log_topic, count in (slot_logs or {}).items() for p in range(count)]
         self.view = view
-        self._consumer = Consumer({
-            "bootstrap.servers": bootstrap,
-            "client.id": client_id,
-            # librdkafka wants a group id; the feed never joins it nor commits (it assigns its
-            # partitions itself and always starts from the beginning).
-            "group.id": f"{client_id}-{uuid.uuid4().hex}",
-            "enable.auto.commit": False,
-            "enable.auto.offset.store": False,
-            # A partition drained while a fetch long-polls the others waits for that fetch to
-            # return: the wait bounds what a notification can lose here (see Settings).
-            "fetch.wait.max.ms": fetch_max_wait_ms,
-            "logger": log,
-        })
+        # The feed always starts from the beginning of its partitions.
+        self._consumer = Consumer(groupless_reader(
+            bootstrap, client_id, **{
+                # A partition drained while a fetch long-polls the others waits for that fetch to
+                # return: the wait bounds what a notification can lose here (see Settings).
+                "fetch.wait.max.ms": fetch_max_wait_ms,
+                "logger": log,
+            }))
         self._poller = PollThread("floodgate-view-feed")
         self._batches: asyncio.Queue[tuple[list[Any], bool]] = asyncio.Queue()
         self._room = threading.Semaphore(IN_FLIGHT)

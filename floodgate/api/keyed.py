@@ -26,13 +26,12 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import uuid
 from typing import Any
 
 from confluent_kafka import Consumer, KafkaException, TopicPartition
 
 from floodgate.api.idempotency import IdempotencyCache
-from floodgate.kafka_admin import watermarks
+from floodgate.kafka_admin import groupless_reader, watermarks
 from floodgate.tasks import PollThread
 from floodgate.validation import REQUEST_HASH_HEADER
 
@@ -79,19 +78,14 @@ class KeyedRequests:
         self.window = -(-cache.max_entries // partitions)
         """Records read back from the end of each partition at the start."""
         self._partitions = range(partitions)
-        self._consumer = Consumer({
-            "bootstrap.servers": bootstrap,
-            "client.id": "floodgate-api-keys",
-            # librdkafka wants a group id; this reader never joins it nor commits.
-            "group.id": f"floodgate-api-keys-{uuid.uuid4().hex}",
-            "enable.auto.commit": False,
-            "enable.auto.offset.store": False,
-            "isolation.level": "read_committed",
-            # A few fetches a second under load, ten when idle: a key is learned within ~100 ms.
-            "fetch.wait.max.ms": FETCH_WAIT_MS,
-            "fetch.min.bytes": FETCH_MIN_BYTES,
-            "logger": log,
-        })
+        self._consumer = Consumer(groupless_reader(
+            bootstrap, "floodgate-api-keys", **{
+                "isolation.level": "read_committed",
+                # A few fetches a second under load, ten when idle: a key is learned within ~100 ms.
+                "fetch.wait.max.ms": FETCH_WAIT_MS,
+                "fetch.min.bytes": FETCH_MIN_BYTES,
+                "logger": log,
+            }))
         self._poller = PollThread("floodgate-api-keys")
 
     async def start(self) -> None:
