@@ -149,10 +149,11 @@ def prepare(candidate: Candidate, *, secret: bytes, now_ms: int) -> Outgoing | S
             record = codec.decode_request(value, headers, now_ms=now_ms)
     except (SchemaError, ValidationError) as exc:
         return Skipped(candidate.origin, Skip.INVALID, f"not a job request: {exc}")
-    if record["idempotency_key"] is not None and not any(name == REQUEST_HASH_HEADER for name, _ in headers):
+    digest = record["request_hash"]
+    if record["idempotency_key"] is not None and digest and not any(n == REQUEST_HASH_HEADER for n, _ in headers):
         # As the ingress and the SDK do: an ingress-only API learns the key's body from this header
         # (floodgate.api.keyed), so a later POST with the key and another body is 422 there too.
-        headers = (*headers, (REQUEST_HASH_HEADER, record["request_hash"].encode("ascii")))
+        headers = (*headers, (REQUEST_HASH_HEADER, digest.encode("utf-8")))
     return Outgoing(origin=candidate.origin, job_id=record["job_id"], model=record["model"], value=value,
                     headers=headers, derived_id=derived)
 

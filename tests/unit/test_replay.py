@@ -123,6 +123,17 @@ def test_a_keyed_record_keeps_the_hash_header_it_came_with_and_an_unkeyed_one_ge
     assert isinstance(unkeyed, Outgoing) and unkeyed.headers == ()
 
 
+@pytest.mark.parametrize(("digest", "header"), [("", None), ("é" * 4, "é" * 4)], ids=["empty", "not-ascii"])
+def test_a_keyed_record_from_another_writer_never_stops_the_replay(digest: str, header: str | None) -> None:
+    """An empty hash teaches nothing (it would make every true retry a 422); any other string
+    travels as it is."""
+    value, headers = avro_request(new_job_id(), idempotency_key="tap-9", request_hash=digest)
+    out = prepare(Candidate("dlq[0]@4", value, headers), secret=SECRET, now_ms=NOW)
+    assert isinstance(out, Outgoing)
+    learned = [v.decode("utf-8") for n, v in out.headers if n == REQUEST_HASH_HEADER]
+    assert learned == ([header] if header is not None else [])
+
+
 @pytest.mark.parametrize(("value", "headers", "field"), [
     (b"not json at all", (), "cannot decode JobRequest"),
     (b'{"model": "kling-2.1", "input": {"prompt": "p"}}', (), "user_id"),  # no job id and more missing
