@@ -39,6 +39,12 @@ def _s(value: float | None) -> str:
     return "—" if value is None else f"{value:.1f}"
 
 
+def _sentence(note: str) -> str:
+    """Notes come from several places, some ending with a full stop and some not."""
+    note = note.strip()
+    return note if note.endswith((".", "!", "?")) else note + "."
+
+
 def markdown(rows: list[dict[str, Any]]) -> str:
     lines = [
         "# Chaos report", "",
@@ -57,7 +63,7 @@ def markdown(rows: list[dict[str, Any]]) -> str:
     for r in rows:
         lines.append(f"- **{r['scenario']}**: {r['title']}. {r['completed']} completed, {r['failed']} failed; "
                      f"peak provider concurrency {r['max_concurrency']}; {r['duration_s']} s. "
-                     + " ".join(r["notes"]))
+                     + " ".join(_sentence(note) for note in r["notes"]))
         if not r["passed"]:
             lines.append(f"  - evidence: `{json.dumps(r['evidence'])}`")
     return "\n".join(lines) + "\n"
