@@ -96,17 +96,23 @@ class Stamps:
     the bridge's ``received_at``, then the producer timestamps of the webhook record and of the
     jobs agent's table write (its changelog is the notifications topic)."""
 
-    def __init__(self) -> None:
+    def __init__(self, wanted: set[str] | None = None) -> None:
         self.received: dict[tuple[str, str], float] = {}
         self.webhook: dict[tuple[str, str], float] = {}
         self.snapshot: dict[tuple[str, str], float] = {}
+        self.wanted = wanted
+        """The job ids to stamp (None: every job). With the pipeline running beside the measured
+        jobs, decoding every other job's records would load the machine being measured."""
+
+    def _skip(self, key: bytes | None) -> bool:
+        return key is None or (self.wanted is not None and key.decode() not in self.wanted)
 
     @staticmethod
     def _first(into: dict[tuple[str, str], float], key: tuple[str, str], t: float) -> None:
         into[key] = min(into.get(key, t), t)
 
     def on_webhook(self, msg: Any) -> None:
-        if msg.key() is None:
+        if self._skip(msg.key()):
             return
         env = codec.decode("WebhookEnvelope", msg.value(), msg.headers())
         status = WEBHOOK_STATUS.get(orjson.loads(env["body"]).get("type"))
@@ -116,7 +122,7 @@ class Stamps:
             self._first(self.webhook, key, msg.timestamp()[1] / 1000)
 
     def on_snapshot(self, msg: Any) -> None:
-        if msg.value() is None:
+        if msg.value() is None or self._skip(msg.key()):
             return
         snap = decode_notification(msg.value(), msg.headers())
         self._first(self.snapshot, (snap["job_id"], snap["status"]), msg.timestamp()[1] / 1000)
@@ -131,9 +137,11 @@ class Stamps:
         return {name: stats.summary(latencies(a, b)) for name, a, b in chain}
 
 
-async def run(ctx: Context, stack: Stack, cfg: NotifyConfig) -> dict[str, Any]:
-    """On the pipeline's stack, once it is idle: jobs for ``PACED_MODEL`` at ``cfg.rate``."""
-    stamps = Stamps()
+async def run(ctx: Context, stack: Stack, cfg: NotifyConfig, *, only_own: bool = False) -> dict[str, Any]:
+    """On the pipeline's stack: jobs for ``PACED_MODEL`` at ``cfg.rate``. ``only_own``: stamp the
+    records of this run's jobs only (other jobs are running beside them)."""
+    own: set[str] = set()
+    stamps = Stamps(own if only_own else None)
     s = stack.settings
     taps = {s.topic("webhooks"): stamps.on_webhook,
             s.topic("notifications"): stamps.on_snapshot}
@@ -147,6 +155,7 @@ async def run(ctx: Context, stack: Stack, cfg: NotifyConfig) -> dict[str, Any]:
             async def post_and_subscribe(client: Client, i: int, timeout: float) -> load.Answer:
                 status, job_id, token = await post(client, i, timeout)
                 if job_id and token:
+                    own.add(job_id)
                     await watcher.subscribe(job_id, token)
                 return status, job_id, token
 

@@ -28,7 +28,7 @@ import asyncio
 import contextlib
 import os
 import time
-from collections.abc import Collection, Mapping
+from collections.abc import Callable, Collection, Mapping
 from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
@@ -117,8 +117,10 @@ class Feed:
     samples: list[tuple[float, int]] = field(default_factory=list)
     stalled: bool = False
 
-    async def run(self, n: int, what: str, start: int | None = None) -> float:
-        """Feed ``n`` jobs; returns seconds from the first submission to the ``n``-th result."""
+    async def run(self, n: int, what: str, start: int | None = None,
+                  enough: Callable[[], bool] | None = None) -> float:
+        """Feed ``n`` jobs; returns seconds from the first submission to the ``n``-th result. Once
+        ``enough()`` says so, nothing more is submitted and the run waits for what was."""
         results = self.stack.settings.topic("results")
         base = await asyncio.to_thread(self.offsets.total, [results]) if start is None else start
         specs = [JobSpec(model=MODELS[i % len(MODELS)], prompt=f"pipeline job {i}", user_id=f"user-{i % 97}")
@@ -128,6 +130,8 @@ class Feed:
         best_at = t0
         try:
             while done < n:
+                if enough is not None and sent < n and enough():
+                    n = sent
                 if sent < n and sent - done < self.cfg.window:
                     k = min(self.cfg.batch, n - sent, self.cfg.window - (sent - done))
                     self.ids += await asyncio.to_thread(client.submit_many, specs[sent:sent + k])

@@ -28,6 +28,7 @@ from floodgate.bench import (
     handover,
     memory,
     notify,
+    notify_at_max,
     peer,
     pipeline,
     plots,
@@ -164,7 +165,7 @@ async def _scenarios(ctx: Context, cfg: BenchConfig) -> tuple[dict[str, Any], di
         "rawkafka": lambda: asyncio.to_thread(rawkafka.run, ctx, cfg.raw),
         "accept": lambda: _with(pool, "accept", lambda st: accept.run(ctx, st, cfg.accept)),
         "pipeline": lambda: _with(pool, "pipeline", lambda st: pipeline.run(ctx, st, cfg.pipeline)),
-        "notify": lambda: _with(pool, "notify", lambda st: notify.run(ctx, st, cfg.notify)),
+        "notify": lambda: _with(pool, "notify", lambda st: _notify(ctx, st, cfg)),
         "handover": lambda: _with(pool, "handover", lambda st: handover.run(ctx, st, cfg.handover)),
         "memory": lambda: _with(pool, "memory", lambda st: memory.run(ctx, st, cfg.memory)),
         "spike": lambda: _with(pool, "spike", lambda st: spike.run(ctx, st, cfg.spike)),
@@ -192,6 +193,17 @@ async def _scenarios(ctx: Context, cfg: BenchConfig) -> tuple[dict[str, Any], di
     finally:
         await asyncio.to_thread(pool.close)
     return results, load
+
+
+async def _notify(ctx: Context, stack: Stack, cfg: BenchConfig) -> dict[str, Any]:
+    """Notification latency on the idle stack, then while the pipeline runs at its max."""
+    out = await notify.run(ctx, stack, cfg.notify)
+    try:
+        out["at_max"] = await notify_at_max.run(ctx, stack, notify_at_max.config(cfg.notify), cfg.pipeline)
+    except Exception as exc:  # the idle figures stand on their own
+        out["at_max"] = {"error": f"{type(exc).__name__}: {exc}"[:2000]}
+        _log_error(ctx.work_dir / "errors.log", "notify at max", traceback.format_exc())
+    return out
 
 
 async def _with(pool: StackPool, scenario: str,

@@ -69,6 +69,11 @@ def test_smoke_bench_writes_every_section_and_plot(kafka_bootstrap: str, tmp_pat
     assert alone["fixed"]["accepted"] == alone["fixed"]["offered"] > 0 and alone["fixed"]["api_cpu_s"] > 0
     assert "ingress-only API process" in md
     assert results["notify"]["matched"] > 0
+    # The same, while the pipeline's jobs run beside them: every measured job seen to its end.
+    at_max = results["notify"]["at_max"]
+    assert at_max["matched"] > 0 and at_max["terminal_seen"] == at_max["accepted"] > 0, at_max
+    assert at_max["pipeline"]["jobs"] > 0 and not at_max["pipeline"]["stalled"]
+    assert any("while the pipeline runs at its max" in t["target"] for t in on_disk["targets"])
     # The peer drain: every system drained all it accepted; Floodgate never drew a 429.
     peer = results["peer"]["systems"]
     assert peer["floodgate"]["delivered"] == peer["floodgate"]["offered"] > 0

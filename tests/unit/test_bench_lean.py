@@ -418,3 +418,20 @@ def test_the_ingress_only_process_is_told_beside_the_api_rows_and_never_decides_
     assert "ingress role alone" not in dict(limits.limits({"accept": {"fixed": fixed, "pinned": pinned,
                                                                       "fixed_no_worker": {}}}, 2))[
         "HTTP accept latency / max rate"]
+
+
+def _notify(p99: float) -> dict[str, Any]:
+    return {"latency_ms": {"p50": p99 / 3, "p99": p99, "count": 500}, "config": {"rate": 50.0}}
+
+
+def test_the_notification_row_at_the_pipelines_max_has_its_own_bar_and_names_the_load_beside() -> None:
+    beside = {"results_per_s_during": 240.0, "jobs": 4_000, "stalled": False, "steady_jobs_per_s": 250.0}
+    row = targets.notification_at_max({"notify": {**_notify(20.0), "at_max": {**_notify(90.0), "pipeline": beside}}})
+    assert row["status"] == targets.MET and "240 results/s" in row["measured"] and "idle p99 20.0" in row["measured"]
+    slow = {"notify": {**_notify(20.0), "at_max": {**_notify(140.0), "pipeline": beside}}}
+    assert targets.notification_at_max(slow)["status"] == targets.NOT_MET
+    stalled = {"notify": {**_notify(20.0), "at_max": {**_notify(40.0), "pipeline": {**beside, "stalled": True}}}}
+    assert targets.notification_at_max(stalled)["status"] == targets.NOT_MEASURED
+    assert targets.notification_at_max({"notify": _notify(20.0)})["status"] == targets.NOT_MEASURED
+    failed = {"notify": {**_notify(20.0), "at_max": {"error": "the pipeline stalled before 500 results"}}}
+    assert targets.notification_at_max(failed)["measured"] == "the pipeline stalled before 500 results"
