@@ -203,6 +203,18 @@ def _notify(n: dict[str, Any]) -> tuple[str, str]:
     return "Notification latency", text
 
 
+def _notify_at_max(n: dict[str, Any]) -> tuple[str, str]:
+    hops = "; ".join(f"{hop} p50 {num(g(d, 'p50'))} / p99 {num(g(d, 'p99'))} ms"
+                     for hop, d in (n.get("hops_ms") or {}).items())
+    beside, loop = n.get("pipeline") or {}, _loop(n, "worker")
+    text = (f"The same hops with {num(g(beside, 'results_per_s_during'), 0)} results/s of the pipeline's jobs "
+            f"beside the measured ones: {hops}.{f' Meanwhile{loop}.' if loop else ''} Cores during the run: "
+            f"{cores(n.get('cpu_cores'))}. The pipeline at its max is every core at its max on a machine the "
+            f"stack shares: each hop waits for a CPU, and the jobs agent reads the measured jobs' webhooks among "
+            f"the pipeline's requests, webhooks and events.")
+    return "Notification latency, the pipeline at its max", text
+
+
 def _memory(m: dict[str, Any]) -> tuple[str, str]:
     stalls = [k for k in ("fill_small", "fill_large") if g(m, k, "stalled")]
     if stalls:
@@ -289,6 +301,8 @@ def limits(r: dict[str, Any], cpus: int | None) -> list[tuple[str, str]]:
         out.append(_pipeline(r["pipeline"], cpus))
     if "latency_ms" in r.get("notify", {}):
         out.append(_notify(r["notify"]))
+        if "latency_ms" in (r["notify"].get("at_max") or {}):
+            out.append(_notify_at_max(r["notify"]["at_max"]))
     if "handover_ms" in r.get("handover", {}):
         out.append(_handover(r["handover"]))
     if "rss_large" in r.get("memory", {}):

@@ -250,6 +250,14 @@ def test_the_notify_limits_say_what_each_loop_saw() -> None:
     assert "the API's loop (the API's event loop: 0 of 400 probes woke over 100 ms late" in text
     quiet = dict(limits.limits({"notify": {**notify, "worker_loop_lag": {}, "api_loop_lag": {}}}, 2))
     assert "probes woke" not in quiet["Notification latency"]
+    assert "Notification latency, the pipeline at its max" not in quiet
+    hops = {"jobs agent: webhook record → job change (notification)": {"p50": 58.0, "p99": 272.0}}
+    at_max = {**notify, "hops_ms": hops, "pipeline": {"results_per_s_during": 231.0}}
+    told = dict(limits.limits({"notify": {**notify, "at_max": at_max}}, 2))
+    busy = told["Notification latency, the pipeline at its max"]
+    assert busy.startswith("The same hops with 231 results/s of the pipeline's jobs beside the measured ones: "
+                           "jobs agent: webhook record → job change (notification) p50 58.0 / p99 272.0 ms.")
+    assert "Meanwhile (the worker's event loop: 3 of 400 probes" in busy
 
 
 def test_the_accept_limits_say_what_the_api_loop_saw_in_each_run() -> None:
