@@ -6,6 +6,10 @@ completion webhooks (``--rate`` per second for ``--seconds``), each naming a job
 each is written to ``webhooks`` and its slot release to ``release.<provider>``, as when a job
 ends. It reads the API process's user+system CPU from /proc around the load. The variants take
 turns ``--rounds`` times; compare them as a ratio. Needs ``FLOODGATE_KAFKA_BOOTSTRAP``.
+
+Each round signs its webhooks before its load, so keep ``--seconds`` well inside the bridge's
+replay window (five minutes): a webhook signed longer ago is refused (401), and the run's count
+of 200s says so.
 """
 from __future__ import annotations
 
