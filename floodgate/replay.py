@@ -36,7 +36,7 @@ from floodgate.codec import SCHEMA_HEADER
 from floodgate.errors import ConfigError, SchemaError, ValidationError
 from floodgate.ids import job_id_for_key
 from floodgate.jobs.record import JobRecord, is_avro
-from floodgate.validation import REQUEST_HASH_HEADER
+from floodgate.validation import keyed_headers
 
 DERIVED_KEY_PREFIX = "replay:sha256:"
 
@@ -149,11 +149,9 @@ def prepare(candidate: Candidate, *, secret: bytes, now_ms: int) -> Outgoing | S
             record = codec.decode_request(value, headers, now_ms=now_ms)
     except (SchemaError, ValidationError) as exc:
         return Skipped(candidate.origin, Skip.INVALID, f"not a job request: {exc}")
-    digest = record["request_hash"]
-    if record["idempotency_key"] is not None and digest and not any(n == REQUEST_HASH_HEADER for n, _ in headers):
-        # As the ingress and the SDK do: an ingress-only API learns the key's body from this header
-        # (floodgate.api.keyed), so a later POST with the key and another body is 422 there too.
-        headers = (*headers, (REQUEST_HASH_HEADER, digest.encode("utf-8")))
+    # As the ingress and the SDK do: an ingress-only API learns the key's body from this header
+    # (floodgate.api.keyed), so a later POST with the key and another body is 422 there too.
+    headers = tuple(keyed_headers(list(headers), record["idempotency_key"], record["request_hash"]))
     return Outgoing(origin=candidate.origin, job_id=record["job_id"], model=record["model"], value=value,
                     headers=headers, derived_id=derived)
 

@@ -124,15 +124,17 @@ def validate_job_request(
 
 
 REQUEST_HASH_HEADER = "fg-request-hash"
-"""On a keyed request's record in ``requests`` (from the HTTP ingress or the SDK): its
+"""On a keyed request's record in ``requests`` (from the HTTP ingress, the SDK or ``floodgate replay``): its
 ``request_hash``, so that a reader (an ingress-only API, ``floodgate.api.keyed``) learns which body
 a key was first used with without decoding the record."""
 
 
 def keyed_headers(headers: list[tuple[str, bytes]], key: str | None, digest: str) -> list[tuple[str, bytes]]:
-    """``headers`` with the request hash header added when the request has an Idempotency-Key."""
-    if key is not None:
-        headers.append((REQUEST_HASH_HEADER, digest.encode("ascii")))
+    """``headers`` with the request hash header added when the request has an Idempotency-Key and
+    a hash, and carries no such header yet (a record sent again keeps the one it was written with).
+    An empty hash teaches nothing: it would make every true retry a 422."""
+    if key is not None and digest and all(name != REQUEST_HASH_HEADER for name, _ in headers):
+        headers.append((REQUEST_HASH_HEADER, digest.encode("utf-8")))
     return headers
 
 
