@@ -210,8 +210,17 @@ def _notify_at_max(n: dict[str, Any]) -> tuple[str, str]:
     text = (f"The same hops with {num(g(beside, 'results_per_s_during'), 0)} results/s of the pipeline's jobs "
             f"beside the measured ones: {hops}.{f' Meanwhile{loop}.' if loop else ''} Cores during the run: "
             f"{cores(n.get('cpu_cores'))}. The pipeline at its max is every core at its max on a machine the "
-            f"stack shares: each hop waits for a CPU, and the jobs agent reads the measured jobs' webhooks among "
-            f"the pipeline's requests, webhooks and events.")
+            f"stack shares: each hop waits for a CPU. The worker hands the records it fetched to its agents one "
+            f"at a time on one main thread, the measured jobs' webhooks in the same line as the pipeline's "
+            f"slot releases, webhooks and events.")
+    convoy = n.get("webhook_convoy") or {}
+    if convoy.get("most"):
+        window = convoy["window_ms"]
+        text += (f" Those records come unevenly: the bridge wrote up to {convoy['most']:,} webhook records in "
+                 f"{window} ms ({num(convoy['most'] * 1000 / window, 0)}/s), against "
+                 f"{num(convoy.get('per_s_mean'), 0)}/s on average over the run. A worker at its max has no spare "
+                 f"pace to absorb such a burst: the records written during it wait in line in its consumer, to be "
+                 f"fetched and handed out.")
     return "Notification latency, the pipeline at its max", text
 
 

@@ -30,6 +30,8 @@ from floodgate.jobs.record import decode_notification
 
 WEBHOOK_STATUS = {"video.in_progress": "running", "video.completed": "completed", "video.failed": "failed"}
 TERMINAL = {"completed", "failed", "cancelled", "expired"}
+CONVOY_WINDOW_MS = 250
+"""The window in which ``Stamps`` counts every job's webhook records, to find the busiest one."""
 
 
 @dataclass(frozen=True)
@@ -103,6 +105,9 @@ class Stamps:
         self.wanted = wanted
         """The job ids to stamp (None: every job). With the pipeline running beside the measured
         jobs, decoding every other job's records would load the machine being measured."""
+        self.written: dict[int, int] = {}
+        """Every job's webhook records by ``CONVOY_WINDOW_MS`` window of their producer timestamp,
+        counted without decoding them."""
 
     def _skip(self, key: bytes | None) -> bool:
         return key is None or (self.wanted is not None and key.decode() not in self.wanted)
@@ -112,6 +117,8 @@ class Stamps:
         into[key] = min(into.get(key, t), t)
 
     def on_webhook(self, msg: Any) -> None:
+        window = msg.timestamp()[1] // CONVOY_WINDOW_MS
+        self.written[window] = self.written.get(window, 0) + 1
         if self._skip(msg.key()):
             return
         env = codec.decode("WebhookEnvelope", msg.value(), msg.headers())
@@ -126,6 +133,16 @@ class Stamps:
             return
         snap = decode_notification(msg.value(), msg.headers())
         self._first(self.snapshot, (snap["job_id"], snap["status"]), msg.timestamp()[1] / 1000)
+
+    def convoy(self) -> dict[str, float | int]:
+        """The most webhook records (every job's) written in one ``CONVOY_WINDOW_MS`` window, and
+        the mean rate over the windows from the first to the last: how unevenly the jobs agent's
+        hop is fed."""
+        if not self.written:
+            return {"window_ms": CONVOY_WINDOW_MS, "most": 0, "per_s_mean": 0.0}
+        windows = max(self.written) - min(self.written) + 1
+        return {"window_ms": CONVOY_WINDOW_MS, "most": max(self.written.values()),
+                "per_s_mean": sum(self.written.values()) / (windows * CONVOY_WINDOW_MS / 1000)}
 
     def hops(self, delivered: dict[tuple[str, str], float]) -> dict[str, dict[str, float | int]]:
         chain = [("bridge: received → webhook record", self.received, self.webhook),
@@ -182,7 +199,7 @@ async def run(ctx: Context, stack: Stack, cfg: NotifyConfig, *, only_own: bool =
         "latency_ms": stats.summary(all_ms),
         "latency_ms_completed": stats.summary(latencies(stamps.received, watcher.arrivals, "completed")),
         "latency_ms_running": stats.summary(latencies(stamps.received, watcher.arrivals, "running")),
-        "hops_ms": stamps.hops(watcher.arrivals), "cpu_cores": cores, **loops,
+        "hops_ms": stamps.hops(watcher.arrivals), "webhook_convoy": stamps.convoy(), "cpu_cores": cores, **loops,
         "clock": "time.time() on one machine: the bridge's received_at (ms, truncated) → the client's receipt; "
                  "hops use the records' producer timestamps (ms)",
     }

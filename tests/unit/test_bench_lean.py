@@ -258,6 +258,11 @@ def test_the_notify_limits_say_what_each_loop_saw() -> None:
     assert busy.startswith("The same hops with 231 results/s of the pipeline's jobs beside the measured ones: "
                            "jobs agent: webhook record → job change (notification) p50 58.0 / p99 272.0 ms.")
     assert "Meanwhile (the worker's event loop: 3 of 400 probes" in busy
+    assert "the bridge wrote up to" not in busy  # a run from before the bench counted them
+    convoy = {"window_ms": 250, "most": 310, "per_s_mean": 442.5}
+    told = dict(limits.limits({"notify": {**notify, "at_max": {**at_max, "webhook_convoy": convoy}}}, 2))
+    assert ("the bridge wrote up to 310 webhook records in 250 ms (1,240/s), against 442/s on average over the run."
+            in told["Notification latency, the pipeline at its max"])
 
 
 def test_the_accept_limits_say_what_the_api_loop_saw_in_each_run() -> None:
