@@ -73,6 +73,8 @@ def test_smoke_bench_writes_every_section_and_plot(kafka_bootstrap: str, tmp_pat
     at_max = results["notify"]["at_max"]
     assert at_max["matched"] > 0 and at_max["terminal_seen"] == at_max["accepted"] > 0, at_max
     assert at_max["pipeline"]["jobs"] > 0 and not at_max["pipeline"]["stalled"]
+    # Every job's webhook records were counted, the pipeline's too, not only the measured ones'.
+    assert at_max["webhook_convoy"]["most"] > 0 and at_max["webhook_convoy"]["per_s_mean"] > 0, at_max
     assert any("while the pipeline runs at its max" in t["target"] for t in on_disk["targets"])
     # The peer drain: every system drained all it accepted; Floodgate never drew a 429.
     peer = results["peer"]["systems"]
