@@ -43,4 +43,3 @@ def test_every_jobs_webhook_records_are_counted_per_window_without_decoding() ->
     assert convoy["window_ms"] == 250 and convoy["most"] == 3
     assert convoy["per_s_mean"] == 6 / 0.75  # six records over three windows
     assert Stamps().convoy()["most"] == 0
-
