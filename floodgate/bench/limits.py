@@ -187,9 +187,14 @@ def _held_back(p: dict[str, Any]) -> str:
     return text
 
 
-def _notify(n: dict[str, Any]) -> tuple[str, str]:
-    hops = "; ".join(f"{hop} p50 {num(g(d, 'p50'))} / p99 {num(g(d, 'p99'))} ms"
+def _hops(n: dict[str, Any]) -> str:
+    """A notification run's hops, each with its p50 and p99."""
+    return "; ".join(f"{hop} p50 {num(g(d, 'p50'))} / p99 {num(g(d, 'p99'))} ms"
                      for hop, d in (n.get("hops_ms") or {}).items())
+
+
+def _notify(n: dict[str, Any]) -> tuple[str, str]:
+    hops = _hops(n)
     slowest = max((n.get("hops_ms") or {}).items(), key=lambda kv: g(kv[1], "p50", default=0.0), default=None)
     dominant = f" The slowest hop by p50 is {slowest[0]}." if slowest else ""
     text = (f"Per hop, from the records' own timestamps: {hops}. A webhook crosses two Kafka hops (the bridge writes "
@@ -204,8 +209,7 @@ def _notify(n: dict[str, Any]) -> tuple[str, str]:
 
 
 def _notify_at_max(n: dict[str, Any]) -> tuple[str, str]:
-    hops = "; ".join(f"{hop} p50 {num(g(d, 'p50'))} / p99 {num(g(d, 'p99'))} ms"
-                     for hop, d in (n.get("hops_ms") or {}).items())
+    hops = _hops(n)
     beside, loop = n.get("pipeline") or {}, _loop(n, "worker")
     text = (f"The same hops with {num(g(beside, 'results_per_s_during'), 0)} results/s of the pipeline's jobs "
             f"beside the measured ones: {hops}.{f' Meanwhile{loop}.' if loop else ''} Cores during the run: "
