@@ -12,8 +12,9 @@ Python) cost the API 140-190 µs of CPU per job, on the loop that answers the 20
 fetches in its own C threads and the feed hands its records over in batches (``LINGER_SECONDS``
 when busy): about 115 µs a job (measured beside a real broker, a process writing a queued snapshot
 and a waiting order per job at a steady 1,000 jobs/s; the same records read as one backlog cost
-13 µs a job, the floor). Asking the broker for 16 KB a fetch got 58 µs, but added up to 10 ms to
-every change when little happens (the notification bench's p99 went from 15 to 73 ms). The
+13 µs a job, the floor), about 70 µs since the busy linger is 10 ms (``dev/feed_cpu.py``). Asking
+the broker for 16 KB a fetch got 58 µs, but added up to 10 ms to every change when little happens
+(the notification bench's p99 went from 15 to 73 ms). The
 thread hands its batches to a task on the event loop, which applies them in the order they were
 read; it reads at most ``IN_FLIGHT`` batches ahead of the view. (Waiting for each batch to be
 applied before reading on, through ``run_coroutine_threadsafe``, cost 9% of the API's CPU in
@@ -39,12 +40,19 @@ log = logging.getLogger(__name__)
 
 BATCH = 2000
 """Records handed to the view at most at once."""
-LINGER_SECONDS = 0.005
+LINGER_SECONDS = 0.010
 LINGER_FROM = 8
 """After a batch of at least ``LINGER_FROM`` records (the feed is busy), the next batch waits up to
-``LINGER_SECONDS`` after its first record for more: a handful of records per hand-over instead of
-one or two, at 5 ms when a change follows the others closely anyway; a quiet feed hands each
-change over as it comes."""
+``LINGER_SECONDS`` after its first record for more: a dozen or more records per hand-over instead
+of one or two, for at most 10 ms on a change that follows the others closely anyway; a quiet feed
+hands each change over as it comes. Each hand-over costs the process a wake-up of the loop and a
+round of the feed's task whatever it carries: at 2,000 changes/s (``dev/feed_cpu.py``, three
+rounds in turns) the feed took 45-50 µs of CPU per change at 5 ms and 34-36 at 10 ms, for 3.5 ms
+more on the change's p50 (7.3 → 10.9 ms) and 5 ms on its p99; 20 ms saved little more (33.5 µs)
+for twice the wait. In the accept bench (1,000 requests/s, the worker admitting them) the API's
+CPU per 202 went from 0.482 and 0.491 ms to 0.453 and 0.445 (0.92×; pinned 0.94×); in the
+notification bench the idle p50 and p99 did not move, and while the pipeline ran at its max the
+API's hop took 2.7 ms more at its p50."""
 IN_FLIGHT = 8
 """Batches read ahead of the view at most (each up to ``BATCH`` records)."""
 POLL_SECONDS = 0.2
