@@ -1,5 +1,7 @@
 """CPU of the job view's feed per change it follows, A/B:
 ``python dev/feed_cpu.py --variant base=. --variant small=.:fetch.min.bytes=16384``.
+A variant is ``NAME=TREE[:KEY=VALUE,...]``: lower-case keys are librdkafka settings laid over the
+feed's own, upper-case ones the feed module's constants (``LINGER_SECONDS=0.02``).
 
 Every API process with the ``read`` role follows every job's every change (``notifications`` and
 the providers' slot logs) into its job view, so what a change costs there is CPU the 202s do not
@@ -8,8 +10,8 @@ into a ``JobView``, from the variant's source tree, with the variant's librdkafk
 of the feed's own), writes job changes to its ``notifications`` topic at a steady ``--rate`` per
 second the way a worker does (JSON job records keyed by job id, a 5 ms linger), and reads the feed
 process's user+system CPU from /proc around ``--seconds`` of it. It also reports how old a change
-was when the view had it (``--rate`` changes a second, the p50 and p99 over the run), since a
-cheaper feed that hands changes over later moves the notification bar the other way. The variants
+was when the view applied it (p50 and p99 over the measured seconds), since a cheaper feed that
+hands changes over later moves the notification bar the other way. The variants
 take turns ``--rounds`` times on one broker; compare them as ratios. Needs
 ``FLOODGATE_KAFKA_BOOTSTRAP`` (e.g. from ``floodgate broker start``).
 """
@@ -117,7 +119,7 @@ def run_one(tree: Path, extra: dict[str, str], bootstrap: str, topic: str, parti
 
 def main() -> None:
     p = argparse.ArgumentParser()
-    p.add_argument("--variant", action="append", required=True, help="NAME=TREE[:LIBRDKAFKA_KEY=VAL,...]")
+    p.add_argument("--variant", action="append", required=True, help="NAME=TREE[:KEY=VALUE,...]")
     p.add_argument("--rate", type=float, default=2000.0, help="job changes a second (a job is about two)")
     p.add_argument("--seconds", type=float, default=15.0)
     p.add_argument("--rounds", type=int, default=3)

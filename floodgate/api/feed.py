@@ -46,8 +46,8 @@ LINGER_FROM = 8
 ``LINGER_SECONDS`` after its first record for more: a dozen or more records per hand-over instead
 of one or two, for at most 10 ms on a change that follows the others closely anyway; a quiet feed
 hands each change over as it comes. Each hand-over costs the process a wake-up of the loop and a
-round of the feed's task whatever it carries: at 2,000 changes/s (``dev/feed_cpu.py``, three
-rounds in turns) the feed took 45-50 µs of CPU per change at 5 ms and 34-36 at 10 ms, for 3.5 ms
+round of the feed's task whatever it carries: at 2,000 changes/s (``dev/feed_cpu.py``, variants
+in turns) the feed took 45-50 µs of CPU per change at 5 ms and 34-36 at 10 ms, for 3.5 ms
 more on the change's p50 (7.3 → 10.9 ms) and 5 ms on its p99; 20 ms saved little more (33.5 µs)
 for twice the wait. In the accept bench (1,000 requests/s, the worker admitting them) the API's
 CPU per 202 went from 0.482 and 0.491 ms to 0.453 and 0.445 (0.92×; pinned 0.94×); in the
