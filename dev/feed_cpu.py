@@ -27,10 +27,13 @@ import time
 import uuid
 from pathlib import Path
 
+from accept_cpu import variants_from
 from confluent_kafka import Producer
 from confluent_kafka.admin import AdminClient, NewTopic
 
 from floodgate.bench.probes import cpu_seconds
+from floodgate.jobs.record import JobRecord
+from floodgate.jobs.state import JobState
 
 CHILD = r'''
 import asyncio, json, os, sys, time
@@ -73,9 +76,6 @@ asyncio.run(main())
 def write(producer: Producer, topic: str, rate: float, seconds: float) -> int:
     """Job changes at ``rate`` a second for ``seconds``: a queued job record per change, keyed by
     a new job id each time, stamped with the time it was written (``updated_at``)."""
-    from floodgate.jobs.record import JobRecord
-    from floodgate.jobs.state import JobState
-
     sent, start = 0, time.monotonic()
     while (elapsed := time.monotonic() - start) < seconds:
         due = int(elapsed * rate) + 1
@@ -126,11 +126,7 @@ def main() -> None:
     p.add_argument("--partitions", type=int, default=4)
     args = p.parse_args()
     bootstrap = os.environ["FLOODGATE_KAFKA_BOOTSTRAP"]
-    variants = []
-    for spec in args.variant:
-        name, _, rest = spec.partition("=")
-        tree, _, sets = rest.partition(":")
-        variants.append((name, Path(tree).resolve(), dict(kv.split("=", 1) for kv in sets.split(",") if kv)))
+    variants = variants_from(args.variant)  # NAME=TREE[:KEY=VALUE,...], as the other A/B scripts take them
     results: dict[str, list[dict[str, float]]] = {name: [] for name, _, _ in variants}
     admin = AdminClient({"bootstrap.servers": bootstrap})
     for r in range(args.rounds):
