@@ -30,7 +30,6 @@ import asyncio
 import contextlib
 import logging
 import signal
-import socket
 import sys
 from collections.abc import Iterable
 from datetime import UTC, datetime
@@ -87,67 +86,216 @@ beside the 202s, was 0.487 ms at 0 and 0.497 at 1 (one run each)."""
 
 
 class ApiServer:
-    """A listening API; ``close()`` stops serving, then the Kafka clients. Safe to call twice."""
+    """A listening API; ``close()`` stops serving, then everything else in the reverse order of
+    its start (see ``_Assembly``). Safe to call twice."""
 
-    def __init__(self, url: str, runner: web.AppRunner, producers: Iterable[KafkaSender],
-                 feed: NotificationFeed | None, view: JobView | None, outgoing: Any = None,
-                 spill: SpillStore | None = None, push: Any = None, copier: Any = None,
-                 store: Any = None, backlog: BacklogMonitor | None = None,
-                 beacon: InstanceBeacon | None = None, ended: EndedJobs | None = None,
-                 keyed: KeyedRequests | None = None) -> None:
+    def __init__(self, url: str, parts: _Assembly, exits: contextlib.AsyncExitStack) -> None:
         self.url = url
-        self.view = view
-        self.outgoing = outgoing
-        self.push = push
-        self._runner = runner
-        self.producers = tuple(producers)
+        self.view = parts.view
+        self.outgoing = parts.outgoing
+        self.push = parts.push
+        self.producers = parts.producers
         """The Kafka producers this process writes with (the ingress's first, when it has its own)."""
-        self._feed = feed
-        self._spill = spill
-        self.copier = copier
-        self._store = store
-        self.backlog = backlog
-        self.beacon = beacon
+        self.copier = parts.copier
+        self.backlog = parts.backlog
+        self.beacon = parts.beacon
         """This process's heartbeats, when it shares the tenants' quotas with others."""
-        self.ended = ended
+        self.ended = parts.ended
         """Without a job view and with queued-jobs quotas: the reader of its own jobs' ends."""
-        self.keyed = keyed
+        self.keyed = parts.keyed
         """Without a job view, with the ingress role: the reader of every process's keyed requests."""
+        self._exits = exits
         self._closed = False
 
     async def close(self) -> None:
         if self._closed:
             return
         self._closed = True
-        await self._runner.cleanup()  # runs on_shutdown (open streams end) and waits for handlers
-        if self.beacon is not None:  # (before the producers: its last beat says it is gone)
-            await self.beacon.stop()
-        if self.ended is not None:
-            await self.ended.stop()
-        if self.keyed is not None:
-            await self.keyed.stop()
-        if self.backlog is not None:
-            await self.backlog.stop()
-        if self.outgoing is not None:
-            await self.outgoing.stop()
-        if self.push is not None:
-            await self.push.stop()
-        if self.copier is not None:
-            await self.copier.stop()
-        if self._store is not None:
-            await self._store.close()
-        if self._feed is not None:
-            await self._feed.stop()
-        for producer in self.producers:
-            await producer.stop()
-        if self._spill is not None:
-            await asyncio.to_thread(self._spill.close)  # waits for a write the feed left running
+        await self._exits.aclose()
 
 
 def spill_dir(settings: Settings) -> Path:
     """The directory under which each API process of this deployment (topic prefix) makes its
     own spill store."""
     return settings.cache_dir / "api" / (settings.topic_prefix.strip(".") or "default")
+
+
+class _Assembly:
+    """One API process's parts for its roles, started in the order they depend on each other.
+
+    Each part's stop goes on ``exits`` before the part starts, so a start that fails halfway and
+    ``ApiServer.close`` both stop what was started, in reverse: the socket first (open streams
+    end, handlers finish), then the readers and the heartbeats (the last beat goes out through a
+    producer still running), the job view's feed, the deliveries, the producers after everything
+    that writes through them, the spill store after the feed that writes into it, and the video
+    store after the copier and the handlers that use it."""
+
+    def __init__(self, settings: Settings, setup: ProviderSetup, roles: frozenset[str],
+                 exits: contextlib.AsyncExitStack) -> None:
+        self.settings, self.setup, self.roles, self.exits = settings, setup, roles, exits
+        self.names = TopicNames(settings)
+        self.limits = {n: spec.concurrency_limit for n, spec in setup.routing.providers.items()}
+        self.layout = self.names.layout(self.limits)
+        self.idempotency = IdempotencyCache()
+        self.intake: KafkaSender | None = None
+        self.producer: KafkaSender | None = None
+        self.producers: tuple[KafkaSender, ...] = ()
+        self.store: Any = None
+        self.board: QueueBoard | None = None
+        self.view: JobView | None = None
+        self.feed: NotificationFeed | None = None
+        self.outgoing: Any = None
+        self.push: Any = None
+        self.copier: Any = None
+        self.backlog: BacklogMonitor | None = None
+        self.beacon: InstanceBeacon | None = None
+        self.ended: EndedJobs | None = None
+        self.keyed: KeyedRequests | None = None
+
+    @property
+    def ingress(self) -> bool:
+        return "ingress" in self.roles
+
+    async def create_topics(self) -> None:
+        # confluent's admin client blocks; keep the loop free while topics are created.
+        await asyncio.to_thread(ensure_topics, self.settings.kafka_bootstrap, self.layout,
+                                self.settings.replication_factor)
+
+    def make_producers(self) -> None:
+        """Every role writes: ingress requests, read cancels (events), bridge webhooks. The
+        ingress has a producer of its own that lingers longer (more requests per batch, fewer
+        wake-ups of librdkafka's threads and of the loop per 202); the bridge's must not wait (its
+        releases hand provider slots over)."""
+        bootstrap = self.settings.kafka_bootstrap
+        assert bootstrap is not None  # serve checked it
+        if self.ingress:
+            self.intake = KafkaSender(bootstrap, client_id="floodgate-api-ingress", linger_ms=INGRESS_LINGER_MS,
+                                      poll_seconds=INGRESS_POLL_SECONDS)
+        if self.intake is not None and self.roles == {"ingress"}:
+            self.producer = self.intake  # nothing else writes
+        else:
+            self.producer = KafkaSender(bootstrap, linger_ms=BRIDGE_LINGER_MS)
+        self.producers = (self.producer,) if self.intake in (None, self.producer) else (self.intake, self.producer)
+
+    async def open_store(self, given: Any, video_copier: bool) -> None:
+        """The video store: ``given`` (tests), else the settings' one where the read role serves
+        videos or the copier fills it."""
+        self.store = given
+        if self.store is None and ("read" in self.roles or video_copier):
+            self.store = build_store(self.settings)
+        if self.store is not None:
+            self.exits.push_async_callback(self.store.close)
+
+    async def open_view(self, max_jobs: int) -> None:
+        """The read role's job view, its spill store and its queue board; the feed that fills
+        them is made here and started by ``start_feed``, once the producers run."""
+        if "read" not in self.roles:
+            return
+        settings, routing = self.settings, self.setup.routing
+        spill = await asyncio.to_thread(SpillStore.private, spill_dir(settings))
+        self.exits.push_async_callback(asyncio.to_thread, spill.close)  # waits for a write the feed left running
+        weights = settings.tenant_weight_map
+        self.board = QueueBoard(self.limits, weight_of=lambda tenant: weights.get(tenant, 1.0),
+                                configured_render=self.setup.render_times,
+                                route=lambda model: first_provider(routing, model, datetime.now(UTC)))
+        self.view = JobView(max_jobs, spill, board=self.board)
+        names = self.names
+        slot_logs = {names.slot_log(p): self.layout[names.slot_log(p)][0] for p in self.limits}
+        assert settings.kafka_bootstrap is not None
+        self.feed = NotificationFeed(settings.kafka_bootstrap, names.notifications,
+                                     self.layout[names.notifications][0], self.view, slot_logs=slot_logs,
+                                     fetch_max_wait_ms=settings.fetch_max_wait_ms)
+
+    async def start_producers(self) -> None:
+        for producer in self.producers:
+            self.exits.push_async_callback(producer.stop)
+            await producer.start()
+
+    async def start_deliveries(self, outgoing_webhooks: bool, video_copier: bool) -> None:
+        """The signed outgoing webhooks and, where FCM or APNs is configured, push beside them;
+        the video copier. Each reads ``results`` in a consumer group of its own."""
+        settings = self.settings
+        if outgoing_webhooks:
+            from floodgate.notify.outgoing import OutgoingWebhooks
+
+            self.outgoing = OutgoingWebhooks(settings)
+            self.exits.push_async_callback(self.outgoing.stop)
+            await self.outgoing.start()
+            if settings.push_platforms:
+                from floodgate.notify.push import PushDeliveries
+
+                self.push = PushDeliveries(settings)
+                self.exits.push_async_callback(self.push.stop)
+                await self.push.start()
+        if video_copier and self.store is not None:
+            from floodgate.videos.copier import VideoCopier
+
+            self.copier = VideoCopier(settings, self.store)
+            self.exits.push_async_callback(self.copier.stop)
+            await self.copier.start()
+
+    async def start_feed(self, ready_timeout: float) -> None:
+        if self.feed is None or self.view is None:
+            return
+        self.exits.push_async_callback(self.feed.stop)
+        await self.feed.start()
+        try:
+            await asyncio.wait_for(self.view.ready.wait(), ready_timeout)
+        except TimeoutError:
+            log.warning("job view not caught up after %.0fs; serving anyway (/healthz says starting)", ready_timeout)
+
+    async def start_admission(self) -> None:
+        """What the ingress's admission reads: the backlog guard's monitor (when a bound is set;
+        after the view has caught up), the heartbeats of quotas shared across processes, the ends
+        of its own jobs (queued-jobs quotas without a view) and the keyed requests of every
+        process (Idempotency-Key checks without a view)."""
+        if not self.ingress:
+            return
+        settings, names, layout, view = self.settings, self.names, self.layout, self.view
+        bootstrap = settings.kafka_bootstrap
+        assert bootstrap is not None and self.producer is not None
+        self.backlog = await start_monitor(settings, names, self.limits, {t: parts for t, (parts, _) in layout.items()},
+                                           view.open_jobs if view is not None else None, routing=self.setup.routing,
+                                           queued_at=self.board.queued_at if self.board is not None else None)
+        if self.backlog is not None:
+            self.exits.push_async_callback(self.backlog.stop)
+        quotas = settings.quota_table
+        # Without a view, the queued-jobs quota counts this process's own jobs until their results.
+        own_queued = view is None and quotas.limits_queued
+        if settings.quota_scope == "cluster" and (quotas.limits_rate or own_queued):
+            # Quotas shared with the other API processes taking requests: counted before the first
+            # request, so a process that starts into a running cluster takes its share at once.
+            self.beacon = InstanceBeacon(bootstrap, names.instances, self.producer, settings.instance_heartbeat)
+            self.exits.push_async_callback(self.beacon.stop)
+            await self.beacon.start()
+        if own_queued:  # reading from the end of results before the first job is accepted
+            self.ended = EndedJobs(bootstrap, names.results, layout[names.results][0], JobsByTenant())
+            self.exits.push_async_callback(self.ended.stop)
+            await self.ended.start()
+        if view is None:
+            self.keyed = KeyedRequests(bootstrap, names.requests, layout[names.requests][0], self.idempotency)
+            self.exits.push_async_callback(self.keyed.stop)
+            await self.keyed.start()
+
+    async def listen(self, host: str, port: int, app_options: dict[str, Any]) -> int:
+        """Serve on ``host:port``; the port bound (port 0 picks a free one)."""
+        app = build_app(self.settings, self.setup, roles=self.roles, producer=self.producer, view=self.view,
+                        video_store=self.store, backlog=self.backlog, intake=self.intake,
+                        roster=self.beacon.roster if self.beacon is not None else None,
+                        own_jobs=self.ended.jobs if self.ended is not None else None,
+                        idempotency=self.idempotency, **app_options)
+        runner = web.AppRunner(app, access_log=None, handle_signals=False, shutdown_timeout=5.0)
+        # Runs on_shutdown (open streams end) and waits for handlers; closes the listening socket.
+        self.exits.push_async_callback(runner.cleanup)
+        await runner.setup()
+        sock = bind_socket(host, port)
+        try:
+            await web.SockSite(runner, sock).start()
+        except BaseException:
+            sock.close()
+            raise
+        bound: int = sock.getsockname()[1]
+        return bound
 
 
 async def serve(settings: Settings, *, host: str | None = None, port: int | None = None,
@@ -173,135 +321,23 @@ async def serve(settings: Settings, *, host: str | None = None, port: int | None
     setup = setup or provider_config.load(settings)
     host = settings.api_host if host is None else host
     port = settings.api_port if port is None else port
-    names = TopicNames(settings)
-    limits = {n: spec.concurrency_limit for n, spec in setup.routing.providers.items()}
-    # confluent's admin client blocks; keep the loop free while topics are created.
-    layout = names.layout(limits)
-    await asyncio.to_thread(ensure_topics, settings.kafka_bootstrap, layout, settings.replication_factor)
-
-    # Every role writes: ingress requests, read cancels (events), bridge webhooks. The ingress
-    # has a producer of its own that lingers longer (more requests per batch, fewer wake-ups of
-    # librdkafka's threads and of the loop per 202); the bridge's must not wait (its releases
-    # hand provider slots over).
-    intake = (KafkaSender(settings.kafka_bootstrap, client_id="floodgate-api-ingress", linger_ms=INGRESS_LINGER_MS,
-                          poll_seconds=INGRESS_POLL_SECONDS)
-              if "ingress" in chosen else None)
-    producer = intake if intake is not None and chosen == {"ingress"} else KafkaSender(
-        settings.kafka_bootstrap, linger_ms=BRIDGE_LINGER_MS)
-    producers = [producer] if intake is None or intake is producer else [intake, producer]
-    spill: SpillStore | None = None
-    board: QueueBoard | None = None
-    view: JobView | None = None
-    feed: NotificationFeed | None = None
-    runner: web.AppRunner | None = None
-    sock: socket.socket | None = None
-    outgoing = None
-    push = None
-    copier = None
-    store = video_store
-    backlog: BacklogMonitor | None = None
-    beacon: InstanceBeacon | None = None
-    ended: EndedJobs | None = None
-    keyed: KeyedRequests | None = None
-    idempotency = IdempotencyCache()
-    if store is None and ("read" in chosen or video_copier):
-        store = build_store(settings)
-    try:
-        if "read" in chosen:
-            spill = await asyncio.to_thread(SpillStore.private, spill_dir(settings))
-            weights = settings.tenant_weight_map
-            routing = setup.routing
-            board = QueueBoard(limits, weight_of=lambda tenant: weights.get(tenant, 1.0),
-                               configured_render=setup.render_times,
-                               route=lambda model: first_provider(routing, model, datetime.now(UTC)))
-            view = JobView(view_max_jobs, spill, board=board)
-            slot_logs = {names.slot_log(p): layout[names.slot_log(p)][0] for p in limits}
-            feed = NotificationFeed(settings.kafka_bootstrap, names.notifications,
-                                    layout[names.notifications][0], view, slot_logs=slot_logs,
-                                    fetch_max_wait_ms=settings.fetch_max_wait_ms)
-        if outgoing_webhooks:
-            from floodgate.notify.outgoing import OutgoingWebhooks
-
-            outgoing = OutgoingWebhooks(settings)
-            await outgoing.start()
-            if settings.push_platforms:  # push runs beside the webhooks, where push is configured
-                from floodgate.notify.push import PushDeliveries
-
-                push = PushDeliveries(settings)
-                await push.start()
-        if video_copier and store is not None:
-            from floodgate.videos.copier import VideoCopier
-
-            copier = VideoCopier(settings, store)
-            await copier.start()
-        for started in producers:
-            await started.start()
-        if feed is not None and view is not None:
-            await feed.start()
-            try:
-                await asyncio.wait_for(view.ready.wait(), ready_timeout)
-            except TimeoutError:
-                log.warning("job view not caught up after %.0fs; serving anyway (/healthz says starting)",
-                            ready_timeout)
-        if "ingress" in chosen:  # the backlog guard, when a bound is set; after the view has caught up
-            backlog = await start_monitor(settings, names, limits, {t: parts for t, (parts, _) in layout.items()},
-                                          view.open_jobs if view is not None else None, routing=setup.routing,
-                                          queued_at=board.queued_at if board is not None else None)
-        quotas = settings.quota_table
-        # Without a view, the queued-jobs quota counts this process's own jobs until their results.
-        own_queued = "ingress" in chosen and view is None and quotas.limits_queued
-        if "ingress" in chosen and settings.quota_scope == "cluster" and (quotas.limits_rate or own_queued):
-            # Quotas shared with the other API processes taking requests: counted before the first
-            # request, so a process that starts into a running cluster takes its share at once.
-            beacon = InstanceBeacon(settings.kafka_bootstrap, names.instances, producer, settings.instance_heartbeat)
-            await beacon.start()
-        if own_queued:  # reading from the end of results before the first job is accepted
-            ended = EndedJobs(settings.kafka_bootstrap, names.results, layout[names.results][0], JobsByTenant())
-            await ended.start()
-        if "ingress" in chosen and view is None:  # Idempotency-Key checks across processes, without a view
-            keyed = KeyedRequests(settings.kafka_bootstrap, names.requests, layout[names.requests][0], idempotency)
-            await keyed.start()
-        app = build_app(settings, setup, roles=chosen, producer=producer, view=view, video_store=store,
-                        backlog=backlog, intake=intake, roster=beacon.roster if beacon is not None else None,
-                        own_jobs=ended.jobs if ended is not None else None, idempotency=idempotency, **app_options)
-        runner = web.AppRunner(app, access_log=None, handle_signals=False, shutdown_timeout=5.0)
-        await runner.setup()
-        sock = bind_socket(host, port)
-        bound = sock.getsockname()[1]
-        await web.SockSite(runner, sock).start()
-        sock = None  # the site owns it now
-    except BaseException:
-        if sock is not None:
-            sock.close()
-        if runner is not None:
-            await runner.cleanup()
-        if beacon is not None:
-            await beacon.stop()
-        if ended is not None:
-            await ended.stop()
-        if keyed is not None:
-            await keyed.stop()
-        if backlog is not None:
-            await backlog.stop()
-        if feed is not None:
-            await feed.stop()
-        for made in producers:
-            await made.stop()
-        if outgoing is not None:
-            await outgoing.stop()
-        if push is not None:
-            await push.stop()
-        if copier is not None:
-            await copier.stop()
-        if spill is not None:
-            await asyncio.to_thread(spill.close)
-        raise
-    shown = f"[{host}]" if ":" in host else host
-    for channel in (outgoing, push):  # where this API serves the videos the results link to
+    async with contextlib.AsyncExitStack() as exits:
+        parts = _Assembly(settings, setup, chosen, exits)
+        await parts.create_topics()
+        parts.make_producers()
+        await parts.open_store(video_store, video_copier)
+        await parts.open_view(view_max_jobs)
+        await parts.start_deliveries(outgoing_webhooks, video_copier)
+        await parts.start_producers()
+        await parts.start_feed(ready_timeout)
+        await parts.start_admission()
+        bound = await parts.listen(host, port, app_options)
+        # Started: from here the server's close unwinds what the stack holds.
+        server = ApiServer(f"http://{f'[{host}]' if ':' in host else host}:{bound}", parts, exits.pop_all())
+    for channel in (parts.outgoing, parts.push):  # where this API serves the videos the results link to
         if channel is not None and not channel.link_base and host not in ("", "0.0.0.0", "::"):
-            channel.link_base = f"http://{shown}:{bound}"
-    return ApiServer(f"http://{shown}:{bound}", runner, producers, feed, view, outgoing, spill, push, copier, store,
-                     backlog, beacon, ended, keyed)
+            channel.link_base = server.url
+    return server
 
 
 async def _main(settings: Settings, host: str | None, port: int | None, roles: Iterable[str] | str | None,
