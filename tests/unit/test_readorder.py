@@ -13,10 +13,10 @@ def topic(name: str) -> str:
     return f"fg.{name}"
 
 
-def test_a_worker_ranks_releases_then_progress_then_orders_and_nothing_else() -> None:
+def test_a_worker_ranks_progress_then_releases_then_orders_and_nothing_else() -> None:
     order = ReadOrder.for_worker(topic)
-    assert order.rank("fg.release.kling") == 0
-    assert order.rank("fg.webhooks") == order.rank("fg.events") == 1
+    assert order.rank("fg.webhooks") == order.rank("fg.events") == 0
+    assert order.rank("fg.release.kling") == 1
     assert order.rank("fg.dispatch.wan") == 2
     for other in ("fg.requests", "fg.results", "fg.releases", "release.kling", "fg.webhooks2",
                   "floodgate-inflight-kling-changelog"):
@@ -29,8 +29,8 @@ def test_arrange_puts_ranked_partitions_first_and_keeps_each_ranks_fetched_order
         TP("fg.requests", 1), TP("fg.events", 1), TP("fg.webhooks", 0), TP("fg.release.wan", 0)])
     ReadOrder.for_worker(topic).arrange(fetched)
     assert list(fetched) == [
-        TP("fg.release.kling", 0), TP("fg.release.wan", 0),
         TP("fg.webhooks", 1), TP("fg.events", 1), TP("fg.webhooks", 0),
+        TP("fg.release.kling", 0), TP("fg.release.wan", 0),
         TP("fg.dispatch.kling", 0),
         TP("fg.requests", 0), TP("fg.requests", 1)]
     assert fetched[TP("fg.webhooks", 0)] == f"records of {TP('fg.webhooks', 0)}"  # values travel with keys
