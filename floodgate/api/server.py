@@ -125,10 +125,10 @@ class _Assembly:
 
     Each part's stop goes on ``exits`` before the part starts, so a start that fails halfway and
     ``ApiServer.close`` both stop what was started, in reverse: the socket first (open streams
-    end, handlers finish), then the readers and the heartbeats (the last beat goes out through a
-    producer still running), the job view's feed, the deliveries, the producers after everything
-    that writes through them, the spill store after the feed that writes into it, and the video
-    store after the copier and the handlers that use it."""
+    end, handlers finish), then the admission's readers and the heartbeats (the last beat goes out
+    through a producer still running), the job view's feed, the producers after everything that
+    writes through them, the deliveries (Kafka clients of their own), the spill store after the
+    feed that writes into it, and the video store after the copier and the handlers that use it."""
 
     def __init__(self, settings: Settings, setup: ProviderSetup, roles: frozenset[str],
                  exits: contextlib.AsyncExitStack) -> None:
@@ -177,7 +177,7 @@ class _Assembly:
             self.producer = KafkaSender(bootstrap, linger_ms=BRIDGE_LINGER_MS)
         self.producers = (self.producer,) if self.intake in (None, self.producer) else (self.intake, self.producer)
 
-    async def open_store(self, given: Any, video_copier: bool) -> None:
+    def open_store(self, given: Any, video_copier: bool) -> None:
         """The video store: ``given`` (tests), else the settings' one where the read role serves
         videos or the copier fills it."""
         self.store = given
@@ -325,7 +325,7 @@ async def serve(settings: Settings, *, host: str | None = None, port: int | None
         parts = _Assembly(settings, setup, chosen, exits)
         await parts.create_topics()
         parts.make_producers()
-        await parts.open_store(video_store, video_copier)
+        parts.open_store(video_store, video_copier)
         await parts.open_view(view_max_jobs)
         await parts.start_deliveries(outgoing_webhooks, video_copier)
         await parts.start_producers()
