@@ -29,6 +29,16 @@ A timer polls the provider for jobs that have been quiet for ``poll_after`` seco
 webhooks), re-dispatches jobs whose submission never completed (a crash mid-call), and fails jobs
 older than ``job_timeout``.
 
+**The provider's own queue.** A provider may keep a job it accepted waiting in a queue of its own
+and say nothing until the job ends: fal counts only running jobs against its limit and queues the
+rest for its runners (such a job holds one of our slots all the same). For a connector whose status
+tells the place (``queue_positions``), a second timer (every ``provider_queue_poll`` seconds) asks
+for the status of each job the provider answered ``queued``: a ``submitted`` event with
+``queue_position`` when its place changed, the poll's ``running`` once it starts (or its end), and
+then the job is no longer followed. Each change of place costs two records (the event and the job's
+state change), and only at such a provider. The followed set lives in memory only: after a restart
+the ``poll_after`` poll finds such jobs again.
+
 **Cancelled jobs.** A user cancel is a ``cancelled`` event; the jobs agent makes the job terminal
 and sends the release (status ``cancelled``) to its provider's release topic, i.e. to the
 partition that holds the job's slot or order. Where the job is at that moment decides:
@@ -69,7 +79,7 @@ from typing import Any, cast
 import faust
 from faust.types import TP
 
-from connectors.providers.base import SubmitOrder, SubmitResult
+from connectors.providers.base import ProviderStatus, SubmitOrder, SubmitResult
 from floodgate import codec
 from floodgate.dispatch import ENDED, Order, Slot, parse_slot_key, slot_key
 from floodgate.errors import FloodgateError, ProviderUnavailable
@@ -87,6 +97,10 @@ from streams.slotwriter import SlotWriter, writes_alone
 log = logging.getLogger(__name__)
 
 DEFAULT_POLICY = SubmitPolicy()
+QUEUE_CALLS = 8
+"""Status calls at once while following jobs in a provider's own queue."""
+POLL_KINDS = {"running": "running", "completed": "completed", "failed": "failed", "cancelled": "cancelled"}
+"""A provider status's state → the event kind a poll records (``running`` with progress: ``progress``)."""
 
 
 class Dispatcher:
@@ -119,6 +133,11 @@ class Dispatcher:
         """Dispatch partitions paused because the worker's read-ahead window is full (see ``hold``)."""
         self.limit_generation: int | None = None
         """The consumer generation this worker's share of the limit was last published for."""
+        self.follows_queue = bool(getattr(self.connector, "queue_positions", False)) and \
+            self.settings.provider_queue_poll > 0
+        """Whether jobs waiting in the provider's own queue are followed (see the module docstring)."""
+        self.queue_watch: dict[bytes, tuple[int, int] | None] = {}
+        """Slot key → (attempt, place) last told of a job in the provider's queue (None: none yet)."""
 
     @property
     def orders_topic(self) -> str:
@@ -138,6 +157,8 @@ class Dispatcher:
         app.timer(interval=self.settings.line_report_interval, name=f"wake-{self.name}")(self.wake)
         poll_every = max(1.0, min(10.0, self.settings.poll_after / 3))
         app.timer(interval=poll_every, name=f"poll-{self.name}")(self.poll)
+        if self.follows_queue:
+            app.timer(interval=self.settings.provider_queue_poll, name=f"queue-{self.name}")(self.follow_queue)
         app.on_partitions_revoked.connect(self._revoked)  # type: ignore[arg-type]  # mode cannot type this signal
         app.on_before_shutdown.connect(self._stop)
         return self.lane
@@ -539,6 +560,8 @@ class Dispatcher:
         # The slot's second record is the job's submission: the poller and cancels find the
         # provider job by it, and the API's job view reads it (no event, no jobs-table write).
         lane.slots.put_in(partition, key, slot.submitted(result.provider_job_id))
+        if self.follows_queue and result.state == "queued":
+            self.queue_watch[key] = None
 
     async def _call_provider(self, order: Order, key: bytes, partition: int, request: SubmitOrder,
                              has_fallback: bool) -> SubmitResult | None:
@@ -715,21 +738,61 @@ class Dispatcher:
             await self.event(job_id, "failed", slot.attempt,
                              error=f"no result from {self.name} after {settings.job_timeout:.0f}s")
             return
-        if age < settings.poll_after:
-            return
+        if age < settings.poll_after or key in self.queue_watch:
+            return  # (a job in the provider's queue is asked about more often: follow_queue)
         if not slot.provider_job_id:
             # The submission never finished (the worker died mid-call): dispatch it again; the
             # provider's idempotency key makes the second call return the first job.
             await self.emit.send(self.names.dispatch(self.name), "DispatchOrder", job_id, slot.order.to_record())
             return
+        await self.look(key, slot, now)
+
+    async def follow_queue(self) -> None:
+        """Where each job waiting in the provider's own queue stands now: one status call per job
+        (``QUEUE_CALLS`` at once), told by ``tell``."""
+        lane, now = self.lane, time.time()
+        due = []
+        for key in list(self.queue_watch):
+            slot = lane.slots.get(key)
+            if slot is None or not slot.provider_job_id or parse_slot_key(key)[0] not in lane.generations:
+                del self.queue_watch[key]  # ended, moved on, or no longer this worker's partition
+            elif key not in lane.submitting and key not in lane.cancelling:
+                due.append((key, slot))
+        for start in range(0, len(due), QUEUE_CALLS):
+            await asyncio.gather(*(self.look(key, slot, now) for key, slot in due[start:start + QUEUE_CALLS]))
+
+    async def look(self, key: bytes, slot: Slot, now: float) -> None:
+        """Ask the provider how the slot's job stands and tell what it says (a failed call is
+        only logged: the next tick asks again)."""
+        assert slot.provider_job_id is not None
         try:
             status = await self.connector.status(self.pipe.session(), slot.provider_job_id)
+            self.metrics.polls.labels(self.name).inc()
+            await self.tell(key, slot, status, now)
         except FloodgateError as exc:
-            log.info("status poll of %s at %s failed: %s", job_id, self.name, exc)
+            log.info("status poll of %s at %s failed: %s", parse_slot_key(key)[1], self.name, exc)
+        except Exception:  # a timer's chore must not die
+            log.exception("status poll of %s at %s failed", parse_slot_key(key)[1], self.name)
+
+    async def tell(self, key: bytes, slot: Slot, status: ProviderStatus, now: float) -> None:
+        """What a status call found, as an event. A job waiting in the provider's own queue (with
+        a place, from a connector with ``queue_positions``) is followed: a ``submitted`` event when
+        its place changed; past the queue, the poll's event for what it found, and no more."""
+        _, job_id = parse_slot_key(key)
+        place = status.queue_position
+        if status.state == "queued":
+            if place is None or not self.follows_queue:
+                return
+            told = self.queue_watch.get(key)
+            self.queue_watch[key] = (slot.attempt, place)
+            if told != (slot.attempt, place):
+                await self.event(job_id, "submitted", slot.attempt, provider_job_id=slot.provider_job_id,
+                                 queue_position=place, suffix=f":q{place}:{int(now * 1000)}")
             return
-        self.metrics.polls.labels(self.name).inc()
-        kind = {"running": "progress" if status.progress else "running", "completed": "completed",
-                "failed": "failed", "cancelled": "cancelled"}.get(status.state)
+        self.queue_watch.pop(key, None)
+        kind = POLL_KINDS.get(status.state)
+        if kind == "running" and status.progress:
+            kind = "progress"
         if kind:
             await self.event(job_id, kind, slot.attempt, provider_job_id=slot.provider_job_id,
                              progress=status.progress, video_url=status.video_url, error=status.error,

@@ -92,6 +92,7 @@ def webhook_body(n: Notification) -> bytes:
             "serving_model": n.serving_model or n.model or None,
             "route_note": n.route_note,
             "queue_position": None,
+            "provider_queue_position": None,
             "eta_seconds": None,
             "eta_ready_seconds": None,
         },

@@ -108,6 +108,10 @@ class VideoProvider(Protocol):
     """
 
     name: str
+    # Optional: ``queue_positions = True`` on a connector whose ``status`` reports the job's place
+    # in the provider's own queue (``ProviderStatus.queue_position``) and whose provider sends no
+    # webhook while a job waits or starts (fal). The dispatcher then follows each job that waits
+    # there (``FLOODGATE_PROVIDER_QUEUE_POLL``) and the job shows its place and when it starts.
 
     async def submit(self, session: aiohttp.ClientSession, order: SubmitOrder) -> SubmitResult:
         """Create the job. Safe to repeat with the same ``order.idempotency_key``."""

@@ -425,6 +425,12 @@ _SCHEMAS: dict[str, Any] = {
                                "description": "Waiting jobs the provider serves before this one (0: next); null "
                                               "once the job has left the line. An estimate by the line's own "
                                               "rule: priority, then each tenant's fair share."},
+            "provider_queue_position": {"type": ["integer", "null"], "minimum": 0,
+                                        "description": "Jobs ahead of this one in the provider's own queue, "
+                                                       "once submitted and while the provider keeps it waiting "
+                                                       "(providers that report it: fal); null otherwise and once "
+                                                       "it runs. Checked every FLOODGATE_PROVIDER_QUEUE_POLL "
+                                                       "seconds."},
             "eta_seconds": {"type": ["number", "null"], "minimum": 0,
                             "description": "Estimated seconds until the provider starts the job (queued jobs; "
                                            "null when not known yet)."},

@@ -43,6 +43,7 @@ def job_resource(snapshot: Snapshot, video_url: str | None = None, standing: Sta
         "serving_model": snapshot.get("serving_model") or snapshot.get("model") or None,
         "route_note": snapshot.get("route_note"),
         "queue_position": standing.queue_position,
+        "provider_queue_position": snapshot.get("provider_queue_position"),
         "eta_seconds": standing.eta_seconds,
         "eta_ready_seconds": standing.eta_ready_seconds,
     }

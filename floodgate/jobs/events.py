@@ -2,7 +2,8 @@
 
 Three inputs speak about a job: a request (it is ``queued``), a provider webhook (``running``,
 ``progress``, ``completed``, ...) and the ``events`` topic (the submitter's ``rerouted``,
-``failed``, ``expired``; a user's ``cancelled``; a poll's findings). A submission is not among
+``failed``, ``expired``; a user's ``cancelled``; a poll's findings, among them a job's place in
+its provider's own queue). A submission is not among
 them: it is recorded in the job's slot, where the API's job view reads it
 (``floodgate.api.view``); ``submitted`` events written by earlier versions still apply.
 """
@@ -16,7 +17,7 @@ from floodgate.jobs.state import JobEvent, JobState
 from floodgate.push import target_of_request
 
 _EVENT_FIELDS = ("provider", "provider_job_id", "progress", "video_url", "error", "tenant", "user_id", "model",
-                 "webhook_url")
+                 "webhook_url", "queue_position")
 
 WEBHOOK_KINDS: Mapping[str, str | None] = {
     "queued": None, "running": "running", "completed": "completed", "failed": "failed", "cancelled": "cancelled"}

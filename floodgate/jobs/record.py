@@ -72,6 +72,7 @@ def snapshot(state: JobState) -> dict[str, Any]:
         "request_hash": state.request_hash,
         "serving_model": state.serving_model,
         "route_note": state.route_note,
+        "provider_queue_position": state.provider_queue_position,
     }
 
 
@@ -120,4 +121,5 @@ def _snapshot_of(s: Any) -> dict[str, Any] | None:
         "request_hash": s.get("request_hash"),
         "serving_model": s.get("serving_model"),
         "route_note": s.get("route_note"),
+        "provider_queue_position": s.get("provider_queue_position"),
     }

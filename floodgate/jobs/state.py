@@ -92,6 +92,9 @@ class JobEvent:
     deadline_at: float | None = None
     """Epoch seconds past which the job, still waiting, expires."""
     request_hash: str | None = None
+    queue_position: int | None = None
+    """Jobs ahead of this one in its provider's own queue, as a status poll found it at ``at``
+    (on ``submitted`` events: the provider accepted the job and keeps it waiting)."""
 
     def __post_init__(self) -> None:
         problems = _event_problems(self)
@@ -115,6 +118,8 @@ def _event_problems(e: JobEvent) -> list[Problem]:
         problems.append(Problem("attempt", "must be an integer >= 0"))
     if e.progress is not None and not 0.0 <= e.progress <= 1.0:
         problems.append(Problem("progress", "must be between 0 and 1"))
+    if e.queue_position is not None and _count(e.queue_position):
+        problems.append(Problem("queue_position", "must be an integer >= 0"))
     if e.kind == "rerouted" and not e.provider:
         problems.append(Problem("provider", "a rerouted event must name the new provider"))
     if e.kind == "rerouted" and attempt_ok and e.attempt < 1:
@@ -154,6 +159,12 @@ class JobState:
     """The model serving the job when not the one asked for (it spilled to an equivalent)."""
     route_note: str | None = None
     """Why the job's current attempt is where it is (a fallback's or a spill's reason)."""
+    provider_queue_position: int | None = None
+    """Jobs ahead of this one in its provider's own queue while it waits there, submitted (only
+    providers that say so, fal); None otherwise, and from the moment it runs."""
+    provider_queue_at: float | None = None
+    """When the provider said so (epoch seconds): the newest word wins, whatever the order the
+    words arrive in."""
     recent_events: tuple[str, ...] = ()
     version: int = 0
 
@@ -178,7 +189,7 @@ class JobState:
         for name in ("priority", "deadline_at"):
             if out[name] is None:
                 del out[name]  # likewise
-        for name in ("request_hash", "serving_model", "route_note"):
+        for name in ("request_hash", "serving_model", "route_note", "provider_queue_position", "provider_queue_at"):
             if out[name] is None:
                 del out[name]
         return out
@@ -249,6 +260,10 @@ def _optional_time(value: Any) -> str | None:
     return None if value is None or _finite(value) else "must be a finite number or null"
 
 
+def _optional_count(value: Any) -> str | None:
+    return None if value is None else _count(value)
+
+
 def _progress(value: Any) -> str | None:
     if not _finite(value):
         return "must be a finite number"
@@ -267,6 +282,7 @@ def _strings(value: Any) -> str | None:
 
 _CHECKS: Mapping[str, Callable[[Any], str | None]] = MappingProxyType({
     "job_id": _job_id, "status": _status, "attempt": _count, "version": _count, "deadline_at": _optional_time,
+    "provider_queue_position": _optional_count, "provider_queue_at": _optional_time,
     "progress": _progress, "created_at": _time, "updated_at": _time, "metadata": _metadata,
     "recent_events": _strings, **{name: _optional_str for name in _OPTIONAL_STR}})
 
@@ -362,6 +378,8 @@ def _merge_attempt(s: JobState, event: JobEvent) -> tuple[JobState, str]:
             progress=0.0,
             video_url=None,
             error=None,
+            provider_queue_position=None,
+            provider_queue_at=None,
         )
         if event.kind == "rerouted":
             s = dataclasses.replace(s, serving_model=event.model or s.serving_model, route_note=event.error)
@@ -374,6 +392,7 @@ def _merge_attempt(s: JobState, event: JobEvent) -> tuple[JobState, str]:
         reason = ""
     s = _merge_facts(s, event)
     s, why = _advance(s, event)
+    s = _queue_place(s, event)
     return s, "; ".join(r for r in (reason, why) if r)
 
 
@@ -396,6 +415,23 @@ def _merge_facts(state: JobState, event: JobEvent) -> JobState:
     if event.progress is not None and event.progress > state.progress:
         changes["progress"] = event.progress
     return dataclasses.replace(state, **changes) if changes else state
+
+
+def _queue_place(state: JobState, event: JobEvent) -> JobState:
+    """The job's place in its provider's own queue: the word with the latest ``at`` (a queue
+    position may grow as well as shrink: fal puts requests over its limit back in line), gone
+    once the job runs or ends. Either way the result does not depend on the order of events."""
+    if _RANK[state.status] >= _RANK[JobStatus.RUNNING]:
+        if state.provider_queue_position is None and state.provider_queue_at is None:
+            return state
+        return dataclasses.replace(state, provider_queue_position=None, provider_queue_at=None)
+    position = event.queue_position
+    if position is None:
+        return state
+    held, at = state.provider_queue_position, state.provider_queue_at
+    if at is not None and held is not None and (event.at, -position) <= (at, -held):
+        return state  # older news (or the same instant's larger place): kept as it is
+    return dataclasses.replace(state, provider_queue_position=position, provider_queue_at=event.at)
 
 
 def _advance(state: JobState, event: JobEvent) -> tuple[JobState, str]:

@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from playwright.sync_api import Browser, ConsoleMessage, FilePayload, Page, ViewportSize, expect
+from playwright.sync_api import Browser, ConsoleMessage, FilePayload, Page, Route, ViewportSize, expect
 
 from floodgate.devstack import Stack
 
@@ -151,6 +151,39 @@ def test_without_websockets_the_page_streams_and_without_streams_it_polls(browse
     finally:
         for page in pages.values():
             page.context.close()
+
+
+def test_a_job_held_in_the_providers_own_queue_shows_its_place(browser: Browser, stack: Stack) -> None:
+    """The page shows the place a provider with a queue of its own gives (fal), as the API says it.
+    This stack's providers keep no queue, so the API's answers are rewritten on their way to the
+    page (a fal stand-in shows the field for real: tests/e2e/test_real_providers.py)."""
+    context = browser.new_context(viewport=PHONE)
+    page = context.new_page()
+    page.set_default_timeout(20_000)
+    page.route_web_socket(re.compile(r".*/v1/stream$"), lambda ws: ws.close())
+    page.route(re.compile(r".*/events\?token=.*"), lambda route: route.abort())  # the page polls
+
+    def held_at_fal(route: Route) -> None:
+        if route.request.method != "GET":
+            route.continue_()
+            return
+        answer = route.fetch()
+        job = answer.json()
+        if job.get("status") in ("queued", "submitted", "running"):
+            job.update(status="submitted", provider="fal", queue_position=None, eta_seconds=None,
+                       provider_queue_position=2)
+        route.fulfill(response=answer, json=job)
+
+    page.route(re.compile(r".*/v1/jobs/[^/?]+(\?.*)?$"), held_at_fal)
+    try:
+        page.goto(f"{stack.api_url}/")
+        job_id = generate(page, "wan-2.6", "lanterns on the river, waiting at fal")
+        card = page.locator(f'li.job[data-job-id="{job_id}"]')
+        expect(card.locator(".job-where")).to_have_text("In fal's own queue: 2 ahead")
+        card.locator(".cancel").click()  # (wan renders for a minute here: its slot is given back)
+        expect(card).to_have_attribute("data-status", "cancelled")
+    finally:
+        context.close()
 
 
 def tiny_png() -> bytes:

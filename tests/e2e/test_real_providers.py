@@ -4,7 +4,9 @@ stale signature is refused at the bridge (an unsigned callback is not believed w
 call), cancel reaches the provider, 429s are retried and an outage moves jobs to the fallback.
 
 One stack serves every provider: the simulator plays each one (limit 2, while Floodgate's
-routing file allows 6, so 429s happen) plus ``wan``, the fallback in the simulator's own dialect.
+routing file allows 6, so 429s happen) plus ``wan``, the fallback in the simulator's own dialect,
+and ``falq``, fal with one runner and a queue of its own (fal's limit counts running jobs only),
+where a submitted job shows its place in fal's queue as it moves up.
 """
 from __future__ import annotations
 
@@ -34,6 +36,7 @@ pytestmark = pytest.mark.kafka
 
 CALLBACK_SECRET = "e2e-callback-secret-0123456789"
 SIM_LIMIT, OUR_LIMIT = 2, 6
+FALQ_JOBS = 4  # falq renders one at a time and queues the rest: places 0, 1 and 2
 
 
 @dataclass(frozen=True)
@@ -77,7 +80,10 @@ def stack(kafka_bootstrap: str, tmp_path_factory: pytest.TempPathFactory) -> Ite
     timing = {"render_time": {"kind": "uniform", "min": 0.8, "max": 1.0}, "queue_delay": 0.02}
     sim = {"providers": {"wan": {"concurrency_limit": 10, **timing},
                          **{k: {"concurrency_limit": SIM_LIMIT, "dialect": k, **timing, **c.sim}
-                            for k, c in CASES.items()}}, "seed": 3}
+                            for k, c in CASES.items()},
+                         "falq": {"concurrency_limit": 1, "dialect": "fal", "queue_over_limit": FALQ_JOBS,
+                                  "render_time": {"kind": "uniform", "min": 1.2, "max": 1.5}, "queue_delay": 0.02}},
+           "seed": 3}
     (home / "sim.json").write_text(json.dumps(sim))
     wan = {"base_url": "env:FLOODGATE_SIMULATOR_URL", "api_key": "k", "webhook_secret": DEV_WEBHOOK_SECRET_REF}
     routes: dict[str, Any] = {}
@@ -85,13 +91,16 @@ def stack(kafka_bootstrap: str, tmp_path_factory: pytest.TempPathFactory) -> Ite
         first = {"provider": kind, "provider_model": case.provider_model}
         routes[f"{kind}-video"] = [first]
         routes[f"{kind}-fallback"] = [first, {"provider": "wan", "provider_model": "wan-2.6"}]
+    falq = {**CASES["fal"].connection, "base_url": _base("falq"), "jwks_url": _base("falq") + "/.well-known/jwks.json"}
+    routes["falq-video"] = [{"provider": "falq", "provider_model": CASES["fal"].provider_model}]
     (home / "routes.json").write_text(json.dumps({
         "providers": {"wan": {"kind": "simulator", "concurrency_limit": 10, "connection": wan},
                       **{k: {"kind": k, "concurrency_limit": OUR_LIMIT, "connection": c.connection}
-                         for k, c in CASES.items()}},
+                         for k, c in CASES.items()},
+                      "falq": {"kind": "fal", "concurrency_limit": FALQ_JOBS, "connection": falq}},
         "routes": routes}))
     made = make_stack(kafka_bootstrap, home, sim_config=home / "sim.json", routing_file=str(home / "routes.json"),
-                      poll_after=3.0)
+                      poll_after=3.0, provider_queue_poll=0.2)
     made.extra_env.update({"E2E_PROVIDER_KEY": "provider-key", "E2E_CALLBACK_SECRET": CALLBACK_SECRET,
                            "E2E_KLING_SECRET": DEV_JWT_SECRET})
     with made as s:
@@ -297,3 +306,31 @@ async def test_an_unsigned_callback_is_not_believed_without_a_status_call(stack:
     assert early["status"] != "completed" or "evil.test" not in early["result"]["video_url"]
     done = await wait_status(session, stack, job, {"completed", "failed"})
     assert done["status"] == "completed" and "evil.test" not in done["result"]["video_url"], done
+
+
+async def test_a_job_waiting_in_the_providers_own_queue_shows_its_place_as_it_moves_up(
+        stack: Stack, session: aiohttp.ClientSession) -> None:
+    """fal counts only running jobs against its limit, so Floodgate's slots let it queue the rest,
+    and it sends no webhook until a job ends: the place comes from following its status."""
+    jobs = await asyncio.gather(*(submit(session, stack.api_url, job_body("falq-video", tag=f"falq-{i}"))
+                                  for i in range(FALQ_JOBS)))
+    seen: dict[str, list[tuple[str, int | None]]] = {job["job_id"]: [] for job in jobs}
+
+    async def all_done() -> bool | None:
+        states = await asyncio.gather(*(get_job(session, stack.api_url, j["job_id"], j["token"]) for j in jobs))
+        for found in states:
+            step = (found["status"], found["provider_queue_position"])
+            if not seen[found["job_id"]] or seen[found["job_id"]][-1] != step:
+                seen[found["job_id"]].append(step)
+        return all(found["status"] == "completed" for found in states) or None
+
+    await until(all_done, timeout=60, interval=0.05, what="the falq jobs to complete")
+    places = {job_id: [p for _, p in steps if p is not None] for job_id, steps in seen.items()}
+    assert max(max(p, default=-1) for p in places.values()) >= 1, seen  # someone waited behind another
+    for job_id, steps in seen.items():
+        assert all(status == "submitted" for status, place in steps if place is not None), steps
+        assert places[job_id] == sorted(places[job_id], reverse=True), f"a place only moves up: {steps}"
+        assert steps[-1] == ("completed", None), steps
+    waited = [steps for job_id, steps in seen.items() if places[job_id]]
+    # fal says nothing until the end: the start of each job that waited is known from its status.
+    assert all(any(status == "running" for status, _ in steps) for steps in waited), seen

@@ -22,9 +22,11 @@ def test_job_resource_shape() -> None:
         "result": {"video_url": "https://v/1.mp4"}, "error": None,
         "created_at": "2023-11-14T22:13:20.000Z", "updated_at": "2023-11-14T22:13:21.000Z", "metadata": {"a": "b"},
         "priority": "standard", "serving_model": "m", "route_note": None,
-        "queue_position": None, "eta_seconds": None, "eta_ready_seconds": None,
+        "queue_position": None, "provider_queue_position": None, "eta_seconds": None, "eta_ready_seconds": None,
     }
     assert job_resource({**snapshot, "video_url": None})["result"] is None
+    at_provider = job_resource({**snapshot, "status": "submitted", "provider_queue_position": 3})
+    assert (at_provider["queue_position"], at_provider["provider_queue_position"]) == (None, 3)
     waiting = job_resource({**snapshot, "status": "queued", "priority": "low"}, standing=Standing(12, 30.5, 90.0))
     assert (waiting["priority"], waiting["queue_position"], waiting["eta_seconds"], waiting["eta_ready_seconds"]) == (
         "low", 12, 30.5, 90.0)

@@ -81,6 +81,7 @@ SAMPLES: dict[str, dict[str, Any]] = {
         "model": "gen-3",
         "webhook_url": "https://hooks.example/fg",
         "metadata": {"k": "v"},
+        "queue_position": 2,
     },
     "JobSnapshot": {
         "job_id": "job_01hzz",
@@ -104,6 +105,7 @@ SAMPLES: dict[str, dict[str, Any]] = {
         "request_hash": "cd" * 32,
         "serving_model": "gen-4",
         "route_note": "spilled from gen-3",
+        "provider_queue_position": 4,
     },
     "DeadLetter": {
         "reason": "bad bytes",
@@ -124,7 +126,7 @@ def test_every_contract_has_a_sample() -> None:
 
 
 # Schemas that gained fields; the rest are at 1.
-CURRENT_VERSIONS = {"SlotRelease": 2, "JobRequest": 3, "JobSnapshot": 3, "DispatchOrder": 2}
+CURRENT_VERSIONS = {"SlotRelease": 2, "JobRequest": 3, "JobSnapshot": 4, "DispatchOrder": 2, "JobEvent": 2}
 
 
 @pytest.mark.parametrize("name", sorted(SAMPLES))

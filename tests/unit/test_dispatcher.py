@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 
-from connectors.providers.base import SubmitOrder, SubmitResult
+from connectors.providers.base import ProviderStatus, SubmitOrder, SubmitResult
 from floodgate import codec
 from floodgate.dispatch import ENDED, Order, Slot, slot_key
 from floodgate.provider_config import dev_setup
@@ -552,3 +552,99 @@ async def test_the_share_of_the_limit_is_published_with_the_first_slot_of_a_gene
     dispatcher.app.consumer_generation_id = 2
     await dispatcher.intake(message(2), order("c"))
     assert registry.get_sample_value("floodgate_provider_concurrency_limit", {"provider": "wan"}) == share
+
+
+# -- the provider's own queue ----------------------------------------------------------------------
+
+
+class QueueingProvider(FakeProvider):
+    """A provider that keeps accepted jobs in a queue of its own and says where they stand (fal)."""
+
+    queue_positions = True
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.states: dict[str, ProviderStatus] = {}
+        self.asked: list[str] = []
+
+    def say(self, job_id: str, state: str, place: int | None = None) -> None:
+        self.states[f"pj-{job_id}"] = ProviderStatus(f"pj-{job_id}", state, None, None, None, queue_position=place)
+
+    async def status(self, session: Any, provider_job_id: str) -> ProviderStatus:
+        self.asked.append(provider_job_id)
+        return self.states[provider_job_id]
+
+
+@pytest.fixture
+async def queueing(settings: Settings, tmp_path: Path) -> AsyncIterator[tuple[Dispatcher, QueueingProvider]]:
+    provider = QueueingProvider()
+    pipe, _, (d,) = windowed(settings, provider, tmp_path / "wq", settings.fair_window, "wan")
+    yield d, provider
+    await d.lane.stop()
+    await pipe.close()
+
+
+def places(d: Dispatcher) -> list[tuple[str, int | None]]:
+    return [(r["job_id"], r.get("queue_position")) for r in emitter(d).events("submitted")]
+
+
+async def test_a_job_in_the_providers_own_queue_is_followed_until_it_starts(
+        queueing: tuple[Dispatcher, QueueingProvider]) -> None:
+    d, provider = queueing
+    await fill(d, 2)
+    await settle(d)
+    assert set(d.queue_watch) == {slot_key(0, "job-0"), slot_key(0, "job-1")}, "both answered queued"
+    provider.say("job-0", "queued", 3)
+    provider.say("job-1", "running")
+    await d.follow_queue()
+    assert places(d) == [("job-0", 3)]
+    assert [r["job_id"] for r in emitter(d).events("running")] == ["job-1"]
+    assert set(d.queue_watch) == {slot_key(0, "job-0")}, "a job that started is no longer followed"
+    await d.follow_queue()
+    assert places(d) == [("job-0", 3)], "the same place again is no news"
+    provider.say("job-0", "queued", 0)
+    await d.follow_queue()
+    assert places(d) == [("job-0", 3), ("job-0", 0)]
+    event = emitter(d).events("submitted")[-1]
+    assert (event["provider"], event["provider_job_id"], event["attempt"]) == ("wan", "pj-job-0", 0)
+    assert provider.asked.count("pj-job-1") == 1 and provider.asked.count("pj-job-0") == 3
+
+
+async def test_a_followed_job_whose_slot_is_freed_is_dropped_without_a_call(
+        queueing: tuple[Dispatcher, QueueingProvider]) -> None:
+    d, provider = queueing
+    await fill(d, 1)
+    await settle(d)
+    await d.release({"job_id": "job-0", "attempt": 0, "status": "completed"}, 0, 1)
+    await d.follow_queue()
+    assert not d.queue_watch and not provider.asked
+
+
+async def test_after_a_restart_the_late_poll_finds_a_job_in_the_providers_queue_and_follows_it(
+        queueing: tuple[Dispatcher, QueueingProvider]) -> None:
+    d, provider = queueing
+    await fill(d, 1)
+    await settle(d)
+    key = slot_key(0, "job-0")
+    d.queue_watch.clear()  # what a restarted worker knows: the slot, from its changelog, and no more
+    provider.say("job-0", "queued", 2)
+    slot = d.lane.slots.get(key)
+    assert slot is not None
+    await d.check_slot(key, slot, slot.taken_at + d.settings.poll_after + 1)
+    assert places(d) == [("job-0", 2)] and key in d.queue_watch
+    await d.check_slot(key, slot, slot.taken_at + d.settings.poll_after + 2)
+    assert provider.asked == ["pj-job-0"], "a followed job is left to follow_queue"
+
+
+async def test_jobs_at_a_provider_that_tells_no_place_are_not_followed(
+        dispatcher: Dispatcher, settings: Settings, tmp_path: Path) -> None:
+    await fill(dispatcher, 1)
+    await settle(dispatcher)
+    assert not dispatcher.follows_queue and not dispatcher.queue_watch
+    off = settings.with_overrides(provider_queue_poll=0)
+    pipe, _, (d,) = windowed(off, QueueingProvider(), tmp_path / "off", off.fair_window, "wan")
+    try:
+        assert not d.follows_queue, "FLOODGATE_PROVIDER_QUEUE_POLL=0 turns it off"
+    finally:
+        await d.lane.stop()
+        await pipe.close()

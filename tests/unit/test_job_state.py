@@ -355,6 +355,8 @@ def job_history(draw: st.DrawFn) -> list[JobEvent]:
             raw.append(dict(kind="rerouted", provider=provider))
         if draw(st.booleans()):
             raw.append(dict(kind="submitted", provider=provider, provider_job_id=pjid))
+        for place in draw(st.lists(st.integers(0, 5), max_size=3)):  # its place in the provider's queue
+            raw.append(dict(kind="submitted", provider=provider, provider_job_id=pjid, queue_position=place))
         if draw(st.booleans()):
             raw.append(dict(kind="running", provider=provider, provider_job_id=pjid))
         for p in sorted(draw(st.lists(st.floats(0, 1), max_size=3))):
@@ -553,4 +555,81 @@ def test_a_snapshot_written_before_request_hashes_still_decodes() -> None:
     out = io.BytesIO()
     fastavro.schemaless_writer(out, schema, old)
     decoded = codec.decode("JobSnapshot", out.getvalue(), [(SCHEMA_HEADER, b"JobSnapshot/2")])
-    assert decoded == {**old, "request_hash": None, "priority": None, "serving_model": None, "route_note": None}
+    assert decoded == {**old, "request_hash": None, "priority": None, "serving_model": None, "route_note": None,
+                       "provider_queue_position": None}
+
+
+# -- the place in the provider's own queue -----------------------------------------------------------
+
+
+def placed(place: int, at: float, event_id: str | None = None, **kw: Any) -> JobEvent:
+    return ev("submitted", event_id or f"q{place}@{at}", at=at, provider_job_id="sj-1", queue_position=place, **kw)
+
+
+def test_a_place_in_the_providers_queue_shows_while_the_job_waits_there_and_goes_once_it_runs() -> None:
+    waiting = apply(state_at(Q, provider_job_id=None), placed(4, 101.0)).state
+    assert waiting is not None
+    assert (waiting.status, waiting.provider_queue_position, waiting.provider_queue_at) == (S, 4, 101.0)
+    assert snapshot(waiting)["provider_queue_position"] == 4
+    moved = apply(waiting, placed(1, 106.0)).state
+    assert moved is not None and moved.provider_queue_position == 1
+    running = apply(moved, ev("running", "r", at=110.0)).state
+    assert running is not None and running.status is R
+    assert (running.provider_queue_position, running.provider_queue_at) == (None, None)
+    assert "provider_queue_position" not in running.to_dict(), "no place, no bytes in the changelog"
+    assert apply(running, placed(0, 108.0)).state == running, "a place polled before the start is old news"
+
+
+def test_the_newest_word_on_the_place_wins_even_when_it_is_a_step_back() -> None:
+    """fal puts requests over its limit back in line: a later poll may give a larger place."""
+    s = fold([ev("queued", "q", attempt=1), placed(2, 101.0), placed(5, 105.0)])
+    assert s.provider_queue_position == 5
+    older = apply(s, placed(0, 103.0)).state
+    assert older is not None and older.provider_queue_position == 5
+
+
+def test_a_reroute_forgets_the_place_at_the_old_provider() -> None:
+    s = fold([ev("queued", "q", attempt=1), placed(3, 101.0), ev("rerouted", "rr", at=102.0)])
+    assert (s.provider, s.status, s.provider_queue_position) == ("kling", Q, None)
+
+
+def test_a_negative_place_is_a_malformed_event() -> None:
+    with pytest.raises(ValidationError) as err:
+        placed(-1, 100.0)
+    assert [p.field for p in err.value.problems] == ["queue_position"]
+
+
+def test_a_state_with_a_place_round_trips_and_a_bad_one_is_named() -> None:
+    s = fold([ev("queued", "q", attempt=1), placed(7, 101.5)])
+    assert JobState.from_dict(s.to_dict()) == s
+    with pytest.raises(ValidationError) as err:
+        JobState.from_dict({**s.to_dict(), "provider_queue_position": "7"})
+    assert [p.field for p in err.value.problems] == ["provider_queue_position"]
+
+
+@st.composite
+def waiting_history(draw: st.DrawFn) -> list[JobEvent]:
+    """A job submitted to sora that waits in sora's queue: polls at times that may repeat, maybe a start."""
+    events = [ev("queued", "q", attempt=1, at=0.0)]
+    for i, (at, place) in enumerate(draw(st.lists(st.tuples(st.integers(1, 6), st.integers(0, 9)), max_size=6))):
+        events.append(placed(place, float(at), event_id=f"p{i}"))
+    if draw(st.booleans()):
+        events.append(ev("running", "r", at=float(draw(st.integers(1, 7)))))
+    return events
+
+
+@given(history=waiting_history(), data=st.data())
+def test_the_place_converges_whatever_order_the_polls_arrive_in(history: list[JobEvent], data: st.DataObject) -> None:
+    def facts(s: JobState) -> dict[str, Any]:
+        # updated_at is when the job last changed, and news that changes nothing (a poll older than
+        # the start) does not count: unlike the histories above, these need not end with the news
+        # that has the latest time, so it may differ by arrival order.
+        return {k: v for k, v in semantic(s).items() if k != "updated_at"}
+
+    expected = fold(history)
+    assert facts(fold(list(data.draw(st.permutations(history))))) == facts(expected)
+    if expected.status is R:
+        assert expected.provider_queue_position is None
+    elif len(history) > 1:
+        newest = max((e.at, -(e.queue_position or 0)) for e in history[1:])
+        assert (expected.provider_queue_at, expected.provider_queue_position) == (newest[0], -newest[1])

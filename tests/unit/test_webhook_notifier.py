@@ -117,7 +117,7 @@ def test_body_shape() -> None:
             "created_at": "2025-06-15T14:50:00.123Z", "updated_at": "2025-06-15T15:05:00.456Z",
             "metadata": {"order": "42"},
             "priority": "standard", "serving_model": "kling-2.1", "route_note": None,
-        "queue_position": None, "eta_seconds": None, "eta_ready_seconds": None,
+        "queue_position": None, "provider_queue_position": None, "eta_seconds": None, "eta_ready_seconds": None,
         },
     }
 
