@@ -219,9 +219,10 @@ class Settings:
     """Base URL providers call back (the HTTP bridge). Empty: no webhooks; jobs are followed by polling."""
     poll_after: float = 30.0
     """Seconds without news of an in-flight job before its status is polled (lost webhooks)."""
-    provider_queue_poll: float = 5.0
-    """Seconds between two status calls for a submitted job that waits in its provider's own queue
-    (providers that report the place: fal), shown as provider_queue_position; 0: not followed."""
+    provider_status_poll: float = 5.0
+    """Seconds between two status calls for a job at a provider that says little by itself: fal
+    while the job waits in its queue (its place: provider_queue_position), Runway (no webhooks:
+    its start, progress and end). 0: none (the FLOODGATE_POLL_AFTER poll still finds them)."""
     job_timeout: float = 900.0
     """Seconds after submission before an in-flight job is failed, cancelled at its provider and its slot freed."""
     breaker_reset_after: float = 30.0
@@ -421,7 +422,7 @@ class Settings:
             raise ConfigError(f"{PREFIX}DEFAULT_DEADLINE_S must be >= 0 and {PREFIX}FAIR_WINDOW >= 1")
         self.tenant_weight_map  # noqa: B018 - parse now, fail early
         for name in ("tenant_rate_limit", "tenant_queued_limit", "backlog_max_depth", "backlog_max_wait",
-                     "provider_queue_poll"):
+                     "provider_status_poll"):
             if getattr(self, name) < 0:
                 raise ConfigError(f"{PREFIX}{name.upper()} must be 0 (no limit) or more")
         for name in ("session_timeout", "ws_ping_interval", "ws_idle_timeout", "breaker_reset_after",

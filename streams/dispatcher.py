@@ -29,15 +29,16 @@ A timer polls the provider for jobs that have been quiet for ``poll_after`` seco
 webhooks), re-dispatches jobs whose submission never completed (a crash mid-call), and fails jobs
 older than ``job_timeout``.
 
-**The provider's own queue.** A provider may keep a job it accepted waiting in a queue of its own
-and say nothing until the job ends: fal counts only running jobs against its limit and queues the
-rest for its runners (such a job holds one of our slots all the same). For a connector whose status
-tells the place (``queue_positions``), a second timer (every ``provider_queue_poll`` seconds) asks
-for the status of each job the provider answered ``queued``: a ``submitted`` event with
-``queue_position`` when its place changed, the poll's ``running`` once it starts (or its end), and
-then the job is no longer followed. Each change of place costs two records (the event and the job's
-state change), and only at such a provider. The followed set lives in memory only: after a restart
-the ``poll_after`` poll finds such jobs again.
+**Providers that say little by themselves.** fal keeps a job it accepted waiting in a queue of its
+own (it counts only running jobs against its limit; such a job holds one of our slots all the same)
+and calls back only when the job ends; Runway has no webhooks at all. For a connector that tells a
+waiting job's place (``queue_positions``) or sends no webhooks (``sends_webhooks = False``) a
+second timer (every ``provider_status_poll`` seconds) asks for the status of each job it follows
+(``floodgate.following`` says which answers are news and how long a job is followed): a
+``submitted`` event with ``queue_position`` when its place changed, ``running`` once it starts, and
+at a provider without webhooks its progress and its end. Each piece of news costs two records (the
+event and the job's state change), and only at such a provider. The followed set lives in memory
+only: after a restart the ``poll_after`` poll finds such jobs again and follows them.
 
 **Cancelled jobs.** A user cancel is a ``cancelled`` event; the jobs agent makes the job terminal
 and sends the release (status ``cancelled``) to its provider's release topic, i.e. to the
@@ -83,6 +84,7 @@ from connectors.providers.base import ProviderStatus, SubmitOrder, SubmitResult
 from floodgate import codec
 from floodgate.dispatch import ENDED, Order, Slot, parse_slot_key, slot_key
 from floodgate.errors import FloodgateError, ProviderUnavailable
+from floodgate.following import Word, is_news, keep_following
 from floodgate.readahead import floor_for
 from floodgate.routing import next_target
 from floodgate.spillover import LineReport, Spill, estimated_wait, spill_to
@@ -97,8 +99,8 @@ from streams.slotwriter import SlotWriter, writes_alone
 log = logging.getLogger(__name__)
 
 DEFAULT_POLICY = SubmitPolicy()
-QUEUE_CALLS = 8
-"""Status calls at once while following jobs in a provider's own queue."""
+FOLLOW_CALLS = 8
+"""Status calls at once while following jobs (see the module docstring)."""
 POLL_KINDS = {"running": "running", "completed": "completed", "failed": "failed", "cancelled": "cancelled"}
 """A provider status's state → the event kind a poll records (``running`` with progress: ``progress``)."""
 
@@ -133,11 +135,13 @@ class Dispatcher:
         """Dispatch partitions paused because the worker's read-ahead window is full (see ``hold``)."""
         self.limit_generation: int | None = None
         """The consumer generation this worker's share of the limit was last published for."""
-        self.follows_queue = bool(getattr(self.connector, "queue_positions", False)) and \
-            self.settings.provider_queue_poll > 0
-        """Whether jobs waiting in the provider's own queue are followed (see the module docstring)."""
-        self.queue_watch: dict[bytes, tuple[int, int] | None] = {}
-        """Slot key → (attempt, place) last told of a job in the provider's queue (None: none yet)."""
+        following = self.settings.provider_status_poll > 0
+        self.follows_places = following and bool(getattr(self.connector, "queue_positions", False))
+        """Jobs waiting in the provider's own queue are followed, for their place."""
+        self.follows_all = following and not getattr(self.connector, "sends_webhooks", True)
+        """Every job is followed until it ends: the provider never calls back."""
+        self.followed: dict[bytes, Word | None] = {}
+        """Slot key → the last word told about the job (None: none yet), for each job followed."""
 
     @property
     def orders_topic(self) -> str:
@@ -157,8 +161,8 @@ class Dispatcher:
         app.timer(interval=self.settings.line_report_interval, name=f"wake-{self.name}")(self.wake)
         poll_every = max(1.0, min(10.0, self.settings.poll_after / 3))
         app.timer(interval=poll_every, name=f"poll-{self.name}")(self.poll)
-        if self.follows_queue:
-            app.timer(interval=self.settings.provider_queue_poll, name=f"queue-{self.name}")(self.follow_queue)
+        if self.follows_places or self.follows_all:
+            app.timer(interval=self.settings.provider_status_poll, name=f"follow-{self.name}")(self.follow)
         app.on_partitions_revoked.connect(self._revoked)  # type: ignore[arg-type]  # mode cannot type this signal
         app.on_before_shutdown.connect(self._stop)
         return self.lane
@@ -560,8 +564,8 @@ class Dispatcher:
         # The slot's second record is the job's submission: the poller and cancels find the
         # provider job by it, and the API's job view reads it (no event, no jobs-table write).
         lane.slots.put_in(partition, key, slot.submitted(result.provider_job_id))
-        if self.follows_queue and result.state == "queued":
-            self.queue_watch[key] = None
+        if self.follows_all or (self.follows_places and result.state == "queued"):
+            self.followed[key] = None
 
     async def _call_provider(self, order: Order, key: bytes, partition: int, request: SubmitOrder,
                              has_fallback: bool) -> SubmitResult | None:
@@ -738,8 +742,8 @@ class Dispatcher:
             await self.event(job_id, "failed", slot.attempt,
                              error=f"no result from {self.name} after {settings.job_timeout:.0f}s")
             return
-        if age < settings.poll_after or key in self.queue_watch:
-            return  # (a job in the provider's queue is asked about more often: follow_queue)
+        if age < settings.poll_after or key in self.followed:
+            return  # (a followed job is asked about more often: ``follow``)
         if not slot.provider_job_id:
             # The submission never finished (the worker died mid-call): dispatch it again; the
             # provider's idempotency key makes the second call return the first job.
@@ -747,19 +751,19 @@ class Dispatcher:
             return
         await self.look(key, slot, now)
 
-    async def follow_queue(self) -> None:
-        """Where each job waiting in the provider's own queue stands now: one status call per job
-        (``QUEUE_CALLS`` at once), told by ``tell``."""
+    async def follow(self) -> None:
+        """Where each followed job stands now: one status call per job (``FOLLOW_CALLS`` at once),
+        told by ``tell``."""
         lane, now = self.lane, time.time()
         due = []
-        for key in list(self.queue_watch):
+        for key in list(self.followed):
             slot = lane.slots.get(key)
             if slot is None or not slot.provider_job_id or parse_slot_key(key)[0] not in lane.generations:
-                del self.queue_watch[key]  # ended, moved on, or no longer this worker's partition
+                del self.followed[key]  # ended, moved on, or no longer this worker's partition
             elif key not in lane.submitting and key not in lane.cancelling:
                 due.append((key, slot))
-        for start in range(0, len(due), QUEUE_CALLS):
-            await asyncio.gather(*(self.look(key, slot, now) for key, slot in due[start:start + QUEUE_CALLS]))
+        for start in range(0, len(due), FOLLOW_CALLS):
+            await asyncio.gather(*(self.look(key, slot, now) for key, slot in due[start:start + FOLLOW_CALLS]))
 
     async def look(self, key: bytes, slot: Slot, now: float) -> None:
         """Ask the provider how the slot's job stands and tell what it says (a failed call is
@@ -775,28 +779,31 @@ class Dispatcher:
             log.exception("status poll of %s at %s failed", parse_slot_key(key)[1], self.name)
 
     async def tell(self, key: bytes, slot: Slot, status: ProviderStatus, now: float) -> None:
-        """What a status call found, as an event. A job waiting in the provider's own queue (with
-        a place, from a connector with ``queue_positions``) is followed: a ``submitted`` event when
-        its place changed; past the queue, the poll's event for what it found, and no more."""
+        """What a status call found, as an event, if it is news about a followed job (any word about
+        a job not followed: the late poll's); whether to follow the job further."""
         _, job_id = parse_slot_key(key)
-        place = status.queue_position
-        if status.state == "queued":
-            if place is None or not self.follows_queue:
-                return
-            told = self.queue_watch.get(key)
-            self.queue_watch[key] = (slot.attempt, place)
-            if told != (slot.attempt, place):
-                await self.event(job_id, "submitted", slot.attempt, provider_job_id=slot.provider_job_id,
-                                 queue_position=place, suffix=f":q{place}:{int(now * 1000)}")
+        word = Word(slot.attempt, status.state, status.queue_position, status.progress)
+        last = self.followed.pop(key, None)
+        following = keep_following(word, places=self.follows_places, to_the_end=self.follows_all)
+        if following:
+            self.followed[key] = last
+        if not is_news(last, word):
             return
-        self.queue_watch.pop(key, None)
-        kind = POLL_KINDS.get(status.state)
-        if kind == "running" and status.progress:
-            kind = "progress"
-        if kind:
-            await self.event(job_id, kind, slot.attempt, provider_job_id=slot.provider_job_id,
-                             progress=status.progress, video_url=status.video_url, error=status.error,
-                             suffix=f":poll:{int(now)}")
+        told: dict[str, Any]
+        if word.state == "queued":
+            if word.place is None or not self.follows_places:
+                return  # nothing to record: the job is submitted already
+            kind, told = "submitted", {"queue_position": word.place}
+        else:
+            found = POLL_KINDS.get(status.state)
+            if found is None:
+                return
+            kind = "progress" if found == "running" and status.progress else found
+            told = {"progress": status.progress, "video_url": status.video_url, "error": status.error}
+        if following:
+            self.followed[key] = word
+        await self.event(job_id, kind, slot.attempt, provider_job_id=slot.provider_job_id,
+                         suffix=f":poll:{int(now * 1000)}", **told)
 
 
 def register_provider(pipe: Pipeline, name: str, policy: SubmitPolicy = DEFAULT_POLICY) -> Lane:

@@ -108,10 +108,11 @@ class VideoProvider(Protocol):
     """
 
     name: str
-    # Optional: ``queue_positions = True`` on a connector whose ``status`` reports the job's place
-    # in the provider's own queue (``ProviderStatus.queue_position``) and whose provider sends no
-    # webhook while a job waits or starts (fal). The dispatcher then follows each job that waits
-    # there (``FLOODGATE_PROVIDER_QUEUE_POLL``) and the job shows its place and when it starts.
+    # Optional, for a provider that says little by itself (the dispatcher then follows its jobs with
+    # status calls every ``FLOODGATE_PROVIDER_STATUS_POLL`` seconds, ``floodgate.following``):
+    # ``queue_positions = True`` when ``status`` gives a waiting job's place in the provider's own
+    # queue (``ProviderStatus.queue_position``) and the provider calls back only at the end (fal);
+    # ``sends_webhooks = False`` when it never calls back (Runway).
 
     async def submit(self, session: aiohttp.ClientSession, order: SubmitOrder) -> SubmitResult:
         """Create the job. Safe to repeat with the same ``order.idempotency_key``."""

@@ -11,8 +11,10 @@ Runway queues excess tasks instead of refusing them) → queued, ``RUNNING`` →
 already gone is not an error). 429 means the daily limit; Runway asks for updates no more often
 than every five seconds.
 
-Runway has no webhooks: the submitter's poller (``FLOODGATE_POLL_AFTER``) is how its jobs move,
-and ``authenticate_webhook`` refuses anything that claims to come from Runway.
+Runway has no webhooks (``sends_webhooks = False``): the dispatcher follows each of its jobs with a
+status call every ``FLOODGATE_PROVIDER_STATUS_POLL`` seconds (5 by default, as often as Runway
+says its tasks change) until it ends, which is how its jobs start, progress and end; and
+``authenticate_webhook`` refuses anything that claims to come from Runway.
 
 Idempotency: Runway documents no idempotency key; a submission repeated after a crash between the
 call and its record starts a second task.
@@ -73,6 +75,9 @@ def parse_task(body: bytes) -> ProviderStatus:
 @register("runway")
 class RunwayProvider(HttpConnector):
     """Connection settings: ``api_key``; optional ``base_url``, ``api_version``, ``timeout``."""
+
+    sends_webhooks = False
+    """Runway has none: its jobs are followed by status calls (``floodgate.following``)."""
 
     def __init__(self, name: str, api_key: str, *, base_url: str = DEFAULT_BASE_URL,
                  api_version: str = API_VERSION, timeout: float = 30.0,

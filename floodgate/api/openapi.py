@@ -429,7 +429,7 @@ _SCHEMAS: dict[str, Any] = {
                                         "description": "Jobs ahead of this one in the provider's own queue, "
                                                        "once submitted and while the provider keeps it waiting "
                                                        "(providers that report it: fal); null otherwise and once "
-                                                       "it runs. Checked every FLOODGATE_PROVIDER_QUEUE_POLL "
+                                                       "it runs. Checked every FLOODGATE_PROVIDER_STATUS_POLL "
                                                        "seconds."},
             "eta_seconds": {"type": ["number", "null"], "minimum": 0,
                             "description": "Estimated seconds until the provider starts the job (queued jobs; "

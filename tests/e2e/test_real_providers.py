@@ -100,7 +100,7 @@ def stack(kafka_bootstrap: str, tmp_path_factory: pytest.TempPathFactory) -> Ite
                       "falq": {"kind": "fal", "concurrency_limit": FALQ_JOBS, "connection": falq}},
         "routes": routes}))
     made = make_stack(kafka_bootstrap, home, sim_config=home / "sim.json", routing_file=str(home / "routes.json"),
-                      poll_after=3.0, provider_queue_poll=0.2)
+                      poll_after=3.0, provider_status_poll=0.2)
     made.extra_env.update({"E2E_PROVIDER_KEY": "provider-key", "E2E_CALLBACK_SECRET": CALLBACK_SECRET,
                            "E2E_KLING_SECRET": DEV_JWT_SECRET})
     with made as s:
@@ -334,3 +334,21 @@ async def test_a_job_waiting_in_the_providers_own_queue_shows_its_place_as_it_mo
     waited = [steps for job_id, steps in seen.items() if places[job_id]]
     # fal says nothing until the end: the start of each job that waited is known from its status.
     assert all(any(status == "running" for status, _ in steps) for steps in waited), seen
+
+
+async def test_a_job_at_a_provider_without_webhooks_shows_its_start_and_progress(
+        stack: Stack, session: aiohttp.ClientSession) -> None:
+    """Runway never calls back: its jobs are followed by status calls. Its renders here end well
+    before the late poll's first look (``poll_after``), so a job seen rendering was seen by them."""
+    job = await submit(session, stack.api_url, job_body("runway-video", tag="followed"))
+    seen: list[tuple[str, float]] = []
+
+    async def done() -> bool | None:
+        found = await get_job(session, stack.api_url, job["job_id"], job["token"])
+        if not seen or seen[-1] != (found["status"], found["progress"]):
+            seen.append((found["status"], found["progress"]))
+        return found["status"] in ("completed", "failed", "cancelled") or None
+
+    await until(done, timeout=30, interval=0.05, what="the runway job to end")
+    assert seen[-1] == ("completed", 1.0), seen
+    assert any(status == "running" and 0 < progress < 1 for status, progress in seen), seen

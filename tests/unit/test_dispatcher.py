@@ -593,17 +593,17 @@ async def test_a_job_in_the_providers_own_queue_is_followed_until_it_starts(
     d, provider = queueing
     await fill(d, 2)
     await settle(d)
-    assert set(d.queue_watch) == {slot_key(0, "job-0"), slot_key(0, "job-1")}, "both answered queued"
+    assert set(d.followed) == {slot_key(0, "job-0"), slot_key(0, "job-1")}, "both answered queued"
     provider.say("job-0", "queued", 3)
     provider.say("job-1", "running")
-    await d.follow_queue()
+    await d.follow()
     assert places(d) == [("job-0", 3)]
     assert [r["job_id"] for r in emitter(d).events("running")] == ["job-1"]
-    assert set(d.queue_watch) == {slot_key(0, "job-0")}, "a job that started is no longer followed"
-    await d.follow_queue()
+    assert set(d.followed) == {slot_key(0, "job-0")}, "a job that started is no longer followed"
+    await d.follow()
     assert places(d) == [("job-0", 3)], "the same place again is no news"
     provider.say("job-0", "queued", 0)
-    await d.follow_queue()
+    await d.follow()
     assert places(d) == [("job-0", 3), ("job-0", 0)]
     event = emitter(d).events("submitted")[-1]
     assert (event["provider"], event["provider_job_id"], event["attempt"]) == ("wan", "pj-job-0", 0)
@@ -616,8 +616,8 @@ async def test_a_followed_job_whose_slot_is_freed_is_dropped_without_a_call(
     await fill(d, 1)
     await settle(d)
     await d.release({"job_id": "job-0", "attempt": 0, "status": "completed"}, 0, 1)
-    await d.follow_queue()
-    assert not d.queue_watch and not provider.asked
+    await d.follow()
+    assert not d.followed and not provider.asked
 
 
 async def test_after_a_restart_the_late_poll_finds_a_job_in_the_providers_queue_and_follows_it(
@@ -626,25 +626,63 @@ async def test_after_a_restart_the_late_poll_finds_a_job_in_the_providers_queue_
     await fill(d, 1)
     await settle(d)
     key = slot_key(0, "job-0")
-    d.queue_watch.clear()  # what a restarted worker knows: the slot, from its changelog, and no more
+    d.followed.clear()  # what a restarted worker knows: the slot, from its changelog, and no more
     provider.say("job-0", "queued", 2)
     slot = d.lane.slots.get(key)
     assert slot is not None
     await d.check_slot(key, slot, slot.taken_at + d.settings.poll_after + 1)
-    assert places(d) == [("job-0", 2)] and key in d.queue_watch
+    assert places(d) == [("job-0", 2)] and key in d.followed
     await d.check_slot(key, slot, slot.taken_at + d.settings.poll_after + 2)
-    assert provider.asked == ["pj-job-0"], "a followed job is left to follow_queue"
+    assert provider.asked == ["pj-job-0"], "a followed job is left to follow"
 
 
 async def test_jobs_at_a_provider_that_tells_no_place_are_not_followed(
         dispatcher: Dispatcher, settings: Settings, tmp_path: Path) -> None:
     await fill(dispatcher, 1)
     await settle(dispatcher)
-    assert not dispatcher.follows_queue and not dispatcher.queue_watch
-    off = settings.with_overrides(provider_queue_poll=0)
+    assert not dispatcher.follows_places and not dispatcher.followed
+    off = settings.with_overrides(provider_status_poll=0)
     pipe, _, (d,) = windowed(off, QueueingProvider(), tmp_path / "off", off.fair_window, "wan")
     try:
-        assert not d.follows_queue, "FLOODGATE_PROVIDER_QUEUE_POLL=0 turns it off"
+        assert not d.follows_places, "FLOODGATE_PROVIDER_STATUS_POLL=0 turns it off"
+    finally:
+        await d.lane.stop()
+        await pipe.close()
+
+
+class SilentProvider(QueueingProvider):
+    """A provider that never calls back (Runway): its jobs are followed to their end."""
+
+    queue_positions = False
+    sends_webhooks = False
+
+    def say_progress(self, job_id: str, progress: float) -> None:
+        self.states[f"pj-{job_id}"] = ProviderStatus(f"pj-{job_id}", "running", progress, None, None)
+
+
+async def test_a_job_at_a_provider_without_webhooks_is_followed_to_its_end_telling_only_news(
+        settings: Settings, tmp_path: Path) -> None:
+    provider = SilentProvider()
+    pipe, _, (d,) = windowed(settings, provider, tmp_path / "silent", settings.fair_window, "wan")
+    try:
+        await fill(d, 1)
+        await settle(d)
+        key = slot_key(0, "job-0")
+        assert d.follows_all and key in d.followed
+        provider.say("job-0", "queued")  # waiting, no place: nothing to record
+        await d.follow()
+        provider.say_progress("job-0", 0.10)
+        await d.follow()
+        provider.say_progress("job-0", 0.12)  # less than a step since the last word
+        await d.follow()
+        provider.say_progress("job-0", 0.30)
+        await d.follow()
+        provider.states["pj-job-0"] = ProviderStatus("pj-job-0", "completed", 1.0, "https://cdn.example/v.mp4", None)
+        await d.follow()
+        sent = [(r["kind"], r.get("progress")) for _, s, r in emitter(d).sent if s == "JobEvent"]
+        assert sent == [("progress", 0.10), ("progress", 0.30), ("completed", 1.0)]
+        assert emitter(d).events("completed")[0]["video_url"] == "https://cdn.example/v.mp4"
+        assert key not in d.followed and len(provider.asked) == 5
     finally:
         await d.lane.stop()
         await pipe.close()
