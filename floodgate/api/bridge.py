@@ -23,7 +23,13 @@ from typing import Any
 import aiohttp
 from aiohttp import web
 
-from connectors.providers.base import CALLBACK_HEADER, CONFIRMED_HEADER, TERMINAL_STATES, WebhookDelivery
+from connectors.providers.base import (
+    CALLBACK_HEADER,
+    CONFIRMED_HEADER,
+    TERMINAL_STATES,
+    ProviderEvent,
+    WebhookDelivery,
+)
 from floodgate import codec
 from floodgate.api.common import BodyTooLarge, Deps, json_response, read_bounded, too_large
 from floodgate.api.kafka_io import KafkaUnavailable, RecordTooLarge
@@ -67,7 +73,6 @@ class Bridge:
 
     async def receive(self, request: web.Request) -> web.Response:
         deps = self.deps
-        assert deps.producer is not None  # build_app guarantees it
         name = request.match_info["provider"]
         connector = self.connectors.get(name)
         received = deps.metrics.webhooks_received
@@ -79,15 +84,33 @@ class Bridge:
         except BodyTooLarge as exc:
             received.labels(name, "too_large").inc()
             return too_large(exc.limit)
-        headers = lowered(request.headers)
         # The per-job path after the provider's name, as the connector made it (job_id/mac[/extra]).
         info = request.match_info
-        callback = "/".join(info[name] for name in ("job_id", "mac", "extra") if name in info)
+        callback = "/".join(info[part] for part in ("job_id", "mac", "extra") if part in info)
+        delivery = await self.authenticate(name, connector, lowered(request.headers), body, callback)
+        if isinstance(delivery, web.Response):
+            return delivery
+        headers, body = dict(delivery.headers), delivery.body
+        if callback:
+            headers[CALLBACK_HEADER] = callback
+        job_id, event_webhook_id, ended = parse(name, connector, headers, body)
+        now_ms = int(deps.clock() * 1000)
+        value, kafka_headers = codec.encode("WebhookEnvelope", envelope(name, headers, body, event_webhook_id, now_ms))
+        refused = await self.store(name, job_id, value, kafka_headers, ended, now_ms)
+        if refused is not None:
+            return refused
+        received.labels(name, "accepted").inc()
+        return json_response({"received": True})
+
+    async def authenticate(self, name: str, connector: Any, headers: dict[str, str], body: bytes,
+                           callback: str) -> WebhookDelivery | web.Response:
+        """The delivery to forward, as the connector vouches for it, or the answer that refuses it."""
+        received = self.deps.metrics.webhooks_received
         for ours in (CALLBACK_HEADER, CONFIRMED_HEADER):  # only ever set by us, never by the sender
             headers.pop(ours, None)
         try:
-            delivery = await connector.authenticate_webhook(
-                self.session(), WebhookDelivery(headers, body, callback), now=deps.clock())
+            delivery: WebhookDelivery = await connector.authenticate_webhook(
+                self.session(), WebhookDelivery(headers, body, callback), now=self.deps.clock())
         except WebhookVerificationError as exc:
             log.info("rejected webhook for %s: %s", name, exc)
             received.labels(name, "bad_signature").inc()
@@ -98,20 +121,14 @@ class Bridge:
             received.labels(name, "unconfirmed").inc()
             return problem_response(503, "Service Unavailable", detail="webhook not confirmed; retry later",
                                     headers={"Retry-After": str(int(exc.retry_after or 5))})
-        headers, body = dict(delivery.headers), delivery.body
-        if callback:
-            headers[CALLBACK_HEADER] = callback
-        job_id, event_webhook_id, ended = None, None, None
-        try:
-            event = connector.parse_webhook(headers, body)
-            job_id, event_webhook_id = event.job_id, event.webhook_id
-            if event.state in TERMINAL_STATES and event.job_id and event.provider_job_id:
-                ended = event
-        except Exception as exc:  # forwarded keyless: the jobs agent dead-letters it
-            log.info("webhook for %s does not parse (%s); forwarding without a key", name, exc)
-        now_ms = int(deps.clock() * 1000)
-        record = envelope(name, headers, body, event_webhook_id, now_ms)
-        value, kafka_headers = codec.encode("WebhookEnvelope", record)
+        return delivery
+
+    async def store(self, name: str, job_id: str | None, value: bytes, kafka_headers: Any,
+                    ended: ProviderEvent | None, now_ms: int) -> web.Response | None:
+        """Write the webhook, then, for a job that ended, its slot's release; None once both are on
+        Kafka, else the answer that asks the provider to deliver again."""
+        deps = self.deps
+        assert deps.producer is not None  # build_app guarantees it
         try:
             await deps.producer.send_and_wait(deps.topics.webhooks, job_id, value, kafka_headers)
             if ended is not None:
@@ -126,14 +143,27 @@ class Bridge:
                 await deps.producer.send_and_wait(deps.topics.release(name), ended.job_id, release, release_headers)
         except KafkaUnavailable as exc:
             # Providers retry non-2xx deliveries: this is how we ask for one.
-            received.labels(name, "kafka_unavailable").inc()
+            deps.metrics.webhooks_received.labels(name, "kafka_unavailable").inc()
             return problem_response(503, "Service Unavailable", detail="webhook not stored; retry later",
                                     headers={"Retry-After": str(int(exc.retry_after or 1))})
         except RecordTooLarge:
-            received.labels(name, "too_large").inc()
+            deps.metrics.webhooks_received.labels(name, "too_large").inc()
             return too_large(MAX_WEBHOOK_BYTES)
-        received.labels(name, "accepted").inc()
-        return json_response({"received": True})
+        return None
+
+
+def parse(name: str, connector: Any, headers: dict[str, str],
+          body: bytes) -> tuple[str | None, str | None, ProviderEvent | None]:
+    """(job id, the event's webhook id, the event if it says a provider job ended) of an
+    authentic delivery; all None when it does not parse: it is forwarded keyless, and the jobs
+    agent dead-letters it."""
+    try:
+        event: ProviderEvent = connector.parse_webhook(headers, body)
+    except Exception as exc:
+        log.info("webhook for %s does not parse (%s); forwarding without a key", name, exc)
+        return None, None, None
+    ended = event if event.state in TERMINAL_STATES and event.job_id and event.provider_job_id else None
+    return event.job_id, event.webhook_id, ended
 
 
 def add_routes(app: web.Application, deps: Deps, connectors: Mapping[str, Any]) -> None:
