@@ -127,14 +127,23 @@ def build_app(
         pages.add_routes(app, deps)
         dashboard.add_routes(app, deps)
 
+    add_service_routes(app, deps, chosen, links)
+    return app
+
+
+def add_service_routes(app: web.Application, deps: Deps, roles: frozenset[str], links: VideoLinks | None) -> None:
+    """What every API process serves whatever its roles: ``/healthz`` (503 until the job view, if
+    any, has caught up), ``/openapi.json`` for its roles, ``/metrics``, and the loop-lag probe."""
+    settings, view = deps.settings, deps.view
+
     async def healthz(_: web.Request) -> web.Response:
         ready = view is None or view.ready.is_set()
-        body = {"status": "ok" if ready else "starting", "roles": sorted(chosen)}
+        body = {"status": "ok" if ready else "starting", "roles": sorted(roles)}
         return json_response(body, status=200 if ready else 503)
 
     async def openapi_json(request: web.Request) -> web.Response:
-        models = known_models(setup.routing, datetime.now(UTC))
-        return json_response(openapi.document(chosen, base_url(request, settings), models=models,
+        models = known_models(deps.setup.routing, datetime.now(UTC))
+        return json_response(openapi.document(roles, base_url(request, settings), models=models,
                                               push_platforms=settings.push_platforms, videos=links is not None,
                                               high_granted=bool(settings.priority_grant_set)))
 
@@ -153,7 +162,6 @@ def build_app(
     app.router.add_get("/healthz", healthz, allow_head=False)
     app.router.add_get("/openapi.json", openapi_json, allow_head=False)
     app.router.add_get("/metrics", metrics, allow_head=False)
-    return app
 
 
-__all__ = ["build_app", "parse_roles", "problem_middleware"]
+__all__ = ["add_service_routes", "build_app", "parse_roles", "problem_middleware"]
