@@ -1,24 +1,28 @@
 """Which status answers about a followed job are news, and how long a job is followed. Pure.
 
-Some providers say little by themselves: fal keeps accepted jobs waiting in a queue of its own and
-calls back only when a job ends; Runway has no webhooks at all. The dispatcher asks such a provider
-for the status of each job it holds, every ``FLOODGATE_PROVIDER_STATUS_POLL`` seconds
-(``streams.dispatcher``). Any answer could become an event, and an event costs two Kafka records
-(the event and the job's state change), so only news is told:
+Some providers say little by themselves: fal, RunPod and WaveSpeed call back only when a job ends
+(and fal keeps accepted jobs waiting in a queue of its own, telling the place only when asked);
+Runway has no webhooks at all. The dispatcher asks such a provider for the status of each job it
+holds, every ``FLOODGATE_PROVIDER_STATUS_POLL`` seconds (``streams.dispatcher``). Any answer could
+become an event, and an event costs two Kafka records (the event and the job's state change), so
+only news is told:
 
 * the first word about a job's attempt, and any change of its state;
 * a new place in the provider's queue;
 * progress that rose by ``PROGRESS_STEP`` since the last word told (some providers report it in
   small steps; a progress bar shows no finer).
 
-A job is followed while it waits in the provider's queue, at a provider that tells the place there
-or tells nothing else, and while it runs at a provider that never calls back; never once it ended.
+How long a job is followed depends on what its provider's webhooks tell (the connector's
+``callbacks``): ``"end"``, until it starts (its end comes by webhook); ``"none"``, until it ends;
+``"all"`` (the default: every change comes by webhook), not at all.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
 
 PROGRESS_STEP = 0.05
+CALLBACKS = ("all", "end", "none")
+"""What a provider's webhooks tell: every change, only the end, nothing."""
 
 
 @dataclass(frozen=True)
@@ -40,9 +44,17 @@ def is_news(last: Word | None, word: Word) -> bool:
     return word.progress is not None and word.progress >= (last.progress or 0.0) + PROGRESS_STEP
 
 
-def keep_following(word: Word, *, places: bool, to_the_end: bool) -> bool:
-    """Whether to ask about the job again after ``word``. ``places``: the provider tells a waiting
-    job's place (and nothing until the end); ``to_the_end``: it never calls back at all."""
+def followed(callbacks: str) -> bool:
+    """Whether jobs at a provider whose webhooks tell ``callbacks`` are followed at all. Raises
+    ``ValueError`` for a value not in ``CALLBACKS`` (a connector's mistake, found at start)."""
+    if callbacks not in CALLBACKS:
+        raise ValueError(f"callbacks must be one of {', '.join(CALLBACKS)}, not {callbacks!r}")
+    return callbacks != "all"
+
+
+def keep_following(word: Word, callbacks: str) -> bool:
+    """Whether to ask about the job again after ``word``, at a provider whose webhooks tell
+    ``callbacks``."""
     if word.state == "queued":
-        return places or to_the_end
-    return to_the_end and word.state == "running"
+        return followed(callbacks)
+    return callbacks == "none" and word.state == "running"

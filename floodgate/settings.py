@@ -220,9 +220,9 @@ class Settings:
     poll_after: float = 30.0
     """Seconds without news of an in-flight job before its status is polled (lost webhooks)."""
     provider_status_poll: float = 5.0
-    """Seconds between two status calls for a job at a provider that says little by itself: fal
-    while the job waits in its queue (its place: provider_queue_position), Runway (no webhooks:
-    its start, progress and end). 0: none (the FLOODGATE_POLL_AFTER poll still finds them)."""
+    """Seconds between two status calls for a job at a provider that calls back only at the end
+    (fal, RunPod, WaveSpeed: until it starts; fal's queue place: provider_queue_position) or never
+    (Runway: until it ends). 0: none (the FLOODGATE_POLL_AFTER poll still finds them)."""
     job_timeout: float = 900.0
     """Seconds after submission before an in-flight job is failed, cancelled at its provider and its slot freed."""
     breaker_reset_after: float = 30.0

@@ -29,14 +29,15 @@ A timer polls the provider for jobs that have been quiet for ``poll_after`` seco
 webhooks), re-dispatches jobs whose submission never completed (a crash mid-call), and fails jobs
 older than ``job_timeout``.
 
-**Providers that say little by themselves.** fal keeps a job it accepted waiting in a queue of its
-own (it counts only running jobs against its limit; such a job holds one of our slots all the same)
-and calls back only when the job ends; Runway has no webhooks at all. For a connector that tells a
-waiting job's place (``queue_positions``) or sends no webhooks (``sends_webhooks = False``) a
-second timer (every ``provider_status_poll`` seconds) asks for the status of each job it follows
+**Providers that say little by themselves.** fal, RunPod and WaveSpeed call back only when a job
+ends, and Runway never: a job they hold would show ``submitted`` until its end, or until the
+``poll_after`` poll. fal also keeps accepted jobs waiting in a queue of its own (it counts only
+running jobs against its limit; such a job holds one of our slots all the same) and tells the place
+when asked. For a connector whose ``callbacks`` are ``"end"`` or ``"none"``, a second timer (every
+``provider_status_poll`` seconds) asks for the status of each job it follows
 (``floodgate.following`` says which answers are news and how long a job is followed): a
 ``submitted`` event with ``queue_position`` when its place changed, ``running`` once it starts, and
-at a provider without webhooks its progress and its end. Each piece of news costs two records (the
+where no webhook ever comes its progress and its end. Each piece of news costs two records (the
 event and the job's state change), and only at such a provider. The followed set lives in memory
 only: after a restart the ``poll_after`` poll finds such jobs again and follows them.
 
@@ -84,7 +85,7 @@ from connectors.providers.base import ProviderStatus, SubmitOrder, SubmitResult
 from floodgate import codec
 from floodgate.dispatch import ENDED, Order, Slot, parse_slot_key, slot_key
 from floodgate.errors import FloodgateError, ProviderUnavailable
-from floodgate.following import Word, is_news, keep_following
+from floodgate.following import Word, followed, is_news, keep_following
 from floodgate.readahead import floor_for
 from floodgate.routing import next_target
 from floodgate.spillover import LineReport, Spill, estimated_wait, spill_to
@@ -135,11 +136,10 @@ class Dispatcher:
         """Dispatch partitions paused because the worker's read-ahead window is full (see ``hold``)."""
         self.limit_generation: int | None = None
         """The consumer generation this worker's share of the limit was last published for."""
-        following = self.settings.provider_status_poll > 0
-        self.follows_places = following and bool(getattr(self.connector, "queue_positions", False))
-        """Jobs waiting in the provider's own queue are followed, for their place."""
-        self.follows_all = following and not getattr(self.connector, "sends_webhooks", True)
-        """Every job is followed until it ends: the provider never calls back."""
+        self.callbacks: str = getattr(self.connector, "callbacks", "all")
+        """What the provider's webhooks tell: every change, only the end, nothing (``floodgate.following``)."""
+        self.follows = self.settings.provider_status_poll > 0 and followed(self.callbacks)
+        """Whether its jobs are followed by status calls (see the module docstring)."""
         self.followed: dict[bytes, Word | None] = {}
         """Slot key → the last word told about the job (None: none yet), for each job followed."""
 
@@ -161,7 +161,7 @@ class Dispatcher:
         app.timer(interval=self.settings.line_report_interval, name=f"wake-{self.name}")(self.wake)
         poll_every = max(1.0, min(10.0, self.settings.poll_after / 3))
         app.timer(interval=poll_every, name=f"poll-{self.name}")(self.poll)
-        if self.follows_places or self.follows_all:
+        if self.follows:
             app.timer(interval=self.settings.provider_status_poll, name=f"follow-{self.name}")(self.follow)
         app.on_partitions_revoked.connect(self._revoked)  # type: ignore[arg-type]  # mode cannot type this signal
         app.on_before_shutdown.connect(self._stop)
@@ -564,7 +564,7 @@ class Dispatcher:
         # The slot's second record is the job's submission: the poller and cancels find the
         # provider job by it, and the API's job view reads it (no event, no jobs-table write).
         lane.slots.put_in(partition, key, slot.submitted(result.provider_job_id))
-        if self.follows_all or (self.follows_places and result.state == "queued"):
+        if self.follows and (self.callbacks == "none" or result.state == "queued"):
             self.followed[key] = None
 
     async def _call_provider(self, order: Order, key: bytes, partition: int, request: SubmitOrder,
@@ -784,14 +784,14 @@ class Dispatcher:
         _, job_id = parse_slot_key(key)
         word = Word(slot.attempt, status.state, status.queue_position, status.progress)
         last = self.followed.pop(key, None)
-        following = keep_following(word, places=self.follows_places, to_the_end=self.follows_all)
+        following = self.follows and keep_following(word, self.callbacks)
         if following:
             self.followed[key] = last
         if not is_news(last, word):
             return
         told: dict[str, Any]
         if word.state == "queued":
-            if word.place is None or not self.follows_places:
+            if word.place is None or not self.follows:
                 return  # nothing to record: the job is submitted already
             kind, told = "submitted", {"queue_position": word.place}
         else:

@@ -108,11 +108,11 @@ class VideoProvider(Protocol):
     """
 
     name: str
-    # Optional, for a provider that says little by itself (the dispatcher then follows its jobs with
-    # status calls every ``FLOODGATE_PROVIDER_STATUS_POLL`` seconds, ``floodgate.following``):
-    # ``queue_positions = True`` when ``status`` gives a waiting job's place in the provider's own
-    # queue (``ProviderStatus.queue_position``) and the provider calls back only at the end (fal);
-    # ``sends_webhooks = False`` when it never calls back (Runway).
+    # Optional: ``callbacks``, what the provider's webhooks tell: ``"all"`` (every change; the
+    # default), ``"end"`` (only the end: fal, RunPod, WaveSpeed) or ``"none"`` (no webhooks: Runway).
+    # For "end" and "none" the dispatcher follows the jobs with status calls every
+    # ``FLOODGATE_PROVIDER_STATUS_POLL`` seconds, until they start or until they end
+    # (``floodgate.following``); a status may give the place in the provider's own queue.
 
     async def submit(self, session: aiohttp.ClientSession, order: SubmitOrder) -> SubmitResult:
         """Create the job. Safe to repeat with the same ``order.idempotency_key``."""

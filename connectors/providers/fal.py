@@ -203,8 +203,8 @@ class FalProvider(HttpConnector):
     """Connection settings: ``api_key``, ``callback_secret``; optional ``base_url`` (the queue),
     ``jwks_url``, ``jwks_max_age`` (seconds, at most 24 h), ``timeout``."""
 
-    queue_positions = True
-    """fal's status tells a waiting job's place in its queue, and its only webhook is the end."""
+    callbacks = "end"
+    """fal's only webhook is the end; its status tells a waiting job's place in its queue."""
 
     def __init__(self, name: str, api_key: str, callback_secret: str, *, base_url: str = DEFAULT_BASE_URL,
                  jwks_url: str = DEFAULT_JWKS_URL, jwks_max_age: float = MAX_JWKS_AGE, timeout: float = 30.0,

@@ -106,6 +106,9 @@ class RunPodProvider(HttpConnector):
     """Connection settings: ``api_key``, ``callback_secret``; optional ``base_url``, ``policy``
     (RunPod's per-job ``executionTimeout``/``ttl``/``lowPriority``), ``timeout``."""
 
+    callbacks = "end"
+    """RunPod's webhook comes once, at the end: a job is followed by status calls until it starts."""
+
     def __init__(self, name: str, api_key: str, callback_secret: str, *, base_url: str = DEFAULT_BASE_URL,
                  policy: Mapping[str, Any] | None = None, timeout: float = 30.0,
                  clock: Callable[[], float] = time.time) -> None:

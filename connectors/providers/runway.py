@@ -11,7 +11,7 @@ Runway queues excess tasks instead of refusing them) → queued, ``RUNNING`` →
 already gone is not an error). 429 means the daily limit; Runway asks for updates no more often
 than every five seconds.
 
-Runway has no webhooks (``sends_webhooks = False``): the dispatcher follows each of its jobs with a
+Runway has no webhooks (``callbacks = "none"``): the dispatcher follows each of its jobs with a
 status call every ``FLOODGATE_PROVIDER_STATUS_POLL`` seconds (5 by default, as often as Runway
 says its tasks change) until it ends, which is how its jobs start, progress and end; and
 ``authenticate_webhook`` refuses anything that claims to come from Runway.
@@ -76,8 +76,8 @@ def parse_task(body: bytes) -> ProviderStatus:
 class RunwayProvider(HttpConnector):
     """Connection settings: ``api_key``; optional ``base_url``, ``api_version``, ``timeout``."""
 
-    sends_webhooks = False
-    """Runway has none: its jobs are followed by status calls (``floodgate.following``)."""
+    callbacks = "none"
+    """Runway has no webhooks: its jobs are followed by status calls (``floodgate.following``)."""
 
     def __init__(self, name: str, api_key: str, *, base_url: str = DEFAULT_BASE_URL,
                  api_version: str = API_VERSION, timeout: float = 30.0,

@@ -128,6 +128,9 @@ class WaveSpeedProvider(HttpConnector):
     """Connection settings: ``api_key``, ``webhook_secret`` (from ``GET /api/v3/webhook/secret``),
     ``callback_secret``; optional ``base_url``, ``image_field`` (default ``image``), ``timeout``."""
 
+    callbacks = "end"
+    """WaveSpeed's webhook comes once, at the end: a job is followed by status calls until it starts."""
+
     def __init__(self, name: str, api_key: str, webhook_secret: str, callback_secret: str, *,
                  base_url: str = DEFAULT_BASE_URL, image_field: str = "image", timeout: float = 30.0,
                  clock: Callable[[], float] = time.time) -> None:

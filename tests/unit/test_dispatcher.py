@@ -558,9 +558,10 @@ async def test_the_share_of_the_limit_is_published_with_the_first_slot_of_a_gene
 
 
 class QueueingProvider(FakeProvider):
-    """A provider that keeps accepted jobs in a queue of its own and says where they stand (fal)."""
+    """A provider that keeps accepted jobs in a queue of its own, says where they stand when asked and
+    calls back only at the end (fal)."""
 
-    queue_positions = True
+    callbacks = "end"
 
     def __init__(self) -> None:
         super().__init__()
@@ -636,15 +637,15 @@ async def test_after_a_restart_the_late_poll_finds_a_job_in_the_providers_queue_
     assert provider.asked == ["pj-job-0"], "a followed job is left to follow"
 
 
-async def test_jobs_at_a_provider_that_tells_no_place_are_not_followed(
+async def test_jobs_at_a_provider_that_calls_back_every_change_are_not_followed(
         dispatcher: Dispatcher, settings: Settings, tmp_path: Path) -> None:
     await fill(dispatcher, 1)
     await settle(dispatcher)
-    assert not dispatcher.follows_places and not dispatcher.followed
+    assert not dispatcher.follows and not dispatcher.followed  # (the fake's callbacks: the default, "all")
     off = settings.with_overrides(provider_status_poll=0)
     pipe, _, (d,) = windowed(off, QueueingProvider(), tmp_path / "off", off.fair_window, "wan")
     try:
-        assert not d.follows_places, "FLOODGATE_PROVIDER_STATUS_POLL=0 turns it off"
+        assert not d.follows, "FLOODGATE_PROVIDER_STATUS_POLL=0 turns it off"
     finally:
         await d.lane.stop()
         await pipe.close()
@@ -653,8 +654,7 @@ async def test_jobs_at_a_provider_that_tells_no_place_are_not_followed(
 class SilentProvider(QueueingProvider):
     """A provider that never calls back (Runway): its jobs are followed to their end."""
 
-    queue_positions = False
-    sends_webhooks = False
+    callbacks = "none"
 
     def say_progress(self, job_id: str, progress: float) -> None:
         self.states[f"pj-{job_id}"] = ProviderStatus(f"pj-{job_id}", "running", progress, None, None)
@@ -668,7 +668,7 @@ async def test_a_job_at_a_provider_without_webhooks_is_followed_to_its_end_telli
         await fill(d, 1)
         await settle(d)
         key = slot_key(0, "job-0")
-        assert d.follows_all and key in d.followed
+        assert d.follows and key in d.followed
         provider.say("job-0", "queued")  # waiting, no place: nothing to record
         await d.follow()
         provider.say_progress("job-0", 0.10)

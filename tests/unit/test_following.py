@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import pytest
 
-from floodgate.following import PROGRESS_STEP, Word, is_news, keep_following
+from floodgate.following import PROGRESS_STEP, Word, followed, is_news, keep_following
 
 
 def test_the_first_word_and_every_change_of_state_or_place_is_news() -> None:
@@ -24,14 +24,20 @@ def test_progress_is_news_only_in_steps() -> None:
     assert is_news(Word(0, "running"), Word(0, "running", None, PROGRESS_STEP)), "no progress yet counts as 0"
 
 
-@pytest.mark.parametrize(("state", "places", "to_the_end", "followed"), [
-    ("queued", True, False, True),  # fal: while it waits
-    ("running", True, False, False),  # fal calls back at the end
-    ("queued", False, True, True),  # Runway: to the end
-    ("running", False, True, True),
-    ("completed", False, True, False),
-    ("failed", True, True, False),
-    ("queued", False, False, False),  # a provider that calls back: the late poll only
+@pytest.mark.parametrize(("state", "callbacks", "again"), [
+    ("queued", "end", True),  # fal, RunPod, WaveSpeed: until it starts
+    ("running", "end", False),  # its end comes by webhook
+    ("queued", "none", True),  # Runway: to the end
+    ("running", "none", True),
+    ("completed", "none", False),
+    ("failed", "end", False),
+    ("queued", "all", False),  # a provider that tells every change: the late poll only
 ])
-def test_how_long_a_job_is_followed(state: str, places: bool, to_the_end: bool, followed: bool) -> None:
-    assert keep_following(Word(0, state), places=places, to_the_end=to_the_end) is followed
+def test_how_long_a_job_is_followed(state: str, callbacks: str, again: bool) -> None:
+    assert keep_following(Word(0, state), callbacks) is again
+
+
+def test_only_jobs_at_providers_that_say_little_are_followed_and_a_wrong_value_is_refused() -> None:
+    assert [followed(c) for c in ("all", "end", "none")] == [False, True, True]
+    with pytest.raises(ValueError, match="callbacks must be one of"):
+        followed("sometimes")
