@@ -220,7 +220,9 @@ class WorkerMetrics(_Group):
             "floodgate_spilled_total", "Waiting jobs moved to an equivalent model's provider with room (spillover).",
             ["from_provider", "to_provider"])
         self.polls = self._counter(
-            "floodgate_provider_polls_total", "Status polls of quiet in-flight jobs (lost webhooks).",
+            "floodgate_provider_polls_total",
+            "Status calls about in-flight jobs: quiet ones (lost webhooks), and those followed at providers "
+            "that call back only at the end or never.",
             ["provider"])
         self.timeouts = self._counter(
             "floodgate_provider_timeouts_total", "In-flight jobs failed after FLOODGATE_JOB_TIMEOUT.",
