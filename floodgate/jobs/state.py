@@ -421,11 +421,13 @@ def _queue_place(state: JobState, event: JobEvent) -> JobState:
     """The job's place in its provider's own queue: the word with the latest ``at`` (a queue
     position may grow as well as shrink: fal puts requests over its limit back in line), gone
     once the job runs or ends. Either way the result does not depend on the order of events."""
+    position = event.queue_position
+    if position is None and state.provider_queue_at is None and state.provider_queue_position is None:
+        return state  # (nearly every event: it tells no place and the job holds none)
     if _RANK[state.status] >= _RANK[JobStatus.RUNNING]:
         if state.provider_queue_position is None and state.provider_queue_at is None:
             return state
         return dataclasses.replace(state, provider_queue_position=None, provider_queue_at=None)
-    position = event.queue_position
     if position is None:
         return state
     held, at = state.provider_queue_position, state.provider_queue_at
