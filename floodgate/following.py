@@ -8,9 +8,14 @@ become an event, and an event costs two Kafka records (the event and the job's s
 only news is told:
 
 * the first word about a job's attempt, and any change of its state;
+* a job's end, every time it is heard: until its slot is freed, which that end causes, hearing
+  it again means the word was lost on its way (a send that never landed);
 * a new place in the provider's queue;
 * progress that rose by ``PROGRESS_STEP`` since the last word told (some providers report it in
   small steps; a progress bar shows no finer).
+
+The same rule keeps the late poll (``FLOODGATE_POLL_AFTER``, for lost webhooks) from telling that
+a long render is still running every ten seconds.
 
 How long a job is followed depends on what its provider's webhooks tell (the connector's
 ``callbacks``): ``"end"``, until it starts (its end comes by webhook); ``"none"``, until it ends;
@@ -21,6 +26,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 PROGRESS_STEP = 0.05
+ENDS = frozenset({"completed", "failed", "cancelled"})
 CALLBACKS = ("all", "end", "none")
 """What a provider's webhooks tell: every change, only the end, nothing."""
 
@@ -39,7 +45,9 @@ class Word:
 
 def is_news(last: Word | None, word: Word) -> bool:
     """Whether ``word`` tells more than ``last``, the last word told about the job (None: none yet)."""
-    if last is None or (last.attempt, last.state, last.place) != (word.attempt, word.state, word.place):
+    if last is None or word.state in ENDS:
+        return True
+    if (last.attempt, last.state, last.place) != (word.attempt, word.state, word.place):
         return True
     return word.progress is not None and word.progress >= (last.progress or 0.0) + PROGRESS_STEP
 

@@ -140,8 +140,10 @@ class Dispatcher:
         """What the provider's webhooks tell: every change, only the end, nothing (``floodgate.following``)."""
         self.follows = self.settings.provider_status_poll > 0 and followed(self.callbacks)
         """Whether its jobs are followed by status calls (see the module docstring)."""
-        self.followed: dict[bytes, Word | None] = {}
-        """Slot key → the last word told about the job (None: none yet), for each job followed."""
+        self.followed: set[bytes] = set()
+        """Slot keys of the jobs followed."""
+        self.told: dict[bytes, Word] = {}
+        """Slot key → the last word a status call told about the job (followed, or by the late poll)."""
 
     @property
     def orders_topic(self) -> str:
@@ -565,7 +567,7 @@ class Dispatcher:
         # provider job by it, and the API's job view reads it (no event, no jobs-table write).
         lane.slots.put_in(partition, key, slot.submitted(result.provider_job_id))
         if self.follows and (self.callbacks == "none" or result.state == "queued"):
-            self.followed[key] = None
+            self.followed.add(key)
 
     async def _call_provider(self, order: Order, key: bytes, partition: int, request: SubmitOrder,
                              has_fallback: bool) -> SubmitResult | None:
@@ -724,6 +726,8 @@ class Dispatcher:
                     self.expire_waiting(partition)
                     self.pump(partition)  # a safety net: every slot freed also pumps
         lane.expire_marks(now)
+        for key in [key for key in self.told if lane.slots.get(key) is None]:
+            del self.told[key]  # (its job ended or moved on: what was told of it is of no more use)
         for key, slot in list(lane.slots.items()):
             if key in lane.submitting or key in lane.cancelling or parse_slot_key(key)[0] not in lane.generations:
                 continue  # (the last: not this worker's partition, or not yet recovered)
@@ -759,7 +763,7 @@ class Dispatcher:
         for key in list(self.followed):
             slot = lane.slots.get(key)
             if slot is None or not slot.provider_job_id or parse_slot_key(key)[0] not in lane.generations:
-                del self.followed[key]  # ended, moved on, or no longer this worker's partition
+                self.followed.discard(key)  # ended, moved on, or no longer this worker's partition
             elif key not in lane.submitting and key not in lane.cancelling:
                 due.append((key, slot))
         for start in range(0, len(due), FOLLOW_CALLS):
@@ -779,15 +783,15 @@ class Dispatcher:
             log.exception("status poll of %s at %s failed", parse_slot_key(key)[1], self.name)
 
     async def tell(self, key: bytes, slot: Slot, status: ProviderStatus, now: float) -> None:
-        """What a status call found, as an event, if it is news about a followed job (any word about
-        a job not followed: the late poll's); whether to follow the job further."""
+        """What a status call found, as an event if it is news (``floodgate.following``); whether to
+        follow the job further."""
         _, job_id = parse_slot_key(key)
         word = Word(slot.attempt, status.state, status.queue_position, status.progress)
-        last = self.followed.pop(key, None)
-        following = self.follows and keep_following(word, self.callbacks)
-        if following:
-            self.followed[key] = last
-        if not is_news(last, word):
+        if self.follows and keep_following(word, self.callbacks):
+            self.followed.add(key)
+        else:
+            self.followed.discard(key)
+        if not is_news(self.told.get(key), word):
             return
         told: dict[str, Any]
         if word.state == "queued":
@@ -800,8 +804,7 @@ class Dispatcher:
                 return
             kind = "progress" if found == "running" and status.progress else found
             told = {"progress": status.progress, "video_url": status.video_url, "error": status.error}
-        if following:
-            self.followed[key] = word
+        self.told[key] = word
         await self.event(job_id, kind, slot.attempt, provider_job_id=slot.provider_job_id,
                          suffix=f":poll:{int(now * 1000)}", **told)
 

@@ -628,6 +628,7 @@ async def test_after_a_restart_the_late_poll_finds_a_job_in_the_providers_queue_
     await settle(d)
     key = slot_key(0, "job-0")
     d.followed.clear()  # what a restarted worker knows: the slot, from its changelog, and no more
+    d.told.clear()
     provider.say("job-0", "queued", 2)
     slot = d.lane.slots.get(key)
     assert slot is not None
@@ -683,6 +684,40 @@ async def test_a_job_at_a_provider_without_webhooks_is_followed_to_its_end_telli
         assert sent == [("progress", 0.10), ("progress", 0.30), ("completed", 1.0)]
         assert emitter(d).events("completed")[0]["video_url"] == "https://cdn.example/v.mp4"
         assert key not in d.followed and len(provider.asked) == 5
+    finally:
+        await d.lane.stop()
+        await pipe.close()
+
+
+class TellingProvider(QueueingProvider):
+    """A provider whose webhooks tell every change (the default): only the late poll asks it."""
+
+    callbacks = "all"
+
+
+async def test_the_late_poll_tells_a_long_render_once_and_an_end_as_often_as_it_hears_it(
+        settings: Settings, tmp_path: Path) -> None:
+    provider = TellingProvider()
+    pipe, _, (d,) = windowed(settings, provider, tmp_path / "late", settings.fair_window, "wan")
+    try:
+        await fill(d, 1)
+        await settle(d)
+        key = slot_key(0, "job-0")
+        slot = d.lane.slots.get(key)
+        assert slot is not None and not d.follows and not d.followed
+        late = slot.taken_at + d.settings.poll_after
+        provider.say("job-0", "running")
+        for tick in range(3):  # a render past poll_after, its webhooks quiet: polled every tick
+            await d.check_slot(key, slot, late + 10 * tick)
+        assert len(emitter(d).events("running")) == 1, "still running is no news"
+        provider.states["pj-job-0"] = ProviderStatus("pj-job-0", "completed", 1.0, "https://cdn.example/v.mp4", None)
+        await d.check_slot(key, slot, late + 30)
+        await d.check_slot(key, slot, late + 40)  # the slot still held: the first word of the end was lost
+        assert len(emitter(d).events("completed")) == 2
+        assert len(provider.asked) == 5
+        await d.release({"job_id": "job-0", "attempt": 0, "status": "completed"}, 0, 1)
+        await d.poll()
+        assert key not in d.told, "what was told of a job is forgotten with its slot"
     finally:
         await d.lane.stop()
         await pipe.close()

@@ -16,6 +16,12 @@ def test_the_first_word_and_every_change_of_state_or_place_is_news() -> None:
     assert is_news(Word(0, "queued", 1), Word(1, "queued", 1)), "another attempt is another job"
 
 
+def test_an_end_is_news_every_time_it_is_heard() -> None:
+    """Hearing it again means the word was lost on its way: the end frees the job's slot."""
+    for end in ("completed", "failed", "cancelled"):
+        assert is_news(Word(0, end, None, 1.0), Word(0, end, None, 1.0))
+
+
 def test_progress_is_news_only_in_steps() -> None:
     told = Word(0, "running", None, 0.40)
     assert not is_news(told, Word(0, "running", None, 0.40 + PROGRESS_STEP / 2))
