@@ -4,6 +4,7 @@ sends are futures this test resolves; the provider is a fake connector; sends ar
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from collections.abc import AsyncIterator
 from dataclasses import replace
@@ -450,6 +451,17 @@ def windowed(settings: Settings, provider: FakeProvider, datadir: Path, window: 
     return pipe, consumer, dispatchers
 
 
+@contextlib.asynccontextmanager
+async def one_dispatcher(settings: Settings, provider: FakeProvider, datadir: Path) -> AsyncIterator[Dispatcher]:
+    """wan's dispatcher on a worker of its own whose provider is ``provider``; stopped after."""
+    pipe, _, (d,) = windowed(settings, provider, datadir, settings.fair_window, "wan")
+    try:
+        yield d
+    finally:
+        await d.lane.stop()
+        await pipe.close()
+
+
 async def test_the_read_ahead_window_is_shared_by_every_provider_of_a_worker(
         settings: Settings, provider: FakeProvider, tmp_path: Path) -> None:
     """The window bounds the orders a worker holds over all its lines: the provider that fills it
@@ -579,10 +591,8 @@ class QueueingProvider(FakeProvider):
 @pytest.fixture
 async def queueing(settings: Settings, tmp_path: Path) -> AsyncIterator[tuple[Dispatcher, QueueingProvider]]:
     provider = QueueingProvider()
-    pipe, _, (d,) = windowed(settings, provider, tmp_path / "wq", settings.fair_window, "wan")
-    yield d, provider
-    await d.lane.stop()
-    await pipe.close()
+    async with one_dispatcher(settings, provider, tmp_path / "wq") as d:
+        yield d, provider
 
 
 def places(d: Dispatcher) -> list[tuple[str, int | None]]:
@@ -644,12 +654,8 @@ async def test_jobs_at_a_provider_that_calls_back_every_change_are_not_followed(
     await settle(dispatcher)
     assert not dispatcher.follows and not dispatcher.followed  # (the fake's callbacks: the default, "all")
     off = settings.with_overrides(provider_status_poll=0)
-    pipe, _, (d,) = windowed(off, QueueingProvider(), tmp_path / "off", off.fair_window, "wan")
-    try:
+    async with one_dispatcher(off, QueueingProvider(), tmp_path / "off") as d:
         assert not d.follows, "FLOODGATE_PROVIDER_STATUS_POLL=0 turns it off"
-    finally:
-        await d.lane.stop()
-        await pipe.close()
 
 
 class SilentProvider(QueueingProvider):
@@ -664,8 +670,7 @@ class SilentProvider(QueueingProvider):
 async def test_a_job_at_a_provider_without_webhooks_is_followed_to_its_end_telling_only_news(
         settings: Settings, tmp_path: Path) -> None:
     provider = SilentProvider()
-    pipe, _, (d,) = windowed(settings, provider, tmp_path / "silent", settings.fair_window, "wan")
-    try:
+    async with one_dispatcher(settings, provider, tmp_path / "silent") as d:
         await fill(d, 1)
         await settle(d)
         key = slot_key(0, "job-0")
@@ -684,9 +689,6 @@ async def test_a_job_at_a_provider_without_webhooks_is_followed_to_its_end_telli
         assert sent == [("progress", 0.10), ("progress", 0.30), ("completed", 1.0)]
         assert emitter(d).events("completed")[0]["video_url"] == "https://cdn.example/v.mp4"
         assert key not in d.followed and len(provider.asked) == 5
-    finally:
-        await d.lane.stop()
-        await pipe.close()
 
 
 class TellingProvider(QueueingProvider):
@@ -698,8 +700,7 @@ class TellingProvider(QueueingProvider):
 async def test_the_late_poll_tells_a_long_render_once_and_an_end_as_often_as_it_hears_it(
         settings: Settings, tmp_path: Path) -> None:
     provider = TellingProvider()
-    pipe, _, (d,) = windowed(settings, provider, tmp_path / "late", settings.fair_window, "wan")
-    try:
+    async with one_dispatcher(settings, provider, tmp_path / "late") as d:
         await fill(d, 1)
         await settle(d)
         key = slot_key(0, "job-0")
@@ -718,6 +719,3 @@ async def test_the_late_poll_tells_a_long_render_once_and_an_end_as_often_as_it_
         await d.release({"job_id": "job-0", "attempt": 0, "status": "completed"}, 0, 1)
         await d.poll()
         assert key not in d.told, "what was told of a job is forgotten with its slot"
-    finally:
-        await d.lane.stop()
-        await pipe.close()
