@@ -2,10 +2,10 @@
 
 Three inputs speak about a job: a request (it is ``queued``), a provider webhook (``running``,
 ``progress``, ``completed``, ...) and the ``events`` topic (the submitter's ``rerouted``,
-``failed``, ``expired``; a user's ``cancelled``; a poll's findings, among them a job's place in
-its provider's own queue). A submission is not among
+``failed``, ``expired``; a user's ``cancelled``; a poll's findings). A submission is not among
 them: it is recorded in the job's slot, where the API's job view reads it
-(``floodgate.api.view``); ``submitted`` events written by earlier versions still apply.
+(``floodgate.api.view``). The ``submitted`` events there are a status poll's word on the job's
+place in its provider's own queue (``queue_position``), and those earlier versions wrote.
 """
 from __future__ import annotations
 
