@@ -86,6 +86,7 @@ from floodgate import codec
 from floodgate.dispatch import ENDED, Order, Slot, parse_slot_key, slot_key
 from floodgate.errors import FloodgateError, ProviderUnavailable
 from floodgate.following import Word, followed, is_news, keep_following
+from floodgate.jobs.events import event_kind
 from floodgate.readahead import floor_for
 from floodgate.routing import next_target
 from floodgate.spillover import LineReport, Spill, estimated_wait, spill_to
@@ -102,8 +103,6 @@ log = logging.getLogger(__name__)
 DEFAULT_POLICY = SubmitPolicy()
 FOLLOW_CALLS = 8
 """Status calls at once while following jobs (see the module docstring)."""
-POLL_KINDS = {"running": "running", "completed": "completed", "failed": "failed", "cancelled": "cancelled"}
-"""A provider status's state → the event kind a poll records (``running`` with progress: ``progress``)."""
 
 
 class Dispatcher:
@@ -799,11 +798,10 @@ class Dispatcher:
                 return  # nothing to record: the job is submitted already
             kind, told = "submitted", {"queue_position": word.place}
         else:
-            found = POLL_KINDS.get(status.state)
+            found = event_kind(status.state, status.progress)
             if found is None:
                 return
-            kind = "progress" if found == "running" and status.progress else found
-            told = {"progress": status.progress, "video_url": status.video_url, "error": status.error}
+            kind, told = found, {"progress": status.progress, "video_url": status.video_url, "error": status.error}
         self.told[key] = word
         await self.event(job_id, kind, slot.attempt, provider_job_id=slot.provider_job_id,
                          suffix=f":poll:{int(now * 1000)}", **told)

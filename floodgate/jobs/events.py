@@ -24,6 +24,13 @@ WEBHOOK_KINDS: Mapping[str, str | None] = {
 """A provider's state in a webhook → the event kind it becomes (None: nothing to record)."""
 
 
+def event_kind(state: str, progress: float | None) -> str | None:
+    """The event kind a provider's word on a job stands for, in a webhook or a status answer
+    (``WEBHOOK_KINDS``; ``running`` with progress is ``progress``); None: nothing to record."""
+    kind = WEBHOOK_KINDS.get(state)
+    return "progress" if kind == "running" and progress else kind
+
+
 def event_from_record(rec: Mapping[str, Any]) -> JobEvent:
     """A ``JobEvent`` from its Avro record (``at`` in epoch ms)."""
     return JobEvent(
@@ -60,11 +67,9 @@ def webhook_event(provider: str, *, job_id: str, webhook_id: str, state: str, oc
                   error: str | None) -> JobEvent | None:
     """The event a verified, parsed provider webhook stands for, or None if it records nothing.
     Its id is the webhook's, so a redelivered webhook is a duplicate event."""
-    kind = WEBHOOK_KINDS.get(state)
+    kind = event_kind(state, progress)
     if kind is None:
         return None
-    if kind == "running" and progress:
-        kind = "progress"
     return JobEvent(
         event_id=f"wh:{provider}:{webhook_id}", job_id=job_id, kind=kind, at=occurred_at, provider=provider,
         provider_job_id=provider_job_id, attempt=0, progress=progress, video_url=video_url, error=error)

@@ -452,10 +452,14 @@ def windowed(settings: Settings, provider: FakeProvider, datadir: Path, window: 
 
 
 @contextlib.asynccontextmanager
-async def one_dispatcher(settings: Settings, provider: FakeProvider, datadir: Path) -> AsyncIterator[Dispatcher]:
-    """wan's dispatcher on a worker of its own whose provider is ``provider``; stopped after."""
+async def one_dispatcher(settings: Settings, provider: FakeProvider, datadir: Path,
+                         jobs: int = 0) -> AsyncIterator[Dispatcher]:
+    """wan's dispatcher on a worker of its own whose provider is ``provider``, with ``jobs``
+    submitted (job-0, job-1, ...); stopped after."""
     pipe, _, (d,) = windowed(settings, provider, datadir, settings.fair_window, "wan")
     try:
+        await fill(d, jobs)
+        await settle(d)
         yield d
     finally:
         await d.lane.stop()
@@ -583,6 +587,13 @@ class QueueingProvider(FakeProvider):
     def say(self, job_id: str, state: str, place: int | None = None) -> None:
         self.states[f"pj-{job_id}"] = ProviderStatus(f"pj-{job_id}", state, None, None, None, queue_position=place)
 
+    def say_progress(self, job_id: str, progress: float) -> None:
+        self.states[f"pj-{job_id}"] = ProviderStatus(f"pj-{job_id}", "running", progress, None, None)
+
+    def say_completed(self, job_id: str) -> None:
+        video = "https://cdn.example/v.mp4"
+        self.states[f"pj-{job_id}"] = ProviderStatus(f"pj-{job_id}", "completed", 1.0, video, None)
+
     async def status(self, session: Any, provider_job_id: str) -> ProviderStatus:
         self.asked.append(provider_job_id)
         return self.states[provider_job_id]
@@ -663,16 +674,11 @@ class SilentProvider(QueueingProvider):
 
     callbacks = "none"
 
-    def say_progress(self, job_id: str, progress: float) -> None:
-        self.states[f"pj-{job_id}"] = ProviderStatus(f"pj-{job_id}", "running", progress, None, None)
-
 
 async def test_a_job_at_a_provider_without_webhooks_is_followed_to_its_end_telling_only_news(
         settings: Settings, tmp_path: Path) -> None:
     provider = SilentProvider()
-    async with one_dispatcher(settings, provider, tmp_path / "silent") as d:
-        await fill(d, 1)
-        await settle(d)
+    async with one_dispatcher(settings, provider, tmp_path / "silent", jobs=1) as d:
         key = slot_key(0, "job-0")
         assert d.follows and key in d.followed
         provider.say("job-0", "queued")  # waiting, no place: nothing to record
@@ -683,7 +689,7 @@ async def test_a_job_at_a_provider_without_webhooks_is_followed_to_its_end_telli
         await d.follow()
         provider.say_progress("job-0", 0.30)
         await d.follow()
-        provider.states["pj-job-0"] = ProviderStatus("pj-job-0", "completed", 1.0, "https://cdn.example/v.mp4", None)
+        provider.say_completed("job-0")
         await d.follow()
         sent = [(r["kind"], r.get("progress")) for _, s, r in emitter(d).sent if s == "JobEvent"]
         assert sent == [("progress", 0.10), ("progress", 0.30), ("completed", 1.0)]
@@ -700,9 +706,7 @@ class TellingProvider(QueueingProvider):
 async def test_the_late_poll_tells_a_long_render_once_and_an_end_as_often_as_it_hears_it(
         settings: Settings, tmp_path: Path) -> None:
     provider = TellingProvider()
-    async with one_dispatcher(settings, provider, tmp_path / "late") as d:
-        await fill(d, 1)
-        await settle(d)
+    async with one_dispatcher(settings, provider, tmp_path / "late", jobs=1) as d:
         key = slot_key(0, "job-0")
         slot = d.lane.slots.get(key)
         assert slot is not None and not d.follows and not d.followed
@@ -711,7 +715,7 @@ async def test_the_late_poll_tells_a_long_render_once_and_an_end_as_often_as_it_
         for tick in range(3):  # a render past poll_after, its webhooks quiet: polled every tick
             await d.check_slot(key, slot, late + 10 * tick)
         assert len(emitter(d).events("running")) == 1, "still running is no news"
-        provider.states["pj-job-0"] = ProviderStatus("pj-job-0", "completed", 1.0, "https://cdn.example/v.mp4", None)
+        provider.say_completed("job-0")
         await d.check_slot(key, slot, late + 30)
         await d.check_slot(key, slot, late + 40)  # the slot still held: the first word of the end was lost
         assert len(emitter(d).events("completed")) == 2
