@@ -32,6 +32,7 @@ from connectors.providers.base import (
 )
 from floodgate import codec
 from floodgate.api.common import BodyTooLarge, Deps, json_response, read_bounded, too_large
+from floodgate.api.heard import Heard
 from floodgate.api.kafka_io import KafkaUnavailable, RecordTooLarge
 from floodgate.dispatch import ENDED
 from floodgate.errors import ProviderError, WebhookVerificationError
@@ -93,13 +94,19 @@ class Bridge:
         headers, body = dict(delivery.headers), delivery.body
         if callback:
             headers[CALLBACK_HEADER] = callback
-        job_id, event_webhook_id, ended = parse(name, connector, headers, body)
+        event = parse(name, connector, headers, body)
+        job_id = event.job_id if event is not None else None
         now_ms = int(deps.clock() * 1000)
-        value, kafka_headers = codec.encode("WebhookEnvelope", envelope(name, headers, body, event_webhook_id, now_ms))
-        refused = await self.store(name, job_id, value, kafka_headers, ended, now_ms)
+        value, kafka_headers = codec.encode("WebhookEnvelope", envelope(
+            name, headers, body, event.webhook_id if event is not None else None, now_ms))
+        refused = await self.store(name, job_id, value, kafka_headers, ended_job(event), now_ms)
         if refused is not None:
             return refused
         received.labels(name, "accepted").inc()
+        if event is not None and event.job_id and deps.view is not None:
+            # On Kafka now: this process's own watchers of the job may hear the word at once
+            # rather than after the worker's turn (floodgate.api.heard).
+            deps.view.heard(Heard(name, event.job_id, event))
         return json_response({"received": True})
 
     async def authenticate(self, name: str, connector: Any, headers: dict[str, str], body: bytes,
@@ -152,18 +159,22 @@ class Bridge:
         return None
 
 
-def parse(name: str, connector: Any, headers: dict[str, str],
-          body: bytes) -> tuple[str | None, str | None, ProviderEvent | None]:
-    """(job id, the event's webhook id, the event if it says a provider job ended) of an
-    authentic delivery; all None when it does not parse: it is forwarded keyless, and the jobs
-    agent dead-letters it."""
+def parse(name: str, connector: Any, headers: dict[str, str], body: bytes) -> ProviderEvent | None:
+    """The event an authentic delivery tells of; None when it does not parse: it is forwarded
+    keyless, and the jobs agent dead-letters it."""
     try:
         event: ProviderEvent = connector.parse_webhook(headers, body)
     except Exception as exc:
         log.info("webhook for %s does not parse (%s); forwarding without a key", name, exc)
-        return None, None, None
-    ended = event if event.state in TERMINAL_STATES and event.job_id and event.provider_job_id else None
-    return event.job_id, event.webhook_id, ended
+        return None
+    return event
+
+
+def ended_job(event: ProviderEvent | None) -> ProviderEvent | None:
+    """``event`` if it says a provider job of ours ended (its slot can be freed), else None."""
+    if event is None or event.state not in TERMINAL_STATES or not event.job_id or not event.provider_job_id:
+        return None
+    return event
 
 
 def add_routes(app: web.Application, deps: Deps, connectors: Mapping[str, Any]) -> None:

@@ -13,8 +13,9 @@ import orjson
 from aiohttp import WSCloseCode, WSMsgType, web
 
 from floodgate.api.common import Deps, base_url, json_response
+from floodgate.api.heard import Told, final
 from floodgate.api.resources import job_resource, presumed_queued
-from floodgate.api.view import STANDING, JobView, Snapshot, is_terminal
+from floodgate.api.view import STANDING, JobView, Snapshot
 from floodgate.errors import Problem
 from floodgate.ids import check_token
 from floodgate.problems import FORBIDDEN_ORIGIN, NOT_FOUND, UNAUTHORIZED, VALIDATION, problem_response
@@ -82,12 +83,13 @@ class Reader:
         return json_response(self.resource(snapshot, base_url(request, self.deps.settings)),
                              headers={"Cache-Control": "no-store"})
 
-    def worth_telling(self, snapshot: Snapshot, last_sent: int) -> bool:
-        """Whether a subscriber should hear of ``snapshot``: a newer version, or the same one again
-        with the job's place moved (``STANDING``), unless the job has left the line meanwhile (the
-        board saw it start, its new snapshot is on its way): told as ``queued`` with no place, the
-        subscriber would lose its place for that moment."""
-        if snapshot["version"] > last_sent:
+    def worth_telling(self, snapshot: Snapshot, told: Told) -> bool:
+        """Whether a subscriber should hear of ``snapshot``: news to it (``Told.news``: a newer
+        version, or the same version further on), or the same one again with the job's place
+        moved (``STANDING``), unless the job has left the line meanwhile (the board saw it start,
+        its new snapshot is on its way): told as ``queued`` with no place, the subscriber would
+        lose its place for that moment."""
+        if told.news(snapshot):
             return True
         board = self.view.board
         return bool(snapshot.get(STANDING)) and board is not None and board.position(snapshot["job_id"]) is not None
@@ -108,17 +110,17 @@ class Reader:
             response = web.StreamResponse(headers={
                 "Content-Type": "text/event-stream", "Cache-Control": "no-store", "X-Accel-Buffering": "no"})
             await response.prepare(request)
-            last_sent = _last_event_id(request)
+            told = Told.resumed(_last_event_id(request))
             base = base_url(request, self.deps.settings)
             snapshot: Snapshot | None = await current(self.view, job_id, self.deps.wait_for_job)
             live = False  # the first snapshot is the current state, not a change being pushed
             while not self.closing.is_set():
-                if snapshot is not None and self.worth_telling(snapshot, last_sent):
+                if snapshot is not None and self.worth_telling(snapshot, told):
                     await response.write(sse_event(snapshot, self.resource(snapshot, base)))
-                    last_sent = snapshot["version"]
+                    told.sent(snapshot)
                     if live and not snapshot.get(STANDING):
                         self.pushed("sse", snapshot)
-                if snapshot is not None and is_terminal(snapshot):
+                if snapshot is not None and final(snapshot):
                     break
                 snapshot, live = await self._next(queue), True
                 if snapshot is None and not self.closing.is_set():
@@ -281,14 +283,14 @@ class _StreamSession:
         subscribers.inc()  # here, not in subscribe(): a pump cancelled before it starts runs no finally
         try:
             snapshot = await current(view, job_id, self.reader.deps.wait_for_job)
-            last_sent, live = -1, False
+            told, live = Told(), False
             while True:
-                if self.reader.worth_telling(snapshot, last_sent):
+                if self.reader.worth_telling(snapshot, told):
                     await self.send({"type": "job", "job": self.reader.resource(snapshot, self.base)})
-                    last_sent = snapshot["version"]
+                    told.sent(snapshot)
                     if live and not snapshot.get(STANDING):
                         self.reader.pushed("websocket", snapshot)
-                if is_terminal(snapshot):
+                if final(snapshot):
                     break  # nothing follows a terminal state; the subscription ends by itself
                 snapshot, live = await queue.get(), True
         except ConnectionResetError:

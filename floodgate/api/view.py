@@ -29,6 +29,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
 
+from floodgate.api.heard import Heard, as_heard
 from floodgate.api.spill import SpillStore
 from floodgate.dispatch import Slot, is_parked, parse_slot_key, unsubmitted
 from floodgate.jobs.state import TERMINAL
@@ -53,6 +54,10 @@ YIELD_EVERY = 256
 """Snapshots applied between two turns of the event loop. A feed catching up hands over batches
 of up to 2,000 records, several back to back, and at 17-40 µs a record a backlog held the loop
 (and every 202 waiting on it) for a second at a time; 256 records are 4-10 ms."""
+
+HEARD_MAX = 10_000
+"""Jobs with providers' words held for their subscribers until the jobs table has them (a bound
+on memory: the table normally catches up within a second)."""
 
 LEAVING_MAX = 200_000
 """Submissions held for jobs whose snapshot has not moved past ``queued`` yet (a bound on memory:
@@ -161,6 +166,9 @@ class JobView:
         self._subscribers: dict[str, set[asyncio.Queue[Snapshot]]] = {}
         self._leaving: OrderedDict[str, Submission] = OrderedDict()
         """Submissions read from the slot logs, per job, until its snapshot moves past them."""
+        self._words: OrderedDict[str, list[Heard]] = OrderedDict()
+        """Providers' words heard at this process's bridge, per subscribed job, until the job's
+        snapshot from the jobs table has them (``floodgate.api.heard``)."""
         self._arrivals: dict[str, set[asyncio.Future[None]]] = {}
         self.ready = asyncio.Event()
         """Set once the feed has read up to the end offsets it saw at start."""
@@ -183,11 +191,18 @@ class JobView:
                 or self._evicted.get(job_id) or self._writing.get(job_id))
 
     def _effective(self, snapshot: Snapshot | None) -> Snapshot | None:
-        """``snapshot`` with the job's submission laid over it, when that applies."""
-        if snapshot is None or not self._leaving or snapshot.get("status") != "queued":
-            return snapshot
-        sub = self._leaving.get(snapshot["job_id"])
-        return as_submitted(snapshot, sub) if sub is not None and _stage(snapshot, sub) == 0 else snapshot
+        """``snapshot`` with the job's submission and the providers' words heard since laid over
+        it, when they apply."""
+        if snapshot is None:
+            return None
+        if self._leaving and snapshot.get("status") == "queued":
+            sub = self._leaving.get(snapshot["job_id"])
+            if sub is not None and _stage(snapshot, sub) == 0:
+                snapshot = as_submitted(snapshot, sub)
+        words = self._words.get(snapshot["job_id"]) if self._words else None
+        for word in words or ():
+            snapshot = as_heard(snapshot, word) or snapshot
+        return snapshot
 
     async def lookup(self, job_id: str) -> Snapshot | None:
         """The job's snapshot from memory or, on a miss, from the spill (read in a thread)."""
@@ -224,8 +239,9 @@ class JobView:
                 del self._leaving[job_id]
             elif stage == 0:
                 snapshot = as_submitted(snapshot, sub)
+        shown = self._caught_up(snapshot) if self._words and job_id in self._words else snapshot
         self._evict()
-        self._tell(snapshot)
+        self._tell(snapshot, shown)
         for waiter in self._arrivals.pop(job_id, ()):
             if not waiter.done():
                 waiter.set_result(None)
@@ -248,17 +264,56 @@ class JobView:
             self._leaving.popitem(last=False)
         if current is None or _stage(current, sub) < 0:
             return False
-        self._tell(as_submitted(current, sub))
+        self._tell(as_submitted(current, sub), self.get(sub.job_id))
         return True
 
-    def _tell(self, snapshot: Snapshot) -> None:
-        """What knows of a job's state learns ``snapshot``: counts, the line, subscribers."""
+    def heard(self, word: Heard) -> bool:
+        """Take in a provider's word from a webhook this process stored on Kafka; True if the job's
+        subscribers were told of it. Only a subscribed job's word is kept: a reader without a
+        subscription gains little from hearing it a few milliseconds before the table says it, and
+        every job's would cost every webhook the jobs agent's rules once more."""
+        job_id = word.job_id
+        if job_id not in self._subscribers:
+            return False
+        current = self.get(job_id)
+        if current is None or as_heard(current, word) is None:
+            return False
+        self._words.setdefault(job_id, []).append(word)
+        self._words.move_to_end(job_id)
+        if len(self._words) > HEARD_MAX:
+            self._words.popitem(last=False)
+        shown = self.get(job_id)
+        assert shown is not None
+        for queue in self._subscribers.get(job_id, ()):
+            _offer(queue, shown)
+        return True
+
+    def _caught_up(self, snapshot: Snapshot) -> Snapshot:
+        """``snapshot`` (new from the table) with the job's heard words that are still news laid
+        over it; the words it has caught up with (or passed: it ended, it moved to another
+        provider) are forgotten. A word that is old news stays old news: every field it sets
+        only moves one way within an attempt."""
+        job_id, shown = snapshot["job_id"], snapshot
+        pending = []
+        for word in self._words.pop(job_id):
+            ahead = as_heard(shown, word)
+            if ahead is not None:
+                pending.append(word)
+                shown = ahead
+        if pending:
+            self._words[job_id] = pending
+        return shown
+
+    def _tell(self, snapshot: Snapshot, shown: Snapshot | None = None) -> None:
+        """What knows of a job's state learns ``snapshot``: counts, the line, and subscribers,
+        who are shown ``shown`` (the same with the providers' words heard since laid over it).
+        The counts follow the table and the slot logs only: a heard word may yet lose a race."""
         job_id = snapshot["job_id"]
         self.open_jobs.observe(job_id, snapshot.get("tenant") or "default", snapshot["status"], snapshot["version"])
         if self.board is not None:
             self.board.observe(snapshot, self.clock())
         for queue in self._subscribers.get(job_id, ()):
-            _offer(queue, snapshot)
+            _offer(queue, shown or snapshot)
 
     async def apply_batch(self, snapshots: list[Snapshot]) -> int:
         """Apply a batch from the feed in order, then write what it evicted; how many were kept.

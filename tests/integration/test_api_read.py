@@ -1,8 +1,10 @@
 """Reading jobs on the real broker: GET, SSE and WebSocket, fed by JobSnapshots written to the
-test's notifications topic (standing in for the job-state agent)."""
+test's notifications topic (standing in for the job-state agent), and by the providers' webhooks
+this process's bridge stored (heard before the jobs table has them)."""
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
@@ -10,13 +12,22 @@ import aiohttp
 import orjson
 import pytest
 
+from connectors.simulator import DEV_WEBHOOK_SECRET
 from floodgate.api.read import MAX_SUBSCRIPTIONS, TOO_MANY_SUBSCRIPTIONS
 from floodgate.api.server import ApiServer, serve, spill_dir
 from floodgate.api.spill import FILE_NAME
 from floodgate.ids import job_token, new_job_id
 from floodgate.settings import Settings
+from floodgate.signing import signature_headers
 from floodgate.topics import TopicNames
-from tests.integration.api_helpers import DEV_SIMULATOR, aproduce_snapshots, produce_snapshots, running_api, snapshot
+from tests.integration.api_helpers import (
+    DEV_SIMULATOR,
+    aproduce_snapshots,
+    aread_records,
+    produce_snapshots,
+    running_api,
+    snapshot,
+)
 
 pytestmark = pytest.mark.kafka
 
@@ -288,3 +299,64 @@ async def test_shutdown_ends_open_streams(settings: Settings, http: aiohttp.Clie
         await ws.close()
     finally:
         await api.close()
+
+
+# -- a provider's word heard at this process's bridge (floodgate.api.heard) -------------------
+
+def webhook(job_id: str, status: str, progress: int, msg_id: str, **data: Any) -> tuple[bytes, dict[str, str]]:
+    """A signed simulator webhook (OpenAI Videos' event shape) for provider job ``video_1``."""
+    kind = {"in_progress": "video.in_progress", "completed": "video.completed"}[status]
+    body = orjson.dumps({
+        "id": f"evt_{msg_id}", "object": "event", "type": kind, "created_at": int(time.time()),
+        "data": {"id": "video_1", "object": "video", "status": status, "progress": progress,
+                 "metadata": {"job_id": job_id}, **data}})
+    return body, {"Content-Type": "application/json",
+                  **signature_headers(DEV_WEBHOOK_SECRET, msg_id, body, time.time())}
+
+
+async def test_a_watcher_hears_the_providers_word_before_the_jobs_table_and_the_table_has_the_last_say(
+        api: ApiServer, settings: Settings) -> None:
+    job_id = new_job_id()
+    topics = TopicNames(settings)
+    await aproduce_snapshots(settings.kafka_bootstrap, topics.notifications, snapshot(job_id, 1, "submitted"))
+    token = token_for(settings, job_id)
+    ws_url = api.url.replace("http://", "ws://") + "/v1/stream"
+    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=30)) as http, \
+            http.ws_connect(ws_url, params={"job_id": job_id, "token": token}) as ws:
+
+        async def receive() -> dict[str, Any]:
+            while True:
+                msg: dict[str, Any] = await asyncio.wait_for(ws.receive_json(), DEADLINE)
+                if msg["type"] == "job":
+                    job: dict[str, Any] = msg["job"]
+                    return job
+
+        first = await receive()
+        while first["status"] != "submitted":  # (the feed may still be catching up with the topic)
+            first = await receive()
+
+        body, headers = webhook(job_id, "in_progress", 40, "msg_1")
+        async with http.post(f"{api.url}/webhooks/kling", data=body, headers=headers) as resp:
+            assert resp.status == 200
+        running = await receive()
+        assert (running["status"], running["progress"]) == ("running", 0.4)
+
+        body, headers = webhook(job_id, "completed", 100, "msg_2", video_url="https://files.example/v.mp4")
+        async with http.post(f"{api.url}/webhooks/kling", data=body, headers=headers) as resp:
+            assert resp.status == 200
+        done = await receive()
+        assert done["status"] == "completed" and done["result"] == {"video_url": "https://files.example/v.mp4"}
+        # Both words are on Kafka for the worker (whose table never ran here: only the bridge's
+        # process could have told them).
+        assert len(await aread_records(settings.kafka_bootstrap, topics.webhooks, 2)) == 2
+        async with http.get(f"{api.url}/v1/jobs/{job_id}", params={"token": token}) as resp:
+            assert (await resp.json())["status"] == "completed", "a read agrees with what the watcher was told"
+
+        # A cancel reached the worker before the webhooks: the table says cancelled, and the
+        # watcher, whose subscription a heard end did not close, is told so.
+        await aproduce_snapshots(settings.kafka_bootstrap, topics.notifications,
+                                 snapshot(job_id, 2, "cancelled", error="cancelled by the user"))
+        last = await receive()
+        assert last["status"] == "cancelled"
+        async with http.get(f"{api.url}/v1/jobs/{job_id}", params={"token": token}) as resp:
+            assert (await resp.json())["status"] == "cancelled"

@@ -324,6 +324,7 @@ def test_a_place_update_is_not_told_once_the_job_has_left_the_line() -> None:
     Skipped instead: the job's new snapshot follows."""
     from types import SimpleNamespace
 
+    from floodgate.api.heard import Told
     from floodgate.api.read import Reader
     from floodgate.api.view import STANDING
 
@@ -334,11 +335,13 @@ def test_a_place_update_is_not_told_once_the_job_has_left_the_line() -> None:
                "created_at": 1, "updated_at": 1}
     view.apply(waiting)
     update = {**waiting, STANDING: True}
-    assert reader.worth_telling(update, last_sent=1), "the same version, told again with its place"
-    assert not reader.worth_telling(waiting, last_sent=1), "the same version, not a place update"
+    told = Told()
+    told.sent(waiting)
+    assert reader.worth_telling(update, told), "the same version, told again with its place"
+    assert not reader.worth_telling(waiting, told), "the same version, not a place update"
     view.apply({**waiting, "version": 2, "status": "submitted", "updated_at": 2})
-    assert not reader.worth_telling(update, last_sent=1), "left the line: the update is stale"
-    assert reader.worth_telling({**waiting, "version": 2, "status": "submitted"}, last_sent=1)
+    assert not reader.worth_telling(update, told), "left the line: the update is stale"
+    assert reader.worth_telling({**waiting, "version": 2, "status": "submitted"}, told)
 
 
 async def test_a_long_batch_lets_the_loop_run_other_work_between_slices() -> None:

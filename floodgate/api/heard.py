@@ -1,0 +1,144 @@
+"""A provider's word on a job, told to the job's watchers before the jobs table has it. Pure.
+
+The bridge writes a verified webhook to ``webhooks`` and, once Kafka has it (``acks=all``), the
+jobs agent in the worker folds it into the job's state; the job view reads the new state from
+``notifications`` and only then tells the job's SSE and WebSocket subscribers. Two Kafka hops and
+the worker's turn lie between the provider's word and the watcher, and while the worker runs at
+its max that turn is most of the wait (a webhook waits there for the consumer to fetch it and
+hand it out: p50 about 50 ms, p99 150-660 ms in the notification bench's runs beside the
+pipeline at its max).
+
+The API process that received the webhook knows what it says the moment Kafka acknowledged it:
+``as_heard`` lays that word over the snapshot its view holds, with the jobs agent's own rules
+(``floodgate.jobs.events.webhook_event``, ``aim`` and the state machine's ``apply``), so the early
+word is what the table will say unless another event about the job (a cancel, a reroute) gets to
+the worker first. Then the table's word follows, and the watcher is told that too: the
+subscription ends on the table's terminal state, never on a heard one.
+
+Nothing here is durable or shared: only the process that received the webhook tells early, and
+only its own subscribers (the others hear the table's word as before).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from connectors.providers.base import ProviderEvent
+from floodgate.errors import ValidationError
+from floodgate.jobs.events import aim, webhook_event
+from floodgate.jobs.state import TERMINAL, JobState, JobStatus, apply
+
+Snapshot = dict[str, Any]
+
+HEARD = "_heard"
+"""Marks a snapshot with a provider's word laid over it (not yet the jobs table's)."""
+
+_RANK = {"queued": 0, "submitted": 1, "running": 2}
+_TERMINAL = frozenset(status.value for status in TERMINAL)
+
+
+@dataclass(frozen=True)
+class Heard:
+    """A verified webhook, stored on Kafka: which provider said it, and what it says of which job."""
+
+    provider: str
+    job_id: str
+    event: ProviderEvent
+
+
+def rank(snapshot: Snapshot) -> int:
+    """How far the job has gone: queued 0, submitted 1, running 2, ended 3."""
+    status = snapshot.get("status")
+    return 3 if status in _TERMINAL else _RANK.get(str(status), 0)
+
+
+def face(snapshot: Snapshot) -> tuple[Any, ...]:
+    """What a watcher sees of the job's progress (its status and what goes with it)."""
+    return (snapshot.get("status"), snapshot.get("progress"), snapshot.get("attempt"), snapshot.get("provider"),
+            snapshot.get("provider_job_id"), snapshot.get("provider_queue_position"), snapshot.get("video_url"),
+            snapshot.get("error"))
+
+
+def _state_of(snapshot: Snapshot) -> JobState:
+    """The part of the job's state the provider's word can change, from its snapshot."""
+    return JobState(
+        job_id=snapshot["job_id"], provider=snapshot.get("provider"), provider_job_id=snapshot.get("provider_job_id"),
+        status=JobStatus(snapshot["status"]), progress=float(snapshot.get("progress") or 0.0),
+        video_url=snapshot.get("video_url"), error=snapshot.get("error"), attempt=int(snapshot.get("attempt") or 0),
+        updated_at=int(snapshot.get("updated_at") or 0) / 1000,
+        provider_queue_position=snapshot.get("provider_queue_position"))
+
+
+def as_heard(snapshot: Snapshot, word: Heard) -> Snapshot | None:
+    """``snapshot`` as the jobs table will have it once it takes ``word`` in, with the same version
+    and marked ``HEARD``; None when the word changes nothing the table would change (old news, a
+    provider the job has left, a job that has ended: a terminal state is the table's to tell)."""
+    if snapshot.get("status") in _TERMINAL or snapshot.get("job_id") != word.job_id:
+        return None
+    try:
+        said = word.event
+        event = webhook_event(word.provider, job_id=word.job_id, webhook_id=said.webhook_id, state=said.state,
+                              occurred_at=said.occurred_at, provider_job_id=said.provider_job_id,
+                              progress=said.progress, video_url=said.video_url, error=said.error)
+        before = _state_of(snapshot)
+    except (ValidationError, ValueError, TypeError):
+        return None  # the jobs agent dead-letters what does not make an event; nothing to tell early
+    aimed = None if event is None else aim(before, event)
+    if aimed is None:
+        return None
+    step = apply(before, aimed)
+    after = step.state
+    if not step.changed or after is None:
+        return None
+    return {**snapshot, "status": after.status.value, "progress": float(after.progress), "provider": after.provider,
+            "provider_job_id": after.provider_job_id, "video_url": after.video_url, "error": after.error,
+            "provider_queue_position": after.provider_queue_position,
+            "updated_at": max(int(snapshot.get("updated_at") or 0), int(word.event.occurred_at * 1000)), HEARD: True}
+
+
+@dataclass
+class Told:
+    """What one subscriber (an SSE response, a WebSocket subscription) was told of its job last,
+    and whether a snapshot is news to it.
+
+    A snapshot is news when it is further on than the last one told: a newer version, or the same
+    version further on (``rank``, then progress), which is how the view shows what it learnt
+    beside the jobs table (the job's submission read from its slot, a provider's word heard at
+    the bridge). The table's own copy of a word told early is not news again."""
+
+    version: int = -1
+    rank: int = -1
+    progress: float = -1.0
+    heard: tuple[Any, ...] | None = None
+    """The face of the last snapshot told, when it was a heard one."""
+
+    @classmethod
+    def resumed(cls, version: int) -> Told:
+        """A client that says it saw ``version`` (SSE's ``Last-Event-ID``): everything of it."""
+        return cls(version=version, rank=3, progress=1.0)
+
+    def _mark(self) -> tuple[int, int, float]:
+        return self.version, self.rank, self.progress
+
+    def news(self, snapshot: Snapshot) -> bool:
+        mark = (int(snapshot["version"]), rank(snapshot), float(snapshot.get("progress") or 0.0))
+        if mark <= self._mark():
+            return False
+        if self.heard is not None and mark[0] > self.version and face(snapshot) == self.heard:
+            self.version = mark[0]  # the table caught up with what was told: nothing new to say
+            self.heard = None if not snapshot.get(HEARD) else self.heard
+            return False
+        return True
+
+    def sent(self, snapshot: Snapshot) -> None:
+        self.version, self.rank = int(snapshot["version"]), rank(snapshot)
+        self.progress = float(snapshot.get("progress") or 0.0)
+        self.heard = face(snapshot) if snapshot.get(HEARD) else None
+
+
+def final(snapshot: Snapshot) -> bool:
+    """Whether nothing can follow ``snapshot`` for its subscriber: the table's terminal state."""
+    return snapshot.get("status") in _TERMINAL and not snapshot.get(HEARD)
+
+
+__all__ = ["HEARD", "Heard", "Told", "as_heard", "face", "final", "rank"]
