@@ -195,16 +195,17 @@ def _hops(n: dict[str, Any]) -> str:
 
 def _notify(n: dict[str, Any]) -> tuple[str, str]:
     hops = _hops(n)
-    slowest = max((n.get("hops_ms") or {}).items(), key=lambda kv: g(kv[1], "p50", default=0.0), default=None)
-    dominant = f" The slowest hop by p50 is {slowest[0]}." if slowest else ""
-    text = (f"Per hop, from the records' own timestamps: {hops}. A webhook crosses two Kafka hops (the bridge writes "
-            f"it to `webhooks` → the worker's jobs agent reads it and writes the job's new state to its table, "
-            f"whose changelog is the `notifications` topic → the API's view reads that and pushes the message)."
+    on_path = {hop: d for hop, d in (n.get("hops_ms") or {}).items() if "beside" not in hop}
+    slowest = max(on_path.items(), key=lambda kv: g(kv[1], "p50", default=0.0), default=None)
+    dominant = f" The slowest hop on the watcher's path by p50 is {slowest[0]}." if slowest else ""
+    text = (f"Per hop, from the records' own timestamps: {hops}. The API process that receives a webhook tells "
+            f"its own watchers of the job once Kafka has the webhook record (`floodgate/api/heard.py`); beside "
+            f"that path, the worker's jobs agent reads the record and writes the job's new state to its table, "
+            f"whose changelog (`notifications`) the job view of every API process reads: the table's copy, which "
+            f"has the last say, and the path for watchers on other API processes."
             f"{dominant} The jobs agent's hop is a consumer fetch plus the agent's turn in a worker that runs every "
             f"agent on one event loop{_loop(n, 'worker')} (cores during the run: {cores(n.get('cpu_cores'))}); "
-            f"the API's view and sockets share the API's loop{_loop(n)}; aiokafka keeps one "
-            f"fetch in flight per broker connection, so a record that lands just after a fetch was sent waits "
-            f"for that fetch to come back first.")
+            f"the bridge, the API's view and sockets share the API's loop{_loop(n)}.")
     return "Notification latency", text
 
 

@@ -145,12 +145,13 @@ class Stamps:
                 "per_s_mean": sum(self.written.values()) / (windows * CONVOY_WINDOW_MS / 1000)}
 
     def hops(self, delivered: dict[tuple[str, str], float]) -> dict[str, dict[str, float | int]]:
+        """The watcher's path (the bridge's process tells its own subscribers once Kafka has the
+        webhook: ``floodgate.api.heard``), and beside it the jobs agent's table write, which
+        every other API process waits for and which has the last say."""
         chain = [("bridge: received → webhook record", self.received, self.webhook),
-                 ("jobs agent: webhook record → job change (notification)", self.webhook, self.snapshot),
-                 ("API: snapshot → WebSocket message", self.snapshot, delivered)]
-        # Only states a webhook caused: "queued" also reaches sockets from the ingress's own view.
-        caused = {k: t for k, t in self.snapshot.items() if k in self.received}
-        chain[-1] = (chain[-1][0], caused, delivered)
+                 ("API: webhook record → WebSocket message", self.webhook, delivered),
+                 ("jobs agent (beside the path): webhook record → job change (notification)",
+                  self.webhook, self.snapshot)]
         return {name: stats.summary(latencies(a, b)) for name, a, b in chain}
 
 
