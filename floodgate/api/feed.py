@@ -30,6 +30,8 @@ from typing import Any
 
 from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaException, TopicPartition
 
+from floodgate import codec
+from floodgate.api.heard import Heard
 from floodgate.api.view import YIELD_EVERY, JobView, Snapshot, Submission
 from floodgate.errors import SchemaError
 from floodgate.jobs.record import decode_notification
@@ -65,12 +67,19 @@ class NotificationFeed:
     beginning into ``view``; sets ``view.ready`` once caught up with all of them."""
 
     def __init__(self, bootstrap: str, topic: str, partitions: int, view: JobView, *,
-                 slot_logs: Mapping[str, int] | None = None,
+                 slot_logs: Mapping[str, int] | None = None, webhooks: tuple[str, int] | None = None,
+                 connectors: Mapping[str, Any] | None = None,
                  client_id: str = "floodgate-api-view", fetch_max_wait_ms: int = 20) -> None:
+        """``webhooks``: the topic the bridges write (name, partitions), read from its end for the
+        providers' words on jobs this process's subscribers watch, which ``connectors`` (provider
+        → connector) parse (``floodgate.api.heard``)."""
         # The partition count comes from the topic layout (ensure_topics has checked it).
         self.topic = topic
         self.partitions = [(topic, p) for p in range(partitions)]
         self.partitions += [(log_topic, p) for log_topic, count in (slot_logs or {}).items() for p in range(count)]
+        self.webhooks = webhooks[0] if webhooks else None
+        self._webhook_partitions = [(webhooks[0], p) for p in range(webhooks[1])] if webhooks else []
+        self.connectors = dict(connectors or {})
         self.view = view
         # The feed always starts from the beginning of its partitions.
         self._consumer = Consumer(groupless_reader(
@@ -91,12 +100,17 @@ class NotificationFeed:
     async def start(self) -> None:
         """Find where the partitions end and start reading; the catch-up runs in the background."""
         try:
-            ends = await asyncio.to_thread(watermarks, self._consumer, self.partitions)
+            ends = await asyncio.to_thread(watermarks, self._consumer, self.partitions + self._webhook_partitions)
         except BaseException:
             await asyncio.to_thread(self._consumer.close)
             raise
+        words_from = {tp: ends.pop(tp)[1] for tp in self._webhook_partitions}
         self._pending = {tp: high for tp, (low, high) in ends.items() if high > low}
-        self._consumer.assign([TopicPartition(t, p, OFFSET_BEGINNING) for t, p in self.partitions])
+        self._consumer.assign([TopicPartition(t, p, OFFSET_BEGINNING) for t, p in self.partitions]
+                              # A word older than this process is of no use to its subscribers. (From
+                              # the end offset asked for here: librdkafka's OFFSET_END at assign
+                              # never started fetching a partition still empty then.)
+                              + [TopicPartition(t, p, words_from[(t, p)]) for t, p in self._webhook_partitions])
         if not self._pending:
             self.view.ready.set()
         self._applier = asyncio.create_task(self._apply_batches(), name="notification-feed")
@@ -158,7 +172,8 @@ class NotificationFeed:
     async def _apply(self, records: Sequence[Any], caught_up: bool) -> None:
         snapshots: list[Snapshot] = []
         submissions: list[Submission] = []
-        topic = self.topic
+        words: list[Heard] = []
+        topic, webhooks = self.topic, self.webhooks
         for n, msg in enumerate(records, 1):
             if not n % YIELD_EVERY:
                 await asyncio.sleep(0)  # decoding a full batch takes tens of milliseconds
@@ -167,15 +182,34 @@ class NotificationFeed:
             elif msg.topic() == topic:
                 if (snapshot := _decode(msg)) is not None:
                     snapshots.append(snapshot)
+            elif msg.topic() == webhooks:
+                if self.view.watches(msg.key()) and (word := self._word(msg)) is not None:
+                    words.append(word)
             elif (sub := _submission(msg)) is not None:
                 submissions.append(sub)
         # Also with nothing fetched: the flush writes what the ingress's put_local evicted.
         await self.view.apply_batch(snapshots)
         for sub in submissions:
             self.view.submitted(sub)
+        for word in words:  # after the table's snapshots of the same batch: those may have it already
+            self.view.heard(word)
         self.view.nudge()
         if caught_up:
             self.view.ready.set()
+
+
+    def _word(self, msg: Any) -> Heard | None:
+        """What a webhook record (verified by the bridge that wrote it) says of its job, parsed as
+        the jobs agent parses it; None for one that does not parse (the jobs agent dead-letters it)."""
+        try:
+            env = codec.decode("WebhookEnvelope", msg.value(), msg.headers())
+            connector = self.connectors.get(env["provider"])
+            event = None if connector is None else connector.parse_webhook(env["headers"], env["body"])
+        except Exception as exc:
+            log.debug("notification feed: webhook at %s[%s]@%s not heard: %s", msg.topic(), msg.partition(),
+                      msg.offset(), exc)
+            return None
+        return Heard(env["provider"], event.job_id, event) if event is not None and event.job_id else None
 
 
 def _report_crash(task: asyncio.Task[None]) -> None:

@@ -15,8 +15,10 @@ word is what the table will say unless another event about the job (a cancel, a 
 the worker first. Then the table's word follows, and the watcher is told that too: the
 subscription ends on the table's terminal state, never on a heard one.
 
-Nothing here is durable or shared: only the process that received the webhook tells early, and
-only its own subscribers (the others hear the table's word as before).
+The other API processes (behind a load balancer, a job's watcher and its provider's webhook
+seldom meet on one) read ``webhooks`` too, from its end, and decode only the records of jobs their
+own subscribers watch (``floodgate.api.feed``): their watchers hear the word one Kafka hop after
+the bridge, still ahead of the worker. Nothing here is durable: the table's word is.
 """
 from __future__ import annotations
 

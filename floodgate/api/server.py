@@ -204,6 +204,8 @@ class _Assembly:
         assert settings.kafka_bootstrap is not None
         self.feed = NotificationFeed(settings.kafka_bootstrap, names.notifications,
                                      self.layout[names.notifications][0], self.view, slot_logs=slot_logs,
+                                     webhooks=(names.webhooks, self.layout[names.webhooks][0]),
+                                     connectors=self.setup.build_connectors(),
                                      fetch_max_wait_ms=settings.fetch_max_wait_ms)
 
     async def start_producers(self) -> None:

@@ -267,11 +267,21 @@ class JobView:
         self._tell(as_submitted(current, sub), self.get(sub.job_id))
         return True
 
+    def watches(self, key: bytes | None) -> bool:
+        """Whether the job keyed ``key`` (a record's key: its id) has subscribers here."""
+        if not key or not self._subscribers:
+            return False
+        try:
+            return key.decode() in self._subscribers
+        except UnicodeDecodeError:
+            return False
+
     def heard(self, word: Heard) -> bool:
-        """Take in a provider's word from a webhook this process stored on Kafka; True if the job's
-        subscribers were told of it. Only a subscribed job's word is kept: a reader without a
-        subscription gains little from hearing it a few milliseconds before the table says it, and
-        every job's would cost every webhook the jobs agent's rules once more."""
+        """Take in a provider's word from a webhook on Kafka (stored by this process's bridge, or
+        read by its feed); True if the job's subscribers were told of it. Only a subscribed job's
+        word is kept: a reader without a subscription gains little from hearing it a few
+        milliseconds before the table says it, and every job's would cost every webhook the jobs
+        agent's rules once more."""
         job_id = word.job_id
         if job_id not in self._subscribers:
             return False

@@ -4,6 +4,7 @@ this process's bridge stored (heard before the jobs table has them)."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from collections.abc import AsyncIterator, Callable
 from typing import Any
@@ -314,15 +315,22 @@ def webhook(job_id: str, status: str, progress: int, msg_id: str, **data: Any) -
                   **signature_headers(DEV_WEBHOOK_SECRET, msg_id, body, time.time())}
 
 
+@pytest.mark.parametrize("bridge", ["this process", "another process"])
 async def test_a_watcher_hears_the_providers_word_before_the_jobs_table_and_the_table_has_the_last_say(
-        api: ApiServer, settings: Settings) -> None:
+        api: ApiServer, settings: Settings, bridge: str) -> None:
+    """``this process``: the bridge that stored the webhook tells its own watchers (and its feed,
+    reading the same record, tells nothing twice); ``another process``: a bridge-only API process
+    stores it, and this one's feed reads it from ``webhooks``."""
     job_id = new_job_id()
     topics = TopicNames(settings)
     await aproduce_snapshots(settings.kafka_bootstrap, topics.notifications, snapshot(job_id, 1, "submitted"))
     token = token_for(settings, job_id)
     ws_url = api.url.replace("http://", "ws://") + "/v1/stream"
-    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=30)) as http, \
-            http.ws_connect(ws_url, params={"job_id": job_id, "token": token}) as ws:
+    async with contextlib.AsyncExitStack() as stack:
+        webhooks_to = api if bridge == "this process" else await stack.enter_async_context(
+            running_api(settings, roles={"bridge"}))
+        http = await stack.enter_async_context(aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=30)))
+        ws = await stack.enter_async_context(http.ws_connect(ws_url, params={"job_id": job_id, "token": token}))
 
         async def receive() -> dict[str, Any]:
             while True:
@@ -336,18 +344,18 @@ async def test_a_watcher_hears_the_providers_word_before_the_jobs_table_and_the_
             first = await receive()
 
         body, headers = webhook(job_id, "in_progress", 40, "msg_1")
-        async with http.post(f"{api.url}/webhooks/kling", data=body, headers=headers) as resp:
+        async with http.post(f"{webhooks_to.url}/webhooks/kling", data=body, headers=headers) as resp:
             assert resp.status == 200
         running = await receive()
         assert (running["status"], running["progress"]) == ("running", 0.4)
 
         body, headers = webhook(job_id, "completed", 100, "msg_2", video_url="https://files.example/v.mp4")
-        async with http.post(f"{api.url}/webhooks/kling", data=body, headers=headers) as resp:
+        async with http.post(f"{webhooks_to.url}/webhooks/kling", data=body, headers=headers) as resp:
             assert resp.status == 200
         done = await receive()
         assert done["status"] == "completed" and done["result"] == {"video_url": "https://files.example/v.mp4"}
-        # Both words are on Kafka for the worker (whose table never ran here: only the bridge's
-        # process could have told them).
+        # Both words are on Kafka for the worker (whose table never ran here: only a view that
+        # heard them could have told them).
         assert len(await aread_records(settings.kafka_bootstrap, topics.webhooks, 2)) == 2
         async with http.get(f"{api.url}/v1/jobs/{job_id}", params={"token": token}) as resp:
             assert (await resp.json())["status"] == "completed", "a read agrees with what the watcher was told"
