@@ -4,6 +4,7 @@ reload resumes, cancel works, and the dashboard draws a spike without in-flight 
 """
 from __future__ import annotations
 
+import json
 import re
 import struct
 import zlib
@@ -12,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from playwright.sync_api import Browser, ConsoleMessage, FilePayload, Page, Route, ViewportSize, expect
+from playwright.sync_api import Browser, ConsoleMessage, FilePayload, Page, Route, ViewportSize, WebSocketRoute, expect
 
 from floodgate.devstack import Stack
 
@@ -182,6 +183,39 @@ def test_a_job_held_in_the_providers_own_queue_shows_its_place(browser: Browser,
         expect(card.locator(".job-where")).to_have_text("In fal's own queue: 2 ahead")
         card.locator(".cancel").click()  # (wan renders for a minute here: its slot is given back)
         expect(card).to_have_attribute("data-status", "cancelled")
+    finally:
+        context.close()
+
+
+def test_an_end_pushed_early_is_corrected_by_the_recorded_one(browser: Browser, stack: Stack) -> None:
+    """A provider's completion is pushed before the worker records it; when a cancel overtook it
+    there, the recorded end (cancelled) is pushed next, and the page shows that, video gone. The
+    race is made here by adding the recorded end to the real socket's messages."""
+    context = browser.new_context(viewport=PHONE)
+    page = context.new_page()
+    page.set_default_timeout(60_000)
+
+    def stream(ws: WebSocketRoute) -> None:
+        server = ws.connect_to_server()
+
+        def from_server(message: str | bytes) -> None:
+            ws.send(message)
+            msg = json.loads(message)
+            if msg.get("type") == "job" and msg["job"]["status"] == "completed":
+                recorded = {**msg["job"], "status": "cancelled", "result": None, "error": "cancelled by the user"}
+                ws.send(json.dumps({"type": "job", "job": recorded}))
+
+        server.on_message(from_server)
+
+    page.route_web_socket(re.compile(r".*/v1/stream$"), stream)
+    try:
+        page.goto(f"{stack.api_url}/")
+        job_id = generate(page, "sora-2", "a kite over the dunes, cancelled at the last moment")
+        card = page.locator(f'li.job[data-job-id="{job_id}"]')
+        expect(card).to_have_attribute("data-status", "cancelled")
+        expect(card.locator("video")).to_have_count(0)
+        expect(card.locator(".job-where")).to_have_text("Cancelled: nothing more will happen.")
+        assert page.evaluate("document.body.dataset.live") == "websocket"
     finally:
         context.close()
 

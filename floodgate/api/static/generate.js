@@ -104,13 +104,16 @@
       this.q('.timeline').append(item);
     }
 
-    /** A job resource from any channel; older or equal news is ignored. */
-    update(job) {
+    /** A job resource from any channel (``pushed``: the WebSocket's or SSE's); older or equal news is ignored. */
+    update(job, pushed = false) {
       if (!job || job.job_id !== this.entry.job_id) return;
       const prev = this.job;
       // Channels overlap (a GET answered after a push): never step back, except to the line of
-      // another provider (a reroute puts the job back in line there).
-      if (prev && TERMINAL.has(prev.status)) return;
+      // another provider (a reroute puts the job back in line there). An end is final, except
+      // that a push may correct an end pushed early: a provider's word is pushed before the
+      // worker records it, and when a cancel overtook the provider's completion there, the
+      // recorded end is pushed next.
+      if (prev && TERMINAL.has(prev.status) && !(pushed && TERMINAL.has(job.status) && job.status !== prev.status)) return;
       if (prev && RANK[job.status] < RANK[prev.status] && job.provider === prev.provider) return;
       this.job = job;
       if (!prev || prev.status !== job.status) this.log(LABELS[job.status] || job.status, job.updated_at);
@@ -161,6 +164,10 @@
 
       const stage = this.q('.stage');
       const text = this.q('.stage-text');
+      if (job.status !== 'completed') {
+        stage.querySelector('video')?.remove();  // (an early end, corrected by the recorded one)
+        text.hidden = false;
+      }
       if (job.status === 'completed') {
         const url = job.result && safeVideoUrl(job.result.video_url);
         if (url && !stage.querySelector('video')) {
@@ -315,7 +322,7 @@
       ws.addEventListener('message', (event) => {
         let msg;
         try { msg = JSON.parse(event.data); } catch (_) { return; }
-        if (msg.type === 'job') cards.get(msg.job.job_id)?.update(msg.job);
+        if (msg.type === 'job') cards.get(msg.job.job_id)?.update(msg.job, true);
         // Past the socket's limit of unfinished jobs the job is fine, only not followed here:
         // follow it over its own event stream instead.
         else if (msg.type === 'error' && msg.code === 'too_many_subscriptions' && cards.has(msg.job_id)) this.openSource(msg.job_id);
@@ -364,7 +371,7 @@
       source.addEventListener('job', (event) => {
         failures = 0;
         heard = true;
-        try { card.update(JSON.parse(event.data)); } catch (_) { /* a malformed event changes nothing */ }
+        try { card.update(JSON.parse(event.data), true); } catch (_) { /* a malformed event changes nothing */ }
         if (card.job && TERMINAL.has(card.job.status)) this.closeSource(id);
       });
       source.addEventListener('error', () => {
