@@ -1,5 +1,7 @@
 """The job view's feed: ``notifications`` and the providers' slot logs, read from the beginning
-into a ``JobView`` (``floodgate.api.view``), in every API process that serves reads.
+into a ``JobView`` (``floodgate.api.view``), in every API process that serves reads; and
+``webhooks``, read from its end, for what providers say of the jobs this process's subscribers
+watch (``floodgate.api.heard``: they hear it before the jobs table has it).
 
 The feed uses **no consumer group**: every API instance reads every partition from the beginning,
 so each one holds the whole view and a restarted instance rebuilds it (compaction keeps the latest
@@ -81,7 +83,7 @@ class NotificationFeed:
         self._webhook_partitions = [(webhooks[0], p) for p in range(webhooks[1])] if webhooks else []
         self.connectors = dict(connectors or {})
         self.view = view
-        # The feed always starts from the beginning of its partitions.
+        # The feed starts from the beginning of its partitions (from the end of webhooks', ``start``).
         self._consumer = Consumer(groupless_reader(
             bootstrap, client_id, **{
                 # A partition drained while a fetch long-polls the others waits for that fetch to
@@ -196,7 +198,6 @@ class NotificationFeed:
         self.view.nudge()
         if caught_up:
             self.view.ready.set()
-
 
     def _word(self, msg: Any) -> Heard | None:
         """What a webhook record (verified by the bridge that wrote it) says of its job, parsed as

@@ -167,8 +167,8 @@ class JobView:
         self._leaving: OrderedDict[str, Submission] = OrderedDict()
         """Submissions read from the slot logs, per job, until its snapshot moves past them."""
         self._words: OrderedDict[str, list[Heard]] = OrderedDict()
-        """Providers' words heard at this process's bridge, per subscribed job, until the job's
-        snapshot from the jobs table has them (``floodgate.api.heard``)."""
+        """Providers' words on subscribed jobs (from this process's bridge or its feed), per job,
+        until the job's snapshot from the jobs table has them (``floodgate.api.heard``)."""
         self._arrivals: dict[str, set[asyncio.Future[None]]] = {}
         self.ready = asyncio.Event()
         """Set once the feed has read up to the end offsets it saw at start."""
