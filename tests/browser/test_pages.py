@@ -187,14 +187,13 @@ def test_a_job_held_in_the_providers_own_queue_shows_its_place(browser: Browser,
         context.close()
 
 
-def test_an_end_pushed_early_is_corrected_by_the_recorded_one(browser: Browser, stack: Stack) -> None:
-    """A provider's completion is pushed before the worker records it; when a cancel overtook it
-    there, the recorded end (cancelled) is pushed next, and the page shows that, video gone. The
-    race is made here by adding the recorded end to the real socket's messages."""
-    context = browser.new_context(viewport=PHONE)
-    page = context.new_page()
-    page.set_default_timeout(60_000)
+def recorded_cancel(job: dict[str, Any]) -> dict[str, Any]:
+    """The job's recorded end when a cancel overtook the provider's completion at the worker."""
+    return {**job, "status": "cancelled", "result": None, "error": "cancelled by the user"}
 
+
+def cancelled_over_websocket(page: Page) -> None:
+    """The real socket's messages, and after its completion the recorded end."""
     def stream(ws: WebSocketRoute) -> None:
         server = ws.connect_to_server()
 
@@ -202,20 +201,48 @@ def test_an_end_pushed_early_is_corrected_by_the_recorded_one(browser: Browser, 
             ws.send(message)
             msg = json.loads(message)
             if msg.get("type") == "job" and msg["job"]["status"] == "completed":
-                recorded = {**msg["job"], "status": "cancelled", "result": None, "error": "cancelled by the user"}
-                ws.send(json.dumps({"type": "job", "job": recorded}))
+                ws.send(json.dumps({"type": "job", "job": recorded_cancel(msg["job"])}))
 
         server.on_message(from_server)
 
     page.route_web_socket(re.compile(r".*/v1/stream$"), stream)
+
+
+def cancelled_over_sse(page: Page) -> None:
+    """No WebSocket; the real event stream (whole, once the server ended it after the job's end),
+    and after its completion the recorded end."""
+    page.route_web_socket(re.compile(r".*/v1/stream$"), lambda ws: ws.close())
+
+    def events(route: Route) -> None:
+        answer = route.fetch()
+        body = answer.text()
+        last = [block for block in body.split("\n\n") if block.startswith("event: job")][-1]
+        fields = dict(line.split(": ", 1) for line in last.splitlines())
+        job = json.loads(fields["data"])
+        if job["status"] == "completed":
+            body += f"event: job\nid: {fields['id']}\ndata: {json.dumps(recorded_cancel(job))}\n\n"
+        route.fulfill(response=answer, body=body)
+
+    page.route(re.compile(r".*/events\?token=.*"), events)
+
+
+@pytest.mark.parametrize("mode", ["websocket", "sse"])
+def test_an_end_pushed_early_is_corrected_by_the_recorded_one(browser: Browser, stack: Stack, mode: str) -> None:
+    """A provider's completion is pushed before the worker records it; when a cancel overtook it
+    there, the recorded end (cancelled) is pushed next, and the page shows that, video gone. The
+    race is made here by adding the recorded end to the real stream's messages."""
+    context = browser.new_context(viewport=PHONE)
+    page = context.new_page()
+    page.set_default_timeout(60_000)
+    (cancelled_over_websocket if mode == "websocket" else cancelled_over_sse)(page)
     try:
         page.goto(f"{stack.api_url}/")
-        job_id = generate(page, "sora-2", "a kite over the dunes, cancelled at the last moment")
+        job_id = generate(page, "sora-2", f"a kite over the dunes, cancelled at the last moment, over {mode}")
         card = page.locator(f'li.job[data-job-id="{job_id}"]')
         expect(card).to_have_attribute("data-status", "cancelled")
         expect(card.locator("video")).to_have_count(0)
         expect(card.locator(".job-where")).to_have_text("Cancelled: nothing more will happen.")
-        assert page.evaluate("document.body.dataset.live") == "websocket"
+        assert page.evaluate("document.body.dataset.live") == mode
     finally:
         context.close()
 

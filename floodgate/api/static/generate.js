@@ -372,9 +372,14 @@
         failures = 0;
         heard = true;
         try { card.update(JSON.parse(event.data), true); } catch (_) { /* a malformed event changes nothing */ }
-        if (card.job && TERMINAL.has(card.job.status)) this.closeSource(id);
+        // Not closed at an end: the server ends the stream after the job's recorded end, which
+        // may correct an end pushed early (see update).
       });
       source.addEventListener('error', () => {
+        if (card.job && TERMINAL.has(card.job.status)) {
+          this.closeSource(id);  // the server ended the stream after the job's end: no reconnecting
+          return;
+        }
         failures += 1;
         if (!heard || failures > 3) {
           // A stream that never delivered (blocked on the way, refused) or keeps dropping: poll.
