@@ -15,7 +15,11 @@ only news is told:
   small steps; a progress bar shows no finer).
 
 The same rule keeps the late poll (``FLOODGATE_POLL_AFTER``, for lost webhooks) from telling that
-a long render is still running every ten seconds.
+a long render is still running every ten seconds. And where webhooks are on, the late poll asks
+less and less often about a job that stays quiet (``late_look_due``): a lost webhook is rare,
+and every job of a long render would otherwise cost a status call every tick. A provider's read
+limits are its own (Replicate: 3,000 a minute beside creation's 600), and at a tier of thousands
+of slots with renders of minutes, a call per job every ten seconds is hundreds a second.
 
 How long a job is followed depends on what its provider's webhooks tell (the connector's
 ``callbacks``): ``"end"``, until it starts (its end comes by webhook); ``"none"``, until it ends;
@@ -66,3 +70,16 @@ def keep_following(word: Word, callbacks: str) -> bool:
     if word.state == "queued":
         return followed(callbacks)
     return callbacks == "none" and word.state == "running"
+
+
+def late_look_due(quiet: float, looks: int, first: float, every: float) -> bool:
+    """Whether the late poll should ask about a job whose slot was taken ``quiet`` seconds ago and
+    which it has asked about ``looks`` times since: first at ``first`` seconds, then after gaps of
+    ``every`` seconds that double up to ``first`` (a 3-minute render with the defaults, 30 s and
+    10 s: asked at 30, 40, 60, 90, 120, 150 and 180 s, 7 calls instead of 16; a lost webhook's
+    end is found at most ``first`` seconds late)."""
+    due, gap, longest = first, every, max(first, every)
+    for _ in range(looks):
+        due += gap
+        gap = min(gap * 2, longest)
+    return quiet >= due

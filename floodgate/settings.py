@@ -218,7 +218,8 @@ class Settings:
     webhook_base_url: str = ""
     """Base URL providers call back (the HTTP bridge). Empty: no webhooks; jobs are followed by polling."""
     poll_after: float = 30.0
-    """Seconds without news of an in-flight job before its status is polled (lost webhooks)."""
+    """Seconds without news of an in-flight job before its status is polled (lost webhooks); where webhooks are on,
+    polled less and less often after that, up to every this many seconds."""
     provider_status_poll: float = 5.0
     """Seconds between two status calls for a job at a provider that calls back only at the end
     (fal, RunPod, WaveSpeed: until it starts; fal's queue place: provider_queue_position) or never

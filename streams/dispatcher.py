@@ -26,8 +26,9 @@ an unfinished event, faust-streaming #606): the order's offset is committed only
 on Kafka, because the slot entry, not the order, is then the durable record of the work.
 
 A timer polls the provider for jobs that have been quiet for ``poll_after`` seconds (lost
-webhooks), re-dispatches jobs whose submission never completed (a crash mid-call), and fails jobs
-older than ``job_timeout``.
+webhooks; where webhooks are on, less and less often while a job stays quiet, up to every
+``poll_after`` seconds: ``floodgate.following.late_look_due``), re-dispatches jobs whose
+submission never completed (a crash mid-call), and fails jobs older than ``job_timeout``.
 
 **Providers that say little by themselves.** fal, RunPod and WaveSpeed call back only when a job
 ends, and Runway never: a job they hold would show ``submitted`` until its end, or until the
@@ -85,7 +86,7 @@ from connectors.providers.base import ProviderStatus, SubmitOrder, SubmitResult
 from floodgate import codec
 from floodgate.dispatch import ENDED, Order, Slot, parse_slot_key, slot_key
 from floodgate.errors import FloodgateError, ProviderUnavailable
-from floodgate.following import Word, followed, is_news, keep_following
+from floodgate.following import Word, followed, is_news, keep_following, late_look_due
 from floodgate.jobs.events import event_kind
 from floodgate.readahead import floor_for
 from floodgate.routing import next_target
@@ -143,6 +144,12 @@ class Dispatcher:
         """Slot keys of the jobs followed."""
         self.told: dict[bytes, Word] = {}
         """Slot key → the last word a status call told about the job (followed, or by the late poll)."""
+        self.poll_every = max(1.0, min(10.0, self.settings.poll_after / 3))
+        """Seconds between two rounds of the late poll (``poll``)."""
+        self.looked: dict[bytes, tuple[float, int]] = {}
+        """Slot key → (when its slot was taken, how many times the late poll asked about the job
+        since). Only where webhooks are on: without them the late poll is how ends are found, and
+        asks every round."""
 
     @property
     def orders_topic(self) -> str:
@@ -160,8 +167,7 @@ class Dispatcher:
         app.agent(self.orders, name=f"submit-{self.name}")(self._order_agent)
         app.agent(self.releases, name=f"release-{self.name}")(self._release_agent)
         app.timer(interval=self.settings.line_report_interval, name=f"wake-{self.name}")(self.wake)
-        poll_every = max(1.0, min(10.0, self.settings.poll_after / 3))
-        app.timer(interval=poll_every, name=f"poll-{self.name}")(self.poll)
+        app.timer(interval=self.poll_every, name=f"poll-{self.name}")(self.poll)
         if self.follows:
             app.timer(interval=self.settings.provider_status_poll, name=f"follow-{self.name}")(self.follow)
         app.on_partitions_revoked.connect(self._revoked)  # type: ignore[arg-type]  # mode cannot type this signal
@@ -727,6 +733,8 @@ class Dispatcher:
         lane.expire_marks(now)
         for key in [key for key in self.told if lane.slots.get(key) is None]:
             del self.told[key]  # (its job ended or moved on: what was told of it is of no more use)
+        for key in [key for key in self.looked if lane.slots.get(key) is None]:
+            del self.looked[key]
         for key, slot in list(lane.slots.items()):
             if key in lane.submitting or key in lane.cancelling or parse_slot_key(key)[0] not in lane.generations:
                 continue  # (the last: not this worker's partition, or not yet recovered)
@@ -752,6 +760,12 @@ class Dispatcher:
             # provider's idempotency key makes the second call return the first job.
             await self.emit.send(self.names.dispatch(self.name), "DispatchOrder", job_id, slot.order.to_record())
             return
+        if self.webhook_url is not None:
+            taken, looks = self.looked.get(key, (slot.taken_at, 0))
+            looks = looks if taken == slot.taken_at else 0  # (a slot taken again: a new render)
+            if not late_look_due(age, looks, settings.poll_after, self.poll_every):
+                return
+            self.looked[key] = (slot.taken_at, looks + 1)
         await self.look(key, slot, now)
 
     async def follow(self) -> None:

@@ -703,6 +703,28 @@ class TellingProvider(QueueingProvider):
     callbacks = "all"
 
 
+async def test_where_webhooks_are_on_the_late_poll_asks_about_a_quiet_job_less_and_less_often(
+        settings: Settings, tmp_path: Path) -> None:
+    """A lost webhook is rare: a long render is asked about at 30, 40, 60, 90 s... (the rule:
+    ``floodgate.following.late_look_due``), not every round; without webhooks, every round (the
+    late poll is then how ends are found). A slot taken again starts over."""
+    for base, expected in (("http://bridge.example", 4), ("", 7)):
+        provider = TellingProvider()
+        async with one_dispatcher(settings.with_overrides(webhook_base_url=base), provider,
+                                  tmp_path / f"quiet{len(base)}", jobs=1) as d:
+            key = slot_key(0, "job-0")
+            slot = d.lane.slots.get(key)
+            assert slot is not None and d.poll_every == 10
+            provider.say("job-0", "running")
+            for tick in range(7):  # rounds at 30, 40, ..., 90 s
+                await d.check_slot(key, slot, slot.taken_at + d.settings.poll_after + 10 * tick)
+            assert len(provider.asked) == expected, (base, provider.asked)
+            if base:
+                again = replace(slot, taken_at=slot.taken_at + 100)
+                await d.check_slot(key, again, again.taken_at + d.settings.poll_after)
+                assert len(provider.asked) == expected + 1, "a slot taken again is a new render"
+
+
 async def test_the_late_poll_tells_a_long_render_once_and_an_end_as_often_as_it_hears_it(
         settings: Settings, tmp_path: Path) -> None:
     provider = TellingProvider()

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import pytest
 
-from floodgate.following import PROGRESS_STEP, Word, followed, is_news, keep_following
+from floodgate.following import PROGRESS_STEP, Word, followed, is_news, keep_following, late_look_due
 
 
 def test_the_first_word_and_every_change_of_state_or_place_is_news() -> None:
@@ -47,3 +47,21 @@ def test_only_jobs_at_providers_that_say_little_are_followed_and_a_wrong_value_i
     assert [followed(c) for c in ("all", "end", "none")] == [False, True, True]
     with pytest.raises(ValueError, match="callbacks must be one of"):
         followed("sometimes")
+
+
+def asked_at(render: float, first: float, every: float) -> list[float]:
+    """When the late poll, a round every ``every`` seconds, asks about a job quiet for ``render`` seconds."""
+    asked: list[float] = []
+    for tick in range(int(render / every) + 1):
+        quiet = tick * every
+        if late_look_due(quiet, len(asked), first, every):
+            asked.append(quiet)
+    return asked
+
+
+def test_the_late_poll_asks_about_a_quiet_job_less_and_less_often_up_to_every_poll_after() -> None:
+    assert asked_at(180, 30, 10) == [30, 40, 60, 90, 120, 150, 180], "7 calls for a 3-minute render, not 16"
+    assert asked_at(29, 30, 10) == [], "a job is quiet for poll_after before it is asked about"
+    gaps = [b - a for a, b in zip(asked_at(600, 30, 10)[1:], asked_at(600, 30, 10)[2:], strict=False)]
+    assert max(gaps) == 30, "a lost webhook's end is found at most poll_after late"
+    assert asked_at(5, 1, 1) == [1, 2, 3, 4, 5], "a poll_after of one round asks every round"
