@@ -731,10 +731,9 @@ class Dispatcher:
                     self.expire_waiting(partition)
                     self.pump(partition)  # a safety net: every slot freed also pumps
         lane.expire_marks(now)
-        for key in [key for key in self.told if lane.slots.get(key) is None]:
-            del self.told[key]  # (its job ended or moved on: what was told of it is of no more use)
-        for key in [key for key in self.looked if lane.slots.get(key) is None]:
-            del self.looked[key]
+        for key in [key for key in {*self.told, *self.looked} if lane.slots.get(key) is None]:
+            self.told.pop(key, None)  # (its job ended or moved on: what was told of it is of no more use)
+            self.looked.pop(key, None)
         for key, slot in list(lane.slots.items()):
             if key in lane.submitting or key in lane.cancelling or parse_slot_key(key)[0] not in lane.generations:
                 continue  # (the last: not this worker's partition, or not yet recovered)

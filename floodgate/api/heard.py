@@ -28,15 +28,13 @@ from typing import Any
 from connectors.providers.base import ProviderEvent
 from floodgate.errors import ValidationError
 from floodgate.jobs.events import aim, webhook_event
-from floodgate.jobs.state import TERMINAL, JobState, JobStatus, apply
+from floodgate.jobs.state import TERMINAL, JobState, JobStatus, apply, status_rank
 
 Snapshot = dict[str, Any]
 
 HEARD = "_heard"
 """Marks a snapshot with a provider's word laid over it (not yet the jobs table's)."""
 
-_RANK = {"queued": 0, "submitted": 1, "running": 2}
-_TERMINAL = frozenset(status.value for status in TERMINAL)
 
 
 @dataclass(frozen=True)
@@ -50,8 +48,7 @@ class Heard:
 
 def rank(snapshot: Snapshot) -> int:
     """How far the job has gone: queued 0, submitted 1, running 2, ended 3."""
-    status = snapshot.get("status")
-    return 3 if status in _TERMINAL else _RANK.get(str(status), 0)
+    return status_rank(snapshot["status"])
 
 
 def face(snapshot: Snapshot) -> tuple[Any, ...]:
@@ -75,7 +72,7 @@ def as_heard(snapshot: Snapshot, word: Heard) -> Snapshot | None:
     """``snapshot`` as the jobs table will have it once it takes ``word`` in, with the same version
     and marked ``HEARD``; None when the word changes nothing the table would change (old news, a
     provider the job has left, a job that has ended: a terminal state is the table's to tell)."""
-    if snapshot.get("status") in _TERMINAL or snapshot.get("job_id") != word.job_id:
+    if snapshot.get("status") in TERMINAL or snapshot.get("job_id") != word.job_id:
         return None
     try:
         said = word.event
@@ -140,7 +137,7 @@ class Told:
 
 def final(snapshot: Snapshot) -> bool:
     """Whether nothing can follow ``snapshot`` for its subscriber: the table's terminal state."""
-    return snapshot.get("status") in _TERMINAL and not snapshot.get(HEARD)
+    return snapshot.get("status") in TERMINAL and not snapshot.get(HEARD)
 
 
 __all__ = ["HEARD", "Heard", "Told", "as_heard", "face", "final", "rank"]

@@ -137,6 +137,7 @@ class _Assembly:
         self.limits = {n: spec.concurrency_limit for n, spec in setup.routing.providers.items()}
         self.layout = self.names.layout(self.limits)
         self.idempotency = IdempotencyCache()
+        self._connectors: dict[str, Any] | None = None
         self.intake: KafkaSender | None = None
         self.producer: KafkaSender | None = None
         self.producers: tuple[KafkaSender, ...] = ()
@@ -186,6 +187,14 @@ class _Assembly:
         if self.store is not None:
             self.exits.push_async_callback(self.store.close)
 
+    @property
+    def connectors(self) -> dict[str, Any]:
+        """The providers' connectors, built once: the bridge authenticates and parses with them,
+        the job view's feed parses the webhooks of watched jobs."""
+        if self._connectors is None:
+            self._connectors = self.setup.build_connectors()
+        return self._connectors
+
     async def open_view(self, max_jobs: int) -> None:
         """The read role's job view, its spill store and its queue board; the feed that fills
         them is made here and started by ``start_feed``, once the producers run."""
@@ -205,7 +214,7 @@ class _Assembly:
         self.feed = NotificationFeed(settings.kafka_bootstrap, names.notifications,
                                      self.layout[names.notifications][0], self.view, slot_logs=slot_logs,
                                      webhooks=(names.webhooks, self.layout[names.webhooks][0]),
-                                     connectors=self.setup.build_connectors(),
+                                     connectors=self.connectors,
                                      fetch_max_wait_ms=settings.fetch_max_wait_ms)
 
     async def start_producers(self) -> None:
@@ -285,7 +294,7 @@ class _Assembly:
                         video_store=self.store, backlog=self.backlog, intake=self.intake,
                         roster=self.beacon.roster if self.beacon is not None else None,
                         own_jobs=self.ended.jobs if self.ended is not None else None,
-                        idempotency=self.idempotency, **app_options)
+                        idempotency=self.idempotency, **{"connectors": self.connectors, **app_options})
         runner = web.AppRunner(app, access_log=None, handle_signals=False, shutdown_timeout=5.0)
         # Runs on_shutdown (open streams end) and waits for handlers; closes the listening socket.
         self.exits.push_async_callback(runner.cleanup)

@@ -285,15 +285,14 @@ class JobView:
         job_id = word.job_id
         if job_id not in self._subscribers:
             return False
-        current = self.get(job_id)
-        if current is None or as_heard(current, word) is None:
+        current = self.get(job_id)  # (the words heard before this one laid over it already)
+        shown = None if current is None else as_heard(current, word)
+        if shown is None:
             return False
         self._words.setdefault(job_id, []).append(word)
         self._words.move_to_end(job_id)
         if len(self._words) > HEARD_MAX:
             self._words.popitem(last=False)
-        shown = self.get(job_id)
-        assert shown is not None
         for queue in self._subscribers.get(job_id, ()):
             _offer(queue, shown)
         return True

@@ -72,7 +72,7 @@ async def test_batches_ready_back_to_back_take_turns_with_the_loop() -> None:
     assert {small, 2 * small} <= set(seen)
 
 
-class WebhookRecord:
+class WebhookRecord(Record):
     """A bridge's ``webhooks`` record (the simulator's event shape, keyed by job id)."""
 
     def __init__(self, job_id: str, value: bytes | None = None) -> None:
@@ -84,17 +84,11 @@ class WebhookRecord:
             "kling", {"content-type": "application/json"}, body, "msg_1", 5_000))
         self._value, self._headers = (encoded, headers) if value is None else (value, [])
 
-    def error(self) -> None:
-        return None
-
     def topic(self) -> str:
         return WEBHOOKS
 
     def key(self) -> bytes:
         return self._key
-
-    def value(self) -> bytes:
-        return self._value
 
     def headers(self) -> Any:
         return self._headers
