@@ -9,8 +9,9 @@ each stage:
 
 * fetch only: the guarded download, chunks hashed and dropped;
 * record(): the store's look-up of a job's record (none there: what a first copy finds);
-* put+record: the store's write of a video and its record;
-* copy(): the copier's whole copy of one job (look-up, download, write).
+* put+record: the store's write of a video and its record, and the store's sync once a second
+  (as the copier's commits call it);
+* copy(): the copier's whole copy of one job (look-up, download, write), synced alike.
 
 "main" is the event loop's thread, "pool" the threads the store writes from. Compare two trees
 by running each (PYTHONPATH), in turns: the machine's noise moves both.
@@ -63,16 +64,32 @@ def thread_cpu() -> dict[str, float]:
     return out
 
 
-async def stage(name: str, copies: int, concurrency: int, one: Callable[[int], Awaitable[object]]) -> None:
+async def stage(name: str, copies: int, concurrency: int, one: Callable[[int], Awaitable[object]],
+                sync: Callable[[], Awaitable[None]] | None = None) -> None:
+    """``copies`` calls of ``one``, ``concurrency`` at a time, timed; with ``sync``, that called
+    once a second meanwhile and once at the end, as the copier syncs the store before each commit."""
     gate = asyncio.Semaphore(concurrency)
 
     async def gated(i: int) -> None:
         async with gate:
             await one(i)
 
+    async def syncing(every: float = 1.0) -> None:
+        assert sync is not None
+        while True:
+            await asyncio.sleep(every)
+            await sync()
+
     await asyncio.gather(*(gated(i) for i in range(200)))  # warm-up
+    if sync is not None:
+        await sync()
     before, t0 = thread_cpu(), time.perf_counter()
+    ticking = asyncio.create_task(syncing()) if sync is not None else None
     await asyncio.gather(*(gated(1_000_000 + i) for i in range(copies)))
+    if ticking is not None:
+        ticking.cancel()
+        await asyncio.gather(ticking, return_exceptions=True)
+        await sync()  # type: ignore[misc]
     after, elapsed = thread_cpu(), time.perf_counter() - t0
     per = {k: (after[k] - before[k]) * 1000 / copies for k in after}
     print(f"{name:12s} {sum(per.values()):.3f} ms CPU per copy (main {per['main']:.3f}, pool {per['pool']:.3f}), "
@@ -110,11 +127,11 @@ async def main(copies: int, concurrency: int) -> None:
 
             await stage("fetch only", copies, concurrency, fetch_only)
             await stage("record()", copies, concurrency, lambda i: store.record(f"none{i:010d}"))
-            await stage("put+record", copies, concurrency, put)
+            await stage("put+record", copies, concurrency, put, store.sync)
             # As the copier starts them: a fetched batch at once (up to its 256 pending), the
             # copier's own semaphore letting ``concurrency`` download and write at a time.
             copier = VideoCopier(settings, store, fetcher=fetcher, concurrency=concurrency)
-            await stage("copy()", copies, 256, lambda i: copier.copy(f"job{i:010d}", f"{url}{i}.mp4"))
+            await stage("copy()", copies, 256, lambda i: copier.copy(f"job{i:010d}", f"{url}{i}.mp4"), store.sync)
     finally:
         await session.close()
         server.kill()

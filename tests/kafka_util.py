@@ -89,6 +89,17 @@ def wait_committed(bootstrap: str, group: str, topic: str, *, timeout: float = 6
                              f"{committed}")
 
 
+def wait_for_commits(bootstrap: str, group: str, topic: str, done: Callable[[dict[int, int]], bool], *,
+                     timeout: float = 60.0) -> dict[int, int]:
+    """Wait until ``group``'s committed offsets on ``topic`` (partition → offset) satisfy ``done``;
+    returns them."""
+    admin = AdminClient({"bootstrap.servers": bootstrap})
+    parts = list(admin.list_topics(topic, timeout=10).topics[topic].partitions)
+    if (last := _poll_committed(admin, group, topic, parts, done, timeout)) is not None:
+        raise AssertionError(f"group {group}'s commits on {topic} not as awaited within {timeout}s: {last}")
+    return committed_offsets(bootstrap, group, topic)
+
+
 def _poll_committed(admin: Any, group: str, topic: str, parts: list[int], done: Callable[[dict[int, int]], bool],
                     timeout: float) -> dict[int, int] | None:
     """Poll ``group``'s committed offsets on ``topic`` until ``done(offsets)``: None on success,

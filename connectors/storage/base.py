@@ -81,6 +81,12 @@ class VideoStore(Protocol):
         """Write the record on its own (a refusal, which has no bytes)."""
         ...
 
+    async def sync(self) -> None:
+        """Make every video and record written so far survive a crash of the host. The copier
+        calls it before it commits its offsets past them; a store whose writes are durable when
+        they return does nothing."""
+        ...
+
     def open(self, job_id: str) -> AsyncIterator[bytes]:
         """The stored bytes, streamed (call only when the record says stored)."""
         ...

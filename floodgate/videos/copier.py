@@ -16,7 +16,8 @@ rebalance) or a second API process costs one small read. A failed copy is retrie
 when the failure may pass (timeouts, 5xx, 429 with its Retry-After, the store unreachable); a
 refusal that will not change (too large, not a video, a private address, 4xx), or one that
 outlasts the retry budget, is recorded as ``failed`` with its reason. Offsets are committed like
-the outgoing webhooks' (:mod:`floodgate.commit_tracker`): only past records that are done.
+the outgoing webhooks' (:mod:`floodgate.commit_tracker`): only past records that are done, and
+only once the store has put their copies on disk (``VideoStore.sync``, one per commit).
 """
 from __future__ import annotations
 
@@ -268,6 +269,13 @@ class VideoCopier:
         owned = {tp.partition for tp in self._consumer.assignment()}
         offsets = self._tracker.committable(owned if partitions is None else owned.intersection(partitions))
         if not offsets:
+            return
+        try:
+            # The copies these offsets pass are on disk before the offsets are (the local store
+            # writes without an fsync per file and syncs them all here: one sync a commit).
+            await self._store.sync()
+        except StorageError as exc:
+            log.warning("videos: cannot sync the store before committing %s (%s); later", offsets, exc)
             return
         try:
             await self._consumer.commit({TopicPartition(self._topic, p): o for p, o in offsets.items()})

@@ -2,6 +2,7 @@
 and a real S3-compatible server, moto's), and the API serving signed, expiring links."""
 from __future__ import annotations
 
+import asyncio
 import base64
 import hashlib
 import ipaddress
@@ -19,6 +20,7 @@ from connectors.storage import LocalVideoStore, VideoRecord, VideoStore
 from connectors.storage.fetch import VideoFetcher, guarded_fetch_session
 from floodgate.errors import StorageError
 from floodgate.ids import job_token, new_job_id
+from floodgate.kafka_admin import ensure_topics
 from floodgate.netguard import IPAddress
 from floodgate.settings import Settings
 from floodgate.topics import TopicNames
@@ -26,7 +28,7 @@ from floodgate.videolinks import VideoLinks
 from floodgate.videos.copier import CopyPolicy, VideoCopier
 from tests.helpers import moto_s3
 from tests.integration.api_helpers import aproduce_snapshots, running_api, snapshot
-from tests.kafka_util import unique_name
+from tests.kafka_util import committed_offsets, unique_name, wait_for_commits
 
 VIDEO = b"\x00\x00\x00\x18ftypmp42" + bytes(range(256)) * 400  # ~100 KiB
 
@@ -221,6 +223,58 @@ async def test_a_passing_failure_is_retried_and_a_permanent_one_recorded(
     huge = await copier.copy(huge_id, f"{base}/huge.mp4")
     assert huge.status == "failed" and "cap" in huge.reason and p.hits["huge.mp4"] == 1
     assert await store.record(huge_id) == huge
+
+
+class FailingSync(LocalVideoStore):
+    """A local store whose sync fails (a full or broken disk) until ``healed``; each attempt is
+    counted and signalled."""
+
+    def __init__(self, root: Path) -> None:
+        super().__init__(root)
+        self.healed = False
+        self.attempts = 0
+        self.tried = asyncio.Event()
+
+    async def sync(self) -> None:
+        self.attempts += 1
+        self.tried.set()
+        if not self.healed:
+            raise StorageError("no space left on device", retriable=True)
+        await super().sync()
+
+
+async def test_the_copier_commits_past_a_copy_only_once_the_store_has_it_on_disk(
+        settings_for: Callable[..., Settings], provider: tuple[Provider, str, int], fetcher: VideoFetcher,
+        tmp_path: Path) -> None:
+    """The local store writes without an fsync per file: a crash of the host may lose a copy made
+    since its last sync, so the copier's offsets pass a copy only after a sync that succeeded."""
+    _, base, _ = provider
+    settings = settings_for()
+    topic = TopicNames(settings).results
+    await asyncio.to_thread(ensure_topics, settings.kafka_bootstrap, TopicNames(settings).layout({}), 1)
+    store = FailingSync(tmp_path / "videos")
+    copier = VideoCopier(settings, store, fetcher=fetcher, commit_interval=0.05)
+    job_id = new_job_id()
+    await copier.start()
+    try:
+        await aproduce_snapshots(settings.kafka_bootstrap, topic, snapshot(
+            job_id, 5, "completed", progress=1.0, video_url=f"{base}/v.mp4"))
+        async with asyncio.timeout(30):
+            while await store.record(job_id) is None:
+                store.tried.clear()
+                await store.tried.wait()  # the commit loop's next round
+            # Two more rounds with the copy there to commit past, and the sync failing in each.
+            for _ in range(2):
+                store.tried.clear()
+                await store.tried.wait()
+        committed = await asyncio.to_thread(committed_offsets, settings.kafka_bootstrap, copier.group_id, topic)
+        assert all(offset <= 0 for offset in committed.values()), committed
+        store.healed = True
+        committed = await asyncio.to_thread(wait_for_commits, settings.kafka_bootstrap, copier.group_id, topic,
+                                            lambda offsets: any(offset > 0 for offset in offsets.values()))
+    finally:
+        await copier.stop()
+    assert max(committed.values()) == 1 and store.attempts >= 4
 
 
 async def test_a_video_over_the_cap_leaves_nothing_behind(store: VideoStore) -> None:

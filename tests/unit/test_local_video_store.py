@@ -1,4 +1,5 @@
-"""The local video store's writes: whole or not at all, and few trips to a thread per video."""
+"""The local video store's writes: whole or not at all, few trips to a thread per video, and on
+disk in groups (one sync for every write since the last)."""
 from __future__ import annotations
 
 import asyncio
@@ -12,7 +13,7 @@ from typing import Any
 
 import pytest
 
-from connectors.storage import LocalVideoStore, VideoRecord
+from connectors.storage import LocalVideoStore, VideoRecord, local
 from connectors.storage.local import FLUSH_BYTES, RECORD_ATTR
 from floodgate.errors import StorageError
 from floodgate.ids import new_job_id
@@ -156,3 +157,77 @@ async def test_a_write_that_fails_is_a_retriable_error_and_leaves_nothing(tmp_pa
     with pytest.raises(StorageError):
         await store.put_record(VideoRecord(new_job_id(), "failed", at_ms=1, reason="x"))
     assert list(tmp_path.iterdir()) == [blocked]
+
+
+def stored(job_id: str, body: bytes) -> VideoRecord:
+    return VideoRecord(job_id, "stored", at_ms=1, size=len(body), sha256=hashlib.sha256(body).hexdigest(),
+                       content_type="video/mp4")
+
+
+def count_syncs(monkeypatch: pytest.MonkeyPatch) -> list[Path]:
+    synced: list[Path] = []
+    real = local._sync_file_system
+
+    def counting(root: Path) -> None:
+        synced.append(root)
+        real(root)
+
+    monkeypatch.setattr(local, "_sync_file_system", counting)
+    return synced
+
+
+async def test_writes_are_put_on_disk_by_the_next_sync_not_one_file_at_a_time(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    store, first, second = LocalVideoStore(tmp_path / "videos"), new_job_id(), new_job_id()
+    synced = count_syncs(monkeypatch)
+
+    def no_fsync(fd: int) -> None:
+        raise AssertionError("a write must not wait for the disk: sync() does that for all of them")
+
+    monkeypatch.setattr(os, "fsync", no_fsync)
+    await store.sync()
+    assert synced == []  # nothing written yet
+    await store.put_video(first, chunked(b"vvv", 2), "video/mp4", lambda: stored(first, b"vvv"))
+    await store.put_record(VideoRecord(second, "failed", at_ms=1, reason="not a video"))
+    await store.sync()  # the real syncfs(2) of the store's file system, once for both
+    assert synced == [store.root]
+    await store.sync()
+    assert synced == [store.root]  # nothing written since
+    assert await store.record(first) == stored(first, b"vvv")
+
+
+async def test_a_sync_that_fails_is_retriable_and_the_next_one_syncs_again(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    store, job_id = LocalVideoStore(tmp_path / "videos"), new_job_id()
+    await store.put_video(job_id, chunked(b"vvv", 2), "video/mp4", lambda: stored(job_id, b"vvv"))
+    failures = [OSError(errno.EIO, "I/O error")]
+    synced: list[Path] = []
+
+    def failing_once(root: Path) -> None:
+        if failures:
+            raise failures.pop()
+        synced.append(root)
+
+    monkeypatch.setattr(local, "_sync_file_system", failing_once)
+    with pytest.raises(StorageError) as err:
+        await store.sync()
+    assert err.value.retriable
+    await store.sync()
+    assert synced == [store.root]
+
+
+async def test_a_copy_that_a_crash_cut_short_before_its_sync_reads_as_not_stored(tmp_path: Path) -> None:
+    """After a crash of the host, a file renamed into place but never synced may have lost its
+    bytes while its name and attribute survived: its record does not count, so it is copied again."""
+    store, job_id, refused = LocalVideoStore(tmp_path / "videos"), new_job_id(), new_job_id()
+    await store.put_video(job_id, chunked(b"v" * 1000, 300), "video/mp4", lambda: stored(job_id, b"v" * 1000))
+    await store.put_record(VideoRecord(refused, "failed", at_ms=1, reason="not a video"))
+    assert await store.record(job_id) == stored(job_id, b"v" * 1000)
+    os.truncate(store.root / f"{job_id}.video", 0)  # what the crash left of the bytes
+    (store.root / f"{refused}.json").write_bytes(b"")  # and of a refusal's record
+    assert await store.record(job_id) is None
+    assert await store.record(refused) is None
+    # Copied again, it is whole and read as stored.
+    await store.put_video(job_id, chunked(b"w" * 1000, 300), "video/mp4", lambda: stored(job_id, b"w" * 1000))
+    assert await store.record(job_id) == stored(job_id, b"w" * 1000)
+    assert await read_back(store, job_id) == b"w" * 1000
