@@ -23,7 +23,7 @@ place, not on disk; :meth:`LocalVideoStore.sync` puts everything written so far 
 (``syncfs`` on the store's file system: file data, attributes and renames alike), and the copier
 calls it before it commits its offsets past the copies. An ``fsync`` per file cost the writing
 thread 0.3-0.75 ms of kernel CPU on this machine's ext4 (18 KB files, three rounds in turns),
-against 0.05-0.4 ms for the same files synced 250 at a time: in the pipeline bench the copies'
+against 0.05-0.43 ms for the same files synced 250 at a time: in the pipeline bench the copies'
 threads had taken a third of the API's CPU. A crash of the host before a sync loses at most the
 copies since the last one, and their offsets were not committed: the copier reads them again. A
 copy that such a crash cut short is not taken for a finished one: a stored record whose size is
