@@ -31,8 +31,9 @@ from typing import Any
 import faust
 from aiokafka.partitioner import murmur2
 
+from connectors.providers.base import read_webhook
 from floodgate import codec
-from floodgate.errors import FloodgateError, SchemaError, ValidationError
+from floodgate.errors import SchemaError, ValidationError
 from floodgate.jobs.events import aim, deadline_of, event_from_record, queued_event, webhook_event
 from floodgate.jobs.record import JobRecord, snapshot
 from floodgate.jobs.state import JobEvent, JobState, Transition, apply
@@ -216,33 +217,27 @@ class JobDesk:
     async def on_webhook(self, msg: Any) -> None:
         pipe = self.pipe
         try:
-            env = codec.decode("WebhookEnvelope", msg.value, msg.headers)
-            provider = pipe.providers.get(env["provider"])
-            if provider is None:
-                raise FloodgateError(f"unknown provider {env['provider']!r}")
-            parsed = provider.parse_webhook(env["headers"], env["body"])
-            if not parsed.job_id:
-                raise FloodgateError("webhook names no job (metadata.job_id missing)")
+            provider, job_id, parsed = read_webhook(msg.value, msg.headers, pipe.providers)
         except Exception as exc:  # poison webhooks go to the DLQ, the agent goes on
             pipe.metrics.dead_letters.labels("webhooks").inc()
             await pipe.emit.dead_letter(pipe.names.dlq, msg, f"unusable webhook: {exc}", exc)
             return
-        key = parsed.job_id.encode()
+        key = job_id.encode()
         home = home_partition(key, self.partitions)
         if msg.partition != home:
             pipe.metrics.rehomed.inc()  # keyed otherwise than by its job id: its job lives on `home`
             await self.webhooks.send(key=key, value=msg.value, headers=list(msg.headers or []), partition=home,
                                      force=True)
             return
-        if not self.seen_webhooks.add(f"{env['provider']}:{parsed.webhook_id}"):
+        if not self.seen_webhooks.add(f"{provider}:{parsed.webhook_id}"):
             return
-        event = webhook_event(env["provider"], job_id=parsed.job_id, webhook_id=parsed.webhook_id,
+        event = webhook_event(provider, job_id=job_id, webhook_id=parsed.webhook_id,
                               state=parsed.state, occurred_at=parsed.occurred_at,
                               provider_job_id=parsed.provider_job_id, progress=parsed.progress,
                               video_url=parsed.video_url, error=parsed.error)
         if event is None:
             return
-        pipe.metrics.webhooks.labels(env["provider"]).inc()
+        pipe.metrics.webhooks.labels(provider).inc()
         await self.on_event(event)
 
     # -- events ------------------------------------------------------------------------------

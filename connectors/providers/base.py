@@ -19,11 +19,13 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Protocol, runtime_checkable
+from typing import Any, Protocol, runtime_checkable
 
 import aiohttp
 
+from floodgate import codec
 from floodgate.errors import (
+    FloodgateError,
     ProviderError,
     ProviderGone,
     ProviderRejected,
@@ -97,6 +99,23 @@ class ProviderEvent:
     error: str | None
     occurred_at: float
     queue_position: int | None = None
+
+
+def read_webhook(value: bytes | None, headers: Any,
+                 connectors: Mapping[str, Any]) -> tuple[str, str, ProviderEvent]:
+    """The provider, the job and the event a ``webhooks`` record tells of: the bridge's
+    ``WebhookEnvelope``, parsed by that provider's connector (``connectors``: name → connector).
+    The jobs agent and the API's feed read webhooks alike through it. Raises ``FloodgateError``
+    for an unknown provider or an event that names no job, and whatever the decoding or the
+    connector's parse raises for bytes that are not one."""
+    env = codec.decode("WebhookEnvelope", value or b"", headers)
+    connector = connectors.get(env["provider"])
+    if connector is None:
+        raise FloodgateError(f"unknown provider {env['provider']!r}")
+    event: ProviderEvent = connector.parse_webhook(env["headers"], env["body"])
+    if not event.job_id:
+        raise FloodgateError("webhook names no job (metadata.job_id missing)")
+    return env["provider"], event.job_id, event
 
 
 @runtime_checkable
@@ -173,4 +192,5 @@ __all__ = [
     "VideoProvider",
     "WebhookDelivery",
     "error_for_response",
+    "read_webhook",
 ]

@@ -32,7 +32,7 @@ from typing import Any
 
 from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaException, TopicPartition
 
-from floodgate import codec
+from connectors.providers.base import read_webhook
 from floodgate.api.heard import Heard
 from floodgate.api.view import YIELD_EVERY, JobView, Snapshot, Submission
 from floodgate.errors import SchemaError
@@ -203,14 +203,12 @@ class NotificationFeed:
         """What a webhook record (verified by the bridge that wrote it) says of its job, parsed as
         the jobs agent parses it; None for one that does not parse (the jobs agent dead-letters it)."""
         try:
-            env = codec.decode("WebhookEnvelope", msg.value(), msg.headers())
-            connector = self.connectors.get(env["provider"])
-            event = None if connector is None else connector.parse_webhook(env["headers"], env["body"])
+            provider, job_id, event = read_webhook(msg.value(), msg.headers(), self.connectors)
         except Exception as exc:
             log.debug("notification feed: webhook at %s[%s]@%s not heard: %s", msg.topic(), msg.partition(),
                       msg.offset(), exc)
             return None
-        return Heard(env["provider"], event.job_id, event) if event is not None and event.job_id else None
+        return Heard(provider, job_id, event)
 
 
 def _report_crash(task: asyncio.Task[None]) -> None:

@@ -36,7 +36,6 @@ HEARD = "_heard"
 """Marks a snapshot with a provider's word laid over it (not yet the jobs table's)."""
 
 
-
 @dataclass(frozen=True)
 class Heard:
     """A verified webhook, stored on Kafka: which provider said it, and what it says of which job."""

@@ -58,7 +58,6 @@ _RANK: Mapping[JobStatus, int] = MappingProxyType(
 )
 
 
-
 def status_rank(status: str) -> int:
     """How far a status is along a job's life: queued 0, submitted 1, running 2, any end 3.
     Raises ``ValueError`` for a status that is not one."""
