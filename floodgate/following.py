@@ -24,10 +24,19 @@ of slots with renders of minutes, a call per job every ten seconds is hundreds a
 How long a job is followed depends on what its provider's webhooks tell (the connector's
 ``callbacks``): ``"end"``, until it starts (its end comes by webhook); ``"none"``, until it ends;
 ``"all"`` (the default: every change comes by webhook), not at all.
+
+Both kinds of status call, following and the late poll, wait their turn in one ``StatusQueue`` per
+provider, which spends the provider's read budget (``status_rate_per_second``) and nothing more.
 """
 from __future__ import annotations
 
+from collections.abc import Hashable, Mapping
 from dataclasses import dataclass
+from typing import Generic, TypeVar
+
+from floodgate.throttle import TokenBucket
+
+K = TypeVar("K", bound=Hashable)
 
 PROGRESS_STEP = 0.05
 ENDS = frozenset({"completed", "failed", "cancelled"})
@@ -83,3 +92,72 @@ def late_look_due(quiet: float, looks: int, first: float, every: float) -> bool:
         due += gap
         gap = min(gap * 2, longest)
     return quiet >= due
+
+
+class StatusQueue(Generic[K]):
+    """The status calls due about a provider's jobs, made in turn within its read budget. Pure.
+
+    The late poll and the following offer the jobs they would ask about; ``take`` says which to
+    ask now. A job offered again while it waits keeps its place, so under a budget every job is
+    asked in turn, the one waiting longest first, and a large set of followed jobs cannot starve
+    a quiet job the late poll wants to look at. Without a budget ``take`` gives every job due.
+
+    The budget is kept per dispatch partition (``buckets``: partition → its share of the rate,
+    ``floodgate.throttle.partition_bucket``), as the slots are: a partition belongs to one worker
+    at a time, so the shares hold the provider's rate whatever the number of workers. A call
+    refused for the rate anyway (a 429: another client on the same account) stops every call
+    until its Retry-After (``refused``), and the calls not made keep their places.
+    """
+
+    def __init__(self, buckets: Mapping[int, TokenBucket] | None = None) -> None:
+        self.buckets = dict(buckets) if buckets else None
+        self._due: dict[K, int] = {}
+        """Key → its partition, in the order the calls are to be made."""
+        self.paused_until = 0.0
+
+    def __len__(self) -> int:
+        return len(self._due)
+
+    def __contains__(self, key: object) -> bool:
+        return key in self._due
+
+    def keys(self) -> list[K]:
+        return list(self._due)
+
+    def offer(self, key: K, partition: int) -> None:
+        """``key``'s job is due for a status call (a job already waiting keeps its place)."""
+        self._due.setdefault(key, partition)
+
+    def discard(self, key: K) -> None:
+        self._due.pop(key, None)
+
+    def take(self, now: float) -> list[tuple[K, int]]:
+        """The calls to make at ``now`` (key, partition), in turn, each paid for from its
+        partition's budget; the others wait for a later ``take``."""
+        if now < self.paused_until or not self._due:
+            return []
+        if self.buckets is None:
+            taken = list(self._due.items())
+            self._due.clear()
+            return taken
+        taken, spent = [], set()
+        for key, partition in self._due.items():
+            if partition in spent:
+                continue
+            bucket = self.buckets.get(partition)
+            if bucket is None or bucket.take_now(now, 1):
+                taken.append((key, partition))
+                continue
+            spent.add(partition)
+            if len(spent) == len(self.buckets):
+                break  # (no partition can pay for another call)
+        for key, _ in taken:
+            del self._due[key]
+        return taken
+
+    def refused(self, until: float, unasked: list[tuple[K, int]]) -> None:
+        """A call was answered 429: no call before ``until``; ``unasked`` (taken but not made)
+        go back to the front of the line, in their order."""
+        self.paused_until = max(self.paused_until, until)
+        if unasked:
+            self._due = {**dict(unasked), **self._due}

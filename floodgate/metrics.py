@@ -224,6 +224,14 @@ class WorkerMetrics(_Group):
             "Status calls about in-flight jobs: quiet ones (lost webhooks), and those followed at providers "
             "that call back only at the end or never.",
             ["provider"])
+        self.status_calls_waiting = self._gauge(
+            "floodgate_provider_status_calls_waiting",
+            "Status calls due about a provider's jobs that wait for their turn within its read budget "
+            "(status_rate_per_second), or for the Retry-After of a status call it refused.", ["provider"])
+        self.status_rate_limited = self._counter(
+            "floodgate_provider_status_rate_limited_total",
+            "Status calls a provider refused for its rate (429): every status call to it then waits for "
+            "the Retry-After.", ["provider"])
         self.timeouts = self._counter(
             "floodgate_provider_timeouts_total", "In-flight jobs failed after FLOODGATE_JOB_TIMEOUT.",
             ["provider"])
@@ -271,7 +279,8 @@ class WorkerMetrics(_Group):
         """Create the provider's series at zero, so dashboards see them before the first job."""
         for metric in (self.inflight, self.concurrency_limit, self.breaker_open, self.submissions,
                        self.rate_limited, self.retries, self.reroutes, self.polls, self.timeouts, self.webhooks,
-                       self.queue_depth, self.expired, self.parked, self.window_holds):
+                       self.queue_depth, self.expired, self.parked, self.window_holds, self.status_calls_waiting,
+                       self.status_rate_limited):
             metric.labels(name)
         self.start_rate.labels(name).set(-1)
 
@@ -290,6 +299,9 @@ SIMULATOR_METRICS: tuple[tuple[str, str, str, str], ...] = (
     ("floodgate_sim_completed_total", "counter", "completed", "Jobs the simulated provider completed."),
     ("floodgate_sim_failed_total", "counter", "failed", "Jobs the simulated provider failed."),
     ("floodgate_sim_webhooks_sent_total", "counter", "webhooks_sent", "Webhooks the simulator delivered."),
+    ("floodgate_sim_status_calls_total", "counter", "status_calls", "Status calls the simulated provider answered."),
+    ("floodgate_sim_status_rejected_429_total", "counter", "status_rejected_429",
+     "Status calls refused with 429 (past the provider's status_rate_per_second)."),
 )
 
 

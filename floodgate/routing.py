@@ -8,12 +8,15 @@ time and takes effect by itself at ``now``.
 Config shape accepted by ``RoutingTable.from_dict``::
 
     {"providers": {"sora": {"kind": "openai", "concurrency_limit": 8,
-                            "rate_per_second": 2.0, "retired_at": "2026-09-24",
-                            "enabled": true}},
+                            "rate_per_second": 2.0, "status_rate_per_second": 5.0,
+                            "retired_at": "2026-09-24", "enabled": true}},
      "routes": {"sora-2": [{"provider": "sora", "provider_model": "sora-2"},
                            {"provider": "kling"}]}}
 
-``provider_model`` defaults to the route's model name. A target may also carry ``render_time``
+``rate_per_second`` bounds submissions, ``status_rate_per_second`` the status calls that follow
+jobs (a provider's read limit is its own: Replicate's is 3,000 a minute beside creation's 600);
+without it, a connector's documented read limit applies, if it has one
+(``streams.dispatcher``). ``provider_model`` defaults to the route's model name. A target may also carry ``render_time``
 (seconds, or ``{"kind": "uniform", "min": 30, "max": 180}``, as the simulator's config) and
 ``price_per_second`` or ``price_per_job``: routing ignores them, ``floodgate plan`` and
 ``floodgate audit`` read them. ``spillover`` (optional) names, per model, equivalent models that
@@ -28,6 +31,7 @@ date, read as midnight) is taken as UTC. Unknown keys are errors.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping, Sequence
 from collections.abc import Set as AbstractSet
 from dataclasses import dataclass, field
@@ -48,6 +52,8 @@ class ProviderSpec:
     rate_per_second: float | None = None
     retired_at: datetime | None = None
     enabled: bool = True
+    status_rate_per_second: float | None = None
+    """Status calls per second at most (None: the connector's own read limit, or none)."""
 
     def __post_init__(self) -> None:
         where = f"provider {self.name!r}"
@@ -59,6 +65,8 @@ class ProviderSpec:
             raise ConfigError(f"{where}: concurrency_limit must be positive, got {self.concurrency_limit}")
         if self.rate_per_second is not None and not self.rate_per_second > 0:
             raise ConfigError(f"{where}: rate_per_second must be positive, got {self.rate_per_second}")
+        if self.status_rate_per_second is not None and not self.status_rate_per_second > 0:
+            raise ConfigError(f"{where}: status_rate_per_second must be positive, got {self.status_rate_per_second}")
         if self.retired_at is not None and self.retired_at.utcoffset() is None:
             # Comparing naive and aware datetimes raises at routing time; refuse it at load time instead.
             raise ConfigError(f"{where}: retired_at must be timezone-aware")
@@ -232,7 +240,7 @@ def _provider(name: str, raw: Any) -> ProviderSpec:
     _only_keys(
         raw,
         path,
-        {"kind", "concurrency_limit", "rate_per_second", "retired_at", "enabled"},
+        {"kind", "concurrency_limit", "rate_per_second", "status_rate_per_second", "retired_at", "enabled"},
         {"kind", "concurrency_limit"},
     )
     kind = raw["kind"]
@@ -241,14 +249,19 @@ def _provider(name: str, raw: Any) -> ProviderSpec:
     limit = raw["concurrency_limit"]
     if isinstance(limit, bool) or not isinstance(limit, int) or limit < 1:
         raise ConfigError(f"{path}.concurrency_limit: must be a positive integer, got {limit!r}")
-    rate = raw.get("rate_per_second")
-    if rate is not None and (isinstance(rate, bool) or not isinstance(rate, (int, float)) or not rate > 0):
-        raise ConfigError(f"{path}.rate_per_second: must be a positive number or null, got {rate!r}")
+    rate, status_rate = (_rate(raw.get(key), f"{path}.{key}") for key in ("rate_per_second", "status_rate_per_second"))
     enabled = raw.get("enabled", True)
     if not isinstance(enabled, bool):
         raise ConfigError(f"{path}.enabled: must be true or false, got {enabled!r}")
     retired = _when(raw.get("retired_at"), f"{path}.retired_at")
-    return ProviderSpec(name, kind, limit, None if rate is None else float(rate), retired, enabled)
+    return ProviderSpec(name, kind, limit, rate, retired, enabled, status_rate)
+
+
+def _rate(value: Any, path: str) -> float | None:
+    if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float))
+                              or not (value > 0 and math.isfinite(value))):
+        raise ConfigError(f"{path}: must be a positive number or null, got {value!r}")
+    return None if value is None else float(value)
 
 
 def _when(value: Any, path: str) -> datetime | None:

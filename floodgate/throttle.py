@@ -144,16 +144,29 @@ class TokenBucket:
 
     def take(self, now: float) -> float:
         """Reserve one token; return the seconds to wait before using it (0.0 if available now)."""
+        self._refill(now)
+        self._tokens -= 1.0
+        if self._tokens >= 0:
+            return 0.0
+        assert self._last is not None
+        return -self._tokens / self.rate + max(0.0, self._last - now)
+
+    def take_now(self, now: float, wanted: int) -> int:
+        """Take up to ``wanted`` whole tokens, only those the bucket holds at ``now`` (nothing in
+        advance); returns how many. For a caller that puts off what it may not do now, rather
+        than waiting for it."""
+        self._refill(now)
+        granted = max(0, min(wanted, math.floor(self._tokens)))
+        self._tokens -= granted
+        return granted
+
+    def _refill(self, now: float) -> None:
         if self._last is None:
             self._last = now
         elif now > self._last:
             # A clock that steps backwards neither refills nor rewinds the bucket.
             self._tokens = min(self.burst, self._tokens + (now - self._last) * self.rate)
             self._last = now
-        self._tokens -= 1.0
-        if self._tokens >= 0:
-            return 0.0
-        return -self._tokens / self.rate + max(0.0, self._last - now)
 
 
 def partition_bucket(rate: float, partitions: int) -> TokenBucket:

@@ -42,6 +42,15 @@ where no webhook ever comes its progress and its end. Each piece of news costs t
 event and the job's state change), and only at such a provider. The followed set lives in memory
 only: after a restart the ``poll_after`` poll finds such jobs again and follows them.
 
+**Status calls within the provider's read limit.** Both timers only say which jobs are due; the
+calls wait their turn in a ``StatusQueue`` (``floodgate.following``) that spends the provider's
+read budget, ``status_rate_per_second`` in the routing file or else the connector's documented
+limit (Replicate: 3,000 reads a minute), split over the dispatch partitions like the slots. The
+timers ask what the budget allows at once, and a third timer (every ``ASK_EVERY`` seconds) asks
+the rest as it refills, so the calls are spread over time instead of sent in a burst each round,
+and a job waiting its turn is asked before one asked since. A 429 to a status call stops them all
+until its Retry-After. Without a budget every job due is asked at once, ``FOLLOW_CALLS`` at a time.
+
 **Cancelled jobs.** A user cancel is a ``cancelled`` event; the jobs agent makes the job terminal
 and sends the release (status ``cancelled``) to its provider's release topic, i.e. to the
 partition that holds the job's slot or order. Where the job is at that moment decides:
@@ -75,7 +84,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
 from typing import Any, cast
 
@@ -85,14 +94,14 @@ from faust.types import TP
 from connectors.providers.base import ProviderStatus, SubmitOrder, SubmitResult
 from floodgate import codec
 from floodgate.dispatch import ENDED, Order, Slot, parse_slot_key, slot_key
-from floodgate.errors import FloodgateError, ProviderUnavailable
-from floodgate.following import Word, followed, is_news, keep_following, late_look_due
+from floodgate.errors import FloodgateError, ProviderUnavailable, RateLimited
+from floodgate.following import StatusQueue, Word, followed, is_news, keep_following, late_look_due
 from floodgate.jobs.events import event_kind
 from floodgate.readahead import floor_for
 from floodgate.routing import next_target
 from floodgate.spillover import LineReport, Spill, estimated_wait, spill_to
 from floodgate.submit_policy import SubmitPolicy, decide
-from floodgate.throttle import BreakerState
+from floodgate.throttle import BreakerState, TokenBucket, partition_bucket
 from streams import guard
 from streams.ackline import AckLine
 from streams.context import Pipeline
@@ -103,7 +112,9 @@ log = logging.getLogger(__name__)
 
 DEFAULT_POLICY = SubmitPolicy()
 FOLLOW_CALLS = 8
-"""Status calls at once while following jobs (see the module docstring)."""
+"""Status calls at once (see the module docstring)."""
+ASK_EVERY = 0.25
+"""Seconds between two turns of the status calls a provider's read budget put off."""
 
 
 class Dispatcher:
@@ -150,6 +161,16 @@ class Dispatcher:
         """Slot key → (when its slot was taken, how many times the late poll asked about the job
         since). Only where webhooks are on: without them the late poll is how ends are found, and
         asks every round."""
+        self.status_rate: float | None = spec.status_rate_per_second or getattr(
+            self.connector, "status_rate_per_second", None)
+        """Status calls a second at most, over all workers (None: no budget)."""
+        buckets: dict[int, TokenBucket] | None = None
+        if self.status_rate:
+            buckets = {p: partition_bucket(self.status_rate, self.partitions) for p in range(self.partitions)}
+        self.status_calls: StatusQueue[bytes] = StatusQueue(buckets)
+        """The status calls due, waiting for their turn within the budget."""
+        self.clock: Callable[[], float] = time.time
+        """The status calls' clock (tests step it)."""
 
     @property
     def orders_topic(self) -> str:
@@ -170,6 +191,8 @@ class Dispatcher:
         app.timer(interval=self.poll_every, name=f"poll-{self.name}")(self.poll)
         if self.follows:
             app.timer(interval=self.settings.provider_status_poll, name=f"follow-{self.name}")(self.follow)
+        if self.status_calls.buckets is not None:
+            app.timer(interval=ASK_EVERY, name=f"ask-{self.name}")(self.ask_due)
         app.on_partitions_revoked.connect(self._revoked)  # type: ignore[arg-type]  # mode cannot type this signal
         app.on_before_shutdown.connect(self._stop)
         return self.lane
@@ -731,15 +754,20 @@ class Dispatcher:
                     self.expire_waiting(partition)
                     self.pump(partition)  # a safety net: every slot freed also pumps
         lane.expire_marks(now)
-        for key in [key for key in {*self.told, *self.looked} if lane.slots.get(key) is None]:
+        known = {*self.told, *self.looked, *self.status_calls.keys()}
+        for key in [key for key in known if lane.slots.get(key) is None]:
             self.told.pop(key, None)  # (its job ended or moved on: what was told of it is of no more use)
             self.looked.pop(key, None)
+            self.status_calls.discard(key)
         for key, slot in list(lane.slots.items()):
             if key in lane.submitting or key in lane.cancelling or parse_slot_key(key)[0] not in lane.generations:
                 continue  # (the last: not this worker's partition, or not yet recovered)
             await self.check_slot(key, slot, now)
+        await self.ask_due()
 
     async def check_slot(self, key: bytes, slot: Slot, now: float) -> None:
+        """Fail a job past ``job_timeout``, dispatch again one whose submission never finished, or
+        queue a status call about a quiet one (made by ``ask_due``)."""
         age = now - slot.taken_at
         _, job_id = parse_slot_key(key)
         settings = self.settings
@@ -765,34 +793,62 @@ class Dispatcher:
             if not late_look_due(age, looks, settings.poll_after, self.poll_every):
                 return
             self.looked[key] = (slot.taken_at, looks + 1)
-        await self.look(key, slot, now)
+        self.status_calls.offer(key, parse_slot_key(key)[0])
 
     async def follow(self) -> None:
-        """Where each followed job stands now: one status call per job (``FOLLOW_CALLS`` at once),
+        """Where each followed job stands now: a status call per job, in its turn (``ask_due``),
         told by ``tell``."""
-        lane, now = self.lane, time.time()
-        due = []
+        lane = self.lane
         for key in list(self.followed):
             slot = lane.slots.get(key)
             if slot is None or not slot.provider_job_id or parse_slot_key(key)[0] not in lane.generations:
                 self.followed.discard(key)  # ended, moved on, or no longer this worker's partition
+                self.status_calls.discard(key)
             elif key not in lane.submitting and key not in lane.cancelling:
-                due.append((key, slot))
-        for start in range(0, len(due), FOLLOW_CALLS):
-            await asyncio.gather(*(self.look(key, slot, now) for key, slot in due[start:start + FOLLOW_CALLS]))
+                self.status_calls.offer(key, parse_slot_key(key)[0])
+        await self.ask_due()
 
-    async def look(self, key: bytes, slot: Slot, now: float) -> None:
+    async def ask_due(self) -> None:
+        """Make the status calls whose turn it is (all of those due, without a budget),
+        ``FOLLOW_CALLS`` at once; a 429 stops the rest until its Retry-After."""
+        lane, calls = self.lane, self.status_calls
+        now = self.clock()
+        taken = calls.take(now)
+        for start in range(0, len(taken), FOLLOW_CALLS):
+            group, asked = taken[start:start + FOLLOW_CALLS], []
+            for key, partition in group:
+                slot = lane.slots.get(key)
+                # (Its job ended, moved on or is being cancelled meanwhile: nothing to ask.)
+                if slot is not None and slot.provider_job_id and key not in lane.submitting \
+                        and key not in lane.cancelling:
+                    asked.append(((key, partition), self.look(key, slot, now)))
+            waits = await asyncio.gather(*(call for _, call in asked))
+            refused = [due for (due, _), wait in zip(asked, waits, strict=True) if wait is not None]
+            if refused:
+                # The refused calls are made again first, once the provider lets us.
+                calls.refused(self.clock() + max(w for w in waits if w is not None),
+                              refused + taken[start + FOLLOW_CALLS:])
+                break
+        self.metrics.status_calls_waiting.labels(self.name).set(len(calls))
+
+    async def look(self, key: bytes, slot: Slot, now: float) -> float | None:
         """Ask the provider how the slot's job stands and tell what it says (a failed call is
-        only logged: the next tick asks again)."""
+        only logged: its job is due again at the next tick). Returns the seconds to wait before
+        the next status call when the provider refused this one for its rate, else None."""
         assert slot.provider_job_id is not None
         try:
             status = await self.connector.status(self.pipe.session(), slot.provider_job_id)
             self.metrics.polls.labels(self.name).inc()
             await self.tell(key, slot, status, now)
+        except RateLimited as exc:
+            self.metrics.status_rate_limited.labels(self.name).inc()
+            log.info("status poll of %s at %s refused for the rate: %s", parse_slot_key(key)[1], self.name, exc)
+            return exc.retry_after or 1.0
         except FloodgateError as exc:
             log.info("status poll of %s at %s failed: %s", parse_slot_key(key)[1], self.name, exc)
         except Exception:  # a timer's chore must not die
             log.exception("status poll of %s at %s failed", parse_slot_key(key)[1], self.name)
+        return None
 
     async def tell(self, key: bytes, slot: Slot, status: ProviderStatus, now: float) -> None:
         """What a status call found, as an event if it is news (``floodgate.following``); whether to

@@ -132,6 +132,8 @@ class VideoProvider(Protocol):
     # For "end" and "none" the dispatcher follows the jobs with status calls every
     # ``FLOODGATE_PROVIDER_STATUS_POLL`` seconds, until they start or until they end
     # (``floodgate.following``); a status may give the place in the provider's own queue.
+    # Optional: ``status_rate_per_second``, the provider's documented limit on status calls
+    # (Replicate 50, RunPod 200); the routing file's ``status_rate_per_second`` overrides it.
 
     async def submit(self, session: aiohttp.ClientSession, order: SubmitOrder) -> SubmitResult:
         """Create the job. Safe to repeat with the same ``order.idempotency_key``."""

@@ -101,6 +101,11 @@ class ReplicateProvider(HttpConnector):
     ``image_field`` (the model input that takes the image, default ``image``), ``cancel_after``
     (a ``Cancel-After`` deadline such as ``"30m"``), ``timeout``."""
 
+    status_rate_per_second = 50.0
+    """Replicate's limit for every endpoint but creation: 3,000 requests a minute (creation: 600).
+    The routing file's ``status_rate_per_second`` overrides it (an account that shares the limit
+    with other clients)."""
+
     def __init__(self, name: str, api_token: str, webhook_secret: str, callback_secret: str, *,
                  base_url: str = DEFAULT_BASE_URL, image_field: str = "image", cancel_after: str | None = None,
                  timeout: float = 30.0, clock: Callable[[], float] = time.time) -> None:

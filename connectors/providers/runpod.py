@@ -108,6 +108,8 @@ class RunPodProvider(HttpConnector):
 
     callbacks = "end"
     """RunPod's webhook comes once, at the end: a job is followed by status calls until it starts."""
+    status_rate_per_second = 200.0
+    """RunPod's limit on ``/status`` per endpoint: 2,000 requests in 10 seconds."""
 
     def __init__(self, name: str, api_key: str, callback_secret: str, *, base_url: str = DEFAULT_BASE_URL,
                  policy: Mapping[str, Any] | None = None, timeout: float = 30.0,

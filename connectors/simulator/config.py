@@ -90,6 +90,7 @@ class ProviderConfig:
     webhook_timeout: float = 5.0
     dialect: str = "openai"  # whose API this provider speaks (connectors/simulator/dialects)
     queue_over_limit: int = 0  # jobs held queued past the concurrency limit before 429s (fal, Runway queue)
+    status_rate_per_second: float = 0.0  # status calls a wall second per key (bursts of as many); past it 429; 0: none
     jwt_secret: str = field(default=DEV_JWT_SECRET, repr=False)  # Kling: the secret key its JWTs are signed with
 
     def __post_init__(self) -> None:
@@ -103,6 +104,9 @@ class ProviderConfig:
                 raise ConfigError(f"{name} must be finite and non-negative, got {value}")
         if self.dialect not in DIALECTS:
             raise ConfigError(f"unknown dialect {self.dialect!r} (known: {', '.join(sorted(DIALECTS))})")
+        reads = self.status_rate_per_second
+        if not (math.isfinite(reads) and reads >= 0):
+            raise ConfigError(f"status_rate_per_second must be finite and non-negative, got {reads}")
         if self.queue_over_limit < 0:
             raise ConfigError("queue_over_limit must be >= 0")
         if self.concurrency_limit < 1:

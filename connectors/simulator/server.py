@@ -266,6 +266,9 @@ async def create_video(request: web.Request) -> web.Response:
 @_refusable
 async def get_video(request: web.Request) -> web.Response:
     sim, name, state, key = _gate(request)
+    if (limited := state.read(key)) is not None:
+        return problem(429, "Too Many Requests", "status call rate limit reached for this API key",
+                       headers={"Retry-After": str(limited.retry_after)}, retry_after=limited.retry_after)
     job = _owned_job(request, state, key)
     return _json(job_view(job, f"{sim.url}/{name}/files", state.now()))
 
@@ -380,6 +383,8 @@ async def dialect_request(request: web.Request) -> web.Response:
         if not outcome.replayed:
             sim.track(name, outcome.job)
         return _reply(dialect.created(outcome.job, sim.view(name, outcome.job)))
+    if route.action in (GET, RESULT) and (limited := state.read(key)) is not None:
+        return _reply(dialect.error(429, "status call rate limit reached", retry_after=limited.retry_after))
     job = state.jobs.get(route.job_id or "")
     if job is None or job.api_key != key:
         return _reply(dialect.error(404, "no such job"))

@@ -14,6 +14,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from floodgate.throttle import TokenBucket
+
 from .config import ProviderConfig, SimulatorConfig
 from .jobs import CreateRequest, Job
 
@@ -31,6 +33,8 @@ COUNTERS = (
     "webhooks_dropped",
     "webhooks_reordered",
     "cold_starts",
+    "status_calls",
+    "status_rejected_429",
 )
 
 
@@ -87,6 +91,8 @@ class ProviderState:
         is the first of its key's line, found without a pass over every job ever created."""
         self.idempotency: dict[tuple[str, str], str] = {}
         self.keys: dict[str, KeyStats] = {}
+        self.readers: dict[str, TokenBucket] = {}
+        """Per key, its budget of status calls (``status_rate_per_second``)."""
         self.admin_outage_until: float | None = None
         self.rendering: Counter[str] = Counter()
         self.last_busy: dict[str, float] = {}
@@ -102,6 +108,20 @@ class ProviderState:
         if not api_key:
             return False
         return not self.config.api_keys or api_key in self.config.api_keys
+
+    def read(self, api_key: str) -> Limited | None:
+        """A status call by ``api_key``: None if it may be answered, else how long to wait (429),
+        as a provider with a read limit answers one past it (Replicate: 3,000 a minute)."""
+        rate = self.config.status_rate_per_second
+        if rate > 0:
+            bucket = self.readers.get(api_key)
+            if bucket is None:
+                bucket = self.readers[api_key] = TokenBucket(rate, max(1.0, rate))
+            if not bucket.take_now(self._monotonic(), 1):
+                self.count(api_key, "status_rejected_429")
+                return Limited(retry_after_header(1.0 / rate))
+        self.count(api_key, "status_calls")
+        return None
 
     # -- outages -----------------------------------------------------------------------
     def start_outage(self, seconds: float) -> None:

@@ -32,14 +32,16 @@ def simulator_config(path: Path, *, only: dict[str, dict[str, Any]] | None = Non
 
 
 def routing_file(path: Path, limits: dict[str, int], rates: dict[str, float] | None = None,
-                 spillover: dict[str, Any] | None = None) -> Path:
+                 spillover: dict[str, Any] | None = None, status_rates: dict[str, float] | None = None) -> Path:
     """A routing table on the simulator whose address comes from the environment at load time;
-    ``rates`` gives providers a ``rate_per_second``; ``spillover`` is the table's section of that name."""
+    ``rates`` gives providers a ``rate_per_second``, ``status_rates`` a ``status_rate_per_second``;
+    ``spillover`` is the table's section of that name."""
     conn = {"base_url": "env:FLOODGATE_SIMULATOR_URL", "api_key": "k", "webhook_secret": DEV_WEBHOOK_SECRET_REF}
-    rates = rates or {}
+    rates, status_rates = rates or {}, status_rates or {}
     path.write_text(json.dumps({
         "providers": {name: {"kind": "simulator", "concurrency_limit": limit, "connection": conn,
-                             **({"rate_per_second": rates[name]} if name in rates else {})}
+                             **({"rate_per_second": rates[name]} if name in rates else {}),
+                             **({"status_rate_per_second": status_rates[name]} if name in status_rates else {})}
                       for name, limit in limits.items()},
         "routes": {"wan-2.6": [{"provider": "wan"}, {"provider": "kling", "provider_model": "kling-2.1"}],
                    "kling-2.1": [{"provider": "kling"}]},

@@ -252,3 +252,15 @@ async def test_the_simulated_fal_publishes_the_key_its_secret_derives() -> None:
         derived = Ed25519PrivateKey.from_private_bytes(signing_seed(WEBHOOK_SECRET)).public_key()
         raw = derived.public_bytes(Encoding.Raw, PublicFormat.Raw)
         assert published == base64.urlsafe_b64encode(raw).decode()
+
+
+async def test_a_status_call_past_the_read_limit_is_rate_limited_in_every_dialect() -> None:
+    for case in CASES.values():
+        async for r in rig(case, status_rate_per_second=1.0):
+            job = await r.provider.submit(r.http, order(case, 1))
+            await r.provider.status(r.http, job.provider_job_id)
+            with pytest.raises(RateLimited) as caught:
+                await r.provider.status(r.http, job.provider_job_id)
+            assert caught.value.status == 429, case.kind
+            if case.retry_after:
+                assert caught.value.retry_after is not None and caught.value.retry_after >= 1, case.kind

@@ -347,10 +347,10 @@ async def test_admin_reset_clears_jobs_and_counters() -> None:
         job = await create(http, sim.url)
         async with http.post(f"{sim.url}/_admin/reset") as r:
             assert r.status == 200
-        async with http.get(f"{sim.url}/sora/v1/videos/{job['id']}", headers=auth()) as r:
-            assert r.status == 404
         stats = sim.stats()["providers"]["sora"]
         assert (stats["jobs_created"], stats["in_flight"], stats["keys"]) == (0, 0, {})
+        async with http.get(f"{sim.url}/sora/v1/videos/{job['id']}", headers=auth()) as r:
+            assert r.status == 404  # (a status call: it counts for key-a from here on)
 
 
 async def test_admin_jobs_lists_creation_and_completion_times() -> None:
@@ -518,3 +518,23 @@ async def test_command_line_prints_its_url_and_exits_cleanly_on_sigterm() -> Non
         if proc.returncode is None:
             proc.kill()
             await proc.wait()
+
+
+async def test_status_calls_past_the_read_limit_are_refused_with_retry_after_per_key() -> None:
+    """A provider's read limit is its own (Replicate: 3,000 a minute): past it, a 429 that says
+    when to come back, counted apart from the submissions refused for the concurrency limit."""
+    async with run_simulator(one(status_rate_per_second=2.0)) as sim, aiohttp.ClientSession() as http:
+        job = await create(http, sim.url)
+        url = f"{sim.url}/sora/v1/videos/{job['id']}"
+
+        async def read(key: str = "key-a") -> tuple[int, str | None]:
+            async with http.get(url, headers=auth(key)) as r:
+                return r.status, r.headers.get("Retry-After")
+
+        answers = [await read() for _ in range(4)]
+        assert [status for status, _ in answers] == [200, 200, 429, 429], "a burst of the rate, then 429"
+        assert all(retry == "1" for status, retry in answers if status == 429)
+        assert (await read("key-b"))[0] == 404, "another key has a budget of its own (and no such job)"
+        stats = sim.stats()["providers"]["sora"]
+        assert (stats["keys"]["key-a"]["status_calls"], stats["keys"]["key-a"]["status_rejected_429"]) == (2, 2)
+        assert stats["rejected_429"] == 0, "submissions are counted apart"

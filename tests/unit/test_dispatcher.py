@@ -17,6 +17,7 @@ import pytest
 from connectors.providers.base import ProviderStatus, SubmitOrder, SubmitResult
 from floodgate import codec
 from floodgate.dispatch import ENDED, Order, Slot, slot_key
+from floodgate.errors import RateLimited
 from floodgate.provider_config import dev_setup
 from floodgate.settings import Settings
 from streams.app import create_app
@@ -606,6 +607,12 @@ async def queueing(settings: Settings, tmp_path: Path) -> AsyncIterator[tuple[Di
         yield d, provider
 
 
+async def late_look(d: Dispatcher, key: bytes, slot: Slot, now: float) -> None:
+    """The late poll's round for one slot: its check, then the status call it queued, if any."""
+    await d.check_slot(key, slot, now)
+    await d.ask_due()
+
+
 def places(d: Dispatcher) -> list[tuple[str, int | None]]:
     return [(r["job_id"], r.get("queue_position")) for r in emitter(d).events("submitted")]
 
@@ -653,9 +660,9 @@ async def test_after_a_restart_the_late_poll_finds_a_job_in_the_providers_queue_
     provider.say("job-0", "queued", 2)
     slot = d.lane.slots.get(key)
     assert slot is not None
-    await d.check_slot(key, slot, slot.taken_at + d.settings.poll_after + 1)
+    await late_look(d, key, slot, slot.taken_at + d.settings.poll_after + 1)
     assert places(d) == [("job-0", 2)] and key in d.followed
-    await d.check_slot(key, slot, slot.taken_at + d.settings.poll_after + 2)
+    await late_look(d, key, slot, slot.taken_at + d.settings.poll_after + 2)
     assert provider.asked == ["pj-job-0"], "a followed job is left to follow"
 
 
@@ -717,11 +724,11 @@ async def test_where_webhooks_are_on_the_late_poll_asks_about_a_quiet_job_less_a
             assert slot is not None and d.poll_every == 10
             provider.say("job-0", "running")
             for tick in range(7):  # rounds at 30, 40, ..., 90 s
-                await d.check_slot(key, slot, slot.taken_at + d.settings.poll_after + 10 * tick)
+                await late_look(d, key, slot, slot.taken_at + d.settings.poll_after + 10 * tick)
             assert len(provider.asked) == expected, (base, provider.asked)
             if base:
                 again = replace(slot, taken_at=slot.taken_at + 100)
-                await d.check_slot(key, again, again.taken_at + d.settings.poll_after)
+                await late_look(d, key, again, again.taken_at + d.settings.poll_after)
                 assert len(provider.asked) == expected + 1, "a slot taken again is a new render"
 
 
@@ -735,13 +742,112 @@ async def test_the_late_poll_tells_a_long_render_once_and_an_end_as_often_as_it_
         late = slot.taken_at + d.settings.poll_after
         provider.say("job-0", "running")
         for tick in range(3):  # a render past poll_after, its webhooks quiet: polled every tick
-            await d.check_slot(key, slot, late + 10 * tick)
+            await late_look(d, key, slot, late + 10 * tick)
         assert len(emitter(d).events("running")) == 1, "still running is no news"
         provider.say_completed("job-0")
-        await d.check_slot(key, slot, late + 30)
-        await d.check_slot(key, slot, late + 40)  # the slot still held: the first word of the end was lost
+        await late_look(d, key, slot, late + 30)
+        await late_look(d, key, slot, late + 40)  # the slot still held: the first word of the end was lost
         assert len(emitter(d).events("completed")) == 2
         assert len(provider.asked) == 5
         await d.release({"job_id": "job-0", "attempt": 0, "status": "completed"}, 0, 1)
         await d.poll()
         assert key not in d.told, "what was told of a job is forgotten with its slot"
+
+
+# -- status calls within the provider's read budget ------------------------------------------------
+
+
+class ReadLimitedProvider(QueueingProvider):
+    """fal-like, with a documented limit of two status calls a second (a connector's
+    ``status_rate_per_second``; the routing file can set one too)."""
+
+    status_rate_per_second = 2.0
+
+
+def waiting_calls(d: Dispatcher) -> float | None:
+    return d.metrics.registry.get_sample_value("floodgate_provider_status_calls_waiting", {"provider": "wan"})
+
+
+async def test_status_calls_keep_to_the_providers_read_budget_and_every_job_is_asked_in_turn(
+        settings: Settings, tmp_path: Path) -> None:
+    provider = ReadLimitedProvider()
+    async with one_dispatcher(settings, provider, tmp_path / "budget", jobs=6) as d:
+        assert d.status_rate == 2.0 and len(d.followed) == 6
+        now = 1000.0
+        d.clock = lambda: now
+        for i in range(6):
+            provider.say(f"job-{i}", "queued", i + 1)
+        await d.follow()
+        assert len(provider.asked) == 2, "a second's worth of the budget, not one call per job"
+        assert waiting_calls(d) == 4
+        turns = [list(provider.asked)]
+        for _ in range(2):
+            now += 1.0
+            await d.follow()  # a new round finds every job due again: those waiting keep their places
+            now += 0.4
+            await d.ask_due()  # (less than a call's worth of budget since the round)
+            turns.append(provider.asked[sum(map(len, turns)):])
+        assert [len(turn) for turn in turns] == [2, 2, 2]
+        assert sorted(sum(turns, [])) == [f"pj-job-{i}" for i in range(6)], "each job once before any twice"
+        now += 1.0
+        await d.ask_due()
+        assert provider.asked[6:] == turns[0], "then the first ones again, in the same turn"
+
+
+class RefusingProvider(QueueingProvider):
+    """Answers the next ``refusals`` status calls 429 (another client spent the account's reads)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.refusals = 0
+
+    async def status(self, session: Any, provider_job_id: str) -> ProviderStatus:
+        if self.refusals:
+            self.refusals -= 1
+            self.asked.append(provider_job_id)
+            raise RateLimited("status call rate limit reached", status=429, retry_after=5.0)
+        return await super().status(session, provider_job_id)
+
+
+async def test_a_429_to_a_status_call_stops_them_all_until_its_retry_after_and_that_job_goes_first(
+        settings: Settings, tmp_path: Path) -> None:
+    provider = RefusingProvider()
+    async with one_dispatcher(settings, provider, tmp_path / "refused", jobs=3) as d:
+        assert d.status_rate is None, "no budget: every job due is asked at once"
+        now = 1000.0
+        d.clock = lambda: now
+        for i in range(3):
+            provider.say(f"job-{i}", "queued", 1)
+        provider.refusals = 1
+        await d.follow()
+        refused = provider.asked[0]
+        assert len(provider.asked) == 3 and waiting_calls(d) == 1
+        assert d.metrics.registry.get_sample_value("floodgate_provider_status_rate_limited_total",
+                                                   {"provider": "wan"}) == 1
+        now += 4.0
+        await d.follow()
+        assert len(provider.asked) == 3, "nothing is asked before the Retry-After"
+        now += 1.0
+        await d.ask_due()
+        assert provider.asked[3] == refused and len(provider.asked) == 6
+        assert waiting_calls(d) == 0
+
+
+async def test_a_job_past_its_timeout_is_failed_while_status_calls_wait_for_the_budget(
+        settings: Settings, tmp_path: Path) -> None:
+    provider = ReadLimitedProvider()
+    provider.callbacks = "all"  # only the late poll asks
+    async with one_dispatcher(settings, provider, tmp_path / "late-budget", jobs=4) as d:
+        d.clock = lambda: 1000.0
+        for i in range(4):
+            provider.say(f"job-{i}", "running")
+        slots = [(slot_key(0, f"job-{i}"), d.lane.slots.get(slot_key(0, f"job-{i}"))) for i in range(4)]
+        for key, slot in slots[:3]:
+            assert slot is not None
+            await d.check_slot(key, slot, slot.taken_at + d.settings.poll_after)
+        key, slot = slots[3]
+        assert slot is not None
+        await d.check_slot(key, slot, slot.taken_at + d.settings.job_timeout + 1)
+        await d.ask_due()
+        assert len(provider.asked) == 2 and waiting_calls(d) == 1
+        assert [r["job_id"] for r in emitter(d).events("failed")] == ["job-3"], "a timeout never waits its turn"

@@ -3,7 +3,8 @@ from __future__ import annotations
 
 import pytest
 
-from floodgate.following import PROGRESS_STEP, Word, followed, is_news, keep_following, late_look_due
+from floodgate.following import PROGRESS_STEP, StatusQueue, Word, followed, is_news, keep_following, late_look_due
+from floodgate.throttle import TokenBucket
 
 
 def test_the_first_word_and_every_change_of_state_or_place_is_news() -> None:
@@ -65,3 +66,61 @@ def test_the_late_poll_asks_about_a_quiet_job_less_and_less_often_up_to_every_po
     gaps = [b - a for a, b in zip(asked_at(600, 30, 10)[1:], asked_at(600, 30, 10)[2:], strict=False)]
     assert max(gaps) == 30, "a lost webhook's end is found at most poll_after late"
     assert asked_at(5, 1, 1) == [1, 2, 3, 4, 5], "a poll_after of one round asks every round"
+
+
+# -- StatusQueue: whose status call is made when ----------------------------------------------------
+
+
+def test_without_a_budget_every_call_due_is_made_at_once_in_the_order_offered() -> None:
+    calls: StatusQueue[str] = StatusQueue()
+    for key in ("a", "b", "c", "a"):
+        calls.offer(key, 0)
+    assert calls.take(0.0) == [("a", 0), ("b", 0), ("c", 0)], "a job offered again keeps its one place"
+    assert calls.take(0.0) == [] and len(calls) == 0
+
+
+def test_a_budget_spreads_the_calls_and_a_job_offered_again_keeps_its_place() -> None:
+    calls: StatusQueue[str] = StatusQueue({0: TokenBucket(2.0, 2.0)})
+    for key in "abcdef":
+        calls.offer(key, 0)
+    assert [k for k, _ in calls.take(10.0)] == ["a", "b"]
+    assert calls.take(10.4) == [], "not a whole call's worth of budget yet"
+    for key in "abcdef":  # the next round finds them all due again
+        calls.offer(key, 0)
+    assert [k for k, _ in calls.take(11.0)] == ["c", "d"], "those waiting go before those asked"
+    assert [k for k, _ in calls.take(12.0)] == ["e", "f"]
+    assert [k for k, _ in calls.take(13.0)] == ["a", "b"]
+
+
+def test_each_partition_spends_its_own_share() -> None:
+    """A partition belongs to one worker at a time: its share is its own, and one partition
+    whose share is spent does not hold up another's calls queued behind them."""
+    calls: StatusQueue[str] = StatusQueue({0: TokenBucket(1.0), 1: TokenBucket(1.0)})
+    for key, partition in (("a", 0), ("b", 0), ("c", 0), ("x", 1), ("y", 1)):
+        calls.offer(key, partition)
+    assert calls.take(5.0) == [("a", 0), ("x", 1)]
+    assert calls.take(6.0) == [("b", 0), ("y", 1)]
+    assert calls.take(7.0) == [("c", 0)]
+
+
+def test_a_refusal_stops_every_call_until_its_retry_after_and_the_unasked_go_first() -> None:
+    calls: StatusQueue[str] = StatusQueue()
+    for key in "abcd":
+        calls.offer(key, 0)
+    taken = calls.take(0.0)
+    calls.refused(5.0, taken[2:])  # c refused, d never asked
+    calls.offer("e", 0)
+    assert calls.take(4.9) == [], "nothing before the Retry-After"
+    assert [k for k, _ in calls.take(5.0)] == ["c", "d", "e"]
+    calls.refused(8.0, [])
+    calls.refused(7.0, [])
+    assert calls.paused_until == 8.0, "a shorter Retry-After never shortens the pause"
+
+
+def test_a_job_no_longer_due_is_dropped() -> None:
+    calls: StatusQueue[str] = StatusQueue()
+    calls.offer("a", 0)
+    calls.offer("b", 0)
+    calls.discard("a")
+    calls.discard("ghost")
+    assert "a" not in calls and calls.keys() == ["b"]

@@ -26,7 +26,7 @@ AFTER = SORA_RETIRES + timedelta(days=30)
 CONFIG: dict[str, Any] = {
     "providers": {
         "sora": {"kind": "openai", "concurrency_limit": 8, "rate_per_second": 2, "retired_at": "2026-09-24"},
-        "kling": {"kind": "kling", "concurrency_limit": 4},
+        "kling": {"kind": "kling", "concurrency_limit": 4, "status_rate_per_second": 5},
         "veo": {"kind": "google", "concurrency_limit": 2, "enabled": False},
         "luma": {"kind": "luma", "concurrency_limit": 3},
     },
@@ -53,6 +53,8 @@ LUMA = Target("luma", "ray-2")
 def test_from_dict_reads_every_field() -> None:
     assert TABLE.providers["sora"] == ProviderSpec("sora", "openai", 8, 2.0, SORA_RETIRES, True)
     assert TABLE.providers["veo"].enabled is False
+    assert TABLE.providers["kling"].status_rate_per_second == 5.0
+    assert TABLE.providers["sora"].status_rate_per_second is None  # the connector's own, if it has one
     assert TABLE.routes["veo-3"] == ModelRoute("veo-3", (Target("veo", "veo-3"),))  # provider_model defaults
 
 
@@ -160,6 +162,9 @@ _DELETE = object()
         (("providers", "kling", "concurrency_limit"), _DELETE, "providers.kling.concurrency_limit"),
         (("providers", "kling", "rate_per_second"), 0, "providers.kling.rate_per_second"),
         (("providers", "kling", "rate_per_second"), "fast", "providers.kling.rate_per_second"),
+        (("providers", "kling", "status_rate_per_second"), 0, "providers.kling.status_rate_per_second"),
+        (("providers", "kling", "status_rate_per_second"), True, "providers.kling.status_rate_per_second"),
+        (("providers", "kling", "status_rate_per_second"), 1e400, "providers.kling.status_rate_per_second"),
         (("providers", "kling", "kind"), "", "providers.kling.kind"),
         (("providers", "kling", "enabled"), "yes", "providers.kling.enabled"),
         (("providers", "kling", "retired_at"), "next tuesday", "providers.kling.retired_at"),
@@ -192,6 +197,7 @@ def test_unknown_provider_error_lists_known_ones() -> None:
     [
         {"concurrency_limit": 0},
         {"rate_per_second": -1.0},
+        {"status_rate_per_second": 0.0},
         {"retired_at": datetime(2026, 9, 24)},
         {"kind": ""},
     ],

@@ -164,6 +164,12 @@ def test_token_bucket_rejects(rate: float, burst: float) -> None:
         TokenBucket(rate, burst)
 
 
+def most_in_a_window(grants: list[float], window: float) -> int:
+    """The most of ``grants`` (times) that fall in any window of ``window`` seconds."""
+    ordered = sorted(grants)
+    return max((sum(1 for g in ordered[i:] if g <= start + window) for i, start in enumerate(ordered)), default=0)
+
+
 @given(
     rate=st.floats(0.1, 50),
     burst=st.integers(1, 10),
@@ -179,10 +185,34 @@ def test_honoured_reservations_never_exceed_burst_plus_rate_in_any_window(
         wait = bucket.take(now)
         assert wait >= 0
         grants.append(now + wait)
-    grants.sort()
-    for i, start in enumerate(grants):
-        in_window = sum(1 for g in grants[i:] if g <= start + window)
-        assert in_window <= burst + rate * window + 1e-6
+    assert most_in_a_window(grants, window) <= burst + rate * window + 1e-6
+
+
+@given(
+    rate=st.floats(0.1, 50),
+    burst=st.integers(1, 10),
+    asks=st.lists(st.tuples(st.floats(0, 2), st.integers(0, 20)), min_size=1, max_size=80),
+    window=st.floats(0.01, 10),
+)
+def test_taking_only_what_is_there_never_exceeds_burst_plus_rate_in_any_window(
+    rate: float, burst: int, asks: list[tuple[float, int]], window: float
+) -> None:
+    bucket, now, grants = TokenBucket(rate, burst), 0.0, []
+    for gap, wanted in asks:
+        now += gap
+        granted = bucket.take_now(now, wanted)
+        assert 0 <= granted <= wanted
+        grants += [now] * granted
+    assert most_in_a_window(grants, window) <= burst + rate * window + 1e-6
+
+
+def test_take_now_grants_whole_tokens_held_now_and_never_borrows() -> None:
+    bucket = TokenBucket(2.0, 3.0)
+    assert bucket.take_now(0.0, 5) == 3, "a full bucket: its size"
+    assert bucket.take_now(0.4, 5) == 0, "0.8 of a token is not a call"
+    assert bucket.take_now(1.0, 5) == 2
+    assert bucket.take(1.0) == pytest.approx(0.5), "nothing was borrowed: the next token is half a second away"
+    assert bucket.take_now(1.2, 1) == 0, "a reservation made by take is paid for first"
 
 
 # --- partition_bucket -----------------------------------------------------------------
@@ -235,11 +265,8 @@ def test_partitions_together_keep_the_provider_rate_in_any_window(
     for partition, gap in arrivals:
         now += gap
         grants.append(now + buckets[partition % partitions].take(now))
-    grants.sort()
     allowance = math.fsum(b.burst for b in buckets)
-    for i, start in enumerate(grants):
-        in_window = sum(1 for g in grants[i:] if g <= start + window)
-        assert in_window <= allowance + rate * window + 1e-6
+    assert most_in_a_window(grants, window) <= allowance + rate * window + 1e-6
 
 
 def test_a_bucket_per_worker_would_double_the_rate_and_a_bucket_per_partition_does_not() -> None:
