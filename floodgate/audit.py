@@ -5,8 +5,9 @@ a load balancer cuts an SSE stream that sent nothing for longer than its idle ti
 client gives up on a provider that holds the call open by design (``Prefer: wait``) and submits
 again; a job is failed while its render is still running; a provider's retried webhook arrives
 with a timestamp the bridge no longer accepts; a worker whose handler outlasts Kafka's poll
-interval is thrown out of its group. Each rule compares two links and says pass, warn or fail,
-with the fix. The CLI (``floodgate/cli.py``) gathers the values from the settings, the routing
+interval is thrown out of its group; a provider's read budget too small for the jobs it holds
+asks about each of them less often than the poll says. Each rule compares two links and says
+pass, warn or fail, with the fix. The CLI (``floodgate/cli.py``) gathers the values from the settings, the routing
 file and the code's own defaults; nothing here reads them.
 """
 from __future__ import annotations
@@ -14,6 +15,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 from enum import Enum
+
+from floodgate.following import followed_every
 
 
 class Verdict(Enum):
@@ -60,6 +63,9 @@ class ProviderLink:
     slowest_job: float | None  # slowest render plus the provider's queue delay and cold start
     webhook_retry_window: float | None
     resigns_retries: bool | None
+    concurrency_limit: int = 1
+    callbacks: str = "all"  # what its webhooks tell (the connector's ``callbacks``)
+    status_rate: float | None = None  # status calls a second at most (None: no budget)
 
 
 @dataclass(frozen=True)
@@ -80,6 +86,7 @@ class Chain:
     guard_backoff_total: float
     outgoing_timeout: float
     outgoing_drain: float  # how long a stopping API lets outgoing deliveries finish
+    provider_status_poll: float = 5.0  # FLOODGATE_PROVIDER_STATUS_POLL
 
 
 def audit(chain: Chain) -> list[Finding]:
@@ -92,6 +99,8 @@ def audit(chain: Chain) -> list[Finding]:
     out.append(poll_before_timeout(chain.poll_after, chain.job_timeout))
     for p in chain.providers:
         out.append(webhook_replay(p, chain))
+    for p in chain.providers:
+        out.append(status_budget(p, chain))
     out.append(kafka_session(chain))
     out.append(kafka_poll(chain))
     out.append(outgoing_webhooks(chain))
@@ -164,6 +173,23 @@ def webhook_replay(p: ProviderLink, chain: Chain) -> Finding:
                        f"nothing lost (jobs are polled after {chain.poll_after:.4g}s), "
                        "but keep FLOODGATE_POLL_AFTER low")
     return Finding(link, Verdict.PASS, detail)
+
+
+def status_budget(p: ProviderLink, chain: Chain) -> Finding:
+    link = f"{p.name}: status calls vs read budget"
+    every = followed_every(p.callbacks, chain.provider_status_poll, chain.webhooks_enabled, chain.poll_after)
+    if every is None:
+        return Finding(link, Verdict.PASS, "its webhooks tell every change: only a quiet job is asked, "
+                       "less and less often")
+    needed = p.concurrency_limit / every
+    detail = f"{p.concurrency_limit} jobs in flight, each asked every {every:.4g}s: up to {needed:.4g} calls/s"
+    if p.status_rate is None:
+        return Finding(link, Verdict.PASS, detail + ", no read budget set")
+    if needed <= p.status_rate:
+        return Finding(link, Verdict.PASS, detail + f", within the budget of {p.status_rate:.4g}/s")
+    return Finding(link, Verdict.WARN, detail + f", over the budget of {p.status_rate:.4g}/s: each job is asked "
+                   f"every {p.concurrency_limit / p.status_rate:.4g}s, and its news waits that long",
+                   "raise status_rate_per_second if the provider allows more reads")
 
 
 def kafka_session(chain: Chain) -> Finding:

@@ -81,6 +81,24 @@ def keep_following(word: Word, callbacks: str) -> bool:
     return callbacks == "none" and word.state == "running"
 
 
+def late_poll_every(poll_after: float) -> float:
+    """Seconds between two rounds of the late poll for ``FLOODGATE_POLL_AFTER`` = ``poll_after``:
+    a third of it, within 1-10 s."""
+    return max(1.0, min(10.0, poll_after / 3))
+
+
+def followed_every(callbacks: str, status_poll: float, webhooks: bool, poll_after: float) -> float | None:
+    """How often a job in flight at a provider whose webhooks tell ``callbacks`` is asked about at
+    most: every ``status_poll`` seconds where it is followed, every late-poll round where no
+    webhook reaches us (``webhooks`` False); None where webhooks tell every change (only a quiet
+    job is asked, less and less often: ``late_look_due``)."""
+    if status_poll > 0 and followed(callbacks):
+        return status_poll
+    if not webhooks:
+        return late_poll_every(poll_after)
+    return None
+
+
 def late_look_due(quiet: float, looks: int, first: float, every: float) -> bool:
     """Whether the late poll should ask about a job whose slot was taken ``quiet`` seconds ago and
     which it has asked about ``looks`` times since: first at ``first`` seconds, then after gaps of
@@ -104,7 +122,8 @@ class StatusQueue(Generic[K]):
 
     The budget is kept per dispatch partition (``buckets``: partition → its share of the rate,
     ``floodgate.throttle.partition_bucket``), as the slots are: a partition belongs to one worker
-    at a time, so the shares hold the provider's rate whatever the number of workers. A call
+    at a time, so the shares hold the provider's rate whatever the number of workers (a
+    partition without a bucket has no budget). A call
     refused for the rate anyway (a 429: another client on the same account) stops every call
     until its Retry-After (``refused``), and the calls not made keep their places.
     """

@@ -95,7 +95,15 @@ from connectors.providers.base import ProviderStatus, SubmitOrder, SubmitResult
 from floodgate import codec
 from floodgate.dispatch import ENDED, Order, Slot, parse_slot_key, slot_key
 from floodgate.errors import FloodgateError, ProviderUnavailable, RateLimited
-from floodgate.following import StatusQueue, Word, followed, is_news, keep_following, late_look_due
+from floodgate.following import (
+    StatusQueue,
+    Word,
+    followed,
+    is_news,
+    keep_following,
+    late_look_due,
+    late_poll_every,
+)
 from floodgate.jobs.events import event_kind
 from floodgate.readahead import floor_for
 from floodgate.routing import next_target
@@ -155,7 +163,7 @@ class Dispatcher:
         """Slot keys of the jobs followed."""
         self.told: dict[bytes, Word] = {}
         """Slot key → the last word a status call told about the job (followed, or by the late poll)."""
-        self.poll_every = max(1.0, min(10.0, self.settings.poll_after / 3))
+        self.poll_every = late_poll_every(self.settings.poll_after)
         """Seconds between two rounds of the late poll (``poll``)."""
         self.looked: dict[bytes, tuple[float, int]] = {}
         """Slot key → (when its slot was taken, how many times the late poll asked about the job

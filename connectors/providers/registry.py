@@ -44,9 +44,15 @@ def create(kind: str, **config: Any) -> VideoProvider:
     return provider
 
 
+def kind_class(kind: str) -> type | None:
+    """The connector class registered for ``kind`` (its class attributes say what the kind does:
+    ``callbacks``, ``status_rate_per_second``), or None for a kind not registered."""
+    return _KINDS.get(kind)
+
+
 def kinds() -> tuple[str, ...]:
     """Registered kinds, sorted."""
     return tuple(sorted(_KINDS))
 
 
-__all__ = ["create", "kinds", "register"]
+__all__ = ["create", "kind_class", "kinds", "register"]

@@ -30,8 +30,12 @@ def build_chain(settings: Settings, args: argparse.Namespace) -> audit.Chain:
     sim_timeout = inspect.signature(SimulatorProvider).parameters["timeout"].default
     links = []
     renders = route_render_times(routing.raw_routes)
+    import connectors.providers  # noqa: F401 - registers the built-in kinds
+    from connectors.providers.registry import kind_class
+
     for name, spec in routing.setup.routing.providers.items():
         connection = routing.setup.connections.get(name, {})
+        connector = kind_class(spec.kind)
         default = sim_timeout if spec.kind == "simulator" else DEFAULT_PROVIDER_TIMEOUT
         facts = audit.KNOWN_KINDS.get(spec.kind)
         sim = simulated.get(name) if spec.kind == "simulator" else None
@@ -45,7 +49,10 @@ def build_chain(settings: Settings, args: argparse.Namespace) -> audit.Chain:
             name=name, kind=spec.kind, http_timeout=float(connection.get("timeout", default)),
             sync_wait=facts.sync_wait if facts else None, slowest_job=slowest,
             webhook_retry_window=facts.webhook_retry_window if facts else None,
-            resigns_retries=facts.resigns_retries if facts else None))
+            resigns_retries=facts.resigns_retries if facts else None, concurrency_limit=spec.concurrency_limit,
+            callbacks=getattr(connector, "callbacks", "all"),
+            # As the dispatcher takes it: the routing file's, else the connector's documented limit.
+            status_rate=spec.status_rate_per_second or getattr(connector, "status_rate_per_second", None)))
     keepalive = next(f.default for f in dataclasses.fields(Deps) if f.name == "keepalive")
     assert isinstance(keepalive, float)
     drain = inspect.signature(OutgoingWebhooks).parameters["drain_timeout"].default
@@ -59,7 +66,8 @@ def build_chain(settings: Settings, args: argparse.Namespace) -> audit.Chain:
         broker_min_session=args.broker_min_session,
         max_poll_interval=float(faust.Settings.broker_max_poll_interval.default),  # type: ignore[attr-defined]
         guard_attempts=RETRIES + 1, guard_backoff_total=sum(BACKOFF.delay(i) for i in range(RETRIES)),
-        outgoing_timeout=OUTGOING_TIMEOUT, outgoing_drain=float(drain))
+        outgoing_timeout=OUTGOING_TIMEOUT, outgoing_drain=float(drain),
+        provider_status_poll=settings.provider_status_poll)
 
 
 def run(args: argparse.Namespace) -> int:

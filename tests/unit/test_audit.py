@@ -22,10 +22,10 @@ def verdicts(chain: Chain) -> dict[str, Verdict]:
 
 def test_a_good_chain_passes_every_link() -> None:
     findings = audit(GOOD)
-    assert len(findings) == 9
+    assert len(findings) == 10
     assert {f.verdict for f in findings} == {Verdict.PASS}
     assert not failed(findings)
-    assert render(findings).endswith("9 pass, 0 warn, 0 fail")
+    assert render(findings).endswith("10 pass, 0 warn, 0 fail")
 
 
 @pytest.mark.parametrize(("lb_idle", "verdict"), [(10.0, Verdict.FAIL), (25.0, Verdict.WARN), (30.0, Verdict.PASS)])
@@ -65,6 +65,9 @@ def test_each_misconfigured_link_is_caught(change: dict[str, object], link: str,
      Verdict.WARN),
     ({"resigns_retries": None, "webhook_retry_window": None}, "kling: webhook retries vs bridge replay window",
      Verdict.WARN),
+    # Followed every 5 s (webhooks only at the end): 100 jobs need 20 calls/s.
+    ({"callbacks": "end", "concurrency_limit": 100, "status_rate": 10.0}, "kling: status calls vs read budget",
+     Verdict.WARN),
 ])
 def test_provider_links(provider: dict[str, object], link: str, verdict: Verdict) -> None:
     chain = dataclasses.replace(GOOD, providers=(dataclasses.replace(GOOD_PROVIDER, **provider),))  # type: ignore[arg-type]
@@ -82,3 +85,23 @@ def test_every_fail_and_warn_says_how_to_fix_it() -> None:
             assert f.fix, f.link
     text = render(findings)
     assert "FAIL  load balancer vs SSE keep-alive" in text and "fix: send keep-alives at most every 5s" in text
+
+
+@pytest.mark.parametrize(("provider", "chain", "verdict", "says"), [
+    ({"callbacks": "end", "concurrency_limit": 100, "status_rate": 20.0}, {}, Verdict.PASS, "up to 20 calls/s"),
+    ({"callbacks": "end", "concurrency_limit": 100, "status_rate": 10.0}, {}, Verdict.WARN, "asked every 10s"),
+    ({"callbacks": "none", "concurrency_limit": 100, "status_rate": None}, {}, Verdict.PASS, "no read budget set"),
+    ({"concurrency_limit": 5000, "status_rate": 50.0}, {}, Verdict.PASS, "only a quiet job is asked"),
+    # No webhooks reach us: every job is asked each late-poll round (30 s / 3).
+    ({"concurrency_limit": 5000, "status_rate": 50.0}, {"webhooks_enabled": False}, Verdict.WARN, "every 100s"),
+    ({"callbacks": "end", "concurrency_limit": 100, "status_rate": 10.0}, {"provider_status_poll": 0.0},
+     Verdict.PASS, "only a quiet job"),
+])
+def test_the_read_budget_against_the_jobs_it_asks_about(provider: dict[str, object], chain: dict[str, object],
+                                                        verdict: Verdict, says: str) -> None:
+    """A budget too small for the jobs in flight asks about each less often than the poll says."""
+    findings = audit(dataclasses.replace(GOOD, providers=(dataclasses.replace(GOOD_PROVIDER, **provider),),  # type: ignore[arg-type]
+                                         **chain))  # type: ignore[arg-type]
+    found = next(f for f in findings if f.link == "kling: status calls vs read budget")
+    assert found.verdict is verdict and says in found.detail, found
+    assert bool(found.fix) is (verdict is not Verdict.PASS)
