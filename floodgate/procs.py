@@ -106,22 +106,6 @@ def freeze_heap() -> None:
     gc.freeze()
 
 
-YOUNG_GC_THRESHOLD = 20_000
-"""Net allocations of tracked objects between two collections of the youngest generation in the
-API (Python's default: 700). Each 202, webhook and feed batch allocates hundreds of objects, most
-freed at once by reference counting, so the default ran a young collection every few requests,
-and a full one (which walks every object not frozen) every hundred of those. In the pipeline
-bench, in turns with the default (four pairs, this host), the API's CPU per job was 0.93x
-(0.89-0.98x per pair); the worker's did not move beyond noise (0.975x), so it keeps the default."""
-
-
-def collect_young_less_often(threshold: int = YOUNG_GC_THRESHOLD) -> None:
-    """Collect the youngest generation after ``threshold`` net allocations instead of Python's
-    default; the older generations keep their ratios to it."""
-    _, middle, oldest = gc.get_threshold()
-    gc.set_threshold(threshold, middle, oldest)
-
-
 def quiet_ports(count: int) -> int:
     """The first of ``count`` free consecutive ports below Linux's ephemeral range (32768 up): a
     broker restarted a minute after its kill must find its port free, and in the ephemeral range
@@ -134,5 +118,5 @@ def quiet_ports(count: int) -> int:
     raise OSError(f"no {count} free consecutive ports found below the ephemeral range")
 
 
-__all__ = ["YOUNG_GC_THRESHOLD", "bind_socket", "collect_young_less_often", "die_with_parent", "free_port",
-           "freeze_heap", "lower_priority", "pid_alive", "port_in_use", "quiet_ports", "raise_niceness"]
+__all__ = ["bind_socket", "die_with_parent", "free_port", "freeze_heap", "lower_priority", "pid_alive", "port_in_use",
+           "quiet_ports", "raise_niceness"]

@@ -53,7 +53,7 @@ from floodgate.api.view import DEFAULT_MAX_JOBS, JobView
 from floodgate.errors import ConfigError
 from floodgate.eventloop import use_uvloop
 from floodgate.kafka_admin import ensure_topics
-from floodgate.procs import bind_socket, collect_young_less_often, freeze_heap
+from floodgate.procs import bind_socket, freeze_heap
 from floodgate.provider_config import ProviderSetup
 from floodgate.queueboard import QueueBoard
 from floodgate.quotas import JobsByTenant
@@ -363,7 +363,6 @@ async def _main(settings: Settings, host: str | None, port: int | None, roles: I
                          video_copier=outgoing_webhooks)
     if server.view is not None:
         freeze_heap()  # the view has caught up; the URL is not out yet, so no request is waiting
-    collect_young_less_often()
     try:
         print(f"api={server.url}", flush=True)
         await stop.wait()

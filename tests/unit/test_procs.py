@@ -1,12 +1,11 @@
 """Process and port helpers (floodgate/procs.py)."""
 from __future__ import annotations
 
-import gc
 import os
 import subprocess
 import sys
 
-from floodgate.procs import YOUNG_GC_THRESHOLD, collect_young_less_often, port_in_use, quiet_ports
+from floodgate.procs import port_in_use, quiet_ports
 
 
 def test_quiet_ports_are_free_and_below_the_ephemeral_range() -> None:
@@ -42,14 +41,3 @@ def test_lower_priority_keeps_a_higher_niceness() -> None:
     base = os.getpriority(os.PRIO_PROCESS, 0)
     start = min(19, base + 12) - base
     assert _niceness_after(start, base + 3) == (base + start,) * 3
-
-
-def test_young_collections_come_less_often_and_the_older_generations_keep_their_ratios() -> None:
-    before = gc.get_threshold()
-    try:
-        gc.set_threshold(700, 10, 10)
-        collect_young_less_often()
-        assert gc.get_threshold() == (YOUNG_GC_THRESHOLD, 10, 10)
-        assert YOUNG_GC_THRESHOLD > 700
-    finally:
-        gc.set_threshold(*before)
