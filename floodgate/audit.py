@@ -157,6 +157,9 @@ def poll_before_timeout(poll_after: float, timeout: float) -> Finding:
 def webhook_replay(p: ProviderLink, chain: Chain) -> Finding:
     link = f"{p.name}: webhook retries vs bridge replay window"
     if not chain.webhooks_enabled:
+        if chain.provider_status_poll > 0:
+            return Finding(link, Verdict.PASS, "webhooks off (no FLOODGATE_WEBHOOK_BASE_URL): every job is followed "
+                           f"with a status call every {chain.provider_status_poll:.4g}s")
         return Finding(link, Verdict.PASS, f"webhooks off (no FLOODGATE_WEBHOOK_BASE_URL): jobs are polled after "
                        f"{chain.poll_after:.4g}s")
     if p.resigns_retries:

@@ -89,10 +89,10 @@ def late_poll_every(poll_after: float) -> float:
 
 def followed_every(callbacks: str, status_poll: float, webhooks: bool, poll_after: float) -> float | None:
     """How often a job in flight at a provider whose webhooks tell ``callbacks`` is asked about at
-    most: every ``status_poll`` seconds where it is followed, every late-poll round where no
-    webhook reaches us (``webhooks`` False); None where webhooks tell every change (only a quiet
-    job is asked, less and less often: ``late_look_due``)."""
-    if status_poll > 0 and followed(callbacks):
+    most: every ``status_poll`` seconds where it is followed (also every job where no webhook can
+    reach us: ``webhooks`` False), else every late-poll round without webhooks; None where
+    webhooks tell every change (only a quiet job is asked, less and less often: ``late_look_due``)."""
+    if status_poll > 0 and followed(callbacks if webhooks else "none"):
         return status_poll
     if not webhooks:
         return late_poll_every(poll_after)

@@ -40,7 +40,10 @@ when asked. For a connector whose ``callbacks`` are ``"end"`` or ``"none"``, a s
 ``submitted`` event with ``queue_position`` when its place changed, ``running`` once it starts, and
 where no webhook ever comes its progress and its end. Each piece of news costs two records (the
 event and the job's state change), and only at such a provider. The followed set lives in memory
-only: after a restart the ``poll_after`` poll finds such jobs again and follows them.
+only: after a restart the ``poll_after`` poll finds such jobs again and follows them. Where no
+webhook can reach us at all (no ``FLOODGATE_WEBHOOK_BASE_URL``), every provider is such a
+provider: its jobs are followed to their end, so an end is found within a status poll, not
+``poll_after`` seconds after the slot was taken.
 
 **Status calls within the provider's read limit.** Both timers only say which jobs are due; the
 calls wait their turn in a ``StatusQueue`` (``floodgate.following``) that spends the provider's
@@ -155,8 +158,9 @@ class Dispatcher:
         """Dispatch partitions paused because the worker's read-ahead window is full (see ``hold``)."""
         self.limit_generation: int | None = None
         """The consumer generation this worker's share of the limit was last published for."""
-        self.callbacks: str = getattr(self.connector, "callbacks", "all")
-        """What the provider's webhooks tell: every change, only the end, nothing (``floodgate.following``)."""
+        # Without a webhook base URL no provider can call us back, whatever its webhooks could tell.
+        self.callbacks: str = getattr(self.connector, "callbacks", "all") if self.webhook_url else "none"
+        """What the provider's webhooks tell us: every change, only the end, nothing (``floodgate.following``)."""
         self.follows = self.settings.provider_status_poll > 0 and followed(self.callbacks)
         """Whether its jobs are followed by status calls (see the module docstring)."""
         self.followed: set[bytes] = set()

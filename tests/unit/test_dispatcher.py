@@ -107,9 +107,10 @@ class Writes:
 def settings(tmp_path: Path) -> Settings:
     # slot_producer_limit=0: the lane's tables write through Faust's producer, which `writes` fakes
     # (the slot writer's own producer is tested on a broker: tests/integration/test_slot_writer.py).
+    # (A webhook base URL: providers can call back, as in any deployment that has webhooks.)
     return Settings.from_env({}).with_overrides(kafka_bootstrap="127.0.0.1:1", cache_dir=tmp_path,
                                                 dispatch_partitions=1, simulator_url="http://127.0.0.1:9",
-                                                slot_producer_limit=0)
+                                                slot_producer_limit=0, webhook_base_url="http://bridge.example")
 
 
 @pytest.fixture
@@ -713,29 +714,49 @@ class TellingProvider(QueueingProvider):
 async def test_where_webhooks_are_on_the_late_poll_asks_about_a_quiet_job_less_and_less_often(
         settings: Settings, tmp_path: Path) -> None:
     """A lost webhook is rare: a long render is asked about at 30, 40, 60, 90 s... (the rule:
-    ``floodgate.following.late_look_due``), not every round; without webhooks, every round (the
-    late poll is then how ends are found). A slot taken again starts over."""
-    for base, expected in (("http://bridge.example", 4), ("", 7)):
-        provider = TellingProvider()
-        async with one_dispatcher(settings.with_overrides(webhook_base_url=base), provider,
-                                  tmp_path / f"quiet{len(base)}", jobs=1) as d:
-            key = slot_key(0, "job-0")
-            slot = d.lane.slots.get(key)
-            assert slot is not None and d.poll_every == 10
-            provider.say("job-0", "running")
-            for tick in range(7):  # rounds at 30, 40, ..., 90 s
-                await late_look(d, key, slot, slot.taken_at + d.settings.poll_after + 10 * tick)
-            assert len(provider.asked) == expected, (base, provider.asked)
-            if base:
-                again = replace(slot, taken_at=slot.taken_at + 100)
-                await late_look(d, key, again, again.taken_at + d.settings.poll_after)
-                assert len(provider.asked) == expected + 1, "a slot taken again is a new render"
+    ``floodgate.following.late_look_due``), not every round. A slot taken again starts over."""
+    provider = TellingProvider()
+    async with one_dispatcher(settings, provider, tmp_path / "quiet", jobs=1) as d:
+        key = slot_key(0, "job-0")
+        slot = d.lane.slots.get(key)
+        assert slot is not None and d.poll_every == 10 and not d.follows
+        provider.say("job-0", "running")
+        for tick in range(7):  # rounds at 30, 40, ..., 90 s
+            await late_look(d, key, slot, slot.taken_at + d.settings.poll_after + 10 * tick)
+        assert len(provider.asked) == 4, provider.asked
+        again = replace(slot, taken_at=slot.taken_at + 100)
+        await late_look(d, key, again, again.taken_at + d.settings.poll_after)
+        assert len(provider.asked) == 5, "a slot taken again is a new render"
+
+
+async def test_where_no_webhook_can_reach_us_every_job_is_followed_to_its_end(
+        settings: Settings, tmp_path: Path) -> None:
+    """No FLOODGATE_WEBHOOK_BASE_URL: whatever the provider's webhooks could tell, none reaches us,
+    so its jobs are followed from their submission, a status call each status poll round, and an
+    end is found within a round instead of after FLOODGATE_POLL_AFTER."""
+    provider = TellingProvider()
+    async with one_dispatcher(settings.with_overrides(webhook_base_url=""), provider, tmp_path / "deaf",
+                              jobs=1) as d:
+        key = slot_key(0, "job-0")
+        assert d.webhook_url is None and d.follows and key in d.followed, "followed from its submission"
+        provider.say("job-0", "running")
+        await d.follow()
+        slot = d.lane.slots.get(key)
+        assert slot is not None
+        await late_look(d, key, slot, slot.taken_at + d.settings.poll_after)
+        assert len(provider.asked) == 1, "the late poll leaves a followed job to the following"
+        provider.say_completed("job-0")
+        await d.follow()
+        assert [r["job_id"] for r in emitter(d).events("completed")] == ["job-0"]
+        assert key not in d.followed and len(provider.asked) == 2
 
 
 async def test_the_late_poll_tells_a_long_render_once_and_an_end_as_often_as_it_hears_it(
         settings: Settings, tmp_path: Path) -> None:
     provider = TellingProvider()
-    async with one_dispatcher(settings, provider, tmp_path / "late", jobs=1) as d:
+    # No webhooks and no following: the late poll asks every round (FLOODGATE_PROVIDER_STATUS_POLL=0).
+    quiet = settings.with_overrides(webhook_base_url="", provider_status_poll=0)
+    async with one_dispatcher(quiet, provider, tmp_path / "late", jobs=1) as d:
         key = slot_key(0, "job-0")
         slot = d.lane.slots.get(key)
         assert slot is not None and not d.follows and not d.followed

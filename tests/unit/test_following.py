@@ -140,6 +140,6 @@ def test_how_often_a_job_in_flight_is_asked_about_at_most() -> None:
     assert late_poll_every(30.0) == 10.0 and late_poll_every(1.0) == 1.0 and late_poll_every(600.0) == 10.0
     assert followed_every("end", 5.0, True, 30.0) == 5.0, "followed: every status poll"
     assert followed_every("none", 5.0, False, 30.0) == 5.0
-    assert followed_every("all", 5.0, False, 30.0) == 10.0, "no webhook reaches us: every late-poll round"
-    assert followed_every("end", 0.0, False, 30.0) == 10.0, "following off: the late poll still asks"
+    assert followed_every("all", 5.0, False, 30.0) == 5.0, "no webhook can reach us: every job is followed"
+    assert followed_every("all", 0.0, False, 30.0) == 10.0, "following off: the late poll asks every round"
     assert followed_every("all", 5.0, True, 30.0) is None, "webhooks tell every change: only quiet jobs"
