@@ -7,8 +7,8 @@ again; a job is failed while its render is still running; a provider's retried w
 with a timestamp the bridge no longer accepts; a worker whose handler outlasts Kafka's poll
 interval is thrown out of its group; a provider's read budget too small for the jobs it holds
 asks about each of them less often than the poll says. Each rule compares two links and says
-pass, warn or fail, with the fix. The CLI (``floodgate/cli.py``) gathers the values from the settings, the routing
-file and the code's own defaults; nothing here reads them.
+pass, warn or fail, with the fix. The CLI (``floodgate/cli.py``) gathers the values from the
+settings, the routing file and the code's own defaults; nothing here reads them.
 """
 from __future__ import annotations
 
