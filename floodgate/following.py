@@ -81,6 +81,19 @@ def keep_following(word: Word, callbacks: str) -> bool:
     return callbacks == "none" and word.state == "running"
 
 
+def callbacks_heard(callbacks: str, webhooks: bool) -> str:
+    """What a provider whose webhooks tell ``callbacks`` tells us: nothing where no webhook can
+    reach us (``webhooks`` False: no ``FLOODGATE_WEBHOOK_BASE_URL``)."""
+    return callbacks if webhooks else "none"
+
+
+def read_budget(configured: float | None, connector: object) -> float | None:
+    """Status calls a second at most for a provider: the routing file's ``status_rate_per_second``,
+    else its connector's documented limit (a class attribute of that name), else None (no budget)."""
+    documented: float | None = getattr(connector, "status_rate_per_second", None)
+    return configured or documented
+
+
 def late_poll_every(poll_after: float) -> float:
     """Seconds between two rounds of the late poll for ``FLOODGATE_POLL_AFTER`` = ``poll_after``:
     a third of it, within 1-10 s."""
@@ -92,7 +105,7 @@ def followed_every(callbacks: str, status_poll: float, webhooks: bool, poll_afte
     most: every ``status_poll`` seconds where it is followed (also every job where no webhook can
     reach us: ``webhooks`` False), else every late-poll round without webhooks; None where
     webhooks tell every change (only a quiet job is asked, less and less often: ``late_look_due``)."""
-    if status_poll > 0 and followed(callbacks if webhooks else "none"):
+    if status_poll > 0 and followed(callbacks_heard(callbacks, webhooks)):
         return status_poll
     if not webhooks:
         return late_poll_every(poll_after)

@@ -101,11 +101,13 @@ from floodgate.errors import FloodgateError, ProviderUnavailable, RateLimited
 from floodgate.following import (
     StatusQueue,
     Word,
+    callbacks_heard,
     followed,
     is_news,
     keep_following,
     late_look_due,
     late_poll_every,
+    read_budget,
 )
 from floodgate.jobs.events import event_kind
 from floodgate.readahead import floor_for
@@ -159,7 +161,7 @@ class Dispatcher:
         self.limit_generation: int | None = None
         """The consumer generation this worker's share of the limit was last published for."""
         # Without a webhook base URL no provider can call us back, whatever its webhooks could tell.
-        self.callbacks: str = getattr(self.connector, "callbacks", "all") if self.webhook_url else "none"
+        self.callbacks = callbacks_heard(getattr(self.connector, "callbacks", "all"), self.webhook_url is not None)
         """What the provider's webhooks tell us: every change, only the end, nothing (``floodgate.following``)."""
         self.follows = self.settings.provider_status_poll > 0 and followed(self.callbacks)
         """Whether its jobs are followed by status calls (see the module docstring)."""
@@ -173,8 +175,7 @@ class Dispatcher:
         """Slot key → (when its slot was taken, how many times the late poll asked about the job
         since). Only where webhooks are on: without them the late poll is how ends are found, and
         asks every round."""
-        self.status_rate: float | None = spec.status_rate_per_second or getattr(
-            self.connector, "status_rate_per_second", None)
+        self.status_rate = read_budget(spec.status_rate_per_second, self.connector)
         """Status calls a second at most, over all workers (None: no budget)."""
         buckets: dict[int, TokenBucket] | None = None
         if self.status_rate:
@@ -835,11 +836,11 @@ class Dispatcher:
                         and key not in lane.cancelling:
                     asked.append(((key, partition), self.look(key, slot, now)))
             waits = await asyncio.gather(*(call for _, call in asked))
-            refused = [due for (due, _), wait in zip(asked, waits, strict=True) if wait is not None]
+            refused = [(due, wait) for (due, _), wait in zip(asked, waits, strict=True) if wait is not None]
             if refused:
                 # The refused calls are made again first, once the provider lets us.
-                calls.refused(self.clock() + max(w for w in waits if w is not None),
-                              refused + taken[start + FOLLOW_CALLS:])
+                calls.refused(self.clock() + max(wait for _, wait in refused),
+                              [due for due, _ in refused] + taken[start + FOLLOW_CALLS:])
                 break
         self.metrics.status_calls_waiting.labels(self.name).set(len(calls))
 

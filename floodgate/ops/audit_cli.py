@@ -8,6 +8,7 @@ import inspect
 
 from floodgate import audit
 from floodgate.capacity import route_render_times
+from floodgate.following import read_budget
 from floodgate.ops.inputs import load_routing, load_simulator
 from floodgate.settings import Settings
 
@@ -51,8 +52,7 @@ def build_chain(settings: Settings, args: argparse.Namespace) -> audit.Chain:
             webhook_retry_window=facts.webhook_retry_window if facts else None,
             resigns_retries=facts.resigns_retries if facts else None, concurrency_limit=spec.concurrency_limit,
             callbacks=getattr(connector, "callbacks", "all"),
-            # As the dispatcher takes it: the routing file's, else the connector's documented limit.
-            status_rate=spec.status_rate_per_second or getattr(connector, "status_rate_per_second", None)))
+            status_rate=read_budget(spec.status_rate_per_second, connector)))
     keepalive = next(f.default for f in dataclasses.fields(Deps) if f.name == "keepalive")
     assert isinstance(keepalive, float)
     drain = inspect.signature(OutgoingWebhooks).parameters["drain_timeout"].default

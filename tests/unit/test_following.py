@@ -7,12 +7,14 @@ from floodgate.following import (
     PROGRESS_STEP,
     StatusQueue,
     Word,
+    callbacks_heard,
     followed,
     followed_every,
     is_news,
     keep_following,
     late_look_due,
     late_poll_every,
+    read_budget,
 )
 from floodgate.throttle import TokenBucket
 
@@ -143,3 +145,13 @@ def test_how_often_a_job_in_flight_is_asked_about_at_most() -> None:
     assert followed_every("all", 5.0, False, 30.0) == 5.0, "no webhook can reach us: every job is followed"
     assert followed_every("all", 0.0, False, 30.0) == 10.0, "following off: the late poll asks every round"
     assert followed_every("all", 5.0, True, 30.0) is None, "webhooks tell every change: only quiet jobs"
+
+
+def test_what_reaches_us_and_the_read_budget_a_provider_gets() -> None:
+    class Documented:
+        status_rate_per_second = 50.0
+
+    assert callbacks_heard("end", True) == "end" and callbacks_heard("all", False) == "none"
+    assert read_budget(None, Documented()) == 50.0, "the connector's documented limit"
+    assert read_budget(5.0, Documented()) == 5.0, "the routing file's wins"
+    assert read_budget(None, object()) is None, "no budget"
