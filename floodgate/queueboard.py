@@ -17,6 +17,10 @@ answers:
   run so far.
 * ``eta_ready_seconds``: seconds until the video should be ready: the wait above plus the
   median render time; for a running job, that median less the time it has run.
+* A job submitted to a provider that keeps a queue of its own (fal) and waiting there
+  (``provider_queue_position``) has an ``eta_seconds`` too: until the provider runs it, from how
+  fast that queue was seen to move (``floodgate.provider_queue``); its ``eta_ready_seconds`` adds
+  the provider's median run time, and once it runs, that median less the time it has run.
 
 Estimates, not promises: a burst of a higher class arriving later moves a job back, and the
 start rate follows the providers' render times.
@@ -30,6 +34,7 @@ from typing import Any
 
 from floodgate.fairqueue import ClassLoad, position_estimate
 from floodgate.pace import Pace, estimated_wait
+from floodgate.provider_queue import ProviderQueue
 
 MAX_STARTED = 100_000
 """Start times of running jobs kept (to measure their render time when they end)."""
@@ -81,6 +86,8 @@ class QueueBoard:
         self._started: dict[str, str] = {}
         """Job id → provider of the jobs seen starting and not yet ending (their start and tenant:
         the provider's ``started_at``), oldest first."""
+        self._own: dict[str, ProviderQueue] = {}
+        """Provider → its own queue, for each provider seen keeping one of our jobs waiting in it."""
 
     def __len__(self) -> int:
         """Queued jobs on the board."""
@@ -102,6 +109,8 @@ class QueueBoard:
         status, provider = snapshot.get("status"), snapshot.get("provider")
         if status == "queued" and not provider and self.route is not None:
             provider = self.route(snapshot.get("model") or "")  # accepted here, not admitted yet
+        if self._own or snapshot.get("provider_queue_position") is not None:
+            self._observe_own(job_id, status, provider, snapshot.get("provider_queue_position"), at)
         was = self._places.pop(job_id, None)
         if was is not None and status in _LEFT_THE_LINE:
             self._start(was[0], job_id, at, now, was[1][1])  # while the line still holds it
@@ -117,8 +126,20 @@ class QueueBoard:
         if status in ("completed", "failed", "cancelled", "expired"):
             started = self._ended(job_id)
             if started is not None and status == "completed":
-                provider, began = started
-                self._providers[provider].pace.held(began, max(0.0, at - began))
+                where, began = started
+                self._providers[where].pace.held(began, max(0.0, at - began))
+
+    def _observe_own(self, job_id: str, status: str | None, provider: str | None, place: int | None,
+                     at: float) -> None:
+        """The job's word for the own queue of its provider (made at its first place there), and
+        its leaving any other's (a reroute)."""
+        if provider and place is not None and provider not in self._own:
+            self._own[provider] = ProviderQueue()
+        for name, own in self._own.items():
+            if name == provider:
+                own.observe(job_id, status or "", place, at)
+            else:
+                own.forget(job_id)
 
     def _ended(self, job_id: str) -> tuple[str, float] | None:
         """Forget ``job_id`` as running, if it was: (its provider, its start)."""
@@ -200,6 +221,10 @@ class QueueBoard:
             render = self.render_time(provider, now)
             ready = wait + render if wait is not None and render is not None else None
             return Standing(position, _round(wait), _round(ready))
+        own = self._own.get(provider) if provider else None
+        if own is not None and status in ("submitted", "running") \
+                and (standing := self._standing_own(own, job_id, status, snapshot, now)) is not None:
+            return standing
         if status in ("submitted", "running") and provider:
             render = self.render_time(provider, now)
             if render is None:
@@ -208,6 +233,20 @@ class QueueBoard:
             ran = now - self._providers[started].pace.started_at[job_id][0] if started is not None else 0.0
             return Standing(None, None, _round(max(0.0, render - ran)))
         return Standing()
+
+    def _standing_own(self, own: ProviderQueue, job_id: str, status: str, snapshot: Mapping[str, Any],
+                      now: float) -> Standing | None:
+        """Where a job at a provider with a queue of its own stands (None: the general rule
+        applies, for want of a pace or a run time)."""
+        run = own.run_time()
+        if status == "running":
+            began = own.running_since(job_id)
+            return None if run is None or began is None else Standing(None, None, _round(max(0.0, run - (now - began))))
+        place = snapshot.get("provider_queue_position")
+        if place is None or (wait := own.wait(job_id, place, now)) is None:
+            return None
+        run = run if run is not None else self.render_time(str(snapshot.get("provider")), now)
+        return Standing(None, _round(wait), _round(wait + run) if run is not None else None)
 
     def queued_at(self, provider: str) -> int:
         """Jobs waiting for ``provider``."""

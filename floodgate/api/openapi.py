@@ -432,8 +432,10 @@ _SCHEMAS: dict[str, Any] = {
                                                        "it runs. Checked every FLOODGATE_PROVIDER_STATUS_POLL "
                                                        "seconds."},
             "eta_seconds": {"type": ["number", "null"], "minimum": 0,
-                            "description": "Estimated seconds until the provider starts the job (queued jobs; "
-                                           "null when not known yet)."},
+                            "description": "Estimated seconds until the provider starts the job: queued jobs, "
+                                           "and submitted ones waiting in the provider's own queue "
+                                           "(provider_queue_position), from how fast that queue was seen to "
+                                           "move; null when not known yet."},
             "eta_ready_seconds": {"type": ["number", "null"], "minimum": 0,
                                   "description": "Estimated seconds until the video is ready (queued and running "
                                                  "jobs; null when not known yet)."},

@@ -155,7 +155,8 @@ def test_without_websockets_the_page_streams_and_without_streams_it_polls(browse
 
 
 def test_a_job_held_in_the_providers_own_queue_shows_its_place(browser: Browser, stack: Stack) -> None:
-    """The page shows the place a provider with a queue of its own gives (fal), as the API says it.
+    """The page shows the place a provider with a queue of its own gives (fal), and the ETA to its
+    start there, as the API says them.
     This stack's providers keep no queue, so the API's answers are rewritten on their way to the
     page (a fal stand-in shows the field for real: tests/e2e/test_real_providers.py)."""
     context = browser.new_context(viewport=PHONE)
@@ -171,7 +172,7 @@ def test_a_job_held_in_the_providers_own_queue_shows_its_place(browser: Browser,
         answer = route.fetch()
         job = answer.json()
         if job.get("status") in ("queued", "submitted", "running"):
-            job.update(status="submitted", provider="fal", queue_position=None, eta_seconds=None,
+            job.update(status="submitted", provider="fal", queue_position=None, eta_seconds=41.6,
                        provider_queue_position=2)
         route.fulfill(response=answer, json=job)
 
@@ -180,7 +181,7 @@ def test_a_job_held_in_the_providers_own_queue_shows_its_place(browser: Browser,
         page.goto(f"{stack.api_url}/")
         job_id = generate(page, "wan-2.6", "lanterns on the river, waiting at fal")
         card = page.locator(f'li.job[data-job-id="{job_id}"]')
-        expect(card.locator(".job-where")).to_have_text("In fal's own queue: 2 ahead")
+        expect(card.locator(".job-where")).to_have_text("In fal's own queue: 2 ahead · about 42 s to go")
         card.locator(".cancel").click()  # (wan renders for a minute here: its slot is given back)
         expect(card).to_have_attribute("data-status", "cancelled")
     finally:

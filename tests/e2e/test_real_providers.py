@@ -6,7 +6,7 @@ call), cancel reaches the provider, 429s are retried and an outage moves jobs to
 One stack serves every provider: the simulator plays each one (limit 2, while Floodgate's
 routing file allows 6, so 429s happen) plus ``wan``, the fallback in the simulator's own dialect,
 and ``falq``, fal with one runner and a queue of its own (fal's limit counts running jobs only),
-where a submitted job shows its place in fal's queue as it moves up.
+where a submitted job shows its place in fal's queue as it moves up, and when it should run.
 """
 from __future__ import annotations
 
@@ -310,20 +310,29 @@ async def test_an_unsigned_callback_is_not_believed_without_a_status_call(stack:
     assert done["status"] == "completed" and "evil.test" not in done["result"]["video_url"], done
 
 
-async def test_a_job_waiting_in_the_providers_own_queue_shows_its_place_as_it_moves_up(
+async def test_a_job_waiting_in_the_providers_own_queue_shows_its_place_and_when_it_should_run(
         stack: Stack, session: aiohttp.ClientSession) -> None:
     """fal counts only running jobs against its limit, so Floodgate's slots let it queue the rest,
     and it sends no webhook until a job ends: the place comes from following its status."""
     jobs = await asyncio.gather(*(submit(session, stack.api_url, job_body("falq-video", tag=f"falq-{i}"))
                                   for i in range(FALQ_JOBS)))
     seen: dict[str, list[tuple[str, int | None]]] = {job["job_id"]: [] for job in jobs}
+    etas: dict[str, list[tuple[float, float, float | None]]] = {job["job_id"]: [] for job in jobs}
+    """Per job, (when, eta_seconds, eta_ready_seconds) of each answer while it waited in fal's queue."""
+    ran: dict[str, float] = {}
+    """Per job, when an answer first said it runs (or ended)."""
 
     async def all_done() -> bool | None:
         states = await asyncio.gather(*(get_job(session, stack.api_url, j["job_id"], j["token"]) for j in jobs))
+        now = time.monotonic()
         for found in states:
             step = (found["status"], found["provider_queue_position"])
             if not seen[found["job_id"]] or seen[found["job_id"]][-1] != step:
                 seen[found["job_id"]].append(step)
+            if found["provider_queue_position"] is not None and found["eta_seconds"] is not None:
+                etas[found["job_id"]].append((now, found["eta_seconds"], found["eta_ready_seconds"]))
+            if found["status"] in ("running", "completed"):
+                ran.setdefault(found["job_id"], now)
         return all(found["status"] == "completed" for found in states) or None
 
     await until(all_done, timeout=60, interval=0.05, what="the falq jobs to complete")
@@ -336,6 +345,16 @@ async def test_a_job_waiting_in_the_providers_own_queue_shows_its_place_as_it_mo
     waited = [steps for job_id, steps in seen.items() if places[job_id]]
     # fal says nothing until the end: the start of each job that waited is known from its status.
     assert all(any(status == "running" for status, _ in steps) for steps in waited), seen
+    # Once fal's queue was seen to move, a job still waiting in it was told when it should run
+    # (falq runs one render of 1.2-1.5 s at a time): the first such ETA of each job lands within
+    # about a render's time of its actual start; its video is due after that.
+    told = {job_id: said[0] for job_id, said in etas.items() if said}
+    assert told, seen
+    for job_id, (at, eta, _) in told.items():
+        assert abs(at + eta - ran[job_id]) <= 1.5, (job_id, eta, ran[job_id] - at, etas[job_id])
+    readies = [(eta, ready) for said in etas.values() for _, eta, ready in said]
+    assert any(ready is not None for _, ready in readies) and all(ready is None or ready > eta
+                                                                  for eta, ready in readies), etas
 
 
 @pytest.mark.parametrize("kind", ["fal", "runpod", "runway", "wavespeed"])

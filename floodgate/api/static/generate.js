@@ -131,11 +131,12 @@
       // Place in line and ETA: shown only when the job view gives them.
       const where = [];
       if (typeof job.queue_position === 'number') where.push(`Place in line: ${job.queue_position}`);
-      if (typeof job.eta_seconds === 'number') where.push(`about ${Math.max(1, Math.round(job.eta_seconds))} s to go`);
       if (job.status === 'submitted' && typeof job.provider_queue_position === 'number') {
         const ahead = job.provider_queue_position;
         where.push(`In ${job.provider || 'the provider'}'s own queue: ${ahead === 0 ? 'next' : `${ahead} ahead`}`);
       }
+      // Until the provider starts it: in Floodgate's line, or in the provider's own queue.
+      if (typeof job.eta_seconds === 'number') where.push(`about ${Math.max(1, Math.round(job.eta_seconds))} s to go`);
       if (!where.length) {
         where.push({
           queued: 'Waiting in line for a free provider slot.',

@@ -1,0 +1,169 @@
+"""How fast a provider's own queue moves, and how long its jobs run once out of it. Pure: clocks
+are arguments.
+
+Some providers queue what they accept: fal counts only running jobs against a customer's limit,
+keeps the rest waiting for its runners, and says how many requests are ahead of each
+(``queue_position``). A job Floodgate submitted may then wait there for minutes, its place
+followed by status calls (``streams.dispatcher``) and shown as ``provider_queue_position``. The
+API's queue board (``floodgate.queueboard``) keeps a ``ProviderQueue`` for each such provider,
+fed from the jobs' snapshots, so such a job is told when it should start and be ready, as a job
+waiting in Floodgate's own line is:
+
+* **How fast the queue moves** is measured in places a second, from each job's own places over
+  time: a job seen at place 7, then at place 4 three seconds later, saw the queue move three
+  places in three seconds; one seen at place 0, then running, moved one place. The requests
+  ahead of ours are other customers' too, so our jobs' starts alone would say nothing of the
+  queue's pace; the places do. The rate is the places over the seconds of the recent moves
+  (``MOVES`` at most, none older than ``MAX_AGE``), every job's weighed by its time. A place that
+  grew (fal puts a request over its limit back in line) counts as time without a move.
+* **A stalled queue slows the estimate down.** Each move's seconds are how long a job sat at a
+  place before it was seen to move (the status calls' period included); a job that has sat at its
+  place longer than that, on average, adds the excess as seconds without a move, so the
+  estimate follows a queue that stopped instead of promising its old pace.
+* **A job's wait** is a move's time (``1 ÷ rate``) for each place ahead of it, and what is left of
+  the move it is in: ``place ÷ rate + max(0, 1 ÷ rate − the time it has sat at its place)``. A job
+  that has sat longer than a move takes waits the places ahead at the slowed pace, never less.
+* **Run times** come from the jobs seen running and then completed: the median of the recent
+  (``RUNS``), which leaves the time in the queue out (the board's render times count from the
+  submission, queue included, as that is how long the job holds one of our slots).
+"""
+from __future__ import annotations
+
+import statistics
+from collections import deque
+
+MOVES = 256
+"""Moves kept (the most recent) to measure the queue's pace."""
+MIN_MOVES = 2
+"""Fewer moves than this say nothing yet: the first one may be a jump after a long pause."""
+MAX_AGE = 900.0
+"""Seconds after which a move no longer counts: after a quiet spell the old pace says nothing."""
+RUNS = 200
+"""Run times kept (the most recent)."""
+MAX_TRACKED = 100_000
+"""Jobs followed at most in the queue and running (bounds a view whose jobs' ends it never sees)."""
+
+
+class ProviderQueue:
+    """One provider's own queue, as the snapshots of our jobs in it show it."""
+
+    def __init__(self) -> None:
+        self.places: dict[str, tuple[int, float]] = {}
+        """Job id → (its place, since when: the first word of that place), of our jobs waiting in
+        the provider's queue."""
+        self.moves: deque[tuple[float, int, float]] = deque()
+        """(when seen, places moved, seconds it took) of the recent moves."""
+        self.running: dict[str, float] = {}
+        """Job id → when it was seen starting to run, of the jobs out of the queue not yet ended."""
+        self.runs: deque[float] = deque(maxlen=RUNS)
+        """Seconds of the recent runs, from the running word to the completion."""
+        self._places_moved = 0
+        self._seconds = 0.0
+        self._earliest: float | None = None
+        """The earliest ``since`` among ``places`` (None: worked out again when asked)."""
+
+    def observe(self, job_id: str, status: str, place: int | None, at: float) -> None:
+        """A snapshot of ``job_id`` at this provider: its ``status``, its place in the provider's
+        queue (``provider_queue_position``) and when it changed (epoch seconds)."""
+        if status == "submitted":
+            if place is not None:
+                self._placed(job_id, place, at)
+        elif status == "running":
+            self._ran(job_id, at)
+        elif status == "completed":
+            self._completed(job_id, at)
+        else:  # failed, cancelled, expired, or back in Floodgate's line
+            self.forget(job_id)
+
+    def _placed(self, job_id: str, place: int, at: float) -> None:
+        held = self.places.get(job_id)
+        if held is None:
+            if len(self.places) >= MAX_TRACKED:
+                self.forget(next(iter(self.places)))
+            self.places[job_id] = (place, at)
+            if self._earliest is not None and at < self._earliest:
+                self._earliest = at
+            return
+        was, since = held
+        if place == was or at <= since:
+            return  # the same place told again, or older news: it keeps the time it got there
+        self._moved(at, max(0, was - place), at - since)
+        self.places[job_id] = (place, at)
+        if since == self._earliest:
+            self._earliest = None
+
+    def _ran(self, job_id: str, at: float) -> None:
+        held = self.places.pop(job_id, None)
+        if held is not None:
+            was, since = held
+            if since == self._earliest:
+                self._earliest = None
+            if at > since:
+                self._moved(at, was + 1, at - since)  # from its place to the front, and out
+        if job_id not in self.running:
+            if len(self.running) >= MAX_TRACKED:
+                self.running.pop(next(iter(self.running)))
+            self.running[job_id] = at
+
+    def _completed(self, job_id: str, at: float) -> None:
+        self._forget_place(job_id)
+        began = self.running.pop(job_id, None)
+        if began is not None and at >= began:
+            self.runs.append(at - began)
+
+    def forget(self, job_id: str) -> None:
+        """``job_id`` left this provider without a completion to learn from."""
+        self._forget_place(job_id)
+        self.running.pop(job_id, None)
+
+    def _forget_place(self, job_id: str) -> None:
+        held = self.places.pop(job_id, None)
+        if held is not None and held[1] == self._earliest:
+            self._earliest = None
+
+    def _moved(self, at: float, places: int, seconds: float) -> None:
+        self.moves.append((at, places, seconds))
+        self._places_moved += places
+        self._seconds += seconds
+        if len(self.moves) > MOVES:
+            self._drop_oldest()
+
+    def _drop_oldest(self) -> None:
+        _, places, seconds = self.moves.popleft()
+        self._places_moved -= places
+        self._seconds -= seconds
+
+    def rate(self, now: float) -> float | None:
+        """Places the queue moves a second; None while too little has been seen."""
+        moves = self.moves
+        while moves and moves[0][0] < now - MAX_AGE:
+            self._drop_oldest()
+        if len(moves) < MIN_MOVES or self._places_moved <= 0:
+            return None
+        seconds = max(self._seconds, 1e-3)
+        if self.places:
+            if self._earliest is None:
+                self._earliest = min(since for _, since in self.places.values())
+            # The longest any job has sat at its place, beyond what a move took on average.
+            stalled = now - self._earliest - seconds / len(moves)
+            seconds += max(0.0, stalled)
+        return self._places_moved / seconds
+
+    def wait(self, job_id: str, place: int, now: float) -> float | None:
+        """Seconds until the job at ``place`` should start to run; None while the pace is not known."""
+        rate = self.rate(now)
+        if rate is None:
+            return None
+        since = self.places.get(job_id, (place, now))[1]
+        return place / rate + max(0.0, 1.0 / rate - (now - since))
+
+    def run_time(self) -> float | None:
+        """Median seconds a job runs once out of the queue; None before one was seen."""
+        return statistics.median(self.runs) if self.runs else None
+
+    def running_since(self, job_id: str) -> float | None:
+        """When ``job_id`` was seen starting to run (None: not seen)."""
+        return self.running.get(job_id)
+
+
+__all__ = ["MAX_AGE", "MIN_MOVES", "MOVES", "RUNS", "ProviderQueue"]

@@ -1,0 +1,150 @@
+"""How fast a provider's own queue moves, from our jobs' places in it, and how long its runs take."""
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from floodgate.provider_queue import MAX_AGE, ProviderQueue
+from floodgate.queueboard import QueueBoard, Standing
+
+T0 = 1_800_000_000.0
+
+
+def test_the_queues_pace_is_the_places_its_jobs_moved_over_the_time_it_took() -> None:
+    q = ProviderQueue()
+    q.observe("a", "submitted", 4, T0)
+    q.observe("b", "submitted", 5, T0)
+    assert q.rate(T0 + 1) is None  # no move seen yet
+    q.observe("a", "submitted", 2, T0 + 4)  # two places in four seconds
+    assert q.rate(T0 + 4) is None  # one move may be a jump after a pause: not enough
+    q.observe("b", "submitted", 3, T0 + 4)
+    assert q.rate(T0 + 4) == pytest.approx(0.5)
+    # "a" at place 2 since T0 + 4: two places ahead at two seconds each, and one second of its
+    # current move's two left.
+    assert q.wait("a", 2, T0 + 5) == pytest.approx(2 * 2 + 1)
+
+
+def test_running_counts_as_the_move_from_its_place_to_the_front_and_out() -> None:
+    q = ProviderQueue()
+    for job, place in (("a", 0), ("b", 1)):
+        q.observe(job, "submitted", place, T0)
+    q.observe("a", "running", None, T0 + 2)  # one place (0 → out) in 2 s
+    q.observe("b", "submitted", 0, T0 + 2)  # one place in 2 s
+    assert q.rate(T0 + 2) == pytest.approx(0.5)
+    assert q.running_since("a") == T0 + 2
+
+
+def test_a_place_that_grew_counts_as_time_without_a_move() -> None:
+    q = ProviderQueue()
+    q.observe("a", "submitted", 3, T0)
+    q.observe("a", "submitted", 1, T0 + 2)  # two places in 2 s
+    q.observe("a", "submitted", 4, T0 + 4)  # put back in line: 2 s, no place gained
+    q.observe("a", "submitted", 2, T0 + 6)  # two places in 2 s
+    assert q.rate(T0 + 6) == pytest.approx(4 / 6)
+
+
+def test_old_news_and_the_same_place_told_again_change_nothing() -> None:
+    q = ProviderQueue()
+    q.observe("a", "submitted", 5, T0 + 10)
+    q.observe("a", "submitted", 7, T0 + 5)  # older than what we hold
+    q.observe("a", "submitted", 5, T0 + 12)  # the same place: it has been there since T0 + 10
+    assert q.places["a"] == (5, T0 + 10) and not q.moves
+
+
+def test_a_stalled_queue_slows_the_estimate_down() -> None:
+    q = ProviderQueue()
+    for job, place in (("a", 1), ("b", 2), ("c", 3)):
+        q.observe(job, "submitted", place, T0)
+    for job, place in (("a", 0), ("b", 1), ("c", 2)):
+        q.observe(job, "submitted", place, T0 + 1)  # a place a second
+    assert q.rate(T0 + 1.5) == pytest.approx(1.0)
+    # Then nothing moves: 60 s later the pace is no longer a place a second.
+    assert q.rate(T0 + 61) == pytest.approx(3 / (3 + 59))
+    wait = q.wait("c", 2, T0 + 61)
+    assert wait is not None and wait > 2 * 3  # far longer than the old pace's three seconds
+
+
+def test_moves_older_than_the_window_say_nothing() -> None:
+    q = ProviderQueue()
+    q.observe("a", "submitted", 2, T0)
+    q.observe("a", "submitted", 1, T0 + 1)
+    q.observe("a", "running", None, T0 + 2)
+    assert q.rate(T0 + 2) is not None
+    assert q.rate(T0 + 2 + MAX_AGE + 1) is None
+
+
+def test_run_times_count_from_the_running_word_to_the_completion() -> None:
+    q = ProviderQueue()
+    for job, ran_at, done_at in (("a", 10, 40), ("b", 12, 32), ("c", 15, 65)):
+        q.observe(job, "submitted", 0, T0)
+        q.observe(job, "running", None, T0 + ran_at)
+        q.observe(job, "running", None, T0 + ran_at + 5)  # told again: it runs since the first word
+        q.observe(job, "completed", None, T0 + done_at)
+    assert q.run_time() == pytest.approx(30)
+    q.observe("d", "running", None, T0 + 70)
+    q.observe("d", "failed", None, T0 + 80)  # a failure says nothing of how long a render takes
+    assert list(q.runs) == [30, 20, 50] and not q.running and not q.places
+
+
+@given(st.lists(st.tuples(st.sampled_from("abcd"), st.sampled_from(["submitted", "running", "completed", "failed"]),
+                          st.one_of(st.none(), st.integers(0, 50)), st.floats(0, 2000)), max_size=60),
+       st.floats(0, 3000))
+def test_estimates_are_never_negative_and_the_sums_match_the_moves_kept(
+        words: list[tuple[str, str, int | None, float]], later: float) -> None:
+    q = ProviderQueue()
+    for job, status, place, at in words:
+        q.observe(job, status, place, T0 + at)
+    rate = q.rate(T0 + later)
+    assert rate is None or rate > 0
+    assert q._places_moved == sum(p for _, p, _ in q.moves)
+    assert q._seconds == pytest.approx(sum(s for _, _, s in q.moves))
+    for job, (place, _) in q.places.items():
+        wait = q.wait(job, place, T0 + later)
+        assert wait is None or wait >= 0
+
+
+def snap(job_id: str, status: str, *, provider: str = "fal", place: int | None = None,
+         updated: float = 0.0) -> dict[str, Any]:
+    return {"job_id": job_id, "status": status, "provider": provider, "tenant": "a", "created_at": int(T0 * 1000),
+            "updated_at": int((T0 + updated) * 1000), "provider_queue_position": place}
+
+
+def test_the_board_gives_a_job_in_the_providers_queue_an_eta_to_its_start_and_to_its_video() -> None:
+    b = QueueBoard({"fal": 4})
+    b.observe(snap("x", "submitted", place=0), T0)
+    b.observe(snap("x", "running", updated=3), T0 + 3)  # the queue moves a place every 3 s
+    b.observe(snap("x", "completed", updated=13), T0 + 13)  # ran 10 s
+    for job, place in (("a", 0), ("b", 1), ("c", 2)):
+        b.observe(snap(job, "submitted", place=place, updated=13), T0 + 13)
+    b.observe(snap("a", "running", updated=16), T0 + 16)
+    b.observe(snap("b", "submitted", place=0, updated=16), T0 + 16)
+    b.observe(snap("c", "submitted", place=1, updated=16), T0 + 16)
+    c = b.standing(snap("c", "submitted", place=1, updated=16), T0 + 17)
+    assert c.queue_position is None  # not in Floodgate's line: its place is the provider's
+    # One place ahead (3 s) and two seconds left of its current move; then a 10-s run.
+    assert c.eta_seconds == pytest.approx(3 + 2) and c.eta_ready_seconds == pytest.approx(5 + 10)
+    a = b.standing(snap("a", "running", updated=16), T0 + 20)
+    assert (a.queue_position, a.eta_seconds) == (None, None) and a.eta_ready_seconds == pytest.approx(10 - 4)
+
+
+def test_without_a_pace_or_at_a_provider_without_a_queue_the_general_rule_holds() -> None:
+    b = QueueBoard({"fal": 4, "kling": 4}, configured_render={"fal": 30.0, "kling": 20.0})
+    b.observe(snap("a", "submitted", place=3), T0)
+    assert b.standing(snap("a", "submitted", place=3), T0 + 1) == Standing(None, None, 30.0)
+    b.observe(snap("k", "queued", provider="kling"), T0)
+    b.observe(snap("k", "submitted", provider="kling"), T0)
+    assert b.standing(snap("k", "submitted", provider="kling"), T0 + 5) == Standing(None, None, 15.0)
+
+
+def test_a_job_rerouted_elsewhere_leaves_the_providers_queue() -> None:
+    b = QueueBoard({"fal": 4, "wan": 4})
+    b.observe(snap("a", "submitted", place=3), T0)
+    b.observe(snap("a", "queued", provider="wan", updated=5), T0 + 5)
+    b.observe(snap("b", "submitted", place=2), T0)
+    own = b._own["fal"]
+    assert "a" not in own.places and "b" in own.places
+    b.observe(snap("b", "submitted", provider="wan", updated=6), T0 + 6)
+    assert not own.places
