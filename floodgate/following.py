@@ -187,6 +187,15 @@ class StatusQueue(Generic[K]):
             del self._due[key]
         return taken
 
+    def charge(self, partition: int, reads: int, now: float) -> None:
+        """A call taken made ``reads`` more reads at the provider than the one it was paid for
+        (fal's end: its status, then its result): they are paid from ``partition``'s budget too,
+        in advance if it holds too little, so the calls after them wait that much longer."""
+        if self.buckets is None or (bucket := self.buckets.get(partition)) is None:
+            return
+        for _ in range(reads):
+            bucket.take(now)
+
     def refused(self, until: float, unasked: list[tuple[K, int]]) -> None:
         """A call was answered 429: no call before ``until``; ``unasked`` (taken but not made)
         go back to the front of the line, in their order."""

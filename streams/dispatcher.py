@@ -852,6 +852,8 @@ class Dispatcher:
         try:
             status = await self.connector.status(self.pipe.session(), slot.provider_job_id)
             self.metrics.polls.labels(self.name).inc()
+            if status.reads > 1:
+                self.status_calls.charge(parse_slot_key(key)[0], status.reads - 1, self.clock())
             await self.tell(key, slot, status, now)
         except RateLimited as exc:
             self.metrics.status_rate_limited.labels(self.name).inc()

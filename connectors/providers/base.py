@@ -74,6 +74,9 @@ class ProviderStatus:
     error: str | None
     queue_position: int | None = None
     """Jobs ahead of this one in the provider's own queue, when the provider says."""
+    reads: int = 1
+    """Status calls this answer took at the provider: what a read budget pays for it (fal's end
+    takes two, its status and then its result)."""
 
 
 @dataclass(frozen=True)

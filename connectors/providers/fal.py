@@ -24,7 +24,7 @@ import binascii
 import hashlib
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 from urllib.parse import quote, urlencode
 
@@ -233,7 +233,7 @@ class FalProvider(HttpConnector):
         result = await self.call(session, HttpRequest("GET", job.url(self.base_url), _auth(self._key)),
                                  ok=lambda status: status < 500 and status != 429)
         done: ProviderStatus = parsed(self.name, lambda body: parse_result(job, result.status, body), result.body)
-        return done
+        return replace(done, reads=2)  # (the status read, then the result's)
 
     async def cancel(self, session: aiohttp.ClientSession, provider_job_id: str) -> None:
         job = FalJob.parse(provider_job_id)

@@ -254,6 +254,21 @@ async def test_the_simulated_fal_publishes_the_key_its_secret_derives() -> None:
         assert published == base64.urlsafe_b64encode(raw).decode()
 
 
+async def test_a_status_answer_says_how_many_reads_it_took_at_the_provider(r: Rig) -> None:
+    """What a read budget pays for an answer: the simulator counts each status call it answers
+    (fal's end takes two, its status and then its result)."""
+    submitted = await r.provider.submit(r.http, order(r.case, 1))
+    state = r.sim.states[r.case.kind]
+    async with asyncio.timeout(10):
+        while True:
+            before = state.stats()["status_calls"]
+            status = await r.provider.status(r.http, submitted.provider_job_id)
+            assert status.reads == state.stats()["status_calls"] - before, (r.case.kind, status)
+            if status.state == "completed":
+                break
+            await asyncio.sleep(0.02)
+
+
 async def test_a_status_call_past_the_read_limit_is_rate_limited_in_every_dialect() -> None:
     for case in CASES.values():
         async for r in rig(case, status_rate_per_second=1.0):

@@ -815,6 +815,30 @@ async def test_status_calls_keep_to_the_providers_read_budget_and_every_job_is_a
         assert provider.asked[6:] == turns[0], "then the first ones again, in the same turn"
 
 
+class TwoReadProvider(ReadLimitedProvider):
+    """Each status answer took two reads at the provider (as fal's end does: its status, then its
+    result)."""
+
+    async def status(self, session: Any, provider_job_id: str) -> ProviderStatus:
+        return replace(await super().status(session, provider_job_id), reads=2)
+
+
+async def test_an_answer_that_took_two_reads_pays_for_both_from_the_budget(
+        settings: Settings, tmp_path: Path) -> None:
+    provider, clock = TwoReadProvider(), SimpleNamespace(now=1000.0)
+    for i in range(6):
+        provider.say(f"job-{i}", "queued", 3)
+    async with one_dispatcher(settings, provider, tmp_path / "two-reads", jobs=6) as d:
+        d.clock = lambda: clock.now
+        await d.follow()  # the budget's two calls a second
+        clock.now += 1.0
+        await d.ask_due()  # that second's budget went to the first two answers' second reads
+        assert len(provider.asked) == 2
+        clock.now += 1.0
+        await d.ask_due()
+        assert len(provider.asked) == 4, "four calls, eight reads, in two seconds"
+
+
 class RefusingProvider(QueueingProvider):
     """Answers the next ``refusals`` status calls 429 (another client spent the account's reads)."""
 

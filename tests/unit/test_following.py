@@ -115,6 +115,17 @@ def test_each_partition_spends_its_own_share() -> None:
     assert calls.take(7.0) == [("c", 0)]
 
 
+def test_reads_beyond_the_call_paid_for_are_paid_in_advance_from_the_same_share() -> None:
+    calls: StatusQueue[str] = StatusQueue({0: TokenBucket(1.0), 1: TokenBucket(1.0)})
+    for key, partition in (("a", 0), ("b", 0), ("x", 1), ("y", 1)):
+        calls.offer(key, partition)
+    assert calls.take(5.0) == [("a", 0), ("x", 1)]
+    calls.charge(0, 1, 5.0)  # a's answer took two reads
+    assert calls.take(6.0) == [("y", 1)], "partition 0's next second went to a's second read"
+    assert calls.take(7.0) == [("b", 0)]
+    StatusQueue[str]().charge(0, 3, 5.0)  # without a budget there is nothing to pay
+
+
 def test_a_refusal_stops_every_call_until_its_retry_after_and_the_unasked_go_first() -> None:
     calls: StatusQueue[str] = StatusQueue()
     for key in "abcd":
