@@ -29,6 +29,7 @@ waiting in Floodgate's own line is:
 """
 from __future__ import annotations
 
+import heapq
 import statistics
 from collections import deque
 
@@ -59,8 +60,10 @@ class ProviderQueue:
         """Seconds of the recent runs, from the running word to the completion."""
         self._places_moved = 0
         self._seconds = 0.0
-        self._earliest: float | None = None
-        """The earliest ``since`` among ``places`` (None: worked out again when asked)."""
+        self._sinces: list[tuple[float, str]] = []
+        """A heap of (since, job id) for every place taken; an entry whose job moved on since is
+        dropped when it reaches the top (the earliest ``since`` of ``places`` without a pass over
+        them: the board asks on every message of a job in the queue)."""
 
     def observe(self, job_id: str, status: str, place: int | None, at: float) -> None:
         """A snapshot of ``job_id`` at this provider: its ``status``, its place in the provider's
@@ -80,24 +83,25 @@ class ProviderQueue:
         if held is None:
             if len(self.places) >= MAX_TRACKED:
                 self.forget(next(iter(self.places)))
-            self.places[job_id] = (place, at)
-            if self._earliest is not None and at < self._earliest:
-                self._earliest = at
+            self._take_place(job_id, place, at)
             return
         was, since = held
         if place == was or at <= since:
             return  # the same place told again, or older news: it keeps the time it got there
         self._moved(at, max(0, was - place), at - since)
+        self._take_place(job_id, place, at)
+
+    def _take_place(self, job_id: str, place: int, at: float) -> None:
         self.places[job_id] = (place, at)
-        if since == self._earliest:
-            self._earliest = None
+        heapq.heappush(self._sinces, (at, job_id))
+        if len(self._sinces) > 4 * len(self.places) + 64:  # (mostly stale entries: start afresh)
+            self._sinces = [(since, job) for job, (_, since) in self.places.items()]
+            heapq.heapify(self._sinces)
 
     def _ran(self, job_id: str, at: float) -> None:
         held = self.places.pop(job_id, None)
         if held is not None:
             was, since = held
-            if since == self._earliest:
-                self._earliest = None
             if at > since:
                 self._moved(at, was + 1, at - since)  # from its place to the front, and out
         if job_id not in self.running:
@@ -106,20 +110,22 @@ class ProviderQueue:
             self.running[job_id] = at
 
     def _completed(self, job_id: str, at: float) -> None:
-        self._forget_place(job_id)
+        self.places.pop(job_id, None)
         began = self.running.pop(job_id, None)
         if began is not None and at >= began:
             self.runs.append(at - began)
 
     def forget(self, job_id: str) -> None:
         """``job_id`` left this provider without a completion to learn from."""
-        self._forget_place(job_id)
+        self.places.pop(job_id, None)
         self.running.pop(job_id, None)
 
-    def _forget_place(self, job_id: str) -> None:
-        held = self.places.pop(job_id, None)
-        if held is not None and held[1] == self._earliest:
-            self._earliest = None
+    def _earliest(self) -> float | None:
+        """The earliest ``since`` among ``places`` (None: no job waits in the queue)."""
+        sinces, places = self._sinces, self.places
+        while sinces and places.get(sinces[0][1], (0, None))[1] != sinces[0][0]:
+            heapq.heappop(sinces)  # (its job moved on, or left)
+        return sinces[0][0] if sinces else None
 
     def _moved(self, at: float, places: int, seconds: float) -> None:
         self.moves.append((at, places, seconds))
@@ -141,12 +147,9 @@ class ProviderQueue:
         if len(moves) < MIN_MOVES or self._places_moved <= 0:
             return None
         seconds = max(self._seconds, 1e-3)
-        if self.places:
-            if self._earliest is None:
-                self._earliest = min(since for _, since in self.places.values())
+        if (earliest := self._earliest()) is not None:
             # The longest any job has sat at its place, beyond what a move took on average.
-            stalled = now - self._earliest - seconds / len(moves)
-            seconds += max(0.0, stalled)
+            seconds += max(0.0, now - earliest - seconds / len(moves))
         return self._places_moved / seconds
 
     def wait(self, job_id: str, place: int, now: float) -> float | None:

@@ -101,6 +101,7 @@ def test_estimates_are_never_negative_and_the_sums_match_the_moves_kept(
     assert rate is None or rate > 0
     assert q._places_moved == sum(p for _, p, _ in q.moves)
     assert q._seconds == pytest.approx(sum(s for _, _, s in q.moves))
+    assert q._earliest() == min((since for _, since in q.places.values()), default=None)
     for job, (place, _) in q.places.items():
         wait = q.wait(job, place, T0 + later)
         assert wait is None or wait >= 0
