@@ -26,6 +26,9 @@ waiting in Floodgate's own line is:
 * **Run times** come from the jobs seen running and then completed: the median of the recent
   (``RUNS``), which leaves the time in the queue out (the board's render times count from the
   submission, queue included, as that is how long the job holds one of our slots).
+* **The wait a job submitted now should meet there** (``entry_wait``), for a job still in
+  Floodgate's line: the median of the places the recent jobs first had in the queue (a job first
+  seen running had none: no wait), at the queue's pace.
 """
 from __future__ import annotations
 
@@ -58,6 +61,9 @@ class ProviderQueue:
         """Job id → when it was seen starting to run, of the jobs out of the queue not yet ended."""
         self.runs: deque[float] = deque(maxlen=RUNS)
         """Seconds of the recent runs, from the running word to the completion."""
+        self.entries: deque[int] = deque(maxlen=RUNS)
+        """The first place of each of the recent jobs in the queue (-1: first seen running, it
+        waited for nothing): where a job submitted now should enter it."""
         self._places_moved = 0
         self._seconds = 0.0
         self._sinces: list[tuple[float, str]] = []
@@ -83,6 +89,8 @@ class ProviderQueue:
         if held is None:
             if len(self.places) >= MAX_TRACKED:
                 self.forget(next(iter(self.places)))
+            if job_id not in self.running:
+                self.entries.append(place)
             self._take_place(job_id, place, at)
             return
         was, since = held
@@ -104,6 +112,8 @@ class ProviderQueue:
             was, since = held
             if at > since:
                 self._moved(at, was + 1, at - since)  # from its place to the front, and out
+        elif job_id not in self.running:
+            self.entries.append(-1)  # it ran without a wait in the queue
         if job_id not in self.running:
             if len(self.running) >= MAX_TRACKED:
                 self.running.pop(next(iter(self.running)))
@@ -159,6 +169,17 @@ class ProviderQueue:
             return None
         since = self.places.get(job_id, (place, now))[1]
         return place / rate + max(0.0, 1.0 / rate - (now - since))
+
+    def entry_wait(self, now: float) -> float | None:
+        """Seconds a job submitted now should wait in the queue before it runs; None while not
+        known (no job seen entering it, or no pace while jobs had to wait)."""
+        if not self.entries:
+            return None
+        place = statistics.median_low(self.entries)
+        if place < 0:
+            return 0.0
+        rate = self.rate(now)
+        return None if rate is None else (place + 1) / rate
 
     def run_time(self) -> float | None:
         """Median seconds a job runs once out of the queue; None before one was seen."""

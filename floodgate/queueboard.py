@@ -20,7 +20,9 @@ answers:
 * A job submitted to a provider that keeps a queue of its own (fal) and waiting there
   (``provider_queue_position``) has an ``eta_seconds`` too: until the provider runs it, from how
   fast that queue was seen to move (``floodgate.provider_queue``); its ``eta_ready_seconds`` adds
-  the provider's median run time, and once it runs, that median less the time it has run.
+  the provider's median run time, and once it runs, that median less the time it has run. A job
+  still queued for such a provider adds the wait a job submitted now meets in that queue to its
+  ``eta_seconds``, and the median run time to that for its ``eta_ready_seconds``.
 
 Estimates, not promises: a burst of a higher class arriving later moves a job back, and the
 start rate follows the providers' render times.
@@ -218,14 +220,18 @@ class QueueBoard:
             if position is None or not provider:
                 return Standing()
             wait = estimated_wait(position, self.start_rate(provider, now))
+            own = self._own.get(provider)
+            if own is not None and wait is not None and (entry := own.entry_wait(now)) is not None \
+                    and (run := own.run_time()) is not None:
+                # Its submission is not its start there: the provider's own queue comes first.
+                return Standing(position, _round(wait + entry), _round(wait + entry + run))
             render = self.render_time(provider, now)
             ready = wait + render if wait is not None and render is not None else None
             return Standing(position, _round(wait), _round(ready))
-        own = self._own.get(provider) if provider else None
-        if own is not None and status in ("submitted", "running") \
-                and (standing := self._standing_own(own, job_id, status, snapshot, now)) is not None:
-            return standing
         if status in ("submitted", "running") and provider:
+            own = self._own.get(provider)
+            if own is not None and (standing := self._standing_own(own, provider, snapshot, now)) is not None:
+                return standing
             render = self.render_time(provider, now)
             if render is None:
                 return Standing()
@@ -234,18 +240,18 @@ class QueueBoard:
             return Standing(None, None, _round(max(0.0, render - ran)))
         return Standing()
 
-    def _standing_own(self, own: ProviderQueue, job_id: str, status: str, snapshot: Mapping[str, Any],
+    def _standing_own(self, own: ProviderQueue, provider: str, snapshot: Mapping[str, Any],
                       now: float) -> Standing | None:
-        """Where a job at a provider with a queue of its own stands (None: the general rule
-        applies, for want of a pace or a run time)."""
-        run = own.run_time()
-        if status == "running":
+        """Where a submitted or running job at ``provider``, which keeps a queue of its own,
+        stands (None: the general rule applies, for want of a pace or a run time)."""
+        job_id, run = snapshot["job_id"], own.run_time()
+        if snapshot.get("status") == "running":
             began = own.running_since(job_id)
             return None if run is None or began is None else Standing(None, None, _round(max(0.0, run - (now - began))))
         place = snapshot.get("provider_queue_position")
         if place is None or (wait := own.wait(job_id, place, now)) is None:
             return None
-        run = run if run is not None else self.render_time(str(snapshot.get("provider")), now)
+        run = run if run is not None else self.render_time(provider, now)
         return Standing(None, _round(wait), _round(wait + run) if run is not None else None)
 
     def queued_at(self, provider: str) -> int:

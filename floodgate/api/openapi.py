@@ -435,7 +435,8 @@ _SCHEMAS: dict[str, Any] = {
                             "description": "Estimated seconds until the provider starts the job: queued jobs, "
                                            "and submitted ones waiting in the provider's own queue "
                                            "(provider_queue_position), from how fast that queue was seen to "
-                                           "move; null when not known yet."},
+                                           "move (a queued job for such a provider counts the wait there "
+                                           "too); null when not known yet."},
             "eta_ready_seconds": {"type": ["number", "null"], "minimum": 0,
                                   "description": "Estimated seconds until the video is ready (queued and running "
                                                  "jobs; null when not known yet)."},

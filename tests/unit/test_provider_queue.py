@@ -113,8 +113,10 @@ def snap(job_id: str, status: str, *, provider: str = "fal", place: int | None =
             "updated_at": int((T0 + updated) * 1000), "provider_queue_position": place}
 
 
-def test_the_board_gives_a_job_in_the_providers_queue_an_eta_to_its_start_and_to_its_video() -> None:
-    b = QueueBoard({"fal": 4})
+def fal_board(**kw: Any) -> QueueBoard:
+    """fal's queue moving a place every 3 s, a render of 10 s seen; "b" at place 0 and "c" at place
+    1 since T0 + 16, "a" running since then."""
+    b = QueueBoard({"fal": 4}, **kw)
     b.observe(snap("x", "submitted", place=0), T0)
     b.observe(snap("x", "running", updated=3), T0 + 3)  # the queue moves a place every 3 s
     b.observe(snap("x", "completed", updated=13), T0 + 13)  # ran 10 s
@@ -123,12 +125,39 @@ def test_the_board_gives_a_job_in_the_providers_queue_an_eta_to_its_start_and_to
     b.observe(snap("a", "running", updated=16), T0 + 16)
     b.observe(snap("b", "submitted", place=0, updated=16), T0 + 16)
     b.observe(snap("c", "submitted", place=1, updated=16), T0 + 16)
+    return b
+
+
+def test_the_board_gives_a_job_in_the_providers_queue_an_eta_to_its_start_and_to_its_video() -> None:
+    b = fal_board()
     c = b.standing(snap("c", "submitted", place=1, updated=16), T0 + 17)
     assert c.queue_position is None  # not in Floodgate's line: its place is the provider's
     # One place ahead (3 s) and two seconds left of its current move; then a 10-s run.
     assert c.eta_seconds == pytest.approx(3 + 2) and c.eta_ready_seconds == pytest.approx(5 + 10)
     a = b.standing(snap("a", "running", updated=16), T0 + 20)
     assert (a.queue_position, a.eta_seconds) == (None, None) and a.eta_ready_seconds == pytest.approx(10 - 4)
+
+
+def test_a_job_still_in_our_line_adds_the_wait_a_job_submitted_now_meets_in_the_providers_queue() -> None:
+    b = fal_board(configured_render={"fal": 20.0})  # our line: 4 slots of 20 s, a start every 5 s
+    b.observe(snap("q", "queued", updated=17), T0 + 17)
+    q = b.standing(snap("q", "queued", updated=17), T0 + 17)
+    # Next in our line (5 s), then fal's queue: its jobs entered at place 0 (median), a move of
+    # 3 s; then the 10-s run.
+    assert q.queue_position == 0 and q.eta_seconds == pytest.approx(5 + 3) and q.eta_ready_seconds == pytest.approx(18)
+
+
+def test_the_wait_a_job_submitted_now_meets_is_where_the_recent_ones_entered_at_the_pace() -> None:
+    q = ProviderQueue()
+    assert q.entry_wait(T0) is None
+    q.observe("a", "running", None, T0)  # ran at once: it met no wait
+    assert q.entry_wait(T0) == 0.0
+    for job, place in (("b", 3), ("c", 4)):
+        q.observe(job, "submitted", place, T0)
+    assert q.entry_wait(T0 + 1) is None, "jobs had to wait, at a pace not seen yet"
+    q.observe("b", "submitted", 2, T0 + 2)
+    q.observe("c", "submitted", 3, T0 + 2)  # half a place a second
+    assert list(q.entries) == [-1, 3, 4] and q.entry_wait(T0 + 2) == pytest.approx((3 + 1) / 0.5)
 
 
 def test_without_a_pace_or_at_a_provider_without_a_queue_the_general_rule_holds() -> None:
