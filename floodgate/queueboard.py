@@ -111,8 +111,9 @@ class QueueBoard:
         status, provider = snapshot.get("status"), snapshot.get("provider")
         if status == "queued" and not provider and self.route is not None:
             provider = self.route(snapshot.get("model") or "")  # accepted here, not admitted yet
-        if self._own or snapshot.get("provider_queue_position") is not None:
-            self._observe_own(job_id, status, provider, snapshot.get("provider_queue_position"), at)
+        place = snapshot.get("provider_queue_position")
+        if self._own or place is not None:
+            self._observe_own(job_id, status, provider, place, at)
         was = self._places.pop(job_id, None)
         if was is not None and status in _LEFT_THE_LINE:
             self._start(was[0], job_id, at, now, was[1][1])  # while the line still holds it
