@@ -28,7 +28,10 @@ waiting in Floodgate's own line is:
   submission, queue included, as that is how long the job holds one of our slots).
 * **The wait a job submitted now should meet there** (``entry_wait``), for a job still in
   Floodgate's line: the median of the places the recent jobs first had in the queue (a job first
-  seen running had none: no wait), at the queue's pace.
+  seen running had none: no wait), at the queue's pace. Only jobs seen arriving count (``arrive``:
+  the board saw them leave Floodgate's line for this provider). A view catching up after a
+  restart meets most jobs at their latest place, halfway up the queue, which is not where they
+  entered it: counted, those made the entry wait too short until newer jobs replaced them.
 """
 from __future__ import annotations
 
@@ -62,8 +65,14 @@ class ProviderQueue:
         self.runs: deque[float] = deque(maxlen=RUNS)
         """Seconds of the recent runs, from the running word to the completion."""
         self.entries: deque[int] = deque(maxlen=RUNS)
-        """The first place of each of the recent jobs in the queue (-1: first seen running, it
-        waited for nothing): where a job submitted now should enter it."""
+        """The first place of each of the recent jobs seen arriving (-1: it ran at once, it
+        waited for nothing): where a job submitted now should enter the queue."""
+        self.arriving: dict[str, bool] = {}
+        """Jobs seen leaving Floodgate's line for this provider whose first word here (a place,
+        or running) is still to come: that word tells where they entered the queue."""
+        self._entry_place: int | None = None
+        """The median of ``entries`` until the next one (the board asks on every answer about a
+        job queued for this provider)."""
         self._places_moved = 0
         self._seconds = 0.0
         self._sinces: list[tuple[float, str]] = []
@@ -84,13 +93,22 @@ class ProviderQueue:
         else:  # failed, cancelled, expired, or back in Floodgate's line
             self.forget(job_id)
 
+    def arrive(self, job_id: str) -> None:
+        """``job_id`` left Floodgate's line for this provider: its first place here (or its
+        running at once) is where it entered the queue."""
+        if job_id in self.places or job_id in self.running:
+            return
+        if len(self.arriving) >= MAX_TRACKED:
+            self.arriving.pop(next(iter(self.arriving)))
+        self.arriving[job_id] = True
+
     def _placed(self, job_id: str, place: int, at: float) -> None:
         held = self.places.get(job_id)
         if held is None:
             if len(self.places) >= MAX_TRACKED:
                 self.forget(next(iter(self.places)))
-            if job_id not in self.running:
-                self.entries.append(place)
+            if self.arriving.pop(job_id, False):
+                self._entered(place)
             self._take_place(job_id, place, at)
             return
         was, since = held
@@ -98,6 +116,10 @@ class ProviderQueue:
             return  # the same place told again, or older news: it keeps the time it got there
         self._moved(at, max(0, was - place), at - since)
         self._take_place(job_id, place, at)
+
+    def _entered(self, place: int) -> None:
+        self.entries.append(place)
+        self._entry_place = None
 
     def _take_place(self, job_id: str, place: int, at: float) -> None:
         self.places[job_id] = (place, at)
@@ -112,8 +134,8 @@ class ProviderQueue:
             was, since = held
             if at > since:
                 self._moved(at, was + 1, at - since)  # from its place to the front, and out
-        elif job_id not in self.running:
-            self.entries.append(-1)  # it ran without a wait in the queue
+        elif self.arriving.pop(job_id, False):
+            self._entered(-1)  # it ran without a wait in the queue
         if job_id not in self.running:
             if len(self.running) >= MAX_TRACKED:
                 self.running.pop(next(iter(self.running)))
@@ -121,6 +143,7 @@ class ProviderQueue:
 
     def _completed(self, job_id: str, at: float) -> None:
         self.places.pop(job_id, None)
+        self.arriving.pop(job_id, None)
         began = self.running.pop(job_id, None)
         if began is not None and at >= began:
             self.runs.append(at - began)
@@ -129,6 +152,7 @@ class ProviderQueue:
         """``job_id`` left this provider without a completion to learn from."""
         self.places.pop(job_id, None)
         self.running.pop(job_id, None)
+        self.arriving.pop(job_id, None)
 
     def _earliest(self) -> float | None:
         """The earliest ``since`` among ``places`` (None: no job waits in the queue)."""
@@ -175,7 +199,9 @@ class ProviderQueue:
         known (no job seen entering it, or no pace while jobs had to wait)."""
         if not self.entries:
             return None
-        place = statistics.median_low(self.entries)
+        place = self._entry_place
+        if place is None:
+            place = self._entry_place = statistics.median_low(self.entries)
         if place < 0:
             return 0.0
         rate = self.rate(now)

@@ -135,11 +135,14 @@ class QueueBoard:
     def _observe_own(self, job_id: str, status: str | None, provider: str | None, place: int | None,
                      at: float) -> None:
         """The job's word for the own queue of its provider (made at its first place there), and
-        its leaving any other's (a reroute)."""
+        its leaving any other's (a reroute). A job the board holds in Floodgate's line and now
+        sees past it arrives at that queue: where it enters it tells the wait of the next ones."""
         if provider and place is not None and provider not in self._own:
             self._own[provider] = ProviderQueue()
         for name, own in self._own.items():
             if name == provider:
+                if status != "queued" and job_id in self._places:
+                    own.arrive(job_id)
                 own.observe(job_id, status or "", place, at)
             else:
                 own.forget(job_id)

@@ -7,6 +7,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from floodgate.pace import estimated_wait
 from floodgate.provider_queue import MAX_AGE, ProviderQueue
 from floodgate.queueboard import QueueBoard, Standing
 
@@ -117,6 +118,8 @@ def fal_board(**kw: Any) -> QueueBoard:
     """fal's queue moving a place every 3 s, a render of 10 s seen; "b" at place 0 and "c" at place
     1 since T0 + 16, "a" running since then."""
     b = QueueBoard({"fal": 4}, **kw)
+    for job in "xabc":  # in Floodgate's line first: the board sees them arrive at fal's queue
+        b.observe(snap(job, "queued"), T0)
     b.observe(snap("x", "submitted", place=0), T0)
     b.observe(snap("x", "running", updated=3), T0 + 3)  # the queue moves a place every 3 s
     b.observe(snap("x", "completed", updated=13), T0 + 13)  # ran 10 s
@@ -139,17 +142,22 @@ def test_the_board_gives_a_job_in_the_providers_queue_an_eta_to_its_start_and_to
 
 
 def test_a_job_still_in_our_line_adds_the_wait_a_job_submitted_now_meets_in_the_providers_queue() -> None:
-    b = fal_board(configured_render={"fal": 20.0})  # our line: 4 slots of 20 s, a start every 5 s
+    b = fal_board(configured_render={"fal": 20.0})
     b.observe(snap("q", "queued", updated=17), T0 + 17)
     q = b.standing(snap("q", "queued", updated=17), T0 + 17)
-    # Next in our line (5 s), then fal's queue: its jobs entered at place 0 (median), a move of
-    # 3 s; then the 10-s run.
-    assert q.queue_position == 0 and q.eta_seconds == pytest.approx(5 + 3) and q.eta_ready_seconds == pytest.approx(18)
+    ours = estimated_wait(0, b.start_rate("fal", T0 + 17))  # next in our line
+    assert ours is not None and ours > 0
+    # Then fal's queue: its jobs entered at place 0 (median), a move of 3 s; then the 10-s run.
+    assert q.queue_position == 0
+    assert q.eta_seconds == pytest.approx(ours + 3, abs=0.06)
+    assert q.eta_ready_seconds == pytest.approx(ours + 3 + 10, abs=0.06)
 
 
 def test_the_wait_a_job_submitted_now_meets_is_where_the_recent_ones_entered_at_the_pace() -> None:
     q = ProviderQueue()
     assert q.entry_wait(T0) is None
+    for job in "abc":
+        q.arrive(job)
     q.observe("a", "running", None, T0)  # ran at once: it met no wait
     assert q.entry_wait(T0) == 0.0
     for job, place in (("b", 3), ("c", 4)):
@@ -158,6 +166,29 @@ def test_the_wait_a_job_submitted_now_meets_is_where_the_recent_ones_entered_at_
     q.observe("b", "submitted", 2, T0 + 2)
     q.observe("c", "submitted", 3, T0 + 2)  # half a place a second
     assert list(q.entries) == [-1, 3, 4] and q.entry_wait(T0 + 2) == pytest.approx((3 + 1) / 0.5)
+
+
+def test_only_jobs_seen_arriving_tell_where_a_job_enters_the_queue() -> None:
+    # An API catching up after a restart meets each job at its latest word: "m" halfway up fal's
+    # queue, "r" already running. Neither says where a job submitted now enters it.
+    b = QueueBoard({"fal": 4})
+    b.observe(snap("m", "submitted", place=2), T0)
+    b.observe(snap("r", "running"), T0)
+    own = b._own["fal"]
+    assert not own.entries and own.entry_wait(T0) is None
+    # Jobs seen leaving Floodgate's line do: at their first place, or running at once.
+    for job in ("e", "f"):
+        b.observe(snap(job, "queued", updated=1), T0 + 1)
+    b.observe(snap("e", "submitted", updated=2), T0 + 2)  # submitted, its place not told yet
+    b.observe(snap("e", "submitted", place=6, updated=3), T0 + 3)
+    b.observe(snap("e", "submitted", place=5, updated=4), T0 + 4)  # a move, not an entry
+    b.observe(snap("f", "running", updated=4), T0 + 4)
+    assert list(own.entries) == [6, -1] and not own.arriving
+    # A job seen arriving that ends or leaves before any word from the queue counts for nothing.
+    b.observe(snap("g", "queued", updated=5), T0 + 5)
+    b.observe(snap("g", "submitted", updated=6), T0 + 6)
+    b.observe(snap("g", "cancelled", updated=7), T0 + 7)
+    assert list(own.entries) == [6, -1] and not own.arriving
 
 
 def test_without_a_pace_or_at_a_provider_without_a_queue_the_general_rule_holds() -> None:
