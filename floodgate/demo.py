@@ -127,11 +127,12 @@ async def follow_sample(session: aiohttp.ClientSession, api: str, sample: Sample
                 line = raw.decode().rstrip("\r\n")
                 if not line.startswith("data:"):
                     continue
-                said = sample.update(json.loads(line[5:]), time.perf_counter())
+                job = json.loads(line[5:])
+                said = sample.update(job, time.perf_counter())
                 if said:
                     say(said)
-                if sample.status in TERMINAL:
-                    return
+                if sample.status in TERMINAL and job.get("final", True):
+                    return  # (an end told before the worker recorded it may yet be another)
 
 
 async def fire(api: str, jobs: int, rate: float, latencies: list[float], errors: Counter[str],

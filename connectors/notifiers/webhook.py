@@ -95,6 +95,7 @@ def webhook_body(n: Notification) -> bytes:
             "provider_queue_position": None,
             "eta_seconds": None,
             "eta_ready_seconds": None,
+            "final": True,  # (told once the worker recorded the end)
         },
     })
 

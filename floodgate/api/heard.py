@@ -102,7 +102,8 @@ class Told:
     A snapshot is news when it is further on than the last one told: a newer version, or the same
     version further on (``rank``, then progress), which is how the view shows what it learnt
     beside the jobs table (the job's submission read from its slot, a provider's word heard at
-    the bridge). The table's own copy of a word told early is not news again."""
+    the bridge). The table's own copy of a word told early is not news again, except an end's:
+    the recorded end is what tells the subscriber (``final``) that nothing follows."""
 
     version: int = -1
     rank: int = -1
@@ -123,9 +124,9 @@ class Told:
         if mark <= self._mark():
             return False
         if self.heard is not None and mark[0] > self.version and face(snapshot) == self.heard:
-            self.version = mark[0]  # the table caught up with what was told: nothing new to say
+            self.version = mark[0]  # the table caught up with what was told: nothing new to say,
             self.heard = None if not snapshot.get(HEARD) else self.heard
-            return False
+            return final(snapshot)  # but that the end told is recorded now
         return True
 
     def sent(self, snapshot: Snapshot) -> None:

@@ -440,6 +440,11 @@ _SCHEMAS: dict[str, Any] = {
             "eta_ready_seconds": {"type": ["number", "null"], "minimum": 0,
                                   "description": "Estimated seconds until the video is ready (queued and running "
                                                  "jobs; null when not known yet)."},
+            "final": {"type": "boolean",
+                      "description": "True once the job's end is recorded: nothing follows it. An end a "
+                                     "provider's webhook told is shown before the worker records it, with "
+                                     "final false; the recorded end follows (seldom another one: a cancel "
+                                     "that overtook the provider's completion ends the job cancelled)."},
         },
     },
     "Upload": {"type": "object", "required": ["url", "content_type", "bytes", "expires_in"], "properties": {

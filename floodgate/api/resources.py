@@ -8,6 +8,7 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import Any
 
+from floodgate.api.heard import final
 from floodgate.ids import is_job_id, job_id_time
 from floodgate.queueboard import Standing
 
@@ -46,6 +47,9 @@ def job_resource(snapshot: Snapshot, video_url: str | None = None, standing: Sta
         "provider_queue_position": snapshot.get("provider_queue_position"),
         "eta_seconds": standing.eta_seconds,
         "eta_ready_seconds": standing.eta_ready_seconds,
+        # An end a provider's webhook told, shown before the worker records it, is not final: a
+        # cancel that overtook the completion at the worker ends the job cancelled instead.
+        "final": final(snapshot),
     }
 
 

@@ -8,7 +8,7 @@ import json
 import re
 import struct
 import zlib
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -154,6 +154,22 @@ def test_without_websockets_the_page_streams_and_without_streams_it_polls(browse
             page.context.close()
 
 
+def polls_with(page: Page, rewrite: Callable[[dict[str, Any]], dict[str, Any]]) -> None:
+    """Neither WebSocket nor event stream for ``page``, so it polls; each GET's job comes to the
+    page through ``rewrite``."""
+    page.route_web_socket(re.compile(r".*/v1/stream$"), lambda ws: ws.close())
+    page.route(re.compile(r".*/events\?token=.*"), lambda route: route.abort())
+
+    def jobs(route: Route) -> None:
+        if route.request.method != "GET":
+            route.continue_()
+            return
+        answer = route.fetch()
+        route.fulfill(response=answer, json=rewrite(answer.json()))
+
+    page.route(re.compile(r".*/v1/jobs/[^/?]+(\?.*)?$"), jobs)
+
+
 def test_a_job_held_in_the_providers_own_queue_shows_its_place(browser: Browser, stack: Stack) -> None:
     """The page shows the place a provider with a queue of its own gives (fal), and the ETA to its
     start there, as the API says them.
@@ -162,21 +178,14 @@ def test_a_job_held_in_the_providers_own_queue_shows_its_place(browser: Browser,
     context = browser.new_context(viewport=PHONE)
     page = context.new_page()
     page.set_default_timeout(20_000)
-    page.route_web_socket(re.compile(r".*/v1/stream$"), lambda ws: ws.close())
-    page.route(re.compile(r".*/events\?token=.*"), lambda route: route.abort())  # the page polls
 
-    def held_at_fal(route: Route) -> None:
-        if route.request.method != "GET":
-            route.continue_()
-            return
-        answer = route.fetch()
-        job = answer.json()
+    def held_at_fal(job: dict[str, Any]) -> dict[str, Any]:
         if job.get("status") in ("queued", "submitted", "running"):
             job.update(status="submitted", provider="fal", queue_position=None, eta_seconds=41.6,
                        provider_queue_position=2)
-        route.fulfill(response=answer, json=job)
+        return job
 
-    page.route(re.compile(r".*/v1/jobs/[^/?]+(\?.*)?$"), held_at_fal)
+    polls_with(page, held_at_fal)
     try:
         page.goto(f"{stack.api_url}/")
         job_id = generate(page, "wan-2.6", "lanterns on the river, waiting at fal")
@@ -188,9 +197,14 @@ def test_a_job_held_in_the_providers_own_queue_shows_its_place(browser: Browser,
         context.close()
 
 
+def told_early(job: dict[str, Any]) -> dict[str, Any]:
+    """The job's completion as the API shows a provider's word before the worker records it."""
+    return {**job, "final": False}
+
+
 def recorded_cancel(job: dict[str, Any]) -> dict[str, Any]:
     """The job's recorded end when a cancel overtook the provider's completion at the worker."""
-    return {**job, "status": "cancelled", "result": None, "error": "cancelled by the user"}
+    return {**job, "status": "cancelled", "result": None, "error": "cancelled by the user", "final": True}
 
 
 def cancelled_over_websocket(page: Page) -> None:
@@ -199,10 +213,12 @@ def cancelled_over_websocket(page: Page) -> None:
         server = ws.connect_to_server()
 
         def from_server(message: str | bytes) -> None:
-            ws.send(message)
             msg = json.loads(message)
-            if msg.get("type") == "job" and msg["job"]["status"] == "completed":
-                ws.send(json.dumps({"type": "job", "job": recorded_cancel(msg["job"])}))
+            if msg.get("type") != "job" or msg["job"]["status"] != "completed":
+                ws.send(message)
+                return
+            ws.send(json.dumps({**msg, "job": told_early(msg["job"])}))
+            ws.send(json.dumps({"type": "job", "job": recorded_cancel(msg["job"])}))
 
         server.on_message(from_server)
 
@@ -221,21 +237,42 @@ def cancelled_over_sse(page: Page) -> None:
         fields = dict(line.split(": ", 1) for line in last.splitlines())
         job = json.loads(fields["data"])
         if job["status"] == "completed":
+            body = body.replace(last, f"event: job\nid: {fields['id']}\ndata: {json.dumps(told_early(job))}")
             body += f"event: job\nid: {fields['id']}\ndata: {json.dumps(recorded_cancel(job))}\n\n"
         route.fulfill(response=answer, body=body)
 
     page.route(re.compile(r".*/events\?token=.*"), events)
 
 
-@pytest.mark.parametrize("mode", ["websocket", "sse"])
-def test_an_end_pushed_early_is_corrected_by_the_recorded_one(browser: Browser, stack: Stack, mode: str) -> None:
-    """A provider's completion is pushed before the worker records it; when a cancel overtook it
-    there, the recorded end (cancelled) is pushed next, and the page shows that, video gone. The
-    race is made here by adding the recorded end to the real stream's messages."""
+def cancelled_over_polling(page: Page) -> list[str]:
+    """The page polls. The first GET that finds the job completed shows that end as told early,
+    the next ones the recorded end. Returns the ends the GETs answered, in order."""
+    ends: list[str] = []
+
+    def racing(job: dict[str, Any]) -> dict[str, Any]:
+        if job.get("status") == "completed":
+            job = recorded_cancel(job) if ends else told_early(job)
+            ends.append(job["status"])
+        return job
+
+    polls_with(page, racing)
+    return ends
+
+
+@pytest.mark.parametrize("mode", ["websocket", "sse", "polling"])
+def test_an_end_told_early_is_corrected_by_the_recorded_one(browser: Browser, stack: Stack, mode: str) -> None:
+    """A provider's completion is shown before the worker records it (``final: false``); when a
+    cancel overtook it there, the recorded end (cancelled) comes next, and the page shows that,
+    video gone. The race is made here by rewriting the real stream's messages (or the real GETs'
+    answers, for a page that polls)."""
     context = browser.new_context(viewport=PHONE)
     page = context.new_page()
     page.set_default_timeout(60_000)
-    (cancelled_over_websocket if mode == "websocket" else cancelled_over_sse)(page)
+    ends: list[str] = []
+    if mode == "polling":
+        ends = cancelled_over_polling(page)
+    else:
+        (cancelled_over_websocket if mode == "websocket" else cancelled_over_sse)(page)
     try:
         page.goto(f"{stack.api_url}/")
         job_id = generate(page, "sora-2", f"a kite over the dunes, cancelled at the last moment, over {mode}")
@@ -244,6 +281,8 @@ def test_an_end_pushed_early_is_corrected_by_the_recorded_one(browser: Browser, 
         expect(card.locator("video")).to_have_count(0)
         expect(card.locator(".job-where")).to_have_text("Cancelled: nothing more will happen.")
         assert page.evaluate("document.body.dataset.live") == mode
+        if mode == "polling":  # the page polled on past the end told early
+            assert ends[:2] == ["completed", "cancelled"]
     finally:
         context.close()
 

@@ -315,12 +315,14 @@ def webhook(job_id: str, status: str, progress: int, msg_id: str, **data: Any) -
                   **signature_headers(DEV_WEBHOOK_SECRET, msg_id, body, time.time())}
 
 
+@pytest.mark.parametrize("recorded", ["completed", "cancelled"])
 @pytest.mark.parametrize("bridge", ["this process", "another process"])
 async def test_a_watcher_hears_the_providers_word_before_the_jobs_table_and_the_table_has_the_last_say(
-        api: ApiServer, settings: Settings, bridge: str) -> None:
+        api: ApiServer, settings: Settings, bridge: str, recorded: str) -> None:
     """``this process``: the bridge that stored the webhook tells its own watchers (and its feed,
     reading the same record, tells nothing twice); ``another process``: a bridge-only API process
-    stores it, and this one's feed reads it from ``webhooks``."""
+    stores it, and this one's feed reads it from ``webhooks``. The end the table records is the
+    one heard (``completed``) or another (``cancelled``: a cancel overtook the completion)."""
     job_id = new_job_id()
     topics = TopicNames(settings)
     await aproduce_snapshots(settings.kafka_bootstrap, topics.notifications, snapshot(job_id, 1, "submitted"))
@@ -354,17 +356,22 @@ async def test_a_watcher_hears_the_providers_word_before_the_jobs_table_and_the_
             assert resp.status == 200
         done = await receive()
         assert done["status"] == "completed" and done["result"] == {"video_url": "https://files.example/v.mp4"}
+        assert done["final"] is False, "the worker has not recorded it"
         # Both words are on Kafka for the worker (whose table never ran here: only a view that
         # heard them could have told them).
         assert len(await aread_records(settings.kafka_bootstrap, topics.webhooks, 2)) == 2
         async with http.get(f"{api.url}/v1/jobs/{job_id}", params={"token": token}) as resp:
-            assert (await resp.json())["status"] == "completed", "a read agrees with what the watcher was told"
+            read = await resp.json()
+            assert (read["status"], read["final"]) == ("completed", False), "a read agrees with the watcher"
 
-        # A cancel reached the worker before the webhooks: the table says cancelled, and the
-        # watcher, whose subscription a heard end did not close, is told so.
-        await aproduce_snapshots(settings.kafka_bootstrap, topics.notifications,
-                                 snapshot(job_id, 2, "cancelled", error="cancelled by the user"))
+        # The table records the end: the one heard, or a cancel that reached the worker before
+        # the webhooks. The watcher, whose subscription a heard end did not close, is told which,
+        # and that it is final; then the subscription ends.
+        end = (snapshot(job_id, 2, "completed", progress=1.0, video_url="https://files.example/v.mp4")
+               if recorded == "completed" else snapshot(job_id, 2, "cancelled", error="cancelled by the user"))
+        await aproduce_snapshots(settings.kafka_bootstrap, topics.notifications, end)
         last = await receive()
-        assert last["status"] == "cancelled"
+        assert (last["status"], last["final"]) == (recorded, True)
         async with http.get(f"{api.url}/v1/jobs/{job_id}", params={"token": token}) as resp:
-            assert (await resp.json())["status"] == "cancelled"
+            read = await resp.json()
+            assert (read["status"], read["final"]) == (recorded, True)

@@ -1,6 +1,7 @@
 """The public job shape and time formatting."""
 from __future__ import annotations
 
+from floodgate.api.heard import HEARD
 from floodgate.api.resources import iso_ms, job_resource, presumed_queued
 from floodgate.ids import job_id_for_key, new_job_id
 from floodgate.queueboard import Standing
@@ -23,6 +24,7 @@ def test_job_resource_shape() -> None:
         "created_at": "2023-11-14T22:13:20.000Z", "updated_at": "2023-11-14T22:13:21.000Z", "metadata": {"a": "b"},
         "priority": "standard", "serving_model": "m", "route_note": None,
         "queue_position": None, "provider_queue_position": None, "eta_seconds": None, "eta_ready_seconds": None,
+        "final": True,
     }
     assert job_resource({**snapshot, "video_url": None})["result"] is None
     at_provider = job_resource({**snapshot, "status": "submitted", "provider_queue_position": 3})
@@ -38,3 +40,12 @@ def test_presumed_queued_dates_come_from_the_id() -> None:
     keyed = job_id_for_key(b"s" * 32, "t", "k")
     assert job_resource(presumed_queued(keyed))["created_at"] is None
     assert job_resource(presumed_queued(keyed))["status"] == "queued"
+
+
+def test_only_a_recorded_end_is_final() -> None:
+    job = {"job_id": "j", "status": "completed", "video_url": "https://v/1.mp4", "version": 4}
+    assert job_resource(job)["final"] is True
+    # The provider's word, shown before the worker records it: a cancel may still overtake it.
+    assert job_resource({**job, HEARD: True})["final"] is False
+    for status in ("queued", "submitted", "running"):
+        assert job_resource({**job, "status": status})["final"] is False

@@ -124,7 +124,20 @@ def test_a_heard_end_does_not_end_the_subscription_and_the_tables_word_wins_a_ra
     cancelled = snap(3, "cancelled", error="cancelled by the user")  # a cancel reached the worker first
     assert told.news(cancelled) and final(cancelled)
     same = snap(3, "completed", progress=1.0, video_url="https://v/x.mp4")
-    assert not told.news(same) and final(same)
+    assert told.news(same) and final(same), "the end told early, recorded: news that it is final"
+
+
+def test_the_tables_copy_of_an_end_told_early_is_told_once() -> None:
+    told = Told()
+    running = snap(2, "running", progress=0.5)
+    told.sent(running)
+    done = as_heard(running, word("completed", video_url="https://v/x.mp4"))
+    assert done is not None
+    told.sent(done)
+    recorded = snap(3, "completed", progress=1.0, video_url="https://v/x.mp4")
+    assert told.news(recorded)
+    told.sent(recorded)
+    assert not told.news(recorded) and not told.news(done)
 
 
 def test_a_resumed_sse_stream_hears_only_newer_versions() -> None:

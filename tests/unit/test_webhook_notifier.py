@@ -118,6 +118,7 @@ def test_body_shape() -> None:
             "metadata": {"order": "42"},
             "priority": "standard", "serving_model": "kling-2.1", "route_note": None,
         "queue_position": None, "provider_queue_position": None, "eta_seconds": None, "eta_ready_seconds": None,
+        "final": True,
         },
     }
 

@@ -10,6 +10,9 @@
   const KEY = 'floodgate.apikey.v1';
   const MAX_KEPT = 20;
   const TERMINAL = new Set(['completed', 'failed', 'cancelled', 'expired']);
+  // Whether nothing can follow: an end the worker has recorded (`final`; a server without the
+  // field tells only recorded ends to a GET).
+  const settled = (job) => TERMINAL.has(job.status) && job.final !== false;
   const RANK = { queued: 0, submitted: 1, running: 2, completed: 3, failed: 3, cancelled: 3, expired: 3 };
   const LABELS = {
     loading: 'Loading…', queued: 'In line', submitted: 'Sent to the provider', running: 'Rendering',
@@ -104,16 +107,16 @@
       this.q('.timeline').append(item);
     }
 
-    /** A job resource from any channel (``pushed``: the WebSocket's or SSE's); older or equal news is ignored. */
-    update(job, pushed = false) {
+    /** A job resource from any channel (a GET, the WebSocket, SSE); older or equal news is ignored. */
+    update(job) {
       if (!job || job.job_id !== this.entry.job_id) return;
       const prev = this.job;
       // Channels overlap (a GET answered after a push): never step back, except to the line of
       // another provider (a reroute puts the job back in line there). An end is final, except
-      // that a push may correct an end pushed early: a provider's word is pushed before the
-      // worker records it, and when a cancel overtook the provider's completion there, the
-      // recorded end is pushed next.
-      if (prev && TERMINAL.has(prev.status) && !(pushed && TERMINAL.has(job.status) && job.status !== prev.status)) return;
+      // one not recorded yet (`final: false`): a provider's word is shown before the worker
+      // records it, and when a cancel overtook the provider's completion there, the recorded end
+      // is another.
+      if (prev && TERMINAL.has(prev.status) && !(prev.final === false && TERMINAL.has(job.status))) return;
       if (prev && RANK[job.status] < RANK[prev.status] && job.provider === prev.provider) return;
       this.job = job;
       if (!prev || prev.status !== job.status) this.log(LABELS[job.status] || job.status, job.updated_at);
@@ -323,7 +326,7 @@
       ws.addEventListener('message', (event) => {
         let msg;
         try { msg = JSON.parse(event.data); } catch (_) { return; }
-        if (msg.type === 'job') cards.get(msg.job.job_id)?.update(msg.job, true);
+        if (msg.type === 'job') cards.get(msg.job.job_id)?.update(msg.job);
         // Past the socket's limit of unfinished jobs the job is fine, only not followed here:
         // follow it over its own event stream instead.
         else if (msg.type === 'error' && msg.code === 'too_many_subscriptions' && cards.has(msg.job_id)) this.openSource(msg.job_id);
@@ -372,12 +375,12 @@
       source.addEventListener('job', (event) => {
         failures = 0;
         heard = true;
-        try { card.update(JSON.parse(event.data), true); } catch (_) { /* a malformed event changes nothing */ }
+        try { card.update(JSON.parse(event.data)); } catch (_) { /* a malformed event changes nothing */ }
         // Not closed at an end: the server ends the stream after the job's recorded end, which
         // may correct an end pushed early (see update).
       });
       source.addEventListener('error', () => {
-        if (card.job && TERMINAL.has(card.job.status)) {
+        if (card.job && settled(card.job)) {
           this.closeSource(id);  // the server ended the stream after the job's end: no reconnecting
           return;
         }
@@ -434,7 +437,8 @@
       const r = await call(`/v1/jobs/${encodeURIComponent(card.entry.job_id)}`, { headers: authHeaders(card.entry.token) });
       if (r.ok) {
         card.update(r.body);
-        if (TERMINAL.has(r.body.status)) live.unwatch(card.entry.job_id);
+        // An end not recorded yet may still change (see update): keep polling until it is.
+        if (settled(r.body)) live.unwatch(card.entry.job_id);
       } else if (r.status === 404 || r.status === 401) {
         card.fail(problemText(r.body, r.status));
       } else {
@@ -617,7 +621,7 @@
   live.start();
   for (const card of cards.values()) {
     fetchOnce(card).then(() => {
-      if (card.job && !TERMINAL.has(card.job.status)) live.watch(card.entry.job_id);
+      if (card.job && !settled(card.job)) live.watch(card.entry.job_id);
     });
   }
 })();
