@@ -129,6 +129,7 @@ async def test_view_is_rebuilt_from_notifications_at_start(settings: Settings,
         "created_at": "2023-11-14T22:13:20.000Z", "updated_at": "2023-11-14T22:13:20.004Z", "metadata": {"k": "v"},
         "priority": "standard", "serving_model": "kling-2.1", "route_note": None,
         "queue_position": None, "provider_queue_position": None, "eta_seconds": None, "eta_ready_seconds": None,
+        "final": True,
     }
 
 
