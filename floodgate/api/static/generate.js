@@ -10,8 +10,7 @@
   const KEY = 'floodgate.apikey.v1';
   const MAX_KEPT = 20;
   const TERMINAL = new Set(['completed', 'failed', 'cancelled', 'expired']);
-  // Whether nothing can follow: an end the worker has recorded (`final`; a server without the
-  // field tells only recorded ends to a GET).
+  // Whether nothing can follow: an end the worker has recorded (`final`), not one told early.
   const settled = (job) => TERMINAL.has(job.status) && job.final !== false;
   const RANK = { queued: 0, submitted: 1, running: 2, completed: 3, failed: 3, cancelled: 3, expired: 3 };
   const LABELS = {
@@ -377,7 +376,7 @@
         heard = true;
         try { card.update(JSON.parse(event.data)); } catch (_) { /* a malformed event changes nothing */ }
         // Not closed at an end: the server ends the stream after the job's recorded end, which
-        // may correct an end pushed early (see update).
+        // may correct an end told early (see update).
       });
       source.addEventListener('error', () => {
         if (card.job && settled(card.job)) {
