@@ -71,8 +71,9 @@ class ProviderQueue:
         """Jobs seen leaving Floodgate's line for this provider whose first word here (a place,
         or running) is still to come: that word tells where they entered the queue."""
         self._entry_place: int | None = None
-        """The median of ``entries`` until the next one (the board asks on every answer about a
-        job queued for this provider)."""
+        self._run_median: float | None = None
+        """The medians of ``entries`` and ``runs``, kept until the next entry or run (the board
+        asks for them on every answer about a job for this provider)."""
         self._places_moved = 0
         self._seconds = 0.0
         self._sinces: list[tuple[float, str]] = []
@@ -147,6 +148,7 @@ class ProviderQueue:
         began = self.running.pop(job_id, None)
         if began is not None and at >= began:
             self.runs.append(at - began)
+            self._run_median = None
 
     def forget(self, job_id: str) -> None:
         """``job_id`` left this provider without a completion to learn from."""
@@ -209,7 +211,9 @@ class ProviderQueue:
 
     def run_time(self) -> float | None:
         """Median seconds a job runs once out of the queue; None before one was seen."""
-        return statistics.median(self.runs) if self.runs else None
+        if self._run_median is None and self.runs:
+            self._run_median = statistics.median(self.runs)
+        return self._run_median
 
     def running_since(self, job_id: str) -> float | None:
         """When ``job_id`` was seen starting to run (None: not seen)."""

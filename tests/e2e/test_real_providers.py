@@ -351,8 +351,8 @@ async def test_a_job_waiting_in_the_providers_own_queue_shows_its_place_and_when
     # render's time of its actual start; its video is due after that. (Before that, the moves
     # seen can be idle runners picking up the first jobs, tens of milliseconds each: on a loaded
     # machine one such reading said 0.6 s for a job that started 3.9 s later.)
-    told = {job_id: next(s for s in said if s[2] is not None)
-            for job_id, said in etas.items() if any(s[2] is not None for s in said)}
+    told = {job_id: known[0] for job_id, said in etas.items()
+            if (known := [s for s in said if s[2] is not None])}
     assert told and told.keys() == {job_id for job_id, said in etas.items() if said}, etas
     for job_id, (at, eta, _) in told.items():
         assert abs(at + eta - ran[job_id]) <= 1.5, (job_id, eta, ran[job_id] - at, etas[job_id])

@@ -88,6 +88,10 @@ def test_run_times_count_from_the_running_word_to_the_completion() -> None:
     q.observe("d", "running", None, T0 + 70)
     q.observe("d", "failed", None, T0 + 80)  # a failure says nothing of how long a render takes
     assert list(q.runs) == [30, 20, 50] and not q.running and not q.places
+    assert q.run_time() == pytest.approx(30)
+    q.observe("e", "running", None, T0 + 80)
+    q.observe("e", "completed", None, T0 + 140)
+    assert q.run_time() == pytest.approx(40), "the median follows a new run"
 
 
 @given(st.lists(st.tuples(st.sampled_from("abcd"), st.sampled_from(["submitted", "running", "completed", "failed"]),
