@@ -168,8 +168,15 @@ def _pipeline(p: dict[str, Any], cpus: int | None = None) -> tuple[str, str]:
             f"the API's view; plus a provider call, every consumed record through one Python worker. Jobs per "
             f"provider: {per or '?'}; most "
             f"in flight at once: {peak or '?'} (limit {p['config']['limit']:,}).{stalled} "
-            f"{profile_line(p.get('profile'))}")
+            f"{profile_line(p.get('profile'))}{_api_profile(p.get('profile'))}")
     return "Pipeline jobs/s", text
+
+
+def _api_profile(profile: dict[str, Any] | None) -> str:
+    """The API's profile over the same seconds as the worker's, when it was taken."""
+    api = (profile or {}).get("api")
+    return f" Beside it, {profile_line(api)}" if api else ""
+
 
 
 def _held_back(p: dict[str, Any]) -> str:

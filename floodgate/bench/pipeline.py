@@ -282,15 +282,25 @@ async def pinned(ctx: Context, stack: Stack, cfg: PipelineConfig) -> dict[str, A
 
 
 async def profile_worker(ctx: Context, stack: Stack, cfg: PipelineConfig, offsets: Offsets) -> dict[str, Any]:
-    pid = stack.children["worker-0"].proc.pid
+    """py-spy on the worker and, over the same seconds, on the API (its CPU per job is the
+    other half of what one job costs in this run: the 202, the bridge's webhooks, the job view's
+    feed, the video copy). The API's profile is the result's ``api``."""
+    pids = {"worker-0": stack.children["worker-0"].proc.pid, "api": stack.children["api"].proc.pid}
+    files = {"worker-0": "profile-worker.collapsed", "api": "profile-api-pipeline.collapsed"}
     feeding = asyncio.create_task(Feed(ctx, stack, offsets, cfg).run(cfg.profile_jobs, "profile pass"))
     await asyncio.sleep(0.5)
-    collapsed, note = await asyncio.to_thread(profiling.record, pid, cfg.profile_seconds,
-                                              ctx.out_dir / "profile-worker.collapsed")
+    recorded = await asyncio.gather(*(
+        asyncio.to_thread(profiling.record, pid, cfg.profile_seconds, ctx.out_dir / files[name])
+        for name, pid in pids.items()))
     await feeding
-    result: dict[str, Any] = {"process": "worker-0", "load": "instant-provider pipeline fed by the SDK", "note": note}
-    if collapsed:
-        result.update(profiling.summarize(collapsed))
+    load = "instant-provider pipeline fed by the SDK"
+    profiles = []
+    for name, (collapsed, note) in zip(pids, recorded, strict=True):
+        profile: dict[str, Any] = {"process": name, "load": load, "note": note}
+        if collapsed:
+            profile.update(profiling.summarize(collapsed))
+        profiles.append(profile)
+    result, result["api"] = profiles
     return result
 
 

@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 
-from floodgate.bench import limits, markdown, probes, targets
+from floodgate.bench import limits, markdown, probes, profiling, targets
 from floodgate.bench.context import WaitMeter
 from floodgate.bench.pipeline import placement
 
@@ -134,3 +134,20 @@ def test_the_scaling_row_says_how_long_each_worker_waited_for_a_cpu() -> None:
                                     "(the one worker's 28%)")
     bare = targets.scaling({"pipeline": {**one, "scaling": {**two, "main_thread": {}}}})
     assert "waited" not in bare["measured"]
+
+
+def test_the_limits_tell_the_apis_profile_beside_the_workers() -> None:
+    collapsed = ("main (/x/floodgate/api/server.py:1);run (/usr/lib/asyncio/events.py:80);"
+                 "Bridge.receive (/x/floodgate/api/bridge.py:9) 3\n"
+                 "main (/x/floodgate/api/server.py:1);run (/usr/lib/asyncio/events.py:80);"
+                 "VideoCopier.copy (/x/floodgate/videos/copier.py:5) 1\n")
+    api = {"process": "api", "load": "instant-provider pipeline fed by the SDK", **profiling.summarize(collapsed)}
+    worker = {"process": "worker-0", "load": "instant-provider pipeline fed by the SDK",
+              **profiling.summarize(collapsed.replace("api/bridge.py", "streams/jobs.py")), "api": api}
+    text = dict(limits.limits({"pipeline": {**_pipeline(252.0, None), "profile": worker}}, 2))["Pipeline jobs/s"]
+    assert "py-spy, 4 samples of worker-0" in text
+    beside = text.split("Beside it, ", 1)[1]
+    assert beside.startswith("py-spy, 4 samples of api") and "Bridge.receive (api/bridge.py) 75%" in beside
+    alone = dict(limits.limits({"pipeline": {**_pipeline(252.0, None), "profile": {**worker, "api": None}}},
+                               2))["Pipeline jobs/s"]
+    assert "Beside it" not in alone
