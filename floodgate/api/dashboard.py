@@ -185,8 +185,16 @@ class Dashboard:
         await self.refresh()
         body = {"now": time.time(), "dev_mode": self.deps.settings.dev_mode,
                 "processes": {"scraped": self.scraped, "down": self.down},
+                "unavailable": self.unavailable(datetime.now(UTC)),
                 "spike": self.spike.state(), **self.history.figures()}
         return json_response(body, headers={"Cache-Control": "no-store"})
+
+    def unavailable(self, now: datetime) -> dict[str, str]:
+        """Provider → why it takes no new jobs (``retired <when>``, ``disabled``), from the routing
+        this API loaded: a retired provider's breaker is closed and its pace unknown, as an idle
+        one's, and the dashboard says which it is."""
+        providers = self.deps.setup.routing.providers
+        return {name: why for name, spec in providers.items() if (why := spec.why_unavailable(now)) is not None}
 
     async def fire(self, request: web.Request) -> web.Response:
         refused = self.refused(request)

@@ -461,7 +461,10 @@ _SCHEMAS: dict[str, Any] = {
                                      "providers": {"type": "array", "items": {"type": "string"}},
                                      "points": {"type": "array", "items": {"type": "object"}},
                                      "totals": {"type": "object"}, "breakers": _STRING_MAP,
-                                     "processes": {"type": "object"}, "spike": {"type": "object"}}},
+                                     "processes": {"type": "object"}, "spike": {"type": "object"},
+                                     "unavailable": {**_STRING_MAP, "description": (
+                                         "Providers that take no new jobs, and why: `retired <ISO instant>` "
+                                         "or `disabled` (from the routing table)")}}},
     "Health": {"type": "object", "properties": {
         "status": {"enum": ["ok", "starting"]}, "roles": {"type": "array", "items": {"type": "string"}}}},
 }

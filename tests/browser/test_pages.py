@@ -365,6 +365,12 @@ def test_the_dashboard_draws_a_spike_and_in_flight_never_passes_the_limit(page: 
     expect(page.locator('#paces li[data-provider="kling"]')).to_contain_text(re.compile(r"starts \d+\.\d\d jobs/s"),
                                                                            timeout=30_000)
     expect(page.locator('#paces li[data-provider="wan"]')).to_contain_text("wan: ")
+    # sora is retired in the dev table: not a closed breaker nor an unknown pace, but out of service.
+    expect(page.locator('#breakers li[data-provider="sora"]')).to_have_text(
+        "sora: retired since 2026-09-24, takes no new jobs")
+    expect(page.locator('#breakers li[data-provider="kling"]')).to_have_text("kling: closed")
+    expect(page.locator('#paces li[data-provider="sora"]')).to_have_text("sora: retired since 2026-09-24, no line")
+    expect(page.locator('[data-chart="inflight-sora"] h3')).to_have_text("sora (retired since 2026-09-24)")
 
     page.screenshot(path=str(shots / "dashboard-desktop.png"), full_page=True)
     page.set_viewport_size(PHONE)

@@ -149,6 +149,8 @@ async def test_the_dashboard_is_open_without_api_keys(make: Any) -> None:
     body = await resp.json()
     assert body["dev_mode"] is False and body["processes"] == {"scraped": 1, "down": []}
     assert {"providers", "points", "totals", "breakers", "spike"} <= set(body)
+    # The dev table's sora is retired: the dashboard is told so (its breaker alone says "closed").
+    assert body["unavailable"] == {"sora": "retired 2026-09-24T00:00:00+00:00"}
 
 
 async def test_with_api_keys_the_dashboard_wants_the_operator_key(make: Any) -> None:

@@ -99,6 +99,12 @@
     }
   }
 
+  /** "retired since 2026-09-24" or "disabled": why ``name`` takes no new jobs (null: it does). */
+  function outOfService(data, name) {
+    const why = (data.unavailable || {})[name];
+    return why ? why.replace(/^retired (\d{4}-\d{2}-\d{2}).*$/, 'retired since $1') : null;
+  }
+
   function pointsOf(data, pick) {
     return data.points.map((p) => [p.at, pick(p)]);
   }
@@ -143,6 +149,8 @@
         card.append(el('h3', {}, name));
         box.append(card);
       }
+      const out = outOfService(data, name);
+      card.querySelector('h3').textContent = out ? `${name} (${out})` : name;
       const limitMax = Math.max(1, ...data.points.map((p) => p.limit[name] ?? 0));
       lineChart(card, `${name}: jobs in flight against its concurrency limit`, [
         // The limit first, so the in-flight line is drawn over it where they meet.
@@ -165,8 +173,11 @@
     breakers.textContent = '';
     if (!providers.length) breakers.append(el('li', { class: 'note' }, 'No provider yet.'));
     for (const name of providers) {
-      const state = data.breakers[name] || 'closed';
-      breakers.append(el('li', { 'data-state': state }, `${name}: ${state === 'open' ? 'open (jobs move on)' : 'closed'}`));
+      // A retired or disabled provider takes no jobs whatever its breaker says: say that instead.
+      const out = outOfService(data, name);
+      const state = out ? 'out' : (data.breakers[name] || 'closed');
+      const text = out ? `${out}, takes no new jobs` : (state === 'open' ? 'open (jobs move on)' : 'closed');
+      breakers.append(el('li', { 'data-state': state, 'data-provider': name }, `${name}: ${text}`));
     }
 
     // Each provider's pace as its dispatchers measure it (what spillover and the backlog guard go by).
@@ -175,11 +186,14 @@
     if (!providers.length) paces.append(el('li', { class: 'note' }, 'No provider yet.'));
     for (const name of providers) {
       const pace = (data.paces || {})[name] || {};
+      const out = outOfService(data, name);
       const text = pace.start_rate == null
-        ? `${name}: pace not known yet`
+        ? (out ? `${name}: ${out}, no line` : `${name}: pace not known yet`)
         : `${name}: starts ${pace.start_rate.toFixed(2)} jobs/s; ${Math.round(pace.queued)} queued, ` +
           `about ${Math.round(pace.wait_s)} s to start them all`;
-      paces.append(el('li', { 'data-provider': name }, text));
+      const attrs = { 'data-provider': name };
+      if (out && pace.start_rate == null) attrs['data-state'] = 'out';
+      paces.append(el('li', attrs, text));
     }
 
     const down = data.processes.down;
