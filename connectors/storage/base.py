@@ -42,12 +42,18 @@ class VideoRecord:
     sha256: str = ""
     content_type: str = ""
     reason: str = ""
+    gave_up: bool = False
+    """Failed only because every attempt met a failure that may pass (timeouts, 5xx, the store
+    unreachable) until the retry budget ran out, not because the video was refused (too large,
+    not a video, a private address): the provider's own copy may still be worth sending a
+    viewer to."""
 
     def encode(self) -> bytes:
         # By hand, not dataclasses.asdict: that deep-copies every field, 45 µs a record, once per
         # video copied on the API's loop.
         return orjson.dumps({"job_id": self.job_id, "status": self.status, "at_ms": self.at_ms, "size": self.size,
-                             "sha256": self.sha256, "content_type": self.content_type, "reason": self.reason})
+                             "sha256": self.sha256, "content_type": self.content_type, "reason": self.reason,
+                             "gave_up": self.gave_up})
 
     @classmethod
     def decode(cls, data: bytes) -> VideoRecord:

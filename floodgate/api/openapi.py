@@ -121,8 +121,10 @@ _OPERATIONS: dict[str, tuple[str, str, dict[str, Any]]] = {
             "200": {"description": "The video; Repr-Digest carries the SHA-256 recorded when it was copied",
                     "content": {"video/*": {"schema": {"type": "string", "format": "binary"}}}},
             "403": _problem("Malformed, forged or expired link"),
-            "502": _problem("The provider's video could not be copied into storage"),
-            "307": {"description": "Not copied yet: the provider's own copy, meanwhile",
+            "502": _problem("The provider's video was refused (too large, not a video, a private address), or "
+                            "its copy was given up and the provider's URL is not known here"),
+            "307": {"description": "Not copied yet, or its copy given up after the copier's retries: the "
+                                   "provider's own copy",
                     "headers": {"Location": {"schema": {"type": "string", "format": "uri"}}}},
             "503": _problem("Not copied yet and the provider's URL not known here (or the store is unreachable)",
                             retry_after=True),

@@ -11,7 +11,10 @@ which jobs exist. Answers:
 * 403 for a malformed, forged or expired link (the detail says which, except for a forgery).
 * 307 to the provider's own copy while ours is not done yet (the job view knows the provider's URL;
   503 + ``Retry-After`` where it does not, or while the store is unreachable).
-* 502 when the copy was refused for good (too large, not a video, a private address).
+* 502 when the copy was refused for good (too large, not a video, a private address). A copy that
+  failed only because its failures, each of which might have passed, outlasted the copier's retry
+  budget (``VideoRecord.gave_up``) leads to the provider's own copy, as a pending one does, while
+  the job view knows it; 502 where it does not.
 """
 from __future__ import annotations
 
@@ -69,6 +72,11 @@ class VideoServer:
             return _pending("the video is still being copied into storage")
         if record.status != "stored":
             log.info("videos: %s was not stored: %s", job_id, record.reason)
+            # A refused video (too large, not a video, a private address) is never linked to; one
+            # the copier gave up on may still be at the provider, for as long as its link lives.
+            source = await self._provider_copy(job_id) if record.gave_up else None
+            if source is not None:
+                return web.Response(status=307, headers={"Location": source, "Cache-Control": "no-store"})
             return problem_response(502, "Bad Gateway", type_=VIDEO_UNAVAILABLE,
                                     detail="the provider's video could not be copied into storage")
         # A cache may keep it no longer than the link is valid.

@@ -15,9 +15,11 @@ Idempotent per job id: a job whose record exists is skipped, so a redelivered re
 rebalance) or a second API process costs one small read. A failed copy is retried with backoff
 when the failure may pass (timeouts, 5xx, 429 with its Retry-After, the store unreachable); a
 refusal that will not change (too large, not a video, a private address, 4xx), or one that
-outlasts the retry budget, is recorded as ``failed`` with its reason. Offsets are committed like
-the outgoing webhooks' (:mod:`floodgate.commit_tracker`): only past records that are done, and
-only once the store has put their copies on disk (``VideoStore.sync``, one per commit).
+outlasts the retry budget, is recorded as ``failed`` with its reason (and, for the latter,
+``gave_up``: the API then sends a viewer to the provider's own copy, as while a copy is pending).
+Offsets are committed like the outgoing webhooks' (:mod:`floodgate.commit_tracker`): only past
+records that are done, and only once the store has put their copies on disk (``VideoStore.sync``,
+one per commit).
 """
 from __future__ import annotations
 
@@ -160,7 +162,8 @@ class VideoCopier:
                 delay = self._policy.next_delay(attempts, self._clock() - started, exc.retry_after, self._rand()) \
                     if exc.retriable else None
                 if delay is None:
-                    record = VideoRecord(job_id, "failed", at_ms=int(self._clock() * 1000), reason=str(exc)[:500])
+                    record = VideoRecord(job_id, "failed", at_ms=int(self._clock() * 1000), reason=str(exc)[:500],
+                                         gave_up=exc.retriable)
                     log.warning("videos: copy of %s failed after %d attempt(s): %s", job_id, attempts, exc)
                     break
                 self._metrics.video_retries.inc()

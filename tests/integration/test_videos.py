@@ -222,7 +222,14 @@ async def test_a_passing_failure_is_retried_and_a_permanent_one_recorded(
     huge_id = new_job_id()
     huge = await copier.copy(huge_id, f"{base}/huge.mp4")
     assert huge.status == "failed" and "cap" in huge.reason and p.hits["huge.mp4"] == 1
+    assert not huge.gave_up  # refused: the video itself is what is wrong
     assert await store.record(huge_id) == huge
+    # A source that fails in a way that may pass, every time, until the budget (6 attempts) is spent.
+    p.fail_first, down_id = 100, new_job_id()
+    p.hits.pop("flaky.mp4")
+    down = await copier.copy(down_id, f"{base}/flaky.mp4")
+    assert down.status == "failed" and down.gave_up and "503" in down.reason and p.hits["flaky.mp4"] == 6
+    assert await store.record(down_id) == down
 
 
 class FailingSync(LocalVideoStore):
@@ -356,6 +363,22 @@ async def test_the_api_links_and_serves_stored_videos(settings_for: Callable[...
         async with http.get(unknown, allow_redirects=False) as resp:
             assert resp.status == 503 and resp.headers["Retry-After"] == "5"
             assert (await resp.json())["type"] == "urn:floodgate:problem:video-pending"
+        # A copy the copier gave up on (failures that might have passed, past its budget) leads
+        # to the provider's own copy, as a pending one does; a refused one never does: 502.
+        given_up, refused = new_job_id(), new_job_id()
+        await store.put_record(VideoRecord(given_up, "failed", at_ms=2, reason="503 from the source",
+                                           gave_up=True))
+        await store.put_record(VideoRecord(refused, "failed", at_ms=2, reason="not a video: text/html"))
+        for jid in (given_up, refused):
+            await aproduce_snapshots(settings.kafka_bootstrap, topic, snapshot(
+                jid, 4, "completed", progress=1.0, video_url="https://provider.example/out.mp4"))
+            assert await api.view.wait_for(jid, 15.0) is not None
+        links = VideoLinks(settings.video_link_key, settings.video_link_ttl)
+        async with http.get(links.url(api.url, given_up, now[0]), allow_redirects=False) as resp:
+            assert resp.status == 307 and resp.headers["Location"] == "https://provider.example/out.mp4"
+        async with http.get(links.url(api.url, refused, now[0]), allow_redirects=False) as resp:
+            assert resp.status == 502 and "Location" not in resp.headers
+            assert (await resp.json())["type"] == "urn:floodgate:problem:video-unavailable"
         # Expired: the same link once its time has passed.
         now[0] += 30
         async with http.get(url) as resp:

@@ -231,3 +231,15 @@ async def test_a_copy_that_a_crash_cut_short_before_its_sync_reads_as_not_stored
     await store.put_video(job_id, chunked(b"w" * 1000, 300), "video/mp4", lambda: stored(job_id, b"w" * 1000))
     assert await store.record(job_id) == stored(job_id, b"w" * 1000)
     assert await read_back(store, job_id) == b"w" * 1000
+
+
+async def test_a_record_written_before_gave_up_existed_reads_as_a_refusal(tmp_path: Path) -> None:
+    store, job_id = LocalVideoStore(tmp_path / "videos"), new_job_id()
+    store.root.mkdir(parents=True)
+    (store.root / f"{job_id}.json").write_bytes(
+        b'{"job_id": "%s", "status": "failed", "at_ms": 1, "size": 0, "sha256": "", "content_type": "",'
+        b' "reason": "not a video"}' % job_id.encode())
+    assert await store.record(job_id) == VideoRecord(job_id, "failed", at_ms=1, reason="not a video", gave_up=False)
+    given_up = VideoRecord(new_job_id(), "failed", at_ms=2, reason="503", gave_up=True)
+    await store.put_record(given_up)
+    assert await store.record(given_up.job_id) == given_up
