@@ -29,9 +29,10 @@ waiting in Floodgate's own line is:
 * **The wait a job submitted now should meet there** (``entry_wait``), for a job still in
   Floodgate's line: the median of the places the recent jobs first had in the queue (a job first
   seen running had none: no wait), at the queue's pace. Only jobs seen arriving count (``arrive``:
-  the board saw them leave Floodgate's line for this provider). A view catching up after a
-  restart meets most jobs at their latest place, halfway up the queue, which is not where they
-  entered it: counted, those made the entry wait too short until newer jobs replaced them.
+  the board saw them leave Floodgate's line for this provider, also before it first saw the
+  provider keep a job waiting: those still in flight then arrive when it does). A view catching up
+  after a restart meets most jobs at their latest place, halfway up the queue, which is not where
+  they entered it: counted, those made the entry wait too short until newer jobs replaced them.
 """
 from __future__ import annotations
 

@@ -138,7 +138,13 @@ class QueueBoard:
         its leaving any other's (a reroute). A job the board holds in Floodgate's line and now
         sees past it arrives at that queue: where it enters it tells the wait of the next ones."""
         if provider and place is not None and provider not in self._own:
-            self._own[provider] = ProviderQueue()
+            made = self._own[provider] = ProviderQueue()
+            # The jobs seen leaving Floodgate's line for it before it was first seen keeping one
+            # waiting (the first ones after a start) arrive as well: their next word there (a
+            # place, or running) is where they entered it, as it would have been had it existed.
+            for job, where in self._started.items():
+                if where == provider:
+                    made.arrive(job)
         for name, own in self._own.items():
             if name == provider:
                 if status != "queued" and job_id in self._places:

@@ -195,6 +195,25 @@ def test_only_jobs_seen_arriving_tell_where_a_job_enters_the_queue() -> None:
     assert list(own.entries) == [6, -1] and not own.arriving
 
 
+def test_jobs_that_left_our_line_before_the_provider_was_seen_keeping_a_queue_count_too() -> None:
+    # The first jobs after a start leave Floodgate's line for fal before any word of a place
+    # there: the board holds no queue for fal yet when they do.
+    b = QueueBoard({"fal": 4})
+    for job in "abcd":
+        b.observe(snap(job, "queued"), T0)
+    b.observe(snap("a", "running", updated=1), T0 + 1)  # ran at once
+    b.observe(snap("d", "completed", updated=1), T0 + 1)  # gone before the queue is known: nothing
+    for job in "bc":
+        b.observe(snap(job, "submitted", updated=1), T0 + 1)  # no place told yet
+    assert "fal" not in b._own
+    b.observe(snap("b", "submitted", place=3, updated=2), T0 + 2)  # the first place: the queue is made
+    own = b._own["fal"]
+    b.observe(snap("c", "submitted", place=4, updated=2), T0 + 2)
+    b.observe(snap("a", "running", updated=3), T0 + 3)  # running still: it ran without a wait
+    b.observe(snap("b", "submitted", place=2, updated=4), T0 + 4)  # a move, not an entry
+    assert sorted(own.entries) == [-1, 3, 4] and not own.arriving
+
+
 def test_without_a_pace_or_at_a_provider_without_a_queue_the_general_rule_holds() -> None:
     b = QueueBoard({"fal": 4, "kling": 4}, configured_render={"fal": 30.0, "kling": 20.0})
     b.observe(snap("a", "submitted", place=3), T0)
