@@ -59,12 +59,16 @@ class VideoRecord:
     def decode(cls, data: bytes) -> VideoRecord:
         try:
             fields: dict[str, Any] = orjson.loads(data)
-            record = cls(**fields)
-        except (orjson.JSONDecodeError, TypeError) as exc:
+            # Keys it does not know are left out: a record a newer copier wrote still reads.
+            record = cls(**{name: value for name, value in fields.items() if name in _RECORD_FIELDS})
+        except (orjson.JSONDecodeError, TypeError, AttributeError) as exc:
             raise StorageError(f"unreadable video record: {exc}", retriable=False) from exc
         if record.status not in ("stored", "failed"):
             raise StorageError(f"unreadable video record: status {record.status!r}", retriable=False)
         return record
+
+
+_RECORD_FIELDS = frozenset(VideoRecord.__dataclass_fields__)
 
 
 @runtime_checkable

@@ -178,7 +178,6 @@ def _api_profile(profile: dict[str, Any] | None) -> str:
     return f" Beside it, {profile_line(api)}" if api else ""
 
 
-
 def _held_back(p: dict[str, Any]) -> str:
     """What the worker's main thread did in the run, and what the worker carried alone on a core."""
     spent = g(p, "main_thread", "worker-0")

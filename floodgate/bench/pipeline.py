@@ -300,7 +300,8 @@ async def profile_worker(ctx: Context, stack: Stack, cfg: PipelineConfig, offset
         if collapsed:
             profile.update(profiling.summarize(collapsed))
         profiles.append(profile)
-    result, result["api"] = profiles
-    return result
+    worker, api = profiles
+    worker["api"] = api
+    return worker
 
 

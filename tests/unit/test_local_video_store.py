@@ -233,13 +233,17 @@ async def test_a_copy_that_a_crash_cut_short_before_its_sync_reads_as_not_stored
     assert await read_back(store, job_id) == b"w" * 1000
 
 
-async def test_a_record_written_before_gave_up_existed_reads_as_a_refusal(tmp_path: Path) -> None:
+async def test_records_of_older_and_newer_copiers_read(tmp_path: Path) -> None:
     store, job_id = LocalVideoStore(tmp_path / "videos"), new_job_id()
     store.root.mkdir(parents=True)
     (store.root / f"{job_id}.json").write_bytes(
         b'{"job_id": "%s", "status": "failed", "at_ms": 1, "size": 0, "sha256": "", "content_type": "",'
         b' "reason": "not a video"}' % job_id.encode())
     assert await store.record(job_id) == VideoRecord(job_id, "failed", at_ms=1, reason="not a video", gave_up=False)
+    # And one a newer copier wrote, with a field this one does not know.
+    newer = VideoRecord(new_job_id(), "failed", at_ms=3, reason="not a video")
+    (store.root / f"{newer.job_id}.json").write_bytes(newer.encode()[:-1] + b', "retry_at": 5}')
+    assert await store.record(newer.job_id) == newer
     given_up = VideoRecord(new_job_id(), "failed", at_ms=2, reason="503", gave_up=True)
     await store.put_record(given_up)
     assert await store.record(given_up.job_id) == given_up
