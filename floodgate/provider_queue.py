@@ -15,7 +15,9 @@ waiting in Floodgate's own line is:
   ahead of ours are other customers' too, so our jobs' starts alone would say nothing of the
   queue's pace; the places do. The rate is the places over the seconds of the recent moves
   (``MOVES`` at most, none older than ``MAX_AGE``), every job's weighed by its time. A place that
-  grew (fal puts a request over its limit back in line) counts as time without a move.
+  grew (fal puts a request over its limit back in line) counts as time without a move. A job's
+  first place counts from its submission, not from the status call that first told it (which a
+  busy worker may make late, and its first move then looked short).
 * **A stalled queue slows the estimate down.** Each move's seconds are how long a job sat at a
   place before it was seen to move (the status calls' period included); a job that has sat at its
   place longer than that, on average, adds the excess as seconds without a move, so the
@@ -68,6 +70,9 @@ class ProviderQueue:
         self.entries: deque[int] = deque(maxlen=RUNS)
         """The first place of each of the recent jobs seen arriving (-1: it ran at once, it
         waited for nothing): where a job submitted now should enter the queue."""
+        self.submitted: dict[str, float] = {}
+        """Job id → when it was submitted, of the jobs whose first place here is still to come:
+        they have held that place since (see ``_placed``)."""
         self.arriving: dict[str, bool] = {}
         """Jobs seen leaving Floodgate's line for this provider whose first word here (a place,
         or running) is still to come: that word tells where they entered the queue."""
@@ -88,6 +93,10 @@ class ProviderQueue:
         if status == "submitted":
             if place is not None:
                 self._placed(job_id, place, at)
+            elif job_id not in self.places and job_id not in self.submitted:
+                if len(self.submitted) >= MAX_TRACKED:
+                    self.submitted.pop(next(iter(self.submitted)))
+                self.submitted[job_id] = at
         elif status == "running":
             self._ran(job_id, at)
         elif status == "completed":
@@ -111,7 +120,12 @@ class ProviderQueue:
                 self.forget(next(iter(self.places)))
             if self.arriving.pop(job_id, False):
                 self._entered(place)
-            self._take_place(job_id, place, at)
+            # Its first place is told by the first status call after the submission, which may
+            # come late on a busy worker: counted from then, the job's first move looked as short
+            # as the gap between that call and the move (a CI run: an ETA of 0.9 s for a start
+            # 2.8 s away). It has waited there since its submission (or at a place behind, which
+            # makes the move look longer, not shorter: an ETA late rather than early).
+            self._take_place(job_id, place, min(at, self.submitted.pop(job_id, at)))
             return
         was, since = held
         if place == was or at <= since:
@@ -131,6 +145,7 @@ class ProviderQueue:
             heapq.heapify(self._sinces)
 
     def _ran(self, job_id: str, at: float) -> None:
+        self.submitted.pop(job_id, None)
         held = self.places.pop(job_id, None)
         if held is not None:
             was, since = held
@@ -146,6 +161,7 @@ class ProviderQueue:
     def _completed(self, job_id: str, at: float) -> None:
         self.places.pop(job_id, None)
         self.arriving.pop(job_id, None)
+        self.submitted.pop(job_id, None)
         began = self.running.pop(job_id, None)
         if began is not None and at >= began:
             self.runs.append(at - began)
@@ -156,6 +172,7 @@ class ProviderQueue:
         self.places.pop(job_id, None)
         self.running.pop(job_id, None)
         self.arriving.pop(job_id, None)
+        self.submitted.pop(job_id, None)
 
     def _earliest(self) -> float | None:
         """The earliest ``since`` among ``places`` (None: no job waits in the queue)."""

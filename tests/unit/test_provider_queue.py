@@ -195,6 +195,26 @@ def test_only_jobs_seen_arriving_tell_where_a_job_enters_the_queue() -> None:
     assert list(own.entries) == [6, -1] and not own.arriving
 
 
+def test_a_jobs_first_place_counts_from_its_submission_not_from_the_call_that_told_it() -> None:
+    # fal's queue moves a place every 3 s. The job is submitted at T0; a busy worker's first
+    # status call tells its place (2) only at T0 + 2.5, and the move to place 1 comes at T0 + 3.
+    q = ProviderQueue()
+    q.observe("a", "submitted", None, T0)
+    q.observe("a", "submitted", 2, T0 + 2.5)
+    q.observe("a", "submitted", 1, T0 + 3)
+    assert list(q.moves) == [(T0 + 3, 1, pytest.approx(3.0))]  # not 0.5 s: six times too fast
+    assert not q.submitted
+    # A job whose first word is its place (the call came at once) keeps that word's time.
+    q.observe("b", "submitted", 4, T0 + 3)
+    q.observe("b", "submitted", 3, T0 + 6)
+    assert q.moves[-1] == (T0 + 6, 1, pytest.approx(3.0))
+    # A job that runs, ends or leaves before its first place is told leaves nothing behind.
+    for job, then in (("c", "running"), ("d", "completed"), ("e", "cancelled")):
+        q.observe(job, "submitted", None, T0 + 7)
+        q.observe(job, then, None, T0 + 8)
+    assert not q.submitted
+
+
 def test_jobs_that_left_our_line_before_the_provider_was_seen_keeping_a_queue_count_too() -> None:
     # The first jobs after a start leave Floodgate's line for fal before any word of a place
     # there: the board holds no queue for fal yet when they do.
