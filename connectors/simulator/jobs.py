@@ -55,6 +55,8 @@ class Job:
     dropped: list[str] = field(default_factory=list)
     """Types of the webhook events dropped on purpose (``drop_rate``): what only a poll can learn."""
     render_started: float | None = None
+    started_at: float | None = None
+    """Wall clock (``time.time()``) when its render started: out of the queue, on a runner."""
     render_seconds: float | None = None
     cold_seconds: float = 0.0  # wall seconds of render_seconds spent booting, before the first frame
     completed_at: float | None = None

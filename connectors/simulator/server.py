@@ -10,7 +10,8 @@ Routes (per simulated provider ``{p}``)::
     GET  /metrics                        the same per-provider counters for Prometheus
     POST /_admin/reset                   forget jobs and counters
     POST /_admin/{p}/outage              {"seconds": n} start an outage now; 0 ends it
-    GET  /_admin/{p}/jobs                every job's id, status, wall-clock created_at / completed_at,
+    GET  /_admin/{p}/jobs                every job's id, status, wall-clock created_at / started_at
+                                         (its render) / completed_at,
                                          Idempotency-Key, the client's metadata.job_id and
                                          the webhook event ids answered 2xx and the
                                          types of the events dropped on purpose (drop_rate)
@@ -331,14 +332,16 @@ async def admin_outage(request: web.Request) -> web.Response:
 
 @_refusable
 async def admin_jobs(request: web.Request) -> web.Response:
-    """Read-only: when each job was created and finished (``time.time()`` seconds), oldest first —
-    what the bench pairs with the bridge's webhook stamps to time a slot's handover — and which
-    client job and attempt it was for (its Idempotency-Key, ``metadata.job_id``), what the chaos
-    checker counts duplicates by."""
+    """Read-only: when each job was created, started rendering and finished (``time.time()``
+    seconds), oldest first — what the bench pairs with the bridge's webhook stamps to time a
+    slot's handover, and the tests with the ETAs they were told — and which client job and
+    attempt it was for (its Idempotency-Key, ``metadata.job_id``), what the chaos checker counts
+    duplicates by."""
     _, name, state = _provider(request)
     jobs = sorted(state.jobs.values(), key=lambda job: job.created_at)
     return _json({"provider": name, "jobs": [
-        {"id": job.id, "status": job.status, "created_at": job.created_at, "completed_at": job.completed_at,
+        {"id": job.id, "status": job.status, "created_at": job.created_at, "started_at": job.started_at,
+         "completed_at": job.completed_at,
          "model": job.request.model, "prompt": job.request.prompt, "params": dict(job.request.params),
          "idempotency_key": job.idempotency_key, "job_id": job.request.metadata.get("job_id"),
          "webhooks_delivered": job.delivered, "webhooks_dropped": job.dropped} for job in jobs]})

@@ -235,6 +235,7 @@ class ProviderState:
         self._leave_line(job)
         self.key(job.api_key).rendering += 1
         job.render_started = now
+        job.started_at = self._wall()
         job.render_seconds = self.sim.scaled(seconds)
         self.key(job.api_key).render_seconds += job.render_seconds
         self.rendering[model] += 1
