@@ -41,6 +41,7 @@ from __future__ import annotations
 import heapq
 import statistics
 from collections import deque
+from typing import TypeVar
 
 MOVES = 256
 """Moves kept (the most recent) to measure the queue's pace."""
@@ -50,6 +51,8 @@ MAX_AGE = 900.0
 """Seconds after which a move no longer counts: after a quiet spell the old pace says nothing."""
 RUNS = 200
 """Run times kept (the most recent)."""
+V = TypeVar("V")
+
 MAX_TRACKED = 100_000
 """Jobs followed at most in the queue and running (bounds a view whose jobs' ends it never sees)."""
 
@@ -94,9 +97,7 @@ class ProviderQueue:
             if place is not None:
                 self._placed(job_id, place, at)
             elif job_id not in self.places and job_id not in self.submitted:
-                if len(self.submitted) >= MAX_TRACKED:
-                    self.submitted.pop(next(iter(self.submitted)))
-                self.submitted[job_id] = at
+                _track(self.submitted, job_id, at)
         elif status == "running":
             self._ran(job_id, at)
         elif status == "completed":
@@ -109,9 +110,7 @@ class ProviderQueue:
         running at once) is where it entered the queue."""
         if job_id in self.places or job_id in self.running:
             return
-        if len(self.arriving) >= MAX_TRACKED:
-            self.arriving.pop(next(iter(self.arriving)))
-        self.arriving[job_id] = True
+        _track(self.arriving, job_id, True)
 
     def _placed(self, job_id: str, place: int, at: float) -> None:
         held = self.places.get(job_id)
@@ -154,9 +153,7 @@ class ProviderQueue:
         elif self.arriving.pop(job_id, False):
             self._entered(-1)  # it ran without a wait in the queue
         if job_id not in self.running:
-            if len(self.running) >= MAX_TRACKED:
-                self.running.pop(next(iter(self.running)))
-            self.running[job_id] = at
+            _track(self.running, job_id, at)
 
     def _completed(self, job_id: str, at: float) -> None:
         self.places.pop(job_id, None)
@@ -236,6 +233,13 @@ class ProviderQueue:
     def running_since(self, job_id: str) -> float | None:
         """When ``job_id`` was seen starting to run (None: not seen)."""
         return self.running.get(job_id)
+
+
+def _track(jobs: dict[str, V], job_id: str, value: V) -> None:
+    """``jobs[job_id] = value``, the oldest entry dropped first when ``MAX_TRACKED`` are held."""
+    if len(jobs) >= MAX_TRACKED:
+        jobs.pop(next(iter(jobs)))
+    jobs[job_id] = value
 
 
 __all__ = ["MAX_AGE", "MIN_MOVES", "MOVES", "RUNS", "ProviderQueue"]

@@ -68,7 +68,7 @@ class VideoServer:
             # hour), so a player given the link at completion plays at once. 503 when not known here.
             source = await self._provider_copy(job_id)
             if source is not None:
-                return web.Response(status=307, headers={"Location": source, "Cache-Control": "no-store"})
+                return _to_provider(source)
             return _pending("the video is still being copied into storage")
         if record.status != "stored":
             log.info("videos: %s was not stored: %s", job_id, record.reason)
@@ -76,7 +76,7 @@ class VideoServer:
             # the copier gave up on may still be at the provider, for as long as its link lives.
             source = await self._provider_copy(job_id) if record.gave_up else None
             if source is not None:
-                return web.Response(status=307, headers={"Location": source, "Cache-Control": "no-store"})
+                return _to_provider(source)
             return problem_response(502, "Bad Gateway", type_=VIDEO_UNAVAILABLE,
                                     detail="the provider's video could not be copied into storage")
         # A cache may keep it no longer than the link is valid.
@@ -110,6 +110,11 @@ def _http_url(value: object) -> str | None:
     except ValidationError:
         return None
     return value if isinstance(value, str) else None
+
+
+def _to_provider(source: str) -> web.Response:
+    """A redirect to the provider's own copy (which a browser must not cache: ours replaces it)."""
+    return web.Response(status=307, headers={"Location": source, "Cache-Control": "no-store"})
 
 
 def _pending(detail: str) -> web.Response:

@@ -99,10 +99,13 @@
     }
   }
 
-  /** "retired since 2026-09-24" or "disabled": why ``name`` takes no new jobs (null: it does). */
-  function outOfService(data, name) {
-    const why = (data.unavailable || {})[name];
-    return why ? why.replace(/^retired (\d{4}-\d{2}-\d{2}).*$/, 'retired since $1') : null;
+  /** Provider → "retired since 2026-09-24" or "disabled", for those that take no new jobs. */
+  function outOfService(data) {
+    const out = {};
+    for (const [name, why] of Object.entries(data.unavailable || {})) {
+      out[name] = why.replace(/^retired (\d{4}-\d{2}-\d{2}).*$/, 'retired since $1');
+    }
+    return out;
   }
 
   function pointsOf(data, pick) {
@@ -114,6 +117,7 @@
     const first = data.points.length ? data.points[0].at : now;
     const span = [now - Math.min(WINDOW, Math.max(MIN_WINDOW, now - first)), now];
     const providers = data.providers;
+    const outs = outOfService(data);
     const chart = (name) => document.querySelector(`[data-chart="${name}"]`);
     const collecting = 'Collecting: rates need two readings';
 
@@ -149,7 +153,7 @@
         card.append(el('h3', {}, name));
         box.append(card);
       }
-      const out = outOfService(data, name);
+      const out = outs[name];
       card.querySelector('h3').textContent = out ? `${name} (${out})` : name;
       const limitMax = Math.max(1, ...data.points.map((p) => p.limit[name] ?? 0));
       lineChart(card, `${name}: jobs in flight against its concurrency limit`, [
@@ -174,7 +178,7 @@
     if (!providers.length) breakers.append(el('li', { class: 'note' }, 'No provider yet.'));
     for (const name of providers) {
       // A retired or disabled provider takes no jobs whatever its breaker says: say that instead.
-      const out = outOfService(data, name);
+      const out = outs[name];
       const state = out ? 'out' : (data.breakers[name] || 'closed');
       const text = out ? `${out}, takes no new jobs` : (state === 'open' ? 'open (jobs move on)' : 'closed');
       breakers.append(el('li', { 'data-state': state, 'data-provider': name }, `${name}: ${text}`));
@@ -186,7 +190,7 @@
     if (!providers.length) paces.append(el('li', { class: 'note' }, 'No provider yet.'));
     for (const name of providers) {
       const pace = (data.paces || {})[name] || {};
-      const out = outOfService(data, name);
+      const out = outs[name];
       const text = pace.start_rate == null
         ? (out ? `${name}: ${out}, no line` : `${name}: pace not known yet`)
         : `${name}: starts ${pace.start_rate.toFixed(2)} jobs/s; ${Math.round(pace.queued)} queued, ` +
