@@ -80,6 +80,9 @@ def test_a_video_is_made_and_plays_and_a_reload_resumes(page: Page, stack: Stack
     plays(card.locator("video"))
     assert card.locator(".stage").bounding_box() == stage_box, "the video took the box kept for it: no jump"
     expect(card.locator(".bar")).to_have_attribute("aria-valuenow", "100")
+    # The route note names kling; the status line does not say it a second time.
+    expect(card.locator(".job-where")).to_have_text("Rendered.")
+    expect(card.locator(".job-route")).to_have_text("sora is retired since 2026-09-24: served by kling")
     seen = card.locator(".timeline .what").all_text_contents()
     assert seen[0] == "In line" and seen[-2:] == ["Rendering", "Ready"], seen
     page.screenshot(path=str(shots / "generate-desktop.png"), full_page=True)

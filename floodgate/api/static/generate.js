@@ -139,19 +139,22 @@
       }
       // Until the provider starts it: in Floodgate's line, or in the provider's own queue.
       if (typeof job.eta_seconds === 'number') where.push(`about ${Math.max(1, Math.round(job.eta_seconds))} s to go`);
+      // The route note ("sora is retired since …: served by kling") names the provider serving
+      // the job: the status line then does not name it a second time.
+      const note = providerNote(job.model || this.entry.model, job.provider);
       if (!where.length) {
+        const named = note ? null : job.provider;
         where.push({
           queued: 'Waiting in line for a free provider slot.',
-          submitted: `Accepted by ${job.provider || 'the provider'}; waiting for it to start.`,
-          running: `${job.provider || 'The provider'} is rendering.`,
-          completed: `Rendered by ${job.provider || 'the provider'}.`,
+          submitted: named ? `Accepted by ${named}; waiting for it to start.` : 'Accepted; waiting for the provider to start it.',
+          running: named ? `${named} is rendering.` : 'Rendering.',
+          completed: named ? `Rendered by ${named}.` : 'Rendered.',
           failed: '', cancelled: 'Cancelled: nothing more will happen.',
           expired: 'Expired: its deadline passed before a provider slot was free.',
         }[job.status] || '');
       }
       this.q('.job-where').textContent = where.join(' · ');
       const route = this.q('.job-route');
-      const note = providerNote(job.model || this.entry.model, job.provider);
       route.textContent = note;
       route.hidden = !note;
 
