@@ -147,6 +147,9 @@ class ApiMetrics(_Group):
             "or out of retries), already_stored (a repeat), skipped (not completed).", ["outcome"])
         self.video_retries = self._counter(
             "floodgate_video_copy_retries_total", "Video copies retried after a passing failure.")
+        self.video_copies_again = self._counter(
+            "floodgate_video_copies_again_total",
+            "Video copies given up on, started again because someone asked for the video.")
         self.video_copy_lag = self._histogram(
             "floodgate_video_copy_lag_seconds",
             "From a job's completion to its video stored in Floodgate's store.", JOB_BUCKETS)

@@ -73,6 +73,7 @@ def build_app(
     wait_for_job: float = 2.0,
     clock: Callable[[], float] = time.time,
     video_store: VideoStore | None = None,
+    video_copier: videos.CopiesAgain | None = None,
     backlog: BacklogMonitor | None = None,
     intake: Sender | None = None,
     roster: Roster | None = None,
@@ -84,7 +85,9 @@ def build_app(
     the view when it has one (read-your-writes, Idempotency-Key checks across instances) and
     works without. ``connectors`` defaults to ``setup.build_connectors()``. ``video_store``: where
     completed jobs' videos are kept; the read role then links to them (signed, expiring) and
-    serves them. ``backlog``: the backlog guard's monitor, when the ingress sheds past a bound.
+    serves them; ``video_copier``, the copier filling it in this process, which the video route
+    asks to copy again a video it gave up on. ``backlog``: the backlog guard's monitor, when the
+    ingress sheds past a bound.
     ``intake``: the producer the ingress writes ``requests`` with, when not ``producer``.
     ``roster``: the API processes taking requests, which share each tenant's rate quota.
     ``own_jobs``: without a view, the jobs this process accepted that have not ended (read from
@@ -112,7 +115,7 @@ def build_app(
         cancel.add_routes(app, deps)
         reader = read.add_routes(app, deps)
         if video_store is not None and links is not None:
-            videos.add_routes(app, deps, links, video_store)
+            videos.add_routes(app, deps, links, video_store, video_copier)
 
         async def close_streams(_: web.Application) -> None:
             await reader.shutdown()

@@ -124,7 +124,8 @@ _OPERATIONS: dict[str, tuple[str, str, dict[str, Any]]] = {
             "502": _problem("The provider's video was refused (too large, not a video, a private address), or "
                             "its copy was given up and the provider's URL is not known here"),
             "307": {"description": "Not copied yet, or its copy given up after the copier's retries: the "
-                                   "provider's own copy",
+                                   "provider's own copy (a copy given up on is then started again, at most "
+                                   "once a minute per video)",
                     "headers": {"Location": {"schema": {"type": "string", "format": "uri"}}}},
             "503": _problem("Not copied yet and the provider's URL not known here (or the store is unreachable)",
                             retry_after=True),

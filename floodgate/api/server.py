@@ -291,7 +291,7 @@ class _Assembly:
     async def listen(self, host: str, port: int, app_options: dict[str, Any]) -> int:
         """Serve on ``host:port``; the port bound (port 0 picks a free one)."""
         app = build_app(self.settings, self.setup, roles=self.roles, producer=self.producer, view=self.view,
-                        video_store=self.store, backlog=self.backlog, intake=self.intake,
+                        video_store=self.store, video_copier=self.copier, backlog=self.backlog, intake=self.intake,
                         roster=self.beacon.roster if self.beacon is not None else None,
                         own_jobs=self.ended.jobs if self.ended is not None else None,
                         idempotency=self.idempotency, **{"connectors": self.connectors, **app_options})

@@ -14,13 +14,16 @@ which jobs exist. Answers:
 * 502 when the copy was refused for good (too large, not a video, a private address). A copy that
   failed only because its failures, each of which might have passed, outlasted the copier's retry
   budget (``VideoRecord.gave_up``) leads to the provider's own copy, as a pending one does, while
-  the job view knows it; 502 where it does not.
+  the job view knows it; 502 where it does not. Such a request also starts the copy again where
+  the copier runs in this process (at most once a minute per video, ``VideoCopier.copy_again``):
+  the provider's copy expires, and ours then is the only one left.
 """
 from __future__ import annotations
 
 import base64
 import logging
 import math
+from typing import Protocol
 
 from aiohttp import web
 
@@ -44,11 +47,20 @@ _REFUSAL_DETAIL = {
 }
 
 
+class CopiesAgain(Protocol):
+    """The video copier, as the video route sees it."""
+
+    def copy_again(self, record: VideoRecord, url: str) -> bool:
+        """Start a copy given up on again, in the background (when it is due)."""
+        ...
+
+
 class VideoServer:
-    def __init__(self, deps: Deps, links: VideoLinks, store: VideoStore) -> None:
+    def __init__(self, deps: Deps, links: VideoLinks, store: VideoStore, copier: CopiesAgain | None = None) -> None:
         self.deps = deps
         self.links = links
         self.store = store
+        self.copier = copier
 
     async def get_video(self, request: web.Request) -> web.StreamResponse:
         job_id = request.match_info["job_id"]
@@ -76,6 +88,8 @@ class VideoServer:
             # the copier gave up on may still be at the provider, for as long as its link lives.
             source = await self._provider_copy(job_id) if record.gave_up else None
             if source is not None:
+                if self.copier is not None:
+                    self.copier.copy_again(record, source)
                 return _to_provider(source)
             return problem_response(502, "Bad Gateway", type_=VIDEO_UNAVAILABLE,
                                     detail="the provider's video could not be copied into storage")
@@ -129,10 +143,11 @@ def _video_headers(record: VideoRecord, max_age: int) -> dict[str, str]:
             "X-Content-Type-Options": "nosniff"}
 
 
-def add_routes(app: web.Application, deps: Deps, links: VideoLinks, store: VideoStore) -> VideoServer:
-    server = VideoServer(deps, links, store)
+def add_routes(app: web.Application, deps: Deps, links: VideoLinks, store: VideoStore,
+               copier: CopiesAgain | None = None) -> VideoServer:
+    server = VideoServer(deps, links, store, copier)
     app.router.add_get("/v1/videos/{job_id}", server.get_video, allow_head=True)
     return server
 
 
-__all__ = ["LINK_REFUSED", "VIDEO_PENDING", "VIDEO_UNAVAILABLE", "VideoServer", "add_routes"]
+__all__ = ["CopiesAgain", "LINK_REFUSED", "VIDEO_PENDING", "VIDEO_UNAVAILABLE", "VideoServer", "add_routes"]

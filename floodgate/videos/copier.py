@@ -17,6 +17,9 @@ when the failure may pass (timeouts, 5xx, 429 with its Retry-After, the store un
 refusal that will not change (too large, not a video, a private address, 4xx), or one that
 outlasts the retry budget, is recorded as ``failed`` with its reason (and, for the latter,
 ``gave_up``: the API then sends a viewer to the provider's own copy, as while a copy is pending).
+A copy given up on is started again when someone asks for its video (``copy_again``), at most
+once every ``AGAIN_AFTER`` seconds: the provider's copy lives for an hour or more, and whatever
+kept it from being copied (an outage at its CDN, our store unreachable) may have passed since.
 Offsets are committed like the outgoing webhooks' (:mod:`floodgate.commit_tracker`): only past
 records that are done, and only once the store has put their copies on disk (``VideoStore.sync``,
 one per commit).
@@ -49,6 +52,11 @@ from floodgate.throttle import Backoff
 from floodgate.topics import TopicNames
 
 log = logging.getLogger(__name__)
+
+
+AGAIN_AFTER = 60.0
+"""Seconds after a copy was given up on (its record written) before a request for its video
+starts it again: each viewer's request would otherwise start one."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -100,6 +108,8 @@ class VideoCopier:
         self._topic = TopicNames(settings).results
         self._tracker: CommitTracker[int] = CommitTracker()
         self._tasks: set[asyncio.Task[None]] = set()
+        self._again: dict[str, asyncio.Task[None]] = {}
+        """Job id → its copy started again on request (``copy_again``), while it runs."""
         self._stopping = asyncio.Event()
         self._room = asyncio.Event()
         self._consumer: AIOKafkaConsumer | None = None
@@ -132,11 +142,12 @@ class VideoCopier:
         for task in self._loops:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
-        if self._tasks:
-            await asyncio.wait(set(self._tasks), timeout=self._drain_timeout)
-        for task in set(self._tasks):
+        running = self._tasks | set(self._again.values())
+        if running:
+            await asyncio.wait(running, timeout=self._drain_timeout)
+        for task in running:
             task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
+        await asyncio.gather(*running, return_exceptions=True)
         if self._consumer is not None:
             await self._commit()
             await self._consumer.stop()
@@ -144,11 +155,13 @@ class VideoCopier:
             await self._session.close()
 
     # --- one job ---------------------------------------------------------------------------------
-    async def copy(self, job_id: str, url: str, completed_at_ms: int | None = None) -> VideoRecord:
-        """Copy ``url`` into the store as ``job_id``'s video unless it is there already; retry
-        what may pass; record a refusal. Returns the record. Raises ``_Abandoned`` when stopping."""
+    async def copy(self, job_id: str, url: str, completed_at_ms: int | None = None, *,
+                   over: VideoRecord | None = None) -> VideoRecord:
+        """Copy ``url`` into the store as ``job_id``'s video unless it is there already (or, with
+        ``over``, unless the store holds another record than that one); retry what may pass;
+        record a refusal. Returns the record. Raises ``_Abandoned`` when stopping."""
         existing = await self._retrying(job_id, lambda: self._store.record(job_id), what="read the record")
-        if existing is not None:
+        if existing is not None and existing != over:
             self._metrics.videos.labels("already_stored").inc()
             return existing
         started, attempts = self._clock(), 0
@@ -176,6 +189,34 @@ class VideoCopier:
         if record.status == "stored" and completed_at_ms:
             self._metrics.video_copy_lag.observe(max(0.0, self._clock() - completed_at_ms / 1000))
         return record
+
+    def copy_again(self, record: VideoRecord, url: str) -> bool:
+        """Start the copy of ``record``'s job from ``url`` again, in the background, if it was given
+        up on ``AGAIN_AFTER`` seconds ago or more and no copy of it runs here; True if it started.
+        A copy that fails again writes a new record, so the next try waits as long again in every
+        process sharing the store."""
+        job_id = record.job_id
+        if (not record.gave_up or self._stopping.is_set() or job_id in self._again
+                or len(self._again) >= self._max_pending or self._clock() - record.at_ms / 1000 < AGAIN_AFTER):
+            return False
+        task = asyncio.create_task(self._copy_again(record, url), name="videos-again")
+        self._again[job_id] = task
+        task.add_done_callback(lambda _: self._again.pop(job_id, None))
+        self._metrics.video_copies_again.inc()
+        log.info("videos: copying %s again (given up on %.0fs ago)", job_id, self._clock() - record.at_ms / 1000)
+        return True
+
+    def copies_again(self) -> list[asyncio.Task[None]]:
+        """The copies started again (``copy_again``) still running."""
+        return list(self._again.values())
+
+    async def _copy_again(self, record: VideoRecord, url: str) -> None:
+        try:
+            await self.copy(record.job_id, url, over=record)
+        except _Abandoned:
+            return
+        except Exception:  # nothing waits for this task: say what broke
+            log.exception("videos: copying %s again failed", record.job_id)
 
     async def _copy_once(self, job_id: str, url: str) -> VideoRecord:
         assert self._fetcher is not None

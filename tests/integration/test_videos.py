@@ -7,6 +7,7 @@ import base64
 import hashlib
 import ipaddress
 import socket
+import time
 from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 from urllib.parse import parse_qs, urlsplit
@@ -25,7 +26,7 @@ from floodgate.netguard import IPAddress
 from floodgate.settings import Settings
 from floodgate.topics import TopicNames
 from floodgate.videolinks import VideoLinks
-from floodgate.videos.copier import CopyPolicy, VideoCopier
+from floodgate.videos.copier import AGAIN_AFTER, CopyPolicy, VideoCopier
 from tests.helpers import moto_s3
 from tests.integration.api_helpers import aproduce_snapshots, running_api, snapshot
 from tests.kafka_util import committed_offsets, unique_name, wait_for_commits
@@ -232,6 +233,50 @@ async def test_a_passing_failure_is_retried_and_a_permanent_one_recorded(
     assert await store.record(down_id) == down
 
 
+async def test_a_copy_given_up_on_starts_again_when_asked_for_and_not_more_often(
+        settings_for: Callable[..., Settings], store: VideoStore, provider: tuple[Provider, str, int],
+        fetcher: VideoFetcher) -> None:
+    p, base, _ = provider
+    now = [1_900_000_000.0]
+    copier = VideoCopier(settings_for(), store, fetcher=fetcher, policy=CopyPolicy(base_delay=0.01, max_delay=0.05),
+                         rand=lambda: 0.0, clock=lambda: now[0])
+    url, job_id = f"{base}/flaky.mp4", new_job_id()
+    p.fail_first = 100  # the source is down for the whole first copy
+    down = await copier.copy(job_id, url)
+    assert down.gave_up and p.hits["flaky.mp4"] == 6
+    refused = await copier.copy(new_job_id(), f"{base}/page.html")
+    assert refused.status == "failed" and not refused.gave_up
+    # Asked for within a minute of giving up: not yet. A refusal: never.
+    now[0] += AGAIN_AFTER - 1
+    assert not copier.copy_again(down, url) and not copier.copy_again(refused, f"{base}/page.html")
+    assert copier.copies_again() == []
+    # The source is back; asked for a minute after: one copy starts, and only one however many ask.
+    p.fail_first, now[0] = 0, now[0] + 1
+    assert copier.copy_again(down, url)
+    assert not copier.copy_again(down, url)
+    (running,) = copier.copies_again()
+    await running
+    stored = await store.record(job_id)
+    assert stored is not None and stored.status == "stored" and stored.size == len(VIDEO)
+    assert await stored_bytes(store, job_id) == VIDEO and copier.copies_again() == []
+    # Asked for again with the stale record (another viewer's request, already on its way): the store
+    # holds another record now, so nothing is fetched again.
+    hits = p.hits["flaky.mp4"]
+    assert copier.copy_again(down, url)
+    await asyncio.gather(*copier.copies_again())
+    assert p.hits["flaky.mp4"] == hits and await store.record(job_id) == stored
+    # Failing again: a new record, so the next try waits a minute from now.
+    again_id = new_job_id()
+    p.fail_first, p.hits["flaky.mp4"] = 100, 0
+    first = await copier.copy(again_id, url)
+    now[0] += AGAIN_AFTER
+    assert copier.copy_again(first, url)
+    await asyncio.gather(*copier.copies_again())
+    second = await store.record(again_id)
+    assert second is not None and second.gave_up and second.at_ms == int(now[0] * 1000) > first.at_ms
+    assert not copier.copy_again(second, url)
+
+
 class FailingSync(LocalVideoStore):
     """A local store whose sync fails (a full or broken disk) until ``healed``; each attempt is
     counted and signalled."""
@@ -383,3 +428,30 @@ async def test_the_api_links_and_serves_stored_videos(settings_for: Callable[...
         now[0] += 30
         async with http.get(url) as resp:
             assert resp.status == 403 and "expired" in (await resp.json())["detail"]
+
+
+async def test_a_video_given_up_on_is_copied_again_when_someone_asks_for_it(
+        settings_for: Callable[..., Settings], store: VideoStore, provider: tuple[Provider, str, int]) -> None:
+    p, base, _ = provider
+    source = f"http://127.0.0.1:{urlsplit(base).port}/v.mp4"  # the copier's own fetcher: no test resolver
+    settings = settings_for(allow_private_webhooks=True, simulator_url="http://127.0.0.1:9")  # never called
+    job_id = new_job_id()
+    await store.put_record(VideoRecord(job_id, "failed", at_ms=2, reason="503 from the source", gave_up=True))
+    async with running_api(settings, roles={"read"}, video_store=store, video_copier=True) as api, \
+            aiohttp.ClientSession() as http:
+        assert api.view is not None and api.copier is not None
+        await aproduce_snapshots(settings.kafka_bootstrap, TopicNames(settings).notifications, snapshot(
+            job_id, 4, "completed", progress=1.0, video_url=source))
+        assert await api.view.wait_for(job_id, 15.0) is not None
+        link = VideoLinks(settings.video_link_key, settings.video_link_ttl).url(api.url, job_id, time.time())
+        # The provider's copy at once, and ours started again meanwhile ...
+        async with http.get(link, allow_redirects=False) as resp:
+            assert resp.status == 307 and resp.headers["Location"] == source
+        await asyncio.gather(*api.copier.copies_again())
+        assert p.hits["v.mp4"] == 1
+        # ... which is what the link serves from then on.
+        async with http.get(link, allow_redirects=False) as resp:
+            assert resp.status == 200 and await resp.read() == VIDEO
+            digest = base64.b64encode(hashlib.sha256(VIDEO).digest()).decode()
+            assert resp.headers["Repr-Digest"] == f"sha-256=:{digest}:"  # checked by our copy
+        assert p.hits["v.mp4"] == 1
