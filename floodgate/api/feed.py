@@ -16,7 +16,12 @@ when busy): about 115 µs a job (measured beside a real broker, a process writin
 and a waiting order per job at a steady 1,000 jobs/s; the same records read as one backlog cost
 13 µs a job, the floor), about 70 µs since the busy linger is 10 ms (``dev/feed_cpu.py``). Asking
 the broker for 16 KB a fetch got 58 µs, but added up to 10 ms to every change when little happens
-(the notification bench's p99 went from 15 to 73 ms). The
+(the notification bench's p99 went from 15 to 73 ms). Asking for 4 KB, once a provider's word
+reached the job's watchers from the bridge itself (``JobView.heard``), still cost the
+notifications more than it saved: the feed's CPU per change 0.79× at 2,000 changes/s, the API's
+per 202 0.975× in the accept bench, and the notification p50 and p99 1.5× and 1.6× at 50 jobs/s
+(p99 10.6 → 17.4 ms; old, new, new, old, 2026-12-06). A word is told early only once the view
+knows the job's submission, and that comes through this feed (the slot logs). The
 thread hands its batches to a task on the event loop, which applies them in the order they were
 read; it reads at most ``IN_FLIGHT`` batches ahead of the view. (Waiting for each batch to be
 applied before reading on, through ``run_coroutine_threadsafe``, cost 9% of the API's CPU in

@@ -7,7 +7,9 @@ which jobs exist. Answers:
 * 200 with the bytes (local store: aiohttp's ``FileResponse``, with Range support; it reads the
   file in 256 KiB chunks in a thread, since uvloop, the API's loop, has no ``sendfile``; S3:
   streamed through);
-  ``Content-Type`` as copied, ``ETag`` and ``Repr-Digest`` from the SHA-256 the copy recorded.
+  ``Content-Type`` as copied, ``Repr-Digest`` from the SHA-256 the copy recorded; the ``ETag``
+  too where the bytes are streamed (S3), while for a local file aiohttp sets its own (the file's
+  modification time and size), which its conditional and Range answers are checked against.
 * 403 for a malformed, forged or expired link (the detail says which, except for a forgery).
 * 307 to the provider's own copy while ours is not done yet (the job view knows the provider's URL;
   503 + ``Retry-After`` where it does not, or while the store is unreachable).
