@@ -159,10 +159,13 @@ class VideoCopier:
                    over: VideoRecord | None = None) -> VideoRecord:
         """Copy ``url`` into the store as ``job_id``'s video unless it is there already (or, with
         ``over``, unless the store holds another record than that one); retry what may pass;
-        record a refusal. Returns the record. Raises ``_Abandoned`` when stopping."""
+        record a refusal. Returns the record. Raises ``_Abandoned`` when stopping. (A copy started
+        again is counted by ``copy_again``, not among the results handled.)"""
+        outcomes = self._metrics.videos if over is None else None
         existing = await self._retrying(job_id, lambda: self._store.record(job_id), what="read the record")
         if existing is not None and existing != over:
-            self._metrics.videos.labels("already_stored").inc()
+            if outcomes is not None:
+                outcomes.labels("already_stored").inc()
             return existing
         started, attempts = self._clock(), 0
         while True:
@@ -185,7 +188,8 @@ class VideoCopier:
                     raise _Abandoned from exc
         if record.status == "failed":  # a stored video's record was written with its bytes
             await self._retrying(job_id, lambda: self._store.put_record(record), what="write the record")
-        self._metrics.videos.labels(record.status).inc()
+        if outcomes is not None:
+            outcomes.labels(record.status).inc()
         if record.status == "stored" and completed_at_ms:
             self._metrics.video_copy_lag.observe(max(0.0, self._clock() - completed_at_ms / 1000))
         return record

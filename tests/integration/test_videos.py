@@ -16,12 +16,14 @@ import aiohttp
 import pytest
 from aiohttp import web
 from aiohttp.abc import AbstractResolver, ResolveResult
+from prometheus_client import CollectorRegistry
 
 from connectors.storage import LocalVideoStore, VideoRecord, VideoStore
 from connectors.storage.fetch import VideoFetcher, guarded_fetch_session
 from floodgate.errors import StorageError
 from floodgate.ids import job_token, new_job_id
 from floodgate.kafka_admin import ensure_topics
+from floodgate.metrics import ApiMetrics
 from floodgate.netguard import IPAddress
 from floodgate.settings import Settings
 from floodgate.topics import TopicNames
@@ -238,8 +240,13 @@ async def test_a_copy_given_up_on_starts_again_when_asked_for_and_not_more_often
         fetcher: VideoFetcher) -> None:
     p, base, _ = provider
     now = [1_900_000_000.0]
+    registry = CollectorRegistry()
     copier = VideoCopier(settings_for(), store, fetcher=fetcher, policy=CopyPolicy(base_delay=0.01, max_delay=0.05),
-                         rand=lambda: 0.0, clock=lambda: now[0])
+                         rand=lambda: 0.0, clock=lambda: now[0], metrics=ApiMetrics(registry))
+
+    def counted(name: str, **labels: str) -> float:
+        return registry.get_sample_value(name, labels) or 0.0
+
     url, job_id = f"{base}/flaky.mp4", new_job_id()
     p.fail_first = 100  # the source is down for the whole first copy
     down = await copier.copy(job_id, url)
@@ -259,6 +266,10 @@ async def test_a_copy_given_up_on_starts_again_when_asked_for_and_not_more_often
     stored = await store.record(job_id)
     assert stored is not None and stored.status == "stored" and stored.size == len(VIDEO)
     assert await stored_bytes(store, job_id) == VIDEO and copier.copies_again() == []
+    # Counted as a copy started again, not as one more result handled (each result counted once).
+    assert counted("floodgate_video_copies_again_total") == 1
+    assert counted("floodgate_videos_total", outcome="failed") == 2
+    assert counted("floodgate_videos_total", outcome="stored") == 0
     # Asked for again with the stale record (another viewer's request, already on its way): the store
     # holds another record now, so nothing is fetched again.
     hits = p.hits["flaky.mp4"]
