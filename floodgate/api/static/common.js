@@ -1,4 +1,5 @@
-// What both pages share: reading RFC 9457 problems, and a small fetch wrapper.
+// What both pages share: reading RFC 9457 problems, a small fetch wrapper, and how a provider
+// out of service is named.
 'use strict';
 
 window.Floodgate = (function () {
@@ -36,5 +37,11 @@ window.Floodgate = (function () {
     return node;
   }
 
-  return { problemText, call, el };
+  /** Why a provider takes no new jobs, as the API gives it (`retired <ISO instant>`, `disabled`),
+   * said to people: "retired since 2026-09-24", "disabled". */
+  function whyOutOfService(why) {
+    return why.replace(/^retired (\d{4}-\d{2}-\d{2}).*$/, 'retired since $1');
+  }
+
+  return { problemText, call, el, whyOutOfService };
 })();

@@ -3,7 +3,7 @@
 'use strict';
 
 (function () {
-  const { problemText, call, el } = window.Floodgate;
+  const { problemText, call, el, whyOutOfService } = window.Floodgate;
   const KEY = 'floodgate.operator.v1';
   const WINDOW = 120;   // seconds of history drawn, at most
   const MIN_WINDOW = 30; // a fresh dashboard draws its first half minute wide, not squeezed at the right
@@ -103,7 +103,7 @@
   function outOfService(data) {
     const out = {};
     for (const [name, why] of Object.entries(data.unavailable || {})) {
-      out[name] = why.replace(/^retired (\d{4}-\d{2}-\d{2}).*$/, 'retired since $1');
+      out[name] = whyOutOfService(why);
     }
     return out;
   }

@@ -4,7 +4,7 @@
 'use strict';
 
 (function () {
-  const { problemText, call, el } = window.Floodgate;
+  const { problemText, call, el, whyOutOfService } = window.Floodgate;
   const STORE = 'floodgate.jobs.v1';
   const USER = 'floodgate.user.v1';
   const KEY = 'floodgate.apikey.v1';
@@ -55,8 +55,7 @@
     if (!info || !provider || !info.providers.length) return '';
     const first = info.providers[0];
     if (first.provider === provider) return '';
-    const why = first.why_unavailable ? first.why_unavailable.replace(/^retired (\d{4}-\d{2}-\d{2}).*$/, 'retired since $1')
-      : 'not taking jobs';
+    const why = first.why_unavailable ? whyOutOfService(first.why_unavailable) : 'not taking jobs';
     return `${first.provider} is ${why}: served by ${provider}`;
   }
   function safeVideoUrl(url) {
