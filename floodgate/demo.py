@@ -1,7 +1,13 @@
 """``make demo``: the whole stack on the embedded default, a spike fired at the HTTP API, a live
 count of jobs per state, a few sample jobs followed over Server-Sent Events as a user would (their
 place in line and ETA as they move up), and a closing summary (accept latency, outcomes, provider
-concurrency against its limit, 429s, how the samples' first ETA compared with their wait)."""
+concurrency against its limit, 429s, the jobs another model served and why, how the samples' first
+ETA compared with their wait).
+
+The demo's routing is the dev table with spillover (``SPILLOVER``): kling carries two thirds of
+the spike (sora-2 is retired and falls back to it), so without it wan would finish its third and
+sit idle while kling's line still waits. A routing file of the user's own
+(``FLOODGATE_ROUTING_FILE``) is used as it is."""
 from __future__ import annotations
 
 import asyncio
@@ -22,10 +28,15 @@ from aiokafka import AIOKafkaConsumer
 
 from floodgate.devstack import Stack
 from floodgate.jobs.record import decode_notification
+from floodgate.procs import free_port
+from floodgate.provider_config import dev_table
 from floodgate.settings import Settings
 
 MODELS = ("wan-2.6", "kling-2.1", "sora-2")
 TERMINAL = {"completed", "failed", "cancelled", "expired"}
+SPILLOVER = {model: {"equivalents": ["wan-2.6"], "max_wait_s": 10} for model in ("kling-2.1", "sora-2")}
+"""Waiting kling-2.1 and sora-2 jobs (both served by kling) go to wan-2.6 once their wait at kling
+passes 10 s and wan has room: the demo's renders take under a second, so 10 s is a long line."""
 
 
 def percentile(values: list[float], q: float) -> float:
@@ -41,15 +52,24 @@ class Tally:
 
     status: dict[str, str] = field(default_factory=dict)
     version: dict[str, int] = field(default_factory=dict)
+    served: dict[str, tuple[str, str]] = field(default_factory=dict)
+    """Job id → (the model asked for, the model serving it), of the jobs another model serves."""
 
     def add(self, snap: dict[str, Any]) -> None:
         job = snap["job_id"]
         if snap["version"] >= self.version.get(job, -1):
             self.version[job] = snap["version"]
             self.status[job] = snap["status"]
+            serving = snap.get("serving_model")
+            if serving and serving != snap["model"]:
+                self.served[job] = (snap["model"], serving)
 
     def counts(self) -> Counter[str]:
         return Counter(self.status.values())
+
+    def served_elsewhere(self) -> Counter[str]:
+        """How many jobs each other model served, by "asked → serving"."""
+        return Counter(f"{asked} → {serving}" for asked, serving in self.served.values())
 
 
 async def follow(bootstrap: str, topic: str, tally: Tally, stop: asyncio.Event) -> None:
@@ -84,6 +104,8 @@ class Sample:
     started_after: float | None = None
     """Seconds from its 202 to the first state out of the line."""
     status: str = "queued"
+    served_by: str | None = None
+    """The model serving it when not the one asked for, and why (the job's ``route_note``)."""
     _last: tuple[str, int | None, float] | None = None
     """The state and place of the last line printed, and when."""
 
@@ -96,6 +118,10 @@ class Sample:
         moved by a tenth since the last line (or 5 s went by): a few lines, not one per nudge."""
         status, place, eta = job["status"], job.get("queue_position"), job.get("eta_seconds")
         self.status = status
+        serving = job.get("serving_model")
+        if serving and serving != self.model:
+            note = job.get("route_note")
+            self.served_by = f"{serving} ({note})" if note else serving
         if status == "queued" and place is not None and self.first is None:
             self.first = (place, eta)
         if status != "queued" and self.started_after is None:
@@ -111,6 +137,8 @@ class Sample:
         where = f"place {place:4d}  eta {_seconds(eta)}" if place is not None else ""
         if first_out and self.started_after is not None:
             where = f"left the line after {self.started_after:.0f}s"
+            if self.served_by is not None:
+                where += f", served by {self.served_by}"
         return f"  [{self.name} {self.model:9s}] {status:9s} {where}".rstrip()
 
 
@@ -228,9 +256,10 @@ async def run_spike(stack: Stack, jobs: int, rate: float, deadline: float, out: 
         "accept_p50_ms": percentile(latencies, 0.50), "accept_p99_ms": percentile(latencies, 0.99),
         "completed": counts["completed"], "failed": counts["failed"], "elapsed_s": elapsed,
         "jobs_per_s": counts["completed"] / elapsed if elapsed else 0.0, "providers": providers,
+        "served_elsewhere": dict(tally.served_elsewhere()),
         "samples": [{"job_id": x.job_id, "model": x.model, "first_place": x.first[0] if x.first else None,
                      "first_eta_s": x.first[1] if x.first else None, "started_after_s": x.started_after,
-                     "status": x.status} for x in sorted(samples, key=lambda x: x.index)],
+                     "status": x.status, "served_by": x.served_by} for x in sorted(samples, key=lambda x: x.index)],
     }
 
 
@@ -244,25 +273,38 @@ def print_summary(summary: dict[str, Any], out: Any = sys.stdout) -> None:
     for name, p in summary["providers"].items():
         print(f"provider {name}: max concurrency {p['max_concurrency']} / limit {p['concurrency_limit']}, "
               f"429s {p['rejected_429']}, jobs created {p['jobs_created']}", file=out)
+    if elsewhere := summary.get("served_elsewhere"):
+        print("served by another model: " + ", ".join(f"{pair} {n}" for pair, n in sorted(elsewhere.items())), file=out)
     for x in summary.get("samples", ()):
         told = (f"first told place {x['first_place']}, eta {_seconds(x['first_eta_s']).strip()}"
                 if x["first_place"] is not None else "never waited in line")
         left = (f"left the line after {x['started_after_s']:.0f}s" if x["started_after_s"] is not None
                 else "never left it")
-        print(f"sample {x['job_id']} ({x['model']}): {told}; {left}; {x['status']}", file=out)
+        served = f"; served by {x['served_by']}" if x.get("served_by") else ""
+        print(f"sample {x['job_id']} ({x['model']}): {told}; {left}{served}; {x['status']}", file=out)
 
 
 def main(jobs: int = 2000, rate: float = 200.0, deadline: float = 600.0) -> int:
     settings = Settings.from_env()
     home = Path(tempfile.mkdtemp(prefix="floodgate-demo-"))
+    simulator_port = 0
+    if not settings.routing_file:
+        # The dev table with spillover; the simulator's address goes in the file, so its port is
+        # chosen here.
+        simulator_port = free_port()
+        routing = home / "routing.json"
+        routing.write_text(json.dumps(dev_table(f"http://127.0.0.1:{simulator_port}", spillover=SPILLOVER)))
+        settings = settings.with_overrides(routing_file=str(routing))
     print(f"starting broker, simulator, API and worker (logs in {home / 'logs'}) ...", flush=True)
-    with Stack(settings, home, api_port=0) as stack:
+    with Stack(settings, home, api_port=0, simulator_port=simulator_port) as stack:
         print(f"api={stack.api_url} broker={stack.bootstrap} simulator={stack.simulator_url}", flush=True)
         print(f"make a video:   {stack.api_url}/", flush=True)
         print(f"the dashboard:  {stack.api_url}/dashboard  (its 'Fire a spike' button works here: dev mode)",
               flush=True)
         print(f"firing {jobs} jobs at {rate:.0f}/s (models {', '.join(MODELS)}; "
-              "sora-2 is retired and falls back to kling)")
+              "sora-2 is retired and falls back to kling; kling-2.1 and sora-2 jobs that would wait "
+              "over 10 s there spill to wan-2.6 when it has room)" if simulator_port else
+              f"firing {jobs} jobs at {rate:.0f}/s (models {', '.join(MODELS)})")
         try:
             summary = asyncio.run(run_spike(stack, jobs, rate, deadline))
         except KeyboardInterrupt:

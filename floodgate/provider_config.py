@@ -118,9 +118,11 @@ DEV_ROUTES: dict[str, list[dict[str, str]]] = {
 """The dev table's routes: sora is retired, so sora-2 lands on kling."""
 
 
-def dev_setup(simulator_url: str, *, limits: Mapping[str, int] | None = None,
-              webhook_secret: str | None = None, api_key: str = "floodgate-dev") -> ProviderSetup:
-    """The dev table: wan-2.6, kling-2.1 and sora-2 served by simulated providers.
+def dev_table(simulator_url: str, *, limits: Mapping[str, int] | None = None,
+              webhook_secret: str | None = None, api_key: str = "floodgate-dev",
+              spillover: Mapping[str, Mapping[str, Any]] | None = None) -> dict[str, Any]:
+    """The dev table as a routing file holds it: wan-2.6, kling-2.1 and sora-2 served by simulated
+    providers, with ``spillover`` rules (model → {"equivalents", "max_wait_s"}) when given.
 
     ``limits`` must match the simulator's per-key concurrency limits (10 in its dev preset).
     """
@@ -135,14 +137,23 @@ def dev_setup(simulator_url: str, *, limits: Mapping[str, int] | None = None,
         return {"kind": "simulator", "concurrency_limit": limits.get(name, 10), **extra,
                 "connection": {"base_url": simulator_url, "api_key": api_key, "webhook_secret": secret}}
 
-    return from_dict({
+    table: dict[str, Any] = {
         "providers": {
             "sora": provider("sora", retired_at=SORA_RETIRED_AT),
             "kling": provider("kling"),
             "wan": provider("wan"),
         },
         "routes": DEV_ROUTES,
-    })
+    }
+    if spillover:
+        table["spillover"] = {model: dict(rule) for model, rule in spillover.items()}
+    return table
+
+
+def dev_setup(simulator_url: str, *, limits: Mapping[str, int] | None = None,
+              webhook_secret: str | None = None, api_key: str = "floodgate-dev") -> ProviderSetup:
+    """The dev table (``dev_table``), read as a routing file would be."""
+    return from_dict(dev_table(simulator_url, limits=limits, webhook_secret=webhook_secret, api_key=api_key))
 
 
 def load(settings: Any) -> ProviderSetup:
