@@ -301,10 +301,9 @@ def main(jobs: int = 2000, rate: float = 200.0, deadline: float = 600.0) -> int:
         print(f"make a video:   {stack.api_url}/", flush=True)
         print(f"the dashboard:  {stack.api_url}/dashboard  (its 'Fire a spike' button works here: dev mode)",
               flush=True)
-        print(f"firing {jobs} jobs at {rate:.0f}/s (models {', '.join(MODELS)}; "
-              "sora-2 is retired and falls back to kling; kling-2.1 and sora-2 jobs that would wait "
-              "over 10 s there spill to wan-2.6 when it has room)" if simulator_port else
-              f"firing {jobs} jobs at {rate:.0f}/s (models {', '.join(MODELS)})")
+        routes = ("; sora-2 is retired and falls back to kling; kling-2.1 and sora-2 jobs that would wait "
+                  "over 10 s there spill to wan-2.6 when it has room") if simulator_port else ""
+        print(f"firing {jobs} jobs at {rate:.0f}/s (models {', '.join(MODELS)}{routes})")
         try:
             summary = asyncio.run(run_spike(stack, jobs, rate, deadline))
         except KeyboardInterrupt:
