@@ -108,6 +108,14 @@ def spike(s: dict[str, Any]) -> list[str]:
             table(rows, ["", "Floodgate"]), "", "![latency CDF](latency_cdf.png)", ""]
 
 
+def _eta_cell(e: dict[str, Any] | None) -> str:
+    """An ETA error block's p50 / p90 and median signed error, or a dash without readings."""
+    if not e or not e.get("count"):
+        return "–"
+    return (f"{num(100 * (e.get('ape_p50') or 0), 0)}% / {num(100 * (e.get('ape_p90') or 0), 0)}% over "
+            f"{e['count']:,} jobs; median signed {num(100 * (e.get('signed_p50') or 0), 0)}%")
+
+
 def _tenant_rows(label: str, tenants: dict[str, Any] | None, f: float) -> list[list[str]]:
     out = []
     for tenant, w in (tenants or {}).items():
@@ -129,9 +137,7 @@ def waiting(s: dict[str, Any]) -> list[str]:
     if e:
         probe = e.get("probe") or {}
         rows += [
-            ["ETA absolute error (p50 / p90)", f"{num(100 * (e.get('ape_p50') or 0), 0)}% / "
-                                               f"{num(100 * (e.get('ape_p90') or 0), 0)}% over {e['count']:,} jobs; "
-                                               f"median signed {num(100 * (e.get('signed_p50') or 0), 0)}%"],
+            ["ETA absolute error (p50 / p90)", _eta_cell(e)],
             ["… per tenant (p50 / p90, median signed)",
              "; ".join(f"{t}: {num(100 * (v.get('ape_p50') or 0), 0)}% / {num(100 * (v.get('ape_p90') or 0), 0)}%, "
                        f"{num(100 * (v.get('signed_p50') or 0), 0)}% over {v.get('count', 0):,}"
@@ -159,6 +165,7 @@ def waiting(s: dict[str, Any]) -> list[str]:
         rows += [
             ["drain without / with spillover", f"{num(sp['without_drain_wall_s'])} s / {num(sp['drain_wall_s'])} s "
                                                f"wall: {num(100 * (sp.get('reduction') or 0), 1)}% shorter"],
+            ["… with spillover: ETA absolute error (p50 / p90)", _eta_cell(sp.get("eta"))],
             ["jobs spilled", f"{sp['spilled_jobs']:,} served by wan-2.6 instead (floodgate_spilled_total: {metric}); "
                              f"max_wait_s {sp['max_wait_s']:g} simulated ({num(sp['max_wait_wall_s'], 2)} s wall)"],
             ["… with spillover: max concurrency / 429s",

@@ -189,7 +189,9 @@ async def with_spillover(ctx: Context, cfg: SpikeConfig, without: dict[str, Any]
     ctx.progress.status("starting the spike's stack with spillover", force=True)
     try:
         await starting
-        run_ = await drain(ctx, stack, cfg, read_etas=False, fair=None, what="spike with spillover")
+        # Its ETAs are read as the first run's are: the same extra load on both, and how far the
+        # ETA is when the lines pool (reported beside the first run's, which the target judges).
+        run_ = await drain(ctx, stack, cfg, read_etas=True, fair=None, what="spike with spillover")
         metric: dict[str, float] = {}
         for text in await _metrics_texts(worker_metrics_urls(stack)):
             for key, value in waits.spilled_counts(text).items():
@@ -198,7 +200,11 @@ async def with_spillover(ctx: Context, cfg: SpikeConfig, without: dict[str, Any]
         await asyncio.to_thread(discard, stack)
     keep = ("offered", "accepted", "errors", "completed", "failed", "unfinished", "drain_wall_s", "providers",
             "tenants", "spilled_jobs", "max_waiting", "e2e_sim_min")
-    return {**{k: run_[k] for k in keep}, "max_wait_s": cfg.spillover_max_wait,
+    eta = run_.get("eta")
+    if eta:
+        eta = {k: eta[k] for k in ("count", "ape_p50", "ape_p90", "signed_p50", "by_tenant", "after_admission")
+               if k in eta}
+    return {**{k: run_[k] for k in keep}, "eta": eta, "max_wait_s": cfg.spillover_max_wait,
             "max_wait_wall_s": cfg.spillover_max_wait * cfg.plan.time_factor, "rules": cfg.spillover_rules(),
             "spilled_metric": metric, "without_drain_wall_s": without["drain_wall_s"],
             "reduction": waits.reduction(without["drain_wall_s"], run_["drain_wall_s"])}

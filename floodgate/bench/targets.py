@@ -442,6 +442,11 @@ def eta_error(results: dict[str, Any], bar: float = 0.25, min_count: int = 100) 
         measured += (f"; read once the spike's requests were all answered (no longer admitting them at the "
                      f"compressed rate): p50 {_num(after.get('ape_p50')):.0%}, p90 {_num(after.get('ape_p90')):.0%} "
                      f"(signed {_num(after.get('signed_p50')):+.0%}) over {after['count']:,}")
+    spilling = g(results["spike"], "spillover", "eta")
+    if spilling and spilling.get("count"):
+        measured += (f"; in the run with spillover (the lines pooled; reported, not judged): p50 "
+                     f"{_num(spilling.get('ape_p50')):.0%}, p90 {_num(spilling.get('ape_p90')):.0%} (signed "
+                     f"{_num(spilling.get('signed_p50')):+.0%}) over {spilling['count']:,}")
     if e["count"] < min_count:
         return _row(name, NOT_MEASURED, measured, p50, f"scaled down: {e['count']} jobs with an ETA")
     return _row(name, MET if p50 <= bar else NOT_MET, measured, p50)

@@ -287,3 +287,17 @@ def test_what_limits_the_drain_names_the_spillover_run() -> None:
     del s["spillover"]
     [text] = [text for name, text in limits({"spike": s}, 2) if name == "Spike drain time"]
     assert "spillover" not in text
+
+
+def test_the_eta_error_of_the_run_with_spillover_is_reported_beside_the_judged_one() -> None:
+    results = spike_results(ape50=0.3)
+    assert "with spillover" not in targets.eta_error(results)["measured"]  # none read: nothing said
+    text = "\n".join(markdown.waiting(results["spike"]))
+    assert "… with spillover: ETA absolute error (p50 / p90) | – |" in text
+    results["spike"]["spillover"]["eta"] = {"count": 380, "ape_p50": 0.12, "ape_p90": 0.41, "signed_p50": 0.03}
+    row = targets.eta_error(results)
+    assert row["status"] == targets.NOT_MET, "the verdict stays the first run's"
+    assert ("in the run with spillover (the lines pooled; reported, not judged): p50 12%, p90 41% (signed +3%) "
+            "over 380") in row["measured"]
+    text = "\n".join(markdown.waiting(results["spike"]))
+    assert "… with spillover: ETA absolute error (p50 / p90) | 12% / 41% over 380 jobs; median signed 3% |" in text
