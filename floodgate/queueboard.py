@@ -24,21 +24,6 @@ answers:
   still queued for such a provider adds the wait a job submitted now meets in that queue to its
   ``eta_seconds``, and the median run time to that for its ``eta_ready_seconds``.
 
-* **Spillover** (``floodgate.spillover``) pools two providers' lines: once a model's line is long,
-  its waiting jobs move to an equivalent model's provider as it has room, and take their places
-  there by acceptance. So, where the routing file names equivalents:
-
-  - a job whose own wait exceeds its model's ``max_wait_s`` (it may spill) waits no longer than
-    the pooled line: the jobs ahead of it here and those the equivalent's provider would serve
-    first, at both providers' start rates together (the better equivalent, if several);
-  - a job at an equivalent's provider waits at least as long as the pooled line with the jobs of
-    the long line accepted before it that will spill: those past the first ``max_wait_s`` of that
-    line's pace (the first ones start there before they would spill).
-
-  Without it, a spilling job was told its own provider's pace alone (the demo: 82 s, started after
-  57), and a job at the equivalent was not told of the jobs that would move in ahead of it (40 s,
-  started after 57).
-
 Estimates, not promises: a burst of a higher class arriving later moves a job back, and the
 start rate follows the providers' render times.
 """
@@ -52,7 +37,6 @@ from typing import Any
 from floodgate.fairqueue import ClassLoad, position_estimate
 from floodgate.pace import Pace, estimated_wait
 from floodgate.provider_queue import ProviderQueue
-from floodgate.routing import Spillover
 
 MAX_STARTED = 100_000
 """Start times of running jobs kept (to measure their render time when they end)."""
@@ -90,19 +74,15 @@ API holds 100,000 of them under a backlog; see ``floodgate.api.view.untracked``)
 class QueueBoard:
     def __init__(self, limits: Mapping[str, int], *, weight_of: Callable[[str], float] = lambda tenant: 1.0,
                  configured_render: Mapping[str, float] | None = None,
-                 route: Callable[[str], str | None] | None = None,
-                 spillover: Mapping[str, Spillover] | None = None) -> None:
+                 route: Callable[[str], str | None] | None = None) -> None:
         """``limits``: provider → concurrency limit. ``configured_render``: provider → typical
         render seconds from the routing file, used until render times are observed. ``route``:
         model → the provider admission will queue a job for (its first available one), which
-        places the jobs this API accepted before their admission says where they wait.
-        ``spillover``: the routing file's rules (model → equivalents, ``max_wait_s``); they need
-        ``route``."""
+        places the jobs this API accepted before their admission says where they wait."""
         self.limits = dict(limits)
         self.weight_of = weight_of
         self.configured_render = dict(configured_render or {})
         self.route = route
-        self.spillover = dict(spillover or {}) if route is not None else {}
         self._providers: dict[str, _Provider] = {}
         self._places: dict[str, _Place] = {}
         self._started: dict[str, str] = {}
@@ -232,55 +212,12 @@ class QueueBoard:
         place = self._places.get(job_id)
         if place is None:
             return None
-        provider, klass, entry = place
-        return self._ahead(provider, klass, entry)
-
-    def _ahead(self, provider: str, klass: tuple[str, str], entry: tuple[int, str]) -> int:
-        """How many of ``provider``'s waiting jobs its line serves before a job of ``klass``
-        (priority, tenant) accepted at ``entry`` (created_at ms, job id), held there or not."""
-        state = self._providers.get(provider)
-        if state is None:
-            return 0
-        priority, tenant = klass
-        index = bisect.bisect_left(state.classes.get(klass, ()), entry)
+        provider, (priority, tenant), entry = place
+        state = self._providers[provider]
+        index = bisect.bisect_left(state.classes[(priority, tenant)], entry)
         loads = (ClassLoad(p, t, len(jobs)) for (p, t), jobs in state.classes.items())
         return position_estimate(priority, tenant, index, loads, self.weight_of, held=state.pace.running_by,
                                  limit=self.limits.get(provider))
-
-    def _pooled(self, snapshot: Mapping[str, Any], provider: str, position: int, wait: float,
-                now: float) -> float:
-        """``wait`` (at ``provider``'s pace alone) as spillover changes it (see the module's note)."""
-        job_id = snapshot["job_id"]
-        _, klass, entry = self._places[job_id]
-        model = snapshot.get("model") or ""
-        serving = snapshot.get("serving_model") or model
-        rate = self.start_rate(provider, now)
-        if not rate or self.route is None:
-            return wait
-        rule = self.spillover.get(serving)
-        if rule is not None and serving == model and wait > rule.max_wait_s:
-            # It may move: to the equivalent whose pooled line is the shortest.
-            for other in rule.equivalents:
-                there = self.route(other)
-                if there and there != provider and (rate_there := self.start_rate(there, now)):
-                    ahead = position + self._ahead(there, klass, entry)
-                    wait = min(wait, (ahead + 1) / (rate + rate_there))
-            return wait
-        # Long lines whose jobs may move in here, ahead of this one: each provider once, at the
-        # shortest max_wait_s of its models naming this one.
-        sources: dict[str, float] = {}
-        for source, rule in self.spillover.items():
-            there = self.route(source) if serving in rule.equivalents else None
-            if there and there != provider:
-                sources[there] = min(rule.max_wait_s, sources.get(there, rule.max_wait_s))
-        for there, max_wait in sources.items():
-            rate_there = self.start_rate(there, now)
-            if not rate_there:
-                continue
-            moving = self._ahead(there, klass, entry) - max_wait * rate_there
-            if moving > 0:
-                wait = max(wait, (position + moving + 1) / (rate + rate_there))
-        return wait
 
     def standing(self, snapshot: Mapping[str, Any], now: float) -> Standing:
         """Where the job of ``snapshot`` stands at ``now``."""
@@ -293,8 +230,6 @@ class QueueBoard:
             if position is None or not provider:
                 return Standing()
             wait = estimated_wait(position, self.start_rate(provider, now))
-            if wait is not None and self.spillover:
-                wait = self._pooled(snapshot, provider, position, wait, now)
             own = self._own.get(provider)
             if own is not None and wait is not None and (entry := own.entry_wait(now)) is not None \
                     and (run := own.run_time()) is not None:

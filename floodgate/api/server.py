@@ -31,7 +31,7 @@ import contextlib
 import logging
 import signal
 import sys
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -112,15 +112,6 @@ class ApiServer:
             return
         self._closed = True
         await self._exits.aclose()
-
-
-def queue_board(settings: Settings, setup: ProviderSetup, limits: Mapping[str, int]) -> QueueBoard:
-    """The job view's queue board: the tenants' weights, the routing file's render times, routes
-    and spillover rules."""
-    weights, routing = settings.tenant_weight_map, setup.routing
-    return QueueBoard(limits, weight_of=lambda tenant: weights.get(tenant, 1.0), configured_render=setup.render_times,
-                      route=lambda model: first_provider(routing, model, datetime.now(UTC)),
-                      spillover=routing.spillover)
 
 
 def spill_dir(settings: Settings) -> Path:
@@ -209,10 +200,13 @@ class _Assembly:
         them is made here and started by ``start_feed``, once the producers run."""
         if "read" not in self.roles:
             return
-        settings = self.settings
+        settings, routing = self.settings, self.setup.routing
         spill = await asyncio.to_thread(SpillStore.private, spill_dir(settings))
         self.exits.push_async_callback(asyncio.to_thread, spill.close)  # waits for a write the feed left running
-        self.board = queue_board(settings, self.setup, self.limits)
+        weights = settings.tenant_weight_map
+        self.board = QueueBoard(self.limits, weight_of=lambda tenant: weights.get(tenant, 1.0),
+                                configured_render=self.setup.render_times,
+                                route=lambda model: first_provider(routing, model, datetime.now(UTC)))
         self.view = JobView(max_jobs, spill, board=self.board)
         names = self.names
         slot_logs = {names.slot_log(p): self.layout[names.slot_log(p)][0] for p in self.limits}
