@@ -202,8 +202,8 @@ async def with_spillover(ctx: Context, cfg: SpikeConfig, without: dict[str, Any]
             "tenants", "spilled_jobs", "max_waiting", "e2e_sim_min")
     eta = run_.get("eta")
     if eta:
-        eta = {k: eta[k] for k in ("count", "ape_p50", "ape_p90", "signed_p50", "by_tenant", "after_admission")
-               if k in eta}
+        eta = {k: eta[k] for k in ("count", "ape_p50", "ape_p90", "signed_p50", "by_tenant", "by_model",
+                                   "after_admission") if k in eta}
     return {**{k: run_[k] for k in keep}, "eta": eta, "max_wait_s": cfg.spillover_max_wait,
             "max_wait_wall_s": cfg.spillover_max_wait * cfg.plan.time_factor, "rules": cfg.spillover_rules(),
             "spilled_metric": metric, "without_drain_wall_s": without["drain_wall_s"],
@@ -273,9 +273,16 @@ async def drain(ctx: Context, stack: Stack, cfg: SpikeConfig, *, read_etas: bool
         tenant_of = {j: tenants[x.index] for j, x in accepted.items()}
         by_tenant = {t: waits.eta_error([r for r in probe.readings if tenant_of.get(r.job_id) == t],
                                         records.submitted, min_wait) for t in (TENANT_A, TENANT_B)}
+        # By the model asked for, and the one that served it where another did (spillover).
+        served = {j: asked if not serving or serving == asked else f"{asked} → {serving}"
+                  for j, (asked, serving) in records.models.items()}
+        by_model = {m: waits.eta_error([r for r in probe.readings if served.get(r.job_id) == m],
+                                       records.submitted, min_wait) for m in sorted(set(served.values()))}
         out["eta"] = {**waits.eta_error(probe.readings, records.submitted, min_wait), "probe": probe.describe(),
                       "by_tenant": {t: {k: e[k] for k in ("count", "ape_p50", "ape_p90", "signed_p50")}
                                     for t, e in by_tenant.items()},
+                      "by_model": {m: {k: e[k] for k in ("count", "ape_p50", "ape_p90", "signed_p50")}
+                                   for m, e in by_model.items() if e["count"]},
                       "points": waits.eta_points(probe.readings, records.submitted, run_.started_wall)}
         # Apart: the readings made once the spike's requests were all answered. Before, the machine
         # is admitting the compressed spike (4,167 requests per wall second at 50×), which slows the

@@ -301,3 +301,18 @@ def test_the_eta_error_of_the_run_with_spillover_is_reported_beside_the_judged_o
             "over 380") in row["measured"]
     text = "\n".join(markdown.waiting(results["spike"]))
     assert "… with spillover: ETA absolute error (p50 / p90) | 12% / 41% over 380 jobs; median signed 3% |" in text
+
+
+def test_the_eta_error_is_shown_per_model_in_both_runs() -> None:
+    results = spike_results()
+    text = "\n".join(markdown.waiting(results["spike"]))
+    assert "… per model (asked → serving where another served it) | – |" in text
+    results["spike"]["eta"]["by_model"] = {"kling-2.1": {"count": 130, "ape_p50": 0.08, "ape_p90": 0.2,
+                                                         "signed_p50": -0.02}}
+    results["spike"]["spillover"]["eta"] = {"count": 380, "ape_p50": 0.12, "ape_p90": 0.41, "signed_p50": 0.03,
+                                            "by_model": {"kling-2.1 → wan-2.6": {"count": 60, "ape_p50": 0.5,
+                                                                                 "ape_p90": 0.9, "signed_p50": 0.5}}}
+    text = "\n".join(markdown.waiting(results["spike"]))
+    assert "… per model (asked → serving where another served it) | kling-2.1: 8% / 20%, -2% over 130 |" in text
+    assert ("… with spillover, per model (asked → serving where another served it) | "
+            "kling-2.1 → wan-2.6: 50% / 90%, 50% over 60 |") in text
