@@ -20,7 +20,7 @@ import orjson
 
 from floodgate.bench.http import HttpError, build_request
 from floodgate.bench.load import client_for
-from floodgate.bench.waits import EtaReading
+from floodgate.bench.waits import EtaReading, in_sample
 
 LEFT_THE_LINE = frozenset({"submitted", "running", "completed", "failed", "cancelled", "expired"})
 
@@ -55,7 +55,7 @@ class EtaProbe:
 
     def offer(self, index: int, job_id: str, token: str) -> None:
         """A 202 just arrived for request ``index``: read it if it is one of the sample."""
-        if index % self.every or self.offered >= self.max_samples:
+        if not in_sample(index, self.every) or self.offered >= self.max_samples:
             return
         self.offered += 1
         heapq.heappush(self._pending, _Pending(time.monotonic(), job_id, token, time.time()))

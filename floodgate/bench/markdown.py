@@ -151,7 +151,8 @@ def waiting(s: dict[str, Any]) -> list[str]:
                        for t, v in (e.get("by_tenant") or {}).items()) or "–"],
             ["… per model (asked → serving where another served it)", _by_model(e)],
             ["… the first GET with an ETA, after the 202", lat(e.get("read_after_accept_ms"))],
-            ["… sample", f"{probe.get('offered', 0):,} jobs (every {probe.get('every', 1)}th 202), "
+            ["… sample", f"{probe.get('offered', 0):,} jobs (about one 202 in {probe.get('every', 1)}, "
+                         f"by a hash of its index), "
                          f"{probe.get('reads', 0):,} GETs at ≤ {num(probe.get('max_rate_per_s'), 0)}/s; "
                          f"{probe.get('with_eta', 0):,} shown an ETA, {probe.get('left_before_eta', 0):,} "
                          f"started before any, {probe.get('gave_up', 0):,} never shown one; "

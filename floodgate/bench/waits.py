@@ -14,6 +14,7 @@
 """
 from __future__ import annotations
 
+import hashlib
 import math
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
@@ -88,8 +89,19 @@ def tenant_of_arrival(due: float, spike: tuple[float, float], burst_share: float
     return TENANT_A if start <= due < start + burst_share * (end - start) else TENANT_B
 
 
+def in_sample(index: int, every: int) -> bool:
+    """Whether request ``index`` is one of about one in ``every`` sampled: by a hash of the index,
+    not ``index % every``. The load generator cycles through the models (request i asks for
+    ``MODELS[i % 3]``), so every third request was the same model: the spike's ETA sample read
+    wan-2.6 jobs alone, never kling's long line or sora's fallback."""
+    if every <= 1:
+        return True
+    digest = hashlib.blake2b(index.to_bytes(8, "big"), digest_size=8).digest()
+    return int.from_bytes(digest, "big") % every == 0
+
+
 def sample_every(total: int, max_samples: int) -> int:
-    """Take every k-th accepted job so that at most about ``max_samples`` of ``total`` are read."""
+    """Sample about one accepted job in k (``in_sample``) so that about ``max_samples`` of ``total`` are read."""
     if max_samples < 1:
         raise ValueError("max_samples must be at least 1")
     return max(1, math.ceil(total / max_samples))
@@ -150,4 +162,4 @@ def spilled_jobs(models: Mapping[str, tuple[str, str | None]]) -> int:
 
 
 __all__ = ["TENANT_A", "TENANT_B", "EtaReading", "ape", "eta_error", "eta_points", "fair_ratio", "reduction",
-           "sample_every", "spilled_counts", "spilled_jobs", "tenant_of_arrival", "tenant_waits"]
+           "in_sample", "sample_every", "spilled_counts", "spilled_jobs", "tenant_of_arrival", "tenant_waits"]

@@ -4,6 +4,7 @@ the ETA sample, the spillover routing file, and their target rows and report sec
 from __future__ import annotations
 
 import asyncio
+import collections
 import math
 from typing import Any
 
@@ -162,7 +163,10 @@ def test_the_probe_reads_until_a_number_and_counts_what_left_the_line() -> None:
             probe = EtaProbe(str(server.make_url("")).rstrip("/"), every=2, max_samples=2, rate=1000.0,
                              retry=0.01)
             task = asyncio.create_task(probe.run())
-            for i, job_id in enumerate(["q", "x", "s", "y"]):
+            # Requests in the sample (about one in two, by a hash of the index) are q and s.
+            taken = [i for i in range(64) if waits.in_sample(i, 2)][:2]
+            left = [i for i in range(64) if not waits.in_sample(i, 2)][:2]
+            for i, job_id in sorted(zip(taken + left, ["q", "s", "x", "y"], strict=True)):
                 probe.offer(i, job_id, f"tok-{job_id}")
             await probe.finish(timeout=5.0)
             await asyncio.wait_for(task, 5.0)
@@ -316,3 +320,14 @@ def test_the_eta_error_is_shown_per_model_in_both_runs() -> None:
     assert "… per model (asked → serving where another served it) | kling-2.1: 8% / 20%, -2% over 130 |" in text
     assert ("… with spillover, per model (asked → serving where another served it) | "
             "kling-2.1 → wan-2.6: 50% / 90%, 50% over 60 |") in text
+
+
+def test_the_eta_sample_takes_every_model_of_the_loads_cycle() -> None:
+    """The load asks for MODELS[i % 3]: a sample of every third index was one model alone."""
+    every = waits.sample_every(1263, 500)
+    sampled = [i for i in range(1263) if waits.in_sample(i, every)]
+    assert 330 <= len(sampled) <= 510
+    by_model = collections.Counter(i % 3 for i in sampled)
+    assert all(by_model[m] >= len(sampled) / 5 for m in range(3)), by_model
+    assert sampled == [i for i in range(1263) if waits.in_sample(i, every)]  # the same every run
+    assert all(waits.in_sample(i, 1) for i in range(10))
