@@ -31,7 +31,7 @@ import contextlib
 import logging
 import signal
 import sys
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -112,6 +112,15 @@ class ApiServer:
             return
         self._closed = True
         await self._exits.aclose()
+
+
+def queue_board(settings: Settings, setup: ProviderSetup, limits: Mapping[str, int]) -> QueueBoard:
+    """The job view's queue board: the tenants' weights, the routing file's render times, routes
+    and spillover rules."""
+    weights, routing = settings.tenant_weight_map, setup.routing
+    return QueueBoard(limits, weight_of=lambda tenant: weights.get(tenant, 1.0), configured_render=setup.render_times,
+                      route=lambda model: first_provider(routing, model, datetime.now(UTC)),
+                      spillover=routing.spillover)
 
 
 def spill_dir(settings: Settings) -> Path:
@@ -200,13 +209,10 @@ class _Assembly:
         them is made here and started by ``start_feed``, once the producers run."""
         if "read" not in self.roles:
             return
-        settings, routing = self.settings, self.setup.routing
+        settings = self.settings
         spill = await asyncio.to_thread(SpillStore.private, spill_dir(settings))
         self.exits.push_async_callback(asyncio.to_thread, spill.close)  # waits for a write the feed left running
-        weights = settings.tenant_weight_map
-        self.board = QueueBoard(self.limits, weight_of=lambda tenant: weights.get(tenant, 1.0),
-                                configured_render=self.setup.render_times,
-                                route=lambda model: first_provider(routing, model, datetime.now(UTC)))
+        self.board = queue_board(settings, self.setup, self.limits)
         self.view = JobView(max_jobs, spill, board=self.board)
         names = self.names
         slot_logs = {names.slot_log(p): self.layout[names.slot_log(p)][0] for p in self.limits}

@@ -6,6 +6,7 @@ from typing import Any
 import pytest
 
 from floodgate.queueboard import QueueBoard, Standing, update_due
+from floodgate.routing import Spillover
 
 T0 = 1_800_000_000.0
 
@@ -298,3 +299,74 @@ def test_updates_come_every_five_percent_or_five_seconds_and_never_for_nothing()
     assert update_due((100, T0), 95, T0 + 1)
     assert update_due((100, T0), 99, T0 + 5)
     assert update_due((3, T0), 2, T0 + 0.1), "near the head every step counts"
+
+
+SPILL = {"kling-2.1": Spillover(("wan-2.6",), 10.0), "sora-2": Spillover(("wan-2.6",), 10.0)}
+ROUTE = {"kling-2.1": "kling", "sora-2": "kling", "wan-2.6": "wan"}.get
+
+
+def spill_board(spillover: Any = SPILL) -> QueueBoard:
+    """Two providers of 10 slots, renders of 1 s configured: each starts 10 jobs a second."""
+    return QueueBoard({"kling": 10, "wan": 10}, configured_render={"kling": 1.0, "wan": 1.0}, route=ROUTE,
+                      spillover=spillover)
+
+
+def fill(b: QueueBoard, wan_first: int, kling: int, wan_after: int) -> None:
+    """``wan_first`` wan-2.6 jobs accepted, then ``kling`` kling-2.1 jobs, then ``wan_after`` more wan-2.6."""
+    at = 0.0
+    for provider, model, count, name in (("wan", "wan-2.6", wan_first, "w"), ("kling", "kling-2.1", kling, "k"),
+                                          ("wan", "wan-2.6", wan_after, "v")):
+        for i in range(count):
+            at += 0.001
+            b.observe({**snap(f"{name}{i}", provider=provider, created=at), "model": model}, T0)
+
+
+def eta(b: QueueBoard, job_id: str, provider: str, model: str, **extra: Any) -> float | None:
+    return b.standing({"job_id": job_id, "status": "queued", "provider": provider, "model": model, **extra},
+                      T0).eta_seconds
+
+
+def test_a_job_that_may_spill_is_told_the_pooled_line_not_its_own_providers_alone() -> None:
+    b = spill_board()
+    fill(b, 100, 300, 0)
+    assert b.start_rate("kling", T0) == b.start_rate("wan", T0) == 10.0
+    # The last kling job: 300 places at 10/s alone is 30 s; pooled with wan's 100 accepted before
+    # it, 400 places at 20/s.
+    assert b.position("k299") == 299 and eta(b, "k299", "kling", "kling-2.1") == 20.0
+    plain = spill_board(spillover={})
+    fill(plain, 100, 300, 0)
+    assert eta(plain, "k299", "kling", "kling-2.1") == 30.0
+    # Within max_wait_s it does not move: its own line's pace.
+    assert eta(b, "k50", "kling", "kling-2.1") == 5.1
+    # A job already moved (or served by another model) does not move again.
+    assert eta(b, "k299", "kling", "kling-2.1", serving_model="other-1") == 30.0
+
+
+def test_a_job_at_the_equivalent_is_told_its_own_lines_pace() -> None:
+    """Counting the long line's jobs that may move in ahead of it told it far too long (the spike
+    bench, where they move only as its line runs short)."""
+    b = spill_board()
+    fill(b, 99, 300, 1)
+    assert b.position("v0") == 99 and eta(b, "v0", "wan", "wan-2.6") == 10.0
+
+
+def test_a_short_long_line_moves_nothing_and_one_provider_for_both_models_pools_nothing() -> None:
+    b = spill_board()
+    fill(b, 99, 100, 1)  # kling's 100 all start there within max_wait_s
+    assert eta(b, "v0", "wan", "wan-2.6") == 10.0 and eta(b, "k99", "kling", "kling-2.1") == 10.0
+    same = spill_board(spillover={"kling-2.1": Spillover(("sora-2",), 10.0)})  # sora-2 is at kling too
+    fill(same, 0, 300, 0)
+    assert eta(same, "k299", "kling", "kling-2.1") == 30.0
+
+
+def test_the_apis_board_takes_the_routing_files_spillover_rules_and_routes() -> None:
+    from floodgate.api.server import queue_board
+    from floodgate.provider_config import dev_table, from_dict
+    from floodgate.settings import Settings
+
+    spill = {"kling-2.1": {"equivalents": ["wan-2.6"], "max_wait_s": 10}}
+    setup = from_dict(dev_table("http://127.0.0.1:9", spillover=spill))
+    b = queue_board(Settings.from_env({}), setup, {"kling": 10, "wan": 10})
+    assert set(b.spillover) == {"kling-2.1"} and b.route is not None
+    assert b.route("kling-2.1") == "kling" and b.route("sora-2") == "kling"  # sora is retired
+    assert not queue_board(Settings.from_env({}), from_dict(dev_table("http://127.0.0.1:9")), {"kling": 10}).spillover
