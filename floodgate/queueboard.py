@@ -240,24 +240,23 @@ class QueueBoard:
         return position_estimate(priority, tenant, index, loads, self.weight_of, held=state.pace.running_by,
                                  limit=self.limits.get(provider))
 
-    def _pooled(self, snapshot: Mapping[str, Any], provider: str, position: int, wait: float,
+    def _pooled(self, snapshot: Mapping[str, Any], provider: str, position: int, wait: float, rate: float,
                 now: float) -> float:
-        """``wait`` (at ``provider``'s pace alone) as spillover changes it (see the module's note)."""
-        job_id = snapshot["job_id"]
-        _, klass, entry = self._places[job_id]
+        """``wait``, of the job at ``position`` in ``provider``'s line, which starts ``rate`` jobs a
+        second, as spillover changes it (see the module's note). Called only with rules, which
+        come with ``self.route``."""
         model = snapshot.get("model") or ""
         serving = snapshot.get("serving_model") or model
-        rate = self.start_rate(provider, now)
-        if not rate or self.route is None:
-            return wait
         rule = self.spillover.get(serving)
-        if rule is not None and serving == model and wait > rule.max_wait_s:
-            # It may move: to the equivalent whose pooled line is the shortest.
-            for other in rule.equivalents:
-                there = self.route(other)
-                if there and there != provider and (rate_there := self.start_rate(there, now)):
-                    ahead = position + self._ahead(there, klass, entry)
-                    wait = min(wait, (ahead + 1) / (rate + rate_there))
+        if rule is None or serving != model or wait <= rule.max_wait_s:
+            return wait
+        assert self.route is not None
+        _, klass, entry = self._places[snapshot["job_id"]]
+        # It may move: to the equivalent whose pooled line is the shortest.
+        for other in rule.equivalents:
+            there = self.route(other)
+            if there and there != provider and (rate_there := self.start_rate(there, now)):
+                wait = min(wait, (position + self._ahead(there, klass, entry) + 1) / (rate + rate_there))
         return wait
 
     def standing(self, snapshot: Mapping[str, Any], now: float) -> Standing:
@@ -270,9 +269,10 @@ class QueueBoard:
             position = self.position(job_id)
             if position is None or not provider:
                 return Standing()
-            wait = estimated_wait(position, self.start_rate(provider, now))
-            if wait is not None and self.spillover:
-                wait = self._pooled(snapshot, provider, position, wait, now)
+            rate = self.start_rate(provider, now)
+            wait = estimated_wait(position, rate)
+            if rate and wait is not None and self.spillover:
+                wait = self._pooled(snapshot, provider, position, wait, rate, now)
             own = self._own.get(provider)
             if own is not None and wait is not None and (entry := own.entry_wait(now)) is not None \
                     and (run := own.run_time()) is not None:

@@ -116,11 +116,12 @@ def _eta_cell(e: dict[str, Any] | None) -> str:
             f"{e['count']:,} jobs; median signed {num(100 * (e.get('signed_p50') or 0), 0)}%")
 
 
-def _by_model(e: dict[str, Any] | None) -> str:
-    """An ETA error block's p50 / p90 and median signed error per model, or a dash."""
+def _eta_groups(e: dict[str, Any] | None, key: str) -> str:
+    """An ETA error block's p50 / p90 and median signed error per group (``by_tenant``,
+    ``by_model``), or a dash."""
     return "; ".join(f"{m}: {num(100 * (v.get('ape_p50') or 0), 0)}% / {num(100 * (v.get('ape_p90') or 0), 0)}%, "
                      f"{num(100 * (v.get('signed_p50') or 0), 0)}% over {v.get('count', 0):,}"
-                     for m, v in ((e or {}).get("by_model") or {}).items()) or "–"
+                     for m, v in ((e or {}).get(key) or {}).items()) or "–"
 
 
 def _tenant_rows(label: str, tenants: dict[str, Any] | None, f: float) -> list[list[str]]:
@@ -145,11 +146,8 @@ def waiting(s: dict[str, Any]) -> list[str]:
         probe = e.get("probe") or {}
         rows += [
             ["ETA absolute error (p50 / p90)", _eta_cell(e)],
-            ["… per tenant (p50 / p90, median signed)",
-             "; ".join(f"{t}: {num(100 * (v.get('ape_p50') or 0), 0)}% / {num(100 * (v.get('ape_p90') or 0), 0)}%, "
-                       f"{num(100 * (v.get('signed_p50') or 0), 0)}% over {v.get('count', 0):,}"
-                       for t, v in (e.get("by_tenant") or {}).items()) or "–"],
-            ["… per model (asked → serving where another served it)", _by_model(e)],
+            ["… per tenant (p50 / p90, median signed)", _eta_groups(e, "by_tenant")],
+            ["… per model (asked → serving where another served it)", _eta_groups(e, "by_model")],
             ["… the first GET with an ETA, after the 202", lat(e.get("read_after_accept_ms"))],
             ["… sample", f"{probe.get('offered', 0):,} jobs (about one 202 in {probe.get('every', 1)}, "
                          f"by a hash of its index), "
@@ -175,7 +173,8 @@ def waiting(s: dict[str, Any]) -> list[str]:
             ["drain without / with spillover", f"{num(sp['without_drain_wall_s'])} s / {num(sp['drain_wall_s'])} s "
                                                f"wall: {num(100 * (sp.get('reduction') or 0), 1)}% shorter"],
             ["… with spillover: ETA absolute error (p50 / p90)", _eta_cell(sp.get("eta"))],
-            ["… with spillover, per model (asked → serving where another served it)", _by_model(sp.get("eta"))],
+            ["… with spillover, per model (asked → serving where another served it)",
+             _eta_groups(sp.get("eta"), "by_model")],
             ["jobs spilled", f"{sp['spilled_jobs']:,} served by wan-2.6 instead (floodgate_spilled_total: {metric}); "
                              f"max_wait_s {sp['max_wait_s']:g} simulated ({num(sp['max_wait_wall_s'], 2)} s wall)"],
             ["… with spillover: max concurrency / 429s",
