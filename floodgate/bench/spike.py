@@ -283,7 +283,7 @@ async def drain(ctx: Context, stack: Stack, cfg: SpikeConfig, *, read_etas: bool
                                     for t, e in by_tenant.items()},
                       "by_model": {m: {k: e[k] for k in ("count", "ape_p50", "ape_p90", "signed_p50")}
                                    for m, e in by_model.items() if e["count"]},
-                      "points": waits.eta_points(probe.readings, records.submitted, run_.started_wall)}
+                      "points": waits.eta_points(probe.readings, records.submitted, run_.started_wall, served)}
         # Apart: the readings made once the spike's requests were all answered. Before, the machine
         # is admitting the compressed spike (4,167 requests per wall second at 50×), which slows the
         # slot handovers the ETA is counting on; at the spike's real 83/s it would not.

@@ -72,13 +72,15 @@ def eta_error(readings: Iterable[EtaReading], started: Mapping[str, float], min_
             "read_after_accept_ms": stats.summary([(r.read_at - r.accepted_at) * 1000 for r in readings])}
 
 
-def eta_points(readings: Iterable[EtaReading], started: Mapping[str, float],
-               origin: float) -> list[tuple[float, float, float, int | None]]:
-    """(read at, eta, actual wait, queue position) per started reading, seconds (read at: since
-    ``origin``), for report.json: where in the run the ETA was off, which way, and whether the
-    place or the pace (eta ÷ (position + 1)) was."""
-    return [(round(r.read_at - origin, 3), r.eta_seconds, round(started[r.job_id] - r.read_at, 3), r.queue_position)
-            for r in readings if r.job_id in started]
+def eta_points(readings: Iterable[EtaReading], started: Mapping[str, float], origin: float,
+               model_of: Mapping[str, str] | None = None) -> list[tuple[float, float, float, int | None, str | None]]:
+    """(read at, eta, actual wait, queue position, model) per started reading, seconds (read at:
+    since ``origin``; model: ``model_of``'s label for the job, None if it has none), for
+    report.json: where in the run the ETA was off, which way, whether the place or the pace
+    (eta ÷ (position + 1)) was, and at which provider's line."""
+    model_of = model_of or {}
+    return [(round(r.read_at - origin, 3), r.eta_seconds, round(started[r.job_id] - r.read_at, 3), r.queue_position,
+             model_of.get(r.job_id)) for r in readings if r.job_id in started]
 
 
 def tenant_of_arrival(due: float, spike: tuple[float, float], burst_share: float) -> str:

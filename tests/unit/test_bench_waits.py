@@ -52,8 +52,9 @@ def test_eta_error_counts_from_the_reading_and_leaves_out_short_and_unstarted_wa
 
 def test_eta_points_say_when_and_which_way() -> None:
     placed = EtaReading("c", 99.99, 100.0, 4.0, queue_position=7)
-    points = waits.eta_points([reading("a", 10.0), reading("b", 3.0), placed], {"a": 112.0, "c": 105.0}, origin=90.0)
-    assert points == [(10.0, 10.0, 12.0, None), (10.0, 4.0, 5.0, 7)]
+    points = waits.eta_points([reading("a", 10.0), reading("b", 3.0), placed], {"a": 112.0, "c": 105.0}, origin=90.0,
+                              model_of={"c": "kling-2.1"})
+    assert points == [(10.0, 10.0, 12.0, None, None), (10.0, 4.0, 5.0, 7, "kling-2.1")]
 
 
 def test_eta_error_of_nothing_is_nan_not_zero() -> None:
