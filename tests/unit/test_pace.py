@@ -70,6 +70,26 @@ def test_jobs_whose_slots_went_elsewhere_stop_holding_the_settled_cut() -> None:
     assert pace.settled() == (60.0, 60.0) and pace.running == 0
 
 
+def test_starts_seen_out_of_their_order_count_the_time_they_span_once() -> None:
+    """The API's board sees starts in the snapshots of several partitions of the jobs topic, one
+    partition's batch after another's, so their stamps go back and forth. 100 starts, one every
+    0.2 s (5 a second), the even jobs' snapshots on one partition and the odd ones' on another,
+    delivered a second's batch of each in turn: the rate is 5 a second. Summing only the forward
+    steps counted much of each second's span twice and told the line 1.6× slower than it moved."""
+    pace = Pace()
+    for i in range(10):
+        pace.started(f"fill{i}", 0.0, 0.0, waiting=500, limit=10)
+    stamps = [round(0.2 * n, 1) for n in range(1, 101)]
+    delivered = []
+    for second in range(20):
+        batch = [n for n in range(len(stamps)) if second <= stamps[n] - 0.2 < second + 1]
+        delivered += [n for n in batch if n % 2 == 0] + [n for n in batch if n % 2 == 1]
+    assert sorted(delivered) == list(range(100)) and delivered != sorted(delivered)
+    for taken, n in enumerate(delivered):
+        pace.started(f"j{n}", stamps[n], stamps[-1], waiting=400 - taken, limit=10)
+    assert pace.rate(10, stamps[-1]) == pytest.approx(5.0, rel=0.03)
+
+
 def test_estimated_wait_is_places_over_the_rate() -> None:
     assert estimated_wait(4, 0.5) == 10.0 and estimated_wait(4, None) is None and estimated_wait(4, 0.0) is None
 
