@@ -30,6 +30,7 @@ For the waiting user and the fair queue (``floodgate.bench.waits`` computes the 
 from __future__ import annotations
 
 import asyncio
+import functools
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass, field
@@ -52,6 +53,8 @@ from floodgate.jobs.record import decode_notification
 from floodgate.settings import Secret
 from floodgate.topics import TopicNames
 
+STARTS_BIN_S = 2.0
+"""Bin of the per-provider start rates the ETA report carries beside its points (wall seconds)."""
 ACTIVE = ("kling", "wan")  # sora is retired in the routing table: sora-2 goes to kling
 
 
@@ -125,17 +128,20 @@ class Records:
         self.submitted: dict[str, float] = {}
         self.finished: dict[str, tuple[float, str]] = {}
         self.models: dict[str, tuple[str, str | None]] = {}
+        self.started_at: dict[str, list[float]] = {}
+        """Provider → the times of the submissions its slot log recorded (each job's first)."""
 
     def taps(self, stack: Stack, providers: Iterable[str]) -> dict[str, Callable[[Any], None]]:
         s, names = stack.settings, TopicNames(stack.settings)
-        return {**{names.slot_log(p): self.on_slot for p in providers},
+        return {**{names.slot_log(p): functools.partial(self.on_slot, p) for p in providers},
                 s.topic("notifications"): self.on_notification, s.topic("results"): self.on_result}
 
-    def on_slot(self, msg: Any) -> None:
+    def on_slot(self, provider: str, msg: Any) -> None:
         sub = Submission.from_slot(msg.key(), msg.value(), msg.timestamp()[1])
-        if sub is not None:
+        if sub is not None and sub.job_id not in self.submitted:
             # the job left its provider's line (its first submission: a spilled job's is at the equivalent)
-            self.submitted.setdefault(sub.job_id, sub.at_ms / 1000)
+            self.submitted[sub.job_id] = sub.at_ms / 1000
+            self.started_at.setdefault(provider, []).append(sub.at_ms / 1000)
 
     def on_notification(self, msg: Any) -> None:
         if msg.value() is None:
@@ -283,7 +289,11 @@ async def drain(ctx: Context, stack: Stack, cfg: SpikeConfig, *, read_etas: bool
                                     for t, e in by_tenant.items()},
                       "by_model": {m: {k: e[k] for k in ("count", "ape_p50", "ape_p90", "signed_p50")}
                                    for m, e in by_model.items() if e["count"]},
-                      "points": waits.eta_points(probe.readings, records.submitted, run_.started_wall, served)}
+                      "points": waits.eta_points(probe.readings, records.submitted, run_.started_wall, served),
+                      # What the points' actual waits were made of: each provider's starts per
+                      # second, in bins of STARTS_BIN_S from the same origin.
+                      "starts_per_s": {p: stats.rate_series(times, run_.started_wall, end, STARTS_BIN_S)
+                                       for p, times in sorted(records.started_at.items()) if end > run_.started_wall}}
         # Apart: the readings made once the spike's requests were all answered. Before, the machine
         # is admitting the compressed spike (4,167 requests per wall second at 50×), which slows the
         # slot handovers the ETA is counting on; at the spike's real 83/s it would not.
