@@ -26,8 +26,12 @@ the same kind of evidence, and both met the same traps, so the rules live here o
   of jobs that started before every job still running. A render that ended while others that
   started before it still run is a short one by selection: the first ends after a burst filled the
   slots are the shortest renders, and they once made the capacity estimate three times too fast.
-  With nothing settled yet, the configured figure (the routing file's ``render_time``), else a
-  floor from the holds ended and the time the running jobs have held their slots so far.
+  The configured figure (the routing file's ``render_time``), where there is one, weighs as
+  ``PRIOR_HOLDS`` settled holds: a few settled ones move it a little, a round of the slots most
+  of the way. Trusted alone, the three renders of a quiet spell before the spike bench's burst
+  told kling's first 400 jobs a pace 1.4× too slow, the same in every run. With nothing settled
+  and nothing configured, a floor from the holds ended and the time the running jobs have held
+  their slots so far.
 
 A window counted in starts, not in seconds: a minute held a handful of starts of 3-minute renders
 (too few to say anything, so a dispatcher's estimated wait stayed unknown and nothing spilled),
@@ -51,11 +55,15 @@ MIN_STARTS = 5
 from there to a full round of the slots the two are blended."""
 RENDER_SAMPLES = 200
 """Hold times kept (the most recent)."""
+PRIOR_HOLDS = 10
+"""The configured hold time counts as this many settled holds (a round of a typical 10-slot
+line): blended with those seen, it keeps a handful of them from deciding the pace alone."""
 
 
 class Pace:
     """The pace of one line with ``limit`` slots (given per call: a dispatch partition's share can
-    change). ``configured_hold``: typical seconds a job holds a slot, used until holds are seen."""
+    change). ``configured_hold``: typical seconds a job holds a slot, the prior of the holds seen
+    (``PRIOR_HOLDS``)."""
 
     def __init__(self, configured_hold: float | None = None) -> None:
         self.configured_hold = configured_hold
@@ -74,8 +82,8 @@ class Pace:
         """Per tenant, its jobs seen starting and not yet seen ending: the slots each holds."""
         self._oldest: float | None = None
         self._oldest_known = True
-        self._settled: tuple[float, float] | None = None
-        """(median, mean) of the settled holds, worked out when asked and kept until a job starts
+        self._settled: tuple[float, float, int] | None = None
+        """(median, mean, count) of the settled holds, worked out when asked and kept until a job starts
         or ends: the board asks for them on a job's every message."""
 
     @property
@@ -160,19 +168,31 @@ class Pace:
         """(median, mean) of the holds of jobs that started before every job still running: a
         sample that no running job can make longer (the rest are short by selection); None while
         there is none."""
+        found = self._settle()
+        return None if found is None else found[:2]
+
+    def _settle(self) -> tuple[float, float, int] | None:
+        """``settled()`` and how many holds it is of."""
         if self._settled is None:
             oldest = self.oldest_running()
             holds = [seconds for start, seconds in self.holds if oldest is None or start < oldest]
             if holds:
-                self._settled = (statistics.median(holds), statistics.fmean(holds))
+                self._settled = (statistics.median(holds), statistics.fmean(holds), len(holds))
         return self._settled
 
     def hold_time(self, now: float | None = None, *, mean: bool = True) -> float | None:
         """Seconds a job holds a slot (the mean; the median with ``mean=False``): of the settled
-        holds, else configured, else (given ``now``) of the holds ended and the time the running
-        jobs have held theirs so far, a floor; else of the holds ended; None if nothing is known."""
-        if (settled := self.settled()) is not None:
-            return settled[1] if mean else settled[0]
+        holds, blended with the configured figure if there is one (``PRIOR_HOLDS``); else
+        configured; else (given ``now``) of the holds ended and the time the running jobs have held
+        theirs so far, a floor; else of the holds ended; None if nothing is known."""
+        if (settled := self._settle()) is not None:
+            median, average, count = settled
+            seen = average if mean else median
+            if self.configured_hold is None:
+                return seen
+            # The configured figure weighs as PRIOR_HOLDS holds seen: a handful of settled ones
+            # (a quiet spell's, before a spike) is too few to replace it.
+            return (PRIOR_HOLDS * self.configured_hold + count * seen) / (PRIOR_HOLDS + count)
         if self.configured_hold is not None or not self.holds:
             return self.configured_hold
         so_far = [seconds for _, seconds in self.holds]
@@ -216,4 +236,4 @@ def estimated_wait(place: int, start_rate: float | None) -> float | None:
     return (place + 1) / start_rate
 
 
-__all__ = ["MIN_STARTS", "RATE_MAX_AGE", "RENDER_SAMPLES", "Pace", "estimated_wait"]
+__all__ = ["MIN_STARTS", "PRIOR_HOLDS", "RATE_MAX_AGE", "RENDER_SAMPLES", "Pace", "estimated_wait"]

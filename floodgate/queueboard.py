@@ -12,9 +12,10 @@ answers:
   capacity, ``limit ÷`` the mean render time, until a round of its slots has been seen).
 * Render times come from the *settled* renders (``floodgate.pace``): those of jobs that started
   before every job still running at the provider, so the first, shortest ends after a burst do not
-  make the pace too fast. With nothing settled yet, the routing file's figure
-  (``configured_render``), else a floor from the renders ended and the time the running ones have
-  run so far.
+  make the pace too fast. The routing file's figure (``configured_render``), where there is one,
+  weighs as ``PRIOR_HOLDS`` of them (a quiet spell's few renders do not decide a spike's pace
+  alone); with nothing settled and nothing configured, a floor from the renders ended and the
+  time the running ones have run so far.
 * ``eta_ready_seconds``: seconds until the video should be ready: the wait above plus the
   median render time; for a running job, that median less the time it has run.
 * A job submitted to a provider that keeps a queue of its own (fal) and waiting there
@@ -86,7 +87,7 @@ class QueueBoard:
                  route: Callable[[str], str | None] | None = None,
                  spillover: Mapping[str, Spillover] | None = None) -> None:
         """``limits``: provider → concurrency limit. ``configured_render``: provider → typical
-        render seconds from the routing file, used until render times are observed. ``route``:
+        render seconds from the routing file, the prior of the render times observed. ``route``:
         model → the provider admission will queue a job for (its first available one), which
         places the jobs this API accepted before their admission says where they wait.
         ``spillover``: the routing file's rules (model → equivalents, ``max_wait_s``); they need

@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 from floodgate.dispatch import MARK_GRACE, MARK_MAX_AGE, CancelMark, Order, Parked, Slot, mark_expired, slot_key
+from floodgate.pace import PRIOR_HOLDS
 from floodgate.provider_config import dev_setup
 from floodgate.settings import Settings
 from streams.app import create_app
@@ -205,7 +206,7 @@ def test_recovered_slots_are_counted_for_their_tenants(tmp_path: Path) -> None:
 def test_a_partitions_start_rate_comes_from_its_own_slots_taken_and_given_back(tmp_path: Path) -> None:
     """The rate a partition's line reports (spillover and the backlog guard turn it into a wait):
     its share of the slots over the routing file's render time until holds are seen, then over
-    the holds of its own slots; jobs started here only."""
+    that blended with the holds of its own slots; jobs started here only."""
     settings = Settings.from_env({}).with_overrides(kafka_bootstrap="127.0.0.1:1", cache_dir=tmp_path)
     app = create_app(settings, datadir=tmp_path / "w0")
     lane = Lane(app, dev_setup("http://127.0.0.1:9").routing.providers["wan"], partitions=2, configured_hold=120.0)
@@ -221,7 +222,9 @@ def test_a_partitions_start_rate_comes_from_its_own_slots_taken_and_given_back(t
     assert lane.paces[0].saturated, "the last free slot went while an order waited"
     for i in range(share):
         lane.free(0, f"j{i}", T0 + 60.0)
-    assert lane.start_rate(0, T0 + 61.0) == pytest.approx(share / 60.0)
+    # Five holds of 60 s, blended with the configured 120 s (it weighs as PRIOR_HOLDS holds).
+    assert lane.start_rate(0, T0 + 61.0) == pytest.approx(share / ((PRIOR_HOLDS * 120.0 + share * 60.0)
+                                                                   / (PRIOR_HOLDS + share)))
     lane.free(0, "never-started-here", T0 + 70.0)  # (a slot it recovered: no start seen, no hold)
     assert lane.paces[0].settled() == (60.0, 60.0)
     assert lane.start_rate(1, T0) == pytest.approx(lane.capacity(1) / 120.0), "each partition its own"

@@ -8,7 +8,7 @@ import statistics
 
 import pytest
 
-from floodgate.pace import MIN_STARTS, Pace, estimated_wait
+from floodgate.pace import MIN_STARTS, PRIOR_HOLDS, Pace, estimated_wait
 
 
 def test_starts_into_free_slots_say_nothing_of_the_pace() -> None:
@@ -56,8 +56,13 @@ def test_the_first_short_ends_after_a_burst_do_not_make_the_pace_fast() -> None:
     # Once n0's elders have all ended, b0..b4 are settled: their mean is the pace.
     for i, at in enumerate((60.0, 90.0, 120.0, 180.0), start=1):
         configured.finished(f"b{i}", at)
+        floor.finished(f"b{i}", at)
     assert configured.settled() == (90.0, pytest.approx(96.0))
-    assert configured.hold_time(181.0, mean=False) == 90.0
+    # Five settled holds against the configured 100 s, which weighs as PRIOR_HOLDS of them.
+    weight = PRIOR_HOLDS + 5
+    assert configured.hold_time(181.0, mean=False) == pytest.approx((PRIOR_HOLDS * 100.0 + 5 * 90.0) / weight)
+    assert configured.hold_time(181.0) == pytest.approx((PRIOR_HOLDS * 100.0 + 5 * 96.0) / weight)
+    assert floor.hold_time(181.0) == pytest.approx(96.0), "nothing configured: the holds seen alone"
 
 
 def test_jobs_whose_slots_went_elsewhere_stop_holding_the_settled_cut() -> None:

@@ -5,6 +5,7 @@ from typing import Any
 
 import pytest
 
+from floodgate.pace import PRIOR_HOLDS
 from floodgate.queueboard import QueueBoard, Standing, update_due
 from floodgate.routing import Spillover
 
@@ -259,8 +260,13 @@ def test_render_time_is_measured_from_start_to_completion() -> None:
     b.observe(snap("j", "submitted", provider="wan", updated=10), T0 + 10)
     assert b.standing(snap("j", "running", provider="wan", updated=12), T0 + 12).eta_ready_seconds == 97.0
     b.observe(snap("j", "completed", provider="wan", updated=40), T0 + 40)
-    assert b.render_time("wan") == 30.0
+    assert b.render_time("wan") == pytest.approx((PRIOR_HOLDS * 99.0 + 30.0) / (PRIOR_HOLDS + 1)), \
+        "one render seen moves the configured figure a little"
     assert b.standing(snap("j", "completed", provider="wan"), T0 + 40) == Standing()
+    unconfigured = board()
+    for what, at in (("queued", 0), ("submitted", 10), ("completed", 40)):
+        unconfigured.observe(snap("j", what, provider="wan", updated=at), T0 + at)
+    assert unconfigured.render_time("wan") == 30.0
 
 
 def test_catching_up_on_old_snapshots_does_not_count_as_starts_now() -> None:
