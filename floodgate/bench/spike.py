@@ -98,10 +98,19 @@ class SpikeConfig:
         rule = {"equivalents": ["wan-2.6"], "max_wait_s": self.spillover_max_wait * self.plan.time_factor}
         return {"kling-2.1": rule, "sora-2": rule}
 
+    def render_times(self) -> dict[str, dict[str, Any]]:
+        """The routing file's ``render_time`` for the active providers: the renders' range, as an
+        operator writes it from a provider's published figures (``30 s to 3 min``; not the
+        provider's own queueing nor the first render's cold start), in wall seconds. It is the
+        prior of the paces until renders are seen (``floodgate.pace``)."""
+        low, high = (round(x * self.plan.time_factor, 3) for x in self.render)
+        return {p: {"kind": "uniform", "min": low, "max": high} for p in ACTIVE}
+
     def describe(self) -> dict[str, Any]:
         out = asdict(self)
         out["plan"] = self.plan.describe()
         out["capacity_jobs_per_wall_s"] = round(self.capacity_per_s(), 3)
+        out["render_time_configured"] = self.render_times()
         return out
 
 
@@ -117,7 +126,8 @@ def stack_for(ctx: Context, cfg: SpikeConfig, *, spillover: bool = False) -> Sta
     tick = max(0.1, cfg.plan.time_factor)
     return bench_stack(ctx.settings, ctx.bootstrap, ctx.work_dir, "spike-spillover" if spillover else "spike",
                        cfg.providers(), cfg.plan.time_factor, api_keys=Secret(keys),
-                       spillover=cfg.spillover_rules() if spillover else None, line_report_interval=tick)
+                       spillover=cfg.spillover_rules() if spillover else None, render_times=cfg.render_times(),
+                       line_report_interval=tick)
 
 
 class Records:

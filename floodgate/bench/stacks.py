@@ -54,9 +54,11 @@ def simulator_config(plan: Mapping[str, SimProvider], time_factor: float, seed: 
 
 def routing_table(plan: Mapping[str, SimProvider], simulator_url: str,
                   routes: Mapping[str, list[dict[str, str]]] | None = None,
-                  spillover: Mapping[str, Mapping[str, Any]] | None = None) -> dict[str, Any]:
+                  spillover: Mapping[str, Mapping[str, Any]] | None = None,
+                  render_times: Mapping[str, Any] | None = None) -> dict[str, Any]:
     """A routing file for Floodgate whose limits match the simulator's (with a ``spillover``
-    section when given: model → {"equivalents": [...], "max_wait_s": ...})."""
+    section when given: model → {"equivalents": [...], "max_wait_s": ...}; with ``render_times``,
+    provider → a ``render_time`` that each route's target on that provider carries)."""
     out: dict[str, Any] = {}
     for name, p in plan.items():
         spec: dict[str, Any] = {"kind": "simulator", "concurrency_limit": p.limit,
@@ -65,7 +67,11 @@ def routing_table(plan: Mapping[str, SimProvider], simulator_url: str,
         if p.retired:
             spec["retired_at"] = SORA_RETIRED_AT
         out[name] = spec
-    table: dict[str, Any] = {"providers": out, "routes": dict(routes or ROUTES)}
+    times = render_times or {}
+    table: dict[str, Any] = {"providers": out, "routes": {
+        model: [{**target, "render_time": times[target["provider"]]} if target["provider"] in times else dict(target)
+                for target in targets]
+        for model, targets in (routes or ROUTES).items()}}
     if spillover:
         table["spillover"] = {model: dict(rule) for model, rule in spillover.items()}
     return table
@@ -107,15 +113,17 @@ def discard(stack: Stack) -> None:
 def bench_stack(base: Settings, bootstrap: str, home: Path, name: str, plan: Mapping[str, SimProvider],
                 time_factor: float = 1.0, *, workers: int = 1,
                 routes: Mapping[str, list[dict[str, str]]] | None = None,
-                spillover: Mapping[str, Mapping[str, Any]] | None = None, **overrides: Any) -> Stack:
+                spillover: Mapping[str, Mapping[str, Any]] | None = None,
+                render_times: Mapping[str, Any] | None = None, **overrides: Any) -> Stack:
     """A Stack (not started) for scenario ``name`` with the simulated providers of ``plan``, the
-    dev table's ``routes`` (unless given) and ``spillover`` rules (none unless given)."""
+    dev table's ``routes`` (unless given), ``spillover`` rules and the routes' ``render_times``
+    (none unless given)."""
     home = home / name
     sim_port = free_port()
     sim_url = f"http://127.0.0.1:{sim_port}"
     sim_config = write_simulator_config(home / "simulator.json", plan, time_factor)
     routing = home / "routing.json"
-    routing.write_text(json.dumps(routing_table(plan, sim_url, routes, spillover)))
+    routing.write_text(json.dumps(routing_table(plan, sim_url, routes, spillover, render_times)))
     prefix = f"bench.{home.parent.name}.{name}."
     settings = base.with_overrides(kafka_bootstrap=bootstrap, topic_prefix=prefix, app_id=prefix + "app",
                                    cache_dir=home / "cache", routing_file=str(routing), **overrides)

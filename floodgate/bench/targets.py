@@ -433,6 +433,10 @@ def eta_error(results: dict[str, Any], bar: float = 0.25, min_count: int = 100) 
                 f"{e['shorter_than_min_wait']:,} waited under "
                 f"{_num(e['min_wait_s']):.2f} s (left out), {probe.get('left_before_eta', 0):,} started before any "
                 f"ETA; reads paced at ≤ {_num(probe.get('max_rate_per_s')):.0f}/s beside the load")
+    configured = g(results["spike"], "config", "render_time_configured") or {}
+    if configured:
+        measured += "; the routing file's render_time (the paces' prior until renders are seen): " + ", ".join(
+            f"{p} {_num(r.get('min')):g}-{_num(r.get('max')):g} s" for p, r in sorted(configured.items()))
     tenants = "; ".join(f"{t} p50 {_num(v.get('ape_p50')):.0%} (signed {_num(v.get('signed_p50')):+.0%})"
                         for t, v in (e.get("by_tenant") or {}).items())
     if tenants:

@@ -124,6 +124,14 @@ def test_the_spillover_rules_load_as_a_routing_file_and_scale_with_time() -> Non
     assert "spillover" not in routing_table(providers(10, (30.0, 180.0)), "http://127.0.0.1:9")
 
 
+def test_the_spikes_render_times_load_as_a_routing_file_and_scale_with_time() -> None:
+    """The prior of the paces: the renders' range (30 s to 3 min simulated), in wall seconds."""
+    cfg = SpikeConfig(plan=SpikePlan(time_factor=0.02))
+    setup = from_dict(routing_table(cfg.providers(), "http://127.0.0.1:9", render_times=cfg.render_times()))
+    assert setup.render_times == {"kling": pytest.approx(2.1), "wan": pytest.approx(2.1)}
+    assert from_dict(routing_table(cfg.providers(), "http://127.0.0.1:9")).render_times == {}
+
+
 # -- the load's hooks ----------------------------------------------------------------------
 def test_build_request_adds_headers() -> None:
     raw = build_request("GET", "h:1", "/v1/jobs/j", headers={"Authorization": "Bearer t"})
@@ -222,6 +230,11 @@ def test_eta_row_is_judged_on_the_median_error() -> None:
     assert "by tenant: tenant-a p50 30% (signed -20%); tenant-b p50 10% (signed +5%)" in row["measured"]
     assert targets.eta_error(spike_results(count=20))["status"] == targets.NOT_MEASURED
     assert targets.eta_error({"spike": {"error": "boom"}})["status"] == targets.NOT_MEASURED
+    assert "render_time" not in row["measured"]
+    configured = spike_results(ape50=0.3)
+    times = SpikeConfig(plan=SpikePlan(time_factor=0.02)).render_times()
+    configured["spike"]["config"] = {"render_time_configured": times}
+    assert "prior until renders are seen): kling 0.6-3.6 s, wan 0.6-3.6 s" in targets.eta_error(configured)["measured"]
 
 
 def test_fair_share_row_wants_b_under_a_tenth_of_a() -> None:
