@@ -213,7 +213,8 @@ class Pace:
             starts.popleft()
         if len(starts) >= MIN_STARTS:
             # Starts over the time they took, counting only saturated spells. The gap still open
-            # counts too (a line whose provider stopped starting jobs slows the estimate down).
+            # counts too, up to ``now`` (a line whose provider stopped starting jobs slows the
+            # estimate down): the queue board passes the latest stamp it has heard, not its clock.
             open_gap = now - self.last_start if self.saturated and self.last_start is not None else 0.0
             observed = len(starts) / max(sum(gap for _, gap in starts) + max(0.0, open_gap), 1.0)
             seen = len(starts) / max(MIN_STARTS, limit or 0)

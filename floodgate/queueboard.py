@@ -104,6 +104,11 @@ class QueueBoard:
         the provider's ``started_at``), oldest first."""
         self._own: dict[str, ProviderQueue] = {}
         """Provider → its own queue, for each provider seen keeping one of our jobs waiting in it."""
+        self._heard_until: float | None = None
+        """The latest stamp of a snapshot the workers wrote (one with a provider): how far the
+        board has heard of the lines. A line's pace counts the time since its latest start up to
+        here, not up to the clock: a view whose feed runs behind (a busy worker, a busy API)
+        would otherwise take its own lag for a line that stopped moving."""
 
     def __len__(self) -> int:
         """Queued jobs on the board."""
@@ -123,6 +128,8 @@ class QueueBoard:
         stamp = snapshot.get("updated_at")
         at = stamp / 1000 if stamp else now
         status, provider = snapshot.get("status"), snapshot.get("provider")
+        if provider and stamp and (self._heard_until is None or at > self._heard_until):
+            self._heard_until = at
         if status == "queued" and not provider and self.route is not None:
             provider = self.route(snapshot.get("model") or "")  # accepted here, not admitted yet
         place = snapshot.get("provider_queue_position")
@@ -220,7 +227,12 @@ class QueueBoard:
         if state is None:
             configured = self.configured_render.get(provider)
             return limit / configured if configured and limit else None
-        return state.pace.rate(limit, now)
+        # The open gap since the line's latest start runs to what the board has heard, not to
+        # the clock (``_heard_until``): in the spike bench the view ran 2-4 s behind while the
+        # burst was admitted, and counting that as a line standing still told the ETAs of those
+        # seconds up to 1.45× too long.
+        heard = now if self._heard_until is None else min(now, self._heard_until)
+        return state.pace.rate(limit, heard)
 
     def position(self, job_id: str) -> int | None:
         place = self._places.get(job_id)

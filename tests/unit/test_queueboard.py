@@ -129,9 +129,26 @@ def test_every_start_counts_while_the_provider_stays_saturated() -> None:
             b.observe(snap(f"j{nxt}", "submitted", created=nxt / 100, updated=second + 0.1), T0 + second)
             nxt += 1
     # Twenty starts after the one that filled the last slot (at 1 s), read half a second after
-    # the last: the nineteen after the first of them, over the 9 s they took and the half second
-    # since (a start counts over the time since the previous one).
-    assert b.start_rate("kling", T0 + 11.6) == pytest.approx(19 / 9.5)
+    # the last: the nineteen after the first of them, over the 9 s they took (a start counts over
+    # the time since the previous one); nothing was heard since the last, so no gap is open.
+    assert b.start_rate("kling", T0 + 11.6) == pytest.approx(19 / 9.0)
+
+
+def test_a_line_stands_still_by_what_the_board_heard_since_not_by_the_clock() -> None:
+    """A view whose feed runs behind hears nothing for a while: its own lag is not a line that
+    stopped (the spike bench's ETAs of those seconds were up to 1.45× too long). Once it hears
+    of later changes elsewhere and still no start here, the line has stood still that long."""
+    b = board()
+    for i in range(40):
+        b.observe(snap(f"j{i}", created=i / 100), T0)
+    for i in range(10):
+        b.observe(snap(f"j{i}", "submitted", created=i / 100, updated=1), T0 + 1)
+    for k in range(11):  # one start a second from 2 s to 12 s
+        b.observe(snap(f"j{k}", "completed", created=k / 100, updated=2 + k), T0 + 2 + k)
+        b.observe(snap(f"j{k + 10}", "submitted", created=(k + 10) / 100, updated=2 + k), T0 + 2 + k)
+    assert b.start_rate("kling", T0 + 22) == pytest.approx(1.0), "ten s of clock, nothing heard: not a stall"
+    b.observe(snap("w0", "submitted", provider="wan", updated=22), T0 + 22)  # wan moved at 22 s
+    assert b.start_rate("kling", T0 + 22) == pytest.approx(10 / 20), "ten starts over 10 s and 10 s since"
 
 
 def test_the_wait_for_a_bursts_first_end_is_not_the_pace_of_the_line() -> None:
