@@ -27,11 +27,11 @@ answers:
 
 * **Spillover** (``floodgate.spillover``): a job whose wait exceeds its model's ``max_wait_s``
   may move to an equivalent model's provider, so it is told no more than the pooled line: the jobs
-  ahead of it here and those the equivalent's provider would serve first, at both providers' start
-  rates together (the better equivalent, if several). Jobs at the equivalent are told their own
-  line's pace: counting the long line's jobs that may move in ahead of them was tried and told them
-  far too long where ``max_wait_s`` is short (the spike bench: p50 error 16% → 66%), since those
-  move only as the equivalent's line runs short.
+  ahead of it here and the whole of the equivalent's line (it moves only once that line is short),
+  at both providers' start rates together (the better equivalent, if several). Jobs at the
+  equivalent are told their own line's pace: counting the long line's jobs that may move in ahead
+  of them was tried and told them far too long where ``max_wait_s`` is short (the spike bench:
+  p50 error 16% → 66%), since those move only as the equivalent's line runs short.
 
 Estimates, not promises: a burst of a higher class arriving later moves a job back, and the
 start rate follows the providers' render times.
@@ -264,12 +264,16 @@ class QueueBoard:
         if rule is None or serving != model or wait <= rule.max_wait_s:
             return wait
         assert self.route is not None
-        _, klass, entry = self._places[snapshot["job_id"]]
-        # It may move: to the equivalent whose pooled line is the shortest.
+        # It may move: to the equivalent whose pooled line is the shortest. Behind the whole of
+        # the equivalent's line, not only the jobs accepted before it: a job moves only once that
+        # line is short (``floodgate.spillover``), so the equivalent serves its own line first,
+        # while this one serves ``rate`` of its own; from then on both serve what is left. The
+        # wait comes to (position + the equivalent's line + 1) ÷ both rates, and to the job's own
+        # line's pace where that is shorter (it starts here before the equivalent has room).
         for other in rule.equivalents:
             there = self.route(other)
             if there and there != provider and (rate_there := self.start_rate(there, now)):
-                wait = min(wait, (position + self._ahead(there, klass, entry) + 1) / (rate + rate_there))
+                wait = min(wait, (position + self.queued_at(there) + 1) / (rate + rate_there))
         return wait
 
     def standing(self, snapshot: Mapping[str, Any], now: float) -> Standing:

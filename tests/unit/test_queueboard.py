@@ -359,6 +359,10 @@ def test_a_job_that_may_spill_is_told_the_pooled_line_not_its_own_providers_alon
     plain = spill_board(spillover={})
     fill(plain, 100, 300, 0)
     assert eta(plain, "k299", "kling", "kling-2.1") == 30.0
+    # Behind the whole of wan's line, those accepted after it too: they start before wan has room.
+    later = spill_board()
+    fill(later, 0, 300, 100)
+    assert eta(later, "k299", "kling", "kling-2.1") == 20.0
     # Within max_wait_s it does not move: its own line's pace.
     assert eta(b, "k50", "kling", "kling-2.1") == 5.1
     # A job already moved (or served by another model) does not move again.
