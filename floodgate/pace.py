@@ -83,8 +83,8 @@ class Pace:
         self._oldest: float | None = None
         self._oldest_known = True
         self._settled: tuple[float, float, int] | None = None
-        """(median, mean, count) of the settled holds, worked out when asked and kept until a job starts
-        or ends: the board asks for them on a job's every message."""
+        """(median, mean, count) of the settled holds, worked out when asked and kept until a job
+        starts or ends: the board asks for them on a job's every message."""
 
     @property
     def running(self) -> int:

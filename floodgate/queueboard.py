@@ -228,9 +228,9 @@ class QueueBoard:
             configured = self.configured_render.get(provider)
             return limit / configured if configured and limit else None
         # The open gap since the line's latest start runs to what the board has heard, not to
-        # the clock (``_heard_until``): in the spike bench the view ran 2-4 s behind while the
-        # burst was admitted, and counting that as a line standing still told the ETAs of those
-        # seconds up to 1.45× too long.
+        # the clock (``_heard_until``): in the spike bench the view ran seconds behind while the
+        # burst was admitted, and counting that as lines standing still told the ETAs read 2-4 s
+        # into the burst up to 1.45× too long.
         heard = now if self._heard_until is None else min(now, self._heard_until)
         return state.pace.rate(limit, heard)
 
@@ -242,8 +242,8 @@ class QueueBoard:
         return self._ahead(provider, klass, entry)
 
     def _ahead(self, provider: str, klass: tuple[str, str], entry: tuple[int, str]) -> int:
-        """How many of ``provider``'s waiting jobs its line serves before a job of ``klass``
-        (priority, tenant) accepted at ``entry`` (created_at ms, job id), held there or not."""
+        """How many of ``provider``'s waiting jobs its line serves before its job of ``klass``
+        (priority, tenant) accepted at ``entry`` (created_at ms, job id)."""
         state = self._providers.get(provider)
         if state is None:
             return 0

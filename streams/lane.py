@@ -83,7 +83,8 @@ class Lane:
         burst is read and interleaved, while the rest of the backlog stays in Kafka.
         ``weight_of(tenant)``: the tenant's fair share. ``breaker_reset_after``: seconds the
         circuit breaker stays open before a probe. ``configured_hold``: typical seconds a job holds
-        a slot here (the routing file's ``render_time``), the prior of the holds seen (``floodgate.pace``).
+        a slot here (the routing file's ``render_time``), the prior of the holds seen
+        (``floodgate.pace``).
         ``writer``: the producer of their own that this lane's tables write through
         (``streams/slotwriter.py``), or None for the worker's Faust producer."""
         self.spec = spec
