@@ -20,8 +20,10 @@ without it, a connector's documented read limit applies, if it has one (``stream
 ``provider_model`` defaults to the route's model name. A target may also carry ``render_time``
 (seconds, or ``{"kind": "uniform", "min": 30, "max": 180}``, as the simulator's config) and
 ``price_per_second`` or ``price_per_job``: routing ignores them, ``floodgate plan`` and
-``floodgate audit`` read them. ``spillover`` (optional) names, per model, equivalent models that
-take its waiting jobs when its own line is long::
+``floodgate audit`` read them, and the render time is the prior of the paces that ETAs and
+spillover work from (``floodgate.pace``: it weighs as ten renders seen). ``spillover``
+(optional) names, per model, equivalent models that take its waiting jobs when its own line is
+long::
 
     "spillover": {"kling-2.1": {"equivalents": ["wan-2.6"], "max_wait_s": 60}}
 
