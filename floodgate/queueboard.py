@@ -238,17 +238,9 @@ class QueueBoard:
         place = self._places.get(job_id)
         if place is None:
             return None
-        provider, klass, entry = place
-        return self._ahead(provider, klass, entry)
-
-    def _ahead(self, provider: str, klass: tuple[str, str], entry: tuple[int, str]) -> int:
-        """How many of ``provider``'s waiting jobs its line serves before its job of ``klass``
-        (priority, tenant) accepted at ``entry`` (created_at ms, job id)."""
-        state = self._providers.get(provider)
-        if state is None:
-            return 0
-        priority, tenant = klass
-        index = bisect.bisect_left(state.classes.get(klass, ()), entry)
+        provider, (priority, tenant), entry = place
+        state = self._providers[provider]
+        index = bisect.bisect_left(state.classes[(priority, tenant)], entry)
         loads = (ClassLoad(p, t, len(jobs)) for (p, t), jobs in state.classes.items())
         return position_estimate(priority, tenant, index, loads, self.weight_of, held=state.pace.running_by,
                                  limit=self.limits.get(provider))
