@@ -162,10 +162,17 @@ class QueueBoard:
             made = self._own[provider] = ProviderQueue()
             # The jobs seen leaving Floodgate's line for it before it was first seen keeping one
             # waiting (the first ones after a start) arrive as well: their next word there (a
-            # place, or running) is where they entered it, as it would have been had it existed.
+            # place, or running) is where they entered it, and their submission is when they took
+            # that place, as it would have been had the queue existed. (Without the submission, a
+            # first place counted from the status call that told it: on a busy CI worker that
+            # call came late, the first moves looked short, and a job was told 1.0 s for a start
+            # 2.6 s away.)
+            starts = self._providers[provider].pace.started_at if provider in self._providers else {}
             for job, where in self._started.items():
                 if where == provider:
                     made.arrive(job)
+                    if (began := starts.get(job)) is not None:
+                        made.observe(job, "submitted", None, began[0])
         for name, own in self._own.items():
             if name == provider:
                 if status != "queued" and job_id in self._places:

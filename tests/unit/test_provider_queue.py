@@ -234,6 +234,26 @@ def test_jobs_that_left_our_line_before_the_provider_was_seen_keeping_a_queue_co
     assert sorted(own.entries) == [-1, 3, 4] and not own.arriving
 
 
+def test_the_first_jobs_after_a_start_count_their_first_place_from_their_submission_too() -> None:
+    # fal runs one job at a time, 1.3 s each. The first jobs after a start are submitted at T0,
+    # before the board knows fal keeps a queue; a busy worker's first status call tells their
+    # places only at T0 + 1, and the first render ends at T0 + 1.3.
+    b = QueueBoard({"fal": 4})
+    for job in "abcd":
+        b.observe(snap(job, "queued"), T0)
+        b.observe(snap(job, "submitted"), T0)  # no place told yet
+    for job, place in (("b", 0), ("c", 1), ("d", 2)):
+        b.observe(snap(job, "submitted", place=place, updated=1), T0 + 1)
+    b.observe(snap("b", "running", updated=1.3), T0 + 1.3)
+    for job, place in (("c", 0), ("d", 1)):
+        b.observe(snap(job, "submitted", place=place, updated=1.3), T0 + 1.3)
+    # Three places in 1.3 s each, from the submission: not in 0.3 s (from the late call), which
+    # told "d" 0.2 s a place for a start 2.6 s away.
+    assert b._own["fal"].rate(T0 + 1.3) == pytest.approx(1 / 1.3)
+    d = b.standing(snap("d", "submitted", place=1, updated=1.3), T0 + 1.3)
+    assert d.eta_seconds == pytest.approx(2.6, abs=0.06)
+
+
 def test_without_a_pace_or_at_a_provider_without_a_queue_the_general_rule_holds() -> None:
     b = QueueBoard({"fal": 4, "kling": 4}, configured_render={"fal": 30.0, "kling": 20.0})
     b.observe(snap("a", "submitted", place=3), T0)
