@@ -80,6 +80,17 @@ class Order:
     """Epoch milliseconds past which the order is never submitted (its job ends ``expired``)."""
     spilled_from: str | None = None
     """The model whose long line this order left for ``model`` (``floodgate.spillover``)."""
+    lined_at: int | None = None
+    """Epoch milliseconds the order joined this line, if not at its acceptance: a spilled order
+    joins its equivalent's line at the back, behind the orders already waiting there, which were
+    told their place and ETA before it came. (By its acceptance, an order moved from a line
+    minutes long went ahead of them all: in the demo the last of wan's own jobs was told 41 s
+    and waited 57.) A later fallback keeps it: the job waits in the pool it joined."""
+
+    @property
+    def line_key(self) -> int:
+        """Where the order goes among its tenant's orders in the line: when it joined it."""
+        return self.queued_at if self.lined_at is None else self.lined_at
 
     def expired(self, now_ms: float) -> bool:
         return self.deadline_at is not None and now_ms >= self.deadline_at
@@ -94,7 +105,7 @@ class Order:
             params=_mapping(rec.get("params")), tried=tuple(rec.get("tried") or ()),
             webhook_url=rec.get("webhook_url"), metadata=_mapping(rec.get("metadata")),
             priority=_shared(rec.get("priority") or "standard"), deadline_at=rec.get("deadline_at"),
-            spilled_from=None if spilled is None else _shared(spilled))
+            spilled_from=None if spilled is None else _shared(spilled), lined_at=rec.get("lined_at"))
 
     def to_record(self) -> dict[str, Any]:
         return {
@@ -102,18 +113,20 @@ class Order:
             "provider_model": self.provider_model, "prompt": self.prompt, "image_url": self.image_url,
             "params": dict(self.params), "attempt": self.attempt, "tried": list(self.tried),
             "queued_at": self.queued_at, "webhook_url": self.webhook_url, "metadata": dict(self.metadata),
-            "priority": self.priority, "deadline_at": self.deadline_at, "spilled_from": self.spilled_from}
+            "priority": self.priority, "deadline_at": self.deadline_at, "spilled_from": self.spilled_from,
+            "lined_at": self.lined_at}
 
     def moved_to(self, provider: str, provider_model: str) -> Order:
         """This order's next attempt, at ``provider``, with this provider counted as tried."""
         return replace(self, provider=provider, provider_model=provider_model, attempt=self.attempt + 1,
                        tried=(*self.tried, self.provider))
 
-    def spilled_to(self, model: str, provider: str, provider_model: str) -> Order:
-        """This order's next attempt, for the equivalent ``model`` at ``provider``. Fallbacks from
-        there follow ``model``'s own chain; ``tried`` is for outages and stays as it was."""
+    def spilled_to(self, model: str, provider: str, provider_model: str, at_ms: int) -> Order:
+        """This order's next attempt, for the equivalent ``model`` at ``provider``, joining its line
+        at ``at_ms`` (epoch milliseconds). Fallbacks from there follow ``model``'s own chain;
+        ``tried`` is for outages and stays as it was."""
         return replace(self, model=model, provider=provider, provider_model=provider_model,
-                       attempt=self.attempt + 1, spilled_from=self.model)
+                       attempt=self.attempt + 1, spilled_from=self.model, lined_at=at_ms)
 
     @property
     def idempotency_key(self) -> str:

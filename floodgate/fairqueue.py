@@ -19,9 +19,10 @@ Orders that wait for a provider's slot are served in this order:
    each holds its whole slots: a share is rarely a whole number of slots (3:1 of 6 slots is 4.5
    and 1.5), and serving the fewest held for its weight at every start kept such a pair at 4 and
    2, two starts to one. Without ``held_of`` the turns alone decide.
-3. **Within a tenant**, by the line's order key: the dispatcher's is the job's acceptance time, so
-   a tenant's jobs start in the order their 202s were given, although the ``requests`` partitions
-   they were admitted from interleave by fetch (the job view counts places in that order too).
+3. **Within a tenant**, by the line's order key: the dispatcher's is when the order joined the
+   line, the job's acceptance time (a spilled order's move: ``Order.line_key``), so a tenant's
+   jobs start in the order their 202s were given, although the ``requests`` partitions they were
+   admitted from interleave by fetch (the job view counts places in that order too).
    Arrival at the line breaks ties.
 
 Tags are not stored: a line rebuilt after a restart re-tags its orders in arrival order, which

@@ -1,8 +1,9 @@
 """Place in line and ETA of queued jobs, as the job view sees them. Pure: clocks are arguments.
 
 The API's job view hands every snapshot it keeps to ``QueueBoard.observe``. The board keeps, per
-provider, the queued jobs of each (priority, tenant) class in acceptance order, and from those
-answers:
+provider, the queued jobs of each (priority, tenant) class in the order they joined the line (their
+acceptance; a job spilled from another model's line, its move: it joins at the back, as the
+dispatcher puts its order), and from those answers:
 
 * ``queue_position``: how many waiting jobs the provider serves before this one, by the waiting
   line's own rule (``floodgate.fairqueue.position_estimate``: higher priority classes first, then
@@ -29,9 +30,8 @@ answers:
   may move to an equivalent model's provider, so it is told no more than the pooled line: the jobs
   ahead of it here and the whole of the equivalent's line (it moves only once that line is short),
   at both providers' start rates together (the better equivalent, if several). Jobs at the
-  equivalent are told their own line's pace: counting the long line's jobs that may move in ahead
-  of them was tried and told them far too long where ``max_wait_s`` is short (the spike bench:
-  p50 error 16% → 66%), since those move only as the equivalent's line runs short.
+  equivalent are told their own line's pace, and hold to it: a job that moves in joins the line
+  behind them (its ``lined_at``), so it takes only the room they leave.
 
 Estimates, not promises: a burst of a higher class arriving later moves a job back, and the
 start rate follows the providers' render times.
@@ -68,7 +68,7 @@ class _Provider:
     pace: Pace
     """Its start rate and render times, from the jobs seen starting and ending there."""
     classes: dict[tuple[str, str], list[tuple[int, str]]] = field(default_factory=dict)
-    """(priority, tenant) → sorted (created_at ms, job id) of queued jobs."""
+    """(priority, tenant) → sorted (lined_at or else created_at ms, job id) of queued jobs."""
 
     def waiting(self) -> int:
         return sum(len(jobs) for jobs in self.classes.values())
@@ -76,7 +76,7 @@ class _Provider:
 
 _Place = tuple[str, tuple[str, str], tuple[int, str]]
 """Where a queued job is on the board: (provider, its class (priority, tenant), its entry in that
-class's line (created_at ms, job id)). A plain tuple of strings and numbers, not a record: the
+class's line (lined_at or else created_at ms, job id)). A plain tuple of strings and numbers, not a record: the
 garbage collector untracks those, so a full collection does not walk one per waiting job (an
 API holds 100,000 of them under a backlog; see ``floodgate.api.view.untracked``)."""
 
@@ -143,7 +143,8 @@ class QueueBoard:
         if status == "queued" and provider:
             self._ended(job_id)  # (back in a line: a reroute after its start)
             klass = (snapshot.get("priority") or "standard", snapshot.get("tenant") or "default")
-            entry = (int(snapshot.get("created_at") or 0), job_id)
+            # By when it joined the line: its acceptance, or a spilled job's move (as the dispatcher).
+            entry = (int(snapshot.get("lined_at") or snapshot.get("created_at") or 0), job_id)
             bisect.insort(self._provider(provider).classes.setdefault(klass, []), entry)
             self._places[job_id] = (provider, klass, entry)
             return

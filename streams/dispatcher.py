@@ -508,10 +508,11 @@ class Dispatcher:
         assert self.pipe.lines is not None
         self.pipe.lines.took(spill.target.provider)
         self.metrics.spilled.labels(self.name, spill.target.provider).inc()
-        moved = order.spilled_to(spill.model, spill.target.provider, spill.target.provider_model)
+        at = self.pipe.now_ms()  # when it joins the equivalent's line: the order's and the job's
+        moved = order.spilled_to(spill.model, spill.target.provider, spill.target.provider_model, at)
         await self.emit.send_durably(self.names.events, "JobEvent", order.job_id, {
             "event_id": f"{order.job_id}:rerouted:{self.name}:{moved.attempt}", "job_id": order.job_id,
-            "kind": "rerouted", "at": self.pipe.now_ms(), "provider": spill.target.provider, "model": spill.model,
+            "kind": "rerouted", "at": at, "provider": spill.target.provider, "model": spill.model,
             "attempt": moved.attempt, "error": spill.reason})
         await self.emit.send_durably(self.names.dispatch(spill.target.provider), "DispatchOrder", order.job_id,
                                      moved.to_record())

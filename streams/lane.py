@@ -69,9 +69,10 @@ from streams.tables import EntriesOf, RecordTable
 log = logging.getLogger(__name__)
 
 
-def _accepted(order: Order) -> float:
-    """A tenant's waiting orders go by acceptance (the job view counts places the same way)."""
-    return order.queued_at
+def _joined(order: Order) -> float:
+    """A tenant's waiting orders go by when they joined the line: their acceptance, or a spilled
+    order's move (the job view counts places the same way)."""
+    return order.line_key
 
 
 class Lane:
@@ -101,7 +102,7 @@ class Lane:
         """The waiting orders of workers before slots and waiting orders shared a table: read
         only to move them over (``sync``)."""
         self.lines: dict[int, FairLine[Order]] = {
-            p: FairLine(max(window, self.capacity(p)), weight_of, order_key=_accepted,
+            p: FairLine(max(window, self.capacity(p)), weight_of, order_key=_joined,
                         held_of=self.pools[p].held_by, slots=self.pools[p].capacity)
             for p in range(partitions)}
         self.generations: dict[int, int] = {}

@@ -73,6 +73,7 @@ def snapshot(state: JobState) -> dict[str, Any]:
         "serving_model": state.serving_model,
         "route_note": state.route_note,
         "provider_queue_position": state.provider_queue_position,
+        "lined_at": None if state.lined_at is None else round(state.lined_at * 1000),
     }
 
 
@@ -122,4 +123,5 @@ def _snapshot_of(s: Any) -> dict[str, Any] | None:
         "serving_model": s.get("serving_model"),
         "route_note": s.get("route_note"),
         "provider_queue_position": s.get("provider_queue_position"),
+        "lined_at": None if (lined := s.get("lined_at")) is None else round(lined * 1000),
     }

@@ -172,6 +172,10 @@ class JobState:
     provider_queue_at: float | None = None
     """When the provider said so (epoch seconds): the newest word wins, whatever the order the
     words arrive in."""
+    lined_at: float | None = None
+    """When the job joined the line it waits in, if not at its acceptance (epoch seconds): a job
+    that spilled to an equivalent joined that line at the back, behind the jobs already waiting
+    there (``floodgate.spillover``). None: its place goes by ``created_at``."""
     recent_events: tuple[str, ...] = ()
     version: int = 0
 
@@ -196,7 +200,8 @@ class JobState:
         for name in ("priority", "deadline_at"):
             if out[name] is None:
                 del out[name]  # likewise
-        for name in ("request_hash", "serving_model", "route_note", "provider_queue_position", "provider_queue_at"):
+        for name in ("request_hash", "serving_model", "route_note", "provider_queue_position", "provider_queue_at",
+                     "lined_at"):
             if out[name] is None:
                 del out[name]
         return out
@@ -289,7 +294,7 @@ def _strings(value: Any) -> str | None:
 
 _CHECKS: Mapping[str, Callable[[Any], str | None]] = MappingProxyType({
     "job_id": _job_id, "status": _status, "attempt": _count, "version": _count, "deadline_at": _optional_time,
-    "provider_queue_position": _optional_count, "provider_queue_at": _optional_time,
+    "provider_queue_position": _optional_count, "provider_queue_at": _optional_time, "lined_at": _optional_time,
     "progress": _progress, "created_at": _time, "updated_at": _time, "metadata": _metadata,
     "recent_events": _strings, **{name: _optional_str for name in _OPTIONAL_STR}})
 
@@ -389,7 +394,11 @@ def _merge_attempt(s: JobState, event: JobEvent) -> tuple[JobState, str]:
             provider_queue_at=None,
         )
         if event.kind == "rerouted":
-            s = dataclasses.replace(s, serving_model=event.model or s.serving_model, route_note=event.error)
+            # A spill names the equivalent model: its order joins that line at the back (its
+            # ``lined_at``, the event's time: the dispatcher stamped both). A fallback keeps both.
+            s = dataclasses.replace(s, route_note=event.error)
+            if event.model:
+                s = dataclasses.replace(s, serving_model=event.model, lined_at=event.at)
             reason = f"rerouted to {event.provider} (attempt {event.attempt})"
         else:
             reason = f"attempt {event.attempt} opened by {event.kind}"

@@ -55,6 +55,7 @@ SAMPLES: dict[str, dict[str, Any]] = {
         "priority": "low",
         "deadline_at": T0 + 60_000,
         "spilled_from": "kling-2.1",
+        "lined_at": T0 + 30_000,
     },
     "SlotRelease": {"job_id": "job_01hzz", "provider": "sim", "attempt": 1, "status": "completed", "at": T0,
                     "provider_job_id": "pj_1"},
@@ -106,6 +107,7 @@ SAMPLES: dict[str, dict[str, Any]] = {
         "serving_model": "gen-4",
         "route_note": "spilled from gen-3",
         "provider_queue_position": 4,
+        "lined_at": T0 + 30_000,
     },
     "DeadLetter": {
         "reason": "bad bytes",
@@ -126,7 +128,7 @@ def test_every_contract_has_a_sample() -> None:
 
 
 # Schemas that gained fields; the rest are at 1.
-CURRENT_VERSIONS = {"SlotRelease": 2, "JobRequest": 3, "JobSnapshot": 4, "DispatchOrder": 2, "JobEvent": 2}
+CURRENT_VERSIONS = {"SlotRelease": 2, "JobRequest": 3, "JobSnapshot": 5, "DispatchOrder": 3, "JobEvent": 2}
 
 
 @pytest.mark.parametrize("name", sorted(SAMPLES))

@@ -414,6 +414,9 @@ async def test_orders_that_would_wait_too_long_spill_to_an_equivalent_with_room(
         rerouted = emitter(d).events("rerouted")
         assert {r["job_id"] for r in rerouted} == {r["job_id"] for r in moved}
         assert all(r["model"] == "kling-2.1" and "spilled from wan-2.6" in r["error"] for r in rerouted)
+        # Each joins kling's line when it moves, at the back (its event says when, to the job's view).
+        at = {r["job_id"]: r["at"] for r in rerouted}
+        assert all(r["lined_at"] == at[r["job_id"]] > r["queued_at"] for r in moved)
         # Ten starts within a second: 10/s, so from place 20 on an order would wait past 2 s. The
         # first four of those go (oldest first: the line's order is kept), out of the waiting table.
         assert {r["job_id"] for r in moved} == {f"job-{i}" for i in range(WAN_SLOTS + 20, WAN_SLOTS + 24)}
@@ -431,6 +434,25 @@ async def test_orders_that_would_wait_too_long_spill_to_an_equivalent_with_room(
     finally:
         await d.lane.stop()
         await pipe.close()
+
+
+async def test_a_spilled_order_joins_the_line_behind_the_orders_already_waiting_there(
+        dispatcher: Dispatcher, provider: FakeProvider) -> None:
+    """It was accepted before them, but they were told their place and ETA before it came: it takes
+    only the room they leave."""
+    await fill(dispatcher, WAN_SLOTS)
+    now = dispatcher.pipe.now_ms()
+    for i, job in enumerate(("own-1", "own-2")):
+        await dispatcher.intake(message(WAN_SLOTS + i), replace(order(job), queued_at=now - 1000 + i))
+    moved = replace(order("moved"), queued_at=now - 60_000, attempt=1, spilled_from="kling-2.1", lined_at=now)
+    await dispatcher.intake(message(WAN_SLOTS + 2), moved)
+    await dispatcher.intake(message(WAN_SLOTS + 3), replace(order("own-3"), queued_at=now + 1))
+    await settle(dispatcher)
+    assert [o.job_id for o in dispatcher.lane.lines[0].in_order()] == ["own-1", "own-2", "moved", "own-3"]
+    for i in range(4):
+        await dispatcher.release({"job_id": f"job-{i}", "attempt": 0, "status": "completed"}, 0, 1)
+        await settle(dispatcher)
+    assert [o.job_id for o in provider.submitted[WAN_SLOTS:]] == ["own-1", "own-2", "moved", "own-3"]
 
 
 def windowed(settings: Settings, provider: FakeProvider, datadir: Path, window: int,

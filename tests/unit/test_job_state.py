@@ -257,6 +257,21 @@ def test_reroute_moves_to_the_new_provider_and_forgets_the_old_job() -> None:
     assert t.reason == "rerouted to kling (attempt 2)"
 
 
+def test_a_spill_joins_the_equivalents_line_when_it_moves_and_a_later_fallback_keeps_that() -> None:
+    from floodgate.jobs.record import JobRecord, snapshot
+
+    queued = state_at(Q, attempt=1, provider="sora", provider_job_id=None)
+    assert queued.lined_at is None and snapshot(queued)["lined_at"] is None  # by its acceptance
+    spilled = apply(queued, ev("rerouted", at=123.4567, model="wan-2.6", error="spilled from sora-2")).state
+    assert spilled is not None
+    assert (spilled.serving_model, spilled.lined_at, spilled.created_at) == ("wan-2.6", 123.4567, 10.0)
+    assert snapshot(spilled)["lined_at"] == 123457  # ms, as the order's
+    assert JobRecord.decode(JobRecord(spilled).encode()).state == spilled
+    fell_back = apply(spilled, ev("rerouted", event_id="fb", attempt=3, at=200.0, error="outage")).state
+    assert fell_back is not None
+    assert (fell_back.serving_model, fell_back.lined_at, fell_back.route_note) == ("wan-2.6", 123.4567, "outage")
+
+
 def test_reroute_needs_a_higher_attempt() -> None:
     old = state_at(R)
     t = apply(old, ev("rerouted", attempt=1))
@@ -556,7 +571,7 @@ def test_a_snapshot_written_before_request_hashes_still_decodes() -> None:
     fastavro.schemaless_writer(out, schema, old)
     decoded = codec.decode("JobSnapshot", out.getvalue(), [(SCHEMA_HEADER, b"JobSnapshot/2")])
     assert decoded == {**old, "request_hash": None, "priority": None, "serving_model": None, "route_note": None,
-                       "provider_queue_position": None}
+                       "provider_queue_position": None, "lined_at": None}
 
 
 # -- the place in the provider's own queue -----------------------------------------------------------

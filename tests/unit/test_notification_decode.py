@@ -24,7 +24,7 @@ states = st.builds(
     attempt=st.integers(0, 5), created_at=_time, updated_at=_time, webhook_url=_maybe,
     metadata=st.dictionaries(_text, _text, max_size=3), push_platform=_maybe, push_token=_maybe,
     priority=st.none() | st.sampled_from(["high", "standard", "low"]), deadline_at=st.none() | _time,
-    request_hash=_maybe, serving_model=_maybe, route_note=_maybe,
+    request_hash=_maybe, serving_model=_maybe, route_note=_maybe, lined_at=st.none() | _time,
     recent_events=st.lists(_text, max_size=3).map(tuple), version=st.integers(0, 1000))
 
 

@@ -377,6 +377,19 @@ def test_a_job_at_the_equivalent_is_told_its_own_lines_pace() -> None:
     assert b.position("v0") == 99 and eta(b, "v0", "wan", "wan-2.6") == 10.0
 
 
+def test_a_job_that_moved_joins_the_equivalents_line_at_the_back_and_pushes_no_one_there_back() -> None:
+    b = spill_board()
+    fill(b, 0, 300, 100)  # kling's 300, then wan's own 100, all accepted after them
+    assert b.position("v99") == 99
+    moved = {**snap("k0", provider="wan", created=0.001, updated=1.0), "model": "kling-2.1",
+             "serving_model": "wan-2.6", "attempt": 1, "lined_at": int((T0 + 1.0) * 1000)}
+    b.observe(moved, T0 + 1)
+    # Accepted before every wan job, but it joined wan's line after them: last there, as the
+    # dispatcher puts its order; wan's own jobs keep the places (and ETAs) they were told.
+    assert b.position("k0") == 100 and b.position("v99") == 99 and b.position("v0") == 0
+    assert b.position("k1") == 0 and b.queued_at("kling") == 299
+
+
 def test_a_short_long_line_moves_nothing_and_one_provider_for_both_models_pools_nothing() -> None:
     b = spill_board()
     fill(b, 99, 100, 1)  # kling's 100 all start there within max_wait_s
