@@ -50,6 +50,9 @@ async def run(stack: Stack) -> None:
         spilled = ids & wan
         assert len(spilled) >= BURST // 3, f"only {len(spilled)} of {BURST} moved while kling's line was long"
         assert not kling & wan, "a job went to one provider only (spilled once, never back)"
+        # A moved job joined wan's line when it moved, at the back: its final snapshot says when.
+        assert all(finals[j][0]["lined_at"] > finals[j][0]["created_at"] for j in spilled)
+        assert all(finals[j][0]["lined_at"] is None for j in (ids | firsts) - spilled)
         stats = await sim_stats(stack.simulator_url)
         assert stats["kling"]["duplicate_idempotency_keys"] == 0 and stats["wan"]["duplicate_idempotency_keys"] == 0
         assert stats["kling"]["max_concurrency"] <= 2, "kling's limit held"
