@@ -76,9 +76,9 @@ class _Provider:
 
 _Place = tuple[str, tuple[str, str], tuple[int, str]]
 """Where a queued job is on the board: (provider, its class (priority, tenant), its entry in that
-class's line (lined_at or else created_at ms, job id)). A plain tuple of strings and numbers, not a record: the
-garbage collector untracks those, so a full collection does not walk one per waiting job (an
-API holds 100,000 of them under a backlog; see ``floodgate.api.view.untracked``)."""
+class's line (lined_at or else created_at ms, job id)). A plain tuple of strings and numbers, not
+a record: the garbage collector untracks those, so a full collection does not walk one per
+waiting job (an API holds 100,000 of them under a backlog; see ``floodgate.api.view.untracked``)."""
 
 
 class QueueBoard:
