@@ -89,7 +89,8 @@ class Order:
 
     @property
     def line_key(self) -> int:
-        """Where the order goes among its tenant's orders in the line: when it joined it."""
+        """Where the order goes among its tenant's orders in the line: when it joined it (the
+        API's job view counts places the same way)."""
         return self.queued_at if self.lined_at is None else self.lined_at
 
     def expired(self, now_ms: float) -> bool:

@@ -168,12 +168,10 @@ class QueueBoard:
             # first place counted from the status call that told it: on a busy CI worker that
             # call came late, the first moves looked short, and a job was told 1.0 s for a start
             # 2.6 s away.)
-            starts = self._providers[provider].pace.started_at if provider in self._providers else {}
-            for job, where in self._started.items():
-                if where == provider:
-                    made.arrive(job)
-                    if (began := starts.get(job)) is not None:
-                        made.observe(job, "submitted", None, began[0])
+            state = self._providers.get(provider)
+            for job, (began, _) in (state.pace.started_at.items() if state is not None else ()):
+                made.arrive(job)
+                made.observe(job, "submitted", None, began)
         for name, own in self._own.items():
             if name == provider:
                 if status != "queued" and job_id in self._places:

@@ -37,6 +37,7 @@ import asyncio
 import logging
 import random
 from collections.abc import Callable, Coroutine
+from operator import attrgetter
 from typing import Any
 
 import faust
@@ -69,12 +70,6 @@ from streams.tables import EntriesOf, RecordTable
 log = logging.getLogger(__name__)
 
 
-def _joined(order: Order) -> float:
-    """A tenant's waiting orders go by when they joined the line: their acceptance, or a spilled
-    order's move (the job view counts places the same way)."""
-    return order.line_key
-
-
 class Lane:
     def __init__(self, app: faust.App, spec: ProviderSpec, partitions: int, *, window: int = 20_000,
                  weight_of: Callable[[str], float] = lambda tenant: 1.0, breaker_reset_after: float = 30.0,
@@ -102,7 +97,7 @@ class Lane:
         """The waiting orders of workers before slots and waiting orders shared a table: read
         only to move them over (``sync``)."""
         self.lines: dict[int, FairLine[Order]] = {
-            p: FairLine(max(window, self.capacity(p)), weight_of, order_key=_joined,
+            p: FairLine(max(window, self.capacity(p)), weight_of, order_key=attrgetter("line_key"),
                         held_of=self.pools[p].held_by, slots=self.pools[p].capacity)
             for p in range(partitions)}
         self.generations: dict[int, int] = {}
