@@ -15,9 +15,15 @@ waiting in Floodgate's own line is:
   ahead of ours are other customers' too, so our jobs' starts alone would say nothing of the
   queue's pace; the places do. The rate is the places over the seconds of the recent moves
   (``MOVES`` at most, none older than ``MAX_AGE``), every job's weighed by its time. A place that
-  grew (fal puts a request over its limit back in line) counts as time without a move. A job's
-  first place counts from its submission, not from the status call that first told it (which a
-  busy worker may make late, and its first move then looked short).
+  grew (fal puts a request over its limit back in line) counts as time without a move.
+* **A job's first move does not count.** A job enters the queue at some moment of the move under
+  way there, so its first move measures only what was left of that move: half a render on average
+  where one runner serves the queue, and nothing at all when an idle runner picks up the job ahead
+  (every job queued behind it then moves a place within milliseconds). Counted, those made the
+  pace twice too fast (a CI run told a job 0.9 s for a start 2.7 s away). From its second place
+  on, a job's moves run from one move of the queue to the next. Its first place still counts from
+  its submission, not from the status call that first told it (which a busy worker may make late):
+  that is how long it has waited there, for what is left of its move and for a stalled queue.
 * **A stalled queue slows the estimate down.** Each move's seconds are how long a job sat at a
   place before it was seen to move (the status calls' period included); a job that has sat at its
   place longer than that, on average, adds the excess as seconds without a move, so the
@@ -73,6 +79,9 @@ class ProviderQueue:
         self.entries: deque[int] = deque(maxlen=RUNS)
         """The first place of each of the recent jobs seen arriving (-1: it ran at once, it
         waited for nothing): where a job submitted now should enter the queue."""
+        self.entered: set[str] = set()
+        """Jobs still at the first place they were seen at: their next move is only what was left of
+        the move under way when they entered, not a move of the queue's (it does not count)."""
         self.submitted: dict[str, float] = {}
         """Job id → when it was submitted, of the jobs whose first place here is still to come:
         they have held that place since (see ``_placed``)."""
@@ -120,16 +129,18 @@ class ProviderQueue:
             if self.arriving.pop(job_id, False):
                 self._entered(place)
             # Its first place is told by the first status call after the submission, which may
-            # come late on a busy worker: counted from then, the job's first move looked as short
-            # as the gap between that call and the move (a CI run: an ETA of 0.9 s for a start
-            # 2.8 s away). It has waited there since its submission (or at a place behind, which
-            # makes the move look longer, not shorter: an ETA late rather than early).
+            # come late on a busy worker. It has waited there since its submission (or at a place
+            # behind): what is left of its move, and a stall, count from then.
             self._take_place(job_id, place, min(at, self.submitted.pop(job_id, at)))
+            self.entered.add(job_id)
             return
         was, since = held
         if place == was or at <= since:
             return  # the same place told again, or older news: it keeps the time it got there
-        self._moved(at, max(0, was - place), at - since)
+        if job_id in self.entered:
+            self.entered.discard(job_id)  # the rest of a move, not one (see the module's note)
+        else:
+            self._moved(at, max(0, was - place), at - since)
         self._take_place(job_id, place, at)
 
     def _entered(self, place: int) -> None:
@@ -148,8 +159,9 @@ class ProviderQueue:
         held = self.places.pop(job_id, None)
         if held is not None:
             was, since = held
-            if at > since:
+            if at > since and job_id not in self.entered:
                 self._moved(at, was + 1, at - since)  # from its place to the front, and out
+            self.entered.discard(job_id)
         elif self.arriving.pop(job_id, False):
             self._entered(-1)  # it ran without a wait in the queue
         if job_id not in self.running:
@@ -157,6 +169,7 @@ class ProviderQueue:
 
     def _completed(self, job_id: str, at: float) -> None:
         self.places.pop(job_id, None)
+        self.entered.discard(job_id)
         self.arriving.pop(job_id, None)
         self.submitted.pop(job_id, None)
         began = self.running.pop(job_id, None)
@@ -167,6 +180,7 @@ class ProviderQueue:
     def forget(self, job_id: str) -> None:
         """``job_id`` left this provider without a completion to learn from."""
         self.places.pop(job_id, None)
+        self.entered.discard(job_id)
         self.running.pop(job_id, None)
         self.arriving.pop(job_id, None)
         self.submitted.pop(job_id, None)

@@ -14,11 +14,17 @@ from floodgate.queueboard import QueueBoard, Standing
 T0 = 1_800_000_000.0
 
 
+def enter(q: ProviderQueue, places: dict[str, int], at: float) -> None:
+    """Each job enters ``q`` a place behind, and makes its first move (which does not count) at ``at``."""
+    for job, place in places.items():
+        q.observe(job, "submitted", place + 1, at - 0.5)
+        q.observe(job, "submitted", place, at)
+
+
 def test_the_queues_pace_is_the_places_its_jobs_moved_over_the_time_it_took() -> None:
     q = ProviderQueue()
-    q.observe("a", "submitted", 4, T0)
-    q.observe("b", "submitted", 5, T0)
-    assert q.rate(T0 + 1) is None  # no move seen yet
+    enter(q, {"a": 4, "b": 5}, T0)
+    assert q.rate(T0 + 1) is None  # no move counted yet
     q.observe("a", "submitted", 2, T0 + 4)  # two places in four seconds
     assert q.rate(T0 + 4) is None  # one move may be a jump after a pause: not enough
     q.observe("b", "submitted", 3, T0 + 4)
@@ -28,10 +34,34 @@ def test_the_queues_pace_is_the_places_its_jobs_moved_over_the_time_it_took() ->
     assert q.wait("a", 2, T0 + 5) == pytest.approx(2 * 2 + 1)
 
 
+def test_a_jobs_first_move_is_the_rest_of_a_move_and_does_not_count() -> None:
+    # One runner, busy: 1.3 s a render. Four jobs are submitted at T0; the runner was idle and
+    # picks up "a" 20 ms later, so "b", "c" and "d" move up a place at once, and a status call
+    # made in those milliseconds saw their places before and after.
+    q = ProviderQueue()
+    for job, place in (("a", 0), ("b", 1), ("c", 2), ("d", 3)):
+        q.observe(job, "submitted", place, T0)
+    q.observe("a", "running", None, T0 + 0.02)
+    for job, place in (("b", 0), ("c", 1), ("d", 2)):
+        q.observe(job, "submitted", place, T0 + 0.2)
+    assert not q.moves and q.rate(T0 + 0.2) is None, "four places in no time: no pace of the queue's"
+    # The first render ends: each job moves a place, a whole move of the queue's this time.
+    q.observe("b", "running", None, T0 + 1.4)
+    for job, place in (("c", 0), ("d", 1)):
+        q.observe(job, "submitted", place, T0 + 1.4)
+    assert q.rate(T0 + 1.4) == pytest.approx(1 / 1.2)  # (from the calls that saw them: 1.2 s)
+    # Counted, the pickup's moves made it twice as fast: "d" would have been told about 1.2 s
+    # for a start 2.6 s away; it is told 2.4 (a place ahead and a whole move, each 1.2 s).
+    assert q.wait("d", 1, T0 + 1.4) == pytest.approx(2.4)
+    # A job that enters and runs from its first place moved only the rest of a move too.
+    q.observe("e", "submitted", 0, T0 + 2)
+    q.observe("e", "running", None, T0 + 2.1)
+    assert len(q.moves) == 3 and not q.entered.intersection("abe")
+
+
 def test_running_counts_as_the_move_from_its_place_to_the_front_and_out() -> None:
     q = ProviderQueue()
-    for job, place in (("a", 0), ("b", 1)):
-        q.observe(job, "submitted", place, T0)
+    enter(q, {"a": 0, "b": 1}, T0)
     q.observe("a", "running", None, T0 + 2)  # one place (0 → out) in 2 s
     q.observe("b", "submitted", 0, T0 + 2)  # one place in 2 s
     assert q.rate(T0 + 2) == pytest.approx(0.5)
@@ -40,7 +70,7 @@ def test_running_counts_as_the_move_from_its_place_to_the_front_and_out() -> Non
 
 def test_a_place_that_grew_counts_as_time_without_a_move() -> None:
     q = ProviderQueue()
-    q.observe("a", "submitted", 3, T0)
+    enter(q, {"a": 3}, T0)
     q.observe("a", "submitted", 1, T0 + 2)  # two places in 2 s
     q.observe("a", "submitted", 4, T0 + 4)  # put back in line: 2 s, no place gained
     q.observe("a", "submitted", 2, T0 + 6)  # two places in 2 s
@@ -57,8 +87,7 @@ def test_old_news_and_the_same_place_told_again_change_nothing() -> None:
 
 def test_a_stalled_queue_slows_the_estimate_down() -> None:
     q = ProviderQueue()
-    for job, place in (("a", 1), ("b", 2), ("c", 3)):
-        q.observe(job, "submitted", place, T0)
+    enter(q, {"a": 1, "b": 2, "c": 3}, T0)
     for job, place in (("a", 0), ("b", 1), ("c", 2)):
         q.observe(job, "submitted", place, T0 + 1)  # a place a second
     assert q.rate(T0 + 1.5) == pytest.approx(1.0)
@@ -70,7 +99,7 @@ def test_a_stalled_queue_slows_the_estimate_down() -> None:
 
 def test_moves_older_than_the_window_say_nothing() -> None:
     q = ProviderQueue()
-    q.observe("a", "submitted", 2, T0)
+    enter(q, {"a": 2}, T0)
     q.observe("a", "submitted", 1, T0 + 1)
     q.observe("a", "running", None, T0 + 2)
     assert q.rate(T0 + 2) is not None
@@ -119,30 +148,35 @@ def snap(job_id: str, status: str, *, provider: str = "fal", place: int | None =
 
 
 def fal_board(**kw: Any) -> QueueBoard:
-    """fal's queue moving a place every 3 s, a render of 10 s seen; "b" at place 0 and "c" at place
-    1 since T0 + 16, "a" running since then."""
+    """fal's queue moving a place every 3 s, a render of 10 s seen; "c" at place 0 since T0 + 16,
+    "b" running since then."""
     b = QueueBoard({"fal": 4}, **kw)
     for job in "xabc":  # in Floodgate's line first: the board sees them arrive at fal's queue
         b.observe(snap(job, "queued"), T0)
     b.observe(snap("x", "submitted", place=0), T0)
-    b.observe(snap("x", "running", updated=3), T0 + 3)  # the queue moves a place every 3 s
+    b.observe(snap("x", "running", updated=3), T0 + 3)
     b.observe(snap("x", "completed", updated=13), T0 + 13)  # ran 10 s
     for job, place in (("a", 0), ("b", 1), ("c", 2)):
-        b.observe(snap(job, "submitted", place=place, updated=13), T0 + 13)
-    b.observe(snap("a", "running", updated=16), T0 + 16)
-    b.observe(snap("b", "submitted", place=0, updated=16), T0 + 16)
-    b.observe(snap("c", "submitted", place=1, updated=16), T0 + 16)
+        b.observe(snap(job, "submitted", place=place, updated=10), T0 + 10)
+    # Their first moves (the rest of the move under way when they entered) do not count ...
+    b.observe(snap("a", "running", updated=13), T0 + 13)
+    b.observe(snap("b", "submitted", place=0, updated=13), T0 + 13)
+    b.observe(snap("c", "submitted", place=1, updated=13), T0 + 13)
+    # ... the next ones do: the queue moves a place every 3 s.
+    b.observe(snap("b", "running", updated=16), T0 + 16)
+    b.observe(snap("c", "submitted", place=0, updated=16), T0 + 16)
     return b
 
 
 def test_the_board_gives_a_job_in_the_providers_queue_an_eta_to_its_start_and_to_its_video() -> None:
     b = fal_board()
-    c = b.standing(snap("c", "submitted", place=1, updated=16), T0 + 17)
+    c = b.standing(snap("c", "submitted", place=0, updated=16), T0 + 17)
     assert c.queue_position is None  # not in Floodgate's line: its place is the provider's
-    # One place ahead (3 s) and two seconds left of its current move; then a 10-s run.
-    assert c.eta_seconds == pytest.approx(3 + 2) and c.eta_ready_seconds == pytest.approx(5 + 10)
-    a = b.standing(snap("a", "running", updated=16), T0 + 20)
-    assert (a.queue_position, a.eta_seconds) == (None, None) and a.eta_ready_seconds == pytest.approx(10 - 4)
+    # Two seconds left of its current move of 3 s; then a 10-s run.
+    assert c.eta_seconds == pytest.approx(2) and c.eta_ready_seconds == pytest.approx(2 + 10)
+    running = b.standing(snap("b", "running", updated=16), T0 + 20)
+    assert (running.queue_position, running.eta_seconds) == (None, None)
+    assert running.eta_ready_seconds == pytest.approx(10 - 4)
 
 
 def test_a_job_still_in_our_line_adds_the_wait_a_job_submitted_now_meets_in_the_providers_queue() -> None:
@@ -167,9 +201,11 @@ def test_the_wait_a_job_submitted_now_meets_is_where_the_recent_ones_entered_at_
     for job, place in (("b", 3), ("c", 4)):
         q.observe(job, "submitted", place, T0)
     assert q.entry_wait(T0 + 1) is None, "jobs had to wait, at a pace not seen yet"
-    q.observe("b", "submitted", 2, T0 + 2)
-    q.observe("c", "submitted", 3, T0 + 2)  # half a place a second
-    assert list(q.entries) == [-1, 3, 4] and q.entry_wait(T0 + 2) == pytest.approx((3 + 1) / 0.5)
+    q.observe("b", "submitted", 2, T0 + 1)
+    q.observe("c", "submitted", 3, T0 + 1)  # (first moves: they do not count)
+    q.observe("b", "submitted", 1, T0 + 3)
+    q.observe("c", "submitted", 2, T0 + 3)  # half a place a second
+    assert list(q.entries) == [-1, 3, 4] and q.entry_wait(T0 + 3) == pytest.approx((3 + 1) / 0.5)
 
 
 def test_only_jobs_seen_arriving_tell_where_a_job_enters_the_queue() -> None:
@@ -196,18 +232,20 @@ def test_only_jobs_seen_arriving_tell_where_a_job_enters_the_queue() -> None:
 
 
 def test_a_jobs_first_place_counts_from_its_submission_not_from_the_call_that_told_it() -> None:
-    # fal's queue moves a place every 3 s. The job is submitted at T0; a busy worker's first
-    # status call tells its place (2) only at T0 + 2.5, and the move to place 1 comes at T0 + 3.
+    # fal's queue moves a place every 3 s, as "p" showed. The job "a" is submitted at T0; a busy
+    # worker's first status call tells its place (2) only at T0 + 2.5.
     q = ProviderQueue()
+    enter(q, {"p": 8}, T0 - 6)
+    q.observe("p", "submitted", 7, T0 - 3)
+    q.observe("p", "submitted", 6, T0)
     q.observe("a", "submitted", None, T0)
     q.observe("a", "submitted", 2, T0 + 2.5)
-    q.observe("a", "submitted", 1, T0 + 3)
-    assert list(q.moves) == [(T0 + 3, 1, pytest.approx(3.0))]  # not 0.5 s: six times too fast
-    assert not q.submitted
+    assert q.places["a"] == (2, T0) and not q.submitted
+    # Two places ahead, and half a second left of its move (not all three seconds of one).
+    assert q.wait("a", 2, T0 + 2.5) == pytest.approx(2 * 3 + 0.5)
     # A job whose first word is its place (the call came at once) keeps that word's time.
     q.observe("b", "submitted", 4, T0 + 3)
-    q.observe("b", "submitted", 3, T0 + 6)
-    assert q.moves[-1] == (T0 + 6, 1, pytest.approx(3.0))
+    assert q.places["b"] == (4, T0 + 3)
     # A job that runs, ends or leaves before its first place is told leaves nothing behind.
     for job, then in (("c", "running"), ("d", "completed"), ("e", "cancelled")):
         q.observe(job, "submitted", None, T0 + 7)
@@ -244,14 +282,18 @@ def test_the_first_jobs_after_a_start_count_their_first_place_from_their_submiss
         b.observe(snap(job, "submitted"), T0)  # no place told yet
     for job, place in (("b", 0), ("c", 1), ("d", 2)):
         b.observe(snap(job, "submitted", place=place, updated=1), T0 + 1)
+    own = b._own["fal"]
+    # They have held their first places since their submission, not since the late call.
+    assert [own.places[job] for job in "bcd"] == [(0, T0), (1, T0), (2, T0)]
     b.observe(snap("b", "running", updated=1.3), T0 + 1.3)
     for job, place in (("c", 0), ("d", 1)):
         b.observe(snap(job, "submitted", place=place, updated=1.3), T0 + 1.3)
-    # Three places in 1.3 s each, from the submission: not in 0.3 s (from the late call), which
-    # told "d" 0.2 s a place for a start 2.6 s away.
-    assert b._own["fal"].rate(T0 + 1.3) == pytest.approx(1 / 1.3)
-    d = b.standing(snap("d", "submitted", place=1, updated=1.3), T0 + 1.3)
-    assert d.eta_seconds == pytest.approx(2.6, abs=0.06)
+    assert own.rate(T0 + 1.3) is None  # (first moves: the rest of the render under way)
+    b.observe(snap("c", "running", updated=2.6), T0 + 2.6)
+    b.observe(snap("d", "submitted", place=0, updated=2.6), T0 + 2.6)
+    assert own.rate(T0 + 2.6) == pytest.approx(1 / 1.3)
+    d = b.standing(snap("d", "submitted", place=0, updated=2.6), T0 + 2.6)
+    assert d.eta_seconds == pytest.approx(1.3, abs=0.06)
 
 
 def test_without_a_pace_or_at_a_provider_without_a_queue_the_general_rule_holds() -> None:
