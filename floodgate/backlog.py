@@ -56,12 +56,13 @@ class BacklogProbe(Protocol):
         """Release the probe's clients; the monitor calls it once it has stopped."""
 
 
-def lag(end: int, committed: int | None, low: int) -> int:
+def lag(end: int, committed: int | None, low: int, read_to: int = 0) -> int:
     """Records not yet consumed by the group on one partition: ``end`` minus the committed
     offset, or minus the log start ``low`` when nothing is committed (the group starts from the
-    earliest record)."""
+    earliest record); or minus ``read_to`` where the group is known to have read further than it
+    committed."""
     start = committed if committed is not None and committed >= 0 else low
-    return max(0, end - max(start, low))
+    return max(0, end - max(start, low, read_to))
 
 
 class DrainRate:

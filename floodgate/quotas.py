@@ -158,13 +158,26 @@ class OpenJobs:
     counts admitted jobs (version >= 1) still ``queued``: the ones a provider has yet to take.
 
     Holds one entry per open job (its id and tenant), so it does not lose count when the job
-    view evicts a live job's snapshot to disk."""
+    view evicts a live job's snapshot to disk.
 
-    __slots__ = ("_open", "_waiting")
+    ``admitted_to``: per ``requests`` partition, the offset after the newest request seen to admit
+    a job (a job's state names the record that admitted it). The workers have read that partition
+    that far, whatever offset they have committed yet: the backlog guard counts the requests past
+    it as not yet admitted, so that a job admitted since the last commit is not counted twice, in
+    the lag and in ``waiting`` (a burst was shed at 7 jobs against a depth of 8)."""
+
+    __slots__ = ("_open", "_waiting", "admitted_to")
 
     def __init__(self) -> None:
         self._open = JobsByTenant()
         self._waiting: set[str] = set()
+        self.admitted_to: dict[int, int] = {}
+
+    def admitted(self, marks: Mapping[int, int]) -> None:
+        """Requests (partition → offset) seen to admit jobs: each partition was read past them."""
+        for partition, offset in marks.items():
+            if offset >= self.admitted_to.get(partition, 0):
+                self.admitted_to[partition] = offset + 1
 
     def observe(self, job_id: str, tenant: str, status: str, version: int) -> None:
         if status in TERMINAL:

@@ -4,7 +4,10 @@
 
 * depth = the workers' consumer lag on ``requests`` (accepted, not yet admitted) plus, with a
   job view, the admitted jobs it holds as ``queued`` (in ``dispatch.<provider>`` or parked in a
-  provider's waiting line); without a view (an ingress-only API), the workers' lag on every
+  provider's waiting line). With a view, the lag on ``requests`` counts from the newest request
+  the view has seen admit a job where that is past the committed offset (``OpenJobs.admitted_to``):
+  the workers commit every few seconds, and a job admitted since then is in ``queued`` already;
+  without a view (an ingress-only API), the workers' lag on every
   ``dispatch.<provider>`` instead, plus the orders the dispatchers hold in their waiting lines
   (already acknowledged, so not in the lag), from the newest report per dispatch partition on
   ``lines`` (``floodgate.spillover.LineReport``, one a second);
@@ -67,13 +70,16 @@ class KafkaBacklog:
                  clock: Callable[[], float] = time.monotonic, timeout: float = 5.0,
                  drain: DrainRate | None = None, lines: str | None = None, count_line_waiting: bool = False,
                  dispatch_topics: Mapping[str, str] | None = None,
-                 queued_at: Callable[[str], int] | None = None) -> None:
-        """``lines``: the line reports' topic, read for the pace of the full lines and, with
+                 queued_at: Callable[[str], int] | None = None, requests: str | None = None) -> None:
+        """``requests``: the requests topic (among ``lag_topics``), whose lag counts from
+        ``open_jobs.admitted_to`` where the view has seen the workers read further. ``lines``:
+        the line reports' topic, read for the pace of the full lines and, with
         ``count_line_waiting``, the orders waiting in them (an API without a job view, which
         cannot count them otherwise). Per provider, the jobs waiting for it come from
         ``queued_at`` (the job view's board) or else from the lag on its dispatch topic
         (``dispatch_topics``: provider → topic, among ``lag_topics``) and its lines' orders."""
         self._lagged = [TopicPartition(t, p) for t, parts in lag_topics for p in range(parts)]
+        self._requests = requests
         self._results = [TopicPartition(results[0], p) for p in range(results[1])]
         self.open_jobs = open_jobs
         self.clock = clock
@@ -108,7 +114,8 @@ class KafkaBacklog:
         """Read the offsets (in a thread) and recompute the figures. On a broker error the
         figures become unknown (the guard then accepts) and ``KafkaException`` is raised."""
         try:
-            unread, finished, reports = await asyncio.to_thread(self._read)
+            read_to = dict(self.open_jobs.admitted_to) if self.open_jobs is not None else {}
+            unread, finished, reports = await asyncio.to_thread(self._read, read_to)
         except (KafkaException, RuntimeError):
             self._depth = self._wait = None
             self._line_waits = {}
@@ -137,9 +144,10 @@ class KafkaBacklog:
             out[report.provider] = out.get(report.provider, 0) + report.waiting
         return out
 
-    def _read(self) -> tuple[dict[str, int], int, list[LineReport]]:
+    def _read(self, read_to: Mapping[int, int]) -> tuple[dict[str, int], int, list[LineReport]]:
         """(records the group has yet to read, per lagged topic; records ever written to results;
-        the newest fresh line report of each dispatch partition)."""
+        the newest fresh line report of each dispatch partition). ``read_to``: per partition of
+        the requests topic, the offset the workers are known to have read to."""
         with self._lock:
             if self._closed:
                 raise RuntimeError("backlog probe closed")
@@ -149,8 +157,9 @@ class KafkaBacklog:
                              for tp in self._consumer.committed(self._lagged, timeout=self.timeout)}
                 for tp in self._lagged:
                     low, high = self._consumer.get_watermark_offsets(tp, timeout=self.timeout, cached=False)
+                    seen = read_to.get(tp.partition, 0) if tp.topic == self._requests else 0
                     unread[tp.topic] = (unread.get(tp.topic, 0)
-                                        + lag(high, committed.get((tp.topic, tp.partition)), low))
+                                        + lag(high, committed.get((tp.topic, tp.partition)), low, seen))
             finished = 0
             for tp in self._results:
                 finished += self._consumer.get_watermark_offsets(tp, timeout=self.timeout, cached=False)[1]
@@ -284,7 +293,7 @@ async def start_monitor(settings: Settings, topics: TopicNames, providers: Itera
                          (topics.results, partitions[topics.results]), open_jobs,
                          lines=topics.lines, count_line_waiting=open_jobs is None,
                          dispatch_topics=dispatch if open_jobs is None else None,
-                         queued_at=queued_at if open_jobs is not None else None)
+                         queued_at=queued_at if open_jobs is not None else None, requests=topics.requests)
     monitor = BacklogMonitor(probe, guard, api_metrics(), settings.backlog_refresh, routing=routing)
     await monitor.refresh_once()
     monitor.start()

@@ -41,7 +41,7 @@ from connectors.providers.base import read_webhook
 from floodgate.api.heard import Heard
 from floodgate.api.view import YIELD_EVERY, JobView, Snapshot, Submission
 from floodgate.errors import SchemaError
-from floodgate.jobs.record import decode_notification
+from floodgate.jobs.record import read_notification
 from floodgate.kafka_admin import groupless_reader, watermarks
 from floodgate.tasks import PollThread, cancel_and_wait
 
@@ -180,6 +180,7 @@ class NotificationFeed:
         snapshots: list[Snapshot] = []
         submissions: list[Submission] = []
         words: list[Heard] = []
+        admitted: dict[int, int] = {}  # requests partition → the newest record seen admitting a job
         topic, webhooks = self.topic, self.webhooks
         for n, msg in enumerate(records, 1):
             if not n % YIELD_EVERY:
@@ -187,8 +188,11 @@ class NotificationFeed:
             if msg.error() is not None:
                 log.warning("notification feed: %s", msg.error())
             elif msg.topic() == topic:
-                if (snapshot := _decode(msg)) is not None:
+                if (read := _decode(msg)) is not None:
+                    snapshot, src = read
                     snapshots.append(snapshot)
+                    if src is not None and src[1] > admitted.get(src[0], -1):
+                        admitted[src[0]] = src[1]
             elif msg.topic() == webhooks:
                 if self.view.watches(msg.key()) and (word := self._word(msg)) is not None:
                     words.append(word)
@@ -196,6 +200,8 @@ class NotificationFeed:
                 submissions.append(sub)
         # Also with nothing fetched: the flush writes what the ingress's put_local evicted.
         await self.view.apply_batch(snapshots)
+        if admitted:
+            self.view.open_jobs.admitted(admitted)
         for sub in submissions:
             self.view.submitted(sub)
         for word in words:  # after the table's snapshots of the same batch: those may have it already
@@ -231,12 +237,12 @@ def _submission(msg: Any) -> Submission | None:
         return None
 
 
-def _decode(msg: Any) -> Snapshot | None:
+def _decode(msg: Any) -> tuple[Snapshot, tuple[int, int] | None] | None:
     value = msg.value()
     if value is None:
         return None  # a tombstone: compaction's business, not a state
     try:
-        return decode_notification(value, msg.headers())
+        return read_notification(value, msg.headers())
     except SchemaError as exc:
         log.warning("skipping undecodable snapshot at %s[%s]@%s: %s", msg.topic(), msg.partition(), msg.offset(),
                     exc)

@@ -92,15 +92,22 @@ def decode_notification(value: bytes, headers: Headers = None) -> dict[str, Any]
     """The snapshot a ``notifications`` record stands for: a jobs-table changelog value, or an
     Avro ``JobSnapshot`` as the topic carried before it became the changelog. Raises
     ``SchemaError`` when it is neither."""
+    return read_notification(value, headers)[0]
+
+
+def read_notification(value: bytes, headers: Headers = None) -> tuple[dict[str, Any], tuple[int, int] | None]:
+    """``decode_notification``'s snapshot, and the ``requests`` record that admitted the job
+    (``src``: partition, offset; None where the record does not say, as an Avro snapshot)."""
     if is_avro(headers):
-        return codec.decode("JobSnapshot", value, headers)
+        return codec.decode("JobSnapshot", value, headers), None
     try:
         doc = orjson.loads(value)
     except orjson.JSONDecodeError as exc:
         raise SchemaError(f"not a job record: {exc}") from exc
-    found = _snapshot_of(doc.get("s")) if isinstance(doc, dict) else None
+    found, src = (_snapshot_of(doc.get("s")), doc.get("src")) if isinstance(doc, dict) else (None, None)
+    source = (src[0], src[1]) if type(src) is list and len(src) == 2 and all(type(n) is int for n in src) else None
     # Anything the direct reading does not vouch for takes the long way, which says what is wrong.
-    return found if found is not None else snapshot(JobRecord.decode(value).state)
+    return (found if found is not None else snapshot(JobRecord.decode(value).state)), source
 
 
 def _snapshot_of(s: Any) -> dict[str, Any] | None:

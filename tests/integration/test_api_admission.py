@@ -14,10 +14,13 @@ from confluent_kafka import Producer
 
 from floodgate import codec, provider_config
 from floodgate.api.server import ApiServer
+from floodgate.jobs.record import JobRecord
+from floodgate.jobs.state import JobState
 from floodgate.metrics import api_metrics
 from floodgate.settings import Secret, Settings
 from floodgate.spillover import LineReport
 from floodgate.topics import TopicNames
+from tests.e2e.stack_util import until
 from tests.integration.api_helpers import (
     DEV_SIMULATOR,
     aproduce_snapshots,
@@ -176,6 +179,43 @@ async def test_a_backlog_past_its_depth_is_503_and_writes_nothing(settings_for: 
     assert "floodgate_backlog_depth 3.0" in metrics and "floodgate_backlog_shedding 1.0" in metrics
     assert 'floodgate_requests_rejected_total{reason="backlog"} 1.0' in metrics
     assert sorted(await ids_in_requests(settings)) == sorted(accepted)
+
+
+def _admit(bootstrap: str, topic: str, requests: list[Any]) -> None:
+    """Write, as the workers' jobs agent does, each request's job as admitted and queued: its
+    state names the request record that admitted it. The workers' group commits nothing."""
+    producer = Producer({"bootstrap.servers": bootstrap, "acks": "all"})
+    for msg in requests:
+        job_id = codec.decode("JobRequest", msg.value(), msg.headers())["job_id"]
+        state = JobState(job_id=job_id, tenant="default", model="kling-2.1", provider="kling", version=1)
+        producer.produce(topic, key=job_id.encode(), value=JobRecord(state, admitted_by=(msg.partition(),
+                                                                                           msg.offset())).encode())
+    assert producer.flush(20) == 0
+
+
+async def test_a_job_admitted_since_the_workers_last_commit_counts_once(settings_for: Callable[..., Settings],
+                                                                         http: aiohttp.ClientSession) -> None:
+    # The workers commit their offsets every few seconds; meanwhile the jobs they admitted are in
+    # the view as queued and, counted from the commit, in the lag on requests too. Counted twice,
+    # three jobs came to six, past a depth of five, and a burst was shed early.
+    settings = settings_for(simulator_url=DEV_SIMULATOR, backlog_max_depth=5, backlog_refresh=0.1)
+    names = TopicNames(settings)
+    async with running_api(settings) as api:
+        accepted = await accept(http, api, 3)
+        requests = await aread_records(settings.kafka_bootstrap, names.requests, 3)
+        await asyncio.to_thread(_admit, settings.kafka_bootstrap, names.notifications, requests)
+        monitor, view = api.backlog, api.view
+        assert monitor is not None and view is not None
+
+        async def admitted() -> bool:
+            return all((snap := view.get(job)) is not None and snap["version"] == 1 for job in accepted)
+        await until(admitted, timeout=20, what="the view to read the jobs admitted")
+        monitor.refreshed.clear()
+        await asyncio.wait_for(monitor.refreshed.wait(), 10)  # a reading taken after the view had them
+        assert view.open_jobs.waiting == 3 and monitor.probe.depth() == 3
+        assert monitor.refusal is None
+        status, _, body = await post(http, api)
+        assert status == 202, body
 
 
 def _produce(bootstrap: str, topic: str, count: int) -> None:

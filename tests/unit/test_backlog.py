@@ -39,6 +39,19 @@ def test_lag(end: int, committed: int | None, low: int, expected: int) -> None:
     assert lag(end, committed, low) == expected
 
 
+def test_a_group_known_to_have_read_past_its_commit_lags_only_behind_what_it_read() -> None:
+    assert lag(10, 4, 0, read_to=7) == 3  # read to 7, committed 4: three records unread
+    assert lag(10, 8, 0, read_to=7) == 2  # a commit past what is known read counts as it is
+    assert lag(10, None, 0, read_to=10) == 0
+
+
+def test_open_jobs_keep_how_far_each_requests_partition_was_read_to_admit_them() -> None:
+    jobs = OpenJobs()
+    jobs.admitted({0: 4, 1: 9})
+    jobs.admitted({0: 2, 1: 12})  # an older job's later change names its older request: no step back
+    assert jobs.admitted_to == {0: 5, 1: 13}
+
+
 # --- DrainRate -----------------------------------------------------------------------------------
 
 

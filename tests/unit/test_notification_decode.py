@@ -10,7 +10,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from floodgate.errors import SchemaError
-from floodgate.jobs.record import JobRecord, decode_notification, snapshot
+from floodgate.jobs.record import JobRecord, decode_notification, read_notification, snapshot
 from floodgate.jobs.state import JobState, JobStatus
 
 _text = st.text(max_size=12)
@@ -34,6 +34,7 @@ def test_the_direct_reading_gives_the_states_snapshot(state: JobState, event: st
                                                       src: tuple[int, int] | None) -> None:
     raw = JobRecord(state, event, src).encode()
     assert decode_notification(raw) == snapshot(state)
+    assert read_notification(raw) == (snapshot(state), src)
 
 
 def _raw(**changes: Any) -> bytes:

@@ -24,9 +24,9 @@ WEBHOOKS = "fg.webhooks"
 class Record:
     """What librdkafka hands the feed thread, as much of it as the applier reads."""
 
-    def __init__(self, job_id: str) -> None:
+    def __init__(self, job_id: str, src: tuple[int, int] | None = None) -> None:
         state = JobState(job_id=job_id, tenant="t", model="kling-2.1", version=1)
-        self._value = JobRecord(state).encode()
+        self._value = JobRecord(state, admitted_by=src).encode()
 
     def error(self) -> None:
         return None
@@ -125,3 +125,12 @@ async def test_the_feed_tells_watchers_what_a_webhook_record_says_and_decodes_no
         assert garbled.empty() and view.get("unwatched")["status"] == "submitted"  # type: ignore[index]
     finally:
         feed._consumer.close()
+
+
+async def test_the_feed_tells_the_view_how_far_the_workers_read_each_requests_partition_to_admit() -> None:
+    # The backlog guard counts the requests past these as not yet admitted: the jobs they admitted
+    # are counted as queued already, whatever offset the workers committed.
+    batches = [[Record("j1", (0, 3)), Record("j2", (1, 7)), Record("j3", (0, 5)), Record("j4")],
+               [Record("j5", (0, 1))]]  # a change of an older job names its older request
+    _, view = await _apply_watched(batches)
+    assert view.open_jobs.admitted_to == {0: 6, 1: 8}
