@@ -82,7 +82,9 @@ def write(producer: Producer, topic: str, rate: float, seconds: float) -> int:
         while sent < due:
             job_id = uuid.uuid4().hex
             state = JobState(job_id=job_id, tenant="t", model="kling-2.1", version=1, updated_at=time.time())
-            producer.produce(topic, key=job_id.encode(), value=JobRecord(state).encode())
+            # (as a worker's: the state names the requests record that admitted the job)
+            record = JobRecord(state, admitted_by=(sent % 4, sent))
+            producer.produce(topic, key=job_id.encode(), value=record.encode())
             sent += 1
         producer.poll(0)
         time.sleep(0.001)
