@@ -36,7 +36,7 @@ pytestmark = pytest.mark.kafka
 
 CALLBACK_SECRET = "e2e-callback-secret-0123456789"
 SIM_LIMIT, OUR_LIMIT = 2, 6
-FALQ_JOBS = 4  # falq renders one at a time and queues the rest: places 0, 1 and 2
+FALQ_JOBS = 5  # falq renders one at a time and queues the rest: places 0 to 3
 
 
 @dataclass(frozen=True)
@@ -355,7 +355,10 @@ async def test_a_job_waiting_in_the_providers_own_queue_shows_its_place_and_when
     started = {sim["params"].get("tag"): sim["started_at"] for sim in await sim_jobs(session, stack, "falq")}
     told = {job_id: known[0] for job_id, said in etas.items()
             if (known := [s for s in said if s[2] is not None])}
-    assert told and told.keys() == {job_id for job_id, said in etas.items() if said}, etas
+    assert told.keys() == {job_id for job_id, said in etas.items() if said}, etas
+    # A job's first move does not count toward the pace, so with one runner the pace is known from
+    # the second render's end: then the last two jobs still wait, at places 0 and 1.
+    assert len(told) >= 2, etas
     for job_id, (at, eta, _) in told.items():
         start = started[tags[job_id]]
         assert start is not None and abs(at + eta - start) <= 1.5, (job_id, eta, start - at, etas[job_id])
