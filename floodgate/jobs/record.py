@@ -105,7 +105,9 @@ def read_notification(value: bytes, headers: Headers = None) -> tuple[dict[str, 
     except orjson.JSONDecodeError as exc:
         raise SchemaError(f"not a job record: {exc}") from exc
     found, src = (_snapshot_of(doc.get("s")), doc.get("src")) if isinstance(doc, dict) else (None, None)
-    source = (src[0], src[1]) if type(src) is list and len(src) == 2 and all(type(n) is int for n in src) else None
+    source = None
+    if type(src) is list and len(src) == 2 and type(src[0]) is int and type(src[1]) is int:
+        source = (src[0], src[1])
     # Anything the direct reading does not vouch for takes the long way, which says what is wrong.
     return (found if found is not None else snapshot(JobRecord.decode(value).state)), source
 
