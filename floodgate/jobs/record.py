@@ -52,9 +52,7 @@ class JobRecord:
             state = JobState.from_dict(doc["s"])
         except (orjson.JSONDecodeError, KeyError, TypeError, ValidationError) as exc:
             raise SchemaError(f"not a job record: {exc}") from exc
-        src = doc.get("src")
-        admitted_by = (int(src[0]), int(src[1])) if isinstance(src, list) and len(src) == 2 else None
-        return cls(state=state, last_event=doc.get("e"), admitted_by=admitted_by)
+        return cls(state=state, last_event=doc.get("e"), admitted_by=_source(doc.get("src")))
 
 
 def snapshot(state: JobState) -> dict[str, Any]:
@@ -104,12 +102,19 @@ def read_notification(value: bytes, headers: Headers = None) -> tuple[dict[str, 
         doc = orjson.loads(value)
     except orjson.JSONDecodeError as exc:
         raise SchemaError(f"not a job record: {exc}") from exc
-    found, src = (_snapshot_of(doc.get("s")), doc.get("src")) if isinstance(doc, dict) else (None, None)
-    source = None
+    found = _snapshot_of(doc.get("s")) if isinstance(doc, dict) else None
+    if found is None:  # what the direct reading does not vouch for takes the long way, which says what is wrong
+        record = JobRecord.decode(value)
+        return snapshot(record.state), record.admitted_by
+    return found, _source(doc.get("src"))
+
+
+def _source(src: Any) -> tuple[int, int] | None:
+    """A record's ``src`` as (partition, offset); None when absent or not two integers (a value
+    that is not what ``JobRecord.encode`` writes names no record)."""
     if type(src) is list and len(src) == 2 and type(src[0]) is int and type(src[1]) is int:
-        source = (src[0], src[1])
-    # Anything the direct reading does not vouch for takes the long way, which says what is wrong.
-    return (found if found is not None else snapshot(JobRecord.decode(value).state)), source
+        return src[0], src[1]
+    return None
 
 
 def _snapshot_of(s: Any) -> dict[str, Any] | None:
