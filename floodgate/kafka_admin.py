@@ -11,7 +11,7 @@ from collections.abc import Iterable, Mapping
 from typing import Any
 
 from confluent_kafka import Consumer, KafkaException, TopicPartition
-from confluent_kafka.admin import AdminClient, NewTopic
+from confluent_kafka.admin import AdminClient, AlterConfigOpType, ConfigEntry, ConfigResource, NewTopic
 
 from floodgate.errors import ConfigError
 
@@ -28,7 +28,8 @@ def cluster_replication(brokers: int) -> tuple[int, int]:
 
 def ensure_topics(bootstrap: str, layout: Mapping[str, tuple[int, Mapping[str, Any]]], replication: int,
                   timeout: float = 30.0) -> list[str]:
-    """Create the missing topics of ``layout`` (name → (partitions, config)); returns those created.
+    """Create the missing topics of ``layout`` (name → (partitions, config)), and give the existing
+    ones the config the layout names (``align_configs``); returns the topics created.
 
     An existing topic with a different partition count is an error: keys would hash elsewhere;
     so is creating one with a replication factor above the brokers up (said in the terms of
@@ -40,6 +41,7 @@ def ensure_topics(bootstrap: str, layout: Mapping[str, tuple[int, Mapping[str, A
     for name, (partitions, _) in layout.items():
         if name in existing and len(existing[name].partitions) != partitions:
             raise ConfigError(f"topic {name} has {len(existing[name].partitions)} partitions, expected {partitions}")
+    align_configs(admin, {name: cfg for name, (_, cfg) in layout.items() if name in existing and cfg}, timeout)
     missing = [NewTopic(name, num_partitions=p, replication_factor=replication,
                         config={k: str(v) for k, v in cfg.items()})
                for name, (p, cfg) in layout.items() if name not in existing]
@@ -58,6 +60,40 @@ def ensure_topics(bootstrap: str, layout: Mapping[str, tuple[int, Mapping[str, A
             if "TOPIC_ALREADY_EXISTS" not in str(exc):
                 raise
     return created
+
+
+def align_configs(admin: AdminClient, wanted: Mapping[str, Mapping[str, Any]],
+                  timeout: float = 30.0) -> dict[str, dict[str, str]]:
+    """Set, on existing topics, the config entries of ``wanted`` (topic → entries) whose value
+    differs; entries it does not name are left as they are. Returns what changed, topic by topic.
+
+    A topic created by an older release keeps its creation config otherwise: a fix to a topic's
+    config (the slot logs' compaction, ``REPLAYED_TABLE_LOG``) would reach new deployments only.
+    A cluster that refuses (no ALTER_CONFIGS right) is logged, not fatal: the topic still works."""
+    if not wanted:
+        return {}
+    changes: dict[str, dict[str, str]] = {}
+    try:
+        resources = [ConfigResource(ConfigResource.Type.TOPIC, name) for name in wanted]
+        for resource, future in admin.describe_configs(resources, request_timeout=timeout).items():
+            current = future.result(timeout=timeout)
+            diff = {key: str(value) for key, value in wanted[resource.name].items()
+                    if key not in current or current[key].value != str(value)}
+            if diff:
+                changes[resource.name] = diff
+        if not changes:
+            return {}
+        alters = [ConfigResource(ConfigResource.Type.TOPIC, name, incremental_configs=[
+            ConfigEntry(key, value, incremental_operation=AlterConfigOpType.SET) for key, value in diff.items()])
+            for name, diff in changes.items()]
+        for _, future in admin.incremental_alter_configs(alters, request_timeout=timeout).items():
+            future.result(timeout=timeout)
+    except KafkaException as exc:
+        log.warning("could not bring the config of existing topics to the layout's (%s); wanted: %s", exc, changes)
+        return {}
+    for name, diff in changes.items():
+        log.info("topic %s: config set to the layout's: %s", name, diff)
+    return changes
 
 
 def groupless_reader(bootstrap: str, client_id: str, **extra: Any) -> dict[str, Any]:

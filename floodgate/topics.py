@@ -23,6 +23,27 @@ from floodgate.settings import Settings
 WEEK_MS = 7 * 24 * 3600 * 1000
 WEBHOOK_RECORD_BYTES = 1_300_000
 
+REPLAYED_TABLE_LOG: dict[str, str] = {
+    "cleanup.policy": "compact",
+    # A roll a minute: Kafka never cleans the active segment (1 GiB by default).
+    "segment.ms": str(60 * 1000),
+    # Clean as soon as a tenth of the log is new: the live entries are few, the rest is churn.
+    "min.cleanable.dirty.ratio": "0.1",
+    # A tombstone lives a minute past its cleaning instead of a day. A reader that takes longer
+    # than that to read the log from its start could see an entry without its deletion; these
+    # logs are read in seconds (a few thousand live entries at most), and a slot that outlived
+    # its job only lowers the count of free ones until the poller finds the job ended (at the
+    # latest, the job timeout fails it and frees the slot).
+    "delete.retention.ms": str(60 * 1000),
+}
+"""The changelog config of a table that lives in memory and is replayed from its changelog's
+start on every assignment (a provider's slots, waiting orders and cancel marks): replaying
+takes as long as the log is, not as the table is. Left at Kafka's defaults, the log keeps
+every slot ever taken and freed until a 1 GiB segment rolls, and each tombstone a day after
+that: a worker replays the whole day's history, and under a restart every few seconds the
+replay outlasts the interval between two rebalances. With these, it keeps the live entries,
+about a minute's new records and a minute's deletions."""
+
 
 @dataclass(frozen=True)
 class TopicNames:
@@ -106,5 +127,5 @@ class TopicNames:
             out[self.release(p)] = (self.dispatch_partitions(limit), base)
             # A table's changelog, which the worker would create; made here too, so that an API
             # started before any worker reads it from the start (its job view shows submissions).
-            out[self.slot_log(p)] = (self.dispatch_partitions(limit), {**base, "cleanup.policy": "compact"})
+            out[self.slot_log(p)] = (self.dispatch_partitions(limit), {**base, **REPLAYED_TABLE_LOG})
         return out

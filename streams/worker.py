@@ -9,7 +9,8 @@ import functools
 import logging
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
+from typing import Any
 
 import faust
 
@@ -21,7 +22,7 @@ from floodgate.malloc import compact_malloc
 from floodgate.procs import freeze_heap, lower_priority
 from floodgate.settings import Settings
 from floodgate.throttle import BreakerState, CircuitBreaker
-from floodgate.topics import TopicNames
+from floodgate.topics import REPLAYED_TABLE_LOG, TopicNames
 from streams import dispatcher, faust_fixes, jobs, lag, localstate
 from streams.app import create_app
 from streams.context import Pipeline
@@ -54,7 +55,8 @@ def build(settings: Settings, *, web_port: int | None = None) -> Pipeline:
         app, on_stall=lambda tp: pipe.metrics.stalled_partitions.labels(tp.topic).inc())
     # Create the table changelogs ourselves, before Faust starts: two workers starting together
     # otherwise race to create them, and the loser's metadata says "0 partitions" until refreshed.
-    ensure_topics(settings.kafka_bootstrap, changelog_layout(app, settings), settings.replication_factor)
+    ensure_topics(settings.kafka_bootstrap, changelog_layout(app, settings, names.layout(limits)),
+                  settings.replication_factor)
 
     announced = False
     # How long the agents wait on the loop (floodgate/looplag.py), from the moment the worker is ready.
@@ -80,13 +82,19 @@ def build(settings: Settings, *, web_port: int | None = None) -> Pipeline:
     return pipe
 
 
-def changelog_layout(app: faust.App, settings: Settings) -> dict[str, tuple[int, dict[str, str]]]:
-    """topic → (partitions, config) for every table's changelog, as Faust would create it."""
+def changelog_layout(app: faust.App, settings: Settings,
+                     layout: Mapping[str, tuple[int, Mapping[str, Any]]]) -> dict[str, tuple[int, dict[str, str]]]:
+    """topic → (partitions, config) for every table's changelog that ``layout`` (the topics'
+    layout) does not name already. Those are the tables that live in memory and are replayed from
+    their changelog's start (``REPLAYED_TABLE_LOG``); the jobs table's changelog, the
+    ``notifications`` topic, is in the layout with a config of its own."""
     out: dict[str, tuple[int, dict[str, str]]] = {}
     for table in app.tables.values():
         topic = table.changelog_topic
-        out[topic.get_topic_name()] = (topic.partitions or settings.partitions, {
-            "cleanup.policy": "compact", "min.insync.replicas": str(settings.min_insync_replicas)})
+        name = topic.get_topic_name()
+        if name not in layout:
+            out[name] = (topic.partitions or settings.partitions,
+                         {**REPLAYED_TABLE_LOG, "min.insync.replicas": str(settings.min_insync_replicas)})
     return out
 
 

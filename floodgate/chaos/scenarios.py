@@ -22,6 +22,7 @@ import time
 from collections.abc import Callable, Coroutine
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from datetime import datetime
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -341,6 +342,45 @@ def stall_firings(stack: Stack) -> int:
                for name, child in stack.children.items() if name.startswith("worker-") and child.log.exists())
 
 
+REPLAY_START, REPLAY_END = "Restoring state from changelog topics", "Recovery complete"
+"""What Faust logs when a worker starts replaying its tables' changelogs, and when it is done."""
+
+
+def table_replays(text: str) -> list[float]:
+    """Seconds each table replay in a worker's log took, in order. A replay cut short (its worker
+    killed first) has no end and is not counted."""
+    out: list[float] = []
+    began: datetime | None = None
+    for line in text.splitlines():
+        if REPLAY_START in line:
+            began = _stamp(line)
+        elif REPLAY_END in line and began is not None:
+            ended = _stamp(line)
+            if ended is not None:
+                out.append((ended - began).total_seconds())
+            began = None
+    return out
+
+
+def _stamp(line: str) -> datetime | None:
+    """The time of a worker's log line, ``[2026-12-06 21:00:51,929] ...``; None if it has none."""
+    try:
+        return datetime.strptime(line[1:24], "%Y-%m-%d %H:%M:%S,%f")
+    except ValueError:
+        return None
+
+
+def replay_note(stack: Stack) -> str:
+    """How long the workers' table replays took over the run, restarts included: a replay that
+    outlasts the time between two rebalances keeps the group from ever settling."""
+    took = sorted(d for name, child in stack.children.items() if name.startswith("worker-") and child.log.exists()
+                  for d in table_replays(child.log.read_text(errors="replace")))
+    if not took:
+        return "No table replay in the workers' logs."
+    return (f"{len(took)} table replays in the workers' logs: median {took[len(took) // 2]:.1f} s, "
+            f"longest {took[-1]:.1f} s.")
+
+
 def run_scenario(plan: Plan, faults: FaultLoop, home: Path, kafka_bootstrap: str, prefix: str,
                  *, seed: int = 7) -> Verdict:
     stack = make_stack(plan, home, kafka_bootstrap, prefix)
@@ -365,6 +405,7 @@ def run_scenario(plan: Plan, faults: FaultLoop, home: Path, kafka_bootstrap: str
         verdict.notes.extend(run.notes)
         stalls = stall_firings(stack)
         verdict.notes.append(f"The stall watchdog fired {stalls} time(s) in the workers' logs.")
+        verdict.notes.append(replay_note(stack))
         renewed = stack.children["api"].log.read_text(errors="replace").count("started a new producer")
         if renewed:
             verdict.notes.append(f"The API replaced its Kafka producer {renewed} time(s) (sequence refused).")

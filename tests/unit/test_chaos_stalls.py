@@ -1,10 +1,11 @@
-"""The chaos suite counts the stall watchdog's firings in every worker's log, restarts included."""
+"""The chaos suite counts the stall watchdog's firings and times the table replays in every
+worker's log, restarts included."""
 from __future__ import annotations
 
 from pathlib import Path
 from types import SimpleNamespace
 
-from floodgate.chaos.scenarios import STALL_MARK, stall_firings
+from floodgate.chaos.scenarios import REPLAY_END, REPLAY_START, STALL_MARK, replay_note, stall_firings, table_replays
 
 
 def test_firings_are_counted_over_every_worker_and_nothing_else(tmp_path: Path) -> None:
@@ -21,3 +22,35 @@ def test_firings_are_counted_over_every_worker_and_nothing_else(tmp_path: Path) 
         "worker-2": SimpleNamespace(log=tmp_path / "never-written.log"),
     })
     assert stall_firings(stack) == 2  # type: ignore[arg-type]
+
+
+def test_table_replays_are_timed_from_their_start_to_their_end() -> None:
+    log = "\n".join([
+        f"[2026-12-06 21:00:51,929] [31213] [INFO] [^---Recovery]: {REPLAY_START}... ",
+        "[2026-12-06 21:00:55,000] [31213] [INFO] [^---Recovery]: Resuming flow... ",
+        f"[2026-12-06 21:00:59,359] [31213] [INFO] [^---Recovery]: {REPLAY_END} ",
+        f"[2026-12-06 21:01:10,000] [31300] [INFO] [^---Recovery]: {REPLAY_START}... ",  # killed before its end
+        f"[2026-12-06 21:01:20,500] [31400] [INFO] [^---Recovery]: {REPLAY_START}... ",
+        f"[2026-12-06 21:01:21,000] [31400] [INFO] [^---Recovery]: {REPLAY_END} ",
+        f"[2026-12-06 21:01:30,000] [31400] [INFO] [^---Recovery]: {REPLAY_END} ",  # no replay began: none
+    ])
+    assert [round(d, 3) for d in table_replays(log)] == [7.43, 0.5]
+
+
+def test_the_replay_note_covers_every_worker(tmp_path: Path) -> None:
+    def child(name: str, text: str) -> SimpleNamespace:
+        log = tmp_path / f"{name}.log"
+        log.write_text(text)
+        return SimpleNamespace(log=log)
+
+    def replay(start: str, end: str) -> str:
+        return (f"[2026-12-06 {start},000] [1] [INFO] {REPLAY_START}\n"
+                f"[2026-12-06 {end},000] [1] [INFO] {REPLAY_END}\n")
+
+    stack = SimpleNamespace(children={
+        "worker-0": child("worker-0", replay("10:00:00", "10:00:02") + replay("10:01:00", "10:01:09")),
+        "worker-1": child("worker-1", replay("10:00:00", "10:00:01")),
+        "api": child("api", replay("10:00:00", "10:00:30")),
+    })
+    assert replay_note(stack) == "3 table replays in the workers' logs: median 2.0 s, longest 9.0 s."  # type: ignore[arg-type]
+    assert replay_note(SimpleNamespace(children={})) == "No table replay in the workers' logs."  # type: ignore[arg-type]

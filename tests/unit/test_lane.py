@@ -189,6 +189,31 @@ def test_the_slot_log_the_api_reads_is_the_slot_tables_changelog(tmp_path: Path)
     assert lane.entries.table.changelog_topic.get_topic_name() == TopicNames(settings).slot_log("wan")
 
 
+def test_every_replayed_table_log_keeps_a_bounded_tail(tmp_path: Path) -> None:
+    """A provider's tables live in memory and are replayed from their changelogs' start: each log
+    is made (in the layout or by the worker) to be compacted within a minute or so and to drop its
+    tombstones a minute later, not at Kafka's defaults (a 1 GiB active segment, a day's
+    tombstones), where a replay reads every slot ever taken."""
+    from floodgate.topics import REPLAYED_TABLE_LOG, TopicNames
+    from streams.worker import changelog_layout
+
+    settings = Settings.from_env({}).with_overrides(kafka_bootstrap="127.0.0.1:1", cache_dir=tmp_path,
+                                                    app_id="someapp")
+    app = create_app(settings, datadir=tmp_path / "w0")
+    names = TopicNames(settings)
+    layout = names.layout({"wan": 10})
+    partitions = layout[names.dispatch("wan")][0]
+    Lane(app, dev_setup("http://127.0.0.1:9").routing.providers["wan"], partitions=partitions)
+    made = changelog_layout(app, settings, layout)
+    assert set(made) == {f"someapp-{table}-wan-changelog" for table in ("cancelled", "waiting")}
+    for _, (count, config) in [*made.items(), (names.slot_log("wan"), layout[names.slot_log("wan")])]:
+        assert count == partitions
+        assert {key: config[key] for key in REPLAYED_TABLE_LOG} == REPLAYED_TABLE_LOG
+    assert REPLAYED_TABLE_LOG["cleanup.policy"] == "compact"
+    assert int(REPLAYED_TABLE_LOG["segment.ms"]) <= 60_000
+    assert int(REPLAYED_TABLE_LOG["delete.retention.ms"]) <= 60_000
+
+
 def test_recovered_slots_are_counted_for_their_tenants(tmp_path: Path) -> None:
     settings = Settings.from_env({}).with_overrides(kafka_bootstrap="127.0.0.1:1", cache_dir=tmp_path)
     app = create_app(settings, datadir=tmp_path / "w0")
