@@ -12,6 +12,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -59,6 +60,9 @@ class Stack:
     children: dict[str, Child] = field(default_factory=dict)
     metrics_urls: dict[str, str] = field(default_factory=dict)
     """Child name → its Prometheus endpoint (simulator, api, worker-N), for tests and benchmarks."""
+    _targets_lock: threading.Lock = field(default_factory=threading.Lock, repr=False, compare=False)
+    """Kills and starts may run on threads side by side (the chaos scenarios): one writer of the
+    targets file at a time, or one's rename finds the other's temporary file gone."""
 
     # ------------------------------------------------------------------ start
     def start(self, timeout: float = 120.0) -> Stack:
@@ -84,11 +88,14 @@ class Stack:
         return self.home / "metrics-targets.json"
 
     def write_targets(self) -> None:
-        groups = [{"targets": [urlsplit(url).netloc], "labels": {"job": name, "__metrics_path__": urlsplit(url).path}}
-                  for name, url in sorted(self.metrics_urls.items()) if name.startswith("worker")]
-        tmp = self.targets_file.with_suffix(".tmp")
-        tmp.write_text(json.dumps(groups))
-        os.replace(tmp, self.targets_file)  # whole, so a reader never sees half a list
+        with self._targets_lock:
+            urls = dict(self.metrics_urls)  # (one copy: another thread may add or drop one meanwhile)
+            groups = [{"targets": [urlsplit(url).netloc],
+                       "labels": {"job": name, "__metrics_path__": urlsplit(url).path}}
+                      for name, url in sorted(urls.items()) if name.startswith("worker")]
+            tmp = self.targets_file.with_suffix(".tmp")
+            tmp.write_text(json.dumps(groups))
+            os.replace(tmp, self.targets_file)  # whole, so a reader never sees half a list
 
     def _start_broker(self, timeout: float) -> str:
         s = self.settings
