@@ -381,6 +381,18 @@ def replay_note(stack: Stack) -> str:
             f"longest {took[-1]:.1f} s.")
 
 
+def read_the_end(history: History, stack: Stack) -> None:
+    """What the run left at the provider and on the topics, in that order. A webhook the simulator
+    counts as delivered was answered 2xx, which the bridge does only once Kafka has it: the topic,
+    read after, holds every one of them. Read the other way round, a run that ended with jobs
+    still rendering (stuck ones) had their webhooks delivered in between and counted as unstored,
+    which they were not."""
+    history.provider_jobs = asyncio.run(observe.provider_jobs(stack.simulator_url, list(LIMITS)))
+    topics = stack.settings
+    history.requested = observe.request_ids(stack.bootstrap, topics.topic("requests"))
+    history.webhook_ids = observe.webhook_ids(stack.bootstrap, topics.topic("webhooks"))
+
+
 def run_scenario(plan: Plan, faults: FaultLoop, home: Path, kafka_bootstrap: str, prefix: str,
                  *, seed: int = 7) -> Verdict:
     stack = make_stack(plan, home, kafka_bootstrap, prefix)
@@ -397,10 +409,7 @@ def run_scenario(plan: Plan, faults: FaultLoop, home: Path, kafka_bootstrap: str
                           limits=dict(LIMITS), started_at=started, ended_at=ended)
         history.finals = asyncio.run(run.client.final_reads())
         history.results = run.watch.results
-        topics = stack.settings
-        history.requested = observe.request_ids(stack.bootstrap, topics.topic("requests"))
-        history.webhook_ids = observe.webhook_ids(stack.bootstrap, topics.topic("webhooks"))
-        history.provider_jobs = asyncio.run(observe.provider_jobs(stack.simulator_url, list(LIMITS)))
+        read_the_end(history, stack)
         verdict = check(history)
         verdict.notes.extend(run.notes)
         stalls = stall_firings(stack)

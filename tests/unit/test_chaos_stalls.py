@@ -1,11 +1,16 @@
 """The chaos suite counts the stall watchdog's firings and times the table replays in every
-worker's log, restarts included."""
+worker's log, restarts included, and reads the end of a run in the order that keeps its unstored
+count sound."""
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 from types import SimpleNamespace
 
+import pytest
+
 from floodgate.chaos.scenarios import REPLAY_END, REPLAY_START, STALL_MARK, replay_note, stall_firings, table_replays
+from floodgate.settings import Settings
 
 
 def test_firings_are_counted_over_every_worker_and_nothing_else(tmp_path: Path) -> None:
@@ -54,3 +59,31 @@ def test_the_replay_note_covers_every_worker(tmp_path: Path) -> None:
     })
     assert replay_note(stack) == "3 table replays in the workers' logs: median 2.0 s, longest 9.0 s."  # type: ignore[arg-type]
     assert replay_note(SimpleNamespace(children={})) == "No table replay in the workers' logs."  # type: ignore[arg-type]
+
+
+def test_the_provider_is_read_before_the_topics(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every webhook the simulator counts as delivered is on Kafka by then; a topic read before it
+    would miss those delivered in between and call them unstored."""
+    from floodgate.chaos import observe, scenarios
+    from floodgate.chaos.checker import History
+
+    reads: list[str] = []
+
+    async def provider_jobs(url: str, providers: list[str]) -> list[object]:
+        reads.append("provider")
+        return []
+
+    def topic(name: str) -> Callable[[str, str], set[str]]:
+        def read(bootstrap: str, topic: str) -> set[str]:
+            reads.append(name)
+            return set()
+        return read
+
+    monkeypatch.setattr(observe, "provider_jobs", provider_jobs)
+    monkeypatch.setattr(observe, "request_ids", topic("requests"))
+    monkeypatch.setattr(observe, "webhook_ids", topic("webhooks"))
+    stack = SimpleNamespace(settings=Settings.from_env({}), bootstrap="127.0.0.1:1", simulator_url="http://sim")
+    history = History("s")
+    scenarios.read_the_end(history, stack)  # type: ignore[arg-type]
+    assert reads[0] == "provider" and sorted(reads[1:]) == ["requests", "webhooks"]
+    assert history.webhook_ids == set() and history.requested == set() and history.provider_jobs == []
