@@ -27,13 +27,14 @@ REPLAYED_TABLE_LOG: dict[str, str] = {
     "cleanup.policy": "compact",
     # A roll a minute: Kafka never cleans the active segment (1 GiB by default).
     "segment.ms": str(60 * 1000),
-    # Clean as soon as a tenth of the log is new: the live entries are few, the rest is churn.
+    # Clean as soon as a tenth of the log is new: most of it is churn, slots taken and given back.
     "min.cleanable.dirty.ratio": "0.1",
     # A tombstone lives a minute past its cleaning instead of a day. A reader that takes longer
     # than that to read the log from its start could see an entry without its deletion; these
-    # logs are read in seconds (a few thousand live entries at most), and a slot that outlived
-    # its job only lowers the count of free ones until the poller finds the job ended (at the
-    # latest, the job timeout fails it and frees the slot).
+    # logs are read in seconds (the live entries are the slots and the orders read ahead while
+    # they are full, at most the lane's window), and a slot that outlived its job only lowers the
+    # count of free ones until the poller finds the job ended (at the latest, the job timeout
+    # fails it and frees the slot).
     "delete.retention.ms": str(60 * 1000),
 }
 """The changelog config of a table that lives in memory and is replayed from its changelog's
