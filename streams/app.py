@@ -8,6 +8,7 @@ import faust
 
 from floodgate.readorder import ReadOrder
 from floodgate.settings import Settings
+from streams import localstate
 from streams.faust_fixes import fetch_only_active, hold_partitions, hold_streams_until_seek, record_flow
 from streams.slotwriter import SlotWriter
 
@@ -165,6 +166,7 @@ def create_app(settings: Settings, *, app_id: str | None = None, datadir: Path |
         web_port=web_port or 6066,
         web_host="127.0.0.1",
         logging_config=None,
+        consumer_group_instance_id=localstate.worker_name(settings) if settings.static_membership else None,
     )
     app.fetch_max_wait_ms = settings.fetch_max_wait_ms
     app.read_order = ReadOrder.for_worker(settings.topic)

@@ -27,9 +27,13 @@ log = logging.getLogger(__name__)
 _held: list[IO[str]] = []  # lock files stay open (and locked) until the process exits
 
 
+def worker_name(settings: Settings) -> str:
+    """This worker's name: its table directory's, and its static member's (``static_membership``)."""
+    return settings.worker_id or socket.gethostname() or "worker"
+
+
 def state_dir(settings: Settings) -> Path:
-    worker = settings.worker_id or socket.gethostname() or "worker"
-    return settings.cache_dir / "faust" / settings.app_id / worker
+    return settings.cache_dir / "faust" / settings.app_id / worker_name(settings)
 
 
 def cluster_id(bootstrap: str, timeout: float = 30.0) -> str:

@@ -263,3 +263,4 @@ def test_reconcile_forgets_the_starts_of_slots_given_back_elsewhere(tmp_path: Pa
     lane.started(0, order, T0)
     lane.sync(0, generation=1)  # the table holds no slot of it: another worker freed it
     assert lane.paces[0].running == 0
+
