@@ -35,7 +35,8 @@ def build(settings: Settings, *, web_port: int | None = None) -> Pipeline:
     setup = provider_config.load(settings)
     names = TopicNames(settings)
     limits = {n: spec.concurrency_limit for n, spec in setup.routing.providers.items()}
-    ensure_topics(settings.kafka_bootstrap, names.layout(limits), settings.replication_factor)
+    layout = names.layout(limits)
+    ensure_topics(settings.kafka_bootstrap, layout, settings.replication_factor)
     # Tables on disk live in a directory of this worker's own, emptied if it belongs to another cluster.
     datadir = localstate.prepare(settings, localstate.cluster_id(settings.kafka_bootstrap))
     app = create_app(settings, web_port=web_port, datadir=datadir)
@@ -55,8 +56,7 @@ def build(settings: Settings, *, web_port: int | None = None) -> Pipeline:
         app, on_stall=lambda tp: pipe.metrics.stalled_partitions.labels(tp.topic).inc())
     # Create the table changelogs ourselves, before Faust starts: two workers starting together
     # otherwise race to create them, and the loser's metadata says "0 partitions" until refreshed.
-    ensure_topics(settings.kafka_bootstrap, changelog_layout(app, settings, names.layout(limits)),
-                  settings.replication_factor)
+    ensure_topics(settings.kafka_bootstrap, changelog_layout(app, settings, layout), settings.replication_factor)
 
     announced = False
     # How long the agents wait on the loop (floodgate/looplag.py), from the moment the worker is ready.

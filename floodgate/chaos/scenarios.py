@@ -335,11 +335,16 @@ STALL_MARK = "none handed out past"
 """What ``streams.faust_fixes.check_stalls`` logs each time it re-seeks a stalled partition."""
 
 
+def worker_logs(stack: Stack) -> list[str]:
+    """The text of every worker's log, restarted ones included (a restarted child appends to its
+    predecessor's log)."""
+    return [child.log.read_text(errors="replace")
+            for name, child in stack.children.items() if name.startswith("worker-") and child.log.exists()]
+
+
 def stall_firings(stack: Stack) -> int:
-    """The stall watchdog's firings over every worker of the run, restarted ones included (a
-    restarted child appends to its predecessor's log)."""
-    return sum(child.log.read_text(errors="replace").count(STALL_MARK)
-               for name, child in stack.children.items() if name.startswith("worker-") and child.log.exists())
+    """The stall watchdog's firings over every worker of the run."""
+    return sum(text.count(STALL_MARK) for text in worker_logs(stack))
 
 
 REPLAY_START, REPLAY_END = "Restoring state from changelog topics", "Recovery complete"
@@ -373,8 +378,7 @@ def _stamp(line: str) -> datetime | None:
 def replay_note(stack: Stack) -> str:
     """How long the workers' table replays took over the run, restarts included: a replay that
     outlasts the time between two rebalances keeps the group from ever settling."""
-    took = sorted(d for name, child in stack.children.items() if name.startswith("worker-") and child.log.exists()
-                  for d in table_replays(child.log.read_text(errors="replace")))
+    took = sorted(d for text in worker_logs(stack) for d in table_replays(text))
     if not took:
         return "No table replay in the workers' logs."
     return (f"{len(took)} table replays in the workers' logs: median {took[len(took) // 2]:.1f} s, "
