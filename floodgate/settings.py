@@ -231,7 +231,8 @@ class Settings:
     (fal, RunPod, WaveSpeed: until it starts; fal's queue place: provider_queue_position) or never
     (Runway: until it ends). 0: none (the FLOODGATE_POLL_AFTER poll still finds them)."""
     job_timeout: float = 900.0
-    """Seconds after submission before an in-flight job is failed, cancelled at its provider and its slot freed."""
+    """Seconds after submission before an in-flight job its provider does not say has ended is
+    cancelled at its provider, failed and its slot freed."""
     breaker_reset_after: float = 30.0
     """Seconds a provider's circuit breaker stays open (its jobs go to their fallback) before one
     probe submission may try the provider again."""

@@ -28,7 +28,8 @@ on Kafka, because the slot entry, not the order, is then the durable record of t
 A timer polls the provider for jobs that have been quiet for ``poll_after`` seconds (lost
 webhooks; where webhooks are on, less and less often while a job stays quiet, up to every
 ``poll_after`` seconds: ``floodgate.following.late_look_due``), re-dispatches jobs whose
-submission never completed (a crash mid-call), and fails jobs older than ``job_timeout``.
+submission never completed (a crash mid-call), and fails jobs older than ``job_timeout`` unless
+their provider, asked once more, says they ended.
 
 **Providers that say little by themselves.** fal, RunPod and WaveSpeed call back only when a job
 ends, and Runway never: a job they hold would show ``submitted`` until its end, or until the
@@ -99,6 +100,7 @@ from floodgate import codec
 from floodgate.dispatch import ENDED, Order, Slot, parse_slot_key, slot_key
 from floodgate.errors import FloodgateError, ProviderUnavailable, RateLimited
 from floodgate.following import (
+    ENDS,
     StatusQueue,
     Word,
     callbacks_heard,
@@ -773,10 +775,17 @@ class Dispatcher:
             self.told.pop(key, None)  # (its job ended or moved on: what was told of it is of no more use)
             self.looked.pop(key, None)
             self.status_calls.discard(key)
+        overdue: list[tuple[bytes, Slot]] = []
         for key, slot in list(lane.slots.items()):
             if key in lane.submitting or key in lane.cancelling or parse_slot_key(key)[0] not in lane.generations:
                 continue  # (the last: not this worker's partition, or not yet recovered)
-            await self.check_slot(key, slot, now)
+            if now - slot.taken_at > self.settings.job_timeout:
+                overdue.append((key, slot))  # (each asks the provider first: a few at once)
+            else:
+                await self.check_slot(key, slot, now)
+        for start in range(0, len(overdue), FOLLOW_CALLS):
+            group = overdue[start:start + FOLLOW_CALLS]
+            await asyncio.gather(*(self.check_slot(key, slot, now) for key, slot in group))
         await self.ask_due()
 
     async def check_slot(self, key: bytes, slot: Slot, now: float) -> None:
@@ -786,7 +795,11 @@ class Dispatcher:
         _, job_id = parse_slot_key(key)
         settings = self.settings
         if age > settings.job_timeout:
+            if slot.provider_job_id and await self.ended_at_provider(key, slot, now):
+                return  # its end is told: the job-state agent releases the slot
             self.metrics.timeouts.labels(self.name).inc()
+            log.warning("%s: job %s (attempt %d, provider job %s) failed: no result after %.0f s",
+                        self.name, job_id, slot.attempt, slot.provider_job_id, age)
             if slot.provider_job_id:
                 # Before the failure, whose release frees the slot: the provider must have let the
                 # job go before another takes its place (a failed cancel is logged, never raised).
@@ -808,6 +821,30 @@ class Dispatcher:
                 return
             self.looked[key] = (slot.taken_at, looks + 1)
         self.status_calls.offer(key, parse_slot_key(key)[0])
+
+    async def ended_at_provider(self, key: bytes, slot: Slot, now: float) -> bool:
+        """Whether the provider says the job of a slot past ``job_timeout`` has ended, its end
+        told as an event. Asked once before the timeout fails the job: a completion may have
+        waited in Kafka, or been lost, while this worker stood still (a stop longer than the
+        timeout, then the poll tick before the stream of webhooks). Asked again at each tick the
+        slot is still held, as the late poll tells an end as often as it hears it (a word told
+        may be lost). A status call that fails, or is refused for the rate, leaves the timeout to
+        fail the job."""
+        assert slot.provider_job_id is not None
+        try:
+            status = await self.connector.status(self.pipe.session(), slot.provider_job_id)
+        except Exception as exc:  # whatever the call met, the timeout still holds
+            log.info("status call before the timeout of %s at %s failed: %s",
+                     parse_slot_key(key)[1], self.name, exc)
+            return False
+        self.metrics.polls.labels(self.name).inc()
+        self.status_calls.charge(parse_slot_key(key)[0], status.reads, self.clock())
+        if self.lane.slots.get(key) != slot:
+            return True  # released (or taken again) during the call: this check has no more to do
+        if status.state not in ENDS:
+            return False
+        await self.tell(key, slot, status, now)
+        return True
 
     async def follow(self) -> None:
         """Where each followed job stands now: a status call per job, in its turn (``ask_due``),

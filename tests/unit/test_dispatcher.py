@@ -17,12 +17,12 @@ import pytest
 from connectors.providers.base import ProviderStatus, SubmitOrder, SubmitResult
 from floodgate import codec
 from floodgate.dispatch import ENDED, Order, Slot, slot_key
-from floodgate.errors import RateLimited
+from floodgate.errors import ProviderUnavailable, RateLimited
 from floodgate.provider_config import dev_setup
 from floodgate.settings import Settings
 from streams.app import create_app
 from streams.context import Pipeline
-from streams.dispatcher import Dispatcher
+from streams.dispatcher import FOLLOW_CALLS, Dispatcher
 from streams.emit import Emitter
 
 WAN_SLOTS = 10  # the dev table's limit
@@ -900,7 +900,7 @@ async def test_a_429_to_a_status_call_stops_them_all_until_its_retry_after_and_t
         assert waiting_calls(d) == 0
 
 
-async def test_a_job_past_its_timeout_is_failed_while_status_calls_wait_for_the_budget(
+async def test_a_job_past_its_timeout_is_asked_about_out_of_turn_and_failed_while_status_calls_wait(
         settings: Settings, tmp_path: Path) -> None:
     provider = ReadLimitedProvider()
     provider.callbacks = "all"  # only the late poll asks
@@ -916,5 +916,102 @@ async def test_a_job_past_its_timeout_is_failed_while_status_calls_wait_for_the_
         assert slot is not None
         await d.check_slot(key, slot, slot.taken_at + d.settings.job_timeout + 1)
         await d.ask_due()
-        assert len(provider.asked) == 2 and waiting_calls(d) == 1
-        assert [r["job_id"] for r in emitter(d).events("failed")] == ["job-3"], "a timeout never waits its turn"
+        assert provider.asked[0] == "pj-job-3", "a timeout never waits its turn"
+        assert len(provider.asked) == 2 and waiting_calls(d) == 2, "its call is paid from the budget too"
+        assert [r["job_id"] for r in emitter(d).events("failed")] == ["job-3"]
+        assert provider.cancelled == ["pj-job-3"], "still running: the provider lets it go first"
+
+
+class FailingStatusProvider(QueueingProvider):
+    """A provider whose status calls fail (an outage)."""
+
+    async def status(self, session: Any, provider_job_id: str) -> ProviderStatus:
+        self.asked.append(provider_job_id)
+        raise ProviderUnavailable("503 from the provider")
+
+
+def timeouts(d: Dispatcher) -> float:
+    """Jobs failed by the timeout so far (the metrics registry outlives one test)."""
+    return d.metrics.registry.get_sample_value("floodgate_provider_timeouts_total", {"provider": "wan"}) or 0.0
+
+
+async def test_a_job_past_its_timeout_that_the_provider_finished_is_completed_not_failed(
+        settings: Settings, tmp_path: Path) -> None:
+    # Its completion webhook waited in Kafka while this worker stood still longer than the timeout.
+    provider = QueueingProvider()
+    async with one_dispatcher(settings, provider, tmp_path / "finished", jobs=1) as d:
+        await finished_past_timeout(d, provider)
+
+
+async def finished_past_timeout(d: Dispatcher, provider: QueueingProvider) -> None:
+    key = slot_key(0, "job-0")
+    slot = d.lane.slots.get(key)
+    assert slot is not None
+    provider.say_completed("job-0")
+    failed_before = timeouts(d)
+    await d.check_slot(key, slot, slot.taken_at + d.settings.job_timeout + 1)
+    assert [r["video_url"] for r in emitter(d).events("completed")] == ["https://cdn.example/v.mp4"]
+    assert not emitter(d).events("failed") and not provider.cancelled and timeouts(d) == failed_before
+    await d.check_slot(key, slot, slot.taken_at + d.settings.job_timeout + 2)  # its release not yet read
+    assert len(provider.asked) == 2 and len(emitter(d).events("completed")) == 2, "an end is told as heard"
+    assert not emitter(d).events("failed")
+
+
+async def test_a_job_past_its_timeout_is_failed_when_the_provider_cannot_say(
+        settings: Settings, tmp_path: Path) -> None:
+    provider = FailingStatusProvider()
+    async with one_dispatcher(settings, provider, tmp_path / "outage", jobs=1) as d:
+        key = slot_key(0, "job-0")
+        slot = d.lane.slots.get(key)
+        assert slot is not None
+        failed_before = timeouts(d)
+        await d.check_slot(key, slot, slot.taken_at + d.settings.job_timeout + 1)
+        assert provider.asked == ["pj-job-0"]
+        assert [r["job_id"] for r in emitter(d).events("failed")] == ["job-0"] and timeouts(d) == failed_before + 1
+
+
+class GatedProvider(QueueingProvider):
+    """Once ``close`` is called, holds every status call until ``open``; ``asking`` is set once
+    ``expected`` calls are held."""
+
+    def __init__(self, expected: int) -> None:
+        super().__init__()
+        self.opened, self.asking, self.expected = asyncio.Event(), asyncio.Event(), expected
+        self.opened.set()
+        self.held = 0
+
+    def close(self) -> None:
+        self.opened.clear()
+        self.asked.clear()
+        self.held = 0
+
+    def open(self) -> None:
+        self.opened.set()
+
+    async def status(self, session: Any, provider_job_id: str) -> ProviderStatus:
+        self.held += 1
+        if self.held >= self.expected:
+            self.asking.set()
+        await self.opened.wait()
+        return await super().status(session, provider_job_id)
+
+
+async def test_the_poll_tick_asks_about_overdue_jobs_a_group_at_once(settings: Settings, tmp_path: Path) -> None:
+    jobs = FOLLOW_CALLS + 2
+    provider = GatedProvider(expected=FOLLOW_CALLS)
+    provider.callbacks = "all"  # no job followed: only the timeout's checks ask
+    # Every slot is overdue as soon as it is taken.
+    async with one_dispatcher(settings.with_overrides(job_timeout=0.0), provider, tmp_path / "overdue",
+                              jobs=jobs) as d:
+        for i in range(jobs):
+            provider.say_completed(f"job-{i}")
+        provider.close()
+        tick = asyncio.ensure_future(d.poll())
+        # (A bound, not a wait: one call at a time would never hold a group, and hang.)
+        await asyncio.wait_for(provider.asking.wait(), timeout=30)
+        assert provider.held == FOLLOW_CALLS, "one group of calls at a time, not one call"
+        provider.open()
+        await tick
+        assert len(provider.asked) == jobs
+        assert sorted(r["job_id"] for r in emitter(d).events("completed")) == sorted(f"job-{i}" for i in range(jobs))
+        assert not emitter(d).events("failed")
