@@ -83,12 +83,12 @@ class Settings:
     """Where a worker keeps its per-job tables: rocksdict (on disk; memory stays flat) or memory."""
     worker_id: str = ""
     """Names a worker's local table directory; give each worker on one host its own. Empty: the host name."""
-    static_membership: bool = False
+    static_membership: bool = True
     """A worker joins its consumer group as a static member named by its worker id (Kafka's
-    group.instance.id): back within FLOODGATE_SESSION_TIMEOUT after a crash or a restart, it gets
-    its partitions back without a rebalance, and the other workers go on meanwhile. The price: a
-    worker stopped for good holds its partitions for the session timeout instead of handing them
-    over at once. Every worker of the group then needs a worker id of its own."""
+    group.instance.id): back within FLOODGATE_SESSION_TIMEOUT after a crash, it gets its partitions
+    back without a rebalance, and the other workers go on meanwhile. A worker stopped in order
+    (SIGTERM) leaves the group as it exits, so its partitions move at once. Every worker of the
+    group needs a name of its own: its worker id, else its host name."""
     fetch_max_wait_ms: int = 20
     """How long the worker's consumer and the API's job view long-poll an idle broker. Records of
     other partitions consumed meanwhile wait for the poll to return: it bounds a hop's added latency."""

@@ -27,6 +27,7 @@ from streams import dispatcher, faust_fixes, jobs, lag, localstate
 from streams.app import create_app
 from streams.context import Pipeline
 from streams.lines import LineBoard
+from streams.static_member import leave_on_exit
 
 log = logging.getLogger(__name__)
 
@@ -156,7 +157,14 @@ def run(settings: Settings) -> None:
     # The worker CLI turns Faust's web server on (port 6066) unless told otherwise: two workers on
     # one host would collide, and Floodgate serves its own /metrics.
     sys.argv = [sys.argv[0], "worker", "--loglevel", settings.log_level, "--without-web"]
-    pipe.app.main()
+    try:
+        pipe.app.main()  # (ends in SystemExit, once the consumer has stopped)
+    finally:
+        if settings.static_membership:
+            # An orderly stop (SIGTERM: a scale-down, a deploy) gets this far: its partitions move
+            # now, not at the session timeout. A crash never does: back under its name within the
+            # session timeout, the worker gets them again without a rebalance.
+            leave_on_exit(settings.kafka_bootstrap, pipe.app.conf.id, localstate.worker_name(settings))
 
 
 if __name__ == "__main__":
