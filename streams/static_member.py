@@ -3,13 +3,13 @@
 With static membership (``FLOODGATE_STATIC_MEMBERSHIP``) a worker joins its group under a name of
 its own (``localstate.worker_name``). A worker that crashes and comes back within the session
 timeout then gets its partitions again without a rebalance: the other workers go on, and none of
-them starts its table replays again. The price is on the way out: aiokafka sends no LeaveGroup
-for a static member (its LeaveGroup v0/v1 names a member id only, which a static member's next
-start would not match), so a worker stopped for good, by a scale-down or a deploy, would hold its
+them starts its table replays again. The price is on the way out: aiokafka, as Kafka's own Java
+consumer, sends no LeaveGroup for a static member (a leave on every stop would make every restart
+a rebalance), so a worker stopped for good, by a scale-down or a deploy, would hold its
 partitions, and their jobs, until the session timeout.
 
 ``leave`` closes that gap. Once the worker's consumer has stopped, it sends LeaveGroup v3 (Kafka
-2.4 on, KIP-345), which names the member by its instance id, to the group's coordinator: the group
+2.4 and later), which names the member by its instance id, to the group's coordinator: the group
 rebalances at once, as it does when a worker without a static name stops. A worker killed
 (SIGKILL, a crash, a lost host) sends nothing and comes back under the same name; that is the case
 static membership is for.
