@@ -940,21 +940,17 @@ async def test_a_job_past_its_timeout_that_the_provider_finished_is_completed_no
     # Its completion webhook waited in Kafka while this worker stood still longer than the timeout.
     provider = QueueingProvider()
     async with one_dispatcher(settings, provider, tmp_path / "finished", jobs=1) as d:
-        await finished_past_timeout(d, provider)
-
-
-async def finished_past_timeout(d: Dispatcher, provider: QueueingProvider) -> None:
-    key = slot_key(0, "job-0")
-    slot = d.lane.slots.get(key)
-    assert slot is not None
-    provider.say_completed("job-0")
-    failed_before = timeouts(d)
-    await d.check_slot(key, slot, slot.taken_at + d.settings.job_timeout + 1)
-    assert [r["video_url"] for r in emitter(d).events("completed")] == ["https://cdn.example/v.mp4"]
-    assert not emitter(d).events("failed") and not provider.cancelled and timeouts(d) == failed_before
-    await d.check_slot(key, slot, slot.taken_at + d.settings.job_timeout + 2)  # its release not yet read
-    assert len(provider.asked) == 2 and len(emitter(d).events("completed")) == 2, "an end is told as heard"
-    assert not emitter(d).events("failed")
+        key = slot_key(0, "job-0")
+        slot = d.lane.slots.get(key)
+        assert slot is not None
+        provider.say_completed("job-0")
+        failed_before = timeouts(d)
+        await d.check_slot(key, slot, slot.taken_at + d.settings.job_timeout + 1)
+        assert [r["video_url"] for r in emitter(d).events("completed")] == ["https://cdn.example/v.mp4"]
+        assert not emitter(d).events("failed") and not provider.cancelled and timeouts(d) == failed_before
+        await d.check_slot(key, slot, slot.taken_at + d.settings.job_timeout + 2)  # its release not yet read
+        assert len(provider.asked) == 2 and len(emitter(d).events("completed")) == 2, "an end is told as heard"
+        assert not emitter(d).events("failed")
 
 
 async def test_a_job_past_its_timeout_is_failed_when_the_provider_cannot_say(
