@@ -109,7 +109,9 @@ def leave_on_exit(bootstrap: str, group: str, instance_id: str) -> None:
         log.warning("static member %s could not leave group %s (%s): its partitions move at the session "
                     "timeout", instance_id, group, exc)
         return
-    if left.gone:
+    if left.error is None:
         log.info("static member %s left group %s", instance_id, group)
+    elif left.gone:
+        log.info("static member %s was no longer in group %s", instance_id, group)
     else:
         log.warning("static member %s did not leave group %s: %s", instance_id, group, left.error)

@@ -2,11 +2,15 @@
 from __future__ import annotations
 
 import io
+import logging
 from pathlib import Path
 
+import pytest
+
 from floodgate.settings import Settings
+from streams import static_member
 from streams.app import create_app
-from streams.static_member import LeaveGroupRequest_v3, LeaveGroupResponse_v3, StaticLeave, answer
+from streams.static_member import LeaveGroupRequest_v3, LeaveGroupResponse_v3, Left, StaticLeave, answer
 
 
 def test_a_worker_is_a_static_member_named_by_its_worker_id(tmp_path: Path) -> None:
@@ -35,3 +39,29 @@ def test_the_leaves_answer_is_the_groups_error_else_the_members() -> None:
     fenced = answer(LeaveGroupResponse_v3(0, 0, [("m-2", "worker-3", 82)]))  # 82: FENCED_INSTANCE_ID
     assert not fenced.gone
     assert answer(LeaveGroupResponse_v3(0, 16, [])).error == "NotCoordinatorForGroupError"
+
+
+@pytest.mark.parametrize(("outcome", "said"), [
+    (Left(None), "static member w-1 left group g"),
+    (Left("UnknownMemberIdError"), "static member w-1 was no longer in group g"),
+    (Left("FencedInstanceIdError"), "static member w-1 did not leave group g: FencedInstanceIdError"),
+])
+def test_the_leave_on_exit_says_what_the_coordinator_answered(
+        monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture, outcome: Left, said: str) -> None:
+    async def answered(bootstrap: str, group: str, instance_id: str) -> Left:
+        return outcome
+
+    monkeypatch.setattr(static_member, "leave", answered)
+    with caplog.at_level(logging.INFO, logger="streams.static_member"):
+        static_member.leave_on_exit("127.0.0.1:1", "g", "w-1")
+    assert [r.getMessage() for r in caplog.records] == [said]
+
+
+def test_a_leave_that_cannot_reach_the_cluster_is_logged_never_raised(
+        monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
+    async def unreachable(bootstrap: str, group: str, instance_id: str) -> Left:
+        raise ConnectionRefusedError("no broker")
+
+    monkeypatch.setattr(static_member, "leave", unreachable)
+    static_member.leave_on_exit("127.0.0.1:1", "g", "w-1")
+    assert "could not leave group g (no broker)" in caplog.text
