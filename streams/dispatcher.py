@@ -831,14 +831,14 @@ class Dispatcher:
         may be lost). A status call that fails, or is refused for the rate, leaves the timeout to
         fail the job."""
         assert slot.provider_job_id is not None
+        partition, job_id = parse_slot_key(key)
         try:
             status = await self.connector.status(self.pipe.session(), slot.provider_job_id)
         except Exception as exc:  # whatever the call met, the timeout still holds
-            log.info("status call before the timeout of %s at %s failed: %s",
-                     parse_slot_key(key)[1], self.name, exc)
+            log.info("status call before the timeout of %s at %s failed: %s", job_id, self.name, exc)
             return False
         self.metrics.polls.labels(self.name).inc()
-        self.status_calls.charge(parse_slot_key(key)[0], status.reads, self.clock())
+        self.status_calls.charge(partition, status.reads, self.clock())
         if self.lane.slots.get(key) != slot:
             return True  # released (or taken again) during the call: this check has no more to do
         if status.state not in ENDS:

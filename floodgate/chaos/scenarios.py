@@ -194,22 +194,20 @@ async def rebalance_storm(run: Run) -> None:
     next_at = time.monotonic() + run.plan.fault_every
     while time.monotonic() < end and not await run.pause(next_at - time.monotonic()):
         next_at += run.plan.fault_every
-        up = [name for name, started in extras.items() if started.done()]
-        if join or not extras:
+        joining, join = join or not extras, not join
+        if joining:
             name = f"worker-{index}"
             index += 1
             extras[name] = task = asyncio.create_task(start(name))
             run.fault(f"{name} joined")
-        elif up:
+        elif up := [name for name, started in extras.items() if started.done()]:
             name = up[0]
             del extras[name]
             task = asyncio.create_task(run.blocking(run.stack.stop_child, name))
             run.fault(f"{name} left")
         else:
             skipped += 1
-            join = not join
             continue
-        join = not join
         pending.add(task)
         task.add_done_callback(pending.discard)
     if skipped:
@@ -352,9 +350,9 @@ def worker_logs(stack: Stack) -> list[str]:
             for name, child in stack.children.items() if name.startswith("worker-") and child.log.exists()]
 
 
-def stall_firings(stack: Stack) -> int:
-    """The stall watchdog's firings over every worker of the run."""
-    return sum(text.count(STALL_MARK) for text in worker_logs(stack))
+def stall_firings(logs: list[str]) -> int:
+    """The stall watchdog's firings in the workers' logs (``worker_logs``)."""
+    return sum(text.count(STALL_MARK) for text in logs)
 
 
 REPLAY_START, REPLAY_END = "Restoring state from changelog topics", "Recovery complete"
@@ -385,10 +383,10 @@ def _stamp(line: str) -> datetime | None:
         return None
 
 
-def replay_note(stack: Stack) -> str:
-    """How long the workers' table replays took over the run, restarts included: a replay that
+def replay_note(logs: list[str]) -> str:
+    """How long the table replays in the workers' logs (``worker_logs``) took: a replay that
     outlasts the time between two rebalances keeps the group from ever settling."""
-    took = sorted(d for text in worker_logs(stack) for d in table_replays(text))
+    took = sorted(d for text in logs for d in table_replays(text))
     if not took:
         return "No table replay in the workers' logs."
     return (f"{len(took)} table replays in the workers' logs: median {took[len(took) // 2]:.1f} s, "
@@ -426,9 +424,9 @@ def run_scenario(plan: Plan, faults: FaultLoop, home: Path, kafka_bootstrap: str
         read_the_end(history, stack)
         verdict = check(history)
         verdict.notes.extend(run.notes)
-        stalls = stall_firings(stack)
-        verdict.notes.append(f"The stall watchdog fired {stalls} time(s) in the workers' logs.")
-        verdict.notes.append(replay_note(stack))
+        logs = worker_logs(stack)
+        verdict.notes.append(f"The stall watchdog fired {stall_firings(logs)} time(s) in the workers' logs.")
+        verdict.notes.append(replay_note(logs))
         renewed = stack.children["api"].log.read_text(errors="replace").count("started a new producer")
         if renewed:
             verdict.notes.append(f"The API replaced its Kafka producer {renewed} time(s) (sequence refused).")

@@ -9,24 +9,34 @@ from types import SimpleNamespace
 
 import pytest
 
-from floodgate.chaos.scenarios import REPLAY_END, REPLAY_START, STALL_MARK, replay_note, stall_firings, table_replays
+from floodgate.chaos.scenarios import (
+    REPLAY_END,
+    REPLAY_START,
+    STALL_MARK,
+    replay_note,
+    stall_firings,
+    table_replays,
+    worker_logs,
+)
 from floodgate.settings import Settings
 
 
-def test_firings_are_counted_over_every_worker_and_nothing_else(tmp_path: Path) -> None:
-    def child(name: str, text: str) -> SimpleNamespace:
-        log = tmp_path / f"{name}.log"
-        log.write_text(text)
-        return SimpleNamespace(log=log)
+def child(tmp_path: Path, name: str, text: str) -> SimpleNamespace:
+    """A stack's child whose log holds ``text``."""
+    log = tmp_path / f"{name}.log"
+    log.write_text(text)
+    return SimpleNamespace(log=log)
 
+
+def test_firings_are_counted_over_every_worker_and_nothing_else(tmp_path: Path) -> None:
     line = f"WARNING dispatch.wan[1]: records up to offset 9 wait, {STALL_MARK} 4 for 30 s\n"
     stack = SimpleNamespace(children={
-        "worker-0": child("worker-0", "started\n" + line + "killed\nstarted again\n" + line),
-        "worker-1": child("worker-1", "started\n"),
-        "api": child("api", line),  # not a worker: the API has no stream partitions
+        "worker-0": child(tmp_path, "worker-0", "started\n" + line + "killed\nstarted again\n" + line),
+        "worker-1": child(tmp_path, "worker-1", "started\n"),
+        "api": child(tmp_path, "api", line),  # not a worker: the API has no stream partitions
         "worker-2": SimpleNamespace(log=tmp_path / "never-written.log"),
     })
-    assert stall_firings(stack) == 2  # type: ignore[arg-type]
+    assert stall_firings(worker_logs(stack)) == 2  # type: ignore[arg-type]
 
 
 def test_table_replays_are_timed_from_their_start_to_their_end() -> None:
@@ -43,22 +53,18 @@ def test_table_replays_are_timed_from_their_start_to_their_end() -> None:
 
 
 def test_the_replay_note_covers_every_worker(tmp_path: Path) -> None:
-    def child(name: str, text: str) -> SimpleNamespace:
-        log = tmp_path / f"{name}.log"
-        log.write_text(text)
-        return SimpleNamespace(log=log)
-
     def replay(start: str, end: str) -> str:
         return (f"[2026-12-06 {start},000] [1] [INFO] {REPLAY_START}\n"
                 f"[2026-12-06 {end},000] [1] [INFO] {REPLAY_END}\n")
 
     stack = SimpleNamespace(children={
-        "worker-0": child("worker-0", replay("10:00:00", "10:00:02") + replay("10:01:00", "10:01:09")),
-        "worker-1": child("worker-1", replay("10:00:00", "10:00:01")),
-        "api": child("api", replay("10:00:00", "10:00:30")),
+        "worker-0": child(tmp_path, "worker-0", replay("10:00:00", "10:00:02") + replay("10:01:00", "10:01:09")),
+        "worker-1": child(tmp_path, "worker-1", replay("10:00:00", "10:00:01")),
+        "api": child(tmp_path, "api", replay("10:00:00", "10:00:30")),
     })
-    assert replay_note(stack) == "3 table replays in the workers' logs: median 2.0 s, longest 9.0 s."  # type: ignore[arg-type]
-    assert replay_note(SimpleNamespace(children={})) == "No table replay in the workers' logs."  # type: ignore[arg-type]
+    note = replay_note(worker_logs(stack))  # type: ignore[arg-type]
+    assert note == "3 table replays in the workers' logs: median 2.0 s, longest 9.0 s."
+    assert replay_note(worker_logs(SimpleNamespace(children={}))) == "No table replay in the workers' logs."  # type: ignore[arg-type]
 
 
 def test_the_provider_is_read_before_the_topics(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -930,6 +930,14 @@ class FailingStatusProvider(QueueingProvider):
         raise ProviderUnavailable("503 from the provider")
 
 
+def held(d: Dispatcher, job_id: str) -> tuple[bytes, Slot]:
+    """The key and slot ``job_id`` holds on partition 0."""
+    key = slot_key(0, job_id)
+    slot = d.lane.slots.get(key)
+    assert slot is not None
+    return key, slot
+
+
 def timeouts(d: Dispatcher) -> float:
     """Jobs failed by the timeout so far (the metrics registry outlives one test)."""
     return d.metrics.registry.get_sample_value("floodgate_provider_timeouts_total", {"provider": "wan"}) or 0.0
@@ -940,9 +948,7 @@ async def test_a_job_past_its_timeout_that_the_provider_finished_is_completed_no
     # Its completion webhook waited in Kafka while this worker stood still longer than the timeout.
     provider = QueueingProvider()
     async with one_dispatcher(settings, provider, tmp_path / "finished", jobs=1) as d:
-        key = slot_key(0, "job-0")
-        slot = d.lane.slots.get(key)
-        assert slot is not None
+        key, slot = held(d, "job-0")
         provider.say_completed("job-0")
         failed_before = timeouts(d)
         await d.check_slot(key, slot, slot.taken_at + d.settings.job_timeout + 1)
@@ -957,9 +963,7 @@ async def test_a_job_past_its_timeout_is_failed_when_the_provider_cannot_say(
         settings: Settings, tmp_path: Path) -> None:
     provider = FailingStatusProvider()
     async with one_dispatcher(settings, provider, tmp_path / "outage", jobs=1) as d:
-        key = slot_key(0, "job-0")
-        slot = d.lane.slots.get(key)
-        assert slot is not None
+        key, slot = held(d, "job-0")
         failed_before = timeouts(d)
         await d.check_slot(key, slot, slot.taken_at + d.settings.job_timeout + 1)
         assert provider.asked == ["pj-job-0"]
