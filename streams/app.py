@@ -1,10 +1,12 @@
 """The Faust app factory. Every Faust option Floodgate depends on is set here, from Settings."""
 from __future__ import annotations
 
+import asyncio
 from pathlib import Path
 from typing import Any
 
 import faust
+from faust.tables import TableManager
 
 from floodgate.readorder import ReadOrder
 from floodgate.settings import Settings
@@ -35,6 +37,47 @@ class FloodgateApp(faust.App):
         record_flow(self, consumer)
         tune_fetcher(consumer, self.fetch_max_wait_ms, self.read_order)
         return consumer
+
+
+class PromptTables(TableManager):
+    """Faust's table manager without the second it waits at start before it takes up the tables.
+
+    Faust waits that second for tables an app might still define while it starts. Every
+    Floodgate table is made by ``streams.worker.build`` before the app starts (a table added later
+    would raise: Faust finalizes the set here), so the wait only delays the worker's join. It
+    matters most for a worker that was killed: as a static member it gets its partitions back
+    without a rebalance only if it is back within the session timeout (``streams.static_member``)."""
+
+    @property
+    def label(self) -> str:
+        return "TableManager"  # its name in the logs, as Faust's
+
+    async def on_start(self) -> None:
+        if not self.should_stop:
+            await self._update_channels()
+            await self.recovery.start()
+
+
+class PromptExit(faust.Worker):
+    """Faust's worker without the second it waits at the end of an orderly stop.
+
+    With every service stopped and every task gathered, the worker's loop runs once more, for a
+    sentinel that sleeps a second so that the callbacks those stops scheduled (a transport's
+    close) can run. A few turns of the loop run them; the second only delays the process's exit,
+    and with it the static member's leave (``streams.static_member.leave_on_exit``), which moves
+    its partitions to the other workers."""
+
+    @property
+    def label(self) -> str:
+        return "Worker"  # its name in the logs, as Faust's
+
+    async def _sentinel_task(self) -> None:
+        for _ in range(SENTINEL_TURNS):
+            await asyncio.sleep(0)
+
+
+SENTINEL_TURNS = 3
+"""Turns of the loop ``PromptExit`` gives the last callbacks of a stop."""
 
 
 def bind_slot_writer(producer: Any, writer: SlotWriter) -> None:
@@ -167,6 +210,8 @@ def create_app(settings: Settings, *, app_id: str | None = None, datadir: Path |
         web_host="127.0.0.1",
         logging_config=None,
         consumer_group_instance_id=localstate.worker_name(settings) if settings.static_membership else None,
+        TableManager=PromptTables,
+        Worker=PromptExit,
     )
     app.fetch_max_wait_ms = settings.fetch_max_wait_ms
     app.read_order = ReadOrder.for_worker(settings.topic)
