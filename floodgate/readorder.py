@@ -25,11 +25,20 @@ Measured in turns on one machine (``floodgate bench --only notify,handover``, th
 the slot handover p99 22.2-22.8 ms against 23.2-25.5, the pipeline's results/s alike.
 
 Within a partition the order is Kafka's, and nothing across partitions was ever promised, so the
-arrangement changes only latency. It starves no topic for long: the urgent topics carry at most a
-few records per job, and a job's records on them follow its admission.
+arrangement changes only latency. Usually the urgent topics carry a few records per job, and a
+job's records on them follow its admission. Not after a rebalance under load: every worker
+re-reads its urgent partitions from their committed offsets and the records written while the
+group stood still, and if rebalances follow each other the worker may spend every window between
+them on those. In a worker-kill chaos run a ``requests`` partition with records fetched and
+waiting was handed nothing for 30 s over five such windows (the stall watchdog fired), which the
+read order alone allows. So records passed over for ``MAX_PASSED_OVER`` go first, once; the clock
+starts again for what is left of them. A partition's share is then at least one batch
+(``FLOODGATE_POLL_RECORDS``, 10) a second, and urgent records wait behind at most one batch a
+second per partition passed over.
 """
 from __future__ import annotations
 
+import time
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -41,22 +50,33 @@ deployment's topic prefix before each."""
 RANKS = (0, 0, 1, 2)
 """The rank of each of ``URGENT``: webhooks and events are equally urgent, then releases."""
 
+MAX_PASSED_OVER = 1.0
+"""Seconds a partition's fetched records may wait behind others before they go first once."""
+
 
 class ReadOrder:
     """Ranks topics by ``rules`` (full names, or prefixes ending in "."; the first match wins)
     and arranges fetched partitions by rank. Unmatched topics come last, in the order they were
-    fetched."""
+    fetched. Records waiting ``max_passed_over`` seconds or more come first, once (``clock``
+    tells the time)."""
 
-    def __init__(self, rules: Sequence[str], ranks: Sequence[int] | None = None) -> None:
+    def __init__(self, rules: Sequence[str], ranks: Sequence[int] | None = None, *,
+                 max_passed_over: float = MAX_PASSED_OVER, clock: Callable[[], float] = time.monotonic) -> None:
         if ranks is not None and len(ranks) != len(rules):
             raise ValueError("one rank per rule")
         self.rules = list(zip(rules, ranks if ranks is not None else range(len(rules)), strict=True))
+        self.max_passed_over = max_passed_over
+        self._clock = clock
         self._ranks: dict[str, int | None] = {}
+        self._waiting: dict[Any, tuple[Any, float]] = {}
+        """Partition → (its fetched records, when they were first seen or last went first). The
+        records are aiokafka's object for one fetch: a new fetch is a new object."""
 
     @classmethod
-    def for_worker(cls, topic: Callable[[str], str]) -> ReadOrder:
-        """The worker's order: ``URGENT`` named as ``topic`` names them (``Settings.topic``)."""
-        return cls([topic(name) for name in URGENT], RANKS)
+    def for_worker(cls, topic: Callable[[str], str], **options: Any) -> ReadOrder:
+        """The worker's order: ``URGENT`` named as ``topic`` names them (``Settings.topic``);
+        ``options`` as the constructor takes them."""
+        return cls([topic(name) for name in URGENT], RANKS, **options)
 
     def rank(self, topic: str) -> int | None:
         """``topic``'s rank (0 first), or None: after every ranked topic."""
@@ -70,8 +90,27 @@ class ReadOrder:
 
     def arrange(self, fetched: OrderedDict[Any, Any]) -> None:
         """Reorder ``fetched`` (partition → records waiting to be taken; each key has ``.topic``)
-        in place: ranked partitions first by rank, each rank in its fetched order, then the rest
-        as they were."""
+        in place: records passed over for too long first, the longest waiting first; then ranked
+        partitions by rank, each rank in its fetched order; then the rest as they were."""
         ranked = [(rank, i, tp) for i, tp in enumerate(fetched) if (rank := self.rank(tp.topic)) is not None]
         for _rank, _i, tp in sorted(ranked, reverse=True):  # the last moved to the front ends up first
             fetched.move_to_end(tp, last=False)
+        for tp in reversed(self._passed_over(fetched)):
+            fetched.move_to_end(tp, last=False)
+
+    def _passed_over(self, fetched: OrderedDict[Any, Any]) -> list[Any]:
+        """The partitions whose records have waited ``max_passed_over`` or more, the longest
+        waiting first; their clocks start again."""
+        now, waiting = self._clock(), self._waiting
+        for tp in [tp for tp in waiting if tp not in fetched]:  # taken, or no longer assigned
+            del waiting[tp]
+        late: list[tuple[float, Any]] = []
+        for tp, records in fetched.items():
+            seen = waiting.get(tp)
+            if seen is None or seen[0] is not records:
+                waiting[tp] = (records, now)
+            elif now - seen[1] >= self.max_passed_over:
+                late.append((seen[1], tp))
+                waiting[tp] = (records, now)
+        late.sort(key=lambda item: item[0])
+        return [tp for _, tp in late]

@@ -168,11 +168,12 @@ class _Record(SimpleNamespace):
 
 
 class _PartitionRecords:
-    """aiokafka's PartitionRecords, as FetchResult uses it: iterate, and say the next offset."""
+    """aiokafka's PartitionRecords, as FetchResult uses it: iterate (a batch taken in part goes on
+    where it stopped), and say the next offset."""
 
     def __init__(self, first: int, count: int) -> None:
         self.next_fetch_offset = first
-        self._records = [_Record(offset=first + i) for i in range(count)]
+        self._records = iter([_Record(offset=first + i) for i in range(count)])
 
     def __iter__(self) -> Iterator[_Record]:
         for record in self._records:
@@ -457,3 +458,39 @@ async def test_the_worker_consumer_hands_out_a_release_before_the_requests_fetch
     # Kafka's order.
     assert [(tp, [m.offset for m in batch]) for tp, batch in first.items() if tp != release] == [
         (requests[0], list(range(9)))]
+
+
+async def test_the_worker_consumer_hands_out_requests_passed_over_by_urgent_records_once_a_second(
+        tmp_path: Any, monkeypatch: Any) -> None:
+    """Urgent records that never run out, as after rebalance upon rebalance: a request partition's
+    fetched records still get a batch each second, until they are all handed out."""
+    import aiokafka
+
+    from floodgate.readorder import ReadOrder
+    from floodgate.settings import Settings
+    from streams.app import create_app
+
+    settings = Settings.from_env({}).with_overrides(kafka_bootstrap="127.0.0.1:1", cache_dir=tmp_path)
+    requests, webhooks = TP(settings.topic("requests"), 0), TP(settings.topic("webhooks"), 0)
+    fetcher, _ = _fetcher({requests: (0, 20)})
+    fetcher._records = OrderedDict(fetcher._records)
+
+    async def start(self: Any) -> None:  # what aiokafka's start does to the fetcher, without a broker
+        self._fetcher = fetcher
+
+    monkeypatch.setattr(aiokafka.AIOKafkaConsumer, "start", start)
+    now = [0.0]
+    app = create_app(settings, datadir=tmp_path / "w0")
+    app.read_order = ReadOrder.for_worker(settings.topic, clock=lambda: now[0])
+    created = app.consumer._thread._create_consumer(asyncio.get_running_loop())  # type: ignore[attr-defined]
+    await created.start()
+    handed: list[tuple[int, list[int]]] = []
+    for step in range(15):
+        now[0] = step * 0.25
+        fresh, _ = _fetcher({webhooks: (step * 10, 10)})  # a new fetch of webhooks each time
+        fetcher._records[webhooks] = fresh._records[webhooks]
+        batch = await created._fetcher.fetched_records(set(fetcher._records), timeout=0,
+                                                       max_records=settings.poll_records)
+        if requests in batch:
+            handed.append((step, [m.offset for m in batch[requests]]))
+    assert handed == [(4, list(range(10))), (8, list(range(10, 20)))]
