@@ -58,6 +58,10 @@ class PromptTables(TableManager):
             await self.recovery.start()
 
 
+SENTINEL_TURNS = 3
+"""Turns of the loop ``PromptExit`` gives the last callbacks of a stop."""
+
+
 class PromptExit(faust.Worker):
     """Faust's worker without the second it waits at the end of an orderly stop.
 
@@ -74,10 +78,6 @@ class PromptExit(faust.Worker):
     async def _sentinel_task(self) -> None:
         for _ in range(SENTINEL_TURNS):
             await asyncio.sleep(0)
-
-
-SENTINEL_TURNS = 3
-"""Turns of the loop ``PromptExit`` gives the last callbacks of a stop."""
 
 
 def bind_slot_writer(producer: Any, writer: SlotWriter) -> None:
