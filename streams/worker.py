@@ -160,11 +160,11 @@ def run(settings: Settings) -> None:
     try:
         pipe.app.main()  # (ends in SystemExit, once the consumer has stopped)
     finally:
-        if settings.static_membership:
+        if instance_id := pipe.app.conf.consumer_group_instance_id:  # a static member (create_app)
             # An orderly stop (SIGTERM: a scale-down, a deploy) gets this far: its partitions move
             # now, not at the session timeout. A crash never does: back under its name within the
             # session timeout, the worker gets them again without a rebalance.
-            leave_on_exit(settings.kafka_bootstrap, pipe.app.conf.id, localstate.worker_name(settings))
+            leave_on_exit(settings.kafka_bootstrap, pipe.app.conf.id, instance_id)
 
 
 if __name__ == "__main__":

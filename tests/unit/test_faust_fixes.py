@@ -393,21 +393,35 @@ def test_with_no_prefetch_backoff_the_other_partitions_are_fetched_at_once() -> 
     assert _fetch_plan(PREFETCH_BACKOFF) == [[("requests", 0), ("webhooks", 0)]]
 
 
-async def test_the_worker_consumer_starts_with_no_prefetch_backoff(tmp_path: Any, monkeypatch: Any) -> None:
-    """The backoff is the fetcher's, built by the consumer's start(): the app sets it then."""
+async def _worker_consumer(settings: Any, fetcher: Any, tmp_path: Any, monkeypatch: Any,
+                           read_order: Any = None) -> Any:
+    """The aiokafka consumer of a worker's Faust app (``streams.app.create_app``), started with
+    ``fetcher`` as the fetcher aiokafka's start would build (no broker); ``read_order`` in place of
+    the app's own."""
     import aiokafka
 
-    from floodgate.settings import Settings
-    from streams.app import PREFETCH_BACKOFF, create_app
+    from streams.app import create_app
 
     async def start(self: Any) -> None:  # what aiokafka's start does to the fetcher, without a broker
-        self._fetcher = SimpleNamespace(_prefetch_backoff=0.1, fetched_records=None)
+        self._fetcher = fetcher
 
     monkeypatch.setattr(aiokafka.AIOKafkaConsumer, "start", start)
-    settings = Settings.from_env({}).with_overrides(kafka_bootstrap="127.0.0.1:1", cache_dir=tmp_path)
     app = create_app(settings, datadir=tmp_path / "w0")
+    if read_order is not None:
+        app.read_order = read_order
     created = app.consumer._thread._create_consumer(asyncio.get_running_loop())  # type: ignore[attr-defined]
     await created.start()
+    return created
+
+
+async def test_the_worker_consumer_starts_with_no_prefetch_backoff(tmp_path: Any, monkeypatch: Any) -> None:
+    """The backoff is the fetcher's, built by the consumer's start(): the app sets it then."""
+    from floodgate.settings import Settings
+    from streams.app import PREFETCH_BACKOFF
+
+    settings = Settings.from_env({}).with_overrides(kafka_bootstrap="127.0.0.1:1", cache_dir=tmp_path)
+    created = await _worker_consumer(settings, SimpleNamespace(_prefetch_backoff=0.1, fetched_records=None),
+                                     tmp_path, monkeypatch)
     assert created._fetcher._prefetch_backoff == PREFETCH_BACKOFF == 0.0
 
 
@@ -435,21 +449,11 @@ def test_aiokafka_hands_out_fetched_records_in_fetched_order() -> None:
 
 async def test_the_worker_consumer_hands_out_a_release_before_the_requests_fetched_before_it(
         tmp_path: Any, monkeypatch: Any) -> None:
-    import aiokafka
-
     from floodgate.settings import Settings
-    from streams.app import create_app
 
     settings = Settings.from_env({}).with_overrides(kafka_bootstrap="127.0.0.1:1", cache_dir=tmp_path)
     fetcher, release, requests = _backlog(settings)
-
-    async def start(self: Any) -> None:  # what aiokafka's start does to the fetcher, without a broker
-        self._fetcher = fetcher
-
-    monkeypatch.setattr(aiokafka.AIOKafkaConsumer, "start", start)
-    app = create_app(settings, datadir=tmp_path / "w0")
-    created = app.consumer._thread._create_consumer(asyncio.get_running_loop())  # type: ignore[attr-defined]
-    await created.start()
+    created = await _worker_consumer(settings, fetcher, tmp_path, monkeypatch)
     assert created._max_poll_records == settings.poll_records == 10
     everything = set(fetcher._records)
     first = await created._fetcher.fetched_records(everything, timeout=0, max_records=settings.poll_records)
@@ -464,26 +468,16 @@ async def test_the_worker_consumer_hands_out_requests_passed_over_by_urgent_reco
         tmp_path: Any, monkeypatch: Any) -> None:
     """Urgent records that never run out, as after rebalance upon rebalance: a request partition's
     fetched records still get a batch each second, until they are all handed out."""
-    import aiokafka
-
     from floodgate.readorder import ReadOrder
     from floodgate.settings import Settings
-    from streams.app import create_app
 
     settings = Settings.from_env({}).with_overrides(kafka_bootstrap="127.0.0.1:1", cache_dir=tmp_path)
     requests, webhooks = TP(settings.topic("requests"), 0), TP(settings.topic("webhooks"), 0)
     fetcher, _ = _fetcher({requests: (0, 20)})
     fetcher._records = OrderedDict(fetcher._records)
-
-    async def start(self: Any) -> None:  # what aiokafka's start does to the fetcher, without a broker
-        self._fetcher = fetcher
-
-    monkeypatch.setattr(aiokafka.AIOKafkaConsumer, "start", start)
     now = [0.0]
-    app = create_app(settings, datadir=tmp_path / "w0")
-    app.read_order = ReadOrder.for_worker(settings.topic, clock=lambda: now[0])
-    created = app.consumer._thread._create_consumer(asyncio.get_running_loop())  # type: ignore[attr-defined]
-    await created.start()
+    created = await _worker_consumer(settings, fetcher, tmp_path, monkeypatch,
+                                     ReadOrder.for_worker(settings.topic, clock=lambda: now[0]))
     handed: list[tuple[int, list[int]]] = []
     for step in range(15):
         now[0] = step * 0.25
