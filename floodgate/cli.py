@@ -79,6 +79,31 @@ def _add_worker(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> Non
     p.set_defaults(func=_worker)
 
 
+def _leave(args: argparse.Namespace) -> int:
+    import asyncio
+
+    from floodgate.settings import Settings
+    from streams.static_member import leave
+
+    settings = Settings.from_env()
+    left = asyncio.run(leave(settings.kafka_bootstrap, settings.app_id, args.worker_id))
+    if left.error is None:
+        print(f"{args.worker_id} left group {settings.app_id}: its partitions move now")
+    elif left.gone:
+        print(f"{args.worker_id} was not a member of group {settings.app_id}")
+    else:
+        print(f"floodgate: {args.worker_id} did not leave group {settings.app_id}: {left.error}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def _add_leave(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    p = sub.add_parser("leave", help="take a stopped worker out of the consumer group now "
+                                     "(one stopped with FLOODGATE_LEAVE_ON_STOP off, for good)")
+    p.add_argument("worker_id", help="the worker's FLOODGATE_WORKER_ID (its host name if it had none)")
+    p.set_defaults(func=_leave)
+
+
 def _api(args: argparse.Namespace) -> int:
     from floodgate.api.server import run
     from floodgate.settings import Settings
@@ -265,8 +290,8 @@ def _add_replay(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> Non
 
 
 COMMANDS: list[Callable[[argparse._SubParsersAction[argparse.ArgumentParser]], None]] = [
-    _add_broker, _add_worker, _add_api, _add_simulator, _add_dev, _add_demo, _add_bench, _add_plan, _add_audit,
-    _add_replay]
+    _add_broker, _add_worker, _add_leave, _add_api, _add_simulator, _add_dev, _add_demo, _add_bench, _add_plan,
+    _add_audit, _add_replay]
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -87,8 +87,15 @@ class Settings:
     """A worker joins its consumer group as a static member named by its worker id (Kafka's
     group.instance.id): back within FLOODGATE_SESSION_TIMEOUT after a crash, it gets its partitions
     back without a rebalance, and the other workers go on meanwhile. A worker stopped in order
-    (SIGTERM) leaves the group as it exits, so its partitions move at once. Every worker of the
-    group needs a name of its own: its worker id, else its host name."""
+    (SIGTERM) leaves the group as it exits, so its partitions move at once (unless
+    FLOODGATE_LEAVE_ON_STOP is off). Every worker of the group needs a name of its own: its worker
+    id, else its host name."""
+    leave_on_stop: bool = True
+    """A static member stopped in order (SIGTERM) leaves its group as it exits, so its partitions
+    move at once: right for a scale-down. Off where a stopped worker comes back under its name
+    within FLOODGATE_SESSION_TIMEOUT (a StatefulSet's rolling update, a systemctl restart): its
+    partitions wait for it, and a deploy rebalances no worker. A worker stopped for good then holds
+    its partitions until the session timeout, or until `floodgate leave <worker id>`."""
     fetch_max_wait_ms: int = 20
     """How long the worker's consumer and the API's job view long-poll an idle broker. Records of
     other partitions consumed meanwhile wait for the poll to return: it bounds a hop's added latency."""

@@ -160,10 +160,12 @@ def run(settings: Settings) -> None:
     try:
         pipe.app.main()  # (ends in SystemExit, once the consumer has stopped)
     finally:
-        if instance_id := pipe.app.conf.consumer_group_instance_id:  # a static member (create_app)
+        instance_id = pipe.app.conf.consumer_group_instance_id  # a static member's name (create_app)
+        if instance_id and settings.leave_on_stop:
             # An orderly stop (SIGTERM: a scale-down, a deploy) gets this far: its partitions move
             # now, not at the session timeout. A crash never does: back under its name within the
-            # session timeout, the worker gets them again without a rebalance.
+            # session timeout, the worker gets them again without a rebalance. Without the leave,
+            # an orderly restart is such a return too (FLOODGATE_LEAVE_ON_STOP).
             leave_on_exit(settings.kafka_bootstrap, pipe.app.conf.id, instance_id)
 
 

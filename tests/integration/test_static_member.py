@@ -11,6 +11,7 @@ import pytest
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.abc import ConsumerRebalanceListener
 
+from floodgate.cli import main
 from floodgate.kafka_admin import ensure_topics
 from streams.static_member import leave
 from tests.kafka_util import unique_name
@@ -112,4 +113,26 @@ async def test_a_static_member_back_under_its_name_gets_its_partitions_without_a
         if a2 is not None:
             await a2.stop()
         await leave(kafka_bootstrap, group_id, "worker-a")
+        await leave(kafka_bootstrap, group_id, "worker-b")
+
+
+async def test_floodgate_leave_takes_a_stopped_member_out_of_its_group(
+        kafka_bootstrap: str, group: tuple[str, str], monkeypatch: pytest.MonkeyPatch,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    """``floodgate leave <worker id>``: for a worker stopped for good without its leave."""
+    topic, group_id = group
+    monkeypatch.setenv("FLOODGATE_KAFKA_BOOTSTRAP", kafka_bootstrap)
+    monkeypatch.setenv("FLOODGATE_APP_ID", group_id)
+    (a, _), (b, b_seen) = await two_members(kafka_bootstrap, topic, group_id)
+    try:
+        await a.stop()  # no leave: it would hold its partitions for the session timeout
+        assert await asyncio.to_thread(main, ["leave", "worker-a"]) == 0
+        took = await b_seen.until(PARTITIONS, SESSION_TIMEOUT - 5)
+        assert took < SESSION_TIMEOUT / 2, f"{took:.1f} s: the move waited for the session timeout"
+        assert await asyncio.to_thread(main, ["leave", "worker-a"]) == 0
+        out = capsys.readouterr().out.splitlines()
+        assert out == [f"worker-a left group {group_id}: its partitions move now",
+                       f"worker-a was not a member of group {group_id}"]
+    finally:
+        await b.stop()
         await leave(kafka_bootstrap, group_id, "worker-b")
