@@ -170,7 +170,8 @@ class VideoProvider(Protocol):
 def error_for_response(status: int, headers: Mapping[str, str], body_text: str, now: float) -> ProviderError:
     """The error to raise for a non-2xx provider response.
 
-    429 → ``RateLimited`` (``retry_after`` from the header, else ``None``), 5xx →
+    429 → ``RateLimited`` (``retry_after`` from the header, else ``None``), 5xx and 408 (the
+    provider gave up waiting for the request: a timeout, not a refusal of the job) →
     ``ProviderUnavailable``, 410 → ``ProviderGone``, any other status → ``ProviderRejected``.
     """
     snippet = " ".join(body_text.split())[:300]
@@ -178,7 +179,7 @@ def error_for_response(status: int, headers: Mapping[str, str], body_text: str, 
     retry_after = parse_retry_after(header(headers, "Retry-After"), now)
     if status == 429:
         return RateLimited(message, status=status, retry_after=retry_after)
-    if 500 <= status <= 599:
+    if 500 <= status <= 599 or status == 408:
         return ProviderUnavailable(message, status=status, retry_after=retry_after)
     if status == 410:
         return ProviderGone(message, status=status)

@@ -13,6 +13,9 @@ The webhook comes once, at the end (``status`` ``OK`` / ``ERROR``), signed with 
 ``request_id\\nuser_id\\ntimestamp\\nsha256_hex(body)``; the public keys are fal's JWKS, fetched
 when first needed and kept at most ``jwks_max_age`` seconds (24 h at most; refetched sooner, at
 most once a minute, when a signature matches none of the cached keys), timestamps within ±300 s.
+An ``OK`` whose output fal could not put in the webhook (``payload`` null, ``payload_error``
+set) did not fail: the bridge forwards fal's result for it instead (the ``GET`` of the
+request), so a video fal made is not recorded as a failure.
 
 Idempotency: fal's queue API documents no idempotency key; a submission repeated after a crash
 between the call and its record queues a second request.
@@ -36,7 +39,8 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from floodgate.errors import ProviderError, SchemaError, WebhookVerificationError
 from floodgate.headers import header
 
-from .base import ProviderEvent, ProviderStatus, SubmitOrder, SubmitResult, WebhookDelivery
+from . import callback
+from .base import CONFIRMED_HEADER, ProviderEvent, ProviderStatus, SubmitOrder, SubmitResult, WebhookDelivery
 from .common import HttpConnector, callback_extra, callback_job
 from .http import HttpRequest, first_url, json_object, model_inputs, optional_text, parsed, text
 from .registry import register
@@ -49,6 +53,8 @@ TOLERANCE = 300.0
 MAX_JWKS_BYTES = 64 * 1024
 H_REQUEST, H_USER = "x-fal-webhook-request-id", "x-fal-webhook-user-id"
 H_TIMESTAMP, H_SIGNATURE = "x-fal-webhook-timestamp", "x-fal-webhook-signature"
+RESULT_READ = "result"
+"""The ``CONFIRMED_HEADER`` of a delivery whose body is fal's result rather than its webhook."""
 
 
 def app_of(model: str) -> str:
@@ -113,10 +119,12 @@ def parse_queue_status(job: FalJob, body: bytes) -> ProviderStatus | None:
 
 
 def error_text(obj: Any) -> str:
-    """fal's ``detail`` (a string or a list of ``{msg}``) as one line."""
+    """fal's ``detail`` (a string or a list of ``{msg}``) as one line; "" when there is none."""
     detail = obj.get("detail") if isinstance(obj, dict) else None
     if isinstance(detail, list):
         return "; ".join(str(d.get("msg", d)) if isinstance(d, dict) else str(d) for d in detail)[:300]
+    if detail is None and obj is None:
+        return ""
     return str(detail if detail is not None else obj)[:300]
 
 
@@ -132,6 +140,8 @@ def parse_result(job: FalJob, status: int, body: bytes) -> ProviderStatus:
 
 
 def parse_event(headers: Mapping[str, str], body: bytes) -> ProviderEvent:
+    if header(headers, CONFIRMED_HEADER) == RESULT_READ:
+        return parse_result_event(headers, body)
     obj = json_object(body)
     request_id = text(obj, "request_id")
     app = callback_extra(headers)
@@ -150,6 +160,28 @@ def parse_event(headers: Mapping[str, str], body: bytes) -> ProviderEvent:
                          job_id=callback_job(headers), state="completed" if ok else "failed",
                          progress=1.0 if ok else None, video_url=url, error=error,
                          occurred_at=float(stamp) if stamp.isdigit() else time.time())
+
+
+def parse_result_event(headers: Mapping[str, str], body: bytes) -> ProviderEvent:
+    """The end of a request whose ``OK`` webhook had no output, told by fal's result (the
+    delivery ``FalProvider.authenticate_webhook`` forwards: the result's body, the webhook's
+    headers; its request id is the one the signature covered)."""
+    request_id, app = header(headers, H_REQUEST) or "", callback_extra(headers)
+    if not request_id or not app:
+        raise SchemaError("fal result without its request id or app")
+    url = first_url(json_object(body))
+    stamp = header(headers, H_TIMESTAMP) or ""
+    # The same webhook id as the OK it stands for: a redelivery of that OK is the same word.
+    return ProviderEvent(webhook_id=f"{request_id}:OK", provider_job_id=f"{app}/{request_id}",
+                         job_id=callback_job(headers), state="completed" if url else "failed",
+                         progress=1.0 if url else None, video_url=url,
+                         error=None if url else "completed without a video URL",
+                         occurred_at=float(stamp) if stamp.isdigit() else time.time())
+
+
+def without_output(obj: Mapping[str, Any]) -> bool:
+    """An ``OK`` webhook that does not carry the output (fal could not serialise it)."""
+    return obj.get("status") == "OK" and first_url(obj.get("payload")) is None
 
 
 def signed_message(request_id: str, user_id: str, timestamp: str, body: bytes) -> bytes:
@@ -266,12 +298,28 @@ class FalProvider(HttpConnector):
             # fal may have rotated its keys since we fetched them.
             verify_signature(await self._jwks(session, refresh=True), delivery.headers, delivery.body, now=now)
         try:
-            request_id = json_object(delivery.body).get("request_id")
+            obj = json_object(delivery.body)
         except SchemaError as exc:
             raise WebhookVerificationError(f"signed body is not a JSON object: {exc}") from exc
+        request_id = obj.get("request_id")
         if header(delivery.headers, H_REQUEST) != request_id:
             raise WebhookVerificationError("signed request id differs from the body's")
+        if without_output(obj):
+            return await self._result_for(session, delivery, str(request_id))
         return delivery
+
+    async def _result_for(self, session: aiohttp.ClientSession, delivery: WebhookDelivery,
+                          request_id: str) -> WebhookDelivery:
+        """The delivery to forward for an ``OK`` without its output: fal's result of the request.
+        A result fal refuses (4xx) leaves the webhook as it came (it then tells a failure, with
+        fal's ``payload_error``); one fal cannot give now (429, 5xx, network) raises, so the
+        bridge answers 503 and fal delivers the webhook again later."""
+        job = FalJob(callback.split(delivery.callback)[2], request_id)
+        result = await self.call(session, HttpRequest("GET", job.url(self.base_url), _auth(self._key)),
+                                 ok=lambda status: status < 500 and status != 429)
+        if not 200 <= result.status <= 299:
+            return delivery
+        return WebhookDelivery({**delivery.headers, CONFIRMED_HEADER: RESULT_READ}, result.body, delivery.callback)
 
     def parse_webhook(self, headers: Mapping[str, str], body: bytes) -> ProviderEvent:
         return parse_event(headers, body)

@@ -56,16 +56,21 @@ async def send(session: aiohttp.ClientSession, request: HttpRequest, *, name: st
         async with session.request(request.method, request.url, headers=dict(request.headers), data=request.body,
                                    timeout=timeout, allow_redirects=False) as response:
             body = await response.read()
-            if not ok(response.status):
-                error = error_for_response(response.status, response.headers, body.decode("utf-8", "replace"), now())
-                if error.retriable and error.retry_after is None:
-                    error.retry_after = body_retry_after(body)
-                raise error
-            return HttpAnswer(response.status, dict(response.headers), body)
-    except ProviderError:
-        raise
+            answer = HttpAnswer(response.status, dict(response.headers), body)
     except (aiohttp.ClientError, TimeoutError) as exc:
         raise ProviderUnavailable(f"{name}: {type(exc).__name__}: {exc}") from exc
+    if not ok(answer.status):
+        raise error_for_answer(answer, now())
+    return answer
+
+
+def error_for_answer(answer: HttpAnswer, now: float) -> ProviderError:
+    """The error a non-2xx answer stands for (``error_for_response``), its Retry-After taken from
+    the body when the header has none."""
+    error = error_for_response(answer.status, answer.headers, answer.body.decode("utf-8", "replace"), now)
+    if error.retriable and error.retry_after is None:
+        error.retry_after = body_retry_after(answer.body)
+    return error
 
 
 def parsed(name: str, parse: Callable[[bytes], Any], body: bytes) -> Any:

@@ -25,7 +25,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 from urllib.parse import quote
 
@@ -37,7 +37,7 @@ from floodgate.errors import ProviderRejected, ProviderUnavailable, RateLimited,
 
 from .base import ProviderEvent, ProviderStatus, SubmitOrder, SubmitResult, WebhookDelivery
 from .common import HttpConnector, callback_extra, callback_job, confirmed, timestamp
-from .http import HttpRequest, first_url, json_object, member, model_inputs, parsed, text
+from .http import HttpAnswer, HttpRequest, error_for_answer, first_url, json_object, member, model_inputs, parsed, text
 from .registry import register
 
 log = logging.getLogger(__name__)
@@ -47,6 +47,8 @@ TOKEN_TTL = 1800
 TOKEN_RENEW = 300
 STATES = {"submitted": "queued", "processing": "running", "succeed": "completed", "failed": "failed"}
 KINDS = ("text2video", "image2video")
+TOO_MANY_TASKS = 1303
+"""Kling's code for an account past its parallel tasks: wait and retry, never a failure."""
 
 
 def token(access_key: str, secret_key: str, now: float, ttl: int = TOKEN_TTL) -> str:
@@ -83,13 +85,21 @@ def submit_request(base_url: str, bearer: str, order: SubmitOrder, callback: str
     return HttpRequest("POST", f"{base_url}/v1/videos/{kind}", headers, orjson.dumps(payload))
 
 
+def kling_code(body: bytes) -> object:
+    """The ``code`` of a Kling answer's JSON body, or None for any other body."""
+    try:
+        return json_object(body).get("code")
+    except SchemaError:
+        return None
+
+
 def check_code(obj: Mapping[str, Any]) -> None:
     """Raise the error a non-zero Kling ``code`` stands for."""
     code = obj.get("code")
     if code == 0:
         return
     message = f"Kling code {code}: {str(obj.get('message', ''))[:200]}"
-    if code == 1303:
+    if code == TOO_MANY_TASKS:
         raise RateLimited(message, status=429)
     if isinstance(code, int) and code >= 5000:
         raise ProviderUnavailable(message)
@@ -148,6 +158,19 @@ class KlingProvider(HttpConnector):
 
     def _auth(self) -> dict[str, str]:
         return {"Authorization": f"Bearer {self._bearer()}", "Accept": "application/json"}
+
+    async def call(self, session: aiohttp.ClientSession, request: HttpRequest, *,
+                   ok: Callable[[int], bool] = lambda status: 200 <= status <= 299) -> HttpAnswer:
+        """One call; code 1303 (too many parallel tasks) is refused for the rate whatever HTTP
+        status comes with it, so that a job waits for one of Kling's slots rather than failing."""
+        answer = await super().call(session, request, ok=lambda status: True)
+        if ok(answer.status):
+            return answer
+        if kling_code(answer.body) == TOO_MANY_TASKS:
+            limited = error_for_answer(replace(answer, status=429), self._clock())
+            raise RateLimited(f"HTTP {answer.status}: Kling code {TOO_MANY_TASKS}", status=answer.status,
+                              retry_after=limited.retry_after)
+        raise error_for_answer(answer, self._clock())
 
     async def submit(self, session: aiohttp.ClientSession, order: SubmitOrder) -> SubmitResult:
         kind = "image2video" if order.image_url else "text2video"

@@ -27,6 +27,7 @@ NOW = 1_700_000_000.0
         (503, ProviderUnavailable, True, True),
         (504, ProviderUnavailable, True, True),
         (599, ProviderUnavailable, True, True),
+        (408, ProviderUnavailable, True, True),  # a timeout waiting for our request, not a refusal
         (410, ProviderGone, False, True),
         (400, ProviderRejected, False, False),
         (401, ProviderRejected, False, False),

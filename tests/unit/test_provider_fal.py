@@ -14,7 +14,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
 from connectors.providers import SubmitOrder, callback, create
-from connectors.providers.base import CALLBACK_HEADER, WebhookDelivery
+from connectors.providers.base import CALLBACK_HEADER, CONFIRMED_HEADER, WebhookDelivery
 from connectors.providers.fal import (
     FalJob,
     FalProvider,
@@ -24,7 +24,7 @@ from connectors.providers.fal import (
     parse_result,
     submit_request,
 )
-from floodgate.errors import SchemaError, WebhookVerificationError
+from floodgate.errors import ProviderUnavailable, SchemaError, WebhookVerificationError
 
 FIXTURES = Path(__file__).resolve().parents[1] / "fixtures" / "providers"
 CALLBACK_SECRET = "callback-secret-for-fal-tests"
@@ -33,8 +33,8 @@ NOW = 1_780_000_000.0
 
 
 class FakeResponse:
-    def __init__(self, body: bytes) -> None:
-        self.status, self._body = 200, body
+    def __init__(self, body: bytes, status: int = 200) -> None:
+        self.status, self._body = status, body
         self.headers: dict[str, str] = {}
 
     async def __aenter__(self) -> FakeResponse:
@@ -52,8 +52,14 @@ class FakeSession:
 
     def __init__(self, *keys: Ed25519PrivateKey) -> None:
         self.keys, self.fetches = list(keys), 0
+        self.answers: dict[str, tuple[int, bytes]] = {}
+        """Other URLs' answers (status, body); every request to them is counted in ``asked``."""
+        self.asked: list[tuple[str, str]] = []
 
     def request(self, method: str, url: str, **_: Any) -> FakeResponse:
+        if url in self.answers:
+            self.asked.append((method, url))
+            return FakeResponse(self.answers[url][1], self.answers[url][0])
         self.fetches += 1
         jwks = {"keys": [{"kty": "OKP", "crv": "Ed25519", "kid": str(i),
                           "x": base64.urlsafe_b64encode(k.public_key().public_bytes(Encoding.Raw, PublicFormat.Raw))
@@ -177,3 +183,48 @@ def test_bad_deliveries_are_refused(case: str) -> None:
         del headers["x-fal-webhook-signature"]
     with pytest.raises(WebhookVerificationError):
         authenticate(provider(), FakeSession(key), headers, body, where, now=now)
+
+
+NO_OUTPUT = orjson.dumps({"request_id": "req-9", "gateway_request_id": "req-9", "status": "OK", "payload": None,
+                          "payload_error": "Output could not be serialized"})
+RESULT_URL = f"https://queue.fal.test/{APP}/requests/req-9"
+
+
+@pytest.mark.parametrize(("answer", "state", "error"), [
+    ((200, b'{"video": {"url": "https://v3.fal.media/files/out.mp4"}}'), "completed", None),
+    ((404, b'{"detail": "Request not found"}'), "failed", "Output could not be serialized"),
+])
+def test_an_ok_without_its_output_is_told_by_fals_result(answer: tuple[int, bytes], state: str,
+                                                         error: str | None) -> None:
+    """fal made the video but could not put it in the webhook: its result says how it ended."""
+    key = Ed25519PrivateKey.generate()
+    session = FakeSession(key)
+    session.answers[RESULT_URL] = answer
+    forwarded = authenticate(provider(), session, signed(key, NO_OUTPUT), NO_OUTPUT, path())
+    assert session.asked == [("GET", RESULT_URL)]
+    event = parse_event({**forwarded.headers, CALLBACK_HEADER: path()}, forwarded.body)
+    assert (event.job_id, event.state, event.error) == ("job_01", state, error)
+    assert event.provider_job_id == f"{APP}/req-9" and event.webhook_id == "req-9:OK"
+    if state == "completed":
+        assert event.video_url == "https://v3.fal.media/files/out.mp4"
+
+
+def test_an_ok_without_its_output_waits_while_fal_cannot_give_the_result() -> None:
+    key = Ed25519PrivateKey.generate()
+    session = FakeSession(key)
+    session.answers[RESULT_URL] = (503, b"busy")
+    with pytest.raises(ProviderUnavailable):  # the bridge answers 503: fal delivers it again later
+        authenticate(provider(), session, signed(key, NO_OUTPUT), NO_OUTPUT, path())
+
+
+def test_an_ok_with_its_output_is_forwarded_as_it_came() -> None:
+    ok = (FIXTURES / "fal_webhook_ok.json").read_bytes()
+    key = Ed25519PrivateKey.generate()
+    session = FakeSession(key)
+    forwarded = authenticate(provider(), session, signed(key, ok), ok, path())
+    assert forwarded.body == ok and CONFIRMED_HEADER not in forwarded.headers and session.asked == []
+
+
+def test_an_error_without_a_message_says_failed() -> None:
+    body = orjson.dumps({"request_id": "req-9", "status": "ERROR", "payload": None})
+    assert parse_event({CALLBACK_HEADER: path()}, body).error == "failed"

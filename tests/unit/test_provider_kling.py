@@ -3,9 +3,12 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import aiohttp
 import jwt
 import orjson
 import pytest
+from aiohttp import web
+from aiohttp.test_utils import TestServer
 
 from connectors.providers import SubmitOrder, callback, create
 from connectors.providers.base import CALLBACK_HEADER
@@ -71,3 +74,39 @@ def test_failed_tasks_carry_their_reason() -> None:
     got = parse_answer("text2video", body)
     assert (got.state, got.error) == ("failed", "content moderation")
     assert str(KlingTask.parse("image2video/t")) == "image2video/t"
+
+
+async def _submit_against(status: int, body: dict[str, object], headers: dict[str, str]) -> Exception:
+    """What a submit raises when Kling answers ``status`` with ``body`` (a stand-in server)."""
+    async def create_task(request: web.Request) -> web.Response:
+        return web.json_response(body, status=status, headers=headers)
+
+    app = web.Application()
+    app.router.add_post("/v1/videos/text2video", create_task)
+    async with TestServer(app) as server, aiohttp.ClientSession() as session:
+        p = create("kling", name="kl", access_key="ak", secret_key=SECRET_KEY, callback_secret=CALLBACK_SECRET,
+                   base_url=str(server.make_url("")).rstrip("/"))
+        order = SubmitOrder(job_id="job_01", model="kling-v2-1", prompt="dunes", image_url=None, webhook_url=None,
+                            idempotency_key="job_01:0", params={})
+        with pytest.raises(Exception) as raised:
+            await p.submit(session, order)
+    return raised.value
+
+
+@pytest.mark.parametrize("status", [400, 403, 429, 500])
+async def test_too_many_parallel_tasks_waits_whatever_http_status_comes_with_it(status: int) -> None:
+    """Code 1303 is a wait for one of Kling's slots, never the job's failure (the HTTP status that
+    accompanies it is not documented)."""
+    error = await _submit_against(status, {"code": 1303, "message": "parallel task over resource pack limit"},
+                                  {"Retry-After": "7"})
+    assert isinstance(error, RateLimited) and error.retriable
+    assert error.retry_after == 7.0 and "1303" in str(error)
+
+
+async def test_other_refusals_keep_their_http_meaning() -> None:
+    rejected = await _submit_against(400, {"code": 1201, "message": "bad params"}, {})
+    assert isinstance(rejected, ProviderRejected) and not rejected.retriable
+    unavailable = await _submit_against(502, {"code": 5000, "message": "internal"}, {})
+    assert isinstance(unavailable, ProviderUnavailable)
+    not_json = await _submit_against(400, {"code": "x"}, {})
+    assert isinstance(not_json, ProviderRejected)
