@@ -128,6 +128,9 @@ log = logging.getLogger(__name__)
 DEFAULT_POLICY = SubmitPolicy()
 FOLLOW_CALLS = 8
 """Status calls at once (see the module docstring)."""
+HANDOVER_WAIT = 10.0
+"""Seconds a revoke (or a stop) waits for provider calls under way on the partitions it hands over
+(``Lane.hand_over``): a submission takes a second or two, and the group waits meanwhile."""
 ASK_EVERY = 0.25
 """Seconds between two turns of the status calls a provider's read budget put off."""
 
@@ -261,10 +264,13 @@ class Dispatcher:
         dropped = self.lane.forget_waiting(mine)
         if dropped:
             log.info("%s: %d waiting orders left to the partitions' next owner", self.name, dropped)
+        # Faust awaits this before the group goes on: the partitions' next owner cannot read their
+        # tables before the calls under way here have recorded what the provider answered.
+        await self.lane.hand_over(mine, HANDOVER_WAIT)
 
     async def _stop(self, app: faust.App, /, *args: object, **kwargs: object) -> None:
         await self.acks.stop()
-        await self.lane.stop()
+        await self.lane.stop(HANDOVER_WAIT)
 
     # -- fetching ----------------------------------------------------------------------------
 
@@ -372,7 +378,7 @@ class Dispatcher:
             return None  # its submission is still running here (e.g. waiting out 429s)
         if slot is not None:
             # It holds a durable slot but its submission never finished (a crash mid-call).
-            lane.run_in_background(key, self.submit(order, key, partition))
+            lane.run_in_background(key, self.submit(order, key, partition, msg.generation_id))
             return None
         parked = lane.parked(key)
         if parked is not None and parked.attempt >= order.attempt:
@@ -386,7 +392,7 @@ class Dispatcher:
         if parked is None and not len(line) and lane.pools[partition].try_acquire(order.job_id, order.tenant):
             # Nobody waits and a slot is free: take it without parking (one changelog write, not three).
             durable = self.take_slot(order, key, partition)
-            lane.run_in_background(key, self.submit(order, key, partition, durable))
+            lane.run_in_background(key, self.submit(order, key, partition, msg.generation_id, durable))
             return durable
         if parked is None and (spill := self.spill_for(order, len(line), partition)) is not None:
             # It would wait past its model's max_wait_s here while an equivalent has room: it goes
@@ -430,7 +436,7 @@ class Dispatcher:
                 # the slot began, if anything is left to do.
                 slot = lane.slots.get(key)
                 if slot is not None and not slot.provider_job_id:
-                    lane.run_in_background(key, self.submit(order, key, partition))
+                    lane.run_in_background(key, self.submit(order, key, partition, lane.generations.get(partition)))
         self.shrank(partition)
 
     async def start(self, order: Order, key: bytes, partition: int, generation: int | None,
@@ -459,12 +465,16 @@ class Dispatcher:
             return
         if not still_mine():
             return  # revoked meanwhile: the partition's next owner finds the slot (or the waiting entry)
-        await self.submit(order, key, partition)
+        await self.submit(order, key, partition, generation)
 
     # -- submission --------------------------------------------------------------------------
 
-    async def event(self, job_id: str, kind: str, attempt: int, *, suffix: str = "", **fields: Any) -> None:
-        await self.emit.send(self.names.events, "JobEvent", job_id, {
+    async def event(self, job_id: str, kind: str, attempt: int, *, suffix: str = "", durably: bool = False,
+                    **fields: Any) -> None:
+        """Tell the jobs agent of ``kind``; ``durably``: return once Kafka has it (before a slot or
+        a waiting entry that stood for the job is deleted, so that a crash never leaves neither)."""
+        send = self.emit.send_durably if durably else self.emit.send
+        await send(self.names.events, "JobEvent", job_id, {
             "event_id": f"{job_id}:{kind}:{self.name}:{attempt}{suffix}", "job_id": job_id, "kind": kind,
             "at": self.pipe.now_ms(), "provider": self.name, "attempt": attempt, **fields})
 
@@ -479,7 +489,7 @@ class Dispatcher:
         between only expires it again (the same event id)."""
         waited = max(0.0, (self.pipe.now_ms() - order.queued_at) / 1000)
         self.metrics.expired.labels(self.name).inc()
-        await self.event(order.job_id, "expired", order.attempt,
+        await self.event(order.job_id, "expired", order.attempt, durably=True,
                          error=f"deadline passed after {waited:.0f}s waiting for {self.name}")
         self.lane.unpark(partition, key)
 
@@ -565,19 +575,34 @@ class Dispatcher:
         if self.lane.marked(key):
             await self.give_up_cancelled(key, partition, order.job_id)  # cancelled: neither fail nor fall back
             return
-        await self.free(partition, key, order.job_id)
+        # The job's next step is on Kafka before its slot is given back: the slot is all that
+        # stands for the job here (its order was acknowledged long ago), so a crash between the
+        # two must leave the slot, whose next owner moves the job on again (the same event id and
+        # attempt), never neither.
         tried = [*order.tried, self.name]
         nxt = next_target(self.pipe.routing, order.model, tried, datetime.now(UTC)) if reroute else None
         if nxt is None:
-            await self.event(order.job_id, "failed", order.attempt, error=reason)
-            return
-        self.metrics.reroutes.labels(self.name).inc()
-        await self.event(order.job_id, "rerouted", order.attempt + 1, provider=nxt.provider, error=reason)
-        moved = order.moved_to(nxt.provider, nxt.provider_model)
-        await self.emit.send(self.names.dispatch(nxt.provider), "DispatchOrder", order.job_id, moved.to_record())
+            await self.event(order.job_id, "failed", order.attempt, error=reason, durably=True)
+        else:
+            self.metrics.reroutes.labels(self.name).inc()
+            await self.event(order.job_id, "rerouted", order.attempt + 1, provider=nxt.provider, error=reason,
+                             durably=True)
+            moved = order.moved_to(nxt.provider, nxt.provider_model)
+            await self.emit.send_durably(self.names.dispatch(nxt.provider), "DispatchOrder", order.job_id,
+                                         moved.to_record())
+        await self.free(partition, key, order.job_id)
 
-    async def submit(self, order: Order, key: bytes, partition: int, durable: Awaitable[Any] | None = None) -> None:
-        """Hand ``order`` to the provider once its slot is durable; 429s and outages per policy."""
+    def owns(self, partition: int, generation: int | None) -> bool:
+        """Whether ``partition`` is still this worker's as it was in ``generation`` (the one a
+        submission began in): not revoked since, nor being handed over."""
+        lane = self.lane
+        return lane.generations.get(partition) == generation and partition not in lane.handing_over
+
+    async def submit(self, order: Order, key: bytes, partition: int, generation: int | None,
+                     durable: Awaitable[Any] | None = None) -> None:
+        """Hand ``order`` to the provider once its slot is durable; 429s and outages per policy.
+        ``generation``: the one ``partition`` was synced in when the submission began; a
+        submission whose partition moved on since never calls the provider (``owns``)."""
         lane = self.lane
         if durable is not None:
             try:
@@ -591,7 +616,7 @@ class Dispatcher:
             metadata={"fg_attempt": str(order.attempt)}, params=dict(order.params))
         has_fallback = next_target(self.pipe.routing, order.model, [*order.tried, self.name],
                                    datetime.now(UTC)) is not None
-        result = await self._call_provider(order, key, partition, request, has_fallback)
+        result = await self._call_provider(order, key, partition, generation, request, has_fallback)
         if result is None:
             return
         self.metrics.submissions.labels(self.name).inc()
@@ -609,16 +634,21 @@ class Dispatcher:
             return
         # The slot's second record is the job's submission: the poller and cancels find the
         # provider job by it, and the API's job view reads it (no event, no jobs-table write).
-        lane.slots.put_in(partition, key, slot.submitted(result.provider_job_id))
+        recorded = lane.slots.put_in(partition, key, slot.submitted(result.provider_job_id))
+        if partition in lane.handing_over:
+            await recorded  # on Kafka before the partition's next owner reads the table (hand_over)
         if self.follows and (self.callbacks == "none" or result.state == "queued"):
             self.followed.add(key)
 
-    async def _call_provider(self, order: Order, key: bytes, partition: int, request: SubmitOrder,
-                             has_fallback: bool) -> SubmitResult | None:
-        """The provider's answer, or None when the order went elsewhere (cancelled, failed, rerouted)."""
+    async def _call_provider(self, order: Order, key: bytes, partition: int, generation: int | None,
+                             request: SubmitOrder, has_fallback: bool) -> SubmitResult | None:
+        """The provider's answer, or None when the order went elsewhere (cancelled, failed,
+        rerouted) or its partition did (left to the next owner, which finds its slot)."""
         lane = self.lane
         failures, started = 0, time.monotonic()
         while True:
+            if not self.owns(partition, generation):
+                return None  # (checked again after every wait: a revoke may have come meanwhile)
             if lane.marked(key):
                 await self.give_up_cancelled(key, partition, order.job_id)  # never reaches the provider
                 return None
@@ -631,25 +661,38 @@ class Dispatcher:
                 wait = bucket.take(now)
                 if wait > 0:
                     await asyncio.sleep(wait)
+                    if not self.owns(partition, generation):
+                        return None
+            # No await between the check above and the call: a handover either cancels this
+            # submission before it calls, or waits for the call it finds under way.
+            lane.calling.add(key)
             try:
                 result: SubmitResult = await self.connector.submit(self.pipe.session(), request)
             except FloodgateError as exc:
-                if isinstance(exc, ProviderUnavailable):
-                    lane.breaker.record_failure(time.monotonic())
-                elif exc.retriable:
-                    self.metrics.rate_limited.labels(self.name).inc()
-                decision = decide(exc, failures=failures, waited=time.monotonic() - started, has_fallback=has_fallback,
-                                  breaker_open=lane.breaker.state(time.monotonic()) is BreakerState.OPEN,
-                                  policy=self.policy, backoff=lane.backoff)
-                if decision.action == "retry":
-                    failures += 1
-                    self.metrics.retries.labels(self.name).inc()
-                    await asyncio.sleep(decision.delay)
-                    continue
-                await self.move_on(order, key, partition, decision.reason, reroute=decision.action == "reroute")
-                return None
-            lane.breaker.record_success()
-            return result
+                failure: FloodgateError | None = exc
+            else:
+                failure = None
+            finally:
+                lane.calling.discard(key)
+            if failure is None:
+                lane.breaker.record_success()
+                return result
+            if not self.owns(partition, generation):
+                return None  # refused during a handover: the next owner decides, as it submits
+            if isinstance(failure, ProviderUnavailable):
+                lane.breaker.record_failure(time.monotonic())
+            elif failure.retriable:
+                self.metrics.rate_limited.labels(self.name).inc()
+            decision = decide(failure, failures=failures, waited=time.monotonic() - started, has_fallback=has_fallback,
+                              breaker_open=lane.breaker.state(time.monotonic()) is BreakerState.OPEN,
+                              policy=self.policy, backoff=lane.backoff)
+            if decision.action == "retry":
+                failures += 1
+                self.metrics.retries.labels(self.name).inc()
+                await asyncio.sleep(decision.delay)
+                continue
+            await self.move_on(order, key, partition, decision.reason, reroute=decision.action == "reroute")
+            return None
 
     # -- releases and cancels ----------------------------------------------------------------
 

@@ -125,6 +125,11 @@ class Lane:
         turn into a wait."""
         self.cancelling: set[bytes] = set()
         """Slots whose provider job is being cancelled (the slot is freed once that is done)."""
+        self.calling: set[bytes] = set()
+        """Submissions whose provider call is under way (``hand_over`` waits for them)."""
+        self.handing_over: set[int] = set()
+        """Partitions on their way to another worker (revoked, or this worker stopping): a
+        provider call that returns meanwhile records its provider job id durably."""
         self._chores: set[asyncio.Task[None]] = set()
 
     def capacity(self, partition: int) -> int:
@@ -321,8 +326,40 @@ class Lane:
         if not task.cancelled() and task.exception() is not None:
             log.error("submission %s failed; the poller will retry it", key.decode(), exc_info=task.exception())
 
-    async def stop(self) -> None:
-        tasks = [*self.submitting.values(), *self._chores]
-        for task in tasks:
+    async def hand_over(self, partitions: set[int], wait: float) -> int:
+        """Let the submissions of ``partitions`` end before the partitions leave this worker.
+
+        One whose provider call is under way is waited for, up to ``wait`` seconds: the provider
+        may be creating the job, and once the call returns its provider job id is written (and,
+        the partition being in ``handing_over``, awaited until Kafka has it) before the next
+        owner reads the table. Cancelled instead, the next owner would find a slot without a
+        provider job id and submit the job a second time (most providers have no idempotency
+        key). The others (waiting for their slot's write, a Retry-After, the rate) are cancelled
+        before they call; their slots are durable, and the next owner submits them. Returns how
+        many calls were still under way at the bound (cancelled: their jobs may be submitted twice)."""
+        mine = {key: task for key, task in self.submitting.items() if parse_slot_key(key)[0] in partitions}
+        self.handing_over.update(partitions)
+        try:
+            calls = [task for key, task in mine.items() if key in self.calling]
+            for key, task in mine.items():
+                if key not in self.calling:
+                    task.cancel()
+            late: set[asyncio.Task[None]] = set()
+            if calls:
+                _, late = await asyncio.wait(calls, timeout=wait)
+                for task in late:
+                    task.cancel()
+            await asyncio.gather(*mine.values(), return_exceptions=True)
+        finally:
+            self.handing_over.difference_update(partitions)
+        if late:
+            log.warning("%s: %d provider calls still under way after %.0f s were cancelled as their partitions "
+                        "left; their jobs may be submitted again", self.spec.name, len(late), wait)
+        return len(late)
+
+    async def stop(self, wait: float = 0.0) -> None:
+        """Hand over every partition's submissions (``hand_over``), then cancel the chores."""
+        await self.hand_over(set(range(self.partitions)), wait)
+        for task in self._chores:
             task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
+        await asyncio.gather(*self._chores, return_exceptions=True)

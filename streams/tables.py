@@ -17,6 +17,9 @@ from streams.slotwriter import SlotWrite, SlotWriter
 
 T = TypeVar("T")
 
+RESEND_AFTER = 1.0
+"""Seconds before a changelog record Kafka refused is sent again (``put_in``, ``remove_in``)."""
+
 log = logging.getLogger(__name__)
 
 
@@ -51,10 +54,33 @@ class RecordTable(Generic[T]):
     def put_in(self, partition: int, key: bytes, value: T) -> Awaitable[Any]:
         """Set ``key`` from outside an agent's event (a background task), naming the changelog
         partition that Faust would otherwise take from the event being processed. The returned
-        future resolves once Kafka acknowledged the changelog record."""
+        future resolves once Kafka acknowledged the changelog record (or failed: the record is
+        then sent again, see ``_kept``)."""
         raw = self._encode(value)
         self.table.data[key] = raw
-        return self._send(partition, key, raw)
+        return self._kept(partition, key, raw, self._send(partition, key, raw))
+
+    def _kept(self, partition: int, key: bytes, raw: bytes | None, sent: Awaitable[Any]) -> Awaitable[Any]:
+        """``sent``, sent again ``RESEND_AFTER`` seconds after each time Kafka refuses it, for as
+        long as the local table still holds what it says (a later write or delete of the key
+        supersedes it). Without that, a refused record (a broker restart) would leave the
+        changelog behind the table in memory, and the next recovery (any rebalance) would bring
+        back a slot freed here, or a waiting order taken out of its line, and submit it. A
+        callback, not a task: the resend costs nothing until Kafka refuses a record."""
+        def landed(future: Any) -> None:
+            if future.cancelled() or future.exception() is None or self.table.data.get(key) != raw:
+                return
+            log.warning("changelog write of %r to %s failed (%s); sending it again", key, self.table.name,
+                        future.exception())
+            asyncio.get_running_loop().call_later(RESEND_AFTER, again)
+
+        def again() -> None:
+            if self.table.data.get(key) == raw:
+                self._kept(partition, key, raw, self._send(partition, key, raw))
+
+        if isinstance(sent, asyncio.Future):  # (Faust's FutureMessage, or the slot writer's future)
+            sent.add_done_callback(landed)
+        return sent
 
     async def put_durably_in(self, partition: int, key: bytes, value: T) -> None:
         """``put_in``, returning once the changelog record is acknowledged by Kafka."""
@@ -87,10 +113,11 @@ class RecordTable(Generic[T]):
         return asyncio.ensure_future(land())
 
     def remove_in(self, partition: int, key: bytes) -> None:
-        """Delete ``key`` from outside an agent's event (see ``put_in``)."""
+        """Delete ``key`` from outside an agent's event (see ``put_in``; the tombstone is sent
+        again if Kafka refuses it)."""
         if key in self.table.data:
             del self.table.data[key]
-            self._send(partition, key, None)
+            self._kept(partition, key, None, self._send(partition, key, None))
 
     def __contains__(self, key: bytes) -> bool:
         return key in self.table

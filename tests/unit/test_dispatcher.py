@@ -13,11 +13,12 @@ from types import SimpleNamespace
 from typing import Any
 
 import pytest
+from faust.types import TP
 
 from connectors.providers.base import ProviderStatus, SubmitOrder, SubmitResult
 from floodgate import codec
 from floodgate.dispatch import ENDED, Order, Slot, slot_key
-from floodgate.errors import ProviderUnavailable, RateLimited
+from floodgate.errors import ProviderGone, ProviderRejected, ProviderUnavailable, RateLimited
 from floodgate.provider_config import dev_setup
 from floodgate.settings import Settings
 from streams.app import create_app
@@ -32,6 +33,10 @@ class RecordingEmitter(Emitter):
     def __init__(self, app: Any) -> None:
         super().__init__(app)
         self.sent: list[tuple[str, str, dict[str, Any]]] = []
+        self.durable: list[tuple[str, dict[str, Any]]] = []
+        """What was sent with ``send_durably`` (also in ``sent``)."""
+        self.log: list[str] | None = None
+        """When a test sets it: durable sends, in order with the changelog writes it logs too."""
 
     async def send(self, topic: str, schema: str, key: str | None, record: dict[str, Any]) -> None:
         codec.encode(schema, record)  # what would go on the wire must be a valid record
@@ -39,6 +44,9 @@ class RecordingEmitter(Emitter):
 
     async def send_durably(self, topic: str, schema: str, key: str | None, record: dict[str, Any]) -> None:
         await self.send(topic, schema, key, record)
+        self.durable.append((schema, record))
+        if self.log is not None:
+            self.log.append(f"durable {schema} {record.get('kind', '')}".rstrip())
 
     def events(self, kind: str) -> list[dict[str, Any]]:
         return [r for t, s, r in self.sent if s == "JobEvent" and r["kind"] == kind]
@@ -1015,3 +1023,117 @@ async def test_the_poll_tick_asks_about_overdue_jobs_a_group_at_once(settings: S
         assert len(provider.asked) == jobs
         assert sorted(r["job_id"] for r in emitter(d).events("completed")) == sorted(f"job-{i}" for i in range(jobs))
         assert not emitter(d).events("failed")
+
+
+def log_writes(d: Dispatcher, writes: Writes) -> list[str]:
+    """One log of the lane's changelog writes and the durable sends, in the order they were made."""
+    log: list[str] = []
+
+    def logged(partition: int, key: bytes, value: bytes | None, **kwargs: Any) -> asyncio.Future[None]:
+        log.append(("tombstone " if value is None else "put ") + key.decode())
+        return writes(partition, key, value, **kwargs)
+
+    for table in (d.lane.slots, d.lane.waiting, d.lane.marks):
+        table.table.send_changelog = logged  # type: ignore[method-assign,assignment]  # a fake producer
+    emitter(d).log = log
+    return log
+
+
+class Refusing(FakeProvider):
+    def __init__(self, error: Exception) -> None:
+        super().__init__()
+        self.error = error
+        self.calls = 0
+
+    async def submit(self, session: Any, order: SubmitOrder) -> SubmitResult:
+        self.calls += 1
+        raise self.error
+
+
+@pytest.mark.parametrize(("error", "sends"), [
+    (ProviderRejected("HTTP 400: bad params", status=400), ["durable JobEvent failed"]),
+    (ProviderGone("HTTP 410: model retired", status=410), ["durable JobEvent rerouted", "durable DispatchOrder"]),
+])
+async def test_a_job_that_moves_on_is_told_on_kafka_before_its_slot_is_given_back(
+        dispatcher: Dispatcher, writes: Writes, error: Exception, sends: list[str]) -> None:
+    """The slot is all that stands for the job here (its order was acknowledged when the slot was
+    taken): a crash after the slot's tombstone but before the job's next step would leave neither."""
+    dispatcher.connector = Refusing(error)
+    log = log_writes(dispatcher, writes)
+    await dispatcher.intake(message(0), order("a"))
+    await settle(dispatcher)
+    assert log == ["put 0:a", *sends, "tombstone 0:a"]
+
+
+async def test_an_expired_order_is_told_on_kafka_before_it_leaves_the_waiting_table(
+        dispatcher: Dispatcher, writes: Writes) -> None:
+    await fill(dispatcher, WAN_SLOTS)
+    await dispatcher.intake(message(WAN_SLOTS), replace(order("late"), deadline_at=dispatcher.pipe.now_ms() + 60_000))
+    await settle(dispatcher)
+    log = log_writes(dispatcher, writes)
+    dispatcher.pipe.now_ms = lambda: 2**62  # type: ignore[method-assign]  # far past every deadline
+    dispatcher.expire_waiting(0)
+    await settle(dispatcher)
+    assert log == ["durable JobEvent expired", "tombstone 0:late"]
+
+
+async def until_calling(d: Dispatcher, key: bytes) -> None:
+    """Until the submission of ``key`` is in its provider call (a few turns of the loop)."""
+    for _ in range(100):
+        if key in d.lane.calling:
+            return
+        await asyncio.sleep(0)
+    raise AssertionError(f"{key!r} never reached its provider call")
+
+
+async def test_a_revoke_waits_for_a_call_under_way_until_its_provider_job_id_is_on_kafka(
+        dispatcher: Dispatcher, provider: FakeProvider, writes: Writes) -> None:
+    """Its next owner must find the provider job id: finding a slot without one, it would submit
+    the job a second time (most providers have no idempotency key)."""
+    provider.gate = asyncio.Event()
+    dispatcher.app.consumer.held_partitions = set()  # type: ignore[attr-defined]
+    key = slot_key(0, "a")
+    await dispatcher.intake(message(0), order("a"))
+    await until_calling(dispatcher, key)
+    writes.auto = False  # the provider job id's write lands when the test says
+    revoke = asyncio.create_task(dispatcher._revoked(dispatcher.app, revoked={TP(dispatcher.orders_topic, 0)}))
+    for _ in range(20):
+        await asyncio.sleep(0)
+    assert not revoke.done(), "the revoke waits for the call"
+    provider.gate.set()
+    for _ in range(20):
+        await asyncio.sleep(0)
+    assert writes.pending and not revoke.done(), "and then for the provider job id's write"
+    writes.land_all()
+    await asyncio.wait_for(revoke, 5)
+    slot = dispatcher.lane.slots.get(key)
+    assert slot is not None and slot.provider_job_id == "pj-a" and len(provider.submitted) == 1
+
+
+async def test_a_revoke_stops_a_submission_waiting_out_a_429_before_it_calls_again(
+        dispatcher: Dispatcher, writes: Writes) -> None:
+    limited = Refusing(RateLimited("HTTP 429", status=429, retry_after=0.2))
+    dispatcher.connector = limited
+    dispatcher.app.consumer.held_partitions = set()  # type: ignore[attr-defined]
+    await dispatcher.intake(message(0), order("a"))
+    for _ in range(100):  # until the first call was refused and the retry's wait began
+        if limited.calls and slot_key(0, "a") not in dispatcher.lane.calling:
+            break
+        await asyncio.sleep(0)
+    await asyncio.wait_for(dispatcher._revoked(dispatcher.app, revoked={TP(dispatcher.orders_topic, 0)}), 5)
+    assert not dispatcher.lane.submitting, "cancelled, not waited for: nothing is left to call again"
+    assert limited.calls == 1
+    assert not emitter(dispatcher).events("rerouted") and not emitter(dispatcher).events("failed")
+    slot = dispatcher.lane.slots.get(slot_key(0, "a"))
+    assert slot is not None and slot.provider_job_id is None, "its slot stays for the next owner"
+
+
+async def test_a_submission_whose_partition_moved_on_meanwhile_never_calls(
+        dispatcher: Dispatcher, provider: FakeProvider, writes: Writes) -> None:
+    writes.auto = False
+    await dispatcher.intake(message(0), order("a"))  # its slot's write is still on its way
+    dispatcher.lane.forget_waiting({0})  # revoked, then assigned again in a later generation
+    dispatcher.lane.sync(0, 2)
+    writes.land_all()
+    await settle(dispatcher)
+    assert not provider.submitted

@@ -1,0 +1,95 @@
+"""A slot table's writes from outside an agent's event (``RecordTable.put_in`` / ``remove_in``): a
+record Kafka refuses is sent again until it lands, unless the key was written again meanwhile,
+so the changelog never stays behind the table in memory."""
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from floodgate.settings import Settings
+from streams import tables
+from streams.app import create_app
+from streams.tables import RecordTable
+
+
+class Changelog:
+    """The table's changelog sends: each a future the test settles; ``sent`` wakes a waiting test."""
+
+    def __init__(self) -> None:
+        self.records: list[tuple[bytes, bytes | None, asyncio.Future[None]]] = []
+        self.sent = asyncio.Event()
+
+    def __call__(self, partition: int, key: bytes, value: bytes | None, **_: Any) -> asyncio.Future[None]:
+        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self.records.append((key, value, future))
+        self.sent.set()
+        return future
+
+    def refuse_last(self) -> None:
+        self.records[-1][2].set_exception(RuntimeError("NotEnoughReplicas"))
+
+    async def next_send(self, count: int) -> tuple[bytes, bytes | None]:
+        """The ``count``-th send (1-based), once made."""
+        async with asyncio.timeout(5):
+            while len(self.records) < count:
+                self.sent.clear()
+                await self.sent.wait()
+        key, value, _ = self.records[count - 1]
+        return key, value
+
+
+@pytest.fixture
+def table(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> tuple[RecordTable[bytes], Changelog]:
+    monkeypatch.setattr(tables, "RESEND_AFTER", 0.0, raising=False)
+    settings = Settings.from_env({}).with_overrides(kafka_bootstrap="127.0.0.1:1", cache_dir=tmp_path)
+    made: RecordTable[bytes] = RecordTable(create_app(settings, datadir=tmp_path / "w0"), "inflight-x",
+                                           partitions=2, encode=bytes, decode=bytes)
+    changelog = Changelog()
+    made.table.send_changelog = changelog  # type: ignore[method-assign,assignment]  # a fake producer
+    return made, changelog
+
+
+async def settle() -> None:
+    """Let callbacks scheduled with no delay run (a few turns of the loop)."""
+    for _ in range(5):
+        await asyncio.sleep(0)
+
+
+async def test_a_refused_write_is_sent_again_until_it_lands(table: tuple[RecordTable[bytes], Changelog]) -> None:
+    records, changelog = table
+    first = records.put_in(1, b"1:job", b"slot")
+    changelog.refuse_last()
+    with pytest.raises(RuntimeError):
+        await first  # the caller still hears of the refusal
+    assert await changelog.next_send(2) == (b"1:job", b"slot")
+    changelog.refuse_last()
+    assert await changelog.next_send(3) == (b"1:job", b"slot")
+    changelog.records[-1][2].set_result(None)
+    await settle()
+    assert len(changelog.records) == 3, "landed: nothing more is sent"
+
+
+async def test_a_refused_tombstone_is_sent_again(table: tuple[RecordTable[bytes], Changelog]) -> None:
+    records, changelog = table
+    records.put_in(0, b"0:job", b"slot")
+    changelog.records[-1][2].set_result(None)
+    records.remove_in(0, b"0:job")
+    changelog.refuse_last()
+    assert await changelog.next_send(3) == (b"0:job", None)
+
+
+async def test_a_later_write_supersedes_a_refused_one(table: tuple[RecordTable[bytes], Changelog]) -> None:
+    records, changelog = table
+    records.put_in(0, b"0:a", b"slot")
+    records.put_in(0, b"0:a", b"slot, submitted")  # written again before the first was refused
+    changelog.records[0][2].set_exception(RuntimeError("refused"))
+    records.put_in(0, b"0:b", b"slot")
+    records.remove_in(0, b"0:b")
+    records.put_in(0, b"0:b", b"taken again")  # deleted, then written again: the tombstone is stale
+    changelog.records[3][2].set_exception(RuntimeError("refused"))
+    await settle()
+    assert [(key, value) for key, value, _ in changelog.records] == [
+        (b"0:a", b"slot"), (b"0:a", b"slot, submitted"), (b"0:b", b"slot"), (b"0:b", None), (b"0:b", b"taken again")]
