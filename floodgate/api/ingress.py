@@ -183,11 +183,16 @@ class Ingress:
         cache, job_id, digest = self.deps.idempotency, record["job_id"], record["request_hash"]
         while True:
             outcome, flying = cache.check(job_id, digest)
-            if outcome is not Outcome.IN_FLIGHT or flying is None:
+            if flying is not None:  # IN_FLIGHT
+                await asyncio.shield(flying)  # the first request's outcome decides; then look again
+                continue
+            if outcome is not Outcome.NEW or self.deps.view is None:
                 break
-            await asyncio.shield(flying)  # the first request's outcome decides; then look again
-        if outcome is Outcome.NEW and self.deps.view is not None:
             seen = await self.deps.view.lookup(job_id)
+            # Once the view has spilled, that read yields (to a thread): another request with
+            # this key may have begun or finished meanwhile, and then its outcome decides.
+            if cache.check(job_id, digest)[0] is not Outcome.NEW:
+                continue
             if seen is not None:
                 # Accepted before, by another instance, before a restart or long enough ago to
                 # be on disk only: its snapshot is the only memory of the body we have here.
@@ -195,6 +200,7 @@ class Ingress:
                     return self._conflict()
                 cache.remember(job_id, digest)
                 outcome = Outcome.REPLAY
+            break
         if outcome is Outcome.CONFLICT:
             return self._conflict()
         if outcome is Outcome.REPLAY:

@@ -152,13 +152,17 @@ _OPERATIONS: dict[str, tuple[str, str, dict[str, Any]]] = {
     "job_events": ("read", "get /v1/jobs/{job_id}/events", {
         "summary": "Server-Sent Events: the current state, then every change until a terminal state",
         "description": "Each event is `event: job`, `id: <version>`, `data: <Job JSON>`; "
-                       "a `: keep-alive` comment is sent every 15 s. Honours Last-Event-ID.",
+                       "a `: keep-alive` comment is sent every 15 s. Honours Last-Event-ID: a client "
+                       "that has seen a finished job's last event gets 204, which stops an EventSource "
+                       "reconnecting.",
         "operationId": "jobEvents",
         "security": _JOB_AUTH,
         "parameters": [_JOB_ID, _TOKEN_QUERY,
                        {"name": "Last-Event-ID", "in": "header", "required": False, "schema": {"type": "integer"}}],
         "responses": {
             "200": {"description": "An event stream", "content": {"text/event-stream": {"schema": _SSE_EVENT}}},
+            "204": {"description": "The job has finished and Last-Event-ID is at or past its final event: "
+                                   "nothing more will be sent (an EventSource stops reconnecting)"},
             "401": _problem("Token missing"),
             "404": _problem("Unknown job or wrong token"),
         },

@@ -107,12 +107,18 @@ class Reader:
         queue = self.view.subscribe(job_id)  # before reading the current state: no change slips between
         self.deps.metrics.subscribers.labels("sse").inc()
         try:
+            told = Told.resumed(_last_event_id(request))
+            first = await current(self.view, job_id, self.deps.wait_for_job)
+            if final(first) and not self.worth_telling(first, told):
+                # A reconnect after the end was told: nothing will follow. 204 is what stops an
+                # EventSource reconnecting (WHATWG HTML, "server-sent events"); a 200 with an
+                # empty body has it come back every few seconds for ever.
+                return web.Response(status=204, headers={"Cache-Control": "no-store"})
             response = web.StreamResponse(headers={
                 "Content-Type": "text/event-stream", "Cache-Control": "no-store", "X-Accel-Buffering": "no"})
             await response.prepare(request)
-            told = Told.resumed(_last_event_id(request))
             base = base_url(request, self.deps.settings)
-            snapshot: Snapshot | None = await current(self.view, job_id, self.deps.wait_for_job)
+            snapshot: Snapshot | None = first
             live = False  # the first snapshot is the current state, not a change being pushed
             while not self.closing.is_set():
                 if snapshot is not None and self.worth_telling(snapshot, told):
@@ -269,18 +275,22 @@ class _StreamSession:
                              "detail": f"at most {MAX_SUBSCRIPTIONS} unfinished jobs per connection: "
                                        "unsubscribe from one or open another connection"})
             return
-        queue = self.reader.view.subscribe(job_id)
         await self.send({"type": "subscribed", "job_id": job_id})
-        self.pumps[job_id] = asyncio.create_task(self._pump(job_id, queue), name=f"ws-pump:{job_id}")
+        self.pumps[job_id] = asyncio.create_task(self._pump(job_id), name=f"ws-pump:{job_id}")
 
     async def unsubscribe(self, job_id: Any) -> None:
         await cancel_and_wait(self.pumps.pop(job_id, None) if isinstance(job_id, str) else None)
         await self.send({"type": "unsubscribed", "job_id": job_id if isinstance(job_id, str) else None})
 
-    async def _pump(self, job_id: str, queue: asyncio.Queue[Snapshot]) -> None:
+    async def _pump(self, job_id: str) -> None:
         view = self.reader.view
+        # Both here, not in subscribe(): a pump cancelled before its first step (an unsubscribe or
+        # a close right after the subscribe) runs none of its body, so its finally would never
+        # undo them. Before the first await, and before reading the current state, so no change
+        # slips between.
+        queue = view.subscribe(job_id)
         subscribers = self.reader.deps.metrics.subscribers.labels("websocket")
-        subscribers.inc()  # here, not in subscribe(): a pump cancelled before it starts runs no finally
+        subscribers.inc()
         try:
             snapshot = await current(view, job_id, self.reader.deps.wait_for_job)
             told, live = Told(), False

@@ -85,6 +85,53 @@ async def test_concurrent_retries_with_one_key_produce_once(client: TestClient, 
     assert len({b["job_id"] for b in bodies}) == 1 and len(sender.sent) == 1
 
 
+class ReadingView(JobView):
+    """A view whose lookups, like those of a view that has spilled (a read in a thread), yield:
+    each waits until ``readers`` of them are under way, so that many requests read at once, and
+    ``all_read`` is set once all of them have returned."""
+
+    def __init__(self, readers: int) -> None:
+        super().__init__()
+        self.readers = readers
+        self.entered = self.left = 0
+        self.all_reading = asyncio.Event()
+        self.all_read = asyncio.Event()
+
+    async def lookup(self, job_id: str) -> dict[str, Any] | None:
+        self.entered += 1
+        if self.entered == self.readers:
+            self.all_reading.set()
+        await self.all_reading.wait()
+        try:
+            return await super().lookup(job_id)
+        finally:
+            self.left += 1
+            if self.left == self.readers:
+                self.all_read.set()
+
+
+@pytest.mark.parametrize("same_body", [True, False], ids=["same-body", "other-body"])
+async def test_concurrent_retries_with_one_key_produce_once_when_the_view_reads_disk(
+        sender: FakeSender, same_body: bool) -> None:
+    # Both requests find the key new, then both read the view; the one that resumes second must
+    # find the first one's produce under way and wait for it (or conflict with it), not begin
+    # a second one. (Once the first is accepted, the view itself has its snapshot.)
+    view = ReadingView(readers=2)
+    sender.gate = asyncio.Event()
+    app = build_app(SETTINGS, SETUP, producer=sender, view=view, wait_for_job=0.05)
+    second = BODY if same_body else {**BODY, "user_id": "u2"}
+    async with TestClient(TestServer(app)) as c:
+        posts = [asyncio.create_task(c.post("/v1/jobs", json=body, headers={"Idempotency-Key": "same"}))
+                 for body in (BODY, second)]
+        await asyncio.wait_for(view.all_read.wait(), 10)
+        sender.gate.set()  # only now: the second request has looked again while the first produced
+        responses = await asyncio.wait_for(asyncio.gather(*posts), 10)
+        statuses = sorted(r.status for r in responses)
+        assert statuses == ([202, 202] if same_body else [202, 422])
+        accepted = [await r.json() for r in responses if r.status == 202]
+        assert len({a["job_id"] for a in accepted}) == 1 and len(sender.sent) == 1
+
+
 async def test_unknown_route_and_wrong_method_are_problems(client: TestClient) -> None:
     resp = await client.get("/nope")
     assert resp.status == 404 and resp.headers["Content-Type"] == "application/problem+json"
