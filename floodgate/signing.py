@@ -37,6 +37,9 @@ HEADER_SIGNATURE = "webhook-signature"
 DEFAULT_TOLERANCE = 300.0
 MAX_SIGNATURES = 8
 """Signature entries verified per delivery; a sender rotating keys lists two or three."""
+MAX_TIMESTAMP_DIGITS = 12
+"""Digits a ``webhook-timestamp`` may have (unix seconds have 10 until the year 2286): a longer
+one is a bad format, before ``int()``, which refuses strings past 4,300 digits with ValueError."""
 
 __all__ = [
     "DEFAULT_TOLERANCE",
@@ -44,6 +47,7 @@ __all__ = [
     "HEADER_SIGNATURE",
     "HEADER_TIMESTAMP",
     "MAX_SIGNATURES",
+    "MAX_TIMESTAMP_DIGITS",
     "SECRET_PREFIX",
     "SecretRing",
     "new_secret",
@@ -126,7 +130,9 @@ def _instant(value: str | float, name: str) -> float:
 
 
 def _digest(key: bytes, msg_id: str, timestamp: int, body: bytes) -> bytes:
-    signed = f"{msg_id}.{timestamp}.".encode() + body
+    # surrogateescape: a received header that is not UTF-8 arrives with its bytes escaped, and
+    # those bytes, as sent, are what was signed (strict encoding would raise on them).
+    signed = f"{msg_id}.{timestamp}.".encode("utf-8", "surrogateescape") + body
     return hmac.new(key, signed, hashlib.sha256).digest()
 
 
@@ -185,7 +191,7 @@ def verify(
     msg_id = lowered[HEADER_ID]
     raw_ts = lowered[HEADER_TIMESTAMP].strip()
     # Only plain digits: int() alone would also accept "+1", "1_000" or " 1 ", which no sender emits.
-    if not (raw_ts.isascii() and raw_ts.isdigit()):
+    if not (raw_ts.isascii() and raw_ts.isdigit()) or len(raw_ts) > MAX_TIMESTAMP_DIGITS:
         raise WebhookVerificationError(f"bad timestamp format: {raw_ts[:32]!r}")
     timestamp = int(raw_ts)
     if now - timestamp > tolerance:

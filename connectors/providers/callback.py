@@ -19,6 +19,7 @@ from floodgate.errors import ConfigError, WebhookVerificationError
 
 MAC_HEX = 32  # 128 bits: unguessable, short enough for any provider's URL limit
 MIN_SECRET_BYTES = 16
+_HEX_DIGITS = frozenset("0123456789abcdef")  # what hexdigest() emits, and nothing else
 
 
 def _key(secret: str) -> bytes:
@@ -57,7 +58,11 @@ def check(secret: str, provider: str, path: str) -> Callback:
     job_id, given, extra = split(path)
     if not job_id or not given:
         raise WebhookVerificationError("callback path must be /{job_id}/{mac}")
-    if not hmac.compare_digest(mac(secret, provider, job_id, extra), given):
+    # The path is the sender's text: a MAC not of our shape is refused before comparing, and
+    # the compare is of bytes (compare_digest raises TypeError on str holding non-ASCII).
+    if len(given) != MAC_HEX or not set(given) <= _HEX_DIGITS:
+        raise WebhookVerificationError("callback path MAC is not of the expected shape")
+    if not hmac.compare_digest(mac(secret, provider, job_id, extra).encode("ascii"), given.encode("ascii")):
         raise WebhookVerificationError("callback path MAC does not match")
     return Callback(job_id, extra)
 

@@ -38,6 +38,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from floodgate.errors import ProviderError, SchemaError, WebhookVerificationError
 from floodgate.headers import header
+from floodgate.signing import MAX_TIMESTAMP_DIGITS
 
 from . import callback
 from .base import CONFIRMED_HEADER, ProviderEvent, ProviderStatus, SubmitOrder, SubmitResult, WebhookDelivery
@@ -185,7 +186,10 @@ def without_output(obj: Mapping[str, Any]) -> bool:
 
 
 def signed_message(request_id: str, user_id: str, timestamp: str, body: bytes) -> bytes:
-    return "\n".join([request_id, user_id, timestamp, hashlib.sha256(body).hexdigest()]).encode()
+    # surrogateescape: a received header that is not UTF-8 arrives with its bytes escaped, and
+    # those bytes, as sent, are what was signed (strict encoding would raise on them).
+    return "\n".join([request_id, user_id, timestamp, hashlib.sha256(body).hexdigest()]).encode(
+        "utf-8", "surrogateescape")
 
 
 def jwks_keys(body: bytes) -> list[Ed25519PublicKey]:
@@ -212,7 +216,8 @@ def verify_signature(keys: list[Ed25519PublicKey], headers: Mapping[str, str], b
     if missing:
         raise WebhookVerificationError(f"missing header: {', '.join(missing)}")
     stamp = str(values[H_TIMESTAMP]).strip()
-    if not (stamp.isascii() and stamp.isdigit()):
+    # Bounded before int(), which raises ValueError past 4,300 digits.
+    if not (stamp.isascii() and stamp.isdigit()) or len(stamp) > MAX_TIMESTAMP_DIGITS:
         raise WebhookVerificationError("bad timestamp format")
     if abs(now - int(stamp)) > TOLERANCE:
         raise WebhookVerificationError(f"timestamp {stamp} is more than {TOLERANCE:g}s from {int(now)}")

@@ -20,8 +20,9 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import itertools
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 from urllib.parse import quote, urlencode
 
@@ -30,6 +31,7 @@ import orjson
 
 from floodgate.errors import SchemaError, WebhookVerificationError
 from floodgate.headers import header
+from floodgate.signing import MAX_SIGNATURES, MAX_TIMESTAMP_DIGITS
 
 from .base import (
     ProviderEvent,
@@ -49,27 +51,50 @@ TOLERANCE = 300.0
 H_ID, H_TIMESTAMP, H_SIGNATURE = "webhook-id", "webhook-timestamp", "webhook-signature"
 
 
+def _digest(secret: str, webhook_id: str, stamp: str, body: bytes) -> bytes:
+    key = secret.removeprefix("whsec_").encode("utf-8")
+    # surrogateescape: a received header that is not UTF-8 arrives with its bytes escaped, and
+    # those bytes, as sent, are what was signed (strict encoding would raise on them).
+    signed = f"{webhook_id}.{stamp}.".encode("utf-8", "surrogateescape") + body
+    return hmac.new(key, signed, hashlib.sha256).digest()
+
+
 def signature(secret: str, webhook_id: str, stamp: str, body: bytes) -> str:
     """The hex digest WaveSpeed puts after ``v3,``."""
-    key = secret.removeprefix("whsec_").encode("utf-8")
-    return hmac.new(key, f"{webhook_id}.{stamp}.".encode() + body, hashlib.sha256).hexdigest()
+    return _digest(secret, webhook_id, stamp, body).hex()
+
+
+def _candidates(signed: str) -> Iterable[bytes]:
+    """The decoded ``v3`` digests of a ``webhook-signature`` header; other schemes and entries
+    that are not hex (in either case) are skipped, so only bytes are ever compared."""
+    for entry in signed.split():
+        version, _, digest = entry.partition(",")
+        if version != "v3":
+            continue
+        try:
+            yield bytes.fromhex(digest)
+        except ValueError:
+            continue
 
 
 def verify(secret: str, headers: Mapping[str, str], body: bytes, *, now: float) -> None:
-    """Raise ``WebhookVerificationError`` unless the delivery carries a fresh, matching ``v3`` signature."""
+    """Raise ``WebhookVerificationError`` unless the delivery carries a fresh, matching ``v3``
+    signature. At most ``MAX_SIGNATURES`` ``v3`` entries of the header are checked, so a forged
+    header costs a bounded amount of work."""
     webhook_id, stamp, signed = (header(headers, h) for h in (H_ID, H_TIMESTAMP, H_SIGNATURE))
     if not webhook_id or not stamp or not signed:
         raise WebhookVerificationError("missing header: webhook-id, webhook-timestamp or webhook-signature")
     stamp = stamp.strip()
-    if not (stamp.isascii() and stamp.isdigit()):
+    # Bounded before int(), which raises ValueError past 4,300 digits.
+    if not (stamp.isascii() and stamp.isdigit()) or len(stamp) > MAX_TIMESTAMP_DIGITS:
         raise WebhookVerificationError("bad timestamp format")
     if abs(now - int(stamp)) > TOLERANCE:
         raise WebhookVerificationError(f"timestamp {stamp} is more than {TOLERANCE:g}s from {int(now)}")
-    expected = signature(secret, webhook_id, stamp, body)
+    expected = _digest(secret, webhook_id, stamp, body)
+    # Every candidate is compared (no early exit), so timing does not tell which one matched.
     matched = False
-    for entry in signed.split():
-        version, _, digest = entry.partition(",")
-        matched |= version == "v3" and hmac.compare_digest(expected, digest.lower())
+    for candidate in itertools.islice(_candidates(signed), MAX_SIGNATURES):
+        matched |= hmac.compare_digest(expected, candidate)
     if not matched:
         raise WebhookVerificationError("no matching signature")
 

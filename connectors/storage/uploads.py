@@ -29,6 +29,10 @@ class UploadStore(Protocol):
 
     def has_room(self, size: int) -> bool: ...
 
+    def reserve(self, size: int) -> bool: ...
+
+    def release(self, size: int) -> None: ...
+
     def sweep_due(self, now: float) -> bool: ...
 
     async def save(self, data: bytes, kind: images.ImageKind) -> str: ...
@@ -41,16 +45,32 @@ class UploadStore(Protocol):
 class UploadBudget:
     """The cap on what a store holds, and when it is next swept; no I/O. ``used`` is the bytes the
     last sweep counted plus what this process stored since (a sweep is the only time the whole
-    store is seen, so between sweeps another process's uploads are not in it)."""
+    store is seen, so between sweeps another process's uploads are not in it); ``reserved``, the
+    bytes of this process's uploads being stored now, which count against the cap too."""
 
     def __init__(self, ttl: float, max_total: int) -> None:
         self.ttl = ttl
         self.max_total = max_total
         self.used = 0
+        self.reserved = 0
         self._last_sweep: float | None = None
 
     def has_room(self, size: int) -> bool:
-        return self.used + size <= self.max_total
+        return self.used + self.reserved + size <= self.max_total
+
+    def reserve(self, size: int) -> bool:
+        """Hold ``size`` bytes of the cap for an upload about to be saved; False, holding nothing,
+        when they do not fit. Checked and held in one step on the event loop: ``used`` grows only
+        once a save is done, so uploads checked against it alone while others were being
+        written would all fit together and pass the cap. Give the bytes back with ``release``
+        once the save has ended, stored (``used`` has them then) or not."""
+        if not self.has_room(size):
+            return False
+        self.reserved += size
+        return True
+
+    def release(self, size: int) -> None:
+        self.reserved -= size
 
     def sweep_due(self, now: float) -> bool:
         return self._last_sweep is None or now - self._last_sweep >= SWEEP_EVERY

@@ -21,6 +21,9 @@ from floodgate.topics import TopicNames
 from floodgate.videolinks import VideoLinks
 
 ROLES = frozenset({"ingress", "read", "bridge"})
+API_KEY_CHALLENGE = {"WWW-Authenticate": 'ApiKey realm="floodgate", header="X-API-Key"'}
+"""RFC 9110 wants a challenge with every 401; an API key is no registered scheme, so the challenge
+names the header that carries it."""
 
 
 @dataclass

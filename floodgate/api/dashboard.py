@@ -9,7 +9,9 @@ left out of that reading; nothing is counted twice or kept apart from the metric
 
 Both routes want ``X-Operator-Key`` when API keys are configured (``FLOODGATE_OPERATOR_KEY``);
 the spike also wants ``FLOODGATE_DEV_MODE``. The spike sends its jobs to this API's own
-``POST /v1/jobs`` over HTTP, so they take the path (and count in the metrics) of any client's.
+``POST /v1/jobs`` over HTTP, so they take the path (and count in the metrics) of any client's:
+at ``FLOODGATE_PUBLIC_URL`` when set, else at the address the dashboard's request arrived on,
+never at the request's ``Host``, which the client writes (the spike carries a tenant's API key).
 """
 from __future__ import annotations
 
@@ -27,11 +29,12 @@ import orjson
 from aiohttp import web
 from prometheus_client.parser import text_string_to_metric_families
 
-from floodgate.api.common import Deps, base_url, json_response
+from floodgate.api.common import Deps, json_response
 from floodgate.dashboard import History, Sample, read, targets_from_file_sd
 from floodgate.errors import Problem
 from floodgate.problems import UNAUTHORIZED, VALIDATION, problem_response
 from floodgate.routing import known_models
+from floodgate.settings import Settings
 
 log = logging.getLogger(__name__)
 
@@ -40,6 +43,23 @@ SCRAPE_EVERY = 0.9
 SCRAPE_TIMEOUT = 1.0
 MAX_SPIKE_JOBS = 5000
 MAX_SPIKE_RATE = 500.0
+OPERATOR_CHALLENGE = {"WWW-Authenticate": 'ApiKey realm="floodgate", header="X-Operator-Key"'}
+"""RFC 9110 wants a challenge with every 401; an operator key is no registered scheme, so the
+challenge names the header that carries it."""
+
+
+def own_url(request: web.Request, settings: Settings) -> str | None:
+    """Where this process reaches its own API: ``public_url`` when configured (the operator's
+    word), else the local address of the socket ``request`` arrived on, which is this server's
+    own listening address; None when that is not a TCP address. Never ``request.host``: a
+    client names any host it likes there."""
+    if settings.public_url:
+        return settings.public_url.rstrip("/")
+    sockname = request.transport.get_extra_info("sockname") if request.transport is not None else None
+    if not isinstance(sockname, tuple) or len(sockname) < 2:
+        return None  # a Unix socket, or the connection is gone
+    host, port = str(sockname[0]), int(sockname[1])
+    return f"{request.scheme}://{f'[{host}]' if ':' in host else host}:{port}"
 
 
 class Targets:
@@ -142,7 +162,8 @@ class Dashboard:
                                     detail="API keys are configured and no operator key is: the dashboard is closed")
         given = request.headers.get("X-Operator-Key", "")
         if not given:
-            return problem_response(401, "Unauthorized", type_=UNAUTHORIZED, detail="X-Operator-Key header required")
+            return problem_response(401, "Unauthorized", type_=UNAUTHORIZED, detail="X-Operator-Key header required",
+                                    headers=OPERATOR_CHALLENGE)
         if not hmac.compare_digest(given.encode("utf-8", "replace"), self.operator_key.encode("utf-8")):
             return problem_response(403, "Forbidden", type_=UNAUTHORIZED, detail="unknown operator key")
         return None
@@ -221,9 +242,12 @@ class Dashboard:
         models = known_models(self.deps.setup.routing, datetime.now(UTC))
         if not models:
             return problem_response(409, "Conflict", detail="no model can take jobs now")
+        target = own_url(request, self.deps.settings)
+        if target is None:
+            return problem_response(409, "Conflict",
+                                    detail="this API's own address is unknown; set FLOODGATE_PUBLIC_URL")
         keys = self.deps.settings.api_key_map
-        self.spike.start(base_url(request, self.deps.settings), int(jobs), float(rate), models,
-                         next(iter(keys), None))
+        self.spike.start(target, int(jobs), float(rate), models, next(iter(keys), None))
         return json_response({"jobs": jobs, "rate": rate, "models": list(models)}, status=202)
 
     async def close(self) -> None:
@@ -249,4 +273,4 @@ def add_routes(app: web.Application, deps: Deps) -> Dashboard:
     return dashboard
 
 
-__all__ = ["Dashboard", "Spike", "Targets", "add_routes"]
+__all__ = ["Dashboard", "Spike", "Targets", "add_routes", "own_url"]

@@ -19,7 +19,15 @@ from aiohttp import web
 from floodgate import codec
 from floodgate.api.admission import Admission, Refused
 from floodgate.api.backlog import BacklogMonitor
-from floodgate.api.common import BodyTooLarge, Deps, base_url, json_response, read_bounded, too_large
+from floodgate.api.common import (
+    API_KEY_CHALLENGE,
+    BodyTooLarge,
+    Deps,
+    base_url,
+    json_response,
+    read_bounded,
+    too_large,
+)
 from floodgate.api.idempotency import Outcome, key_problem, matches_snapshot
 from floodgate.api.kafka_io import KafkaUnavailable, RecordTooLarge, Sender
 from floodgate.api.resources import queued_snapshot
@@ -134,7 +142,8 @@ class Ingress:
         if keys:
             api_key = request.headers.get("X-API-Key")
             if not api_key:
-                return problem_response(401, "Unauthorized", type_=UNAUTHORIZED, detail="X-API-Key header required")
+                return problem_response(401, "Unauthorized", type_=UNAUTHORIZED, detail="X-API-Key header required",
+                                        headers=API_KEY_CHALLENGE)
             found = tenant_for(api_key, keys)
             if found is None:
                 return problem_response(403, "Forbidden", type_=UNAUTHORIZED, detail="unknown API key")

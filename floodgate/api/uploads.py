@@ -28,7 +28,7 @@ from aiohttp import web
 from connectors.storage import UploadStore, build_upload_store
 from connectors.storage.uploads import SWEEP_EVERY
 from floodgate import images
-from floodgate.api.common import BodyTooLarge, Deps, base_url, json_response, read_bounded, too_large
+from floodgate.api.common import API_KEY_CHALLENGE, BodyTooLarge, Deps, base_url, json_response, read_bounded, too_large
 from floodgate.api.ingress import tenant_for
 from floodgate.errors import Problem, StorageError
 from floodgate.problems import NOT_FOUND, UNAUTHORIZED, VALIDATION, problem_response
@@ -55,7 +55,8 @@ class Uploads:
             return None
         api_key = request.headers.get("X-API-Key")
         if not api_key:
-            return problem_response(401, "Unauthorized", type_=UNAUTHORIZED, detail="X-API-Key header required")
+            return problem_response(401, "Unauthorized", type_=UNAUTHORIZED, detail="X-API-Key header required",
+                                    headers=API_KEY_CHALLENGE)
         if tenant_for(api_key, self.api_keys) is None:
             return problem_response(403, "Forbidden", type_=UNAUTHORIZED, detail="unknown API key")
         return None
@@ -82,10 +83,14 @@ class Uploads:
                 removed = await self.store.expire(now)
                 if removed:
                     log.info("upload store: %d expired images deleted", removed)
-            if not self.store.has_room(len(data)):
+            # Reserved before the save, not checked: uploads being saved at once each hold their share.
+            if not self.store.reserve(len(data)):
                 return problem_response(503, "Service Unavailable", detail="the upload store is full; retry later",
                                         headers={"Retry-After": str(int(SWEEP_EVERY))})
-            name = await self.store.save(data, kind)
+            try:
+                name = await self.store.save(data, kind)
+            finally:
+                self.store.release(len(data))
         except StorageError as exc:
             return _unavailable(exc)
         url = f"{base_url(request, self.deps.settings)}/v1/uploads/{name}"

@@ -253,6 +253,7 @@ async def test_api_keys(settings_for: Callable[..., Settings], http: aiohttp.Cli
         url = f"{api.url}/v1/jobs"
         async with http.post(url, json=BODY) as resp:
             assert resp.status == 401 and resp.headers["Content-Type"] == "application/problem+json"
+            assert resp.headers["WWW-Authenticate"] == 'ApiKey realm="floodgate", header="X-API-Key"'
         async with http.post(url, json=BODY, headers={"X-API-Key": "key-c"}) as resp:
             assert resp.status == 403 and resp.headers["Content-Type"] == "application/problem+json"
         assert record_count(settings.kafka_bootstrap, TopicNames(settings).requests) == 0

@@ -9,12 +9,15 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from aiohttp import web
 from aiohttp.test_utils import TestClient
 
 from connectors.storage.uploads import LocalUploadStore
 from floodgate import images
+from floodgate.api import uploads
 from floodgate.api.app import build_app
 from floodgate.api.view import JobView
+from floodgate.errors import StorageError
 from floodgate.provider_config import dev_setup
 from floodgate.settings import Secret, Settings
 from tests.helpers import app_clients
@@ -30,6 +33,20 @@ class RecordingSender:
 
     async def send_and_wait(self, topic: str, key: str | None, value: bytes, headers: Any) -> None:
         self.sent.append((topic, key))
+
+
+class CountingSender(RecordingSender):
+    """Sets ``all_in`` once ``expected`` records have been written."""
+
+    def __init__(self, expected: int) -> None:
+        super().__init__()
+        self.expected = expected
+        self.all_in = asyncio.Event()
+
+    async def send_and_wait(self, topic: str, key: str | None, value: bytes, headers: Any) -> None:
+        await super().send_and_wait(topic, key, value, headers)
+        if len(self.sent) >= self.expected:
+            self.all_in.set()
 
 
 @pytest.fixture
@@ -86,10 +103,80 @@ async def test_a_full_store_refuses_with_503_until_images_expire(make: Any) -> N
     assert full.status == 503 and full.headers["Retry-After"] == "60"
 
 
+class HeldStore(LocalUploadStore):
+    """Saves wait until ``opened`` is set; ``saving`` is set as each one starts."""
+
+    def __init__(self, root: Path, max_total: int) -> None:
+        super().__init__(root, ttl=3600.0, max_total=max_total)
+        self.opened = asyncio.Event()
+        self.saving = asyncio.Event()
+        self.started = 0
+
+    async def save(self, data: bytes, kind: images.ImageKind) -> str:
+        self.started += 1
+        self.saving.set()
+        await self.opened.wait()
+        return await super().save(data, kind)
+
+
+async def settle(store: HeldStore, posts: list[asyncio.Task[Any]]) -> None:
+    """Until every upload has either started its save or been answered."""
+    async with asyncio.timeout(5):
+        while store.started + sum(p.done() for p in posts) < len(posts):
+            store.saving.clear()  # no await since the count: a save starting from here sets it again
+            started = asyncio.ensure_future(store.saving.wait())
+            await asyncio.wait([started, *(p for p in posts if not p.done())], return_when=asyncio.FIRST_COMPLETED)
+            started.cancel()
+
+
+async def test_uploads_saved_at_once_never_pass_the_stores_cap(make: Any, tmp_path: Path,
+                                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    store = HeldStore(tmp_path / "held", max_total=len(PNG) * 2)
+    monkeypatch.setattr(uploads, "build_upload_store", lambda settings: store)
+    client = await make()
+    posts = [asyncio.create_task(client.post("/v1/uploads", data=PNG, headers={"Content-Type": "image/png"}))
+             for _ in range(5)]
+    try:
+        await settle(store, posts)
+        started, refused = store.started, [p.result() for p in posts if p.done()]
+    finally:
+        store.opened.set()  # a failing test leaves no save waiting for ever
+    answers = [await p for p in posts]
+    # Two fit; the other three were refused while the two were still being written.
+    assert started == 2 and [r.status for r in refused] == [503] * 3
+    for r in refused:
+        assert "full" in (await r.json())["detail"] and r.headers["Retry-After"] == "60"
+    assert sorted(r.status for r in answers) == [201, 201, 503, 503, 503]
+    on_disk = sum(f.stat().st_size for f in (tmp_path / "held").iterdir())
+    assert on_disk == store.used == len(PNG) * 2 and store.reserved == 0
+
+
+async def test_a_failed_save_gives_its_share_of_the_cap_back(make: Any, tmp_path: Path,
+                                                             monkeypatch: pytest.MonkeyPatch) -> None:
+    class FailsOnce(LocalUploadStore):
+        failed = False
+
+        async def save(self, data: bytes, kind: images.ImageKind) -> str:
+            if not self.failed:
+                self.failed = True
+                raise StorageError("upload store: disk full", retriable=True)
+            return await super().save(data, kind)
+
+    store = FailsOnce(tmp_path / "once", ttl=3600.0, max_total=len(PNG))
+    monkeypatch.setattr(uploads, "build_upload_store", lambda settings: store)
+    client = await make()
+    failed = await client.post("/v1/uploads", data=PNG, headers={"Content-Type": "image/png"})
+    assert failed.status == 503 and "cannot be reached" in (await failed.json())["detail"]
+    assert (await client.post("/v1/uploads", data=PNG, headers={"Content-Type": "image/png"})).status == 201
+    assert store.used == len(PNG) and store.reserved == 0
+
+
 async def test_uploads_want_an_api_key_when_keys_are_configured(make: Any) -> None:
     client = await make(api_keys=Secret("k1=acme"))
     headers = {"Content-Type": "image/png"}
-    assert (await client.post("/v1/uploads", data=PNG, headers=headers)).status == 401
+    missing = await client.post("/v1/uploads", data=PNG, headers=headers)
+    assert missing.status == 401 and missing.headers["WWW-Authenticate"].startswith("ApiKey ")
+    assert 'header="X-API-Key"' in missing.headers["WWW-Authenticate"]
     assert (await client.post("/v1/uploads", data=PNG, headers={**headers, "X-API-Key": "nope"})).status == 403
     assert (await client.post("/v1/uploads", data=PNG, headers={**headers, "X-API-Key": "k1"})).status == 201
 
@@ -157,10 +244,13 @@ async def test_with_api_keys_the_dashboard_wants_the_operator_key(make: Any) -> 
     closed = await make(api_keys=Secret("k1=acme"))
     assert (await closed.get("/dashboard/data", headers={"X-Operator-Key": "anything"})).status == 403
     client = await make(api_keys=Secret("k1=acme"), operator_key=Secret("op-secret"))
-    assert (await client.get("/dashboard/data")).status == 401
+    missing = await client.get("/dashboard/data")
+    assert missing.status == 401 and missing.headers["WWW-Authenticate"].startswith("ApiKey ")
+    assert 'header="X-Operator-Key"' in missing.headers["WWW-Authenticate"]
     assert (await client.get("/dashboard/data", headers={"X-Operator-Key": "k1"})).status == 403
     assert (await client.get("/dashboard/data", headers={"X-Operator-Key": "op-secret"})).status == 200
-    assert (await client.post("/dashboard/spike", json={})).status == 401
+    spike = await client.post("/dashboard/spike", json={})
+    assert spike.status == 401 and "WWW-Authenticate" in spike.headers
 
 
 async def test_the_spike_is_dev_mode_only_and_checks_its_parameters(make: Any) -> None:
@@ -185,3 +275,31 @@ async def test_a_spike_sends_its_jobs_through_the_ingress(make: Any) -> None:
     assert len(sender.sent) >= 6 and topics == {"floodgate.requests"}
     state = (await (await client.get("/dashboard/data")).json())["spike"]
     assert state["sent"] >= 1 and state["accepted"] >= 1
+
+
+async def test_the_spike_goes_to_this_server_whatever_host_the_request_names(make: Any) -> None:
+    """The spike carries a tenant's API key: a foreign Host header must not send it elsewhere."""
+    foreign_seen: list[str | None] = []
+    foreign_hit = asyncio.Event()
+
+    async def catch(request: web.Request) -> web.Response:
+        foreign_seen.append(request.headers.get("X-API-Key"))
+        foreign_hit.set()
+        return web.Response(status=202)
+
+    foreign_app = web.Application()
+    foreign_app.router.add_route("*", "/{tail:.*}", catch)
+    async with app_clients() as serve:
+        foreign = await serve(foreign_app)
+        sender = CountingSender(2)
+        client = await make(sender, dev_mode=True, api_keys=Secret("tenant-key=acme"),
+                            operator_key=Secret("op-key"))
+        resp = await client.post("/dashboard/spike", json={"jobs": 2, "rate": 100},
+                                 headers={"X-Operator-Key": "op-key", "Host": f"127.0.0.1:{foreign.server.port}"})
+        assert resp.status == 202
+        ours, theirs = asyncio.ensure_future(sender.all_in.wait()), asyncio.ensure_future(foreign_hit.wait())
+        await asyncio.wait([ours, theirs], timeout=10, return_when=asyncio.FIRST_COMPLETED)
+        ours.cancel()
+        theirs.cancel()
+        assert foreign_seen == []
+        assert [topic for topic, _ in sender.sent] == ["floodgate.requests"] * 2  # accepted here, with the key

@@ -25,6 +25,18 @@ def test_a_path_without_the_right_mac_is_refused(path: str) -> None:
         callback.check(SECRET, "kling", path)
 
 
+@pytest.mark.parametrize("given", [
+    "éé",  # what /job_01/%C3%A9%C3%A9 arrives as
+    "é" * callback.MAC_HEX,
+    "٠" * callback.MAC_HEX,  # Arabic-Indic zeros: digits to str.isdigit(), not to hexdigest()
+    callback.mac(SECRET, "kling", "job_01")[:-1] + "\udcff",  # a path byte that was not UTF-8
+    callback.mac(SECRET, "kling", "job_01").upper(),
+], ids=["short-non-ascii", "non-ascii", "non-ascii-digits", "escaped-byte", "upper-case"])
+def test_a_mac_not_of_our_shape_is_refused_not_compared(given: str) -> None:
+    with pytest.raises(WebhookVerificationError, match="not of the expected shape"):
+        callback.check(SECRET, "kling", f"job_01/{given}")
+
+
 def test_a_mac_does_not_move_to_another_job_or_provider() -> None:
     mac = callback.mac(SECRET, "kling", "job_01")
     with pytest.raises(WebhookVerificationError):

@@ -75,7 +75,8 @@ def test_a_documented_signature_verifies() -> None:
     assert delivery.body == body
 
 
-@pytest.mark.parametrize("case", ["tampered", "stale", "future", "standard-webhooks", "base64-key", "wrong-path"])
+@pytest.mark.parametrize("case", ["tampered", "stale", "future", "standard-webhooks", "base64-key", "wrong-path",
+                                  "long-timestamp", "non-ascii-signature", "non-hex-signature"])
 def test_bad_deliveries_are_refused(case: str) -> None:
     body = (FIXTURES / "wavespeed_webhook_completed.json").read_bytes()
     headers, where, now = documented_headers(body), path(), NOW
@@ -92,7 +93,44 @@ def test_bad_deliveries_are_refused(case: str) -> None:
         key = b"\xf7\xf1\xef\x77\x4e\x9c\xe5\xbe\x1d\xfc\xdf\x6d\x7b\xbd\x35\xfe\x3d\x78\x73\x5a\xd1\xad\x34"
         digest = hmac.new(key, f"wh_1.{NOW}.".encode() + body, hashlib.sha256).hexdigest()
         headers["webhook-signature"] = f"v3,{digest}"
+    elif case == "long-timestamp":
+        # Past int()'s 4,300-digit limit: refused as a format, never handed to int().
+        headers["webhook-timestamp"] = "9" * 5000
+    elif case == "non-ascii-signature":
+        headers["webhook-signature"] = "v3," + "é" * 64
+    elif case == "non-hex-signature":
+        headers["webhook-signature"] = "v3," + "z" * 64
     else:
         where = path("job_02").replace("job_02", "job_01", 1)
     with pytest.raises(WebhookVerificationError):
         authenticate(headers, body, where, now)
+
+
+def test_a_signature_verifies_in_either_case_of_hex() -> None:
+    body = (FIXTURES / "wavespeed_webhook_completed.json").read_bytes()
+    headers = documented_headers(body)
+    headers["webhook-signature"] = headers["webhook-signature"].upper().replace("V3,", "v3,")
+    assert authenticate(headers, body, path()).body == body
+
+
+def test_at_most_max_signatures_v3_entries_are_checked() -> None:
+    """A header stuffed with forged entries costs a bounded number of comparisons; the real
+    signature past the cap is not looked at."""
+    body = (FIXTURES / "wavespeed_webhook_completed.json").read_bytes()
+    good = documented_headers(body)["webhook-signature"]
+    forged = documented_headers(body, secret="whsec_another-secret")["webhook-signature"]
+    stuffed = {**documented_headers(body), "webhook-signature": " ".join([forged] * signing.MAX_SIGNATURES + [good])}
+    with pytest.raises(WebhookVerificationError, match="no matching signature"):
+        authenticate(stuffed, body, path())
+    within = {**stuffed, "webhook-signature": " ".join([forged] * (signing.MAX_SIGNATURES - 1) + [good])}
+    assert authenticate(within, body, path()).body == body
+
+
+def test_a_webhook_id_that_is_not_utf8_is_verified_over_the_bytes_sent() -> None:
+    """aiohttp hands such a header over with its bytes surrogate-escaped; they are what was signed."""
+    body = (FIXTURES / "wavespeed_webhook_completed.json").read_bytes()
+    key = SECRET[len("whsec_"):].encode()
+    digest = hmac.new(key, b"wh_\xff." + str(NOW).encode() + b"." + body, hashlib.sha256).hexdigest()
+    headers = {"webhook-id": b"wh_\xff".decode("utf-8", "surrogateescape"), "webhook-timestamp": str(NOW),
+               "webhook-signature": f"v3,{digest}"}
+    assert authenticate(headers, body, path()).body == body

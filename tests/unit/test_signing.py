@@ -81,7 +81,11 @@ def test_rejects_empty_header_as_missing() -> None:
         signing.verify(SECRET, out, BODY, now=NOW)
 
 
-@pytest.mark.parametrize("value", ["soon", "1.5", "-10", "+1700000000", "1_700_000_000", "１７"])
+@pytest.mark.parametrize("value", ["soon", "1.5", "-10", "+1700000000", "1_700_000_000", "１７",
+                                   "0" * (signing.MAX_TIMESTAMP_DIGITS + 1),  # short enough for int(), still refused
+                                   "9" * 5000],  # past int()'s 4,300-digit limit: ValueError if it got there
+                         ids=["word", "fraction", "negative", "plus", "underscores", "fullwidth", "13-digits",
+                              "5000-digits"])
 def test_rejects_bad_timestamp_format(value: str) -> None:
     out = headers()
     out["webhook-timestamp"] = value
@@ -119,6 +123,17 @@ def test_rejects_signature_replayed_under_another_id() -> None:
     out["webhook-id"] = "evt_2"
     with pytest.raises(WebhookVerificationError, match="^no matching signature$"):
         signing.verify(SECRET, out, BODY, now=NOW)
+
+
+def test_a_webhook_id_that_is_not_utf8_is_verified_over_the_bytes_sent() -> None:
+    """aiohttp hands such a header over with its bytes surrogate-escaped; they are what was signed."""
+    msg_id = b"evt_\xff".decode("utf-8", "surrogateescape")
+    signed = b"evt_\xff." + str(int(NOW)).encode() + b"." + BODY
+    good = "v1," + base64.b64encode(hmac.new(KEY, signed, hashlib.sha256).digest()).decode()
+    out = {"webhook-id": msg_id, "webhook-timestamp": str(int(NOW)), "webhook-signature": good}
+    signing.verify(SECRET, out, BODY, now=NOW)
+    with pytest.raises(WebhookVerificationError, match="^no matching signature$"):
+        signing.verify(SECRET, {**out, "webhook-signature": headers()["webhook-signature"]}, BODY, now=NOW)
 
 
 @pytest.mark.parametrize("value", ["v2,abc", "nonsense", "v1,***", "v1"])
