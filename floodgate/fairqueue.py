@@ -18,7 +18,9 @@ Orders that wait for a provider's slot are served in this order:
    and so holds three slots for each of the other's. The turns, not the slots held, decide once
    each holds its whole slots: a share is rarely a whole number of slots (3:1 of 6 slots is 4.5
    and 1.5), and serving the fewest held for its weight at every start kept such a pair at 4 and
-   2, two starts to one. Without ``held_of`` the turns alone decide.
+   2, two starts to one. Without ``held_of`` the turns alone decide. An order taken out
+   (cancelled, spilled, expired) gives its turn back: its tenant's last turn goes, and
+   ``F[tenant]`` moves back to where that turn started.
 3. **Within a tenant**, by the line's order key: the dispatcher's is when the order joined the
    line, the job's acceptance time (a spilled order's move: ``Order.line_key``), so a tenant's
    jobs start in the order their 202s were given, although the ``requests`` partitions they were
@@ -282,13 +284,19 @@ class FairLine(Generic[Q]):
 
     def take(self, job_id: str) -> Q | None:
         """Take out the order of ``job_id``, if it waits here. Its class gives up its last turn:
-        the orders behind it move up to the turns before."""
+        the orders behind it move up to the turns before, and its tenant's next order starts at
+        that turn again, as if the order taken out had never come."""
         held = self._items.pop(job_id, None)
         if held is None:
             return None
         klass = held[0]
         line = self._classes[klass]
-        line.tags.pop()
+        last = line.tags.pop()
+        # Give the turn back to the tenant's finish tag too: with it kept, a tenant whose 50 waiting
+        # orders were cancelled (or spilled, or expired) would start its next one 50 turns on, behind
+        # every other tenant's backlog. Only ever lowered (a put-back turn's start is ``V`` then,
+        # which may be past the finish); the next push starts at ``V`` at the earliest anyway.
+        self._finish[klass] = min(self._finish.get(klass, last.start), last.start)
         if not line.tags:
             del self._classes[klass]
         if not self._items:

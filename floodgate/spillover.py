@@ -57,11 +57,32 @@ class LineReport:
 
     @classmethod
     def decode(cls, raw: bytes) -> LineReport:
-        """Raises ``ValueError`` (or ``KeyError``/``TypeError``) for bytes that are not a report."""
-        doc = orjson.loads(raw)
-        rate = doc.get("start_rate")
-        return cls(provider=str(doc["provider"]), partition=int(doc["partition"]), free_slots=int(doc["free_slots"]),
-                   waiting=int(doc["waiting"]), start_rate=None if rate is None else float(rate), at=float(doc["at"]))
+        """Raises ``ValueError`` for bytes that are not a report: not JSON, JSON but not an object
+        (``null``, a number, a string, a list), or an object with a field missing or of the wrong
+        type. Readers skip such a record: anyone can write to ``lines``."""
+        doc = orjson.loads(raw)  # orjson.JSONDecodeError is a ValueError
+        if not isinstance(doc, dict):
+            raise ValueError(f"a line report is a JSON object, not {type(doc).__name__}")
+        provider, rate = doc.get("provider"), doc.get("start_rate")
+        if not isinstance(provider, str) or not provider:
+            raise ValueError(f"a line report's provider is a non-empty string, not {provider!r}")
+        return cls(provider=provider, partition=_whole(doc, "partition"), free_slots=_whole(doc, "free_slots"),
+                   waiting=_whole(doc, "waiting"), start_rate=None if rate is None else _number(doc, "start_rate"),
+                   at=_number(doc, "at"))
+
+
+def _whole(doc: Mapping[str, object], name: str) -> int:
+    value = doc.get(name)
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise ValueError(f"a line report's {name} is an integer, not {value!r}")
+    return value
+
+
+def _number(doc: Mapping[str, object], name: str) -> float:
+    value = doc.get(name)
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise ValueError(f"a line report's {name} is a number, not {value!r}")
+    return float(value)
 
 
 @dataclass(frozen=True)

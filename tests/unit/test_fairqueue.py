@@ -116,6 +116,47 @@ def test_a_job_taken_out_leaves_its_tenants_turns_to_the_jobs_behind_it() -> Non
     assert drain(line) == ["a1", "b0", "a2", "b1", "b2"]
 
 
+def test_a_tenant_whose_waiting_orders_were_all_taken_out_is_served_like_a_newcomer() -> None:
+    """A's 50 waiting orders are cancelled (or spilled, or expired) while B's 50 and four single
+    orders wait. A's next order is served where a tenant never seen would be, after the first
+    turn of each tenant waiting before it, not behind B's whole backlog (its 50 turns given back)."""
+
+    def line_with(first: str) -> FairLine[Job]:
+        line: FairLine[Job] = FairLine(10_000, held_of=lambda tenant: 0, slots=5)
+        for i in range(50):
+            line.push(Job(f"{first}{i}", first))
+        for i in range(50):
+            line.push(Job(f"b{i}", "b"))
+        for tenant in "cdef":  # 6 tenants, 5 slots: whole shares of 0, the turns decide
+            line.push(Job(f"{tenant}0", tenant))
+        return line
+
+    line = line_with("a")
+    assert len(line.remove(lambda job: job.tenant == "a")) == 50
+    line.push(Job("a-new", "a"))
+    fresh = line_with("g")  # as above, but the tenant that goes is one that never comes back
+    fresh.remove(lambda job: job.tenant == "g")
+    fresh.push(Job("a-new", "a"))
+    order = drain(line)
+    assert order.index("a-new") == drain(fresh).index("a-new") == 5
+    assert order[:6] == ["b0", "c0", "d0", "e0", "f0", "a-new"]
+
+
+def test_a_take_from_the_middle_gives_back_one_turn_and_no_more() -> None:
+    """A job of A's taken from the middle of its orders: the ones behind move up one turn each,
+    and A's next order takes the turn given back, as if the job had never come: neither behind
+    an extra turn of B's, nor ahead of A's share."""
+    line: FairLine[Job] = FairLine(100)
+    for i in range(10):
+        if i < 5:
+            line.push(Job(f"a{i}", "a"))
+        line.push(Job(f"b{i}", "b"))
+    assert line.take("a2") == Job("a2", "a")
+    line.push(Job("a5", "a"))
+    assert drain(line) == ["a0", "b0", "a1", "b1", "a3", "b2", "a4", "b3", "b4", "a5",
+                           "b5", "b6", "b7", "b8", "b9"]
+
+
 def test_put_back_goes_first_in_its_class() -> None:
     line: FairLine[Job] = FairLine(100)
     for name in ("a", "b", "c"):

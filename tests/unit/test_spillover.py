@@ -3,6 +3,7 @@ from __future__ import annotations
 
 from datetime import UTC, datetime
 
+import orjson
 import pytest
 
 from floodgate.errors import ConfigError
@@ -78,6 +79,33 @@ def test_room_counts_fresh_reports_only_and_sums_partitions() -> None:
                LineReport("kling", 0, free_slots=9, waiting=0, start_rate=None, at=90.0)]
     assert room_by_provider(reports, now=102.0) == {"wan": Room(5, 1, 1.5), "veo": Room(0, 4, None)}
     assert LineReport.decode(reports[0].encode()) == reports[0]
+
+
+GOOD = {"provider": "wan", "partition": 0, "free_slots": 2, "waiting": 1, "start_rate": None, "at": 100.0}
+
+
+@pytest.mark.parametrize("raw", [
+    b"null", b"5", b'"wan"', b"[1]",  # JSON, but not an object
+    b"{", b"",                        # not JSON
+    orjson.dumps({k: v for k, v in GOOD.items() if k != "at"}),
+    orjson.dumps({**GOOD, "provider": None}),
+    orjson.dumps({**GOOD, "provider": ""}),
+    orjson.dumps({**GOOD, "partition": "0"}),
+    orjson.dumps({**GOOD, "free_slots": True}),
+    orjson.dumps({**GOOD, "waiting": 1.5}),
+    orjson.dumps({**GOOD, "start_rate": "fast"}),
+    orjson.dumps({**GOOD, "at": [100.0]}),
+], ids=["null", "number", "string", "list", "truncated", "empty", "no-at", "provider-null", "provider-empty",
+        "partition-string", "free-slots-bool", "waiting-float", "rate-string", "at-list"])
+def test_anything_but_a_report_is_refused_with_a_value_error(raw: bytes) -> None:
+    """Readers of ``lines`` skip what raises ValueError: nothing else may come out of a bad record."""
+    with pytest.raises(ValueError):
+        LineReport.decode(raw)
+
+
+def test_a_report_decodes_with_or_without_a_start_rate() -> None:
+    assert LineReport.decode(orjson.dumps(GOOD)) == LineReport("wan", 0, 2, 1, None, 100.0)
+    assert LineReport.decode(orjson.dumps({**GOOD, "start_rate": 2, "at": 7})) == LineReport("wan", 0, 2, 1, 2.0, 7.0)
 
 
 def test_estimated_wait_is_places_over_the_start_rate() -> None:
