@@ -13,7 +13,10 @@ costs, and a webhook or a request is one hop, not two:
 Every event goes through the pure state machine (``floodgate.jobs.state.apply``). The table's
 changelog is the compacted ``notifications`` topic (see ``floodgate.jobs.record``): the write *is*
 the notification the API's job view reads. A terminal change also goes to ``results`` and frees
-the job's provider slot through ``release.<provider>``.
+the job's provider slot through ``release.<provider>``; so does a provider's word that the job
+ended there after the job moved on to another provider (``floodgate.jobs.events.stray_end``).
+A request read after a cancel that ended its job sends the job's result again, now with the
+request's fields (``JobRecord.ended_unadmitted``).
 
 Outputs of a change are sent again when the *same* record is seen again (a redelivery after a
 crash between the table write and the sends); their consumers are idempotent (snapshots carry a
@@ -34,7 +37,7 @@ from aiokafka.partitioner import murmur2
 from connectors.providers.base import read_webhook
 from floodgate import codec
 from floodgate.errors import SchemaError, ValidationError
-from floodgate.jobs.events import aim, deadline_of, event_from_record, queued_event, webhook_event
+from floodgate.jobs.events import aim, deadline_of, event_from_record, queued_event, stray_end, webhook_event
 from floodgate.jobs.record import JobRecord, snapshot
 from floodgate.jobs.state import JobEvent, JobState, Transition, apply
 from floodgate.jobs.timing import milestones
@@ -179,6 +182,11 @@ class JobDesk:
             events.append(JobEvent(event_id=f"{job_id}:failed:route", job_id=job_id, kind="failed",
                                    at=events[0].at, error=unroutable))
         state = record.state if record is not None else None
+        # A job a cancel ended before this request was read: its result went out with no tenant,
+        # owner, webhook or push target. The request fills them in without a terminal change, so
+        # the result is sent again here (once: this record is now its admission, and any other
+        # request for the job is a duplicate). A terminal job is never dispatched.
+        refinish = record is not None and record.ended_unadmitted
         became_terminal = False
         for event in events:
             step = apply(state, event)
@@ -186,7 +194,7 @@ class JobDesk:
         assert state is not None
         self.put(key, JobRecord(state, events[-1].event_id, here))
         pipe.metrics.transitions.labels(state.status.value).inc()
-        if became_terminal:
+        if became_terminal or refinish:
             await self.finish(state, provider=None)
         elif not state.terminal and target is not None:
             await self.dispatch(req, target.provider, target.provider_model)
@@ -264,6 +272,10 @@ class JobDesk:
             return
         aimed = aim(before, event)
         if aimed is None:
+            owed = stray_end(before, event)
+            if owed is not None:  # an end at a provider the job has left: free the slot it may hold there
+                await self.release(event.job_id, owed.provider, owed.attempt, owed.status,
+                                   provider_job_id=owed.provider_job_id)
             return
         step: Transition = apply(before, aimed)
         if step.changed and step.state is not None:
@@ -290,11 +302,12 @@ class JobDesk:
         await self.pipe.emit.send(self.pipe.names.results, "JobSnapshot", state.job_id, snapshot(state))
         await self.release(state.job_id, provider, state.attempt, state.status.value)
 
-    async def release(self, job_id: str, provider: str | None, attempt: int, status: str) -> None:
+    async def release(self, job_id: str, provider: str | None, attempt: int, status: str, *,
+                      provider_job_id: str | None = None) -> None:
         if provider and provider in self.pipe.providers:
             await self.pipe.emit.send(self.pipe.names.release(provider), "SlotRelease", job_id, {
                 "job_id": job_id, "provider": provider, "attempt": attempt, "status": status,
-                "at": self.pipe.now_ms()})
+                "at": self.pipe.now_ms(), "provider_job_id": provider_job_id})
 
 
 def register(pipe: Pipeline) -> JobDesk:

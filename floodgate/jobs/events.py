@@ -11,9 +11,11 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import Any
 
-from floodgate.jobs.state import JobEvent, JobState
+from floodgate.dispatch import ENDED
+from floodgate.jobs.state import ENDING_KINDS, JobEvent, JobState
 from floodgate.push import target_of_request
 
 _EVENT_FIELDS = ("provider", "provider_job_id", "progress", "video_url", "error", "tenant", "user_id", "model",
@@ -89,3 +91,37 @@ def aim(before: JobState | None, event: JobEvent) -> JobEvent | None:
     if event.attempt < before.attempt:
         return dataclasses.replace(event, attempt=before.attempt)
     return event
+
+
+@dataclass(frozen=True)
+class Release:
+    """A slot release the jobs agent owes a provider (a ``SlotRelease`` but for its time)."""
+
+    provider: str
+    attempt: int
+    status: str
+    provider_job_id: str | None = None
+
+
+def stray_end(before: JobState | None, event: JobEvent) -> Release | None:
+    """The release owed to the provider of an event ``aim`` ignores because the job has moved on
+    to another provider, when the event says the job ended there; None otherwise.
+
+    Such a provider may still hold a slot for the job (a duplicate dispatch, a fallback that ran
+    behind a submission): its dispatcher keeps the slot until a release comes, and its timeout
+    only tells the end again, so without this answer the slot is never freed. The job's own
+    state is not changed. A provider job the event names is released as the webhook bridge
+    releases one (``ENDED``: only the slot that holds that provider job is freed); else the end
+    frees the provider's slot of the event's attempt or an earlier one. News of an attempt later
+    than the table knows frees nothing: that slot may be the job's current one, whose reroute
+    has not been read yet.
+    """
+    if before is None or not event.provider or event.kind not in ENDING_KINDS:
+        return None
+    if aim(before, event) is not None or event.attempt > before.attempt:
+        return None
+    if event.provider_job_id:
+        return Release(event.provider, event.attempt, ENDED, event.provider_job_id)
+    # Never "cancelled": that release asks the dispatcher to cancel and mark the job, which has
+    # moved on (a mark would drop a later order of the job there); any other status only frees.
+    return Release(event.provider, event.attempt, "failed" if event.kind == "cancelled" else event.kind)

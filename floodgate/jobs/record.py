@@ -10,7 +10,8 @@ form is the one that can evolve; ``v`` names the layout)::
 ``src`` is the ``requests`` record that admitted the job: the same record seen again after a
 crash (its offset was not committed) is processed again, a replay of the job from another record
 is a duplicate. A job whose state was created by an event before its request was read (a cancel
-that overtook it) has no ``src`` yet.
+that overtook it) has no ``src`` yet; if that event ended it, its result went out without the
+request's fields, and goes out again once the request has filled them in (``ended_unadmitted``).
 
 ``snapshot`` is the ``JobSnapshot`` contract (``schemas/job_snapshot.avsc``), written to
 ``results`` and given to the API's readers.
@@ -37,6 +38,13 @@ class JobRecord:
     last_event: str | None = None
     admitted_by: tuple[int, int] | None = None
     """(partition, offset) of the ``requests`` record that admitted the job, once one has."""
+
+    @property
+    def ended_unadmitted(self) -> bool:
+        """Whether the job ended before any request admitted it (a user's cancel read before the
+        request). Its result then lacks the request's fields (tenant, owner, webhook, push
+        target), so the request that admits it must send the result again; it never dispatches."""
+        return self.admitted_by is None and self.state.terminal
 
     def encode(self) -> bytes:
         doc: dict[str, Any] = {"v": RECORD_VERSION, "s": self.state.to_dict(), "e": self.last_event}

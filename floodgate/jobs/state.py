@@ -329,6 +329,9 @@ _KIND_STATUS: Mapping[str, JobStatus] = MappingProxyType(
     }
 )
 
+ENDING_KINDS: frozenset[str] = frozenset(kind for kind, status in _KIND_STATUS.items() if status in TERMINAL)
+"""The event kinds that say a job ended (at the provider that sends them)."""
+
 _IDENTITY = ("tenant", "user_id", "model", "webhook_url", "push_platform", "push_token", "priority", "deadline_at",
              "request_hash")
 

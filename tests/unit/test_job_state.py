@@ -13,10 +13,12 @@ from hypothesis import strategies as st
 from floodgate import codec
 from floodgate.api.cancel import CANCEL_REASON
 from floodgate.codec import SCHEMA_HEADER
+from floodgate.dispatch import ENDED
 from floodgate.errors import ValidationError
-from floodgate.jobs import RECENT_EVENTS_LIMIT, TERMINAL, JobEvent, JobState, JobStatus, apply
-from floodgate.jobs.events import aim, queued_event
+from floodgate.jobs import EVENT_KINDS, RECENT_EVENTS_LIMIT, TERMINAL, JobEvent, JobState, JobStatus, apply
+from floodgate.jobs.events import Release, aim, queued_event, stray_end
 from floodgate.jobs.record import JobRecord, snapshot
+from floodgate.jobs.state import ENDING_KINDS
 from schemas import SCHEMA_DIR
 
 Q, S, R, C, F, X, E = (
@@ -535,6 +537,20 @@ def test_a_cancel_that_overtakes_the_queued_event_still_wins_and_the_job_gets_it
     assert (t.state.provider, t.state.model, t.state.created_at) == ("sora", "sora-2", 90.0)
 
 
+def test_only_a_job_that_ended_before_any_request_admitted_it_owes_its_result_again() -> None:
+    cancelled = apply(None, user_cancel()).state
+    assert cancelled is not None
+    assert JobRecord.decode(JobRecord(cancelled, "cancel-1").encode()).ended_unadmitted
+    queued = queued_event({"job_id": "j1", "tenant": "acme", "user_id": "u", "model": "sora-2",
+                           "accepted_at": 90_000}, "sora")
+    filled = through_agent(cancelled, queued).state
+    assert filled.tenant == "acme"
+    assert not JobRecord(filled, queued.event_id, (0, 7)).ended_unadmitted, "once admitted, never again"
+    assert not JobRecord(state_at(X), "cancel-1", (0, 7)).ended_unadmitted, "admitted, then cancelled"
+    live = apply(None, ev("running", event_id="wh-1")).state  # a webhook that overtook the request
+    assert live is not None and not JobRecord(live, "wh-1").ended_unadmitted
+
+
 def test_news_from_a_provider_the_job_left_is_ignored_and_user_events_are_lifted_to_its_attempt() -> None:
     at_kling = state_at(R, provider="kling", attempt=2)
     assert aim(at_kling, ev("completed", provider="sora", attempt=2)) is None
@@ -542,6 +558,39 @@ def test_news_from_a_provider_the_job_left_is_ignored_and_user_events_are_lifted
     assert lifted is not None and lifted.attempt == 2
     rerouted = ev("rerouted", attempt=3, provider="wan")
     assert aim(at_kling, rerouted) is rerouted
+
+
+AT_KLING = state_at(R, provider="kling", provider_job_id="kj-2", attempt=2)
+
+
+@pytest.mark.parametrize(("before", "event", "owed"), [
+    # An end at the provider the job left: its slot there is freed, by provider job when named.
+    (AT_KLING, ev("completed", provider_job_id="sj-1"), Release("sora", 1, ENDED, "sj-1")),
+    (AT_KLING, ev("cancelled", attempt=0, provider_job_id="sj-1"), Release("sora", 0, ENDED, "sj-1")),
+    (AT_KLING, ev("failed", error="no result from sora after 900s"), Release("sora", 1, "failed")),
+    (AT_KLING, ev("expired"), Release("sora", 1, "expired")),
+    # A cancel there without its provider job only frees: a "cancelled" release would mark the job.
+    (AT_KLING, ev("cancelled", attempt=0), Release("sora", 0, "failed")),
+    (state_at(C, provider="kling", attempt=2), ev("failed"), Release("sora", 1, "failed")),
+    # Anything else owes nothing.
+    (AT_KLING, ev("running", provider_job_id="sj-1"), None),  # not an end
+    (AT_KLING, ev("progress"), None),
+    (AT_KLING, ev("submitted"), None),
+    (AT_KLING, ev("completed", provider="kling", attempt=2), None),  # the job's own provider: applied
+    (AT_KLING, ev("completed", attempt=3), None),  # an attempt the table has not heard of yet
+    (AT_KLING, user_cancel(), None),  # no provider: applied to the current attempt
+    (None, ev("completed"), None),  # nothing known yet: applied
+])
+def test_an_end_at_a_provider_the_job_left_owes_that_provider_a_release(
+        before: JobState | None, event: JobEvent, owed: Release | None) -> None:
+    assert stray_end(before, event) == owed
+    if owed is not None:
+        assert aim(before, event) is None, "only news the agent ignores"
+
+
+def test_the_ending_kinds_are_those_that_end_a_job() -> None:
+    ending = {kind for kind in EVENT_KINDS if apply(None, ev(kind)).became_terminal}
+    assert ending == ENDING_KINDS
 
 
 def test_the_request_hash_travels_from_request_to_snapshot_and_fills_a_job_a_cancel_created() -> None:

@@ -1,0 +1,164 @@
+"""The jobs agent (``streams.jobs.JobDesk``) without a broker: records of the three input topics
+are handed to ``on_record`` in the order the worker's read order could hand them out; the jobs
+table is a dict (Faust's own table only writes from inside a stream), and sends are recorded."""
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
+
+import pytest
+
+from floodgate import codec
+from floodgate.api.cancel import cancel_event
+from floodgate.dispatch import ENDED
+from floodgate.jobs.record import JobRecord
+from floodgate.provider_config import dev_setup
+from floodgate.settings import Settings
+from floodgate.topics import TopicNames
+from streams.app import create_app
+from streams.context import Pipeline
+from streams.emit import Emitter
+from streams.jobs import JobDesk, home_partition
+
+NOW = 1_800_000_000_000
+JOB = "job-1"
+SETTINGS = Settings.from_env({}).with_overrides(kafka_bootstrap="127.0.0.1:1", table_store="memory",
+                                                simulator_url="http://127.0.0.1:9")
+TOPICS = TopicNames(SETTINGS)
+HOME = home_partition(JOB.encode(), SETTINGS.partitions)
+
+
+class Sends(Emitter):
+    def __init__(self, app: Any) -> None:
+        super().__init__(app)
+        self.sent: list[tuple[str, str, dict[str, Any]]] = []
+
+    async def send(self, topic: str, schema: str, key: str | None, record: dict[str, Any]) -> None:
+        codec.encode(schema, record)  # what would go on the wire must be a valid record
+        self.sent.append((topic, schema, record))
+
+    def to(self, topic: str) -> list[dict[str, Any]]:
+        return [record for t, _, record in self.sent if t == topic]
+
+
+@pytest.fixture
+async def desk(tmp_path: Path) -> AsyncIterator[JobDesk]:
+    settings = SETTINGS.with_overrides(cache_dir=tmp_path)
+    app = create_app(settings, datadir=tmp_path / "w0")
+    setup = dev_setup(settings.simulator_url)
+    pipe = Pipeline(app, settings, setup, {name: object() for name in setup.routing.providers})
+    pipe.emit = Sends(app)
+    jobs = JobDesk(pipe)
+    jobs.table = {}  # type: ignore[assignment]
+    yield jobs
+    await pipe.close()
+
+
+def sends(desk: JobDesk) -> Sends:
+    assert isinstance(desk.pipe.emit, Sends)
+    return desk.pipe.emit
+
+
+def request(offset: int) -> SimpleNamespace:
+    """A ``requests`` record of ``JOB`` on its home partition, as the API writes it."""
+    value, headers = codec.encode("JobRequest", {
+        "job_id": JOB, "tenant": "acme", "user_id": "u1", "model": "wan-2.6",
+        "input": {"prompt": "dunes", "image_url": None, "params": {}},
+        "webhook_url": "https://acme.example/hook", "metadata": {}, "idempotency_key": None,
+        "request_hash": "a" * 64, "accepted_at": NOW, "source": "http", "priority": "standard",
+        "deadline_s": None, "notify": {"push": {"platform": "fcm", "token": "device-1"}}})
+    return SimpleNamespace(topic=TOPICS.requests, partition=HOME, offset=offset, value=value, headers=list(headers))
+
+
+def event(record: dict[str, Any]) -> SimpleNamespace:
+    """An ``events`` record."""
+    value, headers = codec.encode("JobEvent", record)
+    return SimpleNamespace(topic=TOPICS.events, partition=HOME, offset=0, value=value, headers=list(headers))
+
+
+def told(kind: str, by: str, attempt: int, suffix: str = "", **fields: Any) -> SimpleNamespace:
+    """An event as provider ``by``'s dispatcher writes it (its poll, its timeout, its fallback)."""
+    return event({"event_id": f"{JOB}:{kind}:{by}:{attempt}{suffix}", "job_id": JOB, "kind": kind,
+                  "at": NOW + 1000, "provider": by, "attempt": attempt, **fields})
+
+
+def record_of(desk: JobDesk) -> JobRecord:
+    record = desk.get(JOB.encode())
+    assert record is not None
+    return record
+
+
+async def test_a_cancel_read_before_its_request_gets_a_result_with_the_requests_fields_once(desk: JobDesk) -> None:
+    names, out = desk.pipe.names, sends(desk)
+    await desk.on_record(event(cancel_event(JOB, NOW + 500)))  # the read order handed `events` out first
+    first, = out.to(names.results)
+    assert (first["status"], first["tenant"], first["webhook_url"], first["push"]) == ("cancelled", "default",
+                                                                                       None, None)
+    admitting = request(offset=7)
+    await desk.on_record(admitting)
+    assert len(out.to(names.results)) == 2, "the result is sent again, now that the request is known"
+    result = out.to(names.results)[-1]
+    assert (result["status"], result["tenant"], result["user_id"], result["model"]) == ("cancelled", "acme", "u1",
+                                                                                        "wan-2.6")
+    assert result["webhook_url"] == "https://acme.example/hook"
+    assert result["push"] == {"platform": "fcm", "token": "device-1"}
+    assert result["version"] > first["version"], "a newer version: outgoing webhooks and feeds take it"
+    assert not out.to(names.dispatch("wan")), "a cancelled job is never dispatched"
+    assert record_of(desk).admitted_by == (admitting.partition, admitting.offset)
+    await desk.on_record(request(offset=9))  # the same job requested again: a duplicate
+    await desk.on_record(event(cancel_event(JOB, NOW + 900)))  # and cancelled again: no news
+    assert len(out.to(names.results)) == 2 and not out.to(names.dispatch("wan"))
+
+
+async def test_a_request_read_after_its_cancel_ended_the_job_is_never_dispatched_even_when_replayed(
+        desk: JobDesk) -> None:
+    names, out = desk.pipe.names, sends(desk)
+    await desk.on_record(event(cancel_event(JOB, NOW + 500)))
+    admitting = request(offset=7)
+    await desk.on_record(admitting)
+    await desk.on_record(admitting)  # the same record again (its offset was not committed)
+    assert not out.to(names.dispatch("wan")) and record_of(desk).state.status.value == "cancelled"
+    # (The replay sends the admission's outputs again, as any record seen again does.)
+    assert [r["tenant"] for r in out.to(names.results)] == ["default", "acme", "acme"]
+
+
+async def test_a_request_that_ends_nothing_sends_no_result(desk: JobDesk) -> None:
+    names, out = desk.pipe.names, sends(desk)
+    await desk.on_record(request(offset=7))
+    assert not out.to(names.results) and len(out.to(names.dispatch("wan"))) == 1
+
+
+async def moved_to_kling(desk: JobDesk) -> JobRecord:
+    """``JOB`` admitted at wan (attempt 0), then moved on to kling (attempt 1)."""
+    await desk.on_record(request(offset=7))
+    await desk.on_record(told("rerouted", "wan", 1, provider="kling", error="wan unavailable"))
+    record = record_of(desk)
+    assert (record.state.provider, record.state.attempt) == ("kling", 1)
+    return record
+
+
+async def test_an_end_told_by_a_provider_the_job_left_frees_that_providers_slot_and_changes_nothing(
+        desk: JobDesk) -> None:
+    names, out = desk.pipe.names, sends(desk)
+    before = await moved_to_kling(desk)
+    # wan still held a slot for attempt 0 (its submission went on behind the fallback): past the
+    # job timeout, wan's dispatcher asks, hears the job completed, and tells it.
+    await desk.on_record(told("completed", "wan", 0, provider_job_id="pj-wan", video_url="https://cdn/v.mp4",
+                              suffix=":poll:1"))
+    release, = out.to(names.release("wan"))
+    assert (release["job_id"], release["provider"], release["status"], release["provider_job_id"]) == (
+        JOB, "wan", ENDED, "pj-wan")
+    # The timeout that could not hear an end fails the job: no provider job in that event.
+    await desk.on_record(told("failed", "wan", 0, error="no result from wan after 900s"))
+    assert [(r["status"], r["attempt"]) for r in out.to(names.release("wan"))[1:]] == [("failed", 0)]
+    assert record_of(desk) == before, "the job's own state is kling's"
+    assert not out.to(names.results) and not out.to(names.release("kling"))
+
+
+async def test_news_from_a_provider_the_job_left_that_is_not_an_end_frees_nothing(desk: JobDesk) -> None:
+    names, out = desk.pipe.names, sends(desk)
+    before = await moved_to_kling(desk)
+    await desk.on_record(told("running", "wan", 0, provider_job_id="pj-wan", suffix=":poll:1"))
+    assert not out.to(names.release("wan")) and record_of(desk) == before
