@@ -72,6 +72,9 @@ class Roster:
         """Other instance → the monotonic instant after which it no longer counts."""
         self.live = 1
         """The count as of the last ``heard`` or ``refresh``: what the accept path reads."""
+        self.rank = 0
+        """This instance's place among the live ones, their ids in order (0 first): which of them
+        takes the remainder when a limit does not divide evenly (``floodgate.quotas.part_of``)."""
 
     def heard(self, beat: Heartbeat, now: float, wall_ms: int) -> None:
         """Take in ``beat``, read at ``now`` (monotonic) and ``wall_ms`` (this host's wall clock).
@@ -85,15 +88,19 @@ class Roster:
             self._expires.pop(beat.instance, None)
         elif wall_ms - beat.at_ms <= ttl * 1000:
             self._expires[beat.instance] = now + ttl
-        self.live = 1 + len(self._expires)
+        self._recount()
 
     def refresh(self, now: float) -> int:
         """Forget the instances whose time to live has passed; the count of the rest, with this one."""
         expired = [instance for instance, until in self._expires.items() if until < now]
         for instance in expired:
             del self._expires[instance]
-        self.live = 1 + len(self._expires)
+        self._recount()
         return self.live
+
+    def _recount(self) -> None:
+        self.live = 1 + len(self._expires)
+        self.rank = sum(1 for other in self._expires if other < self.me)
 
     def others(self) -> list[str]:
         return sorted(self._expires)

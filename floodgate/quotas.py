@@ -166,10 +166,13 @@ class OpenJobs:
     it as not yet admitted, so that a job admitted since the last commit is not counted twice, in
     the lag and in ``waiting`` (a burst was shed at 7 jobs against a depth of 8)."""
 
-    __slots__ = ("_open", "_waiting", "admitted_to")
+    __slots__ = ("_open", "_unadmitted", "_waiting", "admitted_to")
 
     def __init__(self) -> None:
         self._open = JobsByTenant()
+        self._unadmitted = JobsByTenant()
+        """Open jobs seen only as their ingress's version 0: this process answered their 202 and
+        no worker has admitted them yet (no other process knows of them)."""
         self._waiting: set[str] = set()
         self.admitted_to: dict[int, int] = {}
 
@@ -182,9 +185,14 @@ class OpenJobs:
     def observe(self, job_id: str, tenant: str, status: str, version: int) -> None:
         if status in TERMINAL:
             self._open.discard(job_id)
+            self._unadmitted.discard(job_id)
             self._waiting.discard(job_id)
             return
         self._open.add(job_id, tenant)
+        if version == 0:
+            self._unadmitted.add(job_id, tenant)
+        else:
+            self._unadmitted.discard(job_id)
         if status == "queued" and version >= 1:
             self._waiting.add(job_id)
         else:
@@ -192,6 +200,10 @@ class OpenJobs:
 
     def open_for(self, tenant: str) -> int:
         return self._open.open_for(tenant)
+
+    def unadmitted_for(self, tenant: str) -> int:
+        """The tenant's open jobs that only this process knows of yet (see ``_unadmitted``)."""
+        return self._unadmitted.open_for(tenant)
 
     @property
     def waiting(self) -> int:
@@ -207,6 +219,20 @@ class OpenCount(Protocol):
     def open_for(self, tenant: str) -> int: ...
 
 
+class AdmittedCount(OpenCount, Protocol):
+    """A count of every process's open jobs (a job view) that also tells which of them only this
+    process knows of yet (answered 202 here, not yet admitted by a worker)."""
+
+    def unadmitted_for(self, tenant: str) -> int: ...
+
+
+def part_of(limit: int, instances: int, rank: int) -> int:
+    """The part of ``limit`` for the process at ``rank`` among ``instances``: the parts add up to
+    the limit exactly, the remainder going to the lowest ranks (a part may be 0)."""
+    base, extra = divmod(max(0, limit), max(1, instances))
+    return base + (1 if rank < extra else 0)
+
+
 def share(limit: int, instances: int) -> int:
     """One process's share of a tenant's queued-jobs ``limit`` among ``instances`` processes that
     each count only the jobs they accepted: the limit divided and rounded down, so the shares add
@@ -220,25 +246,48 @@ class QueuedQuota:
     this check and are not yet answered. ``reserve`` before writing the job, ``settle`` once the
     write is done (after the job is counted in ``open_jobs``, or refused).
 
-    ``instances``: None when ``open_jobs`` counts every process's jobs (a job view), so the whole
-    limit applies; else how many processes share the limit, each counting the jobs it accepted
-    and holding to its ``share``."""
+    ``instances``: None when ``open_jobs`` counts every process's jobs (a job view) and this
+    process is the only one taking requests (or each enforces the whole limit), so the whole
+    limit applies; else how many processes share the limit. Each of them then either counts only
+    the jobs it accepted and holds to its ``share`` (no job view), or, given ``admitted``, a job
+    view's count of every process's jobs: see ``reserve``."""
 
-    __slots__ = ("open_jobs", "instances", "_pending")
+    __slots__ = ("open_jobs", "instances", "_admitted", "_rank", "_pending")
 
-    def __init__(self, open_jobs: OpenCount, instances: Callable[[], int] | None = None) -> None:
+    def __init__(self, open_jobs: OpenCount, instances: Callable[[], int] | None = None, *,
+                 admitted: AdmittedCount | None = None, rank: Callable[[], int] = lambda: 0) -> None:
+        """``admitted`` (with ``instances``): ``open_jobs`` is this job view, and ``rank`` is this
+        process's place among the ``instances`` (``floodgate.instances.Roster.rank``)."""
         self.open_jobs = open_jobs
         self.instances = instances
+        self._admitted = admitted
+        self._rank = rank
         self._pending: dict[str, int] = {}
 
     def reserve(self, tenant: str, limit: int) -> bool:
         """Count one more job of ``tenant`` if it stays within ``limit`` (0: no limit), or this
-        process's share of it; False if not."""
+        process's share of it; False if not.
+
+        With a job view shared by several processes, every process knows the tenant's admitted
+        jobs (their snapshots on ``notifications``), but a job another process answered 202 is in
+        nobody else's count until a worker admits it, which under a backlog on ``requests`` (a
+        spike) takes seconds or minutes: each of ``n`` processes, holding the whole limit, let a
+        tenant spread over them have ``n`` times its limit. So the jobs only this process knows of
+        (and the requests under way here) hold to this process's part of what the admitted jobs
+        leave (``part_of``: the parts add up to the room exactly). Once admitted, a job counts in
+        every process and frees its part here."""
         pending = self._pending.get(tenant, 0)
         if limit > 0:
-            if self.instances is not None:
-                limit = share(limit, self.instances())
-            if self.open_jobs.open_for(tenant) + pending >= limit:
+            instances = self.instances() if self.instances is not None else 1
+            opened = self.open_jobs.open_for(tenant)
+            if self._admitted is not None:
+                if opened + pending >= limit:
+                    return False
+                if instances > 1:
+                    mine = self._admitted.unadmitted_for(tenant) + pending
+                    if mine >= part_of(limit - (opened - mine + pending), instances, self._rank()):
+                        return False
+            elif opened + pending >= (share(limit, instances) if self.instances is not None else limit):
                 return False
         self._pending[tenant] = pending + 1
         return True

@@ -9,7 +9,9 @@ few dict reads and one float comparison: the backlog verdict is computed in the 
 (``BacklogMonitor``), never here.
 
 The queued-jobs quota counts a tenant's open jobs. With the job view (the ``read`` role) that is
-every job of the tenant, whichever process accepted it, against the whole limit. A process
+every job of the tenant, whichever process accepted it, against the whole limit, once a worker
+has admitted it; until then only the process that answered its 202 knows of it, and those jobs
+hold to that process's part of the room the admitted ones leave. A process
 without a view (ingress-only) follows no job's changes: it counts the jobs it accepted itself
 until their result is on ``results`` (``floodgate.api.ended``, keys only), against its share of
 the limit among the processes taking requests (``floodgate.quotas.share``), as with the rate
@@ -65,7 +67,10 @@ class Admission:
         self.own_jobs: JobsByTenant | None = None
         if quotas.limits_queued:
             if open_jobs is not None:
-                self.queued = QueuedQuota(open_jobs)
+                # Every process's admitted jobs, and the part of the room this one's own
+                # not-yet-admitted jobs may take (``QueuedQuota.reserve``).
+                self.queued = QueuedQuota(open_jobs, self._instances if roster is not None else None,
+                                          admitted=open_jobs, rank=self._rank)
             elif own_jobs is not None:
                 self.own_jobs = own_jobs
                 self.queued = QueuedQuota(own_jobs, self._instances)
@@ -76,6 +81,9 @@ class Admission:
 
     def _instances(self) -> int:
         return self.roster.live if self.roster is not None else 1
+
+    def _rank(self) -> int:
+        return self.roster.rank if self.roster is not None else 0
 
     def check(self, tenant: str) -> Refusal | None:
         """None to go on (the job then counts against the tenant's queued quota until ``settle``),

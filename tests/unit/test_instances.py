@@ -67,6 +67,16 @@ def test_others_count_while_they_beat_and_stop_counting_a_time_to_live_after_the
     assert roster.refresh(104.0 + ttl + 0.01) == 1
 
 
+def test_a_process_s_rank_is_its_place_among_the_live_ids() -> None:
+    roster = Roster("m")
+    assert roster.rank == 0
+    roster.heard(beat("z"), 0.0, WALL)
+    roster.heard(beat("a"), 0.0, WALL)
+    assert (roster.live, roster.rank) == (3, 1), "a, m, z"
+    roster.heard(beat("a", gone=True), 0.5, WALL + 500)
+    assert (roster.live, roster.rank) == (2, 0)
+
+
 def test_a_process_that_says_it_is_gone_stops_counting_at_once() -> None:
     roster = Roster("me")
     roster.heard(beat("b"), 0.0, WALL)

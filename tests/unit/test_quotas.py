@@ -18,6 +18,7 @@ from floodgate.quotas import (
     RateQuota,
     Refusal,
     queued_refusal,
+    part_of,
     rate_refusal,
     share,
 )
@@ -205,6 +206,49 @@ def test_a_shared_queued_quota_holds_this_process_to_its_share() -> None:
     assert not quota.reserve("a", 10)
     own.discard("j0")
     assert quota.reserve("a", 10)
+
+
+@given(st.integers(0, 10_000), st.integers(1, 64))
+def test_parts_add_up_to_the_limit_exactly(limit: int, instances: int) -> None:
+    parts = [part_of(limit, instances, rank) for rank in range(instances)]
+    assert sum(parts) == limit and max(parts) - min(parts) <= 1
+
+
+class Process:
+    """One API process with a job view: its count of open jobs and its queued-jobs quota."""
+
+    def __init__(self, rank: int, instances: int) -> None:
+        self.jobs = OpenJobs()
+        self.quota = QueuedQuota(self.jobs, lambda: instances, admitted=self.jobs, rank=lambda: rank)
+
+    def post(self, job_id: str, limit: int) -> bool:
+        """A request: reserved, then (on a 202) the ingress's own snapshot, version 0, then settled."""
+        if not self.quota.reserve("a", limit):
+            return False
+        self.jobs.observe(job_id, "a", "queued", 0)
+        self.quota.settle("a")
+        return True
+
+
+def test_processes_sharing_a_job_view_hold_a_tenant_to_its_limit_before_any_job_is_admitted() -> None:
+    """Until a worker admits a job only the process that answered its 202 knows of it: each
+    process holding the whole limit let a tenant spread over two have twice its limit."""
+    one, two = Process(0, 2), Process(1, 2)
+    accepted = [job for n in range(20) if (one, two)[n % 2].post(job := f"j{n}", 5)]
+    assert len(accepted) == 5, accepted
+    for job in accepted:  # admitted: every process's view has them now
+        for process in (one, two):
+            process.jobs.observe(job, "a", "queued", 1)
+    assert not one.post("late-1", 5) and not two.post("late-2", 5), "at the limit everywhere"
+    for process in (one, two):
+        process.jobs.observe(accepted[0], "a", "completed", 2)
+    assert not two.post("x", 5), "one place free: rank 0's part"
+    assert one.post("y", 5)
+
+
+def test_one_process_with_a_job_view_has_the_whole_limit() -> None:
+    alone = Process(0, 1)
+    assert sum(alone.post(f"j{n}", 5) for n in range(8)) == 5
 
 
 # --- QuotaTable and settings ----------------------------------------------------------------
