@@ -8,7 +8,10 @@ Three layers, because each alone can be bypassed:
   name a forbidden address without DNS, in any spelling (IP literals after
   IDNA mapping and without a trailing dot, ``localhost`` and ``*.localhost``).
   aiohttp never calls a resolver for an IP literal, so the resolver below
-  cannot see ``http://169.254.169.254/``.
+  cannot see ``http://169.254.169.254/``. The host judged is the one aiohttp
+  connects to: yarl's parse of the URL, mapped with UTS46 (the ``idna``
+  package), not Python's IDNA 2003 codec, whose older Unicode tables leave
+  e.g. the segmented digit in ``127.0.0.\U0001fbf1`` alone where yarl makes it ``1``.
 * :class:`GuardedResolver` at connect time: resolves, then drops forbidden
   addresses. Checking the name when the request is accepted is not enough:
   DNS can answer differently later (rebinding), so the check must happen on
@@ -24,8 +27,9 @@ import ipaddress
 import re
 import socket
 from collections.abc import Callable
-from urllib.parse import SplitResult, urlsplit
+from urllib.parse import urlsplit
 
+import yarl
 from aiohttp.abc import AbstractResolver, ResolveResult
 
 from floodgate.errors import Problem, ValidationError
@@ -93,10 +97,9 @@ def check_url_target(url: object, *, allow_private: bool, field: str = "webhook_
     Call before each request: IP literals never reach :class:`GuardedResolver`. ``forbidden``
     replaces :func:`is_forbidden_address` (tests that must call a loopback server "public").
     """
-    parts = _parse(url, field)
+    host = _parse(url, field)
     if allow_private:
         return
-    host = canonical_host(parts.hostname or "")
     if host in _LOOPBACK_NAMES or host.endswith(".localhost"):
         raise ValidationError(Problem(field, "must not point to a private or reserved address"))
     try:
@@ -108,12 +111,15 @@ def check_url_target(url: object, *, allow_private: bool, field: str = "webhook_
 
 
 def canonical_host(host: str) -> str:
-    """``host`` as a resolver and a connector see it: IDNA-mapped (full-width digits and letters
-    become ASCII), lower case, no trailing root dot. An unmappable host comes back as it was."""
+    """``host`` as a resolver and a connector see it: mapped as yarl (hence aiohttp) maps it (UTS46:
+    full-width, circled and segmented digits and letters become ASCII), lower case, no trailing root
+    dot. An unmappable host comes back as it was."""
     name = host.lower()
     if not name.isascii():
-        with contextlib.suppress(UnicodeError):  # _parse has refused such a host already
-            name = name.encode("idna").decode("ascii")
+        # yarl's own encoder, not a copy of it: a copy would drift from the client on an upgrade,
+        # which is this module's bug to avoid. _parse has refused an unmappable host already.
+        with contextlib.suppress(ValueError):
+            name = yarl.URL.build(scheme="http", host=name).raw_host or name
     return name[:-1] if name.endswith(".") else name
 
 
@@ -205,7 +211,9 @@ def _forbids(forbidden: Callable[[IPAddress], bool], host: str) -> bool:
         return True  # not an address: fail closed
 
 
-def _parse(url: object, field: str) -> SplitResult:
+def _parse(url: object, field: str) -> str:
+    """Check ``url`` (see :func:`check_url_syntax`); return its host as :func:`canonical_host` has it."""
+
     def bad(message: str) -> ValidationError:
         return ValidationError(Problem(field, message))
 
@@ -229,9 +237,27 @@ def _parse(url: object, field: str) -> SplitResult:
         raise bad("must include a host")
     if port == 0:
         raise bad("must not use port 0")
-    if not _valid_host(host, bracketed=parts.netloc.startswith("[")):
+    bracketed = parts.netloc.startswith("[")
+    try:
+        # What aiohttp connects to: it parses the URL string with yarl.URL and uses raw_host.
+        client_host = yarl.URL(url).raw_host or ""
+    except ValueError as exc:  # UnicodeError included: a host yarl cannot map, so cannot request
+        raise bad(f"is not a valid URL ({exc})") from None
+    if not _valid_host(host, bracketed=bracketed) or not _same_host(host, client_host, bracketed=bracketed):
         raise bad("has an invalid host")
-    return parts
+    return canonical_host(client_host)
+
+
+def _same_host(host: str, client_host: str, *, bracketed: bool) -> bool:
+    """Whether urlsplit's host and the HTTP client's are one host, so that what was checked (the
+    client's) is the host named in the URL. A disagreement means the two parsers split or map the
+    URL differently; either reading could be the one another consumer of the URL acts on."""
+    if bracketed:
+        try:
+            return ipaddress.ip_address(host) == ipaddress.ip_address(client_host)
+        except ValueError:
+            return False
+    return canonical_host(host) == canonical_host(client_host)
 
 
 def _valid_host(host: str, *, bracketed: bool) -> bool:
@@ -240,15 +266,14 @@ def _valid_host(host: str, *, bracketed: bool) -> bool:
             return ipaddress.ip_address(host).version == 6 and "%" not in host
         except ValueError:
             return False
-    name = host[:-1] if host.endswith(".") else host
-    try:
-        ascii_name = name.encode("idna").decode("ascii")
-    except UnicodeError:
-        return False
+    ascii_name = canonical_host(host)
+    if not ascii_name.isascii():
+        return False  # unmappable
     labels = ascii_name.split(".")
-    # WHATWG URL parsers read a host whose last label is numeric as IPv4 (127.1, 0x7f.1, 2130706433):
-    # accept only the canonical dotted quad, so what we check is what gets connected to. Checked
-    # after IDNA mapping, which turns full-width digits ("127.0.0.１") into ASCII ones.
+    # WHATWG URL parsers read a host whose last label is numeric as IPv4 (127.1, 0x7f.1, 2130706433),
+    # and aiohttp skips the resolver for any host of digits and dots: accept only the canonical
+    # dotted quad, so what we check is what gets connected to. Checked after the client's mapping,
+    # which turns full-width, circled and segmented digits ("127.0.0.１") into ASCII ones.
     if _NUMERIC_LABEL.fullmatch(labels[-1]):
         try:
             return ipaddress.ip_address(ascii_name).version == 4

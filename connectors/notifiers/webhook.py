@@ -35,6 +35,7 @@ import time
 from collections.abc import Callable, Mapping
 from datetime import UTC, datetime
 from typing import Any
+from urllib.parse import urlsplit
 
 import aiohttp
 import orjson
@@ -178,7 +179,9 @@ class WebhookNotifier:
             reason = "resolves only to private or reserved addresses" if forbidden else "cannot be resolved"
             raise NotificationError(f"webhook host {reason}", retriable=not forbidden) from exc
         except (TimeoutError, aiohttp.ClientError) as exc:
-            raise NotificationError(f"webhook delivery failed: {type(exc).__name__}: {exc}",
+            # The error's type and the host, never str(exc): aiohttp's connect timeout names the
+            # whole URL, and a receiver's URL may carry a credential in its query.
+            raise NotificationError(f"webhook delivery failed: {type(exc).__name__} from {urlsplit(url).hostname}",
                                     retriable=True) from exc
         error = classify(status, response_headers, self._clock())
         if error is not None:

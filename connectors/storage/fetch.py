@@ -10,6 +10,8 @@ The body is streamed: counted against ``max_bytes`` as it arrives (a lying or ab
 Content-Length changes nothing), hashed with SHA-256, and refused unless its Content-Type is a
 video type. Errors are :class:`StorageError` whose ``retriable`` says whether another attempt may
 succeed (timeouts, 5xx, 408, 429) or not (4xx, too large, not a video, a forbidden address).
+Their text names the host, never the URL: a provider's video URL is signed in its query
+(``X-Amz-Signature``), and the text is logged and kept as a failed copy's reason.
 """
 from __future__ import annotations
 
@@ -17,7 +19,7 @@ import hashlib
 import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
-from urllib.parse import urljoin
+from urllib.parse import urljoin, urlsplit
 
 import aiohttp
 
@@ -45,6 +47,7 @@ class Download:
 
     def __init__(self, response: aiohttp.ClientResponse, content_type: str, max_bytes: int) -> None:
         self.content_type = content_type
+        self._host = _host_of(str(response.url))
         self.size = 0
         self._response = response
         self._max_bytes = max_bytes
@@ -63,7 +66,7 @@ class Download:
                 self._sha256.update(chunk)
                 yield chunk
         except (aiohttp.ClientError, TimeoutError) as exc:
-            raise StorageError(f"video download broke off: {type(exc).__name__}: {exc}", retriable=True) from exc
+            raise StorageError(f"video download broke off: {_failure(exc, self._host)}", retriable=True) from exc
 
 
 def guarded_fetch_session(*, allow_private: bool, forbidden: Callable[[IPAddress], bool] | None = None,
@@ -102,9 +105,9 @@ class VideoFetcher:
                 if isinstance(exc.os_error, ForbiddenDestination):
                     raise StorageError(f"video URL resolves only to private addresses: {exc.host}",
                                        retriable=False) from exc
-                raise StorageError(f"video host not found: {exc}", retriable=True) from exc
+                raise StorageError(f"video host not found: {_failure(exc, _host_of(url))}", retriable=True) from exc
             except (aiohttp.ClientError, TimeoutError) as exc:
-                raise StorageError(f"video fetch failed: {type(exc).__name__}: {exc}", retriable=True) from exc
+                raise StorageError(f"video fetch failed: {_failure(exc, _host_of(url))}", retriable=True) from exc
             try:
                 if response.status in (301, 302, 303, 307, 308):
                     location = response.headers.get("Location")
@@ -139,6 +142,20 @@ class VideoFetcher:
         retriable = status in _RETRIABLE_4XX or 500 <= status <= 599
         retry_after = parse_retry_after(response.headers.get("Retry-After"), self._clock()) if retriable else None
         raise StorageError(f"video URL answered HTTP {status}", retriable=retriable, retry_after=retry_after)
+
+
+def _host_of(url: str) -> str:
+    """``url``'s host and port, without userinfo, path, query or fragment."""
+    return urlsplit(url).netloc.rpartition("@")[2]
+
+
+def _failure(exc: BaseException, host: str) -> str:
+    """An aiohttp error as text fit to log: its type and the host, never ``str(exc)``. aiohttp's
+    connection timeouts ("Connection timeout to host <URL>") and response errors
+    (``ClientResponseError``: "..., url=<URL>") quote the whole URL, signed query included. A failed
+    connection keeps the operating system's reason ("Connection refused"), which knows no URL."""
+    reason = exc.os_error.strerror if isinstance(exc, aiohttp.ClientConnectorError) else None
+    return f"{type(exc).__name__} from {host}" + (f" ({reason})" if reason else "")
 
 
 __all__ = ["Download", "VideoFetcher", "guarded_fetch_session", "video_content_type"]

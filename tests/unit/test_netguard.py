@@ -2,10 +2,12 @@ from __future__ import annotations
 
 import socket
 import sys
+import unicodedata
 from collections.abc import AsyncIterator
 
 import aiohttp
 import pytest
+import yarl
 from aiohttp import web
 from aiohttp.abc import AbstractResolver, ResolveResult
 
@@ -206,6 +208,13 @@ PRIVATE_SPELLINGS = [
     ("http://127.1/", "invalid host"),  # short form
     ("http://127.0.0.１/", "private or reserved"),  # full-width digit, IDNA-mapped to 127.0.0.1
     ("http://①②⑦.0.0.1/", "private or reserved"),  # circled digits, likewise
+    # Segmented digits (U+1FBF0-9, Unicode 13): Python's IDNA 2003 codec predates them and leaves them
+    # alone, yarl's UTS46 mapping (what aiohttp connects to) makes them ASCII digits.
+    ("http://127.0.0.\U0001fbf1:8080/", "private or reserved"),
+    ("http://\U0001fbf1\U0001fbf2\U0001fbf7.0.0.\U0001fbf1/", "private or reserved"),
+    ("http://127.0.0.\U0001fbf1./", "private or reserved"),
+    ("http://169.254.169.\U0001fbf2\U0001fbf5\U0001fbf4/latest/meta-data", "private or reserved"),
+    ("http://\U0001fbf1\U0001fbf2\U0001fbf7.\U0001fbf1/", "invalid host"),  # 127.1 once mapped
     ("http://localhost/", "private or reserved"),
     ("http://LOCALHOST:8080/", "private or reserved"),
     ("http://localhost./", "private or reserved"),  # trailing dot
@@ -241,9 +250,44 @@ def test_allow_private_accepts_loopback(url: str) -> None:
 
 @pytest.mark.parametrize(("host", "canonical"), [
     ("LocalHost.", "localhost"), ("127.0.0.１", "127.0.0.1"), ("bücher.example", "xn--bcher-kva.example"),
-    ("hooks.example.com", "hooks.example.com")])
+    ("hooks.example.com", "hooks.example.com"), ("127.0.0.\U0001fbf1", "127.0.0.1"),
+    ("straße.example", "xn--strae-oqa.example")])  # UTS46 keeps ß; IDNA 2003 made it "strasse"
 def test_canonical_host(host: str, canonical: str) -> None:
     assert canonical_host(host) == canonical
+    assert canonical_host(host) == canonical_host(yarl.URL(f"http://{host}/").raw_host or "")  # aiohttp's host
+
+
+# Every character the client's mapping may turn into an ASCII digit, the segmented ones included.
+_DIGIT_LOOKALIKES = [ch for ch in map(chr, range(0x80, sys.maxunicode + 1))
+                     if unicodedata.normalize("NFKC", ch) in set("0123456789")]
+
+
+def test_no_digit_lookalike_spells_a_private_address() -> None:
+    assert "\U0001fbf1" in _DIGIT_LOOKALIKES and "１" in _DIGIT_LOOKALIKES
+    allowed = []
+    for ch in _DIGIT_LOOKALIKES:
+        for url in (f"http://127.0.0.{ch}/", f"http://169.254.169.{ch}/", f"http://10.{ch}.0.1/"):
+            try:
+                check_url_target(url, allow_private=False)
+            except ValidationError:
+                continue
+            allowed.append(url)
+    assert allowed == []
+
+
+@pytest.mark.parametrize("url", ["https://bücher.example/hook", "https://straße.example/", "https://münchen.de/x",
+                                 "https://例え.テスト/", "https://пример.рф/", "https://ＨＯＯＫＳ.example.com/",
+                                 "https://xn--bcher-kva.example/"])
+def test_internationalised_names_are_still_allowed(url: str) -> None:
+    check_url_target(url, allow_private=False)
+
+
+@pytest.mark.parametrize("url", ["http://a\u200bb.example/", "http://a＼b.example/", "http://bad\udcff.example/"])
+def test_a_host_the_http_client_cannot_parse_is_refused(url: str) -> None:
+    # The client refuses these (zero-width space, a full-width backslash, a lone surrogate as a raw
+    # UTF-8 redirect decodes to); a host whose client form is unknown cannot have been checked.
+    with pytest.raises(ValidationError, match="invalid host|not a valid URL"):
+        check_url_syntax(url)
 
 
 def test_target_still_checks_syntax() -> None:

@@ -17,8 +17,8 @@ from floodgate.quotas import (
     QuotaTable,
     RateQuota,
     Refusal,
-    queued_refusal,
     part_of,
+    queued_refusal,
     rate_refusal,
     share,
 )

@@ -110,6 +110,12 @@ RULES = [
     ("input.image_url", "http://169.254.169.254/latest/meta-data", "must not point to a private or reserved address"),
     ("input.image_url", "http://[::ffff:10.0.0.1]/a.png", "must not point to a private or reserved address"),
     ("input.image_url", "http://0x7f.0.0.1/a.png", "has an invalid host"),
+    # Segmented digits (U+1FBF1...): the HTTP client maps them to ASCII ones, so these are IP literals.
+    ("webhook_url", "http://127.0.0.\U0001fbf1:8080/hook", "must not point to a private or reserved address"),
+    ("webhook_url", "http://169.254.169.\U0001fbf2\U0001fbf5\U0001fbf4/latest",
+     "must not point to a private or reserved address"),
+    ("input.image_url", "http://169.254.169.\U0001fbf2\U0001fbf5\U0001fbf4/latest/meta-data",
+     "must not point to a private or reserved address"),
     ("metadata", ["a"], "must be an object"),
     ("metadata", {f"k{i}": "v" for i in range(17)}, "must have at most 16 entries"),
 ]
@@ -300,6 +306,13 @@ def test_request_hash_covers_every_field(other: dict[str, Any]) -> None:
 
 def test_request_hash_depends_on_tenant() -> None:
     assert request_hash(NORMALIZED, "acme") != request_hash(NORMALIZED, "globex")
+
+
+@pytest.mark.parametrize("url", ["https://bücher.example/fg", "https://straße.example/fg", "https://例え.テスト/fg"])
+def test_internationalised_host_names_are_accepted(url: str) -> None:
+    body = changed("input.image_url", url)
+    body["webhook_url"] = url
+    assert (validate(body).image_url, validate(body).webhook_url) == (url, url)
 
 
 @pytest.mark.parametrize("url", ["http://127.0.0.1:9000/a.png", "http://localhost/a.png", "http://[::1]/a.png"])

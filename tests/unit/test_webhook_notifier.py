@@ -222,8 +222,22 @@ async def test_transport_errors(raised: BaseException, retriable: bool) -> None:
     assert info.value.__cause__ is raised
 
 
+async def test_a_transport_error_names_the_host_but_never_the_url_s_query() -> None:
+    """aiohttp's connect timeout says "Connection timeout to host <the whole URL>"."""
+    url = "https://hooks.example.com/in?token=s3cr3t"
+    raised = aiohttp.ConnectionTimeoutError(f"Connection timeout to host {url}")
+    with pytest.raises(NotificationError) as info:
+        await notifier(FakeSession(lambda: raised)).send(note(webhook_url=url))
+    assert "hooks.example.com" in str(info.value) and "s3cr3t" not in str(info.value)
+
+
 @pytest.mark.parametrize("url", ["http://127.0.0.1/x", "http://10.0.0.8/x", "http://169.254.169.254/latest",
-                                 "http://[::1]/x", "http://[::ffff:127.0.0.1]/x"])
+                                 "http://[::1]/x", "http://[::ffff:127.0.0.1]/x",
+                                 # aiohttp's URL parser maps the segmented digits U+1FBF0-9 to ASCII
+                                 # ones and connects to the literal without resolving it, so the
+                                 # check before sending is the only one that sees these.
+                                 "http://127.0.0.\U0001fbf1:8080/x", "http://\U0001fbf1\U0001fbf2\U0001fbf7.0.0.1/x",
+                                 "http://169.254.169.\U0001fbf2\U0001fbf5\U0001fbf4/latest"])
 async def test_private_ip_literals_are_refused_before_any_request(url: str) -> None:
     session = FakeSession()
     with pytest.raises(NotificationError, match="forbidden webhook_url") as info:
