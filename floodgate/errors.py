@@ -98,7 +98,10 @@ class DeliveryError(FloodgateError):
 
     ``retriable`` is true for timeouts and transient broker errors: the same call may succeed
     later (use an idempotency key so a late first copy and the retry share one job id).
+    ``job_id``: the job the record was for, when the SDK knows it (it made the id).
     """
+
+    job_id: str | None = None
 
     def __init__(self, message: str, *, retriable: bool | None = None) -> None:
         super().__init__(message)

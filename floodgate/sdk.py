@@ -16,12 +16,15 @@ duplicate. The default secret is random *per client instance*: it makes retries 
 client idempotent, but another process (or a restarted one) derives different ids. For
 idempotency across processes, pass the same ``id_secret`` (at least 16 bytes) everywhere.
 
-Timeouts: when ``submit`` raises :class:`DeliveryError` with ``retriable=True`` the record may
-still reach the broker later; resubmit with an ``idempotency_key`` to make that safe.
+Timeouts: a :class:`DeliveryError` names its record's job id (``job_id``; a
+:class:`BatchDeliveryError` lists them all in ``job_ids``). With ``retriable=True`` the record may
+have been written or may still be, within the bound each client documents; resubmit with an
+``idempotency_key`` to make that safe.
 """
 from __future__ import annotations
 
 import asyncio
+import math
 import secrets
 import time
 from collections.abc import Collection, Iterable, Mapping, Sequence
@@ -33,7 +36,7 @@ from typing import Any
 from confluent_kafka import KafkaError, KafkaException, Producer
 
 from floodgate import codec
-from floodgate.errors import BatchDeliveryError, DeliveryError, Problem, ValidationError
+from floodgate.errors import BatchDeliveryError, ConfigError, DeliveryError, Problem, ValidationError
 from floodgate.ids import job_id_for_key, new_job_id
 from floodgate.push import PushTarget, notify_record
 from floodgate.settings import Settings
@@ -200,6 +203,18 @@ def _kafka_error(err: KafkaError) -> DeliveryError:
                          retriable=err.retriable() or err.code() in _TRANSIENT)
 
 
+def _raise_failures(failures: dict[int, DeliveryError], job_ids: list[str]) -> None:
+    """Raise what a call ends with if any record failed. Each failure carries its record's
+    ``job_id``, so that a caller can look for that job or resubmit it with its idempotency key."""
+    if not failures:
+        return
+    for index, error in failures.items():
+        error.job_id = job_ids[index]
+    if len(job_ids) == 1:
+        raise failures[0]
+    raise BatchDeliveryError(job_ids, failures)
+
+
 # confluent-kafka's own (Python-level) options, spelled with underscores on purpose.
 _PYTHON_OPTIONS = frozenset({"error_cb", "throttle_cb", "stats_cb", "oauth_cb", "on_delivery", "logger"})
 
@@ -207,6 +222,32 @@ _PYTHON_OPTIONS = frozenset({"error_cb", "throttle_cb", "stats_cb", "oauth_cb", 
 def _librdkafka_config(options: Mapping[str, Any]) -> dict[str, Any]:
     """Keyword options → librdkafka names: ``linger_ms`` → ``linger.ms`` (keywords cannot hold dots)."""
     return {k if k in _PYTHON_OPTIONS else k.replace("_", "."): v for k, v in options.items()}
+
+
+VERDICT_SLACK = 2.0
+"""Seconds librdkafka may take past ``message.timeout.ms`` to report a record it gave up: it looks
+for expired records about once a second (measured: up to 1.0 s late)."""
+
+
+def _message_timeout_ms(config: dict[str, Any], send_timeout: float) -> int:
+    """librdkafka's ``message.timeout.ms`` for a client whose records must settle within
+    ``send_timeout`` seconds: that bound, or a shorter one the caller configured (its alias
+    ``delivery.timeout.ms`` too; both are taken out of ``config``). Without it librdkafka keeps
+    an unacknowledged record queued for 300 s, long after its ``submit`` gave up."""
+    if not isinstance(send_timeout, int | float) or not 0 < send_timeout < math.inf:
+        raise ConfigError(f"send_timeout must be a positive number of seconds, not {send_timeout!r}")
+    bound = math.ceil(send_timeout * 1000)
+    given = [config.pop(name) for name in ("message.timeout.ms", "delivery.timeout.ms") if name in config]
+    if not given:
+        return bound
+    try:
+        chosen = int(given[-1])  # librdkafka applies the later of two aliases too
+    except (TypeError, ValueError):
+        raise ConfigError(f"message_timeout_ms must be milliseconds, not {given[-1]!r}") from None
+    if not 0 < chosen <= bound:  # 0 is librdkafka's "never"
+        raise ConfigError(f"message_timeout_ms={chosen} would let a record be written after its submit gave up: "
+                          f"it must be 1..{bound} (send_timeout={send_timeout:g}s); raise send_timeout instead")
+    return chosen
 
 
 class FloodgateClient:
@@ -221,18 +262,32 @@ class FloodgateClient:
     ``producer_config`` goes to ``confluent_kafka.Producer`` with underscores read as dots
     (``linger_ms=20`` is librdkafka's ``linger.ms``, so the same keywords work for both clients);
     it cannot override ``acks`` or idempotence.
-    Raises ``ConfigError`` for a bad ``topic_prefix`` or ``id_secret`` and ``ValidationError``
-    for an empty tenant.
+
+    ``send_timeout``: librdkafka acknowledges or gives up each record within this many seconds
+    of its hand-over (its ``message.timeout.ms``; a shorter ``message_timeout_ms`` may be
+    given, a longer one is refused). It reports giving up up to about a second later, so
+    ``submit`` waits ``send_timeout + 2`` seconds unless told otherwise: a call that waits that
+    long learns every record's fate, and none it reports unacknowledged is still queued when it
+    returns (a retriable error may still mean the broker wrote it before librdkafka gave up). A
+    call given a shorter ``timeout`` may give up first: its record may then still be written up
+    to ``send_timeout`` seconds after it was handed over.
+
+    Raises ``ConfigError`` for a bad ``topic_prefix``, ``id_secret`` or ``send_timeout`` and
+    ``ValidationError`` for an empty tenant.
     """
 
     def __init__(self, bootstrap_servers: str, *, tenant: str = "default", topic_prefix: str = "floodgate.",
                  known_models: Collection[str] | None = None, idempotence: bool = True,
                  id_secret: bytes | None = None, limits: RequestLimits = DEFAULT_LIMITS,
-                 allow_private_webhooks: bool = False, **producer_config: Any) -> None:
+                 allow_private_webhooks: bool = False, send_timeout: float = 8.0, **producer_config: Any) -> None:
         self._prep = _Preparer(tenant, topic_prefix, known_models, id_secret, limits, allow_private_webhooks)
+        options = _librdkafka_config(producer_config)
+        message_timeout_ms = _message_timeout_ms(options, send_timeout)
+        self.send_timeout = send_timeout
+        self._record_bound = message_timeout_ms / 1000  # when librdkafka gives a record up
         # murmur2_random is the Java client's (and aiokafka's) partitioner: a job id then lands on
         # the partition Floodgate's own producers would pick, and admission need not re-route it.
-        config = {"partitioner": "murmur2_random", **_librdkafka_config(producer_config),
+        config = {"partitioner": "murmur2_random", **options, "message.timeout.ms": message_timeout_ms,
                   "bootstrap.servers": bootstrap_servers, "acks": "all", "enable.idempotence": idempotence}
         try:
             self._producer: Producer | None = Producer(config)
@@ -247,11 +302,12 @@ class FloodgateClient:
     def submit(self, model: str, prompt: str, *, user_id: str, image_url: str | None = None,
                params: Mapping[str, str] | None = None, webhook_url: str | None = None,
                metadata: Mapping[str, str] | None = None, idempotency_key: str | None = None,
-               push: PushTarget | None = None, timeout: float = 10.0) -> str:
+               push: PushTarget | None = None, timeout: float | None = None) -> str:
         """Publish one job request and return its job id once the broker acknowledged it.
 
-        Raises ``ValidationError`` (nothing is produced) or :class:`DeliveryError` on refusal or
-        after ``timeout`` seconds.
+        Raises ``ValidationError`` (nothing is produced) or :class:`DeliveryError` (with the
+        ``job_id``) on refusal or after ``timeout`` seconds, by default ``send_timeout + 2``
+        (see the class on what a shorter one leaves open).
         """
         spec = _spec(model, prompt, user_id, image_url, params, webhook_url, metadata, idempotency_key, push)
         return self._send([self._prep.prepare(spec, _now_ms())], timeout)[0]
@@ -261,15 +317,19 @@ class FloodgateClient:
 
         Every request is validated before anything is produced (``ValidationError`` with fields
         like ``[3].input.prompt``). Raises :class:`BatchDeliveryError` if any record was not
-        acknowledged within ``timeout`` seconds; it lists which.
+        acknowledged within ``timeout`` seconds; it lists which. Each record settles within
+        ``send_timeout`` (+2) seconds of its hand-over, so a ``timeout`` that long past the last
+        hand-over learns every record's fate.
         """
         return self._send(self._prep.prepare_all(requests), timeout)
 
-    def _send(self, prepared: Sequence[_Prepared], timeout: float) -> list[str]:
+    def _send(self, prepared: Sequence[_Prepared], timeout: float | None) -> list[str]:
         producer = self._open()
-        deadline = time.monotonic() + timeout
+        wait = self.send_timeout + VERDICT_SLACK if timeout is None else timeout
+        deadline = time.monotonic() + wait
         failures: dict[int, DeliveryError] = {}
         acked = [False] * len(prepared)
+        handed = [False] * len(prepared)
 
         def on_delivery(index: int) -> Any:
             def callback(err: KafkaError | None, _msg: Any) -> None:
@@ -279,29 +339,35 @@ class FloodgateClient:
                     failures[index] = _kafka_error(err)
             return callback
 
+        queue_full = False
         for index, item in enumerate(prepared):
-            while True:
+            while not queue_full:
                 try:
                     producer.produce(self._prep.topic, item.value, item.key, headers=item.headers,
                                      on_delivery=on_delivery(index))
+                    handed[index] = True
                     break
                 except BufferError:
                     # Local queue full: serve delivery reports to make room, within the deadline.
-                    if time.monotonic() >= deadline:
-                        break
-                    producer.poll(0.05)
+                    queue_full = time.monotonic() >= deadline
+                    if not queue_full:
+                        producer.poll(0.05)
                 except KafkaException as exc:
                     failures[index] = DeliveryError(f"cannot produce: {exc}", retriable=False)
                     break
         producer.flush(max(0.0, deadline - time.monotonic()))
         for index, ok in enumerate(acked):
-            if not ok and index not in failures:
-                failures[index] = DeliveryError(f"no acknowledgement within {timeout:g}s", retriable=True)
+            if ok or index in failures:
+                continue
+            if handed[index]:
+                failures[index] = DeliveryError(
+                    f"no acknowledgement within {wait:g}s; it may still be written up to {self._record_bound:g}s "
+                    "after it was handed over", retriable=True)
+            else:
+                failures[index] = DeliveryError(f"not sent: the producer's queue stayed full for {wait:g}s",
+                                                retriable=True)
         job_ids = [p.job_id for p in prepared]
-        if failures:
-            if len(prepared) == 1:
-                raise failures[0]
-            raise BatchDeliveryError(job_ids, failures)
+        _raise_failures(failures, job_ids)
         return job_ids
 
     def close(self, timeout: float = 10.0) -> None:
@@ -386,10 +452,7 @@ class AsyncFloodgateClient:
         results = await self._send_all(prepared, timeout)
         failures = {i: r for i, r in enumerate(results) if isinstance(r, DeliveryError)}
         job_ids = [p.job_id for p in prepared]
-        if failures:
-            if len(prepared) == 1:
-                raise failures[0]
-            raise BatchDeliveryError(job_ids, failures)
+        _raise_failures(failures, job_ids)
         return job_ids
 
     async def _send_all(self, prepared: Sequence[_Prepared], timeout: float) -> list[DeliveryError | None]:
@@ -400,19 +463,35 @@ class AsyncFloodgateClient:
         try:
             async with asyncio.timeout(timeout):
                 for index, item in enumerate(prepared):
-                    # send() waits only while the accumulator is full; the future resolves on the ack.
-                    futures.append((index, await self._producer.send(
-                        self._prep.topic, item.value, item.key, headers=item.headers)))
+                    try:
+                        # send() waits only while the accumulator is full; the future resolves on the ack.
+                        futures.append((index, await self._producer.send(
+                            self._prep.topic, item.value, item.key, headers=item.headers)))
+                    except AIOKafkaError as exc:
+                        # send() itself gives up: the buffer stayed full for request_timeout_ms, the
+                        # topic's metadata never came, or the producer holds a fatal error. This
+                        # record and the rest were not handed over; the ones before it were and
+                        # are awaited below, so the caller learns which went out.
+                        retriable = _aiokafka_retriable(exc)
+                        results[index] = DeliveryError(f"not sent: {type(exc).__name__}: {exc}", retriable=retriable)
+                        for later in range(index + 1, len(prepared)):
+                            results[later] = DeliveryError(f"not sent: record [{index}] before it could not be",
+                                                           retriable=retriable)
+                        break
                 for index, future in futures:
                     try:
                         await asyncio.shield(future)
                     except AIOKafkaError as exc:
                         results[index] = DeliveryError(f"broker did not accept the record: {exc}",
-                                                       retriable=bool(exc.retriable))
+                                                       retriable=_aiokafka_retriable(exc))
         except TimeoutError:
             pass
         for index in range(len(prepared)):
-            if results[index] is None and not _acked(futures, index):
+            if results[index] is None and index >= len(futures):
+                # Cancelled inside send(), before the accumulator took it: never handed over.
+                results[index] = DeliveryError(f"not sent: the producer's buffer stayed full for {timeout:g}s",
+                                               retriable=True)
+            elif results[index] is None and not _acked(futures, index):
                 results[index] = DeliveryError(f"no acknowledgement within {timeout:g}s", retriable=True)
         return results
 
@@ -432,8 +511,15 @@ class AsyncFloodgateClient:
         await self.close()
 
 
+def _aiokafka_retriable(exc: Exception) -> bool:
+    """aiokafka marks its KafkaTimeoutError not retriable, but a record that timed out (a full
+    buffer or an expired batch during a broker outage) may go through later, as librdkafka's
+    timeouts may (``_TRANSIENT``)."""
+    from aiokafka.errors import KafkaTimeoutError
+
+    return isinstance(exc, KafkaTimeoutError) or bool(getattr(exc, "retriable", False))
+
+
 def _acked(futures: Sequence[tuple[int, asyncio.Future[Any]]], index: int) -> bool:
-    if index >= len(futures):
-        return False  # never handed to the producer before the deadline
     future = futures[index][1]
     return future.done() and not future.cancelled() and future.exception() is None

@@ -46,7 +46,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         "Idempotent: a job id the jobs table already admitted is skipped (and would be dropped by the "
         "worker anyway); a JSON line without a job_id gets one derived from its bytes and FLOODGATE_SECRET, "
         "the same on every replay. Ends with a summary: read, sent, skipped as duplicate, invalid or "
-        "filtered, with reasons. Exit 1 if a record could not be sent.")
+        "filtered, with reasons. Exit 1 if a record could not be sent or a damaged --file could not be read "
+        "to its end (the records before the damage are replayed).")
     source = p.add_mutually_exclusive_group(required=True)
     source.add_argument("--topic", help="dlq, requests (names from FLOODGATE_TOPIC_PREFIX) or a full topic name")
     source.add_argument("--file", type=Path, help="a JSON-lines file or an Avro container file of job requests")
@@ -125,7 +126,11 @@ class Replay:
     async def run(self) -> int:
         outgoing: list[Outgoing] = []
         now_ms = int(time.time() * 1000)
+        unreadable: Unreadable | None = None
         for item in self.candidates():
+            if isinstance(item, Unreadable):
+                unreadable = item  # the reader's last word: what came before is replayed as usual
+                continue
             self.summary.read += 1
             if isinstance(item, Skipped):
                 self.summary.skip(item)
@@ -151,8 +156,11 @@ class Replay:
             self.summary.sent = len(to_send)
         else:
             await self.send(to_send)
-        print(self.summary.render(dry_run=self.args.dry_run))
-        return 1 if self.summary.failed else 0
+        report = self.summary.render(dry_run=self.args.dry_run)
+        if unreadable is not None:
+            report += f"\n{'unreadable':<22}{unreadable.describe()}"
+        print(report)
+        return 1 if self.summary.failed or unreadable is not None else 0
 
     def prepare(self, candidate: Candidate, now_ms: int) -> Outgoing | Skipped:
         # Without a configured secret, a line with no job id cannot get a stable one: prepare
@@ -167,7 +175,7 @@ class Replay:
 
     # -- sources -----------------------------------------------------------------------------
 
-    def candidates(self) -> Iterator[Candidate | Skipped]:
+    def candidates(self) -> Iterator[Candidate | Skipped | Unreadable]:
         plan = self.plan
         if self.args.file is not None:
             yield from read_file(self.args.file)
@@ -263,8 +271,25 @@ class progress_bar:
 
 # -- reading -------------------------------------------------------------------------------------
 
-def read_file(path: Path) -> Iterator[Candidate | Skipped]:
-    """Candidates from a JSON-lines file (blank lines skipped) or an Avro container file."""
+@dataclass(frozen=True)
+class Unreadable:
+    """A file that could not be read to its end: the last item ``read_file`` yields for it."""
+
+    origin: str
+    """The file's name."""
+    records_read: int
+    """Records read (and yielded) before the damage."""
+    error: str
+
+    def describe(self) -> str:
+        return f"{self.origin} after {self.records_read} record(s): {self.error}"
+
+
+def read_file(path: Path) -> Iterator[Candidate | Skipped | Unreadable]:
+    """Candidates from a JSON-lines file (blank lines skipped) or an Avro container file.
+
+    A container that is damaged (truncated, bytes changed) yields its records up to the damage,
+    then one :class:`Unreadable`."""
     try:
         with path.open("rb") as fh:
             if fh.read(4) == AVRO_MAGIC:
@@ -279,18 +304,30 @@ def read_file(path: Path) -> Iterator[Candidate | Skipped]:
         raise ConfigError(f"cannot read {path}: {exc}") from exc
 
 
-def _container(fh: Any, path: Path) -> Iterator[Candidate | Skipped]:
+def _container(fh: Any, path: Path) -> Iterator[Candidate | Skipped | Unreadable]:
     import fastavro
 
-    try:
-        for number, record in enumerate(fastavro.reader(fh), start=1):
-            origin = f"{path.name}#{number}"
-            if isinstance(record, dict):
-                yield container_candidate(record, origin)
-            else:
-                yield Skipped(origin, Skip.INVALID, "not a record")
-    except (ValueError, EOFError) as exc:  # a truncated or corrupt container
-        yield Skipped(f"{path.name}", Skip.INVALID, f"unreadable Avro container: {exc}")
+    number = 0
+    records: Iterator[Any] | None = None
+    while True:
+        try:
+            if records is None:
+                records = iter(fastavro.reader(fh))
+            record = next(records)
+        except StopIteration:
+            return
+        except Exception as exc:
+            # Damaged bytes make fastavro raise whatever its decoder runs into (ValueError,
+            # EOFError, zlib.error, IndexError, KeyError('avro.schema'), ...), from the header on
+            # or mid-block: none of the rest of the file can be trusted.
+            yield Unreadable(path.name, number, f"{type(exc).__name__}: {exc}")
+            return
+        number += 1
+        origin = f"{path.name}#{number}"
+        if isinstance(record, dict):
+            yield container_candidate(record, origin)
+        else:
+            yield Skipped(origin, Skip.INVALID, "not a record")
 
 
 def read_topic(bootstrap: str, topic: str, start_ms: int | None, end_ms: int | None,
@@ -348,4 +385,4 @@ def read_topic(bootstrap: str, topic: str, start_ms: int | None, end_ms: int | N
         consumer.close()
 
 
-__all__ = ["add_arguments", "read_file", "read_topic", "run"]
+__all__ = ["Unreadable", "add_arguments", "read_file", "read_topic", "run"]

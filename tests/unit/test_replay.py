@@ -264,6 +264,90 @@ def test_an_avro_container_file_of_requests_is_read_through_the_current_contract
     assert decoded["input"]["params"] == {"seed": "1"} and decoded["accepted_at"] == NOW
 
 
+def container_of(job_ids: list[str]) -> tuple[bytes, list[int]]:
+    """An Avro container of JobRequests, one record a block, and where each block's sync marker starts."""
+    schema = fastavro.schema.load_schema(str(SCHEMA_DIR / "job_request.avsc"))
+    records = [orjson.loads(orjson.dumps({
+        "job_id": job_id, "tenant": "default", "user_id": "u", "model": "kling-2.1",
+        "input": {"prompt": "p", "image_url": None, "params": {}}, "webhook_url": None, "metadata": {},
+        "idempotency_key": None, "request_hash": "b" * 64, "accepted_at": NOW, "source": "sdk", "notify": None}))
+        for job_id in job_ids]
+    out = io.BytesIO()
+    fastavro.writer(out, schema, records, sync_interval=1)
+    data = out.getvalue()
+    sync = data[-16:]  # every block ends with the file's 16-byte sync marker
+    markers = [i for i in range(len(data)) if data.startswith(sync, i)]
+    return data, markers[1:]  # the first one closes the header
+
+
+def truncated_in_block(data: bytes, markers: list[int], block: int) -> bytes:
+    return data[:markers[block] - 8]  # cut inside block `block`: the ones before it are whole
+
+
+def sync_flipped_after(data: bytes, markers: list[int], block: int) -> bytes:
+    damaged = bytearray(data)
+    damaged[markers[block] + 3] ^= 0xFF
+    return bytes(damaged)
+
+
+def header_damaged(data: bytes, _markers: list[int], _block: int) -> bytes:
+    at = data.index(b"avro.schema")
+    return data[:at] + b"avro.schemX" + data[at + len(b"avro.schema"):]
+
+
+@pytest.mark.parametrize(("damage", "readable"), [
+    (truncated_in_block, 3),   # blocks 0-2 whole, block 3 cut short: EOFError
+    (sync_flipped_after, 4),   # block 3 decodes, its sync marker does not match: ValueError
+    (header_damaged, 0),       # no schema in the header: KeyError('avro.schema')
+], ids=["truncated", "byte-flipped-sync", "byte-flipped-header"])
+def test_a_damaged_container_gives_its_records_up_to_the_damage_then_says_it_is_unreadable(
+        tmp_path: Path, damage: Any, readable: int) -> None:
+    from floodgate.ops.replay_cli import Unreadable
+
+    job_ids = [new_job_id() for _ in range(6)]
+    data, markers = container_of(job_ids)
+    path = tmp_path / "jobs.avro"
+    path.write_bytes(damage(data, markers, 3))
+    *records, last = list(read_file(path))
+    assert [c.origin for c in records] == [f"jobs.avro#{n}" for n in range(1, readable + 1)]
+    assert [orjson.loads(c.value)["job_id"] for c in records if isinstance(c, Candidate)] == job_ids[:readable]
+    assert isinstance(last, Unreadable) and last.origin == "jobs.avro" and last.records_read == readable
+
+
+@pytest.mark.parametrize(("damage", "readable", "error"), [
+    (truncated_in_block, 2, "EOFError"),
+    (header_damaged, 0, "KeyError"),
+], ids=["truncated", "byte-flipped-header"])
+def test_a_damaged_container_replays_what_came_before_and_exits_1(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str], damage: Any, readable: int, error: str) -> None:
+    import asyncio
+
+    from floodgate.ops.replay_cli import Replay, plan_from
+    from floodgate.settings import Settings
+
+    job_ids = [new_job_id() for _ in range(6)]
+    data, markers = container_of(job_ids)
+    path = tmp_path / "jobs.avro"
+    path.write_bytes(damage(data, markers, 2))
+    sent: list[str] = []
+
+    class Offline(Replay):
+        def admitted(self, wanted: set[str]) -> set[str]:
+            return set()
+
+        async def send(self, records: list[Outgoing]) -> None:
+            sent.extend(out.job_id for out in records)
+            self.summary.sent += len(records)
+
+    args = parse("--file", str(path), "--no-progress")
+    code = asyncio.run(Offline(plan_from(args, Settings.from_env({}), SECRET), args).run())
+    report = capsys.readouterr().out
+    assert code == 1
+    assert sent == job_ids[:readable]
+    assert f"read                  {readable}\n" in report and f"sent                  {readable}\n" in report
+    assert f"unreadable            jobs.avro after {readable} record(s): {error}" in report
+
+
 def test_a_container_record_with_datetimes_becomes_epoch_milliseconds() -> None:
     stamp = datetime(2027, 1, 1, tzinfo=UTC)
     candidate = container_candidate({"accepted_at": stamp, "job_id": "j"}, "x#1")

@@ -1,14 +1,33 @@
-"""The SDK's pure parts: producer option spelling and request preparation (no broker)."""
+"""The SDK without a broker: producer options, request preparation, and what a call reports when
+its producer (a fake here) refuses, fails or never acknowledges a record."""
 from __future__ import annotations
 
+import asyncio
+from collections.abc import Callable
 from typing import Any
 
 import pytest
+from confluent_kafka import KafkaError
 
+import floodgate.sdk as sdk
 from floodgate import codec
 from floodgate.errors import ConfigError
-from floodgate.sdk import DEFAULT_LIMITS, JobSpec, PushTarget, ValidationError, _librdkafka_config, _Preparer
+from floodgate.ids import job_id_for_key
+from floodgate.sdk import (
+    DEFAULT_LIMITS,
+    AsyncFloodgateClient,
+    BatchDeliveryError,
+    DeliveryError,
+    FloodgateClient,
+    JobSpec,
+    PushTarget,
+    ValidationError,
+    _librdkafka_config,
+    _Preparer,
+)
 from floodgate.validation import REQUEST_HASH_HEADER
+
+SECRET = b"k" * 16
 
 
 def preparer(**changes: object) -> _Preparer:
@@ -79,3 +98,169 @@ def test_idempotency_key_rules_match_the_http_api(key: str, message: str) -> Non
     with pytest.raises(ValidationError, match=message) as info:
         preparer().prepare(JobSpec("sora-2", "x", "u", idempotency_key=key), 0)
     assert [p.field for p in info.value.problems] == ["idempotency_key"]
+
+
+# --- delivery outcomes, against fake producers ---------------------------------------------------
+
+class FakeProducer:
+    """confluent-kafka's Producer as the sync client uses it. ``verdict(n)`` is the delivery
+    report flush() serves for the n-th record produced: None (acknowledged), a KafkaError, or
+    ``"silent"`` (no report yet: librdkafka still holds the record)."""
+
+    def __init__(self, config: dict[str, Any], verdict: Callable[[int], KafkaError | None | str]) -> None:
+        self.config = config
+        self.verdict = verdict
+        self.pending: list[tuple[int, Any]] = []
+        self.flush_timeouts: list[float] = []
+        self.produced = 0
+
+    def produce(self, topic: str, value: bytes, key: bytes, *, headers: Any, on_delivery: Any) -> None:
+        self.pending.append((self.produced, on_delivery))
+        self.produced += 1
+
+    def flush(self, timeout: float) -> int:
+        self.flush_timeouts.append(timeout)
+        still = []
+        for number, callback in self.pending:
+            verdict = self.verdict(number)
+            if isinstance(verdict, str):  # "silent": no report yet
+                still.append((number, callback))
+            else:
+                callback(verdict, None)
+        self.pending = still
+        return len(still)
+
+    def poll(self, timeout: float) -> int:
+        return 0
+
+
+def sync_client(monkeypatch: pytest.MonkeyPatch, verdict: Callable[[int], KafkaError | None | str] = lambda n: None,
+                **options: Any) -> tuple[FloodgateClient, list[FakeProducer]]:
+    made: list[FakeProducer] = []
+
+    def factory(config: dict[str, Any]) -> FakeProducer:
+        made.append(FakeProducer(config, verdict))
+        return made[-1]
+
+    monkeypatch.setattr(sdk, "Producer", factory)
+    return FloodgateClient("broker:9092", tenant="acme", id_secret=SECRET, **options), made
+
+
+def test_librdkafka_gives_a_record_up_within_the_clients_send_timeout(monkeypatch: pytest.MonkeyPatch) -> None:
+    # librdkafka's default is 300 s: a submit that gave up after 10 s could still make its job minutes later.
+    assert sync_client(monkeypatch)[1][0].config["message.timeout.ms"] == 8000
+    assert sync_client(monkeypatch, send_timeout=3.5)[1][0].config["message.timeout.ms"] == 3500
+    # A shorter bound of the caller's own is kept (either spelling), a longer one refused.
+    assert sync_client(monkeypatch, message_timeout_ms=1000)[1][0].config["message.timeout.ms"] == 1000
+    assert sync_client(monkeypatch, delivery_timeout_ms=900)[1][0].config["message.timeout.ms"] == 900
+    assert "delivery.timeout.ms" not in sync_client(monkeypatch, delivery_timeout_ms=900)[1][0].config
+
+
+@pytest.mark.parametrize("options", [
+    {"message_timeout_ms": 60_000}, {"delivery_timeout_ms": 300_000}, {"message_timeout_ms": 0},
+    {"send_timeout": 0}, {"send_timeout": -1.0}, {"send_timeout": float("nan")},
+])
+def test_a_record_bound_past_the_send_timeout_or_none_is_refused(monkeypatch: pytest.MonkeyPatch,
+                                                                  options: dict[str, Any]) -> None:
+    with pytest.raises(ConfigError):
+        sync_client(monkeypatch, **options)
+
+
+def test_submit_waits_by_default_until_librdkafka_has_decided(monkeypatch: pytest.MonkeyPatch) -> None:
+    client, [producer] = sync_client(monkeypatch, send_timeout=4.0)
+    client.submit("sora-2", "a whale", user_id="u")
+    # librdkafka reports a record it gave up up to a second past message.timeout.ms.
+    assert producer.flush_timeouts[0] > producer.config["message.timeout.ms"] / 1000 + 1.0
+
+
+def test_a_timed_out_submit_names_its_job_id(monkeypatch: pytest.MonkeyPatch) -> None:
+    client, _ = sync_client(monkeypatch, verdict=lambda n: "silent")
+    with pytest.raises(DeliveryError, match="no acknowledgement within 0.5s; it may still be written up to 8s") \
+            as info:
+        client.submit("sora-2", "a whale", user_id="u", idempotency_key="order-7", timeout=0.5)
+    assert info.value.retriable
+    assert getattr(info.value, "job_id", None) == job_id_for_key(SECRET, "acme", "order-7")
+
+
+def test_a_record_librdkafka_gave_up_names_its_job_id_and_in_a_batch_each_failure_does(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    timed_out = KafkaError(KafkaError._MSG_TIMED_OUT, "Local: Message timed out")
+    client, _ = sync_client(monkeypatch, verdict=lambda n: None if n == 2 else timed_out)  # n counts produce()s
+    with pytest.raises(DeliveryError, match="broker did not accept") as single:
+        client.submit("sora-2", "a whale", user_id="u", idempotency_key="a")
+    assert single.value.retriable and getattr(single.value, "job_id", None) == job_id_for_key(SECRET, "acme", "a")
+    specs = [JobSpec("sora-2", "a whale", "u", idempotency_key=k) for k in ("b", "c")]
+    with pytest.raises(BatchDeliveryError) as batch:
+        client.submit_many(specs)
+    ids = [job_id_for_key(SECRET, "acme", k) for k in ("b", "c")]
+    assert batch.value.job_ids == ids and sorted(batch.value.failures) == [0]  # the second (n=2) was acked
+    assert getattr(batch.value.failures[0], "job_id", None) == ids[0]
+
+
+class FakeAIOProducer:
+    """aiokafka's producer as the async client uses it: ``refuse(n)`` says what send() number n
+    raises (None: the record is queued, and acknowledged once the loop runs on)."""
+
+    def __init__(self, refuse: Callable[[int], Exception | None]) -> None:
+        self.refuse = refuse
+        self.calls = 0
+        self.queued_keys: list[bytes] = []
+
+    async def start(self) -> None: ...
+
+    async def stop(self) -> None: ...
+
+    async def send(self, topic: str, value: bytes, key: bytes, headers: Any = None) -> asyncio.Future[None]:
+        error = self.refuse(self.calls)
+        self.calls += 1
+        if error is not None:
+            raise error
+        self.queued_keys.append(key)
+        acked: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        asyncio.get_running_loop().call_soon(acked.set_result, None)  # the ack comes after send() returns
+        return acked
+
+
+def async_client(monkeypatch: pytest.MonkeyPatch, refuse: Callable[[int], Exception | None]
+                 ) -> tuple[AsyncFloodgateClient, list[FakeAIOProducer]]:
+    import aiokafka
+
+    made: list[FakeAIOProducer] = []
+
+    def factory(**config: Any) -> FakeAIOProducer:
+        made.append(FakeAIOProducer(refuse))
+        return made[-1]
+
+    monkeypatch.setattr(aiokafka, "AIOKafkaProducer", factory)
+    return AsyncFloodgateClient("broker:9092", tenant="acme", id_secret=SECRET), made
+
+
+async def test_a_send_that_raises_mid_batch_ends_in_a_batch_error_naming_what_went_out(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    from aiokafka.errors import KafkaTimeoutError
+
+    # The 4th send() finds the buffer still full after request_timeout_ms (a broker outage).
+    client, made = async_client(monkeypatch, lambda n: KafkaTimeoutError() if n == 3 else None)
+    keys = [f"k{i}" for i in range(5)]
+    ids = [job_id_for_key(SECRET, "acme", k) for k in keys]
+    with pytest.raises(BatchDeliveryError) as info:
+        await client.submit_many([JobSpec("sora-2", "a whale", "u", idempotency_key=k) for k in keys])
+    assert info.value.job_ids == ids
+    assert [k.decode() for k in made[0].queued_keys] == ids[:3] and made[0].calls == 4  # none after it
+    assert sorted(info.value.failures) == [3, 4]  # the first three were acknowledged
+    assert all(type(e) is DeliveryError and e.retriable for e in info.value.failures.values())
+    assert "KafkaTimeoutError" in str(info.value.failures[3]) and "not sent" in str(info.value.failures[4])
+    assert [getattr(e, "job_id", None) for e in info.value.failures.values()] == ids[3:]
+    await client.close()
+
+
+async def test_a_single_async_submit_whose_send_raises_gets_a_delivery_error_with_its_job_id(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    from aiokafka.errors import UnknownTopicOrPartitionError
+
+    client, _ = async_client(monkeypatch, lambda n: UnknownTopicOrPartitionError())
+    with pytest.raises(DeliveryError) as info:
+        await client.submit("sora-2", "a whale", user_id="u", idempotency_key="solo")
+    assert type(info.value) is DeliveryError and info.value.retriable
+    assert getattr(info.value, "job_id", None) == job_id_for_key(SECRET, "acme", "solo")
+    await client.close()
