@@ -135,12 +135,12 @@ def _own_cause(exc: BaseException) -> StorageError | None:
 
 
 def wrap(doing: str, what: str, exc: Exception) -> StorageError:
-    """``exc`` from obstore as a :class:`StorageError`; retriable unless the store refused our
-    credentials (asking again will not help)."""
-    from obstore.exceptions import PermissionDeniedError, UnauthenticatedError
-
-    permanent = isinstance(exc, PermissionDeniedError | UnauthenticatedError)
-    return StorageError(f"S3 store: cannot {doing} {what}: {type(exc).__name__}: {exc}", retriable=not permanent)
+    """``exc`` from obstore as a :class:`StorageError`, always retriable: whatever the store
+    answers is the store's state, not the video's. That includes a refusal of our credentials
+    (401/403: AccessDenied, InvalidAccessKeyId, SignatureDoesNotMatch; ExpiredToken comes as a
+    400): keys are rotated and policies changed while we run, and a copy recorded as refused for
+    it would be lost for good once the credentials work again."""
+    return StorageError(f"S3 store: cannot {doing} {what}: {type(exc).__name__}: {exc}", retriable=True)
 
 
 __all__ = ["S3VideoStore", "open_bucket", "wrap"]

@@ -13,10 +13,12 @@ until the record is there.
 
 Idempotent per job id: a job whose record exists is skipped, so a redelivered record (crash,
 rebalance) or a second API process costs one small read. A failed copy is retried with backoff
-when the failure may pass (timeouts, 5xx, 429 with its Retry-After, the store unreachable); a
-refusal that will not change (too large, not a video, a private address, 4xx), or one that
-outlasts the retry budget, is recorded as ``failed`` with its reason (and, for the latter,
-``gave_up``: the API then sends a viewer to the provider's own copy, as while a copy is pending).
+when the failure may pass (timeouts, 5xx, 429 with its Retry-After, a body cut short or empty,
+the store unreachable or refusing our credentials); a refusal that will not change (too large,
+not a video, a private address, 4xx), or one that outlasts the retry budget, is recorded as
+``failed`` with its reason (and, for the latter, ``gave_up``: the API then sends a viewer to the
+provider's own copy, as while a copy is pending). A copy whose record cannot be written is not
+done: its offset stays uncommitted, and the partition's next owner copies it again.
 A copy given up on is started again when someone asks for its video (``copy_again``), at most
 once every ``AGAIN_AFTER`` seconds: the provider's copy lives for an hour or more, and whatever
 kept it from being copied (an outage at its CDN, our store unreachable) may have passed since.
@@ -31,7 +33,7 @@ import contextlib
 import logging
 import random
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import AsyncIterator, Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
 
@@ -81,6 +83,11 @@ class CopyPolicy:
 
 class _Abandoned(Exception):
     """Stopping mid-copy: leave the record uncommitted for the partition's next owner."""
+
+
+class _Unrecorded(Exception):
+    """The store refused the copy's record for good: leave the record uncommitted, so the copy
+    is made again by the partition's next owner (after a restart or a rebalance) rather than lost."""
 
 
 class VideoCopier:
@@ -159,8 +166,9 @@ class VideoCopier:
                    over: VideoRecord | None = None) -> VideoRecord:
         """Copy ``url`` into the store as ``job_id``'s video unless it is there already (or, with
         ``over``, unless the store holds another record than that one); retry what may pass;
-        record a refusal. Returns the record. Raises ``_Abandoned`` when stopping. (A copy started
-        again is counted by ``copy_again``, not among the results handled.)"""
+        record a refusal. Returns the record. Raises ``_Abandoned`` when stopping, ``_Unrecorded``
+        when the store refuses a failure's record for good. (A copy started again is counted by
+        ``copy_again``, not among the results handled.)"""
         outcomes = self._metrics.videos if over is None else None
         existing = await self._retrying(job_id, lambda: self._store.record(job_id), what="read the record")
         if existing is not None and existing != over:
@@ -187,7 +195,10 @@ class VideoCopier:
                 if await self._stopped_within(delay):
                     raise _Abandoned from exc
         if record.status == "failed":  # a stored video's record was written with its bytes
-            await self._retrying(job_id, lambda: self._store.put_record(record), what="write the record")
+            try:
+                await self._retrying(job_id, lambda: self._store.put_record(record), what="write the record")
+            except StorageError as exc:
+                raise _Unrecorded(f"cannot write the record of {job_id}: {exc}") from exc
         if outcomes is not None:
             outcomes.labels(record.status).inc()
         if record.status == "stored" and completed_at_ms:
@@ -232,8 +243,17 @@ class VideoCopier:
                                         sha256=download.hexdigest, content_type=download.content_type))
                 return made[-1]
 
+            async def not_empty() -> AsyncIterator[bytes]:
+                async for chunk in download.chunks():
+                    yield chunk
+                if download.size == 0:
+                    # Raised inside the chunks, so the store keeps nothing. Retriable, as a body cut
+                    # short is: a 200 with no bytes for a job that completed with a video is a
+                    # source not done yet or a glitch on its way, and the budget bounds the retries.
+                    raise StorageError("no video: the source answered with an empty body", retriable=True)
+
             # The record goes with the bytes, in one write where the store can.
-            await self._store.put_video(job_id, download.chunks(), download.content_type, stored)
+            await self._store.put_video(job_id, not_empty(), download.content_type, stored)
         return made[-1]
 
     async def _retrying(self, job_id: str, call: Callable[[], Any], *, what: str) -> Any:
@@ -301,6 +321,12 @@ class VideoCopier:
                 self._metrics.videos.labels("skipped").inc()
         except _Abandoned:
             return  # uncommitted: the partition's next owner copies it
+        except _Unrecorded as exc:
+            # Uncommitted too, though this partition's commits stop here until then: finishing
+            # would lose the video for good (its link would wait for a copy nobody makes).
+            log.error("videos: %s; %s[%d]@%d stays uncommitted until the partition is next assigned", exc,
+                      record.topic, record.partition, record.offset)
+            return
         except Exception:  # a bug must not wedge the partition's commits
             log.exception("videos: unexpected error at %s[%d]@%d", record.topic, record.partition, record.offset)
         finally:

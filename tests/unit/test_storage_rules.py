@@ -1,10 +1,13 @@
-"""The storage side's pure rules: store keys, video records, content types, the copy's retry budget."""
+"""The storage side's pure rules: store keys, video records, content types, the copy's retry budget,
+which of the S3 store's errors may pass."""
 from __future__ import annotations
 
 import pytest
+from obstore import exceptions as obstore_errors
 
 from connectors.storage import VideoRecord, check_key
 from connectors.storage.fetch import video_content_type
+from connectors.storage.s3 import wrap
 from floodgate.errors import StorageError
 from floodgate.videos.copier import CopyPolicy
 
@@ -45,3 +48,17 @@ def test_the_copy_retry_budget() -> None:
     assert policy.next_delay(1, 0.0, 30.0, rand=0.0) == 30.0  # the source's Retry-After wins when longer
     assert policy.next_delay(4, 0.0, None, rand=0.0) is None  # out of attempts
     assert policy.next_delay(1, 59.9, None, rand=0.0) is None  # past the time budget
+
+
+@pytest.mark.parametrize("error", [
+    obstore_errors.PermissionDeniedError("AccessDenied"),  # 403: also InvalidAccessKeyId, SignatureDoesNotMatch
+    obstore_errors.UnauthenticatedError("401 Unauthorized"),
+    obstore_errors.GenericError("400 ExpiredToken"),
+    obstore_errors.GenericError("503 SlowDown"),
+    OSError("connection refused")])
+def test_every_s3_store_error_may_pass(error: Exception) -> None:
+    """A refusal of our credentials is the store's outage (a key rotated, a policy changed), not
+    the video's: a copy recorded as refused for it would stay lost once the credentials work."""
+    wrapped = wrap("store the video of", "job_1", error)
+    assert wrapped.retriable
+    assert type(error).__name__ in str(wrapped) and "job_1" in str(wrapped)
