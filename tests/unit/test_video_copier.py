@@ -57,16 +57,20 @@ class Download:
 
 class Source:
     """The provider: each fetch answers the next of ``answers`` (a body, or an error to raise),
-    then ``VIDEO``."""
+    then ``VIDEO``; a URL named in ``per_url`` answers from its own list instead (copies run at
+    once, so the order of fetches of different jobs is not known)."""
 
-    def __init__(self, *answers: bytes | StorageError) -> None:
+    def __init__(self, *answers: bytes | StorageError,
+                 per_url: dict[str, list[bytes | StorageError]] | None = None) -> None:
         self.answers = list(answers)
+        self.per_url = per_url or {}
         self.fetched = 0
 
     @asynccontextmanager
     async def open(self, url: str) -> AsyncIterator[Download]:
         self.fetched += 1
-        answer = self.answers.pop(0) if self.answers else VIDEO
+        answers = self.per_url.get(url, self.answers)
+        answer = answers.pop(0) if answers else VIDEO
         if isinstance(answer, StorageError):
             raise answer
         yield Download(answer)
@@ -247,7 +251,8 @@ async def test_a_failure_whose_record_the_store_refuses_for_good_stays_uncommitt
     """Committed, the refusal would be lost with it (the link would wait for a copy nobody makes):
     the partition's next owner tries again, and this partition's commits stop short of it."""
     refused, fine = new_job_id(), new_job_id()
-    source = Source(StorageError("not a video: Content-Type 'text/html'", retriable=False))
+    source = Source(per_url={f"https://cdn.example/{refused}.mp4": [
+        StorageError("not a video: Content-Type 'text/html'", retriable=False)]})
     consumer = Consumer([completed(refused, 5), completed(fine, 6)], changed)
     copier = running_copier(monkeypatch, store, source, consumer)
 
