@@ -5,12 +5,24 @@ share the partitions and each result is handled by one of them. Deliveries run c
 (``concurrency`` HTTP attempts at once, ``max_pending`` records held in memory; beyond that the
 partitions are paused, not the poll loop, so the group membership survives backpressure).
 
+One slow receiver never stalls the others. Each destination (``host:port`` of the
+``webhook_url``) has a lane (:mod:`floodgate.notify.delivery`): at most ``per_destination``
+attempts at once (1/``shares`` of ``concurrency``) while the others need slots, and a circuit
+breaker; a destination alone may use all but a ``BURST_RESERVE``th of the slots, which stay free
+for the next destination to come. Toward ``max_pending``
+a destination's records count only up to its share (1/``shares`` of ``max_pending``); the rest
+wait in memory without holding up the fetch, which stops for them only at ``max_held`` records
+in all. So a black hole with hundreds of results in flight holds 8 of the 64 attempt slots and
+128 of the 1,024 pending places, and everyone else's results are still fetched and delivered.
+
 At-least-once: an offset is committed only when it and every offset before it in its partition
 are done — delivered, skipped, or parked in ``dlq`` (:mod:`floodgate.commit_tracker`).
 A crash or rebalance may repeat a delivery; the ``webhook-id`` stays ``<job_id>:<version>`` so
 receivers drop the copy. A delivery that keeps failing is retried with backoff
-(:class:`RetryPolicy`) and then dead-lettered with the original bytes; it never holds up the
-others beyond its retry budget.
+(:class:`RetryPolicy`) and then dead-lettered with the original bytes; it holds up the commit
+point of its partition for its retry budget at most, and never the others' deliveries. Records
+waiting in a lane are in flight like any other (tracked from fetch to finish), so the commit
+point cannot pass them however long they wait.
 """
 from __future__ import annotations
 
@@ -22,6 +34,7 @@ import random
 import time
 from collections.abc import Callable, Iterable
 from typing import Any
+from urllib.parse import urlsplit
 
 import aiohttp
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord, TopicPartition
@@ -34,7 +47,8 @@ from floodgate.commit_tracker import CommitTracker, Ticket
 from floodgate.dead_letter import dead_letter_record
 from floodgate.errors import ConfigError, SchemaError
 from floodgate.metrics import ApiMetrics, api_metrics
-from floodgate.notify.delivery import deliver
+from floodgate.netguard import canonical_host
+from floodgate.notify.delivery import DEFAULT_FAILURE_THRESHOLD, DEFAULT_OPEN_FOR, Destinations, Lanes, deliver
 from floodgate.notify.retry import RetryPolicy
 from floodgate.results_consumer import DELIVERY_WAIT_MS, results_consumer
 from floodgate.settings import Settings
@@ -44,6 +58,36 @@ from floodgate.videolinks import VideoLinks
 log = logging.getLogger(__name__)
 
 DEFAULT_POLICY = RetryPolicy()
+HELD_PER_PENDING = 4
+"""``max_held`` (records in memory, whoever they are for) is this many times ``max_pending`` by
+default: a few kilobytes each, so the defaults hold at most some tens of megabytes."""
+BURST_RESERVE = 4
+"""A destination alone may run past its share of the attempt slots, but never into the last
+quarter of them: those stay free for any other destination's results."""
+
+
+def webhook_destination(url: str) -> str:
+    """The lane of a webhook URL: its host (as the connector resolves it) and port, e.g.
+    ``hooks.example.com:443``; every path on one receiver shares it. A URL that does not parse is a
+    lane of its own (its delivery fails at once)."""
+    try:
+        parts = urlsplit(url)
+        port = parts.port
+    except ValueError:
+        return url
+    host = canonical_host(parts.hostname or "")
+    if ":" in host:
+        host = f"[{host}]"
+    if port is None:
+        port = 443 if parts.scheme.lower() == "https" else 80
+    return f"{host}:{port}"
+
+
+def fetch_room(held: int, overflow: int, max_pending: int, max_held: int) -> int:
+    """How many more records to fetch: ``held`` records are in memory, ``overflow`` of them beyond
+    their destination's share. Those count toward ``max_held`` only, so one destination's backlog
+    never pauses the fetching of the others' results; ``max_held`` still bounds the memory."""
+    return min(max_pending - (held - overflow), max_held - held)
 
 
 @dataclasses.dataclass
@@ -77,16 +121,26 @@ class OutgoingWebhooks:
     channel = "webhooks"
     noun = "webhook"
     """What one delivery is called in a dead letter's reason."""
+    shares = 8
+    """A destination may use 1/``shares`` of ``concurrency`` (attempts at once) and of
+    ``max_pending`` (records counted toward pausing the fetch)."""
+    breaker_failures = DEFAULT_FAILURE_THRESHOLD
+    """Failed attempts in a row after which a destination gets one attempt every ``breaker_open_for`` s."""
+    breaker_open_for = DEFAULT_OPEN_FOR
 
     def __init__(self, settings: Settings, *, notifier: Notifier | None = None,
                  session: aiohttp.ClientSession | None = None, policy: RetryPolicy = DEFAULT_POLICY,
-                 concurrency: int = 64, max_pending: int = 1024, commit_interval: float = 1.0,
+                 concurrency: int = 64, max_pending: int = 1024, per_destination: int | None = None,
+                 max_held: int | None = None, commit_interval: float = 1.0,
                  drain_timeout: float = 10.0, rand: Callable[[], float] = random.random,
                  metrics: ApiMetrics | None = None) -> None:
         if not settings.kafka_bootstrap:
             raise ConfigError("settings.kafka_bootstrap must be resolved before starting webhooks")
         if concurrency < 1 or max_pending < 1:
             raise ConfigError("concurrency and max_pending must be at least 1")
+        max_held = HELD_PER_PENDING * max_pending if max_held is None else max_held
+        if max_held < max_pending:
+            raise ConfigError("max_held must be at least max_pending")
         self._settings = settings
         self._names = TopicNames(settings)
         self._notifier = notifier
@@ -94,7 +148,12 @@ class OutgoingWebhooks:
         self._owns_session = False
         self._policy = policy
         self._semaphore = asyncio.Semaphore(concurrency)
+        self._lanes = Lanes(Destinations(
+            per_destination or max(1, concurrency // self.shares), max(1, max_pending // self.shares),
+            failure_threshold=self.breaker_failures, open_for=self.breaker_open_for,
+            burst_until=concurrency - concurrency // BURST_RESERVE))
         self._max_pending = max_pending
+        self._max_held = max_held
         self._commit_interval = commit_interval
         self._drain_timeout = drain_timeout
         self._rand = rand
@@ -120,6 +179,10 @@ class OutgoingWebhooks:
     def wants(self, notification: Notification) -> bool:
         """Whether this channel delivers ``notification`` (else it is counted as skipped)."""
         return bool(notification.webhook_url) and notification.status in EVENT_TYPES
+
+    def destination(self, notification: Notification) -> str:
+        """The lane ``notification`` (one it ``wants``) is delivered in: what fails or hangs as one."""
+        return webhook_destination(notification.webhook_url or "")
 
     async def build_notifier(self) -> Notifier:
         """The notifier used when none was passed in; called once, by ``start``."""
@@ -179,6 +242,7 @@ class OutgoingWebhooks:
         if self._stopping.is_set():
             return
         self._stopping.set()
+        self._lanes.close()  # deliveries waiting for their destination stop waiting, as backoffs do
         for task in self._loops:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
@@ -199,12 +263,12 @@ class OutgoingWebhooks:
         assert self._consumer is not None
         consumer = self._consumer
         while not self._stopping.is_set():
-            room = self._max_pending - len(self._tasks)
+            room = self._room()
             if room <= 0:
                 consumer.pause(*consumer.assignment())
                 await self._wait(self._slot_freed, 0.5)
                 self._slot_freed.clear()
-                room = self._max_pending - len(self._tasks)
+                room = self._room()
             if room > 0 and consumer.paused():
                 consumer.resume(*consumer.paused())
             try:
@@ -218,6 +282,9 @@ class OutgoingWebhooks:
                 for record in records:
                     self._spawn(tp.partition, record)
 
+    def _room(self) -> int:
+        return fetch_room(len(self._tasks), self._lanes.rules.overflow, self._max_pending, self._max_held)
+
     def _spawn(self, partition: int, record: ConsumerRecord[Any, Any]) -> None:
         try:
             ticket = self._tracker.start(partition, record.offset)
@@ -227,13 +294,36 @@ class OutgoingWebhooks:
             log.warning("%s: %s[%d] went back to offset %d", self.channel, record.topic, partition, record.offset)
             self._tracker.forget([partition])
             ticket = self._tracker.start(partition, record.offset)
-        task = asyncio.create_task(self._process(record, ticket))
+        # Read here, not in the task, so the destination holds the record from now on and the next
+        # room (``_room``) is exact: a batch of one black hole's records counts as its share only.
+        read = self._read(record)
+        destination = self.destination(read) if isinstance(read, Notification) and self.wants(read) else None
+        if destination is not None:
+            self._lanes.rules.enter(destination)
+        task = asyncio.create_task(self._process(record, ticket, read, destination))
         self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
 
-    async def _process(self, record: ConsumerRecord[Any, Any], ticket: Ticket[int]) -> None:
+        def done(task: asyncio.Task[None]) -> None:
+            # A done callback, not the task's finally: it runs even for a task cancelled before it
+            # started, and _consume is woken only once the record no longer counts.
+            self._tasks.discard(task)
+            if destination is not None:
+                self._lanes.rules.leave(destination)
+            self._slot_freed.set()
+
+        task.add_done_callback(done)
+
+    @staticmethod
+    def _read(record: ConsumerRecord[Any, Any]) -> Notification | Exception:
         try:
-            await self._handle(record)
+            return Notification.from_snapshot(codec.decode("JobSnapshot", record.value or b"", record.headers))
+        except Exception as exc:  # SchemaError is dead-lettered as invalid; anything else as an internal error
+            return exc
+
+    async def _process(self, record: ConsumerRecord[Any, Any], ticket: Ticket[int], read: Notification | Exception,
+                       destination: str | None) -> None:
+        try:
+            await self._handle(record, read, destination)
         except _Abandoned:
             return  # not finished: the offset stays uncommitted and is redelivered
         except Exception as exc:  # a bug here must not wedge the partition's commits
@@ -247,25 +337,25 @@ class OutgoingWebhooks:
                 log.exception("%s: cannot dead-letter %s[%d]@%d", self.channel, record.topic, record.partition,
                               record.offset)
                 return
-        finally:
-            self._slot_freed.set()
         self._tracker.finish(ticket)
 
-    async def _handle(self, record: ConsumerRecord[Any, Any]) -> None:
-        try:
-            notification = Notification.from_snapshot(codec.decode("JobSnapshot", record.value or b"", record.headers))
-        except SchemaError as exc:
+    async def _handle(self, record: ConsumerRecord[Any, Any], read: Notification | Exception,
+                      destination: str | None) -> None:
+        if isinstance(read, SchemaError):
             self.count("invalid")
-            await self._dead_letter(record, f"undecodable JobSnapshot: {exc}", exc)
+            await self._dead_letter(record, f"undecodable JobSnapshot: {read}", read)
             return
-        notification = self._with_our_link(notification)
-        if not self.wants(notification):
+        if isinstance(read, Exception):
+            raise read
+        if destination is None:
             self._stats.skipped += 1
             self.count("skipped")
             return
+        notification = self._with_our_link(read)
         assert self._notifier is not None
         outcome = await deliver(self._notifier, notification, self._policy, semaphore=self._semaphore,
-                                rand=self._rand, wait=self._stopped_within)
+                                rand=self._rand, wait=self._stopped_within, lanes=self._lanes,
+                                destination=destination)
         retries = max(0, outcome.attempts - 1)
         self._stats.retries += retries
         if outcome.abandoned:
@@ -365,4 +455,4 @@ class _Rebalance(ConsumerRebalanceListener):
         self._service._assigned({tp.partition for tp in assigned})
 
 
-__all__ = ["OutgoingWebhooks", "RetryPolicy", "WebhookStats"]
+__all__ = ["OutgoingWebhooks", "RetryPolicy", "WebhookStats", "fetch_room", "webhook_destination"]

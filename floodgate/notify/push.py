@@ -7,6 +7,12 @@ platform (``connectors.notifiers.fcm``, ``connectors.notifiers.apns``) behind
 :class:`~connectors.notifiers.phones.PushNotifier`. Its own consumer group keeps the two channels
 apart: a slow push service never holds up webhooks, and the other way round.
 
+Within the channel each platform is a destination with its own lane, as each webhook receiver is:
+with two of them, each may use half of the attempts at once and half of the pending records, so
+an APNs outage (connections that hang until the timeout) leaves FCM's pushes half the slots and
+the fetch going. Its breaker opens only after ``breaker_failures`` failures in a row: a platform
+carries every app user's pushes, and a handful of 503s among thousands is no outage.
+
 Which states push: ``floodgate.push.PUSH_STATES`` (completed and failed). A token the service
 says is gone (FCM ``UNREGISTERED``, APNs 410 ``Unregistered`` or 400 ``BadDeviceToken``) is
 dead-lettered at once, without retries: the dead letter names the job, and the app's backend can
@@ -35,6 +41,9 @@ class PushDeliveries(OutgoingWebhooks):
 
     channel = "push"
     noun = "push"
+    shares = 2
+    breaker_failures = 20
+    breaker_open_for = 10.0
 
     def __init__(self, settings: Settings, **kwargs: Any) -> None:
         super().__init__(settings, **kwargs)
@@ -42,6 +51,10 @@ class PushDeliveries(OutgoingWebhooks):
 
     def wants(self, notification: Notification) -> bool:
         return notification.push is not None and notification.status in PUSH_STATES
+
+    def destination(self, notification: Notification) -> str:
+        """The push platform: one service behind one host, which fails or hangs for every token at once."""
+        return notification.push.platform if notification.push is not None else ""
 
     async def build_notifier(self) -> Notifier:
         from connectors.notifiers.apns import ApnsNotifier

@@ -15,8 +15,10 @@ class RetryPolicy:
     time in ``[c/2, c]`` with ``c = min(max_delay, base_delay·2^(n-1))`` (spreads a burst of
     failures without ever retrying immediately), or longer if the receiver sent ``Retry-After``.
     Gives up after ``max_attempts`` attempts or when the next attempt would start more than
-    ``max_elapsed`` seconds after the first. The defaults bound one delivery to ~10 minutes: its
-    offset cannot be committed until then. Raises ``ConfigError`` for values that make no sense.
+    ``max_elapsed`` seconds after the first (a delivery waiting for its destination's lane gives up
+    then too, :func:`~floodgate.notify.delivery.deliver`). The defaults bound one delivery to ~10
+    minutes: its offset cannot be committed until then. Raises ``ConfigError`` for values that
+    make no sense.
     """
 
     max_attempts: int = 8

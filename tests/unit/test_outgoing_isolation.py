@@ -1,0 +1,259 @@
+"""One slow destination never stalls the others: the outgoing webhooks and the pushes, in memory.
+
+The service runs for real (its fetch loop, pausing, commit loop, stop) against a fake ``results``
+consumer and dlq producer; the receivers are a notifier whose black hole accepts attempts and
+answers none until the test lets it. No broker, no HTTP, no sleeps to wait for things: every wait
+is for a condition, under a deadline.
+"""
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable, Iterable
+from typing import Any
+
+import pytest
+from aiokafka import ConsumerRecord, TopicPartition
+from aiokafka.abc import ConsumerRebalanceListener
+
+from connectors.notifiers.base import Notification
+from floodgate import codec
+from floodgate.notify import OutgoingWebhooks, PushDeliveries, RetryPolicy, outgoing
+from floodgate.notify.outgoing import fetch_room, webhook_destination
+from floodgate.settings import Settings
+
+TOPIC = "results"
+DEADLINE = 5.0
+"""Generous for a loop that needs milliseconds, and far below what the black hole would hold
+things up for (for ever, until the test lets it answer)."""
+FAST = RetryPolicy(max_attempts=4, base_delay=0.01, max_delay=0.05, max_elapsed=10.0)
+
+
+# --- pure rules ---------------------------------------------------------------------------------
+@pytest.mark.parametrize(("url", "lane"), [
+    ("https://hooks.example.com/a", "hooks.example.com:443"),
+    ("https://HOOKS.example.com./b?x=1", "hooks.example.com:443"),  # one receiver, however spelt
+    ("http://hooks.example.com/a", "hooks.example.com:80"),
+    ("https://hooks.example.com:8443/a", "hooks.example.com:8443"),
+    ("https://user@hooks.example.com/a", "hooks.example.com:443"),
+    ("http://[2001:db8::1]:9000/h", "[2001:db8::1]:9000"),
+    ("https://hooks.example.com:99999/a", "https://hooks.example.com:99999/a"),  # unparsable: its own lane
+])
+def test_a_webhook_lane_is_the_receivers_host_and_port(url: str, lane: str) -> None:
+    assert webhook_destination(url) == lane
+
+
+@pytest.mark.parametrize(("held", "overflow", "room"), [
+    (0, 0, 32),
+    (32, 0, 0),  # as many records as max_pending, for many destinations: the fetch waits
+    (40, 36, 28),  # 40 of them for one black hole, share 4: only 4 count
+    (128, 120, 0),  # ... but memory is bounded all the same
+    (130, 126, -2),
+])
+def test_fetch_room_counts_a_destination_only_up_to_its_share(held: int, overflow: int, room: int) -> None:
+    assert fetch_room(held, overflow, max_pending=32, max_held=128) == room
+
+
+# --- the service, in memory ---------------------------------------------------------------------
+class FakeResults:
+    """``results`` as the service's consumer sees it: fixed records per partition, pausing, commits.
+
+    Every commit is checked as it happens: the offset committed must be past finished records only.
+    """
+
+    def __init__(self, log: dict[int, list[ConsumerRecord[Any, Any]]], finished: Callable[[int, int], bool]) -> None:
+        self.log = log
+        self.position = dict.fromkeys(log, 0)
+        self.paused_now: set[TopicPartition] = set()
+        self.committed: dict[int, int] = {}
+        self.commits = 0
+        self.violations: list[str] = []
+        self._finished = finished
+        self._listener: ConsumerRebalanceListener | None = None
+
+    def subscribe(self, topics: list[str], listener: ConsumerRebalanceListener) -> None:
+        self._listener = listener
+
+    async def start(self) -> None:
+        assert self._listener is not None
+        await self._listener.on_partitions_assigned(self.assignment())
+
+    async def stop(self) -> None:
+        return None
+
+    def assignment(self) -> set[TopicPartition]:
+        return {TopicPartition(TOPIC, p) for p in self.log}
+
+    def pause(self, *partitions: TopicPartition) -> None:
+        self.paused_now.update(partitions)
+
+    def resume(self, *partitions: TopicPartition) -> None:
+        self.paused_now.difference_update(partitions)
+
+    def paused(self) -> set[TopicPartition]:
+        return set(self.paused_now)
+
+    async def getmany(self, timeout_ms: int = 0, max_records: int | None = None) -> dict[
+            TopicPartition, list[ConsumerRecord[Any, Any]]]:
+        left = max_records or 1_000_000
+        batch: dict[TopicPartition, list[ConsumerRecord[Any, Any]]] = {}
+        for partition in sorted(self.log):
+            tp = TopicPartition(TOPIC, partition)
+            if tp in self.paused_now or left <= 0:
+                continue
+            records = self.log[partition][self.position[partition]:self.position[partition] + left]
+            if records:
+                batch[tp] = records
+                self.position[partition] += len(records)
+                left -= len(records)
+        if not batch:
+            await asyncio.sleep(min(timeout_ms, 5) / 1000)  # a broker's idle fetch, shortened; not a sync point
+        return batch
+
+    async def commit(self, offsets: dict[TopicPartition, int]) -> None:
+        self.commits += 1
+        for tp, offset in offsets.items():
+            before = self.log[tp.partition][:offset]
+            unfinished = [r.offset for r in before if not self._finished(tp.partition, r.offset)]
+            if unfinished:
+                self.violations.append(f"committed {offset} of partition {tp.partition} before {unfinished[:3]}")
+            self.committed[tp.partition] = offset
+
+
+class FakeDlq:
+    def __init__(self) -> None:
+        self.letters: list[bytes] = []
+
+    async def start(self) -> None:
+        return None
+
+    async def stop(self) -> None:
+        return None
+
+    async def send_and_wait(self, topic: str, value: bytes, headers: Iterable[tuple[str, bytes]] = ()) -> None:
+        self.letters.append(value)
+
+
+class Receivers:
+    """Every destination answers at once, except ``hole``: it accepts attempts and answers none
+    until ``answer`` is set (then it takes them)."""
+
+    def __init__(self, hole: Callable[[Notification], bool]) -> None:
+        self.is_hole = hole
+        self.answer = asyncio.Event()
+        self.hanging = 0
+        self.most_hanging = 0
+        self.delivered: set[str] = set()
+
+    async def send(self, notification: Notification) -> None:
+        if self.is_hole(notification):
+            self.hanging += 1
+            self.most_hanging = max(self.most_hanging, self.hanging)
+            try:
+                await self.answer.wait()
+            finally:
+                self.hanging -= 1
+        self.delivered.add(notification.job_id)
+
+
+def record(partition: int, offset: int, job_id: str, **fields: Any) -> ConsumerRecord[Any, Any]:
+    snap = {"job_id": job_id, "tenant": "acme", "user_id": "u-1", "model": "kling-2.1", "provider": "kling",
+            "provider_job_id": "p-" + job_id, "status": "completed", "progress": 1.0,
+            "video_url": f"https://cdn.example.com/{job_id}.mp4", "error": None, "attempt": 1,
+            "created_at": 1_790_000_000_000, "updated_at": 1_790_000_060_000, "webhook_url": None,
+            "metadata": {}, "version": 5} | fields
+    value, headers = codec.encode("JobSnapshot", snap)
+    return ConsumerRecord(TOPIC, partition, offset, 0, 0, job_id.encode(), value, None, len(job_id), len(value),
+                          headers)
+
+
+async def eventually(condition: Callable[[], bool], what: str) -> None:
+    deadline = time.monotonic() + DEADLINE
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"not within {DEADLINE}s: {what}")
+        await asyncio.sleep(0.001)
+
+
+HOLE, HEALTHY = "https://hole.example.com/hook", "https://tenant-b.example.com/hook"
+TOKEN = "ab" * 32
+
+
+def webhook(partition: int, offset: int, job_id: str) -> ConsumerRecord[Any, Any]:
+    return record(partition, offset, job_id, webhook_url=HOLE if job_id.startswith("hole") else HEALTHY)
+
+
+def push(partition: int, offset: int, job_id: str) -> ConsumerRecord[Any, Any]:
+    platform = "apns" if job_id.startswith("hole") else "fcm"
+    return record(partition, offset, job_id, push={"platform": platform, "token": TOKEN})
+
+
+def results(make: Callable[[int, int, str], ConsumerRecord[Any, Any]]) -> dict[int, list[ConsumerRecord[Any, Any]]]:
+    """Partition 0: 30 results for the black hole, one healthy, 30 more, one healthy; partition 1: one healthy.
+    Twice ``max_pending`` for the black hole, so pausing for its records would stop everything."""
+    jobs = [f"hole-{i}" for i in range(30)] + ["ok-a"] + [f"hole-{i}" for i in range(30, 60)] + ["ok-b"]
+    return {0: [make(0, offset, job) for offset, job in enumerate(jobs)], 1: [make(1, 0, "ok-c")]}
+
+
+# The black hole's most attempts at once: its lane's cap (16 // 8 for webhooks, 16 // 2 for push)
+# while the others need slots; alone, all but the reserved quarter of the 16 (a burst).
+CHANNELS = [
+    pytest.param(OutgoingWebhooks, webhook, lambda n: n.webhook_url == HOLE, 12, id="webhooks"),
+    pytest.param(PushDeliveries, push, lambda n: n.push is not None and n.push.platform == "apns", 12,
+                 id="push"),
+]
+
+
+def service_for(monkeypatch: pytest.MonkeyPatch, channel: type[OutgoingWebhooks],
+                make: Callable[[int, int, str], ConsumerRecord[Any, Any]],
+                hole: Callable[[Notification], bool]) -> tuple[OutgoingWebhooks, FakeResults, Receivers]:
+    receivers = Receivers(hole)
+    log = results(make)
+    by_offset = {(p, r.offset): r.key.decode() for p, records in log.items() for r in records if r.key}
+    fake = FakeResults(log, lambda p, offset: by_offset[(p, offset)] in receivers.delivered)
+    monkeypatch.setattr(outgoing, "results_consumer", lambda settings, group_id, wait_ms: fake)
+    monkeypatch.setattr(outgoing, "AIOKafkaProducer", lambda **_: FakeDlq())
+    service = channel(Settings(kafka_bootstrap="127.0.0.1:9"), notifier=receivers, policy=FAST, concurrency=16,
+                      max_pending=32, commit_interval=0.001, drain_timeout=0.05)
+    return service, fake, receivers
+
+
+@pytest.mark.parametrize(("channel", "make", "hole", "lane_cap"), CHANNELS)
+async def test_a_black_hole_holds_only_its_share_and_the_others_are_delivered_at_once(
+        monkeypatch: pytest.MonkeyPatch, channel: type[OutgoingWebhooks],
+        make: Callable[[int, int, str], ConsumerRecord[Any, Any]], hole: Callable[[Notification], bool],
+        lane_cap: int) -> None:
+    service, fake, receivers = service_for(monkeypatch, channel, make, hole)
+    await service.start()
+    try:
+        await eventually(lambda: {"ok-a", "ok-b", "ok-c"} <= receivers.delivered,
+                         "the healthy results delivered while the black hole has not answered once")
+        assert receivers.hanging == receivers.most_hanging == lane_cap  # never the reserved quarter
+        assert fake.position == {0: 62, 1: 1} and not fake.paused_now  # every result fetched, nothing paused
+        await eventually(lambda: fake.committed.get(1) == 1, "the healthy partition committed")
+        assert fake.committed.get(0, 0) == 0  # partition 0's first record is the black hole's, unfinished
+        receivers.answer.set()  # the receiver comes back
+        await eventually(lambda: fake.committed.get(0) == 62, "partition 0 committed to its end")
+    finally:
+        await service.stop()
+    assert not fake.violations
+    assert receivers.most_hanging == lane_cap
+    stats = service.stats
+    assert (stats.delivered, stats.failed, stats.dead_lettered) == (63, 0, 0)
+
+
+@pytest.mark.parametrize(("channel", "make", "hole", "lane_cap"), CHANNELS)
+async def test_stopping_leaves_the_black_holes_records_uncommitted(
+        monkeypatch: pytest.MonkeyPatch, channel: type[OutgoingWebhooks],
+        make: Callable[[int, int, str], ConsumerRecord[Any, Any]], hole: Callable[[Notification], bool],
+        lane_cap: int) -> None:
+    service, fake, receivers = service_for(monkeypatch, channel, make, hole)
+    await service.start()
+    try:
+        await eventually(lambda: {"ok-a", "ok-b", "ok-c"} <= receivers.delivered, "the healthy results delivered")
+    finally:
+        await asyncio.wait_for(service.stop(), DEADLINE)  # hung attempts are cut at drain_timeout
+    assert not fake.violations and fake.commits > 0
+    assert fake.committed.get(0, 0) == 0 and fake.committed[1] == 1  # the next owner delivers the black hole's
+    stats = service.stats
+    assert (stats.delivered, stats.failed, stats.dead_lettered) == (3, 0, 0)
