@@ -9,11 +9,12 @@ One slow receiver never stalls the others. Each destination (``host:port`` of th
 ``webhook_url``) has a lane (:mod:`floodgate.notify.delivery`): at most ``per_destination``
 attempts at once (1/``shares`` of ``concurrency``) while the others need slots, and a circuit
 breaker; a destination alone may use all but a ``BURST_RESERVE``th of the slots, which stay free
-for the next destination to come. Toward ``max_pending``
-a destination's records count only up to its share (1/``shares`` of ``max_pending``); the rest
-wait in memory without holding up the fetch, which stops for them only at ``max_held`` records
-in all. So a black hole with hundreds of results in flight holds 8 of the 64 attempt slots and
-128 of the 1,024 pending places, and everyone else's results are still fetched and delivered.
+for the next destination to come. Toward ``max_pending`` a destination's records count only up to
+its share (1/``shares`` of ``max_pending``); the rest wait in memory without holding up the fetch,
+which stops for them only at ``max_held`` records in all. So a black hole with hundreds of results
+in flight holds at most 48 of the 64 attempt slots (8 once others need slots: its hung attempts
+time out and are not replaced past its cap) and 128 of the 1,024 pending places, and everyone
+else's results are still fetched and delivered.
 
 At-least-once: an offset is committed only when it and every offset before it in its partition
 are done — delivered, skipped, or parked in ``dlq`` (:mod:`floodgate.commit_tracker`).
