@@ -361,7 +361,7 @@ class Dispatcher:
         """Act on an order now: start it if a slot is free, or park it until one is. Returns the
         future of the write its record must wait for before it is acknowledged (None: none)."""
         lane, partition = self.lane, msg.partition
-        lane.sync(partition, msg.generation_id)
+        self.sync(partition, msg.generation_id)
         key = slot_key(partition, order.job_id)
         if lane.marked(key):
             # The job was cancelled before its order got here: drop it. A submission still running
@@ -453,7 +453,9 @@ class Dispatcher:
             return generation is not None and lane.generations.get(partition) == generation
 
         try:
-            await durable
+            # Shielded: a handover cancels this task, never the write, which the ack line awaits too
+            # (a cancelled write would stop the line for good: it awaits its head again and again).
+            await asyncio.shield(durable)
         except Exception as exc:  # the write could not be made durable: the order waits on
             log.warning("slot write for %s on %s failed, it waits again: %s", order.job_id, self.name, exc)
             lane.slots.remove_in(partition, key)
@@ -592,6 +594,32 @@ class Dispatcher:
                                          moved.to_record())
         await self.free(partition, key, order.job_id)
 
+    def sync(self, partition: int, generation: int) -> bool:
+        """``Lane.sync``; once ``partition`` is seen in a new generation, also take up the
+        submissions its slots began and did not finish (``resume``). True if it synced."""
+        if not self.lane.sync(partition, generation):
+            return False
+        self.resume(partition, generation)
+        return True
+
+    def resume(self, partition: int, generation: int) -> int:
+        """Submit, now, the slots of ``partition`` that hold no provider job id and no submission
+        runs for: a handover cancelled theirs before they called (every rebalance revokes every
+        partition, and most come back), or a crash cut them short. Before, they waited for the
+        poll's re-dispatch, ``poll_after`` seconds on. No call is under way for them anywhere: a
+        handover waits for the calls it finds (``Lane.hand_over``). Returns how many."""
+        lane, prefix, taken = self.lane, f"{partition}:".encode(), 0
+        for key in lane.slots:
+            if not key.startswith(prefix) or key in lane.submitting or key in lane.cancelling:
+                continue
+            slot = lane.slots.get(key)
+            if slot is not None and not slot.provider_job_id:
+                lane.run_in_background(key, self.submit(slot.order, key, partition, generation))
+                taken += 1
+        if taken:
+            log.info("%s[%d]: %d submissions taken up again", self.name, partition, taken)
+        return taken
+
     def owns(self, partition: int, generation: int | None) -> bool:
         """Whether ``partition`` is still this worker's as it was in ``generation`` (the one a
         submission began in): not revoked since, nor being handed over."""
@@ -606,7 +634,7 @@ class Dispatcher:
         lane = self.lane
         if durable is not None:
             try:
-                await durable
+                await asyncio.shield(durable)  # (as in ``start``: the ack line awaits it too)
             except Exception as exc:  # the ack line sends it again; the poller submits it then
                 log.warning("slot write for %s on %s failed: %s", order.job_id, self.name, exc)
                 return
@@ -698,7 +726,7 @@ class Dispatcher:
 
     async def release(self, rel: dict[str, Any], partition: int, generation: int) -> None:
         lane = self.lane
-        lane.sync(partition, generation)
+        self.sync(partition, generation)
         key = slot_key(partition, rel["job_id"])
         slot = lane.slots.get(key)
         if rel["status"] == ENDED:
@@ -794,7 +822,7 @@ class Dispatcher:
             if dropped:
                 log.info("%s: dropped %d local table entries of partitions now owned elsewhere", self.name, dropped)
         for partition in sorted(mine):
-            if lane.sync(partition, generation):
+            if self.sync(partition, generation):
                 self.pump(partition)
         if self.pipe.lines is not None:
             self.pipe.lines.start()

@@ -1040,14 +1040,18 @@ def log_writes(d: Dispatcher, writes: Writes) -> list[str]:
 
 
 class Refusing(FakeProvider):
-    def __init__(self, error: Exception) -> None:
+    """Refuses every submission with ``error`` (None: accepts them)."""
+
+    def __init__(self, error: Exception | None) -> None:
         super().__init__()
         self.error = error
         self.calls = 0
 
     async def submit(self, session: Any, order: SubmitOrder) -> SubmitResult:
         self.calls += 1
-        raise self.error
+        if self.error is not None:
+            raise self.error
+        return await super().submit(session, order)
 
 
 @pytest.mark.parametrize(("error", "sends"), [
@@ -1126,6 +1130,12 @@ async def test_a_revoke_stops_a_submission_waiting_out_a_429_before_it_calls_aga
     assert not emitter(dispatcher).events("rerouted") and not emitter(dispatcher).events("failed")
     slot = dispatcher.lane.slots.get(slot_key(0, "a"))
     assert slot is not None and slot.provider_job_id is None, "its slot stays for the next owner"
+    limited.error = None  # the provider has room again
+    dispatcher.sync(0, 2)  # the partition comes back (most do: every rebalance revokes them all)
+    await settle(dispatcher)
+    assert limited.calls == 2, "taken up at once, not at the poll's re-dispatch"
+    slot = dispatcher.lane.slots.get(slot_key(0, "a"))
+    assert slot is not None and slot.provider_job_id == "pj-a"
 
 
 async def test_a_submission_whose_partition_moved_on_meanwhile_never_calls(
@@ -1137,3 +1147,17 @@ async def test_a_submission_whose_partition_moved_on_meanwhile_never_calls(
     writes.land_all()
     await settle(dispatcher)
     assert not provider.submitted
+
+
+async def test_a_revoke_cancels_a_submission_waiting_for_its_slot_s_write_but_never_the_write(
+        dispatcher: Dispatcher, provider: FakeProvider, writes: Writes) -> None:
+    """The ack line awaits the same write before it acknowledges the order: cancelled, it would
+    stop the line for good (it awaits its head again and again)."""
+    writes.auto = False
+    dispatcher.app.consumer.held_partitions = set()  # type: ignore[attr-defined]
+    durable = await dispatcher.intake(message(0), order("a"))
+    await asyncio.wait_for(dispatcher._revoked(dispatcher.app, revoked={TP(dispatcher.orders_topic, 0)}), 5)
+    assert not dispatcher.lane.submitting and not durable.done()
+    writes.land_all()
+    await asyncio.wait_for(durable, 5)  # landed, as the ack line needs it to
+    assert not provider.submitted, "the partition is gone: nothing calls"
