@@ -448,10 +448,6 @@ class Dispatcher:
         ``app.consumer_generation_id`` only changes once the next assignment arrives: in between,
         the partition's next owner may already count its slots without this one."""
         lane = self.lane
-
-        def still_mine() -> bool:
-            return generation is not None and lane.generations.get(partition) == generation
-
         try:
             # Shielded: a handover cancels this task, never the write, which the ack line awaits too
             # (a cancelled write would stop the line for good: it awaits its head again and again).
@@ -460,12 +456,12 @@ class Dispatcher:
             log.warning("slot write for %s on %s failed, it waits again: %s", order.job_id, self.name, exc)
             lane.slots.remove_in(partition, key)
             lane.free(partition, order.job_id)
-            if still_mine():
+            if self.owns(partition, generation):
                 # Back in its waiting entry (which the slot's replaced), at the head of the line,
                 # as in memory; the next pump (at the latest the poll tick) retries.
                 lane.park_at_head(partition, order)
             return
-        if not still_mine():
+        if not self.owns(partition, generation):
             return  # revoked meanwhile: the partition's next owner finds the slot (or the waiting entry)
         await self.submit(order, key, partition, generation)
 
@@ -622,9 +618,10 @@ class Dispatcher:
 
     def owns(self, partition: int, generation: int | None) -> bool:
         """Whether ``partition`` is still this worker's as it was in ``generation`` (the one a
-        submission began in): not revoked since, nor being handed over."""
+        submission began in): not revoked since, nor being handed over. Never with no generation."""
         lane = self.lane
-        return lane.generations.get(partition) == generation and partition not in lane.handing_over
+        return (generation is not None and lane.generations.get(partition) == generation
+                and partition not in lane.handing_over)
 
     async def submit(self, order: Order, key: bytes, partition: int, generation: int | None,
                      durable: Awaitable[Any] | None = None) -> None:
