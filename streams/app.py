@@ -13,6 +13,7 @@ from floodgate.settings import Settings
 from streams import localstate
 from streams.faust_fixes import fetch_only_active, hold_partitions, hold_streams_until_seek, record_flow
 from streams.slotwriter import SlotWriter
+from streams.tables import Owed, owed_of
 
 
 class FloodgateApp(faust.App):
@@ -22,11 +23,11 @@ class FloodgateApp(faust.App):
     fetch_max_wait_ms: int = 1500
     read_order: ReadOrder | None = None
     slot_writer: SlotWriter | None = None
+    owed_records: Owed | None = None
 
     def _new_producer(self) -> Any:
         producer = super()._new_producer()
-        if self.slot_writer is not None:
-            bind_slot_writer(producer, self.slot_writer)
+        bind_producer(producer, self.slot_writer, owed_of(self))
         return producer
 
     def _new_consumer(self) -> Any:
@@ -80,29 +81,36 @@ class PromptExit(faust.Worker):
             await asyncio.sleep(0)
 
 
-def bind_slot_writer(producer: Any, writer: SlotWriter) -> None:
+def bind_producer(producer: Any, writer: SlotWriter | None, owed: Owed) -> None:
     """Tie ``writer`` (``streams/slotwriter.py``) to Faust's ``producer``: started after it (when a
-    table writes through it), flushed with it, and stopped before it.
+    table writes through it), flushed with it, and stopped before it; and make the flush wait for
+    the changelog records the tables are sending again (``owed``, ``streams/tables.py``).
 
-    The flush is what the slot tables' durability rests on: Faust flushes its producer before it
+    The flush is what the tables' durability rests on: Faust flushes its producer before it
     commits offsets, so with this a commit also waits for every slot write made before it, as it
-    would if they had gone through Faust's producer."""
+    would if they had gone through Faust's producer, and for every record refused before it until
+    it lands."""
     on_start, flush, on_stop = producer.on_start, producer.flush, producer.on_stop
 
     async def start_both() -> None:
         await on_start()
-        if writer.enlisted:
+        if writer is not None and writer.enlisted:
             await writer.start()
 
-    async def flush_both() -> None:
+    async def flush_all() -> None:
         await flush()
-        await writer.flush()
+        if writer is not None:
+            await writer.flush()
+        # After the flushes: a record they saw refused has its debt open by now (``_kept``'s
+        # callback runs before the flush's wait is woken).
+        await owed.settled()
 
     async def stop_both() -> None:
-        await writer.stop()
+        if writer is not None:
+            await writer.stop()
         await on_stop()
 
-    producer.on_start, producer.flush, producer.on_stop = start_both, flush_both, stop_both
+    producer.on_start, producer.flush, producer.on_stop = start_both, flush_all, stop_both
 
 
 PREFETCH_BACKOFF = 0.0

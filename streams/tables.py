@@ -23,6 +23,46 @@ RESEND_AFTER = 1.0
 log = logging.getLogger(__name__)
 
 
+class Owed:
+    """Changelog records Kafka refused and ``RecordTable`` is sending again, each until it lands or
+    a later write of its key supersedes it.
+
+    Faust flushes its producer before it commits offsets (and the worker flushes the slot writer
+    with it, ``streams/app.py``), but a flush returns once every record is acknowledged *or
+    refused*. A refused record is sent again a second later: a commit in that second, then a
+    crash, would leave the changelog without it for good (a freed slot back after recovery, or a
+    slot taken for a job missing from it). The worker's flush waits for these too."""
+
+    def __init__(self) -> None:
+        self._debts: set[asyncio.Future[None]] = set()
+
+    def __len__(self) -> int:
+        return len(self._debts)
+
+    def open(self) -> asyncio.Future[None]:
+        """A debt, settled (``set_result``) by whoever sends the record again."""
+        debt: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._debts.add(debt)
+        debt.add_done_callback(self._debts.discard)
+        return debt
+
+    async def settled(self) -> None:
+        """Return once every debt open at the call is settled (a record refused later is a later
+        commit's business, as the producer's flush does with later writes)."""
+        pending = list(self._debts)
+        if pending:
+            await asyncio.wait(pending)
+
+
+def owed_of(app: faust.App) -> Owed:
+    """The app's ``Owed`` records, shared by all its tables (made on first use)."""
+    owed: Owed | None = getattr(app, "owed_records", None)
+    if owed is None:
+        owed = Owed()
+        app.owed_records = owed  # type: ignore[attr-defined]  # (FloodgateApp declares it)
+    return owed
+
+
 class RecordTable(Generic[T]):
     def __init__(self, app: faust.App, name: str, *, partitions: int, encode: Callable[[T], bytes],
                  decode: Callable[[bytes], T], writer: SlotWriter | None = None, **options: Any) -> None:
@@ -34,6 +74,7 @@ class RecordTable(Generic[T]):
         self._encode = encode
         self.decode = decode
         self.writer = writer.enlist() if writer is not None else None
+        self.owed = owed_of(app)
 
     def _send(self, partition: int, key: bytes, raw: bytes | None) -> Awaitable[Any]:
         if self.writer is not None:
@@ -60,26 +101,39 @@ class RecordTable(Generic[T]):
         self.table.data[key] = raw
         return self._kept(partition, key, raw, self._send(partition, key, raw))
 
-    def _kept(self, partition: int, key: bytes, raw: bytes | None, sent: Awaitable[Any]) -> Awaitable[Any]:
+    def _kept(self, partition: int, key: bytes, raw: bytes | None, sent: Awaitable[Any],
+              debt: asyncio.Future[None] | None = None) -> Awaitable[Any]:
         """``sent``, sent again ``RESEND_AFTER`` seconds after each time Kafka refuses it, for as
         long as the local table still holds what it says (a later write or delete of the key
         supersedes it). Without that, a refused record (a broker restart) would leave the
         changelog behind the table in memory, and the next recovery (any rebalance) would bring
         back a slot freed here, or a waiting order taken out of its line, and submit it. A
-        callback, not a task: the resend costs nothing until Kafka refuses a record."""
+        callback, not a task: the resend costs nothing until Kafka refuses a record. From the
+        first refusal until the record lands (or is superseded) it is ``owed``: no commit passes
+        it (``Owed``)."""
         def landed(future: Any) -> None:
+            nonlocal debt
             if future.cancelled() or future.exception() is None or self.table.data.get(key) != raw:
+                if debt is not None and not debt.done():
+                    debt.set_result(None)
                 return
             log.warning("changelog write of %r to %s failed (%s); sending it again", key, self.table.name,
                         future.exception())
+            if debt is None:
+                debt = self.owed.open()
             asyncio.get_running_loop().call_later(RESEND_AFTER, again)
 
         def again() -> None:
+            assert debt is not None
             if self.table.data.get(key) == raw:
-                self._kept(partition, key, raw, self._send(partition, key, raw))
+                self._kept(partition, key, raw, self._send(partition, key, raw), debt)
+            elif not debt.done():
+                debt.set_result(None)  # superseded: the later write is the one a commit waits for
 
         if isinstance(sent, asyncio.Future):  # (Faust's FutureMessage, or the slot writer's future)
             sent.add_done_callback(landed)
+        elif debt is not None and not debt.done():
+            debt.set_result(None)
         return sent
 
     async def put_durably_in(self, partition: int, key: bytes, value: T) -> None:

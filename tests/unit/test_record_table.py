@@ -11,7 +11,7 @@ import pytest
 
 from floodgate.settings import Settings
 from streams import tables
-from streams.app import create_app
+from streams.app import bind_producer, create_app
 from streams.tables import RecordTable
 
 
@@ -93,3 +93,69 @@ async def test_a_later_write_supersedes_a_refused_one(table: tuple[RecordTable[b
     await settle()
     assert [(key, value) for key, value, _ in changelog.records] == [
         (b"0:a", b"slot"), (b"0:a", b"slot, submitted"), (b"0:b", b"slot"), (b"0:b", None), (b"0:b", b"taken again")]
+
+
+async def test_a_refused_write_is_owed_until_its_resend_lands(table: tuple[RecordTable[bytes], Changelog]) -> None:
+    """A commit must not pass a refused record: from the refusal until the record lands, the
+    worker's flush (which Faust awaits before it commits) waits on it."""
+    records, changelog = table
+    records.put_in(1, b"1:job", b"slot")
+    assert len(records.owed) == 0, "nothing is owed before Kafka refuses"
+    changelog.refuse_last()
+    await changelog.next_send(2)
+    assert len(records.owed) == 1
+    settled = asyncio.ensure_future(records.owed.settled())
+    changelog.refuse_last()  # the resend refused too: still the same debt
+    await changelog.next_send(3)
+    assert not settled.done() and len(records.owed) == 1
+    changelog.records[-1][2].set_result(None)
+    async with asyncio.timeout(5):
+        await settled
+    assert len(records.owed) == 0
+
+
+async def test_a_superseded_refusal_is_owed_no_more(table: tuple[RecordTable[bytes], Changelog]) -> None:
+    records, changelog = table
+    records.put_in(0, b"0:job", b"slot")
+    changelog.refuse_last()
+    await changelog.next_send(2)  # the resend, in flight
+    assert len(records.owed) == 1
+    records.remove_in(0, b"0:job")  # deleted meanwhile: the tombstone is the record a commit waits for
+    changelog.records[1][2].set_exception(RuntimeError("refused"))
+    async with asyncio.timeout(5):
+        await records.owed.settled()
+    await settle()
+    assert [(key, value) for key, value, _ in changelog.records] == [
+        (b"0:job", b"slot"), (b"0:job", b"slot"), (b"0:job", None)], "the stale slot is not sent a third time"
+
+
+class FakeProducer:
+    """Faust's producer as ``bind_producer`` sees it: a flush the test can hold."""
+
+    def __init__(self) -> None:
+        self.flushed = asyncio.Event()
+
+    async def on_start(self) -> None:
+        return None
+
+    async def flush(self) -> None:
+        self.flushed.set()
+
+    async def on_stop(self) -> None:
+        return None
+
+
+async def test_the_worker_flush_waits_for_owed_records(table: tuple[RecordTable[bytes], Changelog]) -> None:
+    records, changelog = table
+    producer = FakeProducer()
+    bind_producer(producer, None, records.owed)
+    records.put_in(1, b"1:job", b"slot")
+    changelog.refuse_last()
+    await changelog.next_send(2)
+    flush = asyncio.ensure_future(producer.flush())
+    await producer.flushed.wait()
+    await settle()
+    assert not flush.done(), "the commit's flush went past a record Kafka refused"
+    changelog.records[-1][2].set_result(None)
+    async with asyncio.timeout(5):
+        await flush
