@@ -16,7 +16,7 @@ from aiohttp import web
 from connectors.storage import VideoStore
 from floodgate.api import bridge, cancel, dashboard, ingress, openapi, pages, read, uploads, videos
 from floodgate.api.backlog import BacklogMonitor
-from floodgate.api.common import ROLES, Deps, base_url, json_response
+from floodgate.api.common import ROLES, Deps, base_url, body_too_large, json_response
 from floodgate.api.idempotency import IdempotencyCache
 from floodgate.api.kafka_io import Sender
 from floodgate.api.view import JobView
@@ -43,7 +43,10 @@ async def problem_middleware(request: web.Request, handler: Handler) -> web.Stre
         if exc.status < 400:
             raise  # redirects and the like are not errors
         headers = {k: v for k, v in exc.headers.items() if k in ("Allow", "Retry-After", "WWW-Authenticate")}
-        return problem_response(exc.status, exc.reason, headers=headers)
+        # aiohttp's own size limit (a handler that reads with request.read()) names the body as
+        # our too_large does.
+        errors = [body_too_large(request.client_max_size)] if exc.status == 413 else []
+        return problem_response(exc.status, exc.reason, headers=headers, errors=errors)
     except Exception:
         log.exception("unhandled error on %s %s", request.method, request.path)
         return problem_response(500, "Internal Server Error", detail="an unexpected error occurred")

@@ -44,6 +44,11 @@ from floodgate.signing import HEADER_ID
 log = logging.getLogger(__name__)
 
 MAX_WEBHOOK_BYTES = 1024 * 1024
+WEBHOOK_CHALLENGE = {"WWW-Authenticate": 'Signature realm="floodgate-webhooks"'}
+"""RFC 9110 wants a challenge with every 401. A delivery proves itself by its provider's signature
+(or, for providers that do not sign, the callback path's MAC and the provider's word), which no
+registered scheme describes and which differs by provider, so the challenge names no header; its
+realm is not the API's ("floodgate"): a provider's webhook secret opens nothing else."""
 
 
 def envelope(provider: str, headers: dict[str, str], body: bytes, event_webhook_id: str | None,
@@ -121,7 +126,8 @@ class Bridge:
         except WebhookVerificationError as exc:
             log.info("rejected webhook for %s: %s", name, exc)
             received.labels(name, "bad_signature").inc()
-            return problem_response(401, "Unauthorized", type_=UNAUTHORIZED, detail="webhook verification failed")
+            return problem_response(401, "Unauthorized", type_=UNAUTHORIZED, detail="webhook verification failed",
+                                    headers=WEBHOOK_CHALLENGE)
         except ProviderError as exc:
             # Confirming the callback needed the provider, which did not answer: ask for a redelivery.
             log.info("webhook for %s not confirmed yet: %s", name, exc)
@@ -187,4 +193,4 @@ def add_routes(app: web.Application, deps: Deps, connectors: Mapping[str, Any]) 
     app.on_cleanup.append(bridge.close)
 
 
-__all__ = ["MAX_WEBHOOK_BYTES", "Bridge", "add_routes", "envelope"]
+__all__ = ["MAX_WEBHOOK_BYTES", "WEBHOOK_CHALLENGE", "Bridge", "add_routes", "envelope"]

@@ -13,6 +13,7 @@ from aiohttp import web
 from floodgate.api.idempotency import IdempotencyCache
 from floodgate.api.kafka_io import Sender
 from floodgate.api.view import JobView
+from floodgate.errors import Problem
 from floodgate.metrics import ApiMetrics, api_metrics
 from floodgate.problems import problem_response
 from floodgate.provider_config import ProviderSetup
@@ -85,8 +86,14 @@ async def read_bounded(request: web.Request, limit: int) -> bytes:
     return bytes(body)
 
 
+def body_too_large(limit: int) -> Problem:
+    """What a 413 names: the body, with the limit it passed (RFC 9457 problems name the field at fault)."""
+    return Problem("body", f"must be at most {limit} bytes")
+
+
 def too_large(limit: int) -> web.Response:
-    return problem_response(413, "Content Too Large", detail=f"the request body must be at most {limit} bytes")
+    return problem_response(413, "Content Too Large", detail=f"the request body must be at most {limit} bytes",
+                            errors=[body_too_large(limit)])
 
 
 def json_response(data: Any, status: int = 200, headers: dict[str, str] | None = None) -> web.Response:
@@ -100,4 +107,5 @@ def base_url(request: web.Request, settings: Settings) -> str:
     return f"{request.scheme}://{request.host}"
 
 
-__all__ = ["ROLES", "BodyTooLarge", "Deps", "base_url", "json_response", "read_bounded", "too_large"]
+__all__ = ["ROLES", "BodyTooLarge", "Deps", "base_url", "body_too_large", "json_response", "read_bounded",
+           "too_large"]

@@ -160,7 +160,8 @@ class Ingress:
     async def _admitted(self, request: web.Request, tenant: str) -> web.Response:
         deps, settings = self.deps, self.deps.settings
         if request.content_type != "application/json":
-            return problem_response(415, "Unsupported Media Type", detail="send the job as application/json")
+            return problem_response(415, "Unsupported Media Type", detail="send the job as application/json",
+                                    errors=[Problem("Content-Type", "must be application/json")])
         try:
             body = await read_bounded(request, settings.max_body_bytes)
         except BodyTooLarge as exc:

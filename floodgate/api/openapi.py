@@ -34,6 +34,28 @@ _IMAGES = {kind: {"schema": {"type": "string", "format": "binary", "maxLength": 
            for kind in ("image/jpeg", "image/png", "image/webp")}
 _JOB_AUTH: list[dict[str, list[str]]] = [{"jobToken": []}, {"jobTokenQuery": []}]
 
+# The stored video's conditional and range requests (floodgate/api/videos.py answers them; aiohttp's
+# FileResponse the date conditions and the range itself, on the local store).
+_VIDEO_ETAG = {"description": "The SHA-256 recorded when the video was copied, quoted", "schema": {"type": "string"}}
+_VIDEO_CONDITIONS: list[dict[str, Any]] = [
+    {"name": "Range", "in": "header", "required": False, "schema": {"type": "string"},
+     "description": "One byte range (`bytes=first-last`, `bytes=first-`, `bytes=-suffix`): 206 with that part, "
+                    "416 when it cannot be satisfied. Several ranges, a malformed one or another unit are "
+                    "ignored (200, the whole video), as is any Range on HEAD or with the S3 store."},
+    {"name": "If-Range", "in": "header", "required": False, "schema": {"type": "string"},
+     "description": "The Range is answered only when this is the ETag; anything else (another or a weak tag, "
+                    "a date): the whole video, 200."},
+    {"name": "If-Match", "in": "header", "required": False, "schema": {"type": "string"},
+     "description": "Entity tags or `*`, compared strongly with the ETag: 412 when none matches."},
+    {"name": "If-None-Match", "in": "header", "required": False, "schema": {"type": "string"},
+     "description": "Entity tags or `*`, compared weakly with the ETag: 304 when one matches."},
+    {"name": "If-Unmodified-Since", "in": "header", "required": False, "schema": {"type": "string"},
+     "description": "Local store only, and only without If-Match: 412 when the copy was stored after this date."},
+    {"name": "If-Modified-Since", "in": "header", "required": False, "schema": {"type": "string"},
+     "description": "Local store only, and only without If-None-Match: 304 unless the copy was stored after "
+                    "this date."},
+]
+
 # One Server-Sent Event of the job stream (the schema applies per event, as SSE tools read it).
 _SSE_EVENT = {"type": "object", "required": ["event", "data"], "properties": {
     "event": {"const": "job"}, "id": {"type": "string", "pattern": "^[0-9]+$"},
@@ -60,7 +82,7 @@ def _callback_operation(*, extra: bool) -> dict[str, Any]:
                 "type": "object", "properties": {"received": {"const": True}}, "required": ["received"]}}}},
             "401": _problem("Wrong callback path, bad signature, or the provider does not confirm it"),
             "404": _problem("Unknown provider"),
-            "413": _problem("Body larger than 1 MiB"),
+            "413": _problem("Body larger than 1 MiB; `errors` names `body`"),
             "503": _problem("Kafka unavailable, or the provider did not answer the confirming status call; "
                             "retry the delivery", retry_after=True),
         },
@@ -86,8 +108,8 @@ _OPERATIONS: dict[str, tuple[str, str, dict[str, Any]]] = {
             "400": _problem("Invalid body; `errors` names every field at fault"),
             "401": _problem("X-API-Key missing (when keys are configured)"),
             "403": _problem("Unknown API key"),
-            "413": _problem("Body too large"),
-            "415": _problem("Not application/json"),
+            "413": _problem("Body too large; `errors` names `body`"),
+            "415": _problem("Not application/json; `errors` names `Content-Type`"),
             "422": _problem("Idempotency-Key reused with a different body"),
             "429": _problem("Over the tenant's quota (type `urn:floodgate:problem:rate-quota`: requests per "
                             "minute; `urn:floodgate:problem:queued-quota`: jobs not yet finished); `limit` is the "
@@ -112,15 +134,37 @@ _OPERATIONS: dict[str, tuple[str, str, dict[str, Any]]] = {
         "summary": "A completed job's stored video (the link in result.video_url)",
         "description": "The signed link is the only credential: `expires` (Unix seconds) and `sig` "
                        "(base64url HMAC-SHA256) come from the job's `result.video_url`. HEAD answers the headers "
-                       "alone.",
+                       "alone. The ETag, the SHA-256 recorded when the video was copied, is the one validator: "
+                       "If-Match and If-None-Match are checked against it on either store. Range (with If-Range), "
+                       "If-Modified-Since and If-Unmodified-Since are answered only where the videos are kept on "
+                       "the API's disk (FLOODGATE_VIDEO_STORE local); with S3 they are ignored.",
         "operationId": "getVideo",
         "parameters": [_JOB_ID,
                        {"name": "expires", "in": "query", "required": True, "schema": {"type": "string"}},
-                       {"name": "sig", "in": "query", "required": True, "schema": {"type": "string"}}],
+                       {"name": "sig", "in": "query", "required": True, "schema": {"type": "string"}},
+                       *_VIDEO_CONDITIONS],
         "responses": {
-            "200": {"description": "The video; Repr-Digest carries the SHA-256 recorded when it was copied",
+            "200": {"description": "The video; Repr-Digest carries the SHA-256 recorded when it was copied. Also the "
+                                   "answer to a Range that is ignored: several ranges, a malformed one, another "
+                                   "unit, one on HEAD, or one whose If-Range is not the ETag",
+                    "headers": {"ETag": _VIDEO_ETAG},
                     "content": {"video/*": {"schema": {"type": "string", "format": "binary"}}}},
+            "206": {"description": "The one byte range asked for (local store only)",
+                    "headers": {"ETag": _VIDEO_ETAG,
+                                "Content-Range": {"description": "`bytes first-last/size`",
+                                                  "schema": {"type": "string"}}},
+                    "content": {"video/*": {"schema": {"type": "string", "format": "binary"}}}},
+            "304": {"description": "If-None-Match names the ETag (or `*`); on the local store, without If-None-Match, "
+                                   "If-Modified-Since is not before the copy was stored. No body",
+                    "headers": {"ETag": _VIDEO_ETAG}},
             "403": _problem("Malformed, forged or expired link"),
+            "412": {"description": "If-Match names neither the ETag (compared strongly) nor `*`; on the local store, "
+                                   "without If-Match, If-Unmodified-Since is before the copy was stored. No body",
+                    "headers": {"ETag": _VIDEO_ETAG}},
+            "416": {"description": "The one range cannot be satisfied: `bytes=-0`, or a first byte at or past the "
+                                   "end (local store only). No body",
+                    "headers": {"ETag": _VIDEO_ETAG,
+                                "Content-Range": {"description": "`bytes */size`", "schema": {"type": "string"}}}},
             "502": _problem("The provider's video was refused (too large, not a video, a private address), or "
                             "its copy was given up and the provider's URL is not known here"),
             "307": {"description": "Not copied yet, or its copy given up after the copier's retries: the "
@@ -215,7 +259,7 @@ _OPERATIONS: dict[str, tuple[str, str, dict[str, Any]]] = {
                 "type": "object", "properties": {"received": {"const": True}}, "required": ["received"]}}}},
             "401": _problem("Signature or timestamp did not verify; nothing was stored"),
             "404": _problem("Unknown provider"),
-            "413": _problem("Body larger than 1 MiB"),
+            "413": _problem("Body larger than 1 MiB; `errors` names `body`"),
             "503": _problem("Kafka unavailable; retry the delivery", retry_after=True),
         },
     }),
@@ -236,8 +280,9 @@ _OPERATIONS: dict[str, tuple[str, str, dict[str, Any]]] = {
                     "content": {_JSON: {"schema": _ref("Upload")}}},
             "401": _problem("X-API-Key missing (when keys are configured)"),
             "403": _problem("Unknown API key"),
-            "413": _problem("Image larger than FLOODGATE_UPLOAD_MAX_BYTES"),
-            "415": _problem("Not a JPEG, PNG or WebP image, or not the kind the Content-Type says"),
+            "413": _problem("Image larger than FLOODGATE_UPLOAD_MAX_BYTES; `errors` names `body`"),
+            "415": _problem("Not a JPEG, PNG or WebP image, or not the kind the Content-Type says; `errors` names "
+                            "`Content-Type` when it is no image type, else `body`"),
             "503": _problem("The store is full (FLOODGATE_UPLOAD_MAX_TOTAL_BYTES) or cannot be reached",
                             retry_after=True),
         },
@@ -297,6 +342,8 @@ _OPERATIONS: dict[str, tuple[str, str, dict[str, Any]]] = {
         "responses": {
             "202": {"description": "The spike started", "content": {_JSON: {"schema": {"type": "object"}}}},
             "400": _problem("Invalid jobs or rate; `errors` names them"),
+            "413": _problem("Body larger than the API takes at all (FLOODGATE_MAX_BODY_BYTES or 1 MiB, whichever "
+                            "is larger); `errors` names `body`"),
             "401": _problem("X-Operator-Key missing (when API keys are configured)"),
             "403": _problem("Not in dev mode, or an unknown operator key"),
             "409": _problem("A spike is already running, or no model can take jobs"),

@@ -67,16 +67,19 @@ class Uploads:
             return refused
         wanted = {k.content_type: k for k in images.KINDS}
         if request.content_type not in wanted:
-            return _not_an_image(415, "send the image itself with Content-Type image/jpeg, image/png or image/webp")
+            return _not_an_image("send the image itself with Content-Type image/jpeg, image/png or image/webp",
+                                 Problem("Content-Type", "must be image/jpeg, image/png or image/webp"))
         try:
             data = await read_bounded(request, self.limit)
         except BodyTooLarge as exc:
             return too_large(exc.limit)
         kind = images.sniff(data[:images.SNIFF_BYTES])
         if kind is None:
-            return _not_an_image(415, "the body is not a JPEG, PNG or WebP image")
+            why = "the body is not a JPEG, PNG or WebP image"
+            return _not_an_image(why, Problem("body", why))
         if kind is not wanted[request.content_type]:
-            return _not_an_image(415, f"the body is a {kind.content_type} image, not {request.content_type}")
+            why = f"the body is a {kind.content_type} image, not {request.content_type}"
+            return _not_an_image(why, Problem("body", why))
         now = self.deps.clock()
         try:
             if self.store.sweep_due(now):
@@ -125,9 +128,10 @@ def _unavailable(exc: StorageError) -> web.Response:
                             headers={"Retry-After": str(STORE_RETRY_AFTER)})
 
 
-def _not_an_image(status: int, why: str) -> web.Response:
-    return problem_response(status, "Unsupported Media Type", type_=VALIDATION, detail=why,
-                            errors=[Problem("body", why)])
+def _not_an_image(why: str, at_fault: Problem) -> web.Response:
+    """415: ``at_fault`` names the ``Content-Type`` header when that is not an image type we store,
+    else the body, whose first bytes are not what it says."""
+    return problem_response(415, "Unsupported Media Type", type_=VALIDATION, detail=why, errors=[at_fault])
 
 
 def add_routes(app: web.Application, deps: Deps, store: UploadStore | None = None) -> Uploads:

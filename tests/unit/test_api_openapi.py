@@ -1,19 +1,28 @@
-"""The hand-written OpenAPI document and the router agree, route for route, for every role set."""
+"""The hand-written OpenAPI document and the router agree, route for route, for every role set; and
+the stored video's route answers nothing the document does not list."""
 from __future__ import annotations
 
+import hashlib
 import itertools
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
 import pytest
+from aiohttp import web
+from aiohttp.test_utils import TestClient, TestServer
 
-from connectors.storage import LocalVideoStore
+from connectors.storage import LocalVideoStore, VideoRecord
+from floodgate.api import videos
 from floodgate.api.app import build_app
-from floodgate.api.common import ROLES
+from floodgate.api.common import ROLES, Deps
 from floodgate.api.openapi import document
 from floodgate.api.view import JobView
+from floodgate.errors import StorageError
+from floodgate.ids import new_job_id
 from floodgate.provider_config import dev_setup
 from floodgate.settings import Settings
+from floodgate.videolinks import VideoLinks
 
 ROLE_SETS = [frozenset(c) for n in range(1, 4) for c in itertools.combinations(sorted(ROLES), n)]
 METHODS = {"get", "post", "put", "patch", "delete"}
@@ -63,8 +72,13 @@ def _refs(node: Any) -> list[str]:
     return []
 
 
+# The stored video's 412 and 416 carry headers only, no problem: aiohttp's FileResponse answers
+# the date conditions and the range itself, and the route's own If-Match answers as it does.
+BODILESS_ERRORS = {("get", "/v1/videos/{job_id}", "412"), ("get", "/v1/videos/{job_id}", "416")}
+
+
 def test_document_is_self_consistent() -> None:
-    doc = document(ROLES, "http://api.example")
+    doc = document(ROLES, "http://api.example", videos=True)
     assert doc["openapi"].startswith("3.1") and doc["servers"] == [{"url": "http://api.example"}]
     schemas = doc["components"]["schemas"]
     for ref in _refs(doc):
@@ -78,7 +92,9 @@ def test_document_is_self_consistent() -> None:
             for requirement in op.get("security", []):
                 assert set(requirement) <= set(schemes), (method, path)
             for status, response in op["responses"].items():
-                if int(status) >= 400 and path != "/healthz":  # /healthz's 503 is a health report
+                if (method, path, status) in BODILESS_ERRORS:
+                    assert "content" not in response, (method, path, status)
+                elif int(status) >= 400 and path != "/healthz":  # /healthz's 503 is a health report
                     assert "application/problem+json" in response["content"], (method, path, status)
 
 
@@ -102,3 +118,86 @@ def test_url_pattern_accepts_only_what_the_server_accepts() -> None:
         assert not pattern.search(url), url
         with pytest.raises(ValidationError):
             check_url_syntax(url)
+
+
+# The video route, answering for real: each (why, which video, method, request headers, status)
+# is one answer it gives. Every status must be documented, every header that drew it a documented
+# parameter, and every documented status drawn by one of these.
+VIDEO = bytes(range(100))
+ETAG = f'"{hashlib.sha256(VIDEO).hexdigest()}"'
+NOW = 1_900_000_000.0
+LINKS = VideoLinks(b"k" * 32, ttl=60.0)
+LATER, EARLIER = "Tue, 01 Jan 2999 00:00:00 GMT", "Mon, 01 Jan 1990 00:00:00 GMT"
+VIDEO_ANSWERS: list[tuple[str, str, str, dict[str, str], int]] = [
+    ("the whole video", "stored", "GET", {}, 200),
+    ("its headers", "stored", "HEAD", {}, 200),
+    ("several ranges are ignored", "stored", "GET", {"Range": "bytes=0-1,5-9"}, 200),
+    ("a range under another validator is ignored", "stored", "GET", {"Range": "bytes=0-9", "If-Range": '"x"'}, 200),
+    ("one range", "stored", "GET", {"Range": "bytes=0-9"}, 206),
+    ("one range of this version", "stored", "GET", {"Range": "bytes=0-9", "If-Range": ETAG}, 206),
+    ("a suffix of no bytes", "stored", "GET", {"Range": "bytes=-0"}, 416),
+    ("a range past the end", "stored", "GET", {"Range": "bytes=100-"}, 416),
+    ("the client's copy is this one", "stored", "GET", {"If-None-Match": ETAG}, 304),
+    ("the client's copy is as new", "stored", "GET", {"If-Modified-Since": LATER}, 304),
+    ("the client wants another version", "stored", "GET", {"If-Match": '"other"'}, 412),
+    ("the copy changed since the client's date", "stored", "GET", {"If-Unmodified-Since": EARLIER}, 412),
+    ("a forged link", "forged", "GET", {}, 403),
+    ("not copied yet, the provider's copy known", "pending-known", "GET", {}, 307),
+    ("not copied yet, the provider's copy not known here", "pending", "GET", {}, 503),
+    ("the store unreachable", "unreachable", "GET", {}, 503),
+    ("the copy refused for good", "refused", "GET", {}, 502),
+]
+
+
+class _Unreachable(LocalVideoStore):
+    """A local store whose record of ``down`` cannot be read (an outage)."""
+
+    down = ""
+
+    async def record(self, job_id: str) -> VideoRecord | None:
+        if job_id == self.down:
+            raise StorageError("video store: unreachable", retriable=True)
+        return await super().record(job_id)
+
+
+async def _one_chunk(data: bytes) -> AsyncIterator[bytes]:
+    yield data
+
+
+@pytest.fixture
+async def video_route(tmp_path: Path) -> AsyncIterator[tuple[TestClient, dict[str, str]]]:
+    """A client of the video route and a signed path to each kind of video VIDEO_ANSWERS names."""
+    store = _Unreachable(tmp_path / "videos")
+    jobs = {kind: new_job_id() for kind in ("stored", "pending-known", "pending", "unreachable", "refused")}
+    stored = VideoRecord(jobs["stored"], "stored", at_ms=1, size=len(VIDEO),
+                         sha256=hashlib.sha256(VIDEO).hexdigest(), content_type="video/mp4")
+    await store.put_video(jobs["stored"], _one_chunk(VIDEO), "video/mp4", lambda: stored)
+    await store.put_record(VideoRecord(jobs["refused"], "failed", at_ms=1, reason="too large"))
+    store.down = jobs["unreachable"]
+    view = JobView()
+    view.apply({"job_id": jobs["pending-known"], "tenant": "default", "user_id": "u1", "model": "kling-2.1",
+                "status": "completed", "version": 1, "created_at": 1, "updated_at": 1, "progress": 1.0,
+                "metadata": {}, "video_url": "https://cdn.example/v.mp4"})
+    app = web.Application()
+    videos.add_routes(app, Deps(Settings(), dev_setup("http://127.0.0.1:9"), None, view, clock=lambda: NOW),
+                      LINKS, store)
+    paths = {kind: LINKS.path(job_id, NOW) for kind, job_id in jobs.items()}
+    good = paths["stored"]
+    paths["forged"] = good[:-1] + ("A" if good[-1] != "A" else "B")
+    async with TestClient(TestServer(app)) as client:
+        yield client, paths
+
+
+async def test_every_answer_of_the_video_route_is_documented(
+        video_route: tuple[TestClient, dict[str, str]]) -> None:
+    client, paths = video_route
+    operation = document({"read"}, videos=True)["paths"]["/v1/videos/{job_id}"]["get"]
+    documented_headers = {p["name"].lower() for p in operation["parameters"] if p["in"] == "header"}
+    drawn = set()
+    for why, video, method, headers, status in VIDEO_ANSWERS:
+        async with client.request(method, paths[video], headers=headers, allow_redirects=False) as resp:
+            assert resp.status == status, why
+        assert str(status) in operation["responses"], why
+        assert {name.lower() for name in headers} <= documented_headers, why
+        drawn.add(str(status))
+    assert drawn == set(operation["responses"])

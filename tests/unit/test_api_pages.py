@@ -74,19 +74,21 @@ async def test_an_image_is_stored_and_served_by_its_unguessable_url(make: Any) -
     assert "default-src 'none'" in got.headers["Content-Security-Policy"]
 
 
-@pytest.mark.parametrize(("content_type", "data", "why"), [
-    ("image/png", b"<html><script>alert(1)</script></html>", "not a JPEG, PNG or WebP"),
-    ("image/png", JPEG, "is a image/jpeg image"),
-    ("application/json", b"{}", "Content-Type image/jpeg"),
-    ("image/gif", b"GIF89a", "Content-Type image/jpeg"),
+@pytest.mark.parametrize(("content_type", "data", "why", "at_fault"), [
+    ("image/png", b"<html><script>alert(1)</script></html>", "not a JPEG, PNG or WebP", "body"),
+    ("image/png", JPEG, "is a image/jpeg image", "body"),
+    # No image type at all: the header is what to fix, whatever the body holds.
+    ("application/json", b"{}", "Content-Type image/jpeg", "Content-Type"),
+    ("image/gif", b"GIF89a", "Content-Type image/jpeg", "Content-Type"),
 ])
-async def test_anything_but_a_matching_image_is_refused(make: Any, content_type: str, data: bytes, why: str) -> None:
+async def test_anything_but_a_matching_image_is_refused(make: Any, content_type: str, data: bytes, why: str,
+                                                        at_fault: str) -> None:
     client = await make()
     resp = await client.post("/v1/uploads", data=data, headers={"Content-Type": content_type})
     assert resp.status == 415
     problem = await resp.json()
     assert resp.content_type == "application/problem+json" and why in problem["detail"]
-    assert problem["errors"][0]["field"] == "body"
+    assert [e["field"] for e in problem["errors"]] == [at_fault]
 
 
 async def test_an_image_past_the_limit_is_413(make: Any) -> None:

@@ -1,6 +1,7 @@
-"""The bridge refuses a delivery whose proof is malformed with 401 problem+json, as it refuses a
-wrong one, never with a 500: a callback path whose MAC is not ASCII hex, a timestamp too long for
-``int()``, a signature header that is not hex. Nothing refused reaches Kafka (a fake producer)."""
+"""The bridge refuses a delivery whose proof is malformed with 401 problem+json and a challenge,
+as it refuses a wrong one, never with a 500: a callback path whose MAC is not ASCII hex, a
+timestamp too long for ``int()``, a signature header that is not hex. Nothing refused reaches
+Kafka (a fake producer)."""
 from __future__ import annotations
 
 import time
@@ -51,6 +52,8 @@ async def assert_refused(resp: Any, sender: RecordingSender) -> None:
     assert resp.status == 401, await resp.text()
     assert resp.content_type == "application/problem+json"
     assert (await resp.json())["detail"] == "webhook verification failed"
+    # Every 401 carries a challenge (RFC 9110, 15.5.2); the provider's secret is its own realm.
+    assert resp.headers.get("WWW-Authenticate") == 'Signature realm="floodgate-webhooks"'
     assert sender.sent == []
 
 
