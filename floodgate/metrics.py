@@ -41,6 +41,9 @@ OUTGOING_OUTCOMES = ("delivered", "failed", "skipped", "invalid")
 VIDEO_OUTCOMES = ("stored", "failed", "already_stored", "skipped")
 VIDEO_REFUSALS = ("malformed", "forged", "expired")
 CHANNELS = ("sse", "websocket")
+BREAKER_CHANNELS = ("webhooks", "push", "videos")
+"""The services whose destinations have circuit breakers (:mod:`floodgate.lanes`): the outgoing
+webhooks, the pushes, the video copier's source hosts."""
 UNKNOWN_PROVIDER = "unknown"
 """The ``provider`` label of webhooks to a provider we do not know: the path segment is the
 caller's, and a label taken from it would let anyone create series at will."""
@@ -150,12 +153,26 @@ class ApiMetrics(_Group):
         self.video_copies_again = self._counter(
             "floodgate_video_copies_again_total",
             "Video copies given up on, started again because someone asked for the video.")
+        self.video_copies_shed = self._counter(
+            "floodgate_video_copies_shed_total",
+            "Video copies given up on without an attempt: their source host held as many copies as the copier "
+            "lets one host hold, and its breaker was open (recorded as given up: a request for the video starts "
+            "the copy).")
         self.video_copy_lag = self._histogram(
             "floodgate_video_copy_lag_seconds",
             "From a job's completion to its video stored in Floodgate's store.", JOB_BUCKETS)
         self.video_links_refused = self._counter(
             "floodgate_video_links_refused_total", "Requests for a stored video refused: malformed, forged, "
             "expired link.", ["reason"])
+        self.breakers_open = self._gauge(
+            "floodgate_destination_breakers_open",
+            "Destinations whose circuit breaker is open or half-open now (one probe at a time), by channel: "
+            "webhooks (receivers' host:port), push (platforms), videos (hosts the copier fetches from). Never "
+            "by destination: hosts are tenants' data, without bound.", ["channel"])
+        self.breaker_openings = self._counter(
+            "floodgate_destination_breaker_openings_total",
+            "Circuit breakers of destinations opened after failed attempts in a row, by channel: webhooks, "
+            "push, videos.", ["channel"])
         for reason in REJECT_REASONS:
             self.rejected.labels(reason)
         for outcome in VIDEO_OUTCOMES:
@@ -165,6 +182,9 @@ class ApiMetrics(_Group):
         for channel in CHANNELS:
             self.notification_latency.labels(channel)
             self.subscribers.labels(channel)
+        for channel in BREAKER_CHANNELS:
+            self.breakers_open.labels(channel)
+            self.breaker_openings.labels(channel)
         for outcome in OUTGOING_OUTCOMES:
             self.outgoing.labels(outcome)
             self.push.labels(outcome)

@@ -35,7 +35,7 @@ class S3UploadStore(UploadBudget):
             await obstore.put_async(self._store, PREFIX + name, data, attributes={"Content-Type": kind.content_type})
         except Exception as exc:
             raise wrap("store the upload", name, exc) from exc
-        self.used += len(data)
+        self._saved(len(data))
         return name
 
     async def load(self, name: str, now: float) -> bytes | None:
@@ -59,6 +59,7 @@ class S3UploadStore(UploadBudget):
         import obstore
 
         self._swept(now)
+        mark = self._listing()  # uploads saved while the listing runs (awaits) are added to what it counts
         try:
             seen = [(meta["path"], meta["last_modified"].timestamp(), meta["size"])
                     async for chunk in obstore.list(self._store, PREFIX, chunk_size=1000) for meta in chunk]
@@ -67,7 +68,7 @@ class S3UploadStore(UploadBudget):
                 await obstore.delete_async(self._store, doomed)  # batched: up to 1000 keys a request
         except Exception as exc:
             raise wrap("sweep", PREFIX, exc) from exc
-        self.used = used
+        self._counted(used, mark)
         return len(doomed)
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import os
 import tempfile
+import threading
 from pathlib import Path
 from typing import Protocol
 
@@ -46,31 +47,69 @@ class UploadBudget:
     """The cap on what a store holds, and when it is next swept; no I/O. ``used`` is the bytes the
     last sweep counted plus what this process stored since (a sweep is the only time the whole
     store is seen, so between sweeps another process's uploads are not in it); ``reserved``, the
-    bytes of this process's uploads being stored now, which count against the cap too."""
+    bytes of this process's uploads being stored now, which count against the cap too.
+
+    Safe from any thread: the local store adds what it saved, and sets what a sweep counted, in
+    the worker threads that write and list (``asyncio.to_thread``) while the event loop reserves
+    and releases, and two saves may finish at once. A ``+=`` there is a read and a write another
+    thread can come between, losing bytes from the count (and a check then a hold could let two
+    uploads through where one fits). So every read-modify-write of the counts is made under one
+    ``threading.Lock``, held for the arithmetic only, never across I/O: the loop waits on it for
+    microseconds at worst. (Keeping the updates on the loop instead would need every caller of
+    the blocking ``put`` and ``sweep`` to hand its result back to the loop, and one that did not
+    would miss the count without a sign.)"""
 
     def __init__(self, ttl: float, max_total: int) -> None:
         self.ttl = ttl
         self.max_total = max_total
+        self._lock = threading.Lock()
         self.used = 0
         self.reserved = 0
+        self._stored_total = 0
+        """Bytes this process has stored since it started: lets a sweep add those stored while it listed."""
         self._last_sweep: float | None = None
 
     def has_room(self, size: int) -> bool:
+        with self._lock:
+            return self._fits(size)
+
+    def _fits(self, size: int) -> bool:
         return self.used + self.reserved + size <= self.max_total
 
     def reserve(self, size: int) -> bool:
         """Hold ``size`` bytes of the cap for an upload about to be saved; False, holding nothing,
-        when they do not fit. Checked and held in one step on the event loop: ``used`` grows only
-        once a save is done, so uploads checked against it alone while others were being
-        written would all fit together and pass the cap. Give the bytes back with ``release``
-        once the save has ended, stored (``used`` has them then) or not."""
-        if not self.has_room(size):
-            return False
-        self.reserved += size
-        return True
+        when they do not fit. Checked and held in one step: ``used`` grows only once a save is
+        done, so uploads checked against it alone while others were being written would all fit
+        together and pass the cap. Give the bytes back with ``release`` once the save has ended,
+        stored (``used`` has them then) or not."""
+        with self._lock:
+            if not self._fits(size):
+                return False
+            self.reserved += size
+            return True
 
     def release(self, size: int) -> None:
-        self.reserved -= size
+        with self._lock:
+            self.reserved -= size
+
+    def _saved(self, size: int) -> None:
+        """An upload of ``size`` bytes is in the store (called by the store, from any thread)."""
+        with self._lock:
+            self.used += size
+            self._stored_total += size
+
+    def _listing(self) -> int:
+        """A sweep is about to list the store: the mark to hand to ``_counted``."""
+        with self._lock:
+            return self._stored_total
+
+    def _counted(self, listed: int, mark: int) -> None:
+        """The sweep that began at ``mark`` counted ``listed`` bytes. Uploads stored while it
+        listed are added, not overwritten: the listing may have missed them. One it did see is
+        counted twice until the next sweep, which errs toward refusing an upload, never toward
+        passing the cap."""
+        with self._lock:
+            self.used = listed + self._stored_total - mark
 
     def sweep_due(self, now: float) -> bool:
         return self._last_sweep is None or now - self._last_sweep >= SWEEP_EVERY
@@ -117,7 +156,7 @@ class LocalUploadStore(UploadBudget):
         except BaseException:
             Path(tmp).unlink(missing_ok=True)
             raise
-        self.used += len(data)
+        self._saved(len(data))
         return name
 
     def path(self, name: str, now: float) -> Path | None:
@@ -136,6 +175,7 @@ class LocalUploadStore(UploadBudget):
         """Delete files past their time to live (and incoming files a crash left), count the bytes
         left in ``used``; how many files went."""
         self._swept(now)
+        mark = self._listing()
         try:
             entries = list(os.scandir(self.root))
         except FileNotFoundError:
@@ -147,7 +187,8 @@ class LocalUploadStore(UploadBudget):
             except OSError:
                 continue  # gone already
             seen.append((entry.path, stat.st_mtime, stat.st_size))
-        doomed, self.used = images.sort_out(seen, now, self.ttl)
+        doomed, listed = images.sort_out(seen, now, self.ttl)
+        self._counted(listed, mark)
         removed = 0
         for path in doomed:
             try:

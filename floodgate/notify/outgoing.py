@@ -6,7 +6,7 @@ share the partitions and each result is handled by one of them. Deliveries run c
 partitions are paused, not the poll loop, so the group membership survives backpressure).
 
 One slow receiver never stalls the others. Each destination (``host:port`` of the
-``webhook_url``) has a lane (:mod:`floodgate.notify.delivery`): at most ``per_destination``
+``webhook_url``) has a lane (:mod:`floodgate.lanes`): at most ``per_destination``
 attempts at once (1/``shares`` of ``concurrency``) while the others need slots, and a circuit
 breaker; a destination alone may use all but a ``BURST_RESERVE``th of the slots, which stay free
 for the next destination to come. Toward ``max_pending`` a destination's records count only up to
@@ -35,7 +35,6 @@ import random
 import time
 from collections.abc import Callable, Iterable
 from typing import Any
-from urllib.parse import urlsplit
 
 import aiohttp
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord, TopicPartition
@@ -47,9 +46,16 @@ from floodgate import codec
 from floodgate.commit_tracker import CommitTracker, Ticket
 from floodgate.dead_letter import dead_letter_record
 from floodgate.errors import ConfigError, SchemaError
+from floodgate.lanes import (
+    DEFAULT_FAILURE_THRESHOLD,
+    DEFAULT_OPEN_FOR,
+    Destinations,
+    Lanes,
+    fetch_room,
+    url_destination,
+)
 from floodgate.metrics import ApiMetrics, api_metrics
-from floodgate.netguard import canonical_host
-from floodgate.notify.delivery import DEFAULT_FAILURE_THRESHOLD, DEFAULT_OPEN_FOR, Destinations, Lanes, deliver
+from floodgate.notify.delivery import deliver
 from floodgate.notify.retry import RetryPolicy
 from floodgate.results_consumer import DELIVERY_WAIT_MS, results_consumer
 from floodgate.settings import Settings
@@ -71,24 +77,7 @@ def webhook_destination(url: str) -> str:
     """The lane of a webhook URL: its host (as the connector resolves it) and port, e.g.
     ``hooks.example.com:443``; every path on one receiver shares it. A URL that does not parse is a
     lane of its own (its delivery fails at once)."""
-    try:
-        parts = urlsplit(url)
-        port = parts.port
-    except ValueError:
-        return url
-    host = canonical_host(parts.hostname or "")
-    if ":" in host:
-        host = f"[{host}]"
-    if port is None:
-        port = 443 if parts.scheme.lower() == "https" else 80
-    return f"{host}:{port}"
-
-
-def fetch_room(held: int, overflow: int, max_pending: int, max_held: int) -> int:
-    """How many more records to fetch: ``held`` records are in memory, ``overflow`` of them beyond
-    their destination's share. Those count toward ``max_held`` only, so one destination's backlog
-    never pauses the fetching of the others' results; ``max_held`` still bounds the memory."""
-    return min(max_pending - (held - overflow), max_held - held)
+    return url_destination(url)
 
 
 @dataclasses.dataclass
@@ -149,17 +138,18 @@ class OutgoingWebhooks:
         self._owns_session = False
         self._policy = policy
         self._semaphore = asyncio.Semaphore(concurrency)
+        self._metrics = metrics or api_metrics()
+        openings = self._metrics.breaker_openings.labels(self.channel)
         self._lanes = Lanes(Destinations(
             per_destination or max(1, concurrency // self.shares), max(1, max_pending // self.shares),
             failure_threshold=self.breaker_failures, open_for=self.breaker_open_for,
-            burst_until=concurrency - concurrency // BURST_RESERVE))
+            burst_until=concurrency - concurrency // BURST_RESERVE), on_open=openings.inc)
         self._max_pending = max_pending
         self._max_held = max_held
         self._commit_interval = commit_interval
         self._drain_timeout = drain_timeout
         self._rand = rand
         self._stats = WebhookStats()
-        self._metrics = metrics or api_metrics()
         self._tracker: CommitTracker[int] = CommitTracker()
         self._tasks: set[asyncio.Task[None]] = set()
         self._assignment: frozenset[int] = frozenset()
@@ -221,6 +211,9 @@ class OutgoingWebhooks:
         """Join the consumer group and begin delivering; raises aiokafka errors if the broker is unreachable."""
         if self._notifier is None:
             self._notifier = await self.build_notifier()
+        # Read at each scrape from the lanes themselves: no second count to keep in step.
+        rules = self._lanes.rules
+        self._metrics.breakers_open.labels(self.channel).set_function(lambda: rules.open_breakers)
         bootstrap = self._settings.kafka_bootstrap
         self._producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all", enable_idempotence=True)
         self._consumer = results_consumer(self._settings, self.group_id, DELIVERY_WAIT_MS)

@@ -25,6 +25,23 @@ kept it from being copied (an outage at its CDN, our store unreachable) may have
 Offsets are committed like the outgoing webhooks' (:mod:`floodgate.commit_tracker`): only past
 records that are done, and only once the store has put their copies on disk (``VideoStore.sync``,
 one per commit).
+
+One slow source never holds up the others' copies. Each host the videos come from (``host:port``
+of the ``video_url``: a provider's CDN, a bucket) has a lane (:mod:`floodgate.lanes`, as each
+webhook receiver has): at most ``per_host`` copies at once (1/``SHARES`` of ``concurrency``) while
+other hosts need slots, all but the last ``BURST_RESERVE``th of them when it is alone, and a
+circuit breaker (after five failed copies in a row, one probe every 30 s; its copies wait without
+a slot and are given up on with their retry budget). Toward ``max_pending`` a host's copies count
+only up to its share (1/``SHARES``); the rest wait without pausing the fetch, which stops for them
+only at ``max_held`` copies in all. A host holds at most ``max_per_host`` copies (half of
+``max_held``): past that, while its breaker is open, a new copy for it is given up on at once, as
+its retry budget would have (recorded with ``gave_up``, so a request for the video starts it
+again); while its breaker is closed its copies are being made, however slowly, and the fetch
+waits for it to be under its bound again rather than give up copies that would succeed. So a CDN
+that accepts connections and never answers holds 6 of the 8 copy slots at most (its hung copies
+are not replaced past 2 while other hosts need slots), and the copies from every other host are
+fetched and made meanwhile (``tests/unit/test_video_copier_isolation.py``; before, one global cap
+of 8 copies and 256 pending let it stop them all until its copies timed out).
 """
 from __future__ import annotations
 
@@ -47,6 +64,15 @@ from connectors.storage.fetch import VideoFetcher, guarded_fetch_session
 from floodgate import codec
 from floodgate.commit_tracker import CommitTracker, Ticket
 from floodgate.errors import ConfigError, SchemaError, StorageError
+from floodgate.lanes import (
+    DEFAULT_FAILURE_THRESHOLD,
+    DEFAULT_OPEN_FOR,
+    Destinations,
+    Lanes,
+    Verdict,
+    fetch_room,
+    url_destination,
+)
 from floodgate.metrics import ApiMetrics, api_metrics
 from floodgate.results_consumer import COPY_WAIT_MS, results_consumer
 from floodgate.settings import Settings
@@ -59,6 +85,26 @@ log = logging.getLogger(__name__)
 AGAIN_AFTER = 60.0
 """Seconds after a copy was given up on (its record written) before a request for its video
 starts it again: each viewer's request would otherwise start one."""
+SHARES = 4
+"""A source host may use 1/``SHARES`` of the copy slots while other hosts need them (2 of 8), and
+count 1/``SHARES`` of ``max_pending`` toward pausing the fetch: providers are few, and a
+deployment's videos come from a handful of hosts, not the thousands of webhook receivers."""
+BURST_RESERVE = 4
+"""A host alone may run past its share of the copy slots, but never into the last quarter of
+them: those stay free for the first copy from any other host."""
+HELD_PER_PENDING = 4
+"""``max_held`` (copies in memory, whichever host they are from) is this many times
+``max_pending`` by default: a record and a task each, a few kilobytes."""
+
+
+@dataclass(frozen=True, slots=True)
+class _Job:
+    """What a record asks of the copier: a completed job's video to copy."""
+
+    job_id: str
+    url: str
+    completed_at_ms: int | None
+    host: str
 
 
 @dataclass(frozen=True, slots=True)
@@ -95,11 +141,23 @@ class VideoCopier:
 
     def __init__(self, settings: Settings, store: VideoStore, *, fetcher: VideoFetcher | None = None,
                  policy: CopyPolicy = CopyPolicy(), concurrency: int = 8, max_pending: int = 256,
+                 per_host: int | None = None, max_held: int | None = None, max_per_host: int | None = None,
                  commit_interval: float = 1.0, drain_timeout: float = 10.0,
                  rand: Callable[[], float] = random.random, clock: Callable[[], float] = time.time,
                  metrics: ApiMetrics | None = None) -> None:
+        """``concurrency`` copies at once over all hosts, ``per_host`` of them (default
+        1/``SHARES``) for one host while others need slots; ``max_pending`` copies held before the
+        fetch pauses, counting each host's only up to 1/``SHARES`` of it, and ``max_held`` (default
+        ``HELD_PER_PENDING`` times it) in all, ``max_per_host`` (default half of that) of them for
+        one host. Raises ``ConfigError`` when ``settings.kafka_bootstrap`` is empty or a bound is
+        below 1 (``max_held`` below ``max_pending``)."""
         if not settings.kafka_bootstrap:
             raise ConfigError("settings.kafka_bootstrap must be resolved before starting the video copier")
+        max_held = HELD_PER_PENDING * max_pending if max_held is None else max_held
+        max_per_host = max(1, max_held // 2) if max_per_host is None else max_per_host
+        if min(concurrency, max_pending, max_per_host) < 1 or max_held < max_pending:
+            raise ConfigError("concurrency, max_pending and max_per_host must be at least 1, max_held at least "
+                              "max_pending")
         self._settings = settings
         self._store = store
         self._fetcher = fetcher
@@ -107,18 +165,28 @@ class VideoCopier:
         self._policy = policy
         self._semaphore = asyncio.Semaphore(concurrency)
         self._max_pending = max_pending
+        self._max_held = max_held
+        self._max_per_host = max_per_host
         self._commit_interval = commit_interval
         self._drain_timeout = drain_timeout
         self._rand = rand
         self._clock = clock
         self._metrics = metrics or api_metrics()
+        self._lanes = Lanes(Destinations(
+            per_host or max(1, concurrency // SHARES), max(1, max_pending // SHARES),
+            failure_threshold=DEFAULT_FAILURE_THRESHOLD, open_for=DEFAULT_OPEN_FOR,
+            burst_until=concurrency - concurrency // BURST_RESERVE),
+            on_open=self._metrics.breaker_openings.labels("videos").inc)
+        self._crowded: set[str] = set()
+        """Hosts holding ``max_per_host`` copies or more."""
         self._topic = TopicNames(settings).results
         self._tracker: CommitTracker[int] = CommitTracker()
         self._tasks: set[asyncio.Task[None]] = set()
         self._again: dict[str, asyncio.Task[None]] = {}
         """Job id → its copy started again on request (``copy_again``), while it runs."""
         self._stopping = asyncio.Event()
-        self._room = asyncio.Event()
+        self._freed = asyncio.Event()
+        """Set when a copy held in memory ends: the fetch may have room again."""
         self._consumer: AIOKafkaConsumer | None = None
         self._loops: list[asyncio.Task[None]] = []
 
@@ -131,6 +199,9 @@ class VideoCopier:
             self._session = guarded_fetch_session(allow_private=self._settings.allow_private_webhooks)
             self._fetcher = VideoFetcher(self._session, allow_private=self._settings.allow_private_webhooks,
                                          max_bytes=self._settings.video_max_bytes)
+        # Read at each scrape from the lanes themselves: no second count to keep in step.
+        rules = self._lanes.rules
+        self._metrics.breakers_open.labels("videos").set_function(lambda: rules.open_breakers)
         self._consumer = results_consumer(self._settings, self.group_id, COPY_WAIT_MS)
         self._consumer.subscribe([self._topic], listener=_Rebalance(self))
         try:
@@ -146,6 +217,7 @@ class VideoCopier:
         if self._stopping.is_set():
             return
         self._stopping.set()
+        self._lanes.close()  # copies waiting for their host stop waiting, as backoffs do
         for task in self._loops:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
@@ -165,35 +237,34 @@ class VideoCopier:
     async def copy(self, job_id: str, url: str, completed_at_ms: int | None = None, *,
                    over: VideoRecord | None = None) -> VideoRecord:
         """Copy ``url`` into the store as ``job_id``'s video unless it is there already (or, with
-        ``over``, unless the store holds another record than that one); retry what may pass;
-        record a refusal. Returns the record. Raises ``_Abandoned`` when stopping, ``_Unrecorded``
-        when the store refuses a failure's record for good. (A copy started again is counted by
-        ``copy_again``, not among the results handled.)"""
+        ``over``, unless the store holds another record than that one); retry what may pass, in
+        the lane of ``url``'s host; record a refusal. Returns the record. Raises ``_Abandoned``
+        when stopping, ``_Unrecorded`` when the store refuses a failure's record for good. (A copy
+        started again is counted by ``copy_again``, not among the results handled.)"""
+        host = url_destination(url)
+        self._hold(host)
+        try:
+            return await self._copy(_Job(job_id, url, completed_at_ms, host), over=over)
+        finally:
+            self._let_go(host)
+
+    async def _copy(self, job: _Job, *, over: VideoRecord | None = None, shed: bool = False) -> VideoRecord:
+        """``copy`` of a job whose host is held already. ``shed``: give it up without an attempt
+        (its host holds ``max_per_host`` copies already and is failing)."""
+        job_id = job.job_id
         outcomes = self._metrics.videos if over is None else None
         existing = await self._retrying(job_id, lambda: self._store.record(job_id), what="read the record")
         if existing is not None and existing != over:
             if outcomes is not None:
                 outcomes.labels("already_stored").inc()
             return existing
-        started, attempts = self._clock(), 0
-        while True:
-            attempts += 1
-            try:
-                async with self._semaphore:
-                    record = await self._copy_once(job_id, url)
-                break
-            except StorageError as exc:
-                delay = self._policy.next_delay(attempts, self._clock() - started, exc.retry_after, self._rand()) \
-                    if exc.retriable else None
-                if delay is None:
-                    record = VideoRecord(job_id, "failed", at_ms=int(self._clock() * 1000), reason=str(exc)[:500],
-                                         gave_up=exc.retriable)
-                    log.warning("videos: copy of %s failed after %d attempt(s): %s", job_id, attempts, exc)
-                    break
-                self._metrics.video_retries.inc()
-                log.info("videos: copy of %s failed (%s); retrying in %.1fs", job_id, exc, delay)
-                if await self._stopped_within(delay):
-                    raise _Abandoned from exc
+        if shed:
+            self._metrics.video_copies_shed.inc()
+            record = self._failed(job_id, StorageError(
+                f"not copied: {job.host} holds {self._max_per_host} copies already and is failing", retriable=True),
+                attempts=0)
+        else:
+            record = await self._attempts(job)
         if record.status == "failed":  # a stored video's record was written with its bytes
             try:
                 await self._retrying(job_id, lambda: self._store.put_record(record), what="write the record")
@@ -201,9 +272,72 @@ class VideoCopier:
                 raise _Unrecorded(f"cannot write the record of {job_id}: {exc}") from exc
         if outcomes is not None:
             outcomes.labels(record.status).inc()
-        if record.status == "stored" and completed_at_ms:
-            self._metrics.video_copy_lag.observe(max(0.0, self._clock() - completed_at_ms / 1000))
+        if record.status == "stored" and job.completed_at_ms:
+            self._metrics.video_copy_lag.observe(max(0.0, self._clock() - job.completed_at_ms / 1000))
         return record
+
+    async def _attempts(self, job: _Job) -> VideoRecord:
+        """Attempts at ``job``'s copy, each in a slot of its host's lane and then a global one
+        (neither held during a backoff), until one stores the video, one is refused for good, or
+        the budget is spent (waiting for the lane included). Returns the record, stored or failed."""
+        job_id, host = job.job_id, job.host
+        started, attempts, blamed = self._clock(), 0, False
+        last: StorageError | None = None
+        while True:
+            slot = await self._lanes.acquire(host, self._policy.max_elapsed - (self._clock() - started))
+            if slot is None:
+                if self._lanes.closed:
+                    raise _Abandoned
+                # Its breaker open, or the host slower than its videos arrive: either way the budget
+                # that bounds how long an offset stays uncommitted is spent.
+                return self._failed(job_id, StorageError(
+                    f"no attempt within the retry budget: {host} is failing or slower than its videos arrive"
+                    + ("" if last is None else f" (last: {last})"), retriable=True), attempts)
+            attempts += 1
+            sourced: list[StorageError] = []
+            verdict: Verdict = "neutral"
+            try:
+                async with self._semaphore:
+                    record = await self._copy_once(job_id, job.url, sourced)
+                verdict = "delivered"
+                return record
+            except StorageError as exc:
+                error = last = exc
+                # The host is to blame for a failure that may pass and came from it, not from our
+                # store; once per copy, as one object failing again and again is no sign that its
+                # host is down, and always for the breaker's probe, which is asked just that.
+                if exc.retriable and exc in sourced and (slot.probe or not blamed):
+                    verdict = "failed"
+                    blamed = True
+            finally:
+                self._lanes.release(slot, verdict)
+            delay = self._policy.next_delay(attempts, self._clock() - started, error.retry_after, self._rand()) \
+                if error.retriable else None
+            if delay is None:
+                return self._failed(job_id, error, attempts)
+            self._metrics.video_retries.inc()
+            log.info("videos: copy of %s failed (%s); retrying in %.1fs", job_id, error, delay)
+            if await self._stopped_within(delay):
+                raise _Abandoned from error
+
+    def _failed(self, job_id: str, error: StorageError, attempts: int) -> VideoRecord:
+        """The record of a copy refused (``error`` not retriable) or given up on (it is)."""
+        log.warning("videos: copy of %s failed after %d attempt(s): %s", job_id, attempts, error)
+        return VideoRecord(job_id, "failed", at_ms=int(self._clock() * 1000), reason=str(error)[:500],
+                           gave_up=error.retriable)
+
+    def _hold(self, host: str) -> None:
+        """One more copy from ``host`` held in memory (waiting, backing off or running)."""
+        rules = self._lanes.rules
+        rules.enter(host)
+        if rules.held(host) >= self._max_per_host:
+            self._crowded.add(host)
+
+    def _let_go(self, host: str) -> None:
+        rules = self._lanes.rules
+        rules.leave(host)
+        if rules.held(host) < self._max_per_host:
+            self._crowded.discard(host)
 
     def copy_again(self, record: VideoRecord, url: str) -> bool:
         """Start the copy of ``record``'s job from ``url`` again, in the background, if it was given
@@ -216,7 +350,12 @@ class VideoCopier:
             return False
         task = asyncio.create_task(self._copy_again(record, url), name="videos-again")
         self._again[job_id] = task
-        task.add_done_callback(lambda _: self._again.pop(job_id, None))
+
+        def done(_: asyncio.Task[None]) -> None:
+            self._again.pop(job_id, None)
+            self._freed.set()  # it counted toward the copies held
+
+        task.add_done_callback(done)
         self._metrics.video_copies_again.inc()
         log.info("videos: copying %s again (given up on %.0fs ago)", job_id, self._clock() - record.at_ms / 1000)
         return True
@@ -233,27 +372,42 @@ class VideoCopier:
         except Exception:  # nothing waits for this task: say what broke
             log.exception("videos: copying %s again failed", record.job_id)
 
-    async def _copy_once(self, job_id: str, url: str) -> VideoRecord:
+    async def _copy_once(self, job_id: str, url: str, sourced: list[StorageError]) -> VideoRecord:
+        """One attempt. The errors that came from the source rather than the store are added to
+        ``sourced``: only those tell about the host."""
         assert self._fetcher is not None
         made: list[VideoRecord] = []
-        async with self._fetcher.open(url) as download:
-            def stored() -> VideoRecord:
-                # Called by the store once the chunks are read: the size and hash are known then.
-                made.append(VideoRecord(job_id, "stored", at_ms=int(self._clock() * 1000), size=download.size,
-                                        sha256=download.hexdigest, content_type=download.content_type))
-                return made[-1]
+        opened = False
+        try:
+            async with self._fetcher.open(url) as download:
+                opened = True
 
-            async def not_empty() -> AsyncIterator[bytes]:
-                async for chunk in download.chunks():
-                    yield chunk
-                if download.size == 0:
-                    # Raised inside the chunks, so the store keeps nothing. Retriable, as a body cut
-                    # short is: a 200 with no bytes for a job that completed with a video is a
-                    # source not done yet or a glitch on its way, and the budget bounds the retries.
-                    raise StorageError("no video: the source answered with an empty body", retriable=True)
+                def stored() -> VideoRecord:
+                    # Called by the store once the chunks are read: the size and hash are known then.
+                    made.append(VideoRecord(job_id, "stored", at_ms=int(self._clock() * 1000), size=download.size,
+                                            sha256=download.hexdigest, content_type=download.content_type))
+                    return made[-1]
 
-            # The record goes with the bytes, in one write where the store can.
-            await self._store.put_video(job_id, not_empty(), download.content_type, stored)
+                async def not_empty() -> AsyncIterator[bytes]:
+                    try:
+                        async for chunk in download.chunks():
+                            yield chunk
+                        if download.size == 0:
+                            # Raised inside the chunks, so the store keeps nothing. Retriable, as a
+                            # body cut short is: a 200 with no bytes for a job that completed with a
+                            # video is a source not done yet or a glitch on its way, and the budget
+                            # bounds the retries.
+                            raise StorageError("no video: the source answered with an empty body", retriable=True)
+                    except StorageError as exc:
+                        sourced.append(exc)  # the stores pass the chunks' own errors on as they are
+                        raise
+
+                # The record goes with the bytes, in one write where the store can.
+                await self._store.put_video(job_id, not_empty(), download.content_type, stored)
+        except StorageError as exc:
+            if not opened:
+                sourced.append(exc)
+            raise
         return made[-1]
 
     async def _retrying(self, job_id: str, call: Callable[[], Any], *, what: str) -> Any:
@@ -277,12 +431,12 @@ class VideoCopier:
         assert self._consumer is not None
         consumer = self._consumer
         while not self._stopping.is_set():
-            room = self._max_pending - len(self._tasks)
+            room = self._room()
             if room <= 0:
                 consumer.pause(*consumer.assignment())
-                self._room.clear()
-                await self._wait(self._room, 0.5)
-                room = self._max_pending - len(self._tasks)
+                self._freed.clear()
+                await self._wait(self._freed, 0.5)
+                room = self._room()
             if room > 0 and consumer.paused():
                 consumer.resume(*consumer.paused())
             try:
@@ -296,29 +450,69 @@ class VideoCopier:
                 for record in records:
                     self._spawn(tp.partition, record)
 
+    def _room(self) -> int:
+        """How many more records to fetch (see the module docstring)."""
+        rules = self._lanes.rules
+        if any(not rules.is_open(host) for host in self._crowded):
+            # A host at its bound whose copies are being made, however slowly: wait for it rather
+            # than give up copies that would succeed. (Its breaker, once open, lets the fetch go on.)
+            return 0
+        return fetch_room(len(self._tasks) + len(self._again), rules.overflow, self._max_pending, self._max_held)
+
     def _spawn(self, partition: int, record: ConsumerRecord[Any, Any]) -> None:
         try:
             ticket = self._tracker.start(partition, record.offset)
         except ValueError:  # the position moved back without a rebalance: start the partition afresh
             self._tracker.forget([partition])
             ticket = self._tracker.start(partition, record.offset)
-        task = asyncio.create_task(self._process(record, ticket))
+        # Read here, not in the task, so the host holds the copy from now on and the next room is
+        # exact: a batch of one black hole's records counts as its share only.
+        job = self._job(record)
+        rules = self._lanes.rules
+        host = None if job is None else job.host
+        shed = host is not None and rules.held(host) >= self._max_per_host and rules.is_open(host)
+        if host is not None and not shed:
+            self._hold(host)
+        else:
+            host = None
+        task = asyncio.create_task(self._process(record, ticket, job, shed))
         self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
 
-    async def _process(self, record: ConsumerRecord[Any, Any], ticket: Ticket[int]) -> None:
+        def done(task: asyncio.Task[None]) -> None:
+            # A done callback, not the task's finally: it runs even for a task cancelled before it
+            # started, and _consume is woken only once the copy no longer counts.
+            self._tasks.discard(task)
+            if host is not None:
+                self._let_go(host)
+            self._freed.set()
+
+        task.add_done_callback(done)
+
+    @staticmethod
+    def _job(record: ConsumerRecord[Any, Any]) -> _Job | None:
+        """The copy ``record`` asks for; None for a result with no video to copy, or undecodable."""
         try:
             snapshot = codec.decode("JobSnapshot", record.value or b"", record.headers)
         except SchemaError as exc:
             # The outgoing webhooks read the same records and dead-letter this one; one copy is enough.
             log.warning("videos: skipping undecodable record %s[%d]@%d: %s", record.topic, record.partition,
                         record.offset, exc)
-            snapshot = None
+            return None
+        except Exception:  # a bug must not stop the fetch, nor wedge the partition's commits
+            log.exception("videos: unexpected error reading %s[%d]@%d", record.topic, record.partition, record.offset)
+            return None
+        if snapshot["status"] != "completed" or not snapshot.get("video_url"):
+            return None
+        url = snapshot["video_url"]
+        return _Job(snapshot["job_id"], url, snapshot.get("updated_at"), url_destination(url))
+
+    async def _process(self, record: ConsumerRecord[Any, Any], ticket: Ticket[int], job: _Job | None,
+                       shed: bool) -> None:
         try:
-            if snapshot is not None and snapshot["status"] == "completed" and snapshot.get("video_url"):
-                await self.copy(snapshot["job_id"], snapshot["video_url"], snapshot.get("updated_at"))
-            else:
+            if job is None:
                 self._metrics.videos.labels("skipped").inc()
+            else:
+                await self._copy(job, shed=shed)
         except _Abandoned:
             return  # uncommitted: the partition's next owner copies it
         except _Unrecorded as exc:
@@ -329,8 +523,6 @@ class VideoCopier:
             return
         except Exception:  # a bug must not wedge the partition's commits
             log.exception("videos: unexpected error at %s[%d]@%d", record.topic, record.partition, record.offset)
-        finally:
-            self._room.set()
         self._tracker.finish(ticket)
 
     # --- committing ------------------------------------------------------------------------------

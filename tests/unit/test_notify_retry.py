@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 from collections.abc import Callable, Iterator
+from typing import cast
 
 import pytest
 from hypothesis import given
@@ -12,7 +13,7 @@ from hypothesis import strategies as st
 
 from connectors.notifiers.base import Notification, NotificationError
 from floodgate.errors import ConfigError
-from floodgate.notify.delivery import Destinations, Lanes, Outcome, Verdict, deliver
+from floodgate.notify.delivery import Attempt, Destinations, Lanes, Outcome, Verdict, deliver
 from floodgate.notify.retry import RetryPolicy
 
 POLICY = RetryPolicy(max_attempts=5, base_delay=1.0, max_delay=8.0, max_elapsed=100.0)
@@ -231,11 +232,38 @@ def test_the_last_delivery_takes_the_lane_with_it() -> None:
     lanes = Destinations(8, 8, failure_threshold=1, open_for=30.0)
     lanes.enter("d")
     failing(lanes, "d", 1)
-    assert lanes.is_open("d")  # kept across the delivery's backoff
+    assert lanes.is_open("d") and lanes.open_breakers == 1  # kept across the delivery's backoff
     lanes.leave("d")
-    assert not lanes.is_open("d") and lanes.held("d") == 0
+    assert not lanes.is_open("d") and lanes.held("d") == 0 and lanes.open_breakers == 0
     with pytest.raises(ValueError):
         lanes.leave("d")
+
+
+@given(st.lists(st.tuples(st.sampled_from("ab"),
+                          st.sampled_from(["enter", "leave", "start", "delivered", "failed", "neutral"])),
+                max_size=300))
+def test_open_breakers_is_the_count_of_lanes_whose_breaker_is_open(steps: list[tuple[str, str]]) -> None:
+    """The number the breaker gauge reports, kept as a count: it matches the lanes' own state after
+    any mix of deliveries held and let go, attempts, verdicts and probes."""
+    lanes = Destinations(2, 2, failure_threshold=2, open_for=10.0)
+    held = dict.fromkeys("ab", 0)
+    running: dict[str, list[Attempt]] = {d: [] for d in "ab"}
+    for turn, (destination, step) in enumerate(steps):
+        now = turn * 3.0  # a probe is due every few turns
+        if step == "enter":
+            lanes.enter(destination)
+            held[destination] += 1
+        elif step == "leave":
+            if held[destination]:
+                lanes.leave(destination)
+                held[destination] -= 1
+        elif step == "start":
+            attempt = lanes.start(destination, now)
+            if attempt is not None:
+                running[destination].append(attempt)
+        elif running[destination]:
+            lanes.finish(running[destination].pop(0), now, cast(Verdict, step))
+        assert lanes.open_breakers == sum(lanes.is_open(d) for d in "ab")
 
 
 @given(st.lists(st.tuples(st.sampled_from("abc"), st.booleans()), max_size=200), st.integers(1, 5))
@@ -268,6 +296,20 @@ async def until(condition: Callable[[], bool], turns: int = 1000) -> None:
             return
         await asyncio.sleep(0)
     raise AssertionError("condition not reached")
+
+
+async def test_lanes_tell_each_opening_of_a_breaker_once() -> None:
+    opened: list[None] = []
+    lanes = Lanes(Destinations(8, 8, failure_threshold=2, open_for=30.0), on_open=lambda: opened.append(None))
+    attempts = [await lanes.acquire("d", 1.0) for _ in range(3)]
+    for attempt in attempts:  # the third answered after the second opened the breaker: no news
+        assert attempt is not None
+        lanes.release(attempt, "failed")
+    assert len(opened) == 1 and lanes.rules.open_breakers == 1
+    failed = await lanes.acquire("e", 1.0)
+    assert failed is not None
+    lanes.release(failed, "failed")
+    assert len(opened) == 1 and lanes.rules.open_breakers == 1  # one failure is not enough
 
 
 async def test_a_freed_slot_goes_to_the_first_in_line() -> None:

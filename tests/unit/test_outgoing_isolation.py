@@ -15,9 +15,11 @@ from typing import Any
 import pytest
 from aiokafka import ConsumerRecord, TopicPartition
 from aiokafka.abc import ConsumerRebalanceListener
+from prometheus_client import CollectorRegistry
 
-from connectors.notifiers.base import Notification
+from connectors.notifiers.base import Notification, NotificationError
 from floodgate import codec
+from floodgate.metrics import ApiMetrics
 from floodgate.notify import OutgoingWebhooks, PushDeliveries, RetryPolicy, outgoing
 from floodgate.notify.outgoing import fetch_room, webhook_destination
 from floodgate.settings import Settings
@@ -257,3 +259,52 @@ async def test_stopping_leaves_the_black_holes_records_uncommitted(
     assert fake.committed.get(0, 0) == 0 and fake.committed[1] == 1  # the next owner delivers the black hole's
     stats = service.stats
     assert (stats.delivered, stats.failed, stats.dead_lettered) == (3, 0, 0)
+
+
+# --- open breakers, as metrics ------------------------------------------------------------------
+class Refusing:
+    """Every destination takes its deliveries at once, except the hole's: refused every time, as a
+    receiver (or platform) that is down refuses connections."""
+
+    def __init__(self, hole: Callable[[Notification], bool]) -> None:
+        self.is_hole = hole
+        self.delivered: set[str] = set()
+
+    async def send(self, notification: Notification) -> None:
+        if self.is_hole(notification):
+            raise NotificationError("connection refused", retriable=True)
+        self.delivered.add(notification.job_id)
+
+
+@pytest.mark.parametrize(("channel", "make", "hole", "lane_cap"), CHANNELS)
+async def test_an_open_breaker_is_shown_by_channel_never_by_destination(
+        monkeypatch: pytest.MonkeyPatch, channel: type[OutgoingWebhooks],
+        make: Callable[[int, int, str], ConsumerRecord[Any, Any]], hole: Callable[[Notification], bool],
+        lane_cap: int) -> None:
+    registry = CollectorRegistry()
+    receivers = Refusing(hole)
+    log = results(make)
+    fake = FakeResults(log, lambda p, offset: False)
+    monkeypatch.setattr(outgoing, "results_consumer", lambda settings, group_id, wait_ms: fake)
+    monkeypatch.setattr(outgoing, "AIOKafkaProducer", lambda **_: FakeDlq())
+    service = channel(Settings(kafka_bootstrap="127.0.0.1:9"), notifier=receivers, policy=FAST, concurrency=16,
+                      max_pending=32, commit_interval=0.001, drain_timeout=0.05, metrics=ApiMetrics(registry))
+    name = service.channel
+
+    def metric(metric_name: str) -> float:
+        return registry.get_sample_value(metric_name, {"channel": name}) or 0.0
+
+    assert metric("floodgate_destination_breakers_open") == 0
+    await service.start()
+    try:
+        await eventually(lambda: metric("floodgate_destination_breakers_open") == 1, "the hole's breaker open")
+        await eventually(lambda: {"ok-a", "ok-b", "ok-c"} <= receivers.delivered, "the others delivered")
+        assert metric("floodgate_destination_breaker_openings_total") == 1
+        labels = {(s.name, tuple(sorted(s.labels.items()))) for family in registry.collect()
+                  if family.name.startswith("floodgate_destination_breaker") for s in family.samples}
+        assert {label for _, series in labels for label in series} == {
+            ("channel", c) for c in ("webhooks", "push", "videos")}  # never a destination
+    finally:
+        await service.stop()
+    assert metric("floodgate_destination_breakers_open") == 0  # the lane went with its deliveries
+    assert metric("floodgate_destination_breaker_openings_total") == 1

@@ -1,0 +1,294 @@
+"""One slow source host never stalls the copies from the others: the video copier, in memory.
+
+The copier runs for real (its fetch loop, pausing, commit loop, stop) against a fake ``results``
+consumer that pauses and counts records as aiokafka's does, a local store, and a source whose
+black hole accepts a fetch and answers none until the test lets it (or, for a failing host,
+refuses every fetch as a refused connection does). No broker, no HTTP, no sleeps to wait for
+things: every wait is for a condition, under a deadline.
+"""
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any, cast
+
+import pytest
+from aiokafka import ConsumerRecord, TopicPartition
+from aiokafka.abc import ConsumerRebalanceListener
+from prometheus_client import CollectorRegistry
+
+from connectors.storage import LocalVideoStore, VideoRecord
+from connectors.storage.fetch import VideoFetcher
+from floodgate import codec
+from floodgate.errors import StorageError
+from floodgate.metrics import ApiMetrics
+from floodgate.settings import Settings
+from floodgate.topics import TopicNames
+from floodgate.videos import copier as copier_module
+from floodgate.videos.copier import CopyPolicy, VideoCopier
+
+SETTINGS = Settings(kafka_bootstrap="127.0.0.1:9")
+TOPIC = TopicNames(SETTINGS).results
+VIDEO = b"\x00\x00\x00\x18ftypmp42" + bytes(range(256)) * 4
+DEADLINE = 10.0
+"""Generous for a loop that needs milliseconds, and far below what the black hole would hold
+things up for (for ever, until the test lets it answer)."""
+QUICK = CopyPolicy(max_attempts=100_000, base_delay=0.001, max_delay=0.005)
+HOLE, HEALTHY = "hole.example.com", "cdn.example.net"
+
+
+class Download:
+    content_type = "video/mp4"
+
+    def __init__(self) -> None:
+        self.size = 0
+        self.hexdigest = "0" * 64
+
+    async def chunks(self) -> AsyncIterator[bytes]:
+        self.size = len(VIDEO)
+        yield VIDEO
+
+
+class Sources:
+    """Every host answers at once, except ``HOLE``: it accepts fetches and answers none until
+    ``answer`` is set, or, ``failing``, refuses each one as a host that is down does."""
+
+    def __init__(self, changed: asyncio.Event, *, failing: bool = False) -> None:
+        self.changed = changed
+        self.failing = failing
+        self.answer = asyncio.Event()
+        self.hanging = 0
+        self.most_hanging = 0
+        self.fetched: set[str] = set()
+        """The jobs of the black hole that reached it: a fetch was made for them."""
+
+    @asynccontextmanager
+    async def open(self, url: str) -> AsyncIterator[Download]:
+        if HOLE in url:
+            self.fetched.add(url.rsplit("/", 1)[-1].removesuffix(".mp4"))
+            self.changed.set()
+            if self.failing:
+                raise StorageError(f"video fetch failed: ClientConnectorError from {HOLE}:443 (Connection refused)",
+                                   retriable=True)
+            self.hanging += 1
+            self.most_hanging = max(self.most_hanging, self.hanging)
+            try:
+                await self.answer.wait()
+            finally:
+                self.hanging -= 1
+        yield Download()
+
+
+class Store(LocalVideoStore):
+    """A local store that says when it writes."""
+
+    def __init__(self, root: Path, changed: asyncio.Event) -> None:
+        super().__init__(root)
+        self.changed = changed
+        self.kept: dict[str, VideoRecord] = {}
+
+    async def put_video(self, job_id: str, chunks: Any, content_type: str,
+                        record: Callable[[], VideoRecord] | None = None) -> None:
+        assert record is not None
+        made: list[VideoRecord] = []
+
+        def kept() -> VideoRecord:
+            made.append(record())
+            return made[-1]
+
+        await super().put_video(job_id, chunks, content_type, kept)
+        self.kept[job_id] = made[-1]
+        self.changed.set()
+
+    async def put_record(self, record: VideoRecord) -> None:
+        await super().put_record(record)
+        self.kept[record.job_id] = record
+        self.changed.set()
+
+
+class Results:
+    """``results`` as the copier's consumer sees it: records per partition (more may be added),
+    pausing, ``max_records``, and commits, each checked as it happens: past copies recorded only."""
+
+    def __init__(self, log: dict[int, list[ConsumerRecord[Any, Any]]], recorded: Callable[[str], bool],
+                 changed: asyncio.Event) -> None:
+        self.log = log
+        self.position = dict.fromkeys(log, 0)
+        self.paused_now: set[TopicPartition] = set()
+        self.committed: dict[int, int] = {}
+        self.violations: list[str] = []
+        self._recorded = recorded
+        self._changed = changed
+        self._listener: ConsumerRebalanceListener | None = None
+
+    def add(self, partition: int, jobs: list[str]) -> None:
+        records = self.log[partition]
+        first = len(records)
+        records.extend(completed(partition, first + i, job) for i, job in enumerate(jobs))
+
+    def subscribe(self, topics: list[str], listener: ConsumerRebalanceListener) -> None:
+        assert topics == [TOPIC]
+        self._listener = listener
+
+    async def start(self) -> None:
+        assert self._listener is not None
+        await self._listener.on_partitions_assigned(self.assignment())
+
+    async def stop(self) -> None:
+        return None
+
+    def assignment(self) -> set[TopicPartition]:
+        return {TopicPartition(TOPIC, p) for p in self.log}
+
+    def pause(self, *partitions: TopicPartition) -> None:
+        self.paused_now.update(partitions)
+
+    def resume(self, *partitions: TopicPartition) -> None:
+        self.paused_now.difference_update(partitions)
+
+    def paused(self) -> set[TopicPartition]:
+        return set(self.paused_now)
+
+    async def getmany(self, timeout_ms: int = 0, max_records: int | None = None) -> dict[
+            TopicPartition, list[ConsumerRecord[Any, Any]]]:
+        left = max_records or 1_000_000
+        batch: dict[TopicPartition, list[ConsumerRecord[Any, Any]]] = {}
+        for partition in sorted(self.log):
+            tp = TopicPartition(TOPIC, partition)
+            if tp in self.paused_now or left <= 0:
+                continue
+            records = self.log[partition][self.position[partition]:self.position[partition] + left]
+            if records:
+                batch[tp] = records
+                self.position[partition] += len(records)
+                left -= len(records)
+        # A broker's idle fetch, shortened; not a sync point. (aiokafka yields to the loop either way.)
+        await asyncio.sleep(0 if batch else min(timeout_ms, 5) / 1000)
+        return batch
+
+    async def commit(self, offsets: dict[TopicPartition, int]) -> None:
+        for tp, offset in offsets.items():
+            unrecorded = [r.offset for r in self.log[tp.partition][:offset] if not self._recorded(job_of(r))]
+            if unrecorded:
+                self.violations.append(f"committed {offset} of partition {tp.partition} before {unrecorded[:3]}")
+            self.committed[tp.partition] = offset
+        self._changed.set()
+
+
+def completed(partition: int, offset: int, job_id: str) -> ConsumerRecord[Any, Any]:
+    host = HOLE if job_id.startswith("hole") else HEALTHY
+    snapshot = {"job_id": job_id, "tenant": "default", "user_id": "u1", "model": "kling-2.1", "provider": "kling",
+                "provider_job_id": "video_1", "status": "completed", "progress": 1.0,
+                "video_url": f"https://{host}/{job_id}.mp4", "error": None, "attempt": 0,
+                "created_at": 1_700_000_000_000, "updated_at": 1_700_000_000_001, "webhook_url": None,
+                "metadata": {}, "version": 3}
+    value, headers = codec.encode("JobSnapshot", snapshot)
+    return ConsumerRecord(topic=TOPIC, partition=partition, offset=offset, timestamp=0, timestamp_type=0,
+                          key=job_id.encode(), value=value, checksum=None, serialized_key_size=len(job_id),
+                          serialized_value_size=len(value), headers=tuple(headers))
+
+
+def job_of(record: ConsumerRecord[Any, Any]) -> str:
+    assert record.key is not None
+    return bytes(record.key).decode()
+
+
+async def until(condition: Callable[[], bool], changed: asyncio.Event, what: str) -> None:
+    try:
+        async with asyncio.timeout(DEADLINE):
+            while not condition():
+                changed.clear()
+                await changed.wait()
+    except TimeoutError:
+        raise AssertionError(f"not within {DEADLINE}s: {what}") from None
+
+
+@pytest.fixture
+def changed() -> asyncio.Event:
+    return asyncio.Event()
+
+
+@pytest.fixture
+def store(tmp_path: Path, changed: asyncio.Event) -> Store:
+    return Store(tmp_path / "videos", changed)
+
+
+def results_for(monkeypatch: pytest.MonkeyPatch, log: dict[int, list[str]], store: Store,
+                changed: asyncio.Event) -> Results:
+    results = Results({p: [] for p in log}, lambda job_id: job_id in store.kept, changed)
+    for partition, jobs in log.items():
+        results.add(partition, jobs)
+    monkeypatch.setattr(copier_module, "results_consumer", lambda *_: results)
+    return results
+
+
+async def test_a_black_hole_host_holds_only_its_lane_and_the_other_hosts_are_copied_at_once(
+        monkeypatch: pytest.MonkeyPatch, store: Store, changed: asyncio.Event) -> None:
+    """Partition 0: six copies from the black hole (more than ``max_pending``, and than the copy
+    slots), then one from a healthy host, another from the hole, another healthy; partition 1: one
+    healthy. With one global cap the hole's copies took every slot and paused the fetch: the
+    healthy copies were never read until the hole's timed out."""
+    sources = Sources(changed)
+    jobs = [f"hole-{i}" for i in range(6)] + ["ok-a", "hole-6", "ok-b"]
+    results = results_for(monkeypatch, {0: jobs, 1: ["ok-c"]}, store, changed)
+    copier = VideoCopier(SETTINGS, store, fetcher=cast(VideoFetcher, sources), policy=QUICK, concurrency=4,
+                         max_pending=4, commit_interval=0.001, drain_timeout=0.05, rand=lambda: 0.0,
+                         metrics=ApiMetrics(CollectorRegistry()))
+    await copier.start()
+    try:
+        await until(lambda: {"ok-a", "ok-b", "ok-c"} <= store.kept.keys(), changed,
+                    "the healthy copies stored while the black hole has not answered once")
+        # Its lane's burst: 3 of the 4 slots, never the quarter kept for other hosts.
+        assert sources.hanging == sources.most_hanging == 3
+        assert results.position == {0: 9, 1: 1} and not results.paused_now  # everything fetched, nothing paused
+        await until(lambda: results.committed.get(1) == 1, changed, "the healthy partition committed")
+        assert results.committed.get(0, 0) == 0  # partition 0 starts with the hole's copy, not made yet
+        sources.answer.set()  # the host comes back
+        await until(lambda: results.committed.get(0) == 9, changed, "partition 0 committed to its end")
+    finally:
+        await copier.stop()
+    assert not results.violations
+    assert sources.most_hanging == 3
+    assert {r.status for r in store.kept.values()} == {"stored"} and len(store.kept) == 10
+
+
+async def test_a_failing_host_past_its_bound_is_given_up_on_at_once_and_the_others_go_on(
+        monkeypatch: pytest.MonkeyPatch, store: Store, changed: asyncio.Event) -> None:
+    """A host refusing every fetch: after five copies failed in a row its breaker opens and its
+    copies wait without attempts. It holds ``max_per_host`` copies at most: the next ones are
+    recorded as given up at once (so a request for the video starts them), not held, and the
+    fetch goes on for the others."""
+    registry = CollectorRegistry()
+    sources = Sources(changed, failing=True)
+    results = results_for(monkeypatch, {0: [f"hole-{i}" for i in range(5)], 1: ["ok-b"]}, store, changed)
+    copier = VideoCopier(SETTINGS, store, fetcher=cast(VideoFetcher, sources), policy=QUICK, concurrency=4,
+                         max_pending=4, max_per_host=6, commit_interval=0.001, drain_timeout=0.05,
+                         rand=lambda: 0.0, metrics=ApiMetrics(registry))
+
+    def metric(name: str) -> float:
+        return registry.get_sample_value(name, {"channel": "videos"}) or 0.0
+
+    await copier.start()
+    try:
+        await until(lambda: len(sources.fetched) == 5 and "ok-b" in store.kept, changed,
+                    "each of the hole's copies tried, the healthy one stored")
+        await until(lambda: metric("floodgate_destination_breakers_open") == 1, changed, "the hole's breaker open")
+        assert metric("floodgate_destination_breaker_openings_total") == 1
+        # Six more for the hole (one more than its bound allows) and one healthy.
+        results.add(0, [f"hole-{i}" for i in range(5, 11)] + ["ok-a"])
+        await until(lambda: "ok-a" in store.kept and len(store.kept) == 7, changed,
+                    "the copies past the hole's bound recorded, the healthy one stored")
+        assert results.position == {0: 12, 1: 1} and not results.paused_now
+        shed = {job: r for job, r in store.kept.items() if job.startswith("hole")}
+        assert set(shed) == {f"hole-{i}" for i in range(6, 11)}  # hole-5 is held: the sixth
+        assert all(r.status == "failed" and r.gave_up and "is failing" in r.reason for r in shed.values())
+        assert sources.fetched == {f"hole-{i}" for i in range(5)}  # hole-5 waits for the breaker, no attempt
+        assert registry.get_sample_value("floodgate_video_copies_shed_total") == 5
+        await until(lambda: results.committed.get(1) == 1, changed, "the healthy partition committed")
+    finally:
+        await copier.stop()
+    assert not results.violations
+    assert results.committed.get(0, 0) == 0  # the held copies are the next owner's to make
+    assert metric("floodgate_destination_breakers_open") == 0  # their lane went with them
