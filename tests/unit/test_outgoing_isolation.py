@@ -13,8 +13,7 @@ from collections.abc import Callable, Iterable
 from typing import Any
 
 import pytest
-from aiokafka import ConsumerRecord, TopicPartition
-from aiokafka.abc import ConsumerRebalanceListener
+from aiokafka import ConsumerRecord
 from prometheus_client import CollectorRegistry
 
 from connectors.notifiers.base import Notification, NotificationError
@@ -23,6 +22,7 @@ from floodgate.metrics import ApiMetrics
 from floodgate.notify import OutgoingWebhooks, PushDeliveries, RetryPolicy, outgoing
 from floodgate.notify.outgoing import fetch_room, webhook_destination
 from floodgate.settings import Settings
+from tests.fake_results import FakeResults
 
 TOPIC = "results"
 DEADLINE = 5.0
@@ -57,71 +57,6 @@ def test_fetch_room_counts_a_destination_only_up_to_its_share(held: int, overflo
 
 
 # --- the service, in memory ---------------------------------------------------------------------
-class FakeResults:
-    """``results`` as the service's consumer sees it: fixed records per partition, pausing, commits.
-
-    Every commit is checked as it happens: the offset committed must be past finished records only.
-    """
-
-    def __init__(self, log: dict[int, list[ConsumerRecord[Any, Any]]], finished: Callable[[int, int], bool]) -> None:
-        self.log = log
-        self.position = dict.fromkeys(log, 0)
-        self.paused_now: set[TopicPartition] = set()
-        self.committed: dict[int, int] = {}
-        self.commits = 0
-        self.violations: list[str] = []
-        self._finished = finished
-        self._listener: ConsumerRebalanceListener | None = None
-
-    def subscribe(self, topics: list[str], listener: ConsumerRebalanceListener) -> None:
-        self._listener = listener
-
-    async def start(self) -> None:
-        assert self._listener is not None
-        await self._listener.on_partitions_assigned(self.assignment())
-
-    async def stop(self) -> None:
-        return None
-
-    def assignment(self) -> set[TopicPartition]:
-        return {TopicPartition(TOPIC, p) for p in self.log}
-
-    def pause(self, *partitions: TopicPartition) -> None:
-        self.paused_now.update(partitions)
-
-    def resume(self, *partitions: TopicPartition) -> None:
-        self.paused_now.difference_update(partitions)
-
-    def paused(self) -> set[TopicPartition]:
-        return set(self.paused_now)
-
-    async def getmany(self, timeout_ms: int = 0, max_records: int | None = None) -> dict[
-            TopicPartition, list[ConsumerRecord[Any, Any]]]:
-        left = max_records or 1_000_000
-        batch: dict[TopicPartition, list[ConsumerRecord[Any, Any]]] = {}
-        for partition in sorted(self.log):
-            tp = TopicPartition(TOPIC, partition)
-            if tp in self.paused_now or left <= 0:
-                continue
-            records = self.log[partition][self.position[partition]:self.position[partition] + left]
-            if records:
-                batch[tp] = records
-                self.position[partition] += len(records)
-                left -= len(records)
-        if not batch:
-            await asyncio.sleep(min(timeout_ms, 5) / 1000)  # a broker's idle fetch, shortened; not a sync point
-        return batch
-
-    async def commit(self, offsets: dict[TopicPartition, int]) -> None:
-        self.commits += 1
-        for tp, offset in offsets.items():
-            before = self.log[tp.partition][:offset]
-            unfinished = [r.offset for r in before if not self._finished(tp.partition, r.offset)]
-            if unfinished:
-                self.violations.append(f"committed {offset} of partition {tp.partition} before {unfinished[:3]}")
-            self.committed[tp.partition] = offset
-
-
 class FakeDlq:
     def __init__(self) -> None:
         self.letters: list[bytes] = []
@@ -212,7 +147,7 @@ def service_for(monkeypatch: pytest.MonkeyPatch, channel: type[OutgoingWebhooks]
     receivers = Receivers(hole)
     log = results(make)
     by_offset = {(p, r.offset): r.key.decode() for p, records in log.items() for r in records if r.key}
-    fake = FakeResults(log, lambda p, offset: by_offset[(p, offset)] in receivers.delivered)
+    fake = FakeResults(TOPIC, log, lambda r: by_offset[(r.partition, r.offset)] in receivers.delivered)
     monkeypatch.setattr(outgoing, "results_consumer", lambda settings, group_id, wait_ms: fake)
     monkeypatch.setattr(outgoing, "AIOKafkaProducer", lambda **_: FakeDlq())
     service = channel(Settings(kafka_bootstrap="127.0.0.1:9"), notifier=receivers, policy=FAST, concurrency=16,
@@ -284,7 +219,7 @@ async def test_an_open_breaker_is_shown_by_channel_never_by_destination(
     registry = CollectorRegistry()
     receivers = Refusing(hole)
     log = results(make)
-    fake = FakeResults(log, lambda p, offset: False)
+    fake = FakeResults(TOPIC, log, lambda r: False)
     monkeypatch.setattr(outgoing, "results_consumer", lambda settings, group_id, wait_ms: fake)
     monkeypatch.setattr(outgoing, "AIOKafkaProducer", lambda **_: FakeDlq())
     service = channel(Settings(kafka_bootstrap="127.0.0.1:9"), notifier=receivers, policy=FAST, concurrency=16,

@@ -15,8 +15,7 @@ from pathlib import Path
 from typing import Any, cast
 
 import pytest
-from aiokafka import ConsumerRecord, TopicPartition
-from aiokafka.abc import ConsumerRebalanceListener
+from aiokafka import ConsumerRecord
 from prometheus_client import CollectorRegistry
 
 from connectors.storage import LocalVideoStore, VideoRecord
@@ -28,6 +27,7 @@ from floodgate.settings import Settings
 from floodgate.topics import TopicNames
 from floodgate.videos import copier as copier_module
 from floodgate.videos.copier import CopyPolicy, VideoCopier
+from tests.fake_results import FakeResults
 
 SETTINGS = Settings(kafka_bootstrap="127.0.0.1:9")
 TOPIC = TopicNames(SETTINGS).results
@@ -108,75 +108,6 @@ class Store(LocalVideoStore):
         self.changed.set()
 
 
-class Results:
-    """``results`` as the copier's consumer sees it: records per partition (more may be added),
-    pausing, ``max_records``, and commits, each checked as it happens: past copies recorded only."""
-
-    def __init__(self, log: dict[int, list[ConsumerRecord[Any, Any]]], recorded: Callable[[str], bool],
-                 changed: asyncio.Event) -> None:
-        self.log = log
-        self.position = dict.fromkeys(log, 0)
-        self.paused_now: set[TopicPartition] = set()
-        self.committed: dict[int, int] = {}
-        self.violations: list[str] = []
-        self._recorded = recorded
-        self._changed = changed
-        self._listener: ConsumerRebalanceListener | None = None
-
-    def add(self, partition: int, jobs: list[str]) -> None:
-        records = self.log[partition]
-        first = len(records)
-        records.extend(completed(partition, first + i, job) for i, job in enumerate(jobs))
-
-    def subscribe(self, topics: list[str], listener: ConsumerRebalanceListener) -> None:
-        assert topics == [TOPIC]
-        self._listener = listener
-
-    async def start(self) -> None:
-        assert self._listener is not None
-        await self._listener.on_partitions_assigned(self.assignment())
-
-    async def stop(self) -> None:
-        return None
-
-    def assignment(self) -> set[TopicPartition]:
-        return {TopicPartition(TOPIC, p) for p in self.log}
-
-    def pause(self, *partitions: TopicPartition) -> None:
-        self.paused_now.update(partitions)
-
-    def resume(self, *partitions: TopicPartition) -> None:
-        self.paused_now.difference_update(partitions)
-
-    def paused(self) -> set[TopicPartition]:
-        return set(self.paused_now)
-
-    async def getmany(self, timeout_ms: int = 0, max_records: int | None = None) -> dict[
-            TopicPartition, list[ConsumerRecord[Any, Any]]]:
-        left = max_records or 1_000_000
-        batch: dict[TopicPartition, list[ConsumerRecord[Any, Any]]] = {}
-        for partition in sorted(self.log):
-            tp = TopicPartition(TOPIC, partition)
-            if tp in self.paused_now or left <= 0:
-                continue
-            records = self.log[partition][self.position[partition]:self.position[partition] + left]
-            if records:
-                batch[tp] = records
-                self.position[partition] += len(records)
-                left -= len(records)
-        # A broker's idle fetch, shortened; not a sync point. (aiokafka yields to the loop either way.)
-        await asyncio.sleep(0 if batch else min(timeout_ms, 5) / 1000)
-        return batch
-
-    async def commit(self, offsets: dict[TopicPartition, int]) -> None:
-        for tp, offset in offsets.items():
-            unrecorded = [r.offset for r in self.log[tp.partition][:offset] if not self._recorded(job_of(r))]
-            if unrecorded:
-                self.violations.append(f"committed {offset} of partition {tp.partition} before {unrecorded[:3]}")
-            self.committed[tp.partition] = offset
-        self._changed.set()
-
-
 def completed(partition: int, offset: int, job_id: str) -> ConsumerRecord[Any, Any]:
     host = HOLE if job_id.startswith("hole") else HEALTHY
     snapshot = {"job_id": job_id, "tenant": "default", "user_id": "u1", "model": "kling-2.1", "provider": "kling",
@@ -188,6 +119,13 @@ def completed(partition: int, offset: int, job_id: str) -> ConsumerRecord[Any, A
     return ConsumerRecord(topic=TOPIC, partition=partition, offset=offset, timestamp=0, timestamp_type=0,
                           key=job_id.encode(), value=value, checksum=None, serialized_key_size=len(job_id),
                           serialized_value_size=len(value), headers=tuple(headers))
+
+
+def add(results: FakeResults, partition: int, jobs: list[str]) -> None:
+    """More completed jobs on ``partition`` (read by the copier's next fetch)."""
+    records = results.log[partition]
+    first = len(records)
+    records.extend(completed(partition, first + i, job) for i, job in enumerate(jobs))
 
 
 def job_of(record: ConsumerRecord[Any, Any]) -> str:
@@ -216,10 +154,10 @@ def store(tmp_path: Path, changed: asyncio.Event) -> Store:
 
 
 def results_for(monkeypatch: pytest.MonkeyPatch, log: dict[int, list[str]], store: Store,
-                changed: asyncio.Event) -> Results:
-    results = Results({p: [] for p in log}, lambda job_id: job_id in store.kept, changed)
+                changed: asyncio.Event) -> FakeResults:
+    results = FakeResults(TOPIC, {p: [] for p in log}, lambda r: job_of(r) in store.kept, changed)
     for partition, jobs in log.items():
-        results.add(partition, jobs)
+        add(results, partition, jobs)
     monkeypatch.setattr(copier_module, "results_consumer", lambda *_: results)
     return results
 
@@ -277,7 +215,7 @@ async def test_a_failing_host_past_its_bound_is_given_up_on_at_once_and_the_othe
         await until(lambda: metric("floodgate_destination_breakers_open") == 1, changed, "the hole's breaker open")
         assert metric("floodgate_destination_breaker_openings_total") == 1
         # Six more for the hole (one more than its bound allows) and one healthy.
-        results.add(0, [f"hole-{i}" for i in range(5, 11)] + ["ok-a"])
+        add(results, 0, [f"hole-{i}" for i in range(5, 11)] + ["ok-a"])
         await until(lambda: "ok-a" in store.kept and len(store.kept) == 7, changed,
                     "the copies past the hole's bound recorded, the healthy one stored")
         assert results.position == {0: 12, 1: 1} and not results.paused_now
