@@ -205,3 +205,20 @@ async def test_async_unreachable_broker_is_a_delivery_error() -> None:
         await client.start()
     assert info.value.retriable
     await client.close()
+
+
+async def test_async_client_goes_on_with_a_new_producer_after_one_was_stopped(env: tuple[str, str, str]) -> None:
+    """What a fatal error or a record past its bound does to a live aiokafka producer (its sender
+    running, its connections open): stopped for good; the next call starts another, and nothing
+    of the first is sent again."""
+    bootstrap, prefix, topic = env
+    async with AsyncFloodgateClient(bootstrap, tenant="acme", topic_prefix=prefix) as client:
+        first = await client.submit("kling-2.1", "first", user_id="u")
+        link = client._link
+        assert link is not None
+        await link.stop("stopped by the test")
+        assert link.producer._closed  # aiokafka's own flag: stop() ran to its end
+        second = await client.submit("kling-2.1", "second", user_id="u")
+        assert client.renewals == 1 and client._link is not link
+    records = read(bootstrap, topic, 2)
+    assert sorted(r["job_id"] for _, r in records) == sorted([first, second])

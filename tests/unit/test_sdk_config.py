@@ -1,8 +1,8 @@
-"""The SDK without a broker: producer options, request preparation, and what a call reports when
-its producer (a fake here) refuses, fails or never acknowledges a record."""
+"""The SDK without a broker: producer options, request preparation, and what a sync call reports
+when its producer (a fake here) refuses, fails or never acknowledges a record. The async client's
+outcomes are in test_sdk_async.py, fatal errors of a real librdkafka producer in test_sdk_fatal.py."""
 from __future__ import annotations
 
-import asyncio
 from collections.abc import Callable
 from typing import Any
 
@@ -15,7 +15,6 @@ from floodgate.errors import ConfigError
 from floodgate.ids import job_id_for_key
 from floodgate.sdk import (
     DEFAULT_LIMITS,
-    AsyncFloodgateClient,
     BatchDeliveryError,
     DeliveryError,
     FloodgateClient,
@@ -195,72 +194,3 @@ def test_a_record_librdkafka_gave_up_names_its_job_id_and_in_a_batch_each_failur
     ids = [job_id_for_key(SECRET, "acme", k) for k in ("b", "c")]
     assert batch.value.job_ids == ids and sorted(batch.value.failures) == [0]  # the second (n=2) was acked
     assert getattr(batch.value.failures[0], "job_id", None) == ids[0]
-
-
-class FakeAIOProducer:
-    """aiokafka's producer as the async client uses it: ``refuse(n)`` says what send() number n
-    raises (None: the record is queued, and acknowledged once the loop runs on)."""
-
-    def __init__(self, refuse: Callable[[int], Exception | None]) -> None:
-        self.refuse = refuse
-        self.calls = 0
-        self.queued_keys: list[bytes] = []
-
-    async def start(self) -> None: ...
-
-    async def stop(self) -> None: ...
-
-    async def send(self, topic: str, value: bytes, key: bytes, headers: Any = None) -> asyncio.Future[None]:
-        error = self.refuse(self.calls)
-        self.calls += 1
-        if error is not None:
-            raise error
-        self.queued_keys.append(key)
-        acked: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        asyncio.get_running_loop().call_soon(acked.set_result, None)  # the ack comes after send() returns
-        return acked
-
-
-def async_client(monkeypatch: pytest.MonkeyPatch, refuse: Callable[[int], Exception | None]
-                 ) -> tuple[AsyncFloodgateClient, list[FakeAIOProducer]]:
-    import aiokafka
-
-    made: list[FakeAIOProducer] = []
-
-    def factory(**config: Any) -> FakeAIOProducer:
-        made.append(FakeAIOProducer(refuse))
-        return made[-1]
-
-    monkeypatch.setattr(aiokafka, "AIOKafkaProducer", factory)
-    return AsyncFloodgateClient("broker:9092", tenant="acme", id_secret=SECRET), made
-
-
-async def test_a_send_that_raises_mid_batch_ends_in_a_batch_error_naming_what_went_out(
-        monkeypatch: pytest.MonkeyPatch) -> None:
-    from aiokafka.errors import KafkaTimeoutError
-
-    # The 4th send() finds the buffer still full after request_timeout_ms (a broker outage).
-    client, made = async_client(monkeypatch, lambda n: KafkaTimeoutError() if n == 3 else None)
-    keys = [f"k{i}" for i in range(5)]
-    ids = [job_id_for_key(SECRET, "acme", k) for k in keys]
-    with pytest.raises(BatchDeliveryError) as info:
-        await client.submit_many([JobSpec("sora-2", "a whale", "u", idempotency_key=k) for k in keys])
-    assert info.value.job_ids == ids
-    assert [k.decode() for k in made[0].queued_keys] == ids[:3] and made[0].calls == 4  # none after it
-    assert sorted(info.value.failures) == [3, 4]  # the first three were acknowledged
-    assert all(type(e) is DeliveryError and e.retriable for e in info.value.failures.values())
-    assert "KafkaTimeoutError" in str(info.value.failures[3]) and "not sent" in str(info.value.failures[4])
-    assert [getattr(e, "job_id", None) for e in info.value.failures.values()] == ids[3:]
-    await client.close()
-
-
-async def test_a_single_async_submit_whose_send_raises_gets_a_delivery_error_with_its_job_id(
-        monkeypatch: pytest.MonkeyPatch) -> None:
-    from aiokafka.errors import UnknownTopicOrPartitionError
-
-    client, _ = async_client(monkeypatch, lambda n: UnknownTopicOrPartitionError())
-    with pytest.raises(DeliveryError) as info:
-        await client.submit("sora-2", "a whale", user_id="u", idempotency_key="solo")
-    assert type(info.value) is DeliveryError and info.value.retriable
-    assert getattr(info.value, "job_id", None) == job_id_for_key(SECRET, "acme", "solo")
-    await client.close()
