@@ -46,6 +46,7 @@ from confluent_kafka import KafkaError, KafkaException, Producer
 
 from floodgate import codec
 from floodgate.errors import BatchDeliveryError, ConfigError, DeliveryError, Problem, ValidationError
+from floodgate.fatal_errors import fatal_in, is_fatal
 from floodgate.ids import job_id_for_key, new_job_id
 from floodgate.push import PushTarget, notify_record
 from floodgate.settings import Settings
@@ -211,26 +212,6 @@ _TRANSIENT = frozenset(
 _RETRY_ADVICE = "resubmit with the same idempotency_key: the pipeline drops a second record with the same job id"
 
 
-def _is_fatal(err: KafkaError) -> bool:
-    """librdkafka's "this producer instance takes no more records" (``produce()`` answers ``_FATAL``
-    without the flag; the error itself comes with it)."""
-    return bool(err.fatal()) or err.code() == KafkaError._FATAL
-
-
-def _fatal_in(exc: BaseException) -> KafkaError | None:
-    """The fatal error that ``poll()``/``flush()`` raised, or None for anything else.
-
-    confluent-kafka raises a fatal error from inside the call serving it rather than calling
-    ``error_cb``. When a delivery report is served in the same call, Python reports a
-    ``SystemError`` instead, caused by that ``KafkaException`` (seen with confluent-kafka 2.16.1,
-    librdkafka 2.16.0: ``tests/unit/test_sdk_fatal.py``)."""
-    for candidate in (exc, exc.__cause__, exc.__context__):
-        if isinstance(candidate, KafkaException) and candidate.args and isinstance(candidate.args[0], KafkaError) \
-                and candidate.args[0].fatal():
-            return candidate.args[0]
-    return None
-
-
 def _kafka_error(err: KafkaError, fatal: KafkaError | None) -> DeliveryError:
     """A delivery report's error; ``fatal``: what broke the producer meanwhile, if anything."""
     code = err.code()
@@ -240,7 +221,7 @@ def _kafka_error(err: KafkaError, fatal: KafkaError | None) -> DeliveryError:
     if code == KafkaError._PURGE_INFLIGHT:
         return DeliveryError(f"outcome unknown: purged while its request was in flight; {_RETRY_ADVICE}",
                              retriable=True)
-    if _is_fatal(err):
+    if is_fatal(err):
         return DeliveryError(f"its producer failed for good: {err.str()}; the next call uses a new producer",
                              retriable=True)
     return DeliveryError(f"broker did not accept the record: {err.str()}",
@@ -423,7 +404,7 @@ class FloodgateClient:
         def on_delivery(index: int) -> Any:
             def callback(err: KafkaError | None, _msg: Any) -> None:
                 reports[index] = err
-                if err is not None and _is_fatal(err):
+                if err is not None and is_fatal(err):
                     self._broke(held, err)
             return callback
 
@@ -442,7 +423,7 @@ class FloodgateClient:
                         self._serve(held, 0.05, poll=True)
                 except KafkaException as exc:
                     err = exc.args[0] if exc.args and isinstance(exc.args[0], KafkaError) else None
-                    if err is not None and _is_fatal(err):
+                    if err is not None and is_fatal(err):
                         self._broke(held, err)  # this record and the rest stay here
                     else:
                         refused[index] = DeliveryError(f"cannot produce: {exc}", retriable=False)
@@ -490,7 +471,7 @@ class FloodgateClient:
             else:
                 held.producer.flush(timeout)
         except (KafkaException, SystemError) as exc:
-            err = _fatal_in(exc)
+            err = fatal_in(exc)
             if err is None:
                 raise
             self._broke(held, err)

@@ -15,9 +15,13 @@ flight (see ``_Link``).
 
 A record that times out while no broker answers (a broker restart) leaves librdkafka's
 idempotent producer to reset its own sequence numbers (a new epoch or producer id). Where it
-cannot, it raises a *fatal* error and that producer instance takes no more records: the sender
-then replaces it with a new one, once however many sends saw the error; those requests are
-answered 503 like any unacknowledged one, and the next ones go through.
+cannot, it raises a *fatal* error and that producer instance takes no more records
+(``floodgate.fatal_errors``: the loop's poll raises it, ``produce()`` answers ``_FATAL``). The
+sender then replaces it with a new one, once however many polls and sends saw the error: the
+records that producer held fail at once (their requests are answered 503, as any unacknowledged
+one; a record in flight may have been written, and a retry with the same Idempotency-Key finds its
+job), and a send that found the producer broken goes out on the new one, since the broken one
+never took it.
 """
 from __future__ import annotations
 
@@ -31,6 +35,7 @@ from typing import Any, Protocol
 from confluent_kafka import KafkaError, KafkaException, Producer
 
 from floodgate.errors import KafkaUnavailable, RecordTooLarge
+from floodgate.fatal_errors import fatal_in, is_fatal
 
 log = logging.getLogger(__name__)
 
@@ -73,8 +78,13 @@ class _Link:
     cost each 202 a timer set and cancelled."""
 
     def __init__(self, producer: Any, loop: asyncio.AbstractEventLoop, *, poll_seconds: float = POLL_SECONDS,
-                 wait_bound: float = 11.0) -> None:
+                 wait_bound: float = 11.0, on_fatal: Callable[[_Link, KafkaError], None] = lambda link, error: None
+                 ) -> None:
+        """``on_fatal(link, error)``: called once, when a poll finds the producer broken for good."""
         self.producer = producer
+        self._on_fatal = on_fatal
+        self.fatal: KafkaError | None = None
+        """The fatal error the producer raised, once it did: it takes no more records."""
         self._loop = loop
         self._poll_seconds = poll_seconds
         self._wait_bound = wait_bound
@@ -87,26 +97,37 @@ class _Link:
         self._done.append((acked, err))  # inside poll() or flush()
 
     def sent(self, acked: asyncio.Future[None]) -> None:
-        """A record was handed to the producer: poll for its acknowledgement soon."""
+        """A record was handed to the producer: poll for its acknowledgement soon (and, on a
+        producer found broken, fail it at the next tick)."""
         self._waiting.append((self._loop.time() + self._wait_bound, acked))
         if self._tick is None and self._running:
             self._tick = self._loop.call_later(self._poll_seconds, self._poll)
 
     def _poll(self) -> None:
         self._tick = None
-        self.producer.poll(0)
+        try:
+            self.producer.poll(0)
+        except Exception as exc:  # raised inside a timer callback: nothing above would hear of it
+            fatal = fatal_in(exc)
+            if fatal is None:
+                log.exception("polling the Kafka producer failed")
+            elif self.fatal is None:
+                self.fatal = fatal
+                self._on_fatal(self, fatal)  # the sender replaces it
         if self._done:
             done, self._done = self._done, []
             _settle(done)
         waiting = self._waiting
         if waiting:
             now = self._loop.time()
-            while waiting and (waiting[0][1].done() or waiting[0][0] <= now):
+            # A broken producer reports on nothing more: what it still holds fails now, not at
+            # its bound (a record in flight may have been written; its client retries by key).
+            while waiting and (waiting[0][1].done() or waiting[0][0] <= now or self.fatal is not None):
                 _, acked = waiting.popleft()
                 if not acked.done():
                     acked.set_exception(_NotAcknowledged())
         # Records (or their reports) still in flight, or sends still waiting.
-        if self._running and (waiting or len(self.producer) > 0):
+        if self._running and self.fatal is None and (waiting or len(self.producer) > 0):
             self._tick = self._loop.call_later(self._poll_seconds, self._poll)
 
     async def close(self, flush_timeout: float) -> None:
@@ -117,7 +138,11 @@ class _Link:
             self._tick.cancel()
             self._tick = None
         # Only this thread serves acknowledgements now (the loop polls no more).
-        await asyncio.to_thread(self.producer.flush, flush_timeout)
+        try:
+            await asyncio.to_thread(self.producer.flush, flush_timeout)
+        except Exception as exc:  # a broken producer raises its fatal error again: settle what it served
+            if fatal_in(exc) is None:
+                log.exception("flushing the Kafka producer failed")
         done, self._done = self._done, []
         _settle(done)
         waiting, self._waiting = self._waiting, deque()
@@ -176,7 +201,14 @@ class KafkaSender:
         except KafkaException as exc:
             raise KafkaUnavailable(f"cannot start the Kafka producer: {exc}") from exc
         # librdkafka's message timeout fails a record first; the link's bound is the backstop.
-        return _Link(producer, self._loop, poll_seconds=self._poll_seconds, wait_bound=self._send_timeout + 1.0)
+        return _Link(producer, self._loop, poll_seconds=self._poll_seconds, wait_bound=self._send_timeout + 1.0,
+                     on_fatal=self._renew_soon)
+
+    def _renew_soon(self, broken: _Link, error: KafkaError) -> None:
+        """From the link's poll (a timer callback): renew in a task of its own."""
+        task = asyncio.create_task(self._renew(broken, error), name="kafka-sender-renew")
+        self._retired.add(task)
+        task.add_done_callback(self._retired.discard)
 
     async def stop(self) -> None:
         """Flush what is pending and disconnect; safe to call twice."""
@@ -191,20 +223,27 @@ class KafkaSender:
         if link is None or loop is None:
             raise KafkaUnavailable(f"record for {topic}: the producer is not running")
         acked: asyncio.Future[None] = loop.create_future()
-        try:
-            link.producer.produce(topic, value, key, headers=list(headers), on_delivery=partial(link.delivered, acked))
-            link.sent(acked)
-        except KafkaException as exc:
-            error = exc.args[0] if exc.args and isinstance(exc.args[0], KafkaError) else None
-            if error is not None and error.code() in _TOO_LARGE:
-                raise RecordTooLarge(f"record for {topic} is too large: {exc}") from exc
-            if error is not None and error.fatal():
-                await self._renew(link, error)
-            log.warning("send to %s failed: %s", topic, exc)
-            raise KafkaUnavailable(f"record for {topic} was not accepted by the producer") from exc
-        except BufferError as exc:  # librdkafka's local queue is full: the broker is not keeping up
-            log.warning("send to %s failed: producer queue full", topic)
-            raise KafkaUnavailable(f"record for {topic} was not accepted by the producer") from exc
+        for last_try in (False, True):
+            try:
+                link.producer.produce(topic, value, key, headers=list(headers),
+                                      on_delivery=partial(link.delivered, acked))
+                link.sent(acked)
+                break
+            except KafkaException as exc:
+                error = exc.args[0] if exc.args and isinstance(exc.args[0], KafkaError) else None
+                if error is not None and error.code() in _TOO_LARGE:
+                    raise RecordTooLarge(f"record for {topic} is too large: {exc}") from exc
+                if error is not None and is_fatal(error):
+                    await self._renew(link, error)
+                    # The broken producer never took this record: send it once on the new one.
+                    if not last_try and self._link is not None and self._link is not link:
+                        link = self._link
+                        continue
+                log.warning("send to %s failed: %s", topic, exc)
+                raise KafkaUnavailable(f"record for {topic} was not accepted by the producer") from exc
+            except BufferError as exc:  # librdkafka's local queue is full: the broker is not keeping up
+                log.warning("send to %s failed: producer queue full", topic)
+                raise KafkaUnavailable(f"record for {topic} was not accepted by the producer") from exc
         try:
             await acked  # settled by the link: acknowledged, failed, or past its bound
         except _NotAcknowledged as exc:
@@ -213,7 +252,7 @@ class KafkaSender:
         except _DeliveryFailed as exc:
             if exc.error.code() in _TOO_LARGE:
                 raise RecordTooLarge(f"record for {topic} is too large: {exc.error.str()}") from exc
-            if exc.error.fatal():
+            if is_fatal(exc.error):
                 await self._renew(link, exc.error)
             log.warning("send to %s failed: %s", topic, exc.error.str())
             raise KafkaUnavailable(f"record for {topic} was not acknowledged") from exc

@@ -1,47 +1,23 @@
 """The sync SDK client when its real librdkafka producer suffers a fatal idempotence error.
 
 No broker: each producer runs against librdkafka's own mock cluster (``test.mock.num.brokers``).
-The fatal error is librdkafka's own, raised on demand with ``rd_kafka_test_fatal_error()``:
-confluent-kafka does not expose it, so the test calls it through ctypes with the producer's
-``rd_kafka_t`` handle (the first field after ``PyObject_HEAD`` of confluent-kafka's ``Handle``;
-:func:`inject_fatal_error` checks it is one before using it). What this shows about
+The fatal error is librdkafka's own, raised on demand (``tests/librdkafka_faults.py``). What this shows about
 confluent-kafka 2.16.1 / librdkafka 2.16.0: ``flush()`` raises the fatal error (as a
 ``SystemError`` when a delivery report is served in the same call), queued records come back
 ``_PURGE_QUEUE``, and ``produce()`` answers ``_FATAL`` from then on."""
 from __future__ import annotations
 
-import ctypes
-from pathlib import Path
 from typing import Any
 
-import confluent_kafka
 import pytest
-from confluent_kafka import KafkaError, Producer
+from confluent_kafka import Producer
 
 import floodgate.sdk as sdk
 from floodgate.ids import job_id_for_key
 from floodgate.sdk import BatchDeliveryError, DeliveryError, FloodgateClient, JobSpec
+from tests.librdkafka_faults import inject_fatal_error
 
 SECRET = b"k" * 16
-
-
-def _librdkafka() -> ctypes.CDLL:
-    package = Path(confluent_kafka.__file__).parent
-    found = sorted(package.parent.glob("confluent_kafka.libs/librdkafka*.so*"))
-    assert found, f"no librdkafka bundled beside {package}"
-    lib = ctypes.CDLL(str(found[0]))  # the copy confluent-kafka already loaded
-    lib.rd_kafka_name.argtypes = [ctypes.c_void_p]
-    lib.rd_kafka_name.restype = ctypes.c_char_p
-    lib.rd_kafka_test_fatal_error.argtypes = [ctypes.c_void_p, ctypes.c_int, ctypes.c_char_p]
-    lib.rd_kafka_test_fatal_error.restype = ctypes.c_int
-    return lib
-
-
-def inject_fatal_error(producer: Producer, code: int = KafkaError.OUT_OF_ORDER_SEQUENCE_NUMBER) -> None:
-    lib = _librdkafka()
-    handle = ctypes.c_void_p.from_address(id(producer) + object.__basicsize__).value
-    assert lib.rd_kafka_name(handle).startswith(b"rdkafka#producer-"), "not a librdkafka handle"
-    assert lib.rd_kafka_test_fatal_error(handle, code, b"injected by the test") == 0
 
 
 class FatalOnFlush(Producer):
