@@ -2,12 +2,31 @@
 
 Submit ``POST {queue}/{model}`` (``Authorization: Key``), the model input as the body (prompt,
 ``image_url``, the job's params) and ``?fal_webhook=`` a per-job callback. fal answers with a
-``request_id`` and the status, response and cancel URLs; they sit under the model's app
-(``owner/app``, the first two segments of the model id; the subpath is not part of them), so the
-provider job id is ``{owner}/{app}/{request_id}``, from which they are rebuilt after a restart.
+``request_id`` and the status, response and cancel URLs, which are the ones to use: they sit
+under the model's app, not under the model id (the subpath is not part of them). The app is
+``owner/app``, the first two segments of the model id, or three for the namespaced ids fal's own
+clients know (``workflows/owner/app``, ``comfy/owner/app``: ``NAMESPACES``).
 Status ``IN_QUEUE`` → queued (with fal's ``queue_position``), ``IN_PROGRESS`` → running,
 ``COMPLETED`` → look at the result: 2xx → completed (its video URL), 4xx → failed (fal reports
 failures only there), 5xx → try again later. No percent progress.
+
+The provider job id is ``{app path}/{request_id}``, where the app path is where fal's returned
+URLs sit: ``{queue}/{app path}/requests/{request_id}[/status|/cancel]``. fal's URLs are kept in
+that form rather than whole because that is all they hold beyond our queue's address, and
+because the form needs nothing new: it is the id every earlier release wrote
+(``owner/app/request_id``, still on Kafka records and tables after an upgrade, read the same
+way: everything before the last ``/`` is the app path), it stays short and printable (each
+segment ``[A-Za-z0-9._~-]``, at most ``MAX_JOB_ID`` characters; fal's URLs carry no secret, and
+the key is only ever sent to ``base_url``), and it is the id a webhook tells, which names the
+app before fal answers (the callback path's extra, ``app_of``). When fal's URLs are the ones
+``app_of`` foresaw, the id is exactly the rebuilt one; only when they differ does it carry fal's
+app path instead (the status, result and cancel calls then go where fal said, but that job's
+webhook still names the foreseen id, so the bridge's release does not match the slot: the slot
+is freed later, by the jobs agent or by a status call). Only the path of fal's URLs is taken,
+and only from URLs on ``base_url``'s host (or fal's documented backup queue host): every call
+goes to ``base_url``, so an answer cannot send us, or our key, anywhere else. URLs on another
+host, of another shape, or missing are not an error (fal did queue the request, and a retry
+would queue a second one): they are rebuilt from ``app_of``, as before (``app_of_urls``).
 
 The webhook comes once, at the end (``status`` ``OK`` / ``ERROR``), signed with Ed25519 over
 ``request_id\\nuser_id\\ntimestamp\\nsha256_hex(body)``; the public keys are fal's JWKS, fetched
@@ -25,11 +44,13 @@ from __future__ import annotations
 import base64
 import binascii
 import hashlib
+import logging
+import re
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, replace
 from typing import Any
-from urllib.parse import quote, urlencode
+from urllib.parse import SplitResult, quote, urlencode, urlsplit
 
 import aiohttp
 import orjson
@@ -46,7 +67,11 @@ from .common import HttpConnector, callback_extra, callback_job
 from .http import HttpRequest, first_url, json_object, model_inputs, optional_text, parsed, text
 from .registry import register
 
+log = logging.getLogger(__name__)
+
 DEFAULT_BASE_URL = "https://queue.fal.run"
+BACKUP_BASE_URL = "https://queue.falrun.com"
+"""fal's backup queue host (its queue OpenAPI spec): URLs fal returns on it are fal's too."""
 DEFAULT_JWKS_URL = "https://rest.alpha.fal.ai/.well-known/jwks.json"
 MAX_JWKS_AGE = 24 * 3600.0
 JWKS_RETRY = 60.0
@@ -58,27 +83,58 @@ RESULT_READ = "result"
 """The ``CONFIRMED_HEADER`` of a delivery whose body is fal's result rather than its webhook."""
 
 
+NAMESPACES = ("workflows", "comfy")
+"""First segments that make an app id three segments long, as fal's own clients read model ids
+(fal-ai/fal-js ``libs/client/src/utils.ts``, ``ENDPOINT_NAMESPACES`` in ``parseEndpointId``)."""
+MAX_APP_SEGMENTS = 6
+MAX_SEGMENT = 100
+MAX_REQUEST_ID = 128
+MAX_JOB_ID = MAX_APP_SEGMENTS * (MAX_SEGMENT + 1) + MAX_REQUEST_ID
+MAX_URL = 2048
+_SEGMENT = re.compile(rf"[A-Za-z0-9._~-]{{1,{MAX_SEGMENT}}}")
+# fal's request ids are UUIDs; any printable ASCII but "/" and space is taken (quoted in URLs).
+_REQUEST_ID = re.compile(rf"[!-.0-~]{{1,{MAX_REQUEST_ID}}}")
+_SUFFIXES = {"status_url": "/status", "response_url": "", "cancel_url": "/cancel"}
+
+
+def _app_path(segments: list[str]) -> bool:
+    """Segments that may form an app path: 2 to ``MAX_APP_SEGMENTS`` URL-safe, printable names."""
+    return 2 <= len(segments) <= MAX_APP_SEGMENTS and all(
+        _SEGMENT.fullmatch(part) and part not in (".", "..") for part in segments)
+
+
 def app_of(model: str) -> str:
-    """``owner/app`` of a model id such as ``fal-ai/kling-video/v2.1/master/text-to-video``."""
+    """The app a model id's requests are queued on, as fal's clients name it: ``owner/app`` of
+    ``fal-ai/kling-video/v2.1/master/text-to-video``, ``workflows/owner/app`` of
+    ``workflows/owner/app[/path]``. Known before fal answers, so it is what the callback path
+    carries and what the URLs are rebuilt from when fal's own cannot be used."""
     parts = model.strip("/").split("/")
-    if len(parts) < 2 or not all(parts[:2]):
-        raise SchemaError(f"fal model {model!r} must be owner/app[/path]")
-    return "/".join(parts[:2])
+    size = 3 if parts[0] in NAMESPACES else 2
+    if len(parts) < size or not _app_path(parts[:size]):
+        raise SchemaError(f"fal model {model[:200]!r} must be owner/app[/path] or namespace/owner/app[/path]")
+    return "/".join(parts[:size])
 
 
 @dataclass(frozen=True)
 class FalJob:
-    """A provider job id ``{owner}/{app}/{request_id}`` taken apart."""
+    """A provider job id ``{app path}/{request_id}`` taken apart (see the module's docstring)."""
 
     app: str
     request_id: str
 
+    def __post_init__(self) -> None:
+        if not _app_path(self.app.split("/")) or not _REQUEST_ID.fullmatch(self.request_id):
+            raise SchemaError(f"not a fal job: app {self.app[:200]!r}, request {self.request_id[:200]!r}")
+
     @classmethod
     def parse(cls, provider_job_id: str) -> FalJob:
+        if len(provider_job_id) > MAX_JOB_ID:
+            raise SchemaError(f"not a fal job id: {provider_job_id[:200]!r}…")
         app, _, request_id = provider_job_id.rpartition("/")
-        if not request_id or app.count("/") != 1:
-            raise SchemaError(f"not a fal job id: {provider_job_id!r}")
-        return cls(app, request_id)
+        try:
+            return cls(app, request_id)
+        except SchemaError:
+            raise SchemaError(f"not a fal job id: {provider_job_id!r}") from None
 
     def __str__(self) -> str:
         return f"{self.app}/{self.request_id}"
@@ -100,8 +156,63 @@ def submit_request(base_url: str, key: str, order: SubmitOrder, webhook: str | N
     return HttpRequest("POST", f"{base_url}/{order.model.strip('/')}{query}", headers, orjson.dumps(payload))
 
 
-def parse_submit(app: str, body: bytes) -> FalJob:
-    return FalJob(app, text(json_object(body), "request_id"))
+def _origin(url: SplitResult) -> tuple[str, str | None, int | None]:
+    return url.scheme.lower(), url.hostname, url.port  # (.port raises ValueError when not a number)
+
+
+def app_of_urls(base_url: str, request_id: str, answer: Mapping[str, Any]) -> str | None:
+    """The app path fal's returned status, response and cancel URLs sit under, or None when they
+    cannot be followed: none given; one on another scheme, host or port than ``base_url`` (or,
+    for fal's own queue, its documented backup host); one not of the shape
+    ``{base_url}/{app path}/requests/{request_id}{/status|""|/cancel}`` (what else it might hold
+    would not survive in a provider job id); or the three not agreeing on the app. Only the path
+    is taken: every call still goes to ``base_url``, so an answer never sends us, or our key,
+    anywhere else."""
+    base = urlsplit(base_url)
+    origins = {_origin(base)}
+    if base_url.rstrip("/") == DEFAULT_BASE_URL:
+        origins.add(_origin(urlsplit(BACKUP_BASE_URL)))
+    prefix = base.path.rstrip("/") + "/"
+    apps: set[str] = set()
+    for field_name, suffix in _SUFFIXES.items():
+        value = answer.get(field_name)
+        if value is None:
+            continue
+        if not isinstance(value, str) or len(value) > MAX_URL:
+            return None
+        try:
+            url = urlsplit(value)
+            trusted = _origin(url) in origins
+        except ValueError:
+            return None
+        if not trusted or url.username is not None or url.query or url.fragment:
+            return None
+        tail = f"/requests/{quote(request_id, safe='')}{suffix}"
+        path = url.path.rstrip("/") if suffix == "" else url.path
+        if not path.startswith(prefix) or not path.endswith(tail):
+            return None
+        app = path[len(prefix):len(path) - len(tail)]
+        if not _app_path(app.split("/")):
+            return None
+        apps.add(app)
+    return apps.pop() if len(apps) == 1 else None
+
+
+def parse_submit(base_url: str, app: str, body: bytes) -> FalJob:
+    """The job fal queued: under the app path of the URLs fal returned (``app_of_urls``), else
+    under ``app`` (``app_of`` the model), rebuilt as earlier releases did."""
+    obj = json_object(body)
+    request_id = text(obj, "request_id")
+    returned = app_of_urls(base_url, request_id, obj)
+    if returned is None and any(obj.get(name) is not None for name in _SUFFIXES):
+        # Not an error: fal did queue the request (a retry would queue a second one, fal taking no
+        # idempotency key), and the rebuilt URLs are what every earlier release used.
+        log.warning("fal answered request %r with URLs that are not under %s; rebuilding them under %s",
+                    request_id[:MAX_REQUEST_ID], base_url, app)
+    elif returned is not None and returned != app:
+        log.info("fal queued request %r on %s, not %s: following fal's URLs", request_id[:MAX_REQUEST_ID],
+                 returned, app)
+    return FalJob(returned or app, request_id)
 
 
 def parse_queue_status(job: FalJob, body: bytes) -> ProviderStatus | None:
@@ -256,9 +367,11 @@ class FalProvider(HttpConnector):
 
     async def submit(self, session: aiohttp.ClientSession, order: SubmitOrder) -> SubmitResult:
         app = app_of(order.model)
+        # The callback path names the app before fal answers: the webhook's provider job id is
+        # ``{app}/{request_id}``, the same as this one unless fal's URLs say another app.
         answer = await self.call(session, submit_request(self.base_url, self._key, order,
                                                          self.callback_for(order, app)))
-        job: FalJob = parsed(self.name, lambda body: parse_submit(app, body), answer.body)
+        job: FalJob = parsed(self.name, lambda body: parse_submit(self.base_url, app, body), answer.body)
         return SubmitResult(str(job), "queued")
 
     async def status(self, session: aiohttp.ClientSession, provider_job_id: str) -> ProviderStatus:
@@ -319,7 +432,11 @@ class FalProvider(HttpConnector):
         A result fal refuses (4xx) leaves the webhook as it came (it then tells a failure, with
         fal's ``payload_error``); one fal cannot give now (429, 5xx, network) raises, so the
         bridge answers 503 and fal delivers the webhook again later."""
-        job = FalJob(callback.split(delivery.callback)[2], request_id)
+        try:
+            # The app the callback path names: the one foreseen at submission (``app_of``).
+            job = FalJob(callback.split(delivery.callback)[2], request_id)
+        except SchemaError:
+            return delivery  # no request we could address: the webhook tells what it tells
         result = await self.call(session, HttpRequest("GET", job.url(self.base_url), _auth(self._key)),
                                  ok=lambda status: status < 500 and status != 429)
         if not 200 <= result.status <= 299:
@@ -330,5 +447,6 @@ class FalProvider(HttpConnector):
         return parse_event(headers, body)
 
 
-__all__ = ["FalJob", "FalProvider", "app_of", "jwks_keys", "parse_event", "parse_queue_status", "parse_result",
-           "signed_message", "submit_request", "verify_signature"]
+__all__ = ["NAMESPACES", "FalJob", "FalProvider", "app_of", "app_of_urls", "jwks_keys", "parse_event",
+           "parse_queue_status", "parse_result", "parse_submit", "signed_message", "submit_request",
+           "verify_signature"]

@@ -4,7 +4,8 @@ Every call carries ``Authorization: Bearer <JWT>``: HS256 with ``iss`` = the acc
 ``exp`` 30 minutes on and ``nbf`` a few seconds back, signed with the secret key; a token is
 reused until five minutes before it expires. Submit ``POST /v1/videos/text2video`` (or
 ``image2video`` when the job has an image) with ``model_name``, ``prompt``, ``image``, the job's
-params, ``callback_url`` (per job) and ``external_task_id``; the provider job id is
+params (``duration`` as the string it is, ``"5"``; others that read as numbers as numbers),
+``callback_url`` (per job) and ``external_task_id``; the provider job id is
 ``{text2video|image2video}/{task_id}``. Answers are ``{"code", "message", "data"}``: ``code`` 0
 is success, 1303 (too many parallel tasks) is a 429 whatever the HTTP status, 1000–1099 are
 auth errors, 5000+ are Kling's own outages. Status ``GET /v1/videos/{kind}/{task_id}``:
@@ -73,9 +74,15 @@ class KlingTask:
         return f"{self.kind}/{self.task_id}"
 
 
+STRING_INPUTS = frozenset({"duration"})
+"""Inputs Kling takes as strings even when they look like numbers: ``duration`` is ``"5"`` or
+``"10"``, not ``5`` (the create-task request logged in the reference, answered ``SUCCEED``)."""
+
+
 def submit_request(base_url: str, bearer: str, order: SubmitOrder, callback: str | None) -> HttpRequest:
     kind = "image2video" if order.image_url else "text2video"
-    payload: dict[str, Any] = {**model_inputs(order.params), "model_name": order.model, "prompt": order.prompt,
+    inputs = {**model_inputs(order.params), **{k: v for k, v in order.params.items() if k in STRING_INPUTS}}
+    payload: dict[str, Any] = {**inputs, "model_name": order.model, "prompt": order.prompt,
                                "external_task_id": order.idempotency_key}
     if order.image_url:
         payload["image"] = order.image_url
@@ -211,5 +218,5 @@ class KlingProvider(HttpConnector):
         return parse_event(headers, body)
 
 
-__all__ = ["KlingProvider", "KlingTask", "check_code", "parse_answer", "parse_event", "status_from",
+__all__ = ["STRING_INPUTS", "KlingProvider", "KlingTask", "check_code", "parse_answer", "parse_event", "status_from",
            "submit_request", "token"]

@@ -389,7 +389,7 @@ async def dialect_request(request: web.Request) -> web.Response:
     if route.action in (GET, RESULT) and (limited := state.read(key)) is not None:
         return _reply(dialect.error(429, "status call rate limit reached", retry_after=limited.retry_after))
     job = state.jobs.get(route.job_id or "")
-    if job is None or job.api_key != key:
+    if job is None or job.api_key != key or not dialect.addressed(route, job):
         return _reply(dialect.error(404, "no such job"))
     if route.action == CANCEL:
         changed = sim.cancel(name, job)

@@ -16,7 +16,9 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
 from connectors.providers import SubmitOrder, VideoProvider, create
+from connectors.providers import fal as fal_connector_module
 from connectors.providers.base import CALLBACK_HEADER, WebhookDelivery
+from connectors.providers.kling import token as kling_token
 from connectors.simulator import Distribution, ProviderConfig, SimulatorConfig, run_receiver, run_simulator
 from connectors.simulator.config import DEV_JWT_SECRET
 from connectors.simulator.dialects.fal import signing_seed
@@ -69,8 +71,8 @@ def sim_config(case: Case, **overrides: Any) -> SimulatorConfig:
     return SimulatorConfig(providers={case.kind: ProviderConfig(**settings)}, seed=5)
 
 
-def order(case: Case, n: int, webhook: str | None = None, **params: str) -> SubmitOrder:
-    return SubmitOrder(job_id=f"job_{n:04d}", model=case.model, prompt=f"a lighthouse {n}",
+def order(case: Case, n: int, webhook: str | None = None, *, model: str | None = None, **params: str) -> SubmitOrder:
+    return SubmitOrder(job_id=f"job_{n:04d}", model=model or case.model, prompt=f"a lighthouse {n}",
                        image_url=None, webhook_url=webhook, idempotency_key=f"idem-{n}", params=params)
 
 
@@ -279,3 +281,81 @@ async def test_a_status_call_past_the_read_limit_is_rate_limited_in_every_dialec
             assert caught.value.status == 429, case.kind
             if case.retry_after:
                 assert caught.value.retry_after is not None and caught.value.retry_after >= 1, case.kind
+
+
+# -- fal: apps of more than two segments, restarts, ids of earlier releases -----------------------
+
+WORKFLOW = "workflows/acme/video-pipeline"  # a namespaced app: three segments, as fal's clients read it
+
+
+def fal_connector(r: Rig) -> VideoProvider:
+    """Another fal connector on the same queue: what a restarted worker has, the provider job id aside."""
+    made = create("fal", name="fal", **CASES["fal"].connection(f"{r.sim.url}/fal"))
+    assert isinstance(made, VideoProvider)
+    return made
+
+
+async def test_a_three_segment_fal_app_runs_is_followed_after_a_restart_and_tells_its_end() -> None:
+    case = CASES["fal"]
+    async for r in rig(case):
+        submitted = await r.provider.submit(r.http, order(case, 1, r.hooks.url, model=f"{WORKFLOW}/fast"))
+        assert submitted.provider_job_id.rpartition("/")[0] == WORKFLOW
+        done = await until_state(r, submitted.provider_job_id, "completed")
+        restarted = await fal_connector(r).status(r.http, submitted.provider_job_id)
+        assert (restarted.state, restarted.video_url) == ("completed", done.video_url)
+        [got] = await r.hooks.wait_count(1)
+        event = await accept(r, got)
+        assert (event.job_id, event.provider_job_id, event.state) == ("job_0001", submitted.provider_job_id,
+                                                                      "completed")
+        # The stand-in serves a request only under its app, as fal does: not under its first two segments.
+        request_id = submitted.provider_job_id.rpartition("/")[2]
+        async with r.http.get(f"{r.sim.url}/fal/workflows/acme/requests/{request_id}/status",
+                              headers={"Authorization": "Key fal_key"}) as resp:
+            assert resp.status == 404
+
+
+async def test_a_restarted_connector_cancels_a_three_segment_fal_app() -> None:
+    case = CASES["fal"]
+    async for r in rig(case, render_time=Distribution("fixed", seconds=30)):
+        submitted = await r.provider.submit(r.http, order(case, 2, model=WORKFLOW))
+        await fal_connector(r).cancel(r.http, submitted.provider_job_id)
+        assert sim_job(r, submitted.provider_job_id).status == "cancelled"
+
+
+async def test_a_fal_id_written_by_an_earlier_release_still_works() -> None:
+    """``{owner}/{app}/{request_id}``, as found on Kafka records and tables after an upgrade."""
+    case = CASES["fal"]
+    async for r in rig(case, render_time=Distribution("fixed", seconds=30)):
+        await r.provider.submit(r.http, order(case, 3))
+        [request_id] = r.sim.states["fal"].jobs
+        old = f"fal-ai/video-model/{request_id}"
+        restarted = fal_connector(r)
+        assert (await restarted.status(r.http, old)).provider_job_id == old
+        await restarted.cancel(r.http, old)
+        assert sim_job(r, old).status == "cancelled"
+
+
+async def test_fals_returned_urls_are_followed_where_they_differ_from_the_app_foreseen(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """Were fal's namespaces unknown to the connector, it would foresee ``workflows/acme``; fal's
+    URLs say ``workflows/acme/video-pipeline``, and they are what status and a restart follow."""
+    monkeypatch.setattr(fal_connector_module, "NAMESPACES", ())
+    case = CASES["fal"]
+    async for r in rig(case):
+        submitted = await r.provider.submit(r.http, order(case, 4, model=f"{WORKFLOW}/fast"))
+        assert submitted.provider_job_id.rpartition("/")[0] == WORKFLOW
+        await until_state(r, submitted.provider_job_id, "completed")
+        assert (await fal_connector(r).status(r.http, submitted.provider_job_id)).state == "completed"
+
+
+# -- Kling: duration is a string --------------------------------------------------------------------
+
+async def test_the_kling_stand_in_refuses_a_duration_that_is_not_a_string() -> None:
+    case = CASES["kling"]
+    async for r in rig(case):
+        headers = {"Authorization": f"Bearer {kling_token('ak_test', DEV_JWT_SECRET, time.time())}"}
+        for duration, status in ((5, 422), ("5", 200)):
+            body = {"model_name": "kling-v2-1", "prompt": "dunes", "duration": duration}
+            async with r.http.post(f"{r.sim.url}/kling/v1/videos/text2video", json=body, headers=headers) as resp:
+                answer = await resp.json()
+                assert (resp.status, answer["code"]) == (status, 1201 if status == 422 else 0), duration

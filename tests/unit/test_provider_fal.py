@@ -7,6 +7,7 @@ import base64
 import hashlib
 from pathlib import Path
 from typing import Any
+from urllib.parse import parse_qsl, urlsplit
 
 import orjson
 import pytest
@@ -22,6 +23,7 @@ from connectors.providers.fal import (
     parse_event,
     parse_queue_status,
     parse_result,
+    parse_submit,
     submit_request,
 )
 from floodgate.errors import ProviderUnavailable, SchemaError, WebhookVerificationError
@@ -230,3 +232,146 @@ def test_an_ok_with_its_output_is_forwarded_as_it_came() -> None:
 def test_an_error_without_a_message_says_failed() -> None:
     body = orjson.dumps({"request_id": "req-9", "status": "ERROR", "payload": None})
     assert parse_event({CALLBACK_HEADER: path()}, body).error == "failed"
+
+
+# -- the app a request is queued on, and the URLs fal returns -------------------------------------
+
+BASE = "https://queue.fal.test"
+WORKFLOW = "workflows/acme/video-pipeline"
+
+
+@pytest.mark.parametrize(("model", "app"), [
+    (f"{APP}/v2.1/master/text-to-video", APP),
+    ("fal-ai/fast-sdxl", "fal-ai/fast-sdxl"),
+    ("/fal-ai/veo3/", "fal-ai/veo3"),
+    (WORKFLOW, WORKFLOW),  # fal's clients read these namespaces' ids as three segments
+    (f"{WORKFLOW}/fast", WORKFLOW),
+    ("comfy/acme/flow/v2", "comfy/acme/flow"),
+])
+def test_the_app_is_the_one_fals_clients_read_from_the_model_id(model: str, app: str) -> None:
+    assert app_of(model) == app
+
+
+@pytest.mark.parametrize("model", ["", "just-one", "workflows/acme", "fal-ai//x", "fal-ai/../x", "fal ai/x",
+                                   "fal-ai/x%2Fy/z", "fal-ai/\u00e4pp"])
+def test_model_ids_that_name_no_app_are_refused(model: str) -> None:
+    with pytest.raises(SchemaError):
+        app_of(model)
+
+
+@pytest.mark.parametrize(("job_id", "app", "request_id"), [
+    # As every earlier release wrote them (on Kafka records and in tables after an upgrade).
+    (f"{APP}/764cabcf-b745-4b3e-ae38-1200304cf45b", APP, "764cabcf-b745-4b3e-ae38-1200304cf45b"),
+    (f"{WORKFLOW}/req-1", WORKFLOW, "req-1"),
+])
+def test_provider_job_ids_old_and_new_read_the_same_way(job_id: str, app: str, request_id: str) -> None:
+    job = FalJob.parse(job_id)
+    assert (job.app, job.request_id, str(job)) == (app, request_id, job_id)
+
+
+@pytest.mark.parametrize("job_id", ["req-1", "fal-ai/req-1", f"{APP}/", f"{APP}/req 1", "a/../req", f"{APP}\n/req",
+                                    f"{APP}/" + "r" * 200, "/".join(["s"] * 8) + "/req", "x" * 100_000])
+def test_ids_that_are_no_bounded_printable_fal_job_are_refused(job_id: str) -> None:
+    with pytest.raises(SchemaError):
+        FalJob.parse(job_id)
+
+
+def answer(app: str = APP, host: str = BASE, rid: str = "req-1", **changed: object) -> bytes:
+    """fal's submit answer (docs.fal.ai/model-endpoints/queue), its URLs under ``host``/``app``."""
+    at = f"{host}/{app}/requests/{rid}"
+    body: dict[str, object] = {"status": "IN_QUEUE", "request_id": rid, "response_url": at,
+                               "status_url": f"{at}/status", "cancel_url": f"{at}/cancel", **changed}
+    return orjson.dumps({k: v for k, v in body.items() if v is not None})
+
+
+FOLLOWED = f"{WORKFLOW}/req-1"  # fal's URLs followed where they differ from the app foreseen
+REBUILT = "workflows/acme/req-1"  # the app foreseen (as if fal's namespaces were unknown to us)
+
+
+@pytest.mark.parametrize(("base", "body", "job_id"), [
+    (BASE, answer(), f"{APP}/req-1"),  # what was foreseen: the id is the rebuilt one
+    (BASE, answer(WORKFLOW), FOLLOWED),
+    (BASE, answer(WORKFLOW, response_url=f"{BASE}/{WORKFLOW}/requests/req-1/"), FOLLOWED),
+    ("https://queue.fal.run", answer(WORKFLOW, "https://queue.falrun.com"), FOLLOWED),  # fal's backup host
+    ("http://127.0.0.1:9/fal", answer(WORKFLOW, "http://127.0.0.1:9/fal"), FOLLOWED),  # a base with a path
+    # Not followed, rebuilt: missing, foreign or not of fal's shape.
+    (BASE, answer(WORKFLOW, response_url=None, status_url=None, cancel_url=None), REBUILT),
+    (BASE, answer(WORKFLOW, "https://evil.test"), REBUILT),
+    (BASE, answer(WORKFLOW, "http://queue.fal.test"), REBUILT),
+    (BASE, answer(WORKFLOW, "https://queue.fal.test:8443"), REBUILT),
+    (BASE, answer(WORKFLOW, "https://user@queue.fal.test"), REBUILT),
+    (BASE, answer(WORKFLOW, "https://queue.fal.test.evil.test"), REBUILT),
+    (BASE, answer(WORKFLOW, "https://queue.falrun.com"), REBUILT),  # the backup host is fal's own queue's
+    ("http://127.0.0.1:9/fal", answer(WORKFLOW, "http://127.0.0.1:9"), REBUILT),
+    (BASE, answer(WORKFLOW, status_url=f"{BASE}/{WORKFLOW}/requests/req-1/status?to=elsewhere"), REBUILT),
+    (BASE, answer(WORKFLOW, cancel_url=f"{BASE}/other/app/requests/req-1/cancel"), REBUILT),
+    (BASE, answer(WORKFLOW, status_url=f"{BASE}/{WORKFLOW}/requests/req-2/status"), REBUILT),
+    (BASE, answer(WORKFLOW, status_url=f"{BASE}/{WORKFLOW}/requests/req-1/logs"), REBUILT),
+    (BASE, answer("../admin"), REBUILT),
+    (BASE, answer("acme%2Fx/app"), REBUILT),
+    (BASE, answer("acme"), REBUILT),
+    (BASE, answer(WORKFLOW, status_url=42), REBUILT),
+    (BASE, answer(WORKFLOW, status_url=f"{BASE}:notaport/{WORKFLOW}/requests/req-1/status"), REBUILT),
+])
+def test_the_job_follows_fals_urls_only_on_its_queue(base: str, body: bytes, job_id: str) -> None:
+    foreseen = APP if job_id.startswith(APP) else "workflows/acme"
+    assert str(parse_submit(base, foreseen, body)) == job_id
+
+
+class Queue:
+    """fal's queue for the connector: answers by method and URL (the query aside), records each call."""
+
+    def __init__(self, answers: dict[tuple[str, str], tuple[int, bytes]]) -> None:
+        self.answers = answers
+        self.asked: list[tuple[str, str]] = []
+
+    def request(self, method: str, url: str, **_: Any) -> FakeResponse:
+        self.asked.append((method, url))
+        status, body = self.answers.get((method, url.partition("?")[0]), (404, b'{"detail": "Not Found"}'))
+        return FakeResponse(body, status)
+
+
+def test_a_three_segment_app_is_followed_by_status_cancel_a_restart_and_its_webhook() -> None:
+    at = f"{BASE}/{WORKFLOW}/requests/req-1"
+    queue = Queue({("POST", f"{BASE}/{WORKFLOW}/fast"): (200, answer(WORKFLOW)),
+                   ("GET", f"{at}/status"): (202, b'{"status": "IN_PROGRESS", "logs": null}'),
+                   ("PUT", f"{at}/cancel"): (202, b'{"status": "CANCELLATION_REQUESTED"}')})
+    order = SubmitOrder(job_id="job_01", model=f"{WORKFLOW}/fast", prompt="dunes", image_url=None,
+                        webhook_url="https://fg.test/webhooks/fal", idempotency_key="k")
+    submitted = asyncio.run(provider().submit(queue, order))  # type: ignore[arg-type]
+    assert submitted.provider_job_id == f"{WORKFLOW}/req-1"
+    restarted = provider()  # a new process, given only the provider job id
+    for p in (provider(), restarted):
+        assert asyncio.run(p.status(queue, submitted.provider_job_id)).state == "running"  # type: ignore[arg-type]
+    asyncio.run(restarted.cancel(queue, submitted.provider_job_id))  # type: ignore[arg-type]
+    assert queue.asked[1:] == [("GET", f"{at}/status")] * 2 + [("PUT", f"{at}/cancel")]
+    # The webhook names the app through the callback path given before fal answered.
+    given = dict(parse_qsl(urlsplit(queue.asked[0][1]).query))["fal_webhook"]
+    where = given.removeprefix("https://fg.test/webhooks/fal/")
+    event = parse_event({CALLBACK_HEADER: where}, (FIXTURES / "fal_webhook_ok.json").read_bytes())
+    rid = orjson.loads((FIXTURES / "fal_webhook_ok.json").read_bytes())["request_id"]
+    assert (event.job_id, event.provider_job_id) == ("job_01", f"{WORKFLOW}/{rid}")
+
+
+def test_an_id_an_earlier_release_wrote_still_reaches_its_request() -> None:
+    at = f"{BASE}/{APP}/requests/req-2"
+    queue = Queue({("GET", f"{at}/status"): (200, b'{"status": "COMPLETED"}'),
+                   ("GET", at): (200, b'{"video": {"url": "https://v3.fal.media/files/out.mp4"}}'),
+                   ("PUT", f"{at}/cancel"): (400, b'{"status": "ALREADY_COMPLETED"}')})
+    done = asyncio.run(provider().status(queue, f"{APP}/req-2"))  # type: ignore[arg-type]
+    assert (done.state, done.video_url, done.provider_job_id) == ("completed", "https://v3.fal.media/files/out.mp4",
+                                                                 f"{APP}/req-2")
+    asyncio.run(provider().cancel(queue, f"{APP}/req-2"))  # type: ignore[arg-type]
+    assert queue.asked == [("GET", f"{at}/status"), ("GET", at), ("PUT", f"{at}/cancel")]
+
+
+def test_an_ok_without_its_output_on_a_three_segment_app_reads_the_result_there() -> None:
+    key = Ed25519PrivateKey.generate()
+    session = FakeSession(key)
+    result = f"{BASE}/{WORKFLOW}/requests/req-9"
+    session.answers[result] = (200, b'{"video": {"url": "https://v3.fal.media/files/out.mp4"}}')
+    where = f"job_01/{callback.mac(CALLBACK_SECRET, 'fal', 'job_01', WORKFLOW)}/{WORKFLOW}"
+    forwarded = authenticate(provider(), session, signed(key, NO_OUTPUT), NO_OUTPUT, where)
+    assert session.asked == [("GET", result)]
+    event = parse_event({**forwarded.headers, CALLBACK_HEADER: where}, forwarded.body)
+    assert (event.state, event.provider_job_id) == ("completed", f"{WORKFLOW}/req-9")

@@ -45,9 +45,17 @@ def test_submit_uses_image2video_for_an_image_and_carries_our_idempotency_key() 
     cb = callback.callback_url("https://fg.test/webhooks/kl", CALLBACK_SECRET, "kl", "job_01", "image2video")
     request = submit_request("https://kling.test", "tok", order, cb)
     assert request.url == "https://kling.test/v1/videos/image2video"
+    # Kling's duration is a string ("5", "10"); other params that read as numbers go as numbers.
     assert orjson.loads(request.body or b"") == {
-        "duration": 10, "mode": "pro", "model_name": "kling-v2-1", "prompt": "dunes",
+        "duration": "10", "mode": "pro", "model_name": "kling-v2-1", "prompt": "dunes",
         "external_task_id": "fg-job_01-0", "image": "https://img.test/a.png", "callback_url": cb}
+
+
+def test_duration_stays_the_string_kling_takes_while_other_numbers_are_numbers() -> None:
+    order = SubmitOrder(job_id="job_01", model="kling-v2-1", prompt="dunes", image_url=None, webhook_url=None,
+                        idempotency_key="k", params={"duration": "5", "cfg_scale": "0.5", "aspect_ratio": "16:9"})
+    body = orjson.loads(submit_request("https://kling.test", "tok", order, None).body or b"")
+    assert (body["duration"], body["cfg_scale"], body["aspect_ratio"]) == ("5", 0.5, "16:9")
 
 
 def test_documented_shapes_parse() -> None:

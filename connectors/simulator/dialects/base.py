@@ -121,6 +121,11 @@ class Dialect:
         """An answer for a route that needs no credentials (fal's JWKS), else None."""
         return None
 
+    def addressed(self, route: Route, job: Job) -> bool:
+        """Whether a route about ``job`` reaches it where the provider serves it (fal: only under
+        the job's app); a job asked about elsewhere is not found."""
+        return True
+
     def parse_create(self, route: Route, query: Mapping[str, str], headers: Mapping[str, str],
                      body: bytes) -> Submission:
         raise NotImplementedError

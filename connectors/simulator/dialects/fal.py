@@ -1,7 +1,10 @@
-"""fal's queue API: ``POST /{owner}/{app}[/{path}]`` with ``Authorization: Key``, the model
-input as the body and ``?fal_webhook=``; ``request_id`` plus status, response and cancel URLs
-back; ``GET …/requests/{id}/status`` (``IN_QUEUE`` with ``queue_position``, ``IN_PROGRESS``,
-``COMPLETED``; 202 until completed, then 200); failures only on the result
+"""fal's queue API: ``POST /{owner}/{app}[/{path}]`` (or ``/{namespace}/{owner}/{app}[/{path}]``
+for the namespaces fal's clients know, ``workflows`` and ``comfy``) with ``Authorization: Key``,
+the model input as the body and ``?fal_webhook=``; ``request_id`` plus status, response and
+cancel URLs back, under the app (the subpath is not part of them: ``fal_app``), and only there
+does a request answer (under another app it is not found); ``GET …/requests/{id}/status``
+(``IN_QUEUE`` with ``queue_position``, ``IN_PROGRESS``, ``COMPLETED``; 202 until completed,
+then 200); failures only on the result
 (``GET …/requests/{id}``); ``PUT …/requests/{id}/cancel``. One webhook, at the end
 (``status`` ``OK``/``ERROR``), signed with Ed25519 over ``request_id\\nuser_id\\ntimestamp\\n
 sha256(body)`` by a key published at ``/.well-known/jwks.json`` (``x`` padded with ``=``, as the
@@ -39,7 +42,8 @@ from .base import (
     prompt_of,
 )
 
-_REQUEST = re.compile(r"/([^/]+/[^/]+)/requests/([^/]+)(/status|/cancel)?")
+_REQUEST = re.compile(r"/(.+)/requests/([^/]+)(/status|/cancel)?")
+NAMESPACES = ("workflows", "comfy")  # fal-ai/fal-js libs/client/src/utils.ts: ENDPOINT_NAMESPACES
 _STATUS = {"queued": "IN_QUEUE", "in_progress": "IN_PROGRESS"}
 
 
@@ -51,6 +55,13 @@ def signing_seed(secret: str) -> bytes:
 def user_of(api_key: str) -> str:
     """The account id fal puts in ``X-Fal-Webhook-User-Id`` (here: derived from the key)."""
     return "user_" + hashlib.sha256(api_key.encode()).hexdigest()[:12]
+
+
+def fal_app(model: str) -> str:
+    """The app a model's requests are queued on, whose path their URLs carry: ``owner/app``, or
+    ``namespace/owner/app`` for a namespaced model id (as fal's clients read one)."""
+    parts = model.strip("/").split("/")
+    return "/".join(parts[:3] if parts[0] in NAMESPACES else parts[:2])
 
 
 class FalDialect(Dialect):
@@ -83,6 +94,9 @@ class FalDialect(Dialect):
     def public(self, route: Route) -> Reply | None:
         return Reply(200, self.jwks()) if route.action == JWKS else None
 
+    def addressed(self, route: Route, job: Job) -> bool:
+        return route.model == fal_app(job.request.model)
+
     def api_key(self, headers: Mapping[str, str], wall: float) -> str | None:
         return bearer(headers, "key")
 
@@ -101,8 +115,7 @@ class FalDialect(Dialect):
         return Submission(request)
 
     def _urls(self, job: Job, view: View) -> dict[str, str]:
-        app = "/".join(job.request.model.split("/")[:2])  # the subpath is not part of these URLs
-        base = f"{view.root}/{app}/requests/{job.id}"
+        base = f"{view.root}/{fal_app(job.request.model)}/requests/{job.id}"
         return {"response_url": base, "status_url": f"{base}/status", "cancel_url": f"{base}/cancel"}
 
     def created(self, job: Job, view: View) -> Reply:
@@ -166,4 +179,4 @@ class FalDialect(Dialect):
                 "X-Fal-Webhook-Timestamp": timestamp, "X-Fal-Webhook-Signature": self.key.sign(message).hex()}
 
 
-__all__ = ["FalDialect", "signing_seed", "user_of"]
+__all__ = ["NAMESPACES", "FalDialect", "fal_app", "signing_seed", "user_of"]

@@ -1,6 +1,7 @@
 """Kling's API: ``POST /v1/videos/text2video`` or ``/image2video`` with a JWT (HS256, ``iss`` =
 access key, ``exp``/``nbf``, signed with the secret key) as ``Bearer``; body ``model_name``,
-``prompt``, ``image``, ``callback_url``, ``external_task_id`` and model settings; answers
+``prompt``, ``image``, ``callback_url``, ``external_task_id`` and model settings (``duration`` a
+string, ``"5"``: a number is refused, code 1201); answers
 ``{"code": 0, "message": "SUCCEED", "request_id", "data": {task}}``; ``GET
 /v1/videos/{text2video|image2video}/{task_id}``. Statuses ``submitted``, ``processing``,
 ``succeed``, ``failed`` (reason in ``task_status_msg``). No cancel. A callback on every status
@@ -76,6 +77,9 @@ class KlingDialect(Dialect):
         image = optional_url(raw, "image")
         if route.model == "image2video" and image is None:
             raise BadRequest("image", "is required for image2video")
+        if "duration" in raw and not isinstance(raw["duration"], str):
+            # Kling's duration is a string ("5", "10"); a number is not what it takes.
+            raise BadRequest("duration", "must be a string such as \"5\" or \"10\"")
         external = raw.get("external_task_id")
         if external is not None and (not isinstance(external, str) or not 1 <= len(external) <= 255):
             raise BadRequest("external_task_id", "must be a string of 1-255 characters")
