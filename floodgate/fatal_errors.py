@@ -8,7 +8,8 @@ confluent-kafka 2.16.1, librdkafka 2.16.0; ``tests/unit/test_sdk_fatal.py`` and
 
 - ``poll()`` and ``flush()`` raise the fatal error itself (a ``KafkaException`` whose error has
   ``fatal()``), or, when a delivery report was served in the same call, a ``SystemError`` caused
-  by it;
+  by it, or (seen under load, the same test) a ``SystemError`` with nothing in it at all ("returned
+  NULL without setting an exception");
 - ``produce()`` answers ``_FATAL`` from then on, an error whose ``fatal()`` is False;
 - records still queued are reported ``_PURGE_QUEUE``.
 """
@@ -24,11 +25,16 @@ def is_fatal(err: KafkaError) -> bool:
 
 def fatal_in(exc: BaseException) -> KafkaError | None:
     """The fatal error that ``poll()``/``flush()``/``produce()`` raised (directly or as the cause
-    of a ``SystemError``), or None for anything else."""
+    of a ``SystemError``), or None for anything else. A ``SystemError`` that carries no Kafka error
+    counts as fatal too: confluent-kafka's C code failed while serving the producer, which is what
+    a fatal error does to it, and treating it so costs a new producer where keeping a broken one
+    would cost every later record."""
     for candidate in (exc, exc.__cause__, exc.__context__):
         if isinstance(candidate, KafkaException) and candidate.args and isinstance(candidate.args[0], KafkaError) \
                 and is_fatal(candidate.args[0]):
             return candidate.args[0]
+    if isinstance(exc, SystemError) and not isinstance(exc.__cause__ or exc.__context__, KafkaException):
+        return KafkaError(KafkaError._FATAL, f"the producer failed inside confluent-kafka: {exc}", fatal=True)
     return None
 
 
