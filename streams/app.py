@@ -101,8 +101,9 @@ def bind_producer(producer: Any, writer: SlotWriter | None, owed: Owed) -> None:
         await flush()
         if writer is not None:
             await writer.flush()
-        # After the flushes: a record they saw refused has its debt open by now (``_kept``'s
-        # callback runs before the flush's wait is woken).
+        # The tables' writes made before this, and the refused ones among them until they land
+        # (``Owed``: it waits on each record's own future, so a refusal's debt is open before its
+        # wait wakes, which the producer's flush, woken by the batch, does not ensure).
         await owed.settled()
 
     async def stop_both() -> None:

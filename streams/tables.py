@@ -24,33 +24,62 @@ log = logging.getLogger(__name__)
 
 
 class Owed:
-    """Changelog records Kafka refused and ``RecordTable`` is sending again, each until it lands or
-    a later write of its key supersedes it.
+    """The changelog writes a commit must not pass: every write in flight, and every record Kafka
+    refused that ``RecordTable`` is sending again, until it lands or a later write of its key that
+    has landed supersedes it.
 
     Faust flushes its producer before it commits offsets (and the worker flushes the slot writer
     with it, ``streams/app.py``), but a flush returns once every record is acknowledged *or
-    refused*. A refused record is sent again a second later: a commit in that second, then a
+    refused*, and a refused record is sent again a second later: a commit in that second, then a
     crash, would leave the changelog without it for good (a freed slot back after recovery, or a
-    slot taken for a job missing from it). The worker's flush waits for these too."""
+    slot taken for a job missing from it). The worker's flush waits for these too (``settled``).
+
+    Each entry has a sequence number: a write's is its own, a debt's (a refused record sent again)
+    that of the write it stands for, or of the earlier write whose debt it took over. ``settled``
+    waits for every entry numbered up to the last one made before the call, including debts opened
+    meanwhile for such writes (a refusal is known only once the write's future is done, and its
+    debt is opened by a callback of that future that runs before the future leaves this set)."""
 
     def __init__(self) -> None:
-        self._debts: set[asyncio.Future[None]] = set()
+        self._open: dict[asyncio.Future[Any], int] = {}
+        self._made = 0
 
     def __len__(self) -> int:
-        return len(self._debts)
+        return len(self._open)
 
-    def open(self) -> asyncio.Future[None]:
-        """A debt, settled (``set_result``) by whoever sends the record again."""
+    def track(self, future: asyncio.Future[Any], since: int | None = None) -> int:
+        """Hold ``future`` until it is done; ``since``: an earlier sequence number it stands for
+        too. Returns its sequence number. Register callbacks that must run before it leaves (a
+        refusal's debt) before this."""
+        if future.done():
+            return self._made
+        known = self._open.get(future)
+        if known is None:
+            self._made += 1
+            known = self._made
+            future.add_done_callback(self._close)
+        self._open[future] = known if since is None else min(known, since)
+        return self._open[future]
+
+    def seq_of(self, future: asyncio.Future[Any]) -> int | None:
+        return self._open.get(future)
+
+    def open(self, since: int | None) -> asyncio.Future[None]:
+        """A debt for a refused write numbered ``since``, settled (``set_result``) by whoever sends
+        the record again or hands the debt on."""
         debt: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        self._debts.add(debt)
-        debt.add_done_callback(self._debts.discard)
+        self.track(debt, since)
         return debt
 
+    def _close(self, future: asyncio.Future[Any]) -> None:
+        self._open.pop(future, None)
+
     async def settled(self) -> None:
-        """Return once every debt open at the call is settled (a record refused later is a later
-        commit's business, as the producer's flush does with later writes)."""
-        pending = list(self._debts)
-        if pending:
+        """Return once every write made before the call has landed, and every record refused
+        among them, or before, has been sent again until it landed (later writes are a later
+        commit's business, as the producer's flush does with them)."""
+        mark = self._made
+        while pending := [future for future, seq in self._open.items() if seq <= mark]:
             await asyncio.wait(pending)
 
 
@@ -75,6 +104,8 @@ class RecordTable(Generic[T]):
         self.decode = decode
         self.writer = writer.enlist() if writer is not None else None
         self.owed = owed_of(app)
+        self._latest: dict[bytes, asyncio.Future[Any]] = {}
+        """Per key, its latest write while in flight (``_hand_on``)."""
 
     def _send(self, partition: int, key: bytes, raw: bytes | None) -> Awaitable[Any]:
         if self.writer is not None:
@@ -109,32 +140,59 @@ class RecordTable(Generic[T]):
         changelog behind the table in memory, and the next recovery (any rebalance) would bring
         back a slot freed here, or a waiting order taken out of its line, and submit it. A
         callback, not a task: the resend costs nothing until Kafka refuses a record. From the
-        first refusal until the record lands (or is superseded) it is ``owed``: no commit passes
-        it (``Owed``)."""
+        first refusal until the record lands, or a later write of the key takes the debt over,
+        the record is ``owed``: no commit passes it (``Owed``)."""
+        if not isinstance(sent, asyncio.Future):  # (Faust's FutureMessage, or the slot writer's future)
+            if debt is not None and not debt.done():
+                debt.set_result(None)
+            return sent
+
         def landed(future: Any) -> None:
             nonlocal debt
+            since = self.owed.seq_of(future)  # (still held: this runs before it leaves)
             if future.cancelled() or future.exception() is None or self.table.data.get(key) != raw:
-                if debt is not None and not debt.done():
-                    debt.set_result(None)
+                if debt is not None:
+                    self._hand_on(key, debt)
                 return
             log.warning("changelog write of %r to %s failed (%s); sending it again", key, self.table.name,
                         future.exception())
             if debt is None:
-                debt = self.owed.open()
+                debt = self.owed.open(since)
             asyncio.get_running_loop().call_later(RESEND_AFTER, again)
 
         def again() -> None:
             assert debt is not None
             if self.table.data.get(key) == raw:
                 self._kept(partition, key, raw, self._send(partition, key, raw), debt)
-            elif not debt.done():
-                debt.set_result(None)  # superseded: the later write is the one a commit waits for
+            else:
+                self._hand_on(key, debt)
 
-        if isinstance(sent, asyncio.Future):  # (Faust's FutureMessage, or the slot writer's future)
-            sent.add_done_callback(landed)
-        elif debt is not None and not debt.done():
-            debt.set_result(None)
+        sent.add_done_callback(landed)
+        self._latest_of(key, sent)
         return sent
+
+    def _latest_of(self, key: bytes, sent: asyncio.Future[Any]) -> None:
+        """``sent`` is the latest write of ``key``: the owed writes until it is done."""
+        self.owed.track(sent)
+        self._latest[key] = sent
+
+        def gone(future: asyncio.Future[Any]) -> None:
+            if self._latest.get(key) is future:
+                del self._latest[key]
+
+        sent.add_done_callback(gone)
+
+    def _hand_on(self, key: bytes, debt: asyncio.Future[None]) -> None:
+        """Settle ``debt``: its record landed, or a later write of its key superseded it. That
+        later write, if still in flight, stands for the debt from now on (it is owed as early as
+        the debt was, and a refusal of it opens its debt as early), so a commit that waited for the
+        refused record waits for the write that replaced it."""
+        if debt.done():
+            return
+        later = self._latest.get(key)
+        if later is not None and not later.done():
+            self.owed.track(later, self.owed.seq_of(debt))
+        debt.set_result(None)
 
     async def put_durably_in(self, partition: int, key: bytes, value: T) -> None:
         """``put_in``, returning once the changelog record is acknowledged by Kafka."""
@@ -147,6 +205,7 @@ class RecordTable(Generic[T]):
         raw = self._encode(value)
         self.table.data[key] = raw
         first = self._send(partition, key, raw)
+        since = self._track(key, first)
 
         async def land() -> None:
             durable = first
@@ -161,10 +220,22 @@ class RecordTable(Generic[T]):
                                 self.table.name, exc)
                 await asyncio.sleep(retry_delay)
                 if self.table.data.get(key) != raw:
+                    later = self._latest.get(key)
+                    if later is not None and not later.done():
+                        self.owed.track(later, since)  # (as ``_hand_on``)
                     return
                 durable = self._send(partition, key, raw)
+                self._track(key, durable)
 
-        return asyncio.ensure_future(land())
+        task = asyncio.ensure_future(land())
+        self.owed.track(task, since)  # owed until it lands or is superseded, as ``put_in``'s
+        return task
+
+    def _track(self, key: bytes, sent: Awaitable[Any]) -> int | None:
+        if not isinstance(sent, asyncio.Future):
+            return None
+        self._latest_of(key, sent)
+        return self.owed.seq_of(sent)
 
     def remove_in(self, partition: int, key: bytes) -> None:
         """Delete ``key`` from outside an agent's event (see ``put_in``; the tombstone is sent

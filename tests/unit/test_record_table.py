@@ -95,38 +95,77 @@ async def test_a_later_write_supersedes_a_refused_one(table: tuple[RecordTable[b
         (b"0:a", b"slot"), (b"0:a", b"slot, submitted"), (b"0:b", b"slot"), (b"0:b", None), (b"0:b", b"taken again")]
 
 
-async def test_a_refused_write_is_owed_until_its_resend_lands(table: tuple[RecordTable[bytes], Changelog]) -> None:
-    """A commit must not pass a refused record: from the refusal until the record lands, the
-    worker's flush (which Faust awaits before it commits) waits on it."""
+async def test_a_flush_begun_before_a_refusal_waits_for_the_resend(table: tuple[RecordTable[bytes], Changelog]) -> None:
+    """A commit must not pass a refused record, though the flush began before the refusal was
+    known: on Faust's producer the flush wakes on the batch's future, before the record's own
+    future runs the callback that learns of the refusal."""
     records, changelog = table
     records.put_in(1, b"1:job", b"slot")
-    assert len(records.owed) == 0, "nothing is owed before Kafka refuses"
+    settled = asyncio.ensure_future(records.owed.settled())
+    await settle()
+    assert not settled.done(), "the write in flight is owed"
     changelog.refuse_last()
     await changelog.next_send(2)
-    assert len(records.owed) == 1
-    settled = asyncio.ensure_future(records.owed.settled())
     changelog.refuse_last()  # the resend refused too: still the same debt
     await changelog.next_send(3)
-    assert not settled.done() and len(records.owed) == 1
+    assert not settled.done()
     changelog.records[-1][2].set_result(None)
     async with asyncio.timeout(5):
         await settled
     assert len(records.owed) == 0
 
 
-async def test_a_superseded_refusal_is_owed_no_more(table: tuple[RecordTable[bytes], Changelog]) -> None:
+async def test_a_debt_passes_to_the_write_that_superseded_it(table: tuple[RecordTable[bytes], Changelog]) -> None:
+    """Superseded by a later write of its key, a refused record is owed until that write lands,
+    even when the flush began before the later write was made."""
     records, changelog = table
     records.put_in(0, b"0:job", b"slot")
     changelog.refuse_last()
     await changelog.next_send(2)  # the resend, in flight
-    assert len(records.owed) == 1
-    records.remove_in(0, b"0:job")  # deleted meanwhile: the tombstone is the record a commit waits for
+    settled = asyncio.ensure_future(records.owed.settled())
+    records.remove_in(0, b"0:job")  # deleted meanwhile: the tombstone takes the debt over
     changelog.records[1][2].set_exception(RuntimeError("refused"))
+    await settle()
+    assert not settled.done(), "the commit went past the refused record with its successor in flight"
+    changelog.refuse_last()  # the tombstone refused too: owed as early as the record it replaced
+    assert await changelog.next_send(4) == (b"0:job", None)
+    await settle()
+    assert not settled.done()
+    changelog.records[-1][2].set_result(None)
+    async with asyncio.timeout(5):
+        await settled
+    assert [(key, value) for key, value, _ in changelog.records] == [
+        (b"0:job", b"slot"), (b"0:job", b"slot"), (b"0:job", None), (b"0:job", None),
+    ], "the stale slot is not sent again"
+
+
+async def test_a_debt_whose_key_is_gone_is_settled(table: tuple[RecordTable[bytes], Changelog]) -> None:
+    """Entries dropped without a write (a partition now owned elsewhere) owe nothing: a flush
+    must not wait for them for ever."""
+    records, changelog = table
+    records.put_in(0, b"0:job", b"slot")
+    changelog.refuse_last()
+    await changelog.next_send(2)  # the resend, in flight
+    del records.data[b"0:job"]
+    changelog.refuse_last()
     async with asyncio.timeout(5):
         await records.owed.settled()
     await settle()
-    assert [(key, value) for key, value, _ in changelog.records] == [
-        (b"0:job", b"slot"), (b"0:job", b"slot"), (b"0:job", None)], "the stale slot is not sent a third time"
+    assert len(changelog.records) == 2, "a record of a key no longer held is not sent again"
+
+
+async def test_a_reliable_write_is_owed_until_it_lands(table: tuple[RecordTable[bytes], Changelog]) -> None:
+    records, changelog = table
+    task = records.put_reliably_in(0, b"0:job", b"parked", retry_delay=0.0)
+    settled = asyncio.ensure_future(records.owed.settled())
+    changelog.refuse_last()
+    await changelog.next_send(2)
+    await settle()
+    assert not settled.done() and not task.done()
+    changelog.records[-1][2].set_result(None)
+    async with asyncio.timeout(5):
+        await settled
+    assert task.done()
 
 
 class FakeProducer:
