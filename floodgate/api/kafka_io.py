@@ -215,8 +215,10 @@ class KafkaSender:
         link, self._link = self._link, None
         if link is not None:
             await link.close(self._send_timeout)
-        for task in list(self._retired):
-            await task
+        async with self._renewing:  # a renewal under way sees the sender stopped and keeps nothing
+            pass
+        while self._retired:
+            await asyncio.gather(*list(self._retired), return_exceptions=True)
 
     async def send_and_wait(self, topic: str, key: str | None, value: bytes, headers: Headers) -> None:
         link, loop = self._link, self._loop
@@ -265,10 +267,14 @@ class KafkaSender:
                 return
             log.warning("the Kafka producer failed for good (%s): starting a new one", error.str())
             try:
-                self._link = await self._connect()
+                fresh = await self._connect()
             except KafkaUnavailable as exc:
                 log.warning("no new Kafka producer yet: %s", exc)
                 return
+            if self._link is not broken:  # stopped meanwhile (stop() closed the broken one)
+                await fresh.close(0.0)
+                return
+            self._link = fresh
             self.renewals += 1
             # The broken one takes no more records; what it still holds fails and is settled.
             task = asyncio.create_task(broken.close(1.0), name="kafka-sender-retire")
