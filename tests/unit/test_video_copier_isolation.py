@@ -143,6 +143,15 @@ async def until(condition: Callable[[], bool], changed: asyncio.Event, what: str
         raise AssertionError(f"not within {DEADLINE}s: {what}") from None
 
 
+async def unpaused(results: FakeResults) -> None:
+    """The fetch may pause for the loop turns between a copy's record and its task's end (the
+    task's done callback frees its room): give it those turns, no more, before asserting on it."""
+    for _ in range(100):
+        if not results.paused_now:
+            return
+        await asyncio.sleep(0)
+
+
 @pytest.fixture
 def changed() -> asyncio.Event:
     return asyncio.Event()
@@ -180,6 +189,7 @@ async def test_a_black_hole_host_holds_only_its_lane_and_the_other_hosts_are_cop
                     "the healthy copies stored while the black hole has not answered once")
         # Its lane's burst: 3 of the 4 slots, never the quarter kept for other hosts.
         assert sources.hanging == sources.most_hanging == 3
+        await unpaused(results)
         assert results.position == {0: 9, 1: 1} and not results.paused_now  # everything fetched, nothing paused
         await until(lambda: results.committed.get(1) == 1, changed, "the healthy partition committed")
         assert results.committed.get(0, 0) == 0  # partition 0 starts with the hole's copy, not made yet
@@ -218,6 +228,7 @@ async def test_a_failing_host_past_its_bound_is_given_up_on_at_once_and_the_othe
         add(results, 0, [f"hole-{i}" for i in range(5, 11)] + ["ok-a"])
         await until(lambda: "ok-a" in store.kept and len(store.kept) == 7, changed,
                     "the copies past the hole's bound recorded, the healthy one stored")
+        await unpaused(results)
         assert results.position == {0: 12, 1: 1} and not results.paused_now
         shed = {job: r for job, r in store.kept.items() if job.startswith("hole")}
         assert set(shed) == {f"hole-{i}" for i in range(6, 11)}  # hole-5 is held: the sixth
