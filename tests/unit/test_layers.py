@@ -6,7 +6,7 @@ Layers, lowest first; a module may import from its own layer and the ones below 
    ``floodgate/jobs``, ``schemas``.
 2. connectors: ``connectors/`` and ``floodgate/provider_config.py`` (which builds them).
 3. services: ``streams/``, ``floodgate/api``, ``floodgate/notify``, ``floodgate/videos``,
-   ``floodgate/sdk.py``. They do not import each other, except that the API hosts the outgoing
+   ``floodgate/sdk/``. They do not import each other, except that the API hosts the outgoing
    webhooks and the video copier (api → notify, api → videos).
 4. tools: ``floodgate/cli.py``, ``devstack.py``, ``demo.py``, ``broker/``, ``bench/``, ``chaos/``.
 

@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 
-import floodgate.sdk as sdk
+import floodgate.sdk.async_client as async_sdk
 from floodgate.errors import ConfigError
 from floodgate.ids import job_id_for_key
 from floodgate.sdk import AsyncFloodgateClient, BatchDeliveryError, DeliveryError, JobSpec
@@ -196,7 +196,7 @@ async def test_a_record_past_its_bound_is_abandoned_before_its_submit_reports_an
     # stopped: the record cannot be written later by this client.
     first = made[0]
     assert first._sender.closed and first.stopped
-    assert isinstance(first._message_accumulator.failed_with, sdk._Abandoned)
+    assert isinstance(first._message_accumulator.failed_with, async_sdk._Abandoned)
     # The next call gets a new producer; the abandoned record is not sent again on its own.
     assert await client.submit("sora-2", "next", user_id="u", idempotency_key="next") == key_id("next")
     assert [k.decode() for k in made[1].queued_keys] == [key_id("next")]
@@ -273,14 +273,14 @@ async def test_a_producer_whose_sender_task_died_is_replaced_before_the_next_cal
 # --- the aiokafka internals the client relies on ----------------------------------------------
 
 async def test_the_installed_aiokafka_can_be_stopped_the_way_the_client_stops_it() -> None:
-    """Fails on an aiokafka upgrade that renames or changes what ``sdk._stop_sending`` uses."""
+    """Fails on an aiokafka upgrade that renames or changes what ``async_sdk._stop_sending`` uses."""
     from aiokafka import AIOKafkaProducer
     from aiokafka.structs import TopicPartition
 
     producer = AIOKafkaProducer(bootstrap_servers="127.0.0.1:1", acks="all", enable_idempotence=True)
     # A record in the accumulator, as send() leaves it (never started: no broker is needed).
     queued = await producer._message_accumulator.add_message(TopicPartition("t", 0), b"k", b"v", 1.0)
-    assert not sdk._sender_died(producer) and producer._sender.sender_task is None
-    await sdk._stop_sending(producer, sdk._Abandoned("why"), wind_down=1.0)
+    assert not async_sdk._sender_died(producer) and producer._sender.sender_task is None
+    await async_sdk._stop_sending(producer, async_sdk._Abandoned("why"), wind_down=1.0)
     error = queued.exception()
-    assert isinstance(error, sdk._Abandoned) and error.reason == "why"  # aiokafka copied it intact
+    assert isinstance(error, async_sdk._Abandoned) and error.reason == "why"  # aiokafka copied it intact

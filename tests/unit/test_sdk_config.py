@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 from confluent_kafka import KafkaError
 
-import floodgate.sdk as sdk
+import floodgate.sdk.sync_client as sync_sdk
 from floodgate import codec
 from floodgate.errors import ConfigError
 from floodgate.ids import job_id_for_key
@@ -21,25 +21,25 @@ from floodgate.sdk import (
     JobSpec,
     PushTarget,
     ValidationError,
-    _librdkafka_config,
-    _Preparer,
 )
+from floodgate.sdk.options import librdkafka_config
+from floodgate.sdk.prepare import Preparer
 from floodgate.validation import REQUEST_HASH_HEADER
 
 SECRET = b"k" * 16
 
 
-def preparer(**changes: object) -> _Preparer:
+def preparer(**changes: object) -> Preparer:
     options: dict[str, Any] = dict(tenant="acme", topic_prefix="fg.", known_models=None, id_secret=b"k" * 16,
                                       limits=DEFAULT_LIMITS, allow_private_webhooks=False)
     options.update(changes)
-    return _Preparer(**options)
+    return Preparer(**options)
 
 
 def test_keyword_options_become_librdkafka_names_but_callbacks_stay() -> None:
     def cb(*args: object) -> None: ...
 
-    assert _librdkafka_config({"linger_ms": 20, "message.timeout.ms": 5, "error_cb": cb, "compression_type": "lz4"}) \
+    assert librdkafka_config({"linger_ms": 20, "message.timeout.ms": 5, "error_cb": cb, "compression_type": "lz4"}) \
         == {"linger.ms": 20, "message.timeout.ms": 5, "error_cb": cb, "compression.type": "lz4"}
 
 
@@ -141,7 +141,7 @@ def sync_client(monkeypatch: pytest.MonkeyPatch, verdict: Callable[[int], KafkaE
         made.append(FakeProducer(config, verdict))
         return made[-1]
 
-    monkeypatch.setattr(sdk, "Producer", factory)
+    monkeypatch.setattr(sync_sdk, "Producer", factory)
     return FloodgateClient("broker:9092", tenant="acme", id_secret=SECRET, **options), made
 
 

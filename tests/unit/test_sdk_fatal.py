@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 from confluent_kafka import Producer
 
-import floodgate.sdk as sdk
+import floodgate.sdk.sync_client as sync_sdk
 from floodgate.ids import job_id_for_key
 from floodgate.sdk import BatchDeliveryError, DeliveryError, FloodgateClient, JobSpec
 from tests.librdkafka_faults import inject_fatal_error
@@ -47,7 +47,7 @@ def mock_client(monkeypatch: pytest.MonkeyPatch, **options: Any) -> tuple[Floodg
         made.append(FatalOnFlush(config))
         return made[-1]
 
-    monkeypatch.setattr(sdk, "Producer", factory)
+    monkeypatch.setattr(sync_sdk, "Producer", factory)
     # bootstrap.servers is replaced by the mock cluster's (one per producer instance).
     return FloodgateClient("unused:9092", tenant="acme", id_secret=SECRET, test_mock_num_brokers=1, **options), made
 
