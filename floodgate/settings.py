@@ -293,6 +293,14 @@ class Settings:
     """Seconds a signed video link stays valid after the job was read."""
     video_max_bytes: int = 536870912
     """Largest video copied from a provider (bytes); larger is refused and not stored."""
+    video_breaker_failures: int = 5
+    """Copies from one source host (host:port of the provider's video_url: its CDN, a bucket) that
+    fail in a row before the copier's breaker for that host opens: its copies then wait without an
+    attempt, one probe every FLOODGATE_VIDEO_BREAKER_OPEN_FOR seconds, and are given up on with
+    their retry budget, while the other hosts' copies go on."""
+    video_breaker_open_for: float = 30.0
+    """Seconds between two probes of a source host whose copier breaker is open
+    (FLOODGATE_VIDEO_BREAKER_FAILURES); the first probe that copies closes it."""
     video_s3_bucket: str = ""
     """Bucket of the s3 video store."""
     video_s3_endpoint: str = ""
@@ -456,6 +464,10 @@ class Settings:
             raise ConfigError(f"{PREFIX}VIDEO_S3_BUCKET is required when {PREFIX}VIDEO_STORE=s3")
         if self.video_link_ttl <= 0 or self.video_max_bytes < 1:
             raise ConfigError(f"{PREFIX}VIDEO_LINK_TTL and {PREFIX}VIDEO_MAX_BYTES must be positive")
+        if self.video_breaker_failures < 1:
+            raise ConfigError(f"{PREFIX}VIDEO_BREAKER_FAILURES must be at least 1")
+        if self.video_breaker_open_for <= 0:
+            raise ConfigError(f"{PREFIX}VIDEO_BREAKER_OPEN_FOR must be positive")
         if self.table_store not in ("rocksdict", "memory"):
             raise ConfigError(f"{PREFIX}TABLE_STORE must be rocksdict or memory, got {self.table_store!r}")
         if any(c not in _TOPIC_CHARS for c in self.worker_id):

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import os
-import tempfile
+import secrets
 import threading
 from pathlib import Path
 from typing import Protocol
@@ -126,6 +126,11 @@ class LocalUploadStore(UploadBudget):
     def __init__(self, root: Path, ttl: float, max_total: int = 1 << 30) -> None:
         super().__init__(ttl, max_total)
         self.root = root
+        self._writing: set[str] = set()
+        """Names of the ``.incoming-`` files this store's saves are writing now: their bytes are in
+        ``reserved`` (and go to ``used`` once stored), so a sweep leaves them out of its count."""
+        self._writing_lock = threading.Lock()
+        """Its own, not the budget's: held by saves in threads and by a sweep, for a set operation only."""
 
     async def save(self, data: bytes, kind: images.ImageKind) -> str:
         try:
@@ -148,14 +153,23 @@ class LocalUploadStore(UploadBudget):
         a reader never sees half a file."""
         self.root.mkdir(parents=True, exist_ok=True)
         name = images.new_name(kind)
-        fd, tmp = tempfile.mkstemp(dir=self.root, prefix=".incoming-")
+        # Named here, and marked as ours before it exists, so no sweep can list it unmarked.
+        tmp = self.root / f".incoming-{secrets.token_hex(16)}"
+        with self._writing_lock:
+            self._writing.add(tmp.name)
         try:
-            with os.fdopen(fd, "wb") as out:
-                out.write(data)
-            os.replace(tmp, self.root / name)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            try:
+                with os.fdopen(fd, "wb") as out:
+                    out.write(data)
+                os.replace(tmp, self.root / name)
+            except BaseException:
+                tmp.unlink(missing_ok=True)
+                raise
+        finally:
+            # Unmarked once renamed (or removed): a sweep that listed the name then finds it gone.
+            with self._writing_lock:
+                self._writing.discard(tmp.name)
         self._saved(len(data))
         return name
 
@@ -173,7 +187,9 @@ class LocalUploadStore(UploadBudget):
 
     def sweep(self, now: float) -> int:
         """Delete files past their time to live (and incoming files a crash left), count the bytes
-        left in ``used``; how many files went."""
+        left in ``used``; how many files went. The ``.incoming-`` files of this store's saves in
+        progress are neither: ``reserved`` holds their bytes already, and ``used`` gets them when
+        they are stored (another process's count toward ``used``: nothing else here holds them)."""
         self._swept(now)
         mark = self._listing()
         try:
@@ -182,6 +198,12 @@ class LocalUploadStore(UploadBudget):
             entries = []
         seen: list[tuple[str, float, int]] = []
         for entry in entries:
+            with self._writing_lock:
+                writing = entry.name in self._writing
+            if writing:
+                continue
+            # Asked before the stat: a save of ours that ended since is renamed by now, so its
+            # incoming name is gone and not counted; its bytes reach ``used`` through ``_saved``.
             try:
                 stat = entry.stat()
             except OSError:

@@ -15,10 +15,34 @@ _PROBLEM = {"application/problem+json": {"schema": {"$ref": "#/components/schema
 _JSON = "application/json"
 
 
-def _problem(description: str, retry_after: bool = False) -> dict[str, Any]:
+# The challenge each 401 carries (RFC 9110, 15.5.2), exactly as the handlers send it
+# (floodgate/api/common.py, read.py, dashboard.py, bridge.py); tests/unit/test_api_openapi.py holds
+# every documented 401 to what the running app answers.
+_API_KEY_CHALLENGE = 'ApiKey realm="floodgate", header="X-API-Key"'
+_OPERATOR_CHALLENGE = 'ApiKey realm="floodgate", header="X-Operator-Key"'
+_TOKEN_CHALLENGE = 'Bearer realm="floodgate"'
+_WEBHOOK_CHALLENGE = 'Signature realm="floodgate-webhooks"'
+_CHALLENGE_TEXT = {
+    _API_KEY_CHALLENGE: "An API key is no registered scheme: the challenge names the header that carries it.",
+    _OPERATOR_CHALLENGE: "An operator key is no registered scheme: the challenge names the header that carries it.",
+    _TOKEN_CHALLENGE: "The job's token, as `Authorization: Bearer <token>` (or `?token=`).",
+    _WEBHOOK_CHALLENGE: "A delivery proves itself by its provider's signature (or its callback path's MAC), which "
+                        "no registered scheme describes; its realm is not the API's: a provider's webhook secret "
+                        "opens nothing else.",
+}
+
+
+def _problem(description: str, retry_after: bool = False, challenge: str | None = None) -> dict[str, Any]:
+    """A problem+json response; ``challenge``: the ``WWW-Authenticate`` value a 401 carries."""
     out: dict[str, Any] = {"description": description, "content": _PROBLEM}
+    headers: dict[str, Any] = {}
     if retry_after:
-        out["headers"] = {"Retry-After": {"description": "seconds to wait", "schema": {"type": "integer"}}}
+        headers["Retry-After"] = {"description": "seconds to wait", "schema": {"type": "integer"}}
+    if challenge is not None:
+        headers["WWW-Authenticate"] = {"description": _CHALLENGE_TEXT[challenge], "required": True,
+                                       "schema": {"type": "string", "const": challenge}}
+    if headers:
+        out["headers"] = headers
     return out
 
 
@@ -80,7 +104,8 @@ def _callback_operation(*, extra: bool) -> dict[str, Any]:
         "responses": {
             "200": {"description": "Stored", "content": {_JSON: {"schema": {
                 "type": "object", "properties": {"received": {"const": True}}, "required": ["received"]}}}},
-            "401": _problem("Wrong callback path, bad signature, or the provider does not confirm it"),
+            "401": _problem("Wrong callback path, bad signature, or the provider does not confirm it",
+                            challenge=_WEBHOOK_CHALLENGE),
             "404": _problem("Unknown provider"),
             "413": _problem("Body larger than 1 MiB; `errors` names `body`"),
             "503": _problem("Kafka unavailable, or the provider did not answer the confirming status call; "
@@ -106,7 +131,7 @@ _OPERATIONS: dict[str, tuple[str, str, dict[str, Any]]] = {
                     "headers": {"Location": {"schema": {"type": "string", "format": "uri"}}},
                     "content": {_JSON: {"schema": _ref("JobAccepted")}}},
             "400": _problem("Invalid body; `errors` names every field at fault"),
-            "401": _problem("X-API-Key missing (when keys are configured)"),
+            "401": _problem("X-API-Key missing (when keys are configured)", challenge=_API_KEY_CHALLENGE),
             "403": _problem("Unknown API key"),
             "413": _problem("Body too large; `errors` names `body`"),
             "415": _problem("Not application/json; `errors` names `Content-Type`"),
@@ -126,7 +151,7 @@ _OPERATIONS: dict[str, tuple[str, str, dict[str, Any]]] = {
         "parameters": [_JOB_ID, _TOKEN_QUERY],
         "responses": {
             "200": {"description": "The job", "content": {_JSON: {"schema": _ref("Job")}}},
-            "401": _problem("Token missing"),
+            "401": _problem("Token missing", challenge=_TOKEN_CHALLENGE),
             "404": _problem("Unknown job or wrong token"),
         },
     }),
@@ -165,6 +190,10 @@ _OPERATIONS: dict[str, tuple[str, str, dict[str, Any]]] = {
                                    "end (local store only). No body",
                     "headers": {"ETag": _VIDEO_ETAG,
                                 "Content-Range": {"description": "`bytes */size`", "schema": {"type": "string"}}}},
+            "405": {**_problem("A method other than GET and HEAD: answered by the router, before the link is "
+                               "looked at"),
+                    "headers": {"Allow": {"description": "The methods this route serves", "required": True,
+                                          "schema": {"type": "string", "const": "GET,HEAD"}}}},
             "502": _problem("The provider's video was refused (too large, not a video, a private address), or "
                             "its copy was given up and the provider's URL is not known here"),
             "307": {"description": "Not copied yet, or its copy given up after the copier's retries: the "
@@ -187,7 +216,7 @@ _OPERATIONS: dict[str, tuple[str, str, dict[str, Any]]] = {
             "202": {"description": "Cancel recorded; the body is the job's current state (poll it, or follow "
                                    "its events, to see `cancelled`)",
                     "content": {_JSON: {"schema": _ref("Job")}}},
-            "401": _problem("Token missing"),
+            "401": _problem("Token missing", challenge=_TOKEN_CHALLENGE),
             "404": _problem("Unknown job or wrong token"),
             "409": _problem("The job already completed or failed; `detail` names its status"),
             "503": _problem("Kafka unavailable; nothing was recorded", retry_after=True),
@@ -207,7 +236,7 @@ _OPERATIONS: dict[str, tuple[str, str, dict[str, Any]]] = {
             "200": {"description": "An event stream", "content": {"text/event-stream": {"schema": _SSE_EVENT}}},
             "204": {"description": "The job has finished and Last-Event-ID is at or past its final event: "
                                    "nothing more will be sent (an EventSource stops reconnecting)"},
-            "401": _problem("Token missing"),
+            "401": _problem("Token missing", challenge=_TOKEN_CHALLENGE),
             "404": _problem("Unknown job or wrong token"),
         },
     }),
@@ -257,7 +286,8 @@ _OPERATIONS: dict[str, tuple[str, str, dict[str, Any]]] = {
         "responses": {
             "200": {"description": "Stored", "content": {_JSON: {"schema": {
                 "type": "object", "properties": {"received": {"const": True}}, "required": ["received"]}}}},
-            "401": _problem("Signature or timestamp did not verify; nothing was stored"),
+            "401": _problem("Signature or timestamp did not verify; nothing was stored",
+                            challenge=_WEBHOOK_CHALLENGE),
             "404": _problem("Unknown provider"),
             "413": _problem("Body larger than 1 MiB; `errors` names `body`"),
             "503": _problem("Kafka unavailable; retry the delivery", retry_after=True),
@@ -278,7 +308,7 @@ _OPERATIONS: dict[str, tuple[str, str, dict[str, Any]]] = {
         "responses": {
             "201": {"description": "Stored", "headers": {"Location": {"schema": {"type": "string", "format": "uri"}}},
                     "content": {_JSON: {"schema": _ref("Upload")}}},
-            "401": _problem("X-API-Key missing (when keys are configured)"),
+            "401": _problem("X-API-Key missing (when keys are configured)", challenge=_API_KEY_CHALLENGE),
             "403": _problem("Unknown API key"),
             "413": _problem("Image larger than FLOODGATE_UPLOAD_MAX_BYTES; `errors` names `body`"),
             "415": _problem("Not a JPEG, PNG or WebP image, or not the kind the Content-Type says; `errors` names "
@@ -328,7 +358,7 @@ _OPERATIONS: dict[str, tuple[str, str, dict[str, Any]]] = {
         "security": [{"operatorKey": []}, {}],
         "responses": {
             "200": {"description": "Series and totals", "content": {_JSON: {"schema": _ref("DashboardData")}}},
-            "401": _problem("X-Operator-Key missing (when API keys are configured)"),
+            "401": _problem("X-Operator-Key missing (when API keys are configured)", challenge=_OPERATOR_CHALLENGE),
             "403": _problem("Unknown operator key, or none configured while API keys are"),
         },
     }),
@@ -344,7 +374,7 @@ _OPERATIONS: dict[str, tuple[str, str, dict[str, Any]]] = {
             "400": _problem("Invalid jobs or rate; `errors` names them"),
             "413": _problem("Body larger than the API takes at all (FLOODGATE_MAX_BODY_BYTES or 1 MiB, whichever "
                             "is larger); `errors` names `body`"),
-            "401": _problem("X-Operator-Key missing (when API keys are configured)"),
+            "401": _problem("X-Operator-Key missing (when API keys are configured)", challenge=_OPERATOR_CHALLENGE),
             "403": _problem("Not in dev mode, or an unknown operator key"),
             "409": _problem("A spike is already running, or no model can take jobs"),
         },

@@ -30,8 +30,9 @@ One slow source never holds up the others' copies. Each host the videos come fro
 of the ``video_url``: a provider's CDN, a bucket) has a lane (:mod:`floodgate.lanes`, as each
 webhook receiver has): at most ``per_host`` copies at once (1/``SHARES`` of ``concurrency``) while
 other hosts need slots, all but the last ``BURST_RESERVE``th of them when it is alone, and a
-circuit breaker (after five failed copies in a row, one probe every 30 s; its copies wait without
-a slot and are given up on with their retry budget). Toward ``max_pending`` a host's copies count
+circuit breaker (after ``FLOODGATE_VIDEO_BREAKER_FAILURES`` failed copies in a row, default five,
+one probe every ``FLOODGATE_VIDEO_BREAKER_OPEN_FOR`` seconds, default 30; its copies wait without a
+slot and are given up on with their retry budget). Toward ``max_pending`` a host's copies count
 only up to its share (1/``SHARES``); the rest wait without pausing the fetch, which stops for them
 only at ``max_held`` copies in all. A host holds at most ``max_per_host`` copies (half of
 ``max_held``): past that, while its breaker is open, a new copy for it is given up on at once, as
@@ -64,15 +65,7 @@ from connectors.storage.fetch import VideoFetcher, guarded_fetch_session
 from floodgate import codec
 from floodgate.commit_tracker import CommitTracker, Ticket
 from floodgate.errors import ConfigError, SchemaError, StorageError
-from floodgate.lanes import (
-    DEFAULT_FAILURE_THRESHOLD,
-    DEFAULT_OPEN_FOR,
-    Destinations,
-    Lanes,
-    Verdict,
-    fetch_room,
-    url_destination,
-)
+from floodgate.lanes import Destinations, Lanes, Verdict, fetch_room, url_destination
 from floodgate.metrics import ApiMetrics, api_metrics
 from floodgate.results_consumer import COPY_WAIT_MS, results_consumer
 from floodgate.settings import Settings
@@ -149,8 +142,10 @@ class VideoCopier:
         1/``SHARES``) for one host while others need slots; ``max_pending`` copies held before the
         fetch pauses, counting each host's only up to 1/``SHARES`` of it, and ``max_held`` (default
         ``HELD_PER_PENDING`` times it) in all, ``max_per_host`` (default half of that) of them for
-        one host. Raises ``ConfigError`` when ``settings.kafka_bootstrap`` is empty or a bound is
-        below 1 (``max_held`` below ``max_pending``)."""
+        one host. Each host's breaker opens after ``settings.video_breaker_failures`` failed copies
+        in a row and lets a probe through every ``settings.video_breaker_open_for`` seconds. Raises
+        ``ConfigError`` when ``settings.kafka_bootstrap`` is empty or a bound is below 1
+        (``max_held`` below ``max_pending``)."""
         if not settings.kafka_bootstrap:
             raise ConfigError("settings.kafka_bootstrap must be resolved before starting the video copier")
         max_held = HELD_PER_PENDING * max_pending if max_held is None else max_held
@@ -174,7 +169,7 @@ class VideoCopier:
         self._metrics = metrics or api_metrics()
         self._lanes = Lanes(Destinations(
             per_host or max(1, concurrency // SHARES), max(1, max_pending // SHARES),
-            failure_threshold=DEFAULT_FAILURE_THRESHOLD, open_for=DEFAULT_OPEN_FOR,
+            failure_threshold=settings.video_breaker_failures, open_for=settings.video_breaker_open_for,
             burst_until=concurrency - concurrency // BURST_RESERVE),
             on_open=self._metrics.breaker_openings.labels("videos").inc)
         self._crowded: set[str] = set()

@@ -1,7 +1,9 @@
-"""The hand-written OpenAPI document and the router agree, route for route, for every role set; and
-the stored video's route answers nothing the document does not list."""
+"""The hand-written OpenAPI document and the router agree, route for route, for every role set; the
+stored video's route answers nothing the document does not list; and every documented 401 names
+the challenge the running app sends with it."""
 from __future__ import annotations
 
+import fnmatch
 import hashlib
 import itertools
 from collections.abc import AsyncIterator
@@ -13,15 +15,14 @@ from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 
 from connectors.storage import LocalVideoStore, VideoRecord
-from floodgate.api import videos
 from floodgate.api.app import build_app
-from floodgate.api.common import ROLES, Deps
+from floodgate.api.common import ROLES
 from floodgate.api.openapi import document
 from floodgate.api.view import JobView
 from floodgate.errors import StorageError
 from floodgate.ids import new_job_id
 from floodgate.provider_config import dev_setup
-from floodgate.settings import Settings
+from floodgate.settings import Secret, Settings
 from floodgate.videolinks import VideoLinks
 
 ROLE_SETS = [frozenset(c) for n in range(1, 4) for c in itertools.combinations(sorted(ROLES), n)]
@@ -34,8 +35,11 @@ class _NoSend:
 
 
 def _routes(roles: frozenset[str], video_store: Any = None) -> set[tuple[str, str]]:
-    app = build_app(Settings(), dev_setup("http://127.0.0.1:9"), roles=roles, producer=_NoSend(), view=JobView(),
-                    video_store=video_store)
+    return _routes_of(build_app(Settings(), dev_setup("http://127.0.0.1:9"), roles=roles, producer=_NoSend(),
+                                view=JobView(), video_store=video_store))
+
+
+def _routes_of(app: web.Application) -> set[tuple[str, str]]:
     out = set()
     for route in app.router.routes():
         if route.method == "HEAD":
@@ -126,7 +130,9 @@ def test_url_pattern_accepts_only_what_the_server_accepts() -> None:
 VIDEO = bytes(range(100))
 ETAG = f'"{hashlib.sha256(VIDEO).hexdigest()}"'
 NOW = 1_900_000_000.0
-LINKS = VideoLinks(b"k" * 32, ttl=60.0)
+SETTINGS = Settings(secret=Secret("s" * 32), video_link_ttl=60.0)
+LINKS = VideoLinks(SETTINGS.video_link_key, SETTINGS.video_link_ttl)
+"""The links the app built from ``SETTINGS`` signs and checks."""
 LATER, EARLIER = "Tue, 01 Jan 2999 00:00:00 GMT", "Mon, 01 Jan 1990 00:00:00 GMT"
 VIDEO_ANSWERS: list[tuple[str, str, str, dict[str, str], int]] = [
     ("the whole video", "stored", "GET", {}, 200),
@@ -146,6 +152,7 @@ VIDEO_ANSWERS: list[tuple[str, str, str, dict[str, str], int]] = [
     ("not copied yet, the provider's copy not known here", "pending", "GET", {}, 503),
     ("the store unreachable", "unreachable", "GET", {}, 503),
     ("the copy refused for good", "refused", "GET", {}, 502),
+    ("a method the route does not serve", "stored", "POST", {}, 405),
 ]
 
 
@@ -178,9 +185,9 @@ async def video_route(tmp_path: Path) -> AsyncIterator[tuple[TestClient, dict[st
     view.apply({"job_id": jobs["pending-known"], "tenant": "default", "user_id": "u1", "model": "kling-2.1",
                 "status": "completed", "version": 1, "created_at": 1, "updated_at": 1, "progress": 1.0,
                 "metadata": {}, "video_url": "https://cdn.example/v.mp4"})
-    app = web.Application()
-    videos.add_routes(app, Deps(Settings(), dev_setup("http://127.0.0.1:9"), None, view, clock=lambda: NOW),
-                      LINKS, store)
+    # The app as the API builds it (its middleware, the router's own answers), with the read role only.
+    app = build_app(SETTINGS.with_overrides(cache_dir=tmp_path), dev_setup("http://127.0.0.1:9"), roles={"read"},
+                    producer=_NoSend(), view=view, clock=lambda: NOW, video_store=store)
     paths = {kind: LINKS.path(job_id, NOW) for kind, job_id in jobs.items()}
     good = paths["stored"]
     paths["forged"] = good[:-1] + ("A" if good[-1] != "A" else "B")
@@ -197,7 +204,67 @@ async def test_every_answer_of_the_video_route_is_documented(
     for why, video, method, headers, status in VIDEO_ANSWERS:
         async with client.request(method, paths[video], headers=headers, allow_redirects=False) as resp:
             assert resp.status == status, why
-        assert str(status) in operation["responses"], why
+            assert str(status) in operation["responses"], why
+            _answers_as_documented(resp, operation["responses"][str(status)], why)
         assert {name.lower() for name in headers} <= documented_headers, why
         drawn.add(str(status))
     assert drawn == set(operation["responses"])
+
+
+def _answers_as_documented(resp: Any, documented: dict[str, Any], why: str) -> None:
+    """Every header the document says the answer carries is there, with its value where the
+    document fixes one; the body is of a documented media type (``video/*`` matching ``video/mp4``)."""
+    for name, header in documented.get("headers", {}).items():
+        if header.get("required"):
+            assert name in resp.headers, (why, name)
+        if "const" in header["schema"] and name in resp.headers:
+            assert resp.headers[name] == header["schema"]["const"], (why, name)
+    if "content" in documented:
+        assert any(fnmatch.fnmatchcase(resp.content_type, kind) for kind in documented["content"]), (
+            why, resp.content_type)
+
+
+@pytest.mark.parametrize("method", ["POST", "PUT", "PATCH", "DELETE", "OPTIONS"])
+async def test_the_video_routes_405_is_a_problem_naming_the_methods_the_document_lists(
+        video_route: tuple[TestClient, dict[str, str]], method: str) -> None:
+    """Answered by aiohttp's router, not by the route: as problem+json through the app's middleware,
+    with the Allow header RFC 9110 requires, which lists what the document calls the route's methods."""
+    client, paths = video_route
+    doc = document({"read"}, videos=True)
+    path_item = doc["paths"]["/v1/videos/{job_id}"]
+    answer = path_item["get"]["responses"]["405"]
+    async with client.request(method, paths["stored"]) as resp:
+        assert resp.status == 405
+        _answers_as_documented(resp, answer, method)
+        assert resp.content_type == "application/problem+json"
+        body = await resp.json()
+    served = {m.upper() for m in path_item if m in METHODS} | {"HEAD"}  # the GET's own HEAD
+    assert set(resp.headers["Allow"].split(",")) == served
+    assert set(doc["components"]["schemas"]["Problem"]["required"]) <= set(body) and body["status"] == 405
+
+
+# Every route asked without any credential, by an app with every role, API keys and an operator
+# key required: the 401s it answers are the ones the document lists, each with the challenge the
+# app sends. A route that starts answering 401 later, or a challenge changed on one side only, fails.
+PATH_PARAMS = {"job_id": new_job_id(), "provider": "kling", "mac": "0" * 64, "extra": "text2video",
+               "name": "img_" + "a" * 32 + ".png"}
+
+
+async def test_every_401_documents_the_challenge_the_app_sends(tmp_path: Path) -> None:
+    settings = Settings(secret=Secret("s" * 32), cache_dir=tmp_path, api_keys=Secret("k1=acme"),
+                        operator_key=Secret("op-secret"))
+    app = build_app(settings, dev_setup("http://127.0.0.1:9"), producer=_NoSend(), view=JobView(),
+                    wait_for_job=0.05, video_store=LocalVideoStore(tmp_path / "videos"))
+    sent: dict[tuple[str, str], str | None] = {}
+    async with TestClient(TestServer(app)) as client:
+        for method, path in sorted(_routes_of(app)):
+            async with client.request(method.upper(), path.format(**PATH_PARAMS), data=b"{}",
+                                      headers={"Content-Type": "application/json"}) as resp:
+                if resp.status == 401:
+                    sent[(method, path)] = resp.headers.get("WWW-Authenticate")
+    challenges = {(method, path): op["responses"]["401"].get("headers", {}).get("WWW-Authenticate", {})
+                  for path, ops in document(ROLES, videos=True)["paths"].items()
+                  for method, op in ops.items() if "401" in op["responses"]}
+    assert len(sent) >= 10  # the sweep reached the key, token, operator and signature routes
+    assert sent == {route: header.get("schema", {}).get("const") for route, header in challenges.items()}
+    assert all(header["required"] for header in challenges.values())  # every 401 carries one

@@ -171,3 +171,55 @@ async def test_an_upload_stored_while_the_bucket_is_listed_is_still_counted(monk
     monkeypatch.setattr(obstore, "list", listing)
     assert await store.expire(time.time()) == 0
     assert late and store.used == 3 * len(PNG)
+
+
+@pytest.fixture
+def held_before_rename(monkeypatch: pytest.MonkeyPatch) -> Iterator[tuple[threading.Event, threading.Event]]:
+    """``os.replace`` of the upload store that stops a save with its bytes written under the
+    ``.incoming-`` name: ``written`` is set then, and the rename waits for ``go``."""
+    real = os.replace
+    written, go = threading.Event(), threading.Event()
+
+    def replace(src: Any, dst: Any) -> None:
+        written.set()
+        if not go.wait(DEADLINE):
+            raise AssertionError("the test never let the save finish")
+        real(src, dst)
+
+    monkeypatch.setattr(uploads.os, "replace", replace)
+    yield written, go
+    go.set()  # a failing test must not leave the save's thread waiting
+
+
+def test_a_sweep_counts_an_upload_being_written_once(
+        tmp_path: Path, held_before_rename: tuple[threading.Event, threading.Event]) -> None:
+    """An upload being saved holds its bytes in ``reserved`` from before its ``.incoming-`` file
+    exists until after it is renamed, and ``used`` gets them when it is stored: a sweep that also
+    counted the half-written file showed the store that much fuller until the next sweep, a minute
+    later, refusing uploads (503) that fit."""
+    written, go = held_before_rename
+    store = LocalUploadStore(tmp_path / "uploads", ttl=60.0, max_total=10 * len(PNG))
+    store.root.mkdir()
+    (store.root / "img_stored-earlier.png").write_bytes(PNG)  # another process's, or one from before a restart
+    big = PNG * 4
+    assert store.reserve(len(big))  # as POST /v1/uploads does before the save
+    with ThreadPoolExecutor(1) as pool:
+        saving = pool.submit(store.put, big, images.PNG)
+        assert written.wait(DEADLINE)
+        assert [p.name.startswith(".incoming-") for p in store.root.iterdir()].count(True) == 1
+        assert store.sweep(time.time()) == 0
+        assert (store.used, store.reserved) == (len(PNG), len(big))  # the half-written file is in reserved only
+        go.set()
+        saving.result(timeout=DEADLINE)
+    store.release(len(big))
+    assert (store.used, store.reserved) == (len(PNG) + len(big), 0)  # and once stored, in used only
+
+
+def test_a_sweep_counts_another_process_s_upload_being_written(tmp_path: Path) -> None:
+    """Another API process sharing the directory reserves its uploads in its own memory: here its
+    ``.incoming-`` file is the only sign of them, so it counts, as the bytes on the disk they are."""
+    store = LocalUploadStore(tmp_path / "uploads", ttl=60.0)
+    store.root.mkdir()
+    (store.root / ".incoming-elsewhere").write_bytes(PNG * 2)
+    assert store.sweep(time.time()) == 0
+    assert store.used == 2 * len(PNG)
