@@ -18,7 +18,13 @@ pure; :class:`Lanes` awaits it):
 * a count of the records it holds, so the service can tell records of many destinations from
   one destination's backlog (``overflow``: what it holds beyond its ``share``), which only that
   destination is waiting on and which must not pause the fetching of everyone's records
-  (:func:`fetch_room`).
+  (:func:`fetch_room`); and a bound on that count (``most``: half of the service's
+  ``max_held``; the copier keeps its own ``max_per_host`` to the same rule), so one destination
+  never holds all of the memory that bounds the fetch. At its
+  bound, while its breaker is open, its new records are given up on at once (``sheds``) with
+  what a spent retry budget leaves (a dead letter, a copy recorded as given up); while its
+  breaker is closed it is taking them, however slowly, and the fetch waits for it
+  (``fetch_waits``) rather than give up records it would take.
 
 Used by the outgoing webhooks and pushes (:mod:`floodgate.notify.delivery`) and the video copier
 (:mod:`floodgate.videos.copier`): services that may not import each other, so the rules live here,
@@ -75,16 +81,17 @@ class Destinations:
     """Per destination: attempts in flight against ``per_destination``, a circuit breaker, and the
     deliveries held (``enter``/``leave``) against ``share``. Pure: the caller passes ``now``.
 
-    Raises ``ConfigError`` unless ``per_destination``, ``share`` and ``failure_threshold`` are at
-    least 1 and ``open_for`` is positive.
+    Raises ``ConfigError`` unless ``per_destination``, ``share``, ``failure_threshold`` and
+    ``most`` (when given) are at least 1 and ``open_for`` is positive.
     """
 
     def __init__(self, per_destination: int, share: int, *, failure_threshold: int = DEFAULT_FAILURE_THRESHOLD,
-                 open_for: float = DEFAULT_OPEN_FOR, burst_until: int = 0) -> None:
+                 open_for: float = DEFAULT_OPEN_FOR, burst_until: int = 0, most: int | None = None) -> None:
         """``burst_until``: while fewer attempts than this are in flight over all destinations, a
-        lane may run past ``per_destination`` (0: never)."""
-        if per_destination < 1 or share < 1 or failure_threshold < 1:
-            raise ConfigError("per_destination, share and failure_threshold must be at least 1")
+        lane may run past ``per_destination`` (0: never). ``most``: the deliveries a destination
+        holds before it is ``full`` (None: no bound)."""
+        if per_destination < 1 or share < 1 or failure_threshold < 1 or (most is not None and most < 1):
+            raise ConfigError("per_destination, share, failure_threshold and most must be at least 1")
         if not open_for > 0:
             raise ConfigError("open_for must be positive")
         self.per_destination = per_destination
@@ -93,9 +100,12 @@ class Destinations:
         self.share = share
         self.failure_threshold = failure_threshold
         self.open_for = open_for
+        self.most = most
         self._lanes: dict[str, _Lane] = {}
         self._overflow = 0
         self._open = 0
+        self._full: set[str] = set()
+        """Destinations holding ``most`` deliveries or more: a few at most (each holds that many)."""
 
     # --- deliveries held ----------------------------------------------------------------------
     def enter(self, destination: str) -> None:
@@ -104,6 +114,8 @@ class Destinations:
         lane.deliveries += 1
         if lane.deliveries > self.share:
             self._overflow += 1
+        if self.most is not None and lane.deliveries >= self.most:
+            self._full.add(destination)
 
     def leave(self, destination: str) -> None:
         """A delivery to ``destination`` ended. The last one takes the lane, breaker and all, with
@@ -114,6 +126,8 @@ class Destinations:
         if lane.deliveries > self.share:
             self._overflow -= 1
         lane.deliveries -= 1
+        if self.most is None or lane.deliveries < self.most:
+            self._full.discard(destination)
         if lane.deliveries == 0 and lane.attempts == 0:
             if lane.open_until is not None:
                 self._open -= 1
@@ -127,6 +141,23 @@ class Destinations:
     def held(self, destination: str) -> int:
         lane = self._lanes.get(destination)
         return 0 if lane is None else lane.deliveries
+
+    def full(self, destination: str) -> bool:
+        """Whether ``destination`` holds its ``most`` deliveries (never without a bound)."""
+        return destination in self._full
+
+    def sheds(self, destination: str) -> bool:
+        """Whether a new delivery for ``destination`` is to be given up on at once, without being
+        held: it is ``full`` and its breaker is open, so the delivery would wait without an attempt
+        and give up with its retry budget, holding memory the others' deliveries need meanwhile."""
+        return destination in self._full and self.is_open(destination)
+
+    @property
+    def fetch_waits(self) -> bool:
+        """Whether the fetch is to wait: a destination is ``full`` with its breaker closed, so its
+        deliveries are being made, however slowly; waiting for it until it has room again (or its
+        breaker opens) keeps it within its bound without giving up deliveries it would take."""
+        return any(not self.is_open(destination) for destination in self._full)
 
     # --- attempts -----------------------------------------------------------------------------
     def in_flight(self, destination: str) -> int:

@@ -169,6 +169,11 @@ class ApiMetrics(_Group):
             "Destinations whose circuit breaker is open or half-open now (one probe at a time), by channel: "
             "webhooks (receivers' host:port), push (platforms), videos (hosts the copier fetches from). Never "
             "by destination: hosts are tenants' data, without bound.", ["channel"])
+        self.deliveries_shed = self._counter(
+            "floodgate_deliveries_shed_total",
+            "Outgoing webhooks and pushes given up on without an attempt, by channel: their destination held "
+            "as many deliveries as one may hold, and its breaker was open (dead-lettered, counted as failed).",
+            ["channel"])
         self.breaker_openings = self._counter(
             "floodgate_destination_breaker_openings_total",
             "Circuit breakers of destinations opened after failed attempts in a row, by channel: webhooks, "
@@ -185,6 +190,8 @@ class ApiMetrics(_Group):
         for channel in BREAKER_CHANNELS:
             self.breakers_open.labels(channel)
             self.breaker_openings.labels(channel)
+        for channel in ("webhooks", "push"):
+            self.deliveries_shed.labels(channel)
         for outcome in OUTGOING_OUTCOMES:
             self.outgoing.labels(outcome)
             self.push.labels(outcome)

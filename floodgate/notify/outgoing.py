@@ -16,6 +16,19 @@ in flight holds at most 48 of the 64 attempt slots (8 once others need slots: it
 time out and are not replaced past its cap) and 128 of the 1,024 pending places, and everyone
 else's results are still fetched and delivered.
 
+A destination holds at most ``max_per_destination`` records (half of ``max_held``, as a video host
+holds half of the copier's, to the copier's rule, here ``Destinations.sheds``/``fetch_waits``). At
+its bound, while its breaker is open, its next results are dead-lettered at once as failed after
+0 attempts: what its breaker's wait would have come to at the end of their retry budget, without
+holding memory meanwhile. While its breaker is closed it is taking its deliveries, however
+slowly, and the fetch waits for it to be under its bound again (records of it in a batch fetched
+before are held past it) rather than dead-letter deliveries it would take: a lag of thousands of
+results for one healthy receiver after a restart would otherwise be shed. A black hole's
+attempts time out (10 s), which opens its breaker (5 failures in a row; a platform's, 20), so it
+holds up the others' fetch for that long at most, once it holds its bound: before the bound it
+filled all 4,096 places and paused everyone's fetch until its deliveries gave up with their
+retry budget, up to ten minutes later (``tests/unit/test_outgoing_isolation.py``).
+
 At-least-once: an offset is committed only when it and every offset before it in its partition
 are done — delivered, skipped, or parked in ``dlq`` (:mod:`floodgate.commit_tracker`).
 A crash or rebalance may repeat a delivery; the ``webhook-id`` stays ``<job_id>:<version>`` so
@@ -45,7 +58,7 @@ from connectors.notifiers.base import EVENT_TYPES, Notification, Notifier
 from floodgate import codec
 from floodgate.commit_tracker import CommitTracker, Ticket
 from floodgate.dead_letter import dead_letter_record
-from floodgate.errors import ConfigError, SchemaError
+from floodgate.errors import ConfigError, NotificationError, SchemaError
 from floodgate.lanes import (
     DEFAULT_FAILURE_THRESHOLD,
     DEFAULT_OPEN_FOR,
@@ -90,6 +103,9 @@ class WebhookStats:
     """No webhook_url, or not a final state."""
     dead_lettered: int = 0
     """Records written to dlq: failed deliveries plus undecodable records."""
+    shed: int = 0
+    """Failed deliveries given up on without an attempt: their destination held ``max_per_destination``
+    and its breaker was open."""
 
 
 class _Abandoned(Exception):
@@ -121,16 +137,23 @@ class OutgoingWebhooks:
     def __init__(self, settings: Settings, *, notifier: Notifier | None = None,
                  session: aiohttp.ClientSession | None = None, policy: RetryPolicy = DEFAULT_POLICY,
                  concurrency: int = 64, max_pending: int = 1024, per_destination: int | None = None,
-                 max_held: int | None = None, commit_interval: float = 1.0,
-                 drain_timeout: float = 10.0, rand: Callable[[], float] = random.random,
-                 metrics: ApiMetrics | None = None) -> None:
+                 max_held: int | None = None, max_per_destination: int | None = None,
+                 commit_interval: float = 1.0, drain_timeout: float = 10.0,
+                 rand: Callable[[], float] = random.random, metrics: ApiMetrics | None = None) -> None:
+        """``concurrency`` attempts at once over all destinations, ``per_destination`` of them
+        (default 1/``shares``) for one destination while others need slots; ``max_pending``
+        records held before the fetch pauses, counting each destination's only up to 1/``shares``
+        of it, and ``max_held`` (default ``HELD_PER_PENDING`` times it) in all,
+        ``max_per_destination`` (default half of that) of them for one destination. Raises
+        ``ConfigError`` when ``settings.kafka_bootstrap`` is empty or a bound is below 1
+        (``max_held`` below ``max_pending``)."""
         if not settings.kafka_bootstrap:
             raise ConfigError("settings.kafka_bootstrap must be resolved before starting webhooks")
-        if concurrency < 1 or max_pending < 1:
-            raise ConfigError("concurrency and max_pending must be at least 1")
         max_held = HELD_PER_PENDING * max_pending if max_held is None else max_held
-        if max_held < max_pending:
-            raise ConfigError("max_held must be at least max_pending")
+        max_per_destination = max(1, max_held // 2) if max_per_destination is None else max_per_destination
+        if min(concurrency, max_pending, max_per_destination) < 1 or max_held < max_pending:
+            raise ConfigError("concurrency, max_pending and max_per_destination must be at least 1, max_held at "
+                              "least max_pending")
         self._settings = settings
         self._names = TopicNames(settings)
         self._notifier = notifier
@@ -140,12 +163,18 @@ class OutgoingWebhooks:
         self._semaphore = asyncio.Semaphore(concurrency)
         self._metrics = metrics or api_metrics()
         openings = self._metrics.breaker_openings.labels(self.channel)
+
+        def opened() -> None:
+            openings.inc()
+            self._slot_freed.set()  # the fetch may have waited for this destination: it sheds now
+
         self._lanes = Lanes(Destinations(
             per_destination or max(1, concurrency // self.shares), max(1, max_pending // self.shares),
             failure_threshold=self.breaker_failures, open_for=self.breaker_open_for,
-            burst_until=concurrency - concurrency // BURST_RESERVE), on_open=openings.inc)
+            burst_until=concurrency - concurrency // BURST_RESERVE, most=max_per_destination), on_open=opened)
         self._max_pending = max_pending
         self._max_held = max_held
+        self._max_per_destination = max_per_destination
         self._commit_interval = commit_interval
         self._drain_timeout = drain_timeout
         self._rand = rand
@@ -172,7 +201,11 @@ class OutgoingWebhooks:
         return bool(notification.webhook_url) and notification.status in EVENT_TYPES
 
     def destination(self, notification: Notification) -> str:
-        """The lane ``notification`` (one it ``wants``) is delivered in: what fails or hangs as one."""
+        """The lane ``notification`` (one it ``wants``) is delivered in: what fails or hangs as one.
+        For webhooks, the receiver's ``host:port``: every path on one server shares its connections,
+        its timeouts and its outages, and two ports of a host are two servers; a finer key (the
+        URL) would let one receiver take a bound per path, a coarser one (the domain) would let one
+        tenant's dead server shed another's."""
         return webhook_destination(notification.webhook_url or "")
 
     async def build_notifier(self) -> Notifier:
@@ -201,6 +234,12 @@ class OutgoingWebhooks:
     def stats(self) -> WebhookStats:
         """A copy of the counters."""
         return dataclasses.replace(self._stats)
+
+    @property
+    def max_per_destination(self) -> int:
+        """The deliveries one destination holds before the fetch waits for it (its breaker closed) or
+        its next ones are dead-lettered at once (open)."""
+        return self._max_per_destination
 
     @property
     def assignment(self) -> frozenset[int]:
@@ -277,7 +316,11 @@ class OutgoingWebhooks:
                     self._spawn(tp.partition, record)
 
     def _room(self) -> int:
-        return fetch_room(len(self._tasks), self._lanes.rules.overflow, self._max_pending, self._max_held)
+        """How many more records to fetch (see the module docstring)."""
+        rules = self._lanes.rules
+        if rules.fetch_waits:
+            return 0
+        return fetch_room(len(self._tasks), rules.overflow, self._max_pending, self._max_held)
 
     def _spawn(self, partition: int, record: ConsumerRecord[Any, Any]) -> None:
         try:
@@ -292,17 +335,23 @@ class OutgoingWebhooks:
         # room (``_room``) is exact: a batch of one black hole's records counts as its share only.
         read = self._read(record)
         destination = self.destination(read) if isinstance(read, Notification) and self.wants(read) else None
-        if destination is not None:
-            self._lanes.rules.enter(destination)
-        task = asyncio.create_task(self._process(record, ticket, read, destination))
+        rules = self._lanes.rules
+        # Past its bound with its breaker open, a destination's record would only wait, holding
+        # memory, until its retry budget gives it up: give it up now. (Closed, the fetch waits for
+        # the destination instead; a record of it from a batch fetched before is held past it.)
+        shed = destination is not None and rules.sheds(destination)
+        held = None if shed else destination
+        if held is not None:
+            rules.enter(held)
+        task = asyncio.create_task(self._process(record, ticket, read, destination, shed))
         self._tasks.add(task)
 
         def done(task: asyncio.Task[None]) -> None:
             # A done callback, not the task's finally: it runs even for a task cancelled before it
             # started, and _consume is woken only once the record no longer counts.
             self._tasks.discard(task)
-            if destination is not None:
-                self._lanes.rules.leave(destination)
+            if held is not None:
+                rules.leave(held)
             self._slot_freed.set()
 
         task.add_done_callback(done)
@@ -315,9 +364,9 @@ class OutgoingWebhooks:
             return exc
 
     async def _process(self, record: ConsumerRecord[Any, Any], ticket: Ticket[int], read: Notification | Exception,
-                       destination: str | None) -> None:
+                       destination: str | None, shed: bool) -> None:
         try:
-            await self._handle(record, read, destination)
+            await self._handle(record, read, destination, shed)
         except _Abandoned:
             return  # not finished: the offset stays uncommitted and is redelivered
         except Exception as exc:  # a bug here must not wedge the partition's commits
@@ -334,7 +383,9 @@ class OutgoingWebhooks:
         self._tracker.finish(ticket)
 
     async def _handle(self, record: ConsumerRecord[Any, Any], read: Notification | Exception,
-                      destination: str | None) -> None:
+                      destination: str | None, shed: bool) -> None:
+        """``shed``: give the delivery up without an attempt (its destination holds
+        ``max_per_destination`` deliveries already, and its breaker is open)."""
         if isinstance(read, SchemaError):
             self.count("invalid")
             await self._dead_letter(record, f"undecodable JobSnapshot: {read}", read)
@@ -344,6 +395,18 @@ class OutgoingWebhooks:
         if destination is None:
             self._stats.skipped += 1
             self.count("skipped")
+            return
+        if shed:
+            # As an open breaker's delivery ends once its retry budget is spent, without the wait:
+            # failed, and dead-lettered with the original record and the same kind of reason.
+            self._stats.failed += 1
+            self._stats.shed += 1
+            self._metrics.deliveries_shed.labels(self.channel).inc()
+            self.count("failed")
+            error = NotificationError(
+                f"no attempt: {destination} is failing (its breaker is open) and holds {self.max_per_destination} "
+                "deliveries already", retriable=True)
+            await self._dead_letter(record, f"{self.noun} delivery failed after 0 attempt(s): {error}", error)
             return
         notification = self._with_our_link(read)
         assert self._notifier is not None

@@ -11,7 +11,10 @@ Within the channel each platform is a destination with its own lane, as each web
 with two of them, each may use half of the attempts at once and half of the pending records, so
 an APNs outage (connections that hang until the timeout) leaves FCM's pushes half the slots and
 the fetch going. Its breaker opens only after ``breaker_failures`` failures in a row: a platform
-carries every app user's pushes, and a handful of 503s among thousands is no outage.
+carries every app user's pushes, and a handful of 503s among thousands is no outage. Each holds
+at most ``max_per_destination`` pushes (half of ``max_held``), so the other platform always has
+the other half; a platform at its bound with its breaker open has its next pushes dead-lettered
+at once, as the webhooks' receivers do.
 
 Which states push: ``floodgate.push.PUSH_STATES`` (completed and failed). A token the service
 says is gone (FCM ``UNREGISTERED``, APNs 410 ``Unregistered`` or 400 ``BadDeviceToken``) is
@@ -53,7 +56,9 @@ class PushDeliveries(OutgoingWebhooks):
         return notification.push is not None and notification.status in PUSH_STATES
 
     def destination(self, notification: Notification) -> str:
-        """The push platform: one service behind one host, which fails or hangs for every token at once."""
+        """The push platform: one service behind one host, which fails or hangs for every token at
+        once. Not the token: a phone that is off fails nothing (the platform takes its push), and
+        a lane per token would bound nothing, as each holds one or two pushes."""
         return notification.push.platform if notification.push is not None else ""
 
     async def build_notifier(self) -> Notifier:

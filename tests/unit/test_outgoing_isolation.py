@@ -18,6 +18,7 @@ from prometheus_client import CollectorRegistry
 
 from connectors.notifiers.base import Notification, NotificationError
 from floodgate import codec
+from floodgate.errors import ConfigError
 from floodgate.metrics import ApiMetrics
 from floodgate.notify import OutgoingWebhooks, PushDeliveries, RetryPolicy, outgoing
 from floodgate.notify.outgoing import fetch_room, webhook_destination
@@ -243,3 +244,151 @@ async def test_an_open_breaker_is_shown_by_channel_never_by_destination(
         await service.stop()
     assert metric("floodgate_destination_breakers_open") == 0  # the lane went with its deliveries
     assert metric("floodgate_destination_breaker_openings_total") == 1
+
+
+# --- a destination's bound on the deliveries it holds -------------------------------------------
+class TimingOut(Receivers):
+    """As :class:`Receivers`, until ``time_out`` is set: then the black hole's hanging attempts end
+    as its timeouts end them, and every later one fails the same way at once."""
+
+    def __init__(self, hole: Callable[[Notification], bool]) -> None:
+        super().__init__(hole)
+        self.time_out = asyncio.Event()
+
+    async def send(self, notification: Notification) -> None:
+        if self.is_hole(notification):
+            if not self.time_out.is_set():
+                self.hanging += 1
+                self.most_hanging = max(self.most_hanging, self.hanging)
+                try:
+                    await self.time_out.wait()
+                finally:
+                    self.hanging -= 1
+            raise NotificationError("timed out", retriable=True)
+        self.delivered.add(notification.job_id)
+
+
+def dead_letters(dlq: FakeDlq) -> dict[str, str]:
+    """Job id → reason of each dead letter written."""
+    letters = (codec.decode("DeadLetter", value) for value in dlq.letters)
+    return {bytes(letter["key"]).decode(): letter["reason"] for letter in letters}
+
+
+async def unpaused(fake: FakeResults) -> None:
+    """The fetch may pause for the loop turns between a record's dead letter and its task's end
+    (the task's done callback frees its room): give it those turns, no more, before asserting on it."""
+    for _ in range(100):
+        if not fake.paused_now:
+            return
+        await asyncio.sleep(0)
+
+
+def bounded(monkeypatch: pytest.MonkeyPatch, channel: type[OutgoingWebhooks], receivers: Receivers,
+            log: dict[int, list[ConsumerRecord[Any, Any]]],
+            registry: CollectorRegistry) -> tuple[OutgoingWebhooks, FakeResults, FakeDlq]:
+    """The service with ``max_held`` 64, so a destination's bound is 32 (half), its share 4."""
+    dlq = FakeDlq()
+
+    def done(r: ConsumerRecord[Any, Any]) -> bool:
+        assert r.key is not None
+        job = bytes(r.key).decode()
+        return job in receivers.delivered or job in dead_letters(dlq)
+
+    fake = FakeResults(TOPIC, log, done)
+    monkeypatch.setattr(outgoing, "results_consumer", lambda settings, group_id, wait_ms: fake)
+    monkeypatch.setattr(outgoing, "AIOKafkaProducer", lambda **_: dlq)
+    service = channel(Settings(kafka_bootstrap="127.0.0.1:9"), notifier=receivers, policy=FAST, concurrency=16,
+                      max_pending=32, max_held=64, commit_interval=0.001, drain_timeout=0.05,
+                      metrics=ApiMetrics(registry))
+    return service, fake, dlq
+
+
+@pytest.mark.parametrize(("channel", "make", "hole", "lane_cap"), CHANNELS)
+async def test_a_black_hole_holds_at_most_its_bound_and_once_it_times_out_the_others_go_on(
+        monkeypatch: pytest.MonkeyPatch, channel: type[OutgoingWebhooks],
+        make: Callable[[int, int, str], ConsumerRecord[Any, Any]], hole: Callable[[Notification], bool],
+        lane_cap: int) -> None:
+    """Partition 0: 100 results for a black hole, more than ``max_held`` (64), then one healthy;
+    partition 1: one healthy. Before the bound, the hole's deliveries filled all 64 places and the
+    fetch paused for everyone; once its attempts timed out and its breaker opened they only waited
+    for their retry budget to give them up (ten minutes by default), and the healthy results were
+    not read until then. With the bound, it holds 32: while its breaker is closed the fetch waits
+    for it (its attempts are under way); once they time out and the breaker opens, its next 68 are
+    dead-lettered at once and the others' results are fetched and delivered."""
+    registry = CollectorRegistry()
+    receivers = TimingOut(hole)
+    jobs = [f"hole-{i}" for i in range(100)] + ["ok-a"]
+    log = {0: [make(0, offset, job) for offset, job in enumerate(jobs)], 1: [make(1, 0, "ok-c")]}
+    service, fake, dlq = bounded(monkeypatch, channel, receivers, log, registry)
+    name = service.channel
+    await service.start()
+    try:
+        await eventually(lambda: bool(fake.paused_now) and receivers.hanging == lane_cap,
+                         "the fetch waiting for the black hole's attempts")
+        assert fake.position == {0: 32, 1: 0} and not dlq.letters  # its bound, and nothing given up yet
+        receivers.time_out.set()  # its attempts time out: its breaker opens
+        await eventually(lambda: {"ok-a", "ok-c"} <= receivers.delivered,
+                         "the healthy results delivered while the black hole's deliveries wait for its breaker")
+        await eventually(lambda: fake.position == {0: 101, 1: 1}, "every result fetched")
+        await unpaused(fake)
+        assert not fake.paused_now
+        assert registry.get_sample_value("floodgate_destination_breakers_open", {"channel": name}) == 1
+        letters = dead_letters(dlq)
+        assert set(letters) == {f"hole-{i}" for i in range(32, 100)}  # the first 32 are held, in its lane
+        assert all("after 0 attempt(s)" in reason and "breaker is open" in reason and "holds 32" in reason
+                   for reason in letters.values())
+        outcomes = "floodgate_outgoing_webhooks_total" if name == "webhooks" else "floodgate_push_notifications_total"
+        assert registry.get_sample_value(outcomes, {"outcome": "failed"}) == 68
+        assert registry.get_sample_value("floodgate_deliveries_shed_total", {"channel": name}) == 68
+        await eventually(lambda: fake.committed.get(1) == 1, "the healthy partition committed")
+        assert fake.committed.get(0, 0) == 0  # partition 0 starts with a held delivery of the hole's
+    finally:
+        await service.stop()
+    assert not fake.violations
+    stats = service.stats
+    assert (stats.delivered, stats.failed, stats.dead_lettered, stats.shed) == (2, 68, 68, 68)
+
+
+@pytest.mark.parametrize(("channel", "make", "hole", "lane_cap"), CHANNELS)
+async def test_a_slow_destination_at_its_bound_is_waited_for_never_given_up_on(
+        monkeypatch: pytest.MonkeyPatch, channel: type[OutgoingWebhooks],
+        make: Callable[[int, int, str], ConsumerRecord[Any, Any]], hole: Callable[[Notification], bool],
+        lane_cap: int) -> None:
+    """100 results for one destination that takes its deliveries, only slowly (as all of a lag
+    for one receiver after a restart is): at its bound, with its breaker closed, the fetch waits
+    for it, and every delivery is made; none is dead-lettered for being past the bound."""
+    receivers = Receivers(hole)
+    jobs = [f"hole-{i}" for i in range(100)]
+    service, fake, dlq = bounded(monkeypatch, channel, receivers, {0: [make(0, o, j) for o, j in enumerate(jobs)]},
+                                 CollectorRegistry())
+    await service.start()
+    try:
+        await eventually(lambda: bool(fake.paused_now) and receivers.hanging == lane_cap,
+                         "the fetch waiting for the slow destination")
+        assert fake.position == {0: 32} and not dlq.letters
+        receivers.answer.set()  # it answers
+        await eventually(lambda: fake.committed.get(0) == 100, "every result delivered and committed")
+    finally:
+        await service.stop()
+    assert not fake.violations and not dlq.letters
+    stats = service.stats
+    assert (stats.delivered, stats.failed, stats.shed) == (100, 0, 0)
+
+
+@pytest.mark.parametrize(("max_held", "bound", "most"), [
+    (None, None, 64),  # half of max_held, itself 4 × max_pending
+    (100, None, 50),
+    (33, None, 16),
+    (64, 8, 8),
+])
+def test_a_destinations_bound_defaults_to_half_of_max_held(max_held: int | None, bound: int | None,
+                                                           most: int) -> None:
+    service = OutgoingWebhooks(Settings(kafka_bootstrap="127.0.0.1:9"), notifier=Receivers(lambda n: False),
+                               max_pending=32, max_held=max_held, max_per_destination=bound)
+    assert service.max_per_destination == most
+
+
+def test_a_destination_must_be_allowed_one_delivery() -> None:
+    with pytest.raises(ConfigError, match="max_per_destination"):
+        OutgoingWebhooks(Settings(kafka_bootstrap="127.0.0.1:9"), notifier=Receivers(lambda n: False),
+                         max_per_destination=0)
