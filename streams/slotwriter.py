@@ -15,9 +15,25 @@ pipeline bench, limit 500 and instant renders, all of it through such a producer
 against 284). ``FLOODGATE_SLOT_PRODUCER_LIMIT`` draws the line (``streams/dispatcher.py``).
 
 What the guarantees rest on, unchanged: every write of a table that uses the writer goes through
-it, in the order it was made, over one idempotent ``acks=all`` producer, so a key's records keep
-their order. Before Faust commits offsets it flushes its producer, and the worker's app flushes
-this writer with it (``streams/app.py``): no offset is committed past a slot write not on Kafka.
+it, in the order it was made, over one idempotent ``acks=all`` producer at a time, so a key's
+records keep their order. Before Faust commits offsets it flushes its producer, and the worker's
+app flushes this writer with it (``streams/app.py``): no offset is committed past a slot write not
+on Kafka.
+
+A producer that failed a write is replaced (``renewals``). aiokafka 0.14's idempotent producer
+numbers a partition's batches as it drains them (``MessageAccumulator._pop_batch``) and never resets
+the numbers nor takes a new producer id once started, so a batch Kafka refused (for any reason: a
+record too large, an authorization error, a batch expired while its partition had no leader) leaves
+the partition's next number ahead of the broker's: every later batch to that partition is refused
+with ``OutOfOrderSequenceNumber`` for as long as the producer lives (pinned on the broker by
+``tests/integration/test_slot_writer_renewal.py``). ``RecordTable`` sends a refused slot record
+again until it lands, and the worker's flush waits for it (``Owed``): through that producer the
+resends would fail forever, no commit would pass them, and the worker would hold its partitions
+doing nothing. A new producer (a new id, numbers from 0) takes the resend. It sends nothing until
+the old one's ``stop()`` returned: its flush (every record it held acknowledged or refused), then
+its sender's end (which awaits the requests on their way). So a record of the old producer lands
+before the new one's first or not at all, and a key's records keep their order across the change
+(a refused one is sent again only while it is still its key's latest, ``Owed``).
 """
 from __future__ import annotations
 
@@ -25,6 +41,7 @@ import asyncio
 import logging
 from collections import deque
 from dataclasses import dataclass
+from functools import partial
 from typing import Any
 
 from aiokafka import AIOKafkaProducer
@@ -45,7 +62,8 @@ class SlotWrite:
 
 class SlotWriter:
     """Sends table records in the order they are handed over, each future resolved once Kafka
-    acknowledged its record (or failed with the producer's error)."""
+    acknowledged its record (or failed with the producer's error; the writer then takes a new
+    producer for the writes after it, see the module docstring)."""
 
     def __init__(self, bootstrap: str, *, client_id: str = "floodgate-slots") -> None:
         self.bootstrap = bootstrap
@@ -58,7 +76,11 @@ class SlotWriter:
         self._task: asyncio.Task[None] | None = None
         self._producer: AIOKafkaProducer | None = None
         self._starting: asyncio.Future[None] | None = None
+        self._retiring: asyncio.Task[None] | None = None
+        """The stop of the last producer that failed a write: the next one sends after it."""
         self._stopped = False
+        self.renewals = 0
+        """Producers replaced after they failed a write (for tests and logs)."""
 
     def __len__(self) -> int:
         """Writes handed over and not yet acknowledged (queued or in flight)."""
@@ -96,6 +118,8 @@ class SlotWriter:
         await asyncio.shield(self._starting)
 
     async def _connect(self) -> None:
+        if self._retiring is not None:  # a new producer sends nothing before the old one stopped
+            await asyncio.shield(self._retiring)  # (shielded: ``stop`` awaits it too)
         # Linger 0: a slot write is sent as soon as the request before it returned.
         producer = AIOKafkaProducer(bootstrap_servers=self.bootstrap, client_id=self.client_id, acks="all",
                                     enable_idempotence=True, linger_ms=0)
@@ -127,6 +151,8 @@ class SlotWriter:
         self._queue.clear()
         if self._starting is not None and not self._starting.done():
             self._starting.cancel()
+        if self._retiring is not None:
+            await self._retiring
         if self._producer is not None:
             await self._producer.stop()
             self._producer = None
@@ -135,24 +161,60 @@ class SlotWriter:
         while True:
             while self._queue:
                 write, done = self._queue[0]
+                producer = self._producer
                 try:
-                    if self._producer is None:
+                    if producer is None:
                         await self.start()
-                    assert self._producer is not None
+                        producer = self._producer
+                    assert producer is not None
                     # send() returns once the record is in the producer's buffer, in call order.
-                    sent = await self._producer.send(write.topic, value=write.value, key=write.key,
-                                                     partition=write.partition)
+                    sent = await producer.send(write.topic, value=write.value, key=write.key,
+                                               partition=write.partition)
                 except asyncio.CancelledError:
                     raise
                 except Exception as exc:  # the caller decides: put_reliably_in sends it again
                     self._queue.popleft()  # (``_landed`` logs it)
+                    # Not taken: no batch number spent, unless the producer's sender died (every
+                    # send then raises its error); a new producer costs little either way.
+                    self._retire(producer, exc)
                     if not done.done():
                         done.set_exception(exc)
                     continue
                 self._queue.popleft()
-                sent.add_done_callback(lambda result, done=done: _settle(done, result))
+                sent.add_done_callback(partial(self._settle, done, producer=producer))
             self._wake.clear()
             await self._wake.wait()
+
+    def _settle(self, done: asyncio.Future[Any], result: asyncio.Future[Any], producer: AIOKafkaProducer) -> None:
+        error: BaseException
+        if result.cancelled():
+            error = RuntimeError("the slot write was cancelled by the producer")
+        elif (exc := result.exception()) is None:
+            if not done.done():
+                done.set_result(result.result())
+            return
+        else:
+            error = exc
+        # Refused after the producer took it: its partition's batch numbers are spent past the
+        # broker's (module docstring), so no later write goes through this producer.
+        self._retire(producer, error)
+        if not done.done():
+            done.set_exception(error)
+
+    def _retire(self, producer: AIOKafkaProducer | None, error: BaseException | None) -> None:
+        """Stop ``producer`` after it failed a write (once, however many writes it failed); the
+        next write waits for that stop, then connects a new one."""
+        if producer is None or producer is not self._producer or self._stopped:
+            # Retired already, never connected (``start`` failed: the next write tries again), or
+            # being stopped with the writer.
+            return
+        self._producer, self._starting = None, None
+        self.renewals += 1
+        log.warning("the slot writer's producer failed a write (%s): a new producer takes the writes after it, "
+                    "once the old one has settled every record it holds", error)
+        # No producer is made while a stop is under way (``_connect`` waits for it first), so
+        # this stop is the only one: nothing to chain.
+        self._retiring = asyncio.ensure_future(_stop_quietly(producer))
 
 
 def writes_alone(limit: int, max_limit: int) -> bool:
@@ -161,15 +223,13 @@ def writes_alone(limit: int, max_limit: int) -> bool:
     return 0 < limit <= max_limit
 
 
-def _settle(done: asyncio.Future[Any], result: asyncio.Future[Any]) -> None:
-    if done.done():
-        return
-    if result.cancelled():
-        done.set_exception(RuntimeError("the slot write was cancelled by the producer"))
-    elif (exc := result.exception()) is not None:
-        done.set_exception(exc)
-    else:
-        done.set_result(result.result())
+async def _stop_quietly(producer: AIOKafkaProducer) -> None:
+    """``producer.stop()``: returns once every record it held is acknowledged or refused (its
+    flush), and its sender has ended with no request on its way. Its errors are its records'."""
+    try:
+        await producer.stop()
+    except Exception as exc:
+        log.warning("stopping the slot writer's failed producer: %s", exc)
 
 
 __all__ = ["SlotWrite", "SlotWriter", "writes_alone"]
