@@ -18,11 +18,18 @@ because the form needs nothing new: it is the id every earlier release wrote
 way: everything before the last ``/`` is the app path), it stays short and printable (each
 segment ``[A-Za-z0-9._~-]``, at most ``MAX_JOB_ID`` characters; fal's URLs carry no secret, and
 the key is only ever sent to ``base_url``), and it is the id a webhook tells, which names the
-app before fal answers (the callback path's extra, ``app_of``). When fal's URLs are the ones
-``app_of`` foresaw, the id is exactly the rebuilt one; only when they differ does it carry fal's
-app path instead (the status, result and cancel calls then go where fal said, but that job's
-webhook still names the foreseen id, so the bridge's release does not match the slot: the slot
-is freed later, by the jobs agent or by a status call). Only the path of fal's URLs is taken,
+app before fal answers (the callback path's extra). When fal's URLs are the ones ``app_of``
+foresaw, the id is exactly the rebuilt one; when they name another app (one of a namespace the
+connector does not know), the id carries fal's app path, which status, result and cancel then
+follow, after a restart too: the stored id is all they are given. The webhook must name the job
+as the submission did, since the bridge frees only the slot holding exactly that id. So the
+connector remembers the app fal's URLs named for a model (per process, at most ``MAX_LEARNED``
+models) and names it in the callback path of the model's later requests: their webhooks, and the
+result read for an ``OK`` without its output, then name fal's app. The requests sent before fal
+first answered for such a model (in each process) cannot be named alike: their callback path was
+fixed before fal named the app, and nothing in fal's webhook names it. Their webhook names the
+foreseen app, so the bridge's release does not match their slot, which is freed later (by the
+jobs agent or a status call). Only the path of fal's URLs is taken,
 and only from URLs on ``base_url``'s host (or fal's documented backup queue host): every call
 goes to ``base_url``, so an answer cannot send us, or our key, anywhere else. URLs on another
 host, of another shape, or missing are not an error (fal did queue the request, and a retry
@@ -91,6 +98,8 @@ MAX_SEGMENT = 100
 MAX_REQUEST_ID = 128
 MAX_JOB_ID = MAX_APP_SEGMENTS * (MAX_SEGMENT + 1) + MAX_REQUEST_ID
 MAX_URL = 2048
+MAX_LEARNED = 1024
+"""Models whose app, as fal's URLs named it, differs from the one foreseen, remembered per process."""
 _SEGMENT = re.compile(rf"[A-Za-z0-9._~-]{{1,{MAX_SEGMENT}}}")
 # fal's request ids are UUIDs; any printable ASCII but "/" and space is taken (quoted in URLs).
 _REQUEST_ID = re.compile(rf"[!-.0-~]{{1,{MAX_REQUEST_ID}}}")
@@ -210,8 +219,8 @@ def parse_submit(base_url: str, app: str, body: bytes) -> FalJob:
         log.warning("fal answered request %r with URLs that are not under %s; rebuilding them under %s",
                     request_id[:MAX_REQUEST_ID], base_url, app)
     elif returned is not None and returned != app:
-        log.info("fal queued request %r on %s, not %s: following fal's URLs", request_id[:MAX_REQUEST_ID],
-                 returned, app)
+        log.info("fal queued request %r on %s, not %s: following fal's URLs, and naming that app in the "
+                 "callback path of the model's later requests", request_id[:MAX_REQUEST_ID], returned, app)
     return FalJob(returned or app, request_id)
 
 
@@ -364,14 +373,33 @@ class FalProvider(HttpConnector):
         self._jwks_max_age = min(float(jwks_max_age), MAX_JWKS_AGE)
         self._keys: list[Ed25519PublicKey] = []
         self._keys_at = float("-inf")
+        self._learned: dict[str, str] = {}
+        """Model → the app fal's URLs named for it, where that is not the one ``app_of`` foresees."""
+
+    def app_for(self, model: str) -> str:
+        """The app to name in the callback path of a request of ``model``: the one fal's URLs named
+        for it last, else the one foreseen (``app_of``). Raises ``SchemaError`` for a model id that
+        names no app."""
+        return self._learned.get(model.strip("/")) or app_of(model)
+
+    def learn(self, model: str, app: str) -> None:
+        """Remember the app fal's URLs named for ``model`` (forgotten again once it is the foreseen one)."""
+        key = model.strip("/")
+        self._learned.pop(key, None)
+        if app != app_of(model):
+            if len(self._learned) >= MAX_LEARNED:
+                del self._learned[next(iter(self._learned))]  # the model learned longest ago
+            self._learned[key] = app
 
     async def submit(self, session: aiohttp.ClientSession, order: SubmitOrder) -> SubmitResult:
-        app = app_of(order.model)
+        app = self.app_for(order.model)
         # The callback path names the app before fal answers: the webhook's provider job id is
         # ``{app}/{request_id}``, the same as this one unless fal's URLs say another app.
         answer = await self.call(session, submit_request(self.base_url, self._key, order,
                                                          self.callback_for(order, app)))
         job: FalJob = parsed(self.name, lambda body: parse_submit(self.base_url, app, body), answer.body)
+        if job.app != app:
+            self.learn(order.model, job.app)  # so that the model's next webhooks name their jobs as their ids do
         return SubmitResult(str(job), "queued")
 
     async def status(self, session: aiohttp.ClientSession, provider_job_id: str) -> ProviderStatus:
@@ -433,7 +461,7 @@ class FalProvider(HttpConnector):
         fal's ``payload_error``); one fal cannot give now (429, 5xx, network) raises, so the
         bridge answers 503 and fal delivers the webhook again later."""
         try:
-            # The app the callback path names: the one foreseen at submission (``app_of``).
+            # The app the callback path names: the one the submission knew (``app_for``).
             job = FalJob(callback.split(delivery.callback)[2], request_id)
         except SchemaError:
             return delivery  # no request we could address: the webhook tells what it tells
@@ -447,6 +475,6 @@ class FalProvider(HttpConnector):
         return parse_event(headers, body)
 
 
-__all__ = ["NAMESPACES", "FalJob", "FalProvider", "app_of", "app_of_urls", "jwks_keys", "parse_event",
+__all__ = ["MAX_LEARNED", "NAMESPACES", "FalJob", "FalProvider", "app_of", "app_of_urls", "jwks_keys", "parse_event",
            "parse_queue_status", "parse_result", "parse_submit", "signed_message", "submit_request",
            "verify_signature"]

@@ -348,6 +348,57 @@ async def test_fals_returned_urls_are_followed_where_they_differ_from_the_app_fo
         assert (await fal_connector(r).status(r.http, submitted.provider_job_id)).state == "completed"
 
 
+
+def fal_blind_to_namespaces(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The connector as it would be before it knew fal's namespaces: it foresees ``workflows/acme``
+    for ``WORKFLOW``'s models, while the stand-in, as fal, queues them on ``WORKFLOW``."""
+    monkeypatch.setattr(fal_connector_module, "NAMESPACES", ())
+
+
+def webhook_of(got: list[Delivery], job_id: str) -> Delivery:
+    [mine] = [d for d in got if d.callback.startswith(f"{job_id}/")]
+    return mine
+
+
+@pytest.mark.xfail(strict=True, reason="the first request of an app not foreseen: its callback path is fixed "
+                   "before fal names the app, and the webhook names no app; matching needs the release to be "
+                   "matched by request id outside the connector")
+async def test_the_first_fal_job_on_an_app_not_foreseen_is_named_alike_by_submission_and_webhook(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    fal_blind_to_namespaces(monkeypatch)
+    case = CASES["fal"]
+    async for r in rig(case):
+        submitted = await r.provider.submit(r.http, order(case, 1, r.hooks.url, model=f"{WORKFLOW}/fast"))
+        event = await accept(r, webhook_of(await r.hooks.wait_count(1), "job_0001"))
+        assert event.provider_job_id == submitted.provider_job_id
+
+
+async def test_a_fal_job_on_an_app_not_foreseen_is_named_alike_by_submission_and_webhook_once_fal_named_it(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """The bridge frees a slot only when the webhook names the provider job the slot holds: once fal's
+    URLs have named the model's app, the callback path of its later requests names that app, and
+    status, result and cancel, by a restarted connector too, go where fal's URLs said."""
+    fal_blind_to_namespaces(monkeypatch)
+    case = CASES["fal"]
+    model = f"{WORKFLOW}/fast"
+    async for r in rig(case):
+        first = await r.provider.submit(r.http, order(case, 1, r.hooks.url, model=model))
+        await r.hooks.wait_count(1)
+        second = await r.provider.submit(r.http, order(case, 2, r.hooks.url, model=model))
+        assert [j.provider_job_id.rpartition("/")[0] for j in (first, second)] == [WORKFLOW, WORKFLOW]
+        event = await accept(r, webhook_of(await r.hooks.wait_count(2), "job_0002"))
+        assert (event.job_id, event.provider_job_id, event.state) == ("job_0002", second.provider_job_id,
+                                                                      "completed")
+        restarted = await fal_connector(r).status(r.http, second.provider_job_id)  # its status, then its result
+        assert (restarted.state, restarted.video_url) == ("completed", event.video_url)
+    async for r in rig(case, render_time=Distribution("fixed", seconds=30)):
+        await r.provider.submit(r.http, order(case, 3, r.hooks.url, model=model))
+        slow = await r.provider.submit(r.http, order(case, 4, r.hooks.url, model=model))
+        assert callback_path(r, slow.provider_job_id).endswith(f"/{WORKFLOW}")
+        await fal_connector(r).cancel(r.http, slow.provider_job_id)
+        assert sim_job(r, slow.provider_job_id).status == "cancelled"
+
+
 # -- Kling: duration is a string --------------------------------------------------------------------
 
 async def test_the_kling_stand_in_refuses_a_duration_that_is_not_a_string() -> None:

@@ -15,6 +15,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
 from connectors.providers import SubmitOrder, callback, create
+from connectors.providers import fal as fal_module
 from connectors.providers.base import CALLBACK_HEADER, CONFIRMED_HEADER, WebhookDelivery
 from connectors.providers.fal import (
     FalJob,
@@ -375,3 +376,81 @@ def test_an_ok_without_its_output_on_a_three_segment_app_reads_the_result_there(
     assert session.asked == [("GET", result)]
     event = parse_event({**forwarded.headers, CALLBACK_HEADER: where}, forwarded.body)
     assert (event.state, event.provider_job_id) == ("completed", f"{WORKFLOW}/req-9")
+
+
+# -- an app fal names otherwise than foreseen: the webhooks of the model's later requests name it --
+
+NEW_NS = "pipelines/acme/video"  # fal's app for a namespace the connector does not know
+NEW_NS_MODEL = f"{NEW_NS}/fast"  # foreseen: "pipelines/acme"
+
+
+def fal_order(n: int, model: str = NEW_NS_MODEL) -> SubmitOrder:
+    return SubmitOrder(job_id=f"job_{n:02d}", model=model, prompt="dunes", image_url=None,
+                       webhook_url="https://fg.test/webhooks/fal", idempotency_key=f"k{n}")
+
+
+def submitted_by(p: FalProvider, queue: Queue, n: int, app: str, model: str = NEW_NS_MODEL,
+                 host: str = BASE) -> tuple[str, str]:
+    """(the provider job id, the callback path given) of job ``n``, fal's URLs under ``host``/``app``."""
+    queue.answers[("POST", f"{BASE}/{model}")] = (200, answer(app, host, rid=f"req-{n}"))
+    job_id = asyncio.run(p.submit(queue, fal_order(n, model))).provider_job_id  # type: ignore[arg-type]
+    given = dict(parse_qsl(urlsplit(queue.asked[-1][1]).query))["fal_webhook"]
+    return job_id, given.removeprefix("https://fg.test/webhooks/fal/")
+
+
+def webhook_id(where: str, n: int) -> str:
+    body = orjson.dumps({"request_id": f"req-{n}", "status": "OK",
+                         "payload": {"video": {"url": "https://v3.fal.media/files/out.mp4"}}})
+    return parse_event({CALLBACK_HEADER: where}, body).provider_job_id
+
+
+def test_once_fal_named_a_models_app_its_webhooks_name_the_job_as_its_submission_does() -> None:
+    p, queue = provider(), Queue({})
+    first, where = submitted_by(p, queue, 1, NEW_NS)
+    assert first == f"{NEW_NS}/req-1"
+    # Given before fal answered: the foreseen app, which fal's webhook cannot correct.
+    assert webhook_id(where, 1) == "pipelines/acme/req-1"
+    second, where = submitted_by(p, queue, 2, NEW_NS)
+    assert webhook_id(where, 2) == second == f"{NEW_NS}/req-2"
+    # An OK without its output reads the result where fal queued the request.
+    key = Ed25519PrivateKey.generate()
+    session = FakeSession(key)
+    session.answers[f"{BASE}/{NEW_NS}/requests/req-2"] = (200, b'{"video": {"url": "https://v3.fal.media/o.mp4"}}')
+    body = orjson.dumps({"request_id": "req-2", "status": "OK", "payload": None, "payload_error": "too big"})
+    forwarded = authenticate(p, session, signed(key, body), body, where)
+    event = parse_event({**forwarded.headers, CALLBACK_HEADER: where}, forwarded.body)
+    assert (event.state, event.provider_job_id) == ("completed", second)
+    # Other models are not affected: the app is remembered per model.
+    other, where = submitted_by(p, queue, 3, "pipelines/acme", model="pipelines/acme")
+    assert webhook_id(where, 3) == other == "pipelines/acme/req-3"
+
+
+def test_an_app_fal_no_longer_names_otherwise_is_forgotten() -> None:
+    p, queue = provider(), Queue({})
+    submitted_by(p, queue, 1, NEW_NS)
+    again, where = submitted_by(p, queue, 2, "pipelines/acme")  # fal now queues the model on the app foreseen
+    assert (again, webhook_id(where, 2)) == ("pipelines/acme/req-2", f"{NEW_NS}/req-2")  # named before it answered
+    third, where = submitted_by(p, queue, 3, "pipelines/acme")
+    assert webhook_id(where, 3) == third == "pipelines/acme/req-3"
+
+
+def test_an_answer_whose_urls_are_not_followed_teaches_nothing() -> None:
+    p, queue = provider(), Queue({})
+    foreign, where = submitted_by(p, queue, 1, NEW_NS, host="https://evil.test")
+    assert webhook_id(where, 1) == foreign == "pipelines/acme/req-1"  # rebuilt, as before
+    _, where = submitted_by(p, queue, 2, NEW_NS)
+    assert webhook_id(where, 2) == "pipelines/acme/req-2"  # nothing was learned from the foreign URLs
+    foreign, where = submitted_by(p, queue, 3, NEW_NS, host="https://evil.test")
+    assert webhook_id(where, 3) == foreign == f"{NEW_NS}/req-3"  # and what was learned stays
+
+
+def test_the_apps_remembered_are_bounded(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(fal_module, "MAX_LEARNED", 2)
+    p, queue = provider(), Queue({})
+    for n, owner in enumerate("abc", start=1):
+        submitted_by(p, queue, n, f"pipelines/{owner}/video", model=f"pipelines/{owner}/video/fast")
+    wheres = [submitted_by(p, queue, n, f"pipelines/{owner}/video", model=f"pipelines/{owner}/video/fast")[1]
+              for n, owner in enumerate("cba", start=4)]
+    # "a", learned longest ago, made room for "c": its next request names the app foreseen.
+    assert [webhook_id(where, n) for n, where in enumerate(wheres, start=4)] == [
+        "pipelines/c/video/req-4", "pipelines/b/video/req-5", "pipelines/a/req-6"]
