@@ -19,12 +19,13 @@ pure; :class:`Lanes` awaits it):
   one destination's backlog (``overflow``: what it holds beyond its ``share``), which only that
   destination is waiting on and which must not pause the fetching of everyone's records
   (:func:`fetch_room`); and a bound on that count (``most``: half of the service's
-  ``max_held``; the copier keeps its own ``max_per_host`` to the same rule), so one destination
-  never holds all of the memory that bounds the fetch. At its
-  bound, while its breaker is open, its new records are given up on at once (``sheds``) with
-  what a spent retry budget leaves (a dead letter, a copy recorded as given up); while its
-  breaker is closed it is taking them, however slowly, and the fetch waits for it
-  (``fetch_waits``) rather than give up records it would take.
+  ``max_held``, the webhooks' ``max_per_destination``, the copier's ``max_per_host``), so one
+  destination never holds all of the memory that bounds the fetch. At its bound, while its
+  breaker is open, its new records are given up on at once (``sheds``) with what a spent retry
+  budget leaves (a dead letter, a copy recorded as given up); while its breaker is closed it is
+  taking them, however slowly, and the fetch waits for it (``fetch_waits``) rather than give up
+  records it would take, until it is under its bound again or its breaker opens (the service
+  wakes its fetch from :class:`Lanes`' ``on_open``: no record ends then).
 
 Used by the outgoing webhooks and pushes (:mod:`floodgate.notify.delivery`) and the video copier
 (:mod:`floodgate.videos.copier`): services that may not import each other, so the rules live here,
@@ -156,7 +157,8 @@ class Destinations:
     def fetch_waits(self) -> bool:
         """Whether the fetch is to wait: a destination is ``full`` with its breaker closed, so its
         deliveries are being made, however slowly; waiting for it until it has room again (or its
-        breaker opens) keeps it within its bound without giving up deliveries it would take."""
+        breaker opens) keeps it within its bound without giving up deliveries it would take.
+        Only ``leave`` and a breaker opening in ``finish`` turn it false."""
         return any(not self.is_open(destination) for destination in self._full)
 
     # --- attempts -----------------------------------------------------------------------------

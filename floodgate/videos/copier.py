@@ -35,14 +35,19 @@ one probe every ``FLOODGATE_VIDEO_BREAKER_OPEN_FOR`` seconds, default 30; its co
 slot and are given up on with their retry budget). Toward ``max_pending`` a host's copies count
 only up to its share (1/``SHARES``); the rest wait without pausing the fetch, which stops for them
 only at ``max_held`` copies in all. A host holds at most ``max_per_host`` copies (half of
-``max_held``): past that, while its breaker is open, a new copy for it is given up on at once, as
-its retry budget would have (recorded with ``gave_up``, so a request for the video starts it
-again); while its breaker is closed its copies are being made, however slowly, and the fetch
-waits for it to be under its bound again rather than give up copies that would succeed. So a CDN
-that accepts connections and never answers holds 6 of the 8 copy slots at most (its hung copies
-are not replaced past 2 while other hosts need slots), and the copies from every other host are
-fetched and made meanwhile (``tests/unit/test_video_copier_isolation.py``; before, one global cap
-of 8 copies and 256 pending let it stop them all until its copies timed out).
+``max_held``), by the lanes' bound (``Destinations(most=...)``, the outgoing webhooks' rule too):
+past that, while its breaker is open, a new copy for it is given up on at once (``sheds``), as its
+retry budget would have (recorded with ``gave_up``, so a request for the video starts it again);
+while its breaker is closed its copies are being made, however slowly, and the fetch waits for it
+(``fetch_waits``) until it is under its bound again or its breaker opens, which wakes the fetch at
+once, rather than give up copies that would succeed: a given-up copy sends its viewers to the
+provider's copy, which expires, until someone asks for the video again. A copy from it in a batch
+fetched before it was full is held past its bound. So a CDN that accepts connections and never
+answers holds 6 of the 8 copy slots at most (its hung copies are not replaced past 2 while other
+hosts need slots), and the copies from every other host are fetched and made meanwhile (once it
+holds ``max_per_host``, only after its copies' timeouts have opened its breaker:
+``tests/unit/test_video_copier_isolation.py``; before, one global cap of 8 copies and 256 pending
+let it stop them all until its copies timed out).
 """
 from __future__ import annotations
 
@@ -88,6 +93,9 @@ them: those stay free for the first copy from any other host."""
 HELD_PER_PENDING = 4
 """``max_held`` (copies in memory, whichever host they are from) is this many times
 ``max_pending`` by default: a record and a task each, a few kilobytes."""
+PAUSED_RECHECK = 0.5
+"""Seconds the paused fetch waits for a copy to end or a breaker to open (either wakes it at
+once) before it looks at its room, and polls to stay in its group, anyway."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -167,13 +175,16 @@ class VideoCopier:
         self._rand = rand
         self._clock = clock
         self._metrics = metrics or api_metrics()
+        openings = self._metrics.breaker_openings.labels("videos")
+
+        def opened() -> None:
+            openings.inc()
+            self._freed.set()  # the fetch may be waiting for this host: its next copies are shed now
+
         self._lanes = Lanes(Destinations(
             per_host or max(1, concurrency // SHARES), max(1, max_pending // SHARES),
             failure_threshold=settings.video_breaker_failures, open_for=settings.video_breaker_open_for,
-            burst_until=concurrency - concurrency // BURST_RESERVE),
-            on_open=self._metrics.breaker_openings.labels("videos").inc)
-        self._crowded: set[str] = set()
-        """Hosts holding ``max_per_host`` copies or more."""
+            burst_until=concurrency - concurrency // BURST_RESERVE, most=max_per_host), on_open=opened)
         self._topic = TopicNames(settings).results
         self._tracker: CommitTracker[int] = CommitTracker()
         self._tasks: set[asyncio.Task[None]] = set()
@@ -181,13 +192,19 @@ class VideoCopier:
         """Job id → its copy started again on request (``copy_again``), while it runs."""
         self._stopping = asyncio.Event()
         self._freed = asyncio.Event()
-        """Set when a copy held in memory ends: the fetch may have room again."""
+        """Set when a copy held in memory ends or a host's breaker opens: the fetch may have room again."""
         self._consumer: AIOKafkaConsumer | None = None
         self._loops: list[asyncio.Task[None]] = []
 
     @property
     def group_id(self) -> str:
         return f"{self._settings.app_id}-videos"
+
+    @property
+    def max_per_host(self) -> int:
+        """The copies one host holds before the fetch waits for it (its breaker closed) or its next
+        ones are given up on at once (open)."""
+        return self._max_per_host
 
     async def start(self) -> None:
         if self._fetcher is None:
@@ -237,11 +254,12 @@ class VideoCopier:
         when stopping, ``_Unrecorded`` when the store refuses a failure's record for good. (A copy
         started again is counted by ``copy_again``, not among the results handled.)"""
         host = url_destination(url)
-        self._hold(host)
+        rules = self._lanes.rules
+        rules.enter(host)
         try:
             return await self._copy(_Job(job_id, url, completed_at_ms, host), over=over)
         finally:
-            self._let_go(host)
+            rules.leave(host)
 
     async def _copy(self, job: _Job, *, over: VideoRecord | None = None, shed: bool = False) -> VideoRecord:
         """``copy`` of a job whose host is held already. ``shed``: give it up without an attempt
@@ -320,19 +338,6 @@ class VideoCopier:
         log.warning("videos: copy of %s failed after %d attempt(s): %s", job_id, attempts, error)
         return VideoRecord(job_id, "failed", at_ms=int(self._clock() * 1000), reason=str(error)[:500],
                            gave_up=error.retriable)
-
-    def _hold(self, host: str) -> None:
-        """One more copy from ``host`` held in memory (waiting, backing off or running)."""
-        rules = self._lanes.rules
-        rules.enter(host)
-        if rules.held(host) >= self._max_per_host:
-            self._crowded.add(host)
-
-    def _let_go(self, host: str) -> None:
-        rules = self._lanes.rules
-        rules.leave(host)
-        if rules.held(host) < self._max_per_host:
-            self._crowded.discard(host)
 
     def copy_again(self, record: VideoRecord, url: str) -> bool:
         """Start the copy of ``record``'s job from ``url`` again, in the background, if it was given
@@ -430,7 +435,7 @@ class VideoCopier:
             if room <= 0:
                 consumer.pause(*consumer.assignment())
                 self._freed.clear()
-                await self._wait(self._freed, 0.5)
+                await self._wait(self._freed, PAUSED_RECHECK)
                 room = self._room()
             if room > 0 and consumer.paused():
                 consumer.resume(*consumer.paused())
@@ -448,9 +453,7 @@ class VideoCopier:
     def _room(self) -> int:
         """How many more records to fetch (see the module docstring)."""
         rules = self._lanes.rules
-        if any(not rules.is_open(host) for host in self._crowded):
-            # A host at its bound whose copies are being made, however slowly: wait for it rather
-            # than give up copies that would succeed. (Its breaker, once open, lets the fetch go on.)
+        if rules.fetch_waits:
             return 0
         return fetch_room(len(self._tasks) + len(self._again), rules.overflow, self._max_pending, self._max_held)
 
@@ -464,12 +467,13 @@ class VideoCopier:
         # exact: a batch of one black hole's records counts as its share only.
         job = self._job(record)
         rules = self._lanes.rules
-        host = None if job is None else job.host
-        shed = host is not None and rules.held(host) >= self._max_per_host and rules.is_open(host)
-        if host is not None and not shed:
-            self._hold(host)
-        else:
-            host = None
+        # Past its bound with its breaker open, a host's copy would only wait, holding memory, until
+        # its retry budget gives it up: give it up now. (Closed, the fetch waits for the host
+        # instead; a copy from it in a batch fetched before is held past its bound.)
+        shed = job is not None and rules.sheds(job.host)
+        host = None if job is None or shed else job.host
+        if host is not None:
+            rules.enter(host)
         task = asyncio.create_task(self._process(record, ticket, job, shed))
         self._tasks.add(task)
 
@@ -478,7 +482,7 @@ class VideoCopier:
             # started, and _consume is woken only once the copy no longer counts.
             self._tasks.discard(task)
             if host is not None:
-                self._let_go(host)
+                rules.leave(host)
             self._freed.set()
 
         task.add_done_callback(done)

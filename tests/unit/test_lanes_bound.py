@@ -5,9 +5,11 @@ given up on at once (``sheds``); closed, the fetch waits for it (``fetch_waits``
 from __future__ import annotations
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from floodgate.errors import ConfigError
-from floodgate.lanes import Destinations
+from floodgate.lanes import Attempt, Destinations, Verdict
 
 HOLE, OTHER = "hole.example.com:443", "ok.example.com:443"
 
@@ -76,3 +78,42 @@ def test_without_a_bound_nothing_is_full() -> None:
 def test_a_bound_below_one_is_refused() -> None:
     with pytest.raises(ConfigError, match="most"):
         Destinations(2, 1, most=0)
+
+
+VERDICTS: dict[str, Verdict] = {"delivered": "delivered", "failed": "failed", "neutral": "neutral"}
+STEPS = st.lists(st.tuples(st.sampled_from([HOLE, OTHER]),
+                           st.sampled_from(["enter", "enter", "leave", "start", *VERDICTS, "later"])),
+                 min_size=30, max_size=60)
+"""Long enough to fill a bound and open a breaker in most examples (entering twice as likely)."""
+
+
+@given(st.integers(1, 3), STEPS)
+def test_the_bound_follows_the_deliveries_held_and_only_a_leave_or_an_opening_lets_the_fetch_go_on(
+        most: int, steps: list[tuple[str, str]]) -> None:
+    """Any sequence of deliveries and attempts: ``full`` is exactly "holds ``most`` or more" and
+    ``sheds`` exactly "full and its breaker open", what the webhooks and the video copier act on;
+    and ``fetch_waits`` turns false only when a delivery leaves or a breaker opens, the two events
+    that wake a service's waiting fetch (a record ending, ``Lanes``' ``on_open``)."""
+    rules = Destinations(1, 1, failure_threshold=1, open_for=1.0, most=most)
+    attempts: list[Attempt] = []
+    now = 0.0
+    for destination, step in steps:
+        waited = rules.fetch_waits
+        woken = False
+        if step == "enter":
+            rules.enter(destination)
+        elif step == "leave" and rules.held(destination):
+            rules.leave(destination)
+            woken = True
+        elif step == "start" and (attempt := rules.start(destination, now)) is not None:
+            attempts.append(attempt)
+        elif step in VERDICTS and attempts:
+            woken = rules.finish(attempts.pop(0), now, VERDICTS[step])
+        elif step == "later":
+            now += 0.6  # past open_for every other one: a probe gets its turn
+        for each in (HOLE, OTHER):
+            assert rules.full(each) == (rules.held(each) >= most)
+            assert rules.sheds(each) == (rules.full(each) and rules.is_open(each))
+        assert rules.fetch_waits == any(rules.full(each) and not rules.is_open(each) for each in (HOLE, OTHER))
+        if waited and not rules.fetch_waits:
+            assert woken, f"the fetch would wait for nothing after {step} of {destination}"

@@ -21,7 +21,7 @@ from prometheus_client import CollectorRegistry
 from connectors.storage import LocalVideoStore, VideoRecord
 from connectors.storage.fetch import VideoFetcher
 from floodgate import codec
-from floodgate.errors import StorageError
+from floodgate.errors import ConfigError, StorageError
 from floodgate.metrics import ApiMetrics
 from floodgate.settings import Settings
 from floodgate.topics import TopicNames
@@ -241,3 +241,79 @@ async def test_a_failing_host_past_its_bound_is_given_up_on_at_once_and_the_othe
     assert not results.violations
     assert results.committed.get(0, 0) == 0  # the held copies are the next owner's to make
     assert metric("floodgate_destination_breakers_open") == 0  # their lane went with them
+
+
+async def test_a_slow_host_at_its_bound_is_waited_for_never_given_up_on(
+        monkeypatch: pytest.MonkeyPatch, store: Store, changed: asyncio.Event) -> None:
+    """Ten copies from a host that serves them, only slowly (a CDN under load, or a lag of its
+    videos after a restart), and one from another host: at its bound, with its breaker closed, the
+    fetch waits for it, everyone's records included, and once it answers every copy is made. None
+    is given up on for being past the bound: it would have been copied, and a copy given up on
+    sends its viewers to the provider's copy, which expires."""
+    registry = CollectorRegistry()
+    sources = Sources(changed)
+    results = results_for(monkeypatch, {0: [f"hole-{i}" for i in range(10)], 1: ["ok-a"]}, store, changed)
+    copier = VideoCopier(SETTINGS, store, fetcher=cast(VideoFetcher, sources), policy=QUICK, concurrency=4,
+                         max_pending=4, max_per_host=4, commit_interval=0.001, drain_timeout=0.05,
+                         rand=lambda: 0.0, metrics=ApiMetrics(registry))
+    await copier.start()
+    try:
+        await until(lambda: bool(results.paused_now) and sources.hanging == 3, changed,
+                    "the fetch waiting for the slow host, its lane's burst under way")
+        # Its share of max_pending is 1 of 4, so without the bound the fetch would go on (room 3).
+        assert results.position == {0: 4, 1: 0} and not store.kept
+        sources.answer.set()  # it answers
+        await until(lambda: results.committed.get(0) == 10 and results.committed.get(1) == 1, changed,
+                    "every copy made and committed")
+    finally:
+        await copier.stop()
+    assert not results.violations
+    assert {r.status for r in store.kept.values()} == {"stored"} and len(store.kept) == 11
+    assert (registry.get_sample_value("floodgate_video_copies_shed_total") or 0.0) == 0.0
+
+
+async def test_the_fetch_waiting_for_a_host_goes_on_as_soon_as_its_breaker_opens(
+        monkeypatch: pytest.MonkeyPatch, store: Store, changed: asyncio.Event) -> None:
+    """A failing host reaches its bound (4) in the first batch, before any of its copies has
+    failed: the fetch waits for it. Two failed copies open its breaker; no copy ends then (each
+    waits for a probe), yet the fetch goes on at once, since the opening wakes it: the host's next
+    copies are given up on and the other host's is made. The paused fetch's own look at its room
+    is put an hour away, so only that wake can let it go on within the deadline."""
+    monkeypatch.setattr(copier_module, "PAUSED_RECHECK", 3600.0)
+    registry = CollectorRegistry()
+    sources = Sources(changed, failing=True)
+    results = results_for(monkeypatch, {0: [f"hole-{i}" for i in range(6)], 1: ["ok-a"]}, store, changed)
+    copier = VideoCopier(Settings(kafka_bootstrap="127.0.0.1:9", video_breaker_failures=2), store,
+                         fetcher=cast(VideoFetcher, sources), policy=QUICK, concurrency=4, max_pending=4,
+                         max_per_host=4, commit_interval=0.001, drain_timeout=0.05, rand=lambda: 0.0,
+                         metrics=ApiMetrics(registry))
+    await copier.start()
+    try:
+        await until(lambda: "ok-a" in store.kept and len(store.kept) == 3, changed,
+                    "the copies past the hole's bound recorded, the other host's stored")
+        assert results.position == {0: 6, 1: 1}
+        assert registry.get_sample_value("floodgate_destination_breaker_openings_total", {"channel": "videos"}) == 1
+        shed = {job: r for job, r in store.kept.items() if job.startswith("hole")}
+        assert set(shed) == {"hole-4", "hole-5"}  # hole-0 to hole-3 are held, waiting for the breaker
+        assert all(r.status == "failed" and r.gave_up and "is failing" in r.reason for r in shed.values())
+        assert registry.get_sample_value("floodgate_video_copies_shed_total") == 2
+    finally:
+        await copier.stop()
+    assert not results.violations
+
+
+@pytest.mark.parametrize(("max_pending", "max_held", "bound", "most"), [
+    (256, None, None, 512),  # the defaults: half of max_held, itself 4 × max_pending
+    (32, 100, None, 50),
+    (32, 33, None, 16),
+    (32, 64, 8, 8),
+])
+def test_a_hosts_bound_defaults_to_half_of_max_held(store: Store, max_pending: int, max_held: int | None,
+                                                    bound: int | None, most: int) -> None:
+    copier = VideoCopier(SETTINGS, store, max_pending=max_pending, max_held=max_held, max_per_host=bound)
+    assert copier.max_per_host == most
+
+
+def test_a_host_must_be_allowed_one_copy(store: Store) -> None:
+    with pytest.raises(ConfigError, match="max_per_host"):
+        VideoCopier(SETTINGS, store, max_per_host=0)
