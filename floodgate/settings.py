@@ -10,6 +10,7 @@ Faust option we care about is passed explicitly from here (see ``streams.app``).
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
 import secrets as _secrets
 from collections.abc import Mapping
@@ -466,8 +467,9 @@ class Settings:
             raise ConfigError(f"{PREFIX}VIDEO_LINK_TTL and {PREFIX}VIDEO_MAX_BYTES must be positive")
         if self.video_breaker_failures < 1:
             raise ConfigError(f"{PREFIX}VIDEO_BREAKER_FAILURES must be at least 1")
-        if self.video_breaker_open_for <= 0:
-            raise ConfigError(f"{PREFIX}VIDEO_BREAKER_OPEN_FOR must be positive")
+        # Finite too: nan passed a "<= 0" check, and inf would keep an opened breaker shut for ever.
+        if not 0 < self.video_breaker_open_for < math.inf:
+            raise ConfigError(f"{PREFIX}VIDEO_BREAKER_OPEN_FOR must be a positive number of seconds")
         if self.table_store not in ("rocksdict", "memory"):
             raise ConfigError(f"{PREFIX}TABLE_STORE must be rocksdict or memory, got {self.table_store!r}")
         if any(c not in _TOPIC_CHARS for c in self.worker_id):

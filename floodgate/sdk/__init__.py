@@ -41,6 +41,7 @@ Modules:
 from __future__ import annotations
 
 from floodgate.errors import BatchDeliveryError, DeliveryError, Problem, ValidationError
+from floodgate.errors import ConfigError as ConfigError
 from floodgate.push import PushTarget
 from floodgate.sdk.async_client import AsyncFloodgateClient
 from floodgate.sdk.options import VERDICT_SLACK as VERDICT_SLACK
@@ -49,6 +50,7 @@ from floodgate.sdk.prepare import MAX_IDEMPOTENCY_KEY_CHARS as MAX_IDEMPOTENCY_K
 from floodgate.sdk.prepare import SOURCE as SOURCE
 from floodgate.sdk.prepare import JobSpec
 from floodgate.sdk.sync_client import FloodgateClient
+from floodgate.validation import RequestLimits as RequestLimits
 
 __all__ = [
     "AsyncFloodgateClient",

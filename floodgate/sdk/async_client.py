@@ -18,7 +18,7 @@ from floodgate.sdk.options import VERDICT_SLACK, aiokafka_timeouts
 from floodgate.sdk.prepare import DEFAULT_LIMITS, JobSpec, Prepared, Preparer, job_spec, time_ms
 from floodgate.validation import RequestLimits
 
-log = logging.getLogger(__name__)
+log = logging.getLogger("floodgate.sdk")  # one logger for the SDK, as before it was a package
 
 
 class _Abandoned(Exception):

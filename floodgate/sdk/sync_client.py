@@ -20,7 +20,7 @@ from floodgate.sdk.options import VERDICT_SLACK, librdkafka_config, librdkafka_t
 from floodgate.sdk.prepare import DEFAULT_LIMITS, JobSpec, Prepared, Preparer, job_spec, time_ms
 from floodgate.validation import RequestLimits
 
-log = logging.getLogger(__name__)
+log = logging.getLogger("floodgate.sdk")  # one logger for the SDK, as before it was a package
 
 
 class _Held:

@@ -45,3 +45,18 @@ def test_sdk_errors_are_floodgate_errors() -> None:
 
     assert issubclass(sdk.DeliveryError, FloodgateError)
     assert issubclass(sdk.BatchDeliveryError, sdk.DeliveryError)
+
+
+def test_names_the_single_module_offered_still_import() -> None:
+    """Before the SDK was a package, ``floodgate.sdk`` also offered the type of the clients'
+    ``limits=`` and the error a bad configuration raises: code importing them from here still works."""
+    from floodgate.errors import ConfigError
+    from floodgate.validation import RequestLimits
+    assert sdk.RequestLimits is RequestLimits and sdk.ConfigError is ConfigError
+
+
+def test_both_clients_log_as_the_sdk() -> None:
+    """A filter or level set on the ``floodgate.sdk`` logger applies to both clients' records
+    (a logger's own filters do not see records of its children)."""
+    from floodgate.sdk import async_client, sync_client
+    assert {async_client.log.name, sync_client.log.name} == {"floodgate.sdk"}
