@@ -120,9 +120,11 @@ def test_a_read_ahead_window_shared_by_two_providers_pauses_them_and_both_drain(
     # A window of 150 waiting orders for the worker, 400 jobs behind each of two providers' 10
     # slots: each line may hold its floor (64), the window fills, partitions stop fetching and
     # start again as renders end, and every job still completes within the limits. Renders of
-    # 0.1-0.2 s drain a provider at about 65 jobs/s, well below the rate the jobs arrive at, so
-    # the lines grow past the window however quickly slots are handed over.
-    config = simulator_config(tmp_path / "sim.json", render_time={"kind": "uniform", "min": 0.1, "max": 0.2})
+    # 0.4-0.6 s drain a provider at about 20 jobs/s: the jobs must arrive faster than that for
+    # the lines to grow past the window, however quickly slots are handed over. (At 0.1-0.2 s, 65
+    # jobs/s, a slower machine's API let the two providers keep up with the arrivals and the
+    # window never filled: a fresh-clone run of 2026-12-07.)
+    config = simulator_config(tmp_path / "sim.json", render_time={"kind": "uniform", "min": 0.4, "max": 0.6})
 
     async def both(api: str) -> list[dict]:
         wan, kling = await asyncio.gather(fire(api, 400, "wan-2.6"), fire(api, 400, "kling-2.1"))
