@@ -22,26 +22,14 @@ from floodgate.lanes import DEFAULT_FAILURE_THRESHOLD, DEFAULT_OPEN_FOR
 from floodgate.metrics import ApiMetrics
 from floodgate.settings import Settings
 from floodgate.videos.copier import CopyPolicy, VideoCopier
+from tests.fake_videos import Download
 
-VIDEO = b"\x00\x00\x00\x18ftypmp42" + bytes(range(256)) * 4
 URL = "https://cdn.example.com/video.mp4"
 SLOW = "https://cdn.example.com/slow.mp4"
 """On the same host: a copy in flight keeps the host's lane, breaker and all (the last copy to
 leave a lane takes its count of failures with it), as a busy CDN's copies do."""
 DEADLINE = 5.0
 """Far above the configured 0.05 s between probes, far below the default 30 s."""
-
-
-class Download:
-    content_type = "video/mp4"
-
-    def __init__(self) -> None:
-        self.size = 0
-        self.hexdigest = "0" * 64
-
-    async def chunks(self) -> AsyncIterator[bytes]:
-        self.size = len(VIDEO)
-        yield VIDEO
 
 
 class Source:

@@ -28,27 +28,15 @@ from floodgate.topics import TopicNames
 from floodgate.videos import copier as copier_module
 from floodgate.videos.copier import CopyPolicy, VideoCopier
 from tests.fake_results import FakeResults
+from tests.fake_videos import Download
 
 SETTINGS = Settings(kafka_bootstrap="127.0.0.1:9")
 TOPIC = TopicNames(SETTINGS).results
-VIDEO = b"\x00\x00\x00\x18ftypmp42" + bytes(range(256)) * 4
 DEADLINE = 10.0
 """Generous for a loop that needs milliseconds, and far below what the black hole would hold
 things up for (for ever, until the test lets it answer)."""
 QUICK = CopyPolicy(max_attempts=100_000, base_delay=0.001, max_delay=0.005)
 HOLE, HEALTHY = "hole.example.com", "cdn.example.net"
-
-
-class Download:
-    content_type = "video/mp4"
-
-    def __init__(self) -> None:
-        self.size = 0
-        self.hexdigest = "0" * 64
-
-    async def chunks(self) -> AsyncIterator[bytes]:
-        self.size = len(VIDEO)
-        yield VIDEO
 
 
 class Sources:
