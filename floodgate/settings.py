@@ -1,7 +1,8 @@
 """Floodgate's settings: the one place that reads the environment.
 
 Every field can be given as ``FLOODGATE_<FIELD NAME IN CAPITALS>``. Values are parsed by the
-field's type; a malformed value raises ``ConfigError`` naming the variable. Secrets are wrapped
+field's type; a malformed value raises ``ConfigError`` naming the variable, and so does a float
+setting that is not a finite number (``float()`` takes ``nan`` and ``inf``). Secrets are wrapped
 in ``Secret`` so they never appear in logs, reprs or tracebacks.
 
 Faust lets environment variables override ``App()`` arguments; we never rely on that: every
@@ -429,6 +430,15 @@ class Settings:
         return settings
 
     def validate(self) -> None:
+        # Before the checks below: nan passes each one written as a refusal ("nan <= 0" is false),
+        # and inf makes a timeout, interval or bound never end, or overflows where it becomes
+        # milliseconds or a link's expiry. No float setting says "none" with inf: those that have
+        # a "none" say it with 0 (FLOODGATE_BACKLOG_MAX_WAIT, FLOODGATE_PROVIDER_STATUS_POLL).
+        hints = get_type_hints(type(self))
+        for f in fields(self):
+            value = getattr(self, f.name)
+            if hints[f.name] is float and not math.isfinite(value):
+                raise ConfigError(f"{PREFIX}{f.name.upper()} must be a finite number, not {value}")
         for name in ("partitions", "dispatch_partitions", "replication_factor", "min_insync_replicas", "max_body_bytes",
                      "stream_buffer", "poll_records", "fetch_max_wait_ms", "fetch_partition_bytes", "upload_max_bytes",
                      "upload_max_total_bytes"):
@@ -467,8 +477,7 @@ class Settings:
             raise ConfigError(f"{PREFIX}VIDEO_LINK_TTL and {PREFIX}VIDEO_MAX_BYTES must be positive")
         if self.video_breaker_failures < 1:
             raise ConfigError(f"{PREFIX}VIDEO_BREAKER_FAILURES must be at least 1")
-        # Finite too: nan passed a "<= 0" check, and inf would keep an opened breaker shut for ever.
-        if not 0 < self.video_breaker_open_for < math.inf:
+        if self.video_breaker_open_for <= 0:
             raise ConfigError(f"{PREFIX}VIDEO_BREAKER_OPEN_FOR must be a positive number of seconds")
         if self.table_store not in ("rocksdict", "memory"):
             raise ConfigError(f"{PREFIX}TABLE_STORE must be rocksdict or memory, got {self.table_store!r}")

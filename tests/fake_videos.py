@@ -2,7 +2,12 @@
 its size known once read (the copier's own checks of size and hash are tested elsewhere)."""
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+import asyncio
+from collections.abc import AsyncIterator, Callable
+from pathlib import Path
+from typing import Any
+
+from connectors.storage import LocalVideoStore, VideoRecord
 
 VIDEO = b"\x00\x00\x00\x18ftypmp42" + bytes(range(256)) * 4
 
@@ -17,3 +22,30 @@ class Download:
     async def chunks(self) -> AsyncIterator[bytes]:
         self.size = len(VIDEO)
         yield VIDEO
+
+
+class Store(LocalVideoStore):
+    """A local store that says when it writes (``changed``) and keeps the last record of each job."""
+
+    def __init__(self, root: Path, changed: asyncio.Event) -> None:
+        super().__init__(root)
+        self.changed = changed
+        self.kept: dict[str, VideoRecord] = {}
+
+    async def put_video(self, job_id: str, chunks: Any, content_type: str,
+                        record: Callable[[], VideoRecord] | None = None) -> None:
+        assert record is not None
+        made: list[VideoRecord] = []
+
+        def kept() -> VideoRecord:
+            made.append(record())
+            return made[-1]
+
+        await super().put_video(job_id, chunks, content_type, kept)
+        self.kept[job_id] = made[-1]
+        self.changed.set()
+
+    async def put_record(self, record: VideoRecord) -> None:
+        await super().put_record(record)
+        self.kept[record.job_id] = record
+        self.changed.set()

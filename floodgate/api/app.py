@@ -1,7 +1,8 @@
 """``build_app``: the aiohttp application for some set of roles, with its dependencies passed in.
 
-Every error leaves as ``application/problem+json``: routing misses (404/405), aiohttp's own
-size limit (413) and unexpected exceptions (500, logged here, never described to the client).
+Every error leaves as ``application/problem+json``: routing misses (404; 405, whose ``detail``
+names the method and the ones served, as its ``Allow`` does), aiohttp's own size limit (413)
+and unexpected exceptions (500, logged here, never described to the client).
 """
 from __future__ import annotations
 
@@ -46,7 +47,13 @@ async def problem_middleware(request: web.Request, handler: Handler) -> web.Stre
         # aiohttp's own size limit (a handler that reads with request.read()) names the body as
         # our too_large does.
         errors = [body_too_large(request.client_max_size)] if exc.status == 413 else []
-        return problem_response(exc.status, exc.reason, headers=headers, errors=errors)
+        detail = None
+        if isinstance(exc, web.HTTPMethodNotAllowed):
+            # The router's answer, before any handler: say in the body what Allow says, for a
+            # client that shows the problem and not the headers.
+            detail = (f"{exc.method} is not served on this path, which serves "
+                      f"{', '.join(sorted(exc.allowed_methods))}")
+        return problem_response(exc.status, exc.reason, detail=detail, headers=headers, errors=errors)
     except Exception:
         log.exception("unhandled error on %s %s", request.method, request.path)
         return problem_response(500, "Internal Server Error", detail="an unexpected error occurred")

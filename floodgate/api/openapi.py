@@ -1,5 +1,7 @@
 """``GET /openapi.json``: the API's contract, written by hand (not generated from handlers) so it
-is reviewed like code. ``tests/unit/test_api_openapi.py`` checks it against the router both ways.
+is reviewed like code, but for the 405 every path answers the methods it does not serve, which
+``document`` adds from the methods the path documents. ``tests/unit/test_api_openapi.py`` checks
+it against the router both ways.
 """
 from __future__ import annotations
 
@@ -44,6 +46,26 @@ def _problem(description: str, retry_after: bool = False, challenge: str | None 
     if headers:
         out["headers"] = headers
     return out
+
+
+# Every path answers the methods it does not serve with 405 (aiohttp's router, through the app's
+# problem middleware), so its 405 is written once, here, from the methods documented on the path
+# (and HEAD where the GET answers it: _HEAD_TOO), never by hand per route;
+# tests/unit/test_api_openapi.py holds it to the router's answers.
+_HEAD_TOO = frozenset({"/v1/videos/{job_id}"})
+"""Paths whose GET answers HEAD too (``allow_head=True`` in their ``add_routes``)."""
+_EVERY_METHOD = frozenset({"GET", "PUT", "POST", "DELETE", "OPTIONS", "HEAD", "PATCH", "TRACE"})
+"""The methods an OpenAPI path item may document: a path serving them all answers no 405."""
+
+
+def _method_not_allowed(served: Set[str]) -> dict[str, Any]:
+    """The 405 of a path serving ``served`` (upper case), with ``Allow`` as aiohttp writes it."""
+    listed = " and ".join(sorted(served))
+    return {**_problem(f"A method other than {listed}: answered by the router, before anything else (a "
+                       "credential, a link, the body) is looked at; `detail` names the method and the ones "
+                       "served"),
+            "headers": {"Allow": {"description": "The methods this path serves", "required": True,
+                                  "schema": {"type": "string", "const": ",".join(sorted(served))}}}}
 
 
 def _ref(name: str) -> dict[str, str]:
@@ -190,10 +212,6 @@ _OPERATIONS: dict[str, tuple[str, str, dict[str, Any]]] = {
                                    "end (local store only). No body",
                     "headers": {"ETag": _VIDEO_ETAG,
                                 "Content-Range": {"description": "`bytes */size`", "schema": {"type": "string"}}}},
-            "405": {**_problem("A method other than GET and HEAD: answered by the router, before the link is "
-                               "looked at"),
-                    "headers": {"Allow": {"description": "The methods this route serves", "required": True,
-                                          "schema": {"type": "string", "const": "GET,HEAD"}}}},
             "502": _problem("The provider's video was refused (too large, not a video, a private address), or "
                             "its copy was given up and the provider's URL is not known here"),
             "307": {"description": "Not copied yet, or its copy given up after the copier's retries: the "
@@ -592,6 +610,13 @@ def document(roles: Set[str], server_url: str | None = None, models: Sequence[st
         if role == "any" or role in served:
             method, path = route.split(" ", 1)
             paths.setdefault(path, {})[method] = operation
+    for path, operations in paths.items():
+        served = {m.upper() for m in operations} | ({"HEAD"} if path in _HEAD_TOO else set())
+        if served >= _EVERY_METHOD:
+            continue
+        answer = _method_not_allowed(served)
+        for method, operation in operations.items():  # copies: _OPERATIONS is shared by every document
+            operations[method] = {**operation, "responses": {**operation["responses"], "405": answer}}
     doc: dict[str, Any] = {
         "openapi": "3.1.0",
         "info": {"title": "Floodgate", "version": "1",

@@ -42,7 +42,10 @@ while its breaker is closed its copies are being made, however slowly, and the f
 (``fetch_waits``) until it is under its bound again or its breaker opens, which wakes the fetch at
 once, rather than give up copies that would succeed: a given-up copy sends its viewers to the
 provider's copy, which expires, until someone asks for the video again. A copy from it in a batch
-fetched before it was full is held past its bound. So a CDN that accepts connections and never
+fetched before it was full is held past its bound. A copy started again on request (``copy``, from
+``copy_again``) meets the same bound with the same outcome: given up on at once while the breaker
+is open, else it waits, outside the host's count, until the host has room or its breaker opens
+(``tests/unit/test_video_copier_again.py``). So a CDN that accepts connections and never
 answers holds 6 of the 8 copy slots at most (its hung copies are not replaced past 2 while other
 hosts need slots), and the copies from every other host are fetched and made meanwhile (once it
 holds ``max_per_host``, only after its copies' timeouts have opened its breaker:
@@ -230,6 +233,7 @@ class VideoCopier:
             return
         self._stopping.set()
         self._lanes.close()  # copies waiting for their host stop waiting, as backoffs do
+        self._freed.set()  # and so do copies started again that wait for their host's room
         for task in self._loops:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
@@ -252,14 +256,29 @@ class VideoCopier:
         ``over``, unless the store holds another record than that one); retry what may pass, in
         the lane of ``url``'s host; record a refusal. Returns the record. Raises ``_Abandoned``
         when stopping, ``_Unrecorded`` when the store refuses a failure's record for good. (A copy
-        started again is counted by ``copy_again``, not among the results handled.)"""
-        host = url_destination(url)
+        started again is counted by ``copy_again``, not among the results handled.)
+
+        Held to the host's bound as a fetched copy is (``_spawn``): while the host holds
+        ``max_per_host`` copies with its breaker closed, this waits for it to have room (or for its
+        breaker to open) before the host holds it; at the bound with the breaker open, the copy is
+        given up on at once, recorded as given up."""
+        job = _Job(job_id, url, completed_at_ms, url_destination(url))
         rules = self._lanes.rules
-        rules.enter(host)
+        while rules.full(job.host) and not rules.is_open(job.host):
+            if self._stopping.is_set():
+                raise _Abandoned
+            # Set by every copy that ends and every breaker that opens; cleared right before the
+            # wait, with no await since the look at the bound, so no wake is missed.
+            self._freed.clear()
+            await self._wait(self._freed, PAUSED_RECHECK)
+        if rules.sheds(job.host):
+            return await self._copy(job, over=over, shed=True)
+        rules.enter(job.host)
         try:
-            return await self._copy(_Job(job_id, url, completed_at_ms, host), over=over)
+            return await self._copy(job, over=over)
         finally:
-            rules.leave(host)
+            rules.leave(job.host)
+            self._freed.set()  # a copy waiting for this host's room may go on
 
     async def _copy(self, job: _Job, *, over: VideoRecord | None = None, shed: bool = False) -> VideoRecord:
         """``copy`` of a job whose host is held already. ``shed``: give it up without an attempt
@@ -343,7 +362,7 @@ class VideoCopier:
         """Start the copy of ``record``'s job from ``url`` again, in the background, if it was given
         up on ``AGAIN_AFTER`` seconds ago or more and no copy of it runs here; True if it started.
         A copy that fails again writes a new record, so the next try waits as long again in every
-        process sharing the store."""
+        process sharing the store. Its host's bound holds for it as ``copy`` says."""
         job_id = record.job_id
         if (not record.gave_up or self._stopping.is_set() or job_id in self._again
                 or len(self._again) >= self._max_pending or self._clock() - record.at_ms / 1000 < AGAIN_AFTER):

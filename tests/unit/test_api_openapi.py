@@ -1,11 +1,13 @@
 """The hand-written OpenAPI document and the router agree, route for route, for every role set; the
-stored video's route answers nothing the document does not list; and every documented 401 names
-the challenge the running app sends with it."""
+stored video's route answers nothing the document does not list; every documented 401 names the
+challenge the running app sends with it; and every path the router answers 405 on documents that
+405 with the Allow the app sends, whose problem's detail says the same."""
 from __future__ import annotations
 
 import fnmatch
 import hashlib
 import itertools
+import re
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -109,8 +111,6 @@ def test_served_document_lists_the_routable_models_and_leaves_the_template_alone
 
 
 def test_url_pattern_accepts_only_what_the_server_accepts() -> None:
-    import re
-
     from floodgate.errors import ValidationError
     from floodgate.netguard import check_url_syntax
 
@@ -268,3 +268,56 @@ async def test_every_401_documents_the_challenge_the_app_sends(tmp_path: Path) -
     assert len(sent) >= 10  # the sweep reached the key, token, operator and signature routes
     assert sent == {route: header.get("schema", {}).get("const") for route, header in challenges.items()}
     assert all(header["required"] for header in challenges.values())  # every 401 carries one
+
+
+def _answers_405(app: web.Application) -> dict[str, str]:
+    """Path → the Allow the router answers 405 with, for every path of ``app`` that does not serve
+    every method (aiohttp's ``*`` route would), read from the router itself."""
+    out = {}
+    for resource in app.router.resources():
+        methods = {route.method for route in resource}
+        if "*" in methods:
+            continue
+        info = resource.get_info()
+        path = info.get("path") or info.get("formatter")
+        assert isinstance(path, str)
+        out[path] = ",".join(sorted(methods))  # as aiohttp writes Allow
+    return out
+
+
+@pytest.mark.parametrize("roles", ROLE_SETS, ids=lambda r: "+".join(sorted(r)))
+def test_every_path_the_router_answers_405_on_documents_that_405_on_each_method(roles: frozenset[str],
+                                                                                  tmp_path: Path) -> None:
+    app = build_app(Settings(), dev_setup("http://127.0.0.1:9"), roles=roles, producer=_NoSend(), view=JobView(),
+                    video_store=LocalVideoStore(tmp_path))
+    answers = _answers_405(app)
+    assert len(answers) >= 3  # the healthz, openapi and metrics paths at least
+    # Path → the Allow documented by each of its operations (None where one documents no 405).
+    documented = {path: {op["responses"].get("405", {}).get("headers", {}).get("Allow", {}).get("schema", {})
+                         .get("const") for op in ops.values()}
+                  for path, ops in document(roles, videos=True)["paths"].items()}
+    assert documented == {path: {allow} for path, allow in answers.items()}
+
+
+async def test_every_405_names_the_method_and_the_served_ones_as_its_allow_does(tmp_path: Path) -> None:
+    """Each path of an app with every role, asked with each method it does not serve: the router's
+    405, as problem+json through the middleware, its Allow the documented one, its detail naming the
+    method asked and then exactly the methods Allow lists."""
+    settings = Settings(secret=Secret("s" * 32), cache_dir=tmp_path)
+    app = build_app(settings, dev_setup("http://127.0.0.1:9"), producer=_NoSend(), view=JobView(),
+                    video_store=LocalVideoStore(tmp_path / "videos"))
+    doc = document(ROLES, videos=True)
+    asked = 0
+    async with TestClient(TestServer(app)) as client:
+        for path, allow in sorted(_answers_405(app).items()):
+            documented = next(iter(doc["paths"][path].values()))["responses"]["405"]
+            for method in sorted({"GET", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"} - set(allow.split(","))):
+                async with client.request(method, path.format(**PATH_PARAMS)) as resp:
+                    assert resp.status == 405, (method, path)
+                    _answers_as_documented(resp, documented, f"{method} {path}")
+                    assert resp.headers["Allow"] == allow
+                    body = await resp.json()
+                named = re.findall(r"\b(?:GET|HEAD|POST|PUT|PATCH|DELETE|OPTIONS)\b", body["detail"])
+                assert named[0] == method and set(named[1:]) == set(allow.split(",")), body["detail"]
+                asked += 1
+    assert asked >= 50  # every path, with four or five methods each

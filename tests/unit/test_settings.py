@@ -1,6 +1,9 @@
 from __future__ import annotations
 
+import math
+from dataclasses import fields
 from pathlib import Path
+from typing import get_type_hints
 
 import pytest
 
@@ -34,3 +37,29 @@ def test_the_worker_niceness_is_one_unix_accepts() -> None:
     for bad in ("-1", "20"):
         with pytest.raises(ConfigError, match="FLOODGATE_WORKER_NICE must be 0 to 19"):
             Settings.from_env({"FLOODGATE_WORKER_NICE": bad})
+
+
+# Every float setting, read from the dataclass: one added later is swept below without a word here.
+FLOAT_SETTINGS = [f.name for f in fields(Settings) if get_type_hints(Settings)[f.name] is float]
+
+
+def test_the_sweep_finds_the_float_settings() -> None:
+    assert {"session_timeout", "job_timeout", "backlog_max_wait", "video_breaker_open_for"} <= set(FLOAT_SETTINGS)
+
+
+@pytest.mark.parametrize("name", FLOAT_SETTINGS)
+@pytest.mark.parametrize("raw", ["nan", "NaN", "inf", "-inf", "Infinity"])
+def test_a_float_setting_refuses_what_float_reads_but_is_no_number(name: str, raw: str) -> None:
+    """nan slips past range checks ("nan <= 0" is false) and inf makes a timeout, interval or
+    bound never end; none of the float settings means "no limit" by inf (0 says none where one is
+    allowed), so each refuses both at start, naming its variable."""
+    variable = f"FLOODGATE_{name.upper()}"
+    with pytest.raises(ConfigError, match=f"^{variable} must be a finite number"):
+        Settings.from_env({variable: raw})
+
+
+@pytest.mark.parametrize("name", FLOAT_SETTINGS)
+def test_a_float_setting_given_in_code_is_held_to_the_same_rule(name: str) -> None:
+    # Settings built in code (the SDK's, a test's) are validated too, not only what the environment says.
+    with pytest.raises(ConfigError, match=f"^FLOODGATE_{name.upper()} must be a finite number"):
+        Settings().with_overrides(**{name: math.nan}).validate()

@@ -18,7 +18,6 @@ import pytest
 from aiokafka import ConsumerRecord
 from prometheus_client import CollectorRegistry
 
-from connectors.storage import LocalVideoStore, VideoRecord
 from connectors.storage.fetch import VideoFetcher
 from floodgate import codec
 from floodgate.errors import ConfigError, StorageError
@@ -28,7 +27,7 @@ from floodgate.topics import TopicNames
 from floodgate.videos import copier as copier_module
 from floodgate.videos.copier import CopyPolicy, VideoCopier
 from tests.fake_results import FakeResults
-from tests.fake_videos import Download
+from tests.fake_videos import Download, Store
 
 SETTINGS = Settings(kafka_bootstrap="127.0.0.1:9")
 TOPIC = TopicNames(SETTINGS).results
@@ -67,33 +66,6 @@ class Sources:
             finally:
                 self.hanging -= 1
         yield Download()
-
-
-class Store(LocalVideoStore):
-    """A local store that says when it writes."""
-
-    def __init__(self, root: Path, changed: asyncio.Event) -> None:
-        super().__init__(root)
-        self.changed = changed
-        self.kept: dict[str, VideoRecord] = {}
-
-    async def put_video(self, job_id: str, chunks: Any, content_type: str,
-                        record: Callable[[], VideoRecord] | None = None) -> None:
-        assert record is not None
-        made: list[VideoRecord] = []
-
-        def kept() -> VideoRecord:
-            made.append(record())
-            return made[-1]
-
-        await super().put_video(job_id, chunks, content_type, kept)
-        self.kept[job_id] = made[-1]
-        self.changed.set()
-
-    async def put_record(self, record: VideoRecord) -> None:
-        await super().put_record(record)
-        self.kept[record.job_id] = record
-        self.changed.set()
 
 
 def completed(partition: int, offset: int, job_id: str) -> ConsumerRecord[Any, Any]:
