@@ -477,6 +477,10 @@ class Settings:
             raise ConfigError(f"{PREFIX}VIDEO_LINK_TTL and {PREFIX}VIDEO_MAX_BYTES must be positive")
         if self.video_breaker_failures < 1:
             raise ConfigError(f"{PREFIX}VIDEO_BREAKER_FAILURES must be at least 1")
+        for name in ("poll_after", "job_timeout"):
+            # 0 or less would poll every job in flight without pause, or fail every one at once.
+            if getattr(self, name) <= 0:
+                raise ConfigError(f"{PREFIX}{name.upper()} must be a positive number of seconds")
         if self.video_breaker_open_for <= 0:
             raise ConfigError(f"{PREFIX}VIDEO_BREAKER_OPEN_FOR must be a positive number of seconds")
         if self.table_store not in ("rocksdict", "memory"):

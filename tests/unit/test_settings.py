@@ -31,6 +31,14 @@ def test_the_breaker_reset_time_must_be_positive() -> None:
         Settings.from_env({"FLOODGATE_BREAKER_RESET_AFTER": "0"})
 
 
+@pytest.mark.parametrize("name", ["FLOODGATE_POLL_AFTER", "FLOODGATE_JOB_TIMEOUT"])
+@pytest.mark.parametrize("raw", ["0", "-5"])
+def test_the_in_flight_poll_and_timeout_must_be_positive(name: str, raw: str) -> None:
+    assert Settings.from_env({name: "2.5"}).to_env()[name] == "2.5"
+    with pytest.raises(ConfigError, match=f"{name} must be a positive number of seconds"):
+        Settings.from_env({name: raw})
+
+
 def test_the_worker_niceness_is_one_unix_accepts() -> None:
     assert Settings.from_env({}).worker_nice == 0  # the default leaves the worker as it was started
     assert Settings.from_env({"FLOODGATE_WORKER_NICE": "10"}).worker_nice == 10
