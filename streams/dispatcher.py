@@ -95,7 +95,7 @@ from typing import Any, cast
 import faust
 from faust.types import TP
 
-from connectors.providers.base import ProviderStatus, SubmitOrder, SubmitResult
+from connectors.providers.base import ProviderStatus, SubmitOrder, SubmitResult, same_provider_job
 from floodgate import codec
 from floodgate.dispatch import ENDED, Order, Slot, parse_slot_key, slot_key
 from floodgate.errors import FloodgateError, ProviderUnavailable, RateLimited
@@ -654,7 +654,7 @@ class Dispatcher:
         slot = lane.slots.get(key)
         if slot is None:
             return  # freed meanwhile (the job ended or moved on): nothing left to record
-        if lane.ended_early.pop(key, None) == result.provider_job_id:
+        if same_provider_job(self.connector, lane.ended_early.pop(key, None), result.provider_job_id):
             await self.free(partition, key, order.job_id)  # released meanwhile: a very fast job
             return
         # The slot's second record is the job's submission: the poller and cancels find the
@@ -729,9 +729,10 @@ class Dispatcher:
         if rel["status"] == ENDED:
             # From the webhook bridge: that provider job ended. Only its own slot is freed; a
             # slot whose submission has not yet recorded the provider job id (a very fast job)
-            # is freed by the submission when it does.
+            # is freed by the submission when it does. The connector says whether the two ids
+            # name one job (a fal webhook may name it under another app than its submission).
             ended = rel.get("provider_job_id")
-            if slot is not None and ended and slot.provider_job_id == ended:
+            if slot is not None and ended and same_provider_job(self.connector, slot.provider_job_id, ended):
                 await self.free(partition, key, rel["job_id"])
             elif slot is not None and ended and slot.provider_job_id is None:
                 lane.ended_early[key] = ended

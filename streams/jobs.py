@@ -34,7 +34,7 @@ from typing import Any
 import faust
 from aiokafka.partitioner import murmur2
 
-from connectors.providers.base import read_webhook
+from connectors.providers.base import read_webhook, same_provider_job
 from floodgate import codec
 from floodgate.errors import SchemaError, ValidationError
 from floodgate.jobs.events import aim, deadline_of, event_from_record, queued_event, stray_end, webhook_event
@@ -286,9 +286,10 @@ class JobDesk:
                 pipe.metrics.job_latency.labels(step.state.status.value).observe(
                     max(0.0, step.state.updated_at - step.state.created_at))
                 # A provider's own word that its job ended was sent to the slot's dispatcher by
-                # the webhook bridge already (with the provider job id); anything else is ours to send.
-                from_bridge = (aimed.event_id.startswith("wh:") and aimed.provider_job_id is not None
-                               and aimed.provider_job_id == step.state.provider_job_id)
+                # the webhook bridge already (with the provider job id, which the connector may
+                # spell otherwise than the one recorded: fal); anything else is ours to send.
+                from_bridge = aimed.event_id.startswith("wh:") and same_provider_job(
+                    pipe.providers.get(aimed.provider or ""), aimed.provider_job_id, step.state.provider_job_id)
                 await self.finish(step.state, provider=None if from_bridge else step.state.provider)
         if before is not None and before.terminal and aimed.provider:
             # A provider still reports on a finished job (a duplicate dispatch re-submitted after

@@ -137,6 +137,9 @@ class VideoProvider(Protocol):
     # (``floodgate.following``); a status may give the place in the provider's own queue.
     # Optional: ``status_rate_per_second``, the provider's documented limit on status calls
     # (Replicate 50, RunPod 200); the routing file's ``status_rate_per_second`` overrides it.
+    # Optional: ``same_job(a, b) -> bool``, whether two unequal provider job ids name one job, for
+    # a provider whose webhook may name a job otherwise than its submission did (fal: the app path
+    # of a model's first requests). Without it, ids are compared exactly (``same_provider_job``).
 
     async def submit(self, session: aiohttp.ClientSession, order: SubmitOrder) -> SubmitResult:
         """Create the job. Safe to repeat with the same ``order.idempotency_key``."""
@@ -165,6 +168,18 @@ class VideoProvider(Protocol):
         """Normalise a delivery ``authenticate_webhook`` returned (its ``headers`` carry the
         callback path under ``CALLBACK_HEADER``). Raises ``SchemaError`` for unparseable bodies."""
         ...
+
+
+def same_provider_job(connector: object, a: str | None, b: str | None) -> bool:
+    """Whether provider job ids ``a`` and ``b`` name one job at ``connector``'s provider: equal, or
+    unequal and the same by the connector's own ``same_job`` (see ``VideoProvider``). None names
+    no job. Where they are equal, as nearly always, nothing more is asked."""
+    if a is None or b is None:
+        return False
+    if a == b:
+        return True
+    same = getattr(connector, "same_job", None)
+    return same is not None and bool(same(a, b))
 
 
 def error_for_response(status: int, headers: Mapping[str, str], body_text: str, now: float) -> ProviderError:
@@ -199,4 +214,5 @@ __all__ = [
     "WebhookDelivery",
     "error_for_response",
     "read_webhook",
+    "same_provider_job",
 ]

@@ -21,19 +21,24 @@ the key is only ever sent to ``base_url``), and it is the id a webhook tells, wh
 app before fal answers (the callback path's extra). When fal's URLs are the ones ``app_of``
 foresaw, the id is exactly the rebuilt one; when they name another app (one of a namespace the
 connector does not know), the id carries fal's app path, which status, result and cancel then
-follow, after a restart too: the stored id is all they are given. The webhook must name the job
-as the submission did, since the bridge frees only the slot holding exactly that id. So the
-connector remembers the app fal's URLs named for a model (per process, at most ``MAX_LEARNED``
-models) and names it in the callback path of the model's later requests: their webhooks, and the
-result read for an ``OK`` without its output, then name fal's app. The requests sent before fal
-first answered for such a model (in each process) cannot be named alike: their callback path was
-fixed before fal named the app, and nothing in fal's webhook names it. Their webhook names the
-foreseen app, so the bridge's release does not match their slot, which is freed later (by the
-jobs agent or a status call). Only the path of fal's URLs is taken,
-and only from URLs on ``base_url``'s host (or fal's documented backup queue host): every call
-goes to ``base_url``, so an answer cannot send us, or our key, anywhere else. URLs on another
-host, of another shape, or missing are not an error (fal did queue the request, and a retry
-would queue a second one): they are rebuilt from ``app_of``, as before (``app_of_urls``).
+follow, after a restart too: the stored id is all they are given. So the connector remembers
+the app fal's URLs named for a model (per process, at most ``MAX_LEARNED`` models) and names it
+in the callback path of the model's later requests: their webhooks, and the result read for an
+``OK`` without its output, then name fal's app. The requests sent before fal first answered for
+such a model (in each process) cannot be named alike: their callback path was fixed before fal
+named the app, and nothing in fal's webhook names it. Their webhook names the job
+``{foreseen app}/{request_id}``, their slot ``{fal's app}/{request_id}``: one job all the same,
+fal's request ids being UUIDs, unique whatever the app. So two ids name one job when their
+request ids are equal (``same_job``): the bridge's release frees such a job's slot, and the
+jobs agent knows the bridge sent it. An ``OK`` without its output among them finds no result
+under the foreseen app (fal answers 404 there): it is forwarded marked ``RESULT_ELSEWHERE`` and
+tells no end, only that the job is running; the dispatcher's late poll (``FLOODGATE_POLL_AFTER``)
+asks fal by the id the slot recorded and reads the result where fal keeps it, so a video fal
+made is not recorded as a failure. Only the path of fal's URLs is taken, and only from URLs on
+``base_url``'s host (or fal's documented backup queue host): every call goes to ``base_url``, so
+an answer cannot send us, or our key, anywhere else. URLs on another host, of another shape, or
+missing are not an error (fal did queue the request, and a retry would queue a second one): they
+are rebuilt from ``app_of``, as before (``app_of_urls``).
 
 The webhook comes once, at the end (``status`` ``OK`` / ``ERROR``), signed with Ed25519 over
 ``request_id\\nuser_id\\ntimestamp\\nsha256_hex(body)``; the public keys are fal's JWKS, fetched
@@ -41,7 +46,8 @@ when first needed and kept at most ``jwks_max_age`` seconds (24 h at most; refet
 most once a minute, when a signature matches none of the cached keys), timestamps within ±300 s.
 An ``OK`` whose output fal could not put in the webhook (``payload`` null, ``payload_error``
 set) did not fail: the bridge forwards fal's result for it instead (the ``GET`` of the
-request), so a video fal made is not recorded as a failure.
+request, under the callback path's app; see above for a result fal keeps under another), so a
+video fal made is not recorded as a failure.
 
 Idempotency: fal's queue API documents no idempotency key; a submission repeated after a crash
 between the call and its record queues a second request.
@@ -88,6 +94,9 @@ H_REQUEST, H_USER = "x-fal-webhook-request-id", "x-fal-webhook-user-id"
 H_TIMESTAMP, H_SIGNATURE = "x-fal-webhook-timestamp", "x-fal-webhook-signature"
 RESULT_READ = "result"
 """The ``CONFIRMED_HEADER`` of a delivery whose body is fal's result rather than its webhook."""
+RESULT_ELSEWHERE = "result-elsewhere"
+"""The ``CONFIRMED_HEADER`` of an ``OK`` without its output whose result fal did not find under the
+callback path's app: the job's app is another, named only by the id its slot recorded."""
 
 
 NAMESPACES = ("workflows", "comfy")
@@ -274,9 +283,15 @@ def parse_event(headers: Mapping[str, str], body: bytes) -> ProviderEvent:
     payload = obj.get("payload")
     url = first_url(payload) if ok else None
     error = None if ok else (optional_text(obj, "error") or error_text(payload) or "failed")
+    stamp = header(headers, H_TIMESTAMP) or ""
+    if ok and url is None and header(headers, CONFIRMED_HEADER) == RESULT_ELSEWHERE:
+        # fal finished it, and the result is read under the app the slot recorded (a status call):
+        # no end is told here, so none is recorded before fal's result says which.
+        return ProviderEvent(webhook_id=f"{request_id}:OK:{RESULT_ELSEWHERE}", provider_job_id=f"{app}/{request_id}",
+                             job_id=callback_job(headers), state="running", progress=None, video_url=None,
+                             error=None, occurred_at=float(stamp) if stamp.isdigit() else time.time())
     if ok and url is None:
         ok, error = False, optional_text(obj, "payload_error") or "completed without a video URL"
-    stamp = header(headers, H_TIMESTAMP) or ""
     return ProviderEvent(webhook_id=f"{request_id}:{obj.get('status')}", provider_job_id=f"{app}/{request_id}",
                          job_id=callback_job(headers), state="completed" if ok else "failed",
                          progress=1.0 if ok else None, video_url=url, error=error,
@@ -457,9 +472,11 @@ class FalProvider(HttpConnector):
     async def _result_for(self, session: aiohttp.ClientSession, delivery: WebhookDelivery,
                           request_id: str) -> WebhookDelivery:
         """The delivery to forward for an ``OK`` without its output: fal's result of the request.
-        A result fal refuses (4xx) leaves the webhook as it came (it then tells a failure, with
-        fal's ``payload_error``); one fal cannot give now (429, 5xx, network) raises, so the
-        bridge answers 503 and fal delivers the webhook again later."""
+        A result fal does not find (404) under the callback path's app is under another: the
+        webhook is forwarded marked ``RESULT_ELSEWHERE`` (see the module docstring). A result fal
+        refuses otherwise (4xx) leaves the webhook as it came (it then tells a failure, with fal's
+        ``payload_error``); one fal cannot give now (429, 5xx, network) raises, so the bridge
+        answers 503 and fal delivers the webhook again later."""
         try:
             # The app the callback path names: the one the submission knew (``app_for``).
             job = FalJob(callback.split(delivery.callback)[2], request_id)
@@ -467,6 +484,9 @@ class FalProvider(HttpConnector):
             return delivery  # no request we could address: the webhook tells what it tells
         result = await self.call(session, HttpRequest("GET", job.url(self.base_url), _auth(self._key)),
                                  ok=lambda status: status < 500 and status != 429)
+        if result.status == 404:
+            return WebhookDelivery({**delivery.headers, CONFIRMED_HEADER: RESULT_ELSEWHERE}, delivery.body,
+                                   delivery.callback)
         if not 200 <= result.status <= 299:
             return delivery
         return WebhookDelivery({**delivery.headers, CONFIRMED_HEADER: RESULT_READ}, result.body, delivery.callback)
@@ -474,7 +494,14 @@ class FalProvider(HttpConnector):
     def parse_webhook(self, headers: Mapping[str, str], body: bytes) -> ProviderEvent:
         return parse_event(headers, body)
 
+    def same_job(self, a: str, b: str) -> bool:
+        """Whether two provider job ids name one fal request: by request id alone, as the webhook
+        of a model's first request names it under the app foreseen, its submission under fal's
+        (see the module docstring)."""
+        request_id = a.rpartition("/")[2]
+        return bool(request_id) and request_id == b.rpartition("/")[2]
 
-__all__ = ["MAX_LEARNED", "NAMESPACES", "FalJob", "FalProvider", "app_of", "app_of_urls", "jwks_keys", "parse_event",
-           "parse_queue_status", "parse_result", "parse_submit", "signed_message", "submit_request",
-           "verify_signature"]
+
+__all__ = ["MAX_LEARNED", "NAMESPACES", "RESULT_ELSEWHERE", "FalJob", "FalProvider", "app_of", "app_of_urls",
+           "jwks_keys", "parse_event", "parse_queue_status", "parse_result", "parse_submit", "signed_message",
+           "submit_request", "verify_signature"]

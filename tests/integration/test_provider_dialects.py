@@ -17,7 +17,7 @@ from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
 from connectors.providers import SubmitOrder, VideoProvider, create
 from connectors.providers import fal as fal_connector_module
-from connectors.providers.base import CALLBACK_HEADER, WebhookDelivery
+from connectors.providers.base import CALLBACK_HEADER, WebhookDelivery, same_provider_job
 from connectors.providers.kling import token as kling_token
 from connectors.simulator import Distribution, ProviderConfig, SimulatorConfig, run_receiver, run_simulator
 from connectors.simulator.config import DEV_JWT_SECRET
@@ -360,24 +360,26 @@ def webhook_of(got: list[Delivery], job_id: str) -> Delivery:
     return mine
 
 
-@pytest.mark.xfail(strict=True, reason="the first request of an app not foreseen: its callback path is fixed "
-                   "before fal names the app, and the webhook names no app; matching needs the release to be "
-                   "matched by request id outside the connector")
-async def test_the_first_fal_job_on_an_app_not_foreseen_is_named_alike_by_submission_and_webhook(
+async def test_the_first_fal_job_on_an_app_not_foreseen_is_the_same_job_to_submission_and_webhook(
         monkeypatch: pytest.MonkeyPatch) -> None:
+    """Its callback path was fixed before fal named the app, and fal's webhook names none: the
+    webhook names the job under the app foreseen, its submission under fal's. The connector says
+    both name one job (by fal's request id), which is how the bridge's release frees its slot."""
     fal_blind_to_namespaces(monkeypatch)
     case = CASES["fal"]
     async for r in rig(case):
         submitted = await r.provider.submit(r.http, order(case, 1, r.hooks.url, model=f"{WORKFLOW}/fast"))
         event = await accept(r, webhook_of(await r.hooks.wait_count(1), "job_0001"))
-        assert event.provider_job_id == submitted.provider_job_id
+        assert (event.job_id, event.state) == ("job_0001", "completed")
+        assert same_provider_job(r.provider, event.provider_job_id, submitted.provider_job_id)
 
 
 async def test_a_fal_job_on_an_app_not_foreseen_is_named_alike_by_submission_and_webhook_once_fal_named_it(
         monkeypatch: pytest.MonkeyPatch) -> None:
-    """The bridge frees a slot only when the webhook names the provider job the slot holds: once fal's
-    URLs have named the model's app, the callback path of its later requests names that app, and
-    status, result and cancel, by a restarted connector too, go where fal's URLs said."""
+    """Once fal's URLs have named the model's app, the callback path of its later requests names
+    that app (their webhooks name the job as the slot does, and an ``OK`` without its output reads
+    the result there), and status, result and cancel, by a restarted connector too, go where fal's
+    URLs said."""
     fal_blind_to_namespaces(monkeypatch)
     case = CASES["fal"]
     model = f"{WORKFLOW}/fast"

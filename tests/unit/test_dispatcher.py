@@ -16,6 +16,7 @@ import pytest
 from faust.types import TP
 
 from connectors.providers.base import ProviderStatus, SubmitOrder, SubmitResult
+from connectors.providers.fal import FalProvider
 from floodgate import codec
 from floodgate.dispatch import ENDED, Order, Slot, slot_key
 from floodgate.errors import ProviderGone, ProviderRejected, ProviderUnavailable, RateLimited
@@ -302,6 +303,48 @@ async def test_a_job_that_ends_before_its_submission_returns_frees_its_slot_with
     assert dispatcher.lane.slots.get(slot_key(0, "a")) is None
     assert writes.count == before + 1, "the slot's delete only: its provider job id is never written"
     assert not emitter(dispatcher).events("submitted")
+
+
+class FalNamedProvider(FakeProvider):
+    """Names its jobs as fal does, ``{app}/{request_id}``, where fal's app may not be the one the
+    webhook's callback path foresaw: the bridge may release ``workflows/acme/{request_id}`` for the
+    slot of ``workflows/acme/video/{request_id}``, one job (the connector's ``same_job``)."""
+
+    same_job = FalProvider.same_job
+
+    async def submit(self, session: Any, order: SubmitOrder) -> SubmitResult:
+        await super().submit(session, order)
+        return SubmitResult(provider_job_id=f"workflows/acme/video/req-{order.job_id}", state="queued")
+
+
+async def test_the_bridge_release_frees_the_slot_of_a_provider_job_its_connector_says_is_the_one_that_ended(
+        dispatcher: Dispatcher) -> None:
+    dispatcher.connector = FalNamedProvider()
+    await fill(dispatcher, 2)
+    await settle(dispatcher)
+    key = slot_key(0, "job-0")
+    await dispatcher.release({"job_id": "job-0", "attempt": 0, "status": ENDED,
+                              "provider_job_id": "workflows/acme/req-job-1"}, 0, 1)
+    assert dispatcher.lane.slots.get(key) is not None, "another request: not this slot's job"
+    await dispatcher.release({"job_id": "job-0", "attempt": 0, "status": ENDED,
+                              "provider_job_id": "workflows/acme/req-job-0"}, 0, 1)
+    assert dispatcher.lane.slots.get(key) is None and len(dispatcher.lane.pools[0]) == 1
+
+
+async def test_a_job_that_ends_before_its_submission_returns_is_freed_however_its_webhook_named_it(
+        dispatcher: Dispatcher) -> None:
+    connector = FalNamedProvider()
+    connector.gate = asyncio.Event()
+    dispatcher.connector = connector
+    key = slot_key(0, "a")
+    await dispatcher.intake(message(0), order("a"))
+    await until_calling(dispatcher, key)
+    await dispatcher.release({"job_id": "a", "attempt": 0, "status": ENDED,
+                              "provider_job_id": "workflows/acme/req-a"}, 0, 1)
+    assert dispatcher.lane.slots.get(key) is not None, "held until the submission knows its job"
+    connector.gate.set()
+    await settle(dispatcher)
+    assert dispatcher.lane.slots.get(key) is None
 
 
 async def test_a_reconcile_right_after_a_handover_counts_the_slot_just_handed_out(

@@ -8,8 +8,11 @@ from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
+import orjson
 import pytest
 
+from connectors.providers.base import ProviderEvent
+from connectors.providers.fal import FalProvider
 from floodgate import codec
 from floodgate.api.cancel import cancel_event
 from floodgate.dispatch import ENDED
@@ -162,3 +165,46 @@ async def test_news_from_a_provider_the_job_left_that_is_not_an_end_frees_nothin
     before = await moved_to_kling(desk)
     await desk.on_record(told("running", "wan", 0, provider_job_id="pj-wan", suffix=":poll:1"))
     assert not out.to(names.release("wan")) and record_of(desk) == before
+
+
+class Connector:
+    """A provider's connector as the jobs agent uses it: it parses a webhook (here a JSON body of
+    the event's fields) and, without ``same_job``, compares provider job ids exactly."""
+
+    def parse_webhook(self, headers: dict[str, str], body: bytes) -> ProviderEvent:
+        said = orjson.loads(body)
+        return ProviderEvent(webhook_id=said["id"], provider_job_id=said["provider_job_id"], job_id=JOB,
+                             state=said["state"], progress=None, video_url=said.get("video_url"), error=None,
+                             occurred_at=(NOW + 2000) / 1000)
+
+
+class FalNamedConnector(Connector):
+    """Names one job ``{app}/{request_id}`` under two apps, as fal's first requests of a model are
+    named: under fal's by their submission, under the app foreseen by their webhook."""
+
+    same_job = FalProvider.same_job
+
+
+def webhook(by: str, **said: Any) -> SimpleNamespace:
+    """A ``webhooks`` record of ``JOB`` from provider ``by``, as the bridge writes it."""
+    value, headers = codec.encode("WebhookEnvelope", {"webhook_id": said["id"], "provider": by,
+                                                      "received_at": NOW + 2000, "headers": {},
+                                                      "body": orjson.dumps(said)})
+    return SimpleNamespace(topic=TOPICS.webhooks, partition=HOME, offset=0, value=value, headers=list(headers))
+
+
+@pytest.mark.parametrize(("connector", "releases"), [(FalNamedConnector(), 0), (Connector(), 1)])
+async def test_an_end_the_bridge_released_under_another_name_of_the_job_is_not_released_again(
+        desk: JobDesk, connector: Connector, releases: int) -> None:
+    """The job's provider job id came from a status call (the slot's); its webhook names the job
+    otherwise. The bridge released the slot under the webhook's name: where the connector says both
+    name one job, that release frees it and the jobs agent sends none; elsewhere ids that differ
+    name different jobs, and the jobs agent frees the job's slot itself."""
+    names, out = desk.pipe.names, sends(desk)
+    desk.pipe.providers["wan"] = connector
+    await desk.on_record(request(offset=7))
+    await desk.on_record(told("running", "wan", 0, provider_job_id="workflows/acme/video/req-1", suffix=":poll:1"))
+    await desk.on_record(webhook("wan", id="req-1:OK", state="completed", provider_job_id="workflows/acme/req-1",
+                                 video_url="https://cdn/v.mp4"))
+    assert record_of(desk).state.status.value == "completed" and len(out.to(names.results)) == 1
+    assert len(out.to(names.release("wan"))) == releases

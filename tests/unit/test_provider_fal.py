@@ -16,7 +16,7 @@ from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
 from connectors.providers import SubmitOrder, callback, create
 from connectors.providers import fal as fal_module
-from connectors.providers.base import CALLBACK_HEADER, CONFIRMED_HEADER, WebhookDelivery
+from connectors.providers.base import CALLBACK_HEADER, CONFIRMED_HEADER, WebhookDelivery, same_provider_job
 from connectors.providers.fal import (
     FalJob,
     FalProvider,
@@ -197,7 +197,7 @@ RESULT_URL = f"https://queue.fal.test/{APP}/requests/req-9"
 
 @pytest.mark.parametrize(("answer", "state", "error"), [
     ((200, b'{"video": {"url": "https://v3.fal.media/files/out.mp4"}}'), "completed", None),
-    ((404, b'{"detail": "Request not found"}'), "failed", "Output could not be serialized"),
+    ((422, b'{"detail": [{"msg": "generation failed"}]}'), "failed", "Output could not be serialized"),
 ])
 def test_an_ok_without_its_output_is_told_by_fals_result(answer: tuple[int, bytes], state: str,
                                                          error: str | None) -> None:
@@ -423,6 +423,47 @@ def test_once_fal_named_a_models_app_its_webhooks_name_the_job_as_its_submission
     # Other models are not affected: the app is remembered per model.
     other, where = submitted_by(p, queue, 3, "pipelines/acme", model="pipelines/acme")
     assert webhook_id(where, 3) == other == "pipelines/acme/req-3"
+
+
+def test_a_first_requests_webhook_names_its_job_otherwise_than_its_submission_but_the_same() -> None:
+    """Its callback path was given before fal named the app: the webhook's provider job id has
+    the app foreseen, the slot's fal's. One request all the same: fal's request ids are unique."""
+    p, queue = provider(), Queue({})
+    first, where = submitted_by(p, queue, 1, NEW_NS)
+    told = webhook_id(where, 1)
+    assert (first, told) == (f"{NEW_NS}/req-1", "pipelines/acme/req-1")
+    assert p.same_job(told, first) and same_provider_job(p, told, first)
+    assert not p.same_job(told, f"{NEW_NS}/req-2") and not p.same_job("pipelines/acme/", f"{NEW_NS}/")
+
+
+def test_a_connector_without_same_job_names_one_job_by_one_id_only() -> None:
+    """The default, every provider but fal's: provider job ids are compared exactly."""
+    assert same_provider_job(object(), "acme/app/req-1", "acme/app/req-1")
+    assert not same_provider_job(object(), "acme/app/req-1", "acme/other/req-1")
+    assert not same_provider_job(provider(), None, "acme/app/req-1") and not same_provider_job(object(), None, None)
+
+
+def test_an_ok_without_its_output_of_a_first_request_is_not_failed_and_is_read_where_fal_keeps_it() -> None:
+    """fal does not find the result under the app the callback path foresaw: the webhook tells no
+    end (the job runs on, as far as it says), and the status call, by the id the slot recorded,
+    reads the result under fal's app."""
+    p, queue = provider(), Queue({})
+    first, where = submitted_by(p, queue, 1, NEW_NS)
+    key = Ed25519PrivateKey.generate()
+    session = FakeSession(key)
+    foreseen = f"{BASE}/pipelines/acme/requests/req-1"
+    session.answers[foreseen] = (404, b'{"detail": "Request not found"}')
+    body = orjson.dumps({"request_id": "req-1", "status": "OK", "payload": None, "payload_error": "too big"})
+    forwarded = authenticate(p, session, signed(key, body), body, where)
+    assert session.asked == [("GET", foreseen)]
+    event = p.parse_webhook({**forwarded.headers, CALLBACK_HEADER: where}, forwarded.body)
+    assert (event.job_id, event.state, event.video_url, event.error) == ("job_01", "running", None, None)
+    assert p.same_job(event.provider_job_id, first)
+    at = f"{BASE}/{NEW_NS}/requests/req-1"
+    queue.answers[("GET", f"{at}/status")] = (200, b'{"status": "COMPLETED"}')
+    queue.answers[("GET", at)] = (200, b'{"video": {"url": "https://v3.fal.media/files/out.mp4"}}')
+    done = asyncio.run(provider().status(queue, first))  # type: ignore[arg-type]  # (in the dispatcher's process)
+    assert (done.state, done.video_url) == ("completed", "https://v3.fal.media/files/out.mp4")
 
 
 def test_an_app_fal_no_longer_names_otherwise_is_forgotten() -> None:
