@@ -14,7 +14,9 @@ Every event goes through the pure state machine (``floodgate.jobs.state.apply``)
 changelog is the compacted ``notifications`` topic (see ``floodgate.jobs.record``): the write *is*
 the notification the API's job view reads. A terminal change also goes to ``results`` and frees
 the job's provider slot through ``release.<provider>``; so does a provider's word that the job
-ended there after the job moved on to another provider (``floodgate.jobs.events.stray_end``).
+ended there after the job moved on to another provider (``floodgate.jobs.events.stray_end``). A
+provider's word read before the ``rerouted`` event that sends the job there is kept in the job's
+state until that event is read, and counts then (``floodgate.jobs.state.hold``).
 A request read after a cancel that ended its job sends the job's result again, now with the
 request's fields (``JobRecord.ended_unadmitted``).
 
@@ -39,7 +41,7 @@ from floodgate import codec
 from floodgate.errors import SchemaError, ValidationError
 from floodgate.jobs.events import aim, deadline_of, event_from_record, queued_event, stray_end, webhook_event
 from floodgate.jobs.record import JobRecord, snapshot
-from floodgate.jobs.state import JobEvent, JobState, Transition, apply
+from floodgate.jobs.state import JobEvent, JobState, Transition, apply, hold
 from floodgate.jobs.timing import milestones
 from floodgate.routing import chain_for, known_models
 from floodgate.validation import validate_job_request
@@ -272,6 +274,11 @@ class JobDesk:
             return
         aimed = aim(before, event)
         if aimed is None:
+            held = hold(before, event)
+            if held is not None:  # from the provider the job is moving to: it counts once the reroute is read
+                if held.changed and held.state is not None:
+                    self.put(key, JobRecord(held.state, event.event_id, record.admitted_by if record else None))
+                return
             owed = stray_end(before, event)
             if owed is not None:  # an end at a provider the job has left: free the slot it may hold there
                 await self.release(event.job_id, owed.provider, owed.attempt, owed.status,

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from floodgate.dispatch import ENDED
-from floodgate.jobs.state import ENDING_KINDS, JobEvent, JobState
+from floodgate.jobs.state import ENDING_KINDS, JobEvent, JobState, is_early
 from floodgate.push import target_of_request
 
 _EVENT_FIELDS = ("provider", "provider_job_id", "progress", "video_url", "error", "tenant", "user_id", "model",
@@ -81,8 +81,10 @@ def aim(before: JobState | None, event: JobEvent) -> JobEvent | None:
     """``event`` as it applies to the job's current attempt, or None to ignore it.
 
     Webhooks, polls and user cancels (``provider`` None, attempt 0) do not know the attempt: they
-    speak for the current one. News from a provider the job has already moved away from is
-    ignored. ``queued`` and ``rerouted`` carry their own attempt and pass unchanged.
+    speak for the current one. News from another provider than the job's is None: from one the job
+    has already moved away from it is ignored, and from one it is moving to (``state.is_early``: its
+    ``rerouted`` event is not read yet) the jobs agent keeps it until it is (``state.hold``).
+    ``queued`` and ``rerouted`` carry their own attempt and pass unchanged.
     """
     if before is None or event.kind in ("queued", "rerouted"):
         return event
@@ -112,13 +114,13 @@ def stray_end(before: JobState | None, event: JobEvent) -> Release | None:
     only tells the end again, so without this answer the slot is never freed. The job's own
     state is not changed. A provider job the event names is released as the webhook bridge
     releases one (``ENDED``: only the slot that holds that provider job is freed); else the end
-    frees the provider's slot of the event's attempt or an earlier one. News of an attempt later
-    than the table knows frees nothing: that slot may be the job's current one, whose reroute
-    has not been read yet.
+    frees the provider's slot of the event's attempt or an earlier one. News from a provider the
+    job is moving to (``state.is_early``) is no stray: it is kept for the job's next attempt. News
+    of an attempt later than the table knows frees nothing either (a job that ended ignores it).
     """
     if before is None or not event.provider or event.kind not in ENDING_KINDS:
         return None
-    if aim(before, event) is not None or event.attempt > before.attempt:
+    if aim(before, event) is not None or is_early(before, event) or event.attempt > before.attempt:
         return None
     if event.provider_job_id:
         return Release(event.provider, event.attempt, ENDED, event.provider_job_id)

@@ -14,6 +14,13 @@ Kafka redelivers), so ``apply`` is written as a merge rather than a script:
 
 ``recent_events`` is only a shortcut for duplicates: the merge is idempotent,
 so an event older than the window that comes back is harmless.
+
+A provider's word may reach the table before the reroute that sent the job there (the submitter
+writes ``rerouted`` to ``events`` and the order straight to the next provider, whose webhook comes
+through another topic with a lag of its own). ``hold`` keeps such news from the future in the
+state (``early_news``, bounded) until an attempt opens at its provider, which then takes it in as
+if it had come after. ``moved_from`` tells it from news of a provider the job has left, which is
+old news.
 """
 
 from __future__ import annotations
@@ -29,6 +36,10 @@ from typing import Any
 from floodgate.errors import Problem, ValidationError
 
 RECENT_EVENTS_LIMIT = 32
+
+EARLY_NEWS_LIMIT = 8
+"""News from a provider the job is moving to, kept at most (``hold``): the furthest on, so an end
+is never the one let go."""
 
 
 class JobStatus(StrEnum):
@@ -176,12 +187,20 @@ class JobState:
     """When the job joined the line it waits in, if not at its acceptance (epoch seconds): a job
     that spilled to an equivalent joined that line at the back, behind the jobs already waiting
     there (``floodgate.spillover``). None: its place goes by ``created_at``."""
+    moved_from: tuple[str, ...] = ()
+    """The providers the job's earlier attempts were at, but for its current one, sorted: a word
+    from one of them that names no attempt (a webhook) is old news, not news from the future."""
+    early_news: tuple[JobEvent, ...] = ()
+    """News from a provider the job is moving to, read before its ``rerouted`` event (``hold``),
+    by time: taken in when an attempt opens there, let go when the job ends."""
     recent_events: tuple[str, ...] = ()
     version: int = 0
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "status", JobStatus(self.status))
         object.__setattr__(self, "metadata", _frozen_metadata(self.metadata))
+        object.__setattr__(self, "moved_from", tuple(self.moved_from))
+        object.__setattr__(self, "early_news", tuple(self.early_news))
         object.__setattr__(self, "recent_events", tuple(self.recent_events))
 
     @property
@@ -204,6 +223,11 @@ class JobState:
                      "lined_at"):
             if out[name] is None:
                 del out[name]
+        del out["moved_from"], out["early_news"]  # only a job that moved (or is moving) has them
+        if self.moved_from:
+            out["moved_from"] = list(self.moved_from)
+        if self.early_news:
+            out["early_news"] = [_news_dict(e) for e in self.early_news]
         return out
 
     @classmethod
@@ -228,6 +252,8 @@ class JobState:
                 kwargs[f.name] = value
         if problems:
             raise ValidationError(problems)
+        if "early_news" in kwargs:
+            kwargs["early_news"] = tuple(_news_event(kwargs["job_id"], doc) for doc in kwargs["early_news"])
         return cls(**kwargs)
 
 
@@ -292,11 +318,43 @@ def _strings(value: Any) -> str | None:
     return None if ok else "must be a list of strings"
 
 
+_NEWS_FIELDS = ("provider_job_id", "progress", "video_url", "error", "queue_position")
+"""What a provider's word may say besides its id, kind, time, provider and attempt."""
+
+
+def _news_dict(event: JobEvent) -> dict[str, Any]:
+    """A kept event as the state's dict holds it (``early_news``)."""
+    out: dict[str, Any] = {"event_id": event.event_id, "kind": event.kind, "at": event.at, "provider": event.provider,
+                           "attempt": event.attempt}
+    out.update((name, getattr(event, name)) for name in _NEWS_FIELDS if getattr(event, name) is not None)
+    return out
+
+
+def _news_event(job_id: str, doc: Mapping[str, Any]) -> JobEvent:
+    """The event ``_news_dict`` wrote. Raises ``ValidationError`` (or ``TypeError`` for a missing
+    field or one it does not know) when ``doc`` is not one."""
+    if not isinstance(doc.get("provider"), str):
+        raise ValidationError([Problem("provider", "news kept for later names its provider")])
+    return JobEvent(job_id=job_id, **doc)
+
+
+def _news(value: Any) -> str | None:
+    if not isinstance(value, (list, tuple)):
+        return "must be a list of events"
+    for doc in value:
+        try:
+            _news_event("-", doc)
+        except (ValidationError, TypeError, AttributeError) as exc:
+            return f"must be a list of events: {exc}"
+    return None
+
+
 _CHECKS: Mapping[str, Callable[[Any], str | None]] = MappingProxyType({
     "job_id": _job_id, "status": _status, "attempt": _count, "version": _count, "deadline_at": _optional_time,
     "provider_queue_position": _optional_count, "provider_queue_at": _optional_time, "lined_at": _optional_time,
     "progress": _progress, "created_at": _time, "updated_at": _time, "metadata": _metadata,
-    "recent_events": _strings, **{name: _optional_str for name in _OPTIONAL_STR}})
+    "recent_events": _strings, "moved_from": _strings, "early_news": _news,
+    **{name: _optional_str for name in _OPTIONAL_STR}})
 
 
 def field_problem(name: str, value: Any) -> str | None:
@@ -356,6 +414,59 @@ def apply(state: JobState | None, event: JobEvent) -> Transition:
     return Transition(_stamp(state, merged, event), True, became_terminal, reason or "merged")
 
 
+def is_early(state: JobState | None, event: JobEvent) -> bool:
+    """Whether ``event`` is news from the future: from a provider the job is moving to, read before
+    the ``rerouted`` event that sends it there (the submitter writes that event, then the order
+    straight to the next provider's dispatch topic; nothing waits for the jobs table to read it).
+
+    That is a word from a provider other than the job's current one that names a later attempt
+    (its dispatcher's), or that names none (a webhook: attempt 0) from a provider none of the job's
+    earlier attempts was at (``moved_from``). A job that ended takes no more news (it ignores later
+    attempts). Where the state cannot say where a job that moved has been, a word that names no
+    attempt is old news, as it always was: a state written before ``moved_from`` existed (after an
+    upgrade in place: else the timeout of the provider it left, which names attempt 0, would be
+    kept instead of freeing that provider's slot) or a job moved from a provider to itself. So is
+    a webhook from a provider the job left and goes back to (A → B → A): which attempt it speaks
+    of, the table cannot tell.
+    """
+    if state is None or state.terminal or event.kind in ("queued", "rerouted"):
+        return False
+    if not event.provider or not state.provider or event.provider == state.provider:
+        return False
+    if event.attempt:
+        return event.attempt > state.attempt
+    if not state.attempt:
+        return True  # the job has been nowhere else yet
+    return bool(state.moved_from) and event.provider not in state.moved_from
+
+
+def hold(state: JobState | None, event: JobEvent) -> Transition | None:
+    """``state`` keeping ``event``, news from the future (``is_early``), until an attempt opens at
+    its provider (``apply`` then takes it in); None when ``event`` is not such news.
+
+    The job's face does not change, but the state does (its version, ``recent_events``: the news
+    is a duplicate from now on), so the news is as durable as the table. At most
+    ``EARLY_NEWS_LIMIT`` are kept, the furthest on (an end before a start, the latest first):
+    which ones does not depend on the order they came in.
+    """
+    if state is None or not is_early(state, event):
+        return None
+    if event.event_id in state.recent_events or event in state.early_news:
+        return Transition(state, False, False, "duplicate event")
+    kept = _furthest((*state.early_news, event))
+    if kept == state.early_news:
+        return Transition(state, False, False, f"{event.kind} from {event.provider} is behind what is kept")
+    held = dataclasses.replace(state, early_news=kept)
+    return Transition(_stamp(state, held, event), True, False,
+                      f"{event.kind} from {event.provider} kept until the job moves there")
+
+
+def _furthest(news: tuple[JobEvent, ...]) -> tuple[JobEvent, ...]:
+    """The ``EARLY_NEWS_LIMIT`` events of ``news`` furthest on, in the order of their time."""
+    best = sorted(news, key=lambda e: (_RANK[_KIND_STATUS[e.kind]], e.at, e.event_id), reverse=True)
+    return tuple(sorted(best[:EARLY_NEWS_LIMIT], key=lambda e: (e.at, e.event_id)))
+
+
 def _stamp(old: JobState, merged: JobState, event: JobEvent) -> JobState:
     recent = (*old.recent_events, event.event_id)[-RECENT_EVENTS_LIMIT:]
     return dataclasses.replace(
@@ -372,20 +483,34 @@ def _merge(state: JobState, event: JobEvent) -> tuple[JobState, str]:
     s = _merge_identity(state, event) if event.kind == "queued" else state
     filled = "job fields filled" if s is not state else ""
     s, why = _merge_attempt(s, event)
+    if s.early_news:  # what is no longer news from the future goes: old news, or the job ended
+        still = tuple(e for e in s.early_news if is_early(s, e))
+        s = s if still == s.early_news else dataclasses.replace(s, early_news=still)
     return s, "; ".join(r for r in (filled, why) if r)
+
+
+def _left(state: JobState, provider: str | None, now_at: str | None) -> JobState:
+    """``state`` knowing that ``provider`` was at an earlier attempt than the one at ``now_at``."""
+    if provider is None or provider == now_at or provider in state.moved_from:
+        return state
+    return dataclasses.replace(state, moved_from=tuple(sorted((*state.moved_from, provider))))
 
 
 def _merge_attempt(s: JobState, event: JobEvent) -> tuple[JobState, str]:
     if event.attempt < s.attempt:
-        return s, f"stale attempt {event.attempt} < {s.attempt}"
+        # (The provider an old attempt names is one the job left: so it converges in any order.)
+        return _left(s, event.provider, s.provider), f"stale attempt {event.attempt} < {s.attempt}"
     if s.terminal:
         if event.attempt > s.attempt:
             return s, f"{s.status.value} is terminal; attempt {event.attempt} ignored"
         late = _merge_facts(s, event)
         return late, f"{s.status.value} is terminal" + ("; late facts merged" if late is not s else "")
-    if event.attempt > s.attempt:
+    opened = event.attempt > s.attempt
+    if opened:
+        s = _left(s, s.provider, event.provider)
         s = dataclasses.replace(
             s,
+            moved_from=tuple(p for p in s.moved_from if p != event.provider),
             attempt=event.attempt,
             provider=event.provider,
             provider_job_id=None,
@@ -412,7 +537,27 @@ def _merge_attempt(s: JobState, event: JobEvent) -> tuple[JobState, str]:
     s = _merge_facts(s, event)
     s, why = _advance(s, event)
     s = _queue_place(s, event)
+    if opened and s.early_news:
+        s, taken = _take_early(s)
+        why = "; ".join(r for r in (why, taken) if r)
     return s, "; ".join(r for r in (reason, why) if r)
+
+
+def _take_early(s: JobState) -> tuple[JobState, str]:
+    """The attempt that just opened at ``s.provider`` takes in the news kept from there (a webhook's,
+    or its dispatcher's of this attempt), by time, as if it had come now."""
+    due = [e for e in s.early_news if e.provider == s.provider and e.attempt in (0, s.attempt)]
+    if not due:
+        return s, ""
+    s = dataclasses.replace(s, early_news=tuple(e for e in s.early_news if e not in due))
+    whys = []
+    for early in due:
+        lifted = dataclasses.replace(early, attempt=s.attempt)
+        s = _merge_facts(s, lifted)
+        s, why = _advance(s, lifted)
+        s = _queue_place(s, lifted)
+        whys.append(why)
+    return s, "news kept from before: " + (", ".join(w for w in whys if w) or "no change")
 
 
 def _merge_identity(state: JobState, event: JobEvent) -> JobState:

@@ -23,7 +23,7 @@ from floodgate.topics import TopicNames
 from streams.app import create_app
 from streams.context import Pipeline
 from streams.emit import Emitter
-from streams.jobs import JobDesk, home_partition
+from streams.jobs import JobDesk, SeenIds, home_partition
 
 NOW = 1_800_000_000_000
 JOB = "job-1"
@@ -208,3 +208,62 @@ async def test_an_end_the_bridge_released_under_another_name_of_the_job_is_not_r
                                  video_url="https://cdn/v.mp4"))
     assert record_of(desk).state.status.value == "completed" and len(out.to(names.results)) == 1
     assert len(out.to(names.release("wan"))) == releases
+
+
+# -- news from the provider a job is moving to, read before the job's `rerouted` event ------------
+#
+# wan's dispatcher moves the job on by writing `rerouted` to `events` and the order straight to
+# `dispatch.kling`: kling may run the job, and its word reach the jobs agent (through `webhooks`,
+# or kling's own poll through `events`), before the agent reads `rerouted`. Each topic's partition
+# has a lag of its own, so any order of the two is a read order the worker can hand out.
+
+DONE_AT_KLING: dict[str, Any] = {"webhook": lambda: webhook("kling", id="k-done", state="completed",
+                                                             provider_job_id="pj-kling",
+                                                             video_url="https://cdn/k.mp4"),
+                                 "poll": lambda: told("completed", "kling", 1, suffix=":poll:1",
+                                                      provider_job_id="pj-kling", video_url="https://cdn/k.mp4")}
+
+
+@pytest.mark.parametrize("said_by", sorted(DONE_AT_KLING))
+async def test_a_completion_at_the_provider_a_job_is_moving_to_counts_once_the_reroute_is_read(
+        desk: JobDesk, said_by: str) -> None:
+    names, out = desk.pipe.names, sends(desk)
+    desk.pipe.providers["kling"] = Connector()
+    await desk.on_record(request(offset=7))
+    await desk.on_record(webhook("kling", id="k-run", state="running", provider_job_id="pj-kling"))
+    await desk.on_record(DONE_AT_KLING[said_by]())
+    waiting = record_of(desk).state
+    assert (waiting.provider, waiting.attempt, waiting.status.value) == ("wan", 0, "queued"), "not yet the job's"
+    assert not out.to(names.results) and not out.to(names.release("kling")), "kling's news is kept, not dropped"
+    await desk.on_record(told("rerouted", "wan", 1, provider="kling", error="wan unavailable"))
+    done = record_of(desk).state
+    assert (done.status.value, done.provider, done.attempt) == ("completed", "kling", 1)
+    assert (done.provider_job_id, done.video_url, done.route_note) == ("pj-kling", "https://cdn/k.mp4",
+                                                                       "wan unavailable")
+    result, = out.to(names.results)
+    assert (result["status"], result["provider"], result["attempt"]) == ("completed", "kling", 1)
+    # The end frees kling's slot (the bridge frees it too for a webhook: releases of a slot not held
+    # are no-ops); a poll's end is freed by nobody else.
+    release, = out.to(names.release("kling"))
+    assert (release["attempt"], release["status"]) == (1, "completed")
+
+
+async def test_news_kept_for_the_reroute_is_a_duplicate_when_it_comes_again(desk: JobDesk) -> None:
+    names, out = desk.pipe.names, sends(desk)
+    desk.pipe.providers["kling"] = Connector()
+    await desk.on_record(request(offset=7))
+    done = webhook("kling", id="k-done", state="completed", provider_job_id="pj-kling", video_url="https://cdn/k.mp4")
+    await desk.on_record(done)
+    kept = record_of(desk)
+    desk.seen_webhooks = SeenIds()  # a restarted worker: only the table remembers the webhook
+    await desk.on_record(done)
+    assert record_of(desk) == kept, "the same webhook again changes nothing"
+    rerouted = told("rerouted", "wan", 1, provider="kling", error="wan unavailable")
+    await desk.on_record(rerouted)
+    ended = record_of(desk)
+    assert ended.state.status.value == "completed"
+    await desk.on_record(done)
+    assert record_of(desk) == ended and len(out.to(names.results)) == 1, "and after the reroute"
+    await desk.on_record(rerouted)  # the same record again (its offset was not committed): its outputs again
+    assert record_of(desk) == ended and len(out.to(names.results)) == 2
+    assert out.to(names.results)[0] == out.to(names.results)[1]

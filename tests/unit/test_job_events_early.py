@@ -1,0 +1,259 @@
+"""News from the provider a job is moving to, read before the job's ``rerouted`` event: the jobs
+agent's rules (``aim``, ``hold``, ``apply``, ``stray_end``) keep it in the job's state and take it in
+once the reroute is read, whatever the order the worker reads ``webhooks`` and ``events`` in."""
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from floodgate.dispatch import ENDED
+from floodgate.errors import ValidationError
+from floodgate.jobs.events import Release, aim, stray_end
+from floodgate.jobs.record import JobRecord, snapshot
+from floodgate.jobs.state import (
+    EARLY_NEWS_LIMIT,
+    TERMINAL,
+    JobEvent,
+    JobState,
+    JobStatus,
+    apply,
+    hold,
+    is_early,
+    is_state_dict,
+)
+
+JOB = "j1"
+
+
+def queued(provider: str = "wan") -> JobEvent:
+    return JobEvent(event_id=f"{JOB}:queued", job_id=JOB, kind="queued", at=1.0, provider=provider, tenant="acme",
+                    user_id="u1", model="wan-2.6")
+
+
+def rerouted(to: str, attempt: int, by: str = "wan", at: float = 2.0) -> JobEvent:
+    """As the dispatcher of ``by`` writes it, before it sends the order to ``to``."""
+    return JobEvent(event_id=f"{JOB}:rerouted:{by}:{attempt}", job_id=JOB, kind="rerouted", at=at, provider=to,
+                    attempt=attempt, error=f"{by} unavailable")
+
+
+def said(by: str, kind: str, *, hook: str | None = None, attempt: int = 0, at: float = 5.0, **kw: Any) -> JobEvent:
+    """A provider's word: a webhook (``hook``: its id; attempt 0, it names none) or its dispatcher's
+    poll (the slot's attempt)."""
+    if kind == "completed":
+        kw.setdefault("video_url", f"https://cdn/{by}.mp4")
+    event_id = f"wh:{by}:{hook}" if hook else f"{JOB}:{kind}:{by}:{attempt}:poll:{at}"
+    return JobEvent(event_id=event_id, job_id=JOB, kind=kind, at=at, provider=by, attempt=attempt, **kw)
+
+
+def agent(state: JobState | None, event: JobEvent) -> JobState | None:
+    """What the jobs agent makes of ``event`` (``streams.jobs.JobDesk.on_event``), state only."""
+    aimed = aim(state, event)
+    if aimed is not None:
+        return apply(state, aimed).state
+    held = hold(state, event)
+    return state if held is None else held.state
+
+
+def through(events: list[JobEvent]) -> JobState:
+    state: JobState | None = None
+    for event in events:
+        state = agent(state, event)
+    assert state is not None
+    return state
+
+
+AT_WAN = through([queued()])
+
+
+@pytest.mark.parametrize("done", [said("kling", "completed", hook="k-done", provider_job_id="pk"),
+                                  said("kling", "completed", attempt=1, provider_job_id="pk")],
+                         ids=["webhook", "poll"])
+def test_an_end_at_the_provider_the_job_is_moving_to_is_kept_until_the_reroute_then_ends_the_job(
+        done: JobEvent) -> None:
+    assert aim(AT_WAN, done) is None, "not the current attempt's news"
+    assert stray_end(AT_WAN, done) is None, "no stray: kling's slot is the job's next attempt's"
+    step = hold(AT_WAN, done)
+    assert step is not None and step.changed and not step.became_terminal
+    kept = step.state
+    assert kept is not None and kept.early_news == (done,)
+    assert snapshot(kept) == {**snapshot(AT_WAN), "version": kept.version, "updated_at": 5000}, "nothing shows"
+    moved = apply(kept, rerouted("kling", 1))
+    assert moved.state is not None and moved.became_terminal, moved.reason
+    assert (moved.state.status, moved.state.provider, moved.state.attempt) == (JobStatus.COMPLETED, "kling", 1)
+    assert (moved.state.provider_job_id, moved.state.video_url) == ("pk", "https://cdn/kling.mp4")
+    assert (moved.state.route_note, moved.state.moved_from, moved.state.early_news) == ("wan unavailable",
+                                                                                       ("wan",), ())
+
+
+def test_without_the_news_kept_the_reroute_would_leave_the_job_waiting_for_good() -> None:
+    """What the table did before: the completion was dropped, and the reroute opened an attempt
+    that nothing would ever end (the bridge had freed kling's slot, so no poll looks again)."""
+    lost = apply(AT_WAN, rerouted("kling", 1)).state
+    assert lost is not None and lost.status is JobStatus.QUEUED
+    kept = through([queued(), said("kling", "completed", hook="k-done"), rerouted("kling", 1)])
+    assert kept.status is JobStatus.COMPLETED
+
+
+@pytest.mark.parametrize(("state", "event", "early"), [
+    (AT_WAN, said("kling", "running", hook="h"), True),  # a webhook from where the job goes next
+    (AT_WAN, said("kling", "failed", attempt=1), True),  # its dispatcher's, of the next attempt
+    (AT_WAN, said("wan", "running", hook="h"), False),  # the job's own provider: applied
+    (AT_WAN, said("wan", "running", attempt=2), False),  # (an attempt it opens: apply's to say)
+    (AT_WAN, JobEvent(event_id="c", job_id=JOB, kind="cancelled", at=5.0), False),  # a user's: no provider
+    (AT_WAN, rerouted("kling", 1), False),  # the reroute itself
+    (None, said("kling", "running", hook="h"), False),  # nothing known yet: applied
+    (through([queued(), rerouted("kling", 1)]), said("wan", "completed", hook="h"), False),  # left: old news
+    (through([queued(), rerouted("kling", 1)]), said("wan", "failed", attempt=0), False),
+    (through([queued(), rerouted("kling", 1)]), said("veo", "running", hook="h"), True),  # kling's fallback
+    (through([queued(), rerouted("kling", 1)]), said("veo", "running", attempt=1), False),  # names an old attempt
+    (through([queued(), rerouted("kling", 1)]), said("wan", "running", attempt=2), True),  # wan again, later
+    # A job at kling written before states said where they had been: wan's word is old news, and
+    # wan's timeout (attempt 0) frees wan's slot as it did (stray_end), rather than being kept.
+    (JobState(job_id=JOB, provider="kling", attempt=1), said("wan", "failed", attempt=0), False),
+    (JobState(job_id=JOB, provider="kling", attempt=1), said("veo", "running", hook="h"), False),
+    (through([queued(), JobEvent(event_id="c", job_id=JOB, kind="cancelled", at=3.0)]),
+     said("kling", "running", hook="h"), False),  # the job ended: its later attempts are ignored
+])
+def test_news_from_the_future_is_from_another_provider_than_the_jobs_and_none_it_left(
+        state: JobState | None, event: JobEvent, early: bool) -> None:
+    assert is_early(state, event) is early
+    assert (hold(state, event) is not None) is early
+    if early:
+        assert aim(state, event) is None, "the agent holds only what aim does not apply"
+
+
+def test_a_provider_the_job_left_is_remembered_so_its_word_is_still_old_news_and_its_slot_freed() -> None:
+    at_kling = through([queued(), rerouted("kling", 1)])
+    assert at_kling.moved_from == ("wan",)
+    late = said("wan", "completed", hook="w-done", provider_job_id="pw")
+    assert hold(at_kling, late) is None
+    assert stray_end(at_kling, late) == Release("wan", 0, ENDED, "pw")
+    assert through([queued(), rerouted("kling", 1), late]) == at_kling
+
+
+def test_a_second_reroute_read_first_takes_in_its_providers_news_and_lets_the_skipped_ones_go() -> None:
+    """wan → kling → veo: kling's fallback and veo's word are both read before wan's reroute."""
+    to_veo = rerouted("veo", 2, by="kling", at=3.0)
+    run = said("veo", "running", hook="v-run", provider_job_id="pv", at=4.0)
+    kling_run = said("kling", "running", hook="k-run", at=2.5)  # (a word kling never should have said)
+    state = through([queued(), kling_run, run, to_veo])
+    assert (state.status, state.provider, state.attempt, state.provider_job_id) == (JobStatus.RUNNING, "veo", 2,
+                                                                                     "pv")
+    assert state.early_news == (kling_run,), "kling's attempt has not been read yet: it is kept"
+    after = agent(state, rerouted("kling", 1))
+    assert after is not None
+    assert (after.attempt, after.provider, after.moved_from, after.early_news) == (2, "veo", ("kling", "wan"), ())
+
+
+def test_news_kept_goes_when_the_job_ends_first() -> None:
+    kept = through([queued(), said("kling", "running", hook="k-run")])
+    assert kept.early_news
+    cancelled = agent(kept, JobEvent(event_id="c", job_id=JOB, kind="cancelled", at=6.0))
+    assert cancelled is not None and cancelled.status is JobStatus.CANCELLED and cancelled.early_news == ()
+    assert "early_news" not in cancelled.to_dict()
+    assert agent(cancelled, rerouted("kling", 1)) == cancelled, "a job that ended takes no reroute"
+
+
+def test_news_kept_again_is_a_duplicate() -> None:
+    done = said("kling", "completed", hook="k-done")
+    kept = through([queued(), done])
+    again = hold(kept, done)
+    assert again is not None and not again.changed and again.state is kept
+    forgotten = dataclasses.replace(kept, recent_events=())  # past the dedupe window: still kept once
+    again = hold(forgotten, done)
+    assert again is not None and not again.changed
+
+
+def test_at_most_the_limit_is_kept_and_an_end_is_never_let_go() -> None:
+    words = [said("kling", "progress", hook=f"p{i}", at=10.0 + i, progress=i / 40) for i in range(3 * EARLY_NEWS_LIMIT)]
+    done = said("kling", "completed", hook="k-done", at=9.0, provider_job_id="pk")  # (its clock was behind)
+    state = through([queued(), done, *words])
+    assert len(state.early_news) == EARLY_NEWS_LIMIT and done in state.early_news
+    assert state.early_news == tuple(sorted(state.early_news, key=lambda e: e.at)), "taken in by time"
+    ended = agent(state, rerouted("kling", 1))
+    assert ended is not None and ended.status is JobStatus.COMPLETED and ended.progress == 1.0
+
+
+def test_a_job_that_never_moved_writes_what_it_wrote_before() -> None:
+    """The happy path's changelog records carry no new field."""
+    state = through([queued(), said("wan", "running", hook="r"), said("wan", "completed", hook="d")])
+    assert state.status is JobStatus.COMPLETED
+    assert not {"moved_from", "early_news"} & set(state.to_dict())
+
+
+def test_a_state_with_news_kept_round_trips_and_bad_news_is_named() -> None:
+    kept = through([queued(), said("kling", "submitted", attempt=1, provider_job_id="pk", queue_position=3),
+                    said("kling", "failed", hook="k-fail", error="content policy")])
+    moved = through([queued(), rerouted("kling", 1)])
+    for state in (kept, moved):
+        assert JobState.from_dict(state.to_dict()) == state
+        assert JobRecord.decode(JobRecord(state, "e").encode()).state == state
+        assert is_state_dict(state.to_dict())
+    for bad in ([{"event_id": "x", "kind": "exploded", "at": 1.0, "provider": "kling", "attempt": 0}],
+                [{"event_id": "x", "kind": "running", "at": 1.0, "attempt": 0}],  # no provider
+                [{"event_id": "x", "kind": "running", "at": 1.0, "provider": "kling", "attempt": 0, "odd": 1}],
+                ["x"], "x"):
+        doc = {**kept.to_dict(), "early_news": bad}
+        assert not is_state_dict(doc)
+        with pytest.raises(ValidationError) as err:
+            JobState.from_dict(doc)
+        assert [p.field for p in err.value.problems] == ["early_news"]
+
+
+# --- any read order converges ------------------------------------------------------------------
+
+PROVIDERS = ["wan", "kling", "veo"]
+
+
+@st.composite
+def moving_job(draw: st.DrawFn) -> list[JobEvent]:
+    """A job's events in the order they happened: admitted at wan, moved on once or twice (each
+    move before the provider took the job), then at its last provider words by webhook and by
+    poll, and an end; wan may still say it runs (a duplicate dispatch), but never that it ended."""
+    moves = draw(st.integers(1, 2))
+    events = [queued()]
+    if draw(st.booleans()):
+        events.append(said("wan", "running", hook="w-run", at=1.5))
+    for attempt in range(1, moves + 1):
+        events.append(rerouted(PROVIDERS[attempt], attempt, by=PROVIDERS[attempt - 1], at=1.0 + attempt))
+    last, at = PROVIDERS[moves], 10.0
+    words = draw(st.lists(st.sampled_from(["running", "progress", "place"]), max_size=5))
+    for i, word in enumerate(words):
+        at += 1
+        by_hook = draw(st.booleans())
+        kw: dict[str, Any] = {"hook": f"{last}-{i}"} if by_hook else {"attempt": moves}
+        if word == "place":
+            events.append(said(last, "submitted", at=at, provider_job_id="pj", queue_position=len(words) - i,
+                               attempt=moves))  # (places come from polls)
+        else:
+            events.append(said(last, word, at=at, provider_job_id="pj",
+                               progress=(i + 1) / 10 if word == "progress" else None, **kw))
+    end = draw(st.sampled_from(["completed", "failed"]))
+    end_kw: dict[str, Any] = {"hook": f"{last}-end"} if draw(st.booleans()) else {"attempt": moves}
+    events.append(said(last, end, at=at + 1, provider_job_id="pj", **end_kw))
+    return events
+
+
+def semantic(state: JobState) -> dict[str, Any]:
+    """Everything but the bookkeeping that depends on arrival order by design."""
+    doc = state.to_dict()
+    del doc["version"], doc["recent_events"]
+    return doc
+
+
+@settings(max_examples=300)
+@given(history=moving_job(), data=st.data())
+def test_any_read_order_with_duplicates_ends_the_job_as_the_order_it_happened_in(
+        history: list[JobEvent], data: st.DataObject) -> None:
+    expected = through(history)
+    moves = max(e.attempt for e in history if e.kind == "rerouted")
+    assert expected.status in TERMINAL and (expected.provider, expected.attempt) == (PROVIDERS[moves], moves)
+    # The request is read first (its order is what sends the job anywhere); the rest in any order.
+    shuffled = [history[0], *data.draw(st.permutations(history[1:]))]
+    for again in data.draw(st.lists(st.sampled_from(history), max_size=4)):
+        shuffled.insert(data.draw(st.integers(1, len(shuffled))), again)
+    assert semantic(through(shuffled)) == semantic(expected)
