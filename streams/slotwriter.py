@@ -15,10 +15,10 @@ pipeline bench, limit 500 and instant renders, all of it through such a producer
 against 284). ``FLOODGATE_SLOT_PRODUCER_LIMIT`` draws the line (``streams/dispatcher.py``).
 
 What the guarantees rest on, unchanged: every write of a table that uses the writer goes through
-it, in the order it was made, over one idempotent ``acks=all`` producer at a time, so a key's
-records keep their order. Before Faust commits offsets it flushes its producer, and the worker's
-app flushes this writer with it (``streams/app.py``): no offset is committed past a slot write not
-on Kafka.
+it, and a partition's writes go out in the order they were made, over one idempotent ``acks=all``
+producer at a time, so a key's records keep their order. Before Faust commits offsets it flushes
+its producer, and the worker's app flushes this writer with it (``streams/app.py``): no offset is
+committed past a slot write not on Kafka.
 
 A producer that failed a write is replaced (``renewals``). aiokafka 0.14's idempotent producer
 numbers a partition's batches as it drains them (``MessageAccumulator._pop_batch``) and never resets
@@ -29,11 +29,16 @@ with ``OutOfOrderSequenceNumber`` for as long as the producer lives (pinned on t
 ``tests/integration/test_slot_writer_renewal.py``). ``RecordTable`` sends a refused slot record
 again until it lands, and the worker's flush waits for it (``Owed``): through that producer the
 resends would fail forever, no commit would pass them, and the worker would hold its partitions
-doing nothing. A new producer (a new id, numbers from 0) takes the resend. It sends nothing until
-the old one's ``stop()`` returned: its flush (every record it held acknowledged or refused), then
-its sender's end (which awaits the requests on their way). So a record of the old producer lands
-before the new one's first or not at all, and a key's records keep their order across the change
-(a refused one is sent again only while it is still its key's latest, ``Owed``).
+doing nothing. A new producer (a new id, numbers from 0) takes the resend and the writes after it
+at once, except those to a partition the old producer still holds records of (taken, neither
+acknowledged nor refused yet): they wait until those are settled (``_held``). A record's future
+settles when the request that carried it has returned, or when its batch expired unsent, so a
+settled record can no longer land; a key is written to one partition, so its records keep their
+order across the change (a refused one is sent again only while it is still its key's latest,
+``Owed``). Order across partitions was never Kafka's to keep, and is not kept here: a partition the
+old producer cannot settle for long (``NOT_ENOUGH_REPLICAS``, which it retries without end) holds
+up its own writes only, not the provider's other slots. The old producer is stopped in the
+background; ``stop`` waits for it.
 """
 from __future__ import annotations
 
@@ -45,10 +50,14 @@ from functools import partial
 from typing import Any
 
 from aiokafka import AIOKafkaProducer
+from aiokafka.errors import MessageSizeTooLargeError
 
 from floodgate.tasks import cancel_and_wait
 
 log = logging.getLogger(__name__)
+
+Partition = tuple[str, int]
+"""A topic and one of its partitions."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -61,9 +70,9 @@ class SlotWrite:
 
 
 class SlotWriter:
-    """Sends table records in the order they are handed over, each future resolved once Kafka
-    acknowledged its record (or failed with the producer's error; the writer then takes a new
-    producer for the writes after it, see the module docstring)."""
+    """Sends table records in the order they are handed over (per partition), each future resolved
+    once Kafka acknowledged its record (or failed with the producer's error; the writer then takes
+    a new producer for the writes after it, see the module docstring)."""
 
     def __init__(self, bootstrap: str, *, client_id: str = "floodgate-slots") -> None:
         self.bootstrap = bootstrap
@@ -72,12 +81,18 @@ class SlotWriter:
         """Whether any table writes through this writer: only then is it started with the worker."""
         self._queue: deque[tuple[SlotWrite, asyncio.Future[Any]]] = deque()
         self._unacked: set[asyncio.Future[Any]] = set()
+        self._in_flight: dict[asyncio.Future[Any], tuple[SlotWrite, asyncio.Future[Any], AIOKafkaProducer]] = {}
+        """Per record a producer took and has not settled (the producer's future): its write, the
+        caller's future and the producer."""
+        self._held: dict[Partition, set[asyncio.Future[Any]]] = {}
+        """Partitions with records on a retired producer not settled yet (their futures): the
+        writes to them wait, in order, and the others go on. Empty but after a renewal."""
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self._producer: AIOKafkaProducer | None = None
-        self._starting: asyncio.Future[None] | None = None
-        self._retiring: asyncio.Task[None] | None = None
-        """The stop of the last producer that failed a write: the next one sends after it."""
+        self._starting: asyncio.Task[None] | None = None
+        self._closing: set[asyncio.Task[None]] = set()
+        """The stops of retired producers and of producers whose start failed (``stop`` waits)."""
         self._stopped = False
         self.renewals = 0
         """Producers replaced after they failed a write (for tests and logs)."""
@@ -92,7 +107,7 @@ class SlotWriter:
 
     def send(self, write: SlotWrite) -> asyncio.Future[Any]:
         """Queue ``write``; the future resolves once Kafka has it. Never blocks: the order of calls
-        is the order on Kafka."""
+        is the order on Kafka (of each partition)."""
         if self._stopped:
             raise RuntimeError("the slot writer is stopped")
         done: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
@@ -114,20 +129,18 @@ class SlotWriter:
     async def start(self) -> None:
         """Connect (once, however many callers ask at the same time)."""
         if self._starting is None:
-            self._starting = asyncio.ensure_future(self._connect())
+            self._starting = asyncio.create_task(self._connect(), name="slot-writer-connect")
         await asyncio.shield(self._starting)
 
     async def _connect(self) -> None:
-        if self._retiring is not None:  # a new producer sends nothing before the old one stopped
-            await asyncio.shield(self._retiring)  # (shielded: ``stop`` awaits it too)
         # Linger 0: a slot write is sent as soon as the request before it returned.
         producer = AIOKafkaProducer(bootstrap_servers=self.bootstrap, client_id=self.client_id, acks="all",
                                     enable_idempotence=True, linger_ms=0)
         try:
             await producer.start()
-        except BaseException:
+        except BaseException:  # (cancelled too: by ``stop``, which waits for this close)
             self._starting = None  # the next write tries again
-            await producer.stop()
+            self._close(producer)
             raise
         self._producer = producer
 
@@ -140,7 +153,8 @@ class SlotWriter:
             await asyncio.wait(pending)
 
     async def stop(self) -> None:
-        """Flush, then close the producer. Writes handed over after this raise."""
+        """Flush, then close the producers (a retired one once it has settled what it holds, one
+        still connecting at once). Writes handed over after this raise."""
         if self._task is not None and not self._task.done():
             await self.flush()
         self._stopped = True
@@ -149,10 +163,14 @@ class SlotWriter:
             if not done.done():
                 done.set_exception(RuntimeError("the slot writer stopped before sending this write"))
         self._queue.clear()
-        if self._starting is not None and not self._starting.done():
-            self._starting.cancel()
-        if self._retiring is not None:
-            await self._retiring
+        starting, self._starting = self._starting, None
+        if starting is not None and not starting.done():
+            # A start can wait for the broker for good: cut it short; its producer is then closed
+            # like a retired one, below.
+            starting.cancel()
+            await asyncio.wait([starting])
+        while self._closing:
+            await asyncio.wait(list(self._closing))  # (not gather: a stop cancelled meanwhile leaves them be)
         if self._producer is not None:
             await self._producer.stop()
             self._producer = None
@@ -160,7 +178,10 @@ class SlotWriter:
     async def _run(self) -> None:
         while True:
             while self._queue:
-                write, done = self._queue[0]
+                index = self._first_free() if self._held else 0
+                if index is None:  # every queued write waits for its partition (``_release`` wakes us)
+                    break
+                write, done = self._queue[index]
                 producer = self._producer
                 try:
                     if producer is None:
@@ -173,25 +194,42 @@ class SlotWriter:
                 except asyncio.CancelledError:
                     raise
                 except Exception as exc:  # the caller decides: put_reliably_in sends it again
-                    self._queue.popleft()  # (``_landed`` logs it)
-                    # Not taken: no batch number spent, unless the producer's sender died (every
-                    # send then raises its error); a new producer costs little either way.
-                    self._retire(producer, exc)
+                    del self._queue[index]  # (``_landed`` logs it)
+                    # Not taken: no batch number spent. Replaced all the same, in case its sender
+                    # died (every send then raises its error; a new producer costs little), but
+                    # not for a record over ``max_request_size``, which aiokafka refuses before
+                    # anything and a new producer would refuse too: each resend of each such
+                    # record would cost a producer.
+                    if not isinstance(exc, MessageSizeTooLargeError):
+                        self._retire(producer, exc)
                     if not done.done():
                         done.set_exception(exc)
                     continue
-                self._queue.popleft()
-                sent.add_done_callback(partial(self._settle, done, producer=producer))
+                # (Writes are only appended meanwhile, and only this task takes any out.)
+                del self._queue[index]
+                self._in_flight[sent] = (write, done, producer)
+                sent.add_done_callback(self._settle)
+                if producer is not self._producer:  # retired while it took this record
+                    self._hold(sent, write)
             self._wake.clear()
             await self._wake.wait()
 
-    def _settle(self, done: asyncio.Future[Any], result: asyncio.Future[Any], producer: AIOKafkaProducer) -> None:
+    def _first_free(self) -> int | None:
+        """The queue's first write to a partition no retired producer holds records of (a held
+        partition's writes stay behind in the queue, in their order)."""
+        for index, (write, _) in enumerate(self._queue):
+            if (write.topic, write.partition) not in self._held:
+                return index
+        return None
+
+    def _settle(self, sent: asyncio.Future[Any]) -> None:
+        _, done, producer = self._in_flight.pop(sent)
         error: BaseException
-        if result.cancelled():
+        if sent.cancelled():
             error = RuntimeError("the slot write was cancelled by the producer")
-        elif (exc := result.exception()) is None:
+        elif (exc := sent.exception()) is None:
             if not done.done():
-                done.set_result(result.result())
+                done.set_result(sent.result())
             return
         else:
             error = exc
@@ -203,18 +241,42 @@ class SlotWriter:
 
     def _retire(self, producer: AIOKafkaProducer | None, error: BaseException | None) -> None:
         """Stop ``producer`` after it failed a write (once, however many writes it failed); the
-        next write waits for that stop, then connects a new one."""
+        next write connects a new one, and the writes to a partition it still holds records of
+        wait until those are settled."""
         if producer is None or producer is not self._producer or self._stopped:
             # Retired already, never connected (``start`` failed: the next write tries again), or
             # being stopped with the writer.
             return
         self._producer, self._starting = None, None
         self.renewals += 1
-        log.warning("the slot writer's producer failed a write (%s): a new producer takes the writes after it, "
-                    "once the old one has settled every record it holds", error)
-        # No producer is made while a stop is under way (``_connect`` waits for it first), so
-        # this stop is the only one: nothing to chain.
-        self._retiring = asyncio.ensure_future(_stop_quietly(producer))
+        log.warning("the slot writer's producer failed a write (%s): a new producer takes the writes after it "
+                    "(those to a partition the old one holds records of once it has settled them)", error)
+        for sent, (write, _, owner) in self._in_flight.items():
+            if owner is producer and not sent.done():
+                self._hold(sent, write)
+        self._close(producer)
+
+    def _hold(self, sent: asyncio.Future[Any], write: SlotWrite) -> None:
+        """No write to ``write``'s partition goes out before ``sent`` (its record, on a retired
+        producer) is settled."""
+        partition = (write.topic, write.partition)
+        self._held.setdefault(partition, set()).add(sent)
+        sent.add_done_callback(partial(self._release, partition))
+
+    def _release(self, partition: Partition, sent: asyncio.Future[Any]) -> None:
+        held = self._held.get(partition)
+        if held is None:
+            return
+        held.discard(sent)
+        if not held:
+            del self._held[partition]
+            self._wake.set()
+
+    def _close(self, producer: AIOKafkaProducer) -> None:
+        """Stop ``producer`` in the background (``stop`` waits for it)."""
+        closing = asyncio.ensure_future(_stop_quietly(producer))
+        self._closing.add(closing)
+        closing.add_done_callback(self._closing.discard)
 
 
 def writes_alone(limit: int, max_limit: int) -> bool:
@@ -229,7 +291,7 @@ async def _stop_quietly(producer: AIOKafkaProducer) -> None:
     try:
         await producer.stop()
     except Exception as exc:
-        log.warning("stopping the slot writer's failed producer: %s", exc)
+        log.warning("stopping a producer of the slot writer: %s", exc)
 
 
 __all__ = ["SlotWrite", "SlotWriter", "writes_alone"]

@@ -19,7 +19,7 @@ from aiokafka.errors import MessageSizeTooLargeError, OutOfOrderSequenceNumber
 from confluent_kafka.admin import AdminClient, NewTopic
 
 from streams.app import create_app
-from streams.slotwriter import SlotWrite
+from streams.slotwriter import SlotWrite, SlotWriter
 from streams.tables import RecordTable
 from tests.kafka_util import consume_until, unique_name
 
@@ -76,5 +76,27 @@ async def test_a_slot_record_refused_after_the_producer_broke_lands_before_the_c
         assert writer.renewals == 1
         got = await asyncio.to_thread(consume_until, kafka_bootstrap, changelog, lambda ms: len(ms) >= 2)
         assert [(m.key(), m.value()) for m in got] == [(b"0:job-a", b"taken"), (b"0:job-a", b"freed")]
+    finally:
+        await writer.stop()
+
+
+async def test_a_tick_of_writes_refused_with_a_record_kafka_never_takes_costs_one_renewal(kafka_bootstrap: str) -> None:
+    """Kafka refuses a batch whole: records of other keys handed over with one it will never take
+    (over the topic's ``max.message.bytes``) share its batch and are refused with it, and
+    ``RecordTable`` sends each of them again a second later, on the same tick. They go out through
+    the next producer together before any answer comes back: a new producer a tick, not one a
+    record."""
+    topic = unique_name("slots-")
+    create_small_topic(kafka_bootstrap, topic)
+    writer = SlotWriter(kafka_bootstrap)
+    writes = [SlotWrite(topic, 0, b"0:big", TOO_LARGE), SlotWrite(topic, 0, b"0:a", b"a1"),
+              SlotWrite(topic, 0, b"0:b", b"b1")]
+    try:
+        for tick in (1, 2, 3):
+            sent = [writer.send(write) for write in writes]
+            async with asyncio.timeout(30):
+                await asyncio.wait(sent)
+            assert all(isinstance(f.exception(), MessageSizeTooLargeError) for f in sent)
+            assert writer.renewals == tick
     finally:
         await writer.stop()

@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from aiokafka.errors import OutOfOrderSequenceNumber
+from aiokafka.errors import MessageSizeTooLargeError, OutOfOrderSequenceNumber
 
 from floodgate.errors import ConfigError
 from floodgate.provider_config import dev_setup
@@ -62,8 +62,14 @@ def test_a_negative_limit_is_refused() -> None:
 
 # --- a producer that failed a write is replaced ----------------------------------------------------
 # aiokafka's real behaviour (a refused batch spends its partition's batch numbers for good) is
-# pinned on the broker in tests/integration/test_slot_writer_renewal.py; here the producers are
-# stand-ins, so the test can hold a record in flight on the old producer while the new one is due.
+# pinned on the broker in tests/integration/test_slot_writer_renewal.py, and the writer is run with
+# aiokafka's producer against a stand-in broker in tests/unit/test_slotwriter_aiokafka.py; here the
+# producers are stand-ins, so a test can hold a record in flight on the old producer while the new
+# one is due.
+
+MAX_REQUEST = 64
+"""The stand-in producer's ``max_request_size``: a larger record is refused by ``send`` itself."""
+
 
 class Producers:
     """Every stand-in producer the writer made, and the records that reached "Kafka", in order."""
@@ -73,7 +79,11 @@ class Producers:
         self.landed: list[tuple[bytes, bytes | None]] = []
         self.changed = asyncio.Event()
         self.land_at_once = False
-        """Whether a producer made from now on has each record land as it takes it."""
+        """Whether every record lands as soon as a producer takes it."""
+        self.connecting: asyncio.Future[None] | None = None
+        """Set: every ``start`` waits for it (a broker that does not answer)."""
+        self.returning: dict[bytes, asyncio.Future[None]] = {}
+        """Per key: ``send`` takes the record, then returns only once this is set."""
 
     async def until(self, done: Callable[[], bool]) -> None:
         async with asyncio.timeout(5):
@@ -83,34 +93,46 @@ class Producers:
 
 
 class StandInProducer:
-    """aiokafka's producer as the writer uses it: ``send`` hands back the record's future;
-    ``stop`` returns once every record it took is acknowledged or refused (its flush)."""
+    """aiokafka's producer as the writer uses it: ``send`` hands back the record's future (or
+    raises, for a record over ``MAX_REQUEST``, before taking it); ``stop`` returns once every
+    record it took is acknowledged or refused (its flush)."""
 
     def __init__(self, producers: Producers) -> None:
         self.producers = producers
         self.taken: list[tuple[bytes, bytes | None, asyncio.Future[Any]]] = []
+        self.started = False
         self.stopping = False
         self.stopped = False
-        self.land_at_once = producers.land_at_once
         producers.made.append(self)
         producers.changed.set()
 
     async def start(self) -> None:
-        pass
+        self.started = True
+        self.producers.changed.set()
+        if self.producers.connecting is not None:
+            await self.producers.connecting
 
     async def send(self, topic: str, value: bytes | None = None, key: bytes = b"", partition: int = 0) -> Any:
+        if value is not None and len(value) > MAX_REQUEST:
+            raise MessageSizeTooLargeError("larger than max_request_size")
         assert not self.stopping, "a record handed to a producer being stopped"
         future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
         self.taken.append((key, value, future))
         self.producers.changed.set()
-        if self.land_at_once:
+        if self.producers.land_at_once:
             self.land(len(self.taken) - 1)
+        if (returning := self.producers.returning.get(key)) is not None:
+            await returning
         return future
+
+    def keys(self) -> list[bytes]:
+        return [key for key, _, _ in self.taken]
 
     def land(self, index: int) -> None:
         key, value, future = self.taken[index]
         self.producers.landed.append((key, value))
         future.set_result(len(self.producers.landed) - 1)
+        self.producers.changed.set()
 
     def refuse(self, index: int) -> None:
         self.taken[index][2].set_exception(OutOfOrderSequenceNumber())
@@ -136,12 +158,20 @@ def producers(monkeypatch: pytest.MonkeyPatch) -> Producers:
 async def writer(producers: Producers) -> AsyncIterator[SlotWriter]:
     made = SlotWriter("stand-in:9092")
     yield made
-    # A test that failed may leave records unsettled, and a stop would wait for them for good.
+    # A test that failed may leave records unsettled, and a stop would wait for them for good:
+    # refused, and those taken from now on land at once.
+    producers.land_at_once = True
     for producer in producers.made:
         for _, _, future in producer.taken:
             if not future.done():
                 future.set_exception(OutOfOrderSequenceNumber())
-    await made.stop()
+    if producers.connecting is not None and not producers.connecting.done():
+        producers.connecting.set_result(None)
+    for returning in producers.returning.values():
+        if not returning.done():
+            returning.set_result(None)
+    async with asyncio.timeout(5):
+        await made.stop()
 
 
 async def test_a_write_sent_again_after_a_refusal_goes_through_a_new_producer(producers: Producers,
@@ -159,36 +189,76 @@ async def test_a_write_sent_again_after_a_refusal_goes_through_a_new_producer(pr
     await producers.until(lambda: len(producers.made) == 2 and len(producers.made[1].taken) == 1)
     producers.made[1].land(0)
     await again
-    assert old.stopped
+    await producers.until(lambda: old.stopped)
     assert old.taken[1:] == []  # nothing after the refusal went through the old producer
     assert producers.landed == [(b"0:job", b"taken")]
     assert writer.renewals == 1
 
 
-async def test_the_new_producer_sends_nothing_before_the_old_one_settled_what_it_held(producers: Producers,
-                                                                                      writer: SlotWriter) -> None:
-    """A key's records keep their order across the change: a record still in flight on the old
-    producer (``0:b``'s first) lands, or is refused, before the new producer sends anything (its
-    second). Sent at once, the second could land first, and a recovery would read the first."""
+async def test_after_a_renewal_only_the_partitions_the_old_producer_holds_records_of_wait(
+        producers: Producers, writer: SlotWriter) -> None:
+    """A key's records keep their order across the change: ``0:b``'s first record, still in flight
+    on the old producer (partition 1, its leader short of replicas, say: aiokafka retries that
+    without end), lands or is refused before its second goes out through the new producer. The
+    other partitions do not wait for it: the refused record sent again (partition 0, where the old
+    producer holds nothing more) and a slot on partition 2 go out at once. Before, every write
+    waited for the old producer's stop, so one sick partition held up all of a provider's slots."""
     refused = writer.send(SlotWrite("slots", 0, b"0:a", b"a1"))
     in_flight = writer.send(SlotWrite("slots", 1, b"0:b", b"b1"))
     await producers.until(lambda: len(producers.made) == 1 and len(producers.made[0].taken) == 2)
     old = producers.made[0]
-    producers.land_at_once = True  # the producers made from now on: Kafka takes their records at once
     old.refuse(0)
     with pytest.raises(OutOfOrderSequenceNumber):
         await refused
     later = writer.send(SlotWrite("slots", 1, b"0:b", b"b2"))
-    await producers.until(lambda: old.stopping)
-    # The loop turns in which a writer that did not wait would make a new producer and send b2
-    # through it (a handful); ours waits for the old producer's stop, which waits for b1.
-    for _ in range(50):
-        await asyncio.sleep(0)
-    assert producers.landed == []
+    again = writer.send(SlotWrite("slots", 0, b"0:a", b"a1"))
+    other = writer.send(SlotWrite("slots", 2, b"0:c", b"c1"))
+    await producers.until(lambda: len(producers.made) == 2 and len(producers.made[1].taken) == 2)
+    new = producers.made[1]
+    # Taken in the order handed over, so b2 (handed over first) would be among them by now.
+    assert new.keys() == [b"0:a", b"0:c"]
+    new.land(0)
+    new.land(1)
+    await again
+    await other
     assert not later.done()
-    old.land(1)
+    assert not old.stopped
+    old.land(1)  # the partition's leader has its replicas back
+    await producers.until(lambda: len(new.taken) == 3)
+    new.land(2)
     await in_flight
     await later
+    assert producers.landed == [(b"0:a", b"a1"), (b"0:c", b"c1"), (b"0:b", b"b1"), (b"0:b", b"b2")]
+    await producers.until(lambda: old.stopped)
+
+
+async def test_a_record_taken_by_a_producer_as_it_was_retired_holds_its_partition_too(
+        producers: Producers, writer: SlotWriter) -> None:
+    """The writer knows a record is the producer's once ``send`` returned; the producer can fail
+    another write in between (the record is then taken by a producer already retired), and that
+    record's partition waits for it like the others."""
+    refused = writer.send(SlotWrite("slots", 0, b"0:a", b"a1"))
+    await producers.until(lambda: len(producers.made) == 1 and len(producers.made[0].taken) == 1)
+    old = producers.made[0]
+    returning = producers.returning[b"0:b"] = asyncio.get_running_loop().create_future()
+    taken = writer.send(SlotWrite("slots", 1, b"0:b", b"b1"))
+    await producers.until(lambda: len(old.taken) == 2)  # taken; its send has not returned yet
+    old.refuse(0)
+    with pytest.raises(OutOfOrderSequenceNumber):
+        await refused
+    assert writer.renewals == 1
+    returning.set_result(None)
+    later = writer.send(SlotWrite("slots", 1, b"0:b", b"b2"))
+    writer.send(SlotWrite("slots", 2, b"0:c", b"c1"))
+    await producers.until(lambda: len(producers.made) == 2 and len(producers.made[1].taken) == 1)
+    new = producers.made[1]
+    assert new.keys() == [b"0:c"]  # not b2, handed over before it
+    old.land(1)
+    await taken
+    await producers.until(lambda: len(new.taken) == 2)
+    new.land(1)
+    await later
+    assert new.keys() == [b"0:c", b"0:b"]
     assert producers.landed == [(b"0:b", b"b1"), (b"0:b", b"b2")]
 
 
@@ -199,7 +269,49 @@ async def test_many_refusals_of_one_producer_replace_it_once(producers: Producer
         producers.made[0].refuse(index)
     await asyncio.wait(writes)
     assert writer.renewals == 1
-    assert producers.made[0].stopped
+    await producers.until(lambda: producers.made[0].stopped)
+
+
+async def test_a_tick_of_resends_refused_together_costs_one_renewal(producers: Producers,
+                                                                    writer: SlotWriter) -> None:
+    """Kafka refuses a batch whole: records of other keys that shared one with a record it will
+    never take (too large for the topic, say) are refused with it, again and again, and
+    ``RecordTable`` sends each of them again a second later, on the same tick. The writer sends
+    them all through the next producer before any answer comes, so each tick costs one new
+    producer, not one per record."""
+    keys = [b"0:big", b"0:a", b"0:b"]
+
+    async def a_tick_refused(producer_count: int) -> None:
+        writes = [writer.send(SlotWrite("slots", 0, key, b"v")) for key in keys]
+        await producers.until(lambda: len(producers.made) == producer_count
+                              and len(producers.made[-1].taken) == len(keys))
+        for index in range(len(keys)):  # one batch, refused whole
+            producers.made[-1].refuse(index)
+        await asyncio.wait(writes)
+
+    for tick in (1, 2, 3):
+        await a_tick_refused(tick)
+        assert writer.renewals == tick
+    assert [p.keys() for p in producers.made] == [keys] * 3
+
+
+async def test_a_record_too_large_for_the_producer_costs_no_renewal(producers: Producers,
+                                                                    writer: SlotWriter) -> None:
+    """aiokafka refuses a record over its ``max_request_size`` in ``send``, before it takes
+    anything: the producer is fine, and a new one would refuse the record too. Sent again every
+    second for as long as it is owed, each refusal would cost a new producer, one per such record
+    of a tick."""
+    too_large = [writer.send(SlotWrite("slots", 0, f"0:big-{i}".encode(), b"x" * (MAX_REQUEST + 1)))
+                 for i in range(2)]
+    fits = writer.send(SlotWrite("slots", 0, b"0:a", b"v"))
+    await producers.until(lambda: any(p.taken for p in producers.made))
+    for write in too_large:
+        with pytest.raises(MessageSizeTooLargeError):
+            await write
+    assert writer.renewals == 0
+    assert len(producers.made) == 1
+    producers.made[0].land(0)
+    await fits
 
 
 async def test_a_stop_waits_for_the_replaced_producer_to_stop(producers: Producers, writer: SlotWriter) -> None:
@@ -216,3 +328,15 @@ async def test_a_stop_waits_for_the_replaced_producer_to_stop(producers: Produce
     await stopping
     assert held.result() == 0
     assert old.stopped
+
+
+async def test_a_stop_closes_a_producer_still_connecting(producers: Producers, writer: SlotWriter) -> None:
+    """A start can wait for the broker for good (aiokafka's waits for a producer id until it has
+    one): ``stop`` cuts it short, and returns once that producer is closed, not before."""
+    producers.connecting = asyncio.get_running_loop().create_future()  # never set: no answer
+    starting = asyncio.ensure_future(writer.start())
+    await producers.until(lambda: len(producers.made) == 1 and producers.made[0].started)
+    await writer.stop()
+    assert producers.made[0].stopped
+    with pytest.raises(asyncio.CancelledError):  # its caller hears the start was cut short
+        await starting
