@@ -344,7 +344,7 @@ def _news(value: Any) -> str | None:
     for doc in value:
         try:
             _news_event("-", doc)
-        except (ValidationError, TypeError, AttributeError) as exc:
+        except (ValidationError, TypeError, AttributeError, ValueError) as exc:
             return f"must be a list of events: {exc}"
     return None
 
@@ -444,8 +444,9 @@ def hold(state: JobState | None, event: JobEvent) -> Transition | None:
     """``state`` keeping ``event``, news from the future (``is_early``), until an attempt opens at
     its provider (``apply`` then takes it in); None when ``event`` is not such news.
 
-    The job's face does not change, but the state does (its version, ``recent_events``: the news
-    is a duplicate from now on), so the news is as durable as the table. At most
+    The job's face, version and time do not change (its watchers are told nothing new), but the
+    state does (``recent_events``: the news is a duplicate from now on), and it is written, so the
+    news is as durable as the table. At most
     ``EARLY_NEWS_LIMIT`` are kept, the furthest on (an end before a start, the latest first):
     which ones does not depend on the order they came in.
     """
@@ -456,9 +457,11 @@ def hold(state: JobState | None, event: JobEvent) -> Transition | None:
     kept = _furthest((*state.early_news, event))
     if kept == state.early_news:
         return Transition(state, False, False, f"{event.kind} from {event.provider} is behind what is kept")
-    held = dataclasses.replace(state, early_news=kept)
-    return Transition(_stamp(state, held, event), True, False,
-                      f"{event.kind} from {event.provider} kept until the job moves there")
+    # Its version and time stay: what the job's watchers see has not changed (a new version would
+    # tell every one of them the same face again); recent_events makes a redelivery a duplicate.
+    held = dataclasses.replace(state, early_news=kept,
+                               recent_events=(*state.recent_events, event.event_id)[-RECENT_EVENTS_LIMIT:])
+    return Transition(held, True, False, f"{event.kind} from {event.provider} kept until the job moves there")
 
 
 def _furthest(news: tuple[JobEvent, ...]) -> tuple[JobEvent, ...]:
@@ -471,8 +474,9 @@ def _stamp(old: JobState, merged: JobState, event: JobEvent) -> JobState:
     recent = (*old.recent_events, event.event_id)[-RECENT_EVENTS_LIMIT:]
     return dataclasses.replace(
         merged,
-        # max, so a late event does not make the job look older than what we already knew
-        updated_at=max(old.updated_at, event.at),
+        # max, so a late event does not make the job look older than what we already knew (and
+        # merged's: news kept from before and taken in now, _take_early, is as new as it was)
+        updated_at=max(old.updated_at, merged.updated_at, event.at),
         recent_events=recent,
         version=old.version + 1,
     )
@@ -553,7 +557,16 @@ def _take_early(s: JobState) -> tuple[JobState, str]:
     whys = []
     for early in due:
         lifted = dataclasses.replace(early, attempt=s.attempt)
-        s = _merge_facts(s, lifted)
+        merged = _merge_facts(s, lifted)
+        if s.terminal:
+            # An end kept and taken in before this one: a terminal status is never left, and only
+            # late facts count, as for apply's own events (_merge_attempt). (_advance would let
+            # an end without its video turn a completed job failed.)
+            if merged is not s:
+                s = dataclasses.replace(merged, updated_at=max(s.updated_at, early.at))
+            whys.append(f"{s.status.value} is terminal")
+            continue
+        s = dataclasses.replace(merged, updated_at=max(s.updated_at, early.at))  # (hold left it as it was)
         s, why = _advance(s, lifted)
         s = _queue_place(s, lifted)
         whys.append(why)

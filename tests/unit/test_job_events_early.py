@@ -80,7 +80,7 @@ def test_an_end_at_the_provider_the_job_is_moving_to_is_kept_until_the_reroute_t
     assert step is not None and step.changed and not step.became_terminal
     kept = step.state
     assert kept is not None and kept.early_news == (done,)
-    assert snapshot(kept) == {**snapshot(AT_WAN), "version": kept.version, "updated_at": 5000}, "nothing shows"
+    assert snapshot(kept) == snapshot(AT_WAN), "nothing shows, not even a new version: watchers are told nothing"
     moved = apply(kept, rerouted("kling", 1))
     assert moved.state is not None and moved.became_terminal, moved.reason
     assert (moved.state.status, moved.state.provider, moved.state.attempt) == (JobStatus.COMPLETED, "kling", 1)
@@ -196,12 +196,28 @@ def test_a_state_with_news_kept_round_trips_and_bad_news_is_named() -> None:
     for bad in ([{"event_id": "x", "kind": "exploded", "at": 1.0, "provider": "kling", "attempt": 0}],
                 [{"event_id": "x", "kind": "running", "at": 1.0, "attempt": 0}],  # no provider
                 [{"event_id": "x", "kind": "running", "at": 1.0, "provider": "kling", "attempt": 0, "odd": 1}],
+                [{"event_id": "x", "kind": "running", "at": 1.0, "provider": "kling", "attempt": 0,
+                  "metadata": "ab"}],  # (JobEvent's own check: a ValueError)
                 ["x"], "x"):
         doc = {**kept.to_dict(), "early_news": bad}
         assert not is_state_dict(doc)
         with pytest.raises(ValidationError) as err:
             JobState.from_dict(doc)
         assert [p.field for p in err.value.problems] == ["early_news"]
+
+
+@pytest.mark.parametrize("first", ["completed", "cancelled"])
+def test_an_end_taken_in_is_not_left_for_a_later_end_kept_with_it(first: str) -> None:
+    """Two ends kept from kling, the later without its video: taken in at the reroute, the first
+    ends the job and the second is late news, as in the order they happened (an end without its
+    video would otherwise turn the job failed)."""
+    one = said("kling", first, hook="k-one", at=10.0, provider_job_id="pk",
+               video_url="https://cdn/v.mp4" if first == "completed" else None)
+    bare = said("kling", "completed", hook="k-bare", at=11.0, provider_job_id="pk")
+    in_order = through([queued(), rerouted("kling", 1), one, bare])
+    early = through([queued(), one, bare, rerouted("kling", 1)])
+    assert in_order.status.value == early.status.value == first
+    assert semantic(early) == semantic(in_order)
 
 
 # --- any read order converges ------------------------------------------------------------------
