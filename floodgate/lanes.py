@@ -147,6 +147,11 @@ class Destinations:
         """Whether ``destination`` holds its ``most`` deliveries (never without a bound)."""
         return destination in self._full
 
+    def waits(self, destination: str) -> bool:
+        """Whether a new delivery for ``destination`` is to wait before it is held: it is ``full``
+        and its breaker is closed, so its deliveries are being made, however slowly."""
+        return destination in self._full and not self.is_open(destination)
+
     def sheds(self, destination: str) -> bool:
         """Whether a new delivery for ``destination`` is to be given up on at once, without being
         held: it is ``full`` and its breaker is open, so the delivery would wait without an attempt
@@ -159,7 +164,7 @@ class Destinations:
         deliveries are being made, however slowly; waiting for it until it has room again (or its
         breaker opens) keeps it within its bound without giving up deliveries it would take.
         Only ``leave`` and a breaker opening in ``finish`` turn it false."""
-        return any(not self.is_open(destination) for destination in self._full)
+        return any(self.waits(destination) for destination in self._full)
 
     # --- attempts -----------------------------------------------------------------------------
     def in_flight(self, destination: str) -> int:

@@ -459,8 +459,10 @@ class Settings:
                      "provider_status_poll"):
             if getattr(self, name) < 0:
                 raise ConfigError(f"{PREFIX}{name.upper()} must be 0 (no limit) or more")
+        # (poll_after or job_timeout at 0 would poll every job in flight without pause, or fail
+        # every one at once.)
         for name in ("session_timeout", "ws_ping_interval", "ws_idle_timeout", "breaker_reset_after",
-                     "backlog_refresh", "line_report_interval"):
+                     "backlog_refresh", "line_report_interval", "poll_after", "job_timeout", "video_breaker_open_for"):
             if getattr(self, name) <= 0:
                 raise ConfigError(f"{PREFIX}{name.upper()} must be positive")
         if self.quota_scope not in ("cluster", "process"):
@@ -477,12 +479,6 @@ class Settings:
             raise ConfigError(f"{PREFIX}VIDEO_LINK_TTL and {PREFIX}VIDEO_MAX_BYTES must be positive")
         if self.video_breaker_failures < 1:
             raise ConfigError(f"{PREFIX}VIDEO_BREAKER_FAILURES must be at least 1")
-        for name in ("poll_after", "job_timeout"):
-            # 0 or less would poll every job in flight without pause, or fail every one at once.
-            if getattr(self, name) <= 0:
-                raise ConfigError(f"{PREFIX}{name.upper()} must be a positive number of seconds")
-        if self.video_breaker_open_for <= 0:
-            raise ConfigError(f"{PREFIX}VIDEO_BREAKER_OPEN_FOR must be a positive number of seconds")
         if self.table_store not in ("rocksdict", "memory"):
             raise ConfigError(f"{PREFIX}TABLE_STORE must be rocksdict or memory, got {self.table_store!r}")
         if any(c not in _TOPIC_CHARS for c in self.worker_id):

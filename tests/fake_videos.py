@@ -49,3 +49,16 @@ class Store(LocalVideoStore):
         await super().put_record(record)
         self.kept[record.job_id] = record
         self.changed.set()
+
+
+async def until(condition: Callable[[], bool], changed: asyncio.Event, what: str, deadline: float = 10.0) -> None:
+    """Wait, woken by ``changed`` (which ``Store`` and the tests' stand-ins set), until ``condition``
+    holds; an ``AssertionError`` naming ``what`` after ``deadline`` seconds (generous for loops
+    that need milliseconds, far below the 30 s an open breaker waits for its probe)."""
+    try:
+        async with asyncio.timeout(deadline):
+            while not condition():
+                changed.clear()
+                await changed.wait()
+    except TimeoutError:
+        raise AssertionError(f"not within {deadline}s: {what}") from None

@@ -556,19 +556,11 @@ def _take_early(s: JobState) -> tuple[JobState, str]:
     s = dataclasses.replace(s, early_news=tuple(e for e in s.early_news if e not in due))
     whys = []
     for early in due:
-        lifted = dataclasses.replace(early, attempt=s.attempt)
-        merged = _merge_facts(s, lifted)
-        if s.terminal:
-            # An end kept and taken in before this one: a terminal status is never left, and only
-            # late facts count, as for apply's own events (_merge_attempt). (_advance would let
-            # an end without its video turn a completed job failed.)
-            if merged is not s:
-                s = dataclasses.replace(merged, updated_at=max(s.updated_at, early.at))
-            whys.append(f"{s.status.value} is terminal")
-            continue
-        s = dataclasses.replace(merged, updated_at=max(s.updated_at, early.at))  # (hold left it as it was)
-        s, why = _advance(s, lifted)
-        s = _queue_place(s, lifted)
+        # As apply folds in a word of the current attempt (a terminal status is never left, only
+        # late facts count then), and, where it changed something, as new as the word was (hold
+        # left the job's time as it was).
+        merged, why = _merge_attempt(s, dataclasses.replace(early, attempt=s.attempt))
+        s = s if merged == s else dataclasses.replace(merged, updated_at=max(s.updated_at, early.at))
         whys.append(why)
     return s, "news kept from before: " + (", ".join(w for w in whys if w) or "no change")
 

@@ -264,7 +264,7 @@ class VideoCopier:
         given up on at once, recorded as given up."""
         job = _Job(job_id, url, completed_at_ms, url_destination(url))
         rules = self._lanes.rules
-        while rules.full(job.host) and not rules.is_open(job.host):
+        while rules.waits(job.host):
             if self._stopping.is_set():
                 raise _Abandoned
             # Set by every copy that ends and every breaker that opens; cleared right before the

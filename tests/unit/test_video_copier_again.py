@@ -12,7 +12,7 @@ happens.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import cast
@@ -28,11 +28,9 @@ from floodgate.metrics import ApiMetrics
 from floodgate.settings import Settings
 from floodgate.videos import copier as copier_module
 from floodgate.videos.copier import CopyPolicy, VideoCopier
-from tests.fake_videos import Download, Store
+from tests.fake_videos import Download, Store, until
 
 HOST = "cdn.example.com"
-DEADLINE = 5.0
-"""Far above the milliseconds each step needs, far below the 30 s an open breaker waits for its probe."""
 QUICK = CopyPolicy(max_attempts=100_000, base_delay=0.001, max_delay=0.005)
 BOUND = 2
 HELD = ["held-0", "held-1"]
@@ -70,16 +68,6 @@ class Source:
             raise StorageError(f"video fetch failed: ClientConnectorError from {HOST}:443 (Connection refused)",
                                retriable=True)
         yield Download()
-
-
-async def until(condition: Callable[[], bool], changed: asyncio.Event, what: str) -> None:
-    try:
-        async with asyncio.timeout(DEADLINE):
-            while not condition():
-                changed.clear()
-                await changed.wait()
-    except TimeoutError:
-        raise AssertionError(f"not within {DEADLINE}s: {what}") from None
 
 
 @pytest.fixture

@@ -65,8 +65,8 @@ def test_the_defaults_are_the_lanes_shared_ones() -> None:
 @pytest.mark.parametrize(("variable", "value", "message"), [
     ("FLOODGATE_VIDEO_BREAKER_FAILURES", "0", "FLOODGATE_VIDEO_BREAKER_FAILURES must be at least 1"),
     ("FLOODGATE_VIDEO_BREAKER_FAILURES", "many", "FLOODGATE_VIDEO_BREAKER_FAILURES"),
-    ("FLOODGATE_VIDEO_BREAKER_OPEN_FOR", "0", "FLOODGATE_VIDEO_BREAKER_OPEN_FOR must be a positive number"),
-    ("FLOODGATE_VIDEO_BREAKER_OPEN_FOR", "-1", "FLOODGATE_VIDEO_BREAKER_OPEN_FOR must be a positive number"),
+    ("FLOODGATE_VIDEO_BREAKER_OPEN_FOR", "0", "FLOODGATE_VIDEO_BREAKER_OPEN_FOR must be positive"),
+    ("FLOODGATE_VIDEO_BREAKER_OPEN_FOR", "-1", "FLOODGATE_VIDEO_BREAKER_OPEN_FOR must be positive"),
     # nan passed a "<= 0" check (the copier then failed to start naming no setting), and inf
     # would keep an opened breaker shut for ever: refused as for every float setting
     # (tests/unit/test_settings.py).

@@ -9,7 +9,7 @@ things: every wait is for a condition, under a deadline.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any, cast
@@ -27,13 +27,10 @@ from floodgate.topics import TopicNames
 from floodgate.videos import copier as copier_module
 from floodgate.videos.copier import CopyPolicy, VideoCopier
 from tests.fake_results import FakeResults
-from tests.fake_videos import Download, Store
+from tests.fake_videos import Download, Store, until
 
 SETTINGS = Settings(kafka_bootstrap="127.0.0.1:9")
 TOPIC = TopicNames(SETTINGS).results
-DEADLINE = 10.0
-"""Generous for a loop that needs milliseconds, and far below what the black hole would hold
-things up for (for ever, until the test lets it answer)."""
 QUICK = CopyPolicy(max_attempts=100_000, base_delay=0.001, max_delay=0.005)
 HOLE, HEALTHY = "hole.example.com", "cdn.example.net"
 
@@ -91,16 +88,6 @@ def add(results: FakeResults, partition: int, jobs: list[str]) -> None:
 def job_of(record: ConsumerRecord[Any, Any]) -> str:
     assert record.key is not None
     return bytes(record.key).decode()
-
-
-async def until(condition: Callable[[], bool], changed: asyncio.Event, what: str) -> None:
-    try:
-        async with asyncio.timeout(DEADLINE):
-            while not condition():
-                changed.clear()
-                await changed.wait()
-    except TimeoutError:
-        raise AssertionError(f"not within {DEADLINE}s: {what}") from None
 
 
 async def unpaused(results: FakeResults) -> None:
