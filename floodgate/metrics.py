@@ -26,6 +26,9 @@ from prometheus_client.exposition import choose_encoder
 # 1 ms .. 1 s, fine-grained where a Kafka round trip lands (a few ms to a few tens of ms).
 ACCEPT_BUCKETS = (0.001, 0.002, 0.003, 0.004, 0.005, 0.0075, 0.01, 0.015, 0.02, 0.03, 0.04, 0.05, 0.075,
                   0.1, 0.15, 0.2, 0.3, 0.5, 0.75, 1.0)
+# A webhook's answer waits for one or two writes Kafka acknowledged; providers deliver again what is
+# not answered within seconds (the simulator: 5 s), so the buckets reach past that.
+WEBHOOK_ANSWER_BUCKETS = (*ACCEPT_BUCKETS, 2.5, 5.0, 10.0)
 # A snapshot travels events → job state → notifications → the API: tens of ms when healthy.
 NOTIFY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
 # Accepted → terminal: seconds for fast renders, minutes for real ones, 30 min for the worst backlogs.
@@ -124,6 +127,11 @@ class ApiMetrics(_Group):
             "Provider webhooks at the bridge, by provider and outcome (accepted, bad_signature, "
             "unknown_provider, too_large, kafka_unavailable, unconfirmed: an unsigned callback its provider "
             "could not confirm yet).", ["provider", "outcome"])
+        self.webhook_answer = self._histogram(
+            "floodgate_webhook_answer_seconds",
+            "Time from a provider webhook's arrival at the bridge to its 200 (Kafka acknowledged it, and its "
+            "slot's release for an end). A provider delivers again what it does not see answered in time.",
+            WEBHOOK_ANSWER_BUCKETS)
         self.notification_latency = self._histogram(
             "floodgate_notification_latency_seconds",
             "From a snapshot's updated_at to its push to an SSE or WebSocket client (live changes only).",
@@ -329,6 +337,10 @@ SIMULATOR_METRICS: tuple[tuple[str, str, str, str], ...] = (
     ("floodgate_sim_completed_total", "counter", "completed", "Jobs the simulated provider completed."),
     ("floodgate_sim_failed_total", "counter", "failed", "Jobs the simulated provider failed."),
     ("floodgate_sim_webhooks_sent_total", "counter", "webhooks_sent", "Webhooks the simulator delivered."),
+    ("floodgate_sim_webhooks_retried_total", "counter", "webhooks_retried",
+     "Webhook deliveries the simulator made again: the one before was not answered 2xx in time."),
+    ("floodgate_sim_webhooks_timed_out_total", "counter", "webhooks_timed_out",
+     "Webhook deliveries not answered within the simulator's webhook timeout."),
     ("floodgate_sim_status_calls_total", "counter", "status_calls", "Status calls the simulated provider answered."),
     ("floodgate_sim_status_rejected_429_total", "counter", "status_rejected_429",
      "Status calls refused with 429 (past the provider's status_rate_per_second)."),

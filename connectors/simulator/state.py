@@ -29,6 +29,8 @@ COUNTERS = (
     "outage_rejections",
     "webhooks_sent",
     "webhooks_failed",
+    "webhooks_retried",
+    "webhooks_timed_out",
     "webhooks_duplicated",
     "webhooks_dropped",
     "webhooks_reordered",

@@ -105,9 +105,16 @@ class WebhookDispatcher:
         config = self.state.config
         url = job.request.webhook_url
         assert url is not None
-        timeout = aiohttp.ClientTimeout(total=config.webhook_timeout)
+        # The timeout runs from the moment the request goes out: connecting, then each read of the
+        # answer. Waiting for one of the session's pooled connections does not count, as a real
+        # provider's wait in its own delivery queue does not: counted (aiohttp's ``total``), a burst
+        # of deliveries queued behind the pool timed out while the receiver answered each within a
+        # second, and their redeliveries made the burst larger (a retry storm of the simulator's own).
+        timeout = aiohttp.ClientTimeout(total=None, connect=None, sock_connect=config.webhook_timeout,
+                                        sock_read=config.webhook_timeout)
         for attempt in range(config.webhook_attempts):
             if attempt:
+                self.state.count(job.api_key, "webhooks_retried")
                 await asyncio.sleep(config.webhook_backoff * 2 ** (attempt - 1))
             if self.dialect is None:
                 headers = signing.signature_headers(config.webhook_secret, event_id, body, self.wall())
@@ -125,6 +132,9 @@ class WebhookDispatcher:
                         job.delivered.append(event_id)
                         return
                     log.debug("webhook %s to %s: HTTP %s", event_id, url, response.status)
-            except (aiohttp.ClientError, TimeoutError) as exc:
+            except TimeoutError:
+                self.state.count(job.api_key, "webhooks_timed_out")
+                log.debug("webhook %s to %s: no answer within %ss", event_id, url, config.webhook_timeout)
+            except aiohttp.ClientError as exc:
                 log.debug("webhook %s to %s: %s", event_id, url, exc)
         self.state.count(job.api_key, "webhooks_failed")

@@ -17,6 +17,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import logging
+import time
 from collections.abc import Mapping
 from typing import Any
 
@@ -78,6 +79,7 @@ class Bridge:
                 await self._session.close()
 
     async def receive(self, request: web.Request) -> web.Response:
+        started = time.perf_counter()
         deps = self.deps
         name = request.match_info["provider"]
         connector = self.connectors.get(name)
@@ -108,6 +110,7 @@ class Bridge:
         if refused is not None:
             return refused
         received.labels(name, "accepted").inc()
+        deps.metrics.webhook_answer.observe(time.perf_counter() - started)
         if event is not None and event.job_id and deps.view is not None:
             # On Kafka now: this process's own watchers of the job may hear the word at once
             # rather than after the worker's turn (floodgate.api.heard).

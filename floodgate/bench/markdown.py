@@ -280,6 +280,7 @@ def pipeline(p: dict[str, Any], raw: dict[str, Any]) -> list[str]:
         ["raw Kafka, same run", raw_line],
         ["cores used", cores(p.get("cpu_cores"))],
         ["the worker's main thread", _main_thread(p)],
+        ["webhooks: the bridge's answers; delivered again", _webhooks(p)],
         ["the worker alone on a core", _alone(p.get("pinned"))],
         ["scaling", _scaling(p.get("scaling"), p)],
     ]
@@ -301,7 +302,21 @@ def _alone(pin: dict[str, Any] | None) -> str:
         return f"not run: {pin.get('skipped') or pin.get('error')}"
     return (f"{num(pin['jobs_per_s'], 0)} jobs/s (steady {num(pin['steady_jobs_per_s'], 0)}/s), worker on CPU "
             f"{pin.get('worker_cpus')}, the rest on {pin.get('other_cpus')}; its main thread "
-            f"{_main_thread(pin)}; missing results {pin['results_missing']}; cores used {cores(pin.get('cpu_cores'))}")
+            f"{_main_thread(pin)}; missing results {pin['results_missing']}; cores used {cores(pin.get('cpu_cores'))}; "
+            f"webhooks: {_webhooks(pin)}")
+
+
+def _webhooks(run: dict[str, Any]) -> str:
+    answer = run.get("webhook_answer")
+    if not answer:
+        return "not measured"
+    def bound(ms: float | None) -> str:  # None: past the last bucket
+        return f"≤ {num(ms, 0)} ms" if ms is not None else f"over {num(answer.get('last_bucket_ms'), 0)} ms"
+
+    return (f"{answer['answers']:,} answered, {answer['over_100ms']:,} of them after 100 ms, p99 "
+            f"{bound(answer['p99_le_ms'])}, slowest {bound(answer['worst_le_ms'])}; "
+            f"{run.get('webhooks_redelivered', 0):,} delivered again ({run.get('webhooks_timed_out', 0):,} "
+            f"not answered in time)")
 
 
 def _scaling(sc: dict[str, Any] | None, one: dict[str, Any]) -> str:

@@ -36,7 +36,14 @@ from floodgate.bench import affinity, cost, handover, profiling, stats
 from floodgate.bench.context import Context, CpuMeter, WaitMeter
 from floodgate.bench.handover import HandoverConfig
 from floodgate.bench.notify import NotifyConfig
-from floodgate.bench.probes import LagSampler, Offsets, simulator_stats, topic_keys
+from floodgate.bench.probes import (
+    LagSampler,
+    Offsets,
+    answers_between,
+    simulator_stats,
+    topic_keys,
+    webhook_answers,
+)
 from floodgate.bench.stacks import (
     PACED_MODEL,
     ROUTES,
@@ -162,6 +169,10 @@ def steady_rate(samples: list[tuple[float, int]], n: int) -> float:
     return (high[1] - low[1]) / (high[0] - low[0])
 
 
+def api_metrics_urls(stack: Stack) -> list[str]:
+    return [url for name, url in stack.metrics_urls.items() if name.startswith("api")]
+
+
 def worker_pids(stack: Stack) -> dict[str, int]:
     return {name: child.proc.pid for name, child in stack.children.items() if name.startswith("worker-")}
 
@@ -184,6 +195,7 @@ async def measure(ctx: Context, stack: Stack, cfg: PipelineConfig, what: str = "
     before = await cost.settled(stack, offsets)
     consumed0 = await asyncio.to_thread(offsets.total, input_topics(stack))
     created0 = await simulator_stats(stack.simulator_url)
+    answers0 = await webhook_answers(api_metrics_urls(stack))
     meter = CpuMeter(ctx.pids(stack)).start()
     waits = WaitMeter(worker_pids(stack)).start()
     feed = Feed(ctx, stack, offsets, cfg)
@@ -195,6 +207,7 @@ async def measure(ctx: Context, stack: Stack, cfg: PipelineConfig, what: str = "
     consumed = await asyncio.to_thread(offsets.total, input_topics(stack)) - consumed0
     after = await cost.settled(stack, offsets)
     created = await simulator_stats(stack.simulator_url)
+    answers = await webhook_answers(api_metrics_urls(stack))
     out: dict[str, Any] = {
         "jobs": cfg.jobs, "completed": done, "stalled": feed.stalled, "seconds": elapsed,
         "jobs_per_s": done / elapsed if elapsed else 0.0,
@@ -207,6 +220,12 @@ async def measure(ctx: Context, stack: Stack, cfg: PipelineConfig, what: str = "
                                    for p in created if created[p]["jobs_created"] > created0[p]["jobs_created"]},
         "max_in_flight": {p: created[p]["max_concurrency"] for p in created if created[p]["max_concurrency"]},
         "stage_lag": stage_lag(lag.samples),
+        # A webhook the bridge does not answer 2xx within the simulator's timeout (5 s) is delivered
+        # again: more records and hops per job, and its slot's release twice.
+        "webhook_answer": answers_between(answers0, answers),
+        "webhooks_redelivered": sum(created[p]["webhooks_retried"] - created0[p]["webhooks_retried"] for p in created),
+        "webhooks_timed_out": sum(created[p]["webhooks_timed_out"] - created0[p]["webhooks_timed_out"]
+                                  for p in created),
         "video_store": stack.settings.video_store,  # the API copies every completed job's video unless "off"
     }
     out["records_written_per_s"] = out["records_written"] / elapsed if elapsed else 0.0

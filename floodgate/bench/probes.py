@@ -280,6 +280,21 @@ async def stalls(metrics_urls: Iterable[str], process: str = "api") -> Stalls:
             summed(full_gc_buckets(t, process) for t in texts))
 
 
+async def webhook_answers(metrics_urls: Iterable[str]) -> dict[float, float]:
+    """The bridge's answer time histogram (``floodgate_webhook_answer_seconds``), read once from each
+    API process at ``metrics_urls`` and added up."""
+    async with aiohttp.ClientSession() as session:
+        texts = [await (await session.get(url)).text() for url in metrics_urls]
+    return summed(histogram_buckets(t, "floodgate_webhook_answer_seconds") for t in texts)
+
+
+def answers_between(before: Mapping[float, float], after: Mapping[float, float]) -> dict[str, Any]:
+    """The bridge's answers between two readings of its histogram (pure): how many, how many took
+    over 100 ms, and upper bounds of the 99th percentile and the slowest."""
+    seen = loop_lag_between(before, after)
+    return {"answers": seen.pop("probes"), **seen}
+
+
 async def worker_counters(metrics_urls: Iterable[str]) -> WorkerCounters:
     """The counters of the workers at ``metrics_urls``, summed."""
     events: dict[str, float] = {}

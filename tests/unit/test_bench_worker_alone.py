@@ -151,3 +151,15 @@ def test_the_limits_tell_the_apis_profile_beside_the_workers() -> None:
     alone = dict(limits.limits({"pipeline": {**_pipeline(252.0, None), "profile": {**worker, "api": None}}},
                                2))["Pipeline jobs/s"]
     assert "Beside it" not in alone
+
+
+def test_the_bridges_answers_and_the_redeliveries_are_told_per_run() -> None:
+    before = {0.1: 10.0, 5.0: 10.0, 10.0: 10.0, float("inf"): 10.0}
+    after = {0.1: 1_000.0, 5.0: 1_095.0, 10.0: 1_099.0, float("inf"): 1_100.0}  # one answer after 10 s
+    answer = probes.answers_between(before, after)
+    assert answer == {"answers": 1_090, "over_100ms": 100, "p99_le_ms": 5_000.0, "worst_le_ms": None,
+                      "last_bucket_ms": 10_000.0}
+    run = {"webhook_answer": answer, "webhooks_redelivered": 212, "webhooks_timed_out": 200}
+    assert markdown._webhooks(run) == ("1,090 answered, 100 of them after 100 ms, p99 ≤ 5,000 ms, slowest over "
+                                       "10,000 ms; 212 delivered again (200 not answered in time)")
+    assert markdown._webhooks({}) == "not measured"

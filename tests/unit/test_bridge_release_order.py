@@ -8,6 +8,7 @@ writes no release."""
 from __future__ import annotations
 
 import asyncio
+import re
 import time
 from collections.abc import AsyncIterator
 from typing import Any
@@ -101,3 +102,28 @@ async def test_a_release_not_stored_asks_for_a_redelivery(client: TestClient, se
     resp = await client.post("/webhooks/kling", data=body, headers=headers)
     assert resp.status == 503
     assert sender.events == [("sent", TOPICS.webhooks), ("acked", TOPICS.webhooks), ("sent", TOPICS.release("kling"))]
+
+
+async def answers_timed(client: TestClient) -> float:
+    """``floodgate_webhook_answer_seconds``'s count, as the bridge's ``/metrics`` tells it."""
+    text = await (await client.get("/metrics")).text()
+    match = re.search(r"^floodgate_webhook_answer_seconds_count (\S+)$", text, re.M)
+    assert match is not None, "the bridge serves the webhook answer time"
+    return float(match.group(1))
+
+
+async def test_the_answer_is_timed_once_kafka_has_the_delivery_and_refusals_are_not(
+        client: TestClient, sender: OrderedSender) -> None:
+    timed = await answers_timed(client)  # (the registry is the process's: other tests' count too)
+    sender.hold[TOPICS.webhooks] = held = asyncio.Event()
+    body, headers = completion()
+    answer = asyncio.create_task(client.post("/webhooks/kling", data=body, headers=headers))
+    await asyncio.wait_for(sender.sending.wait(), 10)
+    assert await answers_timed(client) == timed  # still waiting for Kafka: not answered, not timed
+    held.set()
+    assert (await asyncio.wait_for(answer, 10)).status == 200
+    assert await answers_timed(client) == timed + 1
+    sender.refuse = TOPICS.webhooks
+    body, headers = completion()
+    assert (await client.post("/webhooks/kling", data=body, headers=headers)).status == 503
+    assert await answers_timed(client) == timed + 1

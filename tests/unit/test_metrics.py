@@ -55,7 +55,8 @@ def test_latency_buckets() -> None:
     assert metrics.ACCEPT_BUCKETS[0] == 0.001 and metrics.ACCEPT_BUCKETS[-1] == 1.0
     assert len(metrics.ACCEPT_BUCKETS) >= 15, "fine-grained: the interesting part is 1-50 ms"
     assert metrics.JOB_BUCKETS[-1] == 1800.0
-    for buckets in (metrics.ACCEPT_BUCKETS, metrics.NOTIFY_BUCKETS, metrics.JOB_BUCKETS):
+    for buckets in (metrics.ACCEPT_BUCKETS, metrics.WEBHOOK_ANSWER_BUCKETS, metrics.NOTIFY_BUCKETS,
+                    metrics.JOB_BUCKETS):
         assert list(buckets) == sorted(set(buckets))
 
 
