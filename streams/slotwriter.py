@@ -39,6 +39,24 @@ order across the change (a refused one is sent again only while it is still its 
 old producer cannot settle for long (``NOT_ENOUGH_REPLICAS``, which it retries without end) holds
 up its own writes only, not the provider's other slots. The old producer is stopped in the
 background; ``stop`` waits for it.
+
+Kafka refuses a batch whole, and ``RecordTable`` resends the records of a refused batch together a
+second later: through one producer they would share a batch again, so one record Kafka will never
+take (too large for the topic, say) would take its batch-mates down with it on every resend, and
+their slots' handovers would wait until a later write of their keys superseded them. So after a
+refusal the next record to that partition goes alone (``_suspect``), and the rest only once it is
+answered: refused, it costs one producer and the next record goes alone through the next one;
+taken, the rest go together. Each resend so lands at least its first innocent record, all of them
+when the poisoned one is first: a refused batch with one poisoned record is through after one
+resend more than it had records ahead of that one. The price falls on a partition whose every
+record is refused (an authorization error): one producer per record sent again, not one per
+resend. A writer whose producer never failed holds nothing back.
+
+One gap is aiokafka's, not closed here: when its sender task dies of an unexpected error
+(``Sender._fail_all``) it fails every batch taken, including those of a produce request to another
+broker still on its way (that request's task is left running, and may still be connecting); such a
+record counts as settled, its partition is not held, and the record can land after a later write of
+its key made through the new producer.
 """
 from __future__ import annotations
 
@@ -85,8 +103,13 @@ class SlotWriter:
         """Per record a producer took and has not settled (the producer's future): its write, the
         caller's future and the producer."""
         self._held: dict[Partition, set[asyncio.Future[Any]]] = {}
-        """Partitions with records on a retired producer not settled yet (their futures): the
-        writes to them wait, in order, and the others go on. Empty but after a renewal."""
+        """Partitions with records on a retired producer not settled yet, or with a record sent
+        alone (``_suspect``) not answered yet (their futures): the writes to them wait, in order,
+        and the others go on. Empty but after a refusal."""
+        self._suspect: set[Partition] = set()
+        """Partitions Kafka refused a record of, and no record sent alone has landed on since: the
+        records waiting to go to one may include one Kafka will never take, so the next goes alone.
+        Empty but after a refusal."""
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self._producer: AIOKafkaProducer | None = None
@@ -127,7 +150,11 @@ class SlotWriter:
             log.warning("slot write failed: %s", exc)
 
     async def start(self) -> None:
-        """Connect (once, however many callers ask at the same time)."""
+        """Connect (once, however many callers ask at the same time). Raises ``RuntimeError``
+        after ``stop``: a stopped writer takes no writes, and a producer connected then would
+        never be stopped."""
+        if self._stopped:
+            raise RuntimeError("the slot writer is stopped: it is not started again")
         if self._starting is None:
             self._starting = asyncio.create_task(self._connect(), name="slot-writer-connect")
         await asyncio.shield(self._starting)
@@ -211,19 +238,23 @@ class SlotWriter:
                 sent.add_done_callback(self._settle)
                 if producer is not self._producer:  # retired while it took this record
                     self._hold(sent, write)
+                elif self._suspect and (write.topic, write.partition) in self._suspect:
+                    # Alone: the partition's other writes wait in the queue for its answer.
+                    sent.add_done_callback(partial(self._cleared, (write.topic, write.partition)))
+                    self._hold(sent, write)
             self._wake.clear()
             await self._wake.wait()
 
     def _first_free(self) -> int | None:
-        """The queue's first write to a partition no retired producer holds records of (a held
-        partition's writes stay behind in the queue, in their order)."""
+        """The queue's first write to a partition not held (``_held``: a held partition's writes
+        stay behind in the queue, in their order)."""
         for index, (write, _) in enumerate(self._queue):
             if (write.topic, write.partition) not in self._held:
                 return index
         return None
 
     def _settle(self, sent: asyncio.Future[Any]) -> None:
-        _, done, producer = self._in_flight.pop(sent)
+        write, done, producer = self._in_flight.pop(sent)
         error: BaseException
         if sent.cancelled():
             error = RuntimeError("the slot write was cancelled by the producer")
@@ -233,6 +264,8 @@ class SlotWriter:
             return
         else:
             error = exc
+        # Its batch-mates, refused with it, are sent again: the first of them goes alone.
+        self._suspect.add((write.topic, write.partition))
         # Refused after the producer took it: its partition's batch numbers are spent past the
         # broker's (module docstring), so no later write goes through this producer.
         self._retire(producer, error)
@@ -262,6 +295,13 @@ class SlotWriter:
         partition = (write.topic, write.partition)
         self._held.setdefault(partition, set()).add(sent)
         sent.add_done_callback(partial(self._release, partition))
+
+    def _cleared(self, partition: Partition, sent: asyncio.Future[Any]) -> None:
+        """A record sent alone to a suspect partition is answered: landed, the partition's writes
+        go together again (refused, ``_settle`` has kept it suspect). Runs before ``_release``
+        lets the next write out."""
+        if not sent.cancelled() and sent.exception() is None:
+            self._suspect.discard(partition)
 
     def _release(self, partition: Partition, sent: asyncio.Future[Any]) -> None:
         held = self._held.get(partition)

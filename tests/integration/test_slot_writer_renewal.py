@@ -80,23 +80,28 @@ async def test_a_slot_record_refused_after_the_producer_broke_lands_before_the_c
         await writer.stop()
 
 
-async def test_a_tick_of_writes_refused_with_a_record_kafka_never_takes_costs_one_renewal(kafka_bootstrap: str) -> None:
+async def test_records_refused_with_one_kafka_never_takes_land_when_sent_again(kafka_bootstrap: str) -> None:
     """Kafka refuses a batch whole: records of other keys handed over with one it will never take
-    (over the topic's ``max.message.bytes``) share its batch and are refused with it, and
-    ``RecordTable`` sends each of them again a second later, on the same tick. They go out through
-    the next producer together before any answer comes back: a new producer a tick, not one a
-    record."""
+    (over the topic's ``max.message.bytes``) share its batch and are refused with it. ``RecordTable``
+    sends each of them again a second later; then the partition's first record goes alone, and the
+    others land (before, they were refused with it on every tick, until a later write of their keys
+    superseded them)."""
     topic = unique_name("slots-")
     create_small_topic(kafka_bootstrap, topic)
     writer = SlotWriter(kafka_bootstrap)
     writes = [SlotWrite(topic, 0, b"0:big", TOO_LARGE), SlotWrite(topic, 0, b"0:a", b"a1"),
               SlotWrite(topic, 0, b"0:b", b"b1")]
     try:
-        for tick in (1, 2, 3):
-            sent = [writer.send(write) for write in writes]
-            async with asyncio.timeout(30):
-                await asyncio.wait(sent)
-            assert all(isinstance(f.exception(), MessageSizeTooLargeError) for f in sent)
-            assert writer.renewals == tick
+        first = [writer.send(write) for write in writes]
+        async with asyncio.timeout(30):
+            await asyncio.wait(first)
+        assert all(isinstance(f.exception(), MessageSizeTooLargeError) for f in first)
+        assert writer.renewals == 1
+        again = [writer.send(write) for write in writes]
+        async with asyncio.timeout(30):
+            await asyncio.wait(again)
+        assert isinstance(again[0].exception(), MessageSizeTooLargeError)
+        assert again[1].exception() is None and again[2].exception() is None
+        assert writer.renewals == 2  # one for the record sent alone and refused again
     finally:
         await writer.stop()

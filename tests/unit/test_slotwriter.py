@@ -272,27 +272,44 @@ async def test_many_refusals_of_one_producer_replace_it_once(producers: Producer
     await producers.until(lambda: producers.made[0].stopped)
 
 
-async def test_a_tick_of_resends_refused_together_costs_one_renewal(producers: Producers,
-                                                                    writer: SlotWriter) -> None:
+async def test_after_a_refusal_the_partitions_next_record_goes_alone(producers: Producers,
+                                                                     writer: SlotWriter) -> None:
     """Kafka refuses a batch whole: records of other keys that shared one with a record it will
-    never take (too large for the topic, say) are refused with it, again and again, and
-    ``RecordTable`` sends each of them again a second later, on the same tick. The writer sends
-    them all through the next producer before any answer comes, so each tick costs one new
-    producer, not one per record."""
-    keys = [b"0:big", b"0:a", b"0:b"]
+    never take (too large for the topic, say) are refused with it, and ``RecordTable`` sends them
+    all again on the same tick. Through one producer they would share a batch again, and be refused
+    again on every tick. After a refusal the partition's next record goes alone, the rest once it
+    is answered: refused, it costs one producer and the next goes alone through the next one;
+    landed, the rest go together. A partition Kafka refused nothing of is not held up."""
+    keys = [b"0:big", b"0:a", b"0:b", b"0:c"]
+    first = [writer.send(SlotWrite("slots", 0, key, b"v")) for key in keys]
+    await producers.until(lambda: len(producers.made) == 1 and len(producers.made[0].taken) == len(keys))
+    for index in range(len(keys)):  # one batch, refused whole
+        producers.made[0].refuse(index)
+    await asyncio.wait(first)
+    assert writer.renewals == 1
 
-    async def a_tick_refused(producer_count: int) -> None:
-        writes = [writer.send(SlotWrite("slots", 0, key, b"v")) for key in keys]
-        await producers.until(lambda: len(producers.made) == producer_count
-                              and len(producers.made[-1].taken) == len(keys))
-        for index in range(len(keys)):  # one batch, refused whole
-            producers.made[-1].refuse(index)
-        await asyncio.wait(writes)
-
-    for tick in (1, 2, 3):
-        await a_tick_refused(tick)
-        assert writer.renewals == tick
-    assert [p.keys() for p in producers.made] == [keys] * 3
+    again = [writer.send(SlotWrite("slots", 0, key, b"v")) for key in keys]
+    elsewhere = writer.send(SlotWrite("slots", 1, b"1:d", b"v"))
+    await producers.until(lambda: len(producers.made) == 2 and len(producers.made[1].taken) >= 2)
+    second = producers.made[1]
+    assert second.keys() == [b"0:big", b"1:d"]  # the others of partition 0 wait for 0:big's answer
+    second.land(1)
+    await elsewhere
+    second.refuse(0)  # never taken
+    with pytest.raises(OutOfOrderSequenceNumber):
+        await again[0]
+    assert writer.renewals == 2
+    await producers.until(lambda: len(producers.made) == 3 and len(producers.made[2].taken) >= 1)
+    third = producers.made[2]
+    assert third.keys() == [b"0:a"]  # alone too: the next might be refused as well
+    third.land(0)
+    await producers.until(lambda: len(third.taken) == 3)  # b and c together, before any answer
+    third.land(1)
+    third.land(2)
+    await asyncio.wait(again[1:])
+    assert [write.result() for write in again[1:]] == [1, 2, 3]
+    assert producers.landed == [(b"1:d", b"v"), (b"0:a", b"v"), (b"0:b", b"v"), (b"0:c", b"v")]
+    assert writer.renewals == 2
 
 
 async def test_a_record_too_large_for_the_producer_costs_no_renewal(producers: Producers,
@@ -340,3 +357,15 @@ async def test_a_stop_closes_a_producer_still_connecting(producers: Producers, w
     assert producers.made[0].stopped
     with pytest.raises(asyncio.CancelledError):  # its caller hears the start was cut short
         await starting
+
+
+async def test_a_stopped_writer_is_not_started_again(producers: Producers, writer: SlotWriter) -> None:
+    """The worker starts the writer once and stops it once, with Faust's producer
+    (``streams/app.py``). A start after the stop raises, as a write does, rather than connect a
+    producer that takes no write and that nothing would stop."""
+    await writer.start()
+    await writer.stop()
+    with pytest.raises(RuntimeError, match="stopped"):
+        await writer.start()
+    assert len(producers.made) == 1
+    assert producers.made[0].stopped

@@ -1,6 +1,7 @@
 """The slot writer (streams/slotwriter.py) with aiokafka's real producer, against a stand-in broker:
 after a renewal, a partition the old producer still holds a record of waits for it, and the other
-partitions do not.
+partitions do not; after a refusal, a record Kafka will never take does not take the records sent
+again with it down on every resend.
 
 The stand-in answers NOT_ENOUGH_REPLICAS for a partition marked sick, as a broker does while the
 other replicas of that partition are down; aiokafka's idempotent producer retries that for as long
@@ -111,3 +112,30 @@ async def test_a_partition_short_of_replicas_holds_up_its_own_writes_only(broker
     assert (b1[1:], b2[1:]) == ((b"0:b", b"b1"), (b"0:b", b"b2"))
     assert b1[0] != b2[0]  # the old producer's record, then the new one's
     assert [pid for pid, _, _ in broker.written[2]] == [b2[0]] * 2
+
+
+async def test_records_refused_with_one_kafka_never_takes_land_on_the_next_resends(broker: StubBroker) -> None:
+    """``RecordTable`` sends a refused slot record again a second later, the records of a refused
+    batch on the same tick: here a round each. ``0:big`` is refused on every try. Through one
+    producer the others shared its batch again on every round and were refused with it, and their
+    slots' handovers waited until a later write of their keys superseded them. After a refusal the
+    partition's next record goes alone: round 2 lands ``0:a`` (alone), and ``0:big`` takes
+    ``0:b`` down with it once more; round 3 sends ``0:big`` alone, and ``0:b`` lands."""
+    writer = SlotWriter(f"127.0.0.1:{broker.port}")
+    broker.too_large.add(b"0:big")
+    owed = [SlotWrite(TOPIC, 0, key, b"v") for key in (b"0:a", b"0:big", b"0:b")]
+    landed_in: dict[bytes, int] = {}
+    try:
+        for resend in (1, 2, 3):
+            sent = [writer.send(write) for write in owed]  # in the order they were refused
+            async with asyncio.timeout(5):
+                await asyncio.wait(sent)
+            answers = list(zip(owed, sent, strict=True))
+            landed_in.update((write.key, resend) for write, done in answers if done.exception() is None)
+            owed = [write for write, done in answers if done.exception() is not None]
+    finally:
+        await writer.stop()
+    assert landed_in == {b"0:a": 2, b"0:b": 3}
+    assert [key for _, key, _ in broker.written[0]] == [b"0:a", b"0:b"]
+    assert (b"0:big", b"v") in broker.asked
+    assert writer.renewals == 3  # one per round
