@@ -16,7 +16,9 @@ the notification the API's job view reads. A terminal change also goes to ``resu
 the job's provider slot through ``release.<provider>``; so does a provider's word that the job
 ended there after the job moved on to another provider (``floodgate.jobs.events.stray_end``). A
 provider's word read before the ``rerouted`` event that sends the job there is kept in the job's
-state until that event is read, and counts then (``floodgate.jobs.state.hold``).
+state until that event is read, and counts then (``floodgate.jobs.state.hold``); an end it tells
+is released as it would be had it come after the reroute. Provider job ids are compared as the
+provider's connector says (``same_job``).
 A request read after a cancel that ended its job sends the job's result again, now with the
 request's fields (``JobRecord.ended_unadmitted``).
 
@@ -41,7 +43,7 @@ from floodgate import codec
 from floodgate.errors import SchemaError, ValidationError
 from floodgate.jobs.events import aim, deadline_of, event_from_record, queued_event, stray_end, webhook_event
 from floodgate.jobs.record import JobRecord, snapshot
-from floodgate.jobs.state import JobEvent, JobState, Transition, apply, hold
+from floodgate.jobs.state import JobEvent, JobState, Transition, apply, from_webhook, hold
 from floodgate.jobs.timing import milestones
 from floodgate.routing import chain_for, known_models
 from floodgate.validation import validate_job_request
@@ -252,6 +254,10 @@ class JobDesk:
 
     # -- events ------------------------------------------------------------------------------
 
+    def same_job(self, provider: str, a: str, b: str) -> bool:
+        """Whether ``a`` and ``b`` name one provider job at ``provider`` (``state.SameJob``)."""
+        return same_provider_job(self.pipe.providers.get(provider), a, b)
+
     def observe_milestones(self, before: JobState | None, after: JobState) -> None:
         reached = milestones(before, after, time.time())
         if reached is None:
@@ -274,17 +280,17 @@ class JobDesk:
             return
         aimed = aim(before, event)
         if aimed is None:
-            held = hold(before, event)
+            held = hold(before, event, self.same_job)
             if held is not None:  # from the provider the job is moving to: it counts once the reroute is read
                 if held.changed and held.state is not None:
                     self.put(key, JobRecord(held.state, event.event_id, record.admitted_by if record else None))
                 return
-            owed = stray_end(before, event)
+            owed = stray_end(before, event, self.same_job)
             if owed is not None:  # an end at a provider the job has left: free the slot it may hold there
                 await self.release(event.job_id, owed.provider, owed.attempt, owed.status,
                                    provider_job_id=owed.provider_job_id)
             return
-        step: Transition = apply(before, aimed)
+        step: Transition = apply(before, aimed, self.same_job)
         if step.changed and step.state is not None:
             self.put(key, JobRecord(step.state, aimed.event_id, record.admitted_by if record else None))
             pipe.metrics.transitions.labels(step.state.status.value).inc()
@@ -294,9 +300,14 @@ class JobDesk:
                     max(0.0, step.state.updated_at - step.state.created_at))
                 # A provider's own word that its job ended was sent to the slot's dispatcher by
                 # the webhook bridge already (with the provider job id, which the connector may
-                # spell otherwise than the one recorded: fal); anything else is ours to send.
-                from_bridge = aimed.event_id.startswith("wh:") and same_provider_job(
-                    pipe.providers.get(aimed.provider or ""), aimed.provider_job_id, step.state.provider_job_id)
+                # spell otherwise than the one recorded: fal); anything else is ours to send. The
+                # word is the one that ended the job: a reroute that took in an end kept from
+                # before (``hold``) owes what that end would have owed coming after it, never a
+                # ``cancelled`` release of its own (a cancel call, and a mark, for a provider job
+                # that provider already said was cancelled).
+                ender = step.ended_by or aimed
+                from_bridge = from_webhook(ender) and same_provider_job(
+                    pipe.providers.get(ender.provider or ""), ender.provider_job_id, step.state.provider_job_id)
                 await self.finish(step.state, provider=None if from_bridge else step.state.provider)
         if before is not None and before.terminal and aimed.provider:
             # A provider still reports on a finished job (a duplicate dispatch re-submitted after

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from floodgate.dispatch import ENDED
-from floodgate.jobs.state import ENDING_KINDS, JobEvent, JobState, is_early
+from floodgate.jobs.state import ENDING_KINDS, WEBHOOK_PREFIX, JobEvent, JobState, SameJob, exact_job, is_early
 from floodgate.push import target_of_request
 
 _EVENT_FIELDS = ("provider", "provider_job_id", "progress", "video_url", "error", "tenant", "user_id", "model",
@@ -73,8 +73,9 @@ def webhook_event(provider: str, *, job_id: str, webhook_id: str, state: str, oc
     if kind is None:
         return None
     return JobEvent(
-        event_id=f"wh:{provider}:{webhook_id}", job_id=job_id, kind=kind, at=occurred_at, provider=provider,
-        provider_job_id=provider_job_id, attempt=0, progress=progress, video_url=video_url, error=error)
+        event_id=f"{WEBHOOK_PREFIX}{provider}:{webhook_id}", job_id=job_id, kind=kind, at=occurred_at,
+        provider=provider, provider_job_id=provider_job_id, attempt=0, progress=progress, video_url=video_url,
+        error=error)
 
 
 def aim(before: JobState | None, event: JobEvent) -> JobEvent | None:
@@ -105,7 +106,7 @@ class Release:
     provider_job_id: str | None = None
 
 
-def stray_end(before: JobState | None, event: JobEvent) -> Release | None:
+def stray_end(before: JobState | None, event: JobEvent, same: SameJob = exact_job) -> Release | None:
     """The release owed to the provider of an event ``aim`` ignores because the job has moved on
     to another provider, when the event says the job ended there; None otherwise.
 
@@ -117,10 +118,11 @@ def stray_end(before: JobState | None, event: JobEvent) -> Release | None:
     frees the provider's slot of the event's attempt or an earlier one. News from a provider the
     job is moving to (``state.is_early``) is no stray: it is kept for the job's next attempt. News
     of an attempt later than the table knows frees nothing either (a job that ended ignores it).
+    ``same`` compares provider job ids (``state.SameJob``).
     """
     if before is None or not event.provider or event.kind not in ENDING_KINDS:
         return None
-    if aim(before, event) is not None or is_early(before, event) or event.attempt > before.attempt:
+    if aim(before, event) is not None or is_early(before, event, same) or event.attempt > before.attempt:
         return None
     if event.provider_job_id:
         return Release(event.provider, event.attempt, ENDED, event.provider_job_id)

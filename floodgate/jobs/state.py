@@ -20,7 +20,10 @@ writes ``rerouted`` to ``events`` and the order straight to the next provider, w
 through another topic with a lag of its own). ``hold`` keeps such news from the future in the
 state (``early_news``, bounded) until an attempt opens at its provider, which then takes it in as
 if it had come after. ``moved_from`` tells it from news of a provider the job has left, which is
-old news.
+old news; ``left_jobs`` tells a webhook from a provider the job left and is going back to
+(A → B → A: the next order may reach A before the table reads the reroute) from a webhook of an
+attempt it left there: a webhook names no attempt, but it names its provider job, and each attempt
+is a provider job of its own.
 """
 
 from __future__ import annotations
@@ -31,7 +34,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from enum import StrEnum
 from types import MappingProxyType
-from typing import Any
+from typing import Any, NamedTuple
 
 from floodgate.errors import Problem, ValidationError
 
@@ -40,6 +43,26 @@ RECENT_EVENTS_LIMIT = 32
 EARLY_NEWS_LIMIT = 8
 """News from a provider the job is moving to, kept at most (``hold``): the furthest on, so an end
 is never the one let go."""
+
+LEFT_JOBS_LIMIT = 8
+"""Provider jobs of attempts the job left, remembered at most (``left_jobs``): those of the latest
+attempts. A job moves a few times at most, and only attempts whose provider job the table learned
+count, so the limit is a bound on a state's size, not a window."""
+
+WEBHOOK_PREFIX = "wh:"
+"""How the id of an event that a provider's webhook stands for begins
+(``floodgate.jobs.events.webhook_event``). Such an event names no attempt (its ``attempt`` is 0),
+where a dispatcher's word (a poll, a timeout) names its slot's, 0 included."""
+
+SameJob = Callable[[str, str, str], bool]
+"""``same(provider, a, b)``: whether provider job ids ``a`` and ``b`` name one job at ``provider``.
+The jobs agent asks the provider's connector (fal names one job two ways:
+``connectors.providers.base.same_provider_job``); by default ids are compared exactly."""
+
+
+def exact_job(provider: str, a: str, b: str) -> bool:
+    """``SameJob`` for providers that name each job one way only."""
+    return a == b
 
 
 class JobStatus(StrEnum):
@@ -82,6 +105,14 @@ EVENT_KINDS: frozenset[str] = frozenset(
 
 def _frozen_metadata(value: Mapping[str, str]) -> Mapping[str, str]:
     return MappingProxyType(dict(value))
+
+
+class LeftJob(NamedTuple):
+    """A provider job of an attempt the job has left (``JobState.left_jobs``)."""
+
+    attempt: int
+    provider: str
+    provider_job_id: str
 
 
 @dataclass(frozen=True)
@@ -193,6 +224,14 @@ class JobState:
     early_news: tuple[JobEvent, ...] = ()
     """News from a provider the job is moving to, read before its ``rerouted`` event (``hold``),
     by time: taken in when an attempt opens there, let go when the job ends."""
+    left_jobs: tuple[LeftJob, ...] | None = ()
+    """The provider jobs of the attempts the job left, as far as the table learned them, sorted (at
+    most ``LEFT_JOBS_LIMIT``, the latest attempts'): a word from elsewhere naming one is old news,
+    never kept for a later attempt (``is_early``). Once the job is back at such a provider, a
+    webhook from there is its current attempt's, as before (the API's early word on a webhook
+    takes it so too: ``floodgate.api.heard`` sees snapshots only). None: a job that moved, in a
+    state written before the field existed, whose earlier provider jobs are unknown (``is_early``
+    then takes every word from a provider the job left as old news, as that version did)."""
     recent_events: tuple[str, ...] = ()
     version: int = 0
 
@@ -201,6 +240,8 @@ class JobState:
         object.__setattr__(self, "metadata", _frozen_metadata(self.metadata))
         object.__setattr__(self, "moved_from", tuple(self.moved_from))
         object.__setattr__(self, "early_news", tuple(self.early_news))
+        if self.left_jobs is not None:
+            object.__setattr__(self, "left_jobs", tuple(LeftJob(*job) for job in self.left_jobs))
         object.__setattr__(self, "recent_events", tuple(self.recent_events))
 
     @property
@@ -223,11 +264,15 @@ class JobState:
                      "lined_at"):
             if out[name] is None:
                 del out[name]
-        del out["moved_from"], out["early_news"]  # only a job that moved (or is moving) has them
+        del out["moved_from"], out["early_news"], out["left_jobs"]  # only a job that moved (or is moving) has them
         if self.moved_from:
             out["moved_from"] = list(self.moved_from)
         if self.early_news:
             out["early_news"] = [_news_dict(e) for e in self.early_news]
+        # A job that moved writes its left provider jobs even when it learned none: a moved job's
+        # record without them is one the previous version wrote (``from_dict``).
+        if self.left_jobs or (self.moved_from and self.left_jobs is not None):
+            out["left_jobs"] = [job._asdict() for job in self.left_jobs or ()]
         return out
 
     @classmethod
@@ -254,6 +299,10 @@ class JobState:
             raise ValidationError(problems)
         if "early_news" in kwargs:
             kwargs["early_news"] = tuple(_news_event(kwargs["job_id"], doc) for doc in kwargs["early_news"])
+        if kwargs.get("left_jobs") is not None:
+            kwargs["left_jobs"] = tuple(LeftJob(**doc) for doc in kwargs["left_jobs"])
+        elif "left_jobs" not in kwargs and kwargs.get("moved_from"):
+            kwargs["left_jobs"] = None  # a job that moved, written before its left provider jobs were kept
         return cls(**kwargs)
 
 
@@ -338,6 +387,16 @@ def _news_event(job_id: str, doc: Mapping[str, Any]) -> JobEvent:
     return JobEvent(job_id=job_id, **doc)
 
 
+def _left_jobs(value: Any) -> str | None:
+    if value is None:
+        return None
+    ok = isinstance(value, (list, tuple)) and all(
+        isinstance(doc, Mapping) and set(doc) == set(LeftJob._fields) and _count(doc["attempt"]) is None
+        and all(isinstance(doc[name], str) and doc[name] for name in ("provider", "provider_job_id"))
+        for doc in value)
+    return None if ok else "must be a list of {attempt, provider, provider_job_id}"
+
+
 def _news(value: Any) -> str | None:
     if not isinstance(value, (list, tuple)):
         return "must be a list of events"
@@ -353,7 +412,7 @@ _CHECKS: Mapping[str, Callable[[Any], str | None]] = MappingProxyType({
     "job_id": _job_id, "status": _status, "attempt": _count, "version": _count, "deadline_at": _optional_time,
     "provider_queue_position": _optional_count, "provider_queue_at": _optional_time, "lined_at": _optional_time,
     "progress": _progress, "created_at": _time, "updated_at": _time, "metadata": _metadata,
-    "recent_events": _strings, "moved_from": _strings, "early_news": _news,
+    "recent_events": _strings, "moved_from": _strings, "early_news": _news, "left_jobs": _left_jobs,
     **{name: _optional_str for name in _OPTIONAL_STR}})
 
 
@@ -371,6 +430,9 @@ class Transition:
     changed: bool
     became_terminal: bool
     reason: str
+    ended_by: JobEvent | None = None
+    """With ``became_terminal``: the event whose word ended the job, the one applied or news kept
+    from before (``hold``) that the attempt it opened took in."""
 
 
 _KIND_STATUS: Mapping[str, JobStatus] = MappingProxyType(
@@ -394,53 +456,89 @@ _IDENTITY = ("tenant", "user_id", "model", "webhook_url", "push_platform", "push
              "request_hash")
 
 
-def apply(state: JobState | None, event: JobEvent) -> Transition:
-    """Fold ``event`` into ``state``. Pure; never raises for a well-formed event.
+def apply(state: JobState | None, event: JobEvent, same: SameJob = exact_job) -> Transition:
+    """Fold ``event`` into ``state``. Pure; never raises for a well-formed event. ``same`` compares
+    provider job ids (``SameJob``).
 
     Raises ``ValueError`` if the event belongs to another job.
     """
     if state is None:
         blank = JobState(job_id=event.job_id, created_at=event.at, updated_at=event.at)
-        merged, _ = _merge(blank, event)
-        return Transition(_stamp(blank, merged, event), True, merged.terminal, f"created by {event.kind}")
+        merged, _, ended_by = _merge(blank, event, same)
+        return Transition(_stamp(blank, merged, event), True, merged.terminal, f"created by {event.kind}",
+                          ended_by if merged.terminal else None)
     if event.job_id != state.job_id:
         raise ValueError(f"event {event.event_id!r} is for job {event.job_id!r}, not {state.job_id!r}")
     if event.event_id in state.recent_events:
         return Transition(state, False, False, "duplicate event")
-    merged, reason = _merge(state, event)
+    merged, reason, ended_by = _merge(state, event, same)
     if merged == state:
         return Transition(state, False, False, reason or "no change")
     became_terminal = merged.terminal and not state.terminal
-    return Transition(_stamp(state, merged, event), True, became_terminal, reason or "merged")
+    return Transition(_stamp(state, merged, event), True, became_terminal, reason or "merged",
+                      ended_by if became_terminal else None)
 
 
-def is_early(state: JobState | None, event: JobEvent) -> bool:
+def from_webhook(event: JobEvent) -> bool:
+    """Whether ``event`` stands for a provider's webhook (``WEBHOOK_PREFIX``): it names no attempt."""
+    return event.event_id.startswith(WEBHOOK_PREFIX)
+
+
+def _names_left_job(state: JobState, event: JobEvent, same: SameJob) -> bool:
+    """Whether ``event`` names a provider job of an attempt the job has left (``left_jobs``)."""
+    named, provider = event.provider_job_id, event.provider
+    if not named or not provider or not state.left_jobs:
+        return False
+    return any(job.provider == provider and same(provider, job.provider_job_id, named) for job in state.left_jobs)
+
+
+def is_early(state: JobState | None, event: JobEvent, same: SameJob = exact_job) -> bool:
     """Whether ``event`` is news from the future: from a provider the job is moving to, read before
     the ``rerouted`` event that sends it there (the submitter writes that event, then the order
     straight to the next provider's dispatch topic; nothing waits for the jobs table to read it).
 
-    That is a word from a provider other than the job's current one that names a later attempt
-    (its dispatcher's), or that names none (a webhook: attempt 0) from a provider none of the job's
-    earlier attempts was at (``moved_from``). A job that ended takes no more news (it ignores later
-    attempts). Where the state cannot say where a job that moved has been, a word that names no
-    attempt is old news, as it always was: a state written before ``moved_from`` existed (after an
-    upgrade in place: else the timeout of the provider it left, which names attempt 0, would be
-    kept instead of freeing that provider's slot) or a job moved from a provider to itself. So is
-    a webhook from a provider the job left and goes back to (A → B → A): which attempt it speaks
-    of, the table cannot tell.
+    That is a word from a provider other than the job's current one, naming no provider job of an
+    attempt the job left (``left_jobs``), that names a later attempt (its dispatcher's), or
+    that names none (a webhook: attempt 0) from a provider none of the job's earlier attempts was
+    at (``moved_from``). From a provider an earlier attempt was at, and the job may go back to
+    (A → B → A), a webhook is news from the future when it names a provider job: one of an
+    attempt the job left there is old news by ``left_jobs``. A job that ended takes no more news
+    (it ignores later attempts).
+
+    Where the state cannot say where a job that moved has been, or which provider jobs it left, a
+    word that names no attempt is old news, as it always was: a state written before
+    ``moved_from`` or ``left_jobs`` existed (after an upgrade in place: else the timeout of the
+    provider it left, which names attempt 0, would be kept instead of freeing that provider's
+    slot) or a job moved from a provider to itself. So is a dispatcher's word of attempt 0 (it
+    names the job's first attempt), and a word that names no provider job.
+
+    An attempt whose provider job the table never learned (its submission's answer was lost, and
+    the job moved on) leaves no trace in ``left_jobs``: a webhook of that job then reads as news
+    from the future, kept until the job ends, and taken in should the job go back to that
+    provider, as it would be if it came after the job went back (no order of reading can tell
+    which attempt such a webhook speaks of: only the attempt in the webhook could). It takes a
+    job the provider made although its submission failed, and a way back to that provider (a
+    fallback, then a spill to an equivalent whose first provider it is; a spill then a fallback
+    leaves a provider whose attempt was never submitted).
     """
     if state is None or state.terminal or event.kind in ("queued", "rerouted"):
         return False
     if not event.provider or not state.provider or event.provider == state.provider:
         return False
+    if _names_left_job(state, event, same):
+        return False
     if event.attempt:
         return event.attempt > state.attempt
     if not state.attempt:
         return True  # the job has been nowhere else yet
-    return bool(state.moved_from) and event.provider not in state.moved_from
+    if not state.moved_from:
+        return False
+    if event.provider not in state.moved_from:
+        return True
+    return from_webhook(event) and bool(event.provider_job_id) and state.left_jobs is not None
 
 
-def hold(state: JobState | None, event: JobEvent) -> Transition | None:
+def hold(state: JobState | None, event: JobEvent, same: SameJob = exact_job) -> Transition | None:
     """``state`` keeping ``event``, news from the future (``is_early``), until an attempt opens at
     its provider (``apply`` then takes it in); None when ``event`` is not such news.
 
@@ -450,7 +548,7 @@ def hold(state: JobState | None, event: JobEvent) -> Transition | None:
     ``EARLY_NEWS_LIMIT`` are kept, the furthest on (an end before a start, the latest first):
     which ones does not depend on the order they came in.
     """
-    if state is None or not is_early(state, event):
+    if state is None or not is_early(state, event, same):
         return None
     if event.event_id in state.recent_events or event in state.early_news:
         return Transition(state, False, False, "duplicate event")
@@ -482,15 +580,16 @@ def _stamp(old: JobState, merged: JobState, event: JobEvent) -> JobState:
     )
 
 
-def _merge(state: JobState, event: JobEvent) -> tuple[JobState, str]:
-    """The state with the event's facts folded in (version/recent/updated untouched) and why."""
+def _merge(state: JobState, event: JobEvent, same: SameJob) -> tuple[JobState, str, JobEvent | None]:
+    """The state with the event's facts folded in (version/recent/updated untouched), why, and
+    the event that ended the job if it ended now."""
     s = _merge_identity(state, event) if event.kind == "queued" else state
     filled = "job fields filled" if s is not state else ""
-    s, why = _merge_attempt(s, event)
+    s, why, ended_by = _merge_attempt(s, event, same)
     if s.early_news:  # what is no longer news from the future goes: old news, or the job ended
-        still = tuple(e for e in s.early_news if is_early(s, e))
+        still = tuple(e for e in s.early_news if is_early(s, e, same))
         s = s if still == s.early_news else dataclasses.replace(s, early_news=still)
-    return s, "; ".join(r for r in (filled, why) if r)
+    return s, "; ".join(r for r in (filled, why) if r), ended_by
 
 
 def _left(state: JobState, provider: str | None, now_at: str | None) -> JobState:
@@ -500,18 +599,34 @@ def _left(state: JobState, provider: str | None, now_at: str | None) -> JobState
     return dataclasses.replace(state, moved_from=tuple(sorted((*state.moved_from, provider))))
 
 
-def _merge_attempt(s: JobState, event: JobEvent) -> tuple[JobState, str]:
+def _left_job(state: JobState, attempt: int, provider: str | None, provider_job_id: str | None) -> JobState:
+    """``state`` knowing that ``provider_job_id`` at ``provider`` was the job of ``attempt``, which
+    it left. Sorted and bounded alike in any order (the latest attempts' stay)."""
+    if state.left_jobs is None or not provider or not provider_job_id:
+        return state
+    job = LeftJob(attempt, provider, provider_job_id)
+    if job in state.left_jobs:
+        return state
+    kept = tuple(sorted((*state.left_jobs, job)))[-LEFT_JOBS_LIMIT:]
+    return state if kept == state.left_jobs else dataclasses.replace(state, left_jobs=kept)
+
+
+def _merge_attempt(s: JobState, event: JobEvent, same: SameJob) -> tuple[JobState, str, JobEvent | None]:
     if event.attempt < s.attempt:
-        # (The provider an old attempt names is one the job left: so it converges in any order.)
-        return _left(s, event.provider, s.provider), f"stale attempt {event.attempt} < {s.attempt}"
+        # (The provider an old attempt names is one the job left, and the provider job it names,
+        # that attempt's: so they converge in any order. A webhook names no attempt.)
+        s = _left(s, event.provider, s.provider)
+        if not from_webhook(event):
+            s = _left_job(s, event.attempt, event.provider, event.provider_job_id)
+        return s, f"stale attempt {event.attempt} < {s.attempt}", None
     if s.terminal:
         if event.attempt > s.attempt:
-            return s, f"{s.status.value} is terminal; attempt {event.attempt} ignored"
+            return s, f"{s.status.value} is terminal; attempt {event.attempt} ignored", None
         late = _merge_facts(s, event)
-        return late, f"{s.status.value} is terminal" + ("; late facts merged" if late is not s else "")
+        return late, f"{s.status.value} is terminal" + ("; late facts merged" if late is not s else ""), None
     opened = event.attempt > s.attempt
     if opened:
-        s = _left(s, s.provider, event.provider)
+        s = _left_job(_left(s, s.provider, event.provider), s.attempt, s.provider, s.provider_job_id)
         s = dataclasses.replace(
             s,
             moved_from=tuple(p for p in s.moved_from if p != event.provider),
@@ -535,34 +650,39 @@ def _merge_attempt(s: JobState, event: JobEvent) -> tuple[JobState, str]:
         else:
             reason = f"attempt {event.attempt} opened by {event.kind}"
     elif event.kind == "rerouted":
-        return s, f"rerouted needs attempt > {s.attempt}"
+        return s, f"rerouted needs attempt > {s.attempt}", None
     else:
         reason = ""
     s = _merge_facts(s, event)
     s, why = _advance(s, event)
     s = _queue_place(s, event)
+    ended_by = event if s.terminal else None
     if opened and s.early_news:
-        s, taken = _take_early(s)
+        s, taken, ended_by = _take_early(s, same, ended_by)
         why = "; ".join(r for r in (why, taken) if r)
-    return s, "; ".join(r for r in (reason, why) if r)
+    return s, "; ".join(r for r in (reason, why) if r), ended_by
 
 
-def _take_early(s: JobState) -> tuple[JobState, str]:
+def _take_early(s: JobState, same: SameJob, ended_by: JobEvent | None) -> tuple[JobState, str, JobEvent | None]:
     """The attempt that just opened at ``s.provider`` takes in the news kept from there (a webhook's,
-    or its dispatcher's of this attempt), by time, as if it had come now."""
+    or its dispatcher's of this attempt), by time, as if it had come now; and what ended the job
+    (``ended_by`` as it came, else the news that ended it). News naming a provider job of an
+    attempt the job left is never kept (``is_early``; ``_merge`` lets it go once that is known)."""
     due = [e for e in s.early_news if e.provider == s.provider and e.attempt in (0, s.attempt)]
     if not due:
-        return s, ""
+        return s, "", ended_by
     s = dataclasses.replace(s, early_news=tuple(e for e in s.early_news if e not in due))
     whys = []
     for early in due:
         # As apply folds in a word of the current attempt (a terminal status is never left, only
         # late facts count then), and, where it changed something, as new as the word was (hold
         # left the job's time as it was).
-        merged, why = _merge_attempt(s, dataclasses.replace(early, attempt=s.attempt))
+        merged, why, _ = _merge_attempt(s, dataclasses.replace(early, attempt=s.attempt), same)
+        if ended_by is None and merged.terminal:
+            ended_by = early  # (as it came: the jobs agent asks whether the bridge released its end)
         s = s if merged == s else dataclasses.replace(merged, updated_at=max(s.updated_at, early.at))
         whys.append(why)
-    return s, "news kept from before: " + (", ".join(w for w in whys if w) or "no change")
+    return s, "news kept from before: " + (", ".join(w for w in whys if w) or "no change"), ended_by
 
 
 def _merge_identity(state: JobState, event: JobEvent) -> JobState:

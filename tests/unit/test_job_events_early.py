@@ -20,6 +20,7 @@ from floodgate.jobs.state import (
     JobEvent,
     JobState,
     JobStatus,
+    LeftJob,
     apply,
     hold,
     is_early,
@@ -34,10 +35,11 @@ def queued(provider: str = "wan") -> JobEvent:
                     user_id="u1", model="wan-2.6")
 
 
-def rerouted(to: str, attempt: int, by: str = "wan", at: float = 2.0) -> JobEvent:
-    """As the dispatcher of ``by`` writes it, before it sends the order to ``to``."""
+def rerouted(to: str, attempt: int, by: str = "wan", at: float = 2.0, *, model: str | None = None) -> JobEvent:
+    """As the dispatcher of ``by`` writes it, before it sends the order to ``to`` (a spill names
+    the equivalent ``model``)."""
     return JobEvent(event_id=f"{JOB}:rerouted:{by}:{attempt}", job_id=JOB, kind="rerouted", at=at, provider=to,
-                    attempt=attempt, error=f"{by} unavailable")
+                    attempt=attempt, model=model, error=f"spilled from {by}" if model else f"{by} unavailable")
 
 
 def said(by: str, kind: str, *, hook: str | None = None, attempt: int = 0, at: float = 5.0, **kw: Any) -> JobEvent:
@@ -67,6 +69,12 @@ def through(events: list[JobEvent]) -> JobState:
 
 
 AT_WAN = through([queued()])
+AT_KLING = through([queued(), rerouted("kling", 1)])
+LEFT_PW0 = through([queued(), said("wan", "running", hook="w0-run", provider_job_id="pw0", at=1.5),
+                    rerouted("kling", 1)])
+"""At kling, having left wan's provider job ``pw0`` (a job wan had for the first attempt)."""
+WRITTEN_BEFORE_LEFT_JOBS = JobState.from_dict({k: v for k, v in AT_KLING.to_dict().items() if k != "left_jobs"})
+"""AT_KLING as the version before ``left_jobs`` wrote it."""
 
 
 @pytest.mark.parametrize("done", [said("kling", "completed", hook="k-done", provider_job_id="pk"),
@@ -106,11 +114,19 @@ def test_without_the_news_kept_the_reroute_would_leave_the_job_waiting_for_good(
     (AT_WAN, JobEvent(event_id="c", job_id=JOB, kind="cancelled", at=5.0), False),  # a user's: no provider
     (AT_WAN, rerouted("kling", 1), False),  # the reroute itself
     (None, said("kling", "running", hook="h"), False),  # nothing known yet: applied
-    (through([queued(), rerouted("kling", 1)]), said("wan", "completed", hook="h"), False),  # left: old news
-    (through([queued(), rerouted("kling", 1)]), said("wan", "failed", attempt=0), False),
-    (through([queued(), rerouted("kling", 1)]), said("veo", "running", hook="h"), True),  # kling's fallback
-    (through([queued(), rerouted("kling", 1)]), said("veo", "running", attempt=1), False),  # names an old attempt
-    (through([queued(), rerouted("kling", 1)]), said("wan", "running", attempt=2), True),  # wan again, later
+    (AT_KLING, said("wan", "completed", hook="h"), False),  # left, and names no provider job: old news
+    (AT_KLING, said("wan", "failed", attempt=0), False),  # wan's dispatcher, of the attempt the job left
+    (AT_KLING, said("wan", "completed", attempt=0, provider_job_id="pw0"), False),
+    (AT_KLING, said("veo", "running", hook="h"), True),  # kling's fallback
+    (AT_KLING, said("veo", "running", attempt=1), False),  # names an old attempt
+    (AT_KLING, said("wan", "running", attempt=2), True),  # wan again, later
+    # wan again (A → B → A): a webhook names no attempt, but a provider job none the job left there.
+    (AT_KLING, said("wan", "completed", hook="h", provider_job_id="pw2"), True),
+    (LEFT_PW0, said("wan", "completed", hook="h", provider_job_id="pw2"), True),
+    (LEFT_PW0, said("wan", "completed", hook="h", provider_job_id="pw0"), False),  # the job it left there
+    # A moved job written before states kept the provider jobs they left: as that version did.
+    (WRITTEN_BEFORE_LEFT_JOBS, said("wan", "completed", hook="h", provider_job_id="pw2"), False),
+    (WRITTEN_BEFORE_LEFT_JOBS, said("veo", "running", hook="h"), True),
     # A job at kling written before states said where they had been: wan's word is old news, and
     # wan's timeout (attempt 0) frees wan's slot as it did (stray_end), rather than being kept.
     (JobState(job_id=JOB, provider="kling", attempt=1), said("wan", "failed", attempt=0), False),
@@ -126,13 +142,61 @@ def test_news_from_the_future_is_from_another_provider_than_the_jobs_and_none_it
         assert aim(state, event) is None, "the agent holds only what aim does not apply"
 
 
-def test_a_provider_the_job_left_is_remembered_so_its_word_is_still_old_news_and_its_slot_freed() -> None:
-    at_kling = through([queued(), rerouted("kling", 1)])
-    assert at_kling.moved_from == ("wan",)
-    late = said("wan", "completed", hook="w-done", provider_job_id="pw")
-    assert hold(at_kling, late) is None
-    assert stray_end(at_kling, late) == Release("wan", 0, ENDED, "pw")
-    assert through([queued(), rerouted("kling", 1), late]) == at_kling
+def test_a_dispatchers_word_from_a_provider_the_job_left_is_still_old_news_and_its_slot_freed() -> None:
+    assert AT_KLING.moved_from == ("wan",)
+    late = said("wan", "completed", attempt=0, provider_job_id="pw")  # its poll of the slot it still held
+    assert hold(AT_KLING, late) is None
+    assert stray_end(AT_KLING, late) == Release("wan", 0, ENDED, "pw")
+    assert through([queued(), rerouted("kling", 1), late]) == AT_KLING
+
+
+SPILL = rerouted("kling", 1, model="kling-2.1")
+BACK = rerouted("wan", 2, by="kling", at=3.0)
+"""wan → kling → wan: wan-2.6 spills from wan's line to kling-2.1, kling's submission fails, and
+kling-2.1's fallback is wan (a spill leaves the providers tried as they were)."""
+
+
+def test_a_webhook_from_the_provider_a_job_goes_back_to_is_kept_until_the_reroute_that_sends_it_back() -> None:
+    """kling's dispatcher writes ``rerouted`` and sends the order straight to wan, whose webhook
+    may be read while the table still has the job at kling. Dropped as old news (wan is a provider
+    the job left), it left the job waiting at wan for good: the bridge had freed wan's slot."""
+    at_kling = through([queued(), SPILL])
+    done = said("wan", "completed", hook="w-done", provider_job_id="pw2", at=4.0)
+    assert aim(at_kling, done) is None and stray_end(at_kling, done) is None, "no stray: the next attempt's"
+    kept = hold(at_kling, done)
+    assert kept is not None and kept.changed and kept.state is not None and kept.state.early_news == (done,)
+    back = apply(kept.state, BACK)
+    assert back.state is not None and back.became_terminal, back.reason
+    assert back.ended_by == done, "the agent releases the end as the webhook's"
+    assert (back.state.status, back.state.provider, back.state.attempt, back.state.provider_job_id) == (
+        JobStatus.COMPLETED, "wan", 2, "pw2")
+    assert (back.state.moved_from, back.state.serving_model, back.state.route_note) == (
+        ("kling",), "kling-2.1", "kling unavailable")
+    assert semantic(back.state) == semantic(through([queued(), SPILL, BACK, done]))
+
+
+def by_request_id(provider: str, a: str, b: str) -> bool:
+    """As fal's connector compares provider job ids: by the request id after the app path."""
+    return a.rpartition("/")[2] == b.rpartition("/")[2]
+
+
+def test_a_webhook_of_a_provider_job_the_job_left_is_old_news_and_frees_only_that_jobs_slot() -> None:
+    """wan had a job for the first attempt (``pw0``) and the table learned it: its word read while
+    the job is elsewhere is not kept for the job's next attempt at wan, whose webhooks are; its
+    end frees only the slot that holds that provider job."""
+    assert LEFT_PW0.left_jobs == (LeftJob(0, "wan", "pw0"),) and LEFT_PW0.provider_job_id is None
+    stale = said("wan", "failed", hook="w0-fail", provider_job_id="pw0", at=6.0, error="boom")
+    assert hold(LEFT_PW0, stale) is None and stray_end(LEFT_PW0, stale) == Release("wan", 0, ENDED, "pw0")
+    run = said("wan", "running", hook="w2-run", provider_job_id="pw2", at=7.0)
+    back = through([queued(), said("wan", "running", hook="w0-run", provider_job_id="pw0", at=1.5),
+                    rerouted("kling", 1), stale, run, rerouted("wan", 2, by="kling", at=3.0)])
+    assert (back.status, back.attempt, back.provider_job_id, back.error) == (JobStatus.RUNNING, 2, "pw2", None)
+    # A provider that names one job two ways (fal): compared as its connector compares them.
+    fal = dataclasses.replace(LEFT_PW0, left_jobs=(LeftJob(0, "wan", "workflows/acme/video/req-0"),))
+    renamed = said("wan", "failed", hook="w0-fail", provider_job_id="workflows/acme/req-0", at=6.0)
+    assert is_early(fal, renamed), "exactly compared, another job"
+    assert not is_early(fal, renamed, by_request_id) and hold(fal, renamed, by_request_id) is None
+    assert stray_end(fal, renamed, by_request_id) == Release("wan", 0, ENDED, "workflows/acme/req-0")
 
 
 def test_a_second_reroute_read_first_takes_in_its_providers_news_and_lets_the_skipped_ones_go() -> None:
@@ -182,7 +246,7 @@ def test_a_job_that_never_moved_writes_what_it_wrote_before() -> None:
     """The happy path's changelog records carry no new field."""
     state = through([queued(), said("wan", "running", hook="r"), said("wan", "completed", hook="d")])
     assert state.status is JobStatus.COMPLETED
-    assert not {"moved_from", "early_news"} & set(state.to_dict())
+    assert not {"moved_from", "early_news", "left_jobs"} & set(state.to_dict())
 
 
 def test_a_state_with_news_kept_round_trips_and_bad_news_is_named() -> None:
@@ -222,21 +286,26 @@ def test_an_end_taken_in_is_not_left_for_a_later_end_kept_with_it(first: str) ->
 
 # --- any read order converges ------------------------------------------------------------------
 
-PROVIDERS = ["wan", "kling", "veo"]
+ROUTES = (("wan", "kling"), ("wan", "kling", "veo"), ("wan", "kling", "wan"))
+"""Where a job's attempts are: moved on once or twice, or on to kling and back to wan (A → B → A:
+wan-2.6 spills from wan's line to kling-2.1, whose fallback is wan)."""
 
 
 @st.composite
 def moving_job(draw: st.DrawFn) -> list[JobEvent]:
-    """A job's events in the order they happened: admitted at wan, moved on once or twice (each
-    move before the provider took the job), then at its last provider words by webhook and by
-    poll, and an end; wan may still say it runs (a duplicate dispatch), but never that it ended."""
-    moves = draw(st.integers(1, 2))
+    """A job's events in the order they happened: admitted at wan, moved on along one of
+    ``ROUTES`` (each move before the provider took the job), then at its last provider words by
+    webhook and by poll, and an end; wan may still say it runs (a duplicate dispatch), but never
+    that it ended."""
+    route = draw(st.sampled_from(ROUTES))
     events = [queued()]
     if draw(st.booleans()):
         events.append(said("wan", "running", hook="w-run", at=1.5))
-    for attempt in range(1, moves + 1):
-        events.append(rerouted(PROVIDERS[attempt], attempt, by=PROVIDERS[attempt - 1], at=1.0 + attempt))
-    last, at = PROVIDERS[moves], 10.0
+    for attempt in range(1, len(route)):
+        spill = attempt == 1 and route[-1] == route[0]
+        events.append(rerouted(route[attempt], attempt, by=route[attempt - 1], at=1.0 + attempt,
+                               model="kling-2.1" if spill else None))
+    last, moves, at = route[-1], len(route) - 1, 10.0
     words = draw(st.lists(st.sampled_from(["running", "progress", "place"]), max_size=5))
     for i, word in enumerate(words):
         at += 1
@@ -267,9 +336,16 @@ def test_any_read_order_with_duplicates_ends_the_job_as_the_order_it_happened_in
         history: list[JobEvent], data: st.DataObject) -> None:
     expected = through(history)
     moves = max(e.attempt for e in history if e.kind == "rerouted")
-    assert expected.status in TERMINAL and (expected.provider, expected.attempt) == (PROVIDERS[moves], moves)
-    # The request is read first (its order is what sends the job anywhere); the rest in any order.
-    shuffled = [history[0], *data.draw(st.permutations(history[1:]))]
+    assert expected.status in TERMINAL and (expected.provider, expected.attempt) == (history[-1].provider, moves)
+    # The request is read first (its order is what sends the job anywhere); the rest in any order,
+    # but for a job that goes back to wan, whose spill is read before the rest: a webhook names no
+    # attempt, so wan's word read while the job is still at wan's first attempt counts for that
+    # attempt (only an attempt in the webhook would tell). The order that sends the job back is
+    # sent once the spill is written and kling failed the job: only an `events` partition lagging
+    # by all of that lets wan's word come first.
+    goes_back = history[-1].provider == history[0].provider
+    head = [history[0], *(e for e in history if goes_back and e.kind == "rerouted" and e.attempt == 1)]
+    shuffled = [*head, *data.draw(st.permutations([e for e in history if e not in head]))]
     for again in data.draw(st.lists(st.sampled_from(history), max_size=4)):
-        shuffled.insert(data.draw(st.integers(1, len(shuffled))), again)
+        shuffled.insert(data.draw(st.integers(len(head), len(shuffled))), again)
     assert semantic(through(shuffled)) == semantic(expected)

@@ -18,7 +18,7 @@ from floodgate.errors import ValidationError
 from floodgate.jobs import EVENT_KINDS, RECENT_EVENTS_LIMIT, TERMINAL, JobEvent, JobState, JobStatus, apply
 from floodgate.jobs.events import Release, aim, queued_event, stray_end
 from floodgate.jobs.record import JobRecord, snapshot
-from floodgate.jobs.state import ENDING_KINDS
+from floodgate.jobs.state import ENDING_KINDS, LEFT_JOBS_LIMIT, LeftJob
 from schemas import SCHEMA_DIR
 
 Q, S, R, C, F, X, E = (
@@ -697,3 +697,68 @@ def test_the_place_converges_whatever_order_the_polls_arrive_in(history: list[Jo
     elif len(history) > 1:
         newest = max((e.at, -(e.queue_position or 0)) for e in history[1:])
         assert (expected.provider_queue_at, expected.provider_queue_position) == (newest[0], -newest[1])
+
+
+# -- the provider jobs of attempts the job left ----------------------------------------------------
+
+
+def test_a_job_remembers_the_provider_job_of_an_attempt_it_left_in_whatever_order_it_learns_it() -> None:
+    moved = apply(state_at(R), ev("rerouted")).state  # sora's sj-1 (attempt 1), then kling
+    assert moved is not None and moved.left_jobs == (LeftJob(1, "sora", "sj-1"),)
+    unknown = apply(state_at(Q, provider_job_id=None), ev("rerouted")).state
+    assert unknown is not None and unknown.left_jobs == ()
+    late = apply(unknown, ev("running", "late", provider_job_id="sj-1")).state  # sora's word of attempt 1
+    assert late is not None and late.left_jobs == moved.left_jobs
+    webhook = ev("running", "wh:sora:1", attempt=0, provider_job_id="sj-0")  # names no attempt: not one it left
+    assert apply(unknown, webhook).state == unknown
+
+
+def test_the_transition_names_the_event_that_ended_the_job() -> None:
+    done = ev("completed")
+    assert apply(state_at(R), done).ended_by == done
+    assert apply(state_at(R), ev("progress")).ended_by is None
+    assert apply(state_at(C), ev("failed")).ended_by is None, "it had ended already"
+
+
+def test_left_jobs_round_trip_and_a_moved_job_written_before_them_keeps_that_versions_reading() -> None:
+    moved = apply(state_at(R), ev("rerouted")).state
+    assert moved is not None
+    assert moved.to_dict()["left_jobs"] == [{"attempt": 1, "provider": "sora", "provider_job_id": "sj-1"}]
+    learned_none = apply(state_at(Q, provider_job_id=None), ev("rerouted")).state
+    assert learned_none is not None and learned_none.to_dict()["left_jobs"] == []
+    for state in (moved, learned_none):
+        assert JobState.from_dict(state.to_dict()) == state
+        assert JobRecord.decode(JobRecord(state, "e").encode()).state == state
+    # The previous version wrote a moved job without the field: which jobs it left is unknown, and
+    # stays so (its record is rewritten as that version wrote it), after a later move too.
+    old_doc = {k: v for k, v in learned_none.to_dict().items() if k != "left_jobs"}
+    old = JobState.from_dict(old_doc)
+    assert old.left_jobs is None and old.to_dict() == old_doc
+    again = apply(old, ev("rerouted", "rr3", attempt=3, provider="veo")).state
+    assert again is not None and again.left_jobs is None and "left_jobs" not in again.to_dict()
+    # A job that never moved writes no such field, and reads back as one that left nothing.
+    assert "left_jobs" not in state_at(R).to_dict() and JobState.from_dict(state_at(R).to_dict()).left_jobs == ()
+
+
+@pytest.mark.parametrize("bad", [
+    "x", ["x"], [{"attempt": 1, "provider": "sora"}], [{"attempt": -1, "provider": "sora", "provider_job_id": "p"}],
+    [{"attempt": 1, "provider": "", "provider_job_id": "p"}], [{"attempt": 1, "provider": "s", "provider_job_id": 7}],
+    [{"attempt": 1, "provider": "s", "provider_job_id": "p", "odd": 1}],
+])
+def test_a_bad_left_job_is_named(bad: Any) -> None:
+    doc = {**state_at(R).to_dict(), "moved_from": ["veo"], "left_jobs": bad}
+    with pytest.raises(ValidationError) as err:
+        JobState.from_dict(doc)
+    assert [p.field for p in err.value.problems] == ["left_jobs"]
+
+
+def test_the_left_jobs_of_the_latest_attempts_are_kept() -> None:
+    events = [ev("queued", "q", attempt=0, provider="sora")]
+    for attempt in range(LEFT_JOBS_LIMIT + 4):
+        provider = PROVIDERS[attempt % len(PROVIDERS)]
+        events += [ev("rerouted", f"r{attempt}", attempt=attempt, provider=provider)] if attempt else []
+        events.append(ev("running", f"run{attempt}", attempt=attempt, provider=provider,
+                         provider_job_id=f"{provider}-{attempt}"))
+    in_order, backwards = fold(events), fold([events[0], *reversed(events[1:])])
+    assert [job.attempt for job in in_order.left_jobs or ()] == list(range(3, LEFT_JOBS_LIMIT + 3))
+    assert backwards.left_jobs == in_order.left_jobs
