@@ -43,14 +43,14 @@ background; ``stop`` waits for it.
 Kafka refuses a batch whole, and ``RecordTable`` resends the records of a refused batch together a
 second later: through one producer they would share a batch again, so one record Kafka will never
 take (too large for the topic, say) would take its batch-mates down with it on every resend, and
-their slots' handovers would wait until a later write of their keys superseded them. So after a
-refusal the next record to that partition goes alone (``_suspect``), and the rest only once it is
-answered: refused, it costs one producer and the next record goes alone through the next one;
-taken, the rest go together. Each resend so lands at least its first innocent record, all of them
-when the poisoned one is first: a refused batch with one poisoned record is through after one
-resend more than it had records ahead of that one. The price falls on a partition whose every
-record is refused (an authorization error): one producer per record sent again, not one per
-resend. A writer whose producer never failed holds nothing back.
+their slots' handovers would wait until a later write of their keys superseded them. So a key
+Kafka refused a record of goes alone (``_suspect``) until a record of it lands: its partition's
+other writes wait in the queue for the answer. Refused again, it costs one producer and stays
+suspect; landed, the key goes in batches again. So the records refused beside a poisoned one land
+on their first resend, whatever else is written meanwhile (a key never refused is batched as
+ever). The price falls on a partition whose every record is refused (an authorization error): one
+producer per record sent again, not one per resend. A writer whose producer never failed holds
+nothing back.
 
 One gap is aiokafka's, not closed here: when its sender task dies of an unexpected error
 (``Sender._fail_all``) it fails every batch taken, including those of a produce request to another
@@ -106,9 +106,9 @@ class SlotWriter:
         """Partitions with records on a retired producer not settled yet, or with a record sent
         alone (``_suspect``) not answered yet (their futures): the writes to them wait, in order,
         and the others go on. Empty but after a refusal."""
-        self._suspect: set[Partition] = set()
-        """Partitions Kafka refused a record of, and no record sent alone has landed on since: the
-        records waiting to go to one may include one Kafka will never take, so the next goes alone.
+        self._suspect: set[tuple[str, int, bytes]] = set()
+        """Keys (with their topic and partition) Kafka refused a record of, and no record of which
+        has landed since: one of them may be a record Kafka will never take, so each goes alone.
         Empty but after a refusal."""
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
@@ -238,9 +238,9 @@ class SlotWriter:
                 sent.add_done_callback(self._settle)
                 if producer is not self._producer:  # retired while it took this record
                     self._hold(sent, write)
-                elif self._suspect and (write.topic, write.partition) in self._suspect:
+                elif (suspect := (write.topic, write.partition, write.key)) in self._suspect:
                     # Alone: the partition's other writes wait in the queue for its answer.
-                    sent.add_done_callback(partial(self._cleared, (write.topic, write.partition)))
+                    sent.add_done_callback(partial(self._cleared, suspect))
                     self._hold(sent, write)
             self._wake.clear()
             await self._wake.wait()
@@ -264,8 +264,8 @@ class SlotWriter:
             return
         else:
             error = exc
-        # Its batch-mates, refused with it, are sent again: the first of them goes alone.
-        self._suspect.add((write.topic, write.partition))
+        # It and its batch-mates, refused with it, are sent again: each alone.
+        self._suspect.add((write.topic, write.partition, write.key))
         # Refused after the producer took it: its partition's batch numbers are spent past the
         # broker's (module docstring), so no later write goes through this producer.
         self._retire(producer, error)
@@ -296,12 +296,12 @@ class SlotWriter:
         self._held.setdefault(partition, set()).add(sent)
         sent.add_done_callback(partial(self._release, partition))
 
-    def _cleared(self, partition: Partition, sent: asyncio.Future[Any]) -> None:
-        """A record sent alone to a suspect partition is answered: landed, the partition's writes
-        go together again (refused, ``_settle`` has kept it suspect). Runs before ``_release``
-        lets the next write out."""
+    def _cleared(self, suspect: tuple[str, int, bytes], sent: asyncio.Future[Any]) -> None:
+        """A record of a suspect key, sent alone, is answered: landed, the key is batched again
+        (refused, ``_settle`` has kept it suspect). Runs before ``_release`` lets the next write
+        out."""
         if not sent.cancelled() and sent.exception() is None:
-            self._suspect.discard(partition)
+            self._suspect.discard(suspect)
 
     def _release(self, partition: Partition, sent: asyncio.Future[Any]) -> None:
         held = self._held.get(partition)

@@ -83,9 +83,9 @@ async def test_a_slot_record_refused_after_the_producer_broke_lands_before_the_c
 async def test_records_refused_with_one_kafka_never_takes_land_when_sent_again(kafka_bootstrap: str) -> None:
     """Kafka refuses a batch whole: records of other keys handed over with one it will never take
     (over the topic's ``max.message.bytes``) share its batch and are refused with it. ``RecordTable``
-    sends each of them again a second later; then the partition's first record goes alone, and the
-    others land (before, they were refused with it on every tick, until a later write of their keys
-    superseded them)."""
+    sends each of them again a second later; then each refused key goes alone until it lands, and
+    the others land (before, they were refused with it on every tick, until a later write of their
+    keys superseded them)."""
     topic = unique_name("slots-")
     create_small_topic(kafka_bootstrap, topic)
     writer = SlotWriter(kafka_bootstrap)

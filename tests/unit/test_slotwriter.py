@@ -272,14 +272,14 @@ async def test_many_refusals_of_one_producer_replace_it_once(producers: Producer
     await producers.until(lambda: producers.made[0].stopped)
 
 
-async def test_after_a_refusal_the_partitions_next_record_goes_alone(producers: Producers,
-                                                                     writer: SlotWriter) -> None:
+async def test_after_a_refusal_each_refused_key_goes_alone_until_it_lands(producers: Producers,
+                                                                          writer: SlotWriter) -> None:
     """Kafka refuses a batch whole: records of other keys that shared one with a record it will
     never take (too large for the topic, say) are refused with it, and ``RecordTable`` sends them
     all again on the same tick. Through one producer they would share a batch again, and be refused
-    again on every tick. After a refusal the partition's next record goes alone, the rest once it
-    is answered: refused, it costs one producer and the next goes alone through the next one;
-    landed, the rest go together. A partition Kafka refused nothing of is not held up."""
+    again on every tick. A refused key goes alone until a record of it lands (its partition's other
+    writes wait for the answer), whatever is written meanwhile: a key never refused is batched as
+    ever, and a partition Kafka refused nothing of is not held up."""
     keys = [b"0:big", b"0:a", b"0:b", b"0:c"]
     first = [writer.send(SlotWrite("slots", 0, key, b"v")) for key in keys]
     await producers.until(lambda: len(producers.made) == 1 and len(producers.made[0].taken) == len(keys))
@@ -288,27 +288,34 @@ async def test_after_a_refusal_the_partitions_next_record_goes_alone(producers: 
     await asyncio.wait(first)
     assert writer.renewals == 1
 
+    fresh = writer.send(SlotWrite("slots", 0, b"0:x", b"v"))  # a handover meanwhile, of a key never refused
+    await producers.until(lambda: len(producers.made) == 2 and len(producers.made[1].taken) == 1)
+    second = producers.made[1]
+    second.land(0)
+    await fresh
     again = [writer.send(SlotWrite("slots", 0, key, b"v")) for key in keys]
     elsewhere = writer.send(SlotWrite("slots", 1, b"1:d", b"v"))
-    await producers.until(lambda: len(producers.made) == 2 and len(producers.made[1].taken) >= 2)
-    second = producers.made[1]
-    assert second.keys() == [b"0:big", b"1:d"]  # the others of partition 0 wait for 0:big's answer
-    second.land(1)
+    await producers.until(lambda: len(second.taken) >= 3)
+    assert second.keys() == [b"0:x", b"0:big", b"1:d"]  # the others of partition 0 wait for 0:big's answer
+    second.land(2)
     await elsewhere
-    second.refuse(0)  # never taken
+    second.refuse(1)  # never taken
     with pytest.raises(OutOfOrderSequenceNumber):
         await again[0]
     assert writer.renewals == 2
     await producers.until(lambda: len(producers.made) == 3 and len(producers.made[2].taken) >= 1)
     third = producers.made[2]
-    assert third.keys() == [b"0:a"]  # alone too: the next might be refused as well
-    third.land(0)
-    await producers.until(lambda: len(third.taken) == 3)  # b and c together, before any answer
-    third.land(1)
-    third.land(2)
-    await asyncio.wait(again[1:])
-    assert [write.result() for write in again[1:]] == [1, 2, 3]
-    assert producers.landed == [(b"1:d", b"v"), (b"0:a", b"v"), (b"0:b", b"v"), (b"0:c", b"v")]
+    for index, key in enumerate(keys[1:]):  # each alone: any of them might be refused as well
+        await producers.until(lambda n=index: len(third.taken) == n + 1)
+        assert third.keys()[index] == key
+        third.land(index)
+        assert await again[1 + index] == len(producers.landed) - 1
+    batched = [writer.send(SlotWrite("slots", 0, key, b"w")) for key in (b"0:a", b"0:b")]
+    await producers.until(lambda: len(third.taken) == 5)  # landed since: together again, before any answer
+    third.land(3)
+    third.land(4)
+    await asyncio.wait(batched)
+    assert [key for key, _ in producers.landed] == [b"0:x", b"1:d", b"0:a", b"0:b", b"0:c", b"0:a", b"0:b"]
     assert writer.renewals == 2
 
 
