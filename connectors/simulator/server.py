@@ -42,7 +42,7 @@ from .config import SimulatorConfig, config_from_dict, dev_config
 from .dialects.base import CANCEL, CREATE, GET, RESULT, Dialect, Reply, View
 from .jobs import SAMPLE_VIDEO, BadRequest, Job, job_view, parse_create
 from .state import Created, ProviderState, retry_after_header
-from .webhooks import WebhookDispatcher
+from .webhooks import SENDERS, WebhookDispatcher
 
 log = logging.getLogger(__name__)
 
@@ -75,10 +75,13 @@ class Simulator:
     # -- lifecycle of the simulator itself ---------------------------------------------
     async def start(self, url: str) -> None:
         self.url = url
-        self._session = aiohttp.ClientSession()
+        # No pool limit: the dispatchers' shared senders bound the deliveries made at once (and so
+        # the connections), and a delivery's timeout starts once a sender has it.
+        self._session = aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0))
+        senders = asyncio.Semaphore(SENDERS)
         self.dispatchers = {
             name: WebhookDispatcher(state, f"{url}/{name}/files", self._session, self.spawn, self._wall,
-                                    dialect=self.dialects[name], view=self.view_factory(name))
+                                    dialect=self.dialects[name], view=self.view_factory(name), senders=senders)
             for name, state in self.states.items()
         }
         self.freed = {name: asyncio.Condition() for name in self.states}

@@ -26,6 +26,11 @@ log = logging.getLogger(__name__)
 
 Spawn = Callable[[Coroutine[Any, Any, None]], object]
 
+SENDERS = 100
+"""Deliveries a simulator makes at once, its providers together: its delivery workers, which the
+other deliveries wait for. The wait is not part of a delivery's timeout, as a real provider's wait
+in its own delivery queue is not (``WebhookDispatcher``)."""
+
 
 def make_event(event_type: str, job: Job, files_base: str, state: ProviderState, wall: float) -> dict[str, Any]:
     return {
@@ -50,8 +55,11 @@ class WebhookDispatcher:
         *,
         dialect: Dialect | None = None,
         view: Callable[[Job], View] | None = None,
+        senders: asyncio.Semaphore | None = None,
     ) -> None:
         self.dialect = dialect
+        # Shared by the simulator's providers; the session's own pool is not what bounds them.
+        self.senders = senders if senders is not None else asyncio.Semaphore(SENDERS)
         self.view = view
         self.state = state
         self.files_base = files_base
@@ -105,13 +113,12 @@ class WebhookDispatcher:
         config = self.state.config
         url = job.request.webhook_url
         assert url is not None
-        # The timeout runs from the moment the request goes out: connecting, then each read of the
-        # answer. Waiting for one of the session's pooled connections does not count, as a real
-        # provider's wait in its own delivery queue does not: counted (aiohttp's ``total``), a burst
-        # of deliveries queued behind the pool timed out while the receiver answered each within a
+        # The timeout runs from the moment a sender takes the delivery: connecting, sending, the
+        # whole answer. The wait for a sender does not count, as a real provider's wait in its own
+        # delivery queue does not: when it counted (the session's pool was the bound), a burst of
+        # deliveries queued behind the pool timed out while the receiver answered each within a
         # second, and their redeliveries made the burst larger (a retry storm of the simulator's own).
-        timeout = aiohttp.ClientTimeout(total=None, connect=None, sock_connect=config.webhook_timeout,
-                                        sock_read=config.webhook_timeout)
+        timeout = aiohttp.ClientTimeout(total=config.webhook_timeout)
         for attempt in range(config.webhook_attempts):
             if attempt:
                 self.state.count(job.api_key, "webhooks_retried")
@@ -123,15 +130,16 @@ class WebhookDispatcher:
             headers["Content-Type"] = "application/json"
             headers["User-Agent"] = "floodgate-simulator"
             try:
-                async with self.session.post(
+                async with self.senders, self.session.post(
                     url, data=body, headers=headers, timeout=timeout, allow_redirects=False
                 ) as response:
                     await response.read()
-                    if 200 <= response.status <= 299:
-                        self.state.count(job.api_key, "webhooks_sent")
-                        job.delivered.append(event_id)
-                        return
-                    log.debug("webhook %s to %s: HTTP %s", event_id, url, response.status)
+                    status = response.status
+                if 200 <= status <= 299:
+                    self.state.count(job.api_key, "webhooks_sent")
+                    job.delivered.append(event_id)
+                    return
+                log.debug("webhook %s to %s: HTTP %s", event_id, url, status)
             except TimeoutError:
                 self.state.count(job.api_key, "webhooks_timed_out")
                 log.debug("webhook %s to %s: no answer within %ss", event_id, url, config.webhook_timeout)

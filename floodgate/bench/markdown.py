@@ -308,14 +308,14 @@ def _alone(pin: dict[str, Any] | None) -> str:
 
 def _webhooks(run: dict[str, Any]) -> str:
     answer = run.get("webhook_answer")
-    if not answer:
-        return "not measured"
+    if not answer or not answer["answers"]:
+        return "not measured" if not answer else "none answered"
     def bound(ms: float | None) -> str:  # None: past the last bucket
         return f"≤ {num(ms, 0)} ms" if ms is not None else f"over {num(answer.get('last_bucket_ms'), 0)} ms"
 
     return (f"{answer['answers']:,} answered, {answer['over_100ms']:,} of them after 100 ms, p99 "
             f"{bound(answer['p99_le_ms'])}, slowest {bound(answer['worst_le_ms'])}; "
-            f"{run.get('webhooks_redelivered', 0):,} delivered again ({run.get('webhooks_timed_out', 0):,} "
+            f"{run.get('webhooks_retried', 0):,} delivered again ({run.get('webhooks_timed_out', 0):,} "
             f"not answered in time)")
 
 

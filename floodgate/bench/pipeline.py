@@ -40,6 +40,7 @@ from floodgate.bench.probes import (
     LagSampler,
     Offsets,
     answers_between,
+    api_metrics_urls,
     simulator_stats,
     topic_keys,
     webhook_answers,
@@ -169,10 +170,6 @@ def steady_rate(samples: list[tuple[float, int]], n: int) -> float:
     return (high[1] - low[1]) / (high[0] - low[0])
 
 
-def api_metrics_urls(stack: Stack) -> list[str]:
-    return [url for name, url in stack.metrics_urls.items() if name.startswith("api")]
-
-
 def worker_pids(stack: Stack) -> dict[str, int]:
     return {name: child.proc.pid for name, child in stack.children.items() if name.startswith("worker-")}
 
@@ -223,7 +220,7 @@ async def measure(ctx: Context, stack: Stack, cfg: PipelineConfig, what: str = "
         # A webhook the bridge does not answer 2xx within the simulator's timeout (5 s) is delivered
         # again: more records and hops per job, and its slot's release twice.
         "webhook_answer": answers_between(answers0, answers),
-        "webhooks_redelivered": sum(created[p]["webhooks_retried"] - created0[p]["webhooks_retried"] for p in created),
+        "webhooks_retried": sum(created[p]["webhooks_retried"] - created0[p]["webhooks_retried"] for p in created),
         "webhooks_timed_out": sum(created[p]["webhooks_timed_out"] - created0[p]["webhooks_timed_out"]
                                   for p in created),
         "video_store": stack.settings.video_store,  # the API copies every completed job's video unless "off"

@@ -268,14 +268,20 @@ def stalls_between(before: Stalls, after: Stalls, process: str = "api") -> dict[
             f"{process}_full_gc": loop_lag_between(before[1], after[1])}
 
 
-async def stalls(metrics_urls: Iterable[str], process: str = "api") -> Stalls:
-    """The loop lag and full-collection histograms of ``process`` (``api`` or ``worker``), read once
-    from each of its processes' ``metrics_urls`` and added up."""
+async def scrape_all(metrics_urls: Iterable[str]) -> list[str]:
+    """The ``/metrics`` text of each of ``metrics_urls``, read once."""
     texts = []
     async with aiohttp.ClientSession() as session:
         for url in metrics_urls:
             async with session.get(url) as resp:
                 texts.append(await resp.text())
+    return texts
+
+
+async def stalls(metrics_urls: Iterable[str], process: str = "api") -> Stalls:
+    """The loop lag and full-collection histograms of ``process`` (``api`` or ``worker``), read once
+    from each of its processes' ``metrics_urls`` and added up."""
+    texts = await scrape_all(metrics_urls)
     return (summed(loop_lag_buckets(t, process) for t in texts),
             summed(full_gc_buckets(t, process) for t in texts))
 
@@ -283,9 +289,7 @@ async def stalls(metrics_urls: Iterable[str], process: str = "api") -> Stalls:
 async def webhook_answers(metrics_urls: Iterable[str]) -> dict[float, float]:
     """The bridge's answer time histogram (``floodgate_webhook_answer_seconds``), read once from each
     API process at ``metrics_urls`` and added up."""
-    async with aiohttp.ClientSession() as session:
-        texts = [await (await session.get(url)).text() for url in metrics_urls]
-    return summed(histogram_buckets(t, "floodgate_webhook_answer_seconds") for t in texts)
+    return summed(histogram_buckets(t, "floodgate_webhook_answer_seconds") for t in await scrape_all(metrics_urls))
 
 
 def answers_between(before: Mapping[float, float], after: Mapping[float, float]) -> dict[str, Any]:
@@ -299,19 +303,20 @@ async def worker_counters(metrics_urls: Iterable[str]) -> WorkerCounters:
     """The counters of the workers at ``metrics_urls``, summed."""
     events: dict[str, float] = {}
     stalled = parked = 0.0
-    async with aiohttp.ClientSession() as session:
-        for url in metrics_urls:
-            async with session.get(url) as resp:
-                text = await resp.text()
-            for agent, value in EVENTS_PROCESSED.findall(text):
-                events[agent] = events.get(agent, 0.0) + float(value)
-            stalled += sum(float(value) for _, value in STALLED.findall(text))
-            parked += sum(float(value) for _, value in PARKED.findall(text))
+    for text in await scrape_all(metrics_urls):
+        for agent, value in EVENTS_PROCESSED.findall(text):
+            events[agent] = events.get(agent, 0.0) + float(value)
+        stalled += sum(float(value) for _, value in STALLED.findall(text))
+        parked += sum(float(value) for _, value in PARKED.findall(text))
     return WorkerCounters(events, stalled, parked)
 
 
 def worker_metrics_urls(stack: Any) -> list[str]:
     return [url for name, url in stack.metrics_urls.items() if name.startswith("worker")]
+
+
+def api_metrics_urls(stack: Any) -> list[str]:
+    return [url for name, url in stack.metrics_urls.items() if name.startswith("api")]
 
 
 async def simulator_jobs(url: str, provider: str) -> list[dict[str, Any]]:

@@ -159,7 +159,9 @@ def test_the_bridges_answers_and_the_redeliveries_are_told_per_run() -> None:
     answer = probes.answers_between(before, after)
     assert answer == {"answers": 1_090, "over_100ms": 100, "p99_le_ms": 5_000.0, "worst_le_ms": None,
                       "last_bucket_ms": 10_000.0}
-    run = {"webhook_answer": answer, "webhooks_redelivered": 212, "webhooks_timed_out": 200}
+    run = {"webhook_answer": answer, "webhooks_retried": 212, "webhooks_timed_out": 200}
     assert markdown._webhooks(run) == ("1,090 answered, 100 of them after 100 ms, p99 ≤ 5,000 ms, slowest over "
                                        "10,000 ms; 212 delivered again (200 not answered in time)")
     assert markdown._webhooks({}) == "not measured"
+    quiet = probes.answers_between(before, before)
+    assert markdown._webhooks({"webhook_answer": quiet}) == "none answered"

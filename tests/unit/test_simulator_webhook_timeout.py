@@ -1,10 +1,11 @@
-"""The simulator's webhook timeout counts from the moment a delivery goes out, as a real provider's
-does: not the time it waited for one of the session's pooled connections.
+"""The simulator's webhook timeout counts from the moment one of its senders takes a delivery, as
+a real provider's does: not the time the delivery waited for a sender.
 
-Counted from the wait (aiohttp's ``total``), a burst of deliveries queued behind the pool timed out
-while the receiver answered each well within the timeout, and their redeliveries made the burst
-larger: in the pipeline bench's run with the worker alone on a core, 11,158 deliveries timed out
-while the bridge answered every one it got within 750 ms.
+Counted from the wait (the session's connection pool was the bound), a burst of deliveries queued
+behind the pool timed out while the receiver answered each well within the timeout, and their
+redeliveries made the burst larger: in the pipeline bench's run with the worker alone on a core,
+11,158 deliveries timed out while the bridge answered every one it got within 750 ms. The timeout
+still bounds the whole attempt: a receiver that trickles its answer is timed out.
 """
 from __future__ import annotations
 
@@ -67,23 +68,24 @@ def job(n: int, url: str) -> Job:
                request=CreateRequest(model="sora-2", prompt="p", image_url=None, webhook_url=url, metadata={}))
 
 
-async def deliver(state: ProviderState, session: aiohttp.ClientSession, jobs: list[Job]) -> None:
+async def deliver(state: ProviderState, session: aiohttp.ClientSession, jobs: list[Job], senders: int = 100) -> None:
     def not_spawned(_: object) -> None:
         raise AssertionError("nothing is spawned here")
 
-    dispatcher = WebhookDispatcher(state, "http://files", session, not_spawned, time.time)
+    dispatcher = WebhookDispatcher(state, "http://files", session, not_spawned, time.time,
+                                   senders=asyncio.Semaphore(senders))
     await asyncio.gather(*(dispatcher._attempts(j, Outgoing(b"{}", f"evt_{j.id}")) for j in jobs))
 
 
-async def test_a_delivery_that_waited_for_a_pooled_connection_is_not_timed_out(receiver) -> None:
+async def test_a_delivery_that_waited_for_a_sender_is_not_timed_out(receiver) -> None:
     arrived, serve = receiver
-    # One pooled connection, ten deliveries at once, each answered 0.3 s after it arrives: the last
-    # waits about 2.7 s for the connection, past the 2 s timeout; each is answered within 0.3 s.
+    # One sender, ten deliveries at once, each answered 0.3 s after it arrives: the last waits
+    # about 2.7 s for the sender, past the 2 s timeout; each is answered within 0.3 s.
     url = serve(lambda _: asyncio.sleep(0.3))
     state = provider(timeout=2.0)
     jobs = [job(n, url) for n in range(10)]
-    async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=1)) as session:
-        await deliver(state, session, jobs)
+    async with aiohttp.ClientSession() as session:
+        await deliver(state, session, jobs, senders=1)
     counts = state.key("key-a").counts
     assert (counts["webhooks_sent"], counts["webhooks_timed_out"], counts["webhooks_retried"]) == (10, 0, 0)
     assert len(arrived) == 10 and arrived[-1] - arrived[0] > 2.0  # the last one did wait past the timeout
@@ -106,3 +108,33 @@ async def test_a_receiver_slower_than_the_timeout_is_timed_out_and_delivered_aga
     assert (counts["webhooks_sent"], counts["webhooks_timed_out"], counts["webhooks_retried"]) == (1, 1, 1)
     assert len(arrived) == 2
     never.set()
+
+
+async def test_a_receiver_that_trickles_its_answer_is_timed_out() -> None:
+    """A byte every 0.1 s would keep a read going for ever: the timeout bounds the attempt."""
+    stop = asyncio.Event()
+
+    async def trickle(request: web.Request) -> web.StreamResponse:
+        response = web.StreamResponse()
+        await response.prepare(request)
+        while not stop.is_set():
+            await response.write(b" ")
+            await asyncio.sleep(0.1)  # the receiver's pace, not a wait for the test
+        return response
+
+    app = web.Application()
+    app.router.add_post("/hooks", trickle)
+    runner = web.AppRunner(app, access_log=None, handle_signals=False, shutdown_timeout=0.1)
+    sock = bind_socket("127.0.0.1", 0)
+    await runner.setup()
+    await web.SockSite(runner, sock).start()
+    state = provider(timeout=0.5)
+    try:
+        async with aiohttp.ClientSession() as session:
+            async with asyncio.timeout(20):
+                await deliver(state, session, [job(0, f"http://127.0.0.1:{sock.getsockname()[1]}/hooks")])
+    finally:
+        stop.set()
+        await runner.cleanup()
+    counts = state.key("key-a").counts
+    assert (counts["webhooks_timed_out"], counts["webhooks_failed"], counts["webhooks_sent"]) == (3, 1, 0)
