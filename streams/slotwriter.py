@@ -238,7 +238,8 @@ class SlotWriter:
                 sent.add_done_callback(self._settle)
                 if producer is not self._producer:  # retired while it took this record
                     self._hold(sent, write)
-                elif (suspect := (write.topic, write.partition, write.key)) in self._suspect:
+                elif self._suspect and (suspect := (write.topic, write.partition, write.key)) in self._suspect:
+                    # (The emptiness check first: a writer Kafka refused nothing of builds no tuple.)
                     # Alone: the partition's other writes wait in the queue for its answer.
                     sent.add_done_callback(partial(self._cleared, suspect))
                     self._hold(sent, write)
