@@ -306,7 +306,10 @@ async def test_after_a_refusal_each_refused_key_goes_alone_until_it_lands(produc
     await producers.until(lambda: len(producers.made) == 3 and len(producers.made[2].taken) >= 1)
     third = producers.made[2]
     for index, key in enumerate(keys[1:]):  # each alone: any of them might be refused as well
-        await producers.until(lambda n=index: len(third.taken) == n + 1)
+        def taken(count: int = index + 1) -> bool:
+            return len(third.taken) == count
+
+        await producers.until(taken)
         assert third.keys()[index] == key
         third.land(index)
         assert await again[1 + index] == len(producers.landed) - 1
