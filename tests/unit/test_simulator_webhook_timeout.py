@@ -10,6 +10,7 @@ still bounds the whole attempt: a receiver that trickles its answer is timed out
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 
@@ -27,6 +28,21 @@ from floodgate.procs import bind_socket
 Handler = Callable[[int], Awaitable[None]]  # (how many requests came before this one) -> when to answer
 
 
+@contextlib.asynccontextmanager
+async def serving(handle: Callable[[web.Request], Awaitable[web.StreamResponse]]) -> AsyncIterator[str]:
+    """``handle`` served on loopback; the URL to post deliveries to."""
+    app = web.Application()
+    app.router.add_post("/hooks", handle)
+    runner = web.AppRunner(app, access_log=None, handle_signals=False, shutdown_timeout=0.1)
+    sock = bind_socket("127.0.0.1", 0)
+    await runner.setup()
+    await web.SockSite(runner, sock).start()
+    try:
+        yield f"http://127.0.0.1:{sock.getsockname()[1]}/hooks"
+    finally:
+        await runner.cleanup()
+
+
 @pytest.fixture
 async def receiver() -> AsyncIterator[tuple[list[float], Callable[[Handler], str]]]:
     """A receiver whose answers wait for ``handler``; the times requests reached it."""
@@ -39,21 +55,12 @@ async def receiver() -> AsyncIterator[tuple[list[float], Callable[[Handler], str
         await handlers[0](len(arrived) - 1)
         return web.Response(status=200)
 
-    app = web.Application()
-    app.router.add_post("/hooks", handle)
-    runner = web.AppRunner(app, access_log=None, handle_signals=False, shutdown_timeout=0.1)
-    sock = bind_socket("127.0.0.1", 0)
-    await runner.setup()
-    await web.SockSite(runner, sock).start()
+    async with serving(handle) as url:
+        def serve(handler: Handler) -> str:
+            handlers.append(handler)
+            return url
 
-    def serve(handler: Handler) -> str:
-        handlers.append(handler)
-        return f"http://127.0.0.1:{sock.getsockname()[1]}/hooks"
-
-    try:
         yield arrived, serve
-    finally:
-        await runner.cleanup()
 
 
 def provider(timeout: float) -> ProviderState:
@@ -122,19 +129,11 @@ async def test_a_receiver_that_trickles_its_answer_is_timed_out() -> None:
             await asyncio.sleep(0.1)  # the receiver's pace, not a wait for the test
         return response
 
-    app = web.Application()
-    app.router.add_post("/hooks", trickle)
-    runner = web.AppRunner(app, access_log=None, handle_signals=False, shutdown_timeout=0.1)
-    sock = bind_socket("127.0.0.1", 0)
-    await runner.setup()
-    await web.SockSite(runner, sock).start()
     state = provider(timeout=0.5)
     try:
-        async with aiohttp.ClientSession() as session:
-            async with asyncio.timeout(20):
-                await deliver(state, session, [job(0, f"http://127.0.0.1:{sock.getsockname()[1]}/hooks")])
+        async with serving(trickle) as url, aiohttp.ClientSession() as session, asyncio.timeout(20):
+            await deliver(state, session, [job(0, url)])
     finally:
         stop.set()
-        await runner.cleanup()
     counts = state.key("key-a").counts
     assert (counts["webhooks_timed_out"], counts["webhooks_failed"], counts["webhooks_sent"]) == (3, 1, 0)
