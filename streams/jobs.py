@@ -23,7 +23,8 @@ A request read after a cancel that ended its job sends the job's result again, n
 request's fields (``JobRecord.ended_unadmitted``).
 
 Outputs of a change are sent again when the *same* record is seen again (a redelivery after a
-crash between the table write and the sends); their consumers are idempotent (snapshots carry a
+crash between the table write and the sends), those the change sent and no others (an ended job's
+record says which: ``JobRecord.sent``); their consumers are idempotent (snapshots carry a
 version, releases of a slot not held are no-ops, outgoing webhooks keep their id, the submitter
 knows an order it has seen).
 """
@@ -42,8 +43,8 @@ from connectors.providers.base import read_webhook, same_provider_job
 from floodgate import codec
 from floodgate.errors import SchemaError, ValidationError
 from floodgate.jobs.events import aim, deadline_of, event_from_record, queued_event, stray_end, webhook_event
-from floodgate.jobs.record import JobRecord, snapshot
-from floodgate.jobs.state import JobEvent, JobState, Transition, apply, from_webhook, hold
+from floodgate.jobs.record import JobRecord, Sent, sent_of, snapshot
+from floodgate.jobs.state import JobEvent, JobState, Transition, apply, hold
 from floodgate.jobs.timing import milestones
 from floodgate.routing import chain_for, known_models
 from floodgate.validation import validate_job_request
@@ -274,11 +275,13 @@ class JobDesk:
         record = self.get(key)
         before = record.state if record is not None else None
         if record is not None and before is not None and record.last_event == event.event_id:
-            # Same event again: the previous run may have died before its sends landed.
+            # Same event again: the previous run may have died before its sends landed. What it
+            # sent is not in the state (an end a reroute took in is gone from it), so the record
+            # keeps it (``JobRecord.sent``).
             if before.terminal:
-                await self.finish(before, provider=before.provider)
+                await self.send_again(record, event)
             return
-        aimed = aim(before, event)
+        aimed = aim(before, event, self.same_job)
         if aimed is None:
             held = hold(before, event, self.same_job)
             if held is not None:  # from the provider the job is moving to: it counts once the reroute is read
@@ -292,29 +295,33 @@ class JobDesk:
             return
         step: Transition = apply(before, aimed, self.same_job)
         if step.changed and step.state is not None:
-            self.put(key, JobRecord(step.state, aimed.event_id, record.admitted_by if record else None))
+            sent = sent_of(before, step, aimed, self.same_job)
+            self.put(key, JobRecord(step.state, aimed.event_id, record.admitted_by if record else None, sent))
             pipe.metrics.transitions.labels(step.state.status.value).inc()
             self.observe_milestones(before, step.state)
             if step.became_terminal:
                 pipe.metrics.job_latency.labels(step.state.status.value).observe(
                     max(0.0, step.state.updated_at - step.state.created_at))
-                # A provider's own word that its job ended was sent to the slot's dispatcher by
-                # the webhook bridge already (with the provider job id, which the connector may
-                # spell otherwise than the one recorded: fal); anything else is ours to send. The
-                # word is the one that ended the job: a reroute that took in an end kept from
-                # before (``hold``) owes what that end would have owed coming after it, never a
-                # ``cancelled`` release of its own (a cancel call, and a mark, for a provider job
-                # that provider already said was cancelled).
-                ender = step.ended_by or aimed
-                from_bridge = from_webhook(ender) and same_provider_job(
-                    pipe.providers.get(ender.provider or ""), ender.provider_job_id, step.state.provider_job_id)
-                await self.finish(step.state, provider=None if from_bridge else step.state.provider)
+                # (The webhook bridge released a provider's own word that its job ended: ``sent_of``.)
+                await self.finish(step.state, provider=None if sent is Sent.RESULT else step.state.provider)
         if before is not None and before.terminal and aimed.provider:
             # A provider still reports on a finished job (a duplicate dispatch re-submitted after
             # completion, or a job cancelled before its order reached the submitter), whether or
             # not the report filled a late fact: make sure no slot (and, for a cancelled job, no
             # provider job) stays alive for it. Releases of a slot not held are no-ops.
             await self.release(event.job_id, aimed.provider, aimed.attempt, before.status.value)
+
+    async def send_again(self, record: JobRecord, event: JobEvent) -> None:
+        """What the change that wrote ``record`` (an ended job's) sent when it read ``event``, sent
+        again: no more (``JobRecord.sent``), since a release or a result its first reading did
+        not send is not a harmless repeat."""
+        state = record.state
+        if record.sent is Sent.RELEASE:
+            # As the first reading sent it: to the provider that spoke (aim keeps a word's
+            # provider, and takes it only from the job's), on the job's attempt.
+            await self.release(state.job_id, event.provider, state.attempt, state.status.value)
+        else:
+            await self.finish(state, provider=None if record.sent is Sent.RESULT else state.provider)
 
     async def finish(self, state: JobState, *, provider: str | None) -> None:
         """A terminal state's outputs: the result, and the provider slot given back."""

@@ -67,10 +67,26 @@ def _state_of(snapshot: Snapshot) -> JobState:
         provider_queue_position=snapshot.get("provider_queue_position"))
 
 
+def _may_be_the_attempts(named: str | None, before: JobState) -> bool:
+    """Whether the table may take a word naming provider job ``named`` as the current attempt's,
+    as far as the snapshot ``before`` was built from can say.
+
+    The table takes a word naming a provider job of an attempt the job left as old news, even from
+    the provider the job is back at (``JobState.left_jobs``), and a snapshot does not say which
+    those are. A job that never moved (attempt 0) left none; the attempt's own provider job is
+    never one of them (each attempt is a provider job of its own). So a job that moved hears early
+    only a word naming no provider job or the snapshot's own, compared exactly (the view has no
+    connector to say that two spellings name one fal job); any other word, its attempt's provider
+    job not known yet included, is the table's to tell, once it has taken it, if it does."""
+    return not named or not before.attempt or named == before.provider_job_id
+
+
 def as_heard(snapshot: Snapshot, word: Heard) -> Snapshot | None:
     """``snapshot`` as the jobs table will have it once it takes ``word`` in, with the same version
     and marked ``HEARD``; None when the word changes nothing the table would change (old news, a
-    provider the job has left, a job that has ended: a terminal state is the table's to tell)."""
+    provider the job has left, a job that has ended: a terminal state is the table's to tell), or
+    may be a word the table ignores (on a job that moved, one naming another provider job than its
+    attempt's: ``_may_be_the_attempts``)."""
     if snapshot.get("status") in TERMINAL or snapshot.get("job_id") != word.job_id:
         return None
     try:
@@ -81,7 +97,9 @@ def as_heard(snapshot: Snapshot, word: Heard) -> Snapshot | None:
         before = _state_of(snapshot)
     except (ValidationError, ValueError, TypeError):
         return None  # the jobs agent dead-letters what does not make an event; nothing to tell early
-    aimed = None if event is None else aim(before, event)
+    if event is None or not _may_be_the_attempts(event.provider_job_id, before):
+        return None
+    aimed = aim(before, event)
     if aimed is None:
         return None
     step = apply(before, aimed)

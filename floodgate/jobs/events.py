@@ -15,7 +15,16 @@ from dataclasses import dataclass
 from typing import Any
 
 from floodgate.dispatch import ENDED
-from floodgate.jobs.state import ENDING_KINDS, WEBHOOK_PREFIX, JobEvent, JobState, SameJob, exact_job, is_early
+from floodgate.jobs.state import (
+    ENDING_KINDS,
+    WEBHOOK_PREFIX,
+    JobEvent,
+    JobState,
+    SameJob,
+    exact_job,
+    is_early,
+    names_left_job,
+)
 from floodgate.push import target_of_request
 
 _EVENT_FIELDS = ("provider", "provider_job_id", "progress", "video_url", "error", "tenant", "user_id", "model",
@@ -78,22 +87,38 @@ def webhook_event(provider: str, *, job_id: str, webhook_id: str, state: str, oc
         error=error)
 
 
-def aim(before: JobState | None, event: JobEvent) -> JobEvent | None:
+def aim(before: JobState | None, event: JobEvent, same: SameJob = exact_job) -> JobEvent | None:
     """``event`` as it applies to the job's current attempt, or None to ignore it.
 
     Webhooks, polls and user cancels (``provider`` None, attempt 0) do not know the attempt: they
     speak for the current one. News from another provider than the job's is None: from one the job
     has already moved away from it is ignored, and from one it is moving to (``state.is_early``: its
-    ``rerouted`` event is not read yet) the jobs agent keeps it until it is (``state.hold``).
-    ``queued`` and ``rerouted`` carry their own attempt and pass unchanged.
+    ``rerouted`` event is not read yet) the jobs agent keeps it until it is (``state.hold``). So is
+    a word naming a provider job of an attempt the job left (``state.left_jobs``), even from the
+    provider the job is back at (A → B → A): that provider job is not the current attempt's, and
+    its end is released as any end from a left attempt (``stray_end``). ``same`` compares provider
+    job ids (``state.SameJob``). ``queued`` and ``rerouted`` carry their own attempt and pass
+    unchanged.
     """
     if before is None or event.kind in ("queued", "rerouted"):
         return event
     if event.provider and before.provider and event.provider != before.provider:
         return None
+    if before.left_jobs and _of_an_attempt_left(before, event, same):  # (a job that never moved left none)
+        return None
     if event.attempt < before.attempt:
         return dataclasses.replace(event, attempt=before.attempt)
     return event
+
+
+def _of_an_attempt_left(before: JobState, event: JobEvent, same: SameJob) -> bool:
+    """Whether ``event`` names a provider job of an attempt the job left (``state.names_left_job``)
+    and not the current attempt's own: that one is never old news, should a provider ever make one
+    job of two attempts (each attempt is its own order there, so none does)."""
+    if not names_left_job(before, event, same):
+        return False
+    provider, named, current = event.provider, event.provider_job_id, before.provider_job_id
+    return not (provider and named and current and same(provider, current, named))
 
 
 @dataclass(frozen=True)
@@ -108,7 +133,8 @@ class Release:
 
 def stray_end(before: JobState | None, event: JobEvent, same: SameJob = exact_job) -> Release | None:
     """The release owed to the provider of an event ``aim`` ignores because the job has moved on
-    to another provider, when the event says the job ended there; None otherwise.
+    to another provider, or because it names a provider job of an attempt the job left (at the
+    provider the job is back at, too), when the event says the job ended there; None otherwise.
 
     Such a provider may still hold a slot for the job (a duplicate dispatch, a fallback that ran
     behind a submission): its dispatcher keeps the slot until a release comes, and its timeout
@@ -122,7 +148,7 @@ def stray_end(before: JobState | None, event: JobEvent, same: SameJob = exact_jo
     """
     if before is None or not event.provider or event.kind not in ENDING_KINDS:
         return None
-    if aim(before, event) is not None or is_early(before, event, same) or event.attempt > before.attempt:
+    if aim(before, event, same) is not None or is_early(before, event, same) or event.attempt > before.attempt:
         return None
     if event.provider_job_id:
         return Release(event.provider, event.attempt, ENDED, event.provider_job_id)

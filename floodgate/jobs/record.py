@@ -5,13 +5,19 @@ record, which is at once the table's durable copy and the message the API's job 
 values are JSON documents (a table changelog carries no headers, so the self-describing JSON
 form is the one that can evolve; ``v`` names the layout)::
 
-    {"v": 1, "s": <JobState.to_dict()>, "e": <last event id>, "src": [partition, offset]}
+    {"v": 1, "s": <JobState.to_dict()>, "e": <last event id>, "src": [partition, offset], "sent": <Sent>}
 
 ``src`` is the ``requests`` record that admitted the job: the same record seen again after a
 crash (its offset was not committed) is processed again, a replay of the job from another record
 is a duplicate. A job whose state was created by an event before its request was read (a cancel
 that overtook it) has no ``src`` yet; if that event ended it, its result went out without the
 request's fields, and goes out again once the request has filled them in (``ended_unadmitted``).
+
+``sent`` says what the change that wrote an ended job's record sent besides it (``Sent``: the jobs
+agent sends it again when it reads the same event again). It is written only when it is not
+``Sent.RESULT_AND_RELEASE``: the record of a job that has not ended, or whose end the jobs agent
+released itself, is written as before the field existed, and a record without it reads as that
+version read it.
 
 ``snapshot`` is the ``JobSnapshot`` contract (``schemas/job_snapshot.avsc``), written to
 ``results`` and given to the API's readers.
@@ -20,16 +26,39 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
+from enum import StrEnum
 from typing import Any
 
 import orjson
 
 from floodgate import codec
 from floodgate.errors import SchemaError, ValidationError
-from floodgate.jobs.state import JobState, is_state_dict
+from floodgate.jobs.state import JobEvent, JobState, SameJob, Transition, exact_job, from_webhook, is_state_dict
 
 RECORD_VERSION = 1
 SCHEMA_HEADER = "fg-schema"
+
+
+class Sent(StrEnum):
+    """What the change that wrote an ended job's record sent besides the record itself.
+
+    The jobs agent sends it again when it reads the same event again (its first sends may not
+    have landed), and no more: a release the webhook bridge made is not the agent's to repeat (a
+    ``cancelled`` one has the dispatcher cancel a provider job its provider said was cancelled),
+    and a result of a version never sent is one more webhook to the job's owner. It cannot be
+    told from the state: an end kept from before (``state.hold``) and taken in by a reroute is
+    gone from the state once taken in, and a word on a job that had ended leaves it ended as the
+    end did."""
+
+    RESULT_AND_RELEASE = "result+release"
+    """The change ended the job, and the jobs agent released its slot: the job's result and that
+    release. What a record that does not say means (every record before the field existed)."""
+    RESULT = "result"
+    """The change ended the job with its provider's webhook, whose end the webhook bridge released
+    already: the job's result only."""
+    RELEASE = "release"
+    """A provider's word on a job that had ended, which filled in a late fact: the release of the
+    job's slot there, again, and no result."""
 
 
 @dataclass(frozen=True)
@@ -38,6 +67,8 @@ class JobRecord:
     last_event: str | None = None
     admitted_by: tuple[int, int] | None = None
     """(partition, offset) of the ``requests`` record that admitted the job, once one has."""
+    sent: Sent = Sent.RESULT_AND_RELEASE
+    """What the change that wrote the record sent besides it, when the job has ended (``Sent``)."""
 
     @property
     def ended_unadmitted(self) -> bool:
@@ -50,6 +81,8 @@ class JobRecord:
         doc: dict[str, Any] = {"v": RECORD_VERSION, "s": self.state.to_dict(), "e": self.last_event}
         if self.admitted_by is not None:
             doc["src"] = list(self.admitted_by)
+        if self.sent is not Sent.RESULT_AND_RELEASE:
+            doc["sent"] = self.sent.value
         return orjson.dumps(doc)
 
     @classmethod
@@ -60,7 +93,33 @@ class JobRecord:
             state = JobState.from_dict(doc["s"])
         except (orjson.JSONDecodeError, KeyError, TypeError, ValidationError) as exc:
             raise SchemaError(f"not a job record: {exc}") from exc
-        return cls(state=state, last_event=doc.get("e"), admitted_by=_source(doc.get("src")))
+        return cls(state=state, last_event=doc.get("e"), admitted_by=_source(doc.get("src")),
+                   sent=_sent(doc.get("sent")))
+
+
+def sent_of(before: JobState | None, step: Transition, aimed: JobEvent, same: SameJob = exact_job) -> Sent:
+    """What the jobs agent sends besides the job's record for ``step``, the change ``aimed`` (the
+    event as ``floodgate.jobs.events.aim`` gave it) made of ``before``; ``same`` compares provider
+    job ids (``state.SameJob``). Meaningful once the job has ended: before, the default, which
+    writes nothing.
+
+    A provider's own word that its job ended was sent to the slot's dispatcher by the webhook
+    bridge already (with the provider job id, which the connector may spell otherwise than the one
+    recorded: fal); anything else is the agent's to release. The word is the one that ended the
+    job: a reroute that took in an end kept from before (``hold``) owes what that end would have
+    owed coming after it, never a ``cancelled`` release of its own (a cancel call, and a mark, for
+    a provider job that provider already said was cancelled). A word on a job that had ended
+    sends a release (its provider's slot, made sure of) and no result."""
+    after = step.state
+    if step.became_terminal and after is not None:
+        ender = step.ended_by or aimed
+        provider, named, recorded = ender.provider, ender.provider_job_id, after.provider_job_id
+        if from_webhook(ender) and provider and named and recorded and same(provider, named, recorded):
+            return Sent.RESULT
+        return Sent.RESULT_AND_RELEASE
+    if before is not None and before.terminal:
+        return Sent.RELEASE
+    return Sent.RESULT_AND_RELEASE
 
 
 def snapshot(state: JobState) -> dict[str, Any]:
@@ -123,6 +182,15 @@ def _source(src: Any) -> tuple[int, int] | None:
     if type(src) is list and len(src) == 2 and type(src[0]) is int and type(src[1]) is int:
         return src[0], src[1]
     return None
+
+
+_SENT: Mapping[Any, Sent] = {sent.value: sent for sent in Sent}
+
+
+def _sent(value: Any) -> Sent:
+    """A record's ``sent``; what a record does not say, or says in a way this version does not
+    know (a later version's), reads as a record written before the field existed."""
+    return _SENT.get(value, Sent.RESULT_AND_RELEASE) if type(value) is str else Sent.RESULT_AND_RELEASE
 
 
 def _snapshot_of(s: Any) -> dict[str, Any] | None:

@@ -23,7 +23,8 @@ if it had come after. ``moved_from`` tells it from news of a provider the job ha
 old news; ``left_jobs`` tells a webhook from a provider the job left and is going back to
 (A → B → A: the next order may reach A before the table reads the reroute) from a webhook of an
 attempt it left there: a webhook names no attempt, but it names its provider job, and each attempt
-is a provider job of its own.
+is a provider job of its own. The same tells a late webhook of an attempt the job left at A, read
+once the job is back there, from one of the attempt now at A (``floodgate.jobs.events.aim``).
 """
 
 from __future__ import annotations
@@ -226,12 +227,14 @@ class JobState:
     by time: taken in when an attempt opens there, let go when the job ends."""
     left_jobs: tuple[LeftJob, ...] | None = ()
     """The provider jobs of the attempts the job left, as far as the table learned them, sorted (at
-    most ``LEFT_JOBS_LIMIT``, the latest attempts'): a word from elsewhere naming one is old news,
-    never kept for a later attempt (``is_early``). Once the job is back at such a provider, a
-    webhook from there is its current attempt's, as before (the API's early word on a webhook
-    takes it so too: ``floodgate.api.heard`` sees snapshots only). None: a job that moved, in a
-    state written before the field existed, whose earlier provider jobs are unknown (``is_early``
-    then takes every word from a provider the job left as old news, as that version did)."""
+    most ``LEFT_JOBS_LIMIT``, the latest attempts'): a word naming one is old news, never kept for a
+    later attempt (``is_early``) nor taken by the current one, even once the job is back at that
+    provider (``floodgate.jobs.events.aim``; the API's early word, which sees snapshots only, tells
+    a job that moved nothing early but what names its attempt's own provider job:
+    ``floodgate.api.heard``). None: a job that moved, in a state written before the field existed,
+    whose earlier provider jobs are unknown (``is_early`` then takes every word from a provider the
+    job left as old news, as that version did; back at that provider, a word from there is the
+    current attempt's, as it was then)."""
     recent_events: tuple[str, ...] = ()
     version: int = 0
 
@@ -484,8 +487,11 @@ def from_webhook(event: JobEvent) -> bool:
     return event.event_id.startswith(WEBHOOK_PREFIX)
 
 
-def _names_left_job(state: JobState, event: JobEvent, same: SameJob) -> bool:
-    """Whether ``event`` names a provider job of an attempt the job has left (``left_jobs``)."""
+def names_left_job(state: JobState, event: JobEvent, same: SameJob = exact_job) -> bool:
+    """Whether ``event`` names a provider job of an attempt the job has left (``left_jobs``), as
+    ``same`` compares provider job ids. Each attempt is a provider job of its own (the provider
+    sees the attempt as the order's identity: ``floodgate.dispatch.Order.idempotency_key``), so
+    such a word is never the current attempt's."""
     named, provider = event.provider_job_id, event.provider
     if not named or not provider or not state.left_jobs:
         return False
@@ -525,7 +531,7 @@ def is_early(state: JobState | None, event: JobEvent, same: SameJob = exact_job)
         return False
     if not event.provider or not state.provider or event.provider == state.provider:
         return False
-    if _names_left_job(state, event, same):
+    if names_left_job(state, event, same):
         return False
     if event.attempt:
         return event.attempt > state.attempt

@@ -74,8 +74,10 @@ def test_a_heard_word_is_what_the_jobs_table_makes_of_the_webhook(
     table = snapshot_of(step.state) if step is not None and step.changed and step.state is not None else None
     if early is None:
         # Nothing told early: the table changes nothing a watcher sees, or the job had ended
-        # (late facts on an ended job are the table's to tell).
-        assert table is None or face(table) == face(before) or state.terminal
+        # (late facts on an ended job are the table's to tell), or the job moved and the word
+        # names another provider job than its attempt's (perhaps one it left: the table's to tell).
+        moved_elsewhere = state.attempt > 0 and provider_job_id != state.provider_job_id
+        assert table is None or face(table) == face(before) or state.terminal or moved_elsewhere
     else:
         assert table is not None and face(early) == face(table)
         assert early[HEARD] and early["version"] == before["version"]
@@ -190,3 +192,37 @@ def test_a_word_heard_before_the_submission_was_read_still_holds() -> None:
     view.submitted(Submission(job_id="j", provider="kling", attempt=0, provider_job_id="pj-1", at_ms=4_000))
     got = view.get("j")
     assert got is not None and (got["status"], got["progress"]) == ("running", 0.2)
+
+
+# -- a job that moved: the snapshot does not say which provider jobs it left -------------------
+
+
+def test_a_word_on_a_job_that_moved_is_heard_only_when_it_names_the_attempts_own_provider_job() -> None:
+    """The table takes a word naming a provider job of an attempt the job left as old news, even
+    from the provider the job is back at (kling → wan → kling); a snapshot does not say which
+    provider jobs those are, so a job that moved hears early only a word naming its attempt's own
+    provider job (or none); the table tells the rest, if it takes it."""
+    back = snap(3, "submitted", attempt=2, provider_job_id="pj-3")
+    assert as_heard(back, word("failed", provider_job_id="pj-1")) is None, "perhaps the job it left"
+    told = as_heard(back, word("running", 0.3, provider_job_id="pj-3"))
+    assert told is not None and (told["status"], told["progress"]) == ("running", 0.3)
+    unknown = snap(3, "queued", attempt=2, provider_job_id=None)
+    assert as_heard(unknown, word("completed", provider_job_id="pj-1", video_url="https://v/x.mp4")) is None
+    never_moved = snap(3, "queued", provider_job_id=None)
+    assert as_heard(never_moved, word("running", provider_job_id="pj-1")) is not None, "nothing left: as before"
+
+
+def test_the_late_word_of_a_provider_job_the_job_left_is_not_heard_because_the_table_ignores_it() -> None:
+    def at(event_id: str, kind: str, **kw: Any) -> JobEvent:
+        return JobEvent(event_id=event_id, job_id="j", kind=kind, at=2.0, **kw)
+
+    state: JobState | None = None
+    for event in (at("q", "queued", provider="kling", tenant="t"),
+                  at("wh:kling:r", "running", provider="kling", provider_job_id="pj-1"),
+                  at("r1", "rerouted", provider="wan", attempt=1), at("r2", "rerouted", provider="kling", attempt=2)):
+        state = apply(state, event).state
+    assert state is not None and (state.provider, state.attempt, state.provider_job_id) == ("kling", 2, None)
+    late = webhook_event("kling", job_id="j", webhook_id="late", state="failed", occurred_at=5.0,
+                         provider_job_id="pj-1", progress=None, video_url=None, error="boom")
+    assert late is not None and aim(state, late) is None, "the table ignores it"
+    assert as_heard(snapshot_of(state), word("failed", provider_job_id="pj-1")) is None

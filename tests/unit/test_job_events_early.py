@@ -349,3 +349,107 @@ def test_any_read_order_with_duplicates_ends_the_job_as_the_order_it_happened_in
     for again in data.draw(st.lists(st.sampled_from(history), max_size=4)):
         shuffled.insert(data.draw(st.integers(len(head), len(shuffled))), again)
     assert semantic(through(shuffled)) == semantic(expected)
+
+
+# --- back at a provider the job left: a word of the provider job it left there ------------------
+
+BACK_AT_WAN = through([queued(), said("wan", "running", hook="w0-run", provider_job_id="pw0", at=1.5), SPILL, BACK])
+"""wan → kling → wan, having left wan's provider job ``pw0`` (the first attempt's); wan's job of
+the attempt now (the third) is not known yet."""
+
+
+@pytest.mark.parametrize("late", [
+    said("wan", "failed", hook="w0-fail", provider_job_id="pw0", at=6.0, error="boom"),
+    said("wan", "completed", hook="w0-done", provider_job_id="pw0", at=6.0),
+    said("wan", "cancelled", hook="w0-cancel", provider_job_id="pw0", at=6.0),
+    said("wan", "failed", attempt=0, provider_job_id="pw0", at=6.0),  # wan's dispatcher, of the first attempt
+], ids=["failed", "completed", "cancelled", "poll"])
+def test_an_end_of_the_provider_job_a_job_left_is_old_news_once_the_job_is_back_at_that_provider(
+        late: JobEvent) -> None:
+    """A webhook names no attempt: it is wan's, the job is at wan, but it names the provider job of
+    an attempt the job left there. It does not end the attempt now at wan (``pw2``'s, which runs);
+    it frees only the slot that holds ``pw0``, if one still does."""
+    assert (BACK_AT_WAN.provider, BACK_AT_WAN.attempt, BACK_AT_WAN.provider_job_id) == ("wan", 2, None)
+    assert LeftJob(0, "wan", "pw0") in (BACK_AT_WAN.left_jobs or ())
+    assert aim(BACK_AT_WAN, late) is None, "not the current attempt's word"
+    assert not is_early(BACK_AT_WAN, late) and hold(BACK_AT_WAN, late) is None
+    assert stray_end(BACK_AT_WAN, late) == Release("wan", 0, ENDED, "pw0")
+    assert agent(BACK_AT_WAN, late) == BACK_AT_WAN
+    run = said("wan", "running", hook="w2-run", provider_job_id="pw2", at=7.0)
+    running = through([queued(), said("wan", "running", hook="w0-run", provider_job_id="pw0", at=1.5), SPILL, BACK,
+                       run, late])
+    assert (running.status, running.attempt, running.provider_job_id, running.error) == (JobStatus.RUNNING, 2,
+                                                                                          "pw2", None)
+
+
+def test_a_word_of_the_provider_job_a_job_left_never_becomes_the_attempts_provider_job() -> None:
+    """A late ``running`` of ``pw0`` read before wan's job of the attempt now is known would fill
+    the attempt's provider job id (ids are filled once): every later word of ``pw2`` would then
+    name another job than the attempt's."""
+    late = said("wan", "running", hook="w0-run-again", provider_job_id="pw0", at=6.0)
+    assert aim(BACK_AT_WAN, late) is None and stray_end(BACK_AT_WAN, late) is None, "not an end: frees nothing"
+    assert agent(BACK_AT_WAN, late) == BACK_AT_WAN
+
+
+def test_a_provider_job_the_job_left_is_named_as_its_provider_names_it() -> None:
+    """fal names one job two ways: compared as the connector compares them (``same``), the word is
+    of the provider job the job left; compared exactly, of another job, which is the attempt's."""
+    fal = dataclasses.replace(BACK_AT_WAN, left_jobs=(LeftJob(0, "wan", "workflows/acme/video/req-0"),))
+    renamed = said("wan", "failed", hook="w0-fail", provider_job_id="workflows/acme/req-0", at=6.0)
+    assert aim(fal, renamed, by_request_id) is None
+    assert stray_end(fal, renamed, by_request_id) == Release("wan", 0, ENDED, "workflows/acme/req-0")
+    assert aim(fal, renamed) is not None and stray_end(fal, renamed) is None
+
+
+def test_a_job_that_never_moved_takes_every_word_of_its_provider_as_before() -> None:
+    """The check costs a job that never moved nothing: it has left no provider job."""
+    at_wan = through([queued(), said("wan", "running", hook="w-run", provider_job_id="pw0", at=1.5)])
+    assert at_wan.left_jobs == ()
+    other = said("wan", "failed", hook="w-fail", provider_job_id="pw9", at=6.0)
+    aimed = aim(at_wan, other)
+    assert aimed is other
+
+
+@st.composite
+def back_with_late_words(draw: st.DrawFn) -> list[JobEvent]:
+    """wan → kling → wan, in the order it happened: wan's first provider job ``pw0`` runs and the
+    table learns it, the job spills to kling and comes back to wan, whose job ``pw2`` runs and ends;
+    meanwhile ``pw0``, which wan never stopped, goes on speaking (a webhook names no attempt)."""
+    events = [queued(), said("wan", "running", hook="w0-run", provider_job_id="pw0", at=1.5), SPILL, BACK]
+    late_kinds = draw(st.lists(st.sampled_from(["running", "progress", "completed", "failed", "cancelled"]),
+                               min_size=1, max_size=4))
+    for i, kind in enumerate(late_kinds):
+        events.append(said("wan", kind, hook=f"w0-{i}", provider_job_id="pw0", at=4.0 + i,
+                           progress=0.9 if kind == "progress" else None))
+    words = draw(st.lists(st.sampled_from(["running", "progress"]), max_size=3))
+    for i, kind in enumerate(words):
+        events.append(said("wan", kind, hook=f"w2-{i}", provider_job_id="pw2", at=10.0 + i,
+                           progress=(i + 1) / 10 if kind == "progress" else None))
+    end = draw(st.sampled_from(["completed", "failed"]))
+    events.append(said("wan", end, hook="w2-end", provider_job_id="pw2", at=20.0))
+    return events
+
+
+@settings(max_examples=200, deadline=None)  # (a check of what is read, not of how fast)
+@given(history=back_with_late_words(), data=st.data())
+def test_the_provider_job_a_job_left_never_speaks_for_its_attempt_back_there_in_any_read_order(
+        history: list[JobEvent], data: st.DataObject) -> None:
+    """The table learned ``pw0`` and the job left wan before anything else is read (the spill is
+    read after wan's word of ``pw0``: a word of ``pw0`` read while the job is at its first attempt
+    is that attempt's); the rest in any order."""
+    late = [e for e in history if e.provider_job_id == "pw0" and e.event_id != "wh:wan:w0-run"]
+    expected = through([e for e in history if e not in late])
+    assert expected.status in TERMINAL and (expected.attempt, expected.provider_job_id) == (2, "pw2")
+    head = history[:3]
+    shuffled = [*head, *data.draw(st.permutations(history[3:]))]
+    assert semantic(through(shuffled)) == semantic(expected)
+
+
+def test_the_current_attempts_own_provider_job_is_never_old_news() -> None:
+    """Should a provider ever make one job of two attempts (each attempt is its own order there,
+    so none does), a word naming it is the current attempt's: the API tells such a word early."""
+    one_job = dataclasses.replace(BACK_AT_WAN, provider_job_id="pw0")
+    run = said("wan", "running", hook="w-run", provider_job_id="pw0", at=6.0)
+    aimed = aim(one_job, run)
+    assert aimed is not None and aimed.attempt == 2
+    assert stray_end(one_job, dataclasses.replace(run, kind="failed")) is None

@@ -333,3 +333,114 @@ async def test_a_completion_at_the_provider_a_job_goes_back_to_counts_once_the_r
     result, = out.to(names.results)
     assert (result["status"], result["provider"], result["attempt"]) == ("completed", "wan", 2)
     assert not out.to(names.release("wan")), "the bridge released wan's slot when wan said the job ended"
+
+
+# -- back at a provider the job left: the late word of the provider job it left there --------------
+
+
+async def back_at_wan(desk: JobDesk) -> JobRecord:
+    """``JOB`` admitted at wan, whose job ``pw-0`` runs (the table learns it); moved on to kling
+    (attempt 1), then back to wan (attempt 2), whose job of that attempt the table has not heard of."""
+    await desk.on_record(request(offset=7))
+    await desk.on_record(webhook("wan", id="w0-run", state="running", provider_job_id="workflows/acme/video/req-0"))
+    await desk.on_record(told("rerouted", "wan", 1, provider="kling", model="kling-2.1", error="spilled"))
+    await desk.on_record(told("rerouted", "kling", 2, provider="wan", error="kling unavailable"))
+    record = record_of(desk)
+    assert (record.state.provider, record.state.attempt, record.state.provider_job_id) == ("wan", 2, None)
+    return record
+
+
+@pytest.mark.parametrize("end", ["failed", "completed", "cancelled"])
+@pytest.mark.parametrize("named", ["workflows/acme/video/req-0", "workflows/acme/req-0"])
+async def test_a_late_end_of_the_provider_job_a_job_left_does_not_end_its_attempt_back_at_that_provider(
+        desk: JobDesk, end: str, named: str) -> None:
+    """wan's webhook that its first job ended, read once the job is back at wan: it names no
+    attempt, but that provider job (however fal spells it), so it is old news. Only the slot that
+    holds that provider job is freed, if one still does: never the attempt now at wan."""
+    names, out = desk.pipe.names, sends(desk)
+    desk.pipe.providers["wan"] = FalNamedConnector()
+    before = await back_at_wan(desk)
+    video = {"video_url": "https://cdn/w0.mp4"} if end == "completed" else {}
+    await desk.on_record(webhook("wan", id=f"w0-{end}", state=end, provider_job_id=named, **video))
+    assert record_of(desk) == before, "the attempt at wan goes on"
+    assert not out.to(names.results)
+    release, = out.to(names.release("wan"))
+    assert (release["status"], release["provider_job_id"]) == (ENDED, named)
+
+
+# -- the same event read again: what its first reading sent, no more ---------------------------------
+
+
+async def sent_reading(desk: JobDesk, record: SimpleNamespace) -> list[tuple[str, Any]]:
+    """What ``desk`` sends when it reads ``record``: each send's topic and what tells it apart (a
+    result's attempt, status, version and provider job; a release's, but the version)."""
+    out = sends(desk)
+    first = len(out.sent)
+    await desk.on_record(record)
+    return [(topic, (r.get("attempt"), r["status"], r.get("version"), r.get("provider_job_id")))
+            for topic, _, r in out.sent[first:]]
+
+
+@pytest.mark.parametrize("end", ["completed", "failed", "cancelled"])
+async def test_a_webhook_end_read_again_sends_what_its_first_reading_sent(desk: JobDesk, end: str) -> None:
+    """The bridge released the slot when wan said the job ended: neither reading sends a release
+    (a ``cancelled`` one would have wan's dispatcher cancel a job wan said was cancelled)."""
+    desk.pipe.providers["wan"] = Connector()
+    await desk.on_record(request(offset=7))
+    await desk.on_record(webhook("wan", id="w-run", state="running", provider_job_id="pw"))
+    video = {"video_url": "https://cdn/w.mp4"} if end == "completed" else {}
+    ended = webhook("wan", id="w-end", state=end, provider_job_id="pw", **video)
+    first = await sent_reading(desk, ended)
+    assert [topic for topic, _ in first] == [desk.pipe.names.results]
+    desk.seen_webhooks = SeenIds()  # a restarted worker: its sends may not have landed
+    again = await sent_reading(desk, ended)
+    assert again == first
+
+
+@pytest.mark.parametrize("said_by", ["webhook", "poll"])
+async def test_a_reroute_that_took_in_a_kept_end_read_again_sends_what_its_first_reading_sent(
+        desk: JobDesk, said_by: str) -> None:
+    desk.pipe.providers["kling"] = Connector()
+    await desk.on_record(request(offset=7))
+    await desk.on_record(end_at_kling(said_by, "cancelled"))
+    to_kling = told("rerouted", "wan", 1, provider="kling", error="wan unavailable")
+    first = await sent_reading(desk, to_kling)
+    assert record_of(desk).state.status.value == "cancelled"
+    again = await sent_reading(desk, to_kling)
+    assert again == first
+    releases = [what for topic, what in again if topic == desk.pipe.names.release("kling")]
+    assert releases == ([] if said_by == "webhook" else [(1, "cancelled", None, None)])
+
+
+async def test_a_late_fact_on_an_ended_job_read_again_sends_no_result_its_first_reading_did_not(
+        desk: JobDesk) -> None:
+    """wan's poll ended the job (its release is the agent's); wan's webhook, read later, fills in
+    the provider job id: a change of the record, whose first reading sent a release to make sure
+    no slot stays alive, and no result (a result of a new version is a new webhook to the owner)."""
+    names = desk.pipe.names
+    desk.pipe.providers["wan"] = Connector()
+    await desk.on_record(request(offset=7))
+    await desk.on_record(told("completed", "wan", 0, suffix=":poll:1", video_url="https://cdn/w.mp4"))
+    late = webhook("wan", id="w-done", state="completed", provider_job_id="pw", video_url="https://cdn/w.mp4")
+    first = await sent_reading(desk, late)
+    assert record_of(desk).state.provider_job_id == "pw", "a late fact: the record changed"
+    assert [topic for topic, _ in first] == [names.release("wan")]
+    desk.seen_webhooks = SeenIds()
+    again = await sent_reading(desk, late)
+    assert again == first
+
+
+async def test_a_record_written_before_it_said_what_was_sent_is_read_again_as_before(desk: JobDesk) -> None:
+    """A job a webhook ended, in a record the previous version wrote: the same webhook read again
+    sends the result and the release with the job's status, as that version did."""
+    desk.pipe.providers["wan"] = Connector()
+    await desk.on_record(request(offset=7))
+    ended = webhook("wan", id="w-end", state="completed", provider_job_id="pw", video_url="https://cdn/w.mp4")
+    await desk.on_record(ended)
+    doc = orjson.loads(desk.table[JOB.encode()])
+    doc.pop("sent", None)
+    desk.table[JOB.encode()] = orjson.dumps(doc)
+    desk.seen_webhooks = SeenIds()
+    again = await sent_reading(desk, ended)
+    assert [(topic, what[:2]) for topic, what in again] == [(desk.pipe.names.results, (0, "completed")),
+                                                            (desk.pipe.names.release("wan"), (0, "completed"))]
