@@ -14,11 +14,12 @@ Every event goes through the pure state machine (``floodgate.jobs.state.apply``)
 changelog is the compacted ``notifications`` topic (see ``floodgate.jobs.record``): the write *is*
 the notification the API's job view reads. A terminal change also goes to ``results`` and frees
 the job's provider slot through ``release.<provider>``; so does a provider's word that the job
-ended there after the job moved on to another provider (``floodgate.jobs.events.stray_end``). A
-provider's word read before the ``rerouted`` event that sends the job there is kept in the job's
-state until that event is read, and counts then (``floodgate.jobs.state.hold``); an end it tells
-is released as it would be had it come after the reroute. Provider job ids are compared as the
-provider's connector says (``same_job``).
+ended there after the job moved on to another provider, or that an attempt the job left there
+ended once the job is back there (``floodgate.jobs.events.stray_end``). A provider's word read
+before the ``rerouted`` event that sends the job there is kept in the job's state until that event
+is read, and counts then (``floodgate.jobs.state.hold``); an end it tells is released as it would
+be had it come after the reroute. Provider job ids are compared as the provider's connector says
+(``same_job``).
 A request read after a cancel that ended its job sends the job's result again, now with the
 request's fields (``JobRecord.ended_unadmitted``).
 
@@ -289,7 +290,7 @@ class JobDesk:
                     self.put(key, JobRecord(held.state, event.event_id, record.admitted_by if record else None))
                 return
             owed = stray_end(before, event, self.same_job)
-            if owed is not None:  # an end at a provider the job has left: free the slot it may hold there
+            if owed is not None:  # an end of an attempt the job has left: free the slot it may hold there
                 await self.release(event.job_id, owed.provider, owed.attempt, owed.status,
                                    provider_job_id=owed.provider_job_id)
             return

@@ -22,6 +22,7 @@ from floodgate.jobs.state import (
     JobState,
     SameJob,
     exact_job,
+    from_webhook,
     is_early,
     names_left_job,
 )
@@ -90,15 +91,17 @@ def webhook_event(provider: str, *, job_id: str, webhook_id: str, state: str, oc
 def aim(before: JobState | None, event: JobEvent, same: SameJob = exact_job) -> JobEvent | None:
     """``event`` as it applies to the job's current attempt, or None to ignore it.
 
-    Webhooks, polls and user cancels (``provider`` None, attempt 0) do not know the attempt: they
-    speak for the current one. News from another provider than the job's is None: from one the job
-    has already moved away from it is ignored, and from one it is moving to (``state.is_early``: its
+    Webhooks (``state.WEBHOOK_PREFIX``) and user cancels (no provider) name no attempt (theirs is
+    0): they speak for the current one. A provider's dispatcher names its slot's attempt, 0
+    included (a poll's word, the slot's timeout, its order's expiry or failed submission): its
+    word of an earlier attempt than the job's is None, old news of a slot the job left, even at
+    the provider the job is back at (A → B → A), and its end is released as any end of an attempt
+    left (``stray_end``). News from another provider than the job's is None: from one the job has
+    already moved away from it is ignored, and from one it is moving to (``state.is_early``: its
     ``rerouted`` event is not read yet) the jobs agent keeps it until it is (``state.hold``). So is
-    a word naming a provider job of an attempt the job left (``state.left_jobs``), even from the
-    provider the job is back at (A → B → A): that provider job is not the current attempt's, and
-    its end is released as any end from a left attempt (``stray_end``). ``same`` compares provider
-    job ids (``state.SameJob``). ``queued`` and ``rerouted`` carry their own attempt and pass
-    unchanged.
+    a word naming a provider job of an attempt the job left (``state.left_jobs``), a webhook's too:
+    that provider job is not the current attempt's. ``same`` compares provider job ids
+    (``state.SameJob``). ``queued`` and ``rerouted`` carry their own attempt and pass unchanged.
     """
     if before is None or event.kind in ("queued", "rerouted"):
         return event
@@ -107,6 +110,8 @@ def aim(before: JobState | None, event: JobEvent, same: SameJob = exact_job) -> 
     if before.left_jobs and _of_an_attempt_left(before, event, same):  # (a job that never moved left none)
         return None
     if event.attempt < before.attempt:
+        if event.provider and not from_webhook(event):
+            return None  # a dispatcher's word: it names the attempt of its slot, which the job left
         return dataclasses.replace(event, attempt=before.attempt)
     return event
 
@@ -133,8 +138,9 @@ class Release:
 
 def stray_end(before: JobState | None, event: JobEvent, same: SameJob = exact_job) -> Release | None:
     """The release owed to the provider of an event ``aim`` ignores because the job has moved on
-    to another provider, or because it names a provider job of an attempt the job left (at the
-    provider the job is back at, too), when the event says the job ended there; None otherwise.
+    to another provider, or because it is of an attempt the job left at the provider the job is
+    back at (a dispatcher's word naming that attempt, or a word naming its provider job), when the
+    event says the job ended there; None otherwise.
 
     Such a provider may still hold a slot for the job (a duplicate dispatch, a fallback that ran
     behind a submission): its dispatcher keeps the slot until a release comes, and its timeout

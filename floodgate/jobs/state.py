@@ -24,7 +24,8 @@ old news; ``left_jobs`` tells a webhook from a provider the job left and is goin
 (A → B → A: the next order may reach A before the table reads the reroute) from a webhook of an
 attempt it left there: a webhook names no attempt, but it names its provider job, and each attempt
 is a provider job of its own. The same tells a late webhook of an attempt the job left at A, read
-once the job is back there, from one of the attempt now at A (``floodgate.jobs.events.aim``).
+once the job is back there, from one of the attempt now at A (``floodgate.jobs.events.aim``); a
+dispatcher's word there names its attempt, so an earlier one's is old news without it.
 """
 
 from __future__ import annotations
@@ -53,7 +54,9 @@ count, so the limit is a bound on a state's size, not a window."""
 WEBHOOK_PREFIX = "wh:"
 """How the id of an event that a provider's webhook stands for begins
 (``floodgate.jobs.events.webhook_event``). Such an event names no attempt (its ``attempt`` is 0),
-where a dispatcher's word (a poll, a timeout) names its slot's, 0 included."""
+where a dispatcher's word (a poll, a timeout) names its slot's, 0 included: the jobs agent takes a
+webhook as the current attempt's, and a dispatcher's word of an earlier attempt as old news
+(``floodgate.jobs.events.aim``)."""
 
 SameJob = Callable[[str, str, str], bool]
 """``same(provider, a, b)``: whether provider job ids ``a`` and ``b`` name one job at ``provider``.

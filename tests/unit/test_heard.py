@@ -44,7 +44,8 @@ def states(draw: st.DrawFn) -> JobState:
     kinds = st.sampled_from(["submitted", "running", "progress", "completed", "failed", "cancelled", "rerouted"])
     for n in range(draw(st.integers(0, 4))):
         kind = draw(kinds)
-        attempt = state.attempt + 1 if kind == "rerouted" else 0
+        # (Its dispatcher's words: they name the attempt, and one of an earlier attempt is old news.)
+        attempt = state.attempt + 1 if kind == "rerouted" else state.attempt
         event = JobEvent(event_id=f"e{n}", job_id="j", kind=kind, at=2.0 + n,
                          provider=draw(st.sampled_from(["kling", "wan"])) if kind == "rerouted" else "kling",
                          provider_job_id=draw(st.sampled_from([None, "pj-1", "pj-2"])), attempt=attempt,

@@ -22,6 +22,7 @@ from floodgate.jobs.state import (
     JobStatus,
     LeftJob,
     apply,
+    from_webhook,
     hold,
     is_early,
     is_state_dict,
@@ -296,7 +297,8 @@ def moving_job(draw: st.DrawFn) -> list[JobEvent]:
     """A job's events in the order they happened: admitted at wan, moved on along one of
     ``ROUTES`` (each move before the provider took the job), then at its last provider words by
     webhook and by poll, and an end; wan may still say it runs (a duplicate dispatch), but never
-    that it ended."""
+    that it ended, by webhook (a webhook names no attempt). Its dispatcher names the attempt: back
+    at wan, it may say anything of the first attempt's slot (``first_slots_word``)."""
     route = draw(st.sampled_from(ROUTES))
     events = [queued()]
     if draw(st.booleans()):
@@ -317,10 +319,24 @@ def moving_job(draw: st.DrawFn) -> list[JobEvent]:
         else:
             events.append(said(last, word, at=at, provider_job_id="pj",
                                progress=(i + 1) / 10 if word == "progress" else None, **kw))
+    if route[-1] == route[0]:
+        # Back at wan, wan's dispatcher may still tell of the slot of the first attempt (a
+        # duplicate dispatch): its timeout, or a poll of a provider job the table never learned.
+        for kind in draw(st.lists(st.sampled_from(["failed", "completed", "running"]), max_size=2, unique=True)):
+            at += 1
+            kw = {"error": "no result from wan after 900s"} if kind == "failed" else {"provider_job_id": "pw0"}
+            events.append(said("wan", kind, attempt=0, at=at, **kw))
     end = draw(st.sampled_from(["completed", "failed"]))
     end_kw: dict[str, Any] = {"hook": f"{last}-end"} if draw(st.booleans()) else {"attempt": moves}
     events.append(said(last, end, at=at + 1, provider_job_id="pj", **end_kw))
     return events
+
+
+def first_slots_word(event: JobEvent, history: list[JobEvent]) -> bool:
+    """Whether ``event`` is the dispatcher's word of the first attempt's slot at a provider the job
+    went back to (``moving_job``): old news, whenever it is read."""
+    return (event.provider == history[0].provider and event.attempt == 0 and event.kind != "queued"
+            and not from_webhook(event) and history[-1].provider == history[0].provider)
 
 
 def semantic(state: JobState) -> dict[str, Any]:
@@ -334,7 +350,7 @@ def semantic(state: JobState) -> dict[str, Any]:
 @given(history=moving_job(), data=st.data())
 def test_any_read_order_with_duplicates_ends_the_job_as_the_order_it_happened_in(
         history: list[JobEvent], data: st.DataObject) -> None:
-    expected = through(history)
+    expected = through([e for e in history if not first_slots_word(e, history)])  # (old news, read anywhere)
     moves = max(e.attempt for e in history if e.kind == "rerouted")
     assert expected.status in TERMINAL and (expected.provider, expected.attempt) == (history[-1].provider, moves)
     # The request is read first (its order is what sends the job anywhere); the rest in any order,
@@ -453,3 +469,70 @@ def test_the_current_attempts_own_provider_job_is_never_old_news() -> None:
     aimed = aim(one_job, run)
     assert aimed is not None and aimed.attempt == 2
     assert stray_end(one_job, dataclasses.replace(run, kind="failed")) is None
+
+
+# --- back at a provider the job left: its dispatcher's word of the attempt it left there ----------
+
+TWICE_AT_KLING = through([queued(), rerouted("kling", 1), rerouted("wan", 2, by="kling", at=3.0),
+                          rerouted("kling", 3, by="wan", at=4.0, model="kling-2.1")])
+"""wan → kling → wan → kling: kling's slot of attempt 1 may still be held when attempt 3 comes."""
+ENDED_TWICE_AT_KLING = agent(TWICE_AT_KLING, said("kling", "completed", attempt=3, provider_job_id="pk3", at=9.0))
+
+
+@pytest.mark.parametrize(("state", "stale", "owed"), [
+    # Its slot's timeout: no provider job in the event, so the slot of that attempt (or an earlier
+    # one) is freed, never the attempt now there.
+    (BACK_AT_WAN, said("wan", "failed", attempt=0, error="no result from wan after 900s"), Release("wan", 0, "failed")),
+    (TWICE_AT_KLING, said("kling", "failed", attempt=1, error="no result from kling after 900s"),
+     Release("kling", 1, "failed")),
+    (TWICE_AT_KLING, said("kling", "expired", attempt=1), Release("kling", 1, "expired")),
+    # A cancel without its provider job only frees: a "cancelled" release would mark the job.
+    (TWICE_AT_KLING, said("kling", "cancelled", attempt=1), Release("kling", 1, "failed")),
+    # A poll of a provider job the table never learned: only the slot holding that job is freed.
+    (BACK_AT_WAN, said("wan", "completed", attempt=0, provider_job_id="pw0-dup"), Release("wan", 0, ENDED, "pw0-dup")),
+    (TWICE_AT_KLING, said("kling", "cancelled", attempt=1, provider_job_id="pk1"), Release("kling", 1, ENDED, "pk1")),
+    (TWICE_AT_KLING, said("kling", "running", attempt=1, provider_job_id="pk1"), None),  # not an end
+    (TWICE_AT_KLING, said("kling", "submitted", attempt=1, provider_job_id="pk1", queue_position=4), None),
+    (ENDED_TWICE_AT_KLING, said("kling", "failed", attempt=1), Release("kling", 1, "failed")),
+], ids=["timeout-0", "timeout-1", "expired", "cancel", "poll-end-0", "poll-cancel-1", "poll-run", "poll-place",
+        "timeout-after-the-end"])
+def test_a_dispatchers_word_of_an_attempt_the_job_left_is_old_news_once_the_job_is_back_at_that_provider(
+        state: JobState, stale: JobEvent, owed: Release | None) -> None:
+    """A dispatcher names its slot's attempt, unlike a webhook: a word of an earlier one is of a
+    slot the job left there, however the job came back, and whether or not it names a provider
+    job the table learned. It never speaks for the attempt now at that provider."""
+    assert stale.attempt < state.attempt and stale.provider == state.provider
+    assert aim(state, stale) is None, "not the current attempt's word"
+    assert not is_early(state, stale) and hold(state, stale) is None
+    assert stray_end(state, stale) == owed
+    assert agent(state, stale) == state
+
+
+def test_the_attempt_back_at_a_provider_goes_on_whenever_its_old_slots_timeout_is_read() -> None:
+    """The timeout of kling's slot of attempt 1, read anywhere after kling's next attempt opened,
+    neither fails that attempt nor fills it: it runs, then completes, as without the timeout."""
+    head = [queued(), rerouted("kling", 1), rerouted("wan", 2, by="kling", at=3.0),
+            rerouted("kling", 3, by="wan", at=4.0, model="kling-2.1")]
+    words = [said("kling", "running", attempt=3, provider_job_id="pk3", at=6.0),
+             said("kling", "completed", hook="k3-done", provider_job_id="pk3", at=9.0)]
+    timeout = said("kling", "failed", attempt=1, at=7.0, error="no result from kling after 900s")
+    expected = through([*head, *words])
+    assert (expected.status, expected.attempt, expected.provider_job_id) == (JobStatus.COMPLETED, 3, "pk3")
+    for at in range(len(words) + 1):
+        read = through([*head, *words[:at], timeout, *words[at:]])
+        assert semantic(read) == semantic(expected), at
+
+
+@pytest.mark.parametrize(("state", "word"), [
+    (TWICE_AT_KLING, said("kling", "running", hook="k3-run", provider_job_id="pk3")),  # a webhook names no attempt
+    (TWICE_AT_KLING, JobEvent(event_id="c", job_id=JOB, kind="cancelled", at=5.0)),  # a user's cancel: no provider
+    (BACK_AT_WAN, said("wan", "completed", hook="w2-done", provider_job_id="pw2")),
+    (BACK_AT_WAN, JobEvent(event_id="c", job_id=JOB, kind="cancelled", at=5.0)),
+], ids=["webhook-3", "cancel-3", "webhook-2", "cancel-2"])
+def test_a_word_that_names_no_attempt_still_speaks_for_the_current_one(state: JobState, word: JobEvent) -> None:
+    """Only a word naming no attempt (attempt 0 in a webhook or a user's cancel) is lifted to the
+    job's attempt: the dispatcher's words name theirs, and the current attempt's pass as they are."""
+    aimed = aim(state, word)
+    assert aimed is not None and aimed.attempt == state.attempt
+    own = said(state.provider or "", "running", attempt=state.attempt, provider_job_id="p-now")
+    assert aim(state, own) is own

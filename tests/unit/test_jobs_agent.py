@@ -444,3 +444,74 @@ async def test_a_record_written_before_it_said_what_was_sent_is_read_again_as_be
     again = await sent_reading(desk, ended)
     assert [(topic, what[:2]) for topic, what in again] == [(desk.pipe.names.results, (0, "completed")),
                                                             (desk.pipe.names.release("wan"), (0, "completed"))]
+
+
+# -- back at a provider the job left: its dispatcher's word of the attempt it left there -------------
+
+
+async def back_again(desk: JobDesk, hops: tuple[str, ...]) -> JobRecord:
+    """``JOB`` admitted at ``hops[0]`` (wan), moved on along ``hops``, back at a provider it left."""
+    await desk.on_record(request(offset=7))
+    for attempt in range(1, len(hops)):
+        await desk.on_record(told("rerouted", hops[attempt - 1], attempt, provider=hops[attempt],
+                                  error=f"{hops[attempt - 1]} unavailable"))
+    record = record_of(desk)
+    assert (record.state.provider, record.state.attempt) == (hops[-1], len(hops) - 1)
+    return record
+
+
+def old_slots_end(said_by: str, by: str, attempt: int) -> SimpleNamespace:
+    """``by``'s dispatcher's word that its slot of ``attempt`` ended: its timeout (after a cancel
+    call; no provider job in the event), or a poll of the slot's provider job, which the table
+    never learned."""
+    if said_by == "timeout":
+        return told("failed", by, attempt, error=f"no result from {by} after 900s")
+    return told("completed", by, attempt, suffix=":poll:1", provider_job_id="pj-old",
+                video_url="https://cdn/old.mp4")
+
+
+OLD_SLOT_RELEASE = {"timeout": ("failed", None), "poll": (ENDED, "pj-old")}
+"""What frees the old slot: that attempt's slot (or an earlier one's), or the one holding that job."""
+
+
+@pytest.mark.parametrize("said_by", sorted(OLD_SLOT_RELEASE))
+@pytest.mark.parametrize("hops", [("wan", "kling", "wan"), ("wan", "kling", "wan", "kling")],
+                         ids=["wan-0-of-2", "kling-1-of-3"])
+async def test_a_late_end_of_the_slot_of_an_attempt_the_job_left_does_not_end_its_attempt_back_there(
+        desk: JobDesk, hops: tuple[str, ...], said_by: str) -> None:
+    """wan → kling → wan (→ kling): the provider's dispatcher still held the slot of the job's
+    attempt there before (a duplicate dispatch) and tells its end once the job is back. It names
+    that attempt: the attempt now there goes on, and the release frees only the old slot (the
+    dispatcher frees a slot of the release's attempt or an earlier one), never with ``cancelled``."""
+    names, out = desk.pipe.names, sends(desk)
+    before = await back_again(desk, hops)
+    back, left, now = hops[-1], hops.index(hops[-1]), len(hops) - 1
+    status, named = OLD_SLOT_RELEASE[said_by]
+    await desk.on_record(old_slots_end(said_by, back, left))
+    assert record_of(desk) == before, "the attempt back there goes on"
+    assert not out.to(names.results)
+    assert [(r["attempt"], r["status"], r["provider_job_id"]) for r in out.to(names.release(back))] == [
+        (left, status, named)]
+    await desk.on_record(told("completed", back, now, suffix=":poll:2", provider_job_id="pj-now",
+                              video_url="https://cdn/now.mp4"))
+    done = record_of(desk).state
+    assert (done.status.value, done.attempt, done.provider_job_id, done.video_url) == (
+        "completed", now, "pj-now", "https://cdn/now.mp4")
+    result, = out.to(names.results)
+    assert (result["status"], result["attempt"], result["provider"]) == ("completed", now, back)
+    assert [(r["attempt"], r["status"]) for r in out.to(names.release(back))][1:] == [(now, "completed")]
+
+
+async def test_a_late_end_of_the_slot_of_an_attempt_the_job_left_frees_it_and_never_cancels_after_a_cancel(
+        desk: JobDesk) -> None:
+    """The owner cancelled the job back at wan (its release there is ``cancelled``: the dispatcher
+    cancels the job and marks it). The old slot's timeout, read then, frees that slot only: a
+    ``cancelled`` release of its own would cancel and mark again, for a job whose end is told."""
+    names, out = desk.pipe.names, sends(desk)
+    await back_again(desk, ("wan", "kling", "wan"))
+    await desk.on_record(event(cancel_event(JOB, NOW + 500)))
+    assert [(r["attempt"], r["status"]) for r in out.to(names.release("wan"))] == [(2, "cancelled")]
+    ended = record_of(desk)
+    await desk.on_record(old_slots_end("timeout", "wan", 0))
+    assert record_of(desk) == ended and len(out.to(names.results)) == 1
+    assert [(r["attempt"], r["status"]) for r in out.to(names.release("wan"))][1:] == [(0, "failed")]
