@@ -168,7 +168,9 @@ def tune_fetcher(consumer: Any, wait_ms: int, read_order: ReadOrder | None = Non
 
                 async def urgent_first(partitions: Any, timeout: float = 0, max_records: int | None = None) -> Any:
                     read_order.arrange(fetcher._records)
-                    return await fetched_records(partitions, timeout=timeout, max_records=max_records)
+                    drained = await fetched_records(partitions, timeout=timeout, max_records=max_records)
+                    read_order.taken(drained)
+                    return drained
 
                 fetcher.fetched_records = urgent_first
 
