@@ -156,8 +156,25 @@ class Slot:
         return cls(attempt=doc["attempt"], taken_at=doc["taken_at"], order=Order.from_record(doc["order"]),
                    provider_job_id=doc.get("provider_job_id"))
 
-    def submitted(self, provider_job_id: str) -> Slot:
-        return replace(self, provider_job_id=provider_job_id)
+    def submitted(self, provider_job_id: str, by: Order | None = None) -> Slot:
+        """The slot once its provider accepted the job that ``by`` submitted (default: its own
+        order; an earlier attempt's when a later attempt took the slot over meanwhile: ``adopted``)."""
+        return replace(self, provider_job_id=provider_job_id, order=by or self.order)
+
+    def taken_over(self, order: Order, now: float) -> Slot:
+        """This slot, held for an earlier attempt of ``order``'s job, as the slot of ``order``'s
+        attempt, a later one at the same provider (``Dispatcher.take_over``). A provider job it
+        holds stays, with the order that made it (``adopted``) and the time it was taken (the
+        job's render began then); without one, the slot is ``order``'s, as if taken for it ``now``."""
+        if self.provider_job_id:
+            return replace(self, attempt=order.attempt)
+        return Slot(attempt=order.attempt, taken_at=now, order=order)
+
+    @property
+    def adopted(self) -> bool:
+        """Whether its provider job was made by an earlier attempt's order than the attempt the slot
+        serves (``taken_over``): a word of that job told before may name the earlier attempt."""
+        return self.order.attempt < self.attempt
 
 
 @dataclass(frozen=True)

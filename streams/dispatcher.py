@@ -82,6 +82,16 @@ job here.
 **Submissions cost no record of their own.** The provider job id goes into the job's slot (the
 poller and cancels need it after a restart); the API's job view reads the slot log to show the job
 ``submitted``. The jobs table learns the provider job id from the provider's first webhook.
+
+**A slot an earlier attempt still holds.** A job's slot here is freed when the job moves on; a
+crash or a duplicate dispatch can keep it past the reroute, and the job may come back to this
+provider (A → B → A: a later attempt). Its order then takes the slot over (``take_over``), since
+the jobs table takes a dispatcher's word of an attempt the job left as old news: the slot's polls,
+its timeout and the releases that free it name the later attempt from then on. A provider job the
+slot holds becomes the later attempt's, never submitted again (the one submission told by an event:
+``submitted``, with the provider job id); without one, the later attempt is submitted under the
+slot. An ``ended`` release of such a provider job does not free the slot by itself: its end may
+have been told as the earlier attempt's, so the provider is asked again (``release``).
 """
 from __future__ import annotations
 
@@ -133,6 +143,9 @@ HANDOVER_WAIT = 10.0
 (``Lane.hand_over``): a submission takes a second or two, and the group waits meanwhile."""
 ASK_EVERY = 0.25
 """Seconds between two turns of the status calls a provider's read budget put off."""
+TAKEN_OVER = ":taken-over"
+"""The end of the id of the ``submitted`` event that gives a later attempt of a job the provider
+job of the slot it took over (``Dispatcher.take_over``)."""
 
 
 class Dispatcher:
@@ -372,6 +385,8 @@ class Dispatcher:
         slot = lane.slots.get(key)
         if slot is not None and slot.attempt > order.attempt:
             return None  # an order for an attempt that has been superseded
+        if slot is not None and slot.attempt < order.attempt:
+            return await self.take_over(order, slot, key, partition, msg.generation_id)
         if slot is not None and slot.provider_job_id:
             return None  # already submitted (a redelivered or re-dispatched order): its slot says so
         if key in lane.submitting:
@@ -409,6 +424,34 @@ class Dispatcher:
             self.metrics.window_holds.labels(self.name).inc()
             self.hold(partition)
         self.pump(partition)
+        return durable
+
+    async def take_over(self, order: Order, slot: Slot, key: bytes, partition: int, generation: int) -> Any:
+        """``order``'s job holds ``slot`` here for an earlier attempt, one the job left (a crash or a
+        duplicate dispatch kept the slot past the reroute that brought the job back): the slot
+        becomes ``order``'s attempt's. Returns the future of its record (None: nothing taken over).
+
+        The jobs table takes a dispatcher's word of an attempt the job left as old news: left as it
+        was, the slot's polls, timeout and provider job would speak for no attempt, and the job
+        would wait for good. A provider job the slot holds is the later attempt's from now on; the
+        jobs table is told so (a ``submitted`` event), and nothing is submitted again (a second
+        provider job would take the provider past its limit). Without one, ``order`` is submitted
+        under the slot, unless the earlier attempt's submission still runs here (taken up again as
+        the partition synced: its call may be under way, and a provider that keys its jobs by the
+        attempt gives it the job made before the crash): that one then serves the slot's attempt
+        (``submit``, ``move_on``)."""
+        lane = self.lane
+        if slot.provider_job_id:
+            # Told before the slot says so: a crash in between reads the order again, and it tells
+            # it again (the same event id).
+            await self.event(order.job_id, "submitted", order.attempt, suffix=TAKEN_OVER, durably=True,
+                             provider_job_id=slot.provider_job_id)
+            if lane.slots.get(key) != slot:
+                return None  # released meanwhile (its job ended, or was cancelled): nothing to take over
+            return lane.slots.put_reliably_in(partition, key, slot.taken_over(order, time.time()))
+        durable = lane.slots.put_reliably_in(partition, key, slot.taken_over(order, time.time()))
+        if key not in lane.submitting:
+            lane.run_in_background(key, self.submit(order, key, partition, generation, durable))
         return durable
 
     def pump(self, partition: int) -> None:
@@ -569,9 +612,19 @@ class Dispatcher:
             for partition in partitions:
                 self.shrank(partition)
 
-    async def move_on(self, order: Order, key: bytes, partition: int, reason: str, *, reroute: bool) -> None:
+    async def move_on(self, order: Order, key: bytes, partition: int, reason: str, *, reroute: bool,
+                      generation: int | None) -> None:
         if self.lane.marked(key):
             await self.give_up_cancelled(key, partition, order.job_id)  # cancelled: neither fail nor fall back
+            return
+        slot = self.lane.slots.get(key)
+        if slot is not None and slot.attempt > order.attempt:
+            # A later attempt took the slot over while this order's submission ran (``take_over``):
+            # the job left this order's attempt, so its failure moves nothing on (a reroute of it
+            # would submit an attempt nobody waits for, and give the later attempt's slot back).
+            # The slot's own order is submitted instead.
+            if not slot.provider_job_id:
+                await self.submit(slot.order, key, partition, generation)
             return
         # The job's next step is on Kafka before its slot is given back: the slot is all that
         # stands for the job here (its order was acknowledged long ago), so a crash between the
@@ -659,9 +712,16 @@ class Dispatcher:
             return
         # The slot's second record is the job's submission: the poller and cancels find the
         # provider job by it, and the API's job view reads it (no event, no jobs-table write).
-        recorded = lane.slots.put_in(partition, key, slot.submitted(result.provider_job_id))
+        # Taken over meanwhile by a later attempt (``take_over``), the slot keeps this order as
+        # the one that made the job (``Slot.adopted``), and the jobs table is told whose job it is.
+        taken_over = slot.attempt > order.attempt
+        recorded = lane.slots.put_in(partition, key, slot.submitted(result.provider_job_id,
+                                                                    by=order if taken_over else None))
         if partition in lane.handing_over:
             await recorded  # on Kafka before the partition's next owner reads the table (hand_over)
+        if taken_over:
+            await self.event(order.job_id, "submitted", slot.attempt, suffix=TAKEN_OVER, durably=True,
+                             provider_job_id=result.provider_job_id)
         if self.follows and (self.callbacks == "none" or result.state == "queued"):
             self.followed.add(key)
 
@@ -679,7 +739,8 @@ class Dispatcher:
                 return None
             now = time.monotonic()
             if not lane.breaker.allow(now) and has_fallback:
-                await self.move_on(order, key, partition, f"{self.name} is failing (circuit open)", reroute=True)
+                await self.move_on(order, key, partition, f"{self.name} is failing (circuit open)", reroute=True,
+                                   generation=generation)
                 return None
             bucket = lane.buckets.get(partition)
             if bucket is not None:
@@ -716,7 +777,8 @@ class Dispatcher:
                 self.metrics.retries.labels(self.name).inc()
                 await asyncio.sleep(decision.delay)
                 continue
-            await self.move_on(order, key, partition, decision.reason, reroute=decision.action == "reroute")
+            await self.move_on(order, key, partition, decision.reason, reroute=decision.action == "reroute",
+                               generation=generation)
             return None
 
     # -- releases and cancels ----------------------------------------------------------------
@@ -733,6 +795,14 @@ class Dispatcher:
             # name one job (a fal webhook may name it under another app than its submission).
             ended = rel.get("provider_job_id")
             if slot is not None and ended and same_provider_job(self.connector, slot.provider_job_id, ended):
+                if slot.adopted and rel["attempt"] < slot.attempt:
+                    # Made for an earlier attempt: its end may have been told as that attempt's (a
+                    # poll's word just before the takeover), which the jobs table takes as old news
+                    # and answers with this release. Freed now, the slot's attempt would never hear
+                    # of its end, nor time out: the provider is asked again, the end told as the
+                    # slot's attempt's, and the jobs table's answer to that frees the slot.
+                    self.status_calls.offer(key, partition)
+                    return
                 await self.free(partition, key, rel["job_id"])
             elif slot is not None and ended and slot.provider_job_id is None:
                 lane.ended_early[key] = ended

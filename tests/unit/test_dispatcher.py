@@ -112,14 +112,19 @@ class Writes:
         self.pending.clear()
 
 
-@pytest.fixture
-def settings(tmp_path: Path) -> Settings:
-    # slot_producer_limit=0: the lane's tables write through Faust's producer, which `writes` fakes
-    # (the slot writer's own producer is tested on a broker: tests/integration/test_slot_writer.py).
-    # (A webhook base URL: providers can call back, as in any deployment that has webhooks.)
+def unit_settings(tmp_path: Path) -> Settings:
+    """One dispatch partition. slot_producer_limit=0: the lane's tables write through Faust's
+    producer, which `writes` fakes (the slot writer's own producer is tested on a broker:
+    tests/integration/test_slot_writer.py). A webhook base URL: providers can call back, as in any
+    deployment that has webhooks."""
     return Settings.from_env({}).with_overrides(kafka_bootstrap="127.0.0.1:1", cache_dir=tmp_path,
                                                 dispatch_partitions=1, simulator_url="http://127.0.0.1:9",
                                                 slot_producer_limit=0, webhook_base_url="http://bridge.example")
+
+
+@pytest.fixture
+def settings(tmp_path: Path) -> Settings:
+    return unit_settings(tmp_path)
 
 
 @pytest.fixture

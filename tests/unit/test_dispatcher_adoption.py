@@ -1,0 +1,323 @@
+"""A job's later attempt reaching a provider whose slot for the job an earlier attempt still holds
+(A → B → A, after a crash or a duplicate dispatch): the later attempt takes the slot over. Its
+provider job, if the slot has one, becomes the later attempt's (the jobs table is told; nothing is
+submitted again); else the later attempt is submitted under the slot. Either way the slot names the
+later attempt from then on, in its polls' words and its timeout, which the jobs table would
+otherwise take as old news of an attempt the job left.
+
+Broker-free, with the fakes of ``test_dispatcher``."""
+from __future__ import annotations
+
+import time
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from connectors.providers.base import SubmitOrder, SubmitResult
+from floodgate.dispatch import ENDED, Slot, slot_key, unsubmitted
+from floodgate.errors import ProviderGone
+from floodgate.jobs.events import aim, event_from_record
+from floodgate.jobs.state import JobEvent, JobState, JobStatus, apply
+from floodgate.settings import Settings
+from streams.dispatcher import Dispatcher
+from tests.unit.test_dispatcher import (
+    QueueingProvider,
+    Writes,
+    emitter,
+    held,
+    log_writes,
+    message,
+    one_dispatcher,
+    order,
+    settle,
+    unit_settings,
+)
+
+FIRST, BACK = 0, 2
+"""wan's attempt of the job before it went elsewhere (attempt 1), and its attempt back at wan."""
+
+
+@pytest.fixture
+def settings(tmp_path: Path) -> Settings:
+    return unit_settings(tmp_path)
+
+
+@pytest.fixture
+async def wan(settings: Settings, tmp_path: Path) -> AsyncIterator[tuple[Dispatcher, QueueingProvider]]:
+    """wan's dispatcher, whose provider answers status calls (``QueueingProvider``: webhooks only at
+    the end, so its jobs are followed too)."""
+    provider = QueueingProvider()
+    async with one_dispatcher(settings, provider, tmp_path / "wan") as d:
+        yield d, provider
+
+
+def left_by_a_crash(d: Dispatcher, job_id: str, attempt: int, provider_job_id: str | None = None) -> bytes:
+    """A slot of ``attempt`` as the table holds it after a crash (recovered from its changelog),
+    counted in its pool as the partition's sync counts it."""
+    key = slot_key(0, job_id)
+    d.lane.slots.put_in(0, key, Slot(attempt=attempt, taken_at=time.time(), order=order(job_id, attempt),
+                                     provider_job_id=provider_job_id))
+    d.lane.reconcile(0)
+    return key
+
+
+def attempts_told(d: Dispatcher, kind: str) -> list[tuple[int, str | None]]:
+    return [(r["attempt"], r.get("provider_job_id")) for r in emitter(d).events(kind)]
+
+
+# -- the record ----------------------------------------------------------------------------------
+
+
+def test_a_slot_taken_over_keeps_its_provider_job_and_the_order_that_made_it() -> None:
+    first = Slot(attempt=FIRST, taken_at=5.0, order=order("a", FIRST), provider_job_id="pj-a")
+    taken = first.taken_over(order("a", BACK), now=9.0)
+    assert (taken.attempt, taken.taken_at, taken.order, taken.provider_job_id) == (BACK, 5.0, first.order, "pj-a")
+    assert taken.adopted and not first.adopted
+    assert Slot.decode(taken.encode()) == taken
+
+
+def test_a_slot_taken_over_before_its_submission_finished_is_the_later_order_s_from_then() -> None:
+    first = Slot(attempt=FIRST, taken_at=5.0, order=order("a", FIRST))
+    taken = first.taken_over(order("a", BACK), now=9.0)
+    assert taken == Slot(attempt=BACK, taken_at=9.0, order=order("a", BACK)) and not taken.adopted
+    assert unsubmitted(taken.encode()), "the API's job view still skips it unread"
+    assert taken.submitted("pj-a").adopted is False
+    assert taken.submitted("pj-a", by=first.order).adopted, "made by the earlier attempt's call, still running"
+
+
+# -- the slot holds a provider job: it becomes the later attempt's ----------------------------------
+
+
+async def test_a_later_attempt_takes_over_the_provider_job_of_the_slot_and_submits_nothing(
+        wan: tuple[Dispatcher, QueueingProvider]) -> None:
+    d, provider = wan
+    await d.intake(message(0), order("a", FIRST))
+    await settle(d)
+    assert len(provider.submitted) == 1
+    log = log_writes(d, Writes())
+    durable = await d.intake(message(1), order("a", BACK))
+    assert durable is not None, "the order is acknowledged once the slot's new record is on Kafka"
+    await durable
+    await settle(d)
+    assert len(provider.submitted) == 1, "no second provider job: the provider's limit holds"
+    key, slot = held(d, "a")
+    assert (slot.attempt, slot.provider_job_id) == (BACK, "pj-a")
+    assert len(d.lane.pools[0]) == 1
+    assert attempts_told(d, "submitted") == [(BACK, "pj-a")], "the jobs table learns it is the attempt's job"
+    assert log == ["durable JobEvent submitted", "put 0:a"], "told before the slot says so: a crash retells it"
+    assert await d.intake(message(1), order("a", BACK)) is None, "redelivered: as any submitted job's order"
+    await settle(d)
+    assert len(provider.submitted) == 1 and len(emitter(d).events("submitted")) == 1
+
+
+def job_event(event_id: str, kind: str, **kw: Any) -> JobEvent:
+    return JobEvent(event_id=event_id, job_id="a", kind=kind, at=1.0, **kw)
+
+
+async def test_the_jobs_table_takes_the_taken_over_provider_job_as_the_attempt_back_at_wan_s(
+        wan: tuple[Dispatcher, QueueingProvider]) -> None:
+    """The event told is one the jobs rules (``floodgate.jobs``) take: wan → kling → wan, the job
+    now at wan's second attempt learns its provider job, and the slot's later words end it."""
+    d, provider = wan
+    state: JobState | None = None
+    for event in (job_event("q", "queued", provider="wan", tenant="t"),
+                  job_event("r1", "rerouted", provider="kling", attempt=1),
+                  job_event("r2", "rerouted", provider="wan", attempt=BACK)):
+        state = apply(state, event).state
+    await d.intake(message(0), order("a", FIRST))
+    await settle(d)
+    await d.intake(message(1), order("a", BACK))
+    await settle(d)
+    (told,) = emitter(d).events("submitted")
+    event = event_from_record(told)
+    aimed = aim(state, event)
+    assert aimed is not None
+    state = apply(state, aimed).state
+    assert state is not None and (state.status, state.attempt, state.provider_job_id) == (
+        JobStatus.SUBMITTED, BACK, "pj-a")
+    provider.say_completed("a")
+    await d.follow()
+    (done,) = emitter(d).events("completed")
+    aimed = aim(state, event_from_record(done))
+    assert aimed is not None and apply(state, aimed).became_terminal
+
+
+async def test_the_taken_over_slot_s_polls_and_timeout_name_the_later_attempt(
+        wan: tuple[Dispatcher, QueueingProvider]) -> None:
+    d, provider = wan
+    await d.intake(message(0), order("a", FIRST))
+    await settle(d)
+    await d.intake(message(1), order("a", BACK))
+    await settle(d)
+    key, slot = held(d, "a")
+    provider.say("a", "running")
+    await d.follow()  # (the provider answered the submission "queued": the job is followed)
+    assert attempts_told(d, "running") == [(BACK, "pj-a")]
+    await d.check_slot(key, slot, slot.taken_at + d.settings.job_timeout + 1)
+    assert [r["attempt"] for r in emitter(d).events("failed")] == [BACK]
+    assert provider.cancelled == ["pj-a"]
+
+
+# -- the slot holds no provider job: the later attempt is submitted under it ------------------------
+
+
+async def test_a_later_attempt_is_submitted_under_a_slot_whose_submission_never_finished(
+        wan: tuple[Dispatcher, QueueingProvider]) -> None:
+    d, provider = wan
+    d.sync(0, 1)  # the partition was synced before: nothing took the slot's submission up again
+    key = left_by_a_crash(d, "a", FIRST)
+    await d.intake(message(1), order("a", BACK))
+    await settle(d)
+    assert [o.idempotency_key for o in provider.submitted] == [f"a:{BACK}"]
+    key, slot = held(d, "a")
+    assert (slot.attempt, slot.provider_job_id, slot.order.attempt) == (BACK, "pj-a", BACK)
+    assert len(d.lane.pools[0]) == 1
+    assert not emitter(d).events("submitted"), "its own submission: the slot's record says it, as for any"
+    provider.say("a", "running")
+    await d.follow()
+    await d.check_slot(key, slot, slot.taken_at + d.settings.job_timeout + 1)
+    assert attempts_told(d, "running") == [(BACK, "pj-a")]
+    assert [r["attempt"] for r in emitter(d).events("failed")] == [BACK]
+
+
+async def test_after_a_crash_the_earlier_attempt_s_submission_taken_up_again_serves_the_later_one(
+        wan: tuple[Dispatcher, QueueingProvider]) -> None:
+    """The first record read in the new generation syncs the partition, which takes up the slot's
+    own submission (the earlier attempt's order) before the later order is looked at. That call
+    may already be under way: it goes on, once, and its provider job is the later attempt's (under
+    the earlier attempt's key, a provider gives back the job it made before the crash)."""
+    d, provider = wan
+    left_by_a_crash(d, "a", FIRST)
+    await d.intake(message(1), order("a", BACK))
+    await settle(d)
+    assert len(provider.submitted) == 1
+    key, slot = held(d, "a")
+    assert (slot.attempt, slot.provider_job_id) == (BACK, "pj-a")
+    assert attempts_told(d, "submitted") == [(BACK, "pj-a")]
+
+
+class RefusingOnce(QueueingProvider):
+    """Refuses the first submission for good (a retired model: 410), then accepts."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.refused: list[str] = []
+
+    async def submit(self, session: Any, order: SubmitOrder) -> SubmitResult:
+        if not self.refused:
+            self.refused.append(order.idempotency_key)
+            raise ProviderGone("HTTP 410: model retired", status=410)
+        return await super().submit(session, order)
+
+
+async def test_an_earlier_attempt_s_failed_submission_submits_the_later_attempt_instead_of_moving_on(
+        settings: Settings, tmp_path: Path) -> None:
+    """The earlier attempt's failure is not the job's to act on (a reroute of an attempt the job
+    left, and the slot given back): the slot is the later attempt's, which is submitted."""
+    provider = RefusingOnce()
+    async with one_dispatcher(settings, provider, tmp_path / "refusing") as d:
+        left_by_a_crash(d, "a", FIRST)
+        await d.intake(message(1), order("a", BACK))
+        await settle(d)
+        assert provider.refused == [f"a:{FIRST}"]
+        assert [o.idempotency_key for o in provider.submitted] == [f"a:{BACK}"]
+        assert not emitter(d).events("rerouted") and not emitter(d).events("failed")
+        assert not [r for _, s, r in emitter(d).sent if s == "DispatchOrder"], "no order elsewhere"
+        _, slot = held(d, "a")
+        assert (slot.attempt, slot.provider_job_id) == (BACK, "pj-a")
+
+
+# -- releases after the takeover --------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("provider_job_id", ["pj-a", None], ids=["submitted", "never-submitted"])
+async def test_a_late_release_of_the_earlier_attempt_frees_nothing(
+        wan: tuple[Dispatcher, QueueingProvider], provider_job_id: str | None) -> None:
+    """The earlier attempt's own end (its timeout, a poll's word of it: the jobs table releases a
+    word of an attempt the job left) is not the end of the attempt the slot now serves."""
+    d, provider = wan
+    d.sync(0, 1)
+    left_by_a_crash(d, "a", FIRST, provider_job_id)
+    await d.intake(message(1), order("a", BACK))
+    await settle(d)
+    for status in ("failed", "cancelled"):
+        await d.release({"job_id": "a", "attempt": FIRST, "status": status}, 0, 1)
+        await settle(d)
+    _, slot = held(d, "a")
+    assert slot.attempt == BACK and len(d.lane.pools[0]) == 1 and not provider.cancelled
+    await d.release({"job_id": "a", "attempt": BACK, "status": "completed"}, 0, 1)
+    assert d.lane.slots.get(slot_key(0, "a")) is None and len(d.lane.pools[0]) == 0
+
+
+async def test_the_end_of_a_taken_over_provider_job_is_told_for_the_later_attempt_before_its_slot_goes(
+        wan: tuple[Dispatcher, QueueingProvider]) -> None:
+    """An ``ended`` release naming the provider job may answer a word told for the earlier attempt
+    (a poll's end just before the takeover), which the jobs table takes as old news: freed then,
+    the later attempt would never hear of its end, nor time out. So its end is asked for and told
+    for the later attempt, and the jobs table's answer to that frees the slot."""
+    d, provider = wan
+    await d.intake(message(0), order("a", FIRST))
+    await settle(d)
+    await d.intake(message(1), order("a", BACK))
+    await settle(d)
+    provider.say_completed("a")
+    await d.release({"job_id": "a", "attempt": FIRST, "status": ENDED, "provider_job_id": "pj-a"}, 0, 1)
+    assert d.lane.slots.get(slot_key(0, "a")) is not None, "held until the later attempt's end is told"
+    await d.ask_due()
+    assert attempts_told(d, "completed") == [(BACK, "pj-a")]
+    await d.release({"job_id": "a", "attempt": BACK, "status": "completed"}, 0, 1)  # the jobs table's answer
+    assert d.lane.slots.get(slot_key(0, "a")) is None and len(d.lane.pools[0]) == 0
+
+
+async def test_an_ended_release_of_the_later_attempt_frees_the_taken_over_slot(
+        wan: tuple[Dispatcher, QueueingProvider]) -> None:
+    """Released for the slot's own attempt (the jobs table answered a word of it): its end was told
+    as the later attempt's, and asking again would only tell it again."""
+    d, provider = wan
+    await d.intake(message(0), order("a", FIRST))
+    await settle(d)
+    await d.intake(message(1), order("a", BACK))
+    await settle(d)
+    await d.release({"job_id": "a", "attempt": BACK, "status": ENDED, "provider_job_id": "pj-a"}, 0, 1)
+    assert d.lane.slots.get(slot_key(0, "a")) is None and len(d.lane.pools[0]) == 0
+    await d.ask_due()
+    assert not provider.asked
+
+
+async def test_the_provider_job_a_job_made_under_its_own_attempt_is_freed_by_the_bridge_as_before(
+        wan: tuple[Dispatcher, QueueingProvider]) -> None:
+    d, provider = wan
+    d.sync(0, 1)
+    left_by_a_crash(d, "a", FIRST)
+    await d.intake(message(1), order("a", BACK))  # submitted under the slot: its own provider job
+    await settle(d)
+    await d.release({"job_id": "a", "attempt": 0, "status": ENDED, "provider_job_id": "pj-a"}, 0, 1)
+    assert d.lane.slots.get(slot_key(0, "a")) is None and not provider.asked
+
+
+# -- unchanged: an order of an earlier attempt, or of the slot's own ---------------------------------
+
+
+async def test_an_order_of_an_earlier_attempt_than_the_slot_s_is_dropped(
+        wan: tuple[Dispatcher, QueueingProvider]) -> None:
+    d, provider = wan
+    await d.intake(message(0), order("a", BACK))
+    await settle(d)
+    assert await d.intake(message(1), order("a", FIRST)) is None
+    await settle(d)
+    _, slot = held(d, "a")
+    assert (slot.attempt, len(provider.submitted)) == (BACK, 1) and not emitter(d).events("submitted")
+
+
+async def test_an_order_of_the_slot_s_own_attempt_finishes_a_submission_that_never_did(
+        wan: tuple[Dispatcher, QueueingProvider]) -> None:
+    d, provider = wan
+    d.sync(0, 1)
+    left_by_a_crash(d, "a", BACK)
+    assert await d.intake(message(1), order("a", BACK)) is None, "no write: its slot is durable already"
+    await settle(d)
+    _, slot = held(d, "a")
+    assert (slot.attempt, slot.provider_job_id) == (BACK, "pj-a")
+    assert [o.idempotency_key for o in provider.submitted] == [f"a:{BACK}"]
