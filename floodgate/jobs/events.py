@@ -118,10 +118,15 @@ def aim(before: JobState | None, event: JobEvent, same: SameJob = exact_job) -> 
 
 def _of_an_attempt_left(before: JobState, event: JobEvent, same: SameJob) -> bool:
     """Whether ``event`` names a provider job of an attempt the job left (``state.names_left_job``)
-    and not the current attempt's own: that one is never old news, should a provider ever make one
-    job of two attempts (each attempt is its own order there, so none does)."""
+    and not the current attempt's own: that one is never old news. A provider makes one job of two
+    attempts only when a later attempt takes over the slot an earlier one still holds there (a
+    crash or a duplicate dispatch kept it past the reroute: ``streams.dispatcher``'s
+    ``take_over``); its dispatcher then names the current attempt with the provider job, and a
+    dispatcher's word names its slot's attempt, so that word is the attempt's own."""
     if not names_left_job(before, event, same):
         return False
+    if event.attempt == before.attempt and not from_webhook(event):
+        return False  # the dispatcher of the current attempt's slot: its provider job is the attempt's
     provider, named, current = event.provider, event.provider_job_id, before.provider_job_id
     return not (provider and named and current and same(provider, current, named))
 

@@ -461,9 +461,30 @@ def test_the_provider_job_a_job_left_never_speaks_for_its_attempt_back_there_in_
     assert semantic(through(shuffled)) == semantic(expected)
 
 
+def test_the_dispatcher_of_the_current_attempt_gives_it_a_provider_job_the_job_left() -> None:
+    """A crash kept wan's slot of attempt 0 (holding ``pw0``, which the table learned) past the
+    reroute; back at wan, attempt 2 takes the slot over and its dispatcher says ``pw0`` is attempt
+    2's (``streams.dispatcher``'s ``take_over``). A dispatcher's word names its slot's attempt, so
+    it is the attempt's own: taken, and ``pw0``'s words count for attempt 2 from then on. A
+    webhook naming ``pw0`` before that word is read stays old news (it names no attempt)."""
+    taken_over = said("wan", "submitted", attempt=2, provider_job_id="pw0", at=6.0)
+    assert LeftJob(0, "wan", "pw0") in (BACK_AT_WAN.left_jobs or ())
+    aimed = aim(BACK_AT_WAN, taken_over)
+    assert aimed is not None and aimed.attempt == 2
+    after = agent(BACK_AT_WAN, taken_over)
+    assert after is not None and (after.attempt, after.provider_job_id) == (2, "pw0")
+    done = said("wan", "completed", hook="w0-done", provider_job_id="pw0", at=7.0)
+    assert aim(BACK_AT_WAN, done) is None, "before the takeover is read: of the attempt left"
+    ended = agent(after, done)
+    assert ended is not None and (ended.status, ended.attempt) == (JobStatus.COMPLETED, 2)
+    stale = said("wan", "failed", attempt=0, provider_job_id="pw0", at=8.0)
+    assert aim(after, stale) is None, "the dispatcher's word of attempt 0 is still old news"
+
+
 def test_the_current_attempts_own_provider_job_is_never_old_news() -> None:
-    """Should a provider ever make one job of two attempts (each attempt is its own order there,
-    so none does), a word naming it is the current attempt's: the API tells such a word early."""
+    """Should a provider make one job of two attempts (a later attempt taking over a slot an
+    earlier one still holds), a word naming it is the current attempt's: the API tells such a word
+    early."""
     one_job = dataclasses.replace(BACK_AT_WAN, provider_job_id="pw0")
     run = said("wan", "running", hook="w-run", provider_job_id="pw0", at=6.0)
     aimed = aim(one_job, run)
