@@ -60,7 +60,7 @@ RANKS = (0, 0, 1, 2)
 """The rank of each of ``URGENT``: webhooks and events are equally urgent, then releases."""
 
 MAX_PASSED_OVER = 1.0
-"""Seconds a partition's fetched records may wait behind others before they go first once."""
+"""Seconds a partition's fetched records may wait behind others before they go first (until some are taken)."""
 
 
 class ReadOrder:

@@ -76,8 +76,10 @@ partition that holds the job's slot or order. Where the job is at that moment de
 A cancelled job cannot slip through unseen either: if its order was submitted anyway (a mark lost
 with a crash before its changelog write, a duplicate order), the provider's first webhook (or the
 poller's status, when webhooks are lost) reaches a terminal job, and the jobs agent answers every
-provider event on a terminal job with a release, whose status ``cancelled`` cancels the provider
-job here.
+provider event of the job's attempt on a terminal job with a release, whose status ``cancelled``
+cancels the provider job here. A word of an attempt the job left (a provider job it left, a slot of
+an earlier attempt) is answered only when it tells an end (``floodgate.jobs.events.stray_end``):
+that frees the slot, and cancels nothing.
 
 **Submissions cost no record of their own.** The provider job id goes into the job's slot (the
 poller and cancels need it after a restart); the API's job view reads the slot log to show the job
@@ -388,6 +390,10 @@ class Dispatcher:
         if slot is not None and slot.attempt < order.attempt:
             return await self.take_over(order, slot, key, partition, msg.generation_id)
         if slot is not None and slot.provider_job_id:
+            if slot.adopted and slot.attempt == order.attempt:
+                # Taken over (``take_over``), and read again: the crash may have come between the
+                # slot's record and the event that tells the jobs table whose job it is.
+                await self.tell_taken_over(order, slot.provider_job_id)
             return None  # already submitted (a redelivered or re-dispatched order): its slot says so
         if key in lane.submitting:
             return None  # its submission is still running here (e.g. waiting out 429s)
@@ -441,18 +447,23 @@ class Dispatcher:
         attempt gives it the job made before the crash): that one then serves the slot's attempt
         (``submit``, ``move_on``)."""
         lane = self.lane
-        if slot.provider_job_id:
-            # Told before the slot says so: a crash in between reads the order again, and it tells
-            # it again (the same event id).
-            await self.event(order.job_id, "submitted", order.attempt, suffix=TAKEN_OVER, durably=True,
-                             provider_job_id=slot.provider_job_id)
-            if lane.slots.get(key) != slot:
-                return None  # released meanwhile (its job ended, or was cancelled): nothing to take over
-            return lane.slots.put_reliably_in(partition, key, slot.taken_over(order, time.time()))
+        # The slot says so before anything is awaited: a release read meanwhile (the end of the
+        # provider job, told as the earlier attempt's just before) meets the slot taken over, and
+        # asks the provider again instead of freeing it (``release``), where it would have left
+        # the later attempt with no slot, no poll and no timeout.
         durable = lane.slots.put_reliably_in(partition, key, slot.taken_over(order, time.time()))
+        if slot.provider_job_id:
+            await self.tell_taken_over(order, slot.provider_job_id)
+            return durable
         if key not in lane.submitting:
             lane.run_in_background(key, self.submit(order, key, partition, generation, durable))
         return durable
+
+    async def tell_taken_over(self, order: Order, provider_job_id: str) -> None:
+        """Tell the jobs table that ``order``'s attempt has ``provider_job_id``, the job of the
+        slot it took over (the same event id every time: told again, it is a duplicate)."""
+        await self.event(order.job_id, "submitted", order.attempt, suffix=TAKEN_OVER, durably=True,
+                         provider_job_id=provider_job_id)
 
     def pump(self, partition: int) -> None:
         """Give free slots of ``partition`` to its waiting orders, oldest first. Several callers

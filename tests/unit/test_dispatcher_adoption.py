@@ -106,10 +106,43 @@ async def test_a_later_attempt_takes_over_the_provider_job_of_the_slot_and_submi
     assert (slot.attempt, slot.provider_job_id) == (BACK, "pj-a")
     assert len(d.lane.pools[0]) == 1
     assert attempts_told(d, "submitted") == [(BACK, "pj-a")], "the jobs table learns it is the attempt's job"
-    assert log == ["durable JobEvent submitted", "put 0:a"], "told before the slot says so: a crash retells it"
+    assert log == ["put 0:a", "durable JobEvent submitted"], "the slot says so before anything is awaited"
     assert await d.intake(message(1), order("a", BACK)) is None, "redelivered: as any submitted job's order"
     await settle(d)
-    assert len(provider.submitted) == 1 and len(emitter(d).events("submitted")) == 1
+    told = emitter(d).events("submitted")
+    assert len(provider.submitted) == 1 and len(told) == 2, "and told again: a crash may have come in between"
+    assert len({event_from_record(record).event_id for record in told}) == 1, "the same event: a duplicate"
+
+
+async def test_a_release_read_while_the_takeover_is_told_leaves_the_slot_to_the_later_attempt(
+        wan: tuple[Dispatcher, QueueingProvider]) -> None:
+    """The likeliest release to come in while the takeover's event is written: the end of the slot's
+    provider job, told by a poll as the earlier attempt's just before, which the jobs table takes
+    as old news and answers with an ``ended`` release. The slot is already the later attempt's: it
+    is held, the provider asked again, and the end told for the later attempt."""
+    d, provider = wan
+    await d.intake(message(0), order("a", FIRST))
+    await settle(d)
+    provider.say_completed("a")
+    await d.follow()
+    (word,) = emitter(d).events("completed")
+    assert event_from_record(word).attempt == FIRST
+    send_durably = d.emit.send_durably
+
+    async def release_meanwhile(topic: str, schema: str, key: Any, record: dict[str, Any]) -> None:
+        if record.get("kind") == "submitted":
+            await d.release({"job_id": "a", "attempt": FIRST, "status": ENDED, "provider_job_id": "pj-a"}, 0, 1)
+        await send_durably(topic, schema, key, record)
+
+    d.emit.send_durably = release_meanwhile  # type: ignore[method-assign]
+    durable = await d.intake(message(1), order("a", BACK))
+    assert durable is not None
+    await settle(d)
+    key, slot = held(d, "a")
+    assert (slot.attempt, slot.provider_job_id) == (BACK, "pj-a"), "still the later attempt's"
+    await d.ask_due()
+    assert attempts_told(d, "completed") == [(FIRST, "pj-a"), (BACK, "pj-a")], "its end told for attempt 2"
+    assert len(provider.submitted) == 1
 
 
 def job_event(event_id: str, kind: str, **kw: Any) -> JobEvent:
