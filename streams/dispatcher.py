@@ -393,7 +393,7 @@ class Dispatcher:
             if slot.adopted and slot.attempt == order.attempt:
                 # Taken over (``take_over``), and read again: the crash may have come between the
                 # slot's record and the event that tells the jobs table whose job it is.
-                await self.tell_taken_over(order, slot.provider_job_id)
+                await self.tell_taken_over(order.job_id, order.attempt, slot.provider_job_id)
             return None  # already submitted (a redelivered or re-dispatched order): its slot says so
         if key in lane.submitting:
             return None  # its submission is still running here (e.g. waiting out 429s)
@@ -453,16 +453,16 @@ class Dispatcher:
         # the later attempt with no slot, no poll and no timeout.
         durable = lane.slots.put_reliably_in(partition, key, slot.taken_over(order, time.time()))
         if slot.provider_job_id:
-            await self.tell_taken_over(order, slot.provider_job_id)
+            await self.tell_taken_over(order.job_id, order.attempt, slot.provider_job_id)
             return durable
         if key not in lane.submitting:
             lane.run_in_background(key, self.submit(order, key, partition, generation, durable))
         return durable
 
-    async def tell_taken_over(self, order: Order, provider_job_id: str) -> None:
-        """Tell the jobs table that ``order``'s attempt has ``provider_job_id``, the job of the
-        slot it took over (the same event id every time: told again, it is a duplicate)."""
-        await self.event(order.job_id, "submitted", order.attempt, suffix=TAKEN_OVER, durably=True,
+    async def tell_taken_over(self, job_id: str, attempt: int, provider_job_id: str) -> None:
+        """Tell the jobs table that the job's ``attempt`` has ``provider_job_id``, the job of the
+        slot the attempt took over (the same event id every time: told again, it is a duplicate)."""
+        await self.event(job_id, "submitted", attempt, suffix=TAKEN_OVER, durably=True,
                          provider_job_id=provider_job_id)
 
     def pump(self, partition: int) -> None:
@@ -731,8 +731,7 @@ class Dispatcher:
         if partition in lane.handing_over:
             await recorded  # on Kafka before the partition's next owner reads the table (hand_over)
         if taken_over:
-            await self.event(order.job_id, "submitted", slot.attempt, suffix=TAKEN_OVER, durably=True,
-                             provider_job_id=result.provider_job_id)
+            await self.tell_taken_over(order.job_id, slot.attempt, result.provider_job_id)
         if self.follows and (self.callbacks == "none" or result.state == "queued"):
             self.followed.add(key)
 
