@@ -107,7 +107,11 @@ class JobDesk:
         self.kinds = {names.requests: "requests", names.webhooks: "webhooks", names.events: "events"}
         self.source = app.topic(names.requests, names.webhooks, names.events, partitions=self.partitions,
                                 key_type=bytes, value_type=bytes)
-        changelog = app.topic(names.notifications, partitions=self.partitions, key_type=bytes, value_type=bytes)
+        # acks=False as Faust's own changelog topics: no stream of the worker reads this one (recovery
+        # does), and an acknowledged topic no stream reads is a stalled agent to Faust's livelock
+        # monitor, logged at ERROR every few seconds once the worker has run stream_processing_timeout.
+        changelog = app.topic(names.notifications, partitions=self.partitions, key_type=bytes, value_type=bytes,
+                              acks=False)
         self.table = app.Table("jobs", partitions=self.partitions, key_type=bytes, value_type=bytes,
                                changelog_topic=changelog, **job_table_options(settings, "jobs"))
         self.seen_webhooks = SeenIds()

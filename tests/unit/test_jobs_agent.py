@@ -46,17 +46,21 @@ class Sends(Emitter):
         return [record for t, _, record in self.sent if t == topic]
 
 
-@pytest.fixture
-async def desk(tmp_path: Path) -> AsyncIterator[JobDesk]:
+def new_desk(tmp_path: Path) -> JobDesk:
     settings = SETTINGS.with_overrides(cache_dir=tmp_path)
     app = create_app(settings, datadir=tmp_path / "w0")
     setup = dev_setup(settings.simulator_url)
     pipe = Pipeline(app, settings, setup, {name: object() for name in setup.routing.providers})
     pipe.emit = Sends(app)
-    jobs = JobDesk(pipe)
+    return JobDesk(pipe)
+
+
+@pytest.fixture
+async def desk(tmp_path: Path) -> AsyncIterator[JobDesk]:
+    jobs = new_desk(tmp_path)
     jobs.table = {}  # type: ignore[assignment]
     yield jobs
-    await pipe.close()
+    await jobs.pipe.close()
 
 
 def sends(desk: JobDesk) -> Sends:
