@@ -23,11 +23,14 @@ be had it come after the reroute. Provider job ids are compared as the provider'
 A request read after a cancel that ended its job sends the job's result again, now with the
 request's fields (``JobRecord.ended_unadmitted``).
 
-Outputs of a change are sent again when the *same* record is seen again (a redelivery after a
-crash between the table write and the sends), those the change sent and no others (an ended job's
-record says which: ``JobRecord.sent``); their consumers are idempotent (snapshots carry a
-version, releases of a slot not held are no-ops, outgoing webhooks keep their id, the submitter
-knows an order it has seen).
+Outputs of a change are sent again when the *same* record is seen again (a redelivery after a crash
+between the table write and the sends), those the change sent and no others (an ended job's record
+says which: ``JobRecord.sent``). So are the outputs of the change that ended a job when its event
+is read again after a later word changed the job's record (a late fact, a request read after a
+cancel: that write can land while the end's sends did not): every later write keeps the end's event
+and what it sent (``JobRecord.ended_by``), and the result sent again is the job's newest. Their
+consumers are idempotent (snapshots carry a version, releases of a slot not held are no-ops,
+outgoing webhooks keep their id, the submitter knows an order it has seen).
 """
 from __future__ import annotations
 
@@ -202,7 +205,8 @@ class JobDesk:
             step = apply(state, event)
             state, became_terminal = step.state, became_terminal or step.became_terminal
         assert state is not None
-        self.put(key, JobRecord(state, events[-1].event_id, here))
+        # (A cancel's end is kept: its event read again still owes the job's result.)
+        self.put(key, JobRecord(state, events[-1].event_id, here, ended_by=record.ending if record else None))
         pipe.metrics.transitions.labels(state.status.value).inc()
         if became_terminal or refinish:
             await self.finish(state, provider=None)
@@ -284,14 +288,22 @@ class JobDesk:
             # sent is not in the state (an end a reroute took in is gone from it), so the record
             # keeps it (``JobRecord.sent``).
             if before.terminal:
-                await self.send_again(record, event)
+                await self.send_again(record.state, record.sent, event)
+            return
+        if record is not None and record.ended_by is not None and record.ended_by.event_id == event.event_id:
+            # The event that ended the job again, after a later word (a late fact) wrote the
+            # record: that write may have landed and this event's sends not (the changelog and
+            # `results` are written independently). aim and apply find nothing to change on an
+            # ended job, so only the record can say the result is owed.
+            await self.send_again(record.state, record.ended_by.sent, event)
             return
         aimed = aim(before, event, self.same_job)
         if aimed is None:
             held = hold(before, event, self.same_job)
             if held is not None:  # from the provider the job is moving to: it counts once the reroute is read
                 if held.changed and held.state is not None:
-                    self.put(key, JobRecord(held.state, event.event_id, record.admitted_by if record else None))
+                    self.put(key, JobRecord(held.state, event.event_id, record.admitted_by if record else None,
+                                            ended_by=record.ending if record else None))
                 return
             owed = stray_end(before, event, self.same_job)
             if owed is not None:  # an end of an attempt the job has left: free the slot it may hold there
@@ -301,7 +313,10 @@ class JobDesk:
         step: Transition = apply(before, aimed, self.same_job)
         if step.changed and step.state is not None:
             sent = sent_of(before, step, aimed, self.same_job)
-            self.put(key, JobRecord(step.state, aimed.event_id, record.admitted_by if record else None, sent))
+            # A later change of an ended job keeps the end (``ending``): its event read again owes
+            # the result, which this change does not send.
+            self.put(key, JobRecord(step.state, aimed.event_id, record.admitted_by if record else None, sent,
+                                    ended_by=record.ending if record else None))
             pipe.metrics.transitions.labels(step.state.status.value).inc()
             self.observe_milestones(before, step.state)
             if step.became_terminal:
@@ -316,17 +331,18 @@ class JobDesk:
             # provider job) stays alive for it. Releases of a slot not held are no-ops.
             await self.release(event.job_id, aimed.provider, aimed.attempt, before.status.value)
 
-    async def send_again(self, record: JobRecord, event: JobEvent) -> None:
-        """What the change that wrote ``record`` (an ended job's) sent when it read ``event``, sent
-        again: no more (``JobRecord.sent``), since a release or a result its first reading did
-        not send is not a harmless repeat."""
-        state = record.state
-        if record.sent is Sent.RELEASE:
+    async def send_again(self, state: JobState, sent: Sent, event: JobEvent) -> None:
+        """What the change that read ``event`` sent (``sent``: ``JobRecord.sent``, or the end's,
+        ``JobRecord.ended_by``), sent again for ``state``, the ended job's as its record has it
+        now: no more, since a release or a result its first reading did not send is not a harmless
+        repeat. A result is of ``state``, which a late fact may have made newer than the one first
+        sent: the newest is what the result's consumers keep anyway (snapshots carry a version)."""
+        if sent is Sent.RELEASE:
             # As the first reading sent it: to the provider that spoke (aim keeps a word's
             # provider, and takes it only from the job's), on the job's attempt.
             await self.release(state.job_id, event.provider, state.attempt, state.status.value)
         else:
-            await self.finish(state, provider=None if record.sent is Sent.RESULT else state.provider)
+            await self.finish(state, provider=None if sent is Sent.RESULT else state.provider)
 
     async def finish(self, state: JobState, *, provider: str | None) -> None:
         """A terminal state's outputs: the result, and the provider slot given back."""

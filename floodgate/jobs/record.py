@@ -5,7 +5,8 @@ record, which is at once the table's durable copy and the message the API's job 
 values are JSON documents (a table changelog carries no headers, so the self-describing JSON
 form is the one that can evolve; ``v`` names the layout)::
 
-    {"v": 1, "s": <JobState.to_dict()>, "e": <last event id>, "src": [partition, offset], "sent": <Sent>}
+    {"v": 1, "s": <JobState.to_dict()>, "e": <last event id>, "src": [partition, offset], "sent": <Sent>,
+     "end": {"e": <event id>, "sent": <Sent>}}
 
 ``src`` is the ``requests`` record that admitted the job: the same record seen again after a
 crash (its offset was not committed) is processed again, a replay of the job from another record
@@ -18,6 +19,15 @@ agent sends it again when it reads the same event again). It is written only whe
 ``Sent.RESULT_AND_RELEASE``: the record of a job that has not ended, or whose end the jobs agent
 released itself, is written as before the field existed, and a record without it reads as that
 version read it.
+
+``end`` is the change that ended the job, once a later change wrote its record (a word that filled
+in a late fact, a request read after a cancel): its event and what it sent (``Ending``), kept by
+every later write. The later write can land while the end's sends did not (the changelog and
+``results`` are written independently, offsets committed after both); the end's event, read again,
+must still send the job's result, though ``e`` and ``sent`` now speak of the later change. A record
+whose own change ended the job, or whose job has not ended, has no ``end`` and is written as before
+the field existed; a record without it (every one an earlier version wrote) reads as that version
+read it.
 
 ``snapshot`` is the ``JobSnapshot`` contract (``schemas/job_snapshot.avsc``), written to
 ``results`` and given to the API's readers.
@@ -55,10 +65,22 @@ class Sent(StrEnum):
     release. What a record that does not say means (every record before the field existed)."""
     RESULT = "result"
     """The change ended the job with its provider's webhook, whose end the webhook bridge released
-    already: the job's result only."""
+    already, or ended a job at no provider (a cancel read before its request: a release needs a
+    provider, so none went): the job's result only."""
     RELEASE = "release"
     """A provider's word on a job that had ended, which filled in a late fact: the release of the
     job's slot there, again, and no result."""
+
+
+@dataclass(frozen=True)
+class Ending:
+    """The change that ended a job, kept in its record once a later change wrote it."""
+
+    event_id: str
+    sent: Sent
+    """What that change sent besides the record (``Sent``): never ``Sent.RELEASE``, which a change
+    that ends nothing sends, but for a record an earlier version wrote after a late fact (its own
+    ``sent`` is all such a record knows)."""
 
 
 @dataclass(frozen=True)
@@ -69,6 +91,25 @@ class JobRecord:
     """(partition, offset) of the ``requests`` record that admitted the job, once one has."""
     sent: Sent = Sent.RESULT_AND_RELEASE
     """What the change that wrote the record sent besides it, when the job has ended (``Sent``)."""
+    ended_by: Ending | None = None
+    """The change that ended the job, when a later change wrote the record; None while the record
+    is the end's own (``last_event`` and ``sent`` say it) or the job has not ended."""
+
+    @property
+    def ending(self) -> Ending | None:
+        """The change that ended the job, as far as the record knows: what a later write of it
+        carries (``ended_by``). The record's own change when the job has ended and ``ended_by`` is
+        not set: an earlier version's record of a later change names that change, the best it
+        knows. An end at no provider released nothing, so it owes its result only, even once a
+        request has filled the provider in."""
+        if self.ended_by is not None:
+            return self.ended_by
+        if not self.state.terminal or self.last_event is None:
+            return None
+        sent = self.sent
+        if sent is Sent.RESULT_AND_RELEASE and self.state.provider is None:
+            sent = Sent.RESULT
+        return Ending(self.last_event, sent)
 
     @property
     def ended_unadmitted(self) -> bool:
@@ -83,6 +124,11 @@ class JobRecord:
             doc["src"] = list(self.admitted_by)
         if self.sent is not Sent.RESULT_AND_RELEASE:
             doc["sent"] = self.sent.value
+        if self.ended_by is not None:
+            end: dict[str, Any] = {"e": self.ended_by.event_id}
+            if self.ended_by.sent is not Sent.RESULT_AND_RELEASE:
+                end["sent"] = self.ended_by.sent.value
+            doc["end"] = end
         return orjson.dumps(doc)
 
     @classmethod
@@ -94,7 +140,7 @@ class JobRecord:
         except (orjson.JSONDecodeError, KeyError, TypeError, ValidationError) as exc:
             raise SchemaError(f"not a job record: {exc}") from exc
         return cls(state=state, last_event=doc.get("e"), admitted_by=_source(doc.get("src")),
-                   sent=_sent(doc.get("sent")))
+                   sent=_sent(doc.get("sent")), ended_by=_ending(doc.get("end")))
 
 
 def sent_of(before: JobState | None, step: Transition, aimed: JobEvent, same: SameJob = exact_job) -> Sent:
@@ -191,6 +237,14 @@ def _sent(value: Any) -> Sent:
     """A record's ``sent``; what a record does not say, or says in a way this version does not
     know (a later version's), reads as a record written before the field existed."""
     return _SENT.get(value, Sent.RESULT_AND_RELEASE) if type(value) is str else Sent.RESULT_AND_RELEASE
+
+
+def _ending(end: Any) -> Ending | None:
+    """A record's ``end``; None when absent or not what ``JobRecord.encode`` writes (a record that
+    names no end reads as one written before the field existed)."""
+    if type(end) is dict and type(event_id := end.get("e")) is str:
+        return Ending(event_id, _sent(end.get("sent")))
+    return None
 
 
 def _snapshot_of(s: Any) -> dict[str, Any] | None:
