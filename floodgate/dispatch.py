@@ -1,7 +1,8 @@
 """The records of the dispatch path, typed. Pure: encoding happens here, I/O elsewhere.
 
 * ``Order``: a job routed to one provider (the ``DispatchOrder`` contract on ``dispatch.<provider>``).
-* ``Slot``: one provider concurrency slot held by a job (the ``inflight-<provider>`` table).
+* ``Slot``: one provider concurrency slot held by a job (the ``inflight-<provider>`` table), and
+  ``timed_out_attempt``, the attempt its timeout fails.
 * ``Parked``: an order waiting for a slot, with the dispatch offset it was read at. Slots and
   parked orders share the ``inflight-<provider>`` table (one entry per job: a start overwrites the
   job's waiting entry with its slot, one write instead of two); ``is_parked`` tells them apart.
@@ -175,6 +176,19 @@ class Slot:
         """Whether its provider job was made by an earlier attempt's order than the attempt the slot
         serves (``taken_over``): a word of that job told before may name the earlier attempt."""
         return self.order.attempt < self.attempt
+
+
+def timed_out_attempt(timed_out: Slot, now: Slot | None) -> int:
+    """The attempt a slot's timeout fails once it has cancelled the slot's provider job: ``now``
+    is the slot as it stands after the cancel. A later attempt that took the slot over meanwhile
+    (``Slot.taken_over``) took the provider job too, and with it its timeout: the failure is that
+    attempt's. Told as the earlier attempt's, the jobs table would take it as old news, and the
+    provider's word of the cancel would end the later attempt ``cancelled``, a cancel nobody made.
+    Otherwise it is the timed out slot's own attempt (a slot freed meanwhile, or taken again for
+    another provider job, is not the timeout's to speak for)."""
+    if now is not None and now.attempt > timed_out.attempt and now.provider_job_id == timed_out.provider_job_id:
+        return now.attempt
+    return timed_out.attempt
 
 
 @dataclass(frozen=True)

@@ -92,8 +92,11 @@ the jobs table takes a dispatcher's word of an attempt the job left as old news:
 its timeout and the releases that free it name the later attempt from then on. A provider job the
 slot holds becomes the later attempt's, never submitted again (the one submission told by an event:
 ``submitted``, with the provider job id); without one, the later attempt is submitted under the
-slot. An ``ended`` release of such a provider job does not free the slot by itself: its end may
-have been told as the earlier attempt's, so the provider is asked again (``release``).
+slot. An ``ended`` release of such a provider job does not free the slot by itself, nor does one
+read while the earlier attempt's submission, still running, made that job: its end may have been
+told as the earlier attempt's, so the provider is asked again, at once (``ask_again``). A timeout
+whose cancel of such a provider job a takeover overtook fails the later attempt, whose job it is
+now (``floodgate.dispatch.timed_out_attempt``).
 """
 from __future__ import annotations
 
@@ -109,7 +112,7 @@ from faust.types import TP
 
 from connectors.providers.base import ProviderStatus, SubmitOrder, SubmitResult, same_provider_job
 from floodgate import codec
-from floodgate.dispatch import ENDED, Order, Slot, parse_slot_key, slot_key
+from floodgate.dispatch import ENDED, Order, Slot, parse_slot_key, slot_key, timed_out_attempt
 from floodgate.errors import FloodgateError, ProviderUnavailable, RateLimited
 from floodgate.following import (
     ENDS,
@@ -718,20 +721,30 @@ class Dispatcher:
         slot = lane.slots.get(key)
         if slot is None:
             return  # freed meanwhile (the job ended or moved on): nothing left to record
-        if same_provider_job(self.connector, lane.ended_early.pop(key, None), result.provider_job_id):
+        taken_over = slot.attempt > order.attempt
+        ended = same_provider_job(self.connector, lane.ended_early.pop(key, None), result.provider_job_id)
+        if ended and not taken_over:
             await self.free(partition, key, order.job_id)  # released meanwhile: a very fast job
             return
         # The slot's second record is the job's submission: the poller and cancels find the
         # provider job by it, and the API's job view reads it (no event, no jobs-table write).
         # Taken over meanwhile by a later attempt (``take_over``), the slot keeps this order as
         # the one that made the job (``Slot.adopted``), and the jobs table is told whose job it is.
-        taken_over = slot.attempt > order.attempt
         recorded = lane.slots.put_in(partition, key, slot.submitted(result.provider_job_id,
                                                                     by=order if taken_over else None))
         if partition in lane.handing_over:
             await recorded  # on Kafka before the partition's next owner reads the table (hand_over)
         if taken_over:
             await self.tell_taken_over(order.job_id, slot.attempt, result.provider_job_id)
+            if ended:
+                # Its end was heard during the call, and may have been told as this order's attempt's
+                # (the jobs table knew the provider job as that attempt's: its webhook is then a
+                # stray, answered with the release read meanwhile). Freed now, the slot's attempt
+                # would never hear of its end, nor time out, and wait for good: as for an ``ended``
+                # release of an adopted slot (``release``), the provider is asked again, the end
+                # told as the slot's attempt's, and the jobs table's answer to that frees the slot.
+                self.ask_again(key, partition)
+                return
         if self.follows and (self.callbacks == "none" or result.state == "queued"):
             self.followed.add(key)
 
@@ -811,7 +824,7 @@ class Dispatcher:
                     # and answers with this release. Freed now, the slot's attempt would never hear
                     # of its end, nor time out: the provider is asked again, the end told as the
                     # slot's attempt's, and the jobs table's answer to that frees the slot.
-                    self.status_calls.offer(key, partition)
+                    self.ask_again(key, partition)
                     return
                 await self.free(partition, key, rel["job_id"])
             elif slot is not None and ended and slot.provider_job_id is None:
@@ -821,6 +834,31 @@ class Dispatcher:
             await self.cancel(partition, key, rel["job_id"])
         elif slot is not None and slot.attempt <= rel["attempt"]:
             await self.free(partition, key, rel["job_id"])
+
+    def ask_again(self, key: bytes, partition: int) -> None:
+        """The provider job of ``key``'s adopted slot ended, and its end may have been told as the
+        earlier attempt's: a status call tells it as the slot's attempt's (``look``), and the jobs
+        table's answer to that frees the slot. The call is made now, out of turn (as a timeout's
+        is), and paid from the read budget all the same: the slot holds a share of the limit for a
+        job that has ended, and in its turn (behind the calls the budget put off, or until the
+        next tick without a budget) it would sit idle for a poll round or more."""
+        self.status_calls.discard(key)  # (asked now: not again in its turn)
+        self.lane.spawn(self.ask_now(key, partition), f"ask:{key.decode()}")
+
+    async def ask_now(self, key: bytes, partition: int) -> None:
+        """``ask_again``'s status call. While a 429 stops the status calls it waits its turn; one
+        refused for the rate goes first once the provider lets us (``StatusQueue.refused``)."""
+        calls = self.status_calls
+        slot = self.lane.slots.get(key)
+        if slot is None or not slot.provider_job_id:
+            return  # freed meanwhile: nothing left to ask
+        if self.clock() < calls.paused_until:
+            calls.offer(key, partition)
+            return
+        calls.charge(partition, 1, self.clock())  # (``look`` charges only the reads past the first)
+        wait = await self.look(key, slot, time.time())
+        if wait is not None:
+            calls.refused(self.clock() + wait, [(key, partition)])
 
     async def cancel_at_provider(self, job_id: str, provider_job_id: str) -> None:
         try:
@@ -949,11 +987,14 @@ class Dispatcher:
             self.metrics.timeouts.labels(self.name).inc()
             log.warning("%s: job %s (attempt %d, provider job %s) failed: no result after %.0f s",
                         self.name, job_id, slot.attempt, slot.provider_job_id, age)
+            attempt = slot.attempt
             if slot.provider_job_id:
                 # Before the failure, whose release frees the slot: the provider must have let the
                 # job go before another takes its place (a failed cancel is logged, never raised).
                 await self.cancel_at_provider(job_id, slot.provider_job_id)
-            await self.event(job_id, "failed", slot.attempt,
+                # (A later attempt may have taken the slot over during the cancel.)
+                attempt = timed_out_attempt(slot, self.lane.slots.get(key))
+            await self.event(job_id, "failed", attempt,
                              error=f"no result from {self.name} after {settings.job_timeout:.0f}s")
             return
         if age < settings.poll_after or key in self.followed:

@@ -8,22 +8,25 @@ otherwise take as old news of an attempt the job left.
 Broker-free, with the fakes of ``test_dispatcher``."""
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
 
 from connectors.providers.base import SubmitOrder, SubmitResult
-from floodgate.dispatch import ENDED, Slot, slot_key, unsubmitted
+from floodgate.dispatch import ENDED, Slot, slot_key, timed_out_attempt, unsubmitted
 from floodgate.errors import ProviderGone
-from floodgate.jobs.events import aim, event_from_record
+from floodgate.jobs.events import Release, aim, event_from_record, stray_end, webhook_event
 from floodgate.jobs.state import JobEvent, JobState, JobStatus, apply
 from floodgate.settings import Settings
 from streams.dispatcher import Dispatcher
 from tests.unit.test_dispatcher import (
     QueueingProvider,
+    ReadLimitedProvider,
     Writes,
     emitter,
     held,
@@ -33,6 +36,7 @@ from tests.unit.test_dispatcher import (
     order,
     settle,
     unit_settings,
+    until_calling,
 )
 
 FIRST, BACK = 0, 2
@@ -85,6 +89,21 @@ def test_a_slot_taken_over_before_its_submission_finished_is_the_later_order_s_f
     assert unsubmitted(taken.encode()), "the API's job view still skips it unread"
     assert taken.submitted("pj-a").adopted is False
     assert taken.submitted("pj-a", by=first.order).adopted, "made by the earlier attempt's call, still running"
+
+
+EARLIER = Slot(attempt=FIRST, taken_at=5.0, order=order("a", FIRST), provider_job_id="pj-a")
+
+
+@pytest.mark.parametrize(("now", "failed"), [
+    (EARLIER, FIRST),
+    (None, FIRST),
+    (EARLIER.taken_over(order("a", BACK), now=9.0), BACK),
+    (Slot(attempt=BACK, taken_at=9.0, order=order("a", BACK), provider_job_id="pj-b"), FIRST),
+    (Slot(attempt=BACK, taken_at=9.0, order=order("a", BACK)), FIRST),
+], ids=["unchanged", "freed", "taken-over", "another-provider-job", "taken-again-unsubmitted"])
+def test_a_timeout_fails_the_attempt_that_holds_its_provider_job_once_it_is_cancelled(
+        now: Slot | None, failed: int) -> None:
+    assert timed_out_attempt(EARLIER, now) == failed
 
 
 # -- the slot holds a provider job: it becomes the later attempt's ----------------------------------
@@ -140,7 +159,6 @@ async def test_a_release_read_while_the_takeover_is_told_leaves_the_slot_to_the_
     await settle(d)
     key, slot = held(d, "a")
     assert (slot.attempt, slot.provider_job_id) == (BACK, "pj-a"), "still the later attempt's"
-    await d.ask_due()
     assert attempts_told(d, "completed") == [(FIRST, "pj-a"), (BACK, "pj-a")], "its end told for attempt 2"
     assert len(provider.submitted) == 1
 
@@ -298,7 +316,7 @@ async def test_the_end_of_a_taken_over_provider_job_is_told_for_the_later_attemp
     provider.say_completed("a")
     await d.release({"job_id": "a", "attempt": FIRST, "status": ENDED, "provider_job_id": "pj-a"}, 0, 1)
     assert d.lane.slots.get(slot_key(0, "a")) is not None, "held until the later attempt's end is told"
-    await d.ask_due()
+    await settle(d)  # (the status call it asked for)
     assert attempts_told(d, "completed") == [(BACK, "pj-a")]
     await d.release({"job_id": "a", "attempt": BACK, "status": "completed"}, 0, 1)  # the jobs table's answer
     assert d.lane.slots.get(slot_key(0, "a")) is None and len(d.lane.pools[0]) == 0
@@ -315,7 +333,7 @@ async def test_an_ended_release_of_the_later_attempt_frees_the_taken_over_slot(
     await settle(d)
     await d.release({"job_id": "a", "attempt": BACK, "status": ENDED, "provider_job_id": "pj-a"}, 0, 1)
     assert d.lane.slots.get(slot_key(0, "a")) is None and len(d.lane.pools[0]) == 0
-    await d.ask_due()
+    await settle(d)
     assert not provider.asked
 
 
@@ -354,3 +372,188 @@ async def test_an_order_of_the_slot_s_own_attempt_finishes_a_submission_that_nev
     _, slot = held(d, "a")
     assert (slot.attempt, slot.provider_job_id) == (BACK, "pj-a")
     assert [o.idempotency_key for o in provider.submitted] == [f"a:{BACK}"]
+
+
+# -- what the jobs table makes of it ------------------------------------------------------------------
+
+
+def wan_webhook(webhook_id: str, state: str) -> JobEvent:
+    """wan's webhook about ``pj-a`` (a webhook names no attempt)."""
+    video = "https://cdn.example/v.mp4" if state == "completed" else None
+    event = webhook_event("wan", job_id="a", webhook_id=webhook_id, state=state, occurred_at=1.0,
+                          provider_job_id="pj-a", progress=None, video_url=video, error=None)
+    assert event is not None
+    return event
+
+
+def jobs_table(state: JobState | None, *events: JobEvent) -> JobState:
+    """``state`` once the jobs rules have read ``events`` in turn (one they ignore changes nothing)."""
+    for event in events:
+        aimed = aim(state, event)
+        if aimed is not None:
+            state = apply(state, aimed).state
+    assert state is not None
+    return state
+
+
+def told(d: Dispatcher) -> list[JobEvent]:
+    """Every event the dispatcher told the jobs table, in order."""
+    return [event_from_record(record) for _, schema, record in emitter(d).sent if schema == "JobEvent"]
+
+
+BACK_AT_WAN = (job_event("q", "queued", provider="wan", tenant="t"),
+               job_event("r1", "rerouted", provider="kling", attempt=1),
+               job_event("r2", "rerouted", provider="wan", attempt=BACK))
+"""wan → kling → wan, as the jobs table reads it."""
+
+
+# -- an end heard while the earlier attempt's submission still ran ------------------------------------
+
+
+async def test_an_end_heard_during_the_earlier_attempt_s_call_is_told_for_the_later_attempt_before_its_slot_goes(
+        wan: tuple[Dispatcher, QueueingProvider]) -> None:
+    """The earlier attempt's submission, taken up again after a crash, is under way when the later
+    attempt takes the slot over; the provider job it makes (the one made before the crash, under
+    the earlier attempt's key) has ended by then. The jobs table knew that job as the earlier
+    attempt's, so its end is a stray there, answered with an ``ended`` release read before the call
+    returns. Freed then, the later attempt would never hear of its provider job or its end, and
+    would wait for good, with no slot, poll or timeout here to end it."""
+    d, provider = wan
+    state = jobs_table(None, BACK_AT_WAN[0], wan_webhook("w-run", "running"), *BACK_AT_WAN[1:])
+    provider.gate = asyncio.Event()
+    key = left_by_a_crash(d, "a", FIRST)
+    await d.intake(message(1), order("a", BACK))  # (its sync takes up the earlier submission)
+    await until_calling(d, key)
+    ended = wan_webhook("w-end", "completed")
+    assert aim(state, ended) is None, "the jobs table takes the end as the earlier attempt's"
+    owed = stray_end(state, ended)
+    assert owed == Release("wan", FIRST, ENDED, "pj-a")
+    await d.release({"job_id": "a", "attempt": owed.attempt, "status": owed.status,
+                     "provider_job_id": owed.provider_job_id}, 0, 1)
+    provider.say_completed("a")
+    provider.gate.set()
+    await settle(d)
+    _, slot = held(d, "a")
+    assert (slot.attempt, slot.provider_job_id, slot.adopted) == (BACK, "pj-a", True), "held, its provider job kept"
+    assert attempts_told(d, "submitted") == [(BACK, "pj-a")], "the later attempt learns its provider job"
+    assert attempts_told(d, "completed") == [(BACK, "pj-a")], "and its end"
+    state = jobs_table(state, *told(d))
+    assert (state.status, state.attempt, state.provider_job_id) == (JobStatus.COMPLETED, BACK, "pj-a")
+    assert len(provider.submitted) == 1 and not provider.cancelled
+    await d.release({"job_id": "a", "attempt": BACK, "status": "completed"}, 0, 1)  # the jobs table's answer
+    assert d.lane.slots.get(key) is None and len(d.lane.pools[0]) == 0
+
+
+async def test_an_end_heard_during_a_call_of_the_slot_s_own_attempt_frees_it_at_once(
+        wan: tuple[Dispatcher, QueueingProvider]) -> None:
+    """Not taken over: the end was told as the slot's attempt's, and asking again would only tell
+    it again."""
+    d, provider = wan
+    provider.gate = asyncio.Event()
+    await d.intake(message(0), order("a", BACK))
+    key = slot_key(0, "a")
+    await until_calling(d, key)
+    await d.release({"job_id": "a", "attempt": 0, "status": ENDED, "provider_job_id": "pj-a"}, 0, 1)
+    provider.gate.set()
+    await settle(d)
+    assert d.lane.slots.get(key) is None and len(d.lane.pools[0]) == 0
+    await settle(d)
+    assert not provider.asked and not emitter(d).events("submitted")
+
+
+# -- a timeout whose cancel a takeover overtook -------------------------------------------------------
+
+
+class SlowToCancel(QueueingProvider):
+    """Holds every cancel until ``let_go`` is set; ``cancelling`` is set once one is held."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.cancelling, self.let_go = asyncio.Event(), asyncio.Event()
+
+    async def cancel(self, session: Any, provider_job_id: str) -> None:
+        self.cancelling.set()
+        await self.let_go.wait()
+        await super().cancel(session, provider_job_id)
+
+
+async def test_a_timeout_overtaken_by_a_takeover_during_its_cancel_fails_the_later_attempt_not_cancels_it(
+        settings: Settings, tmp_path: Path) -> None:
+    """The earlier attempt's provider job renders past FLOODGATE_JOB_TIMEOUT; while the timeout
+    cancels it, the later attempt takes the slot over, and the provider job with it. The timeout's
+    failure is the later attempt's: told as the earlier attempt's, the jobs table takes it as old
+    news, and the provider's word of the cancel (its webhook, and the status call that the
+    webhook's ``ended`` release asks for, the slot being adopted) ends the job ``cancelled``, a
+    cancel its owner never made."""
+    provider = SlowToCancel()
+    async with one_dispatcher(settings, provider, tmp_path / "slow-cancel") as d:
+        await d.intake(message(0), order("a", FIRST))
+        await settle(d)
+        key, slot = held(d, "a")
+        provider.say("a", "running")
+        timeout = asyncio.ensure_future(d.check_slot(key, slot, slot.taken_at + d.settings.job_timeout + 1))
+        await asyncio.wait_for(provider.cancelling.wait(), timeout=30)  # (a bound, not a wait)
+        await d.intake(message(1), order("a", BACK))
+        provider.let_go.set()
+        await timeout
+        assert provider.cancelled == ["pj-a"]
+        assert [r["attempt"] for r in emitter(d).events("failed")] == [BACK]
+        state = jobs_table(None, *BACK_AT_WAN, *told(d))
+        assert (state.status, state.attempt) == (JobStatus.FAILED, BACK)
+        provider.say("a", "cancelled")  # the provider's word of the cancel, by webhook and when asked
+        await d.release({"job_id": "a", "attempt": 0, "status": ENDED, "provider_job_id": "pj-a"}, 0, 1)
+        await settle(d)
+        assert attempts_told(d, "cancelled") == [(BACK, "pj-a")]
+        state = jobs_table(state, wan_webhook("w-cancel", "cancelled"), *told(d))
+        assert (state.status, state.attempt) == (JobStatus.FAILED, BACK)
+        assert state.error is not None and "no result" in state.error
+
+
+async def test_an_adopted_slot_times_out_from_when_its_provider_job_began(
+        wan: tuple[Dispatcher, QueueingProvider]) -> None:
+    """The provider job has rendered since the earlier attempt took the slot: a later attempt that
+    adopts it is failed once that job is past FLOODGATE_JOB_TIMEOUT, not given a timeout of its own
+    on top (the provider would hold a job that never ends twice as long)."""
+    d, provider = wan
+    await d.intake(message(0), order("a", FIRST))
+    await settle(d)
+    _, first = held(d, "a")
+    await d.intake(message(1), order("a", BACK))
+    key, slot = held(d, "a")
+    assert slot.taken_at == first.taken_at
+    provider.say("a", "running")
+    await d.check_slot(key, slot, first.taken_at + d.settings.job_timeout + 1)
+    assert [r["attempt"] for r in emitter(d).events("failed")] == [BACK] and provider.cancelled == ["pj-a"]
+
+
+# -- the status call an adopted slot's end asks for ---------------------------------------------------
+
+
+async def test_the_status_call_an_adopted_slot_s_end_asks_for_goes_ahead_of_those_waiting_their_turn(
+        settings: Settings, tmp_path: Path) -> None:
+    """Under a read budget the status calls due wait their turn, the newest last: the one asked for
+    by an ``ended`` release of an adopted slot would leave the slot, held for a job that has ended,
+    idle until every call before it had been made. It is made at once, paid from the budget all the
+    same (the calls waiting wait one call longer)."""
+    provider = ReadLimitedProvider()  # two status calls a second
+    provider.callbacks = "all"  # nothing followed: the calls due are the late poll's, below
+    clock = SimpleNamespace(now=1000.0)
+    async with one_dispatcher(settings, provider, tmp_path / "adopted-budget", jobs=5) as d:
+        d.clock = lambda: clock.now
+        for i in range(5):
+            provider.say(f"job-{i}", "running")
+            key, slot = held(d, f"job-{i}")
+            await d.check_slot(key, slot, slot.taken_at + d.settings.poll_after)
+        await d.intake(message(5), order("a", FIRST))
+        await settle(d)
+        await d.intake(message(6), order("a", BACK))
+        await d.ask_due()
+        assert len(provider.asked) == 2 and len(d.status_calls) == 3, "a second's worth of the budget"
+        provider.say_completed("a")
+        await d.release({"job_id": "a", "attempt": FIRST, "status": ENDED, "provider_job_id": "pj-a"}, 0, 1)
+        await settle(d)
+        assert provider.asked[2:] == ["pj-a"], "asked at once, ahead of the three waiting"
+        assert attempts_told(d, "completed") == [(BACK, "pj-a")]
+        clock.now += 1.0
+        await d.ask_due()
+        assert len(provider.asked) == 4 and len(d.status_calls) == 2, "a second's budget, less the call it took"
