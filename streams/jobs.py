@@ -28,12 +28,15 @@ between the table write and the sends), those the change sent and no others (an 
 says which: ``JobRecord.sent``). So are the outputs of the change that ended a job when its event
 is read again after a later word changed the job's record (a late fact, a request read after a
 cancel: that write can land while the end's sends did not): every later write keeps the end's event
-and what it sent (``JobRecord.ended_by``), and the result sent again is the job's newest. Their
+what it sent and at which version (``JobRecord.ended_by``): the result sent again is the job's
+newest state at the end's version, the one its owner's webhook was named by (a newer version would
+reach the owner as a second webhook of the same end). Their
 consumers are idempotent (snapshots carry a version, releases of a slot not held are no-ops,
 outgoing webhooks keep their id, the submitter knows an order it has seen).
 """
 from __future__ import annotations
 
+import dataclasses
 import logging
 import time
 from collections import OrderedDict
@@ -295,7 +298,9 @@ class JobDesk:
             # record: that write may have landed and this event's sends not (the changelog and
             # `results` are written independently). aim and apply find nothing to change on an
             # ended job, so only the record can say the result is owed.
-            await self.send_again(record.state, record.ended_by.sent, event)
+            end = record.ended_by
+            state = record.state if end.version is None else dataclasses.replace(record.state, version=end.version)
+            await self.send_again(state, end.sent, event)
             return
         aimed = aim(before, event, self.same_job)
         if aimed is None:
@@ -335,8 +340,9 @@ class JobDesk:
         """What the change that read ``event`` sent (``sent``: ``JobRecord.sent``, or the end's,
         ``JobRecord.ended_by``), sent again for ``state``, the ended job's as its record has it
         now: no more, since a release or a result its first reading did not send is not a harmless
-        repeat. A result is of ``state``, which a late fact may have made newer than the one first
-        sent: the newest is what the result's consumers keep anyway (snapshots carry a version)."""
+        repeat. For an end read again after a late fact, ``state`` is the newest, at the version
+        the end's result carried (the caller's): its owner's webhook is named by the job and that
+        version, and a receiver drops what it has had, where a newer one would be a second."""
         if sent is Sent.RELEASE:
             # As the first reading sent it: to the provider that spoke (aim keeps a word's
             # provider, and takes it only from the job's), on the job's attempt.

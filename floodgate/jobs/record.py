@@ -6,7 +6,7 @@ values are JSON documents (a table changelog carries no headers, so the self-des
 form is the one that can evolve; ``v`` names the layout)::
 
     {"v": 1, "s": <JobState.to_dict()>, "e": <last event id>, "src": [partition, offset], "sent": <Sent>,
-     "end": {"e": <event id>, "sent": <Sent>}}
+     "end": {"e": <event id>, "sent": <Sent>, "v": <the job's version it ended at>}}
 
 ``src`` is the ``requests`` record that admitted the job: the same record seen again after a
 crash (its offset was not committed) is processed again, a replay of the job from another record
@@ -21,10 +21,12 @@ released itself, is written as before the field existed, and a record without it
 version read it.
 
 ``end`` is the change that ended the job, once a later change wrote its record (a word that filled
-in a late fact, a request read after a cancel): its event and what it sent (``Ending``), kept by
-every later write. The later write can land while the end's sends did not (the changelog and
-``results`` are written independently, offsets committed after both); the end's event, read again,
-must still send the job's result, though ``e`` and ``sent`` now speak of the later change. A record
+in a late fact, a request read after a cancel): its event, what it sent and the job's version it
+sent (``Ending``), kept by every later write. The later write can land while the end's sends did
+not (the changelog and ``results`` are written independently, offsets committed after both); the
+end's event, read again, must still send the job's result, though ``e`` and ``sent`` now speak of
+the later change, and at the version the end sent: the owner's webhook of a result is named by
+the job's version, so a newer one would be a second webhook of the same end. A record
 whose own change ended the job, or whose job has not ended, has no ``end`` and is written as before
 the field existed; a record without it (every one an earlier version wrote) reads as that version
 read it.
@@ -81,6 +83,10 @@ class Ending:
     """What that change sent besides the record (``Sent``): never ``Sent.RELEASE``, which a change
     that ends nothing sends, but for a record an earlier version wrote after a late fact (its own
     ``sent`` is all such a record knows)."""
+    version: int | None = None
+    """The job's version that change wrote, which its result carried (None: not known, then the
+    record's own). Sent again, the result keeps it: an outgoing webhook is named by the job and
+    its version, and its receiver drops one it has had, but not the same end at a newer version."""
 
 
 @dataclass(frozen=True)
@@ -109,7 +115,7 @@ class JobRecord:
         sent = self.sent
         if sent is Sent.RESULT_AND_RELEASE and self.state.provider is None:
             sent = Sent.RESULT
-        return Ending(self.last_event, sent)
+        return Ending(self.last_event, sent, self.state.version)
 
     @property
     def ended_unadmitted(self) -> bool:
@@ -128,6 +134,8 @@ class JobRecord:
             end: dict[str, Any] = {"e": self.ended_by.event_id}
             if self.ended_by.sent is not Sent.RESULT_AND_RELEASE:
                 end["sent"] = self.ended_by.sent.value
+            if self.ended_by.version is not None:
+                end["v"] = self.ended_by.version
             doc["end"] = end
         return orjson.dumps(doc)
 
@@ -243,7 +251,8 @@ def _ending(end: Any) -> Ending | None:
     """A record's ``end``; None when absent or not what ``JobRecord.encode`` writes (a record that
     names no end reads as one written before the field existed)."""
     if type(end) is dict and type(event_id := end.get("e")) is str:
-        return Ending(event_id, _sent(end.get("sent")))
+        version = end.get("v")
+        return Ending(event_id, _sent(end.get("sent")), version if type(version) is int else None)
     return None
 
 

@@ -98,7 +98,9 @@ async def test_the_end_read_again_after_a_late_word_sends_the_result_and_release
     (_, result), = [(t, what) for t, what in again if t == names.results]
     (_, was), = [(t, what) for t, what in first if t == names.results]
     assert result[:2] == was[:2], "the same attempt and status"
-    assert result[2] == changed.state.version > was[2], "of the job as its record has it now: the newest"
+    assert result[2] == was[2] < changed.state.version, (
+        "at the version the end sent, not the record's newer one: the owner's webhook is named by it, "
+        "and a newer one would reach the owner as a second webhook of the same end")
     assert [what for t, what in again if t != names.results] == [what for t, what in first if t != names.results]
     assert record_of(desk) == changed, "reading the end again writes nothing"
 
@@ -124,7 +126,7 @@ async def test_only_the_end_owes_the_result_again(desk: JobDesk) -> None:
     restarted(desk)
     again = await sent_reading(desk, ending)
     assert [topic for topic, _ in again] == [topic for topic, _ in first] == [names.results, names.release("kling")]
-    assert again[0][1][2] == record_of(desk).state.version
+    assert again[0][1][2] == first[0][1][2] < record_of(desk).state.version, "at the end's version"
 
 
 async def test_a_cancel_read_again_after_its_request_filled_the_job_in_sends_its_result_and_no_release(
@@ -132,7 +134,8 @@ async def test_a_cancel_read_again_after_its_request_filled_the_job_in_sends_its
     """A cancel read before its request ended a job at no provider: its first reading sent the
     result and released nothing (a release needs a provider). The request fills the provider in
     and writes the record; the cancel read again sends the result (the newest, with the request's
-    fields) and still no release: a ``cancelled`` one would have wan cancel a job never dispatched."""
+    fields, at the cancel's version) and still no release: a ``cancelled`` one would have wan
+    cancel a job never dispatched."""
     names, out = desk.pipe.names, sends(desk)
     cancel = event(cancel_event(JOB, NOW + 500))
     first = await sent_reading(desk, cancel)
@@ -143,7 +146,10 @@ async def test_a_cancel_read_again_after_its_request_filled_the_job_in_sends_its
     restarted(desk)
     again = await sent_reading(desk, cancel)
     assert [topic for topic, _ in again] == [names.results]
-    assert (out.to(names.results)[-1]["tenant"], again[0][1][2]) == ("acme", admitted.state.version)
+    # The newest state (the request's fields) at the cancel's version: the request's own result
+    # (the version after) was the owner's second webhook; this one is the first again, dropped.
+    assert (out.to(names.results)[-1]["tenant"], again[0][1][2]) == ("acme", first[0][1][2])
+    assert first[0][1][2] < admitted.state.version
     assert not out.to(names.release("wan"))
 
 
@@ -187,12 +193,13 @@ def test_a_record_with_no_end_to_keep_is_written_as_before(state: JobState, sent
     assert JobRecord.decode(before).ended_by is None
 
 
-@pytest.mark.parametrize(("end_sent", "written"), [(Sent.RESULT_AND_RELEASE, {"e": "end-1"}),
-                                                   (Sent.RESULT, {"e": "end-1", "sent": "result"})])
-def test_the_end_kept_by_a_later_write_round_trips(end_sent: Sent, written: dict[str, str]) -> None:
-    """``end`` as ``e`` and ``sent`` are at the top: what it says by default goes unwritten."""
+@pytest.mark.parametrize(("end_sent", "written"), [(Sent.RESULT_AND_RELEASE, {"e": "end-1", "v": DONE.version}),
+                                                   (Sent.RESULT, {"e": "end-1", "sent": "result", "v": DONE.version})])
+def test_the_end_kept_by_a_later_write_round_trips(end_sent: Sent, written: dict[str, object]) -> None:
+    """``end`` as ``e`` and ``sent`` are at the top: what it says by default goes unwritten; ``v``
+    is the job's version the end's record had."""
     end = JobRecord(DONE, "end-1", (0, 7), end_sent).ending
-    assert end is not None and (end.event_id, end.sent) == ("end-1", end_sent)
+    assert end is not None and (end.event_id, end.sent, end.version) == ("end-1", end_sent, DONE.version)
     later = JobRecord(DONE, "wh:wan:late", (0, 7), Sent.RELEASE, ended_by=end)
     raw = later.encode()
     assert raw == orjson.dumps({"v": 1, "s": DONE.to_dict(), "e": "wh:wan:late", "src": [0, 7],
@@ -205,6 +212,13 @@ def test_the_end_kept_by_a_later_write_round_trips(end_sent: Sent, written: dict
 def test_an_end_this_version_cannot_read_reads_as_none(odd: object) -> None:
     raw = orjson.dumps({"v": 1, "s": DONE.to_dict(), "e": "late", "sent": "release", "end": odd})
     assert JobRecord.decode(raw).ended_by is None
+
+
+@pytest.mark.parametrize("odd", ["3", 3.0, None, [3]])
+def test_an_end_whose_version_this_version_cannot_read_keeps_the_records_own(odd: object) -> None:
+    raw = orjson.dumps({"v": 1, "s": DONE.to_dict(), "e": "late", "end": {"e": "end-1", "v": odd}})
+    end = JobRecord.decode(raw).ended_by
+    assert end is not None and (end.event_id, end.version) == ("end-1", None)
 
 
 def test_an_end_sent_in_a_way_this_version_does_not_know_reads_as_result_and_release() -> None:
