@@ -192,6 +192,8 @@ class Dispatcher:
         """Slot keys of the jobs followed."""
         self.told: dict[bytes, Word] = {}
         """Slot key → the last word a status call told about the job (followed, or by the late poll)."""
+        self.asking: set[bytes] = set()
+        """Slot keys with a status call made out of turn under way (``ask_again``)."""
         self.poll_every = late_poll_every(self.settings.poll_after)
         """Seconds between two rounds of the late poll (``poll``)."""
         self.looked: dict[bytes, tuple[float, int]] = {}
@@ -841,24 +843,34 @@ class Dispatcher:
         table's answer to that frees the slot. The call is made now, out of turn (as a timeout's
         is), and paid from the read budget all the same: the slot holds a share of the limit for a
         job that has ended, and in its turn (behind the calls the budget put off, or until the
-        next tick without a budget) it would sit idle for a poll round or more."""
+        next tick without a budget) it would sit idle for a poll round or more. One call at a time
+        per slot: one end is often heard twice (the bridge's release, and the jobs agent's answer
+        to the same webhook told as the earlier attempt's). A call under way when its partition
+        moves on is let finish: what it tells is true, and the next owner, which knows nothing of
+        the end, has it soonest so."""
         self.status_calls.discard(key)  # (asked now: not again in its turn)
+        if key in self.asking:
+            return
+        self.asking.add(key)
         self.lane.spawn(self.ask_now(key, partition), f"ask:{key.decode()}")
 
     async def ask_now(self, key: bytes, partition: int) -> None:
         """``ask_again``'s status call. While a 429 stops the status calls it waits its turn; one
         refused for the rate goes first once the provider lets us (``StatusQueue.refused``)."""
         calls = self.status_calls
-        slot = self.lane.slots.get(key)
-        if slot is None or not slot.provider_job_id:
-            return  # freed meanwhile: nothing left to ask
-        if self.clock() < calls.paused_until:
-            calls.offer(key, partition)
-            return
-        calls.charge(partition, 1, self.clock())  # (``look`` charges only the reads past the first)
-        wait = await self.look(key, slot, time.time())
-        if wait is not None:
-            calls.refused(self.clock() + wait, [(key, partition)])
+        try:
+            slot = self.lane.slots.get(key)
+            if slot is None or not slot.provider_job_id:
+                return  # freed meanwhile: nothing left to ask
+            if self.clock() < calls.paused_until:
+                calls.offer(key, partition)
+                return
+            calls.charge(partition, 1, self.clock())  # (``look`` charges only the reads past the first)
+            wait = await self.look(key, slot, time.time())
+            if wait is not None:
+                calls.refused(self.clock() + wait, [(key, partition)])
+        finally:
+            self.asking.discard(key)
 
     async def cancel_at_provider(self, job_id: str, provider_job_id: str) -> None:
         try:

@@ -529,6 +529,26 @@ async def test_an_adopted_slot_times_out_from_when_its_provider_job_began(
 # -- the status call an adopted slot's end asks for ---------------------------------------------------
 
 
+async def test_an_adopted_slot_s_end_heard_twice_is_asked_about_once(wan: tuple[Dispatcher, QueueingProvider]) -> None:
+    """One end of an adopted slot's provider job is often heard twice: the bridge's ``ended``
+    release, and the jobs agent's answer to the same webhook told as the earlier attempt's. One
+    status call out of turn answers both: a second would read the provider again and tell the end
+    twice."""
+    d, provider = wan
+    await d.intake(message(0), order("a", FIRST))
+    await settle(d)
+    await d.intake(message(1), order("a", BACK))
+    await settle(d)
+    provider.say_completed("a")
+    ended = {"job_id": "a", "attempt": FIRST, "status": ENDED, "provider_job_id": "pj-a"}
+    await d.release(ended, 0, 1)
+    await d.release(ended, 0, 2)
+    await settle(d)
+    assert provider.asked == ["pj-a"], "one status call for the two"
+    assert attempts_told(d, "completed") == [(BACK, "pj-a")]
+    assert not d.asking, "and none left under way"
+
+
 async def test_the_status_call_an_adopted_slot_s_end_asks_for_goes_ahead_of_those_waiting_their_turn(
         settings: Settings, tmp_path: Path) -> None:
     """Under a read budget the status calls due wait their turn, the newest last: the one asked for
