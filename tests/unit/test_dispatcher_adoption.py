@@ -307,17 +307,23 @@ async def test_the_end_of_a_taken_over_provider_job_is_told_for_the_later_attemp
     """An ``ended`` release naming the provider job may answer a word told for the earlier attempt
     (a poll's end just before the takeover), which the jobs table takes as old news: freed then,
     the later attempt would never hear of its end, nor time out. So its end is asked for and told
-    for the later attempt, and the jobs table's answer to that frees the slot."""
+    for the later attempt, and the jobs table's answer to that frees the slot. The end is often
+    heard twice (the bridge's release, and the jobs agent's answer to the same webhook told as the
+    earlier attempt's): one status call answers both, where a second would tell the end twice."""
     d, provider = wan
     await d.intake(message(0), order("a", FIRST))
     await settle(d)
     await d.intake(message(1), order("a", BACK))
     await settle(d)
     provider.say_completed("a")
-    await d.release({"job_id": "a", "attempt": FIRST, "status": ENDED, "provider_job_id": "pj-a"}, 0, 1)
+    ended = {"job_id": "a", "attempt": FIRST, "status": ENDED, "provider_job_id": "pj-a"}
+    await d.release(ended, 0, 1)
+    await d.release(ended, 0, 2)
     assert d.lane.slots.get(slot_key(0, "a")) is not None, "held until the later attempt's end is told"
     await settle(d)  # (the status call it asked for)
+    assert provider.asked == ["pj-a"], "one status call for the two"
     assert attempts_told(d, "completed") == [(BACK, "pj-a")]
+    assert not d.asking, "and none left under way"
     await d.release({"job_id": "a", "attempt": BACK, "status": "completed"}, 0, 1)  # the jobs table's answer
     assert d.lane.slots.get(slot_key(0, "a")) is None and len(d.lane.pools[0]) == 0
 
@@ -527,26 +533,6 @@ async def test_an_adopted_slot_times_out_from_when_its_provider_job_began(
 
 
 # -- the status call an adopted slot's end asks for ---------------------------------------------------
-
-
-async def test_an_adopted_slot_s_end_heard_twice_is_asked_about_once(wan: tuple[Dispatcher, QueueingProvider]) -> None:
-    """One end of an adopted slot's provider job is often heard twice: the bridge's ``ended``
-    release, and the jobs agent's answer to the same webhook told as the earlier attempt's. One
-    status call out of turn answers both: a second would read the provider again and tell the end
-    twice."""
-    d, provider = wan
-    await d.intake(message(0), order("a", FIRST))
-    await settle(d)
-    await d.intake(message(1), order("a", BACK))
-    await settle(d)
-    provider.say_completed("a")
-    ended = {"job_id": "a", "attempt": FIRST, "status": ENDED, "provider_job_id": "pj-a"}
-    await d.release(ended, 0, 1)
-    await d.release(ended, 0, 2)
-    await settle(d)
-    assert provider.asked == ["pj-a"], "one status call for the two"
-    assert attempts_told(d, "completed") == [(BACK, "pj-a")]
-    assert not d.asking, "and none left under way"
 
 
 async def test_the_status_call_an_adopted_slot_s_end_asks_for_goes_ahead_of_those_waiting_their_turn(
