@@ -182,12 +182,13 @@ def timed_out_attempt(timed_out: Slot, now: Slot | None) -> int:
     """The attempt a slot's timeout fails once it has cancelled the slot's provider job: ``now``
     is the slot as it stands after the cancel. A later attempt that took the slot over meanwhile
     (``Slot.taken_over``) took the provider job too, and with it its timeout: the failure is that
-    attempt's. Told as the earlier attempt's, the jobs table would take it as old news, and the
-    provider's word of the cancel would end the later attempt ``cancelled``, a cancel nobody made.
-    (That word read before the failure still does, as for any timeout whose provider tells its
-    cancels: the failure is told once the cancel has been answered.) Otherwise it is the timed out
-    slot's own attempt (a slot freed meanwhile, or taken again for another provider job, is not
-    the timeout's to speak for)."""
+    attempt's. Told as the earlier attempt's, the jobs table would take it as old news, and only
+    the provider's word of the cancel would end the later attempt (``failed``, "cancelled at" the
+    provider: ``floodgate.jobs.state``), not saying it ran out of time. (That word read before the
+    failure still ends it so, as for any timeout whose provider tells its cancels: the failure is
+    told once the cancel has been answered.) Otherwise it is the timed out slot's own attempt (a
+    slot freed meanwhile, or taken again for another provider job, is not the timeout's to speak
+    for)."""
     if now is not None and now.attempt > timed_out.attempt and now.provider_job_id == timed_out.provider_job_id:
         return now.attempt
     return timed_out.attempt

@@ -33,7 +33,9 @@ _EVENT_FIELDS = ("provider", "provider_job_id", "progress", "video_url", "error"
 
 WEBHOOK_KINDS: Mapping[str, str | None] = {
     "queued": None, "running": "running", "completed": "completed", "failed": "failed", "cancelled": "cancelled"}
-"""A provider's state in a webhook → the event kind it becomes (None: nothing to record)."""
+"""A provider's state in a webhook → the event kind it becomes (None: nothing to record). A provider's
+``cancelled`` ends a job ``failed``: only its owner's cancel, which names no provider, ends it
+``cancelled`` (``floodgate.jobs.state``)."""
 
 
 def event_kind(state: str, progress: float | None) -> str | None:
@@ -165,4 +167,5 @@ def stray_end(before: JobState | None, event: JobEvent, same: SameJob = exact_jo
         return Release(event.provider, event.attempt, ENDED, event.provider_job_id)
     # Never "cancelled": that release asks the dispatcher to cancel and mark the job, which has
     # moved on (a mark would drop a later order of the job there); any other status only frees.
+    # (As a provider's cancel of the job's current attempt ends the job "failed": state._advance.)
     return Release(event.provider, event.attempt, "failed" if event.kind == "cancelled" else event.kind)

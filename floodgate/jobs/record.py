@@ -56,11 +56,12 @@ class Sent(StrEnum):
 
     The jobs agent sends it again when it reads the same event again (its first sends may not
     have landed), and no more: a release the webhook bridge made is not the agent's to repeat (a
-    ``cancelled`` one has the dispatcher cancel a provider job its provider said was cancelled),
-    and a result of a version never sent is one more webhook to the job's owner. It cannot be
-    told from the state: an end kept from before (``state.hold``) and taken in by a reroute is
-    gone from the state once taken in, and a word on a job that had ended leaves it ended as the
-    end did."""
+    ``cancelled`` one, for a job an earlier version ended ``cancelled`` on its provider's word, has
+    the dispatcher cancel a provider job its provider said was cancelled; this version ends such a
+    job ``failed``: ``floodgate.jobs.state``), and a result of a version never sent is one more
+    webhook to the job's owner. It cannot be told from the state: an end kept from before
+    (``state.hold``) and taken in by a reroute is gone from the state once taken in, and a word on
+    a job that had ended leaves it ended as the end did."""
 
     RESULT_AND_RELEASE = "result+release"
     """The change ended the job, and the jobs agent released its slot: the job's result and that
@@ -161,9 +162,10 @@ def sent_of(before: JobState | None, step: Transition, aimed: JobEvent, same: Sa
     bridge already (with the provider job id, which the connector may spell otherwise than the one
     recorded: fal); anything else is the agent's to release. The word is the one that ended the
     job: a reroute that took in an end kept from before (``hold``) owes what that end would have
-    owed coming after it, never a ``cancelled`` release of its own (a cancel call, and a mark, for
-    a provider job that provider already said was cancelled). A word on a job that had ended
-    sends a release (its provider's slot, made sure of) and no result."""
+    owed coming after it. Never a ``cancelled`` release (a cancel call, and a mark, for a provider
+    job that provider already said was cancelled): a provider's word that it cancelled the job ends
+    it ``failed`` (``floodgate.jobs.state``), whose release only frees the slot. A word on a job
+    that had ended sends a release (its provider's slot, made sure of) and no result."""
     after = step.state
     if step.became_terminal and after is not None:
         ender = step.ended_by or aimed

@@ -12,6 +12,11 @@ Kafka redelivers), so ``apply`` is written as a merge rather than a script:
   ``queued`` event may still fill the job's own fields, because dropping them
   would make the result depend on arrival order.
 
+A job ends ``cancelled`` only by its owner's cancel, an event that names no provider
+(``floodgate.api.cancel``). A provider's word that it cancelled a job that has not ended (a webhook,
+a status poll) ends the job ``failed``, its error naming that provider: the owner's cancel ends the
+job before its provider is asked to cancel, so such a word tells of a cancel the owner never made.
+
 ``recent_events`` is only a shortcut for duplicates: the merge is idempotent,
 so an event older than the window that comes back is harmless.
 
@@ -734,6 +739,13 @@ def _queue_place(state: JobState, event: JobEvent) -> JobState:
     return dataclasses.replace(state, provider_queue_position=position, provider_queue_at=event.at)
 
 
+def _provider_cancel_error(event: JobEvent) -> str:
+    """The error of a job failed by its provider's word that it cancelled it (``_advance``): where,
+    and the provider's own words, if any."""
+    where = f"cancelled at {event.provider}"
+    return f"{where}: {event.error}" if event.error else where
+
+
 def _advance(state: JobState, event: JobEvent) -> tuple[JobState, str]:
     target = _KIND_STATUS[event.kind]
     if event.kind == "completed" and not event.video_url:
@@ -748,6 +760,15 @@ def _advance(state: JobState, event: JobEvent) -> tuple[JobState, str]:
         return done, "completed"
     if target is JobStatus.FAILED:
         return dataclasses.replace(state, status=target, error=event.error or "failed"), "failed"
+    if target is JobStatus.CANCELLED and event.provider:
+        # The owner's cancel names no provider (``floodgate.api.cancel``) and ends the job before
+        # the dispatcher cancels the provider job, so a provider saying it cancelled a job that has
+        # not ended speaks of a cancel the owner never made: our own timeout's, read before the
+        # failure it sends; the provider's deadline; an operator at its console. The job failed.
+        # (Its release then only frees the slot: a ``cancelled`` one would have the dispatcher
+        # cancel, and mark, a job its provider already said was cancelled.)
+        failed = dataclasses.replace(state, status=JobStatus.FAILED, error=_provider_cancel_error(event))
+        return failed, f"cancelled at {event.provider}: marked failed"
     if target is JobStatus.CANCELLED:
         return dataclasses.replace(state, status=target, error=event.error), "cancelled"
     if target is JobStatus.EXPIRED:

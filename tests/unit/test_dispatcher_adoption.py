@@ -488,9 +488,9 @@ async def test_a_timeout_overtaken_by_a_takeover_during_its_cancel_fails_the_lat
     """The earlier attempt's provider job renders past FLOODGATE_JOB_TIMEOUT; while the timeout
     cancels it, the later attempt takes the slot over, and the provider job with it. The timeout's
     failure is the later attempt's: told as the earlier attempt's, the jobs table takes it as old
-    news, and the provider's word of the cancel (its webhook, and the status call that the
-    webhook's ``ended`` release asks for, the slot being adopted) ends the job ``cancelled``, a
-    cancel its owner never made."""
+    news, and only the provider's word of the cancel (its webhook, and the status call that the
+    webhook's ``ended`` release asks for, the slot being adopted) ends the job: failed, "cancelled
+    at" the provider, not saying why."""
     provider = SlowToCancel()
     async with one_dispatcher(settings, provider, tmp_path / "slow-cancel") as d:
         await d.intake(message(0), order("a", FIRST))

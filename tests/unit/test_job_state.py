@@ -73,7 +73,7 @@ TABLE = [
     (Q, "progress", R, True, False),
     (Q, "completed", C, True, True),
     (Q, "failed", F, True, True),
-    (Q, "cancelled", X, True, True),
+    (Q, "cancelled", F, True, True),  # a provider's cancel (ev names sora); the owner's: user_cancel
     (Q, "rerouted", Q, True, False),
     (S, "queued", S, False, False),
     (S, "submitted", S, False, False),
@@ -81,7 +81,7 @@ TABLE = [
     (S, "progress", R, True, False),
     (S, "completed", C, True, True),
     (S, "failed", F, True, True),
-    (S, "cancelled", X, True, True),
+    (S, "cancelled", F, True, True),
     (S, "rerouted", Q, True, False),
     (R, "queued", R, False, False),
     (R, "submitted", R, False, False),
@@ -89,7 +89,7 @@ TABLE = [
     (R, "progress", R, True, False),  # 0.5 -> 0.7
     (R, "completed", C, True, True),
     (R, "failed", F, True, True),
-    (R, "cancelled", X, True, True),
+    (R, "cancelled", F, True, True),
     (R, "rerouted", Q, True, False),
     (C, "queued", C, False, False),
     (C, "submitted", C, False, False),

@@ -3,6 +3,7 @@ are handed to ``on_record`` in the order the worker's read order could hand them
 table is a dict (Faust's own table only writes from inside a stream), and sends are recorded."""
 from __future__ import annotations
 
+import contextlib
 from collections.abc import AsyncIterator
 from pathlib import Path
 from types import SimpleNamespace
@@ -55,12 +56,22 @@ def new_desk(tmp_path: Path) -> JobDesk:
     return JobDesk(pipe)
 
 
-@pytest.fixture
-async def desk(tmp_path: Path) -> AsyncIterator[JobDesk]:
+@contextlib.asynccontextmanager
+async def open_desk(tmp_path: Path, **providers: Any) -> AsyncIterator[JobDesk]:
+    """``new_desk`` with a plain dict for its table and ``providers``' connectors added, closed after."""
     jobs = new_desk(tmp_path)
     jobs.table = {}  # type: ignore[assignment]
-    yield jobs
-    await jobs.pipe.close()
+    jobs.pipe.providers.update(providers)
+    try:
+        yield jobs
+    finally:
+        await jobs.pipe.close()
+
+
+@pytest.fixture
+async def desk(tmp_path: Path) -> AsyncIterator[JobDesk]:
+    async with open_desk(tmp_path) as jobs:
+        yield jobs
 
 
 def sends(desk: JobDesk) -> Sends:
@@ -288,14 +299,19 @@ def end_at_kling(said_by: str, end: str) -> SimpleNamespace:
     return told(end, "kling", 1, suffix=":poll:1", provider_job_id="pj-kling", **video)
 
 
+ENDS_AS = {"completed": "completed", "failed": "failed", "cancelled": "failed"}
+"""The job's status after its provider's word that it ended (a provider's cancel is no owner's)."""
+
+
 @pytest.mark.parametrize("end", ["completed", "failed", "cancelled"])
 @pytest.mark.parametrize("said_by", ["webhook", "poll"])
 async def test_an_end_kept_for_the_reroute_is_released_as_it_is_when_it_comes_after_the_reroute(
         desk: JobDesk, said_by: str, end: str) -> None:
     """What ``release.kling`` gets for kling's end does not depend on which of the end and the
     reroute the worker reads first: a webhook's end was released by the bridge (so the agent sends
-    nothing, and never a ``cancelled`` release, which has the dispatcher cancel and mark a job
-    kling already said was cancelled); a poll's end is the agent's to release."""
+    nothing); a poll's end is the agent's to release. kling's cancel fails the job (a provider's
+    word, not its owner's cancel), so neither is ever a ``cancelled`` release, which has the
+    dispatcher cancel and mark a job kling already said was cancelled."""
     names, out = desk.pipe.names, sends(desk)
     desk.pipe.providers["kling"] = Connector()
     to_kling = told("rerouted", "wan", 1, provider="kling", error="wan unavailable")
@@ -306,10 +322,10 @@ async def test_an_end_kept_for_the_reroute_is_released_as_it_is_when_it_comes_af
         await desk.on_record(request(offset=7))
         for record in reads:
             await desk.on_record(record)
-        assert [r["status"] for r in out.to(names.results)] == [end], order
+        assert [r["status"] for r in out.to(names.results)] == [ENDS_AS[end]], order
         sent[order] = [(r["attempt"], r["status"], r["provider_job_id"]) for r in out.to(names.release("kling"))]
     assert sent["end first"] == sent["in order"]
-    assert sent["in order"] == ([] if said_by == "webhook" else [(1, end, None)])
+    assert sent["in order"] == ([] if said_by == "webhook" else [(1, ENDS_AS[end], None)])
 
 
 async def test_a_completion_at_the_provider_a_job_goes_back_to_counts_once_the_reroute_is_read(
@@ -409,11 +425,11 @@ async def test_a_reroute_that_took_in_a_kept_end_read_again_sends_what_its_first
     await desk.on_record(end_at_kling(said_by, "cancelled"))
     to_kling = told("rerouted", "wan", 1, provider="kling", error="wan unavailable")
     first = await sent_reading(desk, to_kling)
-    assert record_of(desk).state.status.value == "cancelled"
+    assert record_of(desk).state.status.value == "failed"  # kling's cancel: a provider's, no owner's
     again = await sent_reading(desk, to_kling)
     assert again == first
     releases = [what for topic, what in again if topic == desk.pipe.names.release("kling")]
-    assert releases == ([] if said_by == "webhook" else [(1, "cancelled", None, None)])
+    assert releases == ([] if said_by == "webhook" else [(1, "failed", None, None)])
 
 
 async def test_a_late_fact_on_an_ended_job_read_again_sends_no_result_its_first_reading_did_not(

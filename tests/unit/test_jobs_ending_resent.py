@@ -26,7 +26,7 @@ from tests.unit.test_jobs_agent import (
     NOW,
     Connector,
     event,
-    new_desk,
+    open_desk,
     record_of,
     request,
     sends,
@@ -38,12 +38,8 @@ from tests.unit.test_jobs_agent import (
 
 @pytest.fixture
 async def desk(tmp_path: Path) -> AsyncIterator[JobDesk]:
-    jobs = new_desk(tmp_path)
-    jobs.table = {}  # type: ignore[assignment]
-    jobs.pipe.providers["wan"] = Connector()
-    jobs.pipe.providers["kling"] = Connector()
-    yield jobs
-    await jobs.pipe.close()
+    async with open_desk(tmp_path, wan=Connector(), kling=Connector()) as jobs:
+        yield jobs
 
 
 def restarted(desk: JobDesk) -> None:
