@@ -208,8 +208,12 @@ class JobDesk:
             step = apply(state, event)
             state, became_terminal = step.state, became_terminal or step.became_terminal
         assert state is not None
-        # (A cancel's end is kept: its event read again still owes the job's result.)
-        self.put(key, JobRecord(state, events[-1].event_id, here, ended_by=record.ending if record else None))
+        # A cancel's end is kept: its event read again still owes the job's result, at the version
+        # sent below, the first result its owner's webhook carries (the cancel's had no target).
+        ending = record.ending if record is not None else None
+        if refinish and ending is not None:
+            ending = dataclasses.replace(ending, version=state.version)
+        self.put(key, JobRecord(state, events[-1].event_id, here, ended_by=ending))
         pipe.metrics.transitions.labels(state.status.value).inc()
         if became_terminal or refinish:
             await self.finish(state, provider=None)

@@ -86,7 +86,7 @@ def as_heard(snapshot: Snapshot, word: Heard) -> Snapshot | None:
     and marked ``HEARD``; None when the word changes nothing the table would change (old news, a
     provider the job has left, a job that has ended: a terminal state is the table's to tell), or
     may be a word the table ignores (on a job that moved, one naming another provider job than its
-    attempt's: ``_may_be_the_attempts``)."""
+    attempt's: ``_may_be_the_attempts``), or is a provider's cancel (whose, only the table knows)."""
     if snapshot.get("status") in TERMINAL or snapshot.get("job_id") != word.job_id:
         return None
     try:
@@ -98,6 +98,12 @@ def as_heard(snapshot: Snapshot, word: Heard) -> Snapshot | None:
     except (ValidationError, ValueError, TypeError):
         return None  # the jobs agent dead-letters what does not make an event; nothing to tell early
     if event is None or not _may_be_the_attempts(event.provider_job_id, before):
+        return None
+    if event.kind == "cancelled":
+        # Whose cancel it tells, only the table knows: the echo of the owner's cancel, which the
+        # table recorded (``cancelled``) and this view may not have read yet, or one the owner
+        # never made (``failed``: ``floodgate.jobs.state``). Told early as either, it could be
+        # wrong, and a repeated cancel would meet the wrong end (409 instead of 202).
         return None
     aimed = aim(before, event)
     if aimed is None:

@@ -129,22 +129,24 @@ async def test_a_cancel_read_again_after_its_request_filled_the_job_in_sends_its
         desk: JobDesk) -> None:
     """A cancel read before its request ended a job at no provider: its first reading sent the
     result and released nothing (a release needs a provider). The request fills the provider in
-    and writes the record; the cancel read again sends the result (the newest, with the request's
-    fields, at the cancel's version) and still no release: a ``cancelled`` one would have wan
-    cancel a job never dispatched."""
+    and writes the record, sending the result again: the first its owner's webhook carries (the
+    cancel's had no target). The cancel read again sends the result at that version (the owner's
+    webhook is named by it: a duplicate it drops) and still no release: a ``cancelled`` one would
+    have wan cancel a job never dispatched."""
     names, out = desk.pipe.names, sends(desk)
     cancel = event(cancel_event(JOB, NOW + 500))
     first = await sent_reading(desk, cancel)
     assert [topic for topic, _ in first] == [names.results]
-    await desk.on_record(request(offset=7))
+    refinished = await sent_reading(desk, request(offset=7))
     admitted = record_of(desk)
     assert admitted.state.provider == "wan" and admitted.last_event == f"{JOB}:queued", "the request wrote last"
+    assert [(topic, what[2]) for topic, what in refinished] == [(names.results, admitted.state.version)]
     restarted(desk)
     again = await sent_reading(desk, cancel)
     assert [topic for topic, _ in again] == [names.results]
-    # The newest state (the request's fields) at the cancel's version: the request's own result
-    # (the version after) was the owner's second webhook; this one is the first again, dropped.
-    assert (out.to(names.results)[-1]["tenant"], again[0][1][2]) == ("acme", first[0][1][2])
+    # The request's result, again: with its fields, at its version (not the cancel's, which no
+    # webhook of the owner's carried: at it, this one would be the owner's second).
+    assert (out.to(names.results)[-1]["tenant"], again[0][1][2]) == ("acme", admitted.state.version)
     assert first[0][1][2] < admitted.state.version
     assert not out.to(names.release("wan"))
 
