@@ -848,9 +848,9 @@ class Dispatcher:
         to the same webhook told as the earlier attempt's). A call under way when its partition
         moves on is let finish: what it tells is true, and the next owner, which knows nothing of
         the end, has it soonest so."""
-        self.status_calls.discard(key)  # (asked now: not again in its turn)
         if key in self.asking:
-            return
+            return  # (its turn, if it has one, stays: the call under way may find the end not told yet)
+        self.status_calls.discard(key)  # (asked now: not again in its turn)
         self.asking.add(key)
         self.lane.spawn(self.ask_now(key, partition), f"ask:{key.decode()}")
 
