@@ -27,12 +27,12 @@ Outputs of a change are sent again when the *same* record is seen again (a redel
 between the table write and the sends), those the change sent and no others (an ended job's record
 says which: ``JobRecord.sent``). So are the outputs of the change that ended a job when its event
 is read again after a later word changed the job's record (a late fact, a request read after a
-cancel: that write can land while the end's sends did not): every later write keeps the end's event
-what it sent and at which version (``JobRecord.ended_by``): the result sent again is the job's
-newest state at the end's version, the one its owner's webhook was named by (a newer version would
-reach the owner as a second webhook of the same end). Their
-consumers are idempotent (snapshots carry a version, releases of a slot not held are no-ops,
-outgoing webhooks keep their id, the submitter knows an order it has seen).
+cancel: that write can land while the end's sends did not): every later write keeps the end's
+event, what it sent and at which version (``JobRecord.ended_by``), and the result sent again is the
+job's newest state at the version its owner's webhook was named by (a newer version would reach
+the owner as a second webhook of the same end). Their consumers are idempotent (snapshots carry a
+version, releases of a slot not held are no-ops, outgoing webhooks keep their id, the submitter
+knows an order it has seen).
 """
 from __future__ import annotations
 
