@@ -3,7 +3,7 @@
 Some providers say little by themselves: fal, RunPod and WaveSpeed call back only when a job ends
 (and fal keeps accepted jobs waiting in a queue of its own, telling the place only when asked);
 Runway has no webhooks at all. The dispatcher asks such a provider for the status of each job it
-holds, every ``FLOODGATE_PROVIDER_STATUS_POLL`` seconds (``streams.dispatcher``). Any answer could
+holds, every ``FLOODGATE_PROVIDER_STATUS_POLL`` seconds (``streams.poller``). Any answer could
 become an event, and an event costs two Kafka records (the event and the job's state change), so
 only news is told:
 

@@ -4,7 +4,7 @@ are arguments.
 Some providers queue what they accept: fal counts only running jobs against a customer's limit,
 keeps the rest waiting for its runners, and says how many requests are ahead of each
 (``queue_position``). A job Floodgate submitted may then wait there for minutes, its place
-followed by status calls (``streams.dispatcher``) and shown as ``provider_queue_position``. The
+followed by status calls (``streams.poller``) and shown as ``provider_queue_position``. The
 API's queue board (``floodgate.queueboard``) keeps a ``ProviderQueue`` for each such provider,
 fed from the jobs' snapshots, so such a job is told when it should start and be ready, as a job
 waiting in Floodgate's own line is:

@@ -15,7 +15,7 @@ Config shape accepted by ``RoutingTable.from_dict``::
 
 ``rate_per_second`` bounds submissions, ``status_rate_per_second`` the status calls that follow
 jobs (a provider's read limit is its own: Replicate's is 3,000 a minute beside creation's 600);
-without it, a connector's documented read limit applies, if it has one (``streams.dispatcher``).
+without it, a connector's documented read limit applies, if it has one (``streams.poller``).
 
 ``provider_model`` defaults to the route's model name. A target may also carry ``render_time``
 (seconds, or ``{"kind": "uniform", "min": 30, "max": 180}``, as the simulator's config) and

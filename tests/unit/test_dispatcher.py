@@ -24,8 +24,9 @@ from floodgate.provider_config import dev_setup
 from floodgate.settings import Settings
 from streams.app import create_app
 from streams.context import Pipeline
-from streams.dispatcher import FOLLOW_CALLS, Dispatcher
+from streams.dispatcher import Dispatcher
 from streams.emit import Emitter
+from streams.poller import FOLLOW_CALLS
 
 WAN_SLOTS = 10  # the dev table's limit
 
@@ -688,8 +689,8 @@ async def queueing(settings: Settings, tmp_path: Path) -> AsyncIterator[tuple[Di
 
 async def late_look(d: Dispatcher, key: bytes, slot: Slot, now: float) -> None:
     """The late poll's round for one slot: its check, then the status call it queued, if any."""
-    await d.check_slot(key, slot, now)
-    await d.ask_due()
+    await d.poller.check_slot(key, slot, now)
+    await d.poller.ask_due()
 
 
 def places(d: Dispatcher) -> list[tuple[str, int | None]]:
@@ -701,17 +702,17 @@ async def test_a_job_in_the_providers_own_queue_is_followed_until_it_starts(
     d, provider = queueing
     await fill(d, 2)
     await settle(d)
-    assert set(d.followed) == {slot_key(0, "job-0"), slot_key(0, "job-1")}, "both answered queued"
+    assert set(d.poller.followed) == {slot_key(0, "job-0"), slot_key(0, "job-1")}, "both answered queued"
     provider.say("job-0", "queued", 3)
     provider.say("job-1", "running")
-    await d.follow()
+    await d.poller.follow()
     assert places(d) == [("job-0", 3)]
     assert [r["job_id"] for r in emitter(d).events("running")] == ["job-1"]
-    assert set(d.followed) == {slot_key(0, "job-0")}, "a job that started is no longer followed"
-    await d.follow()
+    assert set(d.poller.followed) == {slot_key(0, "job-0")}, "a job that started is no longer followed"
+    await d.poller.follow()
     assert places(d) == [("job-0", 3)], "the same place again is no news"
     provider.say("job-0", "queued", 0)
-    await d.follow()
+    await d.poller.follow()
     assert places(d) == [("job-0", 3), ("job-0", 0)]
     event = emitter(d).events("submitted")[-1]
     assert (event["provider"], event["provider_job_id"], event["attempt"]) == ("wan", "pj-job-0", 0)
@@ -724,8 +725,8 @@ async def test_a_followed_job_whose_slot_is_freed_is_dropped_without_a_call(
     await fill(d, 1)
     await settle(d)
     await d.release({"job_id": "job-0", "attempt": 0, "status": "completed"}, 0, 1)
-    await d.follow()
-    assert not d.followed and not provider.asked
+    await d.poller.follow()
+    assert not d.poller.followed and not provider.asked
 
 
 async def test_after_a_restart_the_late_poll_finds_a_job_in_the_providers_queue_and_follows_it(
@@ -734,13 +735,13 @@ async def test_after_a_restart_the_late_poll_finds_a_job_in_the_providers_queue_
     await fill(d, 1)
     await settle(d)
     key = slot_key(0, "job-0")
-    d.followed.clear()  # what a restarted worker knows: the slot, from its changelog, and no more
-    d.told.clear()
+    d.poller.followed.clear()  # what a restarted worker knows: the slot, from its changelog, and no more
+    d.poller.told.clear()
     provider.say("job-0", "queued", 2)
     slot = d.lane.slots.get(key)
     assert slot is not None
     await late_look(d, key, slot, slot.taken_at + d.settings.poll_after + 1)
-    assert places(d) == [("job-0", 2)] and key in d.followed
+    assert places(d) == [("job-0", 2)] and key in d.poller.followed
     await late_look(d, key, slot, slot.taken_at + d.settings.poll_after + 2)
     assert provider.asked == ["pj-job-0"], "a followed job is left to follow"
 
@@ -749,10 +750,11 @@ async def test_jobs_at_a_provider_that_calls_back_every_change_are_not_followed(
         dispatcher: Dispatcher, settings: Settings, tmp_path: Path) -> None:
     await fill(dispatcher, 1)
     await settle(dispatcher)
-    assert not dispatcher.follows and not dispatcher.followed  # (the fake's callbacks: the default, "all")
+    poller = dispatcher.poller
+    assert not poller.follows and not poller.followed  # (the fake's callbacks: the default, "all")
     off = settings.with_overrides(provider_status_poll=0)
     async with one_dispatcher(off, QueueingProvider(), tmp_path / "off") as d:
-        assert not d.follows, "FLOODGATE_PROVIDER_STATUS_POLL=0 turns it off"
+        assert not d.poller.follows, "FLOODGATE_PROVIDER_STATUS_POLL=0 turns it off"
 
 
 class SilentProvider(QueueingProvider):
@@ -766,21 +768,21 @@ async def test_a_job_at_a_provider_without_webhooks_is_followed_to_its_end_telli
     provider = SilentProvider()
     async with one_dispatcher(settings, provider, tmp_path / "silent", jobs=1) as d:
         key = slot_key(0, "job-0")
-        assert d.follows and key in d.followed
+        assert d.poller.follows and key in d.poller.followed
         provider.say("job-0", "queued")  # waiting, no place: nothing to record
-        await d.follow()
+        await d.poller.follow()
         provider.say_progress("job-0", 0.10)
-        await d.follow()
+        await d.poller.follow()
         provider.say_progress("job-0", 0.12)  # less than a step since the last word
-        await d.follow()
+        await d.poller.follow()
         provider.say_progress("job-0", 0.30)
-        await d.follow()
+        await d.poller.follow()
         provider.say_completed("job-0")
-        await d.follow()
+        await d.poller.follow()
         sent = [(r["kind"], r.get("progress")) for _, s, r in emitter(d).sent if s == "JobEvent"]
         assert sent == [("progress", 0.10), ("progress", 0.30), ("completed", 1.0)]
         assert emitter(d).events("completed")[0]["video_url"] == "https://cdn.example/v.mp4"
-        assert key not in d.followed and len(provider.asked) == 5
+        assert key not in d.poller.followed and len(provider.asked) == 5
 
 
 class TellingProvider(QueueingProvider):
@@ -797,7 +799,7 @@ async def test_where_webhooks_are_on_the_late_poll_asks_about_a_quiet_job_less_a
     async with one_dispatcher(settings, provider, tmp_path / "quiet", jobs=1) as d:
         key = slot_key(0, "job-0")
         slot = d.lane.slots.get(key)
-        assert slot is not None and d.poll_every == 10 and not d.follows
+        assert slot is not None and d.poller.poll_every == 10 and not d.poller.follows
         provider.say("job-0", "running")
         for tick in range(7):  # rounds at 30, 40, ..., 90 s
             await late_look(d, key, slot, slot.taken_at + d.settings.poll_after + 10 * tick)
@@ -816,17 +818,17 @@ async def test_where_no_webhook_can_reach_us_every_job_is_followed_to_its_end(
     async with one_dispatcher(settings.with_overrides(webhook_base_url=""), provider, tmp_path / "deaf",
                               jobs=1) as d:
         key = slot_key(0, "job-0")
-        assert d.webhook_url is None and d.follows and key in d.followed, "followed from its submission"
+        assert d.webhook_url is None and d.poller.follows and key in d.poller.followed, "followed from its submission"
         provider.say("job-0", "running")
-        await d.follow()
+        await d.poller.follow()
         slot = d.lane.slots.get(key)
         assert slot is not None
         await late_look(d, key, slot, slot.taken_at + d.settings.poll_after)
         assert len(provider.asked) == 1, "the late poll leaves a followed job to the following"
         provider.say_completed("job-0")
-        await d.follow()
+        await d.poller.follow()
         assert [r["job_id"] for r in emitter(d).events("completed")] == ["job-0"]
-        assert key not in d.followed and len(provider.asked) == 2
+        assert key not in d.poller.followed and len(provider.asked) == 2
 
 
 async def test_the_late_poll_tells_a_long_render_once_and_an_end_as_often_as_it_hears_it(
@@ -837,7 +839,7 @@ async def test_the_late_poll_tells_a_long_render_once_and_an_end_as_often_as_it_
     async with one_dispatcher(quiet, provider, tmp_path / "late", jobs=1) as d:
         key = slot_key(0, "job-0")
         slot = d.lane.slots.get(key)
-        assert slot is not None and not d.follows and not d.followed
+        assert slot is not None and not d.poller.follows and not d.poller.followed
         late = slot.taken_at + d.settings.poll_after
         provider.say("job-0", "running")
         for tick in range(3):  # a render past poll_after, its webhooks quiet: polled every tick
@@ -849,8 +851,8 @@ async def test_the_late_poll_tells_a_long_render_once_and_an_end_as_often_as_it_
         assert len(emitter(d).events("completed")) == 2
         assert len(provider.asked) == 5
         await d.release({"job_id": "job-0", "attempt": 0, "status": "completed"}, 0, 1)
-        await d.poll()
-        assert key not in d.told, "what was told of a job is forgotten with its slot"
+        await d.poller.poll()
+        assert key not in d.poller.told, "what was told of a job is forgotten with its slot"
 
 
 # -- status calls within the provider's read budget ------------------------------------------------
@@ -871,25 +873,25 @@ async def test_status_calls_keep_to_the_providers_read_budget_and_every_job_is_a
         settings: Settings, tmp_path: Path) -> None:
     provider = ReadLimitedProvider()
     async with one_dispatcher(settings, provider, tmp_path / "budget", jobs=6) as d:
-        assert d.status_rate == 2.0 and len(d.followed) == 6
+        assert d.poller.status_rate == 2.0 and len(d.poller.followed) == 6
         now = 1000.0
-        d.clock = lambda: now
+        d.poller.clock = lambda: now
         for i in range(6):
             provider.say(f"job-{i}", "queued", i + 1)
-        await d.follow()
+        await d.poller.follow()
         assert len(provider.asked) == 2, "a second's worth of the budget, not one call per job"
         assert waiting_calls(d) == 4
         turns = [list(provider.asked)]
         for _ in range(2):
             now += 1.0
-            await d.follow()  # a new round finds every job due again: those waiting keep their places
+            await d.poller.follow()  # a new round finds every job due again: those waiting keep their places
             now += 0.4
-            await d.ask_due()  # (less than a call's worth of budget since the round)
+            await d.poller.ask_due()  # (less than a call's worth of budget since the round)
             turns.append(provider.asked[sum(map(len, turns)):])
         assert [len(turn) for turn in turns] == [2, 2, 2]
         assert sorted(sum(turns, [])) == [f"pj-job-{i}" for i in range(6)], "each job once before any twice"
         now += 1.0
-        await d.ask_due()
+        await d.poller.ask_due()
         assert provider.asked[6:] == turns[0], "then the first ones again, in the same turn"
 
 
@@ -907,13 +909,13 @@ async def test_an_answer_that_took_two_reads_pays_for_both_from_the_budget(
     for i in range(6):
         provider.say(f"job-{i}", "queued", 3)
     async with one_dispatcher(settings, provider, tmp_path / "two-reads", jobs=6) as d:
-        d.clock = lambda: clock.now
-        await d.follow()  # the budget's two calls a second
+        d.poller.clock = lambda: clock.now
+        await d.poller.follow()  # the budget's two calls a second
         clock.now += 1.0
-        await d.ask_due()  # that second's budget went to the first two answers' second reads
+        await d.poller.ask_due()  # that second's budget went to the first two answers' second reads
         assert len(provider.asked) == 2
         clock.now += 1.0
-        await d.ask_due()
+        await d.poller.ask_due()
         assert len(provider.asked) == 4, "four calls, eight reads, in two seconds"
 
 
@@ -936,22 +938,22 @@ async def test_a_429_to_a_status_call_stops_them_all_until_its_retry_after_and_t
         settings: Settings, tmp_path: Path) -> None:
     provider = RefusingProvider()
     async with one_dispatcher(settings, provider, tmp_path / "refused", jobs=3) as d:
-        assert d.status_rate is None, "no budget: every job due is asked at once"
+        assert d.poller.status_rate is None, "no budget: every job due is asked at once"
         now = 1000.0
-        d.clock = lambda: now
+        d.poller.clock = lambda: now
         for i in range(3):
             provider.say(f"job-{i}", "queued", 1)
         provider.refusals = 1
-        await d.follow()
+        await d.poller.follow()
         refused = provider.asked[0]
         assert len(provider.asked) == 3 and waiting_calls(d) == 1
         assert d.metrics.registry.get_sample_value("floodgate_provider_status_rate_limited_total",
                                                    {"provider": "wan"}) == 1
         now += 4.0
-        await d.follow()
+        await d.poller.follow()
         assert len(provider.asked) == 3, "nothing is asked before the Retry-After"
         now += 1.0
-        await d.ask_due()
+        await d.poller.ask_due()
         assert provider.asked[3] == refused and len(provider.asked) == 6
         assert waiting_calls(d) == 0
 
@@ -961,17 +963,17 @@ async def test_a_job_past_its_timeout_is_asked_about_out_of_turn_and_failed_whil
     provider = ReadLimitedProvider()
     provider.callbacks = "all"  # only the late poll asks
     async with one_dispatcher(settings, provider, tmp_path / "late-budget", jobs=4) as d:
-        d.clock = lambda: 1000.0
+        d.poller.clock = lambda: 1000.0
         for i in range(4):
             provider.say(f"job-{i}", "running")
         slots = [(slot_key(0, f"job-{i}"), d.lane.slots.get(slot_key(0, f"job-{i}"))) for i in range(4)]
         for key, slot in slots[:3]:
             assert slot is not None
-            await d.check_slot(key, slot, slot.taken_at + d.settings.poll_after)
+            await d.poller.check_slot(key, slot, slot.taken_at + d.settings.poll_after)
         key, slot = slots[3]
         assert slot is not None
-        await d.check_slot(key, slot, slot.taken_at + d.settings.job_timeout + 1)
-        await d.ask_due()
+        await d.poller.check_slot(key, slot, slot.taken_at + d.settings.job_timeout + 1)
+        await d.poller.ask_due()
         assert provider.asked[0] == "pj-job-3", "a timeout never waits its turn"
         assert len(provider.asked) == 2 and waiting_calls(d) == 2, "its call is paid from the budget too"
         assert [r["job_id"] for r in emitter(d).events("failed")] == ["job-3"]
@@ -1007,10 +1009,10 @@ async def test_a_job_past_its_timeout_that_the_provider_finished_is_completed_no
         key, slot = held(d, "job-0")
         provider.say_completed("job-0")
         failed_before = timeouts(d)
-        await d.check_slot(key, slot, slot.taken_at + d.settings.job_timeout + 1)
+        await d.poller.check_slot(key, slot, slot.taken_at + d.settings.job_timeout + 1)
         assert [r["video_url"] for r in emitter(d).events("completed")] == ["https://cdn.example/v.mp4"]
         assert not emitter(d).events("failed") and not provider.cancelled and timeouts(d) == failed_before
-        await d.check_slot(key, slot, slot.taken_at + d.settings.job_timeout + 2)  # its release not yet read
+        await d.poller.check_slot(key, slot, slot.taken_at + d.settings.job_timeout + 2)  # its release not yet read
         assert len(provider.asked) == 2 and len(emitter(d).events("completed")) == 2, "an end is told as heard"
         assert not emitter(d).events("failed")
 
@@ -1021,7 +1023,7 @@ async def test_a_job_past_its_timeout_is_failed_when_the_provider_cannot_say(
     async with one_dispatcher(settings, provider, tmp_path / "outage", jobs=1) as d:
         key, slot = held(d, "job-0")
         failed_before = timeouts(d)
-        await d.check_slot(key, slot, slot.taken_at + d.settings.job_timeout + 1)
+        await d.poller.check_slot(key, slot, slot.taken_at + d.settings.job_timeout + 1)
         assert provider.asked == ["pj-job-0"]
         assert [r["job_id"] for r in emitter(d).events("failed")] == ["job-0"] and timeouts(d) == failed_before + 1
 
@@ -1062,7 +1064,7 @@ async def test_the_poll_tick_asks_about_overdue_jobs_a_group_at_once(settings: S
         for i in range(jobs):
             provider.say_completed(f"job-{i}")
         provider.close()
-        tick = asyncio.ensure_future(d.poll())
+        tick = asyncio.ensure_future(d.poller.poll())
         # (A bound, not a wait: one call at a time would never hold a group, and hang.)
         await asyncio.wait_for(provider.asking.wait(), timeout=30)
         assert provider.held == FOLLOW_CALLS, "one group of calls at a time, not one call"

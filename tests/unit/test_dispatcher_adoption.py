@@ -143,7 +143,7 @@ async def test_a_release_read_while_the_takeover_is_told_leaves_the_slot_to_the_
     await d.intake(message(0), order("a", FIRST))
     await settle(d)
     provider.say_completed("a")
-    await d.follow()
+    await d.poller.follow()
     (word,) = emitter(d).events("completed")
     assert event_from_record(word).attempt == FIRST
     send_durably = d.emit.send_durably
@@ -189,7 +189,7 @@ async def test_the_jobs_table_takes_the_taken_over_provider_job_as_the_attempt_b
     assert state is not None and (state.status, state.attempt, state.provider_job_id) == (
         JobStatus.SUBMITTED, BACK, "pj-a")
     provider.say_completed("a")
-    await d.follow()
+    await d.poller.follow()
     (done,) = emitter(d).events("completed")
     aimed = aim(state, event_from_record(done))
     assert aimed is not None and apply(state, aimed).became_terminal
@@ -204,9 +204,9 @@ async def test_the_taken_over_slot_s_polls_and_timeout_name_the_later_attempt(
     await settle(d)
     key, slot = held(d, "a")
     provider.say("a", "running")
-    await d.follow()  # (the provider answered the submission "queued": the job is followed)
+    await d.poller.follow()  # (the provider answered the submission "queued": the job is followed)
     assert attempts_told(d, "running") == [(BACK, "pj-a")]
-    await d.check_slot(key, slot, slot.taken_at + d.settings.job_timeout + 1)
+    await d.poller.check_slot(key, slot, slot.taken_at + d.settings.job_timeout + 1)
     assert [r["attempt"] for r in emitter(d).events("failed")] == [BACK]
     assert provider.cancelled == ["pj-a"]
 
@@ -227,8 +227,8 @@ async def test_a_later_attempt_is_submitted_under_a_slot_whose_submission_never_
     assert len(d.lane.pools[0]) == 1
     assert not emitter(d).events("submitted"), "its own submission: the slot's record says it, as for any"
     provider.say("a", "running")
-    await d.follow()
-    await d.check_slot(key, slot, slot.taken_at + d.settings.job_timeout + 1)
+    await d.poller.follow()
+    await d.poller.check_slot(key, slot, slot.taken_at + d.settings.job_timeout + 1)
     assert attempts_told(d, "running") == [(BACK, "pj-a")]
     assert [r["attempt"] for r in emitter(d).events("failed")] == [BACK]
 
@@ -323,7 +323,7 @@ async def test_the_end_of_a_taken_over_provider_job_is_told_for_the_later_attemp
     await settle(d)  # (the status call it asked for)
     assert provider.asked == ["pj-a"], "one status call for the two"
     assert attempts_told(d, "completed") == [(BACK, "pj-a")]
-    assert not d.asking, "and none left under way"
+    assert not d.poller.asking, "and none left under way"
     await d.release({"job_id": "a", "attempt": BACK, "status": "completed"}, 0, 1)  # the jobs table's answer
     assert d.lane.slots.get(slot_key(0, "a")) is None and len(d.lane.pools[0]) == 0
 
@@ -497,7 +497,7 @@ async def test_a_timeout_overtaken_by_a_takeover_during_its_cancel_fails_the_lat
         await settle(d)
         key, slot = held(d, "a")
         provider.say("a", "running")
-        timeout = asyncio.ensure_future(d.check_slot(key, slot, slot.taken_at + d.settings.job_timeout + 1))
+        timeout = asyncio.ensure_future(d.poller.check_slot(key, slot, slot.taken_at + d.settings.job_timeout + 1))
         await asyncio.wait_for(provider.cancelling.wait(), timeout=30)  # (a bound, not a wait)
         await d.intake(message(1), order("a", BACK))
         provider.let_go.set()
@@ -528,7 +528,7 @@ async def test_an_adopted_slot_times_out_from_when_its_provider_job_began(
     key, slot = held(d, "a")
     assert slot.taken_at == first.taken_at
     provider.say("a", "running")
-    await d.check_slot(key, slot, first.taken_at + d.settings.job_timeout + 1)
+    await d.poller.check_slot(key, slot, first.taken_at + d.settings.job_timeout + 1)
     assert [r["attempt"] for r in emitter(d).events("failed")] == [BACK] and provider.cancelled == ["pj-a"]
 
 
@@ -545,21 +545,21 @@ async def test_the_status_call_an_adopted_slot_s_end_asks_for_goes_ahead_of_thos
     provider.callbacks = "all"  # nothing followed: the calls due are the late poll's, below
     clock = SimpleNamespace(now=1000.0)
     async with one_dispatcher(settings, provider, tmp_path / "adopted-budget", jobs=5) as d:
-        d.clock = lambda: clock.now
+        d.poller.clock = lambda: clock.now
         for i in range(5):
             provider.say(f"job-{i}", "running")
             key, slot = held(d, f"job-{i}")
-            await d.check_slot(key, slot, slot.taken_at + d.settings.poll_after)
+            await d.poller.check_slot(key, slot, slot.taken_at + d.settings.poll_after)
         await d.intake(message(5), order("a", FIRST))
         await settle(d)
         await d.intake(message(6), order("a", BACK))
-        await d.ask_due()
-        assert len(provider.asked) == 2 and len(d.status_calls) == 3, "a second's worth of the budget"
+        await d.poller.ask_due()
+        assert len(provider.asked) == 2 and len(d.poller.status_calls) == 3, "a second's worth of the budget"
         provider.say_completed("a")
         await d.release({"job_id": "a", "attempt": FIRST, "status": ENDED, "provider_job_id": "pj-a"}, 0, 1)
         await settle(d)
         assert provider.asked[2:] == ["pj-a"], "asked at once, ahead of the three waiting"
         assert attempts_told(d, "completed") == [(BACK, "pj-a")]
         clock.now += 1.0
-        await d.ask_due()
-        assert len(provider.asked) == 4 and len(d.status_calls) == 2, "a second's budget, less the call it took"
+        await d.poller.ask_due()
+        assert len(provider.asked) == 4 and len(d.poller.status_calls) == 2, "a second's budget, less the call it took"
