@@ -1,5 +1,5 @@
 """A ``cancelled`` release → the provider job cancelled, or the order kept from the provider,
-wherever the job is; its slot given back. One ``Canceller`` per ``Dispatcher``
+wherever the job is; its slot given back. One ``SlotCanceller`` per ``Dispatcher``
 (``streams.dispatcher``), which reads the release and owns it.
 
 **Cancelled jobs.** A user cancel is a ``cancelled`` event; the jobs agent makes the job terminal
@@ -45,7 +45,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 
-class Canceller:
+class SlotCanceller:
     """The cancels of one provider's dispatcher: a cancelled job's slot, waiting order or mark,
     and the provider calls that cancel a job (also the timeout's and a submission's)."""
 

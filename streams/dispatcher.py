@@ -27,7 +27,7 @@ on Kafka, because the slot entry, not the order, is then the durable record of t
 
 Its jobs, once submitted, are asked about by its ``Poller`` (``streams.poller``: the late poll,
 the timeout, the following of jobs at providers that say little by themselves, status calls within
-the provider's read limit), and a cancelled job's release is acted on by its ``Canceller``
+the provider's read limit), and a cancelled job's release is acted on by its ``SlotCanceller``
 (``streams.canceller``), wherever the job is. The dispatcher owns both.
 
 **Submissions cost no record of their own.** The provider job id goes into the job's slot (the
@@ -70,7 +70,7 @@ from floodgate.submit_policy import SubmitPolicy, decide
 from floodgate.throttle import BreakerState
 from streams import guard
 from streams.ackline import AckLine
-from streams.canceller import Canceller
+from streams.canceller import SlotCanceller
 from streams.context import Pipeline
 from streams.lane import Lane
 from streams.poller import Poller
@@ -89,7 +89,7 @@ job of the slot it took over (``Dispatcher.take_over``)."""
 
 class Dispatcher:
     """The submitter of one provider: intake of orders, slots, the waiting line, submissions and
-    releases; its poller (``Poller``) and its cancels (``Canceller``) are objects of their own.
+    releases; its poller (``Poller``) and its cancels (``SlotCanceller``) are objects of their own.
     ``register()`` wires it into the Faust app."""
 
     def __init__(self, pipe: Pipeline, name: str, policy: SubmitPolicy = DEFAULT_POLICY, *,
@@ -120,7 +120,7 @@ class Dispatcher:
         """The consumer generation this worker's share of the limit was last published for."""
         self.poller = Poller(self)
         """The status calls about its jobs: the late poll, timeouts, following (``streams.poller``)."""
-        self.canceller = Canceller(self)
+        self.canceller = SlotCanceller(self)
         """What a cancelled job's release does (``streams.canceller``)."""
 
     @property
@@ -264,6 +264,21 @@ class Dispatcher:
             # worker's slots in use above a limit of 0.
             self.limit_generation = generation
             self.metrics.concurrency_limit.labels(self.name).set(sum(self.lane.capacity(p) for p in mine))
+
+    def upkeep(self, now: float) -> None:
+        """The safety nets of this dispatcher's own state, at every tick of the poll
+        (``Poller.poll``): the slots counted (also after a rebalance), each line reconciled with its
+        slots, its expired orders taken out and the line pumped, cancel marks no order can need
+        dropped."""
+        self.count_slots()
+        lane, mine = self.lane, self.assigned()
+        if mine is not None:
+            for partition in sorted(mine):  # (``wake`` has synced them to this generation)
+                lane.reconcile(partition)  # self-healing: see Lane.reconcile
+                if len(lane.lines[partition]):
+                    self.expire_waiting(partition)
+                    self.pump(partition)  # a safety net: every slot freed also pumps
+        lane.expire_marks(now)
 
     async def free(self, partition: int, key: bytes, job_id: str) -> None:
         """Give the slot of ``key`` back and let a waiting order have it."""
@@ -460,7 +475,7 @@ class Dispatcher:
         self.lane.unpark(partition, key)
 
     def expire_waiting(self, partition: int) -> None:
-        """Take the orders whose deadline passed out of ``partition``'s line (the poll tick)."""
+        """Take the orders whose deadline passed out of ``partition``'s line (``upkeep``)."""
         now_ms = self.pipe.now_ms()
         line = self.lane.lines[partition]
         for order in line.remove(lambda waiting: waiting.expired(now_ms)):
@@ -657,9 +672,7 @@ class Dispatcher:
                 # told as the slot's attempt's, and the jobs table's answer to that frees the slot.
                 self.poller.ask_again(key, partition)
                 return
-        poller = self.poller
-        if poller.follows and (poller.callbacks == "none" or result.state == "queued"):
-            poller.followed.add(key)
+        self.poller.submitted(key, result.state)
 
     async def _call_provider(self, order: Order, key: bytes, partition: int, generation: int | None,
                              request: SubmitOrder, has_fallback: bool) -> SubmitResult | None:

@@ -120,18 +120,17 @@ class Poller:
         if self.status_calls.buckets is not None:
             app.timer(interval=ASK_EVERY, name=f"ask-{self.name}")(self.ask_due)
 
+    def submitted(self, key: bytes, state: str) -> None:
+        """``key``'s job was just accepted by the provider, in ``state``: followed from now on if
+        no webhook will tell its start (one whose provider calls back at its end only, while it
+        waits in the provider's own queue) or anything at all."""
+        if self.follows and (self.callbacks == "none" or state == "queued"):
+            self.followed.add(key)
+
     async def poll(self) -> None:
-        d, lane = self.dispatcher, self.lane
+        lane = self.lane
         now = time.time()
-        d.count_slots()  # also after a rebalance
-        mine = d.assigned()
-        if mine is not None:
-            for partition in sorted(mine):  # (``Dispatcher.wake`` has synced them to this generation)
-                lane.reconcile(partition)  # self-healing: see Lane.reconcile
-                if len(lane.lines[partition]):
-                    d.expire_waiting(partition)
-                    d.pump(partition)  # a safety net: every slot freed also pumps
-        lane.expire_marks(now)
+        self.dispatcher.upkeep(now)
         known = {*self.told, *self.looked, *self.status_calls.keys()}
         for key in [key for key in known if lane.slots.get(key) is None]:
             self.told.pop(key, None)  # (its job ended or moved on: what was told of it is of no more use)
