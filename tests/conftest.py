@@ -15,9 +15,16 @@ import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
+import hypothesis
 import pytest
 
 from floodgate.settings import Settings
+
+# Every test asserts what is computed, never how fast (speed is the bench's): Hypothesis's
+# per-example deadline is a timing check, which a loaded two-core machine trips (350 ms against
+# its 200 ms seen in the unit tier beside a broker test).
+hypothesis.settings.register_profile("floodgate", deadline=None)
+hypothesis.settings.load_profile("floodgate")
 
 # The address the xdist controller hands to its workers (``workerinput``), and where it keeps
 # the broker it started until the run ends.
@@ -91,6 +98,24 @@ def pytest_configure_node(node: object) -> None:
     bootstrap = config.stash.get(_BOOTSTRAP, None)
     if bootstrap is not None:
         node.workerinput[_BOOTSTRAP_INPUT] = bootstrap  # type: ignore[attr-defined]
+
+
+# The order in which pytest-xdist hands out test files (``make test``: ``--dist loadfile
+# --no-loadscope-reorder``): a file goes whole to the next worker free, in collection order. Files
+# that start a stack first (a single one takes up to two minutes), the many small unit files last,
+# so that whatever one worker still has to run at the end, the other fills with small files
+# instead of waiting idle. (xdist's own reorder puts the files with the most tests first, which
+# leaves the longest files, one or two tests each, for the end of the run.)
+_TIERS = ("tests/e2e/", "tests/browser/", "tests/integration/", "tests/unit/")
+
+
+def _tier(item: pytest.Item) -> int:
+    path = item.nodeid
+    return next((i for i, prefix in enumerate(_TIERS) if path.startswith(prefix)), len(_TIERS))
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    items.sort(key=_tier)  # stable: each file's tests stay together and in their order
 
 
 @pytest.fixture(scope="session")
