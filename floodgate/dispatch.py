@@ -184,11 +184,12 @@ def timed_out_attempt(timed_out: Slot, now: Slot | None) -> int:
     (``Slot.taken_over``) took the provider job too, and with it its timeout: the failure is that
     attempt's. Told as the earlier attempt's, the jobs table would take it as old news, and only
     the provider's word of the cancel would end the later attempt (``failed``, "cancelled at" the
-    provider: ``floodgate.jobs.state``), not saying it ran out of time. (That word read before the
-    failure still ends it so, as for any timeout whose provider tells its cancels: the failure is
-    told once the cancel has been answered.) Otherwise it is the timed out slot's own attempt (a
-    slot freed meanwhile, or taken again for another provider job, is not the timeout's to speak
-    for)."""
+    provider: ``floodgate.jobs.state``), not saying it ran out of time. (A status call that hears
+    that word during the cancel does not tell it: ``Poller.timing_out``. A provider's webhook of it
+    read before the failure still ends the job so, as for any timeout: the failure is told once the
+    cancel has been answered, so that the provider has let the job go before the slot is freed.)
+    Otherwise it is the timed out slot's own attempt (a slot freed meanwhile, or taken again for
+    another provider job, is not the timeout's to speak for)."""
     if now is not None and now.attempt > timed_out.attempt and now.provider_job_id == timed_out.provider_job_id:
         return now.attempt
     return timed_out.attempt

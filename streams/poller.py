@@ -94,6 +94,9 @@ class Poller:
         """Slot key → the last word a status call told about the job (followed, or by the late poll)."""
         self.asking: set[bytes] = set()
         """Slot keys with a status call made out of turn under way (``ask_again``)."""
+        self.timing_out: set[bytes] = set()
+        """Slot keys whose timeout is cancelling the provider job and has not yet told the failure
+        (``check_slot``): a status call that hears of that cancel meanwhile hears our own."""
         self.poll_every = late_poll_every(self.settings.poll_after)
         """Seconds between two rounds of the late poll (``poll``)."""
         self.looked: dict[bytes, tuple[float, int]] = {}
@@ -162,14 +165,19 @@ class Poller:
             log.warning("%s: job %s (attempt %d, provider job %s) failed: no result after %.0f s",
                         self.name, job_id, slot.attempt, slot.provider_job_id, age)
             attempt = slot.attempt
-            if slot.provider_job_id:
-                # Before the failure, whose release frees the slot: the provider must have let the
-                # job go before another takes its place (a failed cancel is logged, never raised).
-                await d.canceller.cancel_at_provider(job_id, slot.provider_job_id)
-                # (A later attempt may have taken the slot over during the cancel.)
-                attempt = timed_out_attempt(slot, self.lane.slots.get(key))
-            await d.event(job_id, "failed", attempt,
-                          error=f"no result from {self.name} after {settings.job_timeout:.0f}s")
+            self.timing_out.add(key)
+            try:
+                if slot.provider_job_id:
+                    # Before the failure, whose release frees the slot: the provider must have let
+                    # the job go before another takes its place (a failed cancel is logged, never
+                    # raised).
+                    await d.canceller.cancel_at_provider(job_id, slot.provider_job_id)
+                    # (A later attempt may have taken the slot over during the cancel.)
+                    attempt = timed_out_attempt(slot, self.lane.slots.get(key))
+                await d.event(job_id, "failed", attempt,
+                              error=f"no result from {self.name} after {settings.job_timeout:.0f}s")
+            finally:
+                self.timing_out.discard(key)
             return
         if age < settings.poll_after or key in self.followed:
             return  # (a followed job is asked about more often: ``follow``)
@@ -286,6 +294,12 @@ class Poller:
         else:
             found = event_kind(status.state, status.progress)
             if found is None:
+                return
+            if found == "cancelled" and key in self.timing_out:
+                # The echo of the timeout's own cancel, heard by a status call of the follow or
+                # ask timer during it: told before the failure, it would end the job "cancelled
+                # at" the provider, not saying it ran out of time. The failure comes next, on the
+                # same partition of the events topic; the word, if heard again, after it.
                 return
             kind, told = found, {"progress": status.progress, "video_url": status.video_url, "error": status.error}
         self.told[key] = word

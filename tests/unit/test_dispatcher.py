@@ -6,7 +6,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import replace
 from pathlib import Path
 from types import SimpleNamespace
@@ -1026,6 +1026,44 @@ async def test_a_job_past_its_timeout_is_failed_when_the_provider_cannot_say(
         await d.poller.check_slot(key, slot, slot.taken_at + d.settings.job_timeout + 1)
         assert provider.asked == ["pj-job-0"]
         assert [r["job_id"] for r in emitter(d).events("failed")] == ["job-0"] and timeouts(d) == failed_before + 1
+
+
+class EchoingProvider(QueueingProvider):
+    """A provider that, once asked to cancel a job, says it is cancelled, and is asked about it by
+    another status call (``during_cancel``: the follow timer's, say) while the cancel is answered."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.during_cancel: Callable[[], Awaitable[Any]] | None = None
+
+    async def cancel(self, session: Any, provider_job_id: str) -> None:
+        await super().cancel(session, provider_job_id)
+        self.states[provider_job_id] = ProviderStatus(provider_job_id, "cancelled", None, None, None)
+        if self.during_cancel is not None:
+            await self.during_cancel()
+
+
+async def test_a_timeouts_own_cancel_heard_by_a_status_call_during_it_leaves_the_failure_its_reason(
+        settings: Settings, tmp_path: Path) -> None:
+    # Told first, the provider's word of the cancel would end the job "cancelled at wan" (a
+    # provider's cancel fails a job: floodgate.jobs.state), the timeout's failure old news.
+    provider = EchoingProvider()
+    async with one_dispatcher(settings, provider, tmp_path / "echo", jobs=1) as d:
+        key, slot = held(d, "job-0")
+        provider.say("job-0", "running")
+        late = slot.taken_at + d.settings.job_timeout + 1
+        provider.during_cancel = lambda: d.poller.look(key, slot, late)
+        await d.poller.check_slot(key, slot, late)
+        assert provider.cancelled == ["pj-job-0"] and provider.asked == ["pj-job-0", "pj-job-0"], \
+            "asked before the timeout, and once during its cancel"
+        reason = f"no result from wan after {d.settings.job_timeout:.0f}s"
+        assert [r["error"] for r in emitter(d).events("failed")] == [reason]
+        assert not emitter(d).events("cancelled")
+        assert not d.poller.timing_out
+        # Heard again once the failure is told, the word is told (after it, on the same partition).
+        await d.poller.look(key, slot, late + 1)
+        kinds = [r["kind"] for _, schema, r in emitter(d).sent if schema == "JobEvent"]
+        assert kinds[-2:] == ["failed", "cancelled"], kinds
 
 
 class GatedProvider(QueueingProvider):
