@@ -94,9 +94,9 @@ class Poller:
         """Slot key → the last word a status call told about the job (followed, or by the late poll)."""
         self.asking: set[bytes] = set()
         """Slot keys with a status call made out of turn under way (``ask_again``)."""
-        self.timing_out: set[bytes] = set()
-        """Slot keys whose timeout is cancelling the provider job and has not yet told the failure
-        (``check_slot``): a status call that hears of that cancel meanwhile hears our own."""
+        self.timing_out: dict[bytes, str] = {}
+        """Slot key → the provider job its timeout is cancelling, until the failure is told
+        (``check_slot``): a status call that hears of that job's cancel meanwhile hears our own."""
         self.poll_every = late_poll_every(self.settings.poll_after)
         """Seconds between two rounds of the late poll (``poll``)."""
         self.looked: dict[bytes, tuple[float, int]] = {}
@@ -165,7 +165,8 @@ class Poller:
             log.warning("%s: job %s (attempt %d, provider job %s) failed: no result after %.0f s",
                         self.name, job_id, slot.attempt, slot.provider_job_id, age)
             attempt = slot.attempt
-            self.timing_out.add(key)
+            if slot.provider_job_id:
+                self.timing_out[key] = slot.provider_job_id
             try:
                 if slot.provider_job_id:
                     # Before the failure, whose release frees the slot: the provider must have let
@@ -177,7 +178,7 @@ class Poller:
                 await d.event(job_id, "failed", attempt,
                               error=f"no result from {self.name} after {settings.job_timeout:.0f}s")
             finally:
-                self.timing_out.discard(key)
+                self.timing_out.pop(key, None)
             return
         if age < settings.poll_after or key in self.followed:
             return  # (a followed job is asked about more often: ``follow``)
@@ -295,7 +296,8 @@ class Poller:
             found = event_kind(status.state, status.progress)
             if found is None:
                 return
-            if found == "cancelled" and key in self.timing_out:
+            timing_out = self.timing_out.get(key)
+            if found == "cancelled" and timing_out is not None and timing_out == slot.provider_job_id:
                 # The echo of the timeout's own cancel, heard by a status call of the follow or
                 # ask timer during it: told before the failure, it would end the job "cancelled
                 # at" the provider, not saying it ran out of time. The failure comes next, on the

@@ -1066,6 +1066,21 @@ async def test_a_timeouts_own_cancel_heard_by_a_status_call_during_it_leaves_the
         assert kinds[-2:] == ["failed", "cancelled"], kinds
 
 
+async def test_a_cancel_of_another_provider_job_heard_during_a_timeout_is_told(
+        settings: Settings, tmp_path: Path) -> None:
+    # The slot freed and taken again meanwhile, for another provider job: the word is that job's.
+    provider = EchoingProvider()
+    async with one_dispatcher(settings, provider, tmp_path / "other", jobs=1) as d:
+        key, slot = held(d, "job-0")
+        provider.say("job-0", "running")
+        other = replace(slot, provider_job_id="pj-other")
+        provider.states["pj-other"] = ProviderStatus("pj-other", "cancelled", None, None, None)
+        late = slot.taken_at + d.settings.job_timeout + 1
+        provider.during_cancel = lambda: d.poller.look(key, other, late)
+        await d.poller.check_slot(key, slot, late)
+        assert [r["provider_job_id"] for r in emitter(d).events("cancelled")] == ["pj-other"]
+
+
 class GatedProvider(QueueingProvider):
     """Once ``close`` is called, holds every status call until ``open``; ``asking`` is set once
     ``expected`` calls are held."""
