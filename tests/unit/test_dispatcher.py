@@ -1043,17 +1043,26 @@ class EchoingProvider(QueueingProvider):
             await self.during_cancel()
 
 
+async def time_out_hearing(d: Dispatcher, provider: EchoingProvider,
+                           heard: str | None = None) -> tuple[bytes, Slot, float]:
+    """job-0's slot timed out, and a status call about its provider job (or about ``heard``,
+    another provider job, as if the slot had been taken again for it) made during the cancel."""
+    key, slot = held(d, "job-0")
+    provider.say("job-0", "running")
+    asked = slot if heard is None else replace(slot, provider_job_id=heard)
+    late = slot.taken_at + d.settings.job_timeout + 1
+    provider.during_cancel = lambda: d.poller.look(key, asked, late)
+    await d.poller.check_slot(key, slot, late)
+    return key, slot, late
+
+
 async def test_a_timeouts_own_cancel_heard_by_a_status_call_during_it_leaves_the_failure_its_reason(
         settings: Settings, tmp_path: Path) -> None:
     # Told first, the provider's word of the cancel would end the job "cancelled at wan" (a
     # provider's cancel fails a job: floodgate.jobs.state), the timeout's failure old news.
     provider = EchoingProvider()
     async with one_dispatcher(settings, provider, tmp_path / "echo", jobs=1) as d:
-        key, slot = held(d, "job-0")
-        provider.say("job-0", "running")
-        late = slot.taken_at + d.settings.job_timeout + 1
-        provider.during_cancel = lambda: d.poller.look(key, slot, late)
-        await d.poller.check_slot(key, slot, late)
+        key, slot, late = await time_out_hearing(d, provider)
         assert provider.cancelled == ["pj-job-0"] and provider.asked == ["pj-job-0", "pj-job-0"], \
             "asked before the timeout, and once during its cancel"
         reason = f"no result from wan after {d.settings.job_timeout:.0f}s"
@@ -1070,14 +1079,9 @@ async def test_a_cancel_of_another_provider_job_heard_during_a_timeout_is_told(
         settings: Settings, tmp_path: Path) -> None:
     # The slot freed and taken again meanwhile, for another provider job: the word is that job's.
     provider = EchoingProvider()
+    provider.states["pj-other"] = ProviderStatus("pj-other", "cancelled", None, None, None)
     async with one_dispatcher(settings, provider, tmp_path / "other", jobs=1) as d:
-        key, slot = held(d, "job-0")
-        provider.say("job-0", "running")
-        other = replace(slot, provider_job_id="pj-other")
-        provider.states["pj-other"] = ProviderStatus("pj-other", "cancelled", None, None, None)
-        late = slot.taken_at + d.settings.job_timeout + 1
-        provider.during_cancel = lambda: d.poller.look(key, other, late)
-        await d.poller.check_slot(key, slot, late)
+        await time_out_hearing(d, provider, heard="pj-other")
         assert [r["provider_job_id"] for r in emitter(d).events("cancelled")] == ["pj-other"]
 
 
