@@ -17,7 +17,8 @@ demo: bootstrap
 # Two pytest-xdist processes, one test file each at a time (module fixtures start a stack once),
 # sharing the one broker the controlling process starts: on two cores the run takes about 0.6 of
 # the time of one process, because most of a Kafka test's time is spent waiting. Files are handed
-# out in the order tests/conftest.py gives them (the longest first), not xdist's (most tests first).
+# out in the order tests/conftest.py gives them (those that start a stack first, the unit tier
+# last), not in xdist's (the files with the most tests first).
 TEST_WORKERS ?= 2
 test: bootstrap
 	.venv/bin/python -m pytest -q -m "not slow" -n $(TEST_WORKERS) --dist loadfile --no-loadscope-reorder
