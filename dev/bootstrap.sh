@@ -31,8 +31,27 @@ if [ ! -x .venv/bin/python ]; then
 fi
 extras=${FLOODGATE_EXTRAS:-dev}
 stamp=".venv/.floodgate-installed-${extras//,/-}"  # one stamp per set of extras
+# uv installs the same pinned set as pip in about a quarter of the time on a fresh machine (it
+# fetches and unpacks in parallel: 26 s against 95 s here), and compiles the installed packages'
+# bytecode as pip does (every process imports them). It reads pip's settings from the
+# environment only where they are passed on below; if it cannot run or fails, pip does the install.
+UV_VERSION=0.13.10
+uv_install() {
+  .venv/bin/python -m pip install -q "uv==${UV_VERSION}" >/dev/null 2>&1 || return 1
+  UV_LINK_MODE=copy .venv/bin/uv pip install -q --native-tls --compile-bytecode --python .venv/bin/python \
+    ${PIP_INDEX_URL:+--index-url "$PIP_INDEX_URL"} ${PIP_FIND_LINKS:+--find-links "$PIP_FIND_LINKS"} \
+    -e ".[${extras}]"
+}
 if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ]; then
-  .venv/bin/python -m pip install -q --upgrade pip >/dev/null
-  .venv/bin/python -m pip install -q -e ".[${extras}]"
+  if ! uv_install; then
+    echo "bootstrap: uv could not install; pip does" >&2
+    .venv/bin/python -m pip install -q --upgrade pip >/dev/null
+    .venv/bin/python -m pip install -q -e ".[${extras}]"
+  fi
   touch "$stamp"
 fi
+# Floodgate's own modules are installed editable, so nothing compiled them; where the environment
+# sets PYTHONDONTWRITEBYTECODE, every process would compile them anew (a test run starts a few
+# hundred: workers, APIs, simulators, CLI calls). Python reads bytecode written here whatever
+# that variable says; one that a later edit made stale is ignored, and the next run writes it again.
+.venv/bin/python -m compileall -q -j 0 floodgate streams connectors schemas >/dev/null
