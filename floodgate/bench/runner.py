@@ -31,7 +31,6 @@ from floodgate.bench import (
     notify_at_max,
     peer,
     pipeline,
-    plots,
     rawkafka,
     report,
     spike,
@@ -212,6 +211,10 @@ async def _with(pool: StackPool, scenario: str,
 
 
 def plot_all(results: dict[str, Any], out_dir: Path) -> list[str]:
+    # Imported here: matplotlib takes about two seconds of CPU to import, which every test process
+    # that collects the bench's tests would otherwise pay at collection.
+    from floodgate.bench import plots
+
     made = []
     if "series" in results.get("spike", {}):
         made.append(plots.spike(results["spike"], out_dir / "spike.png").name)

@@ -257,15 +257,19 @@ def test_canonical_host(host: str, canonical: str) -> None:
     assert canonical_host(host) == canonical_host(yarl.URL(f"http://{host}/").raw_host or "")  # aiohttp's host
 
 
-# Every character the client's mapping may turn into an ASCII digit, the segmented ones included.
-_DIGIT_LOOKALIKES = [ch for ch in map(chr, range(0x80, sys.maxunicode + 1))
-                     if unicodedata.normalize("NFKC", ch) in set("0123456789")]
+def _digit_lookalikes() -> list[str]:
+    """Every character the client's mapping may turn into an ASCII digit, the segmented ones
+    included. Read in the test, not at import: the scan of all of Unicode takes a second, and every
+    test process that collects this file would pay it."""
+    return [ch for ch in map(chr, range(0x80, sys.maxunicode + 1))
+            if unicodedata.normalize("NFKC", ch) in set("0123456789")]
 
 
 def test_no_digit_lookalike_spells_a_private_address() -> None:
-    assert "\U0001fbf1" in _DIGIT_LOOKALIKES and "１" in _DIGIT_LOOKALIKES
+    lookalikes = _digit_lookalikes()
+    assert "\U0001fbf1" in lookalikes and "１" in lookalikes
     allowed = []
-    for ch in _DIGIT_LOOKALIKES:
+    for ch in lookalikes:
         for url in (f"http://127.0.0.{ch}/", f"http://169.254.169.{ch}/", f"http://10.{ch}.0.1/"):
             try:
                 check_url_target(url, allow_private=False)
