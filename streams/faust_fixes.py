@@ -9,7 +9,8 @@ Faust's drain loop records the jump as a gap that counts as acknowledged: the of
 are committed without ever being processed (the same class of bug as faust-streaming #216/#221).
 Measured in paired runs of the start that ``tests/integration/test_start_after_recovery.py`` makes
 (a worker with a 50,000-record changelog to recover and 2,534 records behind committed offsets):
-stock Faust lost 1–12 of the 2,534 in 7 of 17 starts; with the fix, 0 of 17. First seen as
+stock Faust lost 1–12 of the 2,534 in 7 of 17 starts; with the fix, 0 of 17 (the worker's fetcher
+has changed since, and that start now rarely shows the race: the test's docstring). First seen as
 dispatch orders that no agent ever saw in the backlog stop test. ``hold_streams_until_seek`` makes
 the order seek first: stream partitions resumed during a rebalance are held back and resumed once
 the seek has run.
