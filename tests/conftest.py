@@ -4,7 +4,7 @@
 3. the project's own local KRaft broker (official jars from Maven Central; no Docker needed).
 Each test isolates itself with unique topic names and group ids (see ``kafka_util``), so one
 broker serves a whole run: when pytest-xdist spreads the run over processes (``make test``
-runs two), the controlling process starts it once and hands its address to every worker.
+runs three), the controlling process starts it once and hands its address to every worker.
 """
 from __future__ import annotations
 
@@ -103,7 +103,7 @@ def pytest_configure_node(node: object) -> None:
 # The order in which pytest-xdist hands out test files (``make test``: ``--dist loadfile
 # --no-loadscope-reorder``): a file goes whole to the next worker free, in collection order. Files
 # that start a stack first (a single one takes up to two minutes), the many small unit files last,
-# so that whatever one worker still has to run at the end, the other fills with small files
+# so that whatever one worker still has to run at the end, the others fill with small files
 # instead of waiting idle. (xdist's own reorder puts the files with the most tests first, which
 # leaves the longest files, one or two tests each, for the end of the run.)
 _TIERS = ("tests/e2e/", "tests/browser/", "tests/integration/", "tests/unit/")

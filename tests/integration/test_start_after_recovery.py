@@ -5,12 +5,14 @@ The start race this was written for (stream partitions resumed before the seek, 
 draining paused partitions) no longer shows often in this start: measured on 2026-12-08 on the
 2-core machine, with ``hold_streams_until_seek`` and ``fetch_only_active`` both taken out, 0 of 28
 starts lost a record (changelogs of 5,000 to 50,000 records); with ``fetch_only_active`` alone
-taken out, 1 of 6 did (10,000); with the fetcher's tuning taken out as well, 1 of 6. When the test
-was written, stock Faust lost records in 7 of 17 such starts; the worker's fetcher has changed
-since. ``tests/unit/test_faust_fixes.py`` pins both fixes with Faust's and aiokafka's own code;
-this stays as the check, end to end on a real broker, that a start with a recovery loses nothing.
-A changelog of 10,000 records keeps the recovery running for a few seconds while the fetcher
-reads (the race's condition) at a fifth of the 50,000 it had (each start took about 20 s).
+taken out, 1 of 6 did (10,000); with both and ``tune_fetcher`` (``streams/app.py``) taken out, 1
+of 6. When the test was written, stock Faust lost records in 7 of 17 such starts; the worker's
+fetcher has changed since. So this test does not guard the fixes (at 1 in 6, four starts would
+catch a regression about half the time): ``tests/unit/test_faust_fixes.py`` does, with Faust's
+and aiokafka's own code. It stays as the check, end to end on a real broker, that a start with a
+recovery loses nothing. A changelog of 10,000 records keeps the recovery running for a few
+seconds while the fetcher reads (the race's condition): a start takes 5-9 s, where one with the
+50,000 it had took about 20.
 """
 from __future__ import annotations
 
