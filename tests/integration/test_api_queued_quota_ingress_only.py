@@ -62,7 +62,8 @@ async def test_an_ingress_only_process_counts_its_jobs_until_their_results(
 
 async def test_two_ingress_only_processes_share_the_queued_limit(settings_for: Callable[..., Settings],
                                                                  http: aiohttp.ClientSession) -> None:
-    settings = settings_for(simulator_url=DEV_SIMULATOR, tenant_queued_limit=4, instance_heartbeat=0.2,
+    # A beat a second: 3 s to live, past a loaded run's event-loop stalls (test_api_quota_instances.py).
+    settings = settings_for(simulator_url=DEV_SIMULATOR, tenant_queued_limit=4, instance_heartbeat=1.0,
                             api_keys=KEYS)
     async with two_apis(settings) as (first, second):
         assert first.beacon is not None and second.beacon is not None  # heartbeats without a rate quota
